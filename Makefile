@@ -1,0 +1,41 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint typecheck venv clean redis-server
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,redis,cli]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# redis-server is needed by the Redis tests; install it if missing (Debian/Ubuntu).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server missing: installing with apt-get"; \
+	  (apt-get update -qq && apt-get install -y -qq redis-server) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq redis-server); }
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict src
+
+test: $(STAMP) redis-server lint typecheck
+	$(BIN)/python -m pytest
+
+bench: $(STAMP) redis-server
+	$(BIN)/python -m benchmarks
+
+demo: $(STAMP)
+	$(BIN)/python -m foundation.demo $(DEMO_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

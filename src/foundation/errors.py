@@ -1,0 +1,190 @@
+"""Foundation's exceptions, named by cause.
+
+Every error also subclasses the builtin a Python user would catch, so
+``except KeyError`` around a lookup of an unknown flag keeps working::
+
+    FoundationError
+    ├── RegistryError
+    │   ├── AlreadyRegistered        (ValueError)   key holds a live agent; ``.entry``
+    │   ├── NotRegistered            (KeyError)     update of an absent key
+    │   ├── NotAlive                 (ValueError)   agent already dead at register
+    │   ├── UnsupportedAgent         (TypeError)    no way to monitor this object
+    │   ├── InvalidKey               (TypeError)    unhashable / unserialisable key
+    │   ├── InvalidMetadata          (ValueError)   not a JSON-compatible mapping
+    │   ├── InvalidCriteria          (ValueError)   malformed query
+    │   └── BackendUnavailable       (ConnectionError) backend down or unreachable
+    ├── FlagError
+    │   ├── UnknownFlag              (KeyError)     undeclared flag name
+    │   ├── InvalidFlagValue         (ValueError)   bad value or percentage
+    │   └── MigrationError           (RuntimeError) refused stage transition
+    └── SupervisorError
+        ├── StartError               (RuntimeError) a child failed to start; ``.child``
+        ├── ShutdownError            (RuntimeError) a child failed to stop
+        └── RestartIntensityExceeded (RuntimeError) too many restarts
+
+Example:
+    >>> from foundation import errors
+    >>> issubclass(errors.NotRegistered, KeyError)
+    True
+    >>> str(errors.UnknownFlag("use_ets", suggestion="use_ets_agent_registry"))
+    "unknown flag 'use_ets' (did you mean 'use_ets_agent_registry'?)"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "AlreadyRegistered",
+    "BackendUnavailable",
+    "FlagError",
+    "FoundationError",
+    "InvalidCriteria",
+    "InvalidFlagValue",
+    "InvalidKey",
+    "InvalidMetadata",
+    "MigrationError",
+    "NotAlive",
+    "NotRegistered",
+    "RegistryError",
+    "RestartIntensityExceeded",
+    "ShutdownError",
+    "StartError",
+    "SupervisorError",
+    "UnknownFlag",
+    "UnsupportedAgent",
+]
+
+
+class FoundationError(Exception):
+    """Base class of every error Foundation raises on purpose."""
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class RegistryError(FoundationError):
+    """Base class of registry errors."""
+
+
+class AlreadyRegistered(RegistryError, ValueError):
+    """The key already holds a live agent; ``entry`` is that live entry."""
+
+    def __init__(self, key: Any, entry: Any = None) -> None:
+        super().__init__(
+            f"key {key!r} is already registered to a live agent; "
+            "unregister it first or pass replace=True"
+        )
+        self.key = key
+        self.entry = entry
+
+
+class NotRegistered(RegistryError, KeyError):
+    """The key is not registered (or its agent has died)."""
+
+    def __init__(self, key: Any) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"key {self.key!r} is not registered"
+
+
+class NotAlive(RegistryError, ValueError):
+    """The agent is already dead, so it cannot be registered."""
+
+    def __init__(self, key: Any, agent: Any = None) -> None:
+        super().__init__(f"cannot register {key!r}: agent {agent!r} is not alive")
+        self.key = key
+        self.agent = agent
+
+
+class UnsupportedAgent(RegistryError, TypeError):
+    """Foundation does not know how to watch this kind of object for death."""
+
+
+class InvalidKey(RegistryError, TypeError):
+    """The key is not usable by this backend (unhashable, or not serialisable)."""
+
+
+class InvalidMetadata(RegistryError, ValueError):
+    """Metadata is not a mapping of JSON-compatible values (or is too large)."""
+
+
+class InvalidCriteria(RegistryError, ValueError):
+    """A query criterion has the wrong shape, an unknown op, or a bad value."""
+
+
+class BackendUnavailable(RegistryError, ConnectionError):
+    """The backend (for example Redis) cannot be reached within the time bound."""
+
+
+# --------------------------------------------------------------------------- flags
+
+
+class FlagError(FoundationError):
+    """Base class of feature-flag and migration errors."""
+
+
+class UnknownFlag(FlagError, KeyError):
+    """A flag name that was never declared.
+
+    ``names`` lists every unknown name (a config load reports them all at once);
+    ``suggestion`` is the nearest declared name, if any is close.
+    """
+
+    def __init__(
+        self,
+        name: str | Iterable[str],
+        *,
+        suggestion: str | None = None,
+        suggestions: dict[str, str | None] | None = None,
+    ) -> None:
+        names = [name] if isinstance(name, str) else list(name)
+        super().__init__(names[0] if len(names) == 1 else names)
+        self.names: tuple[str, ...] = tuple(names)
+        self.name = names[0] if names else ""
+        self.suggestions: dict[str, str | None] = dict(suggestions or {})
+        if suggestion is not None and len(names) == 1:
+            self.suggestions[names[0]] = suggestion
+        self.suggestion = self.suggestions.get(self.name)
+
+    def __str__(self) -> str:
+        parts = []
+        for n in self.names:
+            hint = self.suggestions.get(n)
+            parts.append(f"{n!r} (did you mean {hint!r}?)" if hint else repr(n))
+        noun = "flag" if len(parts) == 1 else "flags"
+        return f"unknown {noun} " + ", ".join(parts)
+
+
+class InvalidFlagValue(FlagError, ValueError):
+    """A flag value, percentage or config entry that is not valid."""
+
+
+class MigrationError(FlagError, RuntimeError):
+    """A migration step was refused (past the last stage, not ready, bad target)."""
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+class SupervisorError(FoundationError):
+    """Base class of supervisor errors."""
+
+
+class StartError(SupervisorError, RuntimeError):
+    """A child failed to start; ``child`` names it and ``__cause__`` says why."""
+
+    def __init__(self, child: str, message: str | None = None) -> None:
+        super().__init__(message or f"child {child!r} failed to start")
+        self.child = child
+
+
+class ShutdownError(SupervisorError, RuntimeError):
+    """A child could not be stopped cleanly."""
+
+
+class RestartIntensityExceeded(SupervisorError, RuntimeError):
+    """More than ``max_restarts`` restarts happened within ``max_seconds``."""
