@@ -1,0 +1,46 @@
+"""Feature flags and staged migrations.
+
+``RedisFlagStore`` is loaded on first use, so this package imports without the
+``redis`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from foundation.flags._store import (
+    FlagChange,
+    FlagState,
+    FlagStore,
+    MemoryFlagStore,
+    MigrationEvent,
+    StoreTransaction,
+)
+
+if TYPE_CHECKING:
+    from foundation.flags._redis_store import (  # type: ignore[import-not-found,unused-ignore]
+        RedisFlagStore,
+    )
+
+_LAZY = {"RedisFlagStore": "foundation.flags._redis_store"}
+
+__all__ = [
+    "FlagChange",
+    "FlagState",
+    "FlagStore",
+    "MemoryFlagStore",
+    "MigrationEvent",
+    "RedisFlagStore",
+    "StoreTransaction",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'foundation.flags' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    value.__module__ = "foundation"
+    globals()[name] = value
+    return value

@@ -1,0 +1,443 @@
+"""Flag stores: where runtime flag state, its audit trail and migration stages live.
+
+STABLE INTERFACE. Other stores (``RedisFlagStore``) implement exactly this; change
+it only with every implementation in view.
+
+Records (all frozen, all JSON round-trippable through ``to_dict``/``from_dict``
+and ``to_json``/``from_json``, so any store or language can persist them):
+
+``FlagState(switch, percentage=None, allow=frozenset(), deny=frozenset())``
+    The whole state of one flag. ``percentage`` is None or a float in
+    ``[0, 100]``. Actors in ``allow``/``deny`` are strings (``FeatureFlags``
+    normalises an ``int`` actor with ``str()``). JSON form::
+
+        {"switch": true, "percentage": 25.0, "allow": ["a"], "deny": []}
+
+    with ``allow``/``deny`` sorted, so equal states serialise to equal text.
+
+``FlagChange(flag, old, new, by, reason, at)``
+    One audit record. ``old``/``new`` are the flag's *effective* state before
+    and after the change, as seen by the writer (runtime state, else the
+    config layer, else the declared default), so they are never None.
+    ``by``/``reason`` are free text or None; ``at`` is Unix time in seconds.
+
+``MigrationEvent(plan, action, from_stage, to_stage, by, reason, at)``
+    One migration step. ``action`` is one of ``MIGRATION_ACTIONS``.
+
+Store contract (``FlagStore``):
+
+``load_states() -> dict[str, FlagState]``
+    Every persisted runtime state, by flag name (flags without runtime state
+    are absent). A consistent snapshot: never half of a transaction.
+
+``transaction(fn) -> T``
+    Runs ``fn(txn)`` with exclusive write access to the store and commits
+    everything ``fn`` put through ``txn`` atomically (all state writes, their
+    history records and the migration stage, or nothing). If ``fn`` raises,
+    nothing is written and the exception propagates unchanged. A store may
+    call ``fn`` more than once (optimistic stores retry on conflict), so ``fn``
+    must not have side effects other than ``txn`` calls. Inside it:
+
+    - ``txn.get(name) -> FlagState | None``: the committed runtime state (None:
+      none), reflecting this transaction's own earlier ``put``.
+    - ``txn.put(name, state | None, change)``: set (None: delete) the runtime
+      state of ``name`` and append ``change`` to the history.
+    - ``txn.migration_stage(plan) -> int``: the committed stage (0 if none).
+    - ``txn.put_migration(plan, stage, event)``: set the stage and append
+      ``event`` to the plan's history.
+
+    Transactions are serialised across every thread, process and node sharing
+    the store: a read inside ``fn`` is never stale at commit. Failure to reach
+    the backend raises ``errors.BackendUnavailable``; a backend that is
+    corrupt or unreadable raises ``errors.FlagError``; in both cases nothing
+    was written.
+
+``history(flag=None) -> list[FlagChange]``
+    Committed changes, oldest first, of one flag or of all.
+
+``migration_stage(plan) -> int`` and ``migration_history(plan) -> list[MigrationEvent]``
+    Committed stage of ``plan`` (0 if never written) and its events, oldest first.
+
+``subscribe(callback) -> unsubscribe``
+    ``callback(changes: list[FlagChange])`` is called after a transaction
+    committed through ANOTHER store object (another process, node, or store
+    instance on the same file) changed flag state, so the subscriber reloads
+    with ``load_states()``. ``changes`` are that transaction's history records
+    when the store knows them; an empty list means "something changed, reload"
+    (for example after a lost notification). Changes made through this store
+    object are never reported: the writer already knows them. Callbacks run on
+    a store-owned thread, must be quick, and must not raise (an exception goes
+    to ``sys.unraisablehook``). A store without remote writers (memory) never
+    calls it. Delivery is at least once and in commit order per store.
+
+``close()``
+    Stops background threads and releases connections; idempotent. Any other
+    call after ``close()`` raises ``errors.FlagError``.
+
+Thread-safety: every method may be called from any thread concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from foundation.errors import FlagError, InvalidFlagValue
+
+__all__ = [
+    "MIGRATION_ACTIONS",
+    "FlagChange",
+    "FlagState",
+    "FlagStore",
+    "MemoryFlagStore",
+    "MigrationEvent",
+    "StoreTransaction",
+]
+
+T = TypeVar("T")
+
+MIGRATION_ACTIONS = ("advance", "rollback", "emergency_rollback", "auto_rollback")
+
+
+def _actors(value: Iterable[Any], what: str) -> frozenset[str]:
+    if isinstance(value, str | bytes):
+        raise InvalidFlagValue(f"{what} must be a collection of actor strings, not {value!r}")
+    out = frozenset(value)
+    for actor in out:
+        if not isinstance(actor, str):
+            raise InvalidFlagValue(f"{what} holds a non-string actor {actor!r}")
+    return out
+
+
+def check_percentage(p: object) -> float:
+    """Return ``p`` as a float if it is a real number in [0, 100], else raise InvalidFlagValue."""
+    if isinstance(p, bool) or not isinstance(p, int | float):
+        raise InvalidFlagValue(f"percentage must be a number in 0..100, not {p!r}")
+    value = float(p)
+    if not math.isfinite(value) or not 0.0 <= value <= 100.0:
+        raise InvalidFlagValue(f"percentage must be within 0..100, not {p!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class FlagState:
+    """The state of one flag: a switch, an optional percentage, allow and deny sets.
+
+    Example:
+        >>> s = FlagState(True, 25.0, frozenset({"alice"}))
+        >>> FlagState.from_json(s.to_json()) == s
+        True
+        >>> s.to_json()
+        '{"switch": true, "percentage": 25.0, "allow": ["alice"], "deny": []}'
+    """
+
+    switch: bool
+    percentage: float | None = None
+    allow: frozenset[str] = field(default_factory=frozenset)
+    deny: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.switch, bool):
+            raise InvalidFlagValue(f"switch must be a bool, not {self.switch!r}")
+        if self.percentage is not None:
+            object.__setattr__(self, "percentage", check_percentage(self.percentage))
+        object.__setattr__(self, "allow", _actors(self.allow, "allow"))
+        object.__setattr__(self, "deny", _actors(self.deny, "deny"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (sorted actor lists)."""
+        return {
+            "switch": self.switch,
+            "percentage": self.percentage,
+            "allow": sorted(self.allow),
+            "deny": sorted(self.deny),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlagState:
+        """Inverse of ``to_dict``; raises InvalidFlagValue on a malformed record."""
+        try:
+            return cls(
+                data["switch"],
+                data.get("percentage"),
+                _actors(data.get("allow", ()), "allow"),
+                _actors(data.get("deny", ()), "deny"),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InvalidFlagValue(f"malformed flag state {data!r}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> FlagState:
+        return cls.from_dict(_loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChange:
+    """One audited flag change: effective state ``old`` -> ``new``, who, why, when.
+
+    Example:
+        >>> c = FlagChange("beta", FlagState(False), FlagState(True), "ana", "launch", 1.5)
+        >>> FlagChange.from_json(c.to_json()) == c
+        True
+    """
+
+    flag: str
+    old: FlagState
+    new: FlagState
+    by: str | None = None
+    reason: str | None = None
+    at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flag": self.flag,
+            "old": self.old.to_dict(),
+            "new": self.new.to_dict(),
+            "by": self.by,
+            "reason": self.reason,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlagChange:
+        try:
+            return cls(
+                str(data["flag"]),
+                FlagState.from_dict(data["old"]),
+                FlagState.from_dict(data["new"]),
+                data.get("by"),
+                data.get("reason"),
+                float(data["at"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidFlagValue(f"malformed flag change {data!r}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> FlagChange:
+        return cls.from_dict(_loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationEvent:
+    """One migration step of plan ``plan``: ``action`` from one stage to another.
+
+    Example:
+        >>> e = MigrationEvent("default", "advance", 0, 1, "ops", "go", 2.0)
+        >>> MigrationEvent.from_json(e.to_json()) == e
+        True
+    """
+
+    plan: str
+    action: str
+    from_stage: int
+    to_stage: int
+    by: str | None = None
+    reason: str | None = None
+    at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan,
+            "action": self.action,
+            "from_stage": self.from_stage,
+            "to_stage": self.to_stage,
+            "by": self.by,
+            "reason": self.reason,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MigrationEvent:
+        try:
+            return cls(
+                str(data["plan"]),
+                str(data["action"]),
+                int(data["from_stage"]),
+                int(data["to_stage"]),
+                data.get("by"),
+                data.get("reason"),
+                float(data["at"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidFlagValue(f"malformed migration event {data!r}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> MigrationEvent:
+        return cls.from_dict(_loads(text))
+
+
+def _loads(text: str | bytes) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise InvalidFlagValue(f"malformed record {text!r}") from exc
+
+
+class StoreTransaction(ABC):
+    """The view of a store inside ``FlagStore.transaction`` (see the module docs)."""
+
+    @abstractmethod
+    def get(self, name: str) -> FlagState | None: ...
+
+    @abstractmethod
+    def put(self, name: str, state: FlagState | None, change: FlagChange) -> None: ...
+
+    @abstractmethod
+    def migration_stage(self, plan: str) -> int: ...
+
+    @abstractmethod
+    def put_migration(self, plan: str, stage: int, event: MigrationEvent) -> None: ...
+
+
+class FlagStore(ABC):
+    """Persistence of runtime flag state, history and migration stages (see module docs)."""
+
+    @abstractmethod
+    def load_states(self) -> dict[str, FlagState]: ...
+
+    @abstractmethod
+    def transaction(self, fn: Callable[[StoreTransaction], T]) -> T: ...
+
+    @abstractmethod
+    def history(self, flag: str | None = None) -> list[FlagChange]: ...
+
+    @abstractmethod
+    def migration_stage(self, plan: str) -> int: ...
+
+    @abstractmethod
+    def migration_history(self, plan: str) -> list[MigrationEvent]: ...
+
+    @abstractmethod
+    def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> FlagStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def report_callback_error(exc: BaseException, callback: object) -> None:
+    """Send a subscriber's exception to ``sys.unraisablehook`` (stores never let it escape)."""
+
+    class _Unraisable:
+        exc_type = type(exc)
+        exc_value = exc
+        exc_traceback = exc.__traceback__
+        err_msg = "Exception ignored in flag store subscriber"
+        object = callback
+
+    sys.unraisablehook(_Unraisable())  # type: ignore[arg-type]
+
+
+class _MemoryTransaction(StoreTransaction):
+    def __init__(self, store: MemoryFlagStore) -> None:
+        self._store = store
+        self.states: dict[str, FlagState | None] = {}
+        self.changes: list[FlagChange] = []
+        self.stages: dict[str, int] = {}
+        self.events: list[MigrationEvent] = []
+
+    def get(self, name: str) -> FlagState | None:
+        if name in self.states:
+            return self.states[name]
+        return self._store._states.get(name)
+
+    def put(self, name: str, state: FlagState | None, change: FlagChange) -> None:
+        self.states[name] = state
+        self.changes.append(change)
+
+    def migration_stage(self, plan: str) -> int:
+        if plan in self.stages:
+            return self.stages[plan]
+        return self._store._stages.get(plan, 0)
+
+    def put_migration(self, plan: str, stage: int, event: MigrationEvent) -> None:
+        self.stages[plan] = stage
+        self.events.append(event)
+
+
+class MemoryFlagStore(FlagStore):
+    """The default store: state and history in this process only, lost at exit.
+
+    Example:
+        >>> store = MemoryFlagStore()
+        >>> change = FlagChange("beta", FlagState(False), FlagState(True))
+        >>> store.transaction(lambda txn: txn.put("beta", FlagState(True), change))
+        >>> store.load_states()
+        {'beta': FlagState(switch=True, percentage=None, allow=frozenset(), deny=frozenset())}
+        >>> store.close()
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._states: dict[str, FlagState] = {}
+        self._changes: list[FlagChange] = []
+        self._stages: dict[str, int] = {}
+        self._events: list[MigrationEvent] = []
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise FlagError("this MemoryFlagStore is closed")
+
+    def load_states(self) -> dict[str, FlagState]:
+        with self._lock:
+            self._check()
+            return dict(self._states)
+
+    def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
+        with self._lock:
+            self._check()
+            txn = _MemoryTransaction(self)
+            result = fn(txn)  # raises -> the staged writes are simply dropped
+            for name, state in txn.states.items():
+                if state is None:
+                    self._states.pop(name, None)
+                else:
+                    self._states[name] = state
+            self._changes.extend(txn.changes)
+            self._stages.update(txn.stages)
+            self._events.extend(txn.events)
+            return result
+
+    def history(self, flag: str | None = None) -> list[FlagChange]:
+        with self._lock:
+            self._check()
+            return [c for c in self._changes if flag is None or c.flag == flag]
+
+    def migration_stage(self, plan: str) -> int:
+        with self._lock:
+            self._check()
+            return self._stages.get(plan, 0)
+
+    def migration_history(self, plan: str) -> list[MigrationEvent]:
+        with self._lock:
+            self._check()
+            return [e for e in self._events if e.plan == plan]
+
+    def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]:
+        # Nobody else writes to a memory store, so there is never anything to report.
+        self._check()
+        return lambda: None
+
+    def close(self) -> None:
+        self._closed = True
