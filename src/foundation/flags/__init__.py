@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from foundation.flags._flags import FeatureFlags, Flag
+from foundation.flags._hashing import bucket
 from foundation.flags._store import (
     FlagChange,
     FlagState,
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 _LAZY = {"RedisFlagStore": "foundation.flags._redis_store"}
 
 __all__ = [
+    "FeatureFlags",
+    "Flag",
     "FlagChange",
     "FlagState",
     "FlagStore",
@@ -33,6 +37,7 @@ __all__ = [
     "MigrationEvent",
     "RedisFlagStore",
     "StoreTransaction",
+    "bucket",
 ]
 
 

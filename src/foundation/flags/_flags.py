@@ -1,0 +1,480 @@
+"""Declared flags, lock-free evaluation, audited writes.
+
+Concurrency contract of ``FeatureFlags``:
+
+- Reads (``enabled``, ``state``) take no lock. They look a name up in answer
+  tables that writers never mutate: a writer builds new tables and swaps the
+  attribute (one atomic store), so a reader sees the state before or after a
+  write, never half of one.
+- Writes are serialised by one lock per instance and by the store's own
+  transaction (which also serialises writers in other processes sharing it).
+  A write reads the flag's current state inside the store transaction, so two
+  writers never lose each other's update.
+- Listeners run synchronously in the writing thread (or the store's
+  notification thread for changes made elsewhere), in commit order, with the
+  write lock held: a listener may read flags, but must not wait for another
+  thread that writes flags.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from dataclasses import replace as _replace
+from hashlib import sha256 as _sha256
+from typing import TypeVar
+
+from foundation import telemetry
+from foundation.errors import FlagError, InvalidFlagValue, UnknownFlag
+from foundation.flags._config import Source, nearest, parse_config
+from foundation.flags._hashing import HASH_SPACE, threshold
+from foundation.flags._store import (
+    FlagChange,
+    FlagState,
+    FlagStore,
+    MemoryFlagStore,
+    StoreTransaction,
+    check_percentage,
+    report_callback_error,
+)
+
+__all__ = ["FeatureFlags", "Flag", "Listener"]
+
+T = TypeVar("T")
+Listener = Callable[[FlagChange], None]
+Actor = str | int
+
+# A rule for evaluating with an actor: a constant answer when the actor cannot
+# matter, else (deny, allow, hash limit, hash prefix "flag\0").
+_Rule = bool | tuple[frozenset[str], frozenset[str], int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """A declared flag: its name, default switch and what it is for.
+
+    Example:
+        >>> Flag("new_checkout", default=False, description="the 2025 checkout")
+        Flag(name='new_checkout', default=False, description='the 2025 checkout')
+    """
+
+    name: str
+    default: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
+            raise InvalidFlagValue(f"a flag name must be a non-empty string, not {self.name!r}")
+        if not isinstance(self.default, bool):
+            raise InvalidFlagValue(f"default of {self.name!r} must be a bool, not {self.default!r}")
+
+
+def _actor(actor: object) -> str:
+    """Actors are strings; an int is accepted and normalised with ``str()``."""
+    if isinstance(actor, str):
+        return actor
+    if isinstance(actor, int) and not isinstance(actor, bool):
+        return str(actor)
+    raise InvalidFlagValue(f"an actor must be a str or an int, not {actor!r}")
+
+
+def _compile(name: str, state: FlagState) -> tuple[bool, _Rule]:
+    """(answer without an actor, rule for an actor) for one effective state."""
+    if not state.switch:
+        return False, False
+    p = state.percentage
+    plain = p is None or p >= 100.0
+    if not state.deny and not state.allow and (p is None or p >= 100.0):
+        return plain, True
+    if not state.deny and not state.allow and p == 0.0:
+        return plain, False
+    limit = HASH_SPACE if p is None else threshold(p)
+    # f"{name}\0" is the hash prefix, so the hot path only appends the actor.
+    return plain, (state.deny, state.allow, limit, f"{name}\0")
+
+
+class _Writer:
+    """What a FeatureFlags transaction body sees: audited updates through one store txn."""
+
+    def __init__(self, flags: FeatureFlags, txn: StoreTransaction, config: dict[str, FlagState]):
+        self.flags = flags
+        self.txn = txn
+        self.config = config
+        self.writes: dict[str, tuple[FlagState | None, FlagChange]] = {}
+
+    def base(self, name: str) -> FlagState:
+        return _first(self.config.get(name), self.flags._defaults[name])
+
+    def current(self, name: str) -> FlagState:
+        return _first(self.txn.get(name), self.base(name))
+
+    def update(
+        self,
+        name: str,
+        mutate: Callable[[FlagState], FlagState | None],
+        by: str | None,
+        reason: str | None,
+    ) -> FlagChange | None:
+        """Store ``mutate(effective state)`` (None: clear); a no-op write records nothing."""
+        stored = self.txn.get(name)
+        old = _first(stored, self.base(name))
+        new_stored = mutate(old)
+        if new_stored == stored:
+            return None
+        change = FlagChange(name, old, _first(new_stored, self.base(name)), by, reason, time.time())
+        self.txn.put(name, new_stored, change)
+        self.writes[name] = (new_stored, change)
+        return change
+
+
+class FeatureFlags:
+    """Declared feature flags with lock-free reads, rollouts and an audit trail.
+
+    ``enabled(name, actor=None)`` decides, in order: switch off -> False; actor
+    in ``deny`` -> False; actor in ``allow`` -> True; a percentage p is set ->
+    with an actor, its rollout bucket < p (see ``bucket``), without one only
+    p == 100; otherwise True. The effective state of a flag is its runtime
+    state (persisted in the store), else the config layer, else the declared
+    default. Actors are strings (an int is normalised with ``str()``).
+
+    ``store`` defaults to a new ``MemoryFlagStore`` owned (and closed) by this
+    object; a store you pass stays yours to close, after ``close()`` here.
+
+    Example:
+        >>> flags = FeatureFlags([Flag("beta"), Flag("dark_mode", default=True)])
+        >>> flags.enabled("beta"), flags.enabled("dark_mode")
+        (False, True)
+        >>> flags.set_percentage("beta", 50, by="ana", reason="half of users")
+        >>> flags.enabled("beta"), flags.enabled("beta", actor="user-7")
+        (False, True)
+        >>> flags.disable("beta")       # the kill switch; the rollout is kept
+        >>> flags.enabled("beta", actor="user-7")
+        False
+        >>> flags.enable("beta")        # resumes the 50% rollout
+        >>> flags.state("beta").percentage
+        50.0
+        >>> flags.enabled("btea")
+        Traceback (most recent call last):
+        ...
+        foundation.errors.UnknownFlag: unknown flag 'btea' (did you mean 'beta'?)
+        >>> flags.close()
+    """
+
+    def __init__(self, declared: Iterable[Flag], *, store: FlagStore | None = None) -> None:
+        flags: dict[str, Flag] = {}
+        upper: dict[str, str] = {}
+        for flag in declared:
+            if not isinstance(flag, Flag):
+                raise InvalidFlagValue(f"declare flags with Flag(...), not {flag!r}")
+            if flag.name in flags:
+                raise InvalidFlagValue(f"flag {flag.name!r} is declared twice")
+            clash = upper.get(flag.name.upper())
+            if clash is not None:
+                raise InvalidFlagValue(
+                    f"flags {clash!r} and {flag.name!r} differ only by case, "
+                    "so one environment variable would name both"
+                )
+            flags[flag.name] = flag
+            upper[flag.name.upper()] = flag.name
+        self._declared = flags
+        self._names = tuple(flags)
+        self._defaults = {n: FlagState(f.default) for n, f in flags.items()}
+        self._owns_store = store is None
+        self._store: FlagStore = MemoryFlagStore() if store is None else store
+        self._lock = threading.RLock()
+        self._listeners: tuple[Listener, ...] = ()
+        self._closed = False
+        self._config: dict[str, FlagState] = {}
+        self._runtime: dict[str, FlagState] = {}
+        # Answer tables, replaced wholesale on every write (never mutated in place).
+        self._plain: dict[str, bool] = {}
+        self._rules: dict[str, _Rule] = {}
+        self._effective: dict[str, FlagState] = {}
+        with self._lock:
+            self._reload()
+            # Subscribe after the first load: a remote change that lands in
+            # between is seen by that load or reported by the store later.
+            self._unsubscribe = self._store.subscribe(self._on_remote)
+
+    # ------------------------------------------------------------------ reads
+
+    def enabled(self, name: str, actor: Actor | None = None) -> bool:
+        """Whether flag ``name`` is on (for ``actor``, if given). Always a real bool.
+
+        Raises:
+            UnknownFlag: ``name`` was never declared.
+            InvalidFlagValue: ``actor`` is neither a str nor an int.
+        """
+        if actor is None:
+            # Hot path: one dict lookup in a table that is swapped, never mutated.
+            try:
+                return self._plain[name]
+            except KeyError:
+                raise self._unknown(name) from None
+        try:
+            rule = self._rules[name]
+        except KeyError:
+            raise self._unknown(name) from None
+        if rule is False or rule is True:
+            return rule
+        deny, allow, limit, prefix = rule
+        if actor.__class__ is not str:
+            actor = _actor(actor)
+        if actor in deny:
+            return False
+        if actor in allow:
+            return True
+        if limit >= HASH_SPACE:
+            return True
+        # Inlined actor_hash(): first 8 bytes of sha256(flag \0 actor), big-endian.
+        return int.from_bytes(_sha256((prefix + actor).encode()).digest()[:8], "big") < limit
+
+    def state(self, name: str) -> FlagState:
+        """The effective state of ``name`` (runtime, else config, else default)."""
+        try:
+            return self._effective[name]
+        except KeyError:
+            raise self._unknown(name) from None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The declared flag names, in declaration order."""
+        return self._names
+
+    def flag(self, name: str) -> Flag:
+        """The declaration of ``name``."""
+        try:
+            return self._declared[name]
+        except KeyError:
+            raise self._unknown(name) from None
+
+    def history(self, name: str | None = None) -> list[FlagChange]:
+        """Every recorded runtime change (of ``name``, or of all flags), oldest first."""
+        if name is not None:
+            self._check_name(name)
+        return self._store.history(name)
+
+    @property
+    def store(self) -> FlagStore:
+        return self._store
+
+    # ----------------------------------------------------------------- writes
+
+    def enable(self, name: str, *, by: str | None = None, reason: str | None = None) -> None:
+        """Turn the switch on; percentage and actor sets stay as they were."""
+        self._update(name, lambda s: _replace(s, switch=True), by, reason)
+
+    def disable(self, name: str, *, by: str | None = None, reason: str | None = None) -> None:
+        """Turn the switch off (the kill switch); nothing else changes."""
+        self._update(name, lambda s: _replace(s, switch=False), by, reason)
+
+    def set(
+        self, name: str, value: bool, *, by: str | None = None, reason: str | None = None
+    ) -> None:
+        """``enable`` or ``disable`` by value; a non-bool is InvalidFlagValue."""
+        if not isinstance(value, bool):
+            raise InvalidFlagValue(f"set({name!r}, ...) takes a bool, not {value!r}")
+        self._update(name, lambda s: _replace(s, switch=value), by, reason)
+
+    def set_percentage(
+        self, name: str, percentage: float, *, by: str | None = None, reason: str | None = None
+    ) -> None:
+        """Roll out to ``percentage`` (0..100, fractions allowed) of actors; switch on."""
+        p = check_percentage(percentage)
+        self._update(name, lambda s: _replace(s, switch=True, percentage=p), by, reason)
+
+    def allow(
+        self, name: str, actor: Actor, *, by: str | None = None, reason: str | None = None
+    ) -> None:
+        """Add ``actor`` to the allow set (on for it unless denied or switched off)."""
+        a = _actor(actor)
+        self._update(name, lambda s: _replace(s, allow=s.allow | {a}), by, reason)
+
+    def deny(
+        self, name: str, actor: Actor, *, by: str | None = None, reason: str | None = None
+    ) -> None:
+        """Add ``actor`` to the deny set (off for it, whatever else holds)."""
+        a = _actor(actor)
+        self._update(name, lambda s: _replace(s, deny=s.deny | {a}), by, reason)
+
+    def clear(self, name: str, *, by: str | None = None, reason: str | None = None) -> None:
+        """Drop the runtime state: config applies, else the declared default."""
+        self._update(name, lambda s: None, by, reason)
+
+    def reset_all(self, *, by: str | None = None, reason: str | None = None) -> None:
+        """``clear`` every flag in one transaction; one FlagChange per flag that changes."""
+
+        def body(w: _Writer) -> None:
+            for name in self._names:
+                w.update(name, lambda s: None, by, reason)
+
+        self.transact(body)
+
+    def load_from_config(
+        self, source: Source = None, *, env: Mapping[str, str] | None = os.environ
+    ) -> None:
+        """Replace the config layer from ``source`` then ``FOUNDATION_FLAG_<NAME>`` in ``env``.
+
+        ``source``: a TOML file (``[flags]``, or ``[tool.foundation.flags]`` in a
+        pyproject.toml) or a mapping ``{flag: value}``. Values: booleans,
+        on/off/true/false (any case) or ``"<p>%"``. ``env=None`` ignores the
+        environment. The layer lives in memory under the runtime state and is
+        never written to the store. All or nothing.
+
+        Raises:
+            UnknownFlag: listing every undeclared name (file, mapping or variable).
+            InvalidFlagValue: listing every bad value; or an unreadable/malformed file.
+        """
+        layer, label = parse_config(source, env, self._declared)
+        with self._lock:
+            self._check_open()
+            before = self._effective
+            self._config = layer
+            self._rebuild()
+            for name in self._names:  # effective changes are news for listeners
+                if before[name] != self._effective[name]:
+                    change = FlagChange(
+                        name, before[name], self._effective[name], "config", label, time.time()
+                    )
+                    self._notify(change)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(change)`` after every change; returns an unsubscribe callable.
+
+        Listeners hear changes made here, changes committed by other processes
+        sharing the store (when the store reports them), and effective changes
+        caused by a config load (``by="config"``, not in ``history()``). A
+        listener that raises is reported to ``sys.unraisablehook`` and ignored.
+        """
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return unsubscribe
+
+    def close(self) -> None:
+        """Stop listening to the store and close it if this object created it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._unsubscribe()
+            if self._owns_store:
+                self._store.close()
+
+    def __enter__(self) -> FeatureFlags:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<FeatureFlags {len(self._names)} flags, store={type(self._store).__name__}>"
+
+    # --------------------------------------------------------------- internals
+
+    def transact(self, body: Callable[[_Writer], T]) -> T:
+        """Run ``body`` in one store transaction; apply its writes and notify (internal).
+
+        Used by writes and by ``Migration``. ``body`` may run more than once
+        (stores may retry), so it must act only through the writer it is given.
+        """
+        with self._lock:
+            self._check_open()
+            config = self._config
+            writes: dict[str, tuple[FlagState | None, FlagChange]] = {}
+
+            def run(txn: StoreTransaction) -> T:
+                writer = _Writer(self, txn, config)
+                result = body(writer)
+                writes.clear()
+                writes.update(writer.writes)
+                return result
+
+            result = self._store.transaction(run)
+            if writes:
+                runtime = dict(self._runtime)
+                for name, (stored, _) in writes.items():
+                    if stored is None:
+                        runtime.pop(name, None)
+                    else:
+                        runtime[name] = stored
+                self._runtime = runtime
+                self._rebuild()
+                for _, change in writes.values():
+                    self._notify(change)
+            return result
+
+    def _update(
+        self,
+        name: str,
+        mutate: Callable[[FlagState], FlagState | None],
+        by: str | None,
+        reason: str | None,
+    ) -> None:
+        self._check_name(name)
+        self.transact(lambda w: w.update(name, mutate, by, reason))
+
+    def _reload(self) -> None:
+        states = self._store.load_states()
+        # States of flags this program does not declare (another version's) are ignored.
+        self._runtime = {n: s for n, s in states.items() if n in self._declared}
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        effective: dict[str, FlagState] = {}
+        plain: dict[str, bool] = {}
+        rules: dict[str, _Rule] = {}
+        for name in self._names:
+            state = _first(self._runtime.get(name), self._config.get(name), self._defaults[name])
+            effective[name] = state
+            plain[name], rules[name] = _compile(name, state)
+        # Each table is complete before it is published: readers see old or new.
+        self._effective = effective
+        self._rules = rules
+        self._plain = plain
+
+    def _on_remote(self, changes: list[FlagChange]) -> None:
+        """Store callback: another process committed; reload, then tell our listeners."""
+        with self._lock:
+            if self._closed:
+                return
+            self._reload()
+            for change in changes:
+                if change.flag in self._declared:
+                    self._notify(change)
+
+    def _notify(self, change: FlagChange) -> None:
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception as exc:  # one broken listener must not break the writer
+                report_callback_error(exc, listener)
+        if telemetry.has_listeners("flag.changed"):
+            telemetry.emit("flag.changed", {"flag": change.flag, "change": change})
+
+    def _check_name(self, name: str) -> None:
+        if name not in self._declared:
+            raise self._unknown(name)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FlagError("this FeatureFlags is closed")
+
+    def _unknown(self, name: object) -> UnknownFlag:
+        text = name if isinstance(name, str) else repr(name)
+        return UnknownFlag(text, suggestion=nearest(text, self._names))
+
+
+def _first(*states: FlagState | None) -> FlagState:
+    """The first state that is not None (the layers: runtime, config, default)."""
+    for state in states:
+        if state is not None:
+            return state
+    raise AssertionError("the declared default is never None")
