@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from foundation.flags._flags import FeatureFlags, Flag
 from foundation.flags._hashing import bucket
+from foundation.flags._sqlite_store import SQLiteFlagStore
 from foundation.flags._store import (
     FlagChange,
     FlagState,
@@ -36,6 +37,7 @@ __all__ = [
     "MemoryFlagStore",
     "MigrationEvent",
     "RedisFlagStore",
+    "SQLiteFlagStore",
     "StoreTransaction",
     "bucket",
 ]

@@ -456,7 +456,10 @@ class RedisFlagStore(FlagStore):
         # other connection. It may not have entered XREAD yet (race), so repeat
         # until it has exited; the block timeout bounds the wait regardless.
         deadline = time.monotonic() + self._timeout + self._block_ms / 1000 + 1.0
-        while self._thread.is_alive() and time.monotonic() < deadline:
+        # close() from a subscriber runs on the listener thread: it cannot join itself,
+        # and the loop exits on its own once the callback returns (stop is set).
+        own_thread = threading.current_thread() is self._thread
+        while not own_thread and self._thread.is_alive() and time.monotonic() < deadline:
             client_id = self._listener_client_id
             if client_id is not None:
                 with contextlib.suppress(self._redis.RedisError):
@@ -550,8 +553,16 @@ class RedisFlagStore(FlagStore):
     def _deliver(self, changes: list[FlagChange]) -> None:
         with self._lock:
             callbacks = list(self._callbacks)
+        lost: BackendUnavailable | None = None
         for callback in callbacks:
             try:
                 callback(list(changes))
+            except BackendUnavailable as exc:
+                # The subscriber's reload lost Redis (it went down right after this
+                # commit): not its fault. Resync once Redis is back, which delivers
+                # "reload" again -- at least once, as the contract says.
+                lost = exc
             except Exception as exc:  # a subscriber must never kill the listener
                 report_callback_error(exc, callback)
+        if lost is not None:
+            raise lost
