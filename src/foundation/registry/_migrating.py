@@ -1,0 +1,868 @@
+"""MigratingRegistry: two registry backends behind one flag, switchable at runtime.
+
+The facade reads a flag (cached, see "The flag") on every call. When the flag
+is on, the *target* (normally the shared table) is authoritative; when it is
+off, the *legacy* backend is. The authoritative backend's answer — result or
+error — is the answer, and its events are the events. Every successful write
+is then mirrored to the other backend, best effort, so that a flip in either
+direction at any moment loses nothing.
+
+Vocabulary
+----------
+
+*View*: what one caller sees of the legacy backend. A per-thread legacy
+(``ThreadLocalRegistry``, or any backend with a true ``per_thread`` attribute)
+has one private view per thread; a shared legacy (``MemoryRegistry``,
+``RedisRegistry``) has one view that every thread shares. The target must be
+shared.
+
+*Record*: ``records[key] = (view, gen, agent)`` says "the target's entry for
+``key`` is ``agent``, and ``view``'s legacy copy of ``key`` mirrors it at
+generation ``gen``". Each view keeps ``mirrors[key] = gen`` for the copies it
+holds as mirrors, and ``divergent[key]`` for private copies the target refused.
+
+*Divergence*: a write the other side refused (a key two threads hold in their
+private legacy views, which the shared target holds once; a key or metadata
+the target rejects; an unreachable target). It is counted, listed by
+``divergences()``, reported by ``readiness()`` and emitted as the telemetry
+event ``registry.divergence``. It is resolved when the private copy is
+unregistered or replaced, its agent dies, or its thread ends.
+
+Rules
+-----
+
+1. Every write (``register``, ``unregister``, ``update_metadata``) runs under
+   one facade lock: catch up the caller's view (rule 4), do the authoritative
+   write, mirror it, update the records. Between two writes the records
+   describe both sides exactly (modulo deaths, rule 5).
+2. A mirrored write replaces or removes only what the caller holds: in the
+   target, only the entry that the record says mirrors the caller's own view
+   (or a dead or absent entry); in a private legacy view, anything (the view
+   is the caller's); in a shared legacy view, only the mirror of the entry the
+   call acted on. Anything else is refused and becomes a divergence, so a
+   best-effort write never replaces a registration the caller does not hold.
+3. A write made with the flag on may change a target entry whose legacy
+   mirror lives in *another thread's* private view, which no other thread can
+   touch. The writer updates the record first, then pushes the key onto that
+   view's *inbox* (a deque).
+4. *Catch-up*: before a thread reads or writes its private legacy view, it
+   drains its inbox and re-checks each key against the record: a copy whose
+   record now names another view (or no view) is stale and is removed (no
+   resurrection); a copy whose record has a newer generation takes the
+   target's current metadata. Catch-up runs in the view's own thread, so it
+   needs no lock.
+5. The target's deaths (``unregistered``/``down`` events) are queued and
+   applied at the next write: the record is dropped and the owner view's
+   inbox is told. Dead agents never surface meanwhile: every backend filters
+   dead agents on read.
+
+Why this is correct under concurrent flips
+------------------------------------------
+
+* A call reads the flag once. Whatever it reads, a successful write reaches
+  both sides before the lock is released (rule 1), so the next call, under
+  either flag value, sees it: *nothing is lost*. A flag flip between calls,
+  or during one, only changes which side answers the next call.
+* A thread's legacy copies catch up before that thread consults its view:
+  the writer of a change updates the record and *then* pushes the inbox; the
+  owner drains the inbox and *then* reads the record. If the owner read the
+  old record, the push happened after its drain, so the next catch-up sees
+  it; a read that returns the old value is ordered before the write, which is
+  a legal linearisation. Copies are therefore never resurrected: the only way
+  a key leaves the target (unregister, replace by another thread, death)
+  removes its record and tells the owner view.
+* No duplicates: the target is one shared table and is written only with
+  ``replace=True`` for the caller's own mirror (rule 2); each legacy view
+  holds a key once.
+* No monitor leak: the facade never monitors anything itself. Each backend
+  monitors its own entries, and the facade removes from a backend exactly
+  what it mirrored there, so each side's monitor count follows its entries.
+* Events: during a facade write, events of the authoritative call are
+  collected and delivered after the lock is released; events of mirror and
+  catch-up calls are dropped. Events from other threads (deaths seen by the
+  target's monitors) are forwarded when their side is authoritative at
+  delivery time. After ``finish()`` only the target's events exist.
+
+The flag
+--------
+
+Reading ``FeatureFlags.enabled`` on every call would cost about as much as
+the lookup, so the facade caches the boolean in an attribute, refreshed by a
+``FeatureFlags.subscribe`` listener on every change of the flag. The listener
+*re-reads* ``enabled(flag)`` under a small lock instead of trusting the
+change it is given: whichever listener call runs last reads the newest
+committed state, so the cache converges to the flag even when two writers'
+notifications arrive out of order. ``FeatureFlags`` notifies after a write
+commits and before the writing call returns, so a flip made through
+``Migration.advance()``, ``rollback_to()`` or ``emergency_rollback()`` takes
+effect on the next call.
+
+``finish()`` retires the legacy side: it is refused (``MigrationError``)
+while the flag is off or divergences remain; afterwards the facade writes
+only to the target, closes the legacy backend and never reads the flag
+again. A later change that would turn the flag off is reported as a warning
+(telemetry ``registry.flag_ignored``, and the ``foundation`` logger) and
+never obeyed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+
+from foundation import telemetry
+from foundation.errors import (
+    AlreadyRegistered,
+    MigrationError,
+    NotAlive,
+    NotRegistered,
+    RegistryError,
+)
+from foundation.liveness import is_alive
+from foundation.registry._types import (
+    Criterion,
+    Divergence,
+    Entry,
+    Listener,
+    MetadataFilter,
+    Registry,
+    RegistryEvent,
+)
+
+if TYPE_CHECKING:
+    from foundation.flags import FeatureFlags, FlagChange
+
+__all__ = ["MigratingRegistry"]
+
+_log = logging.getLogger("foundation")
+
+Side = Literal["legacy", "target"]
+_LEGACY: Final = "legacy"
+_TARGET: Final = "target"
+
+
+class _View:
+    """One legacy view: a thread's private store, or the shared legacy store."""
+
+    __slots__ = ("divergent", "inbox", "mirrors", "private", "thread")
+
+    def __init__(self, thread: threading.Thread | None) -> None:
+        self.thread = thread
+        self.private = thread is not None
+        self.mirrors: dict[Hashable, int] = {}
+        self.divergent: dict[Hashable, _Divergent] = {}
+        self.inbox: deque[Hashable] = deque()
+
+    def ended(self) -> bool:
+        return self.thread is not None and not self.thread.is_alive()
+
+    def ident(self) -> int:
+        if self.thread is not None and self.thread.ident is not None:
+            return self.thread.ident
+        return threading.get_ident()
+
+
+class _Divergent(NamedTuple):
+    agent: Any
+    divergence: Divergence
+
+
+class _Record(NamedTuple):
+    view: _View | None  # None: the target entry is mirrored in no legacy view
+    gen: int
+    agent: Any
+
+
+class _Unraisable:
+    """The shape ``sys.unraisablehook`` expects, for a listener that raised."""
+
+    def __init__(self, exc: BaseException, listener: object) -> None:
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = "Exception ignored in MigratingRegistry listener"
+        self.object = listener
+
+
+class _Ctx:
+    """Per-thread state of one facade call: which side's events to keep."""
+
+    __slots__ = ("keep", "pending")
+
+    def __init__(self) -> None:
+        self.keep: Side | None = None
+        self.pending: list[tuple[Listener, RegistryEvent]] = []
+
+
+class MigratingRegistry(Registry):
+    """A registry that answers from ``legacy`` or ``target`` as ``flag`` says.
+
+    Writes reach both backends (best effort for the non-authoritative one), so
+    the flag can flip either way at runtime without losing, duplicating or
+    resurrecting a registration. See the module documentation for the rules
+    and why they hold under concurrent flips. The facade owns both backends:
+    ``close()`` closes them.
+
+    Example:
+        >>> import threading
+        >>> from foundation import (FeatureFlags, Flag, MemoryRegistry,
+        ...     MigratingRegistry, ThreadLocalRegistry, spawn_thread)
+        >>> flags = FeatureFlags([Flag("use_ets_agent_registry")])
+        >>> stop = threading.Event()
+        >>> reg = MigratingRegistry(ThreadLocalRegistry(), MemoryRegistry(), flags)
+        >>> reg.register("w1", spawn_thread(stop.wait), {"role": "io"})
+        >>> flags.enable("use_ets_agent_registry")      # flip: now the shared table answers
+        >>> reg.lookup("w1").metadata["role"]
+        'io'
+        >>> reg.finish()                                # retire the legacy store
+        >>> reg.close(); stop.set()
+    """
+
+    def __init__(
+        self,
+        legacy: Registry,
+        target: Registry,
+        flags: FeatureFlags,
+        flag: str = "use_ets_agent_registry",
+    ) -> None:
+        self._on = bool(flags.enabled(flag))  # UnknownFlag before anything changes
+        self._legacy = legacy
+        self._target = target
+        self._flags = flags
+        self._flag = flag
+        self._lock = threading.RLock()
+        self._flag_lock = threading.Lock()
+        self._tls = threading.local()
+        self._finished = False
+        self._closed = False
+        self._gen = 0
+        self._detected = 0
+        self._records: dict[Hashable, _Record] = {}
+        self._dead: deque[tuple[Hashable, Any]] = deque()
+        per_thread = bool(getattr(legacy, "per_thread", False)) or hasattr(
+            legacy, "snapshot_all_threads"
+        )
+        self._shared_view: _View | None = None if per_thread else _View(None)
+        self._views: dict[int, _View] = {}
+        self._unsubscribers: list[Callable[[], None]] = []
+        self._legacy_unsubscribers: list[Callable[[], None]] = []
+        self._unsubscribers.append(target.subscribe(self._on_target_event))
+        self._unsubscribers.append(flags.subscribe(self._on_flag_change))
+        self._refresh_flag()  # a change between the first read and subscribe is not missed
+        self._backfill()
+
+    # ------------------------------------------------------------------ flag
+
+    def _refresh_flag(self) -> None:
+        # Re-read under a lock: the last listener call to run reads the newest
+        # committed state, so out-of-order notifications cannot leave a stale cache.
+        with self._flag_lock:
+            if not self._finished:
+                self._on = bool(self._flags.enabled(self._flag))
+
+    def _on_flag_change(self, change: FlagChange) -> None:
+        if change.flag != self._flag:
+            return
+        if not self._finished:
+            self._refresh_flag()
+            return
+        new = change.new
+        if not new.switch or (new.percentage is not None and new.percentage < 100):
+            data = {
+                "registry": self,
+                "flag": self._flag,
+                "level": "warning",
+                "by": change.by,
+                "reason": change.reason,
+                "message": "migration finished: the legacy registry is retired, flag ignored",
+            }
+            _log.warning("flag %r turned off after MigratingRegistry.finish(); ignored", self._flag)
+            telemetry.emit("registry.flag_ignored", data)
+
+    @property
+    def flag_on(self) -> bool:
+        """The cached flag value: True when the target answers (always, after ``finish()``)."""
+        return self._on
+
+    @property
+    def finished(self) -> bool:
+        """True once ``finish()`` has retired the legacy backend."""
+        return self._finished
+
+    # ------------------------------------------------------------------ views
+
+    def _view(self) -> _View:
+        """The caller's legacy view, created if needed. Called under the lock only."""
+        shared = self._shared_view
+        if shared is not None:
+            return shared
+        ident = threading.get_ident()
+        current = threading.current_thread()
+        view = self._views.get(ident)
+        if view is None or view.thread is not current:  # a reused ident is a new thread
+            view = _View(current)
+            self._views[ident] = view
+        return view
+
+    def _existing_view(self) -> _View | None:
+        """The caller's private view if it has one (lock-free; never creates)."""
+        view = self._views.get(threading.get_ident())
+        if view is not None and view.thread is threading.current_thread():
+            return view
+        return None
+
+    def _catch_up(self, view: _View) -> None:
+        """Apply the changes other threads made to this view's mirrored keys (rule 4).
+
+        Runs in the view's own thread only, so ``view.mirrors`` and the legacy
+        store are touched by one thread. The inbox is drained *before* each
+        record is read; a writer updates the record *before* pushing, so a
+        change this pass misses is pushed again and seen by the next pass.
+        """
+        inbox = view.inbox
+        legacy = self._legacy
+        while True:
+            try:
+                key = inbox.popleft()
+            except IndexError:
+                return
+            gen = view.mirrors.get(key)
+            if gen is None:
+                continue  # not (or no longer) a mirror here: nothing to catch up
+            rec = self._records.get(key)
+            if rec is None or rec.view is not view:
+                # Unregistered, replaced by another thread, or dead: drop the stale copy.
+                del view.mirrors[key]
+                self._quiet(legacy.unregister, key)
+            elif rec.gen != gen:
+                entry = self._target.lookup(key)
+                if entry is None or entry.agent is not rec.agent:
+                    del view.mirrors[key]
+                    self._quiet(legacy.unregister, key)
+                else:
+                    try:
+                        self._quiet(legacy.update_metadata, key, entry.metadata)
+                        view.mirrors[key] = rec.gen
+                    except NotRegistered:  # the private copy's agent died
+                        del view.mirrors[key]
+
+    def _catch_up_reader(self) -> None:
+        """Lock-free catch-up before a legacy read (flag off)."""
+        view = self._existing_view()
+        if view is not None and view.inbox:
+            self._with_ctx(lambda: self._catch_up(view))
+
+    def _tell(self, view: _View | None, key: Hashable, caller: _View) -> None:
+        """Tell ``view`` that the record of ``key`` changed (rule 3)."""
+        if view is not None and view is not caller and view.private and not view.ended():
+            view.inbox.append(key)
+
+    def _next_gen(self) -> int:
+        self._gen += 1
+        return self._gen
+
+    # ------------------------------------------------------------------ events
+
+    def _ctx(self) -> _Ctx | None:
+        ctx: _Ctx | None = getattr(self._tls, "ctx", None)
+        return ctx
+
+    def _with_ctx(self, fn: Callable[[], Any]) -> Any:
+        outer = self._ctx()
+        ctx = _Ctx()
+        self._tls.ctx = ctx
+        try:
+            return fn()
+        finally:
+            self._tls.ctx = outer
+            self._deliver(ctx.pending)
+
+    def _quiet(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a backend with its events dropped (mirror and catch-up calls)."""
+        ctx = self._ctx()
+        if ctx is None:
+            return fn(*args, **kwargs)
+        keep, ctx.keep = ctx.keep, None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            ctx.keep = keep
+
+    def _loud(self, side: Side, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the authoritative backend, keeping its events for delivery."""
+        ctx = self._ctx()
+        assert ctx is not None
+        keep, ctx.keep = ctx.keep, side
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            ctx.keep = keep
+
+    @staticmethod
+    def _deliver(pending: list[tuple[Listener, RegistryEvent]]) -> None:
+        for listener, event in pending:
+            try:
+                listener(event)
+            except Exception as exc:  # a broken listener never breaks the registry
+                sys.unraisablehook(_Unraisable(exc, listener))  # type: ignore[arg-type]
+
+    def _forward(self, side: Side, listener: Listener, event: RegistryEvent) -> None:
+        ctx = self._ctx()
+        if ctx is not None:
+            # An event of a call this facade is making in this thread.
+            if ctx.keep == side:
+                ctx.pending.append((listener, event))
+            return
+        # Asynchronous (a death seen by a monitor, a remote change): forward
+        # when this side is authoritative at delivery time.
+        if (side == _TARGET) == self._on:
+            listener(event)
+
+    def _on_target_event(self, event: RegistryEvent) -> None:
+        # Deaths are applied to the records at the next write (rule 5); a
+        # deque append is safe from any thread and takes no facade lock, so a
+        # backend calling listeners under its own lock cannot deadlock with us.
+        if event.kind == "unregistered" and event.reason == "down":
+            self._dead.append((event.entry.key, event.entry.agent))
+
+    def _drain_dead(self) -> None:
+        dead = self._dead
+        while True:
+            try:
+                key, agent = dead.popleft()
+            except IndexError:
+                return
+            rec = self._records.get(key)
+            if rec is not None and rec.agent is agent:
+                del self._records[key]
+                view = rec.view
+                if view is not None:
+                    if view.private:
+                        if not view.ended():
+                            view.inbox.append(key)
+                    else:
+                        view.mirrors.pop(key, None)
+
+    # ------------------------------------------------------------------ divergences
+
+    def _diverge(self, view: _View, key: Hashable, agent: Any, reason: str) -> None:
+        div = Divergence(key, view.ident(), reason)
+        view.divergent[key] = _Divergent(agent, div)
+        self._detected += 1
+        if telemetry.has_listeners("registry.divergence"):
+            telemetry.emit(
+                "registry.divergence",
+                {"registry": self, "key": key, "thread": div.thread, "reason": reason},
+            )
+
+    def _purge(self) -> None:
+        """Resolve divergences whose copy died or whose thread ended; forget ended views."""
+        views = list(self._views.items())
+        for ident, view in views:
+            if view.ended():
+                view.divergent.clear()
+                if self._views.get(ident) is view:
+                    del self._views[ident]
+        for view in self._all_views():
+            for key, d in list(view.divergent.items()):
+                if not is_alive(d.agent):
+                    del view.divergent[key]
+
+    def _all_views(self) -> list[_View]:
+        views = list(self._views.values())
+        if self._shared_view is not None:
+            views.append(self._shared_view)
+        return views
+
+    def divergences(self) -> list[Divergence]:
+        """The unresolved divergences, each a ``Divergence(key, thread, reason)``."""
+        with self._lock:
+            self._drain_dead()
+            self._purge()
+            return [d.divergence for v in self._all_views() for d in v.divergent.values()]
+
+    def divergence_count(self) -> int:
+        """How many divergences were detected since construction (resolved ones included)."""
+        return self._detected
+
+    def readiness(self) -> list[str]:
+        """Problems that should stop a migration from advancing (empty when ready).
+
+        Hand it to ``Migration(flags, plan, readiness=[registry.readiness])``.
+        """
+        return [
+            f"registry divergence: key {d.key!r} in thread {d.thread}: {d.reason}"
+            for d in self.divergences()
+        ]
+
+    # ------------------------------------------------------------------ writes
+
+    def register(
+        self,
+        key: Hashable,
+        agent: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Register on the authoritative backend, then mirror (see the module docs).
+
+        Raises what the authoritative backend raises; nothing is stored then.
+        """
+        self._with_ctx(lambda: self._register(key, agent, metadata, replace))
+
+    def _register(
+        self, key: Hashable, agent: Any, metadata: Mapping[str, Any] | None, replace: bool
+    ) -> None:
+        with self._lock:
+            self._check_open()
+            self._drain_dead()
+            if self._finished:
+                self._loud(_TARGET, self._target.register, key, agent, metadata, replace=replace)
+                return
+            view = self._view()
+            self._catch_up(view)
+            if self._on:
+                self._loud(_TARGET, self._target.register, key, agent, metadata, replace=replace)
+                old = self._records.pop(key, None)
+                if old is not None:
+                    self._tell(old.view, key, view)
+                self._mirror_register_legacy(view, key, agent, metadata, old)
+            else:
+                self._loud(_LEGACY, self._legacy.register, key, agent, metadata, replace=replace)
+                self._mirror_register_target(view, key, agent, metadata)
+
+    def _mirror_register_legacy(
+        self,
+        view: _View,
+        key: Hashable,
+        agent: Any,
+        metadata: Mapping[str, Any] | None,
+        old: _Record | None,
+    ) -> None:
+        # Rule 2: a private view is the caller's own; in a shared view only
+        # the mirror of the target entry just replaced may be replaced.
+        holds = view.private or (old is not None and old.view is view)
+        try:
+            self._quiet(self._legacy.register, key, agent, metadata, replace=holds)
+        except (RegistryError, ValueError, TypeError) as exc:
+            view.mirrors.pop(key, None)
+            if isinstance(exc, AlreadyRegistered) and key in view.divergent:
+                return  # the refusing copy is already a listed divergence
+            self._diverge(view, key, agent, f"the legacy backend refused the mirror: {exc}")
+            self._records[key] = _Record(None, self._next_gen(), agent)
+            return
+        view.divergent.pop(key, None)  # our private copy was replaced: resolved
+        gen = self._next_gen()
+        self._records[key] = _Record(view, gen, agent)
+        view.mirrors[key] = gen
+
+    def _mirror_register_target(
+        self, view: _View, key: Hashable, agent: Any, metadata: Mapping[str, Any] | None
+    ) -> None:
+        view.divergent.pop(key, None)  # the private copy it replaced is gone: resolved
+        view.mirrors.pop(key, None)
+        rec = self._records.get(key)
+        mine = rec is not None and rec.view is view
+        try:
+            # Rule 2: replace only the target entry that mirrors our own copy;
+            # otherwise a live entry refuses (a dead one is simply replaced).
+            self._quiet(self._target.register, key, agent, metadata, replace=mine)
+        except AlreadyRegistered as exc:
+            holder = rec.view.ident() if rec is not None and rec.view is not None else None
+            who = f"thread {holder}" if holder is not None else "another registration"
+            self._diverge(view, key, agent, f"the target holds {key!r} for {who} ({exc.entry})")
+            return
+        except NotAlive:
+            return  # died between the two writes: nothing to mirror, nothing diverges
+        except Exception as exc:  # best effort: any refusal is a divergence, not an error
+            self._diverge(view, key, agent, f"the target refused the mirror: {exc!r}")
+            return
+        if rec is not None:
+            self._tell(rec.view, key, view)
+        gen = self._next_gen()
+        self._records[key] = _Record(view, gen, agent)
+        view.mirrors[key] = gen
+
+    def unregister(self, key: Hashable) -> bool:
+        """Unregister on the authoritative backend (its answer), then mirror."""
+        result: bool = self._with_ctx(lambda: self._unregister(key))
+        return result
+
+    def _unregister(self, key: Hashable) -> bool:
+        with self._lock:
+            self._check_open()
+            self._drain_dead()
+            if self._finished:
+                removed: bool = self._loud(_TARGET, self._target.unregister, key)
+                return removed
+            view = self._view()
+            self._catch_up(view)
+            if self._on:
+                removed = self._loud(_TARGET, self._target.unregister, key)
+                rec = self._records.pop(key, None)
+                if rec is not None:
+                    self._tell(rec.view, key, view)
+                if view.private or (rec is not None and rec.view is view):
+                    self._quiet(self._legacy.unregister, key)
+                    view.mirrors.pop(key, None)
+                    view.divergent.pop(key, None)
+                return removed
+            removed = self._loud(_LEGACY, self._legacy.unregister, key)
+            view.divergent.pop(key, None)
+            if view.mirrors.pop(key, None) is not None:
+                rec = self._records.get(key)
+                if rec is not None and rec.view is view:
+                    del self._records[key]
+                    entry = self._target.lookup(key)
+                    if entry is not None and entry.agent is rec.agent:
+                        self._quiet_best_effort(self._target.unregister, key)
+            return removed
+
+    def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
+        """Replace metadata on the authoritative backend, then mirror.
+
+        Raises:
+            NotRegistered: the authoritative backend does not hold ``key``.
+            InvalidMetadata: not a JSON-compatible mapping (nothing changes).
+        """
+        self._with_ctx(lambda: self._update(key, metadata))
+
+    def _update(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._check_open()
+            self._drain_dead()
+            if self._finished:
+                self._loud(_TARGET, self._target.update_metadata, key, metadata)
+                return
+            view = self._view()
+            self._catch_up(view)
+            rec = self._records.get(key)
+            if self._on:
+                self._loud(_TARGET, self._target.update_metadata, key, metadata)
+                if rec is None:
+                    return
+                gen = self._next_gen()
+                self._records[key] = rec._replace(gen=gen)
+                if rec.view is view:
+                    try:
+                        self._quiet(self._legacy.update_metadata, key, metadata)
+                        view.mirrors[key] = gen
+                    except NotRegistered:  # the legacy copy's agent died
+                        view.mirrors.pop(key, None)
+                else:
+                    self._tell(rec.view, key, view)
+                return
+            self._loud(_LEGACY, self._legacy.update_metadata, key, metadata)
+            if rec is not None and rec.view is view and key in view.mirrors:
+                try:
+                    self._quiet(self._target.update_metadata, key, metadata)
+                except NotRegistered:
+                    return  # died in the target; the queued down event drops the record
+                except Exception as exc:
+                    self._diverge(view, key, rec.agent, f"the target refused an update: {exc!r}")
+                    return
+                gen = self._next_gen()
+                self._records[key] = rec._replace(gen=gen)
+                view.mirrors[key] = gen
+
+    def _quiet_best_effort(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._quiet(fn, *args)
+        except Exception as exc:  # best effort: never fail the authoritative answer
+            _log.warning("MigratingRegistry: mirror %s%r failed: %r", fn.__name__, args, exc)
+
+    # ------------------------------------------------------------------ reads
+
+    def lookup(self, key: Hashable) -> Entry | None:
+        """The live entry for ``key`` from the authoritative backend."""
+        if self._on:  # the hot path: one attribute read, then the target
+            return self._target.lookup(key)
+        self._catch_up_reader()
+        return self._legacy.lookup(key)
+
+    def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
+        """Entries matching every criterion, from the authoritative backend."""
+        if self._on:
+            return self._target.query(criteria)
+        self._catch_up_reader()
+        return self._legacy.query(criteria)
+
+    def find_by_attribute(self, attr: str, value: Any) -> list[Entry]:
+        """Exactly ``query([(attr, "eq", value)])``, from the authoritative backend."""
+        if self._on:
+            return self._target.find_by_attribute(attr, value)
+        self._catch_up_reader()
+        return self._legacy.find_by_attribute(attr, value)
+
+    def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
+        """Every live entry the authoritative backend shows to the caller."""
+        if self._on:
+            return self._target.list_all(filter)
+        self._catch_up_reader()
+        return self._legacy.list_all(filter)
+
+    def count(self) -> int:
+        """Number of live entries the authoritative backend shows to the caller."""
+        if self._on:
+            return self._target.count()
+        self._catch_up_reader()
+        return self._legacy.count()
+
+    def indexed_attributes(self) -> frozenset[str]:
+        """The indexed attributes of the authoritative backend."""
+        return (self._target if self._on else self._legacy).indexed_attributes()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Forward the authoritative backend's events to ``listener``.
+
+        Events of the authoritative call of a facade write are delivered after
+        the write completes, in the writing thread; mirror and catch-up events
+        are never delivered. Asynchronous events (deaths seen by a backend's
+        monitors) are forwarded when their backend is authoritative at
+        delivery time, so a flip switches the event source with the answers.
+        """
+        with self._lock:
+            self._check_open()
+            t_unsub = self._target.subscribe(lambda e: self._forward(_TARGET, listener, e))
+            l_unsub: Callable[[], None] | None = None
+            if not self._finished:
+                l_unsub = self._legacy.subscribe(lambda e: self._forward(_LEGACY, listener, e))
+                self._legacy_unsubscribers.append(l_unsub)
+        done = False
+
+        def unsubscribe() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            t_unsub()
+            if l_unsub is not None:
+                with self._lock:
+                    if l_unsub in self._legacy_unsubscribers:
+                        self._legacy_unsubscribers.remove(l_unsub)
+                        l_unsub()
+
+        return unsubscribe
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this MigratingRegistry is closed")
+
+    def _backfill(self) -> None:
+        """Copy the legacy entries that exist at construction into the target.
+
+        A shared legacy is copied in bulk; a per-thread legacy exposing
+        ``snapshot_all_threads()`` is copied per live thread. A key the target
+        already holds for the same agent is adopted as a mirror; for another
+        agent it is a divergence.
+        """
+
+        def run() -> None:
+            with self._lock:
+                if self._shared_view is not None:
+                    for entry in self._legacy.list_all():
+                        self._backfill_one(self._shared_view, entry)
+                    return
+                snapshot = getattr(self._legacy, "snapshot_all_threads", None)
+                if snapshot is None:
+                    return
+                threads = {t.ident: t for t in threading.enumerate()}
+                for ident, entries in snapshot().items():
+                    thread = threads.get(ident)
+                    if thread is None or not entries:
+                        continue
+                    view = self._views.get(ident)
+                    if view is None or view.thread is not thread:
+                        view = self._views[ident] = _View(thread)
+                    for entry in entries:
+                        self._backfill_one(view, entry)
+
+        self._with_ctx(run)
+
+    def _backfill_one(self, view: _View, entry: Entry) -> None:
+        key, agent = entry.key, entry.agent
+        try:
+            self._quiet(self._target.register, key, agent, entry.metadata)
+        except AlreadyRegistered as exc:
+            held = exc.entry
+            if held is None or held.agent is not agent:
+                self._diverge(view, key, agent, f"the target already holds {key!r} ({held})")
+                return
+            if held.metadata != entry.metadata:
+                self._quiet_best_effort(self._target.update_metadata, key, entry.metadata)
+        except NotAlive:
+            return
+        except Exception as exc:
+            self._diverge(view, key, agent, f"the target refused the backfill: {exc!r}")
+            return
+        gen = self._next_gen()
+        self._records[key] = _Record(view, gen, agent)
+        view.mirrors[key] = gen
+
+    def finish(self) -> None:
+        """Retire the legacy backend: stop writing to it, close it, stop reading the flag.
+
+        Idempotent once it succeeded.
+
+        Raises:
+            MigrationError: the flag is off, or divergences remain (listed).
+        """
+        with self._lock:
+            self._check_open()
+            if self._finished:
+                return
+            problems = self.readiness()
+            with self._flag_lock:
+                if not self._flags.enabled(self._flag):
+                    raise MigrationError(
+                        f"cannot finish the migration: flag {self._flag!r} is off, so the "
+                        "legacy registry is still authoritative; turn it on first"
+                    )
+                if problems:
+                    raise MigrationError(
+                        "cannot finish the migration while divergences remain: "
+                        + "; ".join(problems)
+                    )
+                self._finished = True
+                self._on = True
+            for unsub in self._legacy_unsubscribers:
+                unsub()
+            self._legacy_unsubscribers.clear()
+            self._records.clear()
+            self._views.clear()
+            self._shared_view = None
+            self._dead.clear()
+            self._legacy.close()
+
+    def close(self) -> None:
+        """Stop listening to the flag and close both backends. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for unsub in self._unsubscribers:
+                unsub()
+            self._unsubscribers.clear()
+            for unsub in self._legacy_unsubscribers:
+                unsub()
+            self._legacy_unsubscribers.clear()
+            self._records.clear()
+            self._views.clear()
+            self._dead.clear()
+        if not self._finished:
+            self._legacy.close()
+        self._target.close()
+
+    def __repr__(self) -> str:
+        mode = "finished" if self._finished else ("target" if self._on else "legacy")
+        return (
+            f"<MigratingRegistry {mode} legacy={type(self._legacy).__name__} "
+            f"target={type(self._target).__name__} flag={self._flag!r}>"
+        )
