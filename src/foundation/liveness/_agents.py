@@ -1,0 +1,143 @@
+"""What counts as an agent: kind detection, liveness and a JSON description."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing.process
+import os
+import socket
+import subprocess
+import threading
+from typing import Any
+
+from foundation.errors import UnsupportedAgent
+from foundation.liveness._process import OSProcess, exit_down
+from foundation.liveness._threads import SpawnedThread
+
+__all__ = ["check_supported", "describe_agent", "is_alive", "unsupported"]
+
+PROCESS_TYPES = (subprocess.Popen, multiprocessing.process.BaseProcess, OSProcess)
+
+
+def unsupported(agent: object) -> UnsupportedAgent:
+    """The error for an object that cannot be monitored."""
+    return UnsupportedAgent(
+        f"cannot monitor a {type(agent).__name__!r}: supported agents are asyncio "
+        "tasks and futures, concurrent.futures.Future, threading.Thread, "
+        "subprocess.Popen, multiprocessing.Process and foundation.OSProcess"
+    )
+
+
+def is_alive(agent: object) -> bool:
+    """True while ``agent`` runs.
+
+    A ``spawn_thread`` thread is dead from the instant its end was recorded
+    (before ``Thread.is_alive()`` turns False); a thread never started, a done
+    future, an asyncio future whose loop is closed (it can never complete), and
+    an exited process (zombies included) are dead. Never reaps a child process.
+
+    Raises:
+        UnsupportedAgent: ``agent`` is not a supported kind.
+
+    Example:
+        >>> import concurrent.futures
+        >>> fut = concurrent.futures.Future()
+        >>> is_alive(fut)
+        True
+        >>> fut.set_result(1)
+        >>> is_alive(fut)
+        False
+        >>> is_alive(42)
+        Traceback (most recent call last):
+        ...
+        foundation.errors.UnsupportedAgent: cannot monitor a 'int': ...
+    """
+    if type(agent) is SpawnedThread:
+        # The watch first: it fires before Thread.is_alive() turns False.
+        return agent._foundation_watch.down is None and agent.is_alive()
+    if isinstance(agent, asyncio.Future):
+        return not agent.done() and not agent.get_loop().is_closed()
+    if isinstance(agent, concurrent.futures.Future):
+        return not agent.done()
+    if isinstance(agent, threading.Thread):
+        if isinstance(agent, SpawnedThread):
+            return agent._foundation_watch.down is None and agent.is_alive()
+        return agent.is_alive()
+    if isinstance(agent, OSProcess):
+        return agent.is_alive()
+    if isinstance(agent, PROCESS_TYPES):
+        return exit_down(agent) is None
+    raise unsupported(agent)
+
+
+def kind_of(agent: object) -> str | None:
+    """ "thread", "task", "future", "process", or None if unsupported."""
+    if isinstance(agent, threading.Thread):
+        return "thread"
+    if isinstance(agent, asyncio.Task):
+        return "task"
+    if isinstance(agent, (asyncio.Future, concurrent.futures.Future)):
+        return "future"
+    if isinstance(agent, PROCESS_TYPES):
+        return "process"
+    return None
+
+
+def check_supported(agent: object) -> None:
+    """Raise ``UnsupportedAgent`` (a ``TypeError``) unless ``agent`` can be monitored.
+
+    Example:
+        >>> import concurrent.futures
+        >>> check_supported(concurrent.futures.Future())
+        >>> check_supported("not an agent")
+        Traceback (most recent call last):
+        ...
+        foundation.errors.UnsupportedAgent: cannot monitor a 'str': ...
+    """
+    if kind_of(agent) is None:
+        raise unsupported(agent)
+
+
+def describe_agent(agent: object) -> dict[str, Any]:
+    """A JSON-compatible description of ``agent`` (for remote registries).
+
+    Always has ``kind`` (``"thread"``, ``"task"``, ``"future"`` or
+    ``"process"``), ``pid`` (the OS process the agent is or lives in),
+    ``name`` (str or None) and ``host``. Threads add ``ident``, ``native_id``
+    and ``daemon``; processes add ``start_time`` (clock ticks since boot, the
+    pid-reuse-safe identity, None where unknown).
+
+    Raises:
+        UnsupportedAgent: ``agent`` is not a supported kind.
+
+    Example:
+        >>> import os
+        >>> d = describe_agent(OSProcess(os.getpid()))
+        >>> d["kind"], d["pid"] == os.getpid()
+        ('process', True)
+    """
+    kind = kind_of(agent)
+    if kind is None:
+        raise unsupported(agent)
+    out: dict[str, Any] = {"kind": kind, "pid": os.getpid(), "name": None}
+    if isinstance(agent, threading.Thread):
+        out.update(
+            name=agent.name, ident=agent.ident, native_id=agent.native_id, daemon=agent.daemon
+        )
+    elif isinstance(agent, asyncio.Task):
+        out["name"] = agent.get_name()
+    elif isinstance(agent, PROCESS_TYPES):
+        out["pid"] = agent.pid
+        if isinstance(agent, OSProcess):
+            out["start_time"] = agent.start_time
+        else:
+            out["start_time"] = OSProcess(agent.pid).start_time if agent.pid is not None else None
+            if isinstance(agent, multiprocessing.process.BaseProcess):
+                out["name"] = agent.name
+            else:
+                args = agent.args
+                first = args[0] if isinstance(args, (list, tuple)) and args else args
+                out["name"] = os.fsdecode(first) if isinstance(first, (str, bytes)) else str(first)
+    out["host"] = socket.gethostname()
+    return out

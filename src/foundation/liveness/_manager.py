@@ -1,0 +1,652 @@
+"""The monitor manager: watches, watcher threads and the pidfd selector.
+
+Where each ``on_down`` runs (it is never called with a manager lock held):
+
+* synchronously inside ``monitor()`` when the agent is already dead
+  (``"noproc"``), or when its shared watch has already recorded a Down
+  (``spawn_thread`` threads, ``concurrent.futures.Future``: that Down);
+* on the ``spawn_thread`` thread itself, as its target returns or raises;
+* on the thread that completes a ``concurrent.futures.Future``;
+* on the event loop's thread for asyncio tasks and futures;
+* on ``foundation-<name>-threads`` for foreign threads (polled);
+* on ``foundation-<name>-pidfd`` for OS processes (or
+  ``foundation-<name>-procpoll`` with the polling fallback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import os
+import select
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from foundation.liveness._agents import PROCESS_TYPES, unsupported
+from foundation.liveness._core import (
+    CANCELLED,
+    NOPROC,
+    NORMAL,
+    Down,
+    ManagerStats,
+    Monitor,
+    OnDown,
+    Watch,
+    claim,
+    invoke,
+)
+from foundation.liveness._process import (
+    ProcessAgent,
+    down_from_pidfd,
+    exit_down,
+    open_pidfd,
+    pidfd_readable,
+)
+from foundation.liveness._threads import (
+    EXC_ATTR,
+    SpawnedThread,
+    acquire_hook,
+    ensure_hook,
+    release_hook,
+)
+
+__all__ = ["MonitorManager"]
+
+_PIDFD_OK = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
+_HAS_EVENTFD = hasattr(os, "eventfd")
+_CF_ATTR = "_foundation_watch"  # the shared watch, stored on the future itself
+_get_running_loop = asyncio._get_running_loop
+
+_NEW, _ATTACHED, _DETACHED = 0, 1, 2
+
+_W = TypeVar("_W", bound="_ManagedWatch")
+
+
+def _future_down(fut: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> Down:
+    if fut.cancelled():
+        return CANCELLED
+    exc = fut.exception()
+    return NORMAL if exc is None else Down("exception", exception=exc)
+
+
+def _thread_down(thread: threading.Thread) -> Down | None:
+    if thread.is_alive():
+        return None
+    # threading.excepthook runs inside the thread before it is marked dead,
+    # so by now the exception (if any) has been recorded on it.
+    exc = getattr(thread, EXC_ATTR, None)
+    return NORMAL if exc is None else Down("exception", exception=exc)
+
+
+class _FutureWatch(Watch):
+    """Shared watch of a concurrent.futures.Future: one done-callback, ever."""
+
+    __slots__ = ()
+
+    def on_done(self, fut: concurrent.futures.Future[Any]) -> None:
+        self.fire(_future_down(fut))
+
+
+class _ManagedWatch(Watch):
+    """A watch owned by one manager, in its ``_watches`` under ``id(agent)``.
+
+    It holds the agent strongly, so the id cannot be reused while it is there.
+    Detached (callback removed, fd closed) when its last monitor goes.
+    """
+
+    __slots__ = ("key", "manager")
+    detachable = True
+
+    def __init__(self, manager: MonitorManager, agent: object) -> None:
+        super().__init__(agent)
+        self.manager = manager
+        self.key = id(agent)
+
+    def detach_locked(self) -> None:
+        """Stop watching; called with the manager lock held."""
+        raise NotImplementedError
+
+
+class _AsyncioWatch(_ManagedWatch):
+    """One done-callback on an asyncio future, added and removed on its loop.
+
+    ``attach``/``detach``/``_on_done`` all run on the loop's thread (directly,
+    or queued with call_soon_threadsafe in the order the manager decided them),
+    so ``state`` needs no lock: a queued attach that arrives after a detach
+    sees _DETACHED and does nothing.
+    """
+
+    __slots__ = ("callback", "loop", "state")
+
+    def __init__(
+        self, manager: MonitorManager, fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(manager, fut)
+        self.loop = loop
+        self.state = _NEW
+        self.callback = self._on_done
+
+    def attach(self) -> None:
+        if self.state == _NEW:
+            self.state = _ATTACHED
+            self.agent.add_done_callback(self.callback)  # type: ignore[attr-defined]
+
+    def detach(self) -> None:
+        if self.state == _ATTACHED:
+            self.agent.remove_done_callback(self.callback)  # type: ignore[attr-defined]
+        self.state = _DETACHED
+
+    def _on_done(self, fut: asyncio.Future[Any]) -> None:
+        if self.state == _DETACHED:  # scheduled before a detach removed it
+            return
+        self.state = _DETACHED
+        self.manager._forget(self)
+        self.fire(_future_down(fut))
+
+    def detach_locked(self) -> None:
+        if _get_running_loop() is self.loop:
+            self.detach()
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed: no callback runs again
+            self.loop.call_soon_threadsafe(self.detach)
+
+
+class _ThreadWatch(_ManagedWatch):
+    """A foreign thread, polled by the manager's threads poller."""
+
+    __slots__ = ()
+
+    def detach_locked(self) -> None:
+        self.manager._polled_threads.pop(self.key, None)
+
+
+class _ProcessWatch(_ManagedWatch):
+    """An OS process: a pidfd in the manager's epoll, or polled (fd == -1)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, manager: MonitorManager, agent: object) -> None:
+        super().__init__(manager, agent)
+        self.fd = -1
+
+    def detach_locked(self) -> None:
+        manager = self.manager
+        fd = self.fd
+        if fd < 0:
+            manager._polled_procs.pop(self.key, None)
+            return
+        self.fd = -1
+        del manager._by_fd[fd]
+        if manager._epoll is not None:
+            manager._epoll.unregister(fd)
+        # Closing while the selector may hold this fd number in a batch of
+        # events is safe: it re-checks _by_fd and readiness under the lock.
+        os.close(fd)
+
+
+class MonitorManager:
+    """Owns monitors and the threads and file descriptors that watch agents.
+
+    One per registry or application (a process-wide default serves
+    :func:`foundation.liveness.monitor`). Watcher threads are daemons, named
+    ``foundation-<name>-pidfd`` (OS processes, one epoll over pidfds),
+    ``foundation-<name>-threads`` (foreign threads, polled every
+    ``thread_poll_interval`` seconds) and ``foundation-<name>-procpoll``
+    (processes, polled every ``process_poll_interval`` seconds, only where
+    ``pidfd_open`` is missing); each starts on first need. A pidfd is open
+    only while at least one monitor watches that process. ``close()`` releases
+    every monitor without calling it, stops and joins the threads and closes
+    every fd.
+
+    Example:
+        >>> import concurrent.futures
+        >>> with MonitorManager(name="doc") as manager:
+        ...     fut = concurrent.futures.Future()
+        ...     mon = manager.monitor(fut, lambda down: print(down.reason))
+        ...     fut.set_result(None)
+        ...     mon.active, manager.active_count()
+        normal
+        (False, 0)
+    """
+
+    def __init__(
+        self,
+        *,
+        thread_poll_interval: float = 0.05,
+        process_poll_interval: float = 0.01,
+        name: str = "foundation",
+        _pidfd: bool | None = None,
+    ) -> None:
+        """``_pidfd=False`` forces the polling fallback for processes (tests)."""
+        if not thread_poll_interval > 0 or not process_poll_interval > 0:
+            raise ValueError("poll intervals must be positive numbers of seconds")
+        self._name = name
+        self._thread_interval = float(thread_poll_interval)
+        self._process_interval = float(process_poll_interval)
+        self._lock = threading.Lock()
+        self._threads_cond = threading.Condition(self._lock)
+        self._procs_cond = threading.Condition(self._lock)
+        self._closed = False
+        # Every live monitor of this manager (for active_count and close).
+        self._monitors: dict[Monitor, None] = {}
+        # Managed watches by id(agent); guarded by _lock.
+        self._watches: dict[int, _ManagedWatch] = {}
+        self._polled_threads: dict[int, _ThreadWatch] = {}
+        self._polled_procs: dict[int, _ProcessWatch] = {}
+        self._by_fd: dict[int, _ProcessWatch] = {}
+        self._use_pidfd = _PIDFD_OK if _pidfd is None else (_pidfd and _PIDFD_OK)
+        self._epoll: select.epoll | None = None
+        self._wake_r = -1
+        self._wake_w = -1
+        self._pidfd_thread: threading.Thread | None = None
+        self._thread_poller: threading.Thread | None = None
+        self._proc_poller: threading.Thread | None = None
+        self._hook_held = False
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def name(self) -> str:
+        """The name used in this manager's thread names."""
+        return self._name
+
+    @property
+    def uses_pidfd(self) -> bool:
+        """True if OS processes are watched through pidfds (False: polled)."""
+        return self._use_pidfd
+
+    def monitor(self, agent: object, on_down: OnDown) -> Monitor:
+        """Call ``on_down(Down)`` once when ``agent`` dies; see :func:`foundation.liveness.monitor`.
+
+        Raises:
+            UnsupportedAgent: ``agent`` is not a supported kind.
+            TypeError: ``on_down`` is not callable.
+            RuntimeError: the manager is closed.
+        """
+        if type(agent) is SpawnedThread:  # the hot path: no lock at all
+            if not callable(on_down):
+                raise TypeError("on_down must be callable")
+            return self._add_shared(agent._foundation_watch, on_down)
+        if not callable(on_down):
+            raise TypeError("on_down must be callable")
+        if isinstance(agent, asyncio.Future):
+            return self._monitor_asyncio(agent, on_down)
+        if isinstance(agent, concurrent.futures.Future):
+            return self._monitor_cf(agent, on_down)
+        if isinstance(agent, threading.Thread):
+            if isinstance(agent, SpawnedThread):
+                return self._add_shared(agent._foundation_watch, on_down)
+            return self._monitor_thread(agent, on_down)
+        if isinstance(agent, PROCESS_TYPES):
+            return self._monitor_process(agent, on_down)
+        raise unsupported(agent)
+
+    def active_count(self) -> int:
+        """Number of monitors currently held (fired and released ones excluded)."""
+        return len(self._monitors)
+
+    def stats(self) -> ManagerStats:
+        """A snapshot of monitors, watched agents, running threads and open fds."""
+        with self._lock:
+            monitors = list(self._monitors)
+            shared = {id(m._watch) for m in monitors if not m._watch.detachable}
+            threads = (self._pidfd_thread, self._thread_poller, self._proc_poller)
+            fds = len(self._by_fd)
+            if self._epoll is not None:
+                fds += 2 if self._wake_r == self._wake_w else 3  # epoll + wake-up fd(s)
+            return ManagerStats(
+                monitors=len(monitors),
+                watched_agents=len(self._watches) + len(shared),
+                threads_running=sum(1 for t in threads if t is not None and t.is_alive()),
+                open_fds=fds,
+            )
+
+    def close(self) -> None:
+        """Release every monitor (without calling it), stop threads, close fds. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._threads_cond.notify_all()
+            self._procs_cond.notify_all()
+            threads = [
+                t
+                for t in (self._pidfd_thread, self._thread_poller, self._proc_poller)
+                if t is not None
+            ]
+            wake_w = self._wake_w
+        # Race: a monitor() that checked _closed before we set it inserts into
+        # _monitors before re-checking _closed; either we pop it here or it
+        # sees _closed and takes itself back.
+        monitors = self._monitors
+        while monitors:
+            try:
+                mon, _ = monitors.popitem()
+            except KeyError:
+                break
+            mon._watch.monitors.pop(mon, None)
+        if wake_w >= 0:
+            os.write(wake_w, (1).to_bytes(8, "little"))
+        current = threading.current_thread()
+        for t in threads:
+            if t is not current:  # close() from an on_down on a watcher thread
+                t.join()
+        with self._lock:
+            for watch in list(self._watches.values()):
+                watch.detach_locked()
+            self._watches.clear()
+            self._polled_threads.clear()
+            self._polled_procs.clear()
+            for fd in list(self._by_fd):  # pidfds owned by no watch: none expected
+                os.close(fd)
+            self._by_fd.clear()
+            if self._epoll is not None:
+                self._epoll.close()
+                self._epoll = None
+                os.close(self._wake_r)
+                if self._wake_w != self._wake_r:
+                    os.close(self._wake_w)
+                self._wake_r = self._wake_w = -1
+            if self._hook_held:
+                self._hook_held = False
+                release_hook()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    def __enter__(self) -> MonitorManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._monitors)} monitors"
+        return f"<MonitorManager {self._name!r} {state}>"
+
+    # ------------------------------------------------------------------ adding
+
+    def _is_closed(self) -> bool:
+        # A call, not an attribute read: another thread may close meanwhile.
+        return self._closed
+
+    def _closed_error(self) -> RuntimeError:
+        return RuntimeError(f"MonitorManager {self._name!r} is closed")
+
+    def _add_shared(self, watch: Watch, on_down: OnDown) -> Monitor:
+        """Add a monitor to a watch that lives on the agent (lock-free)."""
+        if self._closed:
+            raise self._closed_error()
+        mon = Monitor(self, watch)
+        watch.monitors[mon] = on_down
+        self._monitors[mon] = None
+        # Race: the watch may have fired, or close() may have run, between the
+        # check above and the inserts. Whoever pops the monitor owns it.
+        if watch.down is not None or self._is_closed():
+            if self._is_closed() and watch.monitors.pop(mon, None) is not None:
+                self._monitors.pop(mon, None)
+                raise self._closed_error()
+            if watch.down is not None:
+                claim(mon, watch, watch.down)
+        return mon
+
+    def _dead(self, agent: object, on_down: OnDown) -> Monitor:
+        """The agent is already dead: call on_down("noproc") now; inactive monitor."""
+        if self._closed:
+            raise self._closed_error()
+        watch = Watch(agent)
+        watch.down = NOPROC
+        mon = Monitor(self, watch)
+        invoke(on_down, NOPROC)
+        return mon
+
+    def _add_managed(self, watch: _ManagedWatch, on_down: OnDown) -> Monitor:
+        """Insert a monitor into a managed watch; called with the lock held."""
+        mon = Monitor(self, watch)
+        watch.monitors[mon] = on_down
+        self._monitors[mon] = None
+        return mon
+
+    def _monitor_cf(self, fut: concurrent.futures.Future[Any], on_down: OnDown) -> Monitor:
+        attrs = fut.__dict__
+        watch = attrs.get(_CF_ATTR)
+        if watch is None:
+            if self._closed:
+                raise self._closed_error()
+            if fut.done():
+                return self._dead(fut, on_down)
+            new = _FutureWatch(fut)
+            # setdefault is atomic: of racing first monitors, one watch wins
+            # and only its creator adds the (single, permanent) done-callback.
+            watch = attrs.setdefault(_CF_ATTR, new)
+            if watch is new:
+                fut.add_done_callback(new.on_done)  # may fire right here if done
+        return self._add_shared(watch, on_down)
+
+    def _monitor_asyncio(self, fut: asyncio.Future[Any], on_down: OnDown) -> Monitor:
+        loop = fut.get_loop()
+        if fut.done() or loop.is_closed():
+            return self._dead(fut, on_down)
+        on_loop = _get_running_loop() is loop
+        key = id(fut)
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            watch = self._watches.get(key)
+            if watch is None:
+                new = _AsyncioWatch(self, fut, loop)
+                watch = new
+                try:
+                    if on_loop:
+                        new.attach()
+                    else:
+                        loop.call_soon_threadsafe(new.attach)
+                except RuntimeError:  # the loop closed since the check above
+                    new.state = _DETACHED
+                    new.down = NOPROC
+                else:
+                    self._watches[key] = new
+            mon = self._add_managed(watch, on_down)
+        if watch.down is not None:
+            claim(mon, watch, watch.down)
+        return mon
+
+    def _monitor_thread(self, thread: threading.Thread, on_down: OnDown) -> Monitor:
+        # Install the excepthook before looking at the thread, so an exception
+        # raised from now on is recorded.
+        if not self._hook_held:
+            with self._lock:
+                if not self._hook_held and not self._closed:
+                    acquire_hook()
+                    self._hook_held = True
+        else:
+            ensure_hook()
+        if not thread.is_alive():
+            return self._dead(thread, on_down)
+        return self._monitor_managed(thread, on_down, _ThreadWatch)
+
+    def _monitor_process(self, agent: ProcessAgent, on_down: OnDown) -> Monitor:
+        if exit_down(agent) is not None:
+            return self._dead(agent, on_down)
+        return self._monitor_managed(agent, on_down, _ProcessWatch)
+
+    def _monitor_managed(
+        self, agent: object, on_down: OnDown, factory: Callable[[MonitorManager, object], _W]
+    ) -> Monitor:
+        key = id(agent)
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            watch = self._watches.get(key)
+            if watch is None:
+                new = factory(self, agent)
+                watch = new
+                if self._attach_locked(new):
+                    self._watches[key] = new
+                else:  # gone between the liveness check and the attach
+                    new.down = NOPROC
+            mon = self._add_managed(watch, on_down)
+        if watch.down is not None:
+            claim(mon, watch, watch.down)
+        return mon
+
+    def _attach_locked(self, watch: _ManagedWatch) -> bool:
+        """Start watching; False if the agent is already gone. Lock held."""
+        if isinstance(watch, _ThreadWatch):
+            was_idle = not self._polled_threads
+            self._polled_threads[watch.key] = watch
+            if self._thread_poller is None:
+                self._thread_poller = self._start(
+                    "threads", self._poll_loop, self._polled_threads, self._threads_cond,
+                    self._thread_interval, _thread_down,
+                )  # fmt: skip
+            elif was_idle:
+                self._threads_cond.notify_all()
+            return True
+        assert isinstance(watch, _ProcessWatch)
+        if self._use_pidfd:
+            try:
+                fd = open_pidfd(watch.agent)  # type: ignore[arg-type]
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise  # EMFILE and the like: nothing was stored
+                self._use_pidfd = False  # kernel without pidfd_open: poll from now on
+            else:
+                if fd is None:
+                    return False
+                try:
+                    self._ensure_epoll_locked()
+                    assert self._epoll is not None
+                    self._epoll.register(fd, select.EPOLLIN)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                watch.fd = fd
+                self._by_fd[fd] = watch
+                return True
+        was_idle = not self._polled_procs
+        self._polled_procs[watch.key] = watch
+        if self._proc_poller is None:
+            self._proc_poller = self._start(
+                "procpoll", self._poll_loop, self._polled_procs, self._procs_cond,
+                self._process_interval, exit_down,
+            )  # fmt: skip
+        elif was_idle:
+            self._procs_cond.notify_all()
+        return True
+
+    # ------------------------------------------------------------------ releasing
+
+    def _release_watch(self, watch: Watch) -> None:
+        """The last monitor of a managed watch went: detach it (unless re-used)."""
+        assert isinstance(watch, _ManagedWatch)
+        with self._lock:
+            # Race: a monitor() may have added to this watch since the caller
+            # saw it empty; it did so under this lock, so this check is exact.
+            if watch.monitors or self._watches.get(watch.key) is not watch:
+                return
+            del self._watches[watch.key]
+            watch.detach_locked()
+
+    def _forget(self, watch: _ManagedWatch) -> None:
+        """A managed watch fired: later monitors get a fresh watch (or noproc)."""
+        with self._lock:
+            if self._watches.get(watch.key) is watch:
+                del self._watches[watch.key]
+
+    # ------------------------------------------------------------------ threads
+
+    def _start(self, role: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+        thread = threading.Thread(
+            target=target, args=args, name=f"foundation-{self._name}-{role}", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _poll_loop(
+        self,
+        table: dict[int, Any],
+        cond: threading.Condition,
+        interval: float,
+        check: Callable[[Any], Down | None],
+    ) -> None:
+        """Every ``interval`` s, check each watched agent; fire the dead ones."""
+        while True:
+            with self._lock:
+                while not self._closed and not table:
+                    cond.wait()
+                if self._closed:
+                    return
+                snapshot: list[_ManagedWatch] = list(table.values())
+            dead: list[tuple[_ManagedWatch, Down]] = []
+            for watch in snapshot:
+                down = check(watch.agent)
+                if down is not None:
+                    dead.append((watch, down))
+            for watch, down in dead:
+                with self._lock:
+                    if table.get(watch.key) is not watch:
+                        continue  # released meanwhile
+                    del table[watch.key]
+                    if self._watches.get(watch.key) is watch:
+                        del self._watches[watch.key]
+                watch.fire(down)
+            with self._lock:
+                if self._is_closed():
+                    return
+                cond.wait(interval)
+
+    def _ensure_epoll_locked(self) -> None:
+        if self._epoll is not None:
+            return
+        epoll = select.epoll()
+        try:
+            if _HAS_EVENTFD:
+                wake_r = wake_w = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            else:  # pragma: no cover - Linux has eventfd
+                wake_r, wake_w = os.pipe()
+            epoll.register(wake_r, select.EPOLLIN)
+        except BaseException:
+            epoll.close()
+            raise
+        self._epoll = epoll
+        self._wake_r, self._wake_w = wake_r, wake_w
+        self._pidfd_thread = self._start("pidfd", self._pidfd_loop, epoll, wake_r)
+
+    def _pidfd_loop(self, epoll: select.epoll, wake_r: int) -> None:
+        """Wait on every pidfd at once; the wake-up fd only ever means "stop"."""
+        while not self._closed:
+            try:
+                events = epoll.poll()
+            except OSError:  # closed under us by close() called from a callback
+                return
+            for fd, _ in events:
+                if self._is_closed() or fd == wake_r:
+                    return
+                self._pidfd_ready(fd)
+
+    def _pidfd_ready(self, fd: int) -> None:
+        with self._lock:
+            watch = self._by_fd.get(fd)
+            # Race: the fd may have been released (and closed) after epoll
+            # reported it, and its number reused by another process's pidfd:
+            # confirm this fd really is ready before believing the event.
+            if watch is None or not pidfd_readable(fd):
+                return
+            del self._by_fd[fd]
+            assert self._epoll is not None
+            self._epoll.unregister(fd)
+            watch.fd = -1
+            if self._watches.get(watch.key) is watch:
+                del self._watches[watch.key]
+        # This thread owns fd now: nobody else can find it to close it.
+        try:
+            down = down_from_pidfd(watch.agent, fd)  # type: ignore[arg-type]
+        finally:
+            os.close(fd)
+        watch.fire(down)

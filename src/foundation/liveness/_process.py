@@ -1,0 +1,274 @@
+"""OS processes: identity, liveness and exit status, without reaping.
+
+Everything here is non-blocking and never reaps a child: exit status is read
+with ``waitid(..., WEXITED | WNOHANG | WNOWAIT)``, so ``Popen.wait()`` and
+``Process.join()`` keep working for their owners. Zombies count as dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing.process
+import os
+import select
+import subprocess
+from typing import Any, TypeAlias
+
+from foundation.liveness._core import NOPROC, NORMAL, Down
+
+__all__ = ["OSProcess", "ProcessAgent", "down_from_pidfd", "exit_down", "open_pidfd"]
+
+
+_HAS_WAITID = hasattr(os, "waitid")
+_WAIT_FLAGS = (os.WEXITED | os.WNOHANG | os.WNOWAIT) if _HAS_WAITID else 0
+
+
+def _read_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) from /proc/<pid>/stat, None if gone.
+
+    Raises OSError (other than "no such process") when /proc is unusable.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split
+    # after the LAST ')'. Then field 3 is the state, field 22 the start time.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return fields[0].decode("ascii"), int(fields[19])
+
+
+_PROC_OK = os.path.isdir("/proc/self") and _read_stat(os.getpid()) is not None
+
+
+class OSProcess:
+    """Any OS process, by pid; safe against pid reuse.
+
+    The constructor records the process's identity (its start time, from
+    ``/proc/<pid>/stat``), so a process that died and whose pid was reused by
+    another one is seen as dead. Where ``/proc`` is missing (non-Linux), only
+    ``kill(pid, 0)`` is available and pid reuse cannot be detected.
+
+    A pid with no process behind it is accepted and gives a dead handle
+    (``is_alive()`` is False, monitoring it reports ``"noproc"``): a process may
+    die at any moment anyway, so callers check liveness, not construction.
+    Zombies (exited, not yet reaped) count as dead.
+
+    Raises:
+        TypeError: ``pid`` is not an int.
+        ValueError: ``pid`` is not positive.
+
+    Example:
+        >>> import os
+        >>> me = OSProcess(os.getpid())
+        >>> me.is_alive(), me == OSProcess(os.getpid())
+        (True, True)
+    """
+
+    __slots__ = ("_start", "pid")
+
+    def __init__(self, pid: int) -> None:
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+        if pid <= 0:
+            raise ValueError(f"pid must be positive, got {pid}")
+        self.pid: int = pid
+        # Identity: start time in clock ticks since boot; -1 = no such process
+        # at construction; None = /proc unavailable (no reuse detection).
+        self._start: int | None
+        if _PROC_OK:
+            stat = _read_stat(pid)
+            self._start = -1 if stat is None or stat[0] in "ZX" else stat[1]
+        else:
+            self._start = None if _kill0(pid) else -1
+
+    @property
+    def start_time(self) -> int | None:
+        """Start time in clock ticks since boot (the identity), or None if unknown."""
+        return self._start if self._start is None or self._start >= 0 else None
+
+    def is_alive(self) -> bool:
+        """True while the very process seen at construction runs (not a zombie)."""
+        start = self._start
+        if start == -1:
+            return False
+        if start is None:
+            return _kill0(self.pid)
+        stat = _read_stat(self.pid)
+        return stat is not None and stat[1] == start and stat[0] not in "ZX"
+
+    def same_identity(self) -> bool:
+        """True if ``pid`` still names the process seen at construction (zombie or not)."""
+        start = self._start
+        if start == -1:
+            return False
+        if start is None:
+            return _kill0(self.pid)
+        stat = _read_stat(self.pid)
+        return stat is not None and stat[1] == start
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OSProcess):
+            return NotImplemented
+        return self.pid == other.pid and self._start == other._start
+
+    def __hash__(self) -> int:
+        return hash((self.pid, self._start))
+
+    def __repr__(self) -> str:
+        return f"OSProcess(pid={self.pid})"
+
+
+ProcessAgent: TypeAlias = "subprocess.Popen[Any] | multiprocessing.process.BaseProcess | OSProcess"
+
+
+def _kill0(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _down_from_siginfo(result: Any) -> Down:
+    code = result.si_code
+    if code == os.CLD_EXITED:
+        status = int(result.si_status)
+        return NORMAL if status == 0 else Down("exit", exit_code=status)
+    if code in (os.CLD_KILLED, os.CLD_DUMPED):
+        return Down("killed", signal=int(result.si_status))
+    return Down("exit")
+
+
+def _down_from_returncode(rc: int) -> Down:
+    """Popen/multiprocessing convention: negative = killed by that signal."""
+    if rc == 0:
+        return NORMAL
+    if rc < 0:
+        return Down("killed", signal=-rc)
+    return Down("exit", exit_code=rc)
+
+
+def _waitid_pid(pid: int) -> Any:
+    """Non-reaping status of child ``pid``: None while running.
+
+    Raises ChildProcessError if ``pid`` is not (or no longer) our child.
+    """
+    if not _HAS_WAITID:
+        raise ChildProcessError(pid)
+    return os.waitid(os.P_PID, pid, _WAIT_FLAGS)
+
+
+def _popen_of(proc: multiprocessing.process.BaseProcess) -> Any:
+    return getattr(proc, "_popen", None)
+
+
+def exit_down(agent: ProcessAgent) -> Down | None:
+    """The agent's Down if it has exited (zombie included), None while it runs.
+
+    Non-blocking and non-reaping where the platform allows it.
+    """
+    if isinstance(agent, OSProcess):
+        if agent.is_alive():
+            return None
+        if _PROC_OK and agent.same_identity():
+            # A zombie: if it is our child we can read its status.
+            with contextlib.suppress(ChildProcessError, OSError):
+                result = _waitid_pid(agent.pid)
+                if result is not None:
+                    return _down_from_siginfo(result)
+        return Down("exit") if agent._start != -1 else NOPROC
+    if isinstance(agent, subprocess.Popen):
+        if agent.returncode is not None:
+            return _down_from_returncode(agent.returncode)
+        try:
+            result = _waitid_pid(agent.pid)
+        except ChildProcessError:
+            # Reaped behind Popen's back, or SIGCHLD ignored: ask Popen itself.
+            rc = agent.poll()
+            return None if rc is None else _down_from_returncode(rc)
+        return None if result is None else _down_from_siginfo(result)
+    # multiprocessing.Process (any start method)
+    popen = _popen_of(agent)
+    if popen is None:
+        return NOPROC  # never started: it cannot die later
+    if popen.returncode is not None:
+        return _down_from_returncode(popen.returncode)
+    try:
+        result = _waitid_pid(popen.pid)
+    except ChildProcessError:
+        # forkserver children are not ours: multiprocessing reads the status.
+        rc = agent.exitcode
+        return None if rc is None else _down_from_returncode(rc)
+    return None if result is None else _down_from_siginfo(result)
+
+
+def open_pidfd(agent: ProcessAgent) -> int | None:
+    """A pidfd on the agent's process, or None if that process is already gone.
+
+    Raises OSError(ENOSYS) where the kernel lacks pidfd_open, and any other
+    OSError (EMFILE, ...) unchanged.
+    """
+    pid = agent.pid
+    if pid is None or not _pid_still_ours(agent):
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    # Race: the process may have been reaped and its pid reused between the
+    # check above and pidfd_open. Re-check identity now that the fd pins it.
+    if not _pid_still_ours(agent):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _pid_still_ours(agent: ProcessAgent) -> bool:
+    """True while ``agent.pid`` names the agent's process (running or zombie)."""
+    if isinstance(agent, OSProcess):
+        return agent.same_identity()
+    if isinstance(agent, subprocess.Popen):
+        return agent.returncode is None
+    popen = _popen_of(agent)
+    return popen is not None and popen.returncode is None
+
+
+def pidfd_readable(fd: int) -> bool:
+    """True if the pidfd reports its process as exited (zero-timeout poll)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def down_from_pidfd(agent: ProcessAgent, fd: int) -> Down:
+    """Exit status of the (exited) process behind ``fd``, without reaping it.
+
+    For a process that is not our child the status cannot be read: the result
+    is ``Down("exit", exit_code=None)`` unless the owning object knows it.
+    """
+    if _HAS_WAITID and hasattr(os, "P_PIDFD"):
+        try:
+            result = os.waitid(os.P_PIDFD, fd, _WAIT_FLAGS)
+        except ChildProcessError:
+            result = None
+        if result is not None:
+            return _down_from_siginfo(result)
+    if isinstance(agent, subprocess.Popen):
+        # Reaped by Popen.wait() in another thread: it stores the code right
+        # after reaping, so wait briefly for it (bounded; rare).
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            agent.wait(timeout=0.05)
+        if agent.returncode is not None:
+            return _down_from_returncode(agent.returncode)
+    elif isinstance(agent, multiprocessing.process.BaseProcess):
+        agent.join(timeout=0.05)
+        if agent.exitcode is not None:
+            return _down_from_returncode(agent.exitcode)
+    return Down("exit")

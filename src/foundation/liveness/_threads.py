@@ -1,0 +1,127 @@
+"""Threads: ``spawn_thread`` (exact death) and the excepthook chain (foreign threads)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from foundation.liveness._core import NORMAL, Down, Watch
+
+__all__ = ["EXC_ATTR", "SpawnedThread", "acquire_hook", "release_hook", "spawn_thread"]
+
+# Attribute set on a foreign thread by the excepthook chain when it raised.
+EXC_ATTR = "_foundation_exception"
+
+
+class SpawnedThread(threading.Thread):
+    """A thread whose end is recorded exactly: its watch fires in ``run``'s finally."""
+
+    _foundation_watch: Watch
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._foundation_watch = Watch(self)
+
+    def run(self) -> None:
+        down = NORMAL
+        try:
+            super().run()
+        except BaseException as exc:
+            down = Down("exception", exception=exc)
+            raise  # still reported by threading.excepthook, as for any thread
+        finally:
+            # Fires before the thread is marked dead, so is_alive() consults the
+            # watch first: the instant it fired, the agent counts as dead.
+            self._foundation_watch.fire(down)
+
+
+def spawn_thread(
+    target: Callable[..., object],
+    /,
+    *args: Any,
+    name: str | None = None,
+    daemon: bool = True,
+    **kwargs: Any,
+) -> threading.Thread:
+    """Start ``target(*args, **kwargs)`` in a new, exactly monitorable thread.
+
+    The thread is already started when returned, and is a daemon unless
+    ``daemon=False`` (``name`` and ``daemon`` are consumed here; every other
+    keyword goes to ``target``). Its end is recorded the moment ``target``
+    returns or raises, on the thread itself: monitors fire from there with
+    ``"normal"`` or ``"exception"`` (the exception is then still passed to
+    ``threading.excepthook``, like any thread's), and ``is_alive()`` turns
+    False at that instant.
+
+    Example:
+        >>> from foundation.liveness import is_alive
+        >>> out = []
+        >>> t = spawn_thread(out.append, "hello", name="greeter")
+        >>> t.join()
+        >>> t.name, out, is_alive(t)
+        ('greeter', ['hello'], False)
+    """
+    thread = SpawnedThread(target=target, args=args, kwargs=kwargs, name=name, daemon=daemon)
+    thread.start()
+    return thread
+
+
+# --------------------------------------------------------------------------- excepthook
+
+
+class _ExceptHook:
+    """Records a thread's uncaught exception on the thread, then chains on."""
+
+    __slots__ = ("prev",)
+
+    def __init__(self, prev: Callable[[Any], object]) -> None:
+        self.prev = prev
+
+    def __call__(self, args: Any) -> None:
+        thread = args.thread
+        if thread is not None and args.exc_value is not None:
+            with contextlib.suppress(AttributeError):  # a Thread subclass with __slots__
+                setattr(thread, EXC_ATTR, args.exc_value)
+        self.prev(args)
+
+
+# The one piece of process-global state besides the default manager: the hook
+# is installed while at least one manager watches a foreign thread.
+_hook_lock = threading.Lock()
+_hook_users = 0
+
+
+def acquire_hook() -> None:
+    """Count one user and make sure our hook is in ``threading.excepthook``.
+
+    Someone (pytest, for one) may have replaced the hook since: then it is
+    re-installed on top of whatever is there now.
+    """
+    global _hook_users
+    with _hook_lock:
+        _hook_users += 1
+        _ensure_hook_locked()
+
+
+def ensure_hook() -> None:
+    """Re-install the hook if it was replaced (cheap when it is in place)."""
+    if not isinstance(threading.excepthook, _ExceptHook):
+        with _hook_lock:
+            _ensure_hook_locked()
+
+
+def _ensure_hook_locked() -> None:
+    if not isinstance(threading.excepthook, _ExceptHook):
+        threading.excepthook = _ExceptHook(threading.excepthook)
+
+
+def release_hook() -> None:
+    """Drop one user; the last one restores the previous hook if ours is on top."""
+    global _hook_users
+    with _hook_lock:
+        _hook_users -= 1
+        current = threading.excepthook
+        if _hook_users == 0 and isinstance(current, _ExceptHook):
+            threading.excepthook = current.prev
