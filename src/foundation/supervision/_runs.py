@@ -1,0 +1,429 @@
+"""One run of one child, per kind: launch it, see it become ready, see it end,
+stop it. Everything here runs on the supervisor's event loop, except the body
+of a thread child.
+
+Every run resolves two futures: ``ready`` (the start handshake) and ``exited``
+(a :class:`ChildExit`, exactly once, however the run ends). ``shutdown`` is
+idempotent: concurrent callers share one stop sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal as signal_module
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from foundation.supervision._context import (
+    READY_FD_ENV,
+    ChildContext,
+    _loop_signal,
+    _process_entry,
+)
+from foundation.supervision._spec import ChildExit, ChildSpec
+
+if TYPE_CHECKING:
+    from foundation.supervision._supervisor import Supervisor
+
+_HAVE_PIDFD = sys.platform == "linux" and hasattr(os, "pidfd_open")
+_POLL_INTERVAL = 0.02  # process exit polling where pidfd is unavailable
+
+
+class Run:
+    """Base class of a child run."""
+
+    def __init__(self, spec: ChildSpec, supervisor: str, attempt: int) -> None:
+        self.spec = spec
+        self.name = f"{supervisor}/{spec.id}"
+        self.supervisor = supervisor
+        self.attempt = attempt
+        self.loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.exited: asyncio.Future[ChildExit] = self.loop.create_future()
+        self.started_at = self.loop.time()
+        self.stopping = False  # set when the supervisor itself stops this run
+        self.discarded = False  # set when its start failed: its exit means nothing
+        self._shutdown: asyncio.Task[ChildExit] | None = None
+
+    # ------------------------------------------------------------------ subclass API
+    handle: Any = None
+
+    @property
+    def agent(self) -> Any:
+        """What the registry is given for this run (monitorable)."""
+        return self.handle
+
+    async def launch(self) -> None:
+        """Spawn the child; readiness and exit arrive through the futures."""
+        raise NotImplementedError
+
+    async def _stop(self, timeout: float | None) -> ChildExit:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ common
+    def _exit(self, exit: ChildExit) -> None:
+        if not self.exited.done():
+            self.exited.set_result(exit)
+
+    def shutdown(self, timeout: float | None) -> asyncio.Task[ChildExit]:
+        """Stop this run (once); the task's result is how it ended."""
+        self.stopping = True
+        if self._shutdown is None:
+            self._shutdown = self.loop.create_task(
+                self._stop_once(timeout), name=f"shutdown {self.name}"
+            )
+        return self._shutdown
+
+    async def _stop_once(self, timeout: float | None) -> ChildExit:
+        if self.exited.done():
+            return ChildExit("shutdown")
+        return await self._stop(timeout)
+
+    async def _wait_exit(self, timeout: float | None) -> bool:
+        """Wait for the run to end, at most ``timeout`` seconds; True if it did."""
+        done, _ = await asyncio.wait({self.exited}, timeout=timeout)
+        return bool(done)
+
+
+class TaskRun(Run):
+    """A coroutine function run as an asyncio task; stopped by cancellation."""
+
+    handle: asyncio.Task[Any]
+
+    async def launch(self) -> None:
+        spec = self.spec
+        self.ctx = ChildContext(
+            spec.id, self.supervisor, self.attempt, _loop_signal(self.loop, self.ready)
+        )
+        if not spec.explicit_ready:
+            self.ready.set_result(None)
+        coro = spec.start(self.ctx, *spec.args, **spec.kwargs)  # type: ignore[operator]
+        self.handle = self.loop.create_task(coro, name=self.name)
+        self.handle.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self._exit(ChildExit("cancelled"))
+        elif (exc := task.exception()) is not None:
+            self._exit(ChildExit("exception", exception=exc))
+        else:
+            self._exit(ChildExit("normal"))
+
+    async def _stop(self, timeout: float | None) -> ChildExit:
+        self.ctx.stopping.set()
+        self.handle.cancel()
+        if await self._wait_exit(timeout):
+            return ChildExit("shutdown")
+        # A task that swallows its cancellation cannot be stopped by force.
+        return ChildExit("abandoned")
+
+
+class ThreadRun(Run):
+    """A plain function run in a daemon thread; stopped by ``ctx.stopping``.
+
+    A thread cannot be killed: one still running after its shutdown timeout is
+    abandoned (it stays a daemon thread, so it cannot block interpreter exit)
+    and reported as ``"abandoned"``.
+    """
+
+    handle: threading.Thread
+
+    async def launch(self) -> None:
+        spec = self.spec
+        self.ctx = ChildContext(
+            spec.id, self.supervisor, self.attempt, _loop_signal(self.loop, self.ready)
+        )
+        if not spec.explicit_ready:
+            self.ready.set_result(None)
+        self.handle = threading.Thread(target=self._body, name=self.name, daemon=True)
+        self.handle.start()
+
+    def _body(self) -> None:
+        spec = self.spec
+        try:
+            result = spec.start(self.ctx, *spec.args, **spec.kwargs)  # type: ignore[operator]
+            if asyncio.iscoroutine(result):
+                result.close()
+                raise TypeError(f"thread child {spec.id!r} returned a coroutine: use kind='task'")
+            exit = ChildExit("normal")
+        except BaseException as exc:  # every way out of a child is reported, none escapes
+            exit = ChildExit("exception", exception=exc)
+        # RuntimeError: the loop is closed (an abandoned thread that ended late).
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._exit, exit)
+
+    async def _stop(self, timeout: float | None) -> ChildExit:
+        self.ctx.stopping.set()
+        if await self._wait_exit(timeout):
+            return ChildExit("shutdown")
+        return ChildExit("abandoned")
+
+
+class _ProcessRun(Run):
+    """Shared by both process flavours: SIGTERM, then SIGKILL after the timeout."""
+
+    def _terminate(self) -> None:
+        raise NotImplementedError
+
+    def _kill(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self, timeout: float | None) -> ChildExit:
+        with contextlib.suppress(ProcessLookupError):
+            self._terminate()
+        if await self._wait_exit(timeout):
+            return ChildExit("shutdown")
+        with contextlib.suppress(ProcessLookupError):
+            self._kill()
+        await self._wait_exit(None)
+        return ChildExit("killed", signal=int(signal_module.SIGKILL))
+
+    @staticmethod
+    def _exit_of(code: int | None) -> ChildExit:
+        if code == 0:
+            return ChildExit("normal", exit_code=0)
+        if code is not None and code < 0:
+            return ChildExit("killed", signal=-code)
+        return ChildExit("exit", exit_code=code)
+
+
+class PopenRun(_ProcessRun):
+    """An argv child run with :class:`subprocess.Popen`.
+
+    Exit is seen through a pidfd on the event loop (exact, no polling) where
+    Linux provides it, else by polling. With explicit readiness the child gets
+    the write end of a pipe, named by ``$FOUNDATION_READY_FD``.
+    """
+
+    handle: subprocess.Popen[bytes]
+
+    async def launch(self) -> None:
+        spec = self.spec
+        argv = [*cast("Sequence[str]", spec.start), *(str(a) for a in spec.args)]
+        kwargs = dict(spec.kwargs)
+        self._ready_fd: int | None = None
+        write_fd: int | None = None
+        if spec.explicit_ready:
+            # os.pipe() fds are close-on-exec: a process spawned concurrently by
+            # another thread cannot inherit the write end and hold it open.
+            self._ready_fd, write_fd = os.pipe()
+            env = dict(kwargs.get("env") or os.environ)
+            env[READY_FD_ENV] = str(write_fd)
+            kwargs["env"] = env
+            kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), write_fd)
+        else:
+            self.ready.set_result(None)
+        try:
+            self.handle = subprocess.Popen(argv, **kwargs)
+        except BaseException:
+            self._close_ready_fd()
+            raise
+        finally:
+            if write_fd is not None:
+                os.close(write_fd)  # only the child holds it now: EOF once it exits
+        if self._ready_fd is not None:
+            os.set_blocking(self._ready_fd, False)
+            self.loop.add_reader(self._ready_fd, self._on_ready_fd)
+        self._pidfd: int | None = None
+        if _HAVE_PIDFD:
+            # The child is not reaped until we wait for it, so even a child that
+            # has already exited still has a pid (a zombie) to open here.
+            self._pidfd = os.pidfd_open(self.handle.pid)
+            self.loop.add_reader(self._pidfd, self._reap)
+        else:
+            self.loop.call_later(_POLL_INTERVAL, self._poll)
+
+    def _on_ready_fd(self) -> None:
+        assert self._ready_fd is not None
+        try:
+            data = os.read(self._ready_fd, 64)
+        except BlockingIOError:
+            return
+        self._close_ready_fd()
+        if data and not self.ready.done():
+            self.ready.set_result(None)
+        # EOF without a byte: the child closed it or is ending; its exit tells.
+
+    def _close_ready_fd(self) -> None:
+        fd, self._ready_fd = self._ready_fd, None
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+
+    def _poll(self) -> None:
+        if self.handle.poll() is None:
+            self.loop.call_later(_POLL_INTERVAL, self._poll)
+        else:
+            self._finish()
+
+    def _reap(self) -> None:
+        fd, self._pidfd = self._pidfd, None
+        if fd is None:
+            return
+        self.loop.remove_reader(fd)
+        os.close(fd)
+        self.handle.wait()  # readable pidfd: the process has ended, this does not block
+        self._finish()
+
+    def _finish(self) -> None:
+        self._close_ready_fd()
+        for stream in (self.handle.stdin, self.handle.stdout, self.handle.stderr):
+            if stream is not None:
+                stream.close()
+        self._exit(self._exit_of(self.handle.returncode))
+
+    def _terminate(self) -> None:
+        self.handle.terminate()
+
+    def _kill(self) -> None:
+        self.handle.kill()
+
+
+class MultiprocessingRun(_ProcessRun):
+    """A picklable function run in a ``multiprocessing`` "spawn" process.
+
+    "spawn" rather than "fork": the supervisor's process has threads (its
+    event loop may run in one), and forking a threaded process can deadlock.
+    Exit is seen through the process sentinel on the event loop.
+    """
+
+    handle: multiprocessing.process.BaseProcess
+
+    async def launch(self) -> None:
+        spec = self.spec
+        mp = multiprocessing.get_context("spawn")
+        recv, send = mp.Pipe(duplex=False) if spec.explicit_ready else (None, None)
+        self._recv = recv
+        self.handle = mp.Process(
+            target=_process_entry,
+            args=(spec.start, spec.id, send, spec.args, dict(spec.kwargs)),
+            name=self.name,
+            daemon=True,
+        )
+        try:
+            self.handle.start()
+        except BaseException:
+            if recv is not None:
+                recv.close()
+            raise
+        finally:
+            if send is not None:
+                send.close()  # only the child holds it now: EOF once it exits
+        if recv is not None:
+            self.loop.add_reader(recv.fileno(), self._on_ready)
+        else:
+            self.ready.set_result(None)
+        self._sentinel: int | None = self.handle.sentinel
+        self.loop.add_reader(self._sentinel, self._reap)
+
+    def _on_ready(self) -> None:
+        recv, self._recv = self._recv, None
+        if recv is None:
+            return
+        self.loop.remove_reader(recv.fileno())
+        try:
+            recv.recv()
+            if not self.ready.done():
+                self.ready.set_result(None)
+        except EOFError:  # ended without calling ready(); its exit tells
+            pass
+        finally:
+            recv.close()
+
+    def _reap(self) -> None:
+        fd, self._sentinel = self._sentinel, None
+        if fd is None:
+            return
+        self.loop.remove_reader(fd)
+        if self._recv is not None:
+            # A ready() sent just before exiting is still in the pipe: read it first.
+            if self._recv.poll():
+                self._on_ready()
+            else:
+                self.loop.remove_reader(self._recv.fileno())
+                self._recv.close()
+                self._recv = None
+        self.handle.join()  # the sentinel is readable: the process has ended
+        self._exit(self._exit_of(self.handle.exitcode))
+
+    def _terminate(self) -> None:
+        self.handle.terminate()
+
+    def _kill(self) -> None:
+        self.handle.kill()
+
+
+class SupervisorRun(Run):
+    """A nested supervisor: ready when its children are, ended when it stops or
+    gives up (``RestartIntensityExceeded`` is then its exit exception)."""
+
+    handle: Supervisor
+
+    @property
+    def agent(self) -> Any:
+        return self.handle.task
+
+    async def launch(self) -> None:
+        from foundation.supervision._supervisor import Supervisor  # noqa: PLC0415 (cycle)
+
+        start = self.spec.start
+        sup = start if isinstance(start, Supervisor) else start()  # type: ignore[operator]
+        if not isinstance(sup, Supervisor):
+            raise TypeError(f"child {self.spec.id!r}: factory returned {sup!r}, not a Supervisor")
+        self.handle = sup
+        self._starting = self.loop.create_task(sup.start(), name=f"start {self.name}")
+        self._starting.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            self._exit(ChildExit("cancelled"))
+        elif (exc := task.exception()) is not None:
+            self._exit(ChildExit("exception", exception=exc))
+        else:
+            self.ready.set_result(None)
+            self.handle._done_future().add_done_callback(self._ended)
+
+    def _ended(self, fut: asyncio.Future[None]) -> None:
+        failure = self.handle.failure
+        if failure is not None:
+            self._exit(ChildExit("exception", exception=failure))
+        else:
+            self._exit(ChildExit("normal"))
+
+    async def _stop(self, timeout: float | None) -> ChildExit:
+        # A supervisor always gets the time its own children's timeouts add up to.
+        from foundation.errors import ShutdownError  # noqa: PLC0415
+
+        if not self._starting.done():
+            # Still starting: cancelling start() rolls back what it started.
+            self._starting.cancel()
+            await asyncio.wait({self._starting})
+        try:
+            await self.handle.stop()
+        except ShutdownError:
+            await self._wait_exit(None)
+            return ChildExit("abandoned")
+        await self._wait_exit(None)
+        return ChildExit("shutdown")
+
+
+def make_run(spec: ChildSpec, supervisor: str, attempt: int) -> Run:
+    """The run class for ``spec.kind``."""
+    cls: Callable[[ChildSpec, str, int], Run]
+    if spec.kind == "task":
+        cls = TaskRun
+    elif spec.kind == "thread":
+        cls = ThreadRun
+    elif spec.kind == "supervisor":
+        cls = SupervisorRun
+    elif isinstance(spec.start, (list, tuple)):
+        cls = PopenRun
+    else:
+        cls = MultiprocessingRun
+    return cls(spec, supervisor, attempt)

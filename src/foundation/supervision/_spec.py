@@ -1,0 +1,257 @@
+"""Child specifications and the records a supervisor reports."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from foundation.supervision._supervisor import Supervisor
+
+__all__ = [
+    "Backoff",
+    "ChildCounts",
+    "ChildExit",
+    "ChildInfo",
+    "ChildKind",
+    "ChildSpec",
+    "ChildStatus",
+    "ExitReason",
+    "Readiness",
+    "RestartType",
+    "Strategy",
+]
+
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+RestartType = Literal["permanent", "transient", "temporary"]
+ChildKind = Literal["task", "thread", "process", "supervisor"]
+Readiness = Literal["explicit", "spawned"]
+ChildStatus = Literal["running", "restarting", "stopped"]
+ExitReason = Literal["normal", "exception", "cancelled", "exit", "killed", "shutdown", "abandoned"]
+
+_STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+_RESTARTS = ("permanent", "transient", "temporary")
+_KINDS = ("task", "thread", "process", "supervisor")
+_READINESS = ("explicit", "spawned")
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """How to start, restart and stop one child.
+
+    ``start`` and ``kind`` (guessed when omitted):
+
+    - ``"task"``: an ``async def`` function, run as an asyncio task as
+      ``start(ctx, *args, **kwargs)``; ``ctx`` is a :class:`ChildContext`.
+    - ``"thread"``: a plain function (the default for a non-async callable), run
+      in a daemon thread as ``start(ctx, *args, **kwargs)``.
+    - ``"process"``: an argv sequence (``["python", "-m", "app"]``; ``args`` are
+      appended, ``kwargs`` go to :class:`subprocess.Popen`), or a picklable
+      function run in a ``multiprocessing`` "spawn" process as
+      ``start(ctx, *args, **kwargs)`` with a :class:`ProcessContext`.
+    - ``"supervisor"``: a :class:`Supervisor`, or a zero-argument factory
+      returning one (a fresh tree per restart).
+
+    Readiness (the start handshake): with ``readiness="explicit"`` the child is
+    started only once it calls ``ctx.ready()`` (an argv process writes a byte
+    to the file descriptor named by ``$FOUNDATION_READY_FD``, see
+    :func:`notify_ready`); with ``"spawned"`` it is ready as soon as it exists.
+    The default is ``"explicit"`` for every child given a context (tasks,
+    threads, multiprocessing targets) and ``"spawned"`` for argv processes. A
+    nested supervisor is ready when its own children are. A child that ends,
+    or is not ready within ``ready_timeout`` seconds (``None``: no limit), has
+    failed to start.
+
+    ``restart``: ``"permanent"`` children are always restarted, ``"transient"``
+    ones only after an abnormal exit, ``"temporary"`` ones never (their spec is
+    dropped when they end). ``shutdown_timeout`` (seconds, ``None`` waits for
+    ever) bounds an orderly stop before the child is killed where its kind
+    allows it. With a registry, the child's live handle is registered under
+    ``register_as`` (default: ``id``) with ``metadata`` on every (re)start.
+
+    Raises:
+        ValueError: an empty id, an unknown restart, kind or readiness, or a
+            timeout that is not positive.
+        TypeError: a ``start`` that does not fit its kind.
+
+    Example:
+        >>> from foundation.supervision import ChildSpec
+        >>> async def worker(ctx):
+        ...     ctx.ready()
+        >>> ChildSpec("w", worker).kind
+        'task'
+        >>> ChildSpec("p", ["sleep", "60"], restart="transient").kind
+        'process'
+    """
+
+    id: str
+    start: Callable[..., Any] | Sequence[str] | Supervisor
+    kind: ChildKind | None = None
+    restart: RestartType = "permanent"
+    shutdown_timeout: float | None = 5.0
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    register_as: Hashable | None = None
+    metadata: Mapping[str, Any] | None = None
+    readiness: Readiness | None = None
+    ready_timeout: float | None = 5.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"a child id must be a non-empty str, not {self.id!r}")
+        if self.restart not in _RESTARTS:
+            raise ValueError(f"restart must be one of {_RESTARTS}, not {self.restart!r}")
+        if self.readiness is not None and self.readiness not in _READINESS:
+            raise ValueError(f"readiness must be one of {_READINESS}, not {self.readiness!r}")
+        for name in ("shutdown_timeout", "ready_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive or None, not {value!r}")
+        kind = self.kind if self.kind is not None else _guess_kind(self.start)
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
+        _check_start(self.id, kind, self.start)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "args", tuple(self.args))
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        if self.metadata is not None:
+            object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+    @property
+    def key(self) -> Hashable:
+        """The registry key: ``register_as``, else ``id``."""
+        return self.id if self.register_as is None else self.register_as
+
+    @property
+    def explicit_ready(self) -> bool:
+        """True when a start waits for the child's own ready signal."""
+        if self.kind == "supervisor":
+            return False
+        if self.readiness is not None:
+            return self.readiness == "explicit"
+        return not (self.kind == "process" and _is_argv(self.start))
+
+
+def _is_argv(start: object) -> bool:
+    return isinstance(start, (list, tuple)) and all(isinstance(a, str) for a in start)
+
+
+def _guess_kind(start: object) -> ChildKind:
+    from foundation.supervision._supervisor import Supervisor  # noqa: PLC0415 (cycle)
+
+    if isinstance(start, Supervisor):
+        return "supervisor"
+    if _is_argv(start):
+        return "process"
+    if inspect.iscoroutinefunction(start):
+        return "task"
+    if callable(start):
+        return "thread"
+    raise TypeError(f"cannot tell how to start {start!r}: pass kind=")
+
+
+def _check_start(child: str, kind: str, start: object) -> None:
+    from foundation.supervision._supervisor import Supervisor  # noqa: PLC0415 (cycle)
+
+    if kind == "process":
+        ok = (_is_argv(start) and len(start) > 0) or callable(start)  # type: ignore[arg-type]
+    elif kind == "supervisor":
+        ok = isinstance(start, Supervisor) or callable(start)
+    elif kind == "task":
+        ok = callable(start) and not isinstance(start, Supervisor)
+    else:
+        ok = callable(start) and not isinstance(start, Supervisor)
+    if not ok:
+        raise TypeError(f"child {child!r}: {start!r} cannot be started as a {kind}")
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential restart delay, capped: the n-th consecutive restart of a
+    child waits ``min(initial * factor ** (n - 1), max_delay)`` seconds.
+
+    A child's count of consecutive restarts resets once it has run for the
+    supervisor's ``min_uptime``. Every delayed restart still counts against
+    the restart intensity, at the moment it is decided.
+
+    Example:
+        >>> from foundation.supervision import Backoff
+        >>> b = Backoff(initial=0.1, factor=2.0, max_delay=0.3)
+        >>> [b.delay(n) for n in (1, 2, 3, 4)]
+        [0.1, 0.2, 0.3, 0.3]
+    """
+
+    initial: float = 0.1
+    factor: float = 2.0
+    max_delay: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not (self.initial >= 0 and self.factor >= 1 and self.max_delay >= 0):
+            raise ValueError("Backoff needs initial >= 0, factor >= 1 and max_delay >= 0")
+
+    def delay(self, attempt: int) -> float:
+        """The delay before consecutive restart number ``attempt`` (1-based)."""
+        if attempt <= 0:
+            return 0.0
+        return float(min(self.max_delay, self.initial * self.factor ** (attempt - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class ChildExit:
+    """How a child run ended.
+
+    ``reason``: ``"normal"`` (returned, or exit code 0), ``"exception"``
+    (``exception`` says which; also a failed start), ``"cancelled"`` (a task
+    cancelled by someone else), ``"exit"`` (a process with a non-zero
+    ``exit_code``), ``"killed"`` (a process ended by ``signal``, or killed by
+    the supervisor after its shutdown timeout), ``"shutdown"`` (stopped by its
+    supervisor in time) or ``"abandoned"`` (a thread, or a task ignoring
+    cancellation, still running after its shutdown timeout).
+
+    Example:
+        >>> from foundation.supervision import ChildExit
+        >>> ChildExit("exit", exit_code=3).abnormal
+        True
+    """
+
+    reason: ExitReason
+    exception: BaseException | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+
+    @property
+    def abnormal(self) -> bool:
+        """True for every reason but ``"normal"`` and ``"shutdown"``."""
+        return self.reason not in ("normal", "shutdown")
+
+
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    """One row of ``which_children()``.
+
+    ``handle`` is the live run (``asyncio.Task``, ``threading.Thread``,
+    ``subprocess.Popen``, ``multiprocessing.Process`` or the nested
+    ``Supervisor``), ``None`` unless running. ``restarts`` counts the restarts
+    of this child since its supervisor started.
+    """
+
+    id: str
+    kind: ChildKind
+    restart: RestartType
+    status: ChildStatus
+    handle: Any
+    restarts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCounts:
+    """``count_children()``: specs held, children running, and how many are
+    supervisors or workers (every other kind)."""
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int

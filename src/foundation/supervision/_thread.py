@@ -1,0 +1,177 @@
+"""The synchronous facade: a supervisor on an event loop in a thread of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from foundation.supervision._spec import ChildCounts, ChildInfo
+
+if TYPE_CHECKING:
+    from foundation.supervision._supervisor import Supervisor
+
+__all__ = ["SupervisorThread"]
+
+T = TypeVar("T")
+
+_LOOP_CLOSE_GRACE = 1.0  # seconds given to leftover tasks (abandoned ones) at loop close
+
+
+class SupervisorThread:
+    """A running supervisor, driven from synchronous code.
+
+    Made by :meth:`Supervisor.run_in_thread`: the supervisor runs on a new event
+    loop in a daemon thread named ``name`` (default ``"supervisor:<name>"``),
+    started by the time the constructor returns. Every method is thread-safe
+    (``asyncio.run_coroutine_threadsafe``) and blocks until done. Leaving the
+    ``with`` block calls :meth:`stop`, which stops the children and the loop.
+
+    Example:
+        >>> from foundation.supervision import ChildSpec, Supervisor
+        >>> def worker(ctx):
+        ...     ctx.ready()
+        ...     ctx.stopping.wait()
+        >>> with Supervisor([ChildSpec("w", worker)]).run_in_thread() as handle:
+        ...     handle.count_children().active
+        1
+    """
+
+    def __init__(self, supervisor: Supervisor, *, name: str | None = None) -> None:
+        self.supervisor = supervisor
+        self._loop = asyncio.new_event_loop()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._serve, name=name or f"supervisor:{supervisor.name}", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._call(supervisor.start())
+        except BaseException:
+            self._close_loop()
+            raise
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread running the event loop."""
+        return self._thread
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the supervisor runs on."""
+        return self._loop
+
+    # ------------------------------------------------------------------ loop thread
+    def _serve(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                leftover = asyncio.all_tasks(loop)
+                for task in leftover:
+                    task.cancel()
+                if leftover:
+                    loop.run_until_complete(asyncio.wait(leftover, timeout=_LOOP_CLOSE_GRACE))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError(f"the event loop of supervisor {self.supervisor.name!r} is closed")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise
+
+    def _call_soon(self, fn: Callable[[], T]) -> T:
+        async def call() -> T:
+            return fn()
+
+        return self._call(call())
+
+    def _close_loop(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+    # ------------------------------------------------------------------ public
+    def stop(self) -> None:
+        """Stop the supervisor (children in reverse order), then the loop; idempotent.
+
+        Raises:
+            ShutdownError: as :meth:`Supervisor.stop` (the loop is closed anyway).
+        """
+        if self._closed:
+            return
+        try:
+            self._call(self.supervisor.stop())
+        finally:
+            self._close_loop()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the supervisor ends.
+
+        Raises:
+            RestartIntensityExceeded: it gave up.
+            TimeoutError: still running after ``timeout`` seconds.
+        """
+        if self._closed:
+            failure = self.supervisor.failure
+            if failure is not None:
+                raise failure
+            return
+        self._call(self.supervisor.wait(), timeout)
+
+    def which_children(self) -> list[ChildInfo]:
+        """See :meth:`Supervisor.which_children`."""
+        return self._call_soon(self.supervisor.which_children)
+
+    def count_children(self) -> ChildCounts:
+        """See :meth:`Supervisor.count_children`."""
+        return self._call_soon(self.supervisor.count_children)
+
+    def start_child(self, *args: Any, **kwargs: Any) -> ChildInfo:
+        """See :meth:`Supervisor.start_child` and :meth:`DynamicSupervisor.start_child`."""
+        return self._call(self.supervisor.start_child(*args, **kwargs))
+
+    def terminate_child(self, id: str) -> None:
+        """See :meth:`Supervisor.terminate_child`."""
+        self._call(self.supervisor.terminate_child(id))
+
+    def restart_child(self, id: str) -> ChildInfo:
+        """See :meth:`Supervisor.restart_child`."""
+        return self._call(self.supervisor.restart_child(id))
+
+    def delete_child(self, id: str) -> None:
+        """See :meth:`Supervisor.delete_child`."""
+        self._call(self.supervisor.delete_child(id))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self.supervisor.state
+        return f"<SupervisorThread {self.supervisor.name!r} {state}>"
