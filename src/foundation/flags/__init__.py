@@ -11,6 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 from foundation.flags._flags import FeatureFlags, Flag
 from foundation.flags._hashing import bucket
+from foundation.flags._migration import (
+    DEFAULT_FLAGS,
+    AutoRollback,
+    HealthReport,
+    HealthSample,
+    HealthThresholds,
+    Migration,
+    MigrationPlan,
+    MigrationStatus,
+    ReadinessCheck,
+    Stage,
+)
 from foundation.flags._sqlite_store import SQLiteFlagStore
 from foundation.flags._store import (
     FlagChange,
@@ -29,15 +41,25 @@ if TYPE_CHECKING:
 _LAZY = {"RedisFlagStore": "foundation.flags._redis_store"}
 
 __all__ = [
+    "DEFAULT_FLAGS",
+    "AutoRollback",
     "FeatureFlags",
     "Flag",
     "FlagChange",
     "FlagState",
     "FlagStore",
+    "HealthReport",
+    "HealthSample",
+    "HealthThresholds",
     "MemoryFlagStore",
+    "Migration",
     "MigrationEvent",
+    "MigrationPlan",
+    "MigrationStatus",
+    "ReadinessCheck",
     "RedisFlagStore",
     "SQLiteFlagStore",
+    "Stage",
     "StoreTransaction",
     "bucket",
 ]
@@ -48,6 +70,5 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'foundation.flags' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
-    value.__module__ = "foundation"
     globals()[name] = value
     return value

@@ -455,7 +455,7 @@ class FeatureFlags:
             try:
                 listener(change)
             except Exception as exc:  # one broken listener must not break the writer
-                report_callback_error(exc, listener)
+                report_callback_error(exc, listener, "flag change listener")
         if telemetry.has_listeners("flag.changed"):
             telemetry.emit("flag.changed", {"flag": change.flag, "change": change})
 

@@ -335,14 +335,16 @@ class FlagStore(ABC):
         self.close()
 
 
-def report_callback_error(exc: BaseException, callback: object) -> None:
-    """Send a subscriber's exception to ``sys.unraisablehook`` (stores never let it escape)."""
+def report_callback_error(
+    exc: BaseException, callback: object, what: str = "flag store subscriber"
+) -> None:
+    """Send a callback's exception to ``sys.unraisablehook`` (it must never escape)."""
 
     class _Unraisable:
         exc_type = type(exc)
         exc_value = exc
         exc_traceback = exc.__traceback__
-        err_msg = "Exception ignored in flag store subscriber"
+        err_msg = f"Exception ignored in {what}"
         object = callback
 
     sys.unraisablehook(_Unraisable())  # type: ignore[arg-type]

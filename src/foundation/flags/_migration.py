@@ -1,0 +1,478 @@
+"""Staged migrations over feature flags: advance, roll back, emergency, auto-rollback.
+
+Stages are cumulative: at stage n the switches of the flags of stages 1..n are
+on (and a rollback to n turns every later stage's switches off). The stage
+and every step are stored in the flag store in the same transaction as the
+flag changes they cause, so a restart (or another process on the same store)
+sees exactly the stage and flags that were committed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from foundation import telemetry
+from foundation.errors import InvalidFlagValue, MigrationError, UnknownFlag
+from foundation.flags._config import nearest
+from foundation.flags._flags import FeatureFlags, Flag, _Writer
+from foundation.flags._store import MigrationEvent, report_callback_error
+
+__all__ = [
+    "DEFAULT_FLAGS",
+    "AutoRollback",
+    "HealthReport",
+    "HealthSample",
+    "HealthThresholds",
+    "Migration",
+    "MigrationPlan",
+    "MigrationStatus",
+    "ReadinessCheck",
+    "Stage",
+]
+
+RISKS = ("low", "medium", "high")
+
+ReadinessCheck = Callable[[], Iterable[str]]
+"""A readiness check returns its problems; an empty result means ready."""
+
+DEFAULT_FLAGS = (
+    Flag(
+        "use_ets_agent_registry",
+        default=False,
+        description="serve the registry from the shared table instead of the legacy store",
+    ),
+    Flag(
+        "enable_migration_monitoring",
+        default=False,
+        description="compare both registry backends and report divergences",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One migration stage: its number (1-based), name, flags and risk.
+
+    Example:
+        >>> Stage(1, "registry", ["use_ets_agent_registry"]).flags
+        ('use_ets_agent_registry',)
+    """
+
+    number: int
+    name: str
+    flags: tuple[str, ...]
+    risk: str = "low"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.number, bool) or not isinstance(self.number, int) or self.number < 1:
+            raise MigrationError(f"a stage number is an int >= 1, not {self.number!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise MigrationError(f"stage {self.number} needs a name, not {self.name!r}")
+        if isinstance(self.flags, str):  # type: ignore[unreachable]  # a str is iterable
+            raise MigrationError(f"stage {self.number}: flags is a list of names, not a string")
+        flags = tuple(self.flags)
+        if not flags or not all(isinstance(f, str) for f in flags):
+            raise MigrationError(f"stage {self.number} needs one or more flag names")
+        object.__setattr__(self, "flags", flags)
+        if self.risk not in RISKS:
+            raise MigrationError(f"stage {self.number}: risk is one of {RISKS}, not {self.risk!r}")
+
+
+class MigrationPlan:
+    """Ordered stages numbered 1..n, each flag in at most one stage.
+
+    ``name`` keys the plan's stage and history in the flag store.
+
+    Example:
+        >>> plan = MigrationPlan.default()
+        >>> [(s.number, s.name, s.flags) for s in plan.stages]
+        [(1, 'registry', ('use_ets_agent_registry', 'enable_migration_monitoring'))]
+    """
+
+    def __init__(self, stages: Iterable[Stage], *, name: str = "default") -> None:
+        ordered = tuple(sorted(stages, key=lambda s: s.number))
+        if not ordered:
+            raise MigrationError("a migration plan needs at least one stage")
+        numbers = [s.number for s in ordered]
+        if numbers != list(range(1, len(ordered) + 1)):
+            raise MigrationError(f"stages must be numbered 1..{len(ordered)}, got {numbers}")
+        seen: dict[str, int] = {}
+        for stage in ordered:
+            for flag in stage.flags:
+                if flag in seen:
+                    raise MigrationError(
+                        f"flag {flag!r} is in stages {seen[flag]} and {stage.number}; "
+                        "a flag belongs to one stage, or rollbacks would contradict"
+                    )
+                seen[flag] = stage.number
+        if not isinstance(name, str) or not name:
+            raise MigrationError(f"a plan name is a non-empty string, not {name!r}")
+        self.name = name
+        self.stages = ordered
+        self.flags = tuple(seen)
+
+    @classmethod
+    def default(cls) -> MigrationPlan:
+        """The original's plan: stage 1 "registry" (declare ``DEFAULT_FLAGS``)."""
+        return cls([Stage(1, "registry", tuple(f.name for f in DEFAULT_FLAGS))])
+
+    def flags_of(self, first: int, last: int) -> tuple[str, ...]:
+        """The flags of stages ``first``..``last`` (inclusive)."""
+        return tuple(f for s in self.stages if first <= s.number <= last for f in s.flags)
+
+    def __repr__(self) -> str:
+        return f"MigrationPlan({list(self.stages)!r}, name={self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStatus:
+    """Where a migration stands: ``stage`` is 0 before the first stage."""
+
+    plan: str
+    stage: int
+    stage_name: str | None
+    total: int
+    flags: Mapping[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSample:
+    """Real measurements from a health source; None means "no such signal".
+
+    ``latency`` and ``baseline_latency`` are in any one unit (their ratio counts).
+    """
+
+    error_rate: float | None = None
+    restarts_per_minute: float | None = None
+    latency: float | None = None
+    baseline_latency: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("error_rate", "restarts_per_minute", "latency", "baseline_latency"):
+            _check_measure(name, getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
+class HealthThresholds:
+    """Limits that trigger an automatic rollback when exceeded (None: not checked).
+
+    Example:
+        >>> limits = HealthThresholds(max_error_rate=0.05, max_latency_ratio=2.0)
+        >>> limits.breaches(HealthSample(error_rate=0.2, latency=30.0, baseline_latency=10.0))
+        ['error rate 0.2 > 0.05', 'latency ratio 3 > 2 (30 vs baseline 10)']
+    """
+
+    max_error_rate: float | None = None
+    max_restarts_per_minute: float | None = None
+    max_latency_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        names = ("max_error_rate", "max_restarts_per_minute", "max_latency_ratio")
+        for name in names:
+            _check_measure(name, getattr(self, name))
+        if all(getattr(self, n) is None for n in names):
+            raise InvalidFlagValue("HealthThresholds needs at least one limit")
+
+    def breaches(self, sample: HealthSample) -> list[str]:
+        """Each limit ``sample`` exceeds, as a sentence (empty: healthy)."""
+        out: list[str] = []
+        rate = sample.error_rate
+        if self.max_error_rate is not None and rate is not None and rate > self.max_error_rate:
+            out.append(f"error rate {sample.error_rate:g} > {self.max_error_rate:g}")
+        limit = self.max_restarts_per_minute
+        restarts = sample.restarts_per_minute
+        if limit is not None and restarts is not None and restarts > limit:
+            out.append(f"restarts per minute {restarts:g} > {limit:g}")
+        ratio_limit = self.max_latency_ratio
+        latency, baseline = sample.latency, sample.baseline_latency
+        # Without a positive baseline there is no ratio, so nothing to compare.
+        if ratio_limit is not None and latency is not None and baseline:
+            ratio = latency / baseline
+            if ratio > ratio_limit:
+                out.append(
+                    f"latency ratio {ratio:g} > {ratio_limit:g} "
+                    f"({latency:g} vs baseline {baseline:g})"
+                )
+        return out
+
+
+def _check_measure(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidFlagValue(f"{name} must be a number, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidFlagValue(f"{name} must be finite and >= 0, not {value!r}")
+
+
+class HealthSource(Protocol):
+    def __call__(self) -> HealthSample: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The result of one ``check_health``: the sample, breaches, and any rollback."""
+
+    sample: HealthSample
+    breaches: tuple[str, ...]
+    rolled_back_from: int | None = None
+    rolled_back_to: int | None = None
+
+
+class Migration:
+    """Drive a ``MigrationPlan`` over ``flags``, persisting stage and history in its store.
+
+    ``readiness``: checks run before each ``advance``; each returns a list of
+    problems (empty when ready). ``health`` and ``thresholds`` (both or neither)
+    enable ``check_health`` and ``AutoRollback``.
+
+    Example:
+        >>> from foundation.flags import FeatureFlags
+        >>> flags = FeatureFlags(DEFAULT_FLAGS)
+        >>> migration = Migration(flags, MigrationPlan.default())
+        >>> migration.advance(by="ops", reason="canary is green")
+        >>> migration.status().stage, flags.enabled("use_ets_agent_registry")
+        (1, True)
+        >>> migration.emergency_rollback("error spike")
+        >>> migration.status().stage, flags.enabled("use_ets_agent_registry")
+        (0, False)
+        >>> [e.action for e in migration.history()]
+        ['advance', 'emergency_rollback']
+        >>> flags.close()
+    """
+
+    def __init__(
+        self,
+        flags: FeatureFlags,
+        plan: MigrationPlan,
+        *,
+        readiness: Iterable[ReadinessCheck] = (),
+        health: HealthSource | None = None,
+        thresholds: HealthThresholds | None = None,
+    ) -> None:
+        unknown = [f for f in plan.flags if f not in flags.names]
+        if unknown:
+            raise UnknownFlag(unknown, suggestions={f: nearest(f, flags.names) for f in unknown})
+        if (health is None) != (thresholds is None):
+            raise MigrationError("automatic rollback needs both a health source and thresholds")
+        self.flags = flags
+        self.plan = plan
+        self.readiness = tuple(readiness)
+        self.health = health
+        self.thresholds = thresholds
+
+    # ------------------------------------------------------------------ reads
+
+    def status(self) -> MigrationStatus:
+        """The committed stage (read from the store) and the plan flags' current answers."""
+        stage = self.flags.store.migration_stage(self.plan.name)
+        name = self.plan.stages[stage - 1].name if 0 < stage <= len(self.plan.stages) else None
+        answers = {f: self.flags.enabled(f) for f in self.plan.flags}
+        return MigrationStatus(self.plan.name, stage, name, len(self.plan.stages), answers)
+
+    def history(self) -> list[MigrationEvent]:
+        """Every advance and rollback of this plan, oldest first, with who, when and why."""
+        return self.flags.store.migration_history(self.plan.name)
+
+    def problems(self) -> list[str]:
+        """What the readiness checks report now (a check that raises is a problem)."""
+        found: list[str] = []
+        for check in self.readiness:
+            try:
+                found.extend(str(p) for p in check())
+            except Exception as exc:
+                found.append(
+                    f"readiness check {getattr(check, '__name__', check)!r} failed: {exc!r}"
+                )
+        return found
+
+    # ---------------------------------------------------------------- changes
+
+    def advance(self, *, by: str | None = None, reason: str | None = None) -> None:
+        """Move to the next stage, turning its flags (and earlier stages') on.
+
+        Raises:
+            MigrationError: already at the last stage, or a readiness check reports problems.
+        """
+        # Readiness runs outside the store transaction (checks may be slow and
+        # a transaction body may be retried); the stage itself is read inside.
+        problems = self.problems()
+        if problems:
+            raise MigrationError("not ready to advance: " + "; ".join(problems))
+
+        def body(w: _Writer) -> MigrationEvent:
+            current = w.txn.migration_stage(self.plan.name)
+            if current >= len(self.plan.stages):
+                raise MigrationError(
+                    f"migration {self.plan.name!r} is at its last stage ({current}); "
+                    "there is nothing to advance to"
+                )
+            return self._move(w, "advance", current, current + 1, by=by, reason=reason)
+
+        self._emit("migration.advanced", self.flags.transact(body))
+
+    def rollback_to(self, stage: int, *, by: str | None = None, reason: str | None = None) -> None:
+        """Go back to ``stage`` (any 0 <= stage < current): later stages' flags off.
+
+        Raises:
+            MigrationError: ``stage`` is not below the current stage, or not an int >= 0.
+        """
+        if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
+            raise MigrationError(f"rollback target must be an int >= 0, not {stage!r}")
+
+        def body(w: _Writer) -> MigrationEvent:
+            current = w.txn.migration_stage(self.plan.name)
+            if not stage < current:
+                raise MigrationError(
+                    f"cannot roll back migration {self.plan.name!r} to stage {stage}: "
+                    f"it is at stage {current} (targets are 0..{current - 1})"
+                    if current
+                    else f"migration {self.plan.name!r} is at stage 0; nothing to roll back"
+                )
+            return self._move(w, "rollback", current, stage, by=by, reason=reason)
+
+        self._emit("migration.rolled_back", self.flags.transact(body))
+
+    def emergency_rollback(self, reason: str, *, by: str | None = None) -> None:
+        """Turn every plan flag off and return to stage 0, from any stage, now."""
+        if not isinstance(reason, str) or not reason:
+            raise MigrationError("an emergency rollback needs a reason")
+
+        def body(w: _Writer) -> MigrationEvent:
+            current = w.txn.migration_stage(self.plan.name)
+            return self._move(w, "emergency_rollback", current, 0, by=by, reason=reason)
+
+        self._emit("migration.emergency_rollback", self.flags.transact(body))
+
+    def check_health(self) -> HealthReport:
+        """Sample the health source; if any threshold is crossed, roll back ONE stage.
+
+        At stage 0 a crossing is reported but there is nothing to roll back.
+
+        Raises:
+            MigrationError: no health source configured, or it returned no HealthSample.
+        """
+        if self.health is None or self.thresholds is None:
+            raise MigrationError("check_health needs Migration(..., health=, thresholds=)")
+        sample = self.health()
+        if not isinstance(sample, HealthSample):
+            raise MigrationError(f"the health source returned {sample!r}, not a HealthSample")
+        breaches = tuple(self.thresholds.breaches(sample))
+        if not breaches:
+            return HealthReport(sample, breaches)
+        why = "; ".join(breaches)
+
+        def body(w: _Writer) -> MigrationEvent | None:
+            # The stage is read inside the transaction: if someone else rolled
+            # back meanwhile, we step back from where it really is.
+            current = w.txn.migration_stage(self.plan.name)
+            if current == 0:
+                return None
+            return self._move(
+                w, "auto_rollback", current, current - 1, by="auto-rollback", reason=why
+            )
+
+        event = self.flags.transact(body)
+        if event is None:
+            return HealthReport(sample, breaches)
+        self._emit("migration.auto_rollback", event, breaches=breaches, sample=sample)
+        return HealthReport(sample, breaches, event.from_stage, event.to_stage)
+
+    # --------------------------------------------------------------- internals
+
+    def _move(
+        self,
+        w: _Writer,
+        action: str,
+        current: int,
+        target: int,
+        *,
+        by: str | None,
+        reason: str | None,
+    ) -> MigrationEvent:
+        total = len(self.plan.stages)
+        why = reason or f"migration {self.plan.name!r} {action} {current} -> {target}"
+        for name in self.plan.flags_of(1, target):  # cumulative: stages 1..target on
+            w.update(name, lambda s: replace(s, switch=True), by, why)
+        for name in self.plan.flags_of(target + 1, total):  # everything later off
+            w.update(name, lambda s: replace(s, switch=False), by, why)
+        event = MigrationEvent(self.plan.name, action, current, target, by, reason, time.time())
+        w.txn.put_migration(self.plan.name, target, event)
+        return event
+
+    def _emit(self, name: str, event: MigrationEvent, **extra: object) -> None:
+        if telemetry.has_listeners(name):
+            telemetry.emit(name, {"plan": event.plan, "event": event, **extra})
+
+    def __repr__(self) -> str:
+        return f"<Migration {self.plan.name!r} over {len(self.plan.stages)} stages>"
+
+
+class AutoRollback:
+    """A background thread calling ``migration.check_health()`` every ``interval`` seconds.
+
+    Each check that crosses a threshold rolls back one stage, so a system that
+    stays unhealthy steps back one stage per interval until stage 0. A health
+    source that raises is reported to ``sys.unraisablehook`` (and kept in
+    ``last_error``); the watcher keeps going. ``stop()`` (or leaving the
+    ``with`` block) ends the thread and waits for it.
+
+    Example:
+        >>> from foundation.flags import FeatureFlags
+        >>> flags = FeatureFlags(DEFAULT_FLAGS)
+        >>> source = lambda: HealthSample(error_rate=0.0)
+        >>> m = Migration(flags, MigrationPlan.default(), health=source,
+        ...               thresholds=HealthThresholds(max_error_rate=0.05))
+        >>> with AutoRollback(m, interval=0.01) as watcher:
+        ...     watcher.running
+        True
+        >>> flags.close()
+    """
+
+    def __init__(self, migration: Migration, *, interval: float) -> None:
+        if migration.health is None:
+            raise MigrationError("AutoRollback needs Migration(..., health=, thresholds=)")
+        if not isinstance(interval, int | float) or not interval > 0:
+            raise InvalidFlagValue(f"interval must be a positive number of seconds: {interval!r}")
+        self.migration = migration
+        self.interval = float(interval)
+        self.last_report: HealthReport | None = None
+        self.last_error: BaseException | None = None
+        self.rollbacks: list[HealthReport] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"foundation-auto-rollback:{migration.plan.name}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                report = self.migration.check_health()
+            except Exception as exc:  # keep watching; the failure is reported
+                self.last_error = exc
+                report_callback_error(exc, self.migration.health, "auto-rollback health source")
+                continue
+            self.last_report = report
+            if report.rolled_back_to is not None:
+                self.rollbacks.append(report)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> AutoRollback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
