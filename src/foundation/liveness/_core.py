@@ -95,6 +95,10 @@ class Watch:
         self.monitors: dict[Monitor, OnDown] = {}
         self.down: Down | None = None
 
+    def target(self) -> object:
+        """The watched agent."""
+        return self.agent
+
     def fire(self, down: Down) -> None:
         """Record the agent's death and call every monitor's on_down once.
 
@@ -147,7 +151,7 @@ class Monitor:
     @property
     def agent(self) -> object:
         """The monitored agent."""
-        return self._watch.agent
+        return self._watch.target()
 
     @property
     def active(self) -> bool:
@@ -168,7 +172,7 @@ class Monitor:
 
     def __repr__(self) -> str:
         state = "active" if self.active else "inactive"
-        return f"<Monitor {state} agent={self._watch.agent!r}>"
+        return f"<Monitor {state} agent={self._watch.target()!r}>"
 
 
 def claim(mon: Monitor, watch: Watch, down: Down) -> None:

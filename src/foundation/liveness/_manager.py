@@ -22,6 +22,7 @@ import errno
 import os
 import select
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -110,48 +111,66 @@ class _ManagedWatch(Watch):
         raise NotImplementedError
 
 
-class _AsyncioWatch(_ManagedWatch):
-    """One done-callback on an asyncio future, added and removed on its loop.
+class _AsyncioWatch(Watch):
+    """This manager's one done-callback on an asyncio future.
+
+    Added on the first monitor and kept while the future lives (monitors come
+    and go as dict entries: no callback per monitor, nothing accumulates on a
+    long-lived task); removed by ``close()``. The manager finds it in
+    ``_aio[id(fut)]`` but holds the future only weakly: the entry is dropped
+    when the future is collected, before its id can be reused.
 
     ``attach``/``detach``/``_on_done`` all run on the loop's thread (directly,
-    or queued with call_soon_threadsafe in the order the manager decided them),
-    so ``state`` needs no lock: a queued attach that arrives after a detach
-    sees _DETACHED and does nothing.
+    or queued with call_soon_threadsafe), so ``state`` needs no lock: a queued
+    attach that arrives after a detach sees _DETACHED and does nothing.
     """
 
-    __slots__ = ("callback", "loop", "state")
+    __slots__ = ("callback", "key", "loop", "manager", "ref", "state")
 
     def __init__(
         self, manager: MonitorManager, fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
     ) -> None:
-        super().__init__(manager, fut)
+        super().__init__(None)
+        self.manager = manager
+        self.key = id(fut)
+        self.ref = weakref.ref(fut, self._collected)
         self.loop = loop
         self.state = _NEW
         self.callback = self._on_done
 
+    def target(self) -> object:
+        return self.ref()
+
     def attach(self) -> None:
-        if self.state == _NEW:
+        fut = self.ref()
+        if self.state == _NEW and fut is not None:
             self.state = _ATTACHED
-            self.agent.add_done_callback(self.callback)  # type: ignore[attr-defined]
+            fut.add_done_callback(self.callback)
 
     def detach(self) -> None:
-        if self.state == _ATTACHED:
-            self.agent.remove_done_callback(self.callback)  # type: ignore[attr-defined]
+        fut = self.ref()
+        if self.state == _ATTACHED and fut is not None:
+            fut.remove_done_callback(self.callback)
         self.state = _DETACHED
 
-    def _on_done(self, fut: asyncio.Future[Any]) -> None:
-        if self.state == _DETACHED:  # scheduled before a detach removed it
-            return
-        self.state = _DETACHED
-        self.manager._forget(self)
-        self.fire(_future_down(fut))
-
-    def detach_locked(self) -> None:
+    def detach_soon(self) -> None:
+        """Detach on the loop's thread (now, if this is it)."""
         if _get_running_loop() is self.loop:
             self.detach()
             return
         with contextlib.suppress(RuntimeError):  # loop closed: no callback runs again
             self.loop.call_soon_threadsafe(self.detach)
+
+    def _on_done(self, fut: asyncio.Future[Any]) -> None:
+        if self.state == _DETACHED:  # the manager closed after it was scheduled
+            return
+        self.state = _DETACHED
+        self.fire(_future_down(fut))
+
+    def _collected(self, _ref: object) -> None:
+        # Runs while the future is being freed, so no other object can have
+        # its id yet: the entry at this key can only be this watch.
+        self.manager._aio.pop(self.key, None)
 
 
 class _ThreadWatch(_ManagedWatch):
@@ -234,6 +253,8 @@ class MonitorManager:
         self._monitors: dict[Monitor, None] = {}
         # Managed watches by id(agent); guarded by _lock.
         self._watches: dict[int, _ManagedWatch] = {}
+        # This manager's asyncio watches by id(future), futures held weakly.
+        self._aio: dict[int, _AsyncioWatch] = {}
         self._polled_threads: dict[int, _ThreadWatch] = {}
         self._polled_procs: dict[int, _ProcessWatch] = {}
         self._by_fd: dict[int, _ProcessWatch] = {}
@@ -292,14 +313,18 @@ class MonitorManager:
         """A snapshot of monitors, watched agents, running threads and open fds."""
         with self._lock:
             monitors = list(self._monitors)
-            shared = {id(m._watch) for m in monitors if not m._watch.detachable}
+            shared = {
+                id(m._watch)
+                for m in monitors
+                if not m._watch.detachable and not isinstance(m._watch, _AsyncioWatch)
+            }
             threads = (self._pidfd_thread, self._thread_poller, self._proc_poller)
             fds = len(self._by_fd)
             if self._epoll is not None:
                 fds += 2 if self._wake_r == self._wake_w else 3  # epoll + wake-up fd(s)
             return ManagerStats(
                 monitors=len(monitors),
-                watched_agents=len(self._watches) + len(shared),
+                watched_agents=len(self._watches) + len(self._aio) + len(shared),
                 threads_running=sum(1 for t in threads if t is not None and t.is_alive()),
                 open_fds=fds,
             )
@@ -338,6 +363,9 @@ class MonitorManager:
             for watch in list(self._watches.values()):
                 watch.detach_locked()
             self._watches.clear()
+            for aio in list(self._aio.values()):
+                aio.detach_soon()
+            self._aio.clear()
             self._polled_threads.clear()
             self._polled_procs.clear()
             for fd in list(self._by_fd):  # pidfds owned by no watch: none expected
@@ -429,32 +457,31 @@ class MonitorManager:
         return self._add_shared(watch, on_down)
 
     def _monitor_asyncio(self, fut: asyncio.Future[Any], on_down: OnDown) -> Monitor:
-        loop = fut.get_loop()
-        if fut.done() or loop.is_closed():
-            return self._dead(fut, on_down)
-        on_loop = _get_running_loop() is loop
-        key = id(fut)
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            watch = self._watches.get(key)
-            if watch is None:
-                new = _AsyncioWatch(self, fut, loop)
-                watch = new
-                try:
-                    if on_loop:
-                        new.attach()
+        # An entry at id(fut) can only be fut's own watch: entries go when
+        # their future is freed, and fut is alive here.
+        watch = self._aio.get(id(fut))
+        if watch is None:
+            loop = fut.get_loop()
+            if fut.done() or loop.is_closed():
+                return self._dead(fut, on_down)
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error()
+                watch = self._aio.get(id(fut))
+                if watch is None:
+                    watch = _AsyncioWatch(self, fut, loop)
+                    try:
+                        if _get_running_loop() is loop:
+                            watch.attach()
+                        else:  # add_done_callback is not thread-safe
+                            loop.call_soon_threadsafe(watch.attach)
+                    except RuntimeError:  # the loop closed since the check above
+                        watch = None
                     else:
-                        loop.call_soon_threadsafe(new.attach)
-                except RuntimeError:  # the loop closed since the check above
-                    new.state = _DETACHED
-                    new.down = NOPROC
-                else:
-                    self._watches[key] = new
-            mon = self._add_managed(watch, on_down)
-        if watch.down is not None:
-            claim(mon, watch, watch.down)
-        return mon
+                        self._aio[id(fut)] = watch
+            if watch is None:
+                return self._dead(fut, on_down)
+        return self._add_shared(watch, on_down)
 
     def _monitor_thread(self, thread: threading.Thread, on_down: OnDown) -> Monitor:
         # Install the excepthook before looking at the thread, so an exception
@@ -552,12 +579,6 @@ class MonitorManager:
                 return
             del self._watches[watch.key]
             watch.detach_locked()
-
-    def _forget(self, watch: _ManagedWatch) -> None:
-        """A managed watch fired: later monitors get a fresh watch (or noproc)."""
-        with self._lock:
-            if self._watches.get(watch.key) is watch:
-                del self._watches[watch.key]
 
     # ------------------------------------------------------------------ threads
 
