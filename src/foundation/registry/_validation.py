@@ -92,6 +92,8 @@ def freeze_metadata(metadata: object, *, max_bytes: int | None = None) -> Mappin
     """
     if metadata is None:
         frozen = EMPTY_METADATA
+    elif type(metadata) is dict and _flat_scalars(metadata):
+        frozen = MappingProxyType(metadata.copy())  # the common case, without recursion
     elif isinstance(metadata, Mapping):
         frozen = _freeze_mapping(metadata, 0, ())
     else:
@@ -101,6 +103,18 @@ def freeze_metadata(metadata: object, *, max_bytes: int | None = None) -> Mappin
     if max_bytes is not None:
         check_metadata_size(metadata_to_json(frozen), max_bytes)
     return frozen
+
+
+_FLAT = frozenset({str, int, bool, type(None)})
+
+
+def _flat_scalars(metadata: dict[Any, Any]) -> bool:
+    """True when every key is a plain str and every value a plain str/int/bool/None."""
+    flat = _FLAT
+    for k, v in metadata.items():  # noqa: SIM110 - a plain loop is the fastest form here
+        if type(k) is not str or type(v) not in flat:
+            return False
+    return True
 
 
 def _where(path: tuple[object, ...]) -> str:

@@ -1,0 +1,348 @@
+"""``ThreadLocalRegistry``: the legacy per-thread store (the process-dictionary analogue).
+
+Kept for migrations and comparison. It answers the same calls with the same
+results and errors as every backend, with two documented differences, both
+stated by name in the contract suite (``tests/contract``):
+
+1. **Each thread sees only its own entries** (what it registered itself).
+2. **Nothing is monitored**: a dead agent is filtered out when read (so
+   ``count()`` costs O(n) liveness checks) and **lingers in memory** until its
+   key is unregistered, updated or registered again, or its thread ends.
+
+``indexed=`` is accepted for compatibility; queries always scan.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from foundation.errors import AlreadyRegistered, InvalidKey, NotAlive, NotRegistered, RegistryError
+from foundation.liveness import is_alive
+from foundation.registry._query import compile_criteria, matches
+from foundation.registry._types import (
+    Criterion,
+    Entry,
+    Listener,
+    MetadataFilter,
+    Registry,
+    RegistryEvent,
+    UnregisterReason,
+)
+from foundation.registry._validation import EMPTY_METADATA, freeze_metadata
+
+__all__ = ["ThreadLocalRegistry", "ThreadLocalStats"]
+
+_tokens = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadLocalStats:
+    """What a ``ThreadLocalRegistry`` holds, across all threads.
+
+    ``threads``: threads with a store; ``entries``: stored entries, dead ones
+    included; ``dead``: stored entries whose agent is dead (lingering).
+    """
+
+    threads: int
+    entries: int
+    dead: int
+
+
+class _Store:
+    """One thread's private entries. Mutated only by its own thread."""
+
+    __slots__ = ("__weakref__", "entries", "ident", "name")
+
+    def __init__(self) -> None:
+        thread = threading.current_thread()
+        self.ident: int = threading.get_ident()
+        self.name = thread.name
+        self.entries: dict[Hashable, Entry] = {}
+
+
+def _check_key(key: object) -> None:
+    try:
+        hash(key)
+    except TypeError:
+        raise InvalidKey(
+            f"registry key must be hashable, got {type(key).__name__}: {key!r}"
+        ) from None
+
+
+class ThreadLocalRegistry(Registry):
+    """The legacy store: per-thread, unmonitored. Same calls, results and errors.
+
+    Differences from the shared registries, by design (the legacy behaviour
+    that migrations move away from):
+
+    - each thread sees only the entries it registered itself;
+    - nothing is monitored: dead agents are filtered out at read time (so
+      ``count()`` is O(n)) and linger in memory until their key is written
+      again or their thread ends; no ``"down"`` events are emitted.
+
+    ``indexed`` is accepted for compatibility; queries scan. Listeners get the
+    events of writes, synchronously, in the writing thread. For
+    administration, ``snapshot_all_threads()`` shows every thread's entries.
+
+    Example:
+        >>> import threading
+        >>> from foundation import ThreadLocalRegistry, spawn_thread
+        >>> stop = threading.Event()
+        >>> reg = ThreadLocalRegistry()
+        >>> reg.register("mine", spawn_thread(stop.wait), {"role": "io"})
+        >>> seen_elsewhere = []
+        >>> t = threading.Thread(target=lambda: seen_elsewhere.append(reg.lookup("mine")))
+        >>> t.start(); t.join()
+        >>> reg.lookup("mine").metadata["role"], seen_elsewhere
+        ('io', [None])
+        >>> stop.set(); reg.close()
+    """
+
+    def __init__(self, indexed: Iterable[str] = ()) -> None:
+        indexed = tuple(indexed)
+        for attr in indexed:
+            if not isinstance(attr, str) or not attr:
+                raise TypeError(f"indexed attribute names must be non-empty str, got {attr!r}")
+        self._indexed = frozenset(indexed)
+        self._local = threading.local()
+        # token -> weak reference to a thread's store. The store itself lives in
+        # self._local, so it is dropped when its thread ends; the weakref
+        # callback then pops its own token (one atomic dict op, and tokens are
+        # never reused, so a new thread that gets the same ident is unaffected).
+        self._stores: dict[int, weakref.ref[_Store]] = {}
+        self._lock = threading.Lock()
+        self._listeners: tuple[Listener, ...] = ()
+        self._closed = False
+
+    # ------------------------------------------------------------------ stores
+
+    def _own(self) -> _Store | None:
+        store: _Store | None = getattr(self._local, "store", None)
+        return store
+
+    def _own_or_new(self) -> _Store:
+        store: _Store | None = getattr(self._local, "store", None)
+        if store is None:
+            store = _Store()
+            self._local.store = store
+            token = next(_tokens)
+            stores = self._stores  # the callback must not keep the registry alive
+
+            def forget(_ref: weakref.ref[_Store], token: int = token) -> None:
+                stores.pop(token, None)
+
+            stores[token] = weakref.ref(store, forget)
+        return store
+
+    def _live_stores(self) -> list[_Store]:
+        refs = list(self._stores.values())  # one-call snapshot
+        return [s for s in (r() for r in refs) if s is not None]
+
+    # ------------------------------------------------------------------ reads
+
+    def lookup(self, key: Hashable) -> Entry | None:
+        """The calling thread's live entry for ``key``, or ``None`` (dead ones filtered).
+
+        Raises:
+            InvalidKey: ``key`` is unhashable.
+        """
+        store = self._own()
+        if store is None:
+            _check_key(key)
+            return None
+        try:
+            entry = store.entries.get(key)
+        except TypeError:
+            _check_key(key)
+            raise
+        if entry is None or not is_alive(entry.agent):
+            return None
+        return entry
+
+    def _live(self) -> list[Entry]:
+        store = self._own()
+        if store is None:
+            return []
+        return [e for e in list(store.entries.values()) if is_alive(e.agent)]
+
+    def count(self) -> int:
+        """The calling thread's live entries: O(n), each agent is checked."""
+        return len(self._live())
+
+    def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
+        """The calling thread's live entries (optionally filtered by metadata)."""
+        live = self._live()
+        if filter is None:
+            return live
+        return [e for e in live if filter(e.metadata)]
+
+    def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
+        """The calling thread's live entries matching all criteria (always a scan).
+
+        Raises:
+            InvalidCriteria: a bad shape, unknown op or ``in`` value (before evaluating).
+        """
+        compiled = compile_criteria(criteria)
+        return [e for e in self._live() if matches(e.metadata, compiled)]
+
+    # ------------------------------------------------------------------ writes
+
+    def register(
+        self,
+        key: Hashable,
+        agent: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Register ``agent`` under ``key`` in the calling thread's store (not monitored).
+
+        Raises:
+            InvalidKey, InvalidMetadata, UnsupportedAgent, NotAlive,
+            AlreadyRegistered: as every backend; nothing is stored on error.
+        """
+        _check_key(key)
+        frozen = EMPTY_METADATA if metadata is None else freeze_metadata(metadata)
+        if self._closed:
+            raise RegistryError("the registry is closed")
+        if not is_alive(agent):  # raises UnsupportedAgent for unknown kinds
+            raise NotAlive(key, agent)
+        store = self._own_or_new()
+        old = store.entries.get(key)
+        reason: UnregisterReason = "replaced"
+        if old is not None and not replace:
+            if is_alive(old.agent):
+                raise AlreadyRegistered(key, old)
+            reason = "down"  # a dead, lingering entry is simply replaced
+        entry = Entry(key, agent, frozen, time.time())
+        store.entries[key] = entry
+        if self._listeners:
+            if old is not None:
+                self._emit(RegistryEvent("unregistered", old, reason))
+            self._emit(RegistryEvent("registered", entry))
+
+    def unregister(self, key: Hashable) -> bool:
+        """Remove ``key`` from the calling thread's store; False if absent or dead.
+
+        A dead, lingering entry is dropped too (and False returned: it was no
+        longer registered as far as any read could tell).
+
+        Raises:
+            InvalidKey: ``key`` is unhashable.
+        """
+        _check_key(key)
+        store = self._own()
+        if store is None:
+            return False
+        entry = store.entries.pop(key, None)
+        if entry is None or not is_alive(entry.agent):
+            return False
+        if self._listeners:
+            self._emit(RegistryEvent("unregistered", entry, "unregistered"))
+        return True
+
+    def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
+        """Replace the metadata of the calling thread's ``key``.
+
+        Raises:
+            InvalidKey: ``key`` is unhashable.
+            InvalidMetadata: not a JSON-compatible mapping (nothing changes).
+            NotRegistered: absent from this thread's store, or its agent is dead.
+        """
+        _check_key(key)
+        frozen = freeze_metadata(metadata)
+        store = self._own()
+        entry = None if store is None else store.entries.get(key)
+        if store is None or entry is None:
+            raise NotRegistered(key)
+        if not is_alive(entry.agent):
+            store.entries.pop(key, None)  # dead and lingering: drop it now
+            raise NotRegistered(key)
+        new = Entry(key, entry.agent, frozen, entry.registered_at, entry.node)
+        store.entries[key] = new
+        if self._listeners:
+            self._emit(RegistryEvent("updated", new))
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` after each write, in the writing thread; returns unsubscribe."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+        done = False
+
+        def unsubscribe() -> None:
+            nonlocal done
+            with self._lock:
+                if done:
+                    return
+                done = True
+                listeners = list(self._listeners)
+                for i, candidate in enumerate(listeners):
+                    if candidate is listener:
+                        del listeners[i]
+                        break
+                self._listeners = tuple(listeners)
+
+        return unsubscribe
+
+    def _emit(self, event: RegistryEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception as exc:  # a broken listener must not break a writer
+                sys.unraisablehook(_Unraisable(exc, listener))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ admin
+
+    def indexed_attributes(self) -> frozenset[str]:
+        """The attribute names given as ``indexed=`` (accepted; queries still scan)."""
+        return self._indexed
+
+    def snapshot_all_threads(self, *, include_dead: bool = False) -> dict[int, list[Entry]]:
+        """Introspection: every thread's entries, by thread ident (threads that ended are gone).
+
+        Dead, lingering entries are left out unless ``include_dead``. A
+        snapshot: each thread keeps writing its own store meanwhile.
+        """
+        out: dict[int, list[Entry]] = {}
+        for store in self._live_stores():
+            entries = list(store.entries.values())  # one-call snapshot of another thread's dict
+            if not include_dead:
+                entries = [e for e in entries if is_alive(e.agent)]
+            out.setdefault(store.ident, []).extend(entries)
+        return out
+
+    def stats(self) -> ThreadLocalStats:
+        """Threads with a store, stored entries (dead ones included) and how many are dead."""
+        stores = self._live_stores()
+        entries = [e for s in stores for e in list(s.entries.values())]
+        dead = sum(1 for e in entries if not is_alive(e.agent))
+        return ThreadLocalStats(threads=len(stores), entries=len(entries), dead=dead)
+
+    def close(self) -> None:
+        """Forget every thread's entries; ``register`` then raises. Idempotent, no events."""
+        self._closed = True
+        for store in self._live_stores():
+            store.entries.clear()
+
+    def __repr__(self) -> str:
+        return f"<ThreadLocalRegistry threads={len(self._stores)}>"
+
+
+class _Unraisable:
+    """The shape ``sys.unraisablehook`` expects."""
+
+    def __init__(self, exc: BaseException, obj: object) -> None:
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = "Exception ignored in registry listener"
+        self.object = obj
