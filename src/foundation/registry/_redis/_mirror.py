@@ -1,0 +1,95 @@
+"""The local mirror of a RedisRegistry: entries and attribute indexes, in memory.
+
+Readers never lock: ``entries`` is a plain ``dict`` that is only mutated in
+place, one key at a time, by the holder of the owner's mirror lock (a single
+``dict`` operation is atomic). Index buckets are read under that lock (a
+query copies its candidates, then evaluates outside).
+
+Per-key versions make application idempotent and order-safe: a change record
+is applied only if its version is newer than the last one applied to that key
+(or, for keys not in ``versions``, newer than ``floor``, the version of the
+last snapshot). So a node can apply its own write at once and later skip the
+same record when the stream tail delivers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+from foundation.registry._redis._codec import index_values
+from foundation.registry._types import Entry
+
+__all__ = ["Mirror"]
+
+
+class Mirror:
+    """Entries by key, per-key versions, and ``attr -> value -> {keys}`` indexes."""
+
+    __slots__ = ("entries", "floor", "index", "versions")
+
+    def __init__(self, indexed: Iterable[str]) -> None:
+        self.entries: dict[Hashable, Entry] = {}
+        self.versions: dict[Hashable, int] = {}
+        self.floor = 0
+        self.index: dict[str, dict[Hashable, set[Hashable]]] = {a: {} for a in indexed}
+
+    def is_newer(self, key: Hashable, version: int) -> bool:
+        """True when a record of ``version`` for ``key`` has not been applied yet."""
+        return version > self.versions.get(key, self.floor)
+
+    def put(self, entry: Entry, version: int) -> Entry | None:
+        """Insert or replace ``entry``; returns the entry it replaced."""
+        key = entry.key
+        old = self.entries.get(key)
+        if old is not None:
+            self._unindex(old)
+        # Index first, then publish: a query that sees the key in an index and
+        # reads ``entries`` either finds the new entry or the old one (re-checked
+        # by the query), never a half-written one.
+        self._index(entry)
+        self.entries[key] = entry
+        self.versions[key] = version
+        return old
+
+    def remove(self, key: Hashable, version: int) -> Entry | None:
+        """Remove ``key`` (remembering ``version`` as its tombstone); returns the old entry."""
+        self.versions[key] = version
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self._unindex(old)
+        return old
+
+    def candidates(self, attr: str, values: Iterable[Hashable]) -> set[Hashable]:
+        """Keys whose ``attr`` equals or contains one of ``values`` (call under the lock)."""
+        buckets = self.index[attr]
+        out: set[Hashable] = set()
+        for v in values:
+            bucket = buckets.get(v)
+            if bucket:
+                out |= bucket
+        return out
+
+    def prune(self, upto: int) -> None:
+        """Forget tombstones of versions <= ``upto`` (the stream tail is past them)."""
+        if len(self.versions) <= 2 * len(self.entries) + 1024:
+            return
+        entries = self.entries
+        self.versions = {k: v for k, v in self.versions.items() if k in entries or v > upto}
+
+    def _index(self, entry: Entry) -> None:
+        md = entry.metadata
+        for attr, buckets in self.index.items():
+            if attr in md:
+                for v in index_values(md[attr]):
+                    buckets.setdefault(v, set()).add(entry.key)
+
+    def _unindex(self, entry: Entry) -> None:
+        md = entry.metadata
+        for attr, buckets in self.index.items():
+            if attr in md:
+                for v in index_values(md[attr]):
+                    bucket = buckets.get(v)
+                    if bucket is not None:
+                        bucket.discard(entry.key)
+                        if not bucket:
+                            del buckets[v]
