@@ -753,7 +753,7 @@ class MigratingRegistry(Registry):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this MigratingRegistry is closed")
+            raise RegistryError("this MigratingRegistry is closed")
 
     def _backfill(self) -> None:
         """Copy the legacy entries that exist at construction into the target.
