@@ -147,6 +147,36 @@ def test_a_store_does_not_report_its_own_commits_to_its_subscribers(
     assert mine_heard.count() == 0
 
 
+def test_a_commit_between_load_and_subscribe_makes_the_store_send_a_reload(
+    redis_server: RedisServer, open_store: StoreFactory
+) -> None:
+    a, b = open_store(redis_server.url), open_store(redis_server.url)
+    probe = Recorder()
+    b.subscribe(probe)
+    change = FlagChange("beta", FlagState(False), FlagState(True))
+
+    def write(txn: Any) -> None:
+        txn.put("beta", FlagState(True), change)
+
+    # Load, then a commit elsewhere is delivered (to the probe only), then subscribe:
+    # the late subscriber missed it, so the store sends it one "reload".
+    assert b.load_states() == {}
+    a.transaction(write)
+    assert wait_until(lambda: probe.count() == 1)
+    late = Recorder()
+    b.subscribe(late)
+    assert wait_until(lambda: late.count() == 1)
+    assert late.deliveries == [[]]
+
+    # Load after the delivery, then subscribe: nothing was missed, no reload.
+    b.load_states()
+    on_time = Recorder()
+    b.subscribe(on_time)
+    a.transaction(write)
+    assert wait_until(lambda: on_time.count() == 1)
+    assert on_time.flags() == ["beta"]
+
+
 def test_a_change_on_node_a_is_seen_by_node_b_in_another_process(
     redis_server: RedisServer, open_store: StoreFactory, open_flags: OpenFlags, namespace: str
 ) -> None:

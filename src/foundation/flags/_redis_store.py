@@ -218,6 +218,11 @@ class RedisFlagStore(FlagStore):
         self._stop = threading.Event()
         self._synced = threading.Event()  # set while the listener is connected and caught up
         self._listener_client_id: int | None = None
+        # Subscribe-after-load race (see subscribe): count foreign deliveries, and
+        # remember per thread the count when its last load_states() began.
+        self._deliveries = 0
+        self._load_marks = threading.local()
+        self._welcome: list[Callable[[list[FlagChange]], None]] = []
 
         retry_mod = redis.retry
         backoff_mod = redis.backoff
@@ -321,6 +326,8 @@ class RedisFlagStore(FlagStore):
 
     def load_states(self) -> dict[str, FlagState]:
         """Every runtime state in Redis (one HGETALL: an atomic snapshot)."""
+        with self._lock:
+            self._load_marks.deliveries = self._deliveries
         raw: dict[str, str] = self._call(
             "loading flag states", lambda: self._client.hgetall(self._k_state)
         )
@@ -432,6 +439,18 @@ class RedisFlagStore(FlagStore):
         with self._lock:
             self._check_open()
             self._callbacks.append(callback)
+            # Race: a caller loads, then subscribes (as FeatureFlags does). A commit
+            # from elsewhere that landed after the load began may have been
+            # delivered, to nobody, before this subscription. If any delivery
+            # happened since this thread's last load_states() began, send this
+            # callback one "reload" ([]) from the listener thread.
+            mark = getattr(self._load_marks, "deliveries", None)
+            # (A subscriber that never loaded has no state to refresh.)
+            welcome = mark is not None and mark != self._deliveries
+            if welcome:
+                self._welcome.append(callback)
+        if welcome:
+            self._wake_listener()
 
         def unsubscribe() -> None:
             with self._lock, contextlib.suppress(ValueError):
@@ -443,6 +462,13 @@ class RedisFlagStore(FlagStore):
     def synced(self) -> bool:
         """True while the listener is connected and following the change stream."""
         return self._synced.is_set() and not self._closed
+
+    def _wake_listener(self) -> None:
+        """Best effort: end the listener's current XREAD BLOCK early (it loops at once)."""
+        client_id = self._listener_client_id
+        if client_id is not None:
+            with contextlib.suppress(self._redis.RedisError):
+                self._client.client_unblock(client_id)
 
     def close(self) -> None:
         """Stop the listener thread and close both connections; idempotent."""
@@ -460,10 +486,7 @@ class RedisFlagStore(FlagStore):
         # and the loop exits on its own once the callback returns (stop is set).
         own_thread = threading.current_thread() is self._thread
         while not own_thread and self._thread.is_alive() and time.monotonic() < deadline:
-            client_id = self._listener_client_id
-            if client_id is not None:
-                with contextlib.suppress(self._redis.RedisError):
-                    self._client.client_unblock(client_id)
+            self._wake_listener()
             self._thread.join(timeout=0.05)
         self._close_clients()
 
@@ -493,6 +516,7 @@ class RedisFlagStore(FlagStore):
                         self._synced.set()
                         # Whatever happened while we were away is unknown: "reload".
                         self._deliver([])
+                    self._send_welcomes()
                     reply = client.xread(
                         {self._k_history: self._last_id}, count=256, block=self._block_ms
                     )
@@ -550,9 +574,21 @@ class RedisFlagStore(FlagStore):
                 del pending[txn]
                 self._deliver([c for _, c in group])
 
+    def _send_welcomes(self) -> None:
+        with self._lock:
+            welcome, self._welcome = self._welcome, []
+            welcome = [c for c in welcome if c in self._callbacks]
+        self._call_each(welcome, [])
+
     def _deliver(self, changes: list[FlagChange]) -> None:
         with self._lock:
+            self._deliveries += 1
             callbacks = list(self._callbacks)
+        self._call_each(callbacks, changes)
+
+    def _call_each(
+        self, callbacks: list[Callable[[list[FlagChange]], None]], changes: list[FlagChange]
+    ) -> None:
         lost: BackendUnavailable | None = None
         for callback in callbacks:
             try:
