@@ -1,0 +1,35 @@
+"""Fixtures of the flag tests: every store kind, and FeatureFlags over each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from foundation.flags import FeatureFlags, FlagStore, MemoryFlagStore, SQLiteFlagStore
+from tests.flags._support import FLAGS
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FlagStore]:
+    """A fresh, empty store of each kind."""
+    if request.param == "memory":
+        s: FlagStore = MemoryFlagStore()
+    elif request.param == "sqlite":
+        s = SQLiteFlagStore(tmp_path / "flags.db")
+    else:
+        from foundation.flags import RedisFlagStore
+
+        server = request.getfixturevalue("redis_server")
+        s = RedisFlagStore(server.url, namespace=f"t-{request.node.name}-{id(tmp_path)}")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def flags() -> Iterator[FeatureFlags]:
+    """FeatureFlags over the default memory store."""
+    f = FeatureFlags(FLAGS)
+    yield f
+    f.close()
