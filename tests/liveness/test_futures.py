@@ -24,7 +24,8 @@ def test_cf_future_result_is_normal_and_fires_on_the_completing_thread(
         fut = pool.submit(release.wait)
         rec = Recorder()
         mon = manager.monitor(fut, rec)
-        assert is_alive(fut) and mon.active
+        assert is_alive(fut)
+        assert mon.active
         release.set()
         assert rec.wait().reason == "normal"
         assert rec.threads[0].startswith("pool")

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from foundation.liveness import MonitorManager, is_alive, spawn_thread
-from tests.liveness._support import Recorder, wait_until
+from tests.liveness._support import Recorder
 
 # A thread that raises is reported by threading.excepthook (as it should be);
 # pytest turns that report into a warning, which these tests expect.
@@ -50,7 +50,8 @@ def test_normal_return_is_reported_as_normal_on_the_spawned_thread(
     t = spawn_thread(release.wait, name="normal-agent")
     rec = Recorder()
     mon = manager.monitor(t, rec)
-    assert mon.active and is_alive(t)
+    assert mon.active
+    assert is_alive(t)
     release.set()
     down = rec.wait()
     assert down.reason == "normal"
