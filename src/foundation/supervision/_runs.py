@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from foundation.liveness import spawn_thread
 from foundation.supervision._context import (
     READY_FD_ENV,
     ChildContext,
@@ -141,8 +142,8 @@ class ThreadRun(Run):
         )
         if not spec.explicit_ready:
             self.ready.set_result(None)
-        self.handle = threading.Thread(target=self._body, name=self.name, daemon=True)
-        self.handle.start()
+        # spawn_thread: a daemon thread whose end a registry sees exactly (no polling).
+        self.handle = spawn_thread(self._body, name=self.name, daemon=True)
 
     def _body(self) -> None:
         spec = self.spec
