@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from foundation.flags import FeatureFlags, FlagStore, MemoryFlagStore, SQLiteFlagStore
+from foundation.flags import (
+    FeatureFlags,
+    FlagStore,
+    MemoryFlagStore,
+    RedisFlagStore,
+    SQLiteFlagStore,
+)
 from tests.flags._support import FLAGS
 
 
@@ -19,8 +25,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FlagStore]
     elif request.param == "sqlite":
         s = SQLiteFlagStore(tmp_path / "flags.db")
     else:
-        from foundation.flags import RedisFlagStore
-
         server = request.getfixturevalue("redis_server")
         s = RedisFlagStore(server.url, namespace=f"t-{request.node.name}-{id(tmp_path)}")
     yield s

@@ -198,7 +198,7 @@ def test_missing_file_and_missing_table_are_rejected(
     with pytest.raises(errors.InvalidFlagValue, match="cannot read"):
         flags.load_from_config(tmp_path / "absent.toml", env=None)
     no_table = write(tmp_path / "pyproject.toml", '[project]\nname = "x"\n')
-    with pytest.raises(errors.InvalidFlagValue, match="tool.foundation.flags"):
+    with pytest.raises(errors.InvalidFlagValue, match=r"tool\.foundation\.flags"):
         flags.load_from_config(no_table, env=None)
     not_a_table = write(tmp_path / "flags.toml", "flags = 3\n")
     with pytest.raises(errors.InvalidFlagValue, match="must be a table"):

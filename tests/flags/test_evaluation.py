@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from foundation import errors
@@ -138,7 +140,7 @@ def test_bad_percentage_is_rejected_and_changes_nothing(flags: FeatureFlags, bad
 
 
 def test_unknown_flag_names_the_nearest_declared_flag_everywhere(flags: FeatureFlags) -> None:
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: flags.enabled("btea"),
         lambda: flags.enabled("btea", actor="a"),
         lambda: flags.state("btea"),

@@ -119,7 +119,7 @@ def test_readers_see_the_state_before_or_after_a_write_never_between() -> None:
 
         def reader() -> None:
             while not stop.is_set():
-                value = flags.enabled("beta")
+                value: object = flags.enabled("beta")
                 if type(value) is not bool:
                     bad.append(value)
 
@@ -158,7 +158,8 @@ def test_concurrent_writers_leave_every_flag_in_a_valid_state() -> None:
         beta = flags.state("beta")
         assert beta.allow == {f"w{n}-{i}" for n in range(8) for i in range(50)}
         p = flags.state("new_checkout").percentage
-        assert p is not None and 0 <= p <= 100
+        assert p is not None
+        assert 0 <= p <= 100
         # The cache agrees with the store and with the last recorded change.
         assert flags.store.load_states()["beta"] == beta
         assert flags.history("beta")[-1].new == beta
