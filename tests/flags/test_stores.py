@@ -79,9 +79,11 @@ def test_concurrent_read_modify_write_transactions_lose_nothing(store: FlagStore
 
         store.transaction(body)
 
-    threads = [
-        threading.Thread(target=lambda n=n: [add(f"t{n}-{i}") for i in range(10)]) for n in range(4)
-    ]
+    def worker(n: int) -> None:
+        for i in range(10):
+            add(f"t{n}-{i}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     for t in threads:
