@@ -35,7 +35,7 @@ bench: $(STAMP) redis-server
 	$(BIN)/python -m benchmarks
 
 demo: $(STAMP)
-	$(BIN)/python -m foundation.demo $(DEMO_ARGS)
+	$(BIN)/foundation demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

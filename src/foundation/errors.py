@@ -17,10 +17,11 @@ Every error also subclasses the builtin a Python user would catch, so
     │   ├── UnknownFlag              (KeyError)     undeclared flag name
     │   ├── InvalidFlagValue         (ValueError)   bad value or percentage
     │   └── MigrationError           (RuntimeError) refused stage transition
-    └── SupervisorError
-        ├── StartError               (RuntimeError) a child failed to start; ``.child``
-        ├── ShutdownError            (RuntimeError) a child failed to stop
-        └── RestartIntensityExceeded (RuntimeError) too many restarts
+    ├── SupervisorError
+    │   ├── StartError               (RuntimeError) a child failed to start; ``.child``
+    │   ├── ShutdownError            (RuntimeError) a child failed to stop
+    │   └── RestartIntensityExceeded (RuntimeError) too many restarts
+    └── InvalidConfig                (ValueError)   a bad application config file or value
 
 Example:
     >>> from foundation import errors
@@ -40,6 +41,7 @@ __all__ = [
     "BackendUnavailable",
     "FlagError",
     "FoundationError",
+    "InvalidConfig",
     "InvalidCriteria",
     "InvalidFlagValue",
     "InvalidKey",
@@ -188,3 +190,13 @@ class ShutdownError(SupervisorError, RuntimeError):
 
 class RestartIntensityExceeded(SupervisorError, RuntimeError):
     """More than ``max_restarts`` restarts happened within ``max_seconds``."""
+
+
+# --------------------------------------------------------------------------- application
+
+
+class InvalidConfig(FoundationError, ValueError):
+    """An application config file or value that cannot be used.
+
+    Not in DESIGN.md's tree: an addition for ``Application`` configuration.
+    """

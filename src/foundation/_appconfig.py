@@ -1,0 +1,171 @@
+"""Application configuration: ``foundation.toml`` or ``[tool.foundation]`` in pyproject.toml.
+
+Example ``foundation.toml``::
+
+    [registry]
+    backend = "memory"            # or "redis"
+    indexed = ["capability"]
+    redis_url = "redis://127.0.0.1:6379/0"
+    namespace = "foundation"
+
+    [flag_store]
+    kind = "sqlite"               # "memory" (default), "sqlite" or "redis"
+    path = ".foundation/flags.sqlite3"
+
+    [flags]                       # the config layer of the feature flags
+    use_ets_agent_registry = true
+
+    [migration]                   # optional automatic rollback
+    health_interval = 5.0
+    max_restarts_per_minute = 10
+    max_latency_ratio = 3.0
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from foundation.errors import InvalidConfig
+
+__all__ = ["AppConfig"]
+
+FlagStoreKind = Literal["memory", "sqlite", "redis"]
+RegistryBackend = Literal["memory", "redis"]
+
+_SECTIONS = {"registry", "flag_store", "flags", "migration"}
+_KNOWN = {
+    "registry": {"backend", "indexed", "redis_url", "namespace", "lease_ttl"},
+    "flag_store": {"kind", "path", "redis_url", "namespace"},
+    "migration": {
+        "health_interval",
+        "max_error_rate",
+        "max_restarts_per_minute",
+        "max_latency_ratio",
+    },
+}
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """What an :class:`~foundation.Application` starts, and on which backends.
+
+    Example:
+        >>> AppConfig.from_mapping({"registry": {"indexed": ["role"]}}).indexed
+        ('role',)
+        >>> AppConfig().registry_backend
+        'memory'
+    """
+
+    registry_backend: RegistryBackend = "memory"
+    indexed: tuple[str, ...] = ()
+    redis_url: str | None = None
+    namespace: str = "foundation"
+    lease_ttl: float = 5.0
+    flag_store: FlagStoreKind = "memory"
+    flag_store_path: str | None = None
+    flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    health_interval: float = 5.0
+    max_error_rate: float | None = None
+    max_restarts_per_minute: float | None = None
+    max_latency_ratio: float | None = None
+
+    @classmethod
+    def discover(cls, directory: str | Path = ".") -> AppConfig:
+        """Load ``foundation.toml``, else pyproject's ``[tool.foundation]``, else defaults."""
+        folder = Path(directory)
+        if (folder / "foundation.toml").is_file():
+            return cls.from_file(folder / "foundation.toml")
+        if (folder / "pyproject.toml").is_file():
+            return cls.from_file(folder / "pyproject.toml")
+        return cls()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> AppConfig:
+        """Read a ``foundation.toml`` or the ``[tool.foundation]`` table of a pyproject.toml.
+
+        Raises:
+            InvalidConfig: an unreadable or malformed file, or bad values in it.
+        """
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidConfig(f"cannot read config {str(file)!r}: {exc}") from exc
+        if file.name == "pyproject.toml":
+            data = data.get("tool", {}).get("foundation", {})
+        return cls.from_mapping(data, source=str(file))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "mapping") -> AppConfig:
+        """Build from the parsed TOML tables; every problem is reported at once."""
+        problems = [f"unknown section [{s}]" for s in data if s not in _SECTIONS]
+        tables: dict[str, Mapping[str, Any]] = {}
+        for section in _SECTIONS:
+            table = data.get(section, {})
+            if not isinstance(table, Mapping):
+                problems.append(f"[{section}] must be a table")
+                continue
+            tables[section] = table
+            known = _KNOWN.get(section)
+            if known is not None:
+                problems += [f"unknown key {section}.{k}" for k in table if k not in known]
+        registry = tables.get("registry", {})
+        store = tables.get("flag_store", {})
+        migration = tables.get("migration", {})
+        values: dict[str, Any] = {}
+
+        def take(
+            table: Mapping[str, Any], key: str, name: str, kind: type | tuple[type, ...]
+        ) -> None:
+            if key in table:
+                value = table[key]
+                if isinstance(value, bool) or not isinstance(value, kind):
+                    problems.append(f"{name} has the wrong type: {value!r}")
+                else:
+                    values[name] = value
+
+        take(registry, "backend", "registry_backend", str)
+        take(registry, "redis_url", "redis_url", str)
+        take(registry, "namespace", "namespace", str)
+        take(registry, "lease_ttl", "lease_ttl", (int, float))
+        take(store, "kind", "flag_store", str)
+        take(store, "path", "flag_store_path", str)
+        for key in ("health_interval", "max_error_rate", "max_restarts_per_minute",
+                    "max_latency_ratio"):  # fmt: skip
+            take(migration, key, key, (int, float))
+        if "indexed" in registry:
+            indexed = registry["indexed"]
+            if not isinstance(indexed, list) or not all(isinstance(x, str) for x in indexed):
+                problems.append(f"registry.indexed must be a list of names: {indexed!r}")
+            else:
+                values["indexed"] = tuple(indexed)
+        if values.get("registry_backend", "memory") not in ("memory", "redis"):
+            problems.append(
+                f"registry.backend must be memory or redis: {values['registry_backend']!r}"
+            )
+        if values.get("flag_store", "memory") not in ("memory", "sqlite", "redis"):
+            problems.append(
+                f"flag_store.kind must be memory, sqlite or redis: {values['flag_store']!r}"
+            )
+        needs_url = "redis" in (values.get("registry_backend"), values.get("flag_store"))
+        if needs_url and not (values.get("redis_url") or store.get("redis_url")):
+            problems.append("a redis backend needs registry.redis_url")
+        if values.get("flag_store") == "sqlite" and "flag_store_path" not in values:
+            problems.append("flag_store.kind = 'sqlite' needs flag_store.path")
+        if problems:
+            raise InvalidConfig(f"invalid config in {source}: " + "; ".join(problems))
+        if "redis_url" not in values and isinstance(store.get("redis_url"), str):
+            values["redis_url"] = store["redis_url"]
+        values["flags"] = MappingProxyType(dict(tables.get("flags", {})))
+        return cls(**values)
+
+    @property
+    def wants_auto_rollback(self) -> bool:
+        """True when any health threshold is configured."""
+        limits = (self.max_error_rate, self.max_restarts_per_minute, self.max_latency_ratio)
+        return any(x is not None for x in limits)

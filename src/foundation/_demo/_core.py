@@ -1,0 +1,175 @@
+"""Demo part 1: hundreds of agents of every kind, some killed, all cleaned up."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from foundation._demo._console import Console
+from foundation._demo._scoreboard import Scoreboard
+from foundation._demo._timing import percentile, wait_until
+from foundation.liveness import spawn_thread
+from foundation.registry import MemoryRegistry, RegistryEvent
+
+__all__ = ["run_core"]
+
+
+class _LoopThread:
+    """An asyncio loop running in a background thread, for task agents."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="foundation-demo-loop", daemon=True
+        )
+        self._thread.start()
+
+    def spawn_waiting_task(self) -> asyncio.Task[None]:
+        async def create() -> asyncio.Task[None]:
+            return asyncio.get_running_loop().create_task(asyncio.Event().wait())  # type: ignore[arg-type]
+
+        return asyncio.run_coroutine_threadsafe(create(), self.loop).result(5)
+
+    def cancel(self, task: asyncio.Task[None]) -> None:
+        self.loop.call_soon_threadsafe(task.cancel)
+
+    def close(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
+    """Register ``per_kind`` agents of each kind, kill half, measure the cleanup."""
+    console.heading("1. A registry of live agents that cleans itself up")
+    loop = _LoopThread()
+    releases: list[threading.Event] = []
+    processes: list[subprocess.Popen[bytes]] = []
+    killed_at: dict[object, float] = {}
+    cleaned_after: dict[str, list[float]] = {"task": [], "thread": [], "process": []}
+    lock = threading.Lock()
+
+    with MemoryRegistry(indexed=("kind", "group")) as registry:
+
+        def on_event(event: RegistryEvent) -> None:
+            # Runs on whichever thread saw the death; only record, never block.
+            if event.kind == "unregistered" and event.reason == "down":
+                seen = time.perf_counter()
+                with lock:
+                    started = killed_at.get(event.entry.key)
+                if started is not None:
+                    kind = str(event.entry.metadata["kind"])
+                    cleaned_after[kind].append(seen - started)
+
+        unsubscribe = registry.subscribe(on_event)
+        agents: dict[str, list[tuple[str, Any]]] = {"task": [], "thread": [], "process": []}
+        makers: dict[str, Callable[[], Any]] = {
+            "task": loop.spawn_waiting_task,
+            "thread": lambda: _waiting_thread(releases),
+            "process": lambda: _sleeping_process(processes),
+        }
+        started = time.perf_counter()
+        with console.progress("registering agents", 3 * per_kind) as advance:
+            for kind, make in makers.items():
+                for i in range(per_kind):
+                    key = f"{kind}-{i}"
+                    agent = make()
+                    registry.register(key, agent, {"kind": kind, "group": i % 10})
+                    agents[kind].append((key, agent))
+                    advance()
+        register_seconds = time.perf_counter() - started
+        total = registry.count()
+        console.say(
+            f"registered [bold]{total}[/bold] agents "
+            f"({per_kind} asyncio tasks, {per_kind} threads, {per_kind} OS processes) "
+            f"in {register_seconds:.2f}s"
+        )
+        score.check("all agents registered", total == 3 * per_kind, f"{total}")
+        by_index = len(registry.find_by_attribute("kind", "process"))
+        score.check("index finds every process", by_index == per_kind, f"{by_index}")
+
+        # Kill every other agent of each kind.
+        for kind, pairs in agents.items():
+            for n, (key, agent) in enumerate(pairs):
+                if n % 2:
+                    continue
+                with lock:
+                    killed_at[key] = time.perf_counter()
+                if kind == "task":
+                    loop.cancel(agent)
+                elif kind == "thread":
+                    releases[n].set()
+                else:
+                    agent.send_signal(signal.SIGKILL)
+        killed = len(killed_at)
+        expected = 3 * per_kind - killed
+        cleaned = wait_until(lambda: registry.count() == expected, timeout=15)
+        score.check("every killed agent disappeared", cleaned, f"{registry.count()} left")
+        stale = [e.key for e in registry.list_all() if e.key in killed_at]
+        score.check("no dead agent is listed", not stale, f"{len(stale)} stale")
+
+        rows = []
+        for kind, samples in cleaned_after.items():
+            ms = [s * 1000 for s in samples]
+            rows.append(
+                [kind, per_kind, per_kind - len(agents[kind][1::2]), len(samples),
+                 len(registry.find_by_attribute("kind", kind)),
+                 f"{percentile(ms, 50):.2f}", f"{percentile(ms, 99):.2f}"]
+            )  # fmt: skip
+        console.table(
+            "Agents killed and cleaned up (latency from kill to registry removal)",
+            ["kind", "registered", "killed", "cleaned", "still live", "p50 ms", "p99 ms"],
+            rows,
+        )
+        proc_ms = [s * 1000 for s in cleaned_after["process"]]
+        score.figure("registrations per second (mixed kinds)", f"{total / register_seconds:,.0f}")
+        score.figure(
+            "OS process death -> registry removal p99", f"{percentile(proc_ms, 99):.2f} ms"
+        )
+        stats = registry.stats()
+        score.check(
+            "one monitor per entry",
+            stats.monitors == stats.entries,
+            f"{stats.monitors} monitors / {stats.entries} entries",
+        )
+
+        # Unregister everything left: monitors must return to zero.
+        for pairs in agents.values():
+            for key, _agent in pairs:
+                registry.unregister(key)
+        stats = registry.stats()
+        score.check("unregister releases every monitor", stats.monitors == 0, f"{stats.monitors}")
+        score.figure("leaked monitors after unregister", str(stats.monitors))
+        unsubscribe()
+
+    for event in releases:
+        event.set()
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    loop.close()
+
+
+def _waiting_thread(releases: list[threading.Event]) -> threading.Thread:
+    release = threading.Event()
+    releases.append(release)
+    return spawn_thread(release.wait, name=f"demo-agent-{len(releases)}")
+
+
+def _sleeping_process(processes: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(["sleep", "120"])
+    processes.append(process)
+    return process
