@@ -41,6 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 from foundation.errors import (
     AlreadyRegistered,
     BackendUnavailable,
+    InvalidKey,
     InvalidMetadata,
     NotAlive,
     NotRegistered,
@@ -113,7 +114,9 @@ class RedisStatus:
     ``version``: the last change version applied by the tail; ``written``: the
     version of this node's last write (see ``wait_for_version``); ``entries``: in
     the mirror; ``local_entries``: registered by this node; ``conflicts``: see
-    ``conflicts()``; ``last_error``: the last Redis failure, if any.
+    ``conflicts()``; ``resyncs``: snapshots loaded after the first one (after
+    a gap, a trimmed stream, a restart or an outage); ``last_error``: the last
+    Redis failure, if any.
     """
 
     node: str
@@ -124,6 +127,7 @@ class RedisStatus:
     entries: int
     local_entries: int
     conflicts: int
+    resyncs: int
     last_error: str | None
 
 
@@ -434,26 +438,38 @@ class RedisRegistry(Registry):
             self._written = v
             entry = Entry(key, agent, frozen, registered_at, self._node)
             with self._mlock:
+                died = self._own.get(key) is not own
                 m = self._mirror
                 if first and m.is_newer(key, first):
                     old = m.remove(key, first)
                     if old is not None:
                         events.append(self._removed_event(old, why, dr, "", ""))
-                if m.is_newer(key, v):
+                if not died and m.is_newer(key, v):
                     old = m.put(entry, v)
                     if old is not None:
                         events.append(RegistryEvent("unregistered", old, reason="replaced"))
                     events.append(RegistryEvent("registered", entry))
             if prev is not None and prev.monitor is not None:
-                prev.monitor.demonitor()
+                prev.monitor.demonitor()  # its registration was just replaced in Redis
+            if died:
+                # Race: the agent died while the script ran (its on_down already
+                # queued the delete). Delete it now and report it as not alive;
+                # other nodes may have seen it registered for an instant.
+                self._emit(events)
+                self._flush_pending_down(key)
+                raise NotAlive(key, agent)
         self._emit(events)
 
     def lookup(self, key: Hashable) -> Entry | None:
-        """The entry for ``key`` from the local mirror, or ``None`` (never blocks on Redis)."""
+        """The entry for ``key`` from the local mirror, or ``None`` (never blocks on Redis).
+
+        Raises:
+            InvalidKey: ``key`` is unhashable.
+        """
         try:
             return self._entries.get(key)
-        except TypeError:  # unhashable: cannot be registered, so absent
-            return None
+        except TypeError:
+            raise InvalidKey(f"registry key must be hashable, got {type(key).__name__}") from None
 
     def unregister(self, key: Hashable) -> bool:
         """Remove ``key`` on every node; True if it was registered.
@@ -598,6 +614,7 @@ class RedisRegistry(Registry):
             entries=len(self._entries),
             local_entries=len(self._own),
             conflicts=len(self._conflicts),
+            resyncs=max(0, self._gen - 1),
             last_error=self._last_error,
         )
 
@@ -638,6 +655,9 @@ class RedisRegistry(Registry):
         with self._mlock:
             owns = list(self._own.values())
             self._own.clear()
+            # Like MemoryRegistry: a closed registry is empty.
+            for key in list(self._entries):
+                self._mirror.remove(key, self._tail_v)
         for own in owns:
             if own.monitor is not None:
                 own.monitor.demonitor()
@@ -720,7 +740,9 @@ class RedisRegistry(Registry):
 
     def _removed_event(self, old: Entry, why: str, dr: str, dc: str, ds: str) -> RegistryEvent:
         reason: UnregisterReason = why if why in ("replaced", "down") else "unregistered"  # type: ignore[assignment]
-        down = _down_from(dr, dc, ds) if reason == "down" else None
+        # down=None when the death was noticed before its monitor reported it
+        # (a dead local agent replaced by a new registration), as MemoryRegistry does.
+        down = _down_from(dr, dc, ds) if reason == "down" and dr else None
         return RegistryEvent("unregistered", old, reason=reason, down=down)
 
     def _emit(self, events: list[RegistryEvent]) -> None:
