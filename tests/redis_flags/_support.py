@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue
 import subprocess
@@ -10,8 +11,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def raw_client(url: str) -> Any:
+    """A plain redis-py client, to tamper with keys behind the store's back."""
+    # Imported by name: a sibling test folder called `redis` confuses import sorting.
+    return importlib.import_module("redis").Redis.from_url(url)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -9,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 
 from foundation import errors
 from foundation.flags import (
@@ -20,7 +20,7 @@ from foundation.flags import (
     MigrationEvent,
     RedisFlagStore,
 )
-from tests.redis_flags._support import REPO, Node, wait_until
+from tests.redis_flags._support import REPO, Node, raw_client, wait_until
 from tests.redis_flags.conftest import FLAGS, StoreFactory
 from tests.redis_support import RedisServer
 
@@ -282,6 +282,26 @@ def test_an_outage_fails_writes_fast_keeps_reads_and_resyncs_after_restart(
     assert [c.by for c in b.history()] == ["after-restart"]
 
 
+def test_a_frozen_redis_fails_a_write_after_the_timeout_instead_of_hanging(
+    fresh_redis: RedisServer, open_store: StoreFactory, open_flags: OpenFlags
+) -> None:
+    store = open_store(fresh_redis.url, timeout=0.3)
+    flags = open_flags(store)
+    flags.enable("beta")
+    assert fresh_redis.process is not None
+    fresh_redis.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        with pytest.raises(errors.BackendUnavailable, match="unreachable"):
+            flags.enable("gamma")
+        assert flags.enabled("beta") is True
+        assert flags.enabled("gamma") is False
+    finally:
+        fresh_redis.process.send_signal(signal.SIGCONT)
+    # Redis answers again (and kept its data): the next write goes through.
+    flags.enable("gamma")
+    assert store.load_states()["gamma"].switch is True
+
+
 def test_a_stream_reset_without_a_disconnect_is_noticed_and_resynced(
     redis_server: RedisServer, open_store: StoreFactory, open_flags: OpenFlags
 ) -> None:
@@ -293,7 +313,7 @@ def test_a_stream_reset_without_a_disconnect_is_noticed_and_resynced(
 
     # Someone deletes the deployment's keys behind everybody's back (FLUSHDB, a
     # failover to an empty replica...): B's connection never drops.
-    raw = redis.Redis.from_url(redis_server.url)
+    raw = raw_client(redis_server.url)
     try:
         raw.delete(*(f"{{{store_b.namespace}}}:flags:{k}" for k in ("state", "history")))
     finally:
@@ -478,7 +498,7 @@ def test_corrupt_state_in_redis_is_a_flag_error(
     redis_server: RedisServer, open_store: StoreFactory
 ) -> None:
     store = open_store(redis_server.url)
-    raw = redis.Redis.from_url(redis_server.url)
+    raw = raw_client(redis_server.url)
     try:
         raw.hset(f"{{{store.namespace}}}:flags:state", "beta", "{not json")
     finally:
