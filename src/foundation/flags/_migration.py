@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -65,7 +65,7 @@ class Stage:
 
     number: int
     name: str
-    flags: tuple[str, ...]
+    flags: Sequence[str]  # stored as a tuple
     risk: str = "low"
 
     def __post_init__(self) -> None:
@@ -73,7 +73,7 @@ class Stage:
             raise MigrationError(f"a stage number is an int >= 1, not {self.number!r}")
         if not isinstance(self.name, str) or not self.name:
             raise MigrationError(f"stage {self.number} needs a name, not {self.name!r}")
-        if isinstance(self.flags, str):  # type: ignore[unreachable]  # a str is iterable
+        if isinstance(self.flags, str):
             raise MigrationError(f"stage {self.number}: flags is a list of names, not a string")
         flags = tuple(self.flags)
         if not flags or not all(isinstance(f, str) for f in flags):
