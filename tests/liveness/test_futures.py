@@ -186,7 +186,7 @@ def test_asyncio_long_lived_task_does_not_accumulate_callbacks(manager: MonitorM
         fut = asyncio.get_running_loop().create_future()
         for _ in range(1000):
             manager.monitor(fut, Recorder()).demonitor()
-        callbacks = len(fut._callbacks or ())  # type: ignore[attr-defined]
+        callbacks = len(fut._callbacks or ())
         fut.set_result(None)
         return callbacks, manager.active_count()
 
@@ -224,9 +224,9 @@ def test_close_removes_the_done_callback_from_a_live_task() -> None:
         mgr = MonitorManager(name="aio-close")
         rec = Recorder()
         mgr.monitor(fut, rec)
-        before = len(fut._callbacks or ())  # type: ignore[attr-defined]
+        before = len(fut._callbacks or ())
         mgr.close()
-        after = len(fut._callbacks or ())  # type: ignore[attr-defined]
+        after = len(fut._callbacks or ())
         fut.set_result(None)
         await asyncio.sleep(0)  # sleep-ok: one loop turn so done-callbacks run
         assert rec.count == 0

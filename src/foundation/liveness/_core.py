@@ -63,7 +63,7 @@ NORMAL = Down("normal")
 NOPROC = Down("noproc")
 CANCELLED = Down("cancelled")
 
-OnDown = Callable[[Down], None]
+OnDown = Callable[[Down], object]  # the return value is ignored
 
 
 @dataclass(frozen=True, slots=True)
