@@ -33,7 +33,11 @@ def run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
+        async def main() -> T:
+            async with asyncio.timeout(60):  # in this task: no extra task is created
+                return await fn(*args, **kwargs)
+
+        return asyncio.run(main())
 
     return wrapper
 
