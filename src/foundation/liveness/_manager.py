@@ -287,10 +287,17 @@ class MonitorManager:
             TypeError: ``on_down`` is not callable.
             RuntimeError: the manager is closed.
         """
-        if type(agent) is SpawnedThread:  # the hot path: no lock at all
-            if not callable(on_down):
-                raise TypeError("on_down must be callable")
-            return self._add_shared(agent._foundation_watch, on_down)
+        if type(agent) is SpawnedThread and callable(on_down):
+            # The hot path (registries monitor spawn_thread agents): no lock,
+            # one object, two dict inserts. Same logic as _add_shared, inlined;
+            # a closed manager is caught after the inserts, by _settle.
+            watch = agent._foundation_watch
+            mon = Monitor(self, watch)
+            watch.monitors[mon] = on_down
+            self._monitors[mon] = None
+            if watch.down is None and not self._closed:
+                return mon
+            return self._settle(mon, watch)
         if not callable(on_down):
             raise TypeError("on_down must be callable")
         if isinstance(agent, asyncio.Future):
@@ -413,14 +420,22 @@ class MonitorManager:
         mon = Monitor(self, watch)
         watch.monitors[mon] = on_down
         self._monitors[mon] = None
-        # Race: the watch may have fired, or close() may have run, between the
-        # check above and the inserts. Whoever pops the monitor owns it.
-        if watch.down is not None or self._is_closed():
-            if self._is_closed() and watch.monitors.pop(mon, None) is not None:
-                self._monitors.pop(mon, None)
-                raise self._closed_error()
-            if watch.down is not None:
-                claim(mon, watch, watch.down)
+        if watch.down is None and not self._is_closed():
+            return mon
+        return self._settle(mon, watch)
+
+    def _settle(self, mon: Monitor, watch: Watch) -> Monitor:
+        """After inserting ``mon``: the watch had fired, or the manager closed.
+
+        Race: either may have happened between the caller's checks and its
+        inserts. Whoever pops the monitor from ``watch.monitors`` owns it: the
+        firing watch (which calls it), close() (which drops it), or us here.
+        """
+        if self._is_closed() and watch.monitors.pop(mon, None) is not None:
+            self._monitors.pop(mon, None)
+            raise self._closed_error()
+        if watch.down is not None:
+            claim(mon, watch, watch.down)
         return mon
 
     def _dead(self, agent: object, on_down: OnDown) -> Monitor:
