@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import threading
 
 from foundation.liveness._agents import check_supported, describe_agent, is_alive
@@ -80,11 +81,25 @@ _default: MonitorManager | None = None
 _default_lock = threading.Lock()
 
 
+def _forget_default_after_fork() -> None:
+    # A forked child has none of the parent's watcher threads: it must not
+    # reuse the parent's default manager (or a lock held at fork time).
+    global _default, _default_lock
+    _default = None
+    _default_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_default_after_fork)
+
+
 def default_manager() -> MonitorManager:
     """The process-wide manager used by :func:`monitor` without ``manager=``.
 
     Created on first use (named ``"default"``: threads
-    ``foundation-default-*``); if it was closed, a new one replaces it.
+    ``foundation-default-*``); if it was closed, a new one replaces it, and a
+    forked child process gets a fresh one of its own. Other managers are not
+    usable across ``fork()``: create them in the process that uses them.
     """
     global _default
     manager = _default

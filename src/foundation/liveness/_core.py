@@ -188,15 +188,20 @@ def invoke(on_down: OnDown, down: Down) -> None:
     try:
         on_down(down)
     except Exception as exc:  # a broken subscriber must never break a watcher
-        sys.unraisablehook(_Unraisable(exc, on_down))  # type: ignore[arg-type]
+        report(exc, "on_down callback", on_down)
+
+
+def report(exc: BaseException, where: str, obj: object = None) -> None:
+    """Report an error that must not propagate, through ``sys.unraisablehook``."""
+    sys.unraisablehook(_Unraisable(exc, where, obj))  # type: ignore[arg-type]
 
 
 class _Unraisable:
     """Shape expected by ``sys.unraisablehook``."""
 
-    def __init__(self, exc: BaseException, obj: object) -> None:
+    def __init__(self, exc: BaseException, where: str, obj: object) -> None:
         self.exc_type = type(exc)
         self.exc_value = exc
         self.exc_traceback = exc.__traceback__
-        self.err_msg = "Exception ignored in on_down callback"
+        self.err_msg = f"Exception ignored in {where}"
         self.object = obj

@@ -38,6 +38,7 @@ from foundation.liveness._core import (
     Watch,
     claim,
     invoke,
+    report,
 )
 from foundation.liveness._process import (
     ProcessAgent,
@@ -540,15 +541,14 @@ class MonitorManager:
     def _attach_locked(self, watch: _ManagedWatch) -> bool:
         """Start watching; False if the agent is already gone. Lock held."""
         if isinstance(watch, _ThreadWatch):
-            was_idle = not self._polled_threads
-            self._polled_threads[watch.key] = watch
             if self._thread_poller is None:
                 self._thread_poller = self._start(
                     "threads", self._poll_loop, self._polled_threads, self._threads_cond,
                     self._thread_interval, _thread_down,
                 )  # fmt: skip
-            elif was_idle:
-                self._threads_cond.notify_all()
+            elif not self._polled_threads:
+                self._threads_cond.notify_all()  # wakes it from its idle wait
+            self._polled_threads[watch.key] = watch
             return True
         assert isinstance(watch, _ProcessWatch)
         if self._use_pidfd:
@@ -571,15 +571,14 @@ class MonitorManager:
                 watch.fd = fd
                 self._by_fd[fd] = watch
                 return True
-        was_idle = not self._polled_procs
-        self._polled_procs[watch.key] = watch
         if self._proc_poller is None:
             self._proc_poller = self._start(
                 "procpoll", self._poll_loop, self._polled_procs, self._procs_cond,
                 self._process_interval, exit_down,
             )  # fmt: skip
-        elif was_idle:
-            self._procs_cond.notify_all()
+        elif not self._polled_procs:
+            self._procs_cond.notify_all()  # wakes it from its idle wait
+        self._polled_procs[watch.key] = watch
         return True
 
     # ------------------------------------------------------------------ releasing
@@ -621,7 +620,11 @@ class MonitorManager:
                 snapshot: list[_ManagedWatch] = list(table.values())
             dead: list[tuple[_ManagedWatch, Down]] = []
             for watch in snapshot:
-                down = check(watch.agent)
+                try:
+                    down = check(watch.agent)
+                except Exception as exc:  # never let one odd agent stop the poller
+                    report(exc, f"liveness check of {watch.agent!r}")
+                    continue
                 if down is not None:
                     dead.append((watch, down))
             for watch, down in dead:
@@ -650,9 +653,17 @@ class MonitorManager:
         except BaseException:
             epoll.close()
             raise
+        try:
+            thread = self._start("pidfd", self._pidfd_loop, epoll, wake_r)
+        except BaseException:  # no thread: leave no epoll that nobody waits on
+            epoll.close()
+            os.close(wake_r)
+            if wake_w != wake_r:
+                os.close(wake_w)
+            raise
         self._epoll = epoll
         self._wake_r, self._wake_w = wake_r, wake_w
-        self._pidfd_thread = self._start("pidfd", self._pidfd_loop, epoll, wake_r)
+        self._pidfd_thread = thread
 
     def _pidfd_loop(self, epoll: select.epoll, wake_r: int) -> None:
         """Wait on every pidfd at once; the wake-up fd only ever means "stop"."""
@@ -664,7 +675,10 @@ class MonitorManager:
             for fd, _ in events:
                 if self._is_closed() or fd == wake_r:
                     return
-                self._pidfd_ready(fd)
+                try:
+                    self._pidfd_ready(fd)
+                except Exception as exc:  # never let one odd process stop the selector
+                    report(exc, "pidfd selector")
 
     def _pidfd_ready(self, fd: int) -> None:
         with self._lock:

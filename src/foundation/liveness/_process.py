@@ -256,7 +256,7 @@ def down_from_pidfd(agent: ProcessAgent, fd: int) -> Down:
     if _HAS_WAITID and hasattr(os, "P_PIDFD"):
         try:
             result = os.waitid(os.P_PIDFD, fd, _WAIT_FLAGS)
-        except ChildProcessError:
+        except OSError:  # ECHILD: not our child (or reaped); EINVAL: old kernel
             result = None
         if result is not None:
             return _down_from_siginfo(result)
