@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import multiprocessing
 import os
 import signal
@@ -246,3 +247,22 @@ def test_on_down_runs_without_manager_locks(manager: MonitorManager) -> None:
         for proc in (first, second):
             proc.kill()
             proc.wait()
+
+
+def test_a_kernel_without_pidfd_open_falls_back_to_polling(
+    monkeypatch: pytest.MonkeyPatch, sleeper: subprocess.Popen[bytes]
+) -> None:
+    """pidfd_open failing with ENOSYS (old kernels) switches the manager to polling."""
+
+    def no_pidfd(_pid: int) -> int:
+        raise OSError(errno.ENOSYS, "pidfd_open not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    with MonitorManager(name="nosys", process_poll_interval=0.002) as mgr:
+        assert mgr.uses_pidfd
+        rec = Recorder()
+        mgr.monitor(sleeper, rec)
+        assert not mgr.uses_pidfd
+        assert manager_threads("nosys") == ["foundation-nosys-procpoll"]
+        sleeper.kill()
+        assert rec.wait() == Down("killed", signal=9)

@@ -216,10 +216,13 @@ class MonitorManager:
     ``foundation-<name>-threads`` (foreign threads, polled every
     ``thread_poll_interval`` seconds) and ``foundation-<name>-procpoll``
     (processes, polled every ``process_poll_interval`` seconds, only where
-    ``pidfd_open`` is missing); each starts on first need. A pidfd is open
-    only while at least one monitor watches that process. ``close()`` releases
-    every monitor without calling it, stops and joins the threads and closes
-    every fd.
+    ``pidfd_open`` is missing or fails with ENOSYS); each starts on first
+    need. A pidfd is open only while at least one monitor watches that
+    process. An asyncio future gets one done-callback from this manager on
+    its first monitor, kept while the future lives (monitors come and go
+    without touching the loop) and removed by ``close()``. ``close()``
+    releases every monitor without calling it, stops and joins the threads
+    and closes every fd. A manager is not usable in a child after ``fork()``.
 
     Example:
         >>> import concurrent.futures
