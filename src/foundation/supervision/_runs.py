@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from foundation.errors import ShutdownError
 from foundation.liveness import spawn_thread
 from foundation.supervision._context import (
     READY_FD_ENV,
@@ -371,7 +372,7 @@ class SupervisorRun(Run):
         return self.handle.task
 
     async def launch(self) -> None:
-        from foundation.supervision._supervisor import Supervisor  # noqa: PLC0415 (cycle)
+        from foundation.supervision._supervisor import Supervisor
 
         start = self.spec.start
         sup = start if isinstance(start, Supervisor) else start()  # type: ignore[operator]
@@ -399,8 +400,6 @@ class SupervisorRun(Run):
 
     async def _stop(self, timeout: float | None) -> ChildExit:
         # A supervisor always gets the time its own children's timeouts add up to.
-        from foundation.errors import ShutdownError  # noqa: PLC0415
-
         if not self._starting.done():
             # Still starting: cancelling start() rolls back what it started.
             self._starting.cancel()

@@ -140,7 +140,7 @@ def _is_argv(start: object) -> bool:
 
 
 def _guess_kind(start: object) -> ChildKind:
-    from foundation.supervision._supervisor import Supervisor  # noqa: PLC0415 (cycle)
+    from foundation.supervision._supervisor import Supervisor
 
     if isinstance(start, Supervisor):
         return "supervisor"
@@ -154,7 +154,7 @@ def _guess_kind(start: object) -> ChildKind:
 
 
 def _check_start(child: str, kind: str, start: object) -> None:
-    from foundation.supervision._supervisor import Supervisor  # noqa: PLC0415 (cycle)
+    from foundation.supervision._supervisor import Supervisor
 
     if kind == "process":
         ok = (_is_argv(start) and len(start) > 0) or callable(start)  # type: ignore[arg-type]

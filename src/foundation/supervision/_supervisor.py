@@ -214,10 +214,11 @@ class Supervisor:
         self._healthy_after = float(max_seconds if min_uptime is None else min_uptime)
         self._state: SupervisorState = "new"
         self._children: dict[str, _Child] = {}
-        self._failure: RestartIntensityExceeded | None = None
+        self._failure: SupervisorError | None = None
         self._main: asyncio.Task[None] | None = None
         self._done: asyncio.Future[None] | None = None
         self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
 
     # ------------------------------------------------------------------ properties
@@ -238,8 +239,10 @@ class Supervisor:
         return self._state
 
     @property
-    def failure(self) -> RestartIntensityExceeded | None:
-        """Why it gave up, once ``state == "failed"``; else ``None``."""
+    def failure(self) -> SupervisorError | None:
+        """Why it gave up, once ``state == "failed"``: a ``RestartIntensityExceeded``
+        (or, for a defect in the supervisor itself, a ``SupervisorError`` whose
+        ``__cause__`` is the defect); else ``None``."""
         return self._failure
 
     @property
@@ -281,6 +284,7 @@ class Supervisor:
         self._failure = None
         self._restart_times: deque[float] = deque()
         self._main = None
+        self._stop_task = None
         self._stopping = False
         self._state = "starting"
         async with self._lock:
@@ -298,13 +302,26 @@ class Supervisor:
     async def stop(self) -> None:
         """Stop every child in reverse order; idempotent.
 
+        The stop runs in a task of its own: a caller that is itself a child of
+        this supervisor (and so gets cancelled by it) does not cut it short.
+        Concurrent callers share it and its outcome.
+
         Raises:
             ShutdownError: a child could not be stopped (an abandoned thread or
                 task); every other child was stopped first.
         """
         if self._state in ("new", "stopped", "failed"):
             return
-        if self._stopping:  # a stop, a failed start or a give-up is under way
+        if self._stop_task is None:
+            self._stop_task = self._loop.create_task(
+                self._stop_sequence(), name=f"stop supervisor {self._name}"
+            )
+            # Retrieved here so that an outcome nobody awaits is not logged.
+            self._stop_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.shield(self._stop_task)
+
+    async def _stop_sequence(self) -> None:
+        if self._stopping:  # a failed start or a give-up is under way
             await asyncio.shield(self._done_future())
             return
         self._stopping = True
@@ -327,6 +344,7 @@ class Supervisor:
 
         Raises:
             RestartIntensityExceeded: it gave up (the same error as ``failure``).
+            SupervisorError: never started (``.reason == "supervisor_not_running"``).
         """
         if self._done is None:
             raise _error("supervisor_not_running", None, f"supervisor {self._name!r} never started")
@@ -352,7 +370,7 @@ class Supervisor:
         Returns a :class:`SupervisorThread` (also a context manager) exposing the
         management calls synchronously. Raises what :meth:`start` raises.
         """
-        from foundation.supervision._thread import SupervisorThread  # noqa: PLC0415 (cycle)
+        from foundation.supervision._thread import SupervisorThread
 
         return SupervisorThread(self, name=name)
 
@@ -453,6 +471,7 @@ class Supervisor:
         """
         self._require_running()
         async with self._lock:
+            self._require_running()  # it may have stopped or given up meanwhile
             child = self._get(id)
             exit = await self._terminate_child(child)
         if exit is not None and exit.reason == "abandoned":
@@ -475,6 +494,7 @@ class Supervisor:
         """
         self._require_running()
         async with self._lock:
+            self._require_running()  # it may have stopped or given up meanwhile
             child = self._get(id)
             self._require_stopped(child, "restart")
             await self._start_run(child)
@@ -488,6 +508,7 @@ class Supervisor:
         """
         self._require_running()
         async with self._lock:
+            self._require_running()  # it may have stopped or given up meanwhile
             child = self._get(id)
             self._require_stopped(child, "delete")
             del self._children[id]
@@ -628,7 +649,11 @@ class Supervisor:
             async with self._lock:
                 if self._has_ended():  # a stop began while we waited for the lock
                     return
-                await self._handle(event)
+                try:
+                    await self._handle(event)
+                except Exception as exc:  # a defect: fail loudly rather than stop supervising
+                    await self._give_up_on_defect(exc)
+                    return
                 if self._has_ended():  # gave up while handling it
                     return
 
@@ -754,6 +779,16 @@ class Supervisor:
         self._state = "stopping"
         self._request_stop()
         child.status = "stopped"
+        await self._shutdown_children()
+        self._finish()
+
+    async def _give_up_on_defect(self, exc: Exception) -> None:
+        err = SupervisorError(f"supervisor {self._name!r} failed: {exc!r}")
+        err.__cause__ = exc
+        self._failure = err
+        self._stopping = True
+        self._state = "stopping"
+        self._request_stop()
         await self._shutdown_children()
         self._finish()
 
