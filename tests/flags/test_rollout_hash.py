@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -87,3 +88,18 @@ def test_different_flags_select_different_actors() -> None:
         in_a = {x for x in ACTORS if flags.enabled("a", actor=x)}
         in_b = {x for x in ACTORS if flags.enabled("b", actor=x)}
     assert len(in_a & in_b) < len(in_a) / 2
+
+
+def test_cached_hashes_give_the_same_answers_as_fresh_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("foundation.flags._flags.HASH_CACHE_SIZE", 64)  # force many refills
+    with FeatureFlags([Flag("beta")]) as flags:
+        flags.set_percentage("beta", 30)
+        for _ in range(3):  # cold, then warm, then after refills
+            answers = [flags.enabled("beta", actor=a) for a in ACTORS[:500]]
+            assert answers == [bucket("beta", a) < 30 for a in ACTORS[:500]]
+        flags.set_percentage("beta", 70)  # a new percentage reuses the cached hashes
+        assert [flags.enabled("beta", actor=a) for a in ACTORS[:500]] == [
+            actor_hash("beta", a) < threshold(70) for a in ACTORS[:500]
+        ]

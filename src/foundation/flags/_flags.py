@@ -48,8 +48,13 @@ Listener = Callable[[FlagChange], None]
 Actor = str | int
 
 # A rule for evaluating with an actor: a constant answer when the actor cannot
-# matter, else (deny, allow, hash limit, hash prefix "flag\0").
-_Rule = bool | tuple[frozenset[str], frozenset[str], int, str]
+# matter, else (deny, allow, hash limit, hash prefix "flag\0", the flag's hash cache).
+_Rule = bool | tuple[frozenset[str], frozenset[str], int, str, dict[str, int]]
+
+HASH_CACHE_SIZE = 16_384
+"""Rollout hashes remembered per flag (actor -> h). A hash never changes, so the
+cache is never stale; when it is full it is emptied and refills (at most about
+1.5 MB per flag with a percentage). A hit saves the SHA-256 (~1 us -> ~0.1 us)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +86,7 @@ def _actor(actor: object) -> str:
     raise InvalidFlagValue(f"an actor must be a str or an int, not {actor!r}")
 
 
-def _compile(name: str, state: FlagState) -> tuple[bool, _Rule]:
+def _compile(name: str, state: FlagState, cache: dict[str, int]) -> tuple[bool, _Rule]:
     """(answer without an actor, rule for an actor) for one effective state."""
     if not state.switch:
         return False, False
@@ -93,7 +98,7 @@ def _compile(name: str, state: FlagState) -> tuple[bool, _Rule]:
         return plain, False
     limit = HASH_SPACE if p is None else threshold(p)
     # f"{name}\0" is the hash prefix, so the hot path only appends the actor.
-    return plain, (state.deny, state.allow, limit, f"{name}\0")
+    return plain, (state.deny, state.allow, limit, f"{name}\0", cache)
 
 
 class _Writer:
@@ -139,6 +144,8 @@ class FeatureFlags:
     p == 100; otherwise True. The effective state of a flag is its runtime
     state (persisted in the store), else the config layer, else the declared
     default. Actors are strings (an int is normalised with ``str()``).
+    Rollout hashes are remembered per flag in a bounded cache
+    (``HASH_CACHE_SIZE`` actors; emptied when full), since a hash never changes.
 
     ``store`` defaults to a new ``MemoryFlagStore`` owned (and closed) by this
     object; a store you pass stays yours to close, after ``close()`` here.
@@ -162,6 +169,26 @@ class FeatureFlags:
         foundation.errors.UnknownFlag: unknown flag 'btea' (did you mean 'beta'?)
         >>> flags.close()
     """
+
+    # Slots make the hot path's attribute and method loads the cheapest kind.
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_config",
+        "_declared",
+        "_defaults",
+        "_effective",
+        "_hash_cache",
+        "_listeners",
+        "_lock",
+        "_names",
+        "_owns_store",
+        "_plain",
+        "_rules",
+        "_runtime",
+        "_store",
+        "_unsubscribe",
+    )
 
     def __init__(self, declared: Iterable[Flag], *, store: FlagStore | None = None) -> None:
         flags: dict[str, Flag] = {}
@@ -193,6 +220,8 @@ class FeatureFlags:
         self._plain: dict[str, bool] = {}
         self._rules: dict[str, _Rule] = {}
         self._effective: dict[str, FlagState] = {}
+        # Per flag, kept across writes: a hash depends only on (flag, actor).
+        self._hash_cache: dict[str, dict[str, int]] = {n: {} for n in self._names}
         with self._lock:
             self._reload()
             # Subscribe after the first load: a remote change that lands in
@@ -214,13 +243,17 @@ class FeatureFlags:
                 return self._plain[name]
             except KeyError:
                 raise self._unknown(name) from None
+        return self._for_actor(name, actor)
+
+    def _for_actor(self, name: str, actor: Actor) -> bool:
+        # Kept out of enabled(): fewer locals make the actor-less call's frame cheaper.
         try:
             rule = self._rules[name]
         except KeyError:
             raise self._unknown(name) from None
         if rule is False or rule is True:
             return rule
-        deny, allow, limit, prefix = rule
+        deny, allow, limit, prefix, cache = rule
         if actor.__class__ is not str:
             actor = _actor(actor)
         if actor in deny:
@@ -229,8 +262,14 @@ class FeatureFlags:
             return True
         if limit >= HASH_SPACE:
             return True
-        # Inlined actor_hash(): first 8 bytes of sha256(flag \0 actor), big-endian.
-        return int.from_bytes(_sha256((prefix + actor).encode()).digest()[:8], "big") < limit
+        h = cache.get(actor)
+        if h is None:
+            # Inlined actor_hash(): first 8 bytes of sha256(flag \0 actor), big-endian.
+            h = int.from_bytes(_sha256((prefix + actor).encode()).digest()[:8], "big")
+            if len(cache) >= HASH_CACHE_SIZE:
+                cache.clear()  # racing readers at worst recompute a hash: never wrong
+            cache[actor] = h
+        return h < limit
 
     def state(self, name: str) -> FlagState:
         """The effective state of ``name`` (runtime, else config, else default)."""
@@ -434,7 +473,7 @@ class FeatureFlags:
         for name in self._names:
             state = _first(self._runtime.get(name), self._config.get(name), self._defaults[name])
             effective[name] = state
-            plain[name], rules[name] = _compile(name, state)
+            plain[name], rules[name] = _compile(name, state, self._hash_cache[name])
         # Each table is complete before it is published: readers see old or new.
         self._effective = effective
         self._rules = rules
