@@ -34,9 +34,7 @@ from foundation.flags._store import (
 )
 
 if TYPE_CHECKING:
-    from foundation.flags._redis_store import (  # type: ignore[import-not-found,unused-ignore]
-        RedisFlagStore,
-    )
+    from foundation.flags._redis_store import RedisFlagStore
 
 _LAZY = {"RedisFlagStore": "foundation.flags._redis_store"}
 

@@ -350,7 +350,7 @@ class FeatureFlags:
             for name in self._names:
                 w.update(name, lambda s: None, by, reason)
 
-        self.transact(body)
+        self._transact(body)
 
     def load_from_config(
         self, source: Source = None, *, env: Mapping[str, str] | None = os.environ
@@ -418,7 +418,7 @@ class FeatureFlags:
 
     # --------------------------------------------------------------- internals
 
-    def transact(self, body: Callable[[_Writer], T]) -> T:
+    def _transact(self, body: Callable[[_Writer], T]) -> T:
         """Run ``body`` in one store transaction; apply its writes and notify (internal).
 
         Used by writes and by ``Migration``. ``body`` may run more than once
@@ -458,7 +458,7 @@ class FeatureFlags:
         reason: str | None,
     ) -> None:
         self._check_name(name)
-        self.transact(lambda w: w.update(name, mutate, by, reason))
+        self._transact(lambda w: w.update(name, mutate, by, reason))
 
     def _reload(self) -> None:
         states = self._store.load_states()

@@ -314,7 +314,7 @@ class Migration:
                 )
             return self._move(w, "advance", current, current + 1, by=by, reason=reason)
 
-        self._emit("migration.advanced", self.flags.transact(body))
+        self._emit("migration.advanced", self.flags._transact(body))
 
     def rollback_to(self, stage: int, *, by: str | None = None, reason: str | None = None) -> None:
         """Go back to ``stage`` (any 0 <= stage < current): later stages' flags off.
@@ -336,7 +336,7 @@ class Migration:
                 )
             return self._move(w, "rollback", current, stage, by=by, reason=reason)
 
-        self._emit("migration.rolled_back", self.flags.transact(body))
+        self._emit("migration.rolled_back", self.flags._transact(body))
 
     def emergency_rollback(self, reason: str, *, by: str | None = None) -> None:
         """Turn every plan flag off and return to stage 0, from any stage, now."""
@@ -347,7 +347,7 @@ class Migration:
             current = w.txn.migration_stage(self.plan.name)
             return self._move(w, "emergency_rollback", current, 0, by=by, reason=reason)
 
-        self._emit("migration.emergency_rollback", self.flags.transact(body))
+        self._emit("migration.emergency_rollback", self.flags._transact(body))
 
     def check_health(self) -> HealthReport:
         """Sample the health source; if any threshold is crossed, roll back ONE stage.
@@ -377,7 +377,7 @@ class Migration:
                 w, "auto_rollback", current, current - 1, by="auto-rollback", reason=why
             )
 
-        event = self.flags.transact(body)
+        event = self.flags._transact(body)
         if event is None:
             return HealthReport(sample, breaches)
         self._emit("migration.auto_rollback", event, breaches=breaches, sample=sample)
