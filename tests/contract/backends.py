@@ -96,6 +96,28 @@ BACKENDS: list[BackendSpec] = [
         stored_count=lambda r: r.stats().entries,
     ),
     # Other backends append one entry each below this line.
+    BackendSpec(  # MigratingRegistry, flag off: the per-thread legacy store answers
+        "migrating_flag_off",
+        lazy_factory("tests.migrating.specs", "make_off"),
+        per_thread_visibility=True,
+        monitors_agents=False,
+        # The legacy side monitors nothing; the shared mirror must hold exactly
+        # one monitor per entry, so any monitor beyond that is a leak.
+        monitor_count=lambda r: r.target.manager.active_count() - r.target.stats().entries,
+        stored_count=lambda r: r.legacy.stats().entries,
+    ),
+    BackendSpec(  # MigratingRegistry, flag on: the shared table answers
+        "migrating_flag_on",
+        lazy_factory("tests.migrating.specs", "make_on"),
+        monitor_count=lambda r: r.target.manager.active_count(),
+        stored_count=lambda r: r.target.stats().entries,
+    ),
+    BackendSpec(  # MigratingRegistry after finish(): legacy retired, flag no longer read
+        "migrating_finished",
+        lazy_factory("tests.migrating.specs", "make_finished"),
+        monitor_count=lambda r: r.target.manager.active_count(),
+        stored_count=lambda r: r.target.stats().entries,
+    ),
 ]
 
 

@@ -289,6 +289,16 @@ class MigratingRegistry(Registry):
         return self._on
 
     @property
+    def legacy(self) -> Registry:
+        """The legacy backend (closed once ``finish()`` has retired it)."""
+        return self._legacy
+
+    @property
+    def target(self) -> Registry:
+        """The target backend."""
+        return self._target
+
+    @property
     def finished(self) -> bool:
         """True once ``finish()`` has retired the legacy backend."""
         return self._finished

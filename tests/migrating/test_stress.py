@@ -1,0 +1,221 @@
+"""Stress: writers, dying agents and a flag flipped every few milliseconds, all at once.
+
+Four worker threads register, unregister, update and look up keys of their
+own while a killer thread ends agents at random and a flipper thread moves
+the migration forward and back (``advance``, ``rollback_to(0)``,
+``emergency_rollback``) every few milliseconds. Each worker checks every
+answer against its own model as it goes. At the end, in each worker thread,
+the model equals what lookup returns with the flag off and with it on; there
+are no duplicates, no dead agents, and the shared table holds exactly one
+monitor per entry.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+from foundation import MemoryRegistry, Migration, MigrationPlan
+from foundation.errors import AlreadyRegistered, MigrationError, NotRegistered
+from foundation.liveness import is_alive
+from tests.migrating.support import FLAG, Agents, legacy_backend, make
+
+WORKERS = 4
+KEYS_PER_WORKER = 6
+DURATION = 2.0  # seconds of concurrent traffic
+Model = dict[str, tuple[Any, dict[str, int]]]
+
+
+class Run:
+    def __init__(self) -> None:
+        self.agents = Agents()
+        self.target = MemoryRegistry(indexed=("v",))
+        self.reg, self.flags = make(False, legacy=legacy_backend(), target=self.target)
+        self.migration = Migration(
+            self.flags, MigrationPlan.default(), readiness=[self.reg.readiness]
+        )
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.killable: list[Any] = []
+        self.killable_lock = threading.Lock()
+        self.models: dict[int, Model] = {}
+        self.barrier = threading.Barrier(WORKERS + 1, timeout=60)
+        self.flips = 0
+        self.kills = 0
+        self.ops = 0
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+
+    def new_agent(self) -> Any:
+        agent = self.agents.new()
+        with self.killable_lock:
+            self.killable.append(agent)
+        return agent
+
+
+def check_lookup(run: Run, model: Model, key: str, final: bool = False) -> None:
+    expected = model.get(key)
+    dead_before = expected is not None and not is_alive(expected[0])
+    entry = run.reg.lookup(key)
+    if expected is None:
+        if entry is not None:
+            run.fail(f"{key}: unexpected {entry} (flag {run.reg.flag_on}, final check {final})")
+        return
+    agent, meta = expected
+    if entry is None:
+        if is_alive(agent):
+            run.fail(f"{key}: lost a live registration (flag {run.reg.flag_on})")
+        return
+    if dead_before:
+        run.fail(f"{key}: returned an agent already known dead")
+    elif entry.agent is not agent or dict(entry.metadata) != meta:
+        run.fail(f"{key}: {entry} instead of {expected}")
+
+
+def worker(run: Run, index: int) -> None:
+    rng = random.Random(index)
+    keys = [f"w{index}-k{j}" for j in range(KEYS_PER_WORKER)]
+    model: Model = {}
+    run.models[threading.get_ident()] = model
+    deadline = time.monotonic() + DURATION
+    try:
+        while time.monotonic() < deadline and not run.failures:
+            key = rng.choice(keys)
+            op = rng.random()
+            run.ops += 1
+            current = model.get(key)
+            if op < 0.35:
+                agent, meta, replace = run.new_agent(), {"v": rng.randrange(4)}, rng.random() < 0.3
+                try:
+                    run.reg.register(key, agent, meta, replace=replace)
+                    if current is not None and not replace and is_alive(current[0]):
+                        run.fail(f"{key}: register over a live entry succeeded")
+                    model[key] = (agent, meta)
+                except AlreadyRegistered as exc:
+                    if current is None or exc.entry.agent is not current[0]:
+                        run.fail(f"{key}: AlreadyRegistered by {exc.entry}, model {current}")
+            elif op < 0.55:
+                alive_before = current is not None and is_alive(current[0])
+                removed = run.reg.unregister(key)
+                if current is None and removed:
+                    run.fail(f"{key}: unregistered a key the model does not hold")
+                if alive_before and current is not None and is_alive(current[0]) and not removed:
+                    run.fail(f"{key}: unregister of a live entry returned False")
+                model.pop(key, None)
+            elif op < 0.7:
+                meta = {"v": rng.randrange(4)}
+                try:
+                    run.reg.update_metadata(key, meta)
+                    if current is None:
+                        run.fail(f"{key}: updated a key the model does not hold")
+                    else:
+                        model[key] = (current[0], meta)
+                except NotRegistered:
+                    if current is not None and is_alive(current[0]):
+                        run.fail(f"{key}: NotRegistered for a live entry")
+                    model.pop(key, None)
+            elif op < 0.75 and current is not None:
+                run.agents.kill(current[0])  # this worker's own agent dies
+                model.pop(key)
+            else:
+                check_lookup(run, model, key)
+    except Exception as exc:
+        run.fail(f"worker {index}: {exc!r}")
+    # Final checks, in this thread (its legacy store is private to it).
+    try:
+        for phase in ("off", "on"):
+            run.barrier.wait()  # the main thread has set the flag for this phase
+            live = {k: v for k, v in model.items() if is_alive(v[0])}
+            for key in keys:
+                check_lookup(run, live, key, True)
+            mine = [e for e in run.reg.list_all() if e.key in keys]
+            if sorted(e.key for e in mine) != sorted(live):
+                run.fail(f"flag {phase}: list_all {[e.key for e in mine]} != model {sorted(live)}")
+            if any(not is_alive(e.agent) for e in mine):
+                run.fail(f"flag {phase}: list_all returned a dead agent")
+            run.barrier.wait()
+    except threading.BrokenBarrierError:
+        run.fail(f"worker {index}: barrier broken")
+
+
+def killer(run: Run) -> None:
+    rng = random.Random(99)
+    while not run.stop.wait(0.003):  # sleep-ok: pacing the kills, not synchronisation
+        with run.killable_lock:
+            alive = [a for a in run.killable if is_alive(a)]
+            run.killable = alive
+        if alive:
+            run.agents.kill(rng.choice(alive))
+            run.kills += 1
+
+
+def flipper(run: Run) -> None:
+    rng = random.Random(7)
+    stage = 0
+    while not run.stop.wait(0.003):  # sleep-ok: pacing the flips, not synchronisation
+        try:
+            if stage == 0:
+                run.migration.advance(by="stress")
+                stage = 1
+            elif rng.random() < 0.5:
+                run.migration.rollback_to(0, by="stress")
+                stage = 0
+            else:
+                run.migration.emergency_rollback("stress", by="stress")
+                stage = 0
+            run.flips += 1
+        except MigrationError as exc:
+            run.fail(f"flipper: {exc}")
+            return
+
+
+def test_concurrent_writes_deaths_and_flips_lose_nothing() -> None:
+    run = Run()
+    threads = [threading.Thread(target=worker, args=(run, i)) for i in range(WORKERS)]
+    helpers = [
+        threading.Thread(target=killer, args=(run,)),
+        threading.Thread(target=flipper, args=(run,)),
+    ]
+    try:
+        for t in threads + helpers:
+            t.start()
+        # Wait for every worker to finish its traffic (they then block on the barrier).
+        while run.barrier.n_waiting < WORKERS and any(t.is_alive() for t in threads):
+            if run.failures:
+                break
+            threading.Event().wait(0.01)  # sleep-ok: polling with a deadline (the barrier's)
+        run.stop.set()
+        for t in helpers:
+            t.join(10)
+        for on in (False, True):
+            run.flags.set(FLAG, on)
+            run.barrier.wait()  # workers check with this flag value...
+            run.barrier.wait()  # ...and are done
+        for t in threads:
+            t.join(10)
+        assert run.failures == []
+        assert run.flips > 50, run.flips  # the flag really moved under the traffic
+        assert run.kills > 10, run.kills
+        # Globally, with the flag on: no duplicates, no dead agents, one monitor per entry.
+        entries = run.reg.list_all()
+        keys = [e.key for e in entries]
+        assert len(keys) == len(set(keys))
+        assert all(is_alive(e.agent) for e in entries)
+        expected = {k for model in run.models.values() for k, v in model.items() if is_alive(v[0])}
+        assert set(keys) == expected
+        stats = run.target.stats()
+        assert stats.entries == stats.monitors == len(expected)
+        assert run.reg.divergences() == []
+    finally:
+        run.stop.set()
+        try:
+            run.barrier.abort()
+        finally:
+            for t in threads + helpers:
+                t.join(10)
+            run.reg.close()
+            run.flags.close()
+            run.agents.close()
