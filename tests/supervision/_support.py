@@ -84,13 +84,14 @@ class Crew:
     ``log`` gets ("start", id, attempt), ("ready", id) and ("stop", id, how).
     ``crash(id)`` makes the current run raise ``Boom``; ``finish(id)`` makes it
     return normally. A child with ``block_ready`` never becomes ready; one in
-    ``fail_start`` raises before ready.
+    ``fail_start`` raises before ready (``fail_next[id]``: only that many times).
     """
 
     def __init__(self) -> None:
         self.log: list[tuple[Any, ...]] = []
         self._commands: dict[str, asyncio.Queue[str]] = {}
         self.fail_start: set[str] = set()
+        self.fail_next: dict[str, int] = {}  # id -> how many more starts fail
         self.block_ready: set[str] = set()
 
     def spec(self, id: str, **kwargs: Any) -> ChildSpec:
@@ -118,6 +119,10 @@ class Crew:
         self.log.append(("start", id, ctx.attempt))
         how = "cancelled"
         try:
+            if self.fail_next.get(id, 0) > 0:
+                self.fail_next[id] -= 1
+                how = "failed"
+                raise Boom(f"{id} cannot start this time")
             if id in self.fail_start:
                 how = "failed"
                 raise Boom(f"{id} cannot start")

@@ -183,3 +183,40 @@ def test_kind_is_guessed_from_start() -> None:
     assert ChildSpec("a", ["true"]).kind == "process"
     assert ChildSpec("a", Supervisor([])).kind == "supervisor"
     assert ChildSpec("a", plain, kind="process").kind == "process"
+
+
+@run
+async def test_failed_start_of_a_nested_supervisor_names_both_children() -> None:
+    crew = Crew()
+    crew.fail_start.add("leaf")
+    inner = Supervisor([crew.spec("ok"), crew.spec("leaf")], name="inner")
+    outer = Supervisor([crew.spec("first"), ChildSpec("inner", inner)])
+    with pytest.raises(StartError) as info:
+        await outer.start()
+    assert info.value.child == "inner"
+    cause = info.value.__cause__
+    assert isinstance(cause, StartError)
+    assert cause.child == "leaf"
+    assert isinstance(cause.__cause__, Boom)
+    assert crew.stops() == ["leaf", "ok", "first"]
+    assert (inner.state, outer.state) == ("stopped", "stopped")
+
+
+@run
+async def test_a_child_may_stop_its_own_supervisor() -> None:
+    crew = Crew()
+    holder: list[Supervisor] = []
+
+    async def stopper(ctx: ChildContext) -> None:
+        ctx.ready()
+        await gate.wait()
+        await holder[0].stop()  # cancels this very task midway: the stop goes on
+
+    gate = asyncio.Event()
+    sup = Supervisor([crew.spec("a"), ChildSpec("stopper", stopper), crew.spec("c")])
+    holder.append(sup)
+    await sup.start()
+    gate.set()
+    await sup.wait()
+    assert sup.state == "stopped"
+    assert crew.stops() == ["c", "a"]

@@ -104,3 +104,29 @@ async def test_transient_child_cancelled_by_someone_else_is_an_abnormal_exit() -
         first.cancel()
         await until(lambda: crew.starts("x") == ["x", "x"] and running(sup) == ["x"])
         assert sup.which_children()[0].handle is not first
+
+
+@run
+async def test_a_failed_restart_in_one_for_all_restarts_the_whole_group_again() -> None:
+    crew = Crew()
+    specs = [crew.spec("a"), crew.spec("b"), crew.spec("c")]
+    async with Supervisor(specs, strategy="one_for_all", max_restarts=5) as sup:
+        crew.fail_next["b"] = 1
+        crew.crash("a")
+        await until(lambda: len(crew.starts()) == 8 and running(sup) == ["a", "b", "c"])
+        # a crashes: c, b stopped; a restarts; b fails to start (one more crash):
+        # a stopped again, then a, b, c start in order.
+        assert crew.starts() == ["a", "b", "c", "a", "b", "a", "b", "c"]
+        assert crew.stops() == ["a", "c", "b", "b", "a"]
+
+
+@run
+async def test_a_failed_restart_in_rest_for_one_keeps_the_later_children_pending() -> None:
+    crew = Crew()
+    specs = [crew.spec("a"), crew.spec("b"), crew.spec("c")]
+    async with Supervisor(specs, strategy="rest_for_one", max_restarts=5) as sup:
+        crew.fail_next["b"] = 2
+        crew.crash("b")
+        await until(lambda: len(crew.starts()) == 7 and running(sup) == ["a", "b", "c"])
+        assert crew.starts() == ["a", "b", "c", "b", "b", "b", "c"]
+        assert sup.which_children()[1].restarts == 3

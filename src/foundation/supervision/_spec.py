@@ -160,9 +160,7 @@ def _check_start(child: str, kind: str, start: object) -> None:
         ok = (_is_argv(start) and len(start) > 0) or callable(start)  # type: ignore[arg-type]
     elif kind == "supervisor":
         ok = isinstance(start, Supervisor) or callable(start)
-    elif kind == "task":
-        ok = callable(start) and not isinstance(start, Supervisor)
-    else:
+    else:  # task, thread
         ok = callable(start) and not isinstance(start, Supervisor)
     if not ok:
         raise TypeError(f"child {child!r}: {start!r} cannot be started as a {kind}")
