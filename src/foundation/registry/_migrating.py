@@ -53,8 +53,9 @@ Rules
    needs no lock.
 5. The target's deaths (``unregistered``/``down`` events) are queued and
    applied at the next write: the record is dropped and the owner view's
-   inbox is told. Dead agents never surface meanwhile: every backend filters
-   dead agents on read.
+   inbox is told. Meanwhile no dead agent surfaces: the answering backend
+   never returns an agent it knows is dead (the legacy store checks liveness
+   on read; the shared table drops the entry when the monitor fires).
 
 Why this is correct under concurrent flips
 ------------------------------------------
@@ -79,9 +80,13 @@ Why this is correct under concurrent flips
   what it mirrored there, so each side's monitor count follows its entries.
 * Events: during a facade write, events of the authoritative call are
   collected and delivered after the lock is released; events of mirror and
-  catch-up calls are dropped. Events from other threads (deaths seen by the
-  target's monitors) are forwarded when their side is authoritative at
-  delivery time. After ``finish()`` only the target's events exist.
+  catch-up calls are dropped. Events delivered by another thread (deaths
+  seen by the target's monitors; or, on a backend that lets whichever thread
+  is already dispatching deliver a writer's events, such as
+  ``MemoryRegistry``) are forwarded when their side is authoritative at
+  delivery time — so only an event that races a flip can go to the side
+  that just stopped answering. After ``finish()`` only the target's events
+  exist.
 
 The flag
 --------
