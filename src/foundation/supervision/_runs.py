@@ -83,8 +83,8 @@ class Run:
         return self._shutdown
 
     async def _stop_once(self, timeout: float | None) -> ChildExit:
-        if self.exited.done():
-            return ChildExit("shutdown")
+        if self.exited.done():  # it ended on its own first: report how
+            return self.exited.result()
         return await self._stop(timeout)
 
     async def _wait_exit(self, timeout: float | None) -> bool:
