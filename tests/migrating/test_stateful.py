@@ -37,17 +37,26 @@ View = dict[str, tuple[Any, dict[str, int], str]]
 class MigratingMachine(RuleBasedStateMachine):
     """MigratingRegistry against the model above, with the flag flipped at any step."""
 
+    SHARED_LEGACY = False  # a per-thread legacy store (one view per thread)
+
+    def owner(self, thread: str) -> str:
+        """Whose legacy view a thread writes: its own, or the one shared view."""
+        return "shared" if self.SHARED_LEGACY else thread
+
     @initialize(flag_on=st.booleans())
     def start(self, flag_on: bool) -> None:
         self.agents = Agents()
         self.worker = Worker("stateful-worker")
         self.target = MemoryRegistry()
-        self.reg, self.flags = make(flag_on, legacy=legacy_backend(), target=self.target)
+        legacy = MemoryRegistry() if self.SHARED_LEGACY else legacy_backend()
+        self.reg, self.flags = make(flag_on, legacy=legacy, target=self.target)
         self.on = flag_on
         self.shared: Shared = {}
-        self.views: dict[str, View] = {"main": {}, "worker": {}}
+        owners = ["shared"] if self.SHARED_LEGACY else ["main", "worker"]
+        self.views: dict[str, View] = {owner: {} for owner in owners}
         self.live: list[Any] = [self.agents.new() for _ in range(3)]
         self.idents = {"main": threading.get_ident(), "worker": self.worker.thread.ident}
+        self.idents["shared"] = -1  # a shared legacy never diverges here: both accept every key
 
     def teardown(self) -> None:
         if hasattr(self, "reg"):
@@ -78,23 +87,24 @@ class MigratingMachine(RuleBasedStateMachine):
         self, thread: str, key: str, meta: dict[str, int], replace: bool, pick: int
     ) -> None:
         agent = self.live[pick % len(self.live)]
-        view = self.views[thread]
+        owner = self.owner(thread)
+        view = self.views[owner]
         if self.on:
             held = self.shared.get(key)
             error = AlreadyRegistered if held is not None and not replace else None
             self.expect(thread, lambda: self.reg.register(key, agent, meta, replace=replace), error)
             if error is None:
-                if held is not None and held[2] != thread:
+                if held is not None and held[2] != owner:
                     self._drop_mirror(held[2], key)
-                self.shared[key] = (agent, meta, thread)
+                self.shared[key] = (agent, meta, owner)
                 view[key] = (agent, meta, "mirror")
             return
         error = AlreadyRegistered if key in view and not replace else None
         self.expect(thread, lambda: self.reg.register(key, agent, meta, replace=replace), error)
         if error is None:
             held = self.shared.get(key)
-            if held is None or held[2] == thread:
-                self.shared[key] = (agent, meta, thread)
+            if held is None or held[2] == owner:
+                self.shared[key] = (agent, meta, owner)
                 view[key] = (agent, meta, "mirror")
             else:
                 view[key] = (agent, meta, "div")
@@ -106,12 +116,13 @@ class MigratingMachine(RuleBasedStateMachine):
 
     @rule(thread=THREADS, key=KEYS)
     def unregister(self, thread: str, key: str) -> None:
-        view = self.views[thread]
+        owner = self.owner(thread)
+        view = self.views[owner]
         result = self.call(thread, lambda: self.reg.unregister(key))
         if self.on:
             held = self.shared.pop(key, None)
             assert result is (held is not None)
-            if held is not None and held[2] != thread:
+            if held is not None and held[2] != owner:
                 self._drop_mirror(held[2], key)
             view.pop(key, None)
             return
@@ -122,7 +133,8 @@ class MigratingMachine(RuleBasedStateMachine):
 
     @rule(thread=THREADS, key=KEYS, meta=META)
     def update(self, thread: str, key: str, meta: dict[str, int]) -> None:
-        view = self.views[thread]
+        owner = self.owner(thread)
+        view = self.views[owner]
         if self.on:
             held = self.shared.get(key)
             error = NotRegistered if held is None else None
@@ -138,7 +150,7 @@ class MigratingMachine(RuleBasedStateMachine):
         if copy is not None:
             view[key] = (copy[0], meta, copy[2])
             if copy[2] == "mirror":
-                self.shared[key] = (copy[0], meta, thread)
+                self.shared[key] = (copy[0], meta, owner)
 
     @rule(pick=st.integers(0, 9))
     def kill(self, pick: int) -> None:
@@ -161,7 +173,7 @@ class MigratingMachine(RuleBasedStateMachine):
             del self.views[owner][key]
 
     def _seen_by(self, thread: str) -> dict[str, tuple[Any, dict[str, int], str]]:
-        return self.shared if self.on else self.views[thread]
+        return self.shared if self.on else self.views[self.owner(thread)]
 
     # ------------------------------------------------------------------ invariants
 
@@ -194,12 +206,24 @@ class MigratingMachine(RuleBasedStateMachine):
             return
         stats = self.target.stats()
         assert stats.entries == stats.monitors == len(self.shared)
+        if self.SHARED_LEGACY:
+            legacy = self.reg.legacy.stats()  # type: ignore[attr-defined]
+            assert legacy.entries == legacy.monitors == len(self.views["shared"])
 
 
-MigratingMachine.TestCase.settings = settings(
+class SharedLegacyMachine(MigratingMachine):
+    """The same, over a shared legacy store (memory -> memory): one view for all threads."""
+
+    SHARED_LEGACY = True
+
+
+SETTINGS = settings(
     max_examples=60,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+MigratingMachine.TestCase.settings = SETTINGS
+SharedLegacyMachine.TestCase.settings = settings(SETTINGS, max_examples=30)
 test_migrating_registry_matches_the_model_across_flips = MigratingMachine.TestCase
+test_shared_legacy_matches_the_model_across_flips = SharedLegacyMachine.TestCase
