@@ -37,7 +37,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType, TracebackType
 from typing import Any, Self
 
@@ -195,9 +195,17 @@ class Application:
             return self._thread.which_children()
         return self._supervisor.which_children()
 
-    def wait_for_signal(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> int:
+    def wait_for_signal(
+        self,
+        signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+        *,
+        on_installed: Callable[[], None] | None = None,
+    ) -> int:
         """Block until one of ``signals`` arrives (main thread only), then stop in order.
 
+        ``on_installed`` runs once the handlers are in place: announce readiness
+        there, so a signal sent on that announcement cannot arrive before the
+        handler (it would kill the process with the default action).
         Returns the signal number received.
         """
         received: list[int] = []
@@ -209,6 +217,8 @@ class Application:
 
         previous = {s: signal.signal(s, handler) for s in signals}
         try:
+            if on_installed is not None:
+                on_installed()
             while not arrived.wait(0.2):  # short waits keep the main thread responsive
                 pass
         finally:

@@ -173,7 +173,14 @@ class MigrationError(FlagError, RuntimeError):
 
 
 class SupervisorError(FoundationError):
-    """Base class of supervisor errors."""
+    """Base class of supervisor errors.
+
+    Management calls raise it directly with OTP's ``reason`` (``"not_found"``,
+    ``"running"``, ``"restarting"``, ...) and the ``child`` id.
+    """
+
+    reason: str | None = None
+    child: str | None = None
 
 
 class StartError(SupervisorError, RuntimeError):
@@ -181,7 +188,7 @@ class StartError(SupervisorError, RuntimeError):
 
     def __init__(self, child: str, message: str | None = None) -> None:
         super().__init__(message or f"child {child!r} failed to start")
-        self.child = child
+        self.child: str | None = child
 
 
 class ShutdownError(SupervisorError, RuntimeError):

@@ -169,8 +169,7 @@ def test_sigterm_shuts_the_application_down_in_order() -> None:
         from foundation import Application
         from foundation.application import AppConfig
         app = Application.start(AppConfig())
-        print("ready", flush=True)
-        received = app.wait_for_signal()
+        received = app.wait_for_signal(on_installed=lambda: print("ready", flush=True))
         print("signal", received, flush=True)
         print("order", ",".join(app.stopped_order), flush=True)
         """

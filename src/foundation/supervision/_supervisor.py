@@ -62,8 +62,8 @@ ChildErrorReason = Literal[
 def _error(reason: ChildErrorReason, child: str | None, message: str) -> SupervisorError:
     """A ``SupervisorError`` carrying OTP's reason (``.reason``) and the child id."""
     err = SupervisorError(message)
-    err.reason = reason  # type: ignore[attr-defined]
-    err.child = child  # type: ignore[attr-defined]
+    err.reason = reason
+    err.child = child
     return err
 
 
