@@ -91,6 +91,12 @@ def main(argv: list[str]) -> int:
                 st = reg.status()
                 _out({"ok": True, "status": {f: getattr(st, f) for f in st.__dataclass_fields__}})
             elif op == "conflicts":
+                # Poll (with a deadline) until at least ``count`` conflicts are reported.
+                deadline = time.monotonic() + cmd.get("timeout", 10.0)
+                while len(reg.conflicts()) < cmd.get("count", 0):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.005)  # sleep-ok: polling with a deadline
                 _out({"ok": True, "keys": [json.dumps(c.key) for c in reg.conflicts()]})
             elif op == "exit":
                 reg.close()

@@ -7,8 +7,8 @@ import sys
 import threading
 
 import pytest
-
 import redis
+
 from foundation import errors
 from foundation.liveness import Down, spawn_thread
 from foundation.registry import RegistryEvent

@@ -238,9 +238,9 @@ class RedisRegistry(Registry):
     ) -> None:
         try:
             # The extra is optional: import it only when a registry is built.
-            import redis  # noqa: PLC0415
-            from redis.backoff import NoBackoff  # noqa: PLC0415
-            from redis.retry import Retry  # noqa: PLC0415
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
         except ImportError as exc:  # pragma: no cover - the extra is installed in dev
             raise ImportError(_REDIS_EXTRA) from exc
         if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
@@ -1022,21 +1022,26 @@ class RedisRegistry(Registry):
         self._need_recover = False
         try:
             had = self._heartbeat()
-            if not had or self._lease_lost:
-                self._reassert()
+            lost = self._reassert() if not had or self._lease_lost else []
             self._resync()
+            if lost:
+                # Reported only now that the mirror shows who holds those keys.
+                with self._mlock:
+                    self._conflicts.extend(lost)
         except BaseException:
             self._need_recover = True
             raise
         self._tail_ok = True
 
-    def _reassert(self) -> None:
-        """Register again every live local agent (after our lease was lost)."""
+    def _reassert(self) -> list[Conflict]:
+        """Register again every live local agent (after our lease was lost); returns
+        the keys another node took meanwhile (it keeps them)."""
         with self._mlock:
             owns = [(k, o) for k, o in self._own.items() if is_alive(o.agent)]
         self._lease_lost = False
+        conflicts: list[Conflict] = []
         if not owns:
-            return
+            return conflicts
         pipe = self._client.pipeline(transaction=False)
         for _, own in owns:
             self._s_register(
@@ -1059,11 +1064,12 @@ class RedisRegistry(Registry):
                 with self._mlock:
                     if self._own.get(key) is own:
                         del self._own[key]
-                        self._conflicts.append(Conflict(key, own.agent, _s(reply[1]), time.time()))
+                        conflicts.append(Conflict(key, own.agent, _s(reply[1]), time.time()))
                         if own.monitor is not None:
                             lost.append(own.monitor)
         for mon in lost:
             mon.demonitor()
+        return conflicts
 
     def _resync(self) -> None:
         """Replace the mirror by a fresh snapshot, emitting the differences."""
