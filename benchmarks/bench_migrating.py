@@ -58,7 +58,7 @@ def _lookup_row(agent: Any) -> Row:
 
         # Many short interleaved rounds: on a shared, noisy machine the best of
         # many short runs is a far steadier estimate than the best of a few long ones.
-        ratio, s, b = compare(via_facade, via_direct, len(probe), rounds=150, repeat=3)
+        ratio, s, b = compare(via_facade, via_direct, len(probe), rounds=400, repeat=3)
     finally:
         facade.close()
         direct.close()
