@@ -25,6 +25,7 @@ def _death_latencies(manager: MonitorManager, samples: int, batch: int = 20) -> 
     while len(latencies) < samples:
         procs = [subprocess.Popen(["sleep", "30"]) for _ in range(batch)]
         try:
+            _settle(procs)
             for proc in procs:
                 fired = threading.Event()
                 seen: list[float] = []
@@ -46,6 +47,21 @@ def _death_latencies(manager: MonitorManager, samples: int, batch: int = 20) -> 
                 proc.kill()
                 proc.wait()
     return latencies[:samples]
+
+
+def _settle(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """Wait until every child has exec'd sleep and is asleep, so none competes for CPU."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{proc.pid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                break
+            if b"(sleep) S" in stat:
+                break
+            time.sleep(0.001)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -90,6 +106,7 @@ def _noop(_down: Down) -> None:
 def run() -> list[Row]:
     rows: list[Row] = []
     with MonitorManager(name="bench") as manager:
+        _death_latencies(manager, 5, batch=5)  # warm up: starts the pidfd thread
         rows += _latency_rows("pidfd", _death_latencies(manager, 200), 5.0)
     with MonitorManager(name="bench-poll", _pidfd=False) as manager:
         rows += _latency_rows("polling fallback, 10 ms", _death_latencies(manager, 60), None)

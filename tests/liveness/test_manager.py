@@ -263,3 +263,15 @@ def test_racing_monitor_demonitor_and_death_call_each_on_down_at_most_once(
     """Every monitor is either released by demonitor() or called, exactly once."""
     for _ in range(20):
         _race_once(manager)
+
+
+def test_every_exported_name_resolves_and_is_public() -> None:
+    import foundation.liveness as liveness
+
+    for name in liveness.__all__:
+        obj = getattr(liveness, name)
+        assert getattr(obj, "__module__", "foundation.liveness") in (
+            "foundation.liveness",
+            "typing",
+            "collections.abc",
+        ), name

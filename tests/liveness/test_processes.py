@@ -266,3 +266,45 @@ def test_a_kernel_without_pidfd_open_falls_back_to_polling(
         assert manager_threads("nosys") == ["foundation-nosys-procpoll"]
         sleeper.kill()
         assert rec.wait() == Down("killed", signal=9)
+
+
+def test_monitor_demonitor_racing_process_deaths_leaks_no_fd_and_loses_no_death(
+    manager: MonitorManager,
+) -> None:
+    """pidfds opened and closed while others die: fd numbers get reused under the selector."""
+    manager.monitor(OSProcess(os.getpid()), Recorder()).demonitor()  # warm up the selector
+    base_fds = fd_count()
+    procs = [subprocess.Popen(["sleep", "30"]) for _ in range(16)]
+    try:
+        keepers = [Recorder() for _ in procs]
+        for proc, rec in zip(procs, keepers, strict=True):
+            manager.monitor(proc, rec)
+        stop = threading.Event()
+        churned: list[int] = []
+
+        def churn(mine: list[subprocess.Popen[bytes]]) -> None:
+            n = 0
+            while not stop.is_set():
+                for proc in mine:
+                    mon = manager.monitor(proc, Recorder())
+                    mon.demonitor()
+                    n += 1
+            churned.append(n)
+
+        workers = [threading.Thread(target=churn, args=(procs[i::2],)) for i in range(2)]
+        for w in workers:
+            w.start()
+        for proc in procs:
+            proc.kill()
+        assert [rec.wait().reason for rec in keepers] == ["killed"] * len(procs)
+        stop.set()
+        for w in workers:
+            w.join()
+        assert len(churned) == 2
+        assert all(rec.count == 1 for rec in keepers)
+        assert manager.active_count() == 0
+        assert fd_count() == base_fds
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
