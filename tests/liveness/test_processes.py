@@ -259,10 +259,10 @@ def test_a_kernel_without_pidfd_open_falls_back_to_polling(
 
     monkeypatch.setattr(os, "pidfd_open", no_pidfd)
     with MonitorManager(name="nosys", process_poll_interval=0.002) as mgr:
-        assert mgr.uses_pidfd
+        before = mgr.uses_pidfd
         rec = Recorder()
         mgr.monitor(sleeper, rec)
-        assert not mgr.uses_pidfd
+        assert (before, mgr.uses_pidfd) == (True, False)
         assert manager_threads("nosys") == ["foundation-nosys-procpoll"]
         sleeper.kill()
         assert rec.wait() == Down("killed", signal=9)
