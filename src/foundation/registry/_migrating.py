@@ -92,8 +92,10 @@ The flag
 --------
 
 Reading ``FeatureFlags.enabled`` on every call would cost about as much as
-the lookup, so the facade caches the boolean in an attribute, refreshed by a
-``FeatureFlags.subscribe`` listener on every change of the flag. The listener
+the lookup, so the facade caches it, refreshed by a ``FeatureFlags.subscribe``
+listener on every change of the flag: the boolean (for writes) and the
+authoritative reader (the target itself, or a reader of the legacy side), so
+a read costs one attribute load more than calling the backend directly. The listener
 *re-reads* ``enabled(flag)`` under a small lock instead of trusting the
 change it is given: whichever listener call runs last reads the newest
 committed state, so the cache converges to the flag even when two writers'
@@ -193,6 +195,35 @@ class _Unraisable:
         self.object = listener
 
 
+class _LegacyReader:
+    """Reads of the legacy side, after catching the caller's view up (flag off)."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: MigratingRegistry) -> None:
+        self._owner = owner
+
+    def lookup(self, key: Hashable) -> Entry | None:
+        self._owner._catch_up_reader()
+        return self._owner._legacy.lookup(key)
+
+    def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
+        self._owner._catch_up_reader()
+        return self._owner._legacy.query(criteria)
+
+    def find_by_attribute(self, attr: str, value: Any) -> list[Entry]:
+        self._owner._catch_up_reader()
+        return self._owner._legacy.find_by_attribute(attr, value)
+
+    def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
+        self._owner._catch_up_reader()
+        return self._owner._legacy.list_all(filter)
+
+    def count(self) -> int:
+        self._owner._catch_up_reader()
+        return self._owner._legacy.count()
+
+
 class _Ctx:
     """Per-thread state of one facade call: which side's events to keep."""
 
@@ -237,6 +268,8 @@ class MigratingRegistry(Registry):
         self._on = bool(flags.enabled(flag))  # UnknownFlag before anything changes
         self._legacy = legacy
         self._target = target
+        self._legacy_reader = _LegacyReader(self)
+        self._reader: Registry | _LegacyReader = target if self._on else self._legacy_reader
         self._flags = flags
         self._flag = flag
         self._lock = threading.RLock()
@@ -267,7 +300,9 @@ class MigratingRegistry(Registry):
         # committed state, so out-of-order notifications cannot leave a stale cache.
         with self._flag_lock:
             if not self._finished:
-                self._on = bool(self._flags.enabled(self._flag))
+                on = bool(self._flags.enabled(self._flag))
+                self._on = on
+                self._reader = self._target if on else self._legacy_reader
 
     def _on_flag_change(self, change: FlagChange) -> None:
         if change.flag != self._flag:
@@ -693,40 +728,29 @@ class MigratingRegistry(Registry):
 
     # ------------------------------------------------------------------ reads
 
+    # The authoritative reader is one attribute, swapped when the flag flips:
+    # the target itself, or a small reader that catches the caller's legacy
+    # view up first. A read is then one attribute load and one call.
+
     def lookup(self, key: Hashable) -> Entry | None:
         """The live entry for ``key`` from the authoritative backend."""
-        if self._on:  # the hot path: one attribute read, then the target
-            return self._target.lookup(key)
-        self._catch_up_reader()
-        return self._legacy.lookup(key)
+        return self._reader.lookup(key)  # the hot path (flag on: the target itself)
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
         """Entries matching every criterion, from the authoritative backend."""
-        if self._on:
-            return self._target.query(criteria)
-        self._catch_up_reader()
-        return self._legacy.query(criteria)
+        return self._reader.query(criteria)
 
     def find_by_attribute(self, attr: str, value: Any) -> list[Entry]:
         """Exactly ``query([(attr, "eq", value)])``, from the authoritative backend."""
-        if self._on:
-            return self._target.find_by_attribute(attr, value)
-        self._catch_up_reader()
-        return self._legacy.find_by_attribute(attr, value)
+        return self._reader.find_by_attribute(attr, value)
 
     def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
         """Every live entry the authoritative backend shows to the caller."""
-        if self._on:
-            return self._target.list_all(filter)
-        self._catch_up_reader()
-        return self._legacy.list_all(filter)
+        return self._reader.list_all(filter)
 
     def count(self) -> int:
         """Number of live entries the authoritative backend shows to the caller."""
-        if self._on:
-            return self._target.count()
-        self._catch_up_reader()
-        return self._legacy.count()
+        return self._reader.count()
 
     def indexed_attributes(self) -> frozenset[str]:
         """The indexed attributes of the authoritative backend."""
@@ -847,6 +871,7 @@ class MigratingRegistry(Registry):
                     )
                 self._finished = True
                 self._on = True
+                self._reader = self._target
             for unsub in self._legacy_unsubscribers:
                 unsub()
             self._legacy_unsubscribers.clear()
