@@ -27,7 +27,18 @@ def test_keys_of_str_int_and_nested_tuples_are_restored_as_given(
 ) -> None:
     a = make_registry()
     b = make_registry()
-    keys = ["w", 7, -(2**70), ("job", 1, ("sub", 2)), (), "ünïcødé \ud800"]
+    keys = [
+        "w",
+        7,
+        -(2**70),
+        ("job", 1, ("sub", 2)),
+        (),
+        "ünïcødé \ud800",
+        2.5,
+        None,
+        frozenset({"x", 1, (2, "y")}),
+        ("mixed", frozenset(), -0.5),
+    ]
     for k in keys:
         a.register(k, agents(), {"k": 1})
     assert b.wait_for_version(a.status().written)
@@ -39,7 +50,25 @@ def test_keys_of_str_int_and_nested_tuples_are_restored_as_given(
         assert isinstance(entry.agent, RemoteAgent)
 
 
-@pytest.mark.parametrize("key", [1.5, True, frozenset({1}), b"bytes", ("ok", None)])
+def test_keys_python_considers_equal_are_one_key_across_nodes(
+    make_registry: MakeRegistry, agents
+) -> None:
+    a = make_registry()
+    b = make_registry()
+    a.register(2, agents())
+    with pytest.raises(errors.AlreadyRegistered):
+        b.register(2.0, agents())
+    a.register(frozenset({1, 2}), agents())
+    with pytest.raises(errors.AlreadyRegistered):
+        b.register(frozenset({2.0, 1}), agents())
+    assert b.wait_for_version(a.status().written)
+    assert b.lookup(2.0) is not None
+    assert b.lookup(2.0).key == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "key", [True, float("nan"), float("inf"), b"bytes", ("ok", [1]), frozenset({True})]
+)
 def test_keys_that_are_not_json_keys_are_invalid_and_store_nothing(
     make_registry: MakeRegistry, redis_server: RedisServer, agents, key: object
 ) -> None:

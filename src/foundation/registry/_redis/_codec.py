@@ -1,17 +1,29 @@
 """Wire formats of the Redis backend: keys, entry heads, index names. JSON only, never pickle.
 
-A registry key is ``str``, ``int`` or a tuple of those (nested), encoded as
-compact ASCII JSON with tuples as arrays, and restored as given::
+A registry key is ``str``, ``int``, ``None``, a finite ``float``, or a
+``tuple``/``frozenset`` of keys (nested), encoded as compact ASCII JSON and
+restored as given: a tuple is an array; a float is ``{"f": x}`` and a
+frozenset ``{"s": [sorted encoded members]}`` (JSON objects never encode
+anything else). Keys that Python considers equal get ONE encoding, so Redis
+enforces the same uniqueness a ``dict`` does: an integral float (``2.0``) is
+stored as the int ``2`` (and comes back as ``2``); ``bool`` is refused
+(``True == 1`` would silently merge two keys)::
 
     >>> encode_key(("job", 7, ("a", 1)))
     '["job",7,["a",1]]'
     >>> decode_key(encode_key(("job", 7, ("a", 1))))
     ('job', 7, ('a', 1))
+    >>> key = (2.5, frozenset({"x", 1}), None)
+    >>> decode_key(encode_key(key)) == key
+    True
+    >>> encode_key(2.0) == encode_key(2)
+    True
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,26 +67,43 @@ class RemoteAgent:
 
 def _plain(key: object, depth: int) -> object:
     t = type(key)
-    if t is str or t is int:
+    if t is str or t is int or key is None:
         return key
-    if t is tuple and depth < MAX_KEY_DEPTH:
-        return [_plain(x, depth + 1) for x in key]  # type: ignore[attr-defined]
+    if t is float:
+        f: float = key  # type: ignore[assignment]
+        if not math.isfinite(f):
+            raise InvalidKey(f"RedisRegistry keys cannot be {f!r} (not equal to itself)")
+        return int(f) if f.is_integer() else {"f": f}
+    if depth < MAX_KEY_DEPTH:
+        if t is tuple:
+            return [_plain(x, depth + 1) for x in key]  # type: ignore[attr-defined]
+        if t is frozenset:
+            members = (_dumps(_plain(x, depth + 1)) for x in key)  # type: ignore[attr-defined]
+            return {"s": sorted(members)}
     if t is bool:
         raise InvalidKey("RedisRegistry keys cannot be bool (True == 1 would collide); use int")
     raise InvalidKey(
-        f"RedisRegistry keys must be str, int or (nested, at most {MAX_KEY_DEPTH} deep) "
-        f"tuples of them, got {t.__name__}: {key!r}"
+        "RedisRegistry keys must be str, int, finite float, None, or tuples/frozensets of "
+        f"them (nested at most {MAX_KEY_DEPTH} deep), got {t.__name__}: {key!r}"
     )
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True)
 
 
 def encode_key(key: object) -> str:
     """The canonical JSON text of ``key``; raises ``InvalidKey`` for any other type."""
-    return json.dumps(_plain(key, 0), separators=(",", ":"), ensure_ascii=True)
+    return _dumps(_plain(key, 0))
 
 
 def _restore(value: Any) -> Hashable:
     if isinstance(value, list):
         return tuple(_restore(x) for x in value)
+    if isinstance(value, dict):
+        if "f" in value:
+            return float(value["f"])
+        return frozenset(_restore(json.loads(m)) for m in value["s"])
     return value  # type: ignore[no-any-return]
 
 

@@ -217,8 +217,9 @@ class RedisRegistry(Registry):
         ...     with RedisRegistry(server.url, indexed=("role",)) as a, \\
         ...          RedisRegistry(server.url, indexed=("role",)) as b:
         ...         a.register(("worker", 1), spawn_thread(stop.wait), {"role": "io"})
-        ...         b.wait_for_version(a.status().written)
+        ...         b.wait_for_version(a.status().written)  # A's write has reached B
         ...         [e.agent.kind for e in b.find_by_attribute("role", "io")]
+        True
         ['thread']
         >>> stop.set()
     """
@@ -279,6 +280,7 @@ class RedisRegistry(Registry):
         self._k_log = p + ":log"
         self._k_wake = f"{p}:wake:{self._node}"
         self._k_wake_b = self._k_wake.encode()
+        self._node_b = self._node.encode()
         self._keys = [p]
 
         self._mirror = Mirror(attrs)
@@ -363,6 +365,11 @@ class RedisRegistry(Registry):
         """This node's name (``Entry.node`` of its registrations)."""
         return self._node
 
+    @property
+    def manager(self) -> MonitorManager:
+        """The monitor manager watching this node's local agents."""
+        return self._manager
+
     def register(
         self,
         key: Hashable,
@@ -414,7 +421,7 @@ class RedisRegistry(Registry):
                 self._own[key] = own
             own.monitor = self._manager.monitor(agent, lambda down: self._on_down(key, own, down))
             args = [self._maxlen, self._node, ek, head, meta, ix, "r" if replace else "n"]
-            args.append("0" if prev_alive else "1")
+            args += ["0" if prev_alive else "1", self._node]
             try:
                 reply = self._call(self._s_register, keys=self._keys, args=args)
                 if reply[0] == b"NOLEASE":
@@ -482,13 +489,17 @@ class RedisRegistry(Registry):
         events: list[RegistryEvent] = []
         with self._writing():
             self._flush_pending_down(key)
-            v = int(
-                self._call(
-                    self._s_unregister,
-                    keys=self._keys,
-                    args=[self._maxlen, ek, "unregistered", "", "", "", ""],
+            try:
+                v = int(
+                    self._call(
+                        self._s_unregister,
+                        keys=self._keys,
+                        args=[self._maxlen, ek, "unregistered", "", "", "", "", self._node],
+                    )
                 )
-            )
+            except BackendUnavailable:
+                self._need_recover = True  # it may have landed: resync
+                raise
             with self._mlock:
                 own = self._own.pop(key, None)
                 m = self._mirror
@@ -523,7 +534,13 @@ class RedisRegistry(Registry):
         events: list[RegistryEvent] = []
         with self._writing():
             self._flush_pending_down(key)
-            reply = self._call(self._s_update, keys=self._keys, args=[self._maxlen, ek, meta, ix])
+            try:
+                reply = self._call(
+                    self._s_update, keys=self._keys, args=[self._maxlen, ek, meta, ix, self._node]
+                )
+            except BackendUnavailable:
+                self._need_recover = True  # it may have landed: resync
+                raise
             if reply[0] == b"NOTREG":
                 raise NotRegistered(key)
             v = int(reply[1])
@@ -533,11 +550,19 @@ class RedisRegistry(Registry):
                 if own is not None:
                     own.meta, own.ix = meta, ix
                 m = self._mirror
-                old = self._entries.get(key)
-                if old is not None and m.is_newer(key, v):
-                    new = Entry(key, old.agent, frozen, old.registered_at, old.node)
-                    m.put(new, v)
-                    events.append(RegistryEvent("updated", new))
+                if m.is_newer(key, v):
+                    old = self._entries.get(key)
+                    if old is not None:
+                        new: Entry | None = Entry(
+                            key, old.agent, frozen, old.registered_at, old.node
+                        )
+                    else:
+                        # Our mirror has not seen this (remote) entry yet: build it
+                        # from the reply; the older record will be skipped.
+                        new = self._entry_from_head(key, ek, _s(reply[3]), meta, [])
+                    if new is not None:
+                        m.put(new, v)
+                        events.append(RegistryEvent("updated", new))
         self._emit(events)
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
@@ -787,7 +812,7 @@ class RedisRegistry(Registry):
                 self._call(
                     self._s_unregister,
                     keys=self._keys,
-                    args=[self._maxlen, ek, "down", *_down_fields(down), head],
+                    args=[self._maxlen, ek, "down", *_down_fields(down), head, self._node],
                 )
             )
         except BackendUnavailable:
@@ -808,7 +833,7 @@ class RedisRegistry(Registry):
         self._call(
             self._s_unregister,
             keys=self._keys,
-            args=[self._maxlen, ek, "down", "noproc", "", "", head],
+            args=[self._maxlen, ek, "down", "noproc", "", "", head, ""],
         )
 
     # ------------------------------------------------------------------ lease thread
@@ -942,6 +967,11 @@ class RedisRegistry(Registry):
         released: list[Monitor],
     ) -> None:
         """Apply one change record (holding _mlock)."""
+        if f[b"w"] == self._node_b:
+            # Written by an API call of this node: that call applies its own
+            # result (and emits its events, in order, in the calling thread).
+            # If it could not (Redis failed after the write), it asked for a resync.
+            return
         m = self._mirror
         op = f[b"op"]
         ek = f[b"k"].decode()
@@ -973,6 +1003,8 @@ class RedisRegistry(Registry):
             owner = f[b"n"].decode()
             why, dr = f[b"why"].decode(), f[b"dr"].decode()
             own = self._own.get(key)
+            if own is not None and (owner != self._node or own.head != f[b"h"].decode()):
+                own = None  # the record removed another registration than our live one
             if owner == self._node and dr == "lease_expired":
                 # Our own lease was reaped (we were frozen or cut off). Our agents
                 # live on: keep them, and re-assert them (or report conflicts).
@@ -982,7 +1014,7 @@ class RedisRegistry(Registry):
                 if own is not None:
                     return
             old = m.remove(key, v)
-            if own is not None and owner == self._node:
+            if own is not None:
                 # Unregistered or replaced by someone else: stop watching it.
                 del self._own[key]
                 if own.monitor is not None:
@@ -1046,7 +1078,7 @@ class RedisRegistry(Registry):
         for _, own in owns:
             self._s_register(
                 keys=self._keys,
-                args=[self._maxlen, self._node, own.ek, own.head, own.meta, own.ix, "a", "0"],
+                args=[self._maxlen, self._node, own.ek, own.head, own.meta, own.ix, "a", "0", ""],
                 client=pipe,
             )
         try:

@@ -37,9 +37,12 @@ end
 
 -- Every change gets the next version and one stream record, in the same script
 -- as the change itself: a reader never sees a change without its record.
+-- `w` names the node whose API call wrote it ('' for reaps, re-asserts and
+-- clean-ups): that node applies its own writes itself, its tail skips them.
+local W = ''
 local function log(...)
   local v = redis.call('INCR', P .. ':ver')
-  redis.call('XADD', P .. ':log', 'MAXLEN', '~', MAXLEN, '*', 'v', v, ...)
+  redis.call('XADD', P .. ':log', 'MAXLEN', '~', MAXLEN, '*', 'v', v, 'w', W, ...)
   return v
 end
 
@@ -49,6 +52,7 @@ local function lease_ok(node, now)
 end
 
 local function drop(ek, owner, why, dr, dc, ds)
+  local head = redis.call('HGET', P .. ':head', ek)
   local ix = redis.call('HGET', P .. ':ix', ek)
   if ix then
     for _, name in ipairs(cjson.decode(ix)) do redis.call('SREM', name, ek) end
@@ -58,7 +62,7 @@ local function drop(ek, owner, why, dr, dc, ds)
   redis.call('HDEL', P .. ':meta', ek)
   redis.call('HDEL', P .. ':owner', ek)
   redis.call('SREM', P .. ':owned:' .. owner, ek)
-  return log('op', 'd', 'k', ek, 'n', owner, 'why', why, 'dr', dr, 'dc', dc, 'ds', ds)
+  return log('op', 'd', 'k', ek, 'n', owner, 'h', head, 'why', why, 'dr', dr, 'dc', dc, 'ds', ds)
 end
 
 local function put(ek, node, head, meta, ix)
@@ -96,8 +100,10 @@ end
 REGISTER = (
     _PRELUDE
     + r"""
--- ARGV: maxlen, node, ek, head, meta, ix, mode ('n' new, 'r' replace, 'a' reassert), own_dead
+-- ARGV: maxlen, node, ek, head, meta, ix, mode ('n' new, 'r' replace, 'a' reassert),
+--       own_dead, writer
 local node, ek, head, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[7]
+W = ARGV[9]
 local now = now_ms()
 if not lease_ok(node, now) then return {'NOLEASE'} end
 local first, why, dr = 0, '', ''
@@ -130,9 +136,12 @@ return {'OK', v, first, why, dr}
 UPDATE = (
     _PRELUDE
     + r"""
--- ARGV: maxlen, ek, meta, ix
+-- ARGV: maxlen, ek, meta, ix, writer.  Returns the entry's owner and head too, so
+-- the writer can apply the update even if its mirror has not seen the entry yet.
 local ek, ix = ARGV[2], ARGV[4]
-if not redis.call('HGET', P .. ':owner', ek) then return {'NOTREG'} end
+W = ARGV[5]
+local owner = redis.call('HGET', P .. ':owner', ek)
+if not owner then return {'NOTREG'} end
 local old = redis.call('HGET', P .. ':ix', ek)
 if old then
   for _, name in ipairs(cjson.decode(old)) do redis.call('SREM', name, ek) end
@@ -143,15 +152,17 @@ if ix ~= '' then
   for _, name in ipairs(cjson.decode(ix)) do redis.call('SADD', name, ek) end
 end
 redis.call('HSET', P .. ':meta', ek, ARGV[3])
-return {'OK', log('op', 'u', 'k', ek, 'm', ARGV[3])}
+local v = log('op', 'u', 'k', ek, 'm', ARGV[3])
+return {'OK', v, owner, redis.call('HGET', P .. ':head', ek)}
 """
 )
 
 UNREGISTER = (
     _PRELUDE
     + r"""
--- ARGV: maxlen, ek, why, dr, dc, ds, expect_head ('' = any)
+-- ARGV: maxlen, ek, why, dr, dc, ds, expect_head ('' = any), writer
 local ek = ARGV[2]
+W = ARGV[8]
 local owner = redis.call('HGET', P .. ':owner', ek)
 if not owner then return 0 end
 if ARGV[7] ~= '' and redis.call('HGET', P .. ':head', ek) ~= ARGV[7] then return 0 end
