@@ -118,7 +118,7 @@ BACKENDS: list[BackendSpec] = [
         monitor_count=lambda r: r.target.manager.active_count(),
         stored_count=lambda r: r.target.stats().entries,
     ),
-    BackendSpec(  # RedisRegistry: keys are JSON (str, int, tuples) - see json_keys_only
+    BackendSpec(  # RedisRegistry on the session redis-server, a namespace per registry
         "redis",
         lazy_factory("tests.redis.specs", "make"),
         monitor_count=lambda r: r.manager.active_count(),
