@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 import time
 import uuid
 
@@ -14,6 +15,10 @@ from foundation.liveness import spawn_thread
 from foundation.registry import RedisRegistry
 
 __all__ = ["run_redis"]
+
+
+def _visible(node: RedisRegistry, key: str) -> Callable[[], bool]:
+    return lambda: node.lookup(key) is not None
 
 
 def run_redis(console: Console, score: Scoreboard, *, url: str, agents: int = 100) -> None:
@@ -34,7 +39,7 @@ def run_redis(console: Console, score: Scoreboard, *, url: str, agents: int = 10
             node_a.register(
                 key, spawn_thread(release.wait), {"role": "crawler" if i % 2 else "parser"}
             )
-            if wait_until(lambda k=key: node_b.lookup(k) is not None, timeout=5, interval=0.0002):
+            if wait_until(_visible(node_b, key), timeout=5, interval=0.0002):
                 visible_ms.append((time.perf_counter() - started) * 1000)
         score.check("every write on node A is visible on node B", len(visible_ms) == agents, "")
         crawlers = len(node_b.find_by_attribute("role", "crawler"))

@@ -65,7 +65,7 @@ _INSTALL_HINT = "RedisFlagStore needs the redis client: pip install 'foundation[
 
 def _import_redis() -> Any:
     try:
-        import redis  # noqa: PLC0415  (optional extra, imported on first use)
+        import redis
     except ImportError as exc:  # pragma: no cover - the dev environment has the extra
         raise ImportError(_INSTALL_HINT) from exc
     return redis

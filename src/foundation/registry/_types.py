@@ -150,7 +150,7 @@ class Registry(abc.ABC):
 
     def __contains__(self, key: object) -> bool:
         try:
-            return self.lookup(key) is not None  # type: ignore[arg-type]
+            return self.lookup(key) is not None
         except TypeError:
             return False
 
