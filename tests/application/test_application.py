@@ -18,6 +18,7 @@ from foundation.application import AppConfig
 from foundation.errors import InvalidConfig, UnknownFlag
 from foundation.registry import MemoryRegistry, MigratingRegistry
 from foundation.supervision import ChildContext, ChildSpec
+from tests.redis_support import RedisServer
 
 
 def _fd_count() -> int:
@@ -214,3 +215,17 @@ def _wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
             return value
         time.sleep(0.005)  # sleep-ok: polling with a deadline
     raise AssertionError("condition not met in time")
+
+
+def test_the_demo_runs_two_nodes_on_redis(redis_server: RedisServer) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "foundation._demo", "--agents", "10", "--seconds", "1", "--plain",
+         "--redis", redis_server.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "every write on node A is visible on node B" in result.stdout
+    assert "invariants held" in result.stdout
