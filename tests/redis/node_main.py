@@ -18,6 +18,7 @@ from typing import Any
 
 from foundation import errors
 from foundation.liveness import spawn_thread
+from foundation.registry import RegistryEvent
 from foundation.registry._redis import RedisRegistry
 
 
@@ -27,9 +28,14 @@ def _key(value: Any) -> Hashable:
     return value  # type: ignore[no-any-return]
 
 
+_out_lock = threading.Lock()
+
+
 def _out(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    line = json.dumps(obj) + "\n"
+    with _out_lock:  # the tail thread writes too (watch)
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def _entry(reg: RedisRegistry, key: Hashable) -> dict[str, Any] | None:
@@ -87,6 +93,16 @@ def main(argv: list[str]) -> int:
                         break
                     time.sleep(0.005)  # sleep-ok: polling with a deadline
                 _out({"ok": have == want, "keys": have})
+            elif op == "watch":
+                # From now on, print {"seen": key, "t": monotonic_ns} for every
+                # registration this node's mirror applies (benchmarks: visibility).
+                def seen(event: RegistryEvent) -> None:
+                    if event.kind == "registered":
+                        t = time.monotonic_ns()
+                        _out({"seen": json.dumps(event.entry.key), "t": t})
+
+                reg.subscribe(seen)
+                _out({"ok": True})
             elif op == "status":
                 st = reg.status()
                 _out({"ok": True, "status": {f: getattr(st, f) for f in st.__dataclass_fields__}})

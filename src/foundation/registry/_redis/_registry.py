@@ -178,6 +178,9 @@ def _down_from(dr: str, dc: str, ds: str) -> Down:
     )
 
 
+_dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -281,6 +284,7 @@ class RedisRegistry(Registry):
         self._k_wake = f"{p}:wake:{self._node}"
         self._k_wake_b = self._k_wake.encode()
         self._node_b = self._node.encode()
+        self._node_json = json.dumps(self._node)
         self._keys = [p]
 
         self._mirror = Mirror(attrs)
@@ -397,14 +401,12 @@ class RedisRegistry(Registry):
             raise NotAlive(key, agent)
         d = describe_agent(agent)
         registered_at = time.time()
-        head = json.dumps(
-            {
-                "n": self._node,
-                "a": {"kind": d.get("kind"), "pid": d.get("pid"), "name": d.get("name")},
-                "t": registered_at,
-                "s": next(_seq),  # makes every registration's head unique
-            },
-            separators=(",", ":"),
+        # The head: who owns it, a description of the agent, when; "s" makes every
+        # registration's head unique (it is the compare-and-delete token).
+        head = (
+            f'{{"n":{self._node_json},"a":{{"kind":{_dumps(d.get("kind"))},'
+            f'"pid":{_dumps(d.get("pid"))},"name":{_dumps(d.get("name"))}}},'
+            f'"t":{registered_at!r},"s":{next(_seq)}}}'
         )
         ix = self._ix(frozen)
         own = _Own(agent, ek, head, meta, ix)

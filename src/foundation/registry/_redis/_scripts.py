@@ -104,11 +104,13 @@ REGISTER = (
 --       own_dead, writer
 local node, ek, head, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[7]
 W = ARGV[9]
-local now = now_ms()
-if not lease_ok(node, now) then return {'NOLEASE'} end
+-- Our lease must exist (an expired one not yet reaped still counts: the next
+-- heartbeat finds it gone and re-asserts). TIME is read only on a conflict.
+if not redis.call('ZSCORE', P .. ':leases', node) then return {'NOLEASE'} end
 local first, why, dr = 0, '', ''
 local owner = redis.call('HGET', P .. ':owner', ek)
 if owner then
+  local now = now_ms()
   if mode == 'a' and owner == node and redis.call('HGET', P .. ':head', ek) == head then
     return {'SAME'}
   end
