@@ -232,3 +232,31 @@ def test_construction_without_the_redis_extra_names_it() -> None:
         check=True,
     )
     assert "foundation[redis]" in out.stdout
+
+
+def test_an_acl_user_works_through_the_url_and_one_without_rights_is_unavailable(
+    redis_server: RedisServer, ns: str, agents
+) -> None:
+    user, denied = f"app-{ns}", f"denied-{ns}"
+    with _raw(redis_server) as raw:
+        # The permissions docs/redis.md documents: the namespace's keys only.
+        raw.acl_setuser(
+            user,
+            enabled=True,
+            passwords=["+pw"],
+            keys=["{" + ns + "}:*"],
+            commands=["+@read", "+@write", "+@scripting", "+@connection", "+time"],
+        )
+        raw.acl_setuser(denied, enabled=True, passwords=["+pw"], keys=[], commands=["+ping"])
+        try:
+            base = f"127.0.0.1:{redis_server.port}/0"
+            with RedisRegistry(f"redis://{user}:pw@{base}", namespace=ns) as reg:
+                reg.register("k", agents(), {"role": "r"})
+                reg.update_metadata("k", {"role": "s"})
+                assert reg.unregister("k") is True
+            with pytest.raises(errors.BackendUnavailable):
+                RedisRegistry(f"redis://{denied}:pw@{base}", namespace=ns, op_timeout=1.0)
+            with pytest.raises(errors.BackendUnavailable):
+                RedisRegistry(f"redis://{user}:pw@{base}", namespace="other", op_timeout=1.0)
+        finally:
+            raw.acl_deluser(user, denied)

@@ -285,7 +285,7 @@ class RedisRegistry(Registry):
         self._k_wake_b = self._k_wake.encode()
         self._node_b = self._node.encode()
         self._node_json = json.dumps(self._node)
-        self._keys = [p]
+        self._keys = [self._k_log]  # KEYS[1] of every script (see _scripts)
 
         self._mirror = Mirror(attrs)
         # The hot read path: ``lookup`` is a single get on this dict.

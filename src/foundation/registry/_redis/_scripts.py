@@ -1,8 +1,9 @@
 """The server-side Lua scripts of ``RedisRegistry``: every write is one of them.
 
 Layout under the prefix ``P = "{<namespace>}"`` (a Redis Cluster hash tag: a
-namespace lives in one slot, so every script touches one slot only; ``P`` is
-passed as ``KEYS[1]`` so a cluster client routes the script there):
+namespace lives in one slot, so every script touches one slot only; ``P:log``
+is passed as ``KEYS[1]`` so a cluster client routes the script there and ACL
+key patterns such as ``~{ns}:*`` apply):
 
 ==========================  ====================================================
 ``P:head``   hash           encoded key -> JSON ``{"n": node, "a": agent, "t": time}``
@@ -27,7 +28,9 @@ from __future__ import annotations
 __all__ = ["HEARTBEAT", "REGISTER", "RELEASE", "SNAPSHOT", "UNREGISTER", "UPDATE"]
 
 _PRELUDE = r"""
-local P = KEYS[1]
+-- KEYS[1] is the stream P:log (a real key of the namespace: cluster routing
+-- and ACL key patterns see it); P is the prefix before ':log'.
+local P = string.sub(KEYS[1], 1, -5)
 local MAXLEN = ARGV[1]
 
 local function now_ms()
