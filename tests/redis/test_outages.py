@@ -9,6 +9,7 @@ import pytest
 
 from foundation import errors
 from foundation.liveness import spawn_thread
+from foundation.registry._redis import RedisRegistry
 from tests.redis.conftest import MakeRegistry
 from tests.redis.support import NodeProcess, wait_until
 from tests.redis_support import RedisServer
@@ -75,3 +76,15 @@ def test_a_redis_restart_gives_clear_errors_then_every_live_registration_is_rest
     # ...and the cluster works as before: uniqueness holds across nodes again.
     with pytest.raises(errors.AlreadyRegistered):
         a.register("b1", agents())
+
+
+def test_close_while_redis_is_down_returns_and_stops_its_threads(
+    fresh_redis: RedisServer, agents
+) -> None:
+    reg = RedisRegistry(fresh_redis.url, lease_ttl=1.0, op_timeout=0.5)
+    reg.register("k", agents())
+    fresh_redis.kill()
+    assert wait_until(reg.is_stale)
+    reg.close()
+    assert not [t for t in threading.enumerate() if reg.node in t.name]
+    assert reg.manager.closed
