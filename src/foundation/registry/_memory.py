@@ -93,7 +93,8 @@ class _Record:
     """One registration as the table holds it.
 
     Immutable once published, except ``entry`` (a lazily built ``Entry``; see
-    ``_entry``) and, on the *origin* record, ``dead`` (set under the write lock).
+    ``_entry``) and, on the *origin* record, ``origin`` (cleared under the
+    write lock when its agent dies while the record is not in the table).
     ``update_metadata`` publishes a new record that shares ``origin`` and
     ``monitor``: the origin record is the monitor's callback and the token that
     identifies this registration, so a death can only remove the registration it
@@ -102,33 +103,33 @@ class _Record:
 
     __slots__ = (
         "agent",
-        "dead",
         "entry",
         "key",
         "metadata",
         "monitor",
         "origin",
         "registered_at",
-        "registry",
     )
+
+    registry: MemoryRegistry  # a class attribute of each registry's own subclass (8 B less)
 
     def __init__(
         self,
-        registry: MemoryRegistry,
         key: Hashable,
         agent: Any,
         metadata: Mapping[str, Any],
         registered_at: float,
     ) -> None:
-        self.registry = registry
         self.key = key
         self.agent = agent
         self.metadata = metadata
         self.registered_at = registered_at
         self.entry: Entry | None = None
-        self.origin: _Record = self
+        # The origin record is the monitor's callback and the registration's
+        # token; set to None by _on_down when its agent died while it was not
+        # (or no longer) in the table: register() reads that as "died first".
+        self.origin: _Record | None = self
         self.monitor: Monitor | None = None
-        self.dead: Down | None = None
 
     def __call__(self, down: Down) -> None:
         # The monitor's on_down: called once, from whichever thread saw the death.
@@ -198,6 +199,11 @@ class MemoryRegistry(Registry):
         self._owns_manager = manager is None
         self._manager = manager if manager is not None else MonitorManager(name="registry")
         self._lock = threading.Lock()
+        # Records reach their registry through a class attribute of a subclass
+        # made for this registry: one pointer less per entry.
+        self._record: type[_Record] = type(
+            "_Record", (_Record,), {"__slots__": (), "registry": self}
+        )
         self._table: dict[Hashable, _Record] = {}
         # attr -> indexed value -> {key: None}; a dict, not a set, so that a
         # reader can snapshot a bucket with list(bucket) in one C call.
@@ -325,6 +331,7 @@ class MemoryRegistry(Registry):
             AlreadyRegistered: ``key`` holds a live agent and not ``replace``
                 (``.entry`` is that entry). A key whose agent is dead but not
                 yet cleaned is simply replaced.
+            RegistryError: the registry is closed.
         Nothing is stored when an error is raised.
         """
         try:
@@ -334,55 +341,42 @@ class MemoryRegistry(Registry):
                 f"registry key must be hashable, got {type(key).__name__}: {key!r}"
             ) from None
         frozen = EMPTY_METADATA if metadata is None else freeze_metadata(metadata)
-        if self._is_closed():
-            raise RegistryError("the registry is closed")
-        rec = _Record(self, key, agent, frozen, _now())
+        rec = self._record(key, agent, frozen, _now())
         # monitor() raises UnsupportedAgent for unknown kinds (nothing stored yet).
         # An agent already dead is reported by monitor() synchronously, inside
-        # the call, as "noproc" — that is how NotAlive is detected, with no
+        # the call, as "noproc": that is how NotAlive is detected, with no
         # separate liveness probe. Race: the agent may also die right after
-        # monitor(); then rec(down) runs on a watcher thread. Either way
-        # _on_down sets rec.dead under the write lock and, finding rec
-        # unpublished, stores nothing; below, under the same lock, rec.dead or
-        # an already inactive monitor means "died before it was registered":
-        # NotAlive, nothing stored. (monitor() is called outside our lock so
-        # that a synchronous on_down can take it.)
-        monitor = rec.monitor = self._manager.monitor(agent, rec)
-        error: Exception | None = None
-        old: _Record | None = None
-        reason: UnregisterReason = "replaced"
-        with self._lock:
-            table = self._table
-            if rec.dead is not None or not monitor.active:
-                error = NotAlive(key, agent)  # died before publication: nothing stored
-            elif self._is_closed():  # close() ran meanwhile
-                error = RegistryError("the registry is closed")
+        # monitor(); then rec(down) runs on another thread. Either way _on_down
+        # clears rec.origin under the write lock and, finding rec unpublished,
+        # stores nothing; below, under the same lock, rec.origin None means "died
+        # before it was registered": NotAlive, nothing stored. A death reported
+        # after publication removes the entry normally (registered, then down).
+        # monitor() is called outside our lock so that a synchronous on_down
+        # can take it.
+        try:
+            monitor = self._manager.monitor(agent, rec)
+        except RuntimeError:
+            if self._closed:  # our manager was closed by close()
+                raise RegistryError("the registry is closed") from None
+            raise
+        rec.monitor = monitor
+        table = self._table
+        lock = self._lock
+        lock.acquire()  # (explicit acquire/release: measurably cheaper than `with`)
+        try:
+            old = table.get(key)
+            if old is None and rec.origin is rec and not self._closed:
+                # The common case: a new key. Index first, then publish.
+                if self._index:
+                    self._index_add(key, frozen)
+                table[key] = rec
+                if self._listeners:
+                    self._pending.append(RegistryEvent("registered", self._entry(rec)))
+                error = None
             else:
-                old = table.get(key)
-                if old is not None and not replace:
-                    # Conflict path only: a liveness check, in case the old agent
-                    # died but its monitor has not reported yet.
-                    if is_alive(old.agent):
-                        error = AlreadyRegistered(key, self._entry(old))
-                        old = None
-                    else:
-                        reason = "down"
-                if error is None:
-                    # Index first, then publish, then unindex the old record: the
-                    # index stays a superset of what lock-free readers can see.
-                    if self._index:
-                        self._index_add(key, frozen)
-                    table[key] = rec
-                    if old is not None and self._index:
-                        self._index_remove(key, old.metadata, frozen)
-                    if self._listeners:
-                        if old is not None:
-                            # down=None: the death was noticed here, before the
-                            # monitor reported it, so its details are unknown.
-                            self._pending.append(
-                                RegistryEvent("unregistered", self._entry(old), reason)
-                            )
-                        self._pending.append(RegistryEvent("registered", self._entry(rec)))
+                error, old = self._register_conflict(rec, old, replace)
+        finally:
+            lock.release()
         if error is not None:
             monitor.demonitor()
             raise error
@@ -392,6 +386,40 @@ class MemoryRegistry(Registry):
             old.monitor.demonitor()
         if self._pending:
             self._dispatch()
+
+    def _register_conflict(
+        self, rec: _Record, old: _Record | None, replace: bool
+    ) -> tuple[Exception | None, _Record | None]:
+        """register() when the key is taken, the agent died, or the registry closed.
+
+        Write lock held. Returns (error to raise, replaced record to demonitor).
+        """
+        key = rec.key
+        if rec.origin is not rec:
+            return NotAlive(key, rec.agent), None  # died before publication: nothing stored
+        if self._closed:
+            return RegistryError("the registry is closed"), None
+        assert old is not None
+        reason: UnregisterReason = "replaced"
+        if not replace:
+            # Conflict path only: a liveness check, in case the old agent died
+            # but its monitor has not reported it yet.
+            if is_alive(old.agent):
+                return AlreadyRegistered(key, self._entry(old)), None
+            reason = "down"
+        # Index the new record, publish it (one store), then unindex the old one:
+        # the index stays a superset of what lock-free readers can see.
+        if self._index:
+            self._index_add(key, rec.metadata)
+        self._table[key] = rec
+        if self._index:
+            self._index_remove(key, old.metadata, rec.metadata)
+        if self._listeners:
+            # down=None for reason "down": the death was noticed here, before
+            # its monitor reported it, so its details are unknown.
+            self._pending.append(RegistryEvent("unregistered", self._entry(old), reason))
+            self._pending.append(RegistryEvent("registered", self._entry(rec)))
+        return None, old
 
     def _index_add(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
         """Index ``key`` under ``metadata``'s terms (write lock held; before publishing)."""
@@ -442,20 +470,22 @@ class MemoryRegistry(Registry):
         Raises:
             InvalidKey: ``key`` is unhashable.
         """
+        lock = self._lock
+        lock.acquire()
         try:
-            hash(key)
+            rec = self._table.pop(key, None)  # unpublish first, then unindex
+            if rec is not None:
+                if self._index:
+                    self._index_remove(key, rec.metadata, None)
+                if self._listeners:
+                    event = RegistryEvent("unregistered", self._entry(rec), "unregistered")
+                    self._pending.append(event)
         except TypeError:
             raise InvalidKey(f"registry key must be hashable, got {type(key).__name__}") from None
-        with self._lock:
-            rec = self._table.get(key)
-            if rec is None:
-                return False
-            del self._table[key]  # unpublish first, then unindex
-            if self._index:
-                self._index_remove(key, rec.metadata, None)
-            if self._listeners:
-                event = RegistryEvent("unregistered", self._entry(rec), "unregistered")
-                self._pending.append(event)
+        finally:
+            lock.release()
+        if rec is None:
+            return False
         # Released outside the lock. Race: if the agent died meanwhile, its
         # _on_down finds the key gone (or held by another origin) and does nothing.
         if rec.monitor is not None:
@@ -481,7 +511,7 @@ class MemoryRegistry(Registry):
             cur = self._table.get(key)
             if cur is None:
                 raise NotRegistered(key)
-            new = _Record(self, key, cur.agent, frozen, cur.registered_at)
+            new = self._record(key, cur.agent, frozen, cur.registered_at)
             new.origin = cur.origin  # same registration: the same monitor and token
             new.monitor = cur.monitor
             if self._index:
@@ -497,11 +527,13 @@ class MemoryRegistry(Registry):
     def _on_down(self, origin: _Record, down: Down) -> None:
         """The agent of ``origin``'s registration died: remove it (if still there)."""
         with self._lock:
-            origin.dead = down  # seen by register() if origin is not published yet
             cur = self._table.get(origin.key)
             # Race: the key may have been unregistered, replaced or re-registered
-            # since; only the registration this monitor belongs to is removed.
+            # since — or origin is not published yet (register() is between
+            # monitor() and its lock): only the registration this monitor
+            # belongs to is removed; otherwise mark origin dead for register().
             if cur is None or cur.origin is not origin:
+                origin.origin = None
                 return
             del self._table[origin.key]  # unpublish first, then unindex
             if self._index:
@@ -557,9 +589,6 @@ class MemoryRegistry(Registry):
                 self._dispatch_owner = 0
 
     # ------------------------------------------------------------------ admin
-
-    def _is_closed(self) -> bool:
-        return self._closed
 
     def indexed_attributes(self) -> frozenset[str]:
         """The attribute names given as ``indexed=`` at construction."""
