@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foundation demo", description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=300, help="agents of each kind (default 300)")
     parser.add_argument(
-        "--seconds", type=float, default=24.0, help="traffic time of the rollout (default 24)"
+        "--seconds", type=float, default=30.0, help="traffic time of the rollout (default 30)"
     )
     parser.add_argument("--workers", type=int, default=4, help="traffic threads (default 4)")
     parser.add_argument("--redis", metavar="URL", help="also run two nodes on this Redis")
