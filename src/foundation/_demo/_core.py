@@ -58,6 +58,7 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
     releases: list[threading.Event] = []
     processes: list[subprocess.Popen[bytes]] = []
     killed_at: dict[object, float] = {}
+    removed: dict[object, threading.Event] = {}
     cleaned_after: dict[str, list[float]] = {"task": [], "thread": [], "process": []}
     lock = threading.Lock()
 
@@ -72,6 +73,7 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
                 if started is not None:
                     kind = str(event.entry.metadata["kind"])
                     cleaned_after[kind].append(seen - started)
+                    removed[event.entry.key].set()
 
         unsubscribe = registry.subscribe(on_event)
         agents: dict[str, list[tuple[str, Any]]] = {"task": [], "thread": [], "process": []}
@@ -100,11 +102,13 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
         by_index = len(registry.find_by_attribute("kind", "process"))
         score.check("index finds every process", by_index == per_kind, f"{by_index}")
 
-        # Kill every other agent of each kind.
+        # Kill every other agent of each kind, one at a time, and wait for its
+        # removal: each sample is one death's latency, not a queue behind a burst.
         for kind, pairs in agents.items():
             for n, (key, agent) in enumerate(pairs):
                 if n % 2:
                     continue
+                removed[key] = threading.Event()
                 with lock:
                     killed_at[key] = time.perf_counter()
                 if kind == "task":
@@ -113,6 +117,7 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
                     releases[n].set()
                 else:
                     agent.send_signal(signal.SIGKILL)
+                removed[key].wait(5)
         killed = len(killed_at)
         expected = 3 * per_kind - killed
         cleaned = wait_until(lambda: registry.count() == expected, timeout=15)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 import time
 import uuid
+from collections.abc import Callable
 
 from foundation._demo._console import Console
 from foundation._demo._scoreboard import Scoreboard
