@@ -11,6 +11,7 @@ import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import median
 
 __all__ = ["Row", "compare", "per_op"]
 
@@ -58,9 +59,24 @@ def compare(
     rounds: int = 5,
     repeat: int = 3,
 ) -> tuple[float, float, float]:
-    """Interleave subject and baseline; return (ratio, subject s/op, baseline s/op)."""
-    s_best = b_best = float("inf")
-    for _ in range(rounds):
-        s_best = min(s_best, per_op(subject, n, repeat=repeat))
-        b_best = min(b_best, per_op(baseline, n, repeat=repeat))
-    return s_best / b_best, s_best, b_best
+    """Interleave subject and baseline; return (ratio, subject s/op, baseline s/op).
+
+    Each round times both, back to back (alternating which goes first), and
+    yields one ratio; the result is the median ratio over the rounds, so a
+    noisy neighbour that slows one round skews neither side alone. The
+    per-operation times returned are the medians of each side's round bests.
+    """
+    ratios: list[float] = []
+    subject_times: list[float] = []
+    baseline_times: list[float] = []
+    for i in range(max(rounds, 3)):
+        if i % 2:
+            b = per_op(baseline, n, repeat=repeat)
+            s = per_op(subject, n, repeat=repeat)
+        else:
+            s = per_op(subject, n, repeat=repeat)
+            b = per_op(baseline, n, repeat=repeat)
+        ratios.append(s / b)
+        subject_times.append(s)
+        baseline_times.append(b)
+    return median(ratios), median(subject_times), median(baseline_times)
