@@ -32,10 +32,11 @@ Example:
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from foundation._unraisable import report_unraisable
 
 __all__ = ["Listener", "attach", "emit", "has_listeners", "listeners"]
 
@@ -81,17 +82,4 @@ def emit(name: str, data: Mapping[str, Any]) -> None:
         try:
             listener(name, data)
         except Exception as exc:  # a broken observer must never break the producer
-            sys.unraisablehook(
-                _Unraisable(exc, f"telemetry listener for {name!r}", listener)  # type: ignore[arg-type]
-            )
-
-
-class _Unraisable:
-    """Shape expected by ``sys.unraisablehook``."""
-
-    def __init__(self, exc: BaseException, message: str, obj: object) -> None:
-        self.exc_type = type(exc)
-        self.exc_value = exc
-        self.exc_traceback = exc.__traceback__
-        self.err_msg = f"Exception ignored in {message}"
-        self.object = obj
+            report_unraisable(exc, f"telemetry listener for {name!r}", listener)

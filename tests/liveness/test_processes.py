@@ -21,7 +21,7 @@ EXIT = [sys.executable, "-c", "import sys; sys.exit(int(sys.argv[1]))"]
 
 
 def _sleep_forever() -> None:
-    time.sleep(30)
+    time.sleep(30)  # sleep-ok: the body of a child process that the test kills
 
 
 def _exit_with(code: int) -> None:

@@ -81,13 +81,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from foundation._unraisable import report_unraisable
 from foundation.errors import FlagError, InvalidFlagValue
 
 __all__ = [
@@ -340,14 +340,7 @@ def report_callback_error(
 ) -> None:
     """Send a callback's exception to ``sys.unraisablehook`` (it must never escape)."""
 
-    class _Unraisable:
-        exc_type = type(exc)
-        exc_value = exc
-        exc_traceback = exc.__traceback__
-        err_msg = f"Exception ignored in {what}"
-        object = callback
-
-    sys.unraisablehook(_Unraisable())  # type: ignore[arg-type]
+    report_unraisable(exc, what, callback)
 
 
 class _MemoryTransaction(StoreTransaction):

@@ -11,10 +11,11 @@ True guarantees that ``on_down`` will never be called.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
+
+from foundation._unraisable import report_unraisable
 
 if TYPE_CHECKING:
     from foundation.liveness._manager import MonitorManager
@@ -193,15 +194,4 @@ def invoke(on_down: OnDown, down: Down) -> None:
 
 def report(exc: BaseException, where: str, obj: object = None) -> None:
     """Report an error that must not propagate, through ``sys.unraisablehook``."""
-    sys.unraisablehook(_Unraisable(exc, where, obj))  # type: ignore[arg-type]
-
-
-class _Unraisable:
-    """Shape expected by ``sys.unraisablehook``."""
-
-    def __init__(self, exc: BaseException, where: str, obj: object) -> None:
-        self.exc_type = type(exc)
-        self.exc_value = exc
-        self.exc_traceback = exc.__traceback__
-        self.err_msg = f"Exception ignored in {where}"
-        self.object = obj
+    report_unraisable(exc, where, obj)

@@ -35,7 +35,6 @@ thread, or the event loop for asyncio agents): keep listeners quick.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import deque
@@ -43,6 +42,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from foundation._unraisable import report_unraisable
 from foundation.errors import (
     AlreadyRegistered,
     InvalidKey,
@@ -584,7 +584,7 @@ class MemoryRegistry(Registry):
                         try:
                             listener(event)
                         except Exception as exc:  # a broken listener must not break a writer
-                            sys.unraisablehook(_Unraisable(exc, listener))  # type: ignore[arg-type]
+                            report_unraisable(exc, "MemoryRegistry listener", listener)
             finally:
                 self._dispatch_owner = 0
 
@@ -634,14 +634,3 @@ class MemoryRegistry(Registry):
 
     def __repr__(self) -> str:
         return f"<MemoryRegistry entries={len(self._table)} indexed={sorted(self._indexed)}>"
-
-
-class _Unraisable:
-    """The shape ``sys.unraisablehook`` expects."""
-
-    def __init__(self, exc: BaseException, obj: object) -> None:
-        self.exc_type = type(exc)
-        self.exc_value = exc
-        self.exc_traceback = exc.__traceback__
-        self.err_msg = "Exception ignored in registry listener"
-        self.object = obj

@@ -115,13 +115,13 @@ never obeyed.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from foundation import telemetry
+from foundation._unraisable import report_unraisable
 from foundation.errors import (
     AlreadyRegistered,
     MigrationError,
@@ -182,17 +182,6 @@ class _Record(NamedTuple):
     view: _View | None  # None: the target entry is mirrored in no legacy view
     gen: int
     agent: Any
-
-
-class _Unraisable:
-    """The shape ``sys.unraisablehook`` expects, for a listener that raised."""
-
-    def __init__(self, exc: BaseException, listener: object) -> None:
-        self.exc_type = type(exc)
-        self.exc_value = exc
-        self.exc_traceback = exc.__traceback__
-        self.err_msg = "Exception ignored in MigratingRegistry listener"
-        self.object = listener
 
 
 class _LegacyReader:
@@ -458,7 +447,7 @@ class MigratingRegistry(Registry):
             try:
                 listener(event)
             except Exception as exc:  # a broken listener never breaks the registry
-                sys.unraisablehook(_Unraisable(exc, listener))  # type: ignore[arg-type]
+                report_unraisable(exc, "MigratingRegistry listener", listener)
 
     def _forward(self, side: Side, listener: Listener, event: RegistryEvent) -> None:
         ctx = self._ctx()

@@ -15,7 +15,6 @@ stated by name in the contract suite (``tests/contract``):
 from __future__ import annotations
 
 import itertools
-import sys
 import threading
 import time
 import weakref
@@ -23,6 +22,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from foundation._unraisable import report_unraisable
 from foundation.errors import AlreadyRegistered, InvalidKey, NotAlive, NotRegistered, RegistryError
 from foundation.liveness import is_alive
 from foundation.registry._query import compile_criteria, matches
@@ -298,7 +298,7 @@ class ThreadLocalRegistry(Registry):
             try:
                 listener(event)
             except Exception as exc:  # a broken listener must not break a writer
-                sys.unraisablehook(_Unraisable(exc, listener))  # type: ignore[arg-type]
+                report_unraisable(exc, "ThreadLocalRegistry listener", listener)
 
     # ------------------------------------------------------------------ admin
 
@@ -335,14 +335,3 @@ class ThreadLocalRegistry(Registry):
 
     def __repr__(self) -> str:
         return f"<ThreadLocalRegistry threads={len(self._stores)}>"
-
-
-class _Unraisable:
-    """The shape ``sys.unraisablehook`` expects."""
-
-    def __init__(self, exc: BaseException, obj: object) -> None:
-        self.exc_type = type(exc)
-        self.exc_value = exc
-        self.exc_traceback = exc.__traceback__
-        self.err_msg = "Exception ignored in registry listener"
-        self.object = obj

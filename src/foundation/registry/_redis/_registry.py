@@ -29,7 +29,6 @@ import os
 import queue
 import secrets
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from foundation._unraisable import report_unraisable
 from foundation.errors import (
     AlreadyRegistered,
     BackendUnavailable,
@@ -780,7 +780,7 @@ class RedisRegistry(Registry):
                 try:
                     listener(event)
                 except Exception as exc:  # a broken listener never breaks the registry
-                    sys.unraisablehook(_Unraisable(exc, listener))  # type: ignore[arg-type]
+                    report_unraisable(exc, "RedisRegistry listener", listener)
 
     # ------------------------------------------------------------------ local deaths
 
@@ -1159,14 +1159,3 @@ class RedisRegistry(Registry):
         self._emit(events)
         for orphan in orphans:
             self._jobs.put(("orphan", orphan))
-
-
-class _Unraisable:
-    """Shape expected by ``sys.unraisablehook``."""
-
-    def __init__(self, exc: BaseException, obj: object) -> None:
-        self.exc_type = type(exc)
-        self.exc_value = exc
-        self.exc_traceback = exc.__traceback__
-        self.err_msg = "Exception ignored in RedisRegistry listener"
-        self.object = obj
