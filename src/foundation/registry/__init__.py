@@ -50,6 +50,5 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'foundation.registry' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
-    value.__module__ = "foundation"
     globals()[name] = value
     return value

@@ -63,6 +63,19 @@ class RegistryEvent:
 
     ``reason`` is set only for ``"unregistered"``: ``"unregistered"`` (explicit),
     ``"replaced"`` (``replace=True``) or ``"down"`` (the agent died; ``down`` says how).
+
+    Example:
+        >>> import threading
+        >>> from foundation import MemoryRegistry, spawn_thread
+        >>> stop, events = threading.Event(), []
+        >>> with MemoryRegistry() as reg:
+        ...     unsubscribe = reg.subscribe(events.append)
+        ...     reg.register("w", spawn_thread(stop.wait))
+        ...     reg.unregister("w")
+        True
+        >>> [(e.kind, e.reason) for e in events]
+        [('registered', None), ('unregistered', 'unregistered')]
+        >>> stop.set()
     """
 
     kind: EventKind
@@ -76,6 +89,10 @@ class Divergence:
     """A write a MigratingRegistry could not mirror to its other backend.
 
     ``thread`` is the ident of the thread whose private legacy copy diverges.
+
+    Example:
+        >>> Divergence("db", thread=1234, reason="held by another thread")
+        Divergence(key='db', thread=1234, reason='held by another thread')
     """
 
     key: Hashable
