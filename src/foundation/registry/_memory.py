@@ -38,7 +38,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ from foundation.errors import (
     RegistryError,
 )
 from foundation.liveness import Down, Monitor, MonitorManager, is_alive
+from foundation.registry._listeners import CopyOnWriteListeners
 from foundation.registry._query import compile_criteria, index_plan, matches
 from foundation.registry._types import (
     Criterion,
@@ -159,7 +160,7 @@ def _index_terms(value: Any) -> tuple[list[Any], bool]:
     return terms, unhashable
 
 
-class MemoryRegistry(Registry):
+class MemoryRegistry(CopyOnWriteListeners, Registry):
     """The shared registry: lock-free reads, serialised writes, one monitor per entry.
 
     ``indexed`` names top-level metadata attributes answered from an index by
@@ -544,27 +545,6 @@ class MemoryRegistry(Registry):
             self._dispatch()
 
     # ------------------------------------------------------------------ events
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(event)`` after every change; returns an idempotent unsubscribe."""
-        with self._lock:
-            self._listeners = (*self._listeners, listener)
-        done = False
-
-        def unsubscribe() -> None:
-            nonlocal done
-            with self._lock:
-                if done:
-                    return
-                done = True
-                listeners = list(self._listeners)
-                for i, candidate in enumerate(listeners):
-                    if candidate is listener:
-                        del listeners[i]
-                        break
-                self._listeners = tuple(listeners)
-
-        return unsubscribe
 
     def _dispatch(self) -> None:
         """Deliver queued events in write order, one at a time, outside the write lock."""

@@ -18,13 +18,14 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from foundation._unraisable import report_unraisable
 from foundation.errors import AlreadyRegistered, InvalidKey, NotAlive, NotRegistered, RegistryError
 from foundation.liveness import is_alive
+from foundation.registry._listeners import CopyOnWriteListeners
 from foundation.registry._query import compile_criteria, matches
 from foundation.registry._types import (
     Criterion,
@@ -76,7 +77,7 @@ def _check_key(key: object) -> None:
         ) from None
 
 
-class ThreadLocalRegistry(Registry):
+class ThreadLocalRegistry(CopyOnWriteListeners, Registry):
     """The legacy store: per-thread, unmonitored. Same calls, results and errors.
 
     Differences from the shared registries, by design (the legacy behaviour
@@ -271,27 +272,6 @@ class ThreadLocalRegistry(Registry):
             self._emit(RegistryEvent("updated", new))
 
     # ------------------------------------------------------------------ events
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(event)`` after each write, in the writing thread; returns unsubscribe."""
-        with self._lock:
-            self._listeners = (*self._listeners, listener)
-        done = False
-
-        def unsubscribe() -> None:
-            nonlocal done
-            with self._lock:
-                if done:
-                    return
-                done = True
-                listeners = list(self._listeners)
-                for i, candidate in enumerate(listeners):
-                    if candidate is listener:
-                        del listeners[i]
-                        break
-                self._listeners = tuple(listeners)
-
-        return unsubscribe
 
     def _emit(self, event: RegistryEvent) -> None:
         for listener in self._listeners:
