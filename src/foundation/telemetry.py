@@ -7,8 +7,9 @@ nobody observes pays one dictionary lookup at most::
         telemetry.emit("flag.changed", {...})
 
 Listeners are called synchronously in the emitting thread, in attach order.
-A listener that raises is detached-safe: the error is reported through
-``sys.unraisablehook`` and never breaks the producer.
+A listener that raises never breaks the producer: the error is logged under
+``foundation.telemetry`` (with its traceback) and passed to
+``sys.unraisablehook`` if one is installed.
 
 Event names used by Foundation:
 

@@ -120,7 +120,8 @@ def monitor(agent: object, on_down: OnDown, *, manager: MonitorManager | None = 
     the Down already recorded for a ``spawn_thread`` thread or a
     ``concurrent.futures.Future``); otherwise on the thread that sees the
     death (see :class:`MonitorManager`). An exception raised by ``on_down`` is
-    reported through ``sys.unraisablehook``, never propagated.
+    never propagated: it is logged under ``foundation.liveness`` and passed to
+    ``sys.unraisablehook`` if one is installed.
 
     Raises:
         UnsupportedAgent: ``agent`` is not a supported kind (a ``TypeError``).

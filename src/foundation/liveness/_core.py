@@ -119,8 +119,15 @@ class Watch:
                 break
             mon._manager._monitors.pop(mon, None)
             taken.append(on_down)
+        escaped: BaseException | None = None
         for on_down in reversed(taken):  # popitem is LIFO; call in monitor order
-            invoke(on_down, down)
+            try:
+                invoke(on_down, down)
+            except BaseException as exc:  # SystemExit & co: every taken monitor still runs
+                if escaped is None:
+                    escaped = exc
+        if escaped is not None:
+            raise escaped
 
 
 class Monitor:
@@ -185,7 +192,12 @@ def claim(mon: Monitor, watch: Watch, down: Down) -> None:
 
 
 def invoke(on_down: OnDown, down: Down) -> None:
-    """Call ``on_down``; a failing callback is reported, never propagated."""
+    """Call ``on_down``; a failing callback is reported, never propagated.
+
+    Only ``Exception`` is caught here: ``SystemExit`` and ``KeyboardInterrupt``
+    keep their meaning on the caller's thread; the watcher threads catch them
+    around their loop body, report them and carry on.
+    """
     try:
         on_down(down)
     except Exception as exc:  # a broken subscriber must never break a watcher
@@ -193,5 +205,5 @@ def invoke(on_down: OnDown, down: Down) -> None:
 
 
 def report(exc: BaseException, where: str, obj: object = None) -> None:
-    """Report an error that must not propagate, through ``sys.unraisablehook``."""
-    report_unraisable(exc, where, obj)
+    """Report an error that must not propagate (logged under ``foundation.liveness``)."""
+    report_unraisable(exc, where, obj, area="liveness")

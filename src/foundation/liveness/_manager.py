@@ -63,6 +63,9 @@ _CF_ATTR = "_foundation_watch"  # the shared watch, stored on the future itself
 _get_running_loop = asyncio._get_running_loop
 
 _NEW, _ATTACHED, _DETACHED = 0, 1, 2
+# After a defect of a watcher loop itself (not a callback's error): pause this
+# long before the next iteration, so that a repeating defect cannot spin hot.
+_DEFECT_BACKOFF = 0.1
 
 _W = TypeVar("_W", bound="_ManagedWatch")
 
@@ -223,6 +226,9 @@ class MonitorManager:
     without touching the loop) and removed by ``close()``. ``close()``
     releases every monitor without calling it, stops and joins the threads
     and closes every fd. A manager is not usable in a child after ``fork()``.
+    A watcher thread outlives anything an ``on_down`` raises (``SystemExit``
+    included) and its own defects: each is logged under
+    ``foundation.liveness`` and the thread carries on.
 
     Example:
         >>> import concurrent.futures
@@ -253,6 +259,7 @@ class MonitorManager:
         self._threads_cond = threading.Condition(self._lock)
         self._procs_cond = threading.Condition(self._lock)
         self._closed = False
+        self._stopping = threading.Event()  # set by close(): ends a defect backoff early
         # Every live monitor of this manager (for active_count and close).
         self._monitors: dict[Monitor, None] = {}
         # Managed watches by id(agent); guarded by _lock.
@@ -346,6 +353,7 @@ class MonitorManager:
             if self._closed:
                 return
             self._closed = True
+            self._stopping.set()
             self._threads_cond.notify_all()
             self._procs_cond.notify_all()
             threads = [
@@ -613,7 +621,10 @@ class MonitorManager:
         interval: float,
         check: Callable[[Any], Down | None],
     ) -> None:
-        """Every ``interval`` s, check each watched agent; fire the dead ones."""
+        """Every ``interval`` s, check each watched agent; fire the dead ones.
+
+        Nothing escapes an iteration: see :meth:`_survive`.
+        """
         while True:
             with self._lock:
                 while not self._closed and not table:
@@ -621,27 +632,52 @@ class MonitorManager:
                 if self._closed:
                     return
                 snapshot: list[_ManagedWatch] = list(table.values())
-            dead: list[tuple[_ManagedWatch, Down]] = []
-            for watch in snapshot:
-                try:
-                    down = check(watch.agent)
-                except Exception as exc:  # never let one odd agent stop the poller
-                    report(exc, f"liveness check of {watch.agent!r}")
-                    continue
-                if down is not None:
-                    dead.append((watch, down))
-            for watch, down in dead:
-                with self._lock:
-                    if table.get(watch.key) is not watch:
-                        continue  # released meanwhile
-                    del table[watch.key]
-                    if self._watches.get(watch.key) is watch:
-                        del self._watches[watch.key]
-                watch.fire(down)
+            try:
+                self._poll_once(table, snapshot, check)
+            except BaseException as exc:  # this thread outlives anything: report, carry on
+                self._survive(exc, "liveness poller")
             with self._lock:
                 if self._is_closed():
                     return
                 cond.wait(interval)
+
+    def _poll_once(
+        self,
+        table: dict[int, Any],
+        snapshot: list[_ManagedWatch],
+        check: Callable[[Any], Down | None],
+    ) -> None:
+        """One pass of a poller: fire the watches in ``snapshot`` whose agent died."""
+        dead: list[tuple[_ManagedWatch, Down]] = []
+        for watch in snapshot:
+            try:
+                down = check(watch.agent)
+            except Exception as exc:  # never let one odd agent stop the poller
+                report(exc, f"liveness check of {watch.agent!r}")
+                continue
+            if down is not None:
+                dead.append((watch, down))
+        for watch, down in dead:
+            with self._lock:
+                if table.get(watch.key) is not watch:
+                    continue  # released meanwhile
+                del table[watch.key]
+                if self._watches.get(watch.key) is watch:
+                    del self._watches[watch.key]
+            watch.fire(down)
+
+    def _survive(self, exc: BaseException, where: str) -> None:
+        """Report what escaped a watcher loop's iteration, so the loop can carry on.
+
+        Callbacks' own errors never get here (``invoke`` reports them). What
+        does is either a ``BaseException`` a callback raised (``SystemExit``:
+        reported, no pause) or an ``Exception`` of the loop's own code, a
+        defect that may repeat on every iteration: reported, then a short
+        pause (cut short by ``close()``) so the thread cannot spin hot.
+        """
+        report(exc, where, self)
+        if isinstance(exc, Exception):
+            self._stopping.wait(_DEFECT_BACKOFF)
 
     def _ensure_epoll_locked(self) -> None:
         if self._epoll is not None:
@@ -669,19 +705,27 @@ class MonitorManager:
         self._pidfd_thread = thread
 
     def _pidfd_loop(self, epoll: select.epoll, wake_r: int) -> None:
-        """Wait on every pidfd at once; the wake-up fd only ever means "stop"."""
+        """Wait on every pidfd at once; the wake-up fd only ever means "stop".
+
+        Nothing escapes it while the manager is open (see :meth:`_survive`):
+        one odd process, or a defect, must never stop the selector, or every
+        later death would go unseen.
+        """
         while not self._closed:
             try:
                 events = epoll.poll()
-            except OSError:  # closed under us by close() called from a callback
-                return
+            except BaseException as exc:
+                if self._is_closed():  # closed under us by close() called from a callback
+                    return
+                self._survive(exc, "pidfd selector")
+                continue
             for fd, _ in events:
                 if self._is_closed() or fd == wake_r:
                     return
                 try:
                     self._pidfd_ready(fd)
-                except Exception as exc:  # never let one odd process stop the selector
-                    report(exc, "pidfd selector")
+                except BaseException as exc:
+                    self._survive(exc, "pidfd selector")
 
     def _pidfd_ready(self, fd: int) -> None:
         with self._lock:
@@ -700,6 +744,9 @@ class MonitorManager:
         # This thread owns fd now: nobody else can find it to close it.
         try:
             down = down_from_pidfd(watch.agent, fd)  # type: ignore[arg-type]
+        except Exception as exc:  # the status is unreadable, but the process is gone
+            report(exc, f"reading the exit status of {watch.agent!r}", self)
+            down = Down("exit")
         finally:
             os.close(fd)
         watch.fire(down)

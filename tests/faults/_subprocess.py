@@ -1,0 +1,102 @@
+"""Run a fault scenario the way production runs: a plain interpreter, default hooks.
+
+Under pytest, ``sys.unraisablehook`` and ``threading.excepthook`` are pytest's;
+a scenario that only passes there proves nothing about ``python -m app``. So
+each scenario is a script run with ``sys.executable`` (no pytest, nothing
+installed on top of the interpreter's defaults unless the script does it),
+and the test asserts on what a user would see: the exit code, the scenario's
+own ``OK`` marker, the log lines, and no thread death in stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PRELUDE", "Result", "run_scenario"]
+
+_ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 90.0
+
+# Common to every scenario: log records go to stderr with the logger's name;
+# `wait_for` polls with a deadline (never a bare sleep as synchronisation).
+PRELUDE = """
+import logging, sys, threading, time
+logging.basicConfig(
+    level=logging.DEBUG, stream=sys.stderr,
+    format="LOG %(levelname)s %(name)s [%(threadName)s] %(message)s",
+)
+
+class ListenerBug(Exception):
+    pass
+
+def wait_for(predicate, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)  # sleep-ok: polling with a deadline
+
+def library_threads():
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("foundation"))
+"""
+
+# What a dead library thread, or the broken reporting shim, leaves in stderr.
+_DEATH_SIGNS = (
+    "Exception in thread",
+    "TypeError: sys.unraisablehook",
+    "Exception ignored in sys.unraisablehook",
+    "--- Logging error ---",
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the scenario process left behind."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def lines(self, marker: str) -> list[str]:
+        """Stdout lines starting with ``marker``."""
+        return [line for line in self.stdout.splitlines() if line.startswith(marker)]
+
+
+def run_scenario(
+    script: str, *, ok: str = "OK", timeout: float = TIMEOUT, allow: tuple[str, ...] = ()
+) -> Result:
+    """Run ``PRELUDE + script`` in a fresh interpreter and check it survived.
+
+    Asserts: exit code 0, ``ok`` printed on a line of its own, and no sign of
+    a dead thread or of a hook rejecting its argument in stderr (``allow``
+    names signs the scenario provokes on purpose). Returns the result.
+    """
+    code = PRELUDE + textwrap.dedent(script)
+    env = dict(os.environ)
+    env.pop("PYTHONWARNINGS", None)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_ROOT / "src"), str(_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=_ROOT,
+        env=env,
+        check=False,
+    )
+    result = Result(proc.returncode, proc.stdout, proc.stderr)
+    report = f"\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    for sign in _DEATH_SIGNS:
+        if sign in allow:
+            continue
+        assert sign not in proc.stderr, f"{sign!r} in the scenario's stderr{report}"
+    assert proc.returncode == 0, f"scenario exited with {proc.returncode}{report}"
+    assert ok in proc.stdout.splitlines(), f"scenario did not print {ok!r}{report}"
+    return result
