@@ -53,6 +53,43 @@ def main(argv: list[str]) -> int:
         url, namespace=namespace, indexed=("role",), lease_ttl=ttl, stream_maxlen=maxlen
     )
     stops: dict[Hashable, threading.Event] = {}
+    # Every event this node's listeners got, by (kind, reason): "events" reports them.
+    events: dict[str, int] = {}
+    event_log: list[list[Any]] = []
+    events_lock = threading.Lock()
+
+    def count(event: RegistryEvent) -> None:
+        key = event.entry.key
+        if isinstance(key, tuple) and key[:1] == ("churn",):
+            return  # the churn traffic replaces its own keys on purpose
+        with events_lock:
+            name = f"{event.kind}:{event.reason}" if event.reason else event.kind
+            events[name] = events.get(name, 0) + 1
+            if len(event_log) < 10_000:
+                event_log.append([event.kind, event.reason, json.dumps(key)])
+
+    reg.subscribe(count)
+    churn_stop = threading.Event()
+    churn_errors: list[str] = []
+
+    def churn() -> None:
+        # Writes on this node all along (a fault scenario's traffic): only
+        # Foundation errors are expected; anything else is recorded.
+        stop = threading.Event()
+        i = 0
+        while not churn_stop.is_set():
+            i += 1
+            key = ("churn", i % 20)
+            try:
+                reg.register(key, spawn_thread(stop.wait), {"i": i}, replace=True)
+                reg.update_metadata(key, {"i": -i})
+            except errors.FoundationError:
+                time.sleep(0.01)  # sleep-ok: pacing retries during an outage
+            except BaseException as exc:
+                churn_errors.append(repr(exc))
+                return
+        stop.set()
+
     _out({"ready": reg.node})
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -114,6 +151,22 @@ def main(argv: list[str]) -> int:
                         break
                     time.sleep(0.005)  # sleep-ok: polling with a deadline
                 _out({"ok": True, "keys": [json.dumps(c.key) for c in reg.conflicts()]})
+            elif op == "update":
+                reg.update_metadata(_key(cmd["key"]), cmd["meta"])
+                _out({"ok": True, "written": reg.status().written})
+            elif op == "events":
+                with events_lock:
+                    _out({"ok": True, "events": dict(events), "log": list(event_log)})
+            elif op == "threads":
+                names = [t.name for t in threading.enumerate() if reg.node in t.name]
+                _out({"ok": True, "threads": sorted(names)})
+            elif op == "churn":
+                churn_stop.clear()
+                threading.Thread(target=churn, name="node-churn", daemon=True).start()
+                _out({"ok": True})
+            elif op == "churn_stop":
+                churn_stop.set()
+                _out({"ok": True, "errors": churn_errors})
             elif op == "exit":
                 reg.close()
                 for stop in stops.values():

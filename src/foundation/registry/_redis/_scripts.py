@@ -13,6 +13,7 @@ key patterns such as ``~{ns}:*`` apply):
 ``P:ix:<attr>:<json>`` set  encoded keys whose ``attr`` is (or contains) the value
 ``P:owned:<node>`` set      encoded keys owned by a node (what its lease covers)
 ``P:leases`` sorted set     node -> lease deadline (ms, Redis server clock)
+``P:lastbeat`` string       server time (ms) of the last successful heartbeat of any node
 ``P:nodes``  hash           node -> JSON description (host, pid, started)
 ``P:ver``    string         change counter: every change record's version
 ``P:log``    stream         change records ``v, op, k, ...`` (``MAXLEN ~``)
@@ -21,11 +22,169 @@ key patterns such as ``~{ns}:*`` apply):
 
 Times come from the Redis server (``TIME``), so node clocks never matter.
 Metadata JSON is never decoded by Lua (its numbers are not Lua-safe).
+
+Each script's ARGV is built by one frozen dataclass below (``RegisterArgs``,
+...), whose fields are the ARGV entries in order; the Lua side names them in
+the same order at its top. ``KEYS`` is always ``[P:log]``.
+
+**The global-outage lease rule** (``heal``, run by ``HEARTBEAT`` and by a
+``REGISTER`` that meets another node's lease). ``P:lastbeat`` is the server
+time of the last successful heartbeat of *any* node. If more than
+``grace_ms`` passed since then, no node could renew its lease: Redis was
+read-only, frozen, out of memory, paused or unreachable for everyone, which
+says nothing about whether the nodes are alive. So before reaping, every
+lease deadline is pushed back by that gap (time during which nobody *could*
+heartbeat does not count against anybody). A node that is really dead is
+still reaped, ``gap`` later; a dead node while others heartbeat (no global
+gap) is reaped within ``lease_ttl`` plus one heartbeat, as before.
+
+**Failing cleanly.** A write rejected by an unhealthy server (``READONLY``,
+``OOM``) fails at the script's first write, before anything changed: the
+heartbeat's first write is ``SET P:lastbeat`` (a ``denyoom`` write), so a
+server out of memory can never let a heartbeat reap (deletes are allowed
+under OOM) without renewing anything.
 """
 
 from __future__ import annotations
 
-__all__ = ["HEARTBEAT", "REGISTER", "RELEASE", "SNAPSHOT", "UNREGISTER", "UPDATE"]
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "HEARTBEAT",
+    "REGISTER",
+    "RELEASE",
+    "SNAPSHOT",
+    "UNREGISTER",
+    "UPDATE",
+    "HeartbeatArgs",
+    "RegisterArgs",
+    "ReleaseArgs",
+    "SnapshotArgs",
+    "UnregisterArgs",
+    "UpdateArgs",
+]
+
+Arg = str | bytes | int
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterArgs:
+    """ARGV of ``REGISTER``, in field order.
+
+    ``mode``: ``"n"`` new (``AlreadyRegistered`` if a live agent holds the key),
+    ``"r"`` replace, ``"a"`` re-assert (this node's own registration, after its
+    lease was lost or Redis restarted). ``own_dead``: this node's previous agent
+    under the key is dead (so replacing it is a ``down``, not a ``replaced``).
+    ``writer``: the node whose API call this is (its tail skips the record), or
+    ``""`` (re-asserts: every mirror applies them). ``grace_ms``: see ``heal``.
+    """
+
+    maxlen: str
+    node: str
+    ek: str
+    head: str
+    meta: bytes
+    ix: str
+    mode: Literal["n", "r", "a"]
+    own_dead: bool
+    writer: str
+    grace_ms: int
+
+    def argv(self) -> list[Arg]:
+        return [
+            self.maxlen,
+            self.node,
+            self.ek,
+            self.head,
+            self.meta,
+            self.ix,
+            self.mode,
+            "1" if self.own_dead else "0",
+            self.writer,
+            self.grace_ms,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateArgs:
+    """ARGV of ``UPDATE``, in field order."""
+
+    maxlen: str
+    ek: str
+    meta: bytes
+    ix: str
+    writer: str
+
+    def argv(self) -> list[Arg]:
+        return [self.maxlen, self.ek, self.meta, self.ix, self.writer]
+
+
+@dataclass(frozen=True, slots=True)
+class UnregisterArgs:
+    """ARGV of ``UNREGISTER``, in field order.
+
+    ``why``: ``"unregistered"`` or ``"down"``; ``down_reason``, ``exit_code``,
+    ``signal``: the ``Down`` shipped to other nodes (``""`` when none);
+    ``expect_head``: delete only that registration (``""``: whatever holds the key).
+    """
+
+    maxlen: str
+    ek: str
+    why: str
+    down_reason: str
+    exit_code: str
+    signal: str
+    expect_head: str
+    writer: str
+
+    def argv(self) -> list[Arg]:
+        return [
+            self.maxlen,
+            self.ek,
+            self.why,
+            self.down_reason,
+            self.exit_code,
+            self.signal,
+            self.expect_head,
+            self.writer,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatArgs:
+    """ARGV of ``HEARTBEAT``, in field order (``info``: JSON describing the node)."""
+
+    maxlen: str
+    node: str
+    ttl_ms: int
+    info: str
+    grace_ms: int
+
+    def argv(self) -> list[Arg]:
+        return [self.maxlen, self.node, self.ttl_ms, self.info, self.grace_ms]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseArgs:
+    """ARGV of ``RELEASE``, in field order."""
+
+    maxlen: str
+    node: str
+
+    def argv(self) -> list[Arg]:
+        return [self.maxlen, self.node]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotArgs:
+    """ARGV of ``SNAPSHOT``, in field order."""
+
+    maxlen: str
+
+    def argv(self) -> list[Arg]:
+        return [self.maxlen]
+
 
 _PRELUDE = r"""
 -- KEYS[1] is the stream P:log (a real key of the namespace: cluster routing
@@ -80,6 +239,21 @@ local function put(ek, node, head, meta, ix)
   return log('op', 'r', 'k', ek, 'h', head, 'm', meta)
 end
 
+-- Replace the metadata (and index sets) of an existing entry; logs a 'u' record.
+local function set_meta(ek, meta, ix)
+  local old = redis.call('HGET', P .. ':ix', ek)
+  if old then
+    for _, name in ipairs(cjson.decode(old)) do redis.call('SREM', name, ek) end
+    redis.call('HDEL', P .. ':ix', ek)
+  end
+  if ix ~= '' then
+    redis.call('HSET', P .. ':ix', ek, ix)
+    for _, name in ipairs(cjson.decode(ix)) do redis.call('SADD', name, ek) end
+  end
+  redis.call('HSET', P .. ':meta', ek, meta)
+  return log('op', 'u', 'k', ek, 'm', meta)
+end
+
 -- Remove every entry of every node whose lease deadline has passed.
 local function reap(now)
   local dead = redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', '(' .. now)
@@ -98,14 +272,31 @@ local function reap(now)
   end
   return n
 end
+
+-- The global-outage rule (see the module docstring): if no node renewed its
+-- lease for more than grace ms, push every deadline back by that gap before
+-- anyone reaps. Returns the gap applied (0: none).
+local function heal(now, grace)
+  local last = tonumber(redis.call('GET', P .. ':lastbeat') or '')
+  if not last or now - last <= grace then return 0 end
+  local gap = now - last
+  local all = redis.call('ZRANGE', P .. ':leases', 0, -1, 'WITHSCORES')
+  -- First write of the script: on an unhealthy server it fails here, cleanly.
+  redis.call('SET', P .. ':lastbeat', now)
+  for i = 1, #all, 2 do
+    redis.call('ZADD', P .. ':leases', tonumber(all[i + 1]) + gap, all[i])
+  end
+  return gap
+end
 """
 
 REGISTER = (
     _PRELUDE
     + r"""
--- ARGV: maxlen, node, ek, head, meta, ix, mode ('n' new, 'r' replace, 'a' reassert),
---       own_dead, writer
-local node, ek, head, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[7]
+-- ARGV (RegisterArgs): maxlen, node, ek, head, meta, ix, mode ('n' new,
+--   'r' replace, 'a' reassert), own_dead, writer, grace_ms
+local node, ek, head, meta, ix = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local mode, own_dead_arg, grace = ARGV[7], ARGV[8], tonumber(ARGV[10])
 W = ARGV[9]
 -- Our lease must exist (an expired one not yet reaped still counts: the next
 -- heartbeat finds it gone and re-asserts). TIME is read only on a conflict.
@@ -115,10 +306,17 @@ local owner = redis.call('HGET', P .. ':owner', ek)
 if owner then
   local now = now_ms()
   if mode == 'a' and owner == node and redis.call('HGET', P .. ':head', ek) == head then
-    return {'SAME'}
+    -- Our registration is still there. If its metadata is older than ours (a
+    -- write Redis lost, say in a failover), bring it up to date: an update, not
+    -- a new registration (no other node must see a replacement).
+    if redis.call('HGET', P .. ':meta', ek) == meta then return {'SAME'} end
+    return {'UPDATED', set_meta(ek, meta, ix)}
   end
+  -- Never take a key from a node that only looks dead because nobody could
+  -- renew a lease (a global outage): heal before judging its lease.
+  if owner ~= node then heal(now, grace) end
   if lease_ok(owner, now) then
-    local own_dead = owner == node and ARGV[8] == '1'
+    local own_dead = owner == node and own_dead_arg == '1'
     if own_dead then
       why = 'down'
     elseif mode == 'r' or (mode == 'a' and owner == node) then
@@ -133,7 +331,7 @@ if owner then
   end
   first = drop(ek, owner, why, dr, '', '')
 end
-local v = put(ek, node, head, ARGV[5], ARGV[6])
+local v = put(ek, node, head, meta, ix)
 return {'OK', v, first, why, dr}
 """
 )
@@ -141,23 +339,13 @@ return {'OK', v, first, why, dr}
 UPDATE = (
     _PRELUDE
     + r"""
--- ARGV: maxlen, ek, meta, ix, writer.  Returns the entry's owner and head too, so
--- the writer can apply the update even if its mirror has not seen the entry yet.
-local ek, ix = ARGV[2], ARGV[4]
+-- ARGV (UpdateArgs): maxlen, ek, meta, ix, writer.  Returns the entry's owner and
+-- head too, so the writer can apply the update even if its mirror has not seen it.
+local ek, meta, ix = ARGV[2], ARGV[3], ARGV[4]
 W = ARGV[5]
 local owner = redis.call('HGET', P .. ':owner', ek)
 if not owner then return {'NOTREG'} end
-local old = redis.call('HGET', P .. ':ix', ek)
-if old then
-  for _, name in ipairs(cjson.decode(old)) do redis.call('SREM', name, ek) end
-  redis.call('HDEL', P .. ':ix', ek)
-end
-if ix ~= '' then
-  redis.call('HSET', P .. ':ix', ek, ix)
-  for _, name in ipairs(cjson.decode(ix)) do redis.call('SADD', name, ek) end
-end
-redis.call('HSET', P .. ':meta', ek, ARGV[3])
-local v = log('op', 'u', 'k', ek, 'm', ARGV[3])
+local v = set_meta(ek, meta, ix)
 return {'OK', v, owner, redis.call('HGET', P .. ':head', ek)}
 """
 )
@@ -165,36 +353,42 @@ return {'OK', v, owner, redis.call('HGET', P .. ':head', ek)}
 UNREGISTER = (
     _PRELUDE
     + r"""
--- ARGV: maxlen, ek, why, dr, dc, ds, expect_head ('' = any), writer
-local ek = ARGV[2]
+-- ARGV (UnregisterArgs): maxlen, ek, why, down_reason, exit_code, signal,
+--   expect_head ('' = any), writer
+local ek, why, dr, dc, ds, expect = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 W = ARGV[8]
 local owner = redis.call('HGET', P .. ':owner', ek)
 if not owner then return 0 end
-if ARGV[7] ~= '' and redis.call('HGET', P .. ':head', ek) ~= ARGV[7] then return 0 end
-return drop(ek, owner, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+if expect ~= '' and redis.call('HGET', P .. ':head', ek) ~= expect then return 0 end
+return drop(ek, owner, why, dr, dc, ds)
 """
 )
 
 HEARTBEAT = (
     _PRELUDE
     + r"""
--- ARGV: maxlen, node, ttl_ms, info.  Reaps first: a lease that expired (the node
--- was frozen or cut off) is gone, and the caller learns it from `had`.
-local node = ARGV[2]
+-- ARGV (HeartbeatArgs): maxlen, node, ttl_ms, info, grace_ms.  Heals (the
+-- global-outage rule), then reaps: a lease that expired (the node was frozen or
+-- cut off while others heartbeated) is gone, and the caller learns it from `had`.
+local node, ttl, info, grace = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local now = now_ms()
+local gap = heal(now, grace)
+-- The first write (denyoom): READONLY or OOM fail the script here, before any
+-- reap. Only a successful heartbeat moves P:lastbeat.
+redis.call('SET', P .. ':lastbeat', now)
 local reaped = reap(now)
 local had = redis.call('ZSCORE', P .. ':leases', node)
-redis.call('ZADD', P .. ':leases', now + tonumber(ARGV[3]), node)
-redis.call('HSET', P .. ':nodes', node, ARGV[4])
+redis.call('ZADD', P .. ':leases', now + ttl, node)
+redis.call('HSET', P .. ':nodes', node, info)
 if had then had = 1 else had = 0 end
-return {had, reaped, now}
+return {had, reaped, now, gap}
 """
 )
 
 RELEASE = (
     _PRELUDE
     + r"""
--- ARGV: maxlen, node.  A node leaving takes its registrations with it.
+-- ARGV (ReleaseArgs): maxlen, node.  A node leaving takes its registrations with it.
 local node = ARGV[2]
 local owned = P .. ':owned:' .. node
 local n = 0
@@ -214,8 +408,8 @@ return n
 SNAPSHOT = (
     _PRELUDE
     + r"""
--- Everything a mirror needs, atomically: the version and stream id it is
--- current as of, and every entry.
+-- ARGV (SnapshotArgs): maxlen (unused).  Everything a mirror needs, atomically:
+-- the version and stream id it is current as of, and every entry.
 local ver = redis.call('GET', P .. ':ver') or '0'
 local last = redis.call('XREVRANGE', P .. ':log', '+', '-', 'COUNT', 1)
 local lastid = '0-0'

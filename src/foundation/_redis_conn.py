@@ -1,0 +1,351 @@
+"""The one Redis connection layer of Foundation (``RedisRegistry`` and ``RedisFlagStore``).
+
+What every Redis-backed class shares, so both answer a fault identically:
+
+- :func:`import_redis`: the optional ``redis`` extra, imported lazily (importing
+  Foundation never needs it); ``ImportError`` naming ``foundation[redis]``.
+- :func:`check_url` / :func:`redact_url`: URL validation (``InvalidConfig``)
+  and the form used in messages and logs (password replaced by ``***``).
+- :func:`connect`: a client with bounded timeouts and no hidden retries,
+  validated by ``PING`` (which also ``SELECT``\\ s the database).
+- :func:`translate_error` / :func:`translated`: every redis-py failure becomes
+  ``errors.BackendUnavailable`` (connection refused or reset, timeouts, protocol
+  errors, and the error replies of an unhealthy server: ``READONLY``,
+  ``LOADING``, ``MASTERDOWN``, ``BUSY``, ``OOM``, ``TRYAGAIN``,
+  ``CLUSTERDOWN``, auth failures, any other error reply), except a
+  configuration mistake (``DB index is out of range``), which is
+  ``errors.InvalidConfig``. No redis-py exception leaves a public call.
+- :class:`Backoff`: the retry policy of background loops (full-jitter
+  exponential backoff, base 0.05 s, cap 2 s).
+
+``NOSCRIPT`` needs no mapping: redis-py's ``Script`` objects reload a script the
+server does not know (after a restart or ``SCRIPT FLUSH``) and retry once, and a
+pipeline loads its scripts before every ``execute`` (``tests/redis/test_conn.py``
+checks both after a server restart).
+
+Example:
+    >>> redact_url("redis://app:s3cret@cache:6379/0")
+    'redis://app:***@cache:6379/0'
+    >>> check_url("redis://cache:6379/x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidConfig: invalid Redis URL ...: the database must be a number ...
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from foundation.errors import BackendUnavailable, FoundationError, InvalidConfig
+
+__all__ = [
+    "REDIS_ERROR_KINDS",
+    "Backoff",
+    "check_url",
+    "connect",
+    "error_kind",
+    "import_redis",
+    "redact_url",
+    "redis_errors",
+    "translate_error",
+    "translated",
+]
+
+log = logging.getLogger("foundation.redis")
+
+INSTALL_HINT: Final = (
+    "Foundation's Redis backends need the redis extra: pip install 'foundation[redis]'"
+)
+
+_SCHEMES: Final = ("redis", "rediss", "unix")
+
+REDIS_ERROR_KINDS: Final[Mapping[str, str]] = {
+    # error-reply code (the first word of the reply) -> what it means for us
+    "READONLY": "the server is a read-only replica (a failover demoted it?)",
+    "LOADING": "the server is loading its dataset into memory",
+    "MASTERDOWN": "the replica lost its link to the master",
+    "BUSY": "the server is busy running a script or function",
+    "OOM": "the server is out of memory (maxmemory reached, noeviction)",
+    "TRYAGAIN": "the cluster is resharding; try again",
+    "CLUSTERDOWN": "the cluster is down",
+    "NOAUTH": "the server requires a password",
+    "WRONGPASS": "the server refused the credentials",
+    "NOPERM": "the ACL user lacks a permission",
+    "NOSCRIPT": "the server does not know the script (it restarted)",
+    "EXECABORT": "a transaction was aborted",
+    "UNBLOCKED": "a blocking read was cut off (the server changed role, master -> replica?)",
+}
+"""Error-reply codes of an unhealthy (not misconfigured) server and what they mean.
+
+Each is ``BackendUnavailable``; so is any other error reply (``"response"``)."""
+
+_DB_RANGE = "DB index is out of range"
+
+
+def import_redis() -> ModuleType:
+    """The ``redis`` module; ``ImportError`` naming ``foundation[redis]`` if missing."""
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - the extra is installed in dev
+        raise ImportError(INSTALL_HINT) from exc
+    return redis
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs).
+
+    >>> redact_url("rediss://:pw@h:1/2")
+    'rediss://:***@h:1/2'
+    >>> redact_url("redis://h:1/0")
+    'redis://h:1/0'
+    """
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return urlunsplit(parts._replace(netloc=user + netloc))
+    except ValueError:
+        return "<unparsable url>"
+
+
+def check_url(url: str) -> None:
+    """Raise ``InvalidConfig`` unless ``url`` is a usable redis-py URL.
+
+    Accepted: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS)
+    and ``unix:///path/to/socket[?db=N]``; ``db`` is a non-negative integer.
+    Whether the server has that database is known only by connecting
+    (:func:`connect`).
+
+    >>> check_url("unix:///run/redis.sock?db=1")
+    >>> check_url("http://cache:6379")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidConfig: invalid Redis URL ...: the scheme must be redis://, ...
+    """
+    if not isinstance(url, str) or not url:
+        raise InvalidConfig(f"a Redis URL must be a non-empty str, not {url!r}")
+    shown = redact_url(url)
+
+    def bad(why: str) -> InvalidConfig:
+        return InvalidConfig(f"invalid Redis URL {shown!r}: {why}")
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    # redis-py matches the scheme case-sensitively.
+    if parts.scheme not in _SCHEMES or not url.startswith(parts.scheme + "://"):
+        raise bad("the scheme must be redis://, rediss:// or unix://")
+    if any(ch.isspace() for ch in url):
+        raise bad("it contains whitespace")
+    query = parse_qs(parts.query)
+    dbs = query.get("db", [])
+    for db in dbs:
+        if not db.isdigit():
+            raise bad("the database must be a number (?db=0)")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise bad("a unix:// URL needs the socket path (unix:///path/to/socket)")
+        return
+    if port == 0:
+        raise bad("port 0 is not a port")
+    path = parts.path
+    if path not in ("", "/") and not dbs:
+        db = path[1:]
+        if not db.isdigit():
+            raise bad("the database must be a number (redis://host:port/0)")
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """The exception types :func:`translated` turns into Foundation errors."""
+    redis = import_redis()
+    return (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short name for the failure: an error-reply code of ``REDIS_ERROR_KINDS``
+    (``"READONLY"``, ``"OOM"``, ...), ``"DBRANGE"``, ``"connection"``, ``"timeout"``,
+    ``"protocol"``, ``"auth"``, ``"response"`` or ``"other"``."""
+    redis = import_redis()
+    ex = redis.exceptions
+    text = str(exc)
+    if _DB_RANGE in text:
+        return "DBRANGE"
+    code = text.split(" ", 1)[0] if text else ""
+    if isinstance(exc, ex.ResponseError | ex.BusyLoadingError) and code in REDIS_ERROR_KINDS:
+        return code
+    if isinstance(exc, ex.ResponseError):
+        # A script's error reply wraps the command's ("ERR ... script: ... READONLY ...").
+        for known in REDIS_ERROR_KINDS:
+            if f"-{known} " in text or f" {known} " in text or text.startswith(known):
+                return known
+    specific: tuple[tuple[type[BaseException], str], ...] = (
+        (ex.BusyLoadingError, "LOADING"),
+        (ex.ReadOnlyError, "READONLY"),
+        (ex.OutOfMemoryError, "OOM"),
+        (ex.MasterDownError, "MASTERDOWN"),
+        (ex.TryAgainError, "TRYAGAIN"),
+        (ex.ClusterDownError, "CLUSTERDOWN"),
+        (ex.NoScriptError, "NOSCRIPT"),
+        (ex.NoPermissionError, "NOPERM"),
+        (ex.AuthenticationError, "auth"),
+        (ex.AuthorizationError, "auth"),
+        (ex.AuthenticationWrongNumberOfArgsError, "auth"),
+        (ex.TimeoutError, "timeout"),
+        (ex.InvalidResponse, "protocol"),
+        (ex.ResponseError, "response"),
+    )
+    for cls, kind in specific:
+        if isinstance(exc, cls):
+            return kind
+    if isinstance(exc, ex.ConnectionError) and "protocol error" in text.lower():
+        return "protocol"
+    if isinstance(exc, ex.ConnectionError | OSError):
+        return "connection"
+    return "other"
+
+
+def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationError:
+    """The Foundation error for a redis-py failure ``exc`` met while ``doing``.
+
+    ``url`` must already be redacted. ``InvalidConfig`` for a database index the
+    server does not have; ``BackendUnavailable`` for everything else.
+
+    >>> import redis
+    >>> err = redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+    >>> print(translate_error(err, url="redis://h:1/0", doing="registering 'a'"))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    Redis at redis://h:1/0 failed while registering 'a': READONLY, the server is a
+    read-only replica (a failover demoted it?): You can't write against a read only replica.
+    """
+    kind = error_kind(exc)
+    if kind == "DBRANGE":
+        return InvalidConfig(
+            f"Redis at {url}: the database index is out of range for this server "
+            f"({exc}); check the /db part of the URL"
+        )
+    detail = str(exc) or type(exc).__name__
+    if kind in REDIS_ERROR_KINDS:
+        why = f"{kind}, {REDIS_ERROR_KINDS[kind]}: {detail}"
+    elif kind == "auth":
+        why = f"the server refused the credentials (check the URL's user and password): {detail}"
+    elif kind == "timeout":
+        why = f"no answer in time: {detail}"
+    elif kind == "protocol":
+        why = f"the server does not speak the Redis protocol (is this a Redis port?): {detail}"
+    elif kind == "connection":
+        why = f"unreachable: {detail}"
+    else:
+        why = f"{type(exc).__name__}: {detail}"
+    return BackendUnavailable(f"Redis at {url} failed while {doing}: {why}")
+
+
+@contextmanager
+def translated(url: str, doing: str) -> Iterator[None]:
+    """Run a block of Redis calls; a redis-py (or socket) failure is re-raised as
+    ``translate_error(exc, url=url, doing=doing)`` from it. ``url`` is redacted."""
+    try:
+        yield
+    except FoundationError:
+        raise
+    except redis_errors() as exc:
+        raise translate_error(exc, url=url, doing=doing) from exc
+
+
+def connect(
+    url: str,
+    *,
+    op_timeout: float,
+    connect_timeout: float | None = None,
+    name: str | None = None,
+    decode_responses: bool = False,
+) -> Any:
+    """A ``redis.Redis`` for ``url``, validated by ``PING`` (and ``SELECT`` of the db).
+
+    Every call is bounded by ``op_timeout`` seconds (connecting by
+    ``connect_timeout``, default ``op_timeout``); redis-py's own retries are off
+    (the caller's loops retry with :class:`Backoff`). ``name`` is the
+    ``CLIENT SETNAME`` shown by ``CLIENT LIST``.
+
+    Raises:
+        ImportError: the ``redis`` extra is missing.
+        InvalidConfig: a malformed URL, or a database index the server does not have.
+        BackendUnavailable: any other failure (unreachable, not Redis, refused login,
+            an unhealthy server's error reply).
+    """
+    check_url(url)
+    if not op_timeout > 0:
+        raise InvalidConfig("op_timeout must be a positive number of seconds")
+    redis = import_redis()
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    shown = redact_url(url)
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=op_timeout,
+            socket_connect_timeout=op_timeout if connect_timeout is None else connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            client_name=name,
+            decode_responses=decode_responses,
+        )
+    except (ValueError, TypeError) as exc:
+        raise InvalidConfig(f"invalid Redis URL {shown!r}: {exc}") from None
+    except redis_errors() as exc:  # pragma: no cover - from_url does no I/O today
+        raise translate_error(exc, url=shown, doing="connecting") from exc
+    try:
+        with translated(shown, "connecting"):
+            client.ping()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+class Backoff:
+    """Full-jitter exponential backoff: the n-th :meth:`next` is uniform in
+    ``[0, min(cap, base * 2**n)]``; :meth:`reset` after a success.
+
+    >>> b = Backoff(base=0.05, cap=2.0)
+    >>> all(0 <= b.next() <= 2.0 for _ in range(20))
+    True
+    """
+
+    __slots__ = ("_attempt", "_rng", "base", "cap")
+
+    def __init__(self, base: float = 0.05, cap: float = 2.0, *, rng: random.Random | None = None):
+        if not 0 < base <= cap:
+            raise ValueError("Backoff needs 0 < base <= cap")
+        self.base = base
+        self.cap = cap
+        self._attempt = 0
+        self._rng = rng or random.Random()
+
+    @property
+    def attempt(self) -> int:
+        """Failures since the last reset."""
+        return self._attempt
+
+    def ceiling(self) -> float:
+        """The upper bound of the next delay."""
+        return min(self.cap, self.base * 2.0 ** min(self._attempt, 32))
+
+    def next(self) -> float:
+        """The next delay in seconds (and count one more failure)."""
+        delay = float(self._rng.uniform(0.0, self.ceiling()))
+        self._attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        """Start again from ``base`` (after a success)."""
+        self._attempt = 0

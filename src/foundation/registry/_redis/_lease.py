@@ -1,0 +1,276 @@
+"""The lease of one ``RedisRegistry`` node: heartbeat, reaping, recovery, deletes.
+
+One thread renews this node's lease every ``heartbeat`` seconds (the script
+also reaps expired leases, after applying the global-outage rule of
+``_scripts``), deletes in Redis the entries of local agents that died, and
+runs the recovery whenever the link needs one:
+
+1. heartbeat (learns whether our lease survived; renews it);
+2. re-assert every live local registration with its *current* metadata, in
+   one pipelined round trip (mode ``"a"``: a no-op for those Redis still has
+   unchanged; a key another node took meanwhile is a :class:`Conflict`);
+3. resynchronise the mirror from a snapshot (``Tail.resync``).
+
+Failures are retried with full-jitter backoff capped below the heartbeat
+interval (so a node that recovers late is never reaped for it). The loop body
+never lets an exception out: an unexpected one is logged with its traceback
+and the loop carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from foundation import _redis_conn
+from foundation.errors import BackendUnavailable, FoundationError
+from foundation.liveness import Monitor, is_alive
+from foundation.registry._redis._scripts import (
+    HeartbeatArgs,
+    RegisterArgs,
+    UnregisterArgs,
+)
+from foundation.registry._redis._shared import Job, Shared, down_fields, s
+from foundation.registry._redis._state import log
+from foundation.registry._redis._tail import Tail
+
+__all__ = ["Conflict", "Lease"]
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A registration this node could not re-assert after losing its lease.
+
+    While this node was cut off (frozen, partitioned, or Redis restarted), its
+    lease expired and ``holder`` registered ``key``. The holder keeps it; this
+    node's ``agent`` stays alive but is no longer registered (local listeners
+    got an ``unregistered`` event with reason ``"replaced"``).
+    """
+
+    key: Hashable
+    agent: Any
+    holder: str
+    at: float
+
+
+class Lease:
+    """Heartbeat, recovery and background deletes of one node."""
+
+    def __init__(self, shared: Shared, tail: Tail) -> None:
+        self._sh = shared
+        self._tail = tail
+        self._retry: list[Job] = []
+        self._info = json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        )
+        self.thread = threading.Thread(
+            target=self._loop, name=f"foundation-redis-lease[{shared.node}]", daemon=True
+        )
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def heartbeat(self) -> bool:
+        """Renew our lease (reaping expired ones); False if our lease had been lost."""
+        sh = self._sh
+        args = HeartbeatArgs(sh.maxlen, sh.node, int(sh.ttl * 1000), self._info, sh.grace_ms)
+        reply = sh.script("heartbeat", args, "renewing the lease")
+        sh.last_beat_ok = time.monotonic()
+        gap = int(reply[3]) if len(reply) > 3 else 0
+        if gap:
+            sh.lease_extensions += 1
+            log.warning(
+                "node %s: no node renewed its lease for %d ms (a global outage, not "
+                "dead nodes): every lease deadline was extended by that gap before reaping",
+                sh.node,
+                gap,
+            )
+        return bool(int(reply[0]))
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover_locked(self) -> None:
+        """Heartbeat, re-assert, resync (holding wlock). CONNECTED on success,
+        unless a new fault was reported meanwhile."""
+        sh = self._sh
+        epoch = sh.link.epoch
+        had = self.heartbeat()
+        if not had and sh.own:
+            sh.link.lease_lost("the heartbeat found our lease gone")
+            epoch = sh.link.epoch  # this recovery handles it
+        lost = self._reassert()
+        self._tail.resync()
+        if lost:
+            # Reported only now that the mirror shows who holds those keys.
+            with sh.mlock:
+                sh.conflicts.extend(lost)
+        if sh.link.recovered(epoch, "lease renewed, registrations re-asserted, mirror in sync"):
+            sh.poke_tail()
+
+    def _reassert(self) -> list[Conflict]:
+        """Write back every live local registration Redis lacks (with its current
+        metadata); returns the keys another node took meanwhile (it keeps them)."""
+        sh = self._sh
+        with sh.mlock:
+            owns = [(k, o) for k, o in sh.own.items() if not o.pending and is_alive(o.agent)]
+        conflicts: list[Conflict] = []
+        if not owns:
+            return conflicts
+        pipe = sh.client.pipeline(transaction=False)
+        for _, own in owns:
+            args = RegisterArgs(
+                sh.maxlen, sh.node, own.ek, own.head, own.meta, own.ix, "a", False, "", sh.grace_ms
+            )
+            sh.script("register", args, "re-asserting", client=pipe)
+        results = sh.call("re-asserting our registrations", pipe.execute, raise_on_error=False)
+        released: list[Monitor] = []
+        written = 0
+        failure: FoundationError | None = None
+        for (key, own), reply in zip(owns, results, strict=True):
+            if isinstance(reply, Exception):
+                failure = failure or sh.reply_error(reply, f"re-asserting {key!r}")
+                continue
+            status = reply[0]
+            if status in (b"OK", b"UPDATED"):
+                written += 1  # written back, or its metadata brought up to date
+            elif status == b"EXISTS":
+                # Another node took the key while our lease was lost: it keeps it.
+                with sh.mlock:
+                    if sh.own.get(key) is own:
+                        del sh.own[key]
+                        conflicts.append(Conflict(key, own.agent, s(reply[1]), time.time()))
+                        if own.monitor is not None:
+                            released.append(own.monitor)
+            elif status == b"NOLEASE":
+                failure = failure or BackendUnavailable(
+                    f"Redis at {sh.url} dropped our lease while re-asserting"
+                )
+        for mon in released:
+            mon.demonitor()
+        if written:
+            sh.reasserts += 1
+            sh.reasserted += written
+            log.info("node %s re-asserted %d registration(s)", sh.node, written)
+        if conflicts:
+            log.warning(
+                "node %s lost %d key(s) to other nodes while its lease was lost: %s",
+                sh.node,
+                len(conflicts),
+                ", ".join(repr(c.key) for c in conflicts[:10]),
+            )
+        if failure is not None:
+            # Keep the conflicts found so far (their owns are gone): report them.
+            with sh.mlock:
+                sh.conflicts.extend(conflicts)
+            raise failure
+        return conflicts
+
+    # ------------------------------------------------------------------ deletes
+
+    def flush_pending_down(self, key: Hashable) -> None:
+        """Delete in Redis the entry of a local agent that died (holding wlock)."""
+        sh = self._sh
+        with sh.mlock:
+            pending = sh.pending_downs.pop(key, None)
+        if pending is None:
+            return
+        ek, head, down = pending
+        dr, dc, ds = down_fields(down)
+        args = UnregisterArgs(sh.maxlen, ek, "down", dr, dc, ds, head, sh.node)
+        try:
+            v = int(sh.script("unregister", args, f"deleting the dead agent of {key!r}"))
+        except FoundationError:
+            with sh.mlock:
+                sh.pending_downs.setdefault(key, pending)
+            raise
+        if v:
+            with sh.mlock:
+                m = sh.mirror
+                if m.is_newer(key, v) and key not in sh.own:
+                    m.remove(key, v)
+
+    def _delete_orphan(self, key: Hashable, ek: str, head: str) -> None:
+        """Delete an entry of this node that no live local registration backs."""
+        sh = self._sh
+        with sh.mlock:
+            if (own := sh.own.get(key)) is not None and own.head == head:
+                return  # it is ours after all (registered meanwhile)
+        args = UnregisterArgs(sh.maxlen, ek, "down", "noproc", "", "", head, "")
+        sh.script("unregister", args, f"deleting an orphan entry {key!r}")
+
+    def _run_job(self, job: Job) -> None:
+        kind, arg = job
+        try:
+            with self._sh.writing(public=False):
+                if kind == "down":
+                    self.flush_pending_down(arg)
+                elif kind == "orphan":
+                    self._delete_orphan(*arg)
+        except FoundationError:
+            self._retry.append(job)
+
+    def _run_retries(self) -> None:
+        retry, self._retry = self._retry, []
+        for job in retry:
+            self._run_job(job)
+
+    # ------------------------------------------------------------------ the thread
+
+    def _loop(self) -> None:
+        sh = self._sh
+        # Capped below the heartbeat interval: after a global outage every node
+        # must renew its (extended) lease well before it runs out.
+        backoff = _redis_conn.Backoff(base=min(0.05, sh.beat / 4), cap=min(2.0, sh.beat))
+        next_beat = time.monotonic() + sh.beat
+        retry_at = 0.0
+        while not sh.stop.is_set():
+            try:
+                due = retry_at if sh.link.needs_recovery() else next_beat
+                try:
+                    job = sh.jobs.get(timeout=max(0.0, due - time.monotonic()))
+                except queue.Empty:
+                    job = None
+                if sh.stop.is_set():
+                    return
+                if job is not None and job[0] != "wake":
+                    self._run_job(job)
+                if time.monotonic() < (retry_at if sh.link.needs_recovery() else next_beat):
+                    continue
+                if sh.link.needs_recovery():
+                    try:
+                        with sh.writing(public=False):
+                            self.recover_locked()
+                    except FoundationError:
+                        retry_at = time.monotonic() + backoff.next()
+                        continue
+                    next_beat = time.monotonic() + sh.beat
+                    if sh.link.needs_recovery():
+                        # A new fault was reported during the recovery: again, soon.
+                        retry_at = time.monotonic() + backoff.next()
+                        continue
+                    backoff.reset()
+                    self._run_retries()
+                    continue
+                next_beat = time.monotonic() + sh.beat
+                try:
+                    if not self.heartbeat() and sh.own:
+                        # Our lease was gone: reaped while we were frozen or cut
+                        # off, or Redis restarted empty. Recover at once.
+                        sh.link.lease_lost("the heartbeat found our lease gone")
+                        retry_at = 0.0
+                        continue
+                except FoundationError:
+                    retry_at = time.monotonic() + backoff.next()
+                    continue
+                backoff.reset()
+                self._run_retries()
+            except Exception:
+                log.exception("lease thread of node %s: unexpected error (carrying on)", sh.node)
+                if sh.stop.wait(backoff.next()):
+                    return

@@ -1,0 +1,285 @@
+"""State shared by the parts of one ``RedisRegistry`` node (facade, lease, tail).
+
+Locks (always taken in this order, never the other way round):
+
+- ``wlock`` (an ``RLock``) serialises this node's writes and its recovery:
+  register, update, unregister, the lease thread's deletes and the whole
+  heartbeat-reassert-resync procedure. Bounded: a writer waits at most a few
+  ``op_timeout`` for it, then reports ``BackendUnavailable``.
+- ``mlock`` guards the mirror, ``own``, ``pending_downs``, the tail position
+  and the listener tuple. Never held across a Redis call or a listener.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final
+
+from foundation import _redis_conn
+from foundation._unraisable import report_unraisable
+from foundation.errors import BackendUnavailable, FoundationError, InvalidMetadata
+from foundation.liveness import Down, Monitor, MonitorManager
+from foundation.registry._redis._codec import RemoteAgent, index_names
+from foundation.registry._redis._mirror import Mirror
+from foundation.registry._redis._state import Link, log
+from foundation.registry._types import Entry, Listener, RegistryEvent, UnregisterReason
+from foundation.registry._validation import metadata_from_json
+
+__all__ = ["TAIL_BLOCK_MS", "Job", "Own", "Shared", "down_fields", "s"]
+
+TAIL_BLOCK_MS: Final = 5000
+
+Job = tuple[str, Any]
+"""Work for the lease thread: ``("down", key)``, ``("orphan", (key, ek, head))``,
+``("wake", None)``."""
+
+
+class Own:
+    """A registration made by this node (its agent is a live local handle).
+
+    ``pending`` while its ``register`` call has not finished: a recovery run
+    inline by that call must not re-assert it (the call writes it itself).
+    """
+
+    __slots__ = ("agent", "ek", "head", "ix", "meta", "monitor", "pending")
+
+    def __init__(self, agent: Any, ek: str, head: str, meta: bytes, ix: str) -> None:
+        self.agent = agent
+        self.ek = ek
+        self.head = head
+        self.meta = meta
+        self.ix = ix
+        self.monitor: Monitor | None = None
+        self.pending = True
+
+
+def down_fields(down: Down | None) -> tuple[str, str, str]:
+    """``Down`` as the (reason, exit_code, signal) strings of a change record."""
+    if down is None:
+        return ("", "", "")
+    return (
+        down.reason,
+        "" if down.exit_code is None else str(down.exit_code),
+        "" if down.signal is None else str(down.signal),
+    )
+
+
+def _down_from(dr: str, dc: str, ds: str) -> Down:
+    return Down(
+        dr or "noproc",  # type: ignore[arg-type]
+        exit_code=int(dc) if dc else None,
+        signal=int(ds) if ds else None,
+    )
+
+
+def _report_listener_error(exc: Exception, listener: Listener, event: RegistryEvent) -> None:
+    """Report a listener's exception the way every backend does; if reporting
+    itself fails, log the listener's error here (a thread never dies of it)."""
+    try:
+        report_unraisable(exc, "RedisRegistry listener", listener, area="registry.redis")
+    except Exception:
+        log.error(
+            "RedisRegistry listener %r raised on a %s event for %r (ignored)",
+            listener,
+            event.kind,
+            event.entry.key,
+            exc_info=exc,
+        )
+
+
+def s(value: Any) -> str:
+    """A reply value as ``str``."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Shared:
+    """Everything the facade, the lease and the tail of one node share."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        node: str,
+        namespace: str,
+        indexed: frozenset[str],
+        ttl: float,
+        beat: float,
+        op_timeout: float,
+        maxlen: int,
+        manager: MonitorManager,
+    ) -> None:
+        self.url = _redis_conn.redact_url(url)
+        self.node = node
+        self.node_b = node.encode()
+        self.node_json = json.dumps(node)
+        self.indexed = indexed
+        self.ttl = ttl
+        self.beat = beat
+        # A gap longer than this since the last heartbeat of ANY node is a global
+        # outage (see _scripts "the global-outage lease rule").
+        self.grace_ms = int(min(beat * 1.5, ttl / 2) * 1000)
+        self.op_timeout = op_timeout
+        self.maxlen = str(int(maxlen))
+        self.prefix = "{" + namespace + "}"
+        self.k_log = self.prefix + ":log"
+        self.k_wake = f"{self.prefix}:wake:{node}"
+        self.k_wake_b = self.k_wake.encode()
+        self.keys = [self.k_log]  # KEYS[1] of every script (see _scripts)
+        self.manager = manager
+
+        self.mirror = Mirror(indexed)
+        # The hot read path: ``lookup`` is a single get on this dict.
+        self.entries = self.mirror.entries
+        self.mlock = threading.Lock()
+        self.wlock = threading.RLock()
+        self.own: dict[Hashable, Own] = {}
+        self.pending_downs: dict[Hashable, tuple[str, str, Down]] = {}
+        self.listeners: tuple[Listener, ...] = ()
+        self.conflicts: list[Any] = []
+        self.closed = False
+        self.stop = threading.Event()
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.link = Link(node, wake=self.wake_lease)
+        # Tail position (guarded by mlock): last version / stream ids applied, and
+        # a generation bumped by every resync so an in-flight tail batch is dropped.
+        self.tail_v = 0
+        self.sid: bytes | str = "0-0"
+        self.wake_id: bytes | str = "0-0"
+        self.gen = 0
+        self.applied = threading.Condition(self.mlock)  # notified as the tail advances
+        self.written = 0  # version of this node's last write
+        self.last_beat_ok = time.monotonic()
+        self.reasserts = 0  # recoveries that wrote at least one registration back
+        self.reasserted = 0  # registrations written back by those
+        self.lease_extensions = 0  # global outages this node's heartbeat healed
+
+        self.errors = _redis_conn.redis_errors()
+        self.client: Any = None
+        self.tail_client: Any = None
+        self.scripts: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ Redis calls
+
+    def call(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one Redis call: any redis-py failure is reported to the link and
+        raised as ``BackendUnavailable`` (or ``InvalidConfig``)."""
+        try:
+            result = fn(*args, **kwargs)
+        except self.errors as exc:
+            err = _redis_conn.translate_error(exc, url=self.url, doing=doing)
+            if isinstance(err, BackendUnavailable):
+                self.link.failed(exc, str(err))
+            raise err from exc
+        self.link.ok()
+        return result
+
+    def script(self, name: str, args: Any, doing: str, client: Any = None) -> Any:
+        """Run the script ``name`` with ``args`` (a ``*Args`` of ``_scripts``)."""
+        if client is not None:
+            return self.scripts[name](keys=self.keys, args=args.argv(), client=client)
+        return self.call(doing, self.scripts[name], keys=self.keys, args=args.argv())
+
+    def reply_error(self, reply: BaseException, doing: str) -> FoundationError:
+        """A failed pipeline reply, translated and reported like a raised one."""
+        err = _redis_conn.translate_error(reply, url=self.url, doing=doing)
+        if isinstance(err, BackendUnavailable):
+            self.link.failed(reply, str(err))
+        return err
+
+    @contextmanager
+    def writing(self, *, public: bool = True) -> Iterator[None]:
+        """Hold ``wlock`` (bounded wait); a public write on a closed node fails."""
+        if public and self.closed:
+            raise BackendUnavailable("this RedisRegistry is closed")
+        # Bounded: a writer stuck on an unresponsive Redis holds the lock for at
+        # most a few op_timeout; waiting longer than that is an outage.
+        if not self.wlock.acquire(timeout=self.op_timeout * 4):
+            raise BackendUnavailable(f"Redis at {self.url} is not answering (writes are queued)")
+        try:
+            yield
+        finally:
+            self.wlock.release()
+
+    def wake_lease(self) -> None:
+        """Wake the lease thread (a recovery is needed)."""
+        self.jobs.put(("wake", None))
+
+    def poke_tail(self) -> None:
+        """Wake our tail thread (it blocks in XREAD on our wake stream too)."""
+        # If Redis is down, the tail is not blocked in XREAD either.
+        with contextlib.suppress(FoundationError):
+            self.call("waking the tail", self.client.xadd, self.k_wake, {"w": "1"}, maxlen=16)
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, events: list[RegistryEvent]) -> None:
+        """Deliver ``events`` to every listener; a raising listener is logged."""
+        if not events:
+            return
+        for listener in self.listeners:
+            for event in events:
+                try:
+                    listener(event)
+                except Exception as exc:  # a broken listener never breaks the registry
+                    _report_listener_error(exc, listener, event)
+
+    def removed_event(self, old: Entry, why: str, dr: str, dc: str, ds: str) -> RegistryEvent:
+        reason: UnregisterReason = why if why in ("replaced", "down") else "unregistered"  # type: ignore[assignment]
+        # down=None when the death was noticed before its monitor reported it
+        # (a dead local agent replaced by a new registration), as MemoryRegistry does.
+        down = _down_from(dr, dc, ds) if reason == "down" and dr else None
+        return RegistryEvent("unregistered", old, reason=reason, down=down)
+
+    # ------------------------------------------------------------------ entries
+
+    def entry_from_head(
+        self,
+        key: Hashable,
+        ek: str,
+        head_text: str,
+        meta: bytes,
+        orphans: list[tuple[Hashable, str, str]],
+    ) -> Entry | None:
+        """Build a mirror entry (holding mlock); None, and an orphan to delete, for
+        an entry of this node with no live local registration behind it."""
+        head = json.loads(head_text)
+        node = head["n"]
+        if node == self.node:
+            own = self.own.get(key)
+            if own is None or own.head != head_text:
+                orphans.append((key, ek, head_text))
+                return None
+            agent: Any = own.agent
+        else:
+            a = head.get("a") or {}
+            agent = RemoteAgent(node, a.get("kind", "?"), a.get("pid"), a.get("name"))
+        return Entry(key, agent, metadata_from_json(meta), head["t"], node)
+
+    def forget_own(self, key: Hashable, own: Own, prev: Own | None = None) -> None:
+        """Undo the pending local registration of a failed register."""
+        with self.mlock:
+            if self.own.get(key) is own:
+                if prev is not None:
+                    self.own[key] = prev
+                else:
+                    del self.own[key]
+        if own.monitor is not None:
+            own.monitor.demonitor()
+
+    def ix_for(self, frozen: Mapping[str, Any]) -> str:
+        """The ``ix`` argument of the scripts: the index set names of ``frozen``."""
+        names = index_names(self.prefix, self.indexed, frozen)
+        return json.dumps(names, separators=(",", ":")) if names else ""
+
+    @staticmethod
+    def utf8(text: str) -> bytes:
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidMetadata(f"metadata is not valid Unicode text: {exc}") from None

@@ -1,0 +1,163 @@
+"""The connection and recovery state of one ``RedisRegistry`` node: one state machine.
+
+Every thread (API callers, the lease thread, the tail thread) reports what it
+saw to :class:`Link`; only :meth:`Link._to` changes the state, under one lock,
+and every change is logged under ``foundation.registry.redis``.
+
+==============  ==============================================================
+state           meaning (and who leaves it)
+==============  ==============================================================
+CONNECTED       Redis answers, the lease is held, the mirror follows the stream.
+DEGRADED        Redis answers with error replies (READONLY, OOM, LOADING, BUSY,
+                MASTERDOWN, ...): writes fail; the lease thread retries recovery
+                with backoff.
+DISCONNECTED    Redis cannot be reached (refused, reset, timed out, not Redis).
+RECOVERING      Redis answers but the mirror must be rebuilt (a version gap or
+                reset on the stream, or a write whose outcome is unknown).
+LEASE_LOST      Our lease was reaped (we were frozen or cut off) or Redis lost it
+                (restarted empty): every live local registration is re-asserted.
+CLOSED          ``close()`` was called; terminal.
+==============  ==============================================================
+
+Recovery is one procedure, run by the lease thread (or inline by a write that
+needs it), always in this order: heartbeat, re-assert every live local
+registration (a no-op for those Redis still has), resynchronise the mirror
+from a snapshot. Only a recovery that completes with no new fault reported
+meanwhile (an ``epoch`` check) moves the state to CONNECTED.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from foundation import _redis_conn
+
+__all__ = ["Link", "LinkState", "log"]
+
+log = logging.getLogger("foundation.registry.redis")
+
+
+class LinkState(enum.Enum):
+    """The states of :class:`Link` (see the module docstring)."""
+
+    CONNECTED = "connected"
+    DEGRADED = "degraded"
+    DISCONNECTED = "disconnected"
+    RECOVERING = "recovering"
+    LEASE_LOST = "lease_lost"
+    CLOSED = "closed"
+
+
+_NEEDS_RECOVERY = frozenset(
+    {LinkState.DEGRADED, LinkState.DISCONNECTED, LinkState.RECOVERING, LinkState.LEASE_LOST}
+)
+_UNREACHABLE_KINDS = frozenset({"connection", "timeout", "protocol", "other"})
+
+
+class Link:
+    """The state machine of one node's connection to Redis (thread-safe)."""
+
+    def __init__(self, node: str, *, wake: Callable[[], None] | None = None) -> None:
+        self._node = node
+        self._cond = threading.Condition(threading.Lock())
+        self._state = LinkState.RECOVERING  # construction runs the first recovery
+        self._epoch = 0  # bumped by every report that calls for a recovery
+        self._wake = wake
+        self.last_error: str | None = None
+        self.last_ok = time.monotonic()  # last Redis call that succeeded
+        self.recoveries = 0
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    def needs_recovery(self) -> bool:
+        """A recovery is due (DEGRADED, DISCONNECTED, RECOVERING or LEASE_LOST)."""
+        return self._state in _NEEDS_RECOVERY
+
+    @property
+    def reachable(self) -> bool:
+        """Redis answered the last call normally (``status().connected``)."""
+        return self._state in (LinkState.CONNECTED, LinkState.RECOVERING, LinkState.LEASE_LOST)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    # ------------------------------------------------------------------ reports
+
+    def ok(self) -> None:
+        """A Redis call succeeded (it does not end a recovery by itself)."""
+        self.last_ok = time.monotonic()
+
+    def failed(self, exc: BaseException, message: str) -> None:
+        """A Redis call failed with ``exc`` (``message``: the translated error)."""
+        kind = _redis_conn.error_kind(exc)
+        new = LinkState.DISCONNECTED if kind in _UNREACHABLE_KINDS else LinkState.DEGRADED
+        self._to(new, message, error=message)
+
+    def resync_needed(self, why: str) -> None:
+        """The mirror may be behind Redis (a gap, a reset, an unknown write outcome)."""
+        self._to(LinkState.RECOVERING, why)
+
+    def lease_lost(self, why: str) -> None:
+        """Our lease is gone: re-assert everything we hold."""
+        self._to(LinkState.LEASE_LOST, why)
+
+    def recovered(self, epoch: int, why: str) -> bool:
+        """A recovery that started at ``epoch`` completed: CONNECTED unless a new
+        fault was reported meanwhile (then another recovery follows). True if
+        the state is now CONNECTED."""
+        with self._cond:
+            if self._state is LinkState.CLOSED:
+                return False
+            self.recoveries += 1
+            if self._epoch != epoch:
+                return False
+        self._to(LinkState.CONNECTED, why)
+        return True
+
+    def close(self) -> None:
+        self._to(LinkState.CLOSED, "closed")
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until CONNECTED (True) or CLOSED/``timeout`` (False)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._state in (LinkState.CONNECTED, LinkState.CLOSED), timeout
+            )
+            return self._state is LinkState.CONNECTED
+
+    # ------------------------------------------------------------------ the one transition
+
+    def _to(self, new: LinkState, why: str, *, error: str | None = None) -> None:
+        """Move to ``new`` (every state change goes through here)."""
+        with self._cond:
+            old = self._state
+            if old is LinkState.CLOSED:
+                return  # terminal
+            if error is not None:
+                self.last_error = error
+            if new in _NEEDS_RECOVERY:
+                self._epoch += 1
+            if new is LinkState.RECOVERING and old in _NEEDS_RECOVERY:
+                # Already recovering for a stronger reason (unreachable, error
+                # replies, lost lease): the same recovery covers a resync.
+                new = old
+            if new is LinkState.LEASE_LOST and old in (LinkState.DEGRADED, LinkState.DISCONNECTED):
+                new = old  # the recovery that follows re-asserts anyway
+            if new is old:
+                log.debug("node %s stays %s: %s", self._node, old.value, why)
+                return
+            self._state = new
+            self._cond.notify_all()
+        level = logging.INFO if new in (LinkState.CONNECTED, LinkState.CLOSED) else logging.WARNING
+        log.log(level, "node %s: %s -> %s: %s", self._node, old.value, new.value, why)
+        if new in _NEEDS_RECOVERY and self._wake is not None:
+            self._wake()

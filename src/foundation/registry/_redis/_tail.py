@@ -1,0 +1,260 @@
+"""The tail of one ``RedisRegistry`` node: it follows the change stream into the mirror.
+
+One thread blocks in ``XREAD`` on ``P:log`` (and on this node's wake stream)
+while the link is CONNECTED, and applies every change record in version
+order. A version gap (the stream was trimmed past us) or a reset (Redis
+restarted empty) asks the link for a resync; a failed read reports the fault.
+Either way the lease thread runs the recovery (which calls :meth:`Tail.resync`)
+and the tail waits until the link is CONNECTED again, then reads on from the
+snapshot's stream position. The loop body never lets an exception out: an
+unexpected one is logged with its traceback and the loop carries on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
+from typing import Any
+
+from foundation import _redis_conn
+from foundation.errors import FoundationError
+from foundation.liveness import Monitor
+from foundation.registry._redis._codec import decode_key
+from foundation.registry._redis._scripts import SnapshotArgs
+from foundation.registry._redis._shared import TAIL_BLOCK_MS, Shared
+from foundation.registry._redis._state import log
+from foundation.registry._types import Entry, RegistryEvent
+from foundation.registry._validation import metadata_from_json
+
+__all__ = ["Tail"]
+
+
+class Tail:
+    """The stream tail and mirror application of one node."""
+
+    def __init__(self, shared: Shared) -> None:
+        self._sh = shared
+        self.thread = threading.Thread(
+            target=self._loop, name=f"foundation-redis-tail[{shared.node}]", daemon=True
+        )
+
+    # ------------------------------------------------------------------ the thread
+
+    def _loop(self) -> None:
+        sh = self._sh
+        backoff = _redis_conn.Backoff()
+        while not sh.stop.is_set():
+            try:
+                if not sh.link.wait_connected(timeout=0.5):
+                    continue  # the lease thread is recovering (or we are closing)
+                with sh.mlock:
+                    gen, sid, wid = sh.gen, sh.sid, sh.wake_id
+                try:
+                    resp: Any = sh.call(
+                        "reading the change stream",
+                        sh.tail_client.xread,
+                        {sh.k_log: sid, sh.k_wake: wid},
+                        count=1000,
+                        block=TAIL_BLOCK_MS,
+                    )
+                except FoundationError:
+                    # Reported to the link by call(): the lease thread recovers.
+                    if sh.stop.wait(backoff.next()):
+                        return
+                    continue
+                backoff.reset()
+                if resp:
+                    self._apply_batch(gen, resp)
+            except Exception:
+                log.exception("tail thread of node %s: unexpected error (carrying on)", sh.node)
+                # Whatever the tail could not apply, a snapshot covers: resync (which
+                # also moves the stream position past a record that cannot be read).
+                sh.link.resync_needed("the tail met an unexpected error")
+                if sh.stop.wait(backoff.next()):
+                    return
+
+    # ------------------------------------------------------------------ applying records
+
+    def _apply_batch(self, gen: int, resp: list[Any]) -> None:
+        sh = self._sh
+        events: list[RegistryEvent] = []
+        orphans: list[tuple[Hashable, str, str]] = []
+        released: list[Monitor] = []
+        gap = False
+        with sh.mlock:
+            if gen != sh.gen:
+                return  # a resync happened meanwhile; re-read from its position
+            for name, records in resp:
+                if name == sh.k_wake_b:
+                    if records:
+                        sh.wake_id = records[-1][0]
+                    continue
+                for rid, fields in records:
+                    v = int(fields[b"v"])
+                    if v != sh.tail_v + 1:
+                        gap = True
+                        break
+                    sh.tail_v = v
+                    sh.sid = rid
+                    self._apply_record(v, fields, events, orphans, released)
+            sh.mirror.prune(sh.tail_v)
+            sh.applied.notify_all()
+        if gap:
+            # A gap (the stream was trimmed past us) or a reset (Redis restarted
+            # empty): resynchronise from a snapshot.
+            sh.link.resync_needed("a version gap on the change stream")
+        for mon in released:
+            mon.demonitor()
+        sh.emit(events)
+        for orphan in orphans:
+            sh.jobs.put(("orphan", orphan))
+
+    def _apply_record(
+        self,
+        v: int,
+        f: dict[bytes, bytes],
+        events: list[RegistryEvent],
+        orphans: list[tuple[Hashable, str, str]],
+        released: list[Monitor],
+    ) -> None:
+        """Apply one change record (holding mlock)."""
+        sh = self._sh
+        if f[b"w"] == sh.node_b:
+            # Written by an API call of this node: that call applies its own
+            # result (and emits its events, in order, in the calling thread).
+            # If it could not (Redis failed after the write), it asked for a resync.
+            return
+        m = sh.mirror
+        op = f[b"op"]
+        ek = f[b"k"].decode()
+        key = decode_key(ek)
+        if not m.is_newer(key, v):
+            return  # already applied (our own write, or covered by a snapshot)
+        if op == b"r":
+            head_text = f[b"h"].decode()
+            entry = sh.entry_from_head(key, ek, head_text, f[b"m"], orphans)
+            if entry is None:
+                m.versions[key] = v
+                return
+            old = m.put(entry, v)
+            if old is not None and _same_registration(old, entry):
+                # Our own registration written back (a re-assert): nothing was
+                # replaced, whatever this mirror held before.
+                if old.metadata != entry.metadata:
+                    events.append(RegistryEvent("updated", entry))
+                return
+            if old is not None:
+                # Confirmed by Redis: this record is another registration of the key.
+                events.append(RegistryEvent("unregistered", old, reason="replaced"))
+            events.append(RegistryEvent("registered", entry))
+        elif op == b"u":
+            old = sh.entries.get(key)
+            m.versions[key] = v
+            if old is None:
+                return  # e.g. our agent just died; its delete is on its way
+            new = Entry(key, old.agent, metadata_from_json(f[b"m"]), old.registered_at, old.node)
+            own = sh.own.get(key)
+            if own is not None and old.node == sh.node:
+                own.meta, own.ix = f[b"m"], sh.ix_for(new.metadata)
+            m.put(new, v)
+            if f[b"w"] == b"" and old.metadata == new.metadata:
+                return  # a re-assert brought Redis up to what this mirror shows
+            events.append(RegistryEvent("updated", new))
+        elif op == b"d":
+            owner = f[b"n"].decode()
+            why, dr = f[b"why"].decode(), f[b"dr"].decode()
+            own = sh.own.get(key)
+            if own is not None and (owner != sh.node or own.head != f[b"h"].decode()):
+                held = sh.entries.get(key)
+                if held is not None and held.node == sh.node and held.agent is own.agent:
+                    # Another registration than our live one (which this mirror
+                    # shows) was deleted, say a stale copy a re-assert replaced:
+                    # nothing this node holds was lost. Keep it, no event.
+                    m.versions[key] = v
+                    return
+                own = None  # the record removed another registration than ours
+            if owner == sh.node and dr == "lease_expired":
+                # Our own lease was reaped (we were frozen or cut off). Our agents
+                # live on: keep them, and re-assert them (or report conflicts).
+                sh.link.lease_lost("another node reaped our expired lease")
+                m.versions[key] = v
+                if own is not None:
+                    return
+            old = m.remove(key, v)
+            if own is not None:
+                # Unregistered or replaced by someone else: stop watching it.
+                del sh.own[key]
+                if own.monitor is not None:
+                    released.append(own.monitor)
+            if old is not None:
+                events.append(sh.removed_event(old, why, dr, f[b"dc"].decode(), f[b"ds"].decode()))
+
+    # ------------------------------------------------------------------ resync
+
+    def resync(self) -> None:
+        """Replace the mirror by a fresh snapshot, emitting the differences
+        (holding wlock; part of the recovery)."""
+        sh = self._sh
+        reply = sh.script("snapshot", SnapshotArgs(sh.maxlen), "taking a snapshot")
+        ver, sid, heads, metas = int(reply[0]), reply[1], reply[2], reply[3]
+        meta_by = dict(zip(metas[::2], metas[1::2], strict=True))
+        orphans: list[tuple[Hashable, str, str]] = []
+        events: list[RegistryEvent] = []
+        missing_own = False
+        with sh.mlock:
+            fresh: dict[Hashable, Entry] = {}
+            for ekb, head_b in zip(heads[::2], heads[1::2], strict=True):
+                ek = ekb.decode()
+                key = decode_key(ek)
+                meta = meta_by.get(ekb, b"{}")
+                entry = sh.entry_from_head(key, ek, head_b.decode(), meta, orphans)
+                if entry is not None:
+                    fresh[key] = entry
+                    own = sh.own.get(key)
+                    if own is not None and entry.node == sh.node and own.meta != meta:
+                        # Redis's copy is the truth (an update whose reply was lost landed).
+                        own.meta, own.ix = meta, sh.ix_for(entry.metadata)
+            m = sh.mirror
+            for key, held in list(sh.entries.items()):
+                if key in fresh:
+                    continue
+                own = sh.own.get(key)
+                if own is not None and held.node == sh.node:
+                    # Ours and alive, but Redis does not have it: keep it, re-assert.
+                    missing_own = True
+                    continue
+                m.remove(key, ver)
+                events.append(RegistryEvent("unregistered", held, reason="unregistered"))
+            for key, new in fresh.items():
+                old = sh.entries.get(key)
+                if old is None:
+                    m.put(new, ver)
+                    events.append(RegistryEvent("registered", new))
+                elif not _same_registration(old, new):
+                    # Confirmed by the snapshot: another registration holds the key.
+                    m.put(new, ver)
+                    events.append(RegistryEvent("unregistered", old, reason="replaced"))
+                    events.append(RegistryEvent("registered", new))
+                elif old.metadata != new.metadata:
+                    m.put(new, ver)
+                    events.append(RegistryEvent("updated", new))
+            m.versions.clear()
+            m.floor = ver
+            sh.tail_v = ver
+            sh.sid = sid
+            sh.gen += 1
+            sh.applied.notify_all()
+        if missing_own:
+            sh.link.lease_lost("Redis lacks live registrations of ours")
+        sh.emit(events)
+        for orphan in orphans:
+            sh.jobs.put(("orphan", orphan))
+
+
+def _same_registration(old: Entry, new: Entry) -> bool:
+    """Both entries describe one registration (same node, time and agent)."""
+    return (
+        old.node == new.node
+        and old.registered_at == new.registered_at
+        and (old.agent is new.agent or old.agent == new.agent)
+    )
