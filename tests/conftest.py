@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from tests.redis_support import RedisServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_flag_cache_dir() -> Iterator[str]:
+    """Keep every RedisFlagStore node copy of this run in a directory of its own.
+
+    The default location is the user's cache directory, shared across runs: a
+    fresh redis-server of a later run would be "restored" from an earlier run's
+    copy. Subprocesses inherit the variable.
+    """
+    path = tempfile.mkdtemp(prefix="foundation-flag-cache-")
+    previous = os.environ.get("FOUNDATION_CACHE_DIR")
+    os.environ["FOUNDATION_CACHE_DIR"] = path
+    yield path
+    if previous is None:
+        os.environ.pop("FOUNDATION_CACHE_DIR", None)
+    else:
+        os.environ["FOUNDATION_CACHE_DIR"] = previous
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

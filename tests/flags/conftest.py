@@ -26,7 +26,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FlagStore]
         s = SQLiteFlagStore(tmp_path / "flags.db")
     else:
         server = request.getfixturevalue("redis_server")
-        s = RedisFlagStore(server.url, namespace=f"t-{request.node.name}-{id(tmp_path)}")
+        s = RedisFlagStore(
+            server.url,
+            namespace=f"t-{request.node.name}-{id(tmp_path)}",
+            cache_path=tmp_path / "node-copy.sqlite3",  # never a copy left by an earlier run
+        )
     yield s
     s.close()
 

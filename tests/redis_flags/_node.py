@@ -1,6 +1,8 @@
 """A flag node in its own OS process (driven by tests and the benchmark).
 
-python -m tests.redis_flags._node URL NAMESPACE
+python -m tests.redis_flags._node URL NAMESPACE [CACHE_PATH]
+
+``CACHE_PATH`` is the node's copy of the flags (absent or empty: in memory only).
 
 Prints ``ready``, then ``change <flag> <enabled> <monotonic ns>`` whenever a
 change made elsewhere reaches its FeatureFlags, and answers commands read from
@@ -18,8 +20,8 @@ from foundation.flags import FeatureFlags, Flag, FlagChange, RedisFlagStore
 FLAGS = (Flag("beta"), Flag("gamma"), Flag("kill_switch", default=True))
 
 
-def main(url: str, namespace: str) -> None:
-    store = RedisFlagStore(url, namespace=namespace)
+def main(url: str, namespace: str, cache_path: str) -> None:
+    store = RedisFlagStore(url, namespace=namespace, cache_path=cache_path or None)
     flags = FeatureFlags(FLAGS, store=store)
 
     def on_change(change: FlagChange) -> None:
@@ -50,4 +52,4 @@ def main(url: str, namespace: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "")

@@ -36,10 +36,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 class Node:
     """``tests.redis_flags._node`` in a separate OS process, driven over stdin/stdout lines."""
 
-    def __init__(self, url: str, namespace: str) -> None:
+    def __init__(self, url: str, namespace: str, cache_path: Path | None = None) -> None:
+        """``cache_path``: the node's copy (None: in memory only)."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "src")]))
+        copy = "" if cache_path is None else str(cache_path)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.redis_flags._node", url, namespace],
+            [sys.executable, "-m", "tests.redis_flags._node", url, namespace, copy],
             cwd=REPO,
             env=env,
             stdin=subprocess.PIPE,
@@ -49,6 +51,7 @@ class Node:
             bufsize=1,
         )
         self.lines: queue.Queue[str] = queue.Queue()
+        self._stderr: str | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -85,10 +88,13 @@ class Node:
         return self.expect("= ", timeout).removeprefix("= ")
 
     def stderr(self) -> str:
+        """Everything the node wrote to stderr (once it has exited)."""
         if self.process.poll() is None:
             return "<still running>"
-        assert self.process.stderr is not None
-        return self.process.stderr.read()
+        if self._stderr is None:
+            assert self.process.stderr is not None
+            self._stderr = self.process.stderr.read()
+        return self._stderr
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -99,6 +105,7 @@ class Node:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self._reader.join(timeout=10)
+        self.stderr()  # kept: the streams close next
         for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,12 +24,16 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def open_store(namespace: str) -> Iterator[StoreFactory]:
-    """``open_store(url, **kw)``: a RedisFlagStore closed (and its thread checked) at teardown."""
+def open_store(namespace: str, tmp_path: Path) -> Iterator[StoreFactory]:
+    """``open_store(url, **kw)``: a RedisFlagStore closed (and its thread checked) at teardown.
+
+    Each store gets a node copy of its own under ``tmp_path`` unless ``cache_path`` is given.
+    """
     stores: list[RedisFlagStore] = []
 
     def factory(url: str, **kwargs: Any) -> RedisFlagStore:
         kwargs.setdefault("namespace", namespace)
+        kwargs.setdefault("cache_path", tmp_path / f"node-{len(stores)}.sqlite3")
         store = RedisFlagStore(url, **kwargs)
         stores.append(store)
         return store

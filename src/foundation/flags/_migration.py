@@ -339,7 +339,11 @@ class Migration:
         self._emit("migration.rolled_back", self.flags._transact(body))
 
     def emergency_rollback(self, reason: str, *, by: str | None = None) -> None:
-        """Turn every plan flag off and return to stage 0, from any stage, now."""
+        """Turn every plan flag off and return to stage 0, from any stage, now.
+
+        Works during a backend outage on a store that keeps kill switches
+        (``RedisFlagStore``): applied locally at once, committed on its return.
+        """
         if not isinstance(reason, str) or not reason:
             raise MigrationError("an emergency rollback needs a reason")
 
@@ -347,7 +351,9 @@ class Migration:
             current = w.txn.migration_stage(self.plan.name)
             return self._move(w, "emergency_rollback", current, 0, by=by, reason=reason)
 
-        self._emit("migration.emergency_rollback", self.flags._transact(body))
+        # A kill switch: on a store that keeps it through an outage it applies here
+        # at once and is committed when the backend returns (FlagStore.kill_switch).
+        self._emit("migration.emergency_rollback", self.flags._transact(body, kill_switch=True))
 
     def check_health(self) -> HealthReport:
         """Sample the health source; if any threshold is crossed, roll back ONE stage.
@@ -418,7 +424,8 @@ class AutoRollback:
 
     Each check that crosses a threshold rolls back one stage, so a system that
     stays unhealthy steps back one stage per interval until stage 0. A health
-    source that raises is reported to ``sys.unraisablehook`` (and kept in
+    source that raises is logged under ``foundation.flags`` and passed to
+    ``sys.unraisablehook`` if one is installed (and kept in
     ``last_error``); the watcher keeps going. ``stop()`` (or leaving the
     ``with`` block) ends the thread and waits for it.
 

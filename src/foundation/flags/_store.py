@@ -66,9 +66,19 @@ Store contract (``FlagStore``):
     when the store knows them; an empty list means "something changed, reload"
     (for example after a lost notification). Changes made through this store
     object are never reported: the writer already knows them. Callbacks run on
-    a store-owned thread, must be quick, and must not raise (an exception goes
-    to ``sys.unraisablehook``). A store without remote writers (memory) never
-    calls it. Delivery is at least once and in commit order per store.
+    a store-owned thread, must be quick, and must not raise (an exception is
+    logged under ``foundation.flags`` and passed to ``sys.unraisablehook`` if
+    one is installed; the thread carries on). A store without remote writers
+    (memory) never calls it. Delivery is at least once and in commit order per
+    store.
+
+``kill_switch(fn) -> T``
+    Like ``transaction(fn)``, for a write that only turns switches off
+    (``FeatureFlags.disable``, ``Migration.emergency_rollback``). The default
+    is ``transaction(fn)``. A store that can keep a kill switch through an
+    outage (``RedisFlagStore``) may instead apply it to its local view and
+    commit it when the backend returns, rather than raise
+    ``errors.BackendUnavailable``. Not abstract: existing stores need nothing.
 
 ``close()``
     Stops background threads and releases connections; idempotent. Any other
@@ -328,6 +338,10 @@ class FlagStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def kill_switch(self, fn: Callable[[StoreTransaction], T]) -> T:
+        """Commit a switch-off write (see the module docs); by default ``transaction(fn)``."""
+        return self.transaction(fn)
+
     def __enter__(self) -> FlagStore:
         return self
 
@@ -338,7 +352,8 @@ class FlagStore(ABC):
 def report_callback_error(
     exc: BaseException, callback: object, what: str = "flag store subscriber"
 ) -> None:
-    """Send a callback's exception to ``sys.unraisablehook`` (it must never escape)."""
+    """Log a callback's exception under ``foundation.flags`` (and pass it to an installed
+    ``sys.unraisablehook``); it must never escape."""
 
     report_unraisable(exc, what, callback)
 
