@@ -8,6 +8,9 @@ Concurrency contract of ``FeatureFlags``:
   write, never half of one.
 - Writes are serialised by one lock per instance and by the store's own
   transaction (which also serialises writers in other processes sharing it).
+  The lock is a ``FairRLock`` (waiters get it in arrival order): a thread
+  writing in a loop cannot starve the store's notification thread, which
+  needs it to apply another process's change (a kill switch).
   A write reads the flag's current state inside the store transaction, so two
   writers never lose each other's update.
 - Listeners run synchronously in the writing thread (or the store's
@@ -19,7 +22,6 @@ Concurrency contract of ``FeatureFlags``:
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from typing import TypeVar
 from foundation import telemetry
 from foundation.errors import FlagError, InvalidFlagValue, UnknownFlag
 from foundation.flags._config import Source, nearest, parse_config
+from foundation.flags._fair_lock import FairRLock
 from foundation.flags._hashing import HASH_SPACE, threshold
 from foundation.flags._store import (
     FlagChange,
@@ -211,7 +214,7 @@ class FeatureFlags:
         self._defaults = {n: FlagState(f.default) for n, f in flags.items()}
         self._owns_store = store is None
         self._store: FlagStore = MemoryFlagStore() if store is None else store
-        self._lock = threading.RLock()
+        self._lock = FairRLock()
         self._listeners: tuple[Listener, ...] = ()
         self._closed = False
         self._config: dict[str, FlagState] = {}
@@ -307,8 +310,17 @@ class FeatureFlags:
         self._update(name, lambda s: _replace(s, switch=True), by, reason)
 
     def disable(self, name: str, *, by: str | None = None, reason: str | None = None) -> None:
-        """Turn the switch off (the kill switch); nothing else changes."""
-        self._update(name, lambda s: _replace(s, switch=False), by, reason)
+        """Turn the switch off (the kill switch); nothing else changes.
+
+        On a store that keeps kill switches through outages (``RedisFlagStore``),
+        this works while the backend is unreachable: it takes effect here at
+        once and is committed when the backend returns (``FlagStore.kill_switch``).
+        """
+        self._check_name(name)
+        self._transact(
+            lambda w: w.update(name, lambda s: _replace(s, switch=False), by, reason),
+            kill_switch=True,
+        )
 
     def set(
         self, name: str, value: bool, *, by: str | None = None, reason: str | None = None
@@ -386,7 +398,8 @@ class FeatureFlags:
         Listeners hear changes made here, changes committed by other processes
         sharing the store (when the store reports them), and effective changes
         caused by a config load (``by="config"``, not in ``history()``). A
-        listener that raises is reported to ``sys.unraisablehook`` and ignored.
+        listener that raises is ignored: logged under ``foundation.flags`` and
+        passed to ``sys.unraisablehook`` if one is installed.
         """
         with self._lock:
             self._listeners = (*self._listeners, listener)
@@ -418,11 +431,13 @@ class FeatureFlags:
 
     # --------------------------------------------------------------- internals
 
-    def _transact(self, body: Callable[[_Writer], T]) -> T:
+    def _transact(self, body: Callable[[_Writer], T], *, kill_switch: bool = False) -> T:
         """Run ``body`` in one store transaction; apply its writes and notify (internal).
 
         Used by writes and by ``Migration``. ``body`` may run more than once
         (stores may retry), so it must act only through the writer it is given.
+        ``kill_switch``: ``body`` only turns switches off, so the store may keep
+        it through an outage (``FlagStore.kill_switch``).
         """
         with self._lock:
             self._check_open()
@@ -436,7 +451,8 @@ class FeatureFlags:
                 writes.update(writer.writes)
                 return result
 
-            result = self._store.transaction(run)
+            commit = self._store.kill_switch if kill_switch else self._store.transaction
+            result = commit(run)
             if writes:
                 runtime = dict(self._runtime)
                 for name, (stored, _) in writes.items():
@@ -480,11 +496,25 @@ class FeatureFlags:
         self._plain = plain
 
     def _on_remote(self, changes: list[FlagChange]) -> None:
-        """Store callback: another process committed; reload, then tell our listeners."""
+        """Store callback: another process committed; reload, then tell our listeners.
+
+        ``[]`` ("reload": after an outage, a resync, a superseded kill switch)
+        carries no records, so listeners hear each effective change the reload
+        made, as a ``FlagChange`` with ``by=None`` and reason ``"reload"``.
+        """
         with self._lock:
             if self._closed:
                 return
+            before = self._effective
             self._reload()
+            if not changes:
+                now = time.time()
+                after = self._effective
+                for name in self._names:
+                    if before[name] != after[name]:
+                        self._notify(
+                            FlagChange(name, before[name], after[name], None, "reload", now)
+                        )
             for change in changes:
                 if change.flag in self._declared:
                     self._notify(change)

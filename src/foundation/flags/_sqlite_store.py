@@ -1,27 +1,51 @@
 """SQLiteFlagStore: the embedded durable store, shareable by processes on one machine.
 
-The file is in WAL mode (readers never block the writer), every write is one
-``BEGIN IMMEDIATE`` transaction (writers queue on SQLite's write lock for up to
-``busy_timeout`` seconds, across processes), and ``synchronous=FULL`` makes a
-committed change durable before the call returns.
+Connections, one per role, so no role waits on another's lock in this process:
 
-Changes made by other processes reach subscribers through a watcher thread
-(started on the first ``subscribe``) that polls ``PRAGMA data_version`` every
-``poll_interval`` seconds (default 0.05): a poll costs microseconds and needs no
-lock, and a change is seen within one interval.
+- the *writer* runs every write as one ``BEGIN IMMEDIATE`` transaction with
+  ``synchronous=FULL`` (a committed change is durable before the call returns);
+- the *reader* answers ``load_states``, ``history`` and the migration reads.
+  The file is in WAL mode, so a read never waits for a writer, here or in
+  another process;
+- the *watcher* (a thread started on the first ``subscribe``) follows other
+  connections' commits.
+
+Waiting for the write lock. SQLite's own busy handler sleeps 1, 2, 5, 10 ... up
+to 100 ms between attempts, so a process whose neighbour writes flat out
+rarely finds the lock free when it looks, and its writes (a kill switch among
+them) queued for tens of milliseconds or more. The writer connection
+therefore has no busy handler; ``BEGIN IMMEDIATE`` is retried every 0.05-0.4 ms
+(jittered; 0.5-2 ms once it has waited 20 ms) until ``busy_timeout``.
+
+Following other processes. The watcher polls ``PRAGMA data_version`` (no
+lock; about 0.1 ms of CPU per wake-up here): every ``poll_interval`` seconds
+(default 0.02, ~1 % of a core) when idle, every ``FAST_POLL`` seconds for
+``HOT_FOR`` seconds after another connection's change, so a stream of changes
+is followed closely. When the version moved it reads only the history rows
+after the last one it saw (by rowid, one autocommit statement: a WAL read
+transaction as short as the query, never waiting on a writer) and hands those
+written by other connections to the subscribers in one batch. Polling was
+chosen over a side channel (socket, FIFO next to the file): it needs no extra
+files, sees writers that do not cooperate (another version, the sqlite3
+shell), and its cost is bounded by the interval. The first subscriber is
+reported every row after the last ``load_states()`` snapshot (a commit between
+its load and its subscribe is not skipped); a later one is first told to
+reload (an empty batch), since the watcher may already be past its load.
 
 Errors: a file that is not a flag store (corrupt, not SQLite, unreadable,
-newer schema) raises ``errors.FlagError``; a write lock held by another
-connection for longer than ``busy_timeout`` raises ``errors.BackendUnavailable``
-(the backend could not be reached within its time bound). Either way nothing
-was written.
+newer schema) raises ``errors.FlagError``; a write lock held by other
+connections for longer than ``busy_timeout`` raises
+``errors.BackendUnavailable`` (the backend could not be reached within its
+time bound). Either way nothing was written.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -53,6 +77,22 @@ CREATE TABLE IF NOT EXISTS migration_stage (plan TEXT PRIMARY KEY, stage INTEGER
 CREATE TABLE IF NOT EXISTS migration_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, plan TEXT NOT NULL, record TEXT NOT NULL);
 """
+
+FAST_POLL = 0.002
+"""Seconds between ``data_version`` polls while changes are flowing."""
+HOT_FOR = 1.0
+"""Seconds after another connection's last change during which the watcher polls every
+``FAST_POLL``."""
+_LOCK_RETRY = (0.00005, 0.0004)
+"""Bounds of the jittered pause between two attempts at the write lock (seconds)..."""
+_LOCK_RETRY_SLOW = (0.0005, 0.002)
+"""... and after ``_LOCK_PATIENCE`` seconds of waiting (a long holder: spend less CPU)."""
+_LOCK_PATIENCE = 0.02
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 class _Txn(StoreTransaction):
@@ -97,7 +137,8 @@ class SQLiteFlagStore(FlagStore):
 
     Several processes may open the same file; their writes are serialised by
     SQLite and each sees the others' changes (subscribers within
-    ``poll_interval``). Thread-safe; ``close()`` stops the watcher thread.
+    ``poll_interval`` when idle, within ``FAST_POLL`` while changes flow).
+    Thread-safe; ``close()`` stops the watcher thread.
 
     Example:
         >>> import tempfile, os
@@ -115,24 +156,70 @@ class SQLiteFlagStore(FlagStore):
         path: str | os.PathLike[str],
         *,
         busy_timeout: float = 5.0,
-        poll_interval: float = 0.05,
+        poll_interval: float = 0.02,
     ) -> None:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self.poll_interval = poll_interval
         self._origin = uuid.uuid4().hex  # tells our own history rows from others'
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer connection, _closed, _watcher, _callbacks
+        # The reader connection, _loaded_upto and _catch_up: never held while
+        # waiting for SQLite's write lock, so the watcher may take it.
+        self._read_lock = threading.Lock()
         self._closed = False
         self._callbacks: tuple[Callable[[list[FlagChange]], None], ...] = ()
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
+        self._loaded_upto: int | None = None  # history id of the last load_states() snapshot
+        self._catch_up: tuple[Callable[[list[FlagChange]], None], ...] = ()  # owed a reload
+        # Watcher state, touched only by the watcher thread once it runs.
         self._last_id = 0
-        self._conn = self._connect()
+        self._version: int | None = None
+        self._hot_until = 0.0
+        # No busy handler on the writer: _begin() retries the write lock itself.
+        self._conn = self._connect(timeout=0.0)
         try:
-            with self._errors("opening"):
-                self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
-                self._conn.execute("PRAGMA synchronous=FULL")
-                self._conn.execute("BEGIN IMMEDIATE")
+            self._create()
+            self._reader = self._connect(timeout=busy_timeout)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _connect(self, *, timeout: float) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(
+                self.path,
+                timeout=timeout,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # each connection is guarded by its own lock
+            )
+        except sqlite3.Error as exc:
+            raise FlagError(f"cannot open flag store {self.path!r}: {exc}") from exc
+
+    def _create(self) -> None:
+        """WAL mode and the schema, in one write transaction (retried while busy)."""
+        with self._errors("opening"):
+            deadline = time.monotonic() + self.busy_timeout
+            while True:
+                try:
+                    # Switching a new file to WAL needs every other connection out
+                    # of it: two processes opening one new file race here, and
+                    # SQLite answers "locked" at once, so retry like the write lock.
+                    mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+                    if mode != "wal":
+                        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or time.monotonic() >= deadline:
+                        raise
+                self._pause(deadline)
+            if mode != "wal":
+                # WAL refused (a filesystem without shared memory): COMMIT may then
+                # wait for readers, so let SQLite's busy handler cover the whole write.
+                self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._begin()
+            try:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self._conn.execute(statement)
                 row = self._conn.execute(
@@ -149,29 +236,40 @@ class SQLiteFlagStore(FlagStore):
                         f"this version of Foundation reads schema {SCHEMA_VERSION!r}"
                     )
                 self._conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            self._conn.close()
-            raise
+            except BaseException:
+                self._rollback()
+                raise
 
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            return sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # guarded by self._lock
-            )
-        except sqlite3.Error as exc:
-            raise FlagError(f"cannot open flag store {self.path!r}: {exc}") from exc
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE`` on the writer, retrying a busy lock until ``busy_timeout``.
+
+        Short jittered pauses instead of SQLite's growing ones: a neighbour
+        that writes flat out frees the lock between two of its transactions
+        for well under a millisecond, and only a frequent attempt catches that.
+        """
+        start = time.monotonic()
+        deadline = start + self.busy_timeout
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise  # _errors() makes a busy one BackendUnavailable
+            self._pause(deadline, patient=time.monotonic() - start > _LOCK_PATIENCE)
+
+    @staticmethod
+    def _pause(deadline: float, *, patient: bool = False) -> None:
+        pause = random.uniform(*(_LOCK_RETRY_SLOW if patient else _LOCK_RETRY))
+        # sleep-ok: waiting for another process's write lock; SQLite offers no wake-up.
+        time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
         try:
             yield
         except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if "locked" in text or "busy" in text:
+            if _is_busy(exc):
                 raise BackendUnavailable(
                     f"flag store {self.path!r} stayed locked by another connection for "
                     f"more than busy_timeout={self.busy_timeout}s while {doing}"
@@ -195,9 +293,20 @@ class SQLiteFlagStore(FlagStore):
     # --------------------------------------------------------------- contract
 
     def load_states(self) -> dict[str, FlagState]:
-        with self._lock, self._errors("loading flag states"):
+        # One read transaction on the reader: one WAL snapshot, never half a
+        # write, and no wait for a write in progress here or in another process.
+        with self._read_lock, self._errors("loading flag states"):
             self._check_open()
-            rows = self._conn.execute("SELECT name, state FROM flag_state").fetchall()
+            self._reader.execute("BEGIN")
+            try:
+                rows = self._reader.execute("SELECT name, state FROM flag_state").fetchall()
+                top = self._reader.execute("SELECT max(id) FROM flag_history").fetchone()[0]
+            finally:
+                with suppress(sqlite3.Error):  # a read transaction: nothing to keep
+                    self._reader.execute("ROLLBACK")
+            # Where this snapshot ends in the history: a watcher started by a
+            # later subscribe() reports from here, not from "now" (see subscribe).
+            self._loaded_upto = top or 0
         return {name: FlagState.from_json(text) for name, text in rows}
 
     def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
@@ -205,7 +314,7 @@ class SQLiteFlagStore(FlagStore):
             self._check_open()
             # IMMEDIATE takes the write lock now, so reads inside fn cannot go
             # stale before COMMIT: other processes' writers wait for us.
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 result = fn(_Txn(self._conn, self._origin))
                 self._conn.execute("COMMIT")
@@ -215,25 +324,27 @@ class SQLiteFlagStore(FlagStore):
             return result
 
     def history(self, flag: str | None = None) -> list[FlagChange]:
-        with self._lock, self._errors("reading history"):
+        with self._read_lock, self._errors("reading history"):
             self._check_open()
             if flag is None:
-                rows = self._conn.execute("SELECT record FROM flag_history ORDER BY id").fetchall()
+                rows = self._reader.execute(
+                    "SELECT record FROM flag_history ORDER BY id"
+                ).fetchall()
             else:
-                rows = self._conn.execute(
+                rows = self._reader.execute(
                     "SELECT record FROM flag_history WHERE flag = ? ORDER BY id", (flag,)
                 ).fetchall()
         return [FlagChange.from_json(r[0]) for r in rows]
 
     def migration_stage(self, plan: str) -> int:
-        with self._lock, self._errors("reading a migration stage"):
+        with self._read_lock, self._errors("reading a migration stage"):
             self._check_open()
-            return _Txn(self._conn, self._origin).migration_stage(plan)
+            return _Txn(self._reader, self._origin).migration_stage(plan)
 
     def migration_history(self, plan: str) -> list[MigrationEvent]:
-        with self._lock, self._errors("reading migration history"):
+        with self._read_lock, self._errors("reading migration history"):
             self._check_open()
-            rows = self._conn.execute(
+            rows = self._reader.execute(
                 "SELECT record FROM migration_history WHERE plan = ? ORDER BY id", (plan,)
             ).fetchall()
         return [MigrationEvent.from_json(r[0]) for r in rows]
@@ -241,17 +352,29 @@ class SQLiteFlagStore(FlagStore):
     def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]:
         with self._lock:
             self._check_open()
-            if self._watcher is None:
-                with self._errors("subscribing"):
-                    row = self._conn.execute("SELECT max(id) FROM flag_history").fetchone()
-                # Changes committed before this point are in the subscriber's own
-                # load; the watcher reports only rows after it.
-                self._last_id = row[0] or 0
+            first = self._watcher is None
+            if first:
+                with self._read_lock, self._errors("subscribing"):
+                    row = self._reader.execute("SELECT max(id) FROM flag_history").fetchone()
+                    loaded = self._loaded_upto
+                # Race: a subscriber loads, then subscribes; another process may
+                # commit in between. Start after the last load_states() snapshot
+                # (when there was one), so that commit is reported, not skipped;
+                # rows already in the load may be reported again (at least once).
+                top = row[0] or 0
+                self._last_id = top if loaded is None else min(top, loaded)
+            # Registered before the watcher can deliver anything meant for it.
+            self._callbacks = (*self._callbacks, callback)
+            if first:
                 self._watcher = threading.Thread(
                     target=self._watch, name=f"foundation-sqlite-flags:{self.path}", daemon=True
                 )
                 self._watcher.start()
-            self._callbacks = (*self._callbacks, callback)
+            else:
+                # The running watcher may already be past this subscriber's load:
+                # it tells the newcomer "reload" once (an empty batch) to close that gap.
+                with self._read_lock:
+                    self._catch_up = (*self._catch_up, callback)
 
         def unsubscribe() -> None:
             with self._lock:
@@ -268,8 +391,9 @@ class SQLiteFlagStore(FlagStore):
             watcher = self._watcher
         if watcher is not None:
             watcher.join()
-        with self._lock:
+        with self._lock, self._read_lock:
             self._conn.close()
+            self._reader.close()
 
     def __repr__(self) -> str:
         return f"SQLiteFlagStore({self.path!r})"
@@ -280,39 +404,66 @@ class SQLiteFlagStore(FlagStore):
         """Poll ``data_version``; hand other connections' new history rows to callbacks."""
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
-            version = None
-            while not self._stop.wait(self.poll_interval):
+            while not self._stop.wait(self._interval()):
                 try:
-                    current = conn.execute("PRAGMA data_version").fetchone()[0]
-                    if current == version:
-                        continue
-                    version = current
-                    # Writers are serialised and ids are assigned inside the write
-                    # transaction, so ids commit in increasing order: no row with a
-                    # smaller id can appear after we have read a larger one.
-                    rows = conn.execute(
-                        "SELECT id, origin, record FROM flag_history WHERE id > ? ORDER BY id",
-                        (self._last_id,),
-                    ).fetchall()
-                except sqlite3.Error:
-                    version = None  # transient (for example a file being replaced): retry
-                    continue
-                if not rows:
-                    continue
-                self._last_id = rows[-1][0]
-                remote = [r[2] for r in rows if r[1] != self._origin]
-                if remote:
-                    try:
-                        changes = [FlagChange.from_json(text) for text in remote]
-                    except FlagError:
-                        changes = []  # unreadable records: still tell subscribers to reload
-                    self._deliver(changes)
+                    self._poll(conn)
+                except BaseException as exc:  # the watcher outlives anything: report, go on
+                    report_callback_error(exc, self, "SQLite flag store watcher")
+                    if isinstance(exc, Exception):  # our own defect: pause, never spin hot
+                        self._stop.wait(0.1)
         finally:
             conn.close()
 
+    def _interval(self) -> float:
+        """Fast while changes flow (a kill switch follows a burst), ``poll_interval`` when idle."""
+        if time.monotonic() < self._hot_until:
+            return min(FAST_POLL, self.poll_interval)
+        return self.poll_interval
+
+    def _poll(self, conn: sqlite3.Connection) -> None:
+        """One step of the watcher: read rows committed since the last step, deliver others'."""
+        if self._catch_up:
+            with self._read_lock:
+                fresh, self._catch_up = self._catch_up, ()
+            for callback in fresh:
+                if callback in self._callbacks:  # not unsubscribed meanwhile
+                    self._call(callback, [])
+        try:
+            current = conn.execute("PRAGMA data_version").fetchone()[0]
+            if current == self._version:
+                return
+            self._version = current
+            # Only the rows after the last one seen, in one autocommit statement:
+            # a WAL read transaction as short as the query, never waiting on a
+            # writer. Writers are serialised and ids are assigned inside the write
+            # transaction, so ids commit in increasing order: no row with a
+            # smaller id can appear after we have read a larger one.
+            rows = conn.execute(
+                "SELECT id, origin, record FROM flag_history WHERE id > ? ORDER BY id",
+                (self._last_id,),
+            ).fetchall()
+        except sqlite3.Error:
+            self._version = None  # transient (for example a file being replaced): retry
+            return
+        if not rows:
+            return
+        self._last_id = rows[-1][0]
+        remote = [r[2] for r in rows if r[1] != self._origin]
+        if remote:
+            self._hot_until = time.monotonic() + HOT_FOR
+            try:
+                changes = [FlagChange.from_json(text) for text in remote]
+            except FlagError:
+                changes = []  # unreadable records: still tell subscribers to reload
+            self._deliver(changes)
+
     def _deliver(self, changes: list[FlagChange]) -> None:
         for callback in self._callbacks:
-            try:
-                callback(changes)
-            except Exception as exc:
-                report_callback_error(exc, callback)
+            self._call(callback, changes)
+
+    @staticmethod
+    def _call(callback: Callable[[list[FlagChange]], None], changes: list[FlagChange]) -> None:
+        try:
+            callback(changes)
+        except BaseException as exc:  # SystemExit too: it would end the watcher thread
+            report_callback_error(exc, callback)
