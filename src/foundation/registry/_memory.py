@@ -27,8 +27,9 @@ the writes happened (a queue filled under the write lock). The thread that
 made a change delivers its events before the call returns, unless another
 thread is delivering at that moment — that thread then delivers them. A
 listener may call the registry, writes included (their events follow once the
-current listener returns). A listener that raises is reported through
-``sys.unraisablehook``; the registry and the other listeners are unaffected.
+current listener returns). A listener that raises is logged under
+``foundation.registry`` and passed to ``sys.unraisablehook`` if one is
+installed; the write, the registry and the other listeners are unaffected.
 Death events are delivered by the thread that saw the death (a monitor
 thread, or the event loop for asyncio agents): keep listeners quick.
 """
@@ -51,6 +52,7 @@ from foundation.errors import (
     RegistryError,
 )
 from foundation.liveness import Down, Monitor, MonitorManager, is_alive
+from foundation.registry._async import DirectAsyncWrites
 from foundation.registry._listeners import CopyOnWriteListeners
 from foundation.registry._query import compile_criteria, index_plan, matches
 from foundation.registry._types import (
@@ -160,7 +162,7 @@ def _index_terms(value: Any) -> tuple[list[Any], bool]:
     return terms, unhashable
 
 
-class MemoryRegistry(CopyOnWriteListeners, Registry):
+class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
     """The shared registry: lock-free reads, serialised writes, one monitor per entry.
 
     ``indexed`` names top-level metadata attributes answered from an index by

@@ -108,7 +108,7 @@ effect on the next call.
 while the flag is off or divergences remain; afterwards the facade writes
 only to the target, closes the legacy backend and never reads the flag
 again. A later change that would turn the flag off is reported as a warning
-(telemetry ``registry.flag_ignored``, and the ``foundation`` logger) and
+(telemetry ``registry.flag_ignored``, and the ``foundation.registry`` logger) and
 never obeyed.
 """
 
@@ -130,6 +130,7 @@ from foundation.errors import (
     RegistryError,
 )
 from foundation.liveness import is_alive
+from foundation.registry._async import MigratingAsyncWrites
 from foundation.registry._types import (
     Criterion,
     Divergence,
@@ -145,7 +146,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MigratingRegistry"]
 
-_log = logging.getLogger("foundation")
+_log = logging.getLogger("foundation.registry")
 
 Side = Literal["legacy", "target"]
 _LEGACY: Final = "legacy"
@@ -223,7 +224,7 @@ class _Ctx:
         self.pending: list[tuple[Listener, RegistryEvent]] = []
 
 
-class MigratingRegistry(Registry):
+class MigratingRegistry(MigratingAsyncWrites, Registry):
     """A registry that answers from ``legacy`` or ``target`` as ``flag`` says.
 
     Writes reach both backends (best effort for the non-authoritative one), so
@@ -361,33 +362,50 @@ class MigratingRegistry(Registry):
         store are touched by one thread. The inbox is drained *before* each
         record is read; a writer updates the record *before* pushing, so a
         change this pass misses is pushed again and seen by the next pass.
+
+        Best effort: a key the legacy backend refuses (unreachable) stays in
+        ``view.mirrors`` at its old generation and goes back in the inbox, so
+        a later pass retries it; the caller's own call is never failed by it.
         """
         inbox = view.inbox
+        retry: list[Hashable] = []
+        try:
+            while True:
+                try:
+                    key = inbox.popleft()
+                except IndexError:
+                    return
+                try:
+                    self._catch_up_key(view, key)
+                except Exception as exc:  # retried by a later pass, after this one ends
+                    _log.warning("MigratingRegistry: legacy catch-up of %r failed: %r", key, exc)
+                    retry.append(key)
+        finally:
+            inbox.extend(retry)
+
+    def _catch_up_key(self, view: _View, key: Hashable) -> None:
         legacy = self._legacy
-        while True:
-            try:
-                key = inbox.popleft()
-            except IndexError:
-                return
-            gen = view.mirrors.get(key)
-            if gen is None:
-                continue  # not (or no longer) a mirror here: nothing to catch up
-            rec = self._records.get(key)
-            if rec is None or rec.view is not view:
-                # Unregistered, replaced by another thread, or dead: drop the stale copy.
-                del view.mirrors[key]
+        gen = view.mirrors.get(key)
+        if gen is None:
+            return  # not (or no longer) a mirror here: nothing to catch up
+        rec = self._records.get(key)
+        # The mirror is forgotten only once its legacy copy is gone, so that a
+        # refused unregister is retried rather than leaving an untracked copy.
+        if rec is None or rec.view is not view:
+            # Unregistered, replaced by another thread, or dead: drop the stale copy.
+            self._quiet(legacy.unregister, key)
+            view.mirrors.pop(key, None)
+        elif rec.gen != gen:
+            entry = self._target.lookup(key)
+            if entry is None or entry.agent is not rec.agent:
                 self._quiet(legacy.unregister, key)
-            elif rec.gen != gen:
-                entry = self._target.lookup(key)
-                if entry is None or entry.agent is not rec.agent:
-                    del view.mirrors[key]
-                    self._quiet(legacy.unregister, key)
-                else:
-                    try:
-                        self._quiet(legacy.update_metadata, key, entry.metadata)
-                        view.mirrors[key] = rec.gen
-                    except NotRegistered:  # the private copy's agent died
-                        del view.mirrors[key]
+                view.mirrors.pop(key, None)
+            else:
+                try:
+                    self._quiet(legacy.update_metadata, key, entry.metadata)
+                    view.mirrors[key] = rec.gen
+                except NotRegistered:  # the private copy's agent died
+                    view.mirrors.pop(key, None)
 
     def _catch_up_reader(self) -> None:
         """Lock-free catch-up before a legacy read (flag off)."""
@@ -457,9 +475,10 @@ class MigratingRegistry(Registry):
                 ctx.pending.append((listener, event))
             return
         # Asynchronous (a death seen by a monitor, a remote change): forward
-        # when this side is authoritative at delivery time.
+        # when this side is authoritative at delivery time. Its error is
+        # reported here, never raised into the backend's delivering thread.
         if (side == _TARGET) == self._on:
-            listener(event)
+            self._deliver([(listener, event)])
 
     def _on_target_event(self, event: RegistryEvent) -> None:
         # Deaths are applied to the records at the next write (rule 5); a
@@ -588,7 +607,7 @@ class MigratingRegistry(Registry):
         holds = view.private or (old is not None and old.view is view)
         try:
             self._quiet(self._legacy.register, key, agent, metadata, replace=holds)
-        except (RegistryError, ValueError, TypeError) as exc:
+        except Exception as exc:  # best effort: a refused mirror is a divergence, not an error
             view.mirrors.pop(key, None)
             if isinstance(exc, AlreadyRegistered) and key in view.divergent:
                 return  # the refusing copy is already a listed divergence
@@ -647,8 +666,13 @@ class MigratingRegistry(Registry):
                 if rec is not None:
                     self._tell(rec.view, key, view)
                 if view.private or (rec is not None and rec.view is view):
-                    self._quiet(self._legacy.unregister, key)
-                    view.mirrors.pop(key, None)
+                    try:
+                        self._quiet(self._legacy.unregister, key)
+                    except Exception as exc:  # best effort: the next catch-up retries it
+                        _log.warning("MigratingRegistry: legacy unregister %r failed: %r", key, exc)
+                        view.inbox.append(key)  # the record is gone: catch-up drops the copy
+                    else:
+                        view.mirrors.pop(key, None)
                     view.divergent.pop(key, None)
                 return removed
             removed = self._loud(_LEGACY, self._legacy.unregister, key)
@@ -693,6 +717,11 @@ class MigratingRegistry(Registry):
                         view.mirrors[key] = gen
                     except NotRegistered:  # the legacy copy's agent died
                         view.mirrors.pop(key, None)
+                    except Exception as exc:  # best effort: its mirror keeps the old gen,
+                        _log.warning(  # so the next catch-up copies the new metadata
+                            "MigratingRegistry: legacy update of %r failed: %r", key, exc
+                        )
+                        view.inbox.append(key)
                 else:
                     self._tell(rec.view, key, view)
                 return
@@ -885,6 +914,7 @@ class MigratingRegistry(Registry):
             self._records.clear()
             self._views.clear()
             self._dead.clear()
+        self._close_async()
         if not self._finished:
             self._legacy.close()
         self._target.close()

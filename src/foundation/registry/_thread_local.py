@@ -25,6 +25,7 @@ from typing import Any
 from foundation._unraisable import report_unraisable
 from foundation.errors import AlreadyRegistered, InvalidKey, NotAlive, NotRegistered, RegistryError
 from foundation.liveness import is_alive
+from foundation.registry._async import DirectAsyncWrites
 from foundation.registry._listeners import CopyOnWriteListeners
 from foundation.registry._query import compile_criteria, matches
 from foundation.registry._types import (
@@ -77,7 +78,7 @@ def _check_key(key: object) -> None:
         ) from None
 
 
-class ThreadLocalRegistry(CopyOnWriteListeners, Registry):
+class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
     """The legacy store: per-thread, unmonitored. Same calls, results and errors.
 
     Differences from the shared registries, by design (the legacy behaviour

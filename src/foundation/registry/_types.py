@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from foundation.registry._async import AsyncWrites
+
 if TYPE_CHECKING:
     from foundation.liveness import Down
 
@@ -103,7 +105,7 @@ class Divergence:
 Listener = Callable[[RegistryEvent], None]
 
 
-class Registry(abc.ABC):
+class Registry(AsyncWrites, abc.ABC):
     """The registry contract (see DESIGN.md "Registry contract").
 
     Backends implement the abstract methods; ``find_by_attribute``, ``in``,
