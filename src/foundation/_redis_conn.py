@@ -15,8 +15,8 @@ What every Redis-backed class shares, so both answer a fault identically:
   ``CLUSTERDOWN``, auth failures, any other error reply), except a
   configuration mistake (``DB index is out of range``), which is
   ``errors.InvalidConfig``. No redis-py exception leaves a public call.
-- :class:`Backoff`: the retry policy of background loops (full-jitter
-  exponential backoff, base 0.05 s, cap 2 s).
+- Background loops retry with :class:`foundation._retry.RetryBackoff`
+  (full-jitter exponential backoff), the library's one retry policy.
 
 ``NOSCRIPT`` needs no mapping: redis-py's ``Script`` objects reload a script the
 server does not know (after a restart or ``SCRIPT FLUSH``) and retry once, and a
@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
@@ -46,7 +45,6 @@ from foundation.errors import BackendUnavailable, FoundationError, InvalidConfig
 
 __all__ = [
     "REDIS_ERROR_KINDS",
-    "Backoff",
     "check_url",
     "connect",
     "error_kind",
@@ -310,42 +308,3 @@ def connect(
         client.close()
         raise
     return client
-
-
-class Backoff:
-    """Full-jitter exponential backoff: the n-th :meth:`next` is uniform in
-    ``[0, min(cap, base * 2**n)]``; :meth:`reset` after a success.
-
-    >>> b = Backoff(base=0.05, cap=2.0)
-    >>> all(0 <= b.next() <= 2.0 for _ in range(20))
-    True
-    """
-
-    __slots__ = ("_attempt", "_rng", "base", "cap")
-
-    def __init__(self, base: float = 0.05, cap: float = 2.0, *, rng: random.Random | None = None):
-        if not 0 < base <= cap:
-            raise ValueError("Backoff needs 0 < base <= cap")
-        self.base = base
-        self.cap = cap
-        self._attempt = 0
-        self._rng = rng or random.Random()
-
-    @property
-    def attempt(self) -> int:
-        """Failures since the last reset."""
-        return self._attempt
-
-    def ceiling(self) -> float:
-        """The upper bound of the next delay."""
-        return min(self.cap, self.base * 2.0 ** min(self._attempt, 32))
-
-    def next(self) -> float:
-        """The next delay in seconds (and count one more failure)."""
-        delay = float(self._rng.uniform(0.0, self.ceiling()))
-        self._attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        """Start again from ``base`` (after a success)."""
-        self._attempt = 0

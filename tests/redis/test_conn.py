@@ -341,38 +341,6 @@ def test_scripts_reload_after_a_server_restart_plain_and_in_pipelines(
         client.close()
 
 
-# ------------------------------------------------------------------ Backoff
-
-
-def test_backoff_is_full_jitter_exponential_up_to_the_cap() -> None:
-    backoff = rc.Backoff()
-    assert (backoff.base, backoff.cap) == (0.05, 2.0)
-    ceilings = []
-    for _ in range(12):
-        ceiling = backoff.ceiling()
-        delay = backoff.next()
-        assert 0.0 <= delay <= ceiling
-        ceilings.append(ceiling)
-    assert ceilings[:4] == [0.05, 0.1, 0.2, 0.4]
-    assert ceilings[-1] == 2.0
-    assert backoff.attempt == 12
-    backoff.reset()
-    assert backoff.attempt == 0
-    assert backoff.ceiling() == 0.05
-
-
-def test_backoff_delays_are_jittered() -> None:
-    backoff = rc.Backoff(base=1.0, cap=1.0)
-    assert len({backoff.next() for _ in range(50)}) > 1
-
-
-def test_backoff_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
-        rc.Backoff(base=0.0)
-    with pytest.raises(ValueError):
-        rc.Backoff(base=3.0, cap=2.0)
-
-
 # ------------------------------------------------------------------ the extra is optional
 
 

@@ -99,7 +99,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from foundation import telemetry
-from foundation._redis_conn import Backoff, check_url, connect, import_redis, redact_url, translated
+from foundation._redis_conn import check_url, connect, import_redis, redact_url, translated
+from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, FlagError, InvalidFlagValue
 from foundation.flags._node_cache import (
     NodeCache,
@@ -1024,7 +1025,7 @@ class RedisFlagStore(FlagStore):
     # ------------------------------------------------------------------ listener
 
     def _listen(self) -> None:
-        backoff = Backoff(base=0.05, cap=1.0)
+        backoff = RetryBackoff(base=0.05, cap=1.0)
         pending: dict[str, list[tuple[str, FlagChange]]] = {}
         need_resync = not self._synced.is_set()
         next_check = time.monotonic() + self._resync_interval

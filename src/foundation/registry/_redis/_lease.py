@@ -29,7 +29,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from foundation import _redis_conn
+from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, FoundationError
 from foundation.liveness import Monitor, is_alive
 from foundation.registry._redis._scripts import (
@@ -226,7 +226,7 @@ class Lease:
         sh = self._sh
         # Capped below the heartbeat interval: after a global outage every node
         # must renew its (extended) lease well before it runs out.
-        backoff = _redis_conn.Backoff(base=min(0.05, sh.beat / 4), cap=min(2.0, sh.beat))
+        backoff = RetryBackoff(base=min(0.05, sh.beat / 4), cap=min(2.0, sh.beat))
         next_beat = time.monotonic() + sh.beat
         retry_at = 0.0
         while not sh.stop.is_set():

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Hashable
 from typing import Any
 
-from foundation import _redis_conn
+from foundation._retry import RetryBackoff
 from foundation.errors import FoundationError
 from foundation.liveness import Monitor
 from foundation.registry._redis._codec import decode_key
@@ -42,7 +42,7 @@ class Tail:
 
     def _loop(self) -> None:
         sh = self._sh
-        backoff = _redis_conn.Backoff()
+        backoff = RetryBackoff()
         while not sh.stop.is_set():
             try:
                 if not sh.link.wait_connected(timeout=0.5):
