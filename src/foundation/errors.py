@@ -4,6 +4,7 @@ Every error also subclasses the builtin a Python user would catch, so
 ``except KeyError`` around a lookup of an unknown flag keeps working::
 
     FoundationError
+    ├── Closed                       (RuntimeError) any call on a closed object, reads included
     ├── RegistryError
     │   ├── AlreadyRegistered        (ValueError)   key holds a live agent; ``.entry``
     │   ├── NotRegistered            (KeyError)     update of an absent key
@@ -39,6 +40,7 @@ from typing import Any
 __all__ = [
     "AlreadyRegistered",
     "BackendUnavailable",
+    "Closed",
     "FlagError",
     "FoundationError",
     "InvalidConfig",
@@ -64,6 +66,16 @@ class FoundationError(Exception):
 
 
 # --------------------------------------------------------------------------- registry
+
+
+class Closed(FoundationError, RuntimeError):
+    """A public call on an object that was closed: a registry, a flag service, a
+    store, a monitor manager or a supervisor handle. Reads are refused too: a
+    closed object answers nothing rather than something stale.
+
+    >>> issubclass(Closed, RuntimeError)
+    True
+    """
 
 
 class RegistryError(FoundationError):
@@ -181,6 +193,9 @@ class SupervisorError(FoundationError):
 
     reason: str | None = None
     child: str | None = None
+    #: With ``reason == "already_started"``: the running child's handle (or the
+    #: live agent holding its ``register_as`` name), as OTP's ``{already_started, Pid}``.
+    handle: Any = None
 
 
 class StartError(SupervisorError, RuntimeError):

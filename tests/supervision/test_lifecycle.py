@@ -164,7 +164,7 @@ def test_bad_specs_and_options_are_refused_before_anything_starts() -> None:
     with pytest.raises(ValueError, match="restart"):
         ChildSpec("a", worker, restart="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="shutdown_timeout"):
-        ChildSpec("a", worker, shutdown_timeout=0)
+        ChildSpec("a", worker, shutdown_timeout=-1)
     with pytest.raises(ValueError, match="non-empty"):
         ChildSpec("", worker)
     with pytest.raises(TypeError, match="cannot be started"):

@@ -22,7 +22,8 @@ class ChildContext:
     supervisor starts the next child only after it. ``stopping`` is set when
     the supervisor asks the child to stop: a thread must watch it (threads
     cannot be killed), a task is also cancelled. ``attempt`` is 0 for the first
-    start and counts restarts after that.
+    start and counts restarts after that. ``ignore()`` is OTP's ``ignore``
+    start result: the child declines to run (see :meth:`ignore`).
 
     Example:
         >>> import asyncio
@@ -38,17 +39,57 @@ class ChildContext:
         'running'
     """
 
-    __slots__ = ("_signal", "attempt", "id", "stopping", "supervisor")
+    __slots__ = (
+        "_lock",
+        "_readied",
+        "_signal",
+        "attempt",
+        "id",
+        "ignored",
+        "stopping",
+        "supervisor",
+    )
 
     def __init__(self, id: str, supervisor: str, attempt: int, signal: Callable[[], None]) -> None:
         self.id = id
         self.supervisor = supervisor
         self.attempt = attempt
         self.stopping = threading.Event()
+        self.ignored = False
+        self._readied = False
+        self._lock = threading.Lock()
         self._signal = signal
 
     def ready(self) -> None:
-        """Tell the supervisor this child is ready (safe from any thread)."""
+        """Tell the supervisor this child is ready (safe from any thread).
+
+        Raises:
+            RuntimeError: ``ignore()`` was called first.
+        """
+        with self._lock:  # Race: ready() and ignore() from two threads; one wins.
+            if self.ignored:
+                raise RuntimeError(f"child {self.id!r} already called ignore()")
+            self._readied = True
+        self._signal()
+
+    def ignore(self) -> None:
+        """Decline to run: OTP's ``ignore`` start result (call it, then return).
+
+        Called instead of ``ready()``: the start succeeds without a running
+        child. A static supervisor keeps the spec, shown ``"stopped"`` (OTP:
+        pid ``undefined``; ``restart_child`` tries again; a temporary child's
+        spec is dropped); a dynamic supervisor does not add the child. Only
+        task and thread children can ignore (and only with explicit readiness,
+        the default); the supervisor stops a child that goes on running after
+        ``ignore()`` as it stops any child.
+
+        Raises:
+            RuntimeError: ``ready()`` was called first.
+        """
+        with self._lock:
+            if self._readied:
+                raise RuntimeError(f"child {self.id!r} already called ready()")
+            self.ignored = True
         self._signal()
 
     def should_stop(self) -> bool:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
+
+from foundation.registry._validation import freeze_metadata
 
 if TYPE_CHECKING:
     from foundation.supervision._supervisor import Supervisor
 
 __all__ = [
+    "AutoShutdown",
     "Backoff",
     "ChildCounts",
     "ChildExit",
@@ -23,12 +26,14 @@ __all__ = [
     "Readiness",
     "RestartType",
     "Strategy",
+    "check_childspecs",
 ]
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 RestartType = Literal["permanent", "transient", "temporary"]
 ChildKind = Literal["task", "thread", "process", "supervisor"]
 Readiness = Literal["explicit", "spawned"]
+AutoShutdown = Literal["never", "any_significant", "all_significant"]
 ChildStatus = Literal["running", "restarting", "stopped"]
 ExitReason = Literal["normal", "exception", "cancelled", "exit", "killed", "shutdown", "abandoned"]
 
@@ -36,6 +41,7 @@ _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 _RESTARTS = ("permanent", "transient", "temporary")
 _KINDS = ("task", "thread", "process", "supervisor")
 _READINESS = ("explicit", "spawned")
+_AUTO_SHUTDOWN = ("never", "any_significant", "all_significant")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +71,35 @@ class ChildSpec:
     or is not ready within ``ready_timeout`` seconds (``None``: no limit), has
     failed to start.
 
+    A task or thread child that decides not to run calls ``ctx.ignore()``
+    instead of ``ctx.ready()`` and returns (OTP's ``ignore``): see
+    :meth:`ChildContext.ignore`.
+
     ``restart``: ``"permanent"`` children are always restarted, ``"transient"``
     ones only after an abnormal exit, ``"temporary"`` ones never (their spec is
     dropped when they end). ``shutdown_timeout`` (seconds, ``None`` waits for
     ever) bounds an orderly stop before the child is killed where its kind
-    allows it. With a registry, the child's live handle is registered under
-    ``register_as`` (default: ``id``) with ``metadata`` on every (re)start.
+    allows it; ``0`` is OTP's ``brutal_kill`` (no orderly stop: a process gets
+    SIGKILL, a task is cancelled and not waited for, a thread is abandoned at
+    once). With a registry, the child's live handle is registered under
+    ``register_as`` (default: ``id``) with ``metadata`` on every (re)start; a
+    name held by a live agent outside the supervisor is refused.
+
+    ``significant`` (transient and temporary children only): with the
+    supervisor's ``auto_shutdown``, this child's own exit (not one the
+    supervisor caused) may stop the whole supervisor; see :class:`Supervisor`.
+
+    ``args`` is a tuple or list; ``metadata`` must be JSON-compatible (the
+    registry's rule), checked here rather than at the first start.
 
     Raises:
-        ValueError: an empty id, an unknown restart, kind or readiness, or a
-            timeout that is not positive.
-        TypeError: a ``start`` that does not fit its kind.
+        ValueError: an empty id, an unknown restart, kind or readiness, a
+            negative timeout (or a ``ready_timeout`` of 0), or ``significant``
+            on a permanent child.
+        TypeError: a ``start`` that does not fit its kind; ``args`` that are
+            not a tuple or list (a str usually means a missing comma:
+            ``args=("events",)``); ``kwargs`` that are not a mapping.
+        InvalidMetadata: metadata that is not JSON-compatible.
 
     Example:
         >>> from foundation.supervision import ChildSpec
@@ -98,6 +122,7 @@ class ChildSpec:
     metadata: Mapping[str, Any] | None = None
     readiness: Readiness | None = None
     ready_timeout: float | None = 5.0
+    significant: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -106,10 +131,36 @@ class ChildSpec:
             raise ValueError(f"restart must be one of {_RESTARTS}, not {self.restart!r}")
         if self.readiness is not None and self.readiness not in _READINESS:
             raise ValueError(f"readiness must be one of {_READINESS}, not {self.readiness!r}")
-        for name in ("shutdown_timeout", "ready_timeout"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive or None, not {value!r}")
+        if self.shutdown_timeout is not None and not self.shutdown_timeout >= 0:
+            raise ValueError(
+                f"shutdown_timeout must be >= 0 (0: brutal_kill) or None, "
+                f"not {self.shutdown_timeout!r}"
+            )
+        if self.ready_timeout is not None and not self.ready_timeout > 0:
+            raise ValueError(f"ready_timeout must be positive or None, not {self.ready_timeout!r}")
+        if not isinstance(self.significant, bool):
+            raise TypeError(f"significant must be a bool, not {self.significant!r}")
+        if self.significant and self.restart == "permanent":
+            # OTP: {bad_combination, [{restart, permanent}, {significant, true}]}
+            raise ValueError(
+                f"child {self.id!r}: a significant child must be transient or temporary, "
+                "not permanent"
+            )
+        args: object = self.args  # typed as a tuple; checked as whatever was passed
+        if isinstance(args, (str, bytes)):
+            raise TypeError(
+                f"child {self.id!r}: args must be a tuple or list, not a "
+                f"{type(args).__name__} ({args!r}); a missing comma? "
+                f"write args=({args!r},)"
+            )
+        if not isinstance(args, (tuple, list)):
+            raise TypeError(
+                f"child {self.id!r}: args must be a tuple or list, not {type(args).__name__}"
+            )
+        if not isinstance(self.kwargs, Mapping):
+            raise TypeError(
+                f"child {self.id!r}: kwargs must be a mapping, not {type(self.kwargs).__name__}"
+            )
         kind = self.kind if self.kind is not None else _guess_kind(self.start)
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
@@ -118,7 +169,8 @@ class ChildSpec:
         object.__setattr__(self, "args", tuple(self.args))
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
         if self.metadata is not None:
-            object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+            # The registry's own rule and frozen shape (InvalidMetadata otherwise).
+            object.__setattr__(self, "metadata", freeze_metadata(self.metadata))
 
     @property
     def key(self) -> Hashable:
@@ -164,6 +216,65 @@ def _check_start(child: str, kind: str, start: object) -> None:
         ok = callable(start) and not isinstance(start, Supervisor)
     if not ok:
         raise TypeError(f"child {child!r}: {start!r} cannot be started as a {kind}")
+
+
+def check_childspecs(specs: Iterable[object], auto_shutdown: AutoShutdown = "never") -> str | None:
+    """``None`` if ``specs`` can be one supervisor's children, else why not.
+
+    OTP's ``supervisor:check_childspecs/2`` (``ok`` or ``{error, Reason}``).
+    Each item is a :class:`ChildSpec` or a mapping of ``ChildSpec`` arguments
+    (validated by building it); the list is refused for duplicate ids,
+    duplicate registry keys (``register_as``, else the id), and significant
+    children under ``auto_shutdown="never"``.
+
+    Example:
+        >>> from foundation.supervision import ChildSpec, check_childspecs
+        >>> def work(ctx): ...
+        >>> check_childspecs([ChildSpec("a", work), {"id": "b", "start": work}]) is None
+        True
+        >>> check_childspecs([ChildSpec("a", work), ChildSpec("a", work)])
+        "duplicate child id 'a'"
+        >>> print(check_childspecs([{"id": "x", "start": work, "args": ("oops")}]))
+        ... # doctest: +ELLIPSIS
+        child 'x': args must be a tuple or list, not a str ('oops'); a missing comma? ...
+    """
+    built: list[ChildSpec] = []
+    for item in specs:
+        if isinstance(item, ChildSpec):
+            built.append(item)
+        elif isinstance(item, Mapping):
+            try:
+                built.append(ChildSpec(**item))
+            except (TypeError, ValueError) as exc:  # InvalidMetadata is a ValueError
+                return str(exc)
+        else:
+            return f"not a ChildSpec: {item!r}"
+    return _check_specs(built, auto_shutdown)
+
+
+def _check_specs(specs: Sequence[object], auto_shutdown: str) -> str | None:
+    """Why ``specs`` cannot be one supervisor's children (``None``: they can)."""
+    if auto_shutdown not in _AUTO_SHUTDOWN:
+        return f"auto_shutdown must be one of {_AUTO_SHUTDOWN}, not {auto_shutdown!r}"
+    ids: set[str] = set()
+    keys: set[Hashable] = set()
+    for spec in specs:
+        if not isinstance(spec, ChildSpec):
+            return f"not a ChildSpec: {spec!r}"
+        if spec.id in ids:
+            return f"duplicate child id {spec.id!r}"
+        ids.add(spec.id)
+        try:
+            duplicate = spec.key in keys
+        except TypeError:
+            return f"child {spec.id!r}: register_as {spec.key!r} is not hashable"
+        if duplicate:
+            return f"duplicate register_as {spec.key!r} (child {spec.id!r})"
+        keys.add(spec.key)
+        if spec.significant and auto_shutdown == "never":
+            # OTP refuses significant children when auto_shutdown is never.
+            return f"child {spec.id!r} is significant, but auto_shutdown is 'never'"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +344,10 @@ class ChildInfo:
     ``handle`` is the live run (``asyncio.Task``, ``threading.Thread``,
     ``subprocess.Popen``, ``multiprocessing.Process`` or the nested
     ``Supervisor``), ``None`` unless running. ``restarts`` counts the restarts
-    of this child since its supervisor started.
+    of this child since its supervisor started. ``registered`` is True while
+    the running child's handle is registered in the supervisor's registry;
+    False without a registry, when not running, and in degraded mode (the
+    registry backend is unavailable and the registration is being retried).
     """
 
     id: str
@@ -242,6 +356,7 @@ class ChildInfo:
     status: ChildStatus
     handle: Any
     restarts: int
+    registered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

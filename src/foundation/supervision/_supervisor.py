@@ -11,26 +11,32 @@ not become ready. From other threads, use :meth:`Supervisor.run_in_thread`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
+import logging
+import random
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from foundation import telemetry
 from foundation.errors import (
+    AlreadyRegistered,
+    BackendUnavailable,
     NotAlive,
     RestartIntensityExceeded,
     ShutdownError,
     StartError,
     SupervisorError,
 )
+from foundation.supervision import _reports as reports
 from foundation.supervision._runs import Run, make_run
 from foundation.supervision._spec import (
+    _AUTO_SHUTDOWN,
     _STRATEGIES,
+    AutoShutdown,
     Backoff,
     ChildCounts,
     ChildExit,
@@ -38,6 +44,8 @@ from foundation.supervision._spec import (
     ChildSpec,
     ChildStatus,
     Strategy,
+    _check_specs,
+    check_childspecs,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +53,12 @@ if TYPE_CHECKING:
     from foundation.supervision._thread import SupervisorThread
 
 __all__ = ["ChildErrorReason", "DynamicSupervisor", "Supervisor", "SupervisorState"]
+
+_log = logging.getLogger("foundation.supervision")
+
+#: Telemetry events of degraded mode (see ``Supervisor``, "Registry outages").
+REGISTRATION_DEGRADED = "foundation.supervision.registration_degraded"
+REGISTRATION_RESTORED = "foundation.supervision.registration_restored"
 
 SupervisorState = Literal["new", "starting", "running", "stopping", "stopped", "failed"]
 ChildErrorReason = Literal[
@@ -56,14 +70,20 @@ ChildErrorReason = Literal[
     "max_children",
     "supervisor_running",
     "supervisor_not_running",
+    "simple_one_for_one",
+    "killed",
 ]
 
 
-def _error(reason: ChildErrorReason, child: str | None, message: str) -> SupervisorError:
-    """A ``SupervisorError`` carrying OTP's reason (``.reason``) and the child id."""
+def _error(
+    reason: ChildErrorReason, child: str | None, message: str, handle: Any = None
+) -> SupervisorError:
+    """A ``SupervisorError`` carrying OTP's reason (``.reason``), the child id
+    and, for ``"already_started"``, the running handle (``.handle``)."""
     err = SupervisorError(message)
     err.reason = reason
     err.child = child
+    err.handle = handle
     return err
 
 
@@ -78,7 +98,18 @@ def _describe(exit: ChildExit) -> str:
 
 
 class _Child:
-    __slots__ = ("consecutive", "pending", "restarts", "run", "spec", "status")
+    __slots__ = (
+        "consecutive",
+        "owned",
+        "pending",
+        "registered",
+        "registrar",
+        "restarts",
+        "run",
+        "spec",
+        "status",
+        "write",
+    )
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
@@ -87,6 +118,10 @@ class _Child:
         self.restarts = 0  # restarts since the supervisor started
         self.consecutive = 0  # restarts since it last ran for min_uptime (backoff exponent)
         self.pending: object | None = None  # token of a delayed (backoff) restart
+        self.registered = False  # the current run's handle is in the registry
+        self.registrar: asyncio.Task[None] | None = None  # degraded mode: retries registering
+        self.write: asyncio.Task[None] | None = None  # this child's last registry write
+        self.owned: tuple[Any, ...] = ()  # agents of its latest registration attempts (<= 3)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,6 +135,15 @@ class _Exited:
 class _StartFailed:
     id: str
     exit: ChildExit
+
+
+class _Round:
+    """The token of one delayed restart round; ``owner`` is the child whose exit began it."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,28 +180,90 @@ class Supervisor:
     and ``stop()`` / ``terminate_child()`` raise
     :class:`~foundation.errors.ShutdownError` naming it after finishing the rest.
 
+    In ``one_for_all`` and ``rest_for_one`` a restart restarts every child of
+    its scope that has a spec, including siblings that were stopped (by
+    ``terminate_child``, a normal transient exit, or ``ignore``), as OTP's
+    ``restart_multiple_children`` does. When such a restart fails, the child
+    that failed is ``"restarting"`` (it is retried, each retry one more crash)
+    and the siblings after it that could not start yet are ``"stopped"``
+    (OTP's pid ``undefined``): a ``terminate_child`` of the failing child
+    leaves them restartable with ``restart_child`` and deletable.
+
+    Brutal kill: a child with ``shutdown_timeout=0`` is killed without an
+    orderly stop: a process gets SIGKILL at once (and is waited for, as OTP
+    waits for the ``'DOWN'``); a task is cancelled and given only the few loop
+    turns its cancellation takes (one that swallows it is abandoned); a thread,
+    which cannot be killed, is abandoned at once (``"abandoned"``, so
+    ``stop()``/``terminate_child()`` raise ``ShutdownError`` for it).
+
+    Significant children and ``auto_shutdown`` (OTP 24): with
+    ``auto_shutdown="any_significant"`` the supervisor stops itself (normally,
+    no failure) when a ``significant`` child ends on its own and is not
+    restarted (a temporary one after any exit, a transient one after a normal
+    exit); with ``"all_significant"`` when the last running significant child
+    does. Exits the supervisor causes (``terminate_child``, a strategy's
+    restart, its own stop) never trigger it. ``"never"`` (the default)
+    refuses significant children.
+
+    Ignore: a child calling ``ctx.ignore()`` instead of ``ctx.ready()`` is
+    not running but its spec is kept, ``"stopped"`` (a temporary child's spec
+    is dropped); one_for_all/rest_for_one restarts start it again.
+
+    A supervisor killed from outside (its :attr:`task` cancelled) notices: it
+    stops its children in reverse order and ends failed (a ``SupervisorError``
+    with ``reason == "killed"``), so a parent sees a crashed child and applies
+    its restart policy.
+
     ``backoff`` (a :class:`Backoff`) delays restarts; each still counts against
     the intensity when it is decided. ``min_uptime`` (default ``max_seconds``)
     is how long a run must last for its child to count as healthy again, which
     resets its backoff.
 
     With ``registry=``, each child's live handle is registered under its
-    ``ChildSpec.key`` with ``replace=True`` on every (re)start, once ready (the
-    ``{:via, Registry, ...}`` analogue): a lookup finds the current run or, in
-    between, nothing (the registry drops dead agents), never a stale handle. A
-    nested supervisor is registered as its ``task``. Registry calls run on the
-    event loop: use a registry whose writes do not block for long.
+    ``ChildSpec.key`` on every (re)start, once ready (the ``{:via, Registry,
+    ...}`` analogue): a lookup finds the current run or, in between, nothing
+    (the registry drops dead agents), never a stale handle. As ``:via`` does,
+    a key held by a live agent that is not this child's previous run is
+    refused: the start fails (``StartError`` with ``.reason ==
+    "already_started"`` and the holder as ``.handle``); the child's own earlier
+    registration is replaced. Two children of one supervisor may not share a
+    key (``ValueError``). A nested supervisor is registered as its ``task``.
+    Every registry write goes through the registry's async face (its executor),
+    so a slow or frozen backend never blocks the event loop; the writes for one
+    child are made one at a time, in order.
+
+    Registry outages (degraded mode): a child whose registration fails with
+    :class:`~foundation.errors.BackendUnavailable`, or is still pending after
+    ``registration_wait`` seconds (a frozen server), has *not* failed: it runs
+    (status ``"running"``, ``ChildInfo.registered`` False) and the registration
+    is retried in the background (full-jitter exponential backoff, 0.05 s base,
+    2 s cap) until it succeeds, the run ends (the retry is cancelled) or the
+    supervisor stops. An outage never stops a healthy child and never counts
+    towards the restart intensity. Each episode is logged on the
+    ``foundation.supervision`` logger (WARNING when degraded, INFO when
+    restored) and emitted as telemetry ``foundation.supervision.registration_degraded``
+    and ``foundation.supervision.registration_restored`` (``supervisor``,
+    ``child``, ``key``, ``error``; the latter also ``attempts`` and
+    ``seconds``). Any other registry error (``InvalidKey``, ``InvalidMetadata``,
+    ...) fails the start as before; one that arrives only after the child was
+    let run is logged as an ERROR and the retrying stops.
 
     Management (async; from other threads use :meth:`run_in_thread`):
     ``start_child``, ``terminate_child``, ``restart_child``, ``delete_child``
     raise :class:`~foundation.errors.SupervisorError` whose ``.reason`` is OTP's
-    (``"not_found"``, ``"running"``, ``"restarting"``, ``"already_started"``,
-    ``"already_present"``, ...; see ``ChildErrorReason``) and ``.child`` the id.
+    (``"not_found"``, ``"running"``, ``"restarting"``, ``"already_started"``
+    with the running ``.handle``, ``"already_present"``, ...; see
+    ``ChildErrorReason``) and ``.child`` the id. ``which_child``,
+    ``get_childspec`` and ``check_childspecs`` answer without changing anything.
+
+    Reports: every event it handles is logged through ``logging`` (crash,
+    progress and supervisor reports; see ``foundation.supervision._reports``).
 
     Telemetry (``foundation.telemetry``): ``supervisor.child_started``,
     ``supervisor.child_exited`` (``reason``, ``exception``, ``exit_code``,
-    ``signal``, ``restart``), ``supervisor.child_restarted`` and
-    ``supervisor.intensity_exceeded``; each carries ``supervisor`` and ``child``.
+    ``signal``, ``restart``), ``supervisor.child_restarted``,
+    ``supervisor.intensity_exceeded`` and the two degraded-mode events above;
+    each carries ``supervisor`` and ``child``.
 
     Example:
         >>> import asyncio
@@ -174,6 +280,13 @@ class Supervisor:
         [('db', 'running'), ('web', 'running')]
     """
 
+    #: Seconds a start waits for a child's registration before letting it run
+    #: unregistered (degraded mode) while the write finishes in the background.
+    registration_wait: float = 1.0
+    #: Backoff of the background registration retries: full jitter, exponential.
+    registration_retry_base: float = 0.05
+    registration_retry_cap: float = 2.0
+
     def __init__(
         self,
         children: Iterable[ChildSpec] = (),
@@ -185,15 +298,19 @@ class Supervisor:
         registry: Registry | None = None,
         backoff: Backoff | None = None,
         min_uptime: float | None = None,
+        auto_shutdown: AutoShutdown = "never",
     ) -> None:
         specs = tuple(children)
-        seen: set[str] = set()
         for spec in specs:
             if not isinstance(spec, ChildSpec):
                 raise TypeError(f"children must be ChildSpec instances, not {spec!r}")
-            if spec.id in seen:
-                raise ValueError(f"duplicate child id {spec.id!r}")
-            seen.add(spec.id)
+        if auto_shutdown not in _AUTO_SHUTDOWN:
+            raise ValueError(
+                f"auto_shutdown must be one of {_AUTO_SHUTDOWN}, not {auto_shutdown!r}"
+            )
+        problem = _check_specs(specs, auto_shutdown)
+        if problem is not None:
+            raise ValueError(problem)
         if strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be one of {_STRATEGIES}, not {strategy!r}")
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
@@ -205,6 +322,7 @@ class Supervisor:
         if backoff is not None and not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff, not {backoff!r}")
         self._specs = specs
+        self._auto_shutdown: AutoShutdown = auto_shutdown
         self._strategy: Strategy = strategy
         self._max_restarts = max_restarts
         self._max_seconds = float(max_seconds)
@@ -214,6 +332,9 @@ class Supervisor:
         self._healthy_after = float(max_seconds if min_uptime is None else min_uptime)
         self._state: SupervisorState = "new"
         self._children: dict[str, _Child] = {}
+        # Registry key -> child, for the duplicate check of start_child in O(1).
+        # Entries of removed children go stale (checked on read, pruned in bulk).
+        self._keys: dict[Hashable, _Child] = {}
         self._failure: SupervisorError | None = None
         self._main: asyncio.Task[None] | None = None
         self._done: asyncio.Future[None] | None = None
@@ -277,12 +398,13 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._children = {spec.id: _Child(spec) for spec in self._specs}
+        self._keys = {child.spec.key: child for child in self._children.values()}
         self._events: asyncio.Queue[object] = asyncio.Queue()
         self._lock = asyncio.Lock()
         self._stop_requested: asyncio.Future[None] = loop.create_future()
         self._done = loop.create_future()
         self._failure = None
-        self._restart_times: deque[float] = deque()
+        self._restart_times: deque[tuple[float, str]] = deque()
         self._main = None
         self._stop_task = None
         self._stopping = False
@@ -290,14 +412,19 @@ class Supervisor:
         async with self._lock:
             try:
                 for child in list(self._children.values()):
-                    await self._start_run(child)
+                    if not await self._start_run(child) and child.spec.restart == "temporary":
+                        del self._children[child.spec.id]  # OTP: an ignored temporary child
             except BaseException:  # StartError, or start() itself cancelled: roll back
                 self._stopping = True
                 await self._shutdown_children()
                 self._finish()
                 raise
             self._main = loop.create_task(self._run(), name=f"supervisor {self._name}")
+            self._main.add_done_callback(self._main_ended)
             self._state = "running"
+        reports.supervisor_started(
+            self._name, strategy=self._strategy, children=len(self._children)
+        )
 
     async def stop(self) -> None:
         """Stop every child in reverse order; idempotent.
@@ -333,6 +460,7 @@ class Supervisor:
         async with self._lock:  # management calls in flight finish (or fail) first
             abandoned = await self._shutdown_children()
             self._finish()
+        reports.supervisor_stopped(self._name, reason="shutdown")
         if abandoned:
             raise ShutdownError(
                 f"supervisor {self._name!r} stopped, but could not stop {abandoned}: "
@@ -352,7 +480,7 @@ class Supervisor:
         if self._failure is not None:
             raise self._failure
 
-    async def __aenter__(self) -> Supervisor:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -374,6 +502,36 @@ class Supervisor:
 
         return SupervisorThread(self, name=name)
 
+    def _main_ended(self, task: asyncio.Task[None]) -> None:
+        """The supervising task ended: fine when we stopped it, else it was killed."""
+        if self._stopping:
+            return
+        # Killed from outside (its task cancelled, as a parent or a user may do
+        # with the handle a registry holds): nothing supervises the children
+        # any more, so stop them and end failed; a parent then sees this
+        # supervisor crash (its SupervisorRun watches the done future).
+        why = "its task was cancelled" if task.cancelled() else f"{task.exception()!r}"
+        err = _error("killed", None, f"supervisor {self._name!r} was killed: {why}")
+        if not task.cancelled():
+            err.__cause__ = task.exception()
+        self._failure = err
+        self._stopping = True
+        self._state = "stopping"
+        self._request_stop()
+        self._stop_task = self._loop.create_task(
+            self._killed_sequence(), name=f"stop killed supervisor {self._name}"
+        )
+        self._stop_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _killed_sequence(self) -> None:
+        # Race: the task may have been cancelled while it held the lock (in the
+        # middle of a restart); the lock is released by then (async with), and a
+        # management call in flight finishes first.
+        async with self._lock:
+            await self._shutdown_children()
+            self._finish()
+        reports.supervisor_stopped(self._name, reason="killed")
+
     def _request_stop(self) -> None:
         if not self._stop_requested.done():
             self._stop_requested.set_result(None)
@@ -385,6 +543,13 @@ class Supervisor:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        for child in self._children.values():
+            self._stop_registrar(child)
+            # Stopped: no write needs ordering any more. Its thread finishes on
+            # its own (a late write of a stopped run meets a dead agent: NotAlive).
+            write, child.write = child.write, None
+            if write is not None:
+                write.cancel()
         self._stopping = True
         self._request_stop()
         self._state = "failed" if self._failure is not None else "stopped"
@@ -413,7 +578,10 @@ class Supervisor:
         handle = run.handle if run is not None and child.status == "running" else None
         spec = child.spec
         assert spec.kind is not None
-        return ChildInfo(spec.id, spec.kind, spec.restart, child.status, handle, child.restarts)
+        registered = child.registered and child.status == "running"
+        return ChildInfo(
+            spec.id, spec.kind, spec.restart, child.status, handle, child.restarts, registered
+        )
 
     # ------------------------------------------------------------------ management
     def _require_running(self) -> None:
@@ -431,11 +599,20 @@ class Supervisor:
     async def start_child(self, spec: ChildSpec, /) -> ChildInfo:
         """Add ``spec`` after the existing children and start it.
 
+        A child that calls ``ctx.ignore()`` is kept ``"stopped"`` (a temporary
+        one is not kept); the returned row says so (``handle`` ``None``).
+
         Raises:
-            SupervisorError: ``.reason`` ``"already_started"`` (the id runs),
-                ``"already_present"`` (the id is held by a stopped child; use
-                ``restart_child`` or ``delete_child``), ``"supervisor_not_running"``.
-            StartError: it failed to start (its spec is not kept).
+            SupervisorError: ``.reason`` ``"already_started"`` (the id runs;
+                ``.handle`` is the running child's), ``"already_present"``
+                (the id is held by a stopped child, or one whose restart is
+                pending; use ``restart_child`` or ``delete_child``),
+                ``"supervisor_not_running"``.
+            ValueError: its ``register_as`` key is another child's, or it is
+                significant and ``auto_shutdown`` is ``"never"``.
+            StartError: it failed to start (its spec is not kept); with
+                ``.reason == "already_started"`` when its registry key is held
+                by a live agent (``.handle``).
         """
         if not isinstance(spec, ChildSpec):
             raise TypeError(f"start_child takes a ChildSpec, not {spec!r}")
@@ -444,20 +621,47 @@ class Supervisor:
             self._require_running()
             existing = self._children.get(spec.id)
             if existing is not None:
-                if existing.status == "stopped":
+                # OTP's handle_start_child: {already_started, Pid} only with a live
+                # pid; a stopped child or a pending restart is already_present.
+                if existing.status == "running" and existing.run is not None:
                     raise _error(
-                        "already_present", spec.id, f"child {spec.id!r} is already present"
+                        "already_started",
+                        spec.id,
+                        f"child {spec.id!r} is already started",
+                        handle=existing.run.handle,
                     )
-                raise _error("already_started", spec.id, f"child {spec.id!r} is already started")
+                raise _error("already_present", spec.id, f"child {spec.id!r} is already present")
+            problem = _check_specs([spec], self._auto_shutdown)
+            if problem is None and self._key_holder(spec.key) is not None:
+                problem = f"duplicate register_as {spec.key!r} (child {spec.id!r})"
+            if problem is not None:
+                raise ValueError(problem)
             self._admit(spec)
             child = _Child(spec)
             self._children[spec.id] = child
+            self._keys[spec.key] = child
             try:
-                await self._start_run(child)
+                started = await self._start_run(child)
             except BaseException:
                 self._children.pop(spec.id, None)
                 raise
-            return self._info(child)
+            info = self._info(child)
+            if not started and not self._keep_ignored(spec):
+                self._children.pop(spec.id, None)
+            return info
+
+    def _key_holder(self, key: Hashable) -> _Child | None:
+        """The current child whose registry key is ``key``, if any."""
+        if len(self._keys) > 2 * len(self._children) + 64:  # amortised pruning
+            self._keys = {c.spec.key: c for c in self._children.values()}
+        holder = self._keys.get(key)
+        if holder is not None and self._children.get(holder.spec.id) is not holder:
+            return None  # stale: that child was removed
+        return holder
+
+    def _keep_ignored(self, spec: ChildSpec) -> bool:
+        """Whether an ignored child's spec is kept (OTP: not a temporary one)."""
+        return spec.restart != "temporary"
 
     def _admit(self, spec: ChildSpec) -> None:
         """Hook: refuse a new child (called under the lock)."""
@@ -478,7 +682,14 @@ class Supervisor:
             raise ShutdownError(f"child {id!r} did not stop in time and was abandoned")
 
     async def _terminate_child(self, child: _Child) -> ChildExit | None:
-        child.pending = None  # cancels a delayed restart
+        round, child.pending = child.pending, None  # cancels a delayed restart
+        if isinstance(round, _Round) and round.owner == child.spec.id:
+            # The siblings stopped for this child's restart are left stopped (OTP:
+            # pid undefined, restartable), not restarted without it nor stuck.
+            for other in self._children.values():
+                if other.pending is round:
+                    other.pending = None
+                    other.status = "stopped"
         exit = await self._terminate(child) if child.run is not None else None
         child.status = "stopped"
         if child.spec.restart == "temporary":
@@ -487,6 +698,8 @@ class Supervisor:
 
     async def restart_child(self, id: str) -> ChildInfo:
         """Start again a child that is stopped (terminated, or ended and not restarted).
+
+        A child that calls ``ctx.ignore()`` stays ``"stopped"``.
 
         Raises:
             SupervisorError: ``.reason`` ``"not_found"``, ``"running"``, ``"restarting"``.
@@ -497,8 +710,11 @@ class Supervisor:
             self._require_running()  # it may have stopped or given up meanwhile
             child = self._get(id)
             self._require_stopped(child, "restart")
-            await self._start_run(child)
-            return self._info(child)
+            started = await self._start_run(child)
+            info = self._info(child)
+            if not started and child.spec.restart == "temporary":
+                self._children.pop(id, None)
+            return info
 
     async def delete_child(self, id: str) -> None:
         """Forget the spec of a stopped child.
@@ -513,6 +729,30 @@ class Supervisor:
             self._require_stopped(child, "delete")
             del self._children[id]
 
+    def which_child(self, id: str) -> ChildInfo:
+        """The ``which_children()`` row of child ``id`` (OTP 26's ``which_child``).
+
+        Raises:
+            SupervisorError: ``.reason == "not_found"``.
+        """
+        return self._info(self._get(id))
+
+    def get_childspec(self, id: str) -> ChildSpec:
+        """The spec child ``id`` runs from (OTP's ``get_childspec``).
+
+        Raises:
+            SupervisorError: ``.reason == "not_found"``.
+        """
+        return self._get(id).spec
+
+    @staticmethod
+    def check_childspecs(
+        specs: Iterable[object], auto_shutdown: AutoShutdown = "never"
+    ) -> str | None:
+        """``None`` if ``specs`` can be one supervisor's children, else why not
+        (OTP's ``check_childspecs``; see :func:`foundation.supervision.check_childspecs`)."""
+        return check_childspecs(specs, auto_shutdown)
+
     def _require_stopped(self, child: _Child, verb: str) -> None:
         if child.status != "stopped":
             raise _error(
@@ -522,8 +762,12 @@ class Supervisor:
             )
 
     # ------------------------------------------------------------------ starting a run
-    async def _start_run(self, child: _Child, *, restarted: bool = False) -> None:
-        """Launch one run of ``child`` and wait until it is ready and registered."""
+    async def _start_run(self, child: _Child, *, restarted: bool = False) -> bool:
+        """Launch one run of ``child`` and wait until it is ready and registered.
+
+        Returns False when the child ignored its start (``ctx.ignore()``): it
+        is then ``"stopped"``, without a run.
+        """
         spec = child.spec
         run = make_run(spec, self._name, child.restarts)
         child.run = run  # recorded before any await: a stop in between sees and stops it
@@ -532,19 +776,34 @@ class Supervisor:
             await run.launch()
             launched = True
             await self._await_ready(run)
-            self._register(run)
+            if _ignored(run):
+                run.discarded = True
+                if child.run is run:
+                    child.run = None
+                child.status = "stopped"
+                # It should be returning by now; one that goes on is stopped as usual.
+                await asyncio.shield(self._shutdown_run(run))
+                reports.child_ignored(self._name, spec.id, str(spec.kind))
+                return False
+            await self._register(child, run)
         except BaseException as exc:
             run.discarded = True
             if child.run is run:
                 child.run = None
             child.status = "stopped"
             if launched:
-                await asyncio.shield(run.shutdown(spec.shutdown_timeout))
+                await asyncio.shield(self._shutdown_run(run))
             if not isinstance(exc, Exception):
                 raise
-            raise StartError(
+            reports.start_failed(self._name, spec.id, str(spec.kind), error=exc)
+            err = StartError(
                 spec.id, f"child {spec.id!r} of supervisor {self._name!r} failed to start: {exc}"
-            ) from exc
+            )
+            if isinstance(exc, AlreadyRegistered):
+                # As {:via, Registry, name}: {error, {already_started, Holder}}.
+                err.reason = "already_started"
+                err.handle = exc.entry.agent if exc.entry is not None else None
+            raise err from exc
         child.status = "running"
         run.started_at = self._loop.time()
         # Added after readiness: an exit before ready is a failed start, not a crash.
@@ -561,6 +820,9 @@ class Supervisor:
                     "attempt": run.attempt,
                 },
             )
+        reports.child_started(
+            self._name, spec.id, str(spec.kind), restarted=restarted, attempt=run.attempt
+        )
         if restarted and telemetry.has_listeners("supervisor.child_restarted"):
             telemetry.emit(
                 "supervisor.child_restarted",
@@ -571,6 +833,7 @@ class Supervisor:
                     "restarts": child.restarts,
                 },
             )
+        return True
 
     async def _await_ready(self, run: Run) -> None:
         if run.ready.done():
@@ -593,38 +856,242 @@ class Supervisor:
             raise RuntimeError(f"supervisor {self._name!r} is stopping")
         raise TimeoutError(f"it was not ready within {run.spec.ready_timeout} s")
 
-    def _register(self, run: Run) -> None:
-        if self._registry is None:
-            return
-        spec = run.spec
-        # NotAlive: it died just after signalling ready; its exit event is on its way.
-        with contextlib.suppress(NotAlive):
-            self._registry.register(spec.key, run.agent, spec.metadata, replace=True)
+    # ------------------------------------------------------------------ registration
+    def _write(self, child: _Child, run: Run) -> asyncio.Task[None]:
+        """Start registering ``run``'s handle, after this child's earlier writes.
 
-    def _unregister_if_current(self, run: Run) -> None:
-        """Drop the registration of an abandoned run (still alive, no longer supervised)."""
+        Race: a write for an earlier run may still be in flight in the
+        registry's executor (its awaiter was cancelled, the thread was not).
+        Chaining the writes of one child keeps them in order, so a late write
+        of a dead run can never replace the registration of the live one.
+        """
+        registry = self._registry
+        assert registry is not None
+        spec = run.spec
+        previous = child.write
+        key, agent, metadata = spec.key, run.agent, spec.metadata
+        # Ours to replace: this child's previous runs (a restart) and this very
+        # run (a retry whose earlier attempt landed after all). Anything else
+        # holding the key is someone else's live agent: refused, as :via does.
+        if not any(mine is agent for mine in child.owned):
+            child.owned = (*child.owned[-2:], agent)
+        own = child.owned
+
+        def register() -> None:
+            try:
+                registry.register(key, agent, metadata)
+            except AlreadyRegistered as exc:
+                holder = exc.entry.agent if exc.entry is not None else None
+                if holder is None or not any(holder is mine for mine in own):
+                    raise
+                # Race: the holder may change between these two calls; the
+                # window is one registry call, and a newcomer loses its key to
+                # the supervised child exactly as before this check existed.
+                registry.register(key, agent, metadata, replace=True)
+
+        async def write() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait({previous})
+            await registry._async_call(register)
+
+        task = self._loop.create_task(write(), name=f"register {run.name}")
+        # Its outcome is read by whoever still waits for it; if nobody does
+        # (the run ended), it is retrieved here so that it is not logged.
+        task.add_done_callback(_retrieve)
+        child.write = task
+        return task
+
+    async def _register(self, child: _Child, run: Run) -> None:
+        """Register a run that just became ready (see "Registry outages").
+
+        Raises the registry's error, except ``NotAlive`` (the run died just
+        after signalling ready; its exit event is on its way) and
+        ``BackendUnavailable`` or a write still pending after
+        ``registration_wait``: then the child runs and a registrar retries.
+        """
+        child.registered = False
+        self._stop_registrar(child)
         if self._registry is None:
             return
-        entry = self._registry.lookup(run.spec.key)
-        if entry is not None and entry.agent is run.agent:
-            self._registry.unregister(run.spec.key)
+        attempt = self._write(child, run)
+        # asyncio.wait never cancels what it waits for: if this start is
+        # cancelled, the write finishes in the background (it is retrieved).
+        await asyncio.wait(
+            {attempt, self._stop_requested},
+            timeout=self.registration_wait,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not attempt.done():
+            if self._stop_requested.done():
+                return  # stopping: nobody needs the registration any more
+            self._degrade(child, run, pending=attempt, error=None)
+            return
+        error = attempt.exception()
+        if error is None:
+            child.registered = True
+        elif isinstance(error, BackendUnavailable):
+            self._degrade(child, run, pending=None, error=error)
+        elif not isinstance(error, NotAlive):
+            raise error
+
+    def _degrade(
+        self,
+        child: _Child,
+        run: Run,
+        *,
+        pending: asyncio.Task[None] | None,
+        error: BaseException | None,
+    ) -> None:
+        """Let ``run`` go on unregistered; a registrar task keeps trying."""
+        spec = run.spec
+        why = (
+            f"failed ({error!r})"
+            if error is not None
+            else (f"is still pending after {self.registration_wait:g} s")
+        )
+        _log.warning(
+            "supervisor %r: child %r runs unregistered: registering it as %r %s; "
+            "retrying in the background",
+            self._name,
+            spec.id,
+            spec.key,
+            why,
+        )
+        if telemetry.has_listeners(REGISTRATION_DEGRADED):
+            telemetry.emit(
+                REGISTRATION_DEGRADED,
+                {"supervisor": self._name, "child": spec.id, "key": spec.key, "error": error},
+            )
+        registrar = self._loop.create_task(
+            self._keep_registering(child, run, pending), name=f"registrar {run.name}"
+        )
+        child.registrar = registrar
+        # A run that ends needs no registration: its retries stop with it.
+        run.exited.add_done_callback(lambda _exit: registrar.cancel())
+
+    async def _keep_registering(
+        self, child: _Child, run: Run, pending: asyncio.Task[None] | None
+    ) -> None:
+        """Retry registering ``run`` with full-jitter exponential backoff until it sticks."""
+        spec = run.spec
+        began = self._loop.time()
+        failures = 0 if pending is not None else 1
+        while True:
+            if pending is None:
+                exponent = min(failures - 1, 30)
+                ceiling = min(
+                    self.registration_retry_cap, self.registration_retry_base * 2**exponent
+                )
+                await asyncio.sleep(random.uniform(0.0, ceiling))  # full jitter
+                pending = self._write(child, run)
+            try:
+                # Shielded: cancelling the registrar (the run ended) leaves the
+                # write to finish in order; the next write of this child waits for it.
+                await asyncio.shield(pending)
+            except NotAlive:
+                return  # it died: its exit event follows, a restart registers anew
+            except BackendUnavailable:
+                failures += 1
+                pending = None
+                continue
+            except Exception as exc:  # not an outage: report it and stop retrying
+                _log.error(
+                    "supervisor %r: child %r could not be registered as %r; giving up "
+                    "(the child keeps running unregistered)",
+                    self._name,
+                    spec.id,
+                    spec.key,
+                    exc_info=exc,
+                )
+                return
+            break
+        if child.run is run:
+            child.registered = True
+        if child.registrar is asyncio.current_task():
+            child.registrar = None
+        seconds = self._loop.time() - began
+        _log.info(
+            "supervisor %r: child %r registered as %r again after %d attempt(s), %.3f s",
+            self._name,
+            spec.id,
+            spec.key,
+            failures + 1,
+            seconds,
+        )
+        if telemetry.has_listeners(REGISTRATION_RESTORED):
+            telemetry.emit(
+                REGISTRATION_RESTORED,
+                {
+                    "supervisor": self._name,
+                    "child": spec.id,
+                    "key": spec.key,
+                    "error": None,
+                    "attempts": failures + 1,
+                    "seconds": seconds,
+                },
+            )
+
+    def _stop_registrar(self, child: _Child) -> None:
+        registrar, child.registrar = child.registrar, None
+        if registrar is not None:
+            registrar.cancel()
+
+    async def _unregister_if_current(self, child: _Child, run: Run) -> None:
+        """Drop the registration of an abandoned run (still alive, no longer supervised)."""
+        registry = self._registry
+        if registry is None:
+            return
+        self._stop_registrar(child)
+        child.registered = False
+        # Race: a registration of this run may still be in flight; it must land
+        # first, or it would register the abandoned run after we looked.
+        if child.write is not None and not child.write.done():
+            await asyncio.wait({child.write})
+        key, agent = run.spec.key, run.agent
+
+        def unregister_if_current() -> bool:
+            # Lookup and unregister in one call on the registry's write path,
+            # so both see the same (possibly per-thread) store.
+            entry = registry.lookup(key)
+            return entry is not None and entry.agent is agent and registry.unregister(key)
+
+        try:
+            await registry._async_call(unregister_if_current)
+        except BackendUnavailable as exc:
+            # The agent is not ours any more; the backend's lease or the next
+            # registration of this key takes it over.
+            _log.warning(
+                "supervisor %r: could not unregister abandoned child %r (%r)",
+                self._name,
+                run.spec.id,
+                exc,
+            )
 
     # ------------------------------------------------------------------ stopping runs
     async def _terminate(self, child: _Child, *, restart: bool = False) -> ChildExit:
         run = child.run
         assert run is not None
         # Shielded: if our caller is cancelled the stop sequence still completes.
-        exit = await asyncio.shield(run.shutdown(child.spec.shutdown_timeout))
+        exit = await asyncio.shield(self._shutdown_run(run))
         if child.run is run:
             child.run = None
         child.status = "stopped"
         if exit.reason == "abandoned":
-            self._unregister_if_current(run)
+            await self._unregister_if_current(child, run)
         self._emit_exit(child, exit, restart=restart)
         return exit
 
+    def _shutdown_run(self, run: Run) -> asyncio.Task[ChildExit]:
+        """Stop ``run`` (once; concurrent callers share it). The run kinds report
+        shutdown timeouts, kills (``brutal_kill`` included) and abandoned threads."""
+        return run.shutdown(run.spec.shutdown_timeout)
+
     async def _shutdown_children(self) -> list[str]:
-        """Stop every running child in reverse start order; returns the abandoned."""
+        """Stop every running child in reverse start order; returns the abandoned.
+
+        A ``DynamicSupervisor`` stops them concurrently instead (OTP's
+        ``terminate_dynamic_children``).
+        """
         abandoned = []
         for child in reversed(list(self._children.values())):
             child.pending = None
@@ -671,7 +1138,7 @@ class Supervisor:
             child = self._children.get(event.id)
             if child is None or child.status != "restarting" or child.run is not None:
                 return
-            await self._child_down(child, event.exit, 0.0)
+            await self._child_down(child, event.exit, 0.0, reported=True)
         elif isinstance(event, _RestartDue):
             due = []
             for id in event.ids:
@@ -681,45 +1148,88 @@ class Supervisor:
                     due.append(id)
             await self._restart(due)
 
-    async def _child_down(self, child: _Child, exit: ChildExit, uptime: float) -> None:
+    async def _child_down(
+        self, child: _Child, exit: ChildExit, uptime: float, *, reported: bool = False
+    ) -> None:
+        """Apply the restart type, intensity and strategy to a child's own exit.
+
+        ``reported``: a failed restart, already logged by ``start_failed``.
+        """
         spec = child.spec
+        kind = str(spec.kind)
         restart = spec.restart == "permanent" or (spec.restart == "transient" and exit.abnormal)
         if not restart:
             self._emit_exit(child, exit, restart=False)
             child.status = "stopped"
             if spec.restart == "temporary":
                 del self._children[spec.id]
+            rule = self._auto_shutdown_rule(child)
+            if rule is not None:
+                action = "shutdown (significant)"
+            elif spec.restart == "temporary":
+                action = "no_restart (temporary)"
+            else:
+                action = "no_restart (transient, normal exit)"
+            if exit.abnormal:
+                reports.child_crashed(self._name, spec.id, kind, exit, action=action)
+            else:
+                reports.child_exited(self._name, spec.id, kind, exit, action=action)
+            if rule is not None:
+                reports.auto_shutdown(self._name, spec.id, rule=rule)
+                await self._shut_down_automatically()
             return
         now = self._loop.time()
         window = self._restart_times
-        window.append(now)
-        while window and window[0] <= now - self._max_seconds:
+        window.append((now, spec.id))
+        while window and window[0][0] <= now - self._max_seconds:
             window.popleft()
         if len(window) > self._max_restarts:
             self._emit_exit(child, exit, restart=False)
+            if not reported:
+                action = "shutdown (restart intensity exceeded)"
+                if exit.abnormal:
+                    reports.child_crashed(self._name, spec.id, kind, exit, action=action)
+                else:
+                    reports.child_exited(self._name, spec.id, kind, exit, action=action)
             await self._give_up(child, exit)
             return
         self._emit_exit(child, exit, restart=True)
         if uptime >= self._healthy_after:
             child.consecutive = 0
         child.consecutive += 1
+        delay = self._backoff.delay(child.consecutive) if self._backoff is not None else 0.0
+        if not reported:
+            action = {
+                "one_for_one": "restart",
+                "one_for_all": "restart_all",
+                "rest_for_one": "restart_rest",
+            }[self._strategy]
+            if delay > 0:
+                action += f" (after {delay:g}s backoff)"
+            if exit.abnormal:
+                reports.child_crashed(self._name, spec.id, kind, exit, action=action)
+            else:
+                reports.child_exited(self._name, spec.id, kind, exit, action=action)
         child.status = "restarting"
         scope = self._scope(child)
         for other in reversed(scope):
-            if other is child or other.run is None:
+            if other is child or other.spec.id not in self._children:
                 continue
-            await self._terminate(other, restart=other.spec.restart != "temporary")
-            if other.spec.restart == "temporary":
-                del self._children[other.spec.id]  # OTP: never restarted, spec dropped
-            else:
-                other.status = "restarting"
+            if other.run is not None:
+                await self._terminate(other, restart=other.spec.restart != "temporary")
+                if other.spec.restart == "temporary":
+                    del self._children[other.spec.id]  # OTP: never restarted, spec dropped
+                    continue
+            # OTP (restart_multiple_children): every child of the scope that has
+            # a spec is started again, also one stopped by terminate_child, a
+            # transient one that ended normally, or one that returned ignore.
+            other.status = "restarting"
         ids = tuple(
             c.spec.id for c in scope if c.spec.id in self._children and c.status == "restarting"
         )
-        delay = self._backoff.delay(child.consecutive) if self._backoff is not None else 0.0
         # This round takes over any delayed restart still pending in its scope,
         # so the whole scope restarts together, in start order.
-        token = object() if delay > 0 else None
+        token = _Round(spec.id) if delay > 0 else None
         for id in ids:
             self._children[id].pending = token
         if delay > 0:
@@ -730,6 +1240,30 @@ class Supervisor:
             return
         await self._restart(ids)
 
+    def _auto_shutdown_rule(self, child: _Child) -> str | None:
+        """The rule that stops this supervisor now that ``child`` ended for good, if any."""
+        if not child.spec.significant or self._auto_shutdown == "never":
+            return None
+        if self._auto_shutdown == "any_significant":
+            return "any_significant"
+        # all_significant: the last significant child still running (or about to
+        # be restarted) has just ended.
+        others = (
+            c
+            for c in self._children.values()
+            if c is not child and c.spec.significant and c.status != "stopped"
+        )
+        return None if any(True for _ in others) else "all_significant"
+
+    async def _shut_down_automatically(self) -> None:
+        """auto_shutdown: stop every child and end normally (no failure)."""
+        self._stopping = True
+        self._state = "stopping"
+        self._request_stop()
+        await self._shutdown_children()
+        self._finish()
+        reports.supervisor_stopped(self._name, reason="shutdown")
+
     def _scope(self, child: _Child) -> list[_Child]:
         if self._strategy == "one_for_one":
             return [child]
@@ -739,7 +1273,8 @@ class Supervisor:
         return children[children.index(child) :]
 
     async def _restart(self, ids: Iterable[str]) -> None:
-        for id in ids:
+        ids = list(ids)
+        for n, id in enumerate(ids):
             if self._stopping:
                 return
             child = self._children.get(id)
@@ -747,14 +1282,24 @@ class Supervisor:
                 continue
             child.restarts += 1
             try:
-                await self._start_run(child, restarted=True)
+                started = await self._start_run(child, restarted=True)
             except StartError as err:
                 # A failed restart is one more crash: the strategy runs again for it
-                # (and counts it), and the children after it stay "restarting".
+                # (and counts it). As OTP's restart_multiple_children, the failed
+                # child is "restarting" and the ones after it that could not start
+                # yet are "stopped" (pid undefined): the retry's scope includes
+                # them, and if the failing child is terminated meanwhile they are
+                # left stopped, restartable, never stuck.
                 child.status = "restarting"
+                for later in ids[n + 1 :]:
+                    other = self._children.get(later)
+                    if other is not None and other.status == "restarting" and other.pending is None:
+                        other.status = "stopped"
                 cause = err.__cause__ if err.__cause__ is not None else err
                 self._events.put_nowait(_StartFailed(id, ChildExit("exception", exception=cause)))
                 return
+            if not started and child.spec.restart == "temporary":
+                self._children.pop(id, None)
 
     async def _give_up(self, child: _Child, exit: ChildExit) -> None:
         err = RestartIntensityExceeded(
@@ -764,6 +1309,13 @@ class Supervisor:
         )
         err.__cause__ = exit.exception
         self._failure = err
+        reports.intensity_exceeded(
+            self._name,
+            child.spec.id,
+            max_restarts=self._max_restarts,
+            max_seconds=self._max_seconds,
+            history=list(self._restart_times),
+        )
         if telemetry.has_listeners("supervisor.intensity_exceeded"):
             telemetry.emit(
                 "supervisor.intensity_exceeded",
@@ -781,6 +1333,7 @@ class Supervisor:
         child.status = "stopped"
         await self._shutdown_children()
         self._finish()
+        reports.supervisor_stopped(self._name, reason="reached_max_restart_intensity")
 
     async def _give_up_on_defect(self, exc: Exception) -> None:
         err = SupervisorError(f"supervisor {self._name!r} failed: {exc!r}")
@@ -910,3 +1463,60 @@ class DynamicSupervisor(Supervisor):
         exit = await super()._terminate_child(child)
         self._children.pop(child.spec.id, None)
         return exit
+
+    def _keep_ignored(self, spec: ChildSpec) -> bool:
+        return False  # OTP: a dynamic child that returns ignore is not added
+
+    async def restart_child(self, id: str) -> ChildInfo:
+        """Not supported: a dynamic child is deleted when terminated.
+
+        Raises:
+            SupervisorError: always, ``.reason == "simple_one_for_one"`` (OTP's
+                ``{error, simple_one_for_one}``).
+        """
+        raise _error(
+            "simple_one_for_one",
+            id,
+            f"a DynamicSupervisor does not support restart_child (child {id!r}): "
+            "terminate_child deletes a dynamic child; start a new one with start_child",
+        )
+
+    async def delete_child(self, id: str) -> None:
+        """Not supported: ``terminate_child`` already deletes a dynamic child.
+
+        Raises:
+            SupervisorError: always, ``.reason == "simple_one_for_one"`` (OTP's
+                ``{error, simple_one_for_one}``).
+        """
+        raise _error(
+            "simple_one_for_one",
+            id,
+            f"a DynamicSupervisor does not support delete_child (child {id!r}): "
+            "terminate_child already deletes a dynamic child",
+        )
+
+    async def _shutdown_children(self) -> list[str]:
+        """Stop every running child at once (OTP's ``terminate_dynamic_children``):
+        the stop takes about the longest shutdown timeout, not their sum."""
+        children = list(self._children.values())
+        for child in children:
+            child.pending = None
+        running = [c for c in reversed(children) if c.run is not None]
+        exits = await asyncio.gather(*(self._terminate(c) for c in running))
+        for child in children:
+            child.status = "stopped"
+        return [
+            c.spec.id for c, exit in zip(running, exits, strict=True) if exit.reason == "abandoned"
+        ]
+
+
+def _ignored(run: Run) -> bool:
+    """True when the run's child called ``ctx.ignore()`` (task and thread kinds)."""
+    ctx = getattr(run, "ctx", None)
+    return ctx is not None and getattr(ctx, "ignored", False) is True
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a registry write's outcome as retrieved (its waiter, if any, reads it)."""
+    if not task.cancelled():
+        task.exception()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from foundation.supervision._spec import ChildCounts, ChildInfo
+from foundation._unraisable import report_unraisable
+from foundation.supervision._spec import ChildCounts, ChildInfo, ChildSpec
 
 if TYPE_CHECKING:
     from foundation.supervision._supervisor import Supervisor
@@ -19,6 +22,9 @@ __all__ = ["SupervisorThread"]
 T = TypeVar("T")
 
 _LOOP_CLOSE_GRACE = 1.0  # seconds given to leftover tasks (abandoned ones) at loop close
+_DEFECT_BACKOFF = 0.1  # seconds before serving again after the loop itself failed
+
+_log = logging.getLogger("foundation.supervision")
 
 
 class SupervisorThread:
@@ -67,10 +73,37 @@ class SupervisorThread:
 
     # ------------------------------------------------------------------ loop thread
     def _serve(self) -> None:
+        """Run the loop until ``_close_loop``; whatever escapes it is reported, then served on.
+
+        asyncio re-raises ``SystemExit`` and ``KeyboardInterrupt`` out of
+        ``run_forever`` (a task child calling ``sys.exit()`` does that), after
+        recording them on the task: the supervisor handles that child's exit
+        as soon as the loop runs again. Any other exception out of
+        ``run_forever`` is a defect of the loop itself: reported, and retried
+        after a short backoff so that it cannot spin hot.
+        """
         loop = self._loop
         asyncio.set_event_loop(loop)
         try:
-            loop.run_forever()
+            while True:
+                try:
+                    loop.run_forever()
+                except BaseException as exc:  # this thread must outlive anything a child throws
+                    if self._closed:
+                        break
+                    where = f"the event loop of supervisor {self.supervisor.name!r}"
+                    report_unraisable(exc, where, self.supervisor, area="supervision")
+                    if isinstance(exc, Exception):
+                        time.sleep(_DEFECT_BACKOFF)
+                    continue
+                # Race: _close_loop sets _closed before it schedules loop.stop(),
+                # so a normal return with _closed False is someone else's stop().
+                if self._closed:
+                    break
+                _log.warning(
+                    "the event loop of supervisor %r was stopped from outside; serving on",
+                    self.supervisor.name,
+                )
         finally:
             try:
                 leftover = asyncio.all_tasks(loop)
@@ -144,6 +177,14 @@ class SupervisorThread:
     def count_children(self) -> ChildCounts:
         """See :meth:`Supervisor.count_children`."""
         return self._call_soon(self.supervisor.count_children)
+
+    def which_child(self, id: str) -> ChildInfo:
+        """See :meth:`Supervisor.which_child`."""
+        return self._call_soon(lambda: self.supervisor.which_child(id))
+
+    def get_childspec(self, id: str) -> ChildSpec:
+        """See :meth:`Supervisor.get_childspec`."""
+        return self._call_soon(lambda: self.supervisor.get_childspec(id))
 
     def start_child(self, *args: Any, **kwargs: Any) -> ChildInfo:
         """See :meth:`Supervisor.start_child` and :meth:`DynamicSupervisor.start_child`."""
