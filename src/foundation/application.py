@@ -19,10 +19,26 @@ next, and stop in reverse:
    signals (supervisor restarts per minute, registry lookup latency against
    the baseline measured at start, and the error rate fed to ``app.health``);
 5. ``workers`` — an optional nested supervisor of the caller's children,
-   registered by name in the registry on every (re)start.
+   registered by name in the registry on every (re)start, through the
+   registry's async face (``register_async``): a slow or frozen Redis never
+   blocks the tree's event loop. During a registry outage the workers keep
+   running unregistered and their registrations are retried until Redis is
+   back (degraded mode: see :class:`~foundation.supervision.Supervisor`,
+   "Registry outages"); an outage never stops a worker.
 
 ``services=`` leaves any of the first four out (the original's test mode):
 what depends on a missing service degrades as described above.
+
+Logs: the application reports its life on the ``foundation.application``
+logger, one record per event, with ``extra=`` fields ``event``,
+``application`` (its name), ``service`` (or ``None``) and ``reason``: INFO
+when it starts (``app_starting``, then ``service_started`` for each service in
+order, then ``app_started``) and stops (``app_stopping``, ``service_stopped``
+in reverse order, ``app_stopped``); ERROR, with the traceback, when it fails
+to start (``app_start_failed``), fails to stop (``app_stop_failed``) or gives
+up (``app_failed``: restart intensity exceeded). Crashes and restarts of its
+services are the supervisor's crash and progress reports (loggers under
+``foundation.supervision``, supervisor named after the application).
 
 Example:
     >>> from foundation import Application
@@ -33,12 +49,15 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Self
 
 from foundation import telemetry
@@ -55,10 +74,39 @@ from foundation.flags._migration import (
 from foundation.liveness import MonitorManager
 from foundation.registry import Registry
 from foundation.supervision import ChildContext, ChildSpec, Supervisor, SupervisorThread
+from foundation.supervision._runner import SignalHandlers
 
 __all__ = ["ALL_SERVICES", "AppConfig", "AppHealth", "Application"]
 
 ALL_SERVICES = ("flags", "monitors", "registry", "migration_monitor")
+
+_log = logging.getLogger("foundation.application")
+
+
+def _report(
+    level: int,
+    event: str,
+    msg: str,
+    *args: object,
+    application: str,
+    service: str | None = None,
+    reason: str,
+    exc: BaseException | None = None,
+    **fields: object,
+) -> None:
+    """One application report on ``foundation.application``; cheap when
+    disabled, never raises (a broken handler is not the application's problem)."""
+    if not _log.isEnabledFor(level):
+        return
+    extra: dict[str, object] = {
+        "event": event,
+        "application": application,
+        "service": service,
+        "reason": reason,
+    }
+    extra.update(fields)
+    with contextlib.suppress(Exception):  # a raising filter: starting and stopping carry on
+        _log.log(level, msg, *args, exc_info=exc, extra=extra, stacklevel=2)
 
 
 class AppHealth:
@@ -164,9 +212,9 @@ class Application:
         self.migration: Migration | None = None
         self.health: AppHealth | None = None
         self.stopped_order: list[str] = []
-        self._supervisor = Supervisor(
-            self._children(workers), strategy="rest_for_one", name=name, max_restarts=3
-        )
+        specs = self._children(workers)
+        self._service_ids = [spec.id for spec in specs]  # start order, for the reports
+        self._supervisor = Supervisor(specs, strategy="rest_for_one", name=name, max_restarts=3)
         self._thread: SupervisorThread | None = None
 
     # ------------------------------------------------------------------ starting
@@ -175,14 +223,168 @@ class Application:
     def start(cls, config: AppConfig | str | None = None, **options: Any) -> Application:
         """Build and start the tree on a loop in a named thread; use as a context manager."""
         app = cls(config, **options)
-        app._thread = app._supervisor.run_in_thread(name=f"{app.name}-app")
+        app._start_in_thread()
         return app
+
+    def _start_in_thread(self) -> None:
+        self._report_starting()
+        try:
+            self._thread = self._supervisor.run_in_thread(name=f"{self.name}-app")
+        except BaseException as exc:
+            self._report_start_failed(exc)
+            raise
+        self._report_started()
 
     def stop(self) -> None:
         """Stop every service in reverse order (idempotent)."""
         if self._thread is not None:
             thread, self._thread = self._thread, None
-            thread.stop()
+            self._report_stopping()
+            try:
+                thread.stop()
+            except BaseException as exc:
+                self._report_stop_failed(exc)
+                raise
+            self._report_stopped()
+
+    # ------------------------------------------------------------------ reports
+
+    def _report_starting(self) -> None:
+        ids = self._service_ids
+        _report(
+            logging.INFO,
+            "app_starting",
+            "Application %s starting: %s",
+            self.name,
+            ", ".join(ids),
+            application=self.name,
+            reason="starting",
+            services=ids,
+        )
+
+    def _report_started(self) -> None:
+        self._watch()
+        ids = self._service_ids
+        _report(
+            logging.INFO,
+            "app_started",
+            "Application %s started: %s",
+            self.name,
+            ", ".join(ids),
+            application=self.name,
+            reason="started",
+            services=ids,
+        )
+
+    def _report_start_failed(self, exc: BaseException) -> None:
+        child = getattr(exc, "child", None)
+        _report(
+            logging.ERROR,
+            "app_start_failed",
+            "Application %s failed to start: %r",
+            self.name,
+            exc,
+            application=self.name,
+            service=child if isinstance(child, str) else None,
+            reason="start_error",
+            exc=exc,
+        )
+
+    def _report_stopping(self) -> None:
+        _report(
+            logging.INFO,
+            "app_stopping",
+            "Application %s stopping",
+            self.name,
+            application=self.name,
+            reason="stopping",
+        )
+
+    def _report_stopped(self) -> None:
+        failed = self._supervisor.failure is not None
+        _report(
+            logging.INFO,
+            "app_stopped",
+            "Application %s stopped%s",
+            self.name,
+            " (after failing)" if failed else "",
+            application=self.name,
+            reason="failed" if failed else "shutdown",
+            stopped_order=list(self.stopped_order),
+        )
+
+    def _report_stop_failed(self, exc: BaseException) -> None:
+        _report(
+            logging.ERROR,
+            "app_stop_failed",
+            "Application %s failed to stop cleanly: %r",
+            self.name,
+            exc,
+            application=self.name,
+            reason="shutdown_error",
+            exc=exc,
+        )
+
+    def _watch(self) -> None:
+        """Report the tree giving up (restart intensity exceeded) when it happens."""
+        task = self._supervisor.task
+        if task is None:
+            return
+        supervisor = self._supervisor
+
+        def done(_task: asyncio.Task[None]) -> None:
+            failure = supervisor.failure
+            if failure is not None:
+                _report(
+                    logging.ERROR,
+                    "app_failed",
+                    "Application %s failed: %s",
+                    self.name,
+                    failure,
+                    application=self.name,
+                    reason="failed",
+                    exc=failure,
+                )
+
+        try:
+            # Task callbacks are not thread-safe: add it on the tree's own loop
+            # (a task already done still gets it, called soon).
+            task.get_loop().call_soon_threadsafe(task.add_done_callback, done)
+        except RuntimeError:  # race: the loop already closed, so the tree has ended
+            done(task)
+
+    def _report_service(self, ctx: ChildContext, service: str, *, started: bool) -> None:
+        if not _log.isEnabledFor(logging.INFO):
+            return
+        ids = self._service_ids
+        position = ids.index(service) + 1 if service in ids else 0
+        if started:
+            how = "restarted" if ctx.attempt else "started"
+            _report(
+                logging.INFO,
+                "service_started",
+                "Application %s: service %s %s (%d/%d)",
+                self.name,
+                service,
+                how,
+                position,
+                len(ids),
+                application=self.name,
+                service=service,
+                reason=how,
+                attempt=ctx.attempt,
+            )
+        else:
+            _report(
+                logging.INFO,
+                "service_stopped",
+                "Application %s: service %s stopped",
+                self.name,
+                service,
+                application=self.name,
+                service=service,
+                reason="shutdown",
+            )
 
     @property
     def supervisor(self) -> Supervisor:
@@ -211,25 +413,22 @@ class Application:
         received: list[int] = []
         arrived = threading.Event()
 
-        def handler(signum: int, _frame: FrameType | None) -> None:
+        def on_signal(signum: int) -> None:
             received.append(signum)
             arrived.set()
 
-        previous = {s: signal.signal(s, handler) for s in signals}
-        try:
+        # The runner's helper (foundation.supervision.run): previous handlers restored after.
+        with SignalHandlers(signals, on_signal):
             if on_installed is not None:
                 on_installed()
             while not arrived.wait(0.2):  # short waits keep the main thread responsive
                 pass
-        finally:
-            for s, old in previous.items():
-                signal.signal(s, old)
         self.stop()
         return received[0]
 
     def __enter__(self) -> Self:
         if self._thread is None:
-            self._thread = self._supervisor.run_in_thread(name=f"{self.name}-app")
+            self._start_in_thread()
         return self
 
     def __exit__(
@@ -241,11 +440,23 @@ class Application:
         self.stop()
 
     async def __aenter__(self) -> Self:
-        await self._supervisor.start()
+        self._report_starting()
+        try:
+            await self._supervisor.start()
+        except BaseException as exc:
+            self._report_start_failed(exc)
+            raise
+        self._report_started()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._supervisor.stop()
+        self._report_stopping()
+        try:
+            await self._supervisor.stop()
+        except BaseException as err:
+            self._report_stop_failed(err)
+            raise
+        self._report_stopped()
 
     # ------------------------------------------------------------------ the tree
 
@@ -274,9 +485,12 @@ class Application:
         return specs
 
     def _serve(self, ctx: ChildContext, service: str) -> None:
+        # Reported before ready: once ready, the next service starts (and reports).
+        self._report_service(ctx, service, started=True)
         ctx.ready()
         ctx.stopping.wait()
         self.stopped_order.append(service)
+        self._report_service(ctx, service, started=False)
 
     def _run_flags(self, ctx: ChildContext) -> None:
         store = self._given_store or self._make_flag_store()

@@ -4,13 +4,36 @@ of a thread child.
 
 Every run resolves two futures: ``ready`` (the start handshake) and ``exited``
 (a :class:`ChildExit`, exactly once, however the run ends). ``shutdown`` is
-idempotent: concurrent callers share one stop sequence.
+idempotent: concurrent callers share one stop sequence; ``force`` (the
+runner's second signal) kills at once what can be killed.
+
+OS-process children die with their parent, even when the parent is SIGKILLed
+(Linux only; elsewhere nothing is armed): each child asks the kernel for
+SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``), an argv child in a
+``preexec_fn`` between fork and exec, a ``multiprocessing`` child first thing
+in its entry point. Caveats:
+
+- The kernel sends the signal when the *thread* that started the child ends,
+  not the process: here that is the supervisor's event-loop thread, which
+  outlives its children (they are stopped before its loop ends).
+- ``preexec_fn`` runs in the forked child of a threaded parent: it only calls
+  ``prctl``, ``getppid`` and ``kill`` (no import, no lock, no logging), and
+  glibc's fork handlers reset malloc's locks, so it cannot deadlock on a lock
+  another thread held at fork time. It does rule out the ``vfork`` fast path.
+- Grandchildren (a shell's children) are not covered: only the direct child.
+- Each OS-process child is put in a process group of its own, so a terminal's
+  Ctrl-C (sent to the whole foreground group) reaches the supervisor alone,
+  which then stops the children in order. An argv child that must read the
+  terminal can stay in the terminal's group with ``kwargs={"process_group":
+  None}`` (a background group reading the terminal is stopped by SIGTTIN).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import multiprocessing
 import os
 import signal as signal_module
@@ -22,6 +45,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from foundation.errors import ShutdownError
 from foundation.liveness import spawn_thread
+from foundation.supervision import _reports as reports
 from foundation.supervision._context import (
     READY_FD_ENV,
     ChildContext,
@@ -35,6 +59,56 @@ if TYPE_CHECKING:
 
 _HAVE_PIDFD = sys.platform == "linux" and hasattr(os, "pidfd_open")
 _POLL_INTERVAL = 0.02  # process exit polling where pidfd is unavailable
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, resolved once in the parent (a forked child only calls it)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return cast("Callable[..., int]", prctl)
+
+
+_prctl = _load_prctl()
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child process: be SIGKILLed when ``parent`` (its parent's pid) dies.
+
+    A no-op where ``prctl`` is unavailable (not Linux). Safe between fork and
+    exec: no allocation beyond ctypes' argument conversion, no lock, no import.
+    """
+    if _prctl is None:
+        return
+    _prctl(_PR_SET_PDEATHSIG, int(signal_module.SIGKILL), 0, 0, 0)
+    # Race: the parent may have died between fork and the prctl above; the
+    # kernel then never sends the signal, but this child has been reparented
+    # (to init or a subreaper), so its parent pid no longer matches: die now,
+    # as the signal would have made it.
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal_module.SIGKILL)
+
+
+def _preexec(parent: int, then: Callable[[], Any] | None) -> None:
+    """An argv child's ``preexec_fn``: arm the parent-death signal, then the caller's."""
+    die_with_parent(parent)
+    if then is not None:
+        then()
+
+
+def _process_group_entry(parent: int, entry: tuple[Any, ...]) -> None:
+    """Body of a multiprocessing child: die with the parent, leave the terminal's
+    process group, then run ``_process_entry(*entry)`` (picklable: module level)."""
+    die_with_parent(parent)
+    with contextlib.suppress(OSError):  # already a group leader: nothing to leave
+        os.setpgid(0, 0)
+    _process_entry(*entry)
 
 
 class Run:
@@ -92,6 +166,18 @@ class Run:
         done, _ = await asyncio.wait({self.exited}, timeout=timeout)
         return bool(done)
 
+    def force(self) -> list[str]:
+        """Kill now, without waiting, whatever of this run can be killed (the
+        runner's forced stop); its exit is no longer acted on (no restart).
+        Returns the names of what was killed or cancelled."""
+        self.stopping = True
+        if self.exited.done():
+            return []
+        return self._force()
+
+    def _force(self) -> list[str]:
+        raise NotImplementedError
+
 
 class TaskRun(Run):
     """A coroutine function run as an asyncio task; stopped by cancellation."""
@@ -120,10 +206,23 @@ class TaskRun(Run):
     async def _stop(self, timeout: float | None) -> ChildExit:
         self.ctx.stopping.set()
         self.handle.cancel()
-        if await self._wait_exit(timeout):
+        if timeout == 0:  # brutal_kill: the cancellation, delivered, is all it gets
+            for _ in range(3):  # the task's step, its done callback, _done's result
+                await asyncio.sleep(0)
+            if self.exited.done():
+                return ChildExit("shutdown")
+        elif await self._wait_exit(timeout):
             return ChildExit("shutdown")
         # A task that swallows its cancellation cannot be stopped by force.
+        reports.shutdown_timeout(
+            self.supervisor, self.spec.id, "task", timeout=timeout or 0.0, action="abandoned task"
+        )
         return ChildExit("abandoned")
+
+    def _force(self) -> list[str]:
+        self.ctx.stopping.set()
+        self.handle.cancel()
+        return [f"task {self.name}"]
 
 
 class ThreadRun(Run):
@@ -164,7 +263,12 @@ class ThreadRun(Run):
         self.ctx.stopping.set()
         if await self._wait_exit(timeout):
             return ChildExit("shutdown")
+        reports.thread_abandoned(self.supervisor, self.spec.id, thread_name=self.handle.name)
         return ChildExit("abandoned")
+
+    def _force(self) -> list[str]:
+        self.ctx.stopping.set()  # all one can do to a thread: ask
+        return []
 
 
 class _ProcessRun(Run):
@@ -177,14 +281,26 @@ class _ProcessRun(Run):
         raise NotImplementedError
 
     async def _stop(self, timeout: float | None) -> ChildExit:
-        with contextlib.suppress(ProcessLookupError):
-            self._terminate()
-        if await self._wait_exit(timeout):
-            return ChildExit("shutdown")
+        if timeout == 0:  # brutal_kill
+            reports.child_killed(self.supervisor, self.spec.id, "process", brutal=True)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                self._terminate()
+            if await self._wait_exit(timeout):
+                return ChildExit("shutdown")
+            assert timeout is not None
+            reports.shutdown_timeout(
+                self.supervisor, self.spec.id, "process", timeout=timeout, action="killed"
+            )
         with contextlib.suppress(ProcessLookupError):
             self._kill()
         await self._wait_exit(None)
         return ChildExit("killed", signal=int(signal_module.SIGKILL))
+
+    def _force(self) -> list[str]:
+        with contextlib.suppress(ProcessLookupError):
+            self._kill()
+        return [f"process {self.name} (pid {self.handle.pid})"]
 
     @staticmethod
     def _exit_of(code: int | None) -> ChildExit:
@@ -221,6 +337,9 @@ class PopenRun(_ProcessRun):
             kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), write_fd)
         else:
             self.ready.set_result(None)
+        kwargs["preexec_fn"] = functools.partial(_preexec, os.getpid(), kwargs.get("preexec_fn"))
+        if "process_group" not in kwargs and not kwargs.get("start_new_session"):
+            kwargs["process_group"] = 0  # out of the terminal's group: Ctrl-C reaches us only
         try:
             self.handle = subprocess.Popen(argv, **kwargs)
         except BaseException:
@@ -303,8 +422,8 @@ class MultiprocessingRun(_ProcessRun):
         recv, send = mp.Pipe(duplex=False) if spec.explicit_ready else (None, None)
         self._recv = recv
         self.handle = mp.Process(
-            target=_process_entry,
-            args=(spec.start, spec.id, send, spec.args, dict(spec.kwargs)),
+            target=_process_group_entry,
+            args=(os.getpid(), (spec.start, spec.id, send, spec.args, dict(spec.kwargs))),
             name=self.name,
             daemon=True,
         )
@@ -411,6 +530,21 @@ class SupervisorRun(Run):
             return ChildExit("abandoned")
         await self._wait_exit(None)
         return ChildExit("shutdown")
+
+    def _force(self) -> list[str]:
+        if not self._starting.done():
+            self._starting.cancel()
+        return force_tree(self.handle)
+
+
+def force_tree(sup: Supervisor) -> list[str]:
+    """Force every run of ``sup``'s tree, youngest first (see :meth:`Run.force`)."""
+    killed: list[str] = []
+    for child in reversed(list(sup._children.values())):
+        run = child.run
+        if run is not None:
+            killed.extend(run.force())
+    return killed
 
 
 def make_run(spec: ChildSpec, supervisor: str, attempt: int) -> Run:
