@@ -1,6 +1,7 @@
 """The ``foundation`` command.
 
 foundation demo [--redis URL]     run the demo (the main job of ``make demo``)
+foundation demo --chaos           two nodes through Redis faults (own redis-server)
 foundation flags FILE             show the flags persisted in a SQLite flag store
 foundation version
 """

@@ -4,13 +4,16 @@ Runs the whole system on the embedded default (no server needed) in about
 30-60 seconds: agents of every kind registered, killed and cleaned up; a
 staged rollout switching the registry under live traffic, with an emergency
 rollback; a supervised application tree restarting crashed workers; and, with
-``--redis URL``, two nodes sharing a Redis registry. It ends with a table of
-measured figures and exits non-zero if any invariant failed.
+``--redis URL``, two nodes sharing a Redis registry. ``--chaos`` runs instead
+two nodes on redis-server processes of its own through a frozen, a read-only
+and an empty Redis, with the kill switch pulled mid-outage. It ends with a
+table of measured figures and exits non-zero if any invariant failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from foundation._demo._console import Console
@@ -28,12 +31,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=4, help="traffic threads (default 4)")
     parser.add_argument("--redis", metavar="URL", help="also run two nodes on this Redis")
     parser.add_argument("--plain", action="store_true", help="plain text output, no colours")
+    parser.add_argument(
+        "--chaos",
+        action="store_true",
+        help="instead: two nodes through Redis faults (starts its own redis-server)",
+    )
+    parser.add_argument(
+        "--fault-seconds", type=float, default=3.0, help="--chaos: length of each fault (default 3)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the process exit code (1 if an invariant failed)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.chaos and args.redis:
+        parser.error("--chaos starts its own redis-server (it kills it); drop --redis")
+    if not args.fault_seconds > 0:
+        parser.error("--fault-seconds must be positive")
     console = Console(plain=args.plain)
     score = Scoreboard()
     started = time.perf_counter()
@@ -42,9 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     from foundation._demo._rollout import run_rollout
     from foundation._demo._supervision import run_supervision
 
-    run_core(console, score, per_kind=args.agents)
-    run_rollout(console, score, seconds=args.seconds, workers=args.workers)
-    run_supervision(console, score)
+    if args.chaos:
+        from foundation._demo._chaos import ChaosUnavailable, run_chaos
+
+        try:
+            run_chaos(console, score, fault_seconds=args.fault_seconds, workers=args.workers)
+        except ChaosUnavailable as exc:
+            print(f"foundation demo --chaos: {exc}", file=sys.stderr)
+            return 1
+    else:
+        run_core(console, score, per_kind=args.agents)
+        run_rollout(console, score, seconds=args.seconds, workers=args.workers)
+        run_supervision(console, score)
     if args.redis:
         from foundation._demo._redis import run_redis
 

@@ -1,0 +1,570 @@
+"""Demo ``--chaos``: two nodes keep serving while redis-server is frozen, demoted, killed.
+
+The demo starts its own redis-server (``_redis_server``) on a free loopback port
+and two nodes on it, each a ``RedisRegistry`` + ``RedisFlagStore`` (with a
+node cache) + ``FeatureFlags`` and a ``Supervisor`` on an event loop of its own
+thread. Each node's supervised workers serve "requests" (a flag read, a lookup
+of a worker on the other node, a session registered and dropped with the async
+face) while a flaky sibling crashes twice a second. Then, in turn, redis-server
+is frozen (SIGSTOP), made a read-only replica (``REPLICAOF``), and killed and
+restarted empty; mid-outage an operator pulls the kill switch on node A.
+
+Measured all along: each loop's lateness (a 1 ms ticker), every healthy worker
+that ended, every flag answer on both nodes against what it must be, and, per
+fault, the time from Redis back to full recovery (both nodes connected and
+current, every worker registered and visible on both nodes, the flags as set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from foundation._demo._console import Console
+from foundation._demo._redis_server import RedisServerError, RedisServerProcess
+from foundation._demo._scoreboard import Scoreboard
+from foundation._demo._timing import percentile, wait_until
+from foundation.errors import BackendUnavailable, FoundationError
+from foundation.flags import FeatureFlags, Flag
+from foundation.supervision import ChildContext, ChildSpec, Supervisor
+
+__all__ = ["ChaosUnavailable", "run_chaos", "stall_samples"]
+
+KILL_SWITCH = "new_checkout"
+FLAGS = (
+    Flag(KILL_SWITCH, description="the feature under rollout; pulled mid-outage"),
+    Flag("search_v2"),
+    Flag("dark_mode", default=True),
+    Flag("recommendations"),
+    Flag("beta_banner"),
+)
+ACTORS = (None, *(f"user-{i}" for i in range(10)))
+RECOVERY_BOUND = 20.0  # seconds; a fault not recovered from by then fails its invariant
+
+
+def stall_samples(lateness_ms: list[float], interval_ms: float = 1.0) -> list[float]:
+    """A ticker's lateness samples, corrected for coordinated omission.
+
+    A loop blocked for 2 s yields ONE late tick, so a plain percentile would
+    hide it behind thousands of punctual ones. As HdrHistogram's
+    ``recordValueWithExpectedInterval`` does, each late sample also stands for
+    the ticks it swallowed: ``L - interval``, ``L - 2 * interval``, ... down to 0.
+
+    Example:
+        >>> stall_samples([0.2, 3.5])
+        [0.2, 3.5, 2.5, 1.5, 0.5]
+    """
+    out: list[float] = []
+    for late in lateness_ms:
+        out.append(late)
+        missed = late - interval_ms
+        while missed > 0:
+            out.append(missed)
+            missed -= interval_ms
+    return out
+
+
+class ChaosUnavailable(RuntimeError):
+    """The chaos mode cannot run here (redis-server or the redis extra is missing)."""
+
+
+class _Node:
+    """One node: registry, flags and a supervisor on an event loop in its own thread."""
+
+    def __init__(self, name: str, url: str, cache: Path, workers: int) -> None:
+        from foundation.flags import RedisFlagStore
+        from foundation.registry import RedisRegistry
+
+        self.name = name
+        self.registry = RedisRegistry(url, namespace="demo-chaos", node=name, indexed=("role",))
+        try:
+            # Each node keeps its own copy of the flags (a SQLite file beside it).
+            self.store = RedisFlagStore(url, namespace="demo-chaos", cache_path=cache)
+        except BaseException:
+            self.registry.close()
+            raise
+        self.flags = FeatureFlags(FLAGS, store=self.store)
+        self.worker_keys = [f"{name}/worker-{i}" for i in range(workers)]
+        self.peer_keys: list[str] = []
+        self.lateness: list[tuple[float, float]] = []  # (when, ms late) of the 1 ms ticker
+        self.stopped = 0  # healthy worker runs that ended before the demo did
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.raw_errors: collections.Counter[str] = collections.Counter()
+        self.flaky_runs = 0
+        self.supervisor_state = "new"
+        self.error: BaseException | None = None
+        self._shutting_down = False
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name=f"demo-chaos-{name}", daemon=True)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait(30)
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        self._shutting_down = True
+        if self._loop is not None and self._stop is not None:
+            # The loop may have ended on its own already (an error): nothing to wake.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        self.flags.close()
+        self.store.close()
+        self.registry.close()
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        specs = [
+            ChildSpec(
+                f"worker-{i}",
+                self._worker,
+                args=(i,),
+                register_as=key,
+                metadata={"role": "worker", "node": self.name},
+            )
+            for i, key in enumerate(self.worker_keys)
+        ]
+        specs.append(ChildSpec("flaky", self._flaky, register_as=f"{self.name}/flaky"))
+        sup = Supervisor(
+            specs,
+            registry=self.registry,
+            max_restarts=50,
+            max_seconds=10.0,
+            name=f"{self.name}-supervisor",
+        )
+        try:
+            await sup.start()
+            ticker = asyncio.create_task(self._ticker())
+            self.supervisor_state = sup.state
+            self._started.set()
+            await self._stop.wait()
+            self._shutting_down = True
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        except Exception as exc:  # reported by start(), or as a failed invariant
+            self.error = exc
+        finally:
+            self._shutting_down = True
+            self.supervisor_state = sup.state
+            self._started.set()
+            with contextlib.suppress(FoundationError):
+                await sup.stop()
+
+    # ---------------------------------------------------------------- the loop's work
+    async def _ticker(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.lateness.append((t0, (time.perf_counter() - t0 - 0.001) * 1000))
+
+    async def _worker(self, ctx: ChildContext, n: int) -> None:
+        """Serve a request every 20 ms; a Redis fault may fail a request, never the worker."""
+        ctx.ready()
+        me = asyncio.current_task()
+        session = f"{self.name}/session-{n}"
+        try:
+            i = 0
+            while True:
+                i += 1
+                self.flags.enabled(KILL_SWITCH, actor=f"user-{i % 100}")
+                if self.peer_keys:
+                    self.registry.lookup(self.peer_keys[i % len(self.peer_keys)])
+                try:
+                    await self.registry.register_async(
+                        session, me, {"role": "session"}, replace=True
+                    )
+                    await self.registry.unregister_async(session)
+                    self.requests["ok"] += 1
+                except BackendUnavailable:
+                    self.requests["failed: BackendUnavailable"] += 1
+                except FoundationError as exc:
+                    self.requests[f"failed: {type(exc).__name__}"] += 1
+                except Exception as exc:  # a raw third-party error escaped a public call
+                    self.raw_errors[type(exc).__name__] += 1
+                await asyncio.sleep(0.02)
+        finally:
+            if not self._shutting_down:
+                self.stopped += 1
+
+    async def _flaky(self, ctx: ChildContext) -> None:
+        self.flaky_runs += 1
+        ctx.ready()
+        await asyncio.sleep(0.5)
+        raise RuntimeError("flaky worker: simulated crash")
+
+    # ---------------------------------------------------------------- views
+    def healthy(self) -> bool:
+        status = self.registry.status()
+        return bool(status.connected) and not bool(status.stale)
+
+    def sees(self, key: str, owner: str) -> bool:
+        entry = self.registry.lookup(key)
+        return entry is not None and entry.node == owner
+
+    def stall_ms(self, since: float, until: float) -> list[float]:
+        """The ticker's lateness between two instants (see ``stall_samples``)."""
+        return stall_samples([late for t0, late in list(self.lateness) if since <= t0 <= until])
+
+
+class _FlagWatch:
+    """Samples every flag answer on every node; records each one that went wrong."""
+
+    def __init__(self, nodes: list[_Node], expected: dict[tuple[str, str | None], bool]) -> None:
+        self._nodes = nodes
+        self._expected = expected
+        self.reverted: set[tuple[str, str]] = set()  # (node, flag)
+        self.pulled_at: float | None = None
+        self.kill_seen_at: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-chaos-flag-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for node in self._nodes:
+                with contextlib.suppress(FoundationError):
+                    for (flag, actor), want in self._expected.items():
+                        if node.flags.enabled(flag, actor=actor) != want:
+                            self.reverted.add((node.name, flag))
+                    on = node.flags.enabled(KILL_SWITCH)
+                    if on and node.name in self.kill_seen_at:
+                        self.reverted.add((node.name, KILL_SWITCH))  # the kill switch undone
+                    elif not on and node.name not in self.kill_seen_at:
+                        if self.pulled_at is None:  # off before anyone pulled it
+                            self.reverted.add((node.name, KILL_SWITCH))
+                        else:
+                            self.kill_seen_at[node.name] = time.perf_counter()
+            self._stop.wait(0.002)
+
+
+class _LogTally(logging.Handler):
+    """Counts the library's log records (crash reports, fault warnings) for the summary."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.sample: dict[tuple[str, str], str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        key = (record.name, record.levelname)
+        self.counts[key] += 1
+        # Shortened for one line; brackets would read as console markup.
+        first = (record.getMessage().splitlines() or [""])[0].replace("[", "(").replace("]", ")")
+        self.sample.setdefault(key, first if len(first) <= 64 else first[:63] + "…")
+
+
+@contextlib.contextmanager
+def _library_logs() -> Iterator[_LogTally]:
+    """While the faults run, tally ``foundation.*`` log records instead of printing
+    each one (a flaky worker's crash report twice a second would bury the story)."""
+    logger = logging.getLogger("foundation")
+    tally = _LogTally()
+    saved = logger.propagate, logger.level
+    logger.addHandler(tally)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        yield tally
+    finally:
+        logger.removeHandler(tally)
+        logger.propagate, logger.level = saved
+
+
+@contextlib.contextmanager
+def _thread_deaths() -> Iterator[list[str]]:
+    """Count the library threads that die of an exception (then report them as usual)."""
+    died: list[str] = []
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and args.thread.name.startswith("foundation"):
+            died.append(args.thread.name)
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield died
+    finally:
+        threading.excepthook = previous
+
+
+def _set_up_flags(flags: FeatureFlags) -> None:
+    flags.enable(KILL_SWITCH, by="demo", reason="rollout")
+    flags.enable("search_v2", by="demo")
+    flags.disable("dark_mode", by="demo")
+    flags.set_percentage("recommendations", 30, by="demo")
+    flags.enable("beta_banner", by="demo")
+    flags.deny("beta_banner", "user-3", by="demo")
+
+
+def run_chaos(console: Console, score: Scoreboard, *, fault_seconds: float, workers: int) -> None:
+    """Run the chaos scenario; raises ChaosUnavailable if redis-server or redis-py is missing."""
+    if shutil.which("redis-server") is None:
+        raise ChaosUnavailable(
+            "--chaos needs the redis-server binary, which is not installed "
+            "(Debian/Ubuntu: apt-get install redis-server, or `make redis-server`)"
+        )
+    try:
+        import redis  # noqa: F401
+    except ImportError as exc:
+        raise ChaosUnavailable(
+            "--chaos needs the redis extra: pip install 'foundation[redis]'"
+        ) from exc
+
+    console.heading("Chaos: two nodes on Redis through a frozen, a read-only and an empty Redis")
+    server = RedisServerProcess()
+    try:
+        server.start()
+    except RedisServerError as exc:
+        raise ChaosUnavailable(f"could not start redis-server: {exc}") from exc
+    cache_dir = Path(tempfile.mkdtemp(prefix="foundation-demo-chaos-"))
+    with _thread_deaths() as died, _library_logs() as logs:
+        nodes: list[_Node] = []
+        try:
+            for name in ("node-a", "node-b"):
+                nodes.append(_Node(name, server.url, cache_dir / f"{name}.sqlite3", workers))
+                nodes[-1].start()
+            _run_faults(console, score, server, nodes, fault_seconds)
+        except Exception as exc:  # a library defect: shown, and a failed invariant
+            traceback.print_exc()
+            score.check("the chaos scenario ran to the end", False, f"{type(exc).__name__}: {exc}")
+        finally:
+            for node in nodes:
+                node.stop()
+            server.stop()
+            shutil.rmtree(cache_dir, ignore_errors=True)
+    console.say("What the library logged meanwhile (count, logger, level, first message):")
+    for (name, level), n in sorted(logs.counts.items()):
+        console.say(f"  {n:>4}  {name} {level}: {logs.sample[name, level]}")
+    score.check("no library thread died", not died, ", ".join(died))
+
+
+def _run_faults(
+    console: Console,
+    score: Scoreboard,
+    server: RedisServerProcess,
+    nodes: list[_Node],
+    hold: float,
+) -> None:
+    a, b = nodes
+    a.peer_keys, b.peer_keys = b.worker_keys, a.worker_keys
+    workers = [(key, node.name) for node in nodes for key in node.worker_keys]
+
+    def lost() -> list[str]:
+        return [key for key, owner in workers if not all(n.sees(key, owner) for n in nodes)]
+
+    up = wait_until(lambda: not lost(), timeout=10)
+    score.check("every worker registered and visible on both nodes", up, f"{len(lost())} missing")
+    _set_up_flags(a.flags)
+    expected = {
+        (flag.name, actor): a.flags.enabled(flag.name, actor=actor)
+        for flag in FLAGS
+        if flag.name != KILL_SWITCH
+        for actor in ACTORS
+    }
+    synced = wait_until(
+        lambda: (
+            b.flags.enabled(KILL_SWITCH)
+            and all(b.flags.enabled(f, actor=x) == v for (f, x), v in expected.items())
+        ),
+        10,
+    )
+    score.check("node B sees node A's flag changes", synced, "")
+    console.say(
+        f"two nodes up: {len(workers)} supervised workers serving, a flaky sibling crashing "
+        f"twice a second on each, {len(FLAGS)} flags set at runtime"
+    )
+    watch = _FlagWatch(nodes, expected)
+    watch.start()
+    rows: list[list[object]] = []
+    recovery: dict[str, float | None] = {}
+    pull: dict[str, Any] = {}
+    worst_p99 = worst_max = 0.0
+    faults: list[tuple[str, Callable[[], None], Callable[[], None]]] = [
+        ("frozen (SIGSTOP)", server.freeze, server.thaw),
+        ("read-only (REPLICAOF)", server.make_read_only, server.make_writable),
+        ("killed, restarted empty", server.kill, server.start),
+    ]
+    try:
+        for name, inject, heal in faults:
+            ok_before = sum(n.requests["ok"] for n in nodes)
+            failed_before = sum(sum(n.requests.values()) for n in nodes) - ok_before
+            stopped_before = sum(n.stopped for n in nodes)
+            reverted_before = len(watch.reverted)
+            console.say(f"[bold]fault:[/bold] redis-server {name} for {hold:g} s ...")
+            started = time.perf_counter()
+            inject()
+            if name.startswith("killed"):
+                _wait(hold / 2)
+                pull = _pull_kill_switch(a, watch)
+                _wait(hold / 2)
+            else:
+                _wait(hold)
+            heal()
+            back = time.perf_counter()
+            if pull:
+                pull["back"] = back
+            recovered = wait_until(
+                _recovered(nodes, lost, watch, kill_switch=bool(pull)),
+                timeout=RECOVERY_BOUND,
+                interval=0.002,
+            )
+            done = time.perf_counter()
+            recovery[name] = (done - back) if recovered else None
+            stalls = [s for n in nodes for s in n.stall_ms(started, done)]
+            p99, worst = percentile(stalls, 99), max(stalls, default=0.0)
+            worst_p99, worst_max = max(worst_p99, p99), max(worst_max, worst)
+            ok = sum(n.requests["ok"] for n in nodes) - ok_before
+            failed = sum(sum(n.requests.values()) for n in nodes) - ok_before - ok - failed_before
+            rows.append(
+                [
+                    name,
+                    f"{p99:.1f} ms",
+                    f"{worst:.1f} ms",
+                    f"{ok}/{failed}",
+                    sum(n.stopped for n in nodes) - stopped_before,
+                    len(lost()),
+                    len(watch.reverted) - reverted_before,
+                    f"{(done - back) * 1000:.0f} ms" if recovered else f"> {RECOVERY_BOUND:g} s",
+                ]
+            )
+            score.check(
+                f"recovered from redis-server {name}",
+                recovered,
+                f"{len(lost())} workers not visible everywhere",
+            )
+    finally:
+        watch.stop()
+
+    console.table(
+        "Faults, both nodes (stall: lateness of a 1 ms asyncio ticker; requests ok/failed; "
+        "workers stopped; registrations lost; flags reverted; Redis back -> recovered)",
+        [
+            "redis-server",
+            "stall p99",
+            "stall max",
+            "requests",
+            "stopped",
+            "lost",
+            "reverted",
+            "recovery",
+        ],
+        rows,
+    )
+    stopped = sum(n.stopped for n in nodes)
+    raw = collections.Counter[str]()
+    for node in nodes:
+        raw.update(node.raw_errors)
+    lost_now = lost()
+    seen_b = watch.kill_seen_at.get(b.name)
+    score.figure("loop stall p99 during faults (target <= 10 ms)", f"{worst_p99:.1f} ms")
+    score.figure("loop stall max during faults", f"{worst_max:.1f} ms")
+    score.figure("healthy workers stopped by Redis faults", str(stopped))
+    score.figure("registrations lost", str(len(lost_now)))
+    score.figure("flags reverted", str(len(watch.reverted)))
+    for name, seconds in recovery.items():
+        took = f"{seconds * 1000:.0f} ms" if seconds is not None else "never"
+        score.figure(f"recovery after redis-server {name}", took)
+    score.figure(
+        "kill switch pulled mid-outage, seen by node A",
+        "at once" if pull.get("local") else "no",
+    )
+    back_at = pull.get("back")
+    score.figure(
+        "kill switch seen by node B",
+        f"{(seen_b - back_at) * 1000:.0f} ms after Redis returned"
+        if seen_b is not None and back_at is not None and seen_b >= back_at
+        else ("yes" if seen_b is not None else "no"),
+    )
+    score.check(
+        "no healthy worker stopped by a Redis fault",
+        stopped == 0,
+        f"{stopped} stopped; supervisors {a.supervisor_state}/{b.supervisor_state}",
+    )
+    score.check("no registration lost", not lost_now, ", ".join(lost_now[:5]))
+    score.check(
+        "no flag reverted",
+        not watch.reverted,
+        ", ".join(f"{n}:{f}" for n, f in sorted(watch.reverted)),
+    )
+    score.check(
+        "the kill switch takes effect at once during the outage",
+        bool(pull.get("local")),
+        str(pull.get("error") or ""),
+    )
+    score.check(
+        "the kill switch is seen by both nodes",
+        len(watch.kill_seen_at) == 2,
+        ", ".join(sorted(watch.kill_seen_at)) or "neither",
+    )
+    score.check(
+        "no raw third-party exception escaped",
+        not raw,
+        ", ".join(f"{k} x{v}" for k, v in raw.items()),
+    )
+    # A Redis call made on the loop would stall it for a whole op timeout (2 s).
+    score.check(
+        "the event loops never waited on Redis", worst_max < 1000.0, f"max stall {worst_max:.0f} ms"
+    )
+    for node in nodes:
+        if node.error is not None:
+            score.check(f"{node.name} ran to the end", False, repr(node.error))
+
+
+def _recovered(
+    nodes: list[_Node], lost: Callable[[], list[str]], watch: _FlagWatch, *, kill_switch: bool
+) -> Callable[[], bool]:
+    """Full recovery: every node connected and current, every worker visible on
+    every node, and (once pulled) the kill switch seen by every node."""
+
+    def done() -> bool:
+        return (
+            all(n.healthy() for n in nodes)
+            and not lost()
+            and (not kill_switch or all(n.name in watch.kill_seen_at for n in nodes))
+        )
+
+    return done
+
+
+def _pull_kill_switch(node: _Node, watch: _FlagWatch) -> dict[str, Any]:
+    """The operator's ``disable`` during the outage: local at once, committed later."""
+    watch.pulled_at = time.perf_counter()
+    result: dict[str, Any] = {"local": False, "error": None, "back": None}
+    started = time.perf_counter()
+    try:
+        node.flags.disable(KILL_SWITCH, by="operator", reason="incident: checkout errors")
+    except FoundationError as exc:
+        result["error"] = f"{type(exc).__name__} after {time.perf_counter() - started:.1f} s"
+    result["local"] = result["error"] is None and not node.flags.enabled(KILL_SWITCH)
+    return result
+
+
+def _wait(seconds: float) -> None:
+    time.sleep(seconds)  # sleep-ok: the length of the fault being shown
