@@ -17,7 +17,13 @@ Event names used by Foundation:
 ``migration.emergency_rollback``, ``migration.auto_rollback``,
 ``registry.divergence``, ``registry.flag_ignored``,
 ``supervisor.child_started``, ``supervisor.child_exited``,
-``supervisor.child_restarted``, ``supervisor.intensity_exceeded``.
+``supervisor.child_restarted``, ``supervisor.intensity_exceeded``,
+``foundation.supervision.registration_degraded``,
+``foundation.supervision.registration_restored`` (degraded mode), and the
+flag store's outage events ``foundation.flags.stale``,
+``foundation.flags.started_from_cache``, ``foundation.flags.restored``,
+``foundation.flags.pending_recorded``, ``foundation.flags.pending_committed``,
+``foundation.flags.pending_superseded``, ``foundation.flags.in_sync``.
 
 Example:
     >>> from foundation import telemetry
