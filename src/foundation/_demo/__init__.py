@@ -17,6 +17,7 @@ import sys
 import time
 
 from foundation._demo._console import Console
+from foundation._demo._logs import library_logs, show_library_logs
 from foundation._demo._scoreboard import Scoreboard
 
 __all__ = ["main"]
@@ -67,13 +68,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"foundation demo --chaos: {exc}", file=sys.stderr)
             return 1
     else:
-        run_core(console, score, per_kind=args.agents)
-        run_rollout(console, score, seconds=args.seconds, workers=args.workers)
-        run_supervision(console, score)
-    if args.redis:
-        from foundation._demo._redis import run_redis
+        with library_logs() as logs:
+            run_core(console, score, per_kind=args.agents)
+            run_rollout(console, score, seconds=args.seconds, workers=args.workers)
+            run_supervision(console, score)
+            if args.redis:
+                from foundation._demo._redis import run_redis
 
-        run_redis(console, score, url=args.redis)
+                run_redis(console, score, url=args.redis)
+        console.heading("Library logs")
+        show_library_logs(console, logs)
 
     console.heading("Summary")
     score.figure("demo wall time", f"{time.perf_counter() - started:.1f} s")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import shutil
 import tempfile
 import threading
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from foundation._demo._console import Console
+from foundation._demo._logs import library_logs, show_library_logs
 from foundation._demo._redis_server import RedisServerError, RedisServerProcess
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import percentile, wait_until
@@ -263,39 +263,6 @@ class _FlagWatch:
             self._stop.wait(0.002)
 
 
-class _LogTally(logging.Handler):
-    """Counts the library's log records (crash reports, fault warnings) for the summary."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.sample: dict[tuple[str, str], str] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        key = (record.name, record.levelname)
-        self.counts[key] += 1
-        # Shortened for one line; brackets would read as console markup.
-        first = (record.getMessage().splitlines() or [""])[0].replace("[", "(").replace("]", ")")
-        self.sample.setdefault(key, first if len(first) <= 64 else first[:63] + "…")
-
-
-@contextlib.contextmanager
-def _library_logs() -> Iterator[_LogTally]:
-    """While the faults run, tally ``foundation.*`` log records instead of printing
-    each one (a flaky worker's crash report twice a second would bury the story)."""
-    logger = logging.getLogger("foundation")
-    tally = _LogTally()
-    saved = logger.propagate, logger.level
-    logger.addHandler(tally)
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    try:
-        yield tally
-    finally:
-        logger.removeHandler(tally)
-        logger.propagate, logger.level = saved
-
-
 @contextlib.contextmanager
 def _thread_deaths() -> Iterator[list[str]]:
     """Count the library threads that die of an exception (then report them as usual)."""
@@ -344,7 +311,7 @@ def run_chaos(console: Console, score: Scoreboard, *, fault_seconds: float, work
     except RedisServerError as exc:
         raise ChaosUnavailable(f"could not start redis-server: {exc}") from exc
     cache_dir = Path(tempfile.mkdtemp(prefix="foundation-demo-chaos-"))
-    with _thread_deaths() as died, _library_logs() as logs:
+    with _thread_deaths() as died, library_logs() as logs:
         nodes: list[_Node] = []
         try:
             for name in ("node-a", "node-b"):
@@ -359,9 +326,7 @@ def run_chaos(console: Console, score: Scoreboard, *, fault_seconds: float, work
                 node.stop()
             server.stop()
             shutil.rmtree(cache_dir, ignore_errors=True)
-    console.say("What the library logged meanwhile (count, logger, level, first message):")
-    for (name, level), n in sorted(logs.counts.items()):
-        console.say(f"  {n:>4}  {name} {level}: {logs.sample[name, level]}")
+    show_library_logs(console, logs)
     score.check("no library thread died", not died, ", ".join(died))
 
 
