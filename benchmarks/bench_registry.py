@@ -1,4 +1,4 @@
-"""MemoryRegistry benchmarks (DESIGN.md "Performance targets"), side by side in one run.
+"""MemoryRegistry benchmarks (docs/contract.md "Performance targets"), side by side in one run.
 
 python -m benchmarks registry
 
@@ -8,18 +8,22 @@ Rows:
   row measures table size, not working-set size (an info row gives uniform
   random keys over 1M, where cache misses dominate — dict.get alike); the 1M
   entries share ONE long-lived ``spawn_thread`` agent (one monitor each);
-- register+unregister with a monitor vs dict insert+pop (<= 25x, <= 3 us/pair);
-- find_by_attribute on an indexed attribute, 100k entries, 10 matches, vs a
-  full scan over the entries (>= 100x faster);
+- find_by_attribute with a StrEnum member as the value vs the same with the
+  plain str (<= 1.5x, and no scan: ``stats().scans`` must not move);
+- register+unregister with a monitor vs dict insert+pop, per agent kind
+  (asyncio Task, asyncio Future, concurrent.futures.Future, spawn_thread
+  thread), bare and with realistic metadata (2 keys, 1 indexed): <= 25x and
+  <= 3 us per pair each; all measured on a running event loop (the asyncio
+  kinds' own); an OS process (pidfd open+close per pair) for its cost;
 - cleanup cost per dead entry (<= 5 us): N entries registered on one
   ``concurrent.futures.Future``; completing it runs every entry's down handler
   on the completing thread; the time from ``set_result`` until ``count() == 0``
   divided by N (the handler path: lock, remove, unindex);
-- tracemalloc bytes per entry (<= 1024): 100k distinct agents
-  (``concurrent.futures.Future``, each with its own watch), 2-key metadata, 1
-  indexed attribute; the metadata copy, the monitor, the index and the
-  materialised ``Entry`` are all counted (keys, agents and the caller's
-  metadata dicts exist before measuring).
+- tracemalloc bytes per entry (<= 1024), per agent kind: 100k distinct agents
+  (1k distinct threads), 2-key metadata, 1 indexed attribute; the metadata
+  copy, the monitor, the watch, the index and the materialised ``Entry`` are
+  all counted (keys, agents and the caller's metadata dicts exist before
+  measuring).
 
 Note: ``lookup`` builds an entry's ``Entry`` on first read and caches it, so
 register+unregister does not pay for it; the lookup rows measure warm entries.
@@ -28,13 +32,18 @@ OS-process death latency is in ``bench_liveness``.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import enum
+import functools
 import gc
 import random
+import subprocess
 import threading
 import time
 import tracemalloc
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from benchmarks._harness import Row, compare
 from foundation.liveness import spawn_thread
@@ -138,44 +147,100 @@ def _scale_rows(agent: Any) -> list[Row]:
     ]  # fmt: skip
 
 
-def _register_rows(agent: Any) -> list[Row]:
-    n = 20_000
+class _Kinds:
+    """One live agent of each kind, and a running event loop to use them on.
+
+    The asyncio kinds are registered from a coroutine on their own loop (the
+    realistic case: ``_get_running_loop() is loop``); every other kind is
+    measured on the same loop thread too, so all rows share one setting.
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.thread = spawn_thread(self.stop.wait, name="bench-registry-kind")
+        self.cf: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.future: asyncio.Future[None] = self.loop.create_future()
+        self.task = self.loop.create_task(self._idle())
+        self.proc = subprocess.Popen(["sleep", "600"])
+
+    async def _idle(self) -> None:
+        await asyncio.Event().wait()
+
+    def agents(self) -> list[tuple[str, Any]]:
+        return [
+            ("asyncio Task", self.task),
+            ("asyncio Future", self.future),
+            ("concurrent Future", self.cf),
+            ("spawn_thread thread", self.thread),
+        ]
+
+    def on_loop(self, fn: Callable[[], _T]) -> _T:
+        async def call() -> _T:
+            return fn()
+
+        return self.loop.run_until_complete(call())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.task.cancel()
+        self.loop.run_until_complete(asyncio.gather(self.task, return_exceptions=True))
+        self.future.cancel()
+        self.loop.close()
+        self.cf.cancel()
+        self.proc.kill()
+        self.proc.wait()
+
+
+_T = TypeVar("_T")
+_METADATA = {"role": "io", "n": 1}  # realistic: 2 keys, 1 of them indexed
+
+
+def _pair_rows(kind: str, agent: Any, n: int, *, target: bool = True) -> list[Row]:
+    """register+unregister on ``agent`` vs dict insert+pop, bare and with metadata."""
     keys = [f"k{i}" for i in range(n)]
-    with MemoryRegistry() as registry:
-        register, unregister = registry.register, registry.unregister
+    plain: dict[str, Any] = {}
 
-        def subject(m: int) -> None:
-            for k in keys[:m]:
-                register(k, agent)
-                unregister(k)
+    def baseline(m: int) -> None:
+        for k in keys[:m]:
+            plain[k] = agent
+            plain.pop(k)
 
-        plain: dict[str, Any] = {}
+    rows: list[Row] = []
+    for label, indexed, metadata in (
+        ("bare", (), None),
+        ("2-key metadata, 1 index", ("role",), _METADATA),
+    ):
+        with MemoryRegistry(indexed=indexed) as registry:
+            register, unregister = registry.register, registry.unregister
 
-        def baseline(m: int) -> None:
-            for k in keys[:m]:
-                plain[k] = agent
-                plain.pop(k)
+            def subject(m: int) -> None:
+                for k in keys[:m]:
+                    register(k, agent, metadata)  # noqa: B023 - used within this iteration
+                    unregister(k)  # noqa: B023
 
-        ratio, s, b = compare(subject, baseline, n)
-    with MemoryRegistry(indexed=("role",)) as indexed:
-        metadata = {"role": "io", "n": 1}
-        register, unregister = indexed.register, indexed.unregister
+            ratio, s, b = compare(subject, baseline, n)
+        what = f"register+unregister with monitor, {kind}, {label}"
+        detail = f"{s * 1e9:.0f} ns vs {b * 1e9:.0f} ns per pair"
+        if not target:
+            rows.append(Row(SECTION, what, "dict insert+pop", ratio, "x", "info", None, detail))
+            continue
+        rows += [
+            Row(SECTION, what, "dict insert+pop", ratio, "x", "<= 25x", ratio <= 25, detail),
+            Row(SECTION, what, "absolute", s * 1e6, " us", "<= 3 us", s * 1e6 <= 3, detail),
+        ]  # fmt: skip
+    return rows
 
-        def with_metadata(m: int) -> None:
-            for k in keys[:m]:
-                register(k, agent, metadata)
-                unregister(k)
 
-        ratio_md, s_md, _ = compare(with_metadata, baseline, n)
-    detail = f"{s * 1e9:.0f} ns vs {b * 1e9:.0f} ns per pair"
-    return [
-        Row(SECTION, "register+unregister with monitor", "dict insert+pop", ratio, "x",
-            "<= 25x", ratio <= 25, detail),
-        Row(SECTION, "register+unregister with monitor", "absolute", s * 1e6, " us",
-            "<= 3 us", s * 1e6 <= 3, detail),
-        Row(SECTION, "register+unregister, 2-key metadata, 1 index", "dict insert+pop",
-            ratio_md, "x", "info", None, f"{s_md * 1e9:.0f} ns per pair"),
-    ]  # fmt: skip
+def _register_rows(kinds: _Kinds) -> list[Row]:
+    rows: list[Row] = []
+    for kind, agent in kinds.agents():
+        rows += kinds.on_loop(functools.partial(_pair_rows, kind, agent, 10_000))
+    # An OS process: the first monitor opens a pidfd and the last closes it, so
+    # each pair pays two syscalls and an epoll change. Reported for its cost.
+    rows += _pair_rows("OS process (pidfd)", kinds.proc, 1_000, target=False)
+    return rows
 
 
 def _find_row(agent: Any) -> Row:
@@ -201,6 +266,37 @@ def _find_row(agent: Any) -> Row:
                f"{b * 1e6:.1f} us vs {s * 1e3:.1f} ms")  # fmt: skip
 
 
+class _Role(enum.StrEnum):
+    R1234 = "r1234"
+
+
+def _enum_probe_row(agent: Any) -> Row:
+    """An enum member as the probe must be served by the index like the plain value."""
+    n = 100_000
+    with MemoryRegistry(indexed=("role",)) as registry:
+        for i in range(n):
+            registry.register(i, agent, {"role": f"r{i % (n // 10)}", "n": i})
+        find = registry.find_by_attribute
+        member, value = _Role.R1234, "r1234"
+        assert len(find("role", member)) == len(find("role", value)) == 10
+        scans = registry.stats().scans
+
+        def subject(m: int) -> None:
+            for _ in range(m):
+                find("role", member)
+
+        def baseline(m: int) -> None:
+            for _ in range(m):
+                find("role", value)
+
+        ratio, s, b = compare(subject, baseline, 2_000)
+        scanned = registry.stats().scans - scans
+    return Row(SECTION, "find_by_attribute, indexed, StrEnum member as the value",
+               "the same with the plain str", ratio, "x", "<= 1.5x",
+               ratio <= 1.5 and scanned == 0,
+               f"{s * 1e6:.1f} us vs {b * 1e6:.1f} us; scans: {scanned}")  # fmt: skip
+
+
 def _cleanup_row() -> Row:
     n = 50_000
     best = float("inf")
@@ -220,13 +316,14 @@ def _cleanup_row() -> Row:
                " us", "<= 5 us", best * 1e6 <= 5, f"{n} entries on one future")  # fmt: skip
 
 
-def _memory_row() -> Row:
-    n = 100_000
+def _memory_per_entry(agents: list[Any], on_loop: Callable[[Callable[[], float]], float]) -> float:
+    """tracemalloc growth per entry: one entry per agent, 2-key metadata, 1 index."""
+    n = len(agents)
     keys = [f"agent-{i}" for i in range(n)]
-    agents: list[concurrent.futures.Future[None]] = [concurrent.futures.Future() for _ in range(n)]
     metadata = [{"role": f"r{i % 1000}", "n": i} for i in range(n)]
     registry = MemoryRegistry(indexed=("role",))
-    try:
+
+    def measure() -> float:
         registry.register("warm-up", agents[0])  # the manager's own one-off state
         registry.unregister("warm-up")
         gc.collect()
@@ -239,12 +336,62 @@ def _memory_row() -> Row:
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
-        per_entry = (after - before) / n
+        return (after - before) / n
+
+    try:
+        return on_loop(measure)
     finally:
         registry.close()
-    return Row(SECTION, "memory per entry (100k agents, 2-key metadata, 1 index)",
-               "tracemalloc growth / entries", per_entry, " B", "<= 1024 B", per_entry <= 1024,
-               "metadata copy, monitor, index and Entry included")  # fmt: skip
+
+
+def _memory_rows(kinds: _Kinds) -> list[Row]:
+    """Bytes per entry for 100k distinct agents of each kind (1k distinct threads).
+
+    Keys, agents and the caller's metadata dicts exist before measuring; the
+    metadata copy, the monitor, the watch (for kinds whose watch is made on
+    first monitor), the index and the materialised ``Entry`` are all counted.
+    """
+    n = 100_000
+    loop = kinds.loop
+    rows: list[Row] = []
+
+    def row(kind: str, per_entry: float, detail: str) -> None:
+        rows.append(
+            Row(SECTION, f"memory per entry, {kind} (2-key metadata, 1 index)",
+                "tracemalloc growth / entries", per_entry, " B", "<= 1024 B",
+                per_entry <= 1024, detail)
+        )  # fmt: skip
+
+    futures = [loop.create_future() for _ in range(n)]
+    row("asyncio Future", _memory_per_entry(futures, kinds.on_loop), "100k futures")
+    for f in futures:
+        f.cancel()
+    del futures
+
+    async def idle() -> None:
+        await asyncio.Event().wait()
+
+    tasks = [loop.create_task(idle()) for _ in range(n)]
+    row("asyncio Task", _memory_per_entry(tasks, kinds.on_loop), "100k tasks")
+    for t in tasks:
+        t.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    del tasks
+
+    cfs: list[concurrent.futures.Future[None]] = [concurrent.futures.Future() for _ in range(n)]
+    row("concurrent Future", _memory_per_entry(cfs, kinds.on_loop), "100k futures")
+    del cfs
+
+    stop = threading.Event()
+    threads = [spawn_thread(stop.wait) for _ in range(1_000)]
+    try:
+        per = _memory_per_entry(threads, kinds.on_loop)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    row("spawn_thread thread", per, "1k threads (100k threads do not fit this machine)")
+    return rows
 
 
 def run() -> list[Row]:
@@ -253,11 +400,16 @@ def run() -> list[Row]:
     try:
         rows = [_lookup_row(agent)]
         rows.extend(_scale_rows(agent))
-        rows.extend(_register_rows(agent))
         rows.append(_find_row(agent))
+        rows.append(_enum_probe_row(agent))
     finally:
         stop.set()
         agent.join()
+    kinds = _Kinds()
+    try:
+        rows.extend(_register_rows(kinds))
+        rows.extend(_memory_rows(kinds))
+    finally:
+        kinds.close()
     rows.append(_cleanup_row())
-    rows.append(_memory_row())
     return rows

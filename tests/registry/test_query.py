@@ -1,4 +1,4 @@
-"""Query criteria: validation before evaluation, and DESIGN.md's matching rule."""
+"""Query criteria: validation before evaluation, and docs/contract.md's matching rule."""
 
 from __future__ import annotations
 
@@ -153,21 +153,29 @@ def test_index_plan_picks_only_exact_eq_and_in_on_indexed_top_level_attributes()
     assert check("role", "eq", Weird()) is True
 
 
-def test_index_safety_excludes_subclasses_and_unhashables() -> None:
-    class S(str):
+def test_index_safety_excludes_redefined_equality_and_unhashables() -> None:
+    class S(str):  # keeps str's hash and equality: looked up as the plain str
         pass
+
+    class Loose(str):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        __hash__ = str.__hash__
 
     assert is_index_safe(None)
     assert is_index_safe(1.5)
     assert is_index_safe(("a", (1, None)))
-    assert not is_index_safe(S("x"))
+    assert is_index_safe(S("x"))
+    assert not is_index_safe(Loose("x"))
+    assert not is_index_safe((1, Loose("x")))
     assert not is_index_safe((1, [2]))
 
 
 json_scalars = (
     st.none()
     | st.booleans()
-    | st.integers()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)  # the metadata int range
     | st.text(max_size=3)
     | st.floats(allow_nan=False, allow_infinity=False)
 )

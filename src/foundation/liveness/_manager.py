@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import errno
 import os
 import select
@@ -26,6 +27,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from foundation.errors import Closed
 from foundation.liveness._agents import PROCESS_TYPES, unsupported
 from foundation.liveness._core import (
     CANCELLED,
@@ -61,6 +63,10 @@ _PIDFD_OK = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
 _HAS_EVENTFD = hasattr(os, "eventfd")
 _CF_ATTR = "_foundation_watch"  # the shared watch, stored on the future itself
 _get_running_loop = asyncio._get_running_loop
+# Exact types of the hot path in MonitorManager.monitor (subclasses take the general path).
+_AIO_TASK: type = asyncio.Task
+_AIO_FUTURE: type = asyncio.Future
+_CF_FUTURE: type = concurrent.futures.Future
 
 _NEW, _ATTACHED, _DETACHED = 0, 1, 2
 # After a defect of a watcher loop itself (not a callback's error): pause this
@@ -91,7 +97,8 @@ class _FutureWatch(Watch):
 
     __slots__ = ()
 
-    def on_done(self, fut: concurrent.futures.Future[Any]) -> None:
+    def __call__(self, fut: concurrent.futures.Future[Any]) -> None:
+        """The done-callback (the watch itself: no bound method kept per future)."""
         self.fire(_future_down(fut))
 
 
@@ -115,32 +122,69 @@ class _ManagedWatch(Watch):
         raise NotImplementedError
 
 
+class _AioRef(weakref.ref):  # type: ignore[type-arg]
+    """The weak reference ``_aio`` holds a future by: it carries the entry's
+    manager and key, and its (shared, module-level) callback drops the entry."""
+
+    __slots__ = ("key", "manager")
+    key: int
+    manager: MonitorManager
+
+
+# One empty context per event loop for this module's done-callbacks, instead of
+# the copy of the caller's context add_done_callback would make per future (64 B
+# each). Safe to share: a loop runs one callback at a time on one thread, and
+# ours never runs another callback synchronously, so a context is never entered
+# twice at once. Race: two threads may create a loop's context at once; the
+# loser's is simply used for that one callback (each is only entered on the
+# loop's thread).
+_LOOP_CONTEXTS: weakref.WeakKeyDictionary[Any, contextvars.Context] = weakref.WeakKeyDictionary()
+
+
+def _loop_context(loop: asyncio.AbstractEventLoop) -> contextvars.Context | None:
+    try:
+        ctx = _LOOP_CONTEXTS.get(loop)
+        if ctx is None:
+            ctx = _LOOP_CONTEXTS.setdefault(loop, contextvars.Context())
+    except TypeError:  # a loop type without weak references: a copy per future
+        return None
+    return ctx
+
+
+def _aio_collected(ref: _AioRef) -> None:
+    # Runs while the future is being freed, so no other object can have its
+    # id yet: the entry at this key can only be this future's watch.
+    ref.manager._aio.pop(ref.key, None)
+
+
 class _AsyncioWatch(Watch):
-    """This manager's one done-callback on an asyncio future.
+    """This manager's one done-callback on an asyncio future: the watch itself.
 
     Added on the first monitor and kept while the future lives (monitors come
     and go as dict entries: no callback per monitor, nothing accumulates on a
     long-lived task); removed by ``close()``. The manager finds it in
-    ``_aio[id(fut)]`` but holds the future only weakly: the entry is dropped
-    when the future is collected, before its id can be reused.
+    ``_aio[id(fut)]`` but holds the future only weakly (``_AioRef``): the
+    entry is dropped when the future is collected, before its id can be
+    reused. The watch is its own done-callback and the ref carries the key,
+    so a watch allocates no bound methods (memory per entry).
 
-    ``attach``/``detach``/``_on_done`` all run on the loop's thread (directly,
+    ``attach``/``detach``/``__call__`` all run on the loop's thread (directly,
     or queued with call_soon_threadsafe), so ``state`` needs no lock: a queued
     attach that arrives after a detach sees _DETACHED and does nothing.
     """
 
-    __slots__ = ("callback", "key", "loop", "manager", "ref", "state")
+    __slots__ = ("loop", "ref", "state")
 
     def __init__(
         self, manager: MonitorManager, fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
     ) -> None:
         super().__init__(None)
-        self.manager = manager
-        self.key = id(fut)
-        self.ref = weakref.ref(fut, self._collected)
+        ref = _AioRef(fut, _aio_collected)
+        ref.key = id(fut)
+        ref.manager = manager
+        self.ref = ref
         self.loop = loop
         self.state = _NEW
-        self.callback = self._on_done
 
     def target(self) -> object:
         return self.ref()
@@ -149,12 +193,12 @@ class _AsyncioWatch(Watch):
         fut = self.ref()
         if self.state == _NEW and fut is not None:
             self.state = _ATTACHED
-            fut.add_done_callback(self.callback)
+            fut.add_done_callback(self, context=_loop_context(self.loop))
 
     def detach(self) -> None:
         fut = self.ref()
         if self.state == _ATTACHED and fut is not None:
-            fut.remove_done_callback(self.callback)
+            fut.remove_done_callback(self)
         self.state = _DETACHED
 
     def detach_soon(self) -> None:
@@ -165,16 +209,12 @@ class _AsyncioWatch(Watch):
         with contextlib.suppress(RuntimeError):  # loop closed: no callback runs again
             self.loop.call_soon_threadsafe(self.detach)
 
-    def _on_done(self, fut: asyncio.Future[Any]) -> None:
+    def __call__(self, fut: asyncio.Future[Any]) -> None:
+        """The done-callback."""
         if self.state == _DETACHED:  # the manager closed after it was scheduled
             return
         self.state = _DETACHED
         self.fire(_future_down(fut))
-
-    def _collected(self, _ref: object) -> None:
-        # Runs while the future is being freed, so no other object can have
-        # its id yet: the entry at this key can only be this watch.
-        self.manager._aio.pop(self.key, None)
 
 
 class _ThreadWatch(_ManagedWatch):
@@ -225,7 +265,10 @@ class MonitorManager:
     its first monitor, kept while the future lives (monitors come and go
     without touching the loop) and removed by ``close()``. ``close()``
     releases every monitor without calling it, stops and joins the threads
-    and closes every fd. A manager is not usable in a child after ``fork()``.
+    and closes every fd; ``monitor()`` then raises ``errors.Closed``, while
+    the read-only figures (``closed``, ``active_count()``, ``stats()``) keep
+    answering, zeros included, so a caller can check what ``close()`` released.
+    A manager is not usable in a child after ``fork()``.
     A watcher thread outlives anything an ``on_down`` raises (``SystemExit``
     included) and its own defects: each is logged under
     ``foundation.liveness`` and the thread carries on.
@@ -296,13 +339,23 @@ class MonitorManager:
         Raises:
             UnsupportedAgent: ``agent`` is not a supported kind.
             TypeError: ``on_down`` is not callable.
-            RuntimeError: the manager is closed.
+            Closed: the manager is closed (a ``RuntimeError``).
         """
-        if type(agent) is SpawnedThread and callable(on_down):
-            # The hot path (registries monitor spawn_thread agents): no lock,
-            # one object, two dict inserts. Same logic as _add_shared, inlined;
-            # a closed manager is caught after the inserts, by _settle.
-            watch = agent._foundation_watch
+        # The hot path, for every kind whose watch already exists (registries
+        # monitor these): no lock, one object, two dict inserts. Exact type
+        # checks pick the watch; a closed manager is caught after the inserts,
+        # by _settle (the same logic as _add_shared, inlined).
+        t = type(agent)
+        if t is SpawnedThread:
+            watch: Watch | None = agent._foundation_watch  # type: ignore[attr-defined]
+        elif t is _AIO_TASK or t is _AIO_FUTURE:
+            # An entry at id(agent) can only be agent's own watch (see _monitor_asyncio).
+            watch = self._aio.get(id(agent))
+        elif t is _CF_FUTURE:
+            watch = agent.__dict__.get(_CF_ATTR)
+        else:
+            watch = None
+        if watch is not None and callable(on_down):
             mon = Monitor(self, watch)
             watch.monitors[mon] = on_down
             self._monitors[mon] = None
@@ -322,6 +375,40 @@ class MonitorManager:
         if isinstance(agent, PROCESS_TYPES):
             return self._monitor_process(agent, on_down)
         raise unsupported(agent)
+
+    def _monitor_as(self, agent: object, mon: Monitor) -> Monitor:
+        """``monitor(agent, mon)`` where ``mon`` (an instance of a ``Monitor``
+        subclass that is callable as its own ``on_down``) IS the monitor when the
+        agent's watch already exists: one object less per monitor (registries).
+
+        Otherwise (first monitor of a future, foreign threads, processes) a new
+        ``Monitor`` whose ``on_down`` is ``mon`` is returned. Either way, the
+        returned monitor is the one to ``demonitor()``. Raises as ``monitor``.
+        """
+        # The same exact-type watch lookup as monitor()'s hot path (kept inline:
+        # this is the registries' register path).
+        t = type(agent)
+        if t is SpawnedThread:
+            watch: Watch | None = agent._foundation_watch  # type: ignore[attr-defined]
+        elif t is _AIO_TASK or t is _AIO_FUTURE:
+            watch = self._aio.get(id(agent))
+        elif t is _CF_FUTURE:
+            watch = agent.__dict__.get(_CF_ATTR)
+        else:
+            watch = None
+        if watch is None:  # the agent's first monitor here
+            if t is _AIO_TASK or t is _AIO_FUTURE:
+                return self._monitor_asyncio(agent, mon, mon)  # type: ignore[arg-type]
+            if t is _CF_FUTURE:
+                return self._monitor_cf(agent, mon, mon)  # type: ignore[arg-type]
+            return self.monitor(agent, mon)  # type: ignore[arg-type]
+        mon._manager = self
+        mon._watch = watch
+        watch.monitors[mon] = mon  # type: ignore[assignment]
+        self._monitors[mon] = None
+        if watch.down is None and not self._closed:
+            return mon
+        return self._settle(mon, watch)
 
     def active_count(self) -> int:
         """Number of monitors currently held (fired and released ones excluded)."""
@@ -422,14 +509,19 @@ class MonitorManager:
         # A call, not an attribute read: another thread may close meanwhile.
         return self._closed
 
-    def _closed_error(self) -> RuntimeError:
-        return RuntimeError(f"MonitorManager {self._name!r} is closed")
+    def _closed_error(self) -> Closed:
+        return Closed(f"MonitorManager {self._name!r} is closed")
 
-    def _add_shared(self, watch: Watch, on_down: OnDown) -> Monitor:
-        """Add a monitor to a watch that lives on the agent (lock-free)."""
+    def _add_shared(self, watch: Watch, on_down: OnDown, mon: Monitor | None = None) -> Monitor:
+        """Add a monitor (``mon``, else a new one) to a watch that lives on the agent
+        (lock-free)."""
         if self._closed:
             raise self._closed_error()
-        mon = Monitor(self, watch)
+        if mon is None:
+            mon = Monitor(self, watch)
+        else:
+            mon._manager = self
+            mon._watch = watch
         watch.monitors[mon] = on_down
         self._monitors[mon] = None
         if watch.down is None and not self._is_closed():
@@ -467,7 +559,9 @@ class MonitorManager:
         self._monitors[mon] = None
         return mon
 
-    def _monitor_cf(self, fut: concurrent.futures.Future[Any], on_down: OnDown) -> Monitor:
+    def _monitor_cf(
+        self, fut: concurrent.futures.Future[Any], on_down: OnDown, mon: Monitor | None = None
+    ) -> Monitor:
         attrs = fut.__dict__
         watch = attrs.get(_CF_ATTR)
         if watch is None:
@@ -480,10 +574,12 @@ class MonitorManager:
             # and only its creator adds the (single, permanent) done-callback.
             watch = attrs.setdefault(_CF_ATTR, new)
             if watch is new:
-                fut.add_done_callback(new.on_done)  # may fire right here if done
-        return self._add_shared(watch, on_down)
+                fut.add_done_callback(new)  # may fire right here if done
+        return self._add_shared(watch, on_down, mon)
 
-    def _monitor_asyncio(self, fut: asyncio.Future[Any], on_down: OnDown) -> Monitor:
+    def _monitor_asyncio(
+        self, fut: asyncio.Future[Any], on_down: OnDown, mon: Monitor | None = None
+    ) -> Monitor:
         # An entry at id(fut) can only be fut's own watch: entries go when
         # their future is freed, and fut is alive here.
         watch = self._aio.get(id(fut))
@@ -505,10 +601,10 @@ class MonitorManager:
                     except RuntimeError:  # the loop closed since the check above
                         watch = None
                     else:
-                        self._aio[id(fut)] = watch
+                        self._aio[watch.ref.key] = watch  # the same int object: 32 B less
             if watch is None:
                 return self._dead(fut, on_down)
-        return self._add_shared(watch, on_down)
+        return self._add_shared(watch, on_down, mon)
 
     def _monitor_thread(self, thread: threading.Thread, on_down: OnDown) -> Monitor:
         # Install the excepthook before looking at the thread, so an exception

@@ -15,6 +15,11 @@ Concurrency contract
   record before publishing it and unindexes it after removing it. An index
   answer is re-checked against the record it names, so a concurrent writer
   can never make a query return an entry that does not match.
+- **Closed**: ``close()`` swaps the readers' table for an object whose every
+  access raises ``errors.Closed`` (``_ClosedTable``), so a read after close
+  raises at no cost to the open registry's hot path; every other public call
+  checks the closed flag where it is not on a hot path. ``close()`` is
+  idempotent.
 - **Dead agents**: the entry goes the moment the monitor reports the death
   (exactly for tasks, futures, ``spawn_thread`` threads and OS processes;
   within the manager's poll interval for foreign threads). Until then
@@ -46,15 +51,14 @@ from typing import TYPE_CHECKING, Any
 from foundation._unraisable import report_unraisable
 from foundation.errors import (
     AlreadyRegistered,
-    InvalidKey,
+    Closed,
     NotAlive,
     NotRegistered,
-    RegistryError,
 )
 from foundation.liveness import Down, Monitor, MonitorManager, is_alive
 from foundation.registry._async import DirectAsyncWrites
 from foundation.registry._listeners import CopyOnWriteListeners
-from foundation.registry._query import compile_criteria, index_plan, matches
+from foundation.registry._query import AttributeIndex, compile_criteria, index_plan, matches
 from foundation.registry._types import (
     Criterion,
     Entry,
@@ -64,7 +68,7 @@ from foundation.registry._types import (
     RegistryEvent,
     UnregisterReason,
 )
-from foundation.registry._validation import EMPTY_METADATA, freeze_metadata
+from foundation.registry._validation import EMPTY_METADATA, freeze_metadata, validate_key
 
 if TYPE_CHECKING:
     from foundation.registry._query import Compiled
@@ -76,24 +80,67 @@ _now = time.time
 
 @dataclass(frozen=True, slots=True)
 class MemoryRegistryStats:
-    """What a ``MemoryRegistry`` holds (for leak checks and dashboards).
+    """What a ``MemoryRegistry`` holds and how its queries were answered.
 
     ``entries``: registrations; ``monitors``: active monitors it holds (one per
     entry when nothing leaks); ``index_sizes``: per indexed attribute, the
     number of (value, key) pairs; ``index_values``: distinct indexed values;
-    ``unindexed``: keys whose value for the attribute is (partly) unhashable and
-    is therefore checked by scanning.
+    ``indexed_queries`` / ``scans``: ``query`` and ``find_by_attribute`` calls
+    answered from an index / by scanning every entry, since construction. A
+    query scans when no criterion is an ``eq``/``in`` on an indexed attribute
+    with a value an index can answer (plain ``str``/``int``/``float``/``bool``/
+    ``None``, tuples of them, or a subclass such as an enum member that keeps
+    its base's ``__eq__``/``__hash__``): watch ``scans`` to catch a query that
+    misses its index. (The two counters are plain increments without a lock:
+    queries racing on several threads may lose a count; they are diagnostics.)
+
+    Example:
+        >>> import threading
+        >>> from foundation import MemoryRegistry, spawn_thread
+        >>> stop = threading.Event()
+        >>> with MemoryRegistry(indexed=("role",)) as reg:
+        ...     reg.register("a", spawn_thread(stop.wait), {"role": "io"})
+        ...     _ = reg.find_by_attribute("role", "io"), reg.query([("n", "gt", 1)])
+        ...     stats = reg.stats()
+        >>> stats.entries, stats.indexed_queries, stats.scans
+        (1, 1, 1)
+        >>> stop.set()
     """
 
     entries: int
     monitors: int
     index_sizes: dict[str, int]
     index_values: dict[str, int]
-    unindexed: dict[str, int]
+    indexed_queries: int
+    scans: int
 
 
-class _Record:
-    """One registration as the table holds it.
+class _ClosedTable:
+    """Stands in for the table after ``close()``: every access raises ``Closed``.
+
+    This is how reads (``lookup``, ``in``, ``len``, ``count``, ``list_all``)
+    refuse to answer once closed at ZERO cost while open: they call the
+    table's method as always and, after close, that call raises.
+    """
+
+    __slots__ = ()
+
+    def _closed(self, *args: object) -> Any:
+        raise Closed("this MemoryRegistry is closed")
+
+    get = pop = values = items = __contains__ = __len__ = __getitem__ = _closed
+
+
+_CLOSED_TABLE: Any = _ClosedTable()
+
+
+class _Record(Monitor):
+    """One registration as the table holds it; usually also its own monitor.
+
+    A ``Monitor`` subclass: when the agent's watch already exists (every
+    ``spawn_thread`` thread, and futures and tasks after their first monitor)
+    the manager makes the record itself the monitor (``_monitor_as``), so an
+    entry costs one object less; ``monitor`` then points to the record.
 
     Immutable once published, except ``entry`` (a lazily built ``Entry``; see
     ``_entry``) and, on the *origin* record, ``origin`` (cleared under the
@@ -124,7 +171,7 @@ class _Record:
         registered_at: float,
     ) -> None:
         self.key = key
-        self.agent = agent
+        self.agent = agent  # type: ignore[misc]  # our slot shadows Monitor.agent (same agent)
         self.metadata = metadata
         self.registered_at = registered_at
         self.entry: Entry | None = None
@@ -138,28 +185,8 @@ class _Record:
         # The monitor's on_down: called once, from whichever thread saw the death.
         self.registry._on_down(self, down)
 
-
-def _index_terms(value: Any) -> tuple[list[Any], bool]:
-    """The hashable terms ``value`` is indexed under, and whether part of it is unhashable.
-
-    A value is indexed as itself and, when it is a (frozen) collection, under
-    each element — that is what ``eq``/``in`` need (see ``_query``).
-    """
-    terms: list[Any] = []
-    unhashable = False
-    try:
-        hash(value)
-        terms.append(value)
-    except TypeError:
-        unhashable = True
-    if isinstance(value, tuple):
-        for item in value:
-            try:
-                hash(item)
-                terms.append(item)
-            except TypeError:
-                unhashable = True
-    return terms, unhashable
+    def __repr__(self) -> str:
+        return f"<registration {self.key!r} agent={self.agent!r}>"
 
 
 class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
@@ -207,12 +234,14 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         self._record: type[_Record] = type(
             "_Record", (_Record,), {"__slots__": (), "registry": self}
         )
-        self._table: dict[Hashable, _Record] = {}
-        # attr -> indexed value -> {key: None}; a dict, not a set, so that a
-        # reader can snapshot a bucket with list(bucket) in one C call.
-        self._index: dict[str, dict[Any, dict[Hashable, None]]] = {a: {} for a in self._indexed}
-        # attr -> {key: None} for keys whose value is (partly) unhashable.
-        self._unindexed: dict[str, dict[Hashable, None]] = {a: {} for a in self._indexed}
+        # The table. Writers use _live; readers use _table, the same dict until
+        # close() swaps it for _CLOSED_TABLE (then every read raises Closed).
+        self._live: dict[Hashable, _Record] = {}
+        self._table: dict[Hashable, _Record] = self._live
+        # The shared attribute index (also the RedisRegistry mirror's); None: no index.
+        self._index: AttributeIndex | None = AttributeIndex(indexed) if indexed else None
+        self._indexed_queries = 0
+        self._scans = 0
         self._listeners: tuple[Listener, ...] = ()  # copy-on-write, replaced under _lock
         self._pending: deque[RegistryEvent] = deque()
         self._dispatch_lock = threading.Lock()
@@ -238,25 +267,30 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         """The entry for ``key``, or ``None``. Lock-free: one ``dict.get``.
 
         Raises:
-            InvalidKey: ``key`` is unhashable.
+            InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
+            Closed: the registry is closed (raised by the closed table's ``get``).
         """
         try:
             rec = self._table.get(key)  # atomic C-level read; a writer swaps whole records
         except TypeError:
-            raise InvalidKey(f"registry key must be hashable, got {type(key).__name__}") from None
+            rec = None
         if rec is None:
+            validate_key(key)  # a miss: InvalidKey if ``key`` can be no key (the one rule)
             return None
         entry = rec.entry
         return entry if entry is not None else self._entry(rec)
 
     def __contains__(self, key: object) -> bool:
         try:
-            return key in self._table  # one atomic C-level dict lookup
+            return key in self._table  # one atomic C-level dict lookup (Closed once closed)
         except TypeError:
             return False
 
     def count(self) -> int:
-        """Number of entries, O(1) (``len`` of the table is atomic)."""
+        """Number of entries, O(1) (``len`` of the table is atomic; Closed once closed)."""
+        return len(self._table)
+
+    def __len__(self) -> int:
         return len(self._table)
 
     def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
@@ -271,15 +305,25 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
         """Entries matching all ``criteria``; indexed ``eq``/``in`` are answered from the index.
 
+        An enum member (or any value keeping its base type's ``__eq__`` and
+        ``__hash__``) is looked up as its plain value; ``stats()`` counts the
+        queries answered by scanning.
+
         Raises:
             InvalidCriteria: a bad shape, unknown op or ``in`` value (before evaluating).
+            Closed: the registry is closed.
         """
         compiled = compile_criteria(criteria)
+        if self._closed:
+            # Race: a query past this check while close() runs reads a table being
+            # emptied: it answers as a query that ran just before the close.
+            raise Closed("this MemoryRegistry is closed")
         entry = self._entry
-        if self._indexed:
-            keys = self._index_candidates(compiled)
+        if self._index is not None:
+            keys = self._index_candidates(self._index, compiled)
             if keys is not None:
-                table = self._table
+                self._indexed_queries += 1  # race: a lost count at worst (diagnostics)
+                table = self._live
                 out: list[Entry] = []
                 for key in keys:
                     # Re-check: the record may have changed since the index was read.
@@ -287,32 +331,23 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                     if rec is not None and matches(rec.metadata, compiled):
                         out.append(entry(rec))
                 return out
-        records = list(self._table.values())  # one-call snapshot, as in list_all
+        self._scans += 1  # race: as above
+        records = list(self._live.values())  # one-call snapshot, as in list_all
         return [entry(r) for r in records if matches(r.metadata, compiled)]
 
-    def _index_candidates(self, compiled: Sequence[Compiled]) -> Iterable[Hashable] | None:
+    def _index_candidates(
+        self, index: AttributeIndex, compiled: Sequence[Compiled]
+    ) -> list[Hashable] | None:
         """Keys that may match (a superset), from the smallest usable index; None: scan."""
         plans = index_plan(compiled, self._indexed)
         if not plans:
             return None
         best: list[Hashable] | None = None
-        best_needs_dedup = False
         for plan in plans:
-            buckets = self._index[plan.attr]
-            keys: list[Hashable] = []
-            for value in plan.values:
-                bucket = buckets.get(value)
-                if bucket:
-                    keys += list(bucket)  # list(dict): one atomic C call
-            unindexed = list(self._unindexed[plan.attr])  # checked like any candidate
-            keys += unindexed
+            keys = index.keys(plan.attr, plan.values)
             if best is None or len(keys) < len(best):
                 best = keys
-                # A key may sit in several buckets (a collection holding several
-                # of the queried values) or also be unindexed: de-duplicate then.
-                best_needs_dedup = len(plan.values) > 1 or bool(unindexed)
-        assert best is not None
-        return dict.fromkeys(best) if best_needs_dedup else best
+        return best
 
     # ------------------------------------------------------------------ writes (one lock)
 
@@ -327,22 +362,17 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         """Register ``agent`` under ``key``, monitored from this instant.
 
         Raises:
-            InvalidKey: ``key`` is unhashable.
+            InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
             InvalidMetadata: not a JSON-compatible mapping.
             UnsupportedAgent: the agent cannot be monitored.
             NotAlive: the agent is already dead.
             AlreadyRegistered: ``key`` holds a live agent and not ``replace``
                 (``.entry`` is that entry). A key whose agent is dead but not
                 yet cleaned is simply replaced.
-            RegistryError: the registry is closed.
+            Closed: the registry is closed.
         Nothing is stored when an error is raised.
         """
-        try:
-            hash(key)
-        except TypeError:
-            raise InvalidKey(
-                f"registry key must be hashable, got {type(key).__name__}: {key!r}"
-            ) from None
+        key = validate_key(key)  # the one key rule (InvalidKey), normal form
         frozen = EMPTY_METADATA if metadata is None else freeze_metadata(metadata)
         rec = self._record(key, agent, frozen, _now())
         # monitor() raises UnsupportedAgent for unknown kinds (nothing stored yet).
@@ -357,21 +387,21 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         # monitor() is called outside our lock so that a synchronous on_down
         # can take it.
         try:
-            monitor = self._manager.monitor(agent, rec)
+            monitor = self._manager._monitor_as(agent, rec)  # usually rec itself
         except RuntimeError:
             if self._closed:  # our manager was closed by close()
-                raise RegistryError("the registry is closed") from None
+                raise Closed("this MemoryRegistry is closed") from None
             raise
         rec.monitor = monitor
-        table = self._table
+        table = self._live
         lock = self._lock
         lock.acquire()  # (explicit acquire/release: measurably cheaper than `with`)
         try:
             old = table.get(key)
             if old is None and rec.origin is rec and not self._closed:
                 # The common case: a new key. Index first, then publish.
-                if self._index:
-                    self._index_add(key, frozen)
+                if frozen and self._index is not None:  # empty metadata: nothing to index
+                    self._index.add(key, frozen)
                 table[key] = rec
                 if self._listeners:
                     self._pending.append(RegistryEvent("registered", self._entry(rec)))
@@ -401,7 +431,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         if rec.origin is not rec:
             return NotAlive(key, rec.agent), None  # died before publication: nothing stored
         if self._closed:
-            return RegistryError("the registry is closed"), None
+            return Closed("this MemoryRegistry is closed"), None
         assert old is not None
         reason: UnregisterReason = "replaced"
         if not replace:
@@ -412,11 +442,12 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             reason = "down"
         # Index the new record, publish it (one store), then unindex the old one:
         # the index stays a superset of what lock-free readers can see.
-        if self._index:
-            self._index_add(key, rec.metadata)
-        self._table[key] = rec
-        if self._index:
-            self._index_remove(key, old.metadata, rec.metadata)
+        index = self._index
+        if index is not None:
+            index.add(key, rec.metadata)
+        self._live[key] = rec
+        if index is not None:
+            index.remove(key, old.metadata, rec.metadata)
         if self._listeners:
             # down=None for reason "down": the death was noticed here, before
             # its monitor reported it, so its details are unknown.
@@ -424,67 +455,25 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             self._pending.append(RegistryEvent("registered", self._entry(rec)))
         return None, old
 
-    def _index_add(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
-        """Index ``key`` under ``metadata``'s terms (write lock held; before publishing)."""
-        for attr, buckets in self._index.items():
-            if attr not in metadata:
-                continue
-            terms, unhashable = _index_terms(metadata[attr])
-            for term in terms:
-                bucket = buckets.get(term)
-                if bucket is None:
-                    buckets[term] = {key: None}
-                else:
-                    bucket[key] = None
-            if unhashable:
-                self._unindexed[attr][key] = None
-
-    def _index_remove(
-        self, key: Hashable, metadata: Mapping[str, Any], keep: Mapping[str, Any] | None
-    ) -> None:
-        """Unindex ``key``'s ``metadata`` terms, except those ``keep`` also has.
-
-        Write lock held, and called AFTER the table stopped showing
-        ``metadata`` under ``key`` (removed, or replaced by a record with
-        ``keep``): so the index is always a superset of the table.
-        """
-        for attr, buckets in self._index.items():
-            if attr not in metadata:
-                continue
-            terms, unhashable = _index_terms(metadata[attr])
-            if keep is not None and attr in keep:
-                kept, kept_unhashable = _index_terms(keep[attr])
-                if kept:
-                    kept_set = set(kept)
-                    terms = [t for t in terms if t not in kept_set]
-                unhashable = unhashable and not kept_unhashable
-            for term in terms:
-                bucket = buckets.get(term)
-                if bucket is not None:
-                    bucket.pop(key, None)
-                    if not bucket:
-                        del buckets[term]
-            if unhashable:
-                self._unindexed[attr].pop(key, None)
-
     def unregister(self, key: Hashable) -> bool:
         """Remove ``key``; True if it was there. Its monitor is released.
 
         Raises:
-            InvalidKey: ``key`` is unhashable.
+            InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
+            Closed: the registry is closed (the closed table's ``pop`` raises).
         """
+        key = validate_key(key)  # the one key rule (InvalidKey), as every backend
         lock = self._lock
         lock.acquire()
         try:
+            # Read under the lock: close() swaps _table under it too.
             rec = self._table.pop(key, None)  # unpublish first, then unindex
             if rec is not None:
-                if self._index:
-                    self._index_remove(key, rec.metadata, None)
+                if rec.metadata and self._index is not None:
+                    self._index.remove(key, rec.metadata)
                 if self._listeners:
                     event = RegistryEvent("unregistered", self._entry(rec), "unregistered")
                     self._pending.append(event)
-        except TypeError:
-            raise InvalidKey(f"registry key must be hashable, got {type(key).__name__}") from None
         finally:
             lock.release()
         if rec is None:
@@ -501,27 +490,28 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         """Replace the metadata of ``key``; indexes follow.
 
         Raises:
-            InvalidKey: ``key`` is unhashable.
+            InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
             InvalidMetadata: not a JSON-compatible mapping (nothing changes).
             NotRegistered: ``key`` is not registered (also a ``KeyError``).
+            Closed: the registry is closed.
         """
-        try:
-            hash(key)
-        except TypeError:
-            raise InvalidKey(f"registry key must be hashable, got {type(key).__name__}") from None
+        if self._closed:
+            raise Closed("this MemoryRegistry is closed")
+        key = validate_key(key)  # the one key rule (InvalidKey), normal form
         frozen = freeze_metadata(metadata)
         with self._lock:
-            cur = self._table.get(key)
+            cur = self._table.get(key)  # Closed if close() ran since the check above
             if cur is None:
                 raise NotRegistered(key)
             new = self._record(key, cur.agent, frozen, cur.registered_at)
             new.origin = cur.origin  # same registration: the same monitor and token
             new.monitor = cur.monitor
-            if self._index:
-                self._index_add(key, frozen)
-            self._table[key] = new  # one store: readers see the old or the new record
-            if self._index:
-                self._index_remove(key, cur.metadata, frozen)
+            index = self._index
+            if index is not None:
+                index.add(key, frozen)
+            self._live[key] = new  # one store: readers see the old or the new record
+            if index is not None:
+                index.remove(key, cur.metadata, frozen)
             if self._listeners:
                 self._pending.append(RegistryEvent("updated", self._entry(new)))
         if self._pending:
@@ -530,7 +520,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
     def _on_down(self, origin: _Record, down: Down) -> None:
         """The agent of ``origin``'s registration died: remove it (if still there)."""
         with self._lock:
-            cur = self._table.get(origin.key)
+            cur = self._live.get(origin.key)  # _live: empty after close(), never raises
             # Race: the key may have been unregistered, replaced or re-registered
             # since — or origin is not published yet (register() is between
             # monitor() and its lock): only the registration this monitor
@@ -538,9 +528,9 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if cur is None or cur.origin is not origin:
                 origin.origin = None
                 return
-            del self._table[origin.key]  # unpublish first, then unindex
-            if self._index:
-                self._index_remove(origin.key, cur.metadata, None)
+            del self._live[origin.key]  # unpublish first, then unindex
+            if self._index is not None:
+                self._index.remove(origin.key, cur.metadata)
             if self._listeners:
                 self._pending.append(RegistryEvent("unregistered", self._entry(cur), "down", down))
         if self._pending:
@@ -573,7 +563,13 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
     # ------------------------------------------------------------------ admin
 
     def indexed_attributes(self) -> frozenset[str]:
-        """The attribute names given as ``indexed=`` at construction."""
+        """The attribute names given as ``indexed=`` at construction.
+
+        Raises:
+            Closed: the registry is closed.
+        """
+        if self._closed:
+            raise Closed("this MemoryRegistry is closed")
         return self._indexed
 
     @property
@@ -582,32 +578,40 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         return self._manager
 
     def stats(self) -> MemoryRegistryStats:
-        """A consistent snapshot of the table, monitors and indexes (takes the write lock)."""
+        """A consistent snapshot of the table, monitors and indexes (takes the write lock).
+
+        Raises:
+            Closed: the registry is closed.
+        """
         with self._lock:
-            records = list(self._table.values())
+            records = list(self._table.values())  # Closed once closed
+            index = self._index
             return MemoryRegistryStats(
                 entries=len(records),
                 monitors=sum(1 for r in records if r.monitor is not None and r.monitor.active),
-                index_sizes={a: sum(len(b) for b in self._index[a].values()) for a in self._index},
-                index_values={a: len(self._index[a]) for a in self._index},
-                unindexed={a: len(self._unindexed[a]) for a in self._unindexed},
+                index_sizes=index.sizes() if index is not None else {},
+                index_values=index.value_counts() if index is not None else {},
+                indexed_queries=self._indexed_queries,
+                scans=self._scans,
             )
 
     def close(self) -> None:
         """Release every monitor (and the manager, if owned). Idempotent; emits no events.
 
-        Afterwards the registry is empty and ``register`` raises ``RegistryError``.
+        Afterwards every public call raises ``errors.Closed`` (``close`` itself
+        excepted).
         """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            records = list(self._table.values())
-            self._table.clear()
-            for buckets in self._index.values():
-                buckets.clear()
-            for keys in self._unindexed.values():
-                keys.clear()
+            # Readers now hit _CLOSED_TABLE: one attribute store, so a lock-free
+            # reader sees either the open table or the closed one, never a mix.
+            self._table = _CLOSED_TABLE
+            records = list(self._live.values())
+            self._live.clear()
+            if self._index is not None:
+                self._index.clear()
         for rec in records:
             if rec.monitor is not None:
                 rec.monitor.demonitor()
@@ -615,4 +619,5 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             self._manager.close()
 
     def __repr__(self) -> str:
-        return f"<MemoryRegistry entries={len(self._table)} indexed={sorted(self._indexed)}>"
+        state = "closed" if self._closed else f"entries={len(self._live)}"
+        return f"<MemoryRegistry {state} indexed={sorted(self._indexed)}>"

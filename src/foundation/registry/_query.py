@@ -2,7 +2,7 @@
 
 A criterion is ``(path, op, value)``. ``path`` is ``"a.b"`` (split on dots) or
 a non-empty tuple of keys (use a tuple when a key contains a dot); it walks
-nested mappings only. The rule (DESIGN.md "Registry contract"):
+nested mappings only. The rule (docs/contract.md "Registry contract"):
 
 - ``eq``: stored == value, or the stored value is a list/tuple/set/frozenset
   containing value; ``in``: stored in value, or any element of a stored
@@ -26,17 +26,21 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from foundation.errors import InvalidCriteria
+from foundation.registry._validation import short_repr  # bounded messages
 
 __all__ = [
     "OPS",
+    "UNSAFE",
+    "AttributeIndex",
     "Compiled",
     "IndexPlan",
     "compile_criteria",
     "index_plan",
+    "index_term",
     "is_index_safe",
     "matches",
 ]
@@ -77,7 +81,8 @@ def _compile_path(path: object, position: int) -> tuple[Hashable, ...]:
         parts = tuple(path.split("."))
         if not path or any(p == "" for p in parts):
             raise InvalidCriteria(
-                f"criterion {position}: path {path!r} must be non-empty dot-separated names"
+                f"criterion {position}: path {short_repr(path)} "
+                "must be non-empty dot-separated names"
             )
         return parts
     if isinstance(path, tuple) and path:
@@ -86,11 +91,12 @@ def _compile_path(path: object, position: int) -> tuple[Hashable, ...]:
                 hash(part)
             except TypeError:
                 raise InvalidCriteria(
-                    f"criterion {position}: path element {part!r} is not hashable"
+                    f"criterion {position}: path element {short_repr(part)} is not hashable"
                 ) from None
         return path
     raise InvalidCriteria(
-        f"criterion {position}: path must be a str like 'a.b' or a non-empty tuple, got {path!r}"
+        f"criterion {position}: path must be a str like 'a.b' or a non-empty tuple, "
+        f"got {short_repr(path)}"
     )
 
 
@@ -115,19 +121,21 @@ def compile_criteria(criteria: object) -> tuple[Compiled, ...]:
     for position, criterion in enumerate(criteria):
         if not isinstance(criterion, tuple | list) or len(criterion) != 3:
             raise InvalidCriteria(
-                f"criterion {position}: expected a (path, op, value) tuple, got {criterion!r}"
+                f"criterion {position}: expected a (path, op, value) tuple, "
+                f"got {short_repr(criterion)}"
             )
         path, op, value = criterion
         parts = _compile_path(path, position)
         if not isinstance(op, str) or op not in OPS:
             raise InvalidCriteria(
-                f"criterion {position}: unknown op {op!r} "
+                f"criterion {position}: unknown op {short_repr(op)} "
                 f"(expected one of {', '.join(sorted(OPS))})"
             )
         if op in ("in", "not_in"):
             if not isinstance(value, _COLLECTIONS):
                 raise InvalidCriteria(
-                    f"criterion {position}: {op!r} needs a list, tuple, set or frozenset, "
+                    f"criterion {position}: {short_repr(op)} needs a list, tuple, set or "
+                    "frozenset, "
                     f"got {type(value).__name__}"
                 )
             if isinstance(value, list | tuple):
@@ -225,29 +233,75 @@ def matches(metadata: Mapping[str, Any], compiled: Sequence[Compiled]) -> bool:
 
 
 _SAFE_SCALARS: Final = (str, int, float, bool, type(None))
+_BASES: Final[tuple[tuple[type, Callable[[Any], Any]], ...]] = (
+    (str, str.__str__),
+    (int, int.__int__),
+    (float, float.__float__),
+)
+UNSAFE: Final = object()
+"""What ``index_term`` returns for a value an index cannot answer exactly."""
+
+
+def index_term(value: object, _depth: int = 0) -> Any:
+    """``value`` as an index looks it up: a plain ``str``/``int``/``float``/``bool``/``None``
+    (or a tuple of them), or ``UNSAFE``.
+
+    A subclass instance whose type keeps its base's ``__eq__`` and ``__hash__``
+    (``StrEnum``/``IntEnum`` members, ``class C(str, Enum)``, ...) hashes and
+    compares exactly as its plain value, so it becomes that value: an index
+    answers it like the plain value. A type that really redefines equality,
+    and anything unhashable, is ``UNSAFE``: the query scans (same answer).
+
+    >>> import enum
+    >>> class Cap(enum.StrEnum):
+    ...     CRAWL = "crawl"
+    >>> type(index_term(Cap.CRAWL)), index_term(("a", Cap.CRAWL))
+    (<class 'str'>, ('a', 'crawl'))
+    >>> index_term(["a"]) is UNSAFE, index_term({"a": 1}) is UNSAFE
+    (True, True)
+    """
+    t = type(value)
+    if t is str or t is int or value is None or t is float or t is bool:
+        return value
+    if t is tuple:
+        if _depth >= _MAX_NORMALISE_DEPTH:
+            return UNSAFE
+        items = []
+        for x in value:  # type: ignore[attr-defined]
+            term = index_term(x, _depth + 1)
+            if term is UNSAFE:
+                return UNSAFE
+            items.append(term)
+        return tuple(items)
+    for base, to_plain in _BASES:
+        if isinstance(value, base):
+            # Exactly the base's hash and equality: the plain value is interchangeable.
+            eq: object = t.__eq__
+            hash_: object = t.__hash__
+            if eq is base.__eq__ and hash_ is base.__hash__:
+                return to_plain(value)
+            return UNSAFE
+    return UNSAFE
 
 
 def is_index_safe(value: object, _depth: int = 0) -> bool:
     """True when ``value``'s hash/eq agree with JSON metadata values, so an index lookup is exact.
 
     Plain ``str``/``int``/``float``/``bool``/``None`` and tuples of them
-    qualify; anything else (subclasses with their own ``__eq__``, unhashable
-    values) makes the backend fall back to a scan with the same answer.
+    qualify, and so do subclass instances with their base's hash and equality
+    (see ``index_term``); anything else (subclasses with their own ``__eq__``,
+    unhashable values) makes the backend fall back to a scan with the same answer.
 
     >>> is_index_safe(("a", 1)), is_index_safe(["a"]), is_index_safe({"a": 1})
     (True, False, False)
     """
-    t = type(value)
-    if t in _SAFE_SCALARS:
-        return True
-    if t is tuple and _depth < _MAX_NORMALISE_DEPTH:
-        return all(is_index_safe(x, _depth + 1) for x in value)  # type: ignore[attr-defined]
-    return False
+    return index_term(value, _depth) is not UNSAFE
 
 
 class IndexPlan:
     """How to answer a query from an index: ``position`` of the chosen criterion in the
-    compiled tuple, the indexed ``attr``, and the ``values`` to look up (their union)."""
+    compiled tuple, the indexed ``attr``, and the ``values`` to look up (their union),
+    as ``index_term`` gives them."""
 
     __slots__ = ("attr", "position", "values")
 
@@ -264,10 +318,12 @@ def index_plan(compiled: Sequence[Compiled], indexed: frozenset[str]) -> list[In
     """Every criterion an attribute index can answer exactly, in query order.
 
     An ``eq``/``in`` criterion on a one-element path naming an indexed
-    attribute, whose value(s) are index-safe. The candidates from the index
-    are a superset of the matches; the backend re-checks every criterion on
-    each candidate (which also makes a concurrent writer harmless). A backend
-    may pick the plan with the fewest candidates.
+    attribute, whose value(s) have an index term (``index_term``: enum
+    members and other subclasses that keep their base's hash and equality
+    are looked up as their plain value). The candidates from the index are a
+    superset of the matches; the backend re-checks every criterion on each
+    candidate (which also makes a concurrent writer harmless). A backend may
+    pick the plan with the fewest candidates.
 
     >>> index_plan(compile_criteria([("n", "gt", 1), ("role", "in", ["a", "b"])]),
     ...            frozenset({"role"}))
@@ -281,8 +337,148 @@ def index_plan(compiled: Sequence[Compiled], indexed: frozenset[str]) -> list[In
         if not isinstance(attr, str) or attr not in indexed:
             continue
         if c.op == "eq":
-            if is_index_safe(c.value):
-                plans.append(IndexPlan(position, attr, (c.value,)))
-        elif all(is_index_safe(v) for v in c.value):
-            plans.append(IndexPlan(position, attr, tuple(c.value)))
+            term = index_term(c.value)
+            if term is not UNSAFE:
+                plans.append(IndexPlan(position, attr, (term,)))
+            continue
+        terms = tuple(index_term(v) for v in c.value)
+        if UNSAFE not in terms:  # identity first: no plain value equals the sentinel
+            plans.append(IndexPlan(position, attr, terms))
     return plans
+
+
+_Bucket = dict[Hashable, None]
+
+
+class AttributeIndex:
+    """The in-memory attribute index: ``attr -> term -> {key: None}``.
+
+    The one implementation behind ``MemoryRegistry`` and the ``RedisRegistry``
+    mirror. A metadata value is indexed under its ``index_term`` and, for a
+    tuple, under each element's (what ``eq``/``in`` need: see ``matches``);
+    a value without a term (a nested mapping) is left out, since no probe an
+    index answers can equal it (other probes scan).
+
+    Concurrency: the owner serialises writers (``add``, ``remove``,
+    ``clear``). ``keys`` may run without a lock: it reads with single C-level
+    dict operations (``dict.get``, ``list(bucket)``), each atomic, and never
+    iterates a dict a writer may be changing. Owners keep the index a
+    SUPERSET of what readers can see (add before publishing, remove after
+    unpublishing) and re-check every candidate.
+
+    >>> ix = AttributeIndex(("role",))
+    >>> ix.add("a", {"role": ("io", "db")}); ix.add("b", {"role": "io"})
+    >>> ix.keys("role", ("io",)), ix.keys("role", ("db", "io"))
+    (['a', 'b'], ['a', 'b'])
+    >>> ix.remove("a", {"role": ("io", "db")}, {"role": "db"}); ix.keys("role", ("io",))
+    ['b']
+    >>> ix.sizes(), ix.value_counts()
+    ({'role': 2}, {'role': 2})
+    """
+
+    __slots__ = ("_items", "attrs", "buckets")
+
+    def __init__(self, indexed: Iterable[str]) -> None:
+        self.attrs: frozenset[str] = frozenset(indexed)
+        #: attr -> term -> {key: None}. A dict, not a set, per bucket: a reader
+        #: snapshots one with list(bucket) in one C call.
+        self.buckets: dict[str, dict[Any, _Bucket]] = {a: {} for a in sorted(self.attrs)}
+        self._items = tuple(self.buckets.items())
+
+    def add(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
+        """Index ``key`` under the terms of ``metadata``'s indexed attributes (writer)."""
+        for attr, buckets in self._items:
+            value = metadata.get(attr, _MISSING)
+            if value is _MISSING:
+                continue
+            t = type(value)
+            if t is str or t is int or value is None or t is float or t is bool:
+                # The common case, one term, no temporary list.
+                bucket = buckets.get(value)
+                if bucket is None:
+                    buckets[value] = {key: None}
+                else:
+                    bucket[key] = None
+                continue
+            for term in _terms(value):
+                bucket = buckets.get(term)
+                if bucket is None:
+                    buckets[term] = {key: None}
+                else:
+                    bucket[key] = None
+
+    def remove(
+        self, key: Hashable, metadata: Mapping[str, Any], keep: Mapping[str, Any] | None = None
+    ) -> None:
+        """Unindex ``key``'s ``metadata`` terms, except those ``keep`` (its new metadata)
+        also has (writer; after readers stopped seeing ``metadata`` under ``key``)."""
+        for attr, buckets in self._items:
+            value = metadata.get(attr, _MISSING)
+            if value is _MISSING:
+                continue
+            t = type(value)
+            if keep is None and (t is str or t is int or value is None or t is float or t is bool):
+                # The common case (unregister, death), one term, no temporary tuple.
+                bucket = buckets.get(value)
+                if bucket is not None:
+                    bucket.pop(key, None)
+                    if not bucket:
+                        del buckets[value]
+                continue
+            terms = _terms(value)
+            if keep is not None:
+                kept = keep.get(attr, _MISSING)
+                if kept is not _MISSING:
+                    kept_terms = set(_terms(kept))
+                    terms = [x for x in terms if x not in kept_terms]
+            for term in terms:
+                bucket = buckets.get(term)
+                if bucket is not None:
+                    bucket.pop(key, None)
+                    if not bucket:
+                        del buckets[term]
+
+    def keys(self, attr: str, values: Sequence[Hashable]) -> list[Hashable]:
+        """Keys indexed under any of ``values`` (``IndexPlan.values``), each once.
+
+        Lock-free (see the class docs): a superset of the matches as of some
+        instant during the call, to be re-checked by the caller.
+        """
+        buckets = self.buckets[attr]
+        if len(values) == 1:
+            bucket = buckets.get(values[0])
+            return list(bucket) if bucket else []  # list(dict): one atomic C call
+        keys: list[Hashable] = []
+        for value in values:
+            bucket = buckets.get(value)
+            if bucket:
+                keys += list(bucket)
+        # A key may sit in several buckets (a tuple holding several of the values).
+        return list(dict.fromkeys(keys))
+
+    def clear(self) -> None:
+        """Drop every term (writer)."""
+        for buckets in self.buckets.values():
+            buckets.clear()
+
+    def sizes(self) -> dict[str, int]:
+        """Per attribute, the number of (term, key) pairs (take the writers' lock)."""
+        return {a: sum(len(b) for b in buckets.values()) for a, buckets in self.buckets.items()}
+
+    def value_counts(self) -> dict[str, int]:
+        """Per attribute, the number of distinct indexed terms."""
+        return {a: len(buckets) for a, buckets in self.buckets.items()}
+
+
+def _terms(value: object) -> list[Any]:
+    """The index terms of a stored value: its own term and, for a tuple, each element's."""
+    out: list[Any] = []
+    term = index_term(value)
+    if term is not UNSAFE:
+        out.append(term)
+    if type(value) is tuple:
+        for item in value:
+            term = index_term(item)
+            if term is not UNSAFE:
+                out.append(term)
+    return out

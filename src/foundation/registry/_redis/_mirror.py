@@ -14,16 +14,20 @@ same record when the stream tail delivers it.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
-from foundation.registry._redis._codec import index_values
+from foundation.registry._query import AttributeIndex
 from foundation.registry._types import Entry
 
 __all__ = ["Mirror"]
 
 
 class Mirror:
-    """Entries by key, per-key versions, and ``attr -> value -> {keys}`` indexes."""
+    """Entries by key, per-key versions, and the attribute index.
+
+    ``index`` is the same ``AttributeIndex`` ``MemoryRegistry`` uses, so both
+    answer an indexed query alike (enum members looked up as their plain value).
+    """
 
     __slots__ = ("entries", "floor", "index", "versions")
 
@@ -31,7 +35,7 @@ class Mirror:
         self.entries: dict[Hashable, Entry] = {}
         self.versions: dict[Hashable, int] = {}
         self.floor = 0
-        self.index: dict[str, dict[Hashable, set[Hashable]]] = {a: {} for a in indexed}
+        self.index = AttributeIndex(indexed)
 
     def is_newer(self, key: Hashable, version: int) -> bool:
         """True when a record of ``version`` for ``key`` has not been applied yet."""
@@ -40,14 +44,15 @@ class Mirror:
     def put(self, entry: Entry, version: int) -> Entry | None:
         """Insert or replace ``entry``; returns the entry it replaced."""
         key = entry.key
-        old = self.entries.get(key)
+        entries = self.entries
+        old = entries.get(key)
+        # Index first, then publish, then unindex what only the old entry had: a
+        # query that sees the key in the index and reads ``entries`` finds the new
+        # entry or the old one (re-checked by the query), never a half-written one.
+        self.index.add(key, entry.metadata)
+        entries[key] = entry
         if old is not None:
-            self._unindex(old)
-        # Index first, then publish: a query that sees the key in an index and
-        # reads ``entries`` either finds the new entry or the old one (re-checked
-        # by the query), never a half-written one.
-        self._index(entry)
-        self.entries[key] = entry
+            self.index.remove(key, old.metadata, entry.metadata)
         self.versions[key] = version
         return old
 
@@ -56,18 +61,12 @@ class Mirror:
         self.versions[key] = version
         old = self.entries.pop(key, None)
         if old is not None:
-            self._unindex(old)
+            self.index.remove(key, old.metadata)
         return old
 
-    def candidates(self, attr: str, values: Iterable[Hashable]) -> set[Hashable]:
-        """Keys whose ``attr`` equals or contains one of ``values`` (call under the lock)."""
-        buckets = self.index[attr]
-        out: set[Hashable] = set()
-        for v in values:
-            bucket = buckets.get(v)
-            if bucket:
-                out |= bucket
-        return out
+    def candidates(self, attr: str, values: Sequence[Hashable]) -> set[Hashable]:
+        """Keys whose ``attr`` equals or contains one of ``values`` (``IndexPlan.values``)."""
+        return set(self.index.keys(attr, values))
 
     def prune(self, upto: int) -> None:
         """Forget tombstones of versions <= ``upto`` (the stream tail is past them)."""
@@ -75,21 +74,3 @@ class Mirror:
             return
         entries = self.entries
         self.versions = {k: v for k, v in self.versions.items() if k in entries or v > upto}
-
-    def _index(self, entry: Entry) -> None:
-        md = entry.metadata
-        for attr, buckets in self.index.items():
-            if attr in md:
-                for v in index_values(md[attr]):
-                    buckets.setdefault(v, set()).add(entry.key)
-
-    def _unindex(self, entry: Entry) -> None:
-        md = entry.metadata
-        for attr, buckets in self.index.items():
-            if attr in md:
-                for v in index_values(md[attr]):
-                    bucket = buckets.get(v)
-                    if bucket is not None:
-                        bucket.discard(entry.key)
-                        if not bucket:
-                            del buckets[v]
