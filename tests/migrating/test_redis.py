@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from foundation import MemoryRegistry, RedisRegistry
+from foundation.errors import InvalidKey
 from tests.migrating.support import FLAG, Agents, Worker, make, wait_until
 from tests.redis_support import RedisServer
 
@@ -52,19 +53,18 @@ def test_memory_to_redis_backfills_and_flips_without_losing_anything(
         flags.close()
 
 
-def test_a_key_redis_cannot_store_is_a_divergence_until_unregistered(
+def test_a_key_redis_cannot_store_is_refused_by_both_sides_before_any_write(
     redis_target: RedisRegistry, agents: Agents
 ) -> None:
+    # One key rule on every backend (docs/keys-and-metadata.md): a key Redis could
+    # not store is refused by the memory side too, so it can never diverge.
     reg, flags = make(False, legacy=MemoryRegistry(), target=redis_target)
     try:
-        key = object()  # any hashable is a memory key; Redis keys must be JSON-encodable
-        reg.register(key, agents.new())
-        [divergence] = reg.divergences()
-        assert divergence.key == key
-        assert "target refused" in divergence.reason
-        assert reg.readiness() != []
-        assert reg.unregister(key) is True
+        with pytest.raises(InvalidKey):
+            reg.register(object(), agents.new())
         assert reg.divergences() == []
+        assert reg.list_all() == []
+        assert redis_target.list_all() == []
     finally:
         reg.close()
         flags.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import json
 from collections import OrderedDict
-from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from foundation.errors import InvalidKey, InvalidMetadata
 from foundation.registry._validation import (
     EMPTY_METADATA,
     MAX_DEPTH,
+    FrozenMetadata,
     check_metadata_size,
     freeze_metadata,
     metadata_from_json,
@@ -89,8 +89,8 @@ def test_frozen_metadata_is_a_read_only_deep_copy() -> None:
     original["limits"]["cpu"] = 99
     original["new"] = 1
     assert frozen == {"tags": ("a", "b"), "limits": {"cpu": 2, "gpus": (0, 1)}}
-    assert isinstance(frozen, MappingProxyType)
-    assert isinstance(frozen["limits"], MappingProxyType)
+    assert isinstance(frozen, FrozenMetadata)
+    assert isinstance(frozen["limits"], FrozenMetadata)
     with pytest.raises(TypeError):
         frozen["x"] = 1  # type: ignore[index]
     with pytest.raises(TypeError):
@@ -122,7 +122,7 @@ def test_json_round_trip_gives_the_same_frozen_shape() -> None:
     again = metadata_from_json(text)
     assert again == frozen
     assert type(again["f"]) is tuple
-    assert isinstance(again["f"][1], MappingProxyType)
+    assert isinstance(again["f"][1], FrozenMetadata)
 
 
 def test_invalid_json_text_is_invalid_metadata() -> None:

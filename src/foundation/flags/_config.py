@@ -2,6 +2,13 @@
 
 Parsing is pure: it returns the new layer or raises, and never touches a
 ``FeatureFlags``, which is what makes a load all-or-nothing.
+
+Whatever the input, a load either succeeds or raises ``InvalidFlagValue`` /
+``UnknownFlag`` with a short message: a file is read up to
+``MAX_CONFIG_BYTES`` (larger, or endless like ``/dev/zero``, is refused
+without reading the rest), must be UTF-8, and may not nest deeper than
+Python's TOML parser can (``RecursionError`` is reported as a bad file).
+Also here: the checks of the audit fields ``by``/``reason`` of every write.
 """
 
 from __future__ import annotations
@@ -14,12 +21,57 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from foundation.errors import InvalidFlagValue, UnknownFlag
+from foundation.errors import InvalidFlagValue, UnknownFlag, bounded_repr
 from foundation.flags._store import FlagState
 
-__all__ = ["ENV_PREFIX", "nearest", "parse_config", "parse_value"]
+__all__ = [
+    "ENV_PREFIX",
+    "MAX_CONFIG_BYTES",
+    "check_audit_text",
+    "nearest",
+    "parse_config",
+    "parse_value",
+    "short_repr",
+]
 
 ENV_PREFIX = "FOUNDATION_FLAG_"
+MAX_CONFIG_BYTES = 1024 * 1024
+"""Largest flag config file read (1 MiB); a larger one is ``InvalidFlagValue``."""
+MAX_AUDIT_CHARS = 4096
+"""Longest ``by`` / ``reason`` accepted on a write."""
+
+short_repr = bounded_repr  # messages stay short, whatever the input
+
+
+def check_audit_text(value: object, what: str) -> None:
+    """Refuse a ``by``/``reason`` that is not ``None`` or a str every store can keep.
+
+    One rule on every store (the memory store would keep anything, SQLite and
+    Redis would fail later): ``str`` of at most ``MAX_AUDIT_CHARS`` characters,
+    valid Unicode (no lone surrogates).
+
+    >>> check_audit_text(42, "by")
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidFlagValue: by= must be a str or None, not int: 42
+    """
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidFlagValue(
+            f"{what}= must be a str or None, not {type(value).__name__}: {short_repr(value)}"
+        )
+    if len(value) > MAX_AUDIT_CHARS:
+        raise InvalidFlagValue(f"{what}= is longer than {MAX_AUDIT_CHARS} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidFlagValue(
+                f"{what}= is not valid Unicode (a lone surrogate): {short_repr(value)}"
+            ) from None
+
+
 _ON = frozenset({"on", "true"})
 _OFF = frozenset({"off", "false"})
 
@@ -64,32 +116,48 @@ def parse_value(value: object) -> FlagState:
                 p = math.nan
             if math.isfinite(p) and 0.0 <= p <= 100.0:
                 return FlagState(True, p)
-            raise InvalidFlagValue(f"percentage {value!r} is not a number within 0..100")
+            raise InvalidFlagValue(f"percentage {short_repr(value)} is not a number within 0..100")
     raise InvalidFlagValue(
-        f"{value!r} is not a flag value: use true/false, 'on'/'off' or a percentage like '25%'"
+        f"{short_repr(value)} is not a flag value: "
+        "use true/false, 'on'/'off' or a percentage like '25%'"
     )
 
 
 def _read_table(path: Path) -> Mapping[str, Any]:
+    shown = short_repr(str(path))
     try:
         with path.open("rb") as fh:
-            document = tomllib.load(fh)
-    except OSError as exc:
-        raise InvalidFlagValue(f"cannot read flag config {str(path)!r}: {exc}") from exc
+            data = fh.read(MAX_CONFIG_BYTES + 1)  # bounded: never the whole of /dev/zero
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise InvalidFlagValue(f"cannot read flag config {shown}: {exc}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise InvalidFlagValue(
+            f"flag config {shown} is larger than {MAX_CONFIG_BYTES} bytes; not loaded"
+        )
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidFlagValue(
+            f"flag config {shown} is not UTF-8 text (byte {exc.start})"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidFlagValue(f"malformed TOML in {str(path)!r}: {exc}") from exc
+        raise InvalidFlagValue(f"malformed TOML in {shown}: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise InvalidFlagValue(f"malformed TOML in {shown}: nested too deeply") from None
     if "flags" in document:
         table = document["flags"]
         where = "[flags]"
     else:
-        table = document.get("tool", {}).get("foundation", {}).get("flags")
+        table = document
+        for part in ("tool", "foundation", "flags"):  # any level may be missing or not a table
+            table = table.get(part) if isinstance(table, dict) else None
         where = "[tool.foundation.flags]"
         if table is None:
             raise InvalidFlagValue(
-                f"{str(path)!r} has neither a [flags] table nor [tool.foundation.flags]"
+                f"{shown} has neither a [flags] table nor [tool.foundation.flags]"
             )
     if not isinstance(table, Mapping):
-        raise InvalidFlagValue(f"{where} in {str(path)!r} must be a table, not {table!r}")
+        raise InvalidFlagValue(f"{where} in {shown} must be a table, not {short_repr(table)}")
     return table
 
 
@@ -113,13 +181,15 @@ def parse_config(
             label = os.fspath(source)
         else:
             raise InvalidFlagValue(
-                f"config source must be a TOML file path or a mapping, not {source!r}"
+                f"config source must be a TOML file path or a mapping, not {short_repr(source)}"
             )
-        entries.extend((str(k), f"{k}", v) for k, v in table.items())
+        for k, v in table.items():
+            name = k if isinstance(k, str) else short_repr(k)  # a non-str key names no flag
+            entries.append((name, name, v))
     if env is not None:
         by_upper = {d.upper(): d for d in declared}
         for key, value in env.items():
-            if key.startswith(ENV_PREFIX):
+            if isinstance(key, str) and key.startswith(ENV_PREFIX):
                 suffix = key[len(ENV_PREFIX) :]
                 entries.append((by_upper.get(suffix.upper(), suffix.lower()), key, value))
         label = f"{label} + environment" if source is not None else label
@@ -127,7 +197,11 @@ def parse_config(
     unknown = [name for name, _, _ in entries if name not in declared]
     if unknown:
         unique = list(dict.fromkeys(unknown))
-        raise UnknownFlag(unique, suggestions={n: nearest(n, declared) for n in unique})
+        # An environment entry's "where" is its variable (a file's is the name itself).
+        origins = {n: w for n, w, _ in entries if w != n and n in unique}
+        raise UnknownFlag(
+            unique, suggestions={n: nearest(n, declared) for n in unique}, origins=origins
+        )
     layer: dict[str, FlagState] = {}
     problems: list[str] = []
     for name, where, raw in entries:  # the environment comes last, so it wins

@@ -7,7 +7,11 @@ The formula, reproducible in any language::
     the actor is in a rollout of p percent  <=>  h * 100 < p * 2**64   (exact arithmetic)
     bucket(flag, actor) = h / 2**64 * 100      (a float in [0, 100), for display)
 
-It depends on nothing but the two strings, so every process and machine agrees,
+``utf8`` is UTF-8 with lone surrogates passed through (Python's
+``"surrogatepass"``): a valid string encodes exactly as plain UTF-8, so this
+changes no bucket, and an actor that is not valid Unicode (``"\\ud800"``, say,
+from a decoded-with-errors header) still gets a stable bucket instead of an
+error. It depends on nothing but the two strings, so every process and machine agrees,
 and it is monotonic in p: raising p only ever adds actors. The flag name is part
 of the input so that two flags at 10% do not select the same 10% of actors.
 
@@ -24,14 +28,23 @@ from __future__ import annotations
 from fractions import Fraction
 from hashlib import sha256
 
-__all__ = ["HASH_SPACE", "actor_hash", "bucket", "threshold"]
+__all__ = ["HASH_SPACE", "actor_hash", "bucket", "hash_input", "threshold"]
 
 HASH_SPACE = 1 << 64
 
 
+def hash_input(prefix: str, actor: str) -> bytes:
+    """The bytes hashed for ``prefix`` (``flag + "\\0"``) and ``actor``: UTF-8, surrogates passed.
+
+    >>> hash_input("f\\0", "é"), hash_input("f\\0", "\\ud800")
+    (b'f\\x00\\xc3\\xa9', b'f\\x00\\xed\\xa0\\x80')
+    """
+    return (prefix + actor).encode("utf-8", "surrogatepass")
+
+
 def actor_hash(flag: str, actor: str) -> int:
     """The 64-bit rollout hash ``h`` of (flag, actor) (see the module docs)."""
-    return int.from_bytes(sha256(f"{flag}\0{actor}".encode()).digest()[:8], "big")
+    return int.from_bytes(sha256(hash_input(f"{flag}\0", actor)).digest()[:8], "big")
 
 
 def bucket(flag: str, actor: str) -> float:

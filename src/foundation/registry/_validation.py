@@ -1,25 +1,34 @@
-"""Validation of keys and metadata, shared by every registry backend.
+"""Keys and metadata: ONE rule, checked here, for every registry backend.
 
-Metadata is JSON-compatible by contract, because the Redis backend stores it
-as JSON; every backend enforces the same rule so that a registration accepted
-by one is accepted by all. Accepted values: ``None``, ``bool``, ``int``,
-finite ``float``, ``str``, lists/tuples of accepted values, and mappings with
-``str`` keys of accepted values, nested at most ``MAX_DEPTH`` levels.
+Every backend calls ``validate_key`` and ``freeze_metadata`` (nothing else
+checks a key or metadata), so a registration one backend accepts is accepted
+by all, and a migration between backends never fails on data the first one
+took. The rules are written out in ``docs/keys-and-metadata.md``.
 
-The frozen shape (what ``Entry.metadata`` holds, on every backend):
+**Keys**: ``str``, ``int`` with ``-2**63 <= n < 2**63``, finite ``float``, ``None``,
+and ``tuple``/``frozenset`` of keys nested at most ``MAX_KEY_DEPTH`` deep.
+``bool`` is refused (``True == 1`` would merge two keys). A subclass whose
+hash and equality are its base type's (``StrEnum``, ``IntEnum`` members)
+becomes the plain base value; an integral float within the int range becomes
+the ``int`` it equals (``2.0`` and ``2`` are one key everywhere).
 
-- a mapping becomes a ``types.MappingProxyType`` over a private ``dict`` copy;
-- a list or tuple becomes a ``tuple`` (JSON has one array type, so ``[1, 2]``
-  and ``(1, 2)`` are the same metadata value; queries compare them alike);
-- subclasses of ``str``/``int``/``float`` become the plain type.
+**Metadata**: a mapping with ``str`` keys of JSON values: ``None``, ``bool``,
+``int`` with ``-2**63 <= n < 2**63``, finite ``float``, ``str`` (encodable as UTF-8:
+no lone surrogates), lists/tuples (one JSON array type, frozen as tuples) and
+nested mappings, at most ``MAX_DEPTH`` levels; at most ``MAX_METADATA_BYTES``
+as compact UTF-8 JSON. Subclasses become plain values, as keys do.
 
-The Redis backend calls ``freeze_metadata(json.loads(text))`` and so returns
-exactly the shape the memory backends return.
+The frozen shape (``Entry.metadata`` on every backend) is a ``FrozenMetadata``:
+a read-only ``dict`` subclass, so ``json.dumps`` takes it as it is, nested
+mappings are ``FrozenMetadata`` too and arrays are tuples. Every message is
+bounded in length, whatever the input (``short_repr``).
 
 Example:
     >>> frozen = freeze_metadata({"tags": ["a", "b"], "limits": {"cpu": 2}})
     >>> frozen["tags"], frozen["limits"]["cpu"]
     (('a', 'b'), 2)
+    >>> import json; json.dumps(frozen)
+    '{"tags": ["a", "b"], "limits": {"cpu": 2}}'
     >>> metadata_to_json(frozen)
     '{"limits":{"cpu":2},"tags":["a","b"]}'
 """
@@ -29,144 +38,359 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Hashable, Mapping
-from types import MappingProxyType
-from typing import Any
+from typing import Any, Final, NoReturn
 
-from foundation.errors import InvalidKey, InvalidMetadata
+from foundation.errors import InvalidKey, InvalidMetadata, bounded_repr
 
 __all__ = [
     "EMPTY_METADATA",
+    "INT_MAX",
+    "INT_MIN",
     "MAX_DEPTH",
+    "MAX_KEY_DEPTH",
+    "MAX_METADATA_BYTES",
+    "FrozenMetadata",
     "check_metadata_size",
     "freeze_metadata",
     "metadata_from_json",
     "metadata_to_json",
+    "short_repr",
     "validate_key",
 ]
 
-MAX_DEPTH = 32
+MAX_DEPTH: Final = 32
 """Deepest nesting of lists and mappings accepted in metadata (guards cycles too)."""
 
-EMPTY_METADATA: Mapping[str, Any] = MappingProxyType({})
+MAX_KEY_DEPTH: Final = 16
+"""Deepest tuple/frozenset nesting accepted in a key."""
+
+MAX_METADATA_BYTES: Final = 64 * 1024
+"""The one size limit of metadata: its compact UTF-8 JSON encoding, in bytes."""
+
+INT_MIN: Final = -(2**63)
+INT_MAX: Final = 2**63 - 1
+"""Ints in keys and metadata lie in ``[INT_MIN, INT_MAX]`` (signed 64 bits)."""
+
+_MAX_PATH_CHARS: Final = 120
+
+short_repr = bounded_repr
+"""``repr`` cut to at most 200 characters, never raising (``foundation.errors``' helper).
+
+    >>> len(short_repr("x" * 1000)) <= 200
+    True
+    >>> deep: object = 1
+    >>> for _ in range(5000):
+    ...     deep = [deep]
+    >>> short_repr(deep)
+    '[[[[...]]]]'
+"""
+
+
+# --------------------------------------------------------------------------- frozen metadata
+
+
+class FrozenMetadata(dict[str, Any]):
+    """Read-only metadata: a ``dict`` (so ``json.dumps`` accepts it) that refuses mutation.
+
+    Built only by ``freeze_metadata`` (and from JSON); nested mappings are
+    ``FrozenMetadata`` and arrays are tuples. ``copy.copy``/``deepcopy``
+    return the object itself (it is immutable); it pickles. ``dict(m)`` or
+    ``m | {...}`` give a mutable copy.
+
+    >>> m = freeze_metadata({"role": "io"})
+    >>> m["role"] = "db"
+    Traceback (most recent call last):
+    ...
+    TypeError: Entry metadata is read-only; change a copy (dict(metadata)) and call update_metadata
+    >>> dict(m) | {"role": "db"}
+    {'role': 'db'}
+    """
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(
+            "Entry metadata is read-only; change a copy (dict(metadata)) and call update_metadata"
+        )
+
+    __setitem__ = _read_only
+    __delitem__ = _read_only
+    __ior__ = _read_only
+    clear = _read_only
+    pop = _read_only
+    popitem = _read_only
+    setdefault = _read_only
+    update = _read_only
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # A direct construction is validated like any metadata; freeze_metadata
+        # builds its own instances without this (they are valid by construction).
+        dict.update(self, freeze_metadata(dict(*args, **kwargs)))
+
+    def __copy__(self) -> FrozenMetadata:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> FrozenMetadata:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpickle, (dict(self),))
+
+
+_new_frozen = dict.__new__
+_fill = dict.update
+
+
+def _unpickle(data: dict[str, Any]) -> FrozenMetadata:
+    """Rebuild pickled metadata, validated again (a pickle is outside input)."""
+    return freeze_metadata(data)
+
+
+def _frozen(data: dict[str, Any]) -> FrozenMetadata:
+    out: FrozenMetadata = _new_frozen(FrozenMetadata)
+    _fill(out, data)
+    return out
+
+
+EMPTY_METADATA: Final[FrozenMetadata] = _frozen({})
 """The frozen metadata of a registration made without any (shared, immutable)."""
 
 
-def validate_key(key: object) -> Hashable:
-    """Return ``key`` if it can be a registry key, else raise ``InvalidKey``.
+# --------------------------------------------------------------------------- keys
 
-    Any hashable value is a key (backends may restrict further).
+_KEY_RULE: Final = (
+    "registry keys must be str, int (-2**63 <= n < 2**63), finite float, None, or "
+    f"tuples/frozensets of them nested at most {MAX_KEY_DEPTH} deep (bool is refused)"
+)
+
+
+def validate_key(key: object) -> Hashable:
+    """The key in its normal form, or ``InvalidKey``: the one key check of every backend.
 
     >>> validate_key(("node", 1))
     ('node', 1)
+    >>> import enum
+    >>> class Role(enum.StrEnum):
+    ...     IO = "io"
+    >>> type(validate_key(Role.IO)), validate_key(2.0)
+    (<class 'str'>, 2)
     >>> validate_key(["x"])
     Traceback (most recent call last):
     ...
-    foundation.errors.InvalidKey: registry key must be hashable, got list: ['x']
-    """
-    try:
-        hash(key)
-    except TypeError:
-        raise InvalidKey(
-            f"registry key must be hashable, got {type(key).__name__}: {key!r}"
-        ) from None
-    return key
+    foundation.errors.InvalidKey: registry keys must be str, int (-2**63 <= n < 2**63), finite float, None, or tuples/frozensets of them nested at most 16 deep (bool is refused); got list: ['x']
+    """  # noqa: E501
+    t = type(key)
+    if t is str:
+        return key
+    if t is int and -9223372036854775808 <= key <= 9223372036854775807:  # type: ignore[operator]
+        return key
+    return _normal_key(key, 0)
 
 
-def freeze_metadata(metadata: object, *, max_bytes: int | None = None) -> Mapping[str, Any]:
-    """A read-only deep copy of ``metadata``, or ``InvalidMetadata``.
+def _refuse_key(key: object, why: str = "") -> NoReturn:
+    raise InvalidKey(f"{_KEY_RULE}{why}; got {type(key).__name__}: {short_repr(key)}")
 
-    ``None`` means no metadata. When ``max_bytes`` is given, the compact JSON
-    encoding must not be larger (the Redis backend uses this hook).
+
+def _normal_key(key: Any, depth: int) -> Hashable:
+    t = type(key)
+    if t is str or key is None:
+        return key  # type: ignore[no-any-return]
+    if t is int:
+        if INT_MIN <= key <= INT_MAX:
+            return key  # type: ignore[no-any-return]
+        _refuse_key(key, " (int out of range)")
+    if t is float:
+        if not math.isfinite(key):
+            _refuse_key(key, " (NaN and infinities are not equal to themselves)")
+        if key.is_integer() and INT_MIN <= key <= INT_MAX:
+            return int(key)  # equal and hash-equal: ONE key, as a dict sees it
+        return key  # type: ignore[no-any-return]
+    if t is tuple or t is frozenset:
+        if depth >= MAX_KEY_DEPTH:
+            _refuse_key(key, " (nested too deep)")
+        items = [_normal_key(x, depth + 1) for x in key]
+        if t is frozenset:
+            same = all(a is b for a, b in zip(items, key, strict=True))
+            return key if same else frozenset(items)
+        if all(a is b for a, b in zip(items, key, strict=True)):
+            return key  # type: ignore[no-any-return]
+        return tuple(items)
+    base = _plain_base(key)
+    if base is None:
+        _refuse_key(key)
+    return _normal_key(base, depth)
+
+
+def _plain_base(value: object) -> object:
+    """The plain ``str``/``int``/``float`` of a subclass instance that keeps its base's
+    hash and equality (enum members, say); ``None`` for anything else (bool included)."""
+    t = type(value)
+    if t is bool:
+        return None
+    for base, to_plain in ((str, str.__str__), (int, int.__int__), (float, float.__float__)):
+        if isinstance(value, base):
+            if t.__hash__ is base.__hash__ and t.__eq__ is base.__eq__:
+                return to_plain(value)  # type: ignore[arg-type]
+            return None
+    return None
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def freeze_metadata(metadata: object, *, max_bytes: int = MAX_METADATA_BYTES) -> FrozenMetadata:
+    """A read-only deep copy of ``metadata`` in normal form, or ``InvalidMetadata``.
+
+    ``None`` means no metadata; an already frozen value is returned as it is.
+    ``max_bytes`` exists for tests: every backend uses the default.
 
     Raises:
         InvalidMetadata: not a mapping, a non-``str`` key, a value that is not
-            JSON-compatible (NaN/infinity included), nesting deeper than
-            ``MAX_DEPTH``, or larger than ``max_bytes``.
+            JSON-compatible (NaN, sets, bytes, lone surrogates, ints beyond
+            64 bits...), nesting deeper than ``MAX_DEPTH``, or larger than
+            ``max_bytes`` as JSON. The message is short, whatever the input.
 
     >>> freeze_metadata(None)
-    mappingproxy({})
+    {}
     >>> freeze_metadata({"ok": float("nan")})
     Traceback (most recent call last):
     ...
-    foundation.errors.InvalidMetadata: metadata value at 'ok' is not JSON-compatible: nan
-    """
+    foundation.errors.InvalidMetadata: metadata value at 'ok' is not JSON-compatible (finite float required): nan
+    """  # noqa: E501
     if metadata is None:
-        frozen = EMPTY_METADATA
-    elif type(metadata) is dict and _flat_scalars(metadata):
-        frozen = MappingProxyType(metadata.copy())  # the common case, without recursion
-    elif isinstance(metadata, Mapping):
-        frozen = _freeze_mapping(metadata, 0, ())
-    else:
+        return EMPTY_METADATA
+    t = type(metadata)
+    if t is FrozenMetadata:
+        return metadata  # type: ignore[return-value]  # valid by construction, immutable
+    if t is dict:
+        bound = _flat_bound(metadata)  # type: ignore[arg-type]
+        if bound >= 0:  # the common case: flat, plain, ASCII, without recursion
+            frozen: FrozenMetadata = _new_frozen(FrozenMetadata)
+            _fill(frozen, metadata)  # type: ignore[call-overload]
+            if bound > max_bytes:
+                check_metadata_size(metadata_to_json(frozen), max_bytes)
+            return frozen
+    if not isinstance(metadata, Mapping):
         raise InvalidMetadata(
             f"metadata must be a mapping with str keys, got {type(metadata).__name__}"
         )
-    if max_bytes is not None:
+    acc = [2]
+    frozen = _freeze_mapping(metadata, 0, (), acc)
+    if acc[0] > max_bytes:
         check_metadata_size(metadata_to_json(frozen), max_bytes)
     return frozen
 
 
-_FLAT = frozenset({str, int, bool, type(None)})
+def _flat_bound(metadata: dict[Any, Any]) -> int:
+    """An upper bound of the JSON size of flat plain metadata, or -1 (take the full path).
 
-
-def _flat_scalars(metadata: dict[Any, Any]) -> bool:
-    """True when every key is a plain str and every value a plain str/int/bool/None."""
-    flat = _FLAT
-    for k, v in metadata.items():  # noqa: SIM110 - a plain loop is the fastest form here
-        if type(k) is not str or type(v) not in flat:
-            return False
-    return True
+    Flat plain: ASCII str keys; values plain ASCII ``str``, in-range ``int``,
+    ``bool`` or ``None``. A JSON-escaped ASCII char takes at most 6 bytes, and
+    the punctuation and a 64-bit int at most 32 per item. This is the hot path
+    of every ``register``: keep it one loop of type checks.
+    """
+    n = 0
+    for k, v in metadata.items():
+        if type(k) is not str or not k.isascii():
+            return -1
+        tv = type(v)
+        if tv is str:
+            if not v.isascii():
+                return -1
+            n += len(k) + len(v)
+        elif tv is int:
+            if not -9223372036854775808 <= v <= 9223372036854775807:  # INT_MIN, INT_MAX
+                return -1
+            n += len(k)
+        elif v is None or tv is bool:
+            n += len(k)
+        else:
+            return -1
+    return 6 * n + 32 * len(metadata) + 2
 
 
 def _where(path: tuple[object, ...]) -> str:
-    return ".".join(str(p) for p in path) or "<top>"
+    text = ".".join(str(p) for p in path) or "<top>"
+    return repr(text if len(text) <= _MAX_PATH_CHARS else text[: _MAX_PATH_CHARS - 3] + "...")
+
+
+def _too_deep(path: tuple[object, ...]) -> NoReturn:
+    raise InvalidMetadata(f"metadata nested deeper than {MAX_DEPTH} levels at {_where(path)}")
 
 
 def _freeze_mapping(
-    mapping: Mapping[Any, Any], depth: int, path: tuple[object, ...]
-) -> Mapping[str, Any]:
+    mapping: Mapping[Any, Any], depth: int, path: tuple[object, ...], acc: list[int]
+) -> FrozenMetadata:
     if depth > MAX_DEPTH:
-        raise InvalidMetadata(f"metadata nested deeper than {MAX_DEPTH} levels at {_where(path)!r}")
+        _too_deep(path)
     out: dict[str, Any] = {}
-    for k, v in mapping.items():
+    try:
+        items = list(mapping.items())
+    except Exception as exc:  # a broken user Mapping: its own exception is not ours to raise
+        raise InvalidMetadata(
+            f"metadata mapping at {_where(path)} cannot be read: {type(exc).__name__}"
+        ) from None
+    for k, v in items:
         if type(k) is not str:
-            if not isinstance(k, str):
+            plain = _plain_base(k) if isinstance(k, str) else None
+            if plain is None:
                 raise InvalidMetadata(
-                    f"metadata keys must be str, got {type(k).__name__} {k!r} at {_where(path)!r}"
+                    f"metadata keys must be str, got {type(k).__name__} {short_repr(k)} "
+                    f"at {_where(path)}"
                 )
-            k = str(k)  # noqa: PLW2901 - a str subclass becomes a plain str
-        out[k] = _freeze_value(v, depth + 1, (*path, k))
-    return MappingProxyType(out)
+            k = plain  # noqa: PLW2901 - a str subclass becomes a plain str
+        _check_text(k, path)
+        acc[0] += 6 * len(k) + 4
+        out[k] = _freeze_value(v, depth + 1, (*path, k), acc)
+    return _frozen(out)
 
 
-def _freeze_value(value: Any, depth: int, path: tuple[object, ...]) -> Any:
+def _check_text(s: str, path: tuple[object, ...]) -> None:
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidMetadata(
+                f"metadata text at {_where(path)} is not valid Unicode (a lone surrogate): "
+                f"{short_repr(s)}"
+            ) from None
+
+
+def _not_json(value: object, path: tuple[object, ...], why: str = "") -> NoReturn:
+    raise InvalidMetadata(
+        f"metadata value at {_where(path)} is not JSON-compatible{why}: {short_repr(value)}"
+    )
+
+
+def _freeze_value(value: Any, depth: int, path: tuple[object, ...], acc: list[int]) -> Any:
     t = type(value)
-    if value is None or t is str or t is int or t is bool:
+    if value is None or t is bool:
+        acc[0] += 6
         return value
+    if t is str:
+        _check_text(value, path)
+        acc[0] += 6 * len(value) + 2
+        return value
+    if t is int:
+        if INT_MIN <= value <= INT_MAX:
+            acc[0] += 21
+            return value
+        _not_json(value, path, " (ints are limited to -2**63 <= n < 2**63)")
     if t is float:
         if math.isfinite(value):
+            acc[0] += 25
             return value
-    elif isinstance(value, str):
-        return str(value)
-    elif isinstance(value, int):  # bool cannot be subclassed; IntEnum etc. become int
-        return int(value)
-    elif isinstance(value, float):
-        if math.isfinite(value):
-            return float(value)
-    elif isinstance(value, list | tuple):
+        _not_json(value, path, " (finite float required)")
+    if t is list or t is tuple or isinstance(value, list | tuple):
         if depth > MAX_DEPTH:
-            raise InvalidMetadata(
-                f"metadata nested deeper than {MAX_DEPTH} levels at {_where(path)!r}"
-            )
-        return tuple(_freeze_value(x, depth + 1, (*path, i)) for i, x in enumerate(value))
-    elif isinstance(value, Mapping):
-        return _freeze_mapping(value, depth, path)
-    raise InvalidMetadata(f"metadata value at {_where(path)!r} is not JSON-compatible: {value!r}")
-
-
-def _json_default(obj: object) -> object:
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+            _too_deep(path)
+        return tuple(_freeze_value(x, depth + 1, (*path, i), acc) for i, x in enumerate(value))
+    if isinstance(value, Mapping):
+        return _freeze_mapping(value, depth, path, acc)
+    plain = _plain_base(value)
+    if plain is None:
+        _not_json(value, path)
+    return _freeze_value(plain, depth, path, acc)
 
 
 def metadata_to_json(frozen: Mapping[str, Any]) -> str:
@@ -178,17 +402,16 @@ def metadata_to_json(frozen: Mapping[str, Any]) -> str:
     try:
         return json.dumps(
             frozen,
-            default=_json_default,
             separators=(",", ":"),
             sort_keys=True,
             ensure_ascii=False,
             allow_nan=False,
         )
-    except (TypeError, ValueError) as exc:
-        raise InvalidMetadata(f"metadata is not JSON-serialisable: {exc}") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidMetadata(f"metadata is not JSON-serialisable: {type(exc).__name__}") from None
 
 
-def metadata_from_json(text: str | bytes) -> Mapping[str, Any]:
+def metadata_from_json(text: str | bytes) -> FrozenMetadata:
     """Frozen metadata from JSON text (the same shape ``freeze_metadata`` returns).
 
     >>> metadata_from_json('{"tags": ["a"]}')["tags"]
@@ -196,12 +419,14 @@ def metadata_from_json(text: str | bytes) -> Mapping[str, Any]:
     """
     try:
         loaded = json.loads(text)
-    except ValueError as exc:
-        raise InvalidMetadata(f"stored metadata is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidMetadata(
+            f"stored metadata is not valid JSON: {short_repr(str(exc))}"
+        ) from None
     return freeze_metadata(loaded)
 
 
-def check_metadata_size(text: str, max_bytes: int) -> None:
+def check_metadata_size(text: str, max_bytes: int = MAX_METADATA_BYTES) -> None:
     """Raise ``InvalidMetadata`` if ``text`` encodes to more than ``max_bytes`` UTF-8 bytes.
 
     >>> check_metadata_size('{"a":1}', 4)
@@ -209,7 +434,10 @@ def check_metadata_size(text: str, max_bytes: int) -> None:
     ...
     foundation.errors.InvalidMetadata: metadata is 7 bytes as JSON, more than the limit of 4
     """
-    size = len(text.encode("utf-8"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidMetadata("metadata text is not valid Unicode (a lone surrogate)") from None
     if size > max_bytes:
         raise InvalidMetadata(
             f"metadata is {size} bytes as JSON, more than the limit of {max_bytes}"

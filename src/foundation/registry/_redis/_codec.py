@@ -1,13 +1,15 @@
 """Wire formats of the Redis backend: keys, entry heads, index names. JSON only, never pickle.
 
-A registry key is ``str``, ``int``, ``None``, a finite ``float``, or a
-``tuple``/``frozenset`` of keys (nested), encoded as compact ASCII JSON and
-restored as given: a tuple is an array; a float is ``{"f": x}`` and a
-frozenset ``{"s": [sorted encoded members]}`` (JSON objects never encode
-anything else). Keys that Python considers equal get ONE encoding, so Redis
-enforces the same uniqueness a ``dict`` does: an integral float (``2.0``) is
-stored as the int ``2`` (and comes back as ``2``); ``bool`` is refused
-(``True == 1`` would silently merge two keys)::
+A registry key follows the one key rule of every backend
+(``foundation.registry._validation.validate_key``: ``str``, ``int``,
+``None``, a finite ``float``, or a ``tuple``/``frozenset`` of keys; ``bool``
+refused; enum members and integral floats normalised). Its normal form is
+encoded as compact ASCII JSON and restored as it was: a tuple is an array; a
+float is ``{"f": x}`` and a frozenset ``{"s": [sorted encoded members]}``
+(JSON objects never encode anything else). Keys that Python considers equal
+have ONE normal form, hence one encoding, so Redis enforces the same
+uniqueness a ``dict`` does (``2.0`` is stored as ``2`` and comes back as
+``2``)::
 
     >>> encode_key(("job", 7, ("a", 1)))
     '["job",7,["a",1]]'
@@ -23,13 +25,12 @@ stored as the int ``2`` (and comes back as ``2``); ``bool`` is refused
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from foundation.errors import InvalidKey
 from foundation.registry._query import is_index_safe
+from foundation.registry._validation import MAX_KEY_DEPTH, validate_key
 
 __all__ = [
     "MAX_KEY_DEPTH",
@@ -38,10 +39,8 @@ __all__ = [
     "encode_key",
     "index_names",
     "index_values",
+    "normal_key",
 ]
-
-MAX_KEY_DEPTH = 16
-"""Deepest tuple nesting accepted in a key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,36 +64,37 @@ class RemoteAgent:
     name: str | None
 
 
-def _plain(key: object, depth: int) -> object:
+def _plain(key: object) -> object:
+    """The JSON value of a key already in normal form (see ``validate_key``)."""
     t = type(key)
-    if t is str or t is int or key is None:
-        return key
+    if t is tuple:
+        return [_plain(x) for x in key]  # type: ignore[attr-defined]
+    if t is frozenset:
+        return {"s": sorted(_dumps(_plain(x)) for x in key)}  # type: ignore[attr-defined]
     if t is float:
-        f: float = key  # type: ignore[assignment]
-        if not math.isfinite(f):
-            raise InvalidKey(f"RedisRegistry keys cannot be {f!r} (not equal to itself)")
-        return int(f) if f.is_integer() else {"f": f}
-    if depth < MAX_KEY_DEPTH:
-        if t is tuple:
-            return [_plain(x, depth + 1) for x in key]  # type: ignore[attr-defined]
-        if t is frozenset:
-            members = (_dumps(_plain(x, depth + 1)) for x in key)  # type: ignore[attr-defined]
-            return {"s": sorted(members)}
-    if t is bool:
-        raise InvalidKey("RedisRegistry keys cannot be bool (True == 1 would collide); use int")
-    raise InvalidKey(
-        "RedisRegistry keys must be str, int, finite float, None, or tuples/frozensets of "
-        f"them (nested at most {MAX_KEY_DEPTH} deep), got {t.__name__}: {key!r}"
-    )
+        return {"f": key}  # never integral in the int range: validate_key made those ints
+    return key  # str, int, None
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+"""Compact ASCII JSON (one encoder: ``json.dumps`` with options builds one per call)."""
 
 
 def encode_key(key: object) -> str:
-    """The canonical JSON text of ``key``; raises ``InvalidKey`` for any other type."""
-    return _dumps(_plain(key, 0))
+    """The canonical JSON text of ``key``; raises ``InvalidKey`` (the one key rule).
+
+    >>> encode_key(True)
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidKey: registry keys must be str, int (-2**63 <= n < 2**63), finite float, None, or tuples/frozensets of them nested at most 16 deep (bool is refused); got bool: True
+    """  # noqa: E501
+    return _dumps(_plain(validate_key(key)))
+
+
+def normal_key(key: object) -> tuple[Hashable, str]:
+    """``(validate_key(key), its JSON text)``: the key an entry holds and its Redis encoding."""
+    normal = validate_key(key)
+    return normal, _dumps(_plain(normal))
 
 
 def _restore(value: Any) -> Hashable:
