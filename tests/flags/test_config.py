@@ -206,3 +206,14 @@ def test_missing_file_and_missing_table_are_rejected(
     with pytest.raises(errors.InvalidFlagValue):
         flags.load_from_config(42, env=None)  # type: ignore[arg-type]
     assert_unchanged(flags, before)
+
+
+def test_an_unknown_environment_variable_is_named_in_the_error() -> None:
+    from foundation import FeatureFlags, Flag
+    from foundation.errors import UnknownFlag
+
+    flags = FeatureFlags([Flag("new_checkout")])
+    with pytest.raises(UnknownFlag) as info:
+        flags.load_from_config({}, env={"FOUNDATION_FLAG_NEW_CHEKOUT": "on"})
+    assert "FOUNDATION_FLAG_NEW_CHEKOUT" in str(info.value)
+    assert "new_checkout" in str(info.value)

@@ -104,7 +104,7 @@ def test_feature_flags_work_over_every_store(store: FlagStore) -> None:
 
 def test_a_closed_store_refuses_calls(store: FlagStore) -> None:
     store.close()
-    with pytest.raises(errors.FlagError):
+    with pytest.raises(errors.Closed):
         store.load_states()
     store.close()  # idempotent
 

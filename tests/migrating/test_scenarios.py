@@ -19,9 +19,9 @@ from foundation import (
 )
 from foundation.errors import (
     AlreadyRegistered,
+    Closed,
     MigrationError,
     NotRegistered,
-    RegistryError,
     UnknownFlag,
 )
 from foundation.registry import Registry
@@ -385,7 +385,7 @@ def test_after_finish_the_flag_is_ignored_with_a_warning(
     off.flip(True)
     off.reg.finish()
     off.reg.finish()  # idempotent
-    with pytest.raises(RegistryError):
+    with pytest.raises(Closed):
         off.legacy.register("x", agents.new())  # the legacy store was released
     seen, detach = captured("registry.flag_ignored")
     try:
@@ -465,8 +465,10 @@ def test_close_releases_both_backends(agents: Agents) -> None:
     with reg:
         pass
     reg.close()
-    assert monitored_entries(target) == (0, 0)
-    with pytest.raises(RegistryError):
+    assert target.manager.active_count() == 0  # every monitor released
+    with pytest.raises(Closed):
+        target.stats()  # the target itself is closed
+    with pytest.raises(Closed):
         reg.register("b", agents.new())
     flags.close()
 

@@ -1,10 +1,20 @@
-"""Copy-on-write listener lists shared by the in-process registry backends."""
+"""The copy-on-write ``subscribe`` of ``MemoryRegistry``, on the shared listener rules.
+
+The rules (a non-callable refused with ``TypeError``, an idempotent
+unsubscribe that removes one subscription, errors reported through
+``report_unraisable``) live in :mod:`foundation._listeners`; new code holds a
+:class:`foundation._listeners.Listeners`. This mixin keeps the tuple in the
+owner's own ``_listeners`` attribute instead, for a backend whose write path
+tests ``self._listeners`` and iterates it inline.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 
+from foundation._listeners import check_listener, without
+from foundation.errors import Closed
 from foundation.registry._types import Listener
 
 __all__ = ["CopyOnWriteListeners"]
@@ -15,15 +25,25 @@ class CopyOnWriteListeners:
 
     Writers deliver events by iterating whatever tuple they read: a subscribe
     or unsubscribe racing with a delivery replaces the tuple and never mutates
-    the one being iterated, so delivery needs no lock of its own.
+    the one being iterated, so delivery needs no lock of its own. After
+    ``close()`` (the owner's ``_closed`` attribute is true) ``subscribe`` raises
+    ``errors.Closed``.
     """
 
     _lock: threading.Lock
     _listeners: tuple[Listener, ...]
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(event)`` on every change; returns an idempotent unsubscribe."""
+        """Call ``listener(event)`` on every change; returns an idempotent unsubscribe.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+            Closed: the registry is closed.
+        """
+        check_listener(listener)
         with self._lock:
+            if getattr(self, "_closed", False):
+                raise Closed(f"this {type(self).__name__} is closed")
             self._listeners = (*self._listeners, listener)
         done = False
 
@@ -33,11 +53,6 @@ class CopyOnWriteListeners:
                 if done:
                     return
                 done = True
-                listeners = list(self._listeners)
-                for i, candidate in enumerate(listeners):
-                    if candidate is listener:  # one subscription: remove one occurrence
-                        del listeners[i]
-                        break
-                self._listeners = tuple(listeners)
+                self._listeners = without(self._listeners, listener)
 
         return unsubscribe

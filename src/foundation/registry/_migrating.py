@@ -78,9 +78,11 @@ Why this is correct under concurrent flips
 * No monitor leak: the facade never monitors anything itself. Each backend
   monitors its own entries, and the facade removes from a backend exactly
   what it mirrored there, so each side's monitor count follows its entries.
-* Events: during a facade write, events of the authoritative call are
-  collected and delivered after the lock is released; events of mirror and
-  catch-up calls are dropped. Events delivered by another thread (deaths
+* Events: the facade subscribes once to each backend and delivers to its own
+  listeners. During a facade write, events of the authoritative call (made
+  inside ``with self._events_of(side)``) are collected and delivered after
+  the lock is released; events of mirror and catch-up calls (made inside
+  ``with self._events_dropped()``) are dropped. Events delivered by another thread (deaths
   seen by the target's monitors; or, on a backend that lets whichever thread
   is already dispatching deliver a writer's events, such as
   ``MemoryRegistry``) are forwarded when their side is authoritative at
@@ -121,13 +123,13 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from foundation import telemetry
-from foundation._unraisable import report_unraisable
+from foundation._listeners import Listeners
 from foundation.errors import (
     AlreadyRegistered,
+    Closed,
     MigrationError,
     NotAlive,
     NotRegistered,
-    RegistryError,
 )
 from foundation.liveness import is_alive
 from foundation.registry._async import MigratingAsyncWrites
@@ -140,6 +142,7 @@ from foundation.registry._types import (
     Registry,
     RegistryEvent,
 )
+from foundation.registry._validation import freeze_metadata, validate_key
 
 if TYPE_CHECKING:
     from foundation.flags import FeatureFlags, FlagChange
@@ -214,6 +217,33 @@ class _LegacyReader:
         return self._owner._legacy.count()
 
 
+class _ClosedReader:
+    """The reader of a closed facade: every read raises ``Closed``."""
+
+    __slots__ = ()
+
+    def _closed(self) -> Closed:
+        return Closed("this MigratingRegistry is closed")
+
+    def lookup(self, key: Hashable) -> Entry | None:
+        raise self._closed()
+
+    def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
+        raise self._closed()
+
+    def find_by_attribute(self, attr: str, value: Any) -> list[Entry]:
+        raise self._closed()
+
+    def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
+        raise self._closed()
+
+    def count(self) -> int:
+        raise self._closed()
+
+
+_CLOSED_READER: Final = _ClosedReader()
+
+
 class _Ctx:
     """Per-thread state of one facade call: which side's events to keep."""
 
@@ -221,7 +251,57 @@ class _Ctx:
 
     def __init__(self) -> None:
         self.keep: Side | None = None
-        self.pending: list[tuple[Listener, RegistryEvent]] = []
+        self.pending: list[RegistryEvent] = []
+
+
+class _Call:
+    """``with _Call(owner):`` one facade call; its kept events are delivered at exit.
+
+    Exit runs after the facade lock is released (``with _Call(self), self._lock:``
+    releases the lock first), so listeners never run under the facade lock.
+    """
+
+    __slots__ = ("_outer", "_owner")
+
+    def __init__(self, owner: MigratingRegistry) -> None:
+        self._owner = owner
+        self._outer: _Ctx | None = None
+
+    def __enter__(self) -> _Ctx:
+        tls = self._owner._tls
+        self._outer = getattr(tls, "ctx", None)
+        ctx = tls.ctx = _Ctx()
+        return ctx
+
+    def __exit__(self, *exc: object) -> None:
+        tls = self._owner._tls
+        ctx: _Ctx = tls.ctx
+        tls.ctx = self._outer
+        dispatch = self._owner._listeners.dispatch
+        for event in ctx.pending:
+            dispatch(event)
+
+
+class _Keep:
+    """``with _Keep(ctx, side):`` the backend call inside it keeps ``side``'s events
+    (``None``: drops every event). Outside a facade call (no ``ctx``) it does nothing."""
+
+    __slots__ = ("_ctx", "_saved", "_side")
+
+    def __init__(self, ctx: _Ctx | None, side: Side | None) -> None:
+        self._ctx = ctx
+        self._side = side
+        self._saved: Side | None = None
+
+    def __enter__(self) -> None:
+        ctx = self._ctx
+        if ctx is not None:
+            self._saved, ctx.keep = ctx.keep, self._side
+
+    def __exit__(self, *exc: object) -> None:
+        ctx = self._ctx
+        if ctx is not None:
+            ctx.keep = self._saved
 
 
 class MigratingRegistry(MigratingAsyncWrites, Registry):
@@ -231,7 +311,7 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
     the flag can flip either way at runtime without losing, duplicating or
     resurrecting a registration. See the module documentation for the rules
     and why they hold under concurrent flips. The facade owns both backends:
-    ``close()`` closes them.
+    ``close()`` closes them, and every later call raises ``errors.Closed``.
 
     Example:
         >>> import threading
@@ -255,11 +335,23 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         flags: FeatureFlags,
         flag: str = "use_ets_agent_registry",
     ) -> None:
+        """Raises:
+        ValueError: ``legacy`` and ``target`` are the same object (every write
+            would be mirrored onto itself and refused as a divergence).
+        UnknownFlag: ``flag`` is not declared in ``flags``.
+        """
+        if legacy is target:
+            raise ValueError(
+                "MigratingRegistry needs two different backends: legacy and target "
+                f"are the same object ({legacy!r})"
+            )
         self._on = bool(flags.enabled(flag))  # UnknownFlag before anything changes
         self._legacy = legacy
         self._target = target
         self._legacy_reader = _LegacyReader(self)
-        self._reader: Registry | _LegacyReader = target if self._on else self._legacy_reader
+        self._reader: Registry | _LegacyReader | _ClosedReader = (
+            target if self._on else self._legacy_reader
+        )
         self._flags = flags
         self._flag = flag
         self._lock = threading.RLock()
@@ -276,8 +368,14 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         )
         self._shared_view: _View | None = None if per_thread else _View(None)
         self._views: dict[int, _View] = {}
+        self._listeners: Listeners[RegistryEvent] = Listeners(
+            "MigratingRegistry listener", area="registry"
+        )
+        # The facade's own subscriptions: the target's (deaths and events) and the
+        # flag's now; the legacy side's on the first subscribe() (no listener, no
+        # events to build on the legacy store's writes).
         self._unsubscribers: list[Callable[[], None]] = []
-        self._legacy_unsubscribers: list[Callable[[], None]] = []
+        self._legacy_unsubscribe: Callable[[], None] | None = None
         self._unsubscribers.append(target.subscribe(self._on_target_event))
         self._unsubscribers.append(flags.subscribe(self._on_flag_change))
         self._refresh_flag()  # a change between the first read and subscribe is not missed
@@ -289,7 +387,7 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         # Re-read under a lock: the last listener call to run reads the newest
         # committed state, so out-of-order notifications cannot leave a stale cache.
         with self._flag_lock:
-            if not self._finished:
+            if not self._finished and not self._closed:
                 on = bool(self._flags.enabled(self._flag))
                 self._on = on
                 self._reader = self._target if on else self._legacy_reader
@@ -393,16 +491,19 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         # refused unregister is retried rather than leaving an untracked copy.
         if rec is None or rec.view is not view:
             # Unregistered, replaced by another thread, or dead: drop the stale copy.
-            self._quiet(legacy.unregister, key)
+            with self._events_dropped():
+                legacy.unregister(key)
             view.mirrors.pop(key, None)
         elif rec.gen != gen:
             entry = self._target.lookup(key)
             if entry is None or entry.agent is not rec.agent:
-                self._quiet(legacy.unregister, key)
+                with self._events_dropped():
+                    legacy.unregister(key)
                 view.mirrors.pop(key, None)
             else:
                 try:
-                    self._quiet(legacy.update_metadata, key, entry.metadata)
+                    with self._events_dropped():
+                        legacy.update_metadata(key, entry.metadata)
                     view.mirrors[key] = rec.gen
                 except NotRegistered:  # the private copy's agent died
                     view.mirrors.pop(key, None)
@@ -411,7 +512,8 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         """Lock-free catch-up before a legacy read (flag off)."""
         view = self._existing_view()
         if view is not None and view.inbox:
-            self._with_ctx(lambda: self._catch_up(view))
+            with _Call(self):
+                self._catch_up(view)
 
     def _tell(self, view: _View | None, key: Hashable, caller: _View) -> None:
         """Tell ``view`` that the record of ``key`` changed (rule 3)."""
@@ -428,57 +530,28 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         ctx: _Ctx | None = getattr(self._tls, "ctx", None)
         return ctx
 
-    def _with_ctx(self, fn: Callable[[], Any]) -> Any:
-        outer = self._ctx()
-        ctx = _Ctx()
-        self._tls.ctx = ctx
-        try:
-            return fn()
-        finally:
-            self._tls.ctx = outer
-            self._deliver(ctx.pending)
+    def _events_of(self, side: Side) -> _Keep:
+        """``with``: the authoritative backend call inside keeps its events for delivery."""
+        return _Keep(self._ctx(), side)
 
-    def _quiet(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call a backend with its events dropped (mirror and catch-up calls)."""
-        ctx = self._ctx()
-        if ctx is None:
-            return fn(*args, **kwargs)
-        keep, ctx.keep = ctx.keep, None
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            ctx.keep = keep
+    def _events_dropped(self) -> _Keep:
+        """``with``: the mirror or catch-up backend call inside has its events dropped."""
+        return _Keep(self._ctx(), None)
 
-    def _loud(self, side: Side, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call the authoritative backend, keeping its events for delivery."""
-        ctx = self._ctx()
-        assert ctx is not None
-        keep, ctx.keep = ctx.keep, side
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            ctx.keep = keep
-
-    @staticmethod
-    def _deliver(pending: list[tuple[Listener, RegistryEvent]]) -> None:
-        for listener, event in pending:
-            try:
-                listener(event)
-            except Exception as exc:  # a broken listener never breaks the registry
-                report_unraisable(exc, "MigratingRegistry listener", listener)
-
-    def _forward(self, side: Side, listener: Listener, event: RegistryEvent) -> None:
+    def _forward(self, side: Side, event: RegistryEvent) -> None:
+        if not self._listeners.current:
+            return
         ctx = self._ctx()
         if ctx is not None:
             # An event of a call this facade is making in this thread.
             if ctx.keep == side:
-                ctx.pending.append((listener, event))
+                ctx.pending.append(event)
             return
         # Asynchronous (a death seen by a monitor, a remote change): forward
-        # when this side is authoritative at delivery time. Its error is
-        # reported here, never raised into the backend's delivering thread.
+        # when this side is authoritative at delivery time. A listener's error
+        # is reported by dispatch, never raised into the backend's thread.
         if (side == _TARGET) == self._on:
-            self._deliver([(listener, event)])
+            self._listeners.dispatch(event)
 
     def _on_target_event(self, event: RegistryEvent) -> None:
         # Deaths are applied to the records at the next write (rule 5); a
@@ -486,6 +559,10 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         # backend calling listeners under its own lock cannot deadlock with us.
         if event.kind == "unregistered" and event.reason == "down":
             self._dead.append((event.entry.key, event.entry.agent))
+        self._forward(_TARGET, event)
+
+    def _on_legacy_event(self, event: RegistryEvent) -> None:
+        self._forward(_LEGACY, event)
 
     def _drain_dead(self) -> None:
         dead = self._dead
@@ -539,12 +616,14 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
     def divergences(self) -> list[Divergence]:
         """The unresolved divergences, each a ``Divergence(key, thread, reason)``."""
         with self._lock:
+            self._check_open()
             self._drain_dead()
             self._purge()
             return [d.divergence for v in self._all_views() for d in v.divergent.values()]
 
     def divergence_count(self) -> int:
         """How many divergences were detected since construction (resolved ones included)."""
+        self._check_open()
         return self._detected
 
     def readiness(self) -> list[str]:
@@ -571,27 +650,27 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
 
         Raises what the authoritative backend raises; nothing is stored then.
         """
-        self._with_ctx(lambda: self._register(key, agent, metadata, replace))
-
-    def _register(
-        self, key: Hashable, agent: Any, metadata: Mapping[str, Any] | None, replace: bool
-    ) -> None:
-        with self._lock:
+        key = validate_key(key)  # the one key rule (InvalidKey): both sides see one key
+        metadata = freeze_metadata(metadata)  # and one frozen copy (InvalidMetadata)
+        with _Call(self), self._lock:  # the lock is released before events are delivered
             self._check_open()
             self._drain_dead()
             if self._finished:
-                self._loud(_TARGET, self._target.register, key, agent, metadata, replace=replace)
+                with self._events_of(_TARGET):
+                    self._target.register(key, agent, metadata, replace=replace)
                 return
             view = self._view()
             self._catch_up(view)
             if self._on:
-                self._loud(_TARGET, self._target.register, key, agent, metadata, replace=replace)
+                with self._events_of(_TARGET):
+                    self._target.register(key, agent, metadata, replace=replace)
                 old = self._records.pop(key, None)
                 if old is not None:
                     self._tell(old.view, key, view)
                 self._mirror_register_legacy(view, key, agent, metadata, old)
             else:
-                self._loud(_LEGACY, self._legacy.register, key, agent, metadata, replace=replace)
+                with self._events_of(_LEGACY):
+                    self._legacy.register(key, agent, metadata, replace=replace)
                 self._mirror_register_target(view, key, agent, metadata)
 
     def _mirror_register_legacy(
@@ -606,7 +685,8 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         # the mirror of the target entry just replaced may be replaced.
         holds = view.private or (old is not None and old.view is view)
         try:
-            self._quiet(self._legacy.register, key, agent, metadata, replace=holds)
+            with self._events_dropped():
+                self._legacy.register(key, agent, metadata, replace=holds)
         except Exception as exc:  # best effort: a refused mirror is a divergence, not an error
             view.mirrors.pop(key, None)
             if isinstance(exc, AlreadyRegistered) and key in view.divergent:
@@ -629,7 +709,8 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         try:
             # Rule 2: replace only the target entry that mirrors our own copy;
             # otherwise a live entry refuses (a dead one is simply replaced).
-            self._quiet(self._target.register, key, agent, metadata, replace=mine)
+            with self._events_dropped():
+                self._target.register(key, agent, metadata, replace=mine)
         except AlreadyRegistered as exc:
             holder = rec.view.ident() if rec is not None and rec.view is not None else None
             who = f"thread {holder}" if holder is not None else "another registration"
@@ -648,26 +729,25 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
 
     def unregister(self, key: Hashable) -> bool:
         """Unregister on the authoritative backend (its answer), then mirror."""
-        result: bool = self._with_ctx(lambda: self._unregister(key))
-        return result
-
-    def _unregister(self, key: Hashable) -> bool:
-        with self._lock:
+        key = validate_key(key)  # the one key rule (InvalidKey)
+        with _Call(self), self._lock:  # the lock is released before events are delivered
             self._check_open()
             self._drain_dead()
             if self._finished:
-                removed: bool = self._loud(_TARGET, self._target.unregister, key)
-                return removed
+                with self._events_of(_TARGET):
+                    return self._target.unregister(key)
             view = self._view()
             self._catch_up(view)
             if self._on:
-                removed = self._loud(_TARGET, self._target.unregister, key)
+                with self._events_of(_TARGET):
+                    removed = self._target.unregister(key)
                 rec = self._records.pop(key, None)
                 if rec is not None:
                     self._tell(rec.view, key, view)
                 if view.private or (rec is not None and rec.view is view):
                     try:
-                        self._quiet(self._legacy.unregister, key)
+                        with self._events_dropped():
+                            self._legacy.unregister(key)
                     except Exception as exc:  # best effort: the next catch-up retries it
                         _log.warning("MigratingRegistry: legacy unregister %r failed: %r", key, exc)
                         view.inbox.append(key)  # the record is gone: catch-up drops the copy
@@ -675,7 +755,8 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
                         view.mirrors.pop(key, None)
                     view.divergent.pop(key, None)
                 return removed
-            removed = self._loud(_LEGACY, self._legacy.unregister, key)
+            with self._events_of(_LEGACY):
+                removed = self._legacy.unregister(key)
             view.divergent.pop(key, None)
             if view.mirrors.pop(key, None) is not None:
                 rec = self._records.get(key)
@@ -683,7 +764,13 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
                     del self._records[key]
                     entry = self._target.lookup(key)
                     if entry is not None and entry.agent is rec.agent:
-                        self._quiet_best_effort(self._target.unregister, key)
+                        try:
+                            with self._events_dropped():
+                                self._target.unregister(key)
+                        except Exception as exc:  # best effort: never fail the answer
+                            _log.warning(
+                                "MigratingRegistry: target unregister %r failed: %r", key, exc
+                            )
             return removed
 
     def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
@@ -692,28 +779,31 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         Raises:
             NotRegistered: the authoritative backend does not hold ``key``.
             InvalidMetadata: not a JSON-compatible mapping (nothing changes).
+            InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
         """
-        self._with_ctx(lambda: self._update(key, metadata))
-
-    def _update(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
-        with self._lock:
+        key = validate_key(key)  # the one key rule (InvalidKey), before any lookup by key
+        metadata = freeze_metadata(metadata)  # one frozen copy for both sides
+        with _Call(self), self._lock:  # the lock is released before events are delivered
             self._check_open()
             self._drain_dead()
             if self._finished:
-                self._loud(_TARGET, self._target.update_metadata, key, metadata)
+                with self._events_of(_TARGET):
+                    self._target.update_metadata(key, metadata)
                 return
             view = self._view()
             self._catch_up(view)
             rec = self._records.get(key)
             if self._on:
-                self._loud(_TARGET, self._target.update_metadata, key, metadata)
+                with self._events_of(_TARGET):
+                    self._target.update_metadata(key, metadata)
                 if rec is None:
                     return
                 gen = self._next_gen()
                 self._records[key] = rec._replace(gen=gen)
                 if rec.view is view:
                     try:
-                        self._quiet(self._legacy.update_metadata, key, metadata)
+                        with self._events_dropped():
+                            self._legacy.update_metadata(key, metadata)
                         view.mirrors[key] = gen
                     except NotRegistered:  # the legacy copy's agent died
                         view.mirrors.pop(key, None)
@@ -725,10 +815,12 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
                 else:
                     self._tell(rec.view, key, view)
                 return
-            self._loud(_LEGACY, self._legacy.update_metadata, key, metadata)
+            with self._events_of(_LEGACY):
+                self._legacy.update_metadata(key, metadata)
             if rec is not None and rec.view is view and key in view.mirrors:
                 try:
-                    self._quiet(self._target.update_metadata, key, metadata)
+                    with self._events_dropped():
+                        self._target.update_metadata(key, metadata)
                 except NotRegistered:
                     return  # died in the target; the queued down event drops the record
                 except Exception as exc:
@@ -737,12 +829,6 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
                 gen = self._next_gen()
                 self._records[key] = rec._replace(gen=gen)
                 view.mirrors[key] = gen
-
-    def _quiet_best_effort(self, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            self._quiet(fn, *args)
-        except Exception as exc:  # best effort: never fail the authoritative answer
-            _log.warning("MigratingRegistry: mirror %s%r failed: %r", fn.__name__, args, exc)
 
     # ------------------------------------------------------------------ reads
 
@@ -770,8 +856,14 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         """Number of live entries the authoritative backend shows to the caller."""
         return self._reader.count()
 
+    def protocol_version(self) -> str:
+        """``"2.0"``; ``Closed`` after ``close()``, as every call."""
+        self._check_open()
+        return super().protocol_version()
+
     def indexed_attributes(self) -> frozenset[str]:
         """The indexed attributes of the authoritative backend."""
+        self._check_open()
         return (self._target if self._on else self._legacy).indexed_attributes()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -782,35 +874,22 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         are never delivered. Asynchronous events (deaths seen by a backend's
         monitors) are forwarded when their backend is authoritative at
         delivery time, so a flip switches the event source with the answers.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
         """
         with self._lock:
             self._check_open()
-            t_unsub = self._target.subscribe(lambda e: self._forward(_TARGET, listener, e))
-            l_unsub: Callable[[], None] | None = None
-            if not self._finished:
-                l_unsub = self._legacy.subscribe(lambda e: self._forward(_LEGACY, listener, e))
-                self._legacy_unsubscribers.append(l_unsub)
-        done = False
-
-        def unsubscribe() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            t_unsub()
-            if l_unsub is not None:
-                with self._lock:
-                    if l_unsub in self._legacy_unsubscribers:
-                        self._legacy_unsubscribers.remove(l_unsub)
-                        l_unsub()
-
+            unsubscribe = self._listeners.subscribe(listener)  # TypeError first: nothing changes
+            if not self._finished and self._legacy_unsubscribe is None:
+                self._legacy_unsubscribe = self._legacy.subscribe(self._on_legacy_event)
         return unsubscribe
 
     # ------------------------------------------------------------------ lifecycle
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RegistryError("this MigratingRegistry is closed")
+            raise Closed("this MigratingRegistry is closed")
 
     def _backfill(self) -> None:
         """Copy the legacy entries that exist at construction into the target.
@@ -821,39 +900,41 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         agent it is a divergence.
         """
 
-        def run() -> None:
-            with self._lock:
-                if self._shared_view is not None:
-                    for entry in self._legacy.list_all():
-                        self._backfill_one(self._shared_view, entry)
-                    return
-                snapshot = getattr(self._legacy, "snapshot_all_threads", None)
-                if snapshot is None:
-                    return
-                threads = {t.ident: t for t in threading.enumerate()}
-                for ident, entries in snapshot().items():
-                    thread = threads.get(ident)
-                    if thread is None or not entries:
-                        continue
-                    view = self._views.get(ident)
-                    if view is None or view.thread is not thread:
-                        view = self._views[ident] = _View(thread)
-                    for entry in entries:
-                        self._backfill_one(view, entry)
-
-        self._with_ctx(run)
+        with _Call(self), self._lock:
+            if self._shared_view is not None:
+                for entry in self._legacy.list_all():
+                    self._backfill_one(self._shared_view, entry)
+                return
+            snapshot = getattr(self._legacy, "snapshot_all_threads", None)
+            if snapshot is None:
+                return
+            threads = {t.ident: t for t in threading.enumerate()}
+            for ident, entries in snapshot().items():
+                thread = threads.get(ident)
+                if thread is None or not entries:
+                    continue
+                view = self._views.get(ident)
+                if view is None or view.thread is not thread:
+                    view = self._views[ident] = _View(thread)
+                for entry in entries:
+                    self._backfill_one(view, entry)
 
     def _backfill_one(self, view: _View, entry: Entry) -> None:
         key, agent = entry.key, entry.agent
         try:
-            self._quiet(self._target.register, key, agent, entry.metadata)
+            with self._events_dropped():
+                self._target.register(key, agent, entry.metadata)
         except AlreadyRegistered as exc:
             held = exc.entry
             if held is None or held.agent is not agent:
                 self._diverge(view, key, agent, f"the target already holds {key!r} ({held})")
                 return
             if held.metadata != entry.metadata:
-                self._quiet_best_effort(self._target.update_metadata, key, entry.metadata)
+                try:
+                    with self._events_dropped():
+                        self._target.update_metadata(key, entry.metadata)
+                except Exception as exc:  # best effort: the adopted copy keeps its metadata
+                    _log.warning("MigratingRegistry: backfill update %r failed: %r", key, exc)
         except NotAlive:
             return
         except Exception as exc:
@@ -890,9 +971,9 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
                 self._finished = True
                 self._on = True
                 self._reader = self._target
-            for unsub in self._legacy_unsubscribers:
-                unsub()
-            self._legacy_unsubscribers.clear()
+            if self._legacy_unsubscribe is not None:
+                self._legacy_unsubscribe()
+                self._legacy_unsubscribe = None
             self._records.clear()
             self._views.clear()
             self._shared_view = None
@@ -900,17 +981,27 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
             self._legacy.close()
 
     def close(self) -> None:
-        """Stop listening to the flag and close both backends. Idempotent."""
+        """Stop listening to the flag and close both backends. Idempotent.
+
+        Every later call raises ``errors.Closed`` (reads included).
+        """
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            # Race: a flag listener may be refreshing the cached reader right
+            # now; under the flag lock, _closed and the closed reader are set
+            # together and _refresh_flag re-checks _closed, so it cannot put a
+            # live reader back.
+            with self._flag_lock:
+                self._closed = True
+                self._reader = _CLOSED_READER
             for unsub in self._unsubscribers:
                 unsub()
             self._unsubscribers.clear()
-            for unsub in self._legacy_unsubscribers:
-                unsub()
-            self._legacy_unsubscribers.clear()
+            if self._legacy_unsubscribe is not None:
+                self._legacy_unsubscribe()
+                self._legacy_unsubscribe = None
+            self._listeners.clear()
             self._records.clear()
             self._views.clear()
             self._dead.clear()

@@ -10,6 +10,10 @@ stated by name in the contract suite (``tests/contract``):
    key is unregistered, updated or registered again, or its thread ends.
 
 ``indexed=`` is accepted for compatibility; queries always scan.
+
+After ``close()`` every public call (reads, ``subscribe``, ``stats()`` and
+``snapshot_all_threads()`` included) raises ``errors.Closed``; ``close()``
+itself is idempotent.
 """
 
 from __future__ import annotations
@@ -18,15 +22,14 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from foundation._unraisable import report_unraisable
-from foundation.errors import AlreadyRegistered, InvalidKey, NotAlive, NotRegistered, RegistryError
+from foundation._listeners import Listeners
+from foundation.errors import AlreadyRegistered, Closed, NotAlive, NotRegistered
 from foundation.liveness import is_alive
 from foundation.registry._async import DirectAsyncWrites
-from foundation.registry._listeners import CopyOnWriteListeners
 from foundation.registry._query import compile_criteria, matches
 from foundation.registry._types import (
     Criterion,
@@ -37,7 +40,7 @@ from foundation.registry._types import (
     RegistryEvent,
     UnregisterReason,
 )
-from foundation.registry._validation import EMPTY_METADATA, freeze_metadata
+from foundation.registry._validation import EMPTY_METADATA, freeze_metadata, validate_key
 
 __all__ = ["ThreadLocalRegistry", "ThreadLocalStats"]
 
@@ -69,16 +72,7 @@ class _Store:
         self.entries: dict[Hashable, Entry] = {}
 
 
-def _check_key(key: object) -> None:
-    try:
-        hash(key)
-    except TypeError:
-        raise InvalidKey(
-            f"registry key must be hashable, got {type(key).__name__}: {key!r}"
-        ) from None
-
-
-class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
+class ThreadLocalRegistry(DirectAsyncWrites, Registry):
     """The legacy store: per-thread, unmonitored. Same calls, results and errors.
 
     Differences from the shared registries, by design (the legacy behaviour
@@ -92,6 +86,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
     ``indexed`` is accepted for compatibility; queries scan. Listeners get the
     events of writes, synchronously, in the writing thread. For
     administration, ``snapshot_all_threads()`` shows every thread's entries.
+    After ``close()`` every call raises ``errors.Closed``.
 
     Example:
         >>> import threading
@@ -119,9 +114,14 @@ class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         # callback then pops its own token (one atomic dict op, and tokens are
         # never reused, so a new thread that gets the same ident is unaffected).
         self._stores: dict[int, weakref.ref[_Store]] = {}
-        self._lock = threading.Lock()
-        self._listeners: tuple[Listener, ...] = ()
+        self._listeners: Listeners[RegistryEvent] = Listeners(
+            "ThreadLocalRegistry listener", area="registry"
+        )
         self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed("this ThreadLocalRegistry is closed")
 
     # ------------------------------------------------------------------ stores
 
@@ -153,22 +153,25 @@ class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         """The calling thread's live entry for ``key``, or ``None`` (dead ones filtered).
 
         Raises:
-            InvalidKey: ``key`` is unhashable.
+            InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
+            Closed: the registry is closed (as every call below).
         """
+        if self._closed:
+            raise Closed("this ThreadLocalRegistry is closed")
         store = self._own()
-        if store is None:
-            _check_key(key)
-            return None
         try:
-            entry = store.entries.get(key)
+            entry = None if store is None else store.entries.get(key)
         except TypeError:
-            _check_key(key)
-            raise
-        if entry is None or not is_alive(entry.agent):
+            entry = None
+        if entry is None:
+            validate_key(key)  # a miss: InvalidKey if ``key`` can be no key (the one rule)
+            return None
+        if not is_alive(entry.agent):
             return None
         return entry
 
     def _live(self) -> list[Entry]:
+        self._check_open()
         store = self._own()
         if store is None:
             return []
@@ -191,6 +194,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         Raises:
             InvalidCriteria: a bad shape, unknown op or ``in`` value (before evaluating).
         """
+        self._check_open()
         compiled = compile_criteria(criteria)
         return [e for e in self._live() if matches(e.metadata, compiled)]
 
@@ -210,10 +214,9 @@ class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             InvalidKey, InvalidMetadata, UnsupportedAgent, NotAlive,
             AlreadyRegistered: as every backend; nothing is stored on error.
         """
-        _check_key(key)
+        self._check_open()
+        key = validate_key(key)  # the one key rule (InvalidKey), normal form
         frozen = EMPTY_METADATA if metadata is None else freeze_metadata(metadata)
-        if self._closed:
-            raise RegistryError("the registry is closed")
         if not is_alive(agent):  # raises UnsupportedAgent for unknown kinds
             raise NotAlive(key, agent)
         store = self._own_or_new()
@@ -224,11 +227,14 @@ class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 raise AlreadyRegistered(key, old)
             reason = "down"  # a dead, lingering entry is simply replaced
         entry = Entry(key, agent, frozen, time.time())
+        # Race with close() in another thread: an entry stored just after close()
+        # cleared the stores lingers in this thread's store, unreadable (every
+        # read raises Closed), and goes with the thread.
         store.entries[key] = entry
-        if self._listeners:
+        if self._listeners.current:
             if old is not None:
-                self._emit(RegistryEvent("unregistered", old, reason))
-            self._emit(RegistryEvent("registered", entry))
+                self._listeners.dispatch(RegistryEvent("unregistered", old, reason))
+            self._listeners.dispatch(RegistryEvent("registered", entry))
 
     def unregister(self, key: Hashable) -> bool:
         """Remove ``key`` from the calling thread's store; False if absent or dead.
@@ -237,28 +243,30 @@ class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         longer registered as far as any read could tell).
 
         Raises:
-            InvalidKey: ``key`` is unhashable.
+            InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
         """
-        _check_key(key)
+        self._check_open()
+        key = validate_key(key)  # the one key rule (InvalidKey), normal form
         store = self._own()
         if store is None:
             return False
         entry = store.entries.pop(key, None)
         if entry is None or not is_alive(entry.agent):
             return False
-        if self._listeners:
-            self._emit(RegistryEvent("unregistered", entry, "unregistered"))
+        if self._listeners.current:
+            self._listeners.dispatch(RegistryEvent("unregistered", entry, "unregistered"))
         return True
 
     def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
         """Replace the metadata of the calling thread's ``key``.
 
         Raises:
-            InvalidKey: ``key`` is unhashable.
+            InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
             InvalidMetadata: not a JSON-compatible mapping (nothing changes).
             NotRegistered: absent from this thread's store, or its agent is dead.
         """
-        _check_key(key)
+        self._check_open()
+        key = validate_key(key)  # the one key rule (InvalidKey), normal form
         frozen = freeze_metadata(metadata)
         store = self._own()
         entry = None if store is None else store.entries.get(key)
@@ -269,22 +277,30 @@ class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             raise NotRegistered(key)
         new = Entry(key, entry.agent, frozen, entry.registered_at, entry.node)
         store.entries[key] = new
-        if self._listeners:
-            self._emit(RegistryEvent("updated", new))
+        if self._listeners.current:
+            self._listeners.dispatch(RegistryEvent("updated", new))
 
     # ------------------------------------------------------------------ events
 
-    def _emit(self, event: RegistryEvent) -> None:
-        for listener in self._listeners:
-            try:
-                listener(event)
-            except Exception as exc:  # a broken listener must not break a writer
-                report_unraisable(exc, "ThreadLocalRegistry listener", listener)
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` on every write's change; returns an idempotent unsubscribe.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+        """
+        self._check_open()
+        return self._listeners.subscribe(listener)
 
     # ------------------------------------------------------------------ admin
 
+    def protocol_version(self) -> str:
+        """``"2.0"``; ``Closed`` after ``close()``, as every call."""
+        self._check_open()
+        return super().protocol_version()
+
     def indexed_attributes(self) -> frozenset[str]:
         """The attribute names given as ``indexed=`` (accepted; queries still scan)."""
+        self._check_open()
         return self._indexed
 
     def snapshot_all_threads(self, *, include_dead: bool = False) -> dict[int, list[Entry]]:
@@ -293,6 +309,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         Dead, lingering entries are left out unless ``include_dead``. A
         snapshot: each thread keeps writing its own store meanwhile.
         """
+        self._check_open()
         out: dict[int, list[Entry]] = {}
         for store in self._live_stores():
             entries = list(store.entries.values())  # one-call snapshot of another thread's dict
@@ -303,14 +320,16 @@ class ThreadLocalRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
 
     def stats(self) -> ThreadLocalStats:
         """Threads with a store, stored entries (dead ones included) and how many are dead."""
+        self._check_open()
         stores = self._live_stores()
         entries = [e for s in stores for e in list(s.entries.values())]
         dead = sum(1 for e in entries if not is_alive(e.agent))
         return ThreadLocalStats(threads=len(stores), entries=len(entries), dead=dead)
 
     def close(self) -> None:
-        """Forget every thread's entries; ``register`` then raises. Idempotent, no events."""
+        """Forget every thread's entries; later calls raise ``Closed``. Idempotent, no events."""
         self._closed = True
+        self._listeners.clear()
         for store in self._live_stores():
             store.entries.clear()
 

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from foundation._unraisable import report_unraisable
+from foundation.errors import Closed
 from foundation.supervision._spec import ChildCounts, ChildInfo, ChildSpec
 
 if TYPE_CHECKING:
@@ -35,6 +36,15 @@ class SupervisorThread:
     started by the time the constructor returns. Every method is thread-safe
     (``asyncio.run_coroutine_threadsafe``) and blocks until done. Leaving the
     ``with`` block calls :meth:`stop`, which stops the children and the loop.
+
+    The handle is closeable: after :meth:`stop` (or :meth:`close`, the same)
+    its loop is gone, and every management and introspection call raises
+    ``errors.Closed`` (a ``RuntimeError``). ``stop()``/``close()`` stay
+    idempotent, ``closed`` says so, and :meth:`wait` still answers (the
+    supervisor has ended: it returns, or raises why it gave up). The
+    :class:`Supervisor` itself is not closed by this: it is restartable, and
+    between runs its management calls raise ``SupervisorError`` with
+    ``reason == "supervisor_not_running"`` (OTP's ``noproc``).
 
     Example:
         >>> from foundation.supervision import ChildSpec, Supervisor
@@ -117,11 +127,24 @@ class SupervisorThread:
                 asyncio.set_event_loop(None)
                 loop.close()
 
+    def _closed_error(self) -> Closed:
+        return Closed(
+            f"the handle of supervisor {self.supervisor.name!r} is closed (stopped); "
+            "start a new one with Supervisor.run_in_thread()"
+        )
+
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         if self._closed:
             coro.close()
-            raise RuntimeError(f"the event loop of supervisor {self.supervisor.name!r} is closed")
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            raise self._closed_error()
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:
+            # Race: stop() in another thread closed the loop after the check above.
+            coro.close()
+            if self._closed:
+                raise self._closed_error() from None
+            raise
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -129,6 +152,9 @@ class SupervisorThread:
             raise
 
     def _call_soon(self, fn: Callable[[], T]) -> T:
+        if self._closed:  # before building the coroutine: nothing to clean up
+            raise self._closed_error()
+
         async def call() -> T:
             return fn()
 
@@ -155,6 +181,15 @@ class SupervisorThread:
             self._call(self.supervisor.stop())
         finally:
             self._close_loop()
+
+    def close(self) -> None:
+        """The same as :meth:`stop` (the name every closeable has); idempotent."""
+        self.stop()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`stop` (or :meth:`close`) ran: later calls raise ``Closed``."""
+        return self._closed
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the supervisor ends.

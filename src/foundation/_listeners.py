@@ -1,0 +1,117 @@
+"""One way to hold and call listeners: registries, feature flags, stores.
+
+``Listeners(where, area=...)`` is a copy-on-write tuple of callables:
+
+- ``subscribe(listener)`` refuses a non-callable at once (``TypeError``), so a
+  mistake fails at the call that made it, not at the next event; it returns an
+  unsubscribe callable that is idempotent (a second call does nothing) and
+  removes exactly this subscription (a listener subscribed twice is called
+  twice, and one unsubscribe leaves the other subscription in place).
+- ``dispatch(event)`` calls every listener of the tuple it read; an exception
+  is reported through :func:`foundation._unraisable.report_unraisable` (a log
+  record under ``foundation.<area>``, plus an installed ``sys.unraisablehook``)
+  and the next listener runs: a broken listener never breaks the writer.
+
+Race, handled here once for every user: a subscribe or unsubscribe racing with
+a dispatch replaces ``current`` under the lock and never mutates the tuple
+being iterated, so dispatch takes no lock (an unsubscribed listener may still
+get an event that was already being delivered, as with any observer list).
+
+Owners check their own closed state before calling ``subscribe``; the hot
+path tests ``listeners.current`` (an empty tuple is false) before building an
+event.
+
+Example:
+    >>> seen = []
+    >>> listeners = Listeners("an example listener", area="example")
+    >>> unsubscribe = listeners.subscribe(seen.append)
+    >>> listeners.dispatch("one")
+    >>> unsubscribe(); unsubscribe()        # idempotent
+    >>> listeners.dispatch("two")
+    >>> seen
+    ['one']
+    >>> listeners.subscribe(None)
+    Traceback (most recent call last):
+    ...
+    TypeError: a listener must be callable, not None
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from foundation._unraisable import report_unraisable
+
+__all__ = ["Listeners", "check_listener", "without"]
+
+E = TypeVar("E")
+
+
+def check_listener(listener: object) -> None:
+    """``TypeError`` unless ``listener`` is callable (the one message every subscribe uses)."""
+    if not callable(listener):
+        raise TypeError(f"a listener must be callable, not {listener!r:.200}")
+
+
+def without(listeners: tuple[Any, ...], listener: object) -> tuple[Any, ...]:
+    """``listeners`` minus ONE occurrence of ``listener`` (by identity): one subscription."""
+    for i, candidate in enumerate(listeners):
+        if candidate is listener:
+            return listeners[:i] + listeners[i + 1 :]
+    return listeners
+
+
+class Listeners(Generic[E]):
+    """A copy-on-write list of listeners with reported dispatch (see the module docs).
+
+    ``where`` names them in error reports ("MigratingRegistry listener"),
+    ``area`` picks the logger ``foundation.<area>``.
+    """
+
+    __slots__ = ("_area", "_lock", "_where", "current")
+
+    def __init__(self, where: str, *, area: str) -> None:
+        self._lock = threading.Lock()
+        self._where = where
+        self._area = area
+        #: The subscribed listeners: read without a lock, replaced (never mutated) under it.
+        self.current: tuple[Callable[[E], object], ...] = ()
+
+    def subscribe(self, listener: Callable[[E], object]) -> Callable[[], None]:
+        """Add ``listener``; returns an idempotent unsubscribe for this subscription.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+        """
+        check_listener(listener)
+        with self._lock:
+            self.current = (*self.current, listener)
+        done = False
+
+        def unsubscribe() -> None:
+            nonlocal done
+            with self._lock:
+                if done:
+                    return
+                done = True
+                self.current = without(self.current, listener)
+
+        return unsubscribe
+
+    def dispatch(self, event: E) -> None:
+        """Call every listener with ``event``; errors are reported, never raised."""
+        for listener in self.current:
+            try:
+                listener(event)
+            except Exception as exc:  # a broken listener must not break the writer
+                report_unraisable(exc, self._where, listener, area=self._area)
+
+    def clear(self) -> None:
+        """Drop every listener (``close()``); later unsubscribes do nothing."""
+        with self._lock:
+            self.current = ()
+
+    def __repr__(self) -> str:
+        return f"<Listeners {self._where!r}: {len(self.current)}>"
