@@ -34,23 +34,31 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from foundation import telemetry
 from foundation.errors import BackendUnavailable, FoundationError, InvalidConfig
 
 __all__ = [
     "REDIS_ERROR_KINDS",
+    "ROUND_TRIP_EVENT",
     "check_url",
     "connect",
     "error_kind",
     "import_redis",
+    "raised_inside_redis_py",
     "redact_url",
     "redis_errors",
+    "redis_py_failure",
+    "report_round_trip",
     "translate_error",
     "translated",
 ]
@@ -169,6 +177,39 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     return (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
+def raised_inside_redis_py(exc: BaseException) -> bool:
+    """True when ``exc`` (not a redis-py exception type) was raised by redis-py's
+    own code: its innermost traceback frame is in the ``redis`` package.
+
+    redis-py has internal races (a pooled connection cut by another thread
+    during an outage can fail ``can_read`` with ``TypeError``, for instance);
+    such an error is a backend failure, so it is translated like one. An
+    exception raised by our code or a caller's callback is never matched.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.startswith(_redis_package_dir())
+
+
+def redis_py_failure(exc: BaseException) -> BaseException:
+    """A redis-py ``ConnectionError`` standing for ``exc``, an internal failure of
+    redis-py (see :func:`raised_inside_redis_py`), so it is handled as a fault."""
+    failure: BaseException = import_redis().exceptions.ConnectionError(
+        f"redis-py failed internally: {type(exc).__name__}: {exc}"
+    )
+    failure.__cause__ = exc
+    return failure
+
+
+@functools.cache
+def _redis_package_dir() -> str:
+    location: str = import_redis().__file__ or ""
+    return os.path.dirname(location) + os.sep
+
+
 def error_kind(exc: BaseException) -> str:
     """A short name for the failure: an error-reply code of ``REDIS_ERROR_KINDS``
     (``"READONLY"``, ``"OOM"``, ...), ``"DBRANGE"``, ``"connection"``, ``"timeout"``,
@@ -247,16 +288,60 @@ def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationEr
     return BackendUnavailable(f"Redis at {url} failed while {doing}: {why}")
 
 
+ROUND_TRIP_EVENT: Final = "foundation.redis.round_trip"
+"""Telemetry event of one timed block of Redis calls:
+``{"seconds": float, "ok": bool, "doing": str, "url": str}`` (``url`` redacted)."""
+
+_BLOCKING: Final = frozenset({"following the change stream", "reading the change stream"})
+"""``doing`` texts of blocking reads (``XREAD BLOCK``): their wait is not a round trip."""
+
+
+def report_round_trip(began: float, *, ok: bool, doing: str, url: str) -> None:
+    """Emit ``ROUND_TRIP_EVENT`` for a call started at ``time.perf_counter()`` == ``began``.
+
+    Callers check ``telemetry.has_listeners(ROUND_TRIP_EVENT)`` before timing;
+    blocking reads (``doing`` in ``_BLOCKING``) are not reported.
+    """
+    if doing not in _BLOCKING:
+        seconds = time.perf_counter() - began
+        telemetry.emit(ROUND_TRIP_EVENT, {"seconds": seconds, "ok": ok, "doing": doing, "url": url})
+
+
 @contextmanager
 def translated(url: str, doing: str) -> Iterator[None]:
     """Run a block of Redis calls; a redis-py (or socket) failure is re-raised as
-    ``translate_error(exc, url=url, doing=doing)`` from it. ``url`` is redacted."""
+    ``translate_error(exc, url=url, doing=doing)`` from it. ``url`` is redacted.
+
+    With a ``foundation.redis.round_trip`` telemetry listener attached, the
+    block is timed (``time.perf_counter``) and reported; otherwise it costs
+    one dictionary lookup."""
+    if not telemetry.has_listeners(ROUND_TRIP_EVENT) or doing in _BLOCKING:
+        try:
+            yield
+        except FoundationError:
+            raise
+        except redis_errors() as exc:
+            raise translate_error(exc, url=url, doing=doing) from exc
+        except Exception as exc:
+            if not raised_inside_redis_py(exc):
+                raise  # ours or a caller's: unchanged
+            raise translate_error(redis_py_failure(exc), url=url, doing=doing) from exc
+        return
+    began = time.perf_counter()
+    ok = False
     try:
         yield
+        ok = True
     except FoundationError:
         raise
     except redis_errors() as exc:
         raise translate_error(exc, url=url, doing=doing) from exc
+    except Exception as exc:
+        if not raised_inside_redis_py(exc):
+            raise  # ours or a caller's: unchanged
+        raise translate_error(redis_py_failure(exc), url=url, doing=doing) from exc
+    finally:
+        report_round_trip(began, ok=ok, doing=doing, url=url)
 
 
 def connect(

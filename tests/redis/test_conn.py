@@ -365,3 +365,23 @@ def test_core_import_does_not_need_redis_and_import_redis_names_the_extra() -> N
     )
     assert "ImportError:" in out.stdout, out.stderr
     assert "foundation[redis]" in out.stdout
+
+
+def test_an_internal_failure_of_redis_py_is_backend_unavailable_but_ours_is_not() -> None:
+    """redis-py has internal races (a pooled socket cut by another thread can fail
+    ``can_read`` with TypeError); raised from redis-py's own code, such an error is
+    a backend failure. The same type raised by our code passes unchanged."""
+    from redis._parsers import hiredis
+
+    def broken_inside_redis_py() -> None:
+        # The very function seen failing in an outage: polling a socket that
+        # another thread has just dropped (None) raises TypeError inside redis-py.
+        hiredis._socket_is_closed(None)
+
+    with (
+        pytest.raises(BackendUnavailable, match="redis-py failed internally"),
+        rc.translated("redis://h:1/0", "testing"),
+    ):
+        broken_inside_redis_py()
+    with pytest.raises(TypeError, match="ours"), rc.translated("redis://h:1/0", "testing"):
+        raise TypeError("ours")

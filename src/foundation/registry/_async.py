@@ -1,10 +1,11 @@
 """The async face of every registry: writes an event loop can await without blocking.
 
 ``await registry.register_async(key, agent, metadata=None, *, replace=False)``,
+``await registry.register_many_async(items, *, replace=False)``,
 ``await registry.unregister_async(key)`` and
 ``await registry.update_metadata_async(key, metadata)`` have the results and
-errors of ``register``, ``unregister`` and ``update_metadata``: the same
-call runs, only where it runs differs.
+errors of ``register``, ``register_many``, ``unregister`` and
+``update_metadata``: the same call runs, only where it runs differs.
 
 - **In-memory backends** (``MemoryRegistry``, ``ThreadLocalRegistry``) never
   wait on I/O: the sync call runs directly in the calling thread. For the
@@ -41,10 +42,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+if TYPE_CHECKING:
+    from foundation.errors import RegistryError
 
 __all__ = ["ASYNC_THREAD_PREFIX", "AsyncWrites", "DirectAsyncWrites", "MigratingAsyncWrites"]
 
@@ -59,7 +63,8 @@ _executor_lock = threading.Lock()
 
 
 class AsyncWrites:
-    """Mixin: ``register_async``, ``unregister_async``, ``update_metadata_async``.
+    """Mixin: ``register_async``, ``register_many_async``, ``unregister_async``,
+    ``update_metadata_async``.
 
     Every registry has it (it is a base of :class:`~foundation.registry.Registry`).
     A backend whose sync writes never block sets ``_writes_block = False`` (see
@@ -103,6 +108,10 @@ class AsyncWrites:
 
         def unregister(self, key: Hashable) -> bool: ...
 
+        def register_many(
+            self, items: Iterable[Any], *, replace: bool = False
+        ) -> list[RegistryError | None]: ...
+
         def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None: ...
 
     # ------------------------------------------------------------------ the async face
@@ -122,6 +131,19 @@ class AsyncWrites:
             InvalidMetadata, BackendUnavailable: exactly as ``register``.
         """
         await self._async_call(partial(self.register, key, agent, metadata, replace=replace))
+
+    async def register_many_async(
+        self, items: Iterable[Any], *, replace: bool = False
+    ) -> list[RegistryError | None]:
+        """``register_many`` without blocking the event loop; same outcomes and errors.
+
+        ``items`` is read in the calling (loop) thread, before the batch runs.
+
+        Raises:
+            TypeError, BackendUnavailable, Closed: exactly as ``register_many``.
+        """
+        batch = list(items)
+        return await self._async_call(partial(self.register_many, batch, replace=replace))
 
     async def unregister_async(self, key: Hashable) -> bool:
         """``unregister`` without blocking the event loop: True if removed, False if absent."""

@@ -8,6 +8,15 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from foundation.errors import (
+    AlreadyRegistered,
+    Closed,
+    InvalidKey,
+    InvalidMetadata,
+    NotAlive,
+    RegistryError,
+    UnsupportedAgent,
+)
 from foundation.registry._async import AsyncWrites
 
 if TYPE_CHECKING:
@@ -15,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "BatchItem",
     "Criterion",
     "Divergence",
     "Entry",
@@ -38,17 +48,23 @@ MetadataFilter = Callable[[Mapping[str, Any]], bool]
 class Entry:
     """One registration: who, under which key, with what metadata.
 
-    ``metadata`` is a read-only mapping holding a copy of what was given.
-    ``node`` names the machine (or process) that owns the agent.
+    ``key`` is in its normal form and ``metadata`` is a read-only copy of
+    what was given (a ``FrozenMetadata``: a ``dict`` that refuses changes,
+    nested mappings alike, arrays as tuples), so ``json.dumps(entry.metadata)``
+    works as it is (see docs/keys-and-metadata.md). ``node`` names the
+    machine (or process) that owns the agent. An ``Entry`` is immutable:
+    ``copy.copy`` and ``copy.deepcopy`` return it as it is (the agent is a
+    live handle, never duplicated); it pickles when its agent does.
 
     Example:
+        >>> import json, threading
         >>> from foundation import MemoryRegistry, spawn_thread
-        >>> import threading
         >>> stop = threading.Event()
         >>> with MemoryRegistry() as reg:
-        ...     reg.register("worker", spawn_thread(stop.wait), {"role": "io"})
-        ...     reg.lookup("worker").metadata["role"]
-        'io'
+        ...     reg.register("worker", spawn_thread(stop.wait), {"role": "io", "tags": ["a"]})
+        ...     entry = reg.lookup("worker")
+        ...     entry.metadata["role"], json.dumps(entry.metadata)
+        ('io', '{"role": "io", "tags": ["a"]}')
         >>> stop.set()
     """
 
@@ -57,6 +73,12 @@ class Entry:
     metadata: Mapping[str, Any]
     registered_at: float
     node: str = field(default="local")
+
+    def __copy__(self) -> Entry:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Entry:
+        return self  # immutable; the agent is a handle whose identity is the point
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +128,7 @@ Listener = Callable[[RegistryEvent], None]
 
 
 class Registry(AsyncWrites, abc.ABC):
-    """The registry contract (see DESIGN.md "Registry contract").
+    """The registry contract (see docs/contract.md "Registry contract").
 
     Backends implement the abstract methods; ``find_by_attribute``, ``in``,
     ``len`` and the context manager come from here.
@@ -159,12 +181,68 @@ class Registry(AsyncWrites, abc.ABC):
     def close(self) -> None:
         """Release every monitor, thread and connection. Idempotent."""
 
+    def register_many(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        replace: bool = False,
+    ) -> list[RegistryError | None]:
+        """Register many agents; one outcome per item, in input order.
+
+        ``items`` are ``(key, agent)`` or ``(key, agent, metadata)`` tuples. Each
+        outcome is ``None`` (registered) or the exception ``register`` would have
+        raised for that item (``AlreadyRegistered``, ``NotAlive``, ``InvalidKey``,
+        ``InvalidMetadata``, ``UnsupportedAgent``), returned, not raised: the
+        batch is atomic per key, not as a whole. A key given twice is
+        registered by its first item; the second gets ``AlreadyRegistered``
+        (with ``replace=True`` it replaces the first, as two ``register`` calls
+        would). Backends that talk to a server send the batch in one round trip.
+
+        Raises:
+            TypeError: an item is not a 2- or 3-tuple (checked before anything
+                is registered).
+            BackendUnavailable, Closed: for the whole call; items whose
+                registration the backend did not confirm are not registered
+                here (those it confirmed stay: ``lookup`` tells).
+
+        Example:
+            >>> import threading
+            >>> from foundation import MemoryRegistry, spawn_thread
+            >>> stop = threading.Event()
+            >>> with MemoryRegistry() as reg:
+            ...     worker = spawn_thread(stop.wait)
+            ...     outcomes = reg.register_many(
+            ...         [("a", worker), ("b", worker, {"role": "io"}), ("a", worker)]
+            ...     )
+            ...     [type(o).__name__ for o in outcomes], reg.count()
+            (['NoneType', 'NoneType', 'AlreadyRegistered'], 2)
+            >>> stop.set()
+        """
+        batch = batch_items(items)
+        outcomes: list[RegistryError | None] = []
+        for key, agent, metadata in batch:
+            try:
+                self.register(key, agent, metadata, replace=replace)
+            except (
+                AlreadyRegistered,
+                NotAlive,
+                InvalidKey,
+                InvalidMetadata,
+                UnsupportedAgent,
+            ) as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
     def find_by_attribute(self, attr: str, value: Any) -> list[Entry]:
         """Exactly ``query([(attr, "eq", value)])``."""
         return self.query([(attr, "eq", value)])
 
     def protocol_version(self) -> str:
         """The contract version this backend implements: ``"2.0"``."""
+        if getattr(self, "_closed", False):
+            raise Closed(f"this {type(self).__name__} is closed")
         return PROTOCOL_VERSION
 
     def __contains__(self, key: object) -> bool:
@@ -186,6 +264,28 @@ class Registry(AsyncWrites, abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+BatchItem = tuple[Hashable, Any] | tuple[Hashable, Any, Mapping[str, Any] | None]
+"""One item of ``Registry.register_many``: ``(key, agent)`` or ``(key, agent, metadata)``."""
+
+
+def batch_items(
+    items: Iterable[BatchItem],
+) -> list[tuple[Hashable, Any, Mapping[str, Any] | None]]:
+    """``items`` of ``register_many`` as ``(key, agent, metadata)`` triples;
+    ``TypeError`` (before anything is registered) for a malformed item."""
+    if isinstance(items, (str, bytes, Mapping)):
+        raise TypeError("register_many takes an iterable of (key, agent[, metadata]) tuples")
+    out: list[tuple[Hashable, Any, Mapping[str, Any] | None]] = []
+    for item in items:
+        if not isinstance(item, tuple) or not 2 <= len(item) <= 3:
+            raise TypeError(
+                "register_many items must be (key, agent) or (key, agent, metadata) "
+                f"tuples, got {type(item).__name__}"
+            )
+        out.append((item[0], item[1], item[2] if len(item) == 3 else None))
+    return out
 
 
 def keys_of(entries: Iterable[Entry]) -> set[Hashable]:

@@ -176,6 +176,10 @@ class Lease:
     def flush_pending_down(self, key: Hashable) -> None:
         """Delete in Redis the entry of a local agent that died (holding wlock)."""
         sh = self._sh
+        if key not in sh.pending_downs:
+            # The common case, without the lock. Race: a down queued right after
+            # this check is not lost: its job makes the lease thread flush it.
+            return
         with sh.mlock:
             pending = sh.pending_downs.pop(key, None)
         if pending is None:

@@ -2,8 +2,8 @@
 
 How it works (details in ``docs/redis.md``); one module per job:
 
-- ``_scripts``: the Lua scripts. Every write (register, update, unregister,
-  heartbeat+reap, release) is ONE script that writes the entry, its index sets
+- ``_scripts``: the Lua scripts. Every write (register, register_many,
+  update, unregister, heartbeat+reap, release) is ONE script that writes the entry, its index sets
   and a versioned change record on the stream ``P:log``; their ARGV are named
   by a dataclass each.
 - ``_state``: the connection/recovery state machine (``Link``), with logged
@@ -25,25 +25,33 @@ exception: every failure is ``BackendUnavailable`` or ``InvalidConfig``
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import json
 import os
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from foundation import _redis_conn
+from foundation._listeners import check_listener, without
 from foundation.errors import (
     AlreadyRegistered,
     BackendUnavailable,
+    Closed,
     FoundationError,
     InvalidKey,
+    InvalidMetadata,
     NotAlive,
     NotRegistered,
+    RegistryError,
+    UnsupportedAgent,
 )
 from foundation.liveness import (
     Down,
@@ -54,10 +62,11 @@ from foundation.liveness import (
 )
 from foundation.registry._query import compile_criteria, index_plan, matches
 from foundation.registry._redis import _scripts
-from foundation.registry._redis._codec import RemoteAgent, encode_key
+from foundation.registry._redis._codec import RemoteAgent, normal_key
 from foundation.registry._redis._lease import Conflict, Lease
 from foundation.registry._redis._scripts import (
     RegisterArgs,
+    RegisterManyArgs,
     ReleaseArgs,
     UnregisterArgs,
     UpdateArgs,
@@ -66,27 +75,77 @@ from foundation.registry._redis._shared import TAIL_BLOCK_MS, Own, Shared, s
 from foundation.registry._redis._state import LinkState
 from foundation.registry._redis._tail import Tail
 from foundation.registry._types import (
+    BatchItem,
     Criterion,
     Entry,
     Listener,
     MetadataFilter,
     Registry,
     RegistryEvent,
+    batch_items,
 )
 from foundation.registry._validation import (
+    MAX_METADATA_BYTES,
     check_metadata_size,
     freeze_metadata,
     metadata_from_json,
     metadata_to_json,
+    validate_key,
 )
 
 __all__ = ["MAX_METADATA_BYTES", "Conflict", "RedisRegistry", "RedisStatus"]
 
-MAX_METADATA_BYTES: Final = 64 * 1024
-"""Largest metadata accepted, as compact UTF-8 JSON (``InvalidMetadata`` beyond)."""
 
 _seq = itertools.count(1)
+_CHUNK: Final = 500  # items per REGISTER_MANY script call (see _pipelined)
 _dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+
+
+def _agent_json(agent: Any) -> str:
+    """``{"kind", "pid", "name"}`` of ``describe_agent`` as JSON, without its costly
+    parts (host name, process start time) for the in-process kinds."""
+    if isinstance(agent, threading.Thread):
+        kind, name = "thread", agent.name
+    elif isinstance(agent, asyncio.Task):
+        kind, name = "task", agent.get_name()
+    elif isinstance(agent, (asyncio.Future, concurrent.futures.Future)):
+        kind, name = "future", None
+    else:
+        d = describe_agent(agent)
+        kind, name = d["kind"], d["name"]
+        return _dumps({"kind": kind, "pid": d["pid"], "name": name})
+    return _dumps({"kind": kind, "pid": os.getpid(), "name": name})
+
+
+class _Prepared:
+    """One registration on its way (checked, encoded, not yet sent)."""
+
+    __slots__ = ("agent", "args", "died", "frozen", "key", "own", "prev", "registered_at")
+
+    def __init__(
+        self, key: Hashable, agent: Any, frozen: Mapping[str, Any], at: float, own: Own
+    ) -> None:
+        self.key = key
+        self.agent = agent
+        self.frozen = frozen
+        self.registered_at = at
+        self.own = own
+        self.prev: Own | None = None  # this node's registration it replaces
+        self.args: RegisterArgs | None = None
+        self.died = False  # the agent died while its script ran
+
+
+class _ClosedEntries(dict[Hashable, Entry]):
+    """Stands in for the mirror's dict after ``close()``: every read raises
+    ``Closed``, so ``lookup`` keeps its single dict call and pays nothing."""
+
+    def _closed(self, *_: object) -> Any:
+        raise Closed("this RedisRegistry is closed")
+
+    get = __getitem__ = __contains__ = __iter__ = __len__ = values = items = keys = _closed
+
+
+_CLOSED_ENTRIES: Final = _ClosedEntries()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +193,12 @@ class RedisRegistry(Registry):
     metadata is JSON (at most 64 KiB). Entries registered on this node hold the
     live agent; entries of other nodes hold a :class:`RemoteAgent` description.
     Reads (``lookup``, ``query``, ...) are answered by a local mirror; writes
-    are one Redis round trip. ``BackendUnavailable`` (a ``ConnectionError``)
-    within about ``op_timeout`` seconds when Redis cannot be reached or answers
-    with an error reply (``READONLY``, ``OOM``, ``LOADING``, ...); no call ever
-    raises a redis-py exception.
+    are one Redis round trip (``register_many``: one for the whole batch).
+    After ``close()`` every call raises ``Closed``, reads included.
+    ``BackendUnavailable`` (a ``ConnectionError``) within about ``op_timeout``
+    seconds when Redis cannot be reached or answers with an error reply
+    (``READONLY``, ``OOM``, ``LOADING``, ...); no call ever raises a redis-py
+    exception.
 
     Args:
         url: ``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or
@@ -155,17 +216,16 @@ class RedisRegistry(Registry):
         stream_maxlen: approximate length the change stream is trimmed to; a
             node that falls further behind resynchronises from a snapshot.
 
-    Example:
+    Example (``redis_url`` names your server, e.g. ``"redis://127.0.0.1:6379/0"``;
+    under pytest, ``src/conftest.py`` starts a private one); two nodes:
         >>> import threading
         >>> from foundation import RedisRegistry, spawn_thread
-        >>> from tests.redis_support import RedisServer
         >>> stop = threading.Event()
-        >>> with RedisServer() as server:
-        ...     with RedisRegistry(server.url, indexed=("role",)) as a, \\
-        ...          RedisRegistry(server.url, indexed=("role",)) as b:
-        ...         a.register(("worker", 1), spawn_thread(stop.wait), {"role": "io"})
-        ...         b.wait_for_version(a.status().written)  # A's write has reached B
-        ...         [e.agent.kind for e in b.find_by_attribute("role", "io")]
+        >>> with RedisRegistry(redis_url, indexed=("role",)) as a, \\
+        ...      RedisRegistry(redis_url, indexed=("role",)) as b:
+        ...     a.register(("worker", 1), spawn_thread(stop.wait), {"role": "io"})
+        ...     b.wait_for_version(a.status().written)  # A's write has reached B
+        ...     [e.agent.kind for e in b.find_by_attribute("role", "io")]
         True
         ['thread']
         >>> stop.set()
@@ -219,15 +279,25 @@ class RedisRegistry(Registry):
         self._entries = sh.entries  # the hot read path
         try:
             sh.client = _redis_conn.connect(url, op_timeout=op_timeout, name=f"foundation:{name}")
-            sh.tail_client = _redis_conn.connect(
+            tail = _redis_conn.connect(
                 url,
                 op_timeout=op_timeout + TAIL_BLOCK_MS / 1000,
                 connect_timeout=op_timeout,
                 name=f"foundation-tail:{name}",
             )
+            # The tail holds ONE connection: one the server cut while the tail was
+            # not reading (it pauses after its own writes, see _tail.OWN_QUIET_S)
+            # then fails the next read, and the link recovers; a pooled client
+            # would replace it silently.
+            sh.tail_client = _redis_conn.import_redis().Redis(
+                connection_pool=tail.connection_pool, single_connection_client=True
+            )
+            # Keep its owner: collecting it would disconnect the pool under the tail.
+            self._tail_owner = tail
             c = sh.client
             sh.scripts = {
                 "register": c.register_script(_scripts.REGISTER),
+                "register_many": c.register_script(_scripts.REGISTER_MANY),
                 "update": c.register_script(_scripts.UPDATE),
                 "unregister": c.register_script(_scripts.UNREGISTER),
                 "heartbeat": c.register_script(_scripts.HEARTBEAT),
@@ -240,7 +310,7 @@ class RedisRegistry(Registry):
             with sh.writing(public=False):
                 self._lease.recover_locked()
         except BaseException:
-            for client in (sh.client, sh.tail_client):
+            for client in (sh.client, sh.tail_client, getattr(self, "_tail_owner", None)):
                 if client is not None:
                     client.close()
             if owns_manager:
@@ -277,91 +347,33 @@ class RedisRegistry(Registry):
                 nothing is stored.
             BackendUnavailable: Redis unreachable or unhealthy (the outcome is
                 unknown; a write that did land is cleaned up at the next resync).
+            Closed: the registry was closed.
         """
         sh = self._sh
-        ek = encode_key(key)
-        frozen = freeze_metadata(metadata)
-        meta_text = metadata_to_json(frozen)
-        check_metadata_size(meta_text, MAX_METADATA_BYTES)
-        meta = sh.utf8(meta_text)
-        check_supported(agent)
-        if not is_alive(agent):
-            raise NotAlive(key, agent)
-        d = describe_agent(agent)
-        registered_at = time.time()
-        # The head: who owns it, a description of the agent, when; "s" makes every
-        # registration's head unique (it is the compare-and-delete token).
-        head = (
-            f'{{"n":{sh.node_json},"a":{{"kind":{_dumps(d.get("kind"))},'
-            f'"pid":{_dumps(d.get("pid"))},"name":{_dumps(d.get("name"))}}},'
-            f'"t":{registered_at!r},"s":{next(_seq)}}}'
-        )
-        ix = sh.ix_for(frozen)
-        own = Own(agent, ek, head, meta, ix)
+        if sh.closed:
+            raise Closed("this RedisRegistry is closed")
+        p = self._prepare(key, agent, metadata, replace)
         events: list[RegistryEvent] = []
         with sh.writing():
-            self._lease.flush_pending_down(key)
-            prev = sh.own.get(key)
-            prev_alive = prev is not None and is_alive(prev.agent)
-            if prev_alive and not replace:
-                raise AlreadyRegistered(key, sh.entries.get(key))
-            # Race: the registration is known locally (pending) BEFORE Redis has
-            # it, so the tail, seeing our own record first, finds the live agent.
-            with sh.mlock:
-                sh.own[key] = own
-            own.monitor = sh.manager.monitor(agent, lambda down: self._on_down(key, own, down))
-            args = RegisterArgs(
-                sh.maxlen,
-                sh.node,
-                ek,
-                head,
-                meta,
-                ix,
-                "r" if replace else "n",
-                not prev_alive,
-                sh.node,
-                sh.grace_ms,
-            )
+            self._begin(p, replace)
             doing = f"registering {key!r}"
             try:
-                reply = sh.script("register", args, doing)
+                reply = sh.script("register", p.args, doing)
                 if reply[0] == b"NOLEASE":
                     # Our lease was lost (we were frozen or cut off): recover (which
                     # re-asserts everything else we hold), then try once more.
                     sh.link.lease_lost("a write found our lease gone")
                     self._lease.recover_locked()
-                    reply = sh.script("register", args, doing)
+                    reply = sh.script("register", p.args, doing)
             except BaseException:
-                self._sh.forget_own(key, own, prev)
+                sh.forget_own(key, p.own, p.prev)
                 # A write that timed out may have landed: resync (its orphan goes).
                 sh.link.resync_needed(f"the outcome of registering {key!r} is unknown")
                 raise
-            if reply[0] == b"EXISTS":
-                sh.forget_own(key, own, prev)
-                raise AlreadyRegistered(key, self._entry_from_reply(key, reply))
-            if reply[0] != b"OK":
-                sh.forget_own(key, own, prev)
-                raise BackendUnavailable(f"unexpected reply from Redis at {sh.url}: {reply!r}")
-            own.pending = False
-            v, first = int(reply[1]), int(reply[2])
-            why, dr = s(reply[3]), s(reply[4])
-            sh.written = v
-            entry = Entry(key, agent, frozen, registered_at, sh.node)
-            with sh.mlock:
-                died = sh.own.get(key) is not own
-                m = sh.mirror
-                if first and m.is_newer(key, first):
-                    old = m.remove(key, first)
-                    if old is not None:
-                        events.append(sh.removed_event(old, why, dr, "", ""))
-                if not died and m.is_newer(key, v):
-                    old = m.put(entry, v)
-                    if old is not None:
-                        events.append(RegistryEvent("unregistered", old, reason="replaced"))
-                    events.append(RegistryEvent("registered", entry))
-            if prev is not None and prev.monitor is not None:
-                prev.monitor.demonitor()  # its registration was just replaced in Redis
-            if died:
+            error = self._finish(p, reply, events)
+            if error is not None and not p.died:
+                raise error
+            if p.died:
                 # Race: the agent died while the script ran (its on_down already
                 # queued the delete). Delete it now and report it as not alive;
                 # other nodes may have seen it registered for an instant.
@@ -370,26 +382,82 @@ class RedisRegistry(Registry):
                 raise NotAlive(key, agent)
         sh.emit(events)
 
+    def register_many(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        replace: bool = False,
+    ) -> list[RegistryError | None]:
+        """Register many live local agents in ONE Redis round trip; one outcome per item.
+
+        As :meth:`Registry.register_many`: ``items`` are ``(key, agent)`` or
+        ``(key, agent, metadata)``; each outcome is ``None`` (registered) or
+        the error ``register`` would have raised for it, returned, not raised.
+        Atomic per key (one script per key, pipelined), not per batch. A key
+        repeated in the batch is sent in a second round trip after the first
+        (so it meets the first as two ``register`` calls would).
+
+        Raises:
+            TypeError: a malformed item (before anything is registered).
+            BackendUnavailable: Redis unreachable or unhealthy: items Redis did
+                not confirm are not in the mirror and their monitors are
+                released (confirmed ones stay; a write that landed unconfirmed
+                is cleaned up at the next resync).
+            Closed: the registry was closed.
+
+        ``Registry.register_many`` has a runnable example (the same calls work here).
+        """
+        sh = self._sh
+        if sh.closed:
+            raise Closed("this RedisRegistry is closed")
+        batch = batch_items(items)
+        outcomes: list[RegistryError | None] = [None] * len(batch)
+        # Validate every item first (no lock, no Redis); split the valid ones into
+        # rounds of distinct keys: a key's second item waits for its first.
+        rounds: list[list[tuple[int, _Prepared]]] = [[]]
+        seen: dict[Hashable, int] = {}
+        for i, (key, agent, metadata) in enumerate(batch):
+            try:
+                p = self._prepare(key, agent, metadata, replace)
+            except (InvalidKey, InvalidMetadata, UnsupportedAgent, NotAlive) as exc:
+                outcomes[i] = exc
+                continue
+            n = seen.get(p.key, -1) + 1  # p.key: normalised (equal keys, one slot)
+            seen[p.key] = n
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append((i, p))
+        for items_ in rounds:
+            if items_:
+                self._register_round(items_, replace, outcomes)
+        return outcomes
+
     def lookup(self, key: Hashable) -> Entry | None:
         """The entry for ``key`` from the local mirror, or ``None`` (never blocks on Redis).
 
         Raises:
-            InvalidKey: ``key`` is unhashable.
+            InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
         """
         try:
-            return self._entries.get(key)
+            entry = self._entries.get(key)
         except TypeError:
-            raise InvalidKey(f"registry key must be hashable, got {type(key).__name__}") from None
+            entry = None
+        if entry is None:
+            validate_key(key)  # a miss: InvalidKey if ``key`` can be no key (the one rule)
+        return entry
 
     def unregister(self, key: Hashable) -> bool:
         """Remove ``key`` on every node; True if it was registered.
 
         Raises:
-            InvalidKey: ``key`` is not a str, int or tuple of them.
+            InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
             BackendUnavailable: Redis unreachable or unhealthy; nothing changes here.
+            Closed: the registry was closed.
         """
         sh = self._sh
-        ek = encode_key(key)
+        if sh.closed:
+            raise Closed("this RedisRegistry is closed")
+        key, ek = normal_key(key)  # the one key rule (InvalidKey)
         events: list[RegistryEvent] = []
         with sh.writing():
             self._lease.flush_pending_down(key)
@@ -427,9 +495,12 @@ class RedisRegistry(Registry):
             NotRegistered: ``key`` is not registered.
             InvalidKey, InvalidMetadata: bad input; nothing changes.
             BackendUnavailable: Redis unreachable or unhealthy; nothing changes here.
+            Closed: the registry was closed.
         """
         sh = self._sh
-        ek = encode_key(key)
+        if sh.closed:
+            raise Closed("this RedisRegistry is closed")
+        key, ek = normal_key(key)  # the one key rule (InvalidKey)
         frozen = freeze_metadata(metadata)
         meta_text = metadata_to_json(frozen)
         check_metadata_size(meta_text, MAX_METADATA_BYTES)
@@ -478,8 +549,9 @@ class RedisRegistry(Registry):
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
         """Entries matching every criterion, from the local mirror (index-backed for
-        ``eq``/``in`` on an indexed attribute)."""
+        ``eq``/``in`` on an indexed attribute). ``Closed`` after ``close()``."""
         sh = self._sh
+        self._check_open()
         compiled = compile_criteria(criteria)
         plans = index_plan(compiled, sh.indexed)
         with sh.mlock:
@@ -496,7 +568,9 @@ class RedisRegistry(Registry):
         return [e for e in candidates if matches(e.metadata, compiled)]
 
     def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
-        """Every entry in the mirror, optionally filtered by ``filter(metadata)``."""
+        """Every entry in the mirror, optionally filtered by ``filter(metadata)``.
+        ``Closed`` after ``close()``."""
+        self._check_open()
         with self._sh.mlock:
             entries = list(self._entries.values())
         if filter is None:
@@ -504,12 +578,18 @@ class RedisRegistry(Registry):
         return [e for e in entries if filter(e.metadata)]
 
     def count(self) -> int:
-        """Number of entries in the mirror (O(1))."""
+        """Number of entries in the mirror (O(1)); ``Closed`` after ``close()``."""
         return len(self._entries)
 
     def indexed_attributes(self) -> frozenset[str]:
-        """The attribute names given as ``indexed=``."""
+        """The attribute names given as ``indexed=``; ``Closed`` after ``close()``."""
+        self._check_open()
         return self._sh.indexed
+
+    def protocol_version(self) -> str:
+        """The contract version this backend implements; ``Closed`` after ``close()``."""
+        self._check_open()
+        return super().protocol_version()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(event)`` for every change the mirror applies, local or remote.
@@ -517,10 +597,10 @@ class RedisRegistry(Registry):
         Events of this node's own writes are delivered in the writing thread;
         remote ones in the tail thread. A listener that raises is logged under
         ``foundation.registry.redis`` (with its traceback) and never breaks a
-        write or a thread.
+        write or a thread. ``Closed`` after ``close()``.
         """
-        if not callable(listener):
-            raise TypeError("listener must be callable")
+        self._check_open()
+        check_listener(listener)
         sh = self._sh
         with sh.mlock:
             sh.listeners = (*sh.listeners, listener)
@@ -532,24 +612,23 @@ class RedisRegistry(Registry):
                 if done:
                     return
                 done = True
-                current = sh.listeners
-                for i, fn in enumerate(current):
-                    if fn is listener:
-                        sh.listeners = current[:i] + current[i + 1 :]
-                        break
+                sh.listeners = without(sh.listeners, listener)
 
         return unsubscribe
 
     def is_stale(self) -> bool:
-        """True when the mirror may be behind Redis (cut off, unhealthy, recovering)."""
+        """True when the mirror may be behind Redis (cut off, unhealthy, recovering).
+        ``Closed`` after ``close()``."""
         sh = self._sh
+        self._check_open()
         return (
             sh.link.state is not LinkState.CONNECTED or time.monotonic() - sh.last_beat_ok > sh.ttl
         )
 
     def status(self) -> RedisStatus:
-        """Connection, staleness and size figures of this node."""
+        """Connection, staleness and size figures of this node; ``Closed`` after ``close()``."""
         sh = self._sh
+        self._check_open()
         link = sh.link
         return RedisStatus(
             node=sh.node,
@@ -570,7 +649,9 @@ class RedisRegistry(Registry):
         )
 
     def conflicts(self) -> list[Conflict]:
-        """Registrations lost to another node while this node's lease was lost."""
+        """Registrations lost to another node while this node's lease was lost.
+        ``Closed`` after ``close()``."""
+        self._check_open()
         with self._sh.mlock:
             return list(self._sh.conflicts)
 
@@ -579,12 +660,19 @@ class RedisRegistry(Registry):
         (True), or ``timeout`` seconds passed (False).
 
         For read-after-write across nodes: pass the writer's ``status().written``.
+        ``Closed`` after ``close()``, and if ``close()`` is called while waiting.
         """
         sh = self._sh
+        self._check_open()
         with sh.applied:
-            return sh.applied.wait_for(
-                lambda: sh.tail_v >= version and sh.link.state is LinkState.CONNECTED, timeout
+            done = sh.applied.wait_for(
+                lambda: (
+                    sh.closed or (sh.tail_v >= version and sh.link.state is LinkState.CONNECTED)
+                ),
+                timeout,
             )
+        self._check_open()
+        return done
 
     def close(self) -> None:
         """Stop the threads, delete this node's registrations in Redis (a node that
@@ -596,6 +684,10 @@ class RedisRegistry(Registry):
                 return
             sh.closed = True
             sh.listeners = ()
+            # From here every public read raises Closed (lookup included, at no
+            # cost: its dict is swapped for one whose every access raises).
+            self._entries = _CLOSED_ENTRIES
+            sh.applied.notify_all()  # a wait_for_version in progress raises Closed
         self._close_async()  # later async writes meet the closed registry directly
         sh.stop.set()
         sh.link.close()
@@ -610,8 +702,8 @@ class RedisRegistry(Registry):
         with sh.mlock:
             owns = list(sh.own.values())
             sh.own.clear()
-            # Like MemoryRegistry: a closed registry is empty.
-            for key in list(self._entries):
+            # Nothing stays behind: the mirror is emptied (reads raise Closed anyway).
+            for key in list(sh.entries):
                 sh.mirror.remove(key, sh.tail_v)
             sh.applied.notify_all()
         for own in owns:
@@ -628,12 +720,224 @@ class RedisRegistry(Registry):
             sh.call("deleting our wake stream", sh.client.delete, sh.k_wake)
         sh.client.close()
         sh.tail_client.close()
+        self._tail_owner.close()  # and its pool
 
     def __repr__(self) -> str:
         sh = self._sh
-        return f"<RedisRegistry node={sh.node!r} url={sh.url!r} entries={len(self._entries)}>"
+        size = "closed" if sh.closed else f"entries={len(sh.entries)}"
+        return f"<RedisRegistry node={sh.node!r} url={sh.url!r} {size}>"
+
+    # ------------------------------------------------------------------ registering
+
+    def _prepare(
+        self, key: Hashable, agent: Any, metadata: Mapping[str, Any] | None, replace: bool
+    ) -> _Prepared:
+        """Check and encode one registration (no lock, no Redis); raises what
+        ``register`` raises for bad input."""
+        sh = self._sh
+        key, ek = normal_key(key)  # the one key rule (InvalidKey)
+        frozen = freeze_metadata(metadata)
+        meta_text = metadata_to_json(frozen)
+        check_metadata_size(meta_text, MAX_METADATA_BYTES)
+        meta = sh.utf8(meta_text)
+        check_supported(agent)
+        if not is_alive(agent):
+            raise NotAlive(key, agent)
+        registered_at = time.time()
+        # The head: who owns it, a description of the agent, when; "s" makes every
+        # registration's head unique (it is the compare-and-delete token).
+        head = (
+            f'{{"n":{sh.node_json},"a":{_agent_json(agent)},'
+            f'"t":{registered_at!r},"s":{next(_seq)}}}'
+        )
+        own = Own(agent, ek, head, meta, sh.ix_for(frozen))
+        return _Prepared(key, agent, frozen, registered_at, own)
+
+    def _begin(self, p: _Prepared, replace: bool) -> None:
+        """Make ``p`` known locally (pending) and monitor it (holding wlock);
+        raises ``AlreadyRegistered`` if this node holds the key and not ``replace``."""
+        sh = self._sh
+        key, own = p.key, p.own
+        self._lease.flush_pending_down(key)
+        prev = sh.own.get(key)
+        prev_alive = prev is not None and is_alive(prev.agent)
+        if prev_alive and not replace:
+            raise AlreadyRegistered(key, sh.entries.get(key))
+        p.prev = prev
+        # Race: the registration is known locally (pending) BEFORE Redis has
+        # it, so the tail, seeing our own record first, finds the live agent.
+        with sh.mlock:
+            sh.own[key] = own
+        own.monitor = sh.manager.monitor(p.agent, lambda down: self._on_down(key, own, down))
+        p.args = RegisterArgs(
+            sh.maxlen,
+            sh.node,
+            own.ek,
+            own.head,
+            own.meta,
+            own.ix,
+            "r" if replace else "n",
+            not prev_alive,
+            sh.node,
+            sh.grace_ms,
+        )
+
+    def _finish(
+        self, p: _Prepared, reply: Any, events: list[RegistryEvent]
+    ) -> RegistryError | None:
+        """Apply the script's ``reply`` for ``p`` to the mirror (holding wlock);
+        the error of a refused registration (its local state undone), else None.
+        ``p.died``: the agent died while the script ran (the caller deletes it)."""
+        sh = self._sh
+        key, own = p.key, p.own
+        if reply[0] == b"EXISTS":
+            sh.forget_own(key, own, p.prev)
+            return AlreadyRegistered(key, self._entry_from_reply(key, reply))
+        if reply[0] != b"OK":
+            sh.forget_own(key, own, p.prev)
+            return BackendUnavailable(f"unexpected reply from Redis at {sh.url}: {reply!r}")
+        own.pending = False
+        v, first = int(reply[1]), int(reply[2])
+        why, dr = s(reply[3]), s(reply[4])
+        sh.written = max(sh.written, v)
+        entry = Entry(key, p.agent, p.frozen, p.registered_at, sh.node)
+        with sh.mlock:
+            p.died = sh.own.get(key) is not own
+            m = sh.mirror
+            if first and m.is_newer(key, first):
+                old = m.remove(key, first)
+                if old is not None:
+                    events.append(sh.removed_event(old, why, dr, "", ""))
+            if not p.died and m.is_newer(key, v):
+                old = m.put(entry, v)
+                if old is not None:
+                    events.append(RegistryEvent("unregistered", old, reason="replaced"))
+                events.append(RegistryEvent("registered", entry))
+        prev = p.prev
+        if prev is not None and prev.monitor is not None:
+            prev.monitor.demonitor()  # its registration was just replaced in Redis
+        return None
+
+    def _register_round(
+        self,
+        items: list[tuple[int, _Prepared]],
+        replace: bool,
+        outcomes: list[RegistryError | None],
+    ) -> None:
+        """Register ``items`` (distinct keys) in one pipelined round trip."""
+        sh = self._sh
+        events: list[RegistryEvent] = []
+        died: list[_Prepared] = []
+        with sh.writing():
+            sent: list[tuple[int, _Prepared]] = []
+            for i, p in items:
+                try:
+                    self._begin(p, replace)
+                except AlreadyRegistered as exc:
+                    outcomes[i] = exc
+                    continue
+                except BaseException:
+                    for _, q in sent:
+                        sh.forget_own(q.key, q.own, q.prev)
+                    raise
+                sent.append((i, p))
+            failure: BaseException | None = None
+            todo = sent
+            lease_retried = False
+            while todo and failure is None:
+                try:
+                    replies = self._pipelined(todo)
+                except BaseException as exc:
+                    failure = exc
+                    break
+                again: list[tuple[int, _Prepared]] = []
+                for (i, p), reply in zip(todo, replies, strict=True):
+                    if isinstance(reply, BaseException):
+                        failure = failure or sh.reply_error(reply, f"registering {p.key!r}")
+                        sh.forget_own(p.key, p.own, p.prev)
+                    elif reply[0] == b"NOLEASE" and not lease_retried:
+                        again.append((i, p))
+                    else:
+                        error = self._finish(p, reply, events)
+                        if isinstance(error, BackendUnavailable):
+                            failure = failure or error
+                        elif p.died:
+                            outcomes[i] = NotAlive(p.key, p.agent)
+                            died.append(p)
+                        else:
+                            outcomes[i] = error
+                if again and failure is None:
+                    # Our lease was lost (we were frozen or cut off): recover (which
+                    # re-asserts everything else we hold), then send those once more.
+                    lease_retried = True
+                    sh.link.lease_lost("a write found our lease gone")
+                    try:
+                        self._lease.recover_locked()
+                    except BaseException as exc:
+                        failure = exc
+                todo = again
+            if failure is not None:
+                # Nothing unconfirmed stays here: undo every item without an outcome.
+                for _, p in todo:
+                    sh.forget_own(p.key, p.own, p.prev)
+                sh.link.resync_needed("the outcome of a register_many is unknown")
+            else:
+                for p in died:
+                    # Race: the agent died while the script ran: delete it now.
+                    with contextlib.suppress(FoundationError):
+                        self._lease.flush_pending_down(p.key)
+        sh.emit(events)
+        if failure is not None:
+            raise failure
+
+    def _pipelined(self, items: list[tuple[int, _Prepared]]) -> list[Any]:
+        """One round trip: ``REGISTER_MANY`` over every item (chunks of
+        ``_CHUNK`` items, pipelined, so no one script blocks Redis for long);
+        a reply per item, an exception for the items of a failed chunk."""
+        sh = self._sh
+        script = sh.scripts["register_many"]
+        chunks = [
+            RegisterManyArgs(
+                sh.maxlen,
+                sh.node,
+                sh.node,
+                sh.grace_ms,
+                tuple(p.args for _, p in items[i : i + _CHUNK] if p.args is not None),
+            )
+            for i in range(0, len(items), _CHUNK)
+        ]
+        replies = self._send(chunks, script.sha)
+        missing = [j for j, r in enumerate(replies) if isinstance(r, sh.noscript)]
+        if missing:
+            # Redis restarted or flushed its scripts: those chunks did not run.
+            # Load the script and send them again (only them: the others ran).
+            script.sha = sh.call("loading a script", sh.client.script_load, script.script)
+            again = self._send([chunks[j] for j in missing], script.sha)
+            for j, reply in zip(missing, again, strict=True):
+                replies[j] = reply
+        out: list[Any] = []
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, BaseException):
+                out += [reply] * len(chunk.items)
+            else:
+                out += reply
+        return out
+
+    def _send(self, chunks: list[RegisterManyArgs], sha: str) -> list[Any]:
+        sh = self._sh
+        # EVALSHA by hand: redis-py's pipelined Script asks SCRIPT EXISTS first,
+        # a second round trip.
+        pipe = sh.client.pipeline(transaction=False)
+        for chunk in chunks:
+            pipe.evalsha(sha, 1, *sh.keys, *chunk.argv())
+        replies: list[Any] = sh.call("registering a batch", pipe.execute, raise_on_error=False)
+        return replies
 
     # ------------------------------------------------------------------ helpers
+
+    def _check_open(self) -> None:
+        if self._sh.closed:
+            raise Closed("this RedisRegistry is closed")
 
     def _held_here(self, key: Hashable) -> bool:
         """``key`` is a live registration of this node that the mirror shows."""
@@ -650,7 +954,7 @@ class RedisRegistry(Registry):
 
     def _entry_from_reply(self, key: Hashable, reply: list[Any]) -> Entry | None:
         """The live entry named in an EXISTS reply (ours from the mirror, else remote)."""
-        local = self._entries.get(key)
+        local = self._sh.entries.get(key)
         owner = s(reply[1])
         if local is not None and local.node == owner:
             return local

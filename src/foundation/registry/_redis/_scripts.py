@@ -53,12 +53,14 @@ from typing import Literal
 __all__ = [
     "HEARTBEAT",
     "REGISTER",
+    "REGISTER_MANY",
     "RELEASE",
     "SNAPSHOT",
     "UNREGISTER",
     "UPDATE",
     "HeartbeatArgs",
     "RegisterArgs",
+    "RegisterManyArgs",
     "ReleaseArgs",
     "SnapshotArgs",
     "UnregisterArgs",
@@ -104,6 +106,24 @@ class RegisterArgs:
             self.writer,
             self.grace_ms,
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterManyArgs:
+    """ARGV of ``REGISTER_MANY``: the fields shared by every item, then each item's
+    ``ek, head, meta, ix, mode, own_dead`` (as in :class:`RegisterArgs`)."""
+
+    maxlen: str
+    node: str
+    writer: str
+    grace_ms: int
+    items: tuple[RegisterArgs, ...]
+
+    def argv(self) -> list[Arg]:
+        out: list[Arg] = [self.maxlen, self.node, self.writer, self.grace_ms]
+        for a in self.items:
+            out += (a.ek, a.head, a.meta, a.ix, a.mode, "1" if a.own_dead else "0")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,49 +310,122 @@ local function heal(now, grace)
 end
 """
 
+# One registration (the body of REGISTER and of every item of REGISTER_MANY).
+_REGISTER_ONE = r"""
+local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace)
+  -- Our lease must exist (an expired one not yet reaped still counts: the next
+  -- heartbeat finds it gone and re-asserts). TIME is read only on a conflict.
+  if not redis.call('ZSCORE', P .. ':leases', node) then return {'NOLEASE'} end
+  local first, why, dr = 0, '', ''
+  local owner = redis.call('HGET', P .. ':owner', ek)
+  if owner then
+    local now = now_ms()
+    if mode == 'a' and owner == node and redis.call('HGET', P .. ':head', ek) == head then
+      -- Our registration is still there. If its metadata is older than ours (a
+      -- write Redis lost, say in a failover), bring it up to date: an update, not
+      -- a new registration (no other node must see a replacement).
+      if redis.call('HGET', P .. ':meta', ek) == meta then return {'SAME'} end
+      return {'UPDATED', set_meta(ek, meta, ix)}
+    end
+    -- Never take a key from a node that only looks dead because nobody could
+    -- renew a lease (a global outage): heal before judging its lease.
+    if owner ~= node then heal(now, grace) end
+    if lease_ok(owner, now) then
+      local own_dead = owner == node and own_dead_arg == '1'
+      if own_dead then
+        why = 'down'
+      elseif mode == 'r' or (mode == 'a' and owner == node) then
+        why = 'replaced'
+      else
+        return {'EXISTS', owner, redis.call('HGET', P .. ':head', ek),
+                redis.call('HGET', P .. ':meta', ek)}
+      end
+    else
+      -- the owner's lease expired but nobody reaped it yet: the key is free
+      why, dr = 'down', 'lease_expired'
+    end
+    first = drop(ek, owner, why, dr, '', '')
+  end
+  local v = put(ek, node, head, meta, ix)
+  return {'OK', v, first, why, dr}
+end
+"""
+
 REGISTER = (
     _PRELUDE
+    + _REGISTER_ONE
     + r"""
 -- ARGV (RegisterArgs): maxlen, node, ek, head, meta, ix, mode ('n' new,
 --   'r' replace, 'a' reassert), own_dead, writer, grace_ms
-local node, ek, head, meta, ix = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local mode, own_dead_arg, grace = ARGV[7], ARGV[8], tonumber(ARGV[10])
 W = ARGV[9]
--- Our lease must exist (an expired one not yet reaped still counts: the next
--- heartbeat finds it gone and re-asserts). TIME is read only on a conflict.
-if not redis.call('ZSCORE', P .. ':leases', node) then return {'NOLEASE'} end
-local first, why, dr = 0, '', ''
-local owner = redis.call('HGET', P .. ':owner', ek)
-if owner then
-  local now = now_ms()
-  if mode == 'a' and owner == node and redis.call('HGET', P .. ':head', ek) == head then
-    -- Our registration is still there. If its metadata is older than ours (a
-    -- write Redis lost, say in a failover), bring it up to date: an update, not
-    -- a new registration (no other node must see a replacement).
-    if redis.call('HGET', P .. ':meta', ek) == meta then return {'SAME'} end
-    return {'UPDATED', set_meta(ek, meta, ix)}
-  end
-  -- Never take a key from a node that only looks dead because nobody could
-  -- renew a lease (a global outage): heal before judging its lease.
-  if owner ~= node then heal(now, grace) end
-  if lease_ok(owner, now) then
-    local own_dead = owner == node and own_dead_arg == '1'
-    if own_dead then
-      why = 'down'
-    elseif mode == 'r' or (mode == 'a' and owner == node) then
-      why = 'replaced'
-    else
-      return {'EXISTS', owner, redis.call('HGET', P .. ':head', ek),
-              redis.call('HGET', P .. ':meta', ek)}
-    end
-  else
-    -- the owner's lease expired but nobody reaped it yet: the key is free
-    why, dr = 'down', 'lease_expired'
-  end
-  first = drop(ek, owner, why, dr, '', '')
+return register_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
+                    tonumber(ARGV[10]))
+"""
+)
+
+REGISTER_MANY = (
+    _PRELUDE
+    + _REGISTER_ONE
+    + r"""
+-- ARGV (RegisterManyArgs): maxlen, node, writer, grace_ms, then 6 per item:
+--   ek, head, meta, ix, mode, own_dead (distinct keys).  One reply per item, in
+--   order, each exactly REGISTER's: an item whose key is held goes through
+--   register_one (it may fail alone); the free keys are written in bulk (one
+--   HSET per hash, one SADD, one INCRBY, then their records in version order).
+local node, grace = ARGV[2], tonumber(ARGV[4])
+W = ARGV[3]
+local n = (#ARGV - 4) / 6
+local out = {}
+if not redis.call('ZSCORE', P .. ':leases', node) then
+  for i = 1, n do out[i] = {'NOLEASE'} end
+  return out
 end
-local v = put(ek, node, head, meta, ix)
-return {'OK', v, first, why, dr}
+local eks = {}
+for i = 1, n do eks[i] = ARGV[5 + (i - 1) * 6] end
+local owners = redis.call('HMGET', P .. ':owner', unpack(eks))
+local free = {}
+for i = 1, n do
+  local b = 5 + (i - 1) * 6
+  if owners[i] then
+    out[i] = register_one(node, ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
+                          ARGV[b + 5], grace)
+  else
+    free[#free + 1] = b
+  end
+end
+if #free == 0 then return out end
+local heads, metas, owns = {}, {}, {}
+for j, b in ipairs(free) do
+  local ek = ARGV[b]
+  heads[2 * j - 1], heads[2 * j] = ek, ARGV[b + 1]
+  metas[2 * j - 1], metas[2 * j] = ek, ARGV[b + 2]
+  owns[2 * j - 1], owns[2 * j] = ek, node
+end
+-- The first write (denyoom): READONLY or OOM fail here, before anything of the
+-- free keys changed.
+redis.call('HSET', P .. ':head', unpack(heads))
+redis.call('HSET', P .. ':meta', unpack(metas))
+redis.call('HSET', P .. ':owner', unpack(owns))
+local owned = {}
+for j, b in ipairs(free) do
+  local ek, ix = ARGV[b], ARGV[b + 3]
+  owned[j] = ek
+  if ix ~= '' then
+    redis.call('HSET', P .. ':ix', ek, ix)
+    for _, name in ipairs(cjson.decode(ix)) do redis.call('SADD', name, ek) end
+  end
+end
+redis.call('SADD', P .. ':owned:' .. node, unpack(owned))
+local v = redis.call('INCRBY', P .. ':ver', #free) - #free
+for _, b in ipairs(free) do
+  v = v + 1
+  -- the record put() would log, with the next version
+  redis.call('XADD', P .. ':log', '*', 'v', v, 'w', W, 'op', 'r', 'k', ARGV[b],
+             'h', ARGV[b + 1], 'm', ARGV[b + 2])
+  out[(b - 5) / 6 + 1] = {'OK', v, 0, '', ''}
+end
+redis.call('XTRIM', P .. ':log', 'MAXLEN', '~', MAXLEN)
+return out
 """
 )
 

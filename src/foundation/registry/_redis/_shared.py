@@ -21,9 +21,9 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
-from foundation import _redis_conn
+from foundation import _redis_conn, telemetry
 from foundation._unraisable import report_unraisable
-from foundation.errors import BackendUnavailable, FoundationError, InvalidMetadata
+from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidMetadata
 from foundation.liveness import Down, Monitor, MonitorManager
 from foundation.registry._redis._codec import RemoteAgent, index_names
 from foundation.registry._redis._mirror import Mirror
@@ -160,6 +160,7 @@ class Shared:
         self.lease_extensions = 0  # global outages this node's heartbeat healed
 
         self.errors = _redis_conn.redis_errors()
+        self.noscript: type[BaseException] = _redis_conn.import_redis().exceptions.NoScriptError
         self.client: Any = None
         self.tail_client: Any = None
         self.scripts: dict[str, Any] = {}
@@ -169,13 +170,26 @@ class Shared:
     def call(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one Redis call: any redis-py failure is reported to the link and
         raised as ``BackendUnavailable`` (or ``InvalidConfig``)."""
+        timed = telemetry.has_listeners(_redis_conn.ROUND_TRIP_EVENT)  # metrics installed
+        began = time.perf_counter() if timed else 0.0
         try:
-            result = fn(*args, **kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except self.errors:
+                raise
+            except Exception as exc:
+                if not _redis_conn.raised_inside_redis_py(exc):
+                    raise  # ours: unchanged
+                raise _redis_conn.redis_py_failure(exc) from exc
         except self.errors as exc:
+            if timed:
+                _redis_conn.report_round_trip(began, ok=False, doing=doing, url=self.url)
             err = _redis_conn.translate_error(exc, url=self.url, doing=doing)
             if isinstance(err, BackendUnavailable):
                 self.link.failed(exc, str(err))
             raise err from exc
+        if timed:
+            _redis_conn.report_round_trip(began, ok=True, doing=doing, url=self.url)
         self.link.ok()
         return result
 
@@ -196,7 +210,7 @@ class Shared:
     def writing(self, *, public: bool = True) -> Iterator[None]:
         """Hold ``wlock`` (bounded wait); a public write on a closed node fails."""
         if public and self.closed:
-            raise BackendUnavailable("this RedisRegistry is closed")
+            raise Closed("this RedisRegistry is closed")
         # Bounded: a writer stuck on an unresponsive Redis holds the lock for at
         # most a few op_timeout; waiting longer than that is an outage.
         if not self.wlock.acquire(timeout=self.op_timeout * 4):

@@ -158,6 +158,19 @@ class Link:
             self._state = new
             self._cond.notify_all()
         level = logging.INFO if new in (LinkState.CONNECTED, LinkState.CLOSED) else logging.WARNING
-        log.log(level, "node %s: %s -> %s: %s", self._node, old.value, new.value, why)
+        log.log(
+            level,
+            "node %s: %s -> %s: %s",
+            self._node,
+            old.value,
+            new.value,
+            why,
+            extra={
+                "node": self._node,
+                "state": new.value,
+                "old_state": old.value,
+                "error": None if new is LinkState.CONNECTED else why,
+            },
+        )
         if new in _NEEDS_RECOVERY and self._wake is not None:
             self._wake()

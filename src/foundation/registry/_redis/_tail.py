@@ -26,7 +26,18 @@ from foundation.registry._redis._state import log
 from foundation.registry._types import Entry, RegistryEvent
 from foundation.registry._validation import metadata_from_json
 
-__all__ = ["Tail"]
+__all__ = ["OWN_QUIET_S", "Tail"]
+
+OWN_QUIET_S = 0.005
+"""After a read that held only this node's own writes, the tail waits this long
+before reading on. Every write to the stream wakes every tail, ours included;
+without the pause a burst of local writes wakes our tail once per write, and it
+competes with the writing thread for the GIL on every round trip. Records that
+arrive meanwhile are read at once after it (XREAD does not block when the
+stream has them): remote changes are delayed by at most this, and only while
+this node is writing. A connection the server cut during the pause fails the
+next read (the tail holds one connection, never a silently replaced pooled
+one), so the link notices it as before."""
 
 
 class Tail:
@@ -63,8 +74,8 @@ class Tail:
                         return
                     continue
                 backoff.reset()
-                if resp:
-                    self._apply_batch(gen, resp)
+                if resp and self._apply_batch(gen, resp) and sh.stop.wait(OWN_QUIET_S):
+                    return
             except Exception:
                 log.exception("tail thread of node %s: unexpected error (carrying on)", sh.node)
                 # Whatever the tail could not apply, a snapshot covers: resync (which
@@ -75,15 +86,18 @@ class Tail:
 
     # ------------------------------------------------------------------ applying records
 
-    def _apply_batch(self, gen: int, resp: list[Any]) -> None:
+    def _apply_batch(self, gen: int, resp: list[Any]) -> bool:
+        """Apply one XREAD reply; True if it held only this node's own writes."""
         sh = self._sh
         events: list[RegistryEvent] = []
         orphans: list[tuple[Hashable, str, str]] = []
         released: list[Monitor] = []
         gap = False
+        only_own = True
+        node_b = sh.node_b
         with sh.mlock:
             if gen != sh.gen:
-                return  # a resync happened meanwhile; re-read from its position
+                return False  # a resync happened meanwhile; re-read from its position
             for name, records in resp:
                 if name == sh.k_wake_b:
                     if records:
@@ -96,7 +110,9 @@ class Tail:
                         break
                     sh.tail_v = v
                     sh.sid = rid
-                    self._apply_record(v, fields, events, orphans, released)
+                    if fields[b"w"] != node_b:
+                        only_own = False
+                        self._apply_record(v, fields, events, orphans, released)
             sh.mirror.prune(sh.tail_v)
             sh.applied.notify_all()
         if gap:
@@ -108,6 +124,7 @@ class Tail:
         sh.emit(events)
         for orphan in orphans:
             sh.jobs.put(("orphan", orphan))
+        return only_own and not gap
 
     def _apply_record(
         self,
@@ -119,11 +136,10 @@ class Tail:
     ) -> None:
         """Apply one change record (holding mlock)."""
         sh = self._sh
-        if f[b"w"] == sh.node_b:
-            # Written by an API call of this node: that call applies its own
-            # result (and emits its events, in order, in the calling thread).
-            # If it could not (Redis failed after the write), it asked for a resync.
-            return
+        # Records written by an API call of this node never get here (the caller
+        # skips them): that call applies its own result (and emits its events, in
+        # order, in the calling thread). If it could not (Redis failed after the
+        # write), it asked for a resync.
         m = sh.mirror
         op = f[b"op"]
         ek = f[b"k"].decode()

@@ -1,0 +1,405 @@
+"""``RedisObserver``: a read-only view of a ``RedisRegistry`` namespace, for tools.
+
+An observer is not a node: it holds no lease, registers nothing and writes
+nothing to Redis (the ``foundation agents`` command and the admin server use
+it, so watching a production namespace cannot change it). It keeps a mirror of
+the namespace's entries, filled by the registry's own ``SNAPSHOT`` script and
+kept current by one thread following the change stream ``P:log`` (the records
+every node's tail applies), in version order:
+
+- a version gap (the stream was trimmed past us), a failed read, or a change
+  counter that went backwards (Redis restarted empty) makes it take a fresh
+  snapshot, and listeners hear the differences;
+- every agent belongs to another process, so every entry's ``agent`` is a
+  ``RemoteAgent`` description;
+- the last ``recent`` deaths (``unregistered`` events with reason ``"down"``)
+  are remembered with the time they were seen (``recently_dead()``).
+
+Reads (``list_all``, ``lookup``, ``query``, ``count``) answer from the mirror,
+which is as fresh as the stream (milliseconds behind the writers); while
+Redis cannot be reached they answer the last state seen and ``connected`` is
+False. Listeners run on the observer's thread, must be quick, and must not
+raise (an exception is logged under ``foundation.registry.redis`` and passed
+to ``sys.unraisablehook`` if one is installed; the thread carries on).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from foundation import _redis_conn
+from foundation._retry import RetryBackoff
+from foundation._unraisable import report_unraisable
+from foundation.errors import Closed, FoundationError, InvalidConfig
+from foundation.registry._query import compile_criteria, matches
+from foundation.registry._redis._codec import RemoteAgent, decode_key
+from foundation.registry._redis._mirror import Mirror
+from foundation.registry._redis._scripts import SNAPSHOT, SnapshotArgs
+from foundation.registry._redis._shared import _down_from
+from foundation.registry._types import Criterion, Entry, RegistryEvent, UnregisterReason
+from foundation.registry._validation import metadata_from_json, validate_key
+
+__all__ = ["Death", "RedisObserver"]
+
+log = logging.getLogger("foundation.registry.redis")
+
+BLOCK_MS: Final = 2000
+"""Longest XREAD block; after an idle one the observer checks the change counter."""
+
+Listener = Callable[[RegistryEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Death:
+    """An agent seen dying (``event.reason == "down"``), ``at`` Unix time when seen."""
+
+    at: float
+    event: RegistryEvent
+
+
+class RedisObserver:
+    """Follow the entries of one ``RedisRegistry`` namespace without joining it.
+
+    Usage, with a redis-server running::
+
+        observer = RedisObserver("redis://127.0.0.1:6379/0", namespace="shop")
+        observer.count(), observer.query([("role", "eq", "io")])
+        observer.close()
+
+    Raises (constructor): ``InvalidConfig`` for a malformed URL or namespace,
+    ``BackendUnavailable`` when Redis cannot be reached (nothing to show yet).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "foundation",
+        timeout: float = 2.0,
+        recent: int = 100,
+    ) -> None:
+        _redis_conn.check_url(url)
+        if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
+            raise InvalidConfig(f"namespace must be a non-empty str without braces: {namespace!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise InvalidConfig(f"timeout must be a positive number, not {timeout!r}")
+        self.namespace = namespace
+        self.url = _redis_conn.redact_url(url)
+        self._prefix = "{" + namespace + "}"
+        self._k_log = self._prefix + ":log"
+        self._k_ver = self._prefix + ":ver"
+        self._k_nodes = self._prefix + ":nodes"
+        self._errors = _redis_conn.redis_errors()
+        self._lock = threading.Lock()  # the mirror, the stream position, the listeners
+        self._mirror = Mirror(())
+        self._tail_v = 0
+        self._sid = "0-0"
+        self._listeners: tuple[Listener, ...] = ()
+        self._deaths: collections.deque[Death] = collections.deque(maxlen=max(1, recent))
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._closed = False
+        self._client = _redis_conn.connect(
+            url, op_timeout=timeout, name=f"foundation-observer[{namespace}]"
+        )
+        try:
+            self._tail_client = _redis_conn.connect(
+                url,
+                op_timeout=timeout + BLOCK_MS / 1000,
+                connect_timeout=timeout,
+                name=f"foundation-observer-tail[{namespace}]",
+            )
+        except BaseException:
+            self._client.close()
+            raise
+        try:
+            self._snapshot_script = self._client.register_script(SNAPSHOT)
+            self._resync(emit=False)
+            self._tail_id: int | None = self._call(
+                "identifying the tail connection", self._tail_client.client_id
+            )
+        except BaseException:
+            self._close_clients()
+            raise
+        self._connected.set()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"foundation-redis-observer[{namespace}]", daemon=True
+        )
+        self._thread.start()
+
+    # ------------------------------------------------------------------ reads
+
+    def list_all(self) -> list[Entry]:
+        """Every entry of the namespace (as of the last change seen), by key order of arrival."""
+        self._check_open()
+        return list(self._mirror.entries.values())
+
+    def lookup(self, key: Hashable) -> Entry | None:
+        """The entry of ``key``, or None (``InvalidKey`` if ``key`` breaks the key rule)."""
+        self._check_open()
+        return self._mirror.entries.get(validate_key(key))
+
+    def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
+        """Entries whose metadata matches every criterion (the registries' one query rule)."""
+        compiled = compile_criteria(criteria)
+        return [e for e in self.list_all() if matches(e.metadata, compiled)]
+
+    def count(self) -> int:
+        self._check_open()
+        return len(self._mirror.entries)
+
+    def recently_dead(self) -> list[Death]:
+        """The last deaths seen (reason ``"down"``, with their ``Down``), oldest first."""
+        with self._lock:
+            return list(self._deaths)
+
+    def nodes(self) -> dict[str, Any]:
+        """The registry nodes of the namespace and their descriptions (one Redis read)."""
+        self._check_open()
+        raw = self._call("reading the node list", self._client.hgetall, self._k_nodes)
+        out: dict[str, Any] = {}
+        for node, text in raw.items():
+            try:
+                out[node.decode()] = json.loads(text)
+            except ValueError:
+                out[node.decode()] = text.decode(errors="replace")
+        return out
+
+    @property
+    def connected(self) -> bool:
+        """False while Redis cannot be reached (reads then show the last state seen)."""
+        return self._connected.is_set() and not self._closed
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every change seen; returns an unsubscribe callable."""
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, not {listener!r}")
+        with self._lock:
+            self._check_open()
+            self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return unsubscribe
+
+    def close(self) -> None:
+        """Stop the thread and close the connections; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop.set()
+        if self._tail_id is not None:
+            # Best effort: end the tail's blocking XREAD now rather than in BLOCK_MS.
+            with contextlib.suppress(*self._errors):
+                self._client.client_unblock(self._tail_id)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        self._close_clients()
+
+    def __enter__(self) -> RedisObserver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisObserver {self.namespace!r} at {self.url}>"
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed("this RedisObserver is closed")
+
+    def _close_clients(self) -> None:
+        for client in (self._client, getattr(self, "_tail_client", None)):
+            if client is not None:
+                with contextlib.suppress(*self._errors):
+                    client.close()
+
+    def _call(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._errors as exc:
+            raise _redis_conn.translate_error(exc, url=self.url, doing=doing) from exc
+
+    def _loop(self) -> None:
+        backoff = RetryBackoff()
+        resync = False
+        while not self._stop.is_set():
+            try:
+                if resync:
+                    self._resync(emit=True)
+                    resync = False
+                    self._connected.set()
+                    backoff.reset()
+                with self._lock:
+                    sid = self._sid
+                resp = self._call(
+                    "reading the change stream",
+                    self._tail_client.xread,
+                    {self._k_log: sid},
+                    count=1000,
+                    block=BLOCK_MS,
+                )
+                if self._stop.is_set():
+                    return
+                if resp:
+                    resync = self._apply(resp)
+                else:
+                    # Idle: a counter below ours means Redis restarted (emptied).
+                    raw = self._call("reading the change counter", self._client.get, self._k_ver)
+                    resync = int(raw or 0) < self._tail_v
+                backoff.reset()
+            except FoundationError as exc:
+                if self._stop.is_set():
+                    return
+                if self._connected.is_set():
+                    log.warning("observer of %r lost Redis (%s); retrying", self.namespace, exc)
+                self._connected.clear()
+                resync = True  # whatever happened meanwhile, a snapshot covers it
+                self._stop.wait(backoff.next())
+            except Exception:
+                log.exception("observer of %r: unexpected error (carrying on)", self.namespace)
+                resync = True
+                self._stop.wait(backoff.next())
+
+    def _apply(self, resp: list[Any]) -> bool:
+        """Apply one XREAD reply in version order; True if a snapshot is needed (a gap)."""
+        events: list[RegistryEvent] = []
+        gap = False
+        with self._lock:
+            m = self._mirror
+            for _name, records in resp:
+                for rid, fields in records:
+                    v = int(fields[b"v"])
+                    if v != self._tail_v + 1:
+                        gap = True  # trimmed past us, or a reset: resynchronise
+                        break
+                    self._tail_v = v
+                    self._sid = rid.decode() if isinstance(rid, bytes) else str(rid)
+                    self._apply_record(m, v, fields, events)
+        self._emit(events)
+        return gap
+
+    def _apply_record(
+        self, m: Mirror, v: int, f: dict[bytes, bytes], events: list[RegistryEvent]
+    ) -> None:
+        op = f[b"op"]
+        key = decode_key(f[b"k"])
+        if not m.is_newer(key, v):
+            return
+        if op == b"r":
+            new = _entry(key, f[b"h"], f[b"m"])
+            old = m.put(new, v)
+            if old is not None and _same(old, new):
+                if old.metadata != new.metadata:
+                    events.append(RegistryEvent("updated", new))
+                return
+            if old is not None:
+                events.append(RegistryEvent("unregistered", old, reason="replaced"))
+            events.append(RegistryEvent("registered", new))
+        elif op == b"u":
+            held = m.entries.get(key)
+            if held is None:
+                m.versions[key] = v
+                return
+            meta = metadata_from_json(f[b"m"])
+            updated = Entry(key, held.agent, meta, held.registered_at, held.node)
+            m.put(updated, v)
+            if held.metadata != updated.metadata:
+                events.append(RegistryEvent("updated", updated))
+        elif op == b"d":
+            gone = m.remove(key, v)
+            if gone is None:
+                return
+            why, dr = f.get(b"why", b"").decode(), f.get(b"dr", b"").decode()
+            reason: UnregisterReason = "unregistered"
+            if why == "replaced":
+                reason = "replaced"
+            elif why == "down":
+                reason = "down"
+            down = None
+            if reason == "down" and dr:
+                down = _down_from(dr, f.get(b"dc", b"").decode(), f.get(b"ds", b"").decode())
+            event = RegistryEvent("unregistered", gone, reason=reason, down=down)
+            if reason == "down":
+                self._deaths.append(Death(time.time(), event))
+            events.append(event)
+
+    def _resync(self, *, emit: bool) -> None:
+        """Replace the mirror by a snapshot; with ``emit``, listeners hear the differences."""
+        reply = self._call(
+            "taking a snapshot",
+            self._snapshot_script,
+            keys=[self._k_log],
+            args=SnapshotArgs("0").argv(),
+        )
+        ver, sid, heads, metas = int(reply[0]), reply[1], reply[2], reply[3]
+        meta_by = dict(zip(metas[::2], metas[1::2], strict=True))
+        fresh: dict[Hashable, Entry] = {}
+        for ekb, head in zip(heads[::2], heads[1::2], strict=True):
+            key = decode_key(ekb)
+            fresh[key] = _entry(key, head, meta_by.get(ekb, b"{}"))
+        events: list[RegistryEvent] = []
+        with self._lock:
+            m = self._mirror
+            for key, held in list(m.entries.items()):
+                if key not in fresh:
+                    m.remove(key, ver)
+                    events.append(RegistryEvent("unregistered", held, reason="unregistered"))
+            for key, new in fresh.items():
+                old = m.entries.get(key)
+                if old is None or not _same(old, new):
+                    m.put(new, ver)
+                    if old is not None:
+                        events.append(RegistryEvent("unregistered", old, reason="replaced"))
+                    events.append(RegistryEvent("registered", new))
+                elif old.metadata != new.metadata:
+                    m.put(new, ver)
+                    events.append(RegistryEvent("updated", new))
+            m.versions.clear()
+            m.floor = ver
+            self._tail_v = ver
+            self._sid = sid.decode() if isinstance(sid, bytes) else str(sid)
+        if emit:
+            self._emit(events)
+
+    def _emit(self, events: list[RegistryEvent]) -> None:
+        if not events:
+            return
+        listeners = self._listeners
+        for event in events:
+            for listener in listeners:
+                try:
+                    listener(event)
+                except Exception as exc:  # one broken listener must not stop the observer
+                    report_unraisable(
+                        exc, "RedisObserver listener", listener, area="registry.redis"
+                    )
+
+
+def _entry(key: Hashable, head_raw: bytes, meta: bytes) -> Entry:
+    head = json.loads(head_raw)
+    a = head.get("a") or {}
+    node = head["n"]
+    agent = RemoteAgent(node, a.get("kind", "?"), a.get("pid"), a.get("name"))
+    return Entry(key, agent, metadata_from_json(meta), head["t"], node)
+
+
+def _same(old: Entry, new: Entry) -> bool:
+    """One registration (same node, time and agent description)."""
+    return (
+        old.node == new.node and old.registered_at == new.registered_at and old.agent == new.agent
+    )
