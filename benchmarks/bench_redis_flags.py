@@ -21,7 +21,7 @@ from foundation.flags import FeatureFlags, Flag, FlagChange, MemoryFlagStore, Re
 
 SECTION = "redis flags"
 SAMPLES = 300
-TARGET_MS = 10.0  # DESIGN.md: a write on node A visible on node B, p99 on loopback
+TARGET_MS = 10.0  # docs/contract.md: a write on node A visible on node B, p99 on loopback
 FLAGS = (Flag("beta"), Flag("gamma"), Flag("kill_switch", default=True))
 
 

@@ -2,8 +2,14 @@
 
 A registry of live agents that cleans itself up, feature flags with staged
 migrations, a registry that migrates between backends by flag, supervisors,
-and a Redis backend for many machines. Everything public is importable from
-here; submodules are private.
+and a Redis backend for many machines. Everything a user needs is importable
+from here; the public packages (``foundation.registry``, ``.liveness``,
+``.flags``, ``.supervision``, ``.application``, ``.errors``, ``.telemetry``)
+hold the rest, and modules starting with ``_`` are private.
+
+The API is built one way (``foundation._public``): eager re-exports, each
+object reporting its public package as ``__module__``. ``import foundation``
+never imports ``redis``; the Redis classes can be named without the extra.
 
 Example:
     >>> import threading
@@ -18,86 +24,74 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
 from foundation import errors, telemetry
-
-if TYPE_CHECKING:
-    from foundation.application import Application
-    from foundation.flags import (
-        FeatureFlags,
-        Flag,
-        FlagChange,
-        MemoryFlagStore,
-        Migration,
-        MigrationPlan,
-        RedisFlagStore,
-        SQLiteFlagStore,
-        Stage,
-    )
-    from foundation.liveness import Down, Monitor, OSProcess, monitor, spawn_thread
-    from foundation.registry import (
-        Divergence,
-        Entry,
-        MemoryRegistry,
-        MigratingRegistry,
-        RedisRegistry,
-        RegistryEvent,
-        ThreadLocalRegistry,
-    )
-    from foundation.supervision import ChildSpec, Supervisor
+from foundation.application import Application
+from foundation.flags import (
+    AutoRollback,
+    FeatureFlags,
+    Flag,
+    FlagChange,
+    HealthThresholds,
+    MemoryFlagStore,
+    Migration,
+    MigrationPlan,
+    RedisFlagStore,
+    SQLiteFlagStore,
+    Stage,
+)
+from foundation.liveness import Down, Monitor, MonitorManager, OSProcess, monitor, spawn_thread
+from foundation.registry import (
+    Conflict,
+    Divergence,
+    Entry,
+    MemoryRegistry,
+    MigratingRegistry,
+    RedisRegistry,
+    RedisStatus,
+    Registry,
+    RegistryEvent,
+    RemoteAgent,
+    ThreadLocalRegistry,
+)
+from foundation.supervision import (
+    Backoff,
+    ChildContext,
+    ChildSpec,
+    DynamicSupervisor,
+    Supervisor,
+)
 
 __version__ = "0.1.0"
 
-# Public name -> the (private) subpackage that defines it. Loaded on first use,
-# so `import foundation` stays cheap and the optional extras stay optional.
-_EXPORTS: dict[str, str] = {
-    "Entry": "foundation.registry",
-    "RegistryEvent": "foundation.registry",
-    "Divergence": "foundation.registry",
-    "MemoryRegistry": "foundation.registry",
-    "ThreadLocalRegistry": "foundation.registry",
-    "MigratingRegistry": "foundation.registry",
-    "RedisRegistry": "foundation.registry",
-    "monitor": "foundation.liveness",
-    "Monitor": "foundation.liveness",
-    "Down": "foundation.liveness",
-    "OSProcess": "foundation.liveness",
-    "spawn_thread": "foundation.liveness",
-    "Flag": "foundation.flags",
-    "FeatureFlags": "foundation.flags",
-    "FlagChange": "foundation.flags",
-    "MemoryFlagStore": "foundation.flags",
-    "SQLiteFlagStore": "foundation.flags",
-    "RedisFlagStore": "foundation.flags",
-    "Stage": "foundation.flags",
-    "MigrationPlan": "foundation.flags",
-    "Migration": "foundation.flags",
-    "Supervisor": "foundation.supervision",
-    "ChildSpec": "foundation.supervision",
-    "Application": "foundation.application",
-}
-
 __all__ = [
     "Application",
+    "AutoRollback",
+    "Backoff",
+    "ChildContext",
     "ChildSpec",
+    "Conflict",
     "Divergence",
     "Down",
+    "DynamicSupervisor",
     "Entry",
     "FeatureFlags",
     "Flag",
     "FlagChange",
+    "HealthThresholds",
     "MemoryFlagStore",
     "MemoryRegistry",
     "MigratingRegistry",
     "Migration",
     "MigrationPlan",
     "Monitor",
+    "MonitorManager",
     "OSProcess",
     "RedisFlagStore",
     "RedisRegistry",
+    "RedisStatus",
+    "Registry",
     "RegistryEvent",
+    "RemoteAgent",
     "SQLiteFlagStore",
     "Stage",
     "Supervisor",
@@ -107,16 +101,3 @@ __all__ = [
     "spawn_thread",
     "telemetry",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'foundation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # cache: later lookups are plain global reads
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})

@@ -22,7 +22,7 @@ Every error also subclasses the builtin a Python user would catch, so
     │   ├── StartError               (RuntimeError) a child failed to start; ``.child``
     │   ├── ShutdownError            (RuntimeError) a child failed to stop
     │   └── RestartIntensityExceeded (RuntimeError) too many restarts
-    └── InvalidConfig                (ValueError)   a bad application config file or value
+    └── InvalidConfig                (ValueError)   a bad config file, URL or option
 
 Example:
     >>> from foundation import errors
@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -59,6 +60,23 @@ __all__ = [
     "UnknownFlag",
     "UnsupportedAgent",
 ]
+
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlong = 3, 80, 80, 40
+
+
+def bounded_repr(value: object) -> str:
+    """``repr(value)`` cut to at most 200 characters, never raising: messages stay short.
+
+    >>> len(bounded_repr("x" * 10_000)) < 100, bounded_repr(10**5000)
+    (True, '<int object>')
+    """
+    try:
+        text = _repr.repr(value)
+    except Exception:  # a broken __repr__: name the type only
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class FoundationError(Exception):
@@ -87,7 +105,7 @@ class AlreadyRegistered(RegistryError, ValueError):
 
     def __init__(self, key: Any, entry: Any = None) -> None:
         super().__init__(
-            f"key {key!r} is already registered to a live agent; "
+            f"key {bounded_repr(key)} is already registered to a live agent; "
             "unregister it first or pass replace=True"
         )
         self.key = key
@@ -102,14 +120,16 @@ class NotRegistered(RegistryError, KeyError):
         self.key = key
 
     def __str__(self) -> str:
-        return f"key {self.key!r} is not registered"
+        return f"key {bounded_repr(self.key)} is not registered"
 
 
 class NotAlive(RegistryError, ValueError):
     """The agent is already dead, so it cannot be registered."""
 
     def __init__(self, key: Any, agent: Any = None) -> None:
-        super().__init__(f"cannot register {key!r}: agent {agent!r} is not alive")
+        super().__init__(
+            f"cannot register {bounded_repr(key)}: agent {bounded_repr(agent)} is not alive"
+        )
         self.key = key
         self.agent = agent
 
@@ -154,6 +174,7 @@ class UnknownFlag(FlagError, KeyError):
         *,
         suggestion: str | None = None,
         suggestions: dict[str, str | None] | None = None,
+        origins: dict[str, str] | None = None,
     ) -> None:
         names = [name] if isinstance(name, str) else list(name)
         super().__init__(names[0] if len(names) == 1 else names)
@@ -163,12 +184,18 @@ class UnknownFlag(FlagError, KeyError):
         if suggestion is not None and len(names) == 1:
             self.suggestions[names[0]] = suggestion
         self.suggestion = self.suggestions.get(self.name)
+        #: Where a name came from when it was not written as a flag name (the
+        #: environment variable ``FOUNDATION_FLAG_...`` that named it).
+        self.origins: dict[str, str] = dict(origins or {})
 
     def __str__(self) -> str:
         parts = []
         for n in self.names:
             hint = self.suggestions.get(n)
-            parts.append(f"{n!r} (did you mean {hint!r}?)" if hint else repr(n))
+            notes = [f"from {self.origins[n]}"] if n in self.origins else []
+            if hint:
+                notes.append(f"did you mean {hint!r}?")
+            parts.append(f"{n!r} ({'; '.join(notes)})" if notes else repr(n))
         noun = "flag" if len(parts) == 1 else "flags"
         return f"unknown {noun} " + ", ".join(parts)
 
@@ -218,7 +245,5 @@ class RestartIntensityExceeded(SupervisorError, RuntimeError):
 
 
 class InvalidConfig(FoundationError, ValueError):
-    """An application config file or value that cannot be used.
-
-    Not in DESIGN.md's tree: an addition for ``Application`` configuration.
-    """
+    """A configuration that cannot be used: a bad config file or option, a
+    malformed backend URL, a Redis database index out of range."""

@@ -1,4 +1,4 @@
-"""The registry contract (DESIGN.md "Registry contract"), one suite for every backend.
+"""The registry contract (docs/contract.md "Registry contract"), one suite for every backend.
 
 Documented exceptions, by name (each runs on the backends its flag selects):
 

@@ -1,14 +1,14 @@
 """Feature flags and staged migrations.
 
-``RedisFlagStore`` is loaded on first use, so this package imports without the
-``redis`` extra.
+Every name is imported eagerly and reports this package as its module
+(``foundation._public``). Importing it never imports ``redis``:
+``RedisFlagStore`` can be named without the extra, and constructing one
+without it raises ``ImportError`` naming ``foundation[redis]``.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+from foundation._public import fixup_module_paths
 from foundation.flags._flags import FeatureFlags, Flag
 from foundation.flags._hashing import bucket
 from foundation.flags._migration import (
@@ -23,20 +23,18 @@ from foundation.flags._migration import (
     ReadinessCheck,
     Stage,
 )
+from foundation.flags._redis_store import RedisFlagStore
 from foundation.flags._sqlite_store import SQLiteFlagStore
 from foundation.flags._store import (
     FlagChange,
+    FlagInfo,
     FlagState,
     FlagStore,
     MemoryFlagStore,
     MigrationEvent,
     StoreTransaction,
 )
-
-if TYPE_CHECKING:
-    from foundation.flags._redis_store import RedisFlagStore
-
-_LAZY = {"RedisFlagStore": "foundation.flags._redis_store"}
+from foundation.flags._urls import open_store
 
 __all__ = [
     "DEFAULT_FLAGS",
@@ -44,6 +42,7 @@ __all__ = [
     "FeatureFlags",
     "Flag",
     "FlagChange",
+    "FlagInfo",
     "FlagState",
     "FlagStore",
     "HealthReport",
@@ -60,13 +59,7 @@ __all__ = [
     "Stage",
     "StoreTransaction",
     "bucket",
+    "open_store",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'foundation.flags' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+fixup_module_paths(globals(), __name__)

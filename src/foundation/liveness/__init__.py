@@ -47,6 +47,7 @@ from __future__ import annotations
 import os
 import threading
 
+from foundation._public import fixup_module_paths
 from foundation.liveness._agents import check_supported, describe_agent, is_alive
 from foundation.liveness._core import Down, DownReason, ManagerStats, Monitor, OnDown
 from foundation.liveness._manager import MonitorManager
@@ -69,11 +70,6 @@ __all__ = [
     "spawn_thread",
 ]
 
-for _obj in (Down, ManagerStats, Monitor, MonitorManager, OSProcess):
-    _obj.__module__ = __name__
-for _fn in (check_supported, describe_agent, is_alive, spawn_thread):
-    _fn.__module__ = __name__
-del _obj, _fn
 
 # The documented process-wide default manager (created lazily, replaced if
 # someone closed it).
@@ -139,3 +135,7 @@ def monitor(agent: object, on_down: OnDown, *, manager: MonitorManager | None = 
         False
     """
     return (manager or default_manager()).monitor(agent, on_down)
+
+
+# Last: every name in __all__ (monitor, default_manager included) exists now.
+fixup_module_paths(globals(), __name__)

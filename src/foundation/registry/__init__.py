@@ -1,14 +1,18 @@
 """Registries of live agents: the contract and its backends.
 
-Backends are loaded on first use, so ``RedisRegistry`` can be named without
-the ``redis`` extra installed (constructing one without it raises ImportError).
+Every name is imported eagerly and reports this package as its module
+(``foundation._public``). Importing it never imports ``redis``:
+``RedisRegistry`` can be named without the extra, and constructing one
+without it raises ``ImportError`` naming ``foundation[redis]``.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+from foundation._public import fixup_module_paths
+from foundation.registry._memory import MemoryRegistry, MemoryRegistryStats
+from foundation.registry._migrating import MigratingRegistry
+from foundation.registry._redis import Conflict, RedisRegistry, RedisStatus, RemoteAgent
+from foundation.registry._thread_local import ThreadLocalRegistry, ThreadLocalStats
 from foundation.registry._types import (
     PROTOCOL_VERSION,
     Criterion,
@@ -18,37 +22,22 @@ from foundation.registry._types import (
     RegistryEvent,
 )
 
-if TYPE_CHECKING:
-    from foundation.registry._memory import MemoryRegistry
-    from foundation.registry._migrating import MigratingRegistry
-    from foundation.registry._redis import RedisRegistry
-    from foundation.registry._thread_local import ThreadLocalRegistry
-
-_BACKENDS = {
-    "MemoryRegistry": "foundation.registry._memory",
-    "ThreadLocalRegistry": "foundation.registry._thread_local",
-    "MigratingRegistry": "foundation.registry._migrating",
-    "RedisRegistry": "foundation.registry._redis",
-}
-
 __all__ = [
     "PROTOCOL_VERSION",
+    "Conflict",
     "Criterion",
     "Divergence",
     "Entry",
     "MemoryRegistry",
+    "MemoryRegistryStats",
     "MigratingRegistry",
     "RedisRegistry",
+    "RedisStatus",
     "Registry",
     "RegistryEvent",
+    "RemoteAgent",
     "ThreadLocalRegistry",
+    "ThreadLocalStats",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _BACKENDS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'foundation.registry' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+fixup_module_paths(globals(), __name__)

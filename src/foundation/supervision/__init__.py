@@ -85,6 +85,7 @@ Example (the OTP additions)::
 
 from __future__ import annotations
 
+from foundation._public import fixup_module_paths
 from foundation.supervision._context import (
     READY_FD_ENV,
     ChildContext,
@@ -141,8 +142,4 @@ __all__ = [
     "run",
 ]
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("foundation.supervision."):
-        _obj.__module__ = "foundation.supervision"
-del _name, _obj
+fixup_module_paths(globals(), __name__)

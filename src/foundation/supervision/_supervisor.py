@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import random
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from functools import partial
@@ -22,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from foundation import telemetry
+from foundation._retry import RetryBackoff
 from foundation.errors import (
     AlreadyRegistered,
     BackendUnavailable,
@@ -195,6 +195,15 @@ class Supervisor:
     turns its cancellation takes (one that swallows it is abandoned); a thread,
     which cannot be killed, is abandoned at once (``"abandoned"``, so
     ``stop()``/``terminate_child()`` raise ``ShutdownError`` for it).
+
+    Closed: a ``Supervisor`` is not a closeable. ``stop()`` ends a run and
+    ``start()`` may begin another, so a stopped supervisor is between runs,
+    not closed: its management calls (``start_child``, ``terminate_child``,
+    ``restart_child``, ``delete_child``) raise ``SupervisorError`` with
+    ``reason == "supervisor_not_running"`` (OTP's ``noproc``), and
+    ``which_children()`` and friends show the children as they ended. The
+    closeable is the handle of :meth:`run_in_thread`, whose event loop ends
+    with it: after its ``stop()`` every call raises ``errors.Closed``.
 
     Significant children and ``auto_shutdown`` (OTP 24): with
     ``auto_shutdown="any_significant"`` the supervisor stops itself (normally,
@@ -976,13 +985,10 @@ class Supervisor:
         spec = run.spec
         began = self._loop.time()
         failures = 0 if pending is not None else 1
+        backoff = RetryBackoff(self.registration_retry_base, self.registration_retry_cap)
         while True:
             if pending is None:
-                exponent = min(failures - 1, 30)
-                ceiling = min(
-                    self.registration_retry_cap, self.registration_retry_base * 2**exponent
-                )
-                await asyncio.sleep(random.uniform(0.0, ceiling))  # full jitter
+                await asyncio.sleep(backoff.next())
                 pending = self._write(child, run)
             try:
                 # Shielded: cancelling the registrar (the run ended) leaves the
