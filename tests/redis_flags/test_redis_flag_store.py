@@ -424,11 +424,11 @@ def test_close_stops_the_listener_and_later_calls_raise(
     assert not any(
         t.name == f"foundation-flags-redis[{store.namespace}]" for t in threading.enumerate()
     )
-    with pytest.raises(errors.FlagError, match="closed"):
+    with pytest.raises(errors.Closed, match="closed"):
         store.load_states()
-    with pytest.raises(errors.FlagError, match="closed"):
+    with pytest.raises(errors.Closed, match="closed"):
         store.transaction(lambda txn: None)
-    with pytest.raises(errors.FlagError, match="closed"):
+    with pytest.raises(errors.Closed, match="closed"):
         store.subscribe(lambda changes: None)
 
 

@@ -17,34 +17,49 @@ Concurrency contract of ``FeatureFlags``:
   notification thread for changes made elsewhere), in commit order, with the
   write lock held: a listener may read flags, but must not wait for another
   thread that writes flags.
+- After ``close()`` every public call (reads included) raises
+  ``errors.Closed``. Readers need no check for it: ``close()`` swaps the
+  answer tables for ones that raise ``Closed`` on any lookup, so the hot path
+  stays one dict lookup.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from dataclasses import replace as _replace
 from hashlib import sha256 as _sha256
-from typing import TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 from foundation import telemetry
-from foundation.errors import FlagError, InvalidFlagValue, UnknownFlag
-from foundation.flags._config import Source, nearest, parse_config
+from foundation._listeners import Listeners
+from foundation.errors import BackendUnavailable, Closed, InvalidFlagValue, UnknownFlag
+from foundation.flags._config import (
+    Source,
+    check_audit_text,
+    nearest,
+    parse_config,
+    short_repr,
+)
 from foundation.flags._fair_lock import FairRLock
 from foundation.flags._hashing import HASH_SPACE, threshold
 from foundation.flags._store import (
     FlagChange,
+    FlagInfo,
     FlagState,
     FlagStore,
     MemoryFlagStore,
     StoreTransaction,
     check_percentage,
-    report_callback_error,
 )
 
 __all__ = ["FeatureFlags", "Flag", "Listener"]
+
+_log = logging.getLogger("foundation.flags")
 
 T = TypeVar("T")
 Listener = Callable[[FlagChange], None]
@@ -53,6 +68,34 @@ Actor = str | int
 # A rule for evaluating with an actor: a constant answer when the actor cannot
 # matter, else (deny, allow, hash limit, hash prefix "flag\0", the flag's hash cache).
 _Rule = bool | tuple[frozenset[str], frozenset[str], int, str, dict[str, int]]
+
+
+class _ProcessEnvironment:
+    """The default of ``load_from_config(env=...)``: ``os.environ``, read at call time.
+
+    A sentinel rather than ``os.environ`` itself, so that the signature (and
+    so ``help(FeatureFlags)``) never prints the environment and its secrets.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<the process environment>"
+
+
+PROCESS_ENV: Final = _ProcessEnvironment()
+
+
+class _ClosedTable(dict[str, Any]):
+    """An empty answer table whose every lookup raises ``Closed`` (a closed FeatureFlags)."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> NoReturn:
+        raise Closed("this FeatureFlags is closed")
+
+
+_CLOSED_TABLE: Final = _ClosedTable()
 
 HASH_CACHE_SIZE = 16_384
 """Rollout hashes remembered per flag (actor -> h). A hash never changes, so the
@@ -75,18 +118,25 @@ class Flag:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
-            raise InvalidFlagValue(f"a flag name must be a non-empty string, not {self.name!r}")
+            raise InvalidFlagValue(
+                f"a flag name must be a non-empty string, not {short_repr(self.name)}"
+            )
         if not isinstance(self.default, bool):
-            raise InvalidFlagValue(f"default of {self.name!r} must be a bool, not {self.default!r}")
+            raise InvalidFlagValue(
+                f"default of {self.name!r} must be a bool, not {short_repr(self.default)}"
+            )
 
 
 def _actor(actor: object) -> str:
     """Actors are strings; an int is accepted and normalised with ``str()``."""
     if isinstance(actor, str):
         return actor
-    if isinstance(actor, int) and not isinstance(actor, bool):
+    if isinstance(actor, int) and not isinstance(actor, bool) and -(2**63) <= actor < 2**63:
         return str(actor)
-    raise InvalidFlagValue(f"an actor must be a str or an int, not {actor!r}")
+    raise InvalidFlagValue(
+        f"an actor must be a str or an int (64-bit), not {type(actor).__name__}: "
+        f"{short_repr(actor)}"
+    )
 
 
 def _compile(name: str, state: FlagState, cache: dict[str, int]) -> tuple[bool, _Rule]:
@@ -127,6 +177,8 @@ class _Writer:
         reason: str | None,
     ) -> FlagChange | None:
         """Store ``mutate(effective state)`` (None: clear); a no-op write records nothing."""
+        check_audit_text(by, "by")  # every write passes here: one rule on every store
+        check_audit_text(reason, "reason")
         stored = self.txn.get(name)
         old = _first(stored, self.base(name))
         new_stored = mutate(old)
@@ -152,6 +204,9 @@ class FeatureFlags:
 
     ``store`` defaults to a new ``MemoryFlagStore`` owned (and closed) by this
     object; a store you pass stays yours to close, after ``close()`` here.
+    After ``close()`` every call (reads, ``names`` and ``subscribe`` included)
+    raises ``errors.Closed``, except ``store``, so that a store you passed can
+    still be closed.
 
     Example:
         >>> flags = FeatureFlags([Flag("beta"), Flag("dark_mode", default=True)])
@@ -198,7 +253,7 @@ class FeatureFlags:
         upper: dict[str, str] = {}
         for flag in declared:
             if not isinstance(flag, Flag):
-                raise InvalidFlagValue(f"declare flags with Flag(...), not {flag!r}")
+                raise InvalidFlagValue(f"declare flags with Flag(...), not {short_repr(flag)}")
             if flag.name in flags:
                 raise InvalidFlagValue(f"flag {flag.name!r} is declared twice")
             clash = upper.get(flag.name.upper())
@@ -215,7 +270,7 @@ class FeatureFlags:
         self._owns_store = store is None
         self._store: FlagStore = MemoryFlagStore() if store is None else store
         self._lock = FairRLock()
-        self._listeners: tuple[Listener, ...] = ()
+        self._listeners: Listeners[FlagChange] = Listeners("flag change listener", area="flags")
         self._closed = False
         self._config: dict[str, FlagState] = {}
         self._runtime: dict[str, FlagState] = {}
@@ -225,11 +280,41 @@ class FeatureFlags:
         self._effective: dict[str, FlagState] = {}
         # Per flag, kept across writes: a hash depends only on (flag, actor).
         self._hash_cache: dict[str, dict[str, int]] = {n: {} for n in self._names}
+        if not _FROM_STORE.get():
+            _record_catalogue(self._store, flags.values())
         with self._lock:
             self._reload()
             # Subscribe after the first load: a remote change that lands in
             # between is seen by that load or reported by the store later.
             self._unsubscribe = self._store.subscribe(self._on_remote)
+
+    @classmethod
+    def from_store(cls, store: FlagStore) -> FeatureFlags:
+        """A ``FeatureFlags`` over ``store`` declaring its recorded catalogue (for tools).
+
+        The flags are those some application declared on the store (with their
+        defaults); the config layer of those applications is not known here.
+        Nothing is recorded. ``store`` stays the caller's to close.
+
+        Example:
+            >>> store = MemoryFlagStore()
+            >>> FeatureFlags([Flag("beta", description="new")], store=store).close()
+            >>> tool = FeatureFlags.from_store(store)
+            >>> tool.names, tool.flag("beta").description
+            (('beta',), 'new')
+            >>> tool.enable("btea")
+            Traceback (most recent call last):
+            ...
+            foundation.errors.UnknownFlag: unknown flag 'btea' (did you mean 'beta'?)
+            >>> tool.close(); store.close()
+        """
+        catalogue = store.catalogue()
+        declared = [Flag(i.name, i.default, i.description) for _, i in sorted(catalogue.items())]
+        token = _FROM_STORE.set(True)
+        try:
+            return cls(declared, store=store)
+        finally:
+            _FROM_STORE.reset(token)
 
     # ------------------------------------------------------------------ reads
 
@@ -244,7 +329,7 @@ class FeatureFlags:
             # Hot path: one dict lookup in a table that is swapped, never mutated.
             try:
                 return self._plain[name]
-            except KeyError:
+            except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
                 raise self._unknown(name) from None
         return self._for_actor(name, actor)
 
@@ -252,7 +337,7 @@ class FeatureFlags:
         # Kept out of enabled(): fewer locals make the actor-less call's frame cheaper.
         try:
             rule = self._rules[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
             raise self._unknown(name) from None
         if rule is False or rule is True:
             return rule
@@ -268,39 +353,52 @@ class FeatureFlags:
         h = cache.get(actor)
         if h is None:
             # Inlined actor_hash(): first 8 bytes of sha256(flag \0 actor), big-endian.
-            h = int.from_bytes(_sha256((prefix + actor).encode()).digest()[:8], "big")
+            # UTF-8 with surrogates passed (see _hashing): an invalid actor still hashes.
+            h = int.from_bytes(
+                _sha256((prefix + actor).encode("utf-8", "surrogatepass")).digest()[:8], "big"
+            )
             if len(cache) >= HASH_CACHE_SIZE:
                 cache.clear()  # racing readers at worst recompute a hash: never wrong
             cache[actor] = h
         return h < limit
 
     def state(self, name: str) -> FlagState:
-        """The effective state of ``name`` (runtime, else config, else default)."""
+        """The effective state of ``name`` (runtime, else config, else default).
+
+        Raises:
+            UnknownFlag: ``name`` was never declared.
+            Closed: this object is closed (as every call here).
+        """
         try:
             return self._effective[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
             raise self._unknown(name) from None
 
     @property
     def names(self) -> tuple[str, ...]:
         """The declared flag names, in declaration order."""
+        self._check_open()
         return self._names
 
     def flag(self, name: str) -> Flag:
         """The declaration of ``name``."""
+        self._check_open()
         try:
             return self._declared[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
             raise self._unknown(name) from None
 
     def history(self, name: str | None = None) -> list[FlagChange]:
         """Every recorded runtime change (of ``name``, or of all flags), oldest first."""
+        self._check_open()
         if name is not None:
             self._check_name(name)
         return self._store.history(name)
 
     @property
     def store(self) -> FlagStore:
+        """The flag store. Still answers after ``close()``: a store you passed is
+        yours to close then (``flags.close(); flags.store.close()``)."""
         return self._store
 
     # ----------------------------------------------------------------- writes
@@ -327,7 +425,9 @@ class FeatureFlags:
     ) -> None:
         """``enable`` or ``disable`` by value; a non-bool is InvalidFlagValue."""
         if not isinstance(value, bool):
-            raise InvalidFlagValue(f"set({name!r}, ...) takes a bool, not {value!r}")
+            raise InvalidFlagValue(
+                f"set({short_repr(name)}, ...) takes a bool, not {short_repr(value)}"
+            )
         self._update(name, lambda s: _replace(s, switch=value), by, reason)
 
     def set_percentage(
@@ -365,21 +465,28 @@ class FeatureFlags:
         self._transact(body)
 
     def load_from_config(
-        self, source: Source = None, *, env: Mapping[str, str] | None = os.environ
+        self,
+        source: Source = None,
+        *,
+        env: Mapping[str, str] | _ProcessEnvironment | None = PROCESS_ENV,
     ) -> None:
         """Replace the config layer from ``source`` then ``FOUNDATION_FLAG_<NAME>`` in ``env``.
 
         ``source``: a TOML file (``[flags]``, or ``[tool.foundation.flags]`` in a
         pyproject.toml) or a mapping ``{flag: value}``. Values: booleans,
-        on/off/true/false (any case) or ``"<p>%"``. ``env=None`` ignores the
-        environment. The layer lives in memory under the runtime state and is
-        never written to the store. All or nothing.
+        on/off/true/false (any case) or ``"<p>%"``. ``env`` defaults to the
+        process environment as it is at call time (``os.environ``; a sentinel
+        in the signature, so ``help()`` never shows it); ``env=None`` ignores
+        the environment. The layer lives in memory under the runtime state and
+        is never written to the store. All or nothing.
 
         Raises:
             UnknownFlag: listing every undeclared name (file, mapping or variable).
             InvalidFlagValue: listing every bad value; or an unreadable/malformed file.
         """
-        layer, label = parse_config(source, env, self._declared)
+        self._check_open()
+        environ = os.environ if isinstance(env, _ProcessEnvironment) else env
+        layer, label = parse_config(source, environ, self._declared)
         with self._lock:
             self._check_open()
             before = self._effective
@@ -399,23 +506,28 @@ class FeatureFlags:
         sharing the store (when the store reports them), and effective changes
         caused by a config load (``by="config"``, not in ``history()``). A
         listener that raises is ignored: logged under ``foundation.flags`` and
-        passed to ``sys.unraisablehook`` if one is installed.
+        passed to ``sys.unraisablehook`` if one is installed. The unsubscribe
+        callable is idempotent and removes this one subscription.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
         """
-        with self._lock:
-            self._listeners = (*self._listeners, listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._listeners = tuple(x for x in self._listeners if x is not listener)
-
-        return unsubscribe
+        self._check_open()
+        return self._listeners.subscribe(listener)
 
     def close(self) -> None:
-        """Stop listening to the store and close it if this object created it."""
+        """Stop listening to the store and close it if this object created it. Idempotent.
+
+        Every later call raises ``errors.Closed``.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            # Readers take no lock: the closed tables make their next lookup
+            # raise Closed (one racing with this swap answers from the old table).
+            self._plain = self._rules = self._effective = _CLOSED_TABLE
+            self._listeners.clear()
             self._unsubscribe()
             if self._owns_store:
                 self._store.close()
@@ -463,6 +575,7 @@ class FeatureFlags:
                 self._runtime = runtime
                 self._rebuild()
                 for _, change in writes.values():
+                    _log_change(change)
                     self._notify(change)
             return result
 
@@ -520,25 +633,56 @@ class FeatureFlags:
                     self._notify(change)
 
     def _notify(self, change: FlagChange) -> None:
-        for listener in self._listeners:
-            try:
-                listener(change)
-            except Exception as exc:  # one broken listener must not break the writer
-                report_callback_error(exc, listener, "flag change listener")
+        self._listeners.dispatch(change)  # a broken listener is reported, never raised
         if telemetry.has_listeners("flag.changed"):
             telemetry.emit("flag.changed", {"flag": change.flag, "change": change})
 
     def _check_name(self, name: str) -> None:
-        if name not in self._declared:
+        self._check_open()
+        if type(name) is not str or name not in self._declared:  # [] etc.: UnknownFlag too
             raise self._unknown(name)
 
     def _check_open(self) -> None:
         if self._closed:
-            raise FlagError("this FeatureFlags is closed")
+            raise Closed("this FeatureFlags is closed")
 
     def _unknown(self, name: object) -> UnknownFlag:
-        text = name if isinstance(name, str) else repr(name)
-        return UnknownFlag(text, suggestion=nearest(text, self._names))
+        # Bounded: a huge or deeply nested name gives a short message, no suggestion.
+        text = name if type(name) is str and len(name) <= 200 else short_repr(name)
+        return UnknownFlag(text, suggestion=nearest(text, self._names) if text is name else None)
+
+
+_FROM_STORE: ContextVar[bool] = ContextVar("foundation_flags_from_store", default=False)
+"""Set while ``FeatureFlags.from_store`` constructs: a tool records no catalogue."""
+
+
+def _record_catalogue(store: FlagStore, declared: Iterable[Flag]) -> None:
+    """Record the declarations in ``store``; an unreachable backend only logs a warning
+    (an application must start during an outage; it records again at its next start)."""
+    try:
+        store.record_catalogue([FlagInfo(f.name, f.default, f.description) for f in declared])
+    except BackendUnavailable as exc:
+        _log.warning("flag catalogue not recorded in %r: %s", store, exc)
+
+
+def _log_change(change: FlagChange) -> None:
+    """One INFO record per flag change written by this process (not on the read path)."""
+    if _log.isEnabledFor(logging.INFO):
+        _log.info(
+            "flag %r changed by %s (%s): %s -> %s",
+            change.flag,
+            change.by,
+            change.reason,
+            change.old.to_dict(),
+            change.new.to_dict(),
+            extra={
+                "flag": change.flag,
+                "old": change.old.to_dict(),
+                "new": change.new.to_dict(),
+                "by": change.by,
+                "reason": change.reason,
+            },
+        )
 
 
 def _first(*states: FlagState | None) -> FlagState:

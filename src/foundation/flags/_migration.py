@@ -9,15 +9,17 @@ sees exactly the stage and flags that were committed.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from foundation import telemetry
-from foundation.errors import InvalidFlagValue, MigrationError, UnknownFlag
+from foundation.errors import BackendUnavailable, InvalidFlagValue, MigrationError, UnknownFlag
 from foundation.flags._config import nearest
 from foundation.flags._flags import FeatureFlags, Flag, _Writer
 from foundation.flags._store import MigrationEvent, report_callback_error
@@ -36,6 +38,11 @@ __all__ = [
 ]
 
 RISKS = ("low", "medium", "high")
+
+_log = logging.getLogger("foundation.flags")
+_step_log = logging.getLogger("foundation.flags.migration")
+_FROM_STORE: ContextVar[bool] = ContextVar("foundation_migration_from_store", default=False)
+"""Set while ``Migration.from_store`` constructs: a tool does not record the plan again."""
 
 ReadinessCheck = Callable[[], Iterable[str]]
 """A readiness check returns its problems; an empty result means ready."""
@@ -120,6 +127,34 @@ class MigrationPlan:
     def default(cls) -> MigrationPlan:
         """The original's plan: stage 1 "registry" (declare ``DEFAULT_FLAGS``)."""
         return cls([Stage(1, "registry", tuple(f.name for f in DEFAULT_FLAGS))])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form: ``{"name": ..., "stages": [{number, name, flags, risk}]}``."""
+        return {
+            "name": self.name,
+            "stages": [
+                {"number": s.number, "name": s.name, "flags": list(s.flags), "risk": s.risk}
+                for s in self.stages
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MigrationPlan:
+        """Inverse of ``to_dict``; MigrationError on a malformed record.
+
+        Example:
+            >>> plan = MigrationPlan.default()
+            >>> MigrationPlan.from_dict(plan.to_dict()).to_dict() == plan.to_dict()
+            True
+        """
+        try:
+            stages = [
+                Stage(int(s["number"]), s["name"], tuple(s["flags"]), s.get("risk", "low"))
+                for s in data["stages"]
+            ]
+            return cls(stages, name=data["name"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MigrationError(f"malformed migration plan record {data!r}") from exc
 
     def flags_of(self, first: int, last: int) -> tuple[str, ...]:
         """The flags of stages ``first``..``last`` (inclusive)."""
@@ -231,6 +266,11 @@ class Migration:
     problems (empty when ready). ``health`` and ``thresholds`` (both or neither)
     enable ``check_health`` and ``AutoRollback``.
 
+    A ``Migration`` holds nothing to close: it acts through ``flags``, so once
+    that ``FeatureFlags`` is closed every call that reads or writes the flags
+    (all but ``problems()``, which only runs the readiness checks) raises
+    ``errors.Closed``.
+
     Example:
         >>> from foundation.flags import FeatureFlags
         >>> flags = FeatureFlags(DEFAULT_FLAGS)
@@ -265,6 +305,55 @@ class Migration:
         self.readiness = tuple(readiness)
         self.health = health
         self.thresholds = thresholds
+        if not _FROM_STORE.get():
+            # Recorded so tools can drive the plan from the store alone; an
+            # unreachable backend only logs (an application must start in an outage).
+            try:
+                flags.store.record_plan(plan.name, plan)
+            except BackendUnavailable as exc:
+                _log.warning("migration plan %r not recorded: %s", plan.name, exc)
+
+    @classmethod
+    def from_store(cls, flags: FeatureFlags, plan: str | None = None) -> Migration:
+        """A ``Migration`` of a plan recorded in ``flags.store`` (for tools).
+
+        ``plan``: the plan's name; None picks the only recorded plan. The
+        application's readiness checks and health source are code, not data:
+        the result has none (``advance`` runs no readiness check).
+
+        Raises:
+            MigrationError: no plan recorded, several and ``plan`` is None, or
+                no plan of that name (with the nearest recorded name).
+
+        Example:
+            >>> from foundation.flags import FeatureFlags
+            >>> flags = FeatureFlags(DEFAULT_FLAGS)
+            >>> _ = Migration(flags, MigrationPlan.default())
+            >>> Migration.from_store(flags).plan.name
+            'default'
+            >>> flags.close()
+        """
+        plans = flags.store.plans()
+        if plan is None:
+            if len(plans) != 1:
+                raise MigrationError(
+                    "no migration plan is recorded in this store"
+                    if not plans
+                    else f"several migration plans are recorded ({', '.join(sorted(plans))}): "
+                    "name one"
+                )
+            (chosen,) = plans.values()
+        elif plan in plans:
+            chosen = plans[plan]
+        else:
+            near = nearest(plan, tuple(plans))
+            hint = f" (did you mean {near!r}?)" if near else ""
+            raise MigrationError(f"no migration plan {plan!r} is recorded{hint}")
+        token = _FROM_STORE.set(True)
+        try:
+            return cls(flags, chosen)
+        finally:
+            _FROM_STORE.reset(token)
 
     # ------------------------------------------------------------------ reads
 
@@ -412,6 +501,27 @@ class Migration:
         return event
 
     def _emit(self, name: str, event: MigrationEvent, **extra: object) -> None:
+        # Emergency and automatic rollbacks are incidents: WARNING; planned steps: INFO.
+        level = logging.INFO if event.action in ("advance", "rollback") else logging.WARNING
+        if _step_log.isEnabledFor(level):
+            _step_log.log(
+                level,
+                "migration %r: %s from stage %d to %d by %s (%s)",
+                event.plan,
+                event.action,
+                event.from_stage,
+                event.to_stage,
+                event.by,
+                event.reason,
+                extra={
+                    "plan": event.plan,
+                    "action": event.action,
+                    "from_stage": event.from_stage,
+                    "to_stage": event.to_stage,
+                    "by": event.by,
+                    "reason": event.reason,
+                },
+            )
         if telemetry.has_listeners(name):
             telemetry.emit(name, {"plan": event.plan, "event": event, **extra})
 

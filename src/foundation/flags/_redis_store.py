@@ -9,6 +9,13 @@ every key of one deployment lives in one slot and a transaction may touch them a
 ``{ns}:flags:stages``      hash   plan -> committed migration stage
 ``{ns}:flags:migrations``  stream one entry per ``MigrationEvent``: ``event`` (JSON), ``v``
 ``{ns}:flags:meta``        hash   ``version`` (committed transactions), ``epoch``
+``{ns}:flags:catalogue``   hash   flag name -> ``FlagInfo`` JSON (declared flags)
+``{ns}:flags:plans``       hash   plan name -> ``MigrationPlan`` JSON
+
+The catalogue and plans are written directly (HSET, outside the versioned
+transactions) and are not part of the node copy: after Redis restarts empty
+they come back when the applications construct their ``FeatureFlags`` and
+``Migration`` again; reading them needs Redis (``BackendUnavailable`` otherwise).
 
 Writes are optimistic transactions: ``WATCH`` the state, stage and meta hashes,
 read, run the caller's function, then ``MULTI``/``EXEC`` the state writes, their
@@ -92,16 +99,17 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from dataclasses import replace as _replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from foundation import telemetry
+from foundation._listeners import check_listener
 from foundation._redis_conn import check_url, connect, import_redis, redact_url, translated
 from foundation._retry import RetryBackoff
-from foundation.errors import BackendUnavailable, FlagError, InvalidFlagValue
+from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidFlagValue
 from foundation.flags._node_cache import (
     NodeCache,
     PendingKillSwitch,
@@ -111,12 +119,19 @@ from foundation.flags._node_cache import (
 )
 from foundation.flags._store import (
     FlagChange,
+    FlagInfo,
     FlagState,
     FlagStore,
     MigrationEvent,
     StoreTransaction,
+    catalogue_entries,
+    plan_from_json,
+    plan_to_json,
     report_callback_error,
 )
+
+if TYPE_CHECKING:
+    from foundation.flags._migration import MigrationPlan
 
 __all__ = ["RedisFlagStore", "RedisFlagStoreStatus"]
 
@@ -359,6 +374,9 @@ class RedisFlagStore(FlagStore):
         self._k_stages = f"{tag}:flags:stages"
         self._k_migrations = f"{tag}:flags:migrations"
         self._k_meta = f"{tag}:flags:meta"
+        self._k_catalogue = f"{tag}:flags:catalogue"
+        self._k_plans = f"{tag}:flags:plans"
+        self._recorded: dict[str, dict[str, str]] = {}  # catalogue/plans recorded here
         self._origin = uuid.uuid4().hex  # tells this store object's own commits apart
         self._timeout = float(timeout)
         self._resync_interval = float(resync_interval)
@@ -467,7 +485,7 @@ class RedisFlagStore(FlagStore):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise FlagError("this RedisFlagStore is closed")
+            raise Closed("this RedisFlagStore is closed")
 
     def _translated(self, doing: str) -> contextlib.AbstractContextManager[None]:
         return translated(self._url, doing)
@@ -936,10 +954,71 @@ class RedisFlagStore(FlagStore):
         events = [self._decode_event(fields) for _id, fields in entries]
         return [e for e in events if e.plan == plan]
 
+    def record_catalogue(self, flags: Iterable[FlagInfo]) -> None:
+        """Add or replace catalogue entries in Redis (no write when all are there already)."""
+        entries = {n: i.to_json() for n, i in catalogue_entries(flags).items()}
+        self._record(self._k_catalogue, entries, "recording the flag catalogue")
+
+    def catalogue(self) -> dict[str, FlagInfo]:
+        raw = self._read_hash(self._k_catalogue, "reading the flag catalogue")
+        return {name: FlagInfo.from_json(text) for name, text in raw.items()}
+
+    def record_plan(self, name: str, plan: MigrationPlan) -> None:
+        _check_name(name, "plan name")
+        self._record(self._k_plans, {name: plan_to_json(plan)}, "recording a migration plan")
+
+    def plans(self) -> dict[str, MigrationPlan]:
+        raw = self._read_hash(self._k_plans, "reading migration plans")
+        return {name: plan_from_json(text) for name, text in raw.items()}
+
+    def _has_data(self) -> bool:
+        """Whether the namespace holds any flag data (``open_store`` creates nothing)."""
+        self._check_open()
+        keys = [*self._keys(), self._k_catalogue, self._k_plans]
+        with self._translated("looking for the flag store"):
+            return bool(self._ensure_clients().exists(*keys))
+
+    def _read_hash(self, key: str, doing: str) -> dict[str, str]:
+        self._check_open()
+        client = self._ensure_clients()
+        with self._translated(doing):
+            return dict(client.hgetall(key))
+
+    def _record(self, key: str, entries: dict[str, str], doing: str) -> None:
+        """HSET ``entries`` unless all are there. Kept in memory too: each resync
+        records them again (Redis may have restarted empty, or been unreachable:
+        then this raises BackendUnavailable at once, and the resync records them)."""
+        with self._lock:
+            self._check_open()
+            self._recorded.setdefault(key, {}).update(entries)
+        if not self._synced.is_set():
+            raise BackendUnavailable(
+                f"Redis at {self._url} is not reachable now; {doing} when it returns"
+            )
+        self._record_now(key, entries, doing)
+
+    def _record_now(self, key: str, entries: dict[str, str], doing: str) -> None:
+        # Compare first: every process that starts records its declarations, and
+        # most find them recorded. Two writers of one name: the last HSET wins.
+        if entries and not self._read_hash(key, doing).items() >= entries.items():
+            with self._translated(doing):
+                self._ensure_clients().hset(key, mapping=entries)
+
+    def _record_again(self) -> None:
+        """Record what this store recorded before (part of a resync); a failure only logs."""
+        with self._lock:
+            recorded = {key: dict(entries) for key, entries in self._recorded.items()}
+        for key, entries in recorded.items():
+            try:
+                self._record_now(key, entries, "recording the catalogue again")
+            except FlagError as exc:
+                log.warning("flag store %r: %s", self.namespace, exc)
+            except BackendUnavailable:
+                raise  # the resync fails and is retried
+
     def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]:
         """Call ``callback(changes)`` on the listener thread after another store's commit."""
-        if not callable(callback):
-            raise InvalidFlagValue(f"callback must be callable, not {callback!r}")
+        check_listener(callback)
         with self._lock:
             self._check_open()
             self._callbacks.append(callback)
@@ -958,7 +1037,7 @@ class RedisFlagStore(FlagStore):
 
         def unsubscribe() -> None:
             with self._lock, contextlib.suppress(ValueError):
-                self._callbacks.remove(callback)
+                self._callbacks.remove(callback)  # one subscription, as everywhere
 
         return unsubscribe
 
@@ -1121,6 +1200,7 @@ class RedisFlagStore(FlagStore):
         self._catch_up()
         with self._translated("committing pending kill switches"):
             self._replay_pending()
+        self._record_again()
         self._resyncs += 1
         self._synced.set()
         log.info(

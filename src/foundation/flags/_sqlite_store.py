@@ -47,19 +47,27 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from foundation.errors import BackendUnavailable, FlagError
+from foundation._listeners import check_listener, without
+from foundation.errors import BackendUnavailable, Closed, FlagError
 from foundation.flags._store import (
     FlagChange,
+    FlagInfo,
     FlagState,
     FlagStore,
     MigrationEvent,
     StoreTransaction,
+    catalogue_entries,
+    plan_from_json,
+    plan_to_json,
     report_callback_error,
 )
+
+if TYPE_CHECKING:
+    from foundation.flags._migration import MigrationPlan
 
 __all__ = ["SQLiteFlagStore"]
 
@@ -76,7 +84,11 @@ CREATE INDEX IF NOT EXISTS flag_history_flag ON flag_history (flag, id);
 CREATE TABLE IF NOT EXISTS migration_stage (plan TEXT PRIMARY KEY, stage INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS migration_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, plan TEXT NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS flag_catalogue (name TEXT PRIMARY KEY, info TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS migration_plan (name TEXT PRIMARY KEY, plan TEXT NOT NULL);
 """
+# flag_catalogue and migration_plan were added without a schema change: older
+# versions ignore them, and opening an older file creates them (IF NOT EXISTS).
 
 FAST_POLL = 0.002
 """Seconds between ``data_version`` polls while changes are flowing."""
@@ -288,7 +300,7 @@ class SQLiteFlagStore(FlagStore):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise FlagError(f"flag store {self.path!r} is closed")
+            raise Closed(f"flag store {self.path!r} is closed")
 
     # --------------------------------------------------------------- contract
 
@@ -349,7 +361,47 @@ class SQLiteFlagStore(FlagStore):
             ).fetchall()
         return [MigrationEvent.from_json(r[0]) for r in rows]
 
+    def record_catalogue(self, flags: Iterable[FlagInfo]) -> None:
+        entries = {n: i.to_json() for n, i in catalogue_entries(flags).items()}
+        self._record("flag_catalogue", "info", entries, "recording the flag catalogue")
+
+    def catalogue(self) -> dict[str, FlagInfo]:
+        rows = self._read_table("flag_catalogue", "info", "reading the flag catalogue")
+        return {name: FlagInfo.from_json(text) for name, text in rows.items()}
+
+    def record_plan(self, name: str, plan: MigrationPlan) -> None:
+        self._record("migration_plan", "plan", {name: plan_to_json(plan)}, "recording a plan")
+
+    def plans(self) -> dict[str, MigrationPlan]:
+        rows = self._read_table("migration_plan", "plan", "reading migration plans")
+        return {name: plan_from_json(text) for name, text in rows.items()}
+
+    def _read_table(self, table: str, column: str, doing: str) -> dict[str, str]:
+        with self._read_lock, self._errors(doing):
+            self._check_open()
+            rows = self._reader.execute(f"SELECT name, {column} FROM {table}").fetchall()
+        return dict(rows)
+
+    def _record(self, table: str, column: str, entries: dict[str, str], doing: str) -> None:
+        """Upsert ``entries`` into ``table``; no write at all when every one is there already
+        (every process that starts records its declarations: most find them recorded)."""
+        if not entries or self._read_table(table, column, doing).items() >= entries.items():
+            return
+        with self._lock, self._errors(doing):
+            self._check_open()
+            self._begin()
+            try:
+                self._conn.executemany(
+                    f"INSERT OR REPLACE INTO {table} (name, {column}) VALUES (?, ?)",
+                    list(entries.items()),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
     def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]:
+        check_listener(callback)
         with self._lock:
             self._check_open()
             first = self._watcher is None
@@ -378,7 +430,7 @@ class SQLiteFlagStore(FlagStore):
 
         def unsubscribe() -> None:
             with self._lock:
-                self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+                self._callbacks = without(self._callbacks, callback)  # one subscription
 
         return unsubscribe
 

@@ -72,6 +72,21 @@ Store contract (``FlagStore``):
     (memory) never calls it. Delivery is at least once and in commit order per
     store.
 
+``record_catalogue(flags)`` / ``catalogue() -> dict[str, FlagInfo]``
+    The flag catalogue: every flag some application declared on this store
+    (``FeatureFlags`` records its declarations at construction), so tools can
+    list and change flags without the application's code. ``record_catalogue``
+    adds or replaces entries by name (the catalogue is the union of what every
+    application version declared; nothing is ever removed) and writes nothing
+    when every entry is already recorded as given. Not in the history.
+
+``record_plan(name, plan)`` / ``plans() -> dict[str, MigrationPlan]``
+    The migration plans recorded by ``Migration`` (by plan name; the last
+    record of a name wins), so tools can drive a migration from the store alone.
+
+    These four are not abstract: a store that does not implement them keeps
+    nothing (``catalogue()`` and ``plans()`` answer empty).
+
 ``kill_switch(fn) -> T``
     Like ``transaction(fn)``, for a write that only turns switches off
     (``FeatureFlags.disable``, ``Migration.emergency_rollback``). The default
@@ -82,7 +97,8 @@ Store contract (``FlagStore``):
 
 ``close()``
     Stops background threads and releases connections; idempotent. Any other
-    call after ``close()`` raises ``errors.FlagError``.
+    call after ``close()`` (reads, ``transaction``, ``kill_switch`` and
+    ``subscribe`` included) raises ``errors.Closed`` (a ``RuntimeError``).
 
 Thread-safety: every method may be called from any thread concurrently.
 """
@@ -95,14 +111,19 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from foundation._listeners import check_listener
 from foundation._unraisable import report_unraisable
-from foundation.errors import FlagError, InvalidFlagValue
+from foundation.errors import Closed, InvalidFlagValue
+
+if TYPE_CHECKING:
+    from foundation.flags._migration import MigrationPlan
 
 __all__ = [
     "MIGRATION_ACTIONS",
     "FlagChange",
+    "FlagInfo",
     "FlagState",
     "FlagStore",
     "MemoryFlagStore",
@@ -128,10 +149,12 @@ def _actors(value: Iterable[Any], what: str) -> frozenset[str]:
 def check_percentage(p: object) -> float:
     """Return ``p`` as a float if it is a real number in [0, 100], else raise InvalidFlagValue."""
     if isinstance(p, bool) or not isinstance(p, int | float):
-        raise InvalidFlagValue(f"percentage must be a number in 0..100, not {p!r}")
+        raise InvalidFlagValue(f"percentage must be a number in 0..100, not {type(p).__name__}")
+    if isinstance(p, int) and not 0 <= p <= 100:  # before float(): 10**400 overflows it
+        raise InvalidFlagValue("percentage must be within 0..100")
     value = float(p)
     if not math.isfinite(value) or not 0.0 <= value <= 100.0:
-        raise InvalidFlagValue(f"percentage must be within 0..100, not {p!r}")
+        raise InvalidFlagValue(f"percentage must be within 0..100, not {value!r}")
     return value
 
 
@@ -291,6 +314,78 @@ class MigrationEvent:
         return cls.from_dict(_loads(text))
 
 
+@dataclass(frozen=True, slots=True)
+class FlagInfo:
+    """One entry of the flag catalogue kept in a store: a declared flag's name, default
+    and description (see ``FlagStore.catalogue``).
+
+    Example:
+        >>> info = FlagInfo("beta", False, "the beta checkout")
+        >>> FlagInfo.from_json(info.to_json()) == info
+        True
+        >>> info.to_json()
+        '{"name": "beta", "default": false, "description": "the beta checkout"}'
+    """
+
+    name: str
+    default: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidFlagValue(f"a flag name must be a non-empty string, not {self.name!r}")
+        if not isinstance(self.default, bool):
+            raise InvalidFlagValue(f"default of {self.name!r} must be a bool, not {self.default!r}")
+        if not isinstance(self.description, str):
+            raise InvalidFlagValue(f"description of {self.name!r} must be a string")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "default": self.default, "description": self.description}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlagInfo:
+        """Inverse of ``to_dict``; raises InvalidFlagValue on a malformed record."""
+        try:
+            return cls(data["name"], data.get("default", False), data.get("description", ""))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InvalidFlagValue(f"malformed flag catalogue entry {data!r}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> FlagInfo:
+        return cls.from_dict(_loads(text))
+
+
+def catalogue_entries(flags: Iterable[Any]) -> dict[str, FlagInfo]:
+    """``FlagInfo`` by name from ``FlagInfo`` or ``Flag`` objects (anything with the
+    three attributes); InvalidFlagValue for anything else."""
+    out: dict[str, FlagInfo] = {}
+    for flag in flags:
+        if isinstance(flag, FlagInfo):
+            info = flag
+        else:
+            try:
+                info = FlagInfo(flag.name, flag.default, flag.description)
+            except AttributeError as exc:
+                raise InvalidFlagValue(f"not a flag declaration: {flag!r}") from exc
+        out[info.name] = info
+    return out
+
+
+def plan_to_json(plan: MigrationPlan) -> str:
+    """A ``MigrationPlan`` as JSON text (sorted keys: equal plans give equal text)."""
+    return json.dumps(plan.to_dict(), sort_keys=True)
+
+
+def plan_from_json(text: str | bytes) -> MigrationPlan:
+    """Inverse of ``plan_to_json``; FlagError on a malformed record."""
+    from foundation.flags._migration import MigrationPlan  # _migration imports this module
+
+    return MigrationPlan.from_dict(_loads(text))
+
+
 def _loads(text: str | bytes) -> Any:
     try:
         return json.loads(text)
@@ -341,6 +436,22 @@ class FlagStore(ABC):
     def kill_switch(self, fn: Callable[[StoreTransaction], T]) -> T:
         """Commit a switch-off write (see the module docs); by default ``transaction(fn)``."""
         return self.transaction(fn)
+
+    def record_catalogue(self, flags: Iterable[FlagInfo]) -> None:
+        """Add or replace these catalogue entries (see the module docs); by default nothing."""
+        catalogue_entries(flags)
+
+    def catalogue(self) -> dict[str, FlagInfo]:
+        """Every recorded flag declaration by name; by default none."""
+        return {}
+
+    def record_plan(self, name: str, plan: MigrationPlan) -> None:
+        """Record ``plan`` under ``name`` (see the module docs); by default nothing."""
+        plan_to_json(plan)  # still refuses what is not a plan
+
+    def plans(self) -> dict[str, MigrationPlan]:
+        """Every recorded migration plan by name; by default none."""
+        return {}
 
     def __enter__(self) -> FlagStore:
         return self
@@ -403,11 +514,13 @@ class MemoryFlagStore(FlagStore):
         self._changes: list[FlagChange] = []
         self._stages: dict[str, int] = {}
         self._events: list[MigrationEvent] = []
+        self._catalogue: dict[str, FlagInfo] = {}
+        self._plans: dict[str, str] = {}  # name -> plan JSON (a snapshot, never the object)
         self._closed = False
 
     def _check(self) -> None:
         if self._closed:
-            raise FlagError("this MemoryFlagStore is closed")
+            raise Closed("this MemoryFlagStore is closed")
 
     def load_states(self) -> dict[str, FlagState]:
         with self._lock:
@@ -444,8 +557,32 @@ class MemoryFlagStore(FlagStore):
             self._check()
             return [e for e in self._events if e.plan == plan]
 
+    def record_catalogue(self, flags: Iterable[FlagInfo]) -> None:
+        entries = catalogue_entries(flags)
+        with self._lock:
+            self._check()
+            self._catalogue.update(entries)
+
+    def catalogue(self) -> dict[str, FlagInfo]:
+        with self._lock:
+            self._check()
+            return dict(self._catalogue)
+
+    def record_plan(self, name: str, plan: MigrationPlan) -> None:
+        text = plan_to_json(plan)
+        with self._lock:
+            self._check()
+            self._plans[name] = text
+
+    def plans(self) -> dict[str, MigrationPlan]:
+        with self._lock:
+            self._check()
+            texts = dict(self._plans)
+        return {name: plan_from_json(text) for name, text in texts.items()}
+
     def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]:
         # Nobody else writes to a memory store, so there is never anything to report.
+        check_listener(callback)
         self._check()
         return lambda: None
 

@@ -1,0 +1,68 @@
+"""``foundation admin``: the admin web server over the configured store and registry.
+
+``foundation.admin`` (the ``admin`` extra) is imported only here, only when the
+command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+from foundation._cli._common import Output, Settings
+from foundation.errors import InvalidConfig
+
+__all__ = ["add_parser"]
+
+TOKEN_ENV = "FOUNDATION_ADMIN_TOKEN"
+
+
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser("admin", help="serve the admin web page", parents=[common])
+    p.add_argument("--bind", default="127.0.0.1:8800", metavar="HOST:PORT")
+    p.add_argument("--token", default=None, help=f"the operator token (default: ${TOKEN_ENV})")
+    p.add_argument("--read-only", action="store_true", help="refuse every write")
+    p.add_argument("--plan", default=None, metavar="NAME", help="the migration plan (when several)")
+
+
+def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    try:
+        from foundation import admin
+    except ImportError as exc:
+        raise ImportError(
+            f"the admin server is not available ({exc}); install foundation[admin]"
+        ) from None
+    serve = getattr(admin, "serve", None)
+    if serve is None:
+        raise ImportError("the admin server is not available (foundation.admin has no serve())")
+    if not settings.store and not settings.redis:
+        raise InvalidConfig(
+            "foundation admin needs a flag store (--store) and/or a registry (--redis)"
+        )
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    with ExitStack() as stack:
+        flags = migration = registry = None
+        if settings.store:
+            from foundation._cli._flags import open_flags
+            from foundation.flags import Migration
+
+            flags = stack.enter_context(open_flags(settings))
+            if flags.store.plans() or args.plan is not None:
+                migration = Migration.from_store(flags, args.plan)
+        if settings.redis:
+            from foundation._cli._agents import open_observer
+
+            registry = stack.enter_context(open_observer(settings))
+        result: Any = serve(
+            flags=flags,
+            migration=migration,
+            registry=registry,
+            bind=args.bind,
+            token=token,
+            read_only=args.read_only,
+            on_ready=lambda url: print(f"admin page: {url}", file=sys.stderr, flush=True),
+        )
+    return int(result) if isinstance(result, int) else 0

@@ -1,0 +1,179 @@
+"""``foundation agents ...``: a Redis registry namespace seen through a read-only observer."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import queue
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from foundation._cli._common import Output, Settings, key_from_text, key_to_json, value_from_text
+
+__all__ = ["add_parser", "entry_data", "event_data", "open_observer"]
+
+
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser("agents", help="live agents of a Redis registry", parents=[common])
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = sub.add_parser("list", help="entries, optionally filtered", parents=[common])
+    ls.add_argument(
+        "--where",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("PATH", "OP", "VALUE"),
+        help="metadata criterion (OP: eq neq gt gte lt lte in not_in; VALUE as JSON, else text)",
+    )
+    ls.add_argument("--limit", type=int, default=None, metavar="N")
+    show = sub.add_parser("show", help="one entry (KEY as JSON, else text)", parents=[common])
+    show.add_argument("key", metavar="KEY")
+    sub.add_parser("count", help="entries, by kind and by node", parents=[common])
+    watch = sub.add_parser("watch", help="print changes as they happen", parents=[common])
+    watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events")
+
+
+@contextmanager
+def open_observer(settings: Settings) -> Iterator[Any]:
+    from foundation.registry._redis._observer import RedisObserver
+
+    observer = RedisObserver(settings.need_redis(), namespace=settings.namespace)
+    try:
+        yield observer
+    finally:
+        observer.close()
+
+
+def entry_data(entry: Any) -> dict[str, Any]:
+    agent = entry.agent
+    return {
+        "key": key_to_json(entry.key),
+        "node": entry.node,
+        "kind": getattr(agent, "kind", None),
+        "pid": getattr(agent, "pid", None),
+        "name": getattr(agent, "name", None),
+        "registered_at": entry.registered_at,
+        "metadata": entry.metadata,
+    }
+
+
+def event_data(event: Any) -> dict[str, Any]:
+    down = event.down
+    return {
+        "event": event.kind,
+        "reason": event.reason,
+        "down": None
+        if down is None
+        else {"reason": down.reason, "exit_code": down.exit_code, "signal": down.signal},
+        "at": time.time(),
+        **entry_data(event.entry),
+    }
+
+
+def _rows(entries: list[Any]) -> list[list[Any]]:
+    now = time.time()
+    return [
+        [
+            e.key if isinstance(e.key, str) else json.dumps(key_to_json(e.key)),
+            getattr(e.agent, "kind", "?"),
+            e.node,
+            getattr(e.agent, "pid", None),
+            f"{max(0.0, now - e.registered_at):.0f}s",
+            dict(e.metadata),
+        ]
+        for e in entries
+    ]
+
+
+class _Stop(Exception):
+    """Raised in the main thread by the SIGTERM handler (like KeyboardInterrupt for SIGINT)."""
+
+
+def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    with open_observer(settings) as observer:
+        action = args.action
+        headers = ["key", "kind", "node", "pid", "age", "metadata"]
+        if action == "list":
+            criteria = [(path, op, value_from_text(v)) for path, op, v in args.where]
+            entries = observer.query(criteria) if criteria else observer.list_all()
+            entries.sort(key=lambda e: e.registered_at)
+            if args.limit is not None:
+                entries = entries[: max(0, args.limit)]
+            out.emit(
+                [entry_data(e) for e in entries],
+                lambda: (
+                    out.table(headers, _rows(entries))
+                    if entries
+                    else out.line("no agents" + (" match" if criteria else ""))
+                ),
+            )
+        elif action == "show":
+            from foundation.errors import NotRegistered
+
+            entry = observer.lookup(key_from_text(args.key))
+            if entry is None:
+                raise NotRegistered(key_from_text(args.key))
+            data = entry_data(entry)
+
+            def show_text() -> None:
+                for k, v in data.items():
+                    out.line(f"{k}: {v}")
+
+            out.emit(data, show_text)
+        elif action == "count":
+            entries = observer.list_all()
+            kinds = collections.Counter(getattr(e.agent, "kind", "?") for e in entries)
+            nodes = collections.Counter(e.node for e in entries)
+            data = {"count": len(entries), "by_kind": dict(kinds), "by_node": dict(nodes)}
+
+            def text() -> None:
+                out.line(f"{len(entries)} agents in namespace {settings.namespace!r}")
+                for what, counter in (("kind", kinds), ("node", nodes)):
+                    for name, n in counter.most_common():
+                        out.line(f"  {what} {name}: {n}")
+
+            out.emit(data, text)
+        elif action == "watch":
+            return _watch(observer, args.count, out)
+        return 0
+
+
+def _watch(observer: Any, count: int | None, out: Output) -> int:
+    """Print each event until ``count`` events, Ctrl-C or SIGTERM."""
+    events: queue.Queue[Any] = queue.Queue()
+    unsubscribe = observer.subscribe(events.put)  # called on the observer's thread
+
+    def on_term(signum: int, frame: object) -> None:
+        raise _Stop
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    seen = 0
+    try:
+        # On stderr, so stdout stays pure JSON Lines; once printed, every later
+        # change is reported (the observer took its snapshot before subscribe).
+        print(
+            f"watching {observer.namespace!r} ({observer.count()} agents); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        while count is None or seen < count:
+            event = events.get()
+            seen += 1
+            data = event_data(event)
+            if out.json:
+                out.json_line(data)
+            else:
+                why = f" ({event.reason})" if event.kind == "unregistered" else ""
+                down = f" {event.down.reason}" if event.down is not None else ""
+                out.line(f"{event.kind}{why}{down}: {data['key']} on {data['node']}")
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        unsubscribe()
+    return 0

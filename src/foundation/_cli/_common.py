@@ -1,0 +1,238 @@
+"""What every command of the ``foundation`` CLI shares: settings, output, errors.
+
+Settings come from, first found wins: the command line (``--store``,
+``--redis``, ``--namespace``), the environment (``FOUNDATION_STORE``,
+``FOUNDATION_REDIS``, ``FOUNDATION_NAMESPACE``), then the ``[cli]`` table of
+``foundation.toml`` in the current directory.
+
+Output is JSON when ``--json`` is given or stdout is not a terminal (``--text``
+forces text); text otherwise (tables through ``rich`` when it is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from foundation.errors import InvalidConfig
+
+__all__ = [
+    "CONFIG_FILE",
+    "Output",
+    "Settings",
+    "common_options",
+    "default_by",
+    "key_from_text",
+    "key_to_json",
+    "load_settings",
+    "value_from_text",
+]
+
+CONFIG_FILE = "foundation.toml"
+_CONFIG_KEYS = ("store", "redis", "namespace")
+DEFAULT_NAMESPACE = "foundation"
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options accepted before and after any command (``default=SUPPRESS``: a later
+    parser never overwrites a value given earlier with its default)."""
+    p = argparse.ArgumentParser(add_help=False)
+    s = argparse.SUPPRESS
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", default=s, help="JSON output")
+    out.add_argument("--text", action="store_true", default=s, help="text even when piped")
+    out.add_argument("--debug", action="store_true", default=s, help="tracebacks on errors")
+    where = p.add_argument_group("where")
+    where.add_argument(
+        "--store",
+        metavar="URL",
+        default=s,
+        help="flag store: sqlite:///path or redis://...?namespace=NS",
+    )
+    where.add_argument("--redis", metavar="URL", default=s, help="registry Redis URL")
+    where.add_argument("--namespace", metavar="NS", default=s, help="registry namespace")
+    return p
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where the CLI looks (each value with where it came from, for messages)."""
+
+    store: str | None
+    redis: str | None
+    namespace: str
+    origin: dict[str, str]
+
+    def need_store(self) -> str:
+        if not self.store:
+            raise InvalidConfig(
+                "no flag store given: use --store URL, FOUNDATION_STORE or "
+                f"[cli] store = ... in {CONFIG_FILE}"
+            )
+        return self.store
+
+    def need_redis(self) -> str:
+        if not self.redis:
+            raise InvalidConfig(
+                "no registry Redis given: use --redis URL, FOUNDATION_REDIS or "
+                f"[cli] redis = ... in {CONFIG_FILE}"
+            )
+        return self.redis
+
+
+def read_config(path: str) -> dict[str, str]:
+    """The ``[cli]`` table of a ``foundation.toml`` (InvalidConfig if it is not usable)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidConfig(f"{path}: {exc}") from None
+    table = data.get("cli", {})
+    if not isinstance(table, dict):
+        raise InvalidConfig(f"{path}: [cli] must be a table")
+    unknown = sorted(set(table) - set(_CONFIG_KEYS))
+    if unknown:
+        raise InvalidConfig(f"{path}: unknown [cli] keys {unknown} (known: {list(_CONFIG_KEYS)})")
+    for key, value in table.items():
+        if not isinstance(value, str) or not value:
+            raise InvalidConfig(f"{path}: [cli] {key} must be a non-empty string")
+    return dict(table)
+
+
+def load_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Settings:
+    environ = os.environ if env is None else env
+    config = read_config(os.path.join(os.getcwd(), CONFIG_FILE))
+    values: dict[str, str | None] = {}
+    origin: dict[str, str] = {}
+    for key in _CONFIG_KEYS:
+        flag = getattr(args, key, None)
+        env_value = environ.get(f"FOUNDATION_{key.upper()}")
+        if flag:
+            values[key], origin[key] = flag, f"--{key}"
+        elif env_value:
+            values[key], origin[key] = env_value, f"FOUNDATION_{key.upper()}"
+        elif key in config:
+            values[key], origin[key] = config[key], CONFIG_FILE
+        else:
+            values[key] = None
+    return Settings(
+        values["store"], values["redis"], values["namespace"] or DEFAULT_NAMESPACE, origin
+    )
+
+
+def default_by() -> str:
+    """The ``--by`` default: the OS user (``uid:N`` when the user has no name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return f"uid:{os.getuid()}"
+
+
+def value_from_text(text: str) -> Any:
+    """A ``--where`` value: JSON when it parses (``2``, ``true``, ``["a","b"]``), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def key_from_text(text: str) -> Hashable:
+    """A registry key from the command line: its JSON form (``7``, ``'["job",7]'``,
+    ``'"7"'`` for the string), else the text itself."""
+    from foundation.registry._redis._codec import decode_key
+
+    try:
+        return decode_key(text)
+    except (ValueError, TypeError, KeyError):
+        return text
+
+
+def key_to_json(key: Hashable) -> Any:
+    """A registry key as a JSON value (tuples as arrays, as the Redis backend stores it)."""
+    from foundation.registry._redis._codec import encode_key
+
+    return json.loads(encode_key(key))
+
+
+class Output:
+    """JSON or text, chosen once per run."""
+
+    def __init__(self, args: argparse.Namespace, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        forced_text = getattr(args, "text", False)
+        self.json = bool(getattr(args, "json", False)) or (
+            not forced_text and not self.stream.isatty()
+        )
+        self.rich = False
+        if not self.json and self.stream.isatty():
+            try:
+                import rich  # noqa: F401  (the cli extra)
+
+                self.rich = True
+            except ImportError:
+                pass
+
+    def emit(self, data: Any, text: Callable[[], None]) -> None:
+        """Print ``data`` as JSON, or call ``text()`` to print it for a person."""
+        if self.json:
+            self.line(json.dumps(data, indent=2, default=_json_default))
+        else:
+            text()
+
+    def json_line(self, data: Any) -> None:
+        """One compact JSON document on one line (JSON Lines, for streams)."""
+        self.line(json.dumps(data, separators=(",", ":"), default=_json_default))
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.stream, flush=True)
+
+    def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        rows = [[_cell(c) for c in row] for row in rows]
+        if self.rich:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(box=None, header_style="bold")
+            for i, header in enumerate(headers):
+                table.add_column(header, no_wrap=i == 0)  # names stay whole
+            for row in rows:
+                table.add_row(*row)
+            Console(file=self.stream).print(table)
+            return
+        widths = [len(h) for h in headers]
+        for row in rows:
+            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+        self.line(
+            "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+        )
+        for row in rows:
+            self.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple | set | frozenset):
+        return ",".join(str(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return json.dumps(value, default=_json_default)
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, set | frozenset | tuple):
+        return sorted(value, key=str) if not isinstance(value, tuple) else list(value)
+    return str(value)

@@ -1,0 +1,121 @@
+"""``foundation migration ...``: status, advance, rollback, emergency (of a recorded plan)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from typing import Any
+
+from foundation._cli._common import Output, Settings, default_by
+from foundation._cli._flags import open_flags
+
+__all__ = ["add_parser", "status_data"]
+
+
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    plan = argparse.ArgumentParser(add_help=False)
+    plan.add_argument(
+        "--plan",
+        default=argparse.SUPPRESS,  # given before or after the action: never reset
+        metavar="NAME",
+        help="the plan (needed when several are recorded)",
+    )
+    writes = argparse.ArgumentParser(add_help=False)
+    writes.add_argument("--by", default=None, help="who (default: the OS user)")
+    p = commands.add_parser("migration", help="the staged migration", parents=[common, plan])
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("status", help="stage, stages, flags and recent steps", parents=[common, plan])
+    adv = sub.add_parser("advance", help="to the next stage", parents=[common, plan, writes])
+    adv.add_argument("--reason", default=None)
+    rb = sub.add_parser("rollback", help="back to stage N", parents=[common, plan, writes])
+    rb.add_argument("stage", type=int, metavar="N")
+    rb.add_argument("--reason", default=None)
+    em = sub.add_parser(
+        "emergency", help="every plan flag off, stage 0, now", parents=[common, plan, writes]
+    )
+    em.add_argument("reason", metavar="REASON")
+
+
+def status_data(migration: Any) -> dict[str, Any]:
+    status = migration.status()
+    return {
+        "plan": status.plan,
+        "stage": status.stage,
+        "stage_name": status.stage_name,
+        "total": status.total,
+        "flags": dict(status.flags),
+        "stages": [
+            {"number": s.number, "name": s.name, "flags": list(s.flags), "risk": s.risk}
+            for s in migration.plan.stages
+        ],
+        "history": [e.to_dict() for e in migration.history()[-10:]],
+    }
+
+
+def _when(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from foundation.flags import Migration
+
+    with open_flags(settings) as flags:
+        migration = Migration.from_store(flags, getattr(args, "plan", None))
+        action = args.action
+        by = getattr(args, "by", None) or default_by()
+        if action == "advance":
+            migration.advance(by=by, reason=args.reason)
+        elif action == "rollback":
+            migration.rollback_to(args.stage, by=by, reason=args.reason)
+        elif action == "emergency":
+            migration.emergency_rollback(args.reason, by=by)
+        data = status_data(migration)
+        if action != "status":
+            # For display only: the step just committed is the plan's last event
+            # unless another writer stepped in the few microseconds since.
+            data = {"action": action, "event": data["history"][-1], "status": data}
+
+        def text() -> None:
+            st = data if action == "status" else data["status"]
+            if action != "status":
+                ev = data["event"]
+                out.line(
+                    f"{st['plan']}: {ev['action']} {ev['from_stage']} -> {ev['to_stage']} "
+                    f"(by {ev['by']})"
+                )
+            where = f"stage {st['stage']}/{st['total']}"
+            if st["stage_name"]:
+                where += f" ({st['stage_name']})"
+            out.line(f"migration {st['plan']!r}: {where}")
+            out.table(
+                ["stage", "name", "risk", "flags", "reached"],
+                [
+                    [
+                        s["number"],
+                        s["name"],
+                        s["risk"],
+                        ", ".join(f"{f}={'on' if st['flags'][f] else 'off'}" for f in s["flags"]),
+                        s["number"] <= st["stage"],
+                    ]
+                    for s in st["stages"]
+                ],
+            )
+            if action == "status" and st["history"]:
+                out.line("recent steps:")
+                out.table(
+                    ["at", "action", "from", "to", "by", "reason"],
+                    [
+                        [
+                            _when(e["at"]),
+                            e["action"],
+                            e["from_stage"],
+                            e["to_stage"],
+                            e["by"],
+                            e["reason"],
+                        ]
+                        for e in st["history"]
+                    ],
+                )
+
+        out.emit(data, text)
+        return 0
