@@ -1,0 +1,598 @@
+"""Counters and gauges for operators, fed by ``foundation.telemetry`` events (stdlib only).
+
+A :class:`Metrics` attaches to the library's telemetry events (``install()``)
+and keeps plain numbers: flag changes, migration steps and stage, supervisor
+restarts and exits, flag-store outages, Redis round trips. Registries have no
+global events; ``watch_registry(registry)`` subscribes to one, counting its
+operations and deaths (by ``Down`` reason) and reading its size when asked.
+``snapshot()`` returns everything as JSON-ready data;
+:func:`prometheus_collector` (the ``admin`` extra's ``prometheus-client``)
+exposes the same numbers to a ``CollectorRegistry``.
+
+Flag evaluations are the hot path (``FeatureFlags.enabled``), so they are not
+events. They are counted per flag name, process-wide, only from the first
+time a reader collects (``snapshot()``, a Prometheus scrape, an OpenTelemetry
+SDK reading ``foundation.otel``'s instruments) until the last reader is gone:
+an application that installs metrics but never reads them pays nothing on
+``enabled()``. Counts never include actors.
+
+Names (Prometheus form; ``foundation.otel`` exports the same numbers under
+OpenTelemetry names):
+
+===============================================  =========  =====================
+``foundation_flag_evaluations_total``            counter    flag
+``foundation_flag_changes_total``                counter    flag
+``foundation_flag_store_stale``                  gauge      namespace (1 = stale)
+``foundation_flag_store_events_total``           counter    event
+``foundation_migration_stage``                   gauge      plan
+``foundation_migration_steps_total``             counter    plan, action
+``foundation_registry_entries``                  gauge      registry
+``foundation_registry_operations_total``         counter    registry, operation
+``foundation_registry_deaths_total``             counter    registry, reason
+``foundation_registry_divergences_total``        counter    (none)
+``foundation_supervisor_restarts_total``         counter    supervisor, child
+``foundation_supervisor_child_exits_total``      counter    supervisor, reason
+``foundation_supervisor_registration_degraded``  gauge      supervisor
+``foundation_redis_round_trip_seconds``          histogram  outcome (ok, error)
+===============================================  =========  =====================
+
+Example:
+    >>> from foundation.flags import FeatureFlags, Flag
+    >>> metrics = Metrics()
+    >>> metrics.install()
+    >>> flags = FeatureFlags([Flag("checkout_v2")])
+    >>> _ = metrics.snapshot()              # the first read starts evaluation counting
+    >>> flags.enabled("checkout_v2"), flags.enabled("checkout_v2")
+    (False, False)
+    >>> flags.enable("checkout_v2", by="ana", reason="launch")
+    >>> metrics.value("foundation_flag_evaluations_total", flag="checkout_v2")
+    2.0
+    >>> metrics.value("foundation_flag_changes_total", flag="checkout_v2")
+    1.0
+    >>> metrics.uninstall()
+    >>> flags.close()
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import itertools
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from foundation import telemetry
+from foundation._redis_conn import ROUND_TRIP_EVENT as REDIS_ROUND_TRIP_EVENT
+from foundation.errors import Closed, FoundationError
+
+if TYPE_CHECKING:
+    from foundation.registry import Registry, RegistryEvent
+
+__all__ = [
+    "REDIS_ROUND_TRIP_BUCKETS",
+    "Metrics",
+    "Sample",
+    "evaluation_counts",
+    "prometheus_collector",
+]
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+REDIS_ROUND_TRIP_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of ``foundation_redis_round_trip_seconds``; ``+Inf`` is implied."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...]
+
+
+_FAMILIES: Final = {
+    f.name: f
+    for f in (
+        _Family("foundation_flag_evaluations_total", "counter",
+                "FeatureFlags.enabled() answers, per flag (counted while a reader collects)",
+                ("flag",)),
+        _Family("foundation_flag_changes_total", "counter",
+                "Flag changes applied (local writes and changes from other processes)",
+                ("flag",)),
+        _Family("foundation_flag_store_stale", "gauge",
+                "1 while a flag store serves its node copy because its backend is unreachable",
+                ("namespace",)),
+        _Family("foundation_flag_store_events_total", "counter",
+                "Flag store outage events (stale, restored, pending_*, in_sync, ...)",
+                ("event",)),
+        _Family("foundation_migration_stage", "gauge",
+                "Committed stage of a migration plan (0 = nothing enabled)", ("plan",)),
+        _Family("foundation_migration_steps_total", "counter",
+                "Migration steps: advance, rollback, emergency_rollback, auto_rollback",
+                ("plan", "action")),
+        _Family("foundation_registry_entries", "gauge",
+                "Live entries in a watched registry", ("registry",)),
+        _Family("foundation_registry_operations_total", "counter",
+                "Registry changes: registered, updated, unregistered", ("registry", "operation")),
+        _Family("foundation_registry_deaths_total", "counter",
+                "Entries removed because their agent died, by Down reason", ("registry", "reason")),
+        _Family("foundation_registry_divergences_total", "counter",
+                "Writes a MigratingRegistry could not mirror to its other backend", ()),
+        _Family("foundation_supervisor_restarts_total", "counter",
+                "Children restarted by a supervisor", ("supervisor", "child")),
+        _Family("foundation_supervisor_child_exits_total", "counter",
+                "Supervised children that exited, by reason", ("supervisor", "reason")),
+        _Family("foundation_supervisor_registration_degraded", "gauge",
+                "Children running unregistered while their registry is unreachable",
+                ("supervisor",)),
+        _Family("foundation_redis_round_trip_seconds", "histogram",
+                "Duration of Redis round trips, by outcome", ("outcome",)),
+    )
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One value of a metric family: its label values and number.
+
+    For a histogram, ``value`` is the count of observations and ``buckets``
+    holds ``(upper_bound, cumulative_count)`` pairs (the last bound is
+    ``inf``) and ``sum`` the total.
+    """
+
+    labels: Mapping[str, str]
+    value: float
+    buckets: tuple[tuple[float, int], ...] = ()
+    sum: float = 0.0
+
+
+# ---------------------------------------------------------------- evaluations
+
+
+class _EvaluationCounter:
+    """Counts ``FeatureFlags.enabled`` answers per flag while at least one reader wants them.
+
+    Counting swaps ``FeatureFlags.enabled`` for a wrapper (class attribute, so
+    every instance) and swaps it back when the last user stops: with no user,
+    ``enabled()`` is exactly the uncounted method. Counts are cumulative for
+    the life of the process (a counter never goes down).
+    """
+
+    _METHOD: Final = "enabled"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._original: Any = None
+        # One itertools.count per flag name: next() and the defaultdict's
+        # insertion run in C without releasing the GIL, so concurrent readers
+        # of one flag never lose an increment (a `+= 1` on an int could).
+        self._counts: defaultdict[str, itertools.count[int]] = defaultdict(itertools.count)
+
+    def start(self) -> None:
+        """Add one user; the first one starts counting."""
+        from foundation.flags._flags import FeatureFlags
+
+        with self._lock:
+            self._users += 1
+            if self._users > 1:
+                return
+            original = FeatureFlags.__dict__[self._METHOD]
+            counts = self._counts
+
+            def enabled(self: FeatureFlags, name: str, actor: Any = None) -> bool:
+                result: bool = original(self, name, actor)
+                next(counts[name])  # only after a real answer: unknown names are not counted
+                return result
+
+            functools.update_wrapper(enabled, original)
+            self._original = original
+            # A reader racing this swap calls the old or the new function: both answer the same.
+            setattr(FeatureFlags, self._METHOD, enabled)
+
+    def stop(self) -> None:
+        """Remove one user; the last one puts the uncounted method back."""
+        from foundation.flags._flags import FeatureFlags
+
+        with self._lock:
+            if self._users == 0:
+                return
+            self._users -= 1
+            if self._users == 0 and self._original is not None:
+                setattr(FeatureFlags, self._METHOD, self._original)
+                self._original = None
+
+    @property
+    def active(self) -> bool:
+        return self._users > 0
+
+    def counts(self) -> dict[str, int]:
+        # repr(itertools.count(n)) is "count(n)": n is the number of next() calls made.
+        return {name: int(repr(c)[6:-1]) for name, c in list(self._counts.items())}
+
+
+_evaluations = _EvaluationCounter()
+
+
+def evaluation_counts() -> dict[str, int]:
+    """Flag name -> ``enabled()`` answers counted so far in this process (never actors).
+
+    Counting runs only while a reader of :class:`Metrics` or ``foundation.otel``
+    has collected at least once; otherwise this stays ``{}`` or frozen.
+    """
+    return _evaluations.counts()
+
+
+# ---------------------------------------------------------------- histogram
+
+
+class _Histogram:
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def sample(self, labels: Mapping[str, str]) -> Sample:
+        cumulative = list(itertools.accumulate(self.counts))
+        bounds = (*self.bounds, float("inf"))
+        return Sample(
+            labels, float(cumulative[-1]), tuple(zip(bounds, cumulative, strict=True)), self.total
+        )
+
+
+# ---------------------------------------------------------------- Metrics
+
+
+class Metrics:
+    """Operator metrics for this process, fed by telemetry events once ``install()``-ed.
+
+    Every update takes one short lock (events are writes, restarts, outages:
+    never a hot path); reads copy under it. ``install()`` attaches once (a
+    second call does nothing); ``uninstall()`` detaches, unwatches every
+    registry and stops evaluation counting for this reader.
+    ``count_evaluations=False`` never counts flag evaluations (the
+    ``enabled()`` hot path stays untouched even while readers collect; the
+    evaluations family is then empty).
+
+    Example:
+        >>> metrics = Metrics()
+        >>> metrics.install()
+        >>> from foundation import telemetry
+        >>> telemetry.emit("migration.advanced", {"plan": "default", "event": None})
+        >>> metrics.value("foundation_migration_steps_total", plan="default", action="advance")
+        1.0
+        >>> metrics.uninstall()
+    """
+
+    def __init__(self, *, count_evaluations: bool = True) -> None:
+        self._lock = threading.Lock()
+        self._evaluations_wanted = count_evaluations
+        self._values: dict[str, dict[tuple[str, ...], float]] = {n: {} for n in _FAMILIES}
+        self._round_trips: dict[str, _Histogram] = {}
+        self._degraded: dict[str, set[Hashable]] = {}
+        self._detach: list[Callable[[], None]] = []
+        self._registries: dict[str, tuple[Registry, Callable[[], None]]] = {}
+        self._installed = False
+        self._counting = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def install(self) -> None:
+        """Attach to the library's telemetry events (idempotent)."""
+        with self._lock:
+            if self._installed:
+                return
+            self._installed = True
+            handlers: dict[str, Callable[[str, Mapping[str, Any]], None]] = {
+                "flag.changed": self._on_flag_changed,
+                "migration.advanced": self._on_migration,
+                "migration.rolled_back": self._on_migration,
+                "migration.emergency_rollback": self._on_migration,
+                "migration.auto_rollback": self._on_migration,
+                "registry.divergence": self._on_divergence,
+                "supervisor.child_restarted": self._on_restart,
+                "supervisor.child_exited": self._on_exit,
+                "foundation.supervision.registration_degraded": self._on_degraded,
+                "foundation.supervision.registration_restored": self._on_degraded,
+                REDIS_ROUND_TRIP_EVENT: self._on_round_trip,
+            }
+            for what in (
+                "stale",
+                "started_from_cache",
+                "restored",
+                "pending_recorded",
+                "pending_committed",
+                "pending_superseded",
+                "in_sync",
+            ):
+                handlers[f"foundation.flags.{what}"] = self._on_store_event
+            self._detach = [telemetry.attach(name, fn) for name, fn in handlers.items()]
+
+    def uninstall(self) -> None:
+        """Detach from telemetry and every watched registry; stop counting evaluations."""
+        with self._lock:
+            detach, self._detach = self._detach, []
+            watched, self._registries = list(self._registries.values()), {}
+            counting, self._counting = self._counting, False
+            self._installed = False
+        for fn in detach:
+            fn()
+        for _, unsubscribe in watched:
+            unsubscribe()
+        if counting:
+            _evaluations.stop()
+
+    def count_evaluations(self) -> None:
+        """Start counting flag evaluations now (reads start it anyway; idempotent).
+
+        Does nothing when constructed with ``count_evaluations=False``, or while
+        not installed: counting swaps ``FeatureFlags.enabled`` for every
+        instance, so only an installed ``Metrics`` (undone by ``uninstall()``)
+        may start it.
+        """
+        with self._lock:
+            if self._counting or not self._evaluations_wanted or not self._installed:
+                return
+            self._counting = True
+        _evaluations.start()
+
+    def watch_registry(self, registry: Registry, *, name: str = "default") -> Callable[[], None]:
+        """Count ``registry``'s operations and deaths and report its size as ``name``.
+
+        Returns a callable that stops watching (``uninstall()`` stops them all).
+
+        Raises:
+            ValueError: another registry is already watched under ``name``.
+            Closed: ``registry`` is closed.
+        """
+        with self._lock:
+            if name in self._registries:
+                raise ValueError(f"a registry is already watched as {name!r}")
+
+            def on_event(event: RegistryEvent) -> None:
+                self._on_registry_event(name, event)
+
+            unsubscribe = registry.subscribe(on_event)
+            self._registries[name] = (registry, unsubscribe)
+
+        def unwatch() -> None:
+            with self._lock:
+                held = self._registries.get(name)
+                if held is None or held[1] is not unsubscribe:
+                    return
+                del self._registries[name]
+            unsubscribe()
+
+        return unwatch
+
+    def watch_migration(self, migration: Any) -> None:
+        """Set ``foundation_migration_stage`` from ``migration.status()`` now (events keep it).
+
+        Raises:
+            BackendUnavailable: the store cannot be read.
+        """
+        status = migration.status()
+        self._set("foundation_migration_stage", (status.plan,), float(status.stage))
+
+    # ------------------------------------------------------------ reads
+
+    def samples(self) -> dict[str, list[Sample]]:
+        """Every family's current samples (starts evaluation counting on first call)."""
+        self.count_evaluations()
+        with self._lock:
+            values = {n: dict(v) for n, v in self._values.items()}
+            histograms = {k: h.sample({"outcome": k}) for k, h in self._round_trips.items()}
+            registries = dict(self._registries)
+        values["foundation_flag_evaluations_total"] = (
+            {(flag,): float(n) for flag, n in _evaluations.counts().items()}
+            if self._evaluations_wanted
+            else {}
+        )
+        entries: dict[tuple[str, ...], float] = {}
+        for reg_name, (registry, _) in registries.items():
+            try:
+                entries[(reg_name,)] = float(registry.count())
+            except (Closed, FoundationError):
+                continue  # a closed or unreachable registry has no size to report
+        values["foundation_registry_entries"] = entries
+        out: dict[str, list[Sample]] = {}
+        for name, family in _FAMILIES.items():
+            if family.kind == "histogram":
+                out[name] = [histograms[k] for k in sorted(histograms)]
+            else:
+                out[name] = [
+                    Sample(dict(zip(family.labels, key, strict=True)), v)
+                    for key, v in sorted(values[name].items())
+                ]
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every family as JSON-ready data: ``{name: {"type", "help", "samples": [...]}}``.
+
+        Each sample is ``{"labels": {...}, "value": float}`` (histograms add
+        ``"buckets": [[le, count], ...]`` and ``"sum"``).
+        """
+        out: dict[str, Any] = {}
+        for name, samples in self.samples().items():
+            family = _FAMILIES[name]
+            rows: list[dict[str, Any]] = []
+            for s in samples:
+                row: dict[str, Any] = {"labels": dict(s.labels), "value": s.value}
+                if family.kind == "histogram":
+                    row["buckets"] = [[le, n] for le, n in s.buckets]
+                    row["sum"] = s.sum
+                rows.append(row)
+            out[name] = {"type": family.kind, "help": family.help, "samples": rows}
+        return out
+
+    def value(self, name: str, **labels: str) -> float:
+        """The value of one sample (0.0 if never set); a histogram's is its count.
+
+        Raises:
+            KeyError: ``name`` is not one of this module's families.
+        """
+        if name not in _FAMILIES:
+            raise KeyError(name)
+        for s in self.samples()[name]:
+            if dict(s.labels) == labels:
+                return s.value
+        return 0.0
+
+    # ------------------------------------------------------------ event handlers
+
+    def _add(self, name: str, key: tuple[str, ...], amount: float = 1.0) -> None:
+        with self._lock:
+            table = self._values[name]
+            table[key] = table.get(key, 0.0) + amount
+
+    def _set(self, name: str, key: tuple[str, ...], value: float) -> None:
+        with self._lock:
+            self._values[name][key] = value
+
+    def _on_flag_changed(self, _name: str, data: Mapping[str, Any]) -> None:
+        self._add("foundation_flag_changes_total", (str(data["flag"]),))
+
+    def _on_migration(self, name: str, data: Mapping[str, Any]) -> None:
+        action = name.removeprefix("migration.")
+        action = {"advanced": "advance", "rolled_back": "rollback"}.get(action, action)
+        plan = str(data.get("plan"))
+        self._add("foundation_migration_steps_total", (plan, action))
+        event = data.get("event")
+        to_stage = getattr(event, "to_stage", None)
+        if isinstance(to_stage, int):
+            self._set("foundation_migration_stage", (plan,), float(to_stage))
+
+    def _on_divergence(self, _name: str, _data: Mapping[str, Any]) -> None:
+        self._add("foundation_registry_divergences_total", ())
+
+    def _on_restart(self, _name: str, data: Mapping[str, Any]) -> None:
+        key = (str(data.get("supervisor")), str(data.get("child")))
+        self._add("foundation_supervisor_restarts_total", key)
+
+    def _on_exit(self, _name: str, data: Mapping[str, Any]) -> None:
+        key = (str(data.get("supervisor")), str(data.get("reason")))
+        self._add("foundation_supervisor_child_exits_total", key)
+
+    def _on_degraded(self, name: str, data: Mapping[str, Any]) -> None:
+        supervisor = str(data.get("supervisor"))
+        child = data.get("child")
+        with self._lock:
+            children = self._degraded.setdefault(supervisor, set())
+            if name.endswith("degraded"):
+                children.add(child)
+            else:
+                children.discard(child)
+            table = self._values["foundation_supervisor_registration_degraded"]
+            table[(supervisor,)] = float(len(children))
+
+    def _on_store_event(self, name: str, data: Mapping[str, Any]) -> None:
+        what = name.removeprefix("foundation.flags.")
+        namespace = str(data.get("namespace"))
+        with self._lock:
+            events = self._values["foundation_flag_store_events_total"]
+            events[(what,)] = events.get((what,), 0.0) + 1.0
+            stale = self._values["foundation_flag_store_stale"]
+            if what in ("stale", "started_from_cache"):
+                stale[(namespace,)] = 1.0
+            elif what in ("in_sync", "restored"):
+                stale[(namespace,)] = 0.0
+
+    def _on_round_trip(self, _name: str, data: Mapping[str, Any]) -> None:
+        outcome = "ok" if data.get("ok", True) else "error"
+        seconds = float(data["seconds"])
+        with self._lock:
+            hist = self._round_trips.get(outcome)
+            if hist is None:
+                hist = self._round_trips[outcome] = _Histogram(REDIS_ROUND_TRIP_BUCKETS)
+            hist.observe(seconds)
+
+    def _on_registry_event(self, registry: str, event: RegistryEvent) -> None:
+        self._add("foundation_registry_operations_total", (registry, event.kind))
+        if event.reason == "down":
+            reason = event.down.reason if event.down is not None else "unknown"
+            self._add("foundation_registry_deaths_total", (registry, reason))
+
+    def __repr__(self) -> str:
+        state = "installed" if self._installed else "not installed"
+        return f"<Metrics {state}, {len(self._registries)} registries watched>"
+
+
+# ---------------------------------------------------------------- Prometheus
+
+
+def prometheus_collector(metrics: Metrics) -> Any:
+    """A ``prometheus_client`` collector exposing ``metrics`` (needs ``prometheus-client``).
+
+    Register it in a ``CollectorRegistry`` and serve
+    ``prometheus_client.generate_latest(registry)``. Each scrape reads
+    ``metrics.samples()``.
+
+    Raises:
+        ImportError: ``prometheus-client`` is missing (``pip install 'foundation[admin]'``).
+
+    Example:
+        >>> from prometheus_client import CollectorRegistry, generate_latest
+        >>> metrics = Metrics()
+        >>> registry = CollectorRegistry()
+        >>> registry.register(prometheus_collector(metrics))
+        >>> b"# TYPE foundation_flag_changes_total counter" in generate_latest(registry)
+        True
+    """
+    try:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+        from prometheus_client.registry import Collector
+    except ImportError as exc:  # pragma: no cover - installed in dev
+        raise ImportError(
+            "foundation.metrics.prometheus_collector needs prometheus-client: "
+            "pip install 'foundation[admin]'"
+        ) from exc
+
+    class FoundationCollector(Collector):
+        """Foundation's metrics in the Prometheus data model."""
+
+        def describe(self) -> list[Any]:
+            # Empty: registering must not collect (a collection starts evaluation counting).
+            return []
+
+        def collect(self) -> Iterator[Any]:
+            for name, samples in metrics.samples().items():
+                family = _FAMILIES[name]
+                labels = list(family.labels)
+                if family.kind == "counter":
+                    base = name.removesuffix("_total")
+                    c = CounterMetricFamily(base, family.help, labels=labels)
+                    for s in samples:
+                        c.add_metric([s.labels[k] for k in labels], s.value)
+                    yield c
+                elif family.kind == "gauge":
+                    g = GaugeMetricFamily(name, family.help, labels=labels)
+                    for s in samples:
+                        g.add_metric([s.labels[k] for k in labels], s.value)
+                    yield g
+                else:
+                    h = HistogramMetricFamily(name, family.help, labels=labels)
+                    for s in samples:
+                        buckets = [(_le(le), float(n)) for le, n in s.buckets]
+                        h.add_metric([s.labels[k] for k in labels], buckets, s.sum)
+                    yield h
+
+    return FoundationCollector()
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
