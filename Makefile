@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint typecheck venv clean redis-server
+.PHONY: demo test bench lint typecheck venv clean redis-server chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ redis-server:
 	  (apt-get update -qq && apt-get install -y -qq redis-server) || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq redis-server); }
 
+# Debian's chromium drives the admin page's browser tests (Playwright with
+# executable_path; never a browser download). If it cannot be installed, those
+# tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "chromium missing: installing with apt-get"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium) || \
+	  echo "chromium could not be installed: the browser tests will skip"; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -28,7 +38,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
-test: $(STAMP) redis-server lint typecheck
+test: $(STAMP) redis-server chromium lint typecheck
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) redis-server

@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fault-seconds", type=float, default=3.0, help="--chaos: length of each fault (default 3)"
     )
+    parser.add_argument(
+        "--admin",
+        nargs="?",
+        const="127.0.0.1:8800",
+        metavar="BIND",
+        help="then serve the admin page over a live demo system until Ctrl-C "
+        "(default bind 127.0.0.1:8800)",
+    )
     return parser
 
 
@@ -87,8 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         ["invariant", "result", "detail"],
         [[name, "ok" if ok else "FAILED", detail] for name, ok, detail in score.checks],
     )
+    code = 0
     if score.failed:
         console.say(f"[bold red]{len(score.failed)} invariant(s) failed[/bold red]")
-        return 1
-    console.say(f"[bold green]all {len(score.checks)} invariants held[/bold green]")
-    return 0
+        code = 1
+    else:
+        console.say(f"[bold green]all {len(score.checks)} invariants held[/bold green]")
+    if args.admin:
+        from foundation.admin._demo import serve_demo
+
+        code = serve_demo(args.admin, print) or code
+    return code

@@ -1,0 +1,41 @@
+"""The admin web page and its JSON API (extra ``admin``: Starlette, uvicorn, prometheus-client).
+
+``create_app(flags=, migration=, registry=, supervisors=, token=, read_only=)``
+returns an ASGI app over live objects, to mount in an application (``Mount("/admin",
+app)``); ``serve(..., bind="127.0.0.1:8800")`` runs it under uvicorn in the
+foreground and ``AdminServer(...)`` on a background thread.
+
+Security model:
+
+- ``token``: ``"secret"`` (operator ``admin``), ``"name:secret"``, a list of
+  those, or ``{name: secret}``. Requests authenticate with ``Authorization:
+  Bearer <secret>``; the operator's name is the ``by`` of every write (a body
+  may not send ``by``).
+- Every write needs a token; without any configured the server is read-only.
+  ``read_only=True`` refuses every write (403). Reads are open only when
+  ``public_reads`` (``serve`` sets it on a loopback bind); off loopback
+  ``serve`` refuses to start without a token.
+- CSRF: no cookies. A browser never attaches an ``Authorization`` header by
+  itself, and writes must be ``Content-Type: application/json`` (a cross-site
+  form cannot send that without a CORS preflight, which is never granted).
+- Disabling a flag needs ``"confirm": <flag name>``; an emergency rollback
+  ``"confirm": <current stage number or name>`` (the page makes the operator
+  type it).
+- The page runs under a strict Content-Security-Policy, refuses framing and
+  builds every element with ``textContent``.
+
+Example:
+    >>> from foundation.flags import FeatureFlags, Flag
+    >>> flags = FeatureFlags([Flag("beta")])
+    >>> app = create_app(flags=flags, token="ana:s3cret")
+    >>> app.state.admin.operators.operator("s3cret")
+    'ana'
+    >>> app.state.admin.close(); flags.close()
+"""
+
+from __future__ import annotations
+
+from foundation.admin._app import AdminState, create_app, parse_tokens
+from foundation.admin._server import AdminServer, serve
+
+__all__ = ["AdminServer", "AdminState", "create_app", "parse_tokens", "serve"]

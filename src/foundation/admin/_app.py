@@ -1,0 +1,881 @@
+"""The admin ASGI application: JSON API, server-sent events, /metrics and the page."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from foundation.errors import (
+    BackendUnavailable,
+    Closed,
+    FoundationError,
+    InvalidConfig,
+    MigrationError,
+    NotRegistered,
+    UnknownFlag,
+)
+from foundation.flags import FeatureFlags, FlagChange, Migration
+from foundation.flags._hashing import bucket
+from foundation.registry import Entry, RegistryEvent
+
+__all__ = ["AdminState", "Operators", "create_app", "parse_tokens"]
+
+log = logging.getLogger("foundation.admin")
+
+DEAD_RING = 200
+"""How many recently dead agents ``GET /api/agents/dead`` remembers."""
+QUEUE_SIZE = 1000
+"""Events buffered per SSE client; a client that falls further behind gets ``resync``."""
+HEARTBEAT = 15.0
+"""Seconds between SSE keep-alive comments."""
+
+_JSON = "application/json"
+
+
+class RegistryLike(Protocol):
+    """What the admin needs of a registry (a ``Registry`` or a ``RedisObserver``)."""
+
+    def list_all(self) -> list[Entry]: ...
+    def lookup(self, key: Hashable) -> Entry | None: ...
+    def query(self, criteria: Any) -> list[Entry]: ...
+    def count(self) -> int: ...
+    def subscribe(self, listener: Callable[[RegistryEvent], None]) -> Callable[[], None]: ...
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": name, "message": message}`` with ``status``."""
+
+    def __init__(self, status: int, name: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.name = name
+        self.message = message
+
+
+# ------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Operators:
+    """Bearer secrets and the operator each one names (``by`` of its writes)."""
+
+    secrets: tuple[tuple[bytes, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        raise TypeError("use Operators.configured, not truthiness")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.secrets)
+
+    def operator(self, secret: str) -> str | None:
+        """The operator whose secret this is, else None (constant time per secret)."""
+        given = secret.encode()
+        found = None
+        for known, name in self.secrets:  # no early exit: every secret is compared
+            if hmac.compare_digest(known, given):
+                found = name
+        return found
+
+
+def parse_tokens(token: str | Iterable[str] | Mapping[str, str] | None) -> Operators:
+    """Operators from ``"secret"`` (named admin), ``"name:secret"``, a list, or ``{name: secret}``.
+
+    Example:
+        >>> ops = parse_tokens(["ana:s3cret-a", "bo:s3cret-b"])
+        >>> ops.operator("s3cret-b"), ops.operator("nope")
+        ('bo', None)
+        >>> parse_tokens("just-a-secret").operator("just-a-secret")
+        'admin'
+
+    Raises:
+        InvalidConfig: an empty secret or operator name, or a secret given twice.
+    """
+    if token is None:
+        return Operators()
+    pairs: list[tuple[str, str]] = []
+    if isinstance(token, Mapping):
+        pairs = [(str(n), str(s)) for n, s in token.items()]
+    else:
+        for item in [token] if isinstance(token, str) else list(token):
+            if not isinstance(item, str):
+                raise InvalidConfig(f"a token is a string, not {item!r}")
+            name, sep, secret = item.partition(":")
+            pairs.append((name, secret) if sep else ("admin", item))
+    seen: set[str] = set()
+    out: list[tuple[bytes, str]] = []
+    for name, secret in pairs:
+        if not name or not secret:
+            raise InvalidConfig("a token needs a non-empty operator name and secret")
+        if secret in seen:
+            raise InvalidConfig(f"the secret of operator {name!r} is given twice")
+        seen.add(secret)
+        out.append((secret.encode(), name))
+    return Operators(tuple(out))
+
+
+# ------------------------------------------------------------------ serialisation
+
+
+def _plain_key(key: object) -> object:
+    """A registry key as JSON: tuples as lists, frozensets as sorted lists."""
+    if isinstance(key, tuple):
+        return [_plain_key(k) for k in key]
+    if isinstance(key, frozenset):
+        return sorted((_plain_key(k) for k in key), key=repr)
+    if key is None or isinstance(key, str | int | float | bool):
+        return key
+    return repr(key)
+
+
+def _kind(agent: object) -> str:
+    kind = getattr(agent, "kind", None)  # RemoteAgent
+    if isinstance(kind, str):
+        return kind
+    from foundation.liveness._agents import kind_of
+
+    return kind_of(agent) or type(agent).__name__
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON with ``str`` for anything JSON cannot hold."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def entry_dict(entry: Entry) -> dict[str, Any]:
+    agent = entry.agent
+    pid = getattr(agent, "pid", None)
+    name = getattr(agent, "name", None)
+    return {
+        "key": _plain_key(entry.key),
+        "key_text": entry.key if isinstance(entry.key, str) else json.dumps(_plain_key(entry.key)),
+        "node": entry.node,
+        "kind": _kind(agent),
+        "pid": pid if isinstance(pid, int) else None,
+        "name": name if isinstance(name, str) else None,
+        "metadata": _jsonable(dict(entry.metadata)),
+        "registered_at": entry.registered_at,
+    }
+
+
+def _down_dict(event: RegistryEvent) -> dict[str, Any]:
+    down = event.down
+    if down is None:
+        return {"reason": "down", "exception": None, "exit_code": None, "signal": None}
+    return {
+        "reason": down.reason,
+        "exception": None if down.exception is None else repr(down.exception),
+        "exit_code": down.exit_code,
+        "signal": down.signal,
+    }
+
+
+def _dead_dict(event: RegistryEvent, at: float) -> dict[str, Any]:
+    return {**entry_dict(event.entry), "down": _down_dict(event), "at": at}
+
+
+def _change_dict(change: FlagChange) -> dict[str, Any]:
+    return change.to_dict()
+
+
+# ------------------------------------------------------------------------- events
+
+
+class _Hub:
+    """Fans events out to SSE clients and remembers the recently dead.
+
+    Publishers run on any thread (flag and registry listeners); each client
+    queue belongs to the event loop of its request, so items are handed over
+    with ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, dead_size: int) -> None:
+        self._lock = threading.Lock()
+        self._clients: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[str | None]]] = set()
+        self.dead: collections.deque[dict[str, Any]] = collections.deque(maxlen=dead_size)
+        self.closed = False
+
+    def publish(self, event: str, data: Mapping[str, Any]) -> None:
+        item = f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+        with self._lock:
+            clients = list(self._clients)
+        for loop, queue in clients:
+            # Race: the client's loop may have closed after we copied the set; it is gone.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._put, queue, item)
+
+    @staticmethod
+    def _put(queue: asyncio.Queue[str | None], item: str | None) -> None:
+        if queue.full():
+            # A slow client: drop its backlog and tell it to re-read everything.
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait("event: resync\ndata: {}\n\n")
+        queue.put_nowait(item)
+
+    def attach(self) -> asyncio.Queue[str | None]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_SIZE)
+        with self._lock:
+            if self.closed:
+                raise ApiError(503, "Closed", "the admin server is shutting down")
+            self._clients.add((asyncio.get_running_loop(), queue))
+        return queue
+
+    def detach(self, queue: asyncio.Queue[str | None]) -> None:
+        with self._lock:
+            self._clients = {c for c in self._clients if c[1] is not queue}
+
+    def close(self) -> None:
+        """End every event stream (a ``None`` in each queue)."""
+        with self._lock:
+            self.closed = True
+            clients = list(self._clients)
+        for loop, queue in clients:
+            with contextlib.suppress(RuntimeError):  # a closed loop ended its stream already
+                loop.call_soon_threadsafe(self._put, queue, None)
+
+
+# -------------------------------------------------------------------------- state
+
+
+class AdminState:
+    """What the app serves: the live objects, the operators and the event hub.
+
+    ``close()`` unsubscribes from the flags and the registry and ends every
+    event stream; the objects themselves stay the caller's to close.
+    """
+
+    def __init__(
+        self,
+        *,
+        flags: FeatureFlags | None,
+        migration: Migration | None,
+        registry: RegistryLike | None,
+        supervisors: Iterable[Any],
+        operators: Operators,
+        read_only: bool,
+        public_reads: bool,
+        metrics: Any = None,
+        dead_size: int = DEAD_RING,
+    ) -> None:
+        if migration is not None and flags is None:
+            flags = migration.flags
+        self.flags = flags
+        self.migration = migration
+        self.registry = registry
+        self.supervisors = tuple(supervisors)
+        self.operators = operators
+        self.read_only = read_only
+        self.public_reads = public_reads
+        self.metrics = metrics
+        self.hub = _Hub(dead_size)
+        self._unsubscribe: list[Callable[[], None]] = []
+        if flags is not None:
+            self._unsubscribe.append(flags.subscribe(self._on_flag))
+        if registry is not None:
+            since = time.time()
+            self._unsubscribe.append(registry.subscribe(self._on_registry))
+            # A RedisObserver remembers deaths seen before we subscribed: take those
+            # (a death seen from now on reaches _on_registry instead).
+            recently_dead = getattr(registry, "recently_dead", None)
+            if callable(recently_dead):
+                for death in reversed(recently_dead()):  # oldest first; we prepend
+                    if death.at < since and death.event.reason == "down":
+                        self.hub.dead.appendleft(_dead_dict(death.event, death.at))
+
+    def _on_flag(self, change: FlagChange) -> None:
+        # A listener must not raise: it runs on the writer's or the store watcher's thread.
+        try:
+            self.hub.publish("flag", _change_dict(change))
+            if self.migration is not None and change.flag in self.migration.plan.flags:
+                # The stage is written in the same store transaction as these flags.
+                self.hub.publish("migration", {"plan": self.migration.plan.name})
+        except Exception:
+            log.exception("admin: could not publish a flag change")
+
+    def _on_registry(self, event: RegistryEvent) -> None:
+        try:
+            data: dict[str, Any] = {
+                "kind": event.kind,
+                "reason": event.reason,
+                "entry": entry_dict(event.entry),
+            }
+            if event.reason == "down":
+                data["down"] = _down_dict(event)
+                self.hub.dead.append(_dead_dict(event, time.time()))
+            self.hub.publish("agent", data)
+        except Exception:
+            log.exception("admin: could not publish a registry event")
+
+    def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            with contextlib.suppress(FoundationError):  # closed: nothing to unsubscribe from
+                unsubscribe()
+        self._unsubscribe.clear()
+        self.hub.close()
+
+
+# --------------------------------------------------------------------- plumbing
+
+Handler = Callable[[Request, AdminState], Awaitable[Response]]
+
+
+def _error(exc: BaseException) -> JSONResponse:
+    if isinstance(exc, ApiError):
+        status, name, message = exc.status, exc.name, exc.message
+    else:
+        name, message = type(exc).__name__, str(exc)
+        if isinstance(exc, UnknownFlag | NotRegistered):
+            status = 404
+        elif isinstance(exc, MigrationError):
+            status = 409
+        elif isinstance(exc, BackendUnavailable | Closed):
+            status = 503
+        elif isinstance(exc, ValueError | TypeError):  # Invalid* are ValueError/TypeError
+            status = 422
+        else:
+            status = 500
+    return JSONResponse({"error": name, "message": message}, status_code=status)
+
+
+def _authorise(request: Request, state: AdminState, *, write: bool) -> str | None:
+    """The operator of this request (None: an anonymous read); ApiError if refused."""
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    operator = None
+    if header:
+        if scheme.lower() != "bearer" or not state.operators.configured:
+            raise ApiError(401, "Unauthorized", "send Authorization: Bearer <token>")
+        operator = state.operators.operator(secret.strip())
+        if operator is None:
+            raise ApiError(401, "Unauthorized", "unknown token")
+    if write:
+        if state.read_only:
+            raise ApiError(403, "ReadOnly", "the admin server runs in read-only mode")
+        if not state.operators.configured:
+            raise ApiError(403, "ReadOnly", "no operator token is configured: writes are off")
+        if operator is None:
+            raise ApiError(401, "Unauthorized", "a write needs Authorization: Bearer <token>")
+        # CSRF: a browser never sends an Authorization header cross-site on its own,
+        # and a JSON content type cannot be sent cross-site without a CORS preflight.
+        if request.headers.get("content-type", "").split(";")[0].strip() != _JSON:
+            raise ApiError(
+                415, "UnsupportedMediaType", "writes take Content-Type: application/json"
+            )
+    elif operator is None and state.operators.configured and not state.public_reads:
+        raise ApiError(401, "Unauthorized", "reads need Authorization: Bearer <token>")
+    return operator
+
+
+def _endpoint(
+    fn: Callable[..., Awaitable[Any]], *, write: bool = False
+) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        state: AdminState = request.app.state.admin
+        try:
+            operator = _authorise(request, state, write=write)
+            if write:
+                body = await _body(request)
+                result = await fn(request, state, operator, body)
+            else:
+                result = await fn(request, state)
+        except Exception as exc:
+            response = _error(exc)
+            if response.status_code == 500:
+                log.exception("admin: %s %s failed", request.method, request.url.path)
+            return response
+        if isinstance(result, Response):
+            return result
+        return JSONResponse(result)
+
+    return handle
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(422, "InvalidBody", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "InvalidBody", "the body is a JSON object")
+    if "by" in body:
+        raise ApiError(422, "InvalidBody", "`by` is the authenticated operator; do not send it")
+    return body
+
+
+def _text(body: Mapping[str, Any], field: str, *, required: bool = False) -> str | None:
+    value = body.get(field)
+    if value is None:
+        if required:
+            raise ApiError(422, "InvalidBody", f"the body needs {field!r}")
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise ApiError(422, "InvalidBody", f"{field!r} is a non-empty string")
+    return value
+
+
+def _need_flags(state: AdminState) -> FeatureFlags:
+    if state.flags is None:
+        raise ApiError(404, "NotConfigured", "this admin server has no flags")
+    return state.flags
+
+
+def _need_migration(state: AdminState) -> Migration:
+    if state.migration is None:
+        raise ApiError(404, "NotConfigured", "this admin server has no migration plan")
+    return state.migration
+
+
+def _need_registry(state: AdminState) -> RegistryLike:
+    if state.registry is None:
+        raise ApiError(404, "NotConfigured", "this admin server has no registry")
+    return state.registry
+
+
+# ------------------------------------------------------------------------- flags
+
+
+def _flag_dict(flags: FeatureFlags, name: str) -> dict[str, Any]:
+    declared = flags.flag(name)
+    state = flags.state(name)
+    return {
+        "name": name,
+        "default": declared.default,
+        "description": declared.description,
+        "enabled": flags.enabled(name),
+        **state.to_dict(),
+    }
+
+
+async def list_flags(request: Request, state: AdminState) -> Any:
+    flags = _need_flags(state)
+    return {"flags": [_flag_dict(flags, n) for n in flags.names]}
+
+
+async def show_flag(request: Request, state: AdminState) -> Any:
+    return _flag_dict(_need_flags(state), request.path_params["name"])
+
+
+async def evaluate_flag(request: Request, state: AdminState) -> Any:
+    flags = _need_flags(state)
+    name = request.path_params["name"]
+    actor = request.query_params.get("actor") or None
+    s = flags.state(name)
+    enabled = flags.enabled(name, actor)
+    if not s.switch:
+        why = "the switch is off"
+    elif actor is None:
+        why = "no actor: on unless a percentage below 100 is set"
+    elif actor in s.deny:
+        why = "the actor is in the deny set"
+    elif actor in s.allow:
+        why = "the actor is in the allow set"
+    elif s.percentage is not None:
+        why = f"rollout: bucket {bucket(name, actor):.4f} {'<' if enabled else '>='} {s.percentage}"
+    else:
+        why = "the switch is on"
+    return {
+        "flag": name,
+        "actor": actor,
+        "enabled": enabled,
+        "why": why,
+        "bucket": None if actor is None else bucket(name, actor),
+    }
+
+
+async def history(request: Request, state: AdminState) -> Any:
+    flags = _need_flags(state)
+    flag = request.query_params.get("flag") or None
+    limit = _limit(request, 100)
+    changes = await run_in_threadpool(flags.history, flag)
+    return {"changes": [_change_dict(c) for c in reversed(changes[-limit:])]}
+
+
+def _limit(request: Request, default: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None or raw == "":
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(422, "InvalidLimit", f"limit is an integer >= 1, not {raw!r}") from None
+    if limit < 1:
+        raise ApiError(422, "InvalidLimit", f"limit is an integer >= 1, not {raw!r}")
+    return limit
+
+
+def _flag_write(action: str) -> Callable[..., Awaitable[Any]]:
+    async def write(
+        request: Request, state: AdminState, operator: str, body: dict[str, Any]
+    ) -> Any:
+        flags = _need_flags(state)
+        name = request.path_params["name"]
+        flags.flag(name)  # UnknownFlag before anything else
+        reason = _text(body, "reason")
+        call: Callable[[], None]
+        if action == "enable":
+            call = functools.partial(flags.enable, name, by=operator, reason=reason)
+        elif action == "disable":
+            if body.get("confirm") != name:
+                raise ApiError(
+                    422,
+                    "ConfirmationRequired",
+                    f'disabling needs "confirm": {name!r} (the flag name)',
+                )
+            call = functools.partial(flags.disable, name, by=operator, reason=reason)
+        elif action == "clear":
+            call = functools.partial(flags.clear, name, by=operator, reason=reason)
+        elif action == "percentage":
+            if "percentage" not in body:
+                raise ApiError(422, "InvalidBody", "the body needs 'percentage'")
+            call = functools.partial(
+                flags.set_percentage, name, body["percentage"], by=operator, reason=reason
+            )
+        else:  # allow / deny
+            actor = _text(body, "actor", required=True)
+            assert actor is not None
+            method = flags.allow if action == "allow" else flags.deny
+            call = functools.partial(method, name, actor, by=operator, reason=reason)
+        await run_in_threadpool(call)
+        return _flag_dict(flags, name)
+
+    return write
+
+
+# --------------------------------------------------------------------- migration
+
+
+def _migration_dict(migration: Migration) -> dict[str, Any]:
+    status = migration.status()
+    return {
+        "plan": status.plan,
+        "stage": status.stage,
+        "stage_name": status.stage_name,
+        "total": status.total,
+        "stages": [
+            {"number": s.number, "name": s.name, "flags": list(s.flags), "risk": s.risk}
+            for s in migration.plan.stages
+        ],
+        "flags": dict(status.flags),
+        "problems": migration.problems(),
+        "history": [e.to_dict() for e in reversed(migration.history()[-50:])],
+    }
+
+
+async def show_migration(request: Request, state: AdminState) -> Any:
+    return await run_in_threadpool(_migration_dict, _need_migration(state))
+
+
+def _migration_write(action: str) -> Callable[..., Awaitable[Any]]:
+    async def write(
+        request: Request, state: AdminState, operator: str, body: dict[str, Any]
+    ) -> Any:
+        migration = _need_migration(state)
+        reason = _text(body, "reason", required=action == "emergency")
+        if action == "advance":
+            await run_in_threadpool(lambda: migration.advance(by=operator, reason=reason))
+        elif action == "rollback":
+            stage = body.get("stage")
+            if isinstance(stage, bool) or not isinstance(stage, int):
+                raise ApiError(422, "InvalidBody", f"'stage' is an integer >= 0, not {stage!r}")
+            await run_in_threadpool(
+                lambda: migration.rollback_to(stage, by=operator, reason=reason)
+            )
+        else:
+
+            def emergency() -> None:
+                # Checked against the stage as it is now: a stage that moved since
+                # the operator looked needs a fresh confirmation. (The rollback itself
+                # works from any stage, so a move between this check and it is harmless.)
+                status = migration.status()
+                accepted = {str(status.stage)} | (
+                    {status.stage_name} if status.stage_name else set()
+                )
+                if body.get("confirm") not in accepted:
+                    raise ApiError(
+                        422,
+                        "ConfirmationRequired",
+                        'an emergency rollback needs "confirm": the current stage '
+                        f"({' or '.join(sorted(accepted))})",
+                    )
+                assert reason is not None
+                migration.emergency_rollback(reason, by=operator)
+
+            await run_in_threadpool(emergency)
+        result = await run_in_threadpool(_migration_dict, migration)
+        state.hub.publish("migration", {"plan": migration.plan.name})
+        return result
+
+    return write
+
+
+# ------------------------------------------------------------------------ agents
+
+
+def _parse_where(raw: str) -> tuple[str, str, Any]:
+    path, sep1, rest = raw.partition(":")
+    op, sep2, text = rest.partition(":")
+    if not (sep1 and sep2 and path and op):
+        raise ApiError(422, "InvalidCriteria", f"where is PATH:OP:VALUE, not {raw!r}")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text  # a bare word is a string
+    if isinstance(value, list):
+        value = tuple(value)
+    return path, op, value
+
+
+def _agents(request: Request, state: AdminState) -> dict[str, Any]:
+    registry = _need_registry(state)
+    criteria = [_parse_where(w) for w in request.query_params.getlist("where")]
+    search = (request.query_params.get("q") or "").lower()
+    limit = _limit(request, 500)
+    everyone = registry.list_all()
+    chosen = registry.query(criteria) if criteria else everyone
+    rows = [entry_dict(e) for e in chosen]
+    if search:
+        rows = [
+            r
+            for r in rows
+            if search in str(r["key_text"]).lower()
+            or search in json.dumps(r["metadata"]).lower()
+            or search in str(r["node"]).lower()
+        ]
+    rows.sort(key=lambda r: str(r["key_text"]))
+    by_kind: collections.Counter[str] = collections.Counter()
+    by_node: collections.Counter[str] = collections.Counter()
+    for e in everyone:
+        by_kind[_kind(e.agent)] += 1
+        by_node[e.node] += 1
+    return {
+        "agents": rows[:limit],
+        "matched": len(rows),
+        "total": len(everyone),
+        "by_kind": dict(by_kind),
+        "by_node": dict(by_node),
+    }
+
+
+async def list_agents(request: Request, state: AdminState) -> Any:
+    return await run_in_threadpool(_agents, request, state)
+
+
+async def show_agent(request: Request, state: AdminState) -> Any:
+    registry = _need_registry(state)
+    text = request.path_params["key"]
+
+    def find() -> Entry | None:
+        entry = registry.lookup(text)
+        if entry is None:
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                return None
+            if isinstance(parsed, list):
+                parsed = tuple(parsed)
+            if parsed != text and isinstance(parsed, Hashable):  # '"dead"' names key "dead"
+                entry = registry.lookup(parsed)
+        return entry
+
+    entry = await run_in_threadpool(find)
+    if entry is None:
+        raise NotRegistered(f"no agent is registered under {text!r}")
+    return entry_dict(entry)
+
+
+async def dead_agents(request: Request, state: AdminState) -> Any:
+    _need_registry(state)
+    limit = _limit(request, DEAD_RING)
+    return {"dead": list(reversed(state.hub.dead))[:limit]}
+
+
+# ------------------------------------------------------------------- supervision
+
+
+def _children_elsewhere(sup: Any) -> list[Any]:
+    """``which_children()`` of a SupervisorThread, or of a Supervisor on another loop."""
+    if hasattr(sup, "thread"):  # SupervisorThread: thread-safe already
+        return list(sup.which_children())
+    task = sup.task
+    if task is None:
+        return []
+
+    async def ask() -> list[Any]:
+        return list(sup.which_children())
+
+    return asyncio.run_coroutine_threadsafe(ask(), task.get_loop()).result(5.0)
+
+
+def _children_here(sup: Any) -> list[Any]:
+    return list(sup.which_children())
+
+
+def _tree(sup: Any, children: Callable[[Any], list[Any]]) -> dict[str, Any]:
+    inner = getattr(sup, "supervisor", sup)
+    node: dict[str, Any] = {
+        "name": inner.name,
+        "state": inner.state,
+        "strategy": inner.strategy,
+        "children": [],
+    }
+    for child in children(sup):
+        row: dict[str, Any] = {
+            "id": child.id,
+            "kind": child.kind,
+            "restart": child.restart,
+            "status": child.status,
+            "restarts": child.restarts,
+            "registered": child.registered,
+        }
+        if child.kind == "supervisor" and child.handle is not None:
+            row["supervisor"] = _tree(child.handle, children)
+        node["children"].append(row)
+    return node
+
+
+async def supervision(request: Request, state: AdminState) -> Any:
+    loop = asyncio.get_running_loop()
+    out = []
+    for sup in state.supervisors:
+        task = getattr(sup, "task", None)
+        if task is not None and task.get_loop() is loop:
+            # Mounted in the supervisor's own loop: ask directly (blocking on it would deadlock).
+            out.append(_tree(sup, _children_here))
+        else:
+            out.append(await run_in_threadpool(_tree, sup, _children_elsewhere))
+    return {"supervisors": out}
+
+
+# ----------------------------------------------------------------------- misc
+
+
+async def whoami(request: Request, state: AdminState) -> Any:
+    header = request.headers.get("authorization", "")
+    operator = None
+    if header:
+        operator = _authorise(request, state, write=False)
+    return {
+        "operator": operator,
+        "read_only": state.read_only,
+        "writes": state.operators.configured and not state.read_only,
+        "flags": state.flags is not None,
+        "migration": state.migration is not None,
+        "registry": state.registry is not None,
+        "supervision": bool(state.supervisors),
+    }
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def events(request: Request, state: AdminState) -> Any:
+    queue = state.hub.attach()
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "event: hello\ndata: {}\n\n"
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), HEARTBEAT)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if item is None:
+                    return
+                yield item
+        finally:
+            state.hub.detach(queue)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def metrics_endpoint(request: Request, state: AdminState) -> Any:
+    from foundation.admin._metrics import exposition
+
+    body, content_type = await run_in_threadpool(exposition, state)
+    return Response(body, media_type=content_type)
+
+
+# ---------------------------------------------------------------------------- app
+
+
+def create_app(
+    *,
+    flags: FeatureFlags | None = None,
+    migration: Migration | None = None,
+    registry: RegistryLike | None = None,
+    supervisors: Iterable[Any] = (),
+    token: str | Iterable[str] | Mapping[str, str] | None = None,
+    read_only: bool = False,
+    public_reads: bool = False,
+    metrics: Any = None,
+) -> Starlette:
+    """See ``foundation.admin`` (the package docs hold the whole contract)."""
+    from foundation.admin._page import page_routes
+
+    state = AdminState(
+        flags=flags,
+        migration=migration,
+        registry=registry,
+        supervisors=supervisors,
+        operators=parse_tokens(token),
+        read_only=read_only,
+        public_reads=public_reads,
+        metrics=metrics,
+    )
+
+    def r(path: str, fn: Callable[..., Awaitable[Any]], *, write: bool = False) -> Route:
+        return Route(path, _endpoint(fn, write=write), methods=["POST" if write else "GET"])
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        r("/metrics", metrics_endpoint),
+        r("/api/whoami", whoami),
+        r("/api/flags", list_flags),
+        r("/api/flags/{name}", show_flag),
+        r("/api/flags/{name}/evaluate", evaluate_flag),
+        *(
+            r(f"/api/flags/{{name}}/{action}", _flag_write(action), write=True)
+            for action in ("enable", "disable", "clear", "percentage", "allow", "deny")
+        ),
+        r("/api/history", history),
+        r("/api/migration", show_migration),
+        *(
+            r(f"/api/migration/{action}", _migration_write(action), write=True)
+            for action in ("advance", "rollback", "emergency")
+        ),
+        r("/api/agents", list_agents),
+        r("/api/agents/dead", dead_agents),
+        r("/api/agents/{key:path}", show_agent),
+        r("/api/supervision", supervision),
+        r("/api/events", events),
+        *page_routes(),
+    ]
+    app = Starlette(routes=routes)
+    app.state.admin = state
+    return app

@@ -1,0 +1,137 @@
+"""``foundation demo --admin``: the admin page over a small live system, until Ctrl-C.
+
+A SQLite flag store with the demo's flags and the default migration plan, a
+registry of thread and OS-process agents with one agent killed every few
+seconds (so the list and "recently dead" move), and a supervisor whose
+recycling child ends now and then (so restart counts move).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from foundation.admin._server import AdminServer
+from foundation.errors import FoundationError, InvalidConfig
+from foundation.flags import (
+    DEFAULT_FLAGS,
+    FeatureFlags,
+    Flag,
+    Migration,
+    MigrationPlan,
+    SQLiteFlagStore,
+)
+from foundation.liveness import spawn_thread
+from foundation.registry import MemoryRegistry
+from foundation.supervision import ChildContext, ChildSpec, Supervisor
+
+__all__ = ["serve_demo"]
+
+
+def _process() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+
+
+async def _steady(ctx: ChildContext) -> None:
+    ctx.ready()
+    await asyncio.Event().wait()
+
+
+async def _recycling(ctx: ChildContext) -> None:
+    # Ends now and then; being permanent, it is restarted (its restart count moves).
+    ctx.ready()
+    await asyncio.sleep(random.uniform(8, 20))
+
+
+def serve_demo(bind: str, say: Callable[[str], None] = print) -> int:
+    """Serve the admin page over a demo system until interrupted; returns an exit code."""
+    token = secrets.token_urlsafe(12)
+    stop = threading.Event()
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="foundation-admin-demo-") as tmp:
+        store = SQLiteFlagStore(Path(tmp) / "flags.sqlite3")
+        flags = FeatureFlags(
+            [
+                Flag("new_checkout", description="the 2026 checkout"),
+                Flag("dark_mode", default=True, description="dark theme"),
+                *DEFAULT_FLAGS,
+            ],
+            store=store,
+        )
+        flags.set_percentage("new_checkout", 20, by="demo", reason="canary")
+        migration = Migration(flags, MigrationPlan.default())
+        registry = MemoryRegistry()
+        sup = Supervisor(
+            [
+                ChildSpec("http", _steady),
+                ChildSpec("indexer", _recycling),
+                ChildSpec("jobs", Supervisor([ChildSpec("mailer", _steady)], name="jobs")),
+            ],
+            name="app",
+            max_restarts=1000,
+        )
+
+        def churn() -> None:
+            # Keeps a few OS-process agents alive, killing one every few seconds.
+            n = 0
+            while not stop.wait(3.0):  # sleep-ok: the demo's pace, not synchronisation
+                n += 1
+                proc = _process()
+                procs.append(proc)
+                registry.register(f"batch-{n}", proc, {"role": "batch", "zone": f"eu-{n % 2}"})
+                alive = [p for p in procs if p.poll() is None]
+                if len(alive) > 2:
+                    alive[0].kill()
+
+        for i in range(6):
+            registry.register(
+                f"api-{i}",
+                spawn_thread(stop.wait, name=f"api-{i}"),
+                {"role": "api", "zone": f"eu-{i % 2}"},
+            )
+        worker = threading.Thread(target=churn, name="admin-demo-churn", daemon=True)
+        try:
+            with sup.run_in_thread() as handle:
+                try:
+                    server = AdminServer(
+                        flags=flags,
+                        migration=migration,
+                        registry=registry,
+                        supervisors=[handle],
+                        token=f"demo:{token}",
+                        bind=bind,
+                    ).start()
+                except InvalidConfig as exc:
+                    say(f"admin page: {exc}")
+                    return 1
+                worker.start()
+                say(f"admin page: {server.url}  (token: {token})  Ctrl-C to stop")
+                with contextlib.suppress(KeyboardInterrupt):
+                    stop.wait()
+                server.close()
+        except FoundationError as exc:
+            say(f"admin page: {exc}")
+            return 1
+        finally:
+            stop.set()
+            if worker.is_alive():
+                worker.join(10)
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            registry.close()
+            flags.close()
+            store.close()
+    return 0

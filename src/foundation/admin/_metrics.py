@@ -1,0 +1,94 @@
+"""``GET /metrics``: the Prometheus exposition, written by ``prometheus-client``."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from foundation.errors import FoundationError
+
+if TYPE_CHECKING:
+    from foundation.admin._app import AdminState
+
+__all__ = ["exposition"]
+
+log = logging.getLogger("foundation.admin")
+
+
+class _AdminCollector(Collector):
+    """What the admin server sees itself: flag switches, migration stage, live entries."""
+
+    def __init__(self, state: AdminState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self._state
+        if state.flags is not None:
+            switch = GaugeMetricFamily(
+                "foundation_admin_flag_enabled",
+                "1 if the flag's switch is on (its effective state)",
+                labels=["flag"],
+            )
+            percentage = GaugeMetricFamily(
+                "foundation_admin_flag_percentage",
+                "the flag's rollout percentage (absent: none set)",
+                labels=["flag"],
+            )
+            for name in state.flags.names:
+                s = state.flags.state(name)
+                switch.add_metric([name], 1.0 if s.switch else 0.0)
+                if s.percentage is not None:
+                    percentage.add_metric([name], s.percentage)
+            yield switch
+            yield percentage
+        if state.migration is not None:
+            try:
+                stage = state.migration.status().stage
+            except FoundationError:
+                log.warning("admin: migration stage unavailable for /metrics", exc_info=True)
+            else:
+                g = GaugeMetricFamily(
+                    "foundation_admin_migration_stage", "committed stage", labels=["plan"]
+                )
+                g.add_metric([state.migration.plan.name], float(stage))
+                yield g
+        if state.registry is not None:
+            try:
+                entries = state.registry.list_all()
+            except FoundationError:
+                log.warning("admin: registry unavailable for /metrics", exc_info=True)
+            else:
+                from foundation.admin._app import _kind
+
+                counts = collections.Counter((e.node, _kind(e.agent)) for e in entries)
+                g = GaugeMetricFamily(
+                    "foundation_admin_registry_entries",
+                    "live registry entries seen by the admin server",
+                    labels=["node", "kind"],
+                )
+                for (node, kind), n in sorted(counts.items()):
+                    g.add_metric([node, kind], float(n))
+                yield g
+        g = GaugeMetricFamily(
+            "foundation_admin_dead_agents", "agents in the recently-dead ring", labels=[]
+        )
+        g.add_metric([], float(len(state.hub.dead)))
+        yield g
+
+
+def exposition(state: AdminState) -> tuple[bytes, str]:
+    """The text exposition of the admin collector plus ``foundation.metrics`` if given."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_AdminCollector(state))
+    if state.metrics is not None:
+        from foundation.metrics import prometheus_collector
+
+        registry.register(prometheus_collector(state.metrics))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,611 @@
+"""The admin page: one HTML document, one stylesheet, one vanilla script (no build, no CDN).
+
+Kept as strings in this module so the page ships inside the wheel with no
+package-data rules. Everything the page shows is built with DOM calls
+(``textContent``), never ``innerHTML`` with data, so registry metadata or a
+flag reason cannot inject markup.
+"""
+
+# ruff: noqa: E501 (the page's CSS and JavaScript keep their own line lengths)
+from __future__ import annotations
+
+import html
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+__all__ = ["page_routes"]
+
+_HEADERS = {
+    # The page runs only its own script; no frames (a framed page could be
+    # clickjacked into a confirmed write); nothing cached; no referrer.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="admin-base" content="{base}">
+<title>foundation admin</title>
+<link rel="stylesheet" href="{base}admin.css">
+<script src="{base}admin.js" defer></script>
+</head>
+<body>
+<header>
+  <h1>foundation <span>admin</span></h1>
+  <span id="live" class="pill off" title="server-sent events">offline</span>
+  <span id="mode" class="pill"></span>
+  <form id="login-form" autocomplete="off">
+    <input id="token" type="password" placeholder="operator token" aria-label="operator token">
+    <button id="login" type="submit">Sign in</button>
+  </form>
+  <span id="who" hidden>signed in as <b id="operator"></b>
+    <button id="logout" type="button" class="link">sign out</button></span>
+</header>
+<div id="message" role="status" hidden></div>
+<main>
+<section id="flags-section">
+  <h2>Flags</h2>
+  <label class="reason">Reason for changes <input id="reason"
+    placeholder="why (recorded in the audit trail)"></label>
+  <table id="flags"><thead><tr><th>flag</th><th>state</th><th>rollout</th>
+    <th>allow</th><th>deny</th><th>actions</th></tr></thead><tbody></tbody></table>
+  <div class="row" id="evaluator">
+    <h3>What does this actor get?</h3>
+    <select id="eval-flag" aria-label="flag"></select>
+    <input id="eval-actor" placeholder="actor id" aria-label="actor">
+    <button id="eval-go" type="button">Evaluate</button>
+    <span id="eval-out"></span>
+  </div>
+</section>
+<section id="migration-section">
+  <h2>Migration</h2>
+  <div id="migration"></div>
+</section>
+<section id="supervision-section">
+  <h2>Supervision</h2>
+  <div id="supervision"></div>
+</section>
+<section id="agents-section">
+  <h2>Agents <small id="agent-counts"></small></h2>
+  <div class="row">
+    <input id="agent-search" placeholder="search keys, nodes, metadata" aria-label="search">
+    <input id="agent-where" placeholder="role:eq:worker; limits.cpu:gte:2"
+      aria-label="metadata filters">
+    <button id="agent-go" type="button">Filter</button>
+  </div>
+  <table id="agents"><thead><tr><th>key</th><th>kind</th><th>node</th><th>pid</th>
+    <th>metadata</th><th>registered</th></tr></thead><tbody></tbody></table>
+  <h3>Recently dead</h3>
+  <table id="dead"><thead><tr><th>key</th><th>kind</th><th>node</th><th>Down reason</th>
+    <th>detail</th><th>when</th></tr></thead><tbody></tbody></table>
+</section>
+<section id="history-section">
+  <h2>Audit history</h2>
+  <table id="history"><thead><tr><th>when</th><th>flag</th><th>who</th><th>why</th>
+    <th>change</th></tr></thead><tbody></tbody></table>
+</section>
+</main>
+<dialog id="confirm">
+  <form method="dialog" id="confirm-form">
+    <h3 id="confirm-title"></h3>
+    <p>Type <code id="confirm-word"></code> to confirm.</p>
+    <input id="confirm-input" autocomplete="off" aria-label="confirmation">
+    <input id="confirm-reason" placeholder="reason" aria-label="reason">
+    <menu><button value="cancel" type="button" id="confirm-cancel">Cancel</button>
+      <button value="ok" id="confirm-ok" class="danger" disabled>Confirm</button></menu>
+  </form>
+</dialog>
+</body>
+</html>
+"""
+
+CSS = """
+:root { --bg:#f6f7f9; --card:#fff; --ink:#1d2430; --mute:#6b7484; --line:#e2e5ea;
+  --on:#127a3c; --off:#a12a2a; --accent:#2c5fd6; --warn:#9a6500; }
+* { box-sizing: border-box; }
+[hidden] { display:none !important; }
+body { margin:0; font:14px/1.4 system-ui, sans-serif; background:var(--bg); color:var(--ink); }
+header { display:flex; gap:12px; align-items:center; padding:10px 20px; background:#18202e;
+  color:#fff; flex-wrap:wrap; }
+header h1 { font-size:18px; margin:0 12px 0 0; } header h1 span { color:#8fb0ff; }
+header form { margin-left:auto; display:flex; gap:6px; }
+#who { margin-left:auto; } #who b { color:#8fb0ff; }
+main { display:grid; grid-template-columns: 1fr 1fr; gap:16px; padding:16px 20px; }
+section { background:var(--card); border:1px solid var(--line); border-radius:8px;
+  padding:12px 16px; overflow:auto; }
+#flags-section, #agents-section, #history-section { grid-column: 1 / -1; }
+#migration-section:has(+ #supervision-section[hidden]) { grid-column: 1 / -1; }
+h2 { font-size:16px; margin:0 0 10px; } h3 { font-size:14px; margin:12px 0 6px; }
+h2 small { color:var(--mute); font-weight:normal; margin-left:8px; }
+table { width:100%; border-collapse:collapse; }
+th, td { text-align:left; padding:5px 6px; border-bottom:1px solid var(--line);
+  vertical-align:top; }
+th { color:var(--mute); font-weight:600; font-size:12px; }
+td.desc small { display:block; color:var(--mute); }
+input, select, button { font:inherit; padding:4px 8px; border:1px solid #c4c9d2;
+  border-radius:5px; background:#fff; color:var(--ink); }
+button { cursor:pointer; background:#eef2fb; border-color:#b9c6e6; }
+button:disabled { opacity:.45; cursor:default; }
+button.danger { background:#fbeeee; border-color:#e0b4b4; color:var(--off); }
+button.link { background:none; border:none; color:#8fb0ff; text-decoration:underline; }
+.badge { display:inline-block; padding:1px 8px; border-radius:10px; font-weight:600;
+  font-size:12px; }
+.badge.on { background:#e2f5e9; color:var(--on); } .badge.off { background:#f8e4e4; color:var(--off); }
+.pill { padding:2px 10px; border-radius:10px; font-size:12px; background:#34405a; }
+.pill.on { background:#1f7a44; } .pill.off { background:#7a2a2a; } .pill:empty { display:none; }
+.actor { display:inline-block; background:#eef0f4; border-radius:4px; padding:0 5px;
+  margin:1px; font-size:12px; }
+.row { display:flex; gap:8px; align-items:center; flex-wrap:wrap; margin:8px 0; }
+.row h3 { margin:0 8px 0 0; }
+td.actions { white-space:nowrap; } td.actions input { width:70px; }
+td.actions input.actor-input { width:90px; }
+.reason { display:block; margin-bottom:8px; color:var(--mute); }
+.reason input { width:360px; }
+#message { margin:10px 20px 0; padding:8px 12px; border-radius:6px; background:#fdecec;
+  color:var(--off); border:1px solid #f0c2c2; }
+#message.ok { background:#e8f6ee; color:var(--on); border-color:#bfe3cc; }
+.problems li { color:var(--warn); }
+.stages { display:flex; gap:6px; margin:8px 0; flex-wrap:wrap; }
+.stage { border:1px solid var(--line); border-radius:6px; padding:6px 10px; min-width:120px; }
+.stage.done { background:#e2f5e9; border-color:#bfe3cc; }
+.stage small { display:block; color:var(--mute); }
+.tree ul { list-style:none; padding-left:18px; margin:2px 0; }
+.tree li { margin:2px 0; }
+.status-running { color:var(--on); } .status-restarting, .status-stopped { color:var(--warn); }
+tr.flash td { animation: flash 2s ease-out; }
+@keyframes flash { from { background:#fff3b0; } to { background:transparent; } }
+dialog { border:1px solid var(--line); border-radius:8px; padding:16px 20px; min-width:360px; }
+dialog input { display:block; width:100%; margin:6px 0; }
+menu { display:flex; gap:8px; justify-content:flex-end; padding:0; }
+code { background:#eef0f4; padding:0 4px; border-radius:3px; }
+.meta { font-family: ui-monospace, monospace; font-size:12px; color:#39425a; }
+.mute { color:var(--mute); }
+"""
+
+JS = r"""
+'use strict';
+const BASE = document.querySelector('meta[name="admin-base"]').content;
+const KEY = 'foundation-admin-token';
+let token = sessionStorage.getItem(KEY) || '';
+let who = { writes: false };
+const $ = (sel) => document.querySelector(sel);
+
+function h(tag, attrs, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === 'class') el.className = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'text') el.textContent = v;
+    else if (v !== false && v !== null && v !== undefined) el.setAttribute(k, v === true ? '' : v);
+  }
+  for (const kid of kids.flat()) {
+    if (kid === null || kid === undefined || kid === false) continue;
+    el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  }
+  return el;
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || ('HTTP ' + status));
+    this.status = status; this.name = (body && body.error) || 'Error';
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { 'Accept': 'application/json' };
+  if (token) headers['Authorization'] = 'Bearer ' + token;
+  const init = { method, headers, cache: 'no-store', credentials: 'omit' };
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch(BASE + path, init);
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (!res.ok) throw new ApiError(res.status, data);
+  return data;
+}
+
+function say(text, ok) {
+  const m = $('#message');
+  m.textContent = text; m.hidden = !text; m.className = ok ? 'ok' : '';
+}
+
+function fail(err) {
+  say(err.name + ': ' + err.message);
+  if (err.status === 401) showLogin();
+}
+
+const when = (t) => new Date(t * 1000).toLocaleString();
+const reason = () => $('#reason').value.trim() || null;
+
+// ------------------------------------------------------------------ session
+function showLogin() {
+  $('#login-form').hidden = false; $('#who').hidden = true;
+}
+
+async function login(secret) {
+  token = secret;
+  try {
+    who = await api('GET', 'api/whoami');
+  } catch (err) {
+    token = ''; sessionStorage.removeItem(KEY);
+    fail(err); return false;
+  }
+  if (secret) sessionStorage.setItem(KEY, secret);
+  $('#login-form').hidden = !!who.operator;
+  $('#who').hidden = !who.operator;
+  $('#operator').textContent = who.operator || '';
+  $('#mode').textContent = who.read_only ? 'read-only' : (who.writes ? '' : 'writes off');
+  document.body.classList.toggle('can-write', !!(who.operator && who.writes));
+  say('');
+  refreshAll();
+  startEvents();
+  return true;
+}
+
+const canWrite = () => !!(who.operator && who.writes);
+
+// -------------------------------------------------------------------- flags
+let flagNames = [];
+
+async function write(path, body, done) {
+  try {
+    await api('POST', path, body);
+    say('done: ' + path.replace('api/', ''), true);
+    if (done) done();
+    refreshFlags(); refreshHistory();
+  } catch (err) { fail(err); }
+}
+
+function actorList(items) {
+  return items.length ? items.map((a) => h('span', { class: 'actor', text: a }))
+                      : [h('span', { class: 'mute', text: '—' })];
+}
+
+function flagRow(f) {
+  const enc = encodeURIComponent(f.name);
+  const dis = !canWrite();
+  const pct = h('input', { class: 'pct-input', type: 'number', min: 0, max: 100, step: 'any',
+    placeholder: '%', 'aria-label': 'percentage for ' + f.name, disabled: dis });
+  const actor = h('input', { class: 'actor-input', placeholder: 'actor',
+    'aria-label': 'actor for ' + f.name, disabled: dis });
+  const toggle = f.switch
+    ? h('button', { class: 'toggle danger', disabled: dis, text: 'Disable',
+        onclick: () => confirmThen('Disable flag ' + f.name, f.name, (r) =>
+          write('api/flags/' + enc + '/disable', { reason: r, confirm: f.name })) })
+    : h('button', { class: 'toggle', disabled: dis, text: 'Enable',
+        onclick: () => write('api/flags/' + enc + '/enable', { reason: reason() }) });
+  const actorWrite = (verb) => () => {
+    if (!actor.value.trim()) { say('type an actor first'); return; }
+    write('api/flags/' + enc + '/' + verb, { actor: actor.value.trim(), reason: reason() },
+      () => { actor.value = ''; });
+  };
+  return h('tr', { 'data-flag': f.name },
+    h('td', { class: 'desc' }, h('b', { text: f.name }),
+      h('small', { text: (f.description || '') + ' (default ' + (f.default ? 'on' : 'off') + ')' })),
+    h('td', {}, h('span', { class: 'badge ' + (f.switch ? 'on' : 'off'), text: f.switch ? 'on' : 'off' })),
+    h('td', { class: 'pct', text: f.percentage === null ? '100% (no rollout)' : f.percentage + '%' }),
+    h('td', { class: 'allow' }, actorList(f.allow)),
+    h('td', { class: 'deny' }, actorList(f.deny)),
+    h('td', { class: 'actions' }, toggle, ' ', pct,
+      h('button', { class: 'pct-set', disabled: dis, text: 'Set %', onclick: () => {
+        if (pct.value === '') { say('type a percentage first'); return; }
+        write('api/flags/' + enc + '/percentage', { percentage: Number(pct.value), reason: reason() },
+          () => { pct.value = ''; });
+      } }), ' ', actor,
+      h('button', { class: 'allow-btn', disabled: dis, text: 'Allow', onclick: actorWrite('allow') }),
+      h('button', { class: 'deny-btn', disabled: dis, text: 'Deny', onclick: actorWrite('deny') }), ' ',
+      h('button', { class: 'clear', disabled: dis, text: 'Clear',
+        onclick: () => write('api/flags/' + enc + '/clear', { reason: reason() }) })));
+}
+
+let flashFlag = null;
+async function refreshFlags() {
+  if (!who.flags) { $('#flags-section').hidden = true; return; }
+  try {
+    const data = await api('GET', 'api/flags');
+    const body = $('#flags tbody');
+    // A live update re-renders the rows: keep what the operator is typing, and the focus.
+    const kept = {};
+    for (const tr of body.querySelectorAll('tr[data-flag]')) {
+      kept[tr.dataset.flag] = [tr.querySelector('.pct-input').value,
+                               tr.querySelector('.actor-input').value];
+    }
+    const active = document.activeElement;
+    const focusRow = active && active.closest ? active.closest('tr[data-flag]') : null;
+    const focus = focusRow ? [focusRow.dataset.flag, active.className] : null;
+    body.replaceChildren(...data.flags.map(flagRow));
+    for (const tr of body.querySelectorAll('tr[data-flag]')) {
+      const k = kept[tr.dataset.flag];
+      if (k) { tr.querySelector('.pct-input').value = k[0]; tr.querySelector('.actor-input').value = k[1]; }
+      if (focus && focus[0] === tr.dataset.flag) {
+        const el = tr.querySelector('.' + focus[1].split(' ')[0]);
+        if (el) el.focus();
+      }
+    }
+    if (flashFlag) {
+      const row = body.querySelector('tr[data-flag="' + CSS.escape(flashFlag) + '"]');
+      if (row) row.classList.add('flash');
+      flashFlag = null;
+    }
+    const names = data.flags.map((f) => f.name);
+    if (names.join('\n') !== flagNames.join('\n')) {
+      flagNames = names;
+      $('#eval-flag').replaceChildren(...names.map((n) => h('option', { value: n, text: n })));
+    }
+  } catch (err) { fail(err); }
+}
+
+async function evaluate() {
+  const name = $('#eval-flag').value;
+  const actor = $('#eval-actor').value.trim();
+  try {
+    const r = await api('GET', 'api/flags/' + encodeURIComponent(name) + '/evaluate' +
+      (actor ? '?actor=' + encodeURIComponent(actor) : ''));
+    $('#eval-out').replaceChildren(
+      h('span', { class: 'badge ' + (r.enabled ? 'on' : 'off'), text: r.enabled ? 'ON' : 'OFF' }),
+      ' ', h('span', { class: 'mute', text: r.why }));
+  } catch (err) { fail(err); }
+}
+
+function describeChange(c) {
+  const parts = [];
+  if (c.old.switch !== c.new.switch) parts.push(c.new.switch ? 'switched on' : 'switched off');
+  if (c.old.percentage !== c.new.percentage)
+    parts.push('rollout ' + (c.old.percentage ?? '—') + ' → ' + (c.new.percentage ?? '—'));
+  const added = (a, b) => b.filter((x) => !a.includes(x));
+  for (const x of added(c.old.allow, c.new.allow)) parts.push('allow +' + x);
+  for (const x of added(c.old.deny, c.new.deny)) parts.push('deny +' + x);
+  for (const x of added(c.new.allow, c.old.allow)) parts.push('allow \u2212' + x);
+  for (const x of added(c.new.deny, c.old.deny)) parts.push('deny \u2212' + x);
+  return parts.join(', ') || 'no effective change';
+}
+
+async function refreshHistory() {
+  if (!who.flags) { $('#history-section').hidden = true; return; }
+  try {
+    const data = await api('GET', 'api/history?limit=50');
+    $('#history tbody').replaceChildren(...data.changes.map((c) => h('tr', {},
+      h('td', { text: when(c.at) }), h('td', { text: c.flag }),
+      h('td', { text: c.by || '—' }), h('td', { text: c.reason || '—' }),
+      h('td', { text: describeChange(c) }))));
+  } catch (err) { fail(err); }
+}
+
+// ---------------------------------------------------------------- migration
+async function refreshMigration() {
+  if (!who.migration) { $('#migration-section').hidden = true; return; }
+  let m;
+  try { m = await api('GET', 'api/migration'); } catch (err) { fail(err); return; }
+  const dis = !canWrite();
+  const target = h('select', { id: 'mig-target', 'aria-label': 'roll back to stage', disabled: dis || m.stage === 0 },
+    ...Array.from({ length: m.stage }, (_, i) => h('option', { value: i, text: 'stage ' + i })));
+  const confirmWord = m.stage_name || String(m.stage);
+  $('#migration').replaceChildren(
+    h('div', { id: 'mig-status' }, 'plan ', h('b', { text: m.plan }), ': stage ',
+      h('b', { id: 'mig-stage', text: m.stage }), ' of ' + m.total,
+      m.stage_name ? ' (' + m.stage_name + ')' : ' (not started)'),
+    h('div', { class: 'stages' }, ...m.stages.map((s) => h('div', {
+        class: 'stage' + (s.number <= m.stage ? ' done' : '') },
+      h('b', { text: s.number + '. ' + s.name }), h('small', { text: 'risk: ' + s.risk }),
+      h('small', { text: s.flags.join(', ') })))),
+    m.problems.length
+      ? h('ul', { class: 'problems', id: 'mig-problems' },
+          ...m.problems.map((p) => h('li', { text: p })))
+      : h('p', { class: 'mute', id: 'mig-problems', text: 'readiness: no problems' }),
+    h('div', { class: 'row' },
+      h('button', { id: 'mig-advance', disabled: dis || m.stage >= m.total, text: 'Advance',
+        onclick: () => migrate('advance', { reason: reason() }) }),
+      target,
+      h('button', { id: 'mig-rollback', disabled: dis || m.stage === 0, text: 'Roll back',
+        onclick: () => migrate('rollback', { stage: Number(target.value), reason: reason() }) }),
+      h('button', { id: 'mig-emergency', class: 'danger', disabled: dis, text: 'Emergency rollback',
+        onclick: () => confirmThen('Emergency rollback of ' + m.plan + ' (every plan flag off)',
+          confirmWord, (r) => migrate('emergency', { reason: r, confirm: confirmWord }), true) })),
+    h('h3', { text: 'Steps' }),
+    h('table', { id: 'mig-history' }, h('tbody', {}, ...m.history.map((e) => h('tr', {},
+      h('td', { text: when(e.at) }), h('td', { text: e.action }),
+      h('td', { text: e.from_stage + ' → ' + e.to_stage }),
+      h('td', { text: e.by || '—' }), h('td', { text: e.reason || '—' }))))));
+}
+
+async function migrate(action, body) {
+  try {
+    await api('POST', 'api/migration/' + action, body);
+    say('migration: ' + action + ' done', true);
+    refreshMigration(); refreshFlags(); refreshHistory();
+  } catch (err) { fail(err); refreshMigration(); }
+}
+
+// ------------------------------------------------------------------- agents
+async function refreshAgents() {
+  if (!who.registry) { $('#agents-section').hidden = true; return; }
+  const q = new URLSearchParams();
+  const search = $('#agent-search').value.trim();
+  if (search) q.append('q', search);
+  for (const w of $('#agent-where').value.split(';')) if (w.trim()) q.append('where', w.trim());
+  try {
+    const [data, dead] = await Promise.all([
+      api('GET', 'api/agents?' + q.toString()), api('GET', 'api/agents/dead?limit=50')]);
+    const counts = (o) => Object.entries(o).map(([k, v]) => k + ' ' + v).join(', ') || 'none';
+    $('#agent-counts').textContent = data.matched + ' shown of ' + data.total +
+      ' · by kind: ' + counts(data.by_kind) + ' · by node: ' + counts(data.by_node);
+    $('#agents tbody').replaceChildren(...data.agents.map((a) => h('tr', { 'data-key': a.key_text },
+      h('td', {}, h('b', { text: a.key_text })), h('td', { text: a.kind }),
+      h('td', { text: a.node }), h('td', { text: a.pid ?? '—' }),
+      h('td', { class: 'meta', text: JSON.stringify(a.metadata) }),
+      h('td', { text: when(a.registered_at) }))));
+    $('#dead tbody').replaceChildren(...dead.dead.map((a) => h('tr', { 'data-key': a.key_text },
+      h('td', {}, h('b', { text: a.key_text })), h('td', { text: a.kind }),
+      h('td', { text: a.node }), h('td', {}, h('span', { class: 'badge off', text: a.down.reason })),
+      h('td', { class: 'meta', text: [a.down.exception, a.down.exit_code !== null ?
+        'exit ' + a.down.exit_code : null, a.down.signal !== null ? 'signal ' + a.down.signal : null]
+        .filter((x) => x).join(' ') || '—' }),
+      h('td', { text: when(a.at) }))));
+  } catch (err) { fail(err); }
+}
+
+// -------------------------------------------------------------- supervision
+function treeNode(s) {
+  return h('li', {}, h('b', { text: s.name }), ' ',
+    h('span', { class: 'mute', text: s.strategy + ', ' + s.state }),
+    h('ul', {}, ...s.children.map((c) => h('li', { 'data-child': c.id },
+      h('span', { text: c.id }), ' ', h('span', { class: 'mute', text: c.kind + ' · ' + c.restart }), ' ',
+      h('span', { class: 'status-' + c.status, text: c.status }), ' ',
+      h('span', { class: 'mute', text: 'restarts: ' + c.restarts }),
+      c.supervisor ? h('ul', {}, treeNode(c.supervisor)) : null))));
+}
+
+async function refreshSupervision() {
+  if (!who.supervision) { $('#supervision-section').hidden = true; return; }
+  try {
+    const data = await api('GET', 'api/supervision');
+    $('#supervision').replaceChildren(h('ul', { class: 'tree' }, ...data.supervisors.map(treeNode)));
+  } catch (err) { fail(err); }
+}
+
+// ------------------------------------------------------------- confirmation
+function confirmThen(title, word, action, needReason) {
+  const dlg = $('#confirm');
+  $('#confirm-title').textContent = title;
+  $('#confirm-word').textContent = word;
+  const input = $('#confirm-input'), why = $('#confirm-reason'), ok = $('#confirm-ok');
+  input.value = ''; why.value = reason() || '';
+  const check = () => { ok.disabled = input.value !== word || (needReason && !why.value.trim()); };
+  input.oninput = check; why.oninput = check; check();
+  $('#confirm-cancel').onclick = () => dlg.close();
+  $('#confirm-form').onsubmit = (ev) => {
+    ev.preventDefault();
+    if (input.value !== word) return;
+    dlg.close();
+    action(why.value.trim() || null);
+  };
+  dlg.showModal();
+  input.focus();
+}
+
+// ------------------------------------------------------------- live updates
+const pending = new Set();
+let timer = null;
+function schedule(what) {
+  pending.add(what);
+  if (timer) return;
+  timer = setTimeout(() => {
+    timer = null;
+    const todo = new Set(pending); pending.clear();
+    if (todo.has('flags')) { refreshFlags(); refreshHistory(); }
+    if (todo.has('migration')) refreshMigration();
+    if (todo.has('agents')) refreshAgents();
+    if (todo.has('supervision')) refreshSupervision();
+  }, 80);
+}
+
+let streamAbort = null;
+async function startEvents() {
+  if (streamAbort) streamAbort.abort();
+  const ctl = new AbortController(); streamAbort = ctl;
+  let delay = 500;
+  while (!ctl.signal.aborted) {
+    try {
+      const headers = { 'Accept': 'text/event-stream' };
+      if (token) headers['Authorization'] = 'Bearer ' + token;
+      const res = await fetch(BASE + 'api/events', { headers, signal: ctl.signal, cache: 'no-store' });
+      if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null));
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let cut;
+        while ((cut = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, cut); buf = buf.slice(cut + 2);
+          let event = 'message', data = '';
+          for (const line of block.split('\n')) {
+            if (line.startsWith('event: ')) event = line.slice(7);
+            else if (line.startsWith('data: ')) data += line.slice(6);
+          }
+          if (block.startsWith(':')) continue;
+          onEvent(event, data ? JSON.parse(data) : {});
+          delay = 500;
+        }
+      }
+    } catch (err) {
+      if (ctl.signal.aborted) return;
+      if (err.status === 401) { fail(err); return; }
+    }
+    setLive(false);
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 10000);
+  }
+}
+
+function setLive(on) {
+  const el = $('#live'); el.textContent = on ? 'live' : 'reconnecting'; el.className = 'pill ' + (on ? 'on' : 'off');
+}
+
+function onEvent(event, data) {
+  if (event === 'hello') { setLive(true); refreshAll(); }
+  else if (event === 'flag') { flashFlag = data.flag; schedule('flags'); }
+  else if (event === 'migration') schedule('migration');
+  else if (event === 'agent') { schedule('agents'); schedule('supervision'); }
+  else if (event === 'resync') refreshAll();
+}
+
+function refreshAll() {
+  refreshFlags(); refreshHistory(); refreshMigration(); refreshAgents(); refreshSupervision();
+}
+
+// -------------------------------------------------------------------- start
+document.addEventListener('DOMContentLoaded', () => {
+  $('#login-form').addEventListener('submit', (ev) => {
+    ev.preventDefault(); login($('#token').value.trim()).then((ok) => { if (ok) $('#token').value = ''; });
+  });
+  $('#logout').addEventListener('click', () => {
+    sessionStorage.removeItem(KEY); token = ''; login('');
+  });
+  $('#eval-go').addEventListener('click', evaluate);
+  $('#agent-go').addEventListener('click', refreshAgents);
+  $('#agent-search').addEventListener('input', () => schedule('agents'));
+  login(token);
+});
+"""
+
+
+async def _index(request: Request) -> Response:
+    base = request.scope.get("root_path", "").rstrip("/") + "/"
+    return Response(
+        HTML.replace("{base}", html.escape(base, quote=True)),
+        media_type="text/html; charset=utf-8",
+        headers=_HEADERS,
+    )
+
+
+async def _script(request: Request) -> Response:
+    return Response(JS, media_type="text/javascript; charset=utf-8", headers=_HEADERS)
+
+
+async def _style(request: Request) -> Response:
+    return Response(CSS, media_type="text/css; charset=utf-8", headers=_HEADERS)
+
+
+def page_routes() -> list[Route]:
+    """``/`` (the page), ``/admin.js`` and ``/admin.css``."""
+    return [
+        Route("/", _index, methods=["GET"]),
+        Route("/admin.js", _script, methods=["GET"]),
+        Route("/admin.css", _style, methods=["GET"]),
+    ]

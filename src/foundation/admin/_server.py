@@ -1,0 +1,259 @@
+"""The admin app under uvicorn: in the foreground (``serve``) or on a thread (``AdminServer``)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterable, Mapping
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+import uvicorn
+from starlette.applications import Starlette
+
+from foundation.admin._app import AdminState, RegistryLike, create_app
+from foundation.errors import InvalidConfig
+from foundation.flags import FeatureFlags, Migration
+
+__all__ = ["AdminServer", "is_loopback", "parse_bind", "serve"]
+
+log = logging.getLogger("foundation.admin")
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:8800"`` for IPv6) as ``(host, port)``.
+
+    Example:
+        >>> parse_bind("127.0.0.1:8800"), parse_bind("[::1]:0")
+        (('127.0.0.1', 8800), ('::1', 0))
+    """
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host:
+        raise InvalidConfig(f"bind is HOST:PORT, not {bind!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        number = int(port)
+    except ValueError:
+        raise InvalidConfig(f"bind is HOST:PORT, not {bind!r}") from None
+    if not 0 <= number <= 65535:
+        raise InvalidConfig(f"port {number} is outside 0..65535")
+    return host, number
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names a loopback address only (``0.0.0.0`` and ``::`` do not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name could resolve anywhere
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, started: threading.Event, state: AdminState) -> None:
+        super().__init__(config)
+        self._started_event = started
+        self._state = state
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # End the event streams first: uvicorn waits for open responses to finish.
+        self._state.hub.close()
+        await super().shutdown(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self._started_event.set()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn re-raises the signal after its graceful shutdown (ending the
+        # process); serve() returns normally instead. A second Ctrl-C forces it.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise InvalidConfig(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+class AdminServer:
+    """The admin app served by uvicorn on a background thread.
+
+    ``start()`` returns once the socket accepts connections (``url`` then has
+    the real port, also for ``bind="127.0.0.1:0"``); ``close()`` ends every
+    event stream, stops the server and joins its thread. The live objects stay
+    the caller's to close.
+
+    Raises (from the constructor):
+        InvalidConfig: a bad ``bind``, or a non-loopback ``bind`` without a token.
+    """
+
+    def __init__(
+        self,
+        *,
+        flags: FeatureFlags | None = None,
+        migration: Migration | None = None,
+        registry: RegistryLike | None = None,
+        supervisors: Iterable[Any] = (),
+        token: str | Iterable[str] | Mapping[str, str] | None = None,
+        read_only: bool = False,
+        bind: str = "127.0.0.1:8800",
+        metrics: Any = None,
+    ) -> None:
+        host, port = parse_bind(bind)
+        loopback = is_loopback(host)
+        if not loopback and token is None:
+            raise InvalidConfig(
+                f"refusing to serve the admin page on non-loopback {host!r} without a token "
+                "(give token=..., or bind 127.0.0.1)"
+            )
+        self.app: Starlette = create_app(
+            flags=flags,
+            migration=migration,
+            registry=registry,
+            supervisors=supervisors,
+            token=token,
+            read_only=read_only,
+            public_reads=loopback,  # reads need the token off loopback
+            metrics=metrics,
+        )
+        self._host, self._port = host, port
+        self._thread: threading.Thread | None = None
+        self._server: _Server | None = None
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+        self.url = ""
+
+    @property
+    def state(self) -> AdminState:
+        state: AdminState = self.app.state.admin
+        return state
+
+    def _config(self) -> uvicorn.Config:
+        return uvicorn.Config(
+            self.app,
+            lifespan="off",
+            ws="none",
+            access_log=False,
+            log_config=None,  # a library never reconfigures the process's logging
+            timeout_graceful_shutdown=2,
+        )
+
+    def start(self, timeout: float = 30.0) -> Self:
+        """Listen and serve on a daemon thread; return once accepting connections."""
+        sock = _bind(self._host, self._port)
+        port = sock.getsockname()[1]
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self.url = f"http://{host}:{port}/"
+        self._server = _Server(self._config(), self._started, self.state)
+
+        def run() -> None:
+            try:
+                assert self._server is not None
+                asyncio.run(self._server.serve(sockets=[sock]))
+            except BaseException as exc:  # SystemExit from uvicorn included
+                self._failure = exc
+                log.exception("admin server stopped with an error")
+            finally:
+                sock.close()
+                self._started.set()  # wake start() if it never came up
+
+        self._thread = threading.Thread(target=run, name="foundation-admin", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout) or self._failure is not None:
+            self.close()
+            raise InvalidConfig(f"the admin server did not start: {self._failure!r}")
+        return self
+
+    def close(self) -> None:
+        """End event streams, stop the server, join its thread. Idempotent."""
+        self.state.close()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10.0)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def serve(
+    *,
+    flags: FeatureFlags | None = None,
+    migration: Migration | None = None,
+    registry: RegistryLike | None = None,
+    supervisors: Iterable[Any] = (),
+    token: str | Iterable[str] | Mapping[str, str] | None = None,
+    read_only: bool = False,
+    bind: str = "127.0.0.1:8800",
+    metrics: Any = None,
+    on_ready: Any = None,
+) -> None:
+    """Serve the admin page in the foreground until SIGINT (Ctrl-C) or SIGTERM.
+
+    Returns normally after a graceful shutdown (open event streams are cut
+    after 2 s). ``on_ready(url)`` is called once the socket accepts connections.
+
+    Raises:
+        InvalidConfig: a bad ``bind``, a non-loopback ``bind`` without a token,
+            or the address cannot be listened on.
+    """
+    server = AdminServer(
+        flags=flags,
+        migration=migration,
+        registry=registry,
+        supervisors=supervisors,
+        token=token,
+        read_only=read_only,
+        bind=bind,
+        metrics=metrics,
+    )
+    sock = _bind(server._host, server._port)
+    port = sock.getsockname()[1]
+    host = f"[{server._host}]" if ":" in server._host else server._host
+    server.url = f"http://{host}:{port}/"
+    started = threading.Event()
+    uv = _Server(server._config(), started, server.state)
+
+    async def main() -> None:
+        async def announce() -> None:
+            await asyncio.get_running_loop().run_in_executor(None, started.wait)
+            if on_ready is not None and uv.started:
+                on_ready(server.url)
+
+        waiter = asyncio.create_task(announce())
+        try:
+            await uv.serve(sockets=[sock])
+        finally:
+            started.set()
+            await waiter
+            server.state.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        sock.close()
