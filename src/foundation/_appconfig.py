@@ -50,6 +50,39 @@ _KNOWN = {
 }
 
 
+def _section_tables(data: Mapping[str, Any], problems: list[str]) -> dict[str, Mapping[str, Any]]:
+    """The known sections of ``data``; unknown sections and keys go to ``problems``."""
+    problems += [f"unknown section [{s}]" for s in data if s not in _SECTIONS]
+    tables: dict[str, Mapping[str, Any]] = {}
+    for section in _SECTIONS:
+        table = data.get(section, {})
+        if not isinstance(table, Mapping):
+            problems.append(f"[{section}] must be a table")
+            continue
+        tables[section] = table
+        known = _KNOWN.get(section)
+        if known is not None:
+            problems += [f"unknown key {section}.{k}" for k in table if k not in known]
+    return tables
+
+
+def _choice_problems(values: Mapping[str, Any], store: Mapping[str, Any]) -> list[str]:
+    """Problems with the backend choices and the settings each choice needs."""
+    problems: list[str] = []
+    if values.get("registry_backend", "memory") not in ("memory", "redis"):
+        problems.append(f"registry.backend must be memory or redis: {values['registry_backend']!r}")
+    if values.get("flag_store", "memory") not in ("memory", "sqlite", "redis"):
+        problems.append(
+            f"flag_store.kind must be memory, sqlite or redis: {values['flag_store']!r}"
+        )
+    needs_url = "redis" in (values.get("registry_backend"), values.get("flag_store"))
+    if needs_url and not (values.get("redis_url") or store.get("redis_url")):
+        problems.append("a redis backend needs registry.redis_url")
+    if values.get("flag_store") == "sqlite" and "flag_store_path" not in values:
+        problems.append("flag_store.kind = 'sqlite' needs flag_store.path")
+    return problems
+
+
 @dataclass(frozen=True)
 class AppConfig:
     """What an :class:`~foundation.Application` starts, and on which backends.
@@ -103,17 +136,8 @@ class AppConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "mapping") -> AppConfig:
         """Build from the parsed TOML tables; every problem is reported at once."""
-        problems = [f"unknown section [{s}]" for s in data if s not in _SECTIONS]
-        tables: dict[str, Mapping[str, Any]] = {}
-        for section in _SECTIONS:
-            table = data.get(section, {})
-            if not isinstance(table, Mapping):
-                problems.append(f"[{section}] must be a table")
-                continue
-            tables[section] = table
-            known = _KNOWN.get(section)
-            if known is not None:
-                problems += [f"unknown key {section}.{k}" for k in table if k not in known]
+        problems: list[str] = []
+        tables = _section_tables(data, problems)
         registry = tables.get("registry", {})
         store = tables.get("flag_store", {})
         migration = tables.get("migration", {})
@@ -144,19 +168,7 @@ class AppConfig:
                 problems.append(f"registry.indexed must be a list of names: {indexed!r}")
             else:
                 values["indexed"] = tuple(indexed)
-        if values.get("registry_backend", "memory") not in ("memory", "redis"):
-            problems.append(
-                f"registry.backend must be memory or redis: {values['registry_backend']!r}"
-            )
-        if values.get("flag_store", "memory") not in ("memory", "sqlite", "redis"):
-            problems.append(
-                f"flag_store.kind must be memory, sqlite or redis: {values['flag_store']!r}"
-            )
-        needs_url = "redis" in (values.get("registry_backend"), values.get("flag_store"))
-        if needs_url and not (values.get("redis_url") or store.get("redis_url")):
-            problems.append("a redis backend needs registry.redis_url")
-        if values.get("flag_store") == "sqlite" and "flag_store_path" not in values:
-            problems.append("flag_store.kind = 'sqlite' needs flag_store.path")
+        problems += _choice_problems(values, store)
         if problems:
             raise InvalidConfig(f"invalid config in {source}: " + "; ".join(problems))
         if "redis_url" not in values and isinstance(store.get("redis_url"), str):

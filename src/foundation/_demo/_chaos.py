@@ -344,27 +344,7 @@ def _run_faults(
     def lost() -> list[str]:
         return [key for key, owner in workers if not all(n.sees(key, owner) for n in nodes)]
 
-    up = wait_until(lambda: not lost(), timeout=10)
-    score.check("every worker registered and visible on both nodes", up, f"{len(lost())} missing")
-    _set_up_flags(a.flags)
-    expected = {
-        (flag.name, actor): a.flags.enabled(flag.name, actor=actor)
-        for flag in FLAGS
-        if flag.name != KILL_SWITCH
-        for actor in ACTORS
-    }
-    synced = wait_until(
-        lambda: (
-            b.flags.enabled(KILL_SWITCH)
-            and all(b.flags.enabled(f, actor=x) == v for (f, x), v in expected.items())
-        ),
-        10,
-    )
-    score.check("node B sees node A's flag changes", synced, "")
-    console.say(
-        f"two nodes up: {len(workers)} supervised workers serving, a flaky sibling crashing "
-        f"twice a second on each, {len(FLAGS)} flags set at runtime"
-    )
+    expected = _check_startup(console, score, nodes, len(workers), lost)
     watch = _FlagWatch(nodes, expected)
     watch.start()
     rows: list[list[object]] = []
@@ -427,6 +407,68 @@ def _run_faults(
     finally:
         watch.stop()
 
+    _report_faults(
+        console,
+        score,
+        nodes=nodes,
+        watch=watch,
+        lost=lost,
+        rows=rows,
+        recovery=recovery,
+        pull=pull,
+        worst_p99=worst_p99,
+        worst_max=worst_max,
+    )
+
+
+def _check_startup(
+    console: Console,
+    score: Scoreboard,
+    nodes: list[_Node],
+    n_workers: int,
+    lost: Callable[[], list[str]],
+) -> dict[tuple[str, str | None], bool]:
+    """Wait for both nodes to be up and in sync; return the expected flag answers."""
+    a, b = nodes
+    up = wait_until(lambda: not lost(), timeout=10)
+    score.check("every worker registered and visible on both nodes", up, f"{len(lost())} missing")
+    _set_up_flags(a.flags)
+    expected = {
+        (flag.name, actor): a.flags.enabled(flag.name, actor=actor)
+        for flag in FLAGS
+        if flag.name != KILL_SWITCH
+        for actor in ACTORS
+    }
+    synced = wait_until(
+        lambda: (
+            b.flags.enabled(KILL_SWITCH)
+            and all(b.flags.enabled(f, actor=x) == v for (f, x), v in expected.items())
+        ),
+        10,
+    )
+    score.check("node B sees node A's flag changes", synced, "")
+    console.say(
+        f"two nodes up: {n_workers} supervised workers serving, a flaky sibling crashing "
+        f"twice a second on each, {len(FLAGS)} flags set at runtime"
+    )
+    return expected
+
+
+def _report_faults(
+    console: Console,
+    score: Scoreboard,
+    *,
+    nodes: list[_Node],
+    watch: _FlagWatch,
+    lost: Callable[[], list[str]],
+    rows: list[list[object]],
+    recovery: dict[str, float | None],
+    pull: dict[str, Any],
+    worst_p99: float,
+    worst_max: float,
+) -> None:
+    """Print the fault table and record every figure and invariant."""
+    a, b = nodes
     console.table(
         "Faults, both nodes (stall: lateness of a 1 ms asyncio ticker; requests ok/failed; "
         "workers stopped; registrations lost; flags reverted; Redis back -> recovered)",

@@ -82,16 +82,7 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
             "thread": lambda: _waiting_thread(releases),
             "process": lambda: _sleeping_process(processes),
         }
-        started = time.perf_counter()
-        with console.progress("registering agents", 3 * per_kind) as advance:
-            for kind, make in makers.items():
-                for i in range(per_kind):
-                    key = f"{kind}-{i}"
-                    agent = make()
-                    registry.register(key, agent, {"kind": kind, "group": i % 10})
-                    agents[kind].append((key, agent))
-                    advance()
-        register_seconds = time.perf_counter() - started
+        register_seconds = _register_agents(console, registry, makers, agents, per_kind)
         total = registry.count()
         console.say(
             f"registered [bold]{total}[/bold] agents "
@@ -102,22 +93,9 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
         by_index = len(registry.find_by_attribute("kind", "process"))
         score.check("index finds every process", by_index == per_kind, f"{by_index}")
 
-        # Kill every other agent of each kind, one at a time, and wait for its
-        # removal: each sample is one death's latency, not a queue behind a burst.
-        for kind, pairs in agents.items():
-            for n, (key, agent) in enumerate(pairs):
-                if n % 2:
-                    continue
-                removed[key] = threading.Event()
-                with lock:
-                    killed_at[key] = time.perf_counter()
-                if kind == "task":
-                    loop.cancel(agent)
-                elif kind == "thread":
-                    releases[n].set()
-                else:
-                    agent.send_signal(signal.SIGKILL)
-                removed[key].wait(5)
+        _kill_every_other(
+            agents, loop, releases=releases, killed_at=killed_at, removed=removed, lock=lock
+        )
         killed = len(killed_at)
         expected = 3 * per_kind - killed
         cleaned = wait_until(lambda: registry.count() == expected, timeout=15)
@@ -125,19 +103,7 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
         stale = [e.key for e in registry.list_all() if e.key in killed_at]
         score.check("no dead agent is listed", not stale, f"{len(stale)} stale")
 
-        rows = []
-        for kind, samples in cleaned_after.items():
-            ms = [s * 1000 for s in samples]
-            rows.append(
-                [kind, per_kind, per_kind - len(agents[kind][1::2]), len(samples),
-                 len(registry.find_by_attribute("kind", kind)),
-                 f"{percentile(ms, 50):.2f}", f"{percentile(ms, 99):.2f}"]
-            )  # fmt: skip
-        console.table(
-            "Agents killed and cleaned up (latency from kill to registry removal)",
-            ["kind", "registered", "killed", "cleaned", "still live", "p50 ms", "p99 ms"],
-            rows,
-        )
+        _cleanup_table(console, registry, cleaned_after, agents, per_kind)
         proc_ms = [s * 1000 for s in cleaned_after["process"]]
         score.figure("registrations per second (mixed kinds)", f"{total / register_seconds:,.0f}")
         score.figure(
@@ -159,6 +125,85 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
         score.figure("leaked monitors after unregister", str(stats.monitors))
         unsubscribe()
 
+    _stop_agents(releases, processes, loop)
+
+
+def _register_agents(
+    console: Console,
+    registry: MemoryRegistry,
+    makers: dict[str, Callable[[], Any]],
+    agents: dict[str, list[tuple[str, Any]]],
+    per_kind: int,
+) -> float:
+    """Register ``per_kind`` agents of each kind into ``agents``; return the seconds taken."""
+    started = time.perf_counter()
+    with console.progress("registering agents", 3 * per_kind) as advance:
+        for kind, make in makers.items():
+            for i in range(per_kind):
+                key = f"{kind}-{i}"
+                agent = make()
+                registry.register(key, agent, {"kind": kind, "group": i % 10})
+                agents[kind].append((key, agent))
+                advance()
+    return time.perf_counter() - started
+
+
+def _kill_every_other(
+    agents: dict[str, list[tuple[str, Any]]],
+    loop: _LoopThread,
+    *,
+    releases: list[threading.Event],
+    killed_at: dict[object, float],
+    removed: dict[object, threading.Event],
+    lock: threading.Lock,
+) -> None:
+    # Kill every other agent of each kind, one at a time, and wait for its
+    # removal: each sample is one death's latency, not a queue behind a burst.
+    for kind, pairs in agents.items():
+        for n, (key, agent) in enumerate(pairs):
+            if n % 2:
+                continue
+            removed[key] = threading.Event()
+            with lock:
+                killed_at[key] = time.perf_counter()
+            if kind == "task":
+                loop.cancel(agent)
+            elif kind == "thread":
+                releases[n].set()
+            else:
+                agent.send_signal(signal.SIGKILL)
+            removed[key].wait(5)
+
+
+def _cleanup_table(
+    console: Console,
+    registry: MemoryRegistry,
+    cleaned_after: dict[str, list[float]],
+    agents: dict[str, list[tuple[str, Any]]],
+    per_kind: int,
+) -> None:
+    """Print the per-kind table of kills and kill-to-removal latencies."""
+    rows = []
+    for kind, samples in cleaned_after.items():
+        ms = [s * 1000 for s in samples]
+        rows.append(
+            [kind, per_kind, per_kind - len(agents[kind][1::2]), len(samples),
+             len(registry.find_by_attribute("kind", kind)),
+             f"{percentile(ms, 50):.2f}", f"{percentile(ms, 99):.2f}"]
+        )  # fmt: skip
+    console.table(
+        "Agents killed and cleaned up (latency from kill to registry removal)",
+        ["kind", "registered", "killed", "cleaned", "still live", "p50 ms", "p99 ms"],
+        rows,
+    )
+
+
+def _stop_agents(
+    releases: list[threading.Event],
+    processes: list[subprocess.Popen[bytes]],
+    loop: _LoopThread,
+) -> None:
+    """Release the waiting threads, reap the processes and stop the loop."""
     for event in releases:
         event.set()
     for process in processes:

@@ -153,6 +153,17 @@ class Lease:
                 )
         for mon in released:
             mon.demonitor()
+        self._record_reassert(written, conflicts)
+        if failure is not None:
+            # Keep the conflicts found so far (their owns are gone): report them.
+            with sh.mlock:
+                sh.conflicts.extend(conflicts)
+            raise failure
+        return conflicts
+
+    def _record_reassert(self, written: int, conflicts: list[Conflict]) -> None:
+        """Count and log the outcome of one re-assertion pass."""
+        sh = self._sh
         if written:
             sh.reasserts += 1
             sh.reasserted += written
@@ -164,12 +175,6 @@ class Lease:
                 len(conflicts),
                 ", ".join(repr(c.key) for c in conflicts[:10]),
             )
-        if failure is not None:
-            # Keep the conflicts found so far (their owns are gone): report them.
-            with sh.mlock:
-                sh.conflicts.extend(conflicts)
-            raise failure
-        return conflicts
 
     # ------------------------------------------------------------------ deletes
 

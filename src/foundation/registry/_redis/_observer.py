@@ -301,42 +301,57 @@ class RedisObserver:
         if not m.is_newer(key, v):
             return
         if op == b"r":
-            new = _entry(key, f[b"h"], f[b"m"])
-            old = m.put(new, v)
-            if old is not None and _same(old, new):
-                if old.metadata != new.metadata:
-                    events.append(RegistryEvent("updated", new))
-                return
-            if old is not None:
-                events.append(RegistryEvent("unregistered", old, reason="replaced"))
-            events.append(RegistryEvent("registered", new))
+            self._apply_register(m, v, key, f, events)
         elif op == b"u":
-            held = m.entries.get(key)
-            if held is None:
-                m.versions[key] = v
-                return
-            meta = metadata_from_json(f[b"m"])
-            updated = Entry(key, held.agent, meta, held.registered_at, held.node)
-            m.put(updated, v)
-            if held.metadata != updated.metadata:
-                events.append(RegistryEvent("updated", updated))
+            self._apply_update(m, v, key, f, events)
         elif op == b"d":
-            gone = m.remove(key, v)
-            if gone is None:
-                return
-            why, dr = f.get(b"why", b"").decode(), f.get(b"dr", b"").decode()
-            reason: UnregisterReason = "unregistered"
-            if why == "replaced":
-                reason = "replaced"
-            elif why == "down":
-                reason = "down"
-            down = None
-            if reason == "down" and dr:
-                down = _down_from(dr, f.get(b"dc", b"").decode(), f.get(b"ds", b"").decode())
-            event = RegistryEvent("unregistered", gone, reason=reason, down=down)
-            if reason == "down":
-                self._deaths.append(Death(time.time(), event))
-            events.append(event)
+            self._apply_delete(m, v, key, f, events)
+
+    def _apply_register(
+        self, m: Mirror, v: int, key: Hashable, f: dict[bytes, bytes], events: list[RegistryEvent]
+    ) -> None:
+        new = _entry(key, f[b"h"], f[b"m"])
+        old = m.put(new, v)
+        if old is not None and _same(old, new):
+            if old.metadata != new.metadata:
+                events.append(RegistryEvent("updated", new))
+            return
+        if old is not None:
+            events.append(RegistryEvent("unregistered", old, reason="replaced"))
+        events.append(RegistryEvent("registered", new))
+
+    def _apply_update(
+        self, m: Mirror, v: int, key: Hashable, f: dict[bytes, bytes], events: list[RegistryEvent]
+    ) -> None:
+        held = m.entries.get(key)
+        if held is None:
+            m.versions[key] = v
+            return
+        meta = metadata_from_json(f[b"m"])
+        updated = Entry(key, held.agent, meta, held.registered_at, held.node)
+        m.put(updated, v)
+        if held.metadata != updated.metadata:
+            events.append(RegistryEvent("updated", updated))
+
+    def _apply_delete(
+        self, m: Mirror, v: int, key: Hashable, f: dict[bytes, bytes], events: list[RegistryEvent]
+    ) -> None:
+        gone = m.remove(key, v)
+        if gone is None:
+            return
+        why, dr = f.get(b"why", b"").decode(), f.get(b"dr", b"").decode()
+        reason: UnregisterReason = "unregistered"
+        if why == "replaced":
+            reason = "replaced"
+        elif why == "down":
+            reason = "down"
+        down = None
+        if reason == "down" and dr:
+            down = _down_from(dr, f.get(b"dc", b"").decode(), f.get(b"ds", b"").decode())
+        event = RegistryEvent("unregistered", gone, reason=reason, down=down)
+        if reason == "down":
+            self._deaths.append(Death(time.time(), event))
+        events.append(event)
 
     def _resync(self, *, emit: bool) -> None:
         """Replace the mirror by a snapshot; with ``emit``, listeners hear the differences."""

@@ -147,63 +147,99 @@ class Tail:
         if not m.is_newer(key, v):
             return  # already applied (our own write, or covered by a snapshot)
         if op == b"r":
-            head_text = f[b"h"].decode()
-            entry = sh.entry_from_head(key, ek, head_text, f[b"m"], orphans)
-            if entry is None:
-                m.versions[key] = v
-                return
-            old = m.put(entry, v)
-            if old is not None and _same_registration(old, entry):
-                # Our own registration written back (a re-assert): nothing was
-                # replaced, whatever this mirror held before.
-                if old.metadata != entry.metadata:
-                    events.append(RegistryEvent("updated", entry))
-                return
-            if old is not None:
-                # Confirmed by Redis: this record is another registration of the key.
-                events.append(RegistryEvent("unregistered", old, reason="replaced"))
-            events.append(RegistryEvent("registered", entry))
+            self._apply_register(key, ek, v, f, events, orphans=orphans)
         elif op == b"u":
-            old = sh.entries.get(key)
-            m.versions[key] = v
-            if old is None:
-                return  # e.g. our agent just died; its delete is on its way
-            new = Entry(key, old.agent, metadata_from_json(f[b"m"]), old.registered_at, old.node)
-            own = sh.own.get(key)
-            if own is not None and old.node == sh.node:
-                own.meta, own.ix = f[b"m"], sh.ix_for(new.metadata)
-            m.put(new, v)
-            if f[b"w"] == b"" and old.metadata == new.metadata:
-                return  # a re-assert brought Redis up to what this mirror shows
-            events.append(RegistryEvent("updated", new))
+            self._apply_update(key, v, f, events)
         elif op == b"d":
-            owner = f[b"n"].decode()
-            why, dr = f[b"why"].decode(), f[b"dr"].decode()
-            own = sh.own.get(key)
-            if own is not None and (owner != sh.node or own.head != f[b"h"].decode()):
-                held = sh.entries.get(key)
-                if held is not None and held.node == sh.node and held.agent is own.agent:
-                    # Another registration than our live one (which this mirror
-                    # shows) was deleted, say a stale copy a re-assert replaced:
-                    # nothing this node holds was lost. Keep it, no event.
-                    m.versions[key] = v
-                    return
-                own = None  # the record removed another registration than ours
-            if owner == sh.node and dr == "lease_expired":
-                # Our own lease was reaped (we were frozen or cut off). Our agents
-                # live on: keep them, and re-assert them (or report conflicts).
-                sh.link.lease_lost("another node reaped our expired lease")
+            self._apply_delete(key, v, f, events, released)
+
+    def _apply_register(
+        self,
+        key: Hashable,
+        ek: str,
+        v: int,
+        f: dict[bytes, bytes],
+        events: list[RegistryEvent],
+        *,
+        orphans: list[tuple[Hashable, str, str]],
+    ) -> None:
+        """Apply a registration record (holding mlock)."""
+        sh = self._sh
+        m = sh.mirror
+        head_text = f[b"h"].decode()
+        entry = sh.entry_from_head(key, ek, head_text, f[b"m"], orphans)
+        if entry is None:
+            m.versions[key] = v
+            return
+        old = m.put(entry, v)
+        if old is not None and _same_registration(old, entry):
+            # Our own registration written back (a re-assert): nothing was
+            # replaced, whatever this mirror held before.
+            if old.metadata != entry.metadata:
+                events.append(RegistryEvent("updated", entry))
+            return
+        if old is not None:
+            # Confirmed by Redis: this record is another registration of the key.
+            events.append(RegistryEvent("unregistered", old, reason="replaced"))
+        events.append(RegistryEvent("registered", entry))
+
+    def _apply_update(
+        self, key: Hashable, v: int, f: dict[bytes, bytes], events: list[RegistryEvent]
+    ) -> None:
+        """Apply a metadata update record (holding mlock)."""
+        sh = self._sh
+        m = sh.mirror
+        old = sh.entries.get(key)
+        m.versions[key] = v
+        if old is None:
+            return  # e.g. our agent just died; its delete is on its way
+        new = Entry(key, old.agent, metadata_from_json(f[b"m"]), old.registered_at, old.node)
+        own = sh.own.get(key)
+        if own is not None and old.node == sh.node:
+            own.meta, own.ix = f[b"m"], sh.ix_for(new.metadata)
+        m.put(new, v)
+        if f[b"w"] == b"" and old.metadata == new.metadata:
+            return  # a re-assert brought Redis up to what this mirror shows
+        events.append(RegistryEvent("updated", new))
+
+    def _apply_delete(
+        self,
+        key: Hashable,
+        v: int,
+        f: dict[bytes, bytes],
+        events: list[RegistryEvent],
+        released: list[Monitor],
+    ) -> None:
+        """Apply a delete record (holding mlock)."""
+        sh = self._sh
+        m = sh.mirror
+        owner = f[b"n"].decode()
+        why, dr = f[b"why"].decode(), f[b"dr"].decode()
+        own = sh.own.get(key)
+        if own is not None and (owner != sh.node or own.head != f[b"h"].decode()):
+            held = sh.entries.get(key)
+            if held is not None and held.node == sh.node and held.agent is own.agent:
+                # Another registration than our live one (which this mirror
+                # shows) was deleted, say a stale copy a re-assert replaced:
+                # nothing this node holds was lost. Keep it, no event.
                 m.versions[key] = v
-                if own is not None:
-                    return
-            old = m.remove(key, v)
+                return
+            own = None  # the record removed another registration than ours
+        if owner == sh.node and dr == "lease_expired":
+            # Our own lease was reaped (we were frozen or cut off). Our agents
+            # live on: keep them, and re-assert them (or report conflicts).
+            sh.link.lease_lost("another node reaped our expired lease")
+            m.versions[key] = v
             if own is not None:
-                # Unregistered or replaced by someone else: stop watching it.
-                del sh.own[key]
-                if own.monitor is not None:
-                    released.append(own.monitor)
-            if old is not None:
-                events.append(sh.removed_event(old, why, dr, f[b"dc"].decode(), f[b"ds"].decode()))
+                return
+        old = m.remove(key, v)
+        if own is not None:
+            # Unregistered or replaced by someone else: stop watching it.
+            del sh.own[key]
+            if own.monitor is not None:
+                released.append(own.monitor)
+        if old is not None:
+            events.append(sh.removed_event(old, why, dr, f[b"dc"].decode(), f[b"ds"].decode()))
 
     # ------------------------------------------------------------------ resync
 
