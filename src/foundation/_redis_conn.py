@@ -356,7 +356,7 @@ def connect(
 
     Every call is bounded by ``op_timeout`` seconds (connecting by
     ``connect_timeout``, default ``op_timeout``); redis-py's own retries are off
-    (the caller's loops retry with :class:`Backoff`). ``name`` is the
+    (the caller's loops retry with :class:`foundation._retry.RetryBackoff`). ``name`` is the
     ``CLIENT SETNAME`` shown by ``CLIENT LIST``.
 
     Raises:

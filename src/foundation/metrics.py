@@ -326,12 +326,12 @@ class Metrics:
             watched, self._registries = list(self._registries.values()), {}
             counting, self._counting = self._counting, False
             self._installed = False
+            if counting:
+                _evaluations.stop()  # under the lock: see count_evaluations()
         for fn in detach:
             fn()
         for _, unsubscribe in watched:
             unsubscribe()
-        if counting:
-            _evaluations.stop()
 
     def count_evaluations(self) -> None:
         """Start counting flag evaluations now (reads start it anyway; idempotent).
@@ -345,7 +345,9 @@ class Metrics:
             if self._counting or not self._evaluations_wanted or not self._installed:
                 return
             self._counting = True
-        _evaluations.start()
+            # Under the lock: a racing uninstall() must not stop() before this
+            # start(), which would leave FeatureFlags.enabled wrapped for good.
+            _evaluations.start()
 
     def watch_registry(self, registry: Registry, *, name: str = "default") -> Callable[[], None]:
         """Count ``registry``'s operations and deaths and report its size as ``name``.

@@ -234,6 +234,15 @@ def thread_worker(ctx, id):
         if CRASH_T[id].is_set():
             raise RuntimeError(f"{id} crashed on purpose")
 
+DEGRADED = threading.Event()
+
+class _SeenDegraded(logging.Handler):
+    def emit(self, record):
+        if record.name == "foundation.supervision" and record.levelno == logging.WARNING:
+            DEGRADED.set()
+
+logging.getLogger("foundation.supervision").addHandler(_SeenDegraded())
+
 def wait_registered(app, ids, timeout=30.0):
     def ok():
         for i in ids:
@@ -254,6 +263,8 @@ with RedisServer() as server:
         server.kill()
         CRASH_T["w1"].set()
         wait_for(lambda: app.registry.lookup("w1") is None, "w1's death seen")
+        # The restarted w1 runs unregistered (degraded) while Redis is still down.
+        wait_for(DEGRADED.is_set, "w1's registration degraded")
         server.start()
         wait_registered(app, ["w1", "w2"])
         assert app.registry.lookup("w1").agent is not before["w1"]

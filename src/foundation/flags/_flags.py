@@ -528,9 +528,13 @@ class FeatureFlags:
             # raise Closed (one racing with this swap answers from the old table).
             self._plain = self._rules = self._effective = _CLOSED_TABLE
             self._listeners.clear()
-            self._unsubscribe()
-            if self._owns_store:
-                self._store.close()
+        # Race: the store's notification thread may be waiting for self._lock
+        # to apply a remote change; closing the store (which joins that thread)
+        # while holding the lock would stall until the join gives up. The
+        # callback finds _closed set and does nothing.
+        self._unsubscribe()
+        if self._owns_store:
+            self._store.close()
 
     def __enter__(self) -> FeatureFlags:
         return self

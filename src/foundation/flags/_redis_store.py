@@ -368,6 +368,28 @@ class RedisFlagStore(FlagStore):
         self._raw_url = url
         self._url = redact_url(url)
         self.namespace = namespace
+        self._init_keys(namespace)
+        self._recorded: dict[str, dict[str, str]] = {}  # catalogue/plans recorded here
+        self._origin = uuid.uuid4().hex  # tells this store object's own commits apart
+        self._timeout = float(timeout)
+        self._resync_interval = float(resync_interval)
+        # The listener blocks at most this long per XREAD, then checks the stream.
+        self._block_ms = int(min(self._resync_interval, 2.0) * 1000)
+
+        self._init_state()
+
+        self._cache = self._open_cache(cache_path)
+        self.cache_path = self._cache.path
+        self._first_sync()
+        self._thread = threading.Thread(
+            target=self._listen, name=f"foundation-flags-redis[{namespace}]", daemon=True
+        )
+        self._thread.start()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _init_keys(self, namespace: str) -> None:
+        """The Redis keys of this namespace (one hash tag: one cluster slot)."""
         tag = "{" + namespace + "}"
         self._k_state = f"{tag}:flags:state"
         self._k_history = f"{tag}:flags:history"
@@ -376,13 +398,9 @@ class RedisFlagStore(FlagStore):
         self._k_meta = f"{tag}:flags:meta"
         self._k_catalogue = f"{tag}:flags:catalogue"
         self._k_plans = f"{tag}:flags:plans"
-        self._recorded: dict[str, dict[str, str]] = {}  # catalogue/plans recorded here
-        self._origin = uuid.uuid4().hex  # tells this store object's own commits apart
-        self._timeout = float(timeout)
-        self._resync_interval = float(resync_interval)
-        # The listener blocks at most this long per XREAD, then checks the stream.
-        self._block_ms = int(min(self._resync_interval, 2.0) * 1000)
 
+    def _init_state(self) -> None:
+        """Locks, events and the listener's bookkeeping, before any connection."""
         self._lock = threading.Lock()  # guards _callbacks and _closed
         self._txn_lock = threading.Lock()  # one local transaction at a time: fewer WATCH retries
         self._conn_lock = threading.Lock()  # creating the write client
@@ -409,8 +427,9 @@ class RedisFlagStore(FlagStore):
         self._listen_client: Any = None
         self._restore_script: Any = None
 
-        self._cache = self._open_cache(cache_path)
-        self.cache_path = self._cache.path
+    def _first_sync(self) -> None:
+        """Connect and catch up, or start stale from the node copy if Redis is down."""
+        namespace = self.namespace
         created = self.cache_path is not None and not self._cache.has_data()
         has_copy = not created and self._cache.has_data()
         try:
@@ -446,12 +465,6 @@ class RedisFlagStore(FlagStore):
             raise
         else:
             self._synced.set()
-        self._thread = threading.Thread(
-            target=self._listen, name=f"foundation-flags-redis[{namespace}]", daemon=True
-        )
-        self._thread.start()
-
-    # ------------------------------------------------------------------ helpers
 
     def _open_cache(self, cache_path: str | os.PathLike[str] | bool | None) -> NodeCache:
         if cache_path is None or cache_path is False:
@@ -877,6 +890,14 @@ class RedisFlagStore(FlagStore):
             newer, already = self.transaction(functools.partial(self._replay_one, op=op))
             # Committed (or superseded) first, dropped second: a crash in between
             # replays it, and committed_since() then sees it is already there.
+            # Race: Redis may go away again right after the commit. The pending
+            # record goes only once the node copy holds the commit (a failed
+            # refresh raises and leaves it pending; the next replay finds it
+            # "already" committed): otherwise a read served from the copy would
+            # show the killed flag on again.
+            if not self._pull():
+                self._replay_wanted.set()  # Redis is behind the copy: restore, then replay
+                return
             self._cache.remove_pending(op.id)
             if newer:
                 superseded = True
@@ -1120,25 +1141,11 @@ class RedisFlagStore(FlagStore):
                         with self._translated("committing pending kill switches"):
                             self._replay_pending()
                     self._send_welcomes()
-                    with self._translated("following the change stream"):
-                        client = self._ensure_listen_client()
-                        reply = client.xread(
-                            {self._k_history: self._last_id, self._k_migrations: self._last_mig_id},
-                            count=256,
-                            block=self._block_ms,
-                        )
+                    reply = self._read_streams()
                     if self._stop.is_set():
                         break
                     if reply:
-                        for stream, entries in reply:
-                            if stream == self._k_history:
-                                self._consume(entries, pending)
-                            elif entries:
-                                self._last_mig_id = str(entries[-1][0])
-                        # Deliver first (propagation latency), copy second: the
-                        # writer refreshed its own copy right after its commit, so a
-                        # crash of Redis in between loses the change from no copy.
-                        self._pull()
+                        self._take_reply(reply, pending)
                     if time.monotonic() >= next_check:
                         next_check = time.monotonic() + self._resync_interval
                         need_resync = self._redis_went_back()
@@ -1155,6 +1162,28 @@ class RedisFlagStore(FlagStore):
                     self._listen_client.close()
             if self._closed:
                 self._cache.close()
+
+    def _read_streams(self) -> Any:
+        """One blocking XREAD of the history and migration streams."""
+        with self._translated("following the change stream"):
+            client = self._ensure_listen_client()
+            return client.xread(
+                {self._k_history: self._last_id, self._k_migrations: self._last_mig_id},
+                count=256,
+                block=self._block_ms,
+            )
+
+    def _take_reply(self, reply: Any, pending: dict[str, list[tuple[str, FlagChange]]]) -> None:
+        """Deliver the history entries of an XREAD reply, then refresh the copy."""
+        for stream, entries in reply:
+            if stream == self._k_history:
+                self._consume(entries, pending)
+            elif entries:
+                self._last_mig_id = str(entries[-1][0])
+        # Deliver first (propagation latency), copy second: the
+        # writer refreshed its own copy right after its commit, so a
+        # crash of Redis in between loses the change from no copy.
+        self._pull()
 
     def _fault(self, exc: Exception) -> None:
         """Log a listener fault, mark the store stale (one event per transition)."""

@@ -1162,41 +1162,14 @@ class Supervisor:
         ``reported``: a failed restart, already logged by ``start_failed``.
         """
         spec = child.spec
-        kind = str(spec.kind)
         restart = spec.restart == "permanent" or (spec.restart == "transient" and exit.abnormal)
         if not restart:
-            self._emit_exit(child, exit, restart=False)
-            child.status = "stopped"
-            if spec.restart == "temporary":
-                del self._children[spec.id]
-            rule = self._auto_shutdown_rule(child)
-            if rule is not None:
-                action = "shutdown (significant)"
-            elif spec.restart == "temporary":
-                action = "no_restart (temporary)"
-            else:
-                action = "no_restart (transient, normal exit)"
-            if exit.abnormal:
-                reports.child_crashed(self._name, spec.id, kind, exit, action=action)
-            else:
-                reports.child_exited(self._name, spec.id, kind, exit, action=action)
-            if rule is not None:
-                reports.auto_shutdown(self._name, spec.id, rule=rule)
-                await self._shut_down_automatically()
+            await self._ended_for_good(child, exit)
             return
-        now = self._loop.time()
-        window = self._restart_times
-        window.append((now, spec.id))
-        while window and window[0][0] <= now - self._max_seconds:
-            window.popleft()
-        if len(window) > self._max_restarts:
+        if self._intensity_exceeded(spec.id):
             self._emit_exit(child, exit, restart=False)
             if not reported:
-                action = "shutdown (restart intensity exceeded)"
-                if exit.abnormal:
-                    reports.child_crashed(self._name, spec.id, kind, exit, action=action)
-                else:
-                    reports.child_exited(self._name, spec.id, kind, exit, action=action)
+                self._report_exit(child, exit, "shutdown (restart intensity exceeded)")
             await self._give_up(child, exit)
             return
         self._emit_exit(child, exit, restart=True)
@@ -1205,31 +1178,10 @@ class Supervisor:
         child.consecutive += 1
         delay = self._backoff.delay(child.consecutive) if self._backoff is not None else 0.0
         if not reported:
-            action = {
-                "one_for_one": "restart",
-                "one_for_all": "restart_all",
-                "rest_for_one": "restart_rest",
-            }[self._strategy]
-            if delay > 0:
-                action += f" (after {delay:g}s backoff)"
-            if exit.abnormal:
-                reports.child_crashed(self._name, spec.id, kind, exit, action=action)
-            else:
-                reports.child_exited(self._name, spec.id, kind, exit, action=action)
+            self._report_exit(child, exit, self._restart_action(delay))
         child.status = "restarting"
         scope = self._scope(child)
-        for other in reversed(scope):
-            if other is child or other.spec.id not in self._children:
-                continue
-            if other.run is not None:
-                await self._terminate(other, restart=other.spec.restart != "temporary")
-                if other.spec.restart == "temporary":
-                    del self._children[other.spec.id]  # OTP: never restarted, spec dropped
-                    continue
-            # OTP (restart_multiple_children): every child of the scope that has
-            # a spec is started again, also one stopped by terminate_child, a
-            # transient one that ended normally, or one that returned ignore.
-            other.status = "restarting"
+        await self._stop_scope(child, scope)
         ids = tuple(
             c.spec.id for c in scope if c.spec.id in self._children and c.status == "restarting"
         )
@@ -1245,6 +1197,69 @@ class Supervisor:
             )
             return
         await self._restart(ids)
+
+    async def _ended_for_good(self, child: _Child, exit: ChildExit) -> None:
+        """A child that is not restarted: stop it, report, maybe shut down (auto_shutdown)."""
+        spec = child.spec
+        self._emit_exit(child, exit, restart=False)
+        child.status = "stopped"
+        if spec.restart == "temporary":
+            del self._children[spec.id]
+        rule = self._auto_shutdown_rule(child)
+        if rule is not None:
+            action = "shutdown (significant)"
+        elif spec.restart == "temporary":
+            action = "no_restart (temporary)"
+        else:
+            action = "no_restart (transient, normal exit)"
+        self._report_exit(child, exit, action)
+        if rule is not None:
+            reports.auto_shutdown(self._name, spec.id, rule=rule)
+            await self._shut_down_automatically()
+
+    def _intensity_exceeded(self, id: str) -> bool:
+        """Count a restart of child ``id`` in the window; True past the limit."""
+        now = self._loop.time()
+        window = self._restart_times
+        window.append((now, id))
+        while window and window[0][0] <= now - self._max_seconds:
+            window.popleft()
+        return len(window) > self._max_restarts
+
+    def _restart_action(self, delay: float) -> str:
+        """The action reported for a restart under this strategy."""
+        action = {
+            "one_for_one": "restart",
+            "one_for_all": "restart_all",
+            "rest_for_one": "restart_rest",
+        }[self._strategy]
+        if delay > 0:
+            action += f" (after {delay:g}s backoff)"
+        return action
+
+    def _report_exit(self, child: _Child, exit: ChildExit, action: str) -> None:
+        """Report a child's exit: a crash if abnormal, else a plain exit."""
+        spec = child.spec
+        kind = str(spec.kind)
+        if exit.abnormal:
+            reports.child_crashed(self._name, spec.id, kind, exit, action=action)
+        else:
+            reports.child_exited(self._name, spec.id, kind, exit, action=action)
+
+    async def _stop_scope(self, child: _Child, scope: list[_Child]) -> None:
+        """Stop the other running children of ``child``'s scope, in reverse start order."""
+        for other in reversed(scope):
+            if other is child or other.spec.id not in self._children:
+                continue
+            if other.run is not None:
+                await self._terminate(other, restart=other.spec.restart != "temporary")
+                if other.spec.restart == "temporary":
+                    del self._children[other.spec.id]  # OTP: never restarted, spec dropped
+                    continue
+            # OTP (restart_multiple_children): every child of the scope that has
+            # a spec is started again, also one stopped by terminate_child, a
+            # transient one that ended normally, or one that returned ignore.
+            other.status = "restarting"
 
     def _auto_shutdown_rule(self, child: _Child) -> str | None:
         """The rule that stops this supervisor now that ``child`` ended for good, if any."""

@@ -768,7 +768,11 @@ class RedisRegistry(Registry):
         # it, so the tail, seeing our own record first, finds the live agent.
         with sh.mlock:
             sh.own[key] = own
-        own.monitor = sh.manager.monitor(p.agent, lambda down: self._on_down(key, own, down))
+        try:
+            own.monitor = sh.manager.monitor(p.agent, lambda down: self._on_down(key, own, down))
+        except BaseException:
+            sh.forget_own(key, own, prev)  # nothing of a failed register may stay
+            raise
         p.args = RegisterArgs(
             sh.maxlen,
             sh.node,
@@ -829,18 +833,7 @@ class RedisRegistry(Registry):
         events: list[RegistryEvent] = []
         died: list[_Prepared] = []
         with sh.writing():
-            sent: list[tuple[int, _Prepared]] = []
-            for i, p in items:
-                try:
-                    self._begin(p, replace)
-                except AlreadyRegistered as exc:
-                    outcomes[i] = exc
-                    continue
-                except BaseException:
-                    for _, q in sent:
-                        sh.forget_own(q.key, q.own, q.prev)
-                    raise
-                sent.append((i, p))
+            sent = self._begin_all(items, replace, outcomes)
             failure: BaseException | None = None
             todo = sent
             lease_retried = False
@@ -850,22 +843,14 @@ class RedisRegistry(Registry):
                 except BaseException as exc:
                     failure = exc
                     break
-                again: list[tuple[int, _Prepared]] = []
-                for (i, p), reply in zip(todo, replies, strict=True):
-                    if isinstance(reply, BaseException):
-                        failure = failure or sh.reply_error(reply, f"registering {p.key!r}")
-                        sh.forget_own(p.key, p.own, p.prev)
-                    elif reply[0] == b"NOLEASE" and not lease_retried:
-                        again.append((i, p))
-                    else:
-                        error = self._finish(p, reply, events)
-                        if isinstance(error, BackendUnavailable):
-                            failure = failure or error
-                        elif p.died:
-                            outcomes[i] = NotAlive(p.key, p.agent)
-                            died.append(p)
-                        else:
-                            outcomes[i] = error
+                failure, again = self._settle(
+                    todo,
+                    replies,
+                    lease_retried=lease_retried,
+                    events=events,
+                    outcomes=outcomes,
+                    died=died,
+                )
                 if again and failure is None:
                     # Our lease was lost (we were frozen or cut off): recover (which
                     # re-asserts everything else we hold), then send those once more.
@@ -889,6 +874,64 @@ class RedisRegistry(Registry):
         sh.emit(events)
         if failure is not None:
             raise failure
+
+    def _begin_all(
+        self,
+        items: list[tuple[int, _Prepared]],
+        replace: bool,
+        outcomes: list[RegistryError | None],
+    ) -> list[tuple[int, _Prepared]]:
+        """Claim every key of ``items`` locally (holding wlock); returns those to send.
+
+        A key already registered gets its outcome now; on any other error every
+        claim made so far is undone and the error propagates.
+        """
+        sh = self._sh
+        sent: list[tuple[int, _Prepared]] = []
+        for i, p in items:
+            try:
+                self._begin(p, replace)
+            except AlreadyRegistered as exc:
+                outcomes[i] = exc
+                continue
+            except BaseException:
+                for _, q in sent:
+                    sh.forget_own(q.key, q.own, q.prev)
+                raise
+            sent.append((i, p))
+        return sent
+
+    def _settle(
+        self,
+        todo: list[tuple[int, _Prepared]],
+        replies: list[Any],
+        *,
+        lease_retried: bool,
+        events: list[RegistryEvent],
+        outcomes: list[RegistryError | None],
+        died: list[_Prepared],
+    ) -> tuple[BaseException | None, list[tuple[int, _Prepared]]]:
+        """Apply one round's replies; returns the first failure and the items to
+        send again after a lost lease (none once ``lease_retried``)."""
+        sh = self._sh
+        failure: BaseException | None = None
+        again: list[tuple[int, _Prepared]] = []
+        for (i, p), reply in zip(todo, replies, strict=True):
+            if isinstance(reply, BaseException):
+                failure = failure or sh.reply_error(reply, f"registering {p.key!r}")
+                sh.forget_own(p.key, p.own, p.prev)
+            elif reply[0] == b"NOLEASE" and not lease_retried:
+                again.append((i, p))
+            else:
+                error = self._finish(p, reply, events)
+                if isinstance(error, BackendUnavailable):
+                    failure = failure or error
+                elif p.died:
+                    outcomes[i] = NotAlive(p.key, p.agent)
+                    died.append(p)
+                else:
+                    outcomes[i] = error
+        return failure, again
 
     def _pipelined(self, items: list[tuple[int, _Prepared]]) -> list[Any]:
         """One round trip: ``REGISTER_MANY`` over every item (chunks of

@@ -215,6 +215,11 @@ class Shared:
         # most a few op_timeout; waiting longer than that is an outage.
         if not self.wlock.acquire(timeout=self.op_timeout * 4):
             raise BackendUnavailable(f"Redis at {self.url} is not answering (writes are queued)")
+        if public and self.closed:
+            # Race: close() held the lock while this writer waited; going on would
+            # re-create the closed node's lease (a NOLEASE reply starts a recovery).
+            self.wlock.release()
+            raise Closed("this RedisRegistry is closed")
         try:
             yield
         finally:

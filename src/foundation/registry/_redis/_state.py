@@ -116,10 +116,10 @@ class Link:
             if self._state is LinkState.CLOSED:
                 return False
             self.recoveries += 1
-            if self._epoch != epoch:
-                return False
-        self._to(LinkState.CONNECTED, why)
-        return True
+        # Race: a fault reported after a separate epoch check would be
+        # overwritten by CONNECTED; ``_to`` checks the epoch in the same critical
+        # section that changes the state.
+        return self._to(LinkState.CONNECTED, why, expect_epoch=epoch)
 
     def close(self) -> None:
         self._to(LinkState.CLOSED, "closed")
@@ -136,12 +136,22 @@ class Link:
 
     # ------------------------------------------------------------------ the one transition
 
-    def _to(self, new: LinkState, why: str, *, error: str | None = None) -> None:
-        """Move to ``new`` (every state change goes through here)."""
+    def _to(
+        self,
+        new: LinkState,
+        why: str,
+        *,
+        error: str | None = None,
+        expect_epoch: int | None = None,
+    ) -> bool:
+        """Move to ``new`` (every state change goes through here); False when
+        nothing changed (closed, already there, or ``expect_epoch`` is stale)."""
         with self._cond:
             old = self._state
             if old is LinkState.CLOSED:
-                return  # terminal
+                return False  # terminal
+            if expect_epoch is not None and self._epoch != expect_epoch:
+                return False  # a new fault since the recovery began: another follows
             if error is not None:
                 self.last_error = error
             if new in _NEEDS_RECOVERY:
@@ -154,7 +164,7 @@ class Link:
                 new = old  # the recovery that follows re-asserts anyway
             if new is old:
                 log.debug("node %s stays %s: %s", self._node, old.value, why)
-                return
+                return new is LinkState.CONNECTED
             self._state = new
             self._cond.notify_all()
         level = logging.INFO if new in (LinkState.CONNECTED, LinkState.CLOSED) else logging.WARNING
@@ -174,3 +184,4 @@ class Link:
         )
         if new in _NEEDS_RECOVERY and self._wake is not None:
             self._wake()
+        return True
