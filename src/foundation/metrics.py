@@ -305,6 +305,7 @@ class Metrics:
                 "supervisor.child_exited": self._on_exit,
                 "foundation.supervision.registration_degraded": self._on_degraded,
                 "foundation.supervision.registration_restored": self._on_degraded,
+                "foundation.supervision.registration_abandoned": self._on_degraded,
                 REDIS_ROUND_TRIP_EVENT: self._on_round_trip,
             }
             for what in (

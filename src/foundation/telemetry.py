@@ -19,7 +19,8 @@ Event names used by Foundation:
 ``supervisor.child_started``, ``supervisor.child_exited``,
 ``supervisor.child_restarted``, ``supervisor.intensity_exceeded``,
 ``foundation.supervision.registration_degraded``,
-``foundation.supervision.registration_restored`` (degraded mode), and the
+``foundation.supervision.registration_restored``,
+``foundation.supervision.registration_abandoned`` (degraded mode), and the
 flag store's outage events ``foundation.flags.stale``,
 ``foundation.flags.started_from_cache``, ``foundation.flags.restored``,
 ``foundation.flags.pending_recorded``, ``foundation.flags.pending_committed``,

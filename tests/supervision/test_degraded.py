@@ -346,3 +346,37 @@ def test_a_thread_child_registers_through_the_async_face_without_extra_threads(
         await asyncio.sleep(0)
 
     scenario()
+
+
+ABANDONED = """
+from foundation.metrics import Metrics
+
+GAUGE = "foundation_supervisor_registration_degraded"
+
+async def main():
+    metrics = Metrics()
+    metrics.install()
+    with RedisServer() as server:
+        registry = RedisRegistry(server.url, namespace="abandoned", op_timeout=0.5)
+        server.kill()  # refused at once: every registration is degraded
+        try:
+            sup = Supervisor([spec("a")], name="sup", registry=registry)
+            await sup.start()
+            await until(lambda: ("degraded", "a") in EVENTS, "a degraded")
+            assert metrics.value(GAUGE, supervisor="sup") == 1.0
+            # The degraded run ends without ever being registered: the gauge
+            # must come down (a registration_abandoned event), not stay at 1.
+            await sup.terminate_child("a")
+            await until(lambda: metrics.value(GAUGE, supervisor="sup") == 0.0, "gauge at 0")
+            await sup.stop()
+        finally:
+            registry.close()
+            metrics.uninstall()
+    print("OK")
+
+asyncio.run(main())
+"""
+
+
+def test_a_degraded_registration_that_ends_unrestored_comes_off_the_degraded_gauge() -> None:
+    run_scenario(COMMON + ABANDONED)

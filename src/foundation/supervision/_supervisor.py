@@ -59,6 +59,7 @@ _log = logging.getLogger("foundation.supervision")
 #: Telemetry events of degraded mode (see ``Supervisor``, "Registry outages").
 REGISTRATION_DEGRADED = "foundation.supervision.registration_degraded"
 REGISTRATION_RESTORED = "foundation.supervision.registration_restored"
+REGISTRATION_ABANDONED = "foundation.supervision.registration_abandoned"
 
 SupervisorState = Literal["new", "starting", "running", "stopping", "stopped", "failed"]
 ChildErrorReason = Literal[
@@ -987,15 +988,20 @@ class Supervisor:
         failures = 0 if pending is not None else 1
         backoff = RetryBackoff(self.registration_retry_base, self.registration_retry_cap)
         while True:
-            if pending is None:
-                await asyncio.sleep(backoff.next())
-                pending = self._write(child, run)
             try:
+                if pending is None:
+                    await asyncio.sleep(backoff.next())
+                    pending = self._write(child, run)
                 # Shielded: cancelling the registrar (the run ended) leaves the
                 # write to finish in order; the next write of this child waits for it.
                 await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                self._registration_abandoned(spec, "the run ended")
+                raise
             except NotAlive:
-                return  # it died: its exit event follows, a restart registers anew
+                # It died: its exit event follows, a restart registers anew.
+                self._registration_abandoned(spec, "the agent died")
+                return
             except BackendUnavailable:
                 failures += 1
                 pending = None
@@ -1009,6 +1015,7 @@ class Supervisor:
                     spec.key,
                     exc_info=exc,
                 )
+                self._registration_abandoned(spec, f"{type(exc).__name__}: {exc}")
                 return
             break
         if child.run is run:
@@ -1035,6 +1042,15 @@ class Supervisor:
                     "attempts": failures + 1,
                     "seconds": seconds,
                 },
+            )
+
+    def _registration_abandoned(self, spec: ChildSpec, why: str) -> None:
+        """A degraded registration ends without being restored (the run ended, or
+        a non-outage error): say so, so gauges of degraded children come down."""
+        if telemetry.has_listeners(REGISTRATION_ABANDONED):
+            telemetry.emit(
+                REGISTRATION_ABANDONED,
+                {"supervisor": self._name, "child": spec.id, "key": spec.key, "error": why},
             )
 
     def _stop_registrar(self, child: _Child) -> None:
