@@ -12,6 +12,7 @@ import multiprocessing.process
 import os
 import select
 import subprocess
+import time
 from typing import Any, TypeAlias
 
 from foundation.liveness._core import NOPROC, NORMAL, Down
@@ -268,7 +269,12 @@ def down_from_pidfd(agent: ProcessAgent, fd: int) -> Down:
         if agent.returncode is not None:
             return _down_from_returncode(agent.returncode)
     elif isinstance(agent, multiprocessing.process.BaseProcess):
-        agent.join(timeout=0.05)
-        if agent.exitcode is not None:
-            return _down_from_returncode(agent.exitcode)
+        # Race: another thread (a join(), is_alive()) reaped it and is about to
+        # store the code; our own poll then gets ECHILD and answers None at once,
+        # so join() cannot wait for it. Poll the stored code briefly (bounded).
+        deadline = time.monotonic() + 0.5
+        while (code := agent.exitcode) is None and time.monotonic() < deadline:
+            time.sleep(0.001)  # sleep-ok: waiting, bounded, for another thread's store
+        if code is not None:
+            return _down_from_returncode(code)
     return Down("exit")
