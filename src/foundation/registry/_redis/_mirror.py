@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 
 from foundation.registry._query import AttributeIndex
-from foundation.registry._types import Entry
+from foundation.registry._types import Entry, RegistryEvent
 
 __all__ = ["Mirror"]
 
@@ -56,6 +56,20 @@ class Mirror:
         self.versions[key] = version
         return old
 
+    def apply_registration(self, entry: Entry, version: int) -> list[RegistryEvent]:
+        """Put ``entry`` (a registration record from Redis); the events it means.
+
+        Our own registration written back (a re-assert) replaces nothing: at
+        most its metadata changed. Any other entry it displaces was confirmed
+        by Redis to be another registration of the key: "replaced".
+        """
+        old = self.put(entry, version)
+        if old is not None and same_registration(old, entry):
+            return [RegistryEvent("updated", entry)] if old.metadata != entry.metadata else []
+        events = [] if old is None else [RegistryEvent("unregistered", old, reason="replaced")]
+        events.append(RegistryEvent("registered", entry))
+        return events
+
     def remove(self, key: Hashable, version: int) -> Entry | None:
         """Remove ``key`` (remembering ``version`` as its tombstone); returns the old entry."""
         self.versions[key] = version
@@ -74,3 +88,12 @@ class Mirror:
             return
         entries = self.entries
         self.versions = {k: v for k, v in self.versions.items() if k in entries or v > upto}
+
+
+def same_registration(old: Entry, new: Entry) -> bool:
+    """Both entries describe one registration (same node, time and agent)."""
+    return (
+        old.node == new.node
+        and old.registered_at == new.registered_at
+        and (old.agent is new.agent or old.agent == new.agent)
+    )

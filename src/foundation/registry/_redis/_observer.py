@@ -41,7 +41,7 @@ from foundation._unraisable import report_unraisable
 from foundation.errors import Closed, FoundationError, InvalidConfig
 from foundation.registry._query import compile_criteria, matches
 from foundation.registry._redis._codec import RemoteAgent, decode_key
-from foundation.registry._redis._mirror import Mirror
+from foundation.registry._redis._mirror import Mirror, same_registration
 from foundation.registry._redis._scripts import SNAPSHOT, SnapshotArgs
 from foundation.registry._redis._shared import _down_from
 from foundation.registry._types import Criterion, Entry, RegistryEvent, UnregisterReason
@@ -310,15 +310,7 @@ class RedisObserver:
     def _apply_register(
         self, m: Mirror, v: int, key: Hashable, f: dict[bytes, bytes], events: list[RegistryEvent]
     ) -> None:
-        new = _entry(key, f[b"h"], f[b"m"])
-        old = m.put(new, v)
-        if old is not None and _same(old, new):
-            if old.metadata != new.metadata:
-                events.append(RegistryEvent("updated", new))
-            return
-        if old is not None:
-            events.append(RegistryEvent("unregistered", old, reason="replaced"))
-        events.append(RegistryEvent("registered", new))
+        events.extend(m.apply_registration(_entry(key, f[b"h"], f[b"m"]), v))
 
     def _apply_update(
         self, m: Mirror, v: int, key: Hashable, f: dict[bytes, bytes], events: list[RegistryEvent]
@@ -376,7 +368,7 @@ class RedisObserver:
                     events.append(RegistryEvent("unregistered", held, reason="unregistered"))
             for key, new in fresh.items():
                 old = m.entries.get(key)
-                if old is None or not _same(old, new):
+                if old is None or not same_registration(old, new):
                     m.put(new, ver)
                     if old is not None:
                         events.append(RegistryEvent("unregistered", old, reason="replaced"))
@@ -411,10 +403,3 @@ def _entry(key: Hashable, head_raw: bytes, meta: bytes) -> Entry:
     node = head["n"]
     agent = RemoteAgent(node, a.get("kind", "?"), a.get("pid"), a.get("name"))
     return Entry(key, agent, metadata_from_json(meta), head["t"], node)
-
-
-def _same(old: Entry, new: Entry) -> bool:
-    """One registration (same node, time and agent description)."""
-    return (
-        old.node == new.node and old.registered_at == new.registered_at and old.agent == new.agent
-    )

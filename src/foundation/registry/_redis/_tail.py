@@ -20,6 +20,7 @@ from foundation._retry import RetryBackoff
 from foundation.errors import FoundationError
 from foundation.liveness import Monitor
 from foundation.registry._redis._codec import decode_key
+from foundation.registry._redis._mirror import same_registration
 from foundation.registry._redis._scripts import SnapshotArgs
 from foundation.registry._redis._shared import TAIL_BLOCK_MS, Shared
 from foundation.registry._redis._state import log
@@ -171,17 +172,7 @@ class Tail:
         if entry is None:
             m.versions[key] = v
             return
-        old = m.put(entry, v)
-        if old is not None and _same_registration(old, entry):
-            # Our own registration written back (a re-assert): nothing was
-            # replaced, whatever this mirror held before.
-            if old.metadata != entry.metadata:
-                events.append(RegistryEvent("updated", entry))
-            return
-        if old is not None:
-            # Confirmed by Redis: this record is another registration of the key.
-            events.append(RegistryEvent("unregistered", old, reason="replaced"))
-        events.append(RegistryEvent("registered", entry))
+        events.extend(m.apply_registration(entry, v))
 
     def _apply_update(
         self, key: Hashable, v: int, f: dict[bytes, bytes], events: list[RegistryEvent]
@@ -282,7 +273,7 @@ class Tail:
                 if old is None:
                     m.put(new, ver)
                     events.append(RegistryEvent("registered", new))
-                elif not _same_registration(old, new):
+                elif not same_registration(old, new):
                     # Confirmed by the snapshot: another registration holds the key.
                     m.put(new, ver)
                     events.append(RegistryEvent("unregistered", old, reason="replaced"))
@@ -301,12 +292,3 @@ class Tail:
         sh.emit(events)
         for orphan in orphans:
             sh.jobs.put(("orphan", orphan))
-
-
-def _same_registration(old: Entry, new: Entry) -> bool:
-    """Both entries describe one registration (same node, time and agent)."""
-    return (
-        old.node == new.node
-        and old.registered_at == new.registered_at
-        and (old.agent is new.agent or old.agent == new.agent)
-    )
