@@ -7,6 +7,12 @@
   ``targeting_key`` with the same SHA-256 hash), through a real OpenFeature
   client with a targeting context: target >= 20x faster. Evaluation contexts
   are built before timing, so OpenFeature is not charged for them.
+- ``flags.value(name, actor=...)`` on a typed (string) flag split 50/50 across
+  two variants against ``flags.enabled(name, actor=...)`` at 50%: the cost of
+  the weighted-rendezvous split (one cached hash per variant with a share)
+  and of the typed answer; informational. The typed flag is declared in the
+  same ``FeatureFlags``, so the ``enabled(name)`` row also shows that typed
+  flags cost boolean reads nothing.
 - The same against ``UnleashClient`` bootstrapped offline from a dict (a
   ``flexibleRollout`` strategy at 50%, sticky on ``userId``; no network, no
   metrics, no registration): informational.
@@ -34,9 +40,11 @@ ACTORS = [f"user-{i}" for i in range(10_000)]
 
 def _flags() -> tuple[FeatureFlags, dict[str, bool]]:
     declared = [Flag(f"flag_{i}", default=i % 2 == 0) for i in range(99)] + [Flag("beta")]
-    flags = FeatureFlags(declared)
+    color = Flag("color", variants={"red": "#f00", "blue": "#00f"}, default="red")
+    flags = FeatureFlags([*declared, color])
     flags.set_percentage("beta", 50)
-    plain = {name: flags.enabled(name) for name in flags.names}
+    flags.set_split("color", {"red": 50, "blue": 50})
+    plain = {f.name: flags.enabled(f.name) for f in declared}  # the boolean flags
     return flags, plain
 
 
@@ -134,6 +142,32 @@ def _openfeature_rows(flags: FeatureFlags) -> list[Row]:
     ]
 
 
+def _typed_row(flags: FeatureFlags) -> Row:
+    values = [flags.value("color", actor=a) for a in ACTORS]
+    share = values.count("#00f") / len(values)
+    assert 0.45 < share < 0.55, f"the 50/50 split put {share:.1%} in blue"
+
+    def subject(n: int) -> None:
+        for actor in ACTORS[:n]:
+            flags.value("color", actor=actor)
+
+    def baseline(n: int) -> None:
+        for actor in ACTORS[:n]:
+            flags.enabled("beta", actor=actor)
+
+    ratio, s, b = compare(subject, baseline, 5_000, rounds=9, repeat=3)
+    return Row(
+        SECTION,
+        "value(name, actor), string split 50/50",
+        "enabled(name, actor) at 50%",
+        ratio,
+        "x",
+        "info",
+        None,
+        f"{s * 1e9:.0f} ns vs {b * 1e9:.0f} ns (hashes warm)",
+    )
+
+
 def _unleash_row(flags: FeatureFlags) -> Row:
     try:
         from UnleashClient import UnleashClient
@@ -206,6 +240,11 @@ def _unleash_row(flags: FeatureFlags) -> Row:
 def run() -> list[Row]:
     flags, plain = _flags()
     try:
-        return [_plain_row(flags, plain), *_openfeature_rows(flags), _unleash_row(flags)]
+        return [
+            _plain_row(flags, plain),
+            *_openfeature_rows(flags),
+            _typed_row(flags),
+            _unleash_row(flags),
+        ]
     finally:
         flags.close()

@@ -39,7 +39,12 @@ from foundation.supervision import ChildSpec, Supervisor
 from tests.redis_support import RedisServer
 
 FLAG = "use_ets_agent_registry"
-DECLARED = [Flag(FLAG), Flag("enable_migration_monitoring"), Flag("beta")]
+DECLARED = [
+    Flag(FLAG),
+    Flag("enable_migration_monitoring"),
+    Flag("beta"),
+    Flag("color", variants={"red": "#f00", "blue": "#00f"}, default="red"),
+]
 
 
 def assert_closed(call: Callable[[], object]) -> None:
@@ -79,6 +84,12 @@ FLAGS_CALLS: dict[str, Callable[[FeatureFlags], object]] = {
     "load_from_config": lambda f: f.load_from_config({"beta": True}, env=None),
     "load_from_config(env)": lambda f: f.load_from_config(),
     "subscribe": lambda f: f.subscribe(lambda change: None),
+    "value": lambda f: f.value("color"),
+    "value(actor)": lambda f: f.value("color", actor="user-1"),
+    "variant": lambda f: f.variant("beta", actor="user-1"),
+    "evaluate": lambda f: f.evaluate("beta"),
+    "assign": lambda f: f.assign("color", "ana", "blue"),
+    "set_split": lambda f: f.set_split("color", {"red": 50, "blue": 50}),
 }
 
 

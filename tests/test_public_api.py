@@ -50,6 +50,7 @@ USER_NAMES = [
     "errors", "telemetry", "Registry", "MonitorManager",
     "DynamicSupervisor", "ChildContext", "Backoff",
     "HealthThresholds", "AutoRollback", "RedisStatus", "Conflict", "RemoteAgent",
+    "Evaluation",
 ]  # fmt: skip
 
 ERROR_BASES = {

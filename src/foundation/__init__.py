@@ -28,6 +28,7 @@ from foundation import errors, telemetry
 from foundation.application import Application
 from foundation.flags import (
     AutoRollback,
+    Evaluation,
     FeatureFlags,
     Flag,
     FlagChange,
@@ -74,6 +75,7 @@ __all__ = [
     "Down",
     "DynamicSupervisor",
     "Entry",
+    "Evaluation",
     "FeatureFlags",
     "Flag",
     "FlagChange",

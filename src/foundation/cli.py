@@ -3,8 +3,10 @@
 ::
 
     foundation flags list | show NAME | history [NAME] [--limit N] | eval NAME [--actor A]
+                     | value NAME [--actor A]
     foundation flags enable|disable|clear NAME | percentage NAME P | allow|deny NAME ACTOR
-                     [--by WHO] [--reason WHY]
+                     | split NAME VARIANT=SHARE... | assign NAME ACTOR VARIANT
+                     | unassign NAME ACTOR  [--by WHO] [--reason WHY]
     foundation migration status | advance | rollback N | emergency REASON [--plan NAME]
     foundation agents list [--where PATH OP VALUE]... [--limit N] | show KEY | count
                       | watch [--count N]
@@ -19,7 +21,9 @@ else ``[cli]`` in ``./foundation.toml``), ``--json`` (the default when stdout
 is not a terminal; ``--text`` forces text) and ``--debug``.
 
 Exit codes: 0 done; 1 failed (one line ``ErrorClass: message`` on stderr, the
-traceback only with ``--debug``); 2 usage error. No command ever creates a
+traceback only with ``--debug``); 2 usage error (argparse's usage, or one line
+such as ``InvalidFlagValue: 'color' is a string flag ...`` for a command of the
+wrong kind of flag). No command ever creates a
 store: a missing SQLite file or an empty Redis namespace is an error.
 """
 
@@ -82,10 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from foundation._cli._common import UsageError
+
     try:
         return _run(args)
     except KeyboardInterrupt:
         return 130
+    except UsageError as exc:  # the command does not apply (e.g. the wrong kind of flag)
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or "(no message)"
+        print(f"{exc.label}: {message}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     except Exception as exc:
         if debug:
             traceback.print_exc()

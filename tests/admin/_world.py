@@ -24,6 +24,12 @@ DECLARED = [
     Flag("new_checkout", description="the 2026 checkout"),
     Flag("dark_mode", default=True, description="dark theme for everyone"),
     Flag("search_v2", description="the rewritten search"),
+    Flag(
+        "theme",
+        variants={"light": "#ffffff", "dark": "#101418", "sepia": "#f4ecd8"},
+        default="light",
+        description="page colours",
+    ),
     *DEFAULT_FLAGS,
 ]
 PLAN = MigrationPlan(

@@ -107,9 +107,14 @@ def test_flag_list_shows_every_declared_flag_with_its_state(world: World) -> Non
     dark = next(f for f in body["flags"] if f["name"] == "dark_mode")
     assert dark == {
         "name": "dark_mode",
+        "kind": "boolean",
         "default": True,
         "description": "dark theme for everyone",
+        "variants": None,
+        "default_variant": None,
         "enabled": True,
+        "value": True,
+        "variant": "on",
         "switch": True,
         "percentage": None,
         "allow": [],
@@ -180,6 +185,94 @@ def test_evaluate_says_what_an_actor_gets_and_why(world: World) -> None:
         assert plain["actor"] is None
 
 
+def test_a_typed_flag_shows_kind_variants_split_and_assignments(world: World) -> None:
+    with client(world, ANA) as c:
+        theme = flag(c, "theme")
+        assert theme == {
+            "name": "theme",
+            "kind": "string",
+            "default": "light",
+            "description": "page colours",
+            "variants": {"light": "#ffffff", "dark": "#101418", "sepia": "#f4ecd8"},
+            "default_variant": "light",
+            "switch": True,
+            "percentage": None,
+            "allow": [],
+            "deny": [],
+            "assign": {},
+            "split": None,
+            "value": "#ffffff",
+            "variant": "light",
+        }
+        r = c.post(
+            "api/flags/theme/split", json={"split": {"dark": 25, "sepia": 75}, "reason": "ab"}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["split"] == {"dark": 25.0, "sepia": 75.0}
+        r = c.post("api/flags/theme/assign", json={"actor": "ana", "variant": "dark"})
+        assert r.status_code == 200, r.text
+        assert r.json()["assign"] == {"ana": "dark"}
+        assert world.flags.variant("theme", "ana") == "dark"
+        assert world.flags.state("theme").split is not None
+        listed = next(f for f in c.get("api/flags").json()["flags"] if f["name"] == "theme")
+        assert listed["assign"] == {"ana": "dark"}
+        # variant null removes the assignment.
+        r = c.post("api/flags/theme/assign", json={"actor": "ana", "variant": None})
+        assert r.json()["assign"] == {}
+        history = world.flags.history("theme")
+        assert [(h.by, h.reason) for h in history] == [("ana", "ab"), ("ana", None), ("ana", None)]
+        changes = c.get("api/history", params={"flag": "theme"}).json()["changes"]
+        assert changes[-1]["new"]["split"] == {"dark": 25.0, "sepia": 75.0}
+        assert changes[1]["new"]["assign"] == {"ana": "dark"}
+
+
+def test_evaluate_a_typed_flag_says_which_variant_and_why(world: World) -> None:
+    flags = world.flags
+    flags.set_split("theme", {"dark": 50, "sepia": 50})
+    flags.assign("theme", "vip", "light")
+    flags.deny("theme", "bot")
+    with client(world) as c:
+        for actor in ("u1", "u2", "u3", "u4", "vip", "bot"):
+            r = c.get("api/flags/theme/evaluate", params={"actor": actor}).json()
+            e = flags.evaluate("theme", actor)
+            assert (r["value"], r["variant"], r["reason"], r["kind"]) == (
+                e.value,
+                e.variant,
+                e.reason,
+                "string",
+            )
+            assert "enabled" not in r
+        assert "assigned to 'light'" in c.get("api/flags/theme/evaluate?actor=vip").json()["why"]
+        assert "deny" in c.get("api/flags/theme/evaluate?actor=bot").json()["why"]
+        assert "split" in c.get("api/flags/theme/evaluate?actor=u1").json()["why"]
+        plain = c.get("api/flags/theme/evaluate").json()
+        assert (plain["variant"], plain["reason"]) == ("light", "DEFAULT")
+        flags.disable("theme")
+        off = c.get("api/flags/theme/evaluate?actor=vip").json()
+        assert (off["value"], off["variant"], off["reason"]) == ("#ffffff", "light", "DISABLED")
+        assert "switch is off" in off["why"]
+        boolean = c.get("api/flags/dark_mode/evaluate?actor=u1").json()
+        assert (boolean["enabled"], boolean["variant"], boolean["reason"]) == (True, "on", "STATIC")
+
+
+def test_typed_writes_follow_the_write_rules(world: World) -> None:
+    with client(world) as anon, client(world, ANA) as c:
+        assert (
+            anon.post("api/flags/theme/assign", json={"actor": "a", "variant": "dark"}).status_code
+            == 401
+        )
+        assert anon.post("api/flags/theme/split", json={"split": {"dark": 100}}).status_code == 401
+        r = c.post(
+            "api/flags/theme/split",
+            content=b'{"split": {"dark": 100}}',
+            headers={"Content-Type": "text/plain"},
+        )
+        assert r.status_code == 415
+        r = c.post("api/flags/theme/split", json={"split": {"dark": 100}, "by": "mallory"})
+        assert r.status_code == 422
+    assert world.flags.history("theme") == []
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "error"),
     [
@@ -202,6 +295,32 @@ def test_evaluate_says_what_an_actor_gets_and_why(world: World) -> None:
         ("GET", "api/agents?where=role:like:x", None, 422, "InvalidCriteria"),
         ("GET", "api/agents?where=nocolon", None, 422, "InvalidCriteria"),
         ("GET", "api/history?limit=0", None, 422, "InvalidLimit"),
+        (
+            "POST",
+            "api/flags/theme/assign",
+            {"actor": "a", "variant": "drak"},
+            422,
+            "InvalidFlagValue",
+        ),
+        ("POST", "api/flags/theme/assign", {"actor": "a"}, 422, "InvalidBody"),
+        ("POST", "api/flags/theme/assign", {"variant": "dark"}, 422, "InvalidBody"),
+        ("POST", "api/flags/theme/assign", {"actor": "a", "variant": 3}, 422, "InvalidBody"),
+        (
+            "POST",
+            "api/flags/dark_mode/assign",
+            {"actor": "a", "variant": "on"},
+            422,
+            "InvalidFlagValue",
+        ),
+        ("POST", "api/flags/theme/split", {"split": {"dark": 60}}, 422, "InvalidFlagValue"),
+        ("POST", "api/flags/theme/split", {"split": {"purple": 100}}, 422, "InvalidFlagValue"),
+        ("POST", "api/flags/theme/split", {"split": {"dark": True}}, 422, "InvalidBody"),
+        ("POST", "api/flags/theme/split", {"split": [100]}, 422, "InvalidBody"),
+        ("POST", "api/flags/theme/split", {}, 422, "InvalidBody"),
+        ("POST", "api/flags/dark_mode/split", {"split": {"on": 100}}, 422, "InvalidFlagValue"),
+        ("POST", "api/flags/theme/percentage", {"percentage": 50}, 422, "InvalidFlagValue"),
+        ("POST", "api/flags/theme/allow", {"actor": "a"}, 422, "InvalidFlagValue"),
+        ("POST", "api/flags/nope/split", {"split": {"a": 100}}, 404, "UnknownFlag"),
     ],
 )
 def test_errors_are_typed_json_with_their_status(
@@ -316,6 +435,39 @@ def test_bind_errors_are_invalid_config() -> None:
     for bind in ("8800", "localhost:http", "127.0.0.1:70000"):
         with pytest.raises(InvalidConfig):
             AdminServer(bind=bind)
+
+
+def test_the_listening_socket_says_tcp_so_asyncio_sets_nodelay_on_connections() -> None:
+    """A proto-0 socket made every JSON answer wait ~40 ms (Nagle + delayed ACK)."""
+    import asyncio
+    import socket
+
+    from foundation.admin._server import _bind
+
+    listener = _bind("127.0.0.1", 0)
+    try:
+        assert listener.proto == socket.IPPROTO_TCP
+
+        async def accept_one() -> int:
+            accepted = asyncio.Event()
+            nodelay: list[int] = []
+
+            def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                sock = writer.get_extra_info("socket")
+                nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                writer.close()
+                accepted.set()
+
+            server = await asyncio.start_server(on_connect, sock=listener)
+            async with server:
+                _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+                await asyncio.wait_for(accepted.wait(), 20)
+                writer.close()
+            return nodelay[0]
+
+        assert asyncio.run(accept_one()) != 0
+    finally:
+        listener.close()
 
 
 def test_whoami_names_the_operator(world: World) -> None:
@@ -543,6 +695,7 @@ def test_metrics_are_prometheus_text(world: World) -> None:
     from foundation.metrics import Metrics
 
     world.flags.set_percentage("new_checkout", 10)
+    world.flags.set_split("theme", {"dark": 40, "sepia": 60})
     with client(world) as c:
         r = c.get("metrics")
     assert r.status_code == 200
@@ -550,6 +703,7 @@ def test_metrics_are_prometheus_text(world: World) -> None:
     text = r.text
     assert 'foundation_admin_flag_enabled{flag="new_checkout"} 1.0' in text
     assert 'foundation_admin_flag_percentage{flag="new_checkout"} 10.0' in text
+    assert 'foundation_admin_flag_split{flag="theme",variant="sepia"} 60.0' in text
     assert 'foundation_admin_migration_stage{plan="default"} 0.0' in text
     assert 'foundation_admin_registry_entries{kind="thread",node="local"} 2.0' in text
     metrics = Metrics()

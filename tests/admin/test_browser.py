@@ -168,6 +168,46 @@ def _scenario(world: World, browser: Any, artifacts: Path, shots: list[Path], ex
     expect(page.locator("#eval-out")).to_contain_text("the actor is in the deny set")
     shot("flag-flipped")
 
+    # A typed flag: split actors across variants, pin one actor, ask what actors get.
+    theme = row("theme")
+    expect(theme.locator(".split")).to_have_text("no split (light)")
+    expect(theme.locator(".variants")).to_contain_text('dark = "#101418"')
+    page.fill("#reason", "try the dark themes")
+    theme.locator('.share-input[data-variant="dark"]').fill("30")
+    theme.locator('.share-input[data-variant="sepia"]').fill("70")
+    theme.locator(".split-set").click()
+    expect(theme.locator(".split")).to_have_text("dark 30% · sepia 70%")
+    assert world.flags.state("theme").split == {"dark": 30.0, "sepia": 70.0}
+    theme.locator(".actor-input").fill("ceo")
+    theme.locator(".variant-select").select_option("light")
+    theme.locator(".assign-btn").click()
+    expect(theme.locator(".assign")).to_have_text("ceo \u2192 light")
+    assert world.flags.variant("theme", "ceo") == "light"
+    change = world.flags.history("theme")[-1]
+    assert (change.by, change.reason) == ("ana", "try the dark themes")
+    expect(page.locator("#history tbody tr").first).to_contain_text("assign ceo \u2192 light")
+    expect(page.locator("#history tbody tr").nth(1)).to_contain_text("dark 30% · sepia 70%")
+    page.select_option("#eval-flag", "theme")
+    page.fill("#eval-actor", "ceo")
+    page.click("#eval-go")
+    expect(page.locator("#eval-out .badge")).to_have_text("light")
+    expect(page.locator("#eval-out .eval-value")).to_have_text('"#ffffff"')
+    expect(page.locator("#eval-out")).to_contain_text("TARGETING_MATCH")
+    for actor in ("user-1", "user-2", "user-3"):
+        page.fill("#eval-actor", actor)
+        page.click("#eval-go")
+        expect(page.locator("#eval-out .badge")).to_have_text(world.flags.variant("theme", actor))
+        expect(page.locator("#eval-out")).to_contain_text("SPLIT")
+    theme.locator(".actor-input").fill("ceo")
+    theme.locator(".variant-select").select_option("")
+    theme.locator(".assign-btn").click()
+    expect(theme.locator(".assign")).to_have_text("—")
+    assert world.flags.state("theme").assign == {}
+    theme.locator(".deny-btn").click()
+    expect(theme.locator(".deny")).to_have_text("—")
+    expect(page.locator("#message")).to_contain_text("type an actor first")
+    shot("typed-flag")
+
     # Another process changes the store: the page shows it without a reload.
     expect(row("search_v2").locator(".badge")).to_have_text("off")
     world.other_process("enable", "search_v2")

@@ -204,6 +204,13 @@ def test_plans_are_validated() -> None:
     assert info.value.names == ("s1b", "s2", "s3")
 
 
+def test_a_plan_naming_a_typed_flag_is_refused_up_front() -> None:
+    plan = MigrationPlan([Stage(1, "colour", ["colour"])])
+    declared = [Flag("colour", variants={"red": "#f00", "blue": "#00f"}, default="red")]
+    with FeatureFlags(declared) as flags, pytest.raises(errors.InvalidFlagValue, match="typed"):
+        Migration(flags, plan)
+
+
 def test_migration_steps_are_telemetry_events(flags: FeatureFlags) -> None:
     seen: list[tuple[str, Mapping[str, Any]]] = []
     names = ["migration.advanced", "migration.rolled_back", "migration.emergency_rollback"]

@@ -27,6 +27,7 @@ __all__ = [
     "CONFIG_FILE",
     "Output",
     "Settings",
+    "UsageError",
     "common_options",
     "default_by",
     "key_from_text",
@@ -59,6 +60,18 @@ def common_options() -> argparse.ArgumentParser:
     where.add_argument("--redis", metavar="URL", default=s, help="registry Redis URL")
     where.add_argument("--namespace", metavar="NS", default=s, help="registry namespace")
     return p
+
+
+class UsageError(Exception):
+    """A command that does not apply as given (exit 2), printed as ``label: message``.
+
+    For what argparse cannot see, such as ``percentage`` on a typed flag:
+    ``label`` names the library's error for the same mistake.
+    """
+
+    def __init__(self, message: str, *, label: str = "UsageError") -> None:
+        super().__init__(message)
+        self.label = label
 
 
 @dataclass(frozen=True, slots=True)

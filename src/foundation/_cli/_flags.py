@@ -1,18 +1,37 @@
-"""``foundation flags ...``: list, show, history, eval and the audited writes."""
+"""``foundation flags ...``: list, show, history, eval, value and the audited writes.
+
+Boolean flags take ``percentage``/``allow``/``eval``; typed flags (string,
+integer, float, object variants) take ``split``/``assign``/``unassign``;
+``enable``/``disable``/``clear``/``deny``/``value`` take both. A command for the
+other kind exits 2 with one line naming the command to use instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from foundation._cli._common import Output, Settings, default_by
+from foundation._cli._common import Output, Settings, UsageError, default_by
 
-__all__ = ["add_parser", "flag_row", "open_flags"]
+__all__ = ["add_parser", "change_dict", "flag_row", "open_flags", "state_dict"]
 
-WRITES = ("enable", "disable", "clear", "percentage", "allow", "deny")
+WRITES = (
+    "enable",
+    "disable",
+    "clear",
+    "percentage",
+    "allow",
+    "deny",
+    "split",
+    "assign",
+    "unassign",
+)
+BOOLEAN_ONLY = ("percentage", "allow", "eval")
+TYPED_ONLY = ("split", "assign", "unassign")
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -26,9 +45,14 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     hist = sub.add_parser("history", help="audited changes, oldest first", parents=[common])
     hist.add_argument("name", nargs="?")
     hist.add_argument("--limit", type=_positive_int, default=None, help="the last N changes")
-    ev = sub.add_parser("eval", help="what does an actor get?", parents=[common])
+    ev = sub.add_parser("eval", help="on or off for an actor? (boolean flags)", parents=[common])
     ev.add_argument("name")
     ev.add_argument("--actor", default=None)
+    val = sub.add_parser(
+        "value", help="what does an actor get: value, variant, reason", parents=[common]
+    )
+    val.add_argument("name")
+    val.add_argument("--actor", default=None)
 
     writes = argparse.ArgumentParser(add_help=False)
     writes.add_argument("--by", default=None, help="who (default: the OS user)")
@@ -40,13 +64,36 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     ):
         w = sub.add_parser(action, help=text, parents=[common, writes])
         w.add_argument("name")
-    pct = sub.add_parser("percentage", help="roll out to P%% of actors", parents=[common, writes])
+    pct = sub.add_parser(
+        "percentage", help="roll out to P%% of actors (boolean flags)", parents=[common, writes]
+    )
     pct.add_argument("name")
     pct.add_argument("percentage", type=_percentage, metavar="P")
-    for action, text in (("allow", "always on for ACTOR"), ("deny", "always off for ACTOR")):
+    for action, text in (
+        ("allow", "always on for ACTOR (boolean flags)"),
+        ("deny", "always off (typed: the default variant) for ACTOR"),
+    ):
         w = sub.add_parser(action, help=text, parents=[common, writes])
         w.add_argument("name")
         w.add_argument("actor")
+    split = sub.add_parser(
+        "split",
+        help="split actors across variants, e.g. red=50 blue=50 (typed flags; switch on)",
+        parents=[common, writes],
+    )
+    split.add_argument("name")
+    split.add_argument("shares", nargs="+", type=_share, metavar="VARIANT=SHARE")
+    asg = sub.add_parser(
+        "assign", help="ACTOR always gets VARIANT (typed flags)", parents=[common, writes]
+    )
+    asg.add_argument("name")
+    asg.add_argument("actor")
+    asg.add_argument("variant")
+    un = sub.add_parser(
+        "unassign", help="drop ACTOR's variant assignment (typed flags)", parents=[common, writes]
+    )
+    un.add_argument("name")
+    un.add_argument("actor")
 
 
 def _positive_int(text: str) -> int:
@@ -66,6 +113,16 @@ def _percentage(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
 
 
+def _share(text: str) -> tuple[str, float]:
+    variant, eq, share = text.rpartition("=")  # the last "=": a variant name may hold one
+    if not eq or not variant:
+        raise argparse.ArgumentTypeError(f"not VARIANT=SHARE: {text!r}")
+    try:
+        return variant, float(share.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a share in percent: {text!r}") from None
+
+
 @contextmanager
 def open_flags(settings: Settings) -> Iterator[Any]:
     """A ``FeatureFlags`` over the configured store's catalogue; both closed after."""
@@ -82,16 +139,41 @@ def open_flags(settings: Settings) -> Iterator[Any]:
         store.close()
 
 
+def state_dict(state: Any) -> dict[str, Any]:
+    """A ``FlagState`` as JSON with every key present (``split`` None, ``assign`` {}
+    when unset: the store's form leaves them out)."""
+    data: dict[str, Any] = state.to_dict()
+    data.setdefault("split", None)
+    data.setdefault("assign", {})
+    return data
+
+
+def change_dict(change: Any) -> dict[str, Any]:
+    """A ``FlagChange`` as JSON, its ``old``/``new`` with every key (as ``state_dict``)."""
+    data: dict[str, Any] = change.to_dict()
+    data["old"] = state_dict(change.old)
+    data["new"] = state_dict(change.new)
+    return data
+
+
 def flag_row(flags: Any, name: str, runtime: dict[str, Any]) -> dict[str, Any]:
-    """One flag as JSON: declaration, effective state, where the state comes from."""
+    """One flag as JSON: declaration, effective state, where the state comes from,
+    and what it evaluates to without an actor (``enabled`` is None for typed flags)."""
     decl = flags.flag(name)
+    typed = decl.kind != "boolean"
+    answer = flags.evaluate(name)
     return {
         "name": name,
+        "kind": decl.kind,
         "default": decl.default,
+        "variants": dict(decl.variants) if typed else None,
         "description": decl.description,
         "source": "runtime" if name in runtime else "default",
-        "enabled": flags.enabled(name),
-        **flags.state(name).to_dict(),
+        "enabled": None if typed else flags.enabled(name),
+        "value": answer.value,
+        "variant": answer.variant,
+        "reason": answer.reason,
+        **state_dict(flags.state(name)),
     }
 
 
@@ -101,13 +183,52 @@ def _when(at: float) -> str:
 
 def _summary(state: dict[str, Any]) -> str:
     parts = ["on" if state["switch"] else "off"]
-    if state["percentage"] is not None:
+    if state.get("percentage") is not None:
         parts.append(f"{state['percentage']:g}%")
-    if state["allow"]:
+    if state.get("split"):
+        parts.append("split " + ",".join(f"{v}={p:g}" for v, p in state["split"].items()))
+    if state.get("assign"):
+        parts.append("assign=" + ",".join(f"{a}:{v}" for a, v in sorted(state["assign"].items())))
+    if state.get("allow"):
         parts.append("allow=" + ",".join(state["allow"]))
-    if state["deny"]:
+    if state.get("deny"):
         parts.append("deny=" + ",".join(state["deny"]))
     return " ".join(parts)
+
+
+def _shown(value: Any, width: int = 0) -> str:
+    """A value for a person: JSON (strings quoted), cut to ``width`` when given."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if width and len(text) > width:
+        text = text[: width - 3] + "..."
+    return text
+
+
+def _check_kind(flags: Any, name: str, action: str) -> None:
+    """UnknownFlag first (with the nearest name), then UsageError for the wrong kind."""
+    decl = flags.flag(name)
+    kind = decl.kind
+    if kind != "boolean" and action in BOOLEAN_ONLY:
+        instead = {
+            "percentage": f"split its actors with 'foundation flags split {name} VARIANT=SHARE...'",
+            "allow": f"give ACTOR a variant with 'foundation flags assign {name} ACTOR VARIANT'",
+            "eval": f"read it with 'foundation flags value {name}'",
+        }[action]
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise UsageError(
+            f"{name!r} is {article} {kind} flag: {instead} ({action} is for boolean flags)",
+            label="InvalidFlagValue",
+        )
+    if kind == "boolean" and action in TYPED_ONLY:
+        instead = (
+            f"roll it out with 'foundation flags percentage {name} P'"
+            if action == "split"
+            else f"use 'foundation flags allow|deny {name} ACTOR'"
+        )
+        raise UsageError(
+            f"{name!r} is a boolean flag: {instead} ({action} is for typed flags)",
+            label="InvalidFlagValue",
+        )
 
 
 def _change_rows(changes: list[Any]) -> list[list[Any]]:
@@ -131,9 +252,17 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
                     out.line("no flags recorded in this store (no application declared any yet)")
                     return
                 out.table(
-                    ["flag", "state", "source", "default", "description"],
+                    ["flag", "kind", "state", "value", "source", "default", "description"],
                     [
-                        [r["name"], _summary(r), r["source"], r["default"], r["description"]]
+                        [
+                            r["name"],
+                            r["kind"],
+                            _summary(r),
+                            _value_cell(r),
+                            r["source"],
+                            r["default"],
+                            r["description"],
+                        ]
                         for r in rows
                     ],
                 )
@@ -143,11 +272,25 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             runtime = flags.store.load_states()
             row = flag_row(flags, args.name, runtime)
             recent = flags.history(args.name)[-5:]
-            data = {**row, "recent_changes": [c.to_dict() for c in recent]}
+            data = {**row, "recent_changes": [change_dict(c) for c in recent]}
 
             def text() -> None:
                 out.line(f"{row['name']}: {_summary(row)} ({row['source']})")
-                out.line(f"  default: {'on' if row['default'] else 'off'}")
+                if row["kind"] == "boolean":
+                    out.line(f"  default: {'on' if row['default'] else 'off'}")
+                else:
+                    out.line(f"  kind: {row['kind']}")
+                    out.line(
+                        "  variants: "
+                        + ", ".join(
+                            f"{v}={_shown(x, 60)}" + (" (default)" if v == row["default"] else "")
+                            for v, x in row["variants"].items()
+                        )
+                    )
+                out.line(
+                    f"  value: {_shown(row['value'], 60)} "
+                    f"(variant {row['variant']}, {row['reason']})"
+                )
                 if row["description"]:
                     out.line(f"  description: {row['description']}")
                 if recent:
@@ -160,7 +303,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             if args.limit is not None:
                 changes = changes[-args.limit :]
             out.emit(
-                [c.to_dict() for c in changes],
+                [change_dict(c) for c in changes],
                 lambda: (
                     out.table(["at", "flag", "from", "to", "by", "reason"], _change_rows(changes))
                     if changes
@@ -168,17 +311,49 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
                 ),
             )
         elif action == "eval":
+            _check_kind(flags, args.name, action)
             enabled = flags.enabled(args.name, args.actor)
             data = {"flag": args.name, "actor": args.actor, "enabled": enabled}
             who = "without an actor" if args.actor is None else f"for {args.actor!r}"
             out.emit(data, lambda: out.line(f"{args.name} {who}: {'on' if enabled else 'off'}"))
+        elif action == "value":
+            answer = flags.evaluate(args.name, args.actor)
+            data = {
+                "flag": args.name,
+                "actor": args.actor,
+                "kind": answer.kind,
+                "value": answer.value,
+                "variant": answer.variant,
+                "reason": answer.reason,
+            }
+            who = "without an actor" if args.actor is None else f"for {args.actor!r}"
+            out.emit(
+                data,
+                lambda: out.line(
+                    f"{args.name} {who}: {_shown(answer.value)} "
+                    f"(variant {answer.variant}, {answer.reason})"
+                ),
+            )
         return 0
+
+
+def _value_cell(row: dict[str, Any]) -> str:
+    if row["kind"] == "boolean":
+        return "on" if row["value"] else "off"
+    return f"{row['variant']}={_shown(row['value'], 30)}"
 
 
 def _write(flags: Any, args: argparse.Namespace, out: Output) -> int:
     by = args.by if args.by is not None else default_by()
     reason = args.reason
     name = args.name
+    # UnknownFlag (with the nearest name) before anything else, then the kind.
+    _check_kind(flags, name, args.action)
+    shares: dict[str, float] = {}
+    for variant, share in getattr(args, "shares", None) or ():
+        if variant in shares:
+            raise UsageError(f"variant {variant!r} given twice", label="InvalidFlagValue")
+        shares[variant] = share
     ops: dict[str, Callable[[], None]] = {
         "enable": lambda: flags.enable(name, by=by, reason=reason),
         "disable": lambda: flags.disable(name, by=by, reason=reason),
@@ -186,8 +361,10 @@ def _write(flags: Any, args: argparse.Namespace, out: Output) -> int:
         "percentage": lambda: flags.set_percentage(name, args.percentage, by=by, reason=reason),
         "allow": lambda: flags.allow(name, args.actor, by=by, reason=reason),
         "deny": lambda: flags.deny(name, args.actor, by=by, reason=reason),
+        "split": lambda: flags.set_split(name, shares, by=by, reason=reason),
+        "assign": lambda: flags.assign(name, args.actor, args.variant, by=by, reason=reason),
+        "unassign": lambda: flags.assign(name, args.actor, None, by=by, reason=reason),
     }
-    flags.flag(name)  # UnknownFlag (with the nearest name) before anything else
     changes: list[Any] = []
     # Listeners hear the changes made through this FeatureFlags, in the writing thread.
     unsubscribe = flags.subscribe(lambda c: changes.append(c) if c.flag == name else None)
@@ -197,12 +374,12 @@ def _write(flags: Any, args: argparse.Namespace, out: Output) -> int:
         unsubscribe()
     mine = [c for c in changes if c.by == by]
     change = mine[-1] if mine else None
-    state = flags.state(name).to_dict()
+    state = state_dict(flags.state(name))
     data = {
         "flag": name,
         "action": args.action,
         "changed": change is not None,
-        "change": None if change is None else change.to_dict(),
+        "change": None if change is None else change_dict(change),
         "state": state,
     }
 

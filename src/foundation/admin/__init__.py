@@ -3,7 +3,10 @@
 ``create_app(flags=, migration=, registry=, supervisors=, token=, read_only=)``
 returns an ASGI app over live objects, to mount in an application (``Mount("/admin",
 app)``); ``serve(..., bind="127.0.0.1:8800")`` runs it under uvicorn in the
-foreground and ``AdminServer(...)`` on a background thread.
+foreground and ``AdminServer(...)`` on a background thread. The app also
+serves OFREP (``POST /ofrep/v1/evaluate/flags[/{key}]``, see
+``foundation.admin._ofrep``) and shows and changes typed flags (``assign``,
+``split``).
 
 Security model:
 

@@ -455,15 +455,36 @@ def _need_registry(state: AdminState) -> RegistryLike:
 
 
 def _flag_dict(flags: FeatureFlags, name: str) -> dict[str, Any]:
+    """A flag for the API: declaration, state and its answer without an actor.
+
+    Both kinds carry ``kind``, ``variants`` and ``default_variant`` (None for a
+    boolean flag), ``value`` and ``variant``; a boolean flag also ``enabled``, a
+    typed one ``assign`` (actor -> variant) and ``split`` (variant -> percent, or None).
+    """
     declared = flags.flag(name)
+    # Race: state and answer are two lock-free reads; a write between them shows in
+    # this one response only, and its change event makes the page read both again.
     state = flags.state(name)
-    return {
+    evaluation = flags.evaluate(name)
+    typed = declared.kind != "boolean"
+    variants = declared.variants
+    out: dict[str, Any] = {
         "name": name,
+        "kind": declared.kind,
         "default": declared.default,
         "description": declared.description,
-        "enabled": flags.enabled(name),
+        "variants": None if variants is None else _jsonable(dict(variants)),
+        "default_variant": declared.default if typed else None,
         **state.to_dict(),
+        "value": _jsonable(evaluation.value),
+        "variant": evaluation.variant,
     }
+    if typed:
+        out["assign"] = dict(sorted(state.assign.items()))
+        out["split"] = None if state.split is None else dict(state.split)
+    else:
+        out["enabled"] = evaluation.value
+    return out
 
 
 async def list_flags(request: Request, state: AdminState) -> Any:
@@ -475,12 +496,24 @@ async def show_flag(request: Request, state: AdminState) -> Any:
     return _flag_dict(_need_flags(state), request.path_params["name"])
 
 
+_WHY = {
+    "DISABLED": "the switch is off: the default variant",
+    "STATIC": "the switch is on: the default variant",
+    "DEFAULT": "no actor and no variant at 100%: the default variant",
+}
+
+
 async def evaluate_flag(request: Request, state: AdminState) -> Any:
     flags = _need_flags(state)
     name = request.path_params["name"]
     actor = request.query_params.get("actor") or None
+    if flags.flag(name).kind != "boolean":
+        return _evaluate_typed(flags, name, actor)
+    # Race: the answer is one read (evaluate); the "why" reads the state again, so a
+    # write landing between them can leave the explanation one change behind.
+    evaluation = flags.evaluate(name, actor)
+    enabled = bool(evaluation.value)
     s = flags.state(name)
-    enabled = flags.enabled(name, actor)
     if not s.switch:
         why = "the switch is off"
     elif actor is None:
@@ -496,9 +529,40 @@ async def evaluate_flag(request: Request, state: AdminState) -> Any:
     return {
         "flag": name,
         "actor": actor,
+        "kind": "boolean",
         "enabled": enabled,
+        "value": enabled,
+        "variant": evaluation.variant,
+        "reason": evaluation.reason,
         "why": why,
         "bucket": None if actor is None else bucket(name, actor),
+    }
+
+
+def _evaluate_typed(flags: FeatureFlags, name: str, actor: str | None) -> dict[str, Any]:
+    evaluation = flags.evaluate(name, actor)
+    s = flags.state(name)  # only to tell deny from assignment (same race as above)
+    if evaluation.reason == "TARGETING_MATCH":
+        if actor is not None and actor in s.deny:
+            why = "the actor is in the deny set: the default variant"
+        else:
+            why = f"the actor is assigned to {evaluation.variant!r}"
+    elif evaluation.reason == "SPLIT":
+        why = (
+            f"the actor's stable pick in the split: {evaluation.variant!r}"
+            if actor is not None
+            else f"no actor: {evaluation.variant!r} has 100% of the split"
+        )
+    else:
+        why = _WHY.get(evaluation.reason, evaluation.reason)
+    return {
+        "flag": name,
+        "actor": actor,
+        "kind": evaluation.kind,
+        "value": _jsonable(evaluation.value),
+        "variant": evaluation.variant,
+        "reason": evaluation.reason,
+        "why": why,
     }
 
 
@@ -550,6 +614,22 @@ def _flag_write(action: str) -> Callable[..., Awaitable[Any]]:
             call = functools.partial(
                 flags.set_percentage, name, body["percentage"], by=operator, reason=reason
             )
+        elif action == "assign":
+            actor = _text(body, "actor", required=True)
+            assert actor is not None
+            if "variant" not in body:
+                raise ApiError(422, "InvalidBody", "the body needs 'variant' (null: unassign)")
+            variant = _text(body, "variant")
+            call = functools.partial(flags.assign, name, actor, variant, by=operator, reason=reason)
+        elif action == "split":
+            shares = body.get("split")
+            if not isinstance(shares, dict) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in shares.values()
+            ):
+                raise ApiError(
+                    422, "InvalidBody", "'split' is an object {variant: percent}, summing to 100"
+                )
+            call = functools.partial(flags.set_split, name, shares, by=operator, reason=reason)
         else:  # allow / deny
             actor = _text(body, "actor", required=True)
             assert actor is not None
@@ -836,6 +916,7 @@ def create_app(
     metrics: Any = None,
 ) -> Starlette:
     """See ``foundation.admin`` (the package docs hold the whole contract)."""
+    from foundation.admin._ofrep import ofrep_routes
     from foundation.admin._page import page_routes
 
     state = AdminState(
@@ -861,7 +942,16 @@ def create_app(
         r("/api/flags/{name}/evaluate", evaluate_flag),
         *(
             r(f"/api/flags/{{name}}/{action}", _flag_write(action), write=True)
-            for action in ("enable", "disable", "clear", "percentage", "allow", "deny")
+            for action in (
+                "enable",
+                "disable",
+                "clear",
+                "percentage",
+                "allow",
+                "deny",
+                "assign",
+                "split",
+            )
         ),
         r("/api/history", history),
         r("/api/migration", show_migration),
@@ -874,6 +964,7 @@ def create_app(
         r("/api/agents/{key:path}", show_agent),
         r("/api/supervision", supervision),
         r("/api/events", events),
+        *ofrep_routes(),
         *page_routes(),
     ]
     app = Starlette(routes=routes)

@@ -64,11 +64,20 @@ def serve_demo(bind: str, say: Callable[[str], None] = print) -> int:
             [
                 Flag("new_checkout", description="the 2026 checkout"),
                 Flag("dark_mode", default=True, description="dark theme"),
+                Flag(
+                    "checkout_button",
+                    variants={"green": "#1f7a44", "blue": "#2c5fd6", "orange": "#d66a2c"},
+                    default="green",
+                    description="colour of the pay button (an A/B/C test)",
+                ),
                 *DEFAULT_FLAGS,
             ],
             store=store,
         )
         flags.set_percentage("new_checkout", 20, by="demo", reason="canary")
+        flags.set_split(
+            "checkout_button", {"green": 50, "blue": 25, "orange": 25}, by="demo", reason="A/B/C"
+        )
         migration = Migration(flags, MigrationPlan.default())
         registry = MemoryRegistry()
         sup = Supervisor(

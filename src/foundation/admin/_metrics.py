@@ -41,13 +41,21 @@ class _AdminCollector(Collector):
                 "the flag's rollout percentage (absent: none set)",
                 labels=["flag"],
             )
+            split = GaugeMetricFamily(
+                "foundation_admin_flag_split",
+                "a typed flag's split: the variant's share in percent (absent: no split)",
+                labels=["flag", "variant"],
+            )
             for name in state.flags.names:
                 s = state.flags.state(name)
                 switch.add_metric([name], 1.0 if s.switch else 0.0)
                 if s.percentage is not None:
                     percentage.add_metric([name], s.percentage)
+                for variant, share in (s.split or {}).items():
+                    split.add_metric([name, variant], share)
             yield switch
             yield percentage
+            yield split
         if state.migration is not None:
             try:
                 stage = state.migration.status().stage

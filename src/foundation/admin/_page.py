@@ -58,8 +58,8 @@ HTML = """<!doctype html>
   <h2>Flags</h2>
   <label class="reason">Reason for changes <input id="reason"
     placeholder="why (recorded in the audit trail)"></label>
-  <table id="flags"><thead><tr><th>flag</th><th>state</th><th>rollout</th>
-    <th>allow</th><th>deny</th><th>actions</th></tr></thead><tbody></tbody></table>
+  <table id="flags"><thead><tr><th>flag</th><th>state</th><th>rollout / split</th>
+    <th>allow / assigned</th><th>deny</th><th>actions</th></tr></thead><tbody></tbody></table>
   <div class="row" id="evaluator">
     <h3>What does this actor get?</h3>
     <select id="eval-flag" aria-label="flag"></select>
@@ -149,7 +149,10 @@ button.link { background:none; border:none; color:#8fb0ff; text-decoration:under
 .row { display:flex; gap:8px; align-items:center; flex-wrap:wrap; margin:8px 0; }
 .row h3 { margin:0 8px 0 0; }
 td.actions { white-space:nowrap; } td.actions input { width:70px; }
-td.actions input.actor-input { width:90px; }
+td.actions input.actor-input { width:90px; } td.actions input.share-input { width:56px; }
+td.actions .line.shares { display:flex; gap:4px; align-items:center; margin-top:4px; }
+.variants { display:block; font-family: ui-monospace, monospace; font-size:12px; color:#39425a; }
+.badge.variant { background:#e6ecfa; color:var(--accent); }
 .reason { display:block; margin-bottom:8px; color:var(--mute); }
 .reason input { width:360px; }
 #message { margin:10px 20px 0; padding:8px 12px; border-radius:6px; background:#fdecec;
@@ -275,25 +278,92 @@ function actorList(items) {
                       : [h('span', { class: 'mute', text: '—' })];
 }
 
+function toggleButton(f, enc, dis) {
+  return f.switch
+    ? h('button', { class: 'toggle danger', disabled: dis, text: 'Disable',
+        onclick: () => confirmThen('Disable flag ' + f.name, f.name, (r) =>
+          write('api/flags/' + enc + '/disable', { reason: r, confirm: f.name })) })
+    : h('button', { class: 'toggle', disabled: dis, text: 'Enable',
+        onclick: () => write('api/flags/' + enc + '/enable', { reason: reason() }) });
+}
+
+// A variant value as JSON, cut for display (object variants may be large); the title has it all.
+function jsonText(value, limit) {
+  const text = JSON.stringify(value);
+  return h('span', { class: 'json', title: text.length > limit ? text : null,
+    text: text.length > limit ? text.slice(0, limit) + '\u2026' : text });
+}
+
+const shareText = (split) => Object.entries(split).filter(([, p]) => p > 0)
+  .map(([v, p]) => v + ' ' + p + '%').join(' · ');
+
+// A typed flag (string, integer, float, object): variants, assignments, a split.
+function typedRow(f) {
+  const enc = encodeURIComponent(f.name);
+  const dis = !canWrite();
+  const names = Object.keys(f.variants);
+  const actor = h('input', { class: 'actor-input', placeholder: 'actor',
+    'aria-label': 'actor for ' + f.name, disabled: dis });
+  const pick = h('select', { class: 'variant-select', 'aria-label': 'variant for ' + f.name, disabled: dis },
+    ...names.map((n) => h('option', { value: n, text: n })),
+    h('option', { value: '', text: '(unassign)' }));
+  const shares = names.map((n) => h('input', { class: 'share-input', type: 'number', min: 0, max: 100,
+    step: 'any', placeholder: f.split ? String(f.split[n] || 0) : (n === f.default_variant ? '100' : '0'),
+    'data-variant': n, 'aria-label': 'share of ' + n + ' for ' + f.name, disabled: dis }));
+  const needActor = () => {
+    if (!actor.value.trim()) { say('type an actor first'); return null; }
+    return actor.value.trim();
+  };
+  const assigned = Object.entries(f.assign);
+  return h('tr', { 'data-flag': f.name, 'data-kind': f.kind },
+    h('td', { class: 'desc' }, h('b', { text: f.name }),
+      h('small', { text: (f.description || '') + ' (' + f.kind + ', default ' + f.default_variant + ')' }),
+      h('span', { class: 'variants' }, ...names.map((n) => h('span', { class: 'variant-def', 'data-variant': n },
+        n + ' = ', jsonText(f.variants[n], 60), ' ')))),
+    h('td', {}, h('span', { class: 'badge ' + (f.switch ? 'on' : 'off'), text: f.switch ? 'on' : 'off' }),
+      ' ', h('span', { class: 'badge variant current', title: 'the answer without an actor', text: f.variant })),
+    h('td', { class: 'split', text: f.split ? shareText(f.split) : 'no split (' + f.default_variant + ')' }),
+    h('td', { class: 'assign' }, assigned.length
+      ? assigned.map(([a, v]) => h('span', { class: 'actor', 'data-actor': a, text: a + ' → ' + v }))
+      : [h('span', { class: 'mute', text: '—' })]),
+    h('td', { class: 'deny' }, actorList(f.deny)),
+    h('td', { class: 'actions' }, h('div', { class: 'line' }, toggleButton(f, enc, dis), ' ', actor, pick,
+      h('button', { class: 'assign-btn', disabled: dis, text: 'Assign', onclick: () => {
+        const a = needActor(); if (a === null) return;
+        write('api/flags/' + enc + '/assign', { actor: a, variant: pick.value || null, reason: reason() },
+          () => { actor.value = ''; });
+      } }),
+      h('button', { class: 'deny-btn', disabled: dis, text: 'Deny', onclick: () => {
+        const a = needActor(); if (a === null) return;
+        write('api/flags/' + enc + '/deny', { actor: a, reason: reason() }, () => { actor.value = ''; });
+      } }), ' ',
+      h('button', { class: 'clear', disabled: dis, text: 'Clear',
+        onclick: () => write('api/flags/' + enc + '/clear', { reason: reason() }) })),
+      h('div', { class: 'line shares' }, ...names.flatMap((n, i) => [h('label', { text: n }), shares[i]]),
+        h('button', { class: 'split-set', disabled: dis, text: 'Set split', onclick: () => {
+          if (shares.every((x) => x.value === '')) { say('type the shares first'); return; }
+          const split = {};
+          for (const x of shares) if (x.value !== '') split[x.dataset.variant] = Number(x.value);
+          write('api/flags/' + enc + '/split', { split, reason: reason() },
+            () => { for (const x of shares) x.value = ''; });
+        } }))));
+}
+
 function flagRow(f) {
+  if (f.kind && f.kind !== 'boolean') return typedRow(f);
   const enc = encodeURIComponent(f.name);
   const dis = !canWrite();
   const pct = h('input', { class: 'pct-input', type: 'number', min: 0, max: 100, step: 'any',
     placeholder: '%', 'aria-label': 'percentage for ' + f.name, disabled: dis });
   const actor = h('input', { class: 'actor-input', placeholder: 'actor',
     'aria-label': 'actor for ' + f.name, disabled: dis });
-  const toggle = f.switch
-    ? h('button', { class: 'toggle danger', disabled: dis, text: 'Disable',
-        onclick: () => confirmThen('Disable flag ' + f.name, f.name, (r) =>
-          write('api/flags/' + enc + '/disable', { reason: r, confirm: f.name })) })
-    : h('button', { class: 'toggle', disabled: dis, text: 'Enable',
-        onclick: () => write('api/flags/' + enc + '/enable', { reason: reason() }) });
+  const toggle = toggleButton(f, enc, dis);
   const actorWrite = (verb) => () => {
     if (!actor.value.trim()) { say('type an actor first'); return; }
     write('api/flags/' + enc + '/' + verb, { actor: actor.value.trim(), reason: reason() },
       () => { actor.value = ''; });
   };
-  return h('tr', { 'data-flag': f.name },
+  return h('tr', { 'data-flag': f.name, 'data-kind': 'boolean' },
     h('td', { class: 'desc' }, h('b', { text: f.name }),
       h('small', { text: (f.description || '') + ' (default ' + (f.default ? 'on' : 'off') + ')' })),
     h('td', {}, h('span', { class: 'badge ' + (f.switch ? 'on' : 'off'), text: f.switch ? 'on' : 'off' })),
@@ -320,19 +390,26 @@ async function refreshFlags() {
     const body = $('#flags tbody');
     // A live update re-renders the rows: keep what the operator is typing, and the focus.
     const kept = {};
+    const inputs = (tr) => tr.querySelectorAll('.pct-input, .actor-input, .share-input, .variant-select');
+    const slot = (el) => el.className + '/' + (el.dataset.variant || '');
     for (const tr of body.querySelectorAll('tr[data-flag]')) {
-      kept[tr.dataset.flag] = [tr.querySelector('.pct-input').value,
-                               tr.querySelector('.actor-input').value];
+      kept[tr.dataset.flag] = {};
+      for (const el of inputs(tr)) kept[tr.dataset.flag][slot(el)] = el.value;
     }
     const active = document.activeElement;
     const focusRow = active && active.closest ? active.closest('tr[data-flag]') : null;
-    const focus = focusRow ? [focusRow.dataset.flag, active.className] : null;
+    const focus = focusRow ? [focusRow.dataset.flag, slot(active)] : null;
     body.replaceChildren(...data.flags.map(flagRow));
     for (const tr of body.querySelectorAll('tr[data-flag]')) {
       const k = kept[tr.dataset.flag];
-      if (k) { tr.querySelector('.pct-input').value = k[0]; tr.querySelector('.actor-input').value = k[1]; }
+      for (const el of inputs(tr)) {
+        // A select keeps its choice only if that variant still exists.
+        if (k && slot(el) in k && (el.tagName !== 'SELECT' || [...el.options].some((o) => o.value === k[slot(el)])))
+          el.value = k[slot(el)];
+      }
       if (focus && focus[0] === tr.dataset.flag) {
-        const el = tr.querySelector('.' + focus[1].split(' ')[0]);
+        const el = [...inputs(tr)].find((x) => slot(x) === focus[1]) ||
+          tr.querySelector('.' + CSS.escape(focus[1].split(/[ /]/)[0] || 'none'));
         if (el) el.focus();
       }
     }
@@ -355,6 +432,13 @@ async function evaluate() {
   try {
     const r = await api('GET', 'api/flags/' + encodeURIComponent(name) + '/evaluate' +
       (actor ? '?actor=' + encodeURIComponent(actor) : ''));
+    if (r.kind && r.kind !== 'boolean') {
+      $('#eval-out').replaceChildren(
+        h('span', { class: 'badge variant', text: r.variant }), ' = ',
+        h('code', { class: 'eval-value' }, jsonText(r.value, 200)), ' ',
+        h('span', { class: 'mute', text: r.reason + ': ' + r.why }));
+      return;
+    }
     $('#eval-out').replaceChildren(
       h('span', { class: 'badge ' + (r.enabled ? 'on' : 'off'), text: r.enabled ? 'ON' : 'OFF' }),
       ' ', h('span', { class: 'mute', text: r.why }));
@@ -371,6 +455,14 @@ function describeChange(c) {
   for (const x of added(c.old.deny, c.new.deny)) parts.push('deny +' + x);
   for (const x of added(c.new.allow, c.old.allow)) parts.push('allow \u2212' + x);
   for (const x of added(c.new.deny, c.old.deny)) parts.push('deny \u2212' + x);
+  const oa = c.old.assign || {}, na = c.new.assign || {};
+  for (const a of new Set([...Object.keys(oa), ...Object.keys(na)])) {
+    if (oa[a] === na[a]) continue;
+    parts.push(na[a] === undefined ? 'unassign ' + a : 'assign ' + a + ' \u2192 ' + na[a]);
+  }
+  const os = c.old.split ?? null, ns = c.new.split ?? null;
+  if (JSON.stringify(os) !== JSON.stringify(ns))
+    parts.push('split ' + (os ? shareText(os) : '—') + ' \u2192 ' + (ns ? shareText(ns) : '—'));
   return parts.join(', ') || 'no effective change';
 }
 

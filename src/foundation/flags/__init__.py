@@ -34,11 +34,13 @@ from foundation.flags._store import (
     MigrationEvent,
     StoreTransaction,
 )
+from foundation.flags._typed import Evaluation
 from foundation.flags._urls import open_store
 
 __all__ = [
     "DEFAULT_FLAGS",
     "AutoRollback",
+    "Evaluation",
     "FeatureFlags",
     "Flag",
     "FlagChange",

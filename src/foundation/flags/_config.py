@@ -13,16 +13,17 @@ Also here: the checks of the audit fields ``by``/``reason`` of every write.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-import tomllib
 from collections.abc import Collection, Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundation.errors import InvalidFlagValue, UnknownFlag, bounded_repr
 from foundation.flags._store import FlagState
+
+if TYPE_CHECKING:
+    # tomllib, pathlib and difflib are imported where used (`import foundation` stays cheap).
+    from pathlib import Path
 
 __all__ = [
     "ENV_PREFIX",
@@ -80,6 +81,8 @@ Source = str | os.PathLike[str] | Mapping[str, Any] | None
 
 def nearest(name: str, declared: Collection[str]) -> str | None:
     """The declared name closest to ``name`` (for 'did you mean'), or None."""
+    import difflib
+
     lowered = {d.lower(): d for d in declared}
     if name.lower() in lowered:
         return lowered[name.lower()]
@@ -95,12 +98,24 @@ def nearest(name: str, declared: Collection[str]) -> str | None:
     return close[0] if close else None
 
 
-def parse_value(value: object) -> FlagState:
-    """A config value as a flag state: ``True``/``False``, on/off/true/false, or ``"<p>%"``.
+def parse_value(value: object, variants: Collection[str] | None = None) -> FlagState:
+    """A config value as a flag state.
+
+    A boolean flag (``variants`` None) takes ``True``/``False``, on/off/true/false
+    (any case) or ``"<p>%"``. A typed flag takes one of its variant names
+    (switch on, a split giving that variant 100%; a variant name wins over the
+    words) or ``True``/``False``/on/off/true/false for the switch.
 
     Raises:
         InvalidFlagValue: anything else, bare numbers included.
-    """
+
+    >>> parse_value("25%")
+    FlagState(switch=True, percentage=25.0, allow=frozenset(), deny=frozenset())
+    >>> parse_value("blue", ["red", "blue"])
+    FlagState(switch=True, percentage=None, allow=frozenset(), deny=frozenset(), split={'blue': 100.0})
+    """  # noqa: E501
+    if variants is not None:
+        return _parse_typed(value, variants)
     if isinstance(value, bool):
         return FlagState(value)
     if isinstance(value, str):
@@ -123,7 +138,29 @@ def parse_value(value: object) -> FlagState:
     )
 
 
+def _parse_typed(value: object, variants: Collection[str]) -> FlagState:
+    if isinstance(value, str):
+        for name in (value, value.strip()):  # a variant name wins over on/off words
+            if name in variants:
+                return FlagState(True, split={name: 100.0})
+        text = value.strip().lower()
+        if text in _ON | _OFF:
+            return FlagState(text in _ON)
+    if isinstance(value, bool):
+        return FlagState(value)
+    names = list(variants)
+    shown = ", ".join(short_repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+    hint = nearest(value, names) if isinstance(value, str) and len(value) <= 200 else None
+    did = f" (did you mean {short_repr(hint)}?)" if hint is not None else ""
+    raise InvalidFlagValue(
+        f"{short_repr(value)} is not a value of this typed flag{did}: "
+        f"use a variant name ({shown}) or true/false, 'on'/'off'"
+    )
+
+
 def _read_table(path: Path) -> Mapping[str, Any]:
+    import tomllib
+
     shown = short_repr(str(path))
     try:
         with path.open("rb") as fh:
@@ -166,10 +203,15 @@ def parse_config(
 ) -> tuple[dict[str, FlagState], str]:
     """The whole config layer (file or mapping, then environment) and a label for it.
 
+    ``declared``: the declared names, or a mapping name -> declaration whose
+    ``variants`` attribute (None for a boolean flag) says which values a flag takes.
+
     Raises:
         UnknownFlag: naming every undeclared flag at once.
         InvalidFlagValue: naming every bad value at once, or an unreadable file.
     """
+    from pathlib import Path
+
     label = "environment"
     entries: list[tuple[str, str, object]] = []  # (flag name, where, value)
     if source is not None:
@@ -204,9 +246,10 @@ def parse_config(
         )
     layer: dict[str, FlagState] = {}
     problems: list[str] = []
+    kinds = declared if isinstance(declared, Mapping) else {}
     for name, where, raw in entries:  # the environment comes last, so it wins
         try:
-            layer[name] = parse_value(raw)
+            layer[name] = parse_value(raw, getattr(kinds.get(name), "variants", None))
         except InvalidFlagValue as exc:
             problems.append(f"{where}: {exc}")
     if problems:

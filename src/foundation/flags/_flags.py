@@ -2,10 +2,10 @@
 
 Concurrency contract of ``FeatureFlags``:
 
-- Reads (``enabled``, ``state``) take no lock. They look a name up in answer
-  tables that writers never mutate: a writer builds new tables and swaps the
-  attribute (one atomic store), so a reader sees the state before or after a
-  write, never half of one.
+- Reads (``enabled``, ``value``, ``variant``, ``evaluate``, ``state``) take
+  no lock. They look a name up in answer tables that writers never mutate: a
+  writer builds new tables and swaps the attribute (one atomic store), so a
+  reader sees the state before or after a write, never half of one.
 - Writes are serialised by one lock per instance and by the store's own
   transaction (which also serialises writers in other processes sharing it).
   The lock is a ``FairRLock`` (waiters get it in arrival order): a thread
@@ -26,18 +26,19 @@ Concurrency contract of ``FeatureFlags``:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from dataclasses import replace as _replace
 from hashlib import sha256 as _sha256
 from typing import Any, Final, NoReturn, TypeVar
 
 from foundation import telemetry
 from foundation._listeners import Listeners
-from foundation.errors import BackendUnavailable, Closed, InvalidFlagValue, UnknownFlag
+from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidFlagValue, UnknownFlag
 from foundation.flags._config import (
     Source,
     check_audit_text,
@@ -46,7 +47,7 @@ from foundation.flags._config import (
     short_repr,
 )
 from foundation.flags._fair_lock import FairRLock
-from foundation.flags._hashing import HASH_SPACE, threshold
+from foundation.flags._hashing import HASH_SPACE, split_exponent, threshold
 from foundation.flags._store import (
     FlagChange,
     FlagInfo,
@@ -56,8 +57,16 @@ from foundation.flags._store import (
     StoreTransaction,
     check_percentage,
 )
+from foundation.flags._typed import (
+    Evaluation,
+    Kind,
+    check_split,
+    check_variant,
+    check_variants,
+    kind_of,
+)
 
-__all__ = ["FeatureFlags", "Flag", "Listener"]
+__all__ = ["Evaluation", "FeatureFlags", "Flag", "Listener"]
 
 _log = logging.getLogger("foundation.flags")
 
@@ -98,33 +107,71 @@ class _ClosedTable(dict[str, Any]):
 _CLOSED_TABLE: Final = _ClosedTable()
 
 HASH_CACHE_SIZE = 16_384
-"""Rollout hashes remembered per flag (actor -> h). A hash never changes, so the
-cache is never stale; when it is full it is emptied and refills (at most about
-1.5 MB per flag with a percentage). A hit saves the SHA-256 (~1 us -> ~0.1 us)."""
+"""Rollout hashes remembered per flag (actor -> h), and split hashes per typed flag
+and variant (actor -> -ln(u)). A hash never changes, so a cache is never stale;
+when one is full it is emptied and refills (at most about 1.5 MB per flag with a
+percentage, or per variant with a share). A hit saves the SHA-256 (~1 us -> ~0.1 us)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Flag:
-    """A declared flag: its name, default switch and what it is for.
+    """A declared flag: its name, default, what it is for and, if typed, its variants.
+
+    A boolean flag has ``variants=None`` and a bool ``default``. A typed flag
+    has named variants (all ``str``, all ``int``, all ``float`` -- ints mixed
+    in become floats -- or all JSON objects/arrays, stored read-only) and
+    ``default`` names one of them. ``kind`` and ``default_value`` tell which.
 
     Example:
         >>> Flag("new_checkout", default=False, description="the 2025 checkout")
         Flag(name='new_checkout', default=False, description='the 2025 checkout')
-    """
+        >>> color = Flag("color", variants={"red": "#f00", "blue": "#00f"}, default="red")
+        >>> color.kind, color.default_value
+        ('string', '#f00')
+        >>> Flag("color", variants={"red": "#f00"}, default="rde")
+        Traceback (most recent call last):
+        ...
+        foundation.errors.InvalidFlagValue: default of 'color' must name one of its variants, not 'rde' (did you mean 'red'?)
+    """  # noqa: E501
 
     name: str
-    default: bool = False
+    default: bool | str = False
     description: str = ""
+    variants: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
             raise InvalidFlagValue(
                 f"a flag name must be a non-empty string, not {short_repr(self.name)}"
             )
-        if not isinstance(self.default, bool):
+        if self.variants is not None:
+            object.__setattr__(
+                self, "variants", check_variants(self.name, self.variants, self.default)
+            )
+        elif not isinstance(self.default, bool):
             raise InvalidFlagValue(
                 f"default of {self.name!r} must be a bool, not {short_repr(self.default)}"
             )
+
+    def __repr__(self) -> str:
+        text = (
+            f"Flag(name={self.name!r}, default={self.default!r}, description={self.description!r}"
+        )
+        if self.variants is not None:
+            text += f", variants={dict(self.variants)!r}"
+        return text + ")"
+
+    @property
+    def kind(self) -> Kind:
+        """``"boolean"``, ``"string"``, ``"integer"``, ``"float"`` or ``"object"``."""
+        return kind_of(self.variants)
+
+    @property
+    def default_value(self) -> Any:
+        """The default variant's value (a boolean flag: its bool default)."""
+        if self.variants is None:
+            return self.default
+        return self.variants[self.default]  # type: ignore[index]  # a str when typed
 
 
 def _actor(actor: object) -> str:
@@ -152,6 +199,161 @@ def _compile(name: str, state: FlagState, cache: dict[str, int]) -> tuple[bool, 
     limit = HASH_SPACE if p is None else threshold(p)
     # f"{name}\0" is the hash prefix, so the hot path only appends the actor.
     return plain, (state.deny, state.allow, limit, f"{name}\0", cache)
+
+
+_STATIC, _TARGETED, _SPLIT, _DISABLED, _DEFAULT = (
+    "STATIC",
+    "TARGETING_MATCH",
+    "SPLIT",
+    "DISABLED",
+    "DEFAULT",
+)
+
+
+class _Compiled:
+    """One flag's evaluation compiled from one effective state; never changed once built.
+
+    ``bare`` answers without an actor; ``fixed`` (when not None) answers every
+    actor. Otherwise, for an actor: ``deny`` -> ``deny_eval``; ``targets``
+    (allow, or assignments) -> its evaluation; then a boolean percentage
+    (``limit``: hash below it is on) or a typed split; else ``rest``.
+    Every ``Evaluation`` is built here, so a read allocates nothing.
+    """
+
+    __slots__ = (
+        "bare",
+        "cache",
+        "deny",
+        "deny_eval",
+        "fixed",
+        "limit",
+        "name",
+        "off_split",
+        "on_split",
+        "rest",
+        "split",
+        "targets",
+        "typed",
+    )
+
+    def __init__(self, name: str, typed: bool, bare: Evaluation) -> None:
+        self.name = name
+        self.typed = typed
+        self.bare = bare
+        self.fixed: Evaluation | None = bare
+        self.rest = bare
+        self.deny: frozenset[str] = frozenset()
+        self.deny_eval = bare
+        self.targets: dict[str, Evaluation] = {}
+        self.limit: int | None = None
+        self.cache: dict[str, int] = {}
+        self.on_split = self.off_split = bare
+        self.split: tuple[tuple[Evaluation, float, dict[str, float]], ...] = ()
+
+    def evaluate(self, actor: str) -> Evaluation:
+        fixed = self.fixed
+        if fixed is not None:
+            return fixed
+        if actor in self.deny:
+            return self.deny_eval
+        target = self.targets.get(actor)
+        if target is not None:
+            return target
+        if self.split:
+            # Weighted rendezvous (see _hashing): the lowest -ln(u)/share wins; a tie
+            # keeps the variant declared first (strict <).
+            best = self.rest
+            best_score = math.inf
+            for evaluation, share, exponents in self.split:
+                e = exponents.get(actor)
+                if e is None:
+                    e = split_exponent(self.name, evaluation.variant, actor)
+                    if len(exponents) >= HASH_CACHE_SIZE:
+                        exponents.clear()  # racing readers at worst recompute: never wrong
+                    exponents[actor] = e
+                score = e / share
+                if score < best_score:
+                    best, best_score = evaluation, score
+            return best
+        limit = self.limit
+        if limit is None:
+            return self.rest
+        cache = self.cache
+        h = cache.get(actor)
+        if h is None:
+            h = int.from_bytes(
+                _sha256(f"{self.name}\0{actor}".encode("utf-8", "surrogatepass")).digest()[:8],
+                "big",
+            )
+            if len(cache) >= HASH_CACHE_SIZE:
+                cache.clear()
+            cache[actor] = h
+        return self.on_split if h < limit else self.off_split
+
+
+def _compile_boolean(name: str, state: FlagState, cache: dict[str, int]) -> _Compiled:
+    """The evaluation of a boolean flag; agrees with ``_compile`` (``enabled``) on values."""
+
+    def ev(value: bool, reason: str) -> Evaluation:
+        return Evaluation(name, value, "on" if value else "off", reason, "boolean")
+
+    if not state.switch:
+        return _Compiled(name, False, ev(False, _DISABLED))
+    p = state.percentage
+    if p is None:
+        c = _Compiled(name, False, ev(True, _STATIC))
+    else:
+        c = _Compiled(name, False, ev(True, _SPLIT) if p >= 100.0 else ev(False, _DEFAULT))
+        c.on_split, c.off_split = ev(True, _SPLIT), ev(False, _SPLIT)
+        if p >= 100.0:
+            c.rest = c.on_split
+        elif p == 0.0:
+            c.rest = c.off_split
+        else:
+            c.limit = threshold(p)
+            c.cache = cache
+    c.deny = state.deny
+    c.deny_eval = ev(False, _TARGETED)
+    on = ev(True, _TARGETED)
+    c.targets = {a: on for a in state.allow if a not in state.deny}
+    # The percentage, allow and deny apply; a record's typed fields (another version's) do not.
+    c.fixed = c.rest if not c.deny and not c.targets and c.limit is None else None
+    return c
+
+
+def _compile_typed(flag: Flag, state: FlagState, caches: dict[str, dict[str, float]]) -> _Compiled:
+    """The evaluation of a typed flag. Assignments and shares naming variants this
+    declaration does not have (another version's) are ignored, as are a percentage
+    and an allow set (written when the flag was boolean)."""
+    name, kind, variants = flag.name, flag.kind, flag.variants
+    assert variants is not None
+    assert isinstance(flag.default, str)
+    default = flag.default
+
+    def ev(variant: str, reason: str) -> Evaluation:
+        return Evaluation(name, variants[variant], variant, reason, kind)
+
+    if not state.switch:
+        return _Compiled(name, True, ev(default, _DISABLED))
+    shares = state.split or {}
+    split = [(v, shares[v]) for v in variants if shares.get(v, 0.0) > 0.0]
+    if len(split) == 1:  # everyone gets it, with or without an actor
+        c = _Compiled(name, True, ev(split[0][0], _SPLIT))
+        split = []
+    elif split:
+        c = _Compiled(name, True, ev(default, _DEFAULT))
+        c.rest = ev(default, _STATIC)  # never used: a split always picks a variant
+    else:
+        c = _Compiled(name, True, ev(default, _STATIC))
+    c.split = tuple((ev(v, _SPLIT), w, caches.setdefault(v, {})) for v, w in split)
+    c.deny = state.deny
+    c.deny_eval = ev(default, _TARGETED)
+    targeted = {v: ev(v, _TARGETED) for v in set(state.assign.values()) if v in variants}
+    c.targets = {
+        a: targeted[v] for a, v in state.assign.items() if v in targeted and a not in state.deny
+    }
+    c.fixed = c.rest if not c.deny and not c.targets and not c.split else None
+    return c
 
 
 class _Writer:
@@ -202,6 +404,12 @@ class FeatureFlags:
     Rollout hashes are remembered per flag in a bounded cache
     (``HASH_CACHE_SIZE`` actors; emptied when full), since a hash never changes.
 
+    Typed flags (declared with ``variants``) are read with ``value``,
+    ``variant`` and ``evaluate`` (which also says why: see there) and changed
+    with ``assign`` and ``set_split`` as well as the common writes; reading
+    one with ``enabled`` (or a boolean flag with ``value``) is
+    ``InvalidFlagValue``.
+
     ``store`` defaults to a new ``MemoryFlagStore`` owned (and closed) by this
     object; a store you pass stays yours to close, after ``close()`` here.
     After ``close()`` every call (reads, ``names`` and ``subscribe`` included)
@@ -232,10 +440,12 @@ class FeatureFlags:
     __slots__ = (
         "__weakref__",
         "_closed",
+        "_compiled",
         "_config",
         "_declared",
         "_defaults",
         "_effective",
+        "_evals",
         "_hash_cache",
         "_listeners",
         "_lock",
@@ -244,6 +454,7 @@ class FeatureFlags:
         "_plain",
         "_rules",
         "_runtime",
+        "_split_cache",
         "_store",
         "_unsubscribe",
     )
@@ -266,7 +477,11 @@ class FeatureFlags:
             upper[flag.name.upper()] = flag.name
         self._declared = flags
         self._names = tuple(flags)
-        self._defaults = {n: FlagState(f.default) for n, f in flags.items()}
+        # A typed flag starts switched on: its declared default variant, reason STATIC.
+        self._defaults = {
+            n: FlagState(True if f.variants is not None else f.default is True)
+            for n, f in flags.items()
+        }
         self._owns_store = store is None
         self._store: FlagStore = MemoryFlagStore() if store is None else store
         self._lock = FairRLock()
@@ -278,8 +493,13 @@ class FeatureFlags:
         self._plain: dict[str, bool] = {}
         self._rules: dict[str, _Rule] = {}
         self._effective: dict[str, FlagState] = {}
+        self._evals: dict[str, _Compiled] = {}  # every flag, both kinds
+        # name -> (state, its compiled evaluation, plain, rule): reused while a state is equal.
+        self._compiled: dict[str, tuple[FlagState, _Compiled, bool, _Rule]] = {}
         # Per flag, kept across writes: a hash depends only on (flag, actor).
         self._hash_cache: dict[str, dict[str, int]] = {n: {} for n in self._names}
+        # Per typed flag and variant: actor -> -ln(u), which depends only on the three strings.
+        self._split_cache: dict[str, dict[str, dict[str, float]]] = {n: {} for n in self._names}
         if not _FROM_STORE.get():
             _record_catalogue(self._store, flags.values())
         with self._lock:
@@ -309,7 +529,9 @@ class FeatureFlags:
             >>> tool.close(); store.close()
         """
         catalogue = store.catalogue()
-        declared = [Flag(i.name, i.default, i.description) for _, i in sorted(catalogue.items())]
+        declared = [
+            Flag(i.name, i.default, i.description, i.variants) for _, i in sorted(catalogue.items())
+        ]
         token = _FROM_STORE.set(True)
         try:
             return cls(declared, store=store)
@@ -330,7 +552,7 @@ class FeatureFlags:
             try:
                 return self._plain[name]
             except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
-                raise self._unknown(name) from None
+                raise self._miss(name) from None  # typed flags are absent from the table
         return self._for_actor(name, actor)
 
     def _for_actor(self, name: str, actor: Actor) -> bool:
@@ -338,7 +560,7 @@ class FeatureFlags:
         try:
             rule = self._rules[name]
         except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
-            raise self._unknown(name) from None
+            raise self._miss(name) from None
         if rule is False or rule is True:
             return rule
         deny, allow, limit, prefix, cache = rule
@@ -361,6 +583,83 @@ class FeatureFlags:
                 cache.clear()  # racing readers at worst recompute a hash: never wrong
             cache[actor] = h
         return h < limit
+
+    def value(self, name: str, actor: Actor | None = None) -> Any:
+        """The value of typed flag ``name`` (for ``actor``, if given); see ``evaluate``.
+
+        Object values are read-only (``dict``/``list`` subclasses); copy to change.
+
+        Raises:
+            UnknownFlag: ``name`` was never declared.
+            InvalidFlagValue: ``name`` is a boolean flag (read it with ``enabled``),
+                or ``actor`` is neither a str nor an int.
+        """
+        try:
+            compiled = self._evals[name]
+        except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
+            raise self._unknown(name) from None
+        if not compiled.typed:
+            raise InvalidFlagValue(
+                f"{name!r} is a boolean flag; read it with enabled() or variant()"
+            )
+        if actor is None:
+            return compiled.bare.value
+        if actor.__class__ is not str:
+            actor = _actor(actor)  # checked even when the actor cannot matter
+        fixed = compiled.fixed
+        if fixed is not None:
+            return fixed.value
+        return compiled.evaluate(actor).value
+
+    def variant(self, name: str, actor: Actor | None = None) -> str:
+        """The variant of ``name`` (for ``actor``, if given): a typed flag's variant
+        name, or ``"on"``/``"off"`` for a boolean flag; see ``evaluate``.
+
+        Raises:
+            UnknownFlag: ``name`` was never declared.
+            InvalidFlagValue: ``actor`` is neither a str nor an int.
+        """
+        return self.evaluate(name, actor).variant
+
+    def evaluate(self, name: str, actor: Actor | None = None) -> Evaluation:
+        """The full answer for ``name`` (and ``actor``): value, variant, reason, kind.
+
+        In order: switch off -> the default variant (boolean: False, ``"off"``),
+        ``DISABLED``; actor denied -> the default variant (boolean: False),
+        ``TARGETING_MATCH``; actor allowed (boolean) or assigned (typed) -> on /
+        its variant, ``TARGETING_MATCH``; a percentage or split -> with an
+        actor, its bucket / split variant, ``SPLIT``; without one, on / the
+        variant holding 100% (``SPLIT``) if there is one, else off / the
+        default variant (``DEFAULT``); otherwise on / the default variant,
+        ``STATIC``.
+
+        Example:
+            >>> flags = FeatureFlags([Flag("beta"), Flag("size", variants={"s": 1, "l": 3},
+            ...                                          default="s")])
+            >>> flags.set_percentage("beta", 100)
+            >>> flags.evaluate("beta").reason, flags.evaluate("size").reason
+            ('SPLIT', 'STATIC')
+            >>> flags.disable("size")
+            >>> flags.evaluate("size", actor="ana")
+            Evaluation(flag='size', value=1, variant='s', reason='DISABLED', kind='integer')
+            >>> flags.close()
+
+        Raises:
+            UnknownFlag: ``name`` was never declared.
+            InvalidFlagValue: ``actor`` is neither a str nor an int.
+        """
+        try:
+            compiled = self._evals[name]
+        except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
+            raise self._unknown(name) from None
+        if actor is None:
+            return compiled.bare
+        if actor.__class__ is not str:
+            actor = _actor(actor)  # checked even when the actor cannot matter
+        fixed = compiled.fixed
+        if fixed is not None:
+            return fixed
+        return compiled.evaluate(actor)
 
     def state(self, name: str) -> FlagState:
         """The effective state of ``name`` (runtime, else config, else default).
@@ -434,6 +733,7 @@ class FeatureFlags:
         self, name: str, percentage: float, *, by: str | None = None, reason: str | None = None
     ) -> None:
         """Roll out to ``percentage`` (0..100, fractions allowed) of actors; switch on."""
+        self._boolean_only(name, "set_percentage", "set_split")
         p = check_percentage(percentage)
         self._update(name, lambda s: _replace(s, switch=True, percentage=p), by, reason)
 
@@ -441,15 +741,77 @@ class FeatureFlags:
         self, name: str, actor: Actor, *, by: str | None = None, reason: str | None = None
     ) -> None:
         """Add ``actor`` to the allow set (on for it unless denied or switched off)."""
+        self._boolean_only(name, "allow", "assign")
         a = _actor(actor)
         self._update(name, lambda s: _replace(s, allow=s.allow | {a}), by, reason)
 
     def deny(
         self, name: str, actor: Actor, *, by: str | None = None, reason: str | None = None
     ) -> None:
-        """Add ``actor`` to the deny set (off for it, whatever else holds)."""
+        """Add ``actor`` to the deny set (off, or a typed flag's default variant, for it,
+        whatever else holds)."""
         a = _actor(actor)
         self._update(name, lambda s: _replace(s, deny=s.deny | {a}), by, reason)
+
+    def assign(
+        self,
+        name: str,
+        actor: Actor,
+        variant: str | None,
+        *,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Pin ``actor`` to ``variant`` of typed flag ``name`` (None: remove its pin).
+
+        An assignment beats the split; a deny and the switch beat it.
+
+        Raises:
+            UnknownFlag: ``name`` was never declared.
+            InvalidFlagValue: ``name`` is a boolean flag (use ``allow``/``deny``),
+                ``variant`` is not one of its variants (the nearest is named), or
+                ``actor`` is neither a str nor an int.
+        """
+        flag = self._typed_flag(name, "assign", "allow() or deny()")
+        a = _actor(actor)
+        if variant is not None:
+            assert flag.variants is not None
+            check_variant(name, variant, flag.variants)
+
+        def mutate(s: FlagState) -> FlagState:
+            pins = dict(s.assign)
+            if variant is None:
+                pins.pop(a, None)
+            else:
+                pins[a] = variant
+            return _replace(s, assign=pins)
+
+        self._update(name, mutate, by, reason)
+
+    def set_split(
+        self,
+        name: str,
+        shares: Mapping[str, float],
+        *,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Split actors of typed flag ``name`` across variants; turns the switch on.
+
+        ``shares`` maps variant names to percents (0..100; absent variants get 0)
+        summing to 100. An actor's variant is a stable, documented hash of
+        (flag, variant, actor) (weighted rendezvous, see ``foundation.flags.bucket``'s
+        module): raising a variant's share never moves an actor out of it.
+
+        Raises:
+            UnknownFlag: ``name`` was never declared.
+            InvalidFlagValue: ``name`` is a boolean flag (use ``set_percentage``),
+                an unknown variant, a share outside 0..100, or a sum other than 100.
+        """
+        flag = self._typed_flag(name, "set_split", "set_percentage()")
+        assert flag.variants is not None
+        split = check_split(name, shares, flag.variants)
+        self._update(name, lambda s: _replace(s, switch=True, split=split), by, reason)
 
     def clear(self, name: str, *, by: str | None = None, reason: str | None = None) -> None:
         """Drop the runtime state: config applies, else the declared default."""
@@ -526,7 +888,7 @@ class FeatureFlags:
             self._closed = True
             # Readers take no lock: the closed tables make their next lookup
             # raise Closed (one racing with this swap answers from the old table).
-            self._plain = self._rules = self._effective = _CLOSED_TABLE
+            self._plain = self._rules = self._effective = self._evals = _CLOSED_TABLE
             self._listeners.clear()
         # Race: the store's notification thread may be waiting for self._lock
         # to apply a remote change; closing the store (which joins that thread)
@@ -603,12 +965,34 @@ class FeatureFlags:
         effective: dict[str, FlagState] = {}
         plain: dict[str, bool] = {}
         rules: dict[str, _Rule] = {}
+        evals: dict[str, _Compiled] = {}
+        compiled = self._compiled
+        memo: dict[str, tuple[FlagState, _Compiled, bool, _Rule]] = {}
         for name in self._names:
             state = _first(self._runtime.get(name), self._config.get(name), self._defaults[name])
             effective[name] = state
-            plain[name], rules[name] = _compile(name, state, self._hash_cache[name])
+            previous = compiled.get(name)
+            if previous is not None and (previous[0] is state or previous[0] == state):
+                entry = previous  # compiled objects are immutable: share them
+            else:
+                flag = self._declared[name]
+                if flag.variants is None:
+                    answer, rule = _compile(name, state, self._hash_cache[name])
+                    evaluation = _compile_boolean(name, state, self._hash_cache[name])
+                else:
+                    answer, rule = False, False  # unused: typed flags are not in plain/rules
+                    evaluation = _compile_typed(flag, state, self._split_cache[name])
+                entry = (state, evaluation, answer, rule)
+            memo[name] = entry
+            evals[name] = entry[1]
+            if self._declared[name].variants is None:
+                # Typed flags stay out of the boolean tables: enabled()'s miss path
+                # tells them apart, so the hit path is unchanged.
+                plain[name], rules[name] = entry[2], entry[3]
+        self._compiled = memo
         # Each table is complete before it is published: readers see old or new.
         self._effective = effective
+        self._evals = evals
         self._rules = rules
         self._plain = plain
 
@@ -641,6 +1025,33 @@ class FeatureFlags:
         if telemetry.has_listeners("flag.changed"):
             telemetry.emit("flag.changed", {"flag": change.flag, "change": change})
 
+    def _typed_flag(self, name: str, what: str, instead: str) -> Flag:
+        self._check_name(name)
+        flag = self._declared[name]
+        if flag.variants is None:
+            raise InvalidFlagValue(
+                f"{what}() is for typed flags; {name!r} is boolean: use {instead}"
+            )
+        return flag
+
+    def _boolean_only(self, name: str, what: str, instead: str) -> None:
+        self._check_name(name)
+        flag = self._declared[name]
+        if flag.variants is not None:
+            raise InvalidFlagValue(
+                f"{what}() is for boolean flags; {name!r} is a {flag.kind} flag: use {instead}()"
+            )
+
+    def _miss(self, name: object) -> FlagError:
+        """The error of a boolean-table miss: a typed flag is the wrong kind, else unknown."""
+        if type(name) is str:
+            flag = self._declared.get(name)
+            if flag is not None and flag.variants is not None:
+                return InvalidFlagValue(
+                    f"{name!r} is a {flag.kind} flag; read it with value() or variant()"
+                )
+        return self._unknown(name)
+
     def _check_name(self, name: str) -> None:
         self._check_open()
         if type(name) is not str or name not in self._declared:  # [] etc.: UnknownFlag too
@@ -664,7 +1075,9 @@ def _record_catalogue(store: FlagStore, declared: Iterable[Flag]) -> None:
     """Record the declarations in ``store``; an unreachable backend only logs a warning
     (an application must start during an outage; it records again at its next start)."""
     try:
-        store.record_catalogue([FlagInfo(f.name, f.default, f.description) for f in declared])
+        store.record_catalogue(
+            [FlagInfo(f.name, f.default, f.description, f.variants) for f in declared]
+        )
     except BackendUnavailable as exc:
         _log.warning("flag catalogue not recorded in %r: %s", store, exc)
 

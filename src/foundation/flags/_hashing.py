@@ -15,6 +15,20 @@ error. It depends on nothing but the two strings, so every process and machine a
 and it is monotonic in p: raising p only ever adds actors. The flag name is part
 of the input so that two flags at 10% do not select the same 10% of actors.
 
+Typed flags split actors across variants by weighted rendezvous hashing::
+
+    for each variant v with share w_v > 0 (percent):
+        h_v = first 8 bytes of SHA-256(utf8(flag) + b"\\x00" + utf8(v) + b"\\x00" + utf8(actor)),
+              as a big-endian unsigned 64-bit integer
+        u_v = (float64(h_v) + 0.5) / 2**64            (IEEE double arithmetic, in (0, 1])
+        score_v = -ln(u_v) / w_v
+    the actor gets the variant with the lowest score (a tie: the one declared first)
+
+Each score is an exponential variable of rate w_v, so variant v gets w_v / 100
+of actors; it is stable (only the three strings matter) and monotonic: raising
+v's share (lowering others') only lowers v's score and raises the others', so
+it never moves an actor out of v. See ``split_variant``.
+
 Example:
     >>> round(bucket("new_checkout", "user-42"), 6)
     42.380763
@@ -25,10 +39,19 @@ Example:
 
 from __future__ import annotations
 
-from fractions import Fraction
+import math
+from collections.abc import Iterable
 from hashlib import sha256
 
-__all__ = ["HASH_SPACE", "actor_hash", "bucket", "hash_input", "threshold"]
+__all__ = [
+    "HASH_SPACE",
+    "actor_hash",
+    "bucket",
+    "hash_input",
+    "split_exponent",
+    "split_variant",
+    "threshold",
+]
 
 HASH_SPACE = 1 << 64
 
@@ -61,6 +84,43 @@ def bucket(flag: str, actor: str) -> float:
 
 def threshold(percentage: float) -> int:
     """The integer T with ``h < T  <=>  h * 100 < percentage * 2**64`` for every integer h."""
+    from fractions import Fraction
+
     exact = Fraction(percentage) * HASH_SPACE / 100
     # h < x  <=>  h < ceil(x) for an integer h, so the comparison stays exact.
     return -((-exact.numerator) // exact.denominator)
+
+
+def split_exponent(flag: str, variant: str, actor: str) -> float:
+    """``-ln(u)`` for (flag, variant, actor) in the split formula (see the module docs).
+
+    The score of the variant is this divided by its share; it depends only on the
+    three strings, so it may be cached.
+
+    >>> h = int.from_bytes(sha256(b"color\\0red\\0user-1").digest()[:8], "big")
+    >>> split_exponent("color", "red", "user-1") == -math.log((h + 0.5) / 2**64)
+    True
+    """
+    h = int.from_bytes(sha256(hash_input(f"{flag}\0{variant}\0", actor)).digest()[:8], "big")
+    # int + float converts h to the nearest double first: float64(h) + 0.5, as documented.
+    return -math.log((h + 0.5) / HASH_SPACE)
+
+
+def split_variant(flag: str, shares: Iterable[tuple[str, float]], actor: str) -> str | None:
+    """The variant a split gives ``actor``: ``shares`` are (variant, percent) in declaration
+    order; variants with a share of 0 never win. None when no share is positive.
+
+    Example:
+        >>> split_variant("color", [("red", 100.0), ("blue", 0.0)], "user-1")
+        'red'
+        >>> split_variant("color", [("red", 50.0), ("blue", 50.0)], "user-1") in ("red", "blue")
+        True
+    """
+    best: str | None = None
+    best_score = math.inf
+    for variant, share in shares:
+        if share > 0:
+            score = split_exponent(flag, variant, actor) / share
+            if score < best_score:  # strict: a tie keeps the variant declared first
+                best, best_score = variant, score
+    return best

@@ -298,6 +298,9 @@ class Migration:
         unknown = [f for f in plan.flags if f not in flags.names]
         if unknown:
             raise UnknownFlag(unknown, suggestions={f: nearest(f, flags.names) for f in unknown})
+        typed = [f for f in plan.flags if flags.flag(f).kind != "boolean"]
+        if typed:  # a stage switches flags on and off; a typed flag has no "on" to advance to
+            raise InvalidFlagValue(f"migration stages switch boolean flags; {typed!r} are typed")
         if (health is None) != (thresholds is None):
             raise MigrationError("automatic rollback needs both a health source and thresholds")
         self.flags = flags

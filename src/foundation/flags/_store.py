@@ -6,14 +6,21 @@ it only with every implementation in view.
 Records (all frozen, all JSON round-trippable through ``to_dict``/``from_dict``
 and ``to_json``/``from_json``, so any store or language can persist them):
 
-``FlagState(switch, percentage=None, allow=frozenset(), deny=frozenset())``
+``FlagState(switch, percentage=None, allow=frozenset(), deny=frozenset(), assign={}, split=None)``
     The whole state of one flag. ``percentage`` is None or a float in
     ``[0, 100]``. Actors in ``allow``/``deny`` are strings (``FeatureFlags``
-    normalises an ``int`` actor with ``str()``). JSON form::
+    normalises an ``int`` actor with ``str()``). Typed flags use ``assign``
+    (read-only mapping actor -> variant name) and ``split`` (None, or a
+    read-only mapping variant name -> share in percent, shares summing to 100).
+    JSON form::
 
         {"switch": true, "percentage": 25.0, "allow": ["a"], "deny": []}
 
-    with ``allow``/``deny`` sorted, so equal states serialise to equal text.
+    with ``allow``/``deny`` sorted, so equal states serialise to equal text;
+    the keys ``"assign"`` (an object sorted by actor) and ``"split"`` (an
+    object sorted by variant) are present only when non-empty / not None, so
+    boolean flags and records written before typed flags look exactly as they
+    did, and such old records load unchanged.
 
 ``FlagChange(flag, old, new, by, reason, at)``
     One audit record. ``old``/``new`` are the flag's *effective* state before
@@ -115,7 +122,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from foundation._listeners import check_listener
 from foundation._unraisable import report_unraisable
-from foundation.errors import Closed, InvalidFlagValue
+from foundation.errors import Closed, InvalidFlagValue, bounded_repr
+from foundation.flags._typed import EMPTY, SHARE_TOLERANCE, FrozenDict, check_variants, kind_of
 
 if TYPE_CHECKING:
     from foundation.flags._migration import MigrationPlan
@@ -158,9 +166,47 @@ def check_percentage(p: object) -> float:
     return value
 
 
+def _assignments(value: object) -> FrozenDict:
+    if value is EMPTY:
+        return EMPTY
+    if not isinstance(value, Mapping):
+        raise InvalidFlagValue(
+            f"assign must be a mapping actor -> variant, not {bounded_repr(value)}"
+        )
+    for actor, variant in value.items():
+        if not isinstance(actor, str):
+            raise InvalidFlagValue(f"assign holds a non-string actor {bounded_repr(actor)}")
+        if not isinstance(variant, str) or not variant:
+            raise InvalidFlagValue(
+                f"assign maps {bounded_repr(actor)} to {bounded_repr(variant)}, not a variant name"
+            )
+    if isinstance(value, FrozenDict):
+        return value
+    return FrozenDict(sorted(value.items())) if value else EMPTY
+
+
+def _split(value: object) -> FrozenDict | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidFlagValue(
+            f"split must be a mapping variant -> percent, not {bounded_repr(value)}"
+        )
+    out: dict[str, float] = {}
+    for variant, share in value.items():
+        if not isinstance(variant, str) or not variant:
+            raise InvalidFlagValue(f"split names a variant {bounded_repr(variant)}, not a name")
+        out[variant] = check_percentage(share)
+    total = math.fsum(out.values())
+    if abs(total - 100.0) > SHARE_TOLERANCE:
+        raise InvalidFlagValue(f"the shares of a split must sum to 100, not {total!r}")
+    return value if isinstance(value, FrozenDict) and value == out else FrozenDict(out)
+
+
 @dataclass(frozen=True, slots=True)
 class FlagState:
-    """The state of one flag: a switch, an optional percentage, allow and deny sets.
+    """The state of one flag: a switch, an optional percentage, allow and deny sets,
+    and for typed flags per-actor assignments and a split across variants.
 
     Example:
         >>> s = FlagState(True, 25.0, frozenset({"alice"}))
@@ -168,12 +214,19 @@ class FlagState:
         True
         >>> s.to_json()
         '{"switch": true, "percentage": 25.0, "allow": ["alice"], "deny": []}'
-    """
+        >>> t = FlagState(True, assign={"bob": "blue"}, split={"red": 60, "blue": 40})
+        >>> t.to_json()
+        '{"switch": true, "percentage": null, "allow": [], "deny": [], "assign": {"bob": "blue"}, "split": {"blue": 40.0, "red": 60.0}}'
+        >>> FlagState.from_json(t.to_json()) == t
+        True
+    """  # noqa: E501
 
     switch: bool
     percentage: float | None = None
     allow: frozenset[str] = field(default_factory=frozenset)
     deny: frozenset[str] = field(default_factory=frozenset)
+    assign: Mapping[str, str] = field(default=EMPTY)
+    split: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.switch, bool):
@@ -182,15 +235,34 @@ class FlagState:
             object.__setattr__(self, "percentage", check_percentage(self.percentage))
         object.__setattr__(self, "allow", _actors(self.allow, "allow"))
         object.__setattr__(self, "deny", _actors(self.deny, "deny"))
+        object.__setattr__(self, "assign", _assignments(self.assign))
+        object.__setattr__(self, "split", _split(self.split))
+
+    def __repr__(self) -> str:
+        # The typed fields only when set: boolean states read as they always did.
+        text = (
+            f"FlagState(switch={self.switch!r}, percentage={self.percentage!r}, "
+            f"allow={self.allow!r}, deny={self.deny!r}"
+        )
+        if self.assign:
+            text += f", assign={dict(self.assign)!r}"
+        if self.split is not None:
+            text += f", split={dict(self.split)!r}"
+        return text + ")"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible form (sorted actor lists)."""
-        return {
+        """JSON-compatible form (sorted actor lists; typed keys only when set)."""
+        out: dict[str, Any] = {
             "switch": self.switch,
             "percentage": self.percentage,
             "allow": sorted(self.allow),
             "deny": sorted(self.deny),
         }
+        if self.assign:
+            out["assign"] = dict(sorted(self.assign.items()))
+        if self.split is not None:
+            out["split"] = dict(sorted(self.split.items()))
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FlagState:
@@ -201,9 +273,11 @@ class FlagState:
                 data.get("percentage"),
                 _actors(data.get("allow", ()), "allow"),
                 _actors(data.get("deny", ()), "deny"),
+                _assignments(data.get("assign", EMPTY)),
+                _split(data.get("split")),
             )
         except (KeyError, TypeError, AttributeError) as exc:
-            raise InvalidFlagValue(f"malformed flag state {data!r}") from exc
+            raise InvalidFlagValue(f"malformed flag state {bounded_repr(data)}") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -316,8 +390,11 @@ class MigrationEvent:
 
 @dataclass(frozen=True, slots=True)
 class FlagInfo:
-    """One entry of the flag catalogue kept in a store: a declared flag's name, default
-    and description (see ``FlagStore.catalogue``).
+    """One entry of the flag catalogue kept in a store: a declared flag's name, default,
+    description and, for a typed flag, its variants (see ``FlagStore.catalogue``).
+
+    A typed flag's ``default`` is its default variant's name; the JSON key
+    ``"variants"`` is written only for typed flags.
 
     Example:
         >>> info = FlagInfo("beta", False, "the beta checkout")
@@ -325,30 +402,68 @@ class FlagInfo:
         True
         >>> info.to_json()
         '{"name": "beta", "default": false, "description": "the beta checkout"}'
+        >>> typed = FlagInfo("color", "red", "", {"red": "#f00", "blue": "#00f"})
+        >>> typed.kind, FlagInfo.from_json(typed.to_json()) == typed
+        ('string', True)
     """
 
     name: str
-    default: bool = False
+    default: bool | str = False
     description: str = ""
+    variants: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise InvalidFlagValue(f"a flag name must be a non-empty string, not {self.name!r}")
-        if not isinstance(self.default, bool):
-            raise InvalidFlagValue(f"default of {self.name!r} must be a bool, not {self.default!r}")
+            raise InvalidFlagValue(
+                f"a flag name must be a non-empty string, not {bounded_repr(self.name)}"
+            )
+        if self.variants is not None:
+            object.__setattr__(
+                self, "variants", check_variants(self.name, self.variants, self.default)
+            )
+        elif not isinstance(self.default, bool):
+            raise InvalidFlagValue(
+                f"default of {self.name!r} must be a bool, not {bounded_repr(self.default)}"
+            )
         if not isinstance(self.description, str):
             raise InvalidFlagValue(f"description of {self.name!r} must be a string")
 
+    def __repr__(self) -> str:
+        text = (
+            f"FlagInfo(name={self.name!r}, default={self.default!r}, "
+            f"description={self.description!r}"
+        )
+        if self.variants is not None:
+            text += f", variants={dict(self.variants)!r}"
+        return text + ")"
+
+    @property
+    def kind(self) -> str:
+        """``"boolean"``, or the typed flag's kind (``"string"``, ``"integer"``, ...)."""
+        return kind_of(self.variants)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "default": self.default, "description": self.description}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "default": self.default,
+            "description": self.description,
+        }
+        if self.variants is not None:
+            out["variants"] = dict(self.variants)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FlagInfo:
         """Inverse of ``to_dict``; raises InvalidFlagValue on a malformed record."""
         try:
-            return cls(data["name"], data.get("default", False), data.get("description", ""))
+            return cls(
+                data["name"],
+                data.get("default", False),
+                data.get("description", ""),
+                data.get("variants"),
+            )
         except (KeyError, TypeError, AttributeError) as exc:
-            raise InvalidFlagValue(f"malformed flag catalogue entry {data!r}") from exc
+            raise InvalidFlagValue(f"malformed flag catalogue entry {bounded_repr(data)}") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -360,16 +475,19 @@ class FlagInfo:
 
 def catalogue_entries(flags: Iterable[Any]) -> dict[str, FlagInfo]:
     """``FlagInfo`` by name from ``FlagInfo`` or ``Flag`` objects (anything with the
-    three attributes); InvalidFlagValue for anything else."""
+    attributes name, default, description and optionally variants); InvalidFlagValue
+    for anything else."""
     out: dict[str, FlagInfo] = {}
     for flag in flags:
         if isinstance(flag, FlagInfo):
             info = flag
         else:
             try:
-                info = FlagInfo(flag.name, flag.default, flag.description)
+                info = FlagInfo(
+                    flag.name, flag.default, flag.description, getattr(flag, "variants", None)
+                )
             except AttributeError as exc:
-                raise InvalidFlagValue(f"not a flag declaration: {flag!r}") from exc
+                raise InvalidFlagValue(f"not a flag declaration: {bounded_repr(flag)}") from exc
         out[info.name] = info
     return out
 

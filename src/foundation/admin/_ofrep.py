@@ -1,0 +1,234 @@
+"""OFREP, the OpenFeature Remote Evaluation Protocol, served by the admin app.
+
+``POST /ofrep/v1/evaluate/flags/{key}`` evaluates one flag and ``POST
+/ofrep/v1/evaluate/flags`` every declared flag, for the evaluation context in
+the body (``{"context": {"targetingKey": actor, ...}}``). Evaluation is
+``FeatureFlags.evaluate(name, actor)`` and nothing else; the other context
+attributes are accepted and ignored (Foundation targets actors, not
+attributes).
+
+Mapping (decided from the OFREP OpenAPI document, ``codeDefaultFlag``):
+
+- a flag whose switch is off answers ``{"key", "reason": "DISABLED",
+  "variant", "metadata"}`` with **no** ``value``, which tells the provider
+  to use the caller's code default (as ``FoundationProvider`` does in
+  process); ``variant`` is the off variant (``"off"``, or the default
+  variant), as ``FoundationProvider`` reports it;
+- every other answer carries ``value``, ``variant`` and the reason
+  ``STATIC``, ``TARGETING_MATCH``, ``SPLIT`` or ``DEFAULT`` of the evaluation;
+- ``metadata`` is ``FoundationProvider``'s ``flag_metadata``: ``description``
+  (when the flag has one) and, for a flag a stage of the served migration
+  switches on, ``migration_plan``, ``migration_stage`` and
+  ``migration_stage_name``.
+
+Errors: 404 ``FLAG_NOT_FOUND``; 400 ``PARSE_ERROR`` (the body is not a JSON
+object) or ``INVALID_CONTEXT`` (``context`` not an object, ``targetingKey``
+not a string, an actor the flags refuse); 401 with ``{"errorDetails"}`` for a
+missing or unknown token where one is needed (the admin API's read rule); 500
+``{"errorDetails"}`` when the flags are closed or failed. The bulk answer
+carries a strong ``ETag`` (a digest of the body, so it changes exactly when
+this context's answer does) and ``If-None-Match`` answers 304.
+
+Example:
+    >>> [route.path for route in ofrep_routes()]
+    ['/ofrep/v1/evaluate/flags', '/ofrep/v1/evaluate/flags/{key:path}']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from foundation.admin._app import AdminState, ApiError, _authorise
+from foundation.errors import FoundationError, InvalidFlagValue, UnknownFlag
+from foundation.flags import FeatureFlags
+from foundation.flags._metadata import flag_metadata, stages_by_flag
+
+__all__ = ["ofrep_routes"]
+
+log = logging.getLogger("foundation.admin")
+
+PREFIX = "/ofrep/v1/evaluate/flags"
+
+
+class _Failure(Exception):
+    """An OFREP error answer: ``status`` and the JSON body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("errorDetails", ""))
+        self.status = status
+        self.body = body
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body, status_code=self.status)
+
+
+def _flag_failure(key: str, code: str, details: str, status: int) -> _Failure:
+    return _Failure(status, {"key": key, "errorCode": code, "errorDetails": details})
+
+
+def _general(status: int, details: str) -> _Failure:
+    return _Failure(status, {"errorDetails": details})
+
+
+# ----------------------------------------------------------------------- request
+
+
+def _flags_of(request: Request) -> tuple[FeatureFlags, AdminState]:
+    """(flags, admin state) after the admin API's read authorisation."""
+    state: AdminState = request.app.state.admin
+    try:
+        _authorise(request, state, write=False)
+    except ApiError as exc:  # 401 (no/unknown token); reads are never 403
+        raise _general(exc.status, exc.message) from None
+    if state.flags is None:
+        raise _general(404, "this admin server has no flags")
+    return state.flags, state
+
+
+async def _actor(request: Request, key: str | None) -> str | None:
+    """The ``targetingKey`` of the body's context (None: no actor)."""
+
+    def bad(code: str, details: str) -> _Failure:
+        if key is None:  # bulk: a failure of the whole request
+            return _Failure(400, {"errorCode": code, "errorDetails": details})
+        return _flag_failure(key, code, details, 400)
+
+    raw = await request.body()
+    if not raw.strip():
+        return None  # no body: an empty context
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise bad("PARSE_ERROR", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad("PARSE_ERROR", 'the body is a JSON object: {"context": {...}}')
+    context = body.get("context", {})
+    if context is None:
+        return None
+    if not isinstance(context, dict):
+        raise bad("INVALID_CONTEXT", "'context' is a JSON object")
+    actor = context.get("targetingKey")
+    if actor is not None and not isinstance(actor, str):
+        raise bad("INVALID_CONTEXT", f"'targetingKey' is a string, not {type(actor).__name__}")
+    return actor
+
+
+# ------------------------------------------------------------------- evaluation
+
+
+def _metadata(flags: FeatureFlags, state: AdminState, name: str) -> Mapping[str, Any]:
+    # One rule with FoundationProvider (foundation.flags._metadata); the plan
+    # known here is the served migration's.
+    migration = state.migration
+    plans = {} if migration is None else {migration.plan.name: migration.plan}
+    return flag_metadata(flags.flag(name), stages_by_flag(plans))
+
+
+def _evaluate(
+    flags: FeatureFlags, state: AdminState, name: str, actor: str | None
+) -> dict[str, Any]:
+    """One flag's OFREP success body; UnknownFlag / InvalidFlagValue / FoundationError pass."""
+    evaluation = flags.evaluate(name, actor)
+    out: dict[str, Any] = {
+        "key": name,
+        "reason": evaluation.reason,
+        "variant": evaluation.variant,
+        "metadata": dict(_metadata(flags, state, name)),
+    }
+    if evaluation.reason != "DISABLED":
+        # DISABLED omits the value (OFREP's codeDefaultFlag): the caller's default
+        # applies, as with FoundationProvider in process. The variant stays (the
+        # off variant): OFREP clients require the field.
+        out["value"] = evaluation.value
+    return out
+
+
+def _json(payload: Any) -> bytes:
+    # Object values are read-only mappings that still serialise; NaN never occurs
+    # (typed flags refuse it), so allow_nan=False only guards the contract.
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def evaluate_flag(request: Request) -> Response:
+    key = request.path_params["key"]
+    try:
+        flags, state = _flags_of(request)
+        actor = await _actor(request, key)
+        try:
+            body = _evaluate(flags, state, key, actor)
+        except UnknownFlag as exc:
+            raise _flag_failure(key, "FLAG_NOT_FOUND", str(exc), 404) from None
+        except InvalidFlagValue as exc:
+            raise _flag_failure(key, "INVALID_CONTEXT", str(exc), 400) from None
+    except _Failure as failure:
+        return failure.response()
+    except FoundationError as exc:  # Closed, BackendUnavailable
+        return _general(500, f"{type(exc).__name__}: {exc}").response()
+    except Exception:
+        log.exception("admin: OFREP evaluation of %r failed", key)
+        return _general(500, "internal error (logged by the server)").response()
+    return Response(_json(body), media_type="application/json")
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _matches(header: str, etag: str) -> bool:
+    """RFC 9110 If-None-Match: a list of (weak or strong) tags, or ``*``; weak comparison."""
+    wanted = etag.removeprefix("W/")
+    for item in header.split(","):
+        tag = item.strip()
+        if tag == "*" or tag.removeprefix("W/") == wanted:
+            return True
+    return False
+
+
+async def evaluate_all(request: Request) -> Response:
+    try:
+        flags, state = _flags_of(request)
+        actor = await _actor(request, None)
+        results: list[dict[str, Any]] = []
+        # Race: a write landing mid-loop may show some flags before it and some after
+        # (each answer is still a real state of its flag). The ETag is a digest of exactly
+        # this body, so a later If-None-Match gets 304 only while the answer is identical.
+        for name in flags.names:
+            try:
+                results.append(_evaluate(flags, state, name, actor))
+            except InvalidFlagValue as exc:  # the actor: every flag would refuse it
+                raise _Failure(
+                    400, {"errorCode": "INVALID_CONTEXT", "errorDetails": str(exc)}
+                ) from None
+            except UnknownFlag as exc:  # not declared any more (cannot happen today)
+                results.append(
+                    {"key": name, "errorCode": "FLAG_NOT_FOUND", "errorDetails": str(exc)}
+                )
+    except _Failure as failure:
+        return failure.response()
+    except FoundationError as exc:  # Closed, BackendUnavailable
+        return _general(500, f"{type(exc).__name__}: {exc}").response()
+    except Exception:
+        log.exception("admin: OFREP bulk evaluation failed")
+        return _general(500, "internal error (logged by the server)").response()
+    body = _json({"flags": results})
+    etag = _etag(body)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if _matches(request.headers.get("if-none-match", ""), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def ofrep_routes() -> list[Route]:
+    """The two OFREP evaluation routes (``POST`` only)."""
+    return [
+        Route(PREFIX, evaluate_all, methods=["POST"]),
+        Route(PREFIX + "/{key:path}", evaluate_flag, methods=["POST"]),
+    ]

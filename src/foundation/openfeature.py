@@ -1,0 +1,408 @@
+"""An OpenFeature provider over ``FeatureFlags`` (the ``openfeature`` extra).
+
+``FoundationProvider(flags)`` answers the OpenFeature SDK's five typed
+resolutions from ``flags.evaluate(name, actor)``; the evaluation context's
+``targeting_key`` is the actor. Nothing here touches a store on the read path:
+a resolution is one lock-free evaluation plus a result object.
+
+Mapping (see ``docs/openfeature.md`` for the full list of spec decisions):
+
+- ``reason``: ``evaluate()``'s reason (``STATIC``, ``TARGETING_MATCH``,
+  ``SPLIT``, ``DEFAULT``); a flag whose switch is off answers the *caller's*
+  default value with reason ``DISABLED`` and the off variant (``"off"``, or the
+  default variant of a typed flag), as OFREP answers.
+- ``variant``: the variant name (boolean flags: ``"on"``/``"off"``).
+- errors (value: the caller's default, reason ``ERROR``, never an exception):
+  ``FLAG_NOT_FOUND`` for an undeclared flag; ``TYPE_MISMATCH`` when the flag's
+  kind is not the one asked for; ``INVALID_CONTEXT`` for a targeting key that
+  is not a str or a 64-bit int; ``PROVIDER_FATAL`` once ``flags`` is closed;
+  ``GENERAL`` for anything else.
+- numbers: an integer flag read as a float is converted when exact
+  (|value| <= 2**53); a float flag read as an integer answers when the value is
+  integral (``10.0`` -> ``10``), else ``TYPE_MISMATCH``. Booleans are never
+  numbers.
+- ``flag_metadata``: ``description`` (absent when empty: an undescribed flag
+  has an empty mapping) and, for a flag of a migration plan recorded in the
+  store when the provider was initialized, ``migration_plan``,
+  ``migration_stage`` (the stage the flag belongs to) and
+  ``migration_stage_name``.
+
+Events, once initialized: ``PROVIDER_CONFIGURATION_CHANGED`` with
+``flags_changed=[name]`` after every change ``flags.subscribe`` reports (local
+writes, other processes' writes, config loads, reloads); and, over a
+``RedisFlagStore``, ``PROVIDER_STALE`` when the store loses Redis (it then
+serves its node copy) and ``PROVIDER_READY`` when it is back in sync (from the
+store's ``foundation.flags.stale`` and ``foundation.flags.in_sync`` telemetry
+events). Memory and SQLite stores never go stale.
+
+``import foundation`` never imports this module; importing it without the SDK
+raises ``ImportError`` naming ``foundation[openfeature]``.
+
+Example:
+    >>> from openfeature import api
+    >>> from foundation import FeatureFlags, Flag
+    >>> from foundation.openfeature import FoundationProvider
+    >>> flags = FeatureFlags([Flag("beta", description="the new checkout")])
+    >>> api.set_provider_and_wait(FoundationProvider(flags))
+    >>> client = api.get_client()
+    >>> details = client.get_boolean_details("beta", True)  # switch off
+    >>> details.value, str(details.reason)  # the caller's default
+    (True, 'DISABLED')
+    >>> flags.enable("beta")
+    >>> details = client.get_boolean_details("beta", False)
+    >>> details.value, details.variant, str(details.reason), dict(details.flag_metadata)
+    (True, 'on', 'STATIC', {'description': 'the new checkout'})
+    >>> api.clear_providers(); flags.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+
+try:
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.event import ProviderEventDetails
+    from openfeature.exception import ErrorCode
+    from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType, Reason
+    from openfeature.provider import AbstractProvider, Metadata
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "foundation.openfeature needs the OpenFeature SDK: pip install 'foundation[openfeature]'"
+    ) from exc
+
+from foundation import telemetry
+from foundation.errors import Closed, FoundationError, InvalidFlagValue, UnknownFlag
+from foundation.flags import FeatureFlags, Flag, FlagChange, RedisFlagStore
+from foundation.flags._metadata import flag_metadata, stages_by_flag
+
+__all__ = ["PROVIDER_NAME", "FoundationProvider"]
+
+PROVIDER_NAME: Final = "foundation"
+
+_log = logging.getLogger("foundation.openfeature")
+
+V = TypeVar("V")
+_ObjectValue = Sequence[FlagValueType] | Mapping[str, FlagValueType]
+
+_EMPTY: Final[Mapping[str, bool | int | float | str]] = MappingProxyType({})
+_EXACT_FLOAT: Final = 2**53  # integers up to this magnitude are exact as floats
+_HEALTH_EVENTS: Final = ("foundation.flags.stale", "foundation.flags.in_sync")
+
+
+class FoundationProvider(AbstractProvider):
+    """An OpenFeature provider answering from a ``FeatureFlags``.
+
+    ``flags`` stays the caller's: ``shutdown()`` stops listening to it, never
+    closes it. The provider may be initialized again after ``shutdown()``.
+    Resolutions work before ``initialize`` too (the SDK calls them only once
+    it is ready); events and migration metadata need ``initialize``. A
+    resolution object may be returned again for the same flag state: treat
+    it as read-only (the SDK copies it into its evaluation details).
+
+    Raises:
+        errors.Closed: ``flags`` is closed.
+        errors.InvalidFlagValue: ``flags`` is not a ``FeatureFlags``.
+
+    Example:
+        >>> from foundation import FeatureFlags, Flag
+        >>> flags = FeatureFlags([Flag("beta")])
+        >>> provider = FoundationProvider(flags)
+        >>> provider.get_metadata().name
+        'foundation'
+        >>> flags.set_percentage("beta", 100)
+        >>> r = provider.resolve_boolean_details("beta", False)
+        >>> r.value, r.variant, str(r.reason)
+        (True, 'on', 'SPLIT')
+        >>> r = provider.resolve_string_details("beta", "x")
+        >>> r.value, str(r.reason), str(r.error_code)
+        ('x', 'ERROR', 'TYPE_MISMATCH')
+        >>> flags.close()
+    """
+
+    def __init__(self, flags: FeatureFlags) -> None:
+        super().__init__()
+        if not isinstance(flags, FeatureFlags):
+            raise InvalidFlagValue(
+                f"FoundationProvider needs a FeatureFlags, not {type(flags).__name__}"
+            )
+        self._flags = flags
+        # Declarations never change for the life of a FeatureFlags, so the kinds
+        # and descriptions are read once; the hot path is a dict lookup.
+        self._kinds: dict[str, str] = {}
+        self._declared: dict[str, Flag] = {}
+        for name in flags.names:
+            declared = flags.flag(name)
+            self._kinds[name] = declared.kind
+            self._declared[name] = declared
+        self._metadata: dict[str, Mapping[str, bool | int | float | str]] = {}
+        self._build_metadata({})
+        self._evaluate = flags.evaluate
+        # flag -> (evaluation, its resolution): evaluate() answers with the same
+        # Evaluation object until the flag's state changes (or for an actor the
+        # state cannot distinguish), so an identical object means the cached
+        # resolution is still the answer. Entries are immutable tuples replaced
+        # whole: a racing reader sees an old or a new pair, never a mix.
+        self._resolved: dict[str, tuple[object, FlagResolutionDetails[Any]]] = {}
+        self._provider_metadata = Metadata(name=PROVIDER_NAME)
+        self._lock = threading.Lock()  # guards the subscription state and _stale
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._stale = False
+
+    # ------------------------------------------------------------- lifecycle
+
+    def get_metadata(self) -> Metadata:
+        """``Metadata(name="foundation")`` (one shared instance: do not change it)."""
+        return self._provider_metadata
+
+    def initialize(self, evaluation_context: EvaluationContext) -> None:
+        """Listen to flag changes (and store health); read the recorded migration plans.
+
+        Idempotent: a second call while initialized changes nothing. The
+        evaluation context is not used (the actor comes with each resolution).
+
+        Raises:
+            errors.Closed: ``flags`` is closed (the SDK reports ``PROVIDER_ERROR``).
+        """
+        # Read before taking the lock: over Redis this is I/O (bounded by the
+        # store's timeout), and the store's listener thread may need the lock
+        # meanwhile to report its health.
+        plans = self._read_plans()
+        with self._lock:
+            if self._unsubscribe:
+                return
+            self._build_metadata(plans)
+            unsubscribe = [self._flags.subscribe(self._on_change)]
+            store = self._flags.store
+            if isinstance(store, RedisFlagStore):
+                self._stale = store.stale
+                unsubscribe += [telemetry.attach(e, self._on_health) for e in _HEALTH_EVENTS]
+            self._unsubscribe = unsubscribe
+
+    def shutdown(self) -> None:
+        """Stop listening to ``flags`` and its store; ``flags`` stays open. Idempotent."""
+        with self._lock:
+            unsubscribe, self._unsubscribe = self._unsubscribe, []
+            self._stale = False
+        for undo in unsubscribe:
+            undo()
+
+    def _read_plans(self) -> dict[str, Any]:
+        try:
+            return dict(self._flags.store.plans())
+        except Closed:
+            raise
+        except FoundationError as exc:  # BackendUnavailable: keep to descriptions
+            _log.warning("migration plans not read from %r: %s", self._flags.store, exc)
+            return {}
+
+    def _build_metadata(self, plans: Mapping[str, Any]) -> None:
+        stages = stages_by_flag(plans)
+        metadata = {name: flag_metadata(flag, stages) for name, flag in self._declared.items()}
+        self._metadata = metadata  # swapped whole: readers see old or new
+
+    # ---------------------------------------------------------------- events
+
+    def _on_change(self, change: FlagChange) -> None:
+        # Runs in the writing thread (or the store's listener thread) with the
+        # flags' write lock held: emitting only hands the event to the SDK,
+        # whose handlers run on its own executor, so nothing here can block.
+        self.emit_provider_configuration_changed(
+            ProviderEventDetails(flags_changed=[change.flag], message=change.reason)
+        )
+
+    def _on_health(self, name: str, data: Mapping[str, Any]) -> None:
+        store = self._flags.store
+        if not isinstance(store, RedisFlagStore) or data.get("namespace") != store.namespace:
+            return
+        # Race: another store object on the same namespace and URL (another
+        # FeatureFlags in this process) emits the same events, so the event is
+        # only a trigger; our own store's state decides. The store emits
+        # "stale" after marking itself stale and "in_sync" after marking itself
+        # synced, from its listener thread, so the state read here is the one
+        # the event announces.
+        with self._lock:
+            if not self._unsubscribe:
+                return  # shut down meanwhile
+            stale = store.stale
+            if stale == self._stale:
+                return
+            self._stale = stale
+            # Emitted under the lock so that transitions reach the SDK in order.
+            if stale:
+                self.emit_provider_stale(
+                    ProviderEventDetails(
+                        message=f"flag store lost its backend: {data.get('error')}"
+                    )
+                )
+            else:
+                self.emit_provider_ready(ProviderEventDetails(message="flag store back in sync"))
+
+    # ----------------------------------------------------------- resolutions
+
+    def resolve_boolean_details(
+        self,
+        flag_key: str,
+        default_value: bool,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[bool]:
+        """Resolve a boolean flag (``TYPE_MISMATCH`` for a typed one)."""
+        return self._resolve(flag_key, default_value, evaluation_context, "boolean")
+
+    def resolve_string_details(
+        self,
+        flag_key: str,
+        default_value: str,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[str]:
+        """Resolve a string flag."""
+        return self._resolve(flag_key, default_value, evaluation_context, "string")
+
+    def resolve_integer_details(
+        self,
+        flag_key: str,
+        default_value: int,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[int]:
+        """Resolve an integer flag (or a float flag whose value is integral)."""
+        return self._resolve(flag_key, default_value, evaluation_context, "integer")
+
+    def resolve_float_details(
+        self,
+        flag_key: str,
+        default_value: float,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[float]:
+        """Resolve a float flag (or an integer flag, converted when exact)."""
+        return self._resolve(flag_key, default_value, evaluation_context, "float")
+
+    def resolve_object_details(
+        self,
+        flag_key: str,
+        default_value: _ObjectValue,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[_ObjectValue]:
+        """Resolve an object flag; the value is read-only (a ``dict``/``list`` subclass,
+        shared between callers): change a copy (``dict(value)``)."""
+        return self._resolve(flag_key, default_value, evaluation_context, "object")
+
+    # The async variants are AbstractProvider's: they call the sync ones, which
+    # never block (one in-memory evaluation), so no thread hop is needed.
+
+    def _resolve(
+        self, key: str, default: V, context: EvaluationContext | None, want: str
+    ) -> FlagResolutionDetails[V]:
+        try:
+            kind = self._kinds.get(key)
+        except TypeError:  # an unhashable key
+            kind = None
+        if kind is None:
+            return _error(default, ErrorCode.FLAG_NOT_FOUND, f"unknown flag {key!r}")
+        if kind != want and not _NUMERIC.get((kind, want), False):
+            return _error(
+                default, ErrorCode.TYPE_MISMATCH, f"{key!r} is a {kind} flag, read as {want}"
+            )
+        actor = None if context is None else context.targeting_key
+        if actor.__class__ is not str and actor is not None and not _int_actor(actor):
+            # Checked here, not left to evaluate(): it may answer a flag the actor
+            # cannot change without looking at the actor, and a bad key is an
+            # error whatever the flag's state.
+            return _error(
+                default,
+                ErrorCode.INVALID_CONTEXT,
+                f"the targeting key must be a str (or a 64-bit int), not {type(actor).__name__}",
+            )
+        if actor == "":
+            actor = None  # the SDK treats an empty targeting key as unset (merge)
+        try:
+            evaluation = self._evaluate(key, actor)
+        except Exception as exc:  # never raise out of a resolution
+            return _failure(key, default, exc)
+        metadata = self._metadata[key]
+        if want == kind:
+            cached = self._resolved.get(key)
+            # Race: initialize() may swap the metadata while a resolution built
+            # with the old one is stored; comparing it too keeps that one out.
+            if (
+                cached is not None
+                and cached[0] is evaluation
+                and cached[1].flag_metadata is metadata
+            ):
+                return cached[1]  # same flag, same kind
+        reason = evaluation.reason
+        if reason == "DISABLED":
+            # The caller's default, with the off variant ("off", or the default
+            # variant) as OFREP reports it: one answer over either bridge.
+            return FlagResolutionDetails(
+                value=default,
+                variant=evaluation.variant,
+                reason=Reason.DISABLED,
+                flag_metadata=metadata,
+            )
+        value = evaluation.value
+        if kind != want:  # an integer/float pair: convert only when exact
+            converted = _convert(value, want)
+            if converted is _MISMATCH:
+                return _error(
+                    default,
+                    ErrorCode.TYPE_MISMATCH,
+                    f"{key!r} is a {kind} flag; its value {value!r} is not exactly a {want}",
+                )
+            value = converted
+        resolved = FlagResolutionDetails(
+            value=value,
+            reason=_REASONS.get(reason, reason),
+            variant=evaluation.variant,
+            flag_metadata=metadata,
+        )
+        if want == kind:
+            self._resolved[key] = (evaluation, resolved)
+        return resolved
+
+    def __repr__(self) -> str:
+        state = "initialized" if self._unsubscribe else "not initialized"
+        return f"<FoundationProvider {state} over {self._flags!r}>"
+
+
+# evaluate()'s reasons as the SDK's enum (a StrEnum: equal to the plain strings).
+_REASONS: Final[dict[str, Reason]] = {r.value: r for r in Reason}
+
+# (flag kind, requested kind) pairs answered by a lossless numeric conversion.
+_NUMERIC: Final = {("integer", "float"): True, ("float", "integer"): True}
+_MISMATCH: Final = object()
+
+
+def _convert(value: Any, want: str) -> Any:
+    """The number as the requested kind, or ``_MISMATCH`` when that would lose information."""
+    if want == "float":  # an integer flag
+        return float(value) if abs(value) <= _EXACT_FLOAT else _MISMATCH
+    # want == "integer", a float flag
+    if math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return _MISMATCH
+
+
+def _failure(key: str, default: V, exc: Exception) -> FlagResolutionDetails[V]:
+    """The error resolution for an exception out of ``evaluate()``."""
+    if isinstance(exc, InvalidFlagValue):
+        return _error(default, ErrorCode.INVALID_CONTEXT, f"targeting key: {exc}")
+    if isinstance(exc, Closed):
+        return _error(default, ErrorCode.PROVIDER_FATAL, str(exc))
+    if isinstance(exc, UnknownFlag):
+        return _error(default, ErrorCode.FLAG_NOT_FOUND, str(exc))
+    _log.error("evaluating flag %r failed", key, exc_info=exc)
+    return _error(default, ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}")
+
+
+def _int_actor(actor: object) -> bool:
+    return isinstance(actor, int) and not isinstance(actor, bool) and -(2**63) <= actor < 2**63
+
+
+def _error(default: V, code: ErrorCode, message: str) -> FlagResolutionDetails[V]:
+    return FlagResolutionDetails(
+        value=default, reason=Reason.ERROR, error_code=code, error_message=message
+    )
