@@ -1,6 +1,8 @@
 """MemoryRegistry benchmarks (docs/contract.md "Performance targets"), side by side in one run.
 
 python -m benchmarks registry
+python -m benchmarks.bench_registry          # this module alone (prints the table)
+python -m benchmarks.bench_registry pairs    # only the per-kind register and memory rows
 
 Rows:
 - lookup hit at 100k entries vs ``dict.get`` on a dict of the same size (<= 2.5x);
@@ -394,6 +396,15 @@ def _memory_rows(kinds: _Kinds) -> list[Row]:
     return rows
 
 
+def run_pairs() -> list[Row]:
+    """Only the per-agent-kind rows: register+unregister and memory per entry."""
+    kinds = _Kinds()
+    try:
+        return _register_rows(kinds) + _memory_rows(kinds)
+    finally:
+        kinds.close()
+
+
 def run() -> list[Row]:
     stop = threading.Event()
     agent = spawn_thread(stop.wait, name="bench-registry-agent")
@@ -413,3 +424,11 @@ def run() -> list[Row]:
         kinds.close()
     rows.append(_cleanup_row())
     return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    from benchmarks.__main__ import _format
+
+    print(_format(run_pairs() if sys.argv[1:] == ["pairs"] else run()))

@@ -23,14 +23,15 @@ Example ``foundation.toml``::
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from foundation.errors import InvalidConfig
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["AppConfig"]
 
@@ -110,6 +111,8 @@ class AppConfig:
     @classmethod
     def discover(cls, directory: str | Path = ".") -> AppConfig:
         """Load ``foundation.toml``, else pyproject's ``[tool.foundation]``, else defaults."""
+        from pathlib import Path  # here, not at the top: keeps `import foundation` cheap
+
         folder = Path(directory)
         if (folder / "foundation.toml").is_file():
             return cls.from_file(folder / "foundation.toml")
@@ -124,6 +127,11 @@ class AppConfig:
         Raises:
             InvalidConfig: an unreadable or malformed file, or bad values in it.
         """
+        # Imported here, not at the top: only reading a file needs them, and
+        # `import foundation` stays cheap.
+        import tomllib
+        from pathlib import Path
+
         file = Path(path)
         try:
             data = tomllib.loads(file.read_text(encoding="utf-8"))

@@ -24,12 +24,25 @@ import contextlib
 import inspect
 import sys
 from collections.abc import MutableMapping
+from types import CodeType
 
 __all__ = ["fixup_module_paths"]
 
 
 def _is_private(module: str) -> bool:
     return module.startswith("foundation.") and any(p.startswith("_") for p in module.split("."))
+
+
+# Compiled annotation texts: the same few ("int", "str | None", ...) recur in
+# every class, and compiling is most of what evaluating one costs at import.
+_COMPILED: dict[str, CodeType] = {}
+
+
+def _compiled(text: str) -> CodeType:
+    code = _COMPILED.get(text)
+    if code is None:
+        code = _COMPILED[text] = compile(text, "<annotation>", "eval")
+    return code
 
 
 def _resolve_annotations(cls: type, origin: str) -> None:
@@ -45,13 +58,14 @@ def _resolve_annotations(cls: type, origin: str) -> None:
     module = sys.modules.get(origin)
     if module is None:
         return
+    namespace, local = vars(module), dict(vars(cls))
     resolved = {}
     for name, text in own.items():
         value = text
         if isinstance(text, str):
             # Never break `import foundation` over an annotation: keep the string.
             with contextlib.suppress(Exception):
-                value = eval(text, vars(module), dict(vars(cls)))  # our own source's annotation
+                value = eval(_compiled(text), namespace, local)  # our own annotation
         resolved[name] = value
     cls.__annotations__ = resolved
 

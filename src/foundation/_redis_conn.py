@@ -42,7 +42,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from foundation import telemetry
 from foundation.errors import BackendUnavailable, FoundationError, InvalidConfig
@@ -111,6 +110,8 @@ def redact_url(url: str) -> str:
     >>> redact_url("redis://h:1/0")
     'redis://h:1/0'
     """
+    from urllib.parse import urlsplit, urlunsplit
+
     try:
         parts = urlsplit(url)
         if parts.password is None:
@@ -136,6 +137,8 @@ def check_url(url: str) -> None:
     ...
     foundation.errors.InvalidConfig: invalid Redis URL ...: the scheme must be redis://, ...
     """
+    from urllib.parse import parse_qs, urlsplit
+
     if not isinstance(url, str) or not url:
         raise InvalidConfig(f"a Redis URL must be a non-empty str, not {url!r}")
     shown = redact_url(url)

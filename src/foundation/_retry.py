@@ -7,7 +7,10 @@ in degraded mode), so all of them back off the same way.
 
 from __future__ import annotations
 
-import random
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = ["RetryBackoff"]
 
@@ -29,7 +32,11 @@ class RetryBackoff:
         self.base = base
         self.cap = cap
         self._attempt = 0
-        self._rng = rng or random.Random()
+        if rng is None:
+            import random  # here, not at the top: keeps `import foundation` cheap
+
+            rng = random.Random()
+        self._rng = rng
 
     @property
     def attempt(self) -> int:

@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import signal
@@ -57,8 +56,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from foundation import telemetry
 from foundation._appconfig import AppConfig
@@ -75,6 +73,10 @@ from foundation.liveness import MonitorManager
 from foundation.registry import Registry
 from foundation.supervision import ChildContext, ChildSpec, Supervisor, SupervisorThread
 from foundation.supervision._runner import SignalHandlers
+
+if TYPE_CHECKING:
+    import asyncio
+    from types import TracebackType
 
 __all__ = ["ALL_SERVICES", "AppConfig", "AppHealth", "Application"]
 

@@ -22,16 +22,20 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundation._redis_conn import redact_url
 from foundation.errors import FlagError
 from foundation.flags._store import FlagChange, FlagState, MigrationEvent
+
+if TYPE_CHECKING:
+    # Imported where used: only a Redis flag store's node cache needs them, and
+    # `import foundation` stays cheap.
+    import sqlite3
+    from pathlib import Path
 
 __all__ = ["NodeCache", "PendingKillSwitch", "Snapshot", "default_cache_path", "stream_key"]
 
@@ -69,6 +73,8 @@ def default_cache_path(namespace: str, url: str) -> Path:
         >>> p.name.startswith("flags-shop-"), p.suffix
         (True, '.sqlite3')
     """
+    from pathlib import Path
+
     base = os.environ.get("FOUNDATION_CACHE_DIR")
     if base:
         directory = Path(base)
@@ -175,6 +181,8 @@ class NodeCache:
     """
 
     def __init__(self, path: Path | None) -> None:
+        import sqlite3
+
         self.path = path
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +208,8 @@ class NodeCache:
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
         """An unusable copy (I/O error, corrupt rows) is a FlagError, never sqlite's own."""
+        import sqlite3
+
         try:
             yield
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:

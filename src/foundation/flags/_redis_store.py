@@ -95,14 +95,11 @@ import functools
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from dataclasses import replace as _replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from foundation import telemetry
@@ -131,6 +128,9 @@ from foundation.flags._store import (
 )
 
 if TYPE_CHECKING:
+    # sqlite3, uuid and pathlib are imported where used (`import foundation` stays cheap).
+    from pathlib import Path
+
     from foundation.flags._migration import MigrationPlan
 
 __all__ = ["RedisFlagStore", "RedisFlagStoreStatus"]
@@ -357,6 +357,8 @@ class RedisFlagStore(FlagStore):
         resync_interval: float = 5.0,
         cache_path: str | os.PathLike[str] | bool | None = True,
     ) -> None:
+        import uuid
+
         self._redis = import_redis()
         if not isinstance(url, str) or not url:
             raise InvalidFlagValue(f"url must be a non-empty redis:// URL, not {url!r}")
@@ -429,6 +431,8 @@ class RedisFlagStore(FlagStore):
 
     def _first_sync(self) -> None:
         """Connect and catch up, or start stale from the node copy if Redis is down."""
+        from pathlib import Path
+
         namespace = self.namespace
         created = self.cache_path is not None and not self._cache.has_data()
         has_copy = not created and self._cache.has_data()
@@ -467,6 +471,9 @@ class RedisFlagStore(FlagStore):
             self._synced.set()
 
     def _open_cache(self, cache_path: str | os.PathLike[str] | bool | None) -> NodeCache:
+        import sqlite3
+        from pathlib import Path
+
         if cache_path is None or cache_path is False:
             return NodeCache(None)
         path = (
@@ -580,6 +587,8 @@ class RedisFlagStore(FlagStore):
 
     def _restore_if_behind(self) -> bool:
         """Restore Redis from this node's copy if Redis holds an older version (atomic)."""
+        import uuid
+
         client = self._ensure_clients()
         with self._copy_lock, self._translated("restoring flags from the node copy"):
             raw_version = client.hget(self._k_meta, "version")
@@ -781,6 +790,8 @@ class RedisFlagStore(FlagStore):
     def _queue_writes(
         self, pipe: Any, txn: _RedisTransaction, version: int, epoch: str | None
     ) -> None:
+        import uuid
+
         txn_id = uuid.uuid4().hex
         v = str(version)
         meta: dict[str, str] = {"version": v}

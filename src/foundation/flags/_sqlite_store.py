@@ -42,11 +42,8 @@ time bound). Either way nothing was written.
 from __future__ import annotations
 
 import os
-import random
-import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, TypeVar
@@ -67,6 +64,10 @@ from foundation.flags._store import (
 )
 
 if TYPE_CHECKING:
+    # sqlite3, uuid and random are imported where used: only a SQLite store needs
+    # them, and `import foundation` stays cheap.
+    import sqlite3
+
     from foundation.flags._migration import MigrationPlan
 
 __all__ = ["SQLiteFlagStore"]
@@ -170,6 +171,8 @@ class SQLiteFlagStore(FlagStore):
         busy_timeout: float = 5.0,
         poll_interval: float = 0.02,
     ) -> None:
+        import uuid
+
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self.poll_interval = poll_interval
@@ -198,6 +201,8 @@ class SQLiteFlagStore(FlagStore):
             raise
 
     def _connect(self, *, timeout: float) -> sqlite3.Connection:
+        import sqlite3
+
         try:
             return sqlite3.connect(
                 self.path,
@@ -210,6 +215,8 @@ class SQLiteFlagStore(FlagStore):
 
     def _create(self) -> None:
         """WAL mode and the schema, in one write transaction (retried while busy)."""
+        import sqlite3
+
         with self._errors("opening"):
             deadline = time.monotonic() + self.busy_timeout
             while True:
@@ -259,6 +266,8 @@ class SQLiteFlagStore(FlagStore):
         that writes flat out frees the lock between two of its transactions
         for well under a millisecond, and only a frequent attempt catches that.
         """
+        import sqlite3
+
         start = time.monotonic()
         deadline = start + self.busy_timeout
         while True:
@@ -272,12 +281,16 @@ class SQLiteFlagStore(FlagStore):
 
     @staticmethod
     def _pause(deadline: float, *, patient: bool = False) -> None:
+        import random
+
         pause = random.uniform(*(_LOCK_RETRY_SLOW if patient else _LOCK_RETRY))
         # sleep-ok: waiting for another process's write lock; SQLite offers no wake-up.
         time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
+        import sqlite3
+
         try:
             yield
         except sqlite3.OperationalError as exc:
@@ -294,6 +307,8 @@ class SQLiteFlagStore(FlagStore):
             ) from exc
 
     def _rollback(self) -> None:
+        import sqlite3
+
         if self._conn.in_transaction:
             with suppress(sqlite3.Error):  # the transaction is gone either way
                 self._conn.execute("ROLLBACK")
@@ -307,6 +322,8 @@ class SQLiteFlagStore(FlagStore):
     def load_states(self) -> dict[str, FlagState]:
         # One read transaction on the reader: one WAL snapshot, never half a
         # write, and no wait for a write in progress here or in another process.
+        import sqlite3
+
         with self._read_lock, self._errors("loading flag states"):
             self._check_open()
             self._reader.execute("BEGIN")
@@ -454,6 +471,8 @@ class SQLiteFlagStore(FlagStore):
 
     def _watch(self) -> None:
         """Poll ``data_version``; hand other connections' new history rows to callbacks."""
+        import sqlite3
+
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             while not self._stop.wait(self._interval()):
@@ -474,6 +493,8 @@ class SQLiteFlagStore(FlagStore):
 
     def _poll(self, conn: sqlite3.Connection) -> None:
         """One step of the watcher: read rows committed since the last step, deliver others'."""
+        import sqlite3
+
         if self._catch_up:
             with self._read_lock:
                 fresh, self._catch_up = self._catch_up, ()

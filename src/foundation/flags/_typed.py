@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NoReturn
 
+from foundation._read_only import ReadOnlyDict
 from foundation.errors import InvalidFlagValue, bounded_repr
 
 __all__ = [
@@ -77,7 +78,7 @@ class Evaluation:
     kind: str
 
 
-class FrozenDict(dict[str, Any]):
+class FrozenDict(ReadOnlyDict):
     """A read-only ``dict`` (JSON-serialisable, hashable when its values are).
 
     >>> d = FrozenDict({"a": 1})
@@ -91,29 +92,13 @@ class FrozenDict(dict[str, Any]):
 
     __slots__ = ()
 
-    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
-        raise TypeError("flag values and states are read-only; change a copy (dict(value))")
-
-    __setitem__ = _read_only
-    __delitem__ = _read_only
-    __ior__ = _read_only
-    clear = _read_only
-    pop = _read_only
-    popitem = _read_only
-    setdefault = _read_only
-    update = _read_only
+    READ_ONLY = "flag values and states are read-only; change a copy (dict(value))"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         dict.update(self, *args, **kwargs)
 
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(frozenset(self.items()))
-
-    def __copy__(self) -> FrozenDict:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> FrozenDict:
-        return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (FrozenDict, (dict(self),))

@@ -13,7 +13,6 @@ convention: the path is what follows ``sqlite:///``) or a bare file path
 from __future__ import annotations
 
 import os
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from foundation._redis_conn import redact_url
 from foundation.errors import InvalidConfig
@@ -82,6 +81,8 @@ def _open_sqlite(path: str, *, create: bool) -> FlagStore:
 
 
 def _open_redis(url: str, *, create: bool, timeout: float) -> FlagStore:
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
     from foundation.flags._redis_store import RedisFlagStore
 
     parts = urlsplit(url)

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import multiprocessing.process
 import os
-import socket
-import subprocess
 import threading
 from typing import Any
 
 from foundation.errors import UnsupportedAgent
 from foundation.liveness._process import OSProcess, exit_down
 from foundation.liveness._threads import SpawnedThread
+from foundation.liveness._types import AGENT_TYPES, refresh_agent_types
+
+# asyncio, concurrent.futures, subprocess and multiprocessing are not imported
+# here: their classes come from AGENT_TYPES, found in sys.modules (no agent of a
+# class can exist before its module is imported; see _types). An agent that
+# matches none of them looks again (refresh_agent_types) before it is refused.
 
 __all__ = ["check_supported", "describe_agent", "is_alive", "unsupported"]
-
-PROCESS_TYPES = (subprocess.Popen, multiprocessing.process.BaseProcess, OSProcess)
 
 
 def unsupported(agent: object) -> UnsupportedAgent:
@@ -56,9 +55,10 @@ def is_alive(agent: object) -> bool:
     if type(agent) is SpawnedThread:
         # The watch first: it fires before Thread.is_alive() turns False.
         return agent._foundation_watch.down is None and agent.is_alive()
-    if isinstance(agent, asyncio.Future):
+    types = AGENT_TYPES
+    if isinstance(agent, types.aio_future):
         return not agent.done() and not agent.get_loop().is_closed()
-    if isinstance(agent, concurrent.futures.Future):
+    if isinstance(agent, types.cf_future):
         return not agent.done()
     if isinstance(agent, threading.Thread):
         if isinstance(agent, SpawnedThread):
@@ -66,8 +66,10 @@ def is_alive(agent: object) -> bool:
         return agent.is_alive()
     if isinstance(agent, OSProcess):
         return agent.is_alive()
-    if isinstance(agent, PROCESS_TYPES):
+    if isinstance(agent, types.processes):
         return exit_down(agent) is None
+    if refresh_agent_types():  # a class of a module imported since the last look
+        return is_alive(agent)
     raise unsupported(agent)
 
 
@@ -75,12 +77,15 @@ def kind_of(agent: object) -> str | None:
     """ "thread", "task", "future", "process", or None if unsupported."""
     if isinstance(agent, threading.Thread):
         return "thread"
-    if isinstance(agent, asyncio.Task):
+    types = AGENT_TYPES
+    if isinstance(agent, types.aio_task):
         return "task"
-    if isinstance(agent, (asyncio.Future, concurrent.futures.Future)):
+    if isinstance(agent, (types.aio_future, types.cf_future)):
         return "future"
-    if isinstance(agent, PROCESS_TYPES):
+    if isinstance(agent, (OSProcess, *types.processes)):
         return "process"
+    if refresh_agent_types():  # a class of a module imported since the last look
+        return kind_of(agent)
     return None
 
 
@@ -121,23 +126,26 @@ def describe_agent(agent: object) -> dict[str, Any]:
     if kind is None:
         raise unsupported(agent)
     out: dict[str, Any] = {"kind": kind, "pid": os.getpid(), "name": None}
+    types = AGENT_TYPES  # up to date: kind_of() looked again if it had to
     if isinstance(agent, threading.Thread):
         out.update(
             name=agent.name, ident=agent.ident, native_id=agent.native_id, daemon=agent.daemon
         )
-    elif isinstance(agent, asyncio.Task):
+    elif isinstance(agent, types.aio_task):
         out["name"] = agent.get_name()
-    elif isinstance(agent, PROCESS_TYPES):
+    elif isinstance(agent, (OSProcess, *types.processes)):
         out["pid"] = agent.pid
         if isinstance(agent, OSProcess):
             out["start_time"] = agent.start_time
         else:
             out["start_time"] = OSProcess(agent.pid).start_time if agent.pid is not None else None
-            if isinstance(agent, multiprocessing.process.BaseProcess):
-                out["name"] = agent.name
-            else:
+            if isinstance(agent, types.popen):
                 args = agent.args
                 first = args[0] if isinstance(args, (list, tuple)) and args else args
                 out["name"] = os.fsdecode(first) if isinstance(first, (str, bytes)) else str(first)
+            elif isinstance(agent, types.mp_process):
+                out["name"] = agent.name
+    import socket  # here, not at the top: keeps `import foundation` cheap
+
     out["host"] = socket.gethostname()
     return out

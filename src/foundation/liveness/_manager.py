@@ -15,20 +15,19 @@ Where each ``on_down`` runs (it is never called with a manager lock held):
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import contextvars
 import errno
 import os
 import select
+import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from foundation.errors import Closed
-from foundation.liveness._agents import PROCESS_TYPES, unsupported
+from foundation.liveness._agents import unsupported
 from foundation.liveness._core import (
     CANCELLED,
     NOPROC,
@@ -43,6 +42,7 @@ from foundation.liveness._core import (
     report,
 )
 from foundation.liveness._process import (
+    OSProcess,
     ProcessAgent,
     down_from_pidfd,
     exit_down,
@@ -56,17 +56,48 @@ from foundation.liveness._threads import (
     ensure_hook,
     release_hook,
 )
+from foundation.liveness._types import AGENT_TYPES, NotLoaded, refresh_agent_types
+
+if TYPE_CHECKING:
+    # Not imported at run time (see _types and _bind_agent_types below).
+    import asyncio
+    import concurrent.futures
 
 __all__ = ["MonitorManager"]
 
 _PIDFD_OK = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
 _HAS_EVENTFD = hasattr(os, "eventfd")
 _CF_ATTR = "_foundation_watch"  # the shared watch, stored on the future itself
-_get_running_loop = asyncio._get_running_loop
 # Exact types of the hot path in MonitorManager.monitor (subclasses take the general path).
-_AIO_TASK: type = asyncio.Task
-_AIO_FUTURE: type = asyncio.Future
-_CF_FUTURE: type = concurrent.futures.Future
+# asyncio and concurrent.futures are not imported here (`import foundation` stays
+# cheap): until _bind_agent_types() takes them from AGENT_TYPES these are NotLoaded,
+# the type of no agent, which is exact, since no asyncio or concurrent future can
+# exist before its module is imported. The general path of monitor() binds them
+# when it sees a future, so from the first one on, the hot path serves them.
+# Race: threads may bind at once; each stores the same classes.
+_NOT_LOADED: Any = NotLoaded  # typed Any: compared with the classes it stands in for
+_AIO_TASK: type = NotLoaded
+_AIO_FUTURE: type = NotLoaded
+_CF_FUTURE: type = NotLoaded
+_UNBOUND = True  # some of the three are still NotLoaded
+
+
+def _get_running_loop() -> Any:
+    # Replaced by asyncio's own by _bind_agent_types(); only called for an
+    # asyncio future, so asyncio is imported.
+    return sys.modules["asyncio"]._get_running_loop()
+
+
+def _bind_agent_types() -> None:
+    global _AIO_TASK, _AIO_FUTURE, _CF_FUTURE, _UNBOUND, _get_running_loop
+    if not _UNBOUND:
+        return
+    types = AGENT_TYPES
+    _AIO_TASK, _AIO_FUTURE, _CF_FUTURE = types.aio_task, types.aio_future, types.cf_future
+    if _AIO_FUTURE is not _NOT_LOADED:
+        _get_running_loop = sys.modules["asyncio"]._get_running_loop
+    _UNBOUND = _NOT_LOADED in (_AIO_TASK, _AIO_FUTURE, _CF_FUTURE)
+
 
 _NEW, _ATTACHED, _DETACHED = 0, 1, 2
 # After a defect of a watcher loop itself (not a callback's error): pause this
@@ -364,16 +395,25 @@ class MonitorManager:
             return self._settle(mon, watch)
         if not callable(on_down):
             raise TypeError("on_down must be callable")
-        if isinstance(agent, asyncio.Future):
+        types = AGENT_TYPES
+        if isinstance(agent, types.aio_future):
+            _bind_agent_types()
             return self._monitor_asyncio(agent, on_down)
-        if isinstance(agent, concurrent.futures.Future):
+        if isinstance(agent, types.cf_future):
+            _bind_agent_types()
             return self._monitor_cf(agent, on_down)
         if isinstance(agent, threading.Thread):
             if isinstance(agent, SpawnedThread):
                 return self._add_shared(agent._foundation_watch, on_down)
             return self._monitor_thread(agent, on_down)
-        if isinstance(agent, PROCESS_TYPES):
+        if isinstance(agent, (OSProcess, *types.processes)):
             return self._monitor_process(agent, on_down)
+        return self._monitor_unknown(agent, on_down)
+
+    def _monitor_unknown(self, agent: object, on_down: OnDown) -> Monitor:
+        """``agent`` is of no class found so far: look again, else refuse it."""
+        if refresh_agent_types():  # a class of a module imported since the last look
+            return self.monitor(agent, on_down)
         raise unsupported(agent)
 
     def _monitor_as(self, agent: object, mon: Monitor) -> Monitor:

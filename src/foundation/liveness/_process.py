@@ -8,14 +8,19 @@ with ``waitid(..., WEXITED | WNOHANG | WNOWAIT)``, so ``Popen.wait()`` and
 from __future__ import annotations
 
 import contextlib
-import multiprocessing.process
 import os
 import select
-import subprocess
 import time
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from foundation.liveness._core import NOPROC, NORMAL, Down
+from foundation.liveness._types import agent_types
+
+if TYPE_CHECKING:
+    # Not imported at run time: agent_types() finds Popen in sys.modules (a Popen
+    # can only exist once subprocess is imported; see _types).
+    import multiprocessing.process
+    import subprocess
 
 __all__ = ["OSProcess", "ProcessAgent", "down_from_pidfd", "exit_down", "open_pidfd"]
 
@@ -185,7 +190,7 @@ def exit_down(agent: ProcessAgent) -> Down | None:
                 if result is not None:
                     return _down_from_siginfo(result)
         return Down("exit") if agent._start != -1 else NOPROC
-    if isinstance(agent, subprocess.Popen):
+    if isinstance(agent, agent_types().popen):
         if agent.returncode is not None:
             return _down_from_returncode(agent.returncode)
         try:
@@ -195,7 +200,8 @@ def exit_down(agent: ProcessAgent) -> Down | None:
             rc = agent.poll()
             return None if rc is None else _down_from_returncode(rc)
         return None if result is None else _down_from_siginfo(result)
-    # multiprocessing.Process (any start method)
+    # multiprocessing.Process (any start method), the only kind left
+    agent = cast("multiprocessing.process.BaseProcess", agent)
     popen = _popen_of(agent)
     if popen is None:
         return NOPROC  # never started: it cannot die later
@@ -235,9 +241,9 @@ def _pid_still_ours(agent: ProcessAgent) -> bool:
     """True while ``agent.pid`` names the agent's process (running or zombie)."""
     if isinstance(agent, OSProcess):
         return agent.same_identity()
-    if isinstance(agent, subprocess.Popen):
+    if isinstance(agent, agent_types().popen):
         return agent.returncode is None
-    popen = _popen_of(agent)
+    popen = _popen_of(cast("multiprocessing.process.BaseProcess", agent))  # the kind left
     return popen is not None and popen.returncode is None
 
 
@@ -261,14 +267,17 @@ def down_from_pidfd(agent: ProcessAgent, fd: int) -> Down:
             result = None
         if result is not None:
             return _down_from_siginfo(result)
-    if isinstance(agent, subprocess.Popen):
+    types = agent_types()
+    if isinstance(agent, types.popen):
+        import subprocess  # imported already: agent is a Popen
+
         # Reaped by Popen.wait() in another thread: it stores the code right
         # after reaping, so wait briefly for it (bounded; rare).
         with contextlib.suppress(subprocess.TimeoutExpired):
             agent.wait(timeout=0.05)
         if agent.returncode is not None:
             return _down_from_returncode(agent.returncode)
-    elif isinstance(agent, multiprocessing.process.BaseProcess):
+    elif isinstance(agent, types.mp_process):
         # Race: another thread (a join(), is_alive()) reaped it and is about to
         # store the code; our own poll then gets ECHILD and answers None at once,
         # so join() cannot wait for it. Poll the stored code briefly (bounded).

@@ -39,15 +39,16 @@ After ``close()`` the sync call runs directly (it raises the backend's
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
+    # asyncio and the executor are imported where used: `import foundation` stays cheap.
+    from concurrent.futures import ThreadPoolExecutor
+
     from foundation.errors import RegistryError
 
 __all__ = ["ASYNC_THREAD_PREFIX", "AsyncWrites", "DirectAsyncWrites", "MigratingAsyncWrites"]
@@ -169,6 +170,8 @@ class AsyncWrites:
 
     async def _async_call(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` (a sync registry call) directly or in the executor; its result."""
+        import asyncio
+
         if self._async_direct():
             return fn()
         executor = self._async_get_executor()
@@ -188,6 +191,8 @@ class AsyncWrites:
         return await future
 
     def _async_get_executor(self) -> ThreadPoolExecutor | None:
+        from concurrent.futures import ThreadPoolExecutor
+
         executor: ThreadPoolExecutor | None = getattr(self, "_async_executor", None)
         if executor is not None:
             return executor

@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from foundation._unraisable import report_unraisable
 from foundation.errors import (
@@ -143,12 +143,18 @@ class _Record(Monitor):
     entry costs one object less; ``monitor`` then points to the record.
 
     Immutable once published, except ``entry`` (a lazily built ``Entry``; see
-    ``_entry``) and, on the *origin* record, ``origin`` (cleared under the
-    write lock when its agent dies while the record is not in the table).
-    ``update_metadata`` publishes a new record that shares ``origin`` and
-    ``monitor``: the origin record is the monitor's callback and the token that
-    identifies this registration, so a death can only remove the registration it
-    was reported for — never a later one under the same key.
+    ``_entry``) and, on the *origin* record, ``origin`` (set to ``_DIED`` under
+    the write lock when its agent dies while the record is not in the table).
+    ``update_metadata`` publishes a new record whose ``origin`` names the origin
+    record and whose ``monitor`` is the registration's monitor: the origin
+    record is the monitor's callback and the token that identifies this
+    registration, so a death can only remove the registration it was reported
+    for — never a later one under the same key.
+
+    No record refers to itself: ``origin is None`` means "I am the origin" and
+    ``monitor is None`` means "I am my own monitor" (see ``_origin_of`` and
+    ``_monitor_of``). A record is then freed by reference counting the moment
+    it leaves the table and its monitor, never left to the cyclic collector.
     """
 
     __slots__ = (
@@ -175,10 +181,12 @@ class _Record(Monitor):
         self.metadata = metadata
         self.registered_at = registered_at
         self.entry: Entry | None = None
-        # The origin record is the monitor's callback and the registration's
-        # token; set to None by _on_down when its agent died while it was not
-        # (or no longer) in the table: register() reads that as "died first".
-        self.origin: _Record | None = self
+        # None: this record is the origin (the monitor's callback and the
+        # registration's token). Set to _DIED by _on_down when its agent died
+        # while it was not (or no longer) in the table: register() reads that
+        # as "died first". A derived record (update_metadata) names its origin.
+        self.origin: object = None
+        # None: this record is its own monitor (the usual case).
         self.monitor: Monitor | None = None
 
     def __call__(self, down: Down) -> None:
@@ -187,6 +195,22 @@ class _Record(Monitor):
 
     def __repr__(self) -> str:
         return f"<registration {self.key!r} agent={self.agent!r}>"
+
+
+_DIED: Final = object()
+"""``_Record.origin`` of an origin record whose agent died before it was published."""
+
+
+def _origin_of(rec: _Record) -> _Record:
+    """The origin record of ``rec``'s registration (``rec`` itself, unless derived)."""
+    origin = rec.origin
+    return rec if origin is None else origin  # type: ignore[return-value]
+
+
+def _monitor_of(rec: _Record) -> Monitor:
+    """The monitor of ``rec``'s registration (``rec`` itself, usually)."""
+    monitor = rec.monitor
+    return rec if monitor is None else monitor
 
 
 class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
@@ -240,6 +264,8 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         self._table: dict[Hashable, _Record] = self._live
         # The shared attribute index (also the RedisRegistry mirror's); None: no index.
         self._index: AttributeIndex | None = AttributeIndex(indexed) if indexed else None
+        # Bound once: the write paths call these per entry (an attribute load less).
+        self._monitor_as = self._manager._monitor_as
         self._indexed_queries = 0
         self._scans = 0
         self._listeners: tuple[Listener, ...] = ()  # copy-on-write, replaced under _lock
@@ -372,7 +398,8 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             Closed: the registry is closed.
         Nothing is stored when an error is raised.
         """
-        key = validate_key(key)  # the one key rule (InvalidKey), normal form
+        if type(key) is not str:  # a str is a key in normal form as it is
+            key = validate_key(key)  # the one key rule (InvalidKey), normal form
         frozen = EMPTY_METADATA if metadata is None else freeze_metadata(metadata)
         rec = self._record(key, agent, frozen, _now())
         # monitor() raises UnsupportedAgent for unknown kinds (nothing stored yet).
@@ -380,31 +407,35 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         # the call, as "noproc": that is how NotAlive is detected, with no
         # separate liveness probe. Race: the agent may also die right after
         # monitor(); then rec(down) runs on another thread. Either way _on_down
-        # clears rec.origin under the write lock and, finding rec unpublished,
-        # stores nothing; below, under the same lock, rec.origin None means "died
-        # before it was registered": NotAlive, nothing stored. A death reported
-        # after publication removes the entry normally (registered, then down).
-        # monitor() is called outside our lock so that a synchronous on_down
-        # can take it.
+        # marks rec.origin _DIED under the write lock and, finding rec unpublished,
+        # stores nothing; below, under the same lock, rec.origin not None means
+        # "died before it was registered": NotAlive, nothing stored. A death
+        # reported after publication removes the entry normally (registered,
+        # then down). monitor() is called outside our lock so that a synchronous
+        # on_down can take it.
         try:
-            monitor = self._manager._monitor_as(agent, rec)  # usually rec itself
+            monitor = self._monitor_as(agent, rec)  # usually rec itself
         except RuntimeError:
             if self._closed:  # our manager was closed by close()
                 raise Closed("this MemoryRegistry is closed") from None
             raise
-        rec.monitor = monitor
-        table = self._live
+        if monitor is not rec:
+            rec.monitor = monitor  # (None, the default, means rec itself: no cycle)
         lock = self._lock
         lock.acquire()  # (explicit acquire/release: measurably cheaper than `with`)
         try:
+            table = self._live
             old = table.get(key)
-            if old is None and rec.origin is rec and not self._closed:
+            if old is None and rec.origin is None and not self._closed:
                 # The common case: a new key. Index first, then publish.
                 if frozen and self._index is not None:  # empty metadata: nothing to index
                     self._index.add(key, frozen)
                 table[key] = rec
-                if self._listeners:
-                    self._pending.append(RegistryEvent("registered", self._entry(rec)))
+                if not self._listeners:
+                    # Done (the finally releases the lock). Events queued by other
+                    # writers are theirs to deliver: each writer dispatches its own.
+                    return
+                self._pending.append(RegistryEvent("registered", self._entry(rec)))
                 error = None
             else:
                 error, old = self._register_conflict(rec, old, replace)
@@ -413,10 +444,10 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         if error is not None:
             monitor.demonitor()
             raise error
-        if old is not None and old.monitor is not None:
+        if old is not None:
             # Race: if the old monitor fires meanwhile, _on_down finds another
             # origin under the key and does nothing.
-            old.monitor.demonitor()
+            _monitor_of(old).demonitor()
         if self._pending:
             self._dispatch()
 
@@ -428,7 +459,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         Write lock held. Returns (error to raise, replaced record to demonitor).
         """
         key = rec.key
-        if rec.origin is not rec:
+        if rec.origin is not None:  # _DIED
             return NotAlive(key, rec.agent), None  # died before publication: nothing stored
         if self._closed:
             return Closed("this MemoryRegistry is closed"), None
@@ -462,26 +493,26 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
             Closed: the registry is closed (the closed table's ``pop`` raises).
         """
-        key = validate_key(key)  # the one key rule (InvalidKey), as every backend
+        if type(key) is not str:  # a str is a key in normal form as it is
+            key = validate_key(key)  # the one key rule (InvalidKey), as every backend
         lock = self._lock
         lock.acquire()
         try:
             # Read under the lock: close() swaps _table under it too.
             rec = self._table.pop(key, None)  # unpublish first, then unindex
-            if rec is not None:
-                if rec.metadata and self._index is not None:
-                    self._index.remove(key, rec.metadata)
-                if self._listeners:
-                    event = RegistryEvent("unregistered", self._entry(rec), "unregistered")
-                    self._pending.append(event)
+            if rec is None:
+                return False  # (the finally releases the lock)
+            if rec.metadata and self._index is not None:
+                self._index.remove(key, rec.metadata)
+            if self._listeners:
+                event = RegistryEvent("unregistered", self._entry(rec), "unregistered")
+                self._pending.append(event)
         finally:
             lock.release()
-        if rec is None:
-            return False
         # Released outside the lock. Race: if the agent died meanwhile, its
         # _on_down finds the key gone (or held by another origin) and does nothing.
-        if rec.monitor is not None:
-            rec.monitor.demonitor()
+        monitor = rec.monitor
+        (rec if monitor is None else monitor).demonitor()
         if self._pending:
             self._dispatch()
         return True
@@ -504,8 +535,9 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if cur is None:
                 raise NotRegistered(key)
             new = self._record(key, cur.agent, frozen, cur.registered_at)
-            new.origin = cur.origin  # same registration: the same monitor and token
-            new.monitor = cur.monitor
+            # Same registration: the same monitor and token.
+            new.origin = _origin_of(cur)
+            new.monitor = _monitor_of(cur)
             index = self._index
             if index is not None:
                 index.add(key, frozen)
@@ -525,8 +557,8 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             # since — or origin is not published yet (register() is between
             # monitor() and its lock): only the registration this monitor
             # belongs to is removed; otherwise mark origin dead for register().
-            if cur is None or cur.origin is not origin:
-                origin.origin = None
+            if cur is None or (cur is not origin and cur.origin is not origin):
+                origin.origin = _DIED
                 return
             del self._live[origin.key]  # unpublish first, then unindex
             if self._index is not None:
@@ -588,7 +620,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             index = self._index
             return MemoryRegistryStats(
                 entries=len(records),
-                monitors=sum(1 for r in records if r.monitor is not None and r.monitor.active),
+                monitors=sum(1 for r in records if _monitor_of(r).active),
                 index_sizes=index.sizes() if index is not None else {},
                 index_values=index.value_counts() if index is not None else {},
                 indexed_queries=self._indexed_queries,
@@ -613,8 +645,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if self._index is not None:
                 self._index.clear()
         for rec in records:
-            if rec.monitor is not None:
-                rec.monitor.demonitor()
+            _monitor_of(rec).demonitor()
         if self._owns_manager:
             self._manager.close()
 

@@ -376,7 +376,7 @@ class AttributeIndex:
     ({'role': 2}, {'role': 2})
     """
 
-    __slots__ = ("_items", "attrs", "buckets")
+    __slots__ = ("_items", "_one", "_one_buckets", "attrs", "buckets")
 
     def __init__(self, indexed: Iterable[str]) -> None:
         self.attrs: frozenset[str] = frozenset(indexed)
@@ -384,9 +384,33 @@ class AttributeIndex:
         #: snapshots one with list(bucket) in one C call.
         self.buckets: dict[str, dict[Any, _Bucket]] = {a: {} for a in sorted(self.attrs)}
         self._items = tuple(self.buckets.items())
+        # The usual case, one indexed attribute, has a loop-free path in add/remove.
+        self._one: str | None = None
+        self._one_buckets: dict[Any, _Bucket] = {}
+        if len(self._items) == 1:
+            self._one, self._one_buckets = self._items[0]
 
     def add(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
         """Index ``key`` under the terms of ``metadata``'s indexed attributes (writer)."""
+        attr = self._one
+        if attr is not None:
+            # One indexed attribute with a plain scalar value (or none): one term.
+            value = metadata.get(attr, _MISSING)
+            t = type(value)
+            if t is str or t is int or value is None or t is float or t is bool:
+                buckets = self._one_buckets
+                bucket = buckets.get(value)
+                if bucket is None:
+                    buckets[value] = {key: None}
+                else:
+                    bucket[key] = None
+                return
+            if value is _MISSING:
+                return
+        self._add_all(key, metadata)
+
+    def _add_all(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
+        """``add`` for several indexed attributes or a value with several terms."""
         for attr, buckets in self._items:
             value = metadata.get(attr, _MISSING)
             if value is _MISSING:
@@ -412,6 +436,27 @@ class AttributeIndex:
     ) -> None:
         """Unindex ``key``'s ``metadata`` terms, except those ``keep`` (its new metadata)
         also has (writer; after readers stopped seeing ``metadata`` under ``key``)."""
+        attr = self._one
+        if attr is not None and keep is None:
+            # The common case (unregister, death): as in add, one term at most.
+            value = metadata.get(attr, _MISSING)
+            t = type(value)
+            if t is str or t is int or value is None or t is float or t is bool:
+                buckets = self._one_buckets
+                bucket = buckets.get(value)
+                if bucket is not None:
+                    bucket.pop(key, None)
+                    if not bucket:
+                        del buckets[value]
+                return
+            if value is _MISSING:
+                return
+        self._remove_all(key, metadata, keep)
+
+    def _remove_all(
+        self, key: Hashable, metadata: Mapping[str, Any], keep: Mapping[str, Any] | None
+    ) -> None:
+        """``remove`` for several indexed attributes, several terms, or a ``keep``."""
         for attr, buckets in self._items:
             value = metadata.get(attr, _MISSING)
             if value is _MISSING:

@@ -9,7 +9,10 @@ stated by name in the contract suite (``tests/contract``):
    ``count()`` costs O(n) liveness checks) and **lingers in memory** until its
    key is unregistered, updated or registered again, or its thread ends.
 
-``indexed=`` is accepted for compatibility; queries always scan.
+``indexed=`` works as on ``MemoryRegistry``: each thread's store keeps the
+shared attribute index (``AttributeIndex``) over its own entries, so an
+``eq``/``in`` query on an indexed attribute is answered from it, and
+``stats()`` counts the queries answered by an index and by a scan.
 
 After ``close()`` every public call (reads, ``subscribe``, ``stats()`` and
 ``snapshot_all_threads()`` included) raises ``errors.Closed``; ``close()``
@@ -30,7 +33,7 @@ from foundation._listeners import Listeners
 from foundation.errors import AlreadyRegistered, Closed, NotAlive, NotRegistered
 from foundation.liveness import is_alive
 from foundation.registry._async import DirectAsyncWrites
-from foundation.registry._query import compile_criteria, matches
+from foundation.registry._query import AttributeIndex, compile_criteria, index_plan, matches
 from foundation.registry._types import (
     Criterion,
     Entry,
@@ -49,27 +52,66 @@ _tokens = itertools.count(1)
 
 @dataclass(frozen=True, slots=True)
 class ThreadLocalStats:
-    """What a ``ThreadLocalRegistry`` holds, across all threads.
+    """What a ``ThreadLocalRegistry`` holds, across all threads, and how its
+    queries were answered.
 
     ``threads``: threads with a store; ``entries``: stored entries, dead ones
-    included; ``dead``: stored entries whose agent is dead (lingering).
+    included; ``dead``: stored entries whose agent is dead (lingering);
+    ``indexed_queries`` / ``scans``: ``query`` and ``find_by_attribute`` calls
+    answered from an index / by scanning the calling thread's entries, since
+    construction (the rule of ``MemoryRegistryStats``: watch ``scans`` to
+    catch a query that misses its index; plain increments without a lock,
+    so queries racing on several threads may lose a count).
+
+    Example:
+        >>> import threading
+        >>> from foundation import ThreadLocalRegistry, spawn_thread
+        >>> stop = threading.Event()
+        >>> with ThreadLocalRegistry(indexed=("role",)) as reg:
+        ...     reg.register("a", spawn_thread(stop.wait), {"role": "io"})
+        ...     _ = reg.find_by_attribute("role", "io"), reg.query([("n", "gt", 1)])
+        ...     stats = reg.stats()
+        >>> stats.entries, stats.indexed_queries, stats.scans
+        (1, 1, 1)
+        >>> stop.set()
     """
 
     threads: int
     entries: int
     dead: int
+    indexed_queries: int = 0
+    scans: int = 0
 
 
 class _Store:
-    """One thread's private entries. Mutated only by its own thread."""
+    """One thread's private entries and their index (None: nothing indexed).
+    Mutated only by its own thread (and emptied by ``close()``)."""
 
-    __slots__ = ("__weakref__", "entries", "ident", "name")
+    __slots__ = ("__weakref__", "entries", "ident", "index", "name")
 
-    def __init__(self) -> None:
+    def __init__(self, indexed: frozenset[str]) -> None:
         thread = threading.current_thread()
         self.ident: int = threading.get_ident()
         self.name = thread.name
         self.entries: dict[Hashable, Entry] = {}
+        self.index = AttributeIndex(indexed) if indexed else None
+
+    def put(self, key: Hashable, entry: Entry, old: Entry | None) -> None:
+        """Store ``entry`` (replacing ``old``): index, publish, then unindex the old
+        terms, so the index stays a superset of the entries (as ``MemoryRegistry``)."""
+        index = self.index
+        if index is not None:
+            index.add(key, entry.metadata)
+        self.entries[key] = entry
+        if index is not None and old is not None:
+            index.remove(key, old.metadata, entry.metadata)
+
+    def drop(self, key: Hashable) -> Entry | None:
+        """Remove ``key`` (unpublish, then unindex); its entry, if any."""
+        entry = self.entries.pop(key, None)
+        if entry is not None and self.index is not None:
+            self.index.remove(key, entry.metadata)
+        return entry
 
 
 class ThreadLocalRegistry(DirectAsyncWrites, Registry):
@@ -83,7 +125,9 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
       ``count()`` is O(n)) and linger in memory until their key is written
       again or their thread ends; no ``"down"`` events are emitted.
 
-    ``indexed`` is accepted for compatibility; queries scan. Listeners get the
+    ``indexed`` names attributes answered from an index, as on
+    ``MemoryRegistry`` (each thread indexes its own entries; ``stats()``
+    counts indexed queries and scans). Listeners get the
     events of writes, synchronously, in the writing thread. For
     administration, ``snapshot_all_threads()`` shows every thread's entries.
     After ``close()`` every call raises ``errors.Closed``.
@@ -118,6 +162,8 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
             "ThreadLocalRegistry listener", area="registry"
         )
         self._closed = False
+        self._indexed_queries = 0
+        self._scans = 0
 
     def _check_open(self) -> None:
         if self._closed:
@@ -132,7 +178,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
     def _own_or_new(self) -> _Store:
         store: _Store | None = getattr(self._local, "store", None)
         if store is None:
-            store = _Store()
+            store = _Store(self._indexed)
             self._local.store = store
             token = next(_tokens)
             stores = self._stores  # the callback must not keep the registry alive
@@ -189,13 +235,37 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         return [e for e in live if filter(e.metadata)]
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
-        """The calling thread's live entries matching all criteria (always a scan).
+        """The calling thread's live entries matching all criteria; an ``eq``/``in``
+        on an indexed attribute is answered from the index (``stats()`` counts
+        the queries answered by scanning).
 
         Raises:
             InvalidCriteria: a bad shape, unknown op or ``in`` value (before evaluating).
         """
         self._check_open()
         compiled = compile_criteria(criteria)
+        plans = index_plan(compiled, self._indexed) if self._indexed else None
+        if plans:
+            self._indexed_queries += 1  # race: a lost count at worst (diagnostics)
+            store = self._own()
+            if store is None or store.index is None:
+                return []  # this thread never registered anything
+            index = store.index
+            keys = min((index.keys(p.attr, p.values) for p in plans), key=len)
+            entries = store.entries
+            out = []
+            for key in keys:
+                # Re-check every candidate: the index is a superset, and dead
+                # agents linger (filtered, as every read does).
+                entry = entries.get(key)
+                if (
+                    entry is not None
+                    and matches(entry.metadata, compiled)
+                    and is_alive(entry.agent)
+                ):
+                    out.append(entry)
+            return out
+        self._scans += 1  # race: as above
         return [e for e in self._live() if matches(e.metadata, compiled)]
 
     # ------------------------------------------------------------------ writes
@@ -230,7 +300,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         # Race with close() in another thread: an entry stored just after close()
         # cleared the stores lingers in this thread's store, unreadable (every
         # read raises Closed), and goes with the thread.
-        store.entries[key] = entry
+        store.put(key, entry, old)
         if self._listeners.current:
             if old is not None:
                 self._listeners.dispatch(RegistryEvent("unregistered", old, reason))
@@ -250,7 +320,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         store = self._own()
         if store is None:
             return False
-        entry = store.entries.pop(key, None)
+        entry = store.drop(key)
         if entry is None or not is_alive(entry.agent):
             return False
         if self._listeners.current:
@@ -273,10 +343,10 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         if store is None or entry is None:
             raise NotRegistered(key)
         if not is_alive(entry.agent):
-            store.entries.pop(key, None)  # dead and lingering: drop it now
+            store.drop(key)  # dead and lingering: drop it now
             raise NotRegistered(key)
         new = Entry(key, entry.agent, frozen, entry.registered_at, entry.node)
-        store.entries[key] = new
+        store.put(key, new, entry)
         if self._listeners.current:
             self._listeners.dispatch(RegistryEvent("updated", new))
 
@@ -299,7 +369,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         return super().protocol_version()
 
     def indexed_attributes(self) -> frozenset[str]:
-        """The attribute names given as ``indexed=`` (accepted; queries still scan)."""
+        """The attribute names given as ``indexed=`` (answered from each thread's index)."""
         self._check_open()
         return self._indexed
 
@@ -319,19 +389,30 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         return out
 
     def stats(self) -> ThreadLocalStats:
-        """Threads with a store, stored entries (dead ones included) and how many are dead."""
+        """Threads with a store, stored entries (dead ones included), how many are
+        dead, and the queries answered by an index and by a scan."""
         self._check_open()
         stores = self._live_stores()
         entries = [e for s in stores for e in list(s.entries.values())]
         dead = sum(1 for e in entries if not is_alive(e.agent))
-        return ThreadLocalStats(threads=len(stores), entries=len(entries), dead=dead)
+        return ThreadLocalStats(
+            threads=len(stores),
+            entries=len(entries),
+            dead=dead,
+            indexed_queries=self._indexed_queries,
+            scans=self._scans,
+        )
 
     def close(self) -> None:
         """Forget every thread's entries; later calls raise ``Closed``. Idempotent, no events."""
         self._closed = True
         self._listeners.clear()
         for store in self._live_stores():
+            # Race: the store's own thread may be writing it; whatever it adds
+            # after this is unreadable (every read raises Closed) and goes with it.
             store.entries.clear()
+            if store.index is not None:
+                store.index.clear()
 
     def __repr__(self) -> str:
         return f"<ThreadLocalRegistry threads={len(self._stores)}>"

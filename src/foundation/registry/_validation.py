@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, NoReturn
 
+from foundation._read_only import ReadOnlyDict
 from foundation.errors import InvalidKey, InvalidMetadata, bounded_repr
 
 __all__ = [
@@ -89,7 +90,20 @@ short_repr = bounded_repr
 # --------------------------------------------------------------------------- frozen metadata
 
 
-class FrozenMetadata(dict[str, Any]):
+class _FrozenMetadataType(type):
+    """The metaclass of ``FrozenMetadata``: a direct call validates and freezes.
+
+    ``FrozenMetadata(...)`` goes through ``freeze_metadata``, while
+    ``freeze_metadata`` itself builds instances with ``type.__call__``, which
+    runs ``dict``'s own C ``__new__``/``__init__``: the cheapest way to build a
+    ``dict`` subclass from a ``dict`` (the register hot path makes one per entry).
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return freeze_metadata(dict(*args, **kwargs))
+
+
+class FrozenMetadata(ReadOnlyDict, metaclass=_FrozenMetadataType):
     """Read-only metadata: a ``dict`` (so ``json.dumps`` accepts it) that refuses mutation.
 
     Built only by ``freeze_metadata`` (and from JSON); nested mappings are
@@ -108,37 +122,18 @@ class FrozenMetadata(dict[str, Any]):
 
     __slots__ = ()
 
-    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
-        raise TypeError(
-            "Entry metadata is read-only; change a copy (dict(metadata)) and call update_metadata"
-        )
-
-    __setitem__ = _read_only
-    __delitem__ = _read_only
-    __ior__ = _read_only
-    clear = _read_only
-    pop = _read_only
-    popitem = _read_only
-    setdefault = _read_only
-    update = _read_only
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # A direct construction is validated like any metadata; freeze_metadata
-        # builds its own instances without this (they are valid by construction).
-        dict.update(self, freeze_metadata(dict(*args, **kwargs)))
-
-    def __copy__(self) -> FrozenMetadata:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> FrozenMetadata:
-        return self
+    READ_ONLY = (
+        "Entry metadata is read-only; change a copy (dict(metadata)) and call update_metadata"
+    )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_unpickle, (dict(self),))
 
 
-_new_frozen = dict.__new__
-_fill = dict.update
+# FrozenMetadata(d) without the metaclass's validation: dict's C __new__ and
+# __init__ (a copy of d), for data this module has checked or is checking.
+_copy_frozen: Callable[[Mapping[str, Any]], FrozenMetadata] = type.__call__.__get__(FrozenMetadata)
+_items = dict.items
 
 
 def _unpickle(data: dict[str, Any]) -> FrozenMetadata:
@@ -147,9 +142,7 @@ def _unpickle(data: dict[str, Any]) -> FrozenMetadata:
 
 
 def _frozen(data: dict[str, Any]) -> FrozenMetadata:
-    out: FrozenMetadata = _new_frozen(FrozenMetadata)
-    _fill(out, data)
-    return out
+    return _copy_frozen(data)
 
 
 EMPTY_METADATA: Final[FrozenMetadata] = _frozen({})
@@ -238,7 +231,10 @@ def _plain_base(value: object) -> object:
 # --------------------------------------------------------------------------- metadata
 
 
-def freeze_metadata(metadata: object, *, max_bytes: int = MAX_METADATA_BYTES) -> FrozenMetadata:
+# The hot path of every register, kept inline on purpose (one frame, one loop).
+def freeze_metadata(  # noqa: PLR0912
+    metadata: object, *, max_bytes: int = MAX_METADATA_BYTES
+) -> FrozenMetadata:
     """A read-only deep copy of ``metadata`` in normal form, or ``InvalidMetadata``.
 
     ``None`` means no metadata; an already frozen value is returned as it is.
@@ -257,19 +253,48 @@ def freeze_metadata(metadata: object, *, max_bytes: int = MAX_METADATA_BYTES) ->
     ...
     foundation.errors.InvalidMetadata: metadata value at 'ok' is not JSON-compatible (finite float required): nan
     """  # noqa: E501
-    if metadata is None:
-        return EMPTY_METADATA
     t = type(metadata)
-    if t is FrozenMetadata:
-        return metadata  # type: ignore[return-value]  # valid by construction, immutable
     if t is dict:
-        bound = _flat_bound(metadata)  # type: ignore[arg-type]
-        if bound >= 0:  # the common case: flat, plain, ASCII, without recursion
-            frozen: FrozenMetadata = _new_frozen(FrozenMetadata)
-            _fill(frozen, metadata)  # type: ignore[call-overload]
-            if bound > max_bytes:
+        # The hot path of every register: a plain dict. Copy first, then check the
+        # COPY (what is stored), so a caller mutating its dict on another thread
+        # can never slip an unchecked value in. One loop of exact type checks;
+        # anything else (non-ASCII text, nesting, subclasses...) takes the full
+        # walk below, which gives the same result for what this loop accepts.
+        frozen = _copy_frozen(metadata)  # type: ignore[arg-type]
+        n = 0  # characters of keys and str values: 6 * n bounds their JSON size
+        for k, v in _items(frozen):
+            if type(k) is str and k.isascii():
+                tv = type(v)
+                if tv is str:
+                    if v.isascii():
+                        n += len(k) + len(v)
+                        continue
+                elif tv is int:
+                    if -9223372036854775808 <= v <= 9223372036854775807:  # INT_MIN, INT_MAX
+                        n += len(k)
+                        continue
+                elif tv is bool or v is None or (tv is float and v - v == 0.0):
+                    # (v - v == 0.0: a finite float; NaN and infinities give NaN)
+                    n += len(k)
+                    continue
+            break
+        else:
+            if not frozen:
+                return EMPTY_METADATA  # shared: one object for every empty metadata
+            # A JSON-escaped ASCII char takes at most 6 bytes; punctuation and a
+            # 64-bit int or a float repr at most 32 per item.
+            if 6 * n + 32 * len(frozen) + 2 > max_bytes:
                 check_metadata_size(metadata_to_json(frozen), max_bytes)
             return frozen
+    elif metadata is None:
+        return EMPTY_METADATA
+    elif t is FrozenMetadata:
+        return metadata  # type: ignore[return-value]  # valid by construction, immutable
+    return _freeze_general(metadata, max_bytes)
+
+
+def _freeze_general(metadata: object, max_bytes: int) -> FrozenMetadata:
+    """``freeze_metadata`` past its fast path: the full recursive walk."""
     if not isinstance(metadata, Mapping):
         raise InvalidMetadata(
             f"metadata must be a mapping with str keys, got {type(metadata).__name__}"
@@ -279,34 +304,6 @@ def freeze_metadata(metadata: object, *, max_bytes: int = MAX_METADATA_BYTES) ->
     if acc[0] > max_bytes:
         check_metadata_size(metadata_to_json(frozen), max_bytes)
     return frozen
-
-
-def _flat_bound(metadata: dict[Any, Any]) -> int:
-    """An upper bound of the JSON size of flat plain metadata, or -1 (take the full path).
-
-    Flat plain: ASCII str keys; values plain ASCII ``str``, in-range ``int``,
-    ``bool`` or ``None``. A JSON-escaped ASCII char takes at most 6 bytes, and
-    the punctuation and a 64-bit int at most 32 per item. This is the hot path
-    of every ``register``: keep it one loop of type checks.
-    """
-    n = 0
-    for k, v in metadata.items():
-        if type(k) is not str or not k.isascii():
-            return -1
-        tv = type(v)
-        if tv is str:
-            if not v.isascii():
-                return -1
-            n += len(k) + len(v)
-        elif tv is int:
-            if not -9223372036854775808 <= v <= 9223372036854775807:  # INT_MIN, INT_MAX
-                return -1
-            n += len(k)
-        elif v is None or tv is bool:
-            n += len(k)
-        else:
-            return -1
-    return 6 * n + 32 * len(metadata) + 2
 
 
 def _where(path: tuple[object, ...]) -> str:
@@ -393,6 +390,12 @@ def _freeze_value(value: Any, depth: int, path: tuple[object, ...], acc: list[in
     return _freeze_value(plain, depth, path, acc)
 
 
+_encode_metadata: Final = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+).encode
+"""One encoder for every call (``json.dumps`` with options builds one per call)."""
+
+
 def metadata_to_json(frozen: Mapping[str, Any]) -> str:
     """Compact, key-sorted JSON text of (frozen or plain, valid) metadata.
 
@@ -400,13 +403,7 @@ def metadata_to_json(frozen: Mapping[str, Any]) -> str:
     '{"a":null,"b":[1,2]}'
     """
     try:
-        return json.dumps(
-            frozen,
-            separators=(",", ":"),
-            sort_keys=True,
-            ensure_ascii=False,
-            allow_nan=False,
-        )
+        return _encode_metadata(frozen)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidMetadata(f"metadata is not JSON-serialisable: {type(exc).__name__}") from None
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio  # only annotations here: `import foundation` stays cheap
 
 __all__ = ["READY_FD_ENV", "ChildContext", "ProcessContext", "notify_ready"]
 

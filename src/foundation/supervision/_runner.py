@@ -9,18 +9,21 @@ for a while, the previous ones restored after.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import signal
 import threading
 from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from foundation.errors import ShutdownError, SupervisorError
 from foundation.supervision._runs import force_tree
 from foundation.supervision._supervisor import Supervisor
+
+if TYPE_CHECKING:
+    # Imported in the functions that use it (`import foundation` stays cheap).
+    import asyncio
 
 __all__ = ["SignalHandlers", "run"]
 
@@ -151,6 +154,8 @@ def run(
             ``signals``) or from inside a running event loop.
         TypeError: the factory did not return a ``Supervisor``.
     """
+    import asyncio
+
     chosen = tuple(signals)
     if chosen and threading.current_thread() is not threading.main_thread():
         raise SupervisorError("run() installs signal handlers: call it from the main thread")
@@ -174,6 +179,8 @@ async def _main(
     signals: tuple[int, ...],
     on_started: Callable[[Supervisor], None] | None,
 ) -> int:
+    import asyncio
+
     sup = target if isinstance(target, Supervisor) else target()
     if not isinstance(sup, Supervisor):
         raise TypeError(f"run() needs a Supervisor or a factory of one, got {sup!r}")
@@ -189,6 +196,8 @@ async def _drive(
     on_started: Callable[[Supervisor], None] | None,
     restore: Callable[[], None],
 ) -> int:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     first = loop.create_task(arrivals.get())
     starting = loop.create_task(sup.start(), name=f"start supervisor {sup.name}")
@@ -266,6 +275,8 @@ async def _shutdown(
     pending: list[asyncio.Task[Any]],
     restore: Callable[[], None],
 ) -> int:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     logger.info(
         "received %s: stopping supervisor %s in order (send it again to force)",
@@ -323,6 +334,8 @@ async def _shutdown(
 
 
 async def _stop(sup: Supervisor, starting: asyncio.Task[None]) -> None:
+    import asyncio
+
     if not starting.done():
         starting.cancel()  # start() rolls back what it started, then re-raises
         await asyncio.wait({starting})

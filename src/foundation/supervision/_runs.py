@@ -30,14 +30,10 @@ in its entry point. Caveats:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
 import functools
-import multiprocessing
 import os
 import signal as signal_module
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -55,6 +51,11 @@ from foundation.supervision._context import (
 from foundation.supervision._spec import ChildExit, ChildSpec
 
 if TYPE_CHECKING:
+    # Imported in the functions that use them (`import foundation` stays cheap).
+    import asyncio
+    import multiprocessing.process
+    import subprocess
+
     from foundation.supervision._supervisor import Supervisor
 
 _HAVE_PIDFD = sys.platform == "linux" and hasattr(os, "pidfd_open")
@@ -63,9 +64,11 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _load_prctl() -> Callable[..., int] | None:
-    """libc's ``prctl``, resolved once in the parent (a forked child only calls it)."""
+    """libc's ``prctl`` (None where unavailable)."""
     if sys.platform != "linux":
         return None
+    import ctypes  # here, not at the top: only process children need it
+
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
@@ -75,18 +78,36 @@ def _load_prctl() -> Callable[..., int] | None:
     return cast("Callable[..., int]", prctl)
 
 
-_prctl = _load_prctl()
+_UNRESOLVED: Any = object()
+_prctl: Any = _UNRESOLVED
+
+
+def resolve_prctl() -> Callable[..., int] | None:
+    """``prctl``, resolved on first use and kept (None where unavailable).
+
+    Resolved lazily, so that ``import foundation`` does not import ctypes. A
+    parent calls it before forking an argv child, so the forked child finds
+    it resolved and imports nothing between fork and exec. Race: two threads
+    may resolve it at once; both get the same libc function, the last
+    assignment wins, and either value is correct.
+    """
+    global _prctl
+    if _prctl is _UNRESOLVED:
+        _prctl = _load_prctl()
+    return cast("Callable[..., int] | None", _prctl)
 
 
 def die_with_parent(parent: int) -> None:
     """In a child process: be SIGKILLed when ``parent`` (its parent's pid) dies.
 
     A no-op where ``prctl`` is unavailable (not Linux). Safe between fork and
-    exec: no allocation beyond ctypes' argument conversion, no lock, no import.
+    exec once the parent has called :func:`resolve_prctl`: no allocation
+    beyond ctypes' argument conversion, no lock, no import.
     """
-    if _prctl is None:
+    prctl = resolve_prctl()
+    if prctl is None:
         return
-    _prctl(_PR_SET_PDEATHSIG, int(signal_module.SIGKILL), 0, 0, 0)
+    prctl(_PR_SET_PDEATHSIG, int(signal_module.SIGKILL), 0, 0, 0)
     # Race: the parent may have died between fork and the prctl above; the
     # kernel then never sends the signal, but this child has been reparented
     # (to init or a subreaper), so its parent pid no longer matches: die now,
@@ -115,6 +136,8 @@ class Run:
     """Base class of a child run."""
 
     def __init__(self, spec: ChildSpec, supervisor: str, attempt: int) -> None:
+        import asyncio
+
         self.spec = spec
         self.name = f"{supervisor}/{spec.id}"
         self.supervisor = supervisor
@@ -163,6 +186,8 @@ class Run:
 
     async def _wait_exit(self, timeout: float | None) -> bool:
         """Wait for the run to end, at most ``timeout`` seconds; True if it did."""
+        import asyncio
+
         done, _ = await asyncio.wait({self.exited}, timeout=timeout)
         return bool(done)
 
@@ -204,6 +229,8 @@ class TaskRun(Run):
             self._exit(ChildExit("normal"))
 
     async def _stop(self, timeout: float | None) -> ChildExit:
+        import asyncio
+
         self.ctx.stopping.set()
         self.handle.cancel()
         if timeout == 0:  # brutal_kill: the cancellation, delivered, is all it gets
@@ -246,6 +273,8 @@ class ThreadRun(Run):
         self.handle = spawn_thread(self._body, name=self.name, daemon=True)
 
     def _body(self) -> None:
+        import asyncio
+
         spec = self.spec
         try:
             result = spec.start(self.ctx, *spec.args, **spec.kwargs)  # type: ignore[operator]
@@ -322,6 +351,8 @@ class PopenRun(_ProcessRun):
     handle: subprocess.Popen[bytes]
 
     async def launch(self) -> None:
+        import subprocess
+
         spec = self.spec
         argv = [*cast("Sequence[str]", spec.start), *(str(a) for a in spec.args)]
         kwargs = dict(spec.kwargs)
@@ -337,6 +368,7 @@ class PopenRun(_ProcessRun):
             kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), write_fd)
         else:
             self.ready.set_result(None)
+        resolve_prctl()  # in the parent: the forked child must not import (see _preexec)
         kwargs["preexec_fn"] = functools.partial(_preexec, os.getpid(), kwargs.get("preexec_fn"))
         if "process_group" not in kwargs and not kwargs.get("start_new_session"):
             kwargs["process_group"] = 0  # out of the terminal's group: Ctrl-C reaches us only
@@ -417,6 +449,8 @@ class MultiprocessingRun(_ProcessRun):
     handle: multiprocessing.process.BaseProcess
 
     async def launch(self) -> None:
+        import multiprocessing
+
         spec = self.spec
         mp = multiprocessing.get_context("spawn")
         recv, send = mp.Pipe(duplex=False) if spec.explicit_ready else (None, None)
@@ -518,6 +552,8 @@ class SupervisorRun(Run):
             self._exit(ChildExit("normal"))
 
     async def _stop(self, timeout: float | None) -> ChildExit:
+        import asyncio
+
         # A supervisor always gets the time its own children's timeouts add up to.
         if not self._starting.done():
             # Still starting: cancelling start() rolls back what it started.

@@ -10,7 +10,6 @@ not become ready. From other threads, use :meth:`Supervisor.run_in_thread`.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 import logging
@@ -49,6 +48,10 @@ from foundation.supervision._spec import (
 )
 
 if TYPE_CHECKING:
+    # asyncio is imported in the methods that use it: importing it costs more than
+    # the rest of `import foundation`, and none of them runs before start().
+    import asyncio
+
     from foundation.registry import Registry
     from foundation.supervision._thread import SupervisorThread
 
@@ -403,6 +406,8 @@ class Supervisor:
                 why); the children already started were stopped in reverse.
             SupervisorError: already running (``.reason == "supervisor_running"``).
         """
+        import asyncio
+
         if self._state in ("starting", "running", "stopping"):
             raise _error("supervisor_running", None, f"supervisor {self._name!r} is {self._state}")
         loop = asyncio.get_running_loop()
@@ -447,6 +452,8 @@ class Supervisor:
             ShutdownError: a child could not be stopped (an abandoned thread or
                 task); every other child was stopped first.
         """
+        import asyncio
+
         if self._state in ("new", "stopped", "failed"):
             return
         if self._stop_task is None:
@@ -458,6 +465,8 @@ class Supervisor:
         await asyncio.shield(self._stop_task)
 
     async def _stop_sequence(self) -> None:
+        import asyncio
+
         if self._stopping:  # a failed start or a give-up is under way
             await asyncio.shield(self._done_future())
             return
@@ -484,6 +493,8 @@ class Supervisor:
             RestartIntensityExceeded: it gave up (the same error as ``failure``).
             SupervisorError: never started (``.reason == "supervisor_not_running"``).
         """
+        import asyncio
+
         if self._done is None:
             raise _error("supervisor_not_running", None, f"supervisor {self._name!r} never started")
         await asyncio.shield(self._done)
@@ -778,6 +789,8 @@ class Supervisor:
         Returns False when the child ignored its start (``ctx.ignore()``): it
         is then ``"stopped"``, without a run.
         """
+        import asyncio
+
         spec = child.spec
         run = make_run(spec, self._name, child.restarts)
         child.run = run  # recorded before any await: a stop in between sees and stops it
@@ -846,6 +859,8 @@ class Supervisor:
         return True
 
     async def _await_ready(self, run: Run) -> None:
+        import asyncio
+
         if run.ready.done():
             return
         waiters: set[asyncio.Future[Any]] = {run.ready, run.exited, self._stop_requested}
@@ -900,6 +915,8 @@ class Supervisor:
                 registry.register(key, agent, metadata, replace=True)
 
         async def write() -> None:
+            import asyncio
+
             if previous is not None and not previous.done():
                 await asyncio.wait({previous})
             await registry._async_call(register)
@@ -919,6 +936,8 @@ class Supervisor:
         ``BackendUnavailable`` or a write still pending after
         ``registration_wait``: then the child runs and a registrar retries.
         """
+        import asyncio
+
         child.registered = False
         self._stop_registrar(child)
         if self._registry is None:
@@ -983,6 +1002,8 @@ class Supervisor:
         self, child: _Child, run: Run, pending: asyncio.Task[None] | None
     ) -> None:
         """Retry registering ``run`` with full-jitter exponential backoff until it sticks."""
+        import asyncio
+
         spec = run.spec
         began = self._loop.time()
         failures = 0 if pending is not None else 1
@@ -1060,6 +1081,8 @@ class Supervisor:
 
     async def _unregister_if_current(self, child: _Child, run: Run) -> None:
         """Drop the registration of an abandoned run (still alive, no longer supervised)."""
+        import asyncio
+
         registry = self._registry
         if registry is None:
             return
@@ -1091,6 +1114,8 @@ class Supervisor:
 
     # ------------------------------------------------------------------ stopping runs
     async def _terminate(self, child: _Child, *, restart: bool = False) -> ChildExit:
+        import asyncio
+
         run = child.run
         assert run is not None
         # Shielded: if our caller is cancelled the stop sequence still completes.
@@ -1535,6 +1560,8 @@ class DynamicSupervisor(Supervisor):
     async def _shutdown_children(self) -> list[str]:
         """Stop every running child at once (OTP's ``terminate_dynamic_children``):
         the stop takes about the longest shutdown timeout, not their sum."""
+        import asyncio
+
         children = list(self._children.values())
         for child in children:
             child.pending = None

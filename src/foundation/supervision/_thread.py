@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import threading
 import time
@@ -16,6 +14,9 @@ from foundation.errors import Closed
 from foundation.supervision._spec import ChildCounts, ChildInfo, ChildSpec
 
 if TYPE_CHECKING:
+    # Imported in the methods that use them (`import foundation` stays cheap).
+    import asyncio
+
     from foundation.supervision._supervisor import Supervisor
 
 __all__ = ["SupervisorThread"]
@@ -57,6 +58,8 @@ class SupervisorThread:
     """
 
     def __init__(self, supervisor: Supervisor, *, name: str | None = None) -> None:
+        import asyncio
+
         self.supervisor = supervisor
         self._loop = asyncio.new_event_loop()
         self._closed = False
@@ -92,6 +95,8 @@ class SupervisorThread:
         ``run_forever`` is a defect of the loop itself: reported, and retried
         after a short backoff so that it cannot spin hot.
         """
+        import asyncio
+
         loop = self._loop
         asyncio.set_event_loop(loop)
         try:
@@ -134,6 +139,9 @@ class SupervisorThread:
         )
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        import asyncio
+        import concurrent.futures
+
         if self._closed:
             coro.close()
             raise self._closed_error()

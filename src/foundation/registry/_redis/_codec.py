@@ -25,12 +25,19 @@ uniqueness a ``dict`` does (``2.0`` is stored as ``2`` and comes back as
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping
+import json.encoder
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from foundation.registry._query import is_index_safe
-from foundation.registry._validation import MAX_KEY_DEPTH, validate_key
+from foundation.registry._validation import (
+    INT_MAX,
+    INT_MIN,
+    MAX_KEY_DEPTH,
+    metadata_to_json,
+    validate_key,
+)
 
 __all__ = [
     "MAX_KEY_DEPTH",
@@ -39,6 +46,7 @@ __all__ = [
     "encode_key",
     "index_names",
     "index_values",
+    "metadata_json",
     "normal_key",
 ]
 
@@ -79,6 +87,12 @@ def _plain(key: object) -> object:
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 """Compact ASCII JSON (one encoder: ``json.dumps`` with options builds one per call)."""
 
+_str_json: Callable[[str], str] = json.encoder.encode_basestring_ascii
+"""A ``str`` as a JSON string, ASCII (what ``_dumps`` writes for one)."""
+_text_json: Callable[[str], str] = json.encoder.encode_basestring
+"""A ``str`` as a JSON string, non-ASCII kept (what ``metadata_to_json`` writes)."""
+_INT_MIN, _INT_MAX = INT_MIN, INT_MAX
+
 
 def encode_key(key: object) -> str:
     """The canonical JSON text of ``key``; raises ``InvalidKey`` (the one key rule).
@@ -91,10 +105,57 @@ def encode_key(key: object) -> str:
     return _dumps(_plain(validate_key(key)))
 
 
-def normal_key(key: object) -> tuple[Hashable, str]:
-    """``(validate_key(key), its JSON text)``: the key an entry holds and its Redis encoding."""
+def normal_key(key: Any) -> tuple[Hashable, str]:
+    """``(validate_key(key), its JSON text)``: the key an entry holds and its Redis encoding.
+
+    >>> normal_key(("job", 7))
+    (('job', 7), '["job",7]')
+    """
+    # Fast paths (the hot path of every write): a plain str, an in-range int, or a
+    # flat tuple of them is already in normal form; encode it without the encoder.
+    t = type(key)
+    if t is str:
+        return key, _str_json(key)
+    if t is int and _INT_MIN <= key <= _INT_MAX:
+        return key, int.__repr__(key)
+    if t is tuple:
+        parts = []
+        for x in key:
+            tx = type(x)
+            if tx is str:
+                parts.append(_str_json(x))
+            elif tx is int and _INT_MIN <= x <= _INT_MAX:
+                parts.append(int.__repr__(x))
+            else:
+                break
+        else:
+            return key, "[" + ",".join(parts) + "]"
     normal = validate_key(key)
     return normal, _dumps(_plain(normal))
+
+
+def metadata_json(frozen: Mapping[str, Any]) -> str:
+    """``metadata_to_json(frozen)`` (the same text), fast for flat metadata of
+    ``str``/``int``/``bool``/``None`` values (the common case, no encoder built).
+
+    >>> metadata_json({"b": 1, "a": "x", "c": None})
+    '{"a":"x","b":1,"c":null}'
+    """
+    parts = []
+    for k in sorted(frozen):
+        v = frozen[k]
+        tv = type(v)
+        if tv is str:
+            parts.append(f"{_text_json(k)}:{_text_json(v)}")
+        elif tv is int:
+            parts.append(f"{_text_json(k)}:{int.__repr__(v)}")
+        elif v is None:
+            parts.append(f"{_text_json(k)}:null")
+        elif tv is bool:
+            parts.append(f"{_text_json(k)}:{'true' if v else 'false'}")
+        else:
+            return metadata_to_json(frozen)
+    return "{" + ",".join(parts) + "}"
 
 
 def _restore(value: Any) -> Hashable:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Hashable
@@ -64,6 +63,8 @@ class Lease:
     """Heartbeat, recovery and background deletes of one node."""
 
     def __init__(self, shared: Shared, tail: Tail) -> None:
+        import socket
+
         self._sh = shared
         self._tail = tail
         self._retry: list[Job] = []

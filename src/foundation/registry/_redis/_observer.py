@@ -43,7 +43,7 @@ from foundation.registry._query import compile_criteria, matches
 from foundation.registry._redis._codec import RemoteAgent, decode_key
 from foundation.registry._redis._mirror import Mirror, same_registration
 from foundation.registry._redis._scripts import SNAPSHOT, SnapshotArgs
-from foundation.registry._redis._shared import _down_from
+from foundation.registry._redis._shared import _down_from, expand_record, record_span
 from foundation.registry._types import Criterion, Entry, RegistryEvent, UnregisterReason
 from foundation.registry._validation import metadata_from_json, validate_key
 
@@ -287,9 +287,10 @@ class RedisObserver:
                     if v != self._tail_v + 1:
                         gap = True  # trimmed past us, or a reset: resynchronise
                         break
-                    self._tail_v = v
+                    self._tail_v = v + record_span(fields) - 1
                     self._sid = rid.decode() if isinstance(rid, bytes) else str(rid)
-                    self._apply_record(m, v, fields, events)
+                    for iv, f in expand_record(v, fields):
+                        self._apply_record(m, iv, f, events)
         self._emit(events)
         return gap
 

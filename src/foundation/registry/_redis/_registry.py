@@ -25,19 +25,16 @@ exception: every failure is ``BackendUnavailable`` or ``InvalidConfig``
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import itertools
 import json
+import json.encoder
 import os
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from foundation import _redis_conn
 from foundation._listeners import check_listener, without
@@ -56,13 +53,13 @@ from foundation.errors import (
 from foundation.liveness import (
     Down,
     MonitorManager,
-    check_supported,
     describe_agent,
     is_alive,
 )
+from foundation.liveness._types import AGENT_TYPES
 from foundation.registry._query import compile_criteria, index_plan, matches
 from foundation.registry._redis import _scripts
-from foundation.registry._redis._codec import RemoteAgent, normal_key
+from foundation.registry._redis._codec import RemoteAgent, metadata_json, normal_key
 from foundation.registry._redis._lease import Conflict, Lease
 from foundation.registry._redis._scripts import (
     RegisterArgs,
@@ -99,28 +96,36 @@ __all__ = ["MAX_METADATA_BYTES", "Conflict", "RedisRegistry", "RedisStatus"]
 _seq = itertools.count(1)
 _CHUNK: Final = 500  # items per REGISTER_MANY script call (see _pipelined)
 _dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+_str_json: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def _agent_json(agent: Any) -> str:
     """``{"kind", "pid", "name"}`` of ``describe_agent`` as JSON, without its costly
     parts (host name, process start time) for the in-process kinds."""
     if isinstance(agent, threading.Thread):
-        kind, name = "thread", agent.name
-    elif isinstance(agent, asyncio.Task):
-        kind, name = "task", agent.get_name()
-    elif isinstance(agent, (asyncio.Future, concurrent.futures.Future)):
-        kind, name = "future", None
-    else:
-        d = describe_agent(agent)
-        kind, name = d["kind"], d["name"]
-        return _dumps({"kind": kind, "pid": d["pid"], "name": name})
-    return _dumps({"kind": kind, "pid": os.getpid(), "name": name})
+        return f'{{"kind":"thread","pid":{os.getpid()},"name":{_str_json(agent.name)}}}'
+    if isinstance(agent, AGENT_TYPES.aio_task):
+        return f'{{"kind":"task","pid":{os.getpid()},"name":{_str_json(agent.get_name())}}}'
+    if isinstance(agent, (AGENT_TYPES.aio_future, AGENT_TYPES.cf_future)):
+        return f'{{"kind":"future","pid":{os.getpid()},"name":null}}'
+    d = describe_agent(agent)
+    return _dumps({"kind": d["kind"], "pid": d["pid"], "name": d["name"]})
 
 
 class _Prepared:
     """One registration on its way (checked, encoded, not yet sent)."""
 
-    __slots__ = ("agent", "args", "died", "frozen", "key", "own", "prev", "registered_at")
+    __slots__ = (
+        "agent",
+        "args",
+        "died",
+        "frozen",
+        "key",
+        "own",
+        "own_dead",
+        "prev",
+        "registered_at",
+    )
 
     def __init__(
         self, key: Hashable, agent: Any, frozen: Mapping[str, Any], at: float, own: Own
@@ -131,7 +136,8 @@ class _Prepared:
         self.registered_at = at
         self.own = own
         self.prev: Own | None = None  # this node's registration it replaces
-        self.args: RegisterArgs | None = None
+        self.args: RegisterArgs | None = None  # REGISTER's (single register only)
+        self.own_dead = False  # this node's previous agent under the key is dead
         self.died = False  # the agent died while its script ran
 
 
@@ -244,6 +250,9 @@ class RedisRegistry(Registry):
         op_timeout: float = 2.0,
         stream_maxlen: int = 10_000,
     ) -> None:
+        import secrets
+        import socket
+
         _redis_conn.import_redis()  # the extra is optional: ImportError naming it
         _redis_conn.check_url(url)
         if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
@@ -352,7 +361,7 @@ class RedisRegistry(Registry):
         sh = self._sh
         if sh.closed:
             raise Closed("this RedisRegistry is closed")
-        p = self._prepare(key, agent, metadata, replace)
+        p = self._prepare(key, agent, metadata)
         events: list[RegistryEvent] = []
         with sh.writing():
             self._begin(p, replace)
@@ -393,9 +402,12 @@ class RedisRegistry(Registry):
         As :meth:`Registry.register_many`: ``items`` are ``(key, agent)`` or
         ``(key, agent, metadata)``; each outcome is ``None`` (registered) or
         the error ``register`` would have raised for it, returned, not raised.
-        Atomic per key (one script per key, pipelined), not per batch. A key
-        repeated in the batch is sent in a second round trip after the first
-        (so it meets the first as two ``register`` calls would).
+        Atomic per key, not per batch: one ``REGISTER_MANY`` script per chunk
+        of up to 500 items (pipelined); a held key goes through the same checks
+        as ``register``, the free keys of a chunk are written in bulk, with one
+        change record for all of them. A key repeated in the batch is sent in a
+        second round trip after the first (so it meets the first as two
+        ``register`` calls would).
 
         Raises:
             TypeError: a malformed item (before anything is registered).
@@ -416,9 +428,10 @@ class RedisRegistry(Registry):
         # rounds of distinct keys: a key's second item waits for its first.
         rounds: list[list[tuple[int, _Prepared]]] = [[]]
         seen: dict[Hashable, int] = {}
+        agents: dict[int, str] = {}
         for i, (key, agent, metadata) in enumerate(batch):
             try:
-                p = self._prepare(key, agent, metadata, replace)
+                p = self._prepare(key, agent, metadata, agents)
             except (InvalidKey, InvalidMetadata, UnsupportedAgent, NotAlive) as exc:
                 outcomes[i] = exc
                 continue
@@ -730,32 +743,42 @@ class RedisRegistry(Registry):
     # ------------------------------------------------------------------ registering
 
     def _prepare(
-        self, key: Hashable, agent: Any, metadata: Mapping[str, Any] | None, replace: bool
+        self,
+        key: Hashable,
+        agent: Any,
+        metadata: Mapping[str, Any] | None,
+        agents: dict[int, str] | None = None,
     ) -> _Prepared:
         """Check and encode one registration (no lock, no Redis); raises what
-        ``register`` raises for bad input."""
+        ``register`` raises for bad input. ``agents``: the agent descriptions of
+        one ``register_many`` call by ``id(agent)`` (the batch holds every agent
+        alive for the call, so an id names one agent)."""
         sh = self._sh
         key, ek = normal_key(key)  # the one key rule (InvalidKey)
         frozen = freeze_metadata(metadata)
-        meta_text = metadata_to_json(frozen)
-        check_metadata_size(meta_text, MAX_METADATA_BYTES)
-        meta = sh.utf8(meta_text)
-        check_supported(agent)
-        if not is_alive(agent):
-            raise NotAlive(key, agent)
+        meta = sh.utf8(metadata_json(frozen))
+        if len(meta) > MAX_METADATA_BYTES:
+            check_metadata_size(meta.decode(), MAX_METADATA_BYTES)  # raises InvalidMetadata
+        described = None if agents is None else agents.get(id(agent))
+        if described is None:
+            if not is_alive(agent):  # UnsupportedAgent for a kind that cannot be monitored
+                raise NotAlive(key, agent)
+            described = _agent_json(agent)
+            if agents is not None:
+                agents[id(agent)] = described
+        # else: found alive for an earlier item of this batch. Race: if it died
+        # since, its monitor fires at once (_begin) and the item is NotAlive.
         registered_at = time.time()
         # The head: who owns it, a description of the agent, when; "s" makes every
         # registration's head unique (it is the compare-and-delete token).
-        head = (
-            f'{{"n":{sh.node_json},"a":{_agent_json(agent)},'
-            f'"t":{registered_at!r},"s":{next(_seq)}}}'
-        )
-        own = Own(agent, ek, head, meta, sh.ix_for(frozen))
+        head = f'{{"n":{sh.node_json},"a":{described},"t":{registered_at!r},"s":{next(_seq)}}}'
+        own = Own(agent, ek, head, meta, sh.ix_for(frozen) if sh.indexed else "")
         return _Prepared(key, agent, frozen, registered_at, own)
 
-    def _begin(self, p: _Prepared, replace: bool) -> None:
+    def _begin(self, p: _Prepared, replace: bool, *, single: bool = True) -> None:
         """Make ``p`` known locally (pending) and monitor it (holding wlock);
-        raises ``AlreadyRegistered`` if this node holds the key and not ``replace``."""
+        raises ``AlreadyRegistered`` if this node holds the key and not ``replace``.
+        ``single``: build REGISTER's ``p.args`` (``register_many`` sends its own)."""
         sh = self._sh
         key, own = p.key, p.own
         self._lease.flush_pending_down(key)
@@ -773,6 +796,9 @@ class RedisRegistry(Registry):
         except BaseException:
             sh.forget_own(key, own, prev)  # nothing of a failed register may stay
             raise
+        p.own_dead = not prev_alive
+        if not single:
+            return
         p.args = RegisterArgs(
             sh.maxlen,
             sh.node,
@@ -794,29 +820,34 @@ class RedisRegistry(Registry):
         ``p.died``: the agent died while the script ran (the caller deletes it)."""
         sh = self._sh
         key, own = p.key, p.own
-        if reply[0] == b"EXISTS":
+        if reply[0] == b"OK":
+            v, first = int(reply[1]), int(reply[2])
+            why, dr = s(reply[3]), s(reply[4])
+        elif reply[0] == b"EXISTS":
             sh.forget_own(key, own, p.prev)
             return AlreadyRegistered(key, self._entry_from_reply(key, reply))
-        if reply[0] != b"OK":
+        else:
             sh.forget_own(key, own, p.prev)
             return BackendUnavailable(f"unexpected reply from Redis at {sh.url}: {reply!r}")
         own.pending = False
-        v, first = int(reply[1]), int(reply[2])
-        why, dr = s(reply[3]), s(reply[4])
         sh.written = max(sh.written, v)
         entry = Entry(key, p.agent, p.frozen, p.registered_at, sh.node)
+        # Race: a listener subscribed while this call runs may miss its events (as
+        # on every backend); with no listener, no event objects are built at all.
+        listening = bool(sh.listeners)
         with sh.mlock:
             p.died = sh.own.get(key) is not own
             m = sh.mirror
             if first and m.is_newer(key, first):
                 old = m.remove(key, first)
-                if old is not None:
+                if old is not None and listening:
                     events.append(sh.removed_event(old, why, dr, "", ""))
             if not p.died and m.is_newer(key, v):
                 old = m.put(entry, v)
-                if old is not None:
-                    events.append(RegistryEvent("unregistered", old, reason="replaced"))
-                events.append(RegistryEvent("registered", entry))
+                if listening:
+                    if old is not None:
+                        events.append(RegistryEvent("unregistered", old, reason="replaced"))
+                    events.append(RegistryEvent("registered", entry))
         prev = p.prev
         if prev is not None and prev.monitor is not None:
             prev.monitor.demonitor()  # its registration was just replaced in Redis
@@ -839,7 +870,7 @@ class RedisRegistry(Registry):
             lease_retried = False
             while todo and failure is None:
                 try:
-                    replies = self._pipelined(todo)
+                    replies = self._pipelined(todo, replace)
                 except BaseException as exc:
                     failure = exc
                     break
@@ -890,7 +921,7 @@ class RedisRegistry(Registry):
         sent: list[tuple[int, _Prepared]] = []
         for i, p in items:
             try:
-                self._begin(p, replace)
+                self._begin(p, replace, single=False)
             except AlreadyRegistered as exc:
                 outcomes[i] = exc
                 continue
@@ -916,8 +947,11 @@ class RedisRegistry(Registry):
         sh = self._sh
         failure: BaseException | None = None
         again: list[tuple[int, _Prepared]] = []
+        bulk: list[tuple[int, _Prepared, int]] = []
         for (i, p), reply in zip(todo, replies, strict=True):
-            if isinstance(reply, BaseException):
+            if type(reply) is int:
+                bulk.append((i, p, reply))  # the common case, applied below at once
+            elif isinstance(reply, BaseException):
                 failure = failure or sh.reply_error(reply, f"registering {p.key!r}")
                 sh.forget_own(p.key, p.own, p.prev)
             elif reply[0] == b"NOLEASE" and not lease_retried:
@@ -931,24 +965,68 @@ class RedisRegistry(Registry):
                     died.append(p)
                 else:
                     outcomes[i] = error
+        if bulk:
+            self._finish_bulk(bulk, events)
+            for i, p, _ in bulk:
+                if p.died:
+                    outcomes[i] = NotAlive(p.key, p.agent)
+                    died.append(p)
         return failure, again
 
-    def _pipelined(self, items: list[tuple[int, _Prepared]]) -> list[Any]:
+    def _finish_bulk(
+        self, done: list[tuple[int, _Prepared, int]], events: list[RegistryEvent]
+    ) -> None:
+        """Apply REGISTER_MANY's bulk replies (each item registered at its version,
+        nothing displaced) to the mirror under one ``mlock`` (holding wlock); as
+        ``_finish`` does for one reply. ``p.died`` as there."""
+        sh = self._sh
+        node = sh.node
+        for _, p, _v in done:
+            p.own.pending = False
+        sh.written = max(sh.written, done[-1][2])  # versions ascend in batch order
+        # Race: as in _finish, a listener subscribed meanwhile may miss these events.
+        listening = bool(sh.listeners)
+        with sh.mlock:
+            m = sh.mirror
+            own = sh.own
+            for _, p, v in done:
+                key = p.key
+                if own.get(key) is not p.own:
+                    p.died = True  # its monitor fired while the script ran
+                    continue
+                if m.is_newer(key, v):
+                    entry = Entry(key, p.agent, p.frozen, p.registered_at, node)
+                    old = m.put(entry, v)
+                    if listening:
+                        if old is not None:
+                            events.append(RegistryEvent("unregistered", old, reason="replaced"))
+                        events.append(RegistryEvent("registered", entry))
+        for _, p, _ in done:
+            prev = p.prev
+            if prev is not None and prev.monitor is not None:
+                prev.monitor.demonitor()  # its registration was just replaced in Redis
+
+    def _pipelined(self, items: list[tuple[int, _Prepared]], replace: bool) -> list[Any]:
         """One round trip: ``REGISTER_MANY`` over every item (chunks of
         ``_CHUNK`` items, pipelined, so no one script blocks Redis for long);
         a reply per item, an exception for the items of a failed chunk."""
         sh = self._sh
         script = sh.scripts["register_many"]
-        chunks = [
-            RegisterManyArgs(
-                sh.maxlen,
-                sh.node,
-                sh.node,
-                sh.grace_ms,
-                tuple(p.args for _, p in items[i : i + _CHUNK] if p.args is not None),
+        mode: Literal["n", "r"] = "r" if replace else "n"
+        chunks = []
+        for i in range(0, len(items), _CHUNK):
+            owns = [p.own for _, p in items[i : i + _CHUNK]]
+            chunks.append(
+                RegisterManyArgs(
+                    sh.maxlen,
+                    sh.node,
+                    sh.node,
+                    sh.grace_ms,
+                    mode,
+                    "".join(["1" if p.own_dead else "0" for _, p in items[i : i + _CHUNK]]),
+                    [(o.ek, o.head, o.meta, o.ix) for o in owns],
+                )
             )
-            for i in range(0, len(items), _CHUNK)
-        ]
         replies = self._send(chunks, script.sha)
         missing = [j for j, r in enumerate(replies) if isinstance(r, sh.noscript)]
         if missing:

@@ -16,7 +16,8 @@ key patterns such as ``~{ns}:*`` apply):
 ``P:lastbeat`` string       server time (ms) of the last successful heartbeat of any node
 ``P:nodes``  hash           node -> JSON description (host, pid, started)
 ``P:ver``    string         change counter: every change record's version
-``P:log``    stream         change records ``v, op, k, ...`` (``MAXLEN ~``)
+``P:log``    stream         change records ``v, op, k, ...`` (about MAXLEN versions)
+``P:marks``  list           ``"<version> <stream id>"`` trim points of ``P:log``
 ``P:wake:<node>`` stream    wakes that node's tail reader (close, resync)
 ==========================  ====================================================
 
@@ -47,6 +48,7 @@ under OOM) without renewing anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -110,19 +112,37 @@ class RegisterArgs:
 
 @dataclass(frozen=True, slots=True)
 class RegisterManyArgs:
-    """ARGV of ``REGISTER_MANY``: the fields shared by every item, then each item's
-    ``ek, head, meta, ix, mode, own_dead`` (as in :class:`RegisterArgs`)."""
+    """ARGV of ``REGISTER_MANY``: the fields shared by every item (``mode`` as in
+    :class:`RegisterArgs`), ``own_dead`` of every item as one string of ``"0"``/
+    ``"1"``, the item width (3, or 4 if any item has an ``ix``), then each
+    item's ``ek, head, meta`` (and ``ix`` at width 4), flattened."""
 
     maxlen: str
     node: str
     writer: str
     grace_ms: int
-    items: tuple[RegisterArgs, ...]
+    mode: Literal["n", "r"]
+    own_dead: str
+    items: Sequence[tuple[str, str, bytes, str]]
 
     def argv(self) -> list[Arg]:
-        out: list[Arg] = [self.maxlen, self.node, self.writer, self.grace_ms]
-        for a in self.items:
-            out += (a.ek, a.head, a.meta, a.ix, a.mode, "1" if a.own_dead else "0")
+        items = self.items
+        indexed = any(item[3] for item in items)
+        out: list[Arg] = [
+            self.maxlen,
+            self.node,
+            self.writer,
+            self.grace_ms,
+            self.mode,
+            self.own_dead,
+            4 if indexed else 3,
+        ]
+        if indexed:
+            for item in items:
+                out += item
+        else:
+            for ek, head, meta, _ in items:
+                out += (ek, head, meta)
         return out
 
 
@@ -221,10 +241,32 @@ end
 -- as the change itself: a reader never sees a change without its record.
 -- `w` names the node whose API call wrote it ('' for reaps, re-asserts and
 -- clean-ups): that node applies its own writes itself, its tail skips them.
+-- Trimming keeps about MAXLEN *versions* on the stream (a bulk record holds
+-- many): P:marks lists "<first version> <stream id>" of every 64th record and of
+-- every bulk record, oldest first; mark() adds one, then drops the records older
+-- than the newest mark at least MAXLEN versions old (XTRIM MINID ~, whole stream
+-- nodes). Trimming at marks only keeps the per-write cost down (a trim costs as
+-- much as the rest of an XADD); the cap is approximate anyway.
+local function mark(first, id, now_v)
+  local k = P .. ':marks'
+  redis.call('RPUSH', k, first .. ' ' .. id)
+  local cut
+  local m = redis.call('LINDEX', k, 0)
+  while m do
+    local sp = string.find(m, ' ', 1, true)
+    if tonumber(string.sub(m, 1, sp - 1)) > now_v - tonumber(MAXLEN) then break end
+    cut = string.sub(m, sp + 1)
+    redis.call('LPOP', k)
+    m = redis.call('LINDEX', k, 0)
+  end
+  if cut then redis.call('XTRIM', P .. ':log', 'MINID', '~', cut) end
+end
+
 local W = ''
 local function log(...)
   local v = redis.call('INCR', P .. ':ver')
-  redis.call('XADD', P .. ':log', 'MAXLEN', '~', MAXLEN, '*', 'v', v, 'w', W, ...)
+  local id = redis.call('XADD', P .. ':log', '*', 'v', v, 'w', W, ...)
+  if v % 64 == 0 then mark(v, id, v) end
   return v
 end
 
@@ -367,67 +409,84 @@ REGISTER_MANY = (
     _PRELUDE
     + _REGISTER_ONE
     + r"""
--- ARGV (RegisterManyArgs): maxlen, node, writer, grace_ms, then 6 per item:
---   ek, head, meta, ix, mode, own_dead (distinct keys).  One reply per item, in
---   order, each exactly REGISTER's: an item whose key is held goes through
---   register_one (it may fail alone); the free keys are written in bulk (one
---   HSET per hash, one SADD, one INCRBY, then their records in version order).
-local node, grace = ARGV[2], tonumber(ARGV[4])
+-- ARGV (RegisterManyArgs): maxlen, node, writer, grace_ms, mode, own_dead (one
+--   '0'/'1' per item), width (3, or 4 when some item has index sets), then
+--   `width` per item: ek, head, meta[, ix] (distinct keys).  One reply per item,
+--   in order: an item whose key is held goes through register_one (it may fail
+--   alone) and gets exactly REGISTER's reply; a free key is written in bulk and
+--   its reply is just its version (an integer: registered, nothing displaced).
+--   The free keys are written with one HSET per hash, one SADD, one INCRBY and
+--   ONE change record for all of them (op 'R', described below), so the per-key
+--   work is the hash fields and the index sets, nothing else.
+local node, grace, mode, dead = ARGV[2], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local width = tonumber(ARGV[7])
 W = ARGV[3]
-local n = (#ARGV - 4) / 6
+local n = (#ARGV - 7) / width
 local out = {}
 if not redis.call('ZSCORE', P .. ':leases', node) then
   for i = 1, n do out[i] = {'NOLEASE'} end
   return out
 end
 local eks = {}
-for i = 1, n do eks[i] = ARGV[5 + (i - 1) * 6] end
+for i = 1, n do eks[i] = ARGV[8 + (i - 1) * width] end
 local owners = redis.call('HMGET', P .. ':owner', unpack(eks))
-local free = {}
+local heads, metas, owns, owned, ixs, parts = {}, {}, {}, {}, {}, {}
+local m, x = 0, 0
 for i = 1, n do
-  local b = 5 + (i - 1) * 6
+  local b = 8 + (i - 1) * width
+  local ek = eks[i]
+  local ix = ''
+  if width == 4 then ix = ARGV[b + 3] end
   if owners[i] then
-    out[i] = register_one(node, ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
-                          ARGV[b + 5], grace)
+    out[i] = register_one(node, ek, ARGV[b + 1], ARGV[b + 2], ix, mode,
+                          string.sub(dead, i, i), grace)
   else
-    free[#free + 1] = b
+    m = m + 1
+    local h, me = 2 * m, 3 * m
+    heads[h - 1], heads[h] = ek, ARGV[b + 1]
+    metas[h - 1], metas[h] = ek, ARGV[b + 2]
+    owns[h - 1], owns[h] = ek, node
+    owned[m] = ek
+    parts[me - 2], parts[me - 1], parts[me] = ek, ARGV[b + 1], ARGV[b + 2]
+    if ix ~= '' then
+      x = x + 2
+      ixs[x - 1], ixs[x] = ek, ix
+    end
+    out[i] = i  -- its version, once known (below)
   end
 end
-if #free == 0 then return out end
-local heads, metas, owns = {}, {}, {}
-for j, b in ipairs(free) do
-  local ek = ARGV[b]
-  heads[2 * j - 1], heads[2 * j] = ek, ARGV[b + 1]
-  metas[2 * j - 1], metas[2 * j] = ek, ARGV[b + 2]
-  owns[2 * j - 1], owns[2 * j] = ek, node
-end
+if m == 0 then return out end
 -- The first write (denyoom): READONLY or OOM fail here, before anything of the
 -- free keys changed.
 redis.call('HSET', P .. ':head', unpack(heads))
 redis.call('HSET', P .. ':meta', unpack(metas))
 redis.call('HSET', P .. ':owner', unpack(owns))
-local owned = {}
-for j, b in ipairs(free) do
-  local ek, ix = ARGV[b], ARGV[b + 3]
-  owned[j] = ek
-  if ix ~= '' then
-    redis.call('HSET', P .. ':ix', ek, ix)
-    for _, name in ipairs(cjson.decode(ix)) do redis.call('SADD', name, ek) end
+if x > 0 then
+  redis.call('HSET', P .. ':ix', unpack(ixs))
+  for j = 1, x, 2 do
+    for _, name in ipairs(cjson.decode(ixs[j + 1])) do redis.call('SADD', name, ixs[j]) end
   end
 end
 redis.call('SADD', P .. ':owned:' .. node, unpack(owned))
-local v = redis.call('INCRBY', P .. ':ver', #free) - #free
-for _, b in ipairs(free) do
-  v = v + 1
-  -- the record put() would log, with the next version
-  redis.call('XADD', P .. ':log', '*', 'v', v, 'w', W, 'op', 'r', 'k', ARGV[b],
-             'h', ARGV[b + 1], 'm', ARGV[b + 2])
-  out[(b - 5) / 6 + 1] = {'OK', v, 0, '', ''}
+local v = redis.call('INCRBY', P .. ':ver', m) - m
+-- One record for the m free keys: versions v+1 .. v+m, in payload order.
+local id = redis.call('XADD', P .. ':log', '*', 'v', v + 1, 'w', W, 'op', 'R', 'c', m,
+                      'p', table.concat(parts, '\n'))
+mark(v + 1, id, v + m)
+for i = 1, n do
+  if type(out[i]) == 'number' then
+    v = v + 1
+    out[i] = v
+  end
 end
-redis.call('XTRIM', P .. ':log', 'MAXLEN', '~', MAXLEN)
 return out
 """
 )
+"""The bulk record ``op 'R'`` of ``REGISTER_MANY``: fields ``v`` (the first
+version), ``w``, ``c`` (count) and ``p``: ``ek, head, meta`` of each key joined
+by ``"\\n"`` (none of them can hold a raw newline: compact JSON escapes it).
+Item ``j`` (from 0) is the registration record ``op 'r'`` of version ``v + j``.
+A reader expands it with ``_shared.expand_record``."""
 
 UPDATE = (
     _PRELUDE

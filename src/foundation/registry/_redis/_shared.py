@@ -17,8 +17,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final
 
 from foundation import _redis_conn, telemetry
@@ -31,7 +30,16 @@ from foundation.registry._redis._state import Link, log
 from foundation.registry._types import Entry, Listener, RegistryEvent, UnregisterReason
 from foundation.registry._validation import metadata_from_json
 
-__all__ = ["TAIL_BLOCK_MS", "Job", "Own", "Shared", "down_fields", "s"]
+__all__ = [
+    "TAIL_BLOCK_MS",
+    "Job",
+    "Own",
+    "Shared",
+    "down_fields",
+    "expand_record",
+    "record_span",
+    "s",
+]
 
 TAIL_BLOCK_MS: Final = 5000
 
@@ -93,9 +101,68 @@ def _report_listener_error(exc: Exception, listener: Listener, event: RegistryEv
         )
 
 
+def record_span(fields: Mapping[bytes, bytes]) -> int:
+    """How many versions a change record covers: ``c`` of a bulk record, else 1."""
+    c = fields.get(b"c")
+    return 1 if c is None else int(c)
+
+
+def expand_record(v: int, fields: dict[bytes, bytes]) -> list[tuple[int, dict[bytes, bytes]]]:
+    """A change record of version ``v`` as ``(version, fields)`` of single records:
+    a bulk record (``op 'R'``, written by ``_scripts.REGISTER_MANY``) becomes its
+    ``op 'r'`` items."""
+    if fields[b"op"] != b"R":
+        return [(v, fields)]
+    parts = fields[b"p"].split(b"\n")
+    n = int(fields[b"c"])
+    if len(parts) != 3 * n:
+        raise ValueError(f"a bulk change record of version {v} is malformed")
+    w = fields[b"w"]
+    return [
+        (
+            v + j,
+            {
+                b"op": b"r",
+                b"w": w,
+                b"k": parts[3 * j],
+                b"h": parts[3 * j + 1],
+                b"m": parts[3 * j + 2],
+            },
+        )
+        for j in range(n)
+    ]
+
+
 def s(value: Any) -> str:
     """A reply value as ``str``."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _Writing:
+    """The context of ``Shared.writing``."""
+
+    __slots__ = ("public", "sh")
+
+    def __init__(self, sh: Shared, public: bool) -> None:
+        self.sh = sh
+        self.public = public
+
+    def __enter__(self) -> None:
+        sh = self.sh
+        if self.public and sh.closed:
+            raise Closed("this RedisRegistry is closed")
+        # Bounded: a writer stuck on an unresponsive Redis holds the lock for at
+        # most a few op_timeout; waiting longer than that is an outage.
+        if not sh.wlock.acquire(timeout=sh.op_timeout * 4):
+            raise BackendUnavailable(f"Redis at {sh.url} is not answering (writes are queued)")
+        if self.public and sh.closed:
+            # Race: close() held the lock while this writer waited; going on would
+            # re-create the closed node's lease (a NOLEASE reply starts a recovery).
+            sh.wlock.release()
+            raise Closed("this RedisRegistry is closed")
+
+    def __exit__(self, *exc: object) -> None:
+        self.sh.wlock.release()
 
 
 class Shared:
@@ -197,7 +264,17 @@ class Shared:
         """Run the script ``name`` with ``args`` (a ``*Args`` of ``_scripts``)."""
         if client is not None:
             return self.scripts[name](keys=self.keys, args=args.argv(), client=client)
-        return self.call(doing, self.scripts[name], keys=self.keys, args=args.argv())
+        return self.call(doing, self._evalsha, self.scripts[name], args.argv())
+
+    def _evalsha(self, script: Any, argv: list[Any]) -> Any:
+        """``EVALSHA`` of a registered script; loads it if Redis lacks it (what
+        redis-py's ``Script.__call__`` does, without its per-call import)."""
+        try:
+            return self.client.evalsha(script.sha, 1, self.k_log, *argv)
+        except self.noscript:
+            # Redis restarted or flushed its scripts: load it and run it again.
+            script.sha = self.client.script_load(script.script)
+            return self.client.evalsha(script.sha, 1, self.k_log, *argv)
 
     def reply_error(self, reply: BaseException, doing: str) -> FoundationError:
         """A failed pipeline reply, translated and reported like a raised one."""
@@ -206,24 +283,10 @@ class Shared:
             self.link.failed(reply, str(err))
         return err
 
-    @contextmanager
-    def writing(self, *, public: bool = True) -> Iterator[None]:
-        """Hold ``wlock`` (bounded wait); a public write on a closed node fails."""
-        if public and self.closed:
-            raise Closed("this RedisRegistry is closed")
-        # Bounded: a writer stuck on an unresponsive Redis holds the lock for at
-        # most a few op_timeout; waiting longer than that is an outage.
-        if not self.wlock.acquire(timeout=self.op_timeout * 4):
-            raise BackendUnavailable(f"Redis at {self.url} is not answering (writes are queued)")
-        if public and self.closed:
-            # Race: close() held the lock while this writer waited; going on would
-            # re-create the closed node's lease (a NOLEASE reply starts a recovery).
-            self.wlock.release()
-            raise Closed("this RedisRegistry is closed")
-        try:
-            yield
-        finally:
-            self.wlock.release()
+    def writing(self, *, public: bool = True) -> _Writing:
+        """``with sh.writing():`` holds ``wlock`` (bounded wait); a public write on a
+        closed node fails. (A class, not a generator: every write enters it.)"""
+        return _Writing(self, public)
 
     def wake_lease(self) -> None:
         """Wake the lease thread (a recovery is needed)."""

@@ -22,7 +22,12 @@ from foundation.liveness import Monitor
 from foundation.registry._redis._codec import decode_key
 from foundation.registry._redis._mirror import same_registration
 from foundation.registry._redis._scripts import SnapshotArgs
-from foundation.registry._redis._shared import TAIL_BLOCK_MS, Shared
+from foundation.registry._redis._shared import (
+    TAIL_BLOCK_MS,
+    Shared,
+    expand_record,
+    record_span,
+)
 from foundation.registry._redis._state import log
 from foundation.registry._types import Entry, RegistryEvent
 from foundation.registry._validation import metadata_from_json
@@ -109,11 +114,12 @@ class Tail:
                     if v != sh.tail_v + 1:
                         gap = True
                         break
-                    sh.tail_v = v
+                    sh.tail_v = v + record_span(fields) - 1
                     sh.sid = rid
                     if fields[b"w"] != node_b:
                         only_own = False
-                        self._apply_record(v, fields, events, orphans, released)
+                        for iv, f in expand_record(v, fields):
+                            self._apply_record(iv, f, events, orphans, released)
             sh.mirror.prune(sh.tail_v)
             sh.applied.notify_all()
         if gap:
