@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "AlreadyRegistered",
@@ -189,15 +189,27 @@ class UnknownFlag(FlagError, KeyError):
         self.origins: dict[str, str] = dict(origins or {})
 
     def __str__(self) -> str:
-        parts = []
+        # Bounded, however many names (a whole environment of FOUNDATION_FLAG_*
+        # variables) and however long each: the rest are counted, not listed.
+        parts: list[str] = []
+        length = 0
         for n in self.names:
             hint = self.suggestions.get(n)
-            notes = [f"from {self.origins[n]}"] if n in self.origins else []
+            notes = [f"from {bounded_repr(self.origins[n])[1:-1]}"] if n in self.origins else []
             if hint:
-                notes.append(f"did you mean {hint!r}?")
-            parts.append(f"{n!r} ({'; '.join(notes)})" if notes else repr(n))
-        noun = "flag" if len(parts) == 1 else "flags"
+                notes.append(f"did you mean {bounded_repr(hint)}?")
+            part = f"{bounded_repr(n)} ({'; '.join(notes)})" if notes else bounded_repr(n)
+            if parts and length + len(part) > _UNKNOWN_FLAGS_TEXT:
+                parts.append(f"and {len(self.names) - len(parts)} more")
+                break
+            parts.append(part)
+            length += len(part) + 2
+        noun = "flag" if len(self.names) == 1 else "flags"
         return f"unknown {noun} " + ", ".join(parts)
+
+
+_UNKNOWN_FLAGS_TEXT: Final = 500
+"""How much of an ``UnknownFlag`` message lists names; the rest are counted."""
 
 
 class InvalidFlagValue(FlagError, ValueError):

@@ -76,7 +76,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from foundation import telemetry
-from foundation.errors import Closed, FoundationError, InvalidFlagValue, UnknownFlag
+from foundation.errors import (
+    Closed,
+    FoundationError,
+    InvalidFlagValue,
+    UnknownFlag,
+    bounded_repr,
+)
 from foundation.flags import FeatureFlags, Flag, FlagChange, RedisFlagStore
 from foundation.flags._metadata import flag_metadata, stages_by_flag
 
@@ -296,72 +302,81 @@ class FoundationProvider(AbstractProvider):
     def _resolve(
         self, key: str, default: V, context: EvaluationContext | None, want: str
     ) -> FlagResolutionDetails[V]:
+        # One try around it all (free when nothing raises): a hostile key or
+        # context (a __hash__, __eq__ or __repr__ that raises) never escapes.
         try:
-            kind = self._kinds.get(key)
-        except TypeError:  # an unhashable key
-            kind = None
-        if kind is None:
-            return _error(default, ErrorCode.FLAG_NOT_FOUND, f"unknown flag {key!r}")
-        if kind != want and not _NUMERIC.get((kind, want), False):
-            return _error(
-                default, ErrorCode.TYPE_MISMATCH, f"{key!r} is a {kind} flag, read as {want}"
-            )
-        actor = None if context is None else context.targeting_key
-        if actor.__class__ is not str and actor is not None and not _int_actor(actor):
-            # Checked here, not left to evaluate(): it may answer a flag the actor
-            # cannot change without looking at the actor, and a bad key is an
-            # error whatever the flag's state.
-            return _error(
-                default,
-                ErrorCode.INVALID_CONTEXT,
-                f"the targeting key must be a str (or a 64-bit int), not {type(actor).__name__}",
-            )
-        if actor == "":
-            actor = None  # the SDK treats an empty targeting key as unset (merge)
-        try:
-            evaluation = self._evaluate(key, actor)
-        except Exception as exc:  # never raise out of a resolution
-            return _failure(key, default, exc)
-        metadata = self._metadata[key]
-        if want == kind:
-            cached = self._resolved.get(key)
-            # Race: initialize() may swap the metadata while a resolution built
-            # with the old one is stored; comparing it too keeps that one out.
-            if (
-                cached is not None
-                and cached[0] is evaluation
-                and cached[1].flag_metadata is metadata
-            ):
-                return cached[1]  # same flag, same kind
-        reason = evaluation.reason
-        if reason == "DISABLED":
-            # The caller's default, with the off variant ("off", or the default
-            # variant) as OFREP reports it: one answer over either bridge.
-            return FlagResolutionDetails(
-                value=default,
-                variant=evaluation.variant,
-                reason=Reason.DISABLED,
-                flag_metadata=metadata,
-            )
-        value = evaluation.value
-        if kind != want:  # an integer/float pair: convert only when exact
-            converted = _convert(value, want)
-            if converted is _MISMATCH:
+            try:
+                kind = self._kinds.get(key)
+            except Exception:  # an unhashable key, or one whose __hash__/__eq__ raises
+                kind = None
+            if kind is None:
+                # bounded_repr: a huge key, or one whose __repr__ raises, gives a short message.
+                return _error(
+                    default, ErrorCode.FLAG_NOT_FOUND, f"unknown flag {bounded_repr(key)}"
+                )
+            if kind != want and not _NUMERIC.get((kind, want), False):
                 return _error(
                     default,
                     ErrorCode.TYPE_MISMATCH,
-                    f"{key!r} is a {kind} flag; its value {value!r} is not exactly a {want}",
+                    f"{bounded_repr(key)} is a {kind} flag, read as {want}",
                 )
-            value = converted
-        resolved = FlagResolutionDetails(
-            value=value,
-            reason=_REASONS.get(reason, reason),
-            variant=evaluation.variant,
-            flag_metadata=metadata,
-        )
-        if want == kind:
-            self._resolved[key] = (evaluation, resolved)
-        return resolved
+            actor = None if context is None else context.targeting_key
+            if actor.__class__ is not str and actor is not None and not _int_actor(actor):
+                # Checked here, not left to evaluate(): it may answer a flag the actor
+                # cannot change without looking at the actor, and a bad key is an
+                # error whatever the flag's state.
+                return _error(
+                    default,
+                    ErrorCode.INVALID_CONTEXT,
+                    "the targeting key must be a str (or a 64-bit int), "
+                    f"not {type(actor).__name__}",
+                )
+            if actor == "":
+                actor = None  # the SDK treats an empty targeting key as unset (merge)
+            evaluation = self._evaluate(key, actor)  # raises: see the except below
+            metadata = self._metadata[key]
+            if want == kind:
+                cached = self._resolved.get(key)
+                # Race: initialize() may swap the metadata while a resolution built
+                # with the old one is stored; comparing it too keeps that one out.
+                if (
+                    cached is not None
+                    and cached[0] is evaluation
+                    and cached[1].flag_metadata is metadata
+                ):
+                    return cached[1]  # same flag, same kind
+            reason = evaluation.reason
+            if reason == "DISABLED":
+                # The caller's default, with the off variant ("off", or the default
+                # variant) as OFREP reports it: one answer over either bridge.
+                return FlagResolutionDetails(
+                    value=default,
+                    variant=evaluation.variant,
+                    reason=Reason.DISABLED,
+                    flag_metadata=metadata,
+                )
+            value = evaluation.value
+            if kind != want:  # an integer/float pair: convert only when exact
+                converted = _convert(value, want)
+                if converted is _MISMATCH:
+                    return _error(
+                        default,
+                        ErrorCode.TYPE_MISMATCH,
+                        f"{bounded_repr(key)} is a {kind} flag; "
+                        f"its value {value!r} is not exactly a {want}",
+                    )
+                value = converted
+            resolved = FlagResolutionDetails(
+                value=value,
+                reason=_REASONS.get(reason, reason),
+                variant=evaluation.variant,
+                flag_metadata=metadata,
+            )
+            if want == kind:
+                self._resolved[key] = (evaluation, resolved)
+            return resolved
+        except Exception as exc:  # never raise out of a resolution
+            return _failure(key, default, exc)
 
     def __repr__(self) -> str:
         state = "initialized" if self._unsubscribe else "not initialized"
@@ -386,16 +401,29 @@ def _convert(value: Any, want: str) -> Any:
     return _MISMATCH
 
 
-def _failure(key: str, default: V, exc: Exception) -> FlagResolutionDetails[V]:
-    """The error resolution for an exception out of ``evaluate()``."""
+def _failure(key: object, default: V, exc: Exception) -> FlagResolutionDetails[V]:
+    """The error resolution for an exception out of ``evaluate()`` (or, ``GENERAL``,
+    out of anything else a hostile key or context can make raise); bounded."""
     if isinstance(exc, InvalidFlagValue):
         return _error(default, ErrorCode.INVALID_CONTEXT, f"targeting key: {exc}")
     if isinstance(exc, Closed):
         return _error(default, ErrorCode.PROVIDER_FATAL, str(exc))
     if isinstance(exc, UnknownFlag):
         return _error(default, ErrorCode.FLAG_NOT_FOUND, str(exc))
-    _log.error("evaluating flag %r failed", key, exc_info=exc)
-    return _error(default, ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}")
+    _log.error("evaluating flag %s failed", bounded_repr(key), exc_info=exc)
+    return _error(default, ErrorCode.GENERAL, _describe(exc))
+
+
+_MAX_MESSAGE: Final = 500
+
+
+def _describe(exc: BaseException) -> str:
+    """``"Type: message"``, bounded, even when ``str(exc)`` raises."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:
+        text = f"{type(exc).__name__} (unprintable)"
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
 def _int_actor(actor: object) -> bool:

@@ -93,7 +93,8 @@ def next_event(
 def flag(c: httpx.Client, name: str) -> dict[str, Any]:
     r = c.get(f"api/flags/{name}")
     assert r.status_code == 200, r.text
-    return r.json()
+    data: dict[str, Any] = r.json()
+    return data
 
 
 # ---------------------------------------------------------------------------- flags

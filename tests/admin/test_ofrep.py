@@ -25,6 +25,7 @@ from openfeature.flag_evaluation import Reason
 from foundation.admin import AdminServer, create_app
 from foundation.admin._server import _bind
 from foundation.flags import FeatureFlags, Flag, Migration, MigrationPlan, Stage
+from foundation.openfeature import FoundationProvider
 
 DECLARED = [
     Flag("new_checkout", description="the 2026 checkout"),
@@ -255,8 +256,9 @@ def test_malformed_requests_are_parse_error_or_invalid_context(served: Served) -
         assert (r.status_code, r.json()["errorCode"]) == (400, "PARSE_ERROR")
         r = c.post(url, json={"context": "user-1"}, headers=ANA)
         assert (r.status_code, r.json()["errorCode"]) == (400, "INVALID_CONTEXT")
-        r = c.post(url, json={"context": {"targetingKey": 7}}, headers=ANA)
-        assert (r.status_code, r.json()["errorCode"]) == (400, "INVALID_CONTEXT")
+        for bad in (True, 1.5, 2**63, ["u"], {"id": "u"}):
+            r = c.post(url, json={"context": {"targetingKey": bad}}, headers=ANA)
+            assert (r.status_code, r.json()["errorCode"]) == (400, "INVALID_CONTEXT"), bad
         # An empty body is an empty context; other attributes are accepted and ignored.
         assert c.post(url, headers=ANA).json()["value"] is True
         r = c.post(url, json={"context": {"targetingKey": "u", "plan": {"tier": 2}}}, headers=ANA)
@@ -419,3 +421,93 @@ def test_a_closed_flag_service_is_a_500_general_error(served: Served) -> None:
         r = c.post("ofrep/v1/evaluate/flags", json={"context": {}}, headers=ANA)
         assert r.status_code == 500
         assert r.json()["errorDetails"].startswith("Closed")
+
+
+# ------------------------------------------------------------- one answer, two bridges
+
+
+def test_the_targeting_key_rule_is_foundation_providers(served: Served) -> None:
+    """ "" or missing is no actor; a 64-bit int is str(int); anything else INVALID_CONTEXT."""
+    flags = served.flags
+    flags.set_split("color", {"red": 50, "blue": 50})
+    flags.assign("color", "7", "green")
+    flags.assign("color", str(-(2**63)), "green")
+    in_process = FoundationProvider(flags)
+    url = "ofrep/v1/evaluate/flags/color"
+    with served.http() as c:
+
+        def answer(context: dict[str, Any]) -> tuple[Any, ...]:
+            r = c.post(url, json={"context": context}, headers=ANA)
+            body = r.json()
+            return r.status_code, body.get("variant"), body.get("reason"), body.get("errorCode")
+
+        none = answer({})
+        assert none == (200, "red", "DEFAULT", None)  # a split and no actor
+        assert answer({"targetingKey": ""}) == none
+        assert answer({"targetingKey": None}) == none
+        assert answer({"targetingKey": 7}) == (200, "green", "TARGETING_MATCH", None)
+        assert answer({"targetingKey": 7}) == answer({"targetingKey": "7"})
+        assert answer({"targetingKey": -(2**63)})[1] == "green"
+        for bad in (2**63, -(2**63) - 1, False, 7.0):
+            assert answer({"targetingKey": bad}) == (400, None, None, "INVALID_CONTEXT"), bad
+        # Bulk: the same rule for the whole request.
+        r = c.post("ofrep/v1/evaluate/flags", json={"context": {"targetingKey": 7}}, headers=ANA)
+        color = next(f for f in r.json()["flags"] if f["key"] == "color")
+        assert (r.status_code, color["variant"]) == (200, "green")
+        r = c.post("ofrep/v1/evaluate/flags", json={"context": {"targetingKey": ""}}, headers=ANA)
+        color = next(f for f in r.json()["flags"] if f["key"] == "color")
+        assert (r.status_code, color["variant"], color["reason"]) == (200, "red", "DEFAULT")
+        r = c.post("ofrep/v1/evaluate/flags", json={"context": {"targetingKey": 1.5}}, headers=ANA)
+        assert (r.status_code, r.json()["errorCode"]) == (400, "INVALID_CONTEXT")
+    # Through the SDK: the OFREP provider and FoundationProvider give one answer.
+    remote = served.provider()
+    flags.assign("color", "0", "green")  # the SDK drops a falsy key (0) on both bridges
+    for key in ("", None, 0, 7, -(2**63), "7", "someone"):
+        context = EvaluationContext(targeting_key=key)  # type: ignore[arg-type]
+        api.set_provider_and_wait(remote)
+        over_http = api.get_client().get_string_details("color", "dflt", context)
+        api.set_provider_and_wait(in_process)
+        local = api.get_client().get_string_details("color", "dflt", context)
+        assert (over_http.value, over_http.variant, over_http.reason, over_http.error_code) == (
+            local.value,
+            local.variant,
+            local.reason,
+            local.error_code,
+        ), key
+    for wrong in (2**63, 1.5):
+        context = EvaluationContext(targeting_key=wrong)  # type: ignore[arg-type]
+        api.set_provider_and_wait(remote)
+        over_http = api.get_client().get_string_details("color", "dflt", context)
+        api.set_provider_and_wait(in_process)
+        local = api.get_client().get_string_details("color", "dflt", context)
+        assert over_http.error_code == local.error_code == ErrorCode.INVALID_CONTEXT, wrong
+        assert over_http.value == local.value == "dflt"
+
+
+def test_an_unexpected_error_is_the_documented_json_500(
+    served: Served, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import foundation.admin._ofrep as ofrep
+
+    with served.http() as c:
+        # A failure while rendering (a value JSON cannot hold): a JSON 500, not a bare one.
+        monkeypatch.setattr(ofrep, "_metadata", lambda *_: {"weight": float("nan")})
+        for path in ("ofrep/v1/evaluate/flags/dark_mode", "ofrep/v1/evaluate/flags"):
+            r = c.post(path, json={}, headers=ANA)
+            assert r.status_code == 500, r.text
+            assert r.headers["content-type"] == "application/json"
+            assert r.json() == {"errorDetails": "internal error (logged by the server)"}
+        monkeypatch.undo()
+
+        # A failure while building the answer (a fault injected into the metadata step).
+        def broken(*_: Any) -> Any:
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(ofrep, "_metadata", broken)
+        for path in ("ofrep/v1/evaluate/flags/dark_mode", "ofrep/v1/evaluate/flags"):
+            r = c.post(path, json={}, headers=ANA)
+            assert r.status_code == 500, r.text
+            assert r.json() == {"errorDetails": "internal error (logged by the server)"}
+    assert "disk on fire" in caplog.text  # logged, never sent
+    d = served.client().get_boolean_details("dark_mode", False)
+    assert (d.value, d.reason, d.error_code) == (False, Reason.ERROR, ErrorCode.GENERAL)

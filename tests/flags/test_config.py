@@ -175,6 +175,21 @@ def test_unknown_names_are_listed_together_and_change_nothing(
     assert_unchanged(flags, before)
 
 
+def test_a_whole_environment_of_unknown_names_gives_a_bounded_message(
+    configured: tuple[FeatureFlags, dict[str, FlagState]],
+) -> None:
+    # Found by the public-API fuzz test: 22 unknown variables made a 1,000-character message.
+    flags, before = configured
+    env = {f"FOUNDATION_FLAG_UNKNOWN_{n}_{'X' * 150}": "on" for n in range(40)}
+    with pytest.raises(errors.UnknownFlag) as info:
+        flags.load_from_config(None, env=env)
+    assert len(info.value.names) == 40  # every name is kept on the error itself
+    message = str(info.value)
+    assert len(message) < 1000
+    assert message.endswith(" more")
+    assert_unchanged(flags, before)
+
+
 def test_a_bad_environment_value_is_rejected(
     configured: tuple[FeatureFlags, dict[str, FlagState]],
 ) -> None:

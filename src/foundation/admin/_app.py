@@ -9,6 +9,7 @@ import functools
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
@@ -34,7 +35,7 @@ from foundation.flags import FeatureFlags, FlagChange, Migration
 from foundation.flags._hashing import bucket
 from foundation.registry import Entry, RegistryEvent
 
-__all__ = ["AdminState", "Operators", "create_app", "parse_tokens"]
+__all__ = ["AdminState", "JSONAnswer", "Operators", "create_app", "parse_tokens", "render_json"]
 
 log = logging.getLogger("foundation.admin")
 
@@ -133,6 +134,60 @@ def parse_tokens(token: str | Iterable[str] | Mapping[str, str] | None) -> Opera
 # ------------------------------------------------------------------ serialisation
 
 
+def render_json(payload: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
+    """The one JSON rendering of every admin and OFREP answer (and SSE event).
+
+    ASCII-only (``ensure_ascii``): any ``str`` renders, a lone surrogate too
+    (as ``\\udXXX``, which JSON allows), so a value persisted by an older
+    version can never make a read fail. ``NaN`` is refused, as by Starlette.
+
+    Example:
+        >>> render_json({"actor": "\\ud800", "café": 1})
+        b'{"actor":"\\\\ud800","caf\\\\u00e9":1}'
+    """
+    return json.dumps(
+        payload, ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=default
+    ).encode("ascii")
+
+
+class JSONAnswer(JSONResponse):
+    """A ``JSONResponse`` rendered by ``render_json`` (any string renders).
+
+    Example:
+        >>> JSONAnswer({"a": "\\udc80"}, status_code=422).body
+        b'{"a":"\\\\udc80"}'
+    """
+
+    def render(self, content: Any) -> bytes:
+        return render_json(content)
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """A short description of where ``value`` (decoded JSON) holds a lone surrogate, else None.
+
+    Decoded JSON pairs ``\\ud83d\\ude00`` into one character, so any surrogate
+    code point left in a ``str`` is a lone one (UTF-8 cannot encode it).
+    """
+    if isinstance(value, str):
+        return "a string" if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if _SURROGATE.search(k):
+                return "a key"
+            where = _lone_surrogate(v)
+            if where is not None:
+                return f"{k!r}" if where == "a string" else where
+    elif isinstance(value, list):
+        for item in value:
+            where = _lone_surrogate(item)
+            if where is not None:
+                return where
+    return None
+
+
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
+
+
 def _plain_key(key: object) -> object:
     """A registry key as JSON: tuples as lists, frozensets as sorted lists."""
     if isinstance(key, tuple):
@@ -212,7 +267,7 @@ class _Hub:
         self.closed = False
 
     def publish(self, event: str, data: Mapping[str, Any]) -> None:
-        item = f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+        item = f"event: {event}\ndata: {render_json(data, default=str).decode('ascii')}\n\n"
         with self._lock:
             clients = list(self._clients)
         for loop, queue in clients:
@@ -336,7 +391,7 @@ class AdminState:
 Handler = Callable[[Request, AdminState], Awaitable[Response]]
 
 
-def _error(exc: BaseException) -> JSONResponse:
+def _error(exc: BaseException) -> JSONAnswer:
     if isinstance(exc, ApiError):
         status, name, message = exc.status, exc.name, exc.message
     else:
@@ -351,7 +406,7 @@ def _error(exc: BaseException) -> JSONResponse:
             status = 422
         else:
             status = 500
-    return JSONResponse({"error": name, "message": message}, status_code=status)
+    return JSONAnswer({"error": name, "message": message}, status_code=status)
 
 
 def _authorise(request: Request, state: AdminState, *, write: bool) -> str | None:
@@ -395,14 +450,13 @@ def _endpoint(
                 result = await fn(request, state, operator, body)
             else:
                 result = await fn(request, state)
+            # Rendered inside the try: a value JSON cannot hold is a JSON 500, not a bare one.
+            return result if isinstance(result, Response) else JSONAnswer(result)
         except Exception as exc:
             response = _error(exc)
             if response.status_code == 500:
                 log.exception("admin: %s %s failed", request.method, request.url.path)
             return response
-        if isinstance(result, Response):
-            return result
-        return JSONResponse(result)
 
     return handle
 
@@ -419,6 +473,13 @@ async def _body(request: Request) -> dict[str, Any]:
         raise ApiError(422, "InvalidBody", "the body is a JSON object")
     if "by" in body:
         raise ApiError(422, "InvalidBody", "`by` is the authenticated operator; do not send it")
+    # Refused before anything is written: a lone surrogate (valid JSON, "\\ud800") cannot
+    # be encoded as UTF-8, so stored it would poison every later read of it elsewhere.
+    where = _lone_surrogate(body)
+    if where is not None:
+        raise ApiError(
+            422, "InvalidBody", f"{where} in the body holds a lone surrogate (not valid Unicode)"
+        )
     return body
 
 
@@ -866,7 +927,7 @@ async def whoami(request: Request, state: AdminState) -> Any:
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"ok": True})
+    return JSONAnswer({"ok": True})
 
 
 async def events(request: Request, state: AdminState) -> Any:

@@ -5,7 +5,8 @@
 the body (``{"context": {"targetingKey": actor, ...}}``). Evaluation is
 ``FeatureFlags.evaluate(name, actor)`` and nothing else; the other context
 attributes are accepted and ignored (Foundation targets actors, not
-attributes).
+attributes). ``targetingKey`` follows ``FoundationProvider``: missing or
+``""`` is no actor, a 64-bit integer is the actor ``str(n)``.
 
 Mapping (decided from the OFREP OpenAPI document, ``codeDefaultFlag``):
 
@@ -23,11 +24,13 @@ Mapping (decided from the OFREP OpenAPI document, ``codeDefaultFlag``):
 
 Errors: 404 ``FLAG_NOT_FOUND``; 400 ``PARSE_ERROR`` (the body is not a JSON
 object) or ``INVALID_CONTEXT`` (``context`` not an object, ``targetingKey``
-not a string, an actor the flags refuse); 401 with ``{"errorDetails"}`` for a
-missing or unknown token where one is needed (the admin API's read rule); 500
-``{"errorDetails"}`` when the flags are closed or failed. The bulk answer
-carries a strong ``ETag`` (a digest of the body, so it changes exactly when
-this context's answer does) and ``If-None-Match`` answers 304.
+neither a string nor a 64-bit integer, an actor the flags refuse); 401 with
+``{"errorDetails"}`` for a missing or unknown token where one is needed (the
+admin API's read rule); 500 ``{"errorDetails"}`` when the flags are closed
+or failed (any unexpected error included). Every answer is ASCII JSON
+(``render_json``), so any stored string renders. The bulk answer carries a
+strong ``ETag`` (a digest of the body, so it changes exactly when this
+context's answer does) and ``If-None-Match`` answers 304.
 
 Example:
     >>> [route.path for route in ofrep_routes()]
@@ -43,10 +46,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from foundation.admin._app import AdminState, ApiError, _authorise
+from foundation.admin._app import AdminState, ApiError, JSONAnswer, _authorise, render_json
 from foundation.errors import FoundationError, InvalidFlagValue, UnknownFlag
 from foundation.flags import FeatureFlags
 from foundation.flags._metadata import flag_metadata, stages_by_flag
@@ -66,8 +69,8 @@ class _Failure(Exception):
         self.status = status
         self.body = body
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body, status_code=self.status)
+    def response(self) -> JSONAnswer:
+        return JSONAnswer(self.body, status_code=self.status)
 
 
 def _flag_failure(key: str, code: str, details: str, status: int) -> _Failure:
@@ -94,7 +97,11 @@ def _flags_of(request: Request) -> tuple[FeatureFlags, AdminState]:
 
 
 async def _actor(request: Request, key: str | None) -> str | None:
-    """The ``targetingKey`` of the body's context (None: no actor)."""
+    """The ``targetingKey`` of the body's context (None: no actor).
+
+    One rule with ``FoundationProvider``: a missing or empty key is no actor, a
+    64-bit int is the actor ``str(int)``, anything else is ``INVALID_CONTEXT``.
+    """
 
     def bad(code: str, details: str) -> _Failure:
         if key is None:  # bulk: a failure of the whole request
@@ -116,9 +123,16 @@ async def _actor(request: Request, key: str | None) -> str | None:
     if not isinstance(context, dict):
         raise bad("INVALID_CONTEXT", "'context' is a JSON object")
     actor = context.get("targetingKey")
-    if actor is not None and not isinstance(actor, str):
-        raise bad("INVALID_CONTEXT", f"'targetingKey' is a string, not {type(actor).__name__}")
-    return actor
+    if actor is None or actor == "":
+        return None  # as FoundationProvider (and the SDK's merge): empty is unset
+    if isinstance(actor, str):
+        return actor
+    if isinstance(actor, int) and not isinstance(actor, bool) and -(2**63) <= actor < 2**63:
+        return str(actor)  # as FoundationProvider and FeatureFlags.evaluate normalise it
+    raise bad(
+        "INVALID_CONTEXT",
+        f"'targetingKey' is a string (or a 64-bit integer), not {type(actor).__name__}",
+    )
 
 
 # ------------------------------------------------------------------- evaluation
@@ -152,9 +166,10 @@ def _evaluate(
 
 
 def _json(payload: Any) -> bytes:
-    # Object values are read-only mappings that still serialise; NaN never occurs
-    # (typed flags refuse it), so allow_nan=False only guards the contract.
-    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    # The admin's one rendering: ASCII, so any string (a lone surrogate in a
+    # description too) renders. Object values are read-only mappings that still
+    # serialise; NaN never occurs (typed flags refuse it): allow_nan=False guards.
+    return render_json(payload)
 
 
 async def evaluate_flag(request: Request) -> Response:
@@ -168,6 +183,8 @@ async def evaluate_flag(request: Request) -> Response:
             raise _flag_failure(key, "FLAG_NOT_FOUND", str(exc), 404) from None
         except InvalidFlagValue as exc:
             raise _flag_failure(key, "INVALID_CONTEXT", str(exc), 400) from None
+        # Rendered inside the try: a failure to render is the documented JSON 500.
+        return Response(_json(body), media_type="application/json")
     except _Failure as failure:
         return failure.response()
     except FoundationError as exc:  # Closed, BackendUnavailable
@@ -175,7 +192,6 @@ async def evaluate_flag(request: Request) -> Response:
     except Exception:
         log.exception("admin: OFREP evaluation of %r failed", key)
         return _general(500, "internal error (logged by the server)").response()
-    return Response(_json(body), media_type="application/json")
 
 
 def _etag(body: bytes) -> str:
@@ -211,6 +227,7 @@ async def evaluate_all(request: Request) -> Response:
                 results.append(
                     {"key": name, "errorCode": "FLAG_NOT_FOUND", "errorDetails": str(exc)}
                 )
+        body = _json({"flags": results})  # inside the try: a failure is the JSON 500
     except _Failure as failure:
         return failure.response()
     except FoundationError as exc:  # Closed, BackendUnavailable
@@ -218,7 +235,6 @@ async def evaluate_all(request: Request) -> Response:
     except Exception:
         log.exception("admin: OFREP bulk evaluation failed")
         return _general(500, "internal error (logged by the server)").response()
-    body = _json({"flags": results})
     etag = _etag(body)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _matches(request.headers.get("if-none-match", ""), etag):

@@ -60,9 +60,11 @@ from foundation.flags._store import (
 from foundation.flags._typed import (
     Evaluation,
     Kind,
+    check_declaration,
     check_split,
     check_variant,
     check_variants,
+    is_valid_unicode,
     kind_of,
 )
 
@@ -121,6 +123,9 @@ class Flag:
     has named variants (all ``str``, all ``int``, all ``float`` -- ints mixed
     in become floats -- or all JSON objects/arrays, stored read-only) and
     ``default`` names one of them. ``kind`` and ``default_value`` tell which.
+    ``name`` and ``description`` must be valid Unicode (no lone surrogates) and
+    the description at most ``MAX_DESCRIPTION_CHARS`` (1,000) characters, else
+    ``InvalidFlagValue``.
 
     Example:
         >>> Flag("new_checkout", default=False, description="the 2025 checkout")
@@ -140,10 +145,9 @@ class Flag:
     variants: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
-            raise InvalidFlagValue(
-                f"a flag name must be a non-empty string, not {short_repr(self.name)}"
-            )
+        # Name and description are kept by every store and served as JSON:
+        # a str, valid Unicode (no lone surrogates), the description bounded.
+        check_declaration(self.name, self.description)
         if self.variants is not None:
             object.__setattr__(
                 self, "variants", check_variants(self.name, self.variants, self.default)
@@ -184,6 +188,22 @@ def _actor(actor: object) -> str:
         f"an actor must be a str or an int (64-bit), not {type(actor).__name__}: "
         f"{short_repr(actor)}"
     )
+
+
+def _stored_actor(actor: object) -> str:
+    """An actor a write persists (allow, deny, assign): also valid Unicode.
+
+    Reads hash any str (lone surrogates passed, see ``_hashing``), but a stored
+    actor is served as JSON (admin API, CLI, history), which cannot carry a lone
+    surrogate: refused before anything is written.
+    """
+    a = _actor(actor)
+    if not is_valid_unicode(a):
+        raise InvalidFlagValue(
+            f"an actor written to the store must be valid Unicode (no lone surrogates), "
+            f"not {short_repr(a)}"
+        )
+    return a
 
 
 def _compile(name: str, state: FlagState, cache: dict[str, int]) -> tuple[bool, _Rule]:
@@ -740,9 +760,14 @@ class FeatureFlags:
     def allow(
         self, name: str, actor: Actor, *, by: str | None = None, reason: str | None = None
     ) -> None:
-        """Add ``actor`` to the allow set (on for it unless denied or switched off)."""
+        """Add ``actor`` to the allow set (on for it unless denied or switched off).
+
+        A stored actor must be valid Unicode: one with a lone surrogate (which
+        reads still hash) is ``InvalidFlagValue`` here, and nothing is written;
+        so are ``deny`` and ``assign``.
+        """
         self._boolean_only(name, "allow", "assign")
-        a = _actor(actor)
+        a = _stored_actor(actor)
         self._update(name, lambda s: _replace(s, allow=s.allow | {a}), by, reason)
 
     def deny(
@@ -750,7 +775,7 @@ class FeatureFlags:
     ) -> None:
         """Add ``actor`` to the deny set (off, or a typed flag's default variant, for it,
         whatever else holds)."""
-        a = _actor(actor)
+        a = _stored_actor(actor)
         self._update(name, lambda s: _replace(s, deny=s.deny | {a}), by, reason)
 
     def assign(
@@ -769,11 +794,14 @@ class FeatureFlags:
         Raises:
             UnknownFlag: ``name`` was never declared.
             InvalidFlagValue: ``name`` is a boolean flag (use ``allow``/``deny``),
-                ``variant`` is not one of its variants (the nearest is named), or
-                ``actor`` is neither a str nor an int.
+                ``variant`` is not one of its variants (the nearest is named),
+                ``actor`` is neither a str nor an int, or (pinning) holds a lone
+                surrogate.
         """
         flag = self._typed_flag(name, "assign", "allow() or deny()")
-        a = _actor(actor)
+        # Removing a pin stores no actor: any str is accepted, so a bad one
+        # left by an older version can still be removed.
+        a = _actor(actor) if variant is None else _stored_actor(actor)
         if variant is not None:
             assert flag.variants is not None
             check_variant(name, variant, flag.variants)
@@ -801,7 +829,8 @@ class FeatureFlags:
         ``shares`` maps variant names to percents (0..100; absent variants get 0)
         summing to 100. An actor's variant is a stable, documented hash of
         (flag, variant, actor) (weighted rendezvous, see ``foundation.flags.bucket``'s
-        module): raising a variant's share never moves an actor out of it.
+        module): raising a variant's share while no other variant's share rises
+        (the others lowered or unchanged) never moves an actor out of it.
 
         Raises:
             UnknownFlag: ``name`` was never declared.

@@ -26,8 +26,10 @@ Typed flags split actors across variants by weighted rendezvous hashing::
 
 Each score is an exponential variable of rate w_v, so variant v gets w_v / 100
 of actors; it is stable (only the three strings matter) and monotonic: raising
-v's share (lowering others') only lowers v's score and raises the others', so
-it never moves an actor out of v. See ``split_variant``.
+v's share while no other share rises (others lowered or unchanged) only lowers
+v's score and raises or keeps the others', so it never moves an actor out of v.
+Raising two shares at once promises nothing (an actor may move from v to w).
+See ``split_variant``.
 
 Example:
     >>> round(bucket("new_checkout", "user-42"), 6)

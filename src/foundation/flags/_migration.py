@@ -19,7 +19,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from foundation import telemetry
-from foundation.errors import BackendUnavailable, InvalidFlagValue, MigrationError, UnknownFlag
+from foundation.errors import (
+    BackendUnavailable,
+    InvalidFlagValue,
+    MigrationError,
+    UnknownFlag,
+    bounded_repr,
+)
 from foundation.flags._config import nearest
 from foundation.flags._flags import FeatureFlags, Flag, _Writer
 from foundation.flags._store import MigrationEvent, report_callback_error
@@ -154,7 +160,7 @@ class MigrationPlan:
             ]
             return cls(stages, name=data["name"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise MigrationError(f"malformed migration plan record {data!r}") from exc
+            raise MigrationError(f"malformed migration plan record {bounded_repr(data)}") from exc
 
     def flags_of(self, first: int, last: int) -> tuple[str, ...]:
         """The flags of stages ``first``..``last`` (inclusive)."""

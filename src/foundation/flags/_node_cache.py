@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from foundation._redis_conn import redact_url
-from foundation.errors import FlagError
-from foundation.flags._store import FlagChange, FlagState, MigrationEvent
+from foundation.errors import FlagError, InvalidFlagValue, bounded_repr
+from foundation.flags._store import FlagChange, FlagState, MigrationEvent, _loads
 
 if TYPE_CHECKING:
     # Imported where used: only a Redis flag store's node cache needs them, and
@@ -145,16 +145,21 @@ class PendingKillSwitch:
 
     @classmethod
     def from_json(cls, op_id: int, text: str) -> PendingKillSwitch:
-        data = json.loads(text)
-        return cls(
-            op_id,
-            tuple(FlagChange.from_dict(c) for c in data["changes"]),
-            {n: FlagState.from_dict(s) for n, s in data["stored"].items()},
-            tuple(MigrationEvent.from_dict(e) for e in data["events"]),
-            float(data["at"]),
-            data.get("by"),
-            data.get("reason"),
-        )
+        data = _loads(text)  # corrupt JSON (too deep included): InvalidFlagValue
+        try:
+            return cls(
+                op_id,
+                tuple(FlagChange.from_dict(c) for c in data["changes"]),
+                {n: FlagState.from_dict(s) for n, s in data["stored"].items()},
+                tuple(MigrationEvent.from_dict(e) for e in data["events"]),
+                float(data["at"]),
+                data.get("by"),
+                data.get("reason"),
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise InvalidFlagValue(
+                f"malformed pending kill switch {op_id} in the node copy: {bounded_repr(data)}"
+            ) from exc
 
     def overlay(self, states: dict[str, FlagState]) -> None:
         """Apply this kill switch to ``states`` (runtime states by name) in place."""
@@ -273,7 +278,7 @@ class NodeCache:
     def _entries(self, table: str) -> list[Entry]:
         rows = self._read(f"SELECT ms, seq, fields FROM {table} ORDER BY ms, seq")
         with self._guard():
-            return [(f"{ms}-{seq}", json.loads(fields)) for ms, seq, fields in rows]
+            return [(f"{ms}-{seq}", _loads(fields)) for ms, seq, fields in rows]
 
     def last_ids(self) -> tuple[str | None, str | None]:
         """The ids of the last cached history and migration entries (None: none)."""

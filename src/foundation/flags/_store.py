@@ -123,7 +123,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from foundation._listeners import check_listener
 from foundation._unraisable import report_unraisable
 from foundation.errors import Closed, InvalidFlagValue, bounded_repr
-from foundation.flags._typed import EMPTY, SHARE_TOLERANCE, FrozenDict, check_variants, kind_of
+from foundation.flags._typed import (
+    EMPTY,
+    SHARE_TOLERANCE,
+    FrozenDict,
+    check_declaration,
+    check_variants,
+    kind_of,
+)
 
 if TYPE_CHECKING:
     from foundation.flags._migration import MigrationPlan
@@ -325,8 +332,8 @@ class FlagChange:
                 data.get("reason"),
                 float(data["at"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidFlagValue(f"malformed flag change {data!r}") from exc
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise InvalidFlagValue(f"malformed flag change {bounded_repr(data)}") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -377,8 +384,8 @@ class MigrationEvent:
                 data.get("reason"),
                 float(data["at"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidFlagValue(f"malformed migration event {data!r}") from exc
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise InvalidFlagValue(f"malformed migration event {bounded_repr(data)}") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -413,20 +420,17 @@ class FlagInfo:
     variants: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise InvalidFlagValue(
-                f"a flag name must be a non-empty string, not {bounded_repr(self.name)}"
-            )
+        # The rules of Flag: a stored record is served as JSON by every tool.
+        check_declaration(self.name, self.description)
         if self.variants is not None:
             object.__setattr__(
                 self, "variants", check_variants(self.name, self.variants, self.default)
             )
         elif not isinstance(self.default, bool):
             raise InvalidFlagValue(
-                f"default of {self.name!r} must be a bool, not {bounded_repr(self.default)}"
+                f"default of {bounded_repr(self.name)} must be a bool, "
+                f"not {bounded_repr(self.default)}"
             )
-        if not isinstance(self.description, str):
-            raise InvalidFlagValue(f"description of {self.name!r} must be a string")
 
     def __repr__(self) -> str:
         text = (
@@ -505,10 +509,14 @@ def plan_from_json(text: str | bytes) -> MigrationPlan:
 
 
 def _loads(text: str | bytes) -> Any:
+    """Decode one stored record; corrupt data is InvalidFlagValue (a FlagError), whatever
+    the failure: bad JSON, bad UTF-8, or nesting too deep for the decoder (RecursionError)."""
     try:
         return json.loads(text)
-    except (ValueError, TypeError) as exc:
-        raise InvalidFlagValue(f"malformed record {text!r}") from exc
+    except Exception as exc:  # RecursionError, ValueError, TypeError, MemoryError...
+        raise InvalidFlagValue(
+            f"malformed record ({type(exc).__name__}): {bounded_repr(text)}"
+        ) from exc
 
 
 class StoreTransaction(ABC):

@@ -24,12 +24,14 @@ from foundation.errors import InvalidFlagValue, bounded_repr
 
 __all__ = [
     "KINDS",
+    "MAX_DESCRIPTION_CHARS",
     "MAX_VALUE_BYTES",
     "REASONS",
     "Evaluation",
     "FrozenDict",
     "FrozenList",
     "Kind",
+    "check_declaration",
     "check_split",
     "check_variants",
     "freeze_json",
@@ -44,6 +46,8 @@ MAX_VALUE_BYTES: Final = 64 * 1024
 """Largest variant value, as JSON (64 KiB)."""
 MAX_DEPTH: Final = 32
 """Deepest nesting of an object value."""
+MAX_DESCRIPTION_CHARS: Final = 1000
+"""Longest flag description (characters)."""
 SHARE_TOLERANCE: Final = 1e-9
 """How far from 100 the shares of a split may sum (float rounding)."""
 
@@ -160,6 +164,56 @@ def _check_text(text: str, where: str) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError:
             _refuse(where, "a string must be valid Unicode (no lone surrogates)", text)
+
+
+def is_valid_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (no lone surrogates): every store and JSON
+    consumer can keep it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_declaration(name: object, description: object) -> None:
+    """Refuse a flag name or description that no store or JSON consumer can keep.
+
+    A name is a non-empty str without surrounding blanks; a description a str of
+    at most ``MAX_DESCRIPTION_CHARS`` characters; both valid Unicode (no lone
+    surrogates, which UTF-8 cannot encode). Messages are bounded.
+
+    >>> check_declaration("beta", "x" * 1001)
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidFlagValue: description of 'beta' is longer than 1000 characters
+    >>> check_declaration("caf" + chr(0xDCE9), "")
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidFlagValue: a flag name must be valid Unicode (no lone surrogates), not 'caf\\udce9'
+    """  # noqa: E501
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise InvalidFlagValue(f"a flag name must be a non-empty string, not {bounded_repr(name)}")
+    if not is_valid_unicode(name):
+        raise InvalidFlagValue(
+            f"a flag name must be valid Unicode (no lone surrogates), not {bounded_repr(name)}"
+        )
+    if not isinstance(description, str):
+        raise InvalidFlagValue(
+            f"description of {bounded_repr(name)} must be a str, "
+            f"not {type(description).__name__}: {bounded_repr(description)}"
+        )
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        raise InvalidFlagValue(
+            f"description of {bounded_repr(name)} is longer than {MAX_DESCRIPTION_CHARS} characters"
+        )
+    if not is_valid_unicode(description):
+        raise InvalidFlagValue(
+            f"description of {bounded_repr(name)} must be valid Unicode (no lone surrogates), "
+            f"not {bounded_repr(description)}"
+        )
 
 
 def _freeze(value: Any, where: str, depth: int) -> Any:
