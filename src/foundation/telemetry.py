@@ -16,6 +16,7 @@ Event names used by Foundation:
 ``flag.changed``, ``migration.advanced``, ``migration.rolled_back``,
 ``migration.emergency_rollback``, ``migration.auto_rollback``,
 ``registry.divergence``, ``registry.flag_ignored``,
+``registry.mirror_skipped``, ``registry.mirror_deferred``,
 ``supervisor.child_started``, ``supervisor.child_exited``,
 ``supervisor.child_restarted``, ``supervisor.intensity_exceeded``,
 ``foundation.supervision.registration_degraded``,

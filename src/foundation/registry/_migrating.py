@@ -34,7 +34,8 @@ Rules
 1. Every write (``register``, ``unregister``, ``update_metadata``) runs under
    one facade lock: catch up the caller's view (rule 4), do the authoritative
    write, mirror it, update the records. Between two writes the records
-   describe both sides exactly (modulo deaths, rule 5).
+   describe both sides exactly (modulo deaths, rule 5, and the queued
+   flag-off mirrors of rule 6).
 2. A mirrored write replaces or removes only what the caller holds: in the
    target, only the entry that the record says mirrors the caller's own view
    (or a dead or absent entry); in a private legacy view, anything (the view
@@ -56,14 +57,42 @@ Rules
    inbox is told. Meanwhile no dead agent surfaces: the answering backend
    never returns an agent it knows is dead (the legacy store checks liveness
    on read; the shared table drops the entry when the monitor fires).
+6. *Queued target mirrors* (flag off). The target may be remote and slow or
+   frozen (a ``RedisRegistry`` waits up to its ``op_timeout``), so a flag-off
+   write does not mirror under the facade lock: it queues the mirror, in
+   legacy-write order, and returns once the legacy write is done. One thread
+   at a time (whoever takes the pump lock: normally the writer itself, right
+   after releasing the facade lock) applies the queue in order: it plans each
+   mirror and books its outcome (records, mirrors, divergences) under the
+   facade lock and calls the target *outside* it, so other threads' legacy
+   writes never wait for the target. Nothing may observe the target as
+   authoritative while a mirror is queued or in flight: a flag-on write,
+   ``finish()``, ``divergences()`` and ``readiness()`` first apply the queue
+   (waiting with the facade lock released), and after a flip the reader helps
+   pump before its first answer from the target. A queued register books the
+   legacy copy as a mirror only if no later register/unregister of the same
+   view replaced that copy (``view.copy_op``); the later op books it. While the
+   target reports itself unavailable without I/O (``status().state``
+   ``disconnected`` or ``degraded``), queued mirrors are not attempted: each is
+   a divergence (logged once per outage, telemetry ``registry.mirror_skipped``),
+   exactly as a mirror the target refused. A register skipped that way, or
+   failed with ``BackendUnavailable``, is kept in ``view.retry`` (agent and
+   current metadata; dropped when the copy is unregistered or replaced) and
+   queued again, as a register of that copy, once the target is available:
+   at the first mirror that succeeds after the outage, and by
+   ``divergences()``/``readiness()``. Its success resolves the divergence.
 
 Why this is correct under concurrent flips
 ------------------------------------------
 
 * A call reads the flag once. Whatever it reads, a successful write reaches
-  both sides before the lock is released (rule 1), so the next call, under
-  either flag value, sees it: *nothing is lost*. A flag flip between calls,
-  or during one, only changes which side answers the next call.
+  both sides before any later call can read the target as authoritative:
+  with the flag on it is mirrored under the lock (rule 1); with the flag off
+  its target mirror is queued in write order before the lock is released and
+  applied before any flag-on write, ``finish()`` or flag-on read proceeds
+  (rule 6). So the next call, under either flag value, sees it: *nothing is
+  lost*. A flag flip between calls, or during one, only changes which side
+  answers the next call.
 * A thread's legacy copies catch up before that thread consults its view:
   the writer of a change updates the record and *then* pushes the inbox; the
   owner drains the inbox and *then* reads the record. If the owner read the
@@ -126,6 +155,7 @@ from foundation import telemetry
 from foundation._listeners import Listeners
 from foundation.errors import (
     AlreadyRegistered,
+    BackendUnavailable,
     Closed,
     MigrationError,
     NotAlive,
@@ -159,7 +189,7 @@ _TARGET: Final = "target"
 class _View:
     """One legacy view: a thread's private store, or the shared legacy store."""
 
-    __slots__ = ("divergent", "inbox", "mirrors", "private", "thread")
+    __slots__ = ("copy_op", "divergent", "inbox", "mirrors", "private", "retry", "thread")
 
     def __init__(self, thread: threading.Thread | None) -> None:
         self.thread = thread
@@ -167,6 +197,12 @@ class _View:
         self.mirrors: dict[Hashable, int] = {}
         self.divergent: dict[Hashable, _Divergent] = {}
         self.inbox: deque[Hashable] = deque()
+        # key -> seq of the queued register op that wrote this view's current
+        # copy (rule 6); present only while that op is queued.
+        self.copy_op: dict[Hashable, int] = {}
+        # key -> (agent, metadata) of a current copy whose mirror the target
+        # could not take because it was unavailable; retried when it is back.
+        self.retry: dict[Hashable, tuple[Any, Mapping[str, Any] | None]] = {}
 
     def ended(self) -> bool:
         return self.thread is not None and not self.thread.is_alive()
@@ -180,6 +216,17 @@ class _View:
 class _Divergent(NamedTuple):
     agent: Any
     divergence: Divergence
+
+
+class _Op(NamedTuple):
+    """A flag-off write's target mirror, queued in legacy-write order (rule 6)."""
+
+    kind: Literal["register", "unregister", "update"]
+    view: _View
+    key: Hashable
+    agent: Any
+    metadata: Mapping[str, Any] | None
+    seq: int
 
 
 class _Record(NamedTuple):
@@ -215,6 +262,39 @@ class _LegacyReader:
     def count(self) -> int:
         self._owner._catch_up_reader()
         return self._owner._legacy.count()
+
+
+class _SettlingReader:
+    """Reads of the target while flag-off mirrors are still queued (flag on).
+
+    Applies the queued mirrors first (rule 6), then answers from the target;
+    once the queue is empty the facade reads the target directly again.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: MigratingRegistry) -> None:
+        self._owner = owner
+
+    def lookup(self, key: Hashable) -> Entry | None:
+        self._owner._settle()
+        return self._owner._target.lookup(key)
+
+    def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
+        self._owner._settle()
+        return self._owner._target.query(criteria)
+
+    def find_by_attribute(self, attr: str, value: Any) -> list[Entry]:
+        self._owner._settle()
+        return self._owner._target.find_by_attribute(attr, value)
+
+    def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
+        self._owner._settle()
+        return self._owner._target.list_all(filter)
+
+    def count(self) -> int:
+        self._owner._settle()
+        return self._owner._target.count()
 
 
 class _ClosedReader:
@@ -304,6 +384,45 @@ class _Keep:
             ctx.keep = self._saved
 
 
+class _Writing:
+    """``with _Writing(owner, settled) as on:`` the facade lock for one write."""
+
+    __slots__ = ("_owner", "_settled")
+
+    def __init__(self, owner: MigratingRegistry, settled: bool) -> None:
+        self._owner = owner
+        self._settled = settled
+
+    def __enter__(self) -> bool:
+        return self._owner._acquire_for_write(self._settled)
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner._lock.release()
+
+
+_LAG_WARNING: Final = 64  # queued mirrors behind a busy pump that earn a WARNING
+
+
+def _bind_register(target: Registry, op: _Op, mine: bool) -> Callable[[], Any]:
+    # Rule 2: replace only the target entry that mirrors our own copy;
+    # otherwise a live entry refuses (a dead one is simply replaced).
+    return lambda: target.register(op.key, op.agent, op.metadata, replace=mine)
+
+
+def _bind_unregister(target: Registry, key: Hashable, agent: Any) -> Callable[[], Any]:
+    def call() -> None:
+        entry = target.lookup(key)
+        if entry is not None and entry.agent is agent:  # rule 2: only our own mirror
+            target.unregister(key)
+
+    return call
+
+
+def _bind_update(target: Registry, op: _Op) -> Callable[[], Any]:
+    metadata = op.metadata if op.metadata is not None else {}
+    return lambda: target.update_metadata(op.key, metadata)
+
+
 class MigratingRegistry(MigratingAsyncWrites, Registry):
     """A registry that answers from ``legacy`` or ``target`` as ``flag`` says.
 
@@ -349,13 +468,27 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         self._legacy = legacy
         self._target = target
         self._legacy_reader = _LegacyReader(self)
-        self._reader: Registry | _LegacyReader | _ClosedReader = (
+        self._settling_reader = _SettlingReader(self)
+        self._reader: Registry | _LegacyReader | _SettlingReader | _ClosedReader = (
             target if self._on else self._legacy_reader
         )
         self._flags = flags
         self._flag = flag
         self._lock = threading.RLock()
         self._flag_lock = threading.Lock()
+        # Rule 6: flag-off target mirrors, applied in order by one pumping thread
+        # at a time (whoever holds _pump_lock) outside the facade lock. Lock
+        # order: _pump_lock, then _lock; nobody waits for _pump_lock while
+        # holding _lock (the facade writes only try it).
+        self._pending: deque[_Op] = deque()
+        self._inflight: _Op | None = None  # popped, target call made, not yet booked
+        self._pump_lock = threading.Lock()
+        self._pump_owner: int | None = None  # thread ident holding _pump_lock
+        self._target_status: Callable[[], Any] | None = getattr(target, "status", None)
+        self._op_seq = 0
+        self._lag_warned = False  # a "mirrors queued behind a slow target" warning is out
+        self._skip_warned = False  # a "target unavailable, mirrors skipped" warning is out
+        self._skipped = 0
         self._tls = threading.local()
         self._finished = False
         self._closed = False
@@ -390,7 +523,16 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
             if not self._finished and not self._closed:
                 on = bool(self._flags.enabled(self._flag))
                 self._on = on
-                self._reader = self._target if on else self._legacy_reader
+                self._reader = self._pick_reader(on)
+
+    def _pick_reader(self, on: bool) -> Registry | _LegacyReader | _SettlingReader:
+        """The authoritative reader (under ``_flag_lock``): with the flag on, the
+        target itself once no flag-off mirror is queued or in flight (rule 6)."""
+        if not on:
+            return self._legacy_reader
+        if self._pending or self._inflight is not None:
+            return self._settling_reader
+        return self._target
 
     def _on_flag_change(self, change: FlagChange) -> None:
         if change.flag != self._flag:
@@ -582,6 +724,337 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
                     else:
                         view.mirrors.pop(key, None)
 
+    # ------------------------------------------------------------------ queued target mirrors
+
+    def _writing(self, *, settled: bool = False) -> _Writing:
+        """``with self._writing() as on:`` hold the facade lock for one write;
+        ``on`` is the flag value the call uses (see ``_acquire_for_write``)."""
+        return _Writing(self, settled)
+
+    def _acquire_for_write(self, settled: bool) -> bool:
+        """Take the facade lock for one write; return the flag value the call uses.
+
+        A write that will touch the target as authoritative (flag on, or
+        ``settled``) first waits, with the lock released, until no flag-off
+        mirror is queued or in flight: those describe older legacy writes and
+        must reach the target before it (rule 6).
+        """
+        lock = self._lock
+        while True:
+            lock.acquire()
+            on = self._on  # the call reads the flag once
+            if not (on or settled) or self._finished:
+                break
+            if not self._pending and self._inflight is None:
+                break
+            if self._pump_owner == threading.get_ident():
+                break  # re-entered from a telemetry listener of our own booking: no wait
+            # Race: the pump books each mirror under this lock, so waiting for it
+            # here would deadlock; release, help pump (lock order: pump, then
+            # facade), and re-check, since a flag-off writer that read the flag
+            # before the flip may have queued one more meanwhile.
+            lock.release()
+            self._pump(block=True)
+        return on
+
+    def _enqueue(
+        self,
+        kind: Literal["register", "unregister", "update"],
+        view: _View,
+        key: Hashable,
+        agent: Any,
+        metadata: Mapping[str, Any] | None,
+    ) -> None:
+        """Queue a flag-off write's target mirror (under the facade lock: in write order)."""
+        self._op_seq += 1
+        seq = self._op_seq
+        if kind == "register":
+            view.copy_op[key] = seq
+            view.retry.pop(key, None)  # a new copy: its own op mirrors it
+        elif kind == "unregister":
+            view.copy_op.pop(key, None)
+            view.retry.pop(key, None)
+        elif key in view.retry:  # the retry must carry the copy's current metadata
+            view.retry[key] = (view.retry[key][0], metadata)
+        self._pending.append(_Op(kind, view, key, agent, metadata, seq))
+        if self._on:
+            # Race: the flag was turned on after this call read it. A reader
+            # picked after the append sees it queued (_pick_reader); one picked
+            # before is replaced here, so no read answers from a target that
+            # lacks a write whose call has returned.
+            with self._flag_lock:
+                if self._on and not self._finished and not self._closed:
+                    self._reader = self._settling_reader
+
+    def _retry_skipped(self) -> bool:
+        """Queue again the mirrors the target could not take while it was
+        unavailable (flag off, target available; under the facade lock).
+        True if any was queued. Each is a register of the view's current copy,
+        so it books like the original (rule 2 decides replace)."""
+        if self._on or self._closed or self._target_unavailable() is not None:
+            return False
+        queued = False
+        for view in self._all_views():
+            if not view.retry or view.ended():
+                view.retry.clear()
+                continue
+            items = list(view.retry.items())
+            view.retry.clear()
+            for key, (agent, metadata) in items:
+                held = view.divergent.get(key)
+                if held is None or held.agent is not agent or not is_alive(agent):
+                    continue  # resolved meanwhile (unregistered, replaced or dead)
+                self._enqueue("register", view, key, agent, metadata)
+                queued = True
+        return queued
+
+    def _may_hold(self, view: _View, key: Hashable) -> bool:
+        """False only if the target surely holds no mirror of ``view``'s ``key``
+        and none can appear: nothing queued or in flight, and no record of it
+        (under the facade lock). Saves queueing mirrors that would do nothing."""
+        if self._pending or self._inflight is not None:
+            return True
+        rec = self._records.get(key)
+        return rec is not None and rec.view is view
+
+    def _after_write(self) -> None:
+        """Apply queued mirrors unless another thread is already doing so (never waits)."""
+        if not self._pending:
+            return
+        if self._pump(block=False):
+            return
+        # Another thread is pumping (maybe waiting on a slow or frozen target):
+        # it applies our mirror after its own; this call returns now.
+        if not self._lag_warned and len(self._pending) >= _LAG_WARNING:
+            self._lag_warned = True
+            n = len(self._pending)
+            _log.warning(
+                "MigratingRegistry: %d mirrors to the target are queued behind a slow "
+                "target call; the legacy side answers meanwhile",
+                n,
+            )
+            telemetry.emit(
+                "registry.mirror_deferred", {"registry": self, "pending": n, "level": "warning"}
+            )
+
+    def _pump(self, *, block: bool) -> bool:
+        """Apply queued mirrors in order until none is left; False if another thread
+        holds the pump and ``block`` is false. Never called under the facade lock."""
+        me = threading.get_ident()
+        if self._pump_owner == me:
+            # Re-entered (a telemetry listener called while this thread books a
+            # mirror): the lock is not reentrant, and the outer pump continues.
+            return False
+        while True:
+            if not self._pump_lock.acquire(blocking=block):
+                return False
+            self._pump_owner = me
+            try:
+                while self._pending and self._apply_next():
+                    pass
+            finally:
+                self._pump_owner = None
+                self._pump_lock.release()
+            # Race: an op queued after our last look, whose writer's try failed
+            # because we still held the pump, would be stranded: look again.
+            if not self._pending:
+                break
+        if self._lag_warned and not self._pending:
+            self._lag_warned = False
+            _log.info("MigratingRegistry: queued mirrors to the target are applied")
+        if self._on:
+            with self._flag_lock:
+                if self._on and not self._finished and not self._closed:
+                    self._reader = self._pick_reader(True)
+        return True
+
+    def _settle(self) -> None:
+        """Wait until no flag-off mirror is queued or in flight (not under the facade lock)."""
+        if self._pump_owner == threading.get_ident():
+            return  # re-entered from our own booking: the outer pump finishes the queue
+        while (self._pending or self._inflight is not None) and not self._closed:
+            self._pump(block=True)
+        if self._on:
+            with self._flag_lock:
+                if self._on and not self._finished and not self._closed:
+                    self._reader = self._pick_reader(True)
+
+    def _target_unavailable(self) -> str | None:
+        """The target's own report that it cannot be written now (no I/O), or None.
+
+        ``RedisRegistry.status()`` reads its connection state without touching
+        Redis; a backend without ``status()`` is always tried.
+        """
+        status = self._target_status
+        if status is None:
+            return None
+        try:
+            state = getattr(status(), "state", None)
+        except Exception:  # closed or odd: let the write itself decide
+            return None
+        if state in ("disconnected", "degraded"):
+            return f"the target is {state}"
+        return None
+
+    def _plan(self, op: _Op, rec: _Record | None) -> Callable[[], Any] | None:
+        """The target call that mirrors ``op`` now (under the facade lock), or None."""
+        if op.kind == "register":
+            mine = rec is not None and rec.view is op.view
+            return _bind_register(self._target, op, mine)
+        if rec is None or rec.view is not op.view:
+            return None  # the target holds no mirror of this view's copy
+        if op.kind == "unregister":
+            return _bind_unregister(self._target, op.key, rec.agent)
+        if op.key in op.view.mirrors:
+            return _bind_update(self._target, op)
+        return None
+
+    def _apply_next(self) -> bool:
+        """Apply the oldest queued mirror (rule 6): plan under the facade lock,
+        call the target outside it, book the outcome under it again."""
+        with self._lock:
+            if self._closed:
+                self._pending.clear()
+                return False
+            if not self._pending:
+                return False
+            self._drain_dead()
+            op = self._pending[0]
+            rec = self._records.get(op.key)
+            call = self._plan(op, rec)
+            if call is None:  # nothing of ours in the target: nothing to mirror
+                self._pending.popleft()
+                retry = op.view.retry.get(op.key)
+                if op.kind == "update" and retry is not None:
+                    # Race: the register of this copy was skipped and booked for a
+                    # retry after this update was written; the retry must carry it.
+                    op.view.retry[op.key] = (retry[0], op.metadata)
+                return True
+            skipped = self._target_unavailable()
+            if skipped is not None:  # no I/O: booked at once
+                self._pending.popleft()
+                self._book(op, rec, None, skipped)
+                return True
+            # Race: the op is marked in flight before it leaves the queue, so a
+            # concurrent "anything queued or in flight?" check never sees neither.
+            self._inflight = op
+            self._pending.popleft()
+        outcome: BaseException | None = None
+        try:
+            with _Call(self), self._events_dropped():
+                call()
+        except Exception as exc:  # best effort: booked as a divergence below
+            outcome = exc
+        except BaseException:  # KeyboardInterrupt and the like: never leave it in flight
+            with self._lock:
+                self._inflight = None
+            raise
+        with self._lock:
+            try:
+                if not self._closed:
+                    self._book(op, rec, outcome, None)
+            finally:
+                self._inflight = None
+        return True
+
+    def _book(
+        self, op: _Op, rec: _Record | None, exc: BaseException | None, skipped: str | None
+    ) -> None:
+        """Record the outcome of one applied mirror (under the facade lock)."""
+        self._note_skip(skipped, exc)
+        if op.kind == "register":
+            self._book_register(op, rec, exc, skipped)
+        elif op.kind == "unregister":
+            assert rec is not None  # a call was planned only for a record of this view
+            self._book_unregister(op, rec, exc, skipped)
+        else:
+            assert rec is not None
+            self._book_update(op, rec, exc, skipped)
+
+    def _note_skip(self, skipped: str | None, exc: BaseException | None) -> None:
+        """Tell the operator, once per outage, that mirrors are skipped; and when they resume."""
+        if skipped is not None:
+            self._skipped += 1
+            if not self._skip_warned:
+                self._skip_warned = True
+                _log.warning(
+                    "MigratingRegistry: %s: mirroring to the target skipped (no wait); "
+                    "skipped writes are listed by divergences()",
+                    skipped,
+                )
+                telemetry.emit(
+                    "registry.mirror_skipped",
+                    {"registry": self, "reason": skipped, "level": "warning"},
+                )
+        elif exc is None and self._skip_warned:
+            self._skip_warned = False
+            _log.info(
+                "MigratingRegistry: mirroring to the target resumed (%d skipped so far)",
+                self._skipped,
+            )
+            self._retry_skipped()
+
+    def _book_register(
+        self, op: _Op, rec: _Record | None, exc: BaseException | None, skipped: str | None
+    ) -> None:
+        view, key = op.view, op.key
+        # Current: no later register/unregister of this view replaced the copy
+        # this op mirrors (a later op books that copy instead).
+        current = view.copy_op.get(key) == op.seq
+        if current:
+            del view.copy_op[key]
+        if skipped is not None or exc is not None:
+            if not current or isinstance(exc, NotAlive):
+                return  # died between the two writes: nothing to mirror
+            if isinstance(exc, AlreadyRegistered):
+                holder = rec.view.ident() if rec is not None and rec.view is not None else None
+                who = f"thread {holder}" if holder is not None else "another registration"
+                why = f"the target holds {key!r} for {who} ({exc.entry})"
+            else:
+                why = f"the target refused the mirror: {skipped or repr(exc)}"
+                if skipped is not None or isinstance(exc, BackendUnavailable):
+                    view.retry[key] = (op.agent, op.metadata)  # retried when it is back
+            self._diverge(view, key, op.agent, why)
+            return
+        old = self._records.get(key)
+        if old is not None:
+            self._tell(old.view, key, view)
+        gen = self._next_gen()
+        self._records[key] = _Record(view, gen, op.agent)
+        if current:
+            view.mirrors[key] = gen
+            view.divergent.pop(key, None)  # a retried copy is resolved
+
+    def _book_unregister(
+        self, op: _Op, rec: _Record, exc: BaseException | None, skipped: str | None
+    ) -> None:
+        view, key = op.view, op.key
+        if skipped is not None or exc is not None:
+            # The target still holds the mirror of a copy the legacy side no
+            # longer has: listed, and the record stays so a later unregister
+            # of the key retries the removal.
+            self._diverge(view, key, rec.agent, f"the target kept {key!r}: {skipped or repr(exc)}")
+            return
+        if self._records.get(key) is rec:
+            del self._records[key]
+
+    def _book_update(
+        self, op: _Op, rec: _Record, exc: BaseException | None, skipped: str | None
+    ) -> None:
+        view, key = op.view, op.key
+        if isinstance(exc, NotRegistered):
+            return  # died in the target; the queued down event drops the record
+        if skipped is not None or exc is not None:
+            self._diverge(
+                view, key, rec.agent, f"the target refused an update: {skipped or repr(exc)}"
+            )
+            return
+        now = self._records.get(key)
+        if now is not None and now.view is view and key in view.mirrors:
+            gen = self._next_gen()
+            self._records[key] = now._replace(gen=gen)
+            view.mirrors[key] = gen
+
     # ------------------------------------------------------------------ divergences
 
     def _diverge(self, view: _View, key: Hashable, agent: Any, reason: str) -> None:
@@ -614,12 +1087,29 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         return views
 
     def divergences(self) -> list[Divergence]:
-        """The unresolved divergences, each a ``Divergence(key, thread, reason)``."""
+        """The unresolved divergences, each a ``Divergence(key, thread, reason)``.
+
+        Applies the queued flag-off mirrors first, so a refusal among them is listed.
+        """
+        self._check_open()
+        self._settle_and_retry()
         with self._lock:
-            self._check_open()
-            self._drain_dead()
-            self._purge()
-            return [d.divergence for v in self._all_views() for d in v.divergent.values()]
+            return self._divergences()
+
+    def _settle_and_retry(self) -> None:
+        """Apply queued mirrors; then retry the ones skipped while the target was
+        unavailable, if it is available now, and apply those too."""
+        self._settle()
+        with self._lock:
+            queued = self._retry_skipped()
+        if queued:
+            self._settle()
+
+    def _divergences(self) -> list[Divergence]:
+        self._check_open()
+        self._drain_dead()
+        self._purge()
+        return [d.divergence for v in self._all_views() for d in v.divergent.values()]
 
     def divergence_count(self) -> int:
         """How many divergences were detected since construction (resolved ones included)."""
@@ -631,9 +1121,15 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
 
         Hand it to ``Migration(flags, plan, readiness=[registry.readiness])``.
         """
+        self._check_open()
+        self._settle_and_retry()
+        with self._lock:
+            return self._problems()
+
+    def _problems(self) -> list[str]:
         return [
             f"registry divergence: key {d.key!r} in thread {d.thread}: {d.reason}"
-            for d in self.divergences()
+            for d in self._divergences()
         ]
 
     # ------------------------------------------------------------------ writes
@@ -652,26 +1148,33 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         """
         key = validate_key(key)  # the one key rule (InvalidKey): both sides see one key
         metadata = freeze_metadata(metadata)  # and one frozen copy (InvalidMetadata)
-        with _Call(self), self._lock:  # the lock is released before events are delivered
-            self._check_open()
-            self._drain_dead()
-            if self._finished:
-                with self._events_of(_TARGET):
-                    self._target.register(key, agent, metadata, replace=replace)
-                return
-            view = self._view()
-            self._catch_up(view)
-            if self._on:
-                with self._events_of(_TARGET):
-                    self._target.register(key, agent, metadata, replace=replace)
-                old = self._records.pop(key, None)
-                if old is not None:
-                    self._tell(old.view, key, view)
-                self._mirror_register_legacy(view, key, agent, metadata, old)
-            else:
-                with self._events_of(_LEGACY):
-                    self._legacy.register(key, agent, metadata, replace=replace)
-                self._mirror_register_target(view, key, agent, metadata)
+        with _Call(self):  # events are delivered at exit, after the lock is released
+            try:
+                with self._writing() as on:
+                    self._check_open()
+                    self._drain_dead()
+                    if self._finished:
+                        with self._events_of(_TARGET):
+                            self._target.register(key, agent, metadata, replace=replace)
+                        return
+                    view = self._view()
+                    self._catch_up(view)
+                    if on:
+                        with self._events_of(_TARGET):
+                            self._target.register(key, agent, metadata, replace=replace)
+                        old = self._records.pop(key, None)
+                        if old is not None:
+                            self._tell(old.view, key, view)
+                        self._mirror_register_legacy(view, key, agent, metadata, old)
+                    else:
+                        with self._events_of(_LEGACY):
+                            self._legacy.register(key, agent, metadata, replace=replace)
+                        # The private copy it replaced is gone: resolved, no longer a mirror.
+                        view.divergent.pop(key, None)
+                        view.mirrors.pop(key, None)
+                        self._enqueue("register", view, key, agent, metadata)
+            finally:
+                self._after_write()  # the target mirror, outside the facade lock (rule 6)
 
     def _mirror_register_legacy(
         self,
@@ -699,79 +1202,51 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         self._records[key] = _Record(view, gen, agent)
         view.mirrors[key] = gen
 
-    def _mirror_register_target(
-        self, view: _View, key: Hashable, agent: Any, metadata: Mapping[str, Any] | None
-    ) -> None:
-        view.divergent.pop(key, None)  # the private copy it replaced is gone: resolved
-        view.mirrors.pop(key, None)
-        rec = self._records.get(key)
-        mine = rec is not None and rec.view is view
-        try:
-            # Rule 2: replace only the target entry that mirrors our own copy;
-            # otherwise a live entry refuses (a dead one is simply replaced).
-            with self._events_dropped():
-                self._target.register(key, agent, metadata, replace=mine)
-        except AlreadyRegistered as exc:
-            holder = rec.view.ident() if rec is not None and rec.view is not None else None
-            who = f"thread {holder}" if holder is not None else "another registration"
-            self._diverge(view, key, agent, f"the target holds {key!r} for {who} ({exc.entry})")
-            return
-        except NotAlive:
-            return  # died between the two writes: nothing to mirror, nothing diverges
-        except Exception as exc:  # best effort: any refusal is a divergence, not an error
-            self._diverge(view, key, agent, f"the target refused the mirror: {exc!r}")
-            return
-        if rec is not None:
-            self._tell(rec.view, key, view)
-        gen = self._next_gen()
-        self._records[key] = _Record(view, gen, agent)
-        view.mirrors[key] = gen
-
     def unregister(self, key: Hashable) -> bool:
         """Unregister on the authoritative backend (its answer), then mirror."""
         key = validate_key(key)  # the one key rule (InvalidKey)
-        with _Call(self), self._lock:  # the lock is released before events are delivered
-            self._check_open()
-            self._drain_dead()
-            if self._finished:
-                with self._events_of(_TARGET):
-                    return self._target.unregister(key)
-            view = self._view()
-            self._catch_up(view)
-            if self._on:
-                with self._events_of(_TARGET):
-                    removed = self._target.unregister(key)
-                rec = self._records.pop(key, None)
-                if rec is not None:
-                    self._tell(rec.view, key, view)
-                if view.private or (rec is not None and rec.view is view):
-                    try:
-                        with self._events_dropped():
-                            self._legacy.unregister(key)
-                    except Exception as exc:  # best effort: the next catch-up retries it
-                        _log.warning("MigratingRegistry: legacy unregister %r failed: %r", key, exc)
-                        view.inbox.append(key)  # the record is gone: catch-up drops the copy
-                    else:
-                        view.mirrors.pop(key, None)
-                    view.divergent.pop(key, None)
-                return removed
-            with self._events_of(_LEGACY):
-                removed = self._legacy.unregister(key)
-            view.divergent.pop(key, None)
-            if view.mirrors.pop(key, None) is not None:
-                rec = self._records.get(key)
-                if rec is not None and rec.view is view:
-                    del self._records[key]
-                    entry = self._target.lookup(key)
-                    if entry is not None and entry.agent is rec.agent:
-                        try:
-                            with self._events_dropped():
-                                self._target.unregister(key)
-                        except Exception as exc:  # best effort: never fail the answer
-                            _log.warning(
-                                "MigratingRegistry: target unregister %r failed: %r", key, exc
-                            )
+        with _Call(self):  # events are delivered at exit, after the lock is released
+            try:
+                with self._writing() as on:
+                    return self._unregister(key, on)
+            finally:
+                self._after_write()  # the target mirror, outside the facade lock (rule 6)
+
+    def _unregister(self, key: Hashable, on: bool) -> bool:
+        self._check_open()
+        self._drain_dead()
+        if self._finished:
+            with self._events_of(_TARGET):
+                return self._target.unregister(key)
+        view = self._view()
+        self._catch_up(view)
+        if on:
+            with self._events_of(_TARGET):
+                removed = self._target.unregister(key)
+            rec = self._records.pop(key, None)
+            if rec is not None:
+                self._tell(rec.view, key, view)
+            if view.private or (rec is not None and rec.view is view):
+                try:
+                    with self._events_dropped():
+                        self._legacy.unregister(key)
+                except Exception as exc:  # best effort: the next catch-up retries it
+                    _log.warning("MigratingRegistry: legacy unregister %r failed: %r", key, exc)
+                    view.inbox.append(key)  # the record is gone: catch-up drops the copy
+                else:
+                    view.mirrors.pop(key, None)
+                view.divergent.pop(key, None)
             return removed
+        with self._events_of(_LEGACY):
+            removed = self._legacy.unregister(key)
+        view.divergent.pop(key, None)
+        view.mirrors.pop(key, None)
+        if self._may_hold(view, key):
+            self._enqueue("unregister", view, key, None, None)
+        else:
+            view.copy_op.pop(key, None)
+            view.retry.pop(key, None)
+        return removed
 
     def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
         """Replace metadata on the authoritative backend, then mirror.
@@ -783,52 +1258,49 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         """
         key = validate_key(key)  # the one key rule (InvalidKey), before any lookup by key
         metadata = freeze_metadata(metadata)  # one frozen copy for both sides
-        with _Call(self), self._lock:  # the lock is released before events are delivered
-            self._check_open()
-            self._drain_dead()
-            if self._finished:
-                with self._events_of(_TARGET):
-                    self._target.update_metadata(key, metadata)
+        with _Call(self):  # events are delivered at exit, after the lock is released
+            try:
+                with self._writing() as on:
+                    self._update_metadata(key, metadata, on)
+            finally:
+                self._after_write()  # the target mirror, outside the facade lock (rule 6)
+
+    def _update_metadata(self, key: Hashable, metadata: Mapping[str, Any], on: bool) -> None:
+        self._check_open()
+        self._drain_dead()
+        if self._finished:
+            with self._events_of(_TARGET):
+                self._target.update_metadata(key, metadata)
+            return
+        view = self._view()
+        self._catch_up(view)
+        rec = self._records.get(key)
+        if on:
+            with self._events_of(_TARGET):
+                self._target.update_metadata(key, metadata)
+            if rec is None:
                 return
-            view = self._view()
-            self._catch_up(view)
-            rec = self._records.get(key)
-            if self._on:
-                with self._events_of(_TARGET):
-                    self._target.update_metadata(key, metadata)
-                if rec is None:
-                    return
-                gen = self._next_gen()
-                self._records[key] = rec._replace(gen=gen)
-                if rec.view is view:
-                    try:
-                        with self._events_dropped():
-                            self._legacy.update_metadata(key, metadata)
-                        view.mirrors[key] = gen
-                    except NotRegistered:  # the legacy copy's agent died
-                        view.mirrors.pop(key, None)
-                    except Exception as exc:  # best effort: its mirror keeps the old gen,
-                        _log.warning(  # so the next catch-up copies the new metadata
-                            "MigratingRegistry: legacy update of %r failed: %r", key, exc
-                        )
-                        view.inbox.append(key)
-                else:
-                    self._tell(rec.view, key, view)
-                return
-            with self._events_of(_LEGACY):
-                self._legacy.update_metadata(key, metadata)
-            if rec is not None and rec.view is view and key in view.mirrors:
+            gen = self._next_gen()
+            self._records[key] = rec._replace(gen=gen)
+            if rec.view is view:
                 try:
                     with self._events_dropped():
-                        self._target.update_metadata(key, metadata)
-                except NotRegistered:
-                    return  # died in the target; the queued down event drops the record
-                except Exception as exc:
-                    self._diverge(view, key, rec.agent, f"the target refused an update: {exc!r}")
-                    return
-                gen = self._next_gen()
-                self._records[key] = rec._replace(gen=gen)
-                view.mirrors[key] = gen
+                        self._legacy.update_metadata(key, metadata)
+                    view.mirrors[key] = gen
+                except NotRegistered:  # the legacy copy's agent died
+                    view.mirrors.pop(key, None)
+                except Exception as exc:  # best effort: its mirror keeps the old gen,
+                    _log.warning(  # so the next catch-up copies the new metadata
+                        "MigratingRegistry: legacy update of %r failed: %r", key, exc
+                    )
+                    view.inbox.append(key)
+            else:
+                self._tell(rec.view, key, view)
+            return
+        with self._events_of(_LEGACY):
+            self._legacy.update_metadata(key, metadata)
+        if self._may_hold(view, key) or key in view.retry:
+            self._enqueue("update", view, key, None, metadata)
 
     # ------------------------------------------------------------------ reads
 
@@ -952,11 +1424,11 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         Raises:
             MigrationError: the flag is off, or divergences remain (listed).
         """
-        with self._lock:
+        with self._writing(settled=True):  # queued flag-off mirrors are applied first
             self._check_open()
             if self._finished:
                 return
-            problems = self.readiness()
+            problems = self._problems()
             with self._flag_lock:
                 if not self._flags.enabled(self._flag):
                     raise MigrationError(
@@ -1005,6 +1477,9 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
             self._records.clear()
             self._views.clear()
             self._dead.clear()
+            # Queued mirrors are dropped: both sides close now. A mirror in
+            # flight books nothing once it sees _closed (_apply_next).
+            self._pending.clear()
         self._close_async()
         if not self._finished:
             self._legacy.close()
