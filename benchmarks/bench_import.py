@@ -25,6 +25,8 @@ import tempfile
 import time
 from statistics import median
 
+from tests.test_import_cost import HEAVY  # one list: the test's
+
 from benchmarks._harness import Row
 
 SECTION = "import"
@@ -35,22 +37,6 @@ COMMANDS = {
     "import asyncio": "import asyncio",
     "import foundation": "import foundation",
 }
-HEAVY = (
-    "asyncio",
-    "ssl",
-    "socket",
-    "concurrent.futures",
-    "subprocess",
-    "multiprocessing",
-    "ctypes",
-    "sqlite3",
-    "uuid",
-    "secrets",
-    "tomllib",
-    "pathlib",
-    "urllib.parse",
-    "fractions",
-)
 
 
 def _env(cache: str | None) -> dict[str, str]:

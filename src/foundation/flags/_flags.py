@@ -60,10 +60,10 @@ from foundation.flags._store import (
 from foundation.flags._typed import (
     Evaluation,
     Kind,
-    check_declaration,
+    check_flag,
     check_split,
     check_variant,
-    check_variants,
+    declaration_repr,
     is_valid_unicode,
     kind_of,
 )
@@ -147,23 +147,11 @@ class Flag:
     def __post_init__(self) -> None:
         # Name and description are kept by every store and served as JSON:
         # a str, valid Unicode (no lone surrogates), the description bounded.
-        check_declaration(self.name, self.description)
-        if self.variants is not None:
-            object.__setattr__(
-                self, "variants", check_variants(self.name, self.variants, self.default)
-            )
-        elif not isinstance(self.default, bool):
-            raise InvalidFlagValue(
-                f"default of {self.name!r} must be a bool, not {short_repr(self.default)}"
-            )
+        variants = check_flag(self.name, self.default, self.description, self.variants)
+        object.__setattr__(self, "variants", variants)
 
     def __repr__(self) -> str:
-        text = (
-            f"Flag(name={self.name!r}, default={self.default!r}, description={self.description!r}"
-        )
-        if self.variants is not None:
-            text += f", variants={dict(self.variants)!r}"
-        return text + ")"
+        return declaration_repr("Flag", self.name, self.default, self.description, self.variants)
 
     @property
     def kind(self) -> Kind:

@@ -127,8 +127,8 @@ from foundation.flags._typed import (
     EMPTY,
     SHARE_TOLERANCE,
     FrozenDict,
-    check_declaration,
-    check_variants,
+    check_flag,
+    declaration_repr,
     kind_of,
 )
 
@@ -421,25 +421,13 @@ class FlagInfo:
 
     def __post_init__(self) -> None:
         # The rules of Flag: a stored record is served as JSON by every tool.
-        check_declaration(self.name, self.description)
-        if self.variants is not None:
-            object.__setattr__(
-                self, "variants", check_variants(self.name, self.variants, self.default)
-            )
-        elif not isinstance(self.default, bool):
-            raise InvalidFlagValue(
-                f"default of {bounded_repr(self.name)} must be a bool, "
-                f"not {bounded_repr(self.default)}"
-            )
+        variants = check_flag(self.name, self.default, self.description, self.variants)
+        object.__setattr__(self, "variants", variants)
 
     def __repr__(self) -> str:
-        text = (
-            f"FlagInfo(name={self.name!r}, default={self.default!r}, "
-            f"description={self.description!r}"
+        return declaration_repr(
+            "FlagInfo", self.name, self.default, self.description, self.variants
         )
-        if self.variants is not None:
-            text += f", variants={dict(self.variants)!r}"
-        return text + ")"
 
     @property
     def kind(self) -> str:

@@ -32,8 +32,10 @@ __all__ = [
     "FrozenList",
     "Kind",
     "check_declaration",
+    "check_flag",
     "check_split",
     "check_variants",
+    "declaration_repr",
     "freeze_json",
     "kind_of",
 ]
@@ -315,6 +317,39 @@ def check_variant(flag: str, variant: object, variants: Mapping[str, Any]) -> st
     if isinstance(variant, str) and variant in variants:
         return variant
     raise _unknown_variant(flag, variant, list(variants))
+
+
+def check_flag(
+    name: object, default: object, description: object, variants: object
+) -> FrozenDict | None:
+    """The one rule of a flag declaration, for ``Flag`` and its catalogue record
+    ``FlagInfo``: ``check_declaration``, then the checked (frozen) variants of a
+    typed flag, or ``None`` for a boolean one whose ``default`` must be a bool.
+
+    >>> check_flag("beta", "on", "", None)
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidFlagValue: default of 'beta' must be a bool, not 'on'
+    """
+    check_declaration(name, description)
+    assert isinstance(name, str)  # check_declaration refuses anything else
+    if variants is not None:
+        return check_variants(name, variants, default)
+    if not isinstance(default, bool):
+        raise InvalidFlagValue(
+            f"default of {bounded_repr(name)} must be a bool, not {bounded_repr(default)}"
+        )
+    return None
+
+
+def declaration_repr(
+    cls: str, name: str, default: object, description: str, variants: Mapping[str, Any] | None
+) -> str:
+    """``Flag(...)``/``FlagInfo(...)`` text; ``variants`` only for a typed flag."""
+    text = f"{cls}(name={name!r}, default={default!r}, description={description!r}"
+    if variants is not None:
+        text += f", variants={dict(variants)!r}"
+    return text + ")"
 
 
 def check_variants(flag: str, variants: object, default: object) -> FrozenDict:
