@@ -141,6 +141,17 @@ only to the target, closes the legacy backend and never reads the flag
 again. A later change that would turn the flag off is reported as a warning
 (telemetry ``registry.flag_ignored``, and the ``foundation.registry`` logger) and
 never obeyed.
+
+Layout
+------
+
+This module is the facade: construction, the flag, the writes, the reads and
+the lifecycle. Its private base classes do one job each, lowest first:
+``_EventRouting`` (``_migrating_events``: which events reach the listeners),
+``_LegacyViews`` (``_migrating_views``: views, records, catch-up; rules 3 to
+5), ``_DivergenceBook`` (``_migrating_divergences``) and ``_TargetMirrors``
+(``_migrating_mirror``: the queued target mirrors and the facade lock for
+writes; rule 6). The readers the flag swaps are in ``_migrating_readers``.
 """
 
 from __future__ import annotations
@@ -149,20 +160,22 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from foundation import telemetry
 from foundation._listeners import Listeners
 from foundation.errors import (
     AlreadyRegistered,
-    BackendUnavailable,
     Closed,
     MigrationError,
     NotAlive,
     NotRegistered,
 )
-from foundation.liveness import is_alive
 from foundation.registry._async import MigratingAsyncWrites
+from foundation.registry._migrating_events import _LEGACY, _TARGET, _Call
+from foundation.registry._migrating_mirror import _TargetMirrors
+from foundation.registry._migrating_readers import _CLOSED_READER, _LegacyReader, _SettlingReader
+from foundation.registry._migrating_views import _Record, _View
 from foundation.registry._types import (
     Criterion,
     Divergence,
@@ -170,7 +183,6 @@ from foundation.registry._types import (
     Listener,
     MetadataFilter,
     Registry,
-    RegistryEvent,
 )
 from foundation.registry._validation import freeze_metadata, validate_key
 
@@ -181,249 +193,8 @@ __all__ = ["MigratingRegistry"]
 
 _log = logging.getLogger("foundation.registry")
 
-Side = Literal["legacy", "target"]
-_LEGACY: Final = "legacy"
-_TARGET: Final = "target"
 
-
-class _View:
-    """One legacy view: a thread's private store, or the shared legacy store."""
-
-    __slots__ = ("copy_op", "divergent", "inbox", "mirrors", "private", "retry", "thread")
-
-    def __init__(self, thread: threading.Thread | None) -> None:
-        self.thread = thread
-        self.private = thread is not None
-        self.mirrors: dict[Hashable, int] = {}
-        self.divergent: dict[Hashable, _Divergent] = {}
-        self.inbox: deque[Hashable] = deque()
-        # key -> seq of the queued register op that wrote this view's current
-        # copy (rule 6); present only while that op is queued.
-        self.copy_op: dict[Hashable, int] = {}
-        # key -> (agent, metadata) of a current copy whose mirror the target
-        # could not take because it was unavailable; retried when it is back.
-        self.retry: dict[Hashable, tuple[Any, Mapping[str, Any] | None]] = {}
-
-    def ended(self) -> bool:
-        return self.thread is not None and not self.thread.is_alive()
-
-    def ident(self) -> int:
-        if self.thread is not None and self.thread.ident is not None:
-            return self.thread.ident
-        return threading.get_ident()
-
-
-class _Divergent(NamedTuple):
-    agent: Any
-    divergence: Divergence
-
-
-class _Op(NamedTuple):
-    """A flag-off write's target mirror, queued in legacy-write order (rule 6)."""
-
-    kind: Literal["register", "unregister", "update"]
-    view: _View
-    key: Hashable
-    agent: Any
-    metadata: Mapping[str, Any] | None
-    seq: int
-
-
-class _Record(NamedTuple):
-    view: _View | None  # None: the target entry is mirrored in no legacy view
-    gen: int
-    agent: Any
-
-
-class _LegacyReader:
-    """Reads of the legacy side, after catching the caller's view up (flag off)."""
-
-    __slots__ = ("_owner",)
-
-    def __init__(self, owner: MigratingRegistry) -> None:
-        self._owner = owner
-
-    def lookup(self, key: Hashable) -> Entry | None:
-        self._owner._catch_up_reader()
-        return self._owner._legacy.lookup(key)
-
-    def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
-        self._owner._catch_up_reader()
-        return self._owner._legacy.query(criteria)
-
-    def find_by_attribute(self, attr: str, value: Any) -> list[Entry]:
-        self._owner._catch_up_reader()
-        return self._owner._legacy.find_by_attribute(attr, value)
-
-    def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
-        self._owner._catch_up_reader()
-        return self._owner._legacy.list_all(filter)
-
-    def count(self) -> int:
-        self._owner._catch_up_reader()
-        return self._owner._legacy.count()
-
-
-class _SettlingReader:
-    """Reads of the target while flag-off mirrors are still queued (flag on).
-
-    Applies the queued mirrors first (rule 6), then answers from the target;
-    once the queue is empty the facade reads the target directly again.
-    """
-
-    __slots__ = ("_owner",)
-
-    def __init__(self, owner: MigratingRegistry) -> None:
-        self._owner = owner
-
-    def lookup(self, key: Hashable) -> Entry | None:
-        self._owner._settle()
-        return self._owner._target.lookup(key)
-
-    def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
-        self._owner._settle()
-        return self._owner._target.query(criteria)
-
-    def find_by_attribute(self, attr: str, value: Any) -> list[Entry]:
-        self._owner._settle()
-        return self._owner._target.find_by_attribute(attr, value)
-
-    def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
-        self._owner._settle()
-        return self._owner._target.list_all(filter)
-
-    def count(self) -> int:
-        self._owner._settle()
-        return self._owner._target.count()
-
-
-class _ClosedReader:
-    """The reader of a closed facade: every read raises ``Closed``."""
-
-    __slots__ = ()
-
-    def _closed(self) -> Closed:
-        return Closed("this MigratingRegistry is closed")
-
-    def lookup(self, key: Hashable) -> Entry | None:
-        raise self._closed()
-
-    def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
-        raise self._closed()
-
-    def find_by_attribute(self, attr: str, value: Any) -> list[Entry]:
-        raise self._closed()
-
-    def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
-        raise self._closed()
-
-    def count(self) -> int:
-        raise self._closed()
-
-
-_CLOSED_READER: Final = _ClosedReader()
-
-
-class _Ctx:
-    """Per-thread state of one facade call: which side's events to keep."""
-
-    __slots__ = ("keep", "pending")
-
-    def __init__(self) -> None:
-        self.keep: Side | None = None
-        self.pending: list[RegistryEvent] = []
-
-
-class _Call:
-    """``with _Call(owner):`` one facade call; its kept events are delivered at exit.
-
-    Exit runs after the facade lock is released (``with _Call(self), self._lock:``
-    releases the lock first), so listeners never run under the facade lock.
-    """
-
-    __slots__ = ("_outer", "_owner")
-
-    def __init__(self, owner: MigratingRegistry) -> None:
-        self._owner = owner
-        self._outer: _Ctx | None = None
-
-    def __enter__(self) -> _Ctx:
-        tls = self._owner._tls
-        self._outer = getattr(tls, "ctx", None)
-        ctx = tls.ctx = _Ctx()
-        return ctx
-
-    def __exit__(self, *exc: object) -> None:
-        tls = self._owner._tls
-        ctx: _Ctx = tls.ctx
-        tls.ctx = self._outer
-        dispatch = self._owner._listeners.dispatch
-        for event in ctx.pending:
-            dispatch(event)
-
-
-class _Keep:
-    """``with _Keep(ctx, side):`` the backend call inside it keeps ``side``'s events
-    (``None``: drops every event). Outside a facade call (no ``ctx``) it does nothing."""
-
-    __slots__ = ("_ctx", "_saved", "_side")
-
-    def __init__(self, ctx: _Ctx | None, side: Side | None) -> None:
-        self._ctx = ctx
-        self._side = side
-        self._saved: Side | None = None
-
-    def __enter__(self) -> None:
-        ctx = self._ctx
-        if ctx is not None:
-            self._saved, ctx.keep = ctx.keep, self._side
-
-    def __exit__(self, *exc: object) -> None:
-        ctx = self._ctx
-        if ctx is not None:
-            ctx.keep = self._saved
-
-
-class _Writing:
-    """``with _Writing(owner, settled) as on:`` the facade lock for one write."""
-
-    __slots__ = ("_owner", "_settled")
-
-    def __init__(self, owner: MigratingRegistry, settled: bool) -> None:
-        self._owner = owner
-        self._settled = settled
-
-    def __enter__(self) -> bool:
-        return self._owner._acquire_for_write(self._settled)
-
-    def __exit__(self, *exc: object) -> None:
-        self._owner._lock.release()
-
-
-_LAG_WARNING: Final = 64  # queued mirrors behind a busy pump that earn a WARNING
-
-
-def _bind_register(target: Registry, op: _Op, mine: bool) -> Callable[[], Any]:
-    # Rule 2: replace only the target entry that mirrors our own copy;
-    # otherwise a live entry refuses (a dead one is simply replaced).
-    return lambda: target.register(op.key, op.agent, op.metadata, replace=mine)
-
-
-def _bind_unregister(target: Registry, key: Hashable, agent: Any) -> Callable[[], Any]:
-    def call() -> None:
-        entry = target.lookup(key)
-        if entry is not None and entry.agent is agent:  # rule 2: only our own mirror
-            target.unregister(key)
-
-    return call
-
-
-def _bind_update(target: Registry, op: _Op) -> Callable[[], Any]:
-    metadata = op.metadata if op.metadata is not None else {}
-    return lambda: target.update_metadata(op.key, metadata)
-
-
-class MigratingRegistry(MigratingAsyncWrites, Registry):
+class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
     """A registry that answers from ``legacy`` or ``target`` as ``flag`` says.
 
     Writes reach both backends (best effort for the non-authoritative one), so
@@ -469,41 +240,25 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         self._target = target
         self._legacy_reader = _LegacyReader(self)
         self._settling_reader = _SettlingReader(self)
-        self._reader: Registry | _LegacyReader | _SettlingReader | _ClosedReader = (
-            target if self._on else self._legacy_reader
-        )
+        self._reader = target if self._on else self._legacy_reader
         self._flags = flags
         self._flag = flag
         self._lock = threading.RLock()
         self._flag_lock = threading.Lock()
-        # Rule 6: flag-off target mirrors, applied in order by one pumping thread
-        # at a time (whoever holds _pump_lock) outside the facade lock. Lock
-        # order: _pump_lock, then _lock; nobody waits for _pump_lock while
-        # holding _lock (the facade writes only try it).
-        self._pending: deque[_Op] = deque()
-        self._inflight: _Op | None = None  # popped, target call made, not yet booked
-        self._pump_lock = threading.Lock()
-        self._pump_owner: int | None = None  # thread ident holding _pump_lock
-        self._target_status: Callable[[], Any] | None = getattr(target, "status", None)
-        self._op_seq = 0
-        self._lag_warned = False  # a "mirrors queued behind a slow target" warning is out
-        self._skip_warned = False  # a "target unavailable, mirrors skipped" warning is out
-        self._skipped = 0
+        self._init_mirror_queue(target)  # rule 6: the queued target mirrors
         self._tls = threading.local()
         self._finished = False
         self._closed = False
         self._gen = 0
         self._detected = 0
-        self._records: dict[Hashable, _Record] = {}
-        self._dead: deque[tuple[Hashable, Any]] = deque()
+        self._records = {}
+        self._dead = deque()
         per_thread = bool(getattr(legacy, "per_thread", False)) or hasattr(
             legacy, "snapshot_all_threads"
         )
-        self._shared_view: _View | None = None if per_thread else _View(None)
-        self._views: dict[int, _View] = {}
-        self._listeners: Listeners[RegistryEvent] = Listeners(
-            "MigratingRegistry listener", area="registry"
-        )
+        self._shared_view = None if per_thread else _View(None)
+        self._views = {}
+        self._listeners = Listeners("MigratingRegistry listener", area="registry")
         # The facade's own subscriptions: the target's (deaths and events) and the
         # flag's now; the legacy side's on the first subscribe() (no listener, no
         # events to build on the legacy store's writes).
@@ -524,15 +279,6 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
                 on = bool(self._flags.enabled(self._flag))
                 self._on = on
                 self._reader = self._pick_reader(on)
-
-    def _pick_reader(self, on: bool) -> Registry | _LegacyReader | _SettlingReader:
-        """The authoritative reader (under ``_flag_lock``): with the flag on, the
-        target itself once no flag-off mirror is queued or in flight (rule 6)."""
-        if not on:
-            return self._legacy_reader
-        if self._pending or self._inflight is not None:
-            return self._settling_reader
-        return self._target
 
     def _on_flag_change(self, change: FlagChange) -> None:
         if change.flag != self._flag:
@@ -573,518 +319,7 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         """True once ``finish()`` has retired the legacy backend."""
         return self._finished
 
-    # ------------------------------------------------------------------ views
-
-    def _view(self) -> _View:
-        """The caller's legacy view, created if needed. Called under the lock only."""
-        shared = self._shared_view
-        if shared is not None:
-            return shared
-        ident = threading.get_ident()
-        current = threading.current_thread()
-        view = self._views.get(ident)
-        if view is None or view.thread is not current:  # a reused ident is a new thread
-            view = _View(current)
-            self._views[ident] = view
-        return view
-
-    def _existing_view(self) -> _View | None:
-        """The caller's private view if it has one (lock-free; never creates)."""
-        view = self._views.get(threading.get_ident())
-        if view is not None and view.thread is threading.current_thread():
-            return view
-        return None
-
-    def _catch_up(self, view: _View) -> None:
-        """Apply the changes other threads made to this view's mirrored keys (rule 4).
-
-        Runs in the view's own thread only, so ``view.mirrors`` and the legacy
-        store are touched by one thread. The inbox is drained *before* each
-        record is read; a writer updates the record *before* pushing, so a
-        change this pass misses is pushed again and seen by the next pass.
-
-        Best effort: a key the legacy backend refuses (unreachable) stays in
-        ``view.mirrors`` at its old generation and goes back in the inbox, so
-        a later pass retries it; the caller's own call is never failed by it.
-        """
-        inbox = view.inbox
-        retry: list[Hashable] = []
-        try:
-            while True:
-                try:
-                    key = inbox.popleft()
-                except IndexError:
-                    return
-                try:
-                    self._catch_up_key(view, key)
-                except Exception as exc:  # retried by a later pass, after this one ends
-                    _log.warning("MigratingRegistry: legacy catch-up of %r failed: %r", key, exc)
-                    retry.append(key)
-        finally:
-            inbox.extend(retry)
-
-    def _catch_up_key(self, view: _View, key: Hashable) -> None:
-        legacy = self._legacy
-        gen = view.mirrors.get(key)
-        if gen is None:
-            return  # not (or no longer) a mirror here: nothing to catch up
-        rec = self._records.get(key)
-        # The mirror is forgotten only once its legacy copy is gone, so that a
-        # refused unregister is retried rather than leaving an untracked copy.
-        if rec is None or rec.view is not view:
-            # Unregistered, replaced by another thread, or dead: drop the stale copy.
-            with self._events_dropped():
-                legacy.unregister(key)
-            view.mirrors.pop(key, None)
-        elif rec.gen != gen:
-            entry = self._target.lookup(key)
-            if entry is None or entry.agent is not rec.agent:
-                with self._events_dropped():
-                    legacy.unregister(key)
-                view.mirrors.pop(key, None)
-            else:
-                try:
-                    with self._events_dropped():
-                        legacy.update_metadata(key, entry.metadata)
-                    view.mirrors[key] = rec.gen
-                except NotRegistered:  # the private copy's agent died
-                    view.mirrors.pop(key, None)
-
-    def _catch_up_reader(self) -> None:
-        """Lock-free catch-up before a legacy read (flag off)."""
-        view = self._existing_view()
-        if view is not None and view.inbox:
-            with _Call(self):
-                self._catch_up(view)
-
-    def _tell(self, view: _View | None, key: Hashable, caller: _View) -> None:
-        """Tell ``view`` that the record of ``key`` changed (rule 3)."""
-        if view is not None and view is not caller and view.private and not view.ended():
-            view.inbox.append(key)
-
-    def _next_gen(self) -> int:
-        self._gen += 1
-        return self._gen
-
-    # ------------------------------------------------------------------ events
-
-    def _ctx(self) -> _Ctx | None:
-        ctx: _Ctx | None = getattr(self._tls, "ctx", None)
-        return ctx
-
-    def _events_of(self, side: Side) -> _Keep:
-        """``with``: the authoritative backend call inside keeps its events for delivery."""
-        return _Keep(self._ctx(), side)
-
-    def _events_dropped(self) -> _Keep:
-        """``with``: the mirror or catch-up backend call inside has its events dropped."""
-        return _Keep(self._ctx(), None)
-
-    def _forward(self, side: Side, event: RegistryEvent) -> None:
-        if not self._listeners.current:
-            return
-        ctx = self._ctx()
-        if ctx is not None:
-            # An event of a call this facade is making in this thread.
-            if ctx.keep == side:
-                ctx.pending.append(event)
-            return
-        # Asynchronous (a death seen by a monitor, a remote change): forward
-        # when this side is authoritative at delivery time. A listener's error
-        # is reported by dispatch, never raised into the backend's thread.
-        if (side == _TARGET) == self._on:
-            self._listeners.dispatch(event)
-
-    def _on_target_event(self, event: RegistryEvent) -> None:
-        # Deaths are applied to the records at the next write (rule 5); a
-        # deque append is safe from any thread and takes no facade lock, so a
-        # backend calling listeners under its own lock cannot deadlock with us.
-        if event.kind == "unregistered" and event.reason == "down":
-            self._dead.append((event.entry.key, event.entry.agent))
-        self._forward(_TARGET, event)
-
-    def _on_legacy_event(self, event: RegistryEvent) -> None:
-        self._forward(_LEGACY, event)
-
-    def _drain_dead(self) -> None:
-        dead = self._dead
-        while True:
-            try:
-                key, agent = dead.popleft()
-            except IndexError:
-                return
-            rec = self._records.get(key)
-            if rec is not None and rec.agent is agent:
-                del self._records[key]
-                view = rec.view
-                if view is not None:
-                    if view.private:
-                        if not view.ended():
-                            view.inbox.append(key)
-                    else:
-                        view.mirrors.pop(key, None)
-
-    # ------------------------------------------------------------------ queued target mirrors
-
-    def _writing(self, *, settled: bool = False) -> _Writing:
-        """``with self._writing() as on:`` hold the facade lock for one write;
-        ``on`` is the flag value the call uses (see ``_acquire_for_write``)."""
-        return _Writing(self, settled)
-
-    def _acquire_for_write(self, settled: bool) -> bool:
-        """Take the facade lock for one write; return the flag value the call uses.
-
-        A write that will touch the target as authoritative (flag on, or
-        ``settled``) first waits, with the lock released, until no flag-off
-        mirror is queued or in flight: those describe older legacy writes and
-        must reach the target before it (rule 6).
-        """
-        lock = self._lock
-        while True:
-            lock.acquire()
-            on = self._on  # the call reads the flag once
-            if not (on or settled) or self._finished:
-                break
-            if not self._pending and self._inflight is None:
-                break
-            if self._pump_owner == threading.get_ident():
-                break  # re-entered from a telemetry listener of our own booking: no wait
-            # Race: the pump books each mirror under this lock, so waiting for it
-            # here would deadlock; release, help pump (lock order: pump, then
-            # facade), and re-check, since a flag-off writer that read the flag
-            # before the flip may have queued one more meanwhile.
-            lock.release()
-            self._pump(block=True)
-        return on
-
-    def _enqueue(
-        self,
-        kind: Literal["register", "unregister", "update"],
-        view: _View,
-        key: Hashable,
-        agent: Any,
-        metadata: Mapping[str, Any] | None,
-    ) -> None:
-        """Queue a flag-off write's target mirror (under the facade lock: in write order)."""
-        self._op_seq += 1
-        seq = self._op_seq
-        if kind == "register":
-            view.copy_op[key] = seq
-            view.retry.pop(key, None)  # a new copy: its own op mirrors it
-        elif kind == "unregister":
-            view.copy_op.pop(key, None)
-            view.retry.pop(key, None)
-        elif key in view.retry:  # the retry must carry the copy's current metadata
-            view.retry[key] = (view.retry[key][0], metadata)
-        self._pending.append(_Op(kind, view, key, agent, metadata, seq))
-        if self._on:
-            # Race: the flag was turned on after this call read it. A reader
-            # picked after the append sees it queued (_pick_reader); one picked
-            # before is replaced here, so no read answers from a target that
-            # lacks a write whose call has returned.
-            with self._flag_lock:
-                if self._on and not self._finished and not self._closed:
-                    self._reader = self._settling_reader
-
-    def _retry_skipped(self) -> bool:
-        """Queue again the mirrors the target could not take while it was
-        unavailable (flag off, target available; under the facade lock).
-        True if any was queued. Each is a register of the view's current copy,
-        so it books like the original (rule 2 decides replace)."""
-        if self._on or self._closed or self._target_unavailable() is not None:
-            return False
-        queued = False
-        for view in self._all_views():
-            if not view.retry or view.ended():
-                view.retry.clear()
-                continue
-            items = list(view.retry.items())
-            view.retry.clear()
-            for key, (agent, metadata) in items:
-                held = view.divergent.get(key)
-                if held is None or held.agent is not agent or not is_alive(agent):
-                    continue  # resolved meanwhile (unregistered, replaced or dead)
-                self._enqueue("register", view, key, agent, metadata)
-                queued = True
-        return queued
-
-    def _may_hold(self, view: _View, key: Hashable) -> bool:
-        """False only if the target surely holds no mirror of ``view``'s ``key``
-        and none can appear: nothing queued or in flight, and no record of it
-        (under the facade lock). Saves queueing mirrors that would do nothing."""
-        if self._pending or self._inflight is not None:
-            return True
-        rec = self._records.get(key)
-        return rec is not None and rec.view is view
-
-    def _after_write(self) -> None:
-        """Apply queued mirrors unless another thread is already doing so (never waits)."""
-        if not self._pending:
-            return
-        if self._pump(block=False):
-            return
-        # Another thread is pumping (maybe waiting on a slow or frozen target):
-        # it applies our mirror after its own; this call returns now.
-        if not self._lag_warned and len(self._pending) >= _LAG_WARNING:
-            self._lag_warned = True
-            n = len(self._pending)
-            _log.warning(
-                "MigratingRegistry: %d mirrors to the target are queued behind a slow "
-                "target call; the legacy side answers meanwhile",
-                n,
-            )
-            telemetry.emit(
-                "registry.mirror_deferred", {"registry": self, "pending": n, "level": "warning"}
-            )
-
-    def _pump(self, *, block: bool) -> bool:
-        """Apply queued mirrors in order until none is left; False if another thread
-        holds the pump and ``block`` is false. Never called under the facade lock."""
-        me = threading.get_ident()
-        if self._pump_owner == me:
-            # Re-entered (a telemetry listener called while this thread books a
-            # mirror): the lock is not reentrant, and the outer pump continues.
-            return False
-        while True:
-            if not self._pump_lock.acquire(blocking=block):
-                return False
-            self._pump_owner = me
-            try:
-                while self._pending and self._apply_next():
-                    pass
-            finally:
-                self._pump_owner = None
-                self._pump_lock.release()
-            # Race: an op queued after our last look, whose writer's try failed
-            # because we still held the pump, would be stranded: look again.
-            if not self._pending:
-                break
-        if self._lag_warned and not self._pending:
-            self._lag_warned = False
-            _log.info("MigratingRegistry: queued mirrors to the target are applied")
-        if self._on:
-            with self._flag_lock:
-                if self._on and not self._finished and not self._closed:
-                    self._reader = self._pick_reader(True)
-        return True
-
-    def _settle(self) -> None:
-        """Wait until no flag-off mirror is queued or in flight (not under the facade lock)."""
-        if self._pump_owner == threading.get_ident():
-            return  # re-entered from our own booking: the outer pump finishes the queue
-        while (self._pending or self._inflight is not None) and not self._closed:
-            self._pump(block=True)
-        if self._on:
-            with self._flag_lock:
-                if self._on and not self._finished and not self._closed:
-                    self._reader = self._pick_reader(True)
-
-    def _target_unavailable(self) -> str | None:
-        """The target's own report that it cannot be written now (no I/O), or None.
-
-        ``RedisRegistry.status()`` reads its connection state without touching
-        Redis; a backend without ``status()`` is always tried.
-        """
-        status = self._target_status
-        if status is None:
-            return None
-        try:
-            state = getattr(status(), "state", None)
-        except Exception:  # closed or odd: let the write itself decide
-            return None
-        if state in ("disconnected", "degraded"):
-            return f"the target is {state}"
-        return None
-
-    def _plan(self, op: _Op, rec: _Record | None) -> Callable[[], Any] | None:
-        """The target call that mirrors ``op`` now (under the facade lock), or None."""
-        if op.kind == "register":
-            mine = rec is not None and rec.view is op.view
-            return _bind_register(self._target, op, mine)
-        if rec is None or rec.view is not op.view:
-            return None  # the target holds no mirror of this view's copy
-        if op.kind == "unregister":
-            return _bind_unregister(self._target, op.key, rec.agent)
-        if op.key in op.view.mirrors:
-            return _bind_update(self._target, op)
-        return None
-
-    def _apply_next(self) -> bool:
-        """Apply the oldest queued mirror (rule 6): plan under the facade lock,
-        call the target outside it, book the outcome under it again."""
-        with self._lock:
-            if self._closed:
-                self._pending.clear()
-                return False
-            if not self._pending:
-                return False
-            self._drain_dead()
-            op = self._pending[0]
-            rec = self._records.get(op.key)
-            call = self._plan(op, rec)
-            if call is None:  # nothing of ours in the target: nothing to mirror
-                self._pending.popleft()
-                retry = op.view.retry.get(op.key)
-                if op.kind == "update" and retry is not None:
-                    # Race: the register of this copy was skipped and booked for a
-                    # retry after this update was written; the retry must carry it.
-                    op.view.retry[op.key] = (retry[0], op.metadata)
-                return True
-            skipped = self._target_unavailable()
-            if skipped is not None:  # no I/O: booked at once
-                self._pending.popleft()
-                self._book(op, rec, None, skipped)
-                return True
-            # Race: the op is marked in flight before it leaves the queue, so a
-            # concurrent "anything queued or in flight?" check never sees neither.
-            self._inflight = op
-            self._pending.popleft()
-        outcome: BaseException | None = None
-        try:
-            with _Call(self), self._events_dropped():
-                call()
-        except Exception as exc:  # best effort: booked as a divergence below
-            outcome = exc
-        except BaseException:  # KeyboardInterrupt and the like: never leave it in flight
-            with self._lock:
-                self._inflight = None
-            raise
-        with self._lock:
-            try:
-                if not self._closed:
-                    self._book(op, rec, outcome, None)
-            finally:
-                self._inflight = None
-        return True
-
-    def _book(
-        self, op: _Op, rec: _Record | None, exc: BaseException | None, skipped: str | None
-    ) -> None:
-        """Record the outcome of one applied mirror (under the facade lock)."""
-        self._note_skip(skipped, exc)
-        if op.kind == "register":
-            self._book_register(op, rec, exc, skipped)
-        elif op.kind == "unregister":
-            assert rec is not None  # a call was planned only for a record of this view
-            self._book_unregister(op, rec, exc, skipped)
-        else:
-            assert rec is not None
-            self._book_update(op, rec, exc, skipped)
-
-    def _note_skip(self, skipped: str | None, exc: BaseException | None) -> None:
-        """Tell the operator, once per outage, that mirrors are skipped; and when they resume."""
-        if skipped is not None:
-            self._skipped += 1
-            if not self._skip_warned:
-                self._skip_warned = True
-                _log.warning(
-                    "MigratingRegistry: %s: mirroring to the target skipped (no wait); "
-                    "skipped writes are listed by divergences()",
-                    skipped,
-                )
-                telemetry.emit(
-                    "registry.mirror_skipped",
-                    {"registry": self, "reason": skipped, "level": "warning"},
-                )
-        elif exc is None and self._skip_warned:
-            self._skip_warned = False
-            _log.info(
-                "MigratingRegistry: mirroring to the target resumed (%d skipped so far)",
-                self._skipped,
-            )
-            self._retry_skipped()
-
-    def _book_register(
-        self, op: _Op, rec: _Record | None, exc: BaseException | None, skipped: str | None
-    ) -> None:
-        view, key = op.view, op.key
-        # Current: no later register/unregister of this view replaced the copy
-        # this op mirrors (a later op books that copy instead).
-        current = view.copy_op.get(key) == op.seq
-        if current:
-            del view.copy_op[key]
-        if skipped is not None or exc is not None:
-            if not current or isinstance(exc, NotAlive):
-                return  # died between the two writes: nothing to mirror
-            if isinstance(exc, AlreadyRegistered):
-                holder = rec.view.ident() if rec is not None and rec.view is not None else None
-                who = f"thread {holder}" if holder is not None else "another registration"
-                why = f"the target holds {key!r} for {who} ({exc.entry})"
-            else:
-                why = f"the target refused the mirror: {skipped or repr(exc)}"
-                if skipped is not None or isinstance(exc, BackendUnavailable):
-                    view.retry[key] = (op.agent, op.metadata)  # retried when it is back
-            self._diverge(view, key, op.agent, why)
-            return
-        old = self._records.get(key)
-        if old is not None:
-            self._tell(old.view, key, view)
-        gen = self._next_gen()
-        self._records[key] = _Record(view, gen, op.agent)
-        if current:
-            view.mirrors[key] = gen
-            view.divergent.pop(key, None)  # a retried copy is resolved
-
-    def _book_unregister(
-        self, op: _Op, rec: _Record, exc: BaseException | None, skipped: str | None
-    ) -> None:
-        view, key = op.view, op.key
-        if skipped is not None or exc is not None:
-            # The target still holds the mirror of a copy the legacy side no
-            # longer has: listed, and the record stays so a later unregister
-            # of the key retries the removal.
-            self._diverge(view, key, rec.agent, f"the target kept {key!r}: {skipped or repr(exc)}")
-            return
-        if self._records.get(key) is rec:
-            del self._records[key]
-
-    def _book_update(
-        self, op: _Op, rec: _Record, exc: BaseException | None, skipped: str | None
-    ) -> None:
-        view, key = op.view, op.key
-        if isinstance(exc, NotRegistered):
-            return  # died in the target; the queued down event drops the record
-        if skipped is not None or exc is not None:
-            self._diverge(
-                view, key, rec.agent, f"the target refused an update: {skipped or repr(exc)}"
-            )
-            return
-        now = self._records.get(key)
-        if now is not None and now.view is view and key in view.mirrors:
-            gen = self._next_gen()
-            self._records[key] = now._replace(gen=gen)
-            view.mirrors[key] = gen
-
     # ------------------------------------------------------------------ divergences
-
-    def _diverge(self, view: _View, key: Hashable, agent: Any, reason: str) -> None:
-        div = Divergence(key, view.ident(), reason)
-        view.divergent[key] = _Divergent(agent, div)
-        self._detected += 1
-        if telemetry.has_listeners("registry.divergence"):
-            telemetry.emit(
-                "registry.divergence",
-                {"registry": self, "key": key, "thread": div.thread, "reason": reason},
-            )
-
-    def _purge(self) -> None:
-        """Resolve divergences whose copy died or whose thread ended; forget ended views."""
-        views = list(self._views.items())
-        for ident, view in views:
-            if view.ended():
-                view.divergent.clear()
-                if self._views.get(ident) is view:
-                    del self._views[ident]
-        for view in self._all_views():
-            for key, d in list(view.divergent.items()):
-                if not is_alive(d.agent):
-                    del view.divergent[key]
-
-    def _all_views(self) -> list[_View]:
-        views = list(self._views.values())
-        if self._shared_view is not None:
-            views.append(self._shared_view)
-        return views
 
     def divergences(self) -> list[Divergence]:
         """The unresolved divergences, each a ``Divergence(key, thread, reason)``.
@@ -1095,21 +330,6 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         self._settle_and_retry()
         with self._lock:
             return self._divergences()
-
-    def _settle_and_retry(self) -> None:
-        """Apply queued mirrors; then retry the ones skipped while the target was
-        unavailable, if it is available now, and apply those too."""
-        self._settle()
-        with self._lock:
-            queued = self._retry_skipped()
-        if queued:
-            self._settle()
-
-    def _divergences(self) -> list[Divergence]:
-        self._check_open()
-        self._drain_dead()
-        self._purge()
-        return [d.divergence for v in self._all_views() for d in v.divergent.values()]
 
     def divergence_count(self) -> int:
         """How many divergences were detected since construction (resolved ones included)."""
@@ -1125,12 +345,6 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         self._settle_and_retry()
         with self._lock:
             return self._problems()
-
-    def _problems(self) -> list[str]:
-        return [
-            f"registry divergence: key {d.key!r} in thread {d.thread}: {d.reason}"
-            for d in self._divergences()
-        ]
 
     # ------------------------------------------------------------------ writes
 
@@ -1151,30 +365,40 @@ class MigratingRegistry(MigratingAsyncWrites, Registry):
         with _Call(self):  # events are delivered at exit, after the lock is released
             try:
                 with self._writing() as on:
-                    self._check_open()
-                    self._drain_dead()
-                    if self._finished:
-                        with self._events_of(_TARGET):
-                            self._target.register(key, agent, metadata, replace=replace)
-                        return
-                    view = self._view()
-                    self._catch_up(view)
-                    if on:
-                        with self._events_of(_TARGET):
-                            self._target.register(key, agent, metadata, replace=replace)
-                        old = self._records.pop(key, None)
-                        if old is not None:
-                            self._tell(old.view, key, view)
-                        self._mirror_register_legacy(view, key, agent, metadata, old)
-                    else:
-                        with self._events_of(_LEGACY):
-                            self._legacy.register(key, agent, metadata, replace=replace)
-                        # The private copy it replaced is gone: resolved, no longer a mirror.
-                        view.divergent.pop(key, None)
-                        view.mirrors.pop(key, None)
-                        self._enqueue("register", view, key, agent, metadata)
+                    self._register(key, agent, metadata, replace, on)
             finally:
                 self._after_write()  # the target mirror, outside the facade lock (rule 6)
+
+    def _register(
+        self,
+        key: Hashable,
+        agent: Any,
+        metadata: Mapping[str, Any] | None,
+        replace: bool,
+        on: bool,
+    ) -> None:
+        self._check_open()
+        self._drain_dead()
+        if self._finished:
+            with self._events_of(_TARGET):
+                self._target.register(key, agent, metadata, replace=replace)
+            return
+        view = self._view()
+        self._catch_up(view)
+        if on:
+            with self._events_of(_TARGET):
+                self._target.register(key, agent, metadata, replace=replace)
+            old = self._records.pop(key, None)
+            if old is not None:
+                self._tell(old.view, key, view)
+            self._mirror_register_legacy(view, key, agent, metadata, old)
+        else:
+            with self._events_of(_LEGACY):
+                self._legacy.register(key, agent, metadata, replace=replace)
+            # The private copy it replaced is gone: resolved, no longer a mirror.
+            view.divergent.pop(key, None)
+            view.mirrors.pop(key, None)
+            self._enqueue("register", view, key, agent, metadata)
 
     def _mirror_register_legacy(
         self,

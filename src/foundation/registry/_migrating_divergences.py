@@ -1,0 +1,72 @@
+"""Divergence bookkeeping of a ``MigratingRegistry``: writes the other side refused.
+
+A divergence is listed on the view that holds the refused copy
+(``view.divergent``), counted, and emitted as the telemetry event
+``registry.divergence``. It is resolved when the copy is unregistered or
+replaced, its agent dies, or its thread ends (``_purge``). See "Divergence"
+under "Vocabulary" in ``foundation.registry._migrating``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from foundation import telemetry
+from foundation.liveness import is_alive
+from foundation.registry._migrating_views import _Divergent, _LegacyViews, _View
+from foundation.registry._types import Divergence
+
+
+class _DivergenceBook(_LegacyViews):
+    """The divergence layer of ``MigratingRegistry``.
+
+    ``_detected`` is set by ``MigratingRegistry.__init__``.
+    """
+
+    _detected: int  # divergences detected since construction, resolved ones included
+
+    if TYPE_CHECKING:  # as MigratingRegistry defines it
+
+        def _check_open(self) -> None: ...
+
+    def _diverge(self, view: _View, key: Hashable, agent: Any, reason: str) -> None:
+        div = Divergence(key, view.ident(), reason)
+        view.divergent[key] = _Divergent(agent, div)
+        self._detected += 1
+        if telemetry.has_listeners("registry.divergence"):
+            telemetry.emit(
+                "registry.divergence",
+                {"registry": self, "key": key, "thread": div.thread, "reason": reason},
+            )
+
+    def _purge(self) -> None:
+        """Resolve divergences whose copy died or whose thread ended; forget ended views."""
+        views = list(self._views.items())
+        for ident, view in views:
+            if view.ended():
+                view.divergent.clear()
+                if self._views.get(ident) is view:
+                    del self._views[ident]
+        for view in self._all_views():
+            for key, d in list(view.divergent.items()):
+                if not is_alive(d.agent):
+                    del view.divergent[key]
+
+    def _all_views(self) -> list[_View]:
+        views = list(self._views.values())
+        if self._shared_view is not None:
+            views.append(self._shared_view)
+        return views
+
+    def _divergences(self) -> list[Divergence]:
+        self._check_open()
+        self._drain_dead()
+        self._purge()
+        return [d.divergence for v in self._all_views() for d in v.divergent.values()]
+
+    def _problems(self) -> list[str]:
+        return [
+            f"registry divergence: key {d.key!r} in thread {d.thread}: {d.reason}"
+            for d in self._divergences()
+        ]

@@ -1,0 +1,466 @@
+"""Queued target mirrors of a ``MigratingRegistry`` (rule 6), and the facade lock for writes.
+
+With the flag off, a write does not mirror to the target under the facade
+lock: it queues the mirror (an ``_Op``) in legacy-write order and returns.
+One thread at a time (whoever takes the pump lock) applies the queue in
+order: it plans each mirror and books its outcome (records, mirrors,
+divergences) under the facade lock and calls the target outside it. Nothing
+observes the target as authoritative while a mirror is queued or in flight
+(``_acquire_for_write``, ``_settle``, the settling reader). Mirrors the target
+could not take while unavailable are retried once it is back. See rule 6 in
+the module documentation of ``foundation.registry._migrating``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+
+from foundation import telemetry
+from foundation.errors import AlreadyRegistered, BackendUnavailable, NotAlive, NotRegistered
+from foundation.liveness import is_alive
+from foundation.registry._migrating_divergences import _DivergenceBook
+from foundation.registry._migrating_events import _Call
+from foundation.registry._migrating_views import _Record, _View
+from foundation.registry._types import Registry
+
+if TYPE_CHECKING:
+    from foundation.registry._migrating_readers import (
+        _ClosedReader,
+        _LegacyReader,
+        _SettlingReader,
+    )
+
+_log = logging.getLogger("foundation.registry")
+
+
+class _Op(NamedTuple):
+    """A flag-off write's target mirror, queued in legacy-write order (rule 6)."""
+
+    kind: Literal["register", "unregister", "update"]
+    view: _View
+    key: Hashable
+    agent: Any
+    metadata: Mapping[str, Any] | None
+    seq: int
+
+
+class _Writing:
+    """``with _Writing(owner, settled) as on:`` the facade lock for one write."""
+
+    __slots__ = ("_owner", "_settled")
+
+    def __init__(self, owner: _TargetMirrors, settled: bool) -> None:
+        self._owner = owner
+        self._settled = settled
+
+    def __enter__(self) -> bool:
+        return self._owner._acquire_for_write(self._settled)
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner._lock.release()
+
+
+_LAG_WARNING: Final = 64  # queued mirrors behind a busy pump that earn a WARNING
+
+
+def _bind_register(target: Registry, op: _Op, mine: bool) -> Callable[[], Any]:
+    # Rule 2: replace only the target entry that mirrors our own copy;
+    # otherwise a live entry refuses (a dead one is simply replaced).
+    return lambda: target.register(op.key, op.agent, op.metadata, replace=mine)
+
+
+def _bind_unregister(target: Registry, key: Hashable, agent: Any) -> Callable[[], Any]:
+    def call() -> None:
+        entry = target.lookup(key)
+        if entry is not None and entry.agent is agent:  # rule 2: only our own mirror
+            target.unregister(key)
+
+    return call
+
+
+def _bind_update(target: Registry, op: _Op) -> Callable[[], Any]:
+    metadata = op.metadata if op.metadata is not None else {}
+    return lambda: target.update_metadata(op.key, metadata)
+
+
+class _TargetMirrors(_DivergenceBook):
+    """The queued-mirror layer of ``MigratingRegistry``.
+
+    The state of the queue is set by ``_init_mirror_queue``; the attributes
+    below are set by ``MigratingRegistry.__init__``.
+    """
+
+    _lock: threading.RLock  # the facade lock
+    _flag_lock: threading.Lock  # guards the cached flag and reader (see "The flag")
+    _finished: bool
+    _closed: bool
+    _legacy_reader: _LegacyReader
+    _settling_reader: _SettlingReader
+    _reader: Registry | _LegacyReader | _SettlingReader | _ClosedReader
+
+    def _init_mirror_queue(self, target: Registry) -> None:
+        """Set the queue's state (called once, by ``MigratingRegistry.__init__``)."""
+        # Rule 6: flag-off target mirrors, applied in order by one pumping thread
+        # at a time (whoever holds _pump_lock) outside the facade lock. Lock
+        # order: _pump_lock, then _lock; nobody waits for _pump_lock while
+        # holding _lock (the facade writes only try it).
+        self._pending: deque[_Op] = deque()
+        self._inflight: _Op | None = None  # popped, target call made, not yet booked
+        self._pump_lock = threading.Lock()
+        self._pump_owner: int | None = None  # thread ident holding _pump_lock
+        self._target_status: Callable[[], Any] | None = getattr(target, "status", None)
+        self._op_seq = 0
+        self._lag_warned = False  # a "mirrors queued behind a slow target" warning is out
+        self._skip_warned = False  # a "target unavailable, mirrors skipped" warning is out
+        self._skipped = 0
+
+    def _pick_reader(self, on: bool) -> Registry | _LegacyReader | _SettlingReader:
+        """The authoritative reader (under ``_flag_lock``): with the flag on, the
+        target itself once no flag-off mirror is queued or in flight (rule 6)."""
+        if not on:
+            return self._legacy_reader
+        if self._pending or self._inflight is not None:
+            return self._settling_reader
+        return self._target
+
+    def _writing(self, *, settled: bool = False) -> _Writing:
+        """``with self._writing() as on:`` hold the facade lock for one write;
+        ``on`` is the flag value the call uses (see ``_acquire_for_write``)."""
+        return _Writing(self, settled)
+
+    def _acquire_for_write(self, settled: bool) -> bool:
+        """Take the facade lock for one write; return the flag value the call uses.
+
+        A write that will touch the target as authoritative (flag on, or
+        ``settled``) first waits, with the lock released, until no flag-off
+        mirror is queued or in flight: those describe older legacy writes and
+        must reach the target before it (rule 6).
+        """
+        lock = self._lock
+        while True:
+            lock.acquire()
+            on = self._on  # the call reads the flag once
+            if not (on or settled) or self._finished:
+                break
+            if not self._pending and self._inflight is None:
+                break
+            if self._pump_owner == threading.get_ident():
+                break  # re-entered from a telemetry listener of our own booking: no wait
+            # Race: the pump books each mirror under this lock, so waiting for it
+            # here would deadlock; release, help pump (lock order: pump, then
+            # facade), and re-check, since a flag-off writer that read the flag
+            # before the flip may have queued one more meanwhile.
+            lock.release()
+            self._pump(block=True)
+        return on
+
+    def _enqueue(
+        self,
+        kind: Literal["register", "unregister", "update"],
+        view: _View,
+        key: Hashable,
+        agent: Any,
+        metadata: Mapping[str, Any] | None,
+    ) -> None:
+        """Queue a flag-off write's target mirror (under the facade lock: in write order)."""
+        self._op_seq += 1
+        seq = self._op_seq
+        if kind == "register":
+            view.copy_op[key] = seq
+            view.retry.pop(key, None)  # a new copy: its own op mirrors it
+        elif kind == "unregister":
+            view.copy_op.pop(key, None)
+            view.retry.pop(key, None)
+        elif key in view.retry:  # the retry must carry the copy's current metadata
+            view.retry[key] = (view.retry[key][0], metadata)
+        self._pending.append(_Op(kind, view, key, agent, metadata, seq))
+        if self._on:
+            # Race: the flag was turned on after this call read it. A reader
+            # picked after the append sees it queued (_pick_reader); one picked
+            # before is replaced here, so no read answers from a target that
+            # lacks a write whose call has returned.
+            with self._flag_lock:
+                if self._on and not self._finished and not self._closed:
+                    self._reader = self._settling_reader
+
+    def _retry_skipped(self) -> bool:
+        """Queue again the mirrors the target could not take while it was
+        unavailable (flag off, target available; under the facade lock).
+        True if any was queued. Each is a register of the view's current copy,
+        so it books like the original (rule 2 decides replace)."""
+        if self._on or self._closed or self._target_unavailable() is not None:
+            return False
+        queued = False
+        for view in self._all_views():
+            if not view.retry or view.ended():
+                view.retry.clear()
+                continue
+            items = list(view.retry.items())
+            view.retry.clear()
+            for key, (agent, metadata) in items:
+                held = view.divergent.get(key)
+                if held is None or held.agent is not agent or not is_alive(agent):
+                    continue  # resolved meanwhile (unregistered, replaced or dead)
+                self._enqueue("register", view, key, agent, metadata)
+                queued = True
+        return queued
+
+    def _may_hold(self, view: _View, key: Hashable) -> bool:
+        """False only if the target surely holds no mirror of ``view``'s ``key``
+        and none can appear: nothing queued or in flight, and no record of it
+        (under the facade lock). Saves queueing mirrors that would do nothing."""
+        if self._pending or self._inflight is not None:
+            return True
+        rec = self._records.get(key)
+        return rec is not None and rec.view is view
+
+    def _after_write(self) -> None:
+        """Apply queued mirrors unless another thread is already doing so (never waits)."""
+        if not self._pending:
+            return
+        if self._pump(block=False):
+            return
+        # Another thread is pumping (maybe waiting on a slow or frozen target):
+        # it applies our mirror after its own; this call returns now.
+        if not self._lag_warned and len(self._pending) >= _LAG_WARNING:
+            self._lag_warned = True
+            n = len(self._pending)
+            _log.warning(
+                "MigratingRegistry: %d mirrors to the target are queued behind a slow "
+                "target call; the legacy side answers meanwhile",
+                n,
+            )
+            telemetry.emit(
+                "registry.mirror_deferred", {"registry": self, "pending": n, "level": "warning"}
+            )
+
+    def _pump(self, *, block: bool) -> bool:
+        """Apply queued mirrors in order until none is left; False if another thread
+        holds the pump and ``block`` is false. Never called under the facade lock."""
+        me = threading.get_ident()
+        if self._pump_owner == me:
+            # Re-entered (a telemetry listener called while this thread books a
+            # mirror): the lock is not reentrant, and the outer pump continues.
+            return False
+        while True:
+            if not self._pump_lock.acquire(blocking=block):
+                return False
+            self._pump_owner = me
+            try:
+                while self._pending and self._apply_next():
+                    pass
+            finally:
+                self._pump_owner = None
+                self._pump_lock.release()
+            # Race: an op queued after our last look, whose writer's try failed
+            # because we still held the pump, would be stranded: look again.
+            if not self._pending:
+                break
+        if self._lag_warned and not self._pending:
+            self._lag_warned = False
+            _log.info("MigratingRegistry: queued mirrors to the target are applied")
+        if self._on:
+            with self._flag_lock:
+                if self._on and not self._finished and not self._closed:
+                    self._reader = self._pick_reader(True)
+        return True
+
+    def _settle(self) -> None:
+        """Wait until no flag-off mirror is queued or in flight (not under the facade lock)."""
+        if self._pump_owner == threading.get_ident():
+            return  # re-entered from our own booking: the outer pump finishes the queue
+        while (self._pending or self._inflight is not None) and not self._closed:
+            self._pump(block=True)
+        if self._on:
+            with self._flag_lock:
+                if self._on and not self._finished and not self._closed:
+                    self._reader = self._pick_reader(True)
+
+    def _target_unavailable(self) -> str | None:
+        """The target's own report that it cannot be written now (no I/O), or None.
+
+        ``RedisRegistry.status()`` reads its connection state without touching
+        Redis; a backend without ``status()`` is always tried.
+        """
+        status = self._target_status
+        if status is None:
+            return None
+        try:
+            state = getattr(status(), "state", None)
+        except Exception:  # closed or odd: let the write itself decide
+            return None
+        if state in ("disconnected", "degraded"):
+            return f"the target is {state}"
+        return None
+
+    def _plan(self, op: _Op, rec: _Record | None) -> Callable[[], Any] | None:
+        """The target call that mirrors ``op`` now (under the facade lock), or None."""
+        if op.kind == "register":
+            mine = rec is not None and rec.view is op.view
+            return _bind_register(self._target, op, mine)
+        if rec is None or rec.view is not op.view:
+            return None  # the target holds no mirror of this view's copy
+        if op.kind == "unregister":
+            return _bind_unregister(self._target, op.key, rec.agent)
+        if op.key in op.view.mirrors:
+            return _bind_update(self._target, op)
+        return None
+
+    def _apply_next(self) -> bool:
+        """Apply the oldest queued mirror (rule 6): plan under the facade lock,
+        call the target outside it, book the outcome under it again."""
+        with self._lock:
+            if self._closed:
+                self._pending.clear()
+                return False
+            if not self._pending:
+                return False
+            self._drain_dead()
+            op = self._pending[0]
+            rec = self._records.get(op.key)
+            call = self._plan(op, rec)
+            if call is None:  # nothing of ours in the target: nothing to mirror
+                self._pending.popleft()
+                retry = op.view.retry.get(op.key)
+                if op.kind == "update" and retry is not None:
+                    # Race: the register of this copy was skipped and booked for a
+                    # retry after this update was written; the retry must carry it.
+                    op.view.retry[op.key] = (retry[0], op.metadata)
+                return True
+            skipped = self._target_unavailable()
+            if skipped is not None:  # no I/O: booked at once
+                self._pending.popleft()
+                self._book(op, rec, None, skipped)
+                return True
+            # Race: the op is marked in flight before it leaves the queue, so a
+            # concurrent "anything queued or in flight?" check never sees neither.
+            self._inflight = op
+            self._pending.popleft()
+        outcome: BaseException | None = None
+        try:
+            with _Call(self), self._events_dropped():
+                call()
+        except Exception as exc:  # best effort: booked as a divergence below
+            outcome = exc
+        except BaseException:  # KeyboardInterrupt and the like: never leave it in flight
+            with self._lock:
+                self._inflight = None
+            raise
+        with self._lock:
+            try:
+                if not self._closed:
+                    self._book(op, rec, outcome, None)
+            finally:
+                self._inflight = None
+        return True
+
+    def _book(
+        self, op: _Op, rec: _Record | None, exc: BaseException | None, skipped: str | None
+    ) -> None:
+        """Record the outcome of one applied mirror (under the facade lock)."""
+        self._note_skip(skipped, exc)
+        if op.kind == "register":
+            self._book_register(op, rec, exc, skipped)
+        elif op.kind == "unregister":
+            assert rec is not None  # a call was planned only for a record of this view
+            self._book_unregister(op, rec, exc, skipped)
+        else:
+            assert rec is not None
+            self._book_update(op, rec, exc, skipped)
+
+    def _note_skip(self, skipped: str | None, exc: BaseException | None) -> None:
+        """Tell the operator, once per outage, that mirrors are skipped; and when they resume."""
+        if skipped is not None:
+            self._skipped += 1
+            if not self._skip_warned:
+                self._skip_warned = True
+                _log.warning(
+                    "MigratingRegistry: %s: mirroring to the target skipped (no wait); "
+                    "skipped writes are listed by divergences()",
+                    skipped,
+                )
+                telemetry.emit(
+                    "registry.mirror_skipped",
+                    {"registry": self, "reason": skipped, "level": "warning"},
+                )
+        elif exc is None and self._skip_warned:
+            self._skip_warned = False
+            _log.info(
+                "MigratingRegistry: mirroring to the target resumed (%d skipped so far)",
+                self._skipped,
+            )
+            self._retry_skipped()
+
+    def _book_register(
+        self, op: _Op, rec: _Record | None, exc: BaseException | None, skipped: str | None
+    ) -> None:
+        view, key = op.view, op.key
+        # Current: no later register/unregister of this view replaced the copy
+        # this op mirrors (a later op books that copy instead).
+        current = view.copy_op.get(key) == op.seq
+        if current:
+            del view.copy_op[key]
+        if skipped is not None or exc is not None:
+            if not current or isinstance(exc, NotAlive):
+                return  # died between the two writes: nothing to mirror
+            if isinstance(exc, AlreadyRegistered):
+                holder = rec.view.ident() if rec is not None and rec.view is not None else None
+                who = f"thread {holder}" if holder is not None else "another registration"
+                why = f"the target holds {key!r} for {who} ({exc.entry})"
+            else:
+                why = f"the target refused the mirror: {skipped or repr(exc)}"
+                if skipped is not None or isinstance(exc, BackendUnavailable):
+                    view.retry[key] = (op.agent, op.metadata)  # retried when it is back
+            self._diverge(view, key, op.agent, why)
+            return
+        old = self._records.get(key)
+        if old is not None:
+            self._tell(old.view, key, view)
+        gen = self._next_gen()
+        self._records[key] = _Record(view, gen, op.agent)
+        if current:
+            view.mirrors[key] = gen
+            view.divergent.pop(key, None)  # a retried copy is resolved
+
+    def _book_unregister(
+        self, op: _Op, rec: _Record, exc: BaseException | None, skipped: str | None
+    ) -> None:
+        view, key = op.view, op.key
+        if skipped is not None or exc is not None:
+            # The target still holds the mirror of a copy the legacy side no
+            # longer has: listed, and the record stays so a later unregister
+            # of the key retries the removal.
+            self._diverge(view, key, rec.agent, f"the target kept {key!r}: {skipped or repr(exc)}")
+            return
+        if self._records.get(key) is rec:
+            del self._records[key]
+
+    def _book_update(
+        self, op: _Op, rec: _Record, exc: BaseException | None, skipped: str | None
+    ) -> None:
+        view, key = op.view, op.key
+        if isinstance(exc, NotRegistered):
+            return  # died in the target; the queued down event drops the record
+        if skipped is not None or exc is not None:
+            self._diverge(
+                view, key, rec.agent, f"the target refused an update: {skipped or repr(exc)}"
+            )
+            return
+        now = self._records.get(key)
+        if now is not None and now.view is view and key in view.mirrors:
+            gen = self._next_gen()
+            self._records[key] = now._replace(gen=gen)
+            view.mirrors[key] = gen
+
+    def _settle_and_retry(self) -> None:
+        """Apply queued mirrors; then retry the ones skipped while the target was
+        unavailable, if it is available now, and apply those too."""
+        self._settle()
+        with self._lock:
+            queued = self._retry_skipped()
+        if queued:
+            self._settle()

@@ -1,0 +1,185 @@
+"""Legacy views of a ``MigratingRegistry``: whose legacy copy mirrors what (rules 3 to 5).
+
+A *view* is what one caller sees of the legacy backend (a thread's private
+store, or the one shared store); a *record* says which view's copy mirrors
+the target's entry for a key, at which generation. This layer finds the
+caller's view, catches it up with the changes other threads made (rule 4),
+tells a view that a record changed (rule 3) and applies the target's deaths
+to the records (rule 5). See "Vocabulary" and "Rules" in the module
+documentation of ``foundation.registry._migrating``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Hashable, Mapping
+from typing import Any, NamedTuple
+
+from foundation.errors import NotRegistered
+from foundation.registry._migrating_events import _Call, _EventRouting
+from foundation.registry._types import Divergence, Registry
+
+_log = logging.getLogger("foundation.registry")
+
+
+class _View:
+    """One legacy view: a thread's private store, or the shared legacy store."""
+
+    __slots__ = ("copy_op", "divergent", "inbox", "mirrors", "private", "retry", "thread")
+
+    def __init__(self, thread: threading.Thread | None) -> None:
+        self.thread = thread
+        self.private = thread is not None
+        self.mirrors: dict[Hashable, int] = {}
+        self.divergent: dict[Hashable, _Divergent] = {}
+        self.inbox: deque[Hashable] = deque()
+        # key -> seq of the queued register op that wrote this view's current
+        # copy (rule 6); present only while that op is queued.
+        self.copy_op: dict[Hashable, int] = {}
+        # key -> (agent, metadata) of a current copy whose mirror the target
+        # could not take because it was unavailable; retried when it is back.
+        self.retry: dict[Hashable, tuple[Any, Mapping[str, Any] | None]] = {}
+
+    def ended(self) -> bool:
+        return self.thread is not None and not self.thread.is_alive()
+
+    def ident(self) -> int:
+        if self.thread is not None and self.thread.ident is not None:
+            return self.thread.ident
+        return threading.get_ident()
+
+
+class _Divergent(NamedTuple):
+    agent: Any
+    divergence: Divergence
+
+
+class _Record(NamedTuple):
+    view: _View | None  # None: the target entry is mirrored in no legacy view
+    gen: int
+    agent: Any
+
+
+class _LegacyViews(_EventRouting):
+    """The view layer of ``MigratingRegistry``.
+
+    The attributes below are set by ``MigratingRegistry.__init__``.
+    """
+
+    _legacy: Registry
+    _target: Registry
+    _shared_view: _View | None  # None: a per-thread legacy, one view per thread in _views
+    _views: dict[int, _View]  # thread ident -> that thread's private view
+    _records: dict[Hashable, _Record]
+    _gen: int  # the last generation handed out (_next_gen)
+
+    def _view(self) -> _View:
+        """The caller's legacy view, created if needed. Called under the lock only."""
+        shared = self._shared_view
+        if shared is not None:
+            return shared
+        ident = threading.get_ident()
+        current = threading.current_thread()
+        view = self._views.get(ident)
+        if view is None or view.thread is not current:  # a reused ident is a new thread
+            view = _View(current)
+            self._views[ident] = view
+        return view
+
+    def _existing_view(self) -> _View | None:
+        """The caller's private view if it has one (lock-free; never creates)."""
+        view = self._views.get(threading.get_ident())
+        if view is not None and view.thread is threading.current_thread():
+            return view
+        return None
+
+    def _catch_up(self, view: _View) -> None:
+        """Apply the changes other threads made to this view's mirrored keys (rule 4).
+
+        Runs in the view's own thread only, so ``view.mirrors`` and the legacy
+        store are touched by one thread. The inbox is drained *before* each
+        record is read; a writer updates the record *before* pushing, so a
+        change this pass misses is pushed again and seen by the next pass.
+
+        Best effort: a key the legacy backend refuses (unreachable) stays in
+        ``view.mirrors`` at its old generation and goes back in the inbox, so
+        a later pass retries it; the caller's own call is never failed by it.
+        """
+        inbox = view.inbox
+        retry: list[Hashable] = []
+        try:
+            while True:
+                try:
+                    key = inbox.popleft()
+                except IndexError:
+                    return
+                try:
+                    self._catch_up_key(view, key)
+                except Exception as exc:  # retried by a later pass, after this one ends
+                    _log.warning("MigratingRegistry: legacy catch-up of %r failed: %r", key, exc)
+                    retry.append(key)
+        finally:
+            inbox.extend(retry)
+
+    def _catch_up_key(self, view: _View, key: Hashable) -> None:
+        legacy = self._legacy
+        gen = view.mirrors.get(key)
+        if gen is None:
+            return  # not (or no longer) a mirror here: nothing to catch up
+        rec = self._records.get(key)
+        # The mirror is forgotten only once its legacy copy is gone, so that a
+        # refused unregister is retried rather than leaving an untracked copy.
+        if rec is None or rec.view is not view:
+            # Unregistered, replaced by another thread, or dead: drop the stale copy.
+            with self._events_dropped():
+                legacy.unregister(key)
+            view.mirrors.pop(key, None)
+        elif rec.gen != gen:
+            entry = self._target.lookup(key)
+            if entry is None or entry.agent is not rec.agent:
+                with self._events_dropped():
+                    legacy.unregister(key)
+                view.mirrors.pop(key, None)
+            else:
+                try:
+                    with self._events_dropped():
+                        legacy.update_metadata(key, entry.metadata)
+                    view.mirrors[key] = rec.gen
+                except NotRegistered:  # the private copy's agent died
+                    view.mirrors.pop(key, None)
+
+    def _catch_up_reader(self) -> None:
+        """Lock-free catch-up before a legacy read (flag off)."""
+        view = self._existing_view()
+        if view is not None and view.inbox:
+            with _Call(self):
+                self._catch_up(view)
+
+    def _tell(self, view: _View | None, key: Hashable, caller: _View) -> None:
+        """Tell ``view`` that the record of ``key`` changed (rule 3)."""
+        if view is not None and view is not caller and view.private and not view.ended():
+            view.inbox.append(key)
+
+    def _next_gen(self) -> int:
+        self._gen += 1
+        return self._gen
+
+    def _drain_dead(self) -> None:
+        dead = self._dead
+        while True:
+            try:
+                key, agent = dead.popleft()
+            except IndexError:
+                return
+            rec = self._records.get(key)
+            if rec is not None and rec.agent is agent:
+                del self._records[key]
+                view = rec.view
+                if view is not None:
+                    if view.private:
+                        if not view.ended():
+                            view.inbox.append(key)
+                    else:
+                        view.mirrors.pop(key, None)
