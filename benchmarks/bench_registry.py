@@ -27,9 +27,9 @@ Rows:
   all counted (keys, agents and the caller's metadata dicts exist before
   measuring).
 
-Note: ``lookup`` builds an entry's ``Entry`` on first read and caches it, so
-register+unregister does not pay for it; the lookup rows measure warm entries.
-OS-process death latency is in ``bench_liveness``.
+Note: the table holds each registration's ``Entry`` itself (built by
+``register``), so register+unregister pays for it and ``lookup`` is one
+``dict.get``. OS-process death latency is in ``bench_liveness``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _lookup_row(agent: Any) -> Row:
     with MemoryRegistry() as registry:
         for k in keys:
             registry.register(k, agent)
-        plain = {k: registry.lookup(k) for k in keys}  # same size, warm entries
+        plain = {k: registry.lookup(k) for k in keys}  # same size, same Entry objects
         sample = random.Random(1).sample(keys, 20_000)
         lookup, get = registry.lookup, plain.get
 
@@ -97,7 +97,7 @@ def _scale_rows(agent: Any) -> list[Row]:
             small.register(k, agent)
         hot_sample = [hot[rng.randrange(small_n)] for _ in range(m)]
         wide_sample = [big_keys[rng.randrange(big_n)] for _ in range(m)]
-        for k in hot_sample + wide_sample:  # warm: build the cached Entry of each sampled key
+        for k in hot_sample + wide_sample:  # warm the caches alike for both registries
             big.lookup(k)
         big_lookup, small_lookup = big.lookup, small.lookup
 

@@ -10,10 +10,11 @@ Concurrency contract
   dict that a writer may be mutating: it snapshots first, in one C call.
 - **Writes are serialised** by one lock (register, unregister,
   update_metadata, the death handler, close). A reader sees each write whole
-  or not at all: a key maps to an immutable record, replaced by one store.
-- The indexes are always a **superset** of the table: a writer indexes a
-  record before publishing it and unindexes it after removing it. An index
-  answer is re-checked against the record it names, so a concurrent writer
+  or not at all: a key maps to its immutable ``Entry``, replaced by one store
+  (so ``lookup`` is one ``dict.get`` and returns what it found).
+- The indexes are always a **superset** of the table: a writer indexes an
+  entry before publishing it and unindexes it after removing it. An index
+  answer is re-checked against the entry it names, so a concurrent writer
   can never make a query return an entry that does not match.
 - **Closed**: ``close()`` swaps the readers' table for an object whose every
   access raises ``errors.Closed`` (``_ClosedTable``), so a read after close
@@ -46,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from foundation._unraisable import report_unraisable
 from foundation.errors import (
@@ -67,6 +68,8 @@ from foundation.registry._types import (
     Registry,
     RegistryEvent,
     UnregisterReason,
+    _EntryBuilder,
+    new_entry,
 )
 from foundation.registry._validation import EMPTY_METADATA, freeze_metadata, validate_key
 
@@ -76,6 +79,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryRegistry", "MemoryRegistryStats"]
 
 _now = time.time
+_new_object = object.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,83 +138,54 @@ class _ClosedTable:
 _CLOSED_TABLE: Any = _ClosedTable()
 
 
-class _Record(Monitor):
-    """One registration as the table holds it; usually also its own monitor.
+class _Registration(Monitor):
+    """One registration: its monitor (usually) and its identity.
+
+    The table maps each key to its ``Entry``; the entry's private slot
+    ``_registration`` names this object, and every ``Entry`` published for the
+    same registration (``update_metadata`` publishes a new one) names the same
+    one. It is the token of the registration: a death removes the entry under
+    its key only if that entry names this registration — never a later
+    registration under the same key.
 
     A ``Monitor`` subclass: when the agent's watch already exists (every
     ``spawn_thread`` thread, and futures and tasks after their first monitor)
-    the manager makes the record itself the monitor (``_monitor_as``), so an
-    entry costs one object less; ``monitor`` then points to the record.
+    the manager makes the registration itself the monitor (``_monitor_as``),
+    so an entry costs one object less; otherwise ``monitor`` names the
+    separate monitor whose ``on_down`` this is. Nothing here refers to the
+    entry: no cycle, so both are freed by reference counting the moment they
+    leave the table.
 
-    Immutable once published, except ``entry`` (a lazily built ``Entry``; see
-    ``_entry``) and, on the *origin* record, ``origin`` (set to ``_DIED`` under
-    the write lock when its agent dies while the record is not in the table).
-    ``update_metadata`` publishes a new record whose ``origin`` names the origin
-    record and whose ``monitor`` is the registration's monitor: the origin
-    record is the monitor's callback and the token that identifies this
-    registration, so a death can only remove the registration it was reported
-    for — never a later one under the same key.
-
-    No record refers to itself: ``origin is None`` means "I am the origin" and
-    ``monitor is None`` means "I am my own monitor" (see ``_origin_of`` and
-    ``_monitor_of``). A record is then freed by reference counting the moment
-    it leaves the table and its monitor, never left to the cyclic collector.
+    Built only by ``MemoryRegistry.register`` (inline: its hot path). Slots:
+    ``key``; ``monitor``, ``None`` when the registration is its own monitor
+    (the usual case); ``died``, set by ``_on_down`` under the write lock when
+    the agent died while no entry of this registration was in the table —
+    ``register`` reads it as "died before it was published" (``NotAlive``,
+    nothing stored).
     """
 
-    __slots__ = (
-        "agent",
-        "entry",
-        "key",
-        "metadata",
-        "monitor",
-        "origin",
-        "registered_at",
-    )
+    __slots__ = ("died", "key", "monitor")
 
+    key: Hashable
+    monitor: Monitor | None
+    died: bool
     registry: MemoryRegistry  # a class attribute of each registry's own subclass (8 B less)
-
-    def __init__(
-        self,
-        key: Hashable,
-        agent: Any,
-        metadata: Mapping[str, Any],
-        registered_at: float,
-    ) -> None:
-        self.key = key
-        self.agent = agent  # type: ignore[misc]  # our slot shadows Monitor.agent (same agent)
-        self.metadata = metadata
-        self.registered_at = registered_at
-        self.entry: Entry | None = None
-        # None: this record is the origin (the monitor's callback and the
-        # registration's token). Set to _DIED by _on_down when its agent died
-        # while it was not (or no longer) in the table: register() reads that
-        # as "died first". A derived record (update_metadata) names its origin.
-        self.origin: object = None
-        # None: this record is its own monitor (the usual case).
-        self.monitor: Monitor | None = None
 
     def __call__(self, down: Down) -> None:
         # The monitor's on_down: called once, from whichever thread saw the death.
         self.registry._on_down(self, down)
 
+    def watched_by(self) -> Monitor:
+        """The registration's monitor: itself, usually."""
+        monitor = self.monitor
+        return self if monitor is None else monitor
+
+    def release(self) -> None:
+        """Release the registration's monitor (``demonitor``; idempotent)."""
+        self.watched_by().demonitor()
+
     def __repr__(self) -> str:
-        return f"<registration {self.key!r} agent={self.agent!r}>"
-
-
-_DIED: Final = object()
-"""``_Record.origin`` of an origin record whose agent died before it was published."""
-
-
-def _origin_of(rec: _Record) -> _Record:
-    """The origin record of ``rec``'s registration (``rec`` itself, unless derived)."""
-    origin = rec.origin
-    return rec if origin is None else origin  # type: ignore[return-value]
-
-
-def _monitor_of(rec: _Record) -> Monitor:
-    """The monitor of ``rec``'s registration (``rec`` itself, usually)."""
-    monitor = rec.monitor
-    return rec if monitor is None else monitor
+        return f"<registration {self.key!r}>"
 
 
 class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
@@ -253,15 +228,16 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         self._owns_manager = manager is None
         self._manager = manager if manager is not None else MonitorManager(name="registry")
         self._lock = threading.Lock()
-        # Records reach their registry through a class attribute of a subclass
-        # made for this registry: one pointer less per entry.
-        self._record: type[_Record] = type(
-            "_Record", (_Record,), {"__slots__": (), "registry": self}
+        # Registrations reach their registry through a class attribute of a
+        # subclass made for this registry: one pointer less per entry.
+        self._registration: type[_Registration] = type(
+            "_Registration", (_Registration,), {"__slots__": (), "registry": self}
         )
-        # The table. Writers use _live; readers use _table, the same dict until
-        # close() swaps it for _CLOSED_TABLE (then every read raises Closed).
-        self._live: dict[Hashable, _Record] = {}
-        self._table: dict[Hashable, _Record] = self._live
+        # The table: key -> Entry. Writers use _live; readers use _table, the
+        # same dict until close() swaps it for _CLOSED_TABLE (then every read
+        # raises Closed).
+        self._live: dict[Hashable, Entry] = {}
+        self._table: dict[Hashable, Entry] = self._live
         # The shared attribute index (also the RedisRegistry mirror's); None: no index.
         self._index: AttributeIndex | None = AttributeIndex(indexed) if indexed else None
         # Bound once: the write paths call these per entry (an attribute load less).
@@ -276,19 +252,6 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
 
     # ------------------------------------------------------------------ reads (no lock)
 
-    def _entry(self, rec: _Record) -> Entry:
-        """The record's ``Entry``, built on first use.
-
-        Race: two readers may build it at once; both build equal Entries from
-        the record's immutable fields, and whichever single slot store lands
-        last is cached. Either result is correct.
-        """
-        entry = rec.entry
-        if entry is None:
-            entry = Entry(rec.key, rec.agent, rec.metadata, rec.registered_at, self._node)
-            rec.entry = entry
-        return entry
-
     def lookup(self, key: Hashable) -> Entry | None:
         """The entry for ``key``, or ``None``. Lock-free: one ``dict.get``.
 
@@ -297,14 +260,12 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             Closed: the registry is closed (raised by the closed table's ``get``).
         """
         try:
-            rec = self._table.get(key)  # atomic C-level read; a writer swaps whole records
+            entry = self._table.get(key)  # atomic C-level read; a writer swaps whole entries
         except TypeError:
-            rec = None
-        if rec is None:
+            entry = None
+        if entry is None:
             validate_key(key)  # a miss: InvalidKey if ``key`` can be no key (the one rule)
-            return None
-        entry = rec.entry
-        return entry if entry is not None else self._entry(rec)
+        return entry
 
     def __contains__(self, key: object) -> bool:
         try:
@@ -322,11 +283,10 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
     def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
         """Every entry (optionally those whose metadata passes ``filter``)."""
         # Snapshot the values in one C call; never iterate the live dict.
-        records = list(self._table.values())
-        entry = self._entry
+        entries = list(self._table.values())
         if filter is None:
-            return [entry(r) for r in records]
-        return [entry(r) for r in records if filter(r.metadata)]
+            return entries
+        return [e for e in entries if filter(e.metadata)]
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
         """Entries matching all ``criteria``; indexed ``eq``/``in`` are answered from the index.
@@ -344,7 +304,6 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             # Race: a query past this check while close() runs reads a table being
             # emptied: it answers as a query that ran just before the close.
             raise Closed("this MemoryRegistry is closed")
-        entry = self._entry
         if self._index is not None:
             keys = self._index_candidates(self._index, compiled)
             if keys is not None:
@@ -352,14 +311,14 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 table = self._live
                 out: list[Entry] = []
                 for key in keys:
-                    # Re-check: the record may have changed since the index was read.
-                    rec = table.get(key)
-                    if rec is not None and matches(rec.metadata, compiled):
-                        out.append(entry(rec))
+                    # Re-check: the entry may have changed since the index was read.
+                    entry = table.get(key)
+                    if entry is not None and matches(entry.metadata, compiled):
+                        out.append(entry)
                 return out
         self._scans += 1  # race: as above
-        records = list(self._live.values())  # one-call snapshot, as in list_all
-        return [entry(r) for r in records if matches(r.metadata, compiled)]
+        entries = list(self._live.values())  # one-call snapshot, as in list_all
+        return [e for e in entries if matches(e.metadata, compiled)]
 
     def _index_candidates(
         self, index: AttributeIndex, compiled: Sequence[Compiled]
@@ -401,44 +360,59 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         if type(key) is not str:  # a str is a key in normal form as it is
             key = validate_key(key)  # the one key rule (InvalidKey), normal form
         frozen = EMPTY_METADATA if metadata is None else freeze_metadata(metadata)
-        rec = self._record(key, agent, frozen, _now())
+        # The registration and its Entry, built inline: this is the hot path of
+        # every register (two call frames less; new_entry builds every other
+        # Entry the same way).
+        reg: _Registration = _new_object(self._registration)
+        reg.key = key
+        reg.monitor = None
+        reg.died = False
+        built: Any = _new_object(_EntryBuilder)  # an Entry once __class__ is set
+        built.key = key
+        built.agent = agent
+        built.metadata = frozen
+        built.registered_at = _now()
+        built.node = self._node
+        built._registration = reg
+        built.__class__ = Entry  # frozen from here on (see new_entry)
+        entry: Entry = built
         # monitor() raises UnsupportedAgent for unknown kinds (nothing stored yet).
         # An agent already dead is reported by monitor() synchronously, inside
         # the call, as "noproc": that is how NotAlive is detected, with no
         # separate liveness probe. Race: the agent may also die right after
-        # monitor(); then rec(down) runs on another thread. Either way _on_down
-        # marks rec.origin _DIED under the write lock and, finding rec unpublished,
-        # stores nothing; below, under the same lock, rec.origin not None means
-        # "died before it was registered": NotAlive, nothing stored. A death
-        # reported after publication removes the entry normally (registered,
-        # then down). monitor() is called outside our lock so that a synchronous
-        # on_down can take it.
+        # monitor(); then reg(down) runs on another thread. Either way _on_down
+        # sets reg.died under the write lock and, finding reg unpublished,
+        # stores nothing; below, under the same lock, reg.died means "died
+        # before it was registered": NotAlive, nothing stored. A death reported
+        # after publication removes the entry normally (registered, then down).
+        # monitor() is called outside our lock so that a synchronous on_down
+        # can take it.
         try:
-            monitor = self._monitor_as(agent, rec)  # usually rec itself
+            monitor = self._monitor_as(agent, reg)  # usually reg itself
         except RuntimeError:
             if self._closed:  # our manager was closed by close()
                 raise Closed("this MemoryRegistry is closed") from None
             raise
-        if monitor is not rec:
-            rec.monitor = monitor  # (None, the default, means rec itself: no cycle)
+        if monitor is not reg:
+            reg.monitor = monitor  # (None, the default, means reg itself: no cycle)
         lock = self._lock
         lock.acquire()  # (explicit acquire/release: measurably cheaper than `with`)
         try:
             table = self._live
             old = table.get(key)
-            if old is None and rec.origin is None and not self._closed:
+            if old is None and not reg.died and not self._closed:
                 # The common case: a new key. Index first, then publish.
                 if frozen and self._index is not None:  # empty metadata: nothing to index
                     self._index.add(key, frozen)
-                table[key] = rec
+                table[key] = entry
                 if not self._listeners:
                     # Done (the finally releases the lock). Events queued by other
                     # writers are theirs to deliver: each writer dispatches its own.
                     return
-                self._pending.append(RegistryEvent("registered", self._entry(rec)))
+                self._pending.append(RegistryEvent("registered", entry))
                 error = None
             else:
-                error, old = self._register_conflict(rec, old, replace)
+                error, old = self._register_conflict(entry, old, replace)
         finally:
             lock.release()
         if error is not None:
@@ -446,21 +420,21 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             raise error
         if old is not None:
             # Race: if the old monitor fires meanwhile, _on_down finds another
-            # origin under the key and does nothing.
-            _monitor_of(old).demonitor()
+            # registration under the key and does nothing.
+            old._registration.release()
         if self._pending:
             self._dispatch()
 
     def _register_conflict(
-        self, rec: _Record, old: _Record | None, replace: bool
-    ) -> tuple[Exception | None, _Record | None]:
+        self, entry: Entry, old: Entry | None, replace: bool
+    ) -> tuple[Exception | None, Entry | None]:
         """register() when the key is taken, the agent died, or the registry closed.
 
-        Write lock held. Returns (error to raise, replaced record to demonitor).
+        Write lock held. Returns (error to raise, replaced entry to release).
         """
-        key = rec.key
-        if rec.origin is not None:  # _DIED
-            return NotAlive(key, rec.agent), None  # died before publication: nothing stored
+        key = entry.key
+        if entry._registration.died:
+            return NotAlive(key, entry.agent), None  # died before publication: nothing stored
         if self._closed:
             return Closed("this MemoryRegistry is closed"), None
         assert old is not None
@@ -469,21 +443,21 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             # Conflict path only: a liveness check, in case the old agent died
             # but its monitor has not reported it yet.
             if is_alive(old.agent):
-                return AlreadyRegistered(key, self._entry(old)), None
+                return AlreadyRegistered(key, old), None
             reason = "down"
-        # Index the new record, publish it (one store), then unindex the old one:
+        # Index the new entry, publish it (one store), then unindex the old one:
         # the index stays a superset of what lock-free readers can see.
         index = self._index
         if index is not None:
-            index.add(key, rec.metadata)
-        self._live[key] = rec
+            index.add(key, entry.metadata)
+        self._live[key] = entry
         if index is not None:
-            index.remove(key, old.metadata, rec.metadata)
+            index.remove(key, old.metadata, entry.metadata)
         if self._listeners:
             # down=None for reason "down": the death was noticed here, before
             # its monitor reported it, so its details are unknown.
-            self._pending.append(RegistryEvent("unregistered", self._entry(old), reason))
-            self._pending.append(RegistryEvent("registered", self._entry(rec)))
+            self._pending.append(RegistryEvent("unregistered", old, reason))
+            self._pending.append(RegistryEvent("registered", entry))
         return None, old
 
     def unregister(self, key: Hashable) -> bool:
@@ -499,20 +473,21 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         lock.acquire()
         try:
             # Read under the lock: close() swaps _table under it too.
-            rec = self._table.pop(key, None)  # unpublish first, then unindex
-            if rec is None:
+            entry = self._table.pop(key, None)  # unpublish first, then unindex
+            if entry is None:
                 return False  # (the finally releases the lock)
-            if rec.metadata and self._index is not None:
-                self._index.remove(key, rec.metadata)
+            if entry.metadata and self._index is not None:
+                self._index.remove(key, entry.metadata)
             if self._listeners:
-                event = RegistryEvent("unregistered", self._entry(rec), "unregistered")
-                self._pending.append(event)
+                self._pending.append(RegistryEvent("unregistered", entry, "unregistered"))
         finally:
             lock.release()
         # Released outside the lock. Race: if the agent died meanwhile, its
-        # _on_down finds the key gone (or held by another origin) and does nothing.
-        monitor = rec.monitor
-        (rec if monitor is None else monitor).demonitor()
+        # _on_down finds the key gone (or held by another registration) and
+        # does nothing.
+        reg = entry._registration
+        monitor = reg.monitor
+        (reg if monitor is None else monitor).demonitor()  # reg.release(), inlined (hot path)
         if self._pending:
             self._dispatch()
         return True
@@ -534,37 +509,42 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             cur = self._table.get(key)  # Closed if close() ran since the check above
             if cur is None:
                 raise NotRegistered(key)
-            new = self._record(key, cur.agent, frozen, cur.registered_at)
             # Same registration: the same monitor and token.
-            new.origin = _origin_of(cur)
-            new.monitor = _monitor_of(cur)
+            new = new_entry(
+                key,
+                cur.agent,
+                frozen,
+                cur.registered_at,
+                self._node,
+                registration=cur._registration,
+            )
             index = self._index
             if index is not None:
                 index.add(key, frozen)
-            self._live[key] = new  # one store: readers see the old or the new record
+            self._live[key] = new  # one store: readers see the old or the new entry
             if index is not None:
                 index.remove(key, cur.metadata, frozen)
             if self._listeners:
-                self._pending.append(RegistryEvent("updated", self._entry(new)))
+                self._pending.append(RegistryEvent("updated", new))
         if self._pending:
             self._dispatch()
 
-    def _on_down(self, origin: _Record, down: Down) -> None:
-        """The agent of ``origin``'s registration died: remove it (if still there)."""
+    def _on_down(self, reg: _Registration, down: Down) -> None:
+        """The agent of registration ``reg`` died: remove its entry (if still there)."""
         with self._lock:
-            cur = self._live.get(origin.key)  # _live: empty after close(), never raises
+            cur = self._live.get(reg.key)  # _live: empty after close(), never raises
             # Race: the key may have been unregistered, replaced or re-registered
-            # since — or origin is not published yet (register() is between
-            # monitor() and its lock): only the registration this monitor
-            # belongs to is removed; otherwise mark origin dead for register().
-            if cur is None or (cur is not origin and cur.origin is not origin):
-                origin.origin = _DIED
+            # since — or reg is not published yet (register() is between
+            # monitor() and its lock): only the entry of this registration is
+            # removed; otherwise mark reg dead for register().
+            if cur is None or cur._registration is not reg:
+                reg.died = True
                 return
-            del self._live[origin.key]  # unpublish first, then unindex
+            del self._live[reg.key]  # unpublish first, then unindex
             if self._index is not None:
-                self._index.remove(origin.key, cur.metadata)
+                self._index.remove(reg.key, cur.metadata)
             if self._listeners:
-                self._pending.append(RegistryEvent("unregistered", self._entry(cur), "down", down))
+                self._pending.append(RegistryEvent("unregistered", cur, "down", down))
         if self._pending:
             self._dispatch()
 
@@ -616,11 +596,11 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             Closed: the registry is closed.
         """
         with self._lock:
-            records = list(self._table.values())  # Closed once closed
+            entries = list(self._table.values())  # Closed once closed
             index = self._index
             return MemoryRegistryStats(
-                entries=len(records),
-                monitors=sum(1 for r in records if _monitor_of(r).active),
+                entries=len(entries),
+                monitors=sum(1 for e in entries if e._registration.watched_by().active),
                 index_sizes=index.sizes() if index is not None else {},
                 index_values=index.value_counts() if index is not None else {},
                 indexed_queries=self._indexed_queries,
@@ -640,12 +620,12 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             # Readers now hit _CLOSED_TABLE: one attribute store, so a lock-free
             # reader sees either the open table or the closed one, never a mix.
             self._table = _CLOSED_TABLE
-            records = list(self._live.values())
+            entries = list(self._live.values())
             self._live.clear()
             if self._index is not None:
                 self._index.clear()
-        for rec in records:
-            _monitor_of(rec).demonitor()
+        for entry in entries:
+            entry._registration.release()
         if self._owns_manager:
             self._manager.close()
 

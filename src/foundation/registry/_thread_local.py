@@ -42,6 +42,7 @@ from foundation.registry._types import (
     Registry,
     RegistryEvent,
     UnregisterReason,
+    new_entry,
 )
 from foundation.registry._validation import EMPTY_METADATA, freeze_metadata, validate_key
 
@@ -296,7 +297,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
             if is_alive(old.agent):
                 raise AlreadyRegistered(key, old)
             reason = "down"  # a dead, lingering entry is simply replaced
-        entry = Entry(key, agent, frozen, time.time())
+        entry = new_entry(key, agent, frozen, time.time(), "local")
         # Race with close() in another thread: an entry stored just after close()
         # cleared the stores lingers in this thread's store, unreadable (every
         # read raises Closed), and goes with the thread.
@@ -345,7 +346,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         if not is_alive(entry.agent):
             store.drop(key)  # dead and lingering: drop it now
             raise NotRegistered(key)
-        new = Entry(key, entry.agent, frozen, entry.registered_at, entry.node)
+        new = new_entry(key, entry.agent, frozen, entry.registered_at, entry.node)
         store.put(key, new, entry)
         if self._listeners.current:
             self._listeners.dispatch(RegistryEvent("updated", new))

@@ -44,7 +44,7 @@ from foundation.registry._redis._codec import RemoteAgent, decode_key
 from foundation.registry._redis._mirror import Mirror, same_registration
 from foundation.registry._redis._scripts import SNAPSHOT, SnapshotArgs
 from foundation.registry._redis._shared import _down_from, expand_record, record_span
-from foundation.registry._types import Criterion, Entry, RegistryEvent, UnregisterReason
+from foundation.registry._types import Criterion, Entry, RegistryEvent, UnregisterReason, new_entry
 from foundation.registry._validation import metadata_from_json, validate_key
 
 __all__ = ["Death", "RedisObserver"]
@@ -321,7 +321,7 @@ class RedisObserver:
             m.versions[key] = v
             return
         meta = metadata_from_json(f[b"m"])
-        updated = Entry(key, held.agent, meta, held.registered_at, held.node)
+        updated = new_entry(key, held.agent, meta, held.registered_at, held.node)
         m.put(updated, v)
         if held.metadata != updated.metadata:
             events.append(RegistryEvent("updated", updated))
@@ -403,4 +403,4 @@ def _entry(key: Hashable, head_raw: bytes, meta: bytes) -> Entry:
     a = head.get("a") or {}
     node = head["n"]
     agent = RemoteAgent(node, a.get("kind", "?"), a.get("pid"), a.get("name"))
-    return Entry(key, agent, metadata_from_json(meta), head["t"], node)
+    return new_entry(key, agent, metadata_from_json(meta), head["t"], node)

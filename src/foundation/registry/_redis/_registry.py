@@ -80,6 +80,7 @@ from foundation.registry._types import (
     Registry,
     RegistryEvent,
     batch_items,
+    new_entry,
 )
 from foundation.registry._validation import (
     MAX_METADATA_BYTES,
@@ -548,7 +549,7 @@ class RedisRegistry(Registry):
                 if m.is_newer(key, v):
                     old = sh.entries.get(key)
                     if old is not None:
-                        new: Entry | None = Entry(
+                        new: Entry | None = new_entry(
                             key, old.agent, frozen, old.registered_at, old.node
                         )
                     else:
@@ -831,7 +832,7 @@ class RedisRegistry(Registry):
             return BackendUnavailable(f"unexpected reply from Redis at {sh.url}: {reply!r}")
         own.pending = False
         sh.written = max(sh.written, v)
-        entry = Entry(key, p.agent, p.frozen, p.registered_at, sh.node)
+        entry = new_entry(key, p.agent, p.frozen, p.registered_at, sh.node)
         # Race: a listener subscribed while this call runs may miss its events (as
         # on every backend); with no listener, no event objects are built at all.
         listening = bool(sh.listeners)
@@ -995,7 +996,7 @@ class RedisRegistry(Registry):
                     p.died = True  # its monitor fired while the script ran
                     continue
                 if m.is_newer(key, v):
-                    entry = Entry(key, p.agent, p.frozen, p.registered_at, node)
+                    entry = new_entry(key, p.agent, p.frozen, p.registered_at, node)
                     old = m.put(entry, v)
                     if listening:
                         if old is not None:
@@ -1083,7 +1084,7 @@ class RedisRegistry(Registry):
             head = json.loads(reply[2])
             a = head.get("a") or {}
             agent = RemoteAgent(owner, a.get("kind", "?"), a.get("pid"), a.get("name"))
-            return Entry(key, agent, metadata_from_json(reply[3]), head.get("t", 0.0), owner)
+            return new_entry(key, agent, metadata_from_json(reply[3]), head.get("t", 0.0), owner)
         except (TypeError, ValueError):
             return None
 

@@ -27,7 +27,7 @@ from foundation.liveness import Down, Monitor, MonitorManager
 from foundation.registry._redis._codec import RemoteAgent, index_names
 from foundation.registry._redis._mirror import Mirror
 from foundation.registry._redis._state import Link, log
-from foundation.registry._types import Entry, Listener, RegistryEvent, UnregisterReason
+from foundation.registry._types import Entry, Listener, RegistryEvent, UnregisterReason, new_entry
 from foundation.registry._validation import metadata_from_json
 
 __all__ = [
@@ -341,7 +341,7 @@ class Shared:
         else:
             a = head.get("a") or {}
             agent = RemoteAgent(node, a.get("kind", "?"), a.get("pid"), a.get("name"))
-        return Entry(key, agent, metadata_from_json(meta), head["t"], node)
+        return new_entry(key, agent, metadata_from_json(meta), head["t"], node)
 
     def forget_own(self, key: Hashable, own: Own, prev: Own | None = None) -> None:
         """Undo the pending local registration of a failed register."""

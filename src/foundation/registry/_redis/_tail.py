@@ -29,7 +29,7 @@ from foundation.registry._redis._shared import (
     record_span,
 )
 from foundation.registry._redis._state import log
-from foundation.registry._types import Entry, RegistryEvent
+from foundation.registry._types import Entry, RegistryEvent, new_entry
 from foundation.registry._validation import metadata_from_json
 
 __all__ = ["OWN_QUIET_S", "Tail"]
@@ -190,7 +190,7 @@ class Tail:
         m.versions[key] = v
         if old is None:
             return  # e.g. our agent just died; its delete is on its way
-        new = Entry(key, old.agent, metadata_from_json(f[b"m"]), old.registered_at, old.node)
+        new = new_entry(key, old.agent, metadata_from_json(f[b"m"]), old.registered_at, old.node)
         own = sh.own.get(key)
         if own is not None and old.node == sh.node:
             own.meta, own.ix = f[b"m"], sh.ix_for(new.metadata)
