@@ -37,6 +37,7 @@ HEAVY = (
     "pathlib",
     "urllib.parse",
     "fractions",
+    "hashlib",  # OpenSSL: flags hash with CPython's own SHA-256 (flags._hashing)
 )
 
 
@@ -177,3 +178,84 @@ def test_agents_of_modules_imported_after_foundation_are_recognised(
     result = _run(textwrap.dedent(preamble) + textwrap.dedent(body) + "print('OK')\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "OK"
+
+
+# Implementation modules that only a constructed object needs: the class
+# names them under TYPE_CHECKING and its constructor imports them through
+# one module-level `_load_implementation()` (the one way, foundation._public).
+DEFERRED = {
+    "foundation.registry.RedisRegistry": (
+        "foundation.registry._redis._lease",
+        "foundation.registry._redis._mirror",
+        "foundation.registry._redis._scripts",
+        "foundation.registry._redis._shared",
+        "foundation.registry._redis._state",
+        "foundation.registry._redis._tail",
+    ),
+}
+
+
+def test_import_foundation_does_not_import_deferred_implementations() -> None:
+    modules = sorted(m for ms in DEFERRED.values() for m in ms)
+    result = _run(
+        f"""
+        import sys
+        import foundation
+        print([m for m in {modules!r} if m in sys.modules])
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("public", sorted(DEFERRED))
+def test_the_constructor_imports_its_deferred_implementation(public: str) -> None:
+    # A constructor that fails its argument checks has already loaded them
+    # (first statement): no Redis server, nor the redis extra, is needed here.
+    package, name = public.rsplit(".", 1)
+    result = _run(
+        f"""
+        import importlib
+        import sys
+        cls = getattr(importlib.import_module({package!r}), {name!r})
+        try:
+            cls("not-a-redis-url")
+        except (ImportError, ValueError):
+            pass
+        print([m for m in {DEFERRED[public]!r} if m not in sys.modules])
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# Building a dataclass compiles five or six methods (about a millisecond
+# each class at import): `import foundation` builds only public records.
+
+
+def test_import_foundation_builds_dataclasses_only_for_public_records() -> None:
+    result = _run(
+        """
+        import dataclasses
+        import sys
+        import foundation
+
+        public = set()
+        for name, module in list(sys.modules.items()):
+            if name.startswith("foundation") and not any(
+                part.startswith("_") for part in name.split(".")
+            ):
+                public.update(id(getattr(module, n)) for n in getattr(module, "__all__", ()))
+        private = set()
+        for name, module in list(sys.modules.items()):
+            if not name.startswith("foundation"):
+                continue
+            for value in list(vars(module).values()):
+                if isinstance(value, type) and dataclasses.is_dataclass(value):
+                    if id(value) not in public:
+                        private.add(value.__module__ + "." + value.__qualname__)
+        print(sorted(private))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert ast.literal_eval(result.stdout) == []

@@ -23,7 +23,8 @@ from foundation.flags._migration import (
     ReadinessCheck,
     Stage,
 )
-from foundation.flags._redis_store import RedisFlagStore
+from foundation.flags._node_cache import PendingKillSwitch
+from foundation.flags._redis_store import RedisFlagStore, RedisFlagStoreStatus
 from foundation.flags._sqlite_store import SQLiteFlagStore
 from foundation.flags._store import (
     FlagChange,
@@ -55,8 +56,10 @@ __all__ = [
     "MigrationEvent",
     "MigrationPlan",
     "MigrationStatus",
+    "PendingKillSwitch",
     "ReadinessCheck",
     "RedisFlagStore",
+    "RedisFlagStoreStatus",
     "SQLiteFlagStore",
     "Stage",
     "StoreTransaction",

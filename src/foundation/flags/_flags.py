@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from dataclasses import replace as _replace
-from hashlib import sha256 as _sha256
 from typing import Any, Final, NoReturn, TypeVar
 
 from foundation import telemetry
@@ -48,6 +47,7 @@ from foundation.flags._config import (
 )
 from foundation.flags._fair_lock import FairRLock
 from foundation.flags._hashing import HASH_SPACE, split_exponent, threshold
+from foundation.flags._hashing import sha256 as _sha256
 from foundation.flags._store import (
     FlagChange,
     FlagInfo,

@@ -41,15 +41,38 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Iterable
-from hashlib import sha256
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def _sha256_without_openssl() -> Callable[[bytes], Any]:
+    """CPython's own SHA-256 (the same digests as ``hashlib``'s).
+
+    ``import hashlib`` loads OpenSSL, about 4 ms of every ``import foundation``;
+    for inputs this short the built-in module is no slower. Its name changed
+    in 3.12; ``hashlib`` is the fallback.
+    """
+    for name in ("_sha2", "_sha256"):  # Python >= 3.12, Python 3.11
+        try:
+            return importlib.import_module(name).sha256  # type: ignore[no-any-return]
+        except ImportError:
+            continue
+    from hashlib import sha256  # pragma: no cover - a Python built without them
+
+    return sha256  # pragma: no cover
+
+
+sha256 = _sha256_without_openssl()
+"""``sha256(data)``: a hash object with ``digest()`` and ``hexdigest()``."""
 
 __all__ = [
     "HASH_SPACE",
     "actor_hash",
     "bucket",
     "hash_input",
+    "sha256",
     "split_exponent",
     "split_variant",
     "threshold",

@@ -18,7 +18,6 @@ may share one file (SQLite locking, WAL).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from foundation._redis_conn import redact_url
 from foundation.errors import FlagError, InvalidFlagValue, bounded_repr
+from foundation.flags._hashing import sha256
 from foundation.flags._store import FlagChange, FlagState, MigrationEvent, _loads
 
 if TYPE_CHECKING:
@@ -84,25 +84,38 @@ def default_cache_path(namespace: str, url: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", namespace)[:40]
     # Hashed in its redacted form: no password in any input, and a new password
     # finds the same copy.
-    digest = hashlib.sha256(f"{namespace}\0{redact_url(url)}".encode()).hexdigest()[:12]
+    digest = sha256(f"{namespace}\0{redact_url(url)}".encode()).hexdigest()[:12]
     return directory / f"flags-{slug}-{digest}.sqlite3"
 
 
-@dataclass(frozen=True, slots=True)
 class Snapshot:
     """A consistent read of the Redis side (one ``MULTI``), to mirror into the cache.
 
     ``full``: replace the cached history with ``history``/``migrations``;
-    otherwise they are entries after the cache's last ones, to append.
+    otherwise they are entries after the cache's last ones, to append. (A
+    plain class: a private record, so ``import foundation`` builds no
+    dataclass for it; see ``foundation._public``.)
     """
 
-    version: int
-    epoch: str | None
-    states: dict[str, str]
-    stages: dict[str, int]
-    history: list[Entry]
-    migrations: list[Entry]
-    full: bool
+    __slots__ = ("epoch", "full", "history", "migrations", "stages", "states", "version")
+
+    def __init__(  # noqa: PLR0917 - one field each
+        self,
+        version: int,
+        epoch: str | None,
+        states: dict[str, str],
+        stages: dict[str, int],
+        history: list[Entry],
+        migrations: list[Entry],
+        full: bool,
+    ) -> None:
+        self.version = version
+        self.epoch = epoch
+        self.states = states
+        self.stages = stages
+        self.history = history
+        self.migrations = migrations
+        self.full = full
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,17 +128,30 @@ class _Child:
         self.owned: tuple[Any, ...] = ()  # agents of its latest registration attempts (<= 3)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+# The events of the supervisor's queue are plain classes, not dataclasses:
+# nothing compares, copies or prints them, and `import foundation` would pay
+# about a millisecond per dataclass built (tests/test_import_cost.py).
+
+
 class _Exited:
-    id: str
-    run: Run
-    exit: ChildExit
+    """A child's run ended with ``exit``."""
+
+    __slots__ = ("exit", "id", "run")
+
+    def __init__(self, id: str, run: Run, exit: ChildExit) -> None:
+        self.id = id
+        self.run = run
+        self.exit = exit
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class _StartFailed:
-    id: str
-    exit: ChildExit
+    """A child could not be restarted: ``exit`` says why."""
+
+    __slots__ = ("exit", "id")
+
+    def __init__(self, id: str, exit: ChildExit) -> None:
+        self.id = id
+        self.exit = exit
 
 
 class _Round:
@@ -150,10 +163,14 @@ class _Round:
         self.owner = owner
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class _RestartDue:
-    token: object
-    ids: tuple[str, ...]
+    """The delayed restart round ``token`` is due for the children ``ids``."""
+
+    __slots__ = ("ids", "token")
+
+    def __init__(self, token: object, ids: tuple[str, ...]) -> None:
+        self.token = token
+        self.ids = ids
 
 
 _STOP = object()

@@ -48,6 +48,7 @@ __all__ = [
     "index_values",
     "metadata_json",
     "normal_key",
+    "s",
 ]
 
 
@@ -70,6 +71,11 @@ class RemoteAgent:
     kind: str
     pid: int | None
     name: str | None
+
+
+def s(value: Any) -> str:
+    """A reply value as ``str``."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _plain(key: object) -> object:

@@ -25,12 +25,11 @@ import queue
 import threading
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass
-from typing import Any
 
 from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, FoundationError
 from foundation.liveness import Monitor, is_alive
+from foundation.registry._redis._registry import Conflict
 from foundation.registry._redis._scripts import (
     HeartbeatArgs,
     RegisterArgs,
@@ -40,23 +39,7 @@ from foundation.registry._redis._shared import Job, Shared, down_fields, s
 from foundation.registry._redis._state import log
 from foundation.registry._redis._tail import Tail
 
-__all__ = ["Conflict", "Lease"]
-
-
-@dataclass(frozen=True, slots=True)
-class Conflict:
-    """A registration this node could not re-assert after losing its lease.
-
-    While this node was cut off (frozen, partitioned, or Redis restarted), its
-    lease expired and ``holder`` registered ``key``. The holder keeps it; this
-    node's ``agent`` stays alive but is no longer registered (local listeners
-    got an ``unregistered`` event with reason ``"replaced"``).
-    """
-
-    key: Hashable
-    agent: Any
-    holder: str
-    at: float
+__all__ = ["Lease"]
 
 
 class Lease:

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from foundation import _redis_conn
 from foundation._listeners import check_listener, without
@@ -58,19 +58,7 @@ from foundation.liveness import (
 )
 from foundation.liveness._types import AGENT_TYPES
 from foundation.registry._query import compile_criteria, index_plan, matches
-from foundation.registry._redis import _scripts
-from foundation.registry._redis._codec import RemoteAgent, metadata_json, normal_key
-from foundation.registry._redis._lease import Conflict, Lease
-from foundation.registry._redis._scripts import (
-    RegisterArgs,
-    RegisterManyArgs,
-    ReleaseArgs,
-    UnregisterArgs,
-    UpdateArgs,
-)
-from foundation.registry._redis._shared import TAIL_BLOCK_MS, Own, Shared, s
-from foundation.registry._redis._state import LinkState
-from foundation.registry._redis._tail import Tail
+from foundation.registry._redis._codec import RemoteAgent, metadata_json, normal_key, s
 from foundation.registry._types import (
     BatchItem,
     Criterion,
@@ -91,6 +79,11 @@ from foundation.registry._validation import (
     validate_key,
 )
 
+if TYPE_CHECKING:
+    # Implementation modules: imported by the first RedisRegistry(), not by
+    # `import foundation` (see _load_implementation).
+    from foundation.registry._redis import _lease, _scripts, _shared, _state, _tail
+
 __all__ = ["MAX_METADATA_BYTES", "Conflict", "RedisRegistry", "RedisStatus"]
 
 
@@ -98,6 +91,18 @@ _seq = itertools.count(1)
 _CHUNK: Final = 500  # items per REGISTER_MANY script call (see _pipelined)
 _dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
 _str_json: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _load_implementation() -> None:
+    """Import the modules a ``RedisRegistry`` runs on (Lua scripts, lease, tail).
+
+    Called first by the constructor, so ``import foundation`` never pays for
+    them (the one way to defer an implementation module: ``foundation._public``).
+    Two constructors racing both import; the import lock makes the second a
+    dictionary lookup, and both bind the same module objects.
+    """
+    global _lease, _scripts, _shared, _state, _tail
+    from foundation.registry._redis import _lease, _scripts, _shared, _state, _tail
 
 
 def _agent_json(agent: Any) -> str:
@@ -129,15 +134,15 @@ class _Prepared:
     )
 
     def __init__(
-        self, key: Hashable, agent: Any, frozen: Mapping[str, Any], at: float, own: Own
+        self, key: Hashable, agent: Any, frozen: Mapping[str, Any], at: float, own: _shared.Own
     ) -> None:
         self.key = key
         self.agent = agent
         self.frozen = frozen
         self.registered_at = at
         self.own = own
-        self.prev: Own | None = None  # this node's registration it replaces
-        self.args: RegisterArgs | None = None  # REGISTER's (single register only)
+        self.prev: _shared.Own | None = None  # this node's registration it replaces
+        self.args: _scripts.RegisterArgs | None = None  # REGISTER's (single register only)
         self.own_dead = False  # this node's previous agent under the key is dead
         self.died = False  # the agent died while its script ran
 
@@ -153,6 +158,22 @@ class _ClosedEntries(dict[Hashable, Entry]):
 
 
 _CLOSED_ENTRIES: Final = _ClosedEntries()
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A registration this node could not re-assert after losing its lease.
+
+    While this node was cut off (frozen, partitioned, or Redis restarted), its
+    lease expired and ``holder`` registered ``key``. The holder keeps it; this
+    node's ``agent`` stays alive but is no longer registered (local listeners
+    got an ``unregistered`` event with reason ``"replaced"``).
+    """
+
+    key: Hashable
+    agent: Any
+    holder: str
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +275,7 @@ class RedisRegistry(Registry):
         import secrets
         import socket
 
+        _load_implementation()
         _redis_conn.import_redis()  # the extra is optional: ImportError naming it
         _redis_conn.check_url(url)
         if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
@@ -273,7 +295,7 @@ class RedisRegistry(Registry):
 
         name = node or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         owns_manager = manager is None
-        sh = Shared(
+        sh = _shared.Shared(
             url=url,
             node=name,
             namespace=namespace,
@@ -291,7 +313,7 @@ class RedisRegistry(Registry):
             sh.client = _redis_conn.connect(url, op_timeout=op_timeout, name=f"foundation:{name}")
             tail = _redis_conn.connect(
                 url,
-                op_timeout=op_timeout + TAIL_BLOCK_MS / 1000,
+                op_timeout=op_timeout + _shared.TAIL_BLOCK_MS / 1000,
                 connect_timeout=op_timeout,
                 name=f"foundation-tail:{name}",
             )
@@ -314,8 +336,8 @@ class RedisRegistry(Registry):
                 "release": c.register_script(_scripts.RELEASE),
                 "snapshot": c.register_script(_scripts.SNAPSHOT),
             }
-            self._tail = Tail(sh)
-            self._lease = Lease(sh, self._tail)
+            self._tail = _tail.Tail(sh)
+            self._lease = _lease.Lease(sh, self._tail)
             sh.call("clearing our wake stream", c.delete, sh.k_wake)
             with sh.writing(public=False):
                 self._lease.recover_locked()
@@ -475,7 +497,7 @@ class RedisRegistry(Registry):
         events: list[RegistryEvent] = []
         with sh.writing():
             self._lease.flush_pending_down(key)
-            args = UnregisterArgs(sh.maxlen, ek, "unregistered", "", "", "", "", sh.node)
+            args = _scripts.UnregisterArgs(sh.maxlen, ek, "unregistered", "", "", "", "", sh.node)
             try:
                 v = int(sh.script("unregister", args, f"unregistering {key!r}"))
             except FoundationError:
@@ -521,7 +543,7 @@ class RedisRegistry(Registry):
         meta = sh.utf8(meta_text)
         ix = sh.ix_for(frozen)
         events: list[RegistryEvent] = []
-        args = UpdateArgs(sh.maxlen, ek, meta, ix, sh.node)
+        args = _scripts.UpdateArgs(sh.maxlen, ek, meta, ix, sh.node)
         doing = f"updating {key!r}"
         with sh.writing():
             self._lease.flush_pending_down(key)
@@ -635,9 +657,8 @@ class RedisRegistry(Registry):
         ``Closed`` after ``close()``."""
         sh = self._sh
         self._check_open()
-        return (
-            sh.link.state is not LinkState.CONNECTED or time.monotonic() - sh.last_beat_ok > sh.ttl
-        )
+        connected = sh.link.state is _state.LinkState.CONNECTED
+        return not connected or time.monotonic() - sh.last_beat_ok > sh.ttl
 
     def status(self) -> RedisStatus:
         """Connection, staleness and size figures of this node; ``Closed`` after ``close()``."""
@@ -681,7 +702,8 @@ class RedisRegistry(Registry):
         with sh.applied:
             done = sh.applied.wait_for(
                 lambda: (
-                    sh.closed or (sh.tail_v >= version and sh.link.state is LinkState.CONNECTED)
+                    sh.closed
+                    or (sh.tail_v >= version and sh.link.state is _state.LinkState.CONNECTED)
                 ),
                 timeout,
             )
@@ -710,7 +732,8 @@ class RedisRegistry(Registry):
         self._lease.thread.join(timeout=sh.op_timeout * 3 + 1)
         try:
             with sh.writing(public=False):
-                sh.script("release", ReleaseArgs(sh.maxlen, sh.node), "releasing our lease")
+                release = _scripts.ReleaseArgs(sh.maxlen, sh.node)
+                sh.script("release", release, "releasing our lease")
         except FoundationError:
             pass  # Redis is down: the lease will expire and others reap our entries
         with sh.mlock:
@@ -729,7 +752,7 @@ class RedisRegistry(Registry):
         if self._tail.thread.is_alive():
             # Blocked in XREAD on a server that does not answer: cut the socket.
             sh.tail_client.connection_pool.disconnect()
-            self._tail.thread.join(timeout=sh.op_timeout + TAIL_BLOCK_MS / 1000 + 1)
+            self._tail.thread.join(timeout=sh.op_timeout + _shared.TAIL_BLOCK_MS / 1000 + 1)
         with contextlib.suppress(FoundationError):
             sh.call("deleting our wake stream", sh.client.delete, sh.k_wake)
         sh.client.close()
@@ -773,7 +796,7 @@ class RedisRegistry(Registry):
         # The head: who owns it, a description of the agent, when; "s" makes every
         # registration's head unique (it is the compare-and-delete token).
         head = f'{{"n":{sh.node_json},"a":{described},"t":{registered_at!r},"s":{next(_seq)}}}'
-        own = Own(agent, ek, head, meta, sh.ix_for(frozen) if sh.indexed else "")
+        own = _shared.Own(agent, ek, head, meta, sh.ix_for(frozen) if sh.indexed else "")
         return _Prepared(key, agent, frozen, registered_at, own)
 
     def _begin(self, p: _Prepared, replace: bool, *, single: bool = True) -> None:
@@ -800,7 +823,7 @@ class RedisRegistry(Registry):
         p.own_dead = not prev_alive
         if not single:
             return
-        p.args = RegisterArgs(
+        p.args = _scripts.RegisterArgs(
             sh.maxlen,
             sh.node,
             own.ek,
@@ -1018,7 +1041,7 @@ class RedisRegistry(Registry):
         for i in range(0, len(items), _CHUNK):
             owns = [p.own for _, p in items[i : i + _CHUNK]]
             chunks.append(
-                RegisterManyArgs(
+                _scripts.RegisterManyArgs(
                     sh.maxlen,
                     sh.node,
                     sh.node,
@@ -1045,7 +1068,7 @@ class RedisRegistry(Registry):
                 out += reply
         return out
 
-    def _send(self, chunks: list[RegisterManyArgs], sha: str) -> list[Any]:
+    def _send(self, chunks: list[_scripts.RegisterManyArgs], sha: str) -> list[Any]:
         sh = self._sh
         # EVALSHA by hand: redis-py's pipelined Script asks SCRIPT EXISTS first,
         # a second round trip.
@@ -1090,7 +1113,7 @@ class RedisRegistry(Registry):
 
     # ------------------------------------------------------------------ local deaths
 
-    def _on_down(self, key: Hashable, own: Own, down: Down) -> None:
+    def _on_down(self, key: Hashable, own: _shared.Own, down: Down) -> None:
         """A local agent died: drop it from the mirror NOW, delete it in Redis soon."""
         sh = self._sh
         event = None

@@ -24,7 +24,7 @@ from foundation import _redis_conn, telemetry
 from foundation._unraisable import report_unraisable
 from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidMetadata
 from foundation.liveness import Down, Monitor, MonitorManager
-from foundation.registry._redis._codec import RemoteAgent, index_names
+from foundation.registry._redis._codec import RemoteAgent, index_names, s
 from foundation.registry._redis._mirror import Mirror
 from foundation.registry._redis._state import Link, log
 from foundation.registry._types import Entry, Listener, RegistryEvent, UnregisterReason, new_entry
@@ -131,11 +131,6 @@ def expand_record(v: int, fields: dict[bytes, bytes]) -> list[tuple[int, dict[by
         )
         for j in range(n)
     ]
-
-
-def s(value: Any) -> str:
-    """A reply value as ``str``."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class _Writing:
