@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import pickle
 import threading
+import weakref
 
 import pytest
 from hypothesis import given
@@ -118,3 +120,41 @@ def test_a_death_removes_only_its_own_registration() -> None:
     finally:
         first_stop.set()
         second_stop.set()
+
+
+def _kept_entries_of_a_dropped_registry(close: bool) -> tuple[weakref.ref[object], list[Entry]]:
+    stop = threading.Event()
+    agent = spawn_thread(stop.wait)
+    events: list[RegistryEvent] = []
+    registry = MemoryRegistry(indexed=("role",))
+    registry.subscribe(events.append)
+    registry.register("a", agent, {"role": "io"})
+    registry.register("b", agent, {"role": "io"})
+    registry.register("c", agent, {"role": "io"})
+    kept = [e for e in (registry.lookup("a"), registry.lookup("b")) if e is not None]
+    with pytest.raises(AlreadyRegistered) as refused:
+        registry.register("c", agent)
+    kept.append(refused.value.entry)
+    registry.update_metadata("a", {"role": "db"})  # "a"'s first entry is superseded
+    registry.unregister("b")
+    registry.register("c", spawn_thread(stop.wait), replace=True)  # "c"'s entry is replaced
+    kept.extend(e.entry for e in events)
+    emptied = threading.Event()
+    if close:
+        registry.close()
+    else:
+        registry.subscribe(lambda _: emptied.set() if len(registry) == 0 else None)
+    stop.set()  # every agent dies: the live entries leave the table
+    if not close:
+        assert emptied.wait(10), "the deaths were never reported"
+    return weakref.ref(registry), kept
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["agents died", "closed"])
+def test_entries_kept_by_the_caller_do_not_keep_the_registry_alive(close: bool) -> None:
+    # An Entry a caller keeps (lookup, events, AlreadyRegistered) once named its
+    # registration, whose class names the registry: it must let go on leaving.
+    ref, kept = _kept_entries_of_a_dropped_registry(close)
+    gc.collect()
+    assert len(kept) >= 8
+    assert ref() is None, "a kept Entry keeps its MemoryRegistry alive"

@@ -69,6 +69,7 @@ from foundation.registry._types import (
     RegistryEvent,
     UnregisterReason,
     _EntryBuilder,
+    _EntrySlots,
     new_entry,
 )
 from foundation.registry._validation import EMPTY_METADATA, freeze_metadata, validate_key
@@ -80,6 +81,21 @@ __all__ = ["MemoryRegistry", "MemoryRegistryStats"]
 
 _now = time.time
 _new_object = object.__new__
+# Stores the private slot directly, past Entry's frozen __setattr__.
+_set_registration = _EntrySlots.__dict__["_registration"].__set__
+
+
+def _detach(entry: Entry) -> _Registration:
+    """The registration of ``entry``, which has just left the table (write lock held).
+
+    Clears the entry's private slot: an ``Entry`` a caller keeps (from
+    ``lookup``, an event, ``AlreadyRegistered``) must not keep its
+    registration alive, nor through it the registry, its listeners and its
+    monitor manager. Only writers, under the lock, read the slot.
+    """
+    reg: _Registration = entry._registration
+    _set_registration(entry, None)
+    return reg
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,27 +426,27 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                     # writers are theirs to deliver: each writer dispatches its own.
                     return
                 self._pending.append(RegistryEvent("registered", entry))
-                error = None
+                error = replaced = None
             else:
-                error, old = self._register_conflict(entry, old, replace)
+                error, replaced = self._register_conflict(entry, old, replace)
         finally:
             lock.release()
         if error is not None:
             monitor.demonitor()
             raise error
-        if old is not None:
+        if replaced is not None:
             # Race: if the old monitor fires meanwhile, _on_down finds another
             # registration under the key and does nothing.
-            old._registration.release()
+            replaced.release()
         if self._pending:
             self._dispatch()
 
     def _register_conflict(
         self, entry: Entry, old: Entry | None, replace: bool
-    ) -> tuple[Exception | None, Entry | None]:
+    ) -> tuple[Exception | None, _Registration | None]:
         """register() when the key is taken, the agent died, or the registry closed.
 
-        Write lock held. Returns (error to raise, replaced entry to release).
+        Write lock held. Returns (error to raise, replaced registration to release).
         """
         key = entry.key
         if entry._registration.died:
@@ -458,7 +474,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             # its monitor reported it, so its details are unknown.
             self._pending.append(RegistryEvent("unregistered", old, reason))
             self._pending.append(RegistryEvent("registered", entry))
-        return None, old
+        return None, _detach(old)
 
     def unregister(self, key: Hashable) -> bool:
         """Remove ``key``; True if it was there. Its monitor is released.
@@ -480,12 +496,12 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 self._index.remove(key, entry.metadata)
             if self._listeners:
                 self._pending.append(RegistryEvent("unregistered", entry, "unregistered"))
+            reg = _detach(entry)
         finally:
             lock.release()
         # Released outside the lock. Race: if the agent died meanwhile, its
         # _on_down finds the key gone (or held by another registration) and
         # does nothing.
-        reg = entry._registration
         monitor = reg.monitor
         (reg if monitor is None else monitor).demonitor()  # reg.release(), inlined (hot path)
         if self._pending:
@@ -522,6 +538,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if index is not None:
                 index.add(key, frozen)
             self._live[key] = new  # one store: readers see the old or the new entry
+            _detach(cur)  # (its registration is new's now)
             if index is not None:
                 index.remove(key, cur.metadata, frozen)
             if self._listeners:
@@ -541,6 +558,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 reg.died = True
                 return
             del self._live[reg.key]  # unpublish first, then unindex
+            _detach(cur)
             if self._index is not None:
                 self._index.remove(reg.key, cur.metadata)
             if self._listeners:
@@ -620,12 +638,12 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             # Readers now hit _CLOSED_TABLE: one attribute store, so a lock-free
             # reader sees either the open table or the closed one, never a mix.
             self._table = _CLOSED_TABLE
-            entries = list(self._live.values())
+            registrations = [_detach(e) for e in self._live.values()]
             self._live.clear()
             if self._index is not None:
                 self._index.clear()
-        for entry in entries:
-            entry._registration.release()
+        for reg in registrations:
+            reg.release()
         if self._owns_manager:
             self._manager.close()
 

@@ -6,7 +6,7 @@ import abc
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from foundation.errors import (
     AlreadyRegistered,
@@ -57,7 +57,8 @@ class _EntrySlots:
 
     __slots__ = ("_registration",)
 
-    _registration: Any
+    if TYPE_CHECKING:  # no runtime annotation: get_type_hints(Entry) shows the fields only
+        _registration: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,7 @@ class _EntryBuilder(_EntrySlots):
 
 
 _new_builder = object.__new__
+_ENTRY: Final = Entry  # bound once: a later patch of the module's name cannot break new_entry
 
 
 def new_entry(
@@ -137,7 +139,7 @@ def new_entry(
     e.registered_at = registered_at
     e.node = node
     e._registration = registration
-    e.__class__ = Entry  # frozen from here on (its __setattr__ refuses every change)
+    e.__class__ = _ENTRY  # frozen from here on (its __setattr__ refuses every change)
     return e  # type: ignore[no-any-return]
 
 
