@@ -496,7 +496,8 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 self._index.remove(key, entry.metadata)
             if self._listeners:
                 self._pending.append(RegistryEvent("unregistered", entry, "unregistered"))
-            reg = _detach(entry)
+            reg = entry._registration  # _detach(entry), inlined (hot path)
+            _set_registration(entry, None)
         finally:
             lock.release()
         # Released outside the lock. Race: if the agent died meanwhile, its
