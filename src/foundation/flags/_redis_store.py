@@ -45,6 +45,9 @@ cannot be reached, reads (``load_states``, ``history``, ``migration_stage``,
 ``migration_history``) answer from it and ``stale`` is True. A store constructed
 while Redis is down starts from its copy (stale) if it has one; without a copy
 it raises ``BackendUnavailable`` as before (nothing to serve).
+A read that Redis answers with a newer version than the copy first brings
+the copy up to it: a node never serves a state its copy lacks, so neither the
+copy served during an outage nor a restore from it takes back what it served.
 
 *Restore, newest version first.* When a store reaches Redis and Redis holds an
 OLDER version than its copy -- no ``meta`` key at all (restarted empty, flushed)
@@ -691,9 +694,9 @@ class RedisFlagStore(FlagStore):
         try:
             client = self._ensure_clients()
             with self._translated(doing), client.pipeline(transaction=True) as pipe:
-                pipe.hget(self._k_meta, "version")
+                pipe.hmget(self._k_meta, "version", "epoch")
                 queue(pipe)
-                raw_version, result = pipe.execute()
+                (raw_version, epoch), result = pipe.execute()
         except BackendUnavailable as exc:
             log.debug("flag store %r: %s; answering from the node copy", self.namespace, exc)
             return None
@@ -701,6 +704,30 @@ class RedisFlagStore(FlagStore):
             self._resync_wanted.set()
             self._wake_listener()
             return None
+        # Race: Redis restarting empty while this node's copy lags what it has
+        # served. The listener delivers a change (subscribers reload: this read)
+        # BEFORE it refreshes the copy, and any other node's commit may land
+        # between a refresh and a read. Were this answer, newer than the copy,
+        # returned and Redis then killed, this node would restore Redis from its
+        # OLDER copy (first come, first restored) and reload from it: flags the
+        # callers already saw changed would revert until a node with a newer copy
+        # restored over it (seen in bench_chaos' flags row). So the copy catches
+        # up (same version and epoch, or newer) before a newer answer leaves: a
+        # node never serves what its copy does not hold, whichever node restores.
+        cache = self._cache
+        if raw_version is not None and (int(raw_version) > cache.version or epoch != cache.epoch):
+            try:
+                current = self._pull()
+            except BackendUnavailable as exc:  # Redis went away meanwhile
+                log.debug("flag store %r: %s; answering from the node copy", self.namespace, exc)
+                return None
+            except FlagError as exc:  # corrupt data in Redis: not a reason to fail the read
+                log.warning("flag store %r: node copy not refreshed: %s", self.namespace, exc)
+                return result
+            if not current:  # Redis went back meanwhile: restore it first
+                self._resync_wanted.set()
+                self._wake_listener()
+                return None
         return result
 
     # ------------------------------------------------------------------ FlagStore
@@ -1193,7 +1220,9 @@ class RedisFlagStore(FlagStore):
                 self._last_mig_id = str(entries[-1][0])
         # Deliver first (propagation latency), copy second: the
         # writer refreshed its own copy right after its commit, so a
-        # crash of Redis in between loses the change from no copy.
+        # crash of Redis in between loses the change from no copy. A
+        # subscriber's reload (load_states) refreshes this copy itself
+        # before it answers with anything newer (see _read).
         self._pull()
 
     def _fault(self, exc: Exception) -> None:
