@@ -48,6 +48,11 @@ it raises ``BackendUnavailable`` as before (nothing to serve).
 A read that Redis answers with a newer version than the copy first brings
 the copy up to it: a node never serves a state its copy lacks, so neither the
 copy served during an outage nor a restore from it takes back what it served.
+Likewise a write returns only once the writer's copy holds it: if Redis goes
+away (or restarts empty) between the commit and the copy's refresh, the copy
+takes the commit from what the transaction wrote (when it was exactly one
+version behind); otherwise the write raises ``BackendUnavailable`` (committed
+or not, as when EXEC's reply is lost) and nothing serves it.
 
 *Restore, newest version first.* When a store reaches Redis and Redis holds an
 OLDER version than its copy -- no ``meta`` key at all (restarted empty, flushed)
@@ -310,6 +315,47 @@ class _LocalTransaction(_Staged):
         if plan in self.stage_puts:
             return self.stage_puts[plan]
         return self._store._local_stage(plan)
+
+
+class _Commit:
+    """What one transaction's EXEC commits (``_queue_writes``), to mirror into the copy.
+
+    ``epoch`` is the deployment's epoch after the commit, ``base_epoch`` the one
+    read under WATCH (None: a new deployment). The stream ids are EXEC's
+    replies at ``history_at`` / ``migrations_at``.
+    """
+
+    __slots__ = (
+        "base_epoch",
+        "epoch",
+        "history",
+        "history_at",
+        "migrations",
+        "migrations_at",
+        "puts",
+        "stage_puts",
+        "version",
+    )
+
+    def __init__(self, version: int, epoch: str | None, base_epoch: str | None) -> None:
+        self.version = version
+        self.epoch = epoch
+        self.base_epoch = base_epoch
+        self.puts: dict[str, str | None] = {}
+        self.stage_puts: dict[str, int] = {}
+        self.history: list[dict[str, str]] = []
+        self.migrations: list[dict[str, str]] = []
+        self.history_at = 0
+        self.migrations_at = 0
+
+    @staticmethod
+    def entries(
+        replies: list[Any], at: int, fields: list[dict[str, str]]
+    ) -> list[tuple[str, dict[str, str]]]:
+        ids = replies[at : at + len(fields)]
+        if len(ids) != len(fields):
+            raise IndexError("EXEC returned fewer replies than commands queued")
+        return [(str(i), f) for i, f in zip(ids, fields, strict=True)]
 
 
 class RedisFlagStore(FlagStore):
@@ -777,12 +823,12 @@ class RedisFlagStore(FlagStore):
                             if not txn.changes and not txn.events:
                                 return result
                             pipe.multi()
-                            self._queue_writes(pipe, txn, int(raw_version or 0) + 1, epoch)
+                            commit = self._queue_writes(pipe, txn, int(raw_version or 0) + 1, epoch)
                             # EXEC fails with WatchError if any commit (any node) touched
                             # state, stages or meta since WATCH: our reads may be stale,
                             # so run fn again on fresh data.
                             executing = True
-                            pipe.execute()
+                            replies = pipe.execute()
                         except redis.WatchError:
                             conflict = True  # caught inside: translated() would map it
                     if conflict:
@@ -795,28 +841,104 @@ class RedisFlagStore(FlagStore):
                 except BackendUnavailable as exc:
                     if stale_socket_retry and not executing and _dead_socket(exc.__cause__):
                         # A pooled socket may be dead after a Redis restart; nothing
-                        # was sent for commit, so try once more on a fresh one.
+                        # was sent for commit, so try once more on a fresh one. (Idle
+                        # sockets only: a reader may be mid-call on another one.)
                         stale_socket_retry = False
                         with contextlib.suppress(Exception):
-                            client.connection_pool.disconnect()
+                            client.connection_pool.disconnect(inuse_connections=False)
                         continue
                     raise
-                self._refresh_copy_quietly()
+                self._confirm_in_copy(commit, replies)
                 return result
         raise FlagError(
             f"flag transaction gave up after {_MAX_ATTEMPTS} conflicting concurrent commits"
         )
 
-    def _refresh_copy_quietly(self) -> None:
-        """After a commit: mirror it into the copy now (the listener would, later)."""
+    def _confirm_in_copy(self, commit: _Commit, replies: list[Any]) -> None:
+        """After a commit: the copy holds it before the write returns (else BackendUnavailable).
+
+        Race (the writer's side of the restore race, see ``_read``): Redis
+        restarting empty (or unreachable) between our EXEC and this refresh.
+        The caller (``FeatureFlags``) serves the change as soon as we return;
+        had the copy missed it, this node would restore Redis from its OLDER
+        copy and reload: the flag it served reverts, and the acknowledged
+        write is lost on every node. So when the refresh cannot confirm the
+        commit, the copy takes it from what the transaction itself wrote
+        (``_mirror_commit``); if it cannot (the copy lagged Redis), the write
+        is reported unconfirmed -- like an EXEC whose reply was lost -- and
+        nothing serves it. Healthy path: one ``_pull``, as before.
+        """
+        cache = self._cache
+        with self._copy_lock:  # the listener neither refreshes nor restores meanwhile
+            try:
+                self._pull()
+                if cache.epoch == commit.epoch and cache.version >= commit.version:
+                    return  # the copy holds the commit (or later)
+                # Redis went back (restarted empty, or restored by a node with an
+                # older copy) before the refresh: it may no longer hold our commit.
+                cause: Exception = FlagError("Redis went back right after the commit")
+                reachable = True
+            except BackendUnavailable as exc:
+                cause, reachable = exc, False
+            except FlagError as exc:  # corrupt data in Redis, or an unusable copy
+                log.debug("flag store %r: node copy not refreshed: %s", self.namespace, exc)
+                return
+            mirrored = self._mirror_commit(commit, replies)
+        # Either way Redis may lack what the copy holds: restore it (or refresh).
+        self._resync_wanted.set()
+        if reachable:
+            self._wake_listener()  # not on a dead Redis: that call would wait the timeout
+        if mirrored:
+            log.debug(
+                "flag store %r: commit %d mirrored into the node copy from the transaction (%s)",
+                self.namespace, commit.version, cause,
+            )  # fmt: skip
+            return
+        raise BackendUnavailable(
+            f"Redis at {self._url} went away right after a flag commit, before this node's "
+            f"copy could record it; the write may be lost ({cause})"
+        ) from (cause if isinstance(cause, BackendUnavailable) else None)
+
+    def _mirror_commit(self, commit: _Commit, replies: list[Any]) -> bool:
+        """Apply ``commit`` to the copy from the transaction's own writes; False if it cannot.
+
+        Exact only when the copy is the state the transaction read: one version
+        behind, same epoch (WATCH guaranteed nothing else committed in between).
+        Caller holds ``_copy_lock``.
+        """
+        cache = self._cache
         try:
-            self._pull()
-        except (BackendUnavailable, FlagError) as exc:
-            log.debug("flag store %r: node copy not refreshed: %s", self.namespace, exc)
+            if cache.epoch == commit.epoch and cache.version >= commit.version:
+                return True
+            if cache.version != commit.version - 1:
+                return False
+            fresh = commit.base_epoch is None  # first write of a new deployment
+            if not fresh and cache.epoch != commit.base_epoch:
+                return False
+            states = {} if fresh else cache.states()
+            for name, state in commit.puts.items():
+                if state is None:
+                    states.pop(name, None)
+                else:
+                    states[name] = state
+            stages = {} if fresh else cache.stages()
+            stages.update(commit.stage_puts)
+            history = commit.entries(replies, commit.history_at, commit.history)
+            migrations = commit.entries(replies, commit.migrations_at, commit.migrations)
+            cache.apply(
+                Snapshot(
+                    commit.version, commit.epoch, states, stages, history, migrations, full=fresh
+                )
+            )
+        except (FlagError, ValueError, IndexError) as exc:
+            log.warning("flag store %r: cannot mirror a commit: %s", self.namespace, exc)
+            return False
+        return True
 
     def _queue_writes(
         self, pipe: Any, txn: _RedisTransaction, version: int, epoch: str | None
-    ) -> None:
+    ) -> _Commit:
+        """Queue the transaction's writes (after MULTI); return what EXEC will commit."""
         import uuid
 
         txn_id = uuid.uuid4().hex
@@ -824,13 +946,19 @@ class RedisFlagStore(FlagStore):
         meta: dict[str, str] = {"version": v}
         if epoch is None:
             meta["epoch"] = uuid.uuid4().hex
+        commit = _Commit(version, meta.get("epoch", epoch), epoch)
         pipe.hset(self._k_meta, mapping=meta)
+        replies = 1
         for name, state in txn.puts.items():
             if state is None:
                 pipe.hdel(self._k_state, name)
+                commit.puts[name] = None
             else:
-                pipe.hset(self._k_state, name, state.to_json())
+                commit.puts[name] = text = state.to_json()
+                pipe.hset(self._k_state, name, text)
+            replies += 1
         n = len(txn.changes)
+        commit.history_at = replies
         for i, change in enumerate(txn.changes):
             fields = {
                 "change": change.to_json(),
@@ -841,10 +969,18 @@ class RedisFlagStore(FlagStore):
                 "v": v,
             }
             pipe.xadd(self._k_history, fields)
+            commit.history.append(fields)
+            replies += 1
         for plan, stage in txn.stage_puts.items():
             pipe.hset(self._k_stages, plan, str(stage))
+            commit.stage_puts[plan] = stage
+            replies += 1
+        commit.migrations_at = replies
         for event in txn.events:
-            pipe.xadd(self._k_migrations, {"event": event.to_json(), "v": v})
+            fields = {"event": event.to_json(), "v": v}
+            pipe.xadd(self._k_migrations, fields)
+            commit.migrations.append(fields)
+        return commit
 
     def kill_switch(self, fn: Callable[[StoreTransaction], T]) -> T:
         """Commit a switch-off write; during an outage, apply and record it locally.
@@ -1243,10 +1379,16 @@ class RedisFlagStore(FlagStore):
             )  # fmt: skip
             self._event("stale", error=str(exc))
         # Drop sockets that may be dead: the next attempt starts on fresh ones.
-        for client in (self._listen_client, self._client):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.connection_pool.disconnect()
+        # Race: a writer may be mid-call on a socket of _client's pool (e.g. in
+        # its own timeout against a frozen Redis): closing it under the writer
+        # turned that writer's "no answer in time" into "Bad file descriptor".
+        # Only idle sockets go; a writer's own error handling drops its socket.
+        if self._listen_client is not None:
+            with contextlib.suppress(Exception):
+                self._listen_client.connection_pool.disconnect()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.connection_pool.disconnect(inuse_connections=False)
         if self._listen_client is not None:
             with contextlib.suppress(Exception):
                 self._listen_client.connection.disconnect()
