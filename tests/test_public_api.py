@@ -34,7 +34,10 @@ PUBLIC_PACKAGES = [
     "foundation.liveness",
     "foundation.flags",
     "foundation.supervision",
+    "foundation.admin",
 ]
+# (foundation.application is a module, not a facade: tests/test_docs_public_api.py
+# checks the module paths of its exports with every other public module's.)
 
 DESIGN_NAMES = [
     "Entry", "RegistryEvent", "Divergence",
@@ -63,7 +66,16 @@ ERROR_BASES = {
     "ShutdownError": RuntimeError, "RestartIntensityExceeded": RuntimeError,
 }  # fmt: skip
 
-EXTRAS = ("redis", "hiredis", "rich", "openfeature", "prometheus_client", "opentelemetry")
+EXTRAS = (
+    "redis",
+    "hiredis",
+    "rich",
+    "openfeature",
+    "prometheus_client",
+    "opentelemetry",
+    "starlette",
+    "uvicorn",
+)
 
 
 def _private(module: str) -> bool:

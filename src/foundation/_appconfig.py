@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from foundation.errors import InvalidConfig
+from foundation.errors import InvalidConfig, bounded_repr
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -129,14 +129,15 @@ class AppConfig:
         """
         # Imported here, not at the top: only reading a file needs them, and
         # `import foundation` stays cheap.
-        import tomllib
         from pathlib import Path
+
+        from foundation._toml_files import read_toml
 
         file = Path(path)
         try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidConfig(f"cannot read config {str(file)!r}: {exc}") from exc
+            data = read_toml(file, "config")  # bounded; InvalidConfig for a bad file
+        except FileNotFoundError:
+            raise InvalidConfig(f"config {bounded_repr(str(file))} does not exist") from None
         if file.name == "pyproject.toml":
             data = data.get("tool", {}).get("foundation", {})
         return cls.from_mapping(data, source=str(file))

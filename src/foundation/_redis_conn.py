@@ -38,13 +38,16 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from foundation import telemetry
 from foundation.errors import BackendUnavailable, FoundationError, InvalidConfig
+
+if TYPE_CHECKING:
+    from urllib.parse import SplitResult
 
 __all__ = [
     "REDIS_ERROR_KINDS",
@@ -137,7 +140,7 @@ def check_url(url: str) -> None:
     ...
     foundation.errors.InvalidConfig: invalid Redis URL ...: the scheme must be redis://, ...
     """
-    from urllib.parse import parse_qs, urlsplit
+    from urllib.parse import parse_qs
 
     if not isinstance(url, str) or not url:
         raise InvalidConfig(f"a Redis URL must be a non-empty str, not {url!r}")
@@ -145,6 +148,23 @@ def check_url(url: str) -> None:
 
     def bad(why: str) -> InvalidConfig:
         return InvalidConfig(f"invalid Redis URL {shown!r}: {why}")
+
+    parts, port = _split_url(url, bad)
+    query = parse_qs(parts.query)
+    dbs = query.get("db", [])
+    for db in dbs:
+        if not db.isdigit():
+            raise bad("the database must be a number (?db=0)")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise bad("a unix:// URL needs the socket path (unix:///path/to/socket)")
+        return
+    _check_host_url(parts.path, port, dbs, bad)
+
+
+def _split_url(url: str, bad: Callable[[str], InvalidConfig]) -> tuple[SplitResult, int | None]:
+    """``url``'s parts and port, checking its scheme and characters (``bad(why)`` raised)."""
+    from urllib.parse import urlsplit
 
     try:
         parts = urlsplit(url)
@@ -156,18 +176,20 @@ def check_url(url: str) -> None:
         raise bad("the scheme must be redis://, rediss:// or unix://")
     if any(ch.isspace() for ch in url):
         raise bad("it contains whitespace")
-    query = parse_qs(parts.query)
-    dbs = query.get("db", [])
-    for db in dbs:
-        if not db.isdigit():
-            raise bad("the database must be a number (?db=0)")
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise bad("a unix:// URL needs the socket path (unix:///path/to/socket)")
-        return
+    if parts.hostname:
+        try:
+            parts.hostname.encode("idna")  # what the resolver will be given
+        except UnicodeError:
+            raise bad("the host is not a valid host name") from None
+    return parts, port
+
+
+def _check_host_url(
+    path: str, port: int | None, dbs: list[str], bad: Callable[[str], InvalidConfig]
+) -> None:
+    """Check the port and ``/db`` path of a ``redis://`` or ``rediss://`` URL."""
     if port == 0:
         raise bad("port 0 is not a port")
-    path = parts.path
     if path not in ("", "/") and not dbs:
         db = path[1:]
         if not db.isdigit():
@@ -222,14 +244,30 @@ def error_kind(exc: BaseException) -> str:
     text = str(exc)
     if _DB_RANGE in text:
         return "DBRANGE"
+    return _reply_code_kind(exc, ex, text) or _exception_kind(exc, ex, text)
+
+
+def _reply_code_kind(exc: BaseException, ex: Any, text: str) -> str | None:
+    """The ``REDIS_ERROR_KINDS`` code an error reply names, or None."""
     code = text.split(" ", 1)[0] if text else ""
     if isinstance(exc, ex.ResponseError | ex.BusyLoadingError) and code in REDIS_ERROR_KINDS:
         return code
     if isinstance(exc, ex.ResponseError):
-        # A script's error reply wraps the command's ("ERR ... script: ... READONLY ...").
-        for known in REDIS_ERROR_KINDS:
-            if f"-{known} " in text or f" {known} " in text or text.startswith(known):
-                return known
+        return _wrapped_reply_code(text)
+    return None
+
+
+def _wrapped_reply_code(text: str) -> str | None:
+    """The ``REDIS_ERROR_KINDS`` code inside a wrapped error reply's ``text``, or None."""
+    # A script's error reply wraps the command's ("ERR ... script: ... READONLY ...").
+    for known in REDIS_ERROR_KINDS:
+        if f"-{known} " in text or f" {known} " in text or text.startswith(known):
+            return known
+    return None
+
+
+def _exception_kind(exc: BaseException, ex: Any, text: str) -> str:
+    """The kind of ``exc`` from its redis-py exception class (``ex``: redis.exceptions)."""
     specific: tuple[tuple[type[BaseException], str], ...] = (
         (ex.BusyLoadingError, "LOADING"),
         (ex.ReadOnlyError, "READONLY"),
@@ -318,18 +356,25 @@ def translated(url: str, doing: str) -> Iterator[None]:
     With a ``foundation.redis.round_trip`` telemetry listener attached, the
     block is timed (``time.perf_counter``) and reported; otherwise it costs
     one dictionary lookup."""
-    if not telemetry.has_listeners(ROUND_TRIP_EVENT) or doing in _BLOCKING:
-        try:
+    if telemetry.has_listeners(ROUND_TRIP_EVENT) and doing not in _BLOCKING:
+        with _translated_and_timed(url, doing):
             yield
-        except FoundationError:
-            raise
-        except redis_errors() as exc:
-            raise translate_error(exc, url=url, doing=doing) from exc
-        except Exception as exc:
-            if not raised_inside_redis_py(exc):
-                raise  # ours or a caller's: unchanged
-            raise translate_error(redis_py_failure(exc), url=url, doing=doing) from exc
         return
+    try:
+        yield
+    except FoundationError:
+        raise
+    except redis_errors() as exc:
+        raise translate_error(exc, url=url, doing=doing) from exc
+    except Exception as exc:
+        if not raised_inside_redis_py(exc):
+            raise  # ours or a caller's: unchanged
+        raise translate_error(redis_py_failure(exc), url=url, doing=doing) from exc
+
+
+@contextmanager
+def _translated_and_timed(url: str, doing: str) -> Iterator[None]:
+    """:func:`translated` with a listener attached: the block is also timed and reported."""
     began = time.perf_counter()
     ok = False
     try:
@@ -347,6 +392,17 @@ def translated(url: str, doing: str) -> Iterator[None]:
         report_round_trip(began, ok=ok, doing=doing, url=url)
 
 
+def client_name(name: str) -> str:
+    """``name`` as Redis accepts a client name: it refuses spaces and anything outside
+    printable ASCII (which a node name or a namespace may hold), so each such
+    character becomes ``_``; cut to 200 characters.
+
+    >>> client_name("foundation-flags[prod eu/ü]")
+    'foundation-flags[prod_eu/_]'
+    """
+    return "".join(c if "!" <= c <= "~" else "_" for c in name[:200])
+
+
 def connect(
     url: str,
     *,
@@ -360,7 +416,8 @@ def connect(
     Every call is bounded by ``op_timeout`` seconds (connecting by
     ``connect_timeout``, default ``op_timeout``); redis-py's own retries are off
     (the caller's loops retry with :class:`foundation._retry.RetryBackoff`). ``name`` is the
-    ``CLIENT SETNAME`` shown by ``CLIENT LIST``.
+    ``CLIENT SETNAME`` shown by ``CLIENT LIST``, made acceptable to Redis (see
+    :func:`client_name`).
 
     Raises:
         ImportError: the ``redis`` extra is missing.
@@ -382,7 +439,7 @@ def connect(
             socket_timeout=op_timeout,
             socket_connect_timeout=op_timeout if connect_timeout is None else connect_timeout,
             retry=Retry(NoBackoff(), 0),
-            client_name=name,
+            client_name=None if name is None else client_name(name),
             decode_responses=decode_responses,
         )
     except (ValueError, TypeError) as exc:

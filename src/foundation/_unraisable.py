@@ -169,6 +169,28 @@ def _last_resort(exc: BaseException, where: str, obj: object) -> None:
         print(f"Exception ignored in {where}: {_safe_repr(obj)}: {exc!r}", file=sys.__stderr__)
 
 
+def _installed_hook() -> _Hook | None:
+    """``sys.unraisablehook``, or the hook it stands for while a capture is in progress."""
+    hook: _Hook | None = getattr(sys, "unraisablehook", None)
+    if isinstance(hook, _Capture):
+        # Another thread is capturing the type right now: go to the real hook.
+        hook = hook.original
+    return hook
+
+
+def _report_broken_hook(name: str, hook: _Hook, where: str, hook_exc: BaseException) -> None:
+    """Log that ``hook`` raised while reporting an error of ``where`` (never raises)."""
+    try:
+        logging.getLogger(name).error(
+            "sys.unraisablehook %s failed while reporting an error of %s",
+            _safe_repr(hook),
+            where,
+            exc_info=hook_exc,
+        )
+    except BaseException:
+        _last_resort(hook_exc, "sys.unraisablehook", hook)
+
+
 def report_unraisable(
     exc: BaseException, where: str, obj: object = None, *, area: str | None = None
 ) -> None:
@@ -206,10 +228,7 @@ def report_unraisable(
     except BaseException as log_exc:  # a broken handler or filter: never the producer's problem
         logged = False
         _last_resort(log_exc, f"logging an error of {where}", None)
-    hook: _Hook | None = getattr(sys, "unraisablehook", None)
-    if isinstance(hook, _Capture):
-        # Another thread is capturing the type right now: go to the real hook.
-        hook = hook.original
+    hook = _installed_hook()
     if hook is None or hook is sys.__unraisablehook__:
         if not logged:
             _last_resort(exc, where, obj)  # the log record is missing: print it once
@@ -220,15 +239,7 @@ def report_unraisable(
             hook(args)
             return
     except BaseException as hook_exc:  # a broken hook must not break the producer either
-        try:
-            logging.getLogger(name).error(
-                "sys.unraisablehook %s failed while reporting an error of %s",
-                _safe_repr(hook),
-                where,
-                exc_info=hook_exc,
-            )
-        except BaseException:
-            _last_resort(hook_exc, "sys.unraisablehook", hook)
+        _report_broken_hook(name, hook, where, hook_exc)
         if not logged:  # neither the log record nor the hook got it: print it once
             _last_resort(exc, where, obj)
         return

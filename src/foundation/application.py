@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -60,7 +61,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 from foundation import telemetry
 from foundation._appconfig import AppConfig
-from foundation.errors import InvalidConfig
+from foundation._public import fixup_module_paths
+from foundation.errors import InvalidConfig, InvalidFlagValue, bounded_repr
 from foundation.flags import DEFAULT_FLAGS, FeatureFlags, Flag, FlagStore, MemoryFlagStore
 from foundation.flags._migration import (
     AutoRollback,
@@ -73,6 +75,7 @@ from foundation.liveness import MonitorManager
 from foundation.registry import Registry
 from foundation.supervision import ChildContext, ChildSpec, Supervisor, SupervisorThread
 from foundation.supervision._runner import SignalHandlers
+from foundation.supervision._spec import _check_specs
 
 if TYPE_CHECKING:
     import asyncio
@@ -168,6 +171,57 @@ class AppHealth:
         self._detach()
 
 
+def _chosen_services(services: Iterable[str]) -> tuple[str, ...]:
+    """Application(): the services as a tuple; InvalidConfig unless all are known names."""
+    if isinstance(services, str):  # tuple("flags") would be its letters
+        raise InvalidConfig(
+            f"services is a collection of names, not the str {bounded_repr(services)}; "
+            f"write services=({bounded_repr(services)},)"
+        )
+    chosen = tuple(services)
+    unknown = [s for s in chosen if s not in ALL_SERVICES]
+    if unknown:
+        raise InvalidConfig(f"unknown services {unknown}; choose from {ALL_SERVICES}")
+    return chosen
+
+
+def _checked_workers(workers: Sequence[ChildSpec]) -> tuple[ChildSpec, ...]:
+    """Application(): the workers as a tuple; raise unless they can be supervised together."""
+    workers = tuple(workers)
+    for spec in workers:
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"workers must be ChildSpec instances, not {bounded_repr(spec)}")
+    problem = _check_specs(workers, "never")
+    if problem is not None:
+        raise ValueError(f"workers: {problem}")
+    return workers
+
+
+def _checked_flag_args(declared: Iterable[Flag], flag_store: FlagStore | None) -> tuple[Flag, ...]:
+    """Application(): the declared flags as a tuple; InvalidFlagValue for a wrong type."""
+    # FeatureFlags' own answers, given here rather than when the flags service starts.
+    declared = tuple(declared)
+    for flag in declared:
+        if not isinstance(flag, Flag):
+            raise InvalidFlagValue(f"declare flags with Flag(...), not {bounded_repr(flag)}")
+    if flag_store is not None and not isinstance(flag_store, FlagStore):
+        raise InvalidFlagValue(
+            f"flag_store must be a FlagStore or None, not {bounded_repr(flag_store)}"
+        )
+    return declared
+
+
+def _load_config(config: AppConfig | str | os.PathLike[str] | None) -> AppConfig:
+    """Application(): ``config`` itself, loaded from its path, or discovered when None."""
+    if config is None:
+        return AppConfig.discover()
+    if isinstance(config, str | os.PathLike):
+        return AppConfig.from_file(os.fspath(config))
+    if not isinstance(config, AppConfig):
+        raise TypeError(f"config must be an AppConfig, a path or None, not {type(config).__name__}")
+    return config
+
+
 class Application:
     """Foundation's service tree, started in order and stopped in reverse.
 
@@ -187,7 +241,7 @@ class Application:
 
     def __init__(
         self,
-        config: AppConfig | str | None = None,
+        config: AppConfig | str | os.PathLike[str] | None = None,
         *,
         services: Iterable[str] = ALL_SERVICES,
         workers: Sequence[ChildSpec] = (),
@@ -195,14 +249,10 @@ class Application:
         flag_store: FlagStore | None = None,
         name: str = "foundation",
     ) -> None:
-        if config is None:
-            config = AppConfig.discover()
-        elif isinstance(config, str):
-            config = AppConfig.from_file(config)
-        chosen = tuple(services)
-        unknown = [s for s in chosen if s not in ALL_SERVICES]
-        if unknown:
-            raise InvalidConfig(f"unknown services {unknown}; choose from {ALL_SERVICES}")
+        chosen = _chosen_services(services)
+        workers = _checked_workers(workers)
+        declared = _checked_flag_args(declared, flag_store)
+        config = _load_config(config)
         self.config = config
         self.services = frozenset(chosen)
         self.name = name
@@ -222,7 +272,9 @@ class Application:
     # ------------------------------------------------------------------ starting
 
     @classmethod
-    def start(cls, config: AppConfig | str | None = None, **options: Any) -> Application:
+    def start(
+        cls, config: AppConfig | str | os.PathLike[str] | None = None, **options: Any
+    ) -> Application:
         """Build and start the tree on a loop in a named thread; use as a context manager."""
         app = cls(config, **options)
         app._start_in_thread()
@@ -602,3 +654,6 @@ def _merge_declared(extra: Iterable[Flag]) -> list[Flag]:
     for flag in extra:
         declared[flag.name] = flag
     return list(declared.values())
+
+
+fixup_module_paths(globals(), __name__)

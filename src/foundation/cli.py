@@ -79,13 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
     debug = bool(getattr(args, "debug", False))
-    # The library's log lines: every one with --debug, else errors only (the
-    # command's own one-line error says what failed).
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.ERROR,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(debug)
     from foundation._cli._common import UsageError
 
     try:
@@ -93,17 +87,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except UsageError as exc:  # the command does not apply (e.g. the wrong kind of flag)
-        if debug:
-            traceback.print_exc()
-        message = " ".join(str(exc).split()) or "(no message)"
-        print(f"{exc.label}: {message}", file=sys.stderr, flush=True)
+        _print_error(exc.label, exc, debug)
         return EXIT_USAGE
     except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        message = " ".join(str(exc).split()) or "(no message)"
-        print(f"{type(exc).__name__}: {message}", file=sys.stderr, flush=True)
+        _print_error(type(exc).__name__, exc, debug)
         return EXIT_FAILED
+
+
+def _configure_logging(debug: bool) -> None:
+    """Send the library's log lines to stderr."""
+    # The library's log lines: every one with --debug, else errors only (the
+    # command's own one-line error says what failed).
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.ERROR,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _print_error(label: str, exc: BaseException, debug: bool) -> None:
+    """Print a failed command's one-line error on stderr (after its traceback with --debug)."""
+    if debug:
+        traceback.print_exc()
+    message = " ".join(str(exc).split()) or "(no message)"
+    print(f"{label}: {message}", file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:

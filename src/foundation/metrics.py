@@ -402,13 +402,7 @@ class Metrics:
             if self._evaluations_wanted
             else {}
         )
-        entries: dict[tuple[str, ...], float] = {}
-        for reg_name, (registry, _) in registries.items():
-            try:
-                entries[(reg_name,)] = float(registry.count())
-            except (Closed, FoundationError):
-                continue  # a closed or unreachable registry has no size to report
-        values["foundation_registry_entries"] = entries
+        values["foundation_registry_entries"] = _registry_sizes(registries)
         out: dict[str, list[Sample]] = {}
         for name, family in _FAMILIES.items():
             if family.kind == "histogram":
@@ -532,6 +526,19 @@ class Metrics:
 
 
 # ---------------------------------------------------------------- Prometheus
+
+
+def _registry_sizes(
+    registries: dict[str, tuple[Registry, Callable[[], None]]],
+) -> dict[tuple[str, ...], float]:
+    """The entry count of each watched registry that can answer, keyed by ``(name,)``."""
+    entries: dict[tuple[str, ...], float] = {}
+    for reg_name, (registry, _) in registries.items():
+        try:
+            entries[(reg_name,)] = float(registry.count())
+        except (Closed, FoundationError):
+            continue  # a closed or unreachable registry has no size to report
+    return entries
 
 
 def prometheus_collector(metrics: Metrics) -> Any:

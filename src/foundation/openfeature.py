@@ -83,8 +83,9 @@ from foundation.errors import (
     UnknownFlag,
     bounded_repr,
 )
-from foundation.flags import FeatureFlags, Flag, FlagChange, RedisFlagStore
+from foundation.flags import Evaluation, FeatureFlags, Flag, FlagChange, RedisFlagStore
 from foundation.flags._metadata import flag_metadata, stages_by_flag
+from foundation.flags._typed import a_kind
 
 __all__ = ["PROVIDER_NAME", "FoundationProvider"]
 
@@ -318,10 +319,10 @@ class FoundationProvider(AbstractProvider):
                 return _error(
                     default,
                     ErrorCode.TYPE_MISMATCH,
-                    f"{bounded_repr(key)} is a {kind} flag, read as {want}",
+                    f"{bounded_repr(key)} is {a_kind(kind)} flag, read as {want}",
                 )
             actor = None if context is None else context.targeting_key
-            if actor.__class__ is not str and actor is not None and not _int_actor(actor):
+            if _invalid_actor(actor):
                 # Checked here, not left to evaluate(): it may answer a flag the actor
                 # cannot change without looking at the actor, and a bad key is an
                 # error whatever the flag's state.
@@ -334,49 +335,55 @@ class FoundationProvider(AbstractProvider):
             if actor == "":
                 actor = None  # the SDK treats an empty targeting key as unset (merge)
             evaluation = self._evaluate(key, actor)  # raises: see the except below
-            metadata = self._metadata[key]
-            if want == kind:
-                cached = self._resolved.get(key)
-                # Race: initialize() may swap the metadata while a resolution built
-                # with the old one is stored; comparing it too keeps that one out.
-                if (
-                    cached is not None
-                    and cached[0] is evaluation
-                    and cached[1].flag_metadata is metadata
-                ):
-                    return cached[1]  # same flag, same kind
-            reason = evaluation.reason
-            if reason == "DISABLED":
-                # The caller's default, with the off variant ("off", or the default
-                # variant) as OFREP reports it: one answer over either bridge.
-                return FlagResolutionDetails(
-                    value=default,
-                    variant=evaluation.variant,
-                    reason=Reason.DISABLED,
-                    flag_metadata=metadata,
-                )
-            value = evaluation.value
-            if kind != want:  # an integer/float pair: convert only when exact
-                converted = _convert(value, want)
-                if converted is _MISMATCH:
-                    return _error(
-                        default,
-                        ErrorCode.TYPE_MISMATCH,
-                        f"{bounded_repr(key)} is a {kind} flag; "
-                        f"its value {value!r} is not exactly a {want}",
-                    )
-                value = converted
-            resolved = FlagResolutionDetails(
-                value=value,
-                reason=_REASONS.get(reason, reason),
-                variant=evaluation.variant,
-                flag_metadata=metadata,
-            )
-            if want == kind:
-                self._resolved[key] = (evaluation, resolved)
-            return resolved
+            return self._details(key, default, kind, want, evaluation)
         except Exception as exc:  # never raise out of a resolution
             return _failure(key, default, exc)
+
+    def _details(
+        self, key: str, default: V, kind: str, want: str, evaluation: Evaluation
+    ) -> FlagResolutionDetails[V]:
+        """The resolution of ``evaluation`` of a ``kind`` flag read as ``want`` (cached)."""
+        metadata = self._metadata[key]
+        if want == kind:
+            cached = self._resolved.get(key)
+            # Race: initialize() may swap the metadata while a resolution built
+            # with the old one is stored; comparing it too keeps that one out.
+            if (
+                cached is not None
+                and cached[0] is evaluation
+                and cached[1].flag_metadata is metadata
+            ):
+                return cached[1]  # same flag, same kind
+        reason = evaluation.reason
+        if reason == "DISABLED":
+            # The caller's default, with the off variant ("off", or the default
+            # variant) as OFREP reports it: one answer over either bridge.
+            return FlagResolutionDetails(
+                value=default,
+                variant=evaluation.variant,
+                reason=Reason.DISABLED,
+                flag_metadata=metadata,
+            )
+        value = evaluation.value
+        if kind != want:  # an integer/float pair: convert only when exact
+            converted = _convert(value, want)
+            if converted is _MISMATCH:
+                return _error(
+                    default,
+                    ErrorCode.TYPE_MISMATCH,
+                    f"{bounded_repr(key)} is {a_kind(kind)} flag; "
+                    f"its value {value!r} is not exactly a {want}",
+                )
+            value = converted
+        resolved = FlagResolutionDetails(
+            value=value,
+            reason=_REASONS.get(reason, reason),
+            variant=evaluation.variant,
+            flag_metadata=metadata,
+        )
+        if want == kind:
+            self._resolved[key] = (evaluation, resolved)
+        return resolved
 
     def __repr__(self) -> str:
         state = "initialized" if self._unsubscribe else "not initialized"
@@ -424,6 +431,11 @@ def _describe(exc: BaseException) -> str:
     except Exception:
         text = f"{type(exc).__name__} (unprintable)"
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _invalid_actor(actor: object) -> bool:
+    """Whether a targeting key is neither None, a str nor a 64-bit int."""
+    return actor.__class__ is not str and actor is not None and not _int_actor(actor)
 
 
 def _int_actor(actor: object) -> bool:

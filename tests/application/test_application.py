@@ -139,7 +139,9 @@ def test_pyproject_tool_foundation_table_is_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[registry\n", "cannot read config"),
+        ("[registry\n", "malformed TOML in config"),
+        (b"[registry]\nnode = '\xff'\n", "is not UTF-8 text"),
+        ("[a]\n" + "x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
         ("[registry]\nindexed = 'role'\n", "registry.indexed must be a list"),
         ("[registry]\nbackend = 'etcd'\n", "registry.backend must be memory or redis"),
         ("[flag_store]\nkind = 'sqlite'\n", "needs flag_store.path"),
@@ -147,10 +149,35 @@ def test_pyproject_tool_foundation_table_is_read(tmp_path: Path) -> None:
         ("[registry]\nlease_ttl = 'long'\n", "wrong type"),
     ],
 )
-def test_broken_config_files_raise_invalid_config(tmp_path: Path, text: str, message: str) -> None:
+def test_broken_config_files_raise_invalid_config(
+    tmp_path: Path, text: str | bytes, message: str
+) -> None:
     path = tmp_path / "foundation.toml"
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     with pytest.raises(InvalidConfig, match=message):
+        AppConfig.from_file(path)
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_unread(tmp_path: Path) -> None:
+    fifo = tmp_path / "foundation.toml"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer, for ever
+    with pytest.raises(InvalidConfig, match="not a regular file"):
+        AppConfig.from_file(fifo)
+    with pytest.raises(InvalidConfig, match="not a regular file"):
+        AppConfig.from_file("/dev/zero")  # endless: never read
+    with pytest.raises(InvalidConfig, match="does not exist"):
+        AppConfig.from_file(tmp_path / "missing.toml")
+
+
+def test_a_config_larger_than_the_limit_is_refused(tmp_path: Path) -> None:
+    from foundation._toml_files import MAX_CONFIG_BYTES
+
+    path = tmp_path / "foundation.toml"
+    path.write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
+    with pytest.raises(InvalidConfig, match="larger than"):
         AppConfig.from_file(path)
 
 

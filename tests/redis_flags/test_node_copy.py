@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from foundation.errors import Closed
 from foundation.flags import FlagState
 from foundation.flags._node_cache import NodeCache, default_cache_path
 from tests.redis_flags._support import raw_client, wait_until
@@ -97,11 +98,12 @@ def test_kill_switch_commits_at_once_while_redis_answers(
     assert [c.by for c in store.history("beta")] == [None, "oncall"]
 
 
-def test_a_closed_store_refuses_pending_and_status_says_so(
+def test_a_closed_store_refuses_pending_and_status(
     redis_server: RedisServer, open_store: StoreFactory
 ) -> None:
     store = open_store(redis_server.url)
     store.close()
-    with pytest.raises(Exception, match="closed"):
+    with pytest.raises(Closed, match="closed"):
         store.pending()
-    assert store.status().stale
+    with pytest.raises(Closed, match="closed"):
+        store.status()

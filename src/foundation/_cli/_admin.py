@@ -28,7 +28,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", default=None, metavar="NAME", help="the migration plan (when several)")
 
 
-def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+def _load_serve() -> Any:
+    """``foundation.admin.serve``; ImportError if the admin extra is not installed."""
     try:
         from foundation import admin
     except ImportError as exc:
@@ -38,6 +39,11 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     serve = getattr(admin, "serve", None)
     if serve is None:
         raise ImportError("the admin server is not available (foundation.admin has no serve())")
+    return serve
+
+
+def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    serve = _load_serve()
     if not settings.store and not settings.redis:
         raise InvalidConfig(
             "foundation admin needs a flag store (--store) and/or a registry (--redis)"

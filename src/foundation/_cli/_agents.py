@@ -13,7 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from foundation._cli._common import Output, Settings, key_from_text, key_to_json, value_from_text
+from foundation._cli._common import (
+    Output,
+    Settings,
+    key_from_text,
+    key_to_json,
+    positive_int,
+    value_from_text,
+)
 
 __all__ = ["add_parser", "entry_data", "event_data", "open_observer"]
 
@@ -30,12 +37,14 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar=("PATH", "OP", "VALUE"),
         help="metadata criterion (OP: eq neq gt gte lt lte in not_in; VALUE as JSON, else text)",
     )
-    ls.add_argument("--limit", type=int, default=None, metavar="N")
+    ls.add_argument("--limit", type=positive_int, default=None, metavar="N")
     show = sub.add_parser("show", help="one entry (KEY as JSON, else text)", parents=[common])
     show.add_argument("key", metavar="KEY")
     sub.add_parser("count", help="entries, by kind and by node", parents=[common])
     watch = sub.add_parser("watch", help="print changes as they happen", parents=[common])
-    watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events")
+    watch.add_argument(
+        "--count", type=positive_int, default=None, metavar="N", help="stop after N events"
+    )
 
 
 @contextmanager
@@ -94,24 +103,45 @@ class _Stop(Exception):
     """Raised in the main thread by the SIGTERM handler (like KeyboardInterrupt for SIGINT)."""
 
 
+def _list_agents(observer: Any, args: argparse.Namespace, out: Output) -> None:
+    """Print the live agents matching ``--where`` (all if none), oldest first, up to --limit."""
+    headers = ["key", "kind", "node", "pid", "age", "metadata"]
+    criteria = [(path, op, value_from_text(v)) for path, op, v in args.where]
+    entries = observer.query(criteria) if criteria else observer.list_all()
+    entries.sort(key=lambda e: e.registered_at)
+    if args.limit is not None:
+        entries = entries[: max(0, args.limit)]
+    out.emit(
+        [entry_data(e) for e in entries],
+        lambda: (
+            out.table(headers, _rows(entries))
+            if entries
+            else out.line("no agents" + (" match" if criteria else ""))
+        ),
+    )
+
+
+def _count_agents(observer: Any, settings: Settings, out: Output) -> None:
+    """Print how many agents are live, by kind and by node."""
+    entries = observer.list_all()
+    kinds = collections.Counter(getattr(e.agent, "kind", "?") for e in entries)
+    nodes = collections.Counter(e.node for e in entries)
+    data = {"count": len(entries), "by_kind": dict(kinds), "by_node": dict(nodes)}
+
+    def text() -> None:
+        out.line(f"{len(entries)} agents in namespace {settings.namespace!r}")
+        for what, counter in (("kind", kinds), ("node", nodes)):
+            for name, n in counter.most_common():
+                out.line(f"  {what} {name}: {n}")
+
+    out.emit(data, text)
+
+
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     with open_observer(settings) as observer:
         action = args.action
-        headers = ["key", "kind", "node", "pid", "age", "metadata"]
         if action == "list":
-            criteria = [(path, op, value_from_text(v)) for path, op, v in args.where]
-            entries = observer.query(criteria) if criteria else observer.list_all()
-            entries.sort(key=lambda e: e.registered_at)
-            if args.limit is not None:
-                entries = entries[: max(0, args.limit)]
-            out.emit(
-                [entry_data(e) for e in entries],
-                lambda: (
-                    out.table(headers, _rows(entries))
-                    if entries
-                    else out.line("no agents" + (" match" if criteria else ""))
-                ),
-            )
+            _list_agents(observer, args, out)
         elif action == "show":
             from foundation.errors import NotRegistered
 
@@ -126,18 +156,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 
             out.emit(data, show_text)
         elif action == "count":
-            entries = observer.list_all()
-            kinds = collections.Counter(getattr(e.agent, "kind", "?") for e in entries)
-            nodes = collections.Counter(e.node for e in entries)
-            data = {"count": len(entries), "by_kind": dict(kinds), "by_node": dict(nodes)}
-
-            def text() -> None:
-                out.line(f"{len(entries)} agents in namespace {settings.namespace!r}")
-                for what, counter in (("kind", kinds), ("node", nodes)):
-                    for name, n in counter.most_common():
-                        out.line(f"  {what} {name}: {n}")
-
-            out.emit(data, text)
+            _count_agents(observer, settings, out)
         elif action == "watch":
             return _watch(observer, args.count, out)
         return 0

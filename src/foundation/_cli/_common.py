@@ -16,11 +16,11 @@ import getpass
 import json
 import os
 import sys
-import tomllib
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from foundation._toml_files import read_toml
 from foundation.errors import InvalidConfig
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "key_from_text",
     "key_to_json",
     "load_settings",
+    "positive_int",
     "value_from_text",
 ]
 
@@ -103,13 +104,16 @@ class Settings:
 def read_config(path: str) -> dict[str, str]:
     """The ``[cli]`` table of a ``foundation.toml`` (InvalidConfig if it is not usable)."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        document = read_toml(path, "config")
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InvalidConfig(f"{path}: {exc}") from None
-    table = data.get("cli", {})
+    table = document.get("cli", {})
+    _check_cli_table(path, table)
+    return dict(table)
+
+
+def _check_cli_table(path: str, table: Any) -> None:
+    """InvalidConfig unless ``[cli]`` is a table of known keys with non-empty string values."""
     if not isinstance(table, dict):
         raise InvalidConfig(f"{path}: [cli] must be a table")
     unknown = sorted(set(table) - set(_CONFIG_KEYS))
@@ -118,7 +122,16 @@ def read_config(path: str) -> dict[str, str]:
     for key, value in table.items():
         if not isinstance(value, str) or not value:
             raise InvalidConfig(f"{path}: [cli] {key} must be a non-empty string")
-    return dict(table)
+
+
+def _check_wire_text(key: str, value: str | None, origin: dict[str, str]) -> None:
+    """InvalidConfig if a setting sent to Redis is not valid UTF-8 text."""
+    # Redis URLs and names go over the wire as UTF-8 (a SQLite path is the OS's business).
+    if value is not None and (key != "store" or value.startswith(("redis:", "rediss:"))):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 on the command line
+            raise InvalidConfig(f"{origin[key]} is not valid UTF-8 text: {value[:100]!r}") from None
 
 
 def load_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Settings:
@@ -137,6 +150,7 @@ def load_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -
             values[key], origin[key] = config[key], CONFIG_FILE
         else:
             values[key] = None
+        _check_wire_text(key, values[key], origin)
     return Settings(
         values["store"], values["redis"], values["namespace"] or DEFAULT_NAMESPACE, origin
     )
@@ -150,11 +164,22 @@ def default_by() -> str:
         return f"uid:{os.getuid()}"
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``--limit N``, ``--count N``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:100]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text[:100]!r}")
+    return value
+
+
 def value_from_text(text: str) -> Any:
     """A ``--where`` value: JSON when it parses (``2``, ``true``, ``["a","b"]``), else the text."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply for the decoder
         return text
 
 
@@ -165,7 +190,7 @@ def key_from_text(text: str) -> Hashable:
 
     try:
         return decode_key(text)
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         return text
 
 
@@ -209,18 +234,26 @@ class Output:
         print(text, file=self.stream, flush=True)
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        rows = [[_cell(c) for c in row] for row in rows]
+        cells = [[_cell(c) for c in row] for row in rows]
         if self.rich:
-            from rich.console import Console
-            from rich.table import Table
+            self._rich_table(headers, cells)
+        else:
+            self._plain_table(headers, cells)
 
-            table = Table(box=None, header_style="bold")
-            for i, header in enumerate(headers):
-                table.add_column(header, no_wrap=i == 0)  # names stay whole
-            for row in rows:
-                table.add_row(*row)
-            Console(file=self.stream).print(table)
-            return
+    def _rich_table(self, headers: Sequence[str], rows: list[list[str]]) -> None:
+        """Print the table with rich (the cli extra, on a terminal)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for i, header in enumerate(headers):
+            table.add_column(header, no_wrap=i == 0)  # names stay whole
+        for row in rows:
+            table.add_row(*row)
+        Console(file=self.stream).print(table)
+
+    def _plain_table(self, headers: Sequence[str], rows: list[list[str]]) -> None:
+        """Print the table as space-aligned columns under upper-case headers."""
         widths = [len(h) for h in headers]
         for row in rows:
             widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]

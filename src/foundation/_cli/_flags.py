@@ -75,7 +75,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     ):
         w = sub.add_parser(action, help=text, parents=[common, writes])
         w.add_argument("name")
-        w.add_argument("actor")
+        w.add_argument("actor", type=_actor)
     split = sub.add_parser(
         "split",
         help="split actors across variants, e.g. red=50 blue=50 (typed flags; switch on)",
@@ -87,13 +87,21 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "assign", help="ACTOR always gets VARIANT (typed flags)", parents=[common, writes]
     )
     asg.add_argument("name")
-    asg.add_argument("actor")
+    asg.add_argument("actor", type=_actor)
     asg.add_argument("variant")
     un = sub.add_parser(
         "unassign", help="drop ACTOR's variant assignment (typed flags)", parents=[common, writes]
     )
     un.add_argument("name")
     un.add_argument("actor")
+
+
+def _actor(text: str) -> str:
+    # An empty actor is "no actor" to every read (the admin API refuses it too):
+    # an allow, deny or assignment for it could never apply.
+    if not text:
+        raise argparse.ArgumentTypeError("an actor is a non-empty string")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -238,102 +246,125 @@ def _change_rows(changes: list[Any]) -> list[list[Any]]:
     ]
 
 
+def _list_flags(flags: Any, args: argparse.Namespace, out: Output) -> None:
+    """Print every declared flag with its state and value."""
+    runtime = flags.store.load_states()
+    rows = [flag_row(flags, n, runtime) for n in flags.names]
+
+    def text() -> None:
+        if not rows:
+            out.line("no flags recorded in this store (no application declared any yet)")
+            return
+        out.table(
+            ["flag", "kind", "state", "value", "source", "default", "description"],
+            [
+                [
+                    r["name"],
+                    r["kind"],
+                    _summary(r),
+                    _value_cell(r),
+                    r["source"],
+                    r["default"],
+                    r["description"],
+                ]
+                for r in rows
+            ],
+        )
+
+    out.emit(rows, text)
+
+
+def _show_flag(flags: Any, args: argparse.Namespace, out: Output) -> None:
+    """Print one flag: its state, value, variants and recent changes."""
+    runtime = flags.store.load_states()
+    row = flag_row(flags, args.name, runtime)
+    recent = flags.history(args.name)[-5:]
+    data = {**row, "recent_changes": [change_dict(c) for c in recent]}
+
+    def text() -> None:
+        out.line(f"{row['name']}: {_summary(row)} ({row['source']})")
+        if row["kind"] == "boolean":
+            out.line(f"  default: {'on' if row['default'] else 'off'}")
+        else:
+            out.line(f"  kind: {row['kind']}")
+            out.line(
+                "  variants: "
+                + ", ".join(
+                    f"{v}={_shown(x, 60)}" + (" (default)" if v == row["default"] else "")
+                    for v, x in row["variants"].items()
+                )
+            )
+        out.line(f"  value: {_shown(row['value'], 60)} (variant {row['variant']}, {row['reason']})")
+        if row["description"]:
+            out.line(f"  description: {row['description']}")
+        if recent:
+            out.line("  recent changes:")
+            out.table(["at", "flag", "from", "to", "by", "reason"], _change_rows(recent))
+
+    out.emit(data, text)
+
+
+def _flag_history(flags: Any, args: argparse.Namespace, out: Output) -> None:
+    """Print a flag's recorded changes (the last --limit)."""
+    changes = flags.history(args.name)
+    if args.limit is not None:
+        changes = changes[-args.limit :]
+    out.emit(
+        [change_dict(c) for c in changes],
+        lambda: (
+            out.table(["at", "flag", "from", "to", "by", "reason"], _change_rows(changes))
+            if changes
+            else out.line("no changes recorded")
+        ),
+    )
+
+
+def _eval_flag(flags: Any, args: argparse.Namespace, out: Output) -> None:
+    """Print whether a boolean flag is on for an actor (or none)."""
+    _check_kind(flags, args.name, args.action)
+    enabled = flags.enabled(args.name, args.actor)
+    data = {"flag": args.name, "actor": args.actor, "enabled": enabled}
+    who = "without an actor" if args.actor is None else f"for {args.actor!r}"
+    out.emit(data, lambda: out.line(f"{args.name} {who}: {'on' if enabled else 'off'}"))
+
+
+def _flag_value(flags: Any, args: argparse.Namespace, out: Output) -> None:
+    """Print a flag's value, variant and reason for an actor (or none)."""
+    answer = flags.evaluate(args.name, args.actor)
+    data = {
+        "flag": args.name,
+        "actor": args.actor,
+        "kind": answer.kind,
+        "value": answer.value,
+        "variant": answer.variant,
+        "reason": answer.reason,
+    }
+    who = "without an actor" if args.actor is None else f"for {args.actor!r}"
+    out.emit(
+        data,
+        lambda: out.line(
+            f"{args.name} {who}: {_shown(answer.value)} (variant {answer.variant}, {answer.reason})"
+        ),
+    )
+
+
+_READS: dict[str, Callable[[Any, argparse.Namespace, Output], None]] = {
+    "list": _list_flags,
+    "show": _show_flag,
+    "history": _flag_history,
+    "eval": _eval_flag,
+    "value": _flag_value,
+}
+
+
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     with open_flags(settings) as flags:
         action = args.action
         if action in WRITES:
             return _write(flags, args, out)
-        if action == "list":
-            runtime = flags.store.load_states()
-            rows = [flag_row(flags, n, runtime) for n in flags.names]
-
-            def text() -> None:
-                if not rows:
-                    out.line("no flags recorded in this store (no application declared any yet)")
-                    return
-                out.table(
-                    ["flag", "kind", "state", "value", "source", "default", "description"],
-                    [
-                        [
-                            r["name"],
-                            r["kind"],
-                            _summary(r),
-                            _value_cell(r),
-                            r["source"],
-                            r["default"],
-                            r["description"],
-                        ]
-                        for r in rows
-                    ],
-                )
-
-            out.emit(rows, text)
-        elif action == "show":
-            runtime = flags.store.load_states()
-            row = flag_row(flags, args.name, runtime)
-            recent = flags.history(args.name)[-5:]
-            data = {**row, "recent_changes": [change_dict(c) for c in recent]}
-
-            def text() -> None:
-                out.line(f"{row['name']}: {_summary(row)} ({row['source']})")
-                if row["kind"] == "boolean":
-                    out.line(f"  default: {'on' if row['default'] else 'off'}")
-                else:
-                    out.line(f"  kind: {row['kind']}")
-                    out.line(
-                        "  variants: "
-                        + ", ".join(
-                            f"{v}={_shown(x, 60)}" + (" (default)" if v == row["default"] else "")
-                            for v, x in row["variants"].items()
-                        )
-                    )
-                out.line(
-                    f"  value: {_shown(row['value'], 60)} "
-                    f"(variant {row['variant']}, {row['reason']})"
-                )
-                if row["description"]:
-                    out.line(f"  description: {row['description']}")
-                if recent:
-                    out.line("  recent changes:")
-                    out.table(["at", "flag", "from", "to", "by", "reason"], _change_rows(recent))
-
-            out.emit(data, text)
-        elif action == "history":
-            changes = flags.history(args.name)
-            if args.limit is not None:
-                changes = changes[-args.limit :]
-            out.emit(
-                [change_dict(c) for c in changes],
-                lambda: (
-                    out.table(["at", "flag", "from", "to", "by", "reason"], _change_rows(changes))
-                    if changes
-                    else out.line("no changes recorded")
-                ),
-            )
-        elif action == "eval":
-            _check_kind(flags, args.name, action)
-            enabled = flags.enabled(args.name, args.actor)
-            data = {"flag": args.name, "actor": args.actor, "enabled": enabled}
-            who = "without an actor" if args.actor is None else f"for {args.actor!r}"
-            out.emit(data, lambda: out.line(f"{args.name} {who}: {'on' if enabled else 'off'}"))
-        elif action == "value":
-            answer = flags.evaluate(args.name, args.actor)
-            data = {
-                "flag": args.name,
-                "actor": args.actor,
-                "kind": answer.kind,
-                "value": answer.value,
-                "variant": answer.variant,
-                "reason": answer.reason,
-            }
-            who = "without an actor" if args.actor is None else f"for {args.actor!r}"
-            out.emit(
-                data,
-                lambda: out.line(
-                    f"{args.name} {who}: {_shown(answer.value)} "
-                    f"(variant {answer.variant}, {answer.reason})"
-                ),
-            )
+        read = _READS.get(action)
+        if read is not None:
+            read(flags, args, out)
         return 0
 
 
@@ -343,17 +374,23 @@ def _value_cell(row: dict[str, Any]) -> str:
     return f"{row['variant']}={_shown(row['value'], 30)}"
 
 
+def _shares(args: argparse.Namespace) -> dict[str, float]:
+    """The ``split`` shares given as ``VARIANT=PERCENT`` (UsageError if a variant repeats)."""
+    shares: dict[str, float] = {}
+    for variant, share in getattr(args, "shares", None) or ():
+        if variant in shares:
+            raise UsageError(f"variant {variant!r} given twice", label="InvalidFlagValue")
+        shares[variant] = share
+    return shares
+
+
 def _write(flags: Any, args: argparse.Namespace, out: Output) -> int:
     by = args.by if args.by is not None else default_by()
     reason = args.reason
     name = args.name
     # UnknownFlag (with the nearest name) before anything else, then the kind.
     _check_kind(flags, name, args.action)
-    shares: dict[str, float] = {}
-    for variant, share in getattr(args, "shares", None) or ():
-        if variant in shares:
-            raise UsageError(f"variant {variant!r} given twice", label="InvalidFlagValue")
-        shares[variant] = share
+    shares = _shares(args)
     ops: dict[str, Callable[[], None]] = {
         "enable": lambda: flags.enable(name, by=by, reason=reason),
         "disable": lambda: flags.disable(name, by=by, reason=reason),

@@ -12,6 +12,16 @@ from foundation._cli._flags import open_flags
 __all__ = ["add_parser", "status_data"]
 
 
+def _stage(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:100]!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a stage is 0 or more: {text[:100]!r}")
+    return value
+
+
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     plan = argparse.ArgumentParser(add_help=False)
     plan.add_argument(
@@ -28,7 +38,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     adv = sub.add_parser("advance", help="to the next stage", parents=[common, plan, writes])
     adv.add_argument("--reason", default=None)
     rb = sub.add_parser("rollback", help="back to stage N", parents=[common, plan, writes])
-    rb.add_argument("stage", type=int, metavar="N")
+    rb.add_argument("stage", type=_stage, metavar="N")
     rb.add_argument("--reason", default=None)
     em = sub.add_parser(
         "emergency", help="every plan flag off, stage 0, now", parents=[common, plan, writes]
@@ -54,6 +64,20 @@ def status_data(migration: Any) -> dict[str, Any]:
 
 def _when(at: float) -> str:
     return datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _stage_rows(st: dict[str, Any]) -> list[list[Any]]:
+    """One table row per stage of a status: number, name, risk, its flags, whether reached."""
+    return [
+        [
+            s["number"],
+            s["name"],
+            s["risk"],
+            ", ".join(f"{f}={'on' if st['flags'][f] else 'off'}" for f in s["flags"]),
+            s["number"] <= st["stage"],
+        ]
+        for s in st["stages"]
+    ]
 
 
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
@@ -87,19 +111,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             if st["stage_name"]:
                 where += f" ({st['stage_name']})"
             out.line(f"migration {st['plan']!r}: {where}")
-            out.table(
-                ["stage", "name", "risk", "flags", "reached"],
-                [
-                    [
-                        s["number"],
-                        s["name"],
-                        s["risk"],
-                        ", ".join(f"{f}={'on' if st['flags'][f] else 'off'}" for f in s["flags"]),
-                        s["number"] <= st["stage"],
-                    ]
-                    for s in st["stages"]
-                ],
-            )
+            out.table(["stage", "name", "risk", "flags", "reached"], _stage_rows(st))
             if action == "status" and st["history"]:
                 out.line("recent steps:")
                 out.table(

@@ -51,6 +51,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _summary(console: Console, score: Scoreboard, started: float) -> int:
+    """Print the figures and invariants; 1 if an invariant failed, else 0."""
+    console.heading("Summary")
+    score.figure("demo wall time", f"{time.perf_counter() - started:.1f} s")
+    console.table("Measured figures", ["figure", "value"], score.figures)
+    console.table(
+        "Invariants",
+        ["invariant", "result", "detail"],
+        [[name, "ok" if ok else "FAILED", detail] for name, ok, detail in score.checks],
+    )
+    if score.failed:
+        console.say(f"[bold red]{len(score.failed)} invariant(s) failed[/bold red]")
+        return 1
+    console.say(f"[bold green]all {len(score.checks)} invariants held[/bold green]")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the process exit code (1 if an invariant failed)."""
     parser = _parser()
@@ -87,20 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         console.heading("Library logs")
         show_library_logs(console, logs)
 
-    console.heading("Summary")
-    score.figure("demo wall time", f"{time.perf_counter() - started:.1f} s")
-    console.table("Measured figures", ["figure", "value"], score.figures)
-    console.table(
-        "Invariants",
-        ["invariant", "result", "detail"],
-        [[name, "ok" if ok else "FAILED", detail] for name, ok, detail in score.checks],
-    )
-    code = 0
-    if score.failed:
-        console.say(f"[bold red]{len(score.failed)} invariant(s) failed[/bold red]")
-        code = 1
-    else:
-        console.say(f"[bold green]all {len(score.checks)} invariants held[/bold green]")
+    code = _summary(console, score, started)
     if args.admin:
         from foundation.admin._demo import serve_demo
 

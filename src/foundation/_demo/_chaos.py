@@ -249,18 +249,22 @@ class _FlagWatch:
         while not self._stop.is_set():
             for node in self._nodes:
                 with contextlib.suppress(FoundationError):
-                    for (flag, actor), want in self._expected.items():
-                        if node.flags.enabled(flag, actor=actor) != want:
-                            self.reverted.add((node.name, flag))
-                    on = node.flags.enabled(KILL_SWITCH)
-                    if on and node.name in self.kill_seen_at:
-                        self.reverted.add((node.name, KILL_SWITCH))  # the kill switch undone
-                    elif not on and node.name not in self.kill_seen_at:
-                        if self.pulled_at is None:  # off before anyone pulled it
-                            self.reverted.add((node.name, KILL_SWITCH))
-                        else:
-                            self.kill_seen_at[node.name] = time.perf_counter()
+                    self._check(node)
             self._stop.wait(0.002)
+
+    def _check(self, node: _Node) -> None:
+        """Note each flag this node sees reverted, and when it first sees the kill switch off."""
+        for (flag, actor), want in self._expected.items():
+            if node.flags.enabled(flag, actor=actor) != want:
+                self.reverted.add((node.name, flag))
+        on = node.flags.enabled(KILL_SWITCH)
+        if on and node.name in self.kill_seen_at:
+            self.reverted.add((node.name, KILL_SWITCH))  # the kill switch undone
+        elif not on and node.name not in self.kill_seen_at:
+            if self.pulled_at is None:  # off before anyone pulled it
+                self.reverted.add((node.name, KILL_SWITCH))
+            else:
+                self.kill_seen_at[node.name] = time.perf_counter()
 
 
 @contextlib.contextmanager
@@ -357,53 +361,20 @@ def _run_faults(
         ("killed, restarted empty", server.kill, server.start),
     ]
     try:
-        for name, inject, heal in faults:
-            ok_before = sum(n.requests["ok"] for n in nodes)
-            failed_before = sum(sum(n.requests.values()) for n in nodes) - ok_before
-            stopped_before = sum(n.stopped for n in nodes)
-            reverted_before = len(watch.reverted)
-            console.say(f"[bold]fault:[/bold] redis-server {name} for {hold:g} s ...")
-            started = time.perf_counter()
-            inject()
-            if name.startswith("killed"):
-                _wait(hold / 2)
-                pull = _pull_kill_switch(a, watch)
-                _wait(hold / 2)
-            else:
-                _wait(hold)
-            heal()
-            back = time.perf_counter()
-            if pull:
-                pull["back"] = back
-            recovered = wait_until(
-                _recovered(nodes, lost, watch, kill_switch=bool(pull)),
-                timeout=RECOVERY_BOUND,
-                interval=0.002,
+        for fault in faults:
+            pull, p99, worst = _run_fault(
+                console,
+                score,
+                nodes=nodes,
+                watch=watch,
+                lost=lost,
+                fault=fault,
+                hold=hold,
+                pull=pull,
+                rows=rows,
+                recovery=recovery,
             )
-            done = time.perf_counter()
-            recovery[name] = (done - back) if recovered else None
-            stalls = [s for n in nodes for s in n.stall_ms(started, done)]
-            p99, worst = percentile(stalls, 99), max(stalls, default=0.0)
             worst_p99, worst_max = max(worst_p99, p99), max(worst_max, worst)
-            ok = sum(n.requests["ok"] for n in nodes) - ok_before
-            failed = sum(sum(n.requests.values()) for n in nodes) - ok_before - ok - failed_before
-            rows.append(
-                [
-                    name,
-                    f"{p99:.1f} ms",
-                    f"{worst:.1f} ms",
-                    f"{ok}/{failed}",
-                    sum(n.stopped for n in nodes) - stopped_before,
-                    len(lost()),
-                    len(watch.reverted) - reverted_before,
-                    f"{(done - back) * 1000:.0f} ms" if recovered else f"> {RECOVERY_BOUND:g} s",
-                ]
-            )
-            score.check(
-                f"recovered from redis-server {name}",
-                recovered,
-                f"{len(lost())} workers not visible everywhere",
-            )
     finally:
         watch.stop()
 
@@ -419,6 +390,89 @@ def _run_faults(
         worst_p99=worst_p99,
         worst_max=worst_max,
     )
+
+
+def _run_fault(
+    console: Console,
+    score: Scoreboard,
+    *,
+    nodes: list[_Node],
+    watch: _FlagWatch,
+    lost: Callable[[], list[str]],
+    fault: tuple[str, Callable[[], None], Callable[[], None]],
+    hold: float,
+    pull: dict[str, Any],
+    rows: list[list[object]],
+    recovery: dict[str, float | None],
+) -> tuple[dict[str, Any], float, float]:
+    """Inject one fault, heal it, wait for recovery; add its row; return (pull, p99, max stall)."""
+    name, inject, heal = fault
+    ok_before = sum(n.requests["ok"] for n in nodes)
+    failed_before = sum(sum(n.requests.values()) for n in nodes) - ok_before
+    stopped_before = sum(n.stopped for n in nodes)
+    reverted_before = len(watch.reverted)
+    console.say(f"[bold]fault:[/bold] redis-server {name} for {hold:g} s ...")
+    started = time.perf_counter()
+    pull, back = _hold_fault(name, inject, heal, hold=hold, node=nodes[0], watch=watch, pull=pull)
+    recovered = wait_until(
+        _recovered(nodes, lost, watch, kill_switch=bool(pull)),
+        timeout=RECOVERY_BOUND,
+        interval=0.002,
+    )
+    done = time.perf_counter()
+    recovery[name] = (done - back) if recovered else None
+    stalls = _stalls(nodes, started, done)
+    p99, worst = percentile(stalls, 99), max(stalls, default=0.0)
+    ok = sum(n.requests["ok"] for n in nodes) - ok_before
+    failed = sum(sum(n.requests.values()) for n in nodes) - ok_before - ok - failed_before
+    rows.append(
+        [
+            name,
+            f"{p99:.1f} ms",
+            f"{worst:.1f} ms",
+            f"{ok}/{failed}",
+            sum(n.stopped for n in nodes) - stopped_before,
+            len(lost()),
+            len(watch.reverted) - reverted_before,
+            f"{(done - back) * 1000:.0f} ms" if recovered else f"> {RECOVERY_BOUND:g} s",
+        ]
+    )
+    score.check(
+        f"recovered from redis-server {name}",
+        recovered,
+        f"{len(lost())} workers not visible everywhere",
+    )
+    return pull, p99, worst
+
+
+def _hold_fault(
+    name: str,
+    inject: Callable[[], None],
+    heal: Callable[[], None],
+    *,
+    hold: float,
+    node: _Node,
+    watch: _FlagWatch,
+    pull: dict[str, Any],
+) -> tuple[dict[str, Any], float]:
+    """Inject, hold (pulling the kill switch midway if Redis is killed), heal; (pull, back)."""
+    inject()
+    if name.startswith("killed"):
+        _wait(hold / 2)
+        pull = _pull_kill_switch(node, watch)
+        _wait(hold / 2)
+    else:
+        _wait(hold)
+    heal()
+    back = time.perf_counter()
+    if pull:
+        pull["back"] = back
+    return pull, back
+
+
+def _stalls(nodes: list[_Node], started: float, done: float) -> list[float]:
+    """Every node's ticker lateness between two instants."""
+    return [s for n in nodes for s in n.stall_ms(started, done)]
 
 
 def _check_startup(
@@ -485,9 +539,7 @@ def _report_faults(
         rows,
     )
     stopped = sum(n.stopped for n in nodes)
-    raw = collections.Counter[str]()
-    for node in nodes:
-        raw.update(node.raw_errors)
+    raw = _raw_errors(nodes)
     lost_now = lost()
     seen_b = watch.kill_seen_at.get(b.name)
     score.figure("loop stall p99 during faults (target <= 10 ms)", f"{worst_p99:.1f} ms")
@@ -495,20 +547,13 @@ def _report_faults(
     score.figure("healthy workers stopped by Redis faults", str(stopped))
     score.figure("registrations lost", str(len(lost_now)))
     score.figure("flags reverted", str(len(watch.reverted)))
-    for name, seconds in recovery.items():
-        took = f"{seconds * 1000:.0f} ms" if seconds is not None else "never"
-        score.figure(f"recovery after redis-server {name}", took)
+    _figure_recoveries(score, recovery)
     score.figure(
         "kill switch pulled mid-outage, seen by node A",
         "at once" if pull.get("local") else "no",
     )
     back_at = pull.get("back")
-    score.figure(
-        "kill switch seen by node B",
-        f"{(seen_b - back_at) * 1000:.0f} ms after Redis returned"
-        if seen_b is not None and back_at is not None and seen_b >= back_at
-        else ("yes" if seen_b is not None else "no"),
-    )
+    score.figure("kill switch seen by node B", _seen_after(seen_b, back_at))
     score.check(
         "no healthy worker stopped by a Redis fault",
         stopped == 0,
@@ -542,6 +587,30 @@ def _report_faults(
     for node in nodes:
         if node.error is not None:
             score.check(f"{node.name} ran to the end", False, repr(node.error))
+
+
+def _raw_errors(nodes: list[_Node]) -> collections.Counter[str]:
+    """The raw third-party exceptions that escaped a public call, counted over all nodes."""
+    raw = collections.Counter[str]()
+    for node in nodes:
+        raw.update(node.raw_errors)
+    return raw
+
+
+def _figure_recoveries(score: Scoreboard, recovery: dict[str, float | None]) -> None:
+    """Record how long recovery took after each fault ("never" if it did not)."""
+    for name, seconds in recovery.items():
+        took = f"{seconds * 1000:.0f} ms" if seconds is not None else "never"
+        score.figure(f"recovery after redis-server {name}", took)
+
+
+def _seen_after(seen_b: float | None, back_at: float | None) -> str:
+    """When node B saw the kill switch, relative to Redis coming back."""
+    return (
+        f"{(seen_b - back_at) * 1000:.0f} ms after Redis returned"
+        if seen_b is not None and back_at is not None and seen_b >= back_at
+        else ("yes" if seen_b is not None else "no")
+    )
 
 
 def _recovered(

@@ -39,14 +39,7 @@ class Console:
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
         if self._rich is not None:
-            import rich.table
-
-            table = rich.table.Table(title=title, title_justify="left")
-            for i, column in enumerate(columns):
-                table.add_column(column, justify="left" if i == 0 else "right")
-            for row in rows:
-                table.add_row(*(str(cell) for cell in row))
-            self._rich.print(table)
+            self._rich_table(self._rich, title, columns, rows)
             return
         print(title)
         widths = [
@@ -56,6 +49,20 @@ class Console:
         print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)))
         for row in rows:
             print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+    @staticmethod
+    def _rich_table(
+        console: Any, title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]
+    ) -> None:
+        """Print the table with rich: the first column left-aligned, the others right."""
+        import rich.table
+
+        table = rich.table.Table(title=title, title_justify="left")
+        for i, column in enumerate(columns):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*(str(cell) for cell in row))
+        console.print(table)
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Any]:

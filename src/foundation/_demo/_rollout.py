@@ -119,7 +119,18 @@ def _drive(
     for thread in threads:
         thread.join(10)
     console.table("Rollout phases under traffic", ["phase", FLAG, "live registrations"], timeline)
+    _score_traffic(console, score, registry, crew, seconds)
+    _show_flag_history(console, flags)
 
+
+def _score_traffic(
+    console: Console,
+    score: Scoreboard,
+    registry: MigratingRegistry,
+    crew: list[_Worker],
+    seconds: float,
+) -> None:
+    """Record the traffic's throughput, errors, lost and resurrected registrations."""
     ops = sum(w.operations for w in crew)
     score.figure("migrating-registry operations per second", f"{ops / seconds:,.0f}")
     errors = [e for w in crew for e in w.errors]
@@ -136,12 +147,35 @@ def _drive(
     score.check("nothing unregistered or dead comes back", ghosts == 0, f"{ghosts}")
     score.check("no divergences remain", not registry.divergences(), "")
 
+
+def _show_flag_history(console: Console, flags: FeatureFlags) -> None:
+    """Print every persisted flag change, oldest first."""
     history = [
         [time.strftime("%H:%M:%S", time.localtime(_timestamp(c.at))),
          c.flag, _describe(c.old), _describe(c.new), c.by or "", c.reason or ""]
         for c in flags.history()
     ]  # fmt: skip
     console.table("Flag history (persisted)", ["at", "flag", "old", "new", "by", "reason"], history)
+
+
+def _operate(registry: MigratingRegistry, worker: _Worker, key: str, roll: float) -> None:
+    """One random operation on ``key``: register, unregister, kill, update or look up."""
+    if key not in worker.model and roll < 0.5:
+        release = threading.Event()
+        agent = spawn_thread(release.wait)
+        registry.register(key, agent, {"worker": worker.index})
+        worker.model[key] = release
+        worker.agents[key] = agent
+    elif key in worker.model and roll < 0.7:
+        registry.unregister(key)
+        worker.model.pop(key).set()
+    elif key in worker.model and roll < 0.8:
+        worker.model.pop(key).set()  # the agent dies; the registry must notice
+        worker.agents[key].join()  # dead for sure before the key is reused
+    elif key in worker.model:
+        registry.update_metadata(key, {"worker": worker.index, "seen": roll})
+    else:
+        registry.lookup(key)
 
 
 def _traffic(
@@ -152,22 +186,7 @@ def _traffic(
         key = f"w{worker.index}-{rng.randrange(40)}"
         roll = rng.random()
         try:
-            if key not in worker.model and roll < 0.5:
-                release = threading.Event()
-                agent = spawn_thread(release.wait)
-                registry.register(key, agent, {"worker": worker.index})
-                worker.model[key] = release
-                worker.agents[key] = agent
-            elif key in worker.model and roll < 0.7:
-                registry.unregister(key)
-                worker.model.pop(key).set()
-            elif key in worker.model and roll < 0.8:
-                worker.model.pop(key).set()  # the agent dies; the registry must notice
-                worker.agents[key].join()  # dead for sure before the key is reused
-            elif key in worker.model:
-                registry.update_metadata(key, {"worker": worker.index, "seen": roll})
-            else:
-                registry.lookup(key)
+            _operate(registry, worker, key, roll)
         except Exception as exc:  # recorded and reported as a failed invariant
             worker.errors.append(f"{type(exc).__name__}: {exc}")
         worker.operations += 1

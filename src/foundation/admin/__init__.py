@@ -38,7 +38,10 @@ Example:
 
 from __future__ import annotations
 
+from foundation._public import fixup_module_paths
 from foundation.admin._app import AdminState, create_app, parse_tokens
 from foundation.admin._server import AdminServer, serve
 
 __all__ = ["AdminServer", "AdminState", "create_app", "parse_tokens", "serve"]
+
+fixup_module_paths(globals(), __name__)

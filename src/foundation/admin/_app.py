@@ -30,8 +30,9 @@ from foundation.errors import (
     MigrationError,
     NotRegistered,
     UnknownFlag,
+    bounded_repr,
 )
-from foundation.flags import FeatureFlags, FlagChange, Migration
+from foundation.flags import FeatureFlags, FlagChange, FlagState, Migration
 from foundation.flags._hashing import bucket
 from foundation.registry import Entry, RegistryEvent
 
@@ -110,18 +111,9 @@ def parse_tokens(token: str | Iterable[str] | Mapping[str, str] | None) -> Opera
     """
     if token is None:
         return Operators()
-    pairs: list[tuple[str, str]] = []
-    if isinstance(token, Mapping):
-        pairs = [(str(n), str(s)) for n, s in token.items()]
-    else:
-        for item in [token] if isinstance(token, str) else list(token):
-            if not isinstance(item, str):
-                raise InvalidConfig(f"a token is a string, not {item!r}")
-            name, sep, secret = item.partition(":")
-            pairs.append((name, secret) if sep else ("admin", item))
     seen: set[str] = set()
     out: list[tuple[bytes, str]] = []
-    for name, secret in pairs:
+    for name, secret in _token_pairs(token):
         if not name or not secret:
             raise InvalidConfig("a token needs a non-empty operator name and secret")
         if secret in seen:
@@ -129,6 +121,34 @@ def parse_tokens(token: str | Iterable[str] | Mapping[str, str] | None) -> Opera
         seen.add(secret)
         out.append((secret.encode(), name))
     return Operators(tuple(out))
+
+
+def _token_pairs(token: str | Iterable[str] | Mapping[str, str]) -> list[tuple[str, str]]:
+    """The (operator name, secret) pairs of a token, unchecked for emptiness or repeats."""
+    if isinstance(token, Mapping):
+        return _mapping_pairs(token)
+    if not isinstance(token, str | Iterable):
+        raise InvalidConfig(f"a token is a string, not {bounded_repr(token)}")
+    pairs: list[tuple[str, str]] = []
+    for item in [token] if isinstance(token, str) else list(token):
+        if not isinstance(item, str):
+            raise InvalidConfig(f"a token is a string, not {bounded_repr(item)}")
+        name, sep, secret = item.partition(":")
+        pairs.append((name, secret) if sep else ("admin", item))
+    return pairs
+
+
+def _mapping_pairs(token: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The (operator name, secret) pairs of a ``{name: secret}`` token, type-checked."""
+    pairs: list[tuple[str, str]] = []
+    for n, s in token.items():
+        if not isinstance(n, str) or not isinstance(s, str):
+            raise InvalidConfig(
+                f"token maps operator names to secrets (strings), not {bounded_repr(n)} "
+                f"to a {type(s).__name__}"
+            )
+        pairs.append((n, s))
+    return pairs
 
 
 # ------------------------------------------------------------------ serialisation
@@ -171,13 +191,8 @@ def _lone_surrogate(value: Any) -> str | None:
     if isinstance(value, str):
         return "a string" if _SURROGATE.search(value) else None
     if isinstance(value, dict):
-        for k, v in value.items():
-            if _SURROGATE.search(k):
-                return "a key"
-            where = _lone_surrogate(v)
-            if where is not None:
-                return f"{k!r}" if where == "a string" else where
-    elif isinstance(value, list):
+        return _lone_surrogate_in_dict(value)
+    if isinstance(value, list):
         for item in value:
             where = _lone_surrogate(item)
             if where is not None:
@@ -185,7 +200,19 @@ def _lone_surrogate(value: Any) -> str | None:
     return None
 
 
+def _lone_surrogate_in_dict(value: dict[Any, Any]) -> str | None:
+    """``_lone_surrogate`` for a decoded JSON object: its keys, then each value in order."""
+    for k, v in value.items():
+        if _SURROGATE.search(k):
+            return "a key"
+        where = _lone_surrogate(v)
+        if where is not None:
+            return f"{k!r}" if where == "a string" else where
+    return None
+
+
 _SURROGATE = re.compile("[\\ud800-\\udfff]")
+_TOO_DEEP = "the body is nested too deeply"
 
 
 def _plain_key(key: object) -> object:
@@ -309,6 +336,31 @@ class _Hub:
 # -------------------------------------------------------------------------- state
 
 
+_REGISTRY_METHODS = ("list_all", "lookup", "query", "count", "subscribe")
+
+
+def _is_registry(registry: object) -> bool:
+    """Whether ``registry`` has every method the admin app calls on a registry."""
+    return all(callable(getattr(registry, name, None)) for name in _REGISTRY_METHODS)
+
+
+def _check_served(flags: object, migration: object, registry: object, supervisors: object) -> None:
+    """TypeError unless each object given to AdminState is of a kind it can serve."""
+    if flags is not None and not isinstance(flags, FeatureFlags):
+        raise TypeError(f"flags must be a FeatureFlags or None, not {type(flags).__name__}")
+    if migration is not None and not isinstance(migration, Migration):
+        raise TypeError(f"migration must be a Migration or None, not {type(migration).__name__}")
+    if registry is not None and not _is_registry(registry):
+        raise TypeError(
+            f"registry must be a registry (list_all, lookup, query, count, subscribe), "
+            f"not {type(registry).__name__}"
+        )
+    if isinstance(supervisors, str) or not isinstance(supervisors, Iterable):
+        raise TypeError(
+            f"supervisors is a collection of supervisors, not {type(supervisors).__name__}"
+        )
+
+
 class AdminState:
     """What the app serves: the live objects, the operators and the event hub.
 
@@ -329,6 +381,8 @@ class AdminState:
         metrics: Any = None,
         dead_size: int = DEAD_RING,
     ) -> None:
+        # Refused here, not at the first request or event that would use them.
+        _check_served(flags, migration, registry, supervisors)
         if migration is not None and flags is None:
             flags = migration.flags
         self.flags = flags
@@ -346,13 +400,17 @@ class AdminState:
         if registry is not None:
             since = time.time()
             self._unsubscribe.append(registry.subscribe(self._on_registry))
-            # A RedisObserver remembers deaths seen before we subscribed: take those
-            # (a death seen from now on reaches _on_registry instead).
-            recently_dead = getattr(registry, "recently_dead", None)
-            if callable(recently_dead):
-                for death in reversed(recently_dead()):  # oldest first; we prepend
-                    if death.at < since and death.event.reason == "down":
-                        self.hub.dead.appendleft(_dead_dict(death.event, death.at))
+            self._take_recent_deaths(registry, since)
+
+    def _take_recent_deaths(self, registry: RegistryLike, since: float) -> None:
+        """Prepend the deaths the registry saw before ``since`` to the hub's dead ring."""
+        # A RedisObserver remembers deaths seen before we subscribed: take those
+        # (a death seen from now on reaches _on_registry instead).
+        recently_dead = getattr(registry, "recently_dead", None)
+        if callable(recently_dead):
+            for death in reversed(recently_dead()):  # oldest first; we prepend
+                if death.at < since and death.event.reason == "down":
+                    self.hub.dead.appendleft(_dead_dict(death.event, death.at))
 
     def _on_flag(self, change: FlagChange) -> None:
         # A listener must not raise: it runs on the writer's or the store watcher's thread.
@@ -421,21 +479,24 @@ def _authorise(request: Request, state: AdminState, *, write: bool) -> str | Non
         if operator is None:
             raise ApiError(401, "Unauthorized", "unknown token")
     if write:
-        if state.read_only:
-            raise ApiError(403, "ReadOnly", "the admin server runs in read-only mode")
-        if not state.operators.configured:
-            raise ApiError(403, "ReadOnly", "no operator token is configured: writes are off")
-        if operator is None:
-            raise ApiError(401, "Unauthorized", "a write needs Authorization: Bearer <token>")
-        # CSRF: a browser never sends an Authorization header cross-site on its own,
-        # and a JSON content type cannot be sent cross-site without a CORS preflight.
-        if request.headers.get("content-type", "").split(";")[0].strip() != _JSON:
-            raise ApiError(
-                415, "UnsupportedMediaType", "writes take Content-Type: application/json"
-            )
+        _authorise_write(request, state, operator)
     elif operator is None and state.operators.configured and not state.public_reads:
         raise ApiError(401, "Unauthorized", "reads need Authorization: Bearer <token>")
     return operator
+
+
+def _authorise_write(request: Request, state: AdminState, operator: str | None) -> None:
+    """ApiError unless this server takes writes and this request may make one."""
+    if state.read_only:
+        raise ApiError(403, "ReadOnly", "the admin server runs in read-only mode")
+    if not state.operators.configured:
+        raise ApiError(403, "ReadOnly", "no operator token is configured: writes are off")
+    if operator is None:
+        raise ApiError(401, "Unauthorized", "a write needs Authorization: Bearer <token>")
+    # CSRF: a browser never sends an Authorization header cross-site on its own,
+    # and a JSON content type cannot be sent cross-site without a CORS preflight.
+    if request.headers.get("content-type", "").split(";")[0].strip() != _JSON:
+        raise ApiError(415, "UnsupportedMediaType", "writes take Content-Type: application/json")
 
 
 def _endpoint(
@@ -469,13 +530,18 @@ async def _body(request: Request) -> dict[str, Any]:
         body = json.loads(raw)
     except ValueError:
         raise ApiError(422, "InvalidBody", "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(422, "InvalidBody", _TOO_DEEP) from None
     if not isinstance(body, dict):
         raise ApiError(422, "InvalidBody", "the body is a JSON object")
     if "by" in body:
         raise ApiError(422, "InvalidBody", "`by` is the authenticated operator; do not send it")
     # Refused before anything is written: a lone surrogate (valid JSON, "\\ud800") cannot
     # be encoded as UTF-8, so stored it would poison every later read of it elsewhere.
-    where = _lone_surrogate(body)
+    try:
+        where = _lone_surrogate(body)
+    except RecursionError:
+        raise ApiError(422, "InvalidBody", _TOO_DEEP) from None
     if where is not None:
         raise ApiError(
             422, "InvalidBody", f"{where} in the body holds a lone surrogate (not valid Unicode)"
@@ -564,6 +630,23 @@ _WHY = {
 }
 
 
+def _boolean_why(name: str, actor: str | None, s: FlagState, enabled: bool) -> str:
+    """Explain a boolean flag's answer for one actor from the state read after it."""
+    if not s.switch:
+        return "the switch is off"
+    if actor is None:
+        return "no actor: on unless a percentage below 100 is set"
+    if actor in s.deny:
+        return "the actor is in the deny set"
+    if actor in s.allow:
+        return "the actor is in the allow set"
+    if s.percentage is not None:
+        return (
+            f"rollout: bucket {bucket(name, actor):.4f} {'<' if enabled else '>='} {s.percentage}"
+        )
+    return "the switch is on"
+
+
 async def evaluate_flag(request: Request, state: AdminState) -> Any:
     flags = _need_flags(state)
     name = request.path_params["name"]
@@ -574,19 +657,7 @@ async def evaluate_flag(request: Request, state: AdminState) -> Any:
     # write landing between them can leave the explanation one change behind.
     evaluation = flags.evaluate(name, actor)
     enabled = bool(evaluation.value)
-    s = flags.state(name)
-    if not s.switch:
-        why = "the switch is off"
-    elif actor is None:
-        why = "no actor: on unless a percentage below 100 is set"
-    elif actor in s.deny:
-        why = "the actor is in the deny set"
-    elif actor in s.allow:
-        why = "the actor is in the allow set"
-    elif s.percentage is not None:
-        why = f"rollout: bucket {bucket(name, actor):.4f} {'<' if enabled else '>='} {s.percentage}"
-    else:
-        why = "the switch is on"
+    why = _boolean_why(name, actor, flags.state(name), enabled)
     return {
         "flag": name,
         "actor": actor,
@@ -641,11 +712,108 @@ def _limit(request: Request, default: int) -> int:
         return default
     try:
         limit = int(raw)
-    except ValueError:
-        raise ApiError(422, "InvalidLimit", f"limit is an integer >= 1, not {raw!r}") from None
+    except ValueError:  # also past int()'s 4300 digits
+        limit = 0
     if limit < 1:
-        raise ApiError(422, "InvalidLimit", f"limit is an integer >= 1, not {raw!r}")
+        raise ApiError(422, "InvalidLimit", f"limit is an integer >= 1, not {bounded_repr(raw)}")
     return limit
+
+
+# A flag write's call, built from the request body (ApiError if the body does not fit):
+# (flags, flag name, body, operator, reason) -> the call to run in the thread pool.
+_FlagCall = Callable[[FeatureFlags, str, dict[str, Any], str, str | None], Callable[[], None]]
+
+
+def _enable_call(
+    flags: FeatureFlags, name: str, body: dict[str, Any], by: str, reason: str | None
+) -> Callable[[], None]:
+    """``enable``: nothing needed from the body."""
+    return functools.partial(flags.enable, name, by=by, reason=reason)
+
+
+def _disable_call(
+    flags: FeatureFlags, name: str, body: dict[str, Any], by: str, reason: str | None
+) -> Callable[[], None]:
+    """``disable``: the body must confirm the flag name."""
+    if body.get("confirm") != name:
+        raise ApiError(
+            422,
+            "ConfirmationRequired",
+            f'disabling needs "confirm": {name!r} (the flag name)',
+        )
+    return functools.partial(flags.disable, name, by=by, reason=reason)
+
+
+def _clear_call(
+    flags: FeatureFlags, name: str, body: dict[str, Any], by: str, reason: str | None
+) -> Callable[[], None]:
+    """``clear``: nothing needed from the body."""
+    return functools.partial(flags.clear, name, by=by, reason=reason)
+
+
+def _percentage_call(
+    flags: FeatureFlags, name: str, body: dict[str, Any], by: str, reason: str | None
+) -> Callable[[], None]:
+    """``set_percentage``: the body's ``percentage``."""
+    if "percentage" not in body:
+        raise ApiError(422, "InvalidBody", "the body needs 'percentage'")
+    return functools.partial(flags.set_percentage, name, body["percentage"], by=by, reason=reason)
+
+
+def _assign_call(
+    flags: FeatureFlags, name: str, body: dict[str, Any], by: str, reason: str | None
+) -> Callable[[], None]:
+    """``assign``: the body's ``actor`` and ``variant`` (null: unassign)."""
+    actor = _text(body, "actor", required=True)
+    assert actor is not None
+    if "variant" not in body:
+        raise ApiError(422, "InvalidBody", "the body needs 'variant' (null: unassign)")
+    variant = _text(body, "variant")
+    return functools.partial(flags.assign, name, actor, variant, by=by, reason=reason)
+
+
+def _split_call(
+    flags: FeatureFlags, name: str, body: dict[str, Any], by: str, reason: str | None
+) -> Callable[[], None]:
+    """``set_split``: the body's ``split``, an object of numbers."""
+    shares = body.get("split")
+    if not isinstance(shares, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in shares.values()
+    ):
+        raise ApiError(
+            422, "InvalidBody", "'split' is an object {variant: percent}, summing to 100"
+        )
+    return functools.partial(flags.set_split, name, shares, by=by, reason=reason)
+
+
+def _allow_call(
+    flags: FeatureFlags, name: str, body: dict[str, Any], by: str, reason: str | None
+) -> Callable[[], None]:
+    """``allow``: the body's ``actor``."""
+    actor = _text(body, "actor", required=True)
+    assert actor is not None
+    return functools.partial(flags.allow, name, actor, by=by, reason=reason)
+
+
+def _deny_call(
+    flags: FeatureFlags, name: str, body: dict[str, Any], by: str, reason: str | None
+) -> Callable[[], None]:
+    """``deny``: the body's ``actor``."""
+    actor = _text(body, "actor", required=True)
+    assert actor is not None
+    return functools.partial(flags.deny, name, actor, by=by, reason=reason)
+
+
+_FLAG_CALLS: dict[str, _FlagCall] = {
+    "enable": _enable_call,
+    "disable": _disable_call,
+    "clear": _clear_call,
+    "percentage": _percentage_call,
+    "assign": _assign_call,
+    "split": _split_call,
+    "allow": _allow_call,
+    "deny": _deny_call,
+}
 
 
 def _flag_write(action: str) -> Callable[..., Awaitable[Any]]:
@@ -656,46 +824,7 @@ def _flag_write(action: str) -> Callable[..., Awaitable[Any]]:
         name = request.path_params["name"]
         flags.flag(name)  # UnknownFlag before anything else
         reason = _text(body, "reason")
-        call: Callable[[], None]
-        if action == "enable":
-            call = functools.partial(flags.enable, name, by=operator, reason=reason)
-        elif action == "disable":
-            if body.get("confirm") != name:
-                raise ApiError(
-                    422,
-                    "ConfirmationRequired",
-                    f'disabling needs "confirm": {name!r} (the flag name)',
-                )
-            call = functools.partial(flags.disable, name, by=operator, reason=reason)
-        elif action == "clear":
-            call = functools.partial(flags.clear, name, by=operator, reason=reason)
-        elif action == "percentage":
-            if "percentage" not in body:
-                raise ApiError(422, "InvalidBody", "the body needs 'percentage'")
-            call = functools.partial(
-                flags.set_percentage, name, body["percentage"], by=operator, reason=reason
-            )
-        elif action == "assign":
-            actor = _text(body, "actor", required=True)
-            assert actor is not None
-            if "variant" not in body:
-                raise ApiError(422, "InvalidBody", "the body needs 'variant' (null: unassign)")
-            variant = _text(body, "variant")
-            call = functools.partial(flags.assign, name, actor, variant, by=operator, reason=reason)
-        elif action == "split":
-            shares = body.get("split")
-            if not isinstance(shares, dict) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in shares.values()
-            ):
-                raise ApiError(
-                    422, "InvalidBody", "'split' is an object {variant: percent}, summing to 100"
-                )
-            call = functools.partial(flags.set_split, name, shares, by=operator, reason=reason)
-        else:  # allow / deny
-            actor = _text(body, "actor", required=True)
-            assert actor is not None
-            method = flags.allow if action == "allow" else flags.deny
-            call = functools.partial(method, name, actor, by=operator, reason=reason)
+        call = _FLAG_CALLS[action](flags, name, body, operator, reason)
         await run_in_threadpool(call)
         return _flag_dict(flags, name)
 
@@ -751,7 +880,8 @@ def _migration_write(action: str) -> Callable[..., Awaitable[Any]]:
                 accepted = {str(status.stage)} | (
                     {status.stage_name} if status.stage_name else set()
                 )
-                if body.get("confirm") not in accepted:
+                confirm = body.get("confirm")
+                if not isinstance(confirm, str) or confirm not in accepted:
                     raise ApiError(
                         422,
                         "ConfirmationRequired",
@@ -781,9 +911,22 @@ def _parse_where(raw: str) -> tuple[str, str, Any]:
         value = json.loads(text)
     except ValueError:
         value = text  # a bare word is a string
+    except RecursionError:
+        raise ApiError(
+            422, "InvalidCriteria", f"the value of where {bounded_repr(raw)} is nested too deeply"
+        ) from None
     if isinstance(value, list):
         value = tuple(value)
     return path, op, value
+
+
+def _row_matches(row: dict[str, Any], search: str) -> bool:
+    """Whether lower-case ``search`` occurs in an agent row's key, metadata or node."""
+    return (
+        search in str(row["key_text"]).lower()
+        or search in json.dumps(row["metadata"]).lower()
+        or search in str(row["node"]).lower()
+    )
 
 
 def _agents(request: Request, state: AdminState) -> dict[str, Any]:
@@ -795,13 +938,7 @@ def _agents(request: Request, state: AdminState) -> dict[str, Any]:
     chosen = registry.query(criteria) if criteria else everyone
     rows = [entry_dict(e) for e in chosen]
     if search:
-        rows = [
-            r
-            for r in rows
-            if search in str(r["key_text"]).lower()
-            or search in json.dumps(r["metadata"]).lower()
-            or search in str(r["node"]).lower()
-        ]
+        rows = [r for r in rows if _row_matches(r, search)]
     rows.sort(key=lambda r: str(r["key_text"]))
     by_kind: collections.Counter[str] = collections.Counter()
     by_node: collections.Counter[str] = collections.Counter()
@@ -830,7 +967,7 @@ async def show_agent(request: Request, state: AdminState) -> Any:
         if entry is None:
             try:
                 parsed = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deeply: no such key
                 return None
             if isinstance(parsed, list):
                 parsed = tuple(parsed)
@@ -840,7 +977,7 @@ async def show_agent(request: Request, state: AdminState) -> Any:
 
     entry = await run_in_threadpool(find)
     if entry is None:
-        raise NotRegistered(f"no agent is registered under {text!r}")
+        raise NotRegistered(text)
     return entry_dict(entry)
 
 
@@ -856,7 +993,10 @@ async def dead_agents(request: Request, state: AdminState) -> Any:
 def _children_elsewhere(sup: Any) -> list[Any]:
     """``which_children()`` of a SupervisorThread, or of a Supervisor on another loop."""
     if hasattr(sup, "thread"):  # SupervisorThread: thread-safe already
-        return list(sup.which_children())
+        try:
+            return list(sup.which_children())
+        except Closed:  # a stopped handle: its loop is gone, the supervisor shows how it ended
+            return list(sup.supervisor.which_children())
     task = sup.task
     if task is None:
         return []
@@ -864,7 +1004,21 @@ def _children_elsewhere(sup: Any) -> list[Any]:
     async def ask() -> list[Any]:
         return list(sup.which_children())
 
-    return asyncio.run_coroutine_threadsafe(ask(), task.get_loop()).result(5.0)
+    coro = ask()
+    try:
+        fut = asyncio.run_coroutine_threadsafe(coro, task.get_loop())
+    except RuntimeError:  # its loop is closed: the run has ended and nothing changes it now
+        coro.close()
+        return list(sup.which_children())
+    try:
+        return fut.result(5.0)
+    except TimeoutError:
+        fut.cancel()
+        raise ApiError(
+            503,
+            "Unavailable",
+            f"supervisor {bounded_repr(sup.name)}: its event loop did not answer",
+        ) from None
 
 
 def _children_here(sup: Any) -> list[Any]:

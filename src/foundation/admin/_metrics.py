@@ -15,7 +15,8 @@ from prometheus_client.registry import Collector
 from foundation.errors import FoundationError
 
 if TYPE_CHECKING:
-    from foundation.admin._app import AdminState
+    from foundation.admin._app import AdminState, RegistryLike
+    from foundation.flags import FeatureFlags, Migration
 
 __all__ = ["exposition"]
 
@@ -31,63 +32,78 @@ class _AdminCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         state = self._state
         if state.flags is not None:
-            switch = GaugeMetricFamily(
-                "foundation_admin_flag_enabled",
-                "1 if the flag's switch is on (its effective state)",
-                labels=["flag"],
-            )
-            percentage = GaugeMetricFamily(
-                "foundation_admin_flag_percentage",
-                "the flag's rollout percentage (absent: none set)",
-                labels=["flag"],
-            )
-            split = GaugeMetricFamily(
-                "foundation_admin_flag_split",
-                "a typed flag's split: the variant's share in percent (absent: no split)",
-                labels=["flag", "variant"],
-            )
-            for name in state.flags.names:
-                s = state.flags.state(name)
-                switch.add_metric([name], 1.0 if s.switch else 0.0)
-                if s.percentage is not None:
-                    percentage.add_metric([name], s.percentage)
-                for variant, share in (s.split or {}).items():
-                    split.add_metric([name, variant], share)
-            yield switch
-            yield percentage
-            yield split
+            yield from _flag_families(state.flags)
         if state.migration is not None:
-            try:
-                stage = state.migration.status().stage
-            except FoundationError:
-                log.warning("admin: migration stage unavailable for /metrics", exc_info=True)
-            else:
-                g = GaugeMetricFamily(
-                    "foundation_admin_migration_stage", "committed stage", labels=["plan"]
-                )
-                g.add_metric([state.migration.plan.name], float(stage))
-                yield g
+            yield from _migration_families(state.migration)
         if state.registry is not None:
-            try:
-                entries = state.registry.list_all()
-            except FoundationError:
-                log.warning("admin: registry unavailable for /metrics", exc_info=True)
-            else:
-                from foundation.admin._app import _kind
-
-                counts = collections.Counter((e.node, _kind(e.agent)) for e in entries)
-                g = GaugeMetricFamily(
-                    "foundation_admin_registry_entries",
-                    "live registry entries seen by the admin server",
-                    labels=["node", "kind"],
-                )
-                for (node, kind), n in sorted(counts.items()):
-                    g.add_metric([node, kind], float(n))
-                yield g
+            yield from _registry_families(state.registry)
         g = GaugeMetricFamily(
             "foundation_admin_dead_agents", "agents in the recently-dead ring", labels=[]
         )
         g.add_metric([], float(len(state.hub.dead)))
+        yield g
+
+
+def _flag_families(flags: FeatureFlags) -> Iterator[GaugeMetricFamily]:
+    """The switch, percentage and split gauges of every flag."""
+    switch = GaugeMetricFamily(
+        "foundation_admin_flag_enabled",
+        "1 if the flag's switch is on (its effective state)",
+        labels=["flag"],
+    )
+    percentage = GaugeMetricFamily(
+        "foundation_admin_flag_percentage",
+        "the flag's rollout percentage (absent: none set)",
+        labels=["flag"],
+    )
+    split = GaugeMetricFamily(
+        "foundation_admin_flag_split",
+        "a typed flag's split: the variant's share in percent (absent: no split)",
+        labels=["flag", "variant"],
+    )
+    for name in flags.names:
+        s = flags.state(name)
+        switch.add_metric([name], 1.0 if s.switch else 0.0)
+        if s.percentage is not None:
+            percentage.add_metric([name], s.percentage)
+        for variant, share in (s.split or {}).items():
+            split.add_metric([name, variant], share)
+    yield switch
+    yield percentage
+    yield split
+
+
+def _migration_families(migration: Migration) -> Iterator[GaugeMetricFamily]:
+    """The committed stage gauge (none, with a warning, if the stage cannot be read)."""
+    try:
+        stage = migration.status().stage
+    except FoundationError:
+        log.warning("admin: migration stage unavailable for /metrics", exc_info=True)
+    else:
+        g = GaugeMetricFamily(
+            "foundation_admin_migration_stage", "committed stage", labels=["plan"]
+        )
+        g.add_metric([migration.plan.name], float(stage))
+        yield g
+
+
+def _registry_families(registry: RegistryLike) -> Iterator[GaugeMetricFamily]:
+    """Live entries by node and kind (none, with a warning, if the registry cannot be read)."""
+    try:
+        entries = registry.list_all()
+    except FoundationError:
+        log.warning("admin: registry unavailable for /metrics", exc_info=True)
+    else:
+        from foundation.admin._app import _kind
+
+        counts = collections.Counter((e.node, _kind(e.agent)) for e in entries)
+        g = GaugeMetricFamily(
+            "foundation_admin_registry_entries",
+            "live registry entries seen by the admin server",
+            labels=["node", "kind"],
+        )
+        for (node, kind), n in sorted(counts.items()):
+            g.add_metric([node, kind], float(n))
         yield g
 
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -115,6 +115,8 @@ async def _actor(request: Request, key: str | None) -> str | None:
         body = json.loads(raw)
     except ValueError:
         raise bad("PARSE_ERROR", "the body is not valid JSON") from None
+    except RecursionError:
+        raise bad("PARSE_ERROR", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise bad("PARSE_ERROR", 'the body is a JSON object: {"context": {...}}')
     context = body.get("context", {})
@@ -122,6 +124,11 @@ async def _actor(request: Request, key: str | None) -> str | None:
         return None
     if not isinstance(context, dict):
         raise bad("INVALID_CONTEXT", "'context' is a JSON object")
+    return _targeting_key(context, bad)
+
+
+def _targeting_key(context: dict[str, Any], bad: Callable[[str, str], _Failure]) -> str | None:
+    """The actor named by a context's ``targetingKey``; ``bad(...)`` raised if it cannot be one."""
     actor = context.get("targetingKey")
     if actor is None or actor == "":
         return None  # as FoundationProvider (and the SDK's merge): empty is unset

@@ -16,7 +16,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from foundation.admin._app import AdminState, RegistryLike, create_app
-from foundation.errors import InvalidConfig
+from foundation.errors import Closed, InvalidConfig
 from foundation.flags import FeatureFlags, Migration
 
 __all__ = ["AdminServer", "is_loopback", "parse_bind", "serve"]
@@ -31,6 +31,8 @@ def parse_bind(bind: str) -> tuple[str, int]:
         >>> parse_bind("127.0.0.1:8800"), parse_bind("[::1]:0")
         (('127.0.0.1', 8800), ('::1', 0))
     """
+    if not isinstance(bind, str):
+        raise InvalidConfig(f"bind is a str HOST:PORT, not {type(bind).__name__}")
     host, sep, port = bind.rpartition(":")
     if not sep or not host:
         raise InvalidConfig(f"bind is HOST:PORT, not {bind!r}")
@@ -141,6 +143,7 @@ class AdminServer:
         self._server: _Server | None = None
         self._started = threading.Event()
         self._failure: BaseException | None = None
+        self._closed = False
         self.url = ""
 
     @property
@@ -159,7 +162,18 @@ class AdminServer:
         )
 
     def start(self, timeout: float = 30.0) -> Self:
-        """Listen and serve on a daemon thread; return once accepting connections."""
+        """Listen and serve on a daemon thread; return once accepting connections.
+
+        Idempotent while it serves (``with server.start():`` starts it once).
+
+        Raises:
+            InvalidConfig: the address cannot be listened on, or it did not start.
+            Closed: after :meth:`close` (a server is not restarted).
+        """
+        if self._closed:
+            raise Closed(f"this AdminServer is closed (it served {self.url or 'nothing'})")
+        if self._thread is not None and self._thread.is_alive():
+            return self
         sock = _bind(self._host, self._port)
         port = sock.getsockname()[1]
         host = f"[{self._host}]" if ":" in self._host else self._host
@@ -186,6 +200,7 @@ class AdminServer:
 
     def close(self) -> None:
         """End event streams, stop the server, join its thread. Idempotent."""
+        self._closed = True
         self.state.close()
         if self._server is not None:
             self._server.should_exit = True

@@ -4,10 +4,10 @@ Parsing is pure: it returns the new layer or raises, and never touches a
 ``FeatureFlags``, which is what makes a load all-or-nothing.
 
 Whatever the input, a load either succeeds or raises ``InvalidFlagValue`` /
-``UnknownFlag`` with a short message: a file is read up to
-``MAX_CONFIG_BYTES`` (larger, or endless like ``/dev/zero``, is refused
-without reading the rest), must be UTF-8, and may not nest deeper than
-Python's TOML parser can (``RecursionError`` is reported as a bad file).
+``UnknownFlag`` with a short message: a file is read by the one config reader
+(``foundation._toml_files``): a regular file of at most ``MAX_CONFIG_BYTES``
+(a FIFO, a directory or ``/dev/zero`` is refused unread), UTF-8 TOML nested
+no deeper than Python's parser can.
 Also here: the checks of the audit fields ``by``/``reason`` of every write.
 """
 
@@ -18,7 +18,8 @@ import os
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from foundation.errors import InvalidFlagValue, UnknownFlag, bounded_repr
+from foundation._toml_files import MAX_CONFIG_BYTES, read_toml
+from foundation.errors import InvalidConfig, InvalidFlagValue, UnknownFlag, bounded_repr
 from foundation.flags._store import FlagState
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ __all__ = [
     "ENV_PREFIX",
     "MAX_CONFIG_BYTES",
     "check_audit_text",
+    "listed",
     "nearest",
     "parse_config",
     "parse_value",
@@ -36,8 +38,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "FOUNDATION_FLAG_"
-MAX_CONFIG_BYTES = 1024 * 1024
-"""Largest flag config file read (1 MiB); a larger one is ``InvalidFlagValue``."""
+MAX_PROBLEMS_TEXT = 1000
+"""How much of a message lists problems (``listed``); the rest are counted."""
+MAX_PROBLEM_CHARS = 300
+"""Longest single problem in such a list; a longer one is cut."""
 MAX_AUDIT_CHARS = 4096
 """Longest ``by`` / ``reason`` accepted on a write."""
 
@@ -125,17 +129,22 @@ def parse_value(value: object, variants: Collection[str] | None = None) -> FlagS
         if text in _OFF:
             return FlagState(False)
         if text.endswith("%"):
-            try:
-                p = float(text[:-1])
-            except ValueError:
-                p = math.nan
-            if math.isfinite(p) and 0.0 <= p <= 100.0:
-                return FlagState(True, p)
-            raise InvalidFlagValue(f"percentage {short_repr(value)} is not a number within 0..100")
+            return _parse_percentage(value, text)
     raise InvalidFlagValue(
         f"{short_repr(value)} is not a flag value: "
         "use true/false, 'on'/'off' or a percentage like '25%'"
     )
+
+
+def _parse_percentage(value: str, text: str) -> FlagState:
+    """The state of a ``"<p>%"`` value (``text``: it stripped and lowered)."""
+    try:
+        p = float(text[:-1])
+    except ValueError:
+        p = math.nan
+    if math.isfinite(p) and 0.0 <= p <= 100.0:
+        return FlagState(True, p)
+    raise InvalidFlagValue(f"percentage {short_repr(value)} is not a number within 0..100")
 
 
 def _parse_typed(value: object, variants: Collection[str]) -> FlagState:
@@ -148,39 +157,35 @@ def _parse_typed(value: object, variants: Collection[str]) -> FlagState:
             return FlagState(text in _ON)
     if isinstance(value, bool):
         return FlagState(value)
+    raise _not_a_variant(value, variants)
+
+
+def _not_a_variant(value: object, variants: Collection[str]) -> InvalidFlagValue:
+    """The error for a value that is neither a variant name nor a switch word."""
     names = list(variants)
     shown = ", ".join(short_repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
     hint = nearest(value, names) if isinstance(value, str) and len(value) <= 200 else None
     did = f" (did you mean {short_repr(hint)}?)" if hint is not None else ""
-    raise InvalidFlagValue(
+    return InvalidFlagValue(
         f"{short_repr(value)} is not a value of this typed flag{did}: "
         f"use a variant name ({shown}) or true/false, 'on'/'off'"
     )
 
 
 def _read_table(path: Path) -> Mapping[str, Any]:
-    import tomllib
-
+    """The flags table of the TOML file ``path`` (read by the one bounded reader)."""
     shown = short_repr(str(path))
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)  # bounded: never the whole of /dev/zero
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise InvalidFlagValue(f"cannot read flag config {shown}: {exc}") from exc
-    if len(data) > MAX_CONFIG_BYTES:
-        raise InvalidFlagValue(
-            f"flag config {shown} is larger than {MAX_CONFIG_BYTES} bytes; not loaded"
-        )
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InvalidFlagValue(
-            f"flag config {shown} is not UTF-8 text (byte {exc.start})"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidFlagValue(f"malformed TOML in {shown}: {str(exc)[:200]}") from None
-    except RecursionError:
-        raise InvalidFlagValue(f"malformed TOML in {shown}: nested too deeply") from None
+        document = read_toml(path, "flag config")
+    except FileNotFoundError as exc:
+        raise InvalidFlagValue(f"cannot read flag config {shown}: {exc.strerror}") from None
+    except InvalidConfig as exc:  # a flag config's problems are InvalidFlagValue (contract)
+        raise InvalidFlagValue(str(exc)) from None
+    return _flags_table(document, shown)
+
+
+def _flags_table(document: dict[str, Any], shown: str) -> Mapping[str, Any]:
+    """The ``[flags]`` (or ``[tool.foundation.flags]``) table of a parsed TOML document."""
     if "flags" in document:
         table = document["flags"]
         where = "[flags]"
@@ -198,6 +203,36 @@ def _read_table(path: Path) -> Mapping[str, Any]:
     return table
 
 
+def _env_entries(env: object, declared: Collection[str]) -> list[tuple[str, str, object]]:
+    """(flag name, variable, value) of each ``FOUNDATION_FLAG_*`` variable in ``env``."""
+    if not isinstance(env, Mapping):
+        raise InvalidFlagValue(
+            f"env must be a mapping of environment variables or None, not {short_repr(env)}"
+        )
+    by_upper = {d.upper(): d for d in declared}
+    entries: list[tuple[str, str, object]] = []
+    for key, value in env.items():
+        if isinstance(key, str) and key.startswith(ENV_PREFIX):
+            suffix = key[len(ENV_PREFIX) :]
+            entries.append((by_upper.get(suffix.upper(), suffix.lower()), key, value))
+    return entries
+
+
+def listed(problems: list[str]) -> str:
+    """``problems`` joined, bounded however many there are: the rest are counted."""
+    shown: list[str] = []
+    length = 0
+    for text in problems:
+        cut = len(text) > MAX_PROBLEM_CHARS
+        problem = text[: MAX_PROBLEM_CHARS - 3] + "..." if cut else text
+        if shown and length + len(problem) > MAX_PROBLEMS_TEXT:
+            shown.append(f"and {len(problems) - len(shown)} more")
+            break
+        shown.append(problem)
+        length += len(problem) + 2
+    return "; ".join(shown)
+
+
 def parse_config(
     source: Source, env: Mapping[str, str] | None, declared: Collection[str]
 ) -> tuple[dict[str, FlagState], str]:
@@ -210,32 +245,41 @@ def parse_config(
         UnknownFlag: naming every undeclared flag at once.
         InvalidFlagValue: naming every bad value at once, or an unreadable file.
     """
-    from pathlib import Path
-
     label = "environment"
     entries: list[tuple[str, str, object]] = []  # (flag name, where, value)
     if source is not None:
-        if isinstance(source, Mapping):
-            table: Mapping[str, Any] = source
-            label = "mapping"
-        elif isinstance(source, str | os.PathLike):
-            table = _read_table(Path(source))
-            label = os.fspath(source)
-        else:
-            raise InvalidFlagValue(
-                f"config source must be a TOML file path or a mapping, not {short_repr(source)}"
-            )
+        table, label = _source_table(source)
         for k, v in table.items():
             name = k if isinstance(k, str) else short_repr(k)  # a non-str key names no flag
             entries.append((name, name, v))
     if env is not None:
-        by_upper = {d.upper(): d for d in declared}
-        for key, value in env.items():
-            if isinstance(key, str) and key.startswith(ENV_PREFIX):
-                suffix = key[len(ENV_PREFIX) :]
-                entries.append((by_upper.get(suffix.upper(), suffix.lower()), key, value))
+        entries.extend(_env_entries(env, declared))
         label = f"{label} + environment" if source is not None else label
+    _refuse_undeclared(entries, declared)
+    return _parse_entries(entries, declared), label
 
+
+def _source_table(source: object) -> tuple[Mapping[str, Any], str]:
+    """The table of a config source (a mapping or a TOML file path) and its label."""
+    from pathlib import Path
+
+    if isinstance(source, Mapping):
+        return source, "mapping"
+    if not isinstance(source, str | os.PathLike):
+        raise InvalidFlagValue(
+            f"config source must be a TOML file path or a mapping, not {short_repr(source)}"
+        )
+    try:
+        path = Path(source)
+    except TypeError:  # a PathLike whose __fspath__ gives bytes (or not a path)
+        raise InvalidFlagValue(
+            f"config source must be a TOML file path or a mapping, not {short_repr(source)}"
+        ) from None
+    return _read_table(path), os.fspath(source)
+
+
+def _refuse_undeclared(entries: list[tuple[str, str, object]], declared: Collection[str]) -> None:
+    """Raise ``UnknownFlag`` naming every entry whose flag is not declared."""
     unknown = [name for name, _, _ in entries if name not in declared]
     if unknown:
         unique = list(dict.fromkeys(unknown))
@@ -244,6 +288,12 @@ def parse_config(
         raise UnknownFlag(
             unique, suggestions={n: nearest(n, declared) for n in unique}, origins=origins
         )
+
+
+def _parse_entries(
+    entries: list[tuple[str, str, object]], declared: Collection[str]
+) -> dict[str, FlagState]:
+    """The layer of (flag name, where, value) entries; InvalidFlagValue naming every bad one."""
     layer: dict[str, FlagState] = {}
     problems: list[str] = []
     kinds = declared if isinstance(declared, Mapping) else {}
@@ -253,5 +303,5 @@ def parse_config(
         except InvalidFlagValue as exc:
             problems.append(f"{where}: {exc}")
     if problems:
-        raise InvalidFlagValue("invalid flag config: " + "; ".join(problems))
-    return layer, label
+        raise InvalidFlagValue("invalid flag config: " + listed(problems))
+    return layer

@@ -60,6 +60,7 @@ from foundation.flags._store import (
 from foundation.flags._typed import (
     Evaluation,
     Kind,
+    a_kind,
     check_flag,
     check_split,
     check_variant,
@@ -149,6 +150,12 @@ class Flag:
         # a str, valid Unicode (no lone surrogates), the description bounded.
         variants = check_flag(self.name, self.default, self.description, self.variants)
         object.__setattr__(self, "variants", variants)
+        # A StrEnum member (or other str subclass) as the plain string it equals: that
+        # is what every store keeps, so names read back alike from each.
+        for attribute in ("name", "default", "description"):
+            value = getattr(self, attribute)
+            if isinstance(value, str) and value.__class__ is not str:
+                object.__setattr__(self, attribute, str.__str__(value))
 
     def __repr__(self) -> str:
         return declaration_repr("Flag", self.name, self.default, self.description, self.variants)
@@ -169,9 +176,11 @@ class Flag:
 def _actor(actor: object) -> str:
     """Actors are strings; an int is accepted and normalised with ``str()``."""
     if isinstance(actor, str):
-        return actor
+        # A str subclass (a StrEnum member) as the plain string it equals: that is what
+        # every store keeps, and its own __eq__/__hash__ never run in the sets.
+        return actor if actor.__class__ is str else str.__str__(actor)
     if isinstance(actor, int) and not isinstance(actor, bool) and -(2**63) <= actor < 2**63:
-        return str(actor)
+        return str(int(actor))
     raise InvalidFlagValue(
         f"an actor must be a str or an int (64-bit), not {type(actor).__name__}: "
         f"{short_repr(actor)}"
@@ -200,9 +209,10 @@ def _compile(name: str, state: FlagState, cache: dict[str, int]) -> tuple[bool, 
         return False, False
     p = state.percentage
     plain = p is None or p >= 100.0
-    if not state.deny and not state.allow and (p is None or p >= 100.0):
+    untargeted = not state.deny and not state.allow
+    if untargeted and plain:
         return plain, True
-    if not state.deny and not state.allow and p == 0.0:
+    if untargeted and p == 0.0:
         return plain, False
     limit = HASH_SPACE if p is None else threshold(p)
     # f"{name}\0" is the hash prefix, so the hot path only appends the actor.
@@ -312,14 +322,7 @@ def _compile_boolean(name: str, state: FlagState, cache: dict[str, int]) -> _Com
         c = _Compiled(name, False, ev(True, _STATIC))
     else:
         c = _Compiled(name, False, ev(True, _SPLIT) if p >= 100.0 else ev(False, _DEFAULT))
-        c.on_split, c.off_split = ev(True, _SPLIT), ev(False, _SPLIT)
-        if p >= 100.0:
-            c.rest = c.on_split
-        elif p == 0.0:
-            c.rest = c.off_split
-        else:
-            c.limit = threshold(p)
-            c.cache = cache
+        _set_rollout(c, p, cache, ev(True, _SPLIT), ev(False, _SPLIT))
     c.deny = state.deny
     c.deny_eval = ev(False, _TARGETED)
     on = ev(True, _TARGETED)
@@ -327,6 +330,20 @@ def _compile_boolean(name: str, state: FlagState, cache: dict[str, int]) -> _Com
     # The percentage, allow and deny apply; a record's typed fields (another version's) do not.
     c.fixed = c.rest if not c.deny and not c.targets and c.limit is None else None
     return c
+
+
+def _set_rollout(
+    c: _Compiled, p: float, cache: dict[str, int], on: Evaluation, off: Evaluation
+) -> None:
+    """Give a boolean flag's evaluation its percentage ``p``: ``on`` below the threshold."""
+    c.on_split, c.off_split = on, off
+    if p >= 100.0:
+        c.rest = c.on_split
+    elif p == 0.0:
+        c.rest = c.off_split
+    else:
+        c.limit = threshold(p)
+        c.cache = cache
 
 
 def _compile_typed(flag: Flag, state: FlagState, caches: dict[str, dict[str, float]]) -> _Compiled:
@@ -343,7 +360,24 @@ def _compile_typed(flag: Flag, state: FlagState, caches: dict[str, dict[str, flo
 
     if not state.switch:
         return _Compiled(name, True, ev(default, _DISABLED))
-    shares = state.split or {}
+    c = _compile_split(name, default, variants, state.split or {}, caches=caches, ev=ev)
+    c.deny = state.deny
+    c.deny_eval = ev(default, _TARGETED)
+    c.targets = _assigned(state, variants, ev)
+    c.fixed = c.rest if not c.deny and not c.targets and not c.split else None
+    return c
+
+
+def _compile_split(
+    name: str,
+    default: str,
+    variants: Mapping[str, Any],
+    shares: Mapping[str, float],
+    *,
+    caches: dict[str, dict[str, float]],
+    ev: Callable[[str, str], Evaluation],
+) -> _Compiled:
+    """A switched-on typed flag's evaluation from its split (declared variants only)."""
     split = [(v, shares[v]) for v in variants if shares.get(v, 0.0) > 0.0]
     if len(split) == 1:  # everyone gets it, with or without an actor
         c = _Compiled(name, True, ev(split[0][0], _SPLIT))
@@ -354,14 +388,50 @@ def _compile_typed(flag: Flag, state: FlagState, caches: dict[str, dict[str, flo
     else:
         c = _Compiled(name, True, ev(default, _STATIC))
     c.split = tuple((ev(v, _SPLIT), w, caches.setdefault(v, {})) for v, w in split)
-    c.deny = state.deny
-    c.deny_eval = ev(default, _TARGETED)
+    return c
+
+
+def _assigned(
+    state: FlagState, variants: Mapping[str, Any], ev: Callable[[str, str], Evaluation]
+) -> dict[str, Evaluation]:
+    """Each assigned actor's evaluation: not denied, and assigned a declared variant."""
     targeted = {v: ev(v, _TARGETED) for v in set(state.assign.values()) if v in variants}
-    c.targets = {
+    return {
         a: targeted[v] for a, v in state.assign.items() if v in targeted and a not in state.deny
     }
-    c.fixed = c.rest if not c.deny and not c.targets and not c.split else None
-    return c
+
+
+def _by_name(declared: Iterable[object], *, tool: bool = False) -> dict[str, Flag]:
+    """The declared flags by name; InvalidFlagValue for a non-Flag, a twice or case clash.
+
+    ``tool`` (``FeatureFlags.from_store``): a case clash is allowed. A store's catalogue
+    is the union of every version's declarations, so a flag renamed by case is there
+    twice, and a tool must still open the store."""
+    flags: dict[str, Flag] = {}
+    upper: dict[str, str] = {}
+    for flag in declared:
+        if not isinstance(flag, Flag):
+            raise InvalidFlagValue(f"declare flags with Flag(...), not {short_repr(flag)}")
+        if flag.name in flags:
+            raise InvalidFlagValue(f"flag {flag.name!r} is declared twice")
+        clash = upper.get(flag.name.upper())
+        if clash is not None and not tool:
+            raise InvalidFlagValue(
+                f"flags {clash!r} and {flag.name!r} differ only by case, "
+                "so one environment variable would name both"
+            )
+        flags[flag.name] = flag
+        upper[flag.name.upper()] = flag.name
+    return flags
+
+
+def _declared_states(flags: Mapping[str, Flag]) -> dict[str, FlagState]:
+    """Each flag's state before any config or write: its declared default."""
+    # A typed flag starts switched on: its declared default variant, reason STATIC.
+    return {
+        n: FlagState(True if f.variants is not None else f.default is True)
+        for n, f in flags.items()
+    }
 
 
 class _Writer:
@@ -468,28 +538,15 @@ class FeatureFlags:
     )
 
     def __init__(self, declared: Iterable[Flag], *, store: FlagStore | None = None) -> None:
-        flags: dict[str, Flag] = {}
-        upper: dict[str, str] = {}
-        for flag in declared:
-            if not isinstance(flag, Flag):
-                raise InvalidFlagValue(f"declare flags with Flag(...), not {short_repr(flag)}")
-            if flag.name in flags:
-                raise InvalidFlagValue(f"flag {flag.name!r} is declared twice")
-            clash = upper.get(flag.name.upper())
-            if clash is not None:
-                raise InvalidFlagValue(
-                    f"flags {clash!r} and {flag.name!r} differ only by case, "
-                    "so one environment variable would name both"
-                )
-            flags[flag.name] = flag
-            upper[flag.name.upper()] = flag.name
+        if isinstance(declared, str | bytes | Flag) or not isinstance(declared, Iterable):
+            raise InvalidFlagValue(f"declare an iterable of Flag(...), not {short_repr(declared)}")
+        if store is not None and not isinstance(store, FlagStore):
+            raise InvalidFlagValue(f"store must be a FlagStore or None, not {short_repr(store)}")
+        tool = _FROM_STORE.get()
+        flags = _by_name(declared, tool=tool)
         self._declared = flags
         self._names = tuple(flags)
-        # A typed flag starts switched on: its declared default variant, reason STATIC.
-        self._defaults = {
-            n: FlagState(True if f.variants is not None else f.default is True)
-            for n, f in flags.items()
-        }
+        self._defaults = _declared_states(flags)
         self._owns_store = store is None
         self._store: FlagStore = MemoryFlagStore() if store is None else store
         self._lock = FairRLock()
@@ -508,7 +565,7 @@ class FeatureFlags:
         self._hash_cache: dict[str, dict[str, int]] = {n: {} for n in self._names}
         # Per typed flag and variant: actor -> -ln(u), which depends only on the three strings.
         self._split_cache: dict[str, dict[str, dict[str, float]]] = {n: {} for n in self._names}
-        if not _FROM_STORE.get():
+        if not tool:
             _record_catalogue(self._store, flags.values())
         with self._lock:
             self._reload()
@@ -569,11 +626,11 @@ class FeatureFlags:
             rule = self._rules[name]
         except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
             raise self._miss(name) from None
+        if actor.__class__ is not str:
+            actor = _actor(actor)  # checked whatever the rule: a bad actor is always refused
         if rule is False or rule is True:
             return rule
         deny, allow, limit, prefix, cache = rule
-        if actor.__class__ is not str:
-            actor = _actor(actor)
         if actor in deny:
             return False
         if actor in allow:
@@ -699,7 +756,7 @@ class FeatureFlags:
         """Every recorded runtime change (of ``name``, or of all flags), oldest first."""
         self._check_open()
         if name is not None:
-            self._check_name(name)
+            name = self._check_name(name)
         return self._store.history(name)
 
     @property
@@ -721,7 +778,7 @@ class FeatureFlags:
         this works while the backend is unreachable: it takes effect here at
         once and is committed when the backend returns (``FlagStore.kill_switch``).
         """
-        self._check_name(name)
+        name = self._check_name(name)
         self._transact(
             lambda w: w.update(name, lambda s: _replace(s, switch=False), by, reason),
             kill_switch=True,
@@ -731,6 +788,7 @@ class FeatureFlags:
         self, name: str, value: bool, *, by: str | None = None, reason: str | None = None
     ) -> None:
         """``enable`` or ``disable`` by value; a non-bool is InvalidFlagValue."""
+        self._check_open()  # Closed first, whatever the arguments (as every call)
         if not isinstance(value, bool):
             raise InvalidFlagValue(
                 f"set({short_repr(name)}, ...) takes a bool, not {short_repr(value)}"
@@ -793,6 +851,8 @@ class FeatureFlags:
         if variant is not None:
             assert flag.variants is not None
             check_variant(name, variant, flag.variants)
+            if variant.__class__ is not str:  # a StrEnum member: kept as its plain string
+                variant = str.__str__(variant)
 
         def mutate(s: FlagState) -> FlagState:
             pins = dict(s.assign)
@@ -969,7 +1029,7 @@ class FeatureFlags:
         by: str | None,
         reason: str | None,
     ) -> None:
-        self._check_name(name)
+        name = self._check_name(name)
         self._transact(lambda w: w.update(name, mutate, by, reason))
 
     def _reload(self) -> None:
@@ -1043,7 +1103,7 @@ class FeatureFlags:
             telemetry.emit("flag.changed", {"flag": change.flag, "change": change})
 
     def _typed_flag(self, name: str, what: str, instead: str) -> Flag:
-        self._check_name(name)
+        name = self._check_name(name)
         flag = self._declared[name]
         if flag.variants is None:
             raise InvalidFlagValue(
@@ -1052,33 +1112,41 @@ class FeatureFlags:
         return flag
 
     def _boolean_only(self, name: str, what: str, instead: str) -> None:
-        self._check_name(name)
+        name = self._check_name(name)
         flag = self._declared[name]
         if flag.variants is not None:
             raise InvalidFlagValue(
-                f"{what}() is for boolean flags; {name!r} is a {flag.kind} flag: use {instead}()"
+                f"{what}() is for boolean flags; {name!r} is {a_kind(flag.kind)} flag:"
+                f" use {instead}()"
             )
 
-    def _miss(self, name: object) -> FlagError:
+    def _miss(self, name: object) -> FlagError | Closed:
         """The error of a boolean-table miss: a typed flag is the wrong kind, else unknown."""
         if type(name) is str:
             flag = self._declared.get(name)
             if flag is not None and flag.variants is not None:
                 return InvalidFlagValue(
-                    f"{name!r} is a {flag.kind} flag; read it with value() or variant()"
+                    f"{name!r} is {a_kind(flag.kind)} flag; read it with value() or variant()"
                 )
         return self._unknown(name)
 
-    def _check_name(self, name: str) -> None:
+    def _check_name(self, name: str) -> str:
+        """``name`` as the exact ``str`` it equals (a ``StrEnum`` member names its value,
+        as it does for the reads); UnknownFlag for anything else ([] etc. included)."""
         self._check_open()
-        if type(name) is not str or name not in self._declared:  # [] etc.: UnknownFlag too
+        if type(name) is not str and isinstance(name, str):
+            name = str.__str__(name)  # the plain string: never the subclass's __eq__/__hash__
+        if type(name) is not str or name not in self._declared:
             raise self._unknown(name)
+        return name
 
     def _check_open(self) -> None:
         if self._closed:
             raise Closed("this FeatureFlags is closed")
 
-    def _unknown(self, name: object) -> UnknownFlag:
+    def _unknown(self, name: object) -> UnknownFlag | Closed:
+        if self._closed:  # an unhashable name misses even the closed tables: still Closed
+            return Closed("this FeatureFlags is closed")
         # Bounded: a huge or deeply nested name gives a short message, no suggestion.
         text = name if type(name) is str and len(name) <= 200 else short_repr(name)
         return UnknownFlag(text, suggestion=nearest(text, self._names) if text is name else None)

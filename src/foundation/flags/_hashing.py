@@ -95,7 +95,7 @@ def actor_hash(flag: str, actor: str) -> int:
     return int.from_bytes(sha256(hash_input(f"{flag}\0", actor)).digest()[:8], "big")
 
 
-def bucket(flag: str, actor: str) -> float:
+def bucket(flag: str, actor: str | int) -> float:
     """Where ``actor`` falls for ``flag``, in [0, 100); the actor is in a p% rollout iff below p.
 
     The float is for display; membership is decided exactly by ``h * 100 < p * 2**64``.
@@ -104,6 +104,17 @@ def bucket(flag: str, actor: str) -> float:
         >>> 0 <= bucket("beta", "alice") < 100
         True
     """
+    from foundation.errors import InvalidFlagValue, bounded_repr
+
+    if not isinstance(flag, str):
+        raise InvalidFlagValue(f"a flag name is a str, not {bounded_repr(flag)}")
+    if not isinstance(actor, str):
+        # The actors of FeatureFlags.enabled: a str, or an int normalised with str().
+        if isinstance(actor, bool) or not isinstance(actor, int) or not -(2**63) <= actor < 2**63:
+            raise InvalidFlagValue(
+                f"an actor must be a str or an int (64-bit), not {bounded_repr(actor)}"
+            )
+        actor = str(int(actor))
     return actor_hash(flag, actor) / HASH_SPACE * 100
 
 

@@ -26,9 +26,11 @@ from foundation.errors import (
     UnknownFlag,
     bounded_repr,
 )
+from foundation.flags._config import listed as _listed
 from foundation.flags._config import nearest
 from foundation.flags._flags import FeatureFlags, Flag, _Writer
-from foundation.flags._store import MigrationEvent, report_callback_error
+from foundation.flags._store import MAX_STAGE, MigrationEvent, report_callback_error
+from foundation.flags._typed import is_valid_unicode
 
 __all__ = [
     "DEFAULT_FLAGS",
@@ -82,18 +84,31 @@ class Stage:
     risk: str = "low"
 
     def __post_init__(self) -> None:
-        if isinstance(self.number, bool) or not isinstance(self.number, int) or self.number < 1:
-            raise MigrationError(f"a stage number is an int >= 1, not {self.number!r}")
-        if not isinstance(self.name, str) or not self.name:
-            raise MigrationError(f"stage {self.number} needs a name, not {self.name!r}")
-        if isinstance(self.flags, str):
-            raise MigrationError(f"stage {self.number}: flags is a list of names, not a string")
-        flags = tuple(self.flags)
-        if not flags or not all(isinstance(f, str) for f in flags):
-            raise MigrationError(f"stage {self.number} needs one or more flag names")
-        object.__setattr__(self, "flags", flags)
-        if self.risk not in RISKS:
-            raise MigrationError(f"stage {self.number}: risk is one of {RISKS}, not {self.risk!r}")
+        # Messages use bounded_repr: a name or number of any size gives a short message.
+        number = self.number
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_STAGE:
+            raise MigrationError(
+                f"a stage number is an int in 1..2**63-1, not {bounded_repr(number)}"
+            )
+        if not isinstance(self.name, str) or not self.name or not is_valid_unicode(self.name):
+            raise MigrationError(
+                f"stage {number} needs a name (valid Unicode), not {bounded_repr(self.name)}"
+            )
+        object.__setattr__(self, "flags", _stage_flags(number, self.flags))
+        if not isinstance(self.risk, str) or self.risk not in RISKS:
+            raise MigrationError(
+                f"stage {number}: risk is one of {RISKS}, not {bounded_repr(self.risk)}"
+            )
+
+
+def _stage_flags(number: int, given: object) -> tuple[str, ...]:
+    """A stage's flag names as a tuple; MigrationError unless one or more valid names."""
+    if isinstance(given, str | bytes) or not isinstance(given, Iterable):
+        raise MigrationError(f"stage {number}: flags is a list of names, not a string")
+    flags = tuple(given)
+    if not flags or not all(isinstance(f, str) and is_valid_unicode(f) for f in flags):
+        raise MigrationError(f"stage {number} needs one or more flag names (valid Unicode)")
+    return flags
 
 
 class MigrationPlan:
@@ -108,23 +123,12 @@ class MigrationPlan:
     """
 
     def __init__(self, stages: Iterable[Stage], *, name: str = "default") -> None:
-        ordered = tuple(sorted(stages, key=lambda s: s.number))
-        if not ordered:
-            raise MigrationError("a migration plan needs at least one stage")
-        numbers = [s.number for s in ordered]
-        if numbers != list(range(1, len(ordered) + 1)):
-            raise MigrationError(f"stages must be numbered 1..{len(ordered)}, got {numbers}")
-        seen: dict[str, int] = {}
-        for stage in ordered:
-            for flag in stage.flags:
-                if flag in seen:
-                    raise MigrationError(
-                        f"flag {flag!r} is in stages {seen[flag]} and {stage.number}; "
-                        "a flag belongs to one stage, or rollbacks would contradict"
-                    )
-                seen[flag] = stage.number
-        if not isinstance(name, str) or not name:
-            raise MigrationError(f"a plan name is a non-empty string, not {name!r}")
+        ordered = _ordered_stages(stages)
+        seen = _stage_of_each_flag(ordered)
+        if not isinstance(name, str) or not name or not is_valid_unicode(name):
+            raise MigrationError(
+                f"a plan name is a non-empty string (valid Unicode), not {bounded_repr(name)}"
+            )
         self.name = name
         self.stages = ordered
         self.flags = tuple(seen)
@@ -168,6 +172,39 @@ class MigrationPlan:
 
     def __repr__(self) -> str:
         return f"MigrationPlan({list(self.stages)!r}, name={self.name!r})"
+
+
+def _ordered_stages(stages: object) -> tuple[Stage, ...]:
+    """A plan's stages sorted by number; MigrationError unless Stages numbered 1..n."""
+    raw: object = stages
+    if isinstance(raw, str | bytes) or not isinstance(raw, Iterable):
+        raise MigrationError(f"a plan's stages are Stage objects, not {bounded_repr(raw)}")
+    given = tuple(raw)
+    if not all(isinstance(s, Stage) for s in given):
+        raise MigrationError(f"a plan's stages are Stage objects, not {bounded_repr(given)}")
+    ordered = tuple(sorted(given, key=lambda s: s.number))
+    if not ordered:
+        raise MigrationError("a migration plan needs at least one stage")
+    numbers = [s.number for s in ordered]
+    if numbers != list(range(1, len(ordered) + 1)):
+        raise MigrationError(
+            f"stages must be numbered 1..{len(ordered)}, got {bounded_repr(numbers)}"
+        )
+    return ordered
+
+
+def _stage_of_each_flag(ordered: tuple[Stage, ...]) -> dict[str, int]:
+    """Flag name -> its stage number, in plan order; MigrationError for a flag in two."""
+    seen: dict[str, int] = {}
+    for stage in ordered:
+        for flag in stage.flags:
+            if flag in seen:
+                raise MigrationError(
+                    f"flag {bounded_repr(flag)} is in stages {seen[flag]} and {stage.number}; "
+                    "a flag belongs to one stage, or rollbacks would contradict"
+                )
+            seen[flag] = stage.number
+    return seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,26 +266,37 @@ class HealthThresholds:
         restarts = sample.restarts_per_minute
         if limit is not None and restarts is not None and restarts > limit:
             out.append(f"restarts per minute {restarts:g} > {limit:g}")
+        latency_breach = self._latency_breach(sample)
+        if latency_breach is not None:
+            out.append(latency_breach)
+        return out
+
+    def _latency_breach(self, sample: HealthSample) -> str | None:
+        """The latency-ratio limit ``sample`` exceeds, as a sentence, or None."""
         ratio_limit = self.max_latency_ratio
         latency, baseline = sample.latency, sample.baseline_latency
         # Without a positive baseline there is no ratio, so nothing to compare.
         if ratio_limit is not None and latency is not None and baseline:
             ratio = latency / baseline
             if ratio > ratio_limit:
-                out.append(
+                return (
                     f"latency ratio {ratio:g} > {ratio_limit:g} "
                     f"({latency:g} vs baseline {baseline:g})"
                 )
-        return out
+        return None
 
 
 def _check_measure(name: str, value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidFlagValue(f"{name} must be a number, not {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise InvalidFlagValue(f"{name} must be finite and >= 0, not {value!r}")
+        raise InvalidFlagValue(f"{name} must be a number, not {bounded_repr(value)}")
+    try:
+        number = float(value)  # an int too large for a float is no measure either
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number < 0:
+        raise InvalidFlagValue(f"{name} must be finite and >= 0, not {bounded_repr(value)}")
 
 
 class HealthSource(Protocol):
@@ -263,6 +311,28 @@ class HealthReport:
     breaches: tuple[str, ...]
     rolled_back_from: int | None = None
     rolled_back_to: int | None = None
+
+
+def _readiness_checks(given: object) -> tuple[ReadinessCheck, ...]:
+    """The readiness checks as a tuple; MigrationError unless an iterable of callables."""
+    if isinstance(given, str) or not isinstance(given, Iterable):
+        raise MigrationError(f"readiness is a list of callables, not {bounded_repr(given)}")
+    checks = tuple(given)
+    if not all(callable(c) for c in checks):
+        raise MigrationError(f"readiness is a list of callables, not {bounded_repr(checks)}")
+    return checks
+
+
+def _check_plan_flags(flags: FeatureFlags, plan: MigrationPlan) -> None:
+    """Refuse a plan naming a flag ``flags`` does not declare, or a typed one."""
+    unknown = [f for f in plan.flags if f not in flags.names]
+    if unknown:
+        raise UnknownFlag(unknown, suggestions={f: nearest(f, flags.names) for f in unknown})
+    typed = [f for f in plan.flags if flags.flag(f).kind != "boolean"]
+    if typed:  # a stage switches flags on and off; a typed flag has no "on" to advance to
+        raise InvalidFlagValue(
+            f"migration stages switch boolean flags; {bounded_repr(typed)} are typed"
+        )
 
 
 class Migration:
@@ -301,17 +371,19 @@ class Migration:
         health: HealthSource | None = None,
         thresholds: HealthThresholds | None = None,
     ) -> None:
-        unknown = [f for f in plan.flags if f not in flags.names]
-        if unknown:
-            raise UnknownFlag(unknown, suggestions={f: nearest(f, flags.names) for f in unknown})
-        typed = [f for f in plan.flags if flags.flag(f).kind != "boolean"]
-        if typed:  # a stage switches flags on and off; a typed flag has no "on" to advance to
-            raise InvalidFlagValue(f"migration stages switch boolean flags; {typed!r} are typed")
+        if not isinstance(flags, FeatureFlags):
+            raise InvalidFlagValue(f"Migration needs a FeatureFlags, not {bounded_repr(flags)}")
+        if not isinstance(plan, MigrationPlan):
+            raise MigrationError(f"Migration needs a MigrationPlan, not {bounded_repr(plan)}")
+        checks = _readiness_checks(readiness)
+        if health is not None and not callable(health):
+            raise MigrationError(f"health must be a callable, not {bounded_repr(health)}")
+        _check_plan_flags(flags, plan)
         if (health is None) != (thresholds is None):
             raise MigrationError("automatic rollback needs both a health source and thresholds")
         self.flags = flags
         self.plan = plan
-        self.readiness = tuple(readiness)
+        self.readiness = checks
         self.health = health
         self.thresholds = thresholds
         if not _FROM_STORE.get():
@@ -342,6 +414,8 @@ class Migration:
             'default'
             >>> flags.close()
         """
+        if plan is not None and not isinstance(plan, str):
+            raise MigrationError(f"a plan is named by a str, not {bounded_repr(plan)}")
         plans = flags.store.plans()
         if plan is None:
             if len(plans) != 1:
@@ -355,9 +429,9 @@ class Migration:
         elif plan in plans:
             chosen = plans[plan]
         else:
-            near = nearest(plan, tuple(plans))
-            hint = f" (did you mean {near!r}?)" if near else ""
-            raise MigrationError(f"no migration plan {plan!r} is recorded{hint}")
+            near = nearest(plan, tuple(plans)) if len(plan) <= 200 else None
+            hint = f" (did you mean {bounded_repr(near)}?)" if near else ""
+            raise MigrationError(f"no migration plan {bounded_repr(plan)} is recorded{hint}")
         token = _FROM_STORE.set(True)
         try:
             return cls(flags, chosen)
@@ -368,6 +442,7 @@ class Migration:
 
     def status(self) -> MigrationStatus:
         """The committed stage (read from the store) and the plan flags' current answers."""
+        self.flags._check_open()  # a store you passed outlives the flags: Closed all the same
         stage = self.flags.store.migration_stage(self.plan.name)
         name = self.plan.stages[stage - 1].name if 0 < stage <= len(self.plan.stages) else None
         answers = {f: self.flags.enabled(f) for f in self.plan.flags}
@@ -375,6 +450,7 @@ class Migration:
 
     def history(self) -> list[MigrationEvent]:
         """Every advance and rollback of this plan, oldest first, with who, when and why."""
+        self.flags._check_open()  # a store you passed outlives the flags: Closed all the same
         return self.flags.store.migration_history(self.plan.name)
 
     def problems(self) -> list[str]:
@@ -384,9 +460,8 @@ class Migration:
             try:
                 found.extend(str(p) for p in check())
             except Exception as exc:
-                found.append(
-                    f"readiness check {getattr(check, '__name__', check)!r} failed: {exc!r}"
-                )
+                name = bounded_repr(getattr(check, "__name__", check))
+                found.append(f"readiness check {name} failed: {bounded_repr(exc)}")
         return found
 
     # ---------------------------------------------------------------- changes
@@ -401,7 +476,7 @@ class Migration:
         # a transaction body may be retried); the stage itself is read inside.
         problems = self.problems()
         if problems:
-            raise MigrationError("not ready to advance: " + "; ".join(problems))
+            raise MigrationError("not ready to advance: " + _listed(problems))
 
         def body(w: _Writer) -> MigrationEvent:
             current = w.txn.migration_stage(self.plan.name)
@@ -421,13 +496,14 @@ class Migration:
             MigrationError: ``stage`` is not below the current stage, or not an int >= 0.
         """
         if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
-            raise MigrationError(f"rollback target must be an int >= 0, not {stage!r}")
+            raise MigrationError(f"rollback target must be an int >= 0, not {bounded_repr(stage)}")
 
         def body(w: _Writer) -> MigrationEvent:
             current = w.txn.migration_stage(self.plan.name)
             if not stage < current:
                 raise MigrationError(
-                    f"cannot roll back migration {self.plan.name!r} to stage {stage}: "
+                    f"cannot roll back migration {self.plan.name!r} to stage "
+                    f"{bounded_repr(stage)}: "
                     f"it is at stage {current} (targets are 0..{current - 1})"
                     if current
                     else f"migration {self.plan.name!r} is at stage 0; nothing to roll back"
@@ -465,7 +541,9 @@ class Migration:
             raise MigrationError("check_health needs Migration(..., health=, thresholds=)")
         sample = self.health()
         if not isinstance(sample, HealthSample):
-            raise MigrationError(f"the health source returned {sample!r}, not a HealthSample")
+            raise MigrationError(
+                f"the health source returned {bounded_repr(sample)}, not a HealthSample"
+            )
         breaches = tuple(self.thresholds.breaches(sample))
         if not breaches:
             return HealthReport(sample, breaches)
@@ -563,8 +641,14 @@ class AutoRollback:
     def __init__(self, migration: Migration, *, interval: float) -> None:
         if migration.health is None:
             raise MigrationError("AutoRollback needs Migration(..., health=, thresholds=)")
-        if not isinstance(interval, int | float) or not interval > 0:
-            raise InvalidFlagValue(f"interval must be a positive number of seconds: {interval!r}")
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, int | float)
+            or not 0 < interval < math.inf
+        ):
+            raise InvalidFlagValue(
+                f"interval must be a positive number of seconds: {bounded_repr(interval)}"
+            )
         self.migration = migration
         self.interval = float(interval)
         self.last_report: HealthReport | None = None

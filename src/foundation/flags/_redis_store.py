@@ -114,7 +114,7 @@ from foundation import telemetry
 from foundation._listeners import check_listener
 from foundation._redis_conn import check_url, connect, import_redis, redact_url, translated
 from foundation._retry import RetryBackoff
-from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidFlagValue
+from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidFlagValue, bounded_repr
 from foundation.flags._node_cache import (
     NodeCache,
     PendingKillSwitch,
@@ -130,6 +130,9 @@ from foundation.flags._store import (
     MigrationEvent,
     StoreTransaction,
     catalogue_entries,
+    check_key,
+    check_put,
+    check_put_migration,
     plan_from_json,
     plan_to_json,
     report_callback_error,
@@ -192,8 +195,7 @@ class RedisFlagStoreStatus:
 
 
 def _check_name(name: object, what: str) -> None:
-    if not isinstance(name, str) or not name:
-        raise InvalidFlagValue(f"{what} must be a non-empty string, not {name!r}")
+    check_key(name, what)  # the rule of every store: a non-empty, valid-Unicode str
 
 
 def _off(state: FlagState) -> FlagState:
@@ -211,20 +213,13 @@ class _Staged(StoreTransaction):
 
     def put(self, name: str, state: FlagState | None, change: FlagChange) -> None:
         # Validate before staging: bad input raises and nothing is written.
-        _check_name(name, "flag name")
-        if state is not None and not isinstance(state, FlagState):
-            raise InvalidFlagValue(f"state must be a FlagState or None, not {state!r}")
-        if not isinstance(change, FlagChange):
-            raise InvalidFlagValue(f"change must be a FlagChange, not {change!r}")
+        check_put(name, state, change)
         self.puts[name] = state
         self.changes.append(change)
 
     def put_migration(self, plan: str, stage: int, event: MigrationEvent) -> None:
-        _check_name(plan, "plan name")
-        if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
-            raise InvalidFlagValue(f"stage must be an int >= 0, not {stage!r}")
-        if not isinstance(event, MigrationEvent):
-            raise InvalidFlagValue(f"event must be a MigrationEvent, not {event!r}")
+        # A stage the node copies (SQLite) cannot hold would poison every node.
+        check_put_migration(plan, stage, event)
         self.stage_puts[plan] = stage
         self.events.append(event)
 
@@ -265,10 +260,19 @@ class _RedisTransaction(_Staged):
         """(changes/events of ``op``'s flags and plans committed LATER than ``op.at``,
         whether ``op`` itself is already committed). Read under WATCH: every
         commit bumps the watched version, so a commit landing meanwhile retries us."""
+        newer: list[FlagChange | MigrationEvent] = []
+        seen_changes = self._changes_since(op, newer)
+        seen_events = self._events_since(op, newer)
+        # A commit is atomic: seeing any part of op means all of it was committed
+        # (a crash between the commit and dropping the pending record).
+        return newer, bool(seen_changes or seen_events)
+
+    def _changes_since(
+        self, op: PendingKillSwitch, newer: list[FlagChange | MigrationEvent]
+    ) -> set[tuple[str, float, str | None, str | None]]:
+        """Append to ``newer`` the changes of ``op``'s flags later than it; return its own seen."""
         store = self._store
         own = {(c.flag, c.at, c.by, c.reason) for c in op.changes}
-        own_events = {(e.plan, e.action, e.at, e.by, e.reason) for e in op.events}
-        newer: list[FlagChange | MigrationEvent] = []
         seen_changes: set[tuple[str, float, str | None, str | None]] = set()
         for _id, fields in self._pipe.xrange(store._k_history):
             change = store._decode_change(fields)
@@ -279,6 +283,14 @@ class _RedisTransaction(_Staged):
                 seen_changes.add(key)
             elif change.at > op.at:
                 newer.append(change)
+        return seen_changes
+
+    def _events_since(
+        self, op: PendingKillSwitch, newer: list[FlagChange | MigrationEvent]
+    ) -> set[tuple[str, str, float, str | None, str | None]]:
+        """Append to ``newer`` the events of ``op``'s plans later than it; return its own seen."""
+        store = self._store
+        own_events = {(e.plan, e.action, e.at, e.by, e.reason) for e in op.events}
         seen_events: set[tuple[str, str, float, str | None, str | None]] = set()
         for _id, fields in self._pipe.xrange(store._k_migrations):
             event = store._decode_event(fields)
@@ -289,9 +301,7 @@ class _RedisTransaction(_Staged):
                 seen_events.add(ekey)
             elif event.at > op.at:
                 newer.append(event)
-        # A commit is atomic: seeing any part of op means all of it was committed
-        # (a crash between the commit and dropping the pending record).
-        return newer, bool(seen_changes or seen_events)
+        return seen_events
 
 
 class _LocalTransaction(_Staged):
@@ -379,7 +389,9 @@ class RedisFlagStore(FlagStore):
         errors.InvalidConfig: a malformed URL or a database index the server lacks.
         errors.BackendUnavailable: Redis cannot be reached (or refuses the
             credentials) and this node has no copy to start from.
-        errors.InvalidFlagValue: an empty namespace or a non-positive timeout.
+        errors.InvalidFlagValue: an empty namespace, a timeout or resync interval that
+            is not a positive number of seconds up to ``threading.TIMEOUT_MAX``, or a
+            ``cache_path`` that is not a path (or True, False, None).
 
     Usage, with a redis-server running::
 
@@ -410,11 +422,19 @@ class RedisFlagStore(FlagStore):
 
         self._redis = import_redis()
         if not isinstance(url, str) or not url:
-            raise InvalidFlagValue(f"url must be a non-empty redis:// URL, not {url!r}")
+            raise InvalidFlagValue(f"url must be a non-empty redis:// URL, not {bounded_repr(url)}")
         _check_name(namespace, "namespace")
         for what, value in (("timeout", timeout), ("resync_interval", resync_interval)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise InvalidFlagValue(f"{what} must be a positive number, not {value!r}")
+            # NaN, inf or an int beyond floats would fail later, as a misleading error.
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value <= threading.TIMEOUT_MAX
+            ):
+                raise InvalidFlagValue(
+                    f"{what} must be a positive number of seconds up to "
+                    f"{threading.TIMEOUT_MAX:g}, not {bounded_repr(value)}"
+                )
         check_url(url)  # InvalidConfig for a malformed URL
         self._raw_url = url
         self._url = redact_url(url)
@@ -480,9 +500,6 @@ class RedisFlagStore(FlagStore):
 
     def _first_sync(self) -> None:
         """Connect and catch up, or start stale from the node copy if Redis is down."""
-        from pathlib import Path
-
-        namespace = self.namespace
         created = self.cache_path is not None and not self._cache.has_data()
         has_copy = not created and self._cache.has_data()
         try:
@@ -493,25 +510,10 @@ class RedisFlagStore(FlagStore):
             if not has_copy:
                 self._close_clients()
                 self._cache.close()
-                if created and self.cache_path is not None:  # leave no empty file behind
-                    for suffix in ("", "-wal", "-shm"):
-                        with contextlib.suppress(OSError):
-                            Path(f"{self.cache_path}{suffix}").unlink()
+                if created:
+                    self._remove_cache_files()
                 raise
-            # Start from the node copy (stale); the listener catches up later.
-            self._last_error = str(exc)
-            log.warning(
-                "flag store %r: Redis at %s unavailable at start (%s); "
-                "starting from the node copy at version %d (stale)",
-                namespace, self._url, exc, self._cache.version,
-            )  # fmt: skip
-            self._event(
-                "started_from_cache",
-                version=self._cache.version,
-                cache_path=str(self.cache_path) if self.cache_path else None,
-                error=str(exc),
-            )
-            self._event("stale", error=str(exc))
+            self._start_from_copy(exc)
         except BaseException:
             self._close_clients()
             self._cache.close()
@@ -519,17 +521,50 @@ class RedisFlagStore(FlagStore):
         else:
             self._synced.set()
 
+    def _remove_cache_files(self) -> None:
+        """Delete the node copy's files this start created (the copy is closed)."""
+        from pathlib import Path
+
+        if self.cache_path is not None:  # leave no empty file behind
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    Path(f"{self.cache_path}{suffix}").unlink()
+
+    def _start_from_copy(self, exc: BackendUnavailable) -> None:
+        """Start stale from the node copy: Redis was unreachable at start (``exc``)."""
+        # Start from the node copy (stale); the listener catches up later.
+        self._last_error = str(exc)
+        log.warning(
+            "flag store %r: Redis at %s unavailable at start (%s); "
+            "starting from the node copy at version %d (stale)",
+            self.namespace, self._url, exc, self._cache.version,
+        )  # fmt: skip
+        self._event(
+            "started_from_cache",
+            version=0 if self._closed else self._cache.version,
+            cache_path=str(self.cache_path) if self.cache_path else None,
+            error=str(exc),
+        )
+        self._event("stale", error=str(exc))
+
     def _open_cache(self, cache_path: str | os.PathLike[str] | bool | None) -> NodeCache:
         import sqlite3
         from pathlib import Path
 
         if cache_path is None or cache_path is False:
             return NodeCache(None)
-        path = (
-            default_cache_path(self.namespace, self._url)
-            if cache_path is True
-            else Path(os.fspath(cache_path))
-        )
+        try:
+            path = (
+                default_cache_path(self.namespace, self._url)
+                if cache_path is True
+                else Path(os.fspath(cache_path))
+            )
+        except TypeError:  # not a path (bytes, an int...)
+            raise InvalidFlagValue(
+                f"cache_path must be a path, True, False or None, not {bounded_repr(cache_path)}"
+            ) from None
+        if "\0" in str(path):
+            raise InvalidFlagValue(f"cache_path holds a NUL byte: {bounded_repr(str(path))}")
         try:
             return NodeCache(path)
         except sqlite3.OperationalError as exc:  # cannot open or lock it
@@ -609,6 +644,10 @@ class RedisFlagStore(FlagStore):
             return int(raw)
         except ValueError as exc:
             raise FlagError(f"corrupt migration stage in {self._k_stages}: {raw!r}") from exc
+
+    def _decode_stages(self, raw: dict[str, str]) -> dict[str, int]:
+        """Every plan's stage in a stages hash read from Redis."""
+        return {p: self._decode_stage(s) for p, s in raw.items()}
 
     def _decode_change(self, fields: dict[str, str]) -> FlagChange | None:
         raw = fields.get("change")
@@ -693,12 +732,7 @@ class RedisFlagStore(FlagStore):
                         same = cache.epoch == epoch and cache.has_data()
                         if same and version == cache.version and raw_version is not None:
                             return True  # nothing new
-                        last_h, last_m = cache.last_ids() if same else (None, None)
-                        pipe.multi()
-                        pipe.hgetall(self._k_state)
-                        pipe.hgetall(self._k_stages)
-                        pipe.xrange(self._k_history, f"({last_h}" if last_h else "-", "+")
-                        pipe.xrange(self._k_migrations, f"({last_m}" if last_m else "-", "+")
+                        self._queue_copy_reads(pipe, since_copy=same)
                         states, stages, history, migrations = pipe.execute()
                 except redis.WatchError:
                     continue  # a commit landed meanwhile: read again
@@ -706,14 +740,23 @@ class RedisFlagStore(FlagStore):
                     version,
                     epoch,
                     dict(states),
-                    {p: self._decode_stage(s) for p, s in stages.items()},
-                    [(str(i), dict(f)) for i, f in history],
-                    [(str(i), dict(f)) for i, f in migrations],
+                    self._decode_stages(stages),
+                    _stream_entries(history),
+                    _stream_entries(migrations),
                     full=not same,
                 )
                 cache.apply(snap)
                 return True
         return True  # pragma: no cover - a thousand commits in a row
+
+    def _queue_copy_reads(self, pipe: Any, *, since_copy: bool) -> None:
+        """MULTI and the reads of a refresh: streams after the copy's last ids if ``since_copy``."""
+        last_h, last_m = self._cache.last_ids() if since_copy else (None, None)
+        pipe.multi()
+        pipe.hgetall(self._k_state)
+        pipe.hgetall(self._k_stages)
+        pipe.xrange(self._k_history, f"({last_h}" if last_h else "-", "+")
+        pipe.xrange(self._k_migrations, f"({last_m}" if last_m else "-", "+")
 
     def _local_states(self) -> dict[str, FlagState]:
         """The copy's states with pending kill switches applied."""
@@ -762,18 +805,23 @@ class RedisFlagStore(FlagStore):
         # node never serves what its copy does not hold, whichever node restores.
         cache = self._cache
         if raw_version is not None and (int(raw_version) > cache.version or epoch != cache.epoch):
-            try:
-                current = self._pull()
-            except BackendUnavailable as exc:  # Redis went away meanwhile
-                log.debug("flag store %r: %s; answering from the node copy", self.namespace, exc)
-                return None
-            except FlagError as exc:  # corrupt data in Redis: not a reason to fail the read
-                log.warning("flag store %r: node copy not refreshed: %s", self.namespace, exc)
-                return result
-            if not current:  # Redis went back meanwhile: restore it first
-                self._resync_wanted.set()
-                self._wake_listener()
-                return None
+            return self._once_copied(result)
+        return result
+
+    def _once_copied(self, result: Any) -> Any:
+        """``result`` (newer than the copy) once the copy caught up, or None (see ``_read``)."""
+        try:
+            current = self._pull()
+        except BackendUnavailable as exc:  # Redis went away meanwhile
+            log.debug("flag store %r: %s; answering from the node copy", self.namespace, exc)
+            return None
+        except FlagError as exc:  # corrupt data in Redis: not a reason to fail the read
+            log.warning("flag store %r: node copy not refreshed: %s", self.namespace, exc)
+            return result
+        if not current:  # Redis went back meanwhile: restore it first
+            self._resync_wanted.set()
+            self._wake_listener()
+            return None
         return result
 
     # ------------------------------------------------------------------ FlagStore
@@ -812,18 +860,10 @@ class RedisFlagStore(FlagStore):
                         client.pipeline(transaction=True) as pipe,
                     ):
                         try:
-                            pipe.watch(self._k_state, self._k_stages, self._k_meta)
-                            raw_version, epoch = pipe.hmget(self._k_meta, "version", "epoch")
-                            if self._copy_behind_check(raw_version):
-                                raise _Behind
-                            txn = _RedisTransaction(self, pipe)
-                            # fn's own exceptions propagate unchanged; leaving the
-                            # `with` resets the pipe (UNWATCH) and nothing was queued.
-                            result = fn(txn)
-                            if not txn.changes and not txn.events:
+                            result, queued = self._run_and_queue(pipe, fn)
+                            if queued is None:
                                 return result
-                            pipe.multi()
-                            commit = self._queue_writes(pipe, txn, int(raw_version or 0) + 1, epoch)
+                            commit = queued
                             # EXEC fails with WatchError if any commit (any node) touched
                             # state, stages or meta since WATCH: our reads may be stale,
                             # so run fn again on fresh data.
@@ -839,7 +879,7 @@ class RedisFlagStore(FlagStore):
                     self._restore_if_behind()
                     continue
                 except BackendUnavailable as exc:
-                    if stale_socket_retry and not executing and _dead_socket(exc.__cause__):
+                    if stale_socket_retry and _unsent_on_dead_socket(exc, executing):
                         # A pooled socket may be dead after a Redis restart; nothing
                         # was sent for commit, so try once more on a fresh one. (Idle
                         # sockets only: a reader may be mid-call on another one.)
@@ -853,6 +893,27 @@ class RedisFlagStore(FlagStore):
         raise FlagError(
             f"flag transaction gave up after {_MAX_ATTEMPTS} conflicting concurrent commits"
         )
+
+    def _run_and_queue(
+        self, pipe: Any, fn: Callable[[StoreTransaction], T]
+    ) -> tuple[T, _Commit | None]:
+        """WATCH, run ``fn`` on a ``_RedisTransaction``, queue its writes after MULTI.
+
+        (``fn``'s result, what EXEC will commit), or (result, None) when ``fn``
+        wrote nothing. ``_Behind`` when Redis is older than the copy.
+        """
+        pipe.watch(self._k_state, self._k_stages, self._k_meta)
+        raw_version, epoch = pipe.hmget(self._k_meta, "version", "epoch")
+        if self._copy_behind_check(raw_version):
+            raise _Behind
+        txn = _RedisTransaction(self, pipe)
+        # fn's own exceptions propagate unchanged; leaving the
+        # `with` (in transaction()) resets the pipe (UNWATCH) and nothing was queued.
+        result = fn(txn)
+        if not txn.changes and not txn.events:
+            return result, None
+        pipe.multi()
+        return result, self._queue_writes(pipe, txn, int(raw_version or 0) + 1, epoch)
 
     def _confirm_in_copy(self, commit: _Commit, replies: list[Any]) -> None:
         """After a commit: the copy holds it before the write returns (else BackendUnavailable).
@@ -915,12 +976,7 @@ class RedisFlagStore(FlagStore):
             fresh = commit.base_epoch is None  # first write of a new deployment
             if not fresh and cache.epoch != commit.base_epoch:
                 return False
-            states = {} if fresh else cache.states()
-            for name, state in commit.puts.items():
-                if state is None:
-                    states.pop(name, None)
-                else:
-                    states[name] = state
+            states = _with_puts({} if fresh else cache.states(), commit.puts)
             stages = {} if fresh else cache.stages()
             stages.update(commit.stage_puts)
             history = commit.entries(replies, commit.history_at, commit.history)
@@ -1009,22 +1065,10 @@ class RedisFlagStore(FlagStore):
             result = fn(txn)
             if not txn.changes and not txn.events:
                 return result
-            stored: dict[str, FlagState] = {}
-            for name, state in txn.puts.items():
-                if state is None or state.switch:
-                    raise cause  # not a kill switch: it must reach Redis or fail
-                stored[name] = state
-            if any(s != 0 for s in txn.stage_puts.values()) or any(
-                e.action != "emergency_rollback" for e in txn.events
-            ):
-                raise cause
+            stored = _kill_switch_states(txn, cause)
             if not self._cache.has_data():
                 raise cause  # no copy of the deployment to apply it to
-            first: FlagChange | MigrationEvent = (txn.changes or txn.events)[0]
-            at = min([c.at for c in txn.changes] + [e.at for e in txn.events])
-            op = PendingKillSwitch(
-                0, tuple(txn.changes), stored, tuple(txn.events), at, first.by, first.reason
-            )
+            op = _pending_op(txn, stored)
             try:
                 op_id = self._cache.add_pending(op)
             except FlagError as exc:  # the copy is unusable: nowhere to keep it
@@ -1102,13 +1146,7 @@ class RedisFlagStore(FlagStore):
         if newer or already:
             return newer, already  # write nothing
         for name, stored in op.stored.items():
-            current = txn.get(name)
-            new = stored if current is None else _off(current)
-            if new == current:
-                continue
-            change = next(c for c in op.changes if c.flag == name)
-            old = change.old if current is None else current
-            txn.put(name, new, _replace(change, old=old, new=new))
+            _replay_switch_off(txn, op, name, stored)
         for event in op.events:
             stage = txn.migration_stage(event.plan)
             txn.put_migration(event.plan, 0, _replace(event, from_stage=stage))
@@ -1116,9 +1154,9 @@ class RedisFlagStore(FlagStore):
 
     def history(self, flag: str | None = None) -> list[FlagChange]:
         """Committed changes, oldest first (of ``flag`` or of every flag)."""
+        self._check_open()
         if flag is not None:
             _check_name(flag, "flag name")
-        self._check_open()
         entries = self._read("reading history", lambda p: p.xrange(self._k_history))
         if entries is None:
             entries = self._cache.history()
@@ -1131,8 +1169,8 @@ class RedisFlagStore(FlagStore):
 
     def migration_stage(self, plan: str) -> int:
         """The committed stage of ``plan`` (0 while a pending emergency rollback waits)."""
-        _check_name(plan, "plan name")
         self._check_open()
+        _check_name(plan, "plan name")
         if any(plan in op.plans for op in self._cache.pending()):
             return 0
         raw = self._read("reading a stage", lambda p: p.hget(self._k_stages, plan))
@@ -1141,8 +1179,8 @@ class RedisFlagStore(FlagStore):
         return self._decode_stage(raw)
 
     def migration_history(self, plan: str) -> list[MigrationEvent]:
-        _check_name(plan, "plan name")
         self._check_open()
+        _check_name(plan, "plan name")
         entries = self._read("reading migration history", lambda p: p.xrange(self._k_migrations))
         if entries is None:
             entries = self._cache.migrations()
@@ -1151,6 +1189,7 @@ class RedisFlagStore(FlagStore):
 
     def record_catalogue(self, flags: Iterable[FlagInfo]) -> None:
         """Add or replace catalogue entries in Redis (no write when all are there already)."""
+        self._check_open()
         entries = {n: i.to_json() for n, i in catalogue_entries(flags).items()}
         self._record(self._k_catalogue, entries, "recording the flag catalogue")
 
@@ -1159,6 +1198,7 @@ class RedisFlagStore(FlagStore):
         return {name: FlagInfo.from_json(text) for name, text in raw.items()}
 
     def record_plan(self, name: str, plan: MigrationPlan) -> None:
+        self._check_open()
         _check_name(name, "plan name")
         self._record(self._k_plans, {name: plan_to_json(plan)}, "recording a migration plan")
 
@@ -1247,12 +1287,23 @@ class RedisFlagStore(FlagStore):
         return not self.synced
 
     def status(self) -> RedisFlagStoreStatus:
-        """Connection, staleness, the copy's version, pending kill switches, last error."""
-        pending = 0 if self._closed else len(self._cache.pending())
+        """Connection, staleness, the copy's version, pending kill switches, last error.
+
+        Raises:
+            Closed: the store is closed (as every call: ``RedisRegistry.status()`` too).
+        """
+        self._check_open()
+        try:
+            version, pending = self._cache.version, len(self._cache.pending())
+        except FlagError:
+            # Race: close() ran meanwhile and closed the copy under us: Closed, as a
+            # call just after close() would say (else the copy really is unusable).
+            self._check_open()
+            raise
         return RedisFlagStoreStatus(
             connected=self.synced,
             stale=self.stale,
-            version=0 if self._closed else self._cache.version,
+            version=version,
             pending=pending,
             cache_path=self.cache_path,
             last_error=self._last_error,
@@ -1311,9 +1362,8 @@ class RedisFlagStore(FlagStore):
                         pending.clear()
                         need_resync = False
                         backoff.reset()
-                    elif self._replay_wanted.is_set():
-                        with self._translated("committing pending kill switches"):
-                            self._replay_pending()
+                    else:
+                        self._replay_if_wanted()
                     self._send_welcomes()
                     reply = self._read_streams()
                     if self._stop.is_set():
@@ -1330,12 +1380,22 @@ class RedisFlagStore(FlagStore):
                     need_resync = True
                     self._stop.wait(backoff.next())
         finally:
-            self._synced.clear()
-            with contextlib.suppress(Exception):
-                if self._listen_client is not None:
-                    self._listen_client.close()
-            if self._closed:
-                self._cache.close()
+            self._listener_stopped()
+
+    def _replay_if_wanted(self) -> None:
+        """Commit the pending kill switches if a replay was asked for (``_replay_wanted``)."""
+        if self._replay_wanted.is_set():
+            with self._translated("committing pending kill switches"):
+                self._replay_pending()
+
+    def _listener_stopped(self) -> None:
+        """The listener's last step: not synced, its socket closed (the copy too once closed)."""
+        self._synced.clear()
+        with contextlib.suppress(Exception):
+            if self._listen_client is not None:
+                self._listen_client.close()
+        if self._closed:
+            self._cache.close()
 
     def _read_streams(self) -> Any:
         """One blocking XREAD of the history and migration streams."""
@@ -1507,6 +1567,62 @@ def _dead_socket(exc: BaseException | None) -> bool:
     worth one immediate retry on a new one. Not for refusals or timeouts."""
     text = str(exc).lower()
     return exc is not None and any(k in text for k in _DEAD_SOCKET)
+
+
+def _kill_switch_states(txn: _LocalTransaction, cause: BackendUnavailable) -> dict[str, FlagState]:
+    """The states ``txn`` puts; raise ``cause`` unless it only switches off / rolls back."""
+    stored: dict[str, FlagState] = {}
+    for name, state in txn.puts.items():
+        if state is None or state.switch:
+            raise cause  # not a kill switch: it must reach Redis or fail
+        stored[name] = state
+    if any(s != 0 for s in txn.stage_puts.values()) or any(
+        e.action != "emergency_rollback" for e in txn.events
+    ):
+        raise cause
+    return stored
+
+
+def _pending_op(txn: _LocalTransaction, stored: dict[str, FlagState]) -> PendingKillSwitch:
+    """The pending kill switch recording ``txn`` (not yet numbered: id 0)."""
+    first: FlagChange | MigrationEvent = (txn.changes or txn.events)[0]
+    at = min([c.at for c in txn.changes] + [e.at for e in txn.events])
+    return PendingKillSwitch(
+        0, tuple(txn.changes), stored, tuple(txn.events), at, first.by, first.reason
+    )
+
+
+def _replay_switch_off(
+    txn: StoreTransaction, op: PendingKillSwitch, name: str, stored: FlagState
+) -> None:
+    """Put ``name`` of a pending kill switch: off from its current state (no-op if it is)."""
+    current = txn.get(name)
+    new = stored if current is None else _off(current)
+    if new == current:
+        return
+    change = next(c for c in op.changes if c.flag == name)
+    old = change.old if current is None else current
+    txn.put(name, new, _replace(change, old=old, new=new))
+
+
+def _with_puts(states: dict[str, str], puts: dict[str, str | None]) -> dict[str, str]:
+    """``states`` (changed in place) with a commit's puts applied: None deletes a state."""
+    for name, state in puts.items():
+        if state is None:
+            states.pop(name, None)
+        else:
+            states[name] = state
+    return states
+
+
+def _stream_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
+    """An XRANGE reply as (entry id, fields) pairs, as a ``Snapshot`` keeps them."""
+    return [(str(i), dict(f)) for i, f in raw]
+
+
+def _unsent_on_dead_socket(exc: BackendUnavailable, executing: bool) -> bool:
+    """Whether a commit failed before EXEC was sent, on a socket the server closed."""
+    return not executing and _dead_socket(exc.__cause__)
 
 
 def _flat(fields: dict[str, str]) -> list[str]:

@@ -49,7 +49,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, TypeVar
 
 from foundation._listeners import check_listener, without
-from foundation.errors import BackendUnavailable, Closed, FlagError
+from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidFlagValue, bounded_repr
 from foundation.flags._store import (
     FlagChange,
     FlagInfo,
@@ -58,6 +58,9 @@ from foundation.flags._store import (
     MigrationEvent,
     StoreTransaction,
     catalogue_entries,
+    check_key,
+    check_put,
+    check_put_migration,
     plan_from_json,
     plan_to_json,
     report_callback_error,
@@ -114,10 +117,12 @@ class _Txn(StoreTransaction):
         self._origin = origin
 
     def get(self, name: str) -> FlagState | None:
+        check_key(name, "flag name")
         row = self._conn.execute("SELECT state FROM flag_state WHERE name = ?", (name,)).fetchone()
         return None if row is None else FlagState.from_json(row[0])
 
     def put(self, name: str, state: FlagState | None, change: FlagChange) -> None:
+        check_put(name, state, change)  # before any statement: bad input writes nothing
         if state is None:
             self._conn.execute("DELETE FROM flag_state WHERE name = ?", (name,))
         else:
@@ -131,12 +136,14 @@ class _Txn(StoreTransaction):
         )
 
     def migration_stage(self, plan: str) -> int:
+        check_key(plan, "plan name")
         row = self._conn.execute(
             "SELECT stage FROM migration_stage WHERE plan = ?", (plan,)
         ).fetchone()
         return 0 if row is None else int(row[0])
 
     def put_migration(self, plan: str, stage: int, event: MigrationEvent) -> None:
+        check_put_migration(plan, stage, event)
         self._conn.execute(
             "INSERT OR REPLACE INTO migration_stage (plan, stage) VALUES (?, ?)", (plan, stage)
         )
@@ -151,7 +158,10 @@ class SQLiteFlagStore(FlagStore):
     Several processes may open the same file; their writes are serialised by
     SQLite and each sees the others' changes (subscribers within
     ``poll_interval`` when idle, within ``FAST_POLL`` while changes flow).
-    Thread-safe; ``close()`` stops the watcher thread.
+    Thread-safe; ``close()`` stops the watcher thread. ``busy_timeout`` (seconds, at
+    least 0) and ``poll_interval`` (seconds, above 0) are finite numbers up to
+    ``threading.TIMEOUT_MAX``; a bad one, or a path that is not a ``str``/``PathLike``
+    (or holds a NUL), is ``errors.InvalidFlagValue``.
 
     Example:
         >>> import tempfile, os
@@ -173,9 +183,31 @@ class SQLiteFlagStore(FlagStore):
     ) -> None:
         import uuid
 
-        self.path = os.fspath(path)
-        self.busy_timeout = busy_timeout
-        self.poll_interval = poll_interval
+        try:
+            self.path = os.fspath(path)
+        except TypeError:
+            raise InvalidFlagValue(
+                f"a flag store path is a str or PathLike, not {bounded_repr(path)}"
+            ) from None
+        if not isinstance(self.path, str) or "\0" in self.path:
+            raise InvalidFlagValue(f"not a usable flag store path: {bounded_repr(self.path)}")
+        self._shown = bounded_repr(self.path)  # messages stay short, whatever the path
+        for what, value, least in (
+            ("busy_timeout", busy_timeout, 0.0),
+            ("poll_interval", poll_interval, 1e-6),
+        ):
+            # NaN would retry a busy lock forever; 0 or less would poll in a hot loop.
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not least <= value <= threading.TIMEOUT_MAX
+            ):
+                raise InvalidFlagValue(
+                    f"{what} must be a number of seconds in {least:g}.."
+                    f"{threading.TIMEOUT_MAX:g}, not {bounded_repr(value)}"
+                )
+        self.busy_timeout = float(busy_timeout)
+        self.poll_interval = float(poll_interval)
         self._origin = uuid.uuid4().hex  # tells our own history rows from others'
         self._lock = threading.Lock()  # the writer connection, _closed, _watcher, _callbacks
         # The reader connection, _loaded_upto and _catch_up: never held while
@@ -211,27 +243,12 @@ class SQLiteFlagStore(FlagStore):
                 check_same_thread=False,  # each connection is guarded by its own lock
             )
         except sqlite3.Error as exc:
-            raise FlagError(f"cannot open flag store {self.path!r}: {exc}") from exc
+            raise FlagError(f"cannot open flag store {self._shown}: {exc}") from exc
 
     def _create(self) -> None:
         """WAL mode and the schema, in one write transaction (retried while busy)."""
-        import sqlite3
-
         with self._errors("opening"):
-            deadline = time.monotonic() + self.busy_timeout
-            while True:
-                try:
-                    # Switching a new file to WAL needs every other connection out
-                    # of it: two processes opening one new file race here, and
-                    # SQLite answers "locked" at once, so retry like the write lock.
-                    mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
-                    if mode != "wal":
-                        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                    break
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc) or time.monotonic() >= deadline:
-                        raise
-                self._pause(deadline)
+            mode = self._switch_to_wal()
             if mode != "wal":
                 # WAL refused (a filesystem without shared memory): COMMIT may then
                 # wait for readers, so let SQLite's busy handler cover the whole write.
@@ -251,13 +268,32 @@ class SQLiteFlagStore(FlagStore):
                     )
                 elif row[0] != SCHEMA_VERSION:
                     raise FlagError(
-                        f"{self.path!r} uses flag store schema {row[0]!r}; "
+                        f"{self._shown} uses flag store schema {row[0]!r}; "
                         f"this version of Foundation reads schema {SCHEMA_VERSION!r}"
                     )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
+
+    def _switch_to_wal(self) -> str:
+        """The journal mode after asking for WAL (retried while busy, until ``busy_timeout``)."""
+        import sqlite3
+
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                # Switching a new file to WAL needs every other connection out
+                # of it: two processes opening one new file race here, and
+                # SQLite answers "locked" at once, so retry like the write lock.
+                mode: str = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if mode != "wal":
+                    mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                return mode
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            self._pause(deadline)
 
     def _begin(self) -> None:
         """``BEGIN IMMEDIATE`` on the writer, retrying a busy lock until ``busy_timeout``.
@@ -296,13 +332,13 @@ class SQLiteFlagStore(FlagStore):
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 raise BackendUnavailable(
-                    f"flag store {self.path!r} stayed locked by another connection for "
+                    f"flag store {self._shown} stayed locked by another connection for "
                     f"more than busy_timeout={self.busy_timeout}s while {doing}"
                 ) from exc
-            raise FlagError(f"flag store {self.path!r} failed while {doing}: {exc}") from exc
+            raise FlagError(f"flag store {self._shown} failed while {doing}: {exc}") from exc
         except sqlite3.Error as exc:
             raise FlagError(
-                f"{self.path!r} is not a usable flag store (corrupt or not SQLite?) "
+                f"{self._shown} is not a usable flag store (corrupt or not SQLite?) "
                 f"while {doing}: {exc}"
             ) from exc
 
@@ -315,7 +351,7 @@ class SQLiteFlagStore(FlagStore):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise Closed(f"flag store {self.path!r} is closed")
+            raise Closed(f"flag store {self._shown} is closed")
 
     # --------------------------------------------------------------- contract
 
@@ -355,6 +391,8 @@ class SQLiteFlagStore(FlagStore):
     def history(self, flag: str | None = None) -> list[FlagChange]:
         with self._read_lock, self._errors("reading history"):
             self._check_open()
+            if flag is not None:
+                check_key(flag, "flag name")
             if flag is None:
                 rows = self._reader.execute(
                     "SELECT record FROM flag_history ORDER BY id"
@@ -368,17 +406,20 @@ class SQLiteFlagStore(FlagStore):
     def migration_stage(self, plan: str) -> int:
         with self._read_lock, self._errors("reading a migration stage"):
             self._check_open()
+            check_key(plan, "plan name")
             return _Txn(self._reader, self._origin).migration_stage(plan)
 
     def migration_history(self, plan: str) -> list[MigrationEvent]:
         with self._read_lock, self._errors("reading migration history"):
             self._check_open()
+            check_key(plan, "plan name")
             rows = self._reader.execute(
                 "SELECT record FROM migration_history WHERE plan = ? ORDER BY id", (plan,)
             ).fetchall()
         return [MigrationEvent.from_json(r[0]) for r in rows]
 
     def record_catalogue(self, flags: Iterable[FlagInfo]) -> None:
+        self._check_open()
         entries = {n: i.to_json() for n, i in catalogue_entries(flags).items()}
         self._record("flag_catalogue", "info", entries, "recording the flag catalogue")
 
@@ -387,6 +428,8 @@ class SQLiteFlagStore(FlagStore):
         return {name: FlagInfo.from_json(text) for name, text in rows.items()}
 
     def record_plan(self, name: str, plan: MigrationPlan) -> None:
+        self._check_open()
+        check_key(name, "plan name")
         self._record("migration_plan", "plan", {name: plan_to_json(plan)}, "recording a plan")
 
     def plans(self) -> dict[str, MigrationPlan]:
@@ -465,7 +508,7 @@ class SQLiteFlagStore(FlagStore):
             self._reader.close()
 
     def __repr__(self) -> str:
-        return f"SQLiteFlagStore({self.path!r})"
+        return f"SQLiteFlagStore({self._shown})"
 
     # ---------------------------------------------------------------- watcher
 
@@ -496,11 +539,7 @@ class SQLiteFlagStore(FlagStore):
         import sqlite3
 
         if self._catch_up:
-            with self._read_lock:
-                fresh, self._catch_up = self._catch_up, ()
-            for callback in fresh:
-                if callback in self._callbacks:  # not unsubscribed meanwhile
-                    self._call(callback, [])
+            self._deliver_catch_up()
         try:
             current = conn.execute("PRAGMA data_version").fetchone()[0]
             if current == self._version:
@@ -521,6 +560,18 @@ class SQLiteFlagStore(FlagStore):
         if not rows:
             return
         self._last_id = rows[-1][0]
+        self._deliver_remote(rows)
+
+    def _deliver_catch_up(self) -> None:
+        """Call each subscriber waiting for its first step (``_catch_up``) with no changes."""
+        with self._read_lock:
+            fresh, self._catch_up = self._catch_up, ()
+        for callback in fresh:
+            if callback in self._callbacks:  # not unsubscribed meanwhile
+                self._call(callback, [])
+
+    def _deliver_remote(self, rows: list[tuple[int, str, str]]) -> None:
+        """Deliver the changes of ``rows`` (id, origin, record) other stores committed."""
         remote = [r[2] for r in rows if r[1] != self._origin]
         if remote:
             self._hot_until = time.monotonic() + HOT_FOR

@@ -129,6 +129,7 @@ from foundation.flags._typed import (
     FrozenDict,
     check_flag,
     declaration_repr,
+    is_valid_unicode,
     kind_of,
 )
 
@@ -153,12 +154,64 @@ MIGRATION_ACTIONS = ("advance", "rollback", "emergency_rollback", "auto_rollback
 
 def _actors(value: Iterable[Any], what: str) -> frozenset[str]:
     if isinstance(value, str | bytes):
-        raise InvalidFlagValue(f"{what} must be a collection of actor strings, not {value!r}")
-    out = frozenset(value)
+        raise InvalidFlagValue(
+            f"{what} must be a collection of actor strings, not {bounded_repr(value)}"
+        )
+    try:
+        out = frozenset(value)
+    except TypeError:  # not iterable, or an unhashable member
+        raise InvalidFlagValue(
+            f"{what} must be a collection of actor strings, not {bounded_repr(value)}"
+        ) from None
     for actor in out:
         if not isinstance(actor, str):
-            raise InvalidFlagValue(f"{what} holds a non-string actor {actor!r}")
+            raise InvalidFlagValue(f"{what} holds a non-string actor {bounded_repr(actor)}")
     return out
+
+
+MAX_STAGE = 2**63 - 1
+"""The largest migration stage a store keeps (a signed 64-bit integer, as SQLite's)."""
+
+
+def check_key(name: object, what: str) -> str:
+    """A flag or plan name as a store keeps it: a non-empty, valid-Unicode ``str``.
+
+    One rule on every store (the memory store would keep anything, SQLite and
+    Redis would fail on a lone surrogate), for writes and reads alike.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidFlagValue(f"{what} must be a non-empty string, not {bounded_repr(name)}")
+    if not is_valid_unicode(name):
+        raise InvalidFlagValue(
+            f"{what} must be valid Unicode (no lone surrogates), not {bounded_repr(name)}"
+        )
+    return name
+
+
+def check_put(name: object, state: object, change: object) -> None:
+    """The arguments of ``StoreTransaction.put``, checked alike by every store."""
+    check_key(name, "flag name")
+    if state is not None and not isinstance(state, FlagState):
+        raise InvalidFlagValue(f"state must be a FlagState or None, not {bounded_repr(state)}")
+    if not isinstance(change, FlagChange):
+        raise InvalidFlagValue(f"change must be a FlagChange, not {bounded_repr(change)}")
+    if change.flag != name:  # else the stores file it under different flags
+        raise InvalidFlagValue(
+            f"the change of flag {bounded_repr(change.flag)} is put under {bounded_repr(name)}"
+        )
+
+
+def check_put_migration(plan: object, stage: object, event: object) -> None:
+    """The arguments of ``StoreTransaction.put_migration``, checked alike by every store."""
+    check_key(plan, "plan name")
+    if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage <= MAX_STAGE:
+        raise InvalidFlagValue(f"stage must be an int in 0..2**63-1, not {bounded_repr(stage)}")
+    if not isinstance(event, MigrationEvent):
+        raise InvalidFlagValue(f"event must be a MigrationEvent, not {bounded_repr(event)}")
+    if event.plan != plan:  # else the stores file it under different plans
+        raise InvalidFlagValue(
+            f"the event of plan {bounded_repr(event.plan)} is put under plan {bounded_repr(plan)}"
+        )
 
 
 def check_percentage(p: object) -> float:
@@ -237,7 +290,7 @@ class FlagState:
 
     def __post_init__(self) -> None:
         if not isinstance(self.switch, bool):
-            raise InvalidFlagValue(f"switch must be a bool, not {self.switch!r}")
+            raise InvalidFlagValue(f"switch must be a bool, not {bounded_repr(self.switch)}")
         if self.percentage is not None:
             object.__setattr__(self, "percentage", check_percentage(self.percentage))
         object.__setattr__(self, "allow", _actors(self.allow, "allow"))
@@ -470,6 +523,10 @@ def catalogue_entries(flags: Iterable[Any]) -> dict[str, FlagInfo]:
     attributes name, default, description and optionally variants); InvalidFlagValue
     for anything else."""
     out: dict[str, FlagInfo] = {}
+    if isinstance(flags, str | bytes | Mapping) or not isinstance(flags, Iterable):
+        raise InvalidFlagValue(
+            f"a catalogue is an iterable of flag declarations, not {bounded_repr(flags)}"
+        )
     for flag in flags:
         if isinstance(flag, FlagInfo):
             info = flag
@@ -486,6 +543,10 @@ def catalogue_entries(flags: Iterable[Any]) -> dict[str, FlagInfo]:
 
 def plan_to_json(plan: MigrationPlan) -> str:
     """A ``MigrationPlan`` as JSON text (sorted keys: equal plans give equal text)."""
+    from foundation.flags._migration import MigrationPlan  # _migration imports this module
+
+    if not isinstance(plan, MigrationPlan):
+        raise InvalidFlagValue(f"not a MigrationPlan: {bounded_repr(plan)}")
     return json.dumps(plan.to_dict(), sort_keys=True)
 
 
@@ -561,6 +622,7 @@ class FlagStore(ABC):
 
     def record_plan(self, name: str, plan: MigrationPlan) -> None:
         """Record ``plan`` under ``name`` (see the module docs); by default nothing."""
+        check_key(name, "plan name")
         plan_to_json(plan)  # still refuses what is not a plan
 
     def plans(self) -> dict[str, MigrationPlan]:
@@ -592,20 +654,24 @@ class _MemoryTransaction(StoreTransaction):
         self.events: list[MigrationEvent] = []
 
     def get(self, name: str) -> FlagState | None:
+        check_key(name, "flag name")
         if name in self.states:
             return self.states[name]
         return self._store._states.get(name)
 
     def put(self, name: str, state: FlagState | None, change: FlagChange) -> None:
+        check_put(name, state, change)
         self.states[name] = state
         self.changes.append(change)
 
     def migration_stage(self, plan: str) -> int:
+        check_key(plan, "plan name")
         if plan in self.stages:
             return self.stages[plan]
         return self._store._stages.get(plan, 0)
 
     def put_migration(self, plan: str, stage: int, event: MigrationEvent) -> None:
+        check_put_migration(plan, stage, event)
         self.stages[plan] = stage
         self.events.append(event)
 
@@ -659,19 +725,23 @@ class MemoryFlagStore(FlagStore):
     def history(self, flag: str | None = None) -> list[FlagChange]:
         with self._lock:
             self._check()
+            if flag is not None:
+                check_key(flag, "flag name")
             return [c for c in self._changes if flag is None or c.flag == flag]
 
     def migration_stage(self, plan: str) -> int:
         with self._lock:
             self._check()
-            return self._stages.get(plan, 0)
+            return self._stages.get(check_key(plan, "plan name"), 0)
 
     def migration_history(self, plan: str) -> list[MigrationEvent]:
         with self._lock:
             self._check()
+            check_key(plan, "plan name")
             return [e for e in self._events if e.plan == plan]
 
     def record_catalogue(self, flags: Iterable[FlagInfo]) -> None:
+        self._check()
         entries = catalogue_entries(flags)
         with self._lock:
             self._check()
@@ -683,6 +753,8 @@ class MemoryFlagStore(FlagStore):
             return dict(self._catalogue)
 
     def record_plan(self, name: str, plan: MigrationPlan) -> None:
+        self._check()
+        check_key(name, "plan name")
         text = plan_to_json(plan)
         with self._lock:
             self._check()

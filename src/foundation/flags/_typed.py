@@ -226,25 +226,35 @@ def _freeze(value: Any, where: str, depth: int) -> Any:
     if isinstance(value, str):
         _check_text(value, where)
         return str(value)
+    if isinstance(value, int | float):
+        return _freeze_number(value, where)
+    if isinstance(value, Mapping):
+        return _freeze_object(value, where, depth)
+    if isinstance(value, list | tuple):
+        return FrozenList(_freeze(v, where, depth + 1) for v in value)
+    _refuse(where, "a value must be JSON (str, int, float, bool, None, dict, list)", value)
+
+
+def _freeze_number(value: int | float, where: str) -> int | float:
+    """A plain copy of a JSON number: an int that fits in 64 bits, or a finite float."""
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
             _refuse(where, "an integer must fit in 64 bits", value)
         return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            _refuse(where, "a number must be finite", value)
-        return float(value)
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                _refuse(where, "object keys must be strings", k)
-            _check_text(k, where)
-            out[str(k)] = _freeze(v, where, depth + 1)
-        return FrozenDict(out)
-    if isinstance(value, list | tuple):
-        return FrozenList(_freeze(v, where, depth + 1) for v in value)
-    _refuse(where, "a value must be JSON (str, int, float, bool, None, dict, list)", value)
+    if not math.isfinite(value):
+        _refuse(where, "a number must be finite", value)
+    return float(value)
+
+
+def _freeze_object(value: Mapping[Any, Any], where: str, depth: int) -> FrozenDict:
+    """A read-only copy of a JSON object at ``depth``: str keys, frozen values."""
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            _refuse(where, "object keys must be strings", k)
+        _check_text(k, where)
+        out[str(k)] = _freeze(v, where, depth + 1)
+    return FrozenDict(out)
 
 
 def freeze_json(value: object, where: str = "value") -> Any:
@@ -279,6 +289,11 @@ def _kind_of_value(value: object) -> str:
     if isinstance(value, float):
         return "float"
     return "object"
+
+
+def a_kind(kind: str) -> str:
+    """``kind`` with its article, for messages: ``a_kind("integer") == "an integer"``."""
+    return ("an " if kind[:1] in ("a", "e", "i", "o", "u") else "a ") + kind
 
 
 def kind_of(variants: Mapping[str, Any] | None) -> Kind:
@@ -373,17 +388,7 @@ def check_variants(flag: str, variants: object, default: object) -> FrozenDict:
     out: dict[str, Any] = {}
     kinds: set[str] = set()
     for name, value in variants.items():
-        if not isinstance(name, str) or not name:
-            _refuse(
-                f"variants of {bounded_repr(flag)}", "a variant name must be a non-empty str", name
-            )
-        _check_text(name, f"variants of {bounded_repr(flag)}")
-        where = f"variant {bounded_repr(name)} of {bounded_repr(flag)}"
-        if isinstance(value, bool):
-            _refuse(where, "a value may not be a bool (declare a boolean flag instead)", value)
-        if value is None or not isinstance(value, str | int | float | Mapping | list | tuple):
-            _refuse(where, "a value must be a str, int, float, or JSON object/array", value)
-        frozen = freeze_json(value, where)
+        frozen = _check_variant(flag, name, value)
         kinds.add(_kind_of_value(frozen))
         out[name] = frozen
     if kinds == {"float", "integer"}:
@@ -392,14 +397,32 @@ def check_variants(flag: str, variants: object, default: object) -> FrozenDict:
         raise InvalidFlagValue(
             f"variants of {bounded_repr(flag)} mix kinds ({', '.join(sorted(kinds))}): use one type"
         )
-    if not (isinstance(default, str) and default in out):
-        hint = nearest_name(default, list(out))
+    _check_default_variant(flag, default, out)
+    return FrozenDict(out)
+
+
+def _check_variant(flag: str, name: object, value: object) -> Any:
+    """The frozen value of one declared variant; InvalidFlagValue for a bad name or value."""
+    if not isinstance(name, str) or not name:
+        _refuse(f"variants of {bounded_repr(flag)}", "a variant name must be a non-empty str", name)
+    _check_text(name, f"variants of {bounded_repr(flag)}")
+    where = f"variant {bounded_repr(name)} of {bounded_repr(flag)}"
+    if isinstance(value, bool):
+        _refuse(where, "a value may not be a bool (declare a boolean flag instead)", value)
+    if value is None or not isinstance(value, str | int | float | Mapping | list | tuple):
+        _refuse(where, "a value must be a str, int, float, or JSON object/array", value)
+    return freeze_json(value, where)
+
+
+def _check_default_variant(flag: str, default: object, variants: Mapping[str, Any]) -> None:
+    """Refuse a typed flag's ``default`` unless it names one of ``variants``."""
+    if not (isinstance(default, str) and default in variants):
+        hint = nearest_name(default, list(variants))
         did = f" (did you mean {bounded_repr(hint)}?)" if hint is not None else ""
         raise InvalidFlagValue(
             f"default of {bounded_repr(flag)} must name one of its variants, "
             f"not {bounded_repr(default)}{did}"
         )
-    return FrozenDict(out)
 
 
 def check_split(flag: str, shares: object, variants: Mapping[str, Any]) -> FrozenDict:

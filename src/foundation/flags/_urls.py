@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from foundation._redis_conn import redact_url
+from foundation._redis_conn import check_url, redact_url
 from foundation.errors import InvalidConfig
 from foundation.flags._store import FlagStore
 
@@ -80,10 +80,9 @@ def _open_sqlite(path: str, *, create: bool) -> FlagStore:
     return SQLiteFlagStore(path)
 
 
-def _open_redis(url: str, *, create: bool, timeout: float) -> FlagStore:
+def _split_namespace(url: str) -> tuple[str, str]:
+    """(the URL without its ``namespace`` parameter, that namespace or "foundation")."""
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    from foundation.flags._redis_store import RedisFlagStore
 
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -92,7 +91,14 @@ def _open_redis(url: str, *, create: bool, timeout: float) -> FlagStore:
         raise InvalidConfig(f"one namespace per flag store URL, not {namespaces!r}")
     namespace = namespaces[0] if namespaces else "foundation"
     rest = urlencode([(k, v) for k, v in query if k != "namespace"])
-    plain = urlunsplit(parts._replace(query=rest))
+    return urlunsplit(parts._replace(query=rest)), namespace
+
+
+def _open_redis(url: str, *, create: bool, timeout: float) -> FlagStore:
+    from foundation.flags._redis_store import RedisFlagStore
+
+    check_url(url)  # InvalidConfig for a malformed URL, before it is taken apart
+    plain, namespace = _split_namespace(url)
     store = RedisFlagStore(plain, namespace=namespace, timeout=timeout, cache_path=None)
     try:
         if not create and not store._has_data():

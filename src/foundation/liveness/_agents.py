@@ -7,9 +7,9 @@ import threading
 from typing import Any
 
 from foundation.errors import UnsupportedAgent
-from foundation.liveness._process import OSProcess, exit_down
+from foundation.liveness._process import OSProcess, ProcessAgent, exit_down
 from foundation.liveness._threads import SpawnedThread
-from foundation.liveness._types import AGENT_TYPES, refresh_agent_types
+from foundation.liveness._types import AGENT_TYPES, AgentTypes, refresh_agent_types
 
 # asyncio, concurrent.futures, subprocess and multiprocessing are not imported
 # here: their classes come from AGENT_TYPES, found in sys.modules (no agent of a
@@ -53,24 +53,36 @@ def is_alive(agent: object) -> bool:
         foundation.errors.UnsupportedAgent: cannot monitor a 'int': ...
     """
     if type(agent) is SpawnedThread:
-        # The watch first: it fires before Thread.is_alive() turns False.
-        return agent._foundation_watch.down is None and agent.is_alive()
-    types = AGENT_TYPES
+        return _spawned_thread_alive(agent)
+    alive = _known_agent_alive(agent, AGENT_TYPES)
+    if alive is not None:
+        return alive
+    if refresh_agent_types():  # a class of a module imported since the last look
+        return is_alive(agent)
+    raise unsupported(agent)
+
+
+def _spawned_thread_alive(agent: SpawnedThread) -> bool:
+    """True while a ``spawn_thread`` thread runs (its recorded end counts first)."""
+    # The watch first: it fires before Thread.is_alive() turns False.
+    return agent._foundation_watch.down is None and agent.is_alive()
+
+
+def _known_agent_alive(agent: object, types: AgentTypes) -> bool | None:
+    """``is_alive`` for an agent of a class found so far; None for any other agent."""
     if isinstance(agent, types.aio_future):
         return not agent.done() and not agent.get_loop().is_closed()
     if isinstance(agent, types.cf_future):
         return not agent.done()
     if isinstance(agent, threading.Thread):
         if isinstance(agent, SpawnedThread):
-            return agent._foundation_watch.down is None and agent.is_alive()
+            return _spawned_thread_alive(agent)
         return agent.is_alive()
     if isinstance(agent, OSProcess):
         return agent.is_alive()
     if isinstance(agent, types.processes):
         return exit_down(agent) is None
-    if refresh_agent_types():  # a class of a module imported since the last look
-        return is_alive(agent)
-    raise unsupported(agent)
+    return None
 
 
 def kind_of(agent: object) -> str | None:
@@ -134,18 +146,27 @@ def describe_agent(agent: object) -> dict[str, Any]:
     elif isinstance(agent, types.aio_task):
         out["name"] = agent.get_name()
     elif isinstance(agent, (OSProcess, *types.processes)):
-        out["pid"] = agent.pid
-        if isinstance(agent, OSProcess):
-            out["start_time"] = agent.start_time
-        else:
-            out["start_time"] = OSProcess(agent.pid).start_time if agent.pid is not None else None
-            if isinstance(agent, types.popen):
-                args = agent.args
-                first = args[0] if isinstance(args, (list, tuple)) and args else args
-                out["name"] = os.fsdecode(first) if isinstance(first, (str, bytes)) else str(first)
-            elif isinstance(agent, types.mp_process):
-                out["name"] = agent.name
+        _describe_process(out, agent, types)
     import socket  # here, not at the top: keeps `import foundation` cheap
 
     out["host"] = socket.gethostname()
     return out
+
+
+def _describe_process(out: dict[str, Any], agent: ProcessAgent, types: AgentTypes) -> None:
+    """Set a process agent's ``pid``, ``start_time`` and (where known) ``name`` in ``out``."""
+    out["pid"] = agent.pid
+    if isinstance(agent, OSProcess):
+        out["start_time"] = agent.start_time
+        return
+    out["start_time"] = OSProcess(agent.pid).start_time if agent.pid is not None else None
+    if isinstance(agent, types.popen):
+        out["name"] = _command_name(agent.args)
+    elif isinstance(agent, types.mp_process):
+        out["name"] = agent.name
+
+
+def _command_name(args: Any) -> str:
+    """The program of a Popen's ``args`` (its first item, or the whole command string)."""
+    first = args[0] if isinstance(args, (list, tuple)) and args else args
+    return os.fsdecode(first) if isinstance(first, (str, bytes)) else str(first)

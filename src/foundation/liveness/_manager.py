@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from foundation.errors import Closed
+from foundation.errors import Closed, bounded_repr
 from foundation.liveness._agents import unsupported
 from foundation.liveness._core import (
     CANCELLED,
@@ -296,9 +296,9 @@ class MonitorManager:
     its first monitor, kept while the future lives (monitors come and go
     without touching the loop) and removed by ``close()``. ``close()``
     releases every monitor without calling it, stops and joins the threads
-    and closes every fd; ``monitor()`` then raises ``errors.Closed``, while
-    the read-only figures (``closed``, ``active_count()``, ``stats()``) keep
-    answering, zeros included, so a caller can check what ``close()`` released.
+    and closes every fd; every public call then raises ``errors.Closed``
+    (``monitor()``, ``active_count()``, ``stats()``), except ``closed``,
+    ``close()`` itself (idempotent) and ``repr()``.
     A manager is not usable in a child after ``fork()``.
     A watcher thread outlives anything an ``on_down`` raises (``SystemExit``
     included) and its own defects: each is logged under
@@ -324,11 +324,22 @@ class MonitorManager:
         _pidfd: bool | None = None,
     ) -> None:
         """``_pidfd=False`` forces the polling fallback for processes (tests)."""
-        if not thread_poll_interval > 0 or not process_poll_interval > 0:
-            raise ValueError("poll intervals must be positive numbers of seconds")
+        intervals = []
+        for value in (thread_poll_interval, process_poll_interval):
+            try:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise TypeError
+                seconds = float(value)  # OverflowError past the float range
+            except (TypeError, OverflowError):
+                seconds = -1.0
+            if not 0 < seconds < float("inf"):
+                raise ValueError(
+                    "poll intervals must be positive, finite numbers of seconds, "
+                    f"not {bounded_repr(value)}"
+                )
+            intervals.append(seconds)
         self._name = name
-        self._thread_interval = float(thread_poll_interval)
-        self._process_interval = float(process_poll_interval)
+        self._thread_interval, self._process_interval = intervals
         self._lock = threading.Lock()
         self._threads_cond = threading.Condition(self._lock)
         self._procs_cond = threading.Condition(self._lock)
@@ -451,12 +462,24 @@ class MonitorManager:
         return self._settle(mon, watch)
 
     def active_count(self) -> int:
-        """Number of monitors currently held (fired and released ones excluded)."""
+        """Number of monitors currently held (fired and released ones excluded).
+
+        Raises:
+            Closed: the manager is closed.
+        """
+        if self._closed:
+            raise self._closed_error()
         return len(self._monitors)
 
     def stats(self) -> ManagerStats:
-        """A snapshot of monitors, watched agents, running threads and open fds."""
+        """A snapshot of monitors, watched agents, running threads and open fds.
+
+        Raises:
+            Closed: the manager is closed.
+        """
         with self._lock:
+            if self._closed:
+                raise self._closed_error()
             monitors = list(self._monitors)
             shared = {
                 id(m._watch)
@@ -489,6 +512,17 @@ class MonitorManager:
                 if t is not None
             ]
             wake_w = self._wake_w
+        self._drop_monitors()
+        if wake_w >= 0:
+            os.write(wake_w, (1).to_bytes(8, "little"))
+        current = threading.current_thread()
+        for t in threads:
+            if t is not current:  # close() from an on_down on a watcher thread
+                t.join()
+        self._release_resources()
+
+    def _drop_monitors(self) -> None:
+        """close(): release every monitor without calling it."""
         # Race: a monitor() that checked _closed before we set it inserts into
         # _monitors before re-checking _closed; either we pop it here or it
         # sees _closed and takes itself back.
@@ -499,12 +533,9 @@ class MonitorManager:
             except KeyError:
                 break
             mon._watch.monitors.pop(mon, None)
-        if wake_w >= 0:
-            os.write(wake_w, (1).to_bytes(8, "little"))
-        current = threading.current_thread()
-        for t in threads:
-            if t is not current:  # close() from an on_down on a watcher thread
-                t.join()
+
+    def _release_resources(self) -> None:
+        """close(), once the watcher threads stopped: detach watches, close fds, drop the hook."""
         with self._lock:
             for watch in list(self._watches.values()):
                 watch.detach_locked()
@@ -627,24 +658,30 @@ class MonitorManager:
             loop = fut.get_loop()
             if fut.done() or loop.is_closed():
                 return self._dead(fut, on_down)
-            with self._lock:
-                if self._closed:
-                    raise self._closed_error()
-                watch = self._aio.get(id(fut))
-                if watch is None:
-                    watch = _AsyncioWatch(self, fut, loop)
-                    try:
-                        if _get_running_loop() is loop:
-                            watch.attach()
-                        else:  # add_done_callback is not thread-safe
-                            loop.call_soon_threadsafe(watch.attach)
-                    except RuntimeError:  # the loop closed since the check above
-                        watch = None
-                    else:
-                        self._aio[watch.ref.key] = watch  # the same int object: 32 B less
+            watch = self._asyncio_watch(fut, loop)
             if watch is None:
                 return self._dead(fut, on_down)
         return self._add_shared(watch, on_down, mon)
+
+    def _asyncio_watch(
+        self, fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> _AsyncioWatch | None:
+        """``fut``'s watch, created and attached if it has none; None if its loop closed."""
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            watch = self._aio.get(id(fut))
+            if watch is None:
+                watch = _AsyncioWatch(self, fut, loop)
+                try:
+                    if _get_running_loop() is loop:
+                        watch.attach()
+                    else:  # add_done_callback is not thread-safe
+                        loop.call_soon_threadsafe(watch.attach)
+                except RuntimeError:  # the loop closed since the check above
+                    return None
+                self._aio[watch.ref.key] = watch  # the same int object: 32 B less
+        return watch
 
     def _monitor_thread(self, thread: threading.Thread, on_down: OnDown) -> Monitor:
         # Install the excepthook before looking at the thread, so an exception
@@ -688,36 +725,51 @@ class MonitorManager:
     def _attach_locked(self, watch: _ManagedWatch) -> bool:
         """Start watching; False if the agent is already gone. Lock held."""
         if isinstance(watch, _ThreadWatch):
-            if self._thread_poller is None:
-                self._thread_poller = self._start(
-                    "threads", self._poll_loop, self._polled_threads, self._threads_cond,
-                    self._thread_interval, _thread_down,
-                )  # fmt: skip
-            elif not self._polled_threads:
-                self._threads_cond.notify_all()  # wakes it from its idle wait
-            self._polled_threads[watch.key] = watch
+            self._poll_thread_locked(watch)
             return True
         assert isinstance(watch, _ProcessWatch)
         if self._use_pidfd:
-            try:
-                fd = open_pidfd(watch.agent)  # type: ignore[arg-type]
-            except OSError as exc:
-                if exc.errno != errno.ENOSYS:
-                    raise  # EMFILE and the like: nothing was stored
-                self._use_pidfd = False  # kernel without pidfd_open: poll from now on
-            else:
-                if fd is None:
-                    return False
-                try:
-                    self._ensure_epoll_locked()
-                    assert self._epoll is not None
-                    self._epoll.register(fd, select.EPOLLIN)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                watch.fd = fd
-                self._by_fd[fd] = watch
-                return True
+            attached = self._attach_pidfd_locked(watch)
+            if attached is not None:
+                return attached
+        self._poll_process_locked(watch)
+        return True
+
+    def _poll_thread_locked(self, watch: _ThreadWatch) -> None:
+        """Hand a thread's watch to the thread poller (started if need be). Lock held."""
+        if self._thread_poller is None:
+            self._thread_poller = self._start(
+                "threads", self._poll_loop, self._polled_threads, self._threads_cond,
+                self._thread_interval, _thread_down,
+            )  # fmt: skip
+        elif not self._polled_threads:
+            self._threads_cond.notify_all()  # wakes it from its idle wait
+        self._polled_threads[watch.key] = watch
+
+    def _attach_pidfd_locked(self, watch: _ProcessWatch) -> bool | None:
+        """Watch a process by pidfd: False if it is gone, None if no pidfd_open. Lock held."""
+        try:
+            fd = open_pidfd(watch.agent)  # type: ignore[arg-type]
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise  # EMFILE and the like: nothing was stored
+            self._use_pidfd = False  # kernel without pidfd_open: poll from now on
+            return None
+        if fd is None:
+            return False
+        try:
+            self._ensure_epoll_locked()
+            assert self._epoll is not None
+            self._epoll.register(fd, select.EPOLLIN)
+        except BaseException:
+            os.close(fd)
+            raise
+        watch.fd = fd
+        self._by_fd[fd] = watch
+        return True
+
+    def _poll_process_locked(self, watch: _ProcessWatch) -> None:
+        """Hand a process's watch to the process poller (started if need be). Lock held."""
         if self._proc_poller is None:
             self._proc_poller = self._start(
                 "procpoll", self._poll_loop, self._polled_procs, self._procs_cond,
@@ -726,7 +778,6 @@ class MonitorManager:
         elif not self._polled_procs:
             self._procs_cond.notify_all()  # wakes it from its idle wait
         self._polled_procs[watch.key] = watch
-        return True
 
     # ------------------------------------------------------------------ releasing
 

@@ -181,27 +181,41 @@ def exit_down(agent: ProcessAgent) -> Down | None:
     Non-blocking and non-reaping where the platform allows it.
     """
     if isinstance(agent, OSProcess):
-        if agent.is_alive():
-            return None
-        if _PROC_OK and agent.same_identity():
-            # A zombie: if it is our child we can read its status.
-            with contextlib.suppress(ChildProcessError, OSError):
-                result = _waitid_pid(agent.pid)
-                if result is not None:
-                    return _down_from_siginfo(result)
-        return Down("exit") if agent._start != -1 else NOPROC
+        return _os_process_exit_down(agent)
     if isinstance(agent, agent_types().popen):
-        if agent.returncode is not None:
-            return _down_from_returncode(agent.returncode)
-        try:
-            result = _waitid_pid(agent.pid)
-        except ChildProcessError:
-            # Reaped behind Popen's back, or SIGCHLD ignored: ask Popen itself.
-            rc = agent.poll()
-            return None if rc is None else _down_from_returncode(rc)
-        return None if result is None else _down_from_siginfo(result)
+        return _popen_exit_down(agent)
     # multiprocessing.Process (any start method), the only kind left
-    agent = cast("multiprocessing.process.BaseProcess", agent)
+    return _mp_process_exit_down(cast("multiprocessing.process.BaseProcess", agent))
+
+
+def _os_process_exit_down(agent: OSProcess) -> Down | None:
+    """``exit_down`` for an OSProcess."""
+    if agent.is_alive():
+        return None
+    if _PROC_OK and agent.same_identity():
+        # A zombie: if it is our child we can read its status.
+        with contextlib.suppress(ChildProcessError, OSError):
+            result = _waitid_pid(agent.pid)
+            if result is not None:
+                return _down_from_siginfo(result)
+    return Down("exit") if agent._start != -1 else NOPROC
+
+
+def _popen_exit_down(agent: subprocess.Popen[Any]) -> Down | None:
+    """``exit_down`` for a subprocess.Popen."""
+    if agent.returncode is not None:
+        return _down_from_returncode(agent.returncode)
+    try:
+        result = _waitid_pid(agent.pid)
+    except ChildProcessError:
+        # Reaped behind Popen's back, or SIGCHLD ignored: ask Popen itself.
+        rc = agent.poll()
+        return None if rc is None else _down_from_returncode(rc)
+    return None if result is None else _down_from_siginfo(result)
+
+
+def _mp_process_exit_down(agent: multiprocessing.process.BaseProcess) -> Down | None:
+    """``exit_down`` for a multiprocessing.Process (any start method)."""
     popen = _popen_of(agent)
     if popen is None:
         return NOPROC  # never started: it cannot die later
@@ -260,13 +274,27 @@ def down_from_pidfd(agent: ProcessAgent, fd: int) -> Down:
     For a process that is not our child the status cannot be read: the result
     is ``Down("exit", exit_code=None)`` unless the owning object knows it.
     """
-    if _HAS_WAITID and hasattr(os, "P_PIDFD"):
-        try:
-            result = os.waitid(os.P_PIDFD, fd, _WAIT_FLAGS)
-        except OSError:  # ECHILD: not our child (or reaped); EINVAL: old kernel
-            result = None
-        if result is not None:
-            return _down_from_siginfo(result)
+    result = _waitid_pidfd(fd)
+    if result is not None:
+        return _down_from_siginfo(result)
+    code = _owner_exit_code(agent)
+    if code is not None:
+        return _down_from_returncode(code)
+    return Down("exit")
+
+
+def _waitid_pidfd(fd: int) -> Any:
+    """Non-reaping status of the process behind ``fd``; None if it cannot be read."""
+    if not (_HAS_WAITID and hasattr(os, "P_PIDFD")):
+        return None
+    try:
+        return os.waitid(os.P_PIDFD, fd, _WAIT_FLAGS)
+    except OSError:  # ECHILD: not our child (or reaped); EINVAL: old kernel
+        return None
+
+
+def _owner_exit_code(agent: ProcessAgent) -> int | None:
+    """The exit code the agent's owning object stored, waiting briefly for it; None if none."""
     types = agent_types()
     if isinstance(agent, types.popen):
         import subprocess  # imported already: agent is a Popen
@@ -275,15 +303,13 @@ def down_from_pidfd(agent: ProcessAgent, fd: int) -> Down:
         # after reaping, so wait briefly for it (bounded; rare).
         with contextlib.suppress(subprocess.TimeoutExpired):
             agent.wait(timeout=0.05)
-        if agent.returncode is not None:
-            return _down_from_returncode(agent.returncode)
-    elif isinstance(agent, types.mp_process):
+        return agent.returncode
+    if isinstance(agent, types.mp_process):
         # Race: another thread (a join(), is_alive()) reaped it and is about to
         # store the code; our own poll then gets ECHILD and answers None at once,
         # so join() cannot wait for it. Poll the stored code briefly (bounded).
         deadline = time.monotonic() + 0.5
         while (code := agent.exitcode) is None and time.monotonic() < deadline:
             time.sleep(0.001)  # sleep-ok: waiting, bounded, for another thread's store
-        if code is not None:
-            return _down_from_returncode(code)
-    return Down("exit")
+        return code
+    return None

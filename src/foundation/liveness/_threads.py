@@ -62,7 +62,12 @@ def spawn_thread(
         >>> t.join()
         >>> t.name, out, is_alive(t)
         ('greeter', ['hello'], False)
+
+    Raises:
+        TypeError: ``target`` is not callable (refused here, not in the new thread).
     """
+    if not callable(target):
+        raise TypeError(f"spawn_thread needs a callable target, not {type(target).__name__}")
     thread = SpawnedThread(target=target, args=args, kwargs=kwargs, name=name, daemon=daemon)
     thread.start()
     return thread

@@ -143,7 +143,13 @@ class AsyncWrites:
         Raises:
             TypeError, BackendUnavailable, Closed: exactly as ``register_many``.
         """
-        batch = list(items)
+        try:
+            iterator = iter(items)
+        except TypeError:
+            # Not iterable: the sync call answers at once, with no I/O (Closed on a
+            # closed registry, else its TypeError), as it would for this argument.
+            return self.register_many(items, replace=replace)
+        batch = list(iterator)
         return await self._async_call(partial(self.register_many, batch, replace=replace))
 
     async def unregister_async(self, key: Hashable) -> bool:

@@ -40,9 +40,11 @@ class CopyOnWriteListeners:
             TypeError: ``listener`` is not callable.
             Closed: the registry is closed.
         """
+        if getattr(self, "_closed", False):  # first, as every call of a closed registry
+            raise Closed(f"this {type(self).__name__} is closed")
         check_listener(listener)
         with self._lock:
-            if getattr(self, "_closed", False):
+            if getattr(self, "_closed", False):  # race: closed meanwhile
                 raise Closed(f"this {type(self).__name__} is closed")
             self._listeners = (*self._listeners, listener)
         done = False

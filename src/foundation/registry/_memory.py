@@ -53,8 +53,10 @@ from foundation._unraisable import report_unraisable
 from foundation.errors import (
     AlreadyRegistered,
     Closed,
+    InvalidKey,
     NotAlive,
     NotRegistered,
+    RegistryError,
 )
 from foundation.liveness import Down, Monitor, MonitorManager, is_alive
 from foundation.registry._async import DirectAsyncWrites
@@ -70,9 +72,15 @@ from foundation.registry._types import (
     UnregisterReason,
     _EntryBuilder,
     _EntrySlots,
+    filtered,
     new_entry,
 )
-from foundation.registry._validation import EMPTY_METADATA, freeze_metadata, validate_key
+from foundation.registry._validation import (
+    EMPTY_METADATA,
+    freeze_metadata,
+    short_repr,
+    validate_key,
+)
 
 if TYPE_CHECKING:
     from foundation.registry._query import Compiled
@@ -204,6 +212,19 @@ class _Registration(Monitor):
         return f"<registration {self.key!r}>"
 
 
+def _indexed_names(indexed: Iterable[str]) -> tuple[str, ...]:
+    """``indexed`` as a tuple of attribute names, or ``TypeError`` (``MemoryRegistry``)."""
+    if isinstance(indexed, str):  # "role" would index "r", "o", "l", "e"
+        raise TypeError("indexed must be a sequence of attribute names, not a str")
+    names = tuple(indexed)
+    for attr in names:
+        if not isinstance(attr, str) or not attr:
+            raise TypeError(
+                f"indexed attribute names must be non-empty str, got {short_repr(attr)}"
+            )
+    return names
+
+
 class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
     """The shared registry: lock-free reads, serialised writes, one monitor per entry.
 
@@ -235,10 +256,11 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         manager: MonitorManager | None = None,
         node: str = "local",
     ) -> None:
-        indexed = tuple(indexed)
-        for attr in indexed:
-            if not isinstance(attr, str) or not attr:
-                raise TypeError(f"indexed attribute names must be non-empty str, got {attr!r}")
+        indexed = _indexed_names(indexed)
+        if not isinstance(node, str):
+            raise TypeError(f"node must be a str, got {type(node).__name__}")
+        if manager is not None and not isinstance(manager, MonitorManager):
+            raise TypeError(f"manager must be a MonitorManager, got {type(manager).__name__}")
         self._indexed = frozenset(indexed)
         self._node = node
         self._owns_manager = manager is None
@@ -266,6 +288,12 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         self._dispatch_owner = 0
         self._closed = False
 
+    def _closed_first(self) -> None:
+        """Raise ``Closed`` if closed: called where a call is refused for its
+        arguments, since a closed registry says so first, whatever they are."""
+        if self._closed:
+            raise Closed("this MemoryRegistry is closed") from None
+
     # ------------------------------------------------------------------ reads (no lock)
 
     def lookup(self, key: Hashable) -> Entry | None:
@@ -275,19 +303,31 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
             Closed: the registry is closed (raised by the closed table's ``get``).
         """
-        try:
-            entry = self._table.get(key)  # atomic C-level read; a writer swaps whole entries
-        except TypeError:
-            entry = None
+        t = type(key)
+        if t is str:  # a str is a key in normal form as it is: one dict.get
+            return self._table.get(key)  # atomic C-level read; a writer swaps whole entries
+        if t is not int:
+            # The one key rule, hit or miss: True is no key even though True == 1,
+            # and an object that is no key is never hashed or compared with ours.
+            try:
+                key = validate_key(key)
+            except InvalidKey:
+                self._closed_first()
+                raise
+        entry = self._table.get(key)
         if entry is None:
-            validate_key(key)  # a miss: InvalidKey if ``key`` can be no key (the one rule)
+            validate_key(key)  # a miss: InvalidKey for an int beyond 64 bits
         return entry
 
     def __contains__(self, key: object) -> bool:
-        try:
-            return key in self._table  # one atomic C-level dict lookup (Closed once closed)
-        except TypeError:
-            return False
+        t = type(key)
+        if t is not str and t is not int:
+            try:
+                key = validate_key(key)
+            except InvalidKey:
+                self._closed_first()
+                return False  # no key can be this (as ``Registry.__contains__``)
+        return key in self._table  # one atomic C-level dict lookup (Closed once closed)
 
     def count(self) -> int:
         """Number of entries, O(1) (``len`` of the table is atomic; Closed once closed)."""
@@ -299,10 +339,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
     def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
         """Every entry (optionally those whose metadata passes ``filter``)."""
         # Snapshot the values in one C call; never iterate the live dict.
-        entries = list(self._table.values())
-        if filter is None:
-            return entries
-        return [e for e in entries if filter(e.metadata)]
+        return filtered(list(self._table.values()), filter)
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
         """Entries matching all ``criteria``; indexed ``eq``/``in`` are answered from the index.
@@ -315,11 +352,11 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             InvalidCriteria: a bad shape, unknown op or ``in`` value (before evaluating).
             Closed: the registry is closed.
         """
-        compiled = compile_criteria(criteria)
-        if self._closed:
+        if self._closed:  # first, as every call: a closed registry says so, whatever the query
             # Race: a query past this check while close() runs reads a table being
             # emptied: it answers as a query that ran just before the close.
             raise Closed("this MemoryRegistry is closed")
+        compiled = compile_criteria(criteria)
         if self._index is not None:
             keys = self._index_candidates(self._index, compiled)
             if keys is not None:
@@ -352,7 +389,8 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
 
     # ------------------------------------------------------------------ writes (one lock)
 
-    def register(
+    # The hot path of every register, kept inline on purpose (one frame).
+    def register(  # noqa: PLR0915
         self,
         key: Hashable,
         agent: Any,
@@ -373,9 +411,13 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             Closed: the registry is closed.
         Nothing is stored when an error is raised.
         """
-        if type(key) is not str:  # a str is a key in normal form as it is
-            key = validate_key(key)  # the one key rule (InvalidKey), normal form
-        frozen = EMPTY_METADATA if metadata is None else freeze_metadata(metadata)
+        try:  # (free unless it raises: the checks stay on the hot path as they were)
+            if type(key) is not str:  # a str is a key in normal form as it is
+                key = validate_key(key)  # the one key rule (InvalidKey), normal form
+            frozen = EMPTY_METADATA if metadata is None else freeze_metadata(metadata)
+        except RegistryError:
+            self._closed_first()
+            raise
         # The registration and its Entry, built inline: this is the hot path of
         # every register (two call frames less; new_entry builds every other
         # Entry the same way).
@@ -405,9 +447,8 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         # can take it.
         try:
             monitor = self._monitor_as(agent, reg)  # usually reg itself
-        except RuntimeError:
-            if self._closed:  # our manager was closed by close()
-                raise Closed("this MemoryRegistry is closed") from None
+        except Exception:  # UnsupportedAgent, or RuntimeError from our closed manager
+            self._closed_first()
             raise
         if monitor is not reg:
             reg.monitor = monitor  # (None, the default, means reg itself: no cycle)
@@ -449,10 +490,10 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         Write lock held. Returns (error to raise, replaced registration to release).
         """
         key = entry.key
+        if self._closed:  # first: a closed registry says so, whatever the agent
+            return Closed("this MemoryRegistry is closed"), None
         if entry._registration.died:
             return NotAlive(key, entry.agent), None  # died before publication: nothing stored
-        if self._closed:
-            return Closed("this MemoryRegistry is closed"), None
         assert old is not None
         reason: UnregisterReason = "replaced"
         if not replace:
@@ -484,7 +525,11 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             Closed: the registry is closed (the closed table's ``pop`` raises).
         """
         if type(key) is not str:  # a str is a key in normal form as it is
-            key = validate_key(key)  # the one key rule (InvalidKey), as every backend
+            try:
+                key = validate_key(key)  # the one key rule (InvalidKey), as every backend
+            except InvalidKey:
+                self._closed_first()
+                raise
         lock = self._lock
         lock.acquire()
         try:

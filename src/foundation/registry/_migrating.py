@@ -172,6 +172,7 @@ from foundation.errors import (
     NotRegistered,
 )
 from foundation.registry._async import MigratingAsyncWrites
+from foundation.registry._migrating_divergences import listed
 from foundation.registry._migrating_events import _LEGACY, _TARGET, _Call
 from foundation.registry._migrating_mirror import _TargetMirrors
 from foundation.registry._migrating_readers import _CLOSED_READER, _LegacyReader, _SettlingReader
@@ -184,7 +185,7 @@ from foundation.registry._types import (
     MetadataFilter,
     Registry,
 )
-from foundation.registry._validation import freeze_metadata, validate_key
+from foundation.registry._validation import freeze_metadata, short_repr, validate_key
 
 if TYPE_CHECKING:
     from foundation.flags import FeatureFlags, FlagChange
@@ -192,6 +193,11 @@ if TYPE_CHECKING:
 __all__ = ["MigratingRegistry"]
 
 _log = logging.getLogger("foundation.registry")
+
+
+def _per_thread(registry: object) -> bool:
+    """``registry`` shows each thread only its own entries (a ``ThreadLocalRegistry``)."""
+    return bool(getattr(registry, "per_thread", False)) or hasattr(registry, "snapshot_all_threads")
 
 
 class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
@@ -226,14 +232,31 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         flag: str = "use_ets_agent_registry",
     ) -> None:
         """Raises:
+        TypeError: ``legacy`` or ``target`` is not a ``Registry``, or ``flags``
+            is not a ``FeatureFlags`` (refused here, not at the first call).
         ValueError: ``legacy`` and ``target`` are the same object (every write
-            would be mirrored onto itself and refused as a divergence).
+            would be mirrored onto itself and refused as a divergence), or
+            ``target`` is a per-thread store (the target must be shared).
         UnknownFlag: ``flag`` is not declared in ``flags``.
         """
+        for side, backend in (("legacy", legacy), ("target", target)):
+            if not isinstance(backend, Registry):
+                raise TypeError(
+                    f"MigratingRegistry {side} must be a Registry, got {type(backend).__name__}"
+                )
+        if not callable(getattr(flags, "enabled", None)) or not callable(
+            getattr(flags, "subscribe", None)
+        ):
+            raise TypeError(f"flags must be a FeatureFlags, got {type(flags).__name__}")
         if legacy is target:
             raise ValueError(
                 "MigratingRegistry needs two different backends: legacy and target "
-                f"are the same object ({legacy!r})"
+                f"are the same object ({short_repr(legacy)})"
+            )
+        if _per_thread(target):
+            raise ValueError(
+                "MigratingRegistry needs a shared target: a per-thread store "
+                f"({type(target).__name__}) can only be the legacy side"
             )
         self._on = bool(flags.enabled(flag))  # UnknownFlag before anything changes
         self._legacy = legacy
@@ -253,10 +276,9 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._detected = 0
         self._records = {}
         self._dead = deque()
-        per_thread = bool(getattr(legacy, "per_thread", False)) or hasattr(
-            legacy, "snapshot_all_threads"
-        )
-        self._shared_view = None if per_thread else _View(None)
+        self._muted = {}
+        self._muted_lock = threading.Lock()
+        self._shared_view = None if _per_thread(legacy) else _View(None)
         self._views = {}
         self._listeners = Listeners("MigratingRegistry listener", area="registry")
         # The facade's own subscriptions: the target's (deaths and events) and the
@@ -360,6 +382,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
 
         Raises what the authoritative backend raises; nothing is stored then.
         """
+        self._check_open()  # first, as every call: Closed, whatever the arguments
         key = validate_key(key)  # the one key rule (InvalidKey): both sides see one key
         metadata = freeze_metadata(metadata)  # and one frozen copy (InvalidMetadata)
         with _Call(self):  # events are delivered at exit, after the lock is released
@@ -428,6 +451,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
 
     def unregister(self, key: Hashable) -> bool:
         """Unregister on the authoritative backend (its answer), then mirror."""
+        self._check_open()  # first, as every call: Closed, whatever the key
         key = validate_key(key)  # the one key rule (InvalidKey)
         with _Call(self):  # events are delivered at exit, after the lock is released
             try:
@@ -450,16 +474,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             rec = self._records.pop(key, None)
             if rec is not None:
                 self._tell(rec.view, key, view)
-            if view.private or (rec is not None and rec.view is view):
-                try:
-                    with self._events_dropped():
-                        self._legacy.unregister(key)
-                except Exception as exc:  # best effort: the next catch-up retries it
-                    _log.warning("MigratingRegistry: legacy unregister %r failed: %r", key, exc)
-                    view.inbox.append(key)  # the record is gone: catch-up drops the copy
-                else:
-                    view.mirrors.pop(key, None)
-                view.divergent.pop(key, None)
+            self._mirror_unregister_legacy(view, key, rec)
             return removed
         with self._events_of(_LEGACY):
             removed = self._legacy.unregister(key)
@@ -472,6 +487,23 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             view.retry.pop(key, None)
         return removed
 
+    def _mirror_unregister_legacy(self, view: _View, key: Hashable, rec: _Record | None) -> None:
+        """Drop the legacy mirror of ``key`` after the target unregistered it (flag on)."""
+        if view.private or (rec is not None and rec.view is view):
+            try:
+                with self._events_dropped():
+                    self._legacy.unregister(key)
+            except Exception as exc:  # best effort: the next catch-up retries it
+                _log.warning(
+                    "MigratingRegistry: legacy unregister %s failed: %s",
+                    short_repr(key),
+                    short_repr(exc),
+                )
+                view.inbox.append(key)  # the record is gone: catch-up drops the copy
+            else:
+                view.mirrors.pop(key, None)
+            view.divergent.pop(key, None)
+
     def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
         """Replace metadata on the authoritative backend, then mirror.
 
@@ -480,6 +512,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             InvalidMetadata: not a JSON-compatible mapping (nothing changes).
             InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
         """
+        self._check_open()  # first, as every call: Closed, whatever the arguments
         key = validate_key(key)  # the one key rule (InvalidKey), before any lookup by key
         metadata = freeze_metadata(metadata)  # one frozen copy for both sides
         with _Call(self):  # events are delivered at exit, after the lock is released
@@ -515,7 +548,9 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
                     view.mirrors.pop(key, None)
                 except Exception as exc:  # best effort: its mirror keeps the old gen,
                     _log.warning(  # so the next catch-up copies the new metadata
-                        "MigratingRegistry: legacy update of %r failed: %r", key, exc
+                        "MigratingRegistry: legacy update of %s failed: %s",
+                        short_repr(key),
+                        short_repr(exc),
                     )
                     view.inbox.append(key)
             else:
@@ -604,16 +639,20 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             snapshot = getattr(self._legacy, "snapshot_all_threads", None)
             if snapshot is None:
                 return
-            threads = {t.ident: t for t in threading.enumerate()}
-            for ident, entries in snapshot().items():
-                thread = threads.get(ident)
-                if thread is None or not entries:
-                    continue
-                view = self._views.get(ident)
-                if view is None or view.thread is not thread:
-                    view = self._views[ident] = _View(thread)
-                for entry in entries:
-                    self._backfill_one(view, entry)
+            self._backfill_per_thread(snapshot)
+
+    def _backfill_per_thread(self, snapshot: Callable[[], dict[Any, list[Entry]]]) -> None:
+        """``_backfill`` of a per-thread legacy: each live thread's entries (under the lock)."""
+        threads = {t.ident: t for t in threading.enumerate()}
+        for ident, entries in snapshot().items():
+            thread = threads.get(ident)
+            if thread is None or not entries:
+                continue
+            view = self._views.get(ident)
+            if view is None or view.thread is not thread:
+                view = self._views[ident] = _View(thread)
+            for entry in entries:
+                self._backfill_one(view, entry)
 
     def _backfill_one(self, view: _View, entry: Entry) -> None:
         key, agent = entry.key, entry.agent
@@ -623,14 +662,23 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         except AlreadyRegistered as exc:
             held = exc.entry
             if held is None or held.agent is not agent:
-                self._diverge(view, key, agent, f"the target already holds {key!r} ({held})")
+                self._diverge(
+                    view,
+                    key,
+                    agent,
+                    f"the target already holds {short_repr(key)} ({short_repr(held)})",
+                )
                 return
             if held.metadata != entry.metadata:
                 try:
                     with self._events_dropped():
                         self._target.update_metadata(key, entry.metadata)
                 except Exception as exc:  # best effort: the adopted copy keeps its metadata
-                    _log.warning("MigratingRegistry: backfill update %r failed: %r", key, exc)
+                    _log.warning(
+                        "MigratingRegistry: backfill update %s failed: %s",
+                        short_repr(key),
+                        short_repr(exc),
+                    )
         except NotAlive:
             return
         except Exception as exc:
@@ -661,8 +709,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
                     )
                 if problems:
                     raise MigrationError(
-                        "cannot finish the migration while divergences remain: "
-                        + "; ".join(problems)
+                        "cannot finish the migration while divergences remain: " + listed(problems)
                     )
                 self._finished = True
                 self._on = True

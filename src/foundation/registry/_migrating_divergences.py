@@ -10,12 +10,19 @@ under "Vocabulary" in ``foundation.registry._migrating``.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from foundation import telemetry
 from foundation.liveness import is_alive
 from foundation.registry._migrating_views import _Divergent, _LegacyViews, _View
 from foundation.registry._types import Divergence
+from foundation.registry._validation import short_repr
+
+MAX_REASON: Final = 300
+"""The longest ``Divergence.reason`` (longer ones are cut, ending in ``...``)."""
+
+MAX_PROBLEMS_TEXT: Final = 1000
+"""How much of a message lists divergences (``finish()``); the rest are counted."""
 
 
 class _DivergenceBook(_LegacyViews):
@@ -31,6 +38,8 @@ class _DivergenceBook(_LegacyViews):
         def _check_open(self) -> None: ...
 
     def _diverge(self, view: _View, key: Hashable, agent: Any, reason: str) -> None:
+        if len(reason) > MAX_REASON:  # bounded, whatever the key, entry or error it names
+            reason = reason[: MAX_REASON - 3] + "..."
         div = Divergence(key, view.ident(), reason)
         view.divergent[key] = _Divergent(agent, div)
         self._detected += 1
@@ -67,6 +76,20 @@ class _DivergenceBook(_LegacyViews):
 
     def _problems(self) -> list[str]:
         return [
-            f"registry divergence: key {d.key!r} in thread {d.thread}: {d.reason}"
+            f"registry divergence: key {short_repr(d.key)} in thread {d.thread}: {d.reason}"
             for d in self._divergences()
         ]
+
+
+def listed(problems: list[str]) -> str:
+    """``problems`` joined, bounded however many there are: the rest are counted
+    (the rule of ``Migration.advance``'s message)."""
+    shown: list[str] = []
+    length = 0
+    for problem in problems:
+        if shown and length + len(problem) > MAX_PROBLEMS_TEXT:
+            shown.append(f"and {len(problems) - len(shown)} more")
+            break
+        shown.append(problem)
+        length += len(problem) + 2
+    return "; ".join(shown)

@@ -27,13 +27,18 @@ _LEGACY: Final = "legacy"
 _TARGET: Final = "target"
 
 
-class _Ctx:
-    """Per-thread state of one facade call: which side's events to keep."""
+_UNMUTED: Final = object()
 
-    __slots__ = ("keep", "pending")
+
+class _Ctx:
+    """Per-thread state of one facade call: which side's events to keep, and the
+    key of the mirror call in progress whose events are muted (``_Mute``)."""
+
+    __slots__ = ("keep", "muted", "pending")
 
     def __init__(self) -> None:
         self.keep: Side | None = None
+        self.muted: object = _UNMUTED
         self.pending: list[RegistryEvent] = []
 
 
@@ -87,6 +92,40 @@ class _Keep:
             ctx.keep = self._saved
 
 
+class _Mute:
+    """``with _Mute(owner, ctx, key):`` a mirror call on ``key`` whose events are dropped,
+    wherever they are delivered. A backend may deliver one thread's events in
+    another thread (``MemoryRegistry``: whoever is already dispatching
+    delivers), so the mirror's own events are recognised by key, in every
+    thread, and any other event this thread delivers meanwhile (a death its
+    monitor saw) is routed as the asynchronous event it is."""
+
+    __slots__ = ("_ctx", "_key", "_owner", "_saved")
+
+    def __init__(self, owner: _EventRouting, ctx: _Ctx, key: Hashable) -> None:
+        self._owner = owner
+        self._ctx = ctx
+        self._key = key
+        self._saved: tuple[Side | None, object] = (None, _UNMUTED)
+
+    def __enter__(self) -> None:
+        ctx, owner, key = self._ctx, self._owner, self._key
+        self._saved = (ctx.keep, ctx.muted)
+        ctx.keep, ctx.muted = None, key
+        with owner._muted_lock:
+            owner._muted[key] = owner._muted.get(key, 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        ctx, owner, key = self._ctx, self._owner, self._key
+        ctx.keep, ctx.muted = self._saved
+        with owner._muted_lock:
+            left = owner._muted[key] - 1
+            if left:
+                owner._muted[key] = left
+            else:
+                del owner._muted[key]
+
+
 class _EventRouting:
     """The event layer of ``MigratingRegistry`` (its lowest base class).
 
@@ -97,6 +136,8 @@ class _EventRouting:
     _listeners: Listeners[RegistryEvent]  # the facade's own listeners
     _on: bool  # the cached flag: True when the target is authoritative
     _dead: deque[tuple[Hashable, Any]]  # the target's deaths, applied at the next write
+    _muted: dict[Hashable, int]  # keys of the mirror calls in progress (``_Mute``), counted
+    _muted_lock: threading.Lock
 
     def _ctx(self) -> _Ctx | None:
         ctx: _Ctx | None = getattr(self._tls, "ctx", None)
@@ -110,6 +151,11 @@ class _EventRouting:
         """``with``: the mirror or catch-up backend call inside has its events dropped."""
         return _Keep(self._ctx(), None)
 
+    def _events_muted(self, ctx: _Ctx, key: Hashable) -> _Mute:
+        """``with``: the target mirror call on ``key`` inside (``ctx``: its facade
+        call) has its events dropped, whichever thread delivers them (see ``_Mute``)."""
+        return _Mute(self, ctx, key)
+
     def _forward(self, side: Side, event: RegistryEvent) -> None:
         if not self._listeners.current:
             return
@@ -118,12 +164,21 @@ class _EventRouting:
             # An event of a call this facade is making in this thread.
             if ctx.keep == side:
                 ctx.pending.append(event)
-            return
-        # Asynchronous (a death seen by a monitor, a remote change): forward
-        # when this side is authoritative at delivery time. A listener's error
-        # is reported by dispatch, never raised into the backend's thread.
+                return
+            if ctx.muted is _UNMUTED:
+                return  # a dropped (mirror or catch-up) call's own event
+        if self._muted and event.entry.key in self._muted:
+            return  # a muted mirror call's own event, delivered by whichever thread
+        # Asynchronous (a death seen by a monitor, a remote change), or delivered
+        # here by a backend whose dispatching thread delivers other threads'
+        # events too: forward when this side is authoritative at delivery time.
+        # A listener's error is reported by dispatch, never raised into the
+        # backend's thread; inside a facade call, after it (outside its lock).
         if (side == _TARGET) == self._on:
-            self._listeners.dispatch(event)
+            if ctx is not None:
+                ctx.pending.append(event)
+            else:
+                self._listeners.dispatch(event)
 
     def _on_target_event(self, event: RegistryEvent) -> None:
         # Deaths are applied to the records at the next write (rule 5); a

@@ -26,6 +26,7 @@ from foundation.registry._migrating_divergences import _DivergenceBook
 from foundation.registry._migrating_events import _Call
 from foundation.registry._migrating_views import _Record, _View
 from foundation.registry._types import Registry
+from foundation.registry._validation import short_repr
 
 if TYPE_CHECKING:
     from foundation.registry._migrating_readers import (
@@ -85,6 +86,13 @@ def _bind_unregister(target: Registry, key: Hashable, agent: Any) -> Callable[[]
 def _bind_update(target: Registry, op: _Op) -> Callable[[], Any]:
     metadata = op.metadata if op.metadata is not None else {}
     return lambda: target.update_metadata(op.key, metadata)
+
+
+def _held_elsewhere(key: Hashable, rec: _Record | None, exc: AlreadyRegistered) -> str:
+    """Why a register mirror diverged: the target holds ``key`` for someone else."""
+    holder = rec.view.ident() if rec is not None and rec.view is not None else None
+    who = f"thread {holder}" if holder is not None else "another registration"
+    return f"the target holds {short_repr(key)} for {who} ({short_repr(exc.entry)})"
 
 
 class _TargetMirrors(_DivergenceBook):
@@ -196,17 +204,24 @@ class _TargetMirrors(_DivergenceBook):
             return False
         queued = False
         for view in self._all_views():
-            if not view.retry or view.ended():
-                view.retry.clear()
-                continue
-            items = list(view.retry.items())
-            view.retry.clear()
-            for key, (agent, metadata) in items:
-                held = view.divergent.get(key)
-                if held is None or held.agent is not agent or not is_alive(agent):
-                    continue  # resolved meanwhile (unregistered, replaced or dead)
-                self._enqueue("register", view, key, agent, metadata)
+            if self._retry_view(view):
                 queued = True
+        return queued
+
+    def _retry_view(self, view: _View) -> bool:
+        """``_retry_skipped`` for one view: queue its still-current skipped copies."""
+        if not view.retry or view.ended():
+            view.retry.clear()
+            return False
+        items = list(view.retry.items())
+        view.retry.clear()
+        queued = False
+        for key, (agent, metadata) in items:
+            held = view.divergent.get(key)
+            if held is None or held.agent is not agent or not is_alive(agent):
+                continue  # resolved meanwhile (unregistered, replaced or dead)
+            self._enqueue("register", view, key, agent, metadata)
+            queued = True
         return queued
 
     def _may_hold(self, view: _View, key: Hashable) -> bool:
@@ -263,11 +278,15 @@ class _TargetMirrors(_DivergenceBook):
         if self._lag_warned and not self._pending:
             self._lag_warned = False
             _log.info("MigratingRegistry: queued mirrors to the target are applied")
+        self._repick_reader_if_on()
+        return True
+
+    def _repick_reader_if_on(self) -> None:
+        """With the flag on (and open, not finished), pick the reader again (``_pick_reader``)."""
         if self._on:
             with self._flag_lock:
                 if self._on and not self._finished and not self._closed:
                     self._reader = self._pick_reader(True)
-        return True
 
     def _settle(self) -> None:
         """Wait until no flag-off mirror is queued or in flight (not under the facade lock)."""
@@ -275,10 +294,7 @@ class _TargetMirrors(_DivergenceBook):
             return  # re-entered from our own booking: the outer pump finishes the queue
         while (self._pending or self._inflight is not None) and not self._closed:
             self._pump(block=True)
-        if self._on:
-            with self._flag_lock:
-                if self._on and not self._finished and not self._closed:
-                    self._reader = self._pick_reader(True)
+        self._repick_reader_if_on()
 
     def _target_unavailable(self) -> str | None:
         """The target's own report that it cannot be written now (no I/O), or None.
@@ -324,12 +340,7 @@ class _TargetMirrors(_DivergenceBook):
             rec = self._records.get(op.key)
             call = self._plan(op, rec)
             if call is None:  # nothing of ours in the target: nothing to mirror
-                self._pending.popleft()
-                retry = op.view.retry.get(op.key)
-                if op.kind == "update" and retry is not None:
-                    # Race: the register of this copy was skipped and booked for a
-                    # retry after this update was written; the retry must carry it.
-                    op.view.retry[op.key] = (retry[0], op.metadata)
+                self._drop_unmirrored(op)
                 return True
             skipped = self._target_unavailable()
             if skipped is not None:  # no I/O: booked at once
@@ -342,7 +353,7 @@ class _TargetMirrors(_DivergenceBook):
             self._pending.popleft()
         outcome: BaseException | None = None
         try:
-            with _Call(self), self._events_dropped():
+            with _Call(self) as ctx, self._events_muted(ctx, op.key):
                 call()
         except Exception as exc:  # best effort: booked as a divergence below
             outcome = exc
@@ -357,6 +368,15 @@ class _TargetMirrors(_DivergenceBook):
             finally:
                 self._inflight = None
         return True
+
+    def _drop_unmirrored(self, op: _Op) -> None:
+        """Pop ``op``, the oldest queued mirror, which has nothing to mirror (under the lock)."""
+        self._pending.popleft()
+        retry = op.view.retry.get(op.key)
+        if op.kind == "update" and retry is not None:
+            # Race: the register of this copy was skipped and booked for a
+            # retry after this update was written; the retry must carry it.
+            op.view.retry[op.key] = (retry[0], op.metadata)
 
     def _book(
         self, op: _Op, rec: _Record | None, exc: BaseException | None, skipped: str | None
@@ -405,17 +425,7 @@ class _TargetMirrors(_DivergenceBook):
         if current:
             del view.copy_op[key]
         if skipped is not None or exc is not None:
-            if not current or isinstance(exc, NotAlive):
-                return  # died between the two writes: nothing to mirror
-            if isinstance(exc, AlreadyRegistered):
-                holder = rec.view.ident() if rec is not None and rec.view is not None else None
-                who = f"thread {holder}" if holder is not None else "another registration"
-                why = f"the target holds {key!r} for {who} ({exc.entry})"
-            else:
-                why = f"the target refused the mirror: {skipped or repr(exc)}"
-                if skipped is not None or isinstance(exc, BackendUnavailable):
-                    view.retry[key] = (op.agent, op.metadata)  # retried when it is back
-            self._diverge(view, key, op.agent, why)
+            self._book_register_refused(op, rec, exc, skipped, current)
             return
         old = self._records.get(key)
         if old is not None:
@@ -426,6 +436,26 @@ class _TargetMirrors(_DivergenceBook):
             view.mirrors[key] = gen
             view.divergent.pop(key, None)  # a retried copy is resolved
 
+    def _book_register_refused(
+        self,
+        op: _Op,
+        rec: _Record | None,
+        exc: BaseException | None,
+        skipped: str | None,
+        current: bool,
+    ) -> None:
+        """``_book_register`` for a mirror the target refused or that was skipped."""
+        if not current or isinstance(exc, NotAlive):
+            return  # died between the two writes: nothing to mirror
+        view, key = op.view, op.key
+        if isinstance(exc, AlreadyRegistered):
+            why = _held_elsewhere(key, rec, exc)
+        else:
+            why = f"the target refused the mirror: {skipped or repr(exc)}"
+            if skipped is not None or isinstance(exc, BackendUnavailable):
+                view.retry[key] = (op.agent, op.metadata)  # retried when it is back
+        self._diverge(view, key, op.agent, why)
+
     def _book_unregister(
         self, op: _Op, rec: _Record, exc: BaseException | None, skipped: str | None
     ) -> None:
@@ -434,7 +464,8 @@ class _TargetMirrors(_DivergenceBook):
             # The target still holds the mirror of a copy the legacy side no
             # longer has: listed, and the record stays so a later unregister
             # of the key retries the removal.
-            self._diverge(view, key, rec.agent, f"the target kept {key!r}: {skipped or repr(exc)}")
+            why = f"the target kept {short_repr(key)}: {skipped or repr(exc)}"
+            self._diverge(view, key, rec.agent, why)
             return
         if self._records.get(key) is rec:
             del self._records[key]

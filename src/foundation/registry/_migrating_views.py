@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from foundation.errors import NotRegistered
 from foundation.registry._migrating_events import _Call, _EventRouting
 from foundation.registry._types import Divergence, Registry
+from foundation.registry._validation import short_repr
 
 _log = logging.getLogger("foundation.registry")
 
@@ -118,7 +119,11 @@ class _LegacyViews(_EventRouting):
                 try:
                     self._catch_up_key(view, key)
                 except Exception as exc:  # retried by a later pass, after this one ends
-                    _log.warning("MigratingRegistry: legacy catch-up of %r failed: %r", key, exc)
+                    _log.warning(
+                        "MigratingRegistry: legacy catch-up of %s failed: %s",
+                        short_repr(key),
+                        short_repr(exc),
+                    )
                     retry.append(key)
         finally:
             inbox.extend(retry)

@@ -119,31 +119,39 @@ def compile_criteria(criteria: object) -> tuple[Compiled, ...]:
         )
     compiled: list[Compiled] = []
     for position, criterion in enumerate(criteria):
-        if not isinstance(criterion, tuple | list) or len(criterion) != 3:
-            raise InvalidCriteria(
-                f"criterion {position}: expected a (path, op, value) tuple, "
-                f"got {short_repr(criterion)}"
-            )
-        path, op, value = criterion
-        parts = _compile_path(path, position)
-        if not isinstance(op, str) or op not in OPS:
-            raise InvalidCriteria(
-                f"criterion {position}: unknown op {short_repr(op)} "
-                f"(expected one of {', '.join(sorted(OPS))})"
-            )
-        if op in ("in", "not_in"):
-            if not isinstance(value, _COLLECTIONS):
-                raise InvalidCriteria(
-                    f"criterion {position}: {short_repr(op)} needs a list, tuple, set or "
-                    "frozenset, "
-                    f"got {type(value).__name__}"
-                )
-            if isinstance(value, list | tuple):
-                value = tuple(_normalise(x) for x in value)
-        else:
-            value = _normalise(value)
-        compiled.append(Compiled(parts, op, value))
+        compiled.append(_compile_one(criterion, position))
     return tuple(compiled)
+
+
+def _compile_one(criterion: object, position: int) -> Compiled:
+    """One criterion of ``compile_criteria``, compiled, or ``InvalidCriteria``."""
+    if not isinstance(criterion, tuple | list) or len(criterion) != 3:
+        raise InvalidCriteria(
+            f"criterion {position}: expected a (path, op, value) tuple, got {short_repr(criterion)}"
+        )
+    path, op, value = criterion
+    parts = _compile_path(path, position)
+    if not isinstance(op, str) or op not in OPS:
+        raise InvalidCriteria(
+            f"criterion {position}: unknown op {short_repr(op)} "
+            f"(expected one of {', '.join(sorted(OPS))})"
+        )
+    return Compiled(parts, op, _compile_value(op, value, position))
+
+
+def _compile_value(op: str, value: Any, position: int) -> Any:
+    """A criterion's value, normalised for ``op`` (``InvalidCriteria`` if it does not fit)."""
+    if op in ("in", "not_in"):
+        if not isinstance(value, _COLLECTIONS):
+            raise InvalidCriteria(
+                f"criterion {position}: {short_repr(op)} needs a list, tuple, set or "
+                "frozenset, "
+                f"got {type(value).__name__}"
+            )
+        if isinstance(value, list | tuple):
+            value = tuple(_normalise(x) for x in value)
+        return value
+    return _normalise(value)
 
 
 def _resolve(metadata: Mapping[str, Any], path: tuple[Hashable, ...]) -> Any:
@@ -264,15 +272,26 @@ def index_term(value: object, _depth: int = 0) -> Any:
     if t is str or t is int or value is None or t is float or t is bool:
         return value
     if t is tuple:
-        if _depth >= _MAX_NORMALISE_DEPTH:
+        return _tuple_term(value, _depth)  # type: ignore[arg-type]
+    return _subclass_term(value)
+
+
+def _tuple_term(value: tuple[object, ...], depth: int) -> Any:
+    """``index_term`` of a tuple: the tuple of its elements' terms, or ``UNSAFE``."""
+    if depth >= _MAX_NORMALISE_DEPTH:
+        return UNSAFE
+    items = []
+    for x in value:
+        term = index_term(x, depth + 1)
+        if term is UNSAFE:
             return UNSAFE
-        items = []
-        for x in value:  # type: ignore[attr-defined]
-            term = index_term(x, _depth + 1)
-            if term is UNSAFE:
-                return UNSAFE
-            items.append(term)
-        return tuple(items)
+        items.append(term)
+    return tuple(items)
+
+
+def _subclass_term(value: object) -> Any:
+    """``index_term`` of a non-plain value: its plain base value, or ``UNSAFE``."""
+    t = type(value)
     for base, to_plain in _BASES:
         if isinstance(value, base):
             # Exactly the base's hash and equality: the plain value is interchangeable.
@@ -336,15 +355,21 @@ def index_plan(compiled: Sequence[Compiled], indexed: frozenset[str]) -> list[In
         attr = c.path[0]
         if not isinstance(attr, str) or attr not in indexed:
             continue
-        if c.op == "eq":
-            term = index_term(c.value)
-            if term is not UNSAFE:
-                plans.append(IndexPlan(position, attr, (term,)))
-            continue
-        terms = tuple(index_term(v) for v in c.value)
-        if UNSAFE not in terms:  # identity first: no plain value equals the sentinel
+        terms = _plan_terms(c)
+        if terms is not None:
             plans.append(IndexPlan(position, attr, terms))
     return plans
+
+
+def _plan_terms(c: Compiled) -> tuple[Hashable, ...] | None:
+    """The index terms an ``eq``/``in`` criterion looks up, or None if one has none."""
+    if c.op == "eq":
+        term = index_term(c.value)
+        return None if term is UNSAFE else (term,)
+    terms = tuple(index_term(v) for v in c.value)
+    if UNSAFE not in terms:  # identity first: no plain value equals the sentinel
+        return terms
+    return None
 
 
 _Bucket = dict[Hashable, None]
@@ -424,12 +449,7 @@ class AttributeIndex:
                 else:
                     bucket[key] = None
                 continue
-            for term in _terms(value):
-                bucket = buckets.get(term)
-                if bucket is None:
-                    buckets[term] = {key: None}
-                else:
-                    bucket[key] = None
+            _add_to_buckets(buckets, key, _terms(value))
 
     def remove(
         self, key: Hashable, metadata: Mapping[str, Any], keep: Mapping[str, Any] | None = None
@@ -470,18 +490,7 @@ class AttributeIndex:
                     if not bucket:
                         del buckets[value]
                 continue
-            terms = _terms(value)
-            if keep is not None:
-                kept = keep.get(attr, _MISSING)
-                if kept is not _MISSING:
-                    kept_terms = set(_terms(kept))
-                    terms = [x for x in terms if x not in kept_terms]
-            for term in terms:
-                bucket = buckets.get(term)
-                if bucket is not None:
-                    bucket.pop(key, None)
-                    if not bucket:
-                        del buckets[term]
+            _remove_from_buckets(buckets, key, _terms_to_remove(value, attr, keep))
 
     def keys(self, attr: str, values: Sequence[Hashable]) -> list[Hashable]:
         """Keys indexed under any of ``values`` (``IndexPlan.values``), each once.
@@ -513,6 +522,37 @@ class AttributeIndex:
     def value_counts(self) -> dict[str, int]:
         """Per attribute, the number of distinct indexed terms."""
         return {a: len(buckets) for a, buckets in self.buckets.items()}
+
+
+def _add_to_buckets(buckets: dict[Any, _Bucket], key: Hashable, terms: list[Any]) -> None:
+    """Index ``key`` under each of ``terms`` in one attribute's ``buckets`` (writer)."""
+    for term in terms:
+        bucket = buckets.get(term)
+        if bucket is None:
+            buckets[term] = {key: None}
+        else:
+            bucket[key] = None
+
+
+def _remove_from_buckets(buckets: dict[Any, _Bucket], key: Hashable, terms: list[Any]) -> None:
+    """Unindex ``key`` from each of ``terms`` in one attribute's ``buckets`` (writer)."""
+    for term in terms:
+        bucket = buckets.get(term)
+        if bucket is not None:
+            bucket.pop(key, None)
+            if not bucket:
+                del buckets[term]
+
+
+def _terms_to_remove(value: object, attr: str, keep: Mapping[str, Any] | None) -> list[Any]:
+    """The terms of ``value`` (under ``attr``) that ``keep``, the new metadata, does not have."""
+    terms = _terms(value)
+    if keep is not None:
+        kept = keep.get(attr, _MISSING)
+        if kept is not _MISSING:
+            kept_terms = set(_terms(kept))
+            terms = [x for x in terms if x not in kept_terms]
+    return terms
 
 
 def _terms(value: object) -> list[Any]:

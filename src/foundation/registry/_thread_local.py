@@ -33,7 +33,14 @@ from foundation._listeners import Listeners
 from foundation.errors import AlreadyRegistered, Closed, NotAlive, NotRegistered
 from foundation.liveness import is_alive
 from foundation.registry._async import DirectAsyncWrites
-from foundation.registry._query import AttributeIndex, compile_criteria, index_plan, matches
+from foundation.registry._query import (
+    AttributeIndex,
+    Compiled,
+    IndexPlan,
+    compile_criteria,
+    index_plan,
+    matches,
+)
 from foundation.registry._types import (
     Criterion,
     Entry,
@@ -42,9 +49,15 @@ from foundation.registry._types import (
     Registry,
     RegistryEvent,
     UnregisterReason,
+    filtered,
     new_entry,
 )
-from foundation.registry._validation import EMPTY_METADATA, freeze_metadata, validate_key
+from foundation.registry._validation import (
+    EMPTY_METADATA,
+    freeze_metadata,
+    short_repr,
+    validate_key,
+)
 
 __all__ = ["ThreadLocalRegistry", "ThreadLocalStats"]
 
@@ -148,10 +161,14 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
     """
 
     def __init__(self, indexed: Iterable[str] = ()) -> None:
+        if isinstance(indexed, str):  # "role" would index "r", "o", "l", "e"
+            raise TypeError("indexed must be a sequence of attribute names, not a str")
         indexed = tuple(indexed)
         for attr in indexed:
             if not isinstance(attr, str) or not attr:
-                raise TypeError(f"indexed attribute names must be non-empty str, got {attr!r}")
+                raise TypeError(
+                    f"indexed attribute names must be non-empty str, got {short_repr(attr)}"
+                )
         self._indexed = frozenset(indexed)
         self._local = threading.local()
         # token -> weak reference to a thread's store. The store itself lives in
@@ -205,13 +222,13 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         """
         if self._closed:
             raise Closed("this ThreadLocalRegistry is closed")
+        if type(key) is not str:
+            # The one key rule, hit or miss: True is no key even though True == 1,
+            # and an object that is no key is never hashed or compared with ours.
+            key = validate_key(key)
         store = self._own()
-        try:
-            entry = None if store is None else store.entries.get(key)
-        except TypeError:
-            entry = None
+        entry = None if store is None else store.entries.get(key)
         if entry is None:
-            validate_key(key)  # a miss: InvalidKey if ``key`` can be no key (the one rule)
             return None
         if not is_alive(entry.agent):
             return None
@@ -230,10 +247,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
 
     def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
         """The calling thread's live entries (optionally filtered by metadata)."""
-        live = self._live()
-        if filter is None:
-            return live
-        return [e for e in live if filter(e.metadata)]
+        return filtered(self._live(), filter)
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
         """The calling thread's live entries matching all criteria; an ``eq``/``in``
@@ -248,26 +262,26 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         plans = index_plan(compiled, self._indexed) if self._indexed else None
         if plans:
             self._indexed_queries += 1  # race: a lost count at worst (diagnostics)
-            store = self._own()
-            if store is None or store.index is None:
-                return []  # this thread never registered anything
-            index = store.index
-            keys = min((index.keys(p.attr, p.values) for p in plans), key=len)
-            entries = store.entries
-            out = []
-            for key in keys:
-                # Re-check every candidate: the index is a superset, and dead
-                # agents linger (filtered, as every read does).
-                entry = entries.get(key)
-                if (
-                    entry is not None
-                    and matches(entry.metadata, compiled)
-                    and is_alive(entry.agent)
-                ):
-                    out.append(entry)
-            return out
+            return self._query_indexed(compiled, plans)
         self._scans += 1  # race: as above
         return [e for e in self._live() if matches(e.metadata, compiled)]
+
+    def _query_indexed(self, compiled: Sequence[Compiled], plans: list[IndexPlan]) -> list[Entry]:
+        """``query`` answered from the calling thread's index (the plan with fewest keys)."""
+        store = self._own()
+        if store is None or store.index is None:
+            return []  # this thread never registered anything
+        index = store.index
+        keys = min((index.keys(p.attr, p.values) for p in plans), key=len)
+        entries = store.entries
+        out = []
+        for key in keys:
+            # Re-check every candidate: the index is a superset, and dead
+            # agents linger (filtered, as every read does).
+            entry = entries.get(key)
+            if entry is not None and matches(entry.metadata, compiled) and is_alive(entry.agent):
+                out.append(entry)
+        return out
 
     # ------------------------------------------------------------------ writes
 

@@ -280,6 +280,8 @@ class Registry(AsyncWrites, abc.ABC):
             (['NoneType', 'NoneType', 'AlreadyRegistered'], 2)
             >>> stop.set()
         """
+        if getattr(self, "_closed", False):  # first: even an empty or invalid batch is refused
+            raise Closed(f"this {type(self).__name__} is closed")
         batch = batch_items(items)
         outcomes: list[RegistryError | None] = []
         for key, agent, metadata in batch:
@@ -348,6 +350,19 @@ def batch_items(
             )
         out.append((item[0], item[1], item[2] if len(item) == 3 else None))
     return out
+
+
+def filtered(entries: list[Entry], filter: MetadataFilter | None) -> list[Entry]:
+    """``list_all``'s answer: ``entries`` whose metadata passes ``filter`` (all of
+    them for ``None``); ``TypeError`` for a filter that is not callable, even
+    when there is nothing to filter (a mistake fails at the call that made it)."""
+    if filter is None:
+        return entries
+    if not callable(filter):
+        raise TypeError(
+            f"filter must be a callable taking an entry's metadata, got {type(filter).__name__}"
+        )
+    return [e for e in entries if filter(e.metadata)]
 
 
 def keys_of(entries: Iterable[Entry]) -> set[Hashable]:

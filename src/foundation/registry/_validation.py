@@ -177,6 +177,17 @@ def validate_key(key: object) -> Hashable:
         return key
     if t is int and -9223372036854775808 <= key <= 9223372036854775807:  # type: ignore[operator]
         return key
+    if t is tuple:
+        # A flat tuple of plain str / in-range int (("node", 7)) is in normal form
+        # as it is: no list, no recursion (lookups validate every non-str key).
+        for x in key:  # type: ignore[attr-defined]
+            tx = type(x)
+            if tx is not str and (
+                tx is not int or not -9223372036854775808 <= x <= 9223372036854775807
+            ):
+                break
+        else:
+            return key
     return _normal_key(key, 0)
 
 
@@ -193,25 +204,35 @@ def _normal_key(key: Any, depth: int) -> Hashable:
             return key  # type: ignore[no-any-return]
         _refuse_key(key, " (int out of range)")
     if t is float:
-        if not math.isfinite(key):
-            _refuse_key(key, " (NaN and infinities are not equal to themselves)")
-        if key.is_integer() and INT_MIN <= key <= INT_MAX:
-            return int(key)  # equal and hash-equal: ONE key, as a dict sees it
-        return key  # type: ignore[no-any-return]
+        return _normal_float_key(key)
     if t is tuple or t is frozenset:
-        if depth >= MAX_KEY_DEPTH:
-            _refuse_key(key, " (nested too deep)")
-        items = [_normal_key(x, depth + 1) for x in key]
-        if t is frozenset:
-            same = all(a is b for a, b in zip(items, key, strict=True))
-            return key if same else frozenset(items)
-        if all(a is b for a, b in zip(items, key, strict=True)):
-            return key  # type: ignore[no-any-return]
-        return tuple(items)
+        return _normal_nested_key(key, depth)
     base = _plain_base(key)
     if base is None:
         _refuse_key(key)
     return _normal_key(base, depth)
+
+
+def _normal_float_key(key: float) -> Hashable:
+    """``_normal_key`` of a float: an integral one becomes its int; NaN and infinities refused."""
+    if not math.isfinite(key):
+        _refuse_key(key, " (NaN and infinities are not equal to themselves)")
+    if key.is_integer() and INT_MIN <= key <= INT_MAX:
+        return int(key)  # equal and hash-equal: ONE key, as a dict sees it
+    return key
+
+
+def _normal_nested_key(key: tuple[Any, ...] | frozenset[Any], depth: int) -> Hashable:
+    """``_normal_key`` of a tuple or frozenset: itself if its items are normal, else a copy."""
+    if depth >= MAX_KEY_DEPTH:
+        _refuse_key(key, " (nested too deep)")
+    items = [_normal_key(x, depth + 1) for x in key]
+    if type(key) is frozenset:
+        same = all(a is b for a, b in zip(items, key, strict=True))
+        return key if same else frozenset(items)
+    if all(a is b for a, b in zip(items, key, strict=True)):
+        return key
+    return tuple(items)
 
 
 def _plain_base(value: object) -> object:
@@ -368,17 +389,27 @@ def _freeze_value(value: Any, depth: int, path: tuple[object, ...], acc: list[in
         _check_text(value, path)
         acc[0] += 6 * len(value) + 2
         return value
-    if t is int:
+    if t is int or t is float:
+        return _freeze_number(value, path, acc)
+    return _freeze_nested(value, depth, path, acc)
+
+
+def _freeze_number(value: float, path: tuple[object, ...], acc: list[int]) -> float:
+    """``_freeze_value`` of a plain int (64-bit) or float (finite)."""
+    if type(value) is int:
         if INT_MIN <= value <= INT_MAX:
             acc[0] += 21
             return value
         _not_json(value, path, " (ints are limited to -2**63 <= n < 2**63)")
-    if t is float:
-        if math.isfinite(value):
-            acc[0] += 25
-            return value
-        _not_json(value, path, " (finite float required)")
-    if t is list or t is tuple or isinstance(value, list | tuple):
+    if math.isfinite(value):
+        acc[0] += 25
+        return value
+    _not_json(value, path, " (finite float required)")
+
+
+def _freeze_nested(value: Any, depth: int, path: tuple[object, ...], acc: list[int]) -> Any:
+    """``_freeze_value`` past plain scalars: a sequence, a mapping, or a scalar subclass."""
+    if isinstance(value, list | tuple):
         if depth > MAX_DEPTH:
             _too_deep(path)
         return tuple(_freeze_value(x, depth + 1, (*path, i), acc) for i, x in enumerate(value))

@@ -133,31 +133,35 @@ def _emit(
 def _exit_text(exit: ChildExit) -> str:
     """How a run ended, as the tail of a report header."""
     reason = exit.reason
-    signum = exit.signal
-    if signum is None and exit.exit_code is not None and exit.exit_code < 0:
-        signum = -exit.exit_code  # Popen's convention: killed by that signal
     if reason == "exception":
         return f"crashed: {_safe_repr(exit.exception)}" if exit.exception is not None else "crashed"
     if reason == "exit":
         return f"crashed: exit code {exit.exit_code}"
     if reason == "killed":
+        signum = _exit_signal(exit)
         return f"was killed by {_signal_name(signum)}" if signum is not None else "was killed"
-    if reason == "cancelled":
-        return "was cancelled"
-    if reason == "abandoned":
-        return "was abandoned (still running after its shutdown timeout)"
-    if reason == "shutdown":
-        return "was shut down"
-    if reason == "normal":
-        return "exited normally"
-    return f"exited: {reason}"  # type: ignore[unreachable]  # a reason added later
+    return _PLAIN_EXIT_TEXTS.get(reason, f"exited: {reason}")  # the last: a reason added later
+
+
+#: _exit_text for the reasons that carry no detail.
+_PLAIN_EXIT_TEXTS = {
+    "cancelled": "was cancelled",
+    "abandoned": "was abandoned (still running after its shutdown timeout)",
+    "shutdown": "was shut down",
+    "normal": "exited normally",
+}
+
+
+def _exit_signal(exit: ChildExit) -> int | None:
+    """The signal that ended the run, if any (also read from a negative exit code)."""
+    signum = exit.signal
+    if signum is None and exit.exit_code is not None and exit.exit_code < 0:
+        signum = -exit.exit_code  # Popen's convention: killed by that signal
+    return signum
 
 
 def _exit_fields(exit: ChildExit) -> dict[str, Any]:
-    signum = exit.signal
-    if signum is None and exit.exit_code is not None and exit.exit_code < 0:
-        signum = -exit.exit_code
-    return {"reason": exit.reason, "exit_code": exit.exit_code, "signal": signum}
+    return {"reason": exit.reason, "exit_code": exit.exit_code, "signal": _exit_signal(exit)}
 
 
 def child_started(supervisor: str, child: str, kind: str, *, restarted: bool, attempt: int) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from foundation.errors import ShutdownError, SupervisorError
 from foundation.supervision._runs import force_tree
+from foundation.supervision._spec import _check_number
 from foundation.supervision._supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -152,7 +153,9 @@ def run(
     Raises:
         SupervisorError: called from a thread other than the main thread (with
             ``signals``) or from inside a running event loop.
-        TypeError: the factory did not return a ``Supervisor``.
+        TypeError: ``supervisor`` is neither a ``Supervisor`` nor callable, the
+            factory did not return one, or ``stop_timeout`` is not a number.
+        ValueError: a negative ``stop_timeout``, or one past the float range.
     """
     import asyncio
 
@@ -168,8 +171,12 @@ def run(
             "run() starts an event loop of its own: call it outside a running loop "
             "(inside one, use `async with supervisor:` and `await supervisor.wait()`)"
         )
-    if stop_timeout is not None and not stop_timeout >= 0:
-        raise ValueError(f"stop_timeout must be >= 0 or None, not {stop_timeout!r}")
+    if not isinstance(supervisor, Supervisor) and not callable(supervisor):
+        raise TypeError(f"run() needs a Supervisor or a factory of one, got {supervisor!r}")
+    if stop_timeout is not None:
+        _check_number("stop_timeout", stop_timeout)  # a str, or past the float range
+        if not stop_timeout >= 0:
+            raise ValueError(f"stop_timeout must be >= 0 or None, not {stop_timeout!r}")
     return asyncio.run(_main(supervisor, stop_timeout, chosen, on_started))
 
 

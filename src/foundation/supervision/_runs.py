@@ -356,18 +356,7 @@ class PopenRun(_ProcessRun):
         spec = self.spec
         argv = [*cast("Sequence[str]", spec.start), *(str(a) for a in spec.args)]
         kwargs = dict(spec.kwargs)
-        self._ready_fd: int | None = None
-        write_fd: int | None = None
-        if spec.explicit_ready:
-            # os.pipe() fds are close-on-exec: a process spawned concurrently by
-            # another thread cannot inherit the write end and hold it open.
-            self._ready_fd, write_fd = os.pipe()
-            env = dict(kwargs.get("env") or os.environ)
-            env[READY_FD_ENV] = str(write_fd)
-            kwargs["env"] = env
-            kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), write_fd)
-        else:
-            self.ready.set_result(None)
+        write_fd = self._open_ready_pipe(kwargs)
         resolve_prctl()  # in the parent: the forked child must not import (see _preexec)
         kwargs["preexec_fn"] = functools.partial(_preexec, os.getpid(), kwargs.get("preexec_fn"))
         if "process_group" not in kwargs and not kwargs.get("start_new_session"):
@@ -391,6 +380,21 @@ class PopenRun(_ProcessRun):
             self.loop.add_reader(self._pidfd, self._reap)
         else:
             self.loop.call_later(_POLL_INTERVAL, self._poll)
+
+    def _open_ready_pipe(self, kwargs: dict[str, Any]) -> int | None:
+        """Explicit readiness: a pipe whose write end (returned) ``kwargs`` passes the child."""
+        self._ready_fd: int | None = None
+        if not self.spec.explicit_ready:
+            self.ready.set_result(None)
+            return None
+        # os.pipe() fds are close-on-exec: a process spawned concurrently by
+        # another thread cannot inherit the write end and hold it open.
+        self._ready_fd, write_fd = os.pipe()
+        env = dict(kwargs.get("env") or os.environ)
+        env[READY_FD_ENV] = str(write_fd)
+        kwargs["env"] = env
+        kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), write_fd)
+        return write_fd
 
     def _on_ready_fd(self) -> None:
         assert self._ready_fd is not None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from foundation.errors import bounded_repr
 from foundation.registry._validation import freeze_metadata
 
 if TYPE_CHECKING:
@@ -94,9 +96,11 @@ class ChildSpec:
 
     Raises:
         ValueError: an empty id, an unknown restart, kind or readiness, a
-            negative timeout (or a ``ready_timeout`` of 0), or ``significant``
-            on a permanent child.
-        TypeError: a ``start`` that does not fit its kind; ``args`` that are
+            negative timeout (or a ``ready_timeout`` of 0, or one past the
+            float range), or ``significant`` on a permanent child.
+        TypeError: a ``start`` that does not fit its kind (a plain ``def``
+            function as a ``"task"``: it would block the event loop); a
+            timeout that is not a number; ``args`` that are
             not a tuple or list (a str usually means a missing comma:
             ``args=("events",)``); ``kwargs`` that are not a mapping.
         InvalidMetadata: metadata that is not JSON-compatible.
@@ -125,19 +129,32 @@ class ChildSpec:
     significant: bool = False
 
     def __post_init__(self) -> None:
+        self._check_choices()
+        self._check_timeouts()
+        self._check_significant()
+        self._check_call_args()
+        kind = self.kind if self.kind is not None else _guess_kind(self.start)
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
+        _check_start(self.id, kind, self.start)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "args", tuple(self.args))
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        if self.metadata is not None:
+            # The registry's own rule and frozen shape (InvalidMetadata otherwise).
+            object.__setattr__(self, "metadata", freeze_metadata(self.metadata))
+
+    def _check_choices(self) -> None:
+        """Raise unless the id is a non-empty str and restart, readiness are known values."""
         if not isinstance(self.id, str) or not self.id:
             raise ValueError(f"a child id must be a non-empty str, not {self.id!r}")
         if self.restart not in _RESTARTS:
             raise ValueError(f"restart must be one of {_RESTARTS}, not {self.restart!r}")
         if self.readiness is not None and self.readiness not in _READINESS:
             raise ValueError(f"readiness must be one of {_READINESS}, not {self.readiness!r}")
-        if self.shutdown_timeout is not None and not self.shutdown_timeout >= 0:
-            raise ValueError(
-                f"shutdown_timeout must be >= 0 (0: brutal_kill) or None, "
-                f"not {self.shutdown_timeout!r}"
-            )
-        if self.ready_timeout is not None and not self.ready_timeout > 0:
-            raise ValueError(f"ready_timeout must be positive or None, not {self.ready_timeout!r}")
+
+    def _check_significant(self) -> None:
+        """Raise unless significant is a bool, and False on a permanent child."""
         if not isinstance(self.significant, bool):
             raise TypeError(f"significant must be a bool, not {self.significant!r}")
         if self.significant and self.restart == "permanent":
@@ -146,6 +163,9 @@ class ChildSpec:
                 f"child {self.id!r}: a significant child must be transient or temporary, "
                 "not permanent"
             )
+
+    def _check_call_args(self) -> None:
+        """Raise unless args is a tuple or list and kwargs a mapping."""
         args: object = self.args  # typed as a tuple; checked as whatever was passed
         if isinstance(args, (str, bytes)):
             raise TypeError(
@@ -161,16 +181,19 @@ class ChildSpec:
             raise TypeError(
                 f"child {self.id!r}: kwargs must be a mapping, not {type(self.kwargs).__name__}"
             )
-        kind = self.kind if self.kind is not None else _guess_kind(self.start)
-        if kind not in _KINDS:
-            raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
-        _check_start(self.id, kind, self.start)
-        object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "args", tuple(self.args))
-        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
-        if self.metadata is not None:
-            # The registry's own rule and frozen shape (InvalidMetadata otherwise).
-            object.__setattr__(self, "metadata", freeze_metadata(self.metadata))
+
+    def _check_timeouts(self) -> None:
+        """Raise unless shutdown_timeout and ready_timeout are None or fitting numbers."""
+        for name in ("shutdown_timeout", "ready_timeout"):
+            if getattr(self, name) is not None:
+                _check_number(f"child {self.id!r}: {name}", getattr(self, name))
+        if self.shutdown_timeout is not None and not self.shutdown_timeout >= 0:
+            raise ValueError(
+                f"shutdown_timeout must be >= 0 (0: brutal_kill) or None, "
+                f"not {self.shutdown_timeout!r}"
+            )
+        if self.ready_timeout is not None and not self.ready_timeout > 0:
+            raise ValueError(f"ready_timeout must be positive or None, not {self.ready_timeout!r}")
 
     @property
     def key(self) -> Hashable:
@@ -205,17 +228,61 @@ def _guess_kind(start: object) -> ChildKind:
     raise TypeError(f"cannot tell how to start {start!r}: pass kind=")
 
 
+def _check_number(what: str, value: object) -> None:
+    """A number of seconds (or a factor): an int or float that fits a float.
+
+    Checked at the call: a str compares with nothing, and an int past the
+    float range (``10**400``) would fail only at the first timer built on it.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number, not {type(value).__name__}")
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError(f"{what} is too large for a float: {bounded_repr(value)}") from None
+
+
+def _plain_function(start: object) -> bool:
+    """True for a ``def`` function (or method, or a partial of one) that is not
+    ``async def``: called as a task child it would run on the event loop itself."""
+    while isinstance(start, functools.partial):
+        start = start.func
+    if inspect.ismethod(start):
+        start = start.__func__
+    return (
+        inspect.isfunction(start)
+        and start.__name__ != "<lambda>"  # a lambda may return a coroutine: allowed
+        and not inspect.iscoroutinefunction(start)
+        and not inspect.isasyncgenfunction(start)
+    )
+
+
 def _check_start(child: str, kind: str, start: object) -> None:
+    if kind == "task" and _plain_function(start):
+        raise TypeError(
+            f"child {child!r}: a task child is an async def function, not {start!r} "
+            "(a plain function would run on the event loop and block it); "
+            "use async def, or kind='thread'"
+        )
+    if kind == "thread" and inspect.iscoroutinefunction(start):
+        raise TypeError(
+            f"child {child!r}: {start!r} is an async def function: a thread would only "
+            "create its coroutine; use kind='task'"
+        )
+    if not _fits_kind(kind, start):
+        raise TypeError(f"child {child!r}: {start!r} cannot be started as a {kind}")
+
+
+def _fits_kind(kind: str, start: object) -> bool:
+    """True if ``start`` is the kind of thing a child of ``kind`` is started from."""
     from foundation.supervision._supervisor import Supervisor
 
     if kind == "process":
-        ok = (_is_argv(start) and len(start) > 0) or callable(start)  # type: ignore[arg-type]
-    elif kind == "supervisor":
-        ok = isinstance(start, Supervisor) or callable(start)
-    else:  # task, thread
-        ok = callable(start) and not isinstance(start, Supervisor)
-    if not ok:
-        raise TypeError(f"child {child!r}: {start!r} cannot be started as a {kind}")
+        return (_is_argv(start) and len(start) > 0) or callable(start)  # type: ignore[arg-type]
+    if kind == "supervisor":
+        return isinstance(start, Supervisor) or callable(start)
+    # task, thread
+    return callable(start) and not isinstance(start, Supervisor)
 
 
 def check_childspecs(specs: Iterable[object], auto_shutdown: AutoShutdown = "never") -> str | None:
@@ -298,6 +365,8 @@ class Backoff:
     max_delay: float = 5.0
 
     def __post_init__(self) -> None:
+        for name in ("initial", "factor", "max_delay"):
+            _check_number(f"Backoff {name}", getattr(self, name))
         if not (self.initial >= 0 and self.factor >= 1 and self.max_delay >= 0):
             raise ValueError("Backoff needs initial >= 0, factor >= 1 and max_delay >= 0")
 
@@ -305,7 +374,11 @@ class Backoff:
         """The delay before consecutive restart number ``attempt`` (1-based)."""
         if attempt <= 0:
             return 0.0
-        return float(min(self.max_delay, self.initial * self.factor ** (attempt - 1)))
+        try:
+            delay = self.initial * self.factor ** (attempt - 1)
+        except OverflowError:  # factor ** n past the float range: the cap holds
+            return float(self.max_delay)
+        return float(min(self.max_delay, delay))
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from foundation.supervision._spec import (
     ChildSpec,
     ChildStatus,
     Strategy,
+    _check_number,
     _check_specs,
     check_childspecs,
 )
@@ -174,6 +175,55 @@ class _RestartDue:
 
 
 _STOP = object()
+
+
+def _checked_children(
+    children: Iterable[ChildSpec], auto_shutdown: AutoShutdown
+) -> tuple[ChildSpec, ...]:
+    """Supervisor(): the children as a tuple; raise unless they fit ``auto_shutdown``."""
+    specs = tuple(children)
+    for spec in specs:
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"children must be ChildSpec instances, not {spec!r}")
+    if auto_shutdown not in _AUTO_SHUTDOWN:
+        raise ValueError(f"auto_shutdown must be one of {_AUTO_SHUTDOWN}, not {auto_shutdown!r}")
+    problem = _check_specs(specs, auto_shutdown)
+    if problem is not None:
+        raise ValueError(problem)
+    return specs
+
+
+def _check_restart_policy(
+    strategy: Strategy, max_restarts: int, max_seconds: float, min_uptime: float | None
+) -> None:
+    """Supervisor(): raise unless the strategy and restart intensity arguments are valid."""
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"strategy must be one of {_STRATEGIES}, not {strategy!r}")
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, not {max_restarts!r}")
+    _check_number("max_seconds", max_seconds)
+    if not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, not {max_seconds!r}")
+    if min_uptime is not None:
+        _check_number("min_uptime", min_uptime)
+        if not min_uptime >= 0:
+            raise ValueError(f"min_uptime must be >= 0 or None, not {min_uptime!r}")
+
+
+def _check_backoff_and_registry(backoff: Backoff | None, registry: Registry | None) -> None:
+    """Supervisor(): raise unless ``backoff`` and ``registry`` are of their types (or None)."""
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise TypeError(f"backoff must be a Backoff, not {backoff!r}")
+    if registry is not None:
+        from foundation.registry._types import Registry as _Registry
+
+        if not isinstance(registry, _Registry):
+            raise TypeError(f"registry must be a Registry or None, not {type(registry).__name__}")
+
+
+def _restarts_after(spec: ChildSpec, exit: ChildExit) -> bool:
+    """True if ``spec``'s restart type restarts its child after ``exit``."""
+    return spec.restart == "permanent" or (spec.restart == "transient" and exit.abnormal)
 
 
 class Supervisor:
@@ -330,27 +380,9 @@ class Supervisor:
         min_uptime: float | None = None,
         auto_shutdown: AutoShutdown = "never",
     ) -> None:
-        specs = tuple(children)
-        for spec in specs:
-            if not isinstance(spec, ChildSpec):
-                raise TypeError(f"children must be ChildSpec instances, not {spec!r}")
-        if auto_shutdown not in _AUTO_SHUTDOWN:
-            raise ValueError(
-                f"auto_shutdown must be one of {_AUTO_SHUTDOWN}, not {auto_shutdown!r}"
-            )
-        problem = _check_specs(specs, auto_shutdown)
-        if problem is not None:
-            raise ValueError(problem)
-        if strategy not in _STRATEGIES:
-            raise ValueError(f"strategy must be one of {_STRATEGIES}, not {strategy!r}")
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-            raise ValueError(f"max_restarts must be an int >= 0, not {max_restarts!r}")
-        if not max_seconds > 0:
-            raise ValueError(f"max_seconds must be positive, not {max_seconds!r}")
-        if min_uptime is not None and not min_uptime >= 0:
-            raise ValueError(f"min_uptime must be >= 0 or None, not {min_uptime!r}")
-        if backoff is not None and not isinstance(backoff, Backoff):
-            raise TypeError(f"backoff must be a Backoff, not {backoff!r}")
+        specs = _checked_children(children, auto_shutdown)
+        _check_restart_policy(strategy, max_restarts, max_seconds, min_uptime)
+        _check_backoff_and_registry(backoff, registry)
         self._specs = specs
         self._auto_shutdown: AutoShutdown = auto_shutdown
         self._strategy: Strategy = strategy
@@ -657,23 +689,7 @@ class Supervisor:
         self._require_running()
         async with self._lock:
             self._require_running()
-            existing = self._children.get(spec.id)
-            if existing is not None:
-                # OTP's handle_start_child: {already_started, Pid} only with a live
-                # pid; a stopped child or a pending restart is already_present.
-                if existing.status == "running" and existing.run is not None:
-                    raise _error(
-                        "already_started",
-                        spec.id,
-                        f"child {spec.id!r} is already started",
-                        handle=existing.run.handle,
-                    )
-                raise _error("already_present", spec.id, f"child {spec.id!r} is already present")
-            problem = _check_specs([spec], self._auto_shutdown)
-            if problem is None and self._key_holder(spec.key) is not None:
-                problem = f"duplicate register_as {spec.key!r} (child {spec.id!r})"
-            if problem is not None:
-                raise ValueError(problem)
+            self._check_new_child(spec)
             self._admit(spec)
             child = _Child(spec)
             self._children[spec.id] = child
@@ -687,6 +703,26 @@ class Supervisor:
             if not started and not self._keep_ignored(spec):
                 self._children.pop(spec.id, None)
             return info
+
+    def _check_new_child(self, spec: ChildSpec) -> None:
+        """start_child (lock held): raise unless ``spec``'s id and key are free and it fits."""
+        existing = self._children.get(spec.id)
+        if existing is not None:
+            # OTP's handle_start_child: {already_started, Pid} only with a live
+            # pid; a stopped child or a pending restart is already_present.
+            if existing.status == "running" and existing.run is not None:
+                raise _error(
+                    "already_started",
+                    spec.id,
+                    f"child {spec.id!r} is already started",
+                    handle=existing.run.handle,
+                )
+            raise _error("already_present", spec.id, f"child {spec.id!r} is already present")
+        problem = _check_specs([spec], self._auto_shutdown)
+        if problem is None and self._key_holder(spec.key) is not None:
+            problem = f"duplicate register_as {spec.key!r} (child {spec.id!r})"
+        if problem is not None:
+            raise ValueError(problem)
 
     def _key_holder(self, key: Hashable) -> _Child | None:
         """The current child whose registry key is ``key``, if any."""
@@ -817,38 +853,49 @@ class Supervisor:
             launched = True
             await self._await_ready(run)
             if _ignored(run):
-                run.discarded = True
-                if child.run is run:
-                    child.run = None
-                child.status = "stopped"
+                self._drop_run(child, run)
                 # It should be returning by now; one that goes on is stopped as usual.
                 await asyncio.shield(self._shutdown_run(run))
                 reports.child_ignored(self._name, spec.id, str(spec.kind))
                 return False
             await self._register(child, run)
         except BaseException as exc:
-            run.discarded = True
-            if child.run is run:
-                child.run = None
-            child.status = "stopped"
+            self._drop_run(child, run)
             if launched:
                 await asyncio.shield(self._shutdown_run(run))
             if not isinstance(exc, Exception):
                 raise
-            reports.start_failed(self._name, spec.id, str(spec.kind), error=exc)
-            err = StartError(
-                spec.id, f"child {spec.id!r} of supervisor {self._name!r} failed to start: {exc}"
-            )
-            if isinstance(exc, AlreadyRegistered):
-                # As {:via, Registry, name}: {error, {already_started, Holder}}.
-                err.reason = "already_started"
-                err.handle = exc.entry.agent if exc.entry is not None else None
-            raise err from exc
+            raise self._start_failure(spec, exc) from exc
         child.status = "running"
         run.started_at = self._loop.time()
         # Added after readiness: an exit before ready is a failed start, not a crash.
         # A run already ended by now still gets its event (callback on a done future).
         run.exited.add_done_callback(partial(self._on_exit, spec.id, run))
+        self._announce_started(child, run, restarted)
+        return True
+
+    def _drop_run(self, child: _Child, run: Run) -> None:
+        """Discard ``run`` (an ignored or failed start) and mark ``child`` stopped."""
+        run.discarded = True
+        if child.run is run:
+            child.run = None
+        child.status = "stopped"
+
+    def _start_failure(self, spec: ChildSpec, exc: Exception) -> StartError:
+        """Report the failed start of ``spec``; the StartError to raise for it."""
+        reports.start_failed(self._name, spec.id, str(spec.kind), error=exc)
+        err = StartError(
+            spec.id, f"child {spec.id!r} of supervisor {self._name!r} failed to start: {exc}"
+        )
+        if isinstance(exc, AlreadyRegistered):
+            # As {:via, Registry, name}: {error, {already_started, Holder}}.
+            err.reason = "already_started"
+            err.handle = exc.entry.agent if exc.entry is not None else None
+        return err
+
+    def _announce_started(self, child: _Child, run: Run, restarted: bool) -> None:
+        """Emit the started (and restarted) telemetry events and progress report of a run."""
+        spec = child.spec
         if telemetry.has_listeners("supervisor.child_started"):
             telemetry.emit(
                 "supervisor.child_started",
@@ -873,7 +920,6 @@ class Supervisor:
                     "restarts": child.restarts,
                 },
             )
-        return True
 
     async def _await_ready(self, run: Run) -> None:
         import asyncio
@@ -1056,6 +1102,13 @@ class Supervisor:
                 self._registration_abandoned(spec, f"{type(exc).__name__}: {exc}")
                 return
             break
+        self._registration_restored(child, run, failures + 1, began)
+
+    def _registration_restored(self, child: _Child, run: Run, attempts: int, began: float) -> None:
+        """The registrar's write of ``run`` stuck at last: record, log and emit it."""
+        import asyncio
+
+        spec = run.spec
         if child.run is run:
             child.registered = True
         if child.registrar is asyncio.current_task():
@@ -1066,7 +1119,7 @@ class Supervisor:
             self._name,
             spec.id,
             spec.key,
-            failures + 1,
+            attempts,
             seconds,
         )
         if telemetry.has_listeners(REGISTRATION_RESTORED):
@@ -1077,7 +1130,7 @@ class Supervisor:
                     "child": spec.id,
                     "key": spec.key,
                     "error": None,
-                    "attempts": failures + 1,
+                    "attempts": attempts,
                     "seconds": seconds,
                 },
             )
@@ -1190,27 +1243,39 @@ class Supervisor:
 
     async def _handle(self, event: object) -> None:
         if isinstance(event, _Exited):
-            child = self._children.get(event.id)
-            # Stale events are dropped: the run was replaced, or stopped on purpose
-            # (a strategy may stop a sibling whose own exit is already queued).
-            if child is None or child.run is not event.run or event.run.stopping:
-                return
-            child.run = None
-            uptime = self._loop.time() - event.run.started_at
-            await self._child_down(child, event.exit, uptime)
+            await self._on_exited(event)
         elif isinstance(event, _StartFailed):
-            child = self._children.get(event.id)
-            if child is None or child.status != "restarting" or child.run is not None:
-                return
-            await self._child_down(child, event.exit, 0.0, reported=True)
+            await self._on_start_failed(event)
         elif isinstance(event, _RestartDue):
-            due = []
-            for id in event.ids:
-                child = self._children.get(id)
-                if child is not None and child.pending is event.token:
-                    child.pending = None
-                    due.append(id)
-            await self._restart(due)
+            await self._on_restart_due(event)
+
+    async def _on_exited(self, event: _Exited) -> None:
+        """A run ended: apply the child's restart policy, unless the event is stale."""
+        child = self._children.get(event.id)
+        # Stale events are dropped: the run was replaced, or stopped on purpose
+        # (a strategy may stop a sibling whose own exit is already queued).
+        if child is None or child.run is not event.run or event.run.stopping:
+            return
+        child.run = None
+        uptime = self._loop.time() - event.run.started_at
+        await self._child_down(child, event.exit, uptime)
+
+    async def _on_start_failed(self, event: _StartFailed) -> None:
+        """A restart failed: count it as the child going down again (already reported)."""
+        child = self._children.get(event.id)
+        if child is None or child.status != "restarting" or child.run is not None:
+            return
+        await self._child_down(child, event.exit, 0.0, reported=True)
+
+    async def _on_restart_due(self, event: _RestartDue) -> None:
+        """A delayed restart round is due: restart its children still waiting for it."""
+        due = []
+        for id in event.ids:
+            child = self._children.get(id)
+            if child is not None and child.pending is event.token:
+                child.pending = None
+                due.append(id)
+        await self._restart(due)
 
     async def _child_down(
         self, child: _Child, exit: ChildExit, uptime: float, *, reported: bool = False
@@ -1220,8 +1285,7 @@ class Supervisor:
         ``reported``: a failed restart, already logged by ``start_failed``.
         """
         spec = child.spec
-        restart = spec.restart == "permanent" or (spec.restart == "transient" and exit.abnormal)
-        if not restart:
+        if not _restarts_after(spec, exit):
             await self._ended_for_good(child, exit)
             return
         if self._intensity_exceeded(spec.id):
@@ -1231,15 +1295,23 @@ class Supervisor:
             await self._give_up(child, exit)
             return
         self._emit_exit(child, exit, restart=True)
-        if uptime >= self._healthy_after:
-            child.consecutive = 0
-        child.consecutive += 1
-        delay = self._backoff.delay(child.consecutive) if self._backoff is not None else 0.0
+        delay = self._next_restart_delay(child, uptime)
         if not reported:
             self._report_exit(child, exit, self._restart_action(delay))
         child.status = "restarting"
         scope = self._scope(child)
         await self._stop_scope(child, scope)
+        await self._restart_round(spec, scope, delay)
+
+    def _next_restart_delay(self, child: _Child, uptime: float) -> float:
+        """Count one more consecutive restart of ``child`` (reset if it ran healthy); its delay."""
+        if uptime >= self._healthy_after:
+            child.consecutive = 0
+        child.consecutive += 1
+        return self._backoff.delay(child.consecutive) if self._backoff is not None else 0.0
+
+    async def _restart_round(self, spec: ChildSpec, scope: list[_Child], delay: float) -> None:
+        """Restart the stopped children of ``scope`` (``spec``'s round) now or after ``delay``."""
         ids = tuple(
             c.spec.id for c in scope if c.spec.id in self._children and c.status == "restarting"
         )
@@ -1327,12 +1399,14 @@ class Supervisor:
             return "any_significant"
         # all_significant: the last significant child still running (or about to
         # be restarted) has just ended.
-        others = (
-            c
+        return None if self._other_significant_active(child) else "all_significant"
+
+    def _other_significant_active(self, child: _Child) -> bool:
+        """True if a significant child other than ``child`` runs or is about to restart."""
+        return any(
+            c is not child and c.spec.significant and c.status != "stopped"
             for c in self._children.values()
-            if c is not child and c.spec.significant and c.status != "stopped"
         )
-        return None if any(True for _ in others) else "all_significant"
 
     async def _shut_down_automatically(self) -> None:
         """auto_shutdown: stop every child and end normally (no failure)."""
@@ -1363,22 +1437,26 @@ class Supervisor:
             try:
                 started = await self._start_run(child, restarted=True)
             except StartError as err:
-                # A failed restart is one more crash: the strategy runs again for it
-                # (and counts it). As OTP's restart_multiple_children, the failed
-                # child is "restarting" and the ones after it that could not start
-                # yet are "stopped" (pid undefined): the retry's scope includes
-                # them, and if the failing child is terminated meanwhile they are
-                # left stopped, restartable, never stuck.
-                child.status = "restarting"
-                for later in ids[n + 1 :]:
-                    other = self._children.get(later)
-                    if other is not None and other.status == "restarting" and other.pending is None:
-                        other.status = "stopped"
-                cause = err.__cause__ if err.__cause__ is not None else err
-                self._events.put_nowait(_StartFailed(id, ChildExit("exception", exception=cause)))
+                self._restart_failed(id, child, ids[n + 1 :], err)
                 return
             if not started and child.spec.restart == "temporary":
                 self._children.pop(id, None)
+
+    def _restart_failed(self, id: str, child: _Child, later: list[str], err: StartError) -> None:
+        """Child ``id`` failed to restart: queue it as a crash; ``later`` ones wait stopped."""
+        # A failed restart is one more crash: the strategy runs again for it
+        # (and counts it). As OTP's restart_multiple_children, the failed
+        # child is "restarting" and the ones after it that could not start
+        # yet are "stopped" (pid undefined): the retry's scope includes
+        # them, and if the failing child is terminated meanwhile they are
+        # left stopped, restartable, never stuck.
+        child.status = "restarting"
+        for later_id in later:
+            other = self._children.get(later_id)
+            if other is not None and other.status == "restarting" and other.pending is None:
+                other.status = "stopped"
+        cause = err.__cause__ if err.__cause__ is not None else err
+        self._events.put_nowait(_StartFailed(id, ChildExit("exception", exception=cause)))
 
     async def _give_up(self, child: _Child, exit: ChildExit) -> None:
         err = RestartIntensityExceeded(
@@ -1483,8 +1561,10 @@ class DynamicSupervisor(Supervisor):
     ) -> None:
         if template is not None and not isinstance(template, ChildSpec):
             raise TypeError(f"template must be a ChildSpec, not {template!r}")
-        if max_children is not None and not max_children >= 0:
-            raise ValueError(f"max_children must be >= 0 or None, not {max_children!r}")
+        if max_children is not None and (
+            isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0
+        ):
+            raise ValueError(f"max_children must be an int >= 0 or None, not {max_children!r}")
         super().__init__(
             (),
             strategy="one_for_one",
@@ -1509,26 +1589,27 @@ class DynamicSupervisor(Supervisor):
         """Start a child from the template with ``args`` appended (or from the
         one ``ChildSpec`` given when there is no template)."""
         if self.template is None:
-            if len(args) != 1 or not isinstance(args[0], ChildSpec):
-                raise TypeError("without a template, start_child takes exactly one ChildSpec")
-            spec: ChildSpec = args[0]
-            if id is not None or register_as is not None or metadata is not None:
-                spec = dataclasses.replace(
-                    spec,
-                    id=spec.id if id is None else id,
-                    register_as=spec.register_as if register_as is None else register_as,
-                    metadata=spec.metadata if metadata is None else metadata,
-                )
+            spec = _given_spec(args, id, register_as, metadata)
         else:
-            template = self.template
-            spec = dataclasses.replace(
-                template,
-                id=f"{template.id}-{next(self._serial)}" if id is None else id,
-                args=(*template.args, *args),
-                register_as=register_as,
-                metadata=template.metadata if metadata is None else metadata,
-            )
+            spec = self._spec_from_template(self.template, args, id, register_as, metadata)
         return await super().start_child(spec)
+
+    def _spec_from_template(
+        self,
+        template: ChildSpec,
+        args: tuple[Any, ...],
+        id: str | None,
+        register_as: Hashable | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> ChildSpec:
+        """start_child: the template with ``args`` appended and the given overrides."""
+        return dataclasses.replace(
+            template,
+            id=f"{template.id}-{next(self._serial)}" if id is None else id,
+            args=(*template.args, *args),
+            register_as=register_as,
+            metadata=template.metadata if metadata is None else metadata,
+        )
 
     def _admit(self, spec: ChildSpec) -> None:
         if self._max_children is not None and len(self._children) >= self._max_children:
@@ -1589,6 +1670,26 @@ class DynamicSupervisor(Supervisor):
         return [
             c.spec.id for c, exit in zip(running, exits, strict=True) if exit.reason == "abandoned"
         ]
+
+
+def _given_spec(
+    args: tuple[Any, ...],
+    id: str | None,
+    register_as: Hashable | None,
+    metadata: Mapping[str, Any] | None,
+) -> ChildSpec:
+    """DynamicSupervisor.start_child without a template: the one ChildSpec, overridden."""
+    if len(args) != 1 or not isinstance(args[0], ChildSpec):
+        raise TypeError("without a template, start_child takes exactly one ChildSpec")
+    spec: ChildSpec = args[0]
+    if id is not None or register_as is not None or metadata is not None:
+        spec = dataclasses.replace(
+            spec,
+            id=spec.id if id is None else id,
+            register_as=spec.register_as if register_as is None else register_as,
+            metadata=spec.metadata if metadata is None else metadata,
+        )
+    return spec
 
 
 def _ignored(run: Run) -> bool:

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from foundation._unraisable import report_unraisable
-from foundation.errors import Closed
+from foundation.errors import Closed, SupervisorError
 from foundation.supervision._spec import ChildCounts, ChildInfo, ChildSpec
 
 if TYPE_CHECKING:
@@ -145,6 +145,9 @@ class SupervisorThread:
         if self._closed:
             coro.close()
             raise self._closed_error()
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise self._own_loop_error()
         try:
             fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         except RuntimeError:
@@ -158,6 +161,15 @@ class SupervisorThread:
         except concurrent.futures.TimeoutError:
             fut.cancel()
             raise
+
+    def _own_loop_error(self) -> SupervisorError:
+        # Blocking the loop thread on a result only that loop can produce: a
+        # task child calling the synchronous handle would hang for ever.
+        return SupervisorError(
+            f"the handle of supervisor {self.supervisor.name!r} was called from its own "
+            "event loop (a task child?), where it would wait for itself for ever; "
+            "await the Supervisor's methods there instead"
+        )
 
     def _call_soon(self, fn: Callable[[], T]) -> T:
         if self._closed:  # before building the coroutine: nothing to clean up
@@ -185,6 +197,8 @@ class SupervisorThread:
         """
         if self._closed:
             return
+        if threading.current_thread() is self._thread:
+            raise self._own_loop_error()
         try:
             self._call(self.supervisor.stop())
         finally:
@@ -205,13 +219,22 @@ class SupervisorThread:
         Raises:
             RestartIntensityExceeded: it gave up.
             TimeoutError: still running after ``timeout`` seconds.
+            SupervisorError: called from the supervisor's own event loop (as
+                every call of this handle; it would wait for itself).
         """
         if self._closed:
             failure = self.supervisor.failure
             if failure is not None:
                 raise failure
             return
-        self._call(self.supervisor.wait(), timeout)
+        try:
+            self._call(self.supervisor.wait(), timeout)
+        except TimeoutError as exc:
+            if str(exc):
+                raise
+            raise TimeoutError(
+                f"supervisor {self.supervisor.name!r} still running after {timeout} s"
+            ) from None
 
     def which_children(self) -> list[ChildInfo]:
         """See :meth:`Supervisor.which_children`."""

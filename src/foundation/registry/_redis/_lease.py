@@ -25,6 +25,8 @@ import queue
 import threading
 import time
 from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
 
 from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, FoundationError
@@ -35,7 +37,7 @@ from foundation.registry._redis._scripts import (
     RegisterArgs,
     UnregisterArgs,
 )
-from foundation.registry._redis._shared import Job, Shared, down_fields, s
+from foundation.registry._redis._shared import Job, Own, Shared, down_fields, s
 from foundation.registry._redis._state import log
 from foundation.registry._redis._tail import Tail
 
@@ -106,35 +108,9 @@ class Lease:
         conflicts: list[Conflict] = []
         if not owns:
             return conflicts
-        pipe = sh.client.pipeline(transaction=False)
-        for _, own in owns:
-            args = RegisterArgs(
-                sh.maxlen, sh.node, own.ek, own.head, own.meta, own.ix, "a", False, "", sh.grace_ms
-            )
-            sh.script("register", args, "re-asserting", client=pipe)
-        results = sh.call("re-asserting our registrations", pipe.execute, raise_on_error=False)
+        results = self._reassert_round_trip(owns)
         released: list[Monitor] = []
-        written = 0
-        failure: FoundationError | None = None
-        for (key, own), reply in zip(owns, results, strict=True):
-            if isinstance(reply, Exception):
-                failure = failure or sh.reply_error(reply, f"re-asserting {key!r}")
-                continue
-            status = reply[0]
-            if status in (b"OK", b"UPDATED"):
-                written += 1  # written back, or its metadata brought up to date
-            elif status == b"EXISTS":
-                # Another node took the key while our lease was lost: it keeps it.
-                with sh.mlock:
-                    if sh.own.get(key) is own:
-                        del sh.own[key]
-                        conflicts.append(Conflict(key, own.agent, s(reply[1]), time.time()))
-                        if own.monitor is not None:
-                            released.append(own.monitor)
-            elif status == b"NOLEASE":
-                failure = failure or BackendUnavailable(
-                    f"Redis at {sh.url} dropped our lease while re-asserting"
-                )
+        written, failure = self._reassert_replies(owns, results, conflicts, released)
         for mon in released:
             mon.demonitor()
         self._record_reassert(written, conflicts)
@@ -144,6 +120,66 @@ class Lease:
                 sh.conflicts.extend(conflicts)
             raise failure
         return conflicts
+
+    def _reassert_round_trip(self, owns: list[tuple[Hashable, Own]]) -> list[Any]:
+        """Send ``REGISTER`` (mode ``"a"``) for every one of ``owns`` in one pipeline;
+        a reply or an exception per registration."""
+        sh = self._sh
+        pipe = sh.client.pipeline(transaction=False)
+        for _, own in owns:
+            args = RegisterArgs(
+                sh.maxlen, sh.node, own.ek, own.head, own.meta, own.ix, "a", False, "", sh.grace_ms
+            )
+            sh.script("register", args, "re-asserting", client=pipe)
+        results: list[Any] = sh.call(
+            "re-asserting our registrations", pipe.execute, raise_on_error=False
+        )
+        return results
+
+    def _reassert_replies(
+        self,
+        owns: list[tuple[Hashable, Own]],
+        results: list[Any],
+        conflicts: list[Conflict],
+        released: list[Monitor],
+    ) -> tuple[int, FoundationError | None]:
+        """Apply the re-assertion replies; returns how many were written back and
+        the first failure (None if none)."""
+        sh = self._sh
+        written = 0
+        failure: FoundationError | None = None
+        for (key, own), reply in zip(owns, results, strict=True):
+            if isinstance(reply, Exception):
+                failure = failure or sh.reply_error(reply, f"re-asserting {key!r:.200}")
+                continue
+            status = reply[0]
+            if status in (b"OK", b"UPDATED"):
+                written += 1  # written back, or its metadata brought up to date
+            elif status == b"EXISTS":
+                # Another node took the key while our lease was lost: it keeps it.
+                self._yield_key(key, own, reply, conflicts, released)
+            elif status == b"NOLEASE":
+                failure = failure or BackendUnavailable(
+                    f"Redis at {sh.url} dropped our lease while re-asserting"
+                )
+        return written, failure
+
+    def _yield_key(
+        self,
+        key: Hashable,
+        own: Own,
+        reply: list[Any],
+        conflicts: list[Conflict],
+        released: list[Monitor],
+    ) -> None:
+        """Give up ``own`` (if still ours) to the node an EXISTS ``reply`` names: a conflict."""
+        sh = self._sh
+        with sh.mlock:
+            if sh.own.get(key) is own:
+                del sh.own[key]
+                conflicts.append(Conflict(key, own.agent, s(reply[1]), time.time()))
+                if own.monitor is not None:
+                    released.append(own.monitor)
 
     def _record_reassert(self, written: int, conflicts: list[Conflict]) -> None:
         """Count and log the outcome of one re-assertion pass."""
@@ -177,7 +213,7 @@ class Lease:
         dr, dc, ds = down_fields(down)
         args = UnregisterArgs(sh.maxlen, ek, "down", dr, dc, ds, head, sh.node)
         try:
-            v = int(sh.script("unregister", args, f"deleting the dead agent of {key!r}"))
+            v = int(sh.script("unregister", args, f"deleting the dead agent of {key!r:.200}"))
         except FoundationError:
             with sh.mlock:
                 sh.pending_downs.setdefault(key, pending)
@@ -195,7 +231,7 @@ class Lease:
             if (own := sh.own.get(key)) is not None and own.head == head:
                 return  # it is ours after all (registered meanwhile)
         args = UnregisterArgs(sh.maxlen, ek, "down", "noproc", "", "", head, "")
-        sh.script("unregister", args, f"deleting an orphan entry {key!r}")
+        sh.script("unregister", args, f"deleting an orphan entry {key!r:.200}")
 
     def _run_job(self, job: Job) -> None:
         kind, arg = job
@@ -220,50 +256,75 @@ class Lease:
         # Capped below the heartbeat interval: after a global outage every node
         # must renew its (extended) lease well before it runs out.
         backoff = RetryBackoff(base=min(0.05, sh.beat / 4), cap=min(2.0, sh.beat))
-        next_beat = time.monotonic() + sh.beat
-        retry_at = 0.0
+        plan = _Schedule(next_beat=time.monotonic() + sh.beat)
         while not sh.stop.is_set():
             try:
-                due = retry_at if sh.link.needs_recovery() else next_beat
-                try:
-                    job = sh.jobs.get(timeout=max(0.0, due - time.monotonic()))
-                except queue.Empty:
-                    job = None
+                job = self._next_job(self._due(plan))
                 if sh.stop.is_set():
                     return
                 if job is not None and job[0] != "wake":
                     self._run_job(job)
-                if time.monotonic() < (retry_at if sh.link.needs_recovery() else next_beat):
+                if time.monotonic() < self._due(plan):
                     continue
                 if sh.link.needs_recovery():
-                    try:
-                        with sh.writing(public=False):
-                            self.recover_locked()
-                    except FoundationError:
-                        retry_at = time.monotonic() + backoff.next()
-                        continue
-                    next_beat = time.monotonic() + sh.beat
-                    if sh.link.needs_recovery():
-                        # A new fault was reported during the recovery: again, soon.
-                        retry_at = time.monotonic() + backoff.next()
-                        continue
-                    backoff.reset()
-                    self._run_retries()
+                    self._scheduled_recovery(plan, backoff)
                     continue
-                next_beat = time.monotonic() + sh.beat
-                try:
-                    if not self.heartbeat() and sh.own:
-                        # Our lease was gone: reaped while we were frozen or cut
-                        # off, or Redis restarted empty. Recover at once.
-                        sh.link.lease_lost("the heartbeat found our lease gone")
-                        retry_at = 0.0
-                        continue
-                except FoundationError:
-                    retry_at = time.monotonic() + backoff.next()
-                    continue
-                backoff.reset()
-                self._run_retries()
+                plan.next_beat = time.monotonic() + sh.beat
+                self._scheduled_heartbeat(plan, backoff)
             except Exception:
                 log.exception("lease thread of node %s: unexpected error (carrying on)", sh.node)
                 if sh.stop.wait(backoff.next()):
                     return
+
+    def _due(self, plan: _Schedule) -> float:
+        """When the loop must act next: retry the recovery, if one is due, else beat."""
+        return plan.retry_at if self._sh.link.needs_recovery() else plan.next_beat
+
+    def _next_job(self, due: float) -> Job | None:
+        """The next queued job, or None once ``due`` (``time.monotonic()``) passes."""
+        try:
+            return self._sh.jobs.get(timeout=max(0.0, due - time.monotonic()))
+        except queue.Empty:
+            return None
+
+    def _scheduled_recovery(self, plan: _Schedule, backoff: RetryBackoff) -> None:
+        """Run a due recovery from the loop; on failure (or a new fault) retry later."""
+        sh = self._sh
+        try:
+            with sh.writing(public=False):
+                self.recover_locked()
+        except FoundationError:
+            plan.retry_at = time.monotonic() + backoff.next()
+            return
+        plan.next_beat = time.monotonic() + sh.beat
+        if sh.link.needs_recovery():
+            # A new fault was reported during the recovery: again, soon.
+            plan.retry_at = time.monotonic() + backoff.next()
+            return
+        backoff.reset()
+        self._run_retries()
+
+    def _scheduled_heartbeat(self, plan: _Schedule, backoff: RetryBackoff) -> None:
+        """Renew the lease from the loop; a lost lease or a failure schedules a recovery."""
+        sh = self._sh
+        try:
+            if not self.heartbeat() and sh.own:
+                # Our lease was gone: reaped while we were frozen or cut
+                # off, or Redis restarted empty. Recover at once.
+                sh.link.lease_lost("the heartbeat found our lease gone")
+                plan.retry_at = 0.0
+                return
+        except FoundationError:
+            plan.retry_at = time.monotonic() + backoff.next()
+            return
+        backoff.reset()
+        self._run_retries()
+
+
+@dataclass(slots=True)
+class _Schedule:
+    """When the lease thread next renews the lease and next retries a recovery
+    (``time.monotonic()`` values)."""
+
+    next_beat: float
+    retry_at: float = 0.0

@@ -87,10 +87,7 @@ class RedisObserver:
         recent: int = 100,
     ) -> None:
         _redis_conn.check_url(url)
-        if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
-            raise InvalidConfig(f"namespace must be a non-empty str without braces: {namespace!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise InvalidConfig(f"timeout must be a positive number, not {timeout!r}")
+        _check_arguments(namespace, timeout)
         self.namespace = namespace
         self.url = _redis_conn.redact_url(url)
         self._prefix = "{" + namespace + "}"
@@ -255,12 +252,7 @@ class RedisObserver:
                 )
                 if self._stop.is_set():
                     return
-                if resp:
-                    resync = self._apply(resp)
-                else:
-                    # Idle: a counter below ours means Redis restarted (emptied).
-                    raw = self._call("reading the change counter", self._client.get, self._k_ver)
-                    resync = int(raw or 0) < self._tail_v
+                resync = self._after_read(resp)
                 backoff.reset()
             except FoundationError as exc:
                 if self._stop.is_set():
@@ -274,6 +266,15 @@ class RedisObserver:
                 log.exception("observer of %r: unexpected error (carrying on)", self.namespace)
                 resync = True
                 self._stop.wait(backoff.next())
+
+    def _after_read(self, resp: list[Any]) -> bool:
+        """Apply one XREAD reply or, after an idle read, check the change counter;
+        True if a snapshot is needed."""
+        if resp:
+            return self._apply(resp)
+        # Idle: a counter below ours means Redis restarted (emptied).
+        raw = self._call("reading the change counter", self._client.get, self._k_ver)
+        return int(raw or 0) < self._tail_v
 
     def _apply(self, resp: list[Any]) -> bool:
         """Apply one XREAD reply in version order; True if a snapshot is needed (a gap)."""
@@ -363,20 +364,7 @@ class RedisObserver:
         events: list[RegistryEvent] = []
         with self._lock:
             m = self._mirror
-            for key, held in list(m.entries.items()):
-                if key not in fresh:
-                    m.remove(key, ver)
-                    events.append(RegistryEvent("unregistered", held, reason="unregistered"))
-            for key, new in fresh.items():
-                old = m.entries.get(key)
-                if old is None or not same_registration(old, new):
-                    m.put(new, ver)
-                    if old is not None:
-                        events.append(RegistryEvent("unregistered", old, reason="replaced"))
-                    events.append(RegistryEvent("registered", new))
-                elif old.metadata != new.metadata:
-                    m.put(new, ver)
-                    events.append(RegistryEvent("updated", new))
+            _apply_snapshot(m, fresh, ver, events)
             m.versions.clear()
             m.floor = ver
             self._tail_v = ver
@@ -396,6 +384,35 @@ class RedisObserver:
                     report_unraisable(
                         exc, "RedisObserver listener", listener, area="registry.redis"
                     )
+
+
+def _check_arguments(namespace: object, timeout: object) -> None:
+    """``InvalidConfig`` for a malformed ``namespace`` or ``timeout``."""
+    if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
+        raise InvalidConfig(f"namespace must be a non-empty str without braces: {namespace!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise InvalidConfig(f"timeout must be a positive number, not {timeout!r}")
+
+
+def _apply_snapshot(
+    m: Mirror, fresh: dict[Hashable, Entry], ver: int, events: list[RegistryEvent]
+) -> None:
+    """Make ``m`` hold the entries ``fresh`` of a snapshot at ``ver``, appending the
+    differences to ``events`` (holding the observer's lock)."""
+    for key, held in list(m.entries.items()):
+        if key not in fresh:
+            m.remove(key, ver)
+            events.append(RegistryEvent("unregistered", held, reason="unregistered"))
+    for key, new in fresh.items():
+        old = m.entries.get(key)
+        if old is None or not same_registration(old, new):
+            m.put(new, ver)
+            if old is not None:
+                events.append(RegistryEvent("unregistered", old, reason="replaced"))
+            events.append(RegistryEvent("registered", new))
+        elif old.metadata != new.metadata:
+            m.put(new, ver)
+            events.append(RegistryEvent("updated", new))
 
 
 def _entry(key: Hashable, head_raw: bytes, meta: bytes) -> Entry:

@@ -57,7 +57,7 @@ from foundation.liveness import (
     is_alive,
 )
 from foundation.liveness._types import AGENT_TYPES
-from foundation.registry._query import compile_criteria, index_plan, matches
+from foundation.registry._query import IndexPlan, compile_criteria, index_plan, matches
 from foundation.registry._redis._codec import RemoteAgent, metadata_json, normal_key, s
 from foundation.registry._types import (
     BatchItem,
@@ -68,6 +68,7 @@ from foundation.registry._types import (
     Registry,
     RegistryEvent,
     batch_items,
+    filtered,
     new_entry,
 )
 from foundation.registry._validation import (
@@ -76,6 +77,7 @@ from foundation.registry._validation import (
     freeze_metadata,
     metadata_from_json,
     metadata_to_json,
+    short_repr,
     validate_key,
 )
 
@@ -116,6 +118,93 @@ def _agent_json(agent: Any) -> str:
         return f'{{"kind":"future","pid":{os.getpid()},"name":null}}'
     d = describe_agent(agent)
     return _dumps({"kind": d["kind"], "pid": d["pid"], "name": d["name"]})
+
+
+_MAX_SECONDS: Final = threading.TIMEOUT_MAX / 8
+"""The longest lease, heartbeat or op_timeout: every wait on them stays a valid timeout."""
+
+
+def _seconds(name: str, value: object) -> float:
+    """``value`` as a number of seconds in ``(0, _MAX_SECONDS]``; ``TypeError`` or
+    ``ValueError`` (NaN and infinities included) at the constructor, not later."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not 0 < value <= _MAX_SECONDS:
+        raise ValueError(
+            f"{name} must be a positive number of seconds (at most {_MAX_SECONDS:.0f}), "
+            f"got {short_repr(value)}"
+        )
+    return float(value)
+
+
+def _checked_arguments(
+    *,
+    namespace: object,
+    indexed: Iterable[str],
+    lease_ttl: object,
+    heartbeat: object,
+    op_timeout: object,
+    stream_maxlen: object,
+    node: object,
+    manager: object,
+) -> tuple[frozenset[str], float, float, float]:
+    """``RedisRegistry``'s arguments checked at the call (``TypeError``/``ValueError``,
+    never later): its indexed attributes, lease TTL, heartbeat and op timeout."""
+    _check_namespace(namespace)
+    attrs = _indexed_attributes(indexed)
+    ttl = _seconds("lease_ttl", lease_ttl)
+    beat = ttl / 3 if heartbeat is None else _seconds("heartbeat", heartbeat)
+    if not 0 < beat < ttl:
+        raise ValueError("heartbeat must be positive and shorter than lease_ttl")
+    timeout = _seconds("op_timeout", op_timeout)
+    _check_stream_node_manager(stream_maxlen, node, manager)
+    return attrs, ttl, beat, timeout
+
+
+def _check_namespace(namespace: object) -> None:
+    """``ValueError`` unless ``namespace`` is a non-empty str without braces."""
+    if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
+        raise ValueError(
+            f"namespace must be a non-empty str without braces, got {short_repr(namespace)}"
+        )
+    _check_unicode("namespace", namespace)
+
+
+def _indexed_attributes(indexed: Iterable[str]) -> frozenset[str]:
+    """The attribute names of ``indexed=`` (``TypeError`` unless non-empty str)."""
+    if isinstance(indexed, str):  # "role" would index "r", "o", "l", "e"
+        raise TypeError("indexed must be a sequence of attribute names, not a str")
+    attrs = frozenset(indexed)
+    for attr in attrs:  # the rule of every backend's indexed=
+        if not isinstance(attr, str) or not attr:
+            raise TypeError(
+                f"indexed attribute names must be non-empty str, got {short_repr(attr)}"
+            )
+    return attrs
+
+
+def _check_unicode(name: str, text: str) -> None:
+    """``ValueError`` if ``text`` cannot be sent to Redis (a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{name} must be valid Unicode (no lone surrogates), got {short_repr(text)}"
+        ) from None
+
+
+def _check_stream_node_manager(stream_maxlen: object, node: object, manager: object) -> None:
+    """Check ``stream_maxlen`` (an int >= 1), ``node`` and ``manager`` (None or their type)."""
+    if isinstance(stream_maxlen, bool) or not isinstance(stream_maxlen, int):
+        raise TypeError(f"stream_maxlen must be an int, got {type(stream_maxlen).__name__}")
+    if stream_maxlen < 1:
+        raise ValueError(f"stream_maxlen must be at least 1, got {stream_maxlen}")
+    if node is not None and not isinstance(node, str):
+        raise TypeError(f"node must be a str, got {type(node).__name__}")
+    if node is not None:
+        _check_unicode("node", node)
+    if manager is not None and not isinstance(manager, MonitorManager):
+        raise TypeError(f"manager must be a MonitorManager, got {type(manager).__name__}")
 
 
 class _Prepared:
@@ -278,21 +367,16 @@ class RedisRegistry(Registry):
         _load_implementation()
         _redis_conn.import_redis()  # the extra is optional: ImportError naming it
         _redis_conn.check_url(url)
-        if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
-            raise ValueError(f"namespace must be a non-empty str without braces, got {namespace!r}")
-        if isinstance(indexed, str):
-            raise TypeError("indexed must be a sequence of attribute names, not a str")
-        attrs = frozenset(indexed)
-        if not all(isinstance(a, str) for a in attrs):
-            raise TypeError("indexed attribute names must be str")
-        if not lease_ttl > 0:
-            raise ValueError("lease_ttl must be a positive number of seconds")
-        beat = lease_ttl / 3 if heartbeat is None else heartbeat
-        if not 0 < beat < lease_ttl:
-            raise ValueError("heartbeat must be positive and shorter than lease_ttl")
-        if not op_timeout > 0:
-            raise ValueError("op_timeout must be a positive number of seconds")
-
+        attrs, lease_ttl, beat, op_timeout = _checked_arguments(
+            namespace=namespace,
+            indexed=indexed,
+            lease_ttl=lease_ttl,
+            heartbeat=heartbeat,
+            op_timeout=op_timeout,
+            stream_maxlen=stream_maxlen,
+            node=node,
+            manager=manager,
+        )
         name = node or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         owns_manager = manager is None
         sh = _shared.Shared(
@@ -388,7 +472,7 @@ class RedisRegistry(Registry):
         events: list[RegistryEvent] = []
         with sh.writing():
             self._begin(p, replace)
-            doing = f"registering {key!r}"
+            doing = f"registering {key!r:.200}"
             try:
                 reply = sh.script("register", p.args, doing)
                 if reply[0] == b"NOLEASE":
@@ -400,7 +484,7 @@ class RedisRegistry(Registry):
             except BaseException:
                 sh.forget_own(key, p.own, p.prev)
                 # A write that timed out may have landed: resync (its orphan goes).
-                sh.link.resync_needed(f"the outcome of registering {key!r} is unknown")
+                sh.link.resync_needed(f"the outcome of registering {key!r:.200} is unknown")
                 raise
             error = self._finish(p, reply, events)
             if error is not None and not p.died:
@@ -474,12 +558,20 @@ class RedisRegistry(Registry):
         Raises:
             InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
         """
-        try:
-            entry = self._entries.get(key)
-        except TypeError:
-            entry = None
+        t = type(key)
+        if t is str:  # a str is a key in normal form as it is: one dict.get
+            return self._entries.get(key)
+        if t is not int:
+            # The one key rule, hit or miss: True is no key even though True == 1,
+            # and an object that is no key is never hashed or compared with ours.
+            try:
+                key = validate_key(key)
+            except InvalidKey:
+                self._check_open()  # a closed registry says so first, whatever the key
+                raise
+        entry = self._entries.get(key)  # (Closed once closed: see _ClosedEntries)
         if entry is None:
-            validate_key(key)  # a miss: InvalidKey if ``key`` can be no key (the one rule)
+            validate_key(key)  # a miss: InvalidKey for an int beyond 64 bits
         return entry
 
     def unregister(self, key: Hashable) -> bool:
@@ -499,26 +591,32 @@ class RedisRegistry(Registry):
             self._lease.flush_pending_down(key)
             args = _scripts.UnregisterArgs(sh.maxlen, ek, "unregistered", "", "", "", "", sh.node)
             try:
-                v = int(sh.script("unregister", args, f"unregistering {key!r}"))
+                v = int(sh.script("unregister", args, f"unregistering {key!r:.200}"))
             except FoundationError:
-                sh.link.resync_needed(f"the outcome of unregistering {key!r} is unknown")
+                sh.link.resync_needed(f"the outcome of unregistering {key!r:.200} is unknown")
                 raise
             with sh.mlock:
                 own = sh.own.pop(key, None)
-                m = sh.mirror
-                old = None
-                if v and m.is_newer(key, v):
-                    sh.written = v
-                    old = m.remove(key, v)
-                elif not v and own is not None:
-                    # Redis lost it (restarted, not yet re-asserted): still ours.
-                    old = m.remove(key, m.versions.get(key, m.floor))
+                old = self._remove_unregistered(key, v, own)
                 if old is not None:
                     events.append(RegistryEvent("unregistered", old, reason="unregistered"))
             if own is not None and own.monitor is not None:
                 own.monitor.demonitor()
         sh.emit(events)
         return bool(v) or own is not None
+
+    def _remove_unregistered(self, key: Hashable, v: int, own: _shared.Own | None) -> Entry | None:
+        """Drop ``key`` from the mirror after UNREGISTER answered ``v`` (holding
+        mlock); the entry removed, if any."""
+        sh = self._sh
+        m = sh.mirror
+        if v and m.is_newer(key, v):
+            sh.written = v
+            return m.remove(key, v)
+        if not v and own is not None:
+            # Redis lost it (restarted, not yet re-asserted): still ours.
+            return m.remove(key, m.versions.get(key, m.floor))
+        return None
 
     def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
         """Replace the metadata of ``key`` (on any node); indexes follow.
@@ -544,7 +642,7 @@ class RedisRegistry(Registry):
         ix = sh.ix_for(frozen)
         events: list[RegistryEvent] = []
         args = _scripts.UpdateArgs(sh.maxlen, ek, meta, ix, sh.node)
-        doing = f"updating {key!r}"
+        doing = f"updating {key!r:.200}"
         with sh.writing():
             self._lease.flush_pending_down(key)
             try:
@@ -553,11 +651,11 @@ class RedisRegistry(Registry):
                     # Redis lost our live registration (it restarted empty, or our
                     # lease was reaped) although lookup returns it: recover (which
                     # re-asserts it with its current metadata), then update.
-                    sh.link.lease_lost(f"Redis lacks our live registration {key!r}")
+                    sh.link.lease_lost(f"Redis lacks our live registration {key!r:.200}")
                     self._lease.recover_locked()
                     reply = sh.script("update", args, doing)
             except FoundationError:
-                sh.link.resync_needed(f"the outcome of updating {key!r} is unknown")
+                sh.link.resync_needed(f"the outcome of updating {key!r:.200} is unknown")
                 raise
             if reply[0] == b"NOTREG":
                 raise NotRegistered(key)
@@ -569,19 +667,23 @@ class RedisRegistry(Registry):
                     own.meta, own.ix = meta, ix
                 m = sh.mirror
                 if m.is_newer(key, v):
-                    old = sh.entries.get(key)
-                    if old is not None:
-                        new: Entry | None = new_entry(
-                            key, old.agent, frozen, old.registered_at, old.node
-                        )
-                    else:
-                        # Our mirror has not seen this (remote) entry yet: build it
-                        # from the reply; the older record will be skipped.
-                        new = sh.entry_from_head(key, ek, s(reply[3]), meta, [])
+                    new = self._updated_entry(key, ek, frozen, meta, reply)
                     if new is not None:
                         m.put(new, v)
                         events.append(RegistryEvent("updated", new))
         sh.emit(events)
+
+    def _updated_entry(
+        self, key: Hashable, ek: str, frozen: Mapping[str, Any], meta: bytes, reply: Any
+    ) -> Entry | None:
+        """The entry of ``key`` with its new metadata after UPDATE (holding mlock)."""
+        sh = self._sh
+        old = sh.entries.get(key)
+        if old is not None:
+            return new_entry(key, old.agent, frozen, old.registered_at, old.node)
+        # Our mirror has not seen this (remote) entry yet: build it
+        # from the reply; the older record will be skipped.
+        return sh.entry_from_head(key, ek, s(reply[3]), meta, [])
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
         """Entries matching every criterion, from the local mirror (index-backed for
@@ -591,17 +693,18 @@ class RedisRegistry(Registry):
         compiled = compile_criteria(criteria)
         plans = index_plan(compiled, sh.indexed)
         with sh.mlock:
-            if plans:
-                best: set[Hashable] | None = None
-                for plan in plans:
-                    found = sh.mirror.candidates(plan.attr, plan.values)
-                    if best is None or len(found) < len(best):
-                        best = found
-                entries = self._entries
-                candidates = [entries[k] for k in best or () if k in entries]
-            else:
-                candidates = list(self._entries.values())
+            candidates = self._indexed_candidates(plans) if plans else list(self._entries.values())
         return [e for e in candidates if matches(e.metadata, compiled)]
+
+    def _indexed_candidates(self, plans: Sequence[IndexPlan]) -> list[Entry]:
+        """The entries of the smallest index bucket set the ``plans`` name (holding mlock)."""
+        best: set[Hashable] | None = None
+        for plan in plans:
+            found = self._sh.mirror.candidates(plan.attr, plan.values)
+            if best is None or len(found) < len(best):
+                best = found
+        entries = self._entries
+        return [entries[k] for k in best or () if k in entries]
 
     def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
         """Every entry in the mirror, optionally filtered by ``filter(metadata)``.
@@ -609,9 +712,7 @@ class RedisRegistry(Registry):
         self._check_open()
         with self._sh.mlock:
             entries = list(self._entries.values())
-        if filter is None:
-            return entries
-        return [e for e in entries if filter(e.metadata)]
+        return filtered(entries, filter)
 
     def count(self) -> int:
         """Number of entries in the mirror (O(1)); ``Closed`` after ``close()``."""
@@ -844,15 +945,10 @@ class RedisRegistry(Registry):
         ``p.died``: the agent died while the script ran (the caller deletes it)."""
         sh = self._sh
         key, own = p.key, p.own
-        if reply[0] == b"OK":
-            v, first = int(reply[1]), int(reply[2])
-            why, dr = s(reply[3]), s(reply[4])
-        elif reply[0] == b"EXISTS":
-            sh.forget_own(key, own, p.prev)
-            return AlreadyRegistered(key, self._entry_from_reply(key, reply))
-        else:
-            sh.forget_own(key, own, p.prev)
-            return BackendUnavailable(f"unexpected reply from Redis at {sh.url}: {reply!r}")
+        if reply[0] != b"OK":
+            return self._refused(p, reply)
+        v, first = int(reply[1]), int(reply[2])
+        why, dr = s(reply[3]), s(reply[4])
         own.pending = False
         sh.written = max(sh.written, v)
         entry = new_entry(key, p.agent, p.frozen, p.registered_at, sh.node)
@@ -869,13 +965,20 @@ class RedisRegistry(Registry):
             if not p.died and m.is_newer(key, v):
                 old = m.put(entry, v)
                 if listening:
-                    if old is not None:
-                        events.append(RegistryEvent("unregistered", old, reason="replaced"))
-                    events.append(RegistryEvent("registered", entry))
-        prev = p.prev
-        if prev is not None and prev.monitor is not None:
-            prev.monitor.demonitor()  # its registration was just replaced in Redis
+                    _note_registered(old, entry, events)
+        _demonitor_replaced(p.prev)
         return None
+
+    def _refused(self, p: _Prepared, reply: Any) -> RegistryError:
+        """The error of a registration the script refused (``reply`` not OK), its
+        local state undone (holding wlock)."""
+        sh = self._sh
+        key, own = p.key, p.own
+        if reply[0] == b"EXISTS":
+            sh.forget_own(key, own, p.prev)
+            return AlreadyRegistered(key, self._entry_from_reply(key, reply))
+        sh.forget_own(key, own, p.prev)
+        return BackendUnavailable(f"unexpected reply from Redis at {sh.url}: {reply!r:.200}")
 
     def _register_round(
         self,
@@ -889,33 +992,9 @@ class RedisRegistry(Registry):
         died: list[_Prepared] = []
         with sh.writing():
             sent = self._begin_all(items, replace, outcomes)
-            failure: BaseException | None = None
-            todo = sent
-            lease_retried = False
-            while todo and failure is None:
-                try:
-                    replies = self._pipelined(todo, replace)
-                except BaseException as exc:
-                    failure = exc
-                    break
-                failure, again = self._settle(
-                    todo,
-                    replies,
-                    lease_retried=lease_retried,
-                    events=events,
-                    outcomes=outcomes,
-                    died=died,
-                )
-                if again and failure is None:
-                    # Our lease was lost (we were frozen or cut off): recover (which
-                    # re-asserts everything else we hold), then send those once more.
-                    lease_retried = True
-                    sh.link.lease_lost("a write found our lease gone")
-                    try:
-                        self._lease.recover_locked()
-                    except BaseException as exc:
-                        failure = exc
-                todo = again
+            failure, todo = self._send_round(
+                sent, replace, events=events, outcomes=outcomes, died=died
+            )
             if failure is not None:
                 # Nothing unconfirmed stays here: undo every item without an outcome.
                 for _, p in todo:
@@ -929,6 +1008,47 @@ class RedisRegistry(Registry):
         sh.emit(events)
         if failure is not None:
             raise failure
+
+    def _send_round(
+        self,
+        sent: list[tuple[int, _Prepared]],
+        replace: bool,
+        *,
+        events: list[RegistryEvent],
+        outcomes: list[RegistryError | None],
+        died: list[_Prepared],
+    ) -> tuple[BaseException | None, list[tuple[int, _Prepared]]]:
+        """Send ``sent`` and apply the replies (holding wlock), once more after a
+        lost lease; returns the first failure and the items left without an outcome."""
+        sh = self._sh
+        failure: BaseException | None = None
+        todo = sent
+        lease_retried = False
+        while todo and failure is None:
+            try:
+                replies = self._pipelined(todo, replace)
+            except BaseException as exc:
+                failure = exc
+                break
+            failure, again = self._settle(
+                todo,
+                replies,
+                lease_retried=lease_retried,
+                events=events,
+                outcomes=outcomes,
+                died=died,
+            )
+            if again and failure is None:
+                # Our lease was lost (we were frozen or cut off): recover (which
+                # re-asserts everything else we hold), then send those once more.
+                lease_retried = True
+                sh.link.lease_lost("a write found our lease gone")
+                try:
+                    self._lease.recover_locked()
+                except BaseException as exc:
+                    failure = exc
+            todo = again
+        return failure, todo
 
     def _begin_all(
         self,
@@ -976,26 +1096,52 @@ class RedisRegistry(Registry):
             if type(reply) is int:
                 bulk.append((i, p, reply))  # the common case, applied below at once
             elif isinstance(reply, BaseException):
-                failure = failure or sh.reply_error(reply, f"registering {p.key!r}")
+                failure = failure or sh.reply_error(reply, f"registering {p.key!r:.200}")
                 sh.forget_own(p.key, p.own, p.prev)
             elif reply[0] == b"NOLEASE" and not lease_retried:
                 again.append((i, p))
             else:
-                error = self._finish(p, reply, events)
-                if isinstance(error, BackendUnavailable):
-                    failure = failure or error
-                elif p.died:
-                    outcomes[i] = NotAlive(p.key, p.agent)
-                    died.append(p)
-                else:
-                    outcomes[i] = error
+                error = self._settle_one(i, p, reply, events=events, outcomes=outcomes, died=died)
+                failure = failure or error
         if bulk:
-            self._finish_bulk(bulk, events)
-            for i, p, _ in bulk:
-                if p.died:
-                    outcomes[i] = NotAlive(p.key, p.agent)
-                    died.append(p)
+            self._settle_bulk(bulk, events, outcomes, died)
         return failure, again
+
+    def _settle_one(
+        self,
+        i: int,
+        p: _Prepared,
+        reply: Any,
+        *,
+        events: list[RegistryEvent],
+        outcomes: list[RegistryError | None],
+        died: list[_Prepared],
+    ) -> BackendUnavailable | None:
+        """Apply item ``i``'s own reply (not a bulk one); its outcome goes to
+        ``outcomes[i]`` unless Redis failed it (that failure is returned)."""
+        error = self._finish(p, reply, events)
+        if isinstance(error, BackendUnavailable):
+            return error
+        if p.died:
+            outcomes[i] = NotAlive(p.key, p.agent)
+            died.append(p)
+        else:
+            outcomes[i] = error
+        return None
+
+    def _settle_bulk(
+        self,
+        bulk: list[tuple[int, _Prepared, int]],
+        events: list[RegistryEvent],
+        outcomes: list[RegistryError | None],
+        died: list[_Prepared],
+    ) -> None:
+        """Apply the bulk replies of one round; an agent that died meanwhile is NotAlive."""
+        self._finish_bulk(bulk, events)
+        for i, p, _ in bulk:
+            if p.died:
+                outcomes[i] = NotAlive(p.key, p.agent)
+                died.append(p)
 
     def _finish_bulk(
         self, done: list[tuple[int, _Prepared, int]], events: list[RegistryEvent]
@@ -1022,13 +1168,9 @@ class RedisRegistry(Registry):
                     entry = new_entry(key, p.agent, p.frozen, p.registered_at, node)
                     old = m.put(entry, v)
                     if listening:
-                        if old is not None:
-                            events.append(RegistryEvent("unregistered", old, reason="replaced"))
-                        events.append(RegistryEvent("registered", entry))
+                        _note_registered(old, entry, events)
         for _, p, _ in done:
-            prev = p.prev
-            if prev is not None and prev.monitor is not None:
-                prev.monitor.demonitor()  # its registration was just replaced in Redis
+            _demonitor_replaced(p.prev)
 
     def _pipelined(self, items: list[tuple[int, _Prepared]], replace: bool) -> list[Any]:
         """One round trip: ``REGISTER_MANY`` over every item (chunks of
@@ -1036,21 +1178,7 @@ class RedisRegistry(Registry):
         a reply per item, an exception for the items of a failed chunk."""
         sh = self._sh
         script = sh.scripts["register_many"]
-        mode: Literal["n", "r"] = "r" if replace else "n"
-        chunks = []
-        for i in range(0, len(items), _CHUNK):
-            owns = [p.own for _, p in items[i : i + _CHUNK]]
-            chunks.append(
-                _scripts.RegisterManyArgs(
-                    sh.maxlen,
-                    sh.node,
-                    sh.node,
-                    sh.grace_ms,
-                    mode,
-                    "".join(["1" if p.own_dead else "0" for _, p in items[i : i + _CHUNK]]),
-                    [(o.ek, o.head, o.meta, o.ix) for o in owns],
-                )
-            )
+        chunks = self._chunks(items, replace)
         replies = self._send(chunks, script.sha)
         missing = [j for j, r in enumerate(replies) if isinstance(r, sh.noscript)]
         if missing:
@@ -1067,6 +1195,28 @@ class RedisRegistry(Registry):
             else:
                 out += reply
         return out
+
+    def _chunks(
+        self, items: list[tuple[int, _Prepared]], replace: bool
+    ) -> list[_scripts.RegisterManyArgs]:
+        """The ``REGISTER_MANY`` arguments for ``items``, ``_CHUNK`` items per script."""
+        sh = self._sh
+        mode: Literal["n", "r"] = "r" if replace else "n"
+        chunks = []
+        for i in range(0, len(items), _CHUNK):
+            owns = [p.own for _, p in items[i : i + _CHUNK]]
+            chunks.append(
+                _scripts.RegisterManyArgs(
+                    sh.maxlen,
+                    sh.node,
+                    sh.node,
+                    sh.grace_ms,
+                    mode,
+                    "".join(["1" if p.own_dead else "0" for _, p in items[i : i + _CHUNK]]),
+                    [(o.ek, o.head, o.meta, o.ix) for o in owns],
+                )
+            )
+        return chunks
 
     def _send(self, chunks: list[_scripts.RegisterManyArgs], sha: str) -> list[Any]:
         sh = self._sh
@@ -1131,3 +1281,16 @@ class RedisRegistry(Registry):
         if event is not None:
             sh.emit([event])
         sh.jobs.put(("down", key))
+
+
+def _note_registered(old: Entry | None, entry: Entry, events: list[RegistryEvent]) -> None:
+    """Append the events of ``entry`` put in the mirror over ``old`` (None if none)."""
+    if old is not None:
+        events.append(RegistryEvent("unregistered", old, reason="replaced"))
+    events.append(RegistryEvent("registered", entry))
+
+
+def _demonitor_replaced(prev: _shared.Own | None) -> None:
+    """Stop watching ``prev``, a registration this node held that Redis just replaced."""
+    if prev is not None and prev.monitor is not None:
+        prev.monitor.demonitor()  # its registration was just replaced in Redis

@@ -299,8 +299,10 @@ class Shared:
         """Deliver ``events`` to every listener; a raising listener is logged."""
         if not events:
             return
-        for listener in self.listeners:
-            for event in events:
+        # Event by event, every listener of the tuple read for that event (as
+        # every backend): one unsubscribed by a listener gets no later event.
+        for event in events:
+            for listener in self.listeners:
                 try:
                     listener(event)
                 except Exception as exc:  # a broken listener never breaks the registry

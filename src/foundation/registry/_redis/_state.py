@@ -156,17 +156,19 @@ class Link:
                 self.last_error = error
             if new in _NEEDS_RECOVERY:
                 self._epoch += 1
-            if new is LinkState.RECOVERING and old in _NEEDS_RECOVERY:
-                # Already recovering for a stronger reason (unreachable, error
-                # replies, lost lease): the same recovery covers a resync.
-                new = old
-            if new is LinkState.LEASE_LOST and old in (LinkState.DEGRADED, LinkState.DISCONNECTED):
-                new = old  # the recovery that follows re-asserts anyway
+            new = _kept_recovery(old, new)
             if new is old:
                 log.debug("node %s stays %s: %s", self._node, old.value, why)
                 return new is LinkState.CONNECTED
             self._state = new
             self._cond.notify_all()
+        self._log_change(old, new, why)
+        if new in _NEEDS_RECOVERY and self._wake is not None:
+            self._wake()
+        return True
+
+    def _log_change(self, old: LinkState, new: LinkState, why: str) -> None:
+        """Log the change ``old -> new`` (INFO to CONNECTED or CLOSED, else WARNING)."""
         level = logging.INFO if new in (LinkState.CONNECTED, LinkState.CLOSED) else logging.WARNING
         log.log(
             level,
@@ -182,6 +184,15 @@ class Link:
                 "error": None if new is LinkState.CONNECTED else why,
             },
         )
-        if new in _NEEDS_RECOVERY and self._wake is not None:
-            self._wake()
-        return True
+
+
+def _kept_recovery(old: LinkState, new: LinkState) -> LinkState:
+    """The state a report of ``new`` leads to from ``old``: ``old`` when the
+    recovery under way already covers ``new``."""
+    if new is LinkState.RECOVERING and old in _NEEDS_RECOVERY:
+        # Already recovering for a stronger reason (unreachable, error
+        # replies, lost lease): the same recovery covers a resync.
+        return old
+    if new is LinkState.LEASE_LOST and old in (LinkState.DEGRADED, LinkState.DISCONNECTED):
+        return old  # the recovery that follows re-asserts anyway
+    return new

@@ -24,6 +24,7 @@ from foundation.registry._redis._mirror import same_registration
 from foundation.registry._redis._scripts import SnapshotArgs
 from foundation.registry._redis._shared import (
     TAIL_BLOCK_MS,
+    Own,
     Shared,
     expand_record,
     record_span,
@@ -62,25 +63,7 @@ class Tail:
         backoff = RetryBackoff()
         while not sh.stop.is_set():
             try:
-                if not sh.link.wait_connected(timeout=0.5):
-                    continue  # the lease thread is recovering (or we are closing)
-                with sh.mlock:
-                    gen, sid, wid = sh.gen, sh.sid, sh.wake_id
-                try:
-                    resp: Any = sh.call(
-                        "reading the change stream",
-                        sh.tail_client.xread,
-                        {sh.k_log: sid, sh.k_wake: wid},
-                        count=1000,
-                        block=TAIL_BLOCK_MS,
-                    )
-                except FoundationError:
-                    # Reported to the link by call(): the lease thread recovers.
-                    if sh.stop.wait(backoff.next()):
-                        return
-                    continue
-                backoff.reset()
-                if resp and self._apply_batch(gen, resp) and sh.stop.wait(OWN_QUIET_S):
+                if self._read_once(backoff):
                     return
             except Exception:
                 log.exception("tail thread of node %s: unexpected error (carrying on)", sh.node)
@@ -90,6 +73,28 @@ class Tail:
                 if sh.stop.wait(backoff.next()):
                     return
 
+    def _read_once(self, backoff: RetryBackoff) -> bool:
+        """One pass of the loop: wait for CONNECTED, read the stream, apply what
+        it holds; True when the tail must stop."""
+        sh = self._sh
+        if not sh.link.wait_connected(timeout=0.5):
+            return False  # the lease thread is recovering (or we are closing)
+        with sh.mlock:
+            gen, sid, wid = sh.gen, sh.sid, sh.wake_id
+        try:
+            resp: Any = sh.call(
+                "reading the change stream",
+                sh.tail_client.xread,
+                {sh.k_log: sid, sh.k_wake: wid},
+                count=1000,
+                block=TAIL_BLOCK_MS,
+            )
+        except FoundationError:
+            # Reported to the link by call(): the lease thread recovers.
+            return sh.stop.wait(backoff.next())
+        backoff.reset()
+        return bool(resp and self._apply_batch(gen, resp) and sh.stop.wait(OWN_QUIET_S))
+
     # ------------------------------------------------------------------ applying records
 
     def _apply_batch(self, gen: int, resp: list[Any]) -> bool:
@@ -98,28 +103,10 @@ class Tail:
         events: list[RegistryEvent] = []
         orphans: list[tuple[Hashable, str, str]] = []
         released: list[Monitor] = []
-        gap = False
-        only_own = True
-        node_b = sh.node_b
         with sh.mlock:
             if gen != sh.gen:
                 return False  # a resync happened meanwhile; re-read from its position
-            for name, records in resp:
-                if name == sh.k_wake_b:
-                    if records:
-                        sh.wake_id = records[-1][0]
-                    continue
-                for rid, fields in records:
-                    v = int(fields[b"v"])
-                    if v != sh.tail_v + 1:
-                        gap = True
-                        break
-                    sh.tail_v = v + record_span(fields) - 1
-                    sh.sid = rid
-                    if fields[b"w"] != node_b:
-                        only_own = False
-                        for iv, f in expand_record(v, fields):
-                            self._apply_record(iv, f, events, orphans, released)
+            gap, only_own = self._apply_streams(resp, events, orphans, released)
             sh.mirror.prune(sh.tail_v)
             sh.applied.notify_all()
         if gap:
@@ -132,6 +119,37 @@ class Tail:
         for orphan in orphans:
             sh.jobs.put(("orphan", orphan))
         return only_own and not gap
+
+    def _apply_streams(
+        self,
+        resp: list[Any],
+        events: list[RegistryEvent],
+        orphans: list[tuple[Hashable, str, str]],
+        released: list[Monitor],
+    ) -> tuple[bool, bool]:
+        """Apply the records of one XREAD reply in version order (holding mlock);
+        returns (a version gap was met, they were only this node's own writes)."""
+        sh = self._sh
+        gap = False
+        only_own = True
+        node_b = sh.node_b
+        for name, records in resp:
+            if name == sh.k_wake_b:
+                if records:
+                    sh.wake_id = records[-1][0]
+                continue
+            for rid, fields in records:
+                v = int(fields[b"v"])
+                if v != sh.tail_v + 1:
+                    gap = True
+                    break
+                sh.tail_v = v + record_span(fields) - 1
+                sh.sid = rid
+                if fields[b"w"] != node_b:
+                    only_own = False
+                    for iv, f in expand_record(v, fields):
+                        self._apply_record(iv, f, events, orphans, released)
+        return gap, only_own
 
     def _apply_record(
         self,
@@ -213,9 +231,8 @@ class Tail:
         owner = f[b"n"].decode()
         why, dr = f[b"why"].decode(), f[b"dr"].decode()
         own = sh.own.get(key)
-        if own is not None and (owner != sh.node or own.head != f[b"h"].decode()):
-            held = sh.entries.get(key)
-            if held is not None and held.node == sh.node and held.agent is own.agent:
+        if own is not None and self._deletes_other_than(own, owner, f):
+            if self._mirror_shows(key, own):
                 # Another registration than our live one (which this mirror
                 # shows) was deleted, say a stale copy a re-assert replaced:
                 # nothing this node holds was lost. Keep it, no event.
@@ -232,11 +249,25 @@ class Tail:
         old = m.remove(key, v)
         if own is not None:
             # Unregistered or replaced by someone else: stop watching it.
-            del sh.own[key]
-            if own.monitor is not None:
-                released.append(own.monitor)
+            self._stop_watching(key, own, released)
         if old is not None:
             events.append(sh.removed_event(old, why, dr, f[b"dc"].decode(), f[b"ds"].decode()))
+
+    def _deletes_other_than(self, own: Own, owner: str, f: dict[bytes, bytes]) -> bool:
+        """The delete record ``f`` removed another registration than ``own``."""
+        return owner != self._sh.node or own.head != f[b"h"].decode()
+
+    def _mirror_shows(self, key: Hashable, own: Own) -> bool:
+        """The mirror shows ``own``, this node's live registration of ``key`` (holding mlock)."""
+        sh = self._sh
+        held = sh.entries.get(key)
+        return held is not None and held.node == sh.node and held.agent is own.agent
+
+    def _stop_watching(self, key: Hashable, own: Own, released: list[Monitor]) -> None:
+        """Forget ``own`` and queue its monitor for release (holding mlock)."""
+        del self._sh.own[key]
+        if own.monitor is not None:
+            released.append(own.monitor)
 
     # ------------------------------------------------------------------ resync
 
@@ -249,44 +280,11 @@ class Tail:
         meta_by = dict(zip(metas[::2], metas[1::2], strict=True))
         orphans: list[tuple[Hashable, str, str]] = []
         events: list[RegistryEvent] = []
-        missing_own = False
         with sh.mlock:
-            fresh: dict[Hashable, Entry] = {}
-            for ekb, head_b in zip(heads[::2], heads[1::2], strict=True):
-                ek = ekb.decode()
-                key = decode_key(ek)
-                meta = meta_by.get(ekb, b"{}")
-                entry = sh.entry_from_head(key, ek, head_b.decode(), meta, orphans)
-                if entry is not None:
-                    fresh[key] = entry
-                    own = sh.own.get(key)
-                    if own is not None and entry.node == sh.node and own.meta != meta:
-                        # Redis's copy is the truth (an update whose reply was lost landed).
-                        own.meta, own.ix = meta, sh.ix_for(entry.metadata)
+            fresh = self._snapshot_entries(heads, meta_by, orphans)
             m = sh.mirror
-            for key, held in list(sh.entries.items()):
-                if key in fresh:
-                    continue
-                own = sh.own.get(key)
-                if own is not None and held.node == sh.node:
-                    # Ours and alive, but Redis does not have it: keep it, re-assert.
-                    missing_own = True
-                    continue
-                m.remove(key, ver)
-                events.append(RegistryEvent("unregistered", held, reason="unregistered"))
-            for key, new in fresh.items():
-                old = sh.entries.get(key)
-                if old is None:
-                    m.put(new, ver)
-                    events.append(RegistryEvent("registered", new))
-                elif not same_registration(old, new):
-                    # Confirmed by the snapshot: another registration holds the key.
-                    m.put(new, ver)
-                    events.append(RegistryEvent("unregistered", old, reason="replaced"))
-                    events.append(RegistryEvent("registered", new))
-                elif old.metadata != new.metadata:
-                    m.put(new, ver)
-                    events.append(RegistryEvent("updated", new))
+            missing_own = self._drop_missing(fresh, ver, events)
+            self._put_fresh(fresh, ver, events)
             m.versions.clear()
             m.floor = ver
             sh.tail_v = ver
@@ -298,3 +296,67 @@ class Tail:
         sh.emit(events)
         for orphan in orphans:
             sh.jobs.put(("orphan", orphan))
+
+    def _snapshot_entries(
+        self,
+        heads: list[bytes],
+        meta_by: dict[bytes, bytes],
+        orphans: list[tuple[Hashable, str, str]],
+    ) -> dict[Hashable, Entry]:
+        """The entries of a snapshot's heads and metadata (holding mlock); this
+        node's registrations take Redis's copy of their metadata."""
+        sh = self._sh
+        fresh: dict[Hashable, Entry] = {}
+        for ekb, head_b in zip(heads[::2], heads[1::2], strict=True):
+            ek = ekb.decode()
+            key = decode_key(ek)
+            meta = meta_by.get(ekb, b"{}")
+            entry = sh.entry_from_head(key, ek, head_b.decode(), meta, orphans)
+            if entry is not None:
+                fresh[key] = entry
+                own = sh.own.get(key)
+                if own is not None and entry.node == sh.node and own.meta != meta:
+                    # Redis's copy is the truth (an update whose reply was lost landed).
+                    own.meta, own.ix = meta, sh.ix_for(entry.metadata)
+        return fresh
+
+    def _drop_missing(
+        self, fresh: dict[Hashable, Entry], ver: int, events: list[RegistryEvent]
+    ) -> bool:
+        """Remove from the mirror the entries the snapshot ``fresh`` lacks (holding
+        mlock), except this node's live ones; True if it lacks one of those."""
+        sh = self._sh
+        m = sh.mirror
+        missing_own = False
+        for key, held in list(sh.entries.items()):
+            if key in fresh:
+                continue
+            own = sh.own.get(key)
+            if own is not None and held.node == sh.node:
+                # Ours and alive, but Redis does not have it: keep it, re-assert.
+                missing_own = True
+                continue
+            m.remove(key, ver)
+            events.append(RegistryEvent("unregistered", held, reason="unregistered"))
+        return missing_own
+
+    def _put_fresh(
+        self, fresh: dict[Hashable, Entry], ver: int, events: list[RegistryEvent]
+    ) -> None:
+        """Put into the mirror the snapshot's entries it lacks or holds differently
+        (holding mlock)."""
+        sh = self._sh
+        m = sh.mirror
+        for key, new in fresh.items():
+            old = sh.entries.get(key)
+            if old is None:
+                m.put(new, ver)
+                events.append(RegistryEvent("registered", new))
+            elif not same_registration(old, new):
+                # Confirmed by the snapshot: another registration holds the key.
+                m.put(new, ver)
+                events.append(RegistryEvent("unregistered", old, reason="replaced"))
+                events.append(RegistryEvent("registered", new))
+            elif old.metadata != new.metadata:
+                m.put(new, ver)
+                events.append(RegistryEvent("updated", new))
