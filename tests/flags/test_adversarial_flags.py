@@ -597,7 +597,7 @@ def test_sqlite_store_refuses_bad_options_at_construction(
     forever; poll_interval "x" killed the watcher thread at the first subscribe (so no
     change from another process was ever reported), 0 or less polled in a hot loop."""
     path = kwargs.pop("path", tmp_path / "flags.db")
-    _raises(lambda: SQLiteFlagStore(path, **kwargs), errors.InvalidFlagValue)
+    _raises(lambda: SQLiteFlagStore(path, **kwargs), errors.InvalidConfig)
     assert not (tmp_path / "flags.db").exists()
 
 

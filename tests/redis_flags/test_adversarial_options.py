@@ -34,7 +34,7 @@ def test_a_bad_option_is_refused_at_construction(
     """Was: ValueError (resync NaN), OverflowError (10**400), TypeError/ValueError (cache
     path), or BackendUnavailable 'timestamp out of range' (timeout inf), as if Redis
     were down."""
-    with pytest.raises(errors.InvalidFlagValue) as info:
+    with pytest.raises(errors.InvalidConfig) as info:
         RedisFlagStore(redis_server.url, namespace=namespace, **BAD_OPTIONS[option])
     assert len(str(info.value)) < 300
 

@@ -386,7 +386,7 @@ def test_a_wrong_password_is_a_clear_error_that_hides_the_password(
 def test_a_malformed_url_is_a_clear_error(open_store: StoreFactory) -> None:
     with pytest.raises(errors.InvalidConfig, match="invalid Redis URL"):
         open_store("http://127.0.0.1:1/0")
-    with pytest.raises(errors.InvalidFlagValue, match="url"):
+    with pytest.raises(errors.InvalidConfig, match="url"):
         open_store("")
     with pytest.raises(errors.InvalidFlagValue, match="namespace"):
         open_store("redis://127.0.0.1:1/0", namespace="")

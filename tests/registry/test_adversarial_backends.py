@@ -40,7 +40,7 @@ from foundation import (
     ThreadLocalRegistry,
     spawn_thread,
 )
-from foundation.errors import Closed, InvalidKey, MigrationError
+from foundation.errors import Closed, InvalidConfig, InvalidKey, MigrationError
 from foundation.liveness import MonitorManager
 from foundation.registry import Registry
 from foundation.registry._validation import validate_key
@@ -277,10 +277,10 @@ def test_indexed_as_one_str_is_refused_as_on_redis(make: Callable[..., Registry]
 )
 def test_redis_registry_refuses_bad_arguments_before_connecting(kwargs: dict[str, Any]) -> None:
     # Port 1: nothing listens there. Checked before any connection is tried, so
-    # the answer is the argument's TypeError/ValueError, not BackendUnavailable.
+    # the answer is the argument's TypeError/InvalidConfig, not BackendUnavailable.
     with pytest.raises((TypeError, ValueError)) as info:
         RedisRegistry("redis://127.0.0.1:1/0", **kwargs)
-    assert type(info.value) in (TypeError, ValueError)
+    assert type(info.value) in (TypeError, InvalidConfig)
     assert len(str(info.value)) < 300
 
 

@@ -114,7 +114,14 @@ from foundation import telemetry
 from foundation._listeners import check_listener
 from foundation._redis_conn import check_url, connect, import_redis, redact_url, translated
 from foundation._retry import RetryBackoff
-from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidFlagValue, bounded_repr
+from foundation.errors import (
+    BackendUnavailable,
+    Closed,
+    FlagError,
+    InvalidConfig,
+    InvalidFlagValue,
+    bounded_repr,
+)
 from foundation.flags._node_cache import (
     NodeCache,
     PendingKillSwitch,
@@ -422,7 +429,7 @@ class RedisFlagStore(FlagStore):
 
         self._redis = import_redis()
         if not isinstance(url, str) or not url:
-            raise InvalidFlagValue(f"url must be a non-empty redis:// URL, not {bounded_repr(url)}")
+            raise InvalidConfig(f"url must be a non-empty redis:// URL, not {bounded_repr(url)}")
         _check_name(namespace, "namespace")
         for what, value in (("timeout", timeout), ("resync_interval", resync_interval)):
             # NaN, inf or an int beyond floats would fail later, as a misleading error.
@@ -431,7 +438,7 @@ class RedisFlagStore(FlagStore):
                 or not isinstance(value, int | float)
                 or not 0 < value <= threading.TIMEOUT_MAX
             ):
-                raise InvalidFlagValue(
+                raise InvalidConfig(
                     f"{what} must be a positive number of seconds up to "
                     f"{threading.TIMEOUT_MAX:g}, not {bounded_repr(value)}"
                 )
@@ -560,11 +567,11 @@ class RedisFlagStore(FlagStore):
                 else Path(os.fspath(cache_path))
             )
         except TypeError:  # not a path (bytes, an int...)
-            raise InvalidFlagValue(
+            raise InvalidConfig(
                 f"cache_path must be a path, True, False or None, not {bounded_repr(cache_path)}"
             ) from None
         if "\0" in str(path):
-            raise InvalidFlagValue(f"cache_path holds a NUL byte: {bounded_repr(str(path))}")
+            raise InvalidConfig(f"cache_path holds a NUL byte: {bounded_repr(str(path))}")
         try:
             return NodeCache(path)
         except sqlite3.OperationalError as exc:  # cannot open or lock it

@@ -49,7 +49,13 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, TypeVar
 
 from foundation._listeners import check_listener, without
-from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidFlagValue, bounded_repr
+from foundation.errors import (
+    BackendUnavailable,
+    Closed,
+    FlagError,
+    InvalidConfig,
+    bounded_repr,
+)
 from foundation.flags._store import (
     FlagChange,
     FlagInfo,
@@ -186,11 +192,11 @@ class SQLiteFlagStore(FlagStore):
         try:
             self.path = os.fspath(path)
         except TypeError:
-            raise InvalidFlagValue(
+            raise InvalidConfig(
                 f"a flag store path is a str or PathLike, not {bounded_repr(path)}"
             ) from None
         if not isinstance(self.path, str) or "\0" in self.path:
-            raise InvalidFlagValue(f"not a usable flag store path: {bounded_repr(self.path)}")
+            raise InvalidConfig(f"not a usable flag store path: {bounded_repr(self.path)}")
         self._shown = bounded_repr(self.path)  # messages stay short, whatever the path
         for what, value, least in (
             ("busy_timeout", busy_timeout, 0.0),
@@ -202,7 +208,7 @@ class SQLiteFlagStore(FlagStore):
                 or not isinstance(value, int | float)
                 or not least <= value <= threading.TIMEOUT_MAX
             ):
-                raise InvalidFlagValue(
+                raise InvalidConfig(
                     f"{what} must be a number of seconds in {least:g}.."
                     f"{threading.TIMEOUT_MAX:g}, not {bounded_repr(value)}"
                 )

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from foundation.errors import Closed, bounded_repr
+from foundation.errors import Closed, InvalidConfig, bounded_repr
 from foundation.liveness._agents import unsupported
 from foundation.liveness._core import (
     CANCELLED,
@@ -333,7 +333,7 @@ class MonitorManager:
             except (TypeError, OverflowError):
                 seconds = -1.0
             if not 0 < seconds < float("inf"):
-                raise ValueError(
+                raise InvalidConfig(
                     "poll intervals must be positive, finite numbers of seconds, "
                     f"not {bounded_repr(value)}"
                 )

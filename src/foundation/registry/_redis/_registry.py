@@ -43,6 +43,7 @@ from foundation.errors import (
     BackendUnavailable,
     Closed,
     FoundationError,
+    InvalidConfig,
     InvalidKey,
     InvalidMetadata,
     NotAlive,
@@ -126,11 +127,11 @@ _MAX_SECONDS: Final = threading.TIMEOUT_MAX / 8
 
 def _seconds(name: str, value: object) -> float:
     """``value`` as a number of seconds in ``(0, _MAX_SECONDS]``; ``TypeError`` or
-    ``ValueError`` (NaN and infinities included) at the constructor, not later."""
+    ``InvalidConfig`` (NaN and infinities included) at the constructor, not later."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
     if not 0 < value <= _MAX_SECONDS:
-        raise ValueError(
+        raise InvalidConfig(
             f"{name} must be a positive number of seconds (at most {_MAX_SECONDS:.0f}), "
             f"got {short_repr(value)}"
         )
@@ -148,23 +149,23 @@ def _checked_arguments(
     node: object,
     manager: object,
 ) -> tuple[frozenset[str], float, float, float]:
-    """``RedisRegistry``'s arguments checked at the call (``TypeError``/``ValueError``,
+    """``RedisRegistry``'s arguments checked at the call (``TypeError``/``InvalidConfig``,
     never later): its indexed attributes, lease TTL, heartbeat and op timeout."""
     _check_namespace(namespace)
     attrs = _indexed_attributes(indexed)
     ttl = _seconds("lease_ttl", lease_ttl)
     beat = ttl / 3 if heartbeat is None else _seconds("heartbeat", heartbeat)
     if not 0 < beat < ttl:
-        raise ValueError("heartbeat must be positive and shorter than lease_ttl")
+        raise InvalidConfig("heartbeat must be positive and shorter than lease_ttl")
     timeout = _seconds("op_timeout", op_timeout)
     _check_stream_node_manager(stream_maxlen, node, manager)
     return attrs, ttl, beat, timeout
 
 
 def _check_namespace(namespace: object) -> None:
-    """``ValueError`` unless ``namespace`` is a non-empty str without braces."""
+    """``InvalidConfig`` unless ``namespace`` is a non-empty str without braces."""
     if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
-        raise ValueError(
+        raise InvalidConfig(
             f"namespace must be a non-empty str without braces, got {short_repr(namespace)}"
         )
     _check_unicode("namespace", namespace)
@@ -184,11 +185,11 @@ def _indexed_attributes(indexed: Iterable[str]) -> frozenset[str]:
 
 
 def _check_unicode(name: str, text: str) -> None:
-    """``ValueError`` if ``text`` cannot be sent to Redis (a lone surrogate)."""
+    """``InvalidConfig`` if ``text`` cannot be sent to Redis (a lone surrogate)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(
+        raise InvalidConfig(
             f"{name} must be valid Unicode (no lone surrogates), got {short_repr(text)}"
         ) from None
 
@@ -198,7 +199,7 @@ def _check_stream_node_manager(stream_maxlen: object, node: object, manager: obj
     if isinstance(stream_maxlen, bool) or not isinstance(stream_maxlen, int):
         raise TypeError(f"stream_maxlen must be an int, got {type(stream_maxlen).__name__}")
     if stream_maxlen < 1:
-        raise ValueError(f"stream_maxlen must be at least 1, got {stream_maxlen}")
+        raise InvalidConfig(f"stream_maxlen must be at least 1, got {stream_maxlen}")
     if node is not None and not isinstance(node, str):
         raise TypeError(f"node must be a str, got {type(node).__name__}")
     if node is not None:
