@@ -362,14 +362,11 @@ def translated(url: str, doing: str) -> Iterator[None]:
         return
     try:
         yield
-    except FoundationError:
-        raise
-    except redis_errors() as exc:
-        raise translate_error(exc, url=url, doing=doing) from exc
     except Exception as exc:
-        if not raised_inside_redis_py(exc):
+        error = _translation(exc, url, doing)
+        if error is None:
             raise  # ours or a caller's: unchanged
-        raise translate_error(redis_py_failure(exc), url=url, doing=doing) from exc
+        raise error from exc
 
 
 @contextmanager
@@ -380,16 +377,25 @@ def _translated_and_timed(url: str, doing: str) -> Iterator[None]:
     try:
         yield
         ok = True
-    except FoundationError:
-        raise
-    except redis_errors() as exc:
-        raise translate_error(exc, url=url, doing=doing) from exc
     except Exception as exc:
-        if not raised_inside_redis_py(exc):
+        error = _translation(exc, url, doing)
+        if error is None:
             raise  # ours or a caller's: unchanged
-        raise translate_error(redis_py_failure(exc), url=url, doing=doing) from exc
+        raise error from exc
     finally:
         report_round_trip(began, ok=ok, doing=doing, url=url)
+
+
+def _translation(exc: Exception, url: str, doing: str) -> FoundationError | None:
+    """The Foundation error :func:`translated` raises for ``exc``; None to let it pass
+    (a Foundation error already, or an exception of ours or a caller's)."""
+    if isinstance(exc, FoundationError):
+        return None
+    if isinstance(exc, redis_errors()):
+        return translate_error(exc, url=url, doing=doing)
+    if raised_inside_redis_py(exc):
+        return translate_error(redis_py_failure(exc), url=url, doing=doing)
+    return None
 
 
 def client_name(name: str) -> str:

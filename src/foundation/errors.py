@@ -79,6 +79,27 @@ def bounded_repr(value: object) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def bounded_list(problems: list[str]) -> str:
+    """``problems`` joined by ``"; "`` in at most about 1,300 characters, however many
+    there are: each is cut to 300 characters, and those past 1,000 are counted.
+
+    >>> bounded_list(["a", "b"])
+    'a; b'
+    >>> bounded_list(["x" * 400] * 10).endswith("; and 7 more")
+    True
+    """
+    shown: list[str] = []
+    length = 0
+    for text in problems:
+        problem = text if len(text) <= 300 else text[:297] + "..."
+        if shown and length + len(problem) > 1000:
+            shown.append(f"and {len(problems) - len(shown)} more")
+            break
+        shown.append(problem)
+        length += len(problem) + 2
+    return "; ".join(shown)
+
+
 class FoundationError(Exception):
     """Base class of every error Foundation raises on purpose."""
 

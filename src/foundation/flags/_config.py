@@ -19,7 +19,13 @@ from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from foundation._toml_files import MAX_CONFIG_BYTES, read_toml
-from foundation.errors import InvalidConfig, InvalidFlagValue, UnknownFlag, bounded_repr
+from foundation.errors import (
+    InvalidConfig,
+    InvalidFlagValue,
+    UnknownFlag,
+    bounded_list,
+    bounded_repr,
+)
 from foundation.flags._store import FlagState
 
 if TYPE_CHECKING:
@@ -30,7 +36,6 @@ __all__ = [
     "ENV_PREFIX",
     "MAX_CONFIG_BYTES",
     "check_audit_text",
-    "listed",
     "nearest",
     "parse_config",
     "parse_value",
@@ -38,10 +43,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "FOUNDATION_FLAG_"
-MAX_PROBLEMS_TEXT = 1000
-"""How much of a message lists problems (``listed``); the rest are counted."""
-MAX_PROBLEM_CHARS = 300
-"""Longest single problem in such a list; a longer one is cut."""
 MAX_AUDIT_CHARS = 4096
 """Longest ``by`` / ``reason`` accepted on a write."""
 
@@ -218,21 +219,6 @@ def _env_entries(env: object, declared: Collection[str]) -> list[tuple[str, str,
     return entries
 
 
-def listed(problems: list[str]) -> str:
-    """``problems`` joined, bounded however many there are: the rest are counted."""
-    shown: list[str] = []
-    length = 0
-    for text in problems:
-        cut = len(text) > MAX_PROBLEM_CHARS
-        problem = text[: MAX_PROBLEM_CHARS - 3] + "..." if cut else text
-        if shown and length + len(problem) > MAX_PROBLEMS_TEXT:
-            shown.append(f"and {len(problems) - len(shown)} more")
-            break
-        shown.append(problem)
-        length += len(problem) + 2
-    return "; ".join(shown)
-
-
 def parse_config(
     source: Source, env: Mapping[str, str] | None, declared: Collection[str]
 ) -> tuple[dict[str, FlagState], str]:
@@ -303,5 +289,5 @@ def _parse_entries(
         except InvalidFlagValue as exc:
             problems.append(f"{where}: {exc}")
     if problems:
-        raise InvalidFlagValue("invalid flag config: " + listed(problems))
+        raise InvalidFlagValue("invalid flag config: " + bounded_list(problems))
     return layer

@@ -24,9 +24,9 @@ from foundation.errors import (
     InvalidFlagValue,
     MigrationError,
     UnknownFlag,
+    bounded_list,
     bounded_repr,
 )
-from foundation.flags._config import listed as _listed
 from foundation.flags._config import nearest
 from foundation.flags._flags import FeatureFlags, Flag, _Writer
 from foundation.flags._store import MAX_STAGE, MigrationEvent, report_callback_error
@@ -476,7 +476,7 @@ class Migration:
         # a transaction body may be retried); the stage itself is read inside.
         problems = self.problems()
         if problems:
-            raise MigrationError("not ready to advance: " + _listed(problems))
+            raise MigrationError("not ready to advance: " + bounded_list(problems))
 
         def body(w: _Writer) -> MigrationEvent:
             current = w.txn.migration_stage(self.plan.name)

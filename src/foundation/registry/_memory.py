@@ -78,7 +78,7 @@ from foundation.registry._types import (
 from foundation.registry._validation import (
     EMPTY_METADATA,
     freeze_metadata,
-    short_repr,
+    indexed_names,
     validate_key,
 )
 
@@ -212,19 +212,6 @@ class _Registration(Monitor):
         return f"<registration {self.key!r}>"
 
 
-def _indexed_names(indexed: Iterable[str]) -> tuple[str, ...]:
-    """``indexed`` as a tuple of attribute names, or ``TypeError`` (``MemoryRegistry``)."""
-    if isinstance(indexed, str):  # "role" would index "r", "o", "l", "e"
-        raise TypeError("indexed must be a sequence of attribute names, not a str")
-    names = tuple(indexed)
-    for attr in names:
-        if not isinstance(attr, str) or not attr:
-            raise TypeError(
-                f"indexed attribute names must be non-empty str, got {short_repr(attr)}"
-            )
-    return names
-
-
 class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
     """The shared registry: lock-free reads, serialised writes, one monitor per entry.
 
@@ -256,7 +243,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         manager: MonitorManager | None = None,
         node: str = "local",
     ) -> None:
-        indexed = _indexed_names(indexed)
+        indexed = indexed_names(indexed)
         if not isinstance(node, str):
             raise TypeError(f"node must be a str, got {type(node).__name__}")
         if manager is not None and not isinstance(manager, MonitorManager):

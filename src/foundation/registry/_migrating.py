@@ -170,9 +170,9 @@ from foundation.errors import (
     MigrationError,
     NotAlive,
     NotRegistered,
+    bounded_list,
 )
 from foundation.registry._async import MigratingAsyncWrites
-from foundation.registry._migrating_divergences import listed
 from foundation.registry._migrating_events import _LEGACY, _TARGET, _Call
 from foundation.registry._migrating_mirror import _TargetMirrors
 from foundation.registry._migrating_readers import _CLOSED_READER, _LegacyReader, _SettlingReader
@@ -709,7 +709,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
                     )
                 if problems:
                     raise MigrationError(
-                        "cannot finish the migration while divergences remain: " + listed(problems)
+                        "cannot finish the migration while divergences remain: "
+                        + bounded_list(problems)
                     )
                 self._finished = True
                 self._on = True

@@ -21,9 +21,6 @@ from foundation.registry._validation import short_repr
 MAX_REASON: Final = 300
 """The longest ``Divergence.reason`` (longer ones are cut, ending in ``...``)."""
 
-MAX_PROBLEMS_TEXT: Final = 1000
-"""How much of a message lists divergences (``finish()``); the rest are counted."""
-
 
 class _DivergenceBook(_LegacyViews):
     """The divergence layer of ``MigratingRegistry``.
@@ -79,17 +76,3 @@ class _DivergenceBook(_LegacyViews):
             f"registry divergence: key {short_repr(d.key)} in thread {d.thread}: {d.reason}"
             for d in self._divergences()
         ]
-
-
-def listed(problems: list[str]) -> str:
-    """``problems`` joined, bounded however many there are: the rest are counted
-    (the rule of ``Migration.advance``'s message)."""
-    shown: list[str] = []
-    length = 0
-    for problem in problems:
-        if shown and length + len(problem) > MAX_PROBLEMS_TEXT:
-            shown.append(f"and {len(problems) - len(shown)} more")
-            break
-        shown.append(problem)
-        length += len(problem) + 2
-    return "; ".join(shown)

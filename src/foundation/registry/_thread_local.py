@@ -55,7 +55,7 @@ from foundation.registry._types import (
 from foundation.registry._validation import (
     EMPTY_METADATA,
     freeze_metadata,
-    short_repr,
+    indexed_names,
     validate_key,
 )
 
@@ -161,15 +161,7 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
     """
 
     def __init__(self, indexed: Iterable[str] = ()) -> None:
-        if isinstance(indexed, str):  # "role" would index "r", "o", "l", "e"
-            raise TypeError("indexed must be a sequence of attribute names, not a str")
-        indexed = tuple(indexed)
-        for attr in indexed:
-            if not isinstance(attr, str) or not attr:
-                raise TypeError(
-                    f"indexed attribute names must be non-empty str, got {short_repr(attr)}"
-                )
-        self._indexed = frozenset(indexed)
+        self._indexed = frozenset(indexed_names(indexed))
         self._local = threading.local()
         # token -> weak reference to a thread's store. The store itself lives in
         # self._local, so it is dropped when its thread ends; the weakref

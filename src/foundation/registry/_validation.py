@@ -249,6 +249,34 @@ def _plain_base(value: object) -> object:
     return None
 
 
+def indexed_names(indexed: object) -> tuple[str, ...]:
+    """``indexed=`` of every registry as a tuple of attribute names, or ``TypeError``.
+
+    >>> indexed_names(["role", "zone"])
+    ('role', 'zone')
+    >>> indexed_names("role")
+    Traceback (most recent call last):
+    ...
+    TypeError: indexed must be a sequence of attribute names, not a str
+    """
+    if isinstance(indexed, str):  # "role" would index "r", "o", "l", "e"
+        raise TypeError("indexed must be a sequence of attribute names, not a str")
+    try:
+        names: tuple[object, ...] = tuple(indexed)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"indexed must be a sequence of attribute names, got {short_repr(indexed)}"
+        ) from None
+    checked: list[str] = []
+    for attr in names:
+        if not isinstance(attr, str) or not attr:
+            raise TypeError(
+                f"indexed attribute names must be non-empty str, got {short_repr(attr)}"
+            )
+        checked.append(attr)
+    return tuple(checked)
+
+
 # --------------------------------------------------------------------------- metadata
 
 

@@ -76,6 +76,7 @@ from foundation.registry._validation import (
     MAX_METADATA_BYTES,
     check_metadata_size,
     freeze_metadata,
+    indexed_names,
     metadata_from_json,
     metadata_to_json,
     short_repr,
@@ -152,7 +153,7 @@ def _checked_arguments(
     """``RedisRegistry``'s arguments checked at the call (``TypeError``/``InvalidConfig``,
     never later): its indexed attributes, lease TTL, heartbeat and op timeout."""
     _check_namespace(namespace)
-    attrs = _indexed_attributes(indexed)
+    attrs = frozenset(indexed_names(indexed))
     ttl = _seconds("lease_ttl", lease_ttl)
     beat = ttl / 3 if heartbeat is None else _seconds("heartbeat", heartbeat)
     if not 0 < beat < ttl:
@@ -169,19 +170,6 @@ def _check_namespace(namespace: object) -> None:
             f"namespace must be a non-empty str without braces, got {short_repr(namespace)}"
         )
     _check_unicode("namespace", namespace)
-
-
-def _indexed_attributes(indexed: Iterable[str]) -> frozenset[str]:
-    """The attribute names of ``indexed=`` (``TypeError`` unless non-empty str)."""
-    if isinstance(indexed, str):  # "role" would index "r", "o", "l", "e"
-        raise TypeError("indexed must be a sequence of attribute names, not a str")
-    attrs = frozenset(indexed)
-    for attr in attrs:  # the rule of every backend's indexed=
-        if not isinstance(attr, str) or not attr:
-            raise TypeError(
-                f"indexed attribute names must be non-empty str, got {short_repr(attr)}"
-            )
-    return attrs
 
 
 def _check_unicode(name: str, text: str) -> None:
