@@ -277,6 +277,21 @@ def test_entry_metadata_is_read_only_yet_copies_deepcopies_and_pickles(
     assert registry.lookup("k").metadata == {"role": "io", "limits": {"cpu": (1, 2)}}  # type: ignore[union-attr]
 
 
+def test_entries_and_their_metadata_hash_so_a_set_of_entries_works(
+    registry: Registry, agent: threading.Thread
+) -> None:
+    registry.register("k", agent, {"role": "io", "limits": {"cpu": [1, 2]}})
+    registry.register("j", agent)
+    entries = registry.list_all()
+    assert set(entries) == set(registry.list_all())  # was: TypeError, unhashable dict
+    assert len(set(entries)) == 2
+    metadata = registry.lookup("k").metadata  # type: ignore[union-attr]
+    same = freeze_metadata({"limits": {"cpu": (1, 2)}, "role": "io"})
+    assert metadata == same
+    assert hash(metadata) == hash(same)  # equal, so equal hashes (key order aside)
+    assert {metadata: 1}[same] == 1
+
+
 def test_frozen_metadata_built_directly_is_validated_too() -> None:
     assert FrozenMetadata({"a": [1]}) == {"a": (1,)}
     with pytest.raises(InvalidMetadata):

@@ -129,6 +129,11 @@ class FrozenMetadata(ReadOnlyDict, metaclass=_FrozenMetadataType):
     def __reduce__(self) -> tuple[Any, ...]:
         return (_unpickle, (dict(self),))
 
+    def __hash__(self) -> int:  # type: ignore[override]
+        # Immutable, and every value is hashable (arrays are tuples, mappings are
+        # FrozenMetadata): so it hashes, and so does an Entry (``set(list_all())``).
+        return hash(frozenset(self.items()))
+
 
 # FrozenMetadata(d) without the metaclass's validation: dict's C __new__ and
 # __init__ (a copy of d), for data this module has checked or is checking.
