@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -43,3 +44,12 @@ def fresh_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, which the test may kill or restart."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+def stop() -> Iterator[threading.Event]:
+    """An event live agents wait on (``spawn_thread(stop.wait)``); set at teardown,
+    so every agent a test made ends."""
+    event = threading.Event()
+    yield event
+    event.set()

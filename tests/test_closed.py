@@ -15,7 +15,7 @@ import concurrent.futures
 import inspect
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,6 @@ def assert_closed(call: Callable[[], object]) -> None:
     assert isinstance(info.value, RuntimeError)
     assert isinstance(info.value, FoundationError)
     assert "closed" in str(info.value)
-
-
-@pytest.fixture
-def stop() -> Iterator[threading.Event]:
-    event = threading.Event()
-    yield event
-    event.set()
 
 
 # ---------------------------------------------------------------------------- FeatureFlags

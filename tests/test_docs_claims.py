@@ -37,13 +37,6 @@ from foundation.supervision import ChildSpec
 
 
 @pytest.fixture
-def stop() -> Iterator[threading.Event]:
-    event = threading.Event()
-    yield event
-    event.set()
-
-
-@pytest.fixture
 def registry() -> Iterator[MemoryRegistry]:
     with MemoryRegistry(indexed=("role",)) as r:
         yield r

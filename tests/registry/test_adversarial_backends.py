@@ -75,13 +75,6 @@ class LooksLikeK:
         return other == "k"
 
 
-@pytest.fixture
-def stop() -> Iterator[threading.Event]:
-    event = threading.Event()
-    yield event
-    event.set()
-
-
 @pytest.fixture(params=backend_params())
 def registry(request: pytest.FixtureRequest) -> Iterator[Registry]:
     spec: BackendSpec = request.param

@@ -41,13 +41,6 @@ WAIT = 10.0
 
 
 @pytest.fixture
-def stop() -> Iterator[threading.Event]:
-    event = threading.Event()
-    yield event
-    event.set()
-
-
-@pytest.fixture
 def setup() -> Iterator[tuple[MigratingRegistry, MemoryRegistry, FeatureFlags]]:
     flags = FeatureFlags([Flag(FLAG)])
     flags.enable(FLAG)

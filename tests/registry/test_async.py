@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -27,14 +27,6 @@ from tests.faults._subprocess import run_scenario
 from tests.redis_support import RedisServer
 
 FLAG = "use_ets_agent_registry"
-
-
-@pytest.fixture
-def stop() -> Iterator[threading.Event]:
-    """Releases every live agent a test made."""
-    event = threading.Event()
-    yield event
-    event.set()
 
 
 def _migrating(legacy: Registry, target: Registry, *, on: bool) -> MigratingRegistry:

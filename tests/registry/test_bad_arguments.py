@@ -32,13 +32,6 @@ def flags() -> Iterator[FeatureFlags]:
         yield f
 
 
-@pytest.fixture
-def stop() -> Iterator[threading.Event]:
-    event = threading.Event()
-    yield event
-    event.set()
-
-
 BACKENDS: dict[str, Callable[[], Registry]] = {
     "memory": MemoryRegistry,
     "thread_local": ThreadLocalRegistry,

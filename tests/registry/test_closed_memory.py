@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,13 +42,6 @@ CALLS: dict[str, Call] = {
     "register_async": lambda r, a: asyncio.run(r.register_async("k", a)),
     "unregister_async": lambda r, a: asyncio.run(r.unregister_async("held")),
 }
-
-
-@pytest.fixture
-def stop() -> Iterator[threading.Event]:
-    event = threading.Event()
-    yield event
-    event.set()
 
 
 @pytest.mark.parametrize("shared_manager", [False, True], ids=["own manager", "shared manager"])
