@@ -4,6 +4,12 @@ Starts its own redis-server on a free port (tests.redis_support). Node B of the
 visibility rows runs in a separate OS process (tests.redis.node_main) and
 stamps, with the system-wide monotonic clock, the moment its mirror applied
 A's registration (its listener fires after the entry is visible there).
+
+The register rows compare like with like: the SET side runs on a redis-py
+client with the registry's connection settings (``_redis_conn.connect``:
+socket timeout, no client retries; hiredis parser on both sides) and stores
+the same value the register call is given (its metadata JSON); both sides
+build their inputs inside the timed loop, and both grow their keyspace alike.
 """
 
 from __future__ import annotations
@@ -19,11 +25,18 @@ from tests.redis.support import NodeProcess
 from tests.redis_support import RedisServer
 
 from benchmarks._harness import Row, compare
+from foundation import _redis_conn
 from foundation.liveness import spawn_thread
 from foundation.registry import MemoryRegistry, RegistryEvent
 from foundation.registry._redis import RedisRegistry
 
 SECTION = "redis registry"
+METADATA = {"role": "bench"}
+VALUE = json.dumps(METADATA, separators=(",", ":"))
+"""What the SET baselines store: the metadata JSON a register call stores."""
+ROUNDS = 7
+"""Rounds of the register rows (the median ratio of 7 interleaved rounds: the
+round trip time on a shared machine moves between rounds)."""
 ENTRIES = 5_000
 SAMPLES = 300
 TARGET_MS = 10.0
@@ -75,11 +88,19 @@ def _server_us(raw: redis.Redis) -> float:
     return float(stats.get("usec_per_call", 0.0))
 
 
+def _baseline_client(url: str) -> redis.Redis:
+    """The SET side's client: a redis-py client with the registry's connection
+    settings (``_redis_conn.connect``: socket timeout, no retries; hiredis
+    parser on both sides when installed), so only the work differs."""
+    client: redis.Redis = _redis_conn.connect(url, op_timeout=2.0, name="bench-baseline")
+    return client
+
+
 def _register_rows(url: str, agent: object) -> list[Row]:
     counter = itertools.count()
     with (
-        RedisRegistry(url, namespace="bench-register") as red,
-        redis.Redis.from_url(url) as raw,
+        RedisRegistry(url, namespace="bench-register", op_timeout=2.0) as red,
+        _baseline_client(url) as raw,
     ):
 
         def register(n: int) -> None:
@@ -90,10 +111,10 @@ def _register_rows(url: str, agent: object) -> list[Row]:
         def set_(n: int) -> None:
             s = raw.set
             for _ in range(n):
-                s(f"bench:set:{next(counter)}", "x")
+                s(f"bench:set:{next(counter)}", VALUE)
 
         raw.config_resetstat()
-        ratio, s, b = compare(register, set_, 500, rounds=3, repeat=3)
+        ratio, s, b = compare(register, set_, 500, rounds=ROUNDS, repeat=3)
         server = _server_us(raw)
 
         pair_keys = itertools.count()
@@ -107,7 +128,7 @@ def _register_rows(url: str, agent: object) -> list[Row]:
         def two_sets(n: int) -> None:
             for _ in range(n):
                 k = f"bench:pair:{next(counter)}"
-                raw.set(k, "x")
+                raw.set(k, VALUE)
                 raw.delete(k)
 
         pratio, ps, pb = compare(pair, two_sets, 300, rounds=3, repeat=3)
@@ -121,11 +142,11 @@ def _register_rows(url: str, agent: object) -> list[Row]:
             for _ in range(n):
                 pipe = raw.pipeline(transaction=False)
                 for _ in range(BATCH):
-                    pipe.set(f"bench:many:{next(counter)}", "x")
+                    pipe.set(f"bench:many:{next(counter)}", VALUE)
                 pipe.execute()
 
         raw.config_resetstat()
-        mratio, ms, mb = compare(register_many, pipelined_set, 20, rounds=5, repeat=3)
+        mratio, ms, mb = compare(register_many, pipelined_set, 20, rounds=ROUNDS, repeat=3)
         mserver = _server_us(raw) / BATCH
     return [
         Row(

@@ -44,7 +44,7 @@ from typing import Any, Generic, TypeVar
 
 from foundation._unraisable import report_unraisable
 
-__all__ = ["Listeners", "check_listener", "without"]
+__all__ = ["Listeners", "check_listener", "subscribe_to", "unsubscriber", "without"]
 
 E = TypeVar("E")
 
@@ -61,6 +61,51 @@ def without(listeners: tuple[Any, ...], listener: object) -> tuple[Any, ...]:
         if candidate is listener:
             return listeners[:i] + listeners[i + 1 :]
     return listeners
+
+
+def subscribe_to(
+    owner: object,
+    attr: str,
+    lock: threading.Lock,
+    listener: Callable[[Any], object],
+    *,
+    before: Callable[[], None] | None = None,
+) -> Callable[[], None]:
+    """Add ``listener`` to the tuple ``owner.<attr>`` (replaced under ``lock``).
+
+    ``before`` runs under the lock first and may raise (a closed owner). Returns
+    :func:`unsubscriber` for this subscription.
+
+    Raises:
+        TypeError: ``listener`` is not callable (checked before anything else).
+    """
+    check_listener(listener)
+    with lock:
+        if before is not None:
+            before()
+        setattr(owner, attr, (*getattr(owner, attr), listener))
+    return unsubscriber(owner, attr, lock, listener)
+
+
+def unsubscriber(
+    owner: object, attr: str, lock: threading.Lock, listener: object
+) -> Callable[[], None]:
+    """The unsubscribe of ONE subscription of ``listener`` in the tuple ``owner.<attr>``.
+
+    Idempotent: the first call removes one occurrence (under ``lock``), later
+    calls do nothing, so a listener subscribed twice keeps its other subscription.
+    """
+    done = False
+
+    def unsubscribe() -> None:
+        nonlocal done
+        with lock:
+            if done:
+                return
+            done = True
+            setattr(owner, attr, without(getattr(owner, attr), listener))
+
+    return unsubscribe
 
 
 class Listeners(Generic[E]):
@@ -85,20 +130,7 @@ class Listeners(Generic[E]):
         Raises:
             TypeError: ``listener`` is not callable.
         """
-        check_listener(listener)
-        with self._lock:
-            self.current = (*self.current, listener)
-        done = False
-
-        def unsubscribe() -> None:
-            nonlocal done
-            with self._lock:
-                if done:
-                    return
-                done = True
-                self.current = without(self.current, listener)
-
-        return unsubscribe
+        return subscribe_to(self, "current", self._lock, listener)
 
     def dispatch(self, event: E) -> None:
         """Call every listener with ``event``; errors are reported, never raised."""

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import re
 import threading
+import time
 
 import pytest
 import redis
@@ -18,7 +19,7 @@ from foundation.registry._redis._state import Link, LinkState
 
 def _link() -> tuple[Link, list[str]]:
     woken: list[str] = []
-    link = Link("n1", wake=lambda: woken.append("wake"))
+    link = Link("n1", namespace="shop", wake=lambda: woken.append("wake"))
     return link, woken
 
 
@@ -122,12 +123,33 @@ def test_every_transition_is_logged_under_foundation_registry_redis(
     link.recovered(link.epoch, "back")
     link.close()
     records = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
-    assert records == [
-        ("foundation.registry.redis", "INFO", "node n1: recovering -> connected: started"),
-        ("foundation.registry.redis", "WARNING", "node n1: connected -> degraded: READONLY ..."),
-        ("foundation.registry.redis", "INFO", "node n1: degraded -> connected: back"),
-        ("foundation.registry.redis", "INFO", "node n1: connected -> closed: closed"),
+    where = "node n1 (namespace 'shop')"
+    stale = "reads answer from this node's mirror (stale); writes raise BackendUnavailable"
+    assert [(name, level) for name, level, _ in records] == [
+        ("foundation.registry.redis", "INFO"),
+        ("foundation.registry.redis", "WARNING"),
+        ("foundation.registry.redis", "INFO"),
+        ("foundation.registry.redis", "INFO"),
     ]
+    messages = [m for _, _, m in records]
+    assert messages[0] == (
+        f"{where}: recovering -> connected: started; "
+        "the mirror is current; reads and writes are normal"
+    )
+    assert messages[1] == (
+        f"{where}: connected -> degraded: READONLY ...; {stale}; retrying with backoff"
+    )
+    # The recovery says how long the outage lasted.
+    assert re.fullmatch(
+        re.escape(f"{where}: degraded -> connected: back; the mirror is current;")
+        + r" reads and writes are normal \(after \d+\.\d s\)",
+        messages[2],
+    ), messages[2]
+    assert messages[3] == f"{where}: connected -> closed: closed; no more calls"
+    fields = caplog.records[2]
+    assert getattr(fields, "namespace", None) == "shop"
+    assert getattr(fields, "outage_seconds", -1.0) >= 0
+    assert link.state_since <= time.time()
 
 
 # ------------------------------------------------------------------ script arguments

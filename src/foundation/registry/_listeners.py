@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from foundation._listeners import check_listener, without
+from foundation._listeners import subscribe_to
 from foundation.errors import Closed
 from foundation.registry._types import Listener
 
@@ -40,21 +40,10 @@ class CopyOnWriteListeners:
             TypeError: ``listener`` is not callable.
             Closed: the registry is closed.
         """
-        if getattr(self, "_closed", False):  # first, as every call of a closed registry
+        self._refuse_if_closed()  # first, as every call of a closed registry
+        # Race: closed meanwhile; checked again under the lock (before=).
+        return subscribe_to(self, "_listeners", self._lock, listener, before=self._refuse_if_closed)
+
+    def _refuse_if_closed(self) -> None:
+        if getattr(self, "_closed", False):
             raise Closed(f"this {type(self).__name__} is closed")
-        check_listener(listener)
-        with self._lock:
-            if getattr(self, "_closed", False):  # race: closed meanwhile
-                raise Closed(f"this {type(self).__name__} is closed")
-            self._listeners = (*self._listeners, listener)
-        done = False
-
-        def unsubscribe() -> None:
-            nonlocal done
-            with self._lock:
-                if done:
-                    return
-                done = True
-                self._listeners = without(self._listeners, listener)
-
-        return unsubscribe

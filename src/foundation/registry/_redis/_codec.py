@@ -28,14 +28,14 @@ import json
 import json.encoder
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
+from foundation.errors import InvalidMetadata
 from foundation.registry._query import is_index_safe
 from foundation.registry._validation import (
     INT_MAX,
     INT_MIN,
     MAX_KEY_DEPTH,
-    metadata_to_json,
     validate_key,
 )
 
@@ -96,7 +96,7 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 _str_json: Callable[[str], str] = json.encoder.encode_basestring_ascii
 """A ``str`` as a JSON string, ASCII (what ``_dumps`` writes for one)."""
 _text_json: Callable[[str], str] = json.encoder.encode_basestring
-"""A ``str`` as a JSON string, non-ASCII kept (what ``metadata_to_json`` writes)."""
+"""A ``str`` as a JSON string, non-ASCII kept (what ``metadata_json`` writes)."""
 _INT_MIN, _INT_MAX = INT_MIN, INT_MAX
 
 
@@ -141,15 +141,24 @@ def normal_key(key: Any) -> tuple[Hashable, str]:
 
 
 def metadata_json(frozen: Mapping[str, Any]) -> str:
-    """``metadata_to_json(frozen)`` (the same text), fast for flat metadata of
-    ``str``/``int``/``bool``/``None`` values (the common case, no encoder built).
+    """Compact JSON text of (frozen, valid) metadata, keys in the caller's order,
+    nested mappings too: what ``P:meta`` and the change records hold, so every
+    node decodes an entry's metadata in the order its registering caller gave
+    (``json.loads`` keeps text order). The same bytes as ``metadata_to_json``
+    but for key order, so the one size limit gives the same answer. Fast for
+    flat metadata of ``str``/``int``/``bool``/``None`` values (no encoder built).
+
+    Older nodes wrote keys sorted (``metadata_to_json``): such text reads back
+    as it is, sorted; both are plain JSON objects, so mixed versions read each
+    other's entries during a rolling upgrade.
 
     >>> metadata_json({"b": 1, "a": "x", "c": None})
-    '{"a":"x","b":1,"c":null}'
+    '{"b":1,"a":"x","c":null}'
+    >>> metadata_json({"z": {"y": 1.5, "x": [2, "é"]}, "a": True})
+    '{"z":{"y":1.5,"x":[2,"é"]},"a":true}'
     """
     parts = []
-    for k in sorted(frozen):
-        v = frozen[k]
+    for k, v in frozen.items():
         tv = type(v)
         if tv is str:
             parts.append(f"{_text_json(k)}:{_text_json(v)}")
@@ -160,8 +169,22 @@ def metadata_json(frozen: Mapping[str, Any]) -> str:
         elif tv is bool:
             parts.append(f"{_text_json(k)}:{'true' if v else 'false'}")
         else:
-            return metadata_to_json(frozen)
+            return _ordered_json(frozen)
     return "{" + ",".join(parts) + "}"
+
+
+_encode_ordered: Final = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+"""``metadata_to_json``'s encoder without ``sort_keys`` (one for every call)."""
+
+
+def _ordered_json(frozen: Mapping[str, Any]) -> str:
+    """``metadata_json`` past its fast path (nesting, floats): the JSON encoder."""
+    try:
+        return _encode_ordered(frozen)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidMetadata(f"metadata is not JSON-serialisable: {type(exc).__name__}") from None
 
 
 def _restore(value: Any) -> Hashable:

@@ -29,13 +29,14 @@ class Mirror:
     answer an indexed query alike (enum members looked up as their plain value).
     """
 
-    __slots__ = ("entries", "floor", "index", "versions")
+    __slots__ = ("entries", "floor", "index", "indexing", "versions")
 
     def __init__(self, indexed: Iterable[str]) -> None:
         self.entries: dict[Hashable, Entry] = {}
         self.versions: dict[Hashable, int] = {}
         self.floor = 0
         self.index = AttributeIndex(indexed)
+        self.indexing = bool(self.index.attrs)  # False: put/remove skip the index
 
     def is_newer(self, key: Hashable, version: int) -> bool:
         """True when a record of ``version`` for ``key`` has not been applied yet."""
@@ -46,6 +47,10 @@ class Mirror:
         key = entry.key
         entries = self.entries
         old = entries.get(key)
+        if not self.indexing:
+            entries[key] = entry
+            self.versions[key] = version
+            return old
         # Index first, then publish, then unindex what only the old entry had: a
         # query that sees the key in the index and reads ``entries`` finds the new
         # entry or the old one (re-checked by the query), never a half-written one.
@@ -74,7 +79,7 @@ class Mirror:
         """Remove ``key`` (remembering ``version`` as its tombstone); returns the old entry."""
         self.versions[key] = version
         old = self.entries.pop(key, None)
-        if old is not None:
+        if old is not None and self.indexing:
             self.index.remove(key, old.metadata)
         return old
 

@@ -14,7 +14,9 @@ How it works (details in ``docs/redis.md``); one module per job:
   local mirror, and the resync from a snapshot.
 - this module: the facade. Reads are answered by the mirror; a node applies
   the result of its own writes at once (read-your-writes), per-key versions
-  make the later stream copy a no-op.
+  make the later stream copy a no-op, and when its records are the next ones
+  on the stream the writer moves its tail past them (they are never read back).
+  API writes go out on the node's write connection (``Shared.write_script``).
 
 Local agents are monitored by this node's MonitorManager and removed from the
 mirror the instant they die; the server-side delete follows from the lease
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from foundation import _redis_conn
-from foundation._listeners import check_listener, without
+from foundation._listeners import subscribe_to
 from foundation.errors import (
     AlreadyRegistered,
     BackendUnavailable,
@@ -53,6 +55,7 @@ from foundation.errors import (
 )
 from foundation.liveness import (
     Down,
+    Monitor,
     MonitorManager,
     describe_agent,
     is_alive,
@@ -78,7 +81,6 @@ from foundation.registry._validation import (
     freeze_metadata,
     indexed_names,
     metadata_from_json,
-    metadata_to_json,
     short_repr,
     validate_key,
 )
@@ -201,7 +203,7 @@ class _Prepared:
 
     __slots__ = (
         "agent",
-        "args",
+        "argv",
         "died",
         "frozen",
         "key",
@@ -220,7 +222,7 @@ class _Prepared:
         self.registered_at = at
         self.own = own
         self.prev: _shared.Own | None = None  # this node's registration it replaces
-        self.args: _scripts.RegisterArgs | None = None  # REGISTER's (single register only)
+        self.argv: list[Any] = []  # REGISTER's ARGV (single register only)
         self.own_dead = False  # this node's previous agent under the key is dead
         self.died = False  # the agent died while its script ran
 
@@ -271,7 +273,8 @@ class RedisStatus:
     ``recoveries``: recoveries completed after the first; ``reasserts``:
     recoveries that wrote registrations back; ``reasserted``: registrations
     written back by them; ``lease_extensions``: global outages this node's
-    heartbeat healed (see docs/redis.md, "Leases").
+    heartbeat healed (see docs/redis.md, "Leases"); ``state_since``: when
+    ``state`` was entered (``time.time()``).
     """
 
     node: str
@@ -289,6 +292,7 @@ class RedisStatus:
     reasserts: int = 0
     reasserted: int = 0
     lease_extensions: int = 0
+    state_since: float = 0.0
 
 
 class RedisRegistry(Registry):
@@ -461,15 +465,18 @@ class RedisRegistry(Registry):
         events: list[RegistryEvent] = []
         with sh.writing():
             self._begin(p, replace)
-            doing = f"registering {key!r:.200}"
+
+            def doing() -> str:
+                return f"registering {key!r:.200}"
+
             try:
-                reply = sh.script("register", p.args, doing)
+                reply = sh.write_script("register", p.argv, doing)
                 if reply[0] == b"NOLEASE":
                     # Our lease was lost (we were frozen or cut off): recover (which
                     # re-asserts everything else we hold), then try once more.
                     sh.link.lease_lost("a write found our lease gone")
                     self._lease.recover_locked()
-                    reply = sh.script("register", p.args, doing)
+                    reply = sh.write_script("register", p.argv, doing)
             except BaseException:
                 sh.forget_own(key, p.own, p.prev)
                 # A write that timed out may have landed: resync (its orphan goes).
@@ -520,23 +527,7 @@ class RedisRegistry(Registry):
             raise Closed("this RedisRegistry is closed")
         batch = batch_items(items)
         outcomes: list[RegistryError | None] = [None] * len(batch)
-        # Validate every item first (no lock, no Redis); split the valid ones into
-        # rounds of distinct keys: a key's second item waits for its first.
-        rounds: list[list[tuple[int, _Prepared]]] = [[]]
-        seen: dict[Hashable, int] = {}
-        agents: dict[int, str] = {}
-        for i, (key, agent, metadata) in enumerate(batch):
-            try:
-                p = self._prepare(key, agent, metadata, agents)
-            except (InvalidKey, InvalidMetadata, UnsupportedAgent, NotAlive) as exc:
-                outcomes[i] = exc
-                continue
-            n = seen.get(p.key, -1) + 1  # p.key: normalised (equal keys, one slot)
-            seen[p.key] = n
-            if n == len(rounds):
-                rounds.append([])
-            rounds[n].append((i, p))
-        for items_ in rounds:
+        for items_ in self._prepare_batch(batch, outcomes):
             if items_:
                 self._register_round(items_, replace, outcomes)
         return outcomes
@@ -580,7 +571,11 @@ class RedisRegistry(Registry):
             self._lease.flush_pending_down(key)
             args = _scripts.UnregisterArgs(sh.maxlen, ek, "unregistered", "", "", "", "", sh.node)
             try:
-                v = int(sh.script("unregister", args, f"unregistering {key!r:.200}"))
+                v = int(
+                    sh.write_script(
+                        "unregister", args.argv(), lambda: f"unregistering {key!r:.200}"
+                    )
+                )
             except FoundationError:
                 sh.link.resync_needed(f"the outcome of unregistering {key!r:.200} is unknown")
                 raise
@@ -625,9 +620,9 @@ class RedisRegistry(Registry):
             raise Closed("this RedisRegistry is closed")
         key, ek = normal_key(key)  # the one key rule (InvalidKey)
         frozen = freeze_metadata(metadata)
-        meta_text = metadata_to_json(frozen)
-        check_metadata_size(meta_text, MAX_METADATA_BYTES)
-        meta = sh.utf8(meta_text)
+        meta = sh.utf8(metadata_json(frozen))  # keys in the caller's order
+        if len(meta) > MAX_METADATA_BYTES:
+            check_metadata_size(meta.decode(), MAX_METADATA_BYTES)  # raises InvalidMetadata
         ix = sh.ix_for(frozen)
         events: list[RegistryEvent] = []
         args = _scripts.UpdateArgs(sh.maxlen, ek, meta, ix, sh.node)
@@ -635,14 +630,14 @@ class RedisRegistry(Registry):
         with sh.writing():
             self._lease.flush_pending_down(key)
             try:
-                reply = sh.script("update", args, doing)
+                reply = sh.write_script("update", args.argv(), doing)
                 if reply[0] == b"NOTREG" and self._held_here(key):
                     # Redis lost our live registration (it restarted empty, or our
                     # lease was reaped) although lookup returns it: recover (which
                     # re-asserts it with its current metadata), then update.
                     sh.link.lease_lost(f"Redis lacks our live registration {key!r:.200}")
                     self._lease.recover_locked()
-                    reply = sh.script("update", args, doing)
+                    reply = sh.write_script("update", args.argv(), doing)
             except FoundationError:
                 sh.link.resync_needed(f"the outcome of updating {key!r:.200} is unknown")
                 raise
@@ -726,21 +721,7 @@ class RedisRegistry(Registry):
         write or a thread. ``Closed`` after ``close()``.
         """
         self._check_open()
-        check_listener(listener)
-        sh = self._sh
-        with sh.mlock:
-            sh.listeners = (*sh.listeners, listener)
-        done = False
-
-        def unsubscribe() -> None:
-            nonlocal done
-            with sh.mlock:
-                if done:
-                    return
-                done = True
-                sh.listeners = without(sh.listeners, listener)
-
-        return unsubscribe
+        return subscribe_to(self._sh, "listeners", self._sh.mlock, listener)
 
     def is_stale(self) -> bool:
         """True when the mirror may be behind Redis (cut off, unhealthy, recovering).
@@ -767,6 +748,7 @@ class RedisRegistry(Registry):
             resyncs=max(0, sh.gen - 1),
             last_error=link.last_error,
             state=link.state.value,
+            state_since=link.state_since,
             recoveries=max(0, link.recoveries - 1),
             reasserts=sh.reasserts,
             reasserted=sh.reasserted,
@@ -856,43 +838,91 @@ class RedisRegistry(Registry):
 
     # ------------------------------------------------------------------ registering
 
-    def _prepare(
+    def _prepare(self, key: Hashable, agent: Any, metadata: Mapping[str, Any] | None) -> _Prepared:
+        """Check and encode one registration (no lock, no Redis); raises what
+        ``register`` raises for bad input."""
+        sh = self._sh
+        key, ek, frozen, meta, prefix = self._encoded(key, agent, metadata, None)
+        registered_at = time.time()
+        head = f'{prefix}{registered_at!r},"s":{next(_seq)}}}'
+        own = _shared.Own(agent, ek, head, meta, sh.ix_for(frozen) if sh.indexed else "")
+        return _Prepared(key, agent, frozen, registered_at, own)
+
+    def _prepare_batch(
+        self,
+        batch: list[tuple[Hashable, Any, Mapping[str, Any] | None]],
+        outcomes: list[RegistryError | None],
+    ) -> list[list[tuple[int, _Prepared]]]:
+        """``_prepare`` of every item of a ``register_many`` call (no lock, no
+        Redis): an invalid item gets its outcome now; the valid ones are split
+        into rounds of distinct keys (a key's second item waits for its first).
+
+        The items of round 0 share one ``registered_at`` (one call registers
+        them); an item of a later round takes its own time, as a second
+        ``register`` of the key would.
+        """
+        sh = self._sh
+        ix_for = sh.ix_for if sh.indexed else None
+        encoded = self._encoded
+        new_own, new_prepared, seq = _shared.Own, _Prepared, _seq
+        prefixes: dict[int, str] = {}
+        rounds: list[list[tuple[int, _Prepared]]] = [[]]
+        seen: dict[Hashable, int] = {}
+        now = time.time()
+        now_text = f'{now!r},"s":'
+        for i, (given, agent, metadata) in enumerate(batch):
+            try:
+                key, ek, frozen, meta, prefix = encoded(given, agent, metadata, prefixes)
+            except (InvalidKey, InvalidMetadata, UnsupportedAgent, NotAlive) as exc:
+                outcomes[i] = exc
+                continue
+            n = seen.get(key, -1) + 1  # key: normalised (equal keys, one slot)
+            seen[key] = n
+            at, at_text = (now, now_text) if n == 0 else _now()
+            # "s" makes every registration's head unique (the compare-and-delete token).
+            head = f"{prefix}{at_text}{next(seq)}}}"
+            own = new_own(agent, ek, head, meta, "" if ix_for is None else ix_for(frozen))
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append((i, new_prepared(key, agent, frozen, at, own)))
+        return rounds
+
+    def _encoded(
         self,
         key: Hashable,
         agent: Any,
         metadata: Mapping[str, Any] | None,
-        agents: dict[int, str] | None = None,
-    ) -> _Prepared:
-        """Check and encode one registration (no lock, no Redis); raises what
-        ``register`` raises for bad input. ``agents``: the agent descriptions of
-        one ``register_many`` call by ``id(agent)`` (the batch holds every agent
-        alive for the call, so an id names one agent)."""
+        prefixes: dict[int, str] | None,
+    ) -> tuple[Hashable, str, Mapping[str, Any], bytes, str]:
+        """``(key, its JSON, frozen metadata, its JSON bytes, the head's prefix)``
+        of one registration; raises what ``register`` raises for bad input.
+
+        The head: who owns it, a description of the agent, when (the caller
+        appends the time and a sequence number). ``prefixes``: the head prefixes
+        of one ``register_many`` call by ``id(agent)`` (the batch holds every
+        agent alive for the call, so an id names one agent).
+        """
         sh = self._sh
         key, ek = normal_key(key)  # the one key rule (InvalidKey)
         frozen = freeze_metadata(metadata)
         meta = sh.utf8(metadata_json(frozen))
         if len(meta) > MAX_METADATA_BYTES:
             check_metadata_size(meta.decode(), MAX_METADATA_BYTES)  # raises InvalidMetadata
-        described = None if agents is None else agents.get(id(agent))
-        if described is None:
+        prefix = None if prefixes is None else prefixes.get(id(agent))
+        if prefix is None:
             if not is_alive(agent):  # UnsupportedAgent for a kind that cannot be monitored
                 raise NotAlive(key, agent)
-            described = _agent_json(agent)
-            if agents is not None:
-                agents[id(agent)] = described
+            prefix = f'{{"n":{sh.node_json},"a":{_agent_json(agent)},"t":'
+            if prefixes is not None:
+                prefixes[id(agent)] = prefix
         # else: found alive for an earlier item of this batch. Race: if it died
-        # since, its monitor fires at once (_begin) and the item is NotAlive.
-        registered_at = time.time()
-        # The head: who owns it, a description of the agent, when; "s" makes every
-        # registration's head unique (it is the compare-and-delete token).
-        head = f'{{"n":{sh.node_json},"a":{described},"t":{registered_at!r},"s":{next(_seq)}}}'
-        own = _shared.Own(agent, ek, head, meta, sh.ix_for(frozen) if sh.indexed else "")
-        return _Prepared(key, agent, frozen, registered_at, own)
+        # since, its monitor fires at once (_begin_all) and the item is NotAlive.
+        return key, ek, frozen, meta, prefix
 
-    def _begin(self, p: _Prepared, replace: bool, *, single: bool = True) -> None:
-        """Make ``p`` known locally (pending) and monitor it (holding wlock);
-        raises ``AlreadyRegistered`` if this node holds the key and not ``replace``.
-        ``single``: build REGISTER's ``p.args`` (``register_many`` sends its own)."""
+    def _begin(self, p: _Prepared, replace: bool) -> None:
+        """Make ``p`` known locally (pending) and monitor it (holding wlock), and
+        build REGISTER's ``p.argv``; raises ``AlreadyRegistered`` if this node
+        holds the key and not ``replace``. (``_begin_all`` does this for a batch.)"""
         sh = self._sh
         key, own = p.key, p.own
         self._lease.flush_pending_down(key)
@@ -906,24 +936,22 @@ class RedisRegistry(Registry):
         with sh.mlock:
             sh.own[key] = own
         try:
-            own.monitor = sh.manager.monitor(p.agent, lambda down: self._on_down(key, own, down))
+            own.monitor = self._monitor_own(key, p.agent, own)
         except BaseException:
             sh.forget_own(key, own, prev)  # nothing of a failed register may stay
             raise
         p.own_dead = not prev_alive
-        if not single:
-            return
-        p.args = _scripts.RegisterArgs(
-            sh.maxlen,
-            sh.node,
-            own.ek,
-            own.head,
-            own.meta,
-            own.ix,
-            "r" if replace else "n",
-            not prev_alive,
-            sh.node,
-            sh.grace_ms,
+        p.argv = _scripts.register_argv(
+            maxlen=sh.maxlen,
+            node=sh.node,
+            ek=own.ek,
+            head=own.head,
+            meta=own.meta,
+            ix=own.ix,
+            mode="r" if replace else "n",
+            own_dead=not prev_alive,
+            writer=sh.node,
+            grace_ms=sh.grace_ms,
         )
 
     def _finish(
@@ -937,7 +965,6 @@ class RedisRegistry(Registry):
         if reply[0] != b"OK":
             return self._refused(p, reply)
         v, first = int(reply[1]), int(reply[2])
-        why, dr = s(reply[3]), s(reply[4])
         own.pending = False
         sh.written = max(sh.written, v)
         entry = new_entry(key, p.agent, p.frozen, p.registered_at, sh.node)
@@ -950,11 +977,12 @@ class RedisRegistry(Registry):
             if first and m.is_newer(key, first):
                 old = m.remove(key, first)
                 if old is not None and listening:
-                    events.append(sh.removed_event(old, why, dr, "", ""))
+                    events.append(sh.removed_event(old, s(reply[3]), s(reply[4]), "", ""))
             if not p.died and m.is_newer(key, v):
                 old = m.put(entry, v)
                 if listening:
                     _note_registered(old, entry, events)
+            sh.own_records_applied(first or v, v, reply[5])  # the drop record is v - 1
         _demonitor_replaced(p.prev)
         return None
 
@@ -1015,7 +1043,7 @@ class RedisRegistry(Registry):
         lease_retried = False
         while todo and failure is None:
             try:
-                replies = self._pipelined(todo, replace)
+                replies, bulk_records = self._pipelined(todo, replace)
             except BaseException as exc:
                 failure = exc
                 break
@@ -1027,6 +1055,9 @@ class RedisRegistry(Registry):
                 outcomes=outcomes,
                 died=died,
             )
+            with sh.mlock:  # their entries are in the mirror now (_settle)
+                for first, last, sid in bulk_records:
+                    sh.own_records_applied(first, last, sid)
             if again and failure is None:
                 # Our lease was lost (we were frozen or cut off): recover (which
                 # re-asserts everything else we hold), then send those once more.
@@ -1047,23 +1078,61 @@ class RedisRegistry(Registry):
     ) -> list[tuple[int, _Prepared]]:
         """Claim every key of ``items`` locally (holding wlock); returns those to send.
 
-        A key already registered gets its outcome now; on any other error every
-        claim made so far is undone and the error propagates.
+        ``_begin`` for a batch of distinct keys, in three passes: the checks (a
+        key this node holds alive gets its ``AlreadyRegistered`` outcome now),
+        every claim under ONE ``mlock``, then the monitors (outside ``mlock``:
+        a monitor of an agent already dead reports at once, and its ``_on_down``
+        takes ``mlock``). On any other error every claim is undone and the error
+        propagates.
         """
         sh = self._sh
-        sent: list[tuple[int, _Prepared]] = []
+        mine = sh.own
+        claimed = self._claimable(items, replace, outcomes)
+        # Race: as in _begin, every key is known locally (pending) BEFORE Redis
+        # has it, so the tail or a resync seeing our records finds the live agents.
+        with sh.mlock:
+            for _, p in claimed:
+                mine[p.key] = p.own
+        try:
+            for _, p in claimed:
+                p.own.monitor = self._monitor_own(p.key, p.agent, p.own)
+        except BaseException:
+            for _, p in claimed:
+                sh.forget_own(p.key, p.own, p.prev)  # nothing of a failed batch stays
+            raise
+        return claimed
+
+    def _claimable(
+        self,
+        items: list[tuple[int, _Prepared]],
+        replace: bool,
+        outcomes: list[RegistryError | None],
+    ) -> list[tuple[int, _Prepared]]:
+        """The items of ``_begin_all`` this node may claim (their ``prev`` and
+        ``own_dead`` set); a key it holds alive gets ``AlreadyRegistered`` unless
+        ``replace``. A pending delete of a key is flushed first (if that fails,
+        nothing is claimed yet)."""
+        sh = self._sh
+        mine = sh.own
+        pending = sh.pending_downs
+        claimable: list[tuple[int, _Prepared]] = []
         for i, p in items:
-            try:
-                self._begin(p, replace, single=False)
-            except AlreadyRegistered as exc:
-                outcomes[i] = exc
+            key = p.key
+            if key in pending:
+                self._lease.flush_pending_down(key)
+            prev = mine.get(key)
+            prev_alive = prev is not None and is_alive(prev.agent)
+            if prev_alive and not replace:
+                outcomes[i] = AlreadyRegistered(key, sh.entries.get(key))
                 continue
-            except BaseException:
-                for _, q in sent:
-                    sh.forget_own(q.key, q.own, q.prev)
-                raise
-            sent.append((i, p))
-        return sent
+            p.prev = prev
+            p.own_dead = not prev_alive
+            claimable.append((i, p))
+        return claimable
+
+    def _monitor_own(self, key: Hashable, agent: Any, own: _shared.Own) -> Monitor:
+        """Watch ``agent``, registered as ``own`` under ``key``: its death goes to ``_on_down``."""
+        return self._sh.manager.monitor(agent, lambda down: self._on_down(key, own, down))
 
     def _settle(
         self,
@@ -1140,31 +1209,35 @@ class RedisRegistry(Registry):
         ``_finish`` does for one reply. ``p.died`` as there."""
         sh = self._sh
         node = sh.node
-        for _, p, _v in done:
-            p.own.pending = False
         sh.written = max(sh.written, done[-1][2])  # versions ascend in batch order
         # Race: as in _finish, a listener subscribed meanwhile may miss these events.
         listening = bool(sh.listeners)
         with sh.mlock:
             m = sh.mirror
             own = sh.own
+            versions, floor, put = m.versions, m.floor, m.put
             for _, p, v in done:
+                p.own.pending = False  # (read only by writers, and we hold wlock)
                 key = p.key
                 if own.get(key) is not p.own:
                     p.died = True  # its monitor fired while the script ran
                     continue
-                if m.is_newer(key, v):
+                if v > versions.get(key, floor):  # m.is_newer(key, v)
                     entry = new_entry(key, p.agent, p.frozen, p.registered_at, node)
-                    old = m.put(entry, v)
+                    old = put(entry, v)
                     if listening:
                         _note_registered(old, entry, events)
         for _, p, _ in done:
-            _demonitor_replaced(p.prev)
+            if p.prev is not None:
+                _demonitor_replaced(p.prev)
 
-    def _pipelined(self, items: list[tuple[int, _Prepared]], replace: bool) -> list[Any]:
+    def _pipelined(
+        self, items: list[tuple[int, _Prepared]], replace: bool
+    ) -> tuple[list[Any], list[tuple[int, int, Any]]]:
         """One round trip: ``REGISTER_MANY`` over every item (chunks of
         ``_CHUNK`` items, pipelined, so no one script blocks Redis for long);
-        a reply per item, an exception for the items of a failed chunk."""
+        a reply per item, an exception for the items of a failed chunk; and
+        ``(first, last, stream id)`` of each bulk record written, in chunk order."""
         sh = self._sh
         script = sh.scripts["register_many"]
         chunks = self._chunks(items, replace)
@@ -1178,12 +1251,16 @@ class RedisRegistry(Registry):
             for j, reply in zip(missing, again, strict=True):
                 replies[j] = reply
         out: list[Any] = []
+        bulk_records: list[tuple[int, int, Any]] = []
         for chunk, reply in zip(chunks, replies, strict=True):
             if isinstance(reply, BaseException):
                 out += [reply] * len(chunk.items)
-            else:
-                out += reply
-        return out
+                continue
+            *per_item, (first, last, sid) = reply  # REGISTER_MANY's last element
+            out += per_item
+            if first:
+                bulk_records.append((int(first), int(last), sid))
+        return out, bulk_records
 
     def _chunks(
         self, items: list[tuple[int, _Prepared]], replace: bool
@@ -1270,6 +1347,12 @@ class RedisRegistry(Registry):
         if event is not None:
             sh.emit([event])
         sh.jobs.put(("down", key))
+
+
+def _now() -> tuple[float, str]:
+    """The time now, and its text in a head followed by the ``"s"`` field's name."""
+    at = time.time()
+    return at, f'{at!r},"s":'
 
 
 def _note_registered(old: Entry | None, entry: Entry, events: list[RegistryEvent]) -> None:

@@ -7,7 +7,7 @@ key patterns such as ``~{ns}:*`` apply):
 
 ==========================  ====================================================
 ``P:head``   hash           encoded key -> JSON ``{"n": node, "a": agent, "t": time}``
-``P:meta``   hash           encoded key -> metadata JSON (opaque to Lua)
+``P:meta``   hash           encoded key -> metadata JSON, keys in the caller's order (opaque to Lua)
 ``P:owner``  hash           encoded key -> owning node
 ``P:ix``     hash           encoded key -> JSON list of its index set names
 ``P:ix:<attr>:<json>`` set  encoded keys whose ``attr`` is (or contains) the value
@@ -67,6 +67,7 @@ __all__ = [
     "SnapshotArgs",
     "UnregisterArgs",
     "UpdateArgs",
+    "register_argv",
 ]
 
 Arg = str | bytes | int
@@ -108,6 +109,24 @@ class RegisterArgs:
             self.writer,
             self.grace_ms,
         ]
+
+
+def register_argv(
+    *,
+    maxlen: str,
+    node: str,
+    ek: str,
+    head: str,
+    meta: bytes,
+    ix: str,
+    mode: Literal["n", "r", "a"],
+    own_dead: bool,
+    writer: str,
+    grace_ms: int,
+) -> list[Arg]:
+    """``RegisterArgs(...).argv()`` of the same arguments, without building the
+    dataclass: the hot path of ``register``."""
+    return [maxlen, node, ek, head, meta, ix, mode, "1" if own_dead else "0", writer, grace_ms]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,12 +281,14 @@ local function mark(first, id, now_v)
   if cut then redis.call('XTRIM', P .. ':log', 'MINID', '~', cut) end
 end
 
+-- Returns the record's version and stream id (callers that need only the
+-- version take the first value).
 local W = ''
 local function log(...)
   local v = redis.call('INCR', P .. ':ver')
   local id = redis.call('XADD', P .. ':log', '*', 'v', v, 'w', W, ...)
   if v % 64 == 0 then mark(v, id, v) end
-  return v
+  return v, id
 end
 
 local function lease_ok(node, now)
@@ -314,25 +335,6 @@ local function set_meta(ek, meta, ix)
   end
   redis.call('HSET', P .. ':meta', ek, meta)
   return log('op', 'u', 'k', ek, 'm', meta)
-end
-
--- Remove every entry of every node whose lease deadline has passed.
-local function reap(now)
-  local dead = redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', '(' .. now)
-  local n = 0
-  for _, node in ipairs(dead) do
-    local owned = P .. ':owned:' .. node
-    for _, ek in ipairs(redis.call('SMEMBERS', owned)) do
-      if redis.call('HGET', P .. ':owner', ek) == node then
-        drop(ek, node, 'down', 'lease_expired', '', '')
-        n = n + 1
-      end
-    end
-    redis.call('DEL', owned)
-    redis.call('ZREM', P .. ':leases', node)
-    redis.call('HDEL', P .. ':nodes', node)
-  end
-  return n
 end
 
 -- The global-outage rule (see the module docstring): if no node renewed its
@@ -388,8 +390,8 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace)
     end
     first = drop(ek, owner, why, dr, '', '')
   end
-  local v = put(ek, node, head, meta, ix)
-  return {'OK', v, first, why, dr}
+  local v, id = put(ek, node, head, meta, ix)
+  return {'OK', v, first, why, dr, id}
 end
 """
 
@@ -398,7 +400,10 @@ REGISTER = (
     + _REGISTER_ONE
     + r"""
 -- ARGV (RegisterArgs): maxlen, node, ek, head, meta, ix, mode ('n' new,
---   'r' replace, 'a' reassert), own_dead, writer, grace_ms
+--   'r' replace, 'a' reassert), own_dead, writer, grace_ms.  Replies {'OK',
+--   version, version of the record that dropped a previous holder (0: none),
+--   why, down reason, stream id of the registration record}, or {'EXISTS',
+--   owner, head, meta}, {'NOLEASE'}, {'SAME'}, {'UPDATED', version, id}.
 W = ARGV[9]
 return register_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
                     tonumber(ARGV[10]))
@@ -415,6 +420,8 @@ REGISTER_MANY = (
 --   in order: an item whose key is held goes through register_one (it may fail
 --   alone) and gets exactly REGISTER's reply; a free key is written in bulk and
 --   its reply is just its version (an integer: registered, nothing displaced).
+--   Then one more element: {first, last, id} of the bulk record ({0, 0, ''}
+--   when there is none).
 --   The free keys are written with one HSET per hash, one SADD, one INCRBY and
 --   ONE change record for all of them (op 'R', described below), so the per-key
 --   work is the hash fields and the index sets, nothing else.
@@ -425,6 +432,7 @@ local n = (#ARGV - 7) / width
 local out = {}
 if not redis.call('ZSCORE', P .. ':leases', node) then
   for i = 1, n do out[i] = {'NOLEASE'} end
+  out[n + 1] = {0, 0, ''}
   return out
 end
 local eks = {}
@@ -455,7 +463,10 @@ for i = 1, n do
     out[i] = i  -- its version, once known (below)
   end
 end
-if m == 0 then return out end
+if m == 0 then
+  out[n + 1] = {0, 0, ''}
+  return out
+end
 -- The first write (denyoom): READONLY or OOM fail here, before anything of the
 -- free keys changed.
 redis.call('HSET', P .. ':head', unpack(heads))
@@ -473,12 +484,14 @@ local v = redis.call('INCRBY', P .. ':ver', m) - m
 local id = redis.call('XADD', P .. ':log', '*', 'v', v + 1, 'w', W, 'op', 'R', 'c', m,
                       'p', table.concat(parts, '\n'))
 mark(v + 1, id, v + m)
+local first = v + 1
 for i = 1, n do
   if type(out[i]) == 'number' then
     v = v + 1
     out[i] = v
   end
 end
+out[n + 1] = {first, v, id}
 return out
 """
 )
@@ -516,8 +529,33 @@ return drop(ek, owner, why, dr, dc, ds)
 """
 )
 
+_REAP = r"""
+-- Remove every entry of every node whose lease deadline has passed.
+local function reap(now)
+  local dead = redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', '(' .. now)
+  local n = 0
+  for _, node in ipairs(dead) do
+    local owned = P .. ':owned:' .. node
+    for _, ek in ipairs(redis.call('SMEMBERS', owned)) do
+      if redis.call('HGET', P .. ':owner', ek) == node then
+        drop(ek, node, 'down', 'lease_expired', '', '')
+        n = n + 1
+      end
+    end
+    redis.call('DEL', owned)
+    redis.call('ZREM', P .. ':leases', node)
+    redis.call('HDEL', P .. ':nodes', node)
+  end
+  return n
+end
+
+"""
+"""``reap``: only the heartbeat reaps (every script runs its whole text, so the
+others leave it out)."""
+
 HEARTBEAT = (
     _PRELUDE
+    + _REAP
     + r"""
 -- ARGV (HeartbeatArgs): maxlen, node, ttl_ms, info, grace_ms.  Heals (the
 -- global-outage rule), then reaps: a lease that expired (the node was frozen or

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import select
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -32,6 +33,7 @@ from foundation.registry._validation import metadata_from_json
 
 __all__ = [
     "TAIL_BLOCK_MS",
+    "Doing",
     "Job",
     "Own",
     "Shared",
@@ -42,6 +44,14 @@ __all__ = [
 ]
 
 TAIL_BLOCK_MS: Final = 5000
+_HAS_POLL: Final = hasattr(select, "poll")  # not on Windows: redis-py's check only
+_POLL_READ: Final = (
+    select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP if _HAS_POLL else 0
+)
+
+Doing = str | Callable[[], str]
+"""What a Redis call is doing, for messages: the text, or a callable building it
+(the hot write paths build it only if the call fails or round trips are timed)."""
 
 Job = tuple[str, Any]
 """Work for the lease thread: ``("down", key)``, ``("orphan", (key, ek, head))``,
@@ -65,6 +75,10 @@ class Own:
         self.ix = ix
         self.monitor: Monitor | None = None
         self.pending = True
+
+
+def _doing_text(doing: Doing) -> str:
+    return doing if type(doing) is str else doing()  # type: ignore[operator]
 
 
 def down_fields(down: Down | None) -> tuple[str, str, str]:
@@ -207,7 +221,7 @@ class Shared:
         self.closed = False
         self.stop = threading.Event()
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self.link = Link(node, wake=self.wake_lease)
+        self.link = Link(node, namespace=namespace, wake=self.wake_lease)
         # Tail position (guarded by mlock): last version / stream ids applied, and
         # a generation bumped by every resync so an in-flight tail batch is dropped.
         self.tail_v = 0
@@ -222,16 +236,30 @@ class Shared:
         self.lease_extensions = 0  # global outages this node's heartbeat healed
 
         self.errors = _redis_conn.redis_errors()
-        self.noscript: type[BaseException] = _redis_conn.import_redis().exceptions.NoScriptError
+        exceptions = _redis_conn.import_redis().exceptions
+        self.noscript: type[BaseException] = exceptions.NoScriptError
+        # What the pool treats as a stale connection when it lends one (see _ready).
+        self.stale_errors: tuple[type[BaseException], ...] = (
+            exceptions.ConnectionError,
+            exceptions.TimeoutError,
+            OSError,
+        )
         self.client: Any = None
+        # The write connection (see write_script): taken from the client's pool at
+        # the first write and never given back, so client.close() closes it too.
+        self.wconn: Any = None
+        self._poll: Any = select.poll() if _HAS_POLL else None  # _ready's, under wlock
         self.tail_client: Any = None
         self.scripts: dict[str, Any] = {}
+        self._public_writing = _Writing(self, True)
+        self._private_writing = _Writing(self, False)
 
     # ------------------------------------------------------------------ Redis calls
 
-    def call(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def call(self, doing: Doing, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one Redis call: any redis-py failure is reported to the link and
-        raised as ``BackendUnavailable`` (or ``InvalidConfig``)."""
+        raised as ``BackendUnavailable`` (or ``InvalidConfig``). ``doing`` names
+        the call in messages: a ``str``, or a callable building it (only when needed)."""
         timed = telemetry.has_listeners(_redis_conn.ROUND_TRIP_EVENT)  # metrics installed
         began = time.perf_counter() if timed else 0.0
         try:
@@ -244,16 +272,82 @@ class Shared:
                     raise  # ours: unchanged
                 raise _redis_conn.redis_py_failure(exc) from exc
         except self.errors as exc:
+            text = _doing_text(doing)
             if timed:
-                _redis_conn.report_round_trip(began, ok=False, doing=doing, url=self.url)
-            err = _redis_conn.translate_error(exc, url=self.url, doing=doing)
+                _redis_conn.report_round_trip(began, ok=False, doing=text, url=self.url)
+            err = _redis_conn.translate_error(exc, url=self.url, doing=text)
             if isinstance(err, BackendUnavailable):
                 self.link.failed(exc, str(err))
             raise err from exc
         if timed:
-            _redis_conn.report_round_trip(began, ok=True, doing=doing, url=self.url)
+            _redis_conn.report_round_trip(began, ok=True, doing=_doing_text(doing), url=self.url)
         self.link.ok()
         return result
+
+    def write_script(self, name: str, argv: list[Any], doing: Doing) -> Any:
+        """Run the script ``name`` with ``argv`` (holding wlock), as :meth:`script`
+        does, on this node's write connection: ``EVALSHA`` sent and read on the
+        connection itself, without redis-py's per-command client layer (its
+        connection-pool round, retry wrapper and metrics, about a third of a
+        round trip's CPU time). Failures are the same: redis-py's connection
+        drops itself on any I/O error or timeout (a late reply is never read
+        by the next write), an error reply leaves it in sync, and ``call``
+        translates either. Only this node's API writes use it, and they hold
+        ``wlock``, so the connection is never shared."""
+        return self.call(doing, self._write_evalsha, self.scripts[name], argv)
+
+    def _write_evalsha(self, script: Any, argv: list[Any]) -> Any:
+        conn = self.wconn
+        if conn is None:
+            # Checked by the pool as it lends it; kept (never released).
+            conn = self.wconn = self.client.connection_pool.get_connection()
+        else:
+            self._ready(conn)
+        conn.send_command("EVALSHA", script.sha, 1, self.k_log, *argv)
+        try:
+            return conn.read_response()
+        except self.noscript:
+            # Redis restarted or flushed its scripts: load it and run it again.
+            script.sha = self.client.script_load(script.script)
+            conn.send_command("EVALSHA", script.sha, 1, self.k_log, *argv)
+            return conn.read_response()
+
+    def _ready(self, conn: Any) -> None:
+        """The check redis-py's pool makes before lending a connection: one with
+        something to read (a reply nobody read, or the server closed it: a
+        restart) is replaced by a fresh one, so a write never fails, or reads a
+        stale reply, because of an idle connection the server dropped.
+
+        First one ``poll`` of its socket (one system call; redis-py's own check
+        makes three): nothing to read there means nothing to read at all, since
+        every write reads its whole reply and Redis sends nothing unasked (RESP2,
+        no push messages). Anything else, or a connection of another shape,
+        takes redis-py's check."""
+        sock = getattr(conn, "_sock", None)
+        if sock is not None and self._poll is not None:
+            poll = self._poll
+            try:
+                poll.register(sock, _POLL_READ)
+                try:
+                    quiet = not poll.poll(0)
+                finally:
+                    poll.unregister(sock)
+            except (OSError, ValueError, KeyError):
+                quiet = False  # a closed or odd socket: redis-py's check decides
+            if quiet:
+                # Race: the server may close it right after this check (so may it
+                # after redis-py's): the write then fails as BackendUnavailable,
+                # its outcome unknown, and the caller asks for a resync.
+                return
+        stale = self.stale_errors
+        try:
+            if conn.can_read():
+                raise stale[0]("Connection has data")
+        except stale:
+            conn.disconnect()
+            conn.connect()
+            if conn.can_read():
+                raise stale[0]("Connection not ready") from None
 
     def script(self, name: str, args: Any, doing: str, client: Any = None) -> Any:
         """Run the script ``name`` with ``args`` (a ``*Args`` of ``_scripts``)."""
@@ -280,8 +374,9 @@ class Shared:
 
     def writing(self, *, public: bool = True) -> _Writing:
         """``with sh.writing():`` holds ``wlock`` (bounded wait); a public write on a
-        closed node fails. (A class, not a generator: every write enters it.)"""
-        return _Writing(self, public)
+        closed node fails. (A class, not a generator: every write enters it; one
+        object per kind, shared: it holds no state of its own.)"""
+        return self._public_writing if public else self._private_writing
 
     def wake_lease(self) -> None:
         """Wake the lease thread (a recovery is needed)."""
@@ -292,6 +387,22 @@ class Shared:
         # If Redis is down, the tail is not blocked in XREAD either.
         with contextlib.suppress(FoundationError):
             self.call("waking the tail", self.client.xadd, self.k_wake, {"w": "1"}, maxlen=16)
+
+    def own_records_applied(self, first: int, last: int, sid: Any) -> None:
+        """This node's API write made the change records of versions ``first`` ..
+        ``last`` (one script's, the last one at stream id ``sid``) and has just
+        applied them to the mirror (holding mlock). If they are the next ones
+        the tail would read, move the tail past them: it would only skip them
+        (a node's own writes are applied by the writer), and reading them is
+        most of what the tail costs while this node writes.
+
+        Race: the tail may be reading them right now (an ``XREAD`` sent from the
+        old position): it skips every record at or below ``tail_v``.
+        """
+        if self.tail_v == first - 1:
+            self.tail_v = last
+            self.sid = sid
+            self.applied.notify_all()
 
     # ------------------------------------------------------------------ events
 

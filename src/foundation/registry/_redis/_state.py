@@ -61,8 +61,11 @@ _UNREACHABLE_KINDS = frozenset({"connection", "timeout", "protocol", "other"})
 class Link:
     """The state machine of one node's connection to Redis (thread-safe)."""
 
-    def __init__(self, node: str, *, wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, node: str, *, namespace: str = "", wake: Callable[[], None] | None = None
+    ) -> None:
         self._node = node
+        self._namespace = namespace
         self._cond = threading.Condition(threading.Lock())
         self._state = LinkState.RECOVERING  # construction runs the first recovery
         self._epoch = 0  # bumped by every report that calls for a recovery
@@ -70,6 +73,8 @@ class Link:
         self.last_error: str | None = None
         self.last_ok = time.monotonic()  # last Redis call that succeeded
         self.recoveries = 0
+        self.state_since = time.time()  # wall clock of the last state change (status())
+        self._left_connected: float | None = None  # monotonic: when CONNECTED was left
 
     @property
     def state(self) -> LinkState:
@@ -161,29 +166,65 @@ class Link:
                 log.debug("node %s stays %s: %s", self._node, old.value, why)
                 return new is LinkState.CONNECTED
             self._state = new
+            self.state_since = time.time()
+            outage = self._outage(old, new)
             self._cond.notify_all()
-        self._log_change(old, new, why)
+        self._log_change(old, new, why, outage)
         if new in _NEEDS_RECOVERY and self._wake is not None:
             self._wake()
         return True
 
-    def _log_change(self, old: LinkState, new: LinkState, why: str) -> None:
-        """Log the change ``old -> new`` (INFO to CONNECTED or CLOSED, else WARNING)."""
+    def _outage(self, old: LinkState, new: LinkState) -> float | None:
+        """Seconds since CONNECTED was left, when ``new`` ends that (lock held)."""
+        if old is LinkState.CONNECTED:
+            self._left_connected = time.monotonic()
+        elif new is LinkState.CONNECTED and self._left_connected is not None:
+            return time.monotonic() - self._left_connected
+        return None
+
+    def _log_change(self, old: LinkState, new: LinkState, why: str, outage: float | None) -> None:
+        """Log the change ``old -> new`` (INFO to CONNECTED or CLOSED, else WARNING):
+        where (node, namespace), why, what the registry does now, and after a
+        recovery how long it lasted."""
         level = logging.INFO if new in (LinkState.CONNECTED, LinkState.CLOSED) else logging.WARNING
+        doing = _DOING[new]
+        if outage is not None:
+            doing = f"{doing} (after {outage:.1f} s)"
         log.log(
             level,
-            "node %s: %s -> %s: %s",
+            "node %s (namespace %r): %s -> %s: %s; %s",
             self._node,
+            self._namespace,
             old.value,
             new.value,
             why,
+            doing,
             extra={
                 "node": self._node,
+                "namespace": self._namespace,
                 "state": new.value,
                 "old_state": old.value,
                 "error": None if new is LinkState.CONNECTED else why,
+                "outage_seconds": outage,
             },
         )
+
+
+# What the registry does in each state: the second half of every transition's log line.
+_DOING = {
+    LinkState.CONNECTED: "the mirror is current; reads and writes are normal",
+    LinkState.DEGRADED: (
+        "reads answer from this node's mirror (stale); writes raise BackendUnavailable;"
+        " retrying with backoff"
+    ),
+    LinkState.DISCONNECTED: (
+        "reads answer from this node's mirror (stale); writes raise BackendUnavailable;"
+        " reconnecting with backoff"
+    ),
+    LinkState.RECOVERING: "reloading the mirror from a snapshot",
+    LinkState.LEASE_LOST: "writing this node's registrations back",
+    LinkState.CLOSED: "no more calls",
+}
 
 
 def _kept_recovery(old: LinkState, new: LinkState) -> LinkState:

@@ -47,6 +47,17 @@ next read (the tail holds one connection, never a silently replaced pooled
 one), so the link notices it as before."""
 
 
+def _stream_id(rid: bytes | str) -> tuple[int, int]:
+    """A stream id ``b"<ms>-<seq>"`` as a pair that orders as Redis orders ids."""
+    ms, _, seq = (rid.decode() if isinstance(rid, bytes) else rid).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _after(rid: bytes | str, position: bytes | str) -> bool:
+    """The record ``rid`` lies after the stream ``position``."""
+    return _stream_id(rid) > _stream_id(position)
+
+
 class Tail:
     """The stream tail and mirror application of one node."""
 
@@ -140,6 +151,13 @@ class Tail:
                 continue
             for rid, fields in records:
                 v = int(fields[b"v"])
+                if v <= sh.tail_v and not _after(rid, sh.sid):
+                    # Race: our own records, applied by their writer, which moved
+                    # the tail past them while this read was on its way
+                    # (Shared.own_records_applied): already done, skip them. (A
+                    # record past our position with an old version is a reset:
+                    # Redis restarted empty; the check below reports it.)
+                    continue
                 if v != sh.tail_v + 1:
                     gap = True
                     break
