@@ -224,3 +224,28 @@ def test_after_uninstall_the_instruments_report_nothing_new(
     assert _FlagsClass.__dict__["enabled"] is ORIGINAL_ENABLED
     assert "foundation.flag.changes" not in collect(reader)
     provider.shutdown()
+
+
+def test_registry_connected_gauge_follows_redis(
+    sdk: tuple[InMemoryMetricReader, OTelBridge],
+) -> None:
+    """``foundation.registry.connected`` is 1 while the Redis registry is connected, 0 after
+    the server is killed (an in-process registry reports nothing: it has no connection)."""
+    from foundation import RedisRegistry
+
+    reader, bridge = sdk
+    with RedisServer() as server, RedisRegistry(server.url, namespace="otel-conn") as reg:
+        bridge.watch_registry(reg, name="agents")
+        gauge = collect(reader)["foundation.registry.connected"]
+        assert gauge.unit == "1"
+        assert points(gauge)[(("registry", "agents"),)].value == 1
+        server.kill()
+        deadline = time.monotonic() + 20
+
+        def connected() -> float:
+            gauge = collect(reader)["foundation.registry.connected"]
+            return float(points(gauge)[(("registry", "agents"),)].value)
+
+        while connected() != 0:
+            assert time.monotonic() < deadline, "the outage never showed on the gauge"
+            time.sleep(0.02)  # sleep-ok: polling the registry's listener thread, with a deadline

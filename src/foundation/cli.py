@@ -20,6 +20,10 @@ Every command takes ``--store URL`` (``sqlite:///path`` or
 else ``[cli]`` in ``./foundation.toml``), ``--json`` (the default when stdout
 is not a terminal; ``--text`` forces text) and ``--debug``.
 
+``agents watch`` prints one stderr line per change of its connection to
+Redis (disconnected, degraded, connected again), since the command logs only
+errors.
+
 Exit codes: 0 done; 1 failed (one line ``ErrorClass: message`` on stderr, the
 traceback only with ``--debug``); 2 usage error (argparse's usage, or one line
 such as ``InvalidFlagValue: 'color' is a string flag ...`` for a command of the

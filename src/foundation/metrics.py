@@ -23,10 +23,13 @@ OpenTelemetry names):
 ``foundation_flag_evaluations_total``            counter    flag
 ``foundation_flag_changes_total``                counter    flag
 ``foundation_flag_store_stale``                  gauge      namespace (1 = stale)
+``foundation_flag_store_read_only``              gauge      namespace (1 = read-only)
 ``foundation_flag_store_events_total``           counter    event
 ``foundation_migration_stage``                   gauge      plan
 ``foundation_migration_steps_total``             counter    plan, action
 ``foundation_registry_entries``                  gauge      registry
+``foundation_registry_connected``                gauge      registry (1 = connected)
+``foundation_registry_state``                    gauge      registry, state
 ``foundation_registry_operations_total``         counter    registry, operation
 ``foundation_registry_deaths_total``             counter    registry, reason
 ``foundation_registry_divergences_total``        counter    (none)
@@ -35,6 +38,15 @@ OpenTelemetry names):
 ``foundation_supervisor_registration_degraded``  gauge      supervisor
 ``foundation_redis_round_trip_seconds``          histogram  outcome (ok, error)
 ===============================================  =========  =====================
+
+``foundation_registry_entries`` counts the registry's local mirror: while
+its backend is unreachable it shows the last state seen, so read it with
+``foundation_registry_connected`` (1 while its state is ``connected``, 0 in
+any other) and ``foundation_registry_state`` (one sample per state of
+:data:`REGISTRY_STATES`, 1 for the current one). Both are read at each
+collection from ``status()`` (``RedisRegistry``), ``connected``
+(``RedisObserver``) or, for a ``MigratingRegistry``, the worse of its two
+backends; an in-process registry has no connection and no sample.
 
 Example:
     >>> from foundation.flags import FeatureFlags, Flag
@@ -73,8 +85,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REDIS_ROUND_TRIP_BUCKETS",
+    "REGISTRY_STATES",
+    "ConnectionState",
     "Metrics",
     "Sample",
+    "connection_state",
     "evaluation_counts",
     "prometheus_collector",
 ]
@@ -85,6 +100,11 @@ REDIS_ROUND_TRIP_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 """Upper bounds (seconds) of ``foundation_redis_round_trip_seconds``; ``+Inf`` is implied."""
+
+REGISTRY_STATES: Final = (
+    "connected", "degraded", "disconnected", "recovering", "lease_lost", "closed",
+)  # fmt: skip
+"""The connection states a registry reports (``RedisStatus.state``; see docs/redis.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +127,9 @@ _FAMILIES: Final = {
         _Family("foundation_flag_store_stale", "gauge",
                 "1 while a flag store serves its node copy because its backend is unreachable",
                 ("namespace",)),
+        _Family("foundation_flag_store_read_only", "gauge",
+                "1 while a flag store's Redis is a read-only replica (flag writes fail)",
+                ("namespace",)),
         _Family("foundation_flag_store_events_total", "counter",
                 "Flag store outage events (stale, restored, pending_*, in_sync, ...)",
                 ("event",)),
@@ -117,6 +140,12 @@ _FAMILIES: Final = {
                 ("plan", "action")),
         _Family("foundation_registry_entries", "gauge",
                 "Live entries in a watched registry", ("registry",)),
+        _Family("foundation_registry_connected", "gauge",
+                "1 while a watched registry's state is connected, 0 in any other state "
+                "(absent for in-process registries)", ("registry",)),
+        _Family("foundation_registry_state", "gauge",
+                "A watched registry's connection state: 1 for the current state, 0 for the others",
+                ("registry", "state")),
         _Family("foundation_registry_operations_total", "counter",
                 "Registry changes: registered, updated, unregistered", ("registry", "operation")),
         _Family("foundation_registry_deaths_total", "counter",
@@ -316,6 +345,8 @@ class Metrics:
                 "pending_committed",
                 "pending_superseded",
                 "in_sync",
+                "read_only",
+                "writable",
             ):
                 handlers[f"foundation.flags.{what}"] = self._on_store_event
             self._detach = [telemetry.attach(name, fn) for name, fn in handlers.items()]
@@ -403,6 +434,9 @@ class Metrics:
             else {}
         )
         values["foundation_registry_entries"] = _registry_sizes(registries)
+        connected, states = _registry_states(registries)
+        values["foundation_registry_connected"] = connected
+        values["foundation_registry_state"] = states
         out: dict[str, list[Sample]] = {}
         for name, family in _FAMILIES.items():
             if family.kind == "histogram":
@@ -504,6 +538,9 @@ class Metrics:
                 stale[(namespace,)] = 1.0
             elif what in ("in_sync", "restored"):
                 stale[(namespace,)] = 0.0
+            if what in ("read_only", "writable"):
+                read_only = self._values["foundation_flag_store_read_only"]
+                read_only[(namespace,)] = 1.0 if what == "read_only" else 0.0
 
     def _on_round_trip(self, _name: str, data: Mapping[str, Any]) -> None:
         outcome = "ok" if data.get("ok", True) else "error"
@@ -539,6 +576,91 @@ def _registry_sizes(
         except (Closed, FoundationError):
             continue  # a closed or unreachable registry has no size to report
     return entries
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionState:
+    """A registry's connection as it reports it: ``state`` (one of
+    :data:`REGISTRY_STATES`), ``last_error`` (the last backend failure, if
+    known) and ``stale`` (reads may be behind the backend)."""
+
+    state: str
+    last_error: str | None
+    stale: bool
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected"
+
+
+def connection_state(registry: object) -> ConnectionState | None:
+    """The connection state ``registry`` reports, or None if it has none (in-process).
+
+    Reads ``status()`` (``RedisRegistry``: ``state``, ``last_error``,
+    ``stale``), else a boolean ``connected`` (``RedisObserver``: connected or
+    disconnected); a ``MigratingRegistry`` (``legacy`` and ``target``) reports
+    the first of its backends that is not connected, else a connected one (the
+    target only, once ``finish()`` retired the legacy one).
+    Never raises: a closed registry is ``"closed"``.
+
+    Example:
+        >>> from foundation import MemoryRegistry
+        >>> with MemoryRegistry() as registry:
+        ...     print(connection_state(registry))
+        None
+    """
+    legacy, target = getattr(registry, "legacy", None), getattr(registry, "target", None)
+    if legacy is not None and target is not None:
+        # After finish() the legacy backend is retired (closed): only the target counts.
+        retired = getattr(registry, "finished", False) is True
+        return _worst((target,) if retired else (legacy, target))
+    status = getattr(registry, "status", None)
+    report = _reported_state(status) if callable(status) else None
+    if report is not None:
+        return report
+    connected = getattr(registry, "connected", None)
+    if isinstance(connected, bool):
+        return ConnectionState(
+            "connected" if connected else "disconnected", None, stale=not connected
+        )
+    return None
+
+
+def _worst(backends: Sequence[object]) -> ConnectionState | None:
+    """The first backend's state that is not connected, else the first one's (None: none)."""
+    states = [s for s in map(connection_state, backends) if s is not None]
+    down = [s for s in states if not s.connected]
+    return down[0] if down else (states[0] if states else None)
+
+
+def _reported_state(status: Callable[[], object]) -> ConnectionState | None:
+    """The state a ``status()`` reports (None: it has no ``state`` field)."""
+    try:
+        report = status()
+    except Closed:
+        return ConnectionState("closed", None, True)
+    state = getattr(report, "state", None)
+    if not isinstance(state, str):
+        return None
+    error = getattr(report, "last_error", None)
+    stale = bool(getattr(report, "stale", state != "connected"))
+    return ConnectionState(state, error if isinstance(error, str) else None, stale)
+
+
+def _registry_states(
+    registries: dict[str, tuple[Registry, Callable[[], None]]],
+) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, ...], float]]:
+    """``foundation_registry_connected`` and ``foundation_registry_state`` values."""
+    connected: dict[tuple[str, ...], float] = {}
+    states: dict[tuple[str, ...], float] = {}
+    for reg_name, (registry, _) in registries.items():
+        report = connection_state(registry)
+        if report is None:
+            continue  # an in-process registry: no connection to report
+        connected[(reg_name,)] = 1.0 if report.connected else 0.0
+        for state in dict.fromkeys((*REGISTRY_STATES, report.state)):
+            states[(reg_name, state)] = 1.0 if state == report.state else 0.0
+    return connected, states
 
 
 def prometheus_collector(metrics: Metrics) -> Any:

@@ -192,8 +192,8 @@ def test_catalogue_unreachable_backend_does_not_stop_an_application(
     ) as store:
         flags = FeatureFlags([*DECLARED, Flag("late")], store=store)
         assert flags.enabled("beta") is True
-        with pytest.raises(errors.BackendUnavailable):
-            store.catalogue()
+        # Redis unreachable: the catalogue answers from the node copy (D4: the CLI lists it).
+        assert sorted(store.catalogue()) == sorted(f.name for f in DECLARED)
         fresh_redis.start()  # back, empty: the node restores its copy and records again
         deadline = time.monotonic() + 30
         while True:

@@ -290,3 +290,25 @@ def test_a_later_subscriber_is_told_to_reload(tmp_path: Path) -> None:
         store.subscribe(second.put)
         assert second.get(timeout=DEADLINE) == []
         assert store.load_states() == {"beta": FlagState(True)}
+
+
+def test_unsubscribe_removes_one_subscription_once(tmp_path: Path) -> None:
+    # One listener subscribed twice: a second call of one unsubscribe does
+    # nothing (it used to remove the other subscription too).
+    path = tmp_path / "flags.db"
+    with (
+        SQLiteFlagStore(path) as other,
+        FeatureFlags([Flag("beta")], store=other) as remote,
+        SQLiteFlagStore(path) as store,
+    ):
+        heard: queue.Queue[list[FlagChange]] = queue.Queue()
+        first = store.subscribe(heard.put)
+        store.subscribe(heard.put)
+        first()
+        first()
+        remote.enable("beta", by="one")
+        remote.disable("beta", by="two")
+        batches = [heard.get(timeout=DEADLINE)]
+        while sum(len(b) for b in batches) < 2:  # the watcher may batch both rows or not
+            batches.append(heard.get(timeout=DEADLINE))
+        assert [c.by for b in batches for c in b] == ["one", "two"]

@@ -70,7 +70,8 @@ def test_without_a_file_the_copy_in_memory_still_restores(
     finally:
         raw.close()
     assert [c.by for c in store.history()] == ["ana"]
-    assert store.status().restores == 1
+    # The restore script writes the state before the listener counts the restore.
+    assert wait_until(lambda: store.status().restores == 1)
 
 
 def test_an_unreadable_copy_is_moved_aside_and_replaced(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import queue
 import signal
@@ -22,7 +23,10 @@ from foundation._cli._common import (
     value_from_text,
 )
 
-__all__ = ["add_parser", "entry_data", "event_data", "open_observer"]
+__all__ = ["LINK_POLL", "LinkReporter", "add_parser", "entry_data", "event_data", "open_observer"]
+
+LINK_POLL = 0.25
+"""Seconds between two looks at the registry's connection state during ``watch``."""
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -162,8 +166,55 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         return 0
 
 
+class LinkReporter:
+    """Prints one stderr line per change of a registry's connection state.
+
+    The CLI logs the library's WARNING and INFO lines nowhere (errors only), so
+    ``watch`` says itself when it loses Redis, when Redis answers with errors
+    and when it is connected again (and for how long it was not).
+    """
+
+    def __init__(self, registry: Any, name: str) -> None:
+        from foundation.metrics import connection_state
+
+        self._read = functools.partial(connection_state, registry)
+        self._name = name
+        first = self._read()
+        self._state = None if first is None else first.state
+        self._left_connected = time.monotonic()  # when the state last left "connected"
+
+    def check(self) -> None:
+        """Print a line if the state changed since the last check."""
+        # Race: this reads the state between events; an outage shorter than
+        # LINK_POLL (down and back between two reads) can go unreported.
+        now = self._read()
+        if now is None or now.state == self._state:
+            return
+        if self._state == "connected":
+            self._left_connected = time.monotonic()
+        self._state = now.state
+        elapsed = time.monotonic() - self._left_connected
+        print(self._line(now.state, now.last_error, elapsed), file=sys.stderr, flush=True)
+
+    def _line(self, state: str, error: str | None, elapsed: float) -> str:
+        who = f"registry {self._name!r}"
+        why = f": {' '.join(error.split())[:300]}" if error else ""
+        if state == "connected":
+            return (
+                f"{who} connected again after {elapsed:.1f}s; "
+                "changes made meanwhile print as events"
+            )
+        if state == "disconnected":
+            return f"{who} disconnected{why}; showing the last state seen until Redis is back"
+        if state == "degraded":
+            return f"{who} degraded (Redis answers with errors){why}"
+        return f"{who} {state}{why}"
+
+
 def _watch(observer: Any, count: int | None, out: Output) -> int:
-    """Print each event until ``count`` events, Ctrl-C or SIGTERM."""
+    """Print each event until ``count`` events, Ctrl-C or SIGTERM; connection
+    state changes go to stderr."""
+    link = LinkReporter(observer, observer.namespace)
     events: queue.Queue[Any] = queue.Queue()
     unsubscribe = observer.subscribe(events.put)  # called on the observer's thread
 
@@ -181,7 +232,11 @@ def _watch(observer: Any, count: int | None, out: Output) -> int:
             flush=True,
         )
         while count is None or seen < count:
-            event = events.get()
+            link.check()
+            try:
+                event = events.get(timeout=LINK_POLL)
+            except queue.Empty:
+                continue
             seen += 1
             data = event_data(event)
             if out.json:

@@ -4,6 +4,10 @@ Boolean flags take ``percentage``/``allow``/``eval``; typed flags (string,
 integer, float, object variants) take ``split``/``assign``/``unassign``;
 ``enable``/``disable``/``clear``/``deny``/``value`` take both. A command for the
 other kind exits 2 with one line naming the command to use instead.
+
+During a Redis outage, on a machine holding a service's node copy (see
+``open_store``), reads answer from that copy and say so on stderr; writes fail
+(``BackendUnavailable``), ``disable`` with where to pull the kill switch instead.
 """
 
 from __future__ import annotations
@@ -11,13 +15,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from foundation._cli._common import Output, Settings, UsageError, default_by
+from foundation.errors import BackendUnavailable
 
-__all__ = ["add_parser", "change_dict", "flag_row", "open_flags", "state_dict"]
+__all__ = [
+    "add_parser",
+    "change_dict",
+    "flag_row",
+    "no_waiting_kill_switch",
+    "open_flags",
+    "state_dict",
+]
 
 WRITES = (
     "enable",
@@ -138,6 +151,7 @@ def open_flags(settings: Settings) -> Iterator[Any]:
 
     store = open_store(settings.need_store())
     try:
+        _warn_if_stale(store)
         flags = FeatureFlags.from_store(store)
         try:
             yield flags
@@ -145,6 +159,33 @@ def open_flags(settings: Settings) -> Iterator[Any]:
             flags.close()
     finally:
         store.close()
+
+
+def no_waiting_kill_switch(store: Any) -> None:
+    """Make a kill switch through ``store`` raise ``BackendUnavailable`` during an
+    outage instead of waiting in the node copy (a ``RedisFlagStore``; others commit
+    at once). For short-lived commands: the process would be gone before Redis
+    returns, and the running service, sharing the copy, does not apply a
+    switch-off another process recorded (its readers reload only when its store
+    tells them), so it would serve the flag on until then. A long-running
+    ``foundation admin`` keeps the default: it commits its kill switches itself.
+    """
+    if hasattr(store, "_defer_kill_switches"):
+        store._defer_kill_switches = False
+
+
+def _warn_if_stale(store: Any) -> None:
+    """One stderr line when ``store`` answers from its node copy (Redis unreachable)."""
+    if not getattr(store, "stale", False):
+        return
+    report = store.status()
+    print(
+        f"warning: Redis unreachable; answers come from this machine's node copy "
+        f"{report.cache_path} at version {report.version} (stale: changes made elsewhere "
+        f"since may be missing): {report.last_error}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def state_dict(state: Any) -> dict[str, Any]:
@@ -361,6 +402,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     with open_flags(settings) as flags:
         action = args.action
         if action in WRITES:
+            no_waiting_kill_switch(flags.store)
             return _write(flags, args, out)
         read = _READS.get(action)
         if read is not None:
@@ -407,6 +449,15 @@ def _write(flags: Any, args: argparse.Namespace, out: Output) -> int:
     unsubscribe = flags.subscribe(lambda c: changes.append(c) if c.flag == name else None)
     try:
         ops[args.action]()
+    except BackendUnavailable as exc:
+        if args.action != "disable":
+            raise
+        raise BackendUnavailable(
+            f"{str(exc).rstrip('.')}. The command line cannot keep a kill switch until "
+            f"Redis returns: use the admin page of a running node (POST "
+            f"/api/flags/{name}/disable), which applies it there at once and commits it "
+            "when Redis returns"
+        ) from exc
     finally:
         unsubscribe()
     mine = [c for c in changes if c.by == by]

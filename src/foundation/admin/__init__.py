@@ -8,6 +8,13 @@ serves OFREP (``POST /ofrep/v1/evaluate/flags[/{key}]``, see
 ``foundation.admin._ofrep``) and shows and changes typed flags (``assign``,
 ``split``).
 
+During a backend outage the service degrades without stopping, and the app
+says so: ``GET /api/status`` (per component its state, since when, the last
+error; ``degraded`` overall), ``"sync"`` in every flag write's answer
+(``"pending"`` for a kill switch not yet committed), gauges on ``/metrics``
+and a banner on the page (``foundation.admin._status``). ``/healthz`` stays a
+liveness probe: it never fails on an outage, which restarting would not cure.
+
 Security model:
 
 - ``token``: ``"secret"`` (operator ``admin``), ``"name:secret"``, a list of

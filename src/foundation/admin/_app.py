@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from foundation.admin._status import FlagSync, StatusBoard, flag_sync, store_status
 from foundation.errors import (
     BackendUnavailable,
     Closed,
@@ -362,10 +363,12 @@ def _check_served(flags: object, migration: object, registry: object, supervisor
 
 
 class AdminState:
-    """What the app serves: the live objects, the operators and the event hub.
+    """What the app serves: the live objects, the operators, the event hub and
+    the status board (``GET /api/status``, see ``foundation.admin._status``).
 
-    ``close()`` unsubscribes from the flags and the registry and ends every
-    event stream; the objects themselves stay the caller's to close.
+    ``close()`` stops the status thread, unsubscribes from the flags and the
+    registry and ends every event stream; the objects themselves stay the
+    caller's to close.
     """
 
     def __init__(
@@ -401,6 +404,13 @@ class AdminState:
             since = time.time()
             self._unsubscribe.append(registry.subscribe(self._on_registry))
             self._take_recent_deaths(registry, since)
+        # Last: it may start the status thread, which nothing would stop if a
+        # subscription above raised.
+        self.status = StatusBoard(
+            registry=registry,
+            store=None if flags is None else flags.store,
+            publish=functools.partial(self.hub.publish, "status"),
+        )
 
     def _take_recent_deaths(self, registry: RegistryLike, since: float) -> None:
         """Prepend the deaths the registry saw before ``since`` to the hub's dead ring."""
@@ -437,6 +447,7 @@ class AdminState:
             log.exception("admin: could not publish a registry event")
 
     def close(self) -> None:
+        self.status.close()
         for unsubscribe in self._unsubscribe:
             with contextlib.suppress(FoundationError):  # closed: nothing to unsubscribe from
                 unsubscribe()
@@ -614,9 +625,22 @@ def _flag_dict(flags: FeatureFlags, name: str) -> dict[str, Any]:
     return out
 
 
+def _flags_answer(flags: FeatureFlags) -> dict[str, Any]:
+    """Every flag, plus ``store``: where the store stands (``pending_flags`` included)."""
+    # Race: the store is read first; a kill switch committed between that read and
+    # the flags' shows as pending in this one answer (the next read says otherwise).
+    store = store_status(flags.store)
+    return {"flags": [_flag_dict(flags, n) for n in flags.names], "store": store}
+
+
+def _written_flag(flags: FeatureFlags, name: str) -> dict[str, Any]:
+    """A flag just written, plus ``sync`` (see ``flag_sync``) and the store's block."""
+    sync: FlagSync = flag_sync(flags.store)
+    return {**_flag_dict(flags, name), "sync": sync.of(name), "store": store_status(flags.store)}
+
+
 async def list_flags(request: Request, state: AdminState) -> Any:
-    flags = _need_flags(state)
-    return {"flags": [_flag_dict(flags, n) for n in flags.names]}
+    return await run_in_threadpool(_flags_answer, _need_flags(state))
 
 
 async def show_flag(request: Request, state: AdminState) -> Any:
@@ -826,7 +850,10 @@ def _flag_write(action: str) -> Callable[..., Awaitable[Any]]:
         reason = _text(body, "reason")
         call = _FLAG_CALLS[action](flags, name, body, operator, reason)
         await run_in_threadpool(call)
-        return _flag_dict(flags, name)
+        # The store's word on this write: "pending" (a kill switch kept through an
+        # outage, not yet in Redis: other nodes still serve the old state),
+        # "committed", or "stale" (committed, but this node reads its node copy).
+        return await run_in_threadpool(_written_flag, flags, name)
 
     return write
 
@@ -894,7 +921,9 @@ def _migration_write(action: str) -> Callable[..., Awaitable[Any]]:
             await run_in_threadpool(emergency)
         result = await run_in_threadpool(_migration_dict, migration)
         state.hub.publish("migration", {"plan": migration.plan.name})
-        return result
+        # An emergency rollback during an outage is a kill switch: the store's block
+        # says whether it is still pending (its flags in "pending_flags").
+        return {**result, "store": await run_in_threadpool(store_status, migration.flags.store)}
 
     return write
 
@@ -1077,10 +1106,19 @@ async def whoami(request: Request, state: AdminState) -> Any:
         "migration": state.migration is not None,
         "registry": state.registry is not None,
         "supervision": bool(state.supervisors),
+        "degraded": (await run_in_threadpool(state.status.report))["degraded"],
     }
 
 
+async def status(request: Request, state: AdminState) -> Any:
+    """``GET /api/status``: per component, its state, since when and last error."""
+    return await run_in_threadpool(state.status.report)
+
+
 async def healthz(request: Request) -> Response:
+    # Liveness only: a Redis outage degrades the service (it serves from its
+    # mirror and node copy) but restarting the process would not help, so this
+    # never reports it. /api/status and the /metrics gauges do.
     return JSONAnswer({"ok": True})
 
 
@@ -1152,6 +1190,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         r("/metrics", metrics_endpoint),
         r("/api/whoami", whoami),
+        r("/api/status", status),
         r("/api/flags", list_flags),
         r("/api/flags/{name}", show_flag),
         r("/api/flags/{name}/evaluate", evaluate_flag),

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from foundation.admin._status import LOCAL
 from foundation.errors import FoundationError
+from foundation.metrics import REGISTRY_STATES
 
 if TYPE_CHECKING:
     from foundation.admin._app import AdminState, RegistryLike
@@ -37,6 +39,7 @@ class _AdminCollector(Collector):
             yield from _migration_families(state.migration)
         if state.registry is not None:
             yield from _registry_families(state.registry)
+        yield from _status_families(state.status.report())
         g = GaugeMetricFamily(
             "foundation_admin_dead_agents", "agents in the recently-dead ring", labels=[]
         )
@@ -105,6 +108,59 @@ def _registry_families(registry: RegistryLike) -> Iterator[GaugeMetricFamily]:
         for (node, kind), n in sorted(counts.items()):
             g.add_metric([node, kind], float(n))
         yield g
+
+
+def _status_families(report: Mapping[str, Any]) -> Iterator[GaugeMetricFamily]:
+    """Connection state of the registry and the flag store, and ``degraded`` overall."""
+    registry, store = report.get("registry"), report.get("flag_store")
+    if registry is not None and registry["state"] != LOCAL:
+        yield from _registry_state_families(registry)
+    if store is not None and store["state"] != LOCAL:
+        yield from _store_families(store)
+    degraded = GaugeMetricFamily(
+        "foundation_admin_degraded",
+        "1 while a component the admin server serves is degraded (see GET /api/status)",
+        labels=[],
+    )
+    degraded.add_metric([], 1.0 if report["degraded"] else 0.0)
+    yield degraded
+
+
+def _registry_state_families(registry: Mapping[str, Any]) -> Iterator[GaugeMetricFamily]:
+    """``..._registry_connected`` and the state set ``..._registry_state{state}``."""
+    connected = GaugeMetricFamily(
+        "foundation_admin_registry_connected",
+        "1 while the served registry's state is connected, 0 in any other state",
+        labels=[],
+    )
+    connected.add_metric([], 1.0 if registry["connected"] else 0.0)
+    yield connected
+    states = GaugeMetricFamily(
+        "foundation_admin_registry_state",
+        "the served registry's connection state: 1 for the current state, 0 for the others",
+        labels=["state"],
+    )
+    for name in dict.fromkeys((*REGISTRY_STATES, registry["state"])):
+        states.add_metric([name], 1.0 if name == registry["state"] else 0.0)
+    yield states
+
+
+def _store_families(store: Mapping[str, Any]) -> Iterator[GaugeMetricFamily]:
+    """``..._flag_store_stale`` and ``..._flag_store_pending`` of a store with ``status()``."""
+    stale = GaugeMetricFamily(
+        "foundation_admin_flag_store_stale",
+        "1 while the flag store is not connected (it answers from its node copy)",
+        labels=[],
+    )
+    stale.add_metric([], 0.0 if store["state"] in ("connected", "pending") else 1.0)
+    yield stale
+    pending = GaugeMetricFamily(
+        "foundation_admin_flag_store_pending",
+        "kill switches applied on this node and not yet committed to the store",
+        labels=[],
+    )
+    pending.add_metric([], float(store["pending"]))
+    yield pending
 
 
 def exposition(state: AdminState) -> tuple[bytes, str]:

@@ -52,6 +52,7 @@ HTML = """<!doctype html>
   <span id="who" hidden>signed in as <b id="operator"></b>
     <button id="logout" type="button" class="link">sign out</button></span>
 </header>
+<div id="degraded" role="alert" hidden></div>
 <div id="message" role="status" hidden></div>
 <main>
 <section id="flags-section">
@@ -158,6 +159,10 @@ td.actions .line.shares { display:flex; gap:4px; align-items:center; margin-top:
 #message { margin:10px 20px 0; padding:8px 12px; border-radius:6px; background:#fdecec;
   color:var(--off); border:1px solid #f0c2c2; }
 #message.ok { background:#e8f6ee; color:var(--on); border-color:#bfe3cc; }
+#message.warn, #degraded { background:#fff4dc; color:#6b4600; border-color:#e8cf94; }
+#degraded { margin:10px 20px 0; padding:8px 12px; border-radius:6px; border:1px solid #e8cf94; }
+#degraded .component { margin:2px 0; } #degraded .err { color:var(--mute); font-size:12px; }
+.badge.sync { background:#fff1cc; color:var(--warn); margin-left:4px; }
 .problems li { color:var(--warn); }
 .stages { display:flex; gap:6px; margin:8px 0; flex-wrap:wrap; }
 .stage { border:1px solid var(--line); border-radius:6px; padding:6px 10px; min-width:120px; }
@@ -223,7 +228,7 @@ async function api(method, path, body) {
 
 function say(text, ok) {
   const m = $('#message');
-  m.textContent = text; m.hidden = !text; m.className = ok ? 'ok' : '';
+  m.textContent = text; m.hidden = !text; m.className = ok === 'warn' ? 'warn' : (ok ? 'ok' : '');
 }
 
 function fail(err) {
@@ -264,13 +269,64 @@ const canWrite = () => !!(who.operator && who.writes);
 // -------------------------------------------------------------------- flags
 let flagNames = [];
 
+const SYNC_NOTE = {
+  pending: 'applied on this node only, not yet committed to the store: other nodes still serve the old state until it is',
+  stale: 'the store is unreachable: this node serves its copy, which may miss changes made elsewhere',
+};
+
 async function write(path, body, done) {
   try {
-    await api('POST', path, body);
-    say('done: ' + path.replace('api/', ''), true);
+    const f = await api('POST', path, body);
+    const note = f && SYNC_NOTE[f.sync];
+    say('done: ' + path.replace('api/', '') + (note ? ' — ' + f.sync + ': ' + note : ''),
+      note ? 'warn' : true);
     if (done) done();
-    refreshFlags(); refreshHistory();
-  } catch (err) { fail(err); }
+    refreshFlags(); refreshHistory(); refreshStatus();
+  } catch (err) { fail(err); refreshStatus(); }
+}
+
+// As the API's "sync" of a written flag: pending (a kill switch not yet committed),
+// stale (the store answers from this node's copy) or committed.
+function flagSync(store, name) {
+  if (!store) return 'committed';
+  if ((store.pending_flags || []).includes(name)) return 'pending';
+  return store.state === 'stale' ? 'stale' : 'committed';
+}
+
+function syncBadge(f) {
+  if (!f.sync || f.sync === 'committed') return null;
+  return h('span', { class: 'badge sync ' + f.sync, title: SYNC_NOTE[f.sync] || '', text: f.sync });
+}
+
+// --------------------------------------------------------- degraded banner
+const clock = (t) => new Date(t * 1000).toLocaleTimeString();
+
+function componentLine(name, c, what) {
+  return h('div', { class: 'component', 'data-component': name, 'data-state': c.state },
+    h('b', { text: name + ' ' + c.state }), c.since ? ' since ' + clock(c.since) : '', ' — ' + what,
+    c.last_error ? h('div', { class: 'err', text: 'last error: ' + c.last_error }) : null);
+}
+
+function showStatus(s) {
+  const el = $('#degraded');
+  const lines = [];
+  const r = s.registry, f = s.flag_store;
+  if (r && r.degraded)
+    lines.push(componentLine('registry', r, 'agents shown are the last state this server saw'));
+  if (f && f.degraded) {
+    const pending = f.pending ? '; ' + f.pending + ' kill switch' + (f.pending > 1 ? 'es' : '') +
+      ' pending (' + f.pending_flags.join(', ') + '): off on this node, not yet committed' : '';
+    lines.push(componentLine('flag store', f, (f.state === 'stale'
+      ? 'flags are served from this node\'s copy; writes other than kill switches fail' : 'committing') + pending));
+  }
+  el.hidden = !s.degraded;
+  el.dataset.degraded = s.degraded ? 'true' : 'false';
+  el.replaceChildren(...(s.degraded ? [h('b', { text: 'Degraded: ' }),
+    'the service runs from its caches until the backend is back.', ...lines] : []));
+}
+
+async function refreshStatus() {
+  try { showStatus(await api('GET', 'api/status')); } catch (err) { /* the banner keeps its last word */ }
 }
 
 function actorList(items) {
@@ -321,7 +377,8 @@ function typedRow(f) {
       h('span', { class: 'variants' }, ...names.map((n) => h('span', { class: 'variant-def', 'data-variant': n },
         n + ' = ', jsonText(f.variants[n], 60), ' ')))),
     h('td', {}, h('span', { class: 'badge ' + (f.switch ? 'on' : 'off'), text: f.switch ? 'on' : 'off' }),
-      ' ', h('span', { class: 'badge variant current', title: 'the answer without an actor', text: f.variant })),
+      ' ', h('span', { class: 'badge variant current', title: 'the answer without an actor', text: f.variant }),
+      syncBadge(f)),
     h('td', { class: 'split', text: f.split ? shareText(f.split) : 'no split (' + f.default_variant + ')' }),
     h('td', { class: 'assign' }, assigned.length
       ? assigned.map(([a, v]) => h('span', { class: 'actor', 'data-actor': a, text: a + ' → ' + v }))
@@ -366,7 +423,8 @@ function flagRow(f) {
   return h('tr', { 'data-flag': f.name, 'data-kind': 'boolean' },
     h('td', { class: 'desc' }, h('b', { text: f.name }),
       h('small', { text: (f.description || '') + ' (default ' + (f.default ? 'on' : 'off') + ')' })),
-    h('td', {}, h('span', { class: 'badge ' + (f.switch ? 'on' : 'off'), text: f.switch ? 'on' : 'off' })),
+    h('td', {}, h('span', { class: 'badge ' + (f.switch ? 'on' : 'off'), text: f.switch ? 'on' : 'off' }),
+      syncBadge(f)),
     h('td', { class: 'pct', text: f.percentage === null ? '100% (no rollout)' : f.percentage + '%' }),
     h('td', { class: 'allow' }, actorList(f.allow)),
     h('td', { class: 'deny' }, actorList(f.deny)),
@@ -399,6 +457,7 @@ async function refreshFlags() {
     const active = document.activeElement;
     const focusRow = active && active.closest ? active.closest('tr[data-flag]') : null;
     const focus = focusRow ? [focusRow.dataset.flag, slot(active)] : null;
+    for (const f of data.flags) f.sync = flagSync(data.store, f.name);
     body.replaceChildren(...data.flags.map(flagRow));
     for (const tr of body.querySelectorAll('tr[data-flag]')) {
       const k = kept[tr.dataset.flag];
@@ -516,10 +575,12 @@ async function refreshMigration() {
 
 async function migrate(action, body) {
   try {
-    await api('POST', 'api/migration/' + action, body);
-    say('migration: ' + action + ' done', true);
-    refreshMigration(); refreshFlags(); refreshHistory();
-  } catch (err) { fail(err); refreshMigration(); }
+    const m = await api('POST', 'api/migration/' + action, body);
+    const pending = m && m.store && m.store.pending_flags.length;
+    say('migration: ' + action + ' done' + (pending ? ' \u2014 pending: ' + SYNC_NOTE.pending : ''),
+      pending ? 'warn' : true);
+    refreshMigration(); refreshFlags(); refreshHistory(); refreshStatus();
+  } catch (err) { fail(err); refreshMigration(); refreshStatus(); }
 }
 
 // ------------------------------------------------------------------- agents
@@ -654,11 +715,12 @@ function onEvent(event, data) {
   else if (event === 'flag') { flashFlag = data.flag; schedule('flags'); }
   else if (event === 'migration') schedule('migration');
   else if (event === 'agent') { schedule('agents'); schedule('supervision'); }
+  else if (event === 'status') { showStatus(data); schedule('flags'); }
   else if (event === 'resync') refreshAll();
 }
 
 function refreshAll() {
-  refreshFlags(); refreshHistory(); refreshMigration(); refreshAgents(); refreshSupervision();
+  refreshStatus(); refreshFlags(); refreshHistory(); refreshMigration(); refreshAgents(); refreshSupervision();
 }
 
 // -------------------------------------------------------------------- start

@@ -7,7 +7,10 @@ What it holds (one file per namespace and Redis URL, see ``default_cache_path``)
 - the whole change history and migration history, entry for entry with their
   Redis stream ids, so a restore puts back exactly what was there;
 - pending kill switches: ``disable`` / ``emergency_rollback`` made while Redis
-  was unreachable, waiting to be committed (``PendingKillSwitch``).
+  was unreachable, waiting to be committed (``PendingKillSwitch``);
+- the flag catalogue as last read from Redis (declared flags, ``FlagInfo`` JSON),
+  so a tool can list the flags from the copy during an outage. It is a read
+  cache only: never restored into Redis (applications record it again).
 
 Every method is one SQLite transaction under one lock, so a reader never sees
 half of an update. An unusable copy raises ``errors.FlagError``. ``path=None``
@@ -48,6 +51,7 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE TABLE IF NOT EXISTS migrations (
     ms INTEGER NOT NULL, seq INTEGER NOT NULL, fields TEXT NOT NULL, PRIMARY KEY (ms, seq));
 CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS catalogue (name TEXT PRIMARY KEY, info TEXT NOT NULL);
 """
 
 Entry = tuple[str, dict[str, str]]
@@ -293,6 +297,10 @@ class NodeCache:
         with self._guard():
             return [(f"{ms}-{seq}", _loads(fields)) for ms, seq, fields in rows]
 
+    def catalogue(self) -> dict[str, str]:
+        """The flag catalogue as last kept (``set_catalogue``): name -> FlagInfo JSON."""
+        return {str(n): str(i) for n, i in self._read("SELECT name, info FROM catalogue")}
+
     def last_ids(self) -> tuple[str | None, str | None]:
         """The ids of the last cached history and migration entries (None: none)."""
         out: list[str | None] = []
@@ -329,6 +337,12 @@ class NodeCache:
                 db.execute("DELETE FROM meta WHERE key = 'epoch'")
             else:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (snap.epoch,))
+
+    def set_catalogue(self, entries: dict[str, str]) -> None:
+        """Replace the kept catalogue with ``entries`` (name -> FlagInfo JSON)."""
+        with self._write() as db:
+            db.execute("DELETE FROM catalogue")
+            db.executemany("INSERT INTO catalogue VALUES (?, ?)", entries.items())
 
     def add_pending(self, op: PendingKillSwitch) -> int:
         """Record ``op`` durably (its ``id`` is ignored); returns the id given."""

@@ -4,8 +4,10 @@ Layout (``ns`` is the namespace; the braces make it a Redis Cluster hash tag, so
 every key of one deployment lives in one slot and a transaction may touch them all):
 
 ``{ns}:flags:state``       hash   flag name -> ``FlagState`` JSON (runtime state only)
-``{ns}:flags:history``     stream one entry per ``FlagChange``: ``change`` (JSON),
-                                  ``origin`` (writing store), ``txn``, ``i``, ``n``, ``v``
+``{ns}:flags:history``     stream one entry per ``FlagChange``: ``change`` (JSON: the
+                                  change as a delta, see ``_history``; older entries
+                                  hold the whole record), ``origin`` (writing store),
+                                  ``txn``, ``i``, ``n``, ``v``
 ``{ns}:flags:stages``      hash   plan -> committed migration stage
 ``{ns}:flags:migrations``  stream one entry per ``MigrationEvent``: ``event`` (JSON), ``v``
 ``{ns}:flags:meta``        hash   ``version`` (committed transactions), ``epoch``
@@ -13,9 +15,11 @@ every key of one deployment lives in one slot and a transaction may touch them a
 ``{ns}:flags:plans``       hash   plan name -> ``MigrationPlan`` JSON
 
 The catalogue and plans are written directly (HSET, outside the versioned
-transactions) and are not part of the node copy: after Redis restarts empty
-they come back when the applications construct their ``FeatureFlags`` and
-``Migration`` again; reading them needs Redis (``BackendUnavailable`` otherwise).
+transactions) and are not restored from the node copy: after Redis restarts
+empty they come back when the applications construct their ``FeatureFlags`` and
+``Migration`` again. The copy keeps the catalogue as last read or recorded
+(``catalogue()`` answers from it during an outage, so a tool can list flags);
+reading plans needs Redis (``BackendUnavailable`` otherwise).
 
 Writes are optimistic transactions: ``WATCH`` the state, stage and meta hashes,
 read, run the caller's function, then ``MULTI``/``EXEC`` the state writes, their
@@ -27,7 +31,10 @@ of the deployment; ``epoch`` is a random id given when its data is first written
 Propagation: the history stream is also the change feed. Each store runs one
 listener thread blocked in ``XREAD BLOCK`` on it, on a connection of its own;
 Redis wakes it the moment a commit lands, and it calls the subscribers with that
-transaction's changes (never a transaction this store object committed). After
+transaction's changes (never a transaction this store object committed). An
+entry holds only the change (a delta of the runtime state it replaced), so the
+listener replays every entry, its own included, from the states of the copy at
+its last catch-up, and hands subscribers whole ``FlagChange`` records. After
 a disconnect, a Redis restart or a stream that went backwards, the listener
 resynchronises and tells subscribers ``[]`` ("reload"). ``FeatureFlags.enabled()``
 never touches Redis: it reads the caller's local cache.
@@ -89,6 +96,18 @@ Events (``foundation.telemetry``; each also a log line under ``foundation.flags`
 ``foundation.flags.pending_committed``   a pending kill switch was committed
 ``foundation.flags.pending_superseded``  a pending kill switch lost to a newer change
 ``foundation.flags.in_sync``             back in sync with Redis
+``foundation.flags.read_only``           Redis is a read-only replica (ROLE, or a READONLY reply)
+``foundation.flags.writable``            it accepts writes again
+
+``stale`` is reported once per transition (from the last ``in_sync``), whichever
+step failed, also a resync that had already stopped following Redis.
+
+*A read-only replica* (a failover, ``REPLICAOF``): reads follow it, ``status()``
+says ``read_only``; every write raises ``BackendUnavailable`` except the kill
+switch, applied locally and committed (and the catalogue recorded again) by the
+resync that follows its return to writable (seen by ``ROLE`` every
+``resync_interval``). Reads use no MULTI (see ``_pull``): an out-of-memory
+Redis 7 refuses queued commands, not plain reads.
 
 Each event's data holds ``namespace`` and ``url`` (redacted) and what it is
 about (``version``, ``flags``, ``plans``, ``by``, ``reason``, ``at``, ``error``,
@@ -112,7 +131,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from foundation import telemetry
 from foundation._listeners import check_listener
-from foundation._redis_conn import check_url, connect, import_redis, redact_url, translated
+from foundation._redis_conn import (
+    check_url,
+    connect,
+    error_kind,
+    import_redis,
+    redact_url,
+    translated,
+)
 from foundation._retry import RetryBackoff
 from foundation.errors import (
     BackendUnavailable,
@@ -122,6 +148,7 @@ from foundation.errors import (
     InvalidFlagValue,
     bounded_repr,
 )
+from foundation.flags._history import Replay, encode_json
 from foundation.flags._node_cache import (
     NodeCache,
     PendingKillSwitch,
@@ -188,7 +215,12 @@ class RedisFlagStoreStatus:
 
     ``connected``: the listener follows Redis. ``stale``: answers come from the
     node copy. ``version``: the copy's version. ``pending``: kill switches not
-    yet committed. ``restores``: times this store restored Redis from its copy.
+    yet committed (``pending_flags``: the flags they switch off).
+    ``restores``: times this store restored Redis from its copy.
+    ``stale_since``: wall-clock time (``time.time()``) of the last transition
+    into stale, None while not stale. ``read_only``: Redis is a read-only
+    replica (``ROLE``, or a ``READONLY`` reply): reads work, writes other than
+    the kill switch fail with ``BackendUnavailable``.
     """
 
     connected: bool
@@ -199,6 +231,9 @@ class RedisFlagStoreStatus:
     last_error: str | None
     restores: int
     resyncs: int
+    stale_since: float | None = None
+    pending_flags: tuple[str, ...] = ()
+    read_only: bool = False
 
 
 def _check_name(name: object, what: str) -> None:
@@ -215,14 +250,19 @@ class _Staged(StoreTransaction):
     def __init__(self) -> None:
         self.puts: dict[str, FlagState | None] = {}
         self.changes: list[FlagChange] = []
+        # Per change: (the runtime state it replaces, the one it writes): its record
+        # is a delta of the first (see _history).
+        self.bases: list[tuple[FlagState | None, FlagState | None]] = []
         self.stage_puts: dict[str, int] = {}
         self.events: list[MigrationEvent] = []
 
     def put(self, name: str, state: FlagState | None, change: FlagChange) -> None:
         # Validate before staging: bad input raises and nothing is written.
         check_put(name, state, change)
+        before = self.get(name)  # under WATCH in Redis: still the state at EXEC
         self.puts[name] = state
         self.changes.append(change)
+        self.bases.append((before, state))
 
     def put_migration(self, plan: str, stage: int, event: MigrationEvent) -> None:
         # A stage the node copies (SQLite) cannot hold would poison every node.
@@ -239,19 +279,22 @@ class _RedisTransaction(_Staged):
         self._store = store
         self._pipe = pipe
         self._states: dict[str, str] | None = None
+        self._decoded: dict[str, FlagState | None] = {}
         self._stages: dict[str, str] | None = None
 
     def get(self, name: str) -> FlagState | None:
         _check_name(name, "flag name")
         if name in self.puts:
             return self.puts[name]
+        if name in self._decoded:
+            return self._decoded[name]
         if self._states is None:
             # One HGETALL under WATCH: later commits anywhere abort our EXEC.
             self._states = self._pipe.hgetall(self._store._k_state)
         raw = self._states.get(name)
-        if raw is None:
-            return None
-        return self._store._decode_state(raw)
+        state = None if raw is None else self._store._decode_state(raw)
+        self._decoded[name] = state  # put() reads it again: the base of its record
+        return state
 
     def migration_stage(self, plan: str) -> int:
         _check_name(plan, "plan name")
@@ -281,9 +324,10 @@ class _RedisTransaction(_Staged):
         store = self._store
         own = {(c.flag, c.at, c.by, c.reason) for c in op.changes}
         seen_changes: set[tuple[str, float, str | None, str | None]] = set()
+        replay = Replay(flags=frozenset(op.stored))  # deltas: replayed from the first entry
         for _id, fields in self._pipe.xrange(store._k_history):
-            change = store._decode_change(fields)
-            if change is None or change.flag not in op.stored:
+            change = store._decode_change(fields, replay)
+            if change is None:
                 continue
             key = (change.flag, change.at, change.by, change.reason)
             if key in own:
@@ -491,11 +535,23 @@ class RedisFlagStore(FlagStore):
         self._replay_wanted = threading.Event()  # a kill switch was recorded locally
         self._listener_client_id: int | None = None
         self._last_error: str | None = None
+        # Stale reported (log line + event) since the last "in sync": one report
+        # per transition, whichever step of a resync failed (not _synced, which a
+        # resync clears before it catches up).
+        self._stale_since: float | None = None
+        self._read_only = False  # Redis is a read-only replica (see _note_read_only)
+        # False for short-lived commands (the CLI): a kill switch they cannot commit
+        # raises instead of waiting in the copy, since they would not commit it.
+        self._defer_kill_switches = True
         self._restores = 0
         self._resyncs = 0
         self._last_id = "0-0"
         self._last_mig_id = "0-0"
         self._floor = 0  # history entries up to this version need no delivery
+        # The listener's runtime states as of the entries it consumed: the base of
+        # the next entries' deltas (set from the copy at each catch-up).
+        self._feed = Replay()
+        self._feed_at = (0, "")  # (version, txn) of the last entry replayed
         # Subscribe-after-load race (see subscribe): count foreign deliveries, and
         # remember per thread the count when its last load_states() began.
         self._deliveries = 0
@@ -512,7 +568,8 @@ class RedisFlagStore(FlagStore):
         try:
             self._ensure_clients()
             self._catch_up()
-            self._replay_pending()
+            if not self._check_role():  # a read-only replica: they wait (see _resync)
+                self._replay_pending()
         except BackendUnavailable as exc:
             if not has_copy:
                 self._close_clients()
@@ -541,6 +598,9 @@ class RedisFlagStore(FlagStore):
         """Start stale from the node copy: Redis was unreachable at start (``exc``)."""
         # Start from the node copy (stale); the listener catches up later.
         self._last_error = str(exc)
+        self._stale_since = time.time()
+        if _read_only_error(exc):
+            self._note_read_only(True, str(exc))
         log.warning(
             "flag store %r: Redis at %s unavailable at start (%s); "
             "starting from the node copy at version %d (stale)",
@@ -644,6 +704,16 @@ class RedisFlagStore(FlagStore):
         except InvalidFlagValue as exc:
             raise FlagError(f"corrupt flag state in {self._k_state}: {raw!r}") from exc
 
+    def _feed_states(self, raw: dict[str, str]) -> dict[str, FlagState]:
+        """The listener's replay base from the copy's states. A corrupt state is left
+        out (reads report it): an entry of that flag then cannot be rebuilt, and
+        subscribers are told to reload instead (see ``_consume``)."""
+        out: dict[str, FlagState] = {}
+        for name, text in raw.items():
+            with contextlib.suppress(FlagError):
+                out[name] = self._decode_state(text)
+        return out
+
     def _decode_stage(self, raw: str | int | None) -> int:
         if raw is None:
             return 0
@@ -656,12 +726,14 @@ class RedisFlagStore(FlagStore):
         """Every plan's stage in a stages hash read from Redis."""
         return {p: self._decode_stage(s) for p, s in raw.items()}
 
-    def _decode_change(self, fields: dict[str, str]) -> FlagChange | None:
+    def _decode_change(self, fields: dict[str, str], replay: Replay) -> FlagChange | None:
+        """The change of one history entry, replayed on ``replay`` (entries are fed in
+        stream order; see _history); None for an entry without one or of a flag not asked."""
         raw = fields.get("change")
         if raw is None:
             return None
         try:
-            return FlagChange.from_json(raw)
+            return replay.feed_json(raw)
         except InvalidFlagValue as exc:
             raise FlagError(f"corrupt history entry in {self._k_history}: {raw!r}") from exc
 
@@ -723,25 +795,31 @@ class RedisFlagStore(FlagStore):
         return [self._k_meta, self._k_state, self._k_stages, self._k_history, self._k_migrations]
 
     def _pull(self) -> bool:
-        """Refresh the copy from one consistent read of Redis; False if Redis is older."""
+        """Refresh the copy from one consistent read of Redis; False if Redis is older.
+
+        No MULTI: Redis 7 refuses commands queued in MULTI while it is out of
+        memory (``maxmemory``, ``noeviction``) although it still serves plain
+        reads. Race: a commit landing amid the reads. Every commit (EXEC, or the
+        restore script) changes ``version`` atomically with its data, so the
+        reads sit between two reads of ``meta`` in one pipeline: equal ``meta``
+        means no commit landed in between; otherwise read again.
+        """
         client = self._ensure_clients()
-        redis = self._redis
         cache = self._cache
         with self._copy_lock, self._translated("refreshing the node copy"):
             for _ in range(_MAX_ATTEMPTS):
-                try:
-                    with client.pipeline(transaction=True) as pipe:
-                        pipe.watch(self._k_meta)
-                        raw_version, epoch = pipe.hmget(self._k_meta, "version", "epoch")
-                        if self._copy_behind_check(raw_version):
-                            return False  # the caller restores (or the listener will)
-                        version = int(raw_version or 0)
-                        same = cache.epoch == epoch and cache.has_data()
-                        if same and version == cache.version and raw_version is not None:
-                            return True  # nothing new
-                        self._queue_copy_reads(pipe, since_copy=same)
-                        states, stages, history, migrations = pipe.execute()
-                except redis.WatchError:
+                raw_version, epoch = client.hmget(self._k_meta, "version", "epoch")
+                if self._copy_behind_check(raw_version):
+                    return False  # the caller restores (or the listener will)
+                version = int(raw_version or 0)
+                same = cache.epoch == epoch and cache.has_data()
+                if same and version == cache.version and raw_version is not None:
+                    return True  # nothing new
+                with client.pipeline(transaction=False) as pipe:
+                    self._queue_copy_reads(pipe, since_copy=same)
+                    pipe.hmget(self._k_meta, "version", "epoch")
+                    states, stages, history, migrations, after = pipe.execute()
+                if list(after) != [raw_version, epoch]:
                     continue  # a commit landed meanwhile: read again
                 snap = Snapshot(
                     version,
@@ -757,9 +835,8 @@ class RedisFlagStore(FlagStore):
         return True  # pragma: no cover - a thousand commits in a row
 
     def _queue_copy_reads(self, pipe: Any, *, since_copy: bool) -> None:
-        """MULTI and the reads of a refresh: streams after the copy's last ids if ``since_copy``."""
+        """The reads of a refresh: streams after the copy's last ids if ``since_copy``."""
         last_h, last_m = self._cache.last_ids() if since_copy else (None, None)
-        pipe.multi()
         pipe.hgetall(self._k_state)
         pipe.hgetall(self._k_stages)
         pipe.xrange(self._k_history, f"({last_h}" if last_h else "-", "+")
@@ -779,7 +856,8 @@ class RedisFlagStore(FlagStore):
         return self._cache.stages().get(plan, 0)
 
     def _read(self, doing: str, queue: Callable[[Any], None]) -> Any:
-        """One Redis read (with meta, in one MULTI), or None: answer from the copy.
+        """One Redis read (consistent with meta, see ``_consistent_read``), or None:
+        answer from the copy.
 
         None when the listener is not following Redis (stale), when Redis is
         unreachable, or when Redis holds an older version than the copy (it
@@ -788,11 +866,7 @@ class RedisFlagStore(FlagStore):
         if not self._synced.is_set():
             return None
         try:
-            client = self._ensure_clients()
-            with self._translated(doing), client.pipeline(transaction=True) as pipe:
-                pipe.hmget(self._k_meta, "version", "epoch")
-                queue(pipe)
-                (raw_version, epoch), result = pipe.execute()
+            raw_version, epoch, result = self._consistent_read(doing, queue)
         except BackendUnavailable as exc:
             log.debug("flag store %r: %s; answering from the node copy", self.namespace, exc)
             return None
@@ -814,6 +888,29 @@ class RedisFlagStore(FlagStore):
         if raw_version is not None and (int(raw_version) > cache.version or epoch != cache.epoch):
             return self._once_copied(result)
         return result
+
+    def _consistent_read(
+        self, doing: str, queue: Callable[[Any], None]
+    ) -> tuple[str | None, str | None, Any]:
+        """(version, epoch, the read ``queue`` queues) at one version, without MULTI.
+
+        Race: a commit between the reads; see ``_pull`` (meta read before and
+        after in one pipeline, read again if it moved). No MULTI: an
+        out-of-memory Redis 7 refuses queued commands but serves plain reads.
+        """
+        client = self._ensure_clients()
+        with self._translated(doing):
+            for _ in range(_MAX_ATTEMPTS):
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.hmget(self._k_meta, "version", "epoch")
+                    queue(pipe)
+                    pipe.hmget(self._k_meta, "version", "epoch")
+                    before, result, after = pipe.execute()
+                if list(before) == list(after):
+                    return before[0], before[1], result
+        raise FlagError(  # pragma: no cover - a thousand commits in a row
+            f"{doing}: gave up after {_MAX_ATTEMPTS} concurrent commits"
+        )
 
     def _once_copied(self, result: Any) -> Any:
         """``result`` (newer than the copy) once the copy caught up, or None (see ``_read``)."""
@@ -894,7 +991,10 @@ class RedisFlagStore(FlagStore):
                         with contextlib.suppress(Exception):
                             client.connection_pool.disconnect(inuse_connections=False)
                         continue
+                    # A READONLY refusal: a read-only replica; any other error tells nothing.
+                    self._note_read_only(_read_only_error(exc) or self._read_only, str(exc))
                     raise
+                self._note_read_only(False)  # a commit went through: writable (again)
                 self._confirm_in_copy(commit, replies)
                 return result
         raise FlagError(
@@ -1022,9 +1122,9 @@ class RedisFlagStore(FlagStore):
             replies += 1
         n = len(txn.changes)
         commit.history_at = replies
-        for i, change in enumerate(txn.changes):
+        for i, (change, (before, stored)) in enumerate(zip(txn.changes, txn.bases, strict=True)):
             fields = {
-                "change": change.to_json(),
+                "change": encode_json(change, before, stored),
                 "origin": self._origin,
                 "txn": txn_id,
                 "i": str(i),
@@ -1057,7 +1157,11 @@ class RedisFlagStore(FlagStore):
             try:
                 return self.transaction(fn)
             except BackendUnavailable as exc:
+                if not self._defer_kill_switches:
+                    raise
                 cause = exc
+        elif not self._defer_kill_switches:
+            return self.transaction(fn)  # BackendUnavailable unless Redis is back
         else:
             # Known outage: do not wait for a timeout, the kill switch is urgent.
             cause = BackendUnavailable(
@@ -1167,10 +1271,11 @@ class RedisFlagStore(FlagStore):
         entries = self._read("reading history", lambda p: p.xrange(self._k_history))
         if entries is None:
             entries = self._cache.history()
+        replay = Replay(flags=None if flag is None else frozenset({flag}))
         out: list[FlagChange] = []
         for _id, fields in entries:
-            change = self._decode_change(fields)
-            if change is not None and (flag is None or change.flag == flag):
+            change = self._decode_change(fields, replay)
+            if change is not None:
                 out.append(change)
         return out
 
@@ -1201,8 +1306,37 @@ class RedisFlagStore(FlagStore):
         self._record(self._k_catalogue, entries, "recording the flag catalogue")
 
     def catalogue(self) -> dict[str, FlagInfo]:
-        raw = self._read_hash(self._k_catalogue, "reading the flag catalogue")
+        """The declared flags (Redis; during an outage the copy's, if it kept one)."""
+        raw = self._catalogue_raw()
         return {name: FlagInfo.from_json(text) for name, text in raw.items()}
+
+    def _catalogue_raw(self) -> dict[str, str]:
+        """The catalogue hash from Redis (kept in the copy), else from the copy.
+
+        ``BackendUnavailable`` when Redis cannot answer and the copy kept none.
+        """
+        self._check_open()
+        try:
+            raw = self._read_hash(self._k_catalogue, "reading the flag catalogue")
+        except BackendUnavailable:
+            kept = self._cache.catalogue()
+            if not kept:
+                raise
+            return kept
+        if self._synced.is_set():
+            self._keep_catalogue(raw)
+            return raw
+        # Not following Redis yet (just constructed, or recovering): Redis may have
+        # restarted empty and not be restored yet, so an empty answer is no answer.
+        return raw or self._cache.catalogue()
+
+    def _keep_catalogue(self, raw: dict[str, str]) -> None:
+        """Keep ``raw`` (the catalogue read from Redis) in the copy; best effort."""
+        try:
+            if self._cache.catalogue() != raw:
+                self._cache.set_catalogue(raw)
+        except FlagError as exc:  # an unusable copy: the read itself succeeded
+            log.debug("flag store %r: catalogue not kept in the copy: %s", self.namespace, exc)
 
     def record_plan(self, name: str, plan: MigrationPlan) -> None:
         self._check_open()
@@ -1237,14 +1371,22 @@ class RedisFlagStore(FlagStore):
             raise BackendUnavailable(
                 f"Redis at {self._url} is not reachable now; {doing} when it returns"
             )
+        if self._read_only:
+            raise BackendUnavailable(
+                f"Redis at {self._url} is a read-only replica now; {doing} when it accepts writes"
+            )
         self._record_now(key, entries, doing)
 
     def _record_now(self, key: str, entries: dict[str, str], doing: str) -> None:
         # Compare first: every process that starts records its declarations, and
         # most find them recorded. Two writers of one name: the last HSET wins.
-        if entries and not self._read_hash(key, doing).items() >= entries.items():
+        current = self._read_hash(key, doing)
+        if entries and not current.items() >= entries.items():
             with self._translated(doing):
                 self._ensure_clients().hset(key, mapping=entries)
+            current.update(entries)
+        if key == self._k_catalogue:
+            self._keep_catalogue(current)
 
     def _record_again(self) -> None:
         """Record what this store recorded before (part of a resync); a failure only logs."""
@@ -1301,7 +1443,7 @@ class RedisFlagStore(FlagStore):
         """
         self._check_open()
         try:
-            version, pending = self._cache.version, len(self._cache.pending())
+            version, ops = self._cache.version, self._cache.pending()
         except FlagError:
             # Race: close() ran meanwhile and closed the copy under us: Closed, as a
             # call just after close() would say (else the copy really is unusable).
@@ -1311,11 +1453,14 @@ class RedisFlagStore(FlagStore):
             connected=self.synced,
             stale=self.stale,
             version=version,
-            pending=pending,
+            pending=len(ops),
             cache_path=self.cache_path,
             last_error=self._last_error,
             restores=self._restores,
             resyncs=self._resyncs,
+            stale_since=self._stale_since if self.stale else None,
+            pending_flags=tuple(sorted({name for op in ops for name in op.flags})),
+            read_only=self._read_only,
         )
 
     def _wake_listener(self) -> None:
@@ -1390,8 +1535,11 @@ class RedisFlagStore(FlagStore):
             self._listener_stopped()
 
     def _replay_if_wanted(self) -> None:
-        """Commit the pending kill switches if a replay was asked for (``_replay_wanted``)."""
-        if self._replay_wanted.is_set():
+        """Commit the pending kill switches if a replay was asked for (``_replay_wanted``).
+
+        Not on a read-only replica: the commit would fail (and the listener go
+        stale for it); the resync after it accepts writes again replays them."""
+        if self._replay_wanted.is_set() and not self._read_only:
             with self._translated("committing pending kill switches"):
                 self._replay_pending()
 
@@ -1430,16 +1578,18 @@ class RedisFlagStore(FlagStore):
 
     def _fault(self, exc: Exception) -> None:
         """Log a listener fault, mark the store stale (one event per transition)."""
-        was_synced = self._synced.is_set()
         self._synced.clear()
         self._last_error = str(exc)
+        if _read_only_error(exc):
+            self._note_read_only(True, str(exc))
         if isinstance(exc, BackendUnavailable):
             listener_log.debug("flag listener %r: %s", self.namespace, exc)
         else:  # not an outage: corrupt data, a broken copy, a bug; keep the traceback
             listener_log.error(
                 "flag listener %r failed; retrying with backoff", self.namespace, exc_info=exc
             )
-        if was_synced:
+        if self._stale_since is None:  # first fault since "in sync": report it once
+            self._stale_since = time.time()
             log.warning(
                 "flag store %r lost Redis at %s (%s); serving the node copy (stale)",
                 self.namespace, self._url, exc,
@@ -1460,6 +1610,45 @@ class RedisFlagStore(FlagStore):
             with contextlib.suppress(Exception):
                 self._listen_client.connection.disconnect()
 
+    def _check_role(self) -> bool:
+        """Whether Redis is a read-only replica now (``ROLE``); noted, see ``_note_read_only``.
+
+        A server that refuses ``ROLE`` (ACL, a proxy) keeps the last known answer.
+        """
+        client = self._ensure_clients()
+        try:
+            with self._translated("reading the server's role"):
+                role = client.execute_command("ROLE")
+        except BackendUnavailable as exc:
+            if error_kind(exc.__cause__ or exc) not in ("NOPERM", "response"):
+                raise  # unreachable: the resync fails and is retried
+            return self._read_only
+        replica = bool(role) and str(role[0]) in ("slave", "replica")
+        self._note_read_only(replica, "ROLE: replica" if replica else None)
+        return replica
+
+    def _note_read_only(self, read_only: bool, cause: str | None = None) -> None:
+        """Record whether Redis is a read-only replica: a log line and an event per
+        transition (``read_only``, then ``writable``)."""
+        if self._read_only == read_only:
+            return  # no transition (checked again under the lock)
+        with self._lock:  # Race: a writer and the listener noting it at once: one report
+            if self._read_only == read_only:
+                return
+            self._read_only = read_only
+        if read_only:
+            log.warning(
+                "flag store %r: Redis at %s is a read-only replica (%s); flag writes fail "
+                "until it accepts writes (kill switches are applied locally and committed then)",
+                self.namespace, self._url, cause,
+            )  # fmt: skip
+            self._event("read_only", error=cause)
+        else:
+            log.warning(
+                "flag store %r: Redis at %s accepts writes again", self.namespace, self._url
+            )
+            self._event("writable")
+
     def _tails(self) -> tuple[str, str]:
         client = self._ensure_listen_client()
         with self._translated("reading the change stream's tail"):
@@ -1476,16 +1665,21 @@ class RedisFlagStore(FlagStore):
         self._synced.clear()
         self._ensure_clients()
         self._catch_up()
-        with self._translated("committing pending kill switches"):
-            self._replay_pending()
-        self._record_again()
+        if not self._check_role():
+            # A read-only replica: reads follow it, writes would fail. The kill
+            # switches stay pending until it accepts writes (_redis_went_back).
+            with self._translated("committing pending kill switches"):
+                self._replay_pending()
+            self._record_again()
         self._resyncs += 1
+        self._stale_since = None
         self._synced.set()
         log.info(
-            "flag store %r in sync with Redis at %s (version %d)",
+            "flag store %r in sync with Redis at %s (version %d%s)",
             self.namespace, self._url, self._cache.version,
+            "; a read-only replica: writes fail" if self._read_only else "",
         )  # fmt: skip
-        self._event("in_sync", version=self._cache.version)
+        self._event("in_sync", version=self._cache.version, read_only=self._read_only)
         # Whatever happened while we were away is unknown: "reload".
         self._deliver([])
 
@@ -1501,11 +1695,19 @@ class RedisFlagStore(FlagStore):
             self._restore_if_behind()
             self._last_id, self._last_mig_id = self._tails()
             self._pull()
-            # Entries up to this version are in the state subscribers (re)load.
+            # Entries up to this version are in the state subscribers (re)load,
+            # and in the copy's states, from which later entries' deltas replay
+            # (read under _copy_lock: the copy's version and states agree).
             self._floor = self._cache.version
+            self._feed = Replay(self._feed_states(self._cache.states()))
+            self._feed_at = (self._floor, "")
 
     def _redis_went_back(self) -> bool:
-        """True if Redis is older than the copy, or the stream's tail is behind what we read."""
+        """True if Redis is older than the copy, the stream's tail is behind what we
+        read, or Redis accepts writes again after being a read-only replica."""
+        was_read_only = self._read_only
+        if not self._check_role() and was_read_only:
+            return True  # writable again: resync (commits the pending kill switches)
         client = self._ensure_listen_client()
         with self._translated("checking the change stream"):
             raw_version = client.hget(self._k_meta, "version")
@@ -1521,21 +1723,24 @@ class RedisFlagStore(FlagStore):
     ) -> None:
         for entry_id, fields in entries:
             self._last_id = str(entry_id)
-            if fields.get("origin") == self._origin:
-                continue  # our own commit: the writer already knows it
             version = fields.get("v", "")
             if version.isdigit() and 0 < int(version) <= self._floor:
                 continue  # already in the state loaded at the last catch-up
             txn = fields.get("txn", entry_id)
             try:
-                change = self._decode_change(fields)
+                self._check_order(version, txn)
+                # Every entry is replayed, ours included: it is the base of the next delta.
+                change = self._decode_change(fields, self._feed)
                 n = int(fields.get("n", "1"))
             except (FlagError, ValueError):
-                # A malformed entry written by someone else: reload instead of guessing.
+                # A malformed entry written by someone else, or a stream that went
+                # back: reload instead of guessing, and resynchronise (the
+                # replayed states no longer match the stream).
+                self._resync_wanted.set()
                 self._deliver([])
-                continue
-            if change is None:
-                continue
+                return
+            if change is None or fields.get("origin") == self._origin:
+                continue  # our own commit: the writer already knows it
             group = pending.setdefault(txn, [])
             group.append((entry_id, change))
             # One transaction's entries are contiguous (EXEC is atomic) but one
@@ -1543,6 +1748,23 @@ class RedisFlagStore(FlagStore):
             if len(group) >= n:
                 del pending[txn]
                 self._deliver([c for _, c in group])
+
+    def _check_order(self, version: str, txn: str) -> None:
+        """FlagError if an entry's version is older than the last replayed one's.
+
+        Race: Redis restarted and was restored from a copy that missed the last
+        commits this listener replayed, and new commits landed before the
+        periodic check noticed (``_redis_went_back``). Their deltas are based
+        on states this listener's replay no longer matches: caught here at the
+        first such entry (same version, another transaction included).
+        """
+        if not version.isdigit():
+            return  # an entry without a version: nothing to compare
+        at = (int(version), txn)
+        last_version, last_txn = self._feed_at
+        if at[0] < last_version or (at[0] == last_version and txn != last_txn):
+            raise FlagError(f"the change stream went back to version {version}")
+        self._feed_at = at
 
     def _send_welcomes(self) -> None:
         with self._lock:
@@ -1574,6 +1796,12 @@ def _dead_socket(exc: BaseException | None) -> bool:
     worth one immediate retry on a new one. Not for refusals or timeouts."""
     text = str(exc).lower()
     return exc is not None and any(k in text for k in _DEAD_SOCKET)
+
+
+def _read_only_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (a translated error) is a ``READONLY`` reply: a read-only replica."""
+    cause = exc.__cause__
+    return cause is not None and error_kind(cause) == "READONLY"
 
 
 def _kill_switch_states(txn: _LocalTransaction, cause: BackendUnavailable) -> dict[str, FlagState]:

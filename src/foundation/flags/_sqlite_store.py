@@ -24,7 +24,11 @@ lock; about 0.1 ms of CPU per wake-up here): every ``poll_interval`` seconds
 is followed closely. When the version moved it reads only the history rows
 after the last one it saw (by rowid, one autocommit statement: a WAL read
 transaction as short as the query, never waiting on a writer) and hands those
-written by other connections to the subscribers in one batch. Polling was
+written by other connections to the subscribers in one batch. A row holds the
+change only (a delta, see ``_history``): the watcher replays every row, its own
+included, from the states of the snapshot it started at, so subscribers get
+whole ``FlagChange`` records; a row it cannot rebuild makes it start again from
+a fresh snapshot and tell subscribers to reload (``[]``). Polling was
 chosen over a side channel (socket, FIFO next to the file): it needs no extra
 files, sees writers that do not cooperate (another version, the sqlite3
 shell), and its cost is bounded by the interval. The first subscriber is
@@ -48,7 +52,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, TypeVar
 
-from foundation._listeners import check_listener, without
+from foundation._listeners import check_listener, unsubscriber
 from foundation.errors import (
     BackendUnavailable,
     Closed,
@@ -56,6 +60,7 @@ from foundation.errors import (
     InvalidConfig,
     bounded_repr,
 )
+from foundation.flags._history import Replay, encode_json
 from foundation.flags._store import (
     FlagChange,
     FlagInfo,
@@ -121,14 +126,23 @@ class _Txn(StoreTransaction):
     def __init__(self, conn: sqlite3.Connection, origin: str) -> None:
         self._conn = conn
         self._origin = origin
+        # Runtime states read or written in this transaction (it holds the write lock).
+        self._states: dict[str, FlagState | None] = {}
 
     def get(self, name: str) -> FlagState | None:
         check_key(name, "flag name")
-        row = self._conn.execute("SELECT state FROM flag_state WHERE name = ?", (name,)).fetchone()
-        return None if row is None else FlagState.from_json(row[0])
+        if name not in self._states:
+            row = self._conn.execute(
+                "SELECT state FROM flag_state WHERE name = ?", (name,)
+            ).fetchone()
+            self._states[name] = None if row is None else FlagState.from_json(row[0])
+        return self._states[name]
 
     def put(self, name: str, state: FlagState | None, change: FlagChange) -> None:
         check_put(name, state, change)  # before any statement: bad input writes nothing
+        # The record is a delta of the runtime state this put replaces (see _history).
+        record = encode_json(change, self.get(name), state)
+        self._states[name] = state
         if state is None:
             self._conn.execute("DELETE FROM flag_state WHERE name = ?", (name,))
         else:
@@ -138,7 +152,7 @@ class _Txn(StoreTransaction):
             )
         self._conn.execute(
             "INSERT INTO flag_history (flag, origin, record) VALUES (?, ?, ?)",
-            (name, self._origin, change.to_json()),
+            (name, self._origin, record),
         )
 
     def migration_stage(self, plan: str) -> int:
@@ -224,9 +238,11 @@ class SQLiteFlagStore(FlagStore):
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         self._loaded_upto: int | None = None  # history id of the last load_states() snapshot
+        self._loaded_states: dict[str, FlagState] = {}  # ... and its runtime states
         self._catch_up: tuple[Callable[[list[FlagChange]], None], ...] = ()  # owed a reload
         # Watcher state, touched only by the watcher thread once it runs.
         self._last_id = 0
+        self._feed = Replay()  # runtime states as of _last_id: the base of the next deltas
         self._version: int | None = None
         self._hot_until = 0.0
         # No busy handler on the writer: _begin() retries the write lock itself.
@@ -364,21 +380,13 @@ class SQLiteFlagStore(FlagStore):
     def load_states(self) -> dict[str, FlagState]:
         # One read transaction on the reader: one WAL snapshot, never half a
         # write, and no wait for a write in progress here or in another process.
-        import sqlite3
-
         with self._read_lock, self._errors("loading flag states"):
             self._check_open()
-            self._reader.execute("BEGIN")
-            try:
-                rows = self._reader.execute("SELECT name, state FROM flag_state").fetchall()
-                top = self._reader.execute("SELECT max(id) FROM flag_history").fetchone()[0]
-            finally:
-                with suppress(sqlite3.Error):  # a read transaction: nothing to keep
-                    self._reader.execute("ROLLBACK")
+            top, states = _snapshot(self._reader)
             # Where this snapshot ends in the history: a watcher started by a
             # later subscribe() reports from here, not from "now" (see subscribe).
-            self._loaded_upto = top or 0
-        return {name: FlagState.from_json(text) for name, text in rows}
+            self._loaded_upto, self._loaded_states = top, states
+        return dict(states)
 
     def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
         with self._lock, self._errors("writing"):
@@ -403,11 +411,13 @@ class SQLiteFlagStore(FlagStore):
                 rows = self._reader.execute(
                     "SELECT record FROM flag_history ORDER BY id"
                 ).fetchall()
-            else:
+            else:  # the (flag, id) index: only this flag's rows
                 rows = self._reader.execute(
                     "SELECT record FROM flag_history WHERE flag = ? ORDER BY id", (flag,)
                 ).fetchall()
-        return [FlagChange.from_json(r[0]) for r in rows]
+        # Records are deltas: replayed in order from the flag's first (see _history).
+        replay = Replay()
+        return [c for c in (replay.feed_json(r[0]) for r in rows) if c is not None]
 
     def migration_stage(self, plan: str) -> int:
         with self._read_lock, self._errors("reading a migration stage"):
@@ -473,14 +483,16 @@ class SQLiteFlagStore(FlagStore):
             first = self._watcher is None
             if first:
                 with self._read_lock, self._errors("subscribing"):
-                    row = self._reader.execute("SELECT max(id) FROM flag_history").fetchone()
-                    loaded = self._loaded_upto
+                    top, states = _snapshot(self._reader)
+                    loaded, loaded_states = self._loaded_upto, self._loaded_states
                 # Race: a subscriber loads, then subscribes; another process may
                 # commit in between. Start after the last load_states() snapshot
                 # (when there was one), so that commit is reported, not skipped;
                 # rows already in the load may be reported again (at least once).
-                top = row[0] or 0
-                self._last_id = top if loaded is None else min(top, loaded)
+                # The watcher replays deltas from the states of the snapshot it starts at.
+                if loaded is not None and loaded < top:
+                    top, states = loaded, loaded_states
+                self._last_id, self._feed = top, Replay(states)
             # Registered before the watcher can deliver anything meant for it.
             self._callbacks = (*self._callbacks, callback)
             if first:
@@ -494,11 +506,7 @@ class SQLiteFlagStore(FlagStore):
                 with self._read_lock:
                     self._catch_up = (*self._catch_up, callback)
 
-        def unsubscribe() -> None:
-            with self._lock:
-                self._callbacks = without(self._callbacks, callback)  # one subscription
-
-        return unsubscribe
+        return unsubscriber(self, "_callbacks", self._lock, callback)
 
     def close(self) -> None:
         with self._lock:
@@ -566,7 +574,7 @@ class SQLiteFlagStore(FlagStore):
         if not rows:
             return
         self._last_id = rows[-1][0]
-        self._deliver_remote(rows)
+        self._deliver_remote(rows, conn)
 
     def _deliver_catch_up(self) -> None:
         """Call each subscriber waiting for its first step (``_catch_up``) with no changes."""
@@ -576,16 +584,37 @@ class SQLiteFlagStore(FlagStore):
             if callback in self._callbacks:  # not unsubscribed meanwhile
                 self._call(callback, [])
 
-    def _deliver_remote(self, rows: list[tuple[int, str, str]]) -> None:
-        """Deliver the changes of ``rows`` (id, origin, record) other stores committed."""
-        remote = [r[2] for r in rows if r[1] != self._origin]
+    def _deliver_remote(self, rows: list[tuple[int, str, str]], conn: sqlite3.Connection) -> None:
+        """Deliver the changes of ``rows`` (id, origin, record) other stores committed.
+
+        Every row, ours included, is replayed: each is the base of the next delta.
+        """
+        changes: list[FlagChange] = []
+        remote = False
+        try:
+            for _id, origin, text in rows:
+                change = self._feed.feed_json(text)
+                if origin != self._origin and change is not None:
+                    remote = True
+                    changes.append(change)
+        except FlagError:
+            # Unreadable records: the replayed states are no longer known. Start
+            # again from a snapshot, and tell subscribers to reload (which covers
+            # every row up to that snapshot, so none is skipped unreported).
+            self._reset_feed(conn)
+            remote, changes = True, []
         if remote:
             self._hot_until = time.monotonic() + HOT_FOR
-            try:
-                changes = [FlagChange.from_json(text) for text in remote]
-            except FlagError:
-                changes = []  # unreadable records: still tell subscribers to reload
             self._deliver(changes)
+
+    def _reset_feed(self, conn: sqlite3.Connection) -> None:
+        import sqlite3
+
+        try:
+            top, states = _snapshot(conn)
+        except (sqlite3.Error, FlagError):
+            states, top = {}, self._last_id  # unknown: later deltas may fail and land here again
+        self._last_id, self._feed = max(top, self._last_id), Replay(states)
 
     def _deliver(self, changes: list[FlagChange]) -> None:
         for callback in self._callbacks:
@@ -597,3 +626,18 @@ class SQLiteFlagStore(FlagStore):
             callback(changes)
         except BaseException as exc:  # SystemExit too: it would end the watcher thread
             report_callback_error(exc, callback)
+
+
+def _snapshot(conn: sqlite3.Connection) -> tuple[int, dict[str, FlagState]]:
+    """(last history id, every runtime state) from one read transaction on ``conn``:
+    a WAL snapshot, never half a write, and no wait for a writer."""
+    import sqlite3
+
+    conn.execute("BEGIN")
+    try:
+        rows = conn.execute("SELECT name, state FROM flag_state").fetchall()
+        top = conn.execute("SELECT max(id) FROM flag_history").fetchone()[0]
+    finally:
+        with suppress(sqlite3.Error):  # a read transaction: nothing to keep
+            conn.execute("ROLLBACK")
+    return top or 0, {name: FlagState.from_json(text) for name, text in rows}

@@ -60,7 +60,10 @@ Store contract (``FlagStore``):
     was written.
 
 ``history(flag=None) -> list[FlagChange]``
-    Committed changes, oldest first, of one flag or of all.
+    Committed changes, oldest first, of one flag or of all, each with whole
+    ``old``/``new`` states. The built-in stores keep a record as the change
+    only (a delta of the runtime state it replaced, ``foundation.flags._history``),
+    so history grows with the size of the changes, not of the states.
 
 ``migration_stage(plan) -> int`` and ``migration_history(plan) -> list[MigrationEvent]``
     Committed stage of ``plan`` (0 if never written) and its events, oldest first.
@@ -345,6 +348,30 @@ class FlagState:
     @classmethod
     def from_json(cls, text: str | bytes) -> FlagState:
         return cls.from_dict(_loads(text))
+
+
+def unchecked_state(  # noqa: PLR0917 - one per field
+    switch: bool,
+    percentage: float | None,
+    allow: frozenset[str],
+    deny: frozenset[str],
+    assign: Mapping[str, str],
+    split: Mapping[str, float] | None,
+) -> FlagState:
+    """A ``FlagState`` from parts ALREADY in checked form (as ``FlagState`` holds them),
+    without checking every actor again: the history replay builds each record's
+    state from the previous one and checks only what a delta adds (see _history)."""
+    state = object.__new__(FlagState)
+    for name, value in (
+        ("switch", switch),
+        ("percentage", percentage),
+        ("allow", allow),
+        ("deny", deny),
+        ("assign", assign),
+        ("split", split),
+    ):
+        object.__setattr__(state, name, value)
+    return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -649,7 +676,7 @@ class _MemoryTransaction(StoreTransaction):
     def __init__(self, store: MemoryFlagStore) -> None:
         self._store = store
         self.states: dict[str, FlagState | None] = {}
-        self.changes: list[FlagChange] = []
+        self.changes: list[dict[str, Any]] = []  # records as _history.encode makes them
         self.stages: dict[str, int] = {}
         self.events: list[MigrationEvent] = []
 
@@ -660,9 +687,12 @@ class _MemoryTransaction(StoreTransaction):
         return self._store._states.get(name)
 
     def put(self, name: str, state: FlagState | None, change: FlagChange) -> None:
+        from foundation.flags._history import encode  # _history imports this module
+
         check_put(name, state, change)
+        # Kept as a delta of the runtime state it replaces (see _history): O(change).
+        self.changes.append(encode(change, self.get(name), state))
         self.states[name] = state
-        self.changes.append(change)
 
     def migration_stage(self, plan: str) -> int:
         check_key(plan, "plan name")
@@ -691,7 +721,9 @@ class MemoryFlagStore(FlagStore):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._states: dict[str, FlagState] = {}
-        self._changes: list[FlagChange] = []
+        # History records (deltas, see _history), all in commit order and by flag.
+        self._changes: list[dict[str, Any]] = []
+        self._changes_of: dict[str, list[dict[str, Any]]] = {}
         self._stages: dict[str, int] = {}
         self._events: list[MigrationEvent] = []
         self._catalogue: dict[str, FlagInfo] = {}
@@ -718,16 +750,23 @@ class MemoryFlagStore(FlagStore):
                 else:
                     self._states[name] = state
             self._changes.extend(txn.changes)
+            for record in txn.changes:
+                self._changes_of.setdefault(record["flag"], []).append(record)
             self._stages.update(txn.stages)
             self._events.extend(txn.events)
             return result
 
     def history(self, flag: str | None = None) -> list[FlagChange]:
+        from foundation.flags._history import Replay  # _history imports this module
+
         with self._lock:
             self._check()
             if flag is not None:
                 check_key(flag, "flag name")
-            return [c for c in self._changes if flag is None or c.flag == flag]
+            # Lists only grow, under the lock: a copy of the references is a snapshot.
+            records = list(self._changes if flag is None else self._changes_of.get(flag, ()))
+        replay = Replay()
+        return [c for c in map(replay.feed, records) if c is not None]
 
     def migration_stage(self, plan: str) -> int:
         with self._lock:

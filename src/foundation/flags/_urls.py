@@ -5,9 +5,15 @@ convention: the path is what follows ``sqlite:///``) or a bare file path
     a ``SQLiteFlagStore``. A file that does not exist is ``InvalidConfig``
     unless ``create=True``: a typo must not create an empty store.
 ``redis://host:port/db?namespace=NS`` (also ``rediss://``, ``unix://``)
-    a ``RedisFlagStore`` of namespace ``NS`` (default ``foundation``), without
-    a node copy on disk. A namespace holding no flag data is ``InvalidConfig``
-    unless ``create=True``.
+    a ``RedisFlagStore`` of namespace ``NS`` (default ``foundation``). It uses
+    this machine's default node copy of that deployment when one exists (a
+    service ran here with the same URL and namespace), else none: while Redis
+    is unreachable the store then starts from the copy (``stale``) and reads
+    answer from it. A kill switch during an outage waits in that copy, as on
+    any node, to be committed by this store when Redis returns: a short-lived
+    command refuses it instead (``foundation flags disable``, see
+    ``foundation._cli._flags.no_waiting_kill_switch``). A namespace holding no
+    flag data is ``InvalidConfig`` unless ``create=True``.
 """
 
 from __future__ import annotations
@@ -95,13 +101,21 @@ def _split_namespace(url: str) -> tuple[str, str]:
 
 
 def _open_redis(url: str, *, create: bool, timeout: float) -> FlagStore:
+    from foundation.flags._node_cache import default_cache_path
     from foundation.flags._redis_store import RedisFlagStore
 
     check_url(url)  # InvalidConfig for a malformed URL, before it is taken apart
     plain, namespace = _split_namespace(url)
-    store = RedisFlagStore(plain, namespace=namespace, timeout=timeout, cache_path=None)
+    copy = default_cache_path(namespace, plain)
+    # Only an existing copy: a tool run on a machine without a service leaves no file.
+    # Race: the copy may vanish meanwhile; the store then creates an empty one,
+    # which it removes again if Redis is unreachable (nothing to serve).
+    store = RedisFlagStore(
+        plain, namespace=namespace, timeout=timeout, cache_path=copy if copy.exists() else None
+    )
     try:
-        if not create and not store._has_data():
+        # Started from the copy (Redis unreachable): the copy proves the store exists.
+        if not create and not store.stale and not store._has_data():
             raise InvalidConfig(
                 f"no flag store in namespace {namespace!r} at {redact_url(plain)} "
                 "(no flag data; add ?namespace=NS to the URL to name another)"

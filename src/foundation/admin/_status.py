@@ -1,0 +1,265 @@
+"""What the admin server tells about its backends: ``GET /api/status`` and the page's banner.
+
+Per component (the registry, the flag store): its connection state, since
+when this server has seen it, the last backend error (cut to
+``ERROR_LIMIT`` characters) and whether it is degraded; overall
+``degraded`` is True while any component is. A Redis outage degrades the
+service without stopping it (reads come from the mirror and the node copy),
+so ``/healthz`` stays a liveness probe and this is the report.
+
+While a component can lose its backend (a ``RedisRegistry``, a
+``RedisObserver``, a store with ``status()``), a ``foundation-admin-status``
+thread reads it every ``POLL`` seconds, remembers when its state changed
+(``since``) and publishes a ``status`` event to the page on every change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from foundation.errors import Closed, FoundationError
+from foundation.metrics import connection_state
+
+__all__ = [
+    "ERROR_LIMIT",
+    "LOCAL",
+    "POLL",
+    "FlagSync",
+    "StatusBoard",
+    "flag_sync",
+    "registry_status",
+    "store_status",
+]
+
+log = logging.getLogger("foundation.admin")
+
+POLL: Final = 0.5
+"""Seconds between two reads of the components' states by the status thread."""
+ERROR_LIMIT: Final = 300
+"""Longest ``last_error`` the API shows (the rest is cut, with an ellipsis)."""
+
+LOCAL: Final = "local"
+"""The state of a component with no backend connection to lose (in-process, SQLite)."""
+
+
+def _bounded(text: object) -> str | None:
+    if not isinstance(text, str):
+        return None
+    return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "\u2026"
+
+
+# ------------------------------------------------------------------ components
+
+
+def registry_status(registry: object) -> dict[str, Any]:
+    """The registry's block (without ``since``): kind, state, connected, stale, last error."""
+    report = connection_state(registry)
+    if report is None:
+        return {
+            "kind": type(registry).__name__,
+            "state": LOCAL,
+            "connected": None,
+            "stale": False,
+            "last_error": None,
+            "degraded": False,
+        }
+    return {
+        "kind": type(registry).__name__,
+        "state": report.state,
+        "connected": report.connected,
+        "stale": report.stale,
+        "last_error": _bounded(report.last_error),
+        "degraded": not report.connected or report.stale,
+    }
+
+
+def store_status(store: object) -> dict[str, Any]:
+    """The flag store's block (without ``since``): its ``status()`` fields and a state.
+
+    ``state``: ``"stale"`` (answers come from the node copy), ``"pending"``
+    (connected, kill switches not yet committed), ``"connected"``, ``"closed"``,
+    ``"error"`` (``status()`` failed: its node copy cannot be read), or
+    ``"local"`` for a store without ``status()`` (memory, SQLite: every write
+    that returned is committed). Also ``stale_since`` (wall-clock time the store
+    went stale, else None) and ``read_only`` (Redis is a read-only replica:
+    flag writes fail; degraded), when the store reports them.
+    """
+    status = getattr(store, "status", None)
+    out: dict[str, Any] = {"kind": type(store).__name__}
+    if not callable(status):
+        return {**out, "state": LOCAL, "pending": 0, "pending_flags": [], "degraded": False}
+    try:
+        report = status()
+    except Closed:
+        return {**out, "state": "closed", "pending": 0, "pending_flags": [], "degraded": True}
+    except FoundationError as exc:  # its node copy cannot be read: say so, not a 500
+        return {
+            **out,
+            "state": "error",
+            "pending": 0,
+            "pending_flags": [],
+            "last_error": _bounded(str(exc)),
+            "degraded": True,
+        }
+    fields = {
+        k: getattr(report, k, None)
+        for k in ("connected", "stale", "version", "pending", "restores", "resyncs", "stale_since")
+    }
+    pending = int(fields["pending"] or 0)
+    state = "stale" if fields["stale"] else ("pending" if pending else "connected")
+    read_only = bool(getattr(report, "read_only", False))
+    return {
+        **out,
+        **fields,
+        "pending": pending,
+        "pending_flags": _pending_flags(store, report) if pending else [],
+        "read_only": read_only,
+        "last_error": _bounded(getattr(report, "last_error", None)),
+        "state": state,
+        "degraded": state != "connected" or read_only,
+    }
+
+
+def _pending_flags(store: object, report: object) -> list[str]:
+    """The flags of pending kill switches: the report's ``pending_flags``, else ``pending()``."""
+    names = getattr(report, "pending_flags", None)
+    if names is not None:
+        return sorted(str(n) for n in names)
+    return sorted(flag_sync(store).pending)
+
+
+@dataclass(frozen=True, slots=True)
+class FlagSync:
+    """Where a flag store's writes stand: ``stale`` (it answers from its node
+    copy) and the flags of kill switches not yet committed (``pending``)."""
+
+    stale: bool
+    pending: frozenset[str]
+
+    def of(self, flag: str) -> str:
+        """``"pending"``, ``"stale"`` or ``"committed"`` for one flag (see ``flag_sync``)."""
+        if flag in self.pending:
+            return "pending"
+        return "stale" if self.stale else "committed"
+
+
+def flag_sync(store: object) -> FlagSync:
+    """How far the flag states this node serves are committed to the store.
+
+    A flag is ``pending`` while a kill switch on it waits to be committed
+    (this node serves it off; other nodes still serve the old state);
+    ``stale`` while the store answers from its node copy (other nodes' changes
+    may be missing); ``committed`` otherwise. Stores without ``status()``
+    commit every write before it returns.
+    """
+    status, pending = getattr(store, "status", None), getattr(store, "pending", None)
+    if not callable(status):
+        return FlagSync(False, frozenset())
+    try:
+        report = status()
+        names = getattr(report, "pending_flags", None)  # one read of the copy: consistent
+        if names is None:
+            ops = pending() if callable(pending) else []
+            names = [f for op in ops for f in getattr(op, "flags", ())]
+    except (Closed, FoundationError):
+        return FlagSync(True, frozenset())  # a closed or broken copy: nothing is known fresh
+    return FlagSync(bool(getattr(report, "stale", False)), frozenset(str(f) for f in names))
+
+
+def _watchable(registry: object, store: object) -> bool:
+    """Whether a component can lose its backend (then the status thread runs)."""
+    has_state = registry is not None and connection_state(registry) is not None
+    return has_state or callable(getattr(store, "status", None))
+
+
+# ------------------------------------------------------------------ the board
+
+
+class StatusBoard:
+    """The status block, with ``since`` per component; publishes changes.
+
+    ``report()`` reads every component now. ``publish(report)`` is called (on
+    the status thread) whenever a component's state or pending count changed.
+    ``close()`` stops the thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: object,
+        store: object,
+        publish: Callable[[Mapping[str, Any]], None],
+        poll: float = POLL,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._publish = publish
+        self._poll = poll
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[tuple[Any, ...], float]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if _watchable(registry, store):
+            self.report()  # the first states, seen from now
+            self._thread = threading.Thread(
+                target=self._run, name="foundation-admin-status", daemon=True
+            )
+            self._thread.start()
+
+    def report(self) -> dict[str, Any]:
+        """The status block now: ``{"degraded", "at", "registry", "flag_store"}``.
+
+        A change it is the first to see is published (whoever reads first stamps
+        ``since`` and tells the page; the status thread then sees no change).
+        """
+        block, changed = self._read()
+        if changed:
+            self._publish(block)
+        return block
+
+    def _read(self) -> tuple[dict[str, Any], bool]:
+        """The status block and whether a component changed since the last read."""
+        # Race: the status thread and requests read at once. Reading and stamping
+        # under one lock keeps each component's (state, since) pair whole and in
+        # time order (a reader that read first can never stamp an older state
+        # over a newer one); the first reader to see a change stamps it.
+        with self._lock:
+            now = time.time()
+            parts: dict[str, dict[str, Any] | None] = {
+                "registry": None if self._registry is None else registry_status(self._registry),
+                "flag_store": None if self._store is None else store_status(self._store),
+            }
+            changes = [self._stamp(n, p, now) for n, p in parts.items() if p is not None]
+        degraded = any(p is not None and p["degraded"] for p in parts.values())
+        return {"degraded": degraded, "at": now, **parts}, any(changes)
+
+    def _stamp(self, name: str, part: dict[str, Any], now: float) -> bool:
+        """Set ``part["since"]`` (holding the lock); True if the part changed since the
+        last read (its state, its pending count, or whether Redis is read-only)."""
+        key = (part["state"], part.get("pending", 0), part.get("read_only", False))
+        seen = self._seen.get(name)
+        if seen is None or seen[0][0] != key[0]:
+            self._seen[name] = (key, now)  # a new state: since now
+        elif seen[0] != key:
+            self._seen[name] = (key, seen[1])  # the same state, a new pending count
+        part["since"] = None if part["state"] == LOCAL else self._seen[name][1]
+        return seen is not None and seen[0] != key
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll):
+            try:
+                self.report()
+            except Exception:  # the thread must not die: log and read again next turn
+                log.exception("admin: could not read the components' status")
+
+    def close(self) -> None:
+        """Stop the status thread (idempotent)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
