@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +19,10 @@ import pytest
 
 from foundation import spawn_thread
 from foundation.supervision import ChildContext, ChildSpec, Supervisor
+from tests.admin._browser import browser, playwright_api
 from tests.admin.conftest import World, close_world, make_world
 
-# Debian's chromium; FOUNDATION_CHROMIUM names another Chromium binary.
-CHROMIUM = os.environ.get("FOUNDATION_CHROMIUM") or "/usr/bin/chromium"
-
-playwright_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
-)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(
-            f"no Chromium at {CHROMIUM}: Debian's chromium is not installed and could not be "
-            "installed (`make test` runs `make chromium`, which installs it with apt-get)"
-        )
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+__all__ = ["browser"]  # the fixture (tests/admin/_browser.py)
 
 
 @pytest.fixture

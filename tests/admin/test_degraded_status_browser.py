@@ -8,37 +8,15 @@ the browser is not installed), over the service of ``test_degraded_status``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.admin._browser import browser, playwright_api
 from tests.admin.test_degraded_status import Service, service_factory
 from tests.redis_support import RedisServer
 
-__all__ = ["service_factory"]  # the fixture, re-used from the API test
-
-CHROMIUM = os.environ.get("FOUNDATION_CHROMIUM") or "/usr/bin/chromium"
-
-playwright_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
-)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(
-            f"no Chromium at {CHROMIUM}: Debian's chromium is not installed and could not be "
-            "installed (`make test` runs `make chromium`, which installs it with apt-get)"
-        )
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+__all__ = ["browser", "service_factory"]  # the fixtures, shared with the other tests
 
 
 def test_the_page_shows_the_outage_and_the_pending_kill_switch(

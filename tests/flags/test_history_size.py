@@ -9,10 +9,8 @@ growth per record at 3x the pins, never as absolute numbers or timings.
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
-import threading
 import tracemalloc
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from foundation.flags import (
     SQLiteFlagStore,
 )
 from foundation.flags._history import Replay, diff, encode, patch
-from tests.flags._support import wait_until
+from tests.flags._support import check_concurrent_pins_chain, wait_until
 
 PINS = (300, 900)
 GROWTH_BOUND = 1.5  # bytes per record at 900 pins / at 300 pins (was ~3: quadratic)
@@ -293,11 +291,6 @@ def test_a_malformed_delta_is_invalid_flag_value(delta: object) -> None:
         patch(FlagState(True), delta)  # type: ignore[arg-type]
 
 
-def _pin_range(flags: FeatureFlags, prefix: str, n: int) -> None:
-    for i in range(n):
-        flags.allow("beta", f"{prefix}{i}")
-
-
 def test_concurrent_writers_on_one_sqlite_file_leave_one_replayable_chain(
     tmp_path: Path,
 ) -> None:
@@ -312,19 +305,4 @@ def test_concurrent_writers_on_one_sqlite_file_leave_one_replayable_chain(
         FeatureFlags(DECLARED, store=third) as watcher,
     ):
         watcher.subscribe(heard.append)
-        threads = [
-            threading.Thread(target=_pin_range, args=(flags, prefix, 40))
-            for flags, prefix in ((one, "one-"), (two, "two-"))
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        history = watcher.history("beta")
-        assert len(history) == 80
-        for before, after in itertools.pairwise(history):
-            assert after.old == before.new  # every base is the previous commit's state
-            assert len(after.new.allow - after.old.allow) == 1
-        wait_until(lambda: len(heard) >= 80)
-        assert heard == history
-        assert history[-1].new == watcher.state("beta")
+        check_concurrent_pins_chain(one, two, watcher, heard)

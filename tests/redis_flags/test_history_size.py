@@ -10,14 +10,13 @@ compared as growth per entry at 3x the pins, never as absolute numbers.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import sqlite3
-import threading
 import uuid
 from pathlib import Path
 
 from foundation.flags import FeatureFlags, Flag, FlagChange, FlagState, RedisFlagStore
+from tests.flags._support import check_concurrent_pins_chain
 from tests.redis_flags._support import raw_client, wait_until
 from tests.redis_flags.conftest import StoreFactory
 from tests.redis_support import RedisServer
@@ -213,11 +212,6 @@ def test_an_entry_the_listener_cannot_replay_makes_it_reload_and_resync(
         assert change.new.allow == {"a", "b", "c", "d"}
 
 
-def _pin_range(flags: FeatureFlags, prefix: str, n: int) -> None:
-    for i in range(n):
-        flags.allow("beta", f"{prefix}{i}")
-
-
 def test_concurrent_writers_on_two_nodes_leave_one_replayable_chain(
     redis_server: RedisServer, open_store: StoreFactory
 ) -> None:
@@ -230,19 +224,4 @@ def test_concurrent_writers_on_two_nodes_leave_one_replayable_chain(
         FeatureFlags(declared, store=stores[2]) as watcher,
     ):
         watcher.subscribe(heard.append)
-        threads = [
-            threading.Thread(target=_pin_range, args=(flags, prefix, 40))
-            for flags, prefix in ((one, "one-"), (two, "two-"))
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        history = watcher.history("beta")
-        assert len(history) == 80
-        for before, after in itertools.pairwise(history):
-            assert after.old == before.new  # every base is the previous commit's state
-            assert len(after.new.allow - after.old.allow) == 1
-        assert history[-1].new == one.state("beta") == two.state("beta")
-        assert wait_until(lambda: len(heard) >= 80)
-        assert heard == history
+        check_concurrent_pins_chain(one, two, watcher, heard)

@@ -529,27 +529,42 @@ return drop(ek, owner, why, dr, dc, ds)
 """
 )
 
-_REAP = r"""
+_FORGET_NODE = r"""
+-- Drop every entry `node` still owns (as `why`, with `down_reason`) and forget
+-- the node: its owned set, lease and info. Returns how many entries went.
+local function forget_node(node, why, down_reason)
+  local owned = P .. ':owned:' .. node
+  local n = 0
+  for _, ek in ipairs(redis.call('SMEMBERS', owned)) do
+    if redis.call('HGET', P .. ':owner', ek) == node then
+      drop(ek, node, why, down_reason, '', '')
+      n = n + 1
+    end
+  end
+  redis.call('DEL', owned)
+  redis.call('ZREM', P .. ':leases', node)
+  redis.call('HDEL', P .. ':nodes', node)
+  return n
+end
+
+"""
+"""``forget_node``: shipped only with the two scripts that use it (every script
+runs its whole text)."""
+
+_REAP = (
+    _FORGET_NODE
+    + r"""
 -- Remove every entry of every node whose lease deadline has passed.
 local function reap(now)
-  local dead = redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', '(' .. now)
   local n = 0
-  for _, node in ipairs(dead) do
-    local owned = P .. ':owned:' .. node
-    for _, ek in ipairs(redis.call('SMEMBERS', owned)) do
-      if redis.call('HGET', P .. ':owner', ek) == node then
-        drop(ek, node, 'down', 'lease_expired', '', '')
-        n = n + 1
-      end
-    end
-    redis.call('DEL', owned)
-    redis.call('ZREM', P .. ':leases', node)
-    redis.call('HDEL', P .. ':nodes', node)
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', '(' .. now)) do
+    n = n + forget_node(node, 'down', 'lease_expired')
   end
   return n
 end
 
 """
+)
 """``reap``: only the heartbeat reaps (every script runs its whole text, so the
 others leave it out)."""
 
@@ -577,21 +592,10 @@ return {had, reaped, now, gap}
 
 RELEASE = (
     _PRELUDE
+    + _FORGET_NODE
     + r"""
 -- ARGV (ReleaseArgs): maxlen, node.  A node leaving takes its registrations with it.
-local node = ARGV[2]
-local owned = P .. ':owned:' .. node
-local n = 0
-for _, ek in ipairs(redis.call('SMEMBERS', owned)) do
-  if redis.call('HGET', P .. ':owner', ek) == node then
-    drop(ek, node, 'unregistered', '', '', '')
-    n = n + 1
-  end
-end
-redis.call('DEL', owned)
-redis.call('ZREM', P .. ':leases', node)
-redis.call('HDEL', P .. ':nodes', node)
-return n
+return forget_node(ARGV[2], 'unregistered', '')
 """
 )
 
