@@ -596,11 +596,11 @@ class ConnectionState:
 def connection_state(registry: object) -> ConnectionState | None:
     """The connection state ``registry`` reports, or None if it has none (in-process).
 
-    Reads ``status()`` (``RedisRegistry``: ``state``, ``last_error``,
-    ``stale``), else a boolean ``connected`` (``RedisObserver``: connected or
-    disconnected); a ``MigratingRegistry`` (``legacy`` and ``target``) reports
-    the first of its backends that is not connected, else a connected one (the
-    target only, once ``finish()`` retired the legacy one).
+    Reads ``status()`` (``RedisRegistry`` and ``RedisObserver``: ``state``,
+    ``last_error``, ``stale``), else a boolean ``connected``; a
+    ``MigratingRegistry`` (``legacy`` and ``target``) reports the first of its
+    backends that is not connected, else a connected one (the target only,
+    once ``finish()`` retired the legacy one).
     Never raises: a closed registry is ``"closed"``.
 
     Example:

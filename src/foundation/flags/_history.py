@@ -30,7 +30,13 @@ flag's runtime state and its history record in one transaction, and nothing
 else writes runtime state: ``clear``/``reset_all`` put ``None`` with a record,
 config loads never write the store, migrations and kill-switch replays go
 through ``txn.put``, and a Redis restore puts back the states together with
-the history they came from. Records in the previous (full) format still read:
+the history they came from (a node copy's history is kept an exact prefix of
+the stream, never spliced, see ``_redis_store._pull``). Not covered: a runtime
+state written behind the stores' back (the sqlite3 shell, redis-cli): the next
+delta of that flag is then based on a state no record holds, so its ``old`` is
+rebuilt from the previous record (or, with no previous record, ``history()``
+raises ``FlagError``). Redis streams are never trimmed (no MAXLEN): trimming
+would drop the base of later deltas. Records in the previous (full) format still read:
 ``old``/``new`` as written, and the runtime state after one is taken to be its
 ``new`` -- true of every write ``FeatureFlags`` makes except ``clear``, after
 which the next writer finds no runtime state and writes ``old`` in full, so

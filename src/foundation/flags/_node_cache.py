@@ -26,7 +26,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from foundation._redis_conn import redact_url
@@ -186,7 +186,9 @@ class PendingKillSwitch:
 
 
 def _off(state: FlagState) -> FlagState:
-    return FlagState(False, state.percentage, state.allow, state.deny)
+    """``state`` switched off, nothing else changed (assignments and split too: what
+    the commit of the kill switch writes, see ``_redis_store._replay_switch_off``)."""
+    return replace(state, switch=False)
 
 
 class NodeCache:

@@ -10,7 +10,8 @@ every key of one deployment lives in one slot and a transaction may touch them a
                                   ``txn``, ``i``, ``n``, ``v``
 ``{ns}:flags:stages``      hash   plan -> committed migration stage
 ``{ns}:flags:migrations``  stream one entry per ``MigrationEvent``: ``event`` (JSON), ``v``
-``{ns}:flags:meta``        hash   ``version`` (committed transactions), ``epoch``
+``{ns}:flags:meta``        hash   ``version`` (committed transactions), ``epoch``,
+                                  ``restored`` (a random id per restore from a copy)
 ``{ns}:flags:catalogue``   hash   flag name -> ``FlagInfo`` JSON (declared flags)
 ``{ns}:flags:plans``       hash   plan name -> ``MigrationPlan`` JSON
 
@@ -27,6 +28,9 @@ history entries and ``version + 1`` together. A concurrent commit anywhere makes
 ``EXEC`` fail and the function is run again, so a read inside a transaction is
 never stale at commit. ``version`` therefore numbers the committed transactions
 of the deployment; ``epoch`` is a random id given when its data is first written.
+Every commit changes ``meta`` with its data: a commit bumps ``version``, a restore
+sets a new ``restored`` (even back to the same version), so equal ``meta`` before
+and after a read means nothing was committed in between (reads use no MULTI).
 
 Propagation: the history stream is also the change feed. Each store runs one
 listener thread blocked in ``XREAD BLOCK`` on it, on a connection of its own;
@@ -47,7 +51,10 @@ version and whole history (with the stream ids) in a local SQLite file
 (``cache_path``; default ``$FOUNDATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/foundation``,
 else ``~/.cache/foundation``, file ``flags-<namespace>-<hash of namespace and
 redacted URL>.sqlite3``; ``cache_path=None`` keeps it in memory for the life of
-the process). It is refreshed after every commit this store sees. While Redis
+the process). It is refreshed after every commit this store sees; its history
+stays a copy of Redis' stream, never a spliced one (each entry is a delta of the
+one before): a refresh appends only while Redis still holds the copy's last
+entries, else it takes the whole stream (Redis back from an older snapshot). While Redis
 cannot be reached, reads (``load_states``, ``history``, ``migration_stage``,
 ``migration_history``) answer from it and ``stale`` is True. A store constructed
 while Redis is down starts from its copy (stale) if it has one; without a copy
@@ -185,6 +192,10 @@ T = TypeVar("T")
 log = logging.getLogger("foundation.flags")
 listener_log = logging.getLogger("foundation.flags.redis")
 
+_META = ("version", "epoch", "restored")
+"""The meta fields read around a consistent read: ``restored`` is a token each
+restore sets, so a FLUSHALL and a restore back to the same version still differ."""
+
 _MAX_ATTEMPTS = 1000  # optimistic retries before a transaction gives up (pathological contention)
 
 # Restore the deployment from a node copy, only if Redis is still older than it.
@@ -200,9 +211,27 @@ for name, state in pairs(data.states) do redis.call('HSET', KEYS[2], name, state
 for plan, stage in pairs(data.stages) do redis.call('HSET', KEYS[3], plan, stage) end
 for _, e in ipairs(data.history) do redis.call('XADD', KEYS[4], e[1], unpack(e[2])) end
 for _, e in ipairs(data.migrations) do redis.call('XADD', KEYS[5], e[1], unpack(e[2])) end
-redis.call('HSET', KEYS[1], 'version', data.version, 'epoch', data.epoch)
+redis.call('HSET', KEYS[1], 'version', data.version, 'epoch', data.epoch,
+           'restored', data.restored)
 return 1
 """
+
+
+_DIVERGED = Snapshot(0, None, {}, {}, [], [], full=True)
+"""``_read_snapshot``'s answer when Redis no longer holds the copy's last entries."""
+
+
+class _Retry(Exception):
+    """One attempt of ``RedisFlagStore.transaction`` is over: try again."""
+
+
+class _TxnRun:
+    """What the attempts of one ``transaction`` share: the one stale-socket retry left."""
+
+    __slots__ = ("stale_socket_retry",)
+
+    def __init__(self) -> None:
+        self.stale_socket_retry = True
 
 
 class _Behind(Exception):
@@ -766,6 +795,7 @@ class RedisFlagStore(FlagStore):
             payload = {
                 "version": str(version),
                 "epoch": cache.epoch or uuid.uuid4().hex,
+                "restored": uuid.uuid4().hex,  # a new meta, even at the same version
                 "states": cache.states(),
                 "stages": {p: str(s) for p, s in cache.stages().items()},
                 "history": [[i, _flat(f)] for i, f in cache.history()],
@@ -800,47 +830,84 @@ class RedisFlagStore(FlagStore):
         No MULTI: Redis 7 refuses commands queued in MULTI while it is out of
         memory (``maxmemory``, ``noeviction``) although it still serves plain
         reads. Race: a commit landing amid the reads. Every commit (EXEC, or the
-        restore script) changes ``version`` atomically with its data, so the
+        restore script) changes ``meta`` atomically with its data, so the
         reads sit between two reads of ``meta`` in one pipeline: equal ``meta``
         means no commit landed in between; otherwise read again.
+
+        The copy's history stays a prefix of Redis' (each entry is a delta of
+        the one before, see ``_history``): a refresh appends only what follows
+        the copy's last entries, and only while Redis still holds those (read
+        inclusively). Redis back from an older snapshot (same epoch) with other
+        commits past the copy's version does not: the refresh then takes all
+        of Redis' history instead of chaining it onto entries Redis lost.
         """
         client = self._ensure_clients()
-        cache = self._cache
         with self._copy_lock, self._translated("refreshing the node copy"):
+            whole = False  # the copy's tails are not in Redis: read everything
             for _ in range(_MAX_ATTEMPTS):
-                raw_version, epoch = client.hmget(self._k_meta, "version", "epoch")
-                if self._copy_behind_check(raw_version):
+                meta, tails = self._copy_meta(client)
+                if self._copy_behind_check(meta[0]):
                     return False  # the caller restores (or the listener will)
-                version = int(raw_version or 0)
-                same = cache.epoch == epoch and cache.has_data()
-                if same and version == cache.version and raw_version is not None:
-                    return True  # nothing new
-                with client.pipeline(transaction=False) as pipe:
-                    self._queue_copy_reads(pipe, since_copy=same)
-                    pipe.hmget(self._k_meta, "version", "epoch")
-                    states, stages, history, migrations, after = pipe.execute()
-                if list(after) != [raw_version, epoch]:
+                since = None if whole else self._copy_since(meta, tails)
+                if since == tails and self._cache.version == int(meta[0] or 0):
+                    return True  # nothing new (the copy's tails included)
+                snap = self._read_snapshot(client, meta, since)
+                if snap is None:
                     continue  # a commit landed meanwhile: read again
-                snap = Snapshot(
-                    version,
-                    epoch,
-                    dict(states),
-                    self._decode_stages(stages),
-                    _stream_entries(history),
-                    _stream_entries(migrations),
-                    full=not same,
-                )
-                cache.apply(snap)
+                if snap is _DIVERGED:
+                    whole = True
+                    continue
+                self._cache.apply(snap)
                 return True
         return True  # pragma: no cover - a thousand commits in a row
 
-    def _queue_copy_reads(self, pipe: Any, *, since_copy: bool) -> None:
-        """The reads of a refresh: streams after the copy's last ids if ``since_copy``."""
-        last_h, last_m = self._cache.last_ids() if since_copy else (None, None)
+    def _copy_meta(self, client: Any) -> tuple[list[Any], tuple[str | None, str | None]]:
+        """(Redis' meta, the ids of its two streams' last entries: None when empty)."""
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._k_meta, *_META)
+            pipe.xrevrange(self._k_history, count=1)
+            pipe.xrevrange(self._k_migrations, count=1)
+            meta, history, migrations = pipe.execute()
+        return list(meta), (_tail_id(history), _tail_id(migrations))
+
+    def _copy_since(
+        self, meta: list[Any], tails: tuple[str | None, str | None]
+    ) -> tuple[str | None, str | None] | None:
+        """The copy's last stream ids if the copy is of this deployment (None: read all)."""
+        cache = self._cache
+        if meta[0] is None or cache.epoch != meta[1] or not cache.has_data():
+            return None
+        return cache.last_ids()
+
+    def _read_snapshot(
+        self, client: Any, meta: list[Any], since: tuple[str | None, str | None] | None
+    ) -> Snapshot | None:
+        """Redis at ``meta`` (None: it moved), entries after ``since`` (None: all);
+        ``_DIVERGED`` when Redis no longer holds the copy's last entries."""
+        with client.pipeline(transaction=False) as pipe:
+            self._queue_copy_reads(pipe, since)
+            pipe.hmget(self._k_meta, *_META)
+            states, stages, history, migrations, after = pipe.execute()
+        if list(after) != meta:
+            return None
+        history, migrations = _stream_entries(history), _stream_entries(migrations)
+        if since is not None:
+            if not (_starts_at(history, since[0]) and _starts_at(migrations, since[1])):
+                return _DIVERGED
+            history, migrations = history[bool(since[0]) :], migrations[bool(since[1]) :]
+        stage_map = self._decode_stages(stages)
+        version = int(meta[0] or 0)
+        return Snapshot(
+            version, meta[1], dict(states), stage_map, history, migrations, full=since is None
+        )
+
+    def _queue_copy_reads(self, pipe: Any, since: tuple[str | None, str | None] | None) -> None:
+        """The reads of a refresh: streams FROM the copy's last ids (inclusive) if ``since``."""
+        last_h, last_m = since or (None, None)
         pipe.hgetall(self._k_state)
         pipe.hgetall(self._k_stages)
-        pipe.xrange(self._k_history, f"({last_h}" if last_h else "-", "+")
-        pipe.xrange(self._k_migrations, f"({last_m}" if last_m else "-", "+")
+        pipe.xrange(self._k_history, last_h or "-", "+")
+        pipe.xrange(self._k_migrations, last_m or "-", "+")
 
     def _local_states(self) -> dict[str, FlagState]:
         """The copy's states with pending kill switches applied."""
@@ -895,19 +962,23 @@ class RedisFlagStore(FlagStore):
         """(version, epoch, the read ``queue`` queues) at one version, without MULTI.
 
         Race: a commit between the reads; see ``_pull`` (meta read before and
-        after in one pipeline, read again if it moved). No MULTI: an
-        out-of-memory Redis 7 refuses queued commands but serves plain reads.
+        after in one pipeline, read again if it moved). Every commit bumps
+        ``version`` and every restore sets a new ``restored`` token, so a
+        FLUSHALL then a restore back to the same version and epoch in between
+        also reads again. No MULTI: an out-of-memory Redis 7 refuses queued
+        commands but serves plain reads. ``queue`` may queue several reads
+        (their replies as a list).
         """
         client = self._ensure_clients()
         with self._translated(doing):
             for _ in range(_MAX_ATTEMPTS):
                 with client.pipeline(transaction=False) as pipe:
-                    pipe.hmget(self._k_meta, "version", "epoch")
+                    pipe.hmget(self._k_meta, *_META)
                     queue(pipe)
-                    pipe.hmget(self._k_meta, "version", "epoch")
-                    before, result, after = pipe.execute()
+                    pipe.hmget(self._k_meta, *_META)
+                    before, *result, after = pipe.execute()
                 if list(before) == list(after):
-                    return before[0], before[1], result
+                    return before[0], before[1], result[0] if len(result) == 1 else result
         raise FlagError(  # pragma: no cover - a thousand commits in a row
             f"{doing}: gave up after {_MAX_ATTEMPTS} concurrent commits"
         )
@@ -950,56 +1021,70 @@ class RedisFlagStore(FlagStore):
     def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
         """Run ``fn(txn)`` and commit its writes atomically (WATCH/MULTI/EXEC, retried)."""
         self._check_open()
-        redis = self._redis
         with self._txn_lock:
-            stale_socket_retry = True
+            run = _TxnRun()
             for _ in range(_MAX_ATTEMPTS):
                 self._check_open()
-                client = self._ensure_clients()
-                executing = False
-                conflict = False
-                try:
-                    with (
-                        self._translated("committing a flag transaction"),
-                        client.pipeline(transaction=True) as pipe,
-                    ):
-                        try:
-                            result, queued = self._run_and_queue(pipe, fn)
-                            if queued is None:
-                                return result
-                            commit = queued
-                            # EXEC fails with WatchError if any commit (any node) touched
-                            # state, stages or meta since WATCH: our reads may be stale,
-                            # so run fn again on fresh data.
-                            executing = True
-                            replies = pipe.execute()
-                        except redis.WatchError:
-                            conflict = True  # caught inside: translated() would map it
-                    if conflict:
-                        continue
-                except _Behind:
-                    # Redis restarted empty (or older) and nobody restored it yet:
-                    # restore first, or this write would be the whole new history.
-                    self._restore_if_behind()
-                    continue
-                except BackendUnavailable as exc:
-                    if stale_socket_retry and _unsent_on_dead_socket(exc, executing):
-                        # A pooled socket may be dead after a Redis restart; nothing
-                        # was sent for commit, so try once more on a fresh one. (Idle
-                        # sockets only: a reader may be mid-call on another one.)
-                        stale_socket_retry = False
-                        with contextlib.suppress(Exception):
-                            client.connection_pool.disconnect(inuse_connections=False)
-                        continue
-                    # A READONLY refusal: a read-only replica; any other error tells nothing.
-                    self._note_read_only(_read_only_error(exc) or self._read_only, str(exc))
-                    raise
-                self._note_read_only(False)  # a commit went through: writable (again)
-                self._confirm_in_copy(commit, replies)
-                return result
+                with contextlib.suppress(_Retry):
+                    return self._attempt(fn, run)
         raise FlagError(
             f"flag transaction gave up after {_MAX_ATTEMPTS} conflicting concurrent commits"
         )
+
+    def _attempt(self, fn: Callable[[StoreTransaction], T], run: _TxnRun) -> T:
+        """One WATCH/MULTI/EXEC attempt of ``transaction``; ``_Retry``: try again."""
+        client = self._ensure_clients()
+        executing = False
+        try:
+            with (
+                self._translated("committing a flag transaction"),
+                client.pipeline(transaction=True) as pipe,
+            ):
+                result, commit = self._run_and_queue(pipe, fn)
+                if commit is None:
+                    return result
+                executing = True
+                replies = self._execute(pipe)
+        except _Behind:
+            # Redis restarted empty (or older) and nobody restored it yet:
+            # restore first, or this write would be the whole new history.
+            self._restore_if_behind()
+            raise _Retry from None
+        except BackendUnavailable as exc:
+            self._commit_failed(exc, client, executing, run)
+            raise _Retry from exc  # (_commit_failed raises when it is not worth a retry)
+        self._note_read_only(False)  # a commit went through: writable (again)
+        self._confirm_in_copy(commit, replies)
+        return result
+
+    def _execute(self, pipe: Any) -> list[Any]:
+        """EXEC; ``_Retry`` on a conflict.
+
+        EXEC fails with WatchError if any commit (any node) touched state,
+        stages or meta since WATCH: our reads may be stale, so ``fn`` runs
+        again on fresh data. Caught here, inside ``translated()``, which would
+        map it to BackendUnavailable.
+        """
+        try:
+            return list(pipe.execute())
+        except self._redis.WatchError:
+            raise _Retry from None
+
+    def _commit_failed(
+        self, exc: BackendUnavailable, client: Any, executing: bool, run: _TxnRun
+    ) -> None:
+        """Return if ``exc`` is worth one more attempt (a dead pooled socket), else raise it."""
+        if run.stale_socket_retry and _unsent_on_dead_socket(exc, executing):
+            # A pooled socket may be dead after a Redis restart; nothing was
+            # sent for commit, so try once more on a fresh one. (Idle sockets
+            # only: a reader may be mid-call on another one.)
+            run.stale_socket_retry = False
+            with contextlib.suppress(Exception):
+                client.connection_pool.disconnect(inuse_connections=False)
+            return
+        # A READONLY refusal: a read-only replica; any other error tells nothing.
+        self._note_read_only(_read_only_error(exc) or self._read_only, str(exc))
+        raise exc
 
     def _run_and_queue(
         self, pipe: Any, fn: Callable[[StoreTransaction], T]
@@ -1848,6 +1933,16 @@ def _with_puts(states: dict[str, str], puts: dict[str, str | None]) -> dict[str,
         else:
             states[name] = state
     return states
+
+
+def _tail_id(reply: Any) -> str | None:
+    """The id of an ``XREVRANGE ... COUNT 1`` reply's entry (None: an empty stream)."""
+    return str(reply[0][0]) if reply else None
+
+
+def _starts_at(entries: list[tuple[str, dict[str, str]]], last: str | None) -> bool:
+    """Whether ``entries`` (read from ``last`` inclusive) begin with the copy's ``last``."""
+    return last is None or (bool(entries) and entries[0][0] == last)
 
 
 def _stream_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:

@@ -47,7 +47,7 @@ from foundation.registry._redis._shared import _down_from, expand_record, record
 from foundation.registry._types import Criterion, Entry, RegistryEvent, UnregisterReason, new_entry
 from foundation.registry._validation import metadata_from_json, validate_key
 
-__all__ = ["Death", "RedisObserver"]
+__all__ = ["Death", "ObserverStatus", "RedisObserver"]
 
 log = logging.getLogger("foundation.registry.redis")
 
@@ -56,6 +56,9 @@ BLOCK_MS: Final = 2000
 
 Listener = Callable[[RegistryEvent], None]
 
+MAX_ERROR_CHARS: Final = 500
+"""``ObserverStatus.last_error`` is cut to this many characters."""
+
 
 @dataclass(frozen=True, slots=True)
 class Death:
@@ -63,6 +66,30 @@ class Death:
 
     at: float
     event: RegistryEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ObserverStatus:
+    """What ``RedisObserver.status()`` reports (named as ``RedisStatus``).
+
+    ``state``: ``"connected"`` or ``"disconnected"`` (Redis cannot be reached:
+    reads show the last state seen); ``connected``: ``state == "connected"``;
+    ``stale``: the mirror may be behind Redis (while disconnected);
+    ``last_error``: the last failure the observer's thread met (at most
+    ``MAX_ERROR_CHARS`` characters), None if none; ``state_since``: when
+    ``state`` was entered (``time.time()``).
+    """
+
+    state: str
+    connected: bool
+    stale: bool
+    last_error: str | None
+    state_since: float
+
+
+def _bounded(text: str) -> str:
+    """``text`` cut to ``MAX_ERROR_CHARS`` characters (an ellipsis marks a cut)."""
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 class RedisObserver:
@@ -104,6 +131,8 @@ class RedisObserver:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._closed = False
+        self._last_error: str | None = None
+        self._state_since = time.time()
         self._client = _redis_conn.connect(
             url, op_timeout=timeout, name=f"foundation-observer[{namespace}]"
         )
@@ -175,6 +204,21 @@ class RedisObserver:
         """False while Redis cannot be reached (reads then show the last state seen)."""
         return self._connected.is_set() and not self._closed
 
+    def status(self) -> ObserverStatus:
+        """The observer's connection, as ``RedisRegistry.status()`` names it
+        (``state``, ``stale``, ``last_error``); ``Closed`` after ``close()``."""
+        self._check_open()
+        # Read without the lock: each field is one atomic read; a transition
+        # racing this call shows either side of it.
+        connected = self._connected.is_set()
+        return ObserverStatus(
+            state="connected" if connected else "disconnected",
+            connected=connected,
+            stale=not connected,
+            last_error=self._last_error,
+            state_since=self._state_since,
+        )
+
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(event)`` for every change seen; returns an unsubscribe callable."""
         if not callable(listener):
@@ -239,7 +283,7 @@ class RedisObserver:
                 if resync:
                     self._resync(emit=True)
                     resync = False
-                    self._connected.set()
+                    self._set_connected()
                     backoff.reset()
                 with self._lock:
                     sid = self._sid
@@ -257,15 +301,28 @@ class RedisObserver:
             except FoundationError as exc:
                 if self._stop.is_set():
                     return
-                if self._connected.is_set():
-                    log.warning("observer of %r lost Redis (%s); retrying", self.namespace, exc)
-                self._connected.clear()
+                self._lost(exc)
                 resync = True  # whatever happened meanwhile, a snapshot covers it
                 self._stop.wait(backoff.next())
-            except Exception:
+            except Exception as exc:
                 log.exception("observer of %r: unexpected error (carrying on)", self.namespace)
+                self._last_error = _bounded(f"{type(exc).__name__}: {exc}")
                 resync = True
                 self._stop.wait(backoff.next())
+
+    def _set_connected(self) -> None:
+        """Redis answers again (after a snapshot): connected."""
+        if not self._connected.is_set():
+            self._state_since = time.time()
+            self._connected.set()
+
+    def _lost(self, exc: FoundationError) -> None:
+        """Redis failed the loop with ``exc``: disconnected, and it is the last error."""
+        self._last_error = _bounded(str(exc))
+        if self._connected.is_set():
+            log.warning("observer of %r lost Redis (%s); retrying", self.namespace, exc)
+            self._state_since = time.time()
+            self._connected.clear()
 
     def _after_read(self, resp: list[Any]) -> bool:
         """Apply one XREAD reply or, after an idle read, check the change counter;

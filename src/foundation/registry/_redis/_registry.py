@@ -607,7 +607,8 @@ class RedisRegistry(Registry):
 
         ``lookup`` and ``update_metadata`` agree: a live registration of this
         node that Redis lost (restarted empty, or our lease was reaped) is
-        re-asserted first, then updated.
+        re-asserted first, then updated; one another node unregistered is not
+        (``NotRegistered``, even before this node's mirror has seen that).
 
         Raises:
             NotRegistered: ``key`` is not registered.
@@ -624,38 +625,91 @@ class RedisRegistry(Registry):
         if len(meta) > MAX_METADATA_BYTES:
             check_metadata_size(meta.decode(), MAX_METADATA_BYTES)  # raises InvalidMetadata
         ix = sh.ix_for(frozen)
-        events: list[RegistryEvent] = []
         args = _scripts.UpdateArgs(sh.maxlen, ek, meta, ix, sh.node)
-        doing = f"updating {key!r:.200}"
         with sh.writing():
             self._lease.flush_pending_down(key)
-            try:
-                reply = sh.write_script("update", args.argv(), doing)
-                if reply[0] == b"NOTREG" and self._held_here(key):
-                    # Redis lost our live registration (it restarted empty, or our
-                    # lease was reaped) although lookup returns it: recover (which
-                    # re-asserts it with its current metadata), then update.
-                    sh.link.lease_lost(f"Redis lacks our live registration {key!r:.200}")
-                    self._lease.recover_locked()
-                    reply = sh.write_script("update", args.argv(), doing)
-            except FoundationError:
-                sh.link.resync_needed(f"the outcome of updating {key!r:.200} is unknown")
-                raise
+            reply = self._send_update(key, args.argv())
             if reply[0] == b"NOTREG":
                 raise NotRegistered(key)
-            v = int(reply[1])
-            sh.written = v
-            with sh.mlock:
-                own = sh.own.get(key)
-                if own is not None:
-                    own.meta, own.ix = meta, ix
-                m = sh.mirror
-                if m.is_newer(key, v):
-                    new = self._updated_entry(key, ek, frozen, meta, reply)
-                    if new is not None:
-                        m.put(new, v)
-                        events.append(RegistryEvent("updated", new))
+            events = self._apply_update(key, ek, reply, frozen=frozen, meta=meta, ix=ix)
         sh.emit(events)
+
+    def _send_update(self, key: Hashable, argv: list[Any]) -> Any:
+        """Run UPDATE for ``key`` (holding wlock); a live registration of this node
+        that Redis lost is re-asserted first. A failure asks for a resync."""
+        sh = self._sh
+        doing = f"updating {key!r:.200}"
+        try:
+            reply = sh.write_script("update", argv, doing)
+            if reply[0] == b"NOTREG" and self._held_here(key) and not self._deleted_unseen(key):
+                # Redis lost our live registration (it restarted empty, or our
+                # lease was reaped) although lookup returns it: recover (which
+                # re-asserts it with its current metadata), then update.
+                sh.link.lease_lost(f"Redis lacks our live registration {key!r:.200}")
+                self._lease.recover_locked()
+                reply = sh.write_script("update", argv, doing)
+        except FoundationError:
+            sh.link.resync_needed(f"the outcome of updating {key!r:.200} is unknown")
+            raise
+        return reply
+
+    def _deleted_unseen(self, key: Hashable) -> bool:
+        """A delete of this node's registration of ``key`` is on the stream past our
+        tail's position (holding wlock): another node unregistered it and our tail
+        has not applied that yet. Then Redis did not lose it: re-asserting it would
+        undo that unregister.
+
+        Race: the tail may apply the record meanwhile (the answer stays right).
+        A stream trimmed past our position finds nothing: as before, recover.
+        """
+        sh = self._sh
+        own = sh.own.get(key)
+        if own is None:
+            return False
+        with sh.mlock:
+            start = sh.sid
+        records = sh.call(
+            f"looking for a delete of {key!r:.200} on the change stream",
+            sh.client.xrange,
+            sh.k_log,
+            min="(" + s(start),
+            max="+",
+            count=int(sh.maxlen),
+        )
+        ek, head = own.ek.encode(), own.head.encode()
+        return any(
+            f.get(b"op") == b"d" and f.get(b"k") == ek and f.get(b"h") == head for _, f in records
+        )
+
+    def _apply_update(
+        self,
+        key: Hashable,
+        ek: str,
+        reply: Any,
+        *,
+        frozen: Mapping[str, Any],
+        meta: bytes,
+        ix: str,
+    ) -> list[RegistryEvent]:
+        """Apply UPDATE's OK ``reply`` to the mirror (holding wlock); its events."""
+        sh = self._sh
+        v = int(reply[1])
+        sh.written = v
+        with sh.mlock:
+            own = sh.own.get(key)
+            if own is not None:
+                own.meta, own.ix = meta, ix
+            m = sh.mirror
+            if not m.is_newer(key, v):
+                return []
+            known = key in sh.entries
+            new = self._updated_entry(key, ek, frozen, meta, reply)
+            if new is None:
+                return []
+            m.put(new, v)
+        # An entry this mirror had not seen yet (its registration record, older,
+        # will be skipped) appears here: for local listeners it is registered.
+        return [RegistryEvent("updated" if known else "registered", new)]
 
     def _updated_entry(
         self, key: Hashable, ek: str, frozen: Mapping[str, Any], meta: bytes, reply: Any
@@ -972,19 +1026,44 @@ class RedisRegistry(Registry):
         # on every backend); with no listener, no event objects are built at all.
         listening = bool(sh.listeners)
         with sh.mlock:
-            p.died = sh.own.get(key) is not own
+            held = sh.own.get(key) is own
+            p.died = not held and self._died_meanwhile(p)
+            if first:
+                self._apply_dropped(key, first, reply, events if listening else None)
             m = sh.mirror
-            if first and m.is_newer(key, first):
-                old = m.remove(key, first)
-                if old is not None and listening:
-                    events.append(sh.removed_event(old, s(reply[3]), s(reply[4]), "", ""))
-            if not p.died and m.is_newer(key, v):
+            if held and m.is_newer(key, v):
                 old = m.put(entry, v)
                 if listening:
                     _note_registered(old, entry, events)
             sh.own_records_applied(first or v, v, reply[5])  # the drop record is v - 1
         _demonitor_replaced(p.prev)
         return None
+
+    def _died_meanwhile(self, p: _Prepared) -> bool:
+        """``p``, no longer this node's registration of its key, went because its
+        agent died while its script ran (its monitor fired: ``_on_down`` queued
+        its delete, which only a writer flushes, and we hold wlock), not because
+        another node's delete of it reached the tail first (holding mlock).
+
+        Race: in that second case the registration was made, then removed by
+        another node (the tail applied that newer record, with its event):
+        the call succeeded; its agent is alive and no ``NotAlive`` is due.
+        """
+        pending = self._sh.pending_downs.get(p.key)
+        return pending is not None and pending[1] == p.own.head
+
+    def _apply_dropped(
+        self, key: Hashable, first: int, reply: Any, events: list[RegistryEvent] | None
+    ) -> None:
+        """Remove the previous holder of ``key`` that REGISTER's ``reply`` dropped at
+        version ``first`` (holding mlock); its event goes to ``events`` (None: no
+        listener)."""
+        sh = self._sh
+        m = sh.mirror
+        if m.is_newer(key, first):
+            old = m.remove(key, first)
+            if old is not None and events is not None:
+                events.append(sh.removed_event(old, s(reply[3]), s(reply[4]), "", ""))
 
     def _refused(self, p: _Prepared, reply: Any) -> RegistryError:
         """The error of a registration the script refused (``reply`` not OK), its
@@ -1220,7 +1299,7 @@ class RedisRegistry(Registry):
                 p.own.pending = False  # (read only by writers, and we hold wlock)
                 key = p.key
                 if own.get(key) is not p.own:
-                    p.died = True  # its monitor fired while the script ran
+                    p.died = self._died_meanwhile(p)
                     continue
                 if v > versions.get(key, floor):  # m.is_newer(key, v)
                     entry = new_entry(key, p.agent, p.frozen, p.registered_at, node)

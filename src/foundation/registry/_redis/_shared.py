@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final
 
@@ -48,6 +50,27 @@ _HAS_POLL: Final = hasattr(select, "poll")  # not on Windows: redis-py's check o
 _POLL_READ: Final = (
     select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP if _HAS_POLL else 0
 )
+
+_NODES: Final[weakref.WeakSet[Shared]] = weakref.WeakSet()
+"""Every live node of this process (see ``_forget_write_connections``)."""
+
+
+def _forget_write_connections() -> None:
+    """In a forked child: no node may write on its parent's write connection.
+
+    The child inherits the socket: a write there would interleave with the
+    parent's on one Redis connection, and either process could read the
+    other's reply. The child's next write takes a connection of its own from
+    the pool (redis-py's pool resets itself in a new process); the inherited
+    one is closed in the child only (redis-py never shuts down a socket of
+    another process) once nothing refers to it.
+    """
+    for sh in list(_NODES):
+        sh.wconn = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_write_connections)
 
 Doing = str | Callable[[], str]
 """What a Redis call is doing, for messages: the text, or a callable building it
@@ -248,6 +271,7 @@ class Shared:
         # The write connection (see write_script): taken from the client's pool at
         # the first write and never given back, so client.close() closes it too.
         self.wconn: Any = None
+        _NODES.add(self)  # a forked child drops it (see _forget_write_connections)
         self._poll: Any = select.poll() if _HAS_POLL else None  # _ready's, under wlock
         self.tail_client: Any = None
         self.scripts: dict[str, Any] = {}
@@ -324,6 +348,14 @@ class Shared:
         no push messages). Anything else, or a connection of another shape,
         takes redis-py's check."""
         sock = getattr(conn, "_sock", None)
+        if sock is None and hasattr(conn, "_sock"):
+            # Dropped (a timeout or an I/O error): connect once, as the pool does
+            # for an unconnected connection; a failure is this write's. (Below,
+            # redis-py's check would connect inside its retry: twice, so a write
+            # to a frozen server would wait two op_timeouts.) A fresh connection
+            # has nothing to read.
+            conn.connect()
+            return
         if sock is not None and self._poll is not None:
             poll = self._poll
             try:

@@ -143,31 +143,46 @@ class Tail:
         sh = self._sh
         gap = False
         only_own = True
-        node_b = sh.node_b
         for name, records in resp:
             if name == sh.k_wake_b:
                 if records:
                     sh.wake_id = records[-1][0]
                 continue
-            for rid, fields in records:
-                v = int(fields[b"v"])
-                if v <= sh.tail_v and not _after(rid, sh.sid):
-                    # Race: our own records, applied by their writer, which moved
-                    # the tail past them while this read was on its way
-                    # (Shared.own_records_applied): already done, skip them. (A
-                    # record past our position with an old version is a reset:
-                    # Redis restarted empty; the check below reports it.)
-                    continue
-                if v != sh.tail_v + 1:
-                    gap = True
-                    break
-                sh.tail_v = v + record_span(fields) - 1
-                sh.sid = rid
-                if fields[b"w"] != node_b:
-                    only_own = False
-                    for iv, f in expand_record(v, fields):
-                        self._apply_record(iv, f, events, orphans, released)
+            log_gap, own = self._apply_log(records, events, orphans, released)
+            gap = gap or log_gap
+            only_own = only_own and own
         return gap, only_own
+
+    def _apply_log(
+        self,
+        records: list[Any],
+        events: list[RegistryEvent],
+        orphans: list[tuple[Hashable, str, str]],
+        released: list[Monitor],
+    ) -> tuple[bool, bool]:
+        """Apply the change records of ``P:log`` of one XREAD reply (holding mlock);
+        returns (a version gap was met, they were only this node's own writes)."""
+        sh = self._sh
+        only_own = True
+        node_b = sh.node_b
+        for rid, fields in records:
+            v = int(fields[b"v"])
+            if v <= sh.tail_v and not _after(rid, sh.sid):
+                # Race: our own records, applied by their writer, which moved
+                # the tail past them while this read was on its way
+                # (Shared.own_records_applied): already done, skip them. (A
+                # record past our position with an old version is a reset:
+                # Redis restarted empty; the check below reports it.)
+                continue
+            if v != sh.tail_v + 1:
+                return True, only_own
+            sh.tail_v = v + record_span(fields) - 1
+            sh.sid = rid
+            if fields[b"w"] != node_b:
+                only_own = False
+                for iv, f in expand_record(v, fields):
+                    self._apply_record(iv, f, events, orphans, released)
+        return False, only_own
 
     def _apply_record(
         self,
