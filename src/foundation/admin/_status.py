@@ -92,20 +92,25 @@ def store_status(store: object) -> dict[str, Any]:
     status = getattr(store, "status", None)
     out: dict[str, Any] = {"kind": type(store).__name__}
     if not callable(status):
-        return {**out, "state": LOCAL, "pending": 0, "pending_flags": [], "degraded": False}
+        return _no_report(out, LOCAL, degraded=False)
     try:
         report = status()
     except Closed:
-        return {**out, "state": "closed", "pending": 0, "pending_flags": [], "degraded": True}
+        return _no_report(out, "closed")
     except FoundationError as exc:  # its node copy cannot be read: say so, not a 500
-        return {
-            **out,
-            "state": "error",
-            "pending": 0,
-            "pending_flags": [],
-            "last_error": _bounded(str(exc)),
-            "degraded": True,
-        }
+        return _no_report(out, "error", last_error=_bounded(str(exc)))
+    return _reported(out, store, report)
+
+
+def _no_report(
+    out: dict[str, Any], state: str, *, degraded: bool = True, **more: Any
+) -> dict[str, Any]:
+    """The block of a store that gives no ``status()`` report (none, closed, failing)."""
+    return {**out, "state": state, "pending": 0, "pending_flags": [], **more, "degraded": degraded}
+
+
+def _reported(out: dict[str, Any], store: object, report: object) -> dict[str, Any]:
+    """The block built from a store's ``status()`` report."""
     fields = {
         k: getattr(report, k, None)
         for k in ("connected", "stale", "version", "pending", "restores", "resyncs", "stale_since")
