@@ -27,7 +27,6 @@ __all__ = [
     "add_parser",
     "change_dict",
     "flag_row",
-    "no_waiting_kill_switch",
     "open_flags",
     "state_dict",
 ]
@@ -145,11 +144,19 @@ def _share(text: str) -> tuple[str, float]:
 
 
 @contextmanager
-def open_flags(settings: Settings) -> Iterator[Any]:
-    """A ``FeatureFlags`` over the configured store's catalogue; both closed after."""
+def open_flags(settings: Settings, *, hold_kill_switches: bool = True) -> Iterator[Any]:
+    """A ``FeatureFlags`` over the configured store's catalogue; both closed after.
+
+    A short-lived command passes ``hold_kill_switches=False``: during an outage
+    its kill switch is refused (``BackendUnavailable``) rather than kept in the
+    node copy, since the command would be gone before Redis returns, and the
+    running service sharing the copy does not apply a switch-off another process
+    recorded (its readers reload only when its own store tells them). A
+    long-running ``foundation admin`` keeps the default: it commits its own.
+    """
     from foundation.flags import FeatureFlags, open_store
 
-    store = open_store(settings.need_store())
+    store = open_store(settings.need_store(), hold_kill_switches=hold_kill_switches)
     try:
         _warn_if_stale(store)
         flags = FeatureFlags.from_store(store)
@@ -159,19 +166,6 @@ def open_flags(settings: Settings) -> Iterator[Any]:
             flags.close()
     finally:
         store.close()
-
-
-def no_waiting_kill_switch(store: Any) -> None:
-    """Make a kill switch through ``store`` raise ``BackendUnavailable`` during an
-    outage instead of waiting in the node copy (a ``RedisFlagStore``; others commit
-    at once). For short-lived commands: the process would be gone before Redis
-    returns, and the running service, sharing the copy, does not apply a
-    switch-off another process recorded (its readers reload only when its store
-    tells them), so it would serve the flag on until then. A long-running
-    ``foundation admin`` keeps the default: it commits its kill switches itself.
-    """
-    if hasattr(store, "_defer_kill_switches"):
-        store._defer_kill_switches = False
 
 
 def _warn_if_stale(store: Any) -> None:
@@ -399,10 +393,9 @@ _READS: dict[str, Callable[[Any, argparse.Namespace, Output], None]] = {
 
 
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    with open_flags(settings) as flags:
+    with open_flags(settings, hold_kill_switches=False) as flags:
         action = args.action
         if action in WRITES:
-            no_waiting_kill_switch(flags.store)
             return _write(flags, args, out)
         read = _READS.get(action)
         if read is not None:

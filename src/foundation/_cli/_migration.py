@@ -7,7 +7,7 @@ import datetime
 from typing import Any
 
 from foundation._cli._common import Output, Settings, default_by
-from foundation._cli._flags import no_waiting_kill_switch, open_flags
+from foundation._cli._flags import open_flags
 
 __all__ = ["add_parser", "status_data"]
 
@@ -83,10 +83,9 @@ def _stage_rows(st: dict[str, Any]) -> list[list[Any]]:
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     from foundation.flags import Migration
 
-    with open_flags(settings) as flags:
-        # An emergency rollback from this short-lived command is refused during an
-        # outage rather than left waiting in the node copy (see no_waiting_kill_switch).
-        no_waiting_kill_switch(flags.store)
+    # An emergency rollback from this short-lived command is refused during an
+    # outage rather than left waiting in the node copy (see open_flags).
+    with open_flags(settings, hold_kill_switches=False) as flags:
         migration = Migration.from_store(flags, getattr(args, "plan", None))
         action = args.action
         by = getattr(args, "by", None) or default_by()

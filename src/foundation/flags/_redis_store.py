@@ -459,6 +459,11 @@ class RedisFlagStore(FlagStore):
     without the listener noticing). ``cache_path`` is this node's copy (see the
     module docs): ``True`` (default) for ``$FOUNDATION_CACHE_DIR`` or the XDG
     cache directory, a path, or ``None``/``False`` for a copy in memory only.
+    ``hold_kill_switches`` (default True): a kill switch (``disable``, an
+    emergency rollback) made while Redis is unreachable is applied here at once
+    and kept in the copy until this store commits it; ``False`` refuses it with
+    ``BackendUnavailable`` instead -- for a short-lived process (a command, a
+    cron job), which would be gone before Redis returns.
 
     The constructor connects at once, so a wrong host, port or password fails
     here -- unless this node has a copy of the deployment, in which case it
@@ -469,9 +474,11 @@ class RedisFlagStore(FlagStore):
         errors.InvalidConfig: a malformed URL or a database index the server lacks.
         errors.BackendUnavailable: Redis cannot be reached (or refuses the
             credentials) and this node has no copy to start from.
-        errors.InvalidFlagValue: an empty namespace, a timeout or resync interval that
-            is not a positive number of seconds up to ``threading.TIMEOUT_MAX``, or a
-            ``cache_path`` that is not a path (or True, False, None).
+        errors.InvalidFlagValue: an empty namespace.
+        errors.InvalidConfig: a timeout or resync interval that is not a positive
+            number of seconds up to ``threading.TIMEOUT_MAX``, a ``cache_path`` that
+            is not a path (or True, False, None), or a ``hold_kill_switches`` that
+            is not a bool.
 
     Usage, with a redis-server running::
 
@@ -497,10 +504,15 @@ class RedisFlagStore(FlagStore):
         timeout: float = 2.0,
         resync_interval: float = 5.0,
         cache_path: str | os.PathLike[str] | bool | None = True,
+        hold_kill_switches: bool = True,
     ) -> None:
         import uuid
 
         self._redis = import_redis()
+        if not isinstance(hold_kill_switches, bool):  # as every flag store option: InvalidConfig
+            raise InvalidConfig(
+                f"hold_kill_switches must be a bool, not {bounded_repr(hold_kill_switches)}"
+            )
         if not isinstance(url, str) or not url:
             raise InvalidConfig(f"url must be a non-empty redis:// URL, not {bounded_repr(url)}")
         _check_name(namespace, "namespace")
@@ -528,6 +540,9 @@ class RedisFlagStore(FlagStore):
         self._block_ms = int(min(self._resync_interval, 2.0) * 1000)
 
         self._init_state()
+        # False for short-lived processes (the CLI): a kill switch they cannot commit
+        # raises instead of waiting in the copy, since they would not commit it.
+        self._defer_kill_switches = hold_kill_switches
 
         self._cache = self._open_cache(cache_path)
         self.cache_path = self._cache.path
@@ -569,9 +584,6 @@ class RedisFlagStore(FlagStore):
         # resync clears before it catches up).
         self._stale_since: float | None = None
         self._read_only = False  # Redis is a read-only replica (see _note_read_only)
-        # False for short-lived commands (the CLI): a kill switch they cannot commit
-        # raises instead of waiting in the copy, since they would not commit it.
-        self._defer_kill_switches = True
         self._restores = 0
         self._resyncs = 0
         self._last_id = "0-0"

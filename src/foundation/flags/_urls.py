@@ -10,9 +10,9 @@ convention: the path is what follows ``sqlite:///``) or a bare file path
     service ran here with the same URL and namespace), else none: while Redis
     is unreachable the store then starts from the copy (``stale``) and reads
     answer from it. A kill switch during an outage waits in that copy, as on
-    any node, to be committed by this store when Redis returns: a short-lived
-    command refuses it instead (``foundation flags disable``, see
-    ``foundation._cli._flags.no_waiting_kill_switch``). A namespace holding no
+    any node, to be committed by this store when Redis returns, unless
+    ``hold_kill_switches=False`` refuses it (what a short-lived command such as
+    ``foundation flags disable`` does). A namespace holding no
     flag data is ``InvalidConfig`` unless ``create=True``.
 """
 
@@ -29,8 +29,13 @@ __all__ = ["open_store"]
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def open_store(url: str, *, create: bool = False, timeout: float = 2.0) -> FlagStore:
+def open_store(
+    url: str, *, create: bool = False, timeout: float = 2.0, hold_kill_switches: bool = True
+) -> FlagStore:
     """The flag store at ``url`` (see the module docs); the caller closes it.
+
+    ``hold_kill_switches`` goes to a ``RedisFlagStore`` (the other stores
+    commit every write at once).
 
     Raises:
         InvalidConfig: a malformed URL, an unknown scheme, or a store that does
@@ -53,7 +58,9 @@ def open_store(url: str, *, create: bool = False, timeout: float = 2.0) -> FlagS
     if not isinstance(url, str) or not url.strip():
         raise InvalidConfig(f"a flag store URL must be a non-empty string, not {url!r}")
     if url.startswith(_REDIS_SCHEMES):
-        return _open_redis(url, create=create, timeout=timeout)
+        return _open_redis(
+            url, create=create, timeout=timeout, hold_kill_switches=hold_kill_switches
+        )
     if url.startswith("sqlite://"):
         if not url.startswith("sqlite:///"):
             raise InvalidConfig(f"a SQLite store URL is sqlite:///path, not {url!r}")
@@ -100,7 +107,7 @@ def _split_namespace(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), namespace
 
 
-def _open_redis(url: str, *, create: bool, timeout: float) -> FlagStore:
+def _open_redis(url: str, *, create: bool, timeout: float, hold_kill_switches: bool) -> FlagStore:
     from foundation.flags._node_cache import default_cache_path
     from foundation.flags._redis_store import RedisFlagStore
 
@@ -111,7 +118,11 @@ def _open_redis(url: str, *, create: bool, timeout: float) -> FlagStore:
     # Race: the copy may vanish meanwhile; the store then creates an empty one,
     # which it removes again if Redis is unreachable (nothing to serve).
     store = RedisFlagStore(
-        plain, namespace=namespace, timeout=timeout, cache_path=copy if copy.exists() else None
+        plain,
+        namespace=namespace,
+        timeout=timeout,
+        cache_path=copy if copy.exists() else None,
+        hold_kill_switches=hold_kill_switches,
     )
     try:
         # Started from the copy (Redis unreachable): the copy proves the store exists.
