@@ -5,13 +5,17 @@ python -m benchmarks.bench_registry          # this module alone (prints the tab
 python -m benchmarks.bench_registry pairs    # only the per-kind register and memory rows
 
 Rows:
-- lookup hit at 100k entries vs ``dict.get`` on a dict of the same size (<= 2.5x);
+- lookup hit at 100k entries vs ``dict.get`` on a dict of the same size (<= 2.5x),
+  with str keys, StrEnum and IntEnum members as the key, and ("agent", n) tuples;
 - lookup at 1M vs 1k entries (<= 1.5x): the same 1k hot keys in both, so the
   row measures table size, not working-set size (an info row gives uniform
   random keys over 1M, where cache misses dominate — dict.get alike); the 1M
   entries share ONE long-lived ``spawn_thread`` agent (one monitor each);
 - find_by_attribute with a StrEnum member as the value vs the same with the
   plain str (<= 1.5x, and no scan: ``stats().scans`` must not move);
+- register+unregister (concurrent Future, 2-key metadata, 1 index) with a
+  StrEnum member as the key, and with StrEnum/IntEnum metadata values, vs the
+  same with plain values (<= 1.5x) and absolute (<= 3 us);
 - register+unregister with a monitor vs dict insert+pop, per agent kind
   (asyncio Task, asyncio Future, concurrent.futures.Future, spawn_thread
   thread), bare and with realistic metadata (2 keys, 1 indexed): <= 25x and
@@ -54,27 +58,39 @@ from foundation.registry import MemoryRegistry
 SECTION = "registry"
 
 
-def _lookup_row(agent: Any) -> Row:
+def _lookup_rows(agent: Any) -> list[Row]:
+    """lookup hits at 100k entries vs dict.get, for str, StrEnum, IntEnum and tuple keys."""
     n = 100_000
-    keys = [f"agent-{i}" for i in range(n)]
-    with MemoryRegistry() as registry:
-        for k in keys:
-            registry.register(k, agent)
-        plain = {k: registry.lookup(k) for k in keys}  # same size, same Entry objects
-        sample = random.Random(1).sample(keys, 20_000)
-        lookup, get = registry.lookup, plain.get
+    picked = random.Random(1).sample(range(n), 20_000)
+    str_keys = enum.StrEnum("AgentKey", {f"K{i}": f"agent-{i}" for i in picked})  # type: ignore[misc]
+    int_keys = enum.IntEnum("AgentNo", {f"K{i}": i for i in picked})  # type: ignore[misc]
+    rows: list[Row] = []
+    for label, keys, probes in (
+        ("str key", [f"agent-{i}" for i in range(n)], [f"agent-{i}" for i in picked]),
+        ("StrEnum member as the key", [f"agent-{i}" for i in range(n)], list(str_keys)),
+        ("IntEnum member as the key", list(range(n)), list(int_keys)),
+        ("(str, int) tuple key", [("agent", i) for i in range(n)], [("agent", i) for i in picked]),
+    ):
+        with MemoryRegistry() as registry:
+            for k in keys:
+                registry.register(k, agent)
+            plain = {k: registry.lookup(k) for k in keys}  # same size, same Entry objects
+            lookup, get = registry.lookup, plain.get
+            assert all(lookup(p) is get(p) is not None for p in probes[:100])
 
-        def subject(m: int) -> None:
-            for k in sample[:m]:
-                lookup(k)
+            def subject(m: int) -> None:
+                for k in probes[:m]:  # noqa: B023 - used within this iteration
+                    lookup(k)  # noqa: B023
 
-        def baseline(m: int) -> None:
-            for k in sample[:m]:
-                get(k)
+            def baseline(m: int) -> None:
+                for k in probes[:m]:  # noqa: B023
+                    get(k)  # noqa: B023
 
-        ratio, s, b = compare(subject, baseline, len(sample))
-    return Row(SECTION, "lookup hit, 100k entries", "dict.get, same size", ratio, "x",
-               "<= 2.5x", ratio <= 2.5, f"{s * 1e9:.0f} ns vs {b * 1e9:.0f} ns")  # fmt: skip
+            ratio, s, b = compare(subject, baseline, len(probes))
+        rows.append(Row(SECTION, f"lookup hit, 100k entries, {label}", "dict.get, same size",
+                        ratio, "x", "<= 2.5x", ratio <= 2.5,
+                        f"{s * 1e9:.0f} ns vs {b * 1e9:.0f} ns"))  # fmt: skip
+    return rows
 
 
 def _scale_rows(agent: Any) -> list[Row]:
@@ -245,6 +261,50 @@ def _register_rows(kinds: _Kinds) -> list[Row]:
     return rows
 
 
+class _Zone(enum.StrEnum):
+    IO = "io"
+
+
+class _Level(enum.IntEnum):
+    ONE = 1
+
+
+def _enum_pair_rows(agent: Any) -> list[Row]:
+    """register+unregister with enum members (as the key; as metadata values) vs plain ones."""
+    n = 10_000
+    members = enum.StrEnum("PairKey", {f"K{i}": f"k{i}" for i in range(n)})  # type: ignore[misc]
+    plain_keys = [f"k{i}" for i in range(n)]
+    plain_md = {"role": "io", "n": 1}
+    rows: list[Row] = []
+    for label, keys, metadata in (
+        ("StrEnum member as the key", list(members), plain_md),
+        ("StrEnum/IntEnum metadata values", plain_keys, {"role": _Zone.IO, "n": _Level.ONE}),
+    ):
+        with MemoryRegistry(indexed=("role",)) as registry:
+            register, unregister = registry.register, registry.unregister
+
+            def subject(m: int) -> None:
+                for k in keys[:m]:  # noqa: B023 - used within this iteration
+                    register(k, agent, metadata)  # noqa: B023
+                    unregister(k)  # noqa: B023
+
+            def baseline(m: int) -> None:
+                for k in plain_keys[:m]:
+                    register(k, agent, plain_md)  # noqa: B023
+                    unregister(k)  # noqa: B023
+
+            subject(10)  # the members' types are learnt once, as in a running program
+            ratio, s, b = compare(subject, baseline, n)
+        what = f"register+unregister with monitor, concurrent Future, {label}, 1 index"
+        detail = f"{s * 1e9:.0f} ns vs {b * 1e9:.0f} ns per pair"
+        rows += [
+            Row(SECTION, what, "the same with plain str/int", ratio, "x", "<= 1.5x",
+                ratio <= 1.5, detail),
+            Row(SECTION, what, "absolute", s * 1e6, " us", "<= 3 us", s * 1e6 <= 3, detail),
+        ]  # fmt: skip
+    return rows
+
+
 def _find_row(agent: Any) -> Row:
     n = 100_000
     with MemoryRegistry(indexed=("role",)) as registry:
@@ -409,7 +469,7 @@ def run() -> list[Row]:
     stop = threading.Event()
     agent = spawn_thread(stop.wait, name="bench-registry-agent")
     try:
-        rows = [_lookup_row(agent)]
+        rows = _lookup_rows(agent)
         rows.extend(_scale_rows(agent))
         rows.append(_find_row(agent))
         rows.append(_enum_probe_row(agent))
@@ -419,6 +479,7 @@ def run() -> list[Row]:
     kinds = _Kinds()
     try:
         rows.extend(_register_rows(kinds))
+        rows.extend(kinds.on_loop(functools.partial(_enum_pair_rows, kinds.cf)))
         rows.extend(_memory_rows(kinds))
     finally:
         kinds.close()

@@ -114,6 +114,33 @@ def test_keys_are_accepted_and_normalised_alike_on_every_backend(
     assert registry.lookup(normal) is None
 
 
+@pytest.mark.parametrize(("member", "plain"), [(Role.IO, "io"), (Level.HIGH, 3)])
+def test_an_enum_member_finds_the_entry_of_its_plain_value_on_every_backend(
+    registry: Registry, agent: threading.Thread, member: object, plain: object
+) -> None:
+    assert registry.lookup(member) is None  # a miss first: the member's type is learnt here
+    registry.register(plain, agent, {"role": "io"})
+    for _ in range(2):  # and then answered from what was learnt about its type
+        entry = registry.lookup(member)
+        assert entry is not None
+        assert entry.key == plain
+        assert type(entry.key) is type(plain)
+        assert member in registry
+    assert registry.unregister(member) is True
+    assert registry.lookup(member) is None
+    assert registry.lookup(plain) is None
+
+
+def test_a_str_subclass_with_its_own_equality_stays_refused_once_learnt(
+    registry: Registry, agent: threading.Thread
+) -> None:
+    registry.register("x", agent)
+    for _ in range(2):
+        with pytest.raises(InvalidKey):
+            registry.lookup(LoudStr("y"))  # equal to "x" by its own __eq__: never a match
+    assert LoudStr("y") not in registry
+
+
 BAD_KEYS = [
     pytest.param(True, id="bool"),
     pytest.param(INT_MAX + 1, id="int-too-big"),

@@ -61,6 +61,7 @@ from foundation.errors import (
 from foundation.liveness import Down, Monitor, MonitorManager, is_alive
 from foundation.registry._async import DirectAsyncWrites
 from foundation.registry._listeners import CopyOnWriteListeners
+from foundation.registry._plain import PLAIN_SUBCLASSES
 from foundation.registry._query import AttributeIndex, compile_criteria, index_plan, matches
 from foundation.registry._types import (
     Criterion,
@@ -293,9 +294,11 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         t = type(key)
         if t is str:  # a str is a key in normal form as it is: one dict.get
             return self._table.get(key)  # atomic C-level read; a writer swaps whole entries
-        if t is not int:
+        if t is not int and t not in PLAIN_SUBCLASSES:
             # The one key rule, hit or miss: True is no key even though True == 1,
             # and an object that is no key is never hashed or compared with ours.
+            # (A member of a subclass that keeps its base's hash and equality, a
+            # StrEnum member say, finds the entry of its plain value as it is.)
             try:
                 key = validate_key(key)
             except InvalidKey:
@@ -303,7 +306,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 raise
         entry = self._table.get(key)
         if entry is None:
-            validate_key(key)  # a miss: InvalidKey for an int beyond 64 bits
+            validate_key(key)  # a miss: InvalidKey for an int beyond 64 bits, say
         return entry
 
     def __contains__(self, key: object) -> bool:

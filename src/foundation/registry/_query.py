@@ -26,10 +26,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from foundation.errors import InvalidCriteria
+from foundation.registry._plain import plain_converter
 from foundation.registry._validation import short_repr  # bounded messages
 
 __all__ = [
@@ -241,11 +242,6 @@ def matches(metadata: Mapping[str, Any], compiled: Sequence[Compiled]) -> bool:
 
 
 _SAFE_SCALARS: Final = (str, int, float, bool, type(None))
-_BASES: Final[tuple[tuple[type, Callable[[Any], Any]], ...]] = (
-    (str, str.__str__),
-    (int, int.__int__),
-    (float, float.__float__),
-)
 UNSAFE: Final = object()
 """What ``index_term`` returns for a value an index cannot answer exactly."""
 
@@ -291,16 +287,8 @@ def _tuple_term(value: tuple[object, ...], depth: int) -> Any:
 
 def _subclass_term(value: object) -> Any:
     """``index_term`` of a non-plain value: its plain base value, or ``UNSAFE``."""
-    t = type(value)
-    for base, to_plain in _BASES:
-        if isinstance(value, base):
-            # Exactly the base's hash and equality: the plain value is interchangeable.
-            eq: object = t.__eq__
-            hash_: object = t.__hash__
-            if eq is base.__eq__ and hash_ is base.__hash__:
-                return to_plain(value)
-            return UNSAFE
-    return UNSAFE
+    to_plain = plain_converter(type(value))  # the one rule (foundation.registry._plain)
+    return UNSAFE if to_plain is None else to_plain(value)
 
 
 def is_index_safe(value: object, _depth: int = 0) -> bool:

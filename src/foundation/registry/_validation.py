@@ -42,6 +42,7 @@ from typing import Any, Final, NoReturn
 
 from foundation._read_only import ReadOnlyDict
 from foundation.errors import InvalidKey, InvalidMetadata, bounded_repr
+from foundation.registry._plain import cached_converter, plain_converter
 
 __all__ = [
     "EMPTY_METADATA",
@@ -139,6 +140,7 @@ class FrozenMetadata(ReadOnlyDict, metaclass=_FrozenMetadataType):
 # __init__ (a copy of d), for data this module has checked or is checking.
 _copy_frozen: Callable[[Mapping[str, Any]], FrozenMetadata] = type.__call__.__get__(FrozenMetadata)
 _items = dict.items
+_set_item = dict.__setitem__  # past FrozenMetadata's refusal, on a copy still being built
 
 
 def _unpickle(data: dict[str, Any]) -> FrozenMetadata:
@@ -193,6 +195,10 @@ def validate_key(key: object) -> Hashable:
                 break
         else:
             return key
+    to_plain = plain_converter(t)  # an enum member, say: one cached answer per type
+    if to_plain is not None:
+        plain = to_plain(key)
+        return plain if type(plain) is str else _normal_key(plain, 0)
     return _normal_key(key, 0)
 
 
@@ -243,15 +249,8 @@ def _normal_nested_key(key: tuple[Any, ...] | frozenset[Any], depth: int) -> Has
 def _plain_base(value: object) -> object:
     """The plain ``str``/``int``/``float`` of a subclass instance that keeps its base's
     hash and equality (enum members, say); ``None`` for anything else (bool included)."""
-    t = type(value)
-    if t is bool:
-        return None
-    for base, to_plain in ((str, str.__str__), (int, int.__int__), (float, float.__float__)):
-        if isinstance(value, base):
-            if t.__hash__ is base.__hash__ and t.__eq__ is base.__eq__:
-                return to_plain(value)  # type: ignore[arg-type]
-            return None
-    return None
+    to_plain = plain_converter(type(value))
+    return None if to_plain is None else to_plain(value)
 
 
 def indexed_names(indexed: object) -> tuple[str, ...]:
@@ -319,6 +318,23 @@ def freeze_metadata(  # noqa: PLR0912
         for k, v in _items(frozen):
             if type(k) is str and k.isascii():
                 tv = type(v)
+                if (
+                    tv is not str
+                    and tv is not int
+                    and tv is not float
+                    and tv is not bool
+                    and v is not None
+                ):
+                    # An enum member, say: stored as its plain value, if its type
+                    # keeps its base's hash and equality (the one rule of _plain).
+                    to_plain = cached_converter(tv)
+                    if to_plain is None:
+                        break  # not known yet, or not a plain subclass: the full walk
+                    v = to_plain(v)  # noqa: PLW2901
+                    tv = type(v)
+                    # Replaces the value of a key the loop is on: the dict keeps
+                    # its size, so iterating its items goes on safely.
+                    _set_item(frozen, k, v)
                 if tv is str:
                     if v.isascii():
                         n += len(k) + len(v)

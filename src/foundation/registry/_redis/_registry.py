@@ -61,6 +61,7 @@ from foundation.liveness import (
     is_alive,
 )
 from foundation.liveness._types import AGENT_TYPES
+from foundation.registry._plain import PLAIN_SUBCLASSES
 from foundation.registry._query import IndexPlan, compile_criteria, index_plan, matches
 from foundation.registry._redis._codec import RemoteAgent, metadata_json, normal_key, s
 from foundation.registry._types import (
@@ -541,9 +542,11 @@ class RedisRegistry(Registry):
         t = type(key)
         if t is str:  # a str is a key in normal form as it is: one dict.get
             return self._entries.get(key)
-        if t is not int:
+        if t is not int and t not in PLAIN_SUBCLASSES:
             # The one key rule, hit or miss: True is no key even though True == 1,
             # and an object that is no key is never hashed or compared with ours.
+            # (A member of a subclass that keeps its base's hash and equality, a
+            # StrEnum member say, finds the entry of its plain value as it is.)
             try:
                 key = validate_key(key)
             except InvalidKey:
@@ -551,7 +554,7 @@ class RedisRegistry(Registry):
                 raise
         entry = self._entries.get(key)  # (Closed once closed: see _ClosedEntries)
         if entry is None:
-            validate_key(key)  # a miss: InvalidKey for an int beyond 64 bits
+            validate_key(key)  # a miss: InvalidKey for an int beyond 64 bits, say
         return entry
 
     def unregister(self, key: Hashable) -> bool:
