@@ -171,3 +171,41 @@ def test_the_watch_reporter_names_a_degraded_redis_and_its_return() -> None:
     assert "Redis at " in lines[0], lines  # the registry's last error, on the same line
     assert lines[-1].startswith("registry 'ro' connected again after "), lines
     assert sum("connected again" in line for line in lines) == 1, lines
+
+
+_BLIP = """
+import contextlib, io
+from foundation.registry._redis._observer import RedisObserver
+from foundation._cli._agents import LinkReporter
+from tests.redis_support import RedisServer
+
+server = RedisServer()
+server.start()
+observer = RedisObserver(server.url, namespace="blip")
+lines = io.StringIO()
+with contextlib.redirect_stderr(lines):
+    reporter = LinkReporter(observer, "blip")
+    reporter.check()
+    # The whole outage happens between two checks: down, then back.
+    server.kill()
+    wait_for(lambda: observer.status().state != "connected", "the observer to see the outage")
+    server.start()  # the same port, empty
+    wait_for(lambda: observer.status().state == "connected", "the observer to reconnect")
+    reporter.check()
+    reporter.check()  # nothing more happened: no second line
+observer.close()
+server.stop()
+for line in lines.getvalue().splitlines():
+    print("LINE", line)
+print("OK")
+"""
+
+
+def test_an_outage_between_two_checks_still_prints_one_line() -> None:
+    """The state is "connected" at both checks, but it was entered again in between."""
+    result = run_scenario(_BLIP)
+    lines = [line.removeprefix("LINE ") for line in result.lines("LINE")]
+    assert len(lines) == 1, result.stdout
+    assert lines[0].startswith(
+        "registry 'blip' lost Redis and was connected again between two checks"
+    ), lines

@@ -26,7 +26,8 @@ from foundation._cli._common import (
 __all__ = ["LINK_POLL", "LinkReporter", "add_parser", "entry_data", "event_data", "open_observer"]
 
 LINK_POLL = 0.25
-"""Seconds between two looks at the registry's connection state during ``watch``."""
+"""Seconds between two looks at the registry's connection state during ``watch``
+(an outage shorter than that still prints one line: see ``LinkReporter.check``)."""
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -178,23 +179,49 @@ class LinkReporter:
         from foundation.metrics import connection_state
 
         self._read = functools.partial(connection_state, registry)
+        self._status = getattr(registry, "status", None)
         self._name = name
         first = self._read()
         self._state = None if first is None else first.state
+        self._since = self._state_since()
         self._left_connected = time.monotonic()  # when the state last left "connected"
+
+    def _state_since(self) -> float | None:
+        """When the registry entered its state (``status().state_since``), if it says."""
+        try:
+            since = getattr(self._status(), "state_since", None) if self._status else None
+        except Exception:  # a closed registry, say: only the state lines then
+            return None
+        return since if isinstance(since, float) else None
 
     def check(self) -> None:
         """Print a line if the state changed since the last check."""
-        # Race: this reads the state between events; an outage shorter than
-        # LINK_POLL (down and back between two reads) can go unreported.
         now = self._read()
-        if now is None or now.state == self._state:
+        if now is None:
+            return
+        # Race: this looks between events, every LINK_POLL. An outage shorter
+        # than that (down and back between two looks) leaves the same state,
+        # but the state was entered again since: state_since moved. Read after
+        # the state, so a change between the two reads shows on the next check.
+        since = self._state_since()
+        moved = since is not None and self._since is not None and since != self._since
+        self._since = since
+        if now.state == self._state:
+            if moved and now.state == "connected":
+                print(self._blip_line(now.last_error), file=sys.stderr, flush=True)
             return
         if self._state == "connected":
             self._left_connected = time.monotonic()
         self._state = now.state
         elapsed = time.monotonic() - self._left_connected
         print(self._line(now.state, now.last_error, elapsed), file=sys.stderr, flush=True)
+
+    def _blip_line(self, error: str | None) -> str:
+        why = f" (last error: {' '.join(error.split())[:300]})" if error else ""
+        return (
+            f"registry {self._name!r} lost Redis and was connected again between two "
+            f"checks{why}; changes made meanwhile print as events"
+        )
 
     def _line(self, state: str, error: str | None, elapsed: float) -> str:
         who = f"registry {self._name!r}"
