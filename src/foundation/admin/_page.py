@@ -317,7 +317,11 @@ function showStatus(s) {
     const pending = f.pending ? '; ' + f.pending + ' kill switch' + (f.pending > 1 ? 'es' : '') +
       ' pending (' + f.pending_flags.join(', ') + '): off on this node, not yet committed' : '';
     lines.push(componentLine('flag store', f, (f.state === 'stale'
-      ? 'flags are served from this node\'s copy; writes other than kill switches fail' : 'committing') + pending));
+      ? 'flags are served from this node\'s copy; writes other than kill switches fail'
+      : f.read_only ? 'Redis is a read-only replica; writes other than kill switches fail'
+      : f.state === 'pending' ? 'committing'
+      : 'this node\'s copy of the flags is in memory (its file failed): not durable until it can be written')
+      + pending));
   }
   el.hidden = !s.degraded;
   el.dataset.degraded = s.degraded ? 'true' : 'false';

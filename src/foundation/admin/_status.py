@@ -86,8 +86,9 @@ def store_status(store: object) -> dict[str, Any]:
     ``"error"`` (``status()`` failed: its node copy cannot be read), or
     ``"local"`` for a store without ``status()`` (memory, SQLite: every write
     that returned is committed). Also ``stale_since`` (wall-clock time the store
-    went stale, else None) and ``read_only`` (Redis is a read-only replica:
-    flag writes fail; degraded), when the store reports them.
+    went stale, else None), ``read_only`` (Redis is a read-only replica:
+    flag writes fail; degraded) and ``copy_in_memory`` (the node copy's file
+    failed: the copy is not durable; degraded), when the store reports them.
     """
     status = getattr(store, "status", None)
     out: dict[str, Any] = {"kind": type(store).__name__}
@@ -118,15 +119,17 @@ def _reported(out: dict[str, Any], store: object, report: object) -> dict[str, A
     pending = int(fields["pending"] or 0)
     state = "stale" if fields["stale"] else ("pending" if pending else "connected")
     read_only = bool(getattr(report, "read_only", False))
+    in_memory = bool(getattr(report, "copy_in_memory", False))
     return {
         **out,
         **fields,
         "pending": pending,
         "pending_flags": _pending_flags(store, report) if pending else [],
         "read_only": read_only,
+        "copy_in_memory": in_memory,
         "last_error": _bounded(getattr(report, "last_error", None)),
         "state": state,
-        "degraded": state != "connected" or read_only,
+        "degraded": state != "connected" or read_only or in_memory,
     }
 
 

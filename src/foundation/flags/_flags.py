@@ -1157,12 +1157,17 @@ _FROM_STORE: ContextVar[bool] = ContextVar("foundation_flags_from_store", defaul
 
 
 def _record_catalogue(store: FlagStore, declared: Iterable[Flag]) -> None:
-    """Record the declarations in ``store``; an unreachable backend only logs a warning
-    (an application must start during an outage; it records again at its next start)."""
+    """Record the declarations in ``store``; a backend that cannot take the write
+    (unreachable, or a file on a full disk or read-only) only logs a warning: an
+    application must start meanwhile, and it records again at its next start."""
     try:
         store.record_catalogue(
             [FlagInfo(f.name, f.default, f.description, f.variants) for f in declared]
         )
+    except FlagError as exc:
+        if type(exc) is not FlagError:  # InvalidFlagValue, say: the caller's to fix
+            raise
+        _log.warning("flag catalogue not recorded in %r: %s", store, exc)
     except BackendUnavailable as exc:
         _log.warning("flag catalogue not recorded in %r: %s", store, exc)
 

@@ -16,18 +16,29 @@ Every method is one SQLite transaction under one lock, so a reader never sees
 half of an update. An unusable copy raises ``errors.FlagError``. ``path=None``
 keeps the copy in memory only (for the life of the process). Several processes
 may share one file (SQLite locking, WAL).
+
+A file that fails while in use (disk full, I/O error, locked by another process
+beyond the busy timeout, made read-only, corrupted) does not fail the store:
+the copy moves into memory with what it could still read (a WARNING under
+``foundation.flags``), and every ``RETRY_FILE_AFTER`` seconds a write tries the
+file again, writing the whole copy back to it (an INFO line once it succeeds).
+Meanwhile the copy, pending kill switches included, lasts only as long as the
+process, as with a directory that cannot be written at start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
+import secrets
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from foundation._redis_conn import redact_url
 from foundation.errors import FlagError, InvalidFlagValue, bounded_repr
@@ -41,6 +52,14 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = ["NodeCache", "PendingKillSwitch", "Snapshot", "default_cache_path", "stream_key"]
+
+log = logging.getLogger("foundation.flags")
+
+T = TypeVar("T")
+
+RETRY_FILE_AFTER = 30.0
+"""Seconds a copy that fell back to memory waits before a write tries its file again."""
+_TABLES = ("meta", "states", "stages", "history", "migrations", "pending", "catalogue")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -194,8 +213,9 @@ def _off(state: FlagState) -> FlagState:
 class NodeCache:
     """The node's copy (see the module docs); ``path=None`` keeps it in memory.
 
-    Raises ``sqlite3.Error`` / ``OSError`` on an unusable file (the store
-    decides what to do about it).
+    The constructor raises ``sqlite3.Error`` / ``OSError`` on an unusable file (the
+    store decides what to do about it); a file failing later moves the copy into
+    memory (see the module docs).
 
     Example:
         >>> cache = NodeCache(None)
@@ -205,29 +225,42 @@ class NodeCache:
     """
 
     def __init__(self, path: Path | None) -> None:
-        import sqlite3
-
         self.path = path
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        # As SQLite resolves it at open: a later os.chdir() moves no file.
+        self._where = None if path is None else path.absolute()
         self._lock = threading.Lock()
-        # One connection shared by the store's threads, serialised by _lock;
+        # One connection shared by the store's threads, serialised by _lock: the
+        # file's, or an in-memory one (path None, or the file failed: _to_memory).
+        self._db = self._open(path, timeout=5.0)
+        self._identity = _identity(self._where)  # the file _db holds (see _write)
+        # While the copy of a file lives in memory: when the file failed, and when
+        # a write tries the file again (monotonic).
+        self._in_memory_since: float | None = None
+        self._retry_at = 0.0
+
+    @staticmethod
+    def _open(path: Path | None, *, timeout: float) -> sqlite3.Connection:
+        import sqlite3
+
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
-        self._db = sqlite3.connect(
+        db = sqlite3.connect(
             ":memory:" if path is None else str(path),
             check_same_thread=False,
             isolation_level=None,
-            timeout=5.0,
+            timeout=timeout,
         )
         try:
             if path is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("SELECT count(*) FROM meta").fetchone()
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            db.execute("SELECT count(*) FROM meta").fetchone()
         except BaseException:
-            self._db.close()
+            db.close()
             raise
+        return db
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -241,20 +274,103 @@ class NodeCache:
                 raise
             raise FlagError(f"node copy {self.path or '(memory)'} is unusable: {exc!r}") from exc
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body`` in one write transaction; on the memory copy if the file fails."""
         with self._guard(), self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self._in_memory_since is None and _identity(self._where) != self._identity:
+                # The file deleted or replaced under us: a write would land in a file
+                # no process will read again. Keep the copy in memory and write it,
+                # whole, to whatever file is at the path now (or later).
+                self._fall_back(FileNotFoundError(f"{self.path} was deleted or replaced"))
+                self._retry_at = time.monotonic()
+            if self._in_memory_since is not None and time.monotonic() >= self._retry_at:
+                self._back_to_file()
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                return _transaction(self._db, body)
+            except Exception as exc:
+                if not self._fall_back(exc):
+                    raise
+            return _transaction(self._db, body)  # nothing of it was written to the file
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._guard(), self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except Exception as exc:
+                if not self._fall_back(exc):
+                    raise
             return self._db.execute(sql, args).fetchall()
+
+    def _fall_back(self, exc: Exception) -> bool:
+        """Move the copy into memory if ``exc`` is the file failing (caller holds _lock)."""
+        import sqlite3
+
+        # Only the file's faults (I/O, full, locked, read-only, corrupt), never
+        # a constraint or programming error of ours (also DatabaseError subclasses).
+        fault = isinstance(exc, sqlite3.OperationalError | FileNotFoundError) or (
+            type(exc) is sqlite3.DatabaseError
+        )
+        if not fault or self.path is None or self._in_memory_since is not None:
+            return False
+        memory = self._open(None, timeout=0.0)
+        try:
+            _copy_tables(self._db, memory)
+            kept = "the copy as last read from it"
+        except sqlite3.Error:  # unreadable too: start empty (the store reads Redis in full)
+            memory.close()
+            memory = self._open(None, timeout=0.0)
+            kept = "an empty copy (the file is unreadable)"
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        self._db = memory
+        self._in_memory_since = time.monotonic()
+        self._retry_at = self._in_memory_since + RETRY_FILE_AFTER
+        log.warning(
+            "node copy %s failed (%s); keeping %s in memory, not durable until the file "
+            "can be written again (retried every %gs)",
+            self.path, exc, kept, RETRY_FILE_AFTER,
+        )  # fmt: skip
+        return True
+
+    def _back_to_file(self) -> None:
+        """Write the memory copy back to the file, whole, and use the file again (or keep
+        waiting). Caller holds _lock."""
+        import sqlite3
+
+        self._retry_at = time.monotonic() + RETRY_FILE_AFTER
+        where = self._where
+        try:
+            try:
+                # No busy wait: a file still locked by another process is retried later.
+                db = self._open(where, timeout=0.0)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError) or where is None:
+                    raise
+                # Not a database any more (corrupt, truncated): kept for a post-mortem,
+                # as at start (see RedisFlagStore), and a new file takes the copy.
+                aside = where.with_name(f"{where.name}.corrupt-{int(time.time())}")
+                log.warning("node copy %s is unreadable (%s); moved to %s", self.path, exc, aside)
+                where.rename(aside)
+                db = self._open(where, timeout=0.0)
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("node copy %s still unusable: %s", self.path, exc)
+            return
+        try:
+            _transaction(db, lambda target: _write_back(self._db, target))
+        except sqlite3.Error as exc:
+            db.close()
+            log.debug("node copy %s still unusable: %s", self.path, exc)
+            return
+        self._db.close()
+        self._db = db
+        self._identity = _identity(self._where)
+        self._in_memory_since = None
+        log.info("node copy %s is written to its file again", self.path)
+
+    @property
+    def in_memory(self) -> bool:
+        """True while the copy of a file lives in memory because the file failed."""
+        return self._in_memory_since is not None
 
     def _meta(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
@@ -321,7 +437,8 @@ class NodeCache:
 
     def apply(self, snap: Snapshot) -> None:
         """Mirror ``snap`` (one SQLite transaction: never half of it)."""
-        with self._write() as db:
+
+        def body(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM states")
             db.executemany("INSERT INTO states VALUES (?, ?)", snap.states.items())
             db.execute("DELETE FROM stages")
@@ -340,22 +457,123 @@ class NodeCache:
             else:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (snap.epoch,))
 
+        self._write(body)
+
     def set_catalogue(self, entries: dict[str, str]) -> None:
         """Replace the kept catalogue with ``entries`` (name -> FlagInfo JSON)."""
-        with self._write() as db:
+
+        def body(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM catalogue")
             db.executemany("INSERT INTO catalogue VALUES (?, ?)", entries.items())
 
+        self._write(body)
+
     def add_pending(self, op: PendingKillSwitch) -> int:
-        """Record ``op`` durably (its ``id`` is ignored); returns the id given."""
-        with self._write() as db:
-            cursor = db.execute("INSERT INTO pending (op) VALUES (?)", (op.to_json(),))
-            return int(cursor.lastrowid or 0)
+        """Record ``op`` durably (its ``id`` is ignored); returns the id given.
+
+        Ids grow with time and carry random low bits (``_pending_id``): ordered
+        oldest first like the autoincrement ids of earlier versions (all smaller),
+        and distinct across the processes sharing the file, even when one of them
+        wrote its copy in memory meanwhile (``_write_back`` merges by id).
+        """
+        text = op.to_json()
+        insert = "INSERT INTO pending (id, op) VALUES (?, ?)"
+
+        def body(db: sqlite3.Connection) -> int:
+            (top,) = db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()
+            op_id = _pending_id(int(top))
+            db.execute(insert, (op_id, text))
+            return op_id
+
+        return self._write(body)
 
     def remove_pending(self, op_id: int) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM pending WHERE id = ?", (op_id,))
+        self._write(lambda db: db.execute("DELETE FROM pending WHERE id = ?", (op_id,)))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    """``body(db)`` in one ``BEGIN IMMEDIATE`` transaction: all of it or (rolled back) none."""
+    import sqlite3
+
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(db)
+        db.execute("COMMIT")  # may fail too (disk full): rolled back below
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the transaction is gone either way
+                db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _pending_id(top: int) -> int:
+    """A new pending id above ``top``: microseconds since the epoch, shifted, with 10
+    random low bits (below 2**63 until the year 2255)."""
+    return max((time.time_ns() // 1000) << 10 | secrets.randbits(10), top + 1)
+
+
+def _mirror_version(db: sqlite3.Connection) -> tuple[str | None, int]:
+    """(epoch, version) of the Redis state a copy mirrors."""
+    meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('epoch', 'version')"))
+    version = meta.get("version")
+    return meta.get("epoch"), int(version) if version and version.isdigit() else -1
+
+
+def _write_back(memory: sqlite3.Connection, file: sqlite3.Connection) -> None:
+    """The memory copy written back to its file, which other processes may share
+    and may have written meanwhile (inside ``file``'s write transaction).
+
+    The mirror of Redis (every table but ``pending``) is replaced by the memory
+    copy's, unless the file's mirrors a later version of the same epoch (another
+    process synced since): then the file's stays. Pending kill switches are the
+    UNION of both, so none recorded by another process is lost. One that was
+    committed meanwhile (dropped on one side only) comes back and is dropped again
+    at the next replay as already committed or superseded, with its log line.
+    Ids do not clash (``_pending_id``); in the astronomically rare case that two
+    differ under one id, the memory one takes a new id.
+    """
+    mine, theirs = _mirror_version(memory), _mirror_version(file)
+    file_is_newer = mine[0] == theirs[0] and theirs[1] > mine[1]
+    if not file_is_newer:
+        _copy_tables(memory, file, [t for t in _TABLES if t != "pending"])
+    have = dict(file.execute("SELECT id, op FROM pending"))
+    for op_id, text in memory.execute("SELECT id, op FROM pending ORDER BY id").fetchall():
+        if have.get(op_id) == text:
+            continue
+        if op_id in have:
+            op_id = _pending_id(max(have))  # noqa: PLW2901 - the clash: a new id
+        file.execute("INSERT INTO pending (id, op) VALUES (?, ?)", (op_id, text))
+        have[op_id] = text
+
+
+def _copy_tables(
+    source: sqlite3.Connection, target: sqlite3.Connection, tables: Iterable[str] = _TABLES
+) -> None:
+    """Replace every table of ``target`` with ``source``'s rows (one read of ``source``)."""
+    import sqlite3
+
+    source.execute("BEGIN")  # one snapshot of the source
+    try:
+        rows_of = {t: source.execute(f"SELECT * FROM {t}").fetchall() for t in tables}
+    finally:
+        with contextlib.suppress(sqlite3.Error):  # a read transaction: nothing to keep
+            source.execute("ROLLBACK")
+    for table, rows in rows_of.items():
+        target.execute(f"DELETE FROM {table}")
+        if rows:
+            marks = ", ".join("?" * len(rows[0]))
+            target.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path`` now; None if there is none."""
+    try:
+        st = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_dev, st.st_ino)

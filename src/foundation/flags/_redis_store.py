@@ -249,7 +249,10 @@ class RedisFlagStoreStatus:
     ``stale_since``: wall-clock time (``time.time()``) of the last transition
     into stale, None while not stale. ``read_only``: Redis is a read-only
     replica (``ROLE``, or a ``READONLY`` reply): reads work, writes other than
-    the kill switch fail with ``BackendUnavailable``.
+    the kill switch fail with ``BackendUnavailable``. ``copy_in_memory``: the
+    node copy's file failed (disk full, I/O error, locked, deleted...), so the
+    copy lives in memory, not durable, until a retry writes it back (see
+    docs/flags-outages.md, "The node copy").
     """
 
     connected: bool
@@ -263,6 +266,7 @@ class RedisFlagStoreStatus:
     stale_since: float | None = None
     pending_flags: tuple[str, ...] = ()
     read_only: bool = False
+    copy_in_memory: bool = False
 
 
 def _check_name(name: object, what: str) -> None:
@@ -1146,7 +1150,8 @@ class RedisFlagStore(FlagStore):
             except BackendUnavailable as exc:
                 cause, reachable = exc, False
             except FlagError as exc:  # corrupt data in Redis, or an unusable copy
-                log.debug("flag store %r: node copy not refreshed: %s", self.namespace, exc)
+                # Rare: a copy whose file fails moves to memory instead (NodeCache).
+                log.warning("flag store %r: node copy not refreshed: %s", self.namespace, exc)
                 return
             mirrored = self._mirror_commit(commit, replies)
         # Either way Redis may lack what the copy holds: restore it (or refresh).
@@ -1558,6 +1563,7 @@ class RedisFlagStore(FlagStore):
             stale_since=self._stale_since if self.stale else None,
             pending_flags=tuple(sorted({name for op in ops for name in op.flags})),
             read_only=self._read_only,
+            copy_in_memory=self._cache.in_memory,
         )
 
     def _wake_listener(self) -> None:
@@ -1687,9 +1693,12 @@ class RedisFlagStore(FlagStore):
             )
         if self._stale_since is None:  # first fault since "in sync": report it once
             self._stale_since = time.time()
+            # An outage, or anything else that stops the listener (corrupt data,
+            # a bug): either way answers come from the copy, but say which.
+            lost = "lost" if isinstance(exc, BackendUnavailable) else "cannot follow"
             log.warning(
-                "flag store %r lost Redis at %s (%s); serving the node copy (stale)",
-                self.namespace, self._url, exc,
+                "flag store %r %s Redis at %s (%s); serving the node copy (stale)",
+                self.namespace, lost, self._url, exc,
             )  # fmt: skip
             self._event("stale", error=str(exc))
         # Drop sockets that may be dead: the next attempt starts on fresh ones.

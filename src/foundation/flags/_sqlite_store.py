@@ -40,11 +40,21 @@ Errors: a file that is not a flag store (corrupt, not SQLite, unreadable,
 newer schema) raises ``errors.FlagError``; a write lock held by other
 connections for longer than ``busy_timeout`` raises
 ``errors.BackendUnavailable`` (the backend could not be reached within its
-time bound). Either way nothing was written.
+time bound). Either way nothing was written, and a failed write is logged
+(WARNING, ``foundation.flags``) with what SQLite said (disk full, read-only...).
+Opening a file that already holds the schema writes nothing, so a store opens
+(and reads) while another process holds the write lock.
+
+The file deleted or replaced (renamed over) while in use: this store's
+connections still hold the old file, which no other process sees any more. A
+write then raises ``errors.FlagError`` instead of landing there, and the watcher
+logs an ERROR once; reads keep answering from the old file. Reopen the store
+(restart the process) to use the new one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -57,6 +67,7 @@ from foundation.errors import (
     BackendUnavailable,
     Closed,
     FlagError,
+    FoundationError,
     InvalidConfig,
     bounded_repr,
 )
@@ -85,6 +96,8 @@ if TYPE_CHECKING:
     from foundation.flags._migration import MigrationPlan
 
 __all__ = ["SQLiteFlagStore"]
+
+log = logging.getLogger("foundation.flags")
 
 T = TypeVar("T")
 
@@ -120,6 +133,21 @@ _LOCK_PATIENCE = 0.02
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
+
+
+def _explain(exc: sqlite3.Error) -> str:
+    """SQLite's message, its error code and what it likely means for an operator."""
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if name.startswith("SQLITE_FULL") or name == "SQLITE_IOERR_WRITE":
+        hint = "; is the disk full or the file size limit reached?"
+    elif name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        hint = (
+            "; can this process write the file and its directory? (WAL mode keeps "
+            "-wal and -shm files next to it)"
+        )
+    else:
+        hint = ""
+    return f"{exc} ({name}){hint}"
 
 
 class _Txn(StoreTransaction):
@@ -212,6 +240,8 @@ class SQLiteFlagStore(FlagStore):
         if not isinstance(self.path, str) or "\0" in self.path:
             raise InvalidConfig(f"not a usable flag store path: {bounded_repr(self.path)}")
         self._shown = bounded_repr(self.path)  # messages stay short, whatever the path
+        # As SQLite resolves it at open: a later os.chdir() moves no file.
+        self._abs_path = os.path.abspath(self.path)
         for what, value, least in (
             ("busy_timeout", busy_timeout, 0.0),
             ("poll_interval", poll_interval, 1e-6),
@@ -245,11 +275,23 @@ class SQLiteFlagStore(FlagStore):
         self._feed = Replay()  # runtime states as of _last_id: the base of the next deltas
         self._version: int | None = None
         self._hot_until = 0.0
+        self._watch_failing = False  # the watcher has logged that it cannot read the file
+        self._moved_logged = False  # ... or that the file was deleted or replaced
         # No busy handler on the writer: _begin() retries the write lock itself.
         self._conn = self._connect(timeout=0.0)
         try:
             self._create()
+            # The file our connections hold, to notice it deleted or replaced.
+            # Race: a rename over the path during this open. Taken once the writer
+            # has written or read the file, and compared once the reader is open:
+            # a change in between is refused. (One before the writer's own open
+            # is not seen: Python's sqlite3 does not expose the file it holds.)
+            # None: no file (":memory:", ""), nothing to check.
+            self._identity = self._file_identity()
             self._reader = self._connect(timeout=busy_timeout)
+            if self._identity != self._file_identity():
+                self._reader.close()
+                raise FlagError(f"flag store {self._shown} was replaced while opening")
         except BaseException:
             self._conn.close()
             raise
@@ -276,6 +318,8 @@ class SQLiteFlagStore(FlagStore):
                 # wait for readers, so let SQLite's busy handler cover the whole write.
                 self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             self._conn.execute("PRAGMA synchronous=FULL")
+            if mode == "wal" and self._has_schema():
+                return  # nothing to write: no wait for a write lock another process holds
             self._begin()
             try:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -297,6 +341,53 @@ class SQLiteFlagStore(FlagStore):
             except BaseException:
                 self._rollback()
                 raise
+
+    def _has_schema(self) -> bool:
+        """True if the file holds every table and index of this schema version (a read:
+        in WAL mode it never waits for a writer)."""
+        wanted = {
+            statement.split("EXISTS", 1)[1].split()[0]
+            for statement in _SCHEMA.split(";")
+            if "EXISTS" in statement
+        }
+        names = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master")}
+        if not wanted <= names:
+            return False
+        row = self._conn.execute(
+            "SELECT value FROM foundation_meta WHERE key = 'schema'"
+        ).fetchone()
+        return row is not None and row[0] == SCHEMA_VERSION
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file at ``path`` now; None if there is none."""
+        try:
+            st = os.stat(self._abs_path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_file(self) -> None:
+        """Refuse to write into a file that was deleted or replaced under us (no other
+        process would ever see the write): FlagError, nothing written."""
+        if self._identity is not None and self._file_identity() != self._identity:
+            self._log_moved()
+            raise FlagError(
+                f"flag store {self._shown} was deleted or replaced while in use; nothing "
+                "was written (reopen the store, for example restart the process)"
+            )
+
+    def _log_moved(self) -> None:
+        # Race: a writer and the watcher noticing at once; the read lock makes the
+        # check-and-set one step, so the ERROR is logged once.
+        with self._read_lock:
+            first, self._moved_logged = not self._moved_logged, True
+        if first:
+            log.error(
+                "flag store %s was deleted or replaced while in use: this process holds the "
+                "old file, which no other process sees; writes are refused and reads are "
+                "stale until the store is reopened (restart the process)",
+                self._shown,
+            )
 
     def _switch_to_wal(self) -> str:
         """The journal mode after asking for WAL (retried while busy, until ``busy_timeout``)."""
@@ -346,23 +437,28 @@ class SQLiteFlagStore(FlagStore):
         time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
     @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
+    def _errors(self, doing: str, *, write: bool = False) -> Iterator[None]:
         import sqlite3
 
         try:
             yield
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
-                raise BackendUnavailable(
+        except sqlite3.Error as exc:
+            error: FoundationError
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                error = BackendUnavailable(
                     f"flag store {self._shown} stayed locked by another connection for "
                     f"more than busy_timeout={self.busy_timeout}s while {doing}"
-                ) from exc
-            raise FlagError(f"flag store {self._shown} failed while {doing}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise FlagError(
-                f"{self._shown} is not a usable flag store (corrupt or not SQLite?) "
-                f"while {doing}: {exc}"
-            ) from exc
+                )
+            elif isinstance(exc, sqlite3.OperationalError):
+                error = FlagError(f"flag store {self._shown} failed while {doing}: {_explain(exc)}")
+            else:
+                error = FlagError(
+                    f"{self._shown} is not a usable flag store (corrupt or not SQLite?) "
+                    f"while {doing}: {_explain(exc)}"
+                )
+            if write:  # the caller gets the error; the operator a line in the log
+                log.warning("%s; nothing was written", error)
+            raise error from exc
 
     def _rollback(self) -> None:
         import sqlite3
@@ -389,8 +485,9 @@ class SQLiteFlagStore(FlagStore):
         return dict(states)
 
     def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
-        with self._lock, self._errors("writing"):
+        with self._lock, self._errors("writing", write=True):
             self._check_open()
+            self._check_file()
             # IMMEDIATE takes the write lock now, so reads inside fn cannot go
             # stale before COMMIT: other processes' writers wait for us.
             self._begin()
@@ -463,8 +560,9 @@ class SQLiteFlagStore(FlagStore):
         (every process that starts records its declarations: most find them recorded)."""
         if not entries or self._read_table(table, column, doing).items() >= entries.items():
             return
-        with self._lock, self._errors(doing):
+        with self._lock, self._errors(doing, write=True):
             self._check_open()
+            self._check_file()
             self._begin()
             try:
                 self._conn.executemany(
@@ -530,17 +628,22 @@ class SQLiteFlagStore(FlagStore):
         """Poll ``data_version``; hand other connections' new history rows to callbacks."""
         import sqlite3
 
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        conn: sqlite3.Connection | None = None
         try:
             while not self._stop.wait(self._interval()):
                 try:
+                    if conn is None:  # opened in the loop: a failure to open is retried too
+                        conn = sqlite3.connect(
+                            self.path, timeout=self.busy_timeout, isolation_level=None
+                        )
                     self._poll(conn)
                 except BaseException as exc:  # the watcher outlives anything: report, go on
                     report_callback_error(exc, self, "SQLite flag store watcher")
                     if isinstance(exc, Exception):  # our own defect: pause, never spin hot
                         self._stop.wait(0.1)
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def _interval(self) -> float:
         """Fast while changes flow (a kill switch follows a burst), ``poll_interval`` when idle."""
@@ -554,6 +657,8 @@ class SQLiteFlagStore(FlagStore):
 
         if self._catch_up:
             self._deliver_catch_up()
+        if self._identity is not None and self._file_identity() != self._identity:
+            self._log_moved()  # once; the old file is still followed (this process' writes)
         try:
             current = conn.execute("PRAGMA data_version").fetchone()[0]
             if current == self._version:
@@ -568,8 +673,18 @@ class SQLiteFlagStore(FlagStore):
                 "SELECT id, origin, record FROM flag_history WHERE id > ? ORDER BY id",
                 (self._last_id,),
             ).fetchall()
-        except sqlite3.Error:
+            if self._watch_failing:
+                self._watch_failing = False
+                log.info("flag store %s: the watcher reads the file again", self._shown)
+        except sqlite3.Error as exc:
             self._version = None  # transient (for example a file being replaced): retry
+            if not self._watch_failing:  # once per episode, not once per poll
+                self._watch_failing = True
+                log.warning(
+                    "flag store %s: the watcher cannot read the file (%s); other processes' "
+                    "changes are not followed until it can (retrying)",
+                    self._shown, _explain(exc),
+                )  # fmt: skip
             return
         if not rows:
             return
