@@ -75,6 +75,7 @@ from foundation.liveness import MonitorManager
 from foundation.registry import Registry
 from foundation.supervision import ChildContext, ChildSpec, Supervisor, SupervisorThread
 from foundation.supervision._runner import SignalHandlers
+from foundation.supervision._runs import in_thread_child_of
 from foundation.supervision._spec import _check_specs
 
 if TYPE_CHECKING:
@@ -290,16 +291,35 @@ class Application:
         self._report_started()
 
     def stop(self) -> None:
-        """Stop every service in reverse order (idempotent)."""
+        """Stop every service in reverse order (idempotent).
+
+        Called from one of the tree's own thread children (a worker), it
+        starts the stop in a thread of its own and returns at once: the stop
+        waits for that worker to return, so it cannot wait for the stop. The
+        outcome is reported on the ``foundation.application`` logger as usual.
+        """
         if self._thread is not None:
             thread, self._thread = self._thread, None
-            self._report_stopping()
-            try:
-                thread.stop()
-            except BaseException as exc:
-                self._report_stop_failed(exc)
+            if in_thread_child_of(thread.loop):
+                threading.Thread(
+                    target=self._stop_reported,
+                    args=(thread, False),
+                    name=f"{self.name}-app:stop",
+                    daemon=True,
+                ).start()
+                return
+            self._stop_reported(thread, True)
+
+    def _stop_reported(self, thread: SupervisorThread, reraise: bool) -> None:
+        self._report_stopping()
+        try:
+            thread.stop()
+        except BaseException as exc:
+            self._report_stop_failed(exc)
+            if reraise:
                 raise
-            self._report_stopped()
+            return
+        self._report_stopped()
 
     # ------------------------------------------------------------------ reports
 

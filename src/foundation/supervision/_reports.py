@@ -15,7 +15,8 @@ logger                                    level    events
 ``foundation.supervision.progress``       INFO     a child started or restarted, exited
                                                    normally or was shut down, was ignored;
                                                    a supervisor started
-``foundation.supervision.supervisor``     WARNING  shutdown timeouts, kills, abandoned
+``foundation.supervision.supervisor``     WARNING  shutdown timeouts, late stops (a
+                                                   blocked loop), kills, abandoned
                                                    threads, automatic shutdown;
                                           ERROR    restart intensity exceeded, a supervisor
                                                    stopped abnormally (INFO when normal)
@@ -76,6 +77,7 @@ __all__ = [
     "child_killed",
     "child_started",
     "intensity_exceeded",
+    "shutdown_late",
     "shutdown_timeout",
     "start_failed",
     "supervisor_started",
@@ -418,6 +420,49 @@ def shutdown_timeout(
         "Child %s of supervisor %s (%s) did not stop within its shutdown timeout of %gs; "
         "action: %s",
         (child, supervisor, kind, timeout, action),
+        fields=fields,
+    )
+
+
+def shutdown_late(supervisor: str, child: str, kind: str, *, timeout: float, took: float) -> None:
+    """Supervisor report (WARNING): ``child`` stopped, but ``took`` seconds after
+    it was asked to, past its shutdown ``timeout``: it blocked the event loop
+    (a blocking call in a coroutine), so the timeout could not fire in time.
+    Extra fields: ``timeout``, ``took``; ``reason`` is ``"shutdown_late"``.
+
+    Example:
+        >>> import logging
+        >>> log = logging.getLogger("foundation.supervision.supervisor")
+        >>> records = []
+        >>> class Keep(logging.Handler):
+        ...     def emit(self, record):
+        ...         records.append(record)
+        >>> keep = Keep()
+        >>> log.addHandler(keep)
+        >>> shutdown_late("app", "t", "task", timeout=0.5, took=3.0)
+        >>> log.removeHandler(keep)
+        >>> records[0].levelname, records[0].getMessage()  # doctest: +NORMALIZE_WHITESPACE
+        ('WARNING', 'Child t of supervisor app (task) stopped 3s after it was asked to, past
+          its shutdown timeout of 0.5s: it blocked the event loop (a blocking call in a
+          coroutine?)')
+    """
+    if not supervisor_log.isEnabledFor(logging.WARNING):
+        return
+    fields = {
+        "supervisor": supervisor,
+        "child": child,
+        "kind": kind,
+        "reason": "shutdown_late",
+        "timeout": timeout,
+        "took": took,
+    }
+    _emit(
+        supervisor_log,
+        logging.WARNING,
+        "shutdown_late",
+        "Child %s of supervisor %s (%s) stopped %.3gs after it was asked to, past its "
+        "shutdown timeout of %gs: it blocked the event loop (a blocking call in a coroutine?)",
+        (child, supervisor, kind, took, timeout),
         fields=fields,
     )
 

@@ -13,12 +13,12 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from foundation.errors import ShutdownError, SupervisorError
-from foundation.supervision._runs import force_tree
+from foundation.supervision._runs import abandon_tasks, force_tree
 from foundation.supervision._spec import _check_number
 from foundation.supervision._supervisor import Supervisor
 
@@ -35,6 +35,10 @@ DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: Seconds a forced stop waits for the killed children's exits to be seen
 #: (so they are reaped and the tree's state is final) before returning.
 FORCE_GRACE = 1.0
+#: Seconds given at the end to the tasks still on the loop (a task child that
+#: swallowed its cancellation and was abandoned) once they are cancelled again.
+#: ``asyncio.run`` waits for them without a bound: one such task hung the exit.
+LOOP_CLOSE_GRACE = 1.0
 
 
 class SignalHandlers:
@@ -44,7 +48,11 @@ class SignalHandlers:
     when one is given, else in the main thread between bytecodes (through
     ``signal.signal``). Either way the main thread must create it. ``close()``
     (or leaving the ``with`` block) puts back exactly the handlers that were
-    there before (``SIG_DFL`` for one not installed from Python).
+    there before (``SIG_DFL`` for one not installed from Python). With a loop
+    and ``restore_after=n``, the n-th arrival puts the previous handlers back
+    at once, in the signal handler itself (the main thread), so the next one
+    meets them even while the loop is blocked; ``callback`` still gets every
+    arrival the loop saw, whenever it runs again.
 
     Example:
         >>> import os, signal
@@ -61,23 +69,44 @@ class SignalHandlers:
         callback: Callable[[int], None],
         *,
         loop: asyncio.AbstractEventLoop | None = None,
+        restore_after: int | None = None,
     ) -> None:
         self._loop = loop
         self._previous: dict[int, Any] = {}
+        self._arrivals = 0
 
         def handler(signum: int, _frame: FrameType | None) -> None:
             callback(signum)
+
+        def counter(_signum: int, _frame: FrameType | None) -> None:
+            # Runs in the main thread between bytecodes, even while a child
+            # blocks the loop (time.sleep in a coroutine): the loop learns of
+            # the signal through its wakeup fd, whenever it runs again. Only
+            # signal.signal here: no lock, no logging (it may interrupt either).
+            self._arrivals += 1
+            if restore_after is not None and self._arrivals >= restore_after:
+                self._restore_previous()
 
         try:
             for signum in signals:
                 self._previous[signum] = signal.getsignal(signum)
                 if loop is not None:
                     loop.add_signal_handler(signum, callback, signum)
+                    if restore_after is not None:
+                        # The C-level handler still writes the loop's wakeup fd;
+                        # this Python-level one replaces asyncio's no-op.
+                        signal.signal(signum, counter)
                 else:
                     signal.signal(signum, handler)
         except BaseException:  # a failed install leaves nothing of ours behind
             self.close()
             raise
+
+    def _restore_previous(self) -> None:
+        """Put back the previous Python-level handlers (from a signal handler:
+        the loop's own registrations are left for ``close()``)."""
+        for signum, old in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if old is None else old)
 
     def close(self) -> None:
         """Restore the previous handlers (idempotent)."""
@@ -110,7 +139,7 @@ def run(
     """Run a supervision tree as the program: start it, stop it on a signal.
 
     Starts ``supervisor`` (or the one a zero-argument factory returns, built on
-    the new loop) on a new event loop (``asyncio.run``) with handlers for
+    the new loop) on a new event loop with handlers for
     ``signals`` installed first, so a signal during the start is handled too
     (the start is cancelled and rolled back). Then it waits:
 
@@ -120,7 +149,13 @@ def run(
       process children are SIGKILLed and tasks cancelled at once, throughout
       the tree; threads, which cannot be killed, are asked to stop and left
       running as daemon threads. A third signal meets the previous handlers
-      (by default: SIGTERM kills the process, SIGINT raises KeyboardInterrupt).
+      (by default: SIGTERM kills the process, SIGINT raises KeyboardInterrupt),
+      even while a child blocks the event loop (then the first two cannot be
+      acted on until it lets go: the third is the way out).
+
+    At the end, tasks still on the loop (a task child that swallowed its
+    cancellation and was abandoned) are cancelled again and given
+    ``LOOP_CLOSE_GRACE`` seconds; then the loop is closed without them.
 
     The previous handlers are restored before it returns. ``on_started(sup)``
     runs once the tree is up (announce readiness there). Log records go to
@@ -177,7 +212,47 @@ def run(
         _check_number("stop_timeout", stop_timeout)  # a str, or past the float range
         if not stop_timeout >= 0:
             raise ValueError(f"stop_timeout must be >= 0 or None, not {stop_timeout!r}")
-    return asyncio.run(_main(supervisor, stop_timeout, chosen, on_started))
+    return _run_loop(_main(supervisor, stop_timeout, chosen, on_started))
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)``, except that the tasks left over at the end get a
+    bounded grace: ``asyncio.run`` waits for them for ever, and a task child
+    that swallows its cancellation would hang the program's exit."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_leftovers(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            # Bounded too: a job stuck in the default executor must not hang the exit.
+            closing = loop.create_task(loop.shutdown_default_executor())
+            loop.run_until_complete(asyncio.wait({closing}, timeout=LOOP_CLOSE_GRACE))
+            if not closing.done():
+                closing.cancel()
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks still on ``loop``; wait ``LOOP_CLOSE_GRACE`` at most."""
+    import asyncio
+
+    leftover = asyncio.all_tasks(loop)
+    if not leftover:
+        return
+    for task in leftover:
+        task.cancel()
+    loop.run_until_complete(asyncio.wait(leftover, timeout=LOOP_CLOSE_GRACE))
+    abandon_tasks(leftover, logger)
+    for task in leftover:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: their outcome was reported by the tree
 
 
 async def _main(
@@ -192,7 +267,12 @@ async def _main(
     if not isinstance(sup, Supervisor):
         raise TypeError(f"run() needs a Supervisor or a factory of one, got {sup!r}")
     arrivals: asyncio.Queue[int] = asyncio.Queue()
-    with SignalHandlers(signals, arrivals.put_nowait, loop=asyncio.get_running_loop()) as ours:
+    # restore_after=2: the second signal puts the previous handlers back at
+    # once, in the signal handler, so that a third one meets them even while
+    # a child blocks the loop (which then cannot act on the first two).
+    with SignalHandlers(
+        signals, arrivals.put_nowait, loop=asyncio.get_running_loop(), restore_after=2
+    ) as ours:
         return await _drive(sup, arrivals, stop_timeout, on_started, ours.close)
 
 

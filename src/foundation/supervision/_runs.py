@@ -20,7 +20,13 @@ in its entry point. Caveats:
   ``prctl``, ``getppid`` and ``kill`` (no import, no lock, no logging), and
   glibc's fork handlers reset malloc's locks, so it cannot deadlock on a lock
   another thread held at fork time. It does rule out the ``vfork`` fast path.
-- Grandchildren (a shell's children) are not covered: only the direct child.
+- Grandchildren (a shell's children) are not covered by the parent-death
+  signal: only the direct child. An argv child leading its own process group
+  (the default, below) is stopped as a group instead: SIGTERM and SIGKILL go
+  to the whole group, and whatever is left in it when the child ends is
+  SIGKILLed (where pidfd is available: before the child is reaped, so the
+  group id cannot have been reused). A grandchild that left the group
+  (``setsid``, a daemon's double fork) is not followed.
 - Each OS-process child is put in a process group of its own, so a terminal's
   Ctrl-C (sent to the whole foreground group) reaches the supervisor alone,
   which then stops the children in order. An argv child that must read the
@@ -32,11 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import signal as signal_module
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from foundation.errors import ShutdownError
@@ -132,6 +139,17 @@ def _process_group_entry(parent: int, entry: tuple[Any, ...]) -> None:
     _process_entry(*entry)
 
 
+# Which supervision loop the current thread is a thread child of (set in the
+# child's own thread): a stop() called from there must not wait for itself.
+_thread_child = threading.local()
+
+
+def in_thread_child_of(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when called from the body of a thread child supervised on ``loop``
+    (at any depth of the tree: nested supervisors share their parent's loop)."""
+    return getattr(_thread_child, "loop", None) is loop
+
+
 class Run:
     """Base class of a child run."""
 
@@ -210,6 +228,8 @@ class TaskRun(Run):
     handle: asyncio.Task[Any]
 
     async def launch(self) -> None:
+        import asyncio
+
         spec = self.spec
         self.ctx = ChildContext(
             spec.id, self.supervisor, self.attempt, _loop_signal(self.loop, self.ready)
@@ -217,12 +237,32 @@ class TaskRun(Run):
         if not spec.explicit_ready:
             self.ready.set_result(None)
         coro = spec.start(self.ctx, *spec.args, **spec.kwargs)  # type: ignore[operator]
-        self.handle = self.loop.create_task(coro, name=self.name)
+        if not asyncio.iscoroutine(coro):  # as create_task(coro) refused it: a failed start
+            raise TypeError(f"a coroutine was expected, got {coro!r}")
+        self._escaped: BaseException | None = None
+        self.handle = self.loop.create_task(self._contained(coro), name=self.name)
         self.handle.add_done_callback(self._done)
+
+    async def _contained(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run the child's coroutine; keep its ``KeyboardInterrupt``/``SystemExit`` in.
+
+        asyncio re-raises those two out of the event loop (``Task.__step``):
+        under ``run()`` or ``asyncio.run`` a child calling ``sys.exit()`` (or
+        raising ``KeyboardInterrupt``) ended the whole program, the rest of
+        the tree unstopped and the exit status the child's (0 for
+        ``SystemExit()``). Here it is that child's exit, as any exception.
+        """
+        try:
+            return await coro
+        except (KeyboardInterrupt, SystemExit) as exc:
+            self._escaped = exc
+            return None
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             self._exit(ChildExit("cancelled"))
+        elif self._escaped is not None:
+            self._exit(ChildExit("exception", exception=self._escaped))
         elif (exc := task.exception()) is not None:
             self._exit(ChildExit("exception", exception=exc))
         else:
@@ -232,13 +272,23 @@ class TaskRun(Run):
         import asyncio
 
         self.ctx.stopping.set()
+        began = self.loop.time()
         self.handle.cancel()
         if timeout == 0:  # brutal_kill: the cancellation, delivered, is all it gets
             for _ in range(3):  # the task's step, its done callback, _done's result
                 await asyncio.sleep(0)
             if self.exited.done():
                 return ChildExit("shutdown")
-        elif await self._wait_exit(timeout):
+        # Race: a child that blocks the loop (time.sleep in its cleanup) past
+        # its timeout ends in the loop turn its timer fires in; which of the
+        # two asyncio.wait sees first is chance. Its task is done either way:
+        # it stopped (late, reported below), it was not abandoned.
+        elif await self._wait_exit(timeout) or self.handle.done():
+            took = self.loop.time() - began
+            if timeout is not None and took > timeout:
+                reports.shutdown_late(
+                    self.supervisor, self.spec.id, "task", timeout=timeout, took=took
+                )
             return ChildExit("shutdown")
         # A task that swallows its cancellation cannot be stopped by force.
         reports.shutdown_timeout(
@@ -276,6 +326,7 @@ class ThreadRun(Run):
         import asyncio
 
         spec = self.spec
+        _thread_child.loop = self.loop
         try:
             result = spec.start(self.ctx, *spec.args, **spec.kwargs)  # type: ignore[operator]
             if asyncio.iscoroutine(result):
@@ -361,6 +412,10 @@ class PopenRun(_ProcessRun):
         kwargs["preexec_fn"] = functools.partial(_preexec, os.getpid(), kwargs.get("preexec_fn"))
         if "process_group" not in kwargs and not kwargs.get("start_new_session"):
             kwargs["process_group"] = 0  # out of the terminal's group: Ctrl-C reaches us only
+        # A group led by the child (pgid == its pid) is its own: stop and
+        # sweep it whole, so that its children (a shell's, a forked worker's)
+        # do not outlive it. A group it merely joined is left alone.
+        own_group = kwargs.get("process_group") == 0 or bool(kwargs.get("start_new_session"))
         try:
             self.handle = subprocess.Popen(argv, **kwargs)
         except BaseException:
@@ -369,6 +424,7 @@ class PopenRun(_ProcessRun):
         finally:
             if write_fd is not None:
                 os.close(write_fd)  # only the child holds it now: EOF once it exits
+        self._group: int | None = self.handle.pid if own_group else None
         if self._ready_fd is not None:
             os.set_blocking(self._ready_fd, False)
             self.loop.add_reader(self._ready_fd, self._on_ready_fd)
@@ -425,6 +481,10 @@ class PopenRun(_ProcessRun):
             return
         self.loop.remove_reader(fd)
         os.close(fd)
+        # Race: the pid (and so the group id) is reused only once the child is
+        # reaped and its group is empty; swept here, before the wait reaps it,
+        # the group is still the child's own, whoever else is left in it.
+        self._signal_group(signal_module.SIGKILL)
         self.handle.wait()  # readable pidfd: the process has ended, this does not block
         self._finish()
 
@@ -435,11 +495,22 @@ class PopenRun(_ProcessRun):
                 stream.close()
         self._exit(self._exit_of(self.handle.returncode))
 
+    def _signal_group(self, signum: int) -> bool:
+        """Send ``signum`` to the child's own process group while the child is
+        unreaped (its pid cannot be reused yet); False when there is none."""
+        if self._group is None or self.handle.returncode is not None:
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._group, signum)
+        return True
+
     def _terminate(self) -> None:
-        self.handle.terminate()
+        if not self._signal_group(signal_module.SIGTERM):
+            self.handle.terminate()
 
     def _kill(self) -> None:
-        self.handle.kill()
+        if not self._signal_group(signal_module.SIGKILL):
+            self.handle.kill()
 
 
 class MultiprocessingRun(_ProcessRun):
@@ -585,6 +656,32 @@ def force_tree(sup: Supervisor) -> list[str]:
         if run is not None:
             killed.extend(run.force())
     return killed
+
+
+def abandon_tasks(tasks: Iterable[asyncio.Task[Any]], log: logging.Logger) -> list[str]:
+    """At loop close: report the ``tasks`` still pending (they ignored their
+    cancellation) in one WARNING, and returns their names.
+
+    asyncio's own "Task was destroyed but it is pending!" ERROR, logged when
+    the closed loop's task is collected, is turned off for them: it would
+    report as a defect what the supervisor already reported as an abandoned
+    task, and this record says what happened.
+    """
+    stuck = [task for task in tasks if not task.done()]
+    names = sorted(task.get_name() for task in stuck)
+    if names:
+        log.warning(
+            "the event loop closes with %d task(s) still running (they ignore their "
+            "cancellation): %s; abandoned",
+            len(names),
+            ", ".join(names),
+            extra={"reason": "abandoned", "tasks": names},
+        )
+    for task in stuck:
+        # CPython's Task attribute behind the "destroyed but it is pending" log.
+        with contextlib.suppress(AttributeError):
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+    return names
 
 
 def make_run(spec: ChildSpec, supervisor: str, attempt: int) -> Run:

@@ -532,7 +532,7 @@ class Supervisor:
         if abandoned:
             raise ShutdownError(
                 f"supervisor {self._name!r} stopped, but could not stop {abandoned}: "
-                "abandoned (threads cannot be killed; they run on as daemon threads)"
+                f"abandoned ({_why_abandoned(self._children, abandoned)})"
             )
 
     async def wait(self) -> None:
@@ -939,7 +939,10 @@ class Supervisor:
             exit = run.exited.result()
             if isinstance(exit.exception, Exception):
                 raise exit.exception
-            raise RuntimeError(f"it ended before it was ready ({_describe(exit)})")
+            # Chained: the crash report then shows the child's own traceback.
+            raise RuntimeError(
+                f"it ended before it was ready ({_describe(exit)})"
+            ) from exit.exception
         if self._stop_requested.done():
             raise RuntimeError(f"supervisor {self._name!r} is stopping")
         raise TimeoutError(f"it was not ready within {run.spec.ready_timeout} s")
@@ -1690,6 +1693,19 @@ def _given_spec(
             metadata=spec.metadata if metadata is None else metadata,
         )
     return spec
+
+
+def _why_abandoned(children: Mapping[str, _Child], ids: list[str]) -> str:
+    """Why the children ``ids`` run on, by kind (the ShutdownError's explanation)."""
+    kinds = {children[id].spec.kind for id in ids if id in children}
+    why = []
+    if "thread" in kinds:
+        why.append("a thread cannot be killed: it runs on as a daemon thread")
+    if "task" in kinds:
+        why.append("a task that swallows its cancellation runs on, unsupervised")
+    if "supervisor" in kinds:
+        why.append("a nested supervisor could not stop a child of its own")
+    return "; ".join(why) or "it did not stop in time"
 
 
 def _ignored(run: Run) -> bool:

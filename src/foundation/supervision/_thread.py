@@ -10,7 +10,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from foundation._unraisable import report_unraisable
-from foundation.errors import Closed, SupervisorError
+from foundation.errors import Closed, ShutdownError, SupervisorError
+from foundation.supervision._runs import abandon_tasks, in_thread_child_of
 from foundation.supervision._spec import ChildCounts, ChildInfo, ChildSpec
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class SupervisorThread:
         self._loop = asyncio.new_event_loop()
         self._closed = False
         self._lock = threading.Lock()
+        self._stopper: threading.Thread | None = None  # stop() asked by a thread child
         self._thread = threading.Thread(
             target=self._serve, name=name or f"supervisor:{supervisor.name}", daemon=True
         )
@@ -126,6 +128,7 @@ class SupervisorThread:
                     task.cancel()
                 if leftover:
                     loop.run_until_complete(asyncio.wait(leftover, timeout=_LOOP_CLOSE_GRACE))
+                    abandon_tasks(leftover, _log)
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
             finally:
@@ -192,6 +195,13 @@ class SupervisorThread:
     def stop(self) -> None:
         """Stop the supervisor (children in reverse order), then the loop; idempotent.
 
+        Called from one of this tree's own thread children, it starts the stop
+        in a thread of its own (``"<thread name>:stop"``) and returns at once:
+        the stop waits for that child to return, so waiting here would wait
+        for itself until the child's ``shutdown_timeout`` (for ever with
+        ``None``) and then report it abandoned. Its ``ShutdownError``, if any,
+        is then logged (``foundation.supervision``, WARNING).
+
         Raises:
             ShutdownError: as :meth:`Supervisor.stop` (the loop is closed anyway).
         """
@@ -199,10 +209,33 @@ class SupervisorThread:
             return
         if threading.current_thread() is self._thread:
             raise self._own_loop_error()
+        if in_thread_child_of(self._loop):
+            self._stop_in_background()
+            return
         try:
             self._call(self.supervisor.stop())
         finally:
             self._close_loop()
+
+    def _stop_in_background(self) -> None:
+        """stop() from a thread child: run it in a new thread; return now."""
+        with self._lock:
+            # Race: two children may ask at once, or one twice: one stopper.
+            if self._stopper is not None:
+                return
+            self._stopper = threading.Thread(
+                target=self._stop_and_report, name=f"{self._thread.name}:stop", daemon=True
+            )
+        self._stopper.start()
+
+    def _stop_and_report(self) -> None:
+        try:
+            self.stop()
+        except ShutdownError as exc:
+            _log.warning("%s (stop requested by a child of its own)", exc)
+        except BaseException as exc:  # this thread reports whatever the stop raised
+            where = f"the stop of supervisor {self.supervisor.name!r} requested by its child"
+            report_unraisable(exc, where, self.supervisor, area="supervision")
 
     def close(self) -> None:
         """The same as :meth:`stop` (the name every closeable has); idempotent."""
