@@ -151,3 +151,47 @@ def test_an_abandoned_thread_is_unregistered(registry: MemoryRegistry) -> None:
         thread.join(5)
 
     scenario()
+
+
+class _LostReply(MemoryRegistry):
+    """A registry whose first register lands and then reports the backend
+    unavailable, as a write whose reply was lost (a timeout after sending)."""
+
+    lost = 0
+
+    def register(self, *args: Any, **kwargs: Any) -> None:
+        super().register(*args, **kwargs)
+        if not self.lost:
+            self.lost += 1
+            from foundation.errors import BackendUnavailable
+
+            raise BackendUnavailable("the reply was lost")
+
+
+def test_a_retry_finding_its_own_earlier_write_changes_nothing() -> None:
+    """The registrar's retry meets AlreadyRegistered held by this very run: done,
+    with no replace (no false 'unregistered'/'registered' pair for one agent)."""
+
+    @run
+    async def scenario() -> None:
+        with _LostReply() as registry:
+            events: list[tuple[str, str | None]] = []
+            registry.subscribe(lambda e: events.append((e.kind, e.reason)))
+            crew = Crew()
+            restored = asyncio.Event()
+            detach = telemetry.attach(
+                "foundation.supervision.registration_restored",
+                lambda name, data: restored.set(),
+            )
+            try:
+                async with Supervisor([crew.spec("w")], registry=registry) as sup:
+                    await asyncio.wait_for(restored.wait(), 30)
+                    (child,) = sup.which_children()
+                    entry = registry.lookup("w")
+                    assert entry is not None
+                    assert entry.agent is child.handle
+                    assert events == [("registered", None)]
+            finally:
+                detach()
+
+    scenario()

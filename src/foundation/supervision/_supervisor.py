@@ -973,11 +973,15 @@ class Supervisor:
                 registry.register(key, agent, metadata)
             except AlreadyRegistered as exc:
                 holder = exc.entry.agent if exc.entry is not None else None
+                if holder is agent:
+                    return  # a retry: this very run's earlier attempt landed after all
                 if holder is None or not any(holder is mine for mine in own):
                     raise
-                # Race: the holder may change between these two calls; the
-                # window is one registry call, and a newcomer loses its key to
-                # the supervised child exactly as before this check existed.
+                # An earlier run of this child still holds the key while alive
+                # (a thread that ignored its stop, say; a dead one is replaced
+                # by the plain register above). Race: the holder may change
+                # between these two calls; the window is one registry call, and
+                # a newcomer then loses its key to the supervised child.
                 registry.register(key, agent, metadata, replace=True)
 
         async def write() -> None:
