@@ -123,11 +123,11 @@ srv.oom_off()
     )
 
 
-def test_migration_emergency_during_an_outage_is_refused_and_records_nothing() -> None:
-    # As `flags disable`: the command would be gone before Redis returns, and the
-    # running service would not apply a rollback another process left in the copy.
-    # (Today it stops earlier, reading the plan, which the copy does not hold; the
-    # command also refuses to leave a rollback waiting, should the copy ever hold it.)
+def test_migration_status_reads_the_copy_and_emergency_is_refused_during_an_outage() -> None:
+    # The copy keeps the recorded plans: `migration status` answers from it. An
+    # emergency rollback is refused as `flags disable` is: the command would be
+    # gone before Redis returns, and the running service would not apply a
+    # rollback another process left in the copy.
     run_scenario(
         _COMMON
         + """
@@ -138,11 +138,17 @@ migration = Migration(flags, MigrationPlan.default())
 migration.advance(by="ana")
 srv.kill()
 wait_for(lambda: store.status().stale, "the service is stale")
+status = cli(srv.url, "migration", "status")
+no_thread_death(status)
+assert status.returncode == 0, status.stderr
+assert json.loads(status.stdout)["stage"] == 1, status.stdout
+assert "node copy" in status.stderr, status.stderr
 refused = cli(srv.url, "migration", "emergency", "error spike", "--by", "oncall")
 no_thread_death(refused)
 assert refused.returncode == 1, (refused.stdout, refused.stderr)
 error = refused.stderr.strip().splitlines()[-1]
 assert error.startswith("BackendUnavailable:"), refused.stderr
+assert "admin page" in error, error  # the kill-switch refusal, not a failed plan read
 assert store.status().pending == 0 and store.pending() == []  # nothing in the shared copy
 srv.start()
 wait_for(lambda: store.status().connected, "the service back in sync")

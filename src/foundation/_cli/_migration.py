@@ -80,6 +80,21 @@ def _stage_rows(st: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
+def _emergency(migration: Any, reason: str, by: str) -> None:
+    """``emergency_rollback``; during an outage, say where a rollback can be kept."""
+    from foundation.errors import BackendUnavailable
+
+    try:
+        migration.emergency_rollback(reason, by=by)
+    except BackendUnavailable as exc:
+        raise BackendUnavailable(
+            f"{str(exc).rstrip('.')}. The command line cannot keep an emergency rollback "
+            "until Redis returns: use the admin page of a running node (POST "
+            "/api/migration/emergency), which applies it there at once and commits it "
+            "when Redis returns"
+        ) from exc
+
+
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     from foundation.flags import Migration
 
@@ -94,7 +109,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         elif action == "rollback":
             migration.rollback_to(args.stage, by=by, reason=args.reason)
         elif action == "emergency":
-            migration.emergency_rollback(args.reason, by=by)
+            _emergency(migration, args.reason, by)
         data = status_data(migration)
         if action != "status":
             # For display only: the step just committed is the plan's last event

@@ -8,9 +8,10 @@ What it holds (one file per namespace and Redis URL, see ``default_cache_path``)
   Redis stream ids, so a restore puts back exactly what was there;
 - pending kill switches: ``disable`` / ``emergency_rollback`` made while Redis
   was unreachable, waiting to be committed (``PendingKillSwitch``);
-- the flag catalogue as last read from Redis (declared flags, ``FlagInfo`` JSON),
-  so a tool can list the flags from the copy during an outage. It is a read
-  cache only: never restored into Redis (applications record it again).
+- the flag catalogue and the migration plans as last read from Redis (declared
+  flags, ``FlagInfo`` JSON; plans, ``plan_to_json``), so a tool can list the
+  flags and show a migration from the copy during an outage. They are a read
+  cache only: never restored into Redis (applications record them again).
 
 Every method is one SQLite transaction under one lock, so a reader never sees
 half of an update. An unusable copy raises ``errors.FlagError``. ``path=None``
@@ -58,7 +59,10 @@ T = TypeVar("T")
 
 RETRY_FILE_AFTER = 30.0
 """Seconds a copy that fell back to memory waits before a write tries its file again."""
-_TABLES = ("meta", "states", "stages", "history", "migrations", "pending", "catalogue")
+_TABLES = (
+    "meta", "states", "stages", "history", "migrations", "pending", "catalogue", "plans"
+)  # fmt: skip
+_KEPT = {"catalogue": "info", "plans": "plan"}  # read caches of Redis hashes: their value column
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,6 +74,7 @@ CREATE TABLE IF NOT EXISTS migrations (
     ms INTEGER NOT NULL, seq INTEGER NOT NULL, fields TEXT NOT NULL, PRIMARY KEY (ms, seq));
 CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS catalogue (name TEXT PRIMARY KEY, info TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS plans (name TEXT PRIMARY KEY, plan TEXT NOT NULL);
 """
 
 Entry = tuple[str, dict[str, str]]
@@ -416,7 +421,15 @@ class NodeCache:
 
     def catalogue(self) -> dict[str, str]:
         """The flag catalogue as last kept (``set_catalogue``): name -> FlagInfo JSON."""
-        return {str(n): str(i) for n, i in self._read("SELECT name, info FROM catalogue")}
+        return self._kept("catalogue")
+
+    def plans(self) -> dict[str, str]:
+        """The migration plans as last kept (``set_plans``): name -> plan JSON."""
+        return self._kept("plans")
+
+    def _kept(self, table: str) -> dict[str, str]:
+        rows = self._read(f"SELECT name, {_KEPT[table]} FROM {table}")
+        return {str(name): str(value) for name, value in rows}
 
     def last_ids(self) -> tuple[str | None, str | None]:
         """The ids of the last cached history and migration entries (None: none)."""
@@ -460,10 +473,16 @@ class NodeCache:
 
     def set_catalogue(self, entries: dict[str, str]) -> None:
         """Replace the kept catalogue with ``entries`` (name -> FlagInfo JSON)."""
+        self._keep("catalogue", entries)
 
+    def set_plans(self, entries: dict[str, str]) -> None:
+        """Replace the kept migration plans with ``entries`` (name -> plan JSON)."""
+        self._keep("plans", entries)
+
+    def _keep(self, table: str, entries: dict[str, str]) -> None:
         def body(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM catalogue")
-            db.executemany("INSERT INTO catalogue VALUES (?, ?)", entries.items())
+            db.execute(f"DELETE FROM {table}")
+            db.executemany(f"INSERT INTO {table} VALUES (?, ?)", entries.items())
 
         self._write(body)
 

@@ -1409,36 +1409,48 @@ class RedisFlagStore(FlagStore):
 
     def catalogue(self) -> dict[str, FlagInfo]:
         """The declared flags (Redis; during an outage the copy's, if it kept one)."""
-        raw = self._catalogue_raw()
+        raw = self._hash_or_copy(self._k_catalogue, "reading the flag catalogue")
         return {name: FlagInfo.from_json(text) for name, text in raw.items()}
 
-    def _catalogue_raw(self) -> dict[str, str]:
-        """The catalogue hash from Redis (kept in the copy), else from the copy.
+    def _copy_of(
+        self, key: str
+    ) -> tuple[Callable[[], dict[str, str]], Callable[[dict[str, str]], None]]:
+        """How the copy reads and keeps the Redis hash ``key`` (catalogue or plans)."""
+        cache = self._cache
+        if key == self._k_catalogue:
+            return cache.catalogue, cache.set_catalogue
+        return cache.plans, cache.set_plans
+
+    def _hash_or_copy(self, key: str, doing: str) -> dict[str, str]:
+        """The hash ``key`` from Redis (kept in the copy), else from the copy: the
+        catalogue and the migration plans.
 
         ``BackendUnavailable`` when Redis cannot answer and the copy kept none.
         """
         self._check_open()
+        read_copy, _ = self._copy_of(key)
         try:
-            raw = self._read_hash(self._k_catalogue, "reading the flag catalogue")
+            raw = self._read_hash(key, doing)
         except BackendUnavailable:
-            kept = self._cache.catalogue()
+            kept = read_copy()
             if not kept:
                 raise
             return kept
         if self._synced.is_set():
-            self._keep_catalogue(raw)
+            self._keep(key, raw)
             return raw
         # Not following Redis yet (just constructed, or recovering): Redis may have
         # restarted empty and not be restored yet, so an empty answer is no answer.
-        return raw or self._cache.catalogue()
+        return raw or read_copy()
 
-    def _keep_catalogue(self, raw: dict[str, str]) -> None:
-        """Keep ``raw`` (the catalogue read from Redis) in the copy; best effort."""
+    def _keep(self, key: str, raw: dict[str, str]) -> None:
+        """Keep ``raw`` (the hash ``key`` read from Redis) in the copy; best effort."""
+        read_copy, keep = self._copy_of(key)
         try:
-            if self._cache.catalogue() != raw:
-                self._cache.set_catalogue(raw)
+            if read_copy() != raw:
+                keep(raw)
         except FlagError as exc:  # an unusable copy: the read itself succeeded
-            log.debug("flag store %r: catalogue not kept in the copy: %s", self.namespace, exc)
+            log.debug("flag store %r: %s not kept in the copy: %s", self.namespace, key, exc)
 
     def record_plan(self, name: str, plan: MigrationPlan) -> None:
         self._check_open()
@@ -1446,7 +1458,8 @@ class RedisFlagStore(FlagStore):
         self._record(self._k_plans, {name: plan_to_json(plan)}, "recording a migration plan")
 
     def plans(self) -> dict[str, MigrationPlan]:
-        raw = self._read_hash(self._k_plans, "reading migration plans")
+        """The recorded plans (Redis; during an outage the copy's, if it kept them)."""
+        raw = self._hash_or_copy(self._k_plans, "reading migration plans")
         return {name: plan_from_json(text) for name, text in raw.items()}
 
     def _has_data(self) -> bool:
@@ -1487,8 +1500,8 @@ class RedisFlagStore(FlagStore):
             with self._translated(doing):
                 self._ensure_clients().hset(key, mapping=entries)
             current.update(entries)
-        if key == self._k_catalogue:
-            self._keep_catalogue(current)
+        if key in (self._k_catalogue, self._k_plans):
+            self._keep(key, current)
 
     def _record_again(self) -> None:
         """Record what this store recorded before (part of a resync); a failure only logs."""
