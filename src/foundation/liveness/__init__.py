@@ -25,7 +25,10 @@ first use (:func:`default_manager`); its threads are daemons.
 Costs: monitoring a ``spawn_thread`` thread or a ``concurrent.futures.Future``
 adds one small object to a dict (the per-agent watch is created once); an
 asyncio future gets one done-callback while it has monitors; an OS process one
-pidfd while it has monitors. ``demonitor()`` removes them again.
+pidfd while it has monitors. ``demonitor()`` removes them again. A manager
+holds an asyncio future only weakly: one garbage-collected while still pending
+can never complete, so its monitors are released without being called (as
+``close()`` releases them), rather than kept for ever.
 
 Example:
     >>> import threading

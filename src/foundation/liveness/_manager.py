@@ -123,8 +123,32 @@ def _thread_down(thread: threading.Thread) -> Down | None:
     return NORMAL if exc is None else Down("exception", exception=exc)
 
 
+def _release_unfired(monitors: dict[Monitor, OnDown]) -> None:
+    """A watched asyncio future was collected while pending: it can never complete.
+
+    Its monitors would never fire, yet their managers' tables would keep them
+    (and the watch) for ever: a leak per abandoned future. Release them
+    without calling them, as ``close()`` does (this runs inside a garbage
+    collection, where no callback may run). Race: a concurrent demonitor or
+    close pops the same entries; the pop decides.
+    """
+    while monitors:
+        try:
+            mon, _ = monitors.popitem()
+        except KeyError:
+            break
+        mon._manager._monitors.pop(mon, None)
+
+
 class _FutureWatch(Watch):
-    """Shared watch of a concurrent.futures.Future: one done-callback, ever."""
+    """Shared watch of a concurrent.futures.Future: one done-callback, ever.
+
+    It holds the future strongly, as managed watches hold threads and
+    processes: a monitor of a pending future that nothing else references
+    keeps it (and itself) until ``demonitor()`` or ``close()``. (Holding it
+    weakly would free such a future, but costs a GC-tracked weak reference
+    per watched future on the registries' register path.)
+    """
 
     __slots__ = ()
 
@@ -185,7 +209,9 @@ def _loop_context(loop: asyncio.AbstractEventLoop) -> contextvars.Context | None
 def _aio_collected(ref: _AioRef) -> None:
     # Runs while the future is being freed, so no other object can have its
     # id yet: the entry at this key can only be this future's watch.
-    ref.manager._aio.pop(ref.key, None)
+    watch = ref.manager._aio.pop(ref.key, None)
+    if watch is not None:  # still pending when collected: release its monitors
+        _release_unfired(watch.monitors)
 
 
 class _AsyncioWatch(Watch):
@@ -294,7 +320,9 @@ class MonitorManager:
     need. A pidfd is open only while at least one monitor watches that
     process. An asyncio future gets one done-callback from this manager on
     its first monitor, kept while the future lives (monitors come and go
-    without touching the loop) and removed by ``close()``. ``close()``
+    without touching the loop) and removed by ``close()``; the future is held
+    weakly, and one collected while still pending (it can never complete) has
+    its monitors released without being called. ``close()``
     releases every monitor without calling it, stops and joins the threads
     and closes every fd; every public call then raises ``errors.Closed``
     (``monitor()``, ``active_count()``, ``stats()``), except ``closed``,

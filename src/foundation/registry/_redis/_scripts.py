@@ -347,6 +347,10 @@ local function heal(now, grace)
   local all = redis.call('ZRANGE', P .. ':leases', 0, -1, 'WITHSCORES')
   -- First write of the script: on an unhealthy server it fails here, cleanly.
   redis.call('SET', P .. ':lastbeat', now)
+  -- No lease at all: every node left (cleanly, or reaped), so nothing was
+  -- stranded by an outage and nothing is reported (a node starting in a
+  -- namespace its predecessors closed is no global outage).
+  if #all == 0 then return 0 end
   for i = 1, #all, 2 do
     redis.call('ZADD', P .. ':leases', tonumber(all[i + 1]) + gap, all[i])
   end
