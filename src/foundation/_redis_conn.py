@@ -7,7 +7,11 @@ What every Redis-backed class shares, so both answer a fault identically:
 - :func:`check_url` / :func:`redact_url`: URL validation (``InvalidConfig``)
   and the form used in messages and logs (password replaced by ``***``).
 - :func:`connect`: a client with bounded timeouts and no hidden retries,
-  validated by ``PING`` (which also ``SELECT``\\ s the database).
+  validated by ``PING`` (which also ``SELECT``\\ s the database). A
+  ``redis+sentinel://`` URL gives a client of the master Redis Sentinel names
+  for a service (see :func:`check_url` and ``foundation._redis_sentinel``):
+  every new connection asks the Sentinels for the master's address, so after
+  a failover the next attempt reaches the new master.
 - :func:`translate_error` / :func:`translated`: every redis-py failure becomes
   ``errors.BackendUnavailable`` (connection refused or reset, timeouts, protocol
   errors, and the error replies of an unhealthy server: ``READONLY``,
@@ -72,6 +76,11 @@ INSTALL_HINT: Final = (
 )
 
 _SCHEMES: Final = ("redis", "rediss", "unix")
+SENTINEL_SCHEME: Final = "redis+sentinel"
+SENTINEL_PORT: Final = 26379
+SENTINEL_QUERY: Final = ("sentinel_username", "sentinel_password")
+"""Query parameters a ``redis+sentinel://`` URL may hold (the Sentinels' own login)."""
+_SECRET_QUERY: Final = ("password", "sentinel_password")
 
 REDIS_ERROR_KINDS: Final[Mapping[str, str]] = {
     # error-reply code (the first word of the reply) -> what it means for us
@@ -94,6 +103,9 @@ REDIS_ERROR_KINDS: Final[Mapping[str, str]] = {
 Each is ``BackendUnavailable``; so is any other error reply (``"response"``)."""
 
 _DB_RANGE = "DB index is out of range"
+_DEMOTED = "The previous master is now a slave"
+"""redis-py's ``SentinelManagedConnection`` error for a ``READONLY`` reply of the master
+it knew (the connection is dropped; the next one asks the Sentinels again)."""
 
 
 def import_redis() -> ModuleType:
@@ -106,32 +118,44 @@ def import_redis() -> ModuleType:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs).
+    """``url`` with its passwords replaced by ``***`` (for messages and logs): the
+    one of the user part, and the ``password`` / ``sentinel_password`` query
+    parameters.
 
     >>> redact_url("rediss://:pw@h:1/2")
     'rediss://:***@h:1/2'
     >>> redact_url("redis://h:1/0")
     'redis://h:1/0'
+    >>> redact_url("redis+sentinel://app:pw@s1:26379,s2/cache/0?sentinel_password=x")
+    'redis+sentinel://app:***@s1:26379,s2/cache/0?sentinel_password=***'
     """
+    import re
     from urllib.parse import urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rpartition("@")[2]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return urlunsplit(parts._replace(netloc=user + netloc))
+        if parts.password is not None:
+            netloc = parts.netloc.rpartition("@")[2]
+            user = f"{parts.username}:***@" if parts.username else ":***@"
+            url = urlunsplit(parts._replace(netloc=user + netloc))
     except ValueError:
         return "<unparsable url>"
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    secrets = "|".join(_SECRET_QUERY)
+    return head + sep + re.sub(rf"(^|&)({secrets})=[^&#]*", r"\1\2=***", query)
 
 
 def check_url(url: str) -> None:
     """Raise ``InvalidConfig`` unless ``url`` is a usable redis-py URL.
 
-    Accepted: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS)
-    and ``unix:///path/to/socket[?db=N]``; ``db`` is a non-negative integer.
-    Whether the server has that database is known only by connecting
+    Accepted: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS),
+    ``unix:///path/to/socket[?db=N]`` and, for Redis Sentinel,
+    ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
+    with optional ``?sentinel_username=U&sentinel_password=P`` (see
+    ``foundation._redis_sentinel.sentinel_spec``); ``db`` is a non-negative
+    integer. Whether the server has that database is known only by connecting
     (:func:`connect`).
 
     >>> check_url("unix:///run/redis.sock?db=1")
@@ -149,6 +173,11 @@ def check_url(url: str) -> None:
     def bad(why: str) -> InvalidConfig:
         return InvalidConfig(f"invalid Redis URL {shown!r}: {why}")
 
+    if url.startswith(SENTINEL_SCHEME + "://"):
+        from foundation._redis_sentinel import parse_sentinel_url
+
+        parse_sentinel_url(url, bad)
+        return
     parts, port = _split_url(url, bad)
     query = parse_qs(parts.query)
     dbs = query.get("db", [])
@@ -173,7 +202,7 @@ def _split_url(url: str, bad: Callable[[str], InvalidConfig]) -> tuple[SplitResu
         raise bad(str(exc)) from None
     # redis-py matches the scheme case-sensitively.
     if parts.scheme not in _SCHEMES or not url.startswith(parts.scheme + "://"):
-        raise bad("the scheme must be redis://, rediss:// or unix://")
+        raise bad("the scheme must be redis://, rediss://, unix:// or redis+sentinel://")
     if any(ch.isspace() for ch in url):
         raise bad("it contains whitespace")
     if parts.hostname:
@@ -289,6 +318,8 @@ def _exception_kind(exc: BaseException, ex: Any, text: str) -> str:
             return kind
     if isinstance(exc, ex.ConnectionError) and "protocol error" in text.lower():
         return "protocol"
+    if isinstance(exc, ex.ConnectionError) and _DEMOTED in text:
+        return "READONLY"  # a Sentinel client's READONLY reply, turned into a reconnect
     if isinstance(exc, ex.ConnectionError | OSError):
         return "connection"
     return "other"
@@ -322,6 +353,11 @@ def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationEr
         why = f"no answer in time: {detail}"
     elif kind == "protocol":
         why = f"the server does not speak the Redis protocol (is this a Redis port?): {detail}"
+    elif kind == "connection" and type(exc).__name__ == "MasterNotFoundError":
+        why = (
+            "no Sentinel answered with a healthy master for the service (Sentinels "
+            f"unreachable, or a failover in progress): {detail}"
+        )
     elif kind == "connection":
         why = f"unreachable: {detail}"
     else:
@@ -425,6 +461,15 @@ def connect(
     ``CLIENT SETNAME`` shown by ``CLIENT LIST``, made acceptable to Redis (see
     :func:`client_name`).
 
+    A ``redis+sentinel://`` URL gives a client of the service's master
+    (``redis.sentinel.Sentinel(...).master_for(service)``, the same options):
+    each new connection asks the Sentinels, in turn, for the master's address
+    (``op_timeout`` per Sentinel), so a connection cut by a failover reconnects
+    to the new master; a ``READONLY`` reply (a demoted master) drops the
+    connection, which is then re-discovered the same way. No Sentinel reachable,
+    or none knowing a healthy master, is ``BackendUnavailable`` naming the
+    service and the Sentinels (the redacted URL).
+
     Raises:
         ImportError: the ``redis`` extra is missing.
         InvalidConfig: a malformed URL, or a database index the server does not have.
@@ -439,15 +484,20 @@ def connect(
     from redis.retry import Retry
 
     shown = redact_url(url)
+    options: dict[str, Any] = {
+        "socket_timeout": op_timeout,
+        "socket_connect_timeout": op_timeout if connect_timeout is None else connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": None if name is None else client_name(name),
+        "decode_responses": decode_responses,
+    }
     try:
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=op_timeout,
-            socket_connect_timeout=op_timeout if connect_timeout is None else connect_timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name=None if name is None else client_name(name),
-            decode_responses=decode_responses,
-        )
+        if url.startswith(SENTINEL_SCHEME + "://"):
+            from foundation._redis_sentinel import sentinel_master
+
+            client = sentinel_master(url, shown, options)
+        else:
+            client = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:
         raise InvalidConfig(f"invalid Redis URL {shown!r}: {exc}") from None
     except redis_errors() as exc:  # pragma: no cover - from_url does no I/O today

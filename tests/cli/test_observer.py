@@ -85,6 +85,32 @@ def test_observer_resyncs_after_redis_restarts_empty(fresh_redis: RedisServer) -
         reg.close()
 
 
+def test_observer_knows_its_tail_connection_again_after_a_reconnect(
+    fresh_redis: RedisServer,
+) -> None:
+    """close() ends the tail's blocking XREAD by its client id: after the tail
+    reconnects, the id must be the new connection's, not one the server may
+    since have given to another client."""
+    ns = f"obs-{uuid.uuid4().hex[:8]}"
+    admin = redis.Redis.from_url(fresh_redis.url)
+
+    def tail_ids() -> list[int]:
+        return [
+            int(c["id"])
+            for c in admin.client_list()
+            if c["name"] == f"foundation-observer-tail[{ns}]"
+        ]
+
+    with RedisObserver(fresh_redis.url, namespace=ns, timeout=0.5) as obs:
+        (first,) = tail_ids()
+        assert obs._tail_id == first
+        admin.client_kill_filter(_id=first)
+        _until(lambda: tail_ids() not in ([], [first]), "the tail to reconnect")
+        (second,) = tail_ids()
+        _until(lambda: obs._tail_id == second, "the observer to learn the new id")
+    admin.close()
+
+
 def test_observer_constructor_errors(redis_server: RedisServer) -> None:
     with pytest.raises(errors.InvalidConfig):
         RedisObserver("http://x", namespace="n")

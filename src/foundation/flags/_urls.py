@@ -4,7 +4,7 @@
 convention: the path is what follows ``sqlite:///``) or a bare file path
     a ``SQLiteFlagStore``. A file that does not exist is ``InvalidConfig``
     unless ``create=True``: a typo must not create an empty store.
-``redis://host:port/db?namespace=NS`` (also ``rediss://``, ``unix://``)
+``redis://host:port/db?namespace=NS`` (also ``rediss://``, ``unix://``, ``redis+sentinel://``)
     a ``RedisFlagStore`` of namespace ``NS`` (default ``foundation``). It uses
     this machine's default node copy of that deployment when one exists (a
     service ran here with the same URL and namespace), else none: while Redis
@@ -26,7 +26,7 @@ from foundation.flags._store import FlagStore
 
 __all__ = ["open_store"]
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 
 
 def open_store(

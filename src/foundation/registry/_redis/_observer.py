@@ -282,6 +282,11 @@ class RedisObserver:
             try:
                 if resync:
                     self._resync(emit=True)
+                    # The tail may have reconnected (a restart, a failover): close()
+                    # unblocks its read by this id, which the server gave anew.
+                    self._tail_id = self._call(
+                        "identifying the tail connection", self._tail_client.client_id
+                    )
                     resync = False
                     self._set_connected()
                     backoff.reset()

@@ -1,0 +1,376 @@
+"""Redis Sentinel for the one connection layer (``foundation._redis_conn``).
+
+``_redis_conn.check_url`` and ``_redis_conn.connect`` hand a
+``redis+sentinel://`` URL to this module: :func:`sentinel_spec` reads it, and
+:func:`sentinel_master` builds a client of the master the Sentinels name for the
+service. Its connections re-discover the master whenever they reconnect, and
+one thread per process (``foundation-redis-sentinel``) watches the Sentinels so
+that connections left on a former master fail their next call instead of
+writing where nobody will read (see ``_sentinel_connection_class``). The
+failover itself is described in docs/redis.md, "Failover with Sentinel".
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any, Final
+
+from foundation._redis_conn import (
+    SENTINEL_PORT,
+    SENTINEL_QUERY,
+    SENTINEL_SCHEME,
+    import_redis,
+    log,
+    redact_url,
+)
+from foundation.errors import InvalidConfig
+
+__all__ = ["MASTER_MOVED", "SentinelSpec", "parse_sentinel_url", "sentinel_master", "sentinel_spec"]
+
+
+class SentinelSpec:
+    """What a ``redis+sentinel://`` URL says (see :func:`sentinel_spec`).
+
+    ``unknown``: query parameters other than ``SENTINEL_QUERY`` (refused by
+    :func:`connect`). (A plain class: a dataclass would cost ``import foundation``
+    a millisecond.)
+    """
+
+    __slots__ = (
+        "db",
+        "password",
+        "sentinel_password",
+        "sentinel_username",
+        "sentinels",
+        "service",
+        "unknown",
+        "username",
+    )
+
+    def __init__(
+        self,
+        *,
+        sentinels: tuple[tuple[str, int], ...],
+        service: str,
+        db: int,
+        username: str | None,
+        password: str | None,
+        sentinel_username: str | None,
+        sentinel_password: str | None,
+        unknown: tuple[str, ...],
+    ) -> None:
+        self.sentinels = sentinels
+        self.service = service
+        self.db = db
+        self.username = username
+        self.password = password
+        self.sentinel_username = sentinel_username
+        self.sentinel_password = sentinel_password
+        self.unknown = unknown
+
+    def __repr__(self) -> str:  # never the passwords
+        return f"SentinelSpec(sentinels={self.sentinels!r}, service={self.service!r}, db={self.db})"
+
+
+def sentinel_spec(url: str) -> SentinelSpec:
+    """The parts of a ``redis+sentinel://`` URL; ``InvalidConfig`` if malformed.
+
+    The form is
+    ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
+    followed by an optional ``?sentinel_username=U&sentinel_password=P``:
+
+    - the hosts are the Sentinels (port 26379 by default; IPv6 in brackets);
+    - ``service`` is the name the Sentinels monitor (``sentinel monitor <service> ...``);
+    - ``user`` and ``password`` (percent-encoded) log in to the master, ``db``
+      (default 0) is selected on it;
+    - ``sentinel_username`` / ``sentinel_password`` log in to the Sentinels
+      (``requirepass`` in the Sentinel configuration); without them, the
+      Sentinels are contacted without a login.
+
+    >>> spec = sentinel_spec("redis+sentinel://:pw@s1,s2:5000/cache/2")
+    >>> spec.sentinels, spec.service, spec.db, spec.password
+    ((('s1', 26379), ('s2', 5000)), 'cache', 2, 'pw')
+    """
+    shown = redact_url(url)
+
+    def bad(why: str) -> InvalidConfig:
+        return InvalidConfig(f"invalid Redis URL {shown!r}: {why}")
+
+    if not isinstance(url, str) or not url.startswith(SENTINEL_SCHEME + "://"):
+        raise bad("not a redis+sentinel:// URL")
+    return parse_sentinel_url(url, bad)
+
+
+_SENTINEL_FORM: Final = (
+    "redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]"
+)
+
+
+def parse_sentinel_url(url: str, bad: Callable[[str], InvalidConfig]) -> SentinelSpec:
+    """``sentinel_spec`` with the caller's error builder (``bad(why)`` is raised)."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    if any(ch.isspace() for ch in url):
+        raise bad("it contains whitespace")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if parts.fragment:
+        raise bad("a #fragment is not allowed")
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = (
+        tuple(_sentinel_address(item, bad) for item in hostlist.split(",")) if hostlist else ()
+    )
+    if not sentinels:
+        raise bad(f"no Sentinel address; the form is {_SENTINEL_FORM}")
+    segments = parts.path.split("/")[1:]  # "/service/db" -> ["service", "db"]
+    if not segments or not segments[0]:
+        raise bad(f"the service name is missing; the form is {_SENTINEL_FORM}")
+    if len(segments) > 2:
+        raise bad(f"too many path segments; the form is {_SENTINEL_FORM}")
+    db = segments[1] if len(segments) == 2 and segments[1] else "0"
+    if not db.isdigit():
+        raise bad("the database must be a number (redis+sentinel://host:port/service/0)")
+    query: dict[str, str] = {}
+    unknown: list[str] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in SENTINEL_QUERY:
+            if key in query:
+                raise bad(f"{key} is given twice")
+            query[key] = value
+        else:
+            unknown.append(key)
+    return SentinelSpec(
+        sentinels=sentinels,
+        service=unquote(segments[0]),
+        db=int(db),
+        username=username,
+        password=password,
+        sentinel_username=query.get("sentinel_username") or None,
+        sentinel_password=query.get("sentinel_password"),
+        unknown=tuple(unknown),
+    )
+
+
+def _sentinel_address(item: str, bad: Callable[[str], InvalidConfig]) -> tuple[str, int]:
+    """``(host, port)`` of one ``host[:port]`` of a Sentinel host list."""
+    from urllib.parse import urlsplit
+
+    if not item:
+        raise bad("an empty Sentinel address in the host list (two commas?)")
+    try:
+        address = urlsplit("//" + item)
+        host, port = address.hostname, address.port
+    except ValueError as exc:
+        raise bad(f"Sentinel address {item!r}: {exc}") from None
+    if not host:
+        raise bad(f"Sentinel address {item!r} has no host")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise bad(f"Sentinel address {item!r}: the host is not a valid host name") from None
+    if port == 0:
+        raise bad(f"Sentinel address {item!r}: port 0 is not a port")
+    return host, SENTINEL_PORT if port is None else port
+
+
+def sentinel_master(url: str, shown: str, options: dict[str, Any]) -> Any:
+    """A client of the master of ``url``'s service (``url`` is a valid
+    ``redis+sentinel://`` URL); ``options`` are :func:`connect`'s client options."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    from redis.sentinel import Sentinel
+
+    spec = sentinel_spec(url)
+    if spec.unknown:
+        raise InvalidConfig(
+            f"invalid Redis URL {shown!r}: unknown parameter(s) {', '.join(spec.unknown)} "
+            f"(a redis+sentinel:// URL accepts {' and '.join(SENTINEL_QUERY)})"
+        )
+    sentinel_options: dict[str, Any] = {
+        "socket_timeout": options["socket_timeout"],
+        "socket_connect_timeout": options["socket_connect_timeout"],
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if spec.sentinel_password is not None:
+        sentinel_options["password"] = spec.sentinel_password
+        sentinel_options["username"] = spec.sentinel_username
+    manager = Sentinel(list(spec.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    client = manager.master_for(  # type: ignore[no-untyped-call]
+        spec.service,
+        redis_class=_sentinel_client_class(),
+        connection_class=_sentinel_connection_class(),
+        db=spec.db,
+        username=spec.username,
+        password=spec.password,
+        **options,
+    )
+    _MASTER_WATCH.add(client.connection_pool)
+    return client
+
+
+@functools.cache
+def _sentinel_client_class() -> type[Any]:
+    """``redis.Redis`` whose ``close()`` also closes its Sentinel connections."""
+    redis = import_redis()
+
+    class SentinelMasterClient(redis.Redis):  # type: ignore[misc, name-defined]
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                pool = getattr(self, "connection_pool", None)
+                manager = getattr(pool, "sentinel_manager", None)
+                if manager is not None:
+                    manager.close()
+
+    return SentinelMasterClient
+
+
+@functools.cache
+def _sentinel_connection_class() -> type[Any]:
+    """redis-py's ``SentinelManagedConnection``, made to follow the master.
+
+    - A connection that is not connected reconnects through the Sentinels
+      (``connect()``) before it sends: redis-py's ``send_packed_command``
+      reconnects to the address it last used, so a pinned connection (a
+      ``single_connection_client``: the tails and listeners' ``XREAD BLOCK``)
+      cut by a failover would go back to the old master.
+    - A connected one whose address is not the master's as last discovered
+      (by :data:`_MASTER_WATCH`, or by another connection of its pool) drops
+      itself and fails the call (``ConnectionError`` naming ``MASTER_MOVED``):
+      after ``SENTINEL FAILOVER`` the old master stays a writable master until
+      the Sentinels demote it (about 10 s later), and a connection left on it
+      would write there, to be lost when it resyncs from the new one. Failing
+      the call (rather than moving silently) makes the caller handle the switch
+      as the connection cut it is: the registry re-asserts and resynchronises,
+      the flag store compares versions and restores what the new master lacks.
+    """
+    from redis.exceptions import ConnectionError
+    from redis.sentinel import SentinelManagedConnection
+
+    class SentinelConnection(SentinelManagedConnection):
+        def connect(self) -> None:
+            super().connect()  # type: ignore[no-untyped-call]
+            _MASTER_WATCH.ensure_running()
+
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            connected: Any = self._sock
+            if connected is not None:
+                known = self.connection_pool.master_address
+                if known is not None and (self.host, self.port) != tuple(known):
+                    was = f"{self.host}:{self.port}"
+                    self.disconnect()  # type: ignore[no-untyped-call]
+                    raise ConnectionError(
+                        f"{MASTER_MOVED}: the Sentinels name {known[0]}:{known[1]}, "
+                        f"not {was}; the next call connects to it"
+                    )
+            if connected is None:
+                self.connect()  # asks the Sentinels for the master's address
+            super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+    return SentinelConnection
+
+
+class _MasterWatch:
+    """One daemon thread (``foundation-redis-sentinel``) that asks the Sentinels
+    every ``WATCH_INTERVAL`` for the master of each Sentinel pool that has a
+    connected connection, and records it in the pool (which drops its idle
+    connections to a former master). It ends when no pool has a connection
+    (closed clients), and starts again with the next connection made.
+
+    A Sentinel that does not answer costs this thread, never a caller, up to
+    ``op_timeout`` per Sentinel. A failed discovery changes nothing: the
+    connections stay where they are until their own calls fail.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        import weakref
+
+        self._lock = threading.Lock()
+        self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def add(self, pool: Any) -> None:
+        with self._lock:
+            self._pools.add(pool)
+        self.ensure_running()
+
+    def ensure_running(self) -> None:
+        """Start the thread unless it runs (called after each new connection)."""
+        import threading
+
+        # Under the lock: the thread decides to end under it too, after seeing no
+        # connected connection, so a connection made meanwhile is never unwatched.
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():  # gone after a fork
+                self._thread = threading.Thread(
+                    target=self._run, name="foundation-redis-sentinel", daemon=True
+                )
+                self._thread.start()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread and lock state do not apply."""
+        import threading
+
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            try:
+                with self._lock:
+                    live = [pool for pool in self._pools if _has_connection(pool)]
+                    if not live:
+                        self._thread = None
+                        return
+                for pool in live:
+                    self._check(pool)
+            except Exception:  # never dies: the next round tries again
+                log.exception("watching the Redis Sentinels failed; retrying")
+            self._wake.wait(WATCH_INTERVAL)
+
+    @staticmethod
+    def _check(pool: Any) -> None:
+        before = pool.master_address
+        try:
+            now = pool.get_master_address()
+        except Exception as exc:
+            log.debug("Sentinel discovery for %r failed: %s", pool.service_name, exc)
+            return
+        if before is not None and tuple(now) != tuple(before):
+            log.warning(
+                "Redis Sentinel: the master of %r is now %s:%s (was %s:%s); connections move to it",
+                pool.service_name,
+                *now,
+                *before,
+            )
+
+
+def _has_connection(pool: Any) -> bool:
+    """Whether ``pool`` has a connected connection (idle or in use)."""
+    try:
+        conns = [*pool._in_use_connections, *pool._available_connections]
+    except (AttributeError, RuntimeError):  # another redis-py, or a change under us
+        return True
+    return any(getattr(conn, "_sock", None) is not None for conn in conns)
+
+
+MASTER_MOVED: Final = "the master moved (a Sentinel failover)"
+
+WATCH_INTERVAL: Final = 0.5
+"""Seconds between two discoveries of the master by :data:`_MASTER_WATCH`."""
+
+_MASTER_WATCH: Final = _MasterWatch()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_MASTER_WATCH.after_fork)
