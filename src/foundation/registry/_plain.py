@@ -68,20 +68,24 @@ def plain_converter(t: type) -> Callable[[Any], Any] | None:
         return _converters[t]
     except KeyError:
         pass
-    found: Callable[[Any], Any] | None = None
-    if t is not bool:
-        for base, to_plain in _BASES:
-            if issubclass(t, base):
-                # Exactly the base's hash and equality: the plain value is interchangeable.
-                eq: object = t.__eq__
-                hash_: object = t.__hash__
-                if eq is base.__eq__ and hash_ is base.__hash__:
-                    found = to_plain
-                break
+    found = _converter_of(t)
     if len(_converters) >= _MAX_TYPES:
         _converters.clear()
         PLAIN_SUBCLASSES.clear()
     _converters[t] = found
-    if found is not None and t is not str and t is not int and t is not float:
+    if found is not None and t not in (str, int, float):
         PLAIN_SUBCLASSES.add(t)
     return found
+
+
+def _converter_of(t: type) -> Callable[[Any], Any] | None:
+    """``plain_converter``'s answer for ``t``, computed (not remembered)."""
+    if t is bool:
+        return None
+    for base, to_plain in _BASES:
+        if issubclass(t, base):
+            # Exactly the base's hash and equality: the plain value is interchangeable.
+            eq: object = t.__eq__
+            hash_: object = t.__hash__
+            return to_plain if eq is base.__eq__ and hash_ is base.__hash__ else None
+    return None
