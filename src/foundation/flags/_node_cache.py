@@ -24,7 +24,8 @@ the copy moves into memory with what it could still read (a WARNING under
 ``foundation.flags``), and every ``RETRY_FILE_AFTER`` seconds a write tries the
 file again, writing the whole copy back to it (an INFO line once it succeeds).
 Meanwhile the copy, pending kill switches included, lasts only as long as the
-process, as with a directory that cannot be written at start.
+process (``close`` tries the file once more), as with a directory that cannot be
+written at start.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ T = TypeVar("T")
 
 RETRY_FILE_AFTER = 30.0
 """Seconds a copy that fell back to memory waits before a write tries its file again."""
+_BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock on the file
 _TABLES = (
     "meta", "states", "stages", "history", "migrations", "pending", "catalogue", "plans"
 )  # fmt: skip
@@ -237,12 +239,19 @@ class NodeCache:
         self._lock = threading.Lock()
         # One connection shared by the store's threads, serialised by _lock: the
         # file's, or an in-memory one (path None, or the file failed: _to_memory).
-        self._db = self._open(path, timeout=5.0)
+        self._db = self._open(path, timeout=_BUSY_TIMEOUT)
         self._identity = _identity(self._where)  # the file _db holds (see _write)
         # While the copy of a file lives in memory: when the file failed, and when
         # a write tries the file again (monotonic).
         self._in_memory_since: float | None = None
         self._retry_at = 0.0
+        # The pending ids the copy held when it moved into memory (see _write_back).
+        self._base_pending: frozenset[int] = frozenset()
+        # Called (under the copy's lock: keep it short) once a memory copy was written
+        # back to its file: pending kill switches may have come back (_write_back), and
+        # the store commits or drops them at once instead of overlaying them until its
+        # next resync (RedisFlagStore sets it to ask its listener for a replay).
+        self.on_write_back: Callable[[], None] | None = None
 
     @staticmethod
     def _open(path: Path | None, *, timeout: float) -> sqlite3.Connection:
@@ -327,6 +336,7 @@ class NodeCache:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
         self._db = memory
+        self._base_pending = frozenset(i for (i,) in memory.execute("SELECT id FROM pending"))
         self._in_memory_since = time.monotonic()
         self._retry_at = self._in_memory_since + RETRY_FILE_AFTER
         log.warning(
@@ -345,10 +355,17 @@ class NodeCache:
         where = self._where
         try:
             try:
+                if where is not None:  # its directory deleted too (a cleaner): made again
+                    where.parent.mkdir(parents=True, exist_ok=True)
+                seen = _identity(where)
                 # No busy wait: a file still locked by another process is retried later.
                 db = self._open(where, timeout=0.0)
             except sqlite3.DatabaseError as exc:
                 if isinstance(exc, sqlite3.OperationalError) or where is None:
+                    raise
+                # Race: another process sharing the file found it unreadable too and
+                # already put a new one there (its copy written back): not moved aside.
+                if _identity(where) != seen:
                     raise
                 # Not a database any more (corrupt, truncated): kept for a post-mortem,
                 # as at start (see RedisFlagStore), and a new file takes the copy.
@@ -360,7 +377,11 @@ class NodeCache:
             log.debug("node copy %s still unusable: %s", self.path, exc)
             return
         try:
-            _transaction(db, lambda target: _write_back(self._db, target))
+            _transaction(db, lambda target: _write_back(self._db, target, self._base_pending))
+            # The retry opened without a busy wait; from now on this is the copy's
+            # connection, and a write of another process sharing the file is waited
+            # for again (not a new fall-back to memory).
+            db.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT * 1000)}")
         except sqlite3.Error as exc:
             db.close()
             log.debug("node copy %s still unusable: %s", self.path, exc)
@@ -369,7 +390,10 @@ class NodeCache:
         self._db = db
         self._identity = _identity(self._where)
         self._in_memory_since = None
+        self._base_pending = frozenset()
         log.info("node copy %s is written to its file again", self.path)
+        if self.on_write_back is not None:
+            self.on_write_back()
 
     @property
     def in_memory(self) -> bool:
@@ -510,6 +534,10 @@ class NodeCache:
 
     def close(self) -> None:
         with self._lock:
+            if self._in_memory_since is not None:
+                # Last chance for what the memory copy holds (pending kill switches):
+                # the file may work again before the next retry was due.
+                self._back_to_file()
             self._db.close()
 
 
@@ -543,25 +571,38 @@ def _mirror_version(db: sqlite3.Connection) -> tuple[str | None, int]:
     return meta.get("epoch"), int(version) if version and version.isdigit() else -1
 
 
-def _write_back(memory: sqlite3.Connection, file: sqlite3.Connection) -> None:
+def _write_back(
+    memory: sqlite3.Connection, file: sqlite3.Connection, base: frozenset[int] = frozenset()
+) -> None:
     """The memory copy written back to its file, which other processes may share
     and may have written meanwhile (inside ``file``'s write transaction).
 
     The mirror of Redis (every table but ``pending``) is replaced by the memory
-    copy's, unless the file's mirrors a later version of the same epoch (another
-    process synced since): then the file's stays. Pending kill switches are the
-    UNION of both, so none recorded by another process is lost. One that was
-    committed meanwhile (dropped on one side only) comes back and is dropped again
-    at the next replay as already committed or superseded, with its log line.
-    Ids do not clash (``_pending_id``); in the astronomically rare case that two
-    differ under one id, the memory one takes a new id.
+    copy's, unless the file's mirrors a later version of the same epoch, or the
+    memory copy's epoch is unknown (it started empty, the file unreadable at the
+    fall-back): then the file's stays. Pending kill switches are the UNION of both,
+    so none recorded by another process is lost, less those of ``base`` (the ids
+    the copy held when it moved into memory) that the memory copy dropped since:
+    this process committed (or superseded) them, and they leave the file too.
+    One that another process committed meanwhile (dropped from the file only)
+    comes back: the store replays at once (``on_write_back``) and drops it again,
+    as already committed or superseded, with its log line. Ids do not clash
+    (``_pending_id``); in the astronomically rare case that two differ under one
+    id, the memory one takes a new id.
     """
     mine, theirs = _mirror_version(memory), _mirror_version(file)
-    file_is_newer = mine[0] == theirs[0] and theirs[1] > mine[1]
+    # An empty memory copy (no epoch, version -1) never wipes the file's mirror.
+    file_is_newer = mine[0] in (theirs[0], None) and theirs[1] > mine[1]
     if not file_is_newer:
         _copy_tables(memory, file, [t for t in _TABLES if t != "pending"])
+    rows = memory.execute("SELECT id, op FROM pending ORDER BY id").fetchall()
+    # Race: the replay commits a pending op, then drops it (remove_pending) from the
+    # memory copy; the file still holds it. Without this, the write-back would put it
+    # back and every process sharing the file would overlay the switch-off again.
+    done = base - {op_id for op_id, _ in rows}
+    file.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in sorted(done)])
     have = dict(file.execute("SELECT id, op FROM pending"))
-    for op_id, text in memory.execute("SELECT id, op FROM pending ORDER BY id").fetchall():
+    for op_id, text in rows:
         if have.get(op_id) == text:
             continue
         if op_id in have:

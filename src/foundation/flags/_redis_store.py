@@ -550,6 +550,9 @@ class RedisFlagStore(FlagStore):
 
         self._cache = self._open_cache(cache_path)
         self.cache_path = self._cache.path
+        # A copy written back from memory may hold pending kill switches again
+        # (NodeCache._write_back): the listener commits or drops them at its next turn.
+        self._cache.on_write_back = self._replay_wanted.set
         self._first_sync()
         self._thread = threading.Thread(
             target=self._listen, name=f"foundation-flags-redis[{namespace}]", daemon=True
