@@ -129,8 +129,7 @@ def redact_url(url: str) -> str:
     >>> redact_url("redis+sentinel://app:pw@s1:26379,s2/cache/0?sentinel_password=x")
     'redis+sentinel://app:***@s1:26379,s2/cache/0?sentinel_password=***'
     """
-    import re
-    from urllib.parse import urlsplit, urlunsplit
+    from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
@@ -143,8 +142,15 @@ def redact_url(url: str) -> str:
     head, sep, query = url.partition("?")
     if not sep:
         return url
-    secrets = "|".join(_SECRET_QUERY)
-    return head + sep + re.sub(rf"(^|&)({secrets})=[^&#]*", r"\1\2=***", query)
+    query, hash_, fragment = query.partition("#")
+    # A key counts as it is read (parse_qsl: percent-decoded, "+" a space), in
+    # any case: "sentinel%5Fpassword=x" is the Sentinel password too.
+    items = query.split("&")
+    for i, item in enumerate(items):
+        key, eq, _value = item.partition("=")
+        if eq and unquote_plus(key).strip().lower() in _SECRET_QUERY:
+            items[i] = key + "=***"
+    return head + sep + "&".join(items) + hash_ + fragment
 
 
 def check_url(url: str) -> None:
@@ -173,6 +179,10 @@ def check_url(url: str) -> None:
     def bad(why: str) -> InvalidConfig:
         return InvalidConfig(f"invalid Redis URL {shown!r}: {why}")
 
+    try:
+        url.encode("utf-8")  # it goes over the wire (host names, service, login)
+    except UnicodeEncodeError:  # bytes that are not UTF-8 on a command line
+        raise bad("it is not valid UTF-8 text") from None
     if url.startswith(SENTINEL_SCHEME + "://"):
         from foundation._redis_sentinel import parse_sentinel_url
 
@@ -354,6 +364,14 @@ def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationEr
     elif kind == "protocol":
         why = f"the server does not speak the Redis protocol (is this a Redis port?): {detail}"
     elif kind == "connection" and type(exc).__name__ == "MasterNotFoundError":
+        # redis-py appends the repr of each Sentinel's client (a screenful per
+        # Sentinel): the URL already names them, keep its first part.
+        import re
+
+        detail, _, per_sentinel = detail.partition(" : ")
+        failures = re.findall(r"> - ([\w:.]+)", per_sentinel)
+        if failures:
+            detail += f" ({', '.join(failures)})"
         why = (
             "no Sentinel answered with a healthy master for the service (Sentinels "
             f"unreachable, or a failover in progress): {detail}"
@@ -498,6 +516,8 @@ def connect(
             client = sentinel_master(url, shown, options)
         else:
             client = redis.Redis.from_url(url, **options)
+    except InvalidConfig:
+        raise  # already names the (redacted) URL
     except (ValueError, TypeError) as exc:
         raise InvalidConfig(f"invalid Redis URL {shown!r}: {exc}") from None
     except redis_errors() as exc:  # pragma: no cover - from_url does no I/O today

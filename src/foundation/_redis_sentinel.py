@@ -208,6 +208,7 @@ def sentinel_master(url: str, shown: str, options: dict[str, Any]) -> Any:
         spec.service,
         redis_class=_sentinel_client_class(),
         connection_class=_sentinel_connection_class(),
+        connection_pool_class=_sentinel_pool_class(),
         db=spec.db,
         username=spec.username,
         password=spec.password,
@@ -224,15 +225,42 @@ def _sentinel_client_class() -> type[Any]:
 
     class SentinelMasterClient(redis.Redis):  # type: ignore[misc, name-defined]
         def close(self) -> None:
+            # master_for() hands the client its pool, so redis-py's close() leaves
+            # it open (auto_close_connection_pool is False): its sockets stayed
+            # until collected, and kept the watch thread running. The pool is
+            # this client's alone: closed as from_url's clients close theirs.
             try:
                 super().close()
             finally:
                 pool = getattr(self, "connection_pool", None)
                 manager = getattr(pool, "sentinel_manager", None)
-                if manager is not None:
-                    manager.close()
+                try:
+                    if pool is not None:
+                        pool.disconnect()
+                finally:
+                    if manager is not None:
+                        manager.close()
 
     return SentinelMasterClient
+
+
+@functools.cache
+def _sentinel_pool_class() -> type[Any]:
+    """redis-py's ``SentinelConnectionPool`` whose full ``disconnect()`` (what a
+    close does) also closes its Sentinel connections: a caller may wrap the pool
+    in a client of its own (the flag store's pinned listener), whose close()
+    never reaches the Sentinel manager, left with open sockets until collected."""
+    from redis.sentinel import SentinelConnectionPool
+
+    class SentinelPool(SentinelConnectionPool):
+        def disconnect(self, inuse_connections: bool = True) -> None:
+            try:
+                super().disconnect(inuse_connections)
+            finally:
+                if inuse_connections:  # not redis-py's own idle-only drop on a switch
+                    self.sentinel_manager.close()
+
+    return SentinelPool
 
 
 @functools.cache
@@ -259,8 +287,13 @@ def _sentinel_connection_class() -> type[Any]:
 
     class SentinelConnection(SentinelManagedConnection):
         def connect(self) -> None:
+            # redis-py calls connect() at every checkout from the pool (a no-op
+            # when connected): only a new connection concerns the watch, so the
+            # calls of a connected client never take its process-wide lock.
+            fresh = self._sock is None
             super().connect()  # type: ignore[no-untyped-call]
-            _MASTER_WATCH.ensure_running()
+            if fresh:
+                _MASTER_WATCH.ensure_running()
 
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             connected: Any = self._sock
@@ -325,6 +358,7 @@ class _MasterWatch:
 
         self._lock = threading.Lock()
         self._thread = None
+        self._wake = threading.Event()
 
     def _run(self) -> None:
         while True:
@@ -336,6 +370,10 @@ class _MasterWatch:
                         return
                 for pool in live:
                     self._check(pool)
+                    if not _has_connection(pool):
+                        # Race: closed during the discovery, which reopened a
+                        # Sentinel connection after close() shut them: shut it.
+                        pool.sentinel_manager.close()
             except Exception:  # never dies: the next round tries again
                 log.exception("watching the Redis Sentinels failed; retrying")
             self._wake.wait(WATCH_INTERVAL)
@@ -346,7 +384,9 @@ class _MasterWatch:
         try:
             now = pool.get_master_address()
         except Exception as exc:
-            log.debug("Sentinel discovery for %r failed: %s", pool.service_name, exc)
+            # redis-py's text holds the repr of every Sentinel's client: its head.
+            why = str(exc).partition(" : ")[0] or type(exc).__name__
+            log.debug("Sentinel discovery for %r failed: %s", pool.service_name, why)
             return
         if before is not None and tuple(now) != tuple(before):
             log.warning(
@@ -358,7 +398,12 @@ class _MasterWatch:
 
 
 def _has_connection(pool: Any) -> bool:
-    """Whether ``pool`` has a connected connection (idle or in use)."""
+    """Whether ``pool`` has a connected connection (idle or in use) of this process.
+
+    A pool inherited through ``fork`` holds the parent's sockets until the child
+    uses it (redis-py then resets it): those are not the child's connections."""
+    if getattr(pool, "pid", None) not in (None, os.getpid()):
+        return False
     try:
         conns = [*pool._in_use_connections, *pool._available_connections]
     except (AttributeError, RuntimeError):  # another redis-py, or a change under us

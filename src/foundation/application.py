@@ -269,6 +269,11 @@ class Application:
         self._service_ids = [spec.id for spec in specs]  # start order, for the reports
         self._supervisor = Supervisor(specs, strategy="rest_for_one", name=name, max_restarts=3)
         self._thread: SupervisorThread | None = None
+        # A stop asked by a worker runs in this thread (on that tree's loop);
+        # a later stop() from elsewhere waits for it and gets its error.
+        self._stopper: tuple[threading.Thread, asyncio.AbstractEventLoop] | None = None
+        self._stop_error: BaseException | None = None
+        self._stop_lock = threading.Lock()
 
     # ------------------------------------------------------------------ starting
 
@@ -297,18 +302,35 @@ class Application:
         starts the stop in a thread of its own and returns at once: the stop
         waits for that worker to return, so it cannot wait for the stop. The
         outcome is reported on the ``foundation.application`` logger as usual.
+        A stop() from anywhere else (the main thread leaving ``with app:``)
+        meanwhile waits for that stop to end, and raises what it raised.
         """
-        if self._thread is not None:
+        with self._stop_lock:
             thread, self._thread = self._thread, None
-            if in_thread_child_of(thread.loop):
-                threading.Thread(
+            if thread is not None and in_thread_child_of(thread.loop):
+                stopper = threading.Thread(
                     target=self._stop_reported,
                     args=(thread, False),
                     name=f"{self.name}-app:stop",
                     daemon=True,
-                ).start()
+                )
+                self._stopper = (stopper, thread.loop)
+                stopper.start()
                 return
+            background = self._stopper
+        if thread is not None:
             self._stop_reported(thread, True)
+            return
+        if background is None:
+            return
+        stopper, loop = background
+        if stopper is threading.current_thread() or in_thread_child_of(loop):
+            return  # the stop waits for this very thread: it cannot wait for the stop
+        stopper.join()
+        with self._stop_lock:
+            error, self._stop_error = self._stop_error, None
+        if error is not None:
+            raise error
 
     def _stop_reported(self, thread: SupervisorThread, reraise: bool) -> None:
         self._report_stopping()
@@ -318,6 +340,8 @@ class Application:
             self._report_stop_failed(exc)
             if reraise:
                 raise
+            with self._stop_lock:
+                self._stop_error = exc  # for a stop() waiting for this one
             return
         self._report_stopped()
 

@@ -127,11 +127,17 @@ def _check_cli_table(path: str, table: Any) -> None:
 def _check_wire_text(key: str, value: str | None, origin: dict[str, str]) -> None:
     """InvalidConfig if a setting sent to Redis is not valid UTF-8 text."""
     # Redis URLs and names go over the wire as UTF-8 (a SQLite path is the OS's business).
-    if value is not None and (key != "store" or value.startswith(("redis:", "rediss:"))):
+    redis_url = value is not None and value.startswith(
+        ("redis:", "rediss:", "redis+sentinel:", "unix:")
+    )
+    if value is not None and (key != "store" or redis_url):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:  # bytes that are not UTF-8 on the command line
-            raise InvalidConfig(f"{origin[key]} is not valid UTF-8 text: {value[:100]!r}") from None
+            from foundation._redis_conn import redact_url
+
+            shown = redact_url(value) if key == "redis" or redis_url else value
+            raise InvalidConfig(f"{origin[key]} is not valid UTF-8 text: {shown[:100]!r}") from None
 
 
 def load_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Settings:

@@ -66,10 +66,13 @@ def open_store(
             raise InvalidConfig(f"a SQLite store URL is sqlite:///path, not {url!r}")
         path = url[len("sqlite:///") :]
     elif "://" in url:
+        from foundation._redis_conn import redact_url
+
         scheme = url.split("://", 1)[0]
+        # Redacted: a Redis URL with a misspelt scheme (REDIS://:pw@...) holds a password.
         raise InvalidConfig(
-            f"unknown flag store scheme {scheme + '://'!r} in {url!r}: "
-            "use sqlite:///path or redis://host:port/db"
+            f"unknown flag store scheme {scheme + '://'!r} in "
+            f"{redact_url(url)!r}: use sqlite:///path or redis://host:port/db"
         )
     else:
         path = url

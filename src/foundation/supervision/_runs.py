@@ -150,6 +150,25 @@ def in_thread_child_of(loop: asyncio.AbstractEventLoop) -> bool:
     return getattr(_thread_child, "loop", None) is loop
 
 
+def _is_ctrl_c(exc: KeyboardInterrupt) -> bool:
+    """Whether ``exc`` is the operator's interrupt rather than a child's own raise.
+
+    Signals are handled in the main thread only; there, a ``KeyboardInterrupt``
+    comes from a signal when Python's default SIGINT handler is installed (it
+    raises it between any two bytecodes) or when ``asyncio.run``'s handler
+    (``Runner._on_sigint``) raised it. A loop in another thread never gets one.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal_module.getsignal(signal_module.SIGINT) is signal_module.default_int_handler:
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code if tb is not None else None
+    return code is not None and code.co_name == "_on_sigint" and "asyncio" in code.co_filename
+
+
 class Run:
     """Base class of a child run."""
 
@@ -240,6 +259,7 @@ class TaskRun(Run):
         if not asyncio.iscoroutine(coro):  # as create_task(coro) refused it: a failed start
             raise TypeError(f"a coroutine was expected, got {coro!r}")
         self._escaped: BaseException | None = None
+        self._interrupted = False
         self.handle = self.loop.create_task(self._contained(coro), name=self.name)
         self.handle.add_done_callback(self._done)
 
@@ -251,16 +271,30 @@ class TaskRun(Run):
         raising ``KeyboardInterrupt``) ended the whole program, the rest of
         the tree unstopped and the exit status the child's (0 for
         ``SystemExit()``). Here it is that child's exit, as any exception.
+
+        Except the operator's Ctrl-C: a ``KeyboardInterrupt`` that Python's
+        SIGINT handler (or ``asyncio.run``'s) raised in the main thread lands in
+        whatever code runs, a busy child's as well; it is the program's, not
+        the child's, and goes on out of the loop (see :func:`_is_ctrl_c`).
         """
         try:
             return await coro
-        except (KeyboardInterrupt, SystemExit) as exc:
+        except KeyboardInterrupt as exc:
+            if _is_ctrl_c(exc):
+                self._interrupted = True
+                raise
+            self._escaped = exc
+            return None
+        except SystemExit as exc:
             self._escaped = exc
             return None
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             self._exit(ChildExit("cancelled"))
+        elif self._interrupted:  # the program is being interrupted: not a crash
+            task.exception()  # retrieved: it left the loop as the program's
+            self._exit(ChildExit("shutdown"))
         elif self._escaped is not None:
             self._exit(ChildExit("exception", exception=self._escaped))
         elif (exc := task.exception()) is not None:
@@ -497,12 +531,18 @@ class PopenRun(_ProcessRun):
 
     def _signal_group(self, signum: int) -> bool:
         """Send ``signum`` to the child's own process group while the child is
-        unreaped (its pid cannot be reused yet); False when there is none."""
+        unreaped (its pid cannot be reused yet); True when that reached the
+        child. False when there is no such group, or the child left it (it
+        moved to another group: a shell with job control): the caller then
+        signals the child itself, once."""
         if self._group is None or self.handle.returncode is not None:
             return False
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._group, signum)
-        return True
+        try:
+            return os.getpgid(self.handle.pid) == self._group  # a zombie still answers
+        except OSError:  # reaped meanwhile by someone else: nothing more to reach
+            return True
 
     def _terminate(self) -> None:
         if not self._signal_group(signal_module.SIGTERM):
