@@ -110,7 +110,7 @@ _SENTINEL_FORM: Final = (
 
 def parse_sentinel_url(url: str, bad: Callable[[str], InvalidConfig]) -> SentinelSpec:
     """``sentinel_spec`` with the caller's error builder (``bad(why)`` is raised)."""
-    from urllib.parse import parse_qsl, unquote, urlsplit
+    from urllib.parse import unquote, urlsplit
 
     if any(ch.isspace() for ch in url):
         raise bad("it contains whitespace")
@@ -121,17 +121,31 @@ def parse_sentinel_url(url: str, bad: Callable[[str], InvalidConfig]) -> Sentine
     if parts.fragment:
         raise bad("a #fragment is not allowed")
     userinfo, at, hostlist = parts.netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
+    user, colon, secret = userinfo.partition(":")
     sentinels = (
         tuple(_sentinel_address(item, bad) for item in hostlist.split(",")) if hostlist else ()
     )
     if not sentinels:
         raise bad(f"no Sentinel address; the form is {_SENTINEL_FORM}")
-    segments = parts.path.split("/")[1:]  # "/service/db" -> ["service", "db"]
+    service, db = _service_and_db(parts.path, bad)
+    query, unknown = _sentinel_query(parts.query, bad)
+    return SentinelSpec(
+        sentinels=sentinels,
+        service=service,
+        db=db,
+        username=(unquote(user) or None) if at else None,
+        password=unquote(secret) if at and colon else None,
+        sentinel_username=query.get("sentinel_username") or None,
+        sentinel_password=query.get("sentinel_password"),
+        unknown=unknown,
+    )
+
+
+def _service_and_db(path: str, bad: Callable[[str], InvalidConfig]) -> tuple[str, int]:
+    """The service name and the db of a ``redis+sentinel://`` URL's ``/service[/db]``."""
+    from urllib.parse import unquote
+
+    segments = path.split("/")[1:]  # "/service/db" -> ["service", "db"]
     if not segments or not segments[0]:
         raise bad(f"the service name is missing; the form is {_SENTINEL_FORM}")
     if len(segments) > 2:
@@ -139,25 +153,26 @@ def parse_sentinel_url(url: str, bad: Callable[[str], InvalidConfig]) -> Sentine
     db = segments[1] if len(segments) == 2 and segments[1] else "0"
     if not db.isdigit():
         raise bad("the database must be a number (redis+sentinel://host:port/service/0)")
-    query: dict[str, str] = {}
+    return unquote(segments[0]), int(db)
+
+
+def _sentinel_query(
+    query: str, bad: Callable[[str], InvalidConfig]
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The ``SENTINEL_QUERY`` parameters of ``query`` (each at most once), and the
+    names of any others (refused by ``sentinel_master``)."""
+    from urllib.parse import parse_qsl
+
+    known: dict[str, str] = {}
     unknown: list[str] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in parse_qsl(query, keep_blank_values=True):
         if key in SENTINEL_QUERY:
-            if key in query:
+            if key in known:
                 raise bad(f"{key} is given twice")
-            query[key] = value
+            known[key] = value
         else:
             unknown.append(key)
-    return SentinelSpec(
-        sentinels=sentinels,
-        service=unquote(segments[0]),
-        db=int(db),
-        username=username,
-        password=password,
-        sentinel_username=query.get("sentinel_username") or None,
-        sentinel_password=query.get("sentinel_password"),
-        unknown=tuple(unknown),
-    )
+    return known, tuple(unknown)
 
 
 def _sentinel_address(item: str, bad: Callable[[str], InvalidConfig]) -> tuple[str, int]:
