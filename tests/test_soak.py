@@ -189,7 +189,7 @@ def test_memory_registry_churn_with_every_kind_returns_to_empty() -> None:
         IO = "io"
 
     async def cycle(i: int) -> None:
-        task = asyncio.ensure_future(asyncio.sleep(10))
+        task = asyncio.ensure_future(asyncio.sleep(10))  # sleep-ok: a pending agent
         fut = loop.create_future()
         cf: concurrent.futures.Future[None] = concurrent.futures.Future()
         reg.register(("t", i), task, {"role": f"r{i}"})

@@ -61,7 +61,7 @@ def test_the_runner_exits_when_a_task_child_swallows_its_cancellation() -> None:
             ctx.ready()
             while True:
                 try:
-                    await asyncio.sleep(3600)
+                    await asyncio.sleep(3600)  # sleep-ok: a child that serves until cancelled
                 except asyncio.CancelledError:
                     pass            # swallowed, every time
 
@@ -91,7 +91,7 @@ def test_a_shutdown_error_for_a_task_names_a_task_not_a_thread() -> None:
                 ctx.ready()
                 while True:
                     try:
-                        await asyncio.sleep(3600)
+                        await asyncio.sleep(3600)  # sleep-ok: a child that serves until cancelled
                     except asyncio.CancelledError:
                         pass
 
@@ -184,7 +184,7 @@ def test_a_task_child_blocking_the_loop_in_its_cleanup_is_reported_late_not_aban
             try:
                 await asyncio.Event().wait()
             finally:
-                time.sleep(0.3)   # the defect under test: a blocking call on the loop
+                time.sleep(0.3)  # sleep-ok: the defect under test, a blocking call on the loop
 
         handle = Supervisor([ChildSpec("b", blocker, shutdown_timeout=0.05)],
                             name="app").run_in_thread()
@@ -221,7 +221,7 @@ def test_a_third_signal_ends_the_runner_while_a_child_blocks_the_event_loop(
                     await asyncio.Event().wait()
                 finally:
                     print("blocking", flush=True)
-                    time.sleep(600)           # the defect under test: blocks the loop
+                    time.sleep(600)  # sleep-ok: the defect under test, it blocks the loop
 
             run(Supervisor([ChildSpec("b", blocker, shutdown_timeout=0.2)], name="app"),
                 on_started=lambda sup: print("up", flush=True))
@@ -338,9 +338,10 @@ def test_stopping_an_argv_child_stops_its_grandchildren_too(tmp_path: Path) -> N
         PARENT = (
             "import subprocess, sys, time\\n"
             "gc = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "time.sleep(600)'])\\n"  # sleep-ok: a grandchild that ignores SIGTERM
             "open(sys.argv[1], 'w').write(str(gc.pid))\\n"
-            "time.sleep(600)\\n"
+            "time.sleep(600)\\n"  # sleep-ok: the child lives until stopped
         )
         spec = ChildSpec("p", [sys.executable, "-c", PARENT, str(pidfile)], shutdown_timeout=5)
         handle = Supervisor([spec], name="app").run_in_thread()

@@ -66,7 +66,7 @@ def test_the_third_ctrl_c_landing_in_a_task_child_ends_run_with_keyboard_interru
             ctx.ready()
             print("busy", flush=True)
             while True:
-                time.sleep(0.01)      # blocks the loop for good
+                time.sleep(0.01)  # sleep-ok: the child under test blocks the loop for good
 
         try:
             run(Supervisor([ChildSpec("busy", busy)], name="app", max_restarts=1000))
@@ -120,7 +120,7 @@ def test_an_argv_child_that_left_its_process_group_is_still_stopped(tmp_path: Pa
             "import os, sys, time\\n"
             "os.setpgid(0, os.getpgid(os.getppid()))\\n"
             "open(sys.argv[1], 'w').write(str(os.getpid()))\\n"
-            "time.sleep(600)\\n"
+            "time.sleep(600)\\n"  # sleep-ok: the grandchild under test lives on
         )
         spec = ChildSpec("m", [sys.executable, "-c", MOVER, str(pidfile)], shutdown_timeout=1)
         handle = Supervisor([spec], name="app").run_in_thread()
@@ -163,7 +163,7 @@ def test_stop_from_main_waits_for_the_stop_a_worker_started() -> None:
         def slow(ctx):
             ctx.ready()
             ctx.stopping.wait()
-            time.sleep(0.5)      # a worker with real cleanup to do (not a synchronisation)
+            time.sleep(0.5)  # sleep-ok: a worker with real cleanup to do (not a synchronisation)
             print("slow cleaned up", flush=True)
 
         with Application.start(
