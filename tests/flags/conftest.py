@@ -14,6 +14,7 @@ from foundation.flags import (
     RedisFlagStore,
     SQLiteFlagStore,
 )
+from foundation.flags._node_cache import NodeCache
 from tests.flags._support import FLAGS
 
 
@@ -41,3 +42,13 @@ def flags() -> Iterator[FeatureFlags]:
     f = FeatureFlags(FLAGS)
     yield f
     f.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[NodeCache, NodeCache]]:
+    """Two node copies on one file: two processes sharing it (tests/flags/_node_copy.py)."""
+    path = tmp_path / "copy.sqlite3"
+    a, b = NodeCache(path), NodeCache(path)
+    yield a, b
+    a.close()
+    b.close()

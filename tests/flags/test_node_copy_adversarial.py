@@ -15,33 +15,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from foundation.flags import FeatureFlags, Flag, FlagState, RedisFlagStore
 from foundation.flags._node_cache import NodeCache, PendingKillSwitch, Snapshot
+from tests.flags._node_copy import pending_op, to_memory, write_back_now
 from tests.redis_support import RedisServer
-
-
-def _op(reason: str) -> PendingKillSwitch:
-    return PendingKillSwitch(0, (), {}, (), 1.0, "ops", reason)
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[NodeCache, NodeCache]]:
-    path = tmp_path / "copy.sqlite3"
-    a, b = NodeCache(path), NodeCache(path)
-    yield a, b
-    a.close()
-    b.close()
-
-
-def _to_memory(cache: NodeCache) -> None:
-    with cache._lock:
-        assert cache._fall_back(sqlite3.OperationalError("disk I/O error"))
-    assert cache.in_memory
 
 
 def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
@@ -49,12 +29,6 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)  # sleep-ok: polling with a deadline
-
-
-def _write_back_now(cache: NodeCache) -> None:
-    cache._retry_at = 0.0  # the retry is due: the next write tries the file
-    cache.set_catalogue({})
-    assert not cache.in_memory
 
 
 def test_a_kill_switch_committed_while_in_memory_is_not_resurrected(
@@ -66,10 +40,10 @@ def test_a_kill_switch_committed_while_in_memory_is_not_resurrected(
     connected): the flag reads off after anyone re-enables it, until some later
     replay, which nothing triggers."""
     a, b = pair
-    op_id = a.add_pending(_op("recorded in the file"))
-    _to_memory(a)
+    op_id = a.add_pending(pending_op("recorded in the file"))
+    to_memory(a)
     a.remove_pending(op_id)  # committed by the replay while the copy is in memory
-    _write_back_now(a)
+    write_back_now(a)
     assert b.pending() == []
     assert a.pending() == []
 
@@ -93,7 +67,7 @@ def test_a_kill_switch_another_process_committed_comes_back_and_is_dropped(
                 0, (), {"f": FlagState(False)}, (), time.time() - 60, "b", "outage"
             )
             op_id = b.add_pending(op)
-            _to_memory(store._cache)
+            to_memory(store._cache)
             flags.disable("f", by="b")  # B commits its kill switch...
             b.remove_pending(op_id)  # ... and drops it from the file
             flags.enable("f", by="ana")  # a newer decision
@@ -117,12 +91,12 @@ def test_a_replaced_file_gets_every_pending_kill_switch_of_the_memory_copy(
     path = tmp_path / "copy.sqlite3"
     a = NodeCache(path)
     try:
-        first = a.add_pending(_op("first"))
-        _to_memory(a)
-        second = a.add_pending(_op("second"))
+        first = a.add_pending(pending_op("first"))
+        to_memory(a)
+        second = a.add_pending(pending_op("second"))
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-        _write_back_now(a)
+        write_back_now(a)
         b = NodeCache(path)
         try:
             assert [o.id for o in b.pending()] == [first, second]
@@ -146,7 +120,7 @@ def test_an_unreadable_copy_does_not_wipe_the_files_newer_mirror(
         a._db.close()
         assert a._fall_back(sqlite3.OperationalError("disk I/O error"))
     assert a.version == 0
-    _write_back_now(a)
+    write_back_now(a)
     assert (b.version, b.epoch, b.states()) == (5, "e1", {"f": "on"})
     assert b.history() == [("1-0", {"v": "1"})]
 
@@ -158,13 +132,13 @@ def test_the_copy_back_in_its_file_waits_for_another_processes_lock(
     timeout: any write of another process sharing the file then made it fall back
     to memory again (a WARNING, not durable) instead of waiting its 5 s."""
     a, _b = pair
-    _to_memory(a)
-    _write_back_now(a)
+    to_memory(a)
+    write_back_now(a)
     holder = sqlite3.connect(tmp_path / "copy.sqlite3", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process writing
     done = threading.Event()
     writer = threading.Thread(
-        target=lambda: (a.add_pending(_op("while locked")), done.set()), daemon=True
+        target=lambda: (a.add_pending(pending_op("while locked")), done.set()), daemon=True
     )
     writer.start()
     done.wait(1.0)  # a bound, not a timing: a waiting writer is still waiting here
@@ -244,8 +218,8 @@ def test_closing_a_copy_in_memory_writes_it_back_if_the_file_works_again(tmp_pat
     the file once more."""
     path = tmp_path / "copy.sqlite3"
     a = NodeCache(path)
-    _to_memory(a)
-    op_id = a.add_pending(_op("recorded in memory"))
+    to_memory(a)
+    op_id = a.add_pending(pending_op("recorded in memory"))
     a.close()
     b = NodeCache(path)
     try:
@@ -263,7 +237,7 @@ def test_a_deleted_cache_directory_is_made_again_for_the_write_back(tmp_path: Pa
     path = directory / "copy.sqlite3"
     a = NodeCache(path)
     try:
-        op_id = a.add_pending(_op("recorded in the file"))
+        op_id = a.add_pending(pending_op("recorded in the file"))
         for child in directory.iterdir():
             child.unlink()
         directory.rmdir()
