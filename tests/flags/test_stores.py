@@ -20,6 +20,7 @@ from foundation.flags import (
     MigrationEvent,
     SQLiteFlagStore,
     StoreTransaction,
+    open_store,
 )
 from tests.flags._support import FLAGS, wait_until
 
@@ -252,3 +253,13 @@ def test_closing_stops_the_watcher_thread(tmp_path: Path) -> None:
     flags.close()
     store.close()
     assert set(threading.enumerate()) - before == set()
+
+
+@pytest.mark.parametrize("path", [":memory:", "", "file::memory:?cache=shared"])
+def test_an_in_memory_sqlite_path_is_refused_at_construction(path: str) -> None:
+    """Its writer, reader and watcher would each get a database of their own: the
+    store constructed, and every FeatureFlags over it failed later."""
+    with pytest.raises(errors.InvalidConfig, match="use MemoryFlagStore"):
+        SQLiteFlagStore(path)
+    with pytest.raises(errors.InvalidConfig):
+        open_store(f"sqlite:///{path}")

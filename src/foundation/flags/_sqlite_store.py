@@ -239,6 +239,13 @@ class SQLiteFlagStore(FlagStore):
             ) from None
         if not isinstance(self.path, str) or "\0" in self.path:
             raise InvalidConfig(f"not a usable flag store path: {bounded_repr(self.path)}")
+        if self.path in ("", ":memory:") or self.path.startswith("file::memory:"):
+            # The store's writer, reader and watcher are separate connections: each
+            # would get a database of its own, and nothing written would be read.
+            raise InvalidConfig(
+                f"a SQLiteFlagStore needs a file, not {bounded_repr(self.path)} (its "
+                "connections would not share an in-memory database): use MemoryFlagStore"
+            )
         self._shown = bounded_repr(self.path)  # messages stay short, whatever the path
         # As SQLite resolves it at open: a later os.chdir() moves no file.
         self._abs_path = os.path.abspath(self.path)
@@ -286,7 +293,7 @@ class SQLiteFlagStore(FlagStore):
             # has written or read the file, and compared once the reader is open:
             # a change in between is refused. (One before the writer's own open
             # is not seen: Python's sqlite3 does not expose the file it holds.)
-            # None: no file (":memory:", ""), nothing to check.
+            # None: no file at the path (yet), nothing to check.
             self._identity = self._file_identity()
             self._reader = self._connect(timeout=busy_timeout)
             if self._identity != self._file_identity():
