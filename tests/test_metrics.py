@@ -27,6 +27,7 @@ from foundation.flags._flags import FeatureFlags as _FlagsClass
 from foundation.metrics import Metrics, evaluation_counts, prometheus_collector
 from foundation.supervision import Supervisor
 from tests.faults._subprocess import run_scenario
+from tests.flags._node_copy import to_memory, write_back_now
 from tests.redis_support import RedisServer
 from tests.supervision._support import Crew, run, until
 
@@ -309,3 +310,92 @@ def test_blocking_stream_reads_are_not_reported_as_round_trips() -> None:
     finally:
         detach()
     assert seen == ["a write"]
+
+
+COPY_GAUGE = "foundation_flag_store_copy_in_memory"
+
+
+def copy_gauge(metrics: Metrics, namespace: str) -> list[float]:
+    """The gauge's samples for ``namespace`` (none: no open store of that namespace)."""
+    return [s.value for s in metrics.samples()[COPY_GAUGE] if s.labels["namespace"] == namespace]
+
+
+def test_the_copy_in_memory_gauge_reads_each_open_stores_status(
+    metrics: Metrics, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """0 while the node copy is in its file, 1 while it lives in memory (its file
+    failed: entered as a failing disk leaves it), 0 once written back; no sample
+    once the store is closed. Read from status() at each collection."""
+    store = RedisFlagStore(redis_server.url, namespace="copy-gauge", cache_path=tmp_path / "n.db")
+    try:
+        assert copy_gauge(metrics, "copy-gauge") == [0.0]
+        to_memory(store._cache)
+        assert store.status().copy_in_memory
+        assert copy_gauge(metrics, "copy-gauge") == [1.0]
+        registry = CollectorRegistry()
+        registry.register(prometheus_collector(metrics))
+        families = {
+            f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
+        }
+        family = families[COPY_GAUGE]
+        assert family.type == "gauge"
+        assert [s.value for s in family.samples if s.labels == {"namespace": "copy-gauge"}] == [1.0]
+        write_back_now(store._cache)
+        assert copy_gauge(metrics, "copy-gauge") == [0.0]
+    finally:
+        store.close()
+    assert copy_gauge(metrics, "copy-gauge") == []
+
+
+COPY_IN_MEMORY_ON_A_FULL_DISK = """
+import os, pathlib, resource, signal, tempfile
+from foundation.flags import FeatureFlags, Flag, RedisFlagStore, _node_cache
+from foundation.metrics import Metrics
+
+_node_cache.RETRY_FILE_AFTER = 0.2
+metrics = Metrics()
+metrics.install()
+gauge = "foundation_flag_store_copy_in_memory"
+
+def value():
+    return metrics.value(gauge, namespace="full-disk")
+
+with tempfile.TemporaryDirectory() as tmp:
+    store = RedisFlagStore(URL, namespace="full-disk", cache_path=pathlib.Path(tmp) / "n.db")
+    flags = FeatureFlags([Flag("beta")], store=store)
+    flags.enable("beta", by="ana")
+    print("BEFORE", value())
+    # The disk is full: writes past the limit fail with EFBIG (SIGXFSZ ignored).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    largest = max(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (largest, resource.RLIM_INFINITY))
+    for i in range(200):  # until the copy's file cannot grow
+        flags.allow("beta", "user-" + "x" * 500 + str(i), by="ana")
+        if store.status().copy_in_memory:
+            break
+    print("DURING", value())
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+    count = iter(range(10**6))
+
+    def written_back():  # a write lets the copy try its file again
+        flags.allow("beta", "later-%d" % next(count), by="ana")
+        return value() == 0.0
+
+    wait_for(written_back, "the copy written back")
+    print("AFTER", value())
+    flags.close()
+    store.close()
+    print("CLOSED", [s.value for s in metrics.samples()[gauge]])
+metrics.uninstall()
+print("OK")
+"""
+
+
+def test_a_full_disk_moves_the_copy_in_memory_gauge(fresh_redis: RedisServer) -> None:
+    """The real fault, in a plain interpreter: the gauge is 1 while the copy's file
+    cannot be written, 0 once the copy is written back, gone once the store closed."""
+    result = run_scenario(f"URL = {fresh_redis.url!r}\n" + COPY_IN_MEMORY_ON_A_FULL_DISK)
+    out = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    assert (out["BEFORE"], out["DURING"], out["AFTER"]) == ("0.0", "1.0", "0.0")
+    assert out["CLOSED"] == "[]"
+    assert "in memory, not durable until" in result.stderr

@@ -26,6 +26,7 @@ from foundation.flags import (
 from foundation.flags._flags import FeatureFlags as _FlagsClass
 from foundation.otel import METER_NAME, OTelBridge, install
 from foundation.supervision import Supervisor
+from tests.flags._node_copy import to_memory, write_back_now
 from tests.redis_support import RedisServer
 from tests.supervision._support import Crew, run, until
 
@@ -249,3 +250,24 @@ def test_registry_connected_gauge_follows_redis(
         while connected() != 0:
             assert time.monotonic() < deadline, "the outage never showed on the gauge"
             time.sleep(0.02)  # sleep-ok: polling the registry's listener thread, with a deadline
+
+
+def test_copy_in_memory_gauge_follows_the_node_copy(
+    sdk: tuple[InMemoryMetricReader, OTelBridge], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``foundation.flag.store.copy_in_memory`` is 1 while a RedisFlagStore's node copy
+    lives in memory (its file failed: entered as a failing disk leaves it), 0 once it
+    is written back; read from the store's status() at each collection."""
+    reader, _bridge = sdk
+    key = (("namespace", "otel-copy"),)
+    store = RedisFlagStore(redis_server.url, namespace="otel-copy", cache_path=tmp_path / "n.db")
+    try:
+        gauge = collect(reader)["foundation.flag.store.copy_in_memory"]
+        assert gauge.unit == "1"
+        assert points(gauge)[key].value == 0
+        to_memory(store._cache)
+        assert points(collect(reader)["foundation.flag.store.copy_in_memory"])[key].value == 1
+        write_back_now(store._cache)
+        assert points(collect(reader)["foundation.flag.store.copy_in_memory"])[key].value == 0
+    finally:
+        store.close()

@@ -24,6 +24,7 @@ OpenTelemetry names):
 ``foundation_flag_changes_total``                counter    flag
 ``foundation_flag_store_stale``                  gauge      namespace (1 = stale)
 ``foundation_flag_store_read_only``              gauge      namespace (1 = read-only)
+``foundation_flag_store_copy_in_memory``         gauge      namespace (1 = in memory)
 ``foundation_flag_store_events_total``           counter    event
 ``foundation_migration_stage``                   gauge      plan
 ``foundation_migration_steps_total``             counter    plan, action
@@ -48,6 +49,12 @@ collection from ``status()`` (``RedisRegistry``), ``connected``
 (``RedisObserver``) or, for a ``MigratingRegistry``, the worse of its two
 backends; an in-process registry has no connection and no sample.
 
+``foundation_flag_store_copy_in_memory`` is 1 while a ``RedisFlagStore``'s
+node copy lives in memory because its file failed (not durable: a restart
+loses it, pending kill switches included), 0 once it is written back. It is
+read at each collection from every open ``RedisFlagStore`` of the process (1 if
+any of a namespace's is in memory; what ``status().copy_in_memory`` says, without I/O).
+
 Example:
     >>> from foundation.flags import FeatureFlags, Flag
     >>> metrics = Metrics()
@@ -70,6 +77,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -130,6 +138,9 @@ _FAMILIES: Final = {
         _Family("foundation_flag_store_read_only", "gauge",
                 "1 while a flag store's Redis is a read-only replica (flag writes fail)",
                 ("namespace",)),
+        _Family("foundation_flag_store_copy_in_memory", "gauge",
+                "1 while a flag store's node copy lives in memory because its file failed "
+                "(not durable until written back)", ("namespace",)),
         _Family("foundation_flag_store_events_total", "counter",
                 "Flag store outage events (stale, restored, pending_*, in_sync, ...)",
                 ("event",)),
@@ -434,6 +445,9 @@ class Metrics:
             else {}
         )
         values["foundation_registry_entries"] = _registry_sizes(registries)
+        # Read here, at collection, outside our lock: never from an event emitted
+        # under a store's lock (status() takes the node copy's lock: a deadlock).
+        values["foundation_flag_store_copy_in_memory"] = _copies_in_memory()
         connected, states = _registry_states(registries)
         values["foundation_registry_connected"] = connected
         values["foundation_registry_state"] = states
@@ -576,6 +590,16 @@ def _registry_sizes(
         except (Closed, FoundationError):
             continue  # a closed or unreachable registry has no size to report
     return entries
+
+
+def _copies_in_memory() -> dict[tuple[str, ...], float]:
+    """``foundation_flag_store_copy_in_memory``: per namespace, 1 if an open
+    ``RedisFlagStore`` keeps its node copy in memory, else 0."""
+    if "foundation.flags._redis_store" not in sys.modules:
+        return {}  # no RedisFlagStore in this process (and none imported for this)
+    from foundation.flags._redis_store import copies_in_memory
+
+    return {(ns,): 1.0 if in_memory else 0.0 for ns, in_memory in copies_in_memory().items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,24 +10,29 @@ collected (an SDK calls the observable callbacks), or from the start when
 
 Instruments (OpenTelemetry naming: dotted, no ``_total``, UCUM units):
 
-==================================  ==================  ================  ===================
-name                                instrument          unit              attributes
-==================================  ==================  ================  ===================
-``foundation.flag.evaluations``     observable counter  ``{evaluation}``  flag (never actors)
-``foundation.flag.changes``         observable counter  ``{change}``      flag
-``foundation.flag.store.stale``     observable gauge    ``1``             namespace
-``foundation.migration.stage``      observable gauge    ``{stage}``       plan
-``foundation.migration.steps``      observable counter  ``{step}``        plan, action
-``foundation.registry.entries``     observable gauge    ``{entry}``       registry
-``foundation.registry.operations``  observable counter  ``{operation}``   registry, operation
-``foundation.registry.deaths``      observable counter  ``{death}``       registry, reason
-``foundation.supervisor.restarts``  observable counter  ``{restart}``     supervisor, child
-``foundation.supervisor.exits``     observable counter  ``{exit}``        supervisor, reason
-``foundation.redis.round_trip``     histogram           ``s``             outcome (ok, error)
-==================================  ==================  ================  ===================
+========================================  ==================  ================  ===================
+name                                      instrument          unit              attributes
+========================================  ==================  ================  ===================
+``foundation.flag.evaluations``           observable counter  ``{evaluation}``  flag (never actors)
+``foundation.flag.changes``               observable counter  ``{change}``      flag
+``foundation.flag.store.stale``           observable gauge    ``1``             namespace
+``foundation.flag.store.read_only``       observable gauge    ``1``             namespace
+``foundation.flag.store.copy_in_memory``  observable gauge    ``1``             namespace
+``foundation.migration.stage``            observable gauge    ``{stage}``       plan
+``foundation.migration.steps``            observable counter  ``{step}``        plan, action
+``foundation.registry.entries``           observable gauge    ``{entry}``       registry
+``foundation.registry.connected``         observable gauge    ``1``             registry
+``foundation.registry.operations``        observable counter  ``{operation}``   registry, operation
+``foundation.registry.deaths``            observable counter  ``{death}``       registry, reason
+``foundation.supervisor.restarts``        observable counter  ``{restart}``     supervisor, child
+``foundation.supervisor.exits``           observable counter  ``{exit}``        supervisor, reason
+``foundation.redis.round_trip``           histogram           ``s``             outcome (ok, error)
+========================================  ==================  ================  ===================
 
 Registries are objects, not events: pass each one to
-``bridge.watch_registry(registry, name=...)``.
+``bridge.watch_registry(registry, name=...)``. Flag stores need nothing:
+``foundation.flag.store.copy_in_memory`` is read at each collection from every
+open ``RedisFlagStore`` of the process (see :mod:`foundation.metrics`).
 
 Example:
     >>> from opentelemetry.metrics import NoOpMeterProvider
@@ -67,6 +72,9 @@ _OBSERVED: Final = (
      "1 while a flag store serves its node copy", "foundation_flag_store_stale"),
     ("foundation.flag.store.read_only", "gauge", "1",
      "1 while a flag store's Redis is a read-only replica", "foundation_flag_store_read_only"),
+    ("foundation.flag.store.copy_in_memory", "gauge", "1",
+     "1 while a flag store's node copy lives in memory (its file failed)",
+     "foundation_flag_store_copy_in_memory"),
     ("foundation.migration.stage", "gauge", "{stage}",
      "Committed stage of a migration plan", "foundation_migration_stage"),
     ("foundation.migration.steps", "counter", "{step}",

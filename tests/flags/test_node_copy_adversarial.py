@@ -40,9 +40,10 @@ def test_a_kill_switch_committed_while_in_memory_is_not_resurrected(
     connected): the flag reads off after anyone re-enables it, until some later
     replay, which nothing triggers."""
     a, b = pair
-    op_id = a.add_pending(pending_op("recorded in the file"))
+    a.add_pending(pending_op("recorded in the file"))
     to_memory(a)
-    a.remove_pending(op_id)  # committed by the replay while the copy is in memory
+    (op,) = a.pending()
+    a.remove_pending(op)  # committed by the replay while the copy is in memory
     write_back_now(a)
     assert b.pending() == []
     assert a.pending() == []
@@ -66,10 +67,11 @@ def test_a_kill_switch_another_process_committed_comes_back_and_is_dropped(
             op = PendingKillSwitch(
                 0, (), {"f": FlagState(False)}, (), time.time() - 60, "b", "outage"
             )
-            op_id = b.add_pending(op)
+            b.add_pending(op)
+            (op,) = b.pending()
             to_memory(store._cache)
             flags.disable("f", by="b")  # B commits its kill switch...
-            b.remove_pending(op_id)  # ... and drops it from the file
+            b.remove_pending(op)  # ... and drops it from the file
             flags.enable("f", by="ana")  # a newer decision
             store._cache._retry_at = 0.0  # the retry is due: A's next write writes back
             flags.allow("f", "someone", by="ana")

@@ -47,7 +47,7 @@ def test_a_removed_kill_switch_is_removed_by_its_id_after_the_write_back(
     b.add_pending(pending_op("theirs"))
     (mine,) = a.pending()  # read in memory; removed after the copy went back to its file
     write_back_now(a)
-    a.remove_pending(mine.id)
+    a.remove_pending(mine)
     assert [op.reason for op in b.pending()] == ["theirs"]
 
 

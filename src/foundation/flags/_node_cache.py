@@ -245,8 +245,12 @@ class NodeCache:
         # a write tries the file again (monotonic).
         self._in_memory_since: float | None = None
         self._retry_at = 0.0
-        # The pending ids the copy held when it moved into memory (see _write_back).
-        self._base_pending: frozenset[int] = frozenset()
+        # The pending kill switches (id, JSON) the copy held when it moved into
+        # memory (see _write_back).
+        self._base_pending: frozenset[tuple[int, str]] = frozenset()
+        # Pending ids a write-back renumbered (old -> new; see _write_back): a replay
+        # that read one before removes it under its new id (remove_pending).
+        self._renumbered: dict[int, int] = {}
         # Called (under the copy's lock: keep it short) once a memory copy was written
         # back to its file: pending kill switches may have come back (_write_back), and
         # the store commits or drops them at once instead of overlaying them until its
@@ -336,7 +340,7 @@ class NodeCache:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
         self._db = memory
-        self._base_pending = frozenset(i for (i,) in memory.execute("SELECT id FROM pending"))
+        self._base_pending = frozenset(memory.execute("SELECT id, op FROM pending"))
         self._in_memory_since = time.monotonic()
         self._retry_at = self._in_memory_since + RETRY_FILE_AFTER
         log.warning(
@@ -377,7 +381,9 @@ class NodeCache:
             log.debug("node copy %s still unusable: %s", self.path, exc)
             return
         try:
-            _transaction(db, lambda target: _write_back(self._db, target, self._base_pending))
+            renumbered = _transaction(
+                db, lambda target: _write_back(self._db, target, self._base_pending)
+            )
             # The retry opened without a busy wait; from now on this is the copy's
             # connection, and a write of another process sharing the file is waited
             # for again (not a new fall-back to memory).
@@ -391,6 +397,7 @@ class NodeCache:
         self._identity = _identity(self._where)
         self._in_memory_since = None
         self._base_pending = frozenset()
+        self._renumbered.update(renumbered)
         log.info("node copy %s is written to its file again", self.path)
         if self.on_write_back is not None:
             self.on_write_back()
@@ -471,10 +478,20 @@ class NodeCache:
 
     # ---------------------------------------------------------------- writes
 
-    def apply(self, snap: Snapshot) -> None:
-        """Mirror ``snap`` (one SQLite transaction: never half of it)."""
+    def apply(self, snap: Snapshot) -> bool:
+        """Mirror ``snap`` (one SQLite transaction: never half of it); False if the copy
+        already mirrors a later version of the same deployment (left as it is)."""
 
-        def body(db: sqlite3.Connection) -> None:
+        def body(db: sqlite3.Connection) -> bool:
+            # Race: another process sharing the file read Redis after us and wrote
+            # a newer snapshot between our read of Redis and this write. Writing
+            # ours would set the copy's version back (until the next refresh), and
+            # a restore from it would take Redis back. Compare-and-set: the check
+            # runs in this BEGIN IMMEDIATE transaction, which holds the file's write
+            # lock, so no write of another process lands between check and write.
+            epoch, version = _mirror_version(db)
+            if epoch == snap.epoch and version > snap.version:
+                return False
             db.execute("DELETE FROM states")
             db.executemany("INSERT INTO states VALUES (?, ?)", snap.states.items())
             db.execute("DELETE FROM stages")
@@ -492,8 +509,9 @@ class NodeCache:
                 db.execute("DELETE FROM meta WHERE key = 'epoch'")
             else:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (snap.epoch,))
+            return True
 
-        self._write(body)
+        return self._write(body)
 
     def set_catalogue(self, entries: dict[str, str]) -> None:
         """Replace the kept catalogue with ``entries`` (name -> FlagInfo JSON)."""
@@ -515,8 +533,11 @@ class NodeCache:
 
         Ids grow with time and carry random low bits (``_pending_id``): ordered
         oldest first like the autoincrement ids of earlier versions (all smaller),
-        and distinct across the processes sharing the file, even when one of them
-        wrote its copy in memory meanwhile (``_write_back`` merges by id).
+        and distinct across the processes sharing the file while they write to it.
+        A copy in memory numbers its own without seeing the file: another process
+        may give one the same id (same microsecond, same random bits). The
+        write-back then renumbers ours (``_write_back``), and removal checks the
+        content too (``remove_pending``), so a clash never removes the wrong one.
         """
         text = op.to_json()
         insert = "INSERT INTO pending (id, op) VALUES (?, ?)"
@@ -529,8 +550,32 @@ class NodeCache:
 
         return self._write(body)
 
-    def remove_pending(self, op_id: int) -> None:
-        self._write(lambda db: db.execute("DELETE FROM pending WHERE id = ?", (op_id,)))
+    def remove_pending(self, op: PendingKillSwitch) -> bool:
+        """Remove ``op`` (as read by ``pending()``); False if it is not there any more.
+
+        By id AND content: the row under ``op.id`` is removed only if it records
+        ``op``. Race: a write-back between the read and this call may have
+        renumbered ``op`` (its id clashed with another process's kill switch,
+        which now holds the old id): ``op`` is then removed under its new id, and
+        the other one, never committed, stays.
+        """
+
+        def body(db: sqlite3.Connection) -> bool:
+            for op_id in self._ids_of(op.id):
+                row = db.execute("SELECT op FROM pending WHERE id = ?", (op_id,)).fetchone()
+                if row is not None and _records(row[0], op):
+                    db.execute("DELETE FROM pending WHERE id = ?", (op_id,))
+                    return True
+            return False
+
+        return self._write(body)
+
+    def _ids_of(self, op_id: int) -> list[int]:
+        """``op_id`` and the ids write-backs renumbered it to since (under _lock)."""
+        ids = [op_id]
+        while ids[-1] in self._renumbered and len(ids) <= len(self._renumbered):
+            ids.append(self._renumbered[ids[-1]])
+        return ids
 
     def close(self) -> None:
         with self._lock:
@@ -557,6 +602,14 @@ def _transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]
     return result
 
 
+def _records(text: str, op: PendingKillSwitch) -> bool:
+    """True if ``text`` (a pending row's JSON) records ``op`` (its id aside)."""
+    try:
+        return PendingKillSwitch.from_json(op.id, text) == op
+    except InvalidFlagValue:  # a malformed row records nothing we read
+        return False
+
+
 def _pending_id(top: int) -> int:
     """A new pending id above ``top``: microseconds since the epoch, shifted, with 10
     random low bits (below 2**63 until the year 2255)."""
@@ -572,8 +625,10 @@ def _mirror_version(db: sqlite3.Connection) -> tuple[str | None, int]:
 
 
 def _write_back(
-    memory: sqlite3.Connection, file: sqlite3.Connection, base: frozenset[int] = frozenset()
-) -> None:
+    memory: sqlite3.Connection,
+    file: sqlite3.Connection,
+    base: frozenset[tuple[int, str]] = frozenset(),
+) -> dict[int, int]:
     """The memory copy written back to its file, which other processes may share
     and may have written meanwhile (inside ``file``'s write transaction).
 
@@ -581,14 +636,16 @@ def _write_back(
     copy's, unless the file's mirrors a later version of the same epoch, or the
     memory copy's epoch is unknown (it started empty, the file unreadable at the
     fall-back): then the file's stays. Pending kill switches are the UNION of both,
-    so none recorded by another process is lost, less those of ``base`` (the ids
+    so none recorded by another process is lost, less those of ``base`` (the rows
     the copy held when it moved into memory) that the memory copy dropped since:
-    this process committed (or superseded) them, and they leave the file too.
+    this process committed (or superseded) them, and they leave the file too (by
+    id AND content: another process's kill switch under a reused id stays).
     One that another process committed meanwhile (dropped from the file only)
     comes back: the store replays at once (``on_write_back``) and drops it again,
-    as already committed or superseded, with its log line. Ids do not clash
-    (``_pending_id``); in the astronomically rare case that two differ under one
-    id, the memory one takes a new id.
+    as already committed or superseded, with its log line. Two kill switches under
+    one id (a copy in memory numbers its own without seeing the file, see
+    ``add_pending``): the memory one takes a new id. Returns the ids renumbered
+    (old -> new).
     """
     mine, theirs = _mirror_version(memory), _mirror_version(file)
     # An empty memory copy (no epoch, version -1) never wipes the file's mirror.
@@ -599,16 +656,31 @@ def _write_back(
     # Race: the replay commits a pending op, then drops it (remove_pending) from the
     # memory copy; the file still holds it. Without this, the write-back would put it
     # back and every process sharing the file would overlay the switch-off again.
-    done = base - {op_id for op_id, _ in rows}
-    file.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in sorted(done)])
+    # Race: meanwhile another process committed it too and dropped it, and a third
+    # wrote back its own kill switch under the same id: by id AND content, that one
+    # (never committed) stays.
+    done = base - set(rows)
+    file.executemany("DELETE FROM pending WHERE id = ? AND op = ?", sorted(done))
+    return _merge_pending(rows, file)
+
+
+def _merge_pending(rows: list[tuple[int, str]], file: sqlite3.Connection) -> dict[int, int]:
+    """Add the memory copy's pending ``rows`` the file lacks; returns the ids renumbered."""
     have = dict(file.execute("SELECT id, op FROM pending"))
+    renumbered: dict[int, int] = {}
     for op_id, text in rows:
         if have.get(op_id) == text:
             continue
-        if op_id in have:
-            op_id = _pending_id(max(have))  # noqa: PLW2901 - the clash: a new id
-        file.execute("INSERT INTO pending (id, op) VALUES (?, ?)", (op_id, text))
-        have[op_id] = text
+        new_id = op_id
+        if op_id in have:  # the clash: another kill switch holds the id (add_pending)
+            new_id = renumbered[op_id] = _pending_id(max(have))
+            log.info(
+                "node copy: pending kill switch %d clashed with another process's; now %d",
+                op_id, new_id,
+            )  # fmt: skip
+        file.execute("INSERT INTO pending (id, op) VALUES (?, ?)", (new_id, text))
+        have[new_id] = text
+    return renumbered
 
 
 def _copy_tables(

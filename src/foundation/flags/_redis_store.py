@@ -131,6 +131,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from dataclasses import replace as _replace
@@ -197,6 +198,25 @@ _META = ("version", "epoch", "restored")
 restore sets, so a FLUSHALL and a restore back to the same version still differ."""
 
 _MAX_ATTEMPTS = 1000  # optimistic retries before a transaction gives up (pathological contention)
+
+# The stores of this process not yet closed, for gauges read at collection time
+# (foundation.metrics reads their node copy's state: never from under one of their locks).
+_live_lock = threading.Lock()
+_live: weakref.WeakSet[RedisFlagStore] = weakref.WeakSet()
+
+
+def copies_in_memory() -> dict[str, bool]:
+    """Per namespace, whether an open ``RedisFlagStore`` of this process keeps its
+    node copy in memory (``foundation.metrics`` collects it). No I/O and no store
+    lock: one flag read per store, so a collection costs next to nothing."""
+    with _live_lock:  # a store added meanwhile must not break the iteration
+        stores = list(_live)
+    found: dict[str, bool] = {}
+    for store in stores:
+        # Race: a store closing meanwhile reports its last value once more.
+        found[store.namespace] = found.get(store.namespace, False) or store._cache.in_memory
+    return found
+
 
 # Restore the deployment from a node copy, only if Redis is still older than it.
 # KEYS: meta, state, stages, history, migrations. ARGV[1]: the copy as JSON.
@@ -558,6 +578,8 @@ class RedisFlagStore(FlagStore):
             target=self._listen, name=f"foundation-flags-redis[{namespace}]", daemon=True
         )
         self._thread.start()
+        with _live_lock:
+            _live.add(self)
 
     # ------------------------------------------------------------------ helpers
 
@@ -1332,7 +1354,9 @@ class RedisFlagStore(FlagStore):
             if not self._pull():
                 self._replay_wanted.set()  # Redis is behind the copy: restore, then replay
                 return
-            self._cache.remove_pending(op.id)
+            # By id and content: a write-back during this replay may have renumbered
+            # op (its id clashed with another process's kill switch); see NodeCache.
+            self._cache.remove_pending(op)
             if newer:
                 superseded = True
                 log.warning(
@@ -1596,6 +1620,8 @@ class RedisFlagStore(FlagStore):
                 return
             self._closed = True
             self._callbacks.clear()
+        with _live_lock:
+            _live.discard(self)
         self._stop.set()
         # The listener may sit in XREAD BLOCK: wake it with CLIENT UNBLOCK from the
         # other connection. It may not have entered XREAD yet (race), so repeat
