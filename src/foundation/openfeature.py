@@ -33,7 +33,11 @@ writes, other processes' writes, config loads, reloads); and, over a
 ``RedisFlagStore``, ``PROVIDER_STALE`` when the store loses Redis (it then
 serves its node copy) and ``PROVIDER_READY`` when it is back in sync (from the
 store's ``foundation.flags.stale`` and ``foundation.flags.in_sync`` telemetry
-events). Memory and SQLite stores never go stale.
+events). Memory and SQLite stores never go stale. ``PROVIDER_ERROR`` with
+error code ``PROVIDER_FATAL``, once, when a resolution first finds ``flags``
+closed (the SDK's status becomes ``FATAL``); ``initialize`` over closed flags
+raises ``errors.Closed`` that is also the SDK's ``ProviderFatalError``, with
+the same outcome.
 
 ``import foundation`` never imports this module; importing it without the SDK
 raises ``ImportError`` naming ``foundation[openfeature]``.
@@ -67,7 +71,7 @@ from typing import Any, Final, TypeVar
 try:
     from openfeature.evaluation_context import EvaluationContext
     from openfeature.event import ProviderEventDetails
-    from openfeature.exception import ErrorCode
+    from openfeature.exception import ErrorCode, ProviderFatalError
     from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType, Reason
     from openfeature.provider import AbstractProvider, Metadata
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
@@ -99,6 +103,20 @@ _ObjectValue = Sequence[FlagValueType] | Mapping[str, FlagValueType]
 _EMPTY: Final[Mapping[str, bool | int | float | str]] = MappingProxyType({})
 _EXACT_FLOAT: Final = 2**53  # integers up to this magnitude are exact as floats
 _HEALTH_EVENTS: Final = ("foundation.flags.stale", "foundation.flags.in_sync")
+
+
+class _ClosedFatal(Closed, ProviderFatalError):
+    """``errors.Closed`` that is also the SDK's ``ProviderFatalError``.
+
+    Raised by ``FoundationProvider.initialize`` over closed flags: callers
+    catching ``errors.Closed`` still do, and the SDK, seeing the
+    ``PROVIDER_FATAL`` error code, sets the provider's status ``FATAL``.
+    """
+
+    def __init__(self, message: str) -> None:
+        Closed.__init__(self, message)
+        self.error_code = ErrorCode.PROVIDER_FATAL
+        self.error_message = message
 
 
 class FoundationProvider(AbstractProvider):
@@ -159,6 +177,7 @@ class FoundationProvider(AbstractProvider):
         self._lock = threading.Lock()  # guards the subscription state and _stale
         self._unsubscribe: list[Callable[[], None]] = []
         self._stale = False
+        self._fatal = False  # PROVIDER_ERROR (PROVIDER_FATAL) emitted: flags found closed
 
     # ------------------------------------------------------------- lifecycle
 
@@ -173,8 +192,16 @@ class FoundationProvider(AbstractProvider):
         evaluation context is not used (the actor comes with each resolution).
 
         Raises:
-            errors.Closed: ``flags`` is closed (the SDK reports ``PROVIDER_ERROR``).
+            errors.Closed: ``flags`` is closed; the error is also the SDK's
+                ``ProviderFatalError``, so the SDK reports ``PROVIDER_ERROR`` with
+                ``PROVIDER_FATAL`` and the status ``FATAL`` (it will never answer).
         """
+        try:
+            self._start()
+        except Closed as exc:
+            raise _ClosedFatal(str(exc)) from exc
+
+    def _start(self) -> None:
         # Read before taking the lock: over Redis this is I/O (bounded by the
         # store's timeout), and the store's listener thread may need the lock
         # meanwhile to report its health.
@@ -194,7 +221,7 @@ class FoundationProvider(AbstractProvider):
         """Stop listening to ``flags`` and its store; ``flags`` stays open. Idempotent."""
         with self._lock:
             unsubscribe, self._unsubscribe = self._unsubscribe, []
-            self._stale = False
+            self._stale = self._fatal = False
         for undo in unsubscribe:
             undo()
 
@@ -337,7 +364,37 @@ class FoundationProvider(AbstractProvider):
             evaluation = self._evaluate(key, actor)  # raises: see the except below
             return self._details(key, default, kind, want, evaluation)
         except Exception as exc:  # never raise out of a resolution
+            if isinstance(exc, Closed):
+                self._report_fatal(str(exc))
             return _failure(key, default, exc)
+
+    def _report_fatal(self, message: str) -> None:
+        """Emit ``PROVIDER_ERROR`` with ``PROVIDER_FATAL`` once: ``flags`` was closed.
+
+        ``FeatureFlags.close()`` tells no listener, so the first resolution that
+        finds it closed reports the transition (spec 2.8.1); the SDK then sets
+        the status ``FATAL`` and answers ``PROVIDER_FATAL`` without calling us.
+        """
+        with self._lock:
+            # Race: resolutions in several threads may find flags closed at once;
+            # the flag, read and set under the lock, lets exactly one emit.
+            if self._fatal or not self._unsubscribe:
+                return  # reported already, or not initialized (no SDK to tell)
+            self._fatal = True
+        # Emitted outside the lock: the SDK only updates its status and queues
+        # the handlers on its own pool. Race: a shutdown() landing between the
+        # check and the emit is harmless: the SDK detaches a provider after
+        # shutting it down (emit then does nothing), and a status it records for
+        # a provider no longer registered is never read.
+        try:
+            self.emit_provider_error(
+                ProviderEventDetails(
+                    message=f"the flags were closed: {message}",
+                    error_code=ErrorCode.PROVIDER_FATAL,
+                )
+            )
+        except Exception:  # called from a resolution, which never raises
+            _log.exception("reporting closed flags to the OpenFeature SDK failed")
 
     def _details(
         self, key: str, default: V, kind: str, want: str, evaluation: Evaluation

@@ -638,7 +638,7 @@ class TypedFlagsMachine(RuleBasedStateMachine):
                 return model_split("color", t["split"], actor), "SPLIT"
             full = [v for v, w in t["split"].items() if w >= 100]
             return (full[0], "SPLIT") if full else ("red", "DEFAULT")
-        return "red", "STATIC"
+        return "red", "DEFAULT" if t["deny"] or t["assign"] else "STATIC"  # rules: none applied
 
     def expected_boolean(self, actor: str | None) -> tuple[bool, str]:
         b = self.b
@@ -652,7 +652,7 @@ class TypedFlagsMachine(RuleBasedStateMachine):
             if actor is not None:
                 return model_bucket_in("beta", actor, b["p"]), "SPLIT"
             return (True, "SPLIT") if b["p"] == 100 else (False, "DEFAULT")
-        return True, "STATIC"
+        return True, "DEFAULT" if b["deny"] or b["allow"] else "STATIC"  # rules: none applied
 
     @rule(on=st.booleans())
     def switch(self, on: bool) -> None:

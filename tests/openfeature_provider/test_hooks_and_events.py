@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 from openfeature import api
 from openfeature.client import OpenFeatureClient
 from openfeature.evaluation_context import EvaluationContext
-from openfeature.event import ProviderEvent
+from openfeature.event import ProviderEvent, ProviderEventDetails
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagEvaluationDetails, FlagEvaluationOptions
 from openfeature.hook import Hook, HookContext, HookHints
@@ -16,7 +17,7 @@ from openfeature.provider import ProviderStatus
 
 from foundation.flags import FeatureFlags
 from foundation.openfeature import FoundationProvider
-from tests.openfeature_provider.conftest import Events
+from tests.openfeature_provider.conftest import WAIT, Events
 
 CHANGED = ProviderEvent.PROVIDER_CONFIGURATION_CHANGED
 
@@ -173,9 +174,54 @@ def test_initializing_over_closed_flags_is_a_provider_error(
     event, details = events.next()
     assert event == ProviderEvent.PROVIDER_ERROR
     assert "closed" in (details.message or ""), details
-    assert api.get_client().get_provider_status() == ProviderStatus.ERROR
+    # Irrecoverable (spec 2.4.2.1, 2.8.3): PROVIDER_FATAL, so the status is FATAL.
+    assert details.error_code == ErrorCode.PROVIDER_FATAL, details
+    assert api.get_client().get_provider_status() == ProviderStatus.FATAL
     d = api.get_client().get_boolean_details("beta", True)
     assert (d.value, d.error_code) == (True, ErrorCode.PROVIDER_FATAL)
+
+
+def test_initialize_over_closed_flags_still_raises_closed(flags: FeatureFlags) -> None:
+    from foundation.errors import Closed
+
+    provider = FoundationProvider(flags)
+    flags.close()
+    with pytest.raises(Closed) as caught:
+        api.set_provider_and_wait(provider)
+    assert caught.value.error_code == ErrorCode.PROVIDER_FATAL  # type: ignore[attr-defined]
+    assert api.get_client().get_provider_status() == ProviderStatus.FATAL
+
+
+def test_flags_closed_while_ready_make_the_provider_fatal(
+    client: OpenFeatureClient, flags: FeatureFlags, events: Events
+) -> None:
+    """Spec 2.8.1: the spontaneous transition is emitted, once, then the SDK answers alone."""
+    api.add_handler(ProviderEvent.PROVIDER_ERROR, events.handler(ProviderEvent.PROVIDER_ERROR))
+    flags.close()
+    d = client.get_boolean_details("beta", True)
+    assert (d.value, d.error_code) == (True, ErrorCode.PROVIDER_FATAL)
+    event, details = events.next()
+    assert (event, details.error_code) == (ProviderEvent.PROVIDER_ERROR, ErrorCode.PROVIDER_FATAL)
+    assert "closed" in (details.message or ""), details
+    assert client.get_provider_status() == ProviderStatus.FATAL
+    for _ in range(3):
+        s = client.get_string_details("color", "x")
+        assert (s.value, s.error_code) == ("x", ErrorCode.PROVIDER_FATAL)
+    # Exactly one PROVIDER_ERROR: the next event heard is the READY of a new provider.
+    api.add_handler(ProviderEvent.PROVIDER_READY, events.handler(ProviderEvent.PROVIDER_READY))
+    other = FeatureFlags([])
+    try:
+        api.set_provider_and_wait(FoundationProvider(other))
+        assert events.next()[0] == ProviderEvent.PROVIDER_READY
+    finally:
+        other.close()
+
+
+def test_a_provider_never_initialized_emits_nothing_when_flags_close(flags: FeatureFlags) -> None:
+    provider = FoundationProvider(flags)
+    flags.close()
+    r = provider.resolve_boolean_details("beta", True)
+    assert (r.value, r.error_code) == (True, ErrorCode.PROVIDER_FATAL)
 
 
 def test_a_provider_over_closed_flags_cannot_be_constructed(flags: FeatureFlags) -> None:
@@ -184,3 +230,37 @@ def test_a_provider_over_closed_flags_cannot_be_constructed(flags: FeatureFlags)
     flags.close()
     with pytest.raises(Closed):
         FoundationProvider(flags)
+
+
+class _Counting(FoundationProvider):
+    """Counts the events the provider emits (then emits them as usual)."""
+
+    def __init__(self, flags: FeatureFlags) -> None:
+        super().__init__(flags)
+        self.emitted: list[ProviderEvent] = []
+
+    def emit(self, event: ProviderEvent, details: ProviderEventDetails) -> None:
+        self.emitted.append(event)  # list.append is atomic: threads may race here
+        super().emit(event, details)
+
+
+def test_racing_resolutions_report_closed_flags_once(flags: FeatureFlags) -> None:
+    provider = _Counting(flags)
+    provider.initialize(EvaluationContext())
+    flags.close()
+    barrier = threading.Barrier(8, timeout=WAIT)
+    codes: list[ErrorCode | None] = []
+
+    def resolve() -> None:
+        barrier.wait()
+        codes.append(provider.resolve_boolean_details("beta", True).error_code)
+
+    threads = [threading.Thread(target=resolve) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert codes == [ErrorCode.PROVIDER_FATAL] * 8
+    assert provider.emitted == [ProviderEvent.PROVIDER_ERROR]
+    provider.shutdown()

@@ -187,7 +187,7 @@ def test_falsy_values_and_large_integers_resolve_as_values() -> None:
         api.set_provider_and_wait(FoundationProvider(zeros))
         client = api.get_client()
         assert_ok(details(client, "string", "s", "fallback"), "", "empty", "STATIC")
-        assert_ok(details(client, "integer", "i", 7), 0, "zero", "STATIC")
+        assert_ok(details(client, "integer", "i", 7), 0, "zero", "DEFAULT")
         assert_ok(
             details(client, "integer", "i", 7, ctx("ana")), 2**53 - 1, "max", "TARGETING_MATCH"
         )
@@ -234,7 +234,7 @@ def test_a_huge_integer_is_not_converted_to_an_inexact_float(flags: FeatureFlags
         big.assign("big", "ana", "b")
         api.set_provider_and_wait(FoundationProvider(big))
         client = api.get_client()
-        assert_ok(details(client, "float", "big", 0.0), float(exact), "a", "STATIC")
+        assert_ok(details(client, "float", "big", 0.0), float(exact), "a", "DEFAULT")
         assert_error(details(client, "float", "big", 0.0, ctx("ana")), 0.0, ErrorCode.TYPE_MISMATCH)
         assert_ok(details(client, "integer", "big", 0, ctx("ana")), inexact, "b", "TARGETING_MATCH")
     finally:

@@ -22,7 +22,8 @@ Mapping (decided from the OFREP OpenAPI document, ``codeDefaultFlag``):
   switches on, ``migration_plan``, ``migration_stage`` and
   ``migration_stage_name``.
 
-Errors: 404 ``FLAG_NOT_FOUND``; 400 ``PARSE_ERROR`` (the body is not a JSON
+Errors: 404 ``FLAG_NOT_FOUND`` (every key, on a server without flags, whose
+bulk answer is then ``{"flags": []}``); 400 ``PARSE_ERROR`` (the body is not a JSON
 object) or ``INVALID_CONTEXT`` (``context`` not an object, ``targetingKey``
 neither a string nor a 64-bit integer, an actor the flags refuse); 401 with
 ``{"errorDetails"}`` for a missing or unknown token where one is needed (the
@@ -84,15 +85,18 @@ def _general(status: int, details: str) -> _Failure:
 # ----------------------------------------------------------------------- request
 
 
-def _flags_of(request: Request) -> tuple[FeatureFlags, AdminState]:
-    """(flags, admin state) after the admin API's read authorisation."""
+def _flags_of(request: Request) -> tuple[FeatureFlags | None, AdminState]:
+    """(flags, admin state) after the admin API's read authorisation.
+
+    No flags (a server without a ``FeatureFlags``) is None: every key is then
+    ``FLAG_NOT_FOUND`` and the bulk answer is empty, the shapes OFREP defines
+    (its bulk endpoint has no 404).
+    """
     state: AdminState = request.app.state.admin
     try:
         _authorise(request, state, write=False)
     except ApiError as exc:  # 401 (no/unknown token); reads are never 403
         raise _general(exc.status, exc.message) from None
-    if state.flags is None:
-        raise _general(404, "this admin server has no flags")
     return state.flags, state
 
 
@@ -184,6 +188,8 @@ async def evaluate_flag(request: Request) -> Response:
     try:
         flags, state = _flags_of(request)
         actor = await _actor(request, key)
+        if flags is None:
+            raise _flag_failure(key, "FLAG_NOT_FOUND", "this server has no flags", 404)
         try:
             body = _evaluate(flags, state, key, actor)
         except UnknownFlag as exc:
@@ -215,25 +221,31 @@ def _matches(header: str, etag: str) -> bool:
     return False
 
 
+def _evaluate_every(
+    flags: FeatureFlags, state: AdminState, actor: str | None
+) -> list[dict[str, Any]]:
+    """The bulk answer's ``flags``: every declared flag for ``actor``."""
+    results: list[dict[str, Any]] = []
+    # Race: a write landing mid-loop may show some flags before it and some after
+    # (each answer is still a real state of its flag). The ETag is a digest of exactly
+    # this body, so a later If-None-Match gets 304 only while the answer is identical.
+    for name in flags.names:
+        try:
+            results.append(_evaluate(flags, state, name, actor))
+        except InvalidFlagValue as exc:  # the actor: every flag would refuse it
+            raise _Failure(
+                400, {"errorCode": "INVALID_CONTEXT", "errorDetails": str(exc)}
+            ) from None
+        except UnknownFlag as exc:  # not declared any more (cannot happen today)
+            results.append({"key": name, "errorCode": "FLAG_NOT_FOUND", "errorDetails": str(exc)})
+    return results
+
+
 async def evaluate_all(request: Request) -> Response:
     try:
         flags, state = _flags_of(request)
         actor = await _actor(request, None)
-        results: list[dict[str, Any]] = []
-        # Race: a write landing mid-loop may show some flags before it and some after
-        # (each answer is still a real state of its flag). The ETag is a digest of exactly
-        # this body, so a later If-None-Match gets 304 only while the answer is identical.
-        for name in flags.names:
-            try:
-                results.append(_evaluate(flags, state, name, actor))
-            except InvalidFlagValue as exc:  # the actor: every flag would refuse it
-                raise _Failure(
-                    400, {"errorCode": "INVALID_CONTEXT", "errorDetails": str(exc)}
-                ) from None
-            except UnknownFlag as exc:  # not declared any more (cannot happen today)
-                results.append(
-                    {"key": name, "errorCode": "FLAG_NOT_FOUND", "errorDetails": str(exc)}
-                )
+        results = [] if flags is None else _evaluate_every(flags, state, actor)
         body = _json({"flags": results})  # inside the try: a failure is the JSON 500
     except _Failure as failure:
         return failure.response()

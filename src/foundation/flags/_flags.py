@@ -329,7 +329,20 @@ def _compile_boolean(name: str, state: FlagState, cache: dict[str, int]) -> _Com
     c.targets = {a: on for a in state.allow if a not in state.deny}
     # The percentage, allow and deny apply; a record's typed fields (another version's) do not.
     c.fixed = c.rest if not c.deny and not c.targets and c.limit is None else None
+    _untargeted_is_default(c)
     return c
+
+
+def _untargeted_is_default(c: _Compiled) -> None:
+    """A flag with rules (deny, allow, assignments) that pick nobody else answers
+    others with its default, reason ``DEFAULT`` (OpenFeature: evaluation "yielded
+    no result"), not ``STATIC``, kept for a flag with no rules at all."""
+    rest = c.rest
+    if (c.deny or c.targets) and rest.reason == _STATIC:
+        default = Evaluation(rest.flag, rest.value, rest.variant, _DEFAULT, rest.kind)
+        if c.bare is rest:
+            c.bare = default
+        c.rest = default
 
 
 def _set_rollout(
@@ -365,6 +378,7 @@ def _compile_typed(flag: Flag, state: FlagState, caches: dict[str, dict[str, flo
     c.deny_eval = ev(default, _TARGETED)
     c.targets = _assigned(state, variants, ev)
     c.fixed = c.rest if not c.deny and not c.targets and not c.split else None
+    _untargeted_is_default(c)
     return c
 
 
@@ -695,8 +709,9 @@ class FeatureFlags:
         its variant, ``TARGETING_MATCH``; a percentage or split -> with an
         actor, its bucket / split variant, ``SPLIT``; without one, on / the
         variant holding 100% (``SPLIT``) if there is one, else off / the
-        default variant (``DEFAULT``); otherwise on / the default variant,
-        ``STATIC``.
+        default variant (``DEFAULT``); otherwise on / the default variant:
+        ``DEFAULT`` if the flag has a deny, allow or assignment that did not
+        pick the actor (or there is no actor), else ``STATIC`` (no rules).
 
         Example:
             >>> flags = FeatureFlags([Flag("beta"), Flag("size", variants={"s": 1, "l": 3},

@@ -64,7 +64,8 @@ class Evaluation:
     ``reason`` is one of ``"STATIC"`` (switch on, nothing else applies),
     ``"TARGETING_MATCH"`` (the actor is denied, allowed or assigned),
     ``"SPLIT"`` (a percentage or split decided), ``"DISABLED"`` (the switch is
-    off) or ``"DEFAULT"`` (a split or percentage, but no actor to place).
+    off) or ``"DEFAULT"`` (a split or percentage, but no actor to place; or a deny,
+    allow or assignment that does not pick the actor).
     Boolean flags' variants are ``"on"`` and ``"off"``.
 
     Example:
