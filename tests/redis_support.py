@@ -9,6 +9,7 @@ is :mod:`foundation._demo._redis_server` (the demo's chaos mode uses it too).
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -62,7 +63,14 @@ def _poll(predicate: Callable[[], bool], what: str, timeout: float) -> None:
 
 
 class SentinelProcess(RedisServer):
-    """``redis-server <conf> --sentinel`` monitoring ``service`` (quorum 1)."""
+    """``redis-server <conf> --sentinel`` monitoring ``service``.
+
+    ``quorum``: Sentinels that must agree the master is down (1 for a lone
+    Sentinel). ``password`` is the Sentinel's ``requirepass`` (also what it
+    gives the other Sentinels of its set); ``acl_user`` is ``(name, password)``
+    of one more ACL user allowed every command. ``command()`` logs in with
+    ``password``.
+    """
 
     def __init__(
         self,
@@ -71,27 +79,42 @@ class SentinelProcess(RedisServer):
         *,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
+        quorum: int = 1,
+        password: str | None = None,
+        acl_user: tuple[str, str] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(password=password)
         self.service = service
         self.master_port = master_port
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
+        self.quorum = quorum
+        self.acl_user = acl_user
+        self._reads = 0  # INFO reads of commands_served()
+
+    def _conf(self) -> str:
+        svc = self.service
+        lines = [
+            f"port {self.port}",
+            f"bind {_LOOPBACK}",
+            f"dir {self._dir}",
+            f"logfile {self._dir / 'sentinel.log'}",
+            f"sentinel monitor {svc} {_LOOPBACK} {self.master_port} {self.quorum}",
+            f"sentinel down-after-milliseconds {svc} {self.down_after_ms}",
+            f"sentinel failover-timeout {svc} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {svc} 1",
+        ]
+        if self.password:
+            lines.append(f"requirepass {self.password}")
+        if self.acl_user:
+            name, secret = self.acl_user
+            lines.append(f"user {name} on >{secret} allchannels +@all")
+        return "\n".join(lines) + "\n"
 
     def start(self, *, timeout: float = 10.0) -> None:
         conf = self._dir / "sentinel.conf"
         if not conf.exists():  # a restart keeps what the Sentinel wrote there
-            svc = self.service
-            conf.write_text(
-                f"port {self.port}\n"
-                f"bind {_LOOPBACK}\n"
-                f"dir {self._dir}\n"
-                f"logfile {self._dir / 'sentinel.log'}\n"
-                f"sentinel monitor {svc} {_LOOPBACK} {self.master_port} 1\n"
-                f"sentinel down-after-milliseconds {svc} {self.down_after_ms}\n"
-                f"sentinel failover-timeout {svc} {self.failover_timeout_ms}\n"
-                f"sentinel parallel-syncs {svc} 1\n"
-            )
+            conf.write_text(self._conf())
         self._frozen = False
         self.process = subprocess.Popen(
             [redis_server_binary(), str(conf), "--sentinel"],
@@ -110,19 +133,60 @@ class SentinelProcess(RedisServer):
 
         _poll(answers, f"redis-sentinel on port {self.port}", timeout)
 
+    @property
+    def answering(self) -> bool:
+        """Running and not frozen: it answers commands."""
+        return self.running and not self.frozen
+
     def master_address(self) -> tuple[str, int]:
         """``SENTINEL get-master-addr-by-name``: what clients are told now."""
         host, port = self.command("SENTINEL", "get-master-addr-by-name", self.service)
         return host.decode(), int(port)
 
+    def commands_served(self) -> int:
+        """Commands this Sentinel served so far (``INFO stats``
+        ``total_commands_processed``), not counting the ones of these reads.
+
+        Sentinel 7.0 has no ``INFO commandstats``: in a set of one Sentinel,
+        whose only clients are idle Sentinel clients (persistent connections),
+        what it serves are their master discoveries (``SENTINEL MASTERS``).
+        """
+        self._reads += 1
+        info: bytes = self.command("INFO", "stats")
+        for line in info.decode().splitlines():
+            if line.startswith("total_commands_processed:"):
+                per_read = 2 if self.password else 1  # AUTH, INFO
+                return int(line.split(":", 1)[1]) - self._reads * per_read
+        raise RuntimeError("INFO stats has no total_commands_processed")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process ``pid`` holds open (``/proc/<pid>/fd``)."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    found.add(target[len("socket:[") : -1])
+    return found
+
 
 class SentinelSet:
-    """A master, one replica (``REPLICAOF``) and one Sentinel on free loopback ports.
+    """A master, one replica (``REPLICAOF``) and ``sentinels`` Sentinels on free
+    loopback ports.
 
-    ``url`` is the ``redis+sentinel://`` URL of the set. :meth:`failover`
-    (``SENTINEL FAILOVER``) and :meth:`kill_master` (SIGKILL, the Sentinel
-    promotes the replica after ``down_after_ms``) return once the Sentinel
-    names the new master and that server answers ``ROLE`` as a master.
+    ``quorum`` defaults to a majority of the Sentinels (1 for one, 2 for
+    three). ``sentinel_password`` is every Sentinel's ``requirepass``;
+    ``acl_user`` (``(name, password)``) one more ACL user on each. ``url`` is
+    the ``redis+sentinel://`` URL of the set, naming every Sentinel (in order)
+    and, with ``sentinel_password``, logging in with it (:meth:`url_with` for
+    another login). ``sentinel`` is the first Sentinel; the control methods ask
+    the first one that answers (not killed nor frozen).
+
+    :meth:`failover` (``SENTINEL FAILOVER``) and :meth:`kill_master` (SIGKILL,
+    the Sentinels promote the replica after ``down_after_ms``) return once a
+    Sentinel names the new master and that server answers ``ROLE`` as a master.
     """
 
     def __init__(
@@ -131,19 +195,38 @@ class SentinelSet:
         *,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
+        sentinels: int = 1,
+        quorum: int | None = None,
+        sentinel_password: str | None = None,
+        acl_user: tuple[str, str] | None = None,
     ) -> None:
         self.service = service
         self.servers = [RedisServer(), RedisServer()]
-        self.sentinel = SentinelProcess(
-            service,
-            self.servers[0].port,
-            down_after_ms=down_after_ms,
-            failover_timeout_ms=failover_timeout_ms,
-        )
+        self.sentinel_password = sentinel_password
+        self.all_sentinels = [
+            SentinelProcess(
+                service,
+                self.servers[0].port,
+                down_after_ms=down_after_ms,
+                failover_timeout_ms=failover_timeout_ms,
+                quorum=sentinels // 2 + 1 if quorum is None else quorum,
+                password=sentinel_password,
+                acl_user=acl_user,
+            )
+            for _ in range(sentinels)
+        ]
+        self.sentinel = self.all_sentinels[0]
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://{_LOOPBACK}:{self.sentinel.port}/{self.service}/0"
+        if self.sentinel_password is None:
+            return self.url_with()
+        return self.url_with(f"?sentinel_password={self.sentinel_password}")
+
+    def url_with(self, query: str = "", *, db: int = 0) -> str:
+        """The set's URL with ``query`` (``"?sentinel_username=..."``) and ``db``."""
+        hosts = ",".join(f"{_LOOPBACK}:{s.port}" for s in self.all_sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/{db}{query}"
 
     def start(self, timeout: float = 30.0) -> None:
         master, replica = self.servers
@@ -151,11 +234,28 @@ class SentinelSet:
         replica.start()
         replica.command("REPLICAOF", _LOOPBACK, master.port)
         _poll(lambda: self._link_up(replica), "the replica to sync with the master", timeout)
-        self.sentinel.start()
-        _poll(self._replica_known, "the Sentinel to know the replica", timeout)
+        for sentinel in self.all_sentinels:
+            sentinel.start()
+        self.wait_settled(timeout)
+
+    def wait_settled(self, timeout: float = 30.0) -> None:
+        """Wait until every answering Sentinel knows a healthy replica and the
+        other answering Sentinels (as after :meth:`start`, or a restart)."""
+        others = sum(1 for s in self.all_sentinels if s.answering) - 1
+        for sentinel in self.all_sentinels:
+            if sentinel.answering:
+                self._settle(sentinel, others, timeout)
+
+    def _settle(self, sentinel: SentinelProcess, others: int, timeout: float) -> None:
+        def settled() -> bool:
+            return self._replica_known(sentinel) and self._peers(sentinel) >= others
+
+        what = f"the Sentinel on port {sentinel.port} to know the replica and {others} peer(s)"
+        _poll(settled, what, timeout)
 
     def stop(self) -> None:
-        self.sentinel.stop()
+        for sentinel in self.all_sentinels:
+            sentinel.stop()
         for server in self.servers:
             server.stop()
 
@@ -175,8 +275,46 @@ class SentinelSet:
         info: bytes = server.command("INFO", "replication")
         return b"master_link_status:up" in info
 
-    def _replica_known(self) -> bool:
-        replicas = self.sentinel.command("SENTINEL", "REPLICAS", self.service)
+    def live_sentinel(self) -> SentinelProcess:
+        """The first Sentinel that answers (neither killed nor frozen)."""
+        for sentinel in self.all_sentinels:
+            if sentinel.answering:
+                return sentinel
+        raise RuntimeError("no Sentinel of the set is running")
+
+    def client_connections(self, sentinel: SentinelProcess) -> set[int]:
+        """Local ports of the TCP connections to ``sentinel`` that clients
+        opened (not the other Sentinels of the set), open or closed by the
+        client and not yet acknowledged by ``sentinel`` (Linux's
+        ``/proc/net/tcp``). A frozen Sentinel acknowledges nothing, so the ports
+        that appear after the freeze count the clients' tries to reach it."""
+        peers: set[str] = set()  # socket inodes of the other Sentinels
+        for other in self.all_sentinels:
+            if other is not sentinel and other.process is not None:
+                peers |= _socket_inodes(other.process.pid)
+        ports = set()
+        with open("/proc/net/tcp") as table:
+            for row in table.readlines()[1:]:
+                fields = row.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                to_it = int(remote.split(":")[1], 16) == sentinel.port
+                # ESTABLISHED, or FIN_WAIT2 (closed by the client, the peer silent)
+                if to_it and state in ("01", "05") and inode not in peers:
+                    ports.add(int(local.split(":")[1], 16))
+        return ports
+
+    def master_address(self) -> tuple[str, int]:
+        """The master's address, as the first answering Sentinel names it."""
+        return self.live_sentinel().master_address()
+
+    def _peers(self, sentinel: SentinelProcess) -> int:
+        fields = sentinel.command("SENTINEL", "MASTER", self.service)
+        info = dict(zip(fields[::2], fields[1::2], strict=False))
+        return int(info.get(b"num-other-sentinels", b"0"))
+
+    def _replica_known(self, sentinel: SentinelProcess | None = None) -> bool:
+        asked = sentinel or self.live_sentinel()
+        replicas = asked.command("SENTINEL", "REPLICAS", self.service)
         for fields in replicas:
             info = dict(zip(fields[::2], fields[1::2], strict=False))
             flags = info.get(b"flags", b"")
@@ -186,8 +324,8 @@ class SentinelSet:
 
     @property
     def master(self) -> RedisServer:
-        """The server the Sentinel names as the master now."""
-        return self._server(self.sentinel.master_address()[1])
+        """The server the Sentinels name as the master now."""
+        return self._server(self.master_address()[1])
 
     def _server(self, port: int) -> RedisServer:
         for server in self.servers:
@@ -209,18 +347,18 @@ class SentinelSet:
     def failover(self, timeout: float = 30.0) -> RedisServer:
         """``SENTINEL FAILOVER``; returns the new master once it is one."""
         _poll(self._replica_known, "the Sentinel to know a healthy replica", timeout)
-        old = self.sentinel.master_address()
-        self.sentinel.command("SENTINEL", "FAILOVER", self.service)
+        old = self.master_address()
+        self.live_sentinel().command("SENTINEL", "FAILOVER", self.service)
         return self._await_new_master(old, timeout)
 
     def kill_master(self, timeout: float = 30.0) -> RedisServer:
-        """SIGKILL the master; returns the replica once the Sentinel promoted it."""
-        old = self.sentinel.master_address()
+        """SIGKILL the master; returns the replica once the Sentinels promoted it."""
+        old = self.master_address()
         self._server(old[1]).kill()
         return self._await_new_master(old, timeout)
 
     def _await_new_master(self, old: tuple[str, int], timeout: float) -> RedisServer:
-        _poll(lambda: self.sentinel.master_address() != old, "the Sentinel to switch", timeout)
+        _poll(lambda: self.master_address() != old, "the Sentinel to switch", timeout)
         new = self.master
         _poll(lambda: self._is_master(new), "the new master to answer ROLE as master", timeout)
         return new

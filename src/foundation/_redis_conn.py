@@ -357,6 +357,11 @@ def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationEr
     detail = str(exc) or type(exc).__name__
     if kind in REDIS_ERROR_KINDS:
         why = f"{kind}, {REDIS_ERROR_KINDS[kind]}: {detail}"
+    elif kind == "auth" and type(exc).__name__ == "SentinelLoginRefused":
+        why = (
+            "the Sentinels refused the login (check the URL's sentinel_username and "
+            f"sentinel_password): {detail}"
+        )
     elif kind == "auth":
         why = f"the server refused the credentials (check the URL's user and password): {detail}"
     elif kind == "timeout":

@@ -199,10 +199,14 @@ def _sentinel_address(item: str, bad: Callable[[str], InvalidConfig]) -> tuple[s
 
 def sentinel_master(url: str, shown: str, options: dict[str, Any]) -> Any:
     """A client of the master of ``url``'s service (``url`` is a valid
-    ``redis+sentinel://`` URL); ``options`` are :func:`connect`'s client options."""
+    ``redis+sentinel://`` URL); ``options`` are :func:`connect`'s client options.
+
+    The Sentinel connections have the same bounds as the master's
+    (``socket_timeout`` and ``socket_connect_timeout``, no retries): a
+    Sentinel that does not answer (down, frozen, unreachable) costs a discovery
+    at most ``connect_timeout + op_timeout`` before the next one is asked."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
-    from redis.sentinel import Sentinel
 
     spec = sentinel_spec(url)
     if spec.unknown:
@@ -218,8 +222,8 @@ def sentinel_master(url: str, shown: str, options: dict[str, Any]) -> Any:
     if spec.sentinel_password is not None:
         sentinel_options["password"] = spec.sentinel_password
         sentinel_options["username"] = spec.sentinel_username
-    manager = Sentinel(list(spec.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
-    client = manager.master_for(  # type: ignore[no-untyped-call]
+    manager = _sentinel_manager_class()(list(spec.sentinels), sentinel_kwargs=sentinel_options)
+    client = manager.master_for(
         spec.service,
         redis_class=_sentinel_client_class(),
         connection_class=_sentinel_connection_class(),
@@ -229,8 +233,102 @@ def sentinel_master(url: str, shown: str, options: dict[str, Any]) -> Any:
         password=spec.password,
         **options,
     )
+    # The watch asks the Sentinels once per round for all the pools of a group:
+    # the same Sentinels (in any order), service and Sentinel login.
+    client.connection_pool.foundation_watch_group = (
+        tuple(sorted(spec.sentinels)),
+        spec.service,
+        spec.sentinel_username,
+        spec.sentinel_password,
+    )
     _MASTER_WATCH.add(client.connection_pool)
     return client
+
+
+@functools.cache
+def _sentinel_manager_class() -> type[Any]:
+    """redis-py's ``Sentinel`` (the Sentinels' clients), with a discovery that
+
+    - asks every Sentinel in turn, whatever it failed with (redis-py stops at
+      an error reply, such as a server on that port that is not a Sentinel),
+      the ones that failed last time (in any client: ``_LAGGING``) last;
+    - moves the Sentinel that answered to the front without losing one when
+      two threads discover at once (redis-py swaps two items of the shared
+      list in place: two racing swaps can leave one Sentinel twice and
+      another never asked again);
+    - says in one line what each Sentinel did (redis-py appends the repr of
+      every Sentinel's client), never a password, and raises
+      ``SentinelLoginRefused`` (an ``AuthenticationError``) when every
+      Sentinel refused the login.
+    """
+    from redis.exceptions import AuthenticationError, RedisError, ResponseError
+    from redis.sentinel import MasterNotFoundError, Sentinel
+
+    class SentinelLoginRefused(AuthenticationError):
+        """Every Sentinel refused the login (``translate_error`` names it)."""
+
+    class SentinelManager(Sentinel):
+        def discover_master(self, service_name: str) -> tuple[str, int]:
+            # A snapshot (another thread may reorder the list meanwhile), with
+            # the Sentinels that failed their last question last.
+            sentinels = sorted(self.sentinels, key=lambda s: _address(s) in _LAGGING)
+            failures: dict[str, list[str]] = {}  # why -> the Sentinels that said it
+            refused = 0
+            for sentinel in sentinels:
+                try:
+                    masters: Any = sentinel.sentinel_masters()
+                except (RedisError, OSError) as exc:
+                    if not isinstance(exc, AuthenticationError | ResponseError):  # it answered
+                        _LAGGING.add(_address(sentinel))
+                    refused += isinstance(exc, AuthenticationError)
+                    failures.setdefault(self._why(exc), []).append(_address(sentinel))
+                    continue
+                _LAGGING.discard(_address(sentinel))
+                state = masters.get(service_name)
+                if state and self.check_master_state(state, service_name):  # type: ignore[no-untyped-call]
+                    self._prefer(sentinel, sentinels)
+                    return state["ip"], state["port"]
+                why = "no healthy master" if state else "does not monitor it"
+                failures.setdefault(why, []).append(_address(sentinel))
+            said = "; ".join(f"{', '.join(where)}: {why}" for why, where in failures.items())
+            text = f"No master found for {service_name!r} ({said})"
+            if refused == len(sentinels):
+                raise SentinelLoginRefused(text)
+            raise MasterNotFoundError(text)
+
+        def _prefer(self, sentinel: Any, seen: list[Any]) -> None:
+            # Race: a new list replaces the old one in one assignment, each a
+            # permutation of all the Sentinels: a concurrent discovery's order
+            # may win, but no Sentinel is ever lost or doubled.
+            if seen[0] is not sentinel:
+                self.sentinels = [sentinel, *(s for s in seen if s is not sentinel)]
+
+        def _why(self, exc: BaseException) -> str:
+            secret = self.sentinel_kwargs.get("password")
+            if isinstance(exc, AuthenticationError):
+                if not secret:
+                    return "requires a login (the URL has no sentinel_password)"
+                return f"refused the login: {exc}".replace(secret, "***")  # never echoed anyway
+            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return text.replace(secret, "***") if secret else text
+
+    return SentinelManager
+
+
+_LAGGING: Final[set[str]] = set()
+"""``host:port`` of the Sentinels whose last question got no answer (timed
+out, connection refused or cut, not a Redis reply; a refused login or an
+error reply is an answer), in any client of the process: every discovery asks them after
+the others, so a frozen Sentinel costs a timeout once, not once per client
+(each client has its own Sentinel clients). One that answers again leaves it.
+Race: ``add``/``discard`` are atomic; a discovery that reads a mark being
+changed only asks in another order."""
+
+
+def _address(sentinel: Any) -> str:
+    """``host:port`` of one Sentinel's client."""
+    kwargs = sentinel.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
 @functools.cache
@@ -330,14 +428,20 @@ def _sentinel_connection_class() -> type[Any]:
 
 class _MasterWatch:
     """One daemon thread (``foundation-redis-sentinel``) that asks the Sentinels
-    every ``WATCH_INTERVAL`` for the master of each Sentinel pool that has a
-    connected connection, and records it in the pool (which drops its idle
+    every ``WATCH_INTERVAL`` for the master of the Sentinel pools that have a
+    connected connection, and records it in each pool (which drops its idle
     connections to a former master). It ends when no pool has a connection
     (closed clients), and starts again with the next connection made.
 
+    The pools are grouped by what a discovery depends on (the Sentinels, the
+    service, the Sentinel login: ``foundation_watch_group``): one discovery per
+    group and round, however many clients there are, through the Sentinel
+    clients of one of its pools (so with that client's timeouts).
+
     A Sentinel that does not answer costs this thread, never a caller, up to
-    ``op_timeout`` per Sentinel. A failed discovery changes nothing: the
-    connections stay where they are until their own calls fail.
+    ``connect_timeout + op_timeout``, once: the Sentinel that answers is asked
+    first afterwards. A failed discovery changes nothing: the connections stay
+    where they are until their own calls fail.
     """
 
     def __init__(self) -> None:
@@ -348,6 +452,8 @@ class _MasterWatch:
         self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self.rounds = 0
+        """Rounds completed since the process started (for tests and diagnosis)."""
 
     def add(self, pool: Any) -> None:
         with self._lock:
@@ -383,33 +489,65 @@ class _MasterWatch:
                     if not live:
                         self._thread = None
                         return
-                for pool in live:
-                    self._check(pool)
-                    if not _has_connection(pool):
-                        # Race: closed during the discovery, which reopened a
-                        # Sentinel connection after close() shut them: shut it.
-                        pool.sentinel_manager.close()
+                for group in _groups(live):
+                    self._check(group)
             except Exception:  # never dies: the next round tries again
                 log.exception("watching the Redis Sentinels failed; retrying")
+            self.rounds += 1
             self._wake.wait(WATCH_INTERVAL)
 
     @staticmethod
-    def _check(pool: Any) -> None:
-        before = pool.master_address
+    def _check(group: list[Any]) -> None:
+        """One discovery for ``group`` (pools of one service and Sentinels),
+        recorded in each of its pools."""
+        asking = group[0]
+        before = {tuple(p.master_address) for p in group if p.master_address is not None}
         try:
-            now = pool.get_master_address()
+            now = asking.get_master_address()  # records it in ``asking``
         except Exception as exc:
-            # redis-py's text holds the repr of every Sentinel's client: its head.
-            why = str(exc).partition(" : ")[0] or type(exc).__name__
-            log.debug("Sentinel discovery for %r failed: %s", pool.service_name, why)
+            why = str(exc) or type(exc).__name__
+            log.debug("Sentinel discovery for %r failed: %s", asking.service_name, why)
             return
-        if before is not None and tuple(now) != tuple(before):
+        finally:
+            if not _has_connection(asking):
+                # Race: closed during the discovery, which reopened a Sentinel
+                # connection after close() shut them: shut it.
+                asking.sentinel_manager.close()
+        for pool in group[1:]:
+            _record(pool, now)
+        if before - {tuple(now)}:
             log.warning(
-                "Redis Sentinel: the master of %r is now %s:%s (was %s:%s); connections move to it",
-                pool.service_name,
+                "Redis Sentinel: the master of %r is now %s:%s (was %s); connections move to it",
+                asking.service_name,
                 *now,
-                *before,
+                ", ".join(f"{host}:{port}" for host, port in sorted(before - {tuple(now)})),
             )
+
+
+def _groups(pools: list[Any]) -> list[list[Any]]:
+    """``pools`` grouped by ``foundation_watch_group`` (a pool without one alone)."""
+    groups: dict[object, list[Any]] = {}
+    for pool in pools:
+        groups.setdefault(getattr(pool, "foundation_watch_group", id(pool)), []).append(pool)
+    return list(groups.values())
+
+
+def _record(pool: Any, address: tuple[str, int]) -> None:
+    """Record ``address`` as ``pool``'s master, as redis-py's own discovery does
+    (``SentinelConnectionPoolProxy.get_master_address``): a change drops the
+    pool's idle connections; the ones in use fail their next call.
+
+    Race: a connection of the pool may have discovered a newer address since
+    this round's discovery; it is then overwritten for one round at most: its
+    connections fail one call (``MASTER_MOVED``), rediscover, and the next
+    round records the newer address again."""
+    proxy = getattr(pool, "proxy", None)
+    if proxy is None or not hasattr(proxy, "master_address"):  # another redis-py
+        pool.get_master_address()
+        return
+    if proxy.master_address != address:
+        proxy.master_address = address
+        pool.disconnect(inuse_connections=False)
 
 
 def _has_connection(pool: Any) -> bool:
