@@ -10,7 +10,9 @@ Example ``foundation.toml``::
 
     [flag_store]
     kind = "sqlite"               # "memory" (default), "sqlite" or "redis"
-    path = ".foundation/flags.sqlite3"
+    path = ".foundation/flags.sqlite3"   # kind = "sqlite"
+    # redis_url = "redis://..."   # kind = "redis" (default: registry.redis_url)
+    # namespace = "shop-flags"    # kind = "redis" (default: registry.namespace)
 
     [flags]                       # the config layer of the feature flags
     use_ets_agent_registry = true
@@ -19,6 +21,9 @@ Example ``foundation.toml``::
     health_interval = 5.0
     max_restarts_per_minute = 10
     max_latency_ratio = 3.0
+
+    [cli]                         # read by the ``foundation`` command, not here
+    store = "sqlite:///.foundation/flags.sqlite3"
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ __all__ = ["AppConfig"]
 FlagStoreKind = Literal["memory", "sqlite", "redis"]
 RegistryBackend = Literal["memory", "redis"]
 
-_SECTIONS = {"registry", "flag_store", "flags", "migration"}
+# [cli] shares the file: the ``foundation`` command reads (and checks) it.
+_SECTIONS = {"registry", "flag_store", "flags", "migration", "cli"}
 _KNOWN = {
     "registry": {"backend", "indexed", "redis_url", "namespace", "lease_ttl"},
     "flag_store": {"kind", "path", "redis_url", "namespace"},
@@ -76,9 +82,13 @@ def _choice_problems(values: Mapping[str, Any], store: Mapping[str, Any]) -> lis
         problems.append(
             f"flag_store.kind must be memory, sqlite or redis: {values['flag_store']!r}"
         )
-    needs_url = "redis" in (values.get("registry_backend"), values.get("flag_store"))
-    if needs_url and not (values.get("redis_url") or store.get("redis_url")):
-        problems.append("a redis backend needs registry.redis_url")
+    has_url = values.get("redis_url") or values.get("flag_store_redis_url")
+    if values.get("registry_backend") == "redis" and not has_url:
+        problems.append("registry.backend = 'redis' needs registry.redis_url")
+    if values.get("flag_store") == "redis" and not has_url:
+        problems.append(
+            "flag_store.kind = 'redis' needs flag_store.redis_url or registry.redis_url"
+        )
     if values.get("flag_store") == "sqlite" and "flag_store_path" not in values:
         problems.append("flag_store.kind = 'sqlite' needs flag_store.path")
     return problems
@@ -102,6 +112,8 @@ class AppConfig:
     lease_ttl: float = 5.0
     flag_store: FlagStoreKind = "memory"
     flag_store_path: str | None = None
+    flag_store_redis_url: str | None = None
+    flag_store_namespace: str | None = None
     flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     health_interval: float = 5.0
     max_error_rate: float | None = None
@@ -168,6 +180,8 @@ class AppConfig:
         take(registry, "lease_ttl", "lease_ttl", (int, float))
         take(store, "kind", "flag_store", str)
         take(store, "path", "flag_store_path", str)
+        take(store, "redis_url", "flag_store_redis_url", str)
+        take(store, "namespace", "flag_store_namespace", str)
         for key in ("health_interval", "max_error_rate", "max_restarts_per_minute",
                     "max_latency_ratio"):  # fmt: skip
             take(migration, key, key, (int, float))
@@ -180,8 +194,8 @@ class AppConfig:
         problems += _choice_problems(values, store)
         if problems:
             raise InvalidConfig(f"invalid config in {source}: " + "; ".join(problems))
-        if "redis_url" not in values and isinstance(store.get("redis_url"), str):
-            values["redis_url"] = store["redis_url"]
+        if "redis_url" not in values and "flag_store_redis_url" in values:
+            values["redis_url"] = values["flag_store_redis_url"]  # one Redis named once
         values["flags"] = MappingProxyType(dict(tables.get("flags", {})))
         return cls(**values)
 

@@ -668,7 +668,11 @@ class Application:
         if kind == "redis":
             from foundation.flags import RedisFlagStore
 
-            return RedisFlagStore(str(self.config.redis_url), namespace=self.config.namespace)
+            config = self.config
+            return RedisFlagStore(
+                str(config.flag_store_redis_url or config.redis_url),
+                namespace=config.flag_store_namespace or config.namespace,
+            )
         return MemoryFlagStore()
 
     def _make_registry(self) -> Registry:
