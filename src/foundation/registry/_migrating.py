@@ -75,12 +75,35 @@ Rules
    target reports itself unavailable without I/O (``status().state``
    ``disconnected`` or ``degraded``), queued mirrors are not attempted: each is
    a divergence (logged once per outage, telemetry ``registry.mirror_skipped``),
-   exactly as a mirror the target refused. A register skipped that way, or
-   failed with ``BackendUnavailable``, is kept in ``view.retry`` (agent and
-   current metadata; dropped when the copy is unregistered or replaced) and
-   queued again, as a register of that copy, once the target is available:
-   at the first mirror that succeeds after the outage, and by
-   ``divergences()``/``readiness()``. Its success resolves the divergence.
+   exactly as a mirror the target refused. A mirror skipped that way, or
+   failed with ``BackendUnavailable`` — a register, an update, an unregister,
+   or the construction's copy of a legacy entry (which checks ``status()``
+   too, so a frozen target costs one wait, not one per entry) — is kept in
+   ``view.retry`` (agent and current metadata, or ``REMOVED`` for an
+   unregister; dropped when the copy is unregistered or replaced) and queued
+   again, as a register (replace) or unregister of that copy, once the target
+   is available: at the first mirror that succeeds after the outage, and by
+   ``divergences()``/``readiness()``/``finish()``, whichever way the flag
+   points (with the flag on, the target answers, and a live legacy copy it
+   lacks would be lost to it). Its success resolves the divergence; so does
+   a later mirror of the same copy that succeeds.
+7. *Deferred legacy mirrors* (flag on). The legacy backend may be remote too
+   (a ``RedisRegistry`` legacy). While it reports itself unavailable without
+   I/O (``status()``, as in rule 6), a flag-on write does not call it: a
+   register mirror is a divergence kept in ``view.legacy_retry``, an
+   unregister or update mirror goes to the view's inbox (a stale copy, listed
+   by ``divergences()``), and catch-up skips the pass; a pass stops at its
+   first ``BackendUnavailable``. So writes cost at most one wait per outage,
+   and the operator gets one WARNING (until a legacy mirror succeeds, then
+   one INFO). Once it is back, ``divergences()``/``readiness()``/``finish()``
+   retry the registers (rule 2: only over our own copy or none) and catch
+   the shared view up, and a legacy read catches it up first, so a flip
+   back resurrects nothing. In a shared view, a flag-on register or
+   unregister also replaces or removes the facade's own divergent copy (a
+   write the target never took): else it would come back, unlisted, at the
+   next flip. Symmetrically, a target entry whose shared legacy mirror is
+   still to be retried is the shared view's own: a flag-off register of its
+   key replaces it in the target (rule 2).
 
 Why this is correct under concurrent flips
 ------------------------------------------
@@ -166,12 +189,14 @@ from foundation import telemetry
 from foundation._listeners import Listeners
 from foundation.errors import (
     AlreadyRegistered,
+    BackendUnavailable,
     Closed,
     MigrationError,
     NotAlive,
     NotRegistered,
     bounded_list,
 )
+from foundation.liveness import is_alive
 from foundation.registry._async import MigratingAsyncWrites
 from foundation.registry._migrating_events import _LEGACY, _TARGET, _Call
 from foundation.registry._migrating_mirror import _TargetMirrors
@@ -269,6 +294,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._lock = threading.RLock()
         self._flag_lock = threading.Lock()
         self._init_mirror_queue(target)  # rule 6: the queued target mirrors
+        self._legacy_status = getattr(legacy, "status", None)
+        self._legacy_warned = False
         self._tls = threading.local()
         self._finished = False
         self._closed = False
@@ -350,7 +377,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         """
         self._check_open()
         self._settle_and_retry()
-        with self._lock:
+        with _Call(self), self._lock:  # catch-up and retries: their events dropped
+            self._retry_legacy_mirrors()
             return self._divergences()
 
     def divergence_count(self) -> int:
@@ -365,7 +393,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         """
         self._check_open()
         self._settle_and_retry()
-        with self._lock:
+        with _Call(self), self._lock:  # catch-up and retries: their events dropped
+            self._retry_legacy_mirrors()
             return self._problems()
 
     # ------------------------------------------------------------------ writes
@@ -432,22 +461,88 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         old: _Record | None,
     ) -> None:
         # Rule 2: a private view is the caller's own; in a shared view only
-        # the mirror of the target entry just replaced may be replaced.
+        # the mirror of the target entry just replaced may be replaced, or the
+        # facade's own copy the target never took (a listed divergence): the
+        # target has just accepted this write over it, and a copy left there
+        # would come back, unlisted, at the next flip.
         holds = view.private or (old is not None and old.view is view)
+        holds = holds or self._own_divergent(view, key)
         try:
+            down = self._legacy_down()
+            if down is not None:  # no I/O, no wait (a frozen Redis costs op_timeout)
+                raise BackendUnavailable(down)
             with self._events_dropped():
                 self._legacy.register(key, agent, metadata, replace=holds)
         except Exception as exc:  # best effort: a refused mirror is a divergence, not an error
-            view.mirrors.pop(key, None)
-            if isinstance(exc, AlreadyRegistered) and key in view.divergent:
-                return  # the refusing copy is already a listed divergence
-            self._diverge(view, key, agent, f"the legacy backend refused the mirror: {exc}")
-            self._records[key] = _Record(None, self._next_gen(), agent)
+            self._legacy_register_refused(view, key, agent, old, exc)
             return
+        self._legacy_ok()
         view.divergent.pop(key, None)  # our private copy was replaced: resolved
+        view.retry.pop(key, None)  # and its skipped target mirror is obsolete
+        view.legacy_retry.pop(key, None)
         gen = self._next_gen()
         self._records[key] = _Record(view, gen, agent)
         view.mirrors[key] = gen
+
+    def _legacy_register_refused(
+        self, view: _View, key: Hashable, agent: Any, old: _Record | None, exc: Exception
+    ) -> None:
+        """``_mirror_register_legacy`` when the legacy backend refused: a divergence."""
+        view.mirrors.pop(key, None)
+        if isinstance(exc, AlreadyRegistered) and key in view.divergent:
+            return  # the refusing copy is already a listed divergence
+        self._diverge(view, key, agent, f"the legacy backend refused the mirror: {exc}")
+        self._records[key] = _Record(None, self._next_gen(), agent)
+        if isinstance(exc, BackendUnavailable) and not view.private:
+            self._legacy_failed("register", key, exc)
+            # Retried once the legacy backend is back (_retry_legacy_mirrors):
+            # else a flip back would lose this live registration.
+            mine = old.agent if old is not None and old.view is view else None
+            view.legacy_retry[key] = (agent, mine)
+
+    def _retry_legacy_mirrors(self) -> None:
+        """Retry the shared legacy mirrors of target entries that the legacy
+        backend refused while unavailable (flag on; under the facade lock)."""
+        view = self._shared_view
+        if view is None or not view.legacy_retry or not self._on or self._finished:
+            return
+        if self._legacy_down() is not None:
+            return  # still down (no I/O): kept, retried by a later call
+        for key, (agent, mine) in list(view.legacy_retry.items()):
+            try:
+                done = self._retry_legacy_mirror(view, key, agent, mine)
+            except BackendUnavailable:
+                return  # still unavailable: kept, retried by a later call
+            except Exception as exc:  # refused for good: it stays a listed divergence
+                self._diverge(view, key, agent, f"the legacy backend refused the mirror: {exc}")
+                done = True
+            if done:
+                view.legacy_retry.pop(key, None)
+
+    def _retry_legacy_mirror(self, view: _View, key: Hashable, agent: Any, mine: Any) -> bool:
+        """One ``_retry_legacy_mirrors`` item; True once it needs no retry."""
+        rec = self._records.get(key)
+        held = view.divergent.get(key)
+        if rec is None or rec.view is not None or rec.agent is not agent:
+            return True  # the target entry was replaced, unregistered or died
+        if held is None or held.agent is not agent or not is_alive(agent):
+            return True
+        entry = self._target.lookup(key)
+        if entry is None or entry.agent is not agent:
+            return True
+        current = self._legacy.lookup(key)
+        if current is not None and current.agent is not agent and current.agent is not mine:
+            # Rule 2: a registration we do not hold now has the key there.
+            reason = f"the legacy backend holds {short_repr(key)} for another registration"
+            self._diverge(view, key, agent, reason)
+            return True
+        with self._events_dropped():
+            self._legacy.register(key, agent, entry.metadata, replace=current is not None)
+        view.divergent.pop(key, None)
+        gen = self._next_gen()
+        self._records[key] = _Record(view, gen, agent)
+        view.mirrors[key] = gen
+        return True
 
     def unregister(self, key: Hashable) -> bool:
         """Unregister on the authoritative backend (its answer), then mirror."""
@@ -488,21 +583,45 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         return removed
 
     def _mirror_unregister_legacy(self, view: _View, key: Hashable, rec: _Record | None) -> None:
-        """Drop the legacy mirror of ``key`` after the target unregistered it (flag on)."""
-        if view.private or (rec is not None and rec.view is view):
+        """Drop the legacy mirror of ``key`` after the target unregistered it (flag on).
+
+        In a shared view, also the facade's own copy the target never took (a
+        listed divergence): unregistered by the caller, it must not come back
+        (by a retried mirror, or at the next flip)."""
+        if view.private or (rec is not None and rec.view is view) or self._own_divergent(view, key):
             try:
+                down = self._legacy_down()
+                if down is not None:  # no I/O, no wait
+                    raise BackendUnavailable(down)
                 with self._events_dropped():
                     self._legacy.unregister(key)
             except Exception as exc:  # best effort: the next catch-up retries it
-                _log.warning(
-                    "MigratingRegistry: legacy unregister %s failed: %s",
-                    short_repr(key),
-                    short_repr(exc),
-                )
+                self._legacy_failed("unregister", key, exc)
+                view.mirrors.setdefault(key, 0)  # a copy to drop: catch-up drops it
                 view.inbox.append(key)  # the record is gone: catch-up drops the copy
             else:
+                self._legacy_ok()
                 view.mirrors.pop(key, None)
             view.divergent.pop(key, None)
+            view.retry.pop(key, None)
+        elif rec is not None and rec.view is None:
+            # The legacy side refused this entry's mirror: now that the target
+            # dropped it too, neither side holds it, and nothing is left to retry.
+            held = view.divergent.get(key)
+            if held is not None and held.agent is rec.agent:
+                del view.divergent[key]
+            view.legacy_retry.pop(key, None)
+
+    def _own_divergent(self, view: _View, key: Hashable) -> bool:
+        """``view``'s legacy copy of ``key`` is the one listed as divergent (same agent)."""
+        held = view.divergent.get(key)
+        if held is None:
+            return False
+        try:
+            entry = self._legacy.lookup(key)
+        except Exception:  # best effort: not provably ours, left alone
+            return False
+        return entry is not None and entry.agent is held.agent
 
     def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
         """Replace metadata on the authoritative backend, then mirror.
@@ -540,19 +659,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             gen = self._next_gen()
             self._records[key] = rec._replace(gen=gen)
             if rec.view is view:
-                try:
-                    with self._events_dropped():
-                        self._legacy.update_metadata(key, metadata)
-                    view.mirrors[key] = gen
-                except NotRegistered:  # the legacy copy's agent died
-                    view.mirrors.pop(key, None)
-                except Exception as exc:  # best effort: its mirror keeps the old gen,
-                    _log.warning(  # so the next catch-up copies the new metadata
-                        "MigratingRegistry: legacy update of %s failed: %s",
-                        short_repr(key),
-                        short_repr(exc),
-                    )
-                    view.inbox.append(key)
+                self._mirror_update_legacy(view, key, metadata, gen)
             else:
                 self._tell(rec.view, key, view)
             return
@@ -560,6 +667,25 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             self._legacy.update_metadata(key, metadata)
         if self._may_hold(view, key) or key in view.retry:
             self._enqueue("update", view, key, None, metadata)
+
+    def _mirror_update_legacy(
+        self, view: _View, key: Hashable, metadata: Mapping[str, Any], gen: int
+    ) -> None:
+        """Copy a flag-on metadata update to the caller's legacy mirror (best effort)."""
+        try:
+            down = self._legacy_down()
+            if down is not None:  # no I/O, no wait
+                raise BackendUnavailable(down)
+            with self._events_dropped():
+                self._legacy.update_metadata(key, metadata)
+            view.mirrors[key] = gen
+        except NotRegistered:  # the legacy copy's agent died
+            view.mirrors.pop(key, None)
+        except Exception as exc:  # best effort: its mirror keeps the old gen,
+            self._legacy_failed("update", key, exc)  # so the next catch-up copies
+            view.inbox.append(key)  # the new metadata
+        else:
+            self._legacy_ok()
 
     # ------------------------------------------------------------------ reads
 
@@ -656,6 +782,14 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
 
     def _backfill_one(self, view: _View, entry: Entry) -> None:
         key, agent = entry.key, entry.agent
+        skipped = self._target_unavailable()
+        if skipped is not None:
+            # A target that reports itself down is not waited for, once per
+            # entry (a frozen Redis would cost op_timeout each): the copy is a
+            # divergence, retried once the target is back (rule 6).
+            self._note_skip(skipped, None)
+            self._backfill_failed(view, entry, skipped)
+            return
         try:
             with self._events_dropped():
                 self._target.register(key, agent, entry.metadata)
@@ -681,12 +815,21 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
                     )
         except NotAlive:
             return
+        except BackendUnavailable as exc:
+            self._backfill_failed(view, entry, repr(exc))
+            return
         except Exception as exc:
             self._diverge(view, key, agent, f"the target refused the backfill: {exc!r}")
             return
         gen = self._next_gen()
         self._records[key] = _Record(view, gen, agent)
         view.mirrors[key] = gen
+
+    def _backfill_failed(self, view: _View, entry: Entry, why: str) -> None:
+        """A backfill copy the unavailable target could not take: a divergence, kept
+        in ``view.retry`` so that it is copied once the target is back."""
+        self._diverge(view, entry.key, entry.agent, f"the target refused the backfill: {why}")
+        view.retry[entry.key] = (entry.agent, entry.metadata)
 
     def finish(self) -> None:
         """Retire the legacy backend: stop writing to it, close it, stop reading the flag.
@@ -696,10 +839,16 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         Raises:
             MigrationError: the flag is off, or divergences remain (listed).
         """
-        with self._writing(settled=True):  # queued flag-off mirrors are applied first
+        self._check_open()
+        if not self._finished:
+            # Mirrors refused while a backend was unavailable are retried
+            # first, so a finish() after an outage needs no readiness() call.
+            self._settle_and_retry()
+        with _Call(self), self._writing(settled=True):  # queued mirrors are applied first
             self._check_open()
             if self._finished:
                 return
+            self._retry_legacy_mirrors()
             problems = self._problems()
             with self._flag_lock:
                 if not self._flags.enabled(self._flag):

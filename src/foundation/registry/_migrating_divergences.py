@@ -69,7 +69,20 @@ class _DivergenceBook(_LegacyViews):
         self._check_open()
         self._drain_dead()
         self._purge()
-        return [d.divergence for v in self._all_views() for d in v.divergent.values()]
+        found = [d.divergence for v in self._all_views() for d in v.divergent.values()]
+        return found + self._stale_shared_copies()
+
+    def _stale_shared_copies(self) -> list[Divergence]:
+        """Shared legacy copies the target no longer matches, whose catch-up failed
+        (the legacy backend was down): caught up now if it can be, else listed."""
+        view = self._shared_view
+        if view is None or not view.inbox:
+            return []
+        self._catch_up(view)
+        listed = set(view.divergent)
+        keys = [k for k in dict.fromkeys(view.inbox) if k not in listed]
+        reason = "the legacy backend still holds a stale copy (its catch-up failed; retried)"
+        return [Divergence(k, view.ident(), reason) for k in keys]
 
     def _problems(self) -> list[str]:
         return [

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from foundation import telemetry
@@ -24,7 +25,7 @@ from foundation.errors import AlreadyRegistered, BackendUnavailable, NotAlive, N
 from foundation.liveness import is_alive
 from foundation.registry._migrating_divergences import _DivergenceBook
 from foundation.registry._migrating_events import _Call
-from foundation.registry._migrating_views import _Record, _View
+from foundation.registry._migrating_views import _Record, _View, reported_state
 from foundation.registry._types import Registry
 from foundation.registry._validation import short_repr
 
@@ -86,6 +87,26 @@ def _bind_unregister(target: Registry, key: Hashable, agent: Any) -> Callable[[]
 def _bind_update(target: Registry, op: _Op) -> Callable[[], Any]:
     metadata = op.metadata if op.metadata is not None else {}
     return lambda: target.update_metadata(op.key, metadata)
+
+
+REMOVED: Final[Mapping[str, Any]] = MappingProxyType({})
+"""In ``view.retry``: the mirror to retry is an unregister (not a register)."""
+
+
+def _retryable(exc: BaseException | None, skipped: str | None) -> bool:
+    """A refused mirror worth retrying once the target is back: skipped while it
+    reported itself down, or failed with ``BackendUnavailable``."""
+    return skipped is not None or isinstance(exc, BackendUnavailable)
+
+
+def _unmirrored_own(op: _Op, rec: _Record) -> bool:
+    """The target entry of ``rec`` is one the facade wrote with the flag on whose
+    mirror the shared legacy view of ``op`` refused while unavailable (rule 7):
+    that view's own, so a later legacy write of the key replaces it (rule 2)."""
+    if op.view.private or rec.view is not None:
+        return False
+    retry = op.view.legacy_retry.get(op.key)
+    return retry is not None and retry[0] is rec.agent
 
 
 def _held_elsewhere(key: Hashable, rec: _Record | None, exc: AlreadyRegistered) -> str:
@@ -197,10 +218,11 @@ class _TargetMirrors(_DivergenceBook):
 
     def _retry_skipped(self) -> bool:
         """Queue again the mirrors the target could not take while it was
-        unavailable (flag off, target available; under the facade lock).
-        True if any was queued. Each is a register of the view's current copy,
-        so it books like the original (rule 2 decides replace)."""
-        if self._on or self._closed or self._target_unavailable() is not None:
+        unavailable (target available; under the facade lock). True if any was
+        queued. Each is a register of the view's current copy, so it books like
+        the original (rule 2 decides replace). With the flag on too: the target
+        answers then, and a live legacy copy it lacks would be lost to it."""
+        if self._closed or self._finished or self._target_unavailable() is not None:
             return False
         queued = False
         for view in self._all_views():
@@ -220,7 +242,10 @@ class _TargetMirrors(_DivergenceBook):
             held = view.divergent.get(key)
             if held is None or held.agent is not agent or not is_alive(agent):
                 continue  # resolved meanwhile (unregistered, replaced or dead)
-            self._enqueue("register", view, key, agent, metadata)
+            if metadata is REMOVED:
+                self._enqueue("unregister", view, key, None, None)
+            else:
+                self._enqueue("register", view, key, agent, metadata)
             queued = True
         return queued
 
@@ -302,21 +327,13 @@ class _TargetMirrors(_DivergenceBook):
         ``RedisRegistry.status()`` reads its connection state without touching
         Redis; a backend without ``status()`` is always tried.
         """
-        status = self._target_status
-        if status is None:
-            return None
-        try:
-            state = getattr(status(), "state", None)
-        except Exception:  # closed or odd: let the write itself decide
-            return None
-        if state in ("disconnected", "degraded"):
-            return f"the target is {state}"
-        return None
+        state = reported_state(self._target_status)
+        return None if state is None else f"the target is {state}"
 
     def _plan(self, op: _Op, rec: _Record | None) -> Callable[[], Any] | None:
         """The target call that mirrors ``op`` now (under the facade lock), or None."""
         if op.kind == "register":
-            mine = rec is not None and rec.view is op.view
+            mine = rec is not None and (rec.view is op.view or _unmirrored_own(op, rec))
             return _bind_register(self._target, op, mine)
         if rec is None or rec.view is not op.view:
             return None  # the target holds no mirror of this view's copy
@@ -452,7 +469,7 @@ class _TargetMirrors(_DivergenceBook):
             why = _held_elsewhere(key, rec, exc)
         else:
             why = f"the target refused the mirror: {skipped or repr(exc)}"
-            if skipped is not None or isinstance(exc, BackendUnavailable):
+            if _retryable(exc, skipped):
                 view.retry[key] = (op.agent, op.metadata)  # retried when it is back
         self._diverge(view, key, op.agent, why)
 
@@ -463,12 +480,16 @@ class _TargetMirrors(_DivergenceBook):
         if skipped is not None or exc is not None:
             # The target still holds the mirror of a copy the legacy side no
             # longer has: listed, and the record stays so a later unregister
-            # of the key retries the removal.
+            # of the key retries the removal; so does the target's return
+            # (retried as this unregister), else a flip would bring it back.
             why = f"the target kept {short_repr(key)}: {skipped or repr(exc)}"
             self._diverge(view, key, rec.agent, why)
+            if _retryable(exc, skipped):
+                view.retry[key] = (rec.agent, REMOVED)
             return
         if self._records.get(key) is rec:
             del self._records[key]
+        self._resolved(view, key, rec.agent)
 
     def _book_update(
         self, op: _Op, rec: _Record, exc: BaseException | None, skipped: str | None
@@ -480,12 +501,27 @@ class _TargetMirrors(_DivergenceBook):
             self._diverge(
                 view, key, rec.agent, f"the target refused an update: {skipped or repr(exc)}"
             )
+            if _retryable(exc, skipped):
+                # Retried once the target is back, as a register (replace) of
+                # the copy with this metadata: else the target keeps the old.
+                view.retry[key] = (rec.agent, op.metadata)
             return
         now = self._records.get(key)
         if now is not None and now.view is view and key in view.mirrors:
             gen = self._next_gen()
             self._records[key] = now._replace(gen=gen)
             view.mirrors[key] = gen
+            self._resolved(view, key, rec.agent)  # a later update supersedes a refused one
+
+    def _resolved(self, view: _View, key: Hashable, agent: Any) -> None:
+        """A mirror of ``agent``'s copy of ``key`` reached the target after an
+        earlier one was refused: that divergence and its retry are obsolete."""
+        held = view.divergent.get(key)
+        if held is not None and held.agent is agent:
+            del view.divergent[key]
+        retry = view.retry.get(key)
+        if retry is not None and retry[0] is agent:
+            del view.retry[key]
 
     def _settle_and_retry(self) -> None:
         """Apply queued mirrors; then retry the ones skipped while the target was

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
-from foundation.errors import NotRegistered
+from foundation.errors import BackendUnavailable, NotRegistered
 from foundation.registry._migrating_events import _Call, _EventRouting
 from foundation.registry._types import Divergence, Registry
 from foundation.registry._validation import short_repr
@@ -25,10 +25,31 @@ from foundation.registry._validation import short_repr
 _log = logging.getLogger("foundation.registry")
 
 
+def reported_state(status: Callable[[], Any] | None) -> str | None:
+    """``"disconnected"`` or ``"degraded"`` if a backend's ``status()`` (no I/O)
+    says it cannot be written now; None otherwise, or without ``status()``."""
+    if status is None:
+        return None
+    try:
+        state = getattr(status(), "state", None)
+    except Exception:  # closed or odd: let the write itself decide
+        return None
+    return state if state in ("disconnected", "degraded") else None
+
+
 class _View:
     """One legacy view: a thread's private store, or the shared legacy store."""
 
-    __slots__ = ("copy_op", "divergent", "inbox", "mirrors", "private", "retry", "thread")
+    __slots__ = (
+        "copy_op",
+        "divergent",
+        "inbox",
+        "legacy_retry",
+        "mirrors",
+        "private",
+        "retry",
+        "thread",
+    )
 
     def __init__(self, thread: threading.Thread | None) -> None:
         self.thread = thread
@@ -39,9 +60,14 @@ class _View:
         # key -> seq of the queued register op that wrote this view's current
         # copy (rule 6); present only while that op is queued.
         self.copy_op: dict[Hashable, int] = {}
-        # key -> (agent, metadata) of a current copy whose mirror the target
-        # could not take because it was unavailable; retried when it is back.
+        # key -> (agent, metadata) of a current copy whose mirror (register,
+        # update, or REMOVED: unregister) the target could not take because it
+        # was unavailable; retried when it is back (rule 6).
         self.retry: dict[Hashable, tuple[Any, Mapping[str, Any] | None]] = {}
+        # key -> (agent, replaceable) of a target entry (flag on) whose mirror
+        # this shared view's unavailable legacy backend refused; retried when
+        # it is back. ``replaceable``: the agent of our older copy there, if any.
+        self.legacy_retry: dict[Hashable, tuple[Any, Any]] = {}
 
     def ended(self) -> bool:
         return self.thread is not None and not self.thread.is_alive()
@@ -75,6 +101,9 @@ class _LegacyViews(_EventRouting):
     _views: dict[int, _View]  # thread ident -> that thread's private view
     _records: dict[Hashable, _Record]
     _gen: int  # the last generation handed out (_next_gen)
+    _lock: threading.RLock  # the facade lock
+    _legacy_status: Callable[[], Any] | None  # the legacy backend's status(), if any
+    _legacy_warned: bool  # a "legacy mirror failed" WARNING is out (until a success)
 
     def _view(self) -> _View:
         """The caller's legacy view, created if needed. Called under the lock only."""
@@ -109,24 +138,57 @@ class _LegacyViews(_EventRouting):
         a later pass retries it; the caller's own call is never failed by it.
         """
         inbox = view.inbox
+        if not inbox:
+            return
+        down = self._legacy_down()
+        if down is not None:  # no I/O, no wait: the keys stay queued for a later pass
+            self._legacy_failed("catch-up", None, down)
+            return
         retry: list[Hashable] = []
         try:
             while True:
                 try:
                     key = inbox.popleft()
                 except IndexError:
-                    return
+                    break
                 try:
                     self._catch_up_key(view, key)
                 except Exception as exc:  # retried by a later pass, after this one ends
-                    _log.warning(
-                        "MigratingRegistry: legacy catch-up of %s failed: %s",
-                        short_repr(key),
-                        short_repr(exc),
-                    )
+                    self._legacy_failed("catch-up", key, exc)
                     retry.append(key)
+                    if isinstance(exc, BackendUnavailable):
+                        return  # one wait per pass at most: the rest stays queued
         finally:
             inbox.extend(retry)
+        if not retry:
+            self._legacy_ok()
+
+    def _legacy_down(self) -> str | None:
+        """The legacy backend's own report that it cannot be written now (no I/O)."""
+        state = reported_state(self._legacy_status)
+        return None if state is None else f"the legacy backend is {state}"
+
+    def _legacy_failed(self, what: str, key: Hashable | None, exc: BaseException | str) -> None:
+        """Log a legacy mirror that failed or was deferred: one WARNING until the
+        next success (an outage would otherwise log one per key per write)."""
+        about = "" if key is None else f" of {short_repr(key)}"
+        if self._legacy_warned:
+            _log.debug("MigratingRegistry: legacy %s%s failed: %s", what, about, exc)
+            return
+        self._legacy_warned = True
+        _log.warning(
+            "MigratingRegistry: legacy %s%s failed: %s; mirroring to the legacy backend is "
+            "deferred and retried when it is back (listed by divergences())",
+            what,
+            about,
+            short_repr(exc),
+        )
+
+    def _legacy_ok(self) -> None:
+        """A legacy mirror succeeded: say so once after a failure."""
+        if self._legacy_warned:
+            self._legacy_warned = False
+            _log.info("MigratingRegistry: mirroring to the legacy backend resumed")
 
     def _catch_up_key(self, view: _View, key: Hashable) -> None:
         legacy = self._legacy
@@ -156,7 +218,17 @@ class _LegacyViews(_EventRouting):
                     view.mirrors.pop(key, None)
 
     def _catch_up_reader(self) -> None:
-        """Lock-free catch-up before a legacy read (flag off)."""
+        """Catch-up before a legacy read (flag off): lock-free for a private view;
+        the shared view only when it has something to catch up (under the lock)."""
+        shared = self._shared_view
+        if shared is not None:
+            if shared.inbox:
+                # A legacy copy whose removal or update failed while the legacy
+                # backend was down, then the flag flipped back: catch up now, or
+                # this read would return an entry the target removed.
+                with _Call(self), self._lock:
+                    self._catch_up(shared)
+            return
         view = self._existing_view()
         if view is not None and view.inbox:
             with _Call(self):

@@ -1,0 +1,277 @@
+"""MigratingRegistry between MemoryRegistry and RedisRegistry under Redis faults.
+
+Each scenario runs a real ``redis-server`` (frozen, made read-only) in a
+subprocess with the interpreter's default hooks (``tests.faults._subprocess``),
+and asserts what an operator would see once Redis is back: every live
+registration on both sides with its current metadata, nothing unregistered
+come back, no divergence left that a retry could resolve, ``finish()`` that
+works again without extra steps, one WARNING per outage rather than one per
+write, and no library thread dead. None asserts a timing: "no wait per
+entry" is asserted by counting the calls that reached the frozen server.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from tests.faults._subprocess import run_scenario
+
+_COMMON = """
+import uuid
+from foundation import (FeatureFlags, Flag, MemoryRegistry, MigratingRegistry, RedisRegistry,
+    errors, spawn_thread)
+
+FLAG = "use_ets_agent_registry"
+
+class Counted(RedisRegistry):
+    # The real RedisRegistry; counts the writes that reach it while `counting` is set.
+    counting = False
+    calls = 0
+    def _count(self):
+        if self.counting:
+            type(self).calls += 1
+    def register(self, *args, **kwargs):
+        self._count()
+        return super().register(*args, **kwargs)
+    def unregister(self, key):
+        self._count()
+        return super().unregister(key)
+    def update_metadata(self, key, metadata):
+        self._count()
+        return super().update_metadata(key, metadata)
+
+def redis_registry():
+    return Counted(server.url, namespace=f"mf-{uuid.uuid4().hex[:8]}", op_timeout=0.5,
+                   lease_ttl=1.0)
+
+def agent():
+    return spawn_thread(stop.wait, name="agent")
+
+def connected(registry):
+    wait_for(lambda: registry.status().state == "connected", "Redis to be back")
+
+def contents(registry):
+    return {e.key: (e.agent, dict(e.metadata)) for e in registry.list_all()}
+
+flags = FeatureFlags([Flag(FLAG)])
+"""
+
+# Memory -> Redis: the constructor's copy meets a frozen Redis. It does not
+# wait once per entry; each copy is a listed divergence; finish() is refused
+# truthfully; once Redis is back the copies are retried, with the flag already
+# on too, and finish() works again by itself.
+_BACKFILL_FROZEN = """
+legacy = MemoryRegistry()
+agents = {i: agent() for i in range(12)}
+for i, a in agents.items():
+    legacy.register(i, a, {"i": i})
+target = redis_registry()
+threads_before = library_threads()
+server.freeze()
+Counted.counting = True
+reg = MigratingRegistry(legacy, target, flags)       # the copy, against a frozen Redis
+Counted.counting = False
+assert Counted.calls <= 1, f"the copy waited on the frozen server {Counted.calls} times"
+assert sorted(d.key for d in reg.divergences()) == list(range(12)), reg.divergences()
+flags.enable(FLAG)                                   # flipped anyway (not through Migration)
+try:
+    reg.finish()
+except errors.MigrationError as exc:
+    assert "divergences remain" in str(exc), exc
+else:
+    raise AssertionError("finish() succeeded with the copy missing from the target")
+server.thaw()
+connected(target)
+reg.finish()                                         # retries the copies first
+assert {k: a for k, (a, _) in contents(reg).items()} == agents
+assert contents(target)[3][1] == {"i": 3}
+assert set(threads_before) <= set(library_threads()), (threads_before, library_threads())
+reg.close()
+print("OK")
+"""
+
+# Memory -> Redis, flag off, Redis read-only: mirrors of a register, an update
+# and an unregister are refused. Once Redis is writable, readiness() retries
+# them: the target gets the registration, the new metadata, and loses the
+# unregistered key (whose agent is still alive) rather than resurrecting it.
+_MIRRORS_REFUSED = """
+legacy, target = MemoryRegistry(), redis_registry()
+reg = MigratingRegistry(legacy, target, flags)
+kept, gone, new = agent(), agent(), agent()
+reg.register("kept", kept, {"n": 1})
+reg.register("gone", gone, {"n": 1})
+server.make_read_only()
+reg.update_metadata("kept", {"n": 2})
+assert reg.unregister("gone") is True
+reg.register("new", new, {"n": 1})
+keys = {d.key for d in reg.divergences()}
+assert keys == {"kept", "gone", "new"}, reg.divergences()
+server.make_writable()
+connected(target)
+assert reg.readiness() == [], reg.readiness()
+assert contents(target) == {"kept": (kept, {"n": 2}), "new": (new, {"n": 1})}, contents(target)
+flags.enable(FLAG)
+assert contents(reg) == contents(legacy) == contents(target)
+reg.finish()
+reg.close()
+print("OK")
+"""
+
+# Memory -> Redis: a register skipped while Redis was read-only leaves a
+# divergent legacy copy; the flag is then turned on. A flag-on register of
+# that key replaces the copy (both sides agree, nothing unlisted is left to
+# lose at the next flip); a flag-on unregister removes it (it never comes
+# back, neither by a retried mirror nor by a flip).
+_FLAG_ON_OVER_SKIPPED_COPY = """
+legacy, target = MemoryRegistry(), redis_registry()
+reg = MigratingRegistry(legacy, target, flags)
+a1, a2, b1 = agent(), agent(), agent()
+server.make_read_only()
+reg.register("a", a1, {"v": 1})
+reg.register("b", b1, {"v": 1})
+server.make_writable()
+connected(target)
+flags.enable(FLAG)
+reg.register("a", a2, {"v": 2}, replace=True)        # the target answers: it takes a2
+assert legacy.lookup("a").agent is a2, "the skipped copy survived a flag-on replace"
+assert reg.unregister("b") is False                  # the target never had it
+assert legacy.lookup("b") is None, "an unregistered copy kept in the legacy store"
+assert reg.readiness() == [], reg.readiness()
+assert reg.lookup("b") is None, "an unregistered key came back"
+flags.disable(FLAG)                                  # flip back: nothing lost, nothing back
+assert {k: a for k, (a, _) in contents(reg).items()} == {"a": a2}
+reg.close()
+print("OK")
+"""
+
+# Redis -> Memory, flag on (memory answers), the legacy Redis frozen. Writes
+# never wait on it once it is known down (no call per write, per key), the
+# operator gets one WARNING and one INFO, and once it is back readiness()
+# brings the legacy side up to date: registered keys there, unregistered ones
+# gone, metadata current, dead agents nowhere; a flip back shows the same.
+_LEGACY_FROZEN = """
+legacy, target = redis_registry(), MemoryRegistry()
+flags.enable(FLAG)
+reg = MigratingRegistry(legacy, target, flags)
+agents = {i: agent() for i in range(12)}
+agents[2] = spawn_thread(stop_dying.wait, name="agent-dying")
+for i in range(6):
+    reg.register(i, agents[i], {"n": 0})
+threads_before = library_threads()
+server.freeze()
+reg.register(6, agents[6], {"n": 0})                 # the one call that meets the freeze
+wait_for(lambda: legacy.status().state == "disconnected", "the legacy side to report it")
+Counted.counting = True
+errors_seen = []
+def writer(keys):
+    try:
+        for i in keys:
+            reg.register(i, agents[i], {"n": 0})
+        for i in keys:
+            reg.update_metadata(i, {"n": 1})
+        reg.unregister(keys[0])
+    except BaseException as exc:
+        errors_seen.append(exc)
+workers = [threading.Thread(target=writer, args=(ks,)) for ks in ([7, 8], [9, 10])]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join(60)
+reg.update_metadata(0, {"n": 1})
+assert reg.unregister(1) is True
+dying = agents.pop(2)
+stop_dying.set()                                     # an agent dies during the outage
+dying.join(10)
+wait_for(lambda: target.lookup(2) is None, "the dead agent's entry to go")
+reg.register(11, agents[11], {"n": 0})
+assert reg.unregister(11) is True
+listed = {d.key for d in reg.divergences()}         # no wait either: nothing is tried
+assert {1, 6, 8, 10}.issubset(listed), listed        # 1: a stale copy the legacy still has
+Counted.counting = False
+assert not errors_seen, errors_seen
+assert Counted.calls == 0, f"{Counted.calls} writes waited on the frozen legacy server"
+server.thaw()
+connected(legacy)
+flags.disable(FLAG)                                  # an early flip back, before readiness()
+assert reg.lookup(1) is None, "a key unregistered during the outage came back"
+assert reg.lookup(0).metadata == {"n": 1}, "stale metadata after the flip back"
+flags.enable(FLAG)
+assert reg.readiness() == [], reg.readiness()
+want = {i: agents[i] for i in (0, 3, 4, 5, 6, 8, 10)}
+assert {k: a for k, (a, _) in contents(target).items()} == want, contents(target)
+wait_for(lambda: contents(legacy) == contents(target), "the legacy side to catch up")
+assert contents(legacy)[0][1] == {"n": 1} and contents(legacy)[8][1] == {"n": 1}
+flags.disable(FLAG)                                  # flip back: the same entries
+assert {k: a for k, (a, _) in contents(reg).items()} == want
+assert set(threads_before) <= set(library_threads()), (threads_before, library_threads())
+reg.close()
+print("OK")
+"""
+
+# Redis -> Memory: a flag-on register whose legacy mirror Redis refused
+# (read-only), then the flag is turned off before any retry, and the key is
+# registered again on the legacy side (which never got the first agent). The
+# target entry was the facade's own: the new registration replaces it there
+# too, rather than leaving a divergence that outlives the old agent.
+_FLIP_BACK_BEFORE_RETRY = """
+legacy, target = redis_registry(), MemoryRegistry()
+flags.enable(FLAG)
+reg = MigratingRegistry(legacy, target, flags)
+old, new = agent(), agent()
+server.make_read_only()
+reg.register("k", old, {"v": 1})                     # the target takes it; Redis refuses
+assert [d.key for d in reg.divergences()] == ["k"], reg.divergences()
+server.make_writable()
+connected(legacy)
+flags.disable(FLAG)                                  # back to Redis, which lacks "k"
+assert reg.lookup("k") is None
+reg.register("k", new, {"v": 2}, replace=True)
+assert reg.readiness() == [], reg.readiness()
+assert contents(target) == contents(legacy) == {"k": (new, {"v": 2})}, contents(target)
+reg.close()
+print("OK")
+"""
+
+
+def _script(body: str) -> str:
+    # The server is thawed and stopped whatever happens, so no frozen
+    # redis-server outlives a failed scenario.
+    main = _COMMON + body
+    return (
+        "from tests.redis_support import RedisServer\n"
+        "stop, stop_dying = threading.Event(), threading.Event()\n"
+        "server = RedisServer()\nserver.start()\ntry:\n"
+        + textwrap.indent(main, "    ")
+        + "\nfinally:\n    stop.set()\n    stop_dying.set()\n    server.stop()\n"
+    )
+
+
+def _warnings(stderr: str, needle: str) -> list[str]:
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.startswith("LOG WARNING foundation.registry ") and needle in line
+    ]
+
+
+def test_a_copy_against_a_frozen_redis_waits_once_and_is_retried_when_back() -> None:
+    result = run_scenario(_script(_BACKFILL_FROZEN), timeout=120)
+    assert len(_warnings(result.stderr, "mirroring to the target skipped")) == 1, result.stderr
+
+
+def test_refused_register_update_and_unregister_mirrors_are_retried() -> None:
+    run_scenario(_script(_MIRRORS_REFUSED), timeout=120)
+
+
+def test_a_flag_on_write_over_a_skipped_legacy_copy_replaces_or_removes_it() -> None:
+    run_scenario(_script(_FLAG_ON_OVER_SKIPPED_COPY), timeout=120)
+
+
+def test_a_frozen_legacy_redis_costs_no_wait_per_write_and_catches_up() -> None:
+    result = run_scenario(_script(_LEGACY_FROZEN), timeout=120)
+    assert len(_warnings(result.stderr, "MigratingRegistry: legacy")) == 1, result.stderr
+    assert "mirroring to the legacy backend resumed" in result.stderr, result.stderr
+
+
+def test_a_legacy_write_after_a_flip_back_replaces_the_unmirrored_target_entry() -> None:
+    run_scenario(_script(_FLIP_BACK_BEFORE_RETRY), timeout=120)
