@@ -117,30 +117,43 @@ reg.close()
 print("OK")
 """
 
-# Memory -> Redis: a register skipped while Redis was read-only leaves a
-# divergent legacy copy; the flag is then turned on. A flag-on register of
-# that key replaces the copy (both sides agree, nothing unlisted is left to
-# lose at the next flip); a flag-on unregister removes it (it never comes
-# back, neither by a retried mirror nor by a flip).
+# Memory -> Redis: registers skipped while Redis was read-only leave
+# divergent legacy copies; the flag is turned on meanwhile (nothing can be
+# retried yet). Once Redis is writable, the first flag-on write decides: a
+# register of a skipped key replaces the copy (both sides agree, nothing
+# unlisted is left to lose at the next flip); an unregister of one removes it
+# (it never comes back, neither by a retried mirror nor by a flip). That
+# first write also retries the other skipped mirror, so the target has it.
 _FLAG_ON_OVER_SKIPPED_COPY = """
-legacy, target = MemoryRegistry(), redis_registry()
-reg = MigratingRegistry(legacy, target, flags)
-a1, a2, b1 = agent(), agent(), agent()
-server.make_read_only()
-reg.register("a", a1, {"v": 1})
-reg.register("b", b1, {"v": 1})
-server.make_writable()
-connected(target)
-flags.enable(FLAG)
-reg.register("a", a2, {"v": 2}, replace=True)        # the target answers: it takes a2
-assert legacy.lookup("a").agent is a2, "the skipped copy survived a flag-on replace"
-assert reg.unregister("b") is False                  # the target never had it
-assert legacy.lookup("b") is None, "an unregistered copy kept in the legacy store"
-assert reg.readiness() == [], reg.readiness()
-assert reg.lookup("b") is None, "an unregistered key came back"
-flags.disable(FLAG)                                  # flip back: nothing lost, nothing back
-assert {k: a for k, (a, _) in contents(reg).items()} == {"a": a2}
-reg.close()
+for first in ("register", "unregister"):
+    flags.disable(FLAG)
+    legacy, target = MemoryRegistry(), redis_registry()
+    reg = MigratingRegistry(legacy, target, flags)
+    a1, a2, b1 = agent(), agent(), agent()
+    server.make_read_only()
+    reg.register("a", a1, {"v": 1})
+    reg.register("b", b1, {"v": 1})
+    wait_for(lambda: target.status().state != "connected", "the target to report it")
+    flags.enable(FLAG)                               # while Redis refuses: nothing retried
+    server.make_writable()
+    connected(target)
+    if first == "register":
+        reg.register("a", a2, {"v": 2}, replace=True)    # the target answers: it takes a2
+        assert legacy.lookup("a").agent is a2, "the skipped copy survived a flag-on replace"
+        # That write retried b's skipped mirror (once status() says connected:
+        # it may flap as Redis becomes a master again), so the target has it.
+        wait_for(lambda: reg.lookup("b") is not None, "b's skipped mirror to be retried")
+        assert reg.unregister("b") is True
+    else:
+        assert reg.unregister("b") is False              # the target never had it
+        reg.register("a", a2, {"v": 2}, replace=True)
+        assert legacy.lookup("a").agent is a2, "a retried copy survived a flag-on replace"
+    assert legacy.lookup("b") is None, "an unregistered copy kept in the legacy store"
+    assert reg.readiness() == [], reg.readiness()
+    assert reg.lookup("b") is None, "an unregistered key came back"
+    flags.disable(FLAG)                              # flip back: nothing lost, nothing back
+    assert {k: a for k, (a, _) in contents(reg).items()} == {"a": a2}
+    reg.close()
 print("OK")
 """
 
@@ -232,6 +245,67 @@ reg.close()
 print("OK")
 """
 
+# Memory -> Redis, flag off, the Redis target frozen: registers whose mirrors
+# are skipped. Redis comes back; a bare flags.enable() (no Migration, nobody
+# calls readiness(), divergences() or finish()) is enough: the first lookup
+# after the flip finds every skipped key, the target holds them all, and no
+# divergence is left. The flip itself does no I/O (it may run in any thread).
+_FLIP_RETRIES = """
+legacy, target = MemoryRegistry(), redis_registry()
+reg = MigratingRegistry(legacy, target, flags)
+agents = {i: agent() for i in range(6)}
+reg.register(0, agents[0], {"i": 0})                 # mirrored before the outage
+threads_before = library_threads()
+server.freeze()
+for i in range(1, 6):                                # the first meets the freeze, the rest skip
+    reg.register(i, agents[i], {"i": i})
+wait_for(lambda: target.status().state != "connected", "the target to report the outage")
+server.thaw()
+connected(target)
+flags.enable(FLAG)                                   # a bare flip: the target answers now
+wait_for(lambda: reg.lookup(1) is not None, "a skipped key to be found")  # no readiness()
+for i, a in agents.items():
+    entry = reg.lookup(i)
+    assert entry is not None and entry.agent is a, f"key {i} missing after the flip: {entry}"
+    assert entry.metadata == {"i": i}, entry
+assert {k: a for k, (a, _) in contents(target).items()} == agents, contents(target)
+assert set(threads_before) <= set(library_threads()), (threads_before, library_threads())
+assert reg.readiness() == [], reg.readiness()
+reg.close()
+print("OK")
+"""
+
+# As above, but the flag is turned on while Redis is still frozen (the flip
+# cannot retry: the target says it is down, and the flip waits on nothing).
+# Once Redis is back, ONE ordinary flag-on write makes the target take the
+# skipped registrations too: lookups find them, without readiness() and co.
+_WRITE_RETRIES = """
+legacy, target = MemoryRegistry(), redis_registry()
+reg = MigratingRegistry(legacy, target, flags)
+agents = {i: agent() for i in range(6)}
+threads_before = library_threads()
+server.freeze()
+for i in range(5):
+    reg.register(i, agents[i], {"i": i})
+wait_for(lambda: target.status().state != "connected", "the target to report the outage")
+Counted.counting = True
+flags.enable(FLAG)                                   # while frozen: no retry, no wait
+Counted.counting = False
+assert Counted.calls == 0, f"the flip waited on the frozen server {Counted.calls} times"
+server.thaw()
+connected(target)
+reg.register(5, agents[5], {"i": 5})                 # one ordinary write, flag on
+wait_for(lambda: reg.lookup(0) is not None, "a skipped key to be found")  # no readiness()
+for i, a in agents.items():
+    entry = reg.lookup(i)
+    assert entry is not None and entry.agent is a, f"key {i} missing after a write: {entry}"
+assert {k: a for k, (a, _) in contents(target).items()} == agents, contents(target)
+assert set(threads_before) <= set(library_threads()), (threads_before, library_threads())
+assert reg.readiness() == [], reg.readiness()
+reg.close()
+print("OK")
+"""
+
 
 def _script(body: str) -> str:
     # The server is thawed and stopped whatever happens, so no frozen
@@ -275,3 +349,11 @@ def test_a_frozen_legacy_redis_costs_no_wait_per_write_and_catches_up() -> None:
 
 def test_a_legacy_write_after_a_flip_back_replaces_the_unmirrored_target_entry() -> None:
     run_scenario(_script(_FLIP_BACK_BEFORE_RETRY), timeout=120)
+
+
+def test_a_bare_flip_after_the_outage_retries_the_skipped_mirrors() -> None:
+    run_scenario(_script(_FLIP_RETRIES), timeout=120)
+
+
+def test_one_flag_on_write_after_the_outage_retries_the_skipped_mirrors() -> None:
+    run_scenario(_script(_WRITE_RETRIES), timeout=120)

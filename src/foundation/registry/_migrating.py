@@ -82,11 +82,17 @@ Rules
    ``view.retry`` (agent and current metadata, or ``REMOVED`` for an
    unregister; dropped when the copy is unregistered or replaced) and queued
    again, as a register (replace) or unregister of that copy, once the target
-   is available: at the first mirror that succeeds after the outage, and by
-   ``divergences()``/``readiness()``/``finish()``, whichever way the flag
-   points (with the flag on, the target answers, and a live legacy copy it
-   lacks would be lost to it). Its success resolves the divergence; so does
-   a later mirror of the same copy that succeeds.
+   is available, whichever way the flag points (with the flag on, the target
+   answers, and a live legacy copy it lacks would be lost to it): at the first
+   write the target takes after the outage (a flag-off mirror, or a flag-on
+   write), at a flip of the flag (the first read or write after it, once
+   ``status()`` says the target is available), and by
+   ``divergences()``/``readiness()``/``finish()``. Retries are only queued
+   under the facade lock and applied by the pump outside it; with the flag
+   on, reads settle them first. While ``status()`` says the target is down
+   nothing is tried (a flip, or a write whose ``status()`` flapped to down,
+   leaves the request for the next read or write). Its success resolves the
+   divergence; so does a later mirror of the same copy that succeeds.
 7. *Deferred legacy mirrors* (flag on). The legacy backend may be remote too
    (a ``RedisRegistry`` legacy). While it reports itself unavailable without
    I/O (``status()``, as in rule 6), a flag-on write does not call it: a
@@ -333,6 +339,9 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         if change.flag != self._flag:
             return
         if not self._finished:
+            # Before the reader is picked again: a flip asks for the mirrors the
+            # target refused while down to be retried (no I/O, no facade lock).
+            self._request_retry()
             self._refresh_flag()
             return
         new = change.new
@@ -444,6 +453,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             if old is not None:
                 self._tell(old.view, key, view)
             self._mirror_register_legacy(view, key, agent, metadata, old)
+            self._retry_after_target_write()  # the target took a write: it is back
         else:
             with self._events_of(_LEGACY):
                 self._legacy.register(key, agent, metadata, replace=replace)
@@ -570,6 +580,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             if rec is not None:
                 self._tell(rec.view, key, view)
             self._mirror_unregister_legacy(view, key, rec)
+            self._retry_after_target_write()  # the target took a write: it is back
             return removed
         with self._events_of(_LEGACY):
             removed = self._legacy.unregister(key)
@@ -654,6 +665,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         if on:
             with self._events_of(_TARGET):
                 self._target.update_metadata(key, metadata)
+            self._retry_after_target_write()  # the target took a write: it is back
             if rec is None:
                 return
             gen = self._next_gen()
@@ -829,7 +841,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         """A backfill copy the unavailable target could not take: a divergence, kept
         in ``view.retry`` so that it is copied once the target is back."""
         self._diverge(view, entry.key, entry.agent, f"the target refused the backfill: {why}")
-        view.retry[entry.key] = (entry.agent, entry.metadata)
+        self._keep_for_retry(view, entry.key, entry.agent, entry.metadata)
 
     def finish(self) -> None:
         """Retire the legacy backend: stop writing to it, close it, stop reading the flag.

@@ -146,13 +146,22 @@ class _TargetMirrors(_DivergenceBook):
         self._lag_warned = False  # a "mirrors queued behind a slow target" warning is out
         self._skip_warned = False  # a "target unavailable, mirrors skipped" warning is out
         self._skipped = 0
+        # Some view.retry holds a mirror the unavailable target refused (set under
+        # the facade lock by _keep_for_retry, cleared by _retry_skipped): the
+        # write path checks this one attribute, so nothing is due costs nothing.
+        self._retry_due = False
+        # Those retries are asked for (by a flip, or by a target write that met a
+        # status() saying down): the next read (flag on, through the settling
+        # reader) or write queues them once status() says the target is back.
+        self._retry_requested = False
 
     def _pick_reader(self, on: bool) -> Registry | _LegacyReader | _SettlingReader:
         """The authoritative reader (under ``_flag_lock``): with the flag on, the
-        target itself once no flag-off mirror is queued or in flight (rule 6)."""
+        target itself once no flag-off mirror is queued or in flight, and no
+        retry of refused mirrors is asked for (rule 6)."""
         if not on:
             return self._legacy_reader
-        if self._pending or self._inflight is not None:
+        if self._pending or self._inflight is not None or self._retry_requested:
             return self._settling_reader
         return self._target
 
@@ -216,6 +225,14 @@ class _TargetMirrors(_DivergenceBook):
                 if self._on and not self._finished and not self._closed:
                     self._reader = self._settling_reader
 
+    def _keep_for_retry(
+        self, view: _View, key: Hashable, agent: Any, metadata: Mapping[str, Any] | None
+    ) -> None:
+        """Keep a mirror the unavailable target refused, to queue it again once
+        it is back (``_retry_skipped``; under the facade lock)."""
+        view.retry[key] = (agent, metadata)
+        self._retry_due = True
+
     def _retry_skipped(self) -> bool:
         """Queue again the mirrors the target could not take while it was
         unavailable (target available; under the facade lock). True if any was
@@ -224,10 +241,17 @@ class _TargetMirrors(_DivergenceBook):
         answers then, and a live legacy copy it lacks would be lost to it."""
         if self._closed or self._finished or self._target_unavailable() is not None:
             return False
+        # Every view.retry is emptied below (queued or dropped as resolved); a
+        # queued retry the target refuses again is kept again, and sets it again.
+        self._retry_due = False
         queued = False
         for view in self._all_views():
             if self._retry_view(view):
                 queued = True
+        # Race: the request is dropped only now that the retries are queued, so
+        # a reader picked meanwhile sees one or the other (_pick_reader), and
+        # none answers from a target that lacks them.
+        self._retry_requested = False
         return queued
 
     def _retry_view(self, view: _View) -> bool:
@@ -258,8 +282,57 @@ class _TargetMirrors(_DivergenceBook):
         rec = self._records.get(key)
         return rec is not None and rec.view is view
 
+    def _retry_after_target_write(self) -> None:
+        """A flag-on write the target just took (under the facade lock): it is
+        back, so queue the mirrors it refused while unavailable, as a successful
+        flag-off mirror does (``_note_skip``). Queued only: the writer applies
+        them after releasing the lock (``_after_write``), and ``_enqueue`` makes
+        reads settle first, so a lookup that follows finds them."""
+        if not self._retry_due:  # the hot path: one attribute load
+            return
+        if self._target_unavailable() is not None:
+            # Race: status() flapped to down right after the target took the
+            # write (a connection dropped as Redis came back): ask for the
+            # retries, so the next read or write runs them once it says connected.
+            self._retry_requested = True
+            self._repick_reader_if_on()
+            return
+        self._retry_skipped()
+
+    def _request_retry(self) -> None:
+        """The flag changed (the flag listener, before it picks the reader
+        again): ask for the refused mirrors to be retried, whichever way it
+        points. No I/O and no facade lock here: the listener runs under the
+        flags' own lock, and a writer holding ours may be waiting on the
+        network. With the flag on, ``_pick_reader`` keeps the settling reader
+        while this is asked, so the first read after the flip (or once the
+        target is back) runs it (``_take_retry_request``)."""
+        # Race: a mirror kept for retry just after this read (by a pump in
+        # another thread) is not asked for here; its target is taking writes,
+        # so the next one that succeeds retries it (_note_skip).
+        if self._retry_due:
+            self._retry_requested = True
+
+    def _take_retry_request(self) -> None:
+        """Queue the retries asked for (``_request_retry``) if the target says it
+        is available; the caller's pump applies them. Called by reads
+        (``_settle``) and writes (``_after_write``) outside the facade lock, or
+        re-entered under it (the lock is reentrant)."""
+        if self._target_unavailable() is not None:
+            return  # still down: kept, no I/O and no wait (status() reads no socket)
+        with self._lock:
+            # Race: another reader or writer may have taken it meanwhile.
+            if self._retry_requested and (self._closed or self._finished):
+                self._retry_requested = False  # nothing left to retry
+            elif self._retry_requested:
+                self._retry_skipped()  # drops the request once queued (kept if down again)
+        self._repick_reader_if_on()
+
     def _after_write(self) -> None:
-        """Apply queued mirrors unless another thread is already doing so (never waits)."""
+        """Queue the retries asked for, if any; then apply queued mirrors unless
+        another thread is already doing so (never waits for it)."""
+        if self._retry_requested:
+            self._take_retry_request()
         if not self._pending:
             return
         if self._pump(block=False):
@@ -317,6 +390,8 @@ class _TargetMirrors(_DivergenceBook):
         """Wait until no flag-off mirror is queued or in flight (not under the facade lock)."""
         if self._pump_owner == threading.get_ident():
             return  # re-entered from our own booking: the outer pump finishes the queue
+        if self._retry_requested:
+            self._take_retry_request()  # a flip asked for retries: queued, applied below
         while (self._pending or self._inflight is not None) and not self._closed:
             self._pump(block=True)
         self._repick_reader_if_on()
@@ -424,13 +499,15 @@ class _TargetMirrors(_DivergenceBook):
                     "registry.mirror_skipped",
                     {"registry": self, "reason": skipped, "level": "warning"},
                 )
-        elif exc is None and self._skip_warned:
-            self._skip_warned = False
-            _log.info(
-                "MigratingRegistry: mirroring to the target resumed (%d skipped so far)",
-                self._skipped,
-            )
-            self._retry_skipped()
+        elif exc is None:
+            if self._skip_warned:
+                self._skip_warned = False
+                _log.info(
+                    "MigratingRegistry: mirroring to the target resumed (%d skipped so far)",
+                    self._skipped,
+                )
+            if self._retry_due:  # the target took a write: it is back (queued, this pump applies)
+                self._retry_skipped()
 
     def _book_register(
         self, op: _Op, rec: _Record | None, exc: BaseException | None, skipped: str | None
@@ -470,7 +547,7 @@ class _TargetMirrors(_DivergenceBook):
         else:
             why = f"the target refused the mirror: {skipped or repr(exc)}"
             if _retryable(exc, skipped):
-                view.retry[key] = (op.agent, op.metadata)  # retried when it is back
+                self._keep_for_retry(view, key, op.agent, op.metadata)  # retried when back
         self._diverge(view, key, op.agent, why)
 
     def _book_unregister(
@@ -485,7 +562,7 @@ class _TargetMirrors(_DivergenceBook):
             why = f"the target kept {short_repr(key)}: {skipped or repr(exc)}"
             self._diverge(view, key, rec.agent, why)
             if _retryable(exc, skipped):
-                view.retry[key] = (rec.agent, REMOVED)
+                self._keep_for_retry(view, key, rec.agent, REMOVED)
             return
         if self._records.get(key) is rec:
             del self._records[key]
@@ -504,7 +581,7 @@ class _TargetMirrors(_DivergenceBook):
             if _retryable(exc, skipped):
                 # Retried once the target is back, as a register (replace) of
                 # the copy with this metadata: else the target keeps the old.
-                view.retry[key] = (rec.agent, op.metadata)
+                self._keep_for_retry(view, key, rec.agent, op.metadata)
             return
         now = self._records.get(key)
         if now is not None and now.view is view and key in view.mirrors:
