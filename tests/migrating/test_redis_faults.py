@@ -208,6 +208,9 @@ connected(legacy)
 flags.disable(FLAG)                                  # an early flip back, before readiness()
 assert reg.lookup(1) is None, "a key unregistered during the outage came back"
 assert reg.lookup(0).metadata == {"n": 1}, "stale metadata after the flip back"
+for i, n in ((6, 0), (8, 1), (10, 1)):               # registered during the outage: live
+    wait_for(lambda: reg.lookup(i) is not None, f"key {i} after the flip back")
+    assert reg.lookup(i).agent is agents[i] and reg.lookup(i).metadata == {"n": n}
 flags.enable(FLAG)
 assert reg.readiness() == [], reg.readiness()
 want = {i: agents[i] for i in (0, 3, 4, 5, 6, 8, 10)}
@@ -222,10 +225,10 @@ print("OK")
 """
 
 # Redis -> Memory: a flag-on register whose legacy mirror Redis refused
-# (read-only), then the flag is turned off before any retry, and the key is
-# registered again on the legacy side (which never got the first agent). The
-# target entry was the facade's own: the new registration replaces it there
-# too, rather than leaving a divergence that outlives the old agent.
+# (read-only), then the flag is turned off before any readiness(). The first
+# read after the flip retries the refused mirror (the old agent is live), and
+# a registration of the key again on the legacy side replaces it there and in
+# the target too, rather than leaving a divergence that outlives the old agent.
 _FLIP_BACK_BEFORE_RETRY = """
 legacy, target = redis_registry(), MemoryRegistry()
 flags.enable(FLAG)
@@ -236,8 +239,8 @@ reg.register("k", old, {"v": 1})                     # the target takes it; Redi
 assert [d.key for d in reg.divergences()] == ["k"], reg.divergences()
 server.make_writable()
 connected(legacy)
-flags.disable(FLAG)                                  # back to Redis, which lacks "k"
-assert reg.lookup("k") is None
+flags.disable(FLAG)                                  # back to Redis, which lacked "k"
+assert reg.lookup("k").agent is old, "a live registration lost at the flip back"
 reg.register("k", new, {"v": 2}, replace=True)
 assert reg.readiness() == [], reg.readiness()
 assert contents(target) == contents(legacy) == {"k": (new, {"v": 2})}, contents(target)
@@ -306,6 +309,93 @@ reg.close()
 print("OK")
 """
 
+# Redis -> Memory, flag on, the legacy Redis frozen: keys registered,
+# updated and unregistered during the outage. Redis comes back and the flag
+# is turned OFF directly (no Migration, nobody calls readiness(),
+# divergences() or finish()): the first reads after the flip find every live
+# key registered during the outage, with its current metadata, and no key
+# unregistered during it comes back. The flip itself does no I/O.
+_FLIP_BACK_RETRIES_LEGACY = """
+legacy, target = redis_registry(), MemoryRegistry()
+flags.enable(FLAG)
+reg = MigratingRegistry(legacy, target, flags)
+agents = {i: agent() for i in range(8)}
+reg.register(0, agents[0], {"n": 0})                 # mirrored before the outage
+reg.register(1, agents[1], {"n": 0})
+threads_before = library_threads()
+server.freeze()
+reg.register(2, agents[2], {"n": 0})                 # the one call that meets the freeze
+wait_for(lambda: legacy.status().state != "connected", "the legacy side to report it")
+for i in range(3, 8):
+    reg.register(i, agents[i], {"n": 0})
+reg.update_metadata(0, {"n": 1})
+reg.update_metadata(3, {"n": 1})
+reg.update_metadata(4, {"n": 1})
+assert reg.unregister(1) is True                     # registered before, gone during
+assert reg.unregister(5) is True                     # registered and gone during
+server.thaw()
+connected(legacy)
+Counted.counting = True
+flags.disable(FLAG)                                  # a bare flip back: the legacy side answers
+Counted.counting = False
+assert Counted.calls == 0, f"the flip itself wrote to Redis {Counted.calls} times"
+live = {i: agents[i] for i in (0, 2, 3, 4, 6, 7)}
+want = {i: {"n": 1} if i in (0, 3, 4) else {"n": 0} for i in live}
+def found():
+    entries = {i: reg.lookup(i) for i in range(8)}
+    return {i: (e.agent, dict(e.metadata)) for i, e in entries.items() if e is not None}
+wait_for(lambda: reg.lookup(6) is not None, "a key registered during the outage")
+assert found() == {i: (a, want[i]) for i, a in live.items()}, found()
+assert contents(legacy) == {i: (a, want[i]) for i, a in live.items()}, contents(legacy)
+assert set(threads_before) <= set(library_threads()), (threads_before, library_threads())
+assert reg.readiness() == [], reg.readiness()
+reg.close()
+print("OK")
+"""
+
+# Redis -> Memory, flag on, the legacy Redis frozen, twice. First outage: the
+# flag stays on; once Redis is back, ONE ordinary flag-on write (whose legacy
+# mirror succeeds) makes the legacy side take the registrations it missed,
+# without readiness() and co. Second outage: the flag is turned off while
+# Redis is still frozen: the flip and the reads meanwhile try nothing (no
+# write reaches the frozen server); once it is back, lookups find the keys.
+_LEGACY_WRITE_AND_EARLY_FLIP = """
+legacy, target = redis_registry(), MemoryRegistry()
+flags.enable(FLAG)
+reg = MigratingRegistry(legacy, target, flags)
+agents = {i: agent() for i in range(10)}
+threads_before = library_threads()
+server.freeze()
+for i in range(4):                                   # the first meets the freeze
+    reg.register(i, agents[i], {"i": i})
+wait_for(lambda: legacy.status().state != "connected", "the legacy side to report it")
+server.thaw()
+connected(legacy)
+reg.register(4, agents[4], {"i": 4})                 # one flag-on write, the flag stays on
+want = {i: (agents[i], {"i": i}) for i in range(5)}
+wait_for(lambda: contents(legacy) == want, "the legacy side to take the missed keys")
+server.freeze()
+reg.register(5, agents[5], {"i": 5})                 # meets the freeze
+wait_for(lambda: legacy.status().state != "connected", "the legacy side to report it")
+for i in range(6, 10):
+    reg.register(i, agents[i], {"i": i})
+Counted.counting = True
+flags.disable(FLAG)                                  # flipped back while Redis is frozen
+reg.lookup(0)                                        # answered from the legacy side
+Counted.counting = False
+assert Counted.calls == 0, f"{Counted.calls} writes waited on the frozen legacy server"
+server.thaw()
+connected(legacy)
+wait_for(lambda: reg.lookup(9) is not None, "a key registered during the outage")
+for i, a in agents.items():
+    entry = reg.lookup(i)
+    assert entry is not None and entry.agent is a and entry.metadata == {"i": i}, (i, entry)
+assert set(threads_before) <= set(library_threads()), (threads_before, library_threads())
+assert reg.readiness() == [], reg.readiness()
+reg.close()
+print("OK")
+"""
+
 
 def _script(body: str) -> str:
     # The server is thawed and stopped whatever happens, so no frozen
@@ -357,3 +447,11 @@ def test_a_bare_flip_after_the_outage_retries_the_skipped_mirrors() -> None:
 
 def test_one_flag_on_write_after_the_outage_retries_the_skipped_mirrors() -> None:
     run_scenario(_script(_WRITE_RETRIES), timeout=120)
+
+
+def test_a_bare_flip_back_after_a_legacy_outage_finds_every_live_key() -> None:
+    run_scenario(_script(_FLIP_BACK_RETRIES_LEGACY), timeout=120)
+
+
+def test_a_legacy_write_or_a_flip_while_down_retries_once_redis_is_back() -> None:
+    run_scenario(_script(_LEGACY_WRITE_AND_EARLY_FLIP), timeout=120)

@@ -34,8 +34,8 @@ Rules
 1. Every write (``register``, ``unregister``, ``update_metadata``) runs under
    one facade lock: catch up the caller's view (rule 4), do the authoritative
    write, mirror it, update the records. Between two writes the records
-   describe both sides exactly (modulo deaths, rule 5, and the queued
-   flag-off mirrors of rule 6).
+   describe both sides exactly (modulo deaths, rule 5, the queued
+   flag-off mirrors of rule 6 and the legacy retries of rule 7).
 2. A mirrored write replaces or removes only what the caller holds: in the
    target, only the entry that the record says mirrors the caller's own view
    (or a dead or absent entry); in a private legacy view, anything (the view
@@ -101,15 +101,27 @@ Rules
    by ``divergences()``), and catch-up skips the pass; a pass stops at its
    first ``BackendUnavailable``. So writes cost at most one wait per outage,
    and the operator gets one WARNING (until a legacy mirror succeeds, then
-   one INFO). Once it is back, ``divergences()``/``readiness()``/``finish()``
-   retry the registers (rule 2: only over our own copy or none) and catch
-   the shared view up, and a legacy read catches it up first, so a flip
-   back resurrects nothing. In a shared view, a flag-on register or
-   unregister also replaces or removes the facade's own divergent copy (a
-   write the target never took): else it would come back, unlisted, at the
-   next flip. Symmetrically, a target entry whose shared legacy mirror is
-   still to be retried is the shared view's own: a flag-off register of its
-   key replaces it in the target (rule 2).
+   one INFO). Once it is back, the refused registers are retried (rule 2:
+   only over our own copy or none), whichever way the flag points: at the
+   first write the legacy side takes (a flag-on legacy mirror, or a flag-off
+   write), at a flip of the flag (the first legacy read or write after it,
+   once ``status()`` says the legacy backend is available), and by
+   ``divergences()``/``readiness()``/``finish()``. As in rule 6, a retry is
+   only *asked for* under the facade lock (or without it: a flip) and applied
+   outside it by one thread at a time: planned and booked under the lock,
+   the backends called outside it; a flag-off write and a legacy read first
+   apply the retries asked for (waiting with the facade lock released). A
+   flag-on write of the key racing a retry in flight wins: the booking sees
+   the record changed and has catch-up drop the copy the retry wrote. While
+   ``status()`` says the legacy backend is down nothing is tried and the
+   request is kept. A legacy read also catches the shared view up first
+   (its inbox), so a flip back loses nothing and resurrects nothing. In a
+   shared view, a flag-on register or unregister also replaces or removes
+   the facade's own divergent copy (a write the target never took): else it
+   would come back, unlisted, at the next flip. Symmetrically, a target
+   entry whose shared legacy mirror is still to be retried is the shared
+   view's own: a flag-off register of its key replaces it in the target
+   (rule 2).
 
 Why this is correct under concurrent flips
 ------------------------------------------
@@ -178,7 +190,8 @@ This module is the facade: construction, the flag, the writes, the reads and
 the lifecycle. Its private base classes do one job each, lowest first:
 ``_EventRouting`` (``_migrating_events``: which events reach the listeners),
 ``_LegacyViews`` (``_migrating_views``: views, records, catch-up; rules 3 to
-5), ``_DivergenceBook`` (``_migrating_divergences``) and ``_TargetMirrors``
+5), ``_DivergenceBook`` (``_migrating_divergences``), ``_LegacyRetries``
+(``_migrating_legacy``: the retried legacy mirrors; rule 7) and ``_TargetMirrors``
 (``_migrating_mirror``: the queued target mirrors and the facade lock for
 writes; rule 6). The readers the flag swaps are in ``_migrating_readers``.
 """
@@ -202,7 +215,6 @@ from foundation.errors import (
     NotRegistered,
     bounded_list,
 )
-from foundation.liveness import is_alive
 from foundation.registry._async import MigratingAsyncWrites
 from foundation.registry._migrating_events import _LEGACY, _TARGET, _Call
 from foundation.registry._migrating_mirror import _TargetMirrors
@@ -300,6 +312,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._lock = threading.RLock()
         self._flag_lock = threading.Lock()
         self._init_mirror_queue(target)  # rule 6: the queued target mirrors
+        self._init_legacy_retries()  # rule 7: the retried legacy mirrors
         self._legacy_status = getattr(legacy, "status", None)
         self._legacy_warned = False
         self._tls = threading.local()
@@ -340,8 +353,11 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             return
         if not self._finished:
             # Before the reader is picked again: a flip asks for the mirrors the
-            # target refused while down to be retried (no I/O, no facade lock).
+            # target refused while down to be retried (no I/O, no facade lock);
+            # and those the legacy side refused (rule 7: the first legacy read
+            # or write after a flip back applies them, before it answers).
             self._request_retry()
+            self._request_legacy_retry()
             self._refresh_flag()
             return
         new = change.new
@@ -386,8 +402,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         """
         self._check_open()
         self._settle_and_retry()
-        with _Call(self), self._lock:  # catch-up and retries: their events dropped
-            self._retry_legacy_mirrors()
+        self._retry_legacy_now()
+        with _Call(self), self._lock:  # catch-up: its events dropped
             return self._divergences()
 
     def divergence_count(self) -> int:
@@ -402,8 +418,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         """
         self._check_open()
         self._settle_and_retry()
-        with _Call(self), self._lock:  # catch-up and retries: their events dropped
-            self._retry_legacy_mirrors()
+        self._retry_legacy_now()
+        with _Call(self), self._lock:  # catch-up: its events dropped
             return self._problems()
 
     # ------------------------------------------------------------------ writes
@@ -457,6 +473,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         else:
             with self._events_of(_LEGACY):
                 self._legacy.register(key, agent, metadata, replace=replace)
+            self._request_legacy_retry()  # rule 7: it is back (applied by _after_write)
             # The private copy it replaced is gone: resolved, no longer a mirror.
             view.divergent.pop(key, None)
             view.mirrors.pop(key, None)
@@ -505,54 +522,10 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._records[key] = _Record(None, self._next_gen(), agent)
         if isinstance(exc, BackendUnavailable) and not view.private:
             self._legacy_failed("register", key, exc)
-            # Retried once the legacy backend is back (_retry_legacy_mirrors):
+            # Retried once the legacy backend is back (_migrating_legacy):
             # else a flip back would lose this live registration.
             mine = old.agent if old is not None and old.view is view else None
             view.legacy_retry[key] = (agent, mine)
-
-    def _retry_legacy_mirrors(self) -> None:
-        """Retry the shared legacy mirrors of target entries that the legacy
-        backend refused while unavailable (flag on; under the facade lock)."""
-        view = self._shared_view
-        if view is None or not view.legacy_retry or not self._on or self._finished:
-            return
-        if self._legacy_down() is not None:
-            return  # still down (no I/O): kept, retried by a later call
-        for key, (agent, mine) in list(view.legacy_retry.items()):
-            try:
-                done = self._retry_legacy_mirror(view, key, agent, mine)
-            except BackendUnavailable:
-                return  # still unavailable: kept, retried by a later call
-            except Exception as exc:  # refused for good: it stays a listed divergence
-                self._diverge(view, key, agent, f"the legacy backend refused the mirror: {exc}")
-                done = True
-            if done:
-                view.legacy_retry.pop(key, None)
-
-    def _retry_legacy_mirror(self, view: _View, key: Hashable, agent: Any, mine: Any) -> bool:
-        """One ``_retry_legacy_mirrors`` item; True once it needs no retry."""
-        rec = self._records.get(key)
-        held = view.divergent.get(key)
-        if rec is None or rec.view is not None or rec.agent is not agent:
-            return True  # the target entry was replaced, unregistered or died
-        if held is None or held.agent is not agent or not is_alive(agent):
-            return True
-        entry = self._target.lookup(key)
-        if entry is None or entry.agent is not agent:
-            return True
-        current = self._legacy.lookup(key)
-        if current is not None and current.agent is not agent and current.agent is not mine:
-            # Rule 2: a registration we do not hold now has the key there.
-            reason = f"the legacy backend holds {short_repr(key)} for another registration"
-            self._diverge(view, key, agent, reason)
-            return True
-        with self._events_dropped():
-            self._legacy.register(key, agent, entry.metadata, replace=current is not None)
-        view.divergent.pop(key, None)
-        gen = self._next_gen()
-        self._records[key] = _Record(view, gen, agent)
-        view.mirrors[key] = gen
-        return True
 
     def unregister(self, key: Hashable) -> bool:
         """Unregister on the authoritative backend (its answer), then mirror."""
@@ -584,6 +557,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             return removed
         with self._events_of(_LEGACY):
             removed = self._legacy.unregister(key)
+        self._request_legacy_retry()  # rule 7: it is back (applied by _after_write)
         view.divergent.pop(key, None)
         view.mirrors.pop(key, None)
         if self._may_hold(view, key):
@@ -677,6 +651,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             return
         with self._events_of(_LEGACY):
             self._legacy.update_metadata(key, metadata)
+        self._request_legacy_retry()  # rule 7: it is back (applied by _after_write)
         if self._may_hold(view, key) or key in view.retry:
             self._enqueue("update", view, key, None, metadata)
 
@@ -856,11 +831,11 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             # Mirrors refused while a backend was unavailable are retried
             # first, so a finish() after an outage needs no readiness() call.
             self._settle_and_retry()
+            self._retry_legacy_now()
         with _Call(self), self._writing(settled=True):  # queued mirrors are applied first
             self._check_open()
             if self._finished:
                 return
-            self._retry_legacy_mirrors()
             problems = self._problems()
             with self._flag_lock:
                 if not self._flags.enabled(self._flag):

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 from foundation import telemetry
 from foundation.errors import AlreadyRegistered, BackendUnavailable, NotAlive, NotRegistered
 from foundation.liveness import is_alive
-from foundation.registry._migrating_divergences import _DivergenceBook
 from foundation.registry._migrating_events import _Call
+from foundation.registry._migrating_legacy import _LegacyRetries
 from foundation.registry._migrating_views import _Record, _View, reported_state
 from foundation.registry._types import Registry
 from foundation.registry._validation import short_repr
@@ -116,7 +116,7 @@ def _held_elsewhere(key: Hashable, rec: _Record | None, exc: AlreadyRegistered) 
     return f"the target holds {short_repr(key)} for {who} ({short_repr(exc.entry)})"
 
 
-class _TargetMirrors(_DivergenceBook):
+class _TargetMirrors(_LegacyRetries):
     """The queued-mirror layer of ``MigratingRegistry``.
 
     The state of the queue is set by ``_init_mirror_queue``; the attributes
@@ -176,12 +176,29 @@ class _TargetMirrors(_DivergenceBook):
         A write that will touch the target as authoritative (flag on, or
         ``settled``) first waits, with the lock released, until no flag-off
         mirror is queued or in flight: those describe older legacy writes and
-        must reach the target before it (rule 6).
+        must reach the target before it (rule 6). A flag-off write likewise
+        first lets the legacy retries asked for, or in flight, finish (rule 7).
         """
         lock = self._lock
+        legacy_settled = False
         while True:
             lock.acquire()
             on = self._on  # the call reads the flag once
+            if not (on or settled) and (
+                (self._legacy_retry_requested and not legacy_settled)
+                or self._legacy_retry_owner not in (None, threading.get_ident())
+            ):
+                # Rule 7: a flag-off write waits (lock released) for the legacy
+                # retries asked for: they describe older flag-on writes, and must
+                # reach the legacy side before it. Race: a pass in flight (its
+                # calls are made outside this lock) is always waited for, so no
+                # flag-off legacy write overlaps a retried register; a retry asked
+                # for after ours ran (or kept while the legacy side is down) is
+                # not waited for again.
+                lock.release()
+                self._settle_legacy()
+                legacy_settled = True
+                continue
             if not (on or settled) or self._finished:
                 break
             if not self._pending and self._inflight is None:
@@ -330,7 +347,10 @@ class _TargetMirrors(_DivergenceBook):
 
     def _after_write(self) -> None:
         """Queue the retries asked for, if any; then apply queued mirrors unless
-        another thread is already doing so (never waits for it)."""
+        another thread is already doing so (never waits for it). Then apply the
+        legacy retries asked for (rule 7), also outside the facade lock."""
+        if self._legacy_retry_requested:
+            self._settle_legacy()
         if self._retry_requested:
             self._take_retry_request()
         if not self._pending:

@@ -2,7 +2,8 @@
 
 A facade read is one attribute load and one call: ``self._reader.lookup(key)``.
 The reader is the target itself (flag on, nothing queued), or one of these:
-``_LegacyReader`` (flag off: catch the caller's legacy view up first, rule 4),
+``_LegacyReader`` (flag off: apply the legacy retries asked for, rule 7, and
+catch the caller's legacy view up first, rule 4),
 ``_SettlingReader`` (flag on while flag-off mirrors are still queued: apply
 them first, rule 6) or ``_CLOSED_READER`` (after ``close()``). See the module
 documentation of ``foundation.registry._migrating``.
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 
 class _LegacyReader:
-    """Reads of the legacy side, after catching the caller's view up (flag off)."""
+    """Reads of the legacy side (flag off), after the legacy retries asked for
+    (a flip back asks for them) and the catch-up of the caller's view."""
 
     __slots__ = ("_owner",)
 
@@ -29,23 +31,23 @@ class _LegacyReader:
         self._owner = owner
 
     def lookup(self, key: Hashable) -> Entry | None:
-        self._owner._catch_up_reader()
+        self._owner._before_legacy_read()
         return self._owner._legacy.lookup(key)
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
-        self._owner._catch_up_reader()
+        self._owner._before_legacy_read()
         return self._owner._legacy.query(criteria)
 
     def find_by_attribute(self, attr: str, value: Any) -> list[Entry]:
-        self._owner._catch_up_reader()
+        self._owner._before_legacy_read()
         return self._owner._legacy.find_by_attribute(attr, value)
 
     def list_all(self, filter: MetadataFilter | None = None) -> list[Entry]:
-        self._owner._catch_up_reader()
+        self._owner._before_legacy_read()
         return self._owner._legacy.list_all(filter)
 
     def count(self) -> int:
-        self._owner._catch_up_reader()
+        self._owner._before_legacy_read()
         return self._owner._legacy.count()
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
 from foundation.errors import BackendUnavailable, NotRegistered
-from foundation.registry._migrating_events import _Call, _EventRouting
+from foundation.registry._migrating_events import _EventRouting
 from foundation.registry._types import Divergence, Registry
 from foundation.registry._validation import short_repr
 
@@ -104,6 +104,7 @@ class _LegacyViews(_EventRouting):
     _lock: threading.RLock  # the facade lock
     _legacy_status: Callable[[], Any] | None  # the legacy backend's status(), if any
     _legacy_warned: bool  # a "legacy mirror failed" WARNING is out (until a success)
+    _legacy_retry_requested: bool  # legacy retries are asked for (rule 7, _migrating_legacy)
 
     def _view(self) -> _View:
         """The caller's legacy view, created if needed. Called under the lock only."""
@@ -189,6 +190,11 @@ class _LegacyViews(_EventRouting):
         if self._legacy_warned:
             self._legacy_warned = False
             _log.info("MigratingRegistry: mirroring to the legacy backend resumed")
+        shared = self._shared_view
+        if shared is not None and shared.legacy_retry:
+            # The legacy side is back: ask for the registers it refused to be
+            # retried (rule 7); the writer applies them outside the facade lock.
+            self._legacy_retry_requested = True
 
     def _catch_up_key(self, view: _View, key: Hashable) -> None:
         legacy = self._legacy
@@ -216,23 +222,6 @@ class _LegacyViews(_EventRouting):
                     view.mirrors[key] = rec.gen
                 except NotRegistered:  # the private copy's agent died
                     view.mirrors.pop(key, None)
-
-    def _catch_up_reader(self) -> None:
-        """Catch-up before a legacy read (flag off): lock-free for a private view;
-        the shared view only when it has something to catch up (under the lock)."""
-        shared = self._shared_view
-        if shared is not None:
-            if shared.inbox:
-                # A legacy copy whose removal or update failed while the legacy
-                # backend was down, then the flag flipped back: catch up now, or
-                # this read would return an entry the target removed.
-                with _Call(self), self._lock:
-                    self._catch_up(shared)
-            return
-        view = self._existing_view()
-        if view is not None and view.inbox:
-            with _Call(self):
-                self._catch_up(view)
 
     def _tell(self, view: _View | None, key: Hashable, caller: _View) -> None:
         """Tell ``view`` that the record of ``key`` changed (rule 3)."""
