@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "REDIS_ERROR_KINDS",
     "ROUND_TRIP_EVENT",
+    "STORE_QUERY",
     "check_url",
     "connect",
     "error_kind",
@@ -67,6 +68,7 @@ __all__ = [
     "report_round_trip",
     "translate_error",
     "translated",
+    "url_query_keys",
 ]
 
 log = logging.getLogger("foundation.redis")
@@ -153,22 +155,84 @@ def redact_url(url: str) -> str:
     return head + sep + "&".join(items) + hash_ + fragment
 
 
-def check_url(url: str) -> None:
+STORE_QUERY: Final = "namespace"
+"""The query parameter a flag store URL adds (``open_store``): the store's namespace."""
+
+_URL_QUERY: Final = frozenset(
+    {
+        # What redis-py's ``from_url`` converts itself (``URL_QUERY_ARGUMENT_PARSERS``
+        # of redis-py 5 to 8; those of the installed version are added at run time).
+        "db",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_read_size",
+        "socket_keepalive",
+        "retry_on_timeout",
+        "retry_on_error",
+        "max_connections",
+        "health_check_interval",
+        "ssl_check_hostname",
+        "ssl_include_verify_flags",
+        "ssl_exclude_verify_flags",
+        "ssl_min_version",
+        "timeout",
+        "protocol",
+        "legacy_responses",
+        # Connection options redis-py passes on as the text given (strings).
+        "username",
+        "password",
+        "client_name",
+        "lib_name",
+        "lib_version",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_ca_data",
+        "ssl_password",
+        "ssl_ciphers",
+    }
+)
+"""Query parameters of a ``redis://``, ``rediss://`` or ``unix://`` URL: those
+redis-py's ``from_url`` reads. Any other would reach a redis-py connection's
+constructor as an unexpected keyword (a ``TypeError`` at the first command)."""
+
+
+@functools.cache
+def url_query_keys() -> frozenset[str]:
+    """The query parameters :func:`check_url` accepts in a ``redis://`` URL."""
+    try:
+        from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+    except ImportError:  # pragma: no cover - the extra is installed in dev
+        return _URL_QUERY
+    return _URL_QUERY | frozenset(URL_QUERY_ARGUMENT_PARSERS)
+
+
+def check_url(url: str, *, store: bool = False) -> None:
     """Raise ``InvalidConfig`` unless ``url`` is a usable redis-py URL.
 
     Accepted: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS),
     ``unix:///path/to/socket[?db=N]`` and, for Redis Sentinel,
     ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
     with optional ``?sentinel_username=U&sentinel_password=P`` (see
-    ``foundation._redis_sentinel.sentinel_spec``); ``db`` is a non-negative
-    integer. Whether the server has that database is known only by connecting
-    (:func:`connect`).
+    ``foundation._redis_sentinel.sentinel_spec``; :func:`connect` refuses its
+    other parameters); ``db`` is a non-negative integer. The query of a
+    ``redis://``, ``rediss://`` or ``unix://`` URL holds only parameters
+    redis-py reads (:func:`url_query_keys`, such as ``ssl_ca_certs``); with
+    ``store=True`` (a flag store URL) also one non-empty ``namespace``. Whether
+    the server has that database is known only by connecting (:func:`connect`).
 
     >>> check_url("unix:///run/redis.sock?db=1")
+    >>> check_url("redis://cache:6379/0?namespace=shop", store=True)
     >>> check_url("http://cache:6379")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     foundation.errors.InvalidConfig: invalid Redis URL ...: the scheme must be redis://, ...
+    >>> check_url("redis://cache:6379/0?foo=1")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidConfig: invalid Redis URL ...: unknown query parameter 'foo' ...
     """
     from urllib.parse import parse_qs
 
@@ -186,9 +250,15 @@ def check_url(url: str) -> None:
     if url.startswith(SENTINEL_SCHEME + "://"):
         from foundation._redis_sentinel import parse_sentinel_url
 
+        # Its other query parameters are refused by connect(), naming what it takes.
         parse_sentinel_url(url, bad)
+        if store:
+            from urllib.parse import urlsplit
+
+            _check_store_namespace(urlsplit(url).query, bad)
         return
     parts, port = _split_url(url, bad)
+    _check_query_keys(parts.query, store, bad)
     query = parse_qs(parts.query)
     dbs = query.get("db", [])
     for db in dbs:
@@ -199,6 +269,41 @@ def check_url(url: str) -> None:
             raise bad("a unix:// URL needs the socket path (unix:///path/to/socket)")
         return
     _check_host_url(parts.path, port, dbs, bad)
+
+
+def _check_query_keys(query: str, store: bool, bad: Callable[[str], InvalidConfig]) -> None:
+    """``bad(why)`` for a query parameter redis-py does not read (``namespace``
+    only when ``store``), or an empty or repeated ``namespace``."""
+    from urllib.parse import parse_qsl
+
+    known = url_query_keys()
+    for key, _value in parse_qsl(query, keep_blank_values=True):
+        if key in known or (store and key == STORE_QUERY):
+            continue
+        if key == STORE_QUERY:
+            raise bad(
+                "unknown query parameter 'namespace': a Redis connection has no namespace "
+                "(only a flag store URL takes ?namespace=); give the registry's namespace "
+                "on its own (namespace=NS; on the command line --namespace NS)"
+            )
+        also = "; a flag store URL also takes ?namespace=NS" if store else ""
+        raise bad(
+            f"unknown query parameter {key[:60]!r} (the query holds redis-py's connection "
+            f"options only, such as db, ssl_ca_certs or health_check_interval{also})"
+        )
+    if store:
+        _check_store_namespace(query, bad)
+
+
+def _check_store_namespace(query: str, bad: Callable[[str], InvalidConfig]) -> None:
+    """``bad(why)`` unless a flag store URL's ``namespace`` is given at most once, non-empty."""
+    from urllib.parse import parse_qsl
+
+    names = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == STORE_QUERY]
+    if len(names) > 1:
+        raise bad(f"one namespace per flag store URL, not {len(names)}")
+    if names and not names[0]:
+        raise bad("?namespace= is empty: name the flag store namespace (or leave it out)")
 
 
 def _split_url(url: str, bad: Callable[[str], InvalidConfig]) -> tuple[SplitResult, int | None]:

@@ -12,7 +12,7 @@
                       | watch [--count N]
     foundation admin [--bind HOST:PORT] [--token T] [--read-only]
     foundation demo [...]     the demo (arguments go to it unchanged)
-    foundation version
+    foundation version | --version
 
 Every command takes ``--store URL`` (``sqlite:///path`` or
 ``redis://host:port/db?namespace=NS``), ``--redis URL``, ``--namespace NS``
@@ -25,16 +25,22 @@ Redis (disconnected, degraded, connected again), since the command logs only
 errors.
 
 Exit codes: 0 done; 1 failed (one line ``ErrorClass: message`` on stderr, the
-traceback only with ``--debug``); 2 usage error (argparse's usage, or one line
-such as ``InvalidFlagValue: 'color' is a string flag ...`` for a command of the
-wrong kind of flag). No command ever creates a
-store: a missing SQLite file or an empty Redis namespace is an error.
+traceback only with ``--debug``); 2 usage error: argparse's usage, or one line
+such as ``InvalidFlagValue: 'color' is a string flag ...`` for input the
+command judges wrong before acting (a command for the other kind of flag, a
+value the library refuses such as shares not summing to 100, a bad
+``--where``, a missing ``--plan``, ``--bind`` off loopback without
+``--token``); 130 interrupted (Ctrl-C); 141 (128 + SIGPIPE) when the reader
+of stdout went away (``foundation agents watch | head -1``): the command
+stops quietly, as a tool killed by SIGPIPE would. No command ever creates a
+flag store: a missing SQLite file or an empty Redis namespace is an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 
@@ -43,9 +49,12 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool SIGPIPE ended
 
 
 def _parser() -> argparse.ArgumentParser:
+    from foundation import __version__
     from foundation._cli import _admin, _agents, _flags, _migration
     from foundation._cli._common import common_options
 
@@ -56,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         epilog="Settings: --store/--redis/--namespace, else FOUNDATION_STORE/FOUNDATION_REDIS/"
         "FOUNDATION_NAMESPACE, else [cli] in ./foundation.toml. "
-        "Exit codes: 0 ok, 1 failed, 2 usage.",
+        "Exit codes: 0 ok, 1 failed, 2 usage, 130 interrupted, 141 stdout closed.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _flags.add_parser(commands, common)
     _migration.add_parser(commands, common)
@@ -74,27 +84,57 @@ def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "demo":
         # The demo has its own options: pass them through untouched.
-        from foundation._demo import main as demo_main
-
-        return demo_main(args_list[1:])
+        return _run_demo(args_list[1:])
     parser = _parser()
     try:
         args = parser.parse_args(args_list)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
+    except BrokenPipeError:  # --help or --version printed into a closed pipe
+        return _stdout_gone()
     debug = bool(getattr(args, "debug", False))
     _configure_logging(debug)
-    from foundation._cli._common import UsageError
+    from foundation._cli._common import StdoutGone, UsageError
 
     try:
         return _run(args)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C (agents watch's usual end, or any command)
+        return EXIT_INTERRUPTED
+    except StdoutGone:  # the reader of stdout went away (| head -1): quietly
+        return _stdout_gone()
     except UsageError as exc:  # the command does not apply (e.g. the wrong kind of flag)
         _print_error(exc.label, exc, debug)
         return EXIT_USAGE
     except Exception as exc:
         _print_error(type(exc).__name__, exc, debug)
+        return EXIT_FAILED
+
+
+def _stdout_gone() -> int:
+    """After stdout's reader left (``| head -1``): point stdout at /dev/null, so
+    the interpreter's final flush has nowhere to fail; the exit code 141."""
+    # The usual idiom (Python's signal docs): the unwritten bytes go to /dev/null.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced in-process (no file descriptor)
+        pass
+    finally:
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _run_demo(argv: list[str]) -> int:
+    """``foundation demo``: its errors reported as any command's (one line, exit 1)."""
+    try:
+        from foundation._demo import main as demo_main
+
+        return demo_main(argv)
+    except KeyboardInterrupt:  # every part of the demo has stopped what it started
+        print("foundation demo: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:
+        _print_error(type(exc).__name__, exc, False)
         return EXIT_FAILED
 
 
@@ -127,9 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         out.emit({"version": __version__}, lambda: out.line(__version__))
         return EXIT_OK
     if args.command == "demo":  # "foundation --json demo": options before the command
-        from foundation._demo import main as demo_main
-
-        return demo_main(list(args.rest))
+        return _run_demo(list(args.rest))
     settings = load_settings(args)
     if args.command == "flags":
         from foundation._cli import _flags

@@ -126,8 +126,9 @@ def test_list_show_count(
     assert '["job", 1]' in text.stdout
     assert "w3" in text.stdout
 
-    line = one_line_error(
-        run_cli("agents", "list", "--where", "cpu", "bigger", "1", *where, cwd=tmp_path)
+    line = one_line_error(  # bad input judged before acting: a usage error
+        run_cli("agents", "list", "--where", "cpu", "bigger", "1", *where, cwd=tmp_path),
+        exit_code=2,
     )
     assert line.startswith("InvalidCriteria: ")
 

@@ -135,8 +135,8 @@ def test_typed_errors_are_one_line(app: tuple[str, FeatureFlags], tmp_path: Path
     url, _ = app
     line = one_line_error(run_cli("flags", "enable", "btea", "--store", url, cwd=tmp_path))
     assert line == "UnknownFlag: unknown flag 'btea' (did you mean 'beta'?)"
-    line = one_line_error(
-        run_cli("flags", "percentage", "beta", "150", "--store", url, cwd=tmp_path)
+    line = one_line_error(  # refused before anything is written: a usage error
+        run_cli("flags", "percentage", "beta", "150", "--store", url, cwd=tmp_path), exit_code=2
     )
     assert line.startswith("InvalidFlagValue: ")
     line = one_line_error(run_cli("flags", "show", "nope", "--store", url, cwd=tmp_path))

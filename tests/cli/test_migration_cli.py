@@ -83,9 +83,10 @@ def test_several_plans_need_plan(tmp_path: Path) -> None:
     path = tmp_path / "flags.db"
     _app(path, PLAN, MigrationPlan.default())
     store = ("--store", f"sqlite:///{path}")
-    line = one_line_error(run_cli("migration", "status", *store, cwd=tmp_path))
+    line = one_line_error(run_cli("migration", "status", *store, cwd=tmp_path), exit_code=2)
     assert line == (
-        "MigrationError: several migration plans are recorded (default, rollout): name one"
+        "MigrationError: several migration plans are recorded (default, rollout): "
+        "name one with --plan NAME"
     )
     before = ok_json(run_cli("migration", "--plan", "default", "status", *store, cwd=tmp_path))
     assert before["plan"] == "default"

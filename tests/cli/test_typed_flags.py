@@ -284,17 +284,20 @@ def test_bad_values_are_typed_one_line_errors(
     app: tuple[str, FeatureFlags], tmp_path: Path
 ) -> None:
     url, _ = app
+    # Refused before anything is written: usage errors (exit 2).
     line = one_line_error(
-        run_cli("flags", "assign", "color", "qa-1", "bleu", "--store", url, cwd=tmp_path)
+        run_cli("flags", "assign", "color", "qa-1", "bleu", "--store", url, cwd=tmp_path),
+        exit_code=2,
     )
     assert line.startswith("InvalidFlagValue: "), line
     assert "'blue'" in line  # the nearest variant name
     line = one_line_error(
-        run_cli("flags", "split", "color", "red=50", "blue=40", "--store", url, cwd=tmp_path)
+        run_cli("flags", "split", "color", "red=50", "blue=40", "--store", url, cwd=tmp_path),
+        exit_code=2,
     )
     assert line.startswith("InvalidFlagValue: "), line
     line = one_line_error(
-        run_cli("flags", "split", "color", "rde=100", "--store", url, cwd=tmp_path)
+        run_cli("flags", "split", "color", "rde=100", "--store", url, cwd=tmp_path), exit_code=2
     )
     assert line.startswith("InvalidFlagValue: "), line
     line = one_line_error(

@@ -12,7 +12,7 @@ import sys
 from contextlib import ExitStack
 from typing import Any
 
-from foundation._cli._common import Output, Settings
+from foundation._cli._common import Output, Settings, UsageError
 from foundation.errors import InvalidConfig
 
 __all__ = ["add_parser"]
@@ -22,7 +22,12 @@ TOKEN_ENV = "FOUNDATION_ADMIN_TOKEN"
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     p = commands.add_parser("admin", help="serve the admin web page", parents=[common])
-    p.add_argument("--bind", default="127.0.0.1:8800", metavar="HOST:PORT")
+    p.add_argument(
+        "--bind",
+        default="127.0.0.1:8800",
+        metavar="HOST:PORT",
+        help="where to listen (default: %(default)s); off loopback, --token is required",
+    )
     p.add_argument("--token", default=None, help=f"the operator token (default: ${TOKEN_ENV})")
     p.add_argument("--read-only", action="store_true", help="refuse every write")
     p.add_argument("--plan", default=None, metavar="NAME", help="the migration plan (when several)")
@@ -42,6 +47,23 @@ def _load_serve() -> Any:
     return serve
 
 
+def _check_bind(bind: str, token: str | None) -> None:
+    """UsageError for a bad ``--bind``, or one off loopback without a token, in
+    the command line's words (before any store is opened)."""
+    from foundation.admin._server import is_loopback, parse_bind
+
+    try:
+        host, _port = parse_bind(bind)
+    except InvalidConfig as exc:
+        raise UsageError(f"--bind: {exc}", label="InvalidConfig") from exc
+    if token is None and not is_loopback(host):
+        raise UsageError(
+            f"refusing to serve the admin page on non-loopback {host!r} without a token: "
+            f"give --token T (or set {TOKEN_ENV}), or --bind 127.0.0.1:PORT",
+            label="InvalidConfig",
+        )
+
+
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     serve = _load_serve()
     if not settings.store and not settings.redis:
@@ -49,15 +71,16 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             "foundation admin needs a flag store (--store) and/or a registry (--redis)"
         )
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    _check_bind(args.bind, token)
     with ExitStack() as stack:
         flags = migration = registry = None
         if settings.store:
             from foundation._cli._flags import open_flags
-            from foundation.flags import Migration
+            from foundation._cli._migration import migration_from_store
 
             flags = stack.enter_context(open_flags(settings))
             if flags.store.plans() or args.plan is not None:
-                migration = Migration.from_store(flags, args.plan)
+                migration = migration_from_store(flags, args.plan)
         if settings.redis:
             from foundation._cli._agents import open_observer
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import functools
 import json
 import queue
+import re
 import signal
 import sys
 import time
@@ -17,17 +19,34 @@ from typing import Any
 from foundation._cli._common import (
     Output,
     Settings,
+    UsageError,
+    json_text,
     key_from_text,
     key_to_json,
     positive_int,
     value_from_text,
 )
 
-__all__ = ["LINK_POLL", "LinkReporter", "add_parser", "entry_data", "event_data", "open_observer"]
+__all__ = [
+    "LINK_POLL",
+    "LinkReporter",
+    "add_parser",
+    "entry_data",
+    "event_data",
+    "open_observer",
+    "plain_error",
+    "warn_if_unused",
+]
 
 LINK_POLL = 0.25
 """Seconds between two looks at the registry's connection state during ``watch``
 (an outage shorter than that still prints one line: see ``LinkReporter.check``)."""
+
+_REGISTRY_KEYS = ("lastbeat", "nodes", "leases", "ver", "log", "head", "meta", "owner")
+"""Keys (under ``{namespace}:``) a ``RedisRegistry`` leaves in Redis once it ran
+(``lastbeat`` stays after the last node closed)."""
+_SCAN_ROUNDS = 20
+"""SCAN calls (of COUNT 1000) spent looking for the namespaces in use: a bound."""
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -63,6 +82,59 @@ def open_observer(settings: Settings) -> Iterator[Any]:
         observer.close()
 
 
+def warn_if_unused(observer: Any, settings: Settings) -> None:
+    """One stderr line when no registry ever used ``settings.namespace`` on this
+    Redis (a ``--namespace`` typo), naming the namespaces that are in use.
+
+    Only when the observer sees no agent; an empty namespace some registry used
+    (its keys are there) says nothing: it is just empty.
+    """
+    if observer.count() != 0:
+        return
+    from foundation import _redis_conn
+    from foundation.errors import FoundationError
+
+    url = settings.need_redis()
+    prefix = "{" + settings.namespace + "}:"
+    try:
+        client = _redis_conn.connect(url, op_timeout=2.0, name="foundation-cli")
+    except FoundationError:  # the observer is connected: an outage just now; no line
+        return
+    try:
+        with _redis_conn.translated(_redis_conn.redact_url(url), "looking for namespaces"):
+            if client.exists(*(prefix + k for k in _REGISTRY_KEYS)):
+                return
+            seen = _namespaces_in_use(client)
+    except FoundationError:
+        return
+    finally:
+        client.close()
+    others = ", ".join(repr(n) for n in seen[:10]) + (", ..." if len(seen) > 10 else "")
+    print(
+        f"warning: no registry has used namespace {settings.namespace!r} on "
+        f"{_redis_conn.redact_url(url)} ("
+        + (f"namespaces in use: {others}; " if seen else "")
+        + "--namespace NS names another)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _namespaces_in_use(client: Any) -> list[str]:
+    """The registry namespaces with a ``lastbeat`` key, from a bounded SCAN."""
+    found: set[str] = set()
+    cursor = 0
+    for _ in range(_SCAN_ROUNDS):
+        # Braces are plain characters to Redis's glob: "{*}:lastbeat" is every namespace's.
+        cursor, keys = client.scan(cursor, match="{*}:lastbeat", count=1000)
+        for key in keys:
+            text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+            found.add(text[1 : -len("}:lastbeat")])
+        if not cursor:
+            break
+    return sorted(found)
+
+
 def entry_data(entry: Any) -> dict[str, Any]:
     agent = entry.agent
     return {
@@ -89,6 +161,10 @@ def event_data(event: Any) -> dict[str, Any]:
     }
 
 
+def _age(at: float, now: float) -> str:
+    return f"{max(0.0, now - at):.0f}s"
+
+
 def _rows(entries: list[Any]) -> list[list[Any]]:
     now = time.time()
     return [
@@ -97,11 +173,26 @@ def _rows(entries: list[Any]) -> list[list[Any]]:
             getattr(e.agent, "kind", "?"),
             e.node,
             getattr(e.agent, "pid", None),
-            f"{max(0.0, now - e.registered_at):.0f}s",
+            _age(e.registered_at, now),
             dict(e.metadata),
         ]
         for e in entries
     ]
+
+
+def _show_text(data: dict[str, Any], out: Output) -> None:
+    """One entry for a person: key and metadata as JSON (pasteable back into
+    ``show`` and ``--where``), the registration time in UTC with its age."""
+    at = data["registered_at"]
+    when = datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    for name, value in data.items():
+        if name in ("key", "metadata"):
+            shown = json_text(value)
+        elif name == "registered_at":
+            shown = f"{when} UTC ({_age(at, time.time())} ago)"
+        else:
+            shown = "-" if value is None else str(value)
+        out.line(f"{name}: {shown}")
 
 
 class _Stop(Exception):
@@ -111,8 +202,14 @@ class _Stop(Exception):
 def _list_agents(observer: Any, args: argparse.Namespace, out: Output) -> None:
     """Print the live agents matching ``--where`` (all if none), oldest first, up to --limit."""
     headers = ["key", "kind", "node", "pid", "age", "metadata"]
+    from foundation.errors import InvalidCriteria
+
     criteria = [(path, op, value_from_text(v)) for path, op, v in args.where]
-    entries = observer.query(criteria) if criteria else observer.list_all()
+    try:
+        # query() checks every criterion before evaluating any: nothing is read yet.
+        entries = observer.query(criteria) if criteria else observer.list_all()
+    except InvalidCriteria as exc:  # bad --where: a usage error
+        raise UsageError(str(exc), label="InvalidCriteria") from exc
     entries.sort(key=lambda e: e.registered_at)
     if args.limit is not None:
         entries = entries[: max(0, args.limit)]
@@ -144,6 +241,7 @@ def _count_agents(observer: Any, settings: Settings, out: Output) -> None:
 
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     with open_observer(settings) as observer:
+        warn_if_unused(observer, settings)
         action = args.action
         if action == "list":
             _list_agents(observer, args, out)
@@ -154,12 +252,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             if entry is None:
                 raise NotRegistered(key_from_text(args.key))
             data = entry_data(entry)
-
-            def show_text() -> None:
-                for k, v in data.items():
-                    out.line(f"{k}: {v}")
-
-            out.emit(data, show_text)
+            out.emit(data, lambda: _show_text(data, out))
         elif action == "count":
             _count_agents(observer, settings, out)
         elif action == "watch":
@@ -217,7 +310,7 @@ class LinkReporter:
         print(self._line(now.state, now.last_error, elapsed), file=sys.stderr, flush=True)
 
     def _blip_line(self, error: str | None) -> str:
-        why = f" (last error: {' '.join(error.split())[:300]})" if error else ""
+        why = f" (last error: {plain_error(error)})" if error else ""
         return (
             f"registry {self._name!r} lost Redis and was connected again between two "
             f"checks{why}; changes made meanwhile print as events"
@@ -225,7 +318,7 @@ class LinkReporter:
 
     def _line(self, state: str, error: str | None, elapsed: float) -> str:
         who = f"registry {self._name!r}"
-        why = f": {' '.join(error.split())[:300]}" if error else ""
+        why = f" ({plain_error(error)})" if error else ""
         if state == "connected":
             return (
                 f"{who} connected again after {elapsed:.1f}s; "
@@ -234,8 +327,28 @@ class LinkReporter:
         if state == "disconnected":
             return f"{who} disconnected{why}; showing the last state seen until Redis is back"
         if state == "degraded":
+            why = f": {plain_error(error)}" if error else ""
             return f"{who} degraded (Redis answers with errors){why}"
         return f"{who} {state}{why}"
+
+
+_DOING = re.compile(r" failed while [^:]*: ")
+_SENTENCE_END = re.compile(r"\.\s+(?=\S)")
+
+
+def plain_error(error: str, width: int = 300) -> str:
+    """A backend error as part of one sentence: one line, without what the
+    registry was doing inside (``failed while taking a snapshot``) nor inner
+    full stops (``... 127.0.0.1:6379. Connection refused.``), cut to ``width``.
+
+    >>> plain_error("Redis at redis://h:1/0 failed while taking a snapshot: "
+    ...             "unreachable: Error 111 connecting to h:1. Connection refused.")
+    'Redis at redis://h:1/0 unreachable: Error 111 connecting to h:1, Connection refused'
+    """
+    text = " ".join(error.split())
+    text = _DOING.sub(" ", text, count=1)
+    text = _SENTENCE_END.sub(", ", text).rstrip(" .;,")
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _watch(observer: Any, count: int | None, out: Output) -> int:
@@ -272,7 +385,7 @@ def _watch(observer: Any, count: int | None, out: Output) -> int:
                 why = f" ({event.reason})" if event.kind == "unregistered" else ""
                 down = f" {event.down.reason}" if event.down is not None else ""
                 out.line(f"{event.kind}{why}{down}: {data['key']} on {data['node']}")
-    except (KeyboardInterrupt, _Stop):
+    except _Stop:  # SIGTERM: the orderly stop (exit 0); Ctrl-C goes on to exit 130
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)

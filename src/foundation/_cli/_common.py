@@ -27,12 +27,15 @@ __all__ = [
     "CONFIG_FILE",
     "Output",
     "Settings",
+    "StdoutGone",
     "UsageError",
     "common_options",
     "default_by",
+    "json_text",
     "key_from_text",
     "key_to_json",
     "load_settings",
+    "operator_name",
     "positive_int",
     "value_from_text",
 ]
@@ -73,6 +76,11 @@ class UsageError(Exception):
     def __init__(self, message: str, *, label: str = "UsageError") -> None:
         super().__init__(message)
         self.label = label
+
+
+class StdoutGone(Exception):
+    """The reader of stdout went away (``foundation ... | head -1``): the command
+    stops quietly (``main`` exits 141, as a tool SIGPIPE ended)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +178,16 @@ def default_by() -> str:
         return f"uid:{os.getuid()}"
 
 
+def operator_name(text: str) -> str:
+    """An argparse type for ``--by``: who makes a change, never empty or blank
+    (the history would record nobody)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "--by names who makes the change; leave it out for the OS user"
+        )
+    return text
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1 (``--limit N``, ``--count N``)."""
     try:
@@ -198,6 +216,11 @@ def key_from_text(text: str) -> Hashable:
         return decode_key(text)
     except (ValueError, TypeError, KeyError, RecursionError):
         return text
+
+
+def json_text(value: Any) -> str:
+    """``value`` as one line of JSON for a person (tuples as arrays, sets sorted)."""
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
 
 
 def key_to_json(key: Hashable) -> Any:
@@ -237,7 +260,10 @@ class Output:
         self.line(json.dumps(data, separators=(",", ":"), default=_json_default))
 
     def line(self, text: str = "") -> None:
-        print(text, file=self.stream, flush=True)
+        try:
+            print(text, file=self.stream, flush=True)
+        except BrokenPipeError as exc:
+            raise StdoutGone from exc
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         cells = [[_cell(c) for c in row] for row in rows]
@@ -256,7 +282,10 @@ class Output:
             table.add_column(header, no_wrap=i == 0)  # names stay whole
         for row in rows:
             table.add_row(*row)
-        Console(file=self.stream).print(table)
+        try:
+            Console(file=self.stream).print(table)
+        except BrokenPipeError as exc:
+            raise StdoutGone from exc
 
     def _plain_table(self, headers: Sequence[str], rows: list[list[str]]) -> None:
         """Print the table as space-aligned columns under upper-case headers."""

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from foundation._cli._common import Output, Settings, UsageError, default_by
-from foundation.errors import BackendUnavailable
+from foundation._cli._common import Output, Settings, UsageError, default_by, operator_name
+from foundation.errors import BackendUnavailable, InvalidFlagValue
 
 __all__ = [
     "add_parser",
@@ -67,7 +67,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     val.add_argument("--actor", default=None)
 
     writes = argparse.ArgumentParser(add_help=False)
-    writes.add_argument("--by", default=None, help="who (default: the OS user)")
+    writes.add_argument("--by", default=None, type=operator_name, help="who (default: the OS user)")
     writes.add_argument("--reason", default=None, help="why (kept in the history)")
     for action, text in (
         ("enable", "switch on (rollout and actor sets are kept)"),
@@ -442,6 +442,10 @@ def _write(flags: Any, args: argparse.Namespace, out: Output) -> int:
     unsubscribe = flags.subscribe(lambda c: changes.append(c) if c.flag == name else None)
     try:
         ops[args.action]()
+    except InvalidFlagValue as exc:
+        # Refused before anything is written (shares not summing to 100, an
+        # undeclared variant, a percentage out of range): the input is wrong.
+        raise UsageError(str(exc), label="InvalidFlagValue") from exc
     except BackendUnavailable as exc:
         if args.action != "disable":
             raise

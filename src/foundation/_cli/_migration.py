@@ -6,10 +6,13 @@ import argparse
 import datetime
 from typing import Any
 
-from foundation._cli._common import Output, Settings, default_by
+from foundation._cli._common import Output, Settings, UsageError, default_by, operator_name
 from foundation._cli._flags import open_flags
 
-__all__ = ["add_parser", "status_data"]
+__all__ = ["add_parser", "migration_from_store", "status_data"]
+
+_LISTED = 20
+"""At most this many recorded plan names in a message."""
 
 
 def _stage(text: str) -> int:
@@ -31,7 +34,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         help="the plan (needed when several are recorded)",
     )
     writes = argparse.ArgumentParser(add_help=False)
-    writes.add_argument("--by", default=None, help="who (default: the OS user)")
+    writes.add_argument("--by", default=None, type=operator_name, help="who (default: the OS user)")
     p = commands.add_parser("migration", help="the staged migration", parents=[common, plan])
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("status", help="stage, stages, flags and recent steps", parents=[common, plan])
@@ -44,6 +47,34 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "emergency", help="every plan flag off, stage 0, now", parents=[common, plan, writes]
     )
     em.add_argument("reason", metavar="REASON")
+
+
+def _names(plans: Any) -> str:
+    names = sorted(plans)
+    more = f", ... ({len(names)} in all)" if len(names) > _LISTED else ""
+    return ", ".join(names[:_LISTED]) + more
+
+
+def migration_from_store(flags: Any, plan: str | None) -> Any:
+    """``Migration.from_store`` with the command line's words: several plans and
+    no ``--plan`` is a usage error naming them; an unknown ``--plan`` lists them."""
+    from foundation.errors import MigrationError
+    from foundation.flags import Migration
+
+    plans = flags.store.plans()
+    if plan is None and len(plans) > 1:
+        raise UsageError(
+            f"several migration plans are recorded ({_names(plans)}): name one with --plan NAME",
+            label="MigrationError",
+        )
+    try:
+        return Migration.from_store(flags, plan)
+    except MigrationError as exc:
+        if plan is None or plan in plans or not plans:
+            raise
+        # Race: the plans are read again by from_store; a plan recorded meanwhile
+        # is not listed here, which only makes the list one plan short.
+        raise MigrationError(f"{exc}; the recorded plans: {_names(plans)}") from exc
 
 
 def status_data(migration: Any) -> dict[str, Any]:
@@ -96,12 +127,10 @@ def _emergency(migration: Any, reason: str, by: str) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from foundation.flags import Migration
-
     # An emergency rollback from this short-lived command is refused during an
     # outage rather than left waiting in the node copy (see open_flags).
     with open_flags(settings, hold_kill_switches=False) as flags:
-        migration = Migration.from_store(flags, getattr(args, "plan", None))
+        migration = migration_from_store(flags, getattr(args, "plan", None))
         action = args.action
         by = getattr(args, "by", None) or default_by()
         if action == "advance":

@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from foundation.admin._status import FlagSync, StatusBoard, flag_sync, store_status
@@ -476,6 +477,39 @@ def _error(exc: BaseException) -> JSONAnswer:
         else:
             status = 500
     return JSONAnswer({"error": name, "message": message}, status_code=status)
+
+
+_JSON_PREFIXES = ("/api/", "/ofrep/")
+_HTTP_ERRORS = {404: "NotFound", 405: "MethodNotAllowed"}
+
+
+def _route_path(request: Request) -> str:
+    """The path within this app (without the prefix it is mounted under)."""
+    path: str = request.scope.get("path", "")
+    root: str = request.scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (no such route, a method the route does not take)
+    under ``/api/`` and ``/ofrep/`` in the API's error shape; plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    path = _route_path(request)
+    headers = dict(exc.headers or {})  # Allow: on a 405
+    if not (path + "/").startswith(_JSON_PREFIXES):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=headers)
+    name = _HTTP_ERRORS.get(exc.status_code, f"HTTP{exc.status_code}")
+    if exc.status_code == 404:
+        message = f"no such API route: {request.method} {bounded_repr(path)}"
+    elif exc.status_code == 405:
+        allowed = headers.get("allow") or headers.get("Allow") or "another method"
+        message = f"{request.method} is not allowed on {bounded_repr(path)} (use {allowed})"
+    else:
+        message = str(exc.detail)
+    body: dict[str, Any] = {"error": name, "message": message}
+    if path.startswith("/ofrep/"):
+        body["errorDetails"] = message  # OFREP clients read errorDetails
+    return JSONAnswer(body, status_code=exc.status_code, headers=headers)
 
 
 def _authorise(request: Request, state: AdminState, *, write: bool) -> str | None:
@@ -1221,6 +1255,6 @@ def create_app(
         *ofrep_routes(),
         *page_routes(),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.admin = state
     return app

@@ -114,7 +114,7 @@ def _open_redis(url: str, *, create: bool, timeout: float, hold_kill_switches: b
     from foundation.flags._node_cache import default_cache_path
     from foundation.flags._redis_store import RedisFlagStore
 
-    check_url(url)  # InvalidConfig for a malformed URL, before it is taken apart
+    check_url(url, store=True)  # InvalidConfig for a malformed URL, before it is taken apart
     plain, namespace = _split_namespace(url)
     copy = default_cache_path(namespace, plain)
     # Only an existing copy: a tool run on a machine without a service leaves no file.
