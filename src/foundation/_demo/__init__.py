@@ -1,20 +1,30 @@
 """The Foundation demo: ``make demo`` (or ``foundation demo``).
 
 Runs the whole system on the embedded default (no server needed) in about
-30-60 seconds: agents of every kind registered, killed and cleaned up; a
+35 seconds (the rollout's 30 s of traffic, ``--seconds``, and a few seconds
+more): agents of every kind registered, killed and cleaned up; a
 staged rollout switching the registry under live traffic, with an emergency
 rollback; a supervised application tree restarting crashed workers; and, with
 ``--redis URL``, two nodes sharing a Redis registry. ``--chaos`` runs instead
 two nodes on redis-server processes of its own through a frozen, a read-only
 and an empty Redis, with the kill switch pulled mid-outage. It ends with a
 table of measured figures and exits non-zero if any invariant failed.
+
+``--redis`` and ``--admin`` are checked before the first part runs. Ctrl-C
+stops every part cleanly (its threads, tasks and processes) and exits 130 with
+one line on stderr; any other error reaches the ``foundation`` command's
+one-line error report.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from foundation._demo._console import Console
 from foundation._demo._logs import library_logs, show_library_logs
@@ -22,15 +32,55 @@ from foundation._demo._scoreboard import Scoreboard
 
 __all__ = ["main"]
 
+_N = TypeVar("_N", int, float)
+
+DESCRIPTION = (
+    "The Foundation demo (make demo): agents registered, killed and cleaned up; a staged "
+    "rollout under live traffic; supervised workers restarted; then a table of measured "
+    "figures and invariants. Exit codes: 0 every invariant held, 1 one failed or an error "
+    "(one line on stderr), 2 usage, 130 interrupted (Ctrl-C stops every part cleanly)."
+)
+
+
+def _number(
+    kind: Callable[[str], _N], low: float, high: float, *, above: bool = False
+) -> Callable[[str], _N]:
+    """An argparse ``type``: ``kind(text)`` within ``low..high`` (``above``: strictly over low)."""
+
+    def parse(text: str) -> _N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        too_low = value <= low if above else value < low
+        if not math.isfinite(value) or too_low or value > high:
+            bound = f"over {low:g}" if above else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{text} is not {bound} and at most {high:g}")
+        return value
+
+    return parse
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="foundation demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", type=int, default=300, help="agents of each kind (default 300)")
+    parser = argparse.ArgumentParser(prog="foundation demo", description=DESCRIPTION)
     parser.add_argument(
-        "--seconds", type=float, default=30.0, help="traffic time of the rollout (default 30)"
+        "--agents",
+        type=_number(int, 1, 2000),
+        default=300,
+        help="agents of each kind, 1-2000 (default 300)",
     )
-    parser.add_argument("--workers", type=int, default=4, help="traffic threads (default 4)")
-    parser.add_argument("--redis", metavar="URL", help="also run two nodes on this Redis")
+    parser.add_argument(
+        "--seconds",
+        type=_number(float, 0, 3600, above=True),
+        default=30.0,
+        help="traffic time of the rollout, over 0 and at most 3600 (default 30)",
+    )
+    parser.add_argument(
+        "--workers", type=_number(int, 1, 64), default=4, help="traffic threads, 1-64 (default 4)"
+    )
+    parser.add_argument(
+        "--redis", metavar="URL", help="also run two nodes on this Redis (checked first)"
+    )
     parser.add_argument("--plain", action="store_true", help="plain text output, no colours")
     parser.add_argument(
         "--chaos",
@@ -38,7 +88,10 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: two nodes through Redis faults (starts its own redis-server)",
     )
     parser.add_argument(
-        "--fault-seconds", type=float, default=3.0, help="--chaos: length of each fault (default 3)"
+        "--fault-seconds",
+        type=_number(float, 0, 600, above=True),
+        default=3.0,
+        help="--chaos: length of each fault, over 0 and at most 600 (default 3)",
     )
     parser.add_argument(
         "--admin",
@@ -46,9 +99,40 @@ def _parser() -> argparse.ArgumentParser:
         const="127.0.0.1:8800",
         metavar="BIND",
         help="then serve the admin page over a live demo system until Ctrl-C "
-        "(default bind 127.0.0.1:8800)",
+        "(default bind 127.0.0.1:8800; checked first)",
     )
     return parser
+
+
+def _check_redis(parser: argparse.ArgumentParser, url: str, namespace: str) -> None:
+    """Parse ``--redis`` and connect once, before the demo: a bad URL is a usage error
+    (exit 2); an unreachable Redis raises ``BackendUnavailable`` (one line, exit 1)."""
+    from foundation.errors import InvalidConfig
+    from foundation.registry import RedisRegistry
+
+    try:
+        # In part 4's own namespace: what a registry leaves behind stays in one place.
+        RedisRegistry(url, namespace=namespace).close()
+    except InvalidConfig as exc:
+        parser.error(f"argument --redis: {exc}")
+
+
+def _check_admin(parser: argparse.ArgumentParser, bind: str) -> None:
+    """Parse ``--admin`` and bind it once, before the demo: a malformed BIND is a usage
+    error (exit 2); an address in use raises ``InvalidConfig`` (one line, exit 1)."""
+    from foundation.errors import InvalidConfig
+
+    try:
+        from foundation.admin._server import _bind, parse_bind
+    except ImportError as exc:  # the admin extra is optional
+        raise InvalidConfig(f"--admin needs the admin extra: {exc}") from None
+    try:
+        host, port = parse_bind(bind)
+    except InvalidConfig as exc:
+        parser.error(f"argument --admin: {exc}")
+    # Race: the port may be taken between this check and the end of the demo;
+    # the admin page then reports it (exit 1). This catches the usual mistake early.
+    _bind(host, port).close()
 
 
 def _summary(console: Console, score: Scoreboard, started: float) -> int:
@@ -69,21 +153,24 @@ def _summary(console: Console, score: Scoreboard, started: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; returns the process exit code (1 if an invariant failed)."""
+    """Run the demo; returns the process exit code (1 if an invariant failed).
+
+    Raises ``KeyboardInterrupt`` on Ctrl-C once every part has stopped what it
+    started (the ``foundation`` command then prints one line and exits 130).
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if args.chaos and args.redis:
         parser.error("--chaos starts its own redis-server (it kills it); drop --redis")
-    if not args.fault_seconds > 0:
-        parser.error("--fault-seconds must be positive")
+    # Part 4's namespace, isolated from other users of that Redis.
+    args.namespace = f"foundation-demo-{uuid.uuid4().hex[:8]}"
+    if args.redis:
+        _check_redis(parser, args.redis, args.namespace)
+    if args.admin:
+        _check_admin(parser, args.admin)
     console = Console(plain=args.plain)
     score = Scoreboard()
     started = time.perf_counter()
-
-    from foundation._demo._core import run_core
-    from foundation._demo._rollout import run_rollout
-    from foundation._demo._supervision import run_supervision
-
     if args.chaos:
         from foundation._demo._chaos import ChaosUnavailable, run_chaos
 
@@ -93,16 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"foundation demo --chaos: {exc}", file=sys.stderr)
             return 1
     else:
-        with library_logs() as logs:
-            run_core(console, score, per_kind=args.agents)
-            run_rollout(console, score, seconds=args.seconds, workers=args.workers)
-            run_supervision(console, score)
-            if args.redis:
-                from foundation._demo._redis import run_redis
-
-                run_redis(console, score, url=args.redis)
-        console.heading("Library logs")
-        show_library_logs(console, logs)
+        _run_parts(console, score, args)
 
     code = _summary(console, score, started)
     if args.admin:
@@ -110,3 +188,21 @@ def main(argv: list[str] | None = None) -> int:
 
         code = serve_demo(args.admin, print) or code
     return code
+
+
+def _run_parts(console: Console, score: Scoreboard, args: argparse.Namespace) -> None:
+    """Parts 1 to 3 (and 4 with ``--redis``), the library's logs tallied meanwhile."""
+    from foundation._demo._core import run_core
+    from foundation._demo._rollout import run_rollout
+    from foundation._demo._supervision import run_supervision
+
+    with library_logs() as logs:
+        run_core(console, score, per_kind=args.agents)
+        run_rollout(console, score, seconds=args.seconds, workers=args.workers)
+        run_supervision(console, score)
+        if args.redis:
+            from foundation._demo._redis import run_redis
+
+            run_redis(console, score, url=args.redis, namespace=args.namespace)
+    console.heading("Library logs")
+    show_library_logs(console, logs)

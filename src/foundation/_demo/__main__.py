@@ -1,7 +1,7 @@
-"""``python -m foundation._demo``."""
+"""``python -m foundation._demo``: the same as ``foundation demo``."""
 
 import sys
 
-from foundation._demo import main
+from foundation.cli import main
 
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(["demo", *sys.argv[1:]]))

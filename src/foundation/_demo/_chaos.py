@@ -50,6 +50,8 @@ FLAGS = (
 )
 ACTORS = (None, *(f"user-{i}" for i in range(10)))
 RECOVERY_BOUND = 20.0  # seconds; a fault not recovered from by then fails its invariant
+STALL_BOUND_MS = 1000.0  # the invariant: no loop stall this long (a Redis wait is 2 s)
+STALL_AIM_MS = 10.0  # the p99 aimed at, reported beside the measure but not checked
 
 
 def stall_samples(lateness_ms: list[float], interval_ms: float = 1.0) -> list[float]:
@@ -326,6 +328,10 @@ def run_chaos(console: Console, score: Scoreboard, *, fault_seconds: float, work
             traceback.print_exc()
             score.check("the chaos scenario ran to the end", False, f"{type(exc).__name__}: {exc}")
         finally:
+            # Ctrl-C may land mid-fault: thaw a frozen Redis first, or each close
+            # below would wait out its op timeouts (20 s in all).
+            if server.frozen:
+                server.thaw()
             for node in nodes:
                 node.stop()
             server.stop()
@@ -542,8 +548,16 @@ def _report_faults(
     raw = _raw_errors(nodes)
     lost_now = lost()
     seen_b = watch.kill_seen_at.get(b.name)
-    score.figure("loop stall p99 during faults (target <= 10 ms)", f"{worst_p99:.1f} ms")
-    score.figure("loop stall max during faults", f"{worst_max:.1f} ms")
+    # Checked: the worst stall (a loop that waited on Redis stalls a whole op
+    # timeout, 2 s). The p99 is shown against the 10 ms aim, unchecked: on a
+    # loaded machine the scheduler alone can exceed it.
+    score.figure(
+        f"loop stall max during faults (invariant < {STALL_BOUND_MS:g} ms)", f"{worst_max:.1f} ms"
+    )
+    score.figure(
+        f"loop stall p99 during faults (aim <= {STALL_AIM_MS:g} ms, not an invariant)",
+        f"{worst_p99:.1f} ms",
+    )
     score.figure("healthy workers stopped by Redis faults", str(stopped))
     score.figure("registrations lost", str(len(lost_now)))
     score.figure("flags reverted", str(len(watch.reverted)))
@@ -582,7 +596,9 @@ def _report_faults(
     )
     # A Redis call made on the loop would stall it for a whole op timeout (2 s).
     score.check(
-        "the event loops never waited on Redis", worst_max < 1000.0, f"max stall {worst_max:.0f} ms"
+        f"no event loop waited on Redis (stall max < {STALL_BOUND_MS:g} ms)",
+        worst_max < STALL_BOUND_MS,
+        f"max {worst_max:.0f} ms, p99 {worst_p99:.1f} ms",
     )
     for node in nodes:
         if node.error is not None:

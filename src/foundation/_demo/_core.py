@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from foundation._demo._console import Console
+from foundation._demo._interrupts import ctrl_c_deferred
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import percentile, wait_until
 from foundation.liveness import spawn_thread
@@ -62,70 +63,77 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
     cleaned_after: dict[str, list[float]] = {"task": [], "thread": [], "process": []}
     lock = threading.Lock()
 
-    with MemoryRegistry(indexed=("kind", "group")) as registry:
+    try:
+        with MemoryRegistry(indexed=("kind", "group")) as registry:
 
-        def on_event(event: RegistryEvent) -> None:
-            # Runs on whichever thread saw the death; only record, never block.
-            if event.kind == "unregistered" and event.reason == "down":
-                seen = time.perf_counter()
-                with lock:
-                    started = killed_at.get(event.entry.key)
-                if started is not None:
-                    kind = str(event.entry.metadata["kind"])
-                    cleaned_after[kind].append(seen - started)
-                    removed[event.entry.key].set()
+            def on_event(event: RegistryEvent) -> None:
+                # Runs on whichever thread saw the death; only record, never block.
+                if event.kind == "unregistered" and event.reason == "down":
+                    seen = time.perf_counter()
+                    with lock:
+                        started = killed_at.get(event.entry.key)
+                    if started is not None:
+                        kind = str(event.entry.metadata["kind"])
+                        cleaned_after[kind].append(seen - started)
+                        removed[event.entry.key].set()
 
-        unsubscribe = registry.subscribe(on_event)
-        agents: dict[str, list[tuple[str, Any]]] = {"task": [], "thread": [], "process": []}
-        makers: dict[str, Callable[[], Any]] = {
-            "task": loop.spawn_waiting_task,
-            "thread": lambda: _waiting_thread(releases),
-            "process": lambda: _sleeping_process(processes),
-        }
-        register_seconds = _register_agents(console, registry, makers, agents, per_kind)
-        total = registry.count()
-        console.say(
-            f"registered [bold]{total}[/bold] agents "
-            f"({per_kind} asyncio tasks, {per_kind} threads, {per_kind} OS processes) "
-            f"in {register_seconds:.2f}s"
-        )
-        score.check("all agents registered", total == 3 * per_kind, f"{total}")
-        by_index = len(registry.find_by_attribute("kind", "process"))
-        score.check("index finds every process", by_index == per_kind, f"{by_index}")
+            unsubscribe = registry.subscribe(on_event)
+            agents: dict[str, list[tuple[str, Any]]] = {"task": [], "thread": [], "process": []}
+            makers: dict[str, Callable[[], Any]] = {
+                "task": loop.spawn_waiting_task,
+                "thread": lambda: _waiting_thread(releases),
+                "process": lambda: _sleeping_process(processes),
+            }
+            register_seconds = _register_agents(console, registry, makers, agents, per_kind)
+            total = registry.count()
+            console.say(
+                f"registered [bold]{total}[/bold] agents "
+                f"({per_kind} asyncio tasks, {per_kind} threads, {per_kind} OS processes) "
+                f"in {register_seconds:.2f}s"
+            )
+            score.check("all agents registered", total == 3 * per_kind, f"{total}")
+            by_index = len(registry.find_by_attribute("kind", "process"))
+            score.check("index finds every process", by_index == per_kind, f"{by_index}")
 
-        _kill_every_other(
-            agents, loop, releases=releases, killed_at=killed_at, removed=removed, lock=lock
-        )
-        killed = len(killed_at)
-        expected = 3 * per_kind - killed
-        cleaned = wait_until(lambda: registry.count() == expected, timeout=15)
-        score.check("every killed agent disappeared", cleaned, f"{registry.count()} left")
-        stale = [e.key for e in registry.list_all() if e.key in killed_at]
-        score.check("no dead agent is listed", not stale, f"{len(stale)} stale")
+            _kill_every_other(
+                agents, loop, releases=releases, killed_at=killed_at, removed=removed, lock=lock
+            )
+            killed = len(killed_at)
+            expected = 3 * per_kind - killed
+            cleaned = wait_until(lambda: registry.count() == expected, timeout=15)
+            score.check("every killed agent disappeared", cleaned, f"{registry.count()} left")
+            stale = [e.key for e in registry.list_all() if e.key in killed_at]
+            score.check("no dead agent is listed", not stale, f"{len(stale)} stale")
 
-        _cleanup_table(console, registry, cleaned_after, agents, per_kind)
-        proc_ms = [s * 1000 for s in cleaned_after["process"]]
-        score.figure("registrations per second (mixed kinds)", f"{total / register_seconds:,.0f}")
-        score.figure(
-            "OS process death -> registry removal p99", f"{percentile(proc_ms, 99):.2f} ms"
-        )
-        stats = registry.stats()
-        score.check(
-            "one monitor per entry",
-            stats.monitors == stats.entries,
-            f"{stats.monitors} monitors / {stats.entries} entries",
-        )
+            _cleanup_table(console, registry, cleaned_after, agents, per_kind)
+            proc_ms = [s * 1000 for s in cleaned_after["process"]]
+            score.figure(
+                "registrations per second (mixed kinds)", f"{total / register_seconds:,.0f}"
+            )
+            score.figure(
+                "OS process death -> registry removal p99", f"{percentile(proc_ms, 99):.2f} ms"
+            )
+            stats = registry.stats()
+            score.check(
+                "one monitor per entry",
+                stats.monitors == stats.entries,
+                f"{stats.monitors} monitors / {stats.entries} entries",
+            )
 
-        # Unregister everything left: monitors must return to zero.
-        for pairs in agents.values():
-            for key, _agent in pairs:
-                registry.unregister(key)
-        stats = registry.stats()
-        score.check("unregister releases every monitor", stats.monitors == 0, f"{stats.monitors}")
-        score.figure("leaked monitors after unregister", str(stats.monitors))
-        unsubscribe()
+            # Unregister everything left: monitors must return to zero.
+            for pairs in agents.values():
+                for key, _agent in pairs:
+                    registry.unregister(key)
+            stats = registry.stats()
+            score.check(
+                "unregister releases every monitor", stats.monitors == 0, f"{stats.monitors}"
+            )
+            score.figure("leaked monitors after unregister", str(stats.monitors))
+            unsubscribe()
 
-    _stop_agents(releases, processes, loop)
+    finally:
+        # Also on Ctrl-C or an error: no thread, task or process of this part outlives it.
+        _stop_agents(releases, processes, loop)
 
 
 def _register_agents(
@@ -220,6 +228,9 @@ def _waiting_thread(releases: list[threading.Event]) -> threading.Thread:
 
 
 def _sleeping_process(processes: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(["sleep", "120"])
-    processes.append(process)
+    # Race: a Ctrl-C inside Popen, after the fork, would lose the child (never
+    # listed, so never killed): Ctrl-C waits until it is listed.
+    with ctrl_c_deferred():
+        process = subprocess.Popen(["sleep", "120"])
+        processes.append(process)
     return process

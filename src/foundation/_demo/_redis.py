@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 from foundation._demo._console import Console
@@ -21,50 +20,55 @@ def _visible(node: RedisRegistry, key: str) -> Callable[[], bool]:
     return lambda: node.lookup(key) is not None
 
 
-def run_redis(console: Console, score: Scoreboard, *, url: str, agents: int = 100) -> None:
+def run_redis(
+    console: Console, score: Scoreboard, *, url: str, namespace: str, agents: int = 100
+) -> None:
     """Node A registers agents; node B sees them, is refused duplicates, sees deaths."""
     console.heading("4. Two nodes on Redis")
-    namespace = f"foundation-demo-{uuid.uuid4().hex[:8]}"  # isolated from other users
     releases: list[threading.Event] = []
-    with (
-        RedisRegistry(url, namespace=namespace, indexed=("role",), node="node-a") as node_a,
-        RedisRegistry(url, namespace=namespace, indexed=("role",), node="node-b") as node_b,
-    ):
-        visible_ms: list[float] = []
-        for i in range(agents):
-            release = threading.Event()
-            releases.append(release)
-            key = f"agent-{i}"
-            started = time.perf_counter()
-            node_a.register(
-                key, spawn_thread(release.wait), {"role": "crawler" if i % 2 else "parser"}
-            )
-            if wait_until(_visible(node_b, key), timeout=5, interval=0.0002):
-                visible_ms.append((time.perf_counter() - started) * 1000)
-        score.check("every write on node A is visible on node B", len(visible_ms) == agents, "")
-        crawlers = len(node_b.find_by_attribute("role", "crawler"))
-        score.check("node B answers index queries", crawlers == agents // 2, f"{crawlers}")
-        try:
-            node_b.register("agent-0", spawn_thread(releases[0].wait))
-            refused = False
-        except AlreadyRegistered:
-            refused = True
-        score.check("a duplicate key is refused across nodes", refused, "")
-        releases[1].set()  # agent-1 dies on node A
-        gone = wait_until(lambda: node_b.lookup("agent-1") is None, timeout=5)
-        score.check("a death on node A disappears on node B", gone, "")
-        console.table(
-            "Node A -> node B",
-            ["agents", "visible p50 ms", "visible p99 ms", "crawlers seen by B"],
-            [
+    try:
+        with (
+            RedisRegistry(url, namespace=namespace, indexed=("role",), node="node-a") as node_a,
+            RedisRegistry(url, namespace=namespace, indexed=("role",), node="node-b") as node_b,
+        ):
+            visible_ms: list[float] = []
+            for i in range(agents):
+                release = threading.Event()
+                releases.append(release)
+                key = f"agent-{i}"
+                started = time.perf_counter()
+                node_a.register(
+                    key, spawn_thread(release.wait), {"role": "crawler" if i % 2 else "parser"}
+                )
+                if wait_until(_visible(node_b, key), timeout=5, interval=0.0002):
+                    visible_ms.append((time.perf_counter() - started) * 1000)
+            score.check("every write on node A is visible on node B", len(visible_ms) == agents, "")
+            crawlers = len(node_b.find_by_attribute("role", "crawler"))
+            score.check("node B answers index queries", crawlers == agents // 2, f"{crawlers}")
+            try:
+                node_b.register("agent-0", spawn_thread(releases[0].wait))
+                refused = False
+            except AlreadyRegistered:
+                refused = True
+            score.check("a duplicate key is refused across nodes", refused, "")
+            releases[1].set()  # agent-1 dies on node A
+            gone = wait_until(lambda: node_b.lookup("agent-1") is None, timeout=5)
+            score.check("a death on node A disappears on node B", gone, "")
+            console.table(
+                "Node A -> node B",
+                ["agents", "visible p50 ms", "visible p99 ms", "crawlers seen by B"],
                 [
-                    agents,
-                    f"{percentile(visible_ms, 50):.2f}",
-                    f"{percentile(visible_ms, 99):.2f}",
-                    crawlers,
-                ]
-            ],
-        )
-        score.figure("redis: write on A visible on B p99", f"{percentile(visible_ms, 99):.2f} ms")
-    for release in releases:
-        release.set()
+                    [
+                        agents,
+                        f"{percentile(visible_ms, 50):.2f}",
+                        f"{percentile(visible_ms, 99):.2f}",
+                        crawlers,
+                    ]
+                ],
+            )
+            score.figure(
+                "redis: write on A visible on B p99", f"{percentile(visible_ms, 99):.2f} ms"
+            )
+    finally:
+        for release in releases:  # also on Ctrl-C: the agents' threads end
+            release.set()

@@ -60,13 +60,18 @@ def run_rollout(console: Console, score: Scoreboard, *, seconds: float, workers:
 
         # Persistence: a restarted flag service sees the rollout exactly as it was left.
         store = SQLiteFlagStore(Path(tmp) / "flags.sqlite3")
-        flags = FeatureFlags(_declared(), store=store)
-        migration = Migration(flags, MigrationPlan.default())
-        restored = migration.status().stage
-        score.check("migration stage survives a restart", restored == 1, f"stage {restored}")
-        score.check("flag survives a restart", flags.enabled(FLAG), "")
-        flags.close()
-        store.close()
+        try:
+            flags = FeatureFlags(_declared(), store=store)
+            try:
+                restored = Migration(flags, MigrationPlan.default()).status().stage
+                score.check(
+                    "migration stage survives a restart", restored == 1, f"stage {restored}"
+                )
+                score.check("flag survives a restart", flags.enabled(FLAG), "")
+            finally:
+                flags.close()
+        finally:
+            store.close()
 
 
 def _drive(
@@ -86,14 +91,44 @@ def _drive(
     # flag positions.
     barrier = threading.Barrier(workers + 1, timeout=30)
     threads = [
+        # Daemons only as a last resort: every path below joins them first.
         threading.Thread(
-            target=_traffic, args=(registry, w, stop, barrier), name=f"demo-traffic-{w.index}"
+            target=_traffic,
+            args=(registry, w, stop, barrier),
+            name=f"demo-traffic-{w.index}",
+            daemon=True,
         )
         for w in crew
     ]
-    for thread in threads:
-        thread.start()
-    step = seconds / 4
+    try:
+        for thread in threads:
+            thread.start()
+        timeline = _flip_under_traffic(flags, migration, crew, stop, barrier, step=seconds / 4)
+    except BaseException:
+        # Ctrl-C or an error mid-rollout: stop the traffic and break the barrier, so
+        # that no thread keeps registering, or waits at the barrier, after this part.
+        stop.set()
+        barrier.abort()
+        raise
+    finally:
+        for thread in threads:
+            if thread.is_alive():
+                thread.join(10)
+    console.table("Rollout phases under traffic", ["phase", FLAG, "live registrations"], timeline)
+    _score_traffic(console, score, registry, crew, seconds)
+    _show_flag_history(console, flags)
+
+
+def _flip_under_traffic(
+    flags: FeatureFlags,
+    migration: Migration,
+    crew: list[_Worker],
+    stop: threading.Event,
+    barrier: threading.Barrier,
+    *,
+    step: float,
+) -> list[list[str]]:
+    """Advance, roll back and re-advance, then verify with the flag on and off; the timeline."""
     timeline: list[list[str]] = []
 
     def phase(label: str) -> None:
@@ -116,11 +151,7 @@ def _drive(
     barrier.wait()
     flags.enable(FLAG, by="demo", reason="back to the shared table")
     barrier.wait()  # threads release their agents and end
-    for thread in threads:
-        thread.join(10)
-    console.table("Rollout phases under traffic", ["phase", FLAG, "live registrations"], timeline)
-    _score_traffic(console, score, registry, crew, seconds)
-    _show_flag_history(console, flags)
+    return timeline
 
 
 def _score_traffic(
@@ -163,7 +194,11 @@ def _operate(registry: MigratingRegistry, worker: _Worker, key: str, roll: float
     if key not in worker.model and roll < 0.5:
         release = threading.Event()
         agent = spawn_thread(release.wait)
-        registry.register(key, agent, {"worker": worker.index})
+        try:
+            registry.register(key, agent, {"worker": worker.index})
+        except BaseException:
+            release.set()  # not registered: its agent ends now, never one thread left per failure
+            raise
         worker.model[key] = release
         worker.agents[key] = agent
     elif key in worker.model and roll < 0.7:
@@ -181,6 +216,18 @@ def _operate(registry: MigratingRegistry, worker: _Worker, key: str, roll: float
 def _traffic(
     registry: MigratingRegistry, worker: _Worker, stop: threading.Event, barrier: threading.Barrier
 ) -> None:
+    """Random operations until ``stop``, then the checks between the main thread's flips."""
+    try:
+        _random_operations(registry, worker, stop)
+        _verify(registry, worker, barrier)
+    except threading.BrokenBarrierError:
+        pass  # the main thread was interrupted (Ctrl-C) or failed: end quietly
+    finally:
+        for release in worker.model.values():
+            release.set()  # its agents end with it, whatever happened
+
+
+def _random_operations(registry: MigratingRegistry, worker: _Worker, stop: threading.Event) -> None:
     rng = random.Random(worker.index)
     while not stop.is_set():
         key = f"w{worker.index}-{rng.randrange(40)}"
@@ -190,6 +237,10 @@ def _traffic(
         except Exception as exc:  # recorded and reported as a failed invariant
             worker.errors.append(f"{type(exc).__name__}: {exc}")
         worker.operations += 1
+
+
+def _verify(registry: MigratingRegistry, worker: _Worker, barrier: threading.Barrier) -> None:
+    """Count lost and resurrected keys with the flag on, then off (between barriers)."""
     everything = [f"w{worker.index}-{n}" for n in range(40)]
 
     def ghosts() -> int:
@@ -205,8 +256,6 @@ def _traffic(
     worker.ghosts_off = ghosts()
     barrier.wait()
     barrier.wait()
-    for release in worker.model.values():
-        release.set()
 
 
 def _describe(state: object) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from foundation._demo._console import Console
+from foundation._demo._interrupts import ctrl_c_deferred
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import wait_until
 from foundation.application import AppConfig, Application
@@ -40,7 +42,11 @@ def run_supervision(console: Console, score: Scoreboard) -> None:
     # Config-as-code turns the shared table on: supervised workers are registered
     # from the supervisor's thread, which the per-thread legacy store would hide.
     config = AppConfig(indexed=("role",), flags={"use_ets_agent_registry": True})
-    with Application.start(config, workers=workers) as app:
+    # Ctrl-C waits for the tree to finish starting (and, in _stopped_whole, stopping):
+    # cut in half, its loop thread would be left with tasks pending.
+    with ctrl_c_deferred():
+        app = Application.start(config, workers=workers)
+    with _stopped_whole(app):
         boot_ms = (time.perf_counter() - started) * 1000
         registry = app.registry
         assert registry is not None
@@ -83,6 +89,16 @@ def run_supervision(console: Console, score: Scoreboard) -> None:
     score.figure(
         "application start (flags, monitors, registry, migration, workers)", f"{boot_ms:.0f} ms"
     )
+
+
+@contextlib.contextmanager
+def _stopped_whole(app: Application) -> Iterator[Application]:
+    """Like ``with app``, but a Ctrl-C during the stop waits for the stop's end."""
+    try:
+        yield app
+    finally:
+        with ctrl_c_deferred():
+            app.stop()
 
 
 def _renewed(registry: Any, key: str, old: Any) -> Callable[[], bool]:
