@@ -85,7 +85,10 @@ def _bind(host: str, port: int) -> socket.socket:
     # proto=IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio sets TCP_NODELAY
     # only on sockets whose proto says TCP. Without it uvicorn's two writes of a response
     # (headers, body) meet Nagle + delayed ACK: ~40 ms per request on Linux.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # EMFILE
+    except OSError as exc:
+        raise InvalidConfig(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -191,8 +194,13 @@ class AdminServer:
                 sock.close()
                 self._started.set()  # wake start() if it never came up
 
-        self._thread = threading.Thread(target=run, name="foundation-admin", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=run, name="foundation-admin", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # the thread limit: release the port; a later start() retries
+            sock.close()
+            raise InvalidConfig(f"the admin server did not start: {exc!r}") from exc
+        self._thread = thread
         if not self._started.wait(timeout) or self._failure is not None:
             self.close()
             raise InvalidConfig(f"the admin server did not start: {self._failure!r}")

@@ -601,10 +601,17 @@ class SQLiteFlagStore(FlagStore):
             # Registered before the watcher can deliver anything meant for it.
             self._callbacks = (*self._callbacks, callback)
             if first:
-                self._watcher = threading.Thread(
+                watcher = threading.Thread(
                     target=self._watch, name=f"foundation-sqlite-flags:{self.path}", daemon=True
                 )
-                self._watcher.start()
+                try:
+                    watcher.start()
+                except RuntimeError as exc:  # the thread limit: subscribe nothing, retry later
+                    self._callbacks = self._callbacks[:-1]  # the one added above
+                    raise BackendUnavailable(
+                        f"flag store {self._shown} cannot start its watcher thread: {exc}"
+                    ) from exc
+                self._watcher = watcher
             else:
                 # The running watcher may already be past this subscriber's load:
                 # it tells the newcomer "reload" once (an empty batch) to close that gap.

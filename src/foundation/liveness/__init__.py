@@ -126,6 +126,8 @@ def monitor(agent: object, on_down: OnDown, *, manager: MonitorManager | None = 
         UnsupportedAgent: ``agent`` is not a supported kind (a ``TypeError``).
         TypeError: ``on_down`` is not callable.
         RuntimeError: ``manager`` is closed.
+        BackendUnavailable: the process is out of fds or threads for the
+            watch (``errno`` EMFILE, EAGAIN); nothing was stored.
 
     Example:
         >>> import concurrent.futures

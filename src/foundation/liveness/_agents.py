@@ -38,6 +38,8 @@ def is_alive(agent: object) -> bool:
 
     Raises:
         UnsupportedAgent: ``agent`` is not a supported kind.
+        BackendUnavailable: an ``OSProcess`` whose ``/proc`` entry cannot be
+            read (no fd left: EMFILE); the answer is not guessed.
 
     Example:
         >>> import concurrent.futures

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from foundation.errors import Closed, InvalidConfig, bounded_repr
+from foundation.errors import BackendUnavailable, Closed, InvalidConfig, bounded_repr
 from foundation.liveness._agents import unsupported
 from foundation.liveness._core import (
     CANCELLED,
@@ -410,6 +410,9 @@ class MonitorManager:
             UnsupportedAgent: ``agent`` is not a supported kind.
             TypeError: ``on_down`` is not callable.
             Closed: the manager is closed (a ``RuntimeError``).
+            BackendUnavailable: the process is out of what the watch needs (an
+                fd for a pidfd or ``/proc``, a watcher thread); ``errno`` says
+                which (EMFILE, EAGAIN). Nothing was stored: retry later.
         """
         # The hot path, for every kind whose watch already exists (registries
         # monitor these): no lock, one object, two dict inserts. Exact type
@@ -726,9 +729,21 @@ class MonitorManager:
         return self._monitor_managed(thread, on_down, _ThreadWatch)
 
     def _monitor_process(self, agent: ProcessAgent, on_down: OnDown) -> Monitor:
-        if exit_down(agent) is not None:
+        try:
+            down = exit_down(agent)
+        except OSError as exc:  # /proc unreadable: no fd left (EMFILE, ENFILE), ...
+            raise self._exhausted(exc, f"read the state of {bounded_repr(agent)}") from exc
+        if down is not None:
             return self._dead(agent, on_down)
         return self._monitor_managed(agent, on_down, _ProcessWatch)
+
+    def _exhausted(self, exc: BaseException, what: str) -> BackendUnavailable:
+        """The typed error for a resource the watch needs (an fd, a thread) that
+        the process has run out of; nothing was stored. ``errno`` is kept."""
+        if isinstance(exc, BackendUnavailable):
+            return exc  # typed already (by _start or a /proc read below us)
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EAGAIN
+        return BackendUnavailable(code, f"MonitorManager {self._name!r} cannot {what}: {exc}")
 
     def _monitor_managed(
         self, agent: object, on_down: OnDown, factory: Callable[[MonitorManager, object], _W]
@@ -779,8 +794,8 @@ class MonitorManager:
         try:
             fd = open_pidfd(watch.agent)  # type: ignore[arg-type]
         except OSError as exc:
-            if exc.errno != errno.ENOSYS:
-                raise  # EMFILE and the like: nothing was stored
+            if exc.errno != errno.ENOSYS:  # EMFILE and the like: nothing was stored
+                raise self._exhausted(exc, "open a pidfd") from exc
             self._use_pidfd = False  # kernel without pidfd_open: poll from now on
             return None
         if fd is None:
@@ -789,8 +804,10 @@ class MonitorManager:
             self._ensure_epoll_locked()
             assert self._epoll is not None
             self._epoll.register(fd, select.EPOLLIN)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            if isinstance(exc, OSError):  # no fd for the epoll, ENOMEM/ENOSPC to register
+                raise self._exhausted(exc, "watch a pidfd") from exc
             raise
         watch.fd = fd
         self._by_fd[fd] = watch
@@ -823,10 +840,14 @@ class MonitorManager:
     # ------------------------------------------------------------------ threads
 
     def _start(self, role: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+        """Start a watcher thread; ``BackendUnavailable`` if none can be started."""
         thread = threading.Thread(
             target=target, args=args, name=f"foundation-{self._name}-{role}", daemon=True
         )
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread" (EAGAIN: thread limit)
+            raise self._exhausted(exc, f"start thread {thread.name!r}") from exc
         return thread
 
     def _poll_loop(
@@ -898,14 +919,17 @@ class MonitorManager:
         if self._epoll is not None:
             return
         epoll = select.epoll()
+        wake_r = wake_w = -1
         try:
             if _HAS_EVENTFD:
                 wake_r = wake_w = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
             else:  # pragma: no cover - Linux has eventfd
                 wake_r, wake_w = os.pipe()
             epoll.register(wake_r, select.EPOLLIN)
-        except BaseException:
+        except BaseException:  # out of fds or epoll memory: close what was opened
             epoll.close()
+            for fd in {wake_r, wake_w} - {-1}:
+                os.close(fd)
             raise
         try:
             thread = self._start("pidfd", self._pidfd_loop, epoll, wake_r)

@@ -13,6 +13,7 @@ import select
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
+from foundation.errors import BackendUnavailable
 from foundation.liveness._core import NOPROC, NORMAL, Down
 from foundation.liveness._types import agent_types
 
@@ -32,13 +33,16 @@ _WAIT_FLAGS = (os.WEXITED | os.WNOHANG | os.WNOWAIT) if _HAS_WAITID else 0
 def _read_stat(pid: int) -> tuple[str, int] | None:
     """(state, start time in clock ticks) from /proc/<pid>/stat, None if gone.
 
-    Raises OSError (other than "no such process") when /proc is unusable.
+    Raises ``BackendUnavailable`` (keeping the errno) when /proc cannot be read
+    for another reason: no fd left (EMFILE, ENFILE), no memory.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
+    except OSError as exc:  # not an answer about the process: never "dead"
+        raise BackendUnavailable(exc.errno, f"cannot read /proc/{pid}/stat: {exc}") from exc
     # The command name (field 2) may contain spaces and parentheses: split
     # after the LAST ')'. Then field 3 is the state, field 22 the start time.
     fields = data[data.rindex(b")") + 2 :].split()
@@ -64,6 +68,8 @@ class OSProcess:
     Raises:
         TypeError: ``pid`` is not an int.
         ValueError: ``pid`` is not positive.
+        BackendUnavailable: ``/proc/<pid>/stat`` cannot be read (no fd left:
+            EMFILE); ``is_alive()`` raises it too rather than guess.
 
     Example:
         >>> import os
@@ -245,7 +251,12 @@ def open_pidfd(agent: ProcessAgent) -> int | None:
         return None
     # Race: the process may have been reaped and its pid reused between the
     # check above and pidfd_open. Re-check identity now that the fd pins it.
-    if not _pid_still_ours(agent):
+    try:
+        ours = _pid_still_ours(agent)
+    except BaseException:  # /proc unreadable now (the pidfd took the last fd): no leak
+        os.close(fd)
+        raise
+    if not ours:
         os.close(fd)
         return None
     return fd

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from foundation.errors import StartError
 from foundation.liveness._core import NORMAL, Down, Watch
 
 __all__ = ["EXC_ATTR", "SpawnedThread", "acquire_hook", "release_hook", "spawn_thread"]
@@ -65,11 +66,17 @@ def spawn_thread(
 
     Raises:
         TypeError: ``target`` is not callable (refused here, not in the new thread).
+        StartError: no thread can be started now (the process's thread limit);
+            nothing was started (a ``RuntimeError``, as ``Thread.start`` raises).
     """
     if not callable(target):
         raise TypeError(f"spawn_thread needs a callable target, not {type(target).__name__}")
     thread = SpawnedThread(target=target, args=args, kwargs=kwargs, name=name, daemon=daemon)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError as exc:  # "can't start new thread": the thread limit (EAGAIN)
+        # Nothing to undo: the thread never ran and nobody holds it or its watch.
+        raise StartError(thread.name, f"cannot start thread {thread.name!r}: {exc}") from exc
     return thread
 
 

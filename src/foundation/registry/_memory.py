@@ -394,6 +394,8 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
             InvalidMetadata: not a JSON-compatible mapping.
             UnsupportedAgent: the agent cannot be monitored.
+            BackendUnavailable: the process is out of fds or threads to monitor
+                it (``errno`` EMFILE, EAGAIN); retry later.
             NotAlive: the agent is already dead.
             AlreadyRegistered: ``key`` holds a live agent and not ``replace``
                 (``.entry`` is that entry). A key whose agent is dead but not

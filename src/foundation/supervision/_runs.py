@@ -459,10 +459,21 @@ class PopenRun(_ProcessRun):
             if write_fd is not None:
                 os.close(write_fd)  # only the child holds it now: EOF once it exits
         self._group: int | None = self.handle.pid if own_group else None
+        self._pidfd: int | None = None
+        try:
+            self._watch_exit()
+        except BaseException:
+            # No fd left for the pidfd (EMFILE: other threads took the ones
+            # Popen freed) or the loop refused a reader: the child runs but
+            # nothing would see it end. The start fails; it must not outlive it.
+            self._abandon_launch()
+            raise
+
+    def _watch_exit(self) -> None:
+        """launch(): watch the ready fd and the child's exit on the loop."""
         if self._ready_fd is not None:
             os.set_blocking(self._ready_fd, False)
             self.loop.add_reader(self._ready_fd, self._on_ready_fd)
-        self._pidfd: int | None = None
         if _HAVE_PIDFD:
             # The child is not reaped until we wait for it, so even a child that
             # has already exited still has a pid (a zombie) to open here.
@@ -496,6 +507,20 @@ class PopenRun(_ProcessRun):
         if data and not self.ready.done():
             self.ready.set_result(None)
         # EOF without a byte: the child closed it or is ending; its exit tells.
+
+    def _abandon_launch(self) -> None:
+        """A launch that failed after the fork: kill and reap the child (and its
+        own group), close what was opened. Quick: the child is SIGKILLed."""
+        self._kill()
+        self.handle.wait()
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        self._close_ready_fd()
+        for stream in (self.handle.stdin, self.handle.stdout, self.handle.stderr):
+            if stream is not None:
+                stream.close()
 
     def _close_ready_fd(self) -> None:
         fd, self._ready_fd = self._ready_fd, None

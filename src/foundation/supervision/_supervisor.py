@@ -566,7 +566,9 @@ class Supervisor:
         """Start this supervisor on an event loop of its own, in a named thread.
 
         Returns a :class:`SupervisorThread` (also a context manager) exposing the
-        management calls synchronously. Raises what :meth:`start` raises.
+        management calls synchronously. Raises what :meth:`start` raises, and
+        ``StartError`` if the process has no thread or fd left for the loop's
+        thread (nothing is left started).
         """
         from foundation.supervision._thread import SupervisorThread
 

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from foundation._unraisable import report_unraisable
-from foundation.errors import Closed, ShutdownError, SupervisorError
+from foundation.errors import Closed, ShutdownError, StartError, SupervisorError
 from foundation.supervision._runs import abandon_tasks, in_thread_child_of
 from foundation.supervision._spec import ChildCounts, ChildInfo, ChildSpec
 
@@ -62,14 +62,21 @@ class SupervisorThread:
         import asyncio
 
         self.supervisor = supervisor
-        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop = asyncio.new_event_loop()
+        except OSError as exc:  # no fd left for its selector (EMFILE)
+            raise StartError(supervisor.name, f"cannot create an event loop: {exc}") from exc
         self._closed = False
         self._lock = threading.Lock()
         self._stopper: threading.Thread | None = None  # stop() asked by a thread child
         self._thread = threading.Thread(
             target=self._serve, name=name or f"supervisor:{supervisor.name}", daemon=True
         )
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError as exc:  # "can't start new thread": the thread limit
+            self._loop.close()  # its fds: nothing is left half-started
+            raise StartError(supervisor.name, f"cannot start its thread: {exc}") from exc
         try:
             self._call(supervisor.start())
         except BaseException:
@@ -203,7 +210,9 @@ class SupervisorThread:
         is then logged (``foundation.supervision``, WARNING).
 
         Raises:
-            ShutdownError: as :meth:`Supervisor.stop` (the loop is closed anyway).
+            ShutdownError: as :meth:`Supervisor.stop` (the loop is closed anyway);
+                from a thread child, when no stopper thread can be started (the
+                thread limit; a later call tries again).
         """
         if self._closed:
             return
@@ -223,10 +232,15 @@ class SupervisorThread:
             # Race: two children may ask at once, or one twice: one stopper.
             if self._stopper is not None:
                 return
-            self._stopper = threading.Thread(
+            stopper = self._stopper = threading.Thread(
                 target=self._stop_and_report, name=f"{self._thread.name}:stop", daemon=True
             )
-        self._stopper.start()
+        try:
+            stopper.start()
+        except RuntimeError as exc:  # the thread limit: let a later stop() try again
+            with self._lock:
+                self._stopper = None
+            raise ShutdownError(f"{self._thread.name}: cannot start its stopper: {exc}") from exc
 
     def _stop_and_report(self) -> None:
         try:
