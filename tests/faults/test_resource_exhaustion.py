@@ -19,6 +19,7 @@ from textwrap import dedent
 import pytest
 
 from tests.faults._subprocess import run_scenario
+from tests.redis_support import running_redis
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux rlimits and pidfds")
 
@@ -442,3 +443,159 @@ def test_flag_store_watcher_and_admin_server_without_threads_or_fds() -> None:
             """
         )
     )
+
+
+# Shared by the Redis scenarios: a probe connection (opened before any fd count)
+# and Python's own thread start wrapped so that the process runs out of threads
+# right after a thread of a given name started: the kernel then refuses the next
+# one for real (RLIMIT_NPROC), which no plain limit can aim at a second thread.
+_REDIS = """
+import redis
+
+probe = redis.Redis.from_url(URL)
+probe.ping()
+_real_start = threading.Thread.start
+
+class threads_out_after:
+    def __init__(self, prefix):
+        self.prefix, self.starved = prefix, no_threads()
+    def __enter__(self):
+        outer = self
+        def start(thread):
+            _real_start(thread)
+            if thread.name.startswith(outer.prefix):
+                outer.starved.__enter__()
+        threading.Thread.start = start
+    def __exit__(self, *exc):
+        threading.Thread.start = _real_start
+        self.starved.__exit__()
+"""
+
+
+def test_redis_registry_without_threads_leaves_nothing_running_or_held() -> None:
+    """RedisRegistry(...) that cannot start its tail thread, or its lease thread
+    once the tail runs, and RedisObserver(...) without its thread:
+    BackendUnavailable (EAGAIN), no thread left running, no connection open, no
+    lease or wake stream left in Redis; then both start."""
+    with running_redis() as server:
+        run_scenario(
+            f"URL = {server.url!r}\n"
+            + _NPROC
+            + _REDIS
+            + dedent(
+                """
+                import errno, uuid
+                from foundation import RedisRegistry, spawn_thread
+                from foundation.errors import BackendUnavailable
+                from foundation.registry._redis._observer import RedisObserver
+
+                ns = "nproc-" + uuid.uuid4().hex[:8]
+
+                def held_in_redis(node):
+                    lease = probe.zscore("{" + ns + "}:leases", node)
+                    return lease is not None or probe.exists("{" + ns + "}:wake:" + node)
+
+                RedisRegistry(URL, namespace=ns, node="warm").close()  # imports, scripts
+                wait_for(lambda: not library_threads(), "the warm-up's threads gone")
+                threads, before = threading.active_count(), fds()
+                tail_only = threads_out_after("foundation-redis-tail")  # the lease thread fails
+                for node, starve in (("t", no_threads()), ("l", tail_only)):
+                    with starve:
+                        try:
+                            RedisRegistry(URL, namespace=ns, node=node)
+                        except BackendUnavailable as exc:
+                            assert exc.errno == errno.EAGAIN, exc
+                        else:
+                            raise AssertionError("a registry without its threads")
+                    assert threading.active_count() == threads, threading.enumerate()
+                    assert fds() == before, (node, fds(), before)  # its connections closed
+                    assert not held_in_redis(node), node
+                with no_threads():  # the CLI's read-only observer: its one thread
+                    try:
+                        RedisObserver(URL, namespace=ns)
+                    except BackendUnavailable as exc:
+                        assert exc.errno == errno.EAGAIN, exc
+                    else:
+                        raise AssertionError("an observer without its thread")
+                assert threading.active_count() == threads, threading.enumerate()
+                assert fds() == before, ("observer", fds(), before)
+                # Normal service once threads can start again.
+                gate = threading.Event()
+                a, b = (RedisRegistry(URL, namespace=ns, node=n) for n in "ab")
+                with a, b:
+                    a.register("w", spawn_thread(gate.wait))
+                    b.wait_for_version(a.status().written)
+                    assert b.lookup("w") is not None
+                    with RedisObserver(URL, namespace=ns) as observer:
+                        assert observer.count() == 1
+                    gate.set()
+                assert not held_in_redis("a") and not held_in_redis("b")
+                print("OK")
+                """
+            )
+        )
+
+
+def test_redis_flag_store_and_auto_rollback_without_threads() -> None:
+    """RedisFlagStore(...) without a thread for its listener: BackendUnavailable
+    (EAGAIN), its connections and node copy closed, not counted live; AutoRollback
+    without its thread: StartError, as spawn_thread. Both start once threads can."""
+    with running_redis() as server:
+        run_scenario(
+            f"URL = {server.url!r}\n"
+            + _NPROC
+            + _REDIS
+            + dedent(
+                """
+                import errno, tempfile, uuid
+                from foundation.errors import BackendUnavailable, StartError
+                from foundation.flags import (
+                    DEFAULT_FLAGS, AutoRollback, FeatureFlags, Flag, HealthSample,
+                    HealthThresholds, Migration, MigrationPlan, RedisFlagStore,
+                )
+                from foundation.flags._redis_store import copies_in_memory
+
+                ns = "nproc-" + uuid.uuid4().hex[:8]
+                copy = os.path.join(tempfile.mkdtemp(), "copy.db")
+                RedisFlagStore(URL, namespace="warm", cache_path=False).close()  # imports
+                flags = FeatureFlags(DEFAULT_FLAGS)
+                migration = Migration(
+                    flags, MigrationPlan.default(), health=lambda: HealthSample(error_rate=0.0),
+                    thresholds=HealthThresholds(max_error_rate=0.05),
+                )
+                wait_for(lambda: not library_threads(), "the warm-up's threads gone")
+                threads, before = threading.active_count(), fds()
+                for cache_path in (copy, False):  # with a node copy (SQLite) and without
+                    with no_threads():
+                        try:
+                            RedisFlagStore(URL, namespace=ns, cache_path=cache_path)
+                        except BackendUnavailable as exc:
+                            assert exc.errno == errno.EAGAIN, exc
+                        else:
+                            raise AssertionError("a flag store without its listener")
+                    assert threading.active_count() == threads, threading.enumerate()
+                    assert fds() == before, (cache_path, fds(), before)  # nothing left open
+                    assert ns not in copies_in_memory(), "a store that never started is live"
+                with no_threads():
+                    try:
+                        AutoRollback(migration, interval=0.01)
+                    except StartError:
+                        pass
+                    else:
+                        raise AssertionError("an AutoRollback without its thread")
+                assert threading.active_count() == threads, threading.enumerate()
+                # Normal service once threads can start again.
+                store = RedisFlagStore(URL, namespace=ns, cache_path=copy)
+                assert ns in copies_in_memory()
+                beta = FeatureFlags([Flag("beta")], store=store)
+                beta.enable("beta", by="bob")
+                assert beta.enabled("beta")
+                with AutoRollback(migration, interval=0.01) as watcher:
+                    assert watcher.running
+                beta.close()
+                store.close()
+                flags.close()
+                print("OK")
+                """
+            )
+        )

@@ -23,6 +23,7 @@ from foundation.errors import (
     BackendUnavailable,
     InvalidFlagValue,
     MigrationError,
+    StartError,
     UnknownFlag,
     bounded_list,
     bounded_repr,
@@ -624,7 +625,9 @@ class AutoRollback:
     source that raises is logged under ``foundation.flags`` and passed to
     ``sys.unraisablehook`` if one is installed (and kept in
     ``last_error``); the watcher keeps going. ``stop()`` (or leaving the
-    ``with`` block) ends the thread and waits for it.
+    ``with`` block) ends the thread and waits for it. Without a thread to start
+    (the process's thread limit) the constructor raises ``StartError``, as
+    ``spawn_thread`` does; nothing was started.
 
     Example:
         >>> from foundation.flags import FeatureFlags
@@ -658,7 +661,13 @@ class AutoRollback:
         self._thread = threading.Thread(
             target=self._run, name=f"foundation-auto-rollback:{migration.plan.name}", daemon=True
         )
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError as exc:  # "can't start new thread": the thread limit (EAGAIN)
+            # As spawn_thread: nothing ran, nothing holds a resource; retry later.
+            raise StartError(
+                self._thread.name, f"cannot start thread {self._thread.name!r}: {exc}"
+            ) from exc
 
     @property
     def running(self) -> bool:

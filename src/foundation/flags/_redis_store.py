@@ -125,6 +125,7 @@ the listener never dies: it retries with backoff.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -497,7 +498,8 @@ class RedisFlagStore(FlagStore):
         ImportError: the ``redis`` extra is not installed (``foundation[redis]``).
         errors.InvalidConfig: a malformed URL or a database index the server lacks.
         errors.BackendUnavailable: Redis cannot be reached (or refuses the
-            credentials) and this node has no copy to start from.
+            credentials) and this node has no copy to start from; or (``errno``
+            EAGAIN) the process cannot start the listener thread: nothing is left open.
         errors.InvalidFlagValue: an empty namespace.
         errors.InvalidConfig: a timeout or resync interval that is not a positive
             number of seconds up to ``threading.TIMEOUT_MAX``, a ``cache_path`` that
@@ -574,12 +576,28 @@ class RedisFlagStore(FlagStore):
         # (NodeCache._write_back): the listener commits or drops them at its next turn.
         self._cache.on_write_back = self._replay_wanted.set
         self._first_sync()
-        self._thread = threading.Thread(
-            target=self._listen, name=f"foundation-flags-redis[{namespace}]", daemon=True
-        )
-        self._thread.start()
-        with _live_lock:
+        self._start_listener()
+        with _live_lock:  # only once started: a store that failed to start is not live
             _live.add(self)
+
+    def _start_listener(self) -> None:
+        """Start the listener thread. Without a thread (the process's thread limit)
+        close the connections and the node copy ``_first_sync`` opened, then raise
+        ``BackendUnavailable``: nothing of this store is left open."""
+        self._thread = threading.Thread(
+            target=self._listen, name=f"foundation-flags-redis[{self.namespace}]", daemon=True
+        )
+        try:
+            self._thread.start()
+        except RuntimeError as exc:  # "can't start new thread" (EAGAIN: thread limit)
+            # No thread ran and nobody holds this store yet: nothing can race.
+            self._closed = True
+            self._close_clients()
+            self._cache.close()
+            raise BackendUnavailable(
+                errno.EAGAIN,
+                f"flag store {self.namespace!r} cannot start its listener thread: {exc}",
+            ) from exc
 
     # ------------------------------------------------------------------ helpers
 

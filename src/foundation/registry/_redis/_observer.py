@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import json
 import logging
 import threading
@@ -38,7 +39,7 @@ from typing import Any, Final
 from foundation import _redis_conn
 from foundation._retry import RetryBackoff
 from foundation._unraisable import report_unraisable
-from foundation.errors import Closed, FoundationError, InvalidConfig
+from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidConfig
 from foundation.registry._query import compile_criteria, matches
 from foundation.registry._redis._codec import RemoteAgent, decode_key
 from foundation.registry._redis._mirror import Mirror, same_registration
@@ -102,7 +103,8 @@ class RedisObserver:
         observer.close()
 
     Raises (constructor): ``InvalidConfig`` for a malformed URL or namespace,
-    ``BackendUnavailable`` when Redis cannot be reached (nothing to show yet).
+    ``BackendUnavailable`` when Redis cannot be reached (nothing to show yet)
+    or (``errno`` EAGAIN) its thread cannot start; nothing is left open then.
     """
 
     def __init__(
@@ -159,7 +161,15 @@ class RedisObserver:
         self._thread = threading.Thread(
             target=self._loop, name=f"foundation-redis-observer[{namespace}]", daemon=True
         )
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError as exc:  # "can't start new thread" (EAGAIN: thread limit)
+            # Nothing ran and nobody holds this observer yet: close what it opened.
+            self._closed = True
+            self._close_clients()
+            raise BackendUnavailable(
+                errno.EAGAIN, f"observer of {namespace!r} cannot start its thread: {exc}"
+            ) from exc
 
     # ------------------------------------------------------------------ reads
 

@@ -28,6 +28,7 @@ exception: every failure is ``BackendUnavailable`` or ``InvalidConfig``
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import json.encoder
@@ -309,7 +310,8 @@ class RedisRegistry(Registry):
     ``BackendUnavailable`` (a ``ConnectionError``) within about ``op_timeout``
     seconds when Redis cannot be reached or answers with an error reply
     (``READONLY``, ``OOM``, ``LOADING``, ...); no call ever raises a redis-py
-    exception.
+    exception. The constructor raises it too (``errno`` EAGAIN) when the process
+    cannot start its threads, with nothing left open or running.
 
     Args:
         url: ``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or
@@ -426,8 +428,25 @@ class RedisRegistry(Registry):
             if owns_manager:
                 sh.manager.close()
             raise
-        self._tail.thread.start()
-        self._lease.thread.start()
+        self._start_threads()
+
+    def _start_threads(self) -> None:
+        """Start the tail and lease threads. Without a thread (the process's thread
+        limit) close all this construction opened, then raise ``BackendUnavailable``."""
+        for thread in (self._tail.thread, self._lease.thread):
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread" (EAGAIN: thread limit)
+                # The tail may be running already: close() stops and joins it,
+                # releases the lease recover_locked wrote, deletes the wake stream and
+                # closes the connections and the manager we own. Nobody holds this
+                # registry yet: no call can race with this close.
+                self.close()
+                raise BackendUnavailable(
+                    errno.EAGAIN,
+                    f"RedisRegistry node {self._sh.node!r} cannot start thread "
+                    f"{thread.name!r}: {exc}",
+                ) from exc
 
     # ------------------------------------------------------------------ public API
 
@@ -858,7 +877,8 @@ class RedisRegistry(Registry):
         sh.link.close()
         sh.jobs.put(None)
         sh.poke_tail()
-        self._lease.thread.join(timeout=sh.op_timeout * 3 + 1)
+        if self._lease.thread.ident is not None:  # else a construction that could not start it
+            self._lease.thread.join(timeout=sh.op_timeout * 3 + 1)
         try:
             with sh.writing(public=False):
                 release = _scripts.ReleaseArgs(sh.maxlen, sh.node)
@@ -877,7 +897,8 @@ class RedisRegistry(Registry):
                 own.monitor.demonitor()
         if self._owns_manager:
             sh.manager.close()
-        self._tail.thread.join(timeout=0.5)
+        if self._tail.thread.ident is not None:  # as the lease thread above
+            self._tail.thread.join(timeout=0.5)
         if self._tail.thread.is_alive():
             # Blocked in XREAD on a server that does not answer: cut the socket.
             sh.tail_client.connection_pool.disconnect()
