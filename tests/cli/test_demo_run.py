@@ -155,7 +155,7 @@ def _interrupt(
         while _threads(run.process.pid) < threads:  # poll: no line marks the traffic
             assert time.monotonic() < deadline, f"never {threads} threads"
             assert run.process.poll() is None, "".join(run.stdout)
-            time.sleep(0.01)
+            time.sleep(0.01)  # sleep-ok: the poll interval of a loop with a deadline
         run.process.send_signal(signal.SIGINT)
         code = run.finish(timeout=60)  # before the fix: alive, 25,000 threads later
         leftovers = run.leftovers()
