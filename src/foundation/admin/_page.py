@@ -171,6 +171,7 @@ td.actions .line.shares { display:flex; gap:4px; align-items:center; margin-top:
 .tree ul { list-style:none; padding-left:18px; margin:2px 0; }
 .tree li { margin:2px 0; }
 .status-running { color:var(--on); } .status-restarting, .status-stopped { color:var(--warn); }
+.status-abandoned { color:var(--off); font-weight:600; }
 tr.flash td { animation: flash 2s ease-out; }
 @keyframes flash { from { background:#fff3b0; } to { background:transparent; } }
 dialog { border:1px solid var(--line); border-radius:8px; padding:16px 20px; min-width:360px; }

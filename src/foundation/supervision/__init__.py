@@ -37,7 +37,8 @@ behaviour | what we do | difference ("=": none).
   crash), the ones after it ``"stopped"`` | = (``{restarting, Pid}``, ``undefined``)
 - init returns ``ignore`` | ``ctx.ignore()`` instead of ``ctx.ready()``; a
   static supervisor keeps the spec ``"stopped"`` (temporary: dropped), a dynamic
-  one does not add it | task and thread children only (a process cannot ignore)
+  one does not add it (nor keep one whose restart ignores) | task and thread
+  children only (a process cannot ignore)
 - ``brutal_kill`` | ``shutdown_timeout=0``: a process gets SIGKILL at once, a
   task is cancelled and not waited for, a thread is abandoned at once | a task
   gets the loop turns its cancellation takes; a thread cannot be killed
@@ -54,7 +55,10 @@ behaviour | what we do | difference ("=": none).
   the holder); two children with one name are refused | a restart replaces the
   child's own previous registration
 - ``which_child``, ``get_childspec``, ``check_childspecs`` | the same names |
-  ``check_childspecs`` returns ``None`` or a str (``ok`` / ``{error, R}``)
+  ``check_childspecs`` returns ``None`` or a str (``ok`` / ``{error, R}``, also
+  for a non-list: ``{badarg, _}``)
+- temporary children's start arguments | released once the child ended |
+  kept while it runs (for ``get_childspec``)
 - ``restart_child``/``delete_child`` on simple_one_for_one | ``SupervisorError``
   reason ``"simple_one_for_one"`` | =
 - dynamic shutdown (``terminate_dynamic_children``) | children stopped

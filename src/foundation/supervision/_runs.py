@@ -22,7 +22,8 @@ in its entry point. Caveats:
   another thread held at fork time. It does rule out the ``vfork`` fast path.
 - Grandchildren (a shell's children) are not covered by the parent-death
   signal: only the direct child. An argv child leading its own process group
-  (the default, below) is stopped as a group instead: SIGTERM and SIGKILL go
+  (the default, below), and every multiprocessing child (it makes its group
+  first thing), is stopped as a group instead: SIGTERM and SIGKILL go
   to the whole group, and whatever is left in it when the child ends is
   SIGKILLed (where pidfd is available: before the child is reaped, so the
   group id cannot have been reused). A grandchild that left the group
@@ -386,7 +387,31 @@ class ThreadRun(Run):
 
 
 class _ProcessRun(Run):
-    """Shared by both process flavours: SIGTERM, then SIGKILL after the timeout."""
+    """Shared by both process flavours: SIGTERM, then SIGKILL after the timeout,
+    to the child's own process group (``_group``, its pid) when it leads one."""
+
+    _group: int | None = None
+
+    def _unreaped(self) -> bool:
+        """True until the child's exit status was collected (its pid, and so its
+        group id, cannot be reused before)."""
+        raise NotImplementedError
+
+    def _signal_group(self, signum: int) -> bool:
+        """Send ``signum`` to the child's own process group while the child is
+        unreaped (its pid cannot be reused yet); True when that reached the
+        child. False when there is no such group, or the child left it (it
+        moved to another group: a shell with job control; or a multiprocessing
+        child that has not made its group yet): the caller then signals the
+        child itself, once."""
+        if self._group is None or not self._unreaped():
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._group, signum)
+        try:
+            return os.getpgid(self.handle.pid) == self._group  # a zombie still answers
+        except OSError:  # reaped meanwhile by someone else: nothing more to reach
+            return True
 
     def _terminate(self) -> None:
         raise NotImplementedError
@@ -458,7 +483,7 @@ class PopenRun(_ProcessRun):
         finally:
             if write_fd is not None:
                 os.close(write_fd)  # only the child holds it now: EOF once it exits
-        self._group: int | None = self.handle.pid if own_group else None
+        self._group = self.handle.pid if own_group else None
         self._pidfd: int | None = None
         try:
             self._watch_exit()
@@ -554,20 +579,8 @@ class PopenRun(_ProcessRun):
                 stream.close()
         self._exit(self._exit_of(self.handle.returncode))
 
-    def _signal_group(self, signum: int) -> bool:
-        """Send ``signum`` to the child's own process group while the child is
-        unreaped (its pid cannot be reused yet); True when that reached the
-        child. False when there is no such group, or the child left it (it
-        moved to another group: a shell with job control): the caller then
-        signals the child itself, once."""
-        if self._group is None or self.handle.returncode is not None:
-            return False
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._group, signum)
-        try:
-            return os.getpgid(self.handle.pid) == self._group  # a zombie still answers
-        except OSError:  # reaped meanwhile by someone else: nothing more to reach
-            return True
+    def _unreaped(self) -> bool:
+        return self.handle.returncode is None
 
     def _terminate(self) -> None:
         if not self._signal_group(signal_module.SIGTERM):
@@ -584,6 +597,13 @@ class MultiprocessingRun(_ProcessRun):
     "spawn" rather than "fork": the supervisor's process has threads (its
     event loop may run in one), and forking a threaded process can deadlock.
     Exit is seen through the process sentinel on the event loop.
+
+    The child makes a process group of its own first thing
+    (``_process_group_entry``), so it is stopped and swept as a group, as an
+    argv child is: SIGTERM and SIGKILL go to the group, and what is left in
+    it when the child ends is SIGKILLed before the child is reaped (its
+    grandchildren do not outlive it). Until the child has made its group the
+    signals go to the child alone (it has started nothing yet).
     """
 
     handle: multiprocessing.process.BaseProcess
@@ -614,6 +634,7 @@ class MultiprocessingRun(_ProcessRun):
             self.loop.add_reader(recv.fileno(), self._on_ready)
         else:
             self.ready.set_result(None)
+        self._group = self.handle.pid  # the group it makes (see _signal_group until then)
         self._sentinel: int | None = self.handle.sentinel
         self.loop.add_reader(self._sentinel, self._reap)
 
@@ -644,14 +665,24 @@ class MultiprocessingRun(_ProcessRun):
                 self.loop.remove_reader(self._recv.fileno())
                 self._recv.close()
                 self._recv = None
+        # Race: as for an argv child, the group is swept before join() reaps the
+        # child, so its id cannot have been reused (someone else reaping it first,
+        # multiprocessing.active_children() say, is seen by _unreaped: no sweep).
+        self._signal_group(signal_module.SIGKILL)
         self.handle.join()  # the sentinel is readable: the process has ended
         self._exit(self._exit_of(self.handle.exitcode))
 
+    def _unreaped(self) -> bool:
+        popen = getattr(self.handle, "_popen", None)  # multiprocessing's own, since 3.4
+        return popen is not None and popen.returncode is None
+
     def _terminate(self) -> None:
-        self.handle.terminate()
+        if not self._signal_group(signal_module.SIGTERM):
+            self.handle.terminate()
 
     def _kill(self) -> None:
-        self.handle.kill()
+        if not self._signal_group(signal_module.SIGKILL):
+            self.handle.kill()
 
 
 class SupervisorRun(Run):

@@ -36,7 +36,7 @@ RestartType = Literal["permanent", "transient", "temporary"]
 ChildKind = Literal["task", "thread", "process", "supervisor"]
 Readiness = Literal["explicit", "spawned"]
 AutoShutdown = Literal["never", "any_significant", "all_significant"]
-ChildStatus = Literal["running", "restarting", "stopped"]
+ChildStatus = Literal["running", "restarting", "stopped", "abandoned"]
 ExitReason = Literal["normal", "exception", "cancelled", "exit", "killed", "shutdown", "abandoned"]
 
 _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
@@ -292,7 +292,9 @@ def check_childspecs(specs: Iterable[object], auto_shutdown: AutoShutdown = "nev
     Each item is a :class:`ChildSpec` or a mapping of ``ChildSpec`` arguments
     (validated by building it); the list is refused for duplicate ids,
     duplicate registry keys (``register_as``, else the id), and significant
-    children under ``auto_shutdown="never"``.
+    children under ``auto_shutdown="never"``. Anything but an iterable of
+    specs (one ``ChildSpec``, a mapping, a str) is refused too, as OTP's
+    ``{badarg, _}``.
 
     Example:
         >>> from foundation.supervision import ChildSpec, check_childspecs
@@ -301,10 +303,15 @@ def check_childspecs(specs: Iterable[object], auto_shutdown: AutoShutdown = "nev
         True
         >>> check_childspecs([ChildSpec("a", work), ChildSpec("a", work)])
         "duplicate child id 'a'"
+        >>> check_childspecs(ChildSpec("a", work))
+        'specs must be a list of child specs, not ChildSpec'
         >>> print(check_childspecs([{"id": "x", "start": work, "args": ("oops")}]))
         ... # doctest: +ELLIPSIS
         child 'x': args must be a tuple or list, not a str ('oops'); a missing comma? ...
     """
+    if isinstance(specs, (ChildSpec, Mapping, str, bytes)) or not isinstance(specs, Iterable):
+        # OTP: {error, {badarg, Specs}} for anything but a list.
+        return f"specs must be a list of child specs, not {type(specs).__name__}"
     built: list[ChildSpec] = []
     for item in specs:
         if isinstance(item, ChildSpec):
@@ -416,7 +423,13 @@ class ChildInfo:
 
     ``handle`` is the live run (``asyncio.Task``, ``threading.Thread``,
     ``subprocess.Popen``, ``multiprocessing.Process`` or the nested
-    ``Supervisor``), ``None`` unless running. ``restarts`` counts the restarts
+    ``Supervisor``), ``None`` unless running. ``status`` is ``"running"``,
+    ``"restarting"``, ``"stopped"``, or ``"abandoned"``: stopped, but its last
+    run (a thread, or a task ignoring cancellation) did not stop within its
+    shutdown timeout and still runs, unsupervised; ``handle`` is then that
+    thread (or task), and the row turns ``"stopped"`` once it ends. An
+    abandoned child is stopped for the management calls (``restart_child``,
+    ``delete_child``). ``restarts`` counts the restarts
     of this child since its supervisor started. ``registered`` is True while
     the running child's handle is registered in the supervisor's registry;
     False without a registry, when not running, and in degraded mode (the

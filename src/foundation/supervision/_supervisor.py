@@ -66,6 +66,9 @@ REGISTRATION_RESTORED = "foundation.supervision.registration_restored"
 REGISTRATION_ABANDONED = "foundation.supervision.registration_abandoned"
 
 SupervisorState = Literal["new", "starting", "running", "stopping", "stopped", "failed"]
+_RunStatus = Literal["running", "restarting", "stopped"]
+"""A child's own status; ``which_children`` shows a stopped one "abandoned" while
+its abandoned thread (or task) runs (``ChildStatus``)."""
 ChildErrorReason = Literal[
     "not_found",
     "running",
@@ -102,8 +105,18 @@ def _describe(exit: ChildExit) -> str:
     return exit.reason
 
 
+def _still_running(handle: Any) -> bool:
+    """Whether an abandoned run's handle (a thread, or a task) still runs."""
+    done = getattr(handle, "done", None)
+    if callable(done):  # an asyncio.Task
+        return not done()
+    alive = getattr(handle, "is_alive", None)
+    return bool(alive()) if callable(alive) else False
+
+
 class _Child:
     __slots__ = (
+        "abandoned",
         "consecutive",
         "owned",
         "pending",
@@ -119,7 +132,7 @@ class _Child:
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
         self.run: Run | None = None
-        self.status: ChildStatus = "stopped"
+        self.status: _RunStatus = "stopped"
         self.restarts = 0  # restarts since the supervisor started
         self.consecutive = 0  # restarts since it last ran for min_uptime (backoff exponent)
         self.pending: object | None = None  # token of a delayed (backoff) restart
@@ -127,6 +140,7 @@ class _Child:
         self.registrar: asyncio.Task[None] | None = None  # degraded mode: retries registering
         self.write: asyncio.Task[None] | None = None  # this child's last registry write
         self.owned: tuple[Any, ...] = ()  # agents of its latest registration attempts (<= 3)
+        self.abandoned: Any = None  # the handle of its last run, abandoned (until it starts)
 
 
 # The events of the supervisor's queue are plain classes, not dataclasses:
@@ -394,9 +408,12 @@ class Supervisor:
         self._healthy_after = float(max_seconds if min_uptime is None else min_uptime)
         self._state: SupervisorState = "new"
         self._children: dict[str, _Child] = {}
-        # Registry key -> child, for the duplicate check of start_child in O(1).
-        # Entries of removed children go stale (checked on read, pruned in bulk).
-        self._keys: dict[Hashable, _Child] = {}
+        # Registry key -> child id, for the duplicate check of start_child in O(1).
+        # Entries of removed children go stale (checked on read, pruned in bulk);
+        # they hold the id only, never the spec: an ended temporary child's
+        # start arguments are released with it (OTP's "do not save start
+        # parameters for temporary children").
+        self._keys: dict[Hashable, str] = {}
         self._failure: SupervisorError | None = None
         self._main: asyncio.Task[None] | None = None
         self._done: asyncio.Future[None] | None = None
@@ -462,7 +479,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._children = {spec.id: _Child(spec) for spec in self._specs}
-        self._keys = {child.spec.key: child for child in self._children.values()}
+        self._keys = {child.spec.key: child.spec.id for child in self._children.values()}
         self._events: asyncio.Queue[object] = asyncio.Queue()
         self._lock = asyncio.Lock()
         self._stop_requested: asyncio.Future[None] = loop.create_future()
@@ -648,11 +665,19 @@ class Supervisor:
     def _info(self, child: _Child) -> ChildInfo:
         run = child.run
         handle = run.handle if run is not None and child.status == "running" else None
+        status: ChildStatus = child.status
+        if status == "stopped" and child.abandoned is not None:
+            # Shown "abandoned" while the abandoned thread (or task) still runs; the
+            # child is stopped for every other purpose (restart_child, delete_child).
+            if _still_running(child.abandoned):
+                status, handle = "abandoned", child.abandoned
+            else:
+                child.abandoned = None
         spec = child.spec
         assert spec.kind is not None
         registered = child.registered and child.status == "running"
         return ChildInfo(
-            spec.id, spec.kind, spec.restart, child.status, handle, child.restarts, registered
+            spec.id, spec.kind, spec.restart, status, handle, child.restarts, registered
         )
 
     # ------------------------------------------------------------------ management
@@ -695,7 +720,7 @@ class Supervisor:
             self._admit(spec)
             child = _Child(spec)
             self._children[spec.id] = child
-            self._keys[spec.key] = child
+            self._keys[spec.key] = spec.id
             try:
                 started = await self._start_run(child)
             except BaseException:
@@ -729,10 +754,11 @@ class Supervisor:
     def _key_holder(self, key: Hashable) -> _Child | None:
         """The current child whose registry key is ``key``, if any."""
         if len(self._keys) > 2 * len(self._children) + 64:  # amortised pruning
-            self._keys = {c.spec.key: c for c in self._children.values()}
-        holder = self._keys.get(key)
-        if holder is not None and self._children.get(holder.spec.id) is not holder:
-            return None  # stale: that child was removed
+            self._keys = {c.spec.key: c.spec.id for c in self._children.values()}
+        id = self._keys.get(key)
+        holder = self._children.get(id) if id is not None else None
+        if holder is None or holder.spec.key != key:
+            return None  # stale: that child was removed (or its id now has another key)
         return holder
 
     def _keep_ignored(self, spec: ChildSpec) -> bool:
@@ -869,6 +895,7 @@ class Supervisor:
                 raise
             raise self._start_failure(spec, exc) from exc
         child.status = "running"
+        child.abandoned = None
         run.started_at = self._loop.time()
         # Added after readiness: an exit before ready is a failed start, not a crash.
         # A run already ended by now still gets its event (callback on a done future).
@@ -1203,6 +1230,7 @@ class Supervisor:
             child.run = None
         child.status = "stopped"
         if exit.reason == "abandoned":
+            child.abandoned = run.handle
             await self._unregister_if_current(child, run)
         self._emit_exit(child, exit, restart=restart)
         return exit
@@ -1249,6 +1277,9 @@ class Supervisor:
                     return
                 if self._has_ended():  # gave up while handling it
                     return
+            # Not kept while waiting for the next one: an exit event holds the
+            # ended run, so its spec's start arguments and its exception.
+            del event
 
     async def _handle(self, event: object) -> None:
         if isinstance(event, _Exited):
@@ -1448,7 +1479,9 @@ class Supervisor:
             except StartError as err:
                 self._restart_failed(id, child, ids[n + 1 :], err)
                 return
-            if not started and child.spec.restart == "temporary":
+            if not started and not self._keep_ignored(child.spec):
+                # OTP: a restart returning ignore leaves a static child's spec
+                # (pid undefined) but removes a temporary or dynamic child.
                 self._children.pop(id, None)
 
     def _restart_failed(self, id: str, child: _Child, later: list[str], err: StartError) -> None:
