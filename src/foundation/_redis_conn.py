@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from urllib.parse import SplitResult
 
 __all__ = [
+    "BOUND_QUERY",
     "REDIS_ERROR_KINDS",
     "ROUND_TRIP_EVENT",
     "STORE_QUERY",
@@ -155,6 +156,20 @@ def redact_url(url: str) -> str:
     return head + sep + "&".join(items) + hash_ + fragment
 
 
+BOUND_QUERY: Final = (
+    "socket_timeout",
+    "socket_connect_timeout",
+    "timeout",
+    "retry_on_timeout",
+    "retry_on_error",
+)
+"""Query parameters redis-py reads that :func:`check_url` refuses: each would
+override the bounds :func:`connect` sets (a URL's options win over the
+client's in ``from_url``: ``?socket_timeout=600`` made every call wait up to
+ten minutes, ``timeout`` failed every connection with a ``TypeError``,
+``retry_on_*`` asked for the retries the library turns off). The bounds are
+set once, by the Redis-backed classes' own option (``op_timeout`` or ``timeout``)."""
+
 STORE_QUERY: Final = "namespace"
 """The query parameter a flag store URL adds (``open_store``): the store's namespace."""
 
@@ -216,11 +231,15 @@ def check_url(url: str, *, store: bool = False) -> None:
     ``unix:///path/to/socket[?db=N]`` and, for Redis Sentinel,
     ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
     with optional ``?sentinel_username=U&sentinel_password=P`` (see
-    ``foundation._redis_sentinel.sentinel_spec``; :func:`connect` refuses its
-    other parameters); ``db`` is a non-negative integer. The query of a
+    ``foundation._redis_sentinel.sentinel_spec``; any other parameter is
+    refused); ``db`` is a non-negative integer. The query of a
     ``redis://``, ``rediss://`` or ``unix://`` URL holds only parameters
-    redis-py reads (:func:`url_query_keys`, such as ``ssl_ca_certs``); with
-    ``store=True`` (a flag store URL) also one non-empty ``namespace``. Whether
+    redis-py reads (:func:`url_query_keys`, such as ``ssl_ca_certs``), except
+    those that would override the library's bounds (:data:`BOUND_QUERY`:
+    ``socket_timeout``, ``socket_connect_timeout``, ``timeout``,
+    ``retry_on_timeout``, ``retry_on_error``; the bound is the caller's
+    ``op_timeout``); with ``store=True`` (a flag store URL) also one
+    non-empty ``namespace``. Whether
     the server has that database is known only by connecting (:func:`connect`).
 
     >>> check_url("unix:///run/redis.sock?db=1")
@@ -250,8 +269,11 @@ def check_url(url: str, *, store: bool = False) -> None:
     if url.startswith(SENTINEL_SCHEME + "://"):
         from foundation._redis_sentinel import parse_sentinel_url
 
-        # Its other query parameters are refused by connect(), naming what it takes.
-        parse_sentinel_url(url, bad)
+        spec = parse_sentinel_url(url, bad)
+        # Refused here, as a plain URL's are (connect() refuses them too).
+        unknown = [key for key in spec.unknown if not (store and key == STORE_QUERY)]
+        if unknown:
+            raise bad(_sentinel_unknown(unknown, store))
         if store:
             from urllib.parse import urlsplit
 
@@ -278,14 +300,12 @@ def _check_query_keys(query: str, store: bool, bad: Callable[[str], InvalidConfi
 
     known = url_query_keys()
     for key, _value in parse_qsl(query, keep_blank_values=True):
+        if key in BOUND_QUERY:
+            raise bad(_bound_refused(key))
         if key in known or (store and key == STORE_QUERY):
             continue
         if key == STORE_QUERY:
-            raise bad(
-                "unknown query parameter 'namespace': a Redis connection has no namespace "
-                "(only a flag store URL takes ?namespace=); give the registry's namespace "
-                "on its own (namespace=NS; on the command line --namespace NS)"
-            )
+            raise bad(_NO_NAMESPACE)
         also = "; a flag store URL also takes ?namespace=NS" if store else ""
         raise bad(
             f"unknown query parameter {key[:60]!r} (the query holds redis-py's connection "
@@ -293,6 +313,35 @@ def _check_query_keys(query: str, store: bool, bad: Callable[[str], InvalidConfi
         )
     if store:
         _check_store_namespace(query, bad)
+
+
+_NO_NAMESPACE: Final = (
+    "unknown query parameter 'namespace': a Redis connection has no namespace "
+    "(only a flag store URL takes ?namespace=); give the registry's namespace "
+    "on its own (namespace=NS; on the command line --namespace NS)"
+)
+
+
+def _bound_refused(key: str) -> str:
+    """Why the query parameter ``key`` (one of :data:`BOUND_QUERY`) is refused."""
+    return (
+        f"query parameter {key!r} is not accepted: Foundation bounds every Redis call "
+        "itself (socket connect and read timeouts, no redis-py retries); set the bound "
+        "with the library's own option instead (RedisRegistry's op_timeout, "
+        "RedisFlagStore's and RedisObserver's timeout)"
+    )
+
+
+def _sentinel_unknown(keys: list[str], store: bool) -> str:
+    """Why a ``redis+sentinel://`` URL's query parameters ``keys`` are refused."""
+    bound = [key for key in keys if key in BOUND_QUERY]
+    if bound:
+        return _bound_refused(bound[0])
+    if keys == [STORE_QUERY]:
+        return _NO_NAMESPACE
+    takes = " and ".join(SENTINEL_QUERY) + (" (a flag store URL also namespace)" if store else "")
+    names = ", ".join(repr(key[:60]) for key in keys)
+    return f"unknown query parameter(s) {names} (a redis+sentinel:// URL accepts {takes})"
 
 
 def _check_store_namespace(query: str, bad: Callable[[str], InvalidConfig]) -> None:

@@ -105,12 +105,13 @@ def test_redaction_hides_the_master_and_sentinel_passwords() -> None:
 
 
 def test_an_unknown_parameter_is_invalid_config_before_any_io() -> None:
-    # check_url leaves other parameters alone (a flag store URL carries ?namespace=);
-    # connect() refuses them, naming what it accepts.
+    # check_url refuses it (every caller, up front), as connect() does, naming
+    # what a redis+sentinel:// URL accepts; a flag store URL's ?namespace= passes.
     url = f"redis+sentinel://127.0.0.1:{free_port()}/cache?sentinel_pasword=x"
-    rc.check_url(url)
-    with pytest.raises(InvalidConfig, match=r"unknown parameter.*sentinel_pasword"):
-        rc.connect(url, op_timeout=0.5)
+    for call in (lambda: rc.check_url(url), lambda: rc.connect(url, op_timeout=0.5)):
+        with pytest.raises(InvalidConfig, match=r"unknown .*parameter.*sentinel_pasword"):
+            call()
+    rc.check_url(url.replace("sentinel_pasword", "namespace"), store=True)
 
 
 def test_no_sentinel_reachable_is_backend_unavailable_naming_service_and_sentinels() -> None:

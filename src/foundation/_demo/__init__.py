@@ -105,16 +105,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_redis(parser: argparse.ArgumentParser, url: str, namespace: str) -> None:
-    """Parse ``--redis`` and connect once, before the demo: a bad URL is a usage error
-    (exit 2); an unreachable Redis raises ``BackendUnavailable`` (one line, exit 1)."""
+    """Parse ``--redis`` and try it once, before the demo: a bad URL is a usage error
+    (exit 2); a Redis that is unreachable or refuses a write in part 4's namespace
+    (read-only, out of memory, an ACL) raises ``BackendUnavailable`` (one line, exit 1).
+
+    It leaves nothing in Redis: one probe key, written with a TTL and deleted (a
+    ``RedisRegistry`` opened and closed here left its ``lastbeat``, without a TTL)."""
+    from foundation import _redis_conn
     from foundation.errors import InvalidConfig
-    from foundation.registry import RedisRegistry
 
     try:
-        # In part 4's own namespace: what a registry leaves behind stays in one place.
-        RedisRegistry(url, namespace=namespace).close()
+        client = _redis_conn.connect(url, op_timeout=2.0, name="foundation-demo-check")
     except InvalidConfig as exc:
         parser.error(f"argument --redis: {exc}")
+    probe = "{" + namespace + "}:demo-check"
+    try:
+        with _redis_conn.translated(_redis_conn.redact_url(url), "checking --redis"):
+            client.set(probe, b"1", px=10_000)  # gone by itself if the DEL fails
+            client.delete(probe)
+    finally:
+        client.close()
 
 
 def _check_admin(parser: argparse.ArgumentParser, bind: str) -> None:

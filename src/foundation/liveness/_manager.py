@@ -22,6 +22,7 @@ import os
 import select
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -859,23 +860,49 @@ class MonitorManager:
     ) -> None:
         """Every ``interval`` s, check each watched agent; fire the dead ones.
 
-        Nothing escapes an iteration: see :meth:`_survive`.
+        Nothing escapes an iteration: see :meth:`_survive`. A ``MemoryError``
+        anywhere in a round (the snapshot copy, a check, the wait itself) is
+        logged once per run of such rounds and the round retried after
+        ``interval`` (each would log the same; a watch not yet fired stays in
+        ``table``, so its death is seen by the next round that has memory).
         """
+        out_of_memory = False
         while True:
-            with self._lock:
-                while not self._closed and not table:
-                    cond.wait()
-                if self._closed:
-                    return
-                snapshot: list[_ManagedWatch] = list(table.values())
             try:
+                with self._lock:
+                    while not self._closed and not table:
+                        cond.wait()
+                    if self._closed:
+                        return
+                    # A copy of every watch: MemoryError here too (inside the try).
+                    snapshot: list[_ManagedWatch] = list(table.values())
                 self._poll_once(table, snapshot, check)
+                out_of_memory = False
+            except MemoryError as exc:
+                if not out_of_memory:
+                    out_of_memory = True
+                    with contextlib.suppress(MemoryError):  # logging needs memory too
+                        report(exc, "liveness poller (out of memory; retrying each interval)", self)
             except BaseException as exc:  # this thread outlives anything: report, carry on
                 self._survive(exc, "liveness poller")
+            if self._pause(cond, interval):
+                return
+
+    def _pause(self, cond: threading.Condition, interval: float) -> bool:
+        """Wait ``interval`` s between two poll rounds (cut short by ``close()``);
+        True once the manager is closed.
+
+        ``Condition.wait`` allocates a lock: out of memory it raises before
+        waiting, so the pause is then a plain sleep (``close()`` is seen at the
+        next round, ``interval`` later) rather than a hot loop."""
+        try:
             with self._lock:
                 if self._is_closed():
-                    return
+                    return True
                 cond.wait(interval)
+        except MemoryError:
+            time.sleep(interval)
+        return False
 
     def _poll_once(
         self,

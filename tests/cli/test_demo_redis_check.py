@@ -1,0 +1,60 @@
+"""``foundation demo --redis URL``'s up-front check leaves nothing in Redis.
+
+Before the fix the check opened and closed a ``RedisRegistry`` in part 4's
+namespace, which left its ``{ns}:lastbeat`` key without a TTL in the user's
+Redis (for every run, since the namespace is new each time). The check now
+writes one probe key with a TTL and deletes it. Run as a user runs it (the
+real command, in a subprocess): ``--admin`` with a malformed address is a
+usage error raised just after the Redis check, so the demo stops there and
+the test reads what the check left.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cli._support import cli_env, one_line_error
+from tests.redis_support import RedisServer
+
+
+def _demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    script = shutil.which("foundation", path=str(Path(sys.executable).parent))
+    command = [script] if script else [sys.executable, "-m", "foundation.cli"]
+    return subprocess.run(
+        [*command, "demo", "--plain", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _keys(server: RedisServer) -> list[tuple[bytes, int]]:
+    """Every key of the server's database 0 with its TTL (-1: none)."""
+    keys = server.command("KEYS", "*")
+    return [(key, server.command("PTTL", key)) for key in keys]
+
+
+def test_the_redis_check_leaves_no_key_behind(fresh_redis: RedisServer, tmp_path: Path) -> None:
+    result = _demo("--redis", fresh_redis.url, "--admin", "no-such-bind:x", cwd=tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr)
+    assert "argument --admin" in result.stderr, result.stderr  # the Redis check passed
+    assert result.stdout == ""  # nothing of the demo ran
+    # Before the fix: [(b'{foundation-demo-XXXXXXXX}:lastbeat', -1)].
+    assert _keys(fresh_redis) == []
+
+
+def test_a_redis_refusing_writes_still_fails_the_check(
+    fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    # The check still tries a write in part 4's namespace: a read-only Redis is
+    # one line (exit 1) before anything runs, as with the registry before.
+    fresh_redis.make_read_only()
+    line = one_line_error(_demo("--redis", fresh_redis.url, cwd=tmp_path))
+    assert line.startswith("BackendUnavailable: "), line
+    assert "READONLY" in line, line
