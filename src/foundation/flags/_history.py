@@ -30,41 +30,80 @@ flag's runtime state and its history record in one transaction, and nothing
 else writes runtime state: ``clear``/``reset_all`` put ``None`` with a record,
 config loads never write the store, migrations and kill-switch replays go
 through ``txn.put``, and a Redis restore puts back the states together with
-the history they came from (a node copy's history is kept an exact prefix of
-the stream, never spliced, see ``_redis_store._pull``). Not covered: a runtime
-state written behind the stores' back (the sqlite3 shell, redis-cli): the next
-delta of that flag is then based on a state no record holds, so its ``old`` is
-rebuilt from the previous record (or, with no previous record, ``history()``
-raises ``FlagError``). Redis streams are never trimmed (no MAXLEN): trimming
-would drop the base of later deltas. Records in the previous (full) format still read:
-``old``/``new`` as written, and the runtime state after one is taken to be its
-``new`` -- true of every write ``FeatureFlags`` makes except ``clear``, after
-which the next writer finds no runtime state and writes ``old`` in full, so
-nothing later depends on that guess.
+the history they came from (a node copy's history is kept an exact run of
+the stream with the stream's base, never spliced, see ``_redis_store._pull``).
+Not covered: a runtime state written behind the stores' back (the sqlite3
+shell, redis-cli): the next delta of that flag is then based on a state no
+record holds, so its ``old`` is rebuilt from the previous record (or, with no
+previous record, ``history()`` raises ``FlagError``). Records in the previous
+(full) format still read: ``old``/``new`` as written, and the runtime state
+after one is taken to be its ``new`` -- true of every write ``FeatureFlags``
+makes except ``clear``, after which the next writer finds no runtime state and
+writes ``old`` in full, so nothing later depends on that guess.
+
+Retention (``history_limit``, the same rule on every store): a store keeps the
+last ``history_limit`` records of all flags together (default
+``DEFAULT_HISTORY_LIMIT``; None: every record, as before). Trimming is
+amortised: once a store holds more than ``history_limit + trim_slack(limit)``
+records, the oldest are dropped down to ``history_limit``, in the transaction
+of the commit that found it over (so ``history()`` answers between
+``history_limit`` and ``history_limit + trim_slack`` records). Replay stays
+exact: the SQLite and memory stores rewrite the first kept record of each flag
+that lost records as a whole record (``self_contained``), so their history
+still starts with whole records, as older versions read it; a Redis stream
+cannot rewrite an entry, so the Redis store keeps beside it the runtime state
+of each flag after the last trimmed entry (the *base*, see ``_redis_store``),
+written atomically with the trim, and replays from it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from foundation.errors import InvalidFlagValue, bounded_repr
 from foundation.flags._store import (
+    DEFAULT_HISTORY_LIMIT,
     FlagChange,
     FlagState,
     _loads,
+    check_history_limit,
     check_percentage,
+    trim_slack,
     unchecked_state,
 )
 from foundation.flags._typed import EMPTY, FrozenDict
 
-__all__ = ["FORMAT", "Replay", "diff", "encode", "encode_json", "patch"]
+__all__ = [
+    "DEFAULT_HISTORY_LIMIT",
+    "FORMAT",
+    "Replay",
+    "check_history_limit",
+    "diff",
+    "encode",
+    "encode_json",
+    "patch",
+    "rebase",
+    "self_contained",
+    "trim_slack",
+]
 
 FORMAT = 2
 """The ``fmt`` of a delta record (records without ``fmt`` are whole ``FlagChange`` dicts)."""
 
 _SETS = (("a", "allow"), ("d", "deny"))
+
+
+def self_contained(record: dict[str, Any], change: FlagChange) -> dict[str, Any]:
+    """``record`` (a stored record whose whole change is ``change``) holding ``old`` in
+    full, so it replays without the records before it (a new dict; ``record`` as is when
+    it already does)."""
+    if record.get("fmt") is None or "old" in record:
+        return record
+    out = {k: v for k, v in record.items() if k != "od"}
+    out["old"] = change.old.to_dict()
+    return out
 
 
 def _set_delta(out: dict[str, Any], key: str, base: frozenset[str], target: frozenset[str]) -> None:
@@ -309,3 +348,28 @@ class Replay:
             self.states.pop(flag, None)
         else:
             self.states[flag] = patch(new, data["st"])
+
+
+def rebase(
+    dropped: Iterable[dict[str, Any]], first_kept: Mapping[str, dict[str, Any]], *, exact: bool
+) -> dict[str, dict[str, Any]]:
+    """The rewrites that let a history lose its records ``dropped`` (its oldest, in commit
+    order) and still replay: by flag, its first kept record (``first_kept``) made
+    ``self_contained`` where it is a delta. ``exact`` as for ``Replay.feed``.
+
+    Relies on the first record of each flag in a history being self-contained (true of
+    every store's history: its first record of a flag was written with no runtime
+    state before it, and each trim keeps it so); InvalidFlagValue otherwise.
+    """
+    replay = Replay()
+    for record in dropped:
+        replay.feed(record, exact=exact)
+    out: dict[str, dict[str, Any]] = {}
+    for flag, record in first_kept.items():
+        change = replay.feed(record, exact=exact)
+        if change is None:  # pragma: no cover - no flag filter: never None
+            continue
+        fixed = self_contained(record, change)
+        if fixed is not record:
+            out[flag] = fixed
+    return out

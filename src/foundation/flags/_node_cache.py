@@ -4,8 +4,12 @@ What it holds (one file per namespace and Redis URL, see ``default_cache_path``)
 
 - the last committed state, stages and the version they are at (``meta``),
   mirrored from Redis by ``RedisFlagStore`` after each commit it sees;
-- the whole change history and migration history, entry for entry with their
-  Redis stream ids, so a restore puts back exactly what was there;
+- the change history and migration history, entry for entry with their Redis
+  stream ids, so a restore puts back exactly what was there. A trimmed stream
+  (``history_limit``) is mirrored as it is in Redis: the entries from the cut
+  on (meta ``trimmed``, the id of the first kept entry) and the *base* (table
+  ``base``: each flag's runtime state after the last trimmed entry), which the
+  entries' deltas replay from;
 - pending kill switches: ``disable`` / ``emergency_rollback`` made while Redis
   was unreachable, waiting to be committed (``PendingKillSwitch``);
 - the flag catalogue and the migration plans as last read from Redis (declared
@@ -62,7 +66,7 @@ RETRY_FILE_AFTER = 30.0
 """Seconds a copy that fell back to memory waits before a write tries its file again."""
 _BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock on the file
 _TABLES = (
-    "meta", "states", "stages", "history", "migrations", "pending", "catalogue", "plans"
+    "meta", "states", "stages", "history", "migrations", "pending", "catalogue", "plans", "base"
 )  # fmt: skip
 _KEPT = {"catalogue": "info", "plans": "plan"}  # read caches of Redis hashes: their value column
 
@@ -77,7 +81,10 @@ CREATE TABLE IF NOT EXISTS migrations (
 CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS catalogue (name TEXT PRIMARY KEY, info TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS plans (name TEXT PRIMARY KEY, plan TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS base (name TEXT PRIMARY KEY, state TEXT NOT NULL);
 """
+# base was added without a schema change: older versions ignore it (they never
+# trim), and opening an older file creates it empty (IF NOT EXISTS).
 
 Entry = tuple[str, dict[str, str]]
 """A stream entry: its id (``"<ms>-<seq>"``) and its fields."""
@@ -121,12 +128,26 @@ class Snapshot:
     """A consistent read of the Redis side (one ``MULTI``), to mirror into the cache.
 
     ``full``: replace the cached history with ``history``/``migrations``;
-    otherwise they are entries after the cache's last ones, to append. (A
+    otherwise they are entries after the cache's last ones, to append.
+    ``trimmed``/``base``: the id of the first entry the stream kept and the base
+    (flag -> state JSON) its deltas replay from; ``base`` None: as the cache has
+    them (a commit mirrored from the transaction), else entries before
+    ``trimmed`` leave the cache and ``base`` replaces its own. (A
     plain class: a private record, so ``import foundation`` builds no
     dataclass for it; see ``foundation._public``.)
     """
 
-    __slots__ = ("epoch", "full", "history", "migrations", "stages", "states", "version")
+    __slots__ = (
+        "base",
+        "epoch",
+        "full",
+        "history",
+        "migrations",
+        "stages",
+        "states",
+        "trimmed",
+        "version",
+    )
 
     def __init__(  # noqa: PLR0917 - one field each
         self,
@@ -137,6 +158,9 @@ class Snapshot:
         history: list[Entry],
         migrations: list[Entry],
         full: bool,
+        *,
+        base: dict[str, str] | None = None,
+        trimmed: str | None = None,
     ) -> None:
         self.version = version
         self.epoch = epoch
@@ -145,6 +169,8 @@ class Snapshot:
         self.history = history
         self.migrations = migrations
         self.full = full
+        self.base = base
+        self.trimmed = trimmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +468,33 @@ class NodeCache:
     def history(self) -> list[Entry]:
         return self._entries("history")
 
+    @property
+    def trimmed(self) -> str | None:
+        """The id of the first entry the mirrored stream kept after a trim (None: never)."""
+        return self._meta("trimmed")
+
+    def history_with_base(self) -> tuple[dict[str, str], str | None, list[Entry]]:
+        """(base, ``trimmed``, history entries) from one read: entries replay from the base.
+
+        Race: another process sharing the file mirroring a trim between two reads;
+        one read transaction keeps the three consistent.
+        """
+
+        def body(db: sqlite3.Connection) -> tuple[dict[str, str], str | None, list[Entry]]:
+            base = {str(n): str(t) for n, t in db.execute("SELECT name, state FROM base")}
+            row = db.execute("SELECT value FROM meta WHERE key = 'trimmed'").fetchone()
+            rows = db.execute("SELECT ms, seq, fields FROM history ORDER BY ms, seq")
+            entries = [(f"{ms}-{seq}", _loads(fields)) for ms, seq, fields in rows]
+            return base, None if row is None else str(row[0]), entries
+
+        with self._guard(), self._lock:
+            try:
+                return _read_transaction(self._db, body)
+            except Exception as exc:
+                if not self._fall_back(exc):
+                    raise
+            return _read_transaction(self._db, body)
+
     def migrations(self) -> list[Entry]:
         return self._entries("migrations")
 
@@ -503,6 +556,7 @@ class NodeCache:
                     f"INSERT OR IGNORE INTO {table} VALUES (?, ?, ?)",
                     [(*stream_key(i), json.dumps(f)) for i, f in entries],
                 )
+            _mirror_trim(db, snap)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (str(snap.version),))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('synced', '1')")
             if snap.epoch is None:
@@ -600,6 +654,42 @@ def _transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]
                 db.execute("ROLLBACK")
         raise
     return result
+
+
+def _read_transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    """``body(db)`` in one read transaction: one snapshot of the file."""
+    import sqlite3
+
+    db.execute("BEGIN")
+    try:
+        return body(db)
+    finally:
+        with contextlib.suppress(sqlite3.Error):  # a read transaction: nothing to keep
+            db.execute("ROLLBACK")
+
+
+def _mirror_trim(db: sqlite3.Connection, snap: Snapshot) -> None:
+    """Mirror the stream's trim into the copy (inside ``apply``'s transaction).
+
+    The copy stays what Redis held at ``snap``: its base and the entries from
+    ``snap.trimmed`` on. A snapshot without a base (a commit mirrored from the
+    transaction: no trim in it) leaves the copy's own, which still matches its
+    entries. A full snapshot of an untrimmed stream empties the base.
+    """
+    if snap.base is None:
+        return
+    row = db.execute("SELECT value FROM meta WHERE key = 'trimmed'").fetchone()
+    current = None if row is None else str(row[0])
+    if not snap.full and current == snap.trimmed:
+        return  # the same cut: the same base (a base is what the entries before it left)
+    db.execute("DELETE FROM base")
+    db.executemany("INSERT INTO base VALUES (?, ?)", snap.base.items())
+    if snap.trimmed is None:
+        db.execute("DELETE FROM meta WHERE key = 'trimmed'")
+        return
+    ms, seq = stream_key(snap.trimmed)
+    db.execute("DELETE FROM history WHERE ms < ? OR (ms = ? AND seq < ?)", (ms, ms, seq))
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('trimmed', ?)", (snap.trimmed,))
 
 
 def _records(text: str, op: PendingKillSwitch) -> bool:

@@ -10,8 +10,12 @@ every key of one deployment lives in one slot and a transaction may touch them a
                                   ``txn``, ``i``, ``n``, ``v``
 ``{ns}:flags:stages``      hash   plan -> committed migration stage
 ``{ns}:flags:migrations``  stream one entry per ``MigrationEvent``: ``event`` (JSON), ``v``
+``{ns}:flags:history:base`` hash flag name -> ``FlagState`` JSON: each flag's runtime
+                                  state after the last trimmed history entry (the
+                                  base the kept entries' deltas replay from)
 ``{ns}:flags:meta``        hash   ``version`` (committed transactions), ``epoch``,
-                                  ``restored`` (a random id per restore from a copy)
+                                  ``restored`` (a random id per restore from a copy),
+                                  ``trimmed`` (id of the first entry kept by the last trim)
 ``{ns}:flags:catalogue``   hash   flag name -> ``FlagInfo`` JSON (declared flags)
 ``{ns}:flags:plans``       hash   plan name -> ``MigrationPlan`` JSON
 
@@ -31,6 +35,18 @@ of the deployment; ``epoch`` is a random id given when its data is first written
 Every commit changes ``meta`` with its data: a commit bumps ``version``, a restore
 sets a new ``restored`` (even back to the same version), so equal ``meta`` before
 and after a read means nothing was committed in between (reads use no MULTI).
+
+Retention (``history_limit``, see ``_history``): a commit whose EXEC finds the
+stream longer than ``history_limit + trim_slack`` trims it to ``history_limit``
+(``_trim``): it reads the base and the entries to drop, replays them into the
+new base, and one Lua script checks that nobody trimmed or restored meanwhile
+(``epoch``, ``restored``, ``trimmed`` unchanged), then writes the base, runs
+``XTRIM MINID <cut>`` and sets ``trimmed`` -- atomically, so a reader (which
+brackets its reads with ``meta``) sees the base and the stream of one cut.
+Commits only append entries after the cut, so a trim never conflicts with them;
+of two trimmers the second finds ``trimmed`` moved and does nothing. Readers
+of the history (``history``, the kill switch's check, the node copy) replay
+from the base. A trim failing (Redis gone) only logs: the next commit retries.
 
 Propagation: the history stream is also the change feed. Each store runs one
 listener thread blocked in ``XREAD BLOCK`` on it, on a connection of its own;
@@ -54,7 +70,9 @@ redacted URL>.sqlite3``; ``cache_path=None`` keeps it in memory for the life of
 the process). It is refreshed after every commit this store sees; its history
 stays a copy of Redis' stream, never a spliced one (each entry is a delta of the
 one before): a refresh appends only while Redis still holds the copy's last
-entries, else it takes the whole stream (Redis back from an older snapshot). While Redis
+entries, else it takes the whole stream (Redis back from an older snapshot).
+A trimmed stream is mirrored as it is: the copy holds Redis' base and the
+entries from the same cut on (a suffix of the stream at the copy's version). While Redis
 cannot be reached, reads (``load_states``, ``history``, ``migration_stage``,
 ``migration_history``) answer from it and ``stale`` is True. A store constructed
 while Redis is down starts from its copy (stale) if it has one; without a copy
@@ -166,6 +184,7 @@ from foundation.flags._node_cache import (
     stream_key,
 )
 from foundation.flags._store import (
+    DEFAULT_HISTORY_LIMIT,
     FlagChange,
     FlagInfo,
     FlagState,
@@ -173,12 +192,15 @@ from foundation.flags._store import (
     MigrationEvent,
     StoreTransaction,
     catalogue_entries,
+    check_history_limit,
     check_key,
     check_put,
     check_put_migration,
+    log_trim,
     plan_from_json,
     plan_to_json,
     report_callback_error,
+    trim_slack,
 )
 
 if TYPE_CHECKING:
@@ -194,9 +216,10 @@ T = TypeVar("T")
 log = logging.getLogger("foundation.flags")
 listener_log = logging.getLogger("foundation.flags.redis")
 
-_META = ("version", "epoch", "restored")
+_META = ("version", "epoch", "restored", "trimmed")
 """The meta fields read around a consistent read: ``restored`` is a token each
-restore sets, so a FLUSHALL and a restore back to the same version still differ."""
+restore sets, so a FLUSHALL and a restore back to the same version still differ;
+``trimmed`` moves with each trim of the history (which changes no version)."""
 
 _MAX_ATTEMPTS = 1000  # optimistic retries before a transaction gives up (pathological contention)
 
@@ -220,21 +243,45 @@ def copies_in_memory() -> dict[str, bool]:
 
 
 # Restore the deployment from a node copy, only if Redis is still older than it.
-# KEYS: meta, state, stages, history, migrations. ARGV[1]: the copy as JSON.
+# KEYS: meta, state, stages, history, migrations, history base. ARGV[1]: the copy
+# as JSON (its base and ``trimmed`` too: its history replays from that base).
 _RESTORE = """
 local data = cjson.decode(ARGV[1])
 local current = redis.call('HGET', KEYS[1], 'version')
 if current and tonumber(current) >= tonumber(data.version) then
   return 0
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 for name, state in pairs(data.states) do redis.call('HSET', KEYS[2], name, state) end
 for plan, stage in pairs(data.stages) do redis.call('HSET', KEYS[3], plan, stage) end
 for _, e in ipairs(data.history) do redis.call('XADD', KEYS[4], e[1], unpack(e[2])) end
 for _, e in ipairs(data.migrations) do redis.call('XADD', KEYS[5], e[1], unpack(e[2])) end
+for name, state in pairs(data.base) do redis.call('HSET', KEYS[6], name, state) end
 redis.call('HSET', KEYS[1], 'version', data.version, 'epoch', data.epoch,
            'restored', data.restored)
+if data.trimmed ~= '' then
+  redis.call('HSET', KEYS[1], 'trimmed', data.trimmed)
+else
+  redis.call('HDEL', KEYS[1], 'trimmed')
+end
 return 1
+"""
+
+# Trim the history to the entries from ARGV[4] on, with ARGV[5] (JSON: flag ->
+# state) as the new base, only if nobody trimmed or restored since the trimmer
+# read the entries it replayed (ARGV[1..3]: the epoch, restored and trimmed it
+# read; '' for none). Commits only append after the cut: they need no check.
+# KEYS: meta, history, history base. Returns the entries trimmed, -1 if it moved.
+_TRIM = """
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'restored', 'trimmed')
+if (m[1] or '') ~= ARGV[1] or (m[2] or '') ~= ARGV[2] or (m[3] or '') ~= ARGV[3] then
+  return -1
+end
+local n = redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
+redis.call('DEL', KEYS[3])
+for name, state in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[3], name, state) end
+redis.call('HSET', KEYS[1], 'trimmed', ARGV[4])
+return n
 """
 
 
@@ -335,6 +382,7 @@ class _RedisTransaction(_Staged):
         self._states: dict[str, str] | None = None
         self._decoded: dict[str, FlagState | None] = {}
         self._stages: dict[str, str] | None = None
+        self.trimmed: str | None = None  # meta's `trimmed` read under WATCH
 
     def get(self, name: str) -> FlagState | None:
         _check_name(name, "flag name")
@@ -378,8 +426,16 @@ class _RedisTransaction(_Staged):
         store = self._store
         own = {(c.flag, c.at, c.by, c.reason) for c in op.changes}
         seen_changes: set[tuple[str, float, str | None, str | None]] = set()
-        replay = Replay(flags=frozenset(op.stored))  # deltas: replayed from the first entry
-        for _id, fields in self._pipe.xrange(store._k_history):
+        # Deltas: replayed from the base of the last trim (see _trim).
+        base = self._pipe.hgetall(store._k_base)
+        entries = self._pipe.xrange(store._k_history)
+        # Race: a trim between the two reads (base of one cut, entries of another).
+        # A trim moves meta's `trimmed`; meta is watched, so EXEC would fail anyway:
+        # retry now, before replaying a mismatched pair.
+        if self._pipe.hget(store._k_meta, "trimmed") != self.trimmed:
+            raise _Retry
+        replay = Replay(store._feed_states(base), flags=frozenset(op.stored))
+        for _id, fields in entries:
             change = store._decode_change(fields, replay)
             if change is None:
                 continue
@@ -445,6 +501,7 @@ class _Commit:
         "epoch",
         "history",
         "history_at",
+        "length_at",
         "migrations",
         "migrations_at",
         "puts",
@@ -462,6 +519,7 @@ class _Commit:
         self.migrations: list[dict[str, str]] = []
         self.history_at = 0
         self.migrations_at = 0
+        self.length_at: int | None = None  # EXEC's reply to XLEN of the history, if queued
 
     @staticmethod
     def entries(
@@ -484,7 +542,10 @@ class RedisFlagStore(FlagStore):
     without the listener noticing). ``cache_path`` is this node's copy (see the
     module docs): ``True`` (default) for ``$FOUNDATION_CACHE_DIR`` or the XDG
     cache directory, a path, or ``None``/``False`` for a copy in memory only.
-    ``hold_kill_switches`` (default True): a kill switch (``disable``, an
+    ``history_limit``: the history stream keeps the last that many entries of all
+    flags together (at most 10 % more between trims; None: all; see "Retention"
+    in the module docs); each store trims with its own, so the smallest one in
+    use wins. ``hold_kill_switches`` (default True): a kill switch (``disable``, an
     emergency rollback) made while Redis is unreachable is applied here at once
     and kept in the copy until this store commits it; ``False`` refuses it with
     ``BackendUnavailable`` instead -- for a short-lived process (a command, a
@@ -531,9 +592,11 @@ class RedisFlagStore(FlagStore):
         resync_interval: float = 5.0,
         cache_path: str | os.PathLike[str] | bool | None = True,
         hold_kill_switches: bool = True,
+        history_limit: int | None = DEFAULT_HISTORY_LIMIT,
     ) -> None:
         import uuid
 
+        self.history_limit = check_history_limit(history_limit)
         self._redis = import_redis()
         if not isinstance(hold_kill_switches, bool):  # as every flag store option: InvalidConfig
             raise InvalidConfig(
@@ -594,6 +657,8 @@ class RedisFlagStore(FlagStore):
             self._closed = True
             self._close_clients()
             self._cache.close()
+            if self._created_copy:  # the node copy this start created: no file left
+                self._remove_cache_files()
             raise BackendUnavailable(
                 errno.EAGAIN,
                 f"flag store {self.namespace!r} cannot start its listener thread: {exc}",
@@ -606,6 +671,7 @@ class RedisFlagStore(FlagStore):
         tag = "{" + namespace + "}"
         self._k_state = f"{tag}:flags:state"
         self._k_history = f"{tag}:flags:history"
+        self._k_base = f"{tag}:flags:history:base"
         self._k_stages = f"{tag}:flags:stages"
         self._k_migrations = f"{tag}:flags:migrations"
         self._k_meta = f"{tag}:flags:meta"
@@ -640,6 +706,9 @@ class RedisFlagStore(FlagStore):
         # the next entries' deltas (set from the copy at each catch-up).
         self._feed = Replay()
         self._feed_at = (0, "")  # (version, txn) of the last entry replayed
+        # (version, txn, i, n) of the last history entry read (None: unknown), to
+        # tell whether the next one follows it (see _take_reply).
+        self._last_pos: tuple[int, str, int, int] | None = None
         # Subscribe-after-load race (see subscribe): count foreign deliveries, and
         # remember per thread the count when its last load_states() began.
         self._deliveries = 0
@@ -648,10 +717,14 @@ class RedisFlagStore(FlagStore):
         self._client: Any = None
         self._listen_client: Any = None
         self._restore_script: Any = None
+        self._trim_script: Any = None
+        self._trims = 0  # trims this store made (the first is logged at INFO)
+        self._next_trim_at = 0  # after a failed trim: the stream length to try again at
 
     def _first_sync(self) -> None:
         """Connect and catch up, or start stale from the node copy if Redis is down."""
         created = self.cache_path is not None and not self._cache.has_data()
+        self._created_copy = created  # a start that fails later removes it too
         has_copy = not created and self._cache.has_data()
         try:
             self._ensure_clients()
@@ -760,6 +833,7 @@ class RedisFlagStore(FlagStore):
                     decode_responses=True,
                 )
                 self._restore_script = self._client.register_script(_RESTORE)
+                self._trim_script = self._client.register_script(_TRIM)
             return self._client
 
     def _ensure_listen_client(self) -> Any:
@@ -851,14 +925,17 @@ class RedisFlagStore(FlagStore):
                 return False
             cache = self._cache
             version = cache.version
+            base, trimmed, history = cache.history_with_base()
             payload = {
                 "version": str(version),
                 "epoch": cache.epoch or uuid.uuid4().hex,
                 "restored": uuid.uuid4().hex,  # a new meta, even at the same version
                 "states": cache.states(),
                 "stages": {p: str(s) for p, s in cache.stages().items()},
-                "history": [[i, _flat(f)] for i, f in cache.history()],
+                "history": [[i, _flat(f)] for i, f in history],
                 "migrations": [[i, _flat(f)] for i, f in cache.migrations()],
+                "base": base,
+                "trimmed": trimmed or "",
             }
             # The script re-checks the version itself: of nodes restoring at
             # once, only the first (or the one with the newest copy) writes.
@@ -881,7 +958,14 @@ class RedisFlagStore(FlagStore):
         return bool(done)
 
     def _keys(self) -> list[str]:
-        return [self._k_meta, self._k_state, self._k_stages, self._k_history, self._k_migrations]
+        return [
+            self._k_meta,
+            self._k_state,
+            self._k_stages,
+            self._k_history,
+            self._k_migrations,
+            self._k_base,
+        ]
 
     def _pull(self) -> bool:
         """Refresh the copy from one consistent read of Redis; False if Redis is older.
@@ -893,8 +977,10 @@ class RedisFlagStore(FlagStore):
         reads sit between two reads of ``meta`` in one pipeline: equal ``meta``
         means no commit landed in between; otherwise read again.
 
-        The copy's history stays a prefix of Redis' (each entry is a delta of
-        the one before, see ``_history``): a refresh appends only what follows
+        The copy's history stays a run of Redis' (each entry is a delta of
+        the one before, see ``_history``), from the same cut with the same base
+        once Redis trimmed it (the base and ``trimmed`` are read with the rest,
+        see ``NodeCache.apply``): a refresh appends only what follows
         the copy's last entries, and only while Redis still holds those (read
         inclusively). Redis back from an older snapshot (same epoch) with other
         commits past the copy's version does not: the refresh then takes all
@@ -908,8 +994,12 @@ class RedisFlagStore(FlagStore):
                 if self._copy_behind_check(meta[0]):
                     return False  # the caller restores (or the listener will)
                 since = None if whole else self._copy_since(meta, tails)
-                if since == tails and self._cache.version == int(meta[0] or 0):
-                    return True  # nothing new (the copy's tails included)
+                if (
+                    since == tails
+                    and self._cache.version == int(meta[0] or 0)
+                    and self._cache.trimmed == meta[3]
+                ):
+                    return True  # nothing new (the copy's tails and trim included)
                 snap = self._read_snapshot(client, meta, since)
                 if snap is None:
                     continue  # a commit landed meanwhile: read again
@@ -936,6 +1026,11 @@ class RedisFlagStore(FlagStore):
         cache = self._cache
         if meta[0] is None or cache.epoch != meta[1] or not cache.has_data():
             return None
+        kept = cache.trimmed
+        if kept is not None and (meta[3] is None or stream_key(meta[3]) < stream_key(kept)):
+            # Redis' stream goes back further than the copy's (restored from an
+            # untrimmed copy): the copy's base is not the base of Redis' entries.
+            return None
         return cache.last_ids()
 
     def _read_snapshot(
@@ -945,8 +1040,9 @@ class RedisFlagStore(FlagStore):
         ``_DIVERGED`` when Redis no longer holds the copy's last entries."""
         with client.pipeline(transaction=False) as pipe:
             self._queue_copy_reads(pipe, since)
+            pipe.hgetall(self._k_base)
             pipe.hmget(self._k_meta, *_META)
-            states, stages, history, migrations, after = pipe.execute()
+            states, stages, history, migrations, base, after = pipe.execute()
         if list(after) != meta:
             return None
         history, migrations = _stream_entries(history), _stream_entries(migrations)
@@ -957,7 +1053,15 @@ class RedisFlagStore(FlagStore):
         stage_map = self._decode_stages(stages)
         version = int(meta[0] or 0)
         return Snapshot(
-            version, meta[1], dict(states), stage_map, history, migrations, full=since is None
+            version,
+            meta[1],
+            dict(states),
+            stage_map,
+            history,
+            migrations,
+            full=since is None,
+            base=dict(base),
+            trimmed=meta[3],
         )
 
     def _queue_copy_reads(self, pipe: Any, since: tuple[str | None, str | None] | None) -> None:
@@ -1113,8 +1217,62 @@ class RedisFlagStore(FlagStore):
             self._commit_failed(exc, client, executing, run)
             raise _Retry from exc  # (_commit_failed raises when it is not worth a retry)
         self._note_read_only(False)  # a commit went through: writable (again)
-        self._confirm_in_copy(commit, replies)
+        if commit.length_at is not None:
+            self._trim_if_due(replies[commit.length_at])
+        self._confirm_in_copy(commit, replies)  # (mirrors the trim too)
         return result
+
+    def _trim_if_due(self, length: Any) -> None:
+        """Trim the history if ``length`` (its XLEN after our commit) is over
+        ``history_limit + trim_slack``. Never fails the commit: a trim that cannot
+        be done (Redis gone, an unreadable entry) logs, and a later commit retries."""
+        limit = self.history_limit
+        if limit is None or int(length) <= limit + trim_slack(limit):
+            return
+        if int(length) < self._next_trim_at:
+            return  # the last attempt failed: retry once the stream grew by trim_slack
+        try:
+            dropped = self._trim(int(length) - limit)
+        except (BackendUnavailable, FlagError) as exc:
+            self._next_trim_at = int(length) + trim_slack(limit)
+            log.warning("flag store %r: history not trimmed (%s)", self.namespace, exc)
+            return
+        self._next_trim_at = 0
+        if dropped > 0:
+            self._trims += 1
+            log_trim(self, dropped, limit, self._trims)
+
+    def _trim(self, count: int) -> int:
+        """Drop the ``count`` oldest history entries into the base (see the module
+        docs, "Retention"); the entries dropped (0: someone else trimmed meanwhile).
+
+        Race: commits landing meanwhile only append after the entries read; a
+        trim or a restore landing meanwhile moves ``trimmed`` or ``restored``,
+        which the script checks before it writes anything.
+        """
+        client = self._ensure_clients()
+        with self._translated("trimming the flag history"):
+            with client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self._k_meta, *_META)
+                pipe.hgetall(self._k_base)
+                pipe.xrange(self._k_history, count=count + 1)
+                pipe.hmget(self._k_meta, *_META)
+                before, base, entries, after = pipe.execute()
+            # Race: a trim or restore between the reads (a commit is harmless: it
+            # appends): the base and the entries may be of two cuts. Leave it to
+            # the next commit.
+            if list(before)[1:] != list(after)[1:] or len(entries) <= count:
+                return 0
+            replay = Replay(self._feed_states(base))
+            for _id, fields in entries[:count]:
+                self._decode_change(fields, replay)
+            new_base = {name: state.to_json() for name, state in replay.states.items()}
+            epoch, restored, trimmed = (x or "" for x in list(before)[1:])
+            done = self._trim_script(
+                keys=[self._k_meta, self._k_history, self._k_base],
+                args=[epoch, restored, trimmed, str(entries[count][0]), json.dumps(new_base)],
+            )
+        return int(done)
 
     def _execute(self, pipe: Any) -> list[Any]:
         """EXEC; ``_Retry`` on a conflict.
@@ -1154,10 +1312,11 @@ class RedisFlagStore(FlagStore):
         wrote nothing. ``_Behind`` when Redis is older than the copy.
         """
         pipe.watch(self._k_state, self._k_stages, self._k_meta)
-        raw_version, epoch = pipe.hmget(self._k_meta, "version", "epoch")
+        raw_version, epoch, trimmed = pipe.hmget(self._k_meta, "version", "epoch", "trimmed")
         if self._copy_behind_check(raw_version):
             raise _Behind
         txn = _RedisTransaction(self, pipe)
+        txn.trimmed = trimmed
         # fn's own exceptions propagate unchanged; leaving the
         # `with` (in transaction()) resets the pipe (UNWATCH) and nothing was queued.
         result = fn(txn)
@@ -1288,6 +1447,10 @@ class RedisFlagStore(FlagStore):
             fields = {"event": event.to_json(), "v": v}
             pipe.xadd(self._k_migrations, fields)
             commit.migrations.append(fields)
+            replies += 1
+        if n and self.history_limit is not None:
+            pipe.xlen(self._k_history)  # O(1): is a trim due (see _trim_if_due)
+            commit.length_at = replies
         return commit
 
     def kill_switch(self, fn: Callable[[StoreTransaction], T]) -> T:
@@ -1415,10 +1578,19 @@ class RedisFlagStore(FlagStore):
         self._check_open()
         if flag is not None:
             _check_name(flag, "flag name")
-        entries = self._read("reading history", lambda p: p.xrange(self._k_history))
-        if entries is None:
-            entries = self._cache.history()
-        replay = Replay(flags=None if flag is None else frozenset({flag}))
+
+        # The base and the entries of one cut: _read brackets them with meta reads,
+        # and a trim moves meta's `trimmed`.
+        def queue(pipe: Any) -> None:
+            pipe.hgetall(self._k_base)
+            pipe.xrange(self._k_history)
+
+        read = self._read("reading history", queue)
+        if read is None:
+            base, _trimmed, entries = self._cache.history_with_base()
+        else:
+            base, entries = read
+        replay = Replay(self._feed_states(base), flags=None if flag is None else frozenset({flag}))
         out: list[FlagChange] = []
         for _id, fields in entries:
             change = self._decode_change(fields, replay)
@@ -1728,6 +1900,13 @@ class RedisFlagStore(FlagStore):
     def _take_reply(self, reply: Any, pending: dict[str, list[tuple[str, FlagChange]]]) -> None:
         """Deliver the history entries of an XREAD reply, then refresh the copy."""
         for stream, entries in reply:
+            if stream == self._k_history and entries and self._may_have_skipped(entries[0][1]):
+                # Race: a trim dropped entries this listener had not read (it lags
+                # more than history_limit entries): its replayed states miss them.
+                # Resynchronise; subscribers reload.
+                self._resync_wanted.set()
+                self._deliver([])
+                return
             if stream == self._k_history:
                 self._consume(entries, pending)
             elif entries:
@@ -1738,6 +1917,28 @@ class RedisFlagStore(FlagStore):
         # subscriber's reload (load_states) refreshes this copy itself
         # before it answers with anything newer (see _read).
         self._pull()
+
+    def _may_have_skipped(self, first: dict[str, str]) -> bool:
+        """Whether entries between the last one read and ``first`` (the next XREAD
+        reply's) may have been trimmed unread.
+
+        Not when ``first`` is the entry right after the last one read (same
+        transaction, next index; or index 0 of the next version): the common case
+        costs no round trip. Otherwise (after a catch-up, a migration-only commit,
+        a lag) one HGET of meta's ``trimmed``, read after the XREAD reply, so a
+        trim that landed before it is seen (a later one at worst resyncs for
+        nothing): trimmed past the last entry read means entries may be lost.
+        """
+        last, pos = self._last_pos, _position(first)
+        if last is not None and pos is not None:
+            version, txn, i, n = last
+            if i + 1 < n and pos[:3] == (version, txn, i + 1):
+                return False
+            if i + 1 >= n and pos[0] == version + 1 and pos[2] == 0:
+                return False
+        with self._translated("reading the history's trim"):
+            cut = self._ensure_listen_client().hget(self._k_meta, "trimmed")
+        return cut is not None and stream_key(str(cut)) > stream_key(self._last_id)
 
     def _fault(self, exc: Exception) -> None:
         """Log a listener fault, mark the store stale (one event per transition)."""
@@ -1867,6 +2068,7 @@ class RedisFlagStore(FlagStore):
             self._floor = self._cache.version
             self._feed = Replay(self._feed_states(self._cache.states()))
             self._feed_at = (self._floor, "")
+            self._last_pos = None
 
     def _redis_went_back(self) -> bool:
         """True if Redis is older than the copy, the stream's tail is behind what we
@@ -1889,6 +2091,7 @@ class RedisFlagStore(FlagStore):
     ) -> None:
         for entry_id, fields in entries:
             self._last_id = str(entry_id)
+            self._last_pos = _position(fields)
             version = fields.get("v", "")
             if version.isdigit() and 0 < int(version) <= self._floor:
                 continue  # already in the state loaded at the last catch-up
@@ -2014,6 +2217,14 @@ def _with_puts(states: dict[str, str], puts: dict[str, str | None]) -> dict[str,
         else:
             states[name] = state
     return states
+
+
+def _position(fields: dict[str, str]) -> tuple[int, str, int, int] | None:
+    """(version, txn, i, n) of a history entry (None: an entry without them)."""
+    try:
+        return int(fields["v"]), fields["txn"], int(fields["i"]), int(fields["n"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _tail_id(reply: Any) -> str | None:

@@ -54,13 +54,14 @@ logs an ERROR once; reads keep answering from the old file. Reopen the store
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from foundation._listeners import check_listener, unsubscriber
 from foundation.errors import (
@@ -71,21 +72,26 @@ from foundation.errors import (
     InvalidConfig,
     bounded_repr,
 )
-from foundation.flags._history import Replay, encode_json
+from foundation.flags._history import Replay, encode_json, rebase
 from foundation.flags._store import (
+    DEFAULT_HISTORY_LIMIT,
     FlagChange,
     FlagInfo,
     FlagState,
     FlagStore,
     MigrationEvent,
     StoreTransaction,
+    _loads,
     catalogue_entries,
+    check_history_limit,
     check_key,
     check_put,
     check_put_migration,
+    log_trim,
     plan_from_json,
     plan_to_json,
     report_callback_error,
+    trim_slack,
 )
 
 if TYPE_CHECKING:
@@ -156,6 +162,7 @@ class _Txn(StoreTransaction):
         self._origin = origin
         # Runtime states read or written in this transaction (it holds the write lock).
         self._states: dict[str, FlagState | None] = {}
+        self.wrote = False  # a history row was added: the store may trim (see _trim)
 
     def get(self, name: str) -> FlagState | None:
         check_key(name, "flag name")
@@ -168,8 +175,13 @@ class _Txn(StoreTransaction):
 
     def put(self, name: str, state: FlagState | None, change: FlagChange) -> None:
         check_put(name, state, change)  # before any statement: bad input writes nothing
-        # The record is a delta of the runtime state this put replaces (see _history).
-        record = encode_json(change, self.get(name), state)
+        # The record is a delta of the runtime state this put replaces (see _history);
+        # whole when the history holds no row of the flag (all trimmed, see _trim).
+        before = self.get(name)
+        if before is not None and not self._has_rows(name):
+            before = None
+        record = encode_json(change, before, state)
+        self.wrote = True
         self._states[name] = state
         if state is None:
             self._conn.execute("DELETE FROM flag_state WHERE name = ?", (name,))
@@ -182,6 +194,11 @@ class _Txn(StoreTransaction):
             "INSERT INTO flag_history (flag, origin, record) VALUES (?, ?, ?)",
             (name, self._origin, record),
         )
+
+    def _has_rows(self, name: str) -> bool:
+        """Whether the history holds a row of ``name`` (the (flag, id) index: O(log n))."""
+        sql = "SELECT 1 FROM flag_history WHERE flag = ? LIMIT 1"
+        return self._conn.execute(sql, (name,)).fetchone() is not None
 
     def migration_stage(self, plan: str) -> int:
         check_key(plan, "plan name")
@@ -206,6 +223,9 @@ class SQLiteFlagStore(FlagStore):
     Several processes may open the same file; their writes are serialised by
     SQLite and each sees the others' changes (subscribers within
     ``poll_interval`` when idle, within ``FAST_POLL`` while changes flow).
+    ``history_limit``: the history keeps the last that many rows of all flags
+    together (at most 10 % more between trims; None: all; see ``_history``); each
+    process trims with its own limit, so the smallest one in use wins.
     Thread-safe; ``close()`` stops the watcher thread. ``busy_timeout`` (seconds, at
     least 0) and ``poll_interval`` (seconds, above 0) are finite numbers up to
     ``threading.TIMEOUT_MAX``; a bad one, or a path that is not a ``str``/``PathLike``
@@ -228,8 +248,13 @@ class SQLiteFlagStore(FlagStore):
         *,
         busy_timeout: float = 5.0,
         poll_interval: float = 0.02,
+        history_limit: int | None = DEFAULT_HISTORY_LIMIT,
     ) -> None:
         import uuid
+
+        self.history_limit = check_history_limit(history_limit)
+        self._trims = 0  # trims this store made (the first is logged at INFO)
+        self._next_trim_at = 0  # after a failed trim: the history id to try again at
 
         try:
             self.path = os.fspath(path)
@@ -499,12 +524,77 @@ class SQLiteFlagStore(FlagStore):
             # stale before COMMIT: other processes' writers wait for us.
             self._begin()
             try:
-                result = fn(_Txn(self._conn, self._origin))
+                txn = _Txn(self._conn, self._origin)
+                result = fn(txn)
+                if txn.wrote:
+                    self._trim()  # in this transaction: all of it with the commit, or none
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
             return result
+
+    def _trim(self) -> None:
+        """Drop the oldest history rows down to ``history_limit`` once over it by
+        ``trim_slack`` (inside the write transaction: the rows go with the commit).
+
+        Each flag that loses rows gets its first kept row rewritten whole
+        (``_history.rebase``): the history still starts with whole records, as
+        every version reads it. Ids are never reused (AUTOINCREMENT) and rows go
+        only from the head, so ``max - min + 1`` counts them in O(log n).
+        Race: another process trimming too. Both trim inside their write
+        transaction (``BEGIN IMMEDIATE``): the second one reads the first one's
+        result. A watcher that had not read the dropped rows yet notices (``_poll``).
+        """
+        limit = self.history_limit
+        if limit is None:
+            return
+        low, high = self._conn.execute("SELECT min(id), max(id) FROM flag_history").fetchone()
+        if high is None or high - low + 1 <= limit + trim_slack(limit):
+            return
+        if high < self._next_trim_at:
+            return  # the last attempt failed: retry once trim_slack more rows came
+        found = self._conn.execute(
+            "SELECT id FROM flag_history ORDER BY id DESC LIMIT 1 OFFSET ?", (limit - 1,)
+        ).fetchone()
+        if found is None:  # fewer rows than ids (deleted behind the store's back)
+            self._next_trim_at = high + trim_slack(limit)
+            return
+        cut = found[0]
+        rows = self._conn.execute(
+            "SELECT flag, record FROM flag_history WHERE id < ? ORDER BY id", (cut,)
+        ).fetchall()
+        try:
+            first_kept = self._first_kept({flag for flag, _ in rows}, cut)
+            fixes = rebase(
+                (_loads(text) for _, text in rows),
+                {flag: record for flag, (_, record) in first_kept.items()},
+                exact=False,
+            )
+        except FlagError as exc:  # rows this store cannot replay: keep them all
+            self._next_trim_at = high + trim_slack(limit)
+            log.warning("flag store %s: history not trimmed: %s", self._shown, exc)
+            return
+        self._conn.executemany(
+            "UPDATE flag_history SET record = ? WHERE id = ?",
+            [(json.dumps(fixed), first_kept[flag][0]) for flag, fixed in fixes.items()],
+        )
+        self._conn.execute("DELETE FROM flag_history WHERE id < ?", (cut,))
+        self._trims += 1
+        log_trim(self, len(rows), limit, self._trims)
+
+    def _first_kept(self, flags: set[str], cut: int) -> dict[str, tuple[int, dict[str, Any]]]:
+        """By flag: (id, record) of its first row from id ``cut`` on, if any."""
+        out: dict[str, tuple[int, dict[str, Any]]] = {}
+        for flag in flags:
+            row = self._conn.execute(
+                "SELECT id, record FROM flag_history WHERE flag = ? AND id >= ? "
+                "ORDER BY id LIMIT 1",
+                (flag, cut),
+            ).fetchone()
+            if row is not None:
+                out[flag] = (row[0], _loads(row[1]))
+        return out
 
     def history(self, flag: str | None = None) -> list[FlagChange]:
         with self._read_lock, self._errors("reading history"):
@@ -701,6 +791,15 @@ class SQLiteFlagStore(FlagStore):
                 )  # fmt: skip
             return
         if not rows:
+            return
+        if rows[0][0] > self._last_id + 1:
+            # Race: a writer trimmed rows this watcher had not read yet (more than
+            # history_limit rows since its last step). Ids are never reused and only
+            # a trim deletes rows, so a gap is such a trim: the replayed states miss
+            # those rows. Start again from a snapshot; subscribers reload.
+            self._reset_feed(conn)
+            self._hot_until = time.monotonic() + HOT_FOR
+            self._deliver([])
             return
         self._last_id = rows[-1][0]
         self._deliver_remote(rows, conn)

@@ -63,7 +63,10 @@ Store contract (``FlagStore``):
     Committed changes, oldest first, of one flag or of all, each with whole
     ``old``/``new`` states. The built-in stores keep a record as the change
     only (a delta of the runtime state it replaced, ``foundation.flags._history``),
-    so history grows with the size of the changes, not of the states.
+    so history grows with the size of the changes, not of the states. They keep
+    the last ``history_limit`` records of all flags together (a constructor
+    option, default ``DEFAULT_HISTORY_LIMIT``; None: all): see "Retention" in
+    ``_history``.
 
 ``migration_stage(plan) -> int`` and ``migration_history(plan) -> list[MigrationEvent]``
     Committed stage of ``plan`` (0 if never written) and its events, oldest first.
@@ -116,6 +119,7 @@ Thread-safety: every method may be called from any thread concurrently.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 from abc import ABC, abstractmethod
@@ -125,7 +129,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from foundation._listeners import check_listener
 from foundation._unraisable import report_unraisable
-from foundation.errors import Closed, InvalidFlagValue, bounded_repr
+from foundation.errors import Closed, InvalidConfig, InvalidFlagValue, bounded_repr
 from foundation.flags._typed import (
     EMPTY,
     SHARE_TOLERANCE,
@@ -152,6 +156,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+log = logging.getLogger("foundation.flags")
+
 MIGRATION_ACTIONS = ("advance", "rollback", "emergency_rollback", "auto_rollback")
 
 
@@ -174,6 +180,37 @@ def _actors(value: Iterable[Any], what: str) -> frozenset[str]:
 
 MAX_STAGE = 2**63 - 1
 """The largest migration stage a store keeps (a signed 64-bit integer, as SQLite's)."""
+
+
+DEFAULT_HISTORY_LIMIT = 10_000
+"""Records (all flags together) a flag store keeps by default; see the module docs."""
+
+
+def check_history_limit(value: object) -> int | None:
+    """``history_limit`` as a store keeps it: None, or an int of at least 1 (else InvalidConfig).
+
+    Example:
+        >>> check_history_limit(500), check_history_limit(None)
+        (500, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidConfig(
+            f"history_limit must be None or an int of at least 1, not {bounded_repr(value)}"
+        )
+    return value
+
+
+def trim_slack(limit: int) -> int:
+    """Records a store may hold beyond ``limit`` before it trims (10 %, at least 1): a
+    trim of ``trim_slack`` records every ``trim_slack`` commits keeps commits O(change).
+
+    Example:
+        >>> trim_slack(10_000), trim_slack(5)
+        (1000, 1)
+    """
+    return max(1, limit // 10)
 
 
 def check_key(name: object, what: str) -> str:
@@ -663,6 +700,16 @@ class FlagStore(ABC):
         self.close()
 
 
+def log_trim(store: object, dropped: int, limit: int, trims: int) -> None:
+    """The log line of a history trim: INFO for a store's first, DEBUG after."""
+    level = logging.INFO if trims == 1 else logging.DEBUG
+    log.log(
+        level,
+        "%r: flag history trimmed by %d records to the last %d (history_limit)",
+        store, dropped, limit,
+    )  # fmt: skip
+
+
 def report_callback_error(
     exc: BaseException, callback: object, what: str = "flag store subscriber"
 ) -> None:
@@ -690,9 +737,15 @@ class _MemoryTransaction(StoreTransaction):
         from foundation.flags._history import encode  # _history imports this module
 
         check_put(name, state, change)
-        # Kept as a delta of the runtime state it replaces (see _history): O(change).
-        self.changes.append(encode(change, self.get(name), state))
+        # Kept as a delta of the runtime state it replaces (see _history): O(change);
+        # whole when the history holds no record of the flag (all trimmed): a delta's
+        # base would be in no record.
+        before = self.get(name) if self._has_records(name) else None
+        self.changes.append(encode(change, before, state))
         self.states[name] = state
+
+    def _has_records(self, name: str) -> bool:
+        return name in self._store._changes_of or any(c["flag"] == name for c in self.changes)
 
     def migration_stage(self, plan: str) -> int:
         check_key(plan, "plan name")
@@ -709,6 +762,9 @@ class _MemoryTransaction(StoreTransaction):
 class MemoryFlagStore(FlagStore):
     """The default store: state and history in this process only, lost at exit.
 
+    ``history_limit``: the history keeps the last that many records of all flags
+    together (at most 10 % more between trims; None: all; see ``history``).
+
     Example:
         >>> store = MemoryFlagStore()
         >>> change = FlagChange("beta", FlagState(False), FlagState(True))
@@ -718,10 +774,14 @@ class MemoryFlagStore(FlagStore):
         >>> store.close()
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, history_limit: int | None = DEFAULT_HISTORY_LIMIT) -> None:
+        self.history_limit = check_history_limit(history_limit)
+        self._trims = 0  # trims done (the first one is logged at INFO)
         self._lock = threading.RLock()
         self._states: dict[str, FlagState] = {}
         # History records (deltas, see _history), all in commit order and by flag.
+        # Never changed in place, and a trim builds new lists: history() copies the
+        # lists' references under the lock and replays them outside it.
         self._changes: list[dict[str, Any]] = []
         self._changes_of: dict[str, list[dict[str, Any]]] = {}
         self._stages: dict[str, int] = {}
@@ -754,7 +814,44 @@ class MemoryFlagStore(FlagStore):
                 self._changes_of.setdefault(record["flag"], []).append(record)
             self._stages.update(txn.stages)
             self._events.extend(txn.events)
+            if txn.changes:
+                self._trim_history()
             return result
+
+    def _trim_history(self) -> None:
+        """Drop the oldest records down to ``history_limit`` once over it by
+        ``trim_slack`` (caller holds the lock): in the committing transaction, as
+        every store does (see ``_history``)."""
+        from foundation.flags._history import rebase  # _history imports this module
+
+        limit = self.history_limit
+        if limit is None or len(self._changes) <= limit + trim_slack(limit):
+            return
+        cut = len(self._changes) - limit
+        dropped, kept = self._changes[:cut], self._changes[cut:]
+        lost: dict[str, int] = {}
+        for record in dropped:
+            lost[record["flag"]] = lost.get(record["flag"], 0) + 1
+        first_kept = {
+            flag: self._changes_of[flag][n]
+            for flag, n in lost.items()
+            if len(self._changes_of[flag]) > n
+        }
+        # Each flag's first kept record becomes a whole one: it replays on its own.
+        fixes = rebase(dropped, first_kept, exact=True)
+        for flag, n in lost.items():
+            rest = self._changes_of[flag][n:]
+            if rest:
+                rest[0] = fixes.get(flag, rest[0])
+                self._changes_of[flag] = rest
+            else:
+                del self._changes_of[flag]
+        if fixes:
+            swap = {id(first_kept[flag]): fixed for flag, fixed in fixes.items()}
+            kept = [swap.get(id(record), record) for record in kept]
+        self._changes = kept
+        self._trims += 1
+        log_trim(self, cut, limit, self._trims)
 
     def history(self, flag: str | None = None) -> list[FlagChange]:
         from foundation.flags._history import Replay  # _history imports this module
@@ -763,7 +860,8 @@ class MemoryFlagStore(FlagStore):
             self._check()
             if flag is not None:
                 check_key(flag, "flag name")
-            # Lists only grow, under the lock: a copy of the references is a snapshot.
+            # Lists are replaced, never changed, by a trim: a copy of the references
+            # taken under the lock is a snapshot.
             records = list(self._changes if flag is None else self._changes_of.get(flag, ()))
         replay = Replay()
         return [c for c in map(replay.feed, records) if c is not None]
