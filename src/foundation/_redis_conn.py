@@ -622,6 +622,23 @@ def client_name(name: str) -> str:
     return "".join(c if "!" <= c <= "~" else "_" for c in name[:200])
 
 
+def _no_maintenance_notifications() -> dict[str, Any]:
+    """redis-py's option turning its "maintenance notifications" off, where it has them.
+
+    Since redis-py 7 every new RESP3 connection asks for them by default
+    (``CLIENT MAINT_NOTIFICATIONS ON``: one more round trip per connection, an
+    error reply on servers that lack the command), and a server that sends
+    them (a managed Redis during maintenance) makes redis-py relax the socket
+    timeout to 10 s: past ``op_timeout``, the bound every call of ours keeps.
+    Our own reconnection (failover, restart) needs none of it.
+    """
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # redis-py before the feature: nothing to turn off
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
 def connect(
     url: str,
     *,
@@ -667,6 +684,7 @@ def connect(
         "retry": Retry(NoBackoff(), 0),
         "client_name": None if name is None else client_name(name),
         "decode_responses": decode_responses,
+        **_no_maintenance_notifications(),
     }
     try:
         if url.startswith(SENTINEL_SCHEME + "://"):

@@ -219,6 +219,9 @@ def sentinel_master(url: str, shown: str, options: dict[str, Any]) -> Any:
         "socket_connect_timeout": options["socket_connect_timeout"],
         "retry": Retry(NoBackoff(), 0),
     }
+    # The Sentinels' own connections: no maintenance notifications either (connect()).
+    if "maint_notifications_config" in options:
+        sentinel_options["maint_notifications_config"] = options["maint_notifications_config"]
     if spec.sentinel_password is not None:
         sentinel_options["password"] = spec.sentinel_password
         sentinel_options["username"] = spec.sentinel_username
