@@ -47,7 +47,7 @@ RegistryBackend = Literal["memory", "redis"]
 _SECTIONS = {"registry", "flag_store", "flags", "migration", "cli"}
 _KNOWN = {
     "registry": {"backend", "indexed", "redis_url", "namespace", "lease_ttl"},
-    "flag_store": {"kind", "path", "redis_url", "namespace"},
+    "flag_store": {"kind", "path", "redis_url", "namespace", "history_limit"},
     "migration": {
         "health_interval",
         "max_error_rate",
@@ -89,6 +89,11 @@ def _choice_problems(values: Mapping[str, Any], store: Mapping[str, Any]) -> lis
         problems.append(
             "flag_store.kind = 'redis' needs flag_store.redis_url or registry.redis_url"
         )
+    limit = values.get("flag_store_history_limit")
+    if limit is not None and limit != "unlimited" and not (isinstance(limit, int) and limit >= 1):
+        problems.append(
+            f'flag_store.history_limit must be an int of at least 1 or "unlimited": {limit!r}'
+        )
     if values.get("flag_store") == "sqlite" and "flag_store_path" not in values:
         problems.append("flag_store.kind = 'sqlite' needs flag_store.path")
     return problems
@@ -114,6 +119,9 @@ class AppConfig:
     flag_store_path: str | None = None
     flag_store_redis_url: str | None = None
     flag_store_namespace: str | None = None
+    flag_store_history_limit: int | Literal["unlimited"] | None = None
+    """``[flag_store] history_limit``: records of flag history the store keeps
+    (an int of at least 1, or ``"unlimited"``); None: the store's default."""
     flags: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     health_interval: float = 5.0
     max_error_rate: float | None = None
@@ -182,6 +190,7 @@ class AppConfig:
         take(store, "path", "flag_store_path", str)
         take(store, "redis_url", "flag_store_redis_url", str)
         take(store, "namespace", "flag_store_namespace", str)
+        take(store, "history_limit", "flag_store_history_limit", (int, str))
         for key in ("health_interval", "max_error_rate", "max_restarts_per_minute",
                     "max_latency_ratio"):  # fmt: skip
             take(migration, key, key, (int, float))

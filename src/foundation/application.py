@@ -660,20 +660,25 @@ class Application:
     # ------------------------------------------------------------------ backends
 
     def _make_flag_store(self) -> FlagStore:
-        kind = self.config.flag_store
-        if kind == "sqlite":
+        config = self.config
+        limit = config.flag_store_history_limit
+        # Only what the config sets: otherwise the store's own default.
+        options: dict[str, Any] = (
+            {} if limit is None else {"history_limit": None if limit == "unlimited" else limit}
+        )
+        if config.flag_store == "sqlite":
             from foundation.flags import SQLiteFlagStore
 
-            return SQLiteFlagStore(self.config.flag_store_path or "flags.sqlite3")
-        if kind == "redis":
+            return SQLiteFlagStore(config.flag_store_path or "flags.sqlite3", **options)
+        if config.flag_store == "redis":
             from foundation.flags import RedisFlagStore
 
-            config = self.config
             return RedisFlagStore(
                 str(config.flag_store_redis_url or config.redis_url),
                 namespace=config.flag_store_namespace or config.namespace,
+                **options,
             )
-        return MemoryFlagStore()
+        return MemoryFlagStore(**options)
 
     def _make_registry(self) -> Registry:
         from foundation.registry import MemoryRegistry, MigratingRegistry, ThreadLocalRegistry

@@ -116,3 +116,39 @@ def test_a_redis_choice_without_its_settings_is_refused(
 ) -> None:
     with pytest.raises(InvalidConfig, match=message):
         AppConfig.from_mapping(data)
+
+
+def test_history_limit_reaches_the_flag_store(tmp_path: Path) -> None:
+    store_path = tmp_path / "flags.sqlite3"
+    (tmp_path / "foundation.toml").write_text(
+        f'[flag_store]\nkind = "sqlite"\npath = "{store_path}"\nhistory_limit = 20\n'
+    )
+    config = AppConfig.discover(tmp_path)
+    assert config.flag_store_history_limit == 20
+    with Application.start(config, services=("flags",)) as app:
+        assert app.flags is not None
+        for n in range(60):
+            app.flags.set_percentage("use_ets_agent_registry", n, by="ops")
+        kept = app.flags.history("use_ets_agent_registry")
+    assert 20 <= len(kept) <= 22, len(kept)  # trimmed in steps of 10 %
+    assert kept[-1].new.percentage == 59.0
+
+
+def test_unlimited_history_keeps_every_record() -> None:
+    config = AppConfig.from_mapping({"flag_store": {"history_limit": "unlimited"}})
+    assert config.flag_store_history_limit == "unlimited"
+    with Application.start(config, services=("flags",)) as app:
+        assert app.flags is not None
+        assert app.flags.store.history_limit is None  # type: ignore[attr-defined]
+
+
+def test_the_default_history_limit_is_the_stores() -> None:
+    with Application.start(AppConfig(), services=("flags",)) as app:
+        assert app.flags is not None
+        assert app.flags.store.history_limit == 10_000  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("limit", [0, -5, "all", 2.5, True])
+def test_a_bad_history_limit_is_refused(limit: object) -> None:
+    with pytest.raises(InvalidConfig, match="history_limit"):
+        AppConfig.from_mapping({"flag_store": {"history_limit": limit}})
