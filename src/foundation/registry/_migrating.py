@@ -35,7 +35,12 @@ Rules
    one facade lock: catch up the caller's view (rule 4), do the authoritative
    write, mirror it, update the records. Between two writes the records
    describe both sides exactly (modulo deaths, rule 5, the queued
-   flag-off mirrors of rule 6 and the legacy retries of rule 7).
+   flag-off mirrors of rule 6 and the legacy mirrors of rule 7). Only local
+   stores are called for a mirror under the lock (a private legacy view);
+   a mirror to a backend that may be remote (the target, a shared legacy)
+   is decided under the lock and applied outside it (rules 6 and 7).
+   Telemetry decided under the lock is emitted once it is released, so a
+   listener may call the facade back whatever another thread is doing.
 2. A mirrored write replaces or removes only what the caller holds: in the
    target, only the entry that the record says mirrors the caller's own view
    (or a dead or absent entry); in a private legacy view, anything (the view
@@ -93,29 +98,42 @@ Rules
    nothing is tried (a flip, or a write whose ``status()`` flapped to down,
    leaves the request for the next read or write). Its success resolves the
    divergence; so does a later mirror of the same copy that succeeds.
-7. *Deferred legacy mirrors* (flag on). The legacy backend may be remote too
-   (a ``RedisRegistry`` legacy). While it reports itself unavailable without
-   I/O (``status()``, as in rule 6), a flag-on write does not call it: a
-   register mirror is a divergence kept in ``view.legacy_retry``, an
-   unregister or update mirror goes to the view's inbox (a stale copy, listed
-   by ``divergences()``), and catch-up skips the pass; a pass stops at its
-   first ``BackendUnavailable``. So writes cost at most one wait per outage,
-   and the operator gets one WARNING (until a legacy mirror succeeds, then
-   one INFO). Once it is back, the refused registers are retried (rule 2:
-   only over our own copy or none), whichever way the flag points: at the
-   first write the legacy side takes (a flag-on legacy mirror, or a flag-off
-   write), at a flip of the flag (the first legacy read or write after it,
-   once ``status()`` says the legacy backend is available), and by
-   ``divergences()``/``readiness()``/``finish()``. As in rule 6, a retry is
-   only *asked for* under the facade lock (or without it: a flip) and applied
-   outside it by one thread at a time: planned and booked under the lock,
-   the backends called outside it; a flag-off write and a legacy read first
-   apply the retries asked for (waiting with the facade lock released). A
-   flag-on write of the key racing a retry in flight wins: the booking sees
-   the record changed and has catch-up drop the copy the retry wrote. While
-   ``status()`` says the legacy backend is down nothing is tried and the
-   request is kept. A legacy read also catches the shared view up first
-   (its inbox), so a flip back loses nothing and resurrects nothing. In a
+7. *Deferred legacy mirrors* (flag on). A shared legacy backend may be
+   remote too (a ``RedisRegistry`` legacy), so a flag-on write never calls it
+   under the facade lock (a private legacy view is a local store, mirrored
+   under the lock as in rule 1). It decides: a register mirror is kept in
+   ``view.legacy_retry`` (with the agent of our own older copy it may
+   replace, rule 2) and the record names no view yet; an unregister or
+   update mirror goes to the view's inbox (catch-up removes the stale copy
+   or copies the target's metadata). A *pass* applies them outside the lock,
+   one thread at a time (whoever holds the pass lock: normally the writer,
+   right after releasing the facade lock; a writer that finds another pass
+   running leaves it its request, and that pass looks again before it
+   stops, so no writer waits behind another's network call): each step
+   planned and booked under the lock, re-checked against the record, the
+   backends called outside it; catch-up steps before registers. While the
+   pass runs it is the only writer of the shared legacy side (flag-on writes
+   only ask for it; flag-off writes wait for it), so a register replaces only
+   the copy it looked up: our own older copy or none, never another
+   registration, even if that copy's agent died meanwhile and a newer
+   flag-on write of the key is waiting (its own step comes later, after
+   catch-up removed what the in-flight step wrote). While the legacy side
+   reports itself unavailable without I/O (``status()``, as in rule 6),
+   nothing is tried: the registers asked for become divergences (still kept
+   in ``view.legacy_retry``), the inbox stays (stale copies, listed by
+   ``divergences()``); a pass stops at its first ``BackendUnavailable``. So
+   writes cost at most one wait per outage, in one thread, and the operator
+   gets one WARNING (until a legacy mirror succeeds, then one INFO). Once it
+   is back, the refused registers are retried whichever way the flag points:
+   at the first write the legacy side takes (a flag-on legacy mirror, or a
+   flag-off write), at a flip of the flag (the first legacy read or write
+   after it, once ``status()`` says the legacy backend is available), and by
+   ``divergences()``/``readiness()``/``finish()``. A flag-off write and a
+   legacy read first apply the passes asked for, or wait for the one in
+   flight (with the facade lock released). While ``status()`` says the legacy
+   backend is down nothing is tried and the request is kept. A legacy read
+   also catches the shared view up first (its inbox, in a pass), so a flip
+   back loses nothing and resurrects nothing. In a
    shared view, a flag-on register or unregister also replaces or removes
    the facade's own divergent copy (a write the target never took): else it
    would come back, unlisted, at the next flip. Symmetrically, a target
@@ -127,12 +145,14 @@ Why this is correct under concurrent flips
 ------------------------------------------
 
 * A call reads the flag once. Whatever it reads, a successful write reaches
-  both sides before any later call can read the target as authoritative:
-  with the flag on it is mirrored under the lock (rule 1); with the flag off
-  its target mirror is queued in write order before the lock is released and
-  applied before any flag-on write, ``finish()`` or flag-on read proceeds
-  (rule 6). So the next call, under either flag value, sees it: *nothing is
-  lost*. A flag flip between calls, or during one, only changes which side
+  both sides before any later call can read the other side as authoritative:
+  with the flag on, its legacy mirror is mirrored under the lock (a private
+  view, rule 1) or asked for under it and applied, by a pass, before any
+  flag-off write or legacy read proceeds (a shared view, rule 7); with the
+  flag off its target mirror is queued in write order before the lock is
+  released and applied before any flag-on write, ``finish()`` or flag-on
+  read proceeds (rule 6). So the next call, under either flag value, sees
+  it: *nothing is lost*. A flag flip between calls, or during one, only changes which side
   answers the next call.
 * A thread's legacy copies catch up before that thread consults its view:
   the writer of a change updates the record and *then* pushes the inbox; the
@@ -191,7 +211,8 @@ the lifecycle. Its private base classes do one job each, lowest first:
 ``_EventRouting`` (``_migrating_events``: which events reach the listeners),
 ``_LegacyViews`` (``_migrating_views``: views, records, catch-up; rules 3 to
 5), ``_DivergenceBook`` (``_migrating_divergences``), ``_LegacyRetries``
-(``_migrating_legacy``: the retried legacy mirrors; rule 7) and ``_TargetMirrors``
+(``_migrating_legacy``: the legacy mirrors of a shared legacy view applied
+outside the lock, and telemetry emitted once it is released; rule 7) and ``_TargetMirrors``
 (``_migrating_mirror``: the queued target mirrors and the facade lock for
 writes; rule 6). The readers the flag swaps are in ``_migrating_readers``.
 """
@@ -492,16 +513,17 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         # facade's own copy the target never took (a listed divergence): the
         # target has just accepted this write over it, and a copy left there
         # would come back, unlisted, at the next flip.
-        holds = view.private or (old is not None and old.view is view)
-        holds = holds or self._own_divergent(view, key)
-        try:
+        if not view.private:
+            self._defer_legacy_register(view, key, agent, old)
+            return
+        try:  # a private view: the caller's own, local store
             down = self._legacy_down()
             if down is not None:  # no I/O, no wait (a frozen Redis costs op_timeout)
                 raise BackendUnavailable(down)
             with self._events_dropped():
-                self._legacy.register(key, agent, metadata, replace=holds)
+                self._legacy.register(key, agent, metadata, replace=True)
         except Exception as exc:  # best effort: a refused mirror is a divergence, not an error
-            self._legacy_register_refused(view, key, agent, old, exc)
+            self._legacy_register_refused(view, key, agent, exc)
             return
         self._legacy_ok()
         view.divergent.pop(key, None)  # our private copy was replaced: resolved
@@ -511,21 +533,42 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._records[key] = _Record(view, gen, agent)
         view.mirrors[key] = gen
 
-    def _legacy_register_refused(
-        self, view: _View, key: Hashable, agent: Any, old: _Record | None, exc: Exception
+    def _defer_legacy_register(
+        self, view: _View, key: Hashable, agent: Any, old: _Record | None
     ) -> None:
-        """``_mirror_register_legacy`` when the legacy backend refused: a divergence."""
+        """``_mirror_register_legacy`` in the shared view (under the facade lock):
+        decided here, applied by a pass outside the lock (rule 7), so a remote
+        legacy backend never holds the lock. The copy it may replace (rule 2) is
+        decided here too: the mirror of the entry just replaced, our own copy a
+        register still to apply would have replaced, or the facade's own copy
+        the target never took (a listed divergence)."""
+        pending = view.legacy_retry.get(key)
+        if old is not None and old.view is view:
+            mine = old.agent
+        elif old is not None and old.view is None and pending is not None:
+            # Race: that register may be in flight now; if it lands, its booking
+            # has the copy removed before this one is applied (the pass books
+            # and plans in order), else our older copy is still there.
+            mine = pending[1] if pending[0] is old.agent else None
+        else:
+            held = view.divergent.get(key)  # _own_divergent: a local lookup, no I/O
+            mine = held.agent if held is not None and self._own_divergent(view, key) else None
+        view.divergent.pop(key, None)  # superseded: booked again if the legacy side refuses
+        view.retry.pop(key, None)  # the target took this write: its skipped mirror is obsolete
+        view.legacy_retry[key] = (agent, mine)
+        self._records[key] = _Record(None, self._next_gen(), agent)
+        self._legacy_undecided.add(key)
+        self._legacy_retry_requested = True  # applied by _after_write, outside the lock
+
+    def _legacy_register_refused(
+        self, view: _View, key: Hashable, agent: Any, exc: Exception
+    ) -> None:
+        """``_mirror_register_legacy`` when a private legacy view refused: a divergence."""
         view.mirrors.pop(key, None)
         if isinstance(exc, AlreadyRegistered) and key in view.divergent:
             return  # the refusing copy is already a listed divergence
         self._diverge(view, key, agent, f"the legacy backend refused the mirror: {exc}")
         self._records[key] = _Record(None, self._next_gen(), agent)
-        if isinstance(exc, BackendUnavailable) and not view.private:
-            self._legacy_failed("register", key, exc)
-            # Retried once the legacy backend is back (_migrating_legacy):
-            # else a flip back would lose this live registration.
-            mine = old.agent if old is not None and old.view is view else None
-            view.legacy_retry[key] = (agent, mine)
 
     def unregister(self, key: Hashable) -> bool:
         """Unregister on the authoritative backend (its answer), then mirror."""
@@ -573,29 +616,50 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         In a shared view, also the facade's own copy the target never took (a
         listed divergence): unregistered by the caller, it must not come back
         (by a retried mirror, or at the next flip)."""
-        if view.private or (rec is not None and rec.view is view) or self._own_divergent(view, key):
-            try:
-                down = self._legacy_down()
-                if down is not None:  # no I/O, no wait
-                    raise BackendUnavailable(down)
-                with self._events_dropped():
-                    self._legacy.unregister(key)
-            except Exception as exc:  # best effort: the next catch-up retries it
-                self._legacy_failed("unregister", key, exc)
-                view.mirrors.setdefault(key, 0)  # a copy to drop: catch-up drops it
-                view.inbox.append(key)  # the record is gone: catch-up drops the copy
-            else:
-                self._legacy_ok()
-                view.mirrors.pop(key, None)
+        if not view.private:
+            self._defer_legacy_unregister(view, key, rec)
+            return
+        try:  # a private view: the caller's own, local store
+            down = self._legacy_down()
+            if down is not None:  # no I/O, no wait
+                raise BackendUnavailable(down)
+            with self._events_dropped():
+                self._legacy.unregister(key)
+        except Exception as exc:  # best effort: the next catch-up retries it
+            self._legacy_failed("unregister", key, exc)
+            view.mirrors.setdefault(key, 0)  # a copy to drop: catch-up drops it
+            view.inbox.append(key)  # the record is gone: catch-up drops the copy
+        else:
+            self._legacy_ok()
+            view.mirrors.pop(key, None)
+        view.divergent.pop(key, None)
+        view.retry.pop(key, None)
+
+    def _defer_legacy_unregister(self, view: _View, key: Hashable, rec: _Record | None) -> None:
+        """``_mirror_unregister_legacy`` in the shared view (under the facade
+        lock): the copy to remove is marked a stale mirror and queued for the
+        catch-up of a pass outside the lock (rule 7); a register still to
+        apply is dropped (a copy it lands meanwhile is removed by its booking)."""
+        mirrored = rec is not None and rec.view is view
+        # _own_divergent reads the legacy side: RedisRegistry and MemoryRegistry
+        # answer lookups locally (no I/O under the lock).
+        if mirrored or self._own_divergent(view, key):
+            view.mirrors.setdefault(key, 0)  # a copy to drop: catch-up drops it
+            view.inbox.append(key)  # the record is gone: catch-up drops the copy
             view.divergent.pop(key, None)
             view.retry.pop(key, None)
+            view.legacy_retry.pop(key, None)
+            self._legacy_retry_requested = True
         elif rec is not None and rec.view is None:
-            # The legacy side refused this entry's mirror: now that the target
-            # dropped it too, neither side holds it, and nothing is left to retry.
+            # The legacy side never took this entry's mirror (refused, or still
+            # to apply): now that the target dropped it too, nothing is left to
+            # apply; our older copy, if one is left, is removed by catch-up.
             held = view.divergent.get(key)
             if held is not None and held.agent is rec.agent:
                 del view.divergent[key]
-            view.legacy_retry.pop(key, None)
+            self._forget_legacy_register(view, key)
+            if view.inbox:
+                self._legacy_retry_requested = True
 
     def _own_divergent(self, view: _View, key: Hashable) -> bool:
         """``view``'s legacy copy of ``key`` is the one listed as divergent (same agent)."""
@@ -659,6 +723,12 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self, view: _View, key: Hashable, metadata: Mapping[str, Any], gen: int
     ) -> None:
         """Copy a flag-on metadata update to the caller's legacy mirror (best effort)."""
+        if not view.private:
+            # The record's newer generation is the decision: catch-up copies the
+            # target's metadata in a pass outside the facade lock (rule 7).
+            view.inbox.append(key)
+            self._legacy_retry_requested = True
+            return
         try:
             down = self._legacy_down()
             if down is not None:  # no I/O, no wait
@@ -858,7 +928,11 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             self._views.clear()
             self._shared_view = None
             self._dead.clear()
-            self._legacy.close()
+        # Outside the facade lock: closing a remote legacy backend may wait on
+        # the network (a frozen Redis: a few op_timeouts), and no other call
+        # needs it any more. Race: a legacy pass in flight may still be calling
+        # it; its calls fail with Closed, and it books nothing once _finished.
+        self._legacy.close()
 
     def close(self) -> None:
         """Stop listening to the flag and close both backends. Idempotent.

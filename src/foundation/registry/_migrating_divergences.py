@@ -9,7 +9,7 @@ under "Vocabulary" in ``foundation.registry._migrating``.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from foundation import telemetry
@@ -30,9 +30,11 @@ class _DivergenceBook(_LegacyViews):
 
     _detected: int  # divergences detected since construction, resolved ones included
 
-    if TYPE_CHECKING:  # as MigratingRegistry defines it
+    if TYPE_CHECKING:  # as MigratingRegistry defines it, and _LegacyRetries
 
         def _check_open(self) -> None: ...
+
+        def _emit_later(self, name: str, data: Mapping[str, Any]) -> None: ...
 
     def _diverge(self, view: _View, key: Hashable, agent: Any, reason: str) -> None:
         if len(reason) > MAX_REASON:  # bounded, whatever the key, entry or error it names
@@ -41,7 +43,8 @@ class _DivergenceBook(_LegacyViews):
         view.divergent[key] = _Divergent(agent, div)
         self._detected += 1
         if telemetry.has_listeners("registry.divergence"):
-            telemetry.emit(
+            # Emitted once the facade lock is released (a listener may call back).
+            self._emit_later(
                 "registry.divergence",
                 {"registry": self, "key": key, "thread": div.thread, "reason": reason},
             )
@@ -74,11 +77,10 @@ class _DivergenceBook(_LegacyViews):
 
     def _stale_shared_copies(self) -> list[Divergence]:
         """Shared legacy copies the target no longer matches, whose catch-up failed
-        (the legacy backend was down): caught up now if it can be, else listed."""
+        (the legacy backend was down; the caller ran a pass first): listed."""
         view = self._shared_view
         if view is None or not view.inbox:
             return []
-        self._catch_up(view)
         listed = set(view.divergent)
         keys = [k for k in dict.fromkeys(view.inbox) if k not in listed]
         reason = "the legacy backend still holds a stale copy (its catch-up failed; retried)"

@@ -68,6 +68,7 @@ class _Call:
         dispatch = self._owner._listeners.dispatch
         for event in ctx.pending:
             dispatch(event)
+        self._owner._flush_telemetry()  # events decided under the facade lock
 
 
 class _Keep:
@@ -138,6 +139,10 @@ class _EventRouting:
     _dead: deque[tuple[Hashable, Any]]  # the target's deaths, applied at the next write
     _muted: dict[Hashable, int]  # keys of the mirror calls in progress (``_Mute``), counted
     _muted_lock: threading.Lock
+
+    if TYPE_CHECKING:  # as _LegacyRetries defines it
+
+        def _flush_telemetry(self) -> None: ...
 
     def _ctx(self) -> _Ctx | None:
         ctx: _Ctx | None = getattr(self._tls, "ctx", None)

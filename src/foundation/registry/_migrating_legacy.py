@@ -1,24 +1,37 @@
-"""Retried legacy mirrors of a ``MigratingRegistry`` (rule 7).
+"""Legacy mirrors of a ``MigratingRegistry`` over a shared legacy backend (rule 7).
 
-With the flag on, a register mirror that the unavailable legacy backend
-refused is kept in the shared view's ``legacy_retry``. Its retry is *asked
-for* without I/O and without the facade lock (by a flip, a legacy write that
-succeeded, ``readiness()``/``divergences()``/``finish()``) and *applied* by
-one thread at a time outside the facade lock: each retry is planned under the
-lock, the backends are called outside it, and the outcome is booked under it
-again. A legacy read and a flag-off write first apply the retries asked for,
-so after a flip back no answer lacks a live registration made during the
-outage. See rule 7 in the module documentation of
-``foundation.registry._migrating``.
+With the flag on, the target answers and the legacy side is a mirror. A
+shared legacy backend may be remote (a ``RedisRegistry``: a frozen server
+costs up to its ``op_timeout`` per call), so a flag-on write never calls it
+under the facade lock. It *decides* under the lock (the record, the view's
+``legacy_retry`` for a register, its ``inbox`` for an unregister or an
+update) and asks for a *pass*; the pass *applies* outside the lock, one
+thread at a time (whoever holds ``_legacy_retry_lock``): each step is planned
+under the facade lock, the backends are called outside it, and the outcome
+is booked under it again, re-checked against the record. The same pass
+retries the registers the unavailable legacy side refused (listed
+divergences) and catches the shared view up (rule 4). Writers only *try* the
+pass lock: a writer whose try fails leaves its request to the running pass,
+which looks again before it stops, so no writer waits behind another's
+network call. A legacy read and a flag-off write first apply the passes asked
+for, so after a flip back no answer lacks a live registration made while the
+flag was on, nor shows one removed meanwhile. See rule 7 in the module
+documentation of ``foundation.registry._migrating``.
+
+Telemetry decided under the facade lock (``registry.divergence``,
+``registry.mirror_skipped``) is queued and emitted once the thread holds no
+lock of the facade (``_flush_telemetry``), so a listener may call it back.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections import deque
+from collections.abc import Hashable, Mapping
 from typing import Any, Final, NamedTuple
 
-from foundation.errors import BackendUnavailable
+from foundation import telemetry
+from foundation.errors import BackendUnavailable, NotRegistered
 from foundation.liveness import is_alive
 from foundation.registry._migrating_divergences import _DivergenceBook
 from foundation.registry._migrating_events import _Call
@@ -27,11 +40,13 @@ from foundation.registry._validation import short_repr
 
 _GONE: Final = "gone"  # the target no longer holds the entry: nothing to retry
 _FOREIGN: Final = "foreign"  # the legacy side holds the key for someone else (rule 2)
-_DONE: Final = "done"  # the legacy side took the copy
+_DONE: Final = "done"  # the legacy side took the copy (or the metadata)
+_DROPPED: Final = "dropped"  # the legacy copy is gone (removed, or its agent died)
 
 
 class _LegacyPlan(NamedTuple):
-    """One retry of a refused legacy mirror, planned under the facade lock."""
+    """One register of a legacy mirror (new, or refused and retried), planned
+    under the facade lock."""
 
     key: Hashable
     agent: Any
@@ -39,136 +54,302 @@ class _LegacyPlan(NamedTuple):
     gen: int  # the record's generation when planned (a later update changes it)
 
 
+class _CatchUp(NamedTuple):
+    """One catch-up step of the shared view (rule 4), planned under the facade lock."""
+
+    key: Hashable
+    gen: int  # the view's mirror generation when planned
+    new_gen: int  # the record's generation to copy (update); 0 for a drop
+    agent: Any  # the record's agent (update), or None: drop the stale copy
+
+
 class _LegacyRetries(_DivergenceBook):
-    """The legacy-retry layer of ``MigratingRegistry`` (rule 7).
+    """The legacy-mirror layer of ``MigratingRegistry`` (rule 7).
 
     The attributes below are set by ``MigratingRegistry.__init__``.
     """
 
     _finished: bool
     _closed: bool
+    _pump_owner: int | None  # the thread applying target mirrors (_migrating_mirror)
 
     def _init_legacy_retries(self) -> None:
-        """Set the retry state (called once, by ``MigratingRegistry.__init__``)."""
+        """Set the pass state (called once, by ``MigratingRegistry.__init__``)."""
         # One pass at a time (whoever holds _legacy_retry_lock). Lock order:
-        # _legacy_retry_lock, then the facade lock; nobody waits for the retry
-        # lock while holding the facade lock (it is taken only outside it).
+        # _legacy_retry_lock, then the facade lock; nobody waits for the pass
+        # lock while holding the facade lock (writers only try it, and only
+        # after releasing the facade lock).
         self._legacy_retry_lock = threading.Lock()
         self._legacy_retry_owner: int | None = None  # thread ident running a pass
-        # Retries are asked for: the next _settle_legacy (after a write, before a
-        # legacy read or a flag-off write) runs them once status() says the
+        # A pass is asked for: the next _settle_legacy (after a write, before a
+        # legacy read or a flag-off write) runs it once status() says the
         # legacy backend is available.
         self._legacy_retry_requested = False
+        # Keys of registers asked for, neither applied nor listed as divergences
+        # yet: a pass that finds the legacy side down lists them
+        # (_legacy_retry_deferred; a pass that plans them takes them over).
+        self._legacy_undecided: set[Hashable] = set()
+        # The registers kept for retry (listed divergences) are due too, not only
+        # the new ones: set by a flip, readiness() and co., a flag-off write, a
+        # pass that stopped because the legacy side is down, or one in which a
+        # legacy call succeeded (it is back). Else a pass plans only the new
+        # ones, so a write costs no walk over every kept retry.
+        self._legacy_retry_all = False
+        # Telemetry events decided under the facade lock, emitted once it is
+        # released (_flush_telemetry): a listener may call the facade back.
+        self._telemetry_out: deque[tuple[str, Mapping[str, Any]]] = deque()
+
+    # ------------------------------------------------------------------ telemetry
+
+    def _emit_later(self, name: str, data: Mapping[str, Any]) -> None:
+        """Queue a telemetry event (under the facade lock): ``_flush_telemetry``
+        emits it once the lock is released."""
+        self._telemetry_out.append((name, data))
+
+    def _flush_telemetry(self) -> None:
+        """Emit the queued telemetry events, unless this thread holds a lock of
+        the facade (the facade lock, the pump or the pass).
+
+        Race: a listener may call the facade back (``lookup``, ``register``),
+        and that call may wait for a pump or a pass in another thread, which
+        needs the facade lock to book its outcome (and a pass may wait for a
+        pump, or a pump's writer for a pass): a listener run holding one of
+        them could deadlock. So events are only queued while one is held, and
+        emitted by whichever thread next leaves a facade call, a pump or a pass
+        holding none (in order; maybe not the thread that decided them).
+        """
+        out = self._telemetry_out
+        if not out:
+            return
+        me = threading.get_ident()
+        if me in (self._pump_owner, self._legacy_retry_owner):
+            return  # the pump or pass flushes once it has released its lock
+        owned = getattr(self._lock, "_is_owned", None)  # RLock: held by this thread?
+        if owned is not None and owned():
+            return  # the outer call flushes once it has released the lock
+        while True:
+            try:
+                name, data = out.popleft()
+            except IndexError:
+                return
+            telemetry.emit(name, data)
+
+    # ------------------------------------------------------------------ requests
 
     def _request_legacy_retry(self) -> None:
-        """Ask for the legacy retries, if any is due (no I/O; lock-free, or under
-        the facade lock). Race: a retry kept just after this look (by a writer
-        under the facade lock) is asked for by that writer's next legacy success."""
+        """Ask for a pass if the shared view has anything to apply (no I/O;
+        lock-free, or under the facade lock). Race: something kept just after
+        this look (by a writer under the facade lock) is asked for by that writer."""
         view = self._shared_view
-        if view is not None and view.legacy_retry:
+        if view is not None and (view.legacy_retry or view.inbox):
+            self._legacy_retry_all = True
             self._legacy_retry_requested = True
 
-    def _settle_legacy(self) -> None:
-        """Apply the legacy retries asked for, or wait for a pass in flight
-        (never under the facade lock). The hot path is two attribute loads."""
+    def _settle_legacy(self, *, block: bool = True) -> None:
+        """Run the pass asked for, or (``block``) wait for one in flight; never
+        under the facade lock. The hot path is two attribute loads.
+
+        ``block=False`` (after a write): if another thread runs a pass, return
+        at once; that pass looks for requests again before it stops."""
         if not self._legacy_retry_requested and self._legacy_retry_owner is None:
             return
         me = threading.get_ident()
         if self._legacy_retry_owner == me:
-            return  # re-entered (a telemetry listener of our own booking): the pass goes on
-        with self._legacy_retry_lock:
-            # Race: the owner is set before the request is dropped (in the pass),
-            # so a reader that finds neither set comes after the whole pass.
-            self._legacy_retry_owner = me
-            try:
-                if self._legacy_retry_requested:
-                    self._run_legacy_retries()
-            finally:
-                self._legacy_retry_owner = None
+            return  # re-entered (a listener of our own booking): the pass goes on
+        lock = self._legacy_retry_lock
+        try:
+            while True:
+                if not lock.acquire(blocking=block):
+                    return
+                # Race: the owner is set before the request is dropped (in the
+                # pass), so a reader that finds neither set comes after the pass.
+                self._legacy_retry_owner = me
+                try:
+                    while self._legacy_retry_requested and self._run_legacy_retries():
+                        pass
+                finally:
+                    self._legacy_retry_owner = None
+                    lock.release()
+                # Race: a request made after our last look, by a writer whose try
+                # failed because we still held the lock, would be stranded: look
+                # again (unless the legacy side is down: kept for later, no I/O).
+                if not self._legacy_retry_requested or self._legacy_down() is not None:
+                    return
+        finally:
+            self._flush_telemetry()
 
     def _before_legacy_read(self) -> None:
-        """Before a legacy read (flag off): the legacy retries asked for (a flip
-        back asks for them), then the catch-up of the caller's view (rule 4):
-        lock-free for a private view; the shared view only when it has
-        something to catch up (under the lock)."""
-        if self._legacy_retry_requested or self._legacy_retry_owner is not None:
-            self._settle_legacy()
+        """Before a legacy read (flag off): the pass asked for (a flip back asks
+        for it) or in flight, which also catches the shared view up; or the
+        catch-up of the caller's private view (rule 4, lock-free)."""
         shared = self._shared_view
         if shared is not None:
             if shared.inbox:
-                # A legacy copy whose removal or update failed while the legacy
-                # backend was down, then the flag flipped back: catch up now, or
-                # this read would return an entry the target removed.
-                with _Call(self), self._lock:
-                    self._catch_up(shared)
+                # A legacy copy removed or updated in the target while the flag
+                # was on, not yet caught up (or whose catch-up failed while the
+                # legacy backend was down): caught up first, or this read would
+                # return an entry the target removed.
+                self._legacy_retry_requested = True
+            if self._legacy_retry_requested or self._legacy_retry_owner is not None:
+                self._settle_legacy()
             return
+        if self._legacy_retry_requested or self._legacy_retry_owner is not None:
+            self._settle_legacy()
         view = self._existing_view()
         if view is not None and view.inbox:
             with _Call(self):
                 self._catch_up(view)
 
     def _retry_legacy_now(self) -> None:
-        """``readiness()``/``divergences()``/``finish()``: ask for the legacy
-        retries and apply them (outside the facade lock)."""
+        """``readiness()``/``divergences()``/``finish()``: ask for a pass and run
+        it, or wait for the one in flight (outside the facade lock)."""
         self._request_legacy_retry()
         self._settle_legacy()
 
-    def _run_legacy_retries(self) -> None:
-        """One pass over the shared view's legacy retries (holding the retry lock)."""
-        if self._legacy_down() is not None:
-            return  # still down: kept and still asked for; no I/O, no wait
+    # ------------------------------------------------------------------ the pass
+
+    def _run_legacy_retries(self) -> bool:
+        """One pass over the shared view (holding the pass lock, not the facade
+        lock): the catch-up steps, then the registers. False: stop (the legacy
+        side failed or is down; what is left is kept)."""
+        down = self._legacy_down()
+        if down is not None:
+            # Still down: kept and still asked for; no I/O, no wait. The
+            # registers not tried yet become listed divergences.
+            if self._legacy_undecided:
+                with self._lock:
+                    self._legacy_retry_deferred(down)
+            self._legacy_failed("mirror", None, down)
+            return False
         with self._lock:
             self._legacy_retry_requested = False
-            plans = self._plan_legacy_retries()
-        for plan in plans:
+            every, self._legacy_retry_all = self._legacy_retry_all, False
+            # Registers first: dropping one that is no longer current may queue
+            # the removal of our older copy, planned just below.
+            plans = self._plan_legacy_retries(None if every else self._legacy_undecided)
+            self._legacy_undecided.clear()  # planned: applied or booked below
+            steps = self._plan_catch_up()
+        succeeded = False
+        # Every removal or update before the registers: a register planned for
+        # a key whose stale copy is removed in this pass then finds it gone.
+        for i, step in enumerate(steps):
+            with _Call(self) as ctx, self._events_muted(ctx, step.key):
+                result = self._call_catch_up(step)
+            with self._lock:
+                self._book_catch_up(step, result)
+                if isinstance(result, BackendUnavailable):
+                    self._stop_pass(steps[i + 1 :], plans, result)
+                    return False
+            succeeded = succeeded or not isinstance(result, Exception)
+        for i, plan in enumerate(plans):
             with _Call(self) as ctx, self._events_muted(ctx, plan.key):
                 outcome = self._call_legacy_retry(plan)
             if isinstance(outcome, BackendUnavailable):
-                # Kept (booked nothing). Asked for again only if status() now
-                # says down (so nothing is tried until it is back); a backend
-                # that fails while saying connected (read-only) is retried at
-                # the next legacy success, not by every read.
-                self._legacy_failed("register", plan.key, outcome)
-                if self._legacy_down() is not None:
-                    self._legacy_retry_requested = True
-                return
+                with self._lock:
+                    self._legacy_failed("register", plan.key, outcome)
+                    self._stop_pass([], plans[i:], outcome)
+                return False
             with self._lock:
                 self._book_legacy_retry(plan, outcome)
+            succeeded = succeeded or outcome == _DONE
+        view = self._shared_view
+        if succeeded and not every and view is not None and view.legacy_retry:
+            # The legacy side took a write: it is back, so the registers kept
+            # from an outage are retried too (the next round of this pass).
+            self._legacy_retry_all = True
+            self._legacy_retry_requested = True
+        return True
 
-    def _plan_legacy_retries(self) -> list[_LegacyPlan]:
-        """The retries still current (under the facade lock); resolved ones are dropped."""
+    def _stop_pass(
+        self, left: list[_CatchUp], plans: list[_LegacyPlan], exc: BackendUnavailable
+    ) -> None:
+        """A pass met ``BackendUnavailable`` (under the facade lock): the steps
+        left stay queued, the registers not applied become listed divergences,
+        kept for retry. Asked for again only if status() now says down (so
+        nothing is tried until it is back); a backend that fails while saying
+        connected (read-only) is retried at the next write or read that asks."""
+        view = self._shared_view
+        if view is not None:
+            view.inbox.extend(step.key for step in left)
+        self._legacy_undecided.update(plan.key for plan in plans)
+        self._legacy_retry_deferred(repr(exc))
+        if self._legacy_down() is not None:
+            self._legacy_retry_all = True
+            self._legacy_retry_requested = True
+
+    def _legacy_retry_deferred(self, why: str) -> None:
+        """The registers asked for but not applied (the legacy side is down):
+        listed divergences from now on, kept for retry (under the facade lock)."""
+        keys, self._legacy_undecided = self._legacy_undecided, set()
+        view = self._shared_view
+        if view is None or self._finished or self._closed:
+            return
+        for key in keys:
+            pending = view.legacy_retry.get(key)
+            if pending is None:
+                continue  # applied, or dropped meanwhile
+            held = view.divergent.get(key)
+            if held is None or held.agent is not pending[0]:
+                reason = f"the legacy backend refused the mirror: {why}"
+                self._diverge(view, key, pending[0], reason)
+
+    def _plan_legacy_retries(self, keys: set[Hashable] | None) -> list[_LegacyPlan]:
+        """The registers of ``keys`` (None: every one kept) still current (under
+        the facade lock); others are dropped."""
         view = self._shared_view
         if view is None or self._finished or self._closed:
             return []
         self._drain_dead()
         plans = []
-        for key, (agent, mine) in list(view.legacy_retry.items()):
+        due = view.legacy_retry
+        items = list(due.items()) if keys is None else [(k, due[k]) for k in keys if k in due]
+        for key, (agent, mine) in items:
             rec = self._records.get(key)
             if not self._retry_current(view, key, agent, rec) or not is_alive(agent):
-                del view.legacy_retry[key]  # replaced, unregistered or dead meanwhile
+                # Replaced, unregistered or dead meanwhile: and our older copy,
+                # if one is left, is stale (catch-up removes it below).
+                self._forget_legacy_register(view, key)
                 continue
             assert rec is not None
             plans.append(_LegacyPlan(key, agent, mine, rec.gen))
         return plans
 
+    def _forget_legacy_register(self, view: _View, key: Hashable) -> None:
+        """Drop ``key``'s legacy register (under the facade lock); an older copy
+        of ours still there and no longer the record's is removed by catch-up."""
+        view.legacy_retry.pop(key, None)
+        rec = self._records.get(key)
+        if key in view.mirrors and (rec is None or rec.view is not view):
+            view.inbox.append(key)
+
     @staticmethod
     def _retry_current(view: _View, key: Hashable, agent: Any, rec: _Record | None) -> bool:
-        """``view``'s retry of ``agent``'s mirror of ``key`` still describes the
-        target entry: it holds ``agent``, mirrored nowhere, a listed divergence."""
+        """``view``'s register of ``agent``'s mirror of ``key`` still describes
+        the target entry: it holds ``agent``, mirrored nowhere yet (pending, or
+        a listed divergence of that agent)."""
         held = view.divergent.get(key)
         retry = view.legacy_retry.get(key)
         return (
             rec is not None
             and rec.view is None
             and rec.agent is agent
-            and held is not None
-            and held.agent is agent
+            and (held is None or held.agent is agent)
             and retry is not None
             and retry[0] is agent
         )
 
     def _call_legacy_retry(self, plan: _LegacyPlan) -> str | Exception:
-        """The backend calls of one retry (outside the facade lock): its outcome."""
+        """The backend calls of one register (outside the facade lock): its outcome.
+
+        Race: the pass is the only writer of the shared legacy side while it
+        runs (flag-on writes only ask for it, flag-off writes wait for it), so
+        the copy looked up here is still there when the register runs, unless
+        its agent died meanwhile (then the slot is free, and ``replace`` is
+        harmless). The check is a token check: only our own older copy
+        (``plan.mine``) or our own agent is replaced, never another one. (Other
+        processes sharing a Redis legacy namespace write their own keys; a key
+        two nodes race for is the backend's business, as for any write.)
+        """
         try:
             entry = self._target.lookup(plan.key)
             if entry is None or entry.agent is not plan.agent:
@@ -185,39 +366,109 @@ class _LegacyRetries(_DivergenceBook):
         return _DONE
 
     def _book_legacy_retry(self, plan: _LegacyPlan, outcome: str | Exception) -> None:
-        """Record the outcome of one retry (under the facade lock)."""
+        """Record the outcome of one register (under the facade lock)."""
         view = self._shared_view
         if view is None or self._finished or self._closed:
             return
         key, agent = plan.key, plan.agent
         rec = self._records.get(key)
         if not self._retry_current(view, key, agent, rec):
-            # Race: a flag-on write changed the key while the retry was in
-            # flight (outside the lock). If the copy just written is no longer
-            # the record's, the catch-up of this view drops it (rule 4; it
-            # re-checks the record under the lock), so it cannot come back.
+            # Race: a flag-on write changed the key while the register was in
+            # flight (outside the lock). The copy just written is no longer
+            # the record's: catch-up removes it (the next round of this pass,
+            # before any later register of the key), so it cannot come back.
             if outcome == _DONE and not (rec is not None and rec.view is view):
                 view.mirrors.setdefault(key, 0)
                 view.inbox.append(key)
+                self._legacy_retry_requested = True
             return
         assert rec is not None
         if outcome == _DONE:
-            self._legacy_ok()
+            self._legacy_ok(request=False)
             del view.legacy_retry[key]
             view.divergent.pop(key, None)
             gen = self._next_gen()
             self._records[key] = _Record(view, gen, agent)
-            # Race: an update made while the retry was in flight may have
-            # reached the target after the retry read its metadata; then the
-            # copy is marked one generation behind, and catch-up copies it.
+            # Race: an update made while the register was in flight may have
+            # reached the target after the register read its metadata; then
+            # the copy is marked one generation behind, and catch-up copies it.
             view.mirrors[key] = gen if rec.gen == plan.gen else plan.gen
             if rec.gen != plan.gen:
                 view.inbox.append(key)
+                self._legacy_retry_requested = True
             return
-        del view.legacy_retry[key]
+        self._forget_legacy_register(view, key)
         if outcome == _FOREIGN:
+            view.mirrors.pop(key, None)  # no copy of ours is there any more
             reason = f"the legacy backend holds {short_repr(key)} for another registration"
             self._diverge(view, key, agent, reason)
         elif isinstance(outcome, Exception):  # refused for good: it stays a listed divergence
+            self._legacy_failed("register", key, outcome)
             self._diverge(view, key, agent, f"the legacy backend refused the mirror: {outcome}")
         # _GONE: the target entry was replaced, unregistered or died meanwhile.
+
+    # ------------------------------------------------------------------ catch-up
+
+    def _plan_catch_up(self) -> list[_CatchUp]:
+        """The shared view's catch-up steps (rule 4; under the facade lock):
+        its inbox, drained, each key re-checked against the record."""
+        view = self._shared_view
+        if view is None or self._finished or self._closed:
+            return []
+        steps: list[_CatchUp] = []
+        seen: set[Hashable] = set()
+        inbox = view.inbox
+        while inbox:
+            key = inbox.popleft()
+            if key in seen:
+                continue
+            seen.add(key)
+            gen = view.mirrors.get(key)
+            if gen is None:
+                continue  # not (or no longer) a copy of ours: nothing to catch up
+            rec = self._records.get(key)
+            if rec is None or rec.view is not view:
+                steps.append(_CatchUp(key, gen, 0, None))  # unregistered, replaced or dead
+            elif rec.gen != gen:
+                steps.append(_CatchUp(key, gen, rec.gen, rec.agent))  # new metadata
+        return steps
+
+    def _call_catch_up(self, step: _CatchUp) -> str | Exception:
+        """The backend calls of one catch-up step (outside the facade lock)."""
+        try:
+            if step.agent is not None:
+                entry = self._target.lookup(step.key)
+                if entry is not None and entry.agent is step.agent:
+                    with self._events_dropped():
+                        self._legacy.update_metadata(step.key, entry.metadata)
+                    return _DONE
+            # Race: as for a register (_call_legacy_retry), nothing else writes
+            # the shared legacy side while the pass runs, so the copy removed
+            # here is the stale one of ours the plan saw (or its slot, emptied
+            # by its agent's death).
+            with self._events_dropped():
+                self._legacy.unregister(step.key)
+        except NotRegistered:  # the copy's agent died: it is gone
+            return _DROPPED
+        except Exception as exc:  # booked below (kept and retried)
+            return exc
+        return _DROPPED
+
+    def _book_catch_up(self, step: _CatchUp, result: str | Exception) -> None:
+        """Record the outcome of one catch-up step (under the facade lock)."""
+        view = self._shared_view
+        if view is None or self._finished or self._closed:
+            return
+        key = step.key
+        if isinstance(result, Exception):
+            # Kept: its mirror keeps the old generation, retried by a later pass.
+            self._legacy_failed("catch-up", key, result)
+            view.inbox.append(key)
+            return
+        self._legacy_ok(request=False)
+        if view.mirrors.get(key) != step.gen:
+            return  # changed meanwhile: its own write or booking queued what it needs
+        if result == _DROPPED:
+            del view.mirrors[key]
+        else:
+            view.mirrors[key] = step.new_gen

@@ -350,7 +350,9 @@ class _TargetMirrors(_LegacyRetries):
         another thread is already doing so (never waits for it). Then apply the
         legacy retries asked for (rule 7), also outside the facade lock."""
         if self._legacy_retry_requested:
-            self._settle_legacy()
+            # Never waits for a pass in another thread (it may be waiting on a
+            # frozen legacy backend): that pass takes our request (rule 7).
+            self._settle_legacy(block=False)
         if self._retry_requested:
             self._take_retry_request()
         if not self._pending:
@@ -389,6 +391,7 @@ class _TargetMirrors(_LegacyRetries):
             finally:
                 self._pump_owner = None
                 self._pump_lock.release()
+                self._flush_telemetry()  # decided while booking, under the facade lock
             # Race: an op queued after our last look, whose writer's try failed
             # because we still held the pump, would be stranded: look again.
             if not self._pending:
@@ -515,7 +518,7 @@ class _TargetMirrors(_LegacyRetries):
                     "skipped writes are listed by divergences()",
                     skipped,
                 )
-                telemetry.emit(
+                self._emit_later(  # once the facade lock is released
                     "registry.mirror_skipped",
                     {"registry": self, "reason": skipped, "level": "warning"},
                 )

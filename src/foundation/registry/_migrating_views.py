@@ -105,6 +105,7 @@ class _LegacyViews(_EventRouting):
     _legacy_status: Callable[[], Any] | None  # the legacy backend's status(), if any
     _legacy_warned: bool  # a "legacy mirror failed" WARNING is out (until a success)
     _legacy_retry_requested: bool  # legacy retries are asked for (rule 7, _migrating_legacy)
+    _legacy_retry_all: bool  # and every kept one is due, not only the new ones
 
     def _view(self) -> _View:
         """The caller's legacy view, created if needed. Called under the lock only."""
@@ -129,10 +130,13 @@ class _LegacyViews(_EventRouting):
     def _catch_up(self, view: _View) -> None:
         """Apply the changes other threads made to this view's mirrored keys (rule 4).
 
-        Runs in the view's own thread only, so ``view.mirrors`` and the legacy
-        store are touched by one thread. The inbox is drained *before* each
-        record is read; a writer updates the record *before* pushing, so a
-        change this pass misses is pushed again and seen by the next pass.
+        A private view: runs in the view's own thread only, so ``view.mirrors``
+        and the (local) store are touched by one thread. The inbox is drained
+        *before* each record is read; a writer updates the record *before*
+        pushing, so a change this pass misses is pushed again and seen by the
+        next pass. The shared view's legacy backend may be remote: it is never
+        called here (this may run under the facade lock); a pass is asked for
+        instead, which catches it up outside the lock (``_migrating_legacy``).
 
         Best effort: a key the legacy backend refuses (unreachable) stays in
         ``view.mirrors`` at its old generation and goes back in the inbox, so
@@ -140,6 +144,9 @@ class _LegacyViews(_EventRouting):
         """
         inbox = view.inbox
         if not inbox:
+            return
+        if not view.private:
+            self._legacy_retry_requested = True  # applied outside the facade lock
             return
         down = self._legacy_down()
         if down is not None:  # no I/O, no wait: the keys stay queued for a later pass
@@ -185,15 +192,19 @@ class _LegacyViews(_EventRouting):
             short_repr(exc),
         )
 
-    def _legacy_ok(self) -> None:
-        """A legacy mirror succeeded: say so once after a failure."""
+    def _legacy_ok(self, *, request: bool = True) -> None:
+        """A legacy mirror succeeded: say so once after a failure. ``request``:
+        ask for a pass for what the shared view has left (a pass itself does
+        not: it goes on with what it planned, and looks again at its end)."""
         if self._legacy_warned:
             self._legacy_warned = False
             _log.info("MigratingRegistry: mirroring to the legacy backend resumed")
         shared = self._shared_view
-        if shared is not None and shared.legacy_retry:
+        if request and shared is not None and (shared.legacy_retry or shared.inbox):
             # The legacy side is back: ask for the registers it refused to be
-            # retried (rule 7); the writer applies them outside the facade lock.
+            # retried, and the catch-up it missed (rule 7); applied outside the
+            # facade lock.
+            self._legacy_retry_all = True
             self._legacy_retry_requested = True
 
     def _catch_up_key(self, view: _View, key: Hashable) -> None:
