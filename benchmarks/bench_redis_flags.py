@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from tests.redis_flags._support import Node
 from tests.redis_support import RedisServer
@@ -151,11 +152,68 @@ def _read_rows(url: str) -> list[Row]:
     ]
 
 
+TRIM_LIMIT = 1000
+TRIM_TARGET = 1.3  # history retention: commits that trim cost at most 30 % more
+
+
+def _trim_rows(url: str) -> list[Row]:
+    """Commit cost with ``history_limit=1000`` (at the limit, so a trim of 100 entries
+    lands every 100 commits of the measurement) against ``history_limit=None``,
+    each with a node copy file, interleaved in one run."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trimmed = RedisFlagStore(
+            url, namespace="bench-trim", cache_path=Path(tmp) / "trim.sqlite3",
+            history_limit=TRIM_LIMIT,
+        )  # fmt: skip
+        unbounded = RedisFlagStore(
+            url, namespace="bench-untrimmed", cache_path=Path(tmp) / "all.sqlite3",
+            history_limit=None,
+        )  # fmt: skip
+        with trimmed, unbounded:
+            on_trimmed = FeatureFlags(FLAGS, store=trimmed)
+            on_unbounded = FeatureFlags(FLAGS, store=unbounded)
+            counter = iter(range(10**9))
+
+            def commits(flags: FeatureFlags) -> Callable[[int], None]:
+                def body(n: int) -> None:
+                    for _ in range(n):
+                        flags.set_percentage("beta", next(counter) % 100)
+
+                return body
+
+            for flags in (on_trimmed, on_unbounded):  # both at the limit before timing
+                commits(flags)(TRIM_LIMIT + 50)
+            n = 200
+            ratio, t_s, u_s = compare(
+                commits(on_trimmed), commits(on_unbounded), n, rounds=5, repeat=3
+            )
+            kept = len(trimmed.history())
+            on_trimmed.close()
+            on_unbounded.close()
+    return [
+        Row(
+            SECTION,
+            f"commit (set_percentage), history_limit={TRIM_LIMIT}: trims during the run",
+            "history_limit=None",
+            ratio,
+            "x",
+            f"<= {TRIM_TARGET:g}x",
+            ratio <= TRIM_TARGET,
+            f"{t_s * 1e6:.0f} us vs {u_s * 1e6:.0f} us per commit; {kept} entries kept "
+            "(a trim of 100 every 100 commits)",
+        )
+    ]
+
+
 def run() -> list[Row]:
     with RedisServer() as server:
         rows = _latency_rows("B in another process", _cross_process(server.url))
         rows += _latency_rows("B in the same process", _same_process(server.url))
         rows += _read_rows(server.url)
+        rows += _trim_rows(server.url)
     return rows
 
 

@@ -45,9 +45,12 @@ Retention (``history_limit``, the same rule on every store): a store keeps the
 last ``history_limit`` records of all flags together (default
 ``DEFAULT_HISTORY_LIMIT``; None: every record, as before). Trimming is
 amortised: once a store holds more than ``history_limit + trim_slack(limit)``
-records, the oldest are dropped down to ``history_limit``, in the transaction
-of the commit that found it over (so ``history()`` answers between
-``history_limit`` and ``history_limit + trim_slack`` records). Replay stays
+records, the oldest are dropped down to ``history_limit`` by the commit that
+found it over (so ``history()`` answers between ``history_limit`` and
+``history_limit + trim_slack`` records): in its transaction in memory; right
+after it, in a transaction of its own, in SQLite (a trim rewrites rows, so it
+may need room the commit did not: on a full disk it fails alone, logged, and
+the commit stands); in a Lua script after the EXEC on Redis. Replay stays
 exact: the SQLite and memory stores rewrite the first kept record of each flag
 that lost records as a whole record (``self_contained``), so their history
 still starts with whole records, as older versions read it; a Redis stream

@@ -682,6 +682,19 @@ def _mirror_trim(db: sqlite3.Connection, snap: Snapshot) -> None:
     current = None if row is None else str(row[0])
     if not snap.full and current == snap.trimmed:
         return  # the same cut: the same base (a base is what the entries before it left)
+    if (
+        not snap.full
+        and current is not None
+        and (snap.trimmed is None or stream_key(snap.trimmed) < stream_key(current))
+    ):
+        # Race: another process sharing the file read Redis after us, past a trim
+        # that landed after our read (a trim changes no version, so apply's version
+        # check lets our older read through), and mirrored it first. Its cut and
+        # base stand: ours would pair the older base with entries the file no
+        # longer holds before its cut, and replay them wrong. (An incremental
+        # snapshot never moves the cut back: a copy whose cut is newer than
+        # Redis' is refreshed whole, see RedisFlagStore._copy_since.)
+        return
     db.execute("DELETE FROM base")
     db.executemany("INSERT INTO base VALUES (?, ?)", snap.base.items())
     if snap.trimmed is None:

@@ -44,7 +44,9 @@ new base, and one Lua script checks that nobody trimmed or restored meanwhile
 ``XTRIM MINID <cut>`` and sets ``trimmed`` -- atomically, so a reader (which
 brackets its reads with ``meta``) sees the base and the stream of one cut.
 Commits only append entries after the cut, so a trim never conflicts with them;
-of two trimmers the second finds ``trimmed`` moved and does nothing. Readers
+of two trimmers the second finds ``trimmed`` moved and does nothing, or (when
+the first finished before its reads) counts again from an ``XLEN`` read with
+the entries and finds nothing due: never a cut below ``history_limit``. Readers
 of the history (``history``, the kill switch's check, the node copy) replay
 from the base. A trim failing (Redis gone) only logs: the next commit retries.
 
@@ -72,7 +74,9 @@ stays a copy of Redis' stream, never a spliced one (each entry is a delta of the
 one before): a refresh appends only while Redis still holds the copy's last
 entries, else it takes the whole stream (Redis back from an older snapshot).
 A trimmed stream is mirrored as it is: the copy holds Redis' base and the
-entries from the same cut on (a suffix of the stream at the copy's version). While Redis
+entries from the same cut on (a suffix of the stream at the copy's version; a
+trim landing after the last commit a copy mirrored reaches it with the
+listener's periodic check, within ``resync_interval``). While Redis
 cannot be reached, reads (``load_states``, ``history``, ``migration_stage``,
 ``migration_history``) answer from it and ``stale`` is True. A store constructed
 while Redis is down starts from its copy (stale) if it has one; without a copy
@@ -164,6 +168,7 @@ from foundation._redis_conn import (
     error_kind,
     import_redis,
     redact_url,
+    tls_failure,
     translated,
 )
 from foundation._retry import RetryBackoff
@@ -692,6 +697,7 @@ class RedisFlagStore(FlagStore):
         self._replay_wanted = threading.Event()  # a kill switch was recorded locally
         self._listener_client_id: int | None = None
         self._last_error: str | None = None
+        self._tls_warned: str | None = None  # the TLS failure _fault logged at WARNING
         # Stale reported (log line + event) since the last "in sync": one report
         # per transition, whichever step of a resync failed (not _synced, which a
         # resync clears before it catches up).
@@ -1037,12 +1043,22 @@ class RedisFlagStore(FlagStore):
         self, client: Any, meta: list[Any], since: tuple[str | None, str | None] | None
     ) -> Snapshot | None:
         """Redis at ``meta`` (None: it moved), entries after ``since`` (None: all);
-        ``_DIVERGED`` when Redis no longer holds the copy's last entries."""
+        ``_DIVERGED`` when Redis no longer holds the copy's last entries.
+
+        The base (a state per flag ever trimmed) is read only when the copy needs
+        it: a whole read, or a cut the copy does not hold yet. At the copy's cut
+        it is the copy's base already (a base is what the entries before the cut
+        left), so a refresh after each commit costs O(its change), not O(flags).
+        """
+        new_cut = since is None or self._cache.trimmed != meta[3]
         with client.pipeline(transaction=False) as pipe:
             self._queue_copy_reads(pipe, since)
-            pipe.hgetall(self._k_base)
+            if new_cut:
+                pipe.hgetall(self._k_base)
             pipe.hmget(self._k_meta, *_META)
-            states, stages, history, migrations, base, after = pipe.execute()
+            replies = pipe.execute()
+        states, stages, history, migrations = replies[:4]
+        base, after = (replies[4], replies[5]) if new_cut else (None, replies[4])
         if list(after) != meta:
             return None
         history, migrations = _stream_entries(history), _stream_entries(migrations)
@@ -1060,7 +1076,7 @@ class RedisFlagStore(FlagStore):
             history,
             migrations,
             full=since is None,
-            base=dict(base),
+            base=None if base is None else dict(base),
             trimmed=meta[3],
         )
 
@@ -1232,7 +1248,7 @@ class RedisFlagStore(FlagStore):
         if int(length) < self._next_trim_at:
             return  # the last attempt failed: retry once the stream grew by trim_slack
         try:
-            dropped = self._trim(int(length) - limit)
+            dropped = self._trim(int(length) - limit, limit)
         except (BackendUnavailable, FlagError) as exc:
             self._next_trim_at = int(length) + trim_slack(limit)
             log.warning("flag store %r: history not trimmed (%s)", self.namespace, exc)
@@ -1242,26 +1258,38 @@ class RedisFlagStore(FlagStore):
             self._trims += 1
             log_trim(self, dropped, limit, self._trims)
 
-    def _trim(self, count: int) -> int:
-        """Drop the ``count`` oldest history entries into the base (see the module
-        docs, "Retention"); the entries dropped (0: someone else trimmed meanwhile).
+    def _trim(self, most: int, limit: int) -> int:
+        """Drop the oldest history entries into the base down to ``limit`` entries, at
+        most ``most`` of them (see the module docs, "Retention"); the entries
+        dropped (0: someone else trimmed meanwhile).
 
-        Race: commits landing meanwhile only append after the entries read; a
-        trim or a restore landing meanwhile moves ``trimmed`` or ``restored``,
-        which the script checks before it writes anything.
+        How many is counted again here, from an ``XLEN`` read with the entries:
+        Race: another node trimming between our EXEC (whose XLEN made the trim
+        due) and these reads. Counted from that XLEN, both would drop a trim's
+        worth: the stream fell to ``limit - trim_slack`` and history() lost
+        records it must keep. Commits landing meanwhile only append after the
+        entries read (they can only make us keep more); a trim or a restore
+        landing between these reads and the script moves ``trimmed`` or
+        ``restored``, which the script checks before it writes anything.
         """
         client = self._ensure_clients()
         with self._translated("trimming the flag history"):
             with client.pipeline(transaction=False) as pipe:
                 pipe.hmget(self._k_meta, *_META)
                 pipe.hgetall(self._k_base)
-                pipe.xrange(self._k_history, count=count + 1)
+                pipe.xrange(self._k_history, count=most + 1)
+                pipe.xlen(self._k_history)
                 pipe.hmget(self._k_meta, *_META)
-                before, base, entries, after = pipe.execute()
+                before, base, entries, length, after = pipe.execute()
             # Race: a trim or restore between the reads (a commit is harmless: it
             # appends): the base and the entries may be of two cuts. Leave it to
             # the next commit.
-            if list(before)[1:] != list(after)[1:] or len(entries) <= count:
+            if list(before)[1:] != list(after)[1:]:
+                return 0
+            if int(length) <= limit + trim_slack(limit):
+                return 0  # another node trimmed since our EXEC: not due any more
+            count = min(int(length) - limit, len(entries) - 1)
+            if count <= 0:
                 return 0
             replay = Replay(self._feed_states(base))
             for _id, fields in entries[:count]:
@@ -1946,7 +1974,13 @@ class RedisFlagStore(FlagStore):
         self._last_error = str(exc)
         if _read_only_error(exc):
             self._note_read_only(True, str(exc))
-        if isinstance(exc, BackendUnavailable):
+        tls = tls_failure(str(exc)) if isinstance(exc, BackendUnavailable) else None
+        if tls is not None and tls != self._tls_warned:
+            # An outage that turns into a TLS failure (a certificate the clients
+            # do not trust) needs an operator: once at WARNING, until in sync.
+            self._tls_warned = tls
+            log.warning("flag store %r: %s; retrying with backoff", self.namespace, exc)
+        elif isinstance(exc, BackendUnavailable):
             listener_log.debug("flag listener %r: %s", self.namespace, exc)
         else:  # not an outage: corrupt data, a broken copy, a bug; keep the traceback
             listener_log.error(
@@ -2040,6 +2074,7 @@ class RedisFlagStore(FlagStore):
             self._record_again()
         self._resyncs += 1
         self._stale_since = None
+        self._tls_warned = None
         self._synced.set()
         log.info(
             "flag store %r in sync with Redis at %s (version %d%s)",
@@ -2078,13 +2113,21 @@ class RedisFlagStore(FlagStore):
             return True  # writable again: resync (commits the pending kill switches)
         client = self._ensure_listen_client()
         with self._translated("checking the change stream"):
-            raw_version = client.hget(self._k_meta, "version")
+            raw_version, trimmed = client.hmget(self._k_meta, "version", "trimmed")
             if self._copy_behind_check(raw_version):
                 return True
             tail = client.xrevrange(self._k_history, count=1)
-        if self._last_id == "0-0":
-            return False
-        return not tail or stream_key(str(tail[0][0])) < stream_key(self._last_id)
+        if self._last_id != "0-0" and (
+            not tail or stream_key(str(tail[0][0])) < stream_key(self._last_id)
+        ):
+            return True
+        if trimmed != self._cache.trimmed:
+            # Race: another node's trim landed after the commit this copy last
+            # mirrored. A trim changes no version and adds no entry, so nothing
+            # wakes the listener for it: mirror it here, within resync_interval,
+            # so the copy holds Redis' cut and base (what a restore puts back).
+            self._pull()
+        return False
 
     def _consume(
         self, entries: list[tuple[str, dict[str, str]]], pending: dict[str, list[Any]]

@@ -141,6 +141,9 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+_HEAD_AND_TAIL = "SELECT (SELECT min(id) FROM flag_history), (SELECT max(id) FROM flag_history)"
+
+
 def _explain(exc: sqlite3.Error) -> str:
     """SQLite's message, its error code and what it likely means for an operator."""
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
@@ -517,43 +520,83 @@ class SQLiteFlagStore(FlagStore):
         return dict(states)
 
     def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
-        with self._lock, self._errors("writing", write=True):
-            self._check_open()
-            self._check_file()
-            # IMMEDIATE takes the write lock now, so reads inside fn cannot go
-            # stale before COMMIT: other processes' writers wait for us.
+        with self._lock:
+            with self._errors("writing", write=True):
+                self._check_open()
+                self._check_file()
+                # IMMEDIATE takes the write lock now, so reads inside fn cannot go
+                # stale before COMMIT: other processes' writers wait for us.
+                self._begin()
+                try:
+                    txn = _Txn(self._conn, self._origin)
+                    result = fn(txn)
+                    due = txn.wrote and self._trim_due()
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            if due:
+                # After the COMMIT, in a transaction of its own: a trim rewrites
+                # rows, so it needs room a commit alone may not (a full disk, the
+                # file size limit); it must never fail or undo the commit.
+                self._trim_after_commit()
+            return result
+
+    def _trim_due(self) -> bool:
+        """Whether the history is over ``history_limit + trim_slack`` (in the write
+        transaction, on every commit). Ids are never reused (AUTOINCREMENT) and rows
+        go only from the head, so ``max - min + 1`` counts them in O(log n)."""
+        limit = self.history_limit
+        if limit is None:
+            return False
+        # Two scalar subqueries: each is one B-tree descent. `SELECT min(id), max(id)`
+        # in one query defeats SQLite's min/max optimisation and scans every row.
+        low, high = self._conn.execute(_HEAD_AND_TAIL).fetchone()
+        if high is None or high - low + 1 <= limit + trim_slack(limit):
+            return False
+        # After a failed attempt: retry once trim_slack more rows came.
+        return bool(high >= self._next_trim_at)
+
+    def _trim_after_commit(self) -> None:
+        """``_trim`` in its own write transaction; a failure (disk full, a busy lock,
+        I/O error) rolls the trim back whole, logs a WARNING and leaves the commit
+        as it is: a later commit tries again. Caller holds ``_lock``."""
+        import sqlite3
+
+        try:
             self._begin()
             try:
-                txn = _Txn(self._conn, self._origin)
-                result = fn(txn)
-                if txn.wrote:
-                    self._trim()  # in this transaction: all of it with the commit, or none
+                self._trim()
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
-            return result
+        except sqlite3.Error as exc:
+            limit = self.history_limit or 0
+            with suppress(sqlite3.Error):
+                top = self._conn.execute("SELECT max(id) FROM flag_history").fetchone()[0]
+                self._next_trim_at = (top or 0) + trim_slack(limit)
+            log.warning(
+                "flag store %s: history not trimmed (the commit went through): %s",
+                self._shown, _explain(exc),
+            )  # fmt: skip
 
     def _trim(self) -> None:
         """Drop the oldest history rows down to ``history_limit`` once over it by
-        ``trim_slack`` (inside the write transaction: the rows go with the commit).
+        ``trim_slack`` (in a write transaction of its own, see ``transaction``).
 
         Each flag that loses rows gets its first kept row rewritten whole
         (``_history.rebase``): the history still starts with whole records, as
-        every version reads it. Ids are never reused (AUTOINCREMENT) and rows go
-        only from the head, so ``max - min + 1`` counts them in O(log n).
-        Race: another process trimming too. Both trim inside their write
-        transaction (``BEGIN IMMEDIATE``): the second one reads the first one's
-        result. A watcher that had not read the dropped rows yet notices (``_poll``).
+        every version reads it. The rows go first, so the rewrite reuses their pages.
+        Race: another process trimming too. Both trim inside a write transaction
+        (``BEGIN IMMEDIATE``): the second one reads the first one's result (and
+        finds nothing to do). A watcher that had not read the dropped rows yet
+        notices (``_poll``).
         """
         limit = self.history_limit
-        if limit is None:
+        if limit is None or not self._trim_due():
             return
-        low, high = self._conn.execute("SELECT min(id), max(id) FROM flag_history").fetchone()
-        if high is None or high - low + 1 <= limit + trim_slack(limit):
-            return
-        if high < self._next_trim_at:
-            return  # the last attempt failed: retry once trim_slack more rows came
+        high = self._conn.execute("SELECT max(id) FROM flag_history").fetchone()[0]
         found = self._conn.execute(
             "SELECT id FROM flag_history ORDER BY id DESC LIMIT 1 OFFSET ?", (limit - 1,)
         ).fetchone()
@@ -575,11 +618,11 @@ class SQLiteFlagStore(FlagStore):
             self._next_trim_at = high + trim_slack(limit)
             log.warning("flag store %s: history not trimmed: %s", self._shown, exc)
             return
+        self._conn.execute("DELETE FROM flag_history WHERE id < ?", (cut,))
         self._conn.executemany(
             "UPDATE flag_history SET record = ? WHERE id = ?",
             [(json.dumps(fixed), first_kept[flag][0]) for flag, fixed in fixes.items()],
         )
-        self._conn.execute("DELETE FROM flag_history WHERE id < ?", (cut,))
         self._trims += 1
         log_trim(self, len(rows), limit, self._trims)
 

@@ -745,7 +745,9 @@ class _MemoryTransaction(StoreTransaction):
         self.states[name] = state
 
     def _has_records(self, name: str) -> bool:
-        return name in self._store._changes_of or any(c["flag"] == name for c in self.changes)
+        # O(1): a flag put earlier in this transaction (in ``states``) has a record
+        # in it; a scan of ``changes`` made a commit of n new flags O(n^2).
+        return name in self.states or name in self._store._changes_of
 
     def migration_stage(self, plan: str) -> int:
         check_key(plan, "plan name")
