@@ -19,6 +19,11 @@ What every Redis-backed class shares, so both answer a fault identically:
   ``CLUSTERDOWN``, auth failures, any other error reply), except a
   configuration mistake (``DB index is out of range``), which is
   ``errors.InvalidConfig``. No redis-py exception leaves a public call.
+- TLS (``rediss://``): :func:`connect` loads the URL's TLS files first
+  (``InvalidConfig`` naming the option when one cannot be used); a failed
+  handshake (certificate verification, a client certificate the server
+  requires, a port that does not speak TLS) is ``BackendUnavailable`` whose
+  message says what is wrong and which URL option to check (``docs/redis.md``).
 - Background loops retry with :class:`foundation._retry.RetryBackoff`
   (full-jitter exponential backoff), the library's one retry policy.
 
@@ -67,6 +72,7 @@ __all__ = [
     "redis_errors",
     "redis_py_failure",
     "report_round_trip",
+    "tls_failure",
     "translate_error",
     "translated",
     "url_query_keys",
@@ -83,7 +89,7 @@ SENTINEL_SCHEME: Final = "redis+sentinel"
 SENTINEL_PORT: Final = 26379
 SENTINEL_QUERY: Final = ("sentinel_username", "sentinel_password")
 """Query parameters a ``redis+sentinel://`` URL may hold (the Sentinels' own login)."""
-_SECRET_QUERY: Final = ("password", "sentinel_password")
+_SECRET_QUERY: Final = ("password", "sentinel_password", "ssl_password")
 
 REDIS_ERROR_KINDS: Final[Mapping[str, str]] = {
     # error-reply code (the first word of the reply) -> what it means for us
@@ -122,8 +128,8 @@ def import_redis() -> ModuleType:
 
 def redact_url(url: str) -> str:
     """``url`` with its passwords replaced by ``***`` (for messages and logs): the
-    one of the user part, and the ``password`` / ``sentinel_password`` query
-    parameters.
+    one of the user part, and the ``password`` / ``sentinel_password`` /
+    ``ssl_password`` (a TLS key's) query parameters.
 
     >>> redact_url("rediss://:pw@h:1/2")
     'rediss://:***@h:1/2'
@@ -131,6 +137,8 @@ def redact_url(url: str) -> str:
     'redis://h:1/0'
     >>> redact_url("redis+sentinel://app:pw@s1:26379,s2/cache/0?sentinel_password=x")
     'redis+sentinel://app:***@s1:26379,s2/cache/0?sentinel_password=***'
+    >>> redact_url("rediss://h:1/0?ssl_keyfile=/k.pem&ssl_password=x")
+    'rediss://h:1/0?ssl_keyfile=/k.pem&ssl_password=***'
     """
     from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
@@ -239,7 +247,8 @@ def check_url(url: str, *, store: bool = False) -> None:
     ``socket_timeout``, ``socket_connect_timeout``, ``timeout``,
     ``retry_on_timeout``, ``retry_on_error``; the bound is the caller's
     ``op_timeout``); with ``store=True`` (a flag store URL) also one
-    non-empty ``namespace``. Whether
+    non-empty ``namespace``. TLS options (``ssl_*``) only in a ``rediss://``
+    URL; ``ssl_cert_reqs`` is ``none``, ``optional`` or ``required``. Whether
     the server has that database is known only by connecting (:func:`connect`).
 
     >>> check_url("unix:///run/redis.sock?db=1")
@@ -282,6 +291,7 @@ def check_url(url: str, *, store: bool = False) -> None:
     parts, port = _split_url(url, bad)
     _check_query_keys(parts.query, store, bad)
     query = parse_qs(parts.query)
+    _check_tls_query(parts.scheme, query, bad)
     dbs = query.get("db", [])
     for db in dbs:
         if not db.isdigit():
@@ -313,6 +323,26 @@ def _check_query_keys(query: str, store: bool, bad: Callable[[str], InvalidConfi
         )
     if store:
         _check_store_namespace(query, bad)
+
+
+_CERT_REQS: Final = ("none", "optional", "required")
+"""The values redis-py takes for ``ssl_cert_reqs``."""
+
+
+def _check_tls_query(
+    scheme: str, query: dict[str, list[str]], bad: Callable[[str], InvalidConfig]
+) -> None:
+    """``bad(why)`` for TLS options (``ssl_*``) outside a ``rediss://`` URL (redis-py
+    would fail every connection with a ``TypeError``) or an unknown ``ssl_cert_reqs``."""
+    tls = sorted(key for key in query if key.startswith("ssl_"))
+    if tls and scheme != "rediss":
+        raise bad(
+            f"{tls[0]!r} is a TLS option: it needs a rediss:// URL (a {scheme}:// "
+            "connection is plain text)"
+        )
+    for value in query.get("ssl_cert_reqs", []):
+        if value not in _CERT_REQS:
+            raise bad(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, not {value[:40]!r}")
 
 
 _NO_NAMESPACE: Final = (
@@ -493,7 +523,9 @@ def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationEr
     """The Foundation error for a redis-py failure ``exc`` met while ``doing``.
 
     ``url`` must already be redacted. ``InvalidConfig`` for a database index the
-    server does not have; ``BackendUnavailable`` for everything else.
+    server does not have; ``BackendUnavailable`` for everything else. A TLS
+    failure's message says what failed and what to check (``TLS certificate
+    verification failed (certificate has expired): ...``).
 
     >>> import redis
     >>> err = redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
@@ -518,6 +550,8 @@ def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationEr
         )
     elif kind == "auth":
         why = f"the server refused the credentials (check the URL's user and password): {detail}"
+    elif (tls := _tls_why(exc, url, doing)) is not None:
+        why = f"{tls}: {detail}"
     elif kind == "timeout":
         why = f"no answer in time: {detail}"
     elif kind == "protocol":
@@ -535,11 +569,220 @@ def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationEr
             "no Sentinel answered with a healthy master for the service (Sentinels "
             f"unreachable, or a failover in progress): {detail}"
         )
+    elif kind == "connection" and doing == "connecting" and _plain_to_tls(url, detail):
+        why = (
+            "the server closed the connection at once (if that port speaks TLS only, "
+            f"the URL needs rediss://): {detail}"
+        )
     elif kind == "connection":
         why = f"unreachable: {detail}"
     else:
         why = f"{type(exc).__name__}: {detail}"
     return BackendUnavailable(f"Redis at {url} failed while {doing}: {why}")
+
+
+# ------------------------------------------------------------------ TLS
+
+_VERIFY_EXPIRED: Final = frozenset({9, 10})  # X509_V_ERR_CERT_NOT_YET_VALID, _HAS_EXPIRED
+_VERIFY_HOST: Final = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
+_VERIFY_ISSUER: Final = frozenset({2, 18, 19, 20, 21})  # unknown issuer, self-signed
+_CLIENT_CERT_REFUSED: Final = (
+    "TLSV1_ALERT_UNKNOWN_CA",
+    "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+)
+_NOT_TLS: Final = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
+
+
+def _tls_why(exc: BaseException, url: str, doing: str) -> str | None:
+    """What a TLS failure behind ``exc`` means for an operator, or None if it is not one.
+
+    redis-py wraps the ``ssl`` error in its ``ConnectionError`` (the original is
+    the ``__context__``); the message names the URL option to check. A
+    ``rediss://`` connect that times out gets a hint: the handshake is part of it.
+    """
+    import sys
+
+    ssl = sys.modules.get("ssl")  # no ssl module loaded: no TLS failure possible
+    if ssl is not None:
+        seen: BaseException | None = exc
+        for _ in range(6):  # redis-py's wrapper, ours (redis_py_failure): a short chain
+            if seen is None:
+                break
+            if isinstance(seen, ssl.SSLCertVerificationError):
+                return _verify_failed(seen)
+            if isinstance(seen, ssl.SSLEOFError):
+                # Race: with TLS 1.3 the client ends its handshake first; a server
+                # refusing its certificate (or the lack of one) sends an alert and
+                # closes. Reading first gets the alert (below), writing first an EOF.
+                return (
+                    "TLS: the server closed the connection in or right after the handshake "
+                    "(it stopped, or it requires a client certificate and none, or one it "
+                    "does not trust, was given: check ssl_certfile and ssl_keyfile)"
+                )
+            if isinstance(seen, ssl.SSLError):
+                return _handshake_failed(seen)
+            if isinstance(seen, FileNotFoundError) and url.startswith("rediss://"):
+                return (
+                    "a TLS file of the URL is missing (check ssl_ca_certs, ssl_certfile, "
+                    "ssl_keyfile)"
+                )
+            seen = seen.__cause__ or seen.__context__
+    if url.startswith("rediss://") and doing == "connecting" and "Timeout connecting" in str(exc):
+        return (
+            "no answer in time to the TLS handshake (a frozen or overloaded server, or a "
+            "port that does not speak TLS: use redis:// for a plain-text port)"
+        )
+    return None
+
+
+def tls_failure(message: str) -> str | None:
+    """The TLS part (``"TLS ..."`` to the end) of a message :func:`translate_error`
+    wrote for a TLS failure, or None for any other message.
+
+    Background loops log a failure that repeats during an outage at DEBUG; one
+    that becomes a TLS failure (a server restarted with a certificate the
+    clients do not trust) needs an operator, so they log it at WARNING once.
+
+    >>> tls_failure("Redis at rediss://h:1/0 failed while connecting: TLS handshake failed (X): y")
+    'TLS handshake failed (X): y'
+    >>> tls_failure("Redis at redis://h:1/0 failed while connecting: unreachable: refused")
+    """
+    head, sep, rest = message.partition(" failed while ")
+    at = rest.find(": TLS")
+    if not sep or not head.startswith("Redis at ") or at < 0:
+        return None
+    return rest[at + 2 :]
+
+
+def _verify_failed(exc: Any) -> str:
+    """The text of an ``ssl.SSLCertVerificationError`` (the server's certificate)."""
+    code = getattr(exc, "verify_code", None)
+    message = getattr(exc, "verify_message", None) or exc.reason or "unknown reason"
+    head = f"TLS certificate verification failed ({message})"
+    if code in _VERIFY_EXPIRED:
+        return f"{head}: the server's certificate is outside its validity dates; renew it"
+    if code in _VERIFY_HOST:
+        return (
+            f"{head}: the server's certificate does not name the host of the URL; connect "
+            "by a name it lists, or set ssl_check_hostname=false"
+        )
+    if code in _VERIFY_ISSUER:
+        return (
+            f"{head}: the server's certificate is not signed by a CA the client trusts; "
+            "give the CA that signed it as ssl_ca_certs"
+        )
+    return head
+
+
+def _handshake_failed(exc: Any) -> str:
+    """The text of an ``ssl.SSLError`` other than a verification failure."""
+    reason = str(exc.reason or exc)
+    if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED" or "PEER_DID_NOT_RETURN" in reason:
+        return (
+            "TLS: the server requires a client certificate (it runs with "
+            "tls-auth-clients): check ssl_certfile and ssl_keyfile"
+        )
+    if reason in _CLIENT_CERT_REFUSED:
+        return (
+            f"TLS: the server refused the client certificate ({reason}): it requires a "
+            "client certificate signed by a CA it trusts; check ssl_certfile and ssl_keyfile"
+        )
+    if reason in _NOT_TLS:
+        return (
+            f"TLS handshake failed ({reason}): the port does not speak TLS "
+            "(a plain-text port needs redis://)"
+        )
+    if exc.library in ("PEM", "X509") or "PEM lib" in str(exc):
+        return (
+            f"TLS files could not be loaded ({reason}): check ssl_ca_certs, ssl_certfile, "
+            "ssl_keyfile and ssl_password"
+        )
+    return f"TLS handshake failed ({reason})"
+
+
+def _plain_to_tls(url: str, detail: str) -> bool:
+    """A ``redis://`` connect the server cut at once: what a TLS-only port does."""
+    return url.startswith("redis://") and (
+        "Connection reset by peer" in detail or "Connection closed by server" in detail
+    )
+
+
+def _no_key_password() -> bytes:
+    """``ssl_password`` when the URL gives none: an encrypted key then fails to load
+    instead of OpenSSL prompting for its passphrase on the terminal (a hang)."""
+    return b""
+
+
+def _tls_files_check(url: str, shown: str) -> None:
+    """``InvalidConfig`` unless the TLS files of a ``rediss://`` URL load (no I/O but files).
+
+    The same steps as redis-py's ``SSLConnection`` (which repeats them for every
+    new connection, so files rotated on disk are read again): the CA
+    (``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_ca_data``), the client
+    certificate and key (``ssl_certfile``, ``ssl_keyfile``, ``ssl_password``),
+    ``ssl_ciphers``. Nothing the server does can fix these.
+    """
+    import ssl
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    # redis-py reads the first value of each parameter, unquoted once more.
+    query = {k: unquote(v[0]) for k, v in parse_qs(urlsplit(url).query).items() if v}
+
+    def bad(why: str) -> InvalidConfig:
+        return InvalidConfig(f"Redis at {shown}: TLS configuration: {why}")
+
+    files = [
+        ("ssl_ca_certs", query.get("ssl_ca_certs")),
+        ("ssl_certfile", query.get("ssl_certfile")),
+    ]
+    files.append(("ssl_keyfile", query.get("ssl_keyfile")))
+    for name, path in files:
+        if path is not None and not os.path.isfile(path):
+            raise bad(f"{name} {path!r} does not exist or is not a file")
+    ca_path = query.get("ssl_ca_path")
+    if ca_path is not None and not os.path.isdir(ca_path):
+        raise bad(f"ssl_ca_path {ca_path!r} is not a directory")
+    cert, key = query.get("ssl_certfile"), query.get("ssl_keyfile")
+    if key is not None and cert is None:
+        raise bad("ssl_keyfile needs ssl_certfile (the client certificate)")
+    context = ssl.create_default_context()
+    if cert is not None:
+        asked = []
+
+        def no_password() -> bytes:
+            asked.append(True)
+            return b""
+
+        given = query.get("ssl_password")
+        try:
+            context.load_cert_chain(cert, key, password=no_password if given is None else given)
+        except (ssl.SSLError, OSError) as exc:
+            if asked:
+                raise bad(f"ssl_keyfile {key or cert!r} is encrypted: give ssl_password") from None
+            raise bad(
+                f"the client certificate or key cannot be used (ssl_certfile {cert!r}, "
+                f"ssl_keyfile {key!r}): not PEM, a key that does not match the "
+                f"certificate, or a wrong ssl_password ({getattr(exc, 'reason', None) or exc})"
+            ) from None
+    ca, ca_data = query.get("ssl_ca_certs"), query.get("ssl_ca_data")
+    if ca is not None or ca_path is not None or ca_data is not None:
+        try:
+            context.load_verify_locations(cafile=ca, capath=ca_path, cadata=ca_data)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            where = f"ssl_ca_certs {ca!r}" if ca is not None else "ssl_ca_path / ssl_ca_data"
+            raise bad(
+                f"{where} holds no usable PEM certificate ({getattr(exc, 'reason', None) or exc})"
+            ) from None
+    ciphers = query.get("ssl_ciphers")
+    if ciphers:
+        try:
+            context.set_ciphers(ciphers)
+        except ssl.SSLError:
+            raise bad(f"ssl_ciphers {ciphers[:80]!r} selects no cipher") from None
 
 
 ROUND_TRIP_EVENT: Final = "foundation.redis.round_trip"
@@ -666,9 +909,12 @@ def connect(
 
     Raises:
         ImportError: the ``redis`` extra is missing.
-        InvalidConfig: a malformed URL, or a database index the server does not have.
+        InvalidConfig: a malformed URL, a database index the server does not have, or
+            a ``rediss://`` URL's TLS file that cannot be loaded (missing, not PEM, a key
+            not matching its certificate, an encrypted key without ``ssl_password``).
         BackendUnavailable: any other failure (unreachable, not Redis, refused login,
-            an unhealthy server's error reply).
+            an unhealthy server's error reply, a TLS handshake that fails on what the
+            server presents or requires).
     """
     check_url(url)
     if not op_timeout > 0:
@@ -686,6 +932,11 @@ def connect(
         "decode_responses": decode_responses,
         **_no_maintenance_notifications(),
     }
+    if url.startswith("rediss://"):
+        _tls_files_check(url, shown)
+        # An encrypted key without ssl_password must fail, not prompt on the
+        # terminal (OpenSSL's default): a URL's own ssl_password wins (from_url).
+        options["ssl_password"] = _no_key_password
     try:
         if url.startswith(SENTINEL_SCHEME + "://"):
             from foundation._redis_sentinel import sentinel_master

@@ -19,6 +19,11 @@ Faults (each reversible unless noted):
 ``oom_on()``/``oom_off()`` ``maxmemory 1`` + ``noeviction``: writes answer ``OOM``
 =========================  ===================================================
 
+With ``tls=ServerTls(...)`` the server listens for TLS only (``--port 0
+--tls-port``); ``url`` is then ``rediss://``, and the control channel speaks
+TLS too (it verifies nothing, so a test may rotate the server's certificate:
+assign ``server.tls`` and ``restart()``).
+
 Example:
     >>> with RedisServerProcess() as server:
     ...     server.command("SET", "k", "v")
@@ -39,6 +44,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ __all__ = [
     "RedisCommandError",
     "RedisServerError",
     "RedisServerProcess",
+    "ServerTls",
     "find_redis_server",
     "free_port",
     "redis_server_binary",
@@ -139,6 +146,44 @@ class _Reader:
 # --------------------------------------------------------------------------- the process
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """The TLS files of a server (PEM paths); ``auth_clients``: ``--tls-auth-clients yes``.
+
+    ``client_cert`` / ``client_key``: what the control channel presents (needed
+    when ``auth_clients``).
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+    auth_clients: bool = False
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def args(self, port: int) -> list[str]:
+        """redis-server's arguments: TLS on ``port``, no plain-text port."""
+        return [
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(self.cert),
+            "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca),
+            "--tls-auth-clients", "yes" if self.auth_clients else "no",
+        ]  # fmt: skip
+
+    def wrap(self, sock: socket.socket) -> socket.socket:
+        """``sock`` after a TLS handshake that verifies nothing (a test's control channel)."""
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if self.client_cert is not None:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context.wrap_socket(sock)
+
+
 class RedisServerProcess:
     """One redis-server process; ``url`` is ``redis://127.0.0.1:<port>/0``.
 
@@ -147,9 +192,12 @@ class RedisServerProcess:
     command on a thread of its own).
     """
 
-    def __init__(self, *, password: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, *, password: str | None = None, port: int | None = None, tls: ServerTls | None = None
+    ) -> None:
         self.port = port or free_port()
         self.password = password
+        self.tls = tls
         self._dir = Path(tempfile.mkdtemp(prefix="foundation-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
         self._frozen = False
@@ -158,7 +206,8 @@ class RedisServerProcess:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{_HOST}:{self.port}/0"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://{auth}{_HOST}:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -185,16 +234,15 @@ class RedisServerProcess:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls is not None:
+            args[1:3] = self.tls.args(self.port)
         self._frozen = False
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RedisServerError(f"redis-server exited early with {self.process.returncode}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((_HOST, self.port), timeout=0.2) as conn,
-            ):
+            with contextlib.suppress(OSError), self._open(timeout=0.2) as conn:
                 conn.sendall(b"PING\r\n")
                 reply = conn.recv(64)
                 if reply.startswith((b"+PONG", b"-NOAUTH")):
@@ -239,8 +287,18 @@ class RedisServerProcess:
 
     # ------------------------------------------------------------ control channel
 
-    def _connect(self, timeout: float) -> tuple[socket.socket, _Reader]:
+    def _open(self, timeout: float) -> socket.socket:
         sock = socket.create_connection((_HOST, self.port), timeout=timeout)
+        if self.tls is None:
+            return sock
+        try:
+            return self.tls.wrap(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _connect(self, timeout: float) -> tuple[socket.socket, _Reader]:
+        sock = self._open(timeout)
         reader = _Reader(sock)
         if self.password:
             sock.sendall(_encode(("AUTH", self.password)))

@@ -75,6 +75,7 @@ class Link:
         self.recoveries = 0
         self.state_since = time.time()  # wall clock of the last state change (status())
         self._left_connected: float | None = None  # monotonic: when CONNECTED was left
+        self._tls_warned: str | None = None  # the TLS failure logged at WARNING, this state
 
     @property
     def state(self) -> LinkState:
@@ -162,9 +163,17 @@ class Link:
             if new in _NEEDS_RECOVERY:
                 self._epoch += 1
             new = _kept_recovery(old, new)
+            tls = None if error is None else _redis_conn.tls_failure(error)
             if new is old:
-                log.debug("node %s stays %s: %s", self._node, old.value, why)
+                if tls is not None and tls != self._tls_warned:
+                    # An outage that turns into a TLS failure (a certificate the
+                    # clients do not trust) needs an operator: once at WARNING.
+                    self._tls_warned = tls
+                    log.warning("node %s stays %s: %s", self._node, old.value, why)
+                else:
+                    log.debug("node %s stays %s: %s", self._node, old.value, why)
                 return new is LinkState.CONNECTED
+            self._tls_warned = tls  # the change itself is logged at WARNING (or INFO)
             self._state = new
             self.state_since = time.time()
             outage = self._outage(old, new)
