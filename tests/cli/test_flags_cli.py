@@ -127,6 +127,8 @@ def test_writes_are_audited_with_by_and_reason(
     assert text.returncode == 0
     assert "spike" in text.stdout
     assert "ops" in text.stdout
+    # An audit trail that is bounded says so (the store's default history_limit).
+    assert "keeps the last 10,000 records of all flags" in text.stdout
     with pytest.raises(json.JSONDecodeError):
         json.loads(text.stdout)
 

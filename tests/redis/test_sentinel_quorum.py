@@ -11,6 +11,8 @@ Sentinels name, and no library thread dead. Durations are printed
 
 from __future__ import annotations
 
+import pytest
+
 from tests.faults._subprocess import run_scenario
 
 # What every scenario shares: the clients, and the checks on their calls.
@@ -141,6 +143,7 @@ print("OK")
 """
 
 
+@pytest.mark.timeout(240)  # the scenario's own deadline is 180 s
 def test_one_sentinel_killed_before_the_clients_and_while_they_run() -> None:
     result = run_scenario(_COMMON + _KILLED, timeout=180)
     print("\n".join(result.lines("MEASURE")))
@@ -202,6 +205,7 @@ print("OK")
 """
 
 
+@pytest.mark.timeout(240)  # the scenario's own deadline is 180 s
 def test_a_frozen_sentinel_costs_a_bounded_time_and_the_next_one_answers() -> None:
     result = run_scenario(_COMMON + _FROZEN, timeout=180)
     print("\n".join(result.lines("MEASURE")))
@@ -235,7 +239,7 @@ with SentinelSet(sentinels=3) as s:
     assert flags.enabled("beta")  # the flag store answers from its copy
     # No connection is left to watch: the watch ends (it did not die: a death
     # would show in stderr), and starts again with the next connection.
-    wait_for(lambda: WATCH not in library_threads(), "the watch to end, having nothing to watch")
+    wait_for(lambda: WATCH not in library_threads(), "the watch to end (nothing to watch)", 60)
 
     # The Sentinels come back (with the configuration they wrote): all recovers.
     for sentinel in s.all_sentinels:
@@ -259,6 +263,7 @@ print("OK")
 """
 
 
+@pytest.mark.timeout(240)  # the scenario's own deadline is 180 s
 def test_all_sentinels_down_is_backend_unavailable_then_recovers() -> None:
     result = run_scenario(_COMMON + _ALL_DOWN, timeout=180)
     print("\n".join(result.lines("MEASURE")))

@@ -344,14 +344,20 @@ def _flag_history(flags: Any, args: argparse.Namespace, out: Output) -> None:
     changes = flags.history(args.name)
     if args.limit is not None:
         changes = changes[-args.limit :]
-    out.emit(
-        [change_dict(c) for c in changes],
-        lambda: (
+    kept = getattr(flags.store, "history_limit", None)
+
+    def text() -> None:
+        if changes:
             out.table(["at", "flag", "from", "to", "by", "reason"], _change_rows(changes))
-            if changes
-            else out.line("no changes recorded")
-        ),
-    )
+        else:
+            out.line("no changes recorded")
+        if kept is not None:  # an operator reading an audit trail must know it is bounded
+            out.line(
+                f"(the store keeps the last {kept:,} records of all flags, history_limit: "
+                "older ones are trimmed)"
+            )
+
+    out.emit([change_dict(c) for c in changes], text)
 
 
 def _eval_flag(flags: Any, args: argparse.Namespace, out: Output) -> None:
