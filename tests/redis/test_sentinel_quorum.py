@@ -237,9 +237,11 @@ with SentinelSet(sentinels=3) as s:
     )
     assert all(e.startswith("BackendUnavailable") for e in seen), seen
     assert flags.enabled("beta")  # the flag store answers from its copy
-    # No connection is left to watch: the watch ends (it did not die: a death
-    # would show in stderr), and starts again with the next connection.
-    wait_for(lambda: WATCH not in library_threads(), "the watch to end (nothing to watch)", 60)
+    # The watch may end here (no pool holds a live socket) or go on asking
+    # while a pool still holds a socket the server closed and nobody has used
+    # since (redis-py notices only on use): either is right. It must not die
+    # (a death would show in stderr), and it runs again once the Sentinels are
+    # back (below).
 
     # The Sentinels come back (with the configuration they wrote): all recovers.
     for sentinel in s.all_sentinels:
