@@ -185,7 +185,7 @@ def gauge(text: str, name: str) -> float | None:
 
 
 def _down(status: dict[str, Any]) -> bool:
-    return (
+    return bool(
         status["registry"]["state"] == "disconnected" and status["flag_store"]["state"] == "stale"
     )
 

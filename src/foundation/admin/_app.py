@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -761,7 +761,42 @@ async def history(request: Request, state: AdminState) -> Any:
     flag = request.query_params.get("flag") or None
     limit = _limit(request, 100)
     changes = await run_in_threadpool(flags.history, flag)
-    return {"changes": [_change_dict(c) for c in reversed(changes[-limit:])]}
+    return {
+        "changes": [_change_dict(c) for c in reversed(changes[-limit:])],
+        **history_retention(flags.store),
+    }
+
+
+_NO_LIMIT: Final = object()
+"""``history_limit`` of a store without one."""
+
+
+def history_retention(store: object) -> dict[str, Any]:
+    """How much history ``store`` keeps: ``history_limit`` (an int, or None when
+    it keeps every record or does not say) and ``retention``, the sentence the
+    page shows over the audit trail (None when the store has no int or None
+    ``history_limit``: a store that does not say).
+
+    The built-in stores keep the last ``history_limit`` records of all flags
+    together, so an old change of a quiet flag may be gone: an operator reading
+    the audit trail must know.
+
+        >>> from foundation.flags import MemoryFlagStore
+        >>> history_retention(MemoryFlagStore(history_limit=500))["retention"]
+        'the store keeps the last 500 records of all flags (older records are trimmed)'
+    """
+    limit = getattr(store, "history_limit", _NO_LIMIT)
+    if limit is None:
+        return {"history_limit": None, "retention": "the store keeps every record"}
+    if not isinstance(limit, int) or isinstance(limit, bool):  # absent, or not a count
+        return {"history_limit": None, "retention": None}
+    return {
+        "history_limit": limit,
+        "retention": (
+            f"the store keeps the last {limit:,} record{'s' if limit != 1 else ''} of all "
+            "flags (older records are trimmed)"
+        ),
+    }
 
 
 def _limit(request: Request, default: int) -> int:

@@ -93,6 +93,7 @@ HTML = """<!doctype html>
 </section>
 <section id="history-section">
   <h2>Audit history</h2>
+  <p id="history-retention" hidden></p>
   <table id="history"><thead><tr><th>when</th><th>flag</th><th>who</th><th>why</th>
     <th>change</th></tr></thead><tbody></tbody></table>
 </section>
@@ -161,6 +162,7 @@ td.actions .line.shares { display:flex; gap:4px; align-items:center; margin-top:
 #message.ok { background:#e8f6ee; color:var(--on); border-color:#bfe3cc; }
 #message.warn, #degraded { background:#fff4dc; color:#6b4600; border-color:#e8cf94; }
 #degraded { margin:10px 20px 0; padding:8px 12px; border-radius:6px; border:1px solid #e8cf94; }
+#history-retention { margin:0 0 6px; color:var(--mute); font-size:12px; }
 #degraded .component { margin:2px 0; } #degraded .err { color:var(--mute); font-size:12px; }
 .badge.sync { background:#fff1cc; color:var(--warn); margin-left:4px; }
 .problems li { color:var(--warn); }
@@ -534,6 +536,9 @@ async function refreshHistory() {
   if (!who.flags) { $('#history-section').hidden = true; return; }
   try {
     const data = await api('GET', 'api/history?limit=50');
+    const kept = $('#history-retention');
+    kept.textContent = data.retention ? 'Bounded history: ' + data.retention + '.' : '';
+    kept.hidden = !data.retention;
     $('#history tbody').replaceChildren(...data.changes.map((c) => h('tr', {},
       h('td', { text: when(c.at) }), h('td', { text: c.flag }),
       h('td', { text: c.by || '—' }), h('td', { text: c.reason || '—' }),

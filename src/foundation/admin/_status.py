@@ -10,18 +10,21 @@ so ``/healthz`` stays a liveness probe and this is the report.
 While a component can lose its backend (a ``RedisRegistry``, a
 ``RedisObserver``, a store with ``status()``), a ``foundation-admin-status``
 thread reads it every ``POLL`` seconds, remembers when its state changed
-(``since``) and publishes a ``status`` event to the page on every change.
+(``since``) and publishes a ``status`` event to the page on every change (of
+state, pending kill switches, read-only, or the cause of the last error).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from foundation._redis_conn import tls_failure
 from foundation.errors import Closed, FoundationError
 from foundation.metrics import connection_state
 
@@ -31,6 +34,7 @@ __all__ = [
     "POLL",
     "FlagSync",
     "StatusBoard",
+    "error_cause",
     "flag_sync",
     "registry_status",
     "store_status",
@@ -41,16 +45,74 @@ log = logging.getLogger("foundation.admin")
 POLL: Final = 0.5
 """Seconds between two reads of the components' states by the status thread."""
 ERROR_LIMIT: Final = 300
-"""Longest ``last_error`` the API shows (the rest is cut, with an ellipsis)."""
+"""Longest ``last_error`` the API shows (cut with an ellipsis; see ``_bounded``)."""
 
 LOCAL: Final = "local"
 """The state of a component with no backend connection to lose (in-process, SQLite)."""
 
 
+_URL_QUERY: Final = re.compile(r"(\brediss?(?:\+sentinel)?://[^\s?]*)\?[^\s]*")
+_RAW_TAIL: Final = re.compile(r": Error \d+ connecting to \S+\. .*\Z", re.DOTALL)
+"""redis-py's own words after a TLS message, which repeat the reason it names."""
+_HEAD_MIN: Final = 60
+"""Characters of a long message's head ("Redis at URL failed while ...") kept
+before its TLS part."""
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def _bounded(text: object) -> str | None:
+    """``text`` in at most ``ERROR_LIMIT`` characters, keeping what names the fix.
+
+    A backend error reads "Redis at URL failed while OP: DETAIL". Cutting its
+    end alone could drop the detail (a TLS URL with its file paths is 200
+    characters before it). So, over the limit: for a TLS failure, redis-py's
+    repeat of the reason goes; then the URL's query (TLS options) becomes "?…";
+    then the head is cut before the TLS part (which says what to fix); then the end.
+
+        >>> print(_bounded("Redis at rediss://h:1/0?ssl_ca_certs=/" + "d" * 300 + "/ca.pem "
+        ...                "failed while connecting: TLS handshake failed (x)"))
+        Redis at rediss://h:1/0?… failed while connecting: TLS handshake failed (x)
+    """
     if not isinstance(text, str):
         return None
-    return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "\u2026"
+    if len(text) <= ERROR_LIMIT:
+        return text
+    tls = tls_failure(text)
+    if tls is not None:
+        text = text[: len(text) - len(tls)] + _RAW_TAIL.sub("", tls)
+    if len(text) > ERROR_LIMIT:
+        text = _URL_QUERY.sub("\\1?\u2026", text)
+        tls = tls_failure(text)
+    if tls is not None and len(text) > ERROR_LIMIT:
+        head = text[: len(text) - len(tls)]
+        text = _cut(head, max(ERROR_LIMIT - len(tls), _HEAD_MIN)) + tls
+    return _cut(text, ERROR_LIMIT)
+
+
+def error_cause(error: object) -> str | None:
+    """The kind of a backend error, without what varies between two retries.
+
+    "Redis at URL failed while OP: CAUSE: detail" gives CAUSE: an outage that
+    turns into a TLS failure (Redis restarted with a certificate the clients do
+    not trust) keeps its state (``disconnected``) but changes its cause, and the
+    page must say so; a new operation failing the same way (the lease, then the
+    change stream) is no news.
+
+        >>> error_cause("Redis at redis://h:1/0 failed while renewing the lease: "
+        ...             "unreachable: Error 111 connecting to h:1. Connection refused.")
+        'unreachable'
+        >>> error_cause("Redis at rediss://h:1/0 failed while reading: TLS certificate "
+        ...             "verification failed (certificate has expired): renew it")
+        'TLS certificate verification failed (certificate has expired)'
+    """
+    if not isinstance(error, str):
+        return None
+    _, sep, rest = error.partition(" failed while ")
+    detail = rest.partition(": ")[2] if sep else error
+    return detail.partition(": ")[0][:ERROR_LIMIT]
 
 
 # ------------------------------------------------------------------ components
@@ -248,8 +310,14 @@ class StatusBoard:
 
     def _stamp(self, name: str, part: dict[str, Any], now: float) -> bool:
         """Set ``part["since"]`` (holding the lock); True if the part changed since the
-        last read (its state, its pending count, or whether Redis is read-only)."""
-        key = (part["state"], part.get("pending", 0), part.get("read_only", False))
+        last read (its state, its pending count, whether Redis is read-only, or the
+        cause of its last error: see ``error_cause``)."""
+        key = (
+            part["state"],
+            part.get("pending", 0),
+            part.get("read_only", False),
+            error_cause(part.get("last_error")),
+        )
         seen = self._seen.get(name)
         if seen is None or seen[0][0] != key[0]:
             self._seen[name] = (key, now)  # a new state: since now
