@@ -39,16 +39,18 @@ from foundation.liveness._core import (
     OnDown,
     Watch,
     claim,
+    fire_retrying,
     invoke,
     report,
 )
 from foundation.liveness._process import (
     OSProcess,
     ProcessAgent,
-    down_from_pidfd,
+    down_from_status,
     exit_down,
     open_pidfd,
     pidfd_readable,
+    waitid_pidfd,
 )
 from foundation.liveness._threads import (
     EXC_ATTR,
@@ -108,6 +110,11 @@ _DEFECT_BACKOFF = 0.1
 _W = TypeVar("_W", bound="_ManagedWatch")
 
 
+_EXIT = Down("exit")  # a process whose exit status cannot be read
+# The pause before an asyncio watch retries monitors it could not take (out of memory).
+_RETRY_PAUSE = 0.05
+
+
 def _future_down(fut: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> Down:
     if fut.cancelled():
         return CANCELLED
@@ -154,8 +161,12 @@ class _FutureWatch(Watch):
     __slots__ = ()
 
     def __call__(self, fut: concurrent.futures.Future[Any]) -> None:
-        """The done-callback (the watch itself: no bound method kept per future)."""
-        self.fire(_future_down(fut))
+        """The done-callback (the watch itself: no bound method kept per future).
+
+        Runs once, on the thread completing the future: nothing else holds
+        this watch to retry from, so monitors it cannot take (out of memory)
+        are retried here (:func:`fire_retrying`)."""
+        fire_retrying(self, _future_down(fut), "a concurrent.futures done-callback")
 
 
 class _ManagedWatch(Watch):
@@ -272,7 +283,23 @@ class _AsyncioWatch(Watch):
         if self.state == _DETACHED:  # the manager closed after it was scheduled
             return
         self.state = _DETACHED
-        self.fire(_future_down(fut))
+        self.fire_on_loop(_future_down(fut))
+
+    def fire_on_loop(self, down: Down) -> None:
+        """``fire``, on the loop's thread; monitors it could not take (out of
+        memory: the rest stay in ``monitors``) are retried ``_RETRY_PAUSE``
+        later, without blocking the loop. Race: a ``close()`` meanwhile drops
+        them (the retry then finds none); a ``demonitor()`` takes its own."""
+        try:
+            self.fire(down)
+        except BaseException as exc:
+            if not self.monitors:
+                raise  # every monitor was called: an on_down's SystemExit & co
+            report(exc, "asyncio watch (monitors left are retried)", self.ref())
+            try:
+                self.loop.call_later(_RETRY_PAUSE, self.fire_on_loop, down)
+            except BaseException as again:  # loop closed, or no memory to schedule
+                report(again, f"asyncio watch: {len(self.monitors)} monitor(s) not told", self)
 
 
 class _ThreadWatch(_ManagedWatch):
@@ -299,10 +326,12 @@ class _ProcessWatch(_ManagedWatch):
         if fd < 0:
             manager._polled_procs.pop(self.key, None)
             return
-        self.fd = -1
-        del manager._by_fd[fd]
+        # Unregistered first: if that fails (ENOMEM), nothing changed and the
+        # watch is still found by its fd (the selector retries it).
         if manager._epoll is not None:
             manager._epoll.unregister(fd)
+        self.fd = -1
+        del manager._by_fd[fd]
         # Closing while the selector may hold this fd number in a batch of
         # events is safe: it re-checks _by_fd and readiness under the lock.
         os.close(fd)
@@ -331,7 +360,11 @@ class MonitorManager:
     A manager is not usable in a child after ``fork()``.
     A watcher thread outlives anything an ``on_down`` raises (``SystemExit``
     included) and its own defects: each is logged under
-    ``foundation.liveness`` and the thread carries on.
+    ``foundation.liveness`` and the thread carries on. A death reaches every
+    monitor exactly once even if delivering it fails part-way (an
+    ``on_down``, or this manager's bookkeeping, out of memory): the failure
+    is logged, the other monitors are still called, and monitors that could
+    not be taken are retried later (the watch is kept until all were called).
 
     Example:
         >>> import concurrent.futures
@@ -836,7 +869,13 @@ class MonitorManager:
             if watch.monitors or self._watches.get(watch.key) is not watch:
                 return
             del self._watches[watch.key]
-            watch.detach_locked()
+            try:
+                watch.detach_locked()
+            except OSError as exc:  # epoll_ctl out of memory: the selector retries
+                # The pidfd stays registered in _by_fd: when its process exits
+                # the selector fires it (no monitor left) and detaches it; close()
+                # closes it otherwise. demonitor() itself raises nothing.
+                report(exc, "liveness: detaching a released process watch", self)
 
     # ------------------------------------------------------------------ threads
 
@@ -910,7 +949,18 @@ class MonitorManager:
         snapshot: list[_ManagedWatch],
         check: Callable[[Any], Down | None],
     ) -> None:
-        """One pass of a poller: fire the watches in ``snapshot`` whose agent died."""
+        """One pass of a poller: fire the watches in ``snapshot`` whose agent died.
+
+        A dead agent's watch stays in ``table`` (and ``_watches``) until its
+        ``fire`` returned with every monitor called: if it could not take them
+        all (out of memory), the next round finds the agent dead again and
+        fires the rest (``fire`` keeps the first Down). One watch's failure
+        does not stop the others; the first exception is raised at the end.
+        Races: while it fires, a ``monitor()`` finds the watch, sees its
+        ``down`` and calls its own ``on_down`` (whoever pops a monitor calls
+        it); a last ``demonitor()`` detaches it, and the removal below then
+        finds another entry, or none, and leaves it.
+        """
         dead: list[tuple[_ManagedWatch, Down]] = []
         for watch in snapshot:
             try:
@@ -920,14 +970,23 @@ class MonitorManager:
                 continue
             if down is not None:
                 dead.append((watch, down))
+        escaped: BaseException | None = None
         for watch, down in dead:
+            if table.get(watch.key) is not watch:
+                continue  # released meanwhile (an atomic read: no lock needed)
+            try:
+                watch.fire(down)
+            except BaseException as exc:
+                escaped = escaped or exc
+            if watch.monitors:
+                continue  # not all taken: retried next round (still in table)
             with self._lock:
-                if table.get(watch.key) is not watch:
-                    continue  # released meanwhile
-                del table[watch.key]
+                if table.get(watch.key) is watch:
+                    del table[watch.key]
                 if self._watches.get(watch.key) is watch:
                     del self._watches[watch.key]
-            watch.fire(down)
+        if escaped is not None:
+            raise escaped
 
     def _survive(self, exc: BaseException, where: str) -> None:
         """Report what escaped a watcher loop's iteration, so the loop can carry on.
@@ -994,6 +1053,16 @@ class MonitorManager:
                     self._survive(exc, "pidfd selector")
 
     def _pidfd_ready(self, fd: int) -> None:
+        """Fire the watch whose pidfd is ready, then forget it.
+
+        The watch stays findable (in ``_by_fd``, ``_watches`` and the epoll,
+        its fd open) until its ``fire`` returned with every monitor called.
+        Whatever fails before (reading the status, taking the monitors: out of
+        memory), the epoll, level-triggered, reports the fd again and this
+        runs again after the selector's pause; ``fire`` keeps the first Down
+        and calls only the monitors not yet called. Nothing is lost, nothing
+        is called twice.
+        """
         with self._lock:
             watch = self._by_fd.get(fd)
             # Race: the fd may have been released (and closed) after epoll
@@ -1001,18 +1070,25 @@ class MonitorManager:
             # confirm this fd really is ready before believing the event.
             if watch is None or not pidfd_readable(fd):
                 return
-            del self._by_fd[fd]
-            assert self._epoll is not None
-            self._epoll.unregister(fd)
-            watch.fd = -1
+            # Race: a last demonitor() may detach the watch (and close fd) as
+            # soon as the lock is released: read the status (a non-blocking
+            # waitid) while holding it. Only the owner's wait (no fd) is outside.
+            status = None if watch.down is not None else waitid_pidfd(fd)
+        down = watch.down
+        if down is None:
+            try:
+                down = down_from_status(watch.agent, status)  # type: ignore[arg-type]
+            except Exception as exc:  # the status is unreadable, but the process is gone
+                report(exc, f"reading the exit status of {watch.agent!r}", self)
+                down = _EXIT
+        watch.fire(down)
+        if watch.monitors:  # raced by a monitor() that takes itself, or else a
+            return  # late fire: the fd is still registered, so this runs again
+        with self._lock:
+            # Race: detached meanwhile by a last demonitor() (fd closed, maybe
+            # reused by another watch): then the entry is not ours to remove.
+            if self._by_fd.get(fd) is not watch:
+                return
             if self._watches.get(watch.key) is watch:
                 del self._watches[watch.key]
-        # This thread owns fd now: nobody else can find it to close it.
-        try:
-            down = down_from_pidfd(watch.agent, fd)  # type: ignore[arg-type]
-        except Exception as exc:  # the status is unreadable, but the process is gone
-            report(exc, f"reading the exit status of {watch.agent!r}", self)
-            down = Down("exit")
-        finally:
-            os.close(fd)
-        watch.fire(down)
+            watch.detach_locked()  # unregister, drop from _by_fd, close fd

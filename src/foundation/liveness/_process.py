@@ -23,7 +23,15 @@ if TYPE_CHECKING:
     import multiprocessing.process
     import subprocess
 
-__all__ = ["OSProcess", "ProcessAgent", "down_from_pidfd", "exit_down", "open_pidfd"]
+__all__ = [
+    "OSProcess",
+    "ProcessAgent",
+    "down_from_pidfd",
+    "down_from_status",
+    "exit_down",
+    "open_pidfd",
+    "waitid_pidfd",
+]
 
 
 _HAS_WAITID = hasattr(os, "waitid")
@@ -285,7 +293,12 @@ def down_from_pidfd(agent: ProcessAgent, fd: int) -> Down:
     For a process that is not our child the status cannot be read: the result
     is ``Down("exit", exit_code=None)`` unless the owning object knows it.
     """
-    result = _waitid_pidfd(fd)
+    return down_from_status(agent, waitid_pidfd(fd))
+
+
+def down_from_status(agent: ProcessAgent, result: Any) -> Down:
+    """``down_from_pidfd`` once ``waitid_pidfd`` answered ``result`` (no fd needed:
+    the manager reads the status under its lock, then waits for the owner outside)."""
     if result is not None:
         return _down_from_siginfo(result)
     code = _owner_exit_code(agent)
@@ -294,7 +307,7 @@ def down_from_pidfd(agent: ProcessAgent, fd: int) -> Down:
     return Down("exit")
 
 
-def _waitid_pidfd(fd: int) -> Any:
+def waitid_pidfd(fd: int) -> Any:
     """Non-reaping status of the process behind ``fd``; None if it cannot be read."""
     if not (_HAS_WAITID and hasattr(os, "P_PIDFD")):
         return None

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from foundation.errors import StartError
-from foundation.liveness._core import NORMAL, Down, Watch
+from foundation.liveness._core import NORMAL, Down, Watch, fire_retrying
 
 __all__ = ["EXC_ATTR", "SpawnedThread", "acquire_hook", "release_hook", "spawn_thread"]
 
@@ -35,7 +35,9 @@ class SpawnedThread(threading.Thread):
         finally:
             # Fires before the thread is marked dead, so is_alive() consults the
             # watch first: the instant it fired, the agent counts as dead.
-            self._foundation_watch.fire(down)
+            # Nothing else holds this watch to retry from: a monitor that could
+            # not be taken (out of memory) is retried here, before the end.
+            fire_retrying(self._foundation_watch, down, "the end of a spawn_thread thread")
 
 
 def spawn_thread(
