@@ -333,7 +333,9 @@ with SentinelSet() as s:
     # A flag write accepted is not yet one on the new master: after SENTINEL FAILOVER
     # the old master accepts writes until the connections move. Count until one is
     # in the new master's data (its version moved; only fa writes flags).
-    percent = itertools.count(60)
+    # 1..100 round and round from 60: each write a change, never an invalid
+    # percentage (a slow failover can take more writes to the old master).
+    percent = (1 + n % 100 for n in itertools.count(59))
     target = [None]
     def flag_version():
         return int(new.command("HGET", "{{" + NS + "}}:flags:meta", "version") or 0)

@@ -83,7 +83,10 @@ def watch_turns(rounds=3):
 
 def flag_lands(flags, server):
     # A flag write that reaches ``server``'s data (the master the Sentinels name).
-    percent = itertools.count(int(flags.state("gamma").percentage or 0) + 1)
+    # 1..100 round and round: each write a change, never an invalid percentage
+    # (a slow failover can take more than 100 writes to the old master first).
+    start = int(flags.state("gamma").percentage or 0)
+    percent = (1 + n % 100 for n in itertools.count(start))
     def lands():
         key = "{" + NS + "}:flags:meta"
         before = int(server.command("HGET", key, "version") or 0)
