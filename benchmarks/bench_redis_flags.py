@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 from tests.redis_flags._support import Node
 from tests.redis_support import RedisServer
@@ -153,7 +152,6 @@ def _read_rows(url: str) -> list[Row]:
 
 
 TRIM_LIMIT = 1000
-TRIM_TARGET = 1.3  # history retention: commits that trim cost at most 30 % more
 
 
 def _trim_rows(url: str) -> list[Row]:
@@ -162,6 +160,8 @@ def _trim_rows(url: str) -> list[Row]:
     each with a node copy file, interleaved in one run."""
     import tempfile
     from pathlib import Path
+
+    from benchmarks._trim_cost import trim_cost_row
 
     with tempfile.TemporaryDirectory() as tmp:
         trimmed = RedisFlagStore(
@@ -173,39 +173,10 @@ def _trim_rows(url: str) -> list[Row]:
             history_limit=None,
         )  # fmt: skip
         with trimmed, unbounded:
-            on_trimmed = FeatureFlags(FLAGS, store=trimmed)
-            on_unbounded = FeatureFlags(FLAGS, store=unbounded)
-            counter = iter(range(10**9))
-
-            def commits(flags: FeatureFlags) -> Callable[[int], None]:
-                def body(n: int) -> None:
-                    for _ in range(n):
-                        flags.set_percentage("beta", next(counter) % 100)
-
-                return body
-
-            for flags in (on_trimmed, on_unbounded):  # both at the limit before timing
-                commits(flags)(TRIM_LIMIT + 50)
-            n = 200
-            ratio, t_s, u_s = compare(
-                commits(on_trimmed), commits(on_unbounded), n, rounds=5, repeat=3
+            row = trim_cost_row(
+                SECTION, FLAGS, trimmed, unbounded, limit=TRIM_LIMIT, n=200, entries="entries"
             )
-            kept = len(trimmed.history())
-            on_trimmed.close()
-            on_unbounded.close()
-    return [
-        Row(
-            SECTION,
-            f"commit (set_percentage), history_limit={TRIM_LIMIT}: trims during the run",
-            "history_limit=None",
-            ratio,
-            "x",
-            f"<= {TRIM_TARGET:g}x",
-            ratio <= TRIM_TARGET,
-            f"{t_s * 1e6:.0f} us vs {u_s * 1e6:.0f} us per commit; {kept} entries kept "
-            "(a trim of 100 every 100 commits)",
-        )
-    ]
+    return [row]
 
 
 def run() -> list[Row]:

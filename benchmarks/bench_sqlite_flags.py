@@ -198,53 +198,23 @@ def measure(samples: int, *, loaded: bool) -> tuple[list[float], list[float], in
 
 
 TRIM_LIMITS = (1000, 10_000)  # 10_000: the default (a trim of 1000 rows every 1000 commits)
-TRIM_TARGET = 1.3  # history retention: commits that trim cost at most 30 % more
 
 
 def _trim_row(limit: int) -> Row:
     """Commit cost with ``history_limit=limit`` (at the limit, so a trim of limit // 10
     rows lands every limit // 10 commits, each measured run of 2 * limit // 10
     commits holds two) against ``history_limit=None``, interleaved in one run."""
-    from collections.abc import Callable
+    from benchmarks._trim_cost import trim_cost_row
+    from foundation.flags import Flag, SQLiteFlagStore
 
-    from benchmarks._harness import compare
-    from foundation.flags import FeatureFlags, Flag, SQLiteFlagStore
-
-    flags_declared = (Flag("beta"), Flag("gamma"))
     with tempfile.TemporaryDirectory() as tmp:
         trimmed = SQLiteFlagStore(Path(tmp) / "trim.db", history_limit=limit)
         unbounded = SQLiteFlagStore(Path(tmp) / "all.db", history_limit=None)
         with trimmed, unbounded:
-            on_trimmed = FeatureFlags(flags_declared, store=trimmed)
-            on_unbounded = FeatureFlags(flags_declared, store=unbounded)
-            counter = iter(range(10**9))
-
-            def commits(flags: FeatureFlags) -> Callable[[int], None]:
-                def body(n: int) -> None:
-                    for _ in range(n):
-                        flags.set_percentage("beta", next(counter) % 100)
-
-                return body
-
-            for flags in (on_trimmed, on_unbounded):  # both at the limit before timing
-                commits(flags)(limit + limit // 20)
-            ratio, t_s, u_s = compare(
-                commits(on_trimmed), commits(on_unbounded), limit // 5, rounds=5, repeat=3
-            )
-            kept = len(trimmed.history())
-            on_trimmed.close()
-            on_unbounded.close()
-    return Row(
-        "sqlite flags",
-        f"commit (set_percentage), history_limit={limit}: trims during the run",
-        "history_limit=None",
-        ratio,
-        "x",
-        f"<= {TRIM_TARGET:g}x",
-        ratio <= TRIM_TARGET,
-        f"{t_s * 1e6:.0f} us vs {u_s * 1e6:.0f} us per commit; {kept} rows kept "
-        f"(a trim of {limit // 10} every {limit // 10} commits)",
-    )
+            return trim_cost_row(
+                "sqlite flags", (Flag("beta"), Flag("gamma")), trimmed, unbounded,
+                limit=limit, n=limit // 5, entries="rows",
+            )  # fmt: skip
 
 
 def _ms(values: list[float]) -> str:

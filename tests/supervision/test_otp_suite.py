@@ -303,7 +303,7 @@ STUBBORN = (
     "import os, signal, time\n"
     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
     "os.write(int(os.environ['FOUNDATION_READY_FD']), b'1')\n"
-    "time.sleep(600)\n"
+    "time.sleep(600)\n"  # sleep-ok: the child's own work, not a wait of the test
 )
 
 
@@ -1295,7 +1295,7 @@ class Deadlock:
     async def child(self, ctx: ChildContext) -> None:
         self.starts += 1
         if self.fail:
-            await asyncio.sleep(0.05)  # OTP's takes 2 s; each failure is one more restart
+            await asyncio.sleep(0.05)  # sleep-ok: the child's slow failing start (OTP's takes 2 s)
             raise Boom("cannot start")
         self.crash = asyncio.Event()
         ctx.ready()
