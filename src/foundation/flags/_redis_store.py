@@ -65,10 +65,11 @@ Outages (see also ``docs/flags-outages.md``)
 ---------------------------------------------
 
 *The node copy.* Each store keeps the deployment's last committed state, stages,
-version and whole history (with the stream ids) in a local SQLite file
-(``cache_path``; default ``$FOUNDATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/foundation``,
-else ``~/.cache/foundation``, file ``flags-<namespace>-<hash of namespace and
-redacted URL>.sqlite3``; ``cache_path=None`` keeps it in memory for the life of
+version and history (as the stream holds it: its stream ids and trim base) in a
+local SQLite file (``cache_path``; default ``$FOUNDATION_CACHE_DIR``, else
+``$XDG_CACHE_HOME/foundation``, else ``~/.cache/foundation``, file
+``flags-<namespace>-<hash of namespace and redacted URL>.sqlite3``;
+``cache_path=None`` keeps it in memory for the life of
 the process). It is refreshed after every commit this store sees; its history
 stays a copy of Redis' stream, never a spliced one (each entry is a delta of the
 one before): a refresh appends only while Redis still holds the copy's last
