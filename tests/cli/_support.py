@@ -49,3 +49,21 @@ def one_line_error(result: subprocess.CompletedProcess[str], exit_code: int = 1)
     assert len(lines) == 1, result.stderr
     assert result.stdout == ""
     return lines[0]
+
+
+def run_demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``foundation demo --plain ARGS`` as a user runs it (the installed script,
+    else ``python -m foundation.cli``), in a subprocess."""
+    import shutil
+
+    script = shutil.which("foundation", path=str(Path(sys.executable).parent))
+    command = [script] if script else [sys.executable, "-m", "foundation.cli"]
+    return subprocess.run(
+        [*command, "demo", "--plain", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

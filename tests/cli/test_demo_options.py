@@ -8,28 +8,12 @@ that does not answer or an admin address in use is one line on stderr (exit
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.cli._support import cli_env, one_line_error
+from tests.cli._support import one_line_error, run_demo
 from tests.redis_support import free_port
-
-
-def _demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    script = shutil.which("foundation", path=str(Path(sys.executable).parent))
-    command = [script] if script else [sys.executable, "-m", "foundation.cli"]
-    return subprocess.run(
-        [*command, "demo", "--plain", *args],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,  # before the fix: the whole demo ran first
-        check=False,
-    )
 
 
 def _usage_error(result: subprocess.CompletedProcess[str], option: str) -> None:
@@ -49,14 +33,14 @@ def test_numbers_out_of_bounds_are_usage_errors(tmp_path: Path) -> None:
         ("--workers", "0"),
         ("--fault-seconds", "-1"),
     ]:
-        _usage_error(_demo(option, value, cwd=tmp_path), option)
+        _usage_error(run_demo(option, value, cwd=tmp_path), option)
 
 
 def test_redis_is_checked_before_the_demo_runs(tmp_path: Path) -> None:
     closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    line = one_line_error(_demo("--redis", closed, cwd=tmp_path))
+    line = one_line_error(run_demo("--redis", closed, cwd=tmp_path))
     assert line.startswith("BackendUnavailable: "), line
-    _usage_error(_demo("--redis", "nonsense", cwd=tmp_path), "--redis")
+    _usage_error(run_demo("--redis", "nonsense", cwd=tmp_path), "--redis")
 
 
 def test_admin_is_checked_before_the_demo_runs(tmp_path: Path) -> None:
@@ -64,13 +48,13 @@ def test_admin_is_checked_before_the_demo_runs(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         host, port = taken.getsockname()
-        line = one_line_error(_demo("--admin", f"{host}:{port}", cwd=tmp_path))
+        line = one_line_error(run_demo("--admin", f"{host}:{port}", cwd=tmp_path))
     assert line.startswith("InvalidConfig: cannot listen on"), line
-    _usage_error(_demo("--admin", "nonsense", cwd=tmp_path), "--admin")
+    _usage_error(run_demo("--admin", "nonsense", cwd=tmp_path), "--admin")
 
 
 def test_help_is_plain_text(tmp_path: Path) -> None:
-    result = _demo("--help", cwd=tmp_path)
+    result = run_demo("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: foundation demo")
     assert "``" not in result.stdout, result.stdout  # no reStructuredText markup

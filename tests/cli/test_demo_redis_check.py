@@ -11,27 +11,10 @@ the test reads what the check left.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.cli._support import cli_env, one_line_error
+from tests.cli._support import one_line_error, run_demo
 from tests.redis_support import RedisServer
-
-
-def _demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    script = shutil.which("foundation", path=str(Path(sys.executable).parent))
-    command = [script] if script else [sys.executable, "-m", "foundation.cli"]
-    return subprocess.run(
-        [*command, "demo", "--plain", *args],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _keys(server: RedisServer) -> list[tuple[bytes, int]]:
@@ -41,7 +24,7 @@ def _keys(server: RedisServer) -> list[tuple[bytes, int]]:
 
 
 def test_the_redis_check_leaves_no_key_behind(fresh_redis: RedisServer, tmp_path: Path) -> None:
-    result = _demo("--redis", fresh_redis.url, "--admin", "no-such-bind:x", cwd=tmp_path)
+    result = run_demo("--redis", fresh_redis.url, "--admin", "no-such-bind:x", cwd=tmp_path)
     assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr)
     assert "argument --admin" in result.stderr, result.stderr  # the Redis check passed
     assert result.stdout == ""  # nothing of the demo ran
@@ -55,6 +38,6 @@ def test_a_redis_refusing_writes_still_fails_the_check(
     # The check still tries a write in part 4's namespace: a read-only Redis is
     # one line (exit 1) before anything runs, as with the registry before.
     fresh_redis.make_read_only()
-    line = one_line_error(_demo("--redis", fresh_redis.url, cwd=tmp_path))
+    line = one_line_error(run_demo("--redis", fresh_redis.url, cwd=tmp_path))
     assert line.startswith("BackendUnavailable: "), line
     assert "READONLY" in line, line

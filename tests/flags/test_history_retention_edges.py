@@ -34,6 +34,7 @@ from foundation.flags import (
     StoreTransaction,
 )
 from foundation.flags._history import trim_slack
+from tests._together import run_together
 from tests.flags._support import wait_until
 from tests.flags.test_history_retention import Factory, make_store
 
@@ -438,20 +439,7 @@ def test_two_processes_with_their_own_limits_and_a_slow_watcher(tmp_path: Path) 
         )
         for seed, limit in ((1, 3), (2, 40))
     ]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        outs = [proc.communicate(timeout=120) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    outs = run_together(procs)  # all start at once
     for proc, (out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err
         assert "done" in out, err

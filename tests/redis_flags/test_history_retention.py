@@ -19,6 +19,7 @@ from pathlib import Path
 
 from foundation.flags import FeatureFlags, Flag, FlagChange, FlagState, RedisFlagStore
 from foundation.flags._history import Replay
+from tests._together import run_together
 from tests.redis_flags._outages import Seen, alive, must, server, store
 from tests.redis_flags._support import REPO, raw_client, wait_until
 from tests.redis_flags.conftest import StoreFactory
@@ -158,20 +159,7 @@ def test_two_processes_commit_and_trim_at_once(
         )
         for p in ("one-", "two-")
     ]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-        for proc in procs:  # both start at once
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        outs = [proc.communicate(timeout=120) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    outs = run_together(procs)  # all start at once
     for proc, (out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err
         assert "done" in out, err
