@@ -1,4 +1,4 @@
-"""A stateful model test of boolean FeatureFlags over every store.
+"""A stateful model test of boolean FeatureFlags and a Migration over every store.
 
 A hypothesis ``RuleBasedStateMachine`` drives ``FeatureFlags`` over a
 ``MemoryFlagStore``, a ``SQLiteFlagStore`` (a temporary file) and a
@@ -6,13 +6,21 @@ A hypothesis ``RuleBasedStateMachine`` drives ``FeatureFlags`` over a
 it, after every step, against a small pure-Python model of DESIGN.md
 "Feature flags": the effective state (runtime, else config, else the declared
 default), ``enabled`` with and without actors (switch, deny, allow, then the
-rollout ``bucket(flag, actor) < p``), and ``history()``.
+rollout ``bucket(flag, actor) < p``), ``history()``, what a listener hears,
+and a two-stage migration's stage and ``migration_history()``.
 
 History is modelled as the code documents it (``_Writer.update``: "a no-op
 write records nothing"): a write records a change exactly when the *stored*
 runtime state changes; ``old``/``new`` are the effective states before and
 after. So ``enable`` of a flag that is on only by its default or config pins
-it in the runtime layer and records a change whose ``old == new``.
+it in the runtime layer and records a change whose ``old == new``, marked
+``no_op``. A listener hears exactly the records (no-ops included) and each
+effective change of a config load (``by="config"``, not in the history).
+
+Every store is opened with a small ``history_limit`` (``LIMIT``): the model trims
+the flag records and, apart, the migration events by the documented rule (a
+transaction that leaves more than ``LIMIT + trim_slack`` keeps the last
+``LIMIT``), and the stage never depends on what was trimmed.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,13 +50,18 @@ from foundation.errors import Closed, FoundationError, InvalidFlagValue, Unknown
 from foundation.flags import (
     FeatureFlags,
     Flag,
+    FlagChange,
     FlagState,
     FlagStore,
     MemoryFlagStore,
+    Migration,
+    MigrationPlan,
     RedisFlagStore,
     SQLiteFlagStore,
+    Stage,
     bucket,
 )
+from foundation.flags._store import trim_slack
 
 STATEFUL = settings(
     max_examples=50,
@@ -59,6 +72,8 @@ STATEFUL = settings(
 )
 
 DECLARED = (Flag("beta"), Flag("dark", default=True), Flag("gamma"))
+LIMIT = 6  # history_limit of every store: trims (of both histories) every few steps
+PLAN = MigrationPlan([Stage(1, "one", ["beta"]), Stage(2, "two", ["gamma"])], name="m")
 NAMES = tuple(f.name for f in DECLARED)
 DEFAULTS = {f.name: f.default is True for f in DECLARED}
 
@@ -134,6 +149,16 @@ bad_config_entries = st.sampled_from(
 )
 
 Record = tuple[str, M, M, str | None, str | None]
+Event = tuple[str, int, int, str | None, str | None]
+
+
+def trimmed(records: list[Any]) -> list[Any]:
+    """``records`` after a transaction that added some: the stores' rule."""
+    return records[-LIMIT:] if len(records) > LIMIT + trim_slack(LIMIT) else records
+
+
+def heard_key(change: FlagChange) -> tuple[str, M, M, str | None, str | None, bool]:
+    return (change.flag, of(change.old), of(change.new), change.by, change.reason, change.no_op)
 
 
 class FlagMachine(RuleBasedStateMachine):
@@ -147,22 +172,30 @@ class FlagMachine(RuleBasedStateMachine):
         self.opened = 0
         self.store = self._open_store()
         self.flags = FeatureFlags(DECLARED, store=self.store)
+        self.migration = Migration(self.flags, PLAN)
+        self.heard: list[FlagChange] = []
+        self.flags.subscribe(self.heard.append)
         # The model.
         self.config: dict[str, M] = {}
         self.runtime: dict[str, M] = {}
         self.history: list[Record] = []
+        self.notified: list[tuple[str, M, M, str | None, str | None, bool]] = []
+        self.stage = 0
+        self.events: list[Event] = []
+        self.batch = 0  # records of the transaction in progress (see write, commit)
 
     def _open_store(self) -> FlagStore:
         self.opened += 1
         if self.kind == "memory":
-            return MemoryFlagStore()
+            return MemoryFlagStore(history_limit=LIMIT)
         if self.kind == "sqlite":
-            return SQLiteFlagStore(self.tmp / "flags.db")
+            return SQLiteFlagStore(self.tmp / "flags.db", history_limit=LIMIT)
         # A fresh node copy each time: what survives must come from Redis.
         return RedisFlagStore(
             self.redis_url,
             namespace=self.namespace,
             cache_path=self.tmp / f"node-{self.opened}.sqlite3",
+            history_limit=LIMIT,
         )
 
     def teardown(self) -> None:
@@ -182,8 +215,11 @@ class FlagMachine(RuleBasedStateMachine):
     def effective(self, name: str) -> M:
         return self.runtime.get(name, self.base(name))
 
-    def write(self, name: str, mutate: Any, by: str | None, reason: str | None) -> None:
-        """As a write is documented: record only when the stored runtime state changes."""
+    def write(
+        self, name: str, mutate: Any, by: str | None, reason: str | None, *, batch: bool = False
+    ) -> None:
+        """As a write is documented: record only when the stored runtime state changes.
+        ``batch``: one of several writes of one transaction (``commit`` ends it)."""
         stored = self.runtime.get(name)
         old = self.effective(name)
         new_stored = mutate(old)
@@ -193,7 +229,37 @@ class FlagMachine(RuleBasedStateMachine):
             del self.runtime[name]
         else:
             self.runtime[name] = new_stored
-        self.history.append((name, old, self.effective(name), by, reason))
+        new = self.effective(name)
+        self.history.append((name, old, new, by, reason))
+        self.notified.append((name, old, new, by, reason, old == new))
+        self.batch += 1
+        if not batch:
+            self.commit()
+
+    def commit(self, event: Event | None = None) -> None:
+        """A transaction ends: its records (and ``event``) trimmed by the stores' rule."""
+        if self.batch:
+            self.history = trimmed(self.history)
+        self.batch = 0
+        if event is not None:
+            self.events = trimmed([*self.events, event])
+            self.stage = event[2]
+
+    def move(self, action: str, target: int, by: str | None, reason: str | None) -> None:
+        """``Migration._move``: stages 1..target on, later ones off, one event."""
+        why = reason or f"migration 'm' {action} {self.stage} -> {target}"
+        for number, name in ((1, "beta"), (2, "gamma")):
+            on = number <= target
+            self.write(name, lambda s, on=on: replace(s, switch=on), by, why, batch=True)
+        self.commit((action, self.stage, target, by, reason))
+
+    def config_notes(self, before: dict[str, M]) -> None:
+        """A config load: each effective change is heard (``by="config"``), not recorded."""
+        for name in NAMES:
+            if before[name] != self.effective(name):
+                self.notified.append(
+                    (name, before[name], self.effective(name), "config", "mapping", False)
+                )
 
     # ----------------------------------------------------------------- rules
 
@@ -241,12 +307,33 @@ class FlagMachine(RuleBasedStateMachine):
     def reset_all(self, by: str | None, reason: str | None) -> None:
         self.flags.reset_all(by=by, reason=reason)
         for name in NAMES:  # declaration order, one record per flag it changes
-            self.write(name, lambda s: None, by, reason)
+            self.write(name, lambda s: None, by, reason, batch=True)
+        self.commit()
+
+    @precondition(lambda self: self.stage < 2)
+    @rule(by=audit, reason=audit)
+    def advance(self, by: str | None, reason: str | None) -> None:
+        self.migration.advance(by=by, reason=reason)
+        self.move("advance", self.stage + 1, by, reason)
+
+    @precondition(lambda self: self.stage > 0)
+    @rule(data=st.data(), by=audit)
+    def rollback(self, data: st.DataObject, by: str | None) -> None:
+        target = data.draw(st.integers(0, self.stage - 1))
+        self.migration.rollback_to(target, by=by)
+        self.move("rollback", target, by, None)
+
+    @rule(reason=st.sampled_from(["incident", "error spike"]), by=audit)
+    def emergency_rollback(self, reason: str, by: str | None) -> None:
+        self.migration.emergency_rollback(reason, by=by)  # from any stage, 0 included
+        self.move("emergency_rollback", 0, by, reason)
 
     @rule(config=configs)
     def load(self, config: dict[str, Any]) -> None:
         self.flags.load_from_config(config, env=None)
+        before = {name: self.effective(name) for name in NAMES}
         self.config = {name: CONFIG_VALUES[value] for name, value in config.items()}
+        self.config_notes(before)
         # The config layer is never written to the store and never in history().
 
     @rule(config=configs, bad=bad_config_entries)
@@ -321,12 +408,18 @@ class FlagMachine(RuleBasedStateMachine):
             self.store.close()
             self.store = self._open_store()
         self.flags = FeatureFlags(DECLARED, store=self.store)
+        self.migration = Migration(self.flags, PLAN)
+        self.heard.clear()
+        self.notified.clear()
+        self.flags.subscribe(self.heard.append)
+        config, self.config = self.config, {}
         if reload_config:
             # The config layer lives in memory: the application loads it again, and
             # persisted runtime state wins over it.
-            self.flags.load_from_config(_values_of(self.config), env=None)
-        else:
-            self.config = {}
+            self.flags.load_from_config(_values_of(config), env=None)
+            before = {name: self.effective(name) for name in NAMES}
+            self.config = config
+            self.config_notes(before)
 
     # ------------------------------------------------------------ invariants
 
@@ -350,6 +443,20 @@ class FlagMachine(RuleBasedStateMachine):
             assert [c.flag for c in self.flags.history(name)] == [
                 r[0] for r in self.history if r[0] == name
             ]
+
+    @invariant()
+    def listeners_hear_the_records_and_config_changes(self) -> None:
+        assert [heard_key(c) for c in self.heard] == self.notified
+        assert all(c.no_op == (c.old == c.new) for c in self.flags.history())
+
+    @invariant()
+    def stage_and_migration_history_match(self) -> None:
+        assert self.store.migration_stage("m") == self.migration.status().stage == self.stage
+        got = [
+            (e.action, e.from_stage, e.to_stage, e.by, e.reason)
+            for e in self.store.migration_history("m")
+        ]
+        assert got == self.events
 
     @invariant()
     def store_holds_the_runtime_layer_only(self) -> None:

@@ -192,10 +192,12 @@ def state_dict(state: Any) -> dict[str, Any]:
 
 
 def change_dict(change: Any) -> dict[str, Any]:
-    """A ``FlagChange`` as JSON, its ``old``/``new`` with every key (as ``state_dict``)."""
+    """A ``FlagChange`` as JSON, its ``old``/``new`` with every key (as ``state_dict``),
+    and ``no_op`` (``FlagChange.no_op``: only the runtime state was set or cleared)."""
     data: dict[str, Any] = change.to_dict()
     data["old"] = state_dict(change.old)
     data["new"] = state_dict(change.new)
+    data["no_op"] = change.no_op
     return data
 
 
@@ -276,7 +278,14 @@ def _check_kind(flags: Any, name: str, action: str) -> None:
 
 def _change_rows(changes: list[Any]) -> list[list[Any]]:
     return [
-        [_when(c.at), c.flag, _summary(c.old.to_dict()), _summary(c.new.to_dict()), c.by, c.reason]
+        [
+            _when(c.at),
+            c.flag,
+            _summary(c.old.to_dict()),
+            _summary(c.new.to_dict()) + (" (no-op)" if c.no_op else ""),
+            c.by,
+            c.reason,
+        ]
         for c in changes
     ]
 
@@ -482,6 +491,12 @@ def _write(flags: Any, args: argparse.Namespace, out: Output) -> int:
                 f"{name}: {_summary(change.old.to_dict())} -> {_summary(state)} (by {by}"
                 + (f": {reason})" if reason else ")")
             )
+            if change.no_op:  # recorded: the runtime state overrides other processes' config
+                what = "cleared" if args.action == "clear" else "set"
+                out.line(
+                    f"  no-op here: only the runtime state was {what} (it overrides the "
+                    "config of every process sharing the store)"
+                )
 
     out.emit(data, text)
     return 0

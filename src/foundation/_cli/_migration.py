@@ -174,6 +174,12 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
                         for e in st["history"]
                     ],
                 )
+                kept = getattr(migration.flags.store, "history_limit", None)
+                if isinstance(kept, int):  # an operator reading an audit trail must know
+                    out.line(
+                        f"(the store keeps the last {kept:,} steps of all plans, "
+                        "history_limit: older ones are trimmed)"
+                    )
 
         out.emit(data, text)
         return 0

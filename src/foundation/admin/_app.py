@@ -275,7 +275,8 @@ def _dead_dict(event: RegistryEvent, at: float) -> dict[str, Any]:
 
 
 def _change_dict(change: FlagChange) -> dict[str, Any]:
-    return change.to_dict()
+    """``to_dict`` plus ``no_op`` (see ``FlagChange.no_op``)."""
+    return {**change.to_dict(), "no_op": change.no_op}
 
 
 # ------------------------------------------------------------------------- events

@@ -529,7 +529,9 @@ function describeChange(c) {
   const os = c.old.split ?? null, ns = c.new.split ?? null;
   if (JSON.stringify(os) !== JSON.stringify(ns))
     parts.push('split ' + (os ? shareText(os) : '—') + ' \u2192 ' + (ns ? shareText(ns) : '—'));
-  return parts.join(', ') || 'no effective change';
+  return parts.join(', ') ||
+    (c.no_op ? 'no-op: runtime state set or cleared, effective state unchanged'
+             : 'no effective change');
 }
 
 async function refreshHistory() {

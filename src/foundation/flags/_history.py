@@ -56,7 +56,9 @@ that lost records as a whole record (``self_contained``), so their history
 still starts with whole records, as older versions read it; a Redis stream
 cannot rewrite an entry, so the Redis store keeps beside it the runtime state
 of each flag after the last trimmed entry (the *base*, see ``_redis_store``),
-written atomically with the trim, and replays from it.
+written atomically with the trim, and replays from it. Migration events are
+kept by the same rule, counted apart (``_store.events_to_keep``); they are whole
+records, so their trim rewrites nothing.
 """
 
 from __future__ import annotations

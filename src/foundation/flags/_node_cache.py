@@ -9,7 +9,8 @@ What it holds (one file per namespace and Redis URL, see ``default_cache_path``)
   (``history_limit``) is mirrored as it is in Redis: the entries from the cut
   on (meta ``trimmed``, the id of the first kept entry) and the *base* (table
   ``base``: each flag's runtime state after the last trimmed entry), which the
-  entries' deltas replay from;
+  entries' deltas replay from. A trimmed migrations stream likewise: the events
+  from meta ``mtrimmed`` on (events are whole records: no base);
 - pending kill switches: ``disable`` / ``emergency_rollback`` made while Redis
   was unreachable, waiting to be committed (``PendingKillSwitch``);
 - the flag catalogue and the migration plans as last read from Redis (declared
@@ -124,6 +125,11 @@ def default_cache_path(namespace: str, url: str) -> Path:
     return directory / f"flags-{slug}-{digest}.sqlite3"
 
 
+KEEP = "keep"
+"""``Snapshot.mtrimmed`` when the snapshot did not read it (a commit mirrored from its
+own transaction): the copy keeps its own (never a stream id: those hold a ``-``)."""
+
+
 class Snapshot:
     """A consistent read of the Redis side (one ``MULTI``), to mirror into the cache.
 
@@ -132,7 +138,9 @@ class Snapshot:
     ``trimmed``/``base``: the id of the first entry the stream kept and the base
     (flag -> state JSON) its deltas replay from; ``base`` None: as the cache has
     them (a commit mirrored from the transaction), else entries before
-    ``trimmed`` leave the cache and ``base`` replaces its own. (A
+    ``trimmed`` leave the cache and ``base`` replaces its own. ``mtrimmed``: the
+    id of the first event the migrations stream kept after its last trim (None:
+    never trimmed; ``KEEP``: not read, as the cache has it). (A
     plain class: a private record, so ``import foundation`` builds no
     dataclass for it; see ``foundation._public``.)
     """
@@ -143,6 +151,7 @@ class Snapshot:
         "full",
         "history",
         "migrations",
+        "mtrimmed",
         "stages",
         "states",
         "trimmed",
@@ -161,6 +170,7 @@ class Snapshot:
         *,
         base: dict[str, str] | None = None,
         trimmed: str | None = None,
+        mtrimmed: str | None = KEEP,
     ) -> None:
         self.version = version
         self.epoch = epoch
@@ -171,6 +181,7 @@ class Snapshot:
         self.full = full
         self.base = base
         self.trimmed = trimmed
+        self.mtrimmed = mtrimmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +484,11 @@ class NodeCache:
         """The id of the first entry the mirrored stream kept after a trim (None: never)."""
         return self._meta("trimmed")
 
+    @property
+    def mtrimmed(self) -> str | None:
+        """The id of the first event the mirrored migrations stream kept after a trim."""
+        return self._meta("mtrimmed")
+
     def history_with_base(self) -> tuple[dict[str, str], str | None, list[Entry]]:
         """(base, ``trimmed``, history entries) from one read: entries replay from the base.
 
@@ -557,6 +573,7 @@ class NodeCache:
                     [(*stream_key(i), json.dumps(f)) for i, f in entries],
                 )
             _mirror_trim(db, snap)
+            _mirror_events_trim(db, snap)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (str(snap.version),))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('synced', '1')")
             if snap.epoch is None:
@@ -703,6 +720,32 @@ def _mirror_trim(db: sqlite3.Connection, snap: Snapshot) -> None:
     ms, seq = stream_key(snap.trimmed)
     db.execute("DELETE FROM history WHERE ms < ? OR (ms = ? AND seq < ?)", (ms, ms, seq))
     db.execute("INSERT OR REPLACE INTO meta VALUES ('trimmed', ?)", (snap.trimmed,))
+
+
+def _mirror_events_trim(db: sqlite3.Connection, snap: Snapshot) -> None:
+    """Mirror the migrations stream's trim (inside ``apply``'s transaction): the copy
+    keeps the events from ``snap.mtrimmed`` on, as Redis does.
+
+    Race: another process sharing the file mirrored a later cut first (a trim
+    changes no version, so ``apply`` lets our older read through): an incremental
+    snapshot never moves the cut back, it drops below the later of the two. A
+    full snapshot is what Redis holds, its cut included."""
+    if snap.mtrimmed == KEEP:
+        return
+    row = db.execute("SELECT value FROM meta WHERE key = 'mtrimmed'").fetchone()
+    cut = snap.mtrimmed
+    if (
+        not snap.full
+        and row is not None
+        and (cut is None or stream_key(cut) < stream_key(str(row[0])))
+    ):
+        cut = str(row[0])
+    if cut is None:
+        db.execute("DELETE FROM meta WHERE key = 'mtrimmed'")
+        return
+    ms, seq = stream_key(cut)
+    db.execute("DELETE FROM migrations WHERE ms < ? OR (ms = ? AND seq < ?)", (ms, ms, seq))
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('mtrimmed', ?)", (cut,))
 
 
 def _records(text: str, op: PendingKillSwitch) -> bool:

@@ -15,7 +15,8 @@ every key of one deployment lives in one slot and a transaction may touch them a
                                   base the kept entries' deltas replay from)
 ``{ns}:flags:meta``        hash   ``version`` (committed transactions), ``epoch``,
                                   ``restored`` (a random id per restore from a copy),
-                                  ``trimmed`` (id of the first entry kept by the last trim)
+                                  ``trimmed`` (id of the first entry kept by the last trim),
+                                  ``mtrimmed`` (the same, of the migrations stream)
 ``{ns}:flags:catalogue``   hash   flag name -> ``FlagInfo`` JSON (declared flags)
 ``{ns}:flags:plans``       hash   plan name -> ``MigrationPlan`` JSON
 
@@ -49,6 +50,12 @@ the first finished before its reads) counts again from an ``XLEN`` read with
 the entries and finds nothing due: never a cut below ``history_limit``. Readers
 of the history (``history``, the kill switch's check, the node copy) replay
 from the base. A trim failing (Redis gone) only logs: the next commit retries.
+The migrations stream keeps the last ``history_limit`` events of all plans (the
+same rule, counted apart): a commit whose EXEC finds it over runs ``_TRIM_EVENTS``
+(``XTRIM MAXLEN`` exactly, then ``mtrimmed`` := the first kept id, atomically).
+Events are whole records: no base, and two trimmers only ever cut to a limit.
+Stages live in ``{ns}:flags:stages``, never derived from events. The node copy
+mirrors the cut (``mtrimmed``) as it mirrors ``trimmed``.
 
 Propagation: the history stream is also the change feed. Each store runs one
 listener thread blocked in ``XREAD BLOCK`` on it, on a connection of its own;
@@ -202,6 +209,7 @@ from foundation.flags._store import (
     check_key,
     check_put,
     check_put_migration,
+    events_to_keep,
     log_trim,
     plan_from_json,
     plan_to_json,
@@ -222,10 +230,11 @@ T = TypeVar("T")
 log = logging.getLogger("foundation.flags")
 listener_log = logging.getLogger("foundation.flags.redis")
 
-_META = ("version", "epoch", "restored", "trimmed")
+_META = ("version", "epoch", "restored", "trimmed", "mtrimmed")
 """The meta fields read around a consistent read: ``restored`` is a token each
 restore sets, so a FLUSHALL and a restore back to the same version still differ;
-``trimmed`` moves with each trim of the history (which changes no version)."""
+``trimmed`` / ``mtrimmed`` move with each trim of the history / the migrations
+stream (which changes no version)."""
 
 _MAX_ATTEMPTS = 1000  # optimistic retries before a transaction gives up (pathological contention)
 
@@ -270,6 +279,11 @@ if data.trimmed ~= '' then
 else
   redis.call('HDEL', KEYS[1], 'trimmed')
 end
+if data.mtrimmed ~= '' then
+  redis.call('HSET', KEYS[1], 'mtrimmed', data.mtrimmed)
+else
+  redis.call('HDEL', KEYS[1], 'mtrimmed')
+end
 return 1
 """
 
@@ -287,6 +301,19 @@ local n = redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
 redis.call('DEL', KEYS[3])
 for name, state in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[3], name, state) end
 redis.call('HSET', KEYS[1], 'trimmed', ARGV[4])
+return n
+"""
+
+# Trim the migrations stream to its last ARGV[1] events (exactly) and record the
+# first kept id in meta's `mtrimmed` (what node copies mirror). Events are whole
+# records: no base, no check; commits only append. KEYS: meta, migrations.
+# Returns the events trimmed.
+_TRIM_EVENTS = """
+local n = redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])
+if n > 0 then
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  redis.call('HSET', KEYS[1], 'mtrimmed', first[1][1])
+end
 return n
 """
 
@@ -510,6 +537,7 @@ class _Commit:
         "length_at",
         "migrations",
         "migrations_at",
+        "mlength_at",
         "puts",
         "stage_puts",
         "version",
@@ -526,6 +554,7 @@ class _Commit:
         self.history_at = 0
         self.migrations_at = 0
         self.length_at: int | None = None  # EXEC's reply to XLEN of the history, if queued
+        self.mlength_at: int | None = None  # ... and of the migrations stream
 
     @staticmethod
     def entries(
@@ -725,8 +754,11 @@ class RedisFlagStore(FlagStore):
         self._listen_client: Any = None
         self._restore_script: Any = None
         self._trim_script: Any = None
+        self._trim_events_script: Any = None
         self._trims = 0  # trims this store made (the first is logged at INFO)
         self._next_trim_at = 0  # after a failed trim: the stream length to try again at
+        self._event_trims = 0  # ... the same, of the migrations stream
+        self._next_event_trim_at = 0
 
     def _first_sync(self) -> None:
         """Connect and catch up, or start stale from the node copy if Redis is down."""
@@ -841,6 +873,7 @@ class RedisFlagStore(FlagStore):
                 )
                 self._restore_script = self._client.register_script(_RESTORE)
                 self._trim_script = self._client.register_script(_TRIM)
+                self._trim_events_script = self._client.register_script(_TRIM_EVENTS)
             return self._client
 
     def _ensure_listen_client(self) -> Any:
@@ -943,6 +976,7 @@ class RedisFlagStore(FlagStore):
                 "migrations": [[i, _flat(f)] for i, f in cache.migrations()],
                 "base": base,
                 "trimmed": trimmed or "",
+                "mtrimmed": cache.mtrimmed or "",
             }
             # The script re-checks the version itself: of nodes restoring at
             # once, only the first (or the one with the newest copy) writes.
@@ -1005,8 +1039,9 @@ class RedisFlagStore(FlagStore):
                     since == tails
                     and self._cache.version == int(meta[0] or 0)
                     and self._cache.trimmed == meta[3]
+                    and self._cache.mtrimmed == meta[4]
                 ):
-                    return True  # nothing new (the copy's tails and trim included)
+                    return True  # nothing new (the copy's tails and trims included)
                 snap = self._read_snapshot(client, meta, since)
                 if snap is None:
                     continue  # a commit landed meanwhile: read again
@@ -1038,6 +1073,9 @@ class RedisFlagStore(FlagStore):
             # Redis' stream goes back further than the copy's (restored from an
             # untrimmed copy): the copy's base is not the base of Redis' entries.
             return None
+        cut = cache.mtrimmed
+        if cut is not None and (meta[4] is None or stream_key(meta[4]) < stream_key(cut)):
+            return None  # likewise Redis' migrations stream: take it whole
         return cache.last_ids()
 
     def _read_snapshot(
@@ -1079,6 +1117,7 @@ class RedisFlagStore(FlagStore):
             full=since is None,
             base=None if base is None else dict(base),
             trimmed=meta[3],
+            mtrimmed=meta[4],
         )
 
     def _queue_copy_reads(self, pipe: Any, since: tuple[str | None, str | None] | None) -> None:
@@ -1236,7 +1275,9 @@ class RedisFlagStore(FlagStore):
         self._note_read_only(False)  # a commit went through: writable (again)
         if commit.length_at is not None:
             self._trim_if_due(replies[commit.length_at])
-        self._confirm_in_copy(commit, replies)  # (mirrors the trim too)
+        if commit.mlength_at is not None:
+            self._trim_events_if_due(replies[commit.mlength_at])
+        self._confirm_in_copy(commit, replies)  # (mirrors the trims too)
         return result
 
     def _trim_if_due(self, length: Any) -> None:
@@ -1258,6 +1299,29 @@ class RedisFlagStore(FlagStore):
         if dropped > 0:
             self._trims += 1
             log_trim(self, dropped, limit, self._trims)
+
+    def _trim_events_if_due(self, length: Any) -> None:
+        """Trim the migrations stream to ``history_limit`` if ``length`` (its XLEN after
+        our commit) is over ``history_limit + trim_slack``; never fails the commit
+        (as ``_trim_if_due``). Race: another node trimming too: each cuts to its own
+        limit (the smallest wins), never below it, and commits only append."""
+        keep = events_to_keep(int(length), self.history_limit)
+        if keep is None or int(length) < self._next_event_trim_at:
+            return
+        try:
+            with self._translated("trimming the migration history"):
+                self._ensure_clients()
+                dropped = int(
+                    self._trim_events_script(keys=[self._k_meta, self._k_migrations], args=[keep])
+                )
+        except (BackendUnavailable, FlagError) as exc:
+            self._next_event_trim_at = int(length) + trim_slack(keep)
+            log.warning("flag store %r: migration history not trimmed (%s)", self.namespace, exc)
+            return
+        self._next_event_trim_at = 0
+        if dropped > 0:
+            self._event_trims += 1
+            log_trim(self, dropped, keep, self._event_trims, "migration history")
 
     def _trim(self, most: int, limit: int) -> int:
         """Drop the oldest history entries into the base down to ``limit`` entries, at
@@ -1285,7 +1349,7 @@ class RedisFlagStore(FlagStore):
             # Race: a trim or restore between the reads (a commit is harmless: it
             # appends): the base and the entries may be of two cuts. Leave it to
             # the next commit.
-            if list(before)[1:] != list(after)[1:]:
+            if list(before)[1:4] != list(after)[1:4]:
                 return 0
             if int(length) <= limit + trim_slack(limit):
                 return 0  # another node trimmed since our EXEC: not due any more
@@ -1296,7 +1360,7 @@ class RedisFlagStore(FlagStore):
             for _id, fields in entries[:count]:
                 self._decode_change(fields, replay)
             new_base = {name: state.to_json() for name, state in replay.states.items()}
-            epoch, restored, trimmed = (x or "" for x in list(before)[1:])
+            epoch, restored, trimmed = (x or "" for x in list(before)[1:4])
             done = self._trim_script(
                 keys=[self._k_meta, self._k_history, self._k_base],
                 args=[epoch, restored, trimmed, str(entries[count][0]), json.dumps(new_base)],
@@ -1480,6 +1544,10 @@ class RedisFlagStore(FlagStore):
         if n and self.history_limit is not None:
             pipe.xlen(self._k_history)  # O(1): is a trim due (see _trim_if_due)
             commit.length_at = replies
+            replies += 1
+        if txn.events and self.history_limit is not None:
+            pipe.xlen(self._k_migrations)  # O(1): see _trim_events_if_due
+            commit.mlength_at = replies
         return commit
 
     def kill_switch(self, fn: Callable[[StoreTransaction], T]) -> T:
@@ -2114,7 +2182,9 @@ class RedisFlagStore(FlagStore):
             return True  # writable again: resync (commits the pending kill switches)
         client = self._ensure_listen_client()
         with self._translated("checking the change stream"):
-            raw_version, trimmed = client.hmget(self._k_meta, "version", "trimmed")
+            raw_version, trimmed, mtrimmed = client.hmget(
+                self._k_meta, "version", "trimmed", "mtrimmed"
+            )
             if self._copy_behind_check(raw_version):
                 return True
             tail = client.xrevrange(self._k_history, count=1)
@@ -2122,7 +2192,7 @@ class RedisFlagStore(FlagStore):
             not tail or stream_key(str(tail[0][0])) < stream_key(self._last_id)
         ):
             return True
-        if trimmed != self._cache.trimmed:
+        if trimmed != self._cache.trimmed or mtrimmed != self._cache.mtrimmed:
             # Race: another node's trim landed after the commit this copy last
             # mirrored. A trim changes no version and adds no entry, so nothing
             # wakes the listener for it: mirror it here, within resync_interval,

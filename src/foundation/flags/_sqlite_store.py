@@ -87,6 +87,7 @@ from foundation.flags._store import (
     check_key,
     check_put,
     check_put_migration,
+    events_to_keep,
     log_trim,
     plan_from_json,
     plan_to_json,
@@ -142,6 +143,9 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 _HEAD_AND_TAIL = "SELECT (SELECT min(id) FROM flag_history), (SELECT max(id) FROM flag_history)"
+_EVENTS_HEAD_AND_TAIL = (
+    "SELECT (SELECT min(id) FROM migration_history), (SELECT max(id) FROM migration_history)"
+)
 
 
 def _explain(exc: sqlite3.Error) -> str:
@@ -166,6 +170,7 @@ class _Txn(StoreTransaction):
         # Runtime states read or written in this transaction (it holds the write lock).
         self._states: dict[str, FlagState | None] = {}
         self.wrote = False  # a history row was added: the store may trim (see _trim)
+        self.wrote_events = False  # a migration event was added (see _trim_migrations)
 
     def get(self, name: str) -> FlagState | None:
         check_key(name, "flag name")
@@ -218,6 +223,7 @@ class _Txn(StoreTransaction):
         self._conn.execute(
             "INSERT INTO migration_history (plan, record) VALUES (?, ?)", (plan, event.to_json())
         )
+        self.wrote_events = True
 
 
 class SQLiteFlagStore(FlagStore):
@@ -227,7 +233,8 @@ class SQLiteFlagStore(FlagStore):
     SQLite and each sees the others' changes (subscribers within
     ``poll_interval`` when idle, within ``FAST_POLL`` while changes flow).
     ``history_limit``: the history keeps the last that many rows of all flags
-    together (at most 10 % more between trims; None: all; see ``_history``); each
+    together (at most 10 % more between trims; None: all; see ``_history``), and
+    the migration history as many events of all plans together; each
     process trims with its own limit, so the smallest one in use wins.
     Thread-safe; ``close()`` stops the watcher thread. ``busy_timeout`` (seconds, at
     least 0) and ``poll_interval`` (seconds, above 0) are finite numbers up to
@@ -258,6 +265,8 @@ class SQLiteFlagStore(FlagStore):
         self.history_limit = check_history_limit(history_limit)
         self._trims = 0  # trims this store made (the first is logged at INFO)
         self._next_trim_at = 0  # after a failed trim: the history id to try again at
+        self._event_trims = 0  # trims of the migration history (the same rule, apart)
+        self._next_event_trim_at = 0  # ... and the migration_history id to try again at
 
         try:
             self.path = os.fspath(path)
@@ -530,7 +539,9 @@ class SQLiteFlagStore(FlagStore):
                 try:
                     txn = _Txn(self._conn, self._origin)
                     result = fn(txn)
-                    due = txn.wrote and self._trim_due()
+                    due = (txn.wrote and self._trim_due()) or (
+                        txn.wrote_events and self._events_trim_due()
+                    )
                     self._conn.execute("COMMIT")
                 except BaseException:
                     self._rollback()
@@ -567,6 +578,7 @@ class SQLiteFlagStore(FlagStore):
             self._begin()
             try:
                 self._trim()
+                self._trim_migrations()
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -576,6 +588,8 @@ class SQLiteFlagStore(FlagStore):
             with suppress(sqlite3.Error):
                 top = self._conn.execute("SELECT max(id) FROM flag_history").fetchone()[0]
                 self._next_trim_at = (top or 0) + trim_slack(limit)
+                top = self._conn.execute("SELECT max(id) FROM migration_history").fetchone()[0]
+                self._next_event_trim_at = (top or 0) + trim_slack(limit)
             log.warning(
                 "flag store %s: history not trimmed (the commit went through): %s",
                 self._shown, _explain(exc),
@@ -625,6 +639,36 @@ class SQLiteFlagStore(FlagStore):
         )
         self._trims += 1
         log_trim(self, len(rows), limit, self._trims)
+
+    def _events_trim_due(self) -> bool:
+        """``_trim_due`` of the migration history (its own count, the same rule)."""
+        low, high = self._conn.execute(_EVENTS_HEAD_AND_TAIL).fetchone()
+        if high is None or events_to_keep(high - low + 1, self.history_limit) is None:
+            return False
+        return bool(high >= self._next_event_trim_at)
+
+    def _trim_migrations(self) -> None:
+        """Drop the oldest migration events down to ``history_limit`` once over it by
+        ``trim_slack`` (in ``_trim_after_commit``'s transaction). Events are whole
+        records, so nothing is rewritten; stages live in ``migration_stage``.
+        Race: another process trimming too: both hold the write lock in turn, and
+        the second counts again and finds nothing due."""
+        limit = self.history_limit
+        if limit is None or not self._events_trim_due():
+            return
+        found = self._conn.execute(
+            "SELECT id FROM migration_history ORDER BY id DESC LIMIT 1 OFFSET ?", (limit - 1,)
+        ).fetchone()
+        if found is None:  # fewer rows than ids (deleted behind the store's back)
+            high = self._conn.execute("SELECT max(id) FROM migration_history").fetchone()[0]
+            self._next_event_trim_at = (high or 0) + trim_slack(limit)
+            return
+        dropped = self._conn.execute(
+            "DELETE FROM migration_history WHERE id < ?", (found[0],)
+        ).rowcount
+        self._next_event_trim_at = 0
+        self._event_trims += 1
+        log_trim(self, dropped, limit, self._event_trims, "migration history")
 
     def _first_kept(self, flags: set[str], cut: int) -> dict[str, tuple[int, dict[str, Any]]]:
         """By flag: (id, record) of its first row from id ``cut`` on, if any."""

@@ -27,9 +27,18 @@ and ``to_json``/``from_json``, so any store or language can persist them):
     and after the change, as seen by the writer (runtime state, else the
     config layer, else the declared default), so they are never None.
     ``by``/``reason`` are free text or None; ``at`` is Unix time in seconds.
+    ``no_op`` (derived, not stored) is True when ``old == new``: the write
+    changed the runtime layer only (pinned what config or the default already
+    gave, or cleared a runtime state equal to it). It is recorded all the same:
+    the runtime layer overrides config in every process sharing the store
+    (whose config may differ), survives restarts, and its record is what tells
+    other processes to reload. A write that changes no runtime state records
+    nothing and notifies nobody (``FeatureFlags``).
 
 ``MigrationEvent(plan, action, from_stage, to_stage, by, reason, at)``
-    One migration step. ``action`` is one of ``MIGRATION_ACTIONS``.
+    One migration step. ``action`` is one of ``MIGRATION_ACTIONS``. Events are
+    self-contained (no deltas), and a plan's stage is stored apart from them:
+    trimming events never changes a stage.
 
 Store contract (``FlagStore``):
 
@@ -70,6 +79,10 @@ Store contract (``FlagStore``):
 
 ``migration_stage(plan) -> int`` and ``migration_history(plan) -> list[MigrationEvent]``
     Committed stage of ``plan`` (0 if never written) and its events, oldest first.
+    The built-in stores keep the last ``history_limit`` events of all plans
+    together, trimmed as the flag history is but counted apart from it (a
+    plan stepped in a loop by automation would otherwise grow the store
+    without bound); the stage is kept apart and never read from events.
 
 ``subscribe(callback) -> unsubscribe``
     ``callback(changes: list[FlagChange])`` is called after a transaction
@@ -428,6 +441,14 @@ class FlagChange:
     reason: str | None = None
     at: float = 0.0
 
+    @property
+    def no_op(self) -> bool:
+        """True when the effective state did not change as the writer saw it
+        (``old == new``): the write only set or removed the runtime state (see
+        the module docs: it is recorded, since the runtime layer overrides other
+        processes' config)."""
+        return self.old == self.new
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "flag": self.flag,
@@ -700,14 +721,30 @@ class FlagStore(ABC):
         self.close()
 
 
-def log_trim(store: object, dropped: int, limit: int, trims: int) -> None:
-    """The log line of a history trim: INFO for a store's first, DEBUG after."""
+def log_trim(
+    store: object, dropped: int, limit: int, trims: int, what: str = "flag history"
+) -> None:
+    """The log line of a history trim: INFO for a store's first, DEBUG after (``what``:
+    ``"flag history"`` or ``"migration history"``, each counted on its own)."""
     level = logging.INFO if trims == 1 else logging.DEBUG
     log.log(
         level,
-        "%r: flag history trimmed by %d records to the last %d (history_limit)",
-        store, dropped, limit,
+        "%r: %s trimmed by %d records to the last %d (history_limit)",
+        store, what, dropped, limit,
     )  # fmt: skip
+
+
+def events_to_keep(count: int, limit: int | None) -> int | None:
+    """How many of ``count`` migration events to keep (the last ones), or None: no
+    trim due. The rule of the flag history: over ``limit + trim_slack`` -> ``limit``.
+
+    Example:
+        >>> events_to_keep(1101, 1000), events_to_keep(1100, 1000), events_to_keep(5, None)
+        (1000, None, None)
+    """
+    if limit is None or count <= limit + trim_slack(limit):
+        return None
+    return limit
 
 
 def report_callback_error(
@@ -765,7 +802,8 @@ class MemoryFlagStore(FlagStore):
     """The default store: state and history in this process only, lost at exit.
 
     ``history_limit``: the history keeps the last that many records of all flags
-    together (at most 10 % more between trims; None: all; see ``history``).
+    together (at most 10 % more between trims; None: all; see ``history``), and
+    the migration history as many events of all plans together.
 
     Example:
         >>> store = MemoryFlagStore()
@@ -779,6 +817,7 @@ class MemoryFlagStore(FlagStore):
     def __init__(self, *, history_limit: int | None = DEFAULT_HISTORY_LIMIT) -> None:
         self.history_limit = check_history_limit(history_limit)
         self._trims = 0  # trims done (the first one is logged at INFO)
+        self._event_trims = 0  # ... of the migration history
         self._lock = threading.RLock()
         self._states: dict[str, FlagState] = {}
         # History records (deltas, see _history), all in commit order and by flag.
@@ -818,7 +857,20 @@ class MemoryFlagStore(FlagStore):
             self._events.extend(txn.events)
             if txn.changes:
                 self._trim_history()
+            if txn.events:
+                self._trim_events()
             return result
+
+    def _trim_events(self) -> None:
+        """Keep the last ``history_limit`` migration events once over it by
+        ``trim_slack`` (caller holds the lock); stages are kept apart, untouched."""
+        keep = events_to_keep(len(self._events), self.history_limit)
+        if keep is None:
+            return
+        dropped = len(self._events) - keep
+        self._events = self._events[dropped:]  # a new list: readers copy under the lock
+        self._event_trims += 1
+        log_trim(self, dropped, keep, self._event_trims, "migration history")
 
     def _trim_history(self) -> None:
         """Drop the oldest records down to ``history_limit`` once over it by
