@@ -31,9 +31,13 @@ Events
 Listeners run **outside** the write lock, one event at a time, in the order
 the writes happened (a queue filled under the write lock). The thread that
 made a change delivers its events before the call returns, unless another
-thread is delivering at that moment — that thread then delivers them. A
-listener may call the registry, writes included (their events follow once the
-current listener returns). A listener that raises is logged under
+thread is delivering at that moment — that thread then delivers them, and the
+call waits until it has (so every write's events are delivered when it
+returns, which ``MigratingRegistry`` relies on). A listener may call the
+registry, writes included (their events follow once the current listener
+returns), but must not wait for another thread's write to this registry: that
+write waits for the listener. (``MigratingRegistry.subscribe`` listeners may:
+the facade calls them with no backend lock held.) A listener that raises is logged under
 ``foundation.registry`` and passed to ``sys.unraisablehook`` if one is
 installed; the write, the registry and the other listeners are unaffected.
 Death events are delivered by the thread that saw the death (a monitor

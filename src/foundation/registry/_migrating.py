@@ -39,8 +39,9 @@ Rules
    stores are called for a mirror under the lock (a private legacy view);
    a mirror to a backend that may be remote (the target, a shared legacy)
    is decided under the lock and applied outside it (rules 6 and 7).
-   Telemetry decided under the lock is emitted once it is released, so a
-   listener may call the facade back whatever another thread is doing.
+   Telemetry decided under the lock is emitted, and ``subscribe()`` events
+   delivered, once it is released (and the pump's or the pass's lock too),
+   so a listener may call the facade back whatever another thread is doing.
 2. A mirrored write replaces or removes only what the caller holds: in the
    target, only the entry that the record says mirrors the caller's own view
    (or a dead or absent entry); in a private legacy view, anything (the view
@@ -170,15 +171,23 @@ Why this is correct under concurrent flips
   what it mirrored there, so each side's monitor count follows its entries.
 * Events: the facade subscribes once to each backend and delivers to its own
   listeners. During a facade write, events of the authoritative call (made
-  inside ``with self._events_of(side)``) are collected and delivered after
-  the lock is released; events of mirror and catch-up calls (made inside
-  ``with self._events_dropped()``) are dropped. Events delivered by another thread (deaths
+  inside ``with self._events_of(side)``) are kept; events of mirror and
+  catch-up calls (made inside ``with self._events_dropped()``) are dropped.
+  Events delivered by another thread (deaths
   seen by the target's monitors; or, on a backend that lets whichever thread
   is already dispatching deliver a writer's events, such as
   ``MemoryRegistry``) are forwarded when their side is authoritative at
   delivery time — so only an event that races a flip can go to the side
   that just stopped answering. After ``finish()`` only the target's events
-  exist.
+  exist. Kept and forwarded events join one queue, in the order the backends
+  delivered them, and listeners are called from it one event at a time,
+  never holding a lock of the facade (nor of a backend): by the writer once
+  it has released the facade lock, by a pump or a pass once it has released
+  its own, or, for an event a backend delivers from its own thread (a
+  death, a remote change), by a short-lived courier thread. A thread that
+  finds another one delivering leaves its events to it and does not wait,
+  so a listener may call the facade back, or wait for a thread that does
+  (see ``_migrating_events``).
 
 The flag
 --------
@@ -348,6 +357,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._shared_view = None if _per_thread(legacy) else _View(None)
         self._views = {}
         self._listeners = Listeners("MigratingRegistry listener", area="registry")
+        self._init_delivery()  # the events to deliver, outside every lock
         # The facade's own subscriptions: the target's (deaths and events) and the
         # flag's now; the legacy side's on the first subscribe() (no listener, no
         # events to build on the legacy store's writes).
@@ -783,11 +793,17 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Forward the authoritative backend's events to ``listener``.
 
-        Events of the authoritative call of a facade write are delivered after
-        the write completes, in the writing thread; mirror and catch-up events
-        are never delivered. Asynchronous events (deaths seen by a backend's
-        monitors) are forwarded when their backend is authoritative at
-        delivery time, so a flip switches the event source with the answers.
+        Events of the authoritative call of a facade write are delivered once
+        the facade lock is released, in the writing thread before the call
+        returns (unless another thread is delivering at that moment: that one
+        delivers them, after the listener it is running returns); mirror and
+        catch-up events are never delivered. Asynchronous events (deaths seen
+        by a backend's monitors, remote changes) are forwarded when their
+        backend is authoritative at delivery time, so a flip switches the
+        event source with the answers; a short-lived courier thread delivers
+        them. One event at a time, in the order the backends delivered them,
+        never holding a lock of the facade or of a backend: a listener may
+        call the facade back, or wait for another thread that does.
 
         Raises:
             TypeError: ``listener`` is not callable.

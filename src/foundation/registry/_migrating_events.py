@@ -3,11 +3,26 @@
 The facade subscribes once to each backend. A facade call runs inside
 ``with _Call(owner):``; each backend call it makes is wrapped in
 ``_Keep(ctx, side)``, which says whether that call's events are kept (the
-authoritative call) or dropped (mirror and catch-up calls). Kept events are
-delivered when the facade call exits, after the facade lock is released.
-Events delivered by another thread are forwarded when their side is
-authoritative at delivery time. See the "Events" item of "Why this is
-correct under concurrent flips" in ``foundation.registry._migrating``.
+authoritative call) or dropped (mirror and catch-up calls). Events delivered
+by another thread are forwarded when their side is authoritative at delivery
+time. See the "Events" item of "Why this is correct under concurrent flips"
+in ``foundation.registry._migrating``.
+
+Every forwarded event goes to one queue, in the order the backends delivered
+them, and the facade's listeners are called from it, one event at a time, by
+one thread at a time that holds no lock of the facade (nor, for events a
+backend delivers from its own threads, any lock of the backend):
+
+* a facade call delivers at exit, once it has released the facade lock (a
+  pump or a pass, rules 6 and 7, once it has released its lock too);
+* an event a backend delivers outside any facade call (a death its monitor
+  saw, a remote change) is handed to a short-lived courier thread: the
+  backend may be delivering it holding a lock of its own (``MemoryRegistry``
+  holds its dispatch lock, which its writers wait for, and the facade's
+  writers hold the facade lock while they call it);
+* a thread that finds another one delivering leaves its events to it and
+  returns at once (that thread delivers them after the listener it is
+  running returns), so a listener may wait for another thread's facade call.
 """
 
 from __future__ import annotations
@@ -34,19 +49,20 @@ class _Ctx:
     """Per-thread state of one facade call: which side's events to keep, and the
     key of the mirror call in progress whose events are muted (``_Mute``)."""
 
-    __slots__ = ("keep", "muted", "pending")
+    __slots__ = ("keep", "muted")
 
     def __init__(self) -> None:
         self.keep: Side | None = None
         self.muted: object = _UNMUTED
-        self.pending: list[RegistryEvent] = []
 
 
 class _Call:
     """``with _Call(owner):`` one facade call; its kept events are delivered at exit.
 
     Exit runs after the facade lock is released (``with _Call(self), self._lock:``
-    releases the lock first), so listeners never run under the facade lock.
+    releases the lock first). A call made holding a lock of the facade (a
+    pump's or a pass's backend call) leaves them queued: the pump or pass
+    delivers them once it has released its lock (``_flush_out``).
     """
 
     __slots__ = ("_outer", "_owner")
@@ -62,13 +78,8 @@ class _Call:
         return ctx
 
     def __exit__(self, *exc: object) -> None:
-        tls = self._owner._tls
-        ctx: _Ctx = tls.ctx
-        tls.ctx = self._outer
-        dispatch = self._owner._listeners.dispatch
-        for event in ctx.pending:
-            dispatch(event)
-        self._owner._flush_telemetry()  # events decided under the facade lock
+        self._owner._tls.ctx = self._outer
+        self._owner._flush_out()  # events (and telemetry) decided under the facade lock
 
 
 class _Keep:
@@ -140,9 +151,67 @@ class _EventRouting:
     _muted: dict[Hashable, int]  # keys of the mirror calls in progress (``_Mute``), counted
     _muted_lock: threading.Lock
 
-    if TYPE_CHECKING:  # as _LegacyRetries defines it
+    _out: deque[RegistryEvent]  # forwarded events, in delivery order, not yet delivered
+    _out_lock: threading.Lock  # held by the one thread delivering them
+    _out_owner: int | None  # that thread's ident
 
-        def _flush_telemetry(self) -> None: ...
+    if TYPE_CHECKING:  # as _LegacyRetries defines them
+
+        def _flush_out(self) -> None: ...
+
+    def _init_delivery(self) -> None:
+        """Set the delivery queue (called once, by ``MigratingRegistry.__init__``)."""
+        self._out = deque()
+        self._out_lock = threading.Lock()
+        self._out_owner = None
+
+    def _deliver(self, me: int) -> None:
+        """Call the listeners with the queued events, in order, one at a time,
+        in thread ``me`` (the caller), which holds no lock of the facade
+        (``_flush_out`` checks); unless another thread is delivering.
+
+        Race: a thread whose try fails leaves its events to the deliverer,
+        which looks at the queue again after releasing its lock; an event
+        queued after that look finds the lock free. So no event is stranded,
+        and no thread waits for a listener running in another thread (that
+        listener may be waiting for it: a deadlock).
+        """
+        if self._out_owner == me:
+            return  # re-entered from a listener: the loop below, up this stack, goes on
+        out = self._out
+        lock = self._out_lock
+        while out:
+            if not lock.acquire(blocking=False):
+                return  # another thread delivers: it looks again after releasing
+            self._out_owner = me
+            try:
+                dispatch = self._listeners.dispatch  # a listener's error is reported there
+                while out:  # only the lock's holder pops: not empty here, not empty below
+                    dispatch(out.popleft())
+            finally:
+                self._out_owner = None
+                lock.release()
+
+    def _courier(self) -> None:
+        """The body of a courier thread (``_hand_off``): it holds no lock."""
+        self._deliver(threading.get_ident())
+
+    def _hand_off(self) -> None:
+        """An event queued outside any facade call (a backend's own thread):
+        delivered by a courier thread, never here, where the backend may hold
+        a lock of its own that a facade writer waits for (a listener waiting
+        for that writer would deadlock, a slow one would stall every writer)."""
+        if self._out_owner == threading.get_ident():
+            return  # a listener wrote to a backend directly: the loop up this stack delivers
+        if self._out_lock.locked():
+            return  # another thread delivers: it looks again after releasing (_deliver)
+        courier = threading.Thread(
+            target=self._courier, name="foundation-migrating-events", daemon=True
+        )
+        try:
+            courier.start()
+        except RuntimeError:  # no thread can start (interpreter shutdown, thread limit)
+            self._courier()  # here, rather than never
 
     def _ctx(self) -> _Ctx | None:
         ctx: _Ctx | None = getattr(self._tls, "ctx", None)
@@ -166,9 +235,10 @@ class _EventRouting:
             return
         ctx = self._ctx()
         if ctx is not None:
-            # An event of a call this facade is making in this thread.
+            # An event of a call this facade is making in this thread: queued,
+            # delivered when the call exits (after the lock is released).
             if ctx.keep == side:
-                ctx.pending.append(event)
+                self._out.append(event)
                 return
             if ctx.muted is _UNMUTED:
                 return  # a dropped (mirror or catch-up) call's own event
@@ -177,13 +247,13 @@ class _EventRouting:
         # Asynchronous (a death seen by a monitor, a remote change), or delivered
         # here by a backend whose dispatching thread delivers other threads'
         # events too: forward when this side is authoritative at delivery time.
-        # A listener's error is reported by dispatch, never raised into the
-        # backend's thread; inside a facade call, after it (outside its lock).
+        # Inside a facade call (maybe a pump's or a pass's, holding its lock),
+        # delivered after it; else by a courier thread (_hand_off). A
+        # listener's error is reported by dispatch, never raised into a backend.
         if (side == _TARGET) == self._on:
-            if ctx is not None:
-                ctx.pending.append(event)
-            else:
-                self._listeners.dispatch(event)
+            self._out.append(event)
+            if ctx is None:
+                self._hand_off()
 
     def _on_target_event(self, event: RegistryEvent) -> None:
         # Deaths are applied to the records at the next write (rule 5); a

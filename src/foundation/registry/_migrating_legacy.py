@@ -20,14 +20,17 @@ documentation of ``foundation.registry._migrating``.
 
 Telemetry decided under the facade lock (``registry.divergence``,
 ``registry.mirror_skipped``) is queued and emitted once the thread holds no
-lock of the facade (``_flush_telemetry``), so a listener may call it back.
+lock of the facade (``_flush_out``), so a listener may call it back; so are
+the ``subscribe()`` events a backend delivers in a pass's thread (another
+writer's, or a remote change), which the pass delivers after releasing its
+lock.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, NamedTuple
 
 from foundation import telemetry
@@ -96,37 +99,43 @@ class _LegacyRetries(_DivergenceBook):
         # ones, so a write costs no walk over every kept retry.
         self._legacy_retry_all = False
         # Telemetry events decided under the facade lock, emitted once it is
-        # released (_flush_telemetry): a listener may call the facade back.
+        # released (_flush_out): a listener may call the facade back.
         self._telemetry_out: deque[tuple[str, Mapping[str, Any]]] = deque()
+        # Whether this thread holds the facade lock (an RLock's own check).
+        self._lock_owned: Callable[[], bool] | None = getattr(self._lock, "_is_owned", None)
 
     # ------------------------------------------------------------------ telemetry
 
     def _emit_later(self, name: str, data: Mapping[str, Any]) -> None:
-        """Queue a telemetry event (under the facade lock): ``_flush_telemetry``
+        """Queue a telemetry event (under the facade lock): ``_flush_out``
         emits it once the lock is released."""
         self._telemetry_out.append((name, data))
 
-    def _flush_telemetry(self) -> None:
-        """Emit the queued telemetry events, unless this thread holds a lock of
-        the facade (the facade lock, the pump or the pass).
+    def _flush_out(self) -> None:
+        """Deliver the queued ``subscribe()`` events (``_deliver``) and emit the
+        queued telemetry events, unless this thread holds a lock of the facade
+        (the facade lock, the pump or the pass).
 
         Race: a listener may call the facade back (``lookup``, ``register``),
-        and that call may wait for a pump or a pass in another thread, which
-        needs the facade lock to book its outcome (and a pass may wait for a
-        pump, or a pump's writer for a pass): a listener run holding one of
-        them could deadlock. So events are only queued while one is held, and
-        emitted by whichever thread next leaves a facade call, a pump or a pass
-        holding none (in order; maybe not the thread that decided them).
+        or wait for another thread that does, and that call may wait for a
+        pump or a pass in another thread, which needs the facade lock to book
+        its outcome (and a pass may wait for a pump, or a pump's writer for a
+        pass): a listener run holding one of them could deadlock, and a slow
+        one would stall every writer. So events are only queued while one is
+        held, and delivered by whichever thread next leaves a facade call, a
+        pump or a pass holding none (in order; maybe not the thread that
+        decided them).
         """
         out = self._telemetry_out
-        if not out:
-            return
+        if not out and not self._out:
+            return  # the hot path: nothing queued
         me = threading.get_ident()
         if me in (self._pump_owner, self._legacy_retry_owner):
             return  # the pump or pass flushes once it has released its lock
-        owned = getattr(self._lock, "_is_owned", None)  # RLock: held by this thread?
+        owned = self._lock_owned
         if owned is not None and owned():
             return  # the outer call flushes once it has released the lock
+        self._deliver(me)
         while True:
             try:
                 name, data = out.popleft()
@@ -176,7 +185,7 @@ class _LegacyRetries(_DivergenceBook):
                 if not self._legacy_retry_requested or self._legacy_down() is not None:
                     return
         finally:
-            self._flush_telemetry()
+            self._flush_out()  # events and telemetry decided meanwhile, lock released
 
     def _before_legacy_read(self) -> None:
         """Before a legacy read (flag off): the pass asked for (a flip back asks

@@ -391,7 +391,7 @@ class _TargetMirrors(_LegacyRetries):
             finally:
                 self._pump_owner = None
                 self._pump_lock.release()
-                self._flush_telemetry()  # decided while booking, under the facade lock
+                self._flush_out()  # events and telemetry decided meanwhile, lock released
             # Race: an op queued after our last look, whose writer's try failed
             # because we still held the pump, would be stranded: look again.
             if not self._pending:
