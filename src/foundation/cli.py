@@ -24,16 +24,24 @@ is not a terminal; ``--text`` forces text) and ``--debug``.
 Redis (disconnected, degraded, connected again), since the command logs only
 errors.
 
-Exit codes: 0 done; 1 failed (one line ``ErrorClass: message`` on stderr, the
-traceback only with ``--debug``); 2 usage error: argparse's usage, or one line
-such as ``InvalidFlagValue: 'color' is a string flag ...`` for input the
-command judges wrong before acting (a command for the other kind of flag, a
-value the library refuses such as shares not summing to 100, a bad
-``--where``, a missing ``--plan``, ``--bind`` off loopback without
-``--token``); 130 interrupted (Ctrl-C); 141 (128 + SIGPIPE) when the reader
-of stdout went away (``foundation agents watch | head -1``): the command
-stops quietly, as a tool killed by SIGPIPE would. No command ever creates a
-flag store: a missing SQLite file or an empty Redis namespace is an error.
+Exit codes (docs/cli.md has the table): 0 done; 1 failed (one line
+``ErrorClass: message`` on stderr, the traceback only with ``--debug``); 2
+usage error: argparse's usage, or one line such as ``InvalidFlagValue:
+'color' is a string flag ...`` for input the command judges wrong before
+acting (a command for the other kind of flag, a value the library refuses
+such as shares not summing to 100, a bad ``--where``, a missing ``--plan``,
+``--bind`` off loopback without ``--token``); 69 backend unavailable
+(``BackendUnavailable``: Redis unreachable, not answering within the op
+timeout, read-only or out of memory; retrying later may work); 130
+interrupted (SIGINT, Ctrl-C); 141 (128 + SIGPIPE) when the reader of stdout
+went away (``foundation agents watch | head -1``): the command stops quietly,
+as a tool killed by SIGPIPE would; 143 terminated (SIGTERM) before the
+command finished. ``admin``, ``agents watch`` and ``demo --admin`` (once
+serving) run until stopped: SIGTERM is their normal end, exit 0 (the demo's
+own code). Either signal stops what the command started first, then one line
+``foundation COMMAND: interrupted`` (or ``terminated``) goes to stderr; a
+second Ctrl-C cuts the shutdown short. No command ever creates a flag store:
+a missing SQLite file or an empty Redis namespace is an error.
 """
 
 from __future__ import annotations
@@ -41,16 +49,30 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
+
+from foundation._cli._signals import EXIT_INTERRUPTED, EXIT_TERMINATED
 
 __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_UNAVAILABLE = 69  # sysexits' EX_UNAVAILABLE: the backend cannot be used now
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool SIGPIPE ended
+# EXIT_INTERRUPTED (130, 128 + SIGINT) and EXIT_TERMINATED (143, 128 + SIGTERM): _signals.
+EXIT_CODES = (
+    EXIT_OK,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    EXIT_UNAVAILABLE,
+    EXIT_INTERRUPTED,
+    EXIT_BROKEN_PIPE,
+    EXIT_TERMINATED,
+)
+"""Every exit code a command returns (the documented table lists exactly these)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         epilog="Settings: --store/--redis/--namespace, else FOUNDATION_STORE/FOUNDATION_REDIS/"
         "FOUNDATION_NAMESPACE, else [cli] in ./foundation.toml. "
-        "Exit codes: 0 ok, 1 failed, 2 usage, 130 interrupted, 141 stdout closed.",
+        "Exit codes: 0 ok; 1 failed; 2 usage error; 69 backend unavailable (Redis "
+        "unreachable, frozen past the op timeout, read-only); 130 interrupted (SIGINT, "
+        "Ctrl-C); 141 stdout closed (SIGPIPE); 143 terminated (SIGTERM) before done. "
+        "admin, agents watch and demo --admin run until stopped: SIGTERM ends them "
+        "with 0. See docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -80,10 +106,37 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``foundation`` console script; returns the exit code."""
+    """Entry point of the ``foundation`` console script; returns the exit code.
+
+    SIGINT and SIGTERM unwind the command (see ``foundation._cli._signals``),
+    then one line ``foundation COMMAND: interrupted|terminated`` goes to stderr.
+    """
+    from foundation._cli._signals import Terminated, install_sigterm
+
     args_list = list(sys.argv[1:] if argv is None else argv)
+    name = ["foundation"]  # the command's words once known, for the signal line
+    previous = install_sigterm()
+    try:
+        return _main(args_list, name)
+    except KeyboardInterrupt:  # Ctrl-C: every command stopped what it started
+        return _signalled(name, "interrupted", EXIT_INTERRUPTED)
+    except Terminated as exc:  # SIGTERM: 143, or 0 from a command that runs until stopped
+        return _signalled(name, "terminated", exc.exit_code)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
+
+
+def _signalled(name: list[str], what: str, code: int) -> int:
+    """Print the one line of a command a signal stopped; return its exit code."""
+    print(f"{' '.join(name)}: {what}", file=sys.stderr, flush=True)
+    return code
+
+
+def _main(args_list: list[str], name: list[str]) -> int:
     if args_list and args_list[0] == "demo":
         # The demo has its own options: pass them through untouched.
+        name.append("demo")
         return _run_demo(args_list[1:])
     parser = _parser()
     try:
@@ -92,14 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
     except BrokenPipeError:  # --help or --version printed into a closed pipe
         return _stdout_gone()
+    name.extend(w for w in (args.command, getattr(args, "action", None)) if w)
     debug = bool(getattr(args, "debug", False))
     _configure_logging(debug)
     from foundation._cli._common import StdoutGone, UsageError
 
     try:
         return _run(args)
-    except KeyboardInterrupt:  # Ctrl-C (agents watch's usual end, or any command)
-        return EXIT_INTERRUPTED
     except StdoutGone:  # the reader of stdout went away (| head -1): quietly
         return _stdout_gone()
     except UsageError as exc:  # the command does not apply (e.g. the wrong kind of flag)
@@ -107,7 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:
         _print_error(type(exc).__name__, exc, debug)
-        return EXIT_FAILED
+        return _failure_code(exc)
+
+
+def _failure_code(exc: Exception) -> int:
+    """69 when a backend could not be used (unreachable, frozen past the op timeout,
+    read-only, out of memory): worth retrying later; 1 for any other failure."""
+    from foundation.errors import BackendUnavailable
+
+    return EXIT_UNAVAILABLE if isinstance(exc, BackendUnavailable) else EXIT_FAILED
 
 
 def _stdout_gone() -> int:
@@ -125,17 +185,14 @@ def _stdout_gone() -> int:
 
 
 def _run_demo(argv: list[str]) -> int:
-    """``foundation demo``: its errors reported as any command's (one line, exit 1)."""
+    """``foundation demo``: its errors reported as any command's (one line, exit 1 or 69)."""
     try:
         from foundation._demo import main as demo_main
 
         return demo_main(argv)
-    except KeyboardInterrupt:  # every part of the demo has stopped what it started
-        print("foundation demo: interrupted", file=sys.stderr, flush=True)
-        return 130
     except Exception as exc:
         _print_error(type(exc).__name__, exc, False)
-        return EXIT_FAILED
+        return _failure_code(exc)
 
 
 def _configure_logging(debug: bool) -> None:

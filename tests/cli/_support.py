@@ -67,3 +67,129 @@ def run_demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+class Running:
+    """A ``foundation`` command running in a session of its own, as a user starts
+    it (SIGINT at its default: a terminal's Ctrl-C reaches it), its stdout and
+    stderr read line by line on two threads.
+
+    ``wait_for`` waits for a line (a readiness line) with a deadline;
+    ``leftovers()`` lists what still runs in its session once it ended.
+    """
+
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+        import signal
+        import threading
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "foundation.cli", *args],
+            cwd=cwd,
+            env=cli_env(PYTHONUNBUFFERED="1") if env is None else env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            # A background job of a non-interactive shell starts with SIGINT ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._changed = threading.Condition()
+        self._open = 2
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(pipe, lines), daemon=True)
+            for pipe, lines in (
+                (self.process.stdout, self.stdout),
+                (self.process.stderr, self.stderr),
+            )
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, pipe: Any, lines: list[str]) -> None:
+        for line in pipe:
+            with self._changed:
+                lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._open -= 1
+            self._changed.notify_all()
+
+    def wait_for(self, match: str, timeout: float = 90) -> str:
+        """The first line (of stdout or stderr) containing ``match``."""
+
+        def found() -> str | None:
+            return next((x for x in [*self.stdout, *self.stderr] if match in x), None)
+
+        with self._changed:
+            self._changed.wait_for(lambda: found() is not None or not self._open, timeout)
+            line = found()
+        assert line is not None, (
+            f"no line with {match!r}; stdout {self.stdout[-20:]}, stderr {self.stderr[-20:]}"
+        )
+        return line
+
+    def send(self, signum: int) -> None:
+        assert self.process.poll() is None, (self.stdout[-20:], self.stderr[-20:])
+        os.kill(self.process.pid, signum)
+
+    def finish(self, timeout: float = 90) -> int | None:
+        """The exit code (None if still running after ``timeout``), the output read."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        for reader in self._readers:
+            reader.join(10)  # a process left behind may still hold the pipes
+        return code
+
+    def leftovers(self) -> list[str]:
+        """Live processes still in the command's session (its pid is the session id)."""
+        from tests.cli.test_demo_run import session_processes
+
+        return session_processes(self.process.pid)
+
+    def close(self) -> None:
+        """Kill the command and whatever is left in its session; close the pipes."""
+        import contextlib
+        import signal
+
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+        for line in self.leftovers():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+        for reader in self._readers:
+            reader.join(10)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds an established TCP connection to 127.0.0.1:``port``."""
+    from tests.redis_support import _socket_inodes
+
+    inodes = _socket_inodes(pid)
+    with open("/proc/net/tcp") as table:
+        for row in table.readlines()[1:]:
+            fields = row.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            if int(remote.split(":")[1], 16) == port and state == "01" and inode in inodes:
+                return True
+    return False
+
+
+def wait_connected(run: Running, port: int, timeout: float = 60) -> None:
+    """Poll (with a deadline) until ``run`` has connected to ``port``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not connected_to(run.process.pid, port):
+        assert run.process.poll() is None, (run.stdout, run.stderr)
+        assert time.monotonic() < deadline, f"never connected to port {port}"
+        time.sleep(0.005)  # sleep-ok: the poll interval of a loop with a deadline

@@ -38,7 +38,7 @@ def test_numbers_out_of_bounds_are_usage_errors(tmp_path: Path) -> None:
 
 def test_redis_is_checked_before_the_demo_runs(tmp_path: Path) -> None:
     closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    line = one_line_error(run_demo("--redis", closed, cwd=tmp_path))
+    line = one_line_error(run_demo("--redis", closed, cwd=tmp_path), 69)
     assert line.startswith("BackendUnavailable: "), line
     _usage_error(run_demo("--redis", "nonsense", cwd=tmp_path), "--redis")
 

@@ -36,8 +36,9 @@ def test_a_redis_refusing_writes_still_fails_the_check(
     fresh_redis: RedisServer, tmp_path: Path
 ) -> None:
     # The check still tries a write in part 4's namespace: a read-only Redis is
-    # one line (exit 1) before anything runs, as with the registry before.
+    # one line (exit 69, backend unavailable) before anything runs, as with the
+    # registry before.
     fresh_redis.make_read_only()
-    line = one_line_error(run_demo("--redis", fresh_redis.url, cwd=tmp_path))
+    line = one_line_error(run_demo("--redis", fresh_redis.url, cwd=tmp_path), 69)
     assert line.startswith("BackendUnavailable: "), line
     assert "READONLY" in line, line

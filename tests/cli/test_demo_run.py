@@ -5,7 +5,8 @@ process the demo started (and any it left behind) can be found afterwards by
 the session id. Ctrl-C is SIGINT sent to the demo once its stdout shows the
 part's heading; whatever part it lands in, the demo must stop everything it
 started and exit 130 with one line on stderr. A later error (Redis gone by
-part 4) must end the same way: one line, exit 1, never a traceback.
+part 4) must end the same way: one line, exit 69 (backend unavailable), never
+a traceback.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def test_ctrl_c_in_the_short_supervision_part_exits_130(tmp_path: Path) -> None:
     pytest.fail("SIGINT never landed inside part 3 in 5 attempts")
 
 
-def test_an_error_in_a_later_part_is_one_line_and_exit_1(tmp_path: Path) -> None:
+def test_an_error_in_a_later_part_is_one_line_and_exit_69(tmp_path: Path) -> None:
     # --redis is checked up front; the server is gone by part 4.
     with running_redis() as server:
         run = DemoRun.start(
@@ -219,7 +220,7 @@ def test_an_error_in_a_later_part_is_one_line_and_exit_1(tmp_path: Path) -> None
         finally:
             run.kill_all()
     err = "".join(run.stderr)
-    assert code == 1, f"exit {code}\n{''.join(run.stdout)[-2000:]}\n{err[-3000:]}"
+    assert code == 69, f"exit {code}\n{''.join(run.stdout)[-2000:]}\n{err[-3000:]}"
     assert "Traceback" not in err, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err

@@ -70,7 +70,7 @@ assert shown.returncode == 0 and json.loads(shown.stdout)["enabled"] is True, sh
 elsewhere = tempfile.mkdtemp()
 bare = cli(srv.url, "flags", "list", env={"FOUNDATION_CACHE_DIR": elsewhere})
 no_thread_death(bare)
-assert bare.returncode == 1 and bare.stderr.startswith("BackendUnavailable:"), bare.stderr
+assert bare.returncode == 69 and bare.stderr.startswith("BackendUnavailable:"), bare.stderr
 assert os.listdir(elsewhere) == [], os.listdir(elsewhere)
 srv.start()
 wait_for(lambda: store.status().connected, "the service back in sync")
@@ -87,7 +87,7 @@ srv.kill()
 wait_for(lambda: store.status().stale, "the service is stale")
 refused = cli(srv.url, "flags", "disable", "beta", "--by", "oncall", "--reason", "3am")
 no_thread_death(refused)
-assert refused.returncode == 1, (refused.stdout, refused.stderr)
+assert refused.returncode == 69, (refused.stdout, refused.stderr)
 error = refused.stderr.strip().splitlines()[-1]
 assert error.startswith("BackendUnavailable:"), refused.stderr
 assert "POST /api/flags/beta/disable" in error and "admin page" in error, error
@@ -145,7 +145,7 @@ assert json.loads(status.stdout)["stage"] == 1, status.stdout
 assert "node copy" in status.stderr, status.stderr
 refused = cli(srv.url, "migration", "emergency", "error spike", "--by", "oncall")
 no_thread_death(refused)
-assert refused.returncode == 1, (refused.stdout, refused.stderr)
+assert refused.returncode == 69, (refused.stdout, refused.stderr)
 error = refused.stderr.strip().splitlines()[-1]
 assert error.startswith("BackendUnavailable:"), refused.stderr
 assert "admin page" in error, error  # the kill-switch refusal, not a failed plan read

@@ -126,8 +126,10 @@ def test_watch_reports_the_outage_and_the_return_on_stderr(
     watch.stdout.close()
     watch.stderr.close()
     assert watch.returncode == 0, stderr
-    # One line per state change: the ready line, down, back; nothing else (no traceback).
-    assert len(stderr) == 3, stderr
+    # One line per state change: the ready line, down, back, then the SIGTERM
+    # line; nothing else (no traceback).
+    assert len(stderr) == 4, stderr
+    assert stderr[-1] == "foundation agents watch: terminated", stderr
     assert all(json.loads(line)["event"] in ("registered", "unregistered") for line in stdout)
 
 

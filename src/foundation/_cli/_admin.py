@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from contextlib import ExitStack
 from typing import Any
 
 from foundation._cli._common import Output, Settings, UsageError
+from foundation._cli._signals import Terminated
 from foundation.errors import InvalidConfig
 
 __all__ = ["add_parser"]
@@ -34,17 +36,15 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _load_serve() -> Any:
-    """``foundation.admin.serve``; ImportError if the admin extra is not installed."""
+    """``serve`` returning the signal that stopped it; ImportError if the admin
+    extra is not installed."""
     try:
-        from foundation import admin
+        from foundation.admin import _server
     except ImportError as exc:
         raise ImportError(
             f"the admin server is not available ({exc}); install foundation[admin]"
         ) from None
-    serve = getattr(admin, "serve", None)
-    if serve is None:
-        raise ImportError("the admin server is not available (foundation.admin has no serve())")
-    return serve
+    return _server.serve_until_signal
 
 
 def _check_bind(bind: str, token: str | None) -> None:
@@ -65,6 +65,7 @@ def _check_bind(bind: str, token: str | None) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    """Serve until SIGINT (then ``KeyboardInterrupt``: exit 130) or SIGTERM (exit 0)."""
     serve = _load_serve()
     if not settings.store and not settings.redis:
         raise InvalidConfig(
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             from foundation._cli._agents import open_observer
 
             registry = stack.enter_context(open_observer(settings))
-        result: Any = serve(
+        stopped_by: int | None = serve(
             flags=flags,
             migration=migration,
             registry=registry,
@@ -94,4 +95,10 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             read_only=args.read_only,
             on_ready=lambda url: print(f"admin page: {url}", file=sys.stderr, flush=True),
         )
-    return int(result) if isinstance(result, int) else 0
+    # Raised once the server and the store/registry above are closed: the
+    # command then exits as any command a signal stopped.
+    if stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt
+    if stopped_by == signal.SIGTERM:
+        raise Terminated(exit_code=0)  # serving until stopped: SIGTERM is its end
+    return 0

@@ -9,7 +9,6 @@ import functools
 import json
 import queue
 import re
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -195,10 +194,6 @@ def _show_text(data: dict[str, Any], out: Output) -> None:
         out.line(f"{name}: {shown}")
 
 
-class _Stop(Exception):
-    """Raised in the main thread by the SIGTERM handler (like KeyboardInterrupt for SIGINT)."""
-
-
 def _list_agents(observer: Any, args: argparse.Namespace, out: Output) -> None:
     """Print the live agents matching ``--where`` (all if none), oldest first, up to --limit."""
     headers = ["key", "kind", "node", "pid", "age", "metadata"]
@@ -353,15 +348,13 @@ def plain_error(error: str, width: int = 300) -> str:
 
 def _watch(observer: Any, count: int | None, out: Output) -> int:
     """Print each event until ``count`` events, Ctrl-C or SIGTERM; connection
-    state changes go to stderr."""
+    state changes go to stderr. SIGTERM is the orderly stop (exit 0); Ctrl-C
+    exits 130 (``foundation._cli._signals``)."""
+    from foundation._cli._signals import Terminated
+
     link = LinkReporter(observer, observer.namespace)
     events: queue.Queue[Any] = queue.Queue()
     unsubscribe = observer.subscribe(events.put)  # called on the observer's thread
-
-    def on_term(signum: int, frame: object) -> None:
-        raise _Stop
-
-    previous = signal.signal(signal.SIGTERM, on_term)
     seen = 0
     try:
         # On stderr, so stdout stays pure JSON Lines; once printed, every later
@@ -385,9 +378,9 @@ def _watch(observer: Any, count: int | None, out: Output) -> int:
                 why = f" ({event.reason})" if event.kind == "unregistered" else ""
                 down = f" {event.down.reason}" if event.down is not None else ""
                 out.line(f"{event.kind}{why}{down}: {data['key']} on {data['node']}")
-    except _Stop:  # SIGTERM: the orderly stop (exit 0); Ctrl-C goes on to exit 130
-        pass
+    except Terminated as exc:  # SIGTERM: watching until stopped, this is its end
+        exc.exit_code = 0
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
         unsubscribe()
     return 0

@@ -11,9 +11,11 @@ and an empty Redis, with the kill switch pulled mid-outage. It ends with a
 table of measured figures and exits non-zero if any invariant failed.
 
 ``--redis`` and ``--admin`` are checked before the first part runs. Ctrl-C
-stops every part cleanly (its threads, tasks and processes) and exits 130 with
-one line on stderr; any other error reaches the ``foundation`` command's
-one-line error report.
+(SIGINT) stops every part cleanly (its threads, tasks, processes, redis-server
+and temporary files) and exits 130 with one line on stderr; SIGTERM does the
+same and exits 143, or, once ``--admin`` serves, the demo's own code (0 when
+every invariant held). Any other error reaches the ``foundation`` command's
+one-line error report (exit 1, or 69 for ``BackendUnavailable``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ DESCRIPTION = (
     "The Foundation demo (make demo): agents registered, killed and cleaned up; a staged "
     "rollout under live traffic; supervised workers restarted; then a table of measured "
     "figures and invariants. Exit codes: 0 every invariant held, 1 one failed or an error "
-    "(one line on stderr), 2 usage, 130 interrupted (Ctrl-C stops every part cleanly)."
+    "(one line on stderr), 2 usage, 69 Redis unavailable, 130 interrupted (Ctrl-C stops "
+    "every part cleanly), 143 terminated (SIGTERM; with --admin, once serving, SIGTERM "
+    "is its end: the code above)."
 )
 
 
@@ -165,8 +169,10 @@ def _summary(console: Console, score: Scoreboard, started: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the process exit code (1 if an invariant failed).
 
-    Raises ``KeyboardInterrupt`` on Ctrl-C once every part has stopped what it
-    started (the ``foundation`` command then prints one line and exits 130).
+    Raises ``KeyboardInterrupt`` on Ctrl-C (``Terminated`` on SIGTERM) once
+    every part has stopped what it started (the ``foundation`` command then
+    prints one line and exits 130, or 143; SIGTERM while ``--admin`` serves:
+    the demo's code).
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -194,9 +200,14 @@ def main(argv: list[str] | None = None) -> int:
 
     code = _summary(console, score, started)
     if args.admin:
+        from foundation._cli._signals import Terminated
         from foundation.admin._demo import serve_demo
 
-        code = serve_demo(args.admin, print) or code
+        try:
+            code = serve_demo(args.admin, print) or code
+        except Terminated as exc:  # serving until stopped: SIGTERM is its end
+            exc.exit_code = code
+            raise
     return code
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from foundation._demo._console import Console
+from foundation._demo._interrupts import ctrl_c_deferred
 from foundation._demo._logs import library_logs, show_library_logs
 from foundation._demo._redis_server import RedisServerError, RedisServerProcess
 from foundation._demo._scoreboard import Scoreboard
@@ -311,33 +312,53 @@ def run_chaos(console: Console, score: Scoreboard, *, fault_seconds: float, work
         ) from exc
 
     console.heading("Chaos: two nodes on Redis through a frozen, a read-only and an empty Redis")
-    server = RedisServerProcess()
+    server, cache_dir = _start_server()
     try:
-        server.start()
-    except RedisServerError as exc:
-        raise ChaosUnavailable(f"could not start redis-server: {exc}") from exc
-    cache_dir = Path(tempfile.mkdtemp(prefix="foundation-demo-chaos-"))
-    with _thread_deaths() as died, library_logs() as logs:
-        nodes: list[_Node] = []
-        try:
-            for name in ("node-a", "node-b"):
-                nodes.append(_Node(name, server.url, cache_dir / f"{name}.sqlite3", workers))
-                nodes[-1].start()
-            _run_faults(console, score, server, nodes, fault_seconds)
-        except Exception as exc:  # a library defect: shown, and a failed invariant
-            traceback.print_exc()
-            score.check("the chaos scenario ran to the end", False, f"{type(exc).__name__}: {exc}")
-        finally:
-            # Ctrl-C may land mid-fault: thaw a frozen Redis first, or each close
-            # below would wait out its op timeouts (20 s in all).
-            if server.frozen:
-                server.thaw()
-            for node in nodes:
-                node.stop()
-            server.stop()
-            shutil.rmtree(cache_dir, ignore_errors=True)
+        with _thread_deaths() as died, library_logs() as logs:
+            nodes: list[_Node] = []
+            try:
+                for name in ("node-a", "node-b"):
+                    nodes.append(_Node(name, server.url, cache_dir / f"{name}.sqlite3", workers))
+                    nodes[-1].start()
+                _run_faults(console, score, server, nodes, fault_seconds)
+            except Exception as exc:  # a library defect: shown, and a failed invariant
+                traceback.print_exc()
+                score.check(
+                    "the chaos scenario ran to the end", False, f"{type(exc).__name__}: {exc}"
+                )
+            finally:
+                # A signal may land mid-fault: thaw a frozen Redis first, or each
+                # close below would wait out its op timeouts (20 s in all).
+                if server.frozen:
+                    server.thaw()
+                for node in nodes:
+                    node.stop()
+    finally:  # also on a signal: no redis-server, no directory left behind
+        server.stop()
+        shutil.rmtree(cache_dir, ignore_errors=True)
     show_library_logs(console, logs)
     score.check("no library thread died", not died, ", ".join(died))
+
+
+def _start_server() -> tuple[RedisServerProcess, Path]:
+    """A started redis-server and the nodes' cache directory; ChaosUnavailable if
+    it does not start. A signal meanwhile waits for the start's end, then stops
+    the server and removes both directories before it goes on."""
+    made: list[Any] = []
+    try:
+        with ctrl_c_deferred():  # a signal inside Popen would lose the process
+            made.append(RedisServerProcess())  # makes its directory
+            made[0].start()
+            made.append(Path(tempfile.mkdtemp(prefix="foundation-demo-chaos-")))
+    except BaseException as exc:
+        if made:
+            made[0].stop()  # its process, if started, and its directory
+        if len(made) > 1:
+            shutil.rmtree(made[1], ignore_errors=True)
+        if isinstance(exc, RedisServerError):
+            raise ChaosUnavailable(f"could not start redis-server: {exc}") from exc
+        raise
+    return made[0], made[1]
 
 
 def _run_faults(

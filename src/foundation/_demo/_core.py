@@ -25,26 +25,34 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        # Strong references (the loop keeps weak ones): a task whose creator was
+        # interrupted (Ctrl-C in result() below) is still cancelled by close(),
+        # not collected pending ("Task was destroyed but it is pending!").
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="foundation-demo-loop", daemon=True
         )
         self._thread.start()
 
-    def spawn_waiting_task(self) -> asyncio.Task[None]:
-        async def create() -> asyncio.Task[None]:
-            return asyncio.get_running_loop().create_task(asyncio.Event().wait())  # type: ignore[arg-type]
+    def spawn_waiting_task(self) -> asyncio.Task[Any]:
+        async def create() -> asyncio.Task[Any]:
+            task = asyncio.get_running_loop().create_task(asyncio.Event().wait())
+            self._tasks.add(task)  # in the loop's thread, as close()'s reads of it
+            return task
 
         return asyncio.run_coroutine_threadsafe(create(), self.loop).result(5)
 
-    def cancel(self, task: asyncio.Task[None]) -> None:
+    def cancel(self, task: asyncio.Task[Any]) -> None:
         self.loop.call_soon_threadsafe(task.cancel)
 
     def close(self) -> None:
         async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            tasks = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+            tasks |= self._tasks
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.clear()
 
         asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -61,6 +61,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._started_event = started
         self._state = state
+        self.stop_signal: int | None = None  # the first SIGINT/SIGTERM that stopped it
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # End the event streams first: uvicorn waits for open responses to finish.
@@ -73,7 +74,10 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn re-raises the signal after its graceful shutdown (ending the
-        # process); serve() returns normally instead. A second Ctrl-C forces it.
+        # process); serve() returns normally instead (the signal kept in
+        # stop_signal). A second Ctrl-C forces it.
+        if self.stop_signal is None:
+            self.stop_signal = sig
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         else:
@@ -248,6 +252,33 @@ def serve(
         InvalidConfig: a bad ``bind``, a non-loopback ``bind`` without a token,
             or the address cannot be listened on.
     """
+    serve_until_signal(
+        flags=flags,
+        migration=migration,
+        registry=registry,
+        supervisors=supervisors,
+        token=token,
+        read_only=read_only,
+        bind=bind,
+        metrics=metrics,
+        on_ready=on_ready,
+    )
+
+
+def serve_until_signal(
+    *,
+    flags: FeatureFlags | None = None,
+    migration: Migration | None = None,
+    registry: RegistryLike | None = None,
+    supervisors: Iterable[Any] = (),
+    token: str | Iterable[str] | Mapping[str, str] | None = None,
+    read_only: bool = False,
+    bind: str = "127.0.0.1:8800",
+    metrics: Any = None,
+    on_ready: Any = None,
+) -> int | None:
+    """``serve``, returning the signal that stopped it (None: stopped otherwise),
+    so that the ``foundation admin`` command exits as any command a signal stopped."""
     server = AdminServer(
         flags=flags,
         migration=migration,
@@ -283,3 +314,4 @@ def serve(
         asyncio.run(main())
     finally:
         sock.close()
+    return uv.stop_signal
