@@ -128,6 +128,8 @@ def monitor(agent: object, on_down: OnDown, *, manager: MonitorManager | None = 
         RuntimeError: ``manager`` is closed.
         BackendUnavailable: the process is out of fds or threads for the
             watch (``errno`` EMFILE, EAGAIN); nothing was stored.
+        MemoryError: out of memory; nothing was stored (``on_down`` is
+            never called for it).
 
     Example:
         >>> import concurrent.futures

@@ -11,6 +11,9 @@ True guarantees that ``on_down`` will never be called.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,11 +39,12 @@ class Down:
     """Why a monitored agent is gone.
 
     ``reason`` is one of ``"normal"`` (returned; OS process exit code 0),
-    ``"exception"`` (``exception`` holds it), ``"cancelled"``, ``"exit"`` (OS
-    process with a non-zero ``exit_code``, or ``exit_code=None`` when the status
-    of a foreign process cannot be read), ``"killed"`` (OS process ended by
-    ``signal``), ``"noproc"`` (already dead when monitored) or
-    ``"lease_expired"`` (remote agents).
+    ``"exception"`` (``exception`` holds it; None only if the process was out
+    of memory to build this record: the death is told without it),
+    ``"cancelled"``, ``"exit"`` (OS process with a non-zero ``exit_code``, or
+    ``exit_code=None`` when the status of a foreign process cannot be read),
+    ``"killed"`` (OS process ended by ``signal``), ``"noproc"`` (already dead
+    when monitored) or ``"lease_expired"`` (remote agents).
 
     Example:
         >>> Down("exit", exit_code=3)
@@ -64,6 +68,20 @@ class Down:
 NORMAL = Down("normal")
 NOPROC = Down("noproc")
 CANCELLED = Down("cancelled")
+# Delivered instead of Down("exception", exception=exc) when that record cannot
+# be built (out of memory): the death is told, without its exception.
+EXCEPTION = Down("exception")
+
+
+def exception_down(exc: BaseException) -> Down:
+    """``Down("exception", exception=exc)``; out of memory, the preallocated
+    ``Down("exception")`` (``exception`` None): the death is never lost for
+    want of its record."""
+    try:
+        return Down("exception", exception=exc)
+    except MemoryError:  # nothing allocated below: a constant
+        return EXCEPTION
+
 
 OnDown = Callable[[Down], object]  # the return value is ignored
 
@@ -166,6 +184,21 @@ class Watch:
         if escaped is not None:
             raise escaped
 
+    def redeliver(self) -> bool:
+        """Fire again the monitors a past ``fire`` could not take (the
+        redeliverer thread); True once none is left to retry. Never raises:
+        an ``on_down``'s ``SystemExit`` & co is reported (a library thread)."""
+        down = self.down
+        if down is None:  # never fired: nothing to redeliver
+            return True
+        try:
+            self.fire(down)
+        except BaseException as exc:
+            if self.monitors:
+                return False  # still out of memory: retried later
+            report(exc, "on_down (redelivered)", self.target())
+        return True
+
 
 def _call_now(
     exc: BaseException, watch: Watch, on_down: OnDown, down: Down, escaped: BaseException | None
@@ -216,26 +249,134 @@ def fire_retrying(watch: Watch, down: Down, where: str) -> None:
     """``watch.fire(down)`` by a caller that keeps the watch nowhere to retry
     from (the end of a ``spawn_thread`` thread, a future's done-callback).
 
-    If ``fire`` could not take every monitor (``MemoryError``), retry after a
-    growing pause, up to about two seconds in all, then log an ERROR (``where``,
-    the agent, how many monitors were not told). An exception an ``on_down``
-    raised is re-raised once every monitor was called. ``where`` is a constant:
-    nothing is allocated before the first ``fire``.
+    If ``fire`` could not take every monitor (``MemoryError``), the failure is
+    logged (``where``, a constant: nothing is allocated before the first
+    ``fire``) and the watch is handed to the redeliverer thread, which retries
+    until every monitor left was told (:func:`redeliver_later`): the calling
+    thread is not held. An exception an ``on_down`` raised is re-raised once
+    every monitor was called.
     """
-    pause = 0.001
+    try:
+        watch.fire(down)
+        return
+    except BaseException as exc:
+        if not watch.monitors:
+            raise  # every monitor was called: only an on_down's BaseException
+        report(exc, where, watch.target())
+    redeliver_later(watch)
+
+
+class _Redeliverer:
+    """One process-wide thread, ``foundation-liveness-redeliver``, that retries
+    the deaths a watch could not deliver (out of memory) when nothing else
+    would: shared watches (``spawn_thread`` threads, concurrent futures) have
+    no manager thread behind them, and an asyncio watch one whose loop cannot
+    take a retry. Started on the first hand-over, then idle on a condition.
+
+    Why not a manager's poller: a shared watch's monitors may belong to
+    several managers, each may close (dropping only its own monitors) while
+    the others still wait, and a manager starts its threads only on need.
+
+    Race: a watch may be retried here and by its own thread at once (a
+    hand-over that failed half-way falls back to retrying in place): ``fire``
+    is safe for that, each monitor being owned by whoever pops it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.pending: list[Watch] = []
+        self.thread: threading.Thread | None = None
+
+    def add(self, watch: Watch) -> None:
+        """Take ``watch``; raises (``MemoryError``, ``RuntimeError``: no thread)
+        if it cannot, and the caller keeps it."""
+        with self.lock:
+            if self.thread is None:
+                thread = threading.Thread(
+                    target=self.run, name="foundation-liveness-redeliver", daemon=True
+                )
+                thread.start()
+                self.thread = thread
+            self.pending.append(watch)
+            self.cond.notify()
+
+    def run(self) -> None:
+        """Retry every pending watch, with a growing pause while some fail.
+
+        A watch leaves ``pending`` only once its ``redeliver`` said so; any
+        failure of this loop itself (out of memory) keeps it there for the
+        next round. Nothing escapes: this thread must outlive everything."""
+        pause = _REDELIVER_PAUSE
+        failing = False  # this loop's own failure is logged once per run of them
+        while True:
+            try:
+                with self.lock:
+                    while not self.pending:
+                        pause = _REDELIVER_PAUSE
+                        self.cond.wait()
+                    batch = list(self.pending)
+                left = [watch for watch in batch if not watch.redeliver()]
+                with self.lock:
+                    # Race: others appended meanwhile (the same watch again,
+                    # maybe) and only this thread removes: the batch is still
+                    # the head of pending, whatever was appended follows it.
+                    self.pending = left + self.pending[len(batch) :]
+                failing = False
+            except BaseException as exc:  # this thread outlives anything: report, carry on
+                if not failing:
+                    failing = True
+                    with contextlib.suppress(BaseException):
+                        report(exc, "liveness redeliverer (retrying)")
+            try:
+                with self.lock:
+                    if self.pending or failing:
+                        self.cond.wait(pause)
+            except BaseException:  # Condition.wait allocates: a plain pause instead
+                time.sleep(pause)  # sleep-ok: backoff while out of memory
+            pause = min(pause * 2, _REDELIVER_MAX_PAUSE)
+
+
+# The first pause between two rounds of the redeliverer, doubled up to the
+# second while some watch still fails (a cheap retry: one fire per watch).
+_REDELIVER_PAUSE = 0.001
+_REDELIVER_MAX_PAUSE = 0.5
+_REDELIVERER = _Redeliverer()
+
+
+def _new_redeliverer_after_fork() -> None:
+    # A forked child has no redeliverer thread, and the parent delivers its own
+    # pending deaths: the child starts empty.
+    global _REDELIVERER
+    _REDELIVERER = _Redeliverer()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_redeliverer_after_fork)
+
+
+def redeliver_later(watch: Watch) -> None:
+    """Hand ``watch`` (monitors left that ``fire`` could not take) to the
+    redeliverer thread. If even that fails (no memory for the hand-over, no
+    thread), retry both here, with a growing pause, until the monitors were
+    told or the hand-over succeeded: a death is never given up while the
+    process lives.
+    """
+    pause = _REDELIVER_PAUSE
+    reported = False
     while True:
         try:
-            watch.fire(down)
+            _REDELIVERER.add(watch)
             return
         except BaseException as exc:
-            if not watch.monitors:
-                raise  # every monitor was called: only an on_down's BaseException
-            if pause > 1.0:
-                n = len(watch.monitors)
-                report(exc, f"{where}: {n} monitor(s) not told of the death", watch.target())
-                return
-            time.sleep(pause)  # sleep-ok: backoff before retrying out of memory
-            pause *= 2
+            if not reported:
+                reported = True
+                with contextlib.suppress(BaseException):
+                    report(exc, "liveness: handing a death to the redeliverer (retried here)")
+        time.sleep(pause)  # sleep-ok: backoff before retrying out of memory
+        if watch.redeliver():
+            return
+        pause = min(pause * 2, _REDELIVER_MAX_PAUSE)
 
 
 class Monitor:

@@ -10,7 +10,10 @@ Where each ``on_down`` runs (it is never called with a manager lock held):
 * on the event loop's thread for asyncio tasks and futures;
 * on ``foundation-<name>-threads`` for foreign threads (polled);
 * on ``foundation-<name>-pidfd`` for OS processes (or
-  ``foundation-<name>-procpoll`` with the polling fallback).
+  ``foundation-<name>-procpoll`` with the polling fallback);
+* on ``foundation-liveness-redeliver`` for the monitors of a ``spawn_thread``
+  thread or a ``concurrent.futures.Future`` that its own thread could not
+  tell (out of memory), and of an asyncio future whose loop is closed by then.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import logging
 import os
 import select
 import sys
@@ -39,8 +43,10 @@ from foundation.liveness._core import (
     OnDown,
     Watch,
     claim,
+    exception_down,
     fire_retrying,
     invoke,
+    redeliver_later,
     report,
 )
 from foundation.liveness._process import (
@@ -67,6 +73,8 @@ if TYPE_CHECKING:
     import concurrent.futures
 
 __all__ = ["MonitorManager"]
+
+_log = logging.getLogger("foundation.liveness")
 
 _PIDFD_OK = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
 _HAS_EVENTFD = hasattr(os, "eventfd")
@@ -111,15 +119,17 @@ _W = TypeVar("_W", bound="_ManagedWatch")
 
 
 _EXIT = Down("exit")  # a process whose exit status cannot be read
+_WAKE = (1).to_bytes(8, "little")  # what close() writes to the selector's eventfd
 # The pause before an asyncio watch retries monitors it could not take (out of memory).
 _RETRY_PAUSE = 0.05
 
 
 def _future_down(fut: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> Down:
+    """A done future's Down; never raises for want of memory (see ``exception_down``)."""
     if fut.cancelled():
         return CANCELLED
     exc = fut.exception()
-    return NORMAL if exc is None else Down("exception", exception=exc)
+    return NORMAL if exc is None else exception_down(exc)
 
 
 def _thread_down(thread: threading.Thread) -> Down | None:
@@ -128,7 +138,7 @@ def _thread_down(thread: threading.Thread) -> Down | None:
     # threading.excepthook runs inside the thread before it is marked dead,
     # so by now the exception (if any) has been recorded on it.
     exc = getattr(thread, EXC_ATTR, None)
-    return NORMAL if exc is None else Down("exception", exception=exc)
+    return NORMAL if exc is None else exception_down(exc)
 
 
 def _release_unfired(monitors: dict[Monitor, OnDown]) -> None:
@@ -165,8 +175,12 @@ class _FutureWatch(Watch):
 
         Runs once, on the thread completing the future: nothing else holds
         this watch to retry from, so monitors it cannot take (out of memory)
-        are retried here (:func:`fire_retrying`)."""
-        fire_retrying(self, _future_down(fut), "a concurrent.futures done-callback")
+        are handed to the redeliverer thread (:func:`fire_retrying`)."""
+        fire_retrying(
+            self,
+            _future_down(fut),
+            "a concurrent.futures done-callback (the monitors left are retried)",
+        )
 
 
 class _ManagedWatch(Watch):
@@ -288,8 +302,10 @@ class _AsyncioWatch(Watch):
     def fire_on_loop(self, down: Down) -> None:
         """``fire``, on the loop's thread; monitors it could not take (out of
         memory: the rest stay in ``monitors``) are retried ``_RETRY_PAUSE``
-        later, without blocking the loop. Race: a ``close()`` meanwhile drops
-        them (the retry then finds none); a ``demonitor()`` takes its own."""
+        later, without blocking the loop, or by the redeliverer thread if the
+        loop cannot take that retry (:meth:`redeliver`). Race: a ``close()``
+        meanwhile drops them (the retry then finds none); a ``demonitor()``
+        takes its own."""
         try:
             self.fire(down)
         except BaseException as exc:
@@ -298,8 +314,33 @@ class _AsyncioWatch(Watch):
             report(exc, "asyncio watch (monitors left are retried)", self.ref())
             try:
                 self.loop.call_later(_RETRY_PAUSE, self.fire_on_loop, down)
-            except BaseException as again:  # loop closed, or no memory to schedule
-                report(again, f"asyncio watch: {len(self.monitors)} monitor(s) not told", self)
+            except BaseException:  # no memory to schedule it (or the loop closed)
+                redeliver_later(self)
+
+    def redeliver(self) -> bool:
+        """The redeliverer's retry: one delivery attempt queued on the loop's
+        thread (where ``on_down`` runs for asyncio), or made here if the loop
+        is closed (no callback can run there again). The redeliverer keeps
+        the watch (and its backoff) until no monitor is left: an attempt that
+        fails, or that a closing loop drops unrun, is queued again later."""
+        down = self.down
+        if down is None or not self.monitors:
+            return True
+        try:
+            self.loop.call_soon_threadsafe(self._fire_once, down)
+        except RuntimeError:  # the loop is closed: deliver on this thread
+            return super().redeliver()
+        except BaseException:  # out of memory: retried next round
+            return False
+        return False  # done once the attempt emptied monitors (seen next round)
+
+    def _fire_once(self, down: Down) -> None:
+        """A redelivery attempt on the loop; a failure is left to the redeliverer."""
+        try:
+            self.fire(down)
+        except BaseException:
+            if not self.monitors:
+                raise  # every monitor was called: an on_down's SystemExit & co
 
 
 class _ThreadWatch(_ManagedWatch):
@@ -364,7 +405,13 @@ class MonitorManager:
     monitor exactly once even if delivering it fails part-way (an
     ``on_down``, or this manager's bookkeeping, out of memory): the failure
     is logged, the other monitors are still called, and monitors that could
-    not be taken are retried later (the watch is kept until all were called).
+    not be taken are retried later, for as long as it takes (the watch is
+    kept until all were called; a ``spawn_thread`` thread's or a future's
+    death is retried by one process-wide thread,
+    ``foundation-liveness-redeliver``, started on the first such failure, so
+    the thread ending or completing the agent is not held). ``close()``
+    never raises: a step that fails (an fd closed behind its back, out of
+    memory) is logged as a WARNING and the rest is still released.
 
     Example:
         >>> import concurrent.futures
@@ -437,7 +484,7 @@ class MonitorManager:
         """True if OS processes are watched through pidfds (False: polled)."""
         return self._use_pidfd
 
-    def monitor(self, agent: object, on_down: OnDown) -> Monitor:
+    def monitor(self, agent: object, on_down: OnDown) -> Monitor:  # noqa: PLR0912 - hot path inline
         """Call ``on_down(Down)`` once when ``agent`` dies; see :func:`foundation.liveness.monitor`.
 
         Raises:
@@ -447,6 +494,7 @@ class MonitorManager:
             BackendUnavailable: the process is out of what the watch needs (an
                 fd for a pidfd or ``/proc``, a watcher thread); ``errno`` says
                 which (EMFILE, EAGAIN). Nothing was stored: retry later.
+            MemoryError: out of memory; nothing was stored.
         """
         # The hot path, for every kind whose watch already exists (registries
         # monitor these): no lock, one object, two dict inserts. Exact type
@@ -465,7 +513,10 @@ class MonitorManager:
         if watch is not None and callable(on_down):
             mon = Monitor(self, watch)
             watch.monitors[mon] = on_down
-            self._monitors[mon] = None
+            try:
+                self._monitors[mon] = None
+            except BaseException as exc:  # out of memory: the call stores nothing
+                return self._take_back(mon, watch, exc)
             if watch.down is None and not self._closed:
                 return mon
             return self._settle(mon, watch)
@@ -521,7 +572,10 @@ class MonitorManager:
         mon._manager = self
         mon._watch = watch
         watch.monitors[mon] = mon  # type: ignore[assignment]
-        self._monitors[mon] = None
+        try:
+            self._monitors[mon] = None
+        except BaseException as exc:  # out of memory: the call stores nothing
+            return self._take_back(mon, watch, exc)
         if watch.down is None and not self._closed:
             return mon
         return self._settle(mon, watch)
@@ -563,28 +617,54 @@ class MonitorManager:
             )
 
     def close(self) -> None:
-        """Release every monitor (without calling it), stop threads, close fds. Idempotent."""
+        """Release every monitor (without calling it), stop threads, close fds. Idempotent.
+
+        Never raises: a step that fails (an fd closed behind the manager's
+        back: EBADF; out of memory) is logged as a WARNING under
+        ``foundation.liveness`` and every other step still runs, so whatever
+        can be released is. Closing the epoll drops its registrations at
+        once: no pidfd is unregistered one by one (an ``epoll_ctl`` that could
+        fail with ENOMEM or EBADF).
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._stopping.set()
-            self._threads_cond.notify_all()
-            self._procs_cond.notify_all()
             threads = [
                 t
                 for t in (self._pidfd_thread, self._thread_poller, self._proc_poller)
                 if t is not None
             ]
             wake_w = self._wake_w
-        self._drop_monitors()
-        if wake_w >= 0:
-            os.write(wake_w, (1).to_bytes(8, "little"))
+            self._step(self._stopping.set, "ending a watcher's pause")
+            self._step(self._threads_cond.notify_all, "waking its thread poller")
+            self._step(self._procs_cond.notify_all, "waking its process poller")
+        self._step(self._drop_monitors, "releasing its monitors")
+        woken = wake_w < 0 or self._step(os.write, "waking its pidfd selector", wake_w, _WAKE)
         current = threading.current_thread()
         for t in threads:
-            if t is not current:  # close() from an on_down on a watcher thread
-                t.join()
+            if t is current:  # close() from an on_down on a watcher thread
+                continue
+            if t is self._pidfd_thread and not woken:
+                # It cannot be woken: it ends at its next event (it sees _closed
+                # first, or its epoll closed below), a daemon meanwhile.
+                continue
+            t.join()
         self._release_resources()
+
+    def _step(self, action: Callable[..., object], what: str, *args: Any) -> bool:
+        """Run ``action(*args)``, one step of ``close()``; False (logged as a
+        WARNING) if it raised."""
+        try:
+            action(*args)
+        except Exception as exc:  # close() must finish and never raise: log, carry on
+            with contextlib.suppress(Exception):  # logging needs memory too
+                _log.warning(
+                    "MonitorManager %r close(): %s failed (%s: %s); carrying on",
+                    self._name, what, type(exc).__name__, exc, exc_info=exc,
+                )  # fmt: skip
+            return False
+        return True
 
     def _drop_monitors(self) -> None:
         """close(): release every monitor without calling it."""
@@ -600,29 +680,45 @@ class MonitorManager:
             mon._watch.monitors.pop(mon, None)
 
     def _release_resources(self) -> None:
-        """close(), once the watcher threads stopped: detach watches, close fds, drop the hook."""
+        """close(), once the watcher threads stopped: detach watches, close fds,
+        drop the hook. Each step is a ``_step``: one failing skips no other."""
         with self._lock:
-            for watch in list(self._watches.values()):
-                watch.detach_locked()
-            self._watches.clear()
-            for aio in list(self._aio.values()):
-                aio.detach_soon()
-            self._aio.clear()
-            self._polled_threads.clear()
-            self._polled_procs.clear()
-            for fd in list(self._by_fd):  # pidfds owned by no watch: none expected
-                os.close(fd)
-            self._by_fd.clear()
-            if self._epoll is not None:
-                self._epoll.close()
-                self._epoll = None
-                os.close(self._wake_r)
-                if self._wake_w != self._wake_r:
-                    os.close(self._wake_w)
-                self._wake_r = self._wake_w = -1
+            self._step(self._forget_watches_locked, "forgetting its watches")
+            self._step(self._detach_asyncio_locked, "removing its asyncio done-callbacks")
+            self._step(self._close_pidfds_locked, "closing its pidfds")
+            epoll, self._epoll = self._epoll, None
+            wake_r, wake_w = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = -1
+            if epoll is not None:
+                self._step(epoll.close, "closing its epoll")
+            if wake_r >= 0:
+                self._step(os.close, "closing its wake-up fd", wake_r)
+            if wake_w >= 0 and wake_w != wake_r:
+                self._step(os.close, "closing its wake-up fd", wake_w)
             if self._hook_held:
                 self._hook_held = False
-                release_hook()
+                self._step(release_hook, "restoring threading.excepthook")
+
+    def _forget_watches_locked(self) -> None:
+        # No unregister (epoll_ctl): the pidfds are closed with the epoll.
+        for watch in self._watches.values():
+            if isinstance(watch, _ProcessWatch):
+                watch.fd = -1
+        self._watches.clear()
+        self._polled_threads.clear()
+        self._polled_procs.clear()
+
+    def _detach_asyncio_locked(self) -> None:
+        watches = list(self._aio.values())
+        self._aio.clear()
+        for aio in watches:
+            self._step(aio.detach_soon, "removing an asyncio done-callback")
+
+    def _close_pidfds_locked(self) -> None:
+        fds = list(self._by_fd)  # every pidfd of every process watch
+        self._by_fd.clear()
+        for fd in fds:
+            self._step(os.close, "closing a pidfd", fd)
 
     @property
     def closed(self) -> bool:
@@ -659,10 +755,28 @@ class MonitorManager:
             mon._manager = self
             mon._watch = watch
         watch.monitors[mon] = on_down
-        self._monitors[mon] = None
+        try:
+            self._monitors[mon] = None
+        except BaseException as exc:  # out of memory: the call stores nothing
+            return self._take_back(mon, watch, exc)
         if watch.down is None and not self._is_closed():
             return mon
         return self._settle(mon, watch)
+
+    def _take_back(self, mon: Monitor, watch: Watch, exc: BaseException) -> Monitor:
+        """The second insert of ``mon`` (into ``_monitors``) failed with ``exc``
+        (out of memory): take it back out of its watch and raise ``exc``, so
+        that the failed call stored nothing (before, its ``on_down`` was still
+        called at the death, and ``close()`` missed it).
+
+        Race: a death delivered between the two inserts took it and calls it
+        (or did): the call then succeeded after all, and ``mon`` (inactive)
+        is returned; the firing side's pop of ``_monitors`` found nothing, and
+        the failed insert left nothing either.
+        """
+        if watch.monitors.pop(mon, None) is None:
+            return mon
+        raise exc
 
     def _settle(self, mon: Monitor, watch: Watch) -> Monitor:
         """After inserting ``mon``: the watch had fired, or the manager closed.
@@ -692,7 +806,10 @@ class MonitorManager:
         """Insert a monitor into a managed watch; called with the lock held."""
         mon = Monitor(self, watch)
         watch.monitors[mon] = on_down
-        self._monitors[mon] = None
+        try:
+            self._monitors[mon] = None
+        except BaseException as exc:  # out of memory: the caller drops the watch if unused
+            return self._take_back(mon, watch, exc)
         return mon
 
     def _monitor_cf(
@@ -794,7 +911,16 @@ class MonitorManager:
                     self._watches[key] = new
                 else:  # gone between the liveness check and the attach
                     new.down = NOPROC
-            mon = self._add_managed(watch, on_down)
+            try:
+                mon = self._add_managed(watch, on_down)
+            except BaseException:  # out of memory: store nothing, keep no unused watch
+                if not watch.monitors and self._watches.get(key) is watch:
+                    del self._watches[key]
+                    try:
+                        watch.detach_locked()
+                    except OSError as exc:  # epoll_ctl: the selector retries it
+                        report(exc, "liveness: detaching an unused process watch", self)
+                raise
         if watch.down is not None:
             claim(mon, watch, watch.down)
         return mon
@@ -996,10 +1122,15 @@ class MonitorManager:
         reported, no pause) or an ``Exception`` of the loop's own code, a
         defect that may repeat on every iteration: reported, then a short
         pause (cut short by ``close()``) so the thread cannot spin hot.
+        Never raises: out of memory (``Event.wait`` allocates a lock), the
+        pause is a plain sleep (before, that ``MemoryError`` killed the thread).
         """
         report(exc, where, self)
         if isinstance(exc, Exception):
-            self._stopping.wait(_DEFECT_BACKOFF)
+            try:
+                self._stopping.wait(_DEFECT_BACKOFF)
+            except MemoryError:  # not cut short by close() then, still paused
+                time.sleep(_DEFECT_BACKOFF)  # sleep-ok: backoff after a defect
 
     def _ensure_epoll_locked(self) -> None:
         if self._epoll is not None:

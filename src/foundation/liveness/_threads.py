@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from foundation.errors import StartError
-from foundation.liveness._core import NORMAL, Down, Watch, fire_retrying
+from foundation.liveness._core import NORMAL, Watch, exception_down, fire_retrying
 
 __all__ = ["EXC_ATTR", "SpawnedThread", "acquire_hook", "release_hook", "spawn_thread"]
 
@@ -30,14 +30,21 @@ class SpawnedThread(threading.Thread):
         try:
             super().run()
         except BaseException as exc:
-            down = Down("exception", exception=exc)
+            # Never raises: out of memory it is Down("exception") without the
+            # exception (before, "normal" was told, and the MemoryError replaced
+            # the target's exception in threading.excepthook's report).
+            down = exception_down(exc)
             raise  # still reported by threading.excepthook, as for any thread
         finally:
             # Fires before the thread is marked dead, so is_alive() consults the
             # watch first: the instant it fired, the agent counts as dead.
-            # Nothing else holds this watch to retry from: a monitor that could
-            # not be taken (out of memory) is retried here, before the end.
-            fire_retrying(self._foundation_watch, down, "the end of a spawn_thread thread")
+            # A monitor that could not be taken (out of memory) is handed to
+            # the redeliverer thread: this thread still ends at once.
+            fire_retrying(
+                self._foundation_watch,
+                down,
+                "the end of a spawn_thread thread (the monitors left are retried)",
+            )
 
 
 def spawn_thread(
