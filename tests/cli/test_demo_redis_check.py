@@ -1,4 +1,4 @@
-"""``foundation demo --redis URL``'s up-front check leaves nothing in Redis.
+"""``foundation demo --redis URL`` leaves nothing in Redis: its check, nor part 4.
 
 Before the fix the check opened and closed a ``RedisRegistry`` in part 4's
 namespace, which left its ``{ns}:lastbeat`` key without a TTL in the user's
@@ -6,7 +6,8 @@ Redis (for every run, since the namespace is new each time). The check now
 writes one probe key with a TTL and deletes it. Run as a user runs it (the
 real command, in a subprocess): ``--admin`` with a malformed address is a
 usage error raised just after the Redis check, so the demo stops there and
-the test reads what the check left.
+the test reads what the check left. A full run deletes part 4's keys at
+the end (its two nodes left four per run).
 """
 
 from __future__ import annotations
@@ -42,3 +43,14 @@ def test_a_redis_refusing_writes_still_fails_the_check(
     line = one_line_error(run_demo("--redis", fresh_redis.url, cwd=tmp_path), 69)
     assert line.startswith("BackendUnavailable: "), line
     assert "READONLY" in line, line
+
+
+def test_a_full_run_with_redis_leaves_no_key_behind(
+    fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    # Part 4's two nodes leave their namespace's keys (lastbeat, log, ver...)
+    # when they close; the demo deletes them (before: 4 keys per run).
+    result = run_demo("--agents", "2", "--seconds", "0.5", "--redis", fresh_redis.url, cwd=tmp_path)
+    assert result.returncode == 0, (result.returncode, result.stdout[-2000:], result.stderr)
+    assert "== 4. " in result.stdout  # part 4 ran
+    assert _keys(fresh_redis) == []

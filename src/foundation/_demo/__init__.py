@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 def _check_redis(parser: argparse.ArgumentParser, url: str, namespace: str) -> None:
     """Parse ``--redis`` and try it once, before the demo: a bad URL is a usage error
     (exit 2); a Redis that is unreachable or refuses a write in part 4's namespace
-    (read-only, out of memory, an ACL) raises ``BackendUnavailable`` (one line, exit 1).
+    (read-only, out of memory, an ACL) raises ``BackendUnavailable`` (one line, exit 69).
 
     It leaves nothing in Redis: one probe key, written with a TTL and deleted (a
     ``RedisRegistry`` opened and closed here left its ``lastbeat``, without a TTL)."""

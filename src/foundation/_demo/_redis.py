@@ -6,10 +6,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from foundation import _redis_conn
 from foundation._demo._console import Console
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import percentile, wait_until
-from foundation.errors import AlreadyRegistered
+from foundation.errors import AlreadyRegistered, BackendUnavailable
 from foundation.liveness import spawn_thread
 from foundation.registry import RedisRegistry
 
@@ -72,3 +73,23 @@ def run_redis(
     finally:
         for release in releases:  # also on Ctrl-C: the agents' threads end
             release.set()
+        _drop_namespace(console, url, namespace)
+
+
+def _drop_namespace(console: Console, url: str, namespace: str) -> None:
+    """Delete part 4's keys once both nodes closed: the demo leaves nothing in the
+    user's Redis (its namespace is new each run, so every key under it is ours;
+    a closed registry leaves ``lastbeat``, ``log``, ``ver``... for nodes to come).
+    A Redis gone by now costs one line: the keys are all under ``{namespace}:``."""
+    pattern = "{" + namespace + "}:*"  # (braces are plain characters to Redis's glob)
+    try:
+        client = _redis_conn.connect(url, op_timeout=2.0, name="foundation-demo-cleanup")
+        try:
+            with _redis_conn.translated(_redis_conn.redact_url(url), "removing the demo's keys"):
+                keys = list(client.scan_iter(match=pattern, count=1000))
+                if keys:
+                    client.delete(*keys)
+        finally:
+            client.close()
+    except BackendUnavailable as exc:
+        console.say(f"  (the demo's keys {pattern} stay in Redis: {exc})")
