@@ -29,7 +29,7 @@ Example ``foundation.toml``::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -99,6 +99,49 @@ def _choice_problems(values: Mapping[str, Any], store: Mapping[str, Any]) -> lis
     return problems
 
 
+_STR_OR_NONE = ("redis_url", "flag_store_path", "flag_store_redis_url", "flag_store_namespace")
+_NUMBERS = ("lease_ttl", "health_interval")
+_NUMBERS_OR_NONE = ("max_error_rate", "max_restarts_per_minute", "max_latency_ratio")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _value_problems(config: AppConfig) -> list[str]:
+    """AppConfig(...): what is wrong with its values (the rules of a config file)."""
+    problems: list[str] = []
+
+    def wrong(name: str, value: object, what: str) -> None:
+        problems.append(f"{name} must be {what}, not {bounded_repr(value)}")
+
+    namespace: object = config.namespace  # typed str; checked: the caller's may not be
+    if not isinstance(namespace, str):
+        wrong("namespace", namespace, "a str")
+    for name in _STR_OR_NONE:
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, str):
+            wrong(name, value, "a str or None")
+    for name in _NUMBERS:
+        if not _is_number(getattr(config, name)):
+            wrong(name, getattr(config, name), "a number")
+    for name in _NUMBERS_OR_NONE:
+        value = getattr(config, name)
+        if value is not None and not _is_number(value):
+            wrong(name, value, "a number or None")
+    indexed = config.indexed
+    if not isinstance(indexed, tuple | list) or not all(isinstance(x, str) for x in indexed):
+        wrong("indexed", indexed, "a list of names")
+    if not isinstance(config.flags, Mapping) or not all(isinstance(k, str) for k in config.flags):
+        wrong("flags", config.flags, "a mapping of flag names to values")
+    given = {f.name: getattr(config, f.name) for f in fields(config)}
+    if isinstance(config.flag_store_history_limit, bool):
+        wrong("flag_store_history_limit", given.pop("flag_store_history_limit"),
+              'an int of at least 1 or "unlimited"')  # fmt: skip
+    problems += _choice_problems({k: v for k, v in given.items() if v is not None}, {})
+    return problems
+
+
 @dataclass(frozen=True)
 class AppConfig:
     """What an :class:`~foundation.Application` starts, and on which backends.
@@ -127,6 +170,21 @@ class AppConfig:
     max_error_rate: float | None = None
     max_restarts_per_minute: float | None = None
     max_latency_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        """Check the values as a config file's are checked; keep ``flags`` as a read-only copy.
+
+        Raises:
+            InvalidConfig: every problem at once (a backend name that does not
+                exist, a choice without the setting it needs, a wrong type).
+        """
+        problems = _value_problems(self)
+        if problems:
+            raise InvalidConfig("invalid AppConfig: " + "; ".join(problems))
+        # Frozen: normalised the dataclass way. A copy of ``flags``: changing the
+        # caller's dict later does not change this config (or a running app's).
+        object.__setattr__(self, "indexed", tuple(self.indexed))
+        object.__setattr__(self, "flags", MappingProxyType(dict(self.flags)))
 
     @classmethod
     def discover(cls, directory: str | Path = ".") -> AppConfig:

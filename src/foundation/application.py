@@ -27,7 +27,12 @@ next, and stop in reverse:
    "Registry outages"); an outage never stops a worker.
 
 ``services=`` leaves any of the first four out (the original's test mode):
-what depends on a missing service degrades as described above.
+what depends on a missing service degrades as described above; only the
+migration monitor cannot run without the flags service (``InvalidConfig``).
+
+The application is OTP's permanent application: when the tree gives up,
+:meth:`Application.wait` and :meth:`Application.wait_for_signal` raise its
+failure, so the program ends (``docs/otp-parity.md``, application_SUITE).
 
 Logs: the application reports its life on the ``foundation.application``
 logger, one record per event, with ``extra=`` fields ``event``,
@@ -62,7 +67,7 @@ from typing import TYPE_CHECKING, Any, Self
 from foundation import telemetry
 from foundation._appconfig import AppConfig
 from foundation._public import fixup_module_paths
-from foundation.errors import InvalidConfig, InvalidFlagValue, bounded_repr
+from foundation.errors import InvalidConfig, InvalidFlagValue, SupervisorError, bounded_repr
 from foundation.flags import DEFAULT_FLAGS, FeatureFlags, Flag, FlagStore, MemoryFlagStore
 from foundation.flags._migration import (
     AutoRollback,
@@ -183,6 +188,12 @@ def _chosen_services(services: Iterable[str]) -> tuple[str, ...]:
     unknown = [s for s in chosen if s not in ALL_SERVICES]
     if unknown:
         raise InvalidConfig(f"unknown services {unknown}; choose from {ALL_SERVICES}")
+    if "migration_monitor" in chosen and "flags" not in chosen:
+        # Refused here, not by a failed start (OTP: {error, {not_started, Dep}}).
+        raise InvalidConfig(
+            "the migration_monitor service needs the flags service: "
+            "add 'flags' to services, or leave 'migration_monitor' out"
+        )
     return chosen
 
 
@@ -274,6 +285,10 @@ class Application:
         self._stopper: tuple[threading.Thread, asyncio.AbstractEventLoop] | None = None
         self._stop_error: BaseException | None = None
         self._stop_lock = threading.Lock()
+        # One start at a time: a second ``with app:`` waits for the first's start.
+        self._start_lock = threading.Lock()
+        # Set when the current run's tree has ended (stopped or gave up).
+        self._ended: threading.Event | None = None
 
     # ------------------------------------------------------------------ starting
 
@@ -335,7 +350,10 @@ class Application:
     def _stop_reported(self, thread: SupervisorThread, reraise: bool) -> None:
         self._report_stopping()
         try:
-            thread.stop()
+            try:
+                thread.stop()
+            finally:
+                self._mark_ended()  # its loop is closed: the tree has ended, whatever stop() raised
         except BaseException as exc:
             self._report_stop_failed(exc)
             if reraise:
@@ -345,9 +363,42 @@ class Application:
             return
         self._report_stopped()
 
+    def _mark_ended(self) -> None:
+        ended = self._ended
+        if ended is not None:
+            ended.set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the tree ends: stopped (returns) or given up (raises).
+
+        The application is OTP's *permanent* application: its tree giving up
+        (restart intensity exceeded) is the program's end, and this is how a
+        main thread learns it. Returns at once when the application is not
+        running. Its services are already stopped when it raises.
+
+        Raises:
+            RestartIntensityExceeded: the tree gave up (``supervisor.failure``).
+            TimeoutError: still running after ``timeout`` seconds.
+            SupervisorError: called from one of the tree's own thread children
+                (the tree's end waits for that child: it would wait for itself).
+        """
+        thread = self._thread
+        if thread is not None and in_thread_child_of(thread.loop):
+            raise SupervisorError(
+                f"Application {self.name!r}: wait() called from a child of its own tree, "
+                "whose end waits for that child"
+            )
+        ended = self._ended
+        if ended is not None and not ended.wait(timeout):
+            raise TimeoutError(f"application {self.name!r} still running after {timeout} s")
+        failure = self._supervisor.failure
+        if failure is not None:
+            raise failure
+
     # ------------------------------------------------------------------ reports
 
     def _report_starting(self) -> None:
+        self.stopped_order = []  # this run's: a restarted application starts a new list
         ids = self._service_ids
         _report(
             logging.INFO,
@@ -424,9 +475,12 @@ class Application:
         )
 
     def _watch(self) -> None:
-        """Report the tree giving up (restart intensity exceeded) when it happens."""
+        """Report the tree giving up (restart intensity exceeded) when it happens,
+        and mark the run ended (for :meth:`wait` and :meth:`wait_for_signal`)."""
+        ended = self._ended = threading.Event()
         task = self._supervisor.task
         if task is None:
+            ended.set()
             return
         supervisor = self._supervisor
 
@@ -443,6 +497,7 @@ class Application:
                     reason="failed",
                     exc=failure,
                 )
+            ended.set()  # after the report: a waiter that wakes finds it logged
 
         try:
             # Task callbacks are not thread-safe: add it on the tree's own loop
@@ -506,10 +561,16 @@ class Application:
         ``on_installed`` runs once the handlers are in place: announce readiness
         there, so a signal sent on that announcement cannot arrive before the
         handler (it would kill the process with the default action).
-        Returns the signal number received.
+        Returns the signal number received, or 0 when the tree ended without
+        one (a worker or another thread called :meth:`stop`).
+
+        Raises:
+            RestartIntensityExceeded: the tree gave up (OTP: a permanent
+                application's exit stops the node); it is stopped first.
         """
         received: list[int] = []
         arrived = threading.Event()
+        ended = self._ended  # None: never started, so only a signal ends the wait
 
         def on_signal(signum: int) -> None:
             received.append(signum)
@@ -519,14 +580,24 @@ class Application:
         with SignalHandlers(signals, on_signal):
             if on_installed is not None:
                 on_installed()
-            while not arrived.wait(0.2):  # short waits keep the main thread responsive
-                pass
+            # Short waits keep the main thread responsive; between them, a tree
+            # that ended without a signal (gave up, or stopped) ends the wait.
+            while not arrived.wait(0.2):
+                if ended is not None and ended.is_set():
+                    break
         self.stop()
-        return received[0]
+        failure = self._supervisor.failure
+        if failure is not None:  # race: gave up as the signal came; the failure says more
+            raise failure
+        return received[0] if received else 0
 
     def __enter__(self) -> Self:
-        if self._thread is None:
-            self._start_in_thread()
+        # Race: threads entering at once (OTP's otp_2973): one starts the tree
+        # while the others wait on the lock, then find it running; if that
+        # start failed, the next one tries again and raises its own error.
+        with self._start_lock:
+            if self._thread is None:
+                self._start_in_thread()
         return self
 
     def __exit__(
@@ -550,7 +621,10 @@ class Application:
     async def __aexit__(self, *exc: object) -> None:
         self._report_stopping()
         try:
-            await self._supervisor.stop()
+            try:
+                await self._supervisor.stop()
+            finally:
+                self._mark_ended()
         except BaseException as err:
             self._report_stop_failed(err)
             raise
