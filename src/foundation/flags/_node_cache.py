@@ -10,7 +10,10 @@ What it holds (one file per namespace and Redis URL, see ``default_cache_path``)
   on (meta ``trimmed``, the id of the first kept entry) and the *base* (table
   ``base``: each flag's runtime state after the last trimmed entry), which the
   entries' deltas replay from. A trimmed migrations stream likewise: the events
-  from meta ``mtrimmed`` on (events are whole records: no base);
+  from meta ``mtrimmed`` on (events are whole records: no base). With each cut,
+  what a pending kill switch is still checked against of what the trims dropped:
+  per flag its latest trimmed change (table ``history_last``), per plan its latest
+  trimmed event (``migrations_last``), as Redis holds them;
 - pending kill switches: ``disable`` / ``emergency_rollback`` made while Redis
   was unreachable, waiting to be committed (``PendingKillSwitch``);
 - the flag catalogue and the migration plans as last read from Redis (declared
@@ -67,7 +70,8 @@ RETRY_FILE_AFTER = 30.0
 """Seconds a copy that fell back to memory waits before a write tries its file again."""
 _BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock on the file
 _TABLES = (
-    "meta", "states", "stages", "history", "migrations", "pending", "catalogue", "plans", "base"
+    "meta", "states", "stages", "history", "migrations", "pending", "catalogue", "plans", "base",
+    "history_last", "migrations_last",
 )  # fmt: skip
 _KEPT = {"catalogue": "info", "plans": "plan"}  # read caches of Redis hashes: their value column
 
@@ -83,9 +87,11 @@ CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY AUTOINCREMENT, op TEX
 CREATE TABLE IF NOT EXISTS catalogue (name TEXT PRIMARY KEY, info TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS plans (name TEXT PRIMARY KEY, plan TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS base (name TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS history_last (name TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS migrations_last (plan TEXT PRIMARY KEY, event TEXT NOT NULL);
 """
-# base was added without a schema change: older versions ignore it (they never
-# trim), and opening an older file creates it empty (IF NOT EXISTS).
+# base, history_last and migrations_last were added without a schema change: older
+# versions ignore them, and opening an older file creates them empty (IF NOT EXISTS).
 
 Entry = tuple[str, dict[str, str]]
 """A stream entry: its id (``"<ms>-<seq>"``) and its fields."""
@@ -140,7 +146,9 @@ class Snapshot:
     them (a commit mirrored from the transaction), else entries before
     ``trimmed`` leave the cache and ``base`` replaces its own. ``mtrimmed``: the
     id of the first event the migrations stream kept after its last trim (None:
-    never trimmed; ``KEEP``: not read, as the cache has it). (A
+    never trimmed; ``KEEP``: not read, as the cache has it). ``hlast`` / ``mlast``:
+    the latest trimmed change per flag (record JSON) / event per plan (event JSON),
+    read with the cut they belong to (None: not read, as the cache has them). (A
     plain class: a private record, so ``import foundation`` builds no
     dataclass for it; see ``foundation._public``.)
     """
@@ -150,7 +158,9 @@ class Snapshot:
         "epoch",
         "full",
         "history",
+        "hlast",
         "migrations",
+        "mlast",
         "mtrimmed",
         "stages",
         "states",
@@ -171,6 +181,8 @@ class Snapshot:
         base: dict[str, str] | None = None,
         trimmed: str | None = None,
         mtrimmed: str | None = KEEP,
+        hlast: dict[str, str] | None = None,
+        mlast: dict[str, str] | None = None,
     ) -> None:
         self.version = version
         self.epoch = epoch
@@ -182,6 +194,8 @@ class Snapshot:
         self.base = base
         self.trimmed = trimmed
         self.mtrimmed = mtrimmed
+        self.hlast = hlast
+        self.mlast = mlast
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,6 +528,23 @@ class NodeCache:
     def migrations(self) -> list[Entry]:
         return self._entries("migrations")
 
+    def lasts(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(flag -> its latest trimmed change, plan -> its latest trimmed event), one read."""
+
+        def body(db: sqlite3.Connection) -> tuple[dict[str, str], dict[str, str]]:
+            rows = db.execute("SELECT name, record FROM history_last")
+            hlast = {str(n): str(r) for n, r in rows}
+            rows = db.execute("SELECT plan, event FROM migrations_last")
+            return hlast, {str(p): str(e) for p, e in rows}
+
+        with self._guard(), self._lock:
+            try:
+                return _read_transaction(self._db, body)
+            except Exception as exc:
+                if not self._fall_back(exc):
+                    raise
+            return _read_transaction(self._db, body)
+
     def _entries(self, table: str) -> list[Entry]:
         rows = self._read(f"SELECT ms, seq, fields FROM {table} ORDER BY ms, seq")
         with self._guard():
@@ -714,6 +745,9 @@ def _mirror_trim(db: sqlite3.Connection, snap: Snapshot) -> None:
         return
     db.execute("DELETE FROM base")
     db.executemany("INSERT INTO base VALUES (?, ?)", snap.base.items())
+    if snap.hlast is not None:  # read with the base: the same cut
+        db.execute("DELETE FROM history_last")
+        db.executemany("INSERT INTO history_last VALUES (?, ?)", snap.hlast.items())
     if snap.trimmed is None:
         db.execute("DELETE FROM meta WHERE key = 'trimmed'")
         return
@@ -739,7 +773,10 @@ def _mirror_events_trim(db: sqlite3.Connection, snap: Snapshot) -> None:
         and row is not None
         and (cut is None or stream_key(cut) < stream_key(str(row[0])))
     ):
-        cut = str(row[0])
+        cut = str(row[0])  # (and the file's migrations_last, of that cut, stays)
+    elif snap.mlast is not None:  # read with snap's cut, which the copy takes
+        db.execute("DELETE FROM migrations_last")
+        db.executemany("INSERT INTO migrations_last VALUES (?, ?)", snap.mlast.items())
     if cut is None:
         db.execute("DELETE FROM meta WHERE key = 'mtrimmed'")
         return

@@ -13,6 +13,9 @@ every key of one deployment lives in one slot and a transaction may touch them a
 ``{ns}:flags:history:base`` hash flag name -> ``FlagState`` JSON: each flag's runtime
                                   state after the last trimmed history entry (the
                                   base the kept entries' deltas replay from)
+``{ns}:flags:history:last`` hash flag name -> its latest trimmed change (greatest
+                                  ``at``; a self-contained record, ``old`` in full)
+``{ns}:flags:migrations:last`` hash plan -> its latest trimmed event (JSON)
 ``{ns}:flags:meta``        hash   ``version`` (committed transactions), ``epoch``,
                                   ``restored`` (a random id per restore from a copy),
                                   ``trimmed`` (id of the first entry kept by the last trim),
@@ -56,6 +59,13 @@ same rule, counted apart): a commit whose EXEC finds it over runs ``_TRIM_EVENTS
 Events are whole records: no base, and two trimmers only ever cut to a limit.
 Stages live in ``{ns}:flags:stages``, never derived from events. The node copy
 mirrors the cut (``mtrimmed``) as it mirrors ``trimmed``.
+Each trim also keeps, per flag / per plan, the latest change / event it dropped
+(greatest ``at``) in ``{ns}:flags:history:last`` / ``{ns}:flags:migrations:last``,
+atomically with the cut (the trim scripts), unless a later one is there: a pending
+kill switch is checked against them as well as the kept entries, so whether the
+newer change it must yield to was trimmed never changes the decision (see
+``committed_since``). No commit writes them: the commit path is unchanged. The
+node copy mirrors them with the cut they belong to, and a restore puts them back.
 
 Propagation: the history stream is also the change feed. Each store runs one
 listener thread blocked in ``XREAD BLOCK`` on it, on a connection of its own;
@@ -120,7 +130,8 @@ again on top of whatever state is committed then, and moving the plan to stage
 0 -- unless a change to one of its flags (or an event of its plan) committed by
 anyone carries a LATER time (``at``) than the kill switch: that newer decision
 wins, the pending kill switch is dropped with a WARNING log and a
-``foundation.flags.pending_superseded`` event. It is never dropped silently. Any
+``foundation.flags.pending_superseded`` event. It is never dropped silently. The
+rule holds on a trimmed history too (the ``last`` hashes above). Any
 other write during an outage raises ``BackendUnavailable`` within about
 ``timeout`` and changes nothing.
 
@@ -157,8 +168,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import itertools
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -258,20 +271,23 @@ def copies_in_memory() -> dict[str, bool]:
 
 
 # Restore the deployment from a node copy, only if Redis is still older than it.
-# KEYS: meta, state, stages, history, migrations, history base. ARGV[1]: the copy
-# as JSON (its base and ``trimmed`` too: its history replays from that base).
+# KEYS: meta, state, stages, history, migrations, history base, the latest trimmed
+# change per flag, the latest trimmed event per plan. ARGV[1]: the copy as JSON (its
+# base and ``trimmed`` too: its history replays from that base).
 _RESTORE = """
 local data = cjson.decode(ARGV[1])
 local current = redis.call('HGET', KEYS[1], 'version')
 if current and tonumber(current) >= tonumber(data.version) then
   return 0
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 for name, state in pairs(data.states) do redis.call('HSET', KEYS[2], name, state) end
 for plan, stage in pairs(data.stages) do redis.call('HSET', KEYS[3], plan, stage) end
 for _, e in ipairs(data.history) do redis.call('XADD', KEYS[4], e[1], unpack(e[2])) end
 for _, e in ipairs(data.migrations) do redis.call('XADD', KEYS[5], e[1], unpack(e[2])) end
 for name, state in pairs(data.base) do redis.call('HSET', KEYS[6], name, state) end
+for name, record in pairs(data.hlast) do redis.call('HSET', KEYS[7], name, record) end
+for plan, event in pairs(data.mlast) do redis.call('HSET', KEYS[8], plan, event) end
 redis.call('HSET', KEYS[1], 'version', data.version, 'epoch', data.epoch,
            'restored', data.restored)
 if data.trimmed ~= '' then
@@ -288,10 +304,12 @@ return 1
 """
 
 # Trim the history to the entries from ARGV[4] on, with ARGV[5] (JSON: flag ->
-# state) as the new base, only if nobody trimmed or restored since the trimmer
+# state) as the new base and ARGV[6] (JSON: flag -> record) as the flags' latest
+# trimmed changes that moved, only if nobody trimmed or restored since the trimmer
 # read the entries it replayed (ARGV[1..3]: the epoch, restored and trimmed it
 # read; '' for none). Commits only append after the cut: they need no check.
-# KEYS: meta, history, history base. Returns the entries trimmed, -1 if it moved.
+# KEYS: meta, history, history base, latest trimmed change per flag. Returns the
+# entries trimmed, -1 if it moved.
 _TRIM = """
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'restored', 'trimmed')
 if (m[1] or '') ~= ARGV[1] or (m[2] or '') ~= ARGV[2] or (m[3] or '') ~= ARGV[3] then
@@ -300,15 +318,47 @@ end
 local n = redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
 redis.call('DEL', KEYS[3])
 for name, state in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[3], name, state) end
+for name, record in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[4], name, record) end
 redis.call('HSET', KEYS[1], 'trimmed', ARGV[4])
 return n
 """
 
 # Trim the migrations stream to its last ARGV[1] events (exactly) and record the
 # first kept id in meta's `mtrimmed` (what node copies mirror). Events are whole
-# records: no base, no check; commits only append. KEYS: meta, migrations.
-# Returns the events trimmed.
+# records: no base, no check; commits only append. Before the cut, each plan's
+# latest event among those dropped (greatest `at`; the later entry on a tie) goes
+# to KEYS[3] unless it holds a later one: a pending emergency rollback is checked
+# against it (see committed_since). An event that does not decode is dropped
+# unrecorded (readers of the stream refuse it anyway). KEYS: meta, migrations,
+# latest trimmed event per plan. Returns the events trimmed.
 _TRIM_EVENTS = """
+local drop = redis.call('XLEN', KEYS[2]) - tonumber(ARGV[1])
+if drop <= 0 then
+  return 0
+end
+local latest = {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', drop)) do
+  local f = e[2]
+  for i = 1, #f - 1, 2 do
+    if f[i] == 'event' then
+      local ok, ev = pcall(cjson.decode, f[i + 1])
+      if ok and type(ev) == 'table' and type(ev.plan) == 'string'
+          and type(ev.at) == 'number' then
+        local seen = latest[ev.plan]
+        if seen == nil or ev.at >= seen[1] then latest[ev.plan] = {ev.at, f[i + 1]} end
+      end
+    end
+  end
+end
+for plan, e in pairs(latest) do
+  local kept = redis.call('HGET', KEYS[3], plan)
+  local later = false
+  if kept then
+    local ok, k = pcall(cjson.decode, kept)
+    later = ok and type(k) == 'table' and type(k.at) == 'number' and k.at > e[1]
+  end
+  if not later then redis.call('HSET', KEYS[3], plan, e[2]) end
+end
 local n = redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])
 if n > 0 then
   local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
@@ -416,6 +466,7 @@ class _RedisTransaction(_Staged):
         self._decoded: dict[str, FlagState | None] = {}
         self._stages: dict[str, str] | None = None
         self.trimmed: str | None = None  # meta's `trimmed` read under WATCH
+        self.mtrimmed: str | None = None  # ... and `mtrimmed`
 
     def get(self, name: str) -> FlagState | None:
         _check_name(name, "flag name")
@@ -444,32 +495,58 @@ class _RedisTransaction(_Staged):
     ) -> tuple[list[FlagChange | MigrationEvent], bool]:
         """(changes/events of ``op``'s flags and plans committed LATER than ``op.at``,
         whether ``op`` itself is already committed). Read under WATCH: every
-        commit bumps the watched version, so a commit landing meanwhile retries us."""
+        commit bumps the watched version, so a commit landing meanwhile retries us.
+
+        The streams may have been trimmed since ``op`` was recorded (more than
+        ``history_limit`` commits during this node's outage): each trim kept, per
+        flag and per plan, its latest change/event among those it dropped (the
+        ``last`` hashes, see ``_trim`` and ``_TRIM_EVENTS``), and that one is checked
+        too. Any change later than ``op.at`` trimmed away implies that a change at
+        least as late is in the ``last`` hash, so the decision is the one an
+        untrimmed stream gives. (``superseded_by`` then names, per flag or plan,
+        the latest of the trimmed ones only.)
+        """
+        store, pipe = self._store, self._pipe
+        flags, plans = list(op.stored), list(op.plans)
+        # Deltas: replayed from the base of the last trim (see _trim).
+        base = pipe.hgetall(store._k_base)
+        entries = pipe.xrange(store._k_history)
+        hlast = pipe.hmget(store._k_hlast, flags) if flags else []
+        events = pipe.xrange(store._k_migrations) if plans else []
+        mlast = pipe.hmget(store._k_mlast, plans) if plans else []
+        # Race: a trim between these reads (a base of one cut with the entries of
+        # another, or entries dropped after we read the stream and before we read
+        # the `last` hash: in neither). A trim moves meta's `trimmed` / `mtrimmed`;
+        # meta is watched, so EXEC would fail anyway, but a superseded kill switch
+        # writes nothing (no EXEC): retry now, before deciding on a mismatched read.
+        if list(pipe.hmget(store._k_meta, "trimmed", "mtrimmed")) != [self.trimmed, self.mtrimmed]:
+            raise _Retry
         newer: list[FlagChange | MigrationEvent] = []
-        seen_changes = self._changes_since(op, newer)
-        seen_events = self._events_since(op, newer)
+        seen_changes = self._changes_since(
+            op, newer, base, entries, dict(zip(flags, hlast, strict=True))
+        )
+        seen_events = self._events_since(op, newer, events, dict(zip(plans, mlast, strict=True)))
         # A commit is atomic: seeing any part of op means all of it was committed
         # (a crash between the commit and dropping the pending record).
         return newer, bool(seen_changes or seen_events)
 
     def _changes_since(
-        self, op: PendingKillSwitch, newer: list[FlagChange | MigrationEvent]
+        self,
+        op: PendingKillSwitch,
+        newer: list[FlagChange | MigrationEvent],
+        base: dict[str, str],
+        entries: list[tuple[str, dict[str, str]]],
+        lasts: dict[str, str | None],
     ) -> set[tuple[str, float, str | None, str | None]]:
         """Append to ``newer`` the changes of ``op``'s flags later than it; return its own seen."""
         store = self._store
         own = {(c.flag, c.at, c.by, c.reason) for c in op.changes}
         seen_changes: set[tuple[str, float, str | None, str | None]] = set()
-        # Deltas: replayed from the base of the last trim (see _trim).
-        base = self._pipe.hgetall(store._k_base)
-        entries = self._pipe.xrange(store._k_history)
-        # Race: a trim between the two reads (base of one cut, entries of another).
-        # A trim moves meta's `trimmed`; meta is watched, so EXEC would fail anyway:
-        # retry now, before replaying a mismatched pair.
-        if self._pipe.hget(store._k_meta, "trimmed") != self.trimmed:
-            raise _Retry
+        # The latest trimmed change of each flag first: it precedes every kept entry.
+        trimmed = [store._decode_last(text) for text in lasts.values() if text is not None]
         replay = Replay(store._feed_states(base), flags=frozenset(op.stored))
-        for _id, fields in entries:
-            change = store._decode_change(fields, replay)
+        kept = (store._decode_change(fields, replay) for _id, fields in entries)
+        for change in itertools.chain(trimmed, kept):
             if change is None:
                 continue
             key = (change.flag, change.at, change.by, change.reason)
@@ -480,14 +557,20 @@ class _RedisTransaction(_Staged):
         return seen_changes
 
     def _events_since(
-        self, op: PendingKillSwitch, newer: list[FlagChange | MigrationEvent]
+        self,
+        op: PendingKillSwitch,
+        newer: list[FlagChange | MigrationEvent],
+        entries: list[tuple[str, dict[str, str]]],
+        lasts: dict[str, str | None],
     ) -> set[tuple[str, str, float, str | None, str | None]]:
         """Append to ``newer`` the events of ``op``'s plans later than it; return its own seen."""
         store = self._store
         own_events = {(e.plan, e.action, e.at, e.by, e.reason) for e in op.events}
         seen_events: set[tuple[str, str, float, str | None, str | None]] = set()
-        for _id, fields in self._pipe.xrange(store._k_migrations):
-            event = store._decode_event(fields)
+        # The latest trimmed event of each plan first: it precedes every kept entry.
+        trimmed = [store._decode_event({"event": text}) for text in lasts.values() if text]
+        kept = (store._decode_event(fields) for _id, fields in entries)
+        for event in itertools.chain(trimmed, kept):
             if event.plan not in op.plans:
                 continue
             ekey = (event.plan, event.action, event.at, event.by, event.reason)
@@ -707,6 +790,8 @@ class RedisFlagStore(FlagStore):
         self._k_state = f"{tag}:flags:state"
         self._k_history = f"{tag}:flags:history"
         self._k_base = f"{tag}:flags:history:base"
+        self._k_hlast = f"{tag}:flags:history:last"
+        self._k_mlast = f"{tag}:flags:migrations:last"
         self._k_stages = f"{tag}:flags:stages"
         self._k_migrations = f"{tag}:flags:migrations"
         self._k_meta = f"{tag}:flags:meta"
@@ -939,6 +1024,20 @@ class RedisFlagStore(FlagStore):
         except InvalidFlagValue as exc:
             raise FlagError(f"corrupt history entry in {self._k_history}: {raw!r}") from exc
 
+    def _decode_last(self, text: str) -> FlagChange:
+        """A flag's latest trimmed change (``{ns}:flags:history:last``: a self-contained
+        record, see ``_trim``)."""
+        try:
+            change = Replay().feed_json(text)
+        except InvalidFlagValue as exc:
+            change = None
+            cause: Exception | None = exc
+        else:
+            cause = None
+        if change is None:  # (None only for a flag filtered out: there is no filter)
+            raise FlagError(f"corrupt record in {self._k_hlast}: {text!r}") from cause
+        return change
+
     def _decode_event(self, fields: dict[str, str]) -> MigrationEvent:
         raw = fields.get("event", "")
         try:
@@ -966,6 +1065,10 @@ class RedisFlagStore(FlagStore):
             cache = self._cache
             version = cache.version
             base, trimmed, history = cache.history_with_base()
+            # Race: another process sharing the file mirroring a later cut between
+            # the two reads: its `last` records are the same or later ones, each of a
+            # change or event the stream held before, so a check reads no less.
+            hlast, mlast = cache.lasts()
             payload = {
                 "version": str(version),
                 "epoch": cache.epoch or uuid.uuid4().hex,
@@ -975,6 +1078,8 @@ class RedisFlagStore(FlagStore):
                 "history": [[i, _flat(f)] for i, f in history],
                 "migrations": [[i, _flat(f)] for i, f in cache.migrations()],
                 "base": base,
+                "hlast": hlast,
+                "mlast": mlast,
                 "trimmed": trimmed or "",
                 "mtrimmed": cache.mtrimmed or "",
             }
@@ -1006,6 +1111,8 @@ class RedisFlagStore(FlagStore):
             self._k_history,
             self._k_migrations,
             self._k_base,
+            self._k_hlast,
+            self._k_mlast,
         ]
 
     def _pull(self) -> bool:
@@ -1084,20 +1191,28 @@ class RedisFlagStore(FlagStore):
         """Redis at ``meta`` (None: it moved), entries after ``since`` (None: all);
         ``_DIVERGED`` when Redis no longer holds the copy's last entries.
 
-        The base (a state per flag ever trimmed) is read only when the copy needs
-        it: a whole read, or a cut the copy does not hold yet. At the copy's cut
+        The base (a state per flag ever trimmed) and the ``last`` hashes are read
+        only when the copy needs them: a whole read, or a cut (of that stream) the
+        copy does not hold yet. At the copy's cut
         it is the copy's base already (a base is what the entries before the cut
         left), so a refresh after each commit costs O(its change), not O(flags).
         """
         new_cut = since is None or self._cache.trimmed != meta[3]
+        new_mcut = since is None or self._cache.mtrimmed != meta[4]
         with client.pipeline(transaction=False) as pipe:
             self._queue_copy_reads(pipe, since)
             if new_cut:
                 pipe.hgetall(self._k_base)
+                pipe.hgetall(self._k_hlast)  # moves with the base (see _trim)
+            if new_mcut:
+                pipe.hgetall(self._k_mlast)  # moves with `mtrimmed` (see _TRIM_EVENTS)
             pipe.hmget(self._k_meta, *_META)
             replies = pipe.execute()
         states, stages, history, migrations = replies[:4]
-        base, after = (replies[4], replies[5]) if new_cut else (None, replies[4])
+        rest = iter(replies[4:])
+        base, hlast = (next(rest), next(rest)) if new_cut else (None, None)
+        mlast = next(rest) if new_mcut else None
+        after = next(rest)
         if list(after) != meta:
             return None
         history, migrations = _stream_entries(history), _stream_entries(migrations)
@@ -1118,6 +1233,8 @@ class RedisFlagStore(FlagStore):
             base=None if base is None else dict(base),
             trimmed=meta[3],
             mtrimmed=meta[4],
+            hlast=None if hlast is None else dict(hlast),
+            mlast=None if mlast is None else dict(mlast),
         )
 
     def _queue_copy_reads(self, pipe: Any, since: tuple[str | None, str | None] | None) -> None:
@@ -1312,7 +1429,9 @@ class RedisFlagStore(FlagStore):
             with self._translated("trimming the migration history"):
                 self._ensure_clients()
                 dropped = int(
-                    self._trim_events_script(keys=[self._k_meta, self._k_migrations], args=[keep])
+                    self._trim_events_script(
+                        keys=[self._k_meta, self._k_migrations, self._k_mlast], args=[keep]
+                    )
                 )
         except (BackendUnavailable, FlagError) as exc:
             self._next_event_trim_at = int(length) + trim_slack(keep)
@@ -1335,17 +1454,21 @@ class RedisFlagStore(FlagStore):
         records it must keep. Commits landing meanwhile only append after the
         entries read (they can only make us keep more); a trim or a restore
         landing between these reads and the script moves ``trimmed`` or
-        ``restored``, which the script checks before it writes anything.
+        ``restored``, which the script checks before it writes anything. The
+        ``last`` hash read here is written only by trims and restores, so that
+        check covers it too: its update (each dropped flag's latest change, kept
+        where it is at least as late as the one there) is never based on a stale read.
         """
         client = self._ensure_clients()
         with self._translated("trimming the flag history"):
             with client.pipeline(transaction=False) as pipe:
                 pipe.hmget(self._k_meta, *_META)
                 pipe.hgetall(self._k_base)
+                pipe.hgetall(self._k_hlast)
                 pipe.xrange(self._k_history, count=most + 1)
                 pipe.xlen(self._k_history)
                 pipe.hmget(self._k_meta, *_META)
-                before, base, entries, length, after = pipe.execute()
+                before, base, lasts, entries, length, after = pipe.execute()
             # Race: a trim or restore between the reads (a commit is harmless: it
             # appends): the base and the entries may be of two cuts. Leave it to
             # the next commit.
@@ -1357,13 +1480,30 @@ class RedisFlagStore(FlagStore):
             if count <= 0:
                 return 0
             replay = Replay(self._feed_states(base))
+            latest: dict[str, FlagChange] = {}  # per flag, its latest change dropped
             for _id, fields in entries[:count]:
-                self._decode_change(fields, replay)
+                change = self._decode_change(fields, replay)
+                if change is not None and (
+                    change.flag not in latest or change.at >= latest[change.flag].at
+                ):
+                    latest[change.flag] = change
             new_base = {name: state.to_json() for name, state in replay.states.items()}
+            moved = {
+                flag: encode_json(change, None, change.new)  # self-contained: old in full
+                for flag, change in latest.items()
+                if change.at >= _last_at(lasts.get(flag))
+            }
             epoch, restored, trimmed = (x or "" for x in list(before)[1:4])
             done = self._trim_script(
-                keys=[self._k_meta, self._k_history, self._k_base],
-                args=[epoch, restored, trimmed, str(entries[count][0]), json.dumps(new_base)],
+                keys=[self._k_meta, self._k_history, self._k_base, self._k_hlast],
+                args=[
+                    epoch,
+                    restored,
+                    trimmed,
+                    str(entries[count][0]),
+                    json.dumps(new_base),
+                    json.dumps(moved),
+                ],
             )
         return int(done)
 
@@ -1405,11 +1545,13 @@ class RedisFlagStore(FlagStore):
         wrote nothing. ``_Behind`` when Redis is older than the copy.
         """
         pipe.watch(self._k_state, self._k_stages, self._k_meta)
-        raw_version, epoch, trimmed = pipe.hmget(self._k_meta, "version", "epoch", "trimmed")
+        raw_version, epoch, trimmed, mtrimmed = pipe.hmget(
+            self._k_meta, "version", "epoch", "trimmed", "mtrimmed"
+        )
         if self._copy_behind_check(raw_version):
             raise _Behind
         txn = _RedisTransaction(self, pipe)
-        txn.trimmed = trimmed
+        txn.trimmed, txn.mtrimmed = trimmed, mtrimmed
         # fn's own exceptions propagate unchanged; leaving the
         # `with` (in transaction()) resets the pipe (UNWATCH) and nothing was queued.
         result = fn(txn)
@@ -2359,6 +2501,18 @@ def _stream_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
 def _unsent_on_dead_socket(exc: BackendUnavailable, executing: bool) -> bool:
     """Whether a commit failed before EXEC was sent, on a socket the server closed."""
     return not executing and _dead_socket(exc.__cause__)
+
+
+def _last_at(text: str | None) -> float:
+    """The ``at`` of a latest-trimmed record (``{ns}:flags:history:last``); -inf for none
+    (or one that does not read: the trim replaces it)."""
+    if text is None:
+        return -math.inf
+    try:
+        at = json.loads(text)["at"]
+        return float(at) if isinstance(at, int | float) else -math.inf
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return -math.inf
 
 
 def _flat(fields: dict[str, str]) -> list[str]:
