@@ -31,17 +31,26 @@ Events
 Listeners run **outside** the write lock, one event at a time, in the order
 the writes happened (a queue filled under the write lock). The thread that
 made a change delivers its events before the call returns, unless another
-thread is delivering at that moment — that thread then delivers them, and the
-call waits until it has (so every write's events are delivered when it
-returns, which ``MigratingRegistry`` relies on). A listener may call the
-registry, writes included (their events follow once the current listener
-returns), but must not wait for another thread's write to this registry: that
-write waits for the listener. (``MigratingRegistry.subscribe`` listeners may:
-the facade calls them with no backend lock held.) A listener that raises is logged under
-``foundation.registry`` and passed to ``sys.unraisablehook`` if one is
-installed; the write, the registry and the other listeners are unaffected.
-Death events are delivered by the thread that saw the death (a monitor
-thread, or the event loop for asyncio agents): keep listeners quick.
+thread is delivering at that moment: that thread then delivers them too, once
+the listener it is running returns, and the writer **does not wait** for it
+(its call may return before its events are delivered). So a listener may
+call the registry, writes included (their events follow once the current
+listener returns), and may wait for another thread's write to this registry;
+a slow listener delays the events of the writes made meanwhile, never the
+writes. A listener that raises is logged under ``foundation.registry`` and
+passed to ``sys.unraisablehook`` if one is installed; the write, the registry
+and the other listeners are unaffected. Death events are delivered by the
+thread that saw the death (a monitor thread, or the event loop for asyncio
+agents), and the events queued while a listener runs by the same thread:
+keep listeners quick.
+
+Each queued event is stamped with its position in the queue and the ident of
+the thread whose write queued it (private: ``_queued`` counts the events
+queued so far, ``_delivering`` is ``(position, writer)`` of the event whose
+listeners are running; ``writer`` is the ident of the writing thread, negated
+for a write made by a listener that thread was running). ``MigratingRegistry``
+recognises the events of its own backend calls by them, whichever thread
+delivers them and when.
 """
 
 from __future__ import annotations
@@ -93,6 +102,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryRegistry", "MemoryRegistryStats"]
 
 _now = time.time
+_get_ident = threading.get_ident
 _new_object = object.__new__
 # Stores the private slot directly, past Entry's frozen __setattr__.
 _set_registration = _EntrySlots.__dict__["_registration"].__set__
@@ -275,8 +285,11 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         self._indexed_queries = 0
         self._scans = 0
         self._listeners: tuple[Listener, ...] = ()  # copy-on-write, replaced under _lock
-        self._pending: deque[RegistryEvent] = deque()
-        self._dispatch_lock = threading.Lock()
+        # Events to deliver: (event, position, writer ident), queued under _lock.
+        self._pending: deque[tuple[RegistryEvent, int, int]] = deque()
+        self._queued = 0  # events queued so far: the next event's position
+        self._delivering: tuple[int, int] = (-1, 0)  # (position, writer) being delivered
+        self._dispatch_lock = threading.Lock()  # held by the one thread delivering
         self._dispatch_owner = 0
         self._closed = False
 
@@ -462,7 +475,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                     # Done (the finally releases the lock). Events queued by other
                     # writers are theirs to deliver: each writer dispatches its own.
                     return
-                self._pending.append(RegistryEvent("registered", entry))
+                self._enqueue(RegistryEvent("registered", entry))
                 error = replaced = None
             else:
                 error, replaced = self._register_conflict(entry, old, replace)
@@ -509,8 +522,8 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         if self._listeners:
             # down=None for reason "down": the death was noticed here, before
             # its monitor reported it, so its details are unknown.
-            self._pending.append(RegistryEvent("unregistered", old, reason))
-            self._pending.append(RegistryEvent("registered", entry))
+            self._enqueue(RegistryEvent("unregistered", old, reason))
+            self._enqueue(RegistryEvent("registered", entry))
         return None, _detach(old)
 
     def unregister(self, key: Hashable) -> bool:
@@ -536,7 +549,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if entry.metadata and self._index is not None:
                 self._index.remove(key, entry.metadata)
             if self._listeners:
-                self._pending.append(RegistryEvent("unregistered", entry, "unregistered"))
+                self._enqueue(RegistryEvent("unregistered", entry, "unregistered"))
             reg = entry._registration  # _detach(entry), inlined (hot path)
             _set_registration(entry, None)
         finally:
@@ -584,7 +597,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if index is not None:
                 index.remove(key, cur.metadata, frozen)
             if self._listeners:
-                self._pending.append(RegistryEvent("updated", new))
+                self._enqueue(RegistryEvent("updated", new))
         if self._pending:
             self._dispatch()
 
@@ -604,33 +617,59 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if self._index is not None:
                 self._index.remove(reg.key, cur.metadata)
             if self._listeners:
-                self._pending.append(RegistryEvent("unregistered", cur, "down", down))
+                self._enqueue(RegistryEvent("unregistered", cur, "down", down))
         if self._pending:
             self._dispatch()
 
     # ------------------------------------------------------------------ events
 
+    def _enqueue(self, event: RegistryEvent) -> None:
+        """Queue ``event`` with its position and its writer (write lock held)."""
+        position = self._queued
+        self._queued = position + 1
+        writer = _get_ident()
+        if self._dispatch_owner == writer:
+            # A nested write, by a listener this thread is running: stamped
+            # apart from this thread's own write in progress (if any), whose
+            # events this thread is delivering, so that MigratingRegistry
+            # does not take it for that write's.
+            writer = -writer
+        self._pending.append((event, position, writer))
+
     def _dispatch(self) -> None:
-        """Deliver queued events in write order, one at a time, outside the write lock."""
-        me = threading.get_ident()
+        """Deliver queued events in write order, one at a time, outside the write lock;
+        unless another thread is delivering: it delivers them, and this one returns.
+
+        Race: a writer whose try fails leaves its events to the deliverer, which
+        looks at the queue again after releasing its lock; an event queued after
+        that look finds the lock free (or a newer deliverer that looks again in
+        turn). So no event is stranded, and no writer waits for a listener
+        running in another thread: that listener may be waiting for the writer
+        (a deadlock), or be slow (every writer stalled).
+        """
+        me = _get_ident()
         if self._dispatch_owner == me:
             return  # a listener wrote: the loop below, further up this stack, delivers it
         pending = self._pending
-        with self._dispatch_lock:
+        lock = self._dispatch_lock
+        while pending:
+            if not lock.acquire(blocking=False):
+                return  # another thread delivers: it looks again after releasing
             self._dispatch_owner = me
             try:
-                while True:
-                    try:
-                        event = pending.popleft()
-                    except IndexError:
-                        break
+                while pending:  # only the lock's holder pops: not empty here, not empty below
+                    event, position, writer = pending.popleft()
+                    self._delivering = (position, writer)
                     for listener in self._listeners:
                         try:
                             listener(event)
                         except Exception as exc:  # a broken listener must not break a writer
                             report_unraisable(exc, "MemoryRegistry listener", listener)
             finally:
+                # (A BaseException from a listener, KeyboardInterrupt say, leaves
+                # the rest queued: the next write's dispatch delivers them.)
                 self._dispatch_owner = 0
+                lock.release()
 
     # ------------------------------------------------------------------ admin
 

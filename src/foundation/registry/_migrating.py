@@ -172,15 +172,19 @@ Why this is correct under concurrent flips
 * Events: the facade subscribes once to each backend and delivers to its own
   listeners. During a facade write, events of the authoritative call (made
   inside ``with self._events_of(side)``) are kept; events of mirror and
-  catch-up calls (made inside ``with self._events_dropped()``) are dropped.
-  Events delivered by another thread (deaths
-  seen by the target's monitors; or, on a backend that lets whichever thread
-  is already dispatching deliver a writer's events, such as
-  ``MemoryRegistry``) are forwarded when their side is authoritative at
-  delivery time — so only an event that races a flip can go to the side
-  that just stopped answering. After ``finish()`` only the target's events
-  exist. Kept and forwarded events join one queue, in the order the backends
-  delivered them, and listeners are called from it one event at a time,
+  catch-up calls (made inside ``with self._events_dropped(side)``, or the
+  queued mirrors' ``_events_muted``) are dropped. On a backend that lets
+  whichever thread is already delivering deliver a writer's events, maybe
+  after the write returned (``MemoryRegistry``), a call's own events are
+  recognised by their stamps (writer thread, queue position): kept or
+  dropped as decided for the call, by whichever thread and whenever they
+  are delivered. Other events delivered by another thread (deaths seen by
+  a backend's monitors, remote changes, direct writes to a backend) are
+  forwarded when their side is authoritative at delivery time — so only an
+  event that races a flip can go to the side that just stopped answering.
+  After ``finish()`` only the target's events exist. Kept and forwarded
+  events join one queue, in the order the backends delivered them, and
+  listeners are called from it one event at a time,
   never holding a lock of the facade (nor of a backend): by the writer once
   it has released the facade lock, by a pump or a pass once it has released
   its own, or, for an event a backend delivers from its own thread (a
@@ -364,6 +368,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._unsubscribers: list[Callable[[], None]] = []
         self._legacy_unsubscribe: Callable[[], None] | None = None
         self._unsubscribers.append(target.subscribe(self._on_target_event))
+        self._listening_to(_TARGET, target)
         self._unsubscribers.append(flags.subscribe(self._on_flag_change))
         self._refresh_flag()  # a change between the first read and subscribe is not missed
         self._backfill()
@@ -530,7 +535,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             down = self._legacy_down()
             if down is not None:  # no I/O, no wait (a frozen Redis costs op_timeout)
                 raise BackendUnavailable(down)
-            with self._events_dropped():
+            with self._events_dropped(_LEGACY):
                 self._legacy.register(key, agent, metadata, replace=True)
         except Exception as exc:  # best effort: a refused mirror is a divergence, not an error
             self._legacy_register_refused(view, key, agent, exc)
@@ -633,7 +638,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             down = self._legacy_down()
             if down is not None:  # no I/O, no wait
                 raise BackendUnavailable(down)
-            with self._events_dropped():
+            with self._events_dropped(_LEGACY):
                 self._legacy.unregister(key)
         except Exception as exc:  # best effort: the next catch-up retries it
             self._legacy_failed("unregister", key, exc)
@@ -743,7 +748,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             down = self._legacy_down()
             if down is not None:  # no I/O, no wait
                 raise BackendUnavailable(down)
-            with self._events_dropped():
+            with self._events_dropped(_LEGACY):
                 self._legacy.update_metadata(key, metadata)
             view.mirrors[key] = gen
         except NotRegistered:  # the legacy copy's agent died
@@ -813,6 +818,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             unsubscribe = self._listeners.subscribe(listener)  # TypeError first: nothing changes
             if not self._finished and self._legacy_unsubscribe is None:
                 self._legacy_unsubscribe = self._legacy.subscribe(self._on_legacy_event)
+                self._listening_to(_LEGACY, self._legacy)
         return unsubscribe
 
     # ------------------------------------------------------------------ lifecycle
@@ -864,7 +870,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             self._backfill_failed(view, entry, skipped)
             return
         try:
-            with self._events_dropped():
+            with self._events_dropped(_TARGET):
                 self._target.register(key, agent, entry.metadata)
         except AlreadyRegistered as exc:
             held = exc.entry
@@ -878,7 +884,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
                 return
             if held.metadata != entry.metadata:
                 try:
-                    with self._events_dropped():
+                    with self._events_dropped(_TARGET):
                         self._target.update_metadata(key, entry.metadata)
                 except Exception as exc:  # best effort: the adopted copy keeps its metadata
                     _log.warning(
@@ -940,6 +946,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             if self._legacy_unsubscribe is not None:
                 self._legacy_unsubscribe()
                 self._legacy_unsubscribe = None
+                self._stamps.pop(_LEGACY, None)  # its windows would never be forgotten
             self._records.clear()
             self._views.clear()
             self._shared_view = None
@@ -971,6 +978,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             if self._legacy_unsubscribe is not None:
                 self._legacy_unsubscribe()
                 self._legacy_unsubscribe = None
+                self._stamps.pop(_LEGACY, None)  # its windows would never be forgotten
             self._listeners.clear()
             self._records.clear()
             self._views.clear()

@@ -8,6 +8,18 @@ by another thread are forwarded when their side is authoritative at delivery
 time. See the "Events" item of "Why this is correct under concurrent flips"
 in ``foundation.registry._migrating``.
 
+A backend that delivers one thread's events in another, possibly after the
+call that made them returned (``MemoryRegistry``: a writer that finds another
+thread delivering leaves its events to it and does not wait), stamps each
+event with its queue position and its writer's thread. On such a backend each
+backend call of a facade call opens a window (``_Window``): the call's thread
+and the positions of the events queued while it ran. Its own events are
+recognised by these, whichever thread delivers them and whenever: kept,
+dropped or muted as decided when the call was made, never by the flag or the
+call in progress at delivery time. A window is forgotten once every event in
+it has been delivered to the facade (``_Stamps.seen``), at the latest by the
+delivery of its last event.
+
 Every forwarded event goes to one queue, in the order the backends delivered
 them, and the facade's listeners are called from it, one event at a time, by
 one thread at a time that holds no lock of the facade (nor, for events a
@@ -18,8 +30,8 @@ backend delivers from its own threads, any lock of the backend):
 * an event a backend delivers outside any facade call (a death its monitor
   saw, a remote change) is handed to a short-lived courier thread: the
   backend may be delivering it holding a lock of its own (``MemoryRegistry``
-  holds its dispatch lock, which its writers wait for, and the facade's
-  writers hold the facade lock while they call it);
+  holds its dispatch lock while it delivers, and a slow listener there
+  would delay every event queued behind it);
 * a thread that finds another one delivering leaves its events to it and
   returns at once (that thread delivers them after the listener it is
   running returns), so a listener may wait for another thread's facade call.
@@ -32,7 +44,8 @@ from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from foundation.registry._types import RegistryEvent
+from foundation.registry._memory import MemoryRegistry
+from foundation.registry._types import Registry, RegistryEvent
 
 if TYPE_CHECKING:
     from foundation._listeners import Listeners
@@ -43,6 +56,45 @@ _TARGET: Final = "target"
 
 
 _UNMUTED: Final = object()
+_ANY_KEY: Final = object()
+_get_ident = threading.get_ident
+
+
+class _Window:
+    """One backend call of a facade call, on a backend that stamps its events:
+    the events queued at positions ``start`` to ``end`` (excluded; ``None``
+    while the call runs) by thread ``thread`` are the call's own, on ``key``
+    (``_ANY_KEY``: every key). ``keep``: forwarded (an authoritative call) or
+    dropped (a mirror or catch-up call), wherever and whenever delivered."""
+
+    __slots__ = ("end", "keep", "key", "stamps", "start", "thread")
+
+    def __init__(self, stamps: _Stamps, key: object, keep: bool) -> None:
+        self.stamps = stamps
+        self.key = key
+        self.keep = keep
+        thread = _get_ident()
+        if stamps.backend._dispatch_owner == thread:
+            thread = -thread  # made by a listener of that backend: as it stamps (_enqueue)
+        # Its events only: not those of writes made meanwhile by that backend's
+        # listeners run by this thread (stamped with the ident negated).
+        self.thread = thread
+        # Read before the call: every event it queues has a later position.
+        self.start: int = stamps.backend._queued
+        self.end: int | None = None
+
+
+class _Stamps:
+    """A ``MemoryRegistry`` side the facade listens to: its open and late
+    windows, and ``seen``, the position of the last of its events the facade's
+    listener took (in queue order: every earlier one was taken before)."""
+
+    __slots__ = ("backend", "seen", "windows")
+
+    def __init__(self, backend: MemoryRegistry) -> None:
+        self.backend = backend
+        self.seen = -1
+        self.windows: list[_Window] = []
 
 
 class _Ctx:
@@ -83,53 +135,71 @@ class _Call:
 
 
 class _Keep:
-    """``with _Keep(ctx, side):`` the backend call inside it keeps ``side``'s events
-    (``None``: drops every event). Outside a facade call (no ``ctx``) it does nothing."""
+    """``with _Keep(owner, ctx, on, side):`` the backend call on side ``on`` inside it
+    keeps ``side``'s events (``None``: drops every event). Outside a facade call
+    (no ``ctx``) it does nothing."""
 
-    __slots__ = ("_ctx", "_saved", "_side")
+    __slots__ = ("_ctx", "_on", "_owner", "_saved", "_side", "_window")
 
-    def __init__(self, ctx: _Ctx | None, side: Side | None) -> None:
+    def __init__(self, owner: _EventRouting, ctx: _Ctx | None, on: Side, side: Side | None) -> None:
+        self._owner = owner
         self._ctx = ctx
+        self._on = on
         self._side = side
         self._saved: Side | None = None
+        self._window: _Window | None = None
 
     def __enter__(self) -> None:
         ctx = self._ctx
         if ctx is not None:
             self._saved, ctx.keep = ctx.keep, self._side
+            self._window = self._owner._open_window(self._on, _ANY_KEY, self._side == self._on)
 
     def __exit__(self, *exc: object) -> None:
         ctx = self._ctx
         if ctx is not None:
             ctx.keep = self._saved
+            if self._window is not None:
+                self._owner._close_window(self._window)
 
 
 class _Mute:
-    """``with _Mute(owner, ctx, key):`` a mirror call on ``key`` whose events are dropped,
-    wherever they are delivered. A backend may deliver one thread's events in
-    another thread (``MemoryRegistry``: whoever is already dispatching
-    delivers), so the mirror's own events are recognised by key, in every
-    thread, and any other event this thread delivers meanwhile (a death its
-    monitor saw) is routed as the asynchronous event it is."""
+    """``with _Mute(owner, ctx, key, on):`` a mirror call on ``key`` (side ``on``) whose
+    events are dropped, wherever and whenever they are delivered.
 
-    __slots__ = ("_ctx", "_key", "_owner", "_saved")
+    On a backend that stamps its events, by its window (``_Window``): exactly
+    the call's own events, even when another thread delivers them after the
+    call returned. On any other backend a call's events are delivered before
+    it returns, though maybe by another thread: they are recognised by key,
+    in every thread, while the call runs. Either way any other event this
+    thread delivers meanwhile (a death its monitor saw) is routed as the
+    asynchronous event it is."""
 
-    def __init__(self, owner: _EventRouting, ctx: _Ctx, key: Hashable) -> None:
+    __slots__ = ("_ctx", "_key", "_on", "_owner", "_saved", "_window")
+
+    def __init__(self, owner: _EventRouting, ctx: _Ctx, key: Hashable, on: Side) -> None:
         self._owner = owner
         self._ctx = ctx
         self._key = key
+        self._on = on
         self._saved: tuple[Side | None, object] = (None, _UNMUTED)
+        self._window: _Window | None = None
 
     def __enter__(self) -> None:
         ctx, owner, key = self._ctx, self._owner, self._key
         self._saved = (ctx.keep, ctx.muted)
         ctx.keep, ctx.muted = None, key
-        with owner._muted_lock:
-            owner._muted[key] = owner._muted.get(key, 0) + 1
+        self._window = owner._open_window(self._on, key, False)
+        if self._window is None:
+            with owner._muted_lock:
+                owner._muted[key] = owner._muted.get(key, 0) + 1
 
     def __exit__(self, *exc: object) -> None:
         ctx, owner, key = self._ctx, self._owner, self._key
         ctx.keep, ctx.muted = self._saved
+        if self._window is not None:
+            owner._close_window(self._window)
+            return
         with owner._muted_lock:
             left = owner._muted[key] - 1
             if left:
@@ -149,7 +219,8 @@ class _EventRouting:
     _on: bool  # the cached flag: True when the target is authoritative
     _dead: deque[tuple[Hashable, Any]]  # the target's deaths, applied at the next write
     _muted: dict[Hashable, int]  # keys of the mirror calls in progress (``_Mute``), counted
-    _muted_lock: threading.Lock
+    _muted_lock: threading.Lock  # also guards the windows of every _Stamps
+    _stamps: dict[Side, _Stamps]  # the sides that stamp their events, once listened to
 
     _out: deque[RegistryEvent]  # forwarded events, in delivery order, not yet delivered
     _out_lock: threading.Lock  # held by the one thread delivering them
@@ -164,6 +235,80 @@ class _EventRouting:
         self._out = deque()
         self._out_lock = threading.Lock()
         self._out_owner = None
+        self._stamps = {}
+
+    def _listening_to(self, side: Side, backend: Registry) -> None:
+        """The facade has just subscribed to ``backend`` (under the facade lock, or
+        in ``__init__``): windows are opened on it from now on if it stamps its
+        events. Every event queued from now on reaches the facade's listener,
+        so every window's last event does, and the window is forgotten."""
+        if isinstance(backend, MemoryRegistry):
+            self._stamps[side] = _Stamps(backend)
+
+    def _open_window(self, on: Side, key: object, keep: bool) -> _Window | None:
+        """A window for the backend call this thread is about to make on side
+        ``on``, or None when that side does not stamp its events."""
+        stamps = self._stamps.get(on)
+        if stamps is None:
+            return None
+        window = _Window(stamps, key, keep)
+        with self._muted_lock:
+            stamps.windows.append(window)
+        return window
+
+    def _close_window(self, window: _Window) -> None:
+        """The call of ``window`` returned: its last event is at ``end - 1``.
+
+        Race: its events may be delivered already (usually by this thread,
+        before the call returned), being delivered by another thread, or still
+        queued. ``seen`` is set under this lock, or before a check of the
+        windows that then takes it (``_verdict``): if the events up to
+        ``end - 1`` have all been judged, the window goes now; otherwise the
+        delivery of the last of them, still to come, removes it.
+        """
+        stamps = window.stamps
+        end = stamps.backend._queued  # after the call: every event it queued is before
+        with self._muted_lock:
+            window.end = end
+            if end == window.start or stamps.seen >= end - 1:
+                stamps.windows.remove(window)
+
+    def _verdict(self, stamps: _Stamps, event: RegistryEvent) -> bool | None:
+        """Whether ``event``, being delivered by a backend that stamps its events,
+        belongs to a window of this facade: True (kept), False (dropped), None
+        (no: routed as an asynchronous event). Forgets the windows whose events
+        have all been delivered.
+
+        Race: the backend delivers one event at a time, in queue order, so
+        ``_delivering`` names this event and ``seen`` only grows. A window
+        opened after the lock-free emptiness check below cannot hold this
+        event: the window's thread queues its events after opening it, so its
+        events are delivered after this check. ``seen`` is stored before the
+        windows are looked at again, so a window closed meanwhile, which may
+        have read the old ``seen`` and stayed, is removed here.
+        """
+        position, writer = stamps.backend._delivering
+        windows = stamps.windows
+        if not windows:
+            stamps.seen = position
+            if not windows:
+                return None
+        verdict: bool | None = None
+        with self._muted_lock:
+            key = event.entry.key
+            for window in reversed(windows):  # the innermost of nested calls first
+                end = window.end
+                if (
+                    window.thread == writer
+                    and window.start <= position
+                    and (end is None or position < end)
+                    and (window.key is _ANY_KEY or window.key == key)
+                ):
+                    verdict = window.keep
+                    break
+            stamps.seen = position
+            windows[:] = [w for w in windows if w.end is None or w.end > position + 1]
+        return verdict
 
     def _deliver(self, me: int) -> None:
         """Call the listeners with the queued events, in order, one at a time,
@@ -219,18 +364,35 @@ class _EventRouting:
 
     def _events_of(self, side: Side) -> _Keep:
         """``with``: the authoritative backend call inside keeps its events for delivery."""
-        return _Keep(self._ctx(), side)
+        return _Keep(self, self._ctx(), side, side)
 
-    def _events_dropped(self) -> _Keep:
-        """``with``: the mirror or catch-up backend call inside has its events dropped."""
-        return _Keep(self._ctx(), None)
+    def _events_dropped(self, on: Side) -> _Keep:
+        """``with``: the mirror or catch-up backend call on side ``on`` inside has
+        its events dropped."""
+        return _Keep(self, self._ctx(), on, None)
 
-    def _events_muted(self, ctx: _Ctx, key: Hashable) -> _Mute:
-        """``with``: the target mirror call on ``key`` inside (``ctx``: its facade
-        call) has its events dropped, whichever thread delivers them (see ``_Mute``)."""
-        return _Mute(self, ctx, key)
+    def _events_muted(self, ctx: _Ctx, key: Hashable, on: Side) -> _Mute:
+        """``with``: the mirror call on ``key`` on side ``on`` inside (``ctx``: its
+        facade call) has its events dropped, whichever thread delivers them and
+        when (see ``_Mute``)."""
+        return _Mute(self, ctx, key, on)
 
     def _forward(self, side: Side, event: RegistryEvent) -> None:
+        stamps = self._stamps.get(side)
+        if stamps is not None:
+            # First, whether there are listeners or not: it forgets windows.
+            verdict = self._verdict(stamps, event)
+            if verdict is False or not self._listeners.current:
+                return  # a dropped or muted call's own event, delivered by whichever thread
+            # A kept call's own event; or asynchronous (a death, another
+            # writer's change): forwarded when this side is authoritative at
+            # delivery time. Delivered after the facade call this thread is
+            # in, if any; else by a courier thread (_hand_off).
+            if verdict or (side == _TARGET) == self._on:
+                self._out.append(event)
+                if self._ctx() is None:
+                    self._hand_off()
+            return
         if not self._listeners.current:
             return
         ctx = self._ctx()

@@ -37,7 +37,7 @@ from foundation import telemetry
 from foundation.errors import BackendUnavailable, NotRegistered
 from foundation.liveness import is_alive
 from foundation.registry._migrating_divergences import _DivergenceBook
-from foundation.registry._migrating_events import _Call
+from foundation.registry._migrating_events import _LEGACY, _Call
 from foundation.registry._migrating_views import _Record, _View
 from foundation.registry._validation import short_repr
 
@@ -242,7 +242,7 @@ class _LegacyRetries(_DivergenceBook):
         # Every removal or update before the registers: a register planned for
         # a key whose stale copy is removed in this pass then finds it gone.
         for i, step in enumerate(steps):
-            with _Call(self) as ctx, self._events_muted(ctx, step.key):
+            with _Call(self) as ctx, self._events_muted(ctx, step.key, _LEGACY):
                 result = self._call_catch_up(step)
             with self._lock:
                 self._book_catch_up(step, result)
@@ -251,7 +251,7 @@ class _LegacyRetries(_DivergenceBook):
                     return False
             succeeded = succeeded or not isinstance(result, Exception)
         for i, plan in enumerate(plans):
-            with _Call(self) as ctx, self._events_muted(ctx, plan.key):
+            with _Call(self) as ctx, self._events_muted(ctx, plan.key, _LEGACY):
                 outcome = self._call_legacy_retry(plan)
             if isinstance(outcome, BackendUnavailable):
                 with self._lock:
@@ -366,7 +366,7 @@ class _LegacyRetries(_DivergenceBook):
             current = self._legacy.lookup(plan.key)
             if current is not None and current.agent not in (plan.agent, plan.mine):
                 return _FOREIGN
-            with self._events_dropped():
+            with self._events_dropped(_LEGACY):
                 self._legacy.register(
                     plan.key, plan.agent, entry.metadata, replace=current is not None
                 )
@@ -448,14 +448,14 @@ class _LegacyRetries(_DivergenceBook):
             if step.agent is not None:
                 entry = self._target.lookup(step.key)
                 if entry is not None and entry.agent is step.agent:
-                    with self._events_dropped():
+                    with self._events_dropped(_LEGACY):
                         self._legacy.update_metadata(step.key, entry.metadata)
                     return _DONE
             # Race: as for a register (_call_legacy_retry), nothing else writes
             # the shared legacy side while the pass runs, so the copy removed
             # here is the stale one of ours the plan saw (or its slot, emptied
             # by its agent's death).
-            with self._events_dropped():
+            with self._events_dropped(_LEGACY):
                 self._legacy.unregister(step.key)
         except NotRegistered:  # the copy's agent died: it is gone
             return _DROPPED

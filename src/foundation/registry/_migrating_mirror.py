@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 from foundation import telemetry
 from foundation.errors import AlreadyRegistered, BackendUnavailable, NotAlive, NotRegistered
 from foundation.liveness import is_alive
-from foundation.registry._migrating_events import _Call
+from foundation.registry._migrating_events import _TARGET, _Call
 from foundation.registry._migrating_legacy import _LegacyRetries
 from foundation.registry._migrating_views import _Record, _View, reported_state
 from foundation.registry._types import Registry
@@ -468,7 +468,7 @@ class _TargetMirrors(_LegacyRetries):
             self._pending.popleft()
         outcome: BaseException | None = None
         try:
-            with _Call(self) as ctx, self._events_muted(ctx, op.key):
+            with _Call(self) as ctx, self._events_muted(ctx, op.key, _TARGET):
                 call()
         except Exception as exc:  # best effort: booked as a divergence below
             outcome = exc

@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
 from foundation.errors import BackendUnavailable, NotRegistered
-from foundation.registry._migrating_events import _EventRouting
+from foundation.registry._migrating_events import _LEGACY, _EventRouting
 from foundation.registry._types import Divergence, Registry
 from foundation.registry._validation import short_repr
 
@@ -217,18 +217,18 @@ class _LegacyViews(_EventRouting):
         # refused unregister is retried rather than leaving an untracked copy.
         if rec is None or rec.view is not view:
             # Unregistered, replaced by another thread, or dead: drop the stale copy.
-            with self._events_dropped():
+            with self._events_dropped(_LEGACY):
                 legacy.unregister(key)
             view.mirrors.pop(key, None)
         elif rec.gen != gen:
             entry = self._target.lookup(key)
             if entry is None or entry.agent is not rec.agent:
-                with self._events_dropped():
+                with self._events_dropped(_LEGACY):
                     legacy.unregister(key)
                 view.mirrors.pop(key, None)
             else:
                 try:
-                    with self._events_dropped():
+                    with self._events_dropped(_LEGACY):
                         legacy.update_metadata(key, entry.metadata)
                     view.mirrors[key] = rec.gen
                 except NotRegistered:  # the private copy's agent died
