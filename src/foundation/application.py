@@ -287,6 +287,9 @@ class Application:
         self._stop_lock = threading.Lock()
         # One start at a time: a second ``with app:`` waits for the first's start.
         self._start_lock = threading.Lock()
+        # Under _stop_lock: a start is running; a stop() was asked meanwhile.
+        self._starting = False
+        self._stop_asked = False
         # Set when the current run's tree has ended (stopped or gave up).
         self._ended: threading.Event | None = None
 
@@ -302,13 +305,46 @@ class Application:
         return app
 
     def _start_in_thread(self) -> None:
-        self._report_starting()
+        with self._stop_lock:
+            background = self._stopper
+        if background is not None:
+            stopper, loop = background
+            # Race: a worker's stop (or one asked during the last start) may
+            # still be stopping the previous run: the same supervisor cannot
+            # start before it has stopped.
+            if stopper is not threading.current_thread() and not in_thread_child_of(loop):
+                stopper.join()
+        with self._stop_lock:
+            self._starting = True
         try:
-            self._thread = self._supervisor.run_in_thread(name=f"{self.name}-app")
-        except BaseException as exc:
-            self._report_start_failed(exc)
-            raise
-        self._report_started()
+            self._report_starting()
+            try:
+                self._thread = self._supervisor.run_in_thread(name=f"{self.name}-app")
+            except BaseException as exc:
+                self._report_start_failed(exc)
+                raise
+            self._report_started()
+        finally:
+            with self._stop_lock:
+                self._starting = False
+                asked, self._stop_asked = self._stop_asked, False
+                # Race: a stop() asked while the tree started (a worker stopping
+                # it at once: the tree is not ours to stop before its start
+                # returns) is done now, as a worker's: in the background.
+                if asked and self._thread is not None:
+                    thread, self._thread = self._thread, None
+                    self._stop_in_background_locked(thread)
+
+    def _stop_in_background_locked(self, thread: SupervisorThread) -> None:
+        """Stop the tree of ``thread`` in a thread of its own (``_stop_lock`` held)."""
+        stopper = threading.Thread(
+            target=self._stop_reported,
+            args=(thread, False),
+            name=f"{self.name}-app:stop",
+            daemon=True,
+        )
+        self._stopper = (stopper, thread.loop)
+        stopper.start()
 
     def stop(self) -> None:
         """Stop every service in reverse order (idempotent).
@@ -319,18 +355,17 @@ class Application:
         outcome is reported on the ``foundation.application`` logger as usual.
         A stop() from anywhere else (the main thread leaving ``with app:``)
         meanwhile waits for that stop to end, and raises what it raised.
+        Called while the tree starts (a worker stopping it at once), it
+        returns at once and the tree is stopped, in the background, as soon
+        as its start returns.
         """
         with self._stop_lock:
             thread, self._thread = self._thread, None
+            if thread is None and self._starting:
+                self._stop_asked = True  # done once the start returns (_start_in_thread)
+                return
             if thread is not None and in_thread_child_of(thread.loop):
-                stopper = threading.Thread(
-                    target=self._stop_reported,
-                    args=(thread, False),
-                    name=f"{self.name}-app:stop",
-                    daemon=True,
-                )
-                self._stopper = (stopper, thread.loop)
-                stopper.start()
+                self._stop_in_background_locked(thread)
                 return
             background = self._stopper
         if thread is not None:
@@ -369,7 +404,8 @@ class Application:
             ended.set()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the tree ends: stopped (returns) or given up (raises).
+        """Block until the tree ends, its services stopped: stopped (returns) or
+        given up (raises).
 
         The application is OTP's *permanent* application: its tree giving up
         (restart intensity exceeded) is the program's end, and this is how a
@@ -484,7 +520,7 @@ class Application:
             return
         supervisor = self._supervisor
 
-        def done(_task: asyncio.Task[None]) -> None:
+        def done(_done: asyncio.Future[None]) -> None:
             failure = supervisor.failure
             if failure is not None:
                 _report(
@@ -499,12 +535,16 @@ class Application:
                 )
             ended.set()  # after the report: a waiter that wakes finds it logged
 
+        # The supervisor's end, once its children are stopped; not its task,
+        # which ends as a stop begins (a wait() then returned with the services
+        # still stopping, a program ending there cut their stop short).
+        finished = supervisor._done_future()
         try:
-            # Task callbacks are not thread-safe: add it on the tree's own loop
-            # (a task already done still gets it, called soon).
-            task.get_loop().call_soon_threadsafe(task.add_done_callback, done)
+            # Future callbacks are not thread-safe: add it on the tree's own loop
+            # (a future already done still gets it, called soon).
+            task.get_loop().call_soon_threadsafe(finished.add_done_callback, done)
         except RuntimeError:  # race: the loop already closed, so the tree has ended
-            done(task)
+            done(finished)
 
     def _report_service(self, ctx: ChildContext, service: str, *, started: bool) -> None:
         if not _log.isEnabledFor(logging.INFO):

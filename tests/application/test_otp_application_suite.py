@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -458,3 +459,58 @@ def test_wait_for_signal_ends_when_a_worker_stops_the_application() -> None:
     )
     assert result.lines("RETURNED") == ["RETURNED 0"]
     assert "Application foundation stopped" in result.stderr
+
+
+@pytest.mark.parametrize("when", ["before_ready", "after_ready"])
+def test_a_stop_asked_while_the_tree_starts_is_not_lost(when: str) -> None:
+    # Not an OTP case name: application:stop from inside the application, at
+    # once. Was: stop() found no running tree (its start had not returned yet)
+    # and did nothing: the application ran on and wait() never returned. And
+    # wait() returned as the stop began (the tree's task ends then), its
+    # services still stopping: a program ending there cut their stop short.
+    box: dict[str, Application] = {}
+
+    def stopper(ctx: ChildContext) -> None:
+        if when == "after_ready":  # the usual race: the start returns meanwhile
+            ctx.ready()
+        box["app"].stop()  # returns at once
+        if when == "before_ready":  # the start is still waiting for this child
+            ctx.ready()
+        ctx.stopping.wait()
+
+    app = Application(services=("flags",), workers=[ChildSpec("s", stopper)])
+    box["app"] = app
+    with app:
+        app.wait(timeout=DEADLINE)  # stopped, not failed: returns
+        assert app.stopped_order == ["flags"], app.stopped_order
+        assert (app.flags, app.monitors, app.registry) == (None, None, None)
+    assert app.supervisor.failure is None
+
+
+def test_with_app_waits_for_a_stop_under_way_then_starts_anew() -> None:
+    # Not an OTP case name: a start while a worker's stop is still stopping
+    # the tree. Was: SupervisorError "supervisor 'foundation' is stopping" (or
+    # "is running"): the same supervisor started before it had stopped.
+    box: dict[str, Any] = {}
+    asked = threading.Event()
+    runs: list[int] = []
+
+    def worker(ctx: ChildContext) -> None:
+        runs.append(ctx.attempt)
+        ctx.ready()
+        if len(runs) == 1:
+            wait_until(lambda: "running" in box, DEADLINE)
+            box["app"].stop()  # in the background: returns at once
+            asked.set()
+        ctx.stopping.wait()
+        time.sleep(0.3)  # sleep-ok: a slow stop, the window a second start must wait out
+
+    app = Application(services=("flags",), workers=[ChildSpec("w", worker)])
+    box["app"] = app
+    with app:
+        box["running"] = True
+        assert asked.wait(DEADLINE)
+        with app:  # another part of the program making sure it runs
+            assert app.supervisor.state == "running"
+            assert len(runs) == 2, runs  # a new run, its worker started anew
+        assert app.stopped_order == ["flags"], app.stopped_order

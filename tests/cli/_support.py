@@ -76,14 +76,30 @@ class Running:
 
     ``wait_for`` waits for a line (a readiness line) with a deadline;
     ``leftovers()`` lists what still runs in its session once it ended.
+    ``ignored``: signals it starts with ignored (``nohup``, ``trap '' TERM``);
+    ``script``: a program of the test's own run instead (``python -c``, with
+    ``args`` as its ``sys.argv[1:]``), one embedding ``foundation.cli.main``.
     """
 
-    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        ignored: tuple[int, ...] = (),
+        script: str | None = None,
+    ) -> None:
         import signal
         import threading
 
+        def preexec() -> None:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for signum in ignored:
+                signal.signal(signum, signal.SIG_IGN)
+
+        program = ["-m", "foundation.cli"] if script is None else ["-c", script]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "foundation.cli", *args],
+            [sys.executable, *program, *args],
             cwd=cwd,
             env=cli_env(PYTHONUNBUFFERED="1") if env is None else env,
             stdout=subprocess.PIPE,
@@ -91,7 +107,7 @@ class Running:
             text=True,
             start_new_session=True,
             # A background job of a non-interactive shell starts with SIGINT ignored.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+            preexec_fn=preexec,  # noqa: PLW1509
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []

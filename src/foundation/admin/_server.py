@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import FrameType, TracebackType
 from typing import Any, Self
 
 import uvicorn
 from starlette.applications import Starlette
 
+from foundation._cli._signals import raising_handler
 from foundation.admin._app import AdminState, RegistryLike, create_app
 from foundation.errors import Closed, InvalidConfig
 from foundation.flags import FeatureFlags, Migration
@@ -62,6 +64,7 @@ class _Server(uvicorn.Server):
         self._started_event = started
         self._state = state
         self.stop_signal: int | None = None  # the first SIGINT/SIGTERM that stopped it
+        self.signals: tuple[int, ...] = ()  # the signals that stop it (_signals_to_take)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # End the event streams first: uvicorn waits for open responses to finish.
@@ -71,6 +74,19 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self._started_event.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, for ``self.signals`` only (see :func:`_signals_to_take`);
+        uvicorn took SIGINT and SIGTERM whatever their handler."""
+        taken: dict[int, Any] = {}
+        try:
+            for sig in self.signals:
+                taken[sig] = signal.signal(sig, self.handle_exit)
+            yield
+        finally:
+            for sig, handler in taken.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn re-raises the signal after its graceful shutdown (ending the
@@ -82,6 +98,21 @@ class _Server(uvicorn.Server):
             self.force_exit = True
         else:
             self.should_exit = True
+
+
+def _signals_to_take() -> tuple[int, ...]:
+    """SIGINT and SIGTERM, those still at their default: ``SIG_DFL`` or the handler
+    that raises (Python's ``KeyboardInterrupt`` for SIGINT, the ``foundation``
+    command's for SIGTERM). One the program ignores (``nohup``, a background
+    job's SIGINT) or handles itself is left to it. Read before ``asyncio.run``,
+    which puts a SIGINT handler of its own in place. None off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return ()
+    return tuple(
+        sig
+        for sig in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(sig) is signal.SIG_DFL or signal.getsignal(sig) is raising_handler(sig)
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -247,6 +278,9 @@ def serve(
 
     Returns normally after a graceful shutdown (open event streams are cut
     after 2 s). ``on_ready(url)`` is called once the socket accepts connections.
+    Only a signal at its default action (or at Python's ``KeyboardInterrupt``
+    handler) is taken over while serving: one the program ignores or handles
+    itself is left to it (``serve`` then runs until the other one).
 
     Raises:
         InvalidConfig: a bad ``bind``, a non-loopback ``bind`` without a token,
@@ -295,6 +329,7 @@ def serve_until_signal(
     server.url = f"http://{host}:{port}/"
     started = threading.Event()
     uv = _Server(server._config(), started, server.state)
+    uv.signals = _signals_to_take()
 
     async def main() -> None:
         async def announce() -> None:
