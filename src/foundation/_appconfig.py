@@ -28,6 +28,7 @@ Example ``foundation.toml``::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -89,6 +90,7 @@ def _choice_problems(values: Mapping[str, Any], store: Mapping[str, Any]) -> lis
         problems.append(
             "flag_store.kind = 'redis' needs flag_store.redis_url or registry.redis_url"
         )
+    problems += _range_problems(values)
     limit = values.get("flag_store_history_limit")
     if limit is not None and limit != "unlimited" and not (isinstance(limit, int) and limit >= 1):
         problems.append(
@@ -96,6 +98,35 @@ def _choice_problems(values: Mapping[str, Any], store: Mapping[str, Any]) -> lis
         )
     if values.get("flag_store") == "sqlite" and "flag_store_path" not in values:
         problems.append("flag_store.kind = 'sqlite' needs flag_store.path")
+    return problems
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None (not a number, NaN, infinite, too large)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _range_problems(values: Mapping[str, Any]) -> list[str]:
+    """Numbers out of range, found here rather than when the application starts:
+    durations (``lease_ttl``, ``health_interval``) finite and above 0, health
+    limits finite and at least 0 (type errors are reported apart)."""
+    problems: list[str] = []
+    for name in _NUMBERS:
+        value = values.get(name)
+        if _is_number(value) and not ((n := _finite(value)) is not None and n > 0):
+            problems.append(
+                f"{name} must be a finite number of seconds above 0: {bounded_repr(value)}"
+            )
+    for name in _NUMBERS_OR_NONE:
+        value = values.get(name)
+        if _is_number(value) and not ((n := _finite(value)) is not None and n >= 0):
+            problems.append(f"{name} must be a finite number of at least 0: {bounded_repr(value)}")
     return problems
 
 
