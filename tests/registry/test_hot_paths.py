@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import subprocess
 import threading
 import weakref
 from collections.abc import Iterator
@@ -219,3 +220,37 @@ def test_a_concurrent_future_completed_on_another_thread_is_removed() -> None:
         assert registry.count() == 0
         assert registry.find_by_attribute("role", "io") == []
         assert registry.manager.active_count() == 0
+
+
+@pytest.mark.parametrize("kind", ["foreign thread", "OS process"])
+def test_unregister_detaches_a_managed_watch_with_its_last_monitor(kind: str) -> None:
+    """unregister releases the monitor itself (Monitor.demonitor inlined): the
+    last one of a manager-owned watch detaches it (thread unpolled, pidfd closed)."""
+    stop = threading.Event()
+    agent: Any
+    if kind == "foreign thread":
+        agent = threading.Thread(target=stop.wait, daemon=True)
+        agent.start()
+    else:
+        agent = subprocess.Popen(["sleep", "60"])
+    try:
+        with MonitorManager(name="hot-managed") as manager:
+            registry = MemoryRegistry(manager=manager)
+            for i in range(3):
+                registry.register(i, agent)
+            stats = manager.stats()
+            assert stats.watched_agents == 1
+            for i in range(3):
+                assert registry.unregister(i) is True
+                assert manager.active_count() == 2 - i
+                assert manager.stats().watched_agents == (1 if i < 2 else 0)
+            if kind == "OS process" and manager.uses_pidfd:
+                assert manager.stats().open_fds == stats.open_fds - 1  # its pidfd closed
+            registry.close()
+    finally:
+        stop.set()
+        if isinstance(agent, subprocess.Popen):
+            agent.kill()
+            agent.wait()
+        else:
+            agent.join()

@@ -417,6 +417,7 @@ class Monitor:
 
     def demonitor(self) -> bool:
         """Release this monitor; True if this call released it."""
+        # Inlined in MemoryRegistry.unregister (its hot path): keep both in step.
         watch = self._watch
         if watch.monitors.pop(self, None) is None:
             return False

@@ -44,13 +44,13 @@ thread that saw the death (a monitor thread, or the event loop for asyncio
 agents), and the events queued while a listener runs by the same thread:
 keep listeners quick.
 
-Each queued event is stamped with its position in the queue and the ident of
-the thread whose write queued it (private: ``_queued`` counts the events
-queued so far, ``_delivering`` is ``(position, writer)`` of the event whose
-listeners are running; ``writer`` is the ident of the writing thread, negated
-for a write made by a listener that thread was running). ``MigratingRegistry``
-recognises the events of its own backend calls by them, whichever thread
-delivers them and when.
+A writer may tag the writes it makes in a thread (private, for
+``MigratingRegistry``): while ``_write_tags.tag`` is set in a thread, each
+event queued by that thread's writes carries the tag, except the events of
+writes made by listeners the thread runs meanwhile (delivery clears the tag
+around the listeners); ``_delivering`` is the tag of the event whose
+listeners are running. ``MigratingRegistry`` recognises the events of its own
+backend calls by it, whichever thread delivers them and when.
 """
 
 from __future__ import annotations
@@ -103,7 +103,16 @@ __all__ = ["MemoryRegistry", "MemoryRegistryStats"]
 
 _now = time.time
 _get_ident = threading.get_ident
-_new_object = object.__new__
+
+
+class _WriteTags(threading.local):
+    """Per thread: the tag of the writes this thread is making (None: untagged)."""
+
+    def __init__(self) -> None:  # run in each thread (an instance attribute reads
+        self.tag: object = None  # about 3x faster than a class attribute default)
+
+
+_write_tags = _WriteTags()
 # Stores the private slot directly, past Entry's frozen __setattr__.
 _set_registration = _EntrySlots.__dict__["_registration"].__set__
 
@@ -210,6 +219,10 @@ class _Registration(Monitor):
     died: bool
     registry: MemoryRegistry  # a class attribute of each registry's own subclass (8 B less)
 
+    # Built by calling the class with no arguments (register sets the slots):
+    # cheaper than object.__new__(cls), which copies its arguments twice.
+    __init__ = object.__init__
+
     def __call__(self, down: Down) -> None:
         # The monitor's on_down: called once, from whichever thread saw the death.
         self.registry._on_down(self, down)
@@ -285,10 +298,9 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         self._indexed_queries = 0
         self._scans = 0
         self._listeners: tuple[Listener, ...] = ()  # copy-on-write, replaced under _lock
-        # Events to deliver: (event, position, writer ident), queued under _lock.
-        self._pending: deque[tuple[RegistryEvent, int, int]] = deque()
-        self._queued = 0  # events queued so far: the next event's position
-        self._delivering: tuple[int, int] = (-1, 0)  # (position, writer) being delivered
+        # Events to deliver: (event, its writer's tag), queued under _lock.
+        self._pending: deque[tuple[RegistryEvent, object]] = deque()
+        self._delivering: object = None  # the tag of the event being delivered
         self._dispatch_lock = threading.Lock()  # held by the one thread delivering
         self._dispatch_owner = 0
         self._closed = False
@@ -430,11 +442,12 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         # The registration and its Entry, built inline: this is the hot path of
         # every register (two call frames less; new_entry builds every other
         # Entry the same way).
-        reg: _Registration = _new_object(self._registration)
+        new_registration = self._registration  # (self._registration() would be a
+        reg: _Registration = new_registration()  # method lookup, unspecialised: slower)
         reg.key = key
         reg.monitor = None
         reg.died = False
-        built: Any = _new_object(_EntryBuilder)  # an Entry once __class__ is set
+        built: Any = _EntryBuilder()  # an Entry once __class__ is set
         built.key = key
         built.agent = agent
         built.metadata = frozen
@@ -454,8 +467,9 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         # after publication removes the entry normally (registered, then down).
         # monitor() is called outside our lock so that a synchronous on_down
         # can take it.
+        monitor_as = self._monitor_as  # (loaded, then called: as above)
         try:
-            monitor = self._monitor_as(agent, reg)  # usually reg itself
+            monitor = monitor_as(agent, reg)  # usually reg itself
         except Exception:  # UnsupportedAgent, or RuntimeError from our closed manager
             self._closed_first()
             raise
@@ -468,14 +482,14 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             old = table.get(key)
             if old is None and not reg.died and not self._closed:
                 # The common case: a new key. Index first, then publish.
-                if frozen and self._index is not None:  # empty metadata: nothing to index
+                if self._index is not None and frozen:  # empty metadata: nothing to index
                     self._index.add(key, frozen)
                 table[key] = entry
                 if not self._listeners:
                     # Done (the finally releases the lock). Events queued by other
                     # writers are theirs to deliver: each writer dispatches its own.
                     return
-                self._enqueue(RegistryEvent("registered", entry))
+                self._pending.append((RegistryEvent("registered", entry), _write_tags.tag))
                 error = replaced = None
             else:
                 error, replaced = self._register_conflict(entry, old, replace)
@@ -522,8 +536,8 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         if self._listeners:
             # down=None for reason "down": the death was noticed here, before
             # its monitor reported it, so its details are unknown.
-            self._enqueue(RegistryEvent("unregistered", old, reason))
-            self._enqueue(RegistryEvent("registered", entry))
+            self._pending.append((RegistryEvent("unregistered", old, reason), _write_tags.tag))
+            self._pending.append((RegistryEvent("registered", entry), _write_tags.tag))
         return None, _detach(old)
 
     def unregister(self, key: Hashable) -> bool:
@@ -546,10 +560,12 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             entry = self._table.pop(key, None)  # unpublish first, then unindex
             if entry is None:
                 return False  # (the finally releases the lock)
-            if entry.metadata and self._index is not None:
+            if self._index is not None and entry.metadata:
                 self._index.remove(key, entry.metadata)
             if self._listeners:
-                self._enqueue(RegistryEvent("unregistered", entry, "unregistered"))
+                self._pending.append(
+                    (RegistryEvent("unregistered", entry, "unregistered"), _write_tags.tag)
+                )
             reg = entry._registration  # _detach(entry), inlined (hot path)
             _set_registration(entry, None)
         finally:
@@ -557,8 +573,17 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         # Released outside the lock. Race: if the agent died meanwhile, its
         # _on_down finds the key gone (or held by another registration) and
         # does nothing.
-        monitor = reg.monitor
-        (reg if monitor is None else monitor).demonitor()  # reg.release(), inlined (hot path)
+        mon = reg.monitor
+        if mon is None:
+            mon = reg
+        # mon.demonitor() (reg.release()), inlined: Monitor.demonitor's steps (a
+        # call frame less). Race: whoever pops mon from its watch owns it (a
+        # death firing on another thread, or this call); the pop decides.
+        watch = mon._watch
+        if watch.monitors.pop(mon, None) is not None:
+            mon._manager._monitors.pop(mon, None)
+            if watch.detachable and not watch.monitors:
+                mon._manager._release_watch(watch)
         if self._pending:
             self._dispatch()
         return True
@@ -597,7 +622,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if index is not None:
                 index.remove(key, cur.metadata, frozen)
             if self._listeners:
-                self._enqueue(RegistryEvent("updated", new))
+                self._pending.append((RegistryEvent("updated", new), _write_tags.tag))
         if self._pending:
             self._dispatch()
 
@@ -617,24 +642,13 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if self._index is not None:
                 self._index.remove(reg.key, cur.metadata)
             if self._listeners:
-                self._enqueue(RegistryEvent("unregistered", cur, "down", down))
+                self._pending.append(
+                    (RegistryEvent("unregistered", cur, "down", down), _write_tags.tag)
+                )
         if self._pending:
             self._dispatch()
 
     # ------------------------------------------------------------------ events
-
-    def _enqueue(self, event: RegistryEvent) -> None:
-        """Queue ``event`` with its position and its writer (write lock held)."""
-        position = self._queued
-        self._queued = position + 1
-        writer = _get_ident()
-        if self._dispatch_owner == writer:
-            # A nested write, by a listener this thread is running: stamped
-            # apart from this thread's own write in progress (if any), whose
-            # events this thread is delivering, so that MigratingRegistry
-            # does not take it for that write's.
-            writer = -writer
-        self._pending.append((event, position, writer))
 
     def _dispatch(self) -> None:
         """Deliver queued events in write order, one at a time, outside the write lock;
@@ -656,10 +670,15 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if not lock.acquire(blocking=False):
                 return  # another thread delivers: it looks again after releasing
             self._dispatch_owner = me
+            tags = _write_tags
+            tag = tags.tag
+            if tag is not None:
+                # The writes listeners make are not those of the write this
+                # thread may be making (whose events it is delivering).
+                tags.tag = None
             try:
                 while pending:  # only the lock's holder pops: not empty here, not empty below
-                    event, position, writer = pending.popleft()
-                    self._delivering = (position, writer)
+                    event, self._delivering = pending.popleft()
                     for listener in self._listeners:
                         try:
                             listener(event)
@@ -668,6 +687,9 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             finally:
                 # (A BaseException from a listener, KeyboardInterrupt say, leaves
                 # the rest queued: the next write's dispatch delivers them.)
+                self._delivering = None
+                if tag is not None:
+                    tags.tag = tag
                 self._dispatch_owner = 0
                 lock.release()
 

@@ -176,14 +176,16 @@ Why this is correct under concurrent flips
   queued mirrors' ``_events_muted``) are dropped. On a backend that lets
   whichever thread is already delivering deliver a writer's events, maybe
   after the write returned (``MemoryRegistry``), a call's own events are
-  recognised by their stamps (writer thread, queue position): kept or
-  dropped as decided for the call, by whichever thread and whenever they
-  are delivered. Other events delivered by another thread (deaths seen by
-  a backend's monitors, remote changes, direct writes to a backend) are
-  forwarded when their side is authoritative at delivery time — so only an
-  event that races a flip can go to the side that just stopped answering.
-  After ``finish()`` only the target's events exist. Kept and forwarded
-  events join one queue, in the order the backends delivered them, and
+  recognised by the facade's tag they carry (set in the calling thread
+  for the call's duration; the writes of listeners it runs meanwhile are
+  untagged): kept or dropped as decided for the call, by whichever thread
+  and whenever they are delivered. Other events delivered by another
+  thread (deaths seen by a backend's monitors, remote changes, direct
+  writes to a backend, another facade's calls) are forwarded when their
+  side is authoritative at delivery time — so only an event that races a
+  flip can go to the side that just stopped answering. After ``finish()``
+  only the target's events exist. Kept and forwarded events join one
+  queue, in the order the backends delivered them, and
   listeners are called from it one event at a time,
   never holding a lock of the facade (nor of a backend): by the writer once
   it has released the facade lock, by a pump or a pass once it has released
@@ -362,13 +364,14 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._views = {}
         self._listeners = Listeners("MigratingRegistry listener", area="registry")
         self._init_delivery()  # the events to deliver, outside every lock
+        self._tag_events_of(_LEGACY, legacy)
+        self._tag_events_of(_TARGET, target)
         # The facade's own subscriptions: the target's (deaths and events) and the
         # flag's now; the legacy side's on the first subscribe() (no listener, no
         # events to build on the legacy store's writes).
         self._unsubscribers: list[Callable[[], None]] = []
         self._legacy_unsubscribe: Callable[[], None] | None = None
         self._unsubscribers.append(target.subscribe(self._on_target_event))
-        self._listening_to(_TARGET, target)
         self._unsubscribers.append(flags.subscribe(self._on_flag_change))
         self._refresh_flag()  # a change between the first read and subscribe is not missed
         self._backfill()
@@ -818,7 +821,6 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             unsubscribe = self._listeners.subscribe(listener)  # TypeError first: nothing changes
             if not self._finished and self._legacy_unsubscribe is None:
                 self._legacy_unsubscribe = self._legacy.subscribe(self._on_legacy_event)
-                self._listening_to(_LEGACY, self._legacy)
         return unsubscribe
 
     # ------------------------------------------------------------------ lifecycle
@@ -946,7 +948,6 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             if self._legacy_unsubscribe is not None:
                 self._legacy_unsubscribe()
                 self._legacy_unsubscribe = None
-                self._stamps.pop(_LEGACY, None)  # its windows would never be forgotten
             self._records.clear()
             self._views.clear()
             self._shared_view = None
@@ -978,7 +979,6 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             if self._legacy_unsubscribe is not None:
                 self._legacy_unsubscribe()
                 self._legacy_unsubscribe = None
-                self._stamps.pop(_LEGACY, None)  # its windows would never be forgotten
             self._listeners.clear()
             self._records.clear()
             self._views.clear()

@@ -10,15 +10,15 @@ in ``foundation.registry._migrating``.
 
 A backend that delivers one thread's events in another, possibly after the
 call that made them returned (``MemoryRegistry``: a writer that finds another
-thread delivering leaves its events to it and does not wait), stamps each
-event with its queue position and its writer's thread. On such a backend each
-backend call of a facade call opens a window (``_Window``): the call's thread
-and the positions of the events queued while it ran. Its own events are
-recognised by these, whichever thread delivers them and whenever: kept,
-dropped or muted as decided when the call was made, never by the flag or the
-call in progress at delivery time. A window is forgotten once every event in
-it has been delivered to the facade (``_Stamps.seen``), at the latest by the
-delivery of its last event.
+thread delivering leaves its events to it and does not wait), lets a writer
+tag its writes (``_write_tags``): each event carries the tag of the thread's
+backend call that queued it (not those of writes by listeners run
+meanwhile). On such a side each backend call of a facade call is made under
+one of the facade's two tags for that side (``_Tags``): kept or dropped.
+Its own events are recognised by it, whichever thread delivers them and
+whenever: kept, dropped or muted as decided when the call was made, never by
+the flag or the call in progress at delivery time. Nothing is booked per
+call: a tag is two thread-local stores, and the tag travels with the event.
 
 Every forwarded event goes to one queue, in the order the backends delivered
 them, and the facade's listeners are called from it, one event at a time, by
@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from foundation.registry._memory import MemoryRegistry
+from foundation.registry._memory import MemoryRegistry, _write_tags
 from foundation.registry._types import Registry, RegistryEvent
 
 if TYPE_CHECKING:
@@ -56,45 +56,30 @@ _TARGET: Final = "target"
 
 
 _UNMUTED: Final = object()
-_ANY_KEY: Final = object()
-_get_ident = threading.get_ident
 
 
-class _Window:
-    """One backend call of a facade call, on a backend that stamps its events:
-    the events queued at positions ``start`` to ``end`` (excluded; ``None``
-    while the call runs) by thread ``thread`` are the call's own, on ``key``
-    (``_ANY_KEY``: every key). ``keep``: forwarded (an authoritative call) or
-    dropped (a mirror or catch-up call), wherever and whenever delivered."""
+class _Tag:
+    """The tag of a facade's backend calls on a side that tags its events:
+    their events are forwarded (``keep``: an authoritative call) or dropped
+    (a mirror or catch-up call), wherever and whenever delivered."""
 
-    __slots__ = ("end", "keep", "key", "stamps", "start", "thread")
+    __slots__ = ("keep",)
 
-    def __init__(self, stamps: _Stamps, key: object, keep: bool) -> None:
-        self.stamps = stamps
-        self.key = key
+    def __init__(self, keep: bool) -> None:
         self.keep = keep
-        thread = _get_ident()
-        if stamps.backend._dispatch_owner == thread:
-            thread = -thread  # made by a listener of that backend: as it stamps (_enqueue)
-        # Its events only: not those of writes made meanwhile by that backend's
-        # listeners run by this thread (stamped with the ident negated).
-        self.thread = thread
-        # Read before the call: every event it queues has a later position.
-        self.start: int = stamps.backend._queued
-        self.end: int | None = None
 
 
-class _Stamps:
-    """A ``MemoryRegistry`` side the facade listens to: its open and late
-    windows, and ``seen``, the position of the last of its events the facade's
-    listener took (in queue order: every earlier one was taken before)."""
+class _Tags:
+    """A ``MemoryRegistry`` side of a facade: the backend and the facade's two
+    tags for its calls there (unique to this facade: another facade's, or
+    none, is an asynchronous event here)."""
 
-    __slots__ = ("backend", "seen", "windows")
+    __slots__ = ("backend", "drop", "keep")
 
     def __init__(self, backend: MemoryRegistry) -> None:
         self.backend = backend
-        self.seen = -1
-        self.windows: list[_Window] = []
+        self.keep = _Tag(True)
+        self.drop = _Tag(False)
 
 
 class _Ctx:
@@ -135,70 +120,75 @@ class _Call:
 
 
 class _Keep:
-    """``with _Keep(owner, ctx, on, side):`` the backend call on side ``on`` inside it
-    keeps ``side``'s events (``None``: drops every event). Outside a facade call
-    (no ``ctx``) it does nothing."""
+    """``with _Keep(ctx, side, tag):`` the backend call inside keeps ``side``'s
+    events (``None``: drops every event); ``tag``: the facade's tag for it, on
+    a side that tags its events (else None). Outside a facade call (no
+    ``ctx``) it does nothing."""
 
-    __slots__ = ("_ctx", "_on", "_owner", "_saved", "_side", "_window")
+    __slots__ = ("_ctx", "_saved", "_saved_tag", "_side", "_tag")
 
-    def __init__(self, owner: _EventRouting, ctx: _Ctx | None, on: Side, side: Side | None) -> None:
-        self._owner = owner
+    def __init__(self, ctx: _Ctx | None, side: Side | None, tag: _Tag | None) -> None:
         self._ctx = ctx
-        self._on = on
         self._side = side
+        self._tag = tag
         self._saved: Side | None = None
-        self._window: _Window | None = None
+        self._saved_tag: object = None
 
     def __enter__(self) -> None:
         ctx = self._ctx
         if ctx is not None:
             self._saved, ctx.keep = ctx.keep, self._side
-            self._window = self._owner._open_window(self._on, _ANY_KEY, self._side == self._on)
+            tag = self._tag
+            if tag is not None:
+                tags = _write_tags
+                self._saved_tag, tags.tag = tags.tag, tag
 
     def __exit__(self, *exc: object) -> None:
         ctx = self._ctx
         if ctx is not None:
+            if self._tag is not None:
+                _write_tags.tag = self._saved_tag
             ctx.keep = self._saved
-            if self._window is not None:
-                self._owner._close_window(self._window)
 
 
 class _Mute:
-    """``with _Mute(owner, ctx, key, on):`` a mirror call on ``key`` (side ``on``) whose
+    """``with _Mute(owner, ctx, key, tag):`` a mirror call on ``key`` whose
     events are dropped, wherever and whenever they are delivered.
 
-    On a backend that stamps its events, by its window (``_Window``): exactly
-    the call's own events, even when another thread delivers them after the
-    call returned. On any other backend a call's events are delivered before
-    it returns, though maybe by another thread: they are recognised by key,
-    in every thread, while the call runs. Either way any other event this
-    thread delivers meanwhile (a death its monitor saw) is routed as the
-    asynchronous event it is."""
+    On a side that tags its events, by its tag (``tag``, the side's drop tag):
+    exactly the call's own events, even when another thread delivers them
+    after the call returned. On any other backend a call's events are
+    delivered before it returns, though maybe by another thread: they are
+    recognised by key, in every thread, while the call runs. Either way any
+    other event this thread delivers meanwhile (a death its monitor saw) is
+    routed as the asynchronous event it is."""
 
-    __slots__ = ("_ctx", "_key", "_on", "_owner", "_saved", "_window")
+    __slots__ = ("_ctx", "_key", "_owner", "_saved", "_saved_tag", "_tag")
 
-    def __init__(self, owner: _EventRouting, ctx: _Ctx, key: Hashable, on: Side) -> None:
+    def __init__(self, owner: _EventRouting, ctx: _Ctx, key: Hashable, tag: _Tag | None) -> None:
         self._owner = owner
         self._ctx = ctx
         self._key = key
-        self._on = on
+        self._tag = tag
         self._saved: tuple[Side | None, object] = (None, _UNMUTED)
-        self._window: _Window | None = None
+        self._saved_tag: object = None
 
     def __enter__(self) -> None:
         ctx, owner, key = self._ctx, self._owner, self._key
         self._saved = (ctx.keep, ctx.muted)
         ctx.keep, ctx.muted = None, key
-        self._window = owner._open_window(self._on, key, False)
-        if self._window is None:
-            with owner._muted_lock:
-                owner._muted[key] = owner._muted.get(key, 0) + 1
+        if self._tag is not None:
+            tags = _write_tags
+            self._saved_tag, tags.tag = tags.tag, self._tag
+            return
+        with owner._muted_lock:
+            owner._muted[key] = owner._muted.get(key, 0) + 1
 
     def __exit__(self, *exc: object) -> None:
         ctx, owner, key = self._ctx, self._owner, self._key
         ctx.keep, ctx.muted = self._saved
-        if self._window is not None:
-            owner._close_window(self._window)
+        if self._tag is not None:
+            _write_tags.tag = self._saved_tag
             return
         with owner._muted_lock:
             left = owner._muted[key] - 1
@@ -219,8 +209,8 @@ class _EventRouting:
     _on: bool  # the cached flag: True when the target is authoritative
     _dead: deque[tuple[Hashable, Any]]  # the target's deaths, applied at the next write
     _muted: dict[Hashable, int]  # keys of the mirror calls in progress (``_Mute``), counted
-    _muted_lock: threading.Lock  # also guards the windows of every _Stamps
-    _stamps: dict[Side, _Stamps]  # the sides that stamp their events, once listened to
+    _muted_lock: threading.Lock
+    _tags: dict[Side, _Tags]  # the sides that tag their events
 
     _out: deque[RegistryEvent]  # forwarded events, in delivery order, not yet delivered
     _out_lock: threading.Lock  # held by the one thread delivering them
@@ -235,80 +225,13 @@ class _EventRouting:
         self._out = deque()
         self._out_lock = threading.Lock()
         self._out_owner = None
-        self._stamps = {}
+        self._tags = {}
 
-    def _listening_to(self, side: Side, backend: Registry) -> None:
-        """The facade has just subscribed to ``backend`` (under the facade lock, or
-        in ``__init__``): windows are opened on it from now on if it stamps its
-        events. Every event queued from now on reaches the facade's listener,
-        so every window's last event does, and the window is forgotten."""
+    def _tag_events_of(self, side: Side, backend: Registry) -> None:
+        """Tag the calls on side ``backend`` if it tags its events (called once
+        per side, by ``MigratingRegistry.__init__``)."""
         if isinstance(backend, MemoryRegistry):
-            self._stamps[side] = _Stamps(backend)
-
-    def _open_window(self, on: Side, key: object, keep: bool) -> _Window | None:
-        """A window for the backend call this thread is about to make on side
-        ``on``, or None when that side does not stamp its events."""
-        stamps = self._stamps.get(on)
-        if stamps is None:
-            return None
-        window = _Window(stamps, key, keep)
-        with self._muted_lock:
-            stamps.windows.append(window)
-        return window
-
-    def _close_window(self, window: _Window) -> None:
-        """The call of ``window`` returned: its last event is at ``end - 1``.
-
-        Race: its events may be delivered already (usually by this thread,
-        before the call returned), being delivered by another thread, or still
-        queued. ``seen`` is set under this lock, or before a check of the
-        windows that then takes it (``_verdict``): if the events up to
-        ``end - 1`` have all been judged, the window goes now; otherwise the
-        delivery of the last of them, still to come, removes it.
-        """
-        stamps = window.stamps
-        end = stamps.backend._queued  # after the call: every event it queued is before
-        with self._muted_lock:
-            window.end = end
-            if end == window.start or stamps.seen >= end - 1:
-                stamps.windows.remove(window)
-
-    def _verdict(self, stamps: _Stamps, event: RegistryEvent) -> bool | None:
-        """Whether ``event``, being delivered by a backend that stamps its events,
-        belongs to a window of this facade: True (kept), False (dropped), None
-        (no: routed as an asynchronous event). Forgets the windows whose events
-        have all been delivered.
-
-        Race: the backend delivers one event at a time, in queue order, so
-        ``_delivering`` names this event and ``seen`` only grows. A window
-        opened after the lock-free emptiness check below cannot hold this
-        event: the window's thread queues its events after opening it, so its
-        events are delivered after this check. ``seen`` is stored before the
-        windows are looked at again, so a window closed meanwhile, which may
-        have read the old ``seen`` and stayed, is removed here.
-        """
-        position, writer = stamps.backend._delivering
-        windows = stamps.windows
-        if not windows:
-            stamps.seen = position
-            if not windows:
-                return None
-        verdict: bool | None = None
-        with self._muted_lock:
-            key = event.entry.key
-            for window in reversed(windows):  # the innermost of nested calls first
-                end = window.end
-                if (
-                    window.thread == writer
-                    and window.start <= position
-                    and (end is None or position < end)
-                    and (window.key is _ANY_KEY or window.key == key)
-                ):
-                    verdict = window.keep
-                    break
-            stamps.seen = position
-            windows[:] = [w for w in windows if w.end is None or w.end > position + 1]
-        return verdict
+            self._tags[side] = _Tags(backend)
 
     def _deliver(self, me: int) -> None:
         """Call the listeners with the queued events, in order, one at a time,
@@ -364,36 +287,41 @@ class _EventRouting:
 
     def _events_of(self, side: Side) -> _Keep:
         """``with``: the authoritative backend call inside keeps its events for delivery."""
-        return _Keep(self, self._ctx(), side, side)
+        tags = self._tags.get(side)
+        return _Keep(self._ctx(), side, None if tags is None else tags.keep)
 
     def _events_dropped(self, on: Side) -> _Keep:
         """``with``: the mirror or catch-up backend call on side ``on`` inside has
         its events dropped."""
-        return _Keep(self, self._ctx(), on, None)
+        tags = self._tags.get(on)
+        return _Keep(self._ctx(), None, None if tags is None else tags.drop)
 
     def _events_muted(self, ctx: _Ctx, key: Hashable, on: Side) -> _Mute:
         """``with``: the mirror call on ``key`` on side ``on`` inside (``ctx``: its
         facade call) has its events dropped, whichever thread delivers them and
         when (see ``_Mute``)."""
-        return _Mute(self, ctx, key, on)
+        tags = self._tags.get(on)
+        return _Mute(self, ctx, key, None if tags is None else tags.drop)
 
     def _forward(self, side: Side, event: RegistryEvent) -> None:
-        stamps = self._stamps.get(side)
-        if stamps is not None:
-            # First, whether there are listeners or not: it forgets windows.
-            verdict = self._verdict(stamps, event)
-            if verdict is False or not self._listeners.current:
+        if not self._listeners.current:
+            return
+        tags = self._tags.get(side)
+        if tags is not None:
+            # The tag of the backend call that queued this event (read in the
+            # thread delivering it, while it does: this event's).
+            tag = tags.backend._delivering
+            if tag is tags.drop:
                 return  # a dropped or muted call's own event, delivered by whichever thread
             # A kept call's own event; or asynchronous (a death, another
-            # writer's change): forwarded when this side is authoritative at
-            # delivery time. Delivered after the facade call this thread is
-            # in, if any; else by a courier thread (_hand_off).
-            if verdict or (side == _TARGET) == self._on:
+            # writer's change, another facade's call): forwarded when this
+            # side is authoritative at delivery time. Delivered after the
+            # facade call this thread is in, if any; else by a courier
+            # thread (_hand_off).
+            if tag is tags.keep or (side == _TARGET) == self._on:
                 self._out.append(event)
                 if self._ctx() is None:
                     self._hand_off()
-            return
-        if not self._listeners.current:
             return
         ctx = self._ctx()
         if ctx is not None:
