@@ -50,18 +50,20 @@ def sqlite_store(tmp_path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _ended(run: Running, code: int, *, before: int = 0) -> None:
-    """``run`` ended with ``code`` after ``before`` stderr lines and the signal's
-    one line; nothing of it is left running."""
+def _ended(run: Running, code: int | tuple[int, ...], *, before: int = 0) -> int:
+    """``run`` ended with ``code`` (or one of them) after ``before`` stderr lines and
+    the signal's one line; nothing of it is left running. Returns the code."""
     try:
         got = run.finish()
         leftovers = run.leftovers()
     finally:
         run.close()
-    assert got == code, (got, run.stdout[-20:], run.stderr)
+    codes = code if isinstance(code, tuple) else (code,)
+    assert got in codes, (got, run.stdout[-20:], run.stderr)
     assert len(run.stderr) == before + 1, run.stderr
     assert not any("Traceback" in line for line in run.stderr), run.stderr
     assert not leftovers, f"still running after the command ended: {leftovers}"
+    return got
 
 
 def _line(run: Running, command: str, signum: int) -> None:
@@ -107,7 +109,9 @@ def test_demo_admin_stopped_while_its_page_starts(
 ) -> None:
     # Sent at the summary's last line: the signal lands while the admin demo
     # sets up its store, supervisor and server (before the page is served), or
-    # in the summary's last prints: 130, or 143 (not serving yet), cleanly.
+    # in the summary's last prints: 130, or 143 (not serving yet), cleanly. On a
+    # loaded machine the page may be up before a SIGTERM lands: then it is the
+    # normal end of a serving demo, 0 (docs/cli.md), as cleanly.
     env, tmp = tmpdir_env
     run = Running(
         "demo", "--plain", "--agents", "2", "--seconds", "0.2", "--admin", "127.0.0.1:0",
@@ -119,9 +123,10 @@ def test_demo_admin_stopped_while_its_page_starts(
     except BaseException:
         run.close()
         raise
-    _ended(run, 130 if signum == signal.SIGINT else 143)
+    code = _ended(run, 130 if signum == signal.SIGINT else (143, 0))
     _line(run, "demo", signum)
-    assert not any(line.startswith("admin page:") for line in run.stdout), run.stdout
+    if code == 143:  # stopped before serving: the page never came up
+        assert not any(line.startswith("admin page:") for line in run.stdout), run.stdout
     assert not list(tmp.iterdir()), list(tmp.iterdir())
 
 

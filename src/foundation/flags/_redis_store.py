@@ -2020,16 +2020,17 @@ class RedisFlagStore(FlagStore):
             # call just after close() would say (else the copy really is unusable).
             self._check_open()
             raise
+        synced = self.synced  # read once: connected, stale and stale_since agree
         return RedisFlagStoreStatus(
-            connected=self.synced,
-            stale=self.stale,
+            connected=synced,
+            stale=not synced,
             version=version,
             pending=len(ops),
             cache_path=self.cache_path,
             last_error=self._last_error,
             restores=self._restores,
             resyncs=self._resyncs,
-            stale_since=self._stale_since if self.stale else None,
+            stale_since=None if synced else self._stale_since,
             pending_flags=tuple(sorted({name for op in ops for name in op.flags})),
             read_only=self._read_only,
             copy_in_memory=self._cache.in_memory,
@@ -2181,8 +2182,14 @@ class RedisFlagStore(FlagStore):
 
     def _fault(self, exc: Exception) -> None:
         """Log a listener fault, mark the store stale (one event per transition)."""
-        self._synced.clear()
+        # Race: status() read by another thread between the two steps: the time of
+        # the transition is set first, so a status() that says stale has its
+        # stale_since (the other order let it read stale with stale_since None).
+        first = self._stale_since is None  # first fault since "in sync": report it once
+        if first:
+            self._stale_since = time.time()
         self._last_error = str(exc)
+        self._synced.clear()
         if _read_only_error(exc):
             self._note_read_only(True, str(exc))
         tls = tls_failure(str(exc)) if isinstance(exc, BackendUnavailable) else None
@@ -2197,8 +2204,7 @@ class RedisFlagStore(FlagStore):
             listener_log.error(
                 "flag listener %r failed; retrying with backoff", self.namespace, exc_info=exc
             )
-        if self._stale_since is None:  # first fault since "in sync": report it once
-            self._stale_since = time.time()
+        if first:
             # An outage, or anything else that stops the listener (corrupt data,
             # a bug): either way answers come from the copy, but say which.
             lost = "lost" if isinstance(exc, BackendUnavailable) else "cannot follow"
