@@ -44,7 +44,7 @@ def _load_serve() -> Any:
         raise ImportError(
             f"the admin server is not available ({exc}); install foundation[admin]"
         ) from None
-    return _server.serve_until_signal
+    return _server.serve
 
 
 def _check_bind(bind: str, token: str | None) -> None:

@@ -273,11 +273,13 @@ def serve(
     bind: str = "127.0.0.1:8800",
     metrics: Any = None,
     on_ready: Any = None,
-) -> None:
+) -> int | None:
     """Serve the admin page in the foreground until SIGINT (Ctrl-C) or SIGTERM.
 
-    Returns normally after a graceful shutdown (open event streams are cut
-    after 2 s). ``on_ready(url)`` is called once the socket accepts connections.
+    Returns the number of the signal that stopped it (None: stopped
+    otherwise), after a graceful shutdown (open event streams are cut after
+    2 s): the ``foundation admin`` command exits as any command that signal
+    stopped. ``on_ready(url)`` is called once the socket accepts connections.
     Only a signal at its default action (or at Python's ``KeyboardInterrupt``
     handler) is taken over while serving: one the program ignores or handles
     itself is left to it (``serve`` then runs until the other one).
@@ -286,33 +288,6 @@ def serve(
         InvalidConfig: a bad ``bind``, a non-loopback ``bind`` without a token,
             or the address cannot be listened on.
     """
-    serve_until_signal(
-        flags=flags,
-        migration=migration,
-        registry=registry,
-        supervisors=supervisors,
-        token=token,
-        read_only=read_only,
-        bind=bind,
-        metrics=metrics,
-        on_ready=on_ready,
-    )
-
-
-def serve_until_signal(
-    *,
-    flags: FeatureFlags | None = None,
-    migration: Migration | None = None,
-    registry: RegistryLike | None = None,
-    supervisors: Iterable[Any] = (),
-    token: str | Iterable[str] | Mapping[str, str] | None = None,
-    read_only: bool = False,
-    bind: str = "127.0.0.1:8800",
-    metrics: Any = None,
-    on_ready: Any = None,
-) -> int | None:
-    """``serve``, returning the signal that stopped it (None: stopped otherwise),
-    so that the ``foundation admin`` command exits as any command a signal stopped."""
     server = AdminServer(
         flags=flags,
         migration=migration,
