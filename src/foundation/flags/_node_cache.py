@@ -360,6 +360,16 @@ class NodeCache:
                     raise
             return _transaction(self._db, body)  # nothing of it was written to the file
 
+    def _read_in_one(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body(db)`` in one read transaction; again in memory if the file failed."""
+        with self._guard(), self._lock:
+            try:
+                return _read_transaction(self._db, body)
+            except Exception as exc:
+                if not self._fall_back(exc):
+                    raise
+            return _read_transaction(self._db, body)
+
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._guard(), self._lock:
             try:
@@ -517,13 +527,7 @@ class NodeCache:
             entries = [(f"{ms}-{seq}", _loads(fields)) for ms, seq, fields in rows]
             return base, None if row is None else str(row[0]), entries
 
-        with self._guard(), self._lock:
-            try:
-                return _read_transaction(self._db, body)
-            except Exception as exc:
-                if not self._fall_back(exc):
-                    raise
-            return _read_transaction(self._db, body)
+        return self._read_in_one(body)
 
     def migrations(self) -> list[Entry]:
         return self._entries("migrations")
@@ -537,13 +541,7 @@ class NodeCache:
             rows = db.execute("SELECT plan, event FROM migrations_last")
             return hlast, {str(p): str(e) for p, e in rows}
 
-        with self._guard(), self._lock:
-            try:
-                return _read_transaction(self._db, body)
-            except Exception as exc:
-                if not self._fall_back(exc):
-                    raise
-            return _read_transaction(self._db, body)
+        return self._read_in_one(body)
 
     def _entries(self, table: str) -> list[Entry]:
         rows = self._read(f"SELECT ms, seq, fields FROM {table} ORDER BY ms, seq")
