@@ -89,6 +89,27 @@ def two_nodes(work: Path) -> Iterator[Nodes]:
             proxy.close()
 
 
+@contextmanager
+def beta_on_then_a_cut_off(
+    work: Path, reason: str
+) -> Iterator[tuple[Nodes, FeatureFlags, FeatureFlags]]:
+    """Two nodes and their flag services: B enables beta (``reason``), A sees it, then
+    A is cut off from Redis (B still reaches it). Yields (nodes, a, b)."""
+    with two_nodes(work) as n:
+        a, b = FeatureFlags(FLAGS, store=n.a), FeatureFlags(FLAGS, store=n.b)
+        b.enable("beta", by="ana", reason=reason)
+        must(lambda: a.enabled("beta"), "a sees beta on")
+        n.cut_off_a()
+        yield n, a, b
+
+
+def alive_then_closed(n: Nodes, a: FeatureFlags, b: FeatureFlags) -> None:
+    """Both stores' threads are alive at the end of a scenario; then both services close."""
+    alive(n.a, n.b)
+    a.close()
+    b.close()
+
+
 def stream(url: str, key: str, field: str) -> list[dict[str, object]]:
     raw = raw_client(url)
     try:
@@ -128,12 +149,8 @@ def decided(seen: Seen, superseded: bool) -> None:
 
 def newer_change_trimmed(work: Path, seen: Seen) -> None:
     """B's newer change to beta is trimmed away before A reconnects: it still wins."""
-    with two_nodes(work) as n:
-        sa, sb = n.a, n.b
-        a, b = FeatureFlags(FLAGS, store=sa), FeatureFlags(FLAGS, store=sb)
-        b.enable("beta", by="ana", reason="launch")
-        must(lambda: a.enabled("beta"), "a sees beta on")
-        n.cut_off_a()
+    with beta_on_then_a_cut_off(work, "launch") as (n, a, b):
+        sa = n.a
         a.disable("beta", by="oncall", reason="incident")
         assert not a.enabled("beta"), "applied locally at once"
         assert sa.status().pending_flags == ("beta",)
@@ -147,19 +164,12 @@ def newer_change_trimmed(work: Path, seen: Seen) -> None:
         assert b.state("beta") == FlagState(True, 40.0)
         must(lambda: a.state("beta") == FlagState(True, 40.0), "a serves B's newer decision")
         assert [c.by for c in a.history() if c.flag == "beta"] == [], "no kill switch record"
-        alive(sa, sb)
-        a.close()
-        b.close()
+        alive_then_closed(n, a, b)
 
 
 def older_changes_trimmed(work: Path, seen: Seen) -> None:
     """B's changes to beta are all older than A's kill switch (and trimmed): it commits."""
-    with two_nodes(work) as n:
-        sa, sb = n.a, n.b
-        a, b = FeatureFlags(FLAGS, store=sa), FeatureFlags(FLAGS, store=sb)
-        b.enable("beta", by="ana", reason="launch")
-        must(lambda: a.enabled("beta"), "a sees beta on")
-        n.cut_off_a()
+    with beta_on_then_a_cut_off(work, "launch") as (n, a, b):
         b.set_percentage("beta", 40, by="lead", reason="older than the kill switch")
         a.disable("beta", by="oncall", reason="incident")  # newer: A never saw B's change
         churn_flags(b)
@@ -169,20 +179,14 @@ def older_changes_trimmed(work: Path, seen: Seen) -> None:
         must(lambda: a.state("beta") == FlagState(False, 40.0), "a reloaded Redis' state")
         last = [c for c in b.history() if c.flag == "beta"]
         assert [(c.by, c.new.switch) for c in last] == [("oncall", False)], last
-        alive(sa, sb)
-        a.close()
-        b.close()
+        alive_then_closed(n, a, b)
 
 
 def newer_step_trimmed(work: Path, seen: Seen) -> None:
     """B's newer migration step (an event only: its flag was already on) is trimmed from
     the migrations stream before A reconnects: it beats A's emergency rollback."""
-    with two_nodes(work) as n:
+    with beta_on_then_a_cut_off(work, "on before the plan") as (n, a, b):
         sa, sb = n.a, n.b
-        a, b = FeatureFlags(FLAGS, store=sa), FeatureFlags(FLAGS, store=sb)
-        b.enable("beta", by="ana", reason="on before the plan")
-        must(lambda: a.enabled("beta"), "a sees beta on")
-        n.cut_off_a()
         Migration(a, PLAN).emergency_rollback("incident", by="oncall")
         assert not a.enabled("beta")
         Migration(b, PLAN).advance(by="lead", reason="resume")  # newer; beta was on: event only
@@ -198,19 +202,13 @@ def newer_step_trimmed(work: Path, seen: Seen) -> None:
         assert sb.migration_stage("plan") == 1
         assert b.enabled("beta")
         must(lambda: a.enabled("beta") and sa.migration_stage("plan") == 1, "a follows B")
-        alive(sa, sb)
-        a.close()
-        b.close()
+        alive_then_closed(n, a, b)
 
 
 def older_steps_trimmed(work: Path, seen: Seen) -> None:
     """B's migration step is older than A's emergency rollback (and trimmed): it commits."""
-    with two_nodes(work) as n:
-        sa, sb = n.a, n.b
-        a, b = FeatureFlags(FLAGS, store=sa), FeatureFlags(FLAGS, store=sb)
-        b.enable("beta", by="ana", reason="on before the plan")
-        must(lambda: a.enabled("beta"), "a sees beta on")
-        n.cut_off_a()
+    with beta_on_then_a_cut_off(work, "on before the plan") as (n, a, b):
+        sb = n.b
         Migration(b, PLAN).advance(by="lead", reason="older than the rollback")
         Migration(a, PLAN).emergency_rollback("incident", by="oncall")
         churn_plans(b)
@@ -222,21 +220,15 @@ def older_steps_trimmed(work: Path, seen: Seen) -> None:
         assert [(e.action, e.from_stage, e.to_stage) for e in events][-1:] == [
             ("emergency_rollback", 1, 0)
         ], events
-        alive(sa, sb)
-        a.close()
-        b.close()
+        alive_then_closed(n, a, b)
 
 
 def trimmed_then_restored(work: Path, seen: Seen) -> None:
     """As ``newer_change_trimmed`` and ``newer_step_trimmed`` together, with Redis
     restarted EMPTY before A reconnects: B's node copy mirrors what the trims kept
     and its restore puts it back, so B's newer decisions still win."""
-    with two_nodes(work) as n:
+    with beta_on_then_a_cut_off(work, "launch") as (n, a, b):
         sa, sb = n.a, n.b
-        a, b = FeatureFlags(FLAGS, store=sa), FeatureFlags(FLAGS, store=sb)
-        b.enable("beta", by="ana", reason="launch")
-        must(lambda: a.enabled("beta"), "a sees beta on")
-        n.cut_off_a()
         a.disable("beta", by="oncall", reason="incident")
         Migration(a, PLAN).emergency_rollback("incident", by="oncall")
         b.set_percentage("beta", 40, by="lead", reason="false alarm")
@@ -256,21 +248,15 @@ def trimmed_then_restored(work: Path, seen: Seen) -> None:
         assert not seen.named("pending_committed")
         must(lambda: a.state("beta") == FlagState(True, 40.0), "a serves B's decisions")
         assert sa.migration_stage("plan") == 1
-        alive(sa, sb)
-        a.close()
-        b.close()
+        alive_then_closed(n, a, b)
 
 
 def replayed_after_its_own_trim(work: Path, seen: Seen) -> None:
     """Node A crashed between committing its kill switches and dropping their records,
     and its own entries were trimmed before it came back: they are found committed
     ("already") in what the trims kept, and nothing is written twice."""
-    with two_nodes(work) as n:
+    with beta_on_then_a_cut_off(work, "launch") as (n, a, b):
         sa, sb = n.a, n.b
-        a, b = FeatureFlags(FLAGS, store=sa), FeatureFlags(FLAGS, store=sb)
-        b.enable("beta", by="ana", reason="launch")
-        must(lambda: a.enabled("beta"), "a sees beta on")
-        n.cut_off_a()
         a.disable("beta", by="oncall", reason="incident")
         Migration(a, PLAN).emergency_rollback("incident", by="oncall")
         rows = _pending_rows(work / "a.sqlite3")
