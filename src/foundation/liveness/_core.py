@@ -233,7 +233,9 @@ def _forget_stale(mon: Monitor | None) -> None:
     watch goes. Race: a monitor being demonitored or claimed on another
     thread is briefly in ``_monitors`` only; popping it here is what that
     thread does next (a pop with a default: whoever comes second is a no-op).
-    A monitor being added is in its watch before ``_monitors``: never swept."""
+    A monitor being added is in its watch before ``_monitors``: never swept.
+    If this fails too, the manager's next ``active_count()``/``stats()``
+    sweeps the same way (before, the fired monitor stayed counted for ever)."""
     if mon is None:
         return
     table = mon._manager._monitors
@@ -241,8 +243,9 @@ def _forget_stale(mon: Monitor | None) -> None:
         for other in list(table):
             if other not in other._watch.monitors:
                 table.pop(other, None)
-    except BaseException as exc:  # still failing: a fired monitor stays counted
-        report(exc, "liveness bookkeeping (a fired monitor stays counted)", mon._manager)
+    except BaseException as exc:  # still failing: swept by the next count
+        mon._manager._sweep_needed = True  # an attribute store: allocates nothing
+        report(exc, "liveness bookkeeping (swept at the next count)", mon._manager)
 
 
 def fire_retrying(watch: Watch, down: Down, where: str) -> None:
@@ -270,8 +273,9 @@ class _Redeliverer:
     """One process-wide thread, ``foundation-liveness-redeliver``, that retries
     the deaths a watch could not deliver (out of memory) when nothing else
     would: shared watches (``spawn_thread`` threads, concurrent futures) have
-    no manager thread behind them, and an asyncio watch one whose loop cannot
-    take a retry. Started on the first hand-over, then idle on a condition.
+    no manager thread behind them, and an asyncio watch's retries must
+    survive its loop stopping or closing (a ``call_later`` would be dropped).
+    Started on the first hand-over, then idle on a condition.
 
     Why not a manager's poller: a shared watch's monitors may belong to
     several managers, each may close (dropping only its own monitors) while

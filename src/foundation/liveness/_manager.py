@@ -110,7 +110,9 @@ def _bind_agent_types() -> None:
     _UNBOUND = _NOT_LOADED in (_AIO_TASK, _AIO_FUTURE, _CF_FUTURE)
 
 
-_NEW, _ATTACHED, _DETACHED = 0, 1, 2
+# An asyncio watch's state; _RETRYING: fired, and one redelivery attempt (the
+# monitors its fire could not take) is queued on the loop (see redeliver).
+_NEW, _ATTACHED, _DETACHED, _RETRYING = 0, 1, 2, 3
 # After a defect of a watcher loop itself (not a callback's error): pause this
 # long before the next iteration, so that a repeating defect cannot spin hot.
 _DEFECT_BACKOFF = 0.1
@@ -120,8 +122,8 @@ _W = TypeVar("_W", bound="_ManagedWatch")
 
 _EXIT = Down("exit")  # a process whose exit status cannot be read
 _WAKE = (1).to_bytes(8, "little")  # what close() writes to the selector's eventfd
-# The pause before an asyncio watch retries monitors it could not take (out of memory).
-_RETRY_PAUSE = 0.05
+# The pause before a queued asyncio attach that ran out of memory is retried.
+_ATTACH_RETRY = 0.05
 
 
 def _future_down(fut: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> Down:
@@ -233,11 +235,28 @@ def _loop_context(loop: asyncio.AbstractEventLoop) -> contextvars.Context | None
 
 
 def _aio_collected(ref: _AioRef) -> None:
-    # Runs while the future is being freed, so no other object can have its
-    # id yet: the entry at this key can only be this future's watch.
-    watch = ref.manager._aio.pop(ref.key, None)
-    if watch is not None:  # still pending when collected: release its monitors
+    """The weakref callback: a watched future was freed; drop its entry.
+
+    Runs while the future is being freed, so no other object can have its id
+    yet: the entry at this key can only be this future's watch. A watch that
+    fired keeps its monitors: any left are being retried by whoever holds it
+    (the redeliverer: :meth:`_AsyncioWatch.fire_on_loop`), the death being
+    known; releasing them here lost that death. A pending one's monitors are
+    released. If that runs out of memory (``popitem``), the rest are released
+    by the manager's next ``active_count()``/``stats()`` (``_sweep``;
+    ``close()`` drops them anyway): nothing here may allocate to keep them,
+    nor take a lock (a collection can run on any thread, holding any lock).
+    """
+    manager = ref.manager
+    watch = manager._aio.pop(ref.key, None)
+    if watch is None or watch.down is not None:
+        return
+    try:
         _release_unfired(watch.monitors)
+    except BaseException as exc:  # out of memory: before, these stayed counted for ever
+        manager._sweep_needed = True  # an attribute store: allocates nothing
+        with contextlib.suppress(BaseException):  # logging needs memory too
+            report(exc, "liveness: releasing a collected future's monitors (retried)", manager)
 
 
 class _AsyncioWatch(Watch):
@@ -253,7 +272,10 @@ class _AsyncioWatch(Watch):
 
     ``attach``/``detach``/``__call__`` all run on the loop's thread (directly,
     or queued with call_soon_threadsafe), so ``state`` needs no lock: a queued
-    attach that arrives after a detach sees _DETACHED and does nothing.
+    attach that arrives after a detach sees _DETACHED and does nothing. Race:
+    only ``redeliver`` (the redeliverer thread) writes it elsewhere, moving a
+    fired watch between _DETACHED and _RETRYING; a lost write there costs at
+    most one extra queued attempt, which finds no monitor left.
     """
 
     __slots__ = ("loop", "ref", "state")
@@ -275,8 +297,26 @@ class _AsyncioWatch(Watch):
     def attach(self) -> None:
         fut = self.ref()
         if self.state == _NEW and fut is not None:
-            self.state = _ATTACHED
+            # The state only once the callback is on: out of memory (the
+            # future's callback list grows) it stays _NEW, and can be retried.
             fut.add_done_callback(self, context=_loop_context(self.loop))
+            self.state = _ATTACHED
+
+    def attach_queued(self) -> None:
+        """``attach``, queued on the loop by a ``monitor()`` from another thread.
+
+        Those monitors were returned already: out of memory, the attach is
+        retried ``_ATTACH_RETRY`` s later rather than lost (before, the
+        state said attached and no callback was on: the monitors waited, and
+        stayed counted, until the future was collected)."""
+        try:
+            self.attach()
+        except BaseException as exc:
+            report(exc, "asyncio watch: adding its done-callback (retried)", self.ref())
+            try:
+                self.loop.call_later(_ATTACH_RETRY, self.attach_queued)
+            except BaseException as again:  # loop closed, or still no memory
+                report(again, "asyncio watch: no done-callback (released when collected)")
 
     def detach(self) -> None:
         fut = self.ref()
@@ -301,41 +341,65 @@ class _AsyncioWatch(Watch):
 
     def fire_on_loop(self, down: Down) -> None:
         """``fire``, on the loop's thread; monitors it could not take (out of
-        memory: the rest stay in ``monitors``) are retried ``_RETRY_PAUSE``
-        later, without blocking the loop, or by the redeliverer thread if the
-        loop cannot take that retry (:meth:`redeliver`). Race: a ``close()``
-        meanwhile drops them (the retry then finds none); a ``demonitor()``
-        takes its own."""
+        memory: the rest stay in ``monitors``) are handed to the redeliverer
+        thread, which queues one attempt at a time on the loop, and delivers
+        on its own thread once the loop is closed (:meth:`redeliver`). Before,
+        the retry was a ``call_later`` on the loop: dropped unrun when the
+        loop closed first (the end of ``asyncio.run``), it left those
+        monitors untold and counted for ever. Race: a ``close()`` meanwhile
+        drops them (the retry then finds none); a ``demonitor()`` takes its
+        own."""
         try:
             self.fire(down)
         except BaseException as exc:
             if not self.monitors:
                 raise  # every monitor was called: an on_down's SystemExit & co
             report(exc, "asyncio watch (monitors left are retried)", self.ref())
-            try:
-                self.loop.call_later(_RETRY_PAUSE, self.fire_on_loop, down)
-            except BaseException:  # no memory to schedule it (or the loop closed)
-                redeliver_later(self)
+            redeliver_later(self)
 
     def redeliver(self) -> bool:
-        """The redeliverer's retry: one delivery attempt queued on the loop's
-        thread (where ``on_down`` runs for asyncio), or made here if the loop
-        is closed (no callback can run there again). The redeliverer keeps
-        the watch (and its backoff) until no monitor is left: an attempt that
-        fails, or that a closing loop drops unrun, is queued again later."""
+        """The redeliverer's retry (True once no monitor is left to tell).
+
+        At most one attempt is queued on the loop's thread (where ``on_down``
+        runs for asyncio) at a time: ``state`` is ``_RETRYING`` until it ran.
+        A loop that is stopped but not closed keeps that one attempt until it
+        runs again (before, one more was queued every round, twice a second,
+        for as long as the loop stayed stopped: unbounded memory). Once the
+        loop is closed (it dropped the attempt unrun), or on the loop's own
+        thread (``redeliver_later``'s fallback), the monitors are told here.
+        The redeliverer keeps the watch until no monitor is left."""
         down = self.down
-        if down is None or not self.monitors:
+        if down is None:  # handed over unfired: never (see _aio_collected)
             return True
+        if not self.monitors:
+            return True
+        # Race: the loop may close right after this check; the queued attempt
+        # is then dropped unrun and the next round, seeing it closed, tells
+        # the monitors here (fire is safe against the loop's attempt too).
+        if self.loop.is_closed() or _get_running_loop() is self.loop:
+            return super().redeliver()
+        if self.state == _RETRYING:
+            return False  # the queued attempt has not run yet: queue no other
+        # Race: set before queueing, since the attempt may run (and reset it)
+        # before call_soon_threadsafe returns here.
+        self.state = _RETRYING
         try:
             self.loop.call_soon_threadsafe(self._fire_once, down)
-        except RuntimeError:  # the loop is closed: deliver on this thread
+        except RuntimeError:  # the loop closed meanwhile: deliver on this thread
+            self.state = _DETACHED
             return super().redeliver()
         except BaseException:  # out of memory: retried next round
+            self.state = _DETACHED
             return False
         return False  # done once the attempt emptied monitors (seen next round)
 
     def _fire_once(self, down: Down) -> None:
-        """A redelivery attempt on the loop; a failure is left to the redeliverer."""
+        """A redelivery attempt on the loop; a failure is left to the redeliverer.
+
+        Race: ``state`` is reset before firing, so a round of the redeliverer
+        that sees monitors left meanwhile may queue the next attempt while
+        this one runs (at most one more, which finds what this one left)."""
+        self.state = _DETACHED
         try:
             self.fire(down)
         except BaseException:
@@ -460,6 +524,9 @@ class MonitorManager:
         self._watches: dict[int, _ManagedWatch] = {}
         # This manager's asyncio watches by id(future), futures held weakly.
         self._aio: dict[int, _AsyncioWatch] = {}
+        # Set (never allocating) when dropping entries of _monitors ran out of
+        # memory (a fired monitor, a collected future's): see _sweep.
+        self._sweep_needed = False
         self._polled_threads: dict[int, _ThreadWatch] = {}
         self._polled_procs: dict[int, _ProcessWatch] = {}
         self._by_fd: dict[int, _ProcessWatch] = {}
@@ -588,7 +655,33 @@ class MonitorManager:
         """
         if self._closed:
             raise self._closed_error()
+        if self._sweep_needed:
+            self._sweep()
         return len(self._monitors)
+
+    def _sweep(self) -> None:
+        """Drop the entries of ``_monitors`` that bookkeeping out of memory left
+        behind, so the counts are exact again: monitors a ``fire`` took whose
+        removal failed (``_forget_stale``), and the monitors of collected
+        pending futures that ``_aio_collected`` could not release.
+
+        Races: as ``_forget_stale`` (a monitor being added is in its watch
+        before ``_monitors``, so it is never swept; one being taken on another
+        thread is popped here or there, the pop decides). The flag is cleared
+        first, so a failure meanwhile sets it again for the next call. Still
+        out of memory (or the table changed size under ``list()``), the flag
+        stays set and the next call sweeps."""
+        self._sweep_needed = False
+        table = self._monitors
+        try:
+            for mon in list(table):
+                watch = mon._watch
+                if mon not in watch.monitors:
+                    table.pop(mon, None)
+                elif type(watch) is _AsyncioWatch and watch.down is None and watch.ref() is None:
+                    _release_unfired(watch.monitors)
+        except (MemoryError, RuntimeError):
+            self._sweep_needed = True
 
     def stats(self) -> ManagerStats:
         """A snapshot of monitors, watched agents, running threads and open fds.
@@ -596,6 +689,8 @@ class MonitorManager:
         Raises:
             Closed: the manager is closed.
         """
+        if self._sweep_needed and not self._closed:
+            self._sweep()
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -859,7 +954,7 @@ class MonitorManager:
                     if _get_running_loop() is loop:
                         watch.attach()
                     else:  # add_done_callback is not thread-safe
-                        loop.call_soon_threadsafe(watch.attach)
+                        loop.call_soon_threadsafe(watch.attach_queued)
                 except RuntimeError:  # the loop closed since the check above
                     return None
                 self._aio[watch.ref.key] = watch  # the same int object: 32 B less
@@ -1209,6 +1304,14 @@ class MonitorManager:
         if down is None:
             try:
                 down = down_from_status(watch.agent, status)  # type: ignore[arg-type]
+            except MemoryError:
+                # Out of memory building the record (or waiting for the owner's
+                # code): not "unreadable". Nothing was reaped (WNOWAIT) and the
+                # fd stays registered, so the selector runs this again after its
+                # pause (_survive reports it) and reads the status anew. Before,
+                # the death was told as Down("exit") without its exit code (or
+                # a kill as an exit), for good: fire keeps the first Down.
+                raise
             except Exception as exc:  # the status is unreadable, but the process is gone
                 report(exc, f"reading the exit status of {watch.agent!r}", self)
                 down = _EXIT
