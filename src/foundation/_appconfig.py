@@ -177,6 +177,9 @@ def _value_problems(config: AppConfig) -> list[str]:
 class AppConfig:
     """What an :class:`~foundation.Application` starts, and on which backends.
 
+    Checked when made, and frozen; ``copy``, ``deepcopy`` and pickle rebuild
+    it through the constructor, so a copy is checked and frozen too.
+
     Example:
         >>> AppConfig.from_mapping({"registry": {"indexed": ["role"]}}).indexed
         ('role',)
@@ -216,6 +219,15 @@ class AppConfig:
         # caller's dict later does not change this config (or a running app's).
         object.__setattr__(self, "indexed", tuple(self.indexed))
         object.__setattr__(self, "flags", MappingProxyType(dict(self.flags)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle, ``copy.copy`` and ``copy.deepcopy`` rebuild through the
+        constructor: the copy is checked and frozen as the original, its
+        ``flags`` a read-only mapping of its own (a ``MappingProxyType`` cannot
+        be pickled or deep-copied itself)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["flags"] = dict(self.flags)
+        return (_rebuild, (type(self), values))
 
     @classmethod
     def discover(cls, directory: str | Path = ".") -> AppConfig:
@@ -302,3 +314,8 @@ class AppConfig:
         """True when any health threshold is configured."""
         limits = (self.max_error_rate, self.max_restarts_per_minute, self.max_latency_ratio)
         return any(x is not None for x in limits)
+
+
+def _rebuild(cls: type[AppConfig], values: dict[str, Any]) -> AppConfig:
+    """Unpickle or copy an :class:`AppConfig` (``AppConfig.__reduce__``)."""
+    return cls(**values)

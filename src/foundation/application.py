@@ -244,6 +244,17 @@ class Application:
     ``None`` to discover one in the working directory. ``wait_for_signal()``
     blocks until SIGINT or SIGTERM, then shuts the tree down in order.
 
+    ``with app:`` is shared: entering starts the tree unless it runs, and
+    counts the entry; leaving uncounts it, and the last one out stops the
+    tree. So threads (or nested blocks in one thread) may each hold the
+    application open, and it stops once all have left. :meth:`stop` still
+    stops it at once: the blocks still inside then leave an ended run, which
+    changes nothing (not even a new run started since). Entries and starts
+    are one at a time: an entry made while the last one out stops the tree
+    waits for that stop, then starts a new run. A block's exit is matched to
+    the entry its own thread made last; a tree's own worker may enter too,
+    while the tree runs or starts. :meth:`start` is not an entry.
+
     Example:
         >>> from foundation import Application
         >>> with Application.start(services=("flags",)) as app:
@@ -285,11 +296,18 @@ class Application:
         self._stopper: tuple[threading.Thread, asyncio.AbstractEventLoop] | None = None
         self._stop_error: BaseException | None = None
         self._stop_lock = threading.Lock()
-        # One start at a time: a second ``with app:`` waits for the first's start.
+        # Held over every start, and over every stop asked from outside the
+        # tree: a ``with app:`` waits for a start or stop under way, never
+        # overlaps it. The tree's own threads never take it (see _in_own_tree).
         self._start_lock = threading.Lock()
         # Under _stop_lock: a start is running; a stop() was asked meanwhile.
         self._starting = False
         self._stop_asked = False
+        # Under _stop_lock: the current run's number, and the ``with app:``
+        # blocks still inside it; each thread's stack of the runs it entered.
+        self._run = 0
+        self._entries = 0
+        self._entered = threading.local()
         # Set when the current run's tree has ended (stopped or gave up).
         self._ended: threading.Event | None = None
 
@@ -299,12 +317,19 @@ class Application:
     def start(
         cls, config: AppConfig | str | os.PathLike[str] | None = None, **options: Any
     ) -> Application:
-        """Build and start the tree on a loop in a named thread; use as a context manager."""
+        """Build and start the tree on a loop in a named thread; use as a context manager.
+
+        The start is not an entry: ``with Application.start() as app:`` enters
+        it once, and leaving that block stops it (see :class:`Application`).
+        """
         app = cls(config, **options)
-        app._start_in_thread()
+        with app._start_lock:
+            app._start_in_thread(entering=False)
         return app
 
-    def _start_in_thread(self) -> None:
+    def _start_in_thread(self, *, entering: bool) -> int:
+        """Start a new run (``_start_lock`` held); its number. ``entering``: the
+        caller's ``with app:`` is the run's first entry, counted from the start."""
         with self._stop_lock:
             background = self._stopper
         if background is not None:
@@ -316,6 +341,12 @@ class Application:
                 stopper.join()
         with self._stop_lock:
             self._starting = True
+            self._run += 1
+            run = self._run
+            # Race: a worker may enter and leave its application while the tree
+            # starts: counting the starter's entry first, its leaving cannot be
+            # the last one and stop the tree under the starter.
+            self._entries = 1 if entering else 0
         try:
             self._report_starting()
             try:
@@ -328,12 +359,15 @@ class Application:
             with self._stop_lock:
                 self._starting = False
                 asked, self._stop_asked = self._stop_asked, False
+                if self._thread is None or asked:
+                    self._entries = 0  # failed, or stopping: no entry is inside it
                 # Race: a stop() asked while the tree started (a worker stopping
                 # it at once: the tree is not ours to stop before its start
                 # returns) is done now, as a worker's: in the background.
                 if asked and self._thread is not None:
                     thread, self._thread = self._thread, None
                     self._stop_in_background_locked(thread)
+        return run
 
     def _stop_in_background_locked(self, thread: SupervisorThread) -> None:
         """Stop the tree of ``thread`` in a thread of its own (``_stop_lock`` held)."""
@@ -347,30 +381,66 @@ class Application:
         stopper.start()
 
     def stop(self) -> None:
-        """Stop every service in reverse order (idempotent).
+        """Stop every service in reverse order, at once (idempotent).
 
-        Called from one of the tree's own thread children (a worker), it
-        starts the stop in a thread of its own and returns at once: the stop
-        waits for that worker to return, so it cannot wait for the stop. The
-        outcome is reported on the ``foundation.application`` logger as usual.
-        A stop() from anywhere else (the main thread leaving ``with app:``)
-        meanwhile waits for that stop to end, and raises what it raised.
-        Called while the tree starts (a worker stopping it at once), it
-        returns at once and the tree is stopped, in the background, as soon
-        as its start returns.
+        It stops the tree whatever ``with app:`` blocks are still inside it:
+        their leaving then changes nothing (see :class:`Application`).
+
+        Called from the tree itself (a worker, or a task child on its loop),
+        it starts the stop in a thread of its own and returns at once: the
+        stop waits for that worker to return, so it cannot wait for the stop.
+        The outcome is reported on the ``foundation.application`` logger as
+        usual. A stop() from anywhere else (the main thread leaving ``with
+        app:``) meanwhile waits for that stop to end, and raises what it
+        raised. Called while the tree starts, from the tree, it returns at
+        once and the tree is stopped, in the background, as soon as its start
+        returns; from anywhere else, it waits for the start, then stops.
         """
-        with self._stop_lock:
-            thread, self._thread = self._thread, None
-            if thread is None and self._starting:
-                self._stop_asked = True  # done once the start returns (_start_in_thread)
-                return
-            if thread is not None and in_thread_child_of(thread.loop):
-                self._stop_in_background_locked(thread)
-                return
-            background = self._stopper
+        if self._in_own_tree():
+            with self._stop_lock:
+                self._stop_from_own_tree_locked()
+            return
+        # Race: a start (or another stop) under way from another thread: this
+        # waits for it, so the tree it stops is a whole one, not a half-started
+        # or half-stopped one, and it returns with every service stopped.
+        with self._start_lock:
+            with self._stop_lock:
+                self._entries = 0
+                thread, self._thread = self._thread, None
+            self._finish_stop(thread)
+
+    def _in_own_tree(self) -> bool:
+        """Whether the calling thread is one the tree's start or stop waits for:
+        one of its thread children, or its event loop (a task child)."""
+        loop: asyncio.AbstractEventLoop | None = getattr(self._supervisor, "_loop", None)
+        if loop is None:  # never started
+            return False
+        if in_thread_child_of(loop):
+            return True
+        import asyncio  # loaded already: the tree has run
+
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:  # no loop runs in this thread
+            return False
+
+    def _stop_from_own_tree_locked(self) -> None:
+        """stop() from the tree itself (``_stop_lock`` held): never waits."""
+        self._entries = 0
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop_in_background_locked(thread)
+        elif self._starting:
+            self._stop_asked = True  # done once the start returns (_start_in_thread)
+
+    def _finish_stop(self, thread: SupervisorThread | None) -> None:
+        """Stop ``thread``'s tree here, or wait for a stop in the background
+        (``_start_lock`` held, from outside the tree)."""
         if thread is not None:
             self._stop_reported(thread, True)
             return
+        with self._stop_lock:
+            background = self._stopper
         if background is None:
             return
         stopper, loop = background
@@ -415,11 +485,13 @@ class Application:
         Raises:
             RestartIntensityExceeded: the tree gave up (``supervisor.failure``).
             TimeoutError: still running after ``timeout`` seconds.
-            SupervisorError: called from one of the tree's own thread children
-                (the tree's end waits for that child: it would wait for itself).
+            SupervisorError: called from the tree itself, running, starting or
+                stopping (a worker, or a task child on its loop): the tree's end
+                waits for that child, so it would wait for itself.
         """
-        thread = self._thread
-        if thread is not None and in_thread_child_of(thread.loop):
+        # Its own tree, starting or stopping too (the tree then is no longer,
+        # or not yet, ``_thread``): the end it would wait for waits for it.
+        if self._in_own_tree():
             raise SupervisorError(
                 f"Application {self.name!r}: wait() called from a child of its own tree, "
                 "whose end waits for that child"
@@ -632,12 +704,43 @@ class Application:
         return received[0] if received else 0
 
     def __enter__(self) -> Self:
+        """Start the tree unless it runs, and count this entry (see :class:`Application`).
+
+        Raises:
+            StartError: a service or worker failed to start (nothing is left
+                running, and no entry is counted).
+            SupervisorError: entered from the tree itself while it stops.
+        """
+        if self._in_own_tree():
+            # A worker (or task child) entering its own application: the tree
+            # runs, or starts with this child in it; the start lock may be held
+            # by a start or stop that waits for this very thread, so not taken.
+            with self._stop_lock:
+                if self._thread is None and not (self._starting and not self._stop_asked):
+                    # Stopping (or run by ``async with``): it cannot start again
+                    # before this child returns, and waiting would wait for itself.
+                    raise SupervisorError(
+                        f"Application {self.name!r} entered from a child of its own tree "
+                        "while it stops: it cannot start again before that child returns"
+                    )
+                self._entries += 1
+                self._entered_runs().append(self._run)
+            return self
         # Race: threads entering at once (OTP's otp_2973): one starts the tree
         # while the others wait on the lock, then find it running; if that
         # start failed, the next one tries again and raises its own error.
+        # Race: the last one out stops the tree under the same lock: an entry
+        # made meanwhile waits for that stop, then starts a new run; it never
+        # counts itself into a tree that is being stopped.
         with self._start_lock:
-            if self._thread is None:
-                self._start_in_thread()
+            with self._stop_lock:
+                running = self._thread is not None
+                if running:
+                    self._entries += 1
+                    run = self._run
+            if not running:
+                run = self._start_in_thread(entering=True)
+            self._entered_runs().append(run)
         return self
 
     def __exit__(
@@ -646,7 +749,44 @@ class Application:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        """Uncount this thread's last entry; the last one out stops the tree."""
+        runs = self._entered_runs()
+        run = runs.pop() if runs else None  # None: entered in another thread
+        if self._in_own_tree():
+            with self._stop_lock:
+                if self._leave_locked(run):
+                    self._stop_from_own_tree_locked()
+            return
+        with self._start_lock:
+            with self._stop_lock:
+                if not self._leave_locked(run):
+                    return
+                # Race: deciding to stop and taking the tree are one step under
+                # _stop_lock: a worker entering meanwhile either counts before
+                # (and this is not the last exit) or finds the tree stopping.
+                self._entries = 0
+                thread, self._thread = self._thread, None
+            self._finish_stop(thread)
+
+    def _entered_runs(self) -> list[int]:
+        """This thread's stack of the runs its open ``with app:`` blocks entered."""
+        runs: list[int] | None = getattr(self._entered, "runs", None)
+        if runs is None:
+            runs = self._entered.runs = []
+        return runs
+
+    def _leave_locked(self, run: int | None) -> bool:
+        """Uncount one entry into ``run`` (``_stop_lock`` held): True for the last one out."""
+        if run is not None and run != self._run:
+            # Race: the run this block entered was stopped (stop()) and another
+            # started since: leaving an ended run changes nothing in the new one.
+            return False
+        if self._entries > 1:
+            self._entries -= 1
+            return False
+        # The last one out, or the run was stopped already (stop() again is a
+        # no-op, or waits for the stop under way and raises what it raised).
+        return True
 
     async def __aenter__(self) -> Self:
         self._report_starting()
