@@ -111,32 +111,73 @@ def main(argv: list[str] | None = None) -> int:
     SIGINT and SIGTERM unwind the command (see ``foundation._cli._signals``),
     then one line ``foundation COMMAND: interrupted|terminated`` goes to stderr.
     """
-    from foundation._cli._signals import Terminated, install_sigterm
+    from foundation._cli._signals import Terminated, install_sigterm, restore_sigterm
 
     args_list = list(sys.argv[1:] if argv is None else argv)
-    name = ["foundation"]  # the command's words once known, for the signal line
-    previous = install_sigterm()
+    words: list[str] = []  # the command's words once parsed, for the signal line
+    sigterm_was = signal.getsignal(signal.SIGTERM)
     try:
-        return _main(args_list, name)
+        install_sigterm()
+        return _main(args_list, words)
     except KeyboardInterrupt:  # Ctrl-C: every command stopped what it started
-        return _signalled(name, "interrupted", EXIT_INTERRUPTED)
+        return _signalled(words, args_list, "interrupted", EXIT_INTERRUPTED)
     except Terminated as exc:  # SIGTERM: 143, or 0 from a command that runs until stopped
-        return _signalled(name, "terminated", exc.exit_code)
+        return _signalled(words, args_list, "terminated", exc.exit_code)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
+        # Race: a SIGTERM landing inside install_sigterm, once its handler is set,
+        # raises before it returns: so the default is put back whenever it was the
+        # default on entry and the handler is still ours, not on a returned value.
+        if sigterm_was is signal.SIG_DFL:
+            restore_sigterm()
 
 
-def _signalled(name: list[str], what: str, code: int) -> int:
-    """Print the one line of a command a signal stopped; return its exit code."""
-    print(f"{' '.join(name)}: {what}", file=sys.stderr, flush=True)
+def _signalled(words: list[str], args_list: list[str], what: str, code: int) -> int:
+    """Print the one line of a command a signal stopped; return its exit code.
+
+    Before the parse has named the command (a signal while it builds the parser,
+    or while ``--help`` writes to a full pipe), its words are read from the
+    arguments as typed (``_command_words``)."""
+    name = " ".join(["foundation", *(words or _command_words(args_list))])
+    print(f"{name}: {what}", file=sys.stderr, flush=True)
     return code
 
 
-def _main(args_list: list[str], name: list[str]) -> int:
+_COMMANDS = ("flags", "migration", "agents", "admin", "demo", "version")
+_GROUPS = ("flags", "migration", "agents")  # the commands that take an ACTION
+_VALUED = ("--store", "--redis", "--namespace", "--plan")  # options that take a value
+
+
+def _command_words(args_list: list[str]) -> list[str]:
+    """The command (and action) words of ``args_list``, read without the parser
+    (``["flags", "list"]`` for ``--json flags --store U list``): options and their
+    values are skipped; an unknown command gives none; the action is taken as
+    typed (the parse would refuse an unknown one)."""
+    positionals: list[str] = []
+    skip = False
+    options = True
+    for arg in args_list:
+        if skip:  # the value of the option before it
+            skip = False
+        elif options and arg == "--":
+            options = False
+        elif options and arg.startswith("-") and arg != "-":
+            # "--store URL", or "--sto URL" (argparse takes unique prefixes); "--store=URL"
+            skip = "=" not in arg and len(arg) > 2 and any(v.startswith(arg) for v in _VALUED)
+        else:
+            positionals.append(arg)
+            if len(positionals) == 2:
+                break
+    if not positionals or positionals[0] not in _COMMANDS:
+        return []
+    if positionals[0] in _GROUPS and len(positionals) == 2 and positionals[1].isalpha():
+        return positionals
+    return positionals[:1]
+
+
+def _main(args_list: list[str], words: list[str]) -> int:
     if args_list and args_list[0] == "demo":
         # The demo has its own options: pass them through untouched.
-        name.append("demo")
+        words.append("demo")
         return _run_demo(args_list[1:])
     parser = _parser()
     try:
@@ -145,7 +186,7 @@ def _main(args_list: list[str], name: list[str]) -> int:
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
     except BrokenPipeError:  # --help or --version printed into a closed pipe
         return _stdout_gone()
-    name.extend(w for w in (args.command, getattr(args, "action", None)) if w)
+    words.extend(w for w in (args.command, getattr(args, "action", None)) if w)
     debug = bool(getattr(args, "debug", False))
     _configure_logging(debug)
     from foundation._cli._common import StdoutGone, UsageError

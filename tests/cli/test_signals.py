@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -30,8 +32,9 @@ from foundation.registry import RedisRegistry
 from tests.cli._support import Running, cli_env, wait_connected
 from tests.redis_support import RedisServer
 
-WORD = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+WORD: dict[int, str] = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 SIGNALS = pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -50,9 +53,25 @@ def sqlite_store(tmp_path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _ended(run: Running, code: int | tuple[int, ...], *, before: int = 0) -> int:
+def _signal_at(run: Running, ready: Callable[[], T], *signums: int) -> T:
+    """Wait for ``ready()`` (a readiness line, a connection...), then send ``signums``
+    to ``run``; kill ``run`` if either fails. Returns what ``ready`` returned."""
+    try:
+        got = ready()
+        for signum in signums:
+            run.send(signum)
+    except BaseException:
+        run.close()
+        raise
+    return got
+
+
+def _ended(
+    run: Running, code: int | tuple[int, ...], command: str, signum: int, *, before: int = 0
+) -> int:
     """``run`` ended with ``code`` (or one of them) after ``before`` stderr lines and
-    the signal's one line; nothing of it is left running. Returns the code."""
+    the one line ``foundation COMMAND: interrupted|terminated`` for ``signum``, never
+    a traceback; nothing of it is left running. Returns the code."""
     try:
         got = run.finish()
         leftovers = run.leftovers()
@@ -63,70 +82,58 @@ def _ended(run: Running, code: int | tuple[int, ...], *, before: int = 0) -> int
     assert len(run.stderr) == before + 1, run.stderr
     assert not any("Traceback" in line for line in run.stderr), run.stderr
     assert not leftovers, f"still running after the command ended: {leftovers}"
+    assert run.stderr[-1] == f"foundation {command}: {WORD[signum]}", run.stderr
     return got
 
 
-def _line(run: Running, command: str, signum: int) -> None:
-    assert run.stderr[-1] == f"foundation {command}: {WORD[signum]}", run.stderr
+def _poll(run: Running, what: str, ready: Callable[[], bool], interval: float = 0.01) -> None:
+    """Poll ``ready`` (with a deadline) while ``run`` runs."""
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert time.monotonic() < deadline, f"never {what}: {run.leftovers()}"
+        assert run.process.poll() is None, run.stderr
+        time.sleep(interval)  # sleep-ok: the poll interval of a loop with a deadline
 
 
 # ------------------------------------------------------------- demo --admin
 
+DEMO_ADMIN = ("demo", "--plain", "--agents", "2", "--seconds", "0.2", "--admin", "127.0.0.1:0")
+
 
 @SIGNALS
+@pytest.mark.parametrize("at", ["serving", "starting"])
 def test_demo_admin_stops_everything_on_a_signal(
-    tmp_path: Path, tmpdir_env: tuple[dict[str, str], Path], signum: int
+    tmp_path: Path, tmpdir_env: tuple[dict[str, str], Path], signum: int, at: str
 ) -> None:
-    # Was: Ctrl-C exited 0 without a word; SIGTERM killed it, its temporary
-    # directory (the SQLite store) left behind.
+    # serving (sent once the page is served). Was: Ctrl-C exited 0 without a
+    # word; SIGTERM killed it, its temporary directory (the SQLite store) left
+    # behind. SIGINT: 130. SIGTERM ends the serving, which runs until stopped:
+    # the demo's own code, 0 since every invariant held.
+    # starting (sent at the summary's last line): the signal lands while the
+    # admin demo sets up its store, supervisor and server (before the page is
+    # served), or in the summary's last prints: 130, or 143 (not serving yet),
+    # cleanly. On a loaded machine the page may be up before a SIGTERM lands:
+    # then it is the normal end of a serving demo, 0 (docs/cli.md), as cleanly.
     env, tmp = tmpdir_env
-    run = Running(
-        "demo", "--plain", "--agents", "2", "--seconds", "0.2", "--admin", "127.0.0.1:0",
-        cwd=tmp_path, env=env,
-    )  # fmt: skip
-    try:
-        ready = run.wait_for("admin page: http://")
-        assert list(tmp.iterdir()), "the demo's store is not in TMPDIR"
-        run.send(signum)
-    except BaseException:
-        run.close()
-        raise
-    # SIGINT: 130. SIGTERM ends the serving, which runs until stopped: the demo's
-    # own code, 0 since every invariant held.
-    _ended(run, 130 if signum == signal.SIGINT else 0)
-    _line(run, "demo", signum)
-    assert any(line.endswith("invariants held") for line in run.stdout), run.stdout
-    assert not list(tmp.iterdir()), list(tmp.iterdir())
-    url = ready.split()[2]
-    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
-    with pytest.raises(ConnectionRefusedError):  # the admin server is closed
-        socket.create_connection((host, int(port)), timeout=10).close()
+    run = Running(*DEMO_ADMIN, cwd=tmp_path, env=env)
+    if at == "serving":
 
+        def ready() -> str:
+            line = run.wait_for("admin page: http://")
+            assert list(tmp.iterdir()), "the demo's store is not in TMPDIR"
+            return line
 
-@SIGNALS
-def test_demo_admin_stopped_while_its_page_starts(
-    tmp_path: Path, tmpdir_env: tuple[dict[str, str], Path], signum: int
-) -> None:
-    # Sent at the summary's last line: the signal lands while the admin demo
-    # sets up its store, supervisor and server (before the page is served), or
-    # in the summary's last prints: 130, or 143 (not serving yet), cleanly. On a
-    # loaded machine the page may be up before a SIGTERM lands: then it is the
-    # normal end of a serving demo, 0 (docs/cli.md), as cleanly.
-    env, tmp = tmpdir_env
-    run = Running(
-        "demo", "--plain", "--agents", "2", "--seconds", "0.2", "--admin", "127.0.0.1:0",
-        cwd=tmp_path, env=env,
-    )  # fmt: skip
-    try:
-        run.wait_for("invariants held")
-        run.send(signum)
-    except BaseException:
-        run.close()
-        raise
-    code = _ended(run, 130 if signum == signal.SIGINT else (143, 0))
-    _line(run, "demo", signum)
-    if code == 143:  # stopped before serving: the page never came up
-        assert not any(line.startswith("admin page:") for line in run.stdout), run.stdout
+        url = _signal_at(run, ready, signum).split()[2]
+        _ended(run, 130 if signum == signal.SIGINT else 0, "demo", signum)
+        assert any(line.endswith("invariants held") for line in run.stdout), run.stdout
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        with pytest.raises(ConnectionRefusedError):  # the admin server is closed
+            socket.create_connection((host, int(port)), timeout=10).close()
+    else:
+        _signal_at(run, lambda: run.wait_for("invariants held"), signum)
+        code = _ended(run, 130 if signum == signal.SIGINT else (143, 0), "demo", signum)
+        if code == 143:  # stopped before serving: the page never came up
+            assert not any(line.startswith("admin page:") for line in run.stdout), run.stdout
     assert not list(tmp.iterdir()), list(tmp.iterdir())
 
 
@@ -137,23 +144,16 @@ def test_sigterm_in_a_demo_part_stops_its_processes_and_exits_143(
     tmp_path: Path, tmpdir_env: tuple[dict[str, str], Path]
 ) -> None:
     # Was: killed by SIGTERM at once, its 300 agent processes left running.
-    import time
-
     env, _tmp = tmpdir_env
     run = Running("demo", "--plain", "--agents", "300", "--seconds", "1", cwd=tmp_path, env=env)
-    try:
+
+    def agents_running() -> None:
         run.wait_for("registering agents")
-        deadline = time.monotonic() + 60
-        while sum(" sleep" in p for p in run.leftovers()) < 20:  # the process agents run
-            assert time.monotonic() < deadline, run.leftovers()
-            assert run.process.poll() is None, run.stderr
-            time.sleep(0.01)  # sleep-ok: the poll interval of a loop with a deadline
-        run.send(signal.SIGTERM)
-    except BaseException:
-        run.close()
-        raise
-    _ended(run, 143)
-    _line(run, "demo", signal.SIGTERM)
+        # The process agents run `sleep`: 20 of them means the part is under way.
+        _poll(run, "20 agents", lambda: sum(" sleep" in p for p in run.leftovers()) >= 20)
+
+    _signal_at(run, agents_running, signal.SIGTERM)
+    _ended(run, 143, "demo", signal.SIGTERM)
 
 
 @pytest.mark.parametrize(
@@ -177,29 +177,18 @@ def test_chaos_stops_its_redis_server_on_a_signal(
         "demo", "--plain", "--chaos", "--fault-seconds", "3", "--workers", "2",
         cwd=tmp_path, env=env,
     )  # fmt: skip
-    try:
-        if at == "redis-server":
-            _wait_running(run, at)
+
+    def ready() -> None:
+        if at == "redis-server":  # a process of that name runs in the command's session
+            _poll(
+                run, at, lambda: any(p.split(maxsplit=1)[1] == at for p in run.leftovers()), 0.001
+            )
         else:
             run.wait_for(at)
-        run.send(signum)
-    except BaseException:
-        run.close()
-        raise
-    _ended(run, 130 if signum == signal.SIGINT else 143)
-    _line(run, "demo", signum)
+
+    _signal_at(run, ready, signum)
+    _ended(run, 130 if signum == signal.SIGINT else 143, "demo", signum)
     assert not list(tmp.iterdir()), list(tmp.iterdir())
-
-
-def _wait_running(run: Running, command: str) -> None:
-    """Poll (with a deadline) until a ``command`` process runs in ``run``'s session."""
-    import time
-
-    deadline = time.monotonic() + 60
-    while not any(p.split(maxsplit=1)[1] == command for p in run.leftovers()):
-        assert time.monotonic() < deadline, run.leftovers()
-        assert run.process.poll() is None, run.stderr
-        time.sleep(0.001)  # sleep-ok: the poll interval of a loop with a deadline
 
 
 # ------------------------------------------------------------- foundation admin
@@ -215,14 +204,8 @@ def test_admin_stops_on_a_signal_with_one_line(
         "admin", "--store", sqlite_store, "--redis", redis_server.url, "--namespace", namespace,
         "--bind", "127.0.0.1:0", cwd=tmp_path,
     )  # fmt: skip
-    try:
-        run.wait_for("admin page: http://")
-        run.send(signum)
-    except BaseException:
-        run.close()
-        raise
-    _ended(run, 130 if signum == signal.SIGINT else 0, before=1)
-    _line(run, "admin", signum)
+    _signal_at(run, lambda: run.wait_for("admin page: http://"), signum)
+    _ended(run, 130 if signum == signal.SIGINT else 0, "admin", signum, before=1)
 
 
 @pytest.fixture(scope="module")
@@ -255,14 +238,9 @@ def test_a_signal_during_the_start_ends_the_command_the_same_way(
     # without a word.
     args = [a.replace("{url}", frozen_redis.url) for a in STARTS[command]]
     run = Running(*args, cwd=tmp_path)
-    try:
-        wait_connected(run, frozen_redis.port)  # blocked on the frozen server (op timeout)
-        run.send(signum)
-    except BaseException:
-        run.close()
-        raise
-    _ended(run, 130 if signum == signal.SIGINT else 143)
-    _line(run, command, signum)
+    # Sent once it is connected: blocked on the frozen server (op timeout).
+    _signal_at(run, lambda: wait_connected(run, frozen_redis.port), signum)
+    _ended(run, 130 if signum == signal.SIGINT else 143, command, signum)
     assert not any("admin page" in line for line in run.stderr)  # never served
 
 
@@ -284,17 +262,14 @@ def test_a_second_ctrl_c_cuts_the_admin_shutdown_short(tmp_path: Path, sqlite_st
             _wait_refused(run, host, int(port))  # the server is closed: now in the close
             if run.process.poll() is None:
                 run.send(signal.SIGINT)
-            _ended(run, 130, before=1)
+            _ended(run, 130, "admin", signal.SIGINT, before=1)
         finally:
             run.close()
             server.thaw()
-        _line(run, "admin", signal.SIGINT)
 
 
 def _wait_refused(run: Running, host: str, port: int) -> None:
     """Poll (with a deadline) until nothing listens on ``host:port`` (or ``run`` ended)."""
-    import time
-
     deadline = time.monotonic() + 60
     while run.process.poll() is None:
         try:
@@ -327,16 +302,15 @@ def test_admin_leaves_a_signal_it_started_with_ignored_alone(
         "admin", "--store", sqlite_store, "--bind", "127.0.0.1:0",
         cwd=tmp_path, ignored=(signum,),
     )  # fmt: skip
-    try:
+
+    def serving() -> None:
         run.wait_for("admin page: http://")  # serving: its handlers are in place
         assert _ignored_mask(run.process.pid) & (1 << (signum - 1)), "no longer ignored"
-        run.send(signum)  # discarded by the kernel: nothing to wait for
-        run.send(other)  # ... and this one ends it, as it alone would
-    except BaseException:
-        run.close()
-        raise
-    _ended(run, 130 if other == signal.SIGINT else 0, before=1)
-    _line(run, "admin", other)
+
+    # signum is discarded by the kernel (nothing to wait for); other ends it, as
+    # it alone would.
+    _signal_at(run, serving, signum, other)
+    _ended(run, 130 if other == signal.SIGINT else 0, "admin", other, before=1)
 
 
 # A program of its own that handles SIGTERM, then runs `foundation admin` in
@@ -363,18 +337,16 @@ def test_admin_embedded_leaves_the_programs_sigterm_handler_alone(
         "admin", "--store", sqlite_store, "--bind", "127.0.0.1:0",
         cwd=tmp_path, script=_EMBEDDING,
     )  # fmt: skip
-    try:
-        run.wait_for("admin page: http://")
-        run.send(signal.SIGTERM)
+
+    _signal_at(run, lambda: run.wait_for("admin page: http://"), signal.SIGTERM)
+
+    def handled() -> None:
         run.wait_for("the program's handler: 15")
         assert run.process.poll() is None, run.stderr  # still serving
-        run.send(signal.SIGINT)
-        run.wait_for("main returned")
-    except BaseException:
-        run.close()
-        raise
-    _ended(run, 0, before=1)
-    _line(run, "admin", signal.SIGINT)
+
+    _signal_at(run, handled, signal.SIGINT)
+    _signal_at(run, lambda: run.wait_for("main returned"))
+    _ended(run, 0, "admin", signal.SIGINT, before=1)
     assert run.stdout == [
         "the program's handler: 15",
         "main returned 130; handler kept: True",

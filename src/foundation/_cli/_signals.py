@@ -22,6 +22,7 @@ __all__ = [
     "Terminated",
     "install_sigterm",
     "raising_handler",
+    "restore_sigterm",
 ]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -63,3 +64,12 @@ def install_sigterm() -> object | None:
         return None
     signal.signal(signal.SIGTERM, _raise_terminated)
     return previous
+
+
+def restore_sigterm() -> None:
+    """Put SIGTERM's default back if :func:`install_sigterm`'s handler is in place
+    (it only ever replaces the default)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

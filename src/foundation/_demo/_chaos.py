@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from foundation._demo._console import Console
-from foundation._demo._interrupts import ctrl_c_deferred
+from foundation._demo._interrupts import ctrl_c_deferred, finishing
 from foundation._demo._logs import library_logs, show_library_logs
 from foundation._demo._redis_server import RedisServerError, RedisServerProcess
 from foundation._demo._scoreboard import Scoreboard
@@ -328,14 +328,17 @@ def run_chaos(console: Console, score: Scoreboard, *, fault_seconds: float, work
                 )
             finally:
                 # A signal may land mid-fault: thaw a frozen Redis first, or each
-                # close below would wait out its op timeouts (20 s in all).
-                if server.frozen:
-                    server.thaw()
-                for node in nodes:
-                    node.stop()
-    finally:  # also on a signal: no redis-server, no directory left behind
-        server.stop()
-        shutil.rmtree(cache_dir, ignore_errors=True)
+                # close below would wait out its op timeouts (20 s in all). A
+                # signal during this stop waits for its end (a second Ctrl-C cuts it).
+                with finishing(cut_by_a_second_ctrl_c=True):
+                    if server.frozen:
+                        server.thaw()
+                    for node in nodes:
+                        node.stop()
+    finally:  # also on a signal, or one during this: no redis-server, no directory left
+        with finishing():
+            server.stop()
+            shutil.rmtree(cache_dir, ignore_errors=True)
     show_library_logs(console, logs)
     score.check("no library thread died", not died, ", ".join(died))
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from foundation._demo._console import Console
-from foundation._demo._interrupts import ctrl_c_deferred
+from foundation._demo._interrupts import ctrl_c_deferred, finishing
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import percentile, wait_until
 from foundation.liveness import spawn_thread
@@ -219,14 +219,16 @@ def _stop_agents(
     processes: list[subprocess.Popen[bytes]],
     loop: _LoopThread,
 ) -> None:
-    """Release the waiting threads, reap the processes and stop the loop."""
-    for event in releases:
-        event.set()
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-    loop.close()
+    """Release the waiting threads, reap the processes and stop the loop: to the
+    end, whatever signal lands meanwhile (each step is bounded), then the signal."""
+    with finishing():
+        for event in releases:
+            event.set()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        loop.close()
 
 
 def _waiting_thread(releases: list[threading.Event]) -> threading.Thread:

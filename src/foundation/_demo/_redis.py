@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from foundation import _redis_conn
 from foundation._demo._console import Console
+from foundation._demo._interrupts import finishing
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import percentile, wait_until
 from foundation.errors import AlreadyRegistered, BackendUnavailable
@@ -27,53 +28,70 @@ def run_redis(
     """Node A registers agents; node B sees them, is refused duplicates, sees deaths."""
     console.heading("4. Two nodes on Redis")
     releases: list[threading.Event] = []
+    nodes: list[RedisRegistry] = []
     try:
-        with (
-            RedisRegistry(url, namespace=namespace, indexed=("role",), node="node-a") as node_a,
-            RedisRegistry(url, namespace=namespace, indexed=("role",), node="node-b") as node_b,
-        ):
-            visible_ms: list[float] = []
-            for i in range(agents):
-                release = threading.Event()
-                releases.append(release)
-                key = f"agent-{i}"
-                started = time.perf_counter()
-                node_a.register(
-                    key, spawn_thread(release.wait), {"role": "crawler" if i % 2 else "parser"}
-                )
-                if wait_until(_visible(node_b, key), timeout=5, interval=0.0002):
-                    visible_ms.append((time.perf_counter() - started) * 1000)
-            score.check("every write on node A is visible on node B", len(visible_ms) == agents, "")
-            crawlers = len(node_b.find_by_attribute("role", "crawler"))
-            score.check("node B answers index queries", crawlers == agents // 2, f"{crawlers}")
-            try:
-                node_b.register("agent-0", spawn_thread(releases[0].wait))
-                refused = False
-            except AlreadyRegistered:
-                refused = True
-            score.check("a duplicate key is refused across nodes", refused, "")
-            releases[1].set()  # agent-1 dies on node A
-            gone = wait_until(lambda: node_b.lookup("agent-1") is None, timeout=5)
-            score.check("a death on node A disappears on node B", gone, "")
-            console.table(
-                "Node A -> node B",
-                ["agents", "visible p50 ms", "visible p99 ms", "crawlers seen by B"],
-                [
-                    [
-                        agents,
-                        f"{percentile(visible_ms, 50):.2f}",
-                        f"{percentile(visible_ms, 99):.2f}",
-                        crawlers,
-                    ]
-                ],
-            )
-            score.figure(
-                "redis: write on A visible on B p99", f"{percentile(visible_ms, 99):.2f} ms"
-            )
+        for name in ("node-a", "node-b"):
+            nodes.append(RedisRegistry(url, namespace=namespace, indexed=("role",), node=name))
+        _two_nodes(console, score, nodes, releases, agents)
     finally:
-        for release in releases:  # also on Ctrl-C: the agents' threads end
-            release.set()
-        _drop_namespace(console, url, namespace)
+        # Also on a signal, and whatever signal lands during it (SIGTERM after a
+        # Ctrl-C, or at the part's end): the cleanup runs to its end, bounded by
+        # the closes' op timeouts; a second Ctrl-C cuts it short, and says so.
+        with finishing(cut_by_a_second_ctrl_c=True):
+            try:
+                for node in reversed(nodes):
+                    node.close()
+                for release in releases:  # the agents' threads end
+                    release.set()
+                _drop_namespace(console, url, namespace)
+            except KeyboardInterrupt:
+                console.say(f"  (the demo's keys {_pattern(namespace)} stay in Redis: interrupted)")
+                raise
+
+
+def _two_nodes(
+    console: Console,
+    score: Scoreboard,
+    nodes: list[RedisRegistry],
+    releases: list[threading.Event],
+    agents: int,
+) -> None:
+    """The part's checks: node A's agents seen, refused and dead on node B."""
+    node_a, node_b = nodes
+    visible_ms: list[float] = []
+    for i in range(agents):
+        release = threading.Event()
+        releases.append(release)
+        key = f"agent-{i}"
+        started = time.perf_counter()
+        node_a.register(key, spawn_thread(release.wait), {"role": "crawler" if i % 2 else "parser"})
+        if wait_until(_visible(node_b, key), timeout=5, interval=0.0002):
+            visible_ms.append((time.perf_counter() - started) * 1000)
+    score.check("every write on node A is visible on node B", len(visible_ms) == agents, "")
+    crawlers = len(node_b.find_by_attribute("role", "crawler"))
+    score.check("node B answers index queries", crawlers == agents // 2, f"{crawlers}")
+    try:
+        node_b.register("agent-0", spawn_thread(releases[0].wait))
+        refused = False
+    except AlreadyRegistered:
+        refused = True
+    score.check("a duplicate key is refused across nodes", refused, "")
+    releases[1].set()  # agent-1 dies on node A
+    gone = wait_until(lambda: node_b.lookup("agent-1") is None, timeout=5)
+    score.check("a death on node A disappears on node B", gone, "")
+    console.table(
+        "Node A -> node B",
+        ["agents", "visible p50 ms", "visible p99 ms", "crawlers seen by B"],
+        [
+            [
+                agents,
+                f"{percentile(visible_ms, 50):.2f}",
+                f"{percentile(visible_ms, 99):.2f}",
+                crawlers,
+            ]
+        ],
+    )
+    score.figure("redis: write on A visible on B p99", f"{percentile(visible_ms, 99):.2f} ms")
 
 
 def _drop_namespace(console: Console, url: str, namespace: str) -> None:
@@ -81,7 +99,8 @@ def _drop_namespace(console: Console, url: str, namespace: str) -> None:
     user's Redis (its namespace is new each run, so every key under it is ours;
     a closed registry leaves ``lastbeat``, ``log``, ``ver``... for nodes to come).
     A Redis gone by now costs one line: the keys are all under ``{namespace}:``."""
-    pattern = "{" + namespace + "}:*"  # (braces are plain characters to Redis's glob)
+    pattern = _pattern(namespace)
+    console.say(f"  removing the demo's keys {pattern} from Redis")
     try:
         client = _redis_conn.connect(url, op_timeout=2.0, name="foundation-demo-cleanup")
         try:
@@ -93,3 +112,8 @@ def _drop_namespace(console: Console, url: str, namespace: str) -> None:
             client.close()
     except BackendUnavailable as exc:
         console.say(f"  (the demo's keys {pattern} stay in Redis: {exc})")
+
+
+def _pattern(namespace: str) -> str:
+    """Every key of part 4 (braces are plain characters to Redis's glob)."""
+    return "{" + namespace + "}:*"

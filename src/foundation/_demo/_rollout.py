@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundation._demo._console import Console
+from foundation._demo._interrupts import ctrl_c_deferred, finishing
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import wait_until
 from foundation.flags import FeatureFlags, Flag, Migration, MigrationPlan, SQLiteFlagStore
@@ -46,31 +48,46 @@ def _declared() -> list[Flag]:
 def run_rollout(console: Console, score: Scoreboard, *, seconds: float, workers: int) -> None:
     """Advance, roll back and re-advance the registry migration while threads keep working."""
     console.heading("2. Staged rollout: the registry switches backends under live traffic")
-    with tempfile.TemporaryDirectory(prefix="foundation-demo-") as tmp:
-        store = SQLiteFlagStore(Path(tmp) / "flags.sqlite3")
-        flags = FeatureFlags(_declared(), store=store)
-        registry = MigratingRegistry(ThreadLocalRegistry(), MemoryRegistry(), flags, flag=FLAG)
-        migration = Migration(flags, MigrationPlan.default(), readiness=[registry.readiness])
-        try:
-            _drive(console, score, flags, registry, migration, seconds=seconds, workers=workers)
-        finally:
+    tmp: str | None = None
+    try:
+        with ctrl_c_deferred():  # a signal inside mkdtemp would lose the directory
+            tmp = tempfile.mkdtemp(prefix="foundation-demo-")
+        _rollout_in(console, score, Path(tmp), seconds=seconds, workers=workers)
+    finally:
+        with finishing():  # a signal during the removal waits for its end
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rollout_in(
+    console: Console, score: Scoreboard, tmp: Path, *, seconds: float, workers: int
+) -> None:
+    """The rollout on a flag store in ``tmp``, then the store reopened (a restart)."""
+    store = SQLiteFlagStore(tmp / "flags.sqlite3")
+    flags = FeatureFlags(_declared(), store=store)
+    registry = MigratingRegistry(ThreadLocalRegistry(), MemoryRegistry(), flags, flag=FLAG)
+    migration = Migration(flags, MigrationPlan.default(), readiness=[registry.readiness])
+    try:
+        _drive(console, score, flags, registry, migration, seconds=seconds, workers=workers)
+    finally:
+        with finishing():  # also when a signal lands during the closes
             registry.close()
             flags.close()
             store.close()
 
-        # Persistence: a restarted flag service sees the rollout exactly as it was left.
-        store = SQLiteFlagStore(Path(tmp) / "flags.sqlite3")
+    # Persistence: a restarted flag service sees the rollout exactly as it was left.
+    store = SQLiteFlagStore(tmp / "flags.sqlite3")
+    try:
+        flags = FeatureFlags(_declared(), store=store)
         try:
-            flags = FeatureFlags(_declared(), store=store)
-            try:
-                restored = Migration(flags, MigrationPlan.default()).status().stage
-                score.check(
-                    "migration stage survives a restart", restored == 1, f"stage {restored}"
-                )
-                score.check("flag survives a restart", flags.enabled(FLAG), "")
-            finally:
-                flags.close()
+            restored = Migration(flags, MigrationPlan.default()).status().stage
+            score.check("migration stage survives a restart", restored == 1, f"stage {restored}")
+            score.check("flag survives a restart", flags.enabled(FLAG), "")
         finally:
+            with finishing():
+                flags.close()
+    finally:
+        with finishing():
             store.close()
 
 
@@ -111,9 +128,10 @@ def _drive(
         barrier.abort()
         raise
     finally:
-        for thread in threads:
-            if thread.is_alive():
-                thread.join(10)
+        with finishing():  # a signal meanwhile waits: no traffic thread outlives the part
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join(10)
     console.table("Rollout phases under traffic", ["phase", FLAG, "live registrations"], timeline)
     _score_traffic(console, score, registry, crew, seconds)
     _show_flag_history(console, flags)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from foundation._demo._console import Console
-from foundation._demo._interrupts import ctrl_c_deferred
+from foundation._demo._interrupts import ctrl_c_deferred, finishing
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import wait_until
 from foundation.application import AppConfig, Application
@@ -93,11 +93,11 @@ def run_supervision(console: Console, score: Scoreboard) -> None:
 
 @contextlib.contextmanager
 def _stopped_whole(app: Application) -> Iterator[Application]:
-    """Like ``with app``, but a Ctrl-C during the stop waits for the stop's end."""
+    """Like ``with app``, but a signal during the stop waits for the stop's end."""
     try:
         yield app
     finally:
-        with ctrl_c_deferred():
+        with finishing():
             app.stop()
 
 
