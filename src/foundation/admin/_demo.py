@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from foundation._demo._interrupts import ctrl_c_deferred
+from foundation._demo._interrupts import ctrl_c_deferred, finishing
 from foundation.admin._server import AdminServer
 from foundation.errors import FoundationError, InvalidConfig
 from foundation.flags import (
@@ -103,6 +104,21 @@ def _demo_tree() -> Supervisor:
     )
 
 
+def _churn(
+    stop: threading.Event, procs: list[subprocess.Popen[bytes]], registry: MemoryRegistry
+) -> None:
+    """Keep a few OS-process agents alive, killing one every few seconds."""
+    n = 0
+    while not stop.wait(3.0):  # sleep-ok: the demo's pace, not synchronisation
+        n += 1
+        proc = _process()
+        procs.append(proc)
+        registry.register(f"batch-{n}", proc, {"role": "batch", "zone": f"eu-{n % 2}"})
+        alive = [p for p in procs if p.poll() is None]
+        if len(alive) > 2:
+            alive[0].kill()
+
+
 def serve_demo(bind: str, say: Callable[[str], None] = print) -> int:
     """Serve the admin page over a demo system until a signal stops it.
 
@@ -111,63 +127,72 @@ def serve_demo(bind: str, say: Callable[[str], None] = print) -> int:
     propagate once the server, the supervisor, the agents' processes and the
     temporary directory are gone.
     """
+    tmp: str | None = None
+    try:
+        with ctrl_c_deferred():  # a signal inside mkdtemp would lose the directory
+            tmp = tempfile.mkdtemp(prefix="foundation-admin-demo-")
+        return _serve_in(Path(tmp), bind, say)
+    finally:
+        with finishing():  # a signal during the removal waits for its end
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _serve_in(tmp: Path, bind: str, say: Callable[[str], None]) -> int:
+    """``serve_demo`` in its temporary directory ``tmp``."""
     token = secrets.token_urlsafe(12)
     stop = threading.Event()
     procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="foundation-admin-demo-") as tmp:
-        store = SQLiteFlagStore(Path(tmp) / "flags.sqlite3")
-        registry = MemoryRegistry()
-        worker: threading.Thread | None = None
-        flags: FeatureFlags | None = None
-        try:
-            flags = _demo_flags(store)
-            migration = Migration(flags, MigrationPlan.default())
-            sup = _demo_tree()
+    store = SQLiteFlagStore(tmp / "flags.sqlite3")
+    registry = MemoryRegistry()
+    worker: threading.Thread | None = None
+    flags: FeatureFlags | None = None
+    # The server and the tree, stopped in the finally below (also on a signal).
+    running = contextlib.ExitStack()
+    try:
+        flags = _demo_flags(store)
+        migration = Migration(flags, MigrationPlan.default())
+        sup = _demo_tree()
 
-            def churn() -> None:
-                # Keeps a few OS-process agents alive, killing one every few seconds.
-                n = 0
-                while not stop.wait(3.0):  # sleep-ok: the demo's pace, not synchronisation
-                    n += 1
-                    proc = _process()
-                    procs.append(proc)
-                    registry.register(f"batch-{n}", proc, {"role": "batch", "zone": f"eu-{n % 2}"})
-                    alive = [p for p in procs if p.poll() is None]
-                    if len(alive) > 2:
-                        alive[0].kill()
-
-            for i in range(6):
-                registry.register(
-                    f"api-{i}",
-                    spawn_thread(stop.wait, name=f"api-{i}"),
-                    {"role": "api", "zone": f"eu-{i % 2}"},
-                )
-            with contextlib.ExitStack() as running:
-                # A signal while the tree and the server start waits for their
-                # start's end: cut in half, a started thread would not be stopped.
-                with ctrl_c_deferred():
-                    handle = running.enter_context(sup.run_in_thread())
-                    try:
-                        server = AdminServer(
-                            flags=flags,
-                            migration=migration,
-                            registry=registry,
-                            supervisors=[handle],
-                            token=f"demo:{token}",
-                            bind=bind,
-                        ).start()
-                    except InvalidConfig as exc:
-                        say(f"admin page: {exc}")
-                        return 1
-                    running.callback(server.close)
-                worker = threading.Thread(target=churn, name="admin-demo-churn", daemon=True)
-                worker.start()
-                say(f"admin page: {server.url}  (token: {token})  Ctrl-C to stop")
-                stop.wait()  # until a signal's exception (nothing else sets it)
-        except FoundationError as exc:
-            say(f"admin page: {exc}")
-            return 1
-        finally:
+        for i in range(6):
+            registry.register(
+                f"api-{i}",
+                spawn_thread(stop.wait, name=f"api-{i}"),
+                {"role": "api", "zone": f"eu-{i % 2}"},
+            )
+        # A signal while the tree and the server start waits for their
+        # start's end: cut in half, a started thread would not be stopped.
+        with ctrl_c_deferred():
+            handle = running.enter_context(sup.run_in_thread())
+            try:
+                server = AdminServer(
+                    flags=flags,
+                    migration=migration,
+                    registry=registry,
+                    supervisors=[handle],
+                    token=f"demo:{token}",
+                    bind=bind,
+                ).start()
+            except InvalidConfig as exc:
+                say(f"admin page: {exc}")
+                return 1
+            running.callback(server.close)
+        worker = threading.Thread(
+            target=_churn, args=(stop, procs, registry), name="admin-demo-churn", daemon=True
+        )
+        worker.start()
+        say(f"admin page: {server.url}  (token: {token})  Ctrl-C to stop")
+        stop.wait()  # until a signal's exception (nothing else sets it)
+    except FoundationError as exc:
+        say(f"admin page: {exc}")
+        return 1
+    finally:
+        # Also when a signal lands during the closes; a second Ctrl-C cuts them short.
+        with finishing(cut_by_a_second_ctrl_c=True):
+            try:
+                running.close()
+            except FoundationError as exc:  # the tree did not stop cleanly: said, not raised
+                say(f"admin page: {exc}")
             stop.set()
             if worker is not None and worker.is_alive():
                 worker.join(10)
