@@ -68,10 +68,6 @@ if TYPE_CHECKING:
 
 _HAVE_PIDFD = sys.platform == "linux" and hasattr(os, "pidfd_open")
 _POLL_INTERVAL = 0.02  # process exit polling where pidfd is unavailable
-# A stopped thread child's end (is_alive() False), after its exit was seen:
-_UNWIND_GRACE = 1.0  # seconds it gets at least, whatever is left of its timeout
-_UNWIND_POLL_MIN = 0.0005  # first polling interval (seconds), doubled up to
-_UNWIND_POLL_MAX = 0.02
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -344,10 +340,9 @@ class TaskRun(Run):
 class ThreadRun(Run):
     """A plain function run in a daemon thread; stopped by ``ctx.stopping``.
 
-    A stop returns once the thread itself has ended (``is_alive()`` False),
-    not merely its function. A thread cannot be killed: one still running
-    after its shutdown timeout is abandoned (it stays a daemon thread, so it
-    cannot block interpreter exit) and reported as ``"abandoned"``.
+    A thread cannot be killed: one still running after its shutdown timeout is
+    abandoned (it stays a daemon thread, so it cannot block interpreter exit)
+    and reported as ``"abandoned"``.
     """
 
     handle: threading.Thread
@@ -378,52 +373,6 @@ class ThreadRun(Run):
         # RuntimeError: the loop is closed (an abandoned thread that ended late).
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self._exit, exit)
-
-    async def _stop_once(self, timeout: float | None) -> ChildExit:
-        began = self.loop.time()
-        exit = await super()._stop_once(timeout)
-        if exit.reason == "abandoned":
-            return exit
-        # Race: the exit is sent from the thread at the end of _body, but the
-        # thread goes on a little: spawn_thread's watch fires, threading's
-        # bookkeeping runs, then its thread-local values are destroyed (user
-        # __del__ code) before is_alive() turns False. A stop returning now
-        # would leave a stopped child's thread alive (OTP returns once the
-        # child is dead). So wait for the thread itself, within what is left
-        # of the timeout (at least _UNWIND_GRACE: unwinding is normally done
-        # in microseconds, and a child that ended just in time, or on its
-        # own before a brutal_kill, must not be abandoned for the scheduler's
-        # delay); one still alive then is abandoned, as one that never returned.
-        left = None if timeout is None else timeout - (self.loop.time() - began)
-        if await self._thread_ended(None if left is None else max(left, _UNWIND_GRACE)):
-            return exit
-        reports.thread_abandoned(self.supervisor, self.spec.id, thread_name=self.handle.name)
-        return ChildExit("abandoned")
-
-    async def _thread_ended(self, timeout: float | None) -> bool:
-        """Wait, without blocking the loop, until the thread has ended; False
-        if it is still alive after ``timeout`` seconds.
-
-        Polled (a short backoff), because nothing signals the very end of a
-        thread but its join(), which blocks: a join in a helper thread would
-        leave that thread behind in turn, and one in the loop's executor would
-        add threads to a loop that may be the caller's. Almost always the
-        first check already sees it ended.
-        """
-        import asyncio
-
-        thread = self.handle
-        deadline = None if timeout is None else self.loop.time() + timeout
-        delay = 0.0
-        while thread.is_alive():
-            if deadline is not None:
-                left = deadline - self.loop.time()
-                if left <= 0:
-                    return False
-                delay = min(delay, left)
-            await asyncio.sleep(delay)  # the first turn only yields (delay 0)
-            delay = min(max(2 * delay, _UNWIND_POLL_MIN), _UNWIND_POLL_MAX)
-        return True
 
     async def _stop(self, timeout: float | None) -> ChildExit:
         self.ctx.stopping.set()

@@ -83,11 +83,7 @@ class ChildSpec:
     ever) bounds an orderly stop before the child is killed where its kind
     allows it; ``0`` is OTP's ``brutal_kill`` (no orderly stop: a process gets
     SIGKILL, a task is cancelled and not waited for, a thread is abandoned at
-    once). A stopped process has been reaped, and a stopped thread has ended
-    (``is_alive()`` False), not only its function: a thread whose end (its
-    thread-local values' destructors, say) runs on past the timeout, and
-    past a grace of a second once its function returned, is abandoned. With
-    a registry, the child's live handle is registered under
+    once). With a registry, the child's live handle is registered under
     ``register_as`` (default: ``id``) with ``metadata`` on every (re)start; a
     name held by a live agent outside the supervisor is refused.
 
