@@ -83,7 +83,12 @@ class ChildSpec:
     ever) bounds an orderly stop before the child is killed where its kind
     allows it; ``0`` is OTP's ``brutal_kill`` (no orderly stop: a process gets
     SIGKILL, a task is cancelled and not waited for, a thread is abandoned at
-    once). With a registry, the child's live handle is registered under
+    once). A stopped process has been reaped; a stopped thread's function has
+    returned, and its thread ends right after, once the death listeners that
+    run on it (``spawn_thread`` tells monitors from the dying thread) and its
+    thread-locals' destructors are done: a stop does not wait for those, as
+    they may wait for the supervisor. With a registry, the child's live
+    handle is registered under
     ``register_as`` (default: ``id``) with ``metadata`` on every (re)start; a
     name held by a live agent outside the supervisor is refused.
 
