@@ -44,11 +44,14 @@ thread that saw the death (a monitor thread, or the event loop for asyncio
 agents), and the events queued while a listener runs by the same thread:
 keep listeners quick.
 
+Delivery is ``registry._listeners.DeliveryQueue`` (``_delivery``), the one
+helper that also delivers ``MigratingRegistry``'s events.
+
 A writer may tag the writes it makes in a thread (private, for
 ``MigratingRegistry``): while ``_write_tags.tag`` is set in a thread, each
 event queued by that thread's writes carries the tag, except the events of
 writes made by listeners the thread runs meanwhile (delivery clears the tag
-around the listeners); ``_delivering`` is the tag of the event whose
+around the listeners); ``_delivery.delivering`` is the tag of the event whose
 listeners are running. ``MigratingRegistry`` recognises the events of its own
 backend calls by it, whichever thread delivers them and when.
 """
@@ -57,12 +60,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from foundation._unraisable import report_unraisable
 from foundation.errors import (
     AlreadyRegistered,
     Closed,
@@ -73,7 +74,7 @@ from foundation.errors import (
 )
 from foundation.liveness import Down, Monitor, MonitorManager, is_alive
 from foundation.registry._async import DirectAsyncWrites
-from foundation.registry._listeners import CopyOnWriteListeners
+from foundation.registry._listeners import CopyOnWriteListeners, DeliveryQueue, _write_tags
 from foundation.registry._plain import PLAIN_SUBCLASSES
 from foundation.registry._query import AttributeIndex, compile_criteria, index_plan, matches
 from foundation.registry._types import (
@@ -102,17 +103,8 @@ if TYPE_CHECKING:
 __all__ = ["MemoryRegistry", "MemoryRegistryStats"]
 
 _now = time.time
-_get_ident = threading.get_ident
 
 
-class _WriteTags(threading.local):
-    """Per thread: the tag of the writes this thread is making (None: untagged)."""
-
-    def __init__(self) -> None:  # run in each thread (an instance attribute reads
-        self.tag: object = None  # about 3x faster than a class attribute default)
-
-
-_write_tags = _WriteTags()
 # Stores the private slot directly, past Entry's frozen __setattr__.
 _set_registration = _EntrySlots.__dict__["_registration"].__set__
 
@@ -298,11 +290,11 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         self._indexed_queries = 0
         self._scans = 0
         self._listeners: tuple[Listener, ...] = ()  # copy-on-write, replaced under _lock
-        # Events to deliver: (event, its writer's tag), queued under _lock.
-        self._pending: deque[tuple[RegistryEvent, object]] = deque()
-        self._delivering: object = None  # the tag of the event being delivered
-        self._dispatch_lock = threading.Lock()  # held by the one thread delivering
-        self._dispatch_owner = 0
+        # Events to deliver, outside the write lock: (event, its writer's tag),
+        # queued under _lock. Its deque is bound here too: the write paths
+        # test it (an attribute load less).
+        self._delivery = DeliveryQueue(self, "_listeners", "MemoryRegistry listener")
+        self._pending = self._delivery.pending
         self._closed = False
 
     def _closed_first(self) -> None:
@@ -487,7 +479,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 table[key] = entry
                 if not self._listeners:
                     # Done (the finally releases the lock). Events queued by other
-                    # writers are theirs to deliver: each writer dispatches its own.
+                    # writers are theirs to deliver: each writer delivers its own.
                     return
                 self._pending.append((RegistryEvent("registered", entry), _write_tags.tag))
                 error = replaced = None
@@ -503,7 +495,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             # registration under the key and does nothing.
             replaced.release()
         if self._pending:
-            self._dispatch()
+            self._delivery.deliver()
 
     def _register_conflict(
         self, entry: Entry, old: Entry | None, replace: bool
@@ -585,7 +577,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if watch.detachable and not watch.monitors:
                 mon._manager._release_watch(watch)
         if self._pending:
-            self._dispatch()
+            self._delivery.deliver()
         return True
 
     def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
@@ -624,7 +616,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if self._listeners:
                 self._pending.append((RegistryEvent("updated", new), _write_tags.tag))
         if self._pending:
-            self._dispatch()
+            self._delivery.deliver()
 
     def _on_down(self, reg: _Registration, down: Down) -> None:
         """The agent of registration ``reg`` died: remove its entry (if still there)."""
@@ -646,52 +638,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                     (RegistryEvent("unregistered", cur, "down", down), _write_tags.tag)
                 )
         if self._pending:
-            self._dispatch()
-
-    # ------------------------------------------------------------------ events
-
-    def _dispatch(self) -> None:
-        """Deliver queued events in write order, one at a time, outside the write lock;
-        unless another thread is delivering: it delivers them, and this one returns.
-
-        Race: a writer whose try fails leaves its events to the deliverer, which
-        looks at the queue again after releasing its lock; an event queued after
-        that look finds the lock free (or a newer deliverer that looks again in
-        turn). So no event is stranded, and no writer waits for a listener
-        running in another thread: that listener may be waiting for the writer
-        (a deadlock), or be slow (every writer stalled).
-        """
-        me = _get_ident()
-        if self._dispatch_owner == me:
-            return  # a listener wrote: the loop below, further up this stack, delivers it
-        pending = self._pending
-        lock = self._dispatch_lock
-        while pending:
-            if not lock.acquire(blocking=False):
-                return  # another thread delivers: it looks again after releasing
-            self._dispatch_owner = me
-            tags = _write_tags
-            tag = tags.tag
-            if tag is not None:
-                # The writes listeners make are not those of the write this
-                # thread may be making (whose events it is delivering).
-                tags.tag = None
-            try:
-                while pending:  # only the lock's holder pops: not empty here, not empty below
-                    event, self._delivering = pending.popleft()
-                    for listener in self._listeners:
-                        try:
-                            listener(event)
-                        except Exception as exc:  # a broken listener must not break a writer
-                            report_unraisable(exc, "MemoryRegistry listener", listener)
-            finally:
-                # (A BaseException from a listener, KeyboardInterrupt say, leaves
-                # the rest queued: the next write's dispatch delivers them.)
-                self._delivering = None
-                if tag is not None:
-                    tags.tag = tag
-                self._dispatch_owner = 0
-                lock.release()
+            self._delivery.deliver()
 
     # ------------------------------------------------------------------ admin
 

@@ -23,14 +23,16 @@ call: a tag is two thread-local stores, and the tag travels with the event.
 Every forwarded event goes to one queue, in the order the backends delivered
 them, and the facade's listeners are called from it, one event at a time, by
 one thread at a time that holds no lock of the facade (nor, for events a
-backend delivers from its own threads, any lock of the backend):
+backend delivers from its own threads, any lock of the backend). The queue is
+a ``registry._listeners.DeliveryQueue``, the helper that delivers
+``MemoryRegistry``'s events too:
 
 * a facade call delivers at exit, once it has released the facade lock (a
   pump or a pass, rules 6 and 7, once it has released its lock too);
 * an event a backend delivers outside any facade call (a death its monitor
   saw, a remote change) is handed to a short-lived courier thread: the
   backend may be delivering it holding a lock of its own (``MemoryRegistry``
-  holds its dispatch lock while it delivers, and a slow listener there
+  holds its delivery lock while it delivers, and a slow listener there
   would delay every event queued behind it);
 * a thread that finds another one delivering leaves its events to it and
   returns at once (that thread delivers them after the listener it is
@@ -44,7 +46,8 @@ from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from foundation.registry._memory import MemoryRegistry, _write_tags
+from foundation.registry._listeners import DeliveryQueue, _write_tags
+from foundation.registry._memory import MemoryRegistry
 from foundation.registry._types import Registry, RegistryEvent
 
 if TYPE_CHECKING:
@@ -70,14 +73,14 @@ class _Tag:
 
 
 class _Tags:
-    """A ``MemoryRegistry`` side of a facade: the backend and the facade's two
-    tags for its calls there (unique to this facade: another facade's, or
-    none, is an asynchronous event here)."""
+    """A ``MemoryRegistry`` side of a facade: the backend's delivery queue and
+    the facade's two tags for its calls there (unique to this facade: another
+    facade's, or none, is an asynchronous event here)."""
 
-    __slots__ = ("backend", "drop", "keep")
+    __slots__ = ("delivery", "drop", "keep")
 
     def __init__(self, backend: MemoryRegistry) -> None:
-        self.backend = backend
+        self.delivery = backend._delivery  # .delivering: the tag of the event it delivers
         self.keep = _Tag(True)
         self.drop = _Tag(False)
 
@@ -212,19 +215,31 @@ class _EventRouting:
     _muted_lock: threading.Lock
     _tags: dict[Side, _Tags]  # the sides that tag their events
 
-    _out: deque[RegistryEvent]  # forwarded events, in delivery order, not yet delivered
-    _out_lock: threading.Lock  # held by the one thread delivering them
-    _out_owner: int | None  # that thread's ident
+    _delivery: DeliveryQueue  # the forwarded events and the one delivering them
+    _out: deque[tuple[RegistryEvent, object]]  # its queue: (event, None), in delivery order
 
     if TYPE_CHECKING:  # as _LegacyRetries defines them
 
         def _flush_out(self) -> None: ...
 
     def _init_delivery(self) -> None:
-        """Set the delivery queue (called once, by ``MigratingRegistry.__init__``)."""
-        self._out = deque()
-        self._out_lock = threading.Lock()
-        self._out_owner = None
+        """Set the delivery queue (called once, by ``MigratingRegistry.__init__``,
+        once ``_listeners`` is set).
+
+        The facade's listeners are called by ``DeliveryQueue.deliver`` (in a
+        thread that holds no lock of the facade: ``_flush_out`` checks), or by
+        a courier thread (``DeliveryQueue.hand_off``: for an event queued
+        outside any facade call, in a backend's own thread, which may hold a
+        lock of the backend that a facade writer waits for); a thread that
+        finds another one delivering leaves its events to it and does not wait.
+        """
+        self._delivery = DeliveryQueue(
+            self._listeners,
+            "current",
+            "MigratingRegistry listener",
+            courier_name="foundation-migrating-events",
+        )
+        self._out = self._delivery.pending  # (bound here: an attribute load less)
         self._tags = {}
 
     def _tag_events_of(self, side: Side, backend: Registry) -> None:
@@ -232,54 +247,6 @@ class _EventRouting:
         per side, by ``MigratingRegistry.__init__``)."""
         if isinstance(backend, MemoryRegistry):
             self._tags[side] = _Tags(backend)
-
-    def _deliver(self, me: int) -> None:
-        """Call the listeners with the queued events, in order, one at a time,
-        in thread ``me`` (the caller), which holds no lock of the facade
-        (``_flush_out`` checks); unless another thread is delivering.
-
-        Race: a thread whose try fails leaves its events to the deliverer,
-        which looks at the queue again after releasing its lock; an event
-        queued after that look finds the lock free. So no event is stranded,
-        and no thread waits for a listener running in another thread (that
-        listener may be waiting for it: a deadlock).
-        """
-        if self._out_owner == me:
-            return  # re-entered from a listener: the loop below, up this stack, goes on
-        out = self._out
-        lock = self._out_lock
-        while out:
-            if not lock.acquire(blocking=False):
-                return  # another thread delivers: it looks again after releasing
-            self._out_owner = me
-            try:
-                dispatch = self._listeners.dispatch  # a listener's error is reported there
-                while out:  # only the lock's holder pops: not empty here, not empty below
-                    dispatch(out.popleft())
-            finally:
-                self._out_owner = None
-                lock.release()
-
-    def _courier(self) -> None:
-        """The body of a courier thread (``_hand_off``): it holds no lock."""
-        self._deliver(threading.get_ident())
-
-    def _hand_off(self) -> None:
-        """An event queued outside any facade call (a backend's own thread):
-        delivered by a courier thread, never here, where the backend may hold
-        a lock of its own that a facade writer waits for (a listener waiting
-        for that writer would deadlock, a slow one would stall every writer)."""
-        if self._out_owner == threading.get_ident():
-            return  # a listener wrote to a backend directly: the loop up this stack delivers
-        if self._out_lock.locked():
-            return  # another thread delivers: it looks again after releasing (_deliver)
-        courier = threading.Thread(
-            target=self._courier, name="foundation-migrating-events", daemon=True
-        )
-        try:
-            courier.start()
-        except RuntimeError:  # no thread can start (interpreter shutdown, thread limit)
-            self._courier()  # here, rather than never
 
     def _ctx(self) -> _Ctx | None:
         ctx: _Ctx | None = getattr(self._tls, "ctx", None)
@@ -310,25 +277,25 @@ class _EventRouting:
         if tags is not None:
             # The tag of the backend call that queued this event (read in the
             # thread delivering it, while it does: this event's).
-            tag = tags.backend._delivering
+            tag = tags.delivery.delivering
             if tag is tags.drop:
                 return  # a dropped or muted call's own event, delivered by whichever thread
             # A kept call's own event; or asynchronous (a death, another
             # writer's change, another facade's call): forwarded when this
             # side is authoritative at delivery time. Delivered after the
             # facade call this thread is in, if any; else by a courier
-            # thread (_hand_off).
+            # thread (_delivery.hand_off).
             if tag is tags.keep or (side == _TARGET) == self._on:
-                self._out.append(event)
+                self._out.append((event, None))
                 if self._ctx() is None:
-                    self._hand_off()
+                    self._delivery.hand_off()
             return
         ctx = self._ctx()
         if ctx is not None:
             # An event of a call this facade is making in this thread: queued,
             # delivered when the call exits (after the lock is released).
             if ctx.keep == side:
-                self._out.append(event)
+                self._out.append((event, None))
                 return
             if ctx.muted is _UNMUTED:
                 return  # a dropped (mirror or catch-up) call's own event
@@ -338,12 +305,13 @@ class _EventRouting:
         # here by a backend whose dispatching thread delivers other threads'
         # events too: forward when this side is authoritative at delivery time.
         # Inside a facade call (maybe a pump's or a pass's, holding its lock),
-        # delivered after it; else by a courier thread (_hand_off). A
-        # listener's error is reported by dispatch, never raised into a backend.
+        # delivered after it; else by a courier thread (_delivery.hand_off). A
+        # listener's error is reported by the delivery queue, never raised into
+        # a backend.
         if (side == _TARGET) == self._on:
-            self._out.append(event)
+            self._out.append((event, None))
             if ctx is None:
-                self._hand_off()
+                self._delivery.hand_off()
 
     def _on_target_event(self, event: RegistryEvent) -> None:
         # Deaths are applied to the records at the next write (rule 5); a

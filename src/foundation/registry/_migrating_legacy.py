@@ -112,7 +112,7 @@ class _LegacyRetries(_DivergenceBook):
         self._telemetry_out.append((name, data))
 
     def _flush_out(self) -> None:
-        """Deliver the queued ``subscribe()`` events (``_deliver``) and emit the
+        """Deliver the queued ``subscribe()`` events (``_delivery``) and emit the
         queued telemetry events, unless this thread holds a lock of the facade
         (the facade lock, the pump or the pass).
 
@@ -135,7 +135,7 @@ class _LegacyRetries(_DivergenceBook):
         owned = self._lock_owned
         if owned is not None and owned():
             return  # the outer call flushes once it has released the lock
-        self._deliver(me)
+        self._delivery.deliver()
         while True:
             try:
                 name, data = out.popleft()
