@@ -44,7 +44,7 @@ from typing import Any, Generic, TypeVar
 
 from foundation._unraisable import report_unraisable
 
-__all__ = ["Listeners", "check_listener", "subscribe_to", "unsubscriber", "without"]
+__all__ = ["Listeners", "call_each", "check_listener", "subscribe_to", "unsubscriber", "without"]
 
 E = TypeVar("E")
 
@@ -108,6 +108,19 @@ def unsubscriber(
     return unsubscribe
 
 
+def call_each(
+    listeners: tuple[Callable[[E], object], ...], event: E, where: str, area: str
+) -> None:
+    """Call each of ``listeners`` with ``event``; an ``Exception`` is reported
+    (:func:`foundation._unraisable.report_unraisable`, naming ``where``) and the
+    next listener runs. The one loop behind every ``dispatch``."""
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception as exc:  # a broken listener must not break the writer
+            report_unraisable(exc, where, listener, area=area)
+
+
 class Listeners(Generic[E]):
     """A copy-on-write list of listeners with reported dispatch (see the module docs).
 
@@ -134,11 +147,7 @@ class Listeners(Generic[E]):
 
     def dispatch(self, event: E) -> None:
         """Call every listener with ``event``; errors are reported, never raised."""
-        for listener in self.current:
-            try:
-                listener(event)
-            except Exception as exc:  # a broken listener must not break the writer
-                report_unraisable(exc, self._where, listener, area=self._area)
+        call_each(self.current, event, self._where, self._area)
 
     def clear(self) -> None:
         """Drop every listener (``close()``); later unsubscribes do nothing."""

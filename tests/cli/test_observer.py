@@ -120,3 +120,34 @@ def test_observer_constructor_errors(redis_server: RedisServer) -> None:
         RedisObserver(redis_server.url, namespace="{bad}")
     with pytest.raises(errors.BackendUnavailable):
         RedisObserver("redis://127.0.0.1:1/0", namespace="n", timeout=0.5)
+
+
+def test_observer_subscriptions_follow_the_one_listener_rule(redis_server: RedisServer) -> None:
+    # As every subscribe of the library: a non-callable is refused at the call;
+    # a listener subscribed twice is called twice; one unsubscribe removes one
+    # subscription and is idempotent.
+    ns = f"obs-{uuid.uuid4().hex[:8]}"
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def listener(event: RegistryEvent) -> None:
+        seen.append(str(event.entry.key))
+
+    with (
+        RedisRegistry(redis_server.url, namespace=ns) as reg,
+        RedisObserver(redis_server.url, namespace=ns, timeout=0.5) as obs,
+    ):
+        with pytest.raises(TypeError, match="a listener must be callable"):
+            obs.subscribe(None)  # type: ignore[arg-type]
+        first = obs.subscribe(listener)
+        obs.subscribe(listener)
+        reg.register("a", spawn_thread(stop.wait), {})
+        _until(lambda: seen.count("a") == 2, "both subscriptions to see 'a'")
+        first()
+        first()  # idempotent: the second subscription stays
+        reg.register("b", spawn_thread(stop.wait), {})
+        _until(lambda: "b" in seen, "the remaining subscription to see 'b'")
+        reg.register("c", spawn_thread(stop.wait), {})
+        _until(lambda: "c" in seen, "the remaining subscription to see 'c'")
+        assert seen.count("b") == 1, seen
+    stop.set()

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from foundation import _redis_conn
+from foundation._listeners import Listeners
 from foundation._retry import RetryBackoff
-from foundation._unraisable import report_unraisable
 from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidConfig
 from foundation.registry._query import compile_criteria, matches
 from foundation.registry._redis._codec import RemoteAgent, decode_key
@@ -128,7 +128,9 @@ class RedisObserver:
         self._mirror = Mirror(())
         self._tail_v = 0
         self._sid = "0-0"
-        self._listeners: tuple[Listener, ...] = ()
+        self._listeners: Listeners[RegistryEvent] = Listeners(
+            "RedisObserver listener", area="registry.redis"
+        )
         self._deaths: collections.deque[Death] = collections.deque(maxlen=max(1, recent))
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -231,17 +233,9 @@ class RedisObserver:
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(event)`` for every change seen; returns an unsubscribe callable."""
-        if not callable(listener):
-            raise TypeError(f"listener must be callable, not {listener!r}")
         with self._lock:
             self._check_open()
-            self._listeners = (*self._listeners, listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._listeners = tuple(x for x in self._listeners if x is not listener)
-
-        return unsubscribe
+        return self._listeners.subscribe(listener)
 
     def close(self) -> None:
         """Stop the thread and close the connections; idempotent."""
@@ -447,15 +441,8 @@ class RedisObserver:
     def _emit(self, events: list[RegistryEvent]) -> None:
         if not events:
             return
-        listeners = self._listeners
         for event in events:
-            for listener in listeners:
-                try:
-                    listener(event)
-                except Exception as exc:  # one broken listener must not stop the observer
-                    report_unraisable(
-                        exc, "RedisObserver listener", listener, area="registry.redis"
-                    )
+            self._listeners.dispatch(event)
 
 
 def _check_arguments(namespace: object, timeout: object) -> None:

@@ -24,12 +24,12 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final
 
 from foundation import _redis_conn, telemetry
-from foundation._unraisable import report_unraisable
+from foundation._listeners import call_each
 from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidMetadata
 from foundation.liveness import Down, Monitor, MonitorManager
 from foundation.registry._redis._codec import RemoteAgent, index_names, s
 from foundation.registry._redis._mirror import Mirror
-from foundation.registry._redis._state import Link, log
+from foundation.registry._redis._state import Link
 from foundation.registry._types import Entry, Listener, RegistryEvent, UnregisterReason, new_entry
 from foundation.registry._validation import metadata_from_json
 
@@ -121,21 +121,6 @@ def _down_from(dr: str, dc: str, ds: str) -> Down:
         exit_code=int(dc) if dc else None,
         signal=int(ds) if ds else None,
     )
-
-
-def _report_listener_error(exc: Exception, listener: Listener, event: RegistryEvent) -> None:
-    """Report a listener's exception the way every backend does; if reporting
-    itself fails, log the listener's error here (a thread never dies of it)."""
-    try:
-        report_unraisable(exc, "RedisRegistry listener", listener, area="registry.redis")
-    except Exception:
-        log.error(
-            "RedisRegistry listener %r raised on a %s event for %r (ignored)",
-            listener,
-            event.kind,
-            event.entry.key,
-            exc_info=exc,
-        )
 
 
 def record_span(fields: Mapping[bytes, bytes]) -> int:
@@ -445,11 +430,7 @@ class Shared:
         # Event by event, every listener of the tuple read for that event (as
         # every backend): one unsubscribed by a listener gets no later event.
         for event in events:
-            for listener in self.listeners:
-                try:
-                    listener(event)
-                except Exception as exc:  # a broken listener never breaks the registry
-                    _report_listener_error(exc, listener, event)
+            call_each(self.listeners, event, "RedisRegistry listener", "registry.redis")
 
     def removed_event(self, old: Entry, why: str, dr: str, dc: str, ds: str) -> RegistryEvent:
         reason: UnregisterReason = why if why in ("replaced", "down") else "unregistered"  # type: ignore[assignment]
