@@ -178,7 +178,10 @@ class AppConfig:
     """What an :class:`~foundation.Application` starts, and on which backends.
 
     Checked when made, and frozen; ``copy``, ``deepcopy`` and pickle rebuild
-    it through the constructor, so a copy is checked and frozen too.
+    it through the constructor, so a copy is checked and frozen too. Hashable,
+    consistently with ``==``, whatever ``flags`` holds: the hash covers every
+    field but the flags' values (their names only), since a value may be a
+    list or table, so configs differing only there hash alike.
 
     Example:
         >>> AppConfig.from_mapping({"registry": {"indexed": ["role"]}}).indexed
@@ -219,6 +222,19 @@ class AppConfig:
         # caller's dict later does not change this config (or a running app's).
         object.__setattr__(self, "indexed", tuple(self.indexed))
         object.__setattr__(self, "flags", MappingProxyType(dict(self.flags)))
+
+    def __hash__(self) -> int:
+        """Every field's hash, ``flags`` by its names (see :class:`AppConfig`)."""
+        # The dataclass's own hash took ``flags`` whole: a MappingProxyType is
+        # unhashable, so hash(AppConfig()) raised TypeError. Equal configs have
+        # equal flag names, so hashing the names keeps the hash consistent with
+        # ``==`` even where a value is unhashable (a list, a table) or is equal to
+        # one of another type (a set and a frozenset).
+        values = tuple(
+            frozenset(self.flags) if f.name == "flags" else getattr(self, f.name)
+            for f in fields(self)
+        )
+        return hash(values)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle, ``copy.copy`` and ``copy.deepcopy`` rebuild through the

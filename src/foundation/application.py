@@ -16,8 +16,9 @@ next, and stop in reverse:
 4. ``migration_monitor`` — a :class:`~foundation.Migration` over the default
    plan, refusing to advance while the registry reports divergences, and, when
    thresholds are configured, rolling back automatically on real health
-   signals (supervisor restarts per minute, registry lookup latency against
-   the baseline measured at start, and the error rate fed to ``app.health``);
+   signals (restarts per minute in the application's own tree, registry
+   lookup latency against the baseline measured at start, and the error rate
+   fed to ``app.health``);
 5. ``workers`` — an optional nested supervisor of the caller's children,
    registered by name in the registry on every (re)start, through the
    registry's async face (``register_async``): a slow or frozen Redis never
@@ -61,7 +62,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from foundation import telemetry
@@ -82,6 +83,7 @@ from foundation.supervision import ChildContext, ChildSpec, Supervisor, Supervis
 from foundation.supervision._runner import SignalHandlers
 from foundation.supervision._runs import in_thread_child_of
 from foundation.supervision._spec import _check_specs
+from foundation.supervision._supervisor import _error as _supervisor_error
 
 if TYPE_CHECKING:
     import asyncio
@@ -124,9 +126,12 @@ class AppHealth:
     """Real health signals for automatic rollback: restarts, latency, errors.
 
     Restarts are counted from ``supervisor.child_restarted`` telemetry over the
-    last minute; latency is the mean cost of a registry lookup probe, compared
-    with the baseline measured when the registry started; the error rate is
-    what callers report through :meth:`record`.
+    last minute: with ``supervisor=``, only those of its tree (that supervisor
+    and the supervisors nested under it), as an :class:`Application` counts
+    its own; without, those of every supervisor in the process. Latency is
+    the mean cost of a registry lookup probe, compared with the baseline
+    measured when the registry started; the error rate is what callers report
+    through :meth:`record`.
 
     Example:
         >>> health = AppHealth()
@@ -136,14 +141,20 @@ class AppHealth:
         >>> health.close()
     """
 
-    def __init__(self, registry: Registry | None = None) -> None:
+    def __init__(
+        self, registry: Registry | None = None, *, supervisor: Supervisor | None = None
+    ) -> None:
         self._registry = registry
+        self._supervisor = supervisor
         self._restarts: deque[float] = deque()
         self._outcomes: deque[bool] = deque(maxlen=1000)
         self._baseline = self._probe() if registry is not None else None
         self._detach = telemetry.attach("supervisor.child_restarted", self._on_restart)
 
-    def _on_restart(self, _name: str, _data: object) -> None:
+    def _on_restart(self, _name: str, data: Mapping[str, Any]) -> None:
+        tree = self._supervisor
+        if tree is not None and not _in_tree(tree, data.get("handle")):
+            return  # another tree's restart (another library's, a test's supervisor)
         self._restarts.append(time.monotonic())
 
     def record(self, *, ok: bool) -> None:
@@ -175,6 +186,40 @@ class AppHealth:
 
     def close(self) -> None:
         self._detach()
+
+
+def _in_tree(root: Supervisor, handle: object) -> bool:
+    """Whether ``handle`` (a restarted child's, from the emitting thread) is the
+    current run of a child of ``root`` or of a supervisor nested under it."""
+    import asyncio  # loaded already: a supervisor emitted the event
+
+    # Race: telemetry calls this in the emitting thread, at any time. Every
+    # supervisor of root's tree runs on root's loop, so an event emitted
+    # anywhere else is another tree's, answered without reading root's
+    # children (which root's loop may be changing). On that loop, no child
+    # list changes while this reads it; unrelated supervisors sharing the
+    # loop (``async with app:``) are told apart by the handle itself.
+    loop: asyncio.AbstractEventLoop | None = getattr(root, "_loop", None)
+    try:
+        if loop is None or asyncio.get_running_loop() is not loop:
+            return False
+    except RuntimeError:  # no loop runs in this thread: not a tree's event
+        return False
+    # Race: the runs, not which_children(): a child still starting (a nested
+    # supervisor still registering) has its run but is not shown running yet,
+    # while its own children may already restart.
+    pending = [root]
+    while pending:
+        children: dict[str, Any] = getattr(pending.pop(), "_children", {})
+        for child in children.values():
+            run = child.run
+            if run is None:
+                continue
+            if run.handle is handle:
+                return True
+            if isinstance(run.handle, Supervisor):
+                pending.append(run.handle)
+    return False
 
 
 def _chosen_services(services: Iterable[str]) -> tuple[str, ...]:
@@ -300,9 +345,11 @@ class Application:
         # tree: a ``with app:`` waits for a start or stop under way, never
         # overlaps it. The tree's own threads never take it (see _in_own_tree).
         self._start_lock = threading.Lock()
-        # Under _stop_lock: a start is running; a stop() was asked meanwhile.
+        # Under _stop_lock: a start is running; a stop() was asked meanwhile;
+        # an ``async with`` start is running.
         self._starting = False
         self._stop_asked = False
+        self._async_starting = False
         # Under _stop_lock: the current run's number, and the ``with app:``
         # blocks still inside it; each thread's stack of the runs it entered.
         self._run = 0
@@ -340,9 +387,16 @@ class Application:
             if stopper is not threading.current_thread() and not in_thread_child_of(loop):
                 stopper.join()
         with self._stop_lock:
+            if self._async_run_locked():
+                # Race: run by ``async with`` (on another loop), or still stopping:
+                # refused before any report or change, as the supervisor would.
+                raise self._already_running(by_async_with=False)
             self._starting = True
             self._run += 1
             run = self._run
+            # Race: a wait() from another thread while this start runs waits for
+            # this run's end, not the previous run's (ended) or none at all.
+            ended = self._ended = threading.Event()
             # Race: a worker may enter and leave its application while the tree
             # starts: counting the starter's entry first, its leaving cannot be
             # the last one and stop the tree under the starter.
@@ -353,6 +407,7 @@ class Application:
                 self._thread = self._supervisor.run_in_thread(name=f"{self.name}-app")
             except BaseException as exc:
                 self._report_start_failed(exc)
+                _mark(ended)  # nothing runs: a wait() for this run returns
                 raise
             self._report_started()
         finally:
@@ -369,11 +424,28 @@ class Application:
                     self._stop_in_background_locked(thread)
         return run
 
+    def _async_run_locked(self) -> bool:
+        """Whether ``async with`` (or a stop not yet ended) holds the supervisor
+        (``_stop_lock`` held)."""
+        return self._async_starting or self._supervisor.state in ("starting", "running", "stopping")
+
+    def _already_running(self, by_async_with: bool) -> SupervisorError:
+        """The SupervisorError of a start refused (reason ``"supervisor_running"``)."""
+        if by_async_with:
+            why = "async with starts a stopped one only; share a running one with `with app:`"
+        else:
+            why = "run by `async with` (which `with app:` cannot share), or still stopping"
+        return _supervisor_error(
+            "supervisor_running",
+            None,
+            f"Application {self.name!r} is already running, starting or stopping: {why}",
+        )
+
     def _stop_in_background_locked(self, thread: SupervisorThread) -> None:
         """Stop the tree of ``thread`` in a thread of its own (``_stop_lock`` held)."""
         stopper = threading.Thread(
             target=self._stop_reported,
-            args=(thread, False),
+            args=(thread, False, self._ended),
             name=f"{self.name}-app:stop",
             daemon=True,
         )
@@ -437,7 +509,7 @@ class Application:
         """Stop ``thread``'s tree here, or wait for a stop in the background
         (``_start_lock`` held, from outside the tree)."""
         if thread is not None:
-            self._stop_reported(thread, True)
+            self._stop_reported(thread, True, self._ended)
             return
         with self._stop_lock:
             background = self._stopper
@@ -452,13 +524,21 @@ class Application:
         if error is not None:
             raise error
 
-    def _stop_reported(self, thread: SupervisorThread, reraise: bool) -> None:
+    def _stop_reported(
+        self, thread: SupervisorThread, reraise: bool, ended: threading.Event | None
+    ) -> None:
+        """Stop ``thread``'s tree and report it; ``ended`` is that run's end, taken
+        with the thread (a start made once the tree is stopped has its own)."""
         self._report_stopping()
         try:
             try:
                 thread.stop()
             finally:
-                self._mark_ended()  # its loop is closed: the tree has ended, whatever stop() raised
+                # Its loop is closed: the tree has ended, whatever stop() raised.
+                # Race: an ``async with app:`` (on another loop) may start a new
+                # run as soon as the supervisor is stopped: this run's end is set,
+                # not the newest one's.
+                _mark(ended)
         except BaseException as exc:
             self._report_stop_failed(exc)
             if reraise:
@@ -468,11 +548,6 @@ class Application:
             return
         self._report_stopped()
 
-    def _mark_ended(self) -> None:
-        ended = self._ended
-        if ended is not None:
-            ended.set()
-
     def wait(self, timeout: float | None = None) -> None:
         """Block until the tree ends, its services stopped: stopped (returns) or
         given up (raises).
@@ -480,7 +555,9 @@ class Application:
         The application is OTP's *permanent* application: its tree giving up
         (restart intensity exceeded) is the program's end, and this is how a
         main thread learns it. Returns at once when the application is not
-        running. Its services are already stopped when it raises.
+        running; while another thread starts it, waits for that run (returns
+        at once if that start fails). Its services are already stopped when it
+        raises.
 
         Raises:
             RestartIntensityExceeded: the tree gave up (``supervisor.failure``).
@@ -585,7 +662,9 @@ class Application:
     def _watch(self) -> None:
         """Report the tree giving up (restart intensity exceeded) when it happens,
         and mark the run ended (for :meth:`wait` and :meth:`wait_for_signal`)."""
-        ended = self._ended = threading.Event()
+        ended = self._ended  # made by the start, before the tree started
+        if ended is None:
+            return
         task = self._supervisor.task
         if task is None:
             ended.set()
@@ -679,7 +758,17 @@ class Application:
         Raises:
             RestartIntensityExceeded: the tree gave up (OTP: a permanent
                 application's exit stops the node); it is stopped first.
+            SupervisorError: called off the main thread with ``signals`` (only
+                the main thread can handle signals); the tree is left running.
         """
+        signals = tuple(signals)
+        if signals and threading.current_thread() is not threading.main_thread():
+            # As supervision.run(): refused before anything changes (was the
+            # stdlib's ValueError from signal.signal).
+            raise SupervisorError(
+                f"Application {self.name!r}: wait_for_signal() installs signal handlers: "
+                "call it from the main thread (elsewhere, use wait())"
+            )
         received: list[int] = []
         arrived = threading.Event()
         ended = self._ended  # None: never started, so only a signal ends the wait
@@ -709,7 +798,9 @@ class Application:
         Raises:
             StartError: a service or worker failed to start (nothing is left
                 running, and no entry is counted).
-            SupervisorError: entered from the tree itself while it stops.
+            SupervisorError: entered from the tree itself while it stops, or
+                the application is run by ``async with`` (``.reason``
+                ``"supervisor_running"``).
         """
         if self._in_own_tree():
             # A worker (or task child) entering its own application: the tree
@@ -789,22 +880,51 @@ class Application:
         return True
 
     async def __aenter__(self) -> Self:
-        self._report_starting()
+        """Start the tree on the running loop; leaving the block stops it.
+
+        Not shared, unlike ``with app:``: it starts a stopped application only.
+
+        Raises:
+            StartError: a service or worker failed to start (nothing is left
+                running).
+            SupervisorError: the application runs, starts or stops already
+                (``.reason`` ``"supervisor_running"``); nothing is logged.
+        """
+        with self._stop_lock:
+            # Refused before any report: the start would not even begin (was
+            # logged as app_starting, then app_start_failed). Race: a start or
+            # stop under way in another thread holds _start_lock, or is marked.
+            if (
+                self._thread is not None
+                or self._starting
+                or self._start_lock.locked()
+                or self._async_run_locked()
+            ):
+                raise self._already_running(by_async_with=True)
+            self._async_starting = True
+            ended = self._ended = threading.Event()  # this run's, before it starts (wait())
         try:
-            await self._supervisor.start()
-        except BaseException as exc:
-            self._report_start_failed(exc)
-            raise
-        self._report_started()
+            self._report_starting()
+            try:
+                await self._supervisor.start()
+            except BaseException as exc:
+                self._report_start_failed(exc)
+                _mark(ended)
+                raise
+            self._report_started()
+        finally:
+            with self._stop_lock:
+                self._async_starting = False
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        ended = self._ended  # this run's, whatever starts once it is stopped
         self._report_stopping()
         try:
             try:
                 await self._supervisor.stop()
             finally:
-                self._mark_ended()
+                _mark(ended)
         except BaseException as err:
             self._report_stop_failed(err)
             raise
@@ -882,7 +1002,7 @@ class Application:
         readiness_of = getattr(self.registry, "readiness", None)
         if readiness_of is not None:
             readiness.append(readiness_of)
-        health = AppHealth(self.registry)
+        health = AppHealth(self.registry, supervisor=self._supervisor)
         self.health = health
         thresholds = None
         if self.config.wants_auto_rollback:
@@ -954,6 +1074,12 @@ class Application:
             return target
         legacy = ThreadLocalRegistry(indexed=indexed)
         return MigratingRegistry(legacy, target, self.flags)
+
+
+def _mark(ended: threading.Event | None) -> None:
+    """Mark a run's end (``None``: no run had one)."""
+    if ended is not None:
+        ended.set()
 
 
 def _merge_declared(extra: Iterable[Flag]) -> list[Flag]:

@@ -38,7 +38,9 @@ class _Thread:
         self._fn = fn
         self._outcome: list[object] = []
         self._error: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run)
+        self._thread = threading.Thread(
+            target=self._run, daemon=True
+        )  # a failure shows, never hangs the exit
         self._thread.start()
 
     def _run(self) -> None:
