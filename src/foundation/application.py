@@ -122,6 +122,11 @@ def _report(
         _log.log(level, msg, *args, exc_info=exc, extra=extra, stacklevel=2)
 
 
+# How often a stop() or a with-block exit from outside the tree, waiting for
+# the start lock, looks whether another thread's stop is under way (seconds).
+_LOCK_POLL = 0.05
+
+
 class AppHealth:
     """Real health signals for automatic rollback: restarts, latency, errors.
 
@@ -472,14 +477,34 @@ class Application:
             with self._stop_lock:
                 self._stop_from_own_tree_locked()
             return
-        # Race: a start (or another stop) under way from another thread: this
-        # waits for it, so the tree it stops is a whole one, not a half-started
-        # or half-stopped one, and it returns with every service stopped.
-        with self._start_lock:
+        # Race: a start under way from another thread: this waits for it, so
+        # the tree it stops is a whole one, not a half-started one.
+        if not self._lock_unless_stopping():
+            self._finish_stop(None)  # (waits only for a stop in the background)
+            return
+        try:
             with self._stop_lock:
                 self._entries = 0
                 thread, self._thread = self._thread, None
             self._finish_stop(thread)
+        finally:
+            self._start_lock.release()
+
+    def _lock_unless_stopping(self) -> bool:
+        """Take ``_start_lock`` (from outside the tree); False, not taken, once no
+        tree runs or starts: stopped, or being stopped by another thread.
+
+        Race: that other thread's stop may be waiting for this one (a worker
+        joining a helper thread that calls ``stop()`` or leaves its own ``with
+        app:`` when it sees the shutdown): waiting for the lock until that stop
+        ends would hold the shutdown until the worker's ``shutdown_timeout``.
+        So the wait looks again at the state every ``_LOCK_POLL`` seconds.
+        """
+        while not self._start_lock.acquire(timeout=_LOCK_POLL):
+            with self._stop_lock:
+                if self._thread is None and not self._starting:
+                    return False
+        return True
 
     def _in_own_tree(self) -> bool:
         """Whether the calling thread is one the tree's start or stop waits for:
@@ -507,7 +532,7 @@ class Application:
 
     def _finish_stop(self, thread: SupervisorThread | None) -> None:
         """Stop ``thread``'s tree here, or wait for a stop in the background
-        (``_start_lock`` held, from outside the tree)."""
+        (from outside the tree; ``_start_lock`` held when ``thread`` is given)."""
         if thread is not None:
             self._stop_reported(thread, True, self._ended)
             return
@@ -848,7 +873,9 @@ class Application:
                 if self._leave_locked(run):
                     self._stop_from_own_tree_locked()
             return
-        with self._start_lock:
+        if not self._lock_unless_stopping():
+            return  # the run this block entered is stopped, or being stopped: left
+        try:
             with self._stop_lock:
                 if not self._leave_locked(run):
                     return
@@ -858,6 +885,8 @@ class Application:
                 self._entries = 0
                 thread, self._thread = self._thread, None
             self._finish_stop(thread)
+        finally:
+            self._start_lock.release()
 
     def _entered_runs(self) -> list[int]:
         """This thread's stack of the runs its open ``with app:`` blocks entered."""

@@ -347,3 +347,48 @@ def test_threads_entering_and_leaving_in_turns_always_find_it_running() -> None:
         v.result()
     assert seen == [True] * (rounds * threads)
     assert _stopped(app)
+
+
+@pytest.mark.parametrize("helper_does", ["stop", "leave"])
+def test_a_thread_the_stop_waits_for_may_stop_or_leave_without_waiting_for_it(
+    helper_does: str,
+) -> None:
+    # A worker joins a helper thread (not a child of the tree) when it is
+    # stopped; that helper, seeing the shutdown, calls app.stop() or leaves
+    # its own `with app:`. The stop under way in the main thread waits for the
+    # worker, the worker for the helper: the helper must not wait for that stop
+    # (before, it waited on the start lock until the worker's shutdown_timeout
+    # abandoned it, and the main thread's stop raised ShutdownError).
+    app_box: list[Application] = []
+    entered, helper_done = threading.Event(), threading.Event()
+
+    def worker(ctx: ChildContext) -> None:
+        app = app_box[0]
+
+        def helper() -> None:
+            if helper_does == "leave":
+                with app:
+                    entered.set()
+                    ctx.stopping.wait()
+            else:
+                ctx.stopping.wait()
+                app.stop()
+            helper_done.set()
+
+        thread = threading.Thread(target=helper, name="worker-helper", daemon=True)
+        thread.start()
+        ctx.ready()
+        ctx.stopping.wait()
+        thread.join()
+
+    spec = ChildSpec("w", worker, kind="thread", shutdown_timeout=DEADLINE / 2)
+    app = Application(AppConfig(), services=("flags",), workers=[spec])
+    app_box.append(app)
+    with app:
+        wait_until(lambda: _running(app), DEADLINE)
+        if helper_does == "leave":
+            assert entered.wait(DEADLINE)
+            app.stop()  # the helper's block is still inside: stop() stops at once
+    app.stop()  # idempotent
+    assert helper_done.is_set()
+    assert _stopped(app)
