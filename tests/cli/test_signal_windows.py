@@ -350,3 +350,66 @@ def test_a_cleanup_holds_signals_until_its_end(tmp_path: Path) -> None:
         "the program's handler",
         "not-ours None 1",
     ], result.stdout
+
+
+# A real signal sent at one line of the handler swaps (placed with settrace):
+# between the swap (or restore) of SIGINT and that of SIGTERM. Both go
+# together: a signal there is held like any other, and both handlers are the
+# raising ones again afterwards (before, a SIGTERM between the swaps raised out
+# of the swap and left SIGINT held for good: every later Ctrl-C ignored).
+_BETWEEN_SWAPS = """
+import os, signal, sys
+from foundation._cli._signals import Terminated, install_sigterm, raising_handler
+from foundation._demo import _interrupts
+signal.signal(signal.SIGINT, signal.default_int_handler)
+install_sigterm()
+for where in ("__enter__", "_restore"):
+    code = getattr(_interrupts._Held, where).__code__
+    sent = []
+    def tracer(frame, event, arg):
+        if frame.f_code is not code:
+            return None
+        def line(frame, event, arg):
+            if event == "line" and frame.f_locals.get("signum") == signal.SIGTERM and not sent:
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return line
+        return line
+    sys.settrace(tracer)
+    try:
+        with _interrupts.finishing():
+            pass
+        outcome = None
+    except Terminated:
+        outcome = "Terminated"
+    sys.settrace(None)
+    both = all(signal.getsignal(s) is raising_handler(s) for s in (signal.SIGINT, signal.SIGTERM))
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):
+            pass
+        ctrl_c = "ignored"
+    except KeyboardInterrupt:
+        ctrl_c = "raised"
+    print(where, bool(sent), outcome, both, ctrl_c)
+"""
+
+
+def test_a_signal_between_the_two_handler_swaps_is_held_and_both_are_restored(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _BETWEEN_SWAPS],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_default_sigint,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.splitlines() == [
+        "__enter__ True Terminated True raised",
+        "_restore True Terminated True raised",
+    ], result.stdout

@@ -19,6 +19,24 @@ from foundation._cli._signals import Terminated, raising_handler
 __all__ = ["ctrl_c_deferred", "finishing"]
 
 
+_BOTH = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM kept pending by the kernel for a few calls (where the
+    platform can), so none lands between two handler swaps that go together."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:
+        yield
+        return
+    previous = mask(signal.SIG_BLOCK, _BOTH)
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, previous)
+
+
 class _Held:
     """Hold SIGINT and SIGTERM (when their handlers raise, as ``foundation`` sets
     them) in the main thread for the block; a signal ignored or handled by someone
@@ -32,11 +50,19 @@ class _Held:
     def __enter__(self) -> _Held:
         if threading.current_thread() is not threading.main_thread():
             return self
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            handler = signal.getsignal(signum)
-            if handler is raising_handler(signum):
-                self._previous[signum] = handler
-                signal.signal(signum, self._hold)
+        # Race: the two swaps go together (one done alone would hold a signal
+        # for good, or let one through), so both signals are blocked meanwhile;
+        # one that arrived just before runs its raising handler here: undone.
+        with _blocked():
+            try:
+                for signum in _BOTH:
+                    handler = signal.getsignal(signum)
+                    if handler is raising_handler(signum):
+                        self._previous[signum] = handler
+                        signal.signal(signum, self._hold)
+            except BaseException:
+                self._restore()
+                raise
         return self
 
     def _hold(self, signum: int, frame: FrameType | None) -> None:
@@ -47,8 +73,16 @@ class _Held:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        with _blocked():
+            self._restore()
+
+    def _restore(self) -> None:
+        """Put the raising handlers back, both: ``_hold`` no longer raises, so a
+        signal that lands meanwhile is held (and acted on by ``raise_caught``)."""
+        self.cut_on_ctrl_c = False
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous.clear()
 
     def raise_caught(self) -> None:
         """Act on the first signal held, as its handler would have."""
