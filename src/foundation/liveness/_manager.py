@@ -355,6 +355,10 @@ class _AsyncioWatch(Watch):
             if not self.monitors:
                 raise  # every monitor was called: an on_down's SystemExit & co
             report(exc, "asyncio watch (monitors left are retried)", self.ref())
+            # Race/trade-off: should even the hand-over fail (out of memory
+            # twice), redeliver_later retries here, pausing the loop (1 ms, up
+            # to 0.5 s) until it can: a call_later instead would be dropped if
+            # the loop closed first, and the death never told.
             redeliver_later(self)
 
     def redeliver(self) -> bool:
