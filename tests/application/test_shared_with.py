@@ -6,10 +6,7 @@ Real threads and a real tree; every hand-over is an event or a barrier.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
-from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -18,9 +15,8 @@ from foundation import Application
 from foundation.application import AppConfig
 from foundation.errors import SupervisorError
 from foundation.supervision import ChildContext, ChildSpec
+from tests.application._threads import DEADLINE, ThreadCall
 from tests.supervision._support import wait_until
-
-DEADLINE = 60.0  # seconds: a scenario still running by then has hung
 
 
 def _running(app: Application) -> bool:
@@ -29,49 +25,6 @@ def _running(app: Application) -> bool:
 
 def _stopped(app: Application) -> bool:
     return app.supervisor.state == "stopped" and app.flags is None
-
-
-class _Thread:
-    """``fn`` in a thread of its own; :meth:`result` joins it and re-raises its error."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self._fn = fn
-        self._outcome: list[object] = []
-        self._error: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=self._run, daemon=True
-        )  # a failure shows, never hangs the exit
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._outcome.append(self._fn())
-        except BaseException as exc:  # handed to the test by result()
-            self._error.append(exc)
-
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def frame(self) -> FrameType | None:
-        """Its innermost Python frame now (``None`` once it has ended)."""
-        ident = self._thread.ident
-        return None if ident is None else sys._current_frames().get(ident)
-
-    def result(self) -> object:
-        self._thread.join(DEADLINE)
-        assert not self._thread.is_alive(), "the thread hung"
-        if self._error:
-            raise self._error[0]
-        return self._outcome[0]
-
-
-def _waiting_in(thread: _Thread, app: Application, method: str) -> bool:
-    """Whether ``thread`` is blocked in ``app``'s ``method`` (on a lock: its
-    innermost Python frame is that method's)."""
-    frame = thread.frame()
-    return (
-        frame is not None and frame.f_code.co_name == method and frame.f_locals.get("self") is app
-    )
 
 
 def test_the_last_thread_to_leave_stops_the_application() -> None:
@@ -94,7 +47,7 @@ def test_the_last_thread_to_leave_stops_the_application() -> None:
             seen["running after the first left"] = _running(app)
             assert let_go.wait(DEADLINE)
 
-    first, last = _Thread(leaves_first), _Thread(leaves_last)
+    first, last = ThreadCall(leaves_first), ThreadCall(leaves_last)
     inside.wait(DEADLINE)  # both are inside
     first.result()
     assert _running(app)
@@ -133,7 +86,7 @@ def test_stop_stops_at_once_and_the_blocks_it_ended_leave_a_new_run_alone() -> N
             inside.wait(DEADLINE)
             assert leave.wait(DEADLINE)
 
-    holders = [_Thread(holder), _Thread(holder)]
+    holders = [ThreadCall(holder), ThreadCall(holder)]
     inside.wait(DEADLINE)
     app.stop()  # explicit: at once, both blocks still inside
     assert _stopped(app)
@@ -175,12 +128,14 @@ def test_an_entry_during_a_stop_waits_for_it_then_starts_a_new_run(how: str) -> 
             seen["runs"] = len(runs)
 
     app.__enter__()
-    stopper = _Thread(lambda: app.__exit__(None, None, None) if how == "last_exit" else app.stop())
-    enterer = _Thread(enter_while_stopping)
+    stopper = ThreadCall(
+        lambda: app.__exit__(None, None, None) if how == "last_exit" else app.stop()
+    )
+    enterer = ThreadCall(enter_while_stopping)
     assert about_to_enter.wait(DEADLINE)
     # The stop lasts until the entry has either failed (as it did) or waits
     # in Application.__enter__ for it (as it should).
-    wait_until(lambda: enterer.done() or _waiting_in(enterer, app, "__enter__"), DEADLINE)
+    wait_until(lambda: enterer.done() or enterer.blocked_in(app, "__enter__"), DEADLINE)
     finish_stop.set()
     stopper.result()
     enterer.result()
@@ -342,7 +297,7 @@ def test_threads_entering_and_leaving_in_turns_always_find_it_running() -> None:
             with lock:
                 seen.append(running)
 
-    visitors = [_Thread(visitor) for _ in range(threads)]
+    visitors = [ThreadCall(visitor) for _ in range(threads)]
     for v in visitors:
         v.result()
     assert seen == [True] * (rounds * threads)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import threading
-from collections.abc import Callable
 
 import pytest
 
@@ -19,47 +17,8 @@ from foundation import Application
 from foundation.application import AppConfig
 from foundation.errors import StartError, SupervisorError
 from foundation.supervision import ChildContext, ChildSpec
+from tests.application._threads import DEADLINE, ThreadCall
 from tests.supervision._support import wait_until
-
-DEADLINE = 60.0  # seconds: a scenario still running by then has hung
-
-
-class _Thread:
-    """``fn`` in a thread of its own; :meth:`result` joins it and re-raises its error."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self._fn = fn
-        self._outcome: list[object] = []
-        self._error: list[BaseException] = []
-        # A daemon: a test that fails with it still blocked fails, never hangs the run.
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._outcome.append(self._fn())
-        except BaseException as exc:  # handed to the test by result()
-            self._error.append(exc)
-
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def inside(self, app: Application, method: str) -> bool:
-        """Whether it is running ``app``'s ``method`` now (anywhere on its stack)."""
-        ident = self._thread.ident
-        frame = None if ident is None else sys._current_frames().get(ident)
-        while frame is not None:
-            if frame.f_code.co_name == method and frame.f_locals.get("self") is app:
-                return True
-            frame = frame.f_back
-        return False
-
-    def result(self) -> object:
-        self._thread.join(DEADLINE)
-        assert not self._thread.is_alive(), "the thread hung"
-        if self._error:
-            raise self._error[0]
-        return self._outcome[0]
 
 
 class _Gate:
@@ -99,14 +58,14 @@ def test_wait_during_a_start_waits_for_the_run_being_started(earlier_runs: int) 
         with app:
             pass
         gate.reset()
-    starter = _Thread(app.__enter__)
+    starter = ThreadCall(app.__enter__)
     assert gate.reached.wait(DEADLINE)  # the start is under way, held at the gate
 
     def wait_then_look() -> str:
         app.wait()
         return app.supervisor.state
 
-    waiter = _Thread(wait_then_look)
+    waiter = ThreadCall(wait_then_look)
     # It returns at once (the defect) or blocks in wait() for this run's end.
     wait_until(lambda: waiter.done() or waiter.inside(app, "wait"), DEADLINE)
     gate.open.set()
@@ -119,9 +78,9 @@ def test_wait_during_a_start_that_fails_returns() -> None:
     gate = _Gate()
     gate.fail = True
     app = Application(AppConfig(), services=("flags",), workers=[gate.spec()])
-    starter = _Thread(app.__enter__)
+    starter = ThreadCall(app.__enter__)
     assert gate.reached.wait(DEADLINE)
-    waiter = _Thread(app.wait)
+    waiter = ThreadCall(app.wait)
     wait_until(lambda: waiter.done() or waiter.inside(app, "wait"), DEADLINE)
     gate.open.set()
     with pytest.raises(StartError):
@@ -138,14 +97,14 @@ def test_wait_during_an_async_with_start_waits_for_that_run() -> None:
         async with app:
             await asyncio.to_thread(leave.wait, DEADLINE)
 
-    holder = _Thread(lambda: asyncio.run(hold()))
+    holder = ThreadCall(lambda: asyncio.run(hold()))
     assert gate.reached.wait(DEADLINE)
 
     def wait_then_look() -> str:
         app.wait()
         return app.supervisor.state
 
-    waiter = _Thread(wait_then_look)
+    waiter = ThreadCall(wait_then_look)
     wait_until(lambda: waiter.done() or waiter.inside(app, "wait"), DEADLINE)
     gate.open.set()
     leave.set()
@@ -219,7 +178,7 @@ def test_with_on_an_application_run_by_async_with_logs_nothing_and_wait_still_wa
             inside.set()
             await asyncio.to_thread(leave.wait, DEADLINE)
 
-    holder = _Thread(lambda: asyncio.run(hold()))
+    holder = ThreadCall(lambda: asyncio.run(hold()))
     assert inside.wait(DEADLINE)
     caplog.clear()
     with pytest.raises(SupervisorError, match="async with") as caught, app:
@@ -231,7 +190,7 @@ def test_with_on_an_application_run_by_async_with_logs_nothing_and_wait_still_wa
         app.wait()
         return app.supervisor.state
 
-    waiter = _Thread(wait_then_look)
+    waiter = ThreadCall(wait_then_look)
     wait_until(lambda: waiter.done() or waiter.inside(app, "wait"), DEADLINE)
     leave.set()
     holder.result()
@@ -245,7 +204,7 @@ def test_wait_for_signal_off_the_main_thread_raises_a_supervisor_error() -> None
     # Was: the stdlib's ValueError ("signal only works in main thread").
     before = signal.getsignal(signal.SIGINT)
     with Application.start(AppConfig(), services=("flags",)) as app:
-        waiter = _Thread(app.wait_for_signal)
+        waiter = ThreadCall(app.wait_for_signal)
         with pytest.raises(SupervisorError, match="main thread"):
             waiter.result()
         assert app.supervisor.state == "running"  # left running
@@ -254,7 +213,7 @@ def test_wait_for_signal_off_the_main_thread_raises_a_supervisor_error() -> None
 
 def test_wait_for_signal_of_no_signals_off_the_main_thread_waits_for_the_end() -> None:
     with Application.start(AppConfig(), services=("flags",)) as app:
-        waiter = _Thread(lambda: app.wait_for_signal(signals=()))
+        waiter = ThreadCall(lambda: app.wait_for_signal(signals=()))
         wait_until(lambda: waiter.done() or waiter.inside(app, "wait_for_signal"), DEADLINE)
         app.stop()
         assert waiter.result() == 0

@@ -323,14 +323,12 @@ case("not-ours", None, T)
 """
 
 
-def test_a_cleanup_holds_signals_until_its_end(tmp_path: Path) -> None:
-    # A signal during a cleanup waits for its end (every step of it runs); then
-    # the first one is raised (over an error that unwinds), unless the cleanup
-    # runs for a signal already (it goes on). A second Ctrl-C cuts a cleanup that
-    # allows it short. A handler of someone else's is left alone.
+def _script(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter (default hooks, SIGINT as a shell leaves
+    it); it must exit 0 with nothing on stderr."""
     result = subprocess.run(
-        [sys.executable, "-c", _HOLD],
-        cwd=tmp_path,
+        [sys.executable, "-c", script],
+        cwd=cwd,
         env=cli_env(),
         capture_output=True,
         text=True,
@@ -339,6 +337,15 @@ def test_a_cleanup_holds_signals_until_its_end(tmp_path: Path) -> None:
         check=False,
     )
     assert (result.returncode, result.stderr) == (0, ""), result
+    return result
+
+
+def test_a_cleanup_holds_signals_until_its_end(tmp_path: Path) -> None:
+    # A signal during a cleanup waits for its end (every step of it runs); then
+    # the first one is raised (over an error that unwinds), unless the cleanup
+    # runs for a signal already (it goes on). A second Ctrl-C cuts a cleanup that
+    # allows it short. A handler of someone else's is left alone.
+    result = _script(_HOLD, tmp_path)
     assert result.stdout.splitlines() == [
         "at-the-end Terminated 2",
         "at-the-end-nothing None 0",
@@ -398,17 +405,7 @@ for where in ("__enter__", "_restore"):
 def test_a_signal_between_the_two_handler_swaps_is_held_and_both_are_restored(
     tmp_path: Path,
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _BETWEEN_SWAPS],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=_default_sigint,
-        check=False,
-    )
-    assert (result.returncode, result.stderr) == (0, ""), result
+    result = _script(_BETWEEN_SWAPS, tmp_path)
     assert result.stdout.splitlines() == [
         "__enter__ True Terminated True raised",
         "_restore True Terminated True raised",
