@@ -21,6 +21,20 @@ from tests.application._threads import DEADLINE, ThreadCall
 from tests.supervision._support import wait_until
 
 
+def _waiting(app: Application) -> ThreadCall:
+    """A thread in ``app.wait()`` (its result: the supervisor's state once it
+    returned); returns once that call returned or blocks in ``wait()``."""
+
+    def wait_then_look() -> str:
+        app.wait()
+        return app.supervisor.state
+
+    waiter = ThreadCall(wait_then_look)
+    # It returns at once (the defect) or blocks in wait() for the run's end.
+    wait_until(lambda: waiter.done() or waiter.inside(app, "wait"), DEADLINE)
+    return waiter
+
+
 class _Gate:
     """A worker whose start waits at the gate (``fail``: then fails its start)."""
 
@@ -61,13 +75,7 @@ def test_wait_during_a_start_waits_for_the_run_being_started(earlier_runs: int) 
     starter = ThreadCall(app.__enter__)
     assert gate.reached.wait(DEADLINE)  # the start is under way, held at the gate
 
-    def wait_then_look() -> str:
-        app.wait()
-        return app.supervisor.state
-
-    waiter = ThreadCall(wait_then_look)
-    # It returns at once (the defect) or blocks in wait() for this run's end.
-    wait_until(lambda: waiter.done() or waiter.inside(app, "wait"), DEADLINE)
+    waiter = _waiting(app)
     gate.open.set()
     starter.result()
     app.stop()
@@ -100,12 +108,7 @@ def test_wait_during_an_async_with_start_waits_for_that_run() -> None:
     holder = ThreadCall(lambda: asyncio.run(hold()))
     assert gate.reached.wait(DEADLINE)
 
-    def wait_then_look() -> str:
-        app.wait()
-        return app.supervisor.state
-
-    waiter = ThreadCall(wait_then_look)
-    wait_until(lambda: waiter.done() or waiter.inside(app, "wait"), DEADLINE)
+    waiter = _waiting(app)
     gate.open.set()
     leave.set()
     holder.result()
@@ -186,12 +189,7 @@ def test_with_on_an_application_run_by_async_with_logs_nothing_and_wait_still_wa
     assert caught.value.reason == "supervisor_running"
     assert _app_reports(caplog) == []
 
-    def wait_then_look() -> str:
-        app.wait()
-        return app.supervisor.state
-
-    waiter = ThreadCall(wait_then_look)
-    wait_until(lambda: waiter.done() or waiter.inside(app, "wait"), DEADLINE)
+    waiter = _waiting(app)
     leave.set()
     holder.result()
     assert waiter.result() == "stopped"
