@@ -1027,26 +1027,43 @@ class MonitorManager:
     def _attach_locked(self, watch: _ManagedWatch) -> bool:
         """Start watching; False if the agent is already gone. Lock held."""
         if isinstance(watch, _ThreadWatch):
-            self._poll_thread_locked(watch)
+            self._thread_poller = self._poll_locked(
+                watch, self._thread_poller, "threads",
+                table=self._polled_threads, cond=self._threads_cond,
+                interval=self._thread_interval, check=_thread_down,
+            )  # fmt: skip
             return True
         assert isinstance(watch, _ProcessWatch)
         if self._use_pidfd:
             attached = self._attach_pidfd_locked(watch)
             if attached is not None:
                 return attached
-        self._poll_process_locked(watch)
+        self._proc_poller = self._poll_locked(
+            watch, self._proc_poller, "procpoll",
+            table=self._polled_procs, cond=self._procs_cond,
+            interval=self._process_interval, check=exit_down,
+        )  # fmt: skip
         return True
 
-    def _poll_thread_locked(self, watch: _ThreadWatch) -> None:
-        """Hand a thread's watch to the thread poller (started if need be). Lock held."""
-        if self._thread_poller is None:
-            self._thread_poller = self._start(
-                "threads", self._poll_loop, self._polled_threads, self._threads_cond,
-                self._thread_interval, _thread_down,
-            )  # fmt: skip
-        elif not self._polled_threads:
-            self._threads_cond.notify_all()  # wakes it from its idle wait
-        self._polled_threads[watch.key] = watch
+    def _poll_locked(
+        self,
+        watch: _ManagedWatch,
+        poller: threading.Thread | None,
+        role: str,
+        *,
+        table: dict[int, Any],
+        cond: threading.Condition,
+        interval: float,
+        check: Callable[[Any], Down | None],
+    ) -> threading.Thread:
+        """Hand ``watch`` to the poller of ``table`` (started if need be, as
+        ``_poll_loop(table, cond, interval, check)``); returns the poller. Lock held."""
+        if poller is None:
+            poller = self._start(role, self._poll_loop, table, cond, interval, check)
+        elif not table:
+            cond.notify_all()  # wakes it from its idle wait
+        table[watch.key] = watch
+        return poller
 
     def _attach_pidfd_locked(self, watch: _ProcessWatch) -> bool | None:
         """Watch a process by pidfd: False if it is gone, None if no pidfd_open. Lock held."""
@@ -1071,17 +1088,6 @@ class MonitorManager:
         watch.fd = fd
         self._by_fd[fd] = watch
         return True
-
-    def _poll_process_locked(self, watch: _ProcessWatch) -> None:
-        """Hand a process's watch to the process poller (started if need be). Lock held."""
-        if self._proc_poller is None:
-            self._proc_poller = self._start(
-                "procpoll", self._poll_loop, self._polled_procs, self._procs_cond,
-                self._process_interval, exit_down,
-            )  # fmt: skip
-        elif not self._polled_procs:
-            self._procs_cond.notify_all()  # wakes it from its idle wait
-        self._polled_procs[watch.key] = watch
 
     # ------------------------------------------------------------------ releasing
 

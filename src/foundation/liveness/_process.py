@@ -110,23 +110,22 @@ class OSProcess:
 
     def is_alive(self) -> bool:
         """True while the very process seen at construction runs (not a zombie)."""
-        start = self._start
-        if start == -1:
-            return False
-        if start is None:
-            return _kill0(self.pid)
-        stat = _read_stat(self.pid)
-        return stat is not None and stat[1] == start and stat[0] not in "ZX"
+        return self._is_same(zombie=False)
 
     def same_identity(self) -> bool:
         """True if ``pid`` still names the process seen at construction (zombie or not)."""
+        return self._is_same(zombie=True)
+
+    def _is_same(self, *, zombie: bool) -> bool:
+        """True if ``pid`` still names the process seen at construction; a
+        zombie (or dead) one counts only if ``zombie``."""
         start = self._start
         if start == -1:
             return False
         if start is None:
             return _kill0(self.pid)
         stat = _read_stat(self.pid)
-        return stat is not None and stat[1] == start
+        return stat is not None and stat[1] == start and (zombie or stat[0] not in "ZX")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OSProcess):

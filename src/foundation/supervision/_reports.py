@@ -162,8 +162,26 @@ def _exit_signal(exit: ChildExit) -> int | None:
     return signum
 
 
-def _exit_fields(exit: ChildExit) -> dict[str, Any]:
-    return {"reason": exit.reason, "exit_code": exit.exit_code, "signal": _exit_signal(exit)}
+#: The header of a child's exit report (child_crashed, child_exited).
+_EXIT_MSG = "Child %s of supervisor %s (%s) %s; action: %s"
+
+
+def _exit_report(
+    supervisor: str, child: str, kind: str, exit: ChildExit, action: str
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The ``_EXIT_MSG`` arguments and the extra fields of a child's exit report.
+    (Built here, logged by the report function itself: ``_emit``'s stacklevel
+    names the report function's caller.)"""
+    fields = {
+        "supervisor": supervisor,
+        "child": child,
+        "kind": kind,
+        "action": action,
+        "reason": exit.reason,
+        "exit_code": exit.exit_code,
+        "signal": _exit_signal(exit),
+    }
+    return (child, supervisor, kind, _exit_text(exit), action), fields
 
 
 def child_started(supervisor: str, child: str, kind: str, *, restarted: bool, attempt: int) -> None:
@@ -232,14 +250,13 @@ def child_crashed(supervisor: str, child: str, kind: str, exit: ChildExit, *, ac
     """
     if not crash_log.isEnabledFor(logging.ERROR):
         return
-    fields = {"supervisor": supervisor, "child": child, "kind": kind, "action": action}
-    fields.update(_exit_fields(exit))
+    args, fields = _exit_report(supervisor, child, kind, exit, action)
     _emit(
         crash_log,
         logging.ERROR,
         "child_crashed",
-        "Child %s of supervisor %s (%s) %s; action: %s",
-        (child, supervisor, kind, _exit_text(exit), action),
+        _EXIT_MSG,
+        args,
         fields=fields,
         exc=exit.exception,
     )
@@ -269,16 +286,8 @@ def child_exited(supervisor: str, child: str, kind: str, exit: ChildExit, *, act
     """
     if not progress_log.isEnabledFor(logging.INFO):
         return
-    fields = {"supervisor": supervisor, "child": child, "kind": kind, "action": action}
-    fields.update(_exit_fields(exit))
-    _emit(
-        progress_log,
-        logging.INFO,
-        "child_exited",
-        "Child %s of supervisor %s (%s) %s; action: %s",
-        (child, supervisor, kind, _exit_text(exit), action),
-        fields=fields,
-    )
+    args, fields = _exit_report(supervisor, child, kind, exit, action)
+    _emit(progress_log, logging.INFO, "child_exited", _EXIT_MSG, args, fields=fields)
 
 
 def child_ignored(supervisor: str, child: str, kind: str) -> None:

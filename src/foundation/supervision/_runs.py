@@ -241,6 +241,16 @@ class Run:
     def _force(self) -> list[str]:
         raise NotImplementedError
 
+    def _in_process_context(self) -> ChildContext:
+        """The context of a child run in this process (task, thread); ready at
+        once unless its spec has it call ``ready()`` itself."""
+        ctx = ChildContext(
+            self.spec.id, self.supervisor, self.attempt, _loop_signal(self.loop, self.ready)
+        )
+        if not self.spec.explicit_ready:
+            self.ready.set_result(None)
+        return ctx
+
 
 class TaskRun(Run):
     """A coroutine function run as an asyncio task; stopped by cancellation."""
@@ -251,11 +261,7 @@ class TaskRun(Run):
         import asyncio
 
         spec = self.spec
-        self.ctx = ChildContext(
-            spec.id, self.supervisor, self.attempt, _loop_signal(self.loop, self.ready)
-        )
-        if not spec.explicit_ready:
-            self.ready.set_result(None)
+        self.ctx = self._in_process_context()
         coro = spec.start(self.ctx, *spec.args, **spec.kwargs)  # type: ignore[operator]
         if not asyncio.iscoroutine(coro):  # as create_task(coro) refused it: a failed start
             raise TypeError(f"a coroutine was expected, got {coro!r}")
@@ -348,12 +354,7 @@ class ThreadRun(Run):
     handle: threading.Thread
 
     async def launch(self) -> None:
-        spec = self.spec
-        self.ctx = ChildContext(
-            spec.id, self.supervisor, self.attempt, _loop_signal(self.loop, self.ready)
-        )
-        if not spec.explicit_ready:
-            self.ready.set_result(None)
+        self.ctx = self._in_process_context()
         # spawn_thread: a daemon thread whose end a registry sees exactly (no polling).
         self.handle = spawn_thread(self._body, name=self.name, daemon=True)
 
@@ -414,10 +415,15 @@ class _ProcessRun(Run):
             return True
 
     def _terminate(self) -> None:
-        raise NotImplementedError
+        """SIGTERM to the group, else to the child alone (``Popen`` and
+        ``multiprocessing`` processes both have ``terminate``/``kill``)."""
+        if not self._signal_group(signal_module.SIGTERM):
+            self.handle.terminate()
 
     def _kill(self) -> None:
-        raise NotImplementedError
+        """SIGKILL to the group, else to the child alone."""
+        if not self._signal_group(signal_module.SIGKILL):
+            self.handle.kill()
 
     async def _stop(self, timeout: float | None) -> ChildExit:
         if timeout == 0:  # brutal_kill
@@ -582,14 +588,6 @@ class PopenRun(_ProcessRun):
     def _unreaped(self) -> bool:
         return self.handle.returncode is None
 
-    def _terminate(self) -> None:
-        if not self._signal_group(signal_module.SIGTERM):
-            self.handle.terminate()
-
-    def _kill(self) -> None:
-        if not self._signal_group(signal_module.SIGKILL):
-            self.handle.kill()
-
 
 class MultiprocessingRun(_ProcessRun):
     """A picklable function run in a ``multiprocessing`` "spawn" process.
@@ -675,14 +673,6 @@ class MultiprocessingRun(_ProcessRun):
     def _unreaped(self) -> bool:
         popen = getattr(self.handle, "_popen", None)  # multiprocessing's own, since 3.4
         return popen is not None and popen.returncode is None
-
-    def _terminate(self) -> None:
-        if not self._signal_group(signal_module.SIGTERM):
-            self.handle.terminate()
-
-    def _kill(self) -> None:
-        if not self._signal_group(signal_module.SIGKILL):
-            self.handle.kill()
 
 
 class SupervisorRun(Run):

@@ -95,6 +95,16 @@ def _error(
     return err
 
 
+def _not_dynamic(call: str, child: str, why: str) -> SupervisorError:
+    """OTP's ``{error, simple_one_for_one}``: ``call`` does not apply to a
+    DynamicSupervisor's ``child``, because ``why``."""
+    return _error(
+        "simple_one_for_one",
+        child,
+        f"a DynamicSupervisor does not support {call} (child {child!r}): {why}",
+    )
+
+
 def _describe(exit: ChildExit) -> str:
     if exit.exception is not None:
         return f"{exit.reason}: {exit.exception!r}"
@@ -1676,10 +1686,9 @@ class DynamicSupervisor(Supervisor):
             SupervisorError: always, ``.reason == "simple_one_for_one"`` (OTP's
                 ``{error, simple_one_for_one}``).
         """
-        raise _error(
-            "simple_one_for_one",
+        raise _not_dynamic(
+            "restart_child",
             id,
-            f"a DynamicSupervisor does not support restart_child (child {id!r}): "
             "terminate_child deletes a dynamic child; start a new one with start_child",
         )
 
@@ -1690,12 +1699,7 @@ class DynamicSupervisor(Supervisor):
             SupervisorError: always, ``.reason == "simple_one_for_one"`` (OTP's
                 ``{error, simple_one_for_one}``).
         """
-        raise _error(
-            "simple_one_for_one",
-            id,
-            f"a DynamicSupervisor does not support delete_child (child {id!r}): "
-            "terminate_child already deletes a dynamic child",
-        )
+        raise _not_dynamic("delete_child", id, "terminate_child already deletes a dynamic child")
 
     async def _shutdown_children(self) -> list[str]:
         """Stop every running child at once (OTP's ``terminate_dynamic_children``):
