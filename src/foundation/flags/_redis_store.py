@@ -818,6 +818,13 @@ class RedisFlagStore(FlagStore):
         # resync clears before it catches up).
         self._stale_since: float | None = None
         self._read_only = False  # Redis is a read-only replica (see _note_read_only)
+        # Monotonic times of the last write that got no answer in time and of the
+        # last write or read Redis answered (see _fail_fast); whether the fast
+        # failures of this outage were logged (once per outage).
+        self._last_timeout = 0.0
+        self._timeout_error = ""
+        self._last_ok = 0.0
+        self._fast_fail_logged = False
         self._restores = 0
         self._resyncs = 0
         self._last_id = "0-0"
@@ -1273,6 +1280,7 @@ class RedisFlagStore(FlagStore):
         except BackendUnavailable as exc:
             log.debug("flag store %r: %s; answering from the node copy", self.namespace, exc)
             return None
+        self._redis_answered()
         if self._copy_behind_check(raw_version):
             self._resync_wanted.set()
             self._wake_listener()
@@ -1357,15 +1365,73 @@ class RedisFlagStore(FlagStore):
     def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
         """Run ``fn(txn)`` and commit its writes atomically (WATCH/MULTI/EXEC, retried)."""
         self._check_open()
+        self._fail_fast()  # Redis just timed out: no wait for the lock, nor for Redis
         with self._txn_lock:
+            # Race: the transaction that held the lock while this one waited (the
+            # caller's FeatureFlags lock too) may have just timed out on a frozen
+            # Redis: fail as it did rather than wait a timeout of our own, so N
+            # queued writers cost one timeout, not N (nothing was sent).
+            self._fail_fast()
             run = _TxnRun()
             for _ in range(_MAX_ATTEMPTS):
                 self._check_open()
-                with contextlib.suppress(_Retry):
-                    return self._attempt(fn, run)
+                try:
+                    result = self._attempt(fn, run)
+                except _Retry:
+                    continue
+                except BackendUnavailable as exc:
+                    if (
+                        isinstance(exc.__cause__, Exception)
+                        and error_kind(exc.__cause__) == "timeout"
+                    ):
+                        self._timeout_error = str(exc)
+                        self._last_timeout = time.monotonic()
+                    raise
+                self._redis_answered()
+                return result
         raise FlagError(
             f"flag transaction gave up after {_MAX_ATTEMPTS} conflicting concurrent commits"
         )
+
+    def _redis_answered(self) -> None:
+        """A write or read Redis answered: writes try Redis again (``_fail_fast``)."""
+        self._last_ok = time.monotonic()
+        self._fast_fail_logged = False
+
+    def _fail_fast(self) -> None:
+        """``BackendUnavailable`` at once if a write got no answer in time (a frozen
+        or black-holed Redis) less than ``timeout`` ago and nothing Redis answered
+        since: such a write would wait its own full timeout, one after the other
+        behind the transaction lock (the k-th of k writers ``k`` timeouts).
+        Recovery needs nothing from the caller: a read Redis answers, or
+        ``timeout`` seconds without a new timeout, lets writes try Redis again.
+
+        Race: the times are set by other threads without a lock; a success
+        reported just after this look costs one write a fast failure (the
+        outage it asked during), a timeout just after it lets one more write
+        wait its timeout.
+        """
+        failed = self._last_timeout
+        if failed <= self._last_ok or time.monotonic() - failed >= self._timeout:
+            return  # the hot path: two attribute loads, one compare
+        error = BackendUnavailable(
+            f"Redis at {self._url} is not answering (a flag write timed out moments ago, "
+            f"nothing answered since; not retried for up to the store's timeout, "
+            f"{self._timeout:g} s): {self._timeout_error}"
+        )
+        with self._lock:
+            # Once per outage (reset by _redis_answered). Race: two writers failing
+            # at once; the lock makes one of them the first.
+            first, self._fast_fail_logged = not self._fast_fail_logged, True
+        if first:
+            log.warning(
+                "flag store %r: Redis did not answer a write in time; flag writes fail at "
+                "once with BackendUnavailable until Redis answers or %g s pass without a "
+                "new timeout, instead of each waiting its own timeout",
+                self.namespace,
+                self._timeout,
+            )
+        raise error
 
     def _attempt(self, fn: Callable[[StoreTransaction], T], run: _TxnRun) -> T:
         """One WATCH/MULTI/EXEC attempt of ``transaction``; ``_Retry``: try again."""

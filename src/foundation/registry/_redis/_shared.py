@@ -5,7 +5,10 @@ Locks (always taken in this order, never the other way round):
 - ``wlock`` (an ``RLock``) serialises this node's writes and its recovery:
   register, update, unregister, the lease thread's deletes and the whole
   heartbeat-reassert-resync procedure. Bounded: a writer waits at most a few
-  ``op_timeout`` for it, then reports ``BackendUnavailable``.
+  ``op_timeout`` for it, then reports ``BackendUnavailable``; and a public
+  write that finds a call timed out moments ago, none succeeded since, fails
+  at once (``fail_fast``), so N writers queued on a frozen Redis cost one
+  timeout, not N.
 - ``mlock`` guards the mirror, ``own``, ``pending_downs``, the tail position
   and the listener tuple. Never held across a Redis call or a listener.
 """
@@ -166,17 +169,29 @@ class _Writing:
 
     def __enter__(self) -> None:
         sh = self.sh
-        if self.public and sh.closed:
-            raise Closed("this RedisRegistry is closed")
+        if self.public:
+            if sh.closed:
+                raise Closed("this RedisRegistry is closed")
+            sh.fail_fast()  # Redis just timed out: no wait for the lock, nor for Redis
         # Bounded: a writer stuck on an unresponsive Redis holds the lock for at
         # most a few op_timeout; waiting longer than that is an outage.
         if not sh.wlock.acquire(timeout=sh.op_timeout * 4):
             raise BackendUnavailable(f"Redis at {sh.url} is not answering (writes are queued)")
-        if self.public and sh.closed:
-            # Race: close() held the lock while this writer waited; going on would
-            # re-create the closed node's lease (a NOLEASE reply starts a recovery).
-            sh.wlock.release()
-            raise Closed("this RedisRegistry is closed")
+        if self.public:
+            try:
+                if sh.closed:
+                    # Race: close() held the lock while this writer waited; going on
+                    # would re-create the closed node's lease (a NOLEASE reply starts
+                    # a recovery).
+                    raise Closed("this RedisRegistry is closed")
+                # Race: the writer (or lease thread) that held the lock while this
+                # one waited may have just timed out on a frozen Redis: fail as it
+                # did rather than wait a timeout of our own, so N queued writers
+                # cost one timeout, not N (the lock is released, nothing was sent).
+                sh.fail_fast()
+            except BaseException:
+                sh.wlock.release()
+                raise
 
     def __exit__(self, *exc: object) -> None:
         self.sh.wlock.release()
@@ -388,6 +403,19 @@ class Shared:
         if isinstance(err, BackendUnavailable):
             self.link.failed(reply, str(err))
         return err
+
+    def fail_fast(self) -> None:
+        """``BackendUnavailable`` at once if a Redis call timed out less than
+        ``op_timeout`` ago and none succeeded since (``Link.fast_fail``)."""
+        link = self.link
+        if link.last_timeout <= link.last_ok:
+            return  # the hot path: two attribute loads
+        why = link.fast_fail(self.op_timeout)
+        if why is not None:
+            raise BackendUnavailable(
+                f"Redis at {self.url} is not answering (a call timed out moments ago, "
+                f"none succeeded since; not retried for up to op_timeout): {why}"
+            )
 
     def writing(self, *, public: bool = True) -> _Writing:
         """``with sh.writing():`` holds ``wlock`` (bounded wait); a public write on a

@@ -72,6 +72,8 @@ class Link:
         self._wake = wake
         self.last_error: str | None = None
         self.last_ok = time.monotonic()  # last Redis call that succeeded
+        self.last_timeout = 0.0  # monotonic: last call that got no answer in time
+        self._fast_fail_outage: float | None = -1.0  # the outage fast_fail last logged
         self.recoveries = 0
         self.state_since = time.time()  # wall clock of the last state change (status())
         self._left_connected: float | None = None  # monotonic: when CONNECTED was left
@@ -105,6 +107,9 @@ class Link:
         kind = _redis_conn.error_kind(exc)
         new = LinkState.DISCONNECTED if kind in _UNREACHABLE_KINDS else LinkState.DEGRADED
         self._to(new, message, error=message)
+        if kind == "timeout":
+            # After the state change: fast_fail's log line names this outage.
+            self.last_timeout = time.monotonic()
 
     def resync_needed(self, why: str) -> None:
         """The mirror may be behind Redis (a gap, a reset, an unknown write outcome)."""
@@ -129,6 +134,41 @@ class Link:
 
     def close(self) -> None:
         self._to(LinkState.CLOSED, "closed")
+
+    def fast_fail(self, window: float) -> str | None:
+        """Why a public write should fail at once, or None: a call got no answer
+        in time (a frozen or black-holed Redis) less than ``window`` seconds ago
+        and no call has succeeded since. Such a write would only wait its own
+        full timeout, one after the other behind the node's write lock (the
+        k-th of k writers ``k`` timeouts); it fails as the last one did instead.
+        Recovery needs nothing from the caller: any call that succeeds (the
+        lease thread reconnects on its own) or ``window`` seconds without a new
+        timeout lets writes try Redis again.
+
+        Race: ``ok()`` and ``failed()`` run in other threads without a lock; a
+        success reported just after this look costs one write a fast failure,
+        as if it had come a moment earlier (the caller sees the outage it asked
+        during); a timeout just after it lets one more write wait its timeout.
+        """
+        failed = self.last_timeout
+        if failed <= self.last_ok or time.monotonic() - failed >= window:
+            return None
+        with self._cond:
+            # Once per outage (an operator needs it once, not per call). Race: two
+            # writers failing at once; the lock makes one of them the first.
+            first = self._fast_fail_outage != self._left_connected
+            self._fast_fail_outage = self._left_connected
+        if first:
+            log.warning(
+                "node %s (namespace %r): Redis did not answer in time (%s); writes fail at "
+                "once with BackendUnavailable until a call succeeds or %.1f s pass without "
+                "a new timeout, instead of each waiting its own timeout",
+                self._node,
+                self._namespace,
+                self.last_error,
+                window,
+            )
+        return self.last_error or "no answer in time"
 
     # ------------------------------------------------------------------ waiting
 

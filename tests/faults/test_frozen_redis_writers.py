@@ -1,0 +1,168 @@
+"""Many writers against a frozen Redis: one timeout for all of them, not one each.
+
+A frozen ``redis-server`` (SIGSTOP) accepts connections and answers nothing.
+Writes are serialised (a ``RedisRegistry`` node's write lock, a
+``MigratingRegistry``'s facade lock, a ``FeatureFlags`` lock and the flag
+store's transaction lock), so if each queued writer waited its own
+``op_timeout`` the k-th of N concurrent writers would get its error after k
+timeouts: a backlog that grows with load. Instead a write that finds a call
+timed out moments ago (and none succeeded since) fails at once with the same
+``BackendUnavailable``.
+
+Each scenario, in a subprocess under the interpreter's default hooks: N
+writer threads start together on the frozen server; every one gets
+``BackendUnavailable`` before a deadline of 3 timeouts (the old queue needed
+at least 4 for N = 8: the write lock's bounded wait, 8 for the flag store, 13
+for a MigratingRegistry); reads answer meanwhile, before any frozen write
+returned; the operator is told once; after SIGCONT a write succeeds again
+without anything done by the caller; no library thread died.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.faults._subprocess import run_scenario
+
+_SETUP = {
+    # A RedisRegistry on its own.
+    "redis": """
+reg = RedisRegistry(server.url, namespace=NS, op_timeout=T, lease_ttl=60.0)
+reg.register("pre", agents[-1], {"n": 0})
+write = lambda i: reg.register(("k", i), agents[i], {"n": i})
+read = lambda: reg.lookup("pre") is not None and len(reg.query([])) == 1
+close = reg.close
+LOGGER = "foundation.registry.redis"
+""",
+    # Flag off: the legacy RedisRegistry answers, under the facade lock.
+    "migrating-legacy": """
+flags = FeatureFlags([Flag("use_ets_agent_registry")])
+reg = MigratingRegistry(
+    RedisRegistry(server.url, namespace=NS, op_timeout=T, lease_ttl=60.0), MemoryRegistry(), flags
+)
+reg.register("pre", agents[-1], {"n": 0})
+write = lambda i: reg.register(("k", i), agents[i], {"n": i})
+read = lambda: reg.lookup("pre") is not None and len(reg.query([])) == 1
+close = reg.close
+LOGGER = "foundation.registry.redis"
+""",
+    # Flag on: the target RedisRegistry answers, under the facade lock.
+    "migrating-target": """
+flags = FeatureFlags([Flag("use_ets_agent_registry")])
+reg = MigratingRegistry(
+    MemoryRegistry(), RedisRegistry(server.url, namespace=NS, op_timeout=T, lease_ttl=60.0), flags
+)
+flags.enable("use_ets_agent_registry")
+reg.register("pre", agents[-1], {"n": 0})
+write = lambda i: reg.register(("k", i), agents[i], {"n": i})
+read = lambda: reg.lookup("pre") is not None and len(reg.query([])) == 1
+close = reg.close
+LOGGER = "foundation.registry.redis"
+""",
+    # FeatureFlags on a RedisFlagStore: its lock, then the store's transaction lock.
+    "flags": """
+from foundation.flags import RedisFlagStore
+store = RedisFlagStore(server.url, namespace=NS, timeout=T, cache_path=None)
+flags = FeatureFlags([Flag(f"f{i}") for i in range(N)] + [Flag("on")], store=store)
+flags.enable("on")
+write = lambda i: flags.enable(f"f{i}")
+read = lambda: flags.enabled("on") is True
+close = lambda: (flags.close(), store.close())
+LOGGER = "foundation.flags"
+""",
+}
+
+_BODY = """
+import uuid
+from foundation import (FeatureFlags, Flag, MemoryRegistry, MigratingRegistry, RedisRegistry,
+    spawn_thread)
+from foundation.errors import BackendUnavailable
+
+N, T = 8, 1.0
+NS = f"frz-{uuid.uuid4().hex[:8]}"
+agents = [spawn_thread(stop.wait, name=f"agent-{i}") for i in range(N + 2)]
+SETUP
+threads_before = library_threads()
+
+server.freeze()                                   # SIGSTOP: every Redis call now waits
+start = threading.Barrier(N + 1)
+outcomes = [None] * N
+returned = threading.Event()                      # set as soon as any writer returns
+
+def writer(i):
+    start.wait()
+    try:
+        write(i)
+        outcomes[i] = "no error"
+    except BaseException as exc:
+        outcomes[i] = exc
+    finally:
+        returned.set()
+
+workers = [threading.Thread(target=writer, args=(i,), name=f"writer-{i}", daemon=True)
+           for i in range(N)]
+for w in workers:
+    w.start()
+start.wait()
+began = time.monotonic()
+# Reads never wait for a write: all of them answer while no frozen write has
+# returned (each write waits a whole timeout at least, the reads none).
+for _ in range(20):
+    assert read(), "a read answered wrong while Redis was frozen"
+assert not returned.is_set(), "the reads waited for a frozen write to return"
+# The bound: every writer has its error within 3 timeouts (the old queue needed
+# one timeout per writer ahead of it: at least 4 here).
+deadline = began + 3 * T
+for i, w in enumerate(workers):
+    w.join(max(0.0, deadline - time.monotonic()))
+    assert not w.is_alive(), (
+        f"writer {i} still waiting {3 * T} s after the start (queued behind the others)",
+        outcomes,
+    )
+assert all(isinstance(o, BackendUnavailable) for o in outcomes), outcomes
+assert read(), "a read answered wrong after the frozen writes"
+assert set(threads_before) <= set(library_threads()), (threads_before, library_threads())
+
+server.thaw()                                     # SIGCONT: writes succeed again, by themselves
+def write_succeeds():
+    try:
+        write(0)
+    except BackendUnavailable:
+        return False                              # not yet back (or the fast-fail window)
+    return True
+wait_for(write_succeeds, "a write to succeed after the thaw", timeout=30)
+assert set(threads_before) <= set(library_threads()), (threads_before, library_threads())
+print(f"LOGGER={LOGGER}")
+close()
+print("OK")
+"""
+
+
+def _script(case: str) -> str:
+    # The server is thawed and stopped whatever happens: no frozen redis-server
+    # outlives a failed scenario.
+    main = _BODY.replace("SETUP", _SETUP[case].strip())
+    return (
+        "from tests.redis_support import RedisServer\n"
+        "stop = threading.Event()\n"
+        "server = RedisServer()\nserver.start()\ntry:\n"
+        + textwrap.indent(main, "    ")
+        + "\nfinally:\n    stop.set()\n    server.thaw()\n    server.stop()\n"
+    )
+
+
+@pytest.mark.parametrize("case", sorted(_SETUP))
+def test_concurrent_writers_on_a_frozen_redis_fail_within_one_timeout_not_one_each(
+    case: str,
+) -> None:
+    result = run_scenario(_script(case), timeout=120)
+    (logger,) = (line.split("=", 1)[1] for line in result.lines("LOGGER="))
+    # The operator is told once for the outage, not once per failed write.
+    told = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith(f"LOG WARNING {logger} ") and "fail at once" in line
+    ]
+    assert len(told) == 1, result.stderr
