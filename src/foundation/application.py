@@ -84,6 +84,7 @@ from foundation.supervision._runner import SignalHandlers
 from foundation.supervision._runs import in_thread_child_of
 from foundation.supervision._spec import _check_specs
 from foundation.supervision._supervisor import _error as _supervisor_error
+from foundation.supervision._supervisor import runs_in_tree
 
 if TYPE_CHECKING:
     import asyncio
@@ -158,7 +159,7 @@ class AppHealth:
 
     def _on_restart(self, _name: str, data: Mapping[str, Any]) -> None:
         tree = self._supervisor
-        if tree is not None and not _in_tree(tree, data.get("handle")):
+        if tree is not None and not runs_in_tree(tree, data.get("handle")):
             return  # another tree's restart (another library's, a test's supervisor)
         self._restarts.append(time.monotonic())
 
@@ -191,40 +192,6 @@ class AppHealth:
 
     def close(self) -> None:
         self._detach()
-
-
-def _in_tree(root: Supervisor, handle: object) -> bool:
-    """Whether ``handle`` (a restarted child's, from the emitting thread) is the
-    current run of a child of ``root`` or of a supervisor nested under it."""
-    import asyncio  # loaded already: a supervisor emitted the event
-
-    # Race: telemetry calls this in the emitting thread, at any time. Every
-    # supervisor of root's tree runs on root's loop, so an event emitted
-    # anywhere else is another tree's, answered without reading root's
-    # children (which root's loop may be changing). On that loop, no child
-    # list changes while this reads it; unrelated supervisors sharing the
-    # loop (``async with app:``) are told apart by the handle itself.
-    loop: asyncio.AbstractEventLoop | None = getattr(root, "_loop", None)
-    try:
-        if loop is None or asyncio.get_running_loop() is not loop:
-            return False
-    except RuntimeError:  # no loop runs in this thread: not a tree's event
-        return False
-    # Race: the runs, not which_children(): a child still starting (a nested
-    # supervisor still registering) has its run but is not shown running yet,
-    # while its own children may already restart.
-    pending = [root]
-    while pending:
-        children: dict[str, Any] = getattr(pending.pop(), "_children", {})
-        for child in children.values():
-            run = child.run
-            if run is None:
-                continue
-            if run.handle is handle:
-                return True
-            if isinstance(run.handle, Supervisor):
-                pending.append(run.handle)
-    return False
 
 
 def _chosen_services(services: Iterable[str]) -> tuple[str, ...]:

@@ -1718,6 +1718,39 @@ class DynamicSupervisor(Supervisor):
         ]
 
 
+def runs_in_tree(root: Supervisor, handle: object) -> bool:
+    """Whether ``handle`` (a restarted child's, from the emitting thread) is the
+    current run of a child of ``root`` or of a supervisor nested under it."""
+    # Race: telemetry calls this in the emitting thread, at any time. Every
+    # supervisor of root's tree runs on root's loop, so an event emitted
+    # anywhere else is another tree's, answered without reading root's
+    # children (which root's loop may be changing). On that loop, no child
+    # list changes while this reads it; unrelated supervisors sharing the
+    # loop (``async with app:``) are told apart by the handle itself.
+    import asyncio  # loaded already: a supervisor emitted the event
+
+    loop: asyncio.AbstractEventLoop | None = getattr(root, "_loop", None)  # set by start()
+    try:
+        if loop is None or asyncio.get_running_loop() is not loop:
+            return False
+    except RuntimeError:  # no loop runs in this thread: not a tree's event
+        return False
+    # Race: the runs, not which_children(): a child still starting (a nested
+    # supervisor still registering) has its run but is not shown running yet,
+    # while its own children may already restart.
+    pending = [root]
+    while pending:
+        for child in pending.pop()._children.values():
+            run = child.run
+            if run is None:
+                continue
+            if run.handle is handle:
+                return True
+            if isinstance(run.handle, Supervisor):
+                pending.append(run.handle)
+    return False
+
+
 def _given_spec(
     args: tuple[Any, ...],
     id: str | None,
