@@ -9,17 +9,25 @@ is :mod:`foundation._demo._redis_server` (the demo's chaos mode uses it too).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import signal
+import socket
 import subprocess
 import time
+import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from foundation._demo._redis_server import (
     RedisServerError,
     RedisServerProcess,
+    ServerTls,
     free_port,
     redis_server_binary,
 )
+
+_LOOPBACK = "127.0.0.1"
 
 __all__ = [
     "RedisServer",
@@ -32,11 +40,160 @@ __all__ = [
 
 
 class RedisServer(RedisServerProcess):
-    """One redis-server process; ``url`` is ``redis://127.0.0.1:<port>/0``."""
+    """One redis-server process; ``url`` is ``redis://127.0.0.1:<port>/0``.
+
+    :meth:`start` checks that the server answering on the port is this process
+    (``INFO server`` ``process_id``), and on a first start on a port picked by
+    :func:`free_port` moves to another one if it was not: see :meth:`start`.
+    :meth:`evidence` says what became of it (for a failed test's message).
+    """
+
+    killed_by_test = False
+    """Whether :meth:`kill` (or ``restart``) SIGKILLed it: a -9 the test asked for."""
+
+    def __init__(
+        self, *, password: str | None = None, port: int | None = None, tls: ServerTls | None = None
+    ) -> None:
+        super().__init__(password=password, port=port, tls=tls)
+        self._may_move = port is None  # until the first start: then the port is the server's
 
     def __enter__(self) -> RedisServer:
         self.start()
         return self
+
+    def start(self, *, timeout: float = 10.0) -> None:
+        """Start and wait until this process (not another on its port) answers.
+
+        Race: :func:`free_port` only says the port was free a moment ago, and
+        other tests (other pytest runs on the machine too) pick ports the same
+        way or restart servers on theirs. If another process took the port
+        first, the new server cannot bind it and exits, but the wait for a
+        ``PING`` reply would be answered by the other process, and the test
+        would drive (freeze, kill, fail over) another test's server. So the
+        answering process must be this one: on a first start on a picked port
+        the server moves to a new free port (twice at most); otherwise (a
+        restart, or a port the caller chose) it is an error naming the owner.
+        """
+        for attempt in range(3):
+            may_move = self._may_move and attempt < 2
+            try:
+                self._launch(timeout)
+            except (RedisServerError, RuntimeError) as exc:  # exited early: port taken?
+                if not _port_taken(self.log_path):
+                    raise
+                self._end_launched()
+                if not may_move:
+                    raise self._taken(self._answering_pid()) from exc
+                self._move_port()
+                continue
+            owner = self._answering_pid()
+            if self.process is not None and owner == self.process.pid:
+                self._may_move = False
+                self.killed_by_test = False
+                return
+            self._end_launched()
+            if not may_move:
+                raise self._taken(owner)
+            self._move_port()
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _taken(self, owner: int | None) -> RedisServerError:
+        return RedisServerError(
+            f"port {self.port} is taken by another process (pid {owner}), "
+            "not the redis-server just started: a free-port race"
+        )
+
+    def _launch(self, timeout: float) -> None:
+        super().start(timeout=timeout)
+
+    def _move_port(self) -> None:
+        self.port = free_port()
+        self.log_path.unlink(missing_ok=True)  # it says the old port was taken
+
+    def _answering_pid(self) -> int | None:
+        """``process_id`` of the server answering on the port (``None``: not a
+        redis-server that takes this server's login)."""
+        try:
+            info: bytes = self.command("INFO", "server", timeout=2.0)
+        except RedisServerError:
+            return None
+        for line in info.decode(errors="replace").splitlines():
+            if line.startswith("process_id:"):
+                return int(line.split(":", 1)[1])
+        return None
+
+    def _end_launched(self) -> None:
+        """The process just launched lost its port: wait for it to end (kill it if not)."""
+        process = self.process
+        if process is not None:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        self.process = None
+
+    @property
+    def log_path(self) -> Path:
+        return self._dir / "redis.log"
+
+    def kill(self) -> None:
+        self.killed_by_test = self.killed_by_test or self.running
+        super().kill()
+
+    def evidence(self, role: str, lines: int = 25) -> str:
+        """``role``, port, pid, whether it runs (or how it ended) and the tail of its log.
+
+        Read before ``stop()``, which removes the log with the directory."""
+        process = self.process
+        if process is None:
+            state = "not running (never started, or stopped)"
+        else:
+            code = process.poll()
+            if code is None:
+                state = "frozen (SIGSTOP)" if self.frozen else "running"
+                listening = "accepts connections" if _listens(self.port) else "REFUSES connections"
+                state += f", port {listening}"
+            else:
+                state = f"EXITED, returncode {code}{_signal_name(code)}"
+                state += " (killed by the test)" if self.killed_by_test else ""
+        pid = process.pid if process is not None else "-"
+        return f"{role} on port {self.port} (pid {pid}): {state}\n{_tail(self.log_path, lines)}"
+
+
+def _port_taken(log: Path) -> bool:
+    """Whether the server of ``log`` could not listen: its port was taken."""
+    try:
+        return "Address already in use" in log.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _listens(port: int) -> bool:
+    """Whether a connection to ``127.0.0.1:port`` is accepted (a listening socket)."""
+    try:
+        socket.create_connection((_LOOPBACK, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def _signal_name(returncode: int) -> str:
+    if returncode >= 0:
+        return ""
+    try:
+        return f" ({signal.Signals(-returncode).name})"
+    except ValueError:
+        return ""
+
+
+def _tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of the log at ``path``, indented (or why there are none)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"    (no log: {exc})"
+    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
 
 
 @contextlib.contextmanager
@@ -46,8 +203,6 @@ def running_redis(password: str | None = None) -> Iterator[RedisServer]:
 
 
 # --------------------------------------------------------------------------- Sentinel
-
-_LOOPBACK = "127.0.0.1"
 
 
 def _poll(predicate: Callable[[], bool], what: str, timeout: float) -> None:
@@ -92,13 +247,17 @@ class SentinelProcess(RedisServer):
         self.acl_user = acl_user
         self._reads = 0  # INFO reads of commands_served()
 
+    @property
+    def log_path(self) -> Path:
+        return self._dir / "sentinel.log"
+
     def _conf(self) -> str:
         svc = self.service
         lines = [
             f"port {self.port}",
             f"bind {_LOOPBACK}",
             f"dir {self._dir}",
-            f"logfile {self._dir / 'sentinel.log'}",
+            f"logfile {self.log_path}",
             f"sentinel monitor {svc} {_LOOPBACK} {self.master_port} {self.quorum}",
             f"sentinel down-after-milliseconds {svc} {self.down_after_ms}",
             f"sentinel failover-timeout {svc} {self.failover_timeout_ms}",
@@ -111,7 +270,11 @@ class SentinelProcess(RedisServer):
             lines.append(f"user {name} on >{secret} allchannels +@all")
         return "\n".join(lines) + "\n"
 
-    def start(self, *, timeout: float = 10.0) -> None:
+    def _move_port(self) -> None:
+        super()._move_port()
+        (self._dir / "sentinel.conf").unlink(missing_ok=True)  # it names the old port
+
+    def _launch(self, timeout: float) -> None:
         conf = self._dir / "sentinel.conf"
         if not conf.exists():  # a restart keeps what the Sentinel wrote there
             conf.write_text(self._conf())
@@ -125,7 +288,10 @@ class SentinelProcess(RedisServer):
 
         def answers() -> bool:
             if process.poll() is not None:
-                raise RuntimeError(f"redis-sentinel exited early with {process.returncode}")
+                raise RuntimeError(
+                    f"redis-sentinel exited early with {process.returncode}:\n"
+                    + _tail(self.log_path, 10)
+                )
             try:
                 return bool(self.command("PING", timeout=0.5) == "PONG")
             except RedisServerError:
@@ -172,6 +338,13 @@ def _socket_inodes(pid: int) -> set[str]:
     return found
 
 
+_SET_IDS = itertools.count()
+
+LIVE_SETS: weakref.WeakSet[SentinelSet] = weakref.WeakSet()
+"""The sets inside their ``with`` block: a failed test reports their
+:meth:`SentinelSet.evidence` (``tests/redis/conftest.py``)."""
+
+
 class SentinelSet:
     """A master, one replica (``REPLICAOF``) and ``sentinels`` Sentinels on free
     loopback ports.
@@ -187,11 +360,15 @@ class SentinelSet:
     :meth:`failover` (``SENTINEL FAILOVER``) and :meth:`kill_master` (SIGKILL,
     the Sentinels promote the replica after ``down_after_ms``) return once a
     Sentinel names the new master and that server answers ``ROLE`` as a master.
+
+    ``service`` defaults to a name no other set uses. An exception leaving the
+    ``with`` block carries :meth:`evidence` (a note shown with its traceback):
+    whether each process still runs or how it ended, and the tail of its log.
     """
 
     def __init__(
         self,
-        service: str = "foundation-test",
+        service: str | None = None,
         *,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
@@ -200,6 +377,11 @@ class SentinelSet:
         sentinel_password: str | None = None,
         acl_user: tuple[str, str] | None = None,
     ) -> None:
+        # A service name of its own: Sentinels exchange hellos (and adopt a newer
+        # master address) with any Sentinel of the same service they reach, and
+        # another test's Sentinel may reach this set (it still watches a port of
+        # a server it lost, which this set's free_port() may pick).
+        service = service or f"foundation-test-{os.getpid()}-{next(_SET_IDS)}"
         self.service = service
         self.servers = [RedisServer(), RedisServer()]
         self.sentinel_password = sentinel_password
@@ -235,6 +417,7 @@ class SentinelSet:
         replica.command("REPLICAOF", _LOOPBACK, master.port)
         _poll(lambda: self._link_up(replica), "the replica to sync with the master", timeout)
         for sentinel in self.all_sentinels:
+            sentinel.master_port = master.port  # start() may have moved it (a port race)
             sentinel.start()
         self.wait_settled(timeout)
 
@@ -259,16 +442,40 @@ class SentinelSet:
         for server in self.servers:
             server.stop()
 
+    def evidence(self) -> str:
+        """What became of every process of the set: running or how it ended, and
+        the tail of its log (``stop()`` removes the logs)."""
+        parts = [
+            server.evidence(f"redis-server {i} ({'first master' if i == 0 else 'first replica'})")
+            for i, server in enumerate(self.servers)
+        ]
+        parts += [s.evidence(f"Sentinel {i}") for i, s in enumerate(self.all_sentinels)]
+        return "--- the Sentinel set's processes ---\n" + "\n".join(parts)
+
     def __enter__(self) -> SentinelSet:
+        LIVE_SETS.add(self)
         try:
             self.start()
-        except BaseException:
+        except BaseException as exc:
+            self._note_evidence(exc)
             self.stop()
+            LIVE_SETS.discard(self)
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if exc is not None:
+            self._note_evidence(exc)
         self.stop()
+        LIVE_SETS.discard(self)
+
+    def _note_evidence(self, exc: BaseException) -> None:
+        """Add :meth:`evidence` to ``exc`` (shown with its traceback): a failed
+        scenario says whether a Sentinel or server died, and what it logged."""
+        try:
+            exc.add_note(self.evidence())
+        except Exception as failed:  # the evidence must never hide the failure
+            exc.add_note(f"(no evidence of the Sentinel set: {failed!r})")
 
     @staticmethod
     def _link_up(server: RedisServer) -> bool:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pytest
 
 from foundation.registry._redis import RedisRegistry
 from tests.redis.support import NodeProcess, unique_namespace
-from tests.redis_support import RedisServer
+from tests.redis_support import LIVE_SETS, RedisServer
 
 MakeRegistry = Callable[..., RedisRegistry]
 
@@ -68,3 +68,16 @@ def agents() -> Iterator[Callable[[], Any]]:
     stop.set()
     for t in threads:
         t.join(timeout=5)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """A failed test shows what became of the processes of every live Sentinel
+    set (a module's fixture): which still run, how the others ended, their logs."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for live in list(LIVE_SETS):
+            report.sections.append((f"Sentinel set {live.service}", live.evidence()))
