@@ -802,13 +802,20 @@ class FeatureFlags:
     def set(
         self, name: str, value: bool, *, by: str | None = None, reason: str | None = None
     ) -> None:
-        """``enable`` or ``disable`` by value; a non-bool is InvalidFlagValue."""
+        """``enable`` or ``disable`` by value; a non-bool is InvalidFlagValue.
+
+        ``set(name, False)`` is ``disable``: the kill switch, kept through an outage
+        on a store that keeps kill switches.
+        """
         self._check_open()  # Closed first, whatever the arguments (as every call)
         if not isinstance(value, bool):
             raise InvalidFlagValue(
                 f"set({short_repr(name)}, ...) takes a bool, not {short_repr(value)}"
             )
-        self._update(name, lambda s: _replace(s, switch=value), by, reason)
+        if value:
+            self.enable(name, by=by, reason=reason)
+        else:
+            self.disable(name, by=by, reason=reason)
 
     def set_percentage(
         self, name: str, percentage: float, *, by: str | None = None, reason: str | None = None
@@ -1012,17 +1019,17 @@ class FeatureFlags:
         with self._lock:
             self._check_open()
             config = self._config
-            writes: dict[str, tuple[FlagState | None, FlagChange]] = {}
+            attempts: list[dict[str, tuple[FlagState | None, FlagChange]]] = []
 
             def run(txn: StoreTransaction) -> T:
                 writer = _Writer(self, txn, config)
                 result = body(writer)
-                writes.clear()
-                writes.update(writer.writes)
+                attempts.append(writer.writes)
                 return result
 
             commit = self._store.kill_switch if kill_switch else self._store.transaction
             result = commit(run)
+            writes = self._committed_writes(attempts)
             if writes:
                 runtime = dict(self._runtime)
                 for name, (stored, _) in writes.items():
@@ -1036,6 +1043,33 @@ class FeatureFlags:
                     _log_change(change)
                     self._notify(change)
             return result
+
+    def _committed_writes(
+        self, attempts: list[dict[str, tuple[FlagState | None, FlagChange]]]
+    ) -> dict[str, tuple[FlagState | None, FlagChange]]:
+        """What a commit wrote: its last run's writes, and an earlier run's the store holds.
+
+        Race: a store may run the body again after a commit whose reply was lost
+        (redis-py reports a connection lost during ``EXEC`` as a WATCH conflict).
+        The new run finds that commit's writes already there and writes nothing
+        for them, and the store's listener skips them as this store's own: served
+        from the last run's writes alone, this process would answer the state from
+        before the commit (a flag killed everywhere else still on here) for good.
+        """
+        writes = dict(attempts[-1]) if attempts else {}
+        earlier: dict[str, tuple[FlagState | None, FlagChange]] = {}
+        for attempt in attempts[:-1]:
+            earlier.update((n, w) for n, w in attempt.items() if n not in writes)
+        if not earlier:
+            return writes  # the common case: one run
+        try:
+            stored = self._store.load_states()
+        except (BackendUnavailable, FlagError):
+            return writes  # cannot tell now: the next reload (a resync) brings it
+        for name, (state, change) in earlier.items():
+            if stored.get(name) == state:
+                writes[name] = (state, change)
+        return writes
 
     def _update(
         self,

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from foundation import telemetry
 from foundation.errors import (
     BackendUnavailable,
+    FlagError,
     InvalidFlagValue,
     MigrationError,
     StartError,
@@ -537,7 +538,13 @@ class Migration:
 
         Raises:
             MigrationError: no health source configured, or it returned no HealthSample.
+            BackendUnavailable: the store could not take the rollback (nothing changed;
+                a one-stage rollback is not a kill switch, it is not kept for later).
         """
+        return self._respond(self._sample())
+
+    def _sample(self) -> HealthSample:
+        """What the health source says now (``check_health``'s first half)."""
         if self.health is None or self.thresholds is None:
             raise MigrationError("check_health needs Migration(..., health=, thresholds=)")
         sample = self.health()
@@ -545,6 +552,12 @@ class Migration:
             raise MigrationError(
                 f"the health source returned {bounded_repr(sample)}, not a HealthSample"
             )
+        return sample
+
+    def _respond(self, sample: HealthSample) -> HealthReport:
+        """Roll back one stage if ``sample`` crosses a threshold (``check_health``'s second
+        half: only this part writes to the store)."""
+        assert self.thresholds is not None  # _sample checked it
         breaches = tuple(self.thresholds.breaches(sample))
         if not breaches:
             return HealthReport(sample, breaches)
@@ -657,6 +670,7 @@ class AutoRollback:
         self.last_report: HealthReport | None = None
         self.last_error: BaseException | None = None
         self.rollbacks: list[HealthReport] = []
+        self._unwritten = False  # a rollback the store refused was logged (see _not_written)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"foundation-auto-rollback:{migration.plan.name}", daemon=True
@@ -676,14 +690,41 @@ class AutoRollback:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                report = self.migration.check_health()
+                sample = self.migration._sample()
             except Exception as exc:  # keep watching; the failure is reported
                 self.last_error = exc
                 report_callback_error(exc, self.migration.health, "auto-rollback health source")
                 continue
+            try:
+                report = self.migration._respond(sample)
+            except (BackendUnavailable, FlagError) as exc:  # the store: not the health source
+                self.last_error = exc
+                self._not_written(sample, exc)
+                continue
+            except Exception as exc:
+                self.last_error = exc
+                report_callback_error(exc, self.migration, "auto-rollback")
+                continue
+            self._unwritten = False
             self.last_report = report
             if report.rolled_back_to is not None:
                 self.rollbacks.append(report)
+
+    def _not_written(self, sample: HealthSample, exc: BaseException) -> None:
+        """One WARNING per episode: a breach seen, its rollback refused by the store
+        (an outage: a one-stage rollback is not a kill switch, it waits for the store)."""
+        if self._unwritten:
+            return
+        self._unwritten = True  # until a check goes through (only this thread sets it)
+        assert self.migration.thresholds is not None
+        _log.warning(
+            "migration %r: health check failed (%s) but the automatic rollback could not "
+            "be written, nothing changed: %s; checking again every %g s",
+            self.migration.plan.name,
+            "; ".join(self.migration.thresholds.breaches(sample)),
+            exc,
+            self.interval,
+        )
 
     def stop(self) -> None:
         self._stop.set()

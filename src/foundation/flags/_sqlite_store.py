@@ -321,6 +321,8 @@ class SQLiteFlagStore(FlagStore):
         self._hot_until = 0.0
         self._watch_failing = False  # the watcher has logged that it cannot read the file
         self._moved_logged = False  # ... or that the file was deleted or replaced
+        # A write found the writer read-only: open it again first (see _reopen_if_read_only).
+        self._writer_read_only = False
         # No busy handler on the writer: _begin() retries the write lock itself.
         self._conn = self._connect(timeout=0.0)
         try:
@@ -501,8 +503,27 @@ class SQLiteFlagStore(FlagStore):
                     f"while {doing}: {_explain(exc)}"
                 )
             if write:  # the caller gets the error; the operator a line in the log
+                read_only = str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_READONLY")
+                self._writer_read_only = self._writer_read_only or read_only
                 log.warning("%s; nothing was written", error)
             raise error from exc
+
+    def _reopen_if_read_only(self) -> None:
+        """Open the writer again if a write found it read-only (the caller holds ``_lock``).
+
+        SQLite opens a file this process may not write read-only, and that
+        connection refuses every write for good: without a new one, the store
+        would go on refusing writes (the kill switch included) after an operator
+        fixed the file's permissions, until the process restarts. (Not enough when
+        the -shm file was read-only too: SQLite shares its mapping between a
+        process's connections, so the reader and watcher keep it read-only.)
+        """
+        if not self._writer_read_only:
+            return
+        old, self._conn = self._conn, self._connect(timeout=0.0)
+        old.close()
+        self._writer_read_only = False  # a write that fails again sets it again
+        self._create()  # the writer's pragmas; the schema is there: nothing is written
 
     def _rollback(self) -> None:
         import sqlite3
@@ -533,6 +554,7 @@ class SQLiteFlagStore(FlagStore):
             with self._errors("writing", write=True):
                 self._check_open()
                 self._check_file()
+                self._reopen_if_read_only()
                 # IMMEDIATE takes the write lock now, so reads inside fn cannot go
                 # stale before COMMIT: other processes' writers wait for us.
                 self._begin()
@@ -747,6 +769,7 @@ class SQLiteFlagStore(FlagStore):
         with self._lock, self._errors(doing, write=True):
             self._check_open()
             self._check_file()
+            self._reopen_if_read_only()
             self._begin()
             try:
                 self._conn.executemany(
