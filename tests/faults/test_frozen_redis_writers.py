@@ -166,3 +166,115 @@ def test_concurrent_writers_on_a_frozen_redis_fail_within_one_timeout_not_one_ea
         if line.startswith(f"LOG WARNING {logger} ") and "fail at once" in line
     ]
     assert len(told) == 1, result.stderr
+
+
+# A kill switch recorded while Redis was frozen (the fast-fail window open: a
+# write timed out just before) and Redis resumed at once. The listener hears
+# Redis again (its XREAD answers, or its resync reads) and commits the kill
+# switch. Redis answering the listener is Redis answering a call: the window
+# closes, so the commit goes through, never failed fast by the window itself
+# (which turned a healthy Redis into a "lost Redis ... not answering" outage:
+# the store went stale and retried for up to a timeout before committing).
+_KILL_SWITCH_AFTER_THAW = """
+import uuid
+from foundation import FeatureFlags, Flag
+from foundation.errors import BackendUnavailable
+from foundation.flags import RedisFlagStore
+
+# The window (T) is wide: the listener hears Redis within about one XREAD block
+# (resync_interval) of the thaw, whether its XREAD was sent before the freeze,
+# during it, or timed out (then its resync reads Redis).
+T = 3.0
+store = RedisFlagStore(server.url, namespace=f"frz-{uuid.uuid4().hex[:8]}", timeout=T,
+                       resync_interval=0.5, cache_path=None)
+flags = FeatureFlags([Flag("a"), Flag("k")], store=store)
+flags.enable("k")
+
+server.freeze()
+try:
+    flags.enable("a")
+    raise AssertionError("a write to a frozen Redis succeeded")
+except BackendUnavailable:
+    pass                                          # timed out: the window is open
+flags.disable("k")                                # failed fast: recorded, pending
+assert [op.flags for op in store.pending()] == [("k",)], store.pending()
+server.thaw()
+
+wait_for(lambda: not store.pending() and store.synced, "the kill switch to be committed")
+assert "not answering" not in (store.status().last_error or ""), store.status()
+assert flags.enabled("k") is False
+flags.close()
+store.close()
+print("OK")
+"""
+
+
+def test_a_kill_switch_held_during_a_freeze_is_committed_once_the_listener_hears_redis() -> None:
+    script = (
+        "from tests.redis_support import RedisServer\n"
+        "server = RedisServer()\nserver.start()\ntry:\n"
+        + textwrap.indent(_KILL_SWITCH_AFTER_THAW, "    ")
+        + "\nfinally:\n    server.thaw()\n    server.stop()\n"
+    )
+    result = run_scenario(script, timeout=120)
+    # The listener never met the fast-fail window: Redis had answered it.
+    failed_fast = [
+        line
+        for line in result.stderr.splitlines()
+        if "[foundation-flags-redis[" in line and "not answering" in line
+    ]
+    assert not failed_fast, result.stderr
+
+
+# A transaction queued on the store's transaction lock behind one that times out
+# on a frozen Redis, while the store is closed: it reports Closed (the store is
+# closed, as before fail-fast and as a RedisRegistry writer says), not the
+# fast-fail BackendUnavailable of the timeout ahead of it.
+_CLOSED_WHILE_QUEUED = """
+import uuid
+from foundation.errors import BackendUnavailable, Closed
+from foundation.flags import RedisFlagStore
+
+T = 3.0  # wide: B queues and close() starts within milliseconds
+store = RedisFlagStore(server.url, namespace=f"frz-{uuid.uuid4().hex[:8]}", timeout=T,
+                       cache_path=None)
+outcome = {}
+calling = threading.Event()
+
+def txn(who):
+    if who == "B":
+        calling.set()
+    try:
+        store.transaction(lambda t: t.get("a"))
+        outcome[who] = "no error"
+    except BaseException as exc:
+        outcome[who] = exc
+
+server.freeze()
+a = threading.Thread(target=txn, args=("A",), daemon=True)
+a.start()
+wait_for(store._txn_lock.locked, "A to hold the transaction lock")   # A waits its timeout
+b = threading.Thread(target=txn, args=("B",), daemon=True)
+b.start()
+assert calling.wait(10)                           # B is on its way to the lock, A's queue
+closer = threading.Thread(target=store.close, daemon=True)
+closer.start()
+wait_for(lambda: store._closed, "close() to begin")
+a.join(30)
+b.join(30)
+assert isinstance(outcome["A"], BackendUnavailable), outcome
+assert isinstance(outcome["B"], Closed), outcome
+server.thaw()
+closer.join(30)
+print("OK")
+"""
+
+
+def test_a_transaction_queued_behind_a_timeout_reports_closed_once_the_store_closed() -> None:
+    script = (
+        "from tests.redis_support import RedisServer\n"
+        "server = RedisServer()\nserver.start()\ntry:\n"
+        + textwrap.indent(_CLOSED_WHILE_QUEUED, "    ")
+        + "\nfinally:\n    server.thaw()\n    server.stop()\n"
+    )
+    run_scenario(script, timeout=120)

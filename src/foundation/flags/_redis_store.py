@@ -1367,6 +1367,8 @@ class RedisFlagStore(FlagStore):
         self._check_open()
         self._fail_fast()  # Redis just timed out: no wait for the lock, nor for Redis
         with self._txn_lock:
+            # Race: close() while this one waited for the lock: Closed first.
+            self._check_open()
             # Race: the transaction that held the lock while this one waited (the
             # caller's FeatureFlags lock too) may have just timed out on a frozen
             # Redis: fail as it did rather than wait a timeout of our own, so N
@@ -1403,8 +1405,9 @@ class RedisFlagStore(FlagStore):
         or black-holed Redis) less than ``timeout`` ago and nothing Redis answered
         since: such a write would wait its own full timeout, one after the other
         behind the transaction lock (the k-th of k writers ``k`` timeouts).
-        Recovery needs nothing from the caller: a read Redis answers, or
-        ``timeout`` seconds without a new timeout, lets writes try Redis again.
+        Recovery needs nothing from the caller: a read Redis answers (the
+        listener's included), or ``timeout`` seconds without a new timeout,
+        lets writes try Redis again.
 
         Race: the times are set by other threads without a lock; a success
         reported just after this look costs one write a fast failure (the
@@ -2166,6 +2169,12 @@ class RedisFlagStore(FlagStore):
                     if time.monotonic() >= next_check:
                         next_check = time.monotonic() + self._resync_interval
                         need_resync = self._redis_went_back()
+                    # Redis answered this turn's every call: writes, and the next
+                    # turn's replay of kill switches, stop failing fast (see
+                    # _fail_fast). Here, after the last call: one answered after
+                    # a write timed out counts (a reply read just before Redis
+                    # froze again only lets one more write wait its own timeout).
+                    self._redis_answered()
                 except Exception as exc:  # the listener survives anything; see _fault
                     if self._stop.is_set():
                         break
@@ -2349,7 +2358,12 @@ class RedisFlagStore(FlagStore):
         self._synced.clear()
         self._ensure_clients()
         self._catch_up()
-        if not self._check_role():
+        read_only = self._check_role()
+        # Redis answered: the replay below must not fail fast for a write that
+        # timed out before it came back (the resync would fail, stale, for up to
+        # a timeout: see _fail_fast).
+        self._redis_answered()
+        if not read_only:
             # A read-only replica: reads follow it, writes would fail. The kill
             # switches stay pending until it accepts writes (_redis_went_back).
             with self._translated("committing pending kill switches"):
