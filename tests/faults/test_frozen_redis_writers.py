@@ -11,9 +11,10 @@ timed out moments ago (and none succeeded since) fails at once with the same
 
 Each scenario, in a subprocess under the interpreter's default hooks: N
 writer threads start together on the frozen server; every one gets
-``BackendUnavailable`` before a deadline of 3 timeouts (the old queue needed
-at least 4 for N = 8: the write lock's bounded wait, 8 for the flag store, 13
-for a MigratingRegistry); reads answer meanwhile, before any frozen write
+``BackendUnavailable``, and at most two of them (one, but for the lease
+thread's or listener's own timeout racing the first writer's) after waiting a
+timeout of their own: the others fail at once (the old queue made every one
+wait its own); reads answer meanwhile, before any frozen write
 returned; the operator is told once; after SIGCONT a write succeeds again
 without anything done by the caller; no library thread died.
 """
@@ -106,22 +107,21 @@ workers = [threading.Thread(target=writer, args=(i,), name=f"writer-{i}", daemon
 for w in workers:
     w.start()
 start.wait()
-began = time.monotonic()
 # Reads never wait for a write: all of them answer while no frozen write has
 # returned (each write waits a whole timeout at least, the reads none).
 for _ in range(20):
     assert read(), "a read answered wrong while Redis was frozen"
 assert not returned.is_set(), "the reads waited for a frozen write to return"
-# The bound: every writer has its error within 3 timeouts (the old queue needed
-# one timeout per writer ahead of it: at least 4 here).
-deadline = began + 3 * T
+# The bound, counted rather than timed: one writer waits out a real timeout;
+# every other one fails at once ("... timed out moments ago ..."). The old
+# queue made each writer wait a timeout of its own (8 timeout errors, or 4 and
+# then "writes are queued" past the write lock's bounded wait).
 for i, w in enumerate(workers):
-    w.join(max(0.0, deadline - time.monotonic()))
-    assert not w.is_alive(), (
-        f"writer {i} still waiting {3 * T} s after the start (queued behind the others)",
-        outcomes,
-    )
+    w.join(60)                                    # a hang guard, not a bound
+    assert not w.is_alive(), (f"writer {i} never returned", outcomes)
 assert all(isinstance(o, BackendUnavailable) for o in outcomes), outcomes
+waited = [str(o) for o in outcomes if "timed out moments ago" not in str(o)]
+assert len(waited) <= 2, ("more than one writer waited its own timeout", waited)
 assert read(), "a read answered wrong after the frozen writes"
 assert set(threads_before) <= set(library_threads()), (threads_before, library_threads())
 

@@ -106,10 +106,14 @@ class Link:
         """A Redis call failed with ``exc`` (``message``: the translated error)."""
         kind = _redis_conn.error_kind(exc)
         new = LinkState.DISCONNECTED if kind in _UNREACHABLE_KINDS else LinkState.DEGRADED
+        # Race: _to() wakes the lease thread, whose recovery may succeed (last_ok)
+        # before the next line runs; the time is taken first, so a recovery that
+        # quick still counts as later than this timeout and writes go on. Stored
+        # after the state change: fast_fail's log line names this outage.
+        failed_at = time.monotonic()
         self._to(new, message, error=message)
         if kind == "timeout":
-            # After the state change: fast_fail's log line names this outage.
-            self.last_timeout = time.monotonic()
+            self.last_timeout = failed_at
 
     def resync_needed(self, why: str) -> None:
         """The mirror may be behind Redis (a gap, a reset, an unknown write outcome)."""
