@@ -174,9 +174,41 @@ def _command_words(args_list: list[str]) -> list[str]:
     return positionals[:1]
 
 
+def _options_before_demo(args_list: list[str]) -> list[str] | None:
+    """The options typed before the word ``demo`` when it is the command, else None.
+
+    The demo parses its own options, after the word (``foundation demo --redis
+    URL``); the common ones (``--json``, ``--store``...) do not apply to it.
+    ``--help``/``-h``/``--version`` before it stay the parser's."""
+    if _command_words(args_list) != ["demo"]:
+        return None
+    # The word's place: the last "demo" such that no positional precedes it
+    # (an option's value may be "demo" too: "--store demo demo").
+    at = next(i for i in range(len(args_list)) if _command_words(args_list[: i + 1]) == ["demo"])
+    before = args_list[:at]
+    if any(a in ("-h", "--help", "--version") for a in before):
+        return None
+    return before
+
+
+def _usage_error(words: list[str], message: str) -> int:
+    """Print a usage error as one line naming the command; return exit code 2."""
+    print(f"{' '.join(['foundation', *words])}: {message}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
 def _main(args_list: list[str], words: list[str]) -> int:
-    if args_list and args_list[0] == "demo":
-        # The demo has its own options: pass them through untouched.
+    before = _options_before_demo(args_list)
+    if before:
+        # Said plainly, rather than argparse's "unrecognized arguments" for the
+        # demo's own options, or running the demo without what was asked.
+        words.append("demo")
+        return _usage_error(
+            words,
+            f"the demo takes its own options after the word demo (foundation demo --help); "
+            f"{' '.join(before)} before it does not apply to it",
+        )
+    if before is not None:  # "demo" first: its options go to it untouched
         words.append("demo")
         return _run_demo(args_list[1:])
     parser = _parser()

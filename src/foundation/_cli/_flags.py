@@ -169,13 +169,18 @@ def open_flags(settings: Settings, *, hold_kill_switches: bool = True) -> Iterat
 
 
 def _warn_if_stale(store: Any) -> None:
-    """One stderr line when ``store`` answers from its node copy (Redis unreachable)."""
+    """One stderr line when ``store`` is stale: it answers from its node copy
+    (Redis unreachable at start), or from what it read before it lost Redis
+    (no node copy on this machine: its change feed failed just after the read)."""
     if not getattr(store, "stale", False):
         return
     report = store.status()
+    if report.cache_path is not None:
+        where = f"Redis unreachable; answers come from this machine's node copy {report.cache_path}"
+    else:
+        where = "the flag store lost Redis just after reading it; answers come from what it read"
     print(
-        f"warning: Redis unreachable; answers come from this machine's node copy "
-        f"{report.cache_path} at version {report.version} (stale: changes made elsewhere "
+        f"warning: {where} at version {report.version} (stale: changes made elsewhere "
         f"since may be missing): {report.last_error}",
         file=sys.stderr,
         flush=True,
