@@ -22,35 +22,15 @@ from foundation.flags import (
     SQLiteFlagStore,
     Stage,
 )
+from tests._logs import Records, captured
 from tests.faults._subprocess import run_scenario
-
-
-class Records(logging.Handler):
-    """Every record reaching a logger, kept in order (thread-safe)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self._guard = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._guard:
-            self.records.append(record)
-
-    def named(self, name: str) -> list[logging.LogRecord]:
-        return [r for r in self.records if r.name == name]
 
 
 @pytest.fixture
 def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("foundation")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    """Every record under ``foundation``, DEBUG and up."""
+    with captured("foundation") as kept:
+        yield kept
 
 
 @pytest.fixture
@@ -69,7 +49,7 @@ def test_a_flag_change_is_one_info_record_with_flag_old_new_by_reason(
     records: Records, store_path: Path
 ) -> None:
     with SQLiteFlagStore(store_path) as store, FeatureFlags(FLAGS, store=store) as flags:
-        records.records.clear()
+        records.clear()
         flags.set_percentage("beta", 25, by="ana", reason="canary")
         (record,) = records.named("foundation.flags")
     assert record.levelno == logging.INFO
@@ -87,13 +67,13 @@ def test_reads_log_nothing_and_a_failed_write_logs_no_change(
     records: Records, store_path: Path
 ) -> None:
     with SQLiteFlagStore(store_path) as store, FeatureFlags(FLAGS, store=store) as flags:
-        records.records.clear()
+        records.clear()
         for _ in range(100):
             flags.enabled("beta")
             flags.enabled("beta", actor="user-1")
         with pytest.raises(ValueError):
             flags.set_percentage("beta", 250, by="ana")
-        assert records.records == []
+        assert records == []
 
 
 def test_a_change_from_another_process_is_not_logged_again_here(
@@ -107,7 +87,7 @@ def test_a_change_from_another_process_is_not_logged_again_here(
     ):
         seen = threading.Event()
         reader.subscribe(lambda change: seen.set())
-        records.records.clear()
+        records.clear()
         writer.enable("beta", by="ana", reason="launch")
         assert seen.wait(10), "the other instance never saw the change"
         infos = [r for r in records.named("foundation.flags") if r.levelno >= logging.INFO]
@@ -119,7 +99,7 @@ def test_migration_steps_log_advance_rollback_info_and_emergency_warning(
 ) -> None:
     with SQLiteFlagStore(store_path) as store, FeatureFlags(FLAGS, store=store) as flags:
         migration = Migration(flags, PLAN)
-        records.records.clear()
+        records.clear()
         migration.advance(by="ops", reason="staging ok")
         migration.advance(by="ops", reason="prod")
         migration.rollback_to(1, by="ops", reason="slow")
@@ -146,7 +126,7 @@ def test_migration_steps_log_advance_rollback_info_and_emergency_warning(
 def test_a_refused_migration_step_logs_nothing(records: Records, store_path: Path) -> None:
     with SQLiteFlagStore(store_path) as store, FeatureFlags(FLAGS, store=store) as flags:
         migration = Migration(flags, PLAN)
-        records.records.clear()
+        records.clear()
         with pytest.raises(RuntimeError):
             migration.rollback_to(0, by="ops")
         assert records.named("foundation.flags.migration") == []
@@ -155,20 +135,13 @@ def test_a_refused_migration_step_logs_nothing(records: Records, store_path: Pat
 REDIS_OUTAGE = """
 import json
 from foundation.registry import RedisRegistry
+from tests._logs import keep_records
 from tests.redis_support import RedisServer
 
-class Keep(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-    def emit(self, record):
-        self.seen.append(record)
-
-keep = Keep()
-logging.getLogger("foundation.registry.redis").addHandler(keep)
+keep = keep_records("foundation.registry.redis")
 
 def transitions():
-    return [r for r in keep.seen if " -> " in r.getMessage() and r.levelno >= logging.INFO]
+    return [r for r in keep if " -> " in r.getMessage() and r.levelno >= logging.INFO]
 
 with RedisServer() as server:
     reg = RedisRegistry(server.url, namespace="logs", lease_ttl=2.0, op_timeout=0.5)

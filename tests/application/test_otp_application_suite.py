@@ -14,7 +14,6 @@ the default hooks, and no thread may die. Nothing waits on a sleep.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 import threading
 import time
@@ -28,6 +27,7 @@ from foundation.application import AppConfig
 from foundation.errors import InvalidConfig, StartError, UnknownFlag
 from foundation.registry import MemoryRegistry, MigratingRegistry
 from foundation.supervision import ChildContext, ChildSpec
+from tests._logs import Records, captured
 from tests.faults._subprocess import run_scenario
 from tests.supervision._support import wait_until
 
@@ -43,35 +43,11 @@ async def _refuse(ctx: ChildContext) -> None:
     raise ValueError("no database")
 
 
-class _Capture(logging.Handler):
-    """The ``foundation.application`` records, from any thread."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self._guard = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._guard:
-            self.records.append(record)
-
-    def events(self) -> list[str]:
-        with self._guard:
-            return [getattr(r, "event", "") for r in self.records]
-
-
 @pytest.fixture
-def app_log() -> Iterator[_Capture]:
-    logger = logging.getLogger("foundation.application")
-    capture = _Capture()
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(capture)
-    try:
-        yield capture
-    finally:
-        logger.removeHandler(capture)
-        logger.setLevel(level)
+def app_log() -> Iterator[Records]:
+    """The ``foundation.application`` records, from any thread."""
+    with captured("foundation.application") as kept:
+        yield kept
 
 
 def _new_threads(baseline: set[threading.Thread]) -> list[threading.Thread]:
@@ -176,7 +152,7 @@ def test_optional_applications() -> None:
     wait_until(lambda: not _new_threads(baseline))
 
 
-def test_start_phases(app_log: _Capture) -> None:
+def test_start_phases(app_log: Records) -> None:
     # OTP's start phases run after the tree is up; here each service's
     # readiness (ctx.ready) gates the next, and the application is started
     # once the last one is ready.
@@ -189,7 +165,7 @@ def test_start_phases(app_log: _Capture) -> None:
         "service_started",
         "app_started",
     ]
-    services = [getattr(r, "service", None) for r in app_log.records[1:4]]
+    services = [getattr(r, "service", None) for r in app_log[1:4]]
     assert services == ["flags", "monitors", "registry"]
 
 
@@ -214,7 +190,7 @@ def _enter_at_once(app: Application, starters: int) -> list[object]:
 
 
 @pytest.mark.parametrize("starters", [2, 4], ids=["otp_2973", "otp_5606-local"])
-def test_otp_2973(app_log: _Capture, starters: int) -> None:
+def test_otp_2973(app_log: Records, starters: int) -> None:
     # Threads starting the same application at once: all get it started, one
     # tree (was: the second raised SupervisorError "is starting" and logged a
     # failed start).

@@ -170,15 +170,12 @@ class Running:
 
     def close(self) -> None:
         """Kill the command and whatever is left in its session; close the pipes."""
-        import contextlib
-        import signal
+        from tests._processes import kill_session
 
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(30)
-        for line in self.leftovers():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(line.split()[0]), signal.SIGKILL)
+        kill_session(self.process.pid)
         for reader in self._readers:
             reader.join(10)
         for pipe in (self.process.stdout, self.process.stderr):

@@ -11,8 +11,6 @@ a traceback.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import signal
 import subprocess
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._processes import kill_session
 from tests.cli._support import cli_env
 from tests.redis_support import running_redis
 
@@ -104,9 +103,7 @@ class DemoRun:
         if self.process.poll() is None:  # (once reaped, its pid may be someone else's)
             self.process.kill()
         self.process.wait(10)
-        for pid in (int(p.split()[0]) for p in self.leftovers()):
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                os.kill(pid, signal.SIGKILL)
+        kill_session(self.process.pid)  # (a pid is not reused while it names a live session)
         for reader in self.readers:
             reader.join(5)
         for pipe in (self.process.stdout, self.process.stderr):

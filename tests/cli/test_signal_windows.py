@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from foundation.cli import _command_words, _parser
+from tests._processes import kill_session
 from tests.cli._support import cli_env
 from tests.cli.test_demo_run import session_processes
 from tests.redis_support import RedisServer
@@ -116,9 +117,7 @@ def _foundation(
         if process.poll() is None:
             process.kill()
         process.wait(30)
-        for line in session_processes(process.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(line.split()[0]), signal.SIGKILL)
+        kill_session(process.pid)
         stdout.close()
         assert process.stderr is not None
         process.stderr.close()

@@ -29,18 +29,14 @@ from foundation import errors
 from foundation.flags import (
     FeatureFlags, Flag, FlagState, Migration, MigrationPlan, SQLiteFlagStore, Stage,
 )
+from tests._logs import keep_records
 
 FLAGS = [Flag("beta"), Flag("gamma")] + [Flag(f"f{i}") for i in range(10)]
 PLAN = MigrationPlan([Stage(1, "beta", ["beta"]), Stage(2, "gamma", ["gamma"])], name="plan")
 d = tempfile.mkdtemp()
 path = os.path.join(d, "flags.db")
 
-warnings = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        if record.levelno >= logging.WARNING:
-            warnings.append(record.getMessage())
-logging.getLogger("foundation").addHandler(Keep())
+warned = keep_records("foundation", level=logging.WARNING)
 
 def at_stage_two():
     with SQLiteFlagStore(path) as store, FeatureFlags(FLAGS, store=store) as flags:
@@ -103,12 +99,12 @@ def refused(call, error):
 def check(error, store, flags, migration, other):
     before = snapshot(store, flags, migration)
     assert before[1] == 2 and before[4] == [True, True, True], before
-    seen = len(warnings)
+    seen = len(warned)
     refused(lambda: migration.emergency_rollback("error spike", by="oncall"), error)
     refused(lambda: flags.disable("gamma", by="oncall"), error)
     refused(lambda: flags.set("beta", False, by="oncall"), error)
-    said = [w for w in warnings[seen:] if "nothing was written" in w]
-    assert len(said) == 3 and len(warnings) == seen + 3, warnings[seen:]
+    said = [w for w in warned.messages()[seen:] if "nothing was written" in w]
+    assert len(said) == 3 and len(warned) == seen + 3, warned.messages()[seen:]
     assert snapshot(store, flags, migration) == before  # nothing half-changed
     assert other.ask() == ["True", "True", "True", "2"]
 

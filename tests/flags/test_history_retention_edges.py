@@ -34,6 +34,7 @@ from foundation.flags import (
     StoreTransaction,
 )
 from foundation.flags._history import trim_slack
+from tests._logs import captured
 from tests._together import run_together
 from tests.flags._support import wait_until
 from tests.flags.test_history_retention import Factory, make_store
@@ -66,49 +67,41 @@ def _fill_then_cap(path: Path, limit: int | None, extra_pages: int) -> tuple[int
     from foundation.errors import FlagError
 
     names = [f"f{i}" for i in range(30)]
-    seen: list[str] = []
+    with captured("foundation.flags", level=logging.WARNING) as logged:
+        store = SQLiteFlagStore(path, history_limit=limit)
 
-    class Handler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage())
+        def allow(i: int, actor: str) -> None:  # a fixed `at`: rows of the same size every run
+            def fn(txn: StoreTransaction) -> None:
+                name = names[i % 30]
+                old = txn.get(name) or FlagState(False)
+                new = FlagState(True, allow=old.allow | {actor})
+                txn.put(name, new, FlagChange(name, old, new, at=1_764_000_000.123457 + i))
 
-    handler = Handler(logging.WARNING)
-    logging.getLogger("foundation.flags").addHandler(handler)
-    store = SQLiteFlagStore(path, history_limit=limit)
+            store.transaction(fn)
 
-    def allow(i: int, actor: str) -> None:  # a fixed `at`: rows of the same size every run
-        def fn(txn: StoreTransaction) -> None:
-            name = names[i % 30]
-            old = txn.get(name) or FlagState(False)
-            new = FlagState(True, allow=old.allow | {actor})
-            txn.put(name, new, FlagChange(name, old, new, at=1_764_000_000.123457 + i))
-
-        store.transaction(fn)
-
-    try:
-        for i in range(100):  # large rows: a whole record of a flag is ~3 of them
-            allow(i, f"user-{i}-" + "x" * 200)
-        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-        # Fault injection: the writer connection's own cap (per connection in SQLite).
-        store._conn.execute(f"PRAGMA max_page_count = {pages + extra_pages}")
-        done = 0
-        for i in range(100, 140):
-            try:
-                allow(i, f"u{i}")
-            except FlagError:
-                break
-            done += 1
-        _chain_ends_in_states(store, names)
-        if limit is not None and done == 40:
-            history = store.history()
-            assert len(history) <= limit + trim_slack(limit) or any(
-                "history not trimmed" in m for m in seen
-            ), (len(history), seen)
-            assert history[-1].new.allow >= {"u139"}
-    finally:
-        store.close()
-        logging.getLogger("foundation.flags").removeHandler(handler)
-    return done, seen
+        try:
+            for i in range(100):  # large rows: a whole record of a flag is ~3 of them
+                allow(i, f"user-{i}-" + "x" * 200)
+            pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+            # Fault injection: the writer connection's own cap (per connection in SQLite).
+            store._conn.execute(f"PRAGMA max_page_count = {pages + extra_pages}")
+            done = 0
+            for i in range(100, 140):
+                try:
+                    allow(i, f"u{i}")
+                except FlagError:
+                    break
+                done += 1
+            _chain_ends_in_states(store, names)
+            if limit is not None and done == 40:
+                history = store.history()
+                assert len(history) <= limit + trim_slack(limit) or any(
+                    "history not trimmed" in m for m in logged.messages()
+                ), (len(history), logged.messages())
+                assert history[-1].new.allow >= {"u139"}
+        finally:
+            store.close()
+    return done, logged.messages()
 
 
 def full_file(work: Path) -> None:

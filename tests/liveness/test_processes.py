@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import multiprocessing
 import os
@@ -15,6 +14,7 @@ import time
 import pytest
 
 from foundation.liveness import Down, MonitorManager, OSProcess, is_alive
+from tests._processes import kill_if_same
 from tests.liveness._support import Recorder, fd_count, manager_threads, wait_until
 
 EXIT = [sys.executable, "-c", "import sys; sys.exit(int(sys.argv[1]))"]
@@ -147,16 +147,15 @@ def test_osprocess_of_a_foreign_process_exits_with_unknown_status(
         capture_output=True, check=True, text=True,
     )  # fmt: skip
     pid = int(sh.stdout)
+    agent = OSProcess(pid)  # its identity, taken while the sleep surely runs (30 s)
     try:
-        agent = OSProcess(pid)
         rec = Recorder()
         any_manager.monitor(agent, rec)
         os.kill(pid, signal.SIGKILL)
         assert rec.wait() == Down("exit", exit_code=None)
         assert not agent.is_alive()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    finally:  # the sleep, if still there (not whatever holds its pid by now)
+        kill_if_same(agent)
 
 
 def test_already_exited_processes_are_noproc(any_manager: MonitorManager) -> None:

@@ -31,6 +31,7 @@ from foundation.flags import (
     RedisFlagStore,
     Stage,
 )
+from tests._logs import keep_records
 from tests.redis_flags._support import Node, raw_client, wait_until
 from tests.redis_support import RedisServer
 
@@ -53,19 +54,9 @@ class Seen:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.events: list[tuple[str, Mapping[str, Any]]] = []
-        self.records: list[logging.LogRecord] = []
+        self.records = keep_records("foundation", level=logging.INFO)
         for name in EVENTS:
             telemetry.attach(f"foundation.flags.{name}", self._event)
-        seen = self
-
-        class Handler(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                with seen._lock:
-                    seen.records.append(record)
-
-        logger = logging.getLogger("foundation")
-        logger.setLevel(logging.INFO)
-        logger.addHandler(Handler())
 
     def _event(self, name: str, data: Mapping[str, Any]) -> None:
         with self._lock:
@@ -76,17 +67,15 @@ class Seen:
             return [d for n, d in self.events if n == name]
 
     def logged(self, level: int, text: str) -> list[str]:
-        with self._lock:
-            return [
-                r.getMessage()
-                for r in self.records
-                if r.levelno == level and text in r.getMessage()
-            ]
+        return [
+            r.getMessage()
+            for r in list(self.records)
+            if r.levelno == level and text in r.getMessage()
+        ]
 
     def errors(self) -> list[str]:
         """Log records at ERROR or above (a listener bug logs its traceback there)."""
-        with self._lock:
-            return [r.getMessage() for r in self.records if r.levelno >= logging.ERROR]
+        return [r.getMessage() for r in list(self.records) if r.levelno >= logging.ERROR]
 
 
 def must(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

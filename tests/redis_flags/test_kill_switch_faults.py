@@ -29,6 +29,7 @@ from foundation.flags import (
     FeatureFlags, Flag, FlagState, Migration, MigrationPlan, RedisFlagStore, Stage,
 )
 from tests.redis_support import RedisServer
+from tests._logs import keep_records
 
 FLAGS = (Flag("beta"), Flag("gamma"), Flag("kill_switch", default=True))
 PLAN = MigrationPlan([Stage(1, "beta", ["beta"]), Stage(2, "gamma", ["gamma"])], name="plan")
@@ -40,12 +41,7 @@ for name in ("pending_recorded", "pending_committed", "pending_superseded"):
     telemetry.attach("foundation.flags." + name,
                      lambda n, d: events.append(n.removeprefix("foundation.flags.")))
 
-warnings = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        if record.levelno >= logging.WARNING:
-            warnings.append(record.getMessage())
-logging.getLogger("foundation").addHandler(Keep())
+warned = keep_records("foundation", level=logging.WARNING)
 
 def open_store(url, path, **kw):
     return RedisFlagStore(url, namespace=NS, cache_path=path, timeout=0.5,
@@ -152,7 +148,7 @@ try:
     assert events.count("pending_committed") == 2 and "pending_superseded" not in events, events
     committed_once(a, migration)
     assert srv.command("HGET", "{ks}:flags:stages", "plan") == b"0"
-    recorded = [w for w in warnings if "applied locally" in w]
+    recorded = [w for w in warned.messages() if "applied locally" in w]
     assert len(recorded) == 2 and "beta, gamma, plan" in recorded[0], recorded
     resumes_exactly(a, other)
     assert sa._thread.is_alive()
@@ -257,7 +253,8 @@ try:
     rolled_back_here(a, migration)
     status = sa.status()
     assert status.copy_in_memory and status.pending == 1, status
-    assert any("not durable until the file can be written" in w for w in warnings), warnings
+    said = warned.messages()
+    assert any("not durable until the file can be written" in w for w in said), said
     assert other.ask() == ALL_ON  # B serves its last state from memory
     srv.start()  # empty: A restores it from the copy it keeps in memory, then commits
     wait_for(lambda: not sa.pending() and sa.synced, "the rollback committed")
@@ -367,7 +364,7 @@ try:
                  "a rollback refused")
         seen = len(calls)
         wait_for(lambda: len(calls) >= seen + 5, "five more checks")
-        said = [w for w in warnings if "automatic rollback could not be written" in w]
+        said = [w for w in warned.messages() if "automatic rollback could not be written" in w]
         assert len(said) == 1 and "error rate 0.5 > 0.1" in said[0], said
         assert migration.status().stage == 2 and a.enabled("gamma"), "nothing changed"
         srv.start()  # empty: restored from the copy; the next checks roll back

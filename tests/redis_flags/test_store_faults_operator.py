@@ -23,6 +23,7 @@ _COMMON = """
 from foundation import telemetry, errors
 from foundation.flags import FeatureFlags, Flag, RedisFlagStore
 from tests.redis_support import RedisServer
+from tests._logs import keep_records
 
 events = []
 lock = threading.Lock()
@@ -34,12 +35,10 @@ for name in ("stale", "in_sync", "restored", "read_only", "writable",
                       lock.release()),
     )
 
-warnings = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        if record.levelno >= logging.WARNING and record.name == "foundation.flags":
-            warnings.append(record.getMessage())
-logging.getLogger("foundation.flags").addHandler(Keep())
+warned = keep_records("foundation.flags", level=logging.WARNING)
+
+def warnings():  # the lines of foundation.flags itself (not of its children)
+    return warned.messages(name="foundation.flags")
 
 def seen():
     with lock:
@@ -79,7 +78,7 @@ try:
     status = store.status()
     assert status.stale and not status.connected and status.stale_since is not None, status
     assert status.read_only, status  # the restore was refused with READONLY
-    lost = [w for w in warnings if "lost Redis" in w]
+    lost = [w for w in warnings() if "lost Redis" in w]
     assert len(lost) == seen().count("stale"), (lost, seen())
     assert flags.enabled("x")  # served from the copy meanwhile
     srv.command("REPLICAOF", "NO", "ONE")
@@ -147,14 +146,14 @@ try:
     calls = role_calls(srv)
     wait_for(lambda: role_calls(srv) >= calls + 3, "three periodic role checks")
     assert store.status().read_only and store.status().pending == 1, store.status()
-    refused = [w for w in warnings if "lost Redis" in w and "READONLY" in w]
+    refused = [w for w in warnings() if "lost Redis" in w and "READONLY" in w]
     assert not refused, refused
     from foundation.admin._status import flag_sync, store_status
     block = store_status(store)  # the admin page's block tells it too
     assert block["read_only"] and block["degraded"] and block["pending_flags"] == ["x"], block
     assert flag_sync(store).of("x") == "pending" and flag_sync(store).of("y") == "committed"
     assert seen().count("read_only") == 1, seen()
-    assert len([w for w in warnings if "flag writes fail until" in w]) == 1, warnings
+    assert len([w for w in warnings() if "flag writes fail until" in w]) == 1, warnings()
     srv.make_writable()
     # The event follows the commit (the record leaves the copy first): wait for both.
     wait_for(lambda: store.status().pending == 0 and "pending_committed" in seen(),

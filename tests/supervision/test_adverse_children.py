@@ -28,6 +28,7 @@ DEADLINE = 60.0  # seconds: a scenario still running by then has hung
 PROCS = """
 import asyncio, os, signal, subprocess, tempfile
 from pathlib import Path
+from tests._processes import kill_if_same, pid_in
 
 def alive(pid):
     try:
@@ -346,13 +347,13 @@ def test_stopping_an_argv_child_stops_its_grandchildren_too(tmp_path: Path) -> N
         spec = ChildSpec("p", [sys.executable, "-c", PARENT, str(pidfile)], shutdown_timeout=5)
         handle = Supervisor([spec], name="app").run_in_thread()
         grandchild = read_pid(pidfile)
+        leftover = pid_in(pidfile)  # its identity, to kill it only (not its pid's next owner)
         try:
             assert alive(grandchild)
             handle.stop()
             wait_for(lambda: not alive(grandchild), "the grandchild to be stopped too")
         finally:
-            if alive(grandchild):
-                os.kill(grandchild, signal.SIGKILL)
+            kill_if_same(leftover)
         print("OK")
         """
     )
@@ -370,12 +371,12 @@ def test_an_argv_child_that_forks_and_exits_leaves_no_process_behind(tmp_path: P
                          restart="transient")
         handle = Supervisor([spec], name="app").run_in_thread()
         background = read_pid(pidfile)
+        leftover = pid_in(pidfile)  # its identity, to kill it only (not its pid's next owner)
         try:
             wait_for(lambda: handle.which_child("p").status == "stopped", "the child's exit")
             wait_for(lambda: not alive(background), "its background job to be swept")
         finally:
-            if alive(background):
-                os.kill(background, signal.SIGKILL)
+            kill_if_same(leftover)
             handle.stop()
         print("OK")
         """

@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from tests._processes import kill_if_same, pid_in
 from tests.faults._subprocess import PRELUDE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,9 +137,8 @@ def test_an_argv_child_that_left_its_process_group_is_still_stopped(tmp_path: Pa
     """
     try:
         run_scenario(textwrap.dedent(scenario), timeout=30)
-    finally:
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    finally:  # the child, if it leaked (and not its pid's next owner)
+        kill_if_same(pid_in(pidfile))
 
 
 def test_stop_from_main_waits_for_the_stop_a_worker_started() -> None:

@@ -23,6 +23,7 @@ from foundation.supervision import (
     Supervisor,
     check_childspecs,
 )
+from tests._logs import Records, captured
 from tests.supervision._support import Crew, captured_events, run, until
 
 
@@ -404,32 +405,18 @@ def test_the_sync_facade_answers_which_child_and_get_childspec() -> None:
         assert reason(info) == "not_found"
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def events(self) -> list[tuple[str, str | None, str | None]]:
-        return [
-            (r.event, r.child, getattr(r, "action", None) or r.reason)  # type: ignore[attr-defined]
-            for r in self.records
-        ]
+def outcomes(records: Records) -> list[tuple[str, str | None, str | None]]:
+    """(event, child, action or reason) of each report."""
+    return [
+        (r.event, r.child, getattr(r, "action", None) or r.reason)  # type: ignore[attr-defined]
+        for r in records
+    ]
 
 
 @pytest.fixture
 def records() -> Iterator[Records]:
-    log = logging.getLogger("foundation.supervision")
-    handler, level = Records(), log.level
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
+    with captured("foundation.supervision") as kept:
+        yield kept
 
 
 @run
@@ -446,7 +433,7 @@ async def test_the_new_events_are_reported(records: Records) -> None:
     await until(lambda: sup.which_child("a").restarts == 1)
     crew.finish("s")
     await sup.wait()
-    events = records.events()
+    events = outcomes(records)
     assert ("child_ignored", "g", "ignore") in events
     assert ("child_crashed", "a", "restart_all") in events
     assert ("child_exited", "s", "shutdown (significant)") in events
@@ -463,5 +450,5 @@ async def test_a_killed_supervisor_reports_its_stop_as_an_error(records: Records
     sup.task.cancel()
     with pytest.raises(SupervisorError):
         await sup.wait()
-    [stopped] = [r for r in records.records if r.event == "supervisor_stopped"]  # type: ignore[attr-defined]
+    [stopped] = [r for r in records if r.event == "supervisor_stopped"]  # type: ignore[attr-defined]
     assert (stopped.levelno, stopped.reason) == (logging.ERROR, "killed")  # type: ignore[attr-defined]

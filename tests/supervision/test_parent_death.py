@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from foundation.liveness import OSProcess
 from foundation.supervision import ChildSpec, Supervisor
+from tests._processes import kill_if_same, pid_in
 from tests.supervision._support import run, until, wait_until
-from tests.supervision.test_runner import ROOT, _start_time, gone
+from tests.supervision.test_runner import ROOT, _start_time
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux's")
 
@@ -77,29 +79,27 @@ def test_process_children_die_when_their_parent_is_sigkilled(tmp_path: Path, mod
         text=True,
         cwd=ROOT,
     )
-    children: list[tuple[int, str | None]] = []
+    children: list[OSProcess] = []  # pid + start time: "gone" holds even if a pid is reused
     try:
         assert parent.stdout is not None
         line = parent.stdout.readline().strip()
         assert line == "ready", parent.communicate(timeout=30)
         for id in ("argv", "mp"):
-            pid = int((tmp_path / f"{id}.pid").read_text())
-            started = _start_time(pid)
-            assert started is not None, f"{id} child {pid} not running"
-            children.append((pid, started))
+            child = pid_in(tmp_path / f"{id}.pid")
+            assert child is not None, f"{id} child not running"
+            children.append(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=30)
         assert parent.returncode == -signal.SIGKILL
-        for pid, started in children:
-            wait_until(lambda pid=pid, started=started: gone(pid, started), timeout=30)  # type: ignore[misc]
+        for child in children:
+            wait_until(lambda child=child: not child.is_alive(), timeout=30)  # type: ignore[misc]
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
         parent.communicate()
-        for pid, started in children:  # never leave an orphan behind, even on failure
-            if not gone(pid, started):
-                os.kill(pid, signal.SIGKILL)
+        for child in children:  # never leave an orphan behind, even on failure
+            kill_if_same(child)
 
 
 def test_a_child_whose_parent_died_before_it_armed_the_signal_kills_itself() -> None:

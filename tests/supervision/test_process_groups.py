@@ -12,15 +12,13 @@ grandchild is waited for with a deadline.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests._processes import kill_if_same, pid_in
 from tests.faults._subprocess import run_scenario
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux process groups")
@@ -47,9 +45,8 @@ def read_pid(path):
 def _run(script: str, pidfile: Path) -> None:
     try:
         run_scenario(_PROCS + textwrap.dedent(script), timeout=60)
-    finally:  # a leaked grandchild must not outlive the test either
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    finally:  # a leaked grandchild must not outlive the test either (nor its pid's next owner)
+        kill_if_same(pid_in(pidfile))
 
 
 @pytest.mark.parametrize("timeout", [2.0, 0.0])  # SIGTERM then SIGKILL; brutal_kill

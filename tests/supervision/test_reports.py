@@ -24,6 +24,7 @@ from foundation import Application
 from foundation.application import AppConfig
 from foundation.errors import RestartIntensityExceeded, ShutdownError, StartError
 from foundation.supervision import ChildContext, ChildSpec, Supervisor
+from tests._logs import Records, captured
 from tests.supervision import _report_targets
 from tests.supervision._support import run, until, wait_until
 
@@ -45,62 +46,18 @@ while True:
 """
 
 
-class Capture(logging.Handler):
-    """Keeps every record it is given (from any thread)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self._guard = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._guard:
-            self.records.append(record)
-
-    def of(self, event: str, child: str | None = None) -> list[logging.LogRecord]:
-        with self._guard:
-            records = list(self.records)
-        return [
-            r
-            for r in records
-            if getattr(r, "event", None) == event
-            and (child is None or getattr(r, "child", None) == child)
-        ]
-
-
 @pytest.fixture
-def reports() -> Iterator[Capture]:
+def reports() -> Iterator[Records]:
     """Every record under ``foundation.supervision``, with INFO and DEBUG enabled."""
-    logger = logging.getLogger("foundation.supervision")
-    capture = Capture()
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(capture)
-    try:
-        yield capture
-    finally:
-        logger.removeHandler(capture)
-        logger.setLevel(level)
+    with captured("foundation.supervision") as kept:
+        yield kept
 
 
 @pytest.fixture
-def app_reports() -> Iterator[Capture]:
+def app_reports() -> Iterator[Records]:
     """Every record of ``foundation.application`` and ``foundation.supervision``."""
-    loggers = [
-        logging.getLogger("foundation.application"),
-        logging.getLogger("foundation.supervision"),
-    ]
-    capture = Capture()
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.DEBUG)
-        lg.addHandler(capture)
-    try:
-        yield capture
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.removeHandler(capture)
-            lg.setLevel(level)
+    with captured("foundation.application", "foundation.supervision") as kept:
+        yield kept
 
 
 def fields(record: logging.LogRecord) -> tuple[Any, ...]:
@@ -135,7 +92,7 @@ async def always_crash(ctx: ChildContext) -> None:
 
 @run
 async def test_task_child_crash_is_one_error_record_with_traceback_and_action(
-    reports: Capture,
+    reports: Records,
 ) -> None:
     async with Supervisor([ChildSpec("w", crash_once_task)], name="app") as sup:
         await until(lambda: len(reports.of("child_started", "w")) == 2)
@@ -162,7 +119,7 @@ async def test_task_child_crash_is_one_error_record_with_traceback_and_action(
 
 @run
 async def test_thread_child_crash_is_one_error_record_with_traceback_and_action(
-    reports: Capture,
+    reports: Records,
 ) -> None:
     async with Supervisor([ChildSpec("t", crash_once_thread)], name="app") as sup:
         await until(lambda: len(reports.of("child_started", "t")) == 2)
@@ -176,7 +133,7 @@ async def test_thread_child_crash_is_one_error_record_with_traceback_and_action(
 
 
 @run
-async def test_process_child_crash_reports_its_exit_code(reports: Capture) -> None:
+async def test_process_child_crash_reports_its_exit_code(reports: Records) -> None:
     spec = ChildSpec(
         "p", _report_targets.crash_with_value_error, kind="process", restart="temporary"
     )
@@ -192,7 +149,7 @@ async def test_process_child_crash_reports_its_exit_code(reports: Capture) -> No
 
 
 @run
-async def test_process_child_killed_by_a_signal_reports_the_signal(reports: Capture) -> None:
+async def test_process_child_killed_by_a_signal_reports_the_signal(reports: Records) -> None:
     spec = ChildSpec("p", _report_targets.kill_self, kind="process", restart="temporary")
     async with Supervisor([spec], name="app"):
         await until(lambda: bool(reports.of("child_crashed", "p")), timeout=30)
@@ -203,7 +160,7 @@ async def test_process_child_killed_by_a_signal_reports_the_signal(reports: Capt
 
 
 @run
-async def test_a_failed_start_is_a_crash_report_with_the_traceback(reports: Capture) -> None:
+async def test_a_failed_start_is_a_crash_report_with_the_traceback(reports: Records) -> None:
     async def refuse(ctx: ChildContext) -> None:
         raise ValueError("cannot start")
 
@@ -221,7 +178,7 @@ async def test_a_failed_start_is_a_crash_report_with_the_traceback(reports: Capt
 
 @run
 async def test_intensity_exceeded_is_one_error_record_with_the_restart_history(
-    reports: Capture,
+    reports: Records,
 ) -> None:
     sup = Supervisor([ChildSpec("w", always_crash)], name="app", max_restarts=2, max_seconds=60)
     await sup.start()
@@ -246,7 +203,7 @@ async def test_intensity_exceeded_is_one_error_record_with_the_restart_history(
 
 
 @run
-async def test_shutdown_timeout_is_reported_once_then_the_kill(reports: Capture) -> None:
+async def test_shutdown_timeout_is_reported_once_then_the_kill(reports: Records) -> None:
     spec = ChildSpec("p", [PY, "-c", STUBBORN], readiness="explicit", shutdown_timeout=0.3)
     async with Supervisor([spec], name="app") as sup:
         proc = sup.which_children()[0].handle
@@ -259,7 +216,7 @@ async def test_shutdown_timeout_is_reported_once_then_the_kill(reports: Capture)
 
 
 @run
-async def test_brutal_kill_is_reported_as_a_kill(reports: Capture) -> None:
+async def test_brutal_kill_is_reported_as_a_kill(reports: Records) -> None:
     spec = ChildSpec("p", [PY, "-c", SERVE], readiness="explicit", shutdown_timeout=0)
     async with Supervisor([spec], name="app") as sup:
         proc = sup.which_children()[0].handle
@@ -271,7 +228,7 @@ async def test_brutal_kill_is_reported_as_a_kill(reports: Capture) -> None:
 
 
 @run
-async def test_abandoned_thread_is_reported_once_with_its_thread_name(reports: Capture) -> None:
+async def test_abandoned_thread_is_reported_once_with_its_thread_name(reports: Records) -> None:
     release = threading.Event()
 
     def deaf(ctx: ChildContext) -> None:
@@ -291,13 +248,13 @@ async def test_abandoned_thread_is_reported_once_with_its_thread_name(reports: C
     assert abandoned.thread_name == thread.name  # type: ignore[attr-defined]
     assert fields(abandoned) == ("app", "t", "thread", "abandoned")
     # One event, one record: the abandonment is the shutdown timeout's outcome.
-    warnings = [r for r in reports.records if r.levelno >= logging.WARNING and r.child == "t"]  # type: ignore[attr-defined]
+    warnings = [r for r in reports if r.levelno >= logging.WARNING and r.child == "t"]  # type: ignore[attr-defined]
     assert warnings == [abandoned]
 
 
 @run
 async def test_task_swallowing_cancellation_is_reported_as_a_shutdown_timeout(
-    reports: Capture,
+    reports: Records,
 ) -> None:
     release = asyncio.Event()
 
@@ -324,7 +281,7 @@ async def test_task_swallowing_cancellation_is_reported_as_a_shutdown_timeout(
 
 
 @run
-async def test_progress_reports_for_a_normal_start_and_stop(reports: Capture) -> None:
+async def test_progress_reports_for_a_normal_start_and_stop(reports: Records) -> None:
     async def serve(ctx: ChildContext) -> None:
         ctx.ready()
         await asyncio.Event().wait()
@@ -337,7 +294,7 @@ async def test_progress_reports_for_a_normal_start_and_stop(reports: Capture) ->
     [stopped] = reports.of("supervisor_stopped")
     assert stopped.levelno == logging.INFO
     assert reports.of("child_crashed") == []
-    assert all(r.levelno < logging.WARNING for r in reports.records)
+    assert all(r.levelno < logging.WARNING for r in reports)
 
 
 # ---------------------------------------------------------------------- silencing
@@ -345,37 +302,26 @@ async def test_progress_reports_for_a_normal_start_and_stop(reports: Capture) ->
 
 @run
 async def test_reports_are_silenced_by_the_logger_level() -> None:
-    logger = logging.getLogger("foundation.supervision")
-    capture = Capture()
-    level = logger.level
-    logger.addHandler(capture)
-    logger.setLevel(logging.CRITICAL)
-    try:
+    with captured("foundation.supervision") as capture:  # (the level restored at the end)
+        logging.getLogger("foundation.supervision").setLevel(logging.CRITICAL)
         async with Supervisor([ChildSpec("w", crash_once_task)], name="app") as sup:
             await until(lambda: sup.which_children()[0].restarts == 1)
             await until(lambda: sup.which_children()[0].status == "running")
-    finally:
-        logger.removeHandler(capture)
-        logger.setLevel(level)
-    assert capture.records == []
+    assert capture == []
 
 
 @run
 async def test_reports_stay_off_the_root_logger_without_propagation() -> None:
     logger = logging.getLogger("foundation.supervision")
-    mine, root = Capture(), Capture()
-    logging.getLogger().addHandler(root)
-    logger.addHandler(mine)
-    logger.propagate = False
-    try:
-        async with Supervisor([ChildSpec("w", crash_once_task)], name="app") as sup:
-            await until(lambda: sup.which_children()[0].restarts == 1)
-    finally:
-        logger.propagate = True
-        logger.removeHandler(mine)
-        logging.getLogger().removeHandler(root)
+    with captured("foundation.supervision") as mine, captured("root") as root:
+        logger.propagate = False
+        try:
+            async with Supervisor([ChildSpec("w", crash_once_task)], name="app") as sup:
+                await until(lambda: sup.which_children()[0].restarts == 1)
+        finally:
+            logger.propagate = True
     assert len(mine.of("child_crashed", "w")) == 1
-    assert [r for r in root.records if r.name.startswith("foundation.supervision")] == []
+    assert [r for r in root if r.name.startswith("foundation.supervision")] == []
 
 
 # ---------------------------------------------------------------------- no configuration
@@ -471,16 +417,16 @@ def test_crash_reports_are_silenced_by_ordinary_logging_configuration(
 # ---------------------------------------------------------------------- Application
 
 
-def app_events(capture: Capture) -> list[tuple[str, Any]]:
+def app_events(capture: Records) -> list[tuple[str, Any]]:
     return [
         (r.event, r.service)  # type: ignore[attr-defined]
-        for r in capture.records
+        for r in capture
         if r.name == "foundation.application"
     ]
 
 
 def test_application_reports_its_start_in_order_and_its_stop_in_reverse(
-    app_reports: Capture,
+    app_reports: Records,
 ) -> None:
     with Application.start(AppConfig(), services=("flags", "monitors", "registry")):
         pass
@@ -496,26 +442,26 @@ def test_application_reports_its_start_in_order_and_its_stop_in_reverse(
         ("service_stopped", "flags"),
         ("app_stopped", None),
     ]
-    records = [r for r in app_reports.records if r.name == "foundation.application"]
+    records = [r for r in app_reports if r.name == "foundation.application"]
     assert {r.application for r in records} == {"foundation"}  # type: ignore[attr-defined]
     assert all(r.levelno == logging.INFO for r in records)
     assert records[1].getMessage() == "Application foundation: service flags started (1/3)"
 
 
-def test_application_start_failure_is_an_error_with_the_traceback(app_reports: Capture) -> None:
+def test_application_start_failure_is_an_error_with_the_traceback(app_reports: Records) -> None:
     async def refuse(ctx: ChildContext) -> None:
         raise ValueError("no database")
 
     with pytest.raises(StartError):
         Application.start(AppConfig(), services=(), workers=[ChildSpec("db", refuse)])
-    [failed] = [r for r in app_reports.records if getattr(r, "event", None) == "app_start_failed"]
+    [failed] = [r for r in app_reports if getattr(r, "event", None) == "app_start_failed"]
     assert failed.name == "foundation.application"
     assert failed.levelno == logging.ERROR
     assert failed.reason == "start_error"  # type: ignore[attr-defined]
     assert "ValueError: no database" in traceback_of(failed)
 
 
-def test_application_giving_up_is_an_error_record(app_reports: Capture) -> None:
+def test_application_giving_up_is_an_error_record(app_reports: Records) -> None:
     app = Application.start(AppConfig(), services=(), workers=[ChildSpec("w", always_crash)])
     try:
         wait_until(lambda: bool(app_reports.of("app_failed")), timeout=30)
