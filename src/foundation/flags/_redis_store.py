@@ -9,7 +9,8 @@ every key of one deployment lives in one slot and a transaction may touch them a
                                   hold the whole record), ``origin`` (writing store),
                                   ``txn``, ``i``, ``n``, ``v``
 ``{ns}:flags:stages``      hash   plan -> committed migration stage
-``{ns}:flags:migrations``  stream one entry per ``MigrationEvent``: ``event`` (JSON), ``v``
+``{ns}:flags:migrations``  stream one entry per ``MigrationEvent``: ``event`` (JSON), ``v``,
+                                  ``txn`` (older entries lack it)
 ``{ns}:flags:history:base`` hash flag name -> ``FlagState`` JSON: each flag's runtime
                                   state after the last trimmed history entry (the
                                   base the kept entries' deltas replay from)
@@ -39,6 +40,18 @@ of the deployment; ``epoch`` is a random id given when its data is first written
 Every commit changes ``meta`` with its data: a commit bumps ``version``, a restore
 sets a new ``restored`` (even back to the same version), so equal ``meta`` before
 and after a read means nothing was committed in between (reads use no MULTI).
+
+A lost EXEC reply is not a conflict. redis-py reports a connection error or
+timeout while WATCHing, EXEC's included, as ``WatchError``: the commit may have
+landed. Running the function again would apply it twice (one ``advance()``
+moving two stages), so the outcome is read back first (``_settle``, one round
+trip on a fresh connection): every entry a commit appends carries its random
+``txn`` id with its ``v``, and the newest entry at or below that version tells.
+Landed: committed, the function's result returned. Not landed: retried as a
+conflict. Redis unreachable: ``BackendUnavailable`` saying the write may or may
+not be committed (and the listener resyncs: it skips this store's own entries);
+a kill switch kept then takes the lost commit's times, so its replay finds it
+already committed and writes nothing twice (``_sent_times``).
 
 Retention (``history_limit``, see ``_history``): a commit whose EXEC finds the
 stream longer than ``history_limit + trim_slack`` trims it to ``history_limit``
@@ -372,21 +385,52 @@ _DIVERGED = Snapshot(0, None, {}, {}, [], [], full=True)
 """``_read_snapshot``'s answer when Redis no longer holds the copy's last entries."""
 
 
+_READ_BACK_PAGE = 64
+"""Stream entries read per round trip when looking up a commit whose reply was lost."""
+
+
 class _Retry(Exception):
     """One attempt of ``RedisFlagStore.transaction`` is over: try again."""
 
 
 class _TxnRun:
-    """What the attempts of one ``transaction`` share: the one stale-socket retry left."""
+    """What the attempts of one ``transaction`` share: the one stale-socket retry
+    left, and the one retry of an EXEC that timed out without landing."""
 
-    __slots__ = ("stale_socket_retry",)
+    __slots__ = ("stale_socket_retry", "unrun_exec_retry")
 
     def __init__(self) -> None:
         self.stale_socket_retry = True
+        self.unrun_exec_retry = True
 
 
 class _Behind(Exception):
     """Redis holds an older version than this node's copy: restore before writing."""
+
+
+class _ReplyLost(Exception):
+    """EXEC was (maybe) sent and no reply came (``cause``): its outcome is unknown."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Unconfirmed(BackendUnavailable):
+    """A commit sent to Redis that this node cannot confirm: it may or may not have
+    landed (or Redis may have lost it since). ``changes`` and ``events`` are what it
+    wrote: a kill switch kept for later takes their times (``_sent_times``), so its
+    replay finds them in the history if they landed and writes nothing twice."""
+
+    def __init__(
+        self,
+        message: str,
+        changes: Iterable[FlagChange] = (),
+        events: Iterable[MigrationEvent] = (),
+    ) -> None:
+        super().__init__(message)
+        self.changes = tuple(changes)
+        self.events = tuple(events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,7 +658,9 @@ class _Commit:
 
     __slots__ = (
         "base_epoch",
+        "changes",
         "epoch",
+        "events",
         "history",
         "history_at",
         "length_at",
@@ -623,13 +669,19 @@ class _Commit:
         "mlength_at",
         "puts",
         "stage_puts",
+        "token",
         "version",
     )
 
-    def __init__(self, version: int, epoch: str | None, base_epoch: str | None) -> None:
+    def __init__(self, version: int, epoch: str | None, base_epoch: str | None, token: str) -> None:
         self.version = version
         self.epoch = epoch
         self.base_epoch = base_epoch
+        # The commit's id: every entry it appends (both streams) carries it as `txn`,
+        # so a commit whose EXEC reply was lost can be looked up (``_landed``).
+        self.token = token
+        self.changes: list[FlagChange] = []  # what the body staged (see _Unconfirmed)
+        self.events: list[MigrationEvent] = []
         self.puts: dict[str, str | None] = {}
         self.stage_puts: dict[str, int] = {}
         self.history: list[dict[str, str]] = []
@@ -1440,6 +1492,8 @@ class RedisFlagStore(FlagStore):
         """One WATCH/MULTI/EXEC attempt of ``transaction``; ``_Retry``: try again."""
         client = self._ensure_clients()
         executing = False
+        commit: _Commit | None = None
+        replies: list[Any] | None = None
         try:
             with (
                 self._translated("committing a flag transaction"),
@@ -1455,16 +1509,108 @@ class RedisFlagStore(FlagStore):
             # restore first, or this write would be the whole new history.
             self._restore_if_behind()
             raise _Retry from None
+        except _ReplyLost as lost:
+            # Never guess: running fn again on the state its own commit made would
+            # apply it twice (one advance() moving two stages). Returns if it landed.
+            assert commit is not None  # lost only after EXEC was sent
+            self._settle(commit, lost.cause, run)
         except BackendUnavailable as exc:
             self._commit_failed(exc, client, executing, run)
             raise _Retry from exc  # (_commit_failed raises when it is not worth a retry)
+        assert commit is not None
         self._note_read_only(False)  # a commit went through: writable (again)
-        if commit.length_at is not None:
-            self._trim_if_due(replies[commit.length_at])
-        if commit.mlength_at is not None:
-            self._trim_events_if_due(replies[commit.mlength_at])
+        if replies is not None:  # (a commit read back has no XLEN replies: the next one trims)
+            if commit.length_at is not None:
+                self._trim_if_due(replies[commit.length_at])
+            if commit.mlength_at is not None:
+                self._trim_events_if_due(replies[commit.mlength_at])
         self._confirm_in_copy(commit, replies)  # (mirrors the trims too)
         return result
+
+    def _settle(self, commit: _Commit, lost: BaseException, run: _TxnRun) -> None:
+        """After ``commit``'s EXEC got no reply (``lost``): return if Redis holds it,
+        ``_Retry`` if it does not, ``_Unconfirmed`` if Redis cannot tell.
+
+        Race: the EXEC still in flight (a frozen Redis, a slow network) when it
+        is looked up. A frozen Redis does not answer the lookup either
+        (``_Unconfirmed``). Otherwise, should it land after a "not landed": its
+        WATCH still holds, so the retry's commit (which bumps ``meta``) makes it
+        fail; only a retry that writes nothing leaves it free to land.
+        """
+        cause: BaseException | None = None
+        try:
+            landed = self._landed(commit)
+        except BackendUnavailable as exc:
+            # Chained to Redis' own error: a timeout arms _fail_fast (see transaction).
+            why, cause = str(exc), exc.__cause__ or exc
+        else:
+            if landed is not None:
+                log.info(
+                    "flag store %r: the reply to commit %d was lost (%s); read back: %s",
+                    self.namespace, commit.version, lost,
+                    "it landed" if landed else "it did not land, retrying",
+                )  # fmt: skip
+                if landed:
+                    return
+                if isinstance(lost, self._redis.TimeoutError):
+                    # Redis answers reads but did not run the EXEC in time: it may
+                    # still be on its way (WATCH keeps a retry safe: see above),
+                    # so one retry; a second means writes are paused (CLIENT PAUSE
+                    # WRITE, as a FAILOVER does) or the server is busy, and more
+                    # would wait a timeout each, up to _MAX_ATTEMPTS: fail, certain
+                    # nothing was written. Chained to the timeout: transaction()
+                    # arms _fail_fast.
+                    if not run.unrun_exec_retry:
+                        raise BackendUnavailable(
+                            f"Redis at {self._url} did not run a flag commit within "
+                            f"{self._timeout:g} s, twice (writes paused or the server "
+                            f"busy; read back: not committed, nothing was written): {lost}"
+                        ) from lost
+                    run.unrun_exec_retry = False
+                raise _Retry from None  # the connection dropped before EXEC ran: try again
+            why = "its entries are no longer in the stream (trimmed)"
+        # The listener may have skipped the commit's entries as this store's own
+        # (see _consume): resynchronise, so subscribers reload what Redis holds.
+        self._resync_wanted.set()
+        raise _Unconfirmed(
+            f"Redis at {self._url}: the reply to a flag commit was lost ({lost}) and "
+            f"whether it landed cannot be told ({why}): the write may or may not be committed",
+            commit.changes,
+            commit.events,
+        ) from cause
+
+    def _landed(self, commit: _Commit) -> bool | None:
+        """Whether Redis holds ``commit`` (found by its ``txn`` token); None: its entries
+        were trimmed (or the search ran out of time). ``BackendUnavailable`` if
+        Redis cannot be asked. One round trip unless many commits followed it.
+
+        A commit at version ``v`` appends entries carrying ``v`` and its token.
+        Streams grow in version order, so the newest entry of version ``v`` or
+        lower decides: ours (landed), another commit's at ``v`` (it won the
+        WATCH), or an older one (nothing at ``v`` here). Redis restarted or
+        restored since: whatever it holds now is the answer.
+        """
+        key = self._k_history if commit.history else self._k_migrations
+        client = self._ensure_clients()
+        deadline = time.monotonic() + self._timeout
+        with self._translated("reading back a flag commit whose reply was lost"):
+            with client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self._k_meta, "version", "epoch")
+                pipe.xrevrange(key, count=_READ_BACK_PAGE)
+                (version, epoch), page = pipe.execute()
+            if version is None or epoch != commit.epoch or int(version) < commit.version:
+                return False  # not there (never landed, or Redis lost it since)
+            while page:
+                for _entry_id, fields in page:
+                    v = str(fields.get("v", ""))
+                    if v.isdigit() and int(v) <= commit.version:
+                        return int(v) == commit.version and fields.get("txn") == commit.token
+                if len(page) < _READ_BACK_PAGE or time.monotonic() >= deadline:
+                    break
+                last = str(page[-1][0])
+                page = client.xrevrange(key, max=last, count=_READ_BACK_PAGE + 1)
+                page = [e for e in page if str(e[0]) != last]
+        return None
 
     def _trim_if_due(self, length: Any) -> None:
         """Trim the history if ``length`` (its XLEN after our commit) is over
@@ -1577,17 +1723,32 @@ class RedisFlagStore(FlagStore):
         return int(done)
 
     def _execute(self, pipe: Any) -> list[Any]:
-        """EXEC; ``_Retry`` on a conflict.
+        """EXEC; ``_Retry`` on a conflict, ``_ReplyLost`` when its outcome is unknown.
 
         EXEC fails with WatchError if any commit (any node) touched state,
         stages or meta since WATCH: our reads may be stale, so ``fn`` runs
         again on fresh data. Caught here, inside ``translated()``, which would
         map it to BackendUnavailable.
+
+        But redis-py also raises WatchError for a connection error or timeout
+        while WATCHing (``_disconnect_raise_on_watching``), EXEC's included: the
+        commit may have landed with its reply lost. That one is raised from the
+        failure handler, so the lost connection's error is its ``__context__``.
         """
+        redis = self._redis
+        lost_kinds = (redis.ConnectionError, redis.TimeoutError)
         try:
             return list(pipe.execute())
-        except self._redis.WatchError:
-            raise _Retry from None
+        except redis.WatchError as exc:
+            lost = exc.__cause__ or exc.__context__
+            if not isinstance(lost, lost_kinds):
+                raise _Retry from None  # EXEC answered: a concurrent commit
+            # The socket is closed: no WATCH left to undo (reset() would reconnect
+            # only to send UNWATCH, a timeout more on a frozen Redis).
+            pipe.watching = False
+            raise _ReplyLost(lost) from exc
+        except lost_kinds as exc:  # (not raised while WATCHing: kept for safety)
+            raise _ReplyLost(exc) from exc
 
     def _commit_failed(
         self, exc: BackendUnavailable, client: Any, executing: bool, run: _TxnRun
@@ -1629,7 +1790,7 @@ class RedisFlagStore(FlagStore):
         pipe.multi()
         return result, self._queue_writes(pipe, txn, int(raw_version or 0) + 1, epoch)
 
-    def _confirm_in_copy(self, commit: _Commit, replies: list[Any]) -> None:
+    def _confirm_in_copy(self, commit: _Commit, replies: list[Any] | None) -> None:
         """After a commit: the copy holds it before the write returns (else BackendUnavailable).
 
         Race (the writer's side of the restore race, see ``_read``): Redis
@@ -1670,23 +1831,26 @@ class RedisFlagStore(FlagStore):
                 self.namespace, commit.version, cause,
             )  # fmt: skip
             return
-        raise BackendUnavailable(
+        raise _Unconfirmed(
             f"Redis at {self._url} went away right after a flag commit, before this node's "
-            f"copy could record it; the write may be lost ({cause})"
+            f"copy could record it; the write may be lost ({cause})",
+            commit.changes,
+            commit.events,
         ) from (cause if isinstance(cause, BackendUnavailable) else None)
 
-    def _mirror_commit(self, commit: _Commit, replies: list[Any]) -> bool:
+    def _mirror_commit(self, commit: _Commit, replies: list[Any] | None) -> bool:
         """Apply ``commit`` to the copy from the transaction's own writes; False if it cannot.
 
         Exact only when the copy is the state the transaction read: one version
         behind, same epoch (WATCH guaranteed nothing else committed in between).
-        Caller holds ``_copy_lock``.
+        Not for a commit read back after its reply was lost (``replies`` None:
+        no stream ids). Caller holds ``_copy_lock``.
         """
         cache = self._cache
         try:
             if cache.epoch == commit.epoch and cache.version >= commit.version:
                 return True
-            if cache.version != commit.version - 1:
+            if cache.version != commit.version - 1 or replies is None:
                 return False
             fresh = commit.base_epoch is None  # first write of a new deployment
             if not fresh and cache.epoch != commit.base_epoch:
@@ -1717,7 +1881,8 @@ class RedisFlagStore(FlagStore):
         meta: dict[str, str] = {"version": v}
         if epoch is None:
             meta["epoch"] = uuid.uuid4().hex
-        commit = _Commit(version, meta.get("epoch", epoch), epoch)
+        commit = _Commit(version, meta.get("epoch", epoch), epoch, txn_id)
+        commit.changes, commit.events = txn.changes, txn.events
         pipe.hset(self._k_meta, mapping=meta)
         replies = 1
         for name, state in txn.puts.items():
@@ -1748,7 +1913,7 @@ class RedisFlagStore(FlagStore):
             replies += 1
         commit.migrations_at = replies
         for event in txn.events:
-            fields = {"event": event.to_json(), "v": v}
+            fields = {"event": event.to_json(), "v": v, "txn": txn_id}
             pipe.xadd(self._k_migrations, fields)
             commit.migrations.append(fields)
             replies += 1
@@ -1796,6 +1961,8 @@ class RedisFlagStore(FlagStore):
             if not self._cache.has_data():
                 raise cause  # no copy of the deployment to apply it to
             op = _pending_op(txn, stored)
+            if isinstance(cause, _Unconfirmed):
+                op = _sent_times(op, cause)
             try:
                 op_id = self._cache.add_pending(op)
             except FlagError as exc:  # the copy is unusable: nowhere to keep it
@@ -2536,6 +2703,27 @@ def _pending_op(txn: _LocalTransaction, stored: dict[str, FlagState]) -> Pending
     return PendingKillSwitch(
         0, tuple(txn.changes), stored, tuple(txn.events), at, first.by, first.reason
     )
+
+
+def _sent_times(op: PendingKillSwitch, sent: _Unconfirmed) -> PendingKillSwitch:
+    """``op`` with the times of ``sent``, the unconfirmed commit of the same call.
+
+    Race: a kill switch whose commit landed but could not be confirmed (its
+    EXEC's reply lost, Redis gone before the read-back) is kept and replayed.
+    Its body ran again on the copy and took new times; ``committed_since`` knows
+    a kill switch by its records' times, so with those it would not find the
+    landed commit and would write it again (an emergency rollback recorded
+    twice, the second "from stage 0"). A record of the same flag (plan and
+    action), ``by`` and ``reason`` takes the time ``sent`` carried.
+    """
+    flag_at = {(c.flag, c.by, c.reason): c.at for c in sent.changes}
+    plan_at = {(e.plan, e.action, e.by, e.reason): e.at for e in sent.events}
+    changes = tuple(_replace(c, at=flag_at.get((c.flag, c.by, c.reason), c.at)) for c in op.changes)
+    events = tuple(
+        _replace(e, at=plan_at.get((e.plan, e.action, e.by, e.reason), e.at)) for e in op.events
+    )
+    at = min([c.at for c in changes] + [e.at for e in events])
+    return _replace(op, changes=changes, events=events, at=at)
 
 
 def _replay_switch_off(
