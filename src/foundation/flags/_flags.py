@@ -1049,12 +1049,13 @@ class FeatureFlags:
     ) -> dict[str, tuple[FlagState | None, FlagChange]]:
         """What a commit wrote: its last run's writes, and an earlier run's the store holds.
 
-        Race: a store may run the body again after a commit whose reply was lost
-        (redis-py reports a connection lost during ``EXEC`` as a WATCH conflict).
-        The new run finds that commit's writes already there and writes nothing
-        for them, and the store's listener skips them as this store's own: served
-        from the last run's writes alone, this process would answer the state from
-        before the commit (a flag killed everywhere else still on here) for good.
+        Race: a store that ran the body again after a commit of an earlier run
+        landed (``RedisFlagStore`` reads a lost reply back instead, but a store
+        is any ``FlagStore``) leaves the new run finding those writes already
+        there and writing nothing for them, while the store's listener skips them
+        as this store's own: served from the last run's writes alone, this
+        process would answer the state from before the commit (a flag killed
+        everywhere else still on here) for good. A safeguard, free with one run.
         """
         writes = dict(attempts[-1]) if attempts else {}
         earlier: dict[str, tuple[FlagState | None, FlagChange]] = {}
