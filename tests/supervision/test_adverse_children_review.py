@@ -25,7 +25,10 @@ DEADLINE = 60.0
 
 def _program(tmp_path: Path, body: str) -> subprocess.Popen[str]:
     script = tmp_path / "prog.py"
-    script.write_text(PRELUDE + textwrap.dedent(body))
+    # A background job of a non-interactive shell starts with SIGINT ignored, and
+    # Python keeps it so: the program gets Ctrl-C as from a user's terminal.
+    sigint = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    script.write_text(sigint + PRELUDE + textwrap.dedent(body))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     return subprocess.Popen(
         [sys.executable, str(script)],
