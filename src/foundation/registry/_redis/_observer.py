@@ -3,9 +3,10 @@
 An observer is not a node: it holds no lease, registers nothing and writes
 nothing to Redis (the ``foundation agents`` command and the admin server use
 it, so watching a production namespace cannot change it). It keeps a mirror of
-the namespace's entries, filled by the registry's own ``SNAPSHOT`` script and
-kept current by one thread following the change stream ``P:log`` (the records
-every node's tail applies), in version order:
+the namespace's entries, filled by the registry's own ``SNAPSHOT`` script (in
+its ``no-writes`` form on Redis >= 7, so it answers while writes are paused:
+see ``_readscript``) and kept current by one thread following the change
+stream ``P:log`` (the records every node's tail applies), in version order:
 
 - a version gap (the stream was trimmed past us), a failed read, or a change
   counter that went backwards (Redis restarted empty) makes it take a fresh
@@ -43,6 +44,7 @@ from foundation.errors import BackendUnavailable, Closed, FoundationError, Inval
 from foundation.registry._query import compile_criteria, matches
 from foundation.registry._redis._codec import RemoteAgent, decode_key
 from foundation.registry._redis._mirror import Mirror, same_registration
+from foundation.registry._redis._readscript import ReadScript
 from foundation.registry._redis._scripts import SNAPSHOT, SnapshotArgs
 from foundation.registry._redis._shared import _down_from, expand_record, record_span
 from foundation.registry._types import Criterion, Entry, RegistryEvent, UnregisterReason, new_entry
@@ -151,7 +153,7 @@ class RedisObserver:
             self._client.close()
             raise
         try:
-            self._snapshot_script = self._client.register_script(SNAPSHOT)
+            self._snapshot_script = ReadScript(SNAPSHOT)
             self._resync(emit=False)
             self._tail_id: int | None = self._call(
                 "identifying the tail connection", self._tail_client.client_id
@@ -417,9 +419,10 @@ class RedisObserver:
         """Replace the mirror by a snapshot; with ``emit``, listeners hear the differences."""
         reply = self._call(
             "taking a snapshot",
-            self._snapshot_script,
-            keys=[self._k_log],
-            args=SnapshotArgs("0").argv(),
+            self._snapshot_script.run,
+            self._client,
+            [self._k_log],
+            SnapshotArgs("0").argv(),
         )
         ver, sid, heads, metas = int(reply[0]), reply[1], reply[2], reply[3]
         meta_by = dict(zip(metas[::2], metas[1::2], strict=True))

@@ -90,7 +90,7 @@ from foundation.registry._validation import (
 if TYPE_CHECKING:
     # Implementation modules: imported by the first RedisRegistry(), not by
     # `import foundation` (see _load_implementation).
-    from foundation.registry._redis import _lease, _scripts, _shared, _state, _tail
+    from foundation.registry._redis import _lease, _readscript, _scripts, _shared, _state, _tail
 
 __all__ = ["MAX_METADATA_BYTES", "Conflict", "RedisRegistry", "RedisStatus"]
 
@@ -109,8 +109,8 @@ def _load_implementation() -> None:
     Two constructors racing both import; the import lock makes the second a
     dictionary lookup, and both bind the same module objects.
     """
-    global _lease, _scripts, _shared, _state, _tail
-    from foundation.registry._redis import _lease, _scripts, _shared, _state, _tail
+    global _lease, _readscript, _scripts, _shared, _state, _tail
+    from foundation.registry._redis import _lease, _readscript, _scripts, _shared, _state, _tail
 
 
 def _agent_json(agent: Any) -> str:
@@ -414,7 +414,9 @@ class RedisRegistry(Registry):
                 "unregister": c.register_script(_scripts.UNREGISTER),
                 "heartbeat": c.register_script(_scripts.HEARTBEAT),
                 "release": c.register_script(_scripts.RELEASE),
-                "snapshot": c.register_script(_scripts.SNAPSHOT),
+                # A pure read: run so that Redis >= 7 serves it while writes
+                # are paused (see _readscript).
+                "snapshot": _readscript.ReadScript(_scripts.SNAPSHOT),
             }
             self._tail = _tail.Tail(sh)
             self._lease = _lease.Lease(sh, self._tail)

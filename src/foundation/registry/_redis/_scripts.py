@@ -603,6 +603,9 @@ return forget_node(ARGV[2], 'unregistered', '')
 """
 )
 
+# Pure reads, and must stay so: run by ``_readscript.ReadScript``, which on
+# Redis >= 7 declares it ``no-writes`` (served during a write pause; a write in
+# it would then fail).
 SNAPSHOT = (
     _PRELUDE
     + r"""

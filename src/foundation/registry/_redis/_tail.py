@@ -308,7 +308,13 @@ class Tail:
         """Replace the mirror by a fresh snapshot, emitting the differences
         (holding wlock; part of the recovery)."""
         sh = self._sh
-        reply = sh.script("snapshot", SnapshotArgs(sh.maxlen), "taking a snapshot")
+        reply = sh.call(
+            "taking a snapshot",
+            sh.scripts["snapshot"].run,
+            sh.client,
+            sh.keys,
+            SnapshotArgs(sh.maxlen).argv(),
+        )
         ver, sid, heads, metas = int(reply[0]), reply[1], reply[2], reply[3]
         meta_by = dict(zip(metas[::2], metas[1::2], strict=True))
         orphans: list[tuple[Hashable, str, str]] = []

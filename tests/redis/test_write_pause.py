@@ -1,0 +1,141 @@
+"""``CLIENT PAUSE <ms> WRITE`` (what Redis does during ``FAILOVER``): reads answer.
+
+Redis pauses every Lua script not declared ``#!lua flags=no-writes`` (Redis >=
+7). The registry's one read script, ``SNAPSHOT``, is run in that form on Redis
+7 (``_readscript``), so an observer's first snapshot and a node's resync answer
+during the pause; writes still wait, and fail typed after ``op_timeout``. The
+plain form (what Redis 6.2 runs: it knows no such line) is what a server that
+does not tell its version gets, and the pause holds it back as before.
+
+Each scenario runs in a plain interpreter (``run_scenario``) against a
+redis-server of its own.
+"""
+
+from __future__ import annotations
+
+from tests.faults._subprocess import run_scenario
+
+_PAUSED = """
+from foundation import errors, spawn_thread
+from foundation.registry._redis import RedisRegistry
+from foundation.registry._redis._observer import RedisObserver
+from foundation._demo._redis_server import RedisServerProcess
+
+def typed(fn):
+    try:
+        fn()
+    except errors.FoundationError as exc:
+        return type(exc).__name__ + ": " + str(exc)
+    return "ok"
+
+def keys(view):
+    return sorted(e.key for e in view.list_all())
+
+server = RedisServerProcess()
+server.start()
+stop = threading.Event()
+try:
+    reg = RedisRegistry(server.url, namespace="p", lease_ttl=60.0, op_timeout=0.5)
+    reg.register("a", spawn_thread(stop.wait), {"n": 1})
+    reg.register("b", spawn_thread(stop.wait), {"n": 2})
+    # The scripts must be loaded during the pause too (as after a failover).
+    server.command("SCRIPT", "FLUSH")
+    server.command("CLIENT", "PAUSE", "30000", "WRITE")
+
+    # A new observer's first snapshot answers (the CLI's `agents` commands).
+    obs = RedisObserver(server.url, namespace="p", timeout=0.5)
+    threads = library_threads()
+    assert keys(obs) == ["a", "b"], keys(obs)
+    assert obs.lookup("a").metadata == {"n": 1}, obs.lookup("a")
+
+    # The node's resync (its snapshot) answers; its reads answer from the mirror.
+    with reg._sh.wlock:
+        reg._tail.resync()
+    assert reg._sh.scripts["snapshot"].flagged is True
+    assert keys(reg) == ["a", "b"], keys(reg)
+    assert reg.lookup("b").metadata == {"n": 2}, reg.lookup("b")
+
+    # Writes wait for the pause: typed, after about op_timeout.
+    got = typed(lambda: reg.register("d", spawn_thread(stop.wait), {}))
+    assert got.startswith("BackendUnavailable"), got
+    got = typed(lambda: reg.update_metadata("a", {"n": 9}))
+    assert got.startswith("BackendUnavailable"), got
+    # A new node must write its lease first: it cannot start.
+    got = typed(lambda: RedisRegistry(server.url, namespace="p", op_timeout=0.5).close())
+    assert got.startswith("BackendUnavailable"), got
+    print("PAUSED-OK")
+
+    server.command("CLIENT", "UNPAUSE")
+    wait_for(lambda: reg.status().state == "connected", "the node to recover")
+    reg.register("c", spawn_thread(stop.wait), {"n": 3})
+    reg.update_metadata("a", {"n": 4})
+    wait_for(
+        lambda: "c" in keys(obs) and obs.lookup("a").metadata == {"n": 4},
+        "the observer to follow the writes",
+    )
+    assert library_threads() == threads, (library_threads(), threads)
+    obs.close()
+    reg.close()
+    print("OK")
+finally:
+    stop.set()
+    server.stop()
+"""
+
+
+def test_reads_and_snapshots_answer_while_writes_are_paused_and_writes_fail() -> None:
+    result = run_scenario(_PAUSED, timeout=90)
+    assert result.lines("PAUSED-OK"), result.stdout
+    assert "unexpected error" not in result.stderr, result.stderr
+
+
+_PLAIN = """
+import subprocess
+import redis
+from foundation import errors
+from foundation.registry._redis import RedisRegistry
+from foundation.registry._redis._observer import RedisObserver
+from foundation._demo._redis_server import free_port, redis_server_binary
+
+# A server that does not tell its version (HELLO renamed away), as if it were
+# older: the plain script is run, what Redis 6.2 gets. RESP2: redis-py's RESP3
+# handshake is itself a HELLO.
+port = free_port()
+server = subprocess.Popen(
+    [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+     "--appendonly", "no", "--rename-command", "HELLO", ""],
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+url = f"redis://127.0.0.1:{port}/0?protocol=2"
+admin = redis.Redis(port=port, protocol=2)
+
+def answers():
+    try:
+        return admin.ping()
+    except redis.ConnectionError:
+        return False
+
+try:
+    wait_for(answers, "the server to answer")
+    RedisRegistry(url, namespace="q").close()
+    obs = RedisObserver(url, namespace="q", timeout=0.5)
+    assert obs._snapshot_script.flagged is False
+    assert obs.count() == 0
+    obs.close()
+
+    admin.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+    try:
+        RedisObserver(url, namespace="q", timeout=0.5).close()
+        raise AssertionError("the plain script answered during a write pause")
+    except errors.BackendUnavailable as exc:
+        assert "no answer in time" in str(exc), exc
+    admin.execute_command("CLIENT", "UNPAUSE")
+    print("OK")
+finally:
+    server.kill()
+    server.wait()
+"""
+
+
+def test_a_server_that_does_not_tell_its_version_gets_the_plain_script() -> None:
+    run_scenario(_PLAIN, timeout=60)
