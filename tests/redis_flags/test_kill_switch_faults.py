@@ -380,3 +380,44 @@ print("OK")
     )
     assert "auto-rollback health source" not in result.stderr, result.stderr
     assert "LOG ERROR" not in result.stderr, result.stderr
+
+
+def test_a_kill_switch_kept_on_a_refused_commit_is_in_status_at_once() -> None:
+    """OOM: the kill switch's commit is refused and it is kept. ``status()`` says so
+    at once (stale, the OOM error, the pending flag), not only once the listener's
+    next turn (up to its XREAD block, 2 s here) fails to replay it; a plain write
+    refused likewise leaves its error in ``last_error``."""
+    run_scenario(
+        _COMMON
+        + """
+srv = RedisServer(); srv.start()
+try:
+    sa = RedisFlagStore(srv.url, namespace=NS, cache_path=os.path.join(work, "a.sqlite3"),
+                        timeout=0.5, resync_interval=5.0)
+    a = FeatureFlags(FLAGS, store=sa)
+    a.enable("beta", by="ana")
+    wait_for(lambda: sa.synced, "in sync")
+    srv.command("CONFIG", "SET", "maxmemory", "1")
+    try:
+        refused(lambda: a.allow("gamma", "zed", by="ana"))
+        status = sa.status()
+        assert "OOM" in (status.last_error or ""), status
+        assert status.connected and not status.stale, status  # a refusal changed nothing
+        a.disable("beta", by="oncall", reason="error spike")
+        status = sa.status()
+        assert status.pending == 1 and status.pending_flags == ("beta",), status
+        assert status.stale and not status.connected and status.stale_since, status
+        assert "OOM" in (status.last_error or ""), status
+        assert not a.enabled("beta", "vip")
+    finally:
+        srv.command("CONFIG", "SET", "maxmemory", "0")
+    wait_for(lambda: not sa.pending() and sa.synced, "committed, in sync")
+    assert sa.load_states()["beta"].switch is False
+    stale = [w for w in warned.messages() if "(stale)" in w]
+    assert len(stale) == 1, stale  # one transition, one line
+    a.close(); sa.close()
+finally:
+    srv.stop()
+print("OK")
+"""
+    )

@@ -35,11 +35,14 @@ class LoseExecReply:
     # carries the next EXEC are dropped (that EXEC itself reaches Redis). With
     # `cut`, Redis is then out of reach too: every client connection is closed
     # (the EXEC's once it was forwarded) and new ones are closed at once, until heal().
-    # With `drop`, that EXEC (and what came with it) never reaches Redis.
+    # With `drop`, that EXEC (and what came with it) never reaches Redis. With
+    # `hold`, it reaches Redis late: just before the next EXEC of another connection.
     def __init__(self, port):
         self.target = ("127.0.0.1", port)
         self.armed, self.fired = threading.Event(), threading.Event()
         self.cut_after, self.drop_exec, self.dark = False, False, threading.Event()
+        self.hold_exec, self.held, self.ran_late = False, None, threading.Event()
+        self.lose_next_too = False  # hold: the replies to that next EXEC are lost too
         self.clients, self.lock = set(), threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
@@ -66,6 +69,18 @@ class LoseExecReply:
                 fire = self.armed.is_set() and b"EXEC\\r\\n" in data
                 if fire:
                     self.armed.clear(); lost.set(); self.fired.set()
+                if fire and self.hold_exec:
+                    self.held = (upstream, data)  # its upstream stays open (see finally)
+                    continue
+                if b"EXEC\\r\\n" in data and self.held is not None:
+                    # The held EXEC runs first (it lands after its read-back said "not
+                    # there", before the retry's EXEC): wait for its (dropped) reply.
+                    (late, chunk), self.held = self.held, None
+                    late.sendall(chunk)
+                    assert self.ran_late.wait(10), "the held EXEC got no reply"
+                    late.close()
+                    if self.lose_next_too:
+                        lost.set()
                 if not (fire and self.drop_exec):
                     upstream.sendall(data)
                 if fire and self.cut_after:
@@ -73,7 +88,9 @@ class LoseExecReply:
         except OSError:
             pass
         finally:
-            client.close(); upstream.close()
+            client.close()
+            if self.held is None or self.held[0] is not upstream:
+                upstream.close()
 
     def _go_dark(self):
         self.dark.set()
@@ -93,13 +110,18 @@ class LoseExecReply:
             while data := upstream.recv(65536):
                 if not lost.is_set():
                     client.sendall(data)
+                elif self.hold_exec:
+                    self.ran_late.set()  # (the held EXEC's reply: it ran)
         except OSError:
             pass
         finally:
             client.close(); upstream.close()
 
-    def lose_next_reply(self, call, cut=False, drop=False):
-        self.fired.clear(); self.cut_after, self.drop_exec = cut, drop; self.armed.set()
+    def lose_next_reply(self, call, cut=False, drop=False, hold=False, twice=False):
+        self.fired.clear(); self.ran_late.clear()
+        self.cut_after, self.drop_exec, self.hold_exec = cut, drop, hold
+        self.lose_next_too = twice
+        self.armed.set()
         try:
             call()
         except errors.BackendUnavailable as exc:
@@ -136,6 +158,38 @@ try:
     proxy.lose_next_reply(lambda: migration.advance(by="ana"), drop=True)
     assert actions()[2:] == [("advance", 0, 1)], actions()
     assert migration.status().stage == 1, migration.status()
+    flags.close(); store.close()
+finally:
+    srv.stop()
+print("OK")
+"""
+    )
+
+
+def test_an_exec_landing_after_its_read_back_said_not_there_is_not_run_again() -> None:
+    """Race: the EXEC whose reply timed out reaches Redis late (a slow network), after
+    the read-back found nothing and the retry WATCHed: it lands (nothing broke its
+    WATCH), the retry's EXEC then fails as a conflict, and a third run applied the
+    body on top of the late commit (one ``advance()`` moved two stages). Each
+    attempt after a lost reply looks the lost commit up again once ``meta`` moved."""
+    run_scenario(
+        _COMMON
+        + """
+try:
+    proxy.lose_next_reply(lambda: migration.advance(by="ana"), hold=True)
+    assert proxy.ran_late.is_set() and proxy.held is None, "the held EXEC never ran"
+    assert migration.status().stage == 1, migration.status()
+    wait_for(lambda: store.synced, "in sync")
+    assert actions() == [("advance", 0, 1)], actions()  # one advance() is one stage
+    assert flags.enabled("beta", "anyone") and not flags.enabled("gamma", "anyone")
+    migration.advance(by="ana")  # the store goes on as usual
+    assert actions()[1:] == [("advance", 1, 2)], actions()
+    # The same, and the retry's reply (a conflict: the late commit broke its WATCH)
+    # times out too: the late commit is the write's, not "nothing was written".
+    proxy.lose_next_reply(lambda: migration.rollback_to(0, by="ana"), hold=True, twice=True)
+    assert migration.status().stage == 0, migration.status()
+    wait_for(lambda: store.synced, "in sync")
+    assert actions()[2:] == [("rollback", 2, 0)], actions()
     flags.close(); store.close()
 finally:
     srv.stop()

@@ -51,7 +51,8 @@ Landed: committed, the function's result returned. Not landed: retried as a
 conflict. Redis unreachable: ``BackendUnavailable`` saying the write may or may
 not be committed (and the listener resyncs: it skips this store's own entries);
 a kill switch kept then takes the lost commit's times, so its replay finds it
-already committed and writes nothing twice (``_sent_times``).
+already committed and writes nothing twice (``_sent_times``). An EXEC landing
+late, after its read-back, is found by the attempts after it (``_landed_late``).
 
 Retention (``history_limit``, see ``_history``): a commit whose EXEC finds the
 stream longer than ``history_limit + trim_slack`` trims it to ``history_limit``
@@ -395,17 +396,33 @@ class _Retry(Exception):
 
 class _TxnRun:
     """What the attempts of one ``transaction`` share: the one stale-socket retry
-    left, and the one retry of an EXEC that timed out without landing."""
+    left, the one retry of an EXEC that timed out without landing, and the commits
+    whose reply was lost and that were not there when read back (with the result
+    of the run that made them): they may still land (see ``_landed_late``)."""
 
-    __slots__ = ("stale_socket_retry", "unrun_exec_retry")
+    __slots__ = ("stale_socket_retry", "unlanded", "unrun_exec_retry")
 
     def __init__(self) -> None:
         self.stale_socket_retry = True
         self.unrun_exec_retry = True
+        self.unlanded: list[tuple[_Commit, Any]] = []
+
+
+class _FailedFast(BackendUnavailable):
+    """A write refused at once: one timed out moments ago (``_fail_fast``)."""
 
 
 class _Behind(Exception):
     """Redis holds an older version than this node's copy: restore before writing."""
+
+
+class _LandedLate(Exception):
+    """An earlier attempt's commit, read back as not there, landed since: it is the
+    transaction's commit (``commit``, made by the run that returned ``result``)."""
+
+    def __init__(self, commit: _Commit, result: Any) -> None:
+        super().__init__(commit.version)
+        self.commit, self.result = commit, result
 
 
 class _ReplyLost(Exception):
@@ -1434,6 +1451,7 @@ class RedisFlagStore(FlagStore):
                 except _Retry:
                     continue
                 except BackendUnavailable as exc:
+                    self._last_error = str(exc)  # status() says it at once
                     if (
                         isinstance(exc.__cause__, Exception)
                         and error_kind(exc.__cause__) == "timeout"
@@ -1469,7 +1487,7 @@ class RedisFlagStore(FlagStore):
         failed = self._last_timeout
         if failed <= self._last_ok or time.monotonic() - failed >= self._timeout:
             return  # the hot path: two attribute loads, one compare
-        error = BackendUnavailable(
+        error = _FailedFast(
             f"Redis at {self._url} is not answering (a flag write timed out moments ago, "
             f"nothing answered since; not retried for up to the store's timeout, "
             f"{self._timeout:g} s): {self._timeout_error}"
@@ -1499,7 +1517,7 @@ class RedisFlagStore(FlagStore):
                 self._translated("committing a flag transaction"),
                 client.pipeline(transaction=True) as pipe,
             ):
-                result, commit = self._run_and_queue(pipe, fn)
+                result, commit = self._run_and_queue(pipe, fn, run)
                 if commit is None:
                     return result
                 executing = True
@@ -1513,7 +1531,11 @@ class RedisFlagStore(FlagStore):
             # Never guess: running fn again on the state its own commit made would
             # apply it twice (one advance() moving two stages). Returns if it landed.
             assert commit is not None  # lost only after EXEC was sent
-            self._settle(commit, lost.cause, run)
+            commit, result = self._settle(commit, lost.cause, run, result)
+        except _LandedLate as late:
+            commit, result = late.commit, late.result  # (and replies None: read back)
+        except _Unconfirmed:
+            raise  # (_landed_late: not a failure to retry)
         except BackendUnavailable as exc:
             self._commit_failed(exc, client, executing, run)
             raise _Retry from exc  # (_commit_failed raises when it is not worth a retry)
@@ -1527,15 +1549,19 @@ class RedisFlagStore(FlagStore):
         self._confirm_in_copy(commit, replies)  # (mirrors the trims too)
         return result
 
-    def _settle(self, commit: _Commit, lost: BaseException, run: _TxnRun) -> None:
-        """After ``commit``'s EXEC got no reply (``lost``): return if Redis holds it,
-        ``_Retry`` if it does not, ``_Unconfirmed`` if Redis cannot tell.
+    def _settle(
+        self, commit: _Commit, lost: BaseException, run: _TxnRun, result: Any
+    ) -> tuple[_Commit, Any]:
+        """After ``commit``'s EXEC got no reply (``lost``): (``commit``, ``result``) if
+        Redis holds it, ``_Retry`` if it does not, ``_Unconfirmed`` if Redis cannot
+        tell; or an earlier attempt's commit that landed late (see below).
 
         Race: the EXEC still in flight (a frozen Redis, a slow network) when it
         is looked up. A frozen Redis does not answer the lookup either
         (``_Unconfirmed``). Otherwise, should it land after a "not landed": its
         WATCH still holds, so the retry's commit (which bumps ``meta``) makes it
-        fail; only a retry that writes nothing leaves it free to land.
+        fail; or it lands first, and the retry's EXEC fails as a conflict: the
+        next attempt finds it (``_landed_late``) instead of running ``fn`` on it.
         """
         cause: BaseException | None = None
         try:
@@ -1551,7 +1577,7 @@ class RedisFlagStore(FlagStore):
                     "it landed" if landed else "it did not land, retrying",
                 )  # fmt: skip
                 if landed:
-                    return
+                    return commit, result
                 if isinstance(lost, self._redis.TimeoutError):
                     # Redis answers reads but did not run the EXEC in time: it may
                     # still be on its way (WATCH keeps a retry safe: see above),
@@ -1561,12 +1587,18 @@ class RedisFlagStore(FlagStore):
                     # nothing was written. Chained to the timeout: transaction()
                     # arms _fail_fast.
                     if not run.unrun_exec_retry:
+                        # Race: this EXEC failed (a conflict) as an earlier one
+                        # whose reply was lost landed late: that is the commit.
+                        late = self._landed_late(run, None, None)
+                        if late is not None:
+                            return late
                         raise BackendUnavailable(
                             f"Redis at {self._url} did not run a flag commit within "
                             f"{self._timeout:g} s, twice (writes paused or the server "
                             f"busy; read back: not committed, nothing was written): {lost}"
                         ) from lost
                     run.unrun_exec_retry = False
+                run.unlanded.append((commit, result))  # it may still land: _landed_late
                 raise _Retry from None  # the connection dropped before EXEC ran: try again
             why = "its entries are no longer in the stream (trimmed)"
         # The listener may have skipped the commit's entries as this store's own
@@ -1578,6 +1610,44 @@ class RedisFlagStore(FlagStore):
             commit.changes,
             commit.events,
         ) from cause
+
+    def _landed_late(
+        self, run: _TxnRun, version: int | None, epoch: str | None
+    ) -> tuple[_Commit, Any] | None:
+        """A commit of an earlier attempt, read back as not there, that landed since
+        (with its run's result); ``_Unconfirmed`` if that cannot be told. Called
+        WATCHing, with ``meta``'s ``version`` and ``epoch`` read (``version`` None:
+        look every one up).
+
+        Race: an EXEC whose reply was lost reaching Redis late (a slow network)
+        after its read-back: nothing broke its WATCH, so it lands, and the retry's
+        EXEC fails as a conflict. Running ``fn`` again would apply it twice. While
+        ``meta`` is as that attempt read it, it has not landed (a commit moves
+        ``meta``) and the WATCH taken here makes this attempt fail if it lands
+        now; once ``meta`` moved it can no longer land (its WATCH broke), so one
+        look-up tells for good. Free until ``meta`` moved: no round trip.
+        """
+        for commit, result in list(run.unlanded):
+            if version == commit.version - 1 and epoch == commit.base_epoch:
+                continue  # meta as the attempt read it: not landed, still may
+            cause: BaseException | None = None
+            try:
+                landed = self._landed(commit)
+            except BackendUnavailable as exc:
+                landed, cause = None, exc.__cause__ or exc
+            if landed:
+                return commit, result
+            if landed is None:
+                self._resync_wanted.set()  # (as _settle: the listener skipped it as ours)
+                raise _Unconfirmed(
+                    f"Redis at {self._url}: a flag commit whose reply was lost may have "
+                    f"landed after it was read back, and that cannot be told now: the "
+                    f"write may or may not be committed",
+                    commit.changes,
+                    commit.events,
+                ) from cause
+            run.unlanded.remove((commit, result))  # another commit took its version
+        return None
 
     def _landed(self, commit: _Commit) -> bool | None:
         """Whether Redis holds ``commit`` (found by its ``txn`` token); None: its entries
@@ -1767,12 +1837,13 @@ class RedisFlagStore(FlagStore):
         raise exc
 
     def _run_and_queue(
-        self, pipe: Any, fn: Callable[[StoreTransaction], T]
+        self, pipe: Any, fn: Callable[[StoreTransaction], T], run: _TxnRun
     ) -> tuple[T, _Commit | None]:
         """WATCH, run ``fn`` on a ``_RedisTransaction``, queue its writes after MULTI.
 
         (``fn``'s result, what EXEC will commit), or (result, None) when ``fn``
-        wrote nothing. ``_Behind`` when Redis is older than the copy.
+        wrote nothing. ``_Behind`` when Redis is older than the copy,
+        ``_LandedLate`` when an earlier attempt's lost commit landed after all.
         """
         pipe.watch(self._k_state, self._k_stages, self._k_meta)
         raw_version, epoch, trimmed, mtrimmed = pipe.hmget(
@@ -1780,6 +1851,10 @@ class RedisFlagStore(FlagStore):
         )
         if self._copy_behind_check(raw_version):
             raise _Behind
+        if run.unlanded:
+            late = self._landed_late(run, int(raw_version or 0), epoch)
+            if late is not None:
+                raise _LandedLate(*late)
         txn = _RedisTransaction(self, pipe)
         txn.trimmed, txn.mtrimmed = trimmed, mtrimmed
         # fn's own exceptions propagate unchanged; leaving the
@@ -1940,7 +2015,7 @@ class RedisFlagStore(FlagStore):
             except BackendUnavailable as exc:
                 if not self._defer_kill_switches:
                     raise
-                cause = exc
+                return self._defer(fn, exc, refused=True)
         elif not self._defer_kill_switches:
             return self.transaction(fn)  # BackendUnavailable unless Redis is back
         else:
@@ -1950,7 +2025,11 @@ class RedisFlagStore(FlagStore):
             )
         return self._defer(fn, cause)
 
-    def _defer(self, fn: Callable[[StoreTransaction], T], cause: BackendUnavailable) -> T:
+    def _defer(
+        self, fn: Callable[[StoreTransaction], T], cause: BackendUnavailable, refused: bool = False
+    ) -> T:
+        """Apply ``fn`` to this node's view and keep it pending (see ``kill_switch``);
+        ``refused``: its commit just failed (``cause``), the store still in sync."""
         with self._txn_lock:
             self._check_open()
             txn = _LocalTransaction(self)
@@ -1973,6 +2052,17 @@ class RedisFlagStore(FlagStore):
             self.namespace, cause, op.by, op.reason, ", ".join(op.flags + op.plans),
         )  # fmt: skip
         self._event("pending_recorded", **self._op_data(_replace(op, id=op_id)))
+        if refused and not self._read_only:
+            # This node now serves what Redis lacks: stale at once, as the listener
+            # would say only once its next turn's replay fails (up to its XREAD
+            # block later). Its resync commits the switch and brings it in sync.
+            # (A read-only replica stays in sync: the switch waits for writable.)
+            # (Failed fast: the timeout behind it is the error, as the listener's.)
+            error = (
+                BackendUnavailable(self._timeout_error) if isinstance(cause, _FailedFast) else cause
+            )
+            self._went_stale(error, "cannot commit a kill switch to")
+            self._resync_wanted.set()
         # The listener commits it at its next turn (within its XREAD block time
         # if connected). No CLIENT UNBLOCK here: on a frozen Redis that call would
         # itself wait for the timeout, and the kill switch must return at once.
@@ -2422,16 +2512,36 @@ class RedisFlagStore(FlagStore):
             cut = self._ensure_listen_client().hget(self._k_meta, "trimmed")
         return cut is not None and stream_key(str(cut)) > stream_key(self._last_id)
 
+    def _mark_stale(self, exc: Exception) -> bool:
+        """Stale, ``exc`` the last error; True if this is the transition (report it once).
+
+        Race: the listener's fault and a writer's refused kill switch at once:
+        the lock makes one of them the transition. The time of the transition
+        is set first, so a status() that says stale has its stale_since.
+        """
+        with self._lock:
+            first = self._stale_since is None  # first since "in sync"
+            if first:
+                self._stale_since = time.time()
+            self._last_error = str(exc)
+            self._synced.clear()
+        return first
+
+    def _went_stale(self, exc: Exception, what: str) -> None:
+        """``_mark_stale``, reported (a log line and an event) on the transition."""
+        if self._mark_stale(exc):
+            self._report_stale(exc, what)
+
+    def _report_stale(self, exc: Exception, what: str) -> None:
+        log.warning(
+            "flag store %r %s Redis at %s (%s); serving the node copy (stale)",
+            self.namespace, what, self._url, exc,
+        )  # fmt: skip
+        self._event("stale", error=str(exc))
+
     def _fault(self, exc: Exception) -> None:
         """Log a listener fault, mark the store stale (one event per transition)."""
-        # Race: status() read by another thread between the two steps: the time of
-        # the transition is set first, so a status() that says stale has its
-        # stale_since (the other order let it read stale with stale_since None).
-        first = self._stale_since is None  # first fault since "in sync": report it once
-        if first:
-            self._stale_since = time.time()
-        self._last_error = str(exc)
-        self._synced.clear()
+        first = self._mark_stale(exc)
         if _read_only_error(exc):
             self._note_read_only(True, str(exc))
         tls = tls_failure(str(exc)) if isinstance(exc, BackendUnavailable) else None
@@ -2450,11 +2560,7 @@ class RedisFlagStore(FlagStore):
             # An outage, or anything else that stops the listener (corrupt data,
             # a bug): either way answers come from the copy, but say which.
             lost = "lost" if isinstance(exc, BackendUnavailable) else "cannot follow"
-            log.warning(
-                "flag store %r %s Redis at %s (%s); serving the node copy (stale)",
-                self.namespace, lost, self._url, exc,
-            )  # fmt: skip
-            self._event("stale", error=str(exc))
+            self._report_stale(exc, lost)
         # Drop sockets that may be dead: the next attempt starts on fresh ones.
         # Race: a writer may be mid-call on a socket of _client's pool (e.g. in
         # its own timeout against a frozen Redis): closing it under the writer
@@ -2537,9 +2643,13 @@ class RedisFlagStore(FlagStore):
                 self._replay_pending()
             self._record_again()
         self._resyncs += 1
-        self._stale_since = None
         self._tls_warned = None
-        self._synced.set()
+        with self._lock:
+            # Race: a writer's refused kill switch marking it stale (_mark_stale)
+            # meanwhile: before, in sync here and its resync (wanted) runs next;
+            # after, stale; never stale with no stale_since or the reverse.
+            self._stale_since = None
+            self._synced.set()
         log.info(
             "flag store %r in sync with Redis at %s (version %d%s)",
             self.namespace, self._url, self._cache.version,
