@@ -13,7 +13,13 @@ redis-server of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from foundation.registry._redis._observer import RedisObserver
 from tests.faults._subprocess import run_scenario
+from tests.redis.conftest import MakeRegistry
+from tests.redis_support import RedisServer
 
 _PAUSED = """
 from foundation import errors, spawn_thread
@@ -139,3 +145,28 @@ finally:
 
 def test_a_server_that_does_not_tell_its_version_gets_the_plain_script() -> None:
     run_scenario(_PLAIN, timeout=60)
+
+
+def test_an_acl_user_allowed_evalsha_but_not_eval_gets_the_plain_script(
+    fresh_redis: RedisServer, make_registry: MakeRegistry, agents: Callable[[], Any], ns: str
+) -> None:
+    """An account for loaded scripts only (``+evalsha``, no ``+eval``) reads as
+    it did before the ``no-writes`` form: its snapshots run the plain script,
+    loaded on ``NOSCRIPT`` (``HELLO`` says 7, but ``EVAL`` is refused)."""
+    make_registry(fresh_redis.url).register("a", agents(), {"n": 1})
+    fresh_redis.command(
+        "ACL", "SETUSER", "loaded", "on", ">pw", "~*", "&*",
+        "+@read", "+@connection", "+evalsha", "+script",
+    )  # fmt: skip
+    url = fresh_redis.url.replace("redis://", "redis://loaded:pw@")
+    fresh_redis.command("SCRIPT", "FLUSH")  # a first run that must load it
+    obs = RedisObserver(url, namespace=ns, timeout=2.0)
+    try:
+        assert sorted(e.key for e in obs.list_all()) == ["a"]
+        assert obs._snapshot_script.flagged is False
+        fresh_redis.command("SCRIPT", "FLUSH")  # a restart: NOSCRIPT asks the version again
+        obs._resync(emit=False)
+        assert obs._snapshot_script.flagged is False
+        assert obs.lookup("a").metadata == {"n": 1}
+    finally:
+        obs.close()

@@ -342,15 +342,21 @@ class SQLiteFlagStore(FlagStore):
             self._conn.close()
             raise
 
-    def _connect(self, *, timeout: float) -> sqlite3.Connection:
+    def _connect(self, *, timeout: float, existing: bool = False) -> sqlite3.Connection:
+        """A connection to the file; ``existing``: never create it (``mode=rw``)."""
         import sqlite3
 
+        target = self.path
+        if existing:  # SQLite's URI: "%", "?" and "#" escaped (no import: see the OOM tests)
+            escaped = os.path.abspath(self.path).replace("%", "%25")
+            target = "file:" + escaped.replace("?", "%3f").replace("#", "%23") + "?mode=rw"
         try:
             return sqlite3.connect(
-                self.path,
+                target,
                 timeout=timeout,
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
                 check_same_thread=False,  # each connection is guarded by its own lock
+                uri=existing,
             )
         except sqlite3.Error as exc:
             raise FlagError(f"cannot open flag store {self._shown}: {exc}") from exc
@@ -520,9 +526,12 @@ class SQLiteFlagStore(FlagStore):
         """
         if not self._writer_read_only:
             return
-        old, self._conn = self._conn, self._connect(timeout=0.0)
+        # Race: the file deleted or replaced since the caller's _check_file: mode=rw
+        # never creates one at the path, and the check below refuses a replacement.
+        old, self._conn = self._conn, self._connect(timeout=0.0, existing=True)
         old.close()
         self._writer_read_only = False  # a write that fails again sets it again
+        self._check_file()
         self._create()  # the writer's pragmas; the schema is there: nothing is written
 
     def _rollback(self) -> None:

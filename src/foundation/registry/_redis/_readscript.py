@@ -15,7 +15,8 @@ The form is chosen at the first run and again whenever the server lacks the
 plain script (``NOSCRIPT``: a restart, or a failover, perhaps to a server of
 another version) or refuses the flagged one: a server that does not say it is
 7 or newer (6.2) is never sent the flagged text, and gets exactly the
-``EVALSHA`` (loaded on ``NOSCRIPT``) it got before.
+``EVALSHA`` (loaded on ``NOSCRIPT``) it got before. So does an ACL user that
+may run ``EVALSHA`` but not ``EVAL`` (``HELLO`` needs no permission).
 """
 
 from __future__ import annotations
@@ -82,16 +83,20 @@ class ReadScript:
         chosen = self._chosen or self._choose(client)
         if chosen is self._flagged:
             return self._run_flagged(client, keys, argv)
-        exceptions = _redis_conn.import_redis().exceptions
+        return self._run_plain(client, keys, argv, choose=True)
+
+    def _run_plain(self, client: Any, keys: list[str], argv: list[Any], *, choose: bool) -> Any:
+        """``EVALSHA`` of the plain text, loaded on ``NOSCRIPT``; with ``choose``, a
+        ``NOSCRIPT`` first asks the version again."""
         try:
-            return client.evalsha(chosen[1], len(keys), *keys, *argv)
-        except exceptions.NoScriptError:
+            return client.evalsha(self._plain[1], len(keys), *keys, *argv)
+        except _redis_conn.import_redis().exceptions.NoScriptError:
             # A new server (restarted, or another one after a failover): its
             # version may differ from the one the form was chosen for.
-            if self._choose(client) is self._flagged:
+            if choose and self._choose(client) is self._flagged:
                 return self._run_flagged(client, keys, argv)
-            sha = client.script_load(chosen[0])
-            return client.evalsha(sha, len(keys), *keys, *argv)
+            client.script_load(self._plain[0])
+            return client.evalsha(self._plain[1], len(keys), *keys, *argv)
 
     def _run_flagged(self, client: Any, keys: list[str], argv: list[Any]) -> Any:
         """``EVAL`` of the flagged text, never ``EVALSHA``: Redis learns a
@@ -99,9 +104,21 @@ class ReadScript:
         ``EVALSHA`` of a script it lacks (a restart, a failover, ``SCRIPT
         FLUSH``) instead of answering ``NOSCRIPT``. (The text is sent with each
         snapshot: a few kB beside the snapshot's own reply.)"""
+        exceptions = _redis_conn.import_redis().exceptions
         try:
             return client.eval(self._flagged[0], len(keys), *keys, *argv)
-        except _redis_conn.import_redis().exceptions.ResponseError:
+        except exceptions.NoPermissionError:
+            # An ACL user allowed EVALSHA but not EVAL (an account for loaded
+            # scripts only): the plain form, what it ran before, until the next
+            # NOSCRIPT asks again. (Not choose=True: its NOSCRIPT would come back
+            # here, and round again.) Refused too (the keys): chosen afresh next run.
+            self._chosen = self._plain
+            try:
+                return self._run_plain(client, keys, argv, choose=False)
+            except exceptions.ResponseError:
+                self._chosen = None
+                raise
+        except exceptions.ResponseError:
             # Perhaps another server (a failover to an older version refuses the
             # shebang line): the next run asks the version again.
             self._chosen = None
