@@ -185,7 +185,7 @@ def _options_before_demo(args_list: list[str]) -> list[str] | None:
     # The word's place: the last "demo" such that no positional precedes it
     # (an option's value may be "demo" too: "--store demo demo").
     at = next(i for i in range(len(args_list)) if _command_words(args_list[: i + 1]) == ["demo"])
-    before = args_list[:at]
+    before = [a for a in args_list[:at] if a != "--"]  # "--" only ends the options
     if any(a in ("-h", "--help", "--version") for a in before):
         return None
     return before
@@ -208,9 +208,9 @@ def _main(args_list: list[str], words: list[str]) -> int:
             f"the demo takes its own options after the word demo (foundation demo --help); "
             f"{' '.join(before)} before it does not apply to it",
         )
-    if before is not None:  # "demo" first: its options go to it untouched
+    if before is not None:  # "demo" first (or after "--"): its options go to it untouched
         words.append("demo")
-        return _run_demo(args_list[1:])
+        return _run_demo(args_list[args_list.index("demo") + 1 :])
     parser = _parser()
     try:
         args = parser.parse_args(args_list)

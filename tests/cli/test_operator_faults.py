@@ -178,6 +178,13 @@ def test_common_options_before_demo_are_refused_by_name(
     assert result.stdout == "", result.stdout
 
 
+def test_double_dash_before_demo_only_ends_the_options(tmp_path: Path, env: dict[str, str]) -> None:
+    # "--" is not an option: the demo runs (here: its help), as "demo --help" would.
+    result = run_cli("--", "demo", "--help", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result
+    assert result.stdout.startswith("usage: foundation demo"), result.stdout
+
+
 # ------------------------------------------------------------------ ACL: no write rights
 
 

@@ -1065,8 +1065,10 @@ class FeatureFlags:
             return writes  # the common case: one run
         try:
             stored = self._store.load_states()
-        except (BackendUnavailable, FlagError):
-            return writes  # cannot tell now: the next reload (a resync) brings it
+        except (BackendUnavailable, FlagError, Closed):
+            # Cannot tell now: the next reload (a resync) brings it; closed
+            # meanwhile: nothing more to serve.
+            return writes
         for name, (state, change) in earlier.items():
             if stored.get(name) == state:
                 writes[name] = (state, change)
