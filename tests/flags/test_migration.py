@@ -204,6 +204,15 @@ def test_plans_are_validated() -> None:
     assert info.value.names == ("s1b", "s2", "s3")
 
 
+def test_an_undeclared_plan_flag_names_the_stage_it_comes_from() -> None:
+    # A user who declares only their own flags meets names they never wrote:
+    # the message says they come from the plan, so they know what to declare.
+    with FeatureFlags([Flag("mine")]) as flags, pytest.raises(errors.UnknownFlag) as info:
+        Migration(flags, MigrationPlan.default())
+    assert info.value.names == ("use_ets_agent_registry", "enable_migration_monitoring")
+    assert "'use_ets_agent_registry' (from stage 1 of migration plan 'default')" in str(info.value)
+
+
 def test_a_plan_naming_a_typed_flag_is_refused_up_front() -> None:
     plan = MigrationPlan([Stage(1, "colour", ["colour"])])
     declared = [Flag("colour", variants={"red": "#f00", "blue": "#00f"}, default="red")]

@@ -329,7 +329,14 @@ def _check_plan_flags(flags: FeatureFlags, plan: MigrationPlan) -> None:
     """Refuse a plan naming a flag ``flags`` does not declare, or a typed one."""
     unknown = [f for f in plan.flags if f not in flags.names]
     if unknown:
-        raise UnknownFlag(unknown, suggestions={f: nearest(f, flags.names) for f in unknown})
+        # The names are the plan's, not the caller's: say where each comes from.
+        where = {f: s.number for s in reversed(plan.stages) for f in s.flags}
+        plan_name = bounded_repr(plan.name)
+        raise UnknownFlag(
+            unknown,
+            suggestions={f: nearest(f, flags.names) for f in unknown},
+            origins={f: f"stage {where[f]} of migration plan {plan_name}" for f in unknown},
+        )
     typed = [f for f in plan.flags if flags.flag(f).kind != "boolean"]
     if typed:  # a stage switches flags on and off; a typed flag has no "on" to advance to
         raise InvalidFlagValue(
