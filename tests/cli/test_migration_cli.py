@@ -102,5 +102,8 @@ def test_no_plan_recorded(tmp_path: Path) -> None:
     line = one_line_error(
         run_cli("migration", "status", "--store", f"sqlite:///{path}", cwd=tmp_path)
     )
-    assert line == "MigrationError: no migration plan is recorded in this store"
+    assert line == (
+        "MigrationError: no migration plan is recorded in this store (an application "
+        "records one when it constructs Migration(flags, plan) on it)"
+    )
     assert run_cli("migration", "rollback", "x", cwd=tmp_path).returncode == 2

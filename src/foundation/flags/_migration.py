@@ -429,7 +429,8 @@ class Migration:
         if plan is None:
             if len(plans) != 1:
                 raise MigrationError(
-                    "no migration plan is recorded in this store"
+                    "no migration plan is recorded in this store (an application records "
+                    "one when it constructs Migration(flags, plan) on it)"
                     if not plans
                     else f"several migration plans are recorded ({', '.join(sorted(plans))}): "
                     "name one"
