@@ -52,6 +52,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Iterable
 
 from foundation._cli._signals import EXIT_INTERRUPTED, EXIT_TERMINATED
 
@@ -105,11 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, mask_to_restore: Iterable[int] | None = None) -> int:
     """Entry point of the ``foundation`` console script; returns the exit code.
 
     SIGINT and SIGTERM unwind the command (see ``foundation._cli._signals``),
     then one line ``foundation COMMAND: interrupted|terminated`` goes to stderr.
+    ``mask_to_restore``: the signal mask to put back once the handlers are in
+    place (the console script holds both signals while it imports us: see
+    ``_foundation_cli``); a signal held meanwhile is delivered then.
     """
     from foundation._cli._signals import Terminated, install_sigterm, restore_sigterm
 
@@ -118,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     sigterm_was = signal.getsignal(signal.SIGTERM)
     try:
         install_sigterm()
+        if mask_to_restore is not None:
+            # Race: a signal that landed while we were imported is pending; it is
+            # delivered here, inside this try, so it is told as any other.
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask_to_restore)
         return _main(args_list, words)
     except KeyboardInterrupt:  # Ctrl-C: every command stopped what it started
         return _signalled(words, args_list, "interrupted", EXIT_INTERRUPTED)

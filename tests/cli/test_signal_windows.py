@@ -409,3 +409,50 @@ def test_a_signal_between_the_two_handler_swaps_is_held_and_both_are_restored(
         "__enter__ True Terminated True raised",
         "_restore True Terminated True raised",
     ], result.stdout
+
+
+# ------------------------------------------------------------------ while foundation imports
+
+# The console script's own entry point, with a signal sent to the process the
+# moment the library's import reaches foundation.errors (an import hook of the
+# test: the signal lands inside `import foundation`, before any handler of the
+# command is installed). Before: SIGTERM killed the process silently, SIGINT
+# printed Python's KeyboardInterrupt traceback.
+_DURING_IMPORT = """
+import os, signal, sys
+
+class SignalDuringImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "foundation.errors":
+            os.kill(os.getpid(), {signum})
+        return None
+
+sys.meta_path.insert(0, SignalDuringImport())
+sys.argv = ["foundation", "version"]
+import _foundation_cli
+sys.exit(_foundation_cli.main())
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_console_script_imports_the_library_is_told_as_any_other(
+    signum: int,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _DURING_IMPORT.format(signum=int(signum))],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == CODE[signum], result
+    assert result.stderr == f"foundation version: {WORD[signum]}\n", result.stderr
+    assert result.stdout == "", result.stdout  # the command never ran
+
+
+def test_the_console_script_enters_through_the_signal_holding_launcher() -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="foundation")
+    assert script.value == "_foundation_cli:main"
