@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -63,6 +64,7 @@ __all__ = [
     "REDIS_ERROR_KINDS",
     "ROUND_TRIP_EVENT",
     "STORE_QUERY",
+    "NoAnswerWindow",
     "check_url",
     "connect",
     "error_kind",
@@ -957,3 +959,62 @@ def connect(
         client.close()
         raise
     return client
+
+
+class NoAnswerWindow:
+    """When a write should fail at once: Redis let a call time out moments ago.
+
+    The one rule behind the fast failures of ``RedisRegistry`` and
+    ``RedisFlagStore``. Writes are serialised, so on a frozen Redis (it accepts
+    connections and answers nothing) each queued writer would wait a timeout of
+    its own, the k-th of k writers k timeouts. Instead, a write that asks less
+    than ``window`` seconds after a call timed out (``timed_out``), with no
+    answer from Redis since (``answered``), fails at once (``is_open``). Recovery
+    needs nothing from the caller: any answer, or ``window`` seconds without a
+    new timeout, lets writes try Redis again. ``first_report`` is True once per
+    outage (an outage ends when Redis answers), for the operator's log line.
+
+    Race: the times are plain float stores from any thread, no lock. An answer
+    noted just after a look costs one write a fast failure (the outage it asked
+    during); a timeout noted just after it lets one more write wait its timeout.
+
+    >>> w = NoAnswerWindow()
+    >>> w.is_open(1.0)
+    False
+    >>> w.timed_out("Timeout reading from socket")
+    >>> w.is_open(60.0), w.first_report(), w.first_report()
+    (True, True, False)
+    >>> w.answered(); w.is_open(60.0)
+    False
+    """
+
+    __slots__ = ("_lock", "_reported", "error", "last_ok", "last_timeout")
+
+    def __init__(self) -> None:
+        self.last_ok = 0.0  # monotonic: the last call Redis answered
+        self.last_timeout = 0.0  # monotonic: the last call it did not answer in time
+        self.error = ""  # that timeout's error, for the fast failures' messages
+        self._reported = False  # this outage's fast failures were reported
+        self._lock = threading.Lock()
+
+    def answered(self) -> None:
+        """Redis answered a call: the outage, if any, is over."""
+        self.last_ok = time.monotonic()
+        self._reported = False
+
+    def timed_out(self, error: str, at: float | None = None) -> None:
+        """A call got no answer in time (``at``: when, if taken before other steps)."""
+        self.error = error
+        self.last_timeout = time.monotonic() if at is None else at
+
+    def is_open(self, window: float) -> bool:
+        """Whether a write should fail at once (a timeout less than ``window`` s ago,
+        no answer since). Two attribute loads and a compare while Redis answers."""
+        failed = self.last_timeout
+        return failed > self.last_ok and time.monotonic() - failed < window
+
+    def first_report(self) -> bool:
+        """True for the first caller of this outage (two failing at once: one)."""
+        with self._lock:
+            first, self._reported = not self._reported, True
+        return first

@@ -198,6 +198,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from foundation import telemetry
 from foundation._listeners import check_listener
 from foundation._redis_conn import (
+    NoAnswerWindow,
     check_url,
     connect,
     error_kind,
@@ -887,13 +888,8 @@ class RedisFlagStore(FlagStore):
         # resync clears before it catches up).
         self._stale_since: float | None = None
         self._read_only = False  # Redis is a read-only replica (see _note_read_only)
-        # Monotonic times of the last write that got no answer in time and of the
-        # last write or read Redis answered (see _fail_fast); whether the fast
-        # failures of this outage were logged (once per outage).
-        self._last_timeout = 0.0
-        self._timeout_error = ""
-        self._last_ok = 0.0
-        self._fast_fail_logged = False
+        # When writes fail at once: a write timed out moments ago (see _fail_fast).
+        self._no_answer = NoAnswerWindow()
         self._restores = 0
         self._resyncs = 0
         self._last_id = "0-0"
@@ -1456,8 +1452,7 @@ class RedisFlagStore(FlagStore):
                         isinstance(exc.__cause__, Exception)
                         and error_kind(exc.__cause__) == "timeout"
                     ):
-                        self._timeout_error = str(exc)
-                        self._last_timeout = time.monotonic()
+                        self._no_answer.timed_out(str(exc))
                     raise
                 self._redis_answered()
                 return result
@@ -1467,8 +1462,7 @@ class RedisFlagStore(FlagStore):
 
     def _redis_answered(self) -> None:
         """A write or read Redis answered: writes try Redis again (``_fail_fast``)."""
-        self._last_ok = time.monotonic()
-        self._fast_fail_logged = False
+        self._no_answer.answered()
 
     def _fail_fast(self) -> None:
         """``BackendUnavailable`` at once if a write got no answer in time (a frozen
@@ -1479,24 +1473,17 @@ class RedisFlagStore(FlagStore):
         listener's included), or ``timeout`` seconds without a new timeout,
         lets writes try Redis again.
 
-        Race: the times are set by other threads without a lock; a success
-        reported just after this look costs one write a fast failure (the
-        outage it asked during), a timeout just after it lets one more write
-        wait its timeout.
+        (``NoAnswerWindow``, the rule ``RedisRegistry`` follows too.)
         """
-        failed = self._last_timeout
-        if failed <= self._last_ok or time.monotonic() - failed >= self._timeout:
+        window = self._no_answer
+        if not window.is_open(self._timeout):
             return  # the hot path: two attribute loads, one compare
         error = _FailedFast(
             f"Redis at {self._url} is not answering (a flag write timed out moments ago, "
             f"nothing answered since; not retried for up to the store's timeout, "
-            f"{self._timeout:g} s): {self._timeout_error}"
+            f"{self._timeout:g} s): {window.error}"
         )
-        with self._lock:
-            # Once per outage (reset by _redis_answered). Race: two writers failing
-            # at once; the lock makes one of them the first.
-            first, self._fast_fail_logged = not self._fast_fail_logged, True
-        if first:
+        if window.first_report():  # once per outage
             log.warning(
                 "flag store %r: Redis did not answer a write in time; flag writes fail at "
                 "once with BackendUnavailable until Redis answers or %g s pass without a "
@@ -2058,9 +2045,8 @@ class RedisFlagStore(FlagStore):
             # block later). Its resync commits the switch and brings it in sync.
             # (A read-only replica stays in sync: the switch waits for writable.)
             # (Failed fast: the timeout behind it is the error, as the listener's.)
-            error = (
-                BackendUnavailable(self._timeout_error) if isinstance(cause, _FailedFast) else cause
-            )
+            timed_out = BackendUnavailable(self._no_answer.error)
+            error = timed_out if isinstance(cause, _FailedFast) else cause
             self._went_stale(error, "cannot commit a kill switch to")
             self._resync_wanted.set()
         # The listener commits it at its next turn (within its XREAD block time

@@ -407,10 +407,7 @@ class Shared:
     def fail_fast(self) -> None:
         """``BackendUnavailable`` at once if a Redis call timed out less than
         ``op_timeout`` ago and none succeeded since (``Link.fast_fail``)."""
-        link = self.link
-        if link.last_timeout <= link.last_ok:
-            return  # the hot path: two attribute loads
-        why = link.fast_fail(self.op_timeout)
+        why = self.link.fast_fail(self.op_timeout)
         if why is not None:
             raise BackendUnavailable(
                 f"Redis at {self.url} is not answering (a call timed out moments ago, "

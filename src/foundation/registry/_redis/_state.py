@@ -71,9 +71,8 @@ class Link:
         self._epoch = 0  # bumped by every report that calls for a recovery
         self._wake = wake
         self.last_error: str | None = None
-        self.last_ok = time.monotonic()  # last Redis call that succeeded
-        self.last_timeout = 0.0  # monotonic: last call that got no answer in time
-        self._fast_fail_outage: float | None = -1.0  # the outage fast_fail last logged
+        # When public writes fail at once (a call timed out moments ago: fast_fail).
+        self.no_answer = _redis_conn.NoAnswerWindow()
         self.recoveries = 0
         self.state_since = time.time()  # wall clock of the last state change (status())
         self._left_connected: float | None = None  # monotonic: when CONNECTED was left
@@ -100,20 +99,19 @@ class Link:
 
     def ok(self) -> None:
         """A Redis call succeeded (it does not end a recovery by itself)."""
-        self.last_ok = time.monotonic()
+        self.no_answer.answered()
 
     def failed(self, exc: BaseException, message: str) -> None:
         """A Redis call failed with ``exc`` (``message``: the translated error)."""
         kind = _redis_conn.error_kind(exc)
         new = LinkState.DISCONNECTED if kind in _UNREACHABLE_KINDS else LinkState.DEGRADED
-        # Race: _to() wakes the lease thread, whose recovery may succeed (last_ok)
+        # Race: _to() wakes the lease thread, whose recovery may succeed (ok())
         # before the next line runs; the time is taken first, so a recovery that
-        # quick still counts as later than this timeout and writes go on. Stored
-        # after the state change: fast_fail's log line names this outage.
+        # quick still counts as later than this timeout and writes go on.
         failed_at = time.monotonic()
         self._to(new, message, error=message)
         if kind == "timeout":
-            self.last_timeout = failed_at
+            self.no_answer.timed_out(message, at=failed_at)
 
     def resync_needed(self, why: str) -> None:
         """The mirror may be behind Redis (a gap, a reset, an unknown write outcome)."""
@@ -140,39 +138,22 @@ class Link:
         self._to(LinkState.CLOSED, "closed")
 
     def fast_fail(self, window: float) -> str | None:
-        """Why a public write should fail at once, or None: a call got no answer
-        in time (a frozen or black-holed Redis) less than ``window`` seconds ago
-        and no call has succeeded since. Such a write would only wait its own
-        full timeout, one after the other behind the node's write lock (the
-        k-th of k writers ``k`` timeouts); it fails as the last one did instead.
-        Recovery needs nothing from the caller: any call that succeeds (the
-        lease thread reconnects on its own) or ``window`` seconds without a new
-        timeout lets writes try Redis again.
-
-        Race: ``ok()`` and ``failed()`` run in other threads without a lock; a
-        success reported just after this look costs one write a fast failure,
-        as if it had come a moment earlier (the caller sees the outage it asked
-        during); a timeout just after it lets one more write wait its timeout.
-        """
-        failed = self.last_timeout
-        if failed <= self.last_ok or time.monotonic() - failed >= window:
+        """Why a public write should fail at once, or None (``NoAnswerWindow``: a
+        call got no answer in time less than ``window`` seconds ago and none has
+        succeeded since); the operator is told once per outage."""
+        if not self.no_answer.is_open(window):
             return None
-        with self._cond:
-            # Once per outage (an operator needs it once, not per call). Race: two
-            # writers failing at once; the lock makes one of them the first.
-            first = self._fast_fail_outage != self._left_connected
-            self._fast_fail_outage = self._left_connected
-        if first:
+        if self.no_answer.first_report():
             log.warning(
                 "node %s (namespace %r): Redis did not answer in time (%s); writes fail at "
                 "once with BackendUnavailable until a call succeeds or %.1f s pass without "
                 "a new timeout, instead of each waiting its own timeout",
                 self._node,
                 self._namespace,
-                self.last_error,
+                self.no_answer.error,
                 window,
             )
-        return self.last_error or "no answer in time"
+        return self.no_answer.error or "no answer in time"
 
     # ------------------------------------------------------------------ waiting
 
