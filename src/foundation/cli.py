@@ -182,21 +182,22 @@ def _command_words(args_list: list[str]) -> list[str]:
     return positionals[:1]
 
 
-def _options_before_demo(args_list: list[str]) -> list[str] | None:
-    """The options typed before the word ``demo`` when it is the command, else None.
+def _demo_word(args_list: list[str]) -> tuple[int, list[str]] | None:
+    """Where the word ``demo`` stands when it is the command, with the options
+    typed before it; else None.
 
     The demo parses its own options, after the word (``foundation demo --redis
     URL``); the common ones (``--json``, ``--store``...) do not apply to it.
     ``--help``/``-h``/``--version`` before it stay the parser's."""
     if _command_words(args_list) != ["demo"]:
         return None
-    # The word's place: the last "demo" such that no positional precedes it
-    # (an option's value may be "demo" too: "--store demo demo").
+    # The first prefix whose command is demo ends at the word (an option's value
+    # may be "demo" too: "--store demo demo").
     at = next(i for i in range(len(args_list)) if _command_words(args_list[: i + 1]) == ["demo"])
     before = [a for a in args_list[:at] if a != "--"]  # "--" only ends the options
     if any(a in ("-h", "--help", "--version") for a in before):
         return None
-    return before
+    return at, before
 
 
 def _usage_error(words: list[str], message: str) -> int:
@@ -206,19 +207,19 @@ def _usage_error(words: list[str], message: str) -> int:
 
 
 def _main(args_list: list[str], words: list[str]) -> int:
-    before = _options_before_demo(args_list)
-    if before:
-        # Said plainly, rather than argparse's "unrecognized arguments" for the
-        # demo's own options, or running the demo without what was asked.
+    demo = _demo_word(args_list)
+    if demo is not None:
+        at, before = demo
         words.append("demo")
-        return _usage_error(
-            words,
-            f"the demo takes its own options after the word demo (foundation demo --help); "
-            f"{' '.join(before)} before it does not apply to it",
-        )
-    if before is not None:  # "demo" first (or after "--"): its options go to it untouched
-        words.append("demo")
-        return _run_demo(args_list[args_list.index("demo") + 1 :])
+        if before:
+            # Said plainly, rather than argparse's "unrecognized arguments" for the
+            # demo's own options, or running the demo without what was asked.
+            return _usage_error(
+                words,
+                f"the demo takes its own options after the word demo (foundation demo "
+                f"--help); {' '.join(before)} before it does not apply to it",
+            )
+        return _run_demo(args_list[at + 1 :])  # its options go to it untouched
     parser = _parser()
     try:
         args = parser.parse_args(args_list)
