@@ -1,13 +1,14 @@
 """A call run in a thread of its own, for the application tests that need to
-see where it is blocked (``sys._current_frames``) rather than sleep."""
+see where it is blocked (``tests._frames.thread_frame``) rather than sleep."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+
+from tests._frames import thread_frame
 
 DEADLINE = 60.0  # seconds: a scenario still running by then has hung
 
@@ -33,8 +34,7 @@ class ThreadCall:
         return not self._thread.is_alive()
 
     def _frame(self) -> FrameType | None:
-        ident = self._thread.ident
-        return None if ident is None else sys._current_frames().get(ident)
+        return thread_frame(self._thread.ident)
 
     def inside(self, obj: Any, method: str) -> bool:
         """Whether it is running ``obj``'s ``method`` now (anywhere on its stack)."""

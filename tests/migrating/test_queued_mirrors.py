@@ -9,7 +9,6 @@ waits at a gate, so "a mirror is in flight" is a known state, not a timing.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from foundation import MemoryRegistry, ThreadLocalRegistry
 from foundation.registry import Registry
+from tests._frames import thread_frame
 from tests.migrating.support import FLAG, Agents, make, wait_until
 
 
@@ -72,7 +72,7 @@ class Call:
 
     def waiting_in(self, function: str) -> bool:
         """The thread is inside ``function`` right now (its current stack)."""
-        frame = sys._current_frames().get(self.thread.ident or -1)
+        frame = thread_frame(self.thread.ident)
         while frame is not None:
             if frame.f_code.co_name == function:
                 return True
