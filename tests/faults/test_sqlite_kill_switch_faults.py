@@ -45,6 +45,14 @@ def at_stage_two():
         flags.set_percentage("beta", 100, by="ana", reason="rollout")
         flags.allow("beta", "vip", by="ana", reason="vip first")
 
+def open_node():
+    # This process's store, flags (with a subscriber) and migration, as a service has them.
+    store = SQLiteFlagStore(path, busy_timeout=1.0)
+    flags = FeatureFlags(FLAGS, store=store)
+    migration = Migration(flags, PLAN)
+    flags.subscribe(lambda change: None)
+    return store, flags, migration
+
 OTHER = '''
 import os, random, sqlite3, sys, uuid
 from foundation.flags import FeatureFlags, Flag, SQLiteFlagStore
@@ -126,10 +134,7 @@ _SCENARIOS = {
     "disk_full": (
         """
 at_stage_two()
-store = SQLiteFlagStore(path, busy_timeout=1.0)
-flags = FeatureFlags(FLAGS, store=store)
-migration = Migration(flags, PLAN)
-flags.subscribe(lambda change: None)
+store, flags, migration = open_node()
 other = Other()
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 largest = max(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
@@ -149,10 +154,7 @@ else:
     "locked": (
         """
 at_stage_two()
-store = SQLiteFlagStore(path, busy_timeout=1.0)
-flags = FeatureFlags(FLAGS, store=store)
-migration = Migration(flags, PLAN)
-flags.subscribe(lambda change: None)
+store, flags, migration = open_node()
 other = Other()
 HOLDER = '''
 import sqlite3, sys
@@ -179,10 +181,7 @@ os.chmod(d, 0o755)
 os.chown(d, 65534, 65534)
 other = Other("nobody")  # started as root (nobody may not run this interpreter)
 os.setegid(65534); os.seteuid(65534)  # from here on, permissions apply
-store = SQLiteFlagStore(path, busy_timeout=1.0)
-flags = FeatureFlags(FLAGS, store=store)
-migration = Migration(flags, PLAN)
-flags.subscribe(lambda change: None)
+store, flags, migration = open_node()
 
 def give_nobody_the_files():  # the file and its -wal (the -shm already is nobody's)
     os.seteuid(0); os.setegid(0)

@@ -87,6 +87,15 @@ def at_stage_two(flags):
     flags.allow("beta", "vip", by="ana", reason="vip first")
     return migration
 
+def node_a_at_stage_two(url):
+    # Node A (its copy in a.sqlite3) at stage 2, and node B once it sees that.
+    sa = open_store(url, os.path.join(work, "a.sqlite3"))
+    a = FeatureFlags(FLAGS, store=sa)
+    migration = at_stage_two(a)
+    other = Other(url)
+    wait_for(lambda: other.ask() == ALL_ON, "node B sees stage 2")
+    return sa, a, migration, other
+
 def rolled_back_here(flags, migration):
     assert migration.status().stage == 0
     assert not flags.enabled("beta", "vip") and not flags.enabled("beta", "u-1")
@@ -120,11 +129,7 @@ def test_emergency_rollback_on_a_frozen_redis_applies_here_and_commits_once() ->
         + """
 srv = RedisServer(); srv.start()
 try:
-    sa = open_store(srv.url, os.path.join(work, "a.sqlite3"))
-    a = FeatureFlags(FLAGS, store=sa)
-    migration = at_stage_two(a)
-    other = Other(srv.url)
-    wait_for(lambda: other.ask() == ALL_ON, "node B sees stage 2")
+    sa, a, migration, other = node_a_at_stage_two(srv.url)
     srv.process.send_signal(signal.SIGSTOP)
     try:
         migration.emergency_rollback("error spike", by="oncall")  # returns: no error
@@ -168,11 +173,7 @@ def test_emergency_rollback_while_redis_is_out_of_memory_waits_for_memory() -> N
         + """
 srv = RedisServer(); srv.start()
 try:
-    sa = open_store(srv.url, os.path.join(work, "a.sqlite3"))
-    a = FeatureFlags(FLAGS, store=sa)
-    migration = at_stage_two(a)
-    other = Other(srv.url)
-    wait_for(lambda: other.ask() == ALL_ON, "node B sees stage 2")
+    sa, a, migration, other = node_a_at_stage_two(srv.url)
     srv.command("CONFIG", "SET", "maxmemory", "1")
     try:
         migration.emergency_rollback("error spike", by="oncall")
