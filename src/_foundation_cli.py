@@ -20,11 +20,17 @@ _HELD = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def main() -> int:
-    """Run ``foundation`` with SIGINT and SIGTERM held until its handlers are in place."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    """Run ``foundation`` with SIGINT and SIGTERM held until its handlers are in place
+    (where the platform can hold them: Windows has no ``pthread_sigmask``)."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:
+        from foundation.cli import main as run_unheld
+
+        return run_unheld()
+    held = mask(signal.SIG_BLOCK, _HELD)
     try:
         from foundation.cli import main as run
     except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # as it was: nothing to tell
+        mask(signal.SIG_SETMASK, held)  # as it was: nothing to tell
         raise
     return run(mask_to_restore=held)
