@@ -15,6 +15,9 @@ SETTINGS_ENV = ("FOUNDATION_STORE", "FOUNDATION_REDIS", "FOUNDATION_NAMESPACE")
 def cli_env(**extra: str) -> dict[str, str]:
     """This environment without CLI settings (a test passes its own), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS_ENV}
+    # A crash of the interpreter itself (one CLI child once died of SIGSEGV, with
+    # nothing on stderr) prints every thread's stack: evidence for the next look.
+    env["PYTHONFAULTHANDLER"] = "1"
     env.update(extra)
     return env
 
