@@ -16,7 +16,8 @@ What every Redis-backed class shares, so both answer a fault identically:
   ``errors.BackendUnavailable`` (connection refused or reset, timeouts, protocol
   errors, and the error replies of an unhealthy server: ``READONLY``,
   ``LOADING``, ``MASTERDOWN``, ``BUSY``, ``OOM``, ``TRYAGAIN``,
-  ``CLUSTERDOWN``, auth failures, any other error reply), except a
+  ``CLUSTERDOWN``, auth failures, a server at ``maxclients`` refusing a new
+  connection (``MAXCLIENTS``), any other error reply), except a
   configuration mistake (``DB index is out of range``), which is
   ``errors.InvalidConfig``. No redis-py exception leaves a public call.
 - TLS (``rediss://``): :func:`connect` loads the URL's TLS files first
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOUND_QUERY",
+    "FIXED_QUERY",
     "REDIS_ERROR_KINDS",
     "ROUND_TRIP_EVENT",
     "STORE_QUERY",
@@ -94,12 +96,13 @@ SENTINEL_QUERY: Final = ("sentinel_username", "sentinel_password")
 _SECRET_QUERY: Final = ("password", "sentinel_password", "ssl_password")
 
 REDIS_ERROR_KINDS: Final[Mapping[str, str]] = {
-    # error-reply code (the first word of the reply) -> what it means for us
+    # error-reply code (the first word of the reply; MAXCLIENTS: the text of the
+    # reply to a connection the server refuses) -> what it means for us
     "READONLY": "the server is a read-only replica (a failover demoted it?)",
     "LOADING": "the server is loading its dataset into memory",
     "MASTERDOWN": "the replica lost its link to the master",
     "BUSY": "the server is busy running a script or function",
-    "OOM": "the server is out of memory (maxmemory reached, noeviction)",
+    "OOM": "the server is out of memory (maxmemory reached, with nothing it may evict)",
     "TRYAGAIN": "the cluster is resharding; try again",
     "CLUSTERDOWN": "the cluster is down",
     "NOAUTH": "the server requires a password",
@@ -108,12 +111,21 @@ REDIS_ERROR_KINDS: Final[Mapping[str, str]] = {
     "NOSCRIPT": "the server does not know the script (it restarted)",
     "EXECABORT": "a transaction was aborted",
     "UNBLOCKED": "a blocking read was cut off (the server changed role, master -> replica?)",
+    "MAXCLIENTS": (
+        "the server refuses new connections, it has maxclients clients already (the "
+        "connections already open keep working; raise maxclients or close idle clients)"
+    ),
 }
 """Error-reply codes of an unhealthy (not misconfigured) server and what they mean.
 
 Each is ``BackendUnavailable``; so is any other error reply (``"response"``)."""
 
 _DB_RANGE = "DB index is out of range"
+_MAXCLIENTS = "max number of clients reached"
+"""A new connection's first reply when the server has ``maxclients`` clients
+(redis-py raises it as a ``ConnectionError``: the server closes the socket)."""
+_CLOSED_BY_SERVER = "Connection closed by server"
+"""redis-py's text for a connection the server hung up (EOF while reading)."""
 _DEMOTED = "The previous master is now a slave"
 """redis-py's ``SentinelManagedConnection`` error for a ``READONLY`` reply of the master
 it knew (the connection is dropped; the next one asks the Sentinels again)."""
@@ -179,6 +191,41 @@ client's in ``from_url``: ``?socket_timeout=600`` made every call wait up to
 ten minutes, ``timeout`` failed every connection with a ``TypeError``,
 ``retry_on_*`` asked for the retries the library turns off). The bounds are
 set once, by the Redis-backed classes' own option (``op_timeout`` or ``timeout``)."""
+
+FIXED_QUERY: Final = ("protocol", "legacy_responses", "max_connections")
+"""Query parameters redis-py reads that :func:`check_url` accepts only at redis-py's
+defaults: ``protocol=2`` and ``legacy_responses`` true (every reader of
+Foundation reads RESP2 reply shapes: with ``protocol=3`` or
+``legacy_responses=false`` ``XREAD`` answers a map, and the flag store's
+listener failed on every reply, serving its node copy, stale, from a healthy
+server), and no ``max_connections`` (a node holds several connections at once:
+with ``max_connections=1`` every heartbeat and write of a ``RedisRegistry``
+failed with "Too many connections" on a healthy server)."""
+
+_FALSE: Final = ("0", "F", "FALSE", "N", "NO")
+"""What redis-py's ``to_bool`` reads as false in a URL query."""
+
+
+def _fixed_refused(key: str, value: str) -> str | None:
+    """Why ``key=value`` (``key`` one of :data:`FIXED_QUERY`) is refused; None if it
+    is redis-py's default."""
+    if key == "max_connections":
+        return (
+            f"query parameter max_connections={value[:20]!r} is not accepted: a Redis "
+            "node of Foundation holds several connections at once (its writes, its "
+            "lease, its tail) and sizes them itself; a cap fails its calls with "
+            "'Too many connections' on a healthy server; leave it out"
+        )
+    if key == "protocol" and value.strip() == "2":
+        return None
+    if key == "legacy_responses" and value.strip().upper() not in _FALSE:
+        return None
+    return (
+        f"query parameter {key}={value[:20]!r} is not accepted: Foundation reads Redis "
+        "replies in their RESP2 shapes (redis-py's defaults, protocol=2 and "
+        "legacy_responses=true); leave it out"
+    )
+
 
 STORE_QUERY: Final = "namespace"
 """The query parameter a flag store URL adds (``open_store``): the store's namespace."""
@@ -248,7 +295,9 @@ def check_url(url: str, *, store: bool = False) -> None:
     those that would override the library's bounds (:data:`BOUND_QUERY`:
     ``socket_timeout``, ``socket_connect_timeout``, ``timeout``,
     ``retry_on_timeout``, ``retry_on_error``; the bound is the caller's
-    ``op_timeout``); with ``store=True`` (a flag store URL) also one
+    ``op_timeout``), and those of :data:`FIXED_QUERY` other than at redis-py's
+    defaults (``protocol`` other than 2, ``legacy_responses=false``, any
+    ``max_connections``); with ``store=True`` (a flag store URL) also one
     non-empty ``namespace``. TLS options (``ssl_*``) only in a ``rediss://``
     URL; ``ssl_cert_reqs`` is ``none``, ``optional`` or ``required``. Whether
     the server has that database is known only by connecting (:func:`connect`).
@@ -314,6 +363,8 @@ def _check_query_keys(query: str, store: bool, bad: Callable[[str], InvalidConfi
     for key, _value in parse_qsl(query, keep_blank_values=True):
         if key in BOUND_QUERY:
             raise bad(_bound_refused(key))
+        if key in FIXED_QUERY and (refused := _fixed_refused(key, _value)) is not None:
+            raise bad(refused)
         if key in known or (store and key == STORE_QUERY):
             continue
         if key == STORE_QUERY:
@@ -514,6 +565,8 @@ def _exception_kind(exc: BaseException, ex: Any, text: str) -> str:
             return kind
     if isinstance(exc, ex.ConnectionError) and "protocol error" in text.lower():
         return "protocol"
+    if isinstance(exc, ex.ConnectionError) and _MAXCLIENTS in text:
+        return "MAXCLIENTS"  # "-ERR max number of clients reached", then the server hangs up
     if isinstance(exc, ex.ConnectionError) and _DEMOTED in text:
         return "READONLY"  # a Sentinel client's READONLY reply, turned into a reconnect
     if isinstance(exc, ex.ConnectionError | OSError):
@@ -577,10 +630,22 @@ def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationEr
             f"the URL needs rediss://): {detail}"
         )
     elif kind == "connection":
-        why = f"unreachable: {detail}"
+        why = _connection_why(detail)
     else:
         why = f"{type(exc).__name__}: {detail}"
     return BackendUnavailable(f"Redis at {url} failed while {doing}: {why}")
+
+
+def _connection_why(detail: str) -> str:
+    """What a connection failure ``detail`` means. A connection the server hung up
+    says why it may have (the server may be up and have cut this client only)."""
+    if _CLOSED_BY_SERVER in detail:
+        return (
+            "unreachable: the server closed the connection (it stopped or restarted, or it "
+            "cut this client: CLIENT KILL, a reply past its client-output-buffer-limit, "
+            f"maxmemory-clients): {detail}"
+        )
+    return f"unreachable: {detail}"
 
 
 # ------------------------------------------------------------------ TLS

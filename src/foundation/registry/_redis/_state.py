@@ -2,7 +2,10 @@
 
 Every thread (API callers, the lease thread, the tail thread) reports what it
 saw to :class:`Link`; only :meth:`Link._to` changes the state, under one lock,
-and every change is logged under ``foundation.registry.redis``.
+and every change is logged under ``foundation.registry.redis`` (a flap, the
+same failure right after each recovery, is said once at WARNING, its repeats
+at DEBUG, its end at INFO once the node stays connected; a failure with another
+cause is never damped).
 
 ==============  ==============================================================
 state           meaning (and who leaves it)
@@ -56,6 +59,10 @@ _NEEDS_RECOVERY = frozenset(
     {LinkState.DEGRADED, LinkState.DISCONNECTED, LinkState.RECOVERING, LinkState.LEASE_LOST}
 )
 _UNREACHABLE_KINDS = frozenset({"connection", "timeout", "protocol", "other"})
+_DROPS = frozenset({LinkState.DEGRADED, LinkState.DISCONNECTED})
+_FLAP_WINDOW = 10.0
+"""Seconds: a drop from CONNECTED this soon after the recovery that followed the last
+one, with the same cause, is a flap (see ``Link._flap``)."""
 
 
 class Link:
@@ -77,6 +84,14 @@ class Link:
         self.state_since = time.time()  # wall clock of the last state change (status())
         self._left_connected: float | None = None  # monotonic: when CONNECTED was left
         self._tls_warned: str | None = None  # the TLS failure logged at WARNING, this state
+        # Flaps: a fault that hits some of the node's connections only (maxclients
+        # reached, client eviction) fails its tail again right after each recovery
+        # the lease thread makes on its own connection. One WARNING says so; the
+        # changes of state that repeat it are logged at DEBUG (see _flap).
+        self._connected_at = 0.0  # monotonic: the last change to CONNECTED
+        self._drop_cause: str | None = None  # the cause of the last drop from CONNECTED
+        self._flapping = False
+        self._flaps = 0  # drops damped since the flap began (said when it ends)
 
     @property
     def state(self) -> LinkState:
@@ -100,6 +115,35 @@ class Link:
     def ok(self) -> None:
         """A Redis call succeeded (it does not end a recovery by itself)."""
         self.no_answer.answered()
+        if self._flapping:  # (one attribute load on the hot path)
+            self._flap_over()
+
+    def _flap_over(self) -> None:
+        """End a flap once the node has stayed CONNECTED ``_FLAP_WINDOW`` s, with an
+        INFO line: its recoveries were logged at DEBUG, so without this line the
+        operator's log would end at the flap's WARNING. Called by ``ok()``: the
+        lease thread's heartbeats make one within a heartbeat of the window."""
+        with self._cond:
+            if (
+                not self._flapping
+                or self._state is not LinkState.CONNECTED
+                or time.monotonic() - self._connected_at < _FLAP_WINDOW
+            ):
+                return
+            self._flapping = False
+            flaps, cause = self._flaps, self._drop_cause
+            since = time.monotonic() - self._connected_at
+        log.info(
+            "node %s (namespace %r): connected for %.0f s since the last of %d repeated "
+            "failure(s) (%s): the flap is over; the mirror is current; reads and writes "
+            "are normal",
+            self._node,
+            self._namespace,
+            since,
+            flaps,
+            cause,
+            extra={"node": self._node, "namespace": self._namespace, "state": "connected"},
+        )
 
     def failed(self, exc: BaseException, message: str) -> None:
         """A Redis call failed with ``exc`` (``message``: the translated error)."""
@@ -202,11 +246,54 @@ class Link:
             self._state = new
             self.state_since = time.time()
             outage = self._outage(old, new)
+            flap = self._flap(old, new, why)
             self._cond.notify_all()
-        self._log_change(old, new, why, outage)
+        if flap == "first":
+            log.warning(
+                "node %s (namespace %r): Redis failed again, with the same error, right after "
+                "the node recovered (%s): a fault that hits some of its connections only "
+                "(maxclients reached, client eviction); the node goes on recovering by "
+                "itself; its changes of state are logged at DEBUG until it stays connected "
+                "%.0f s",
+                self._node,
+                self._namespace,
+                why,
+                _FLAP_WINDOW,
+                extra={"node": self._node, "namespace": self._namespace, "state": new.value},
+            )
+        self._log_change(old, new, why, outage, quiet=flap is not None)
         if new in _NEEDS_RECOVERY and self._wake is not None:
             self._wake()
         return True
+
+    def _flap(self, old: LinkState, new: LinkState, why: str) -> str | None:
+        """``"first"`` for a drop from CONNECTED (to DEGRADED or DISCONNECTED) with the
+        cause of the drop before it, less than ``_FLAP_WINDOW`` s after the recovery in
+        between; ``"quiet"`` for such a drop while already flapping, and for every
+        change but CLOSED that follows one; None otherwise (lock held).
+
+        A drop with another cause ends the flap wherever it starts from (a
+        recovery of the flap failing on a server that has now gone, say): a
+        different outage is logged as any other, never at DEBUG."""
+        cause = _cause(why) if new in _DROPS else None
+        if old is LinkState.CONNECTED:
+            repeat = (
+                cause is not None
+                and cause == self._drop_cause
+                and time.monotonic() - self._connected_at < _FLAP_WINDOW
+            )
+            self._drop_cause = cause
+            first, self._flapping = repeat and not self._flapping, repeat
+            if repeat:
+                self._flaps = 1 if first else self._flaps + 1
+            return "first" if first else ("quiet" if repeat else None)
+        if self._flapping and cause is not None and cause != self._drop_cause:
+            self._flapping = False
+            self._drop_cause = cause
+            return None
+        if new is LinkState.CONNECTED:
+            self._connected_at = time.monotonic()
+        return "quiet" if self._flapping and new is not LinkState.CLOSED else None
 
     def _outage(self, old: LinkState, new: LinkState) -> float | None:
         """Seconds since CONNECTED was left, when ``new`` ends that (lock held)."""
@@ -216,11 +303,15 @@ class Link:
             return time.monotonic() - self._left_connected
         return None
 
-    def _log_change(self, old: LinkState, new: LinkState, why: str, outage: float | None) -> None:
-        """Log the change ``old -> new`` (INFO to CONNECTED or CLOSED, else WARNING):
-        where (node, namespace), why, what the registry does now, and after a
-        recovery how long it lasted."""
+    def _log_change(
+        self, old: LinkState, new: LinkState, why: str, outage: float | None, *, quiet: bool
+    ) -> None:
+        """Log the change ``old -> new`` (INFO to CONNECTED or CLOSED, else WARNING;
+        DEBUG when ``quiet``: a flap): where (node, namespace), why, what the
+        registry does now, and after a recovery how long it lasted."""
         level = logging.INFO if new in (LinkState.CONNECTED, LinkState.CLOSED) else logging.WARNING
+        if quiet:
+            level = logging.DEBUG
         doing = _DOING[new]
         if outage is not None:
             doing = f"{doing} (after {outage:.1f} s)"
@@ -259,6 +350,17 @@ _DOING = {
     LinkState.LEASE_LOST: "writing this node's registrations back",
     LinkState.CLOSED: "no more calls",
 }
+
+
+def _cause(why: str) -> str:
+    """The cause in a failure message (what follows ``failed while <doing>: ``), so
+    that two calls failing alike compare equal.
+
+    >>> _cause("Redis at redis://h:1/0 failed while renewing the lease: unreachable: x")
+    'unreachable: x'
+    """
+    _head, sep, rest = why.partition(" failed while ")
+    return rest.partition(": ")[2] if sep else why
 
 
 def _kept_recovery(old: LinkState, new: LinkState) -> LinkState:
