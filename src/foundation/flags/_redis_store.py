@@ -207,6 +207,7 @@ from foundation._redis_conn import (
     tls_failure,
     translated,
 )
+from foundation._redis_memory_policy import EvictionCheck
 from foundation._retry import RetryBackoff
 from foundation.errors import (
     BackendUnavailable,
@@ -288,11 +289,29 @@ def copies_in_memory() -> dict[str, bool]:
 # Restore the deployment from a node copy, only if Redis is still older than it.
 # KEYS: meta, state, stages, history, migrations, history base, the latest trimmed
 # change per flag, the latest trimmed event per plan. ARGV[1]: the copy as JSON (its
-# base and ``trimmed`` too: its history replays from that base).
+# base and ``trimmed`` too: its history replays from that base). ARGV[2] 'lost':
+# also restore at the copy's own version and epoch if Redis lost keys of it (evicted
+# under an allkeys-* maxmemory-policy): fewer flag states or stages than the copy
+# holds at that version (only a commit changes them, and every commit moves the
+# version), or a history or migrations stream gone while the copy holds entries.
 _RESTORE = """
 local data = cjson.decode(ARGV[1])
+local function count(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+local function lost()
+  local m = redis.call('HMGET', KEYS[1], 'version', 'epoch')
+  if m[1] ~= data.version or m[2] ~= data.epoch then return false end
+  return redis.call('HLEN', KEYS[2]) < count(data.states)
+      or redis.call('HLEN', KEYS[3]) < count(data.stages)
+      or (#data.history > 0 and redis.call('EXISTS', KEYS[4]) == 0)
+      or (#data.migrations > 0 and redis.call('EXISTS', KEYS[5]) == 0)
+end
 local current = redis.call('HGET', KEYS[1], 'version')
-if current and tonumber(current) >= tonumber(data.version) then
+if current and tonumber(current) >= tonumber(data.version)
+    and not (ARGV[2] == 'lost' and lost()) then
   return 0
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
@@ -465,7 +484,10 @@ class RedisFlagStoreStatus:
     the kill switch fail with ``BackendUnavailable``. ``copy_in_memory``: the
     node copy's file failed (disk full, I/O error, locked, deleted...), so the
     copy lives in memory, not durable, until a retry writes it back (see
-    docs/flags-outages.md, "The node copy").
+    docs/flags-outages.md, "The node copy"). ``eviction_policy``: the server's
+    ``maxmemory-policy`` when it may evict this store's keys (``maxmemory`` set,
+    an ``allkeys-*`` policy; logged once at WARNING), else None (also when
+    ``INFO`` is refused): see docs/flags-outages.md, "An evicting Redis".
     """
 
     connected: bool
@@ -480,6 +502,7 @@ class RedisFlagStoreStatus:
     pending_flags: tuple[str, ...] = ()
     read_only: bool = False
     copy_in_memory: bool = False
+    eviction_policy: str | None = None
 
 
 def _check_name(name: object, what: str) -> None:
@@ -817,6 +840,8 @@ class RedisFlagStore(FlagStore):
         self._block_ms = int(min(self._resync_interval, 2.0) * 1000)
 
         self._init_state()
+        # Warns once if the server may evict our keys (checked at each (re)sync).
+        self._memory_policy = EvictionCheck(log, f"flag store {namespace!r}", self._url)
         # False for short-lived processes (the CLI): a kill switch they cannot commit
         # raises instead of waiting in the copy, since they would not commit it.
         self._defer_kill_switches = hold_kill_switches
@@ -923,8 +948,9 @@ class RedisFlagStore(FlagStore):
         self._created_copy = created  # a start that fails later removes it too
         has_copy = not created and self._cache.has_data()
         try:
-            self._ensure_clients()
+            client = self._ensure_clients()
             self._catch_up()
+            self._memory_policy.check(client)  # Redis answered: may it evict our keys?
             if not self._check_role():  # a read-only replica: they wait (see _resync)
                 self._replay_pending()
         except BackendUnavailable as exc:
@@ -1126,13 +1152,14 @@ class RedisFlagStore(FlagStore):
     # ------------------------------------------------------- the node copy
 
     def _restore_if_behind(self) -> bool:
-        """Restore Redis from this node's copy if Redis holds an older version (atomic)."""
+        """Restore Redis from this node's copy if Redis holds an older version, or
+        lost keys of the copy's own version (evicted: see ``_lost_keys``). Atomic."""
         import uuid
 
         client = self._ensure_clients()
         with self._copy_lock, self._translated("restoring flags from the node copy"):
-            raw_version = client.hget(self._k_meta, "version")
-            if not self._copy_behind_check(raw_version):
+            raw_version, lost = self._lost_keys(client)
+            if not lost and not self._copy_behind_check(raw_version):
                 return False
             cache = self._cache
             version = cache.version
@@ -1157,8 +1184,28 @@ class RedisFlagStore(FlagStore):
             }
             # The script re-checks the version itself: of nodes restoring at
             # once, only the first (or the one with the newest copy) writes.
-            done = int(self._restore_script(keys=self._keys(), args=[json.dumps(payload)]))
-        if done:
+            done = int(
+                self._restore_script(
+                    keys=self._keys(), args=[json.dumps(payload), "lost" if lost else ""]
+                )
+            )
+        if done and lost:
+            self._restores += 1
+            log.warning(
+                "flag store %r: Redis at %s lost keys of version %s (%s: evicted? its "
+                "maxmemory-policy must be noeviction); restored %d flag states and %d "
+                "history entries from this node's copy",
+                self.namespace, self._url, raw_version, ", ".join(lost),
+                len(payload["states"]), len(payload["history"]),
+            )  # fmt: skip
+            self._event(
+                "restored",
+                version=version,
+                previous=int(raw_version or 0),
+                flags=sorted(payload["states"]),
+                changes=len(payload["history"]),
+            )
+        elif done:
             self._restores += 1
             log.warning(
                 "flag store %r: Redis at %s held an older version (%s) than this node's "
@@ -1174,6 +1221,48 @@ class RedisFlagStore(FlagStore):
                 changes=len(payload["history"]),
             )
         return bool(done)
+
+    def _lost_keys(self, client: Any) -> tuple[str | None, list[str]]:
+        """(Redis' version, the keys Redis lost of the copy's version: evicted).
+
+        At the copy's own version and epoch, Redis holds what the copy holds:
+        only a commit changes the flag states and stages, and every commit moves
+        the version; a trim shortens a stream, never empties it. So fewer states
+        or stages than the copy, or a stream gone that the copy has entries of,
+        means Redis deleted keys (eviction under an ``allkeys-*`` policy, a manual
+        ``DEL``). One round trip, read in the restore's place (``_RESTORE``
+        checks again, atomically, before it writes).
+        """
+        cache = self._cache
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._k_meta, "version", "epoch")
+            pipe.hlen(self._k_state)
+            pipe.hlen(self._k_stages)
+            pipe.exists(self._k_history)
+            pipe.exists(self._k_migrations)
+            (raw_version, epoch), states, stages, history, migrations = pipe.execute()
+        version, copy_epoch = cache.version, cache.epoch
+        if raw_version is None or int(raw_version) != version or epoch != copy_epoch:
+            return raw_version, []
+        # Race (the resync check holds no _copy_lock): this node's commit confirmed
+        # into the copy between these reads, so the copy's states are of a later
+        # version than Redis was read at. Read its version again: moved, no verdict
+        # (the next check compares again).
+        ids = cache.last_ids()
+        held = (len(cache.states()), len(cache.stages()))
+        if cache.version != version or cache.epoch != copy_epoch:
+            return raw_version, []
+        lost = [
+            key
+            for key, gone in (
+                (self._k_state, states < held[0]),
+                (self._k_stages, stages < held[1]),
+                (self._k_history, not history and ids[0] is not None),
+                (self._k_migrations, not migrations and ids[1] is not None),
+            )
+            if gone
+        ]
+        return raw_version, lost
 
     def _keys(self) -> list[str]:
         return [
@@ -1502,7 +1591,7 @@ class RedisFlagStore(FlagStore):
         try:
             with (
                 self._translated("committing a flag transaction"),
-                client.pipeline(transaction=True) as pipe,
+                _watch_pipeline(self._redis, client) as pipe,
             ):
                 result, commit = self._run_and_queue(pipe, fn, run)
                 if commit is None:
@@ -2346,6 +2435,7 @@ class RedisFlagStore(FlagStore):
             pending_flags=tuple(sorted({name for op in ops for name in op.flags})),
             read_only=self._read_only,
             copy_in_memory=self._cache.in_memory,
+            eviction_policy=self._memory_policy.policy,
         )
 
     def _wake_listener(self) -> None:
@@ -2615,8 +2705,9 @@ class RedisFlagStore(FlagStore):
         """Reconnect; restore Redis or refresh the copy; commit pending kill switches."""
         self._resync_wanted.clear()
         self._synced.clear()
-        self._ensure_clients()
+        client = self._ensure_clients()
         self._catch_up()
+        self._memory_policy.check(client)  # Redis answered: may it evict our keys?
         read_only = self._check_role()
         # Redis answered: the replay below must not fail fast for a write that
         # timed out before it came back (the resync would fail, stale, for up to
@@ -2678,6 +2769,8 @@ class RedisFlagStore(FlagStore):
             )
             if self._copy_behind_check(raw_version):
                 return True
+            if self._lost_keys(client)[1]:
+                return True  # keys evicted: the resync restores them from the copy
             tail = client.xrevrange(self._k_history, count=1)
         if self._last_id != "0-0" and (
             not tail or stream_key(str(tail[0][0])) < stream_key(self._last_id)
@@ -2763,6 +2856,55 @@ class RedisFlagStore(FlagStore):
 
 
 _DEAD_SOCKET = ("closed by server", "reset by peer", "broken pipe", "error 32 ", "error 104 ")
+
+
+_PIPELINE_CLASSES: dict[type, type] = {}
+
+
+def _watch_pipeline(redis: Any, client: Any) -> Any:
+    """``client.pipeline(transaction=True)``, except that a pipeline whose socket
+    died (a timeout or an I/O error) while WATCHing never reconnects to undo it.
+
+    Race: Redis freezing (or the network going dark) after ``WATCH`` was
+    answered, before ``EXEC``: a read of ``fn`` (or of meta) times out while
+    WATCHing. redis-py has already dropped that socket (and its WATCH with it),
+    yet its ``reset()``, run by its own failure handler and again as the ``with``
+    block ends, reconnects only to send ``UNWATCH``: on a frozen Redis one
+    timeout more each, so the write waited three timeouts, not one (and
+    ``_fail_fast``'s bound, one timeout for all queued writers, did not hold).
+    A dropped socket has no WATCH left: skip the UNWATCH then. redis-py then
+    reports that read's failure as ``WatchError("A TimeoutError occurred while
+    watching ...")``: it leaves the block as the failure itself (a timeout
+    arms ``_fail_fast``, a dead pooled socket gets ``_commit_failed``'s retry).
+    (EXEC's own lost reply is ``_execute``'s, inside the block.)
+    """
+    pipe = client.pipeline(transaction=True)
+    base = type(pipe)
+    cls = _PIPELINE_CLASSES.get(base)
+    if cls is None:
+        lost_kinds = (redis.ConnectionError, redis.TimeoutError)
+
+        class _WatchPipeline(base):  # type: ignore[misc,valid-type]
+            watching: bool  # (redis-py's: set by WATCH, cleared by EXEC and reset)
+
+            def reset(self) -> None:
+                conn = self.connection
+                if self.watching and conn is not None and getattr(conn, "_sock", 0) is None:
+                    self.watching = False  # the socket is gone: no WATCH to undo
+                super().reset()
+
+            def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+                self.reset()
+                if isinstance(exc, redis.WatchError):
+                    lost = exc.__cause__ or exc.__context__
+                    if isinstance(lost, lost_kinds):
+                        raise lost from None
+
+        cls = _PIPELINE_CLASSES[base] = _WatchPipeline
+    # The pipeline redis-py built, given this behaviour: no dependency on its
+    # constructor's arguments (the subclass has no state of its own).
+    pipe.__class__ = cls
+    return pipe
 
 
 def _dead_socket(exc: BaseException | None) -> bool:

@@ -28,6 +28,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from foundation._redis_memory_policy import EvictionCheck
 from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, FoundationError
 from foundation.liveness import Monitor, is_alive
@@ -55,6 +56,10 @@ class Lease:
         self._retry: list[Job] = []
         self._info = json.dumps(
             {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        )
+        # Warns once if the server may evict our keys (checked at each recovery).
+        self.memory_policy = EvictionCheck(
+            log, f"node {shared.node} (namespace {shared.prefix[1:-1]!r})", shared.url
         )
         self.thread = threading.Thread(
             target=self._loop, name=f"foundation-redis-lease[{shared.node}]", daemon=True
@@ -87,6 +92,7 @@ class Lease:
         sh = self._sh
         epoch = sh.link.epoch
         had = self.heartbeat()
+        self.memory_policy.check(sh.client)  # Redis answered: warn if it may evict our keys
         if not had and sh.own:
             sh.link.lease_lost("the heartbeat found our lease gone")
             epoch = sh.link.epoch  # this recovery handles it
@@ -304,6 +310,62 @@ class Lease:
         backoff.reset()
         self._run_retries()
 
+    def _evicted(self) -> list[str]:
+        """The hashes of this node's registrations Redis no longer holds, while the
+        server may evict them (an ``allkeys-*`` policy, or one ``INFO`` did not
+        tell): one round trip per heartbeat then, none otherwise.
+
+        Eviction takes whole keys, and ``{ns}:owner``, ``{ns}:meta`` and
+        ``{ns}:head`` hold a field per registration (our ``owned`` set a member):
+        one of ours missing from any means the key went (another node's
+        re-assert may have created it again meanwhile, without ours: so a field,
+        not the key, is looked at); the re-assert writes each back. Not looked
+        at: the index keys (docs/redis.md, failure table).
+        Race: another node unregisters (or replaces) that registration between
+        the look at ``own`` and the read, and our tail has not applied it yet:
+        not an eviction (a re-assert would undo that unregister). So when one is
+        missing, the stream past our tail's position at the look is read too (a
+        second round trip), and a delete of it there means nothing was lost.
+        """
+        sh = self._sh
+        if not self.memory_policy.may_evict:
+            return []
+        with sh.mlock:  # the sample and the tail position of one moment
+            own = next((o for o in sh.own.values() if not o.pending), None)
+            start = sh.sid
+        if own is None:
+            return []
+        sample = own.ek
+        keys = [f"{sh.prefix}:owner", f"{sh.prefix}:meta", f"{sh.prefix}:head"]
+        owned = f"{sh.prefix}:owned:{sh.node}"
+
+        def read() -> list[Any]:
+            with sh.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hexists(key, sample)
+                pipe.sismember(owned, sample)
+                return list(pipe.execute())
+
+        found = sh.call("checking for evicted keys", read)
+        lost = [key for key, there in zip([*keys, owned], found, strict=True) if not there]
+        if not lost:
+            return []
+        records = sh.call(
+            "checking for evicted keys",
+            sh.client.xrange,
+            sh.k_log,
+            min="(" + s(start),
+            max="+",
+            count=int(sh.maxlen),
+        )
+        ek, head = sample.encode(), own.head.encode()
+        if any(
+            f.get(b"op") == b"d" and f.get(b"k") == ek and f.get(b"h") in (head, b"")
+            for _, f in records
+        ):
+            return []  # unregistered meanwhile, not evicted
+        return lost
+
     def _scheduled_heartbeat(self, plan: _Schedule, backoff: RetryBackoff) -> None:
         """Renew the lease from the loop; a lost lease or a failure schedules a recovery."""
         sh = self._sh
@@ -312,6 +374,16 @@ class Lease:
                 # Our lease was gone: reaped while we were frozen or cut
                 # off, or Redis restarted empty. Recover at once.
                 sh.link.lease_lost("the heartbeat found our lease gone")
+                plan.retry_at = 0.0
+                return
+            lost = self._evicted()
+            if lost:
+                # The lease is there but our registrations are not: Redis evicted
+                # them. The recovery's re-assert writes back what Redis lacks.
+                sh.link.lease_lost(
+                    f"Redis lost this node's registrations ({', '.join(lost)} missing: "
+                    "evicted? set maxmemory-policy noeviction)"
+                )
                 plan.retry_at = 0.0
                 return
         except FoundationError:

@@ -276,7 +276,10 @@ class RedisStatus:
     recoveries that wrote registrations back; ``reasserted``: registrations
     written back by them; ``lease_extensions``: global outages this node's
     heartbeat healed (see docs/redis.md, "Leases"); ``state_since``: when
-    ``state`` was entered (``time.time()``).
+    ``state`` was entered (``time.time()``); ``eviction_policy``: the server's
+    ``maxmemory-policy`` when it may evict this library's keys (``maxmemory``
+    set, an ``allkeys-*`` policy; logged once at WARNING), else None (also when
+    ``INFO`` is refused): see docs/redis.md, the failure table.
     """
 
     node: str
@@ -295,6 +298,7 @@ class RedisStatus:
     reasserted: int = 0
     lease_extensions: int = 0
     state_since: float = 0.0
+    eviction_policy: str | None = None
 
 
 class RedisRegistry(Registry):
@@ -701,8 +705,12 @@ class RedisRegistry(Registry):
             count=int(sh.maxlen),
         )
         ek, head = own.ek.encode(), own.head.encode()
+        # A head of "" (Redis had lost it) names whatever the node in "n" held.
         return any(
-            f.get(b"op") == b"d" and f.get(b"k") == ek and f.get(b"h") == head for _, f in records
+            f.get(b"op") == b"d"
+            and f.get(b"k") == ek
+            and (f.get(b"h") == head or (f.get(b"h") == b"" and f.get(b"n") == sh.node_b))
+            for _, f in records
         )
 
     def _apply_update(
@@ -744,7 +752,10 @@ class RedisRegistry(Registry):
         if old is not None:
             return new_entry(key, old.agent, frozen, old.registered_at, old.node)
         # Our mirror has not seen this (remote) entry yet: build it
-        # from the reply; the older record will be skipped.
+        # from the reply; the older record will be skipped. Redis may have lost
+        # its head (None): then its owner writes it back, and the tail brings it.
+        if len(reply) < 4 or reply[3] is None:
+            return None
         return sh.entry_from_head(key, ek, s(reply[3]), meta, [])
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
@@ -831,6 +842,7 @@ class RedisRegistry(Registry):
             reasserts=sh.reasserts,
             reasserted=sh.reasserted,
             lease_extensions=sh.lease_extensions,
+            eviction_policy=self._lease.memory_policy.policy,
         )
 
     def conflicts(self) -> list[Conflict]:

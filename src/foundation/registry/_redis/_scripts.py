@@ -185,7 +185,8 @@ class UnregisterArgs:
 
     ``why``: ``"unregistered"`` or ``"down"``; ``down_reason``, ``exit_code``,
     ``signal``: the ``Down`` shipped to other nodes (``""`` when none);
-    ``expect_head``: delete only that registration (``""``: whatever holds the key).
+    ``expect_head``: delete only that registration (``""``: whatever holds the key;
+    if Redis lost the head, only the writer's own entry matches).
     """
 
     maxlen: str
@@ -268,6 +269,12 @@ end
 -- much as the rest of an XADD); the cap is approximate anyway.
 local function mark(first, id, now_v)
   local k = P .. ':marks'
+  -- A counter that went back (P:ver lost) leaves marks of higher versions, which
+  -- would hold back every trim until it passed them again: forget them.
+  local newest = redis.call('LINDEX', k, -1)
+  if newest and tonumber(string.sub(newest, 1, string.find(newest, ' ', 1, true) - 1)) >= first then
+    redis.call('DEL', k)
+  end
   redis.call('RPUSH', k, first .. ' ' .. id)
   local cut
   local m = redis.call('LINDEX', k, 0)
@@ -296,8 +303,27 @@ local function lease_ok(node, now)
   return d and tonumber(d) >= now
 end
 
-local function drop(ek, owner, why, dr, dc, ds)
+-- Every value read from a hash may be missing (false) when Redis lost that key
+-- (an allkeys-* eviction, a DEL by mistake) while its siblings remain: nothing
+-- read is passed on unchecked, and each script reads before it writes (Redis
+-- does not undo a script's writes when it fails midway).
+
+-- The node holding `ek`: the owner hash's, or, when Redis lost that hash but
+-- not the head, the node the head names (nil: the key is free).
+local function owner_of(ek)
+  local owner = redis.call('HGET', P .. ':owner', ek)
+  if owner then return owner end
   local head = redis.call('HGET', P .. ':head', ek)
+  if not head then return nil end
+  local ok, h = pcall(cjson.decode, head)
+  if ok and type(h) == 'table' and type(h.n) == 'string' then return h.n end
+  return nil
+end
+
+local function drop(ek, owner, why, dr, dc, ds)
+  -- A lost head is recorded as '' (XADD takes strings only): readers take it as
+  -- "whatever registration `owner` held".
+  local head = redis.call('HGET', P .. ':head', ek) or ''
   local ix = redis.call('HGET', P .. ':ix', ek)
   if ix then
     for _, name in ipairs(cjson.decode(ix)) do redis.call('SREM', name, ek) end
@@ -365,15 +391,33 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace)
   -- heartbeat finds it gone and re-asserts). TIME is read only on a conflict.
   if not redis.call('ZSCORE', P .. ':leases', node) then return {'NOLEASE'} end
   local first, why, dr = 0, '', ''
-  local owner = redis.call('HGET', P .. ':owner', ek)
+  local owner = owner_of(ek)
   if owner then
     local now = now_ms()
-    if mode == 'a' and owner == node and redis.call('HGET', P .. ':head', ek) == head then
+    local held = mode == 'a' and owner == node and redis.call('HGET', P .. ':head', ek)
+    if held == head then
       -- Our registration is still there. If its metadata is older than ours (a
       -- write Redis lost, say in a failover), bring it up to date: an update, not
-      -- a new registration (no other node must see a replacement).
+      -- a new registration (no other node must see a replacement). Our owned set
+      -- (the lease's reaper reads it) and the owner hash may have been lost alone.
+      local owned = P .. ':owned:' .. node
+      if redis.call('SISMEMBER', owned, ek) == 0 then redis.call('SADD', owned, ek) end
+      if redis.call('HEXISTS', P .. ':owner', ek) == 0 then
+        redis.call('HSET', P .. ':owner', ek, node)
+      end
       if redis.call('HGET', P .. ':meta', ek) == meta then return {'SAME'} end
       return {'UPDATED', set_meta(ek, meta, ix)}
+    end
+    if mode == 'a' and owner == node and not held then
+      -- Ours (the owner hash says so), but Redis lost its head: write the whole
+      -- registration back (not a replacement: nothing is dropped).
+      local old = redis.call('HGET', P .. ':ix', ek)
+      if old then
+        for _, name in ipairs(cjson.decode(old)) do redis.call('SREM', name, ek) end
+        redis.call('HDEL', P .. ':ix', ek)
+      end
+      local v, id = put(ek, node, head, meta, ix)
+      return {'OK', v, 0, '', '', id}
     end
     -- Never take a key from a node that only looks dead because nobody could
     -- renew a lease (a global outage): heal before judging its lease.
@@ -512,7 +556,7 @@ UPDATE = (
 -- head too, so the writer can apply the update even if its mirror has not seen it.
 local ek, meta, ix = ARGV[2], ARGV[3], ARGV[4]
 W = ARGV[5]
-local owner = redis.call('HGET', P .. ':owner', ek)
+local owner = owner_of(ek)
 if not owner then return {'NOTREG'} end
 local v = set_meta(ek, meta, ix)
 return {'OK', v, owner, redis.call('HGET', P .. ':head', ek)}
@@ -526,9 +570,15 @@ UNREGISTER = (
 --   expect_head ('' = any), writer
 local ek, why, dr, dc, ds, expect = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 W = ARGV[8]
-local owner = redis.call('HGET', P .. ':owner', ek)
+local owner = owner_of(ek)
 if not owner then return 0 end
-if expect ~= '' and redis.call('HGET', P .. ':head', ek) ~= expect then return 0 end
+if expect ~= '' then
+  local head = redis.call('HGET', P .. ':head', ek)
+  -- A lost head (false) matches only the owner's own delete of its dead agent
+  -- (writer = owner: it flushes that delete before registering the key again,
+  -- so what it owns under the key is that agent's registration).
+  if head ~= expect and (head or owner ~= W) then return 0 end
+end
 return drop(ek, owner, why, dr, dc, ds)
 """
 )
@@ -540,7 +590,7 @@ local function forget_node(node, why, down_reason)
   local owned = P .. ':owned:' .. node
   local n = 0
   for _, ek in ipairs(redis.call('SMEMBERS', owned)) do
-    if redis.call('HGET', P .. ':owner', ek) == node then
+    if owner_of(ek) == node then
       drop(ek, node, why, down_reason, '', '')
       n = n + 1
     end

@@ -287,8 +287,12 @@ class Tail:
             events.append(sh.removed_event(old, why, dr, f[b"dc"].decode(), f[b"ds"].decode()))
 
     def _deletes_other_than(self, own: Own, owner: str, f: dict[bytes, bytes]) -> bool:
-        """The delete record ``f`` removed another registration than ``own``."""
-        return owner != self._sh.node or own.head != f[b"h"].decode()
+        """The delete record ``f`` removed another registration than ``own``. A record
+        whose head is ``""`` (Redis had lost it) removed whatever ``owner`` held:
+        of another node's write, ours (this node writes a key back whole, never
+        dropping it, and deletes a dead agent's head-less entry only itself)."""
+        head = f[b"h"]
+        return owner != self._sh.node or (head != b"" and own.head != head.decode())
 
     def _mirror_shows(self, key: Hashable, own: Own) -> bool:
         """The mirror shows ``own``, this node's live registration of ``key`` (holding mlock)."""
@@ -349,12 +353,22 @@ class Tail:
         for ekb, head_b in zip(heads[::2], heads[1::2], strict=True):
             ek = ekb.decode()
             key = decode_key(ek)
-            meta = meta_by.get(ekb, b"{}")
-            entry = sh.entry_from_head(key, ek, head_b.decode(), meta, orphans)
+            meta = meta_by.get(ekb)
+            # Redis lost this entry's metadata (the meta hash evicted or deleted):
+            # never take "{}" for the truth. Ours: left out, so the recovery
+            # writes it back whole; another node's: the mirror's copy (its owner
+            # writes its own back).
+            own = sh.own.get(key)
+            if meta is None and own is not None and own.head == head_b.decode():
+                continue
+            entry = sh.entry_from_head(key, ek, head_b.decode(), meta or b"{}", orphans)
+            if entry is not None and meta is None:
+                held = sh.entries.get(key)
+                if held is not None and same_registration(held, entry):
+                    entry = held
             if entry is not None:
                 fresh[key] = entry
-                own = sh.own.get(key)
-                if own is not None and entry.node == sh.node and own.meta != meta:
+                if own is not None and entry.node == sh.node and meta and own.meta != meta:
                     # Redis's copy is the truth (an update whose reply was lost landed).
                     own.meta, own.ix = meta, sh.ix_for(entry.metadata)
         return fresh
