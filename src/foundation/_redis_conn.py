@@ -49,7 +49,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
@@ -327,17 +327,7 @@ def check_url(url: str, *, store: bool = False) -> None:
     except UnicodeEncodeError:  # bytes that are not UTF-8 on a command line
         raise bad("it is not valid UTF-8 text") from None
     if url.startswith(SENTINEL_SCHEME + "://"):
-        from foundation._redis_sentinel import parse_sentinel_url
-
-        spec = parse_sentinel_url(url, bad)
-        # Refused here, as a plain URL's are (connect() refuses them too).
-        unknown = [key for key in spec.unknown if not (store and key == STORE_QUERY)]
-        if unknown:
-            raise bad(_sentinel_unknown(unknown, store))
-        if store:
-            from urllib.parse import urlsplit
-
-            _check_store_namespace(urlsplit(url).query, bad)
+        _check_sentinel_url(url, store, bad)
         return
     parts, port = _split_url(url, bad)
     _check_query_keys(parts.query, store, bad)
@@ -360,22 +350,44 @@ def _check_query_keys(query: str, store: bool, bad: Callable[[str], InvalidConfi
     from urllib.parse import parse_qsl
 
     known = url_query_keys()
-    for key, _value in parse_qsl(query, keep_blank_values=True):
-        if key in BOUND_QUERY:
-            raise bad(_bound_refused(key))
-        if key in FIXED_QUERY and (refused := _fixed_refused(key, _value)) is not None:
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        refused = _query_key_refused(key, value, known, store)
+        if refused is not None:
             raise bad(refused)
-        if key in known or (store and key == STORE_QUERY):
-            continue
-        if key == STORE_QUERY:
-            raise bad(_NO_NAMESPACE)
-        also = "; a flag store URL also takes ?namespace=NS" if store else ""
-        raise bad(
-            f"unknown query parameter {key[:60]!r} (the query holds redis-py's connection "
-            f"options only, such as db, ssl_ca_certs or health_check_interval{also})"
-        )
     if store:
         _check_store_namespace(query, bad)
+
+
+def _check_sentinel_url(url: str, store: bool, bad: Callable[[str], InvalidConfig]) -> None:
+    """``check_url`` for a ``redis+sentinel://`` URL."""
+    from foundation._redis_sentinel import parse_sentinel_url
+
+    spec = parse_sentinel_url(url, bad)
+    # Refused here, as a plain URL's are (connect() refuses them too).
+    unknown = [key for key in spec.unknown if not (store and key == STORE_QUERY)]
+    if unknown:
+        raise bad(_sentinel_unknown(unknown, store))
+    if store:
+        from urllib.parse import urlsplit
+
+        _check_store_namespace(urlsplit(url).query, bad)
+
+
+def _query_key_refused(key: str, value: str, known: Collection[str], store: bool) -> str | None:
+    """Why the query parameter ``key=value`` is refused (None: accepted)."""
+    if key in BOUND_QUERY:
+        return _bound_refused(key)
+    if key in FIXED_QUERY:
+        return _fixed_refused(key, value)
+    if key in known or (store and key == STORE_QUERY):
+        return None
+    if key == STORE_QUERY:
+        return _NO_NAMESPACE
+    also = "; a flag store URL also takes ?namespace=NS" if store else ""
+    return (
+        f"unknown query parameter {key[:60]!r} (the query holds redis-py's connection "
+        f"options only, such as db, ssl_ca_certs or health_check_interval{also})"
+    )
 
 
 _CERT_REQS: Final = ("none", "optional", "required")
@@ -563,15 +575,22 @@ def _exception_kind(exc: BaseException, ex: Any, text: str) -> str:
     for cls, kind in specific:
         if isinstance(exc, cls):
             return kind
-    if isinstance(exc, ex.ConnectionError) and "protocol error" in text.lower():
-        return "protocol"
-    if isinstance(exc, ex.ConnectionError) and _MAXCLIENTS in text:
-        return "MAXCLIENTS"  # "-ERR max number of clients reached", then the server hangs up
-    if isinstance(exc, ex.ConnectionError) and _DEMOTED in text:
-        return "READONLY"  # a Sentinel client's READONLY reply, turned into a reconnect
-    if isinstance(exc, ex.ConnectionError | OSError):
+    if isinstance(exc, ex.ConnectionError):
+        return _connection_error_kind(text)
+    if isinstance(exc, OSError):
         return "connection"
     return "other"
+
+
+def _connection_error_kind(text: str) -> str:
+    """The kind of a redis-py ``ConnectionError`` from its text."""
+    if "protocol error" in text.lower():
+        return "protocol"
+    if _MAXCLIENTS in text:
+        return "MAXCLIENTS"  # "-ERR max number of clients reached", then the server hangs up
+    if _DEMOTED in text:
+        return "READONLY"  # a Sentinel client's READONLY reply, turned into a reconnect
+    return "connection"
 
 
 def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationError:
@@ -949,6 +968,35 @@ def _no_maintenance_notifications() -> dict[str, Any]:
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
+def _client_options(
+    url: str,
+    shown: str,
+    *,
+    op_timeout: float,
+    connect_timeout: float | None,
+    name: str | None,
+    decode_responses: bool,
+) -> dict[str, Any]:
+    """``connect``'s redis-py options: the bounds, no retries, the name, TLS."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    options: dict[str, Any] = {
+        "socket_timeout": op_timeout,
+        "socket_connect_timeout": op_timeout if connect_timeout is None else connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": None if name is None else client_name(name),
+        "decode_responses": decode_responses,
+        **_no_maintenance_notifications(),
+    }
+    if url.startswith("rediss://"):
+        _tls_files_check(url, shown)
+        # An encrypted key without ssl_password must fail, not prompt on the
+        # terminal (OpenSSL's default): a URL's own ssl_password wins (from_url).
+        options["ssl_password"] = _no_key_password
+    return options
+
+
 def connect(
     url: str,
     *,
@@ -987,23 +1035,15 @@ def connect(
     if not op_timeout > 0:
         raise InvalidConfig("op_timeout must be a positive number of seconds")
     redis = import_redis()
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
     shown = redact_url(url)
-    options: dict[str, Any] = {
-        "socket_timeout": op_timeout,
-        "socket_connect_timeout": op_timeout if connect_timeout is None else connect_timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "client_name": None if name is None else client_name(name),
-        "decode_responses": decode_responses,
-        **_no_maintenance_notifications(),
-    }
-    if url.startswith("rediss://"):
-        _tls_files_check(url, shown)
-        # An encrypted key without ssl_password must fail, not prompt on the
-        # terminal (OpenSSL's default): a URL's own ssl_password wins (from_url).
-        options["ssl_password"] = _no_key_password
+    options = _client_options(
+        url,
+        shown,
+        op_timeout=op_timeout,
+        connect_timeout=connect_timeout,
+        name=name,
+        decode_responses=decode_responses,
+    )
     try:
         if url.startswith(SENTINEL_SCHEME + "://"):
             from foundation._redis_sentinel import sentinel_master

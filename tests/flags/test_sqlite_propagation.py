@@ -34,7 +34,7 @@ _WORKER = textwrap.dedent(
     import queue, sys, threading
     from foundation.flags import FeatureFlags, Flag, SQLiteFlagStore
 
-    path, warmup = sys.argv[1], int(sys.argv[2])
+    path, warmup, base = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     heard = queue.Queue()
     with SQLiteFlagStore(path) as store, FeatureFlags(
         [Flag("w"), Flag("k", default=True)], store=store
@@ -51,7 +51,9 @@ _WORKER = textwrap.dedent(
 
         def write():
             while not stop.is_set():
-                flags.set_percentage("w", 10 + writes[0] % 2, by="load")
+                # Values of this process only (base, base + 1, ...): every write
+                # changes the stored state, so each is one history entry.
+                flags.set_percentage("w", base + writes[0] % 2, by="load")
                 writes[0] += 1
                 if writes[0] == warmup:
                     warm.set()
@@ -81,9 +83,9 @@ _WORKER = textwrap.dedent(
 
 
 class _Process:
-    def __init__(self, path: Path, warmup: int) -> None:
+    def __init__(self, path: Path, warmup: int, base: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(path), str(warmup)],
+            [sys.executable, "-c", _WORKER, str(path), str(warmup), str(base)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -138,7 +140,9 @@ def test_a_kill_switch_reaches_another_process_while_both_write_flat_out(tmp_pat
     path = tmp_path / "flags.db"
     warmup = 50
     # Both open the new file at once: its creation races are part of the scenario.
-    a, b = _Process(path, warmup), _Process(path, warmup)
+    # Each writes its own percentages (a write that stores the value already
+    # stored records nothing: with the same values, their history could be short).
+    a, b = _Process(path, warmup, 10), _Process(path, warmup, 20)
     try:
         a.expect("writing")  # both are now writing as fast as they can
         b.expect("writing")

@@ -125,19 +125,26 @@ def normal_key(key: Any) -> tuple[Hashable, str]:
     if t is int and _INT_MIN <= key <= _INT_MAX:
         return key, int.__repr__(key)
     if t is tuple:
-        parts = []
-        for x in key:
-            tx = type(x)
-            if tx is str:
-                parts.append(_str_json(x))
-            elif tx is int and _INT_MIN <= x <= _INT_MAX:
-                parts.append(int.__repr__(x))
-            else:
-                break
-        else:
-            return key, "[" + ",".join(parts) + "]"
+        text = _flat_tuple_json(key)
+        if text is not None:
+            return key, text
     normal = validate_key(key)
     return normal, _dumps(_plain(normal))
+
+
+def _flat_tuple_json(key: tuple[Any, ...]) -> str | None:
+    """The JSON text of a tuple of plain ``str`` and in-range ``int`` (a key in
+    normal form), or None for any other tuple (the full check decides)."""
+    parts = []
+    for x in key:
+        tx = type(x)
+        if tx is str:
+            parts.append(_str_json(x))
+        elif tx is int and _INT_MIN <= x <= _INT_MAX:
+            parts.append(int.__repr__(x))
+        else:
+            return None
+    return "[" + ",".join(parts) + "]"
 
 
 def metadata_json(frozen: Mapping[str, Any]) -> str:

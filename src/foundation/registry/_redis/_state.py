@@ -234,13 +234,7 @@ class Link:
             new = _kept_recovery(old, new)
             tls = None if error is None else _redis_conn.tls_failure(error)
             if new is old:
-                if tls is not None and tls != self._tls_warned:
-                    # An outage that turns into a TLS failure (a certificate the
-                    # clients do not trust) needs an operator: once at WARNING.
-                    self._tls_warned = tls
-                    log.warning("node %s stays %s: %s", self._node, old.value, why)
-                else:
-                    log.debug("node %s stays %s: %s", self._node, old.value, why)
+                self._stay(old, why, tls)
                 return new is LinkState.CONNECTED
             self._tls_warned = tls  # the change itself is logged at WARNING (or INFO)
             self._state = new
@@ -249,22 +243,36 @@ class Link:
             flap = self._flap(old, new, why)
             self._cond.notify_all()
         if flap == "first":
-            log.warning(
-                "node %s (namespace %r): Redis failed again, with the same error, right after "
-                "the node recovered (%s): a fault that hits some of its connections only "
-                "(maxclients reached, client eviction); the node goes on recovering by "
-                "itself; its changes of state are logged at DEBUG until it stays connected "
-                "%.0f s",
-                self._node,
-                self._namespace,
-                why,
-                _FLAP_WINDOW,
-                extra={"node": self._node, "namespace": self._namespace, "state": new.value},
-            )
+            self._log_flap(new, why)
         self._log_change(old, new, why, outage, quiet=flap is not None)
         if new in _NEEDS_RECOVERY and self._wake is not None:
             self._wake()
         return True
+
+    def _stay(self, old: LinkState, why: str, tls: str | None) -> None:
+        """Log a report that changes nothing (lock held)."""
+        if tls is not None and tls != self._tls_warned:
+            # An outage that turns into a TLS failure (a certificate the
+            # clients do not trust) needs an operator: once at WARNING.
+            self._tls_warned = tls
+            log.warning("node %s stays %s: %s", self._node, old.value, why)
+        else:
+            log.debug("node %s stays %s: %s", self._node, old.value, why)
+
+    def _log_flap(self, new: LinkState, why: str) -> None:
+        """The one WARNING of a flap (its changes of state are then logged at DEBUG)."""
+        log.warning(
+            "node %s (namespace %r): Redis failed again, with the same error, right after "
+            "the node recovered (%s): a fault that hits some of its connections only "
+            "(maxclients reached, client eviction); the node goes on recovering by "
+            "itself; its changes of state are logged at DEBUG until it stays connected "
+            "%.0f s",
+            self._node,
+            self._namespace,
+            why,
+            _FLAP_WINDOW,
+            extra={"node": self._node, "namespace": self._namespace, "state": new.value},
+        )
 
     def _flap(self, old: LinkState, new: LinkState, why: str) -> str | None:
         """``"first"`` for a drop from CONNECTED (to DEGRADED or DISCONNECTED) with the
@@ -277,16 +285,7 @@ class Link:
         different outage is logged as any other, never at DEBUG."""
         cause = _cause(why) if new in _DROPS else None
         if old is LinkState.CONNECTED:
-            repeat = (
-                cause is not None
-                and cause == self._drop_cause
-                and time.monotonic() - self._connected_at < _FLAP_WINDOW
-            )
-            self._drop_cause = cause
-            first, self._flapping = repeat and not self._flapping, repeat
-            if repeat:
-                self._flaps = 1 if first else self._flaps + 1
-            return "first" if first else ("quiet" if repeat else None)
+            return self._flap_on_leaving_connected(cause)
         if self._flapping and cause is not None and cause != self._drop_cause:
             self._flapping = False
             self._drop_cause = cause
@@ -294,6 +293,20 @@ class Link:
         if new is LinkState.CONNECTED:
             self._connected_at = time.monotonic()
         return "quiet" if self._flapping and new is not LinkState.CLOSED else None
+
+    def _flap_on_leaving_connected(self, cause: str | None) -> str | None:
+        """``_flap`` for a change from CONNECTED (``cause``: the drop's, None when it
+        is no drop) (lock held)."""
+        repeat = (
+            cause is not None
+            and cause == self._drop_cause
+            and time.monotonic() - self._connected_at < _FLAP_WINDOW
+        )
+        self._drop_cause = cause
+        first, self._flapping = repeat and not self._flapping, repeat
+        if repeat:
+            self._flaps = 1 if first else self._flaps + 1
+        return "first" if first else ("quiet" if repeat else None)
 
     def _outage(self, old: LinkState, new: LinkState) -> float | None:
         """Seconds since CONNECTED was left, when ``new`` ends that (lock held)."""

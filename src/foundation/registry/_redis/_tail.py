@@ -361,17 +361,31 @@ class Tail:
             own = sh.own.get(key)
             if meta is None and own is not None and own.head == head_b.decode():
                 continue
-            entry = sh.entry_from_head(key, ek, head_b.decode(), meta or b"{}", orphans)
-            if entry is not None and meta is None:
-                held = sh.entries.get(key)
-                if held is not None and same_registration(held, entry):
-                    entry = held
+            entry = self._snapshot_entry(key, ek, head_b.decode(), meta, orphans)
             if entry is not None:
                 fresh[key] = entry
                 if own is not None and entry.node == sh.node and meta and own.meta != meta:
                     # Redis's copy is the truth (an update whose reply was lost landed).
                     own.meta, own.ix = meta, sh.ix_for(entry.metadata)
         return fresh
+
+    def _snapshot_entry(
+        self,
+        key: Hashable,
+        ek: str,
+        head: str,
+        meta: bytes | None,
+        orphans: list[tuple[Hashable, str, str]],
+    ) -> Entry | None:
+        """One snapshot entry (holding mlock); metadata Redis lost (None) is the
+        mirror's copy of that same registration, never taken as ``{}``."""
+        sh = self._sh
+        entry = sh.entry_from_head(key, ek, head, meta or b"{}", orphans)
+        if entry is not None and meta is None:
+            held = sh.entries.get(key)
+            if held is not None and same_registration(held, entry):
+                return held
+        return entry
 
     def _drop_missing(
         self, fresh: dict[Hashable, Entry], ver: int, events: list[RegistryEvent]
