@@ -2,7 +2,8 @@
 mistake) under two running ``RedisRegistry`` nodes: nothing breaks.
 
 For each key of the namespace in turn, the scenario deletes it while both
-nodes hold registrations, then registers (new, conflicting, ``replace=True``),
+nodes hold registrations, then registers (new, conflicting, ``replace=True``,
+``register_many`` of a held and a free key),
 unregisters (own and remote), updates (own and remote) and reads on both
 nodes. Redis stays healthy throughout, so the only errors due are
 ``AlreadyRegistered`` and ``NotRegistered``: no ``BackendUnavailable`` (a
@@ -60,6 +61,19 @@ def reg(n, key, meta, **kw):
     if len(raised) == before:
         expected[key] = (n.node, meta)
 
+def reg_many(n, items, **kw):
+    # register_many returns each item's error (not raised): recorded as raised.
+    batch = [(key, spawn_thread(stop.wait), meta) for key, meta in items]
+    outcomes = attempt(f"{{n.node}}.register_many()", n.register_many, batch, **kw)
+    for (key, meta), outcome in zip(items, outcomes or [None] * len(items)):
+        if outcomes is None:
+            continue
+        if outcome is None:
+            expected[key] = (n.node, meta)
+        else:
+            raised.append((f"{{n.node}}.register_many({{key!r}})", outcome))
+    return outcomes
+
 def view(n):
     return {{e.key: (e.node, dict(e.metadata)) for e in n.list_all()}}
 
@@ -90,6 +104,14 @@ try:
     dies.set()                                   # a deletes a5 (its lease thread)
     expected.pop("a5")
     reg(b, "k", {{"role": "db"}})                 # held by a: AlreadyRegistered
+    # The bulk path judges a key held as register does (a lost owner field is
+    # read from the head): k stays a's, the free key is written in bulk.
+    outcomes = reg_many(b, [("k", {{"role": "db", "m": 1}}), ("b4", {{"role": "db"}})])
+    print("REGISTER_MANY", outcomes)
+    assert outcomes is not None and outcomes[1] is None, outcomes
+    held = outcomes[0]
+    assert isinstance(held, errors.AlreadyRegistered), outcomes
+    assert held.entry is None or held.entry.node == "a", held.entry
     reg(b, "k", {{"role": "db", "r": 1}}, replace=True)
     reg(a, "a3", {{"role": "io"}})
     reg(b, "b3", {{"role": "db"}})

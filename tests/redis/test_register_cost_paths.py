@@ -207,3 +207,30 @@ def test_own_writes_interleaved_with_another_nodes_converge_without_a_resync(
         assert b.status().resyncs == 0
         # Each node's tail stands where the other's writes left it: one version.
         assert a.status().version == b.status().version
+
+
+def test_a_register_many_of_free_keys_is_one_script_with_a_fixed_set_of_calls(
+    private_server: RedisServer, quiet_node: RedisRegistry, agents: Callable[[], Any]
+) -> None:
+    w = agents()
+    quiet_node.register_many([("warm", w)])  # the script is loaded and the connection made
+    with redis.Redis.from_url(private_server.url) as raw:
+        raw.config_resetstat()
+        outcomes = quiet_node.register_many([(("k", i), w, {"i": i}) for i in range(50)])
+        calls = _script_calls(raw)
+    assert outcomes == [None] * 50
+    # However many keys: the lease check, the owner probe (the owner hash, then
+    # the heads of the keys it lacks: Redis may have lost an owner field alone,
+    # and a key with a head is held), one HSET per hash, the owned set, the
+    # version counter, ONE change record and its trim point: no per-key call.
+    assert calls == {
+        "evalsha": 1,
+        "zscore": 1,
+        "hmget": 2,
+        "hset": 3,
+        "sadd": 1,
+        "incrby": 1,
+        "xadd": 1,
+        "lindex": 2,
+        "rpush": 1,
+    }

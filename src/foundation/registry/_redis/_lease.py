@@ -38,7 +38,7 @@ from foundation.registry._redis._scripts import (
     RegisterArgs,
     UnregisterArgs,
 )
-from foundation.registry._redis._shared import Job, Own, Shared, down_fields, s
+from foundation.registry._redis._shared import Job, Own, Shared, down_fields, expand_record, s
 from foundation.registry._redis._state import log
 from foundation.registry._redis._tail import Tail
 
@@ -107,18 +107,36 @@ class Lease:
 
     def _reassert(self) -> list[Conflict]:
         """Write back every live local registration Redis lacks (with its current
-        metadata); returns the keys another node took meanwhile (it keeps them)."""
+        metadata); returns the keys another node took meanwhile (it keeps them).
+
+        Race: the re-assert runs before the snapshot, while the tail may be behind
+        (a version gap, a cut connection: what made us recover). Another node may
+        have unregistered or replaced one of our registrations on the stream past
+        the tail's position: Redis lacks it because of that, not a loss, and
+        writing it back would undo that unregister for every node (or report a
+        conflict for a key taken on purpose). So the stream past the tail is read
+        first (one round trip) and those registrations are given up as the tail
+        would have (a reap of our expired lease aside: those live on, re-asserted);
+        a delete landing after that read is caught by the script itself (``since``:
+        the last id read, so it scans only what came after). A delete record
+        trimmed away before anyone read it (a gap) cannot be told from a loss: that
+        registration is written back, as before.
+        """
         sh = self._sh
         with sh.mlock:
             owns = [(k, o) for k, o in sh.own.items() if not o.pending and is_alive(o.agent)]
+            start = sh.sid
         conflicts: list[Conflict] = []
         if not owns:
             return conflicts
-        results = self._reassert_round_trip(owns)
         released: list[Monitor] = []
-        written, failure = self._reassert_replies(owns, results, conflicts, released)
-        for mon in released:
-            mon.demonitor()
+        try:
+            owns, since = self._drop_deleted_unseen(owns, s(start), released)
+            results = self._reassert_round_trip(owns, since) if owns else []
+            written, failure = self._reassert_replies(owns, results, conflicts, released)
+        finally:
+            for mon in released:
+                mon.demonitor()
         self._record_reassert(written, conflicts)
         if failure is not None:
             # Keep the conflicts found so far (their owns are gone): report them.
@@ -127,14 +145,76 @@ class Lease:
             raise failure
         return conflicts
 
-    def _reassert_round_trip(self, owns: list[tuple[Hashable, Own]]) -> list[Any]:
+    def _drop_deleted_unseen(
+        self, owns: list[tuple[Hashable, Own]], start: str, released: list[Monitor]
+    ) -> tuple[list[tuple[Hashable, Own]], str]:
+        """Give up the ``owns`` another node deleted on the stream past ``start``
+        (our tail's position), as the tail would on applying that record; returns
+        the others and the last stream id read (``start`` if none)."""
+        sh = self._sh
+        records = sh.call(
+            "reading the change stream before re-asserting",
+            sh.client.xrange,
+            sh.k_log,
+            min="(" + start,
+            max="+",
+        )
+        if not records:
+            return owns, start
+        # In stream order: a delete counts only if it comes after the record of
+        # the registration we hold now. Race: a delete recorded with a lost head
+        # (b"": "whatever this node held") of an EARLIER registration of the key,
+        # then our own register of it again (replace=True), both past the tail:
+        # the delete is not of the one we hold (giving it up left it in Redis
+        # with no monitor: cleaned up as an orphan, a live agent's key gone).
+        heads = {own.ek.encode(): own.head.encode() for _, own in owns}
+        deleted: set[bytes] = set()
+        for _, f in records:
+            for _, g in expand_record(0, f):
+                ek = g.get(b"k", b"")
+                head = heads.get(ek)
+                if head is None:
+                    continue
+                h = g.get(b"h")
+                if g.get(b"op") == b"r" and h == head:
+                    deleted.discard(ek)  # ours came after: no earlier delete counts
+                elif (
+                    g.get(b"op") == b"d"
+                    and g.get(b"w") != sh.node_b
+                    and g.get(b"dr") != b"lease_expired"
+                    and (h == head or (h == b"" and g.get(b"n") == sh.node_b))
+                ):
+                    deleted.add(ek)
+        kept: list[tuple[Hashable, Own]] = []
+        with sh.mlock:
+            for key, own in owns:
+                if own.ek.encode() not in deleted:
+                    kept.append((key, own))
+                elif sh.own.get(key) is own:
+                    # The resync that follows drops it from the mirror (an event).
+                    del sh.own[key]
+                    if own.monitor is not None:
+                        released.append(own.monitor)
+        return kept, s(records[-1][0])
+
+    def _reassert_round_trip(self, owns: list[tuple[Hashable, Own]], since: str) -> list[Any]:
         """Send ``REGISTER`` (mode ``"a"``) for every one of ``owns`` in one pipeline;
-        a reply or an exception per registration."""
+        a reply or an exception per registration. ``since``: see ``_reassert``."""
         sh = self._sh
         pipe = sh.client.pipeline(transaction=False)
         for _, own in owns:
             args = RegisterArgs(
-                sh.maxlen, sh.node, own.ek, own.head, own.meta, own.ix, "a", False, "", sh.grace_ms
+                sh.maxlen,
+                sh.node,
+                own.ek,
+                own.head,
+                own.meta,
+                own.ix,
+                "a",
+                False,
+                "",
+                sh.grace_ms,
+                since,
             )
             sh.script("register", args, "re-asserting", client=pipe)
         results: list[Any] = sh.call(
@@ -164,6 +244,14 @@ class Lease:
             elif status == b"EXISTS":
                 # Another node took the key while our lease was lost: it keeps it.
                 self._yield_key(key, own, reply, conflicts, released)
+            elif status == b"GONE":
+                # Another node unregistered it after our look at the stream (the
+                # script saw its delete): given up, as the tail would.
+                with sh.mlock:
+                    if sh.own.get(key) is own:
+                        del sh.own[key]
+                        if own.monitor is not None:
+                            released.append(own.monitor)
             elif status == b"NOLEASE":
                 failure = failure or BackendUnavailable(
                     f"Redis at {sh.url} dropped our lease while re-asserting"

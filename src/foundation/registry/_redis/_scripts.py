@@ -83,6 +83,11 @@ class RegisterArgs:
     under the key is dead (so replacing it is a ``down``, not a ``replaced``).
     ``writer``: the node whose API call this is (its tail skips the record), or
     ``""`` (re-asserts: every mirror applies them). ``grace_ms``: see ``heal``.
+    ``since`` (re-asserts only; ``""``: none, and not sent): a stream id up to
+    which the re-asserting node has read the stream for deletes of its
+    registrations; a key Redis lacks is written back only if no other node's
+    delete of this registration (a reap of an expired lease aside) lies past it
+    (reply ``{'GONE'}``): see ``Lease._reassert``.
     """
 
     maxlen: str
@@ -95,9 +100,10 @@ class RegisterArgs:
     own_dead: bool
     writer: str
     grace_ms: int
+    since: str = ""
 
     def argv(self) -> list[Arg]:
-        return [
+        out: list[Arg] = [
             self.maxlen,
             self.node,
             self.ek,
@@ -109,6 +115,9 @@ class RegisterArgs:
             self.writer,
             self.grace_ms,
         ]
+        if self.since:
+            out.append(self.since)
+        return out
 
 
 def register_argv(
@@ -320,6 +329,40 @@ local function owner_of(ek)
   return nil
 end
 
+-- Another node deleted (unregistered, replaced) `node`'s registration `head` of
+-- `ek` past stream id `since`: a delete record of it written by another node,
+-- not a reap of an expired lease (the registration lives on: re-asserted). A
+-- lost head was recorded as '' with the owner in 'n'.
+-- Cost: a recovery re-asserts every registration Redis lacks, one script each,
+-- and each writes a record past `since`: scanning from `since` in each was
+-- quadratic (4000 lost keys: 36 s of Redis CPU, every client timed out). So the
+-- scan's progress is kept in one hash per node (P:rescan:<node>: 's' the since,
+-- 'u' the last id scanned, a field "ek\nhead" -- head '' for a lost one -- per
+-- delete found), and each script scans only what came after 'u'. The hash
+-- expires on its own (60 s); lost (evicted) or of another since, it restarts.
+local function deleted_since(ek, node, head, since)
+  local k = P .. ':rescan:' .. node
+  local from = since
+  if redis.call('HGET', k, 's') == since then
+    from = redis.call('HGET', k, 'u') or since
+  else
+    redis.call('DEL', k)
+  end
+  local last = from
+  for _, r in ipairs(redis.call('XRANGE', P .. ':log', '(' .. from, '+')) do
+    last = r[1]
+    local f, t = r[2], {}
+    for i = 1, #f, 2 do t[f[i]] = f[i + 1] end
+    if t.op == 'd' and t.n == node and t.w ~= node and t.dr ~= 'lease_expired' then
+      redis.call('HSET', k, t.k .. '\n' .. t.h, '1')
+    end
+  end
+  redis.call('HSET', k, 's', since, 'u', last)
+  redis.call('PEXPIRE', k, 60000)
+  return redis.call('HEXISTS', k, ek .. '\n' .. head) == 1
+      or redis.call('HEXISTS', k, ek .. '\n') == 1
+end
+
 local function drop(ek, owner, why, dr, dc, ds)
   -- A lost head is recorded as '' (XADD takes strings only): readers take it as
   -- "whatever registration `owner` held".
@@ -386,7 +429,7 @@ end
 
 # One registration (the body of REGISTER and of every item of REGISTER_MANY).
 _REGISTER_ONE = r"""
-local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace)
+local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace, since)
   -- Our lease must exist (an expired one not yet reaped still counts: the next
   -- heartbeat finds it gone and re-asserts). TIME is read only on a conflict.
   if not redis.call('ZSCORE', P .. ':leases', node) then return {'NOLEASE'} end
@@ -437,6 +480,10 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace)
       why, dr = 'down', 'lease_expired'
     end
     first = drop(ek, owner, why, dr, '', '')
+  elseif mode == 'a' and since and deleted_since(ek, node, head, since) then
+    -- Free because another node unregistered it after the re-asserting node's
+    -- last look at the stream (Lease._reassert): writing it back would undo that.
+    return {'GONE'}
   end
   local v, id = put(ek, node, head, meta, ix)
   return {'OK', v, first, why, dr, id}
@@ -448,13 +495,15 @@ REGISTER = (
     + _REGISTER_ONE
     + r"""
 -- ARGV (RegisterArgs): maxlen, node, ek, head, meta, ix, mode ('n' new,
---   'r' replace, 'a' reassert), own_dead, writer, grace_ms.  Replies {'OK',
+--   'r' replace, 'a' reassert), own_dead, writer, grace_ms, since (re-asserts
+--   only; not sent otherwise).  Replies {'OK',
 --   version, version of the record that dropped a previous holder (0: none),
 --   why, down reason, stream id of the registration record}, or {'EXISTS',
---   owner, head, meta}, {'NOLEASE'}, {'SAME'}, {'UPDATED', version, id}.
+--   owner, head, meta}, {'NOLEASE'}, {'SAME'}, {'UPDATED', version, id}, or
+--   {'GONE'} (a re-assert, with since, of a key another node deleted past it).
 W = ARGV[9]
 return register_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
-                    tonumber(ARGV[10]))
+                    tonumber(ARGV[10]), ARGV[11])
 """
 )
 
@@ -465,7 +514,8 @@ REGISTER_MANY = (
 -- ARGV (RegisterManyArgs): maxlen, node, writer, grace_ms, mode, own_dead (one
 --   '0'/'1' per item), width (3, or 4 when some item has index sets), then
 --   `width` per item: ek, head, meta[, ix] (distinct keys).  One reply per item,
---   in order: an item whose key is held goes through register_one (it may fail
+--   in order: an item whose key is held (an owner field, or a head: owner_of)
+--   goes through register_one (it may fail
 --   alone) and gets exactly REGISTER's reply; a free key is written in bulk and
 --   its reply is just its version (an integer: registered, nothing displaced).
 --   Then one more element: {first, last, id} of the bulk record ({0, 0, ''}
@@ -486,6 +536,25 @@ end
 local eks = {}
 for i = 1, n do eks[i] = ARGV[8 + (i - 1) * width] end
 local owners = redis.call('HMGET', P .. ':owner', unpack(eks))
+-- A key is held as register_one judges it (owner_of): Redis may have lost its
+-- owner field but not its head (another node's live registration). So the heads
+-- of the keys the owner hash lacks are read too: ONE more call for the whole
+-- chunk (none when every key has an owner); a key with a head goes through
+-- register_one, which reads its owner from the head.
+local lacking = {}
+for i = 1, n do
+  if not owners[i] then lacking[#lacking + 1] = eks[i] end
+end
+if #lacking > 0 then
+  local heads_of = redis.call('HMGET', P .. ':head', unpack(lacking))
+  local j = 0
+  for i = 1, n do
+    if not owners[i] then
+      j = j + 1
+      if heads_of[j] then owners[i] = true end
+    end
+  end
+end
 local heads, metas, owns, owned, ixs, parts = {}, {}, {}, {}, {}, {}
 local m, x = 0, 0
 for i = 1, n do
