@@ -101,12 +101,16 @@ class EvictionCheck:
         check, or ``INFO memory`` never answered (unknown: assume it may)."""
         return self.policy is not None or not self._read
 
-    def check(self, client: Any) -> str | None:
+    def check(self, client: Any, *, raise_unreachable: bool = False) -> str | None:
         """Read ``INFO memory`` on ``client`` and warn (once) if the server may evict
-        our keys; returns ``policy``. Never raises: a failure leaves ``policy`` as it was."""
+        our keys; returns ``policy``. Never raises: a failure leaves ``policy`` as it
+        was; except, with ``raise_unreachable``, a timeout or connection error (redis-
+        py's own), for a caller whose next call would only wait the same timeout."""
         try:
             info = client.info("memory")
         except redis_errors() as exc:
+            if raise_unreachable and _connection_failure(exc):
+                raise
             # An ACL user without +info (the documented minimal ACL has none), a
             # managed service that renames INFO, or the server went away: the caller's
             # own next call reports an outage; the policy stays unknown.

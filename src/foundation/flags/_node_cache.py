@@ -568,6 +568,28 @@ class NodeCache:
             out.append(f"{rows[0][0]}-{rows[0][1]}" if rows else None)
         return out[0], out[1]
 
+    def holdings(self) -> tuple[int, str | None, int, int, bool, bool]:
+        """(version, epoch, flag states, stages, any history entry, any migration
+        event) in ONE statement (one snapshot: never the counts of another version
+        than the one returned): what a write compares Redis with (see
+        ``RedisFlagStore._run_and_queue``)."""
+        rows = self._read(
+            "SELECT (SELECT value FROM meta WHERE key = 'version'),"
+            " (SELECT value FROM meta WHERE key = 'epoch'),"
+            " (SELECT count(*) FROM states), (SELECT count(*) FROM stages),"
+            " EXISTS (SELECT 1 FROM history), EXISTS (SELECT 1 FROM migrations)"
+        )
+        version, epoch, states, stages, history, migrations = rows[0]
+        with self._guard():
+            return (
+                int(version or 0),
+                None if epoch is None else str(epoch),
+                int(states),
+                int(stages),
+                bool(history),
+                bool(migrations),
+            )
+
     def pending(self) -> list[PendingKillSwitch]:
         """Pending kill switches, oldest first."""
         rows = self._read("SELECT id, op FROM pending ORDER BY id")

@@ -31,7 +31,8 @@ empty they come back when the applications construct their ``FeatureFlags`` and
 (``catalogue()`` answers from it during an outage, so a tool can list flags);
 reading plans needs Redis (``BackendUnavailable`` otherwise).
 
-Writes are optimistic transactions: ``WATCH`` the state, stage and meta hashes,
+Writes are optimistic transactions: ``WATCH`` the state, stage and meta hashes
+(and the two streams: see ``_run_and_queue``),
 read, run the caller's function, then ``MULTI``/``EXEC`` the state writes, their
 history entries and ``version + 1`` together. A concurrent commit anywhere makes
 ``EXEC`` fail and the function is run again, so a read inside a transaction is
@@ -433,7 +434,8 @@ class _FailedFast(BackendUnavailable):
 
 
 class _Behind(Exception):
-    """Redis holds an older version than this node's copy: restore before writing."""
+    """Redis holds an older version than this node's copy, or lost keys of the copy's
+    own version (evicted): restore before writing."""
 
 
 class _LandedLate(Exception):
@@ -950,7 +952,7 @@ class RedisFlagStore(FlagStore):
         try:
             client = self._ensure_clients()
             self._catch_up()
-            self._memory_policy.check(client)  # Redis answered: may it evict our keys?
+            self._check_memory_policy(client)
             if not self._check_role():  # a read-only replica: they wait (see _resync)
                 self._replay_pending()
         except BackendUnavailable as exc:
@@ -1277,7 +1279,8 @@ class RedisFlagStore(FlagStore):
         ]
 
     def _pull(self) -> bool:
-        """Refresh the copy from one consistent read of Redis; False if Redis is older.
+        """Refresh the copy from one consistent read of Redis; False if Redis is older
+        (or lost a stream of the copy's version: a resync is asked for, it restores).
 
         No MULTI: Redis 7 refuses commands queued in MULTI while it is out of
         memory (``maxmemory``, ``noeviction``) although it still serves plain
@@ -1303,6 +1306,20 @@ class RedisFlagStore(FlagStore):
                 if self._copy_behind_check(meta[0]):
                     return False  # the caller restores (or the listener will)
                 since = None if whole else self._copy_since(meta, tails)
+                if (
+                    since is not None
+                    and ((since[0] and not tails[0]) or (since[1] and not tails[1]))
+                    and self._lost_keys(client)[1]  # (a round trip only then)
+                ):
+                    # Race: Redis lost (evicted) a stream the copy holds entries
+                    # of, at the copy's own version and epoch, and this refresh
+                    # (the listener's after a reply it read before the loss, a
+                    # write's, a read's) comes before any check. Taken whole, as
+                    # a divergence, it would empty the copy's history too: then
+                    # nothing could restore it. It is a loss (see _lost_keys):
+                    # the resync restores it from the copy.
+                    self._resync_wanted.set()
+                    return False
                 if (
                     since == tails
                     and self._cache.version == int(meta[0] or 0)
@@ -1599,8 +1616,9 @@ class RedisFlagStore(FlagStore):
                 executing = True
                 replies = self._execute(pipe)
         except _Behind:
-            # Redis restarted empty (or older) and nobody restored it yet:
-            # restore first, or this write would be the whole new history.
+            # Redis restarted empty (or older), or lost keys of the copy's version
+            # (evicted), and nobody restored it yet: restore first, or this write
+            # would be the whole new history (or commit on top of the loss).
             self._restore_if_behind()
             raise _Retry from None
         except _ReplyLost as lost:
@@ -1918,14 +1936,46 @@ class RedisFlagStore(FlagStore):
         """WATCH, run ``fn`` on a ``_RedisTransaction``, queue its writes after MULTI.
 
         (``fn``'s result, what EXEC will commit), or (result, None) when ``fn``
-        wrote nothing. ``_Behind`` when Redis is older than the copy,
+        wrote nothing. ``_Behind`` when Redis is older than the copy (or lost
+        keys of its version),
         ``_LandedLate`` when an earlier attempt's lost commit landed after all.
         """
-        pipe.watch(self._k_state, self._k_stages, self._k_meta)
-        raw_version, epoch, trimmed, mtrimmed = pipe.hmget(
-            self._k_meta, "version", "epoch", "trimmed", "mtrimmed"
+        # The streams are watched too: only commits, trims and restores write
+        # them, and each of those moves meta (watched anyway), so no new
+        # conflicts; but an eviction of one (below) now fails our EXEC too.
+        pipe.watch(self._k_state, self._k_stages, self._k_meta, self._k_history, self._k_migrations)
+        # One round trip, as the HMGET of meta alone before: meta with what the
+        # loss check below compares with the copy.
+        meta, states, stages, history, migrations = _read_watched(
+            pipe,
+            self._redis,
+            ("HMGET", self._k_meta, "version", "epoch", "trimmed", "mtrimmed"),
+            ("HLEN", self._k_state),
+            ("HLEN", self._k_stages),
+            ("EXISTS", self._k_history),
+            ("EXISTS", self._k_migrations),
         )
-        if self._copy_behind_check(raw_version):
+        raw_version, epoch, trimmed, mtrimmed = meta
+        held = self._cache.holdings()  # one local read: (version, epoch, counts...)
+        if raw_version is None:
+            if held[0] > 0 or held[2] > 0:
+                raise _Behind  # (as _copy_behind_check)
+        elif int(raw_version) < held[0]:
+            raise _Behind
+        elif (int(raw_version), epoch) == held[:2] and (
+            states < held[2] or stages < held[3] or (held[4] and not history)
+            or (held[5] and not migrations)
+        ):  # fmt: skip
+            # Race: Redis evicted (allkeys-* policy) or lost keys of the copy's own
+            # version -- the state hash, stages, a stream -- after the last resync
+            # check, and this write comes first. Committed on top, it would move
+            # the version past the loss: no check compares at that version again
+            # (the copy follows Redis past it), and the evicted flags read their
+            # defaults for good (a kill-switched flag back on). At the copy's own
+            # version and epoch Redis holds what the copy holds (see _lost_keys),
+            # so: restore first (_restore_if_behind checks again, atomically),
+            # then run the write on what it restored. An eviction after this read
+            # touches a watched key: EXEC fails, the next attempt reads it here.
             raise _Behind
         if run.unlanded:
             late = self._landed_late(run, int(raw_version or 0), epoch)
@@ -2652,6 +2702,14 @@ class RedisFlagStore(FlagStore):
             with contextlib.suppress(Exception):
                 self._listen_client.connection.disconnect()
 
+    def _check_memory_policy(self, client: Any) -> None:
+        """Redis answered: may it evict our keys? (``EvictionCheck``; a refused INFO
+        fails nothing.) Race: Redis freezing (or going) just then. The timeout is
+        this step's failure, like any other step's of a (re)sync: raised, not
+        swallowed only for ``ROLE`` right after to wait a second timeout."""
+        with self._translated("reading INFO memory"):
+            self._memory_policy.check(client, raise_unreachable=True)
+
     def _check_role(self) -> bool:
         """Whether Redis is a read-only replica now (``ROLE``); noted, see ``_note_read_only``.
 
@@ -2707,7 +2765,7 @@ class RedisFlagStore(FlagStore):
         self._synced.clear()
         client = self._ensure_clients()
         self._catch_up()
-        self._memory_policy.check(client)  # Redis answered: may it evict our keys?
+        self._check_memory_policy(client)
         read_only = self._check_role()
         # Redis answered: the replay below must not fail fast for a write that
         # timed out before it came back (the resync would fail, stale, for up to
@@ -2905,6 +2963,35 @@ def _watch_pipeline(redis: Any, client: Any) -> Any:
     # constructor's arguments (the subclass has no state of its own).
     pipe.__class__ = cls
     return pipe
+
+
+def _read_watched(pipe: Any, redis: Any, *commands: tuple[Any, ...]) -> list[Any]:
+    """The replies to ``commands`` (reads), sent in ONE round trip on the connection
+    ``pipe`` WATCHes on (redis-py sends each command of a WATCHing pipeline alone).
+
+    No health check (its reconnect would drop the WATCH unseen). A reply that
+    never came (a timeout, a dropped socket) leaves the socket out of step:
+    it is closed, and its WATCH with it, so ``_watch_pipeline`` sends no UNWATCH
+    and the failure leaves the block as itself, as a lone read's would. An error
+    reply (WRONGTYPE, NOPERM) is raised once every reply is read.
+    """
+    conn = pipe.connection  # (WATCH took it from the pool)
+    replies: list[Any] = []
+    refused: Exception | None = None
+    try:
+        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:
+                refused = refused or exc
+                replies.append(None)
+    except BaseException:
+        conn.disconnect()
+        raise
+    if refused is not None:
+        raise refused
+    return replies
 
 
 def _dead_socket(exc: BaseException | None) -> bool:
