@@ -23,9 +23,12 @@ interpreter's default hooks; no library thread dies.
 
 from __future__ import annotations
 
+from tests.faults._redis_scenarios import FROZEN_PROBES, RECORDS
 from tests.faults._subprocess import run_scenario
 
-_SETUP = """
+_SETUP = (
+    RECORDS
+    + """
 import os, tempfile
 import redis as redis_py
 from foundation import FeatureFlags, Flag, RedisFlagStore
@@ -37,16 +40,11 @@ URL = server.url
 FLAGS = [Flag("kill", default=True), Flag("other"), Flag("third")]
 opened = []
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-    def emit(self, record):
-        self.records.append(record)
+class LostRecords(Records):
     def lost(self):
         return [r for r in self.records if "lost keys of version" in r.getMessage()]
 
-records = Records()
+records = LostRecords()
 logging.getLogger("foundation").addHandler(records)
 
 def open_store():
@@ -74,6 +72,7 @@ flags.enable("other")
 raw = redis_py.Redis.from_url(URL)
 assert store.status().restores == 0 and store.status().version == 2
 """
+)
 
 _END = """
     assert set(threads_before) <= set(library_threads()), (threads_before, library_threads())
@@ -199,22 +198,14 @@ def test_info_memory_timing_out_in_a_resync_fails_that_resync() -> None:
     run_scenario(_SETUP + _INFO_FROZEN + _END, timeout=120)  # (stop() thaws)
 
 
-_FROZEN_AT_THE_READ = """
+_FROZEN_AT_THE_READ = (
+    """
 from foundation.errors import BackendUnavailable
 import foundation.flags._redis_store as redis_store
 
-def stopped():                                    # SIGSTOP taken: the kernel says "T"
-    with open(f"/proc/{server.process.pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
-
-def queued_connections():                         # accepted by the kernel, not by Redis
-    total = 0
-    with open("/proc/net/tcp") as f:
-        for line in f.read().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].split(":")[1], 16) == server.port and fields[3] == "0A":
-                total += int(fields[4].split(":")[1], 16)
-    return total
+"""
+    + FROZEN_PROBES
+    + """
 
 real_read = redis_store._read_watched
 armed = [True]
@@ -253,6 +244,7 @@ try:
     wait_for(write_succeeds, "a write to succeed after the thaw", timeout=30)
     assert store.status().restores == 0 and without_copy() == (False, [False])
 """
+)
 
 
 def test_a_freeze_at_the_write_read_costs_one_timeout_and_no_unwatch() -> None:

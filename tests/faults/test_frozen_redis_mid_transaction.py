@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import textwrap
 
+from tests.faults._redis_scenarios import FROZEN_PROBES
 from tests.faults._subprocess import run_scenario
 
-_FROZEN_MID_BODY = """
+_FROZEN_MID_BODY = (
+    """
 import uuid
 from foundation.errors import BackendUnavailable
 from foundation.flags import RedisFlagStore
@@ -32,18 +34,9 @@ store = RedisFlagStore(server.url, namespace=f"frz-{uuid.uuid4().hex[:8]}", time
                        resync_interval=10.0, cache_path=None)
 threads_before = library_threads()
 
-def stopped():                                    # SIGSTOP taken: the kernel says "T"
-    with open(f"/proc/{server.process.pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
-
-def queued_connections():                         # accepted by the kernel, not by Redis
-    total = 0
-    with open("/proc/net/tcp") as f:
-        for line in f.read().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].split(":")[1], 16) == server.port and fields[3] == "0A":
-                total += int(fields[4].split(":")[1], 16)
-    return total
+"""
+    + FROZEN_PROBES
+    + """
 
 def freeze_then_read(txn):
     # WATCH and the meta read were answered; Redis freezes before the body's read.
@@ -84,6 +77,7 @@ assert set(threads_before) <= set(library_threads()), (threads_before, library_t
 store.close()
 print("OK")
 """
+)
 
 
 def test_a_read_timing_out_while_watching_costs_one_timeout_and_fails_next_fast() -> None:

@@ -23,6 +23,7 @@ Every scenario asserts that no library thread died (``run_scenario``).
 
 from __future__ import annotations
 
+from tests.faults._redis_scenarios import RECORDS
 from tests.faults._subprocess import run_scenario
 
 _SETUP = """
@@ -60,17 +61,21 @@ def open_all(lease_ttl):
     return a, b, store, flags
 """
 
+# The end of a scenario that opened with open_all: close (inside the try, so a
+# failing close fails the scenario), then stop.
+_CLOSE_AND_STOP = """    for closing in (flags, store, a, b):
+        closing.close()
+    print("OK")
+finally:
+    stop.set()
+    server.stop()
+"""
+
 _MAXCLIENTS = (
     _SETUP
+    + RECORDS
     + """
-class Said(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-said = Said()
+said = Records(logging.INFO)
 logging.getLogger("foundation").addHandler(said)
 try:
     a, b, store, flags = open_all(6.0)
@@ -129,13 +134,8 @@ try:
     flags.enable("beta", by="ops")
     assert flags.enabled("beta")
     assert library_threads() == threads, (threads, library_threads())
-    for closing in (flags, store, a, b):
-        closing.close()
-    print("OK")
-finally:
-    stop.set()
-    server.stop()
 """
+    + _CLOSE_AND_STOP
 )
 
 
@@ -191,13 +191,8 @@ try:
     listed = cli("agents", "list", "--redis", server.url, "--namespace", "m")
     assert listed.returncode == 0, listed
     assert library_threads() == threads, (threads, library_threads())
-    for closing in (flags, store, a, b):
-        closing.close()
-    print("OK")
-finally:
-    stop.set()
-    server.stop()
 """
+    + _CLOSE_AND_STOP
 )
 
 
@@ -239,13 +234,10 @@ try:
                  f"the other store to hear the flag after killing {name}")
         print("KILLED", name)
     assert library_threads() == threads, (threads, library_threads())
-    for closing in (seen, other, flags, store, a, b):
+    for closing in (seen, other):
         closing.close()
-    print("OK")
-finally:
-    stop.set()
-    server.stop()
 """
+    + _CLOSE_AND_STOP
 )
 
 

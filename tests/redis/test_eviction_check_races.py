@@ -13,36 +13,20 @@ across many of a's heartbeats, while a keeps registering new ones.
 
 from __future__ import annotations
 
+from tests.faults._redis_scenarios import CLOSE_ALL, RECORDS, REGISTRY_PAIR
 from tests.faults._subprocess import run_scenario
 
-_CHURN = """
-import redis as redis_py
-from foundation import spawn_thread
-from foundation.registry._redis import RedisRegistry
-from tests.redis_support import RedisServer
-
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-records = Records()
+_CHURN = (
+    REGISTRY_PAIR
+    + RECORDS
+    + """
+records = Records(logging.INFO)
 logging.getLogger("foundation").addHandler(records)
-server = RedisServer()
-server.start()
-stop = threading.Event()
-opened = []
 try:
-    raw = redis_py.Redis.from_url(server.url, decode_responses=True)
     raw.config_set("maxmemory", "500mb")
     raw.config_set("maxmemory-policy", "allkeys-lru")
     # A short lease: a heartbeat (and its eviction check) every 0.3 s or so.
-    a = RedisRegistry(server.url, namespace="ch", node="a", lease_ttl=1.0, op_timeout=2.0)
-    opened.append(a)
-    b = RedisRegistry(server.url, namespace="ch", node="b", lease_ttl=1.0, op_timeout=2.0)
-    opened.append(b)
+    a, b = open_nodes("ch", lease_ttl=1.0, op_timeout=2.0)
     assert a.status().eviction_policy == "allkeys-lru"
     threads = library_threads()
     ahead = 20
@@ -80,12 +64,9 @@ try:
     assert len(owners) == i + ahead - len(unregistered), len(owners)
     assert library_threads() == threads
     print("OK")
-finally:
-    stop.set()
-    for x in reversed(opened):
-        x.close()
-    server.stop()
 """
+    + CLOSE_ALL
+)
 
 
 def test_another_nodes_unregister_or_replace_is_no_eviction() -> None:

@@ -15,9 +15,12 @@ with the interpreter's default hooks.
 
 from __future__ import annotations
 
+from tests.faults._redis_scenarios import CLOSE_ALL, RECORDS
 from tests.faults._subprocess import run_scenario
 
-_SETUP = """
+_SETUP = (
+    RECORDS
+    + """
 import os, tempfile
 from foundation import FeatureFlags, Flag, RedisFlagStore, RedisRegistry, spawn_thread
 from tests.redis_support import RedisServer
@@ -39,26 +42,45 @@ def open_all(url=URL):
     opened.append(store)
     return a, b, store
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-    def emit(self, record):
-        self.records.append(record)
+def open_with_policy(policy):
+    server.command("CONFIG", "SET", "maxmemory", "200mb")
+    server.command("CONFIG", "SET", "maxmemory-policy", policy)
+    return open_all()
+
+def open_evicting(policy, registrations):
+    # Under an evicting policy: each node registers some keys, the kill switch is off.
+    a, b, store = open_with_policy(policy)
+    for i in range(registrations):
+        a.register(("a", i), spawn_thread(stop.wait), {"role": "x"})
+        b.register(("b", i), spawn_thread(stop.wait), {"role": "x"})
+    flags = FeatureFlags([Flag("kill", default=True), Flag("other")], store=store)
+    flags.disable("kill", by="ops", reason="incident")
+    return a, b, store, flags
+
+class EvictionRecords(Records):
     def about_eviction(self, level):
         return [r for r in self.records
                 if r.levelno == level and "maxmemory-policy" in r.getMessage()]
 
-records = Records()
+def kill_for_a_new_process():
+    # The kill switch as a process without a copy reads it.
+    fresh = RedisFlagStore(URL, namespace="ev", timeout=1.0, cache_path=None)
+    try:
+        return FeatureFlags([Flag("kill", default=True), Flag("other")],
+                            store=fresh).enabled("kill")
+    finally:
+        fresh.close()
+
+records = EvictionRecords()
 logging.getLogger("foundation").addHandler(records)
 """
+)
 
-_RECONNECT = """
+_RECONNECT = (
+    """
 try:
     # maxmemory set but noeviction: nothing can be evicted, nothing to report.
-    server.command("CONFIG", "SET", "maxmemory", "200mb")
-    server.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
-    a, b, store = open_all()
+    a, b, store = open_with_policy("noeviction")
     assert [a.status().eviction_policy, b.status().eviction_policy,
             store.status().eviction_policy] == [None, None, None]
     assert records.about_eviction(logging.WARNING) == []
@@ -119,12 +141,9 @@ try:
     flags.disable("kill")
     assert flags.enabled("kill") is False
     print("OK")
-finally:
-    stop.set()
-    for x in reversed(opened):
-        x.close()
-    server.stop()
 """
+    + CLOSE_ALL
+)
 
 
 def test_an_evicting_policy_is_warned_once_per_client_and_shown_in_status() -> None:
@@ -134,11 +153,10 @@ def test_an_evicting_policy_is_warned_once_per_client_and_shown_in_status() -> N
     run_scenario(_SETUP + _RECONNECT, timeout=120)
 
 
-_AT_START_AND_ACL = """
+_AT_START_AND_ACL = (
+    """
 try:
-    server.command("CONFIG", "SET", "maxmemory", "200mb")
-    server.command("CONFIG", "SET", "maxmemory-policy", "allkeys-random")
-    a, b, store = open_all()
+    a, b, store = open_with_policy("allkeys-random")
     assert [a.status().eviction_policy, b.status().eviction_policy,
             store.status().eviction_policy] == ["allkeys-random"] * 3
     assert len(records.about_eviction(logging.WARNING)) == 3
@@ -164,12 +182,9 @@ try:
     c.register("k", spawn_thread(stop.wait))
     FeatureFlags([Flag("f")], store=store2).enable("f")
     print("OK")
-finally:
-    stop.set()
-    for x in reversed(opened):
-        x.close()
-    server.stop()
 """
+    + CLOSE_ALL
+)
 
 
 def test_an_evicting_policy_at_start_is_warned_and_a_refused_info_fails_nothing() -> None:
@@ -178,7 +193,8 @@ def test_an_evicting_policy_at_start_is_warned_and_a_refused_info_fails_nothing(
     run_scenario(_SETUP + _AT_START_AND_ACL, timeout=120)
 
 
-_VOLATILE = """
+_VOLATILE = (
+    """
 try:
     a, b, store = open_all()
     flags = FeatureFlags([Flag("kill", default=True)], store=store)
@@ -209,12 +225,9 @@ try:
     wait_for(lambda: not store.stale, "the store in sync")
     assert flags.enabled("kill") is False
     print("OK")
-finally:
-    stop.set()
-    for x in reversed(opened):
-        x.close()
-    server.stop()
 """
+    + CLOSE_ALL
+)
 
 
 def test_a_volatile_policy_evicts_none_of_the_library_keys_and_is_not_reported() -> None:
@@ -224,27 +237,13 @@ def test_a_volatile_policy_evicts_none_of_the_library_keys_and_is_not_reported()
     run_scenario(_SETUP + _VOLATILE, timeout=120)
 
 
-_LOST_KEYS = """
+_LOST_KEYS = (
+    """
 import redis as redis_py
 try:
-    server.command("CONFIG", "SET", "maxmemory", "200mb")
-    server.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
-    a, b, store = open_all()
-    for i in range(5):
-        a.register(("a", i), spawn_thread(stop.wait), {"role": "x"})
-        b.register(("b", i), spawn_thread(stop.wait), {"role": "x"})
-    flags = FeatureFlags([Flag("kill", default=True), Flag("other")], store=store)
-    flags.disable("kill", by="ops", reason="incident")
+    a, b, store, flags = open_evicting("allkeys-lru", registrations=5)
     flags.enable("other")
     raw = redis_py.Redis.from_url(URL)
-
-    def fresh_kill():
-        fresh = RedisFlagStore(URL, namespace="ev", timeout=1.0, cache_path=None)
-        try:
-            return FeatureFlags([Flag("kill", default=True), Flag("other")],
-                                store=fresh).enabled("kill")
-        finally:
-            fresh.close()
 
     # 1. The registry's entry hashes go (what an allkeys-* eviction does to a key;
     #    which keys it takes is chance, so the test names them), leases stay.
@@ -263,7 +262,7 @@ try:
     # 2. The flag store's state hash and history go, its meta stays (same version).
     raw.delete("{ev}:flags:state", "{ev}:flags:history")
     wait_for(lambda: store.status().restores == 1, "the store to restore from its copy")
-    assert fresh_kill() is False  # a process without a copy: the kill switch holds
+    assert kill_for_a_new_process() is False  # a process without a copy: the kill switch holds
     assert flags.enabled("kill") is False
     assert [c.new.switch for c in store.history("kill")] == [False]
     restored = [r for r in records.records if "lost keys of version" in r.getMessage()]
@@ -277,12 +276,9 @@ try:
     assert b.wait_for_version(a.status().written)
     assert (a.status().reasserts, b.status().reasserts, store.status().restores) == before
     print("OK")
-finally:
-    stop.set()
-    for x in reversed(opened):
-        x.close()
-    server.stop()
 """
+    + CLOSE_ALL
+)
 
 
 def test_keys_lost_under_an_evicting_policy_are_written_back_from_the_nodes() -> None:
@@ -294,17 +290,11 @@ def test_keys_lost_under_an_evicting_policy_are_written_back_from_the_nodes() ->
     run_scenario(_SETUP + _LOST_KEYS, timeout=120)
 
 
-_REAL_EVICTION = """
+_REAL_EVICTION = (
+    """
 import redis as redis_py
 try:
-    server.command("CONFIG", "SET", "maxmemory", "200mb")
-    server.command("CONFIG", "SET", "maxmemory-policy", "allkeys-random")
-    a, b, store = open_all()
-    for i in range(20):
-        a.register(("a", i), spawn_thread(stop.wait), {"role": "x"})
-        b.register(("b", i), spawn_thread(stop.wait), {"role": "x"})
-    flags = FeatureFlags([Flag("kill", default=True), Flag("other")], store=store)
-    flags.disable("kill", by="ops", reason="incident")
+    a, b, store, flags = open_evicting("allkeys-random", registrations=20)
     raw = redis_py.Redis.from_url(URL)
     ours = set(raw.keys("{ev}*"))
     used = int(raw.info("memory")["used_memory"])
@@ -318,26 +308,15 @@ try:
     raw.config_set("maxmemory", "0")
     raw.delete(*[f"filler:{i}" for i in range(3000)])
 
-    def kill_for_a_new_process():
-        fresh = RedisFlagStore(URL, namespace="ev", timeout=1.0, cache_path=None)
-        try:
-            return FeatureFlags([Flag("kill", default=True), Flag("other")],
-                                store=fresh).enabled("kill")
-        finally:
-            fresh.close()
-
     wait_for(lambda: raw.hlen("{ev}:owner") == 40, "every registration back in Redis")
     wait_for(lambda: kill_for_a_new_process() is False, "the kill switch back in Redis")
     assert flags.enabled("kill") is False
     for node in (a, b):
         wait_for(lambda: node.status().state == "connected" and node.count() == 40, "mirror")
     print("OK")
-finally:
-    stop.set()
-    for x in reversed(opened):
-        x.close()
-    server.stop()
 """
+    + CLOSE_ALL
+)
 
 
 def test_real_eviction_under_allkeys_random_loses_no_registration_and_no_kill_switch() -> None:

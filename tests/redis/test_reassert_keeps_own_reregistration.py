@@ -19,26 +19,17 @@ from typing import Any
 import redis
 
 from foundation.registry._redis._scripts import RegisterArgs
+from tests.faults._redis_scenarios import CLOSE_ALL, REGISTRY_PAIR
 from tests.faults._subprocess import run_scenario
 from tests.redis.conftest import MakeRegistry
 from tests.redis_support import RedisServer
 
-_SCENARIO = """
-import redis as redis_py
-from foundation import spawn_thread
-from foundation.registry._redis import RedisRegistry
-from tests.redis_support import RedisServer
-
-server = RedisServer()
-server.start()
-stop, again_stop = threading.Event(), threading.Event()
-opened = []
+_SCENARIO = (
+    REGISTRY_PAIR
+    + """
+again_stop = threading.Event()
 try:
-    raw = redis_py.Redis.from_url(server.url, decode_responses=True)
-    a = RedisRegistry(server.url, namespace="u", node="a", lease_ttl=5.0)
-    opened.append(a)
-    b = RedisRegistry(server.url, namespace="u", node="b", lease_ttl=5.0)
-    opened.append(b)
+    a, b = open_nodes("u", lease_ttl=5.0)
     threads = library_threads()
     a.register("k", spawn_thread(stop.wait))
     assert b.wait_for_version(a.status().written)
@@ -77,6 +68,7 @@ finally:
         x.close()
     server.stop()
 """
+)
 
 
 def test_a_recovery_keeps_a_registration_made_again_after_a_lost_head_delete() -> None:
@@ -84,23 +76,12 @@ def test_a_recovery_keeps_a_registration_made_again_after_a_lost_head_delete() -
     assert "LOG ERROR" not in result.stderr, result.stderr[-3000:]
 
 
-_MANY_LOST = """
-from foundation import spawn_thread
-from foundation.registry._redis import RedisRegistry
-import redis as redis_py
-from tests.redis_support import RedisServer
-
+_MANY_LOST = (
+    REGISTRY_PAIR
+    + """
 N = 2500
-server = RedisServer()
-server.start()
-stop = threading.Event()
-opened = []
 try:
-    raw = redis_py.Redis.from_url(server.url, decode_responses=True)
-    a = RedisRegistry(server.url, namespace="m", node="a", lease_ttl=5.0)
-    opened.append(a)
-    b = RedisRegistry(server.url, namespace="m", node="b", lease_ttl=5.0)
-    opened.append(b)
+    a, b = open_nodes("m", lease_ttl=5.0)
     threads = library_threads()
     w = spawn_thread(stop.wait)
     assert a.register_many([(("k", i), w) for i in range(N)]) == [None] * N
@@ -114,12 +95,9 @@ try:
     wait_for(lambda: a.status().state == "connected", "a connected")
     assert library_threads() == threads, (library_threads(), threads)
     print("OK")
-finally:
-    stop.set()
-    for x in reversed(opened):
-        x.close()
-    server.stop()
 """
+    + CLOSE_ALL
+)
 
 
 def test_a_recovery_re_asserting_many_lost_keys_does_not_stall_redis() -> None:

@@ -24,27 +24,17 @@ import pytest
 import redis
 
 from foundation.registry._redis._scripts import RegisterArgs
+from tests.faults._redis_scenarios import CLOSE_ALL, REGISTRY_PAIR
 from tests.faults._subprocess import run_scenario
 from tests.redis.conftest import MakeRegistry
 from tests.redis_support import RedisServer
 
-_SCENARIO = """
-import redis as redis_py
-from foundation import spawn_thread
-from foundation.registry._redis import RedisRegistry
-from tests.redis_support import RedisServer
-
+_SCENARIO = (
+    REGISTRY_PAIR
+    + """
 FAULT = {fault!r}
-server = RedisServer()
-server.start()
-stop = threading.Event()
-opened = []
 try:
-    raw = redis_py.Redis.from_url(server.url, decode_responses=True)
-    a = RedisRegistry(server.url, namespace="u", node="a", lease_ttl=5.0)
-    opened.append(a)
-    b = RedisRegistry(server.url, namespace="u", node="b", lease_ttl=5.0)
-    opened.append(b)
+    a, b = open_nodes("u", lease_ttl=5.0)
     threads = library_threads()
     for key in ("gone", "retaken", "swapped", "kept"):
         a.register(key, spawn_thread(stop.wait), {{"by": "a"}})
@@ -106,12 +96,9 @@ try:
     assert sorted(k for _, k in gone) == ["gone", "retaken", "swapped"], seen
     assert library_threads() == threads, (library_threads(), threads)
     print("OK")
-finally:
-    stop.set()
-    for x in reversed(opened):
-        x.close()
-    server.stop()
 """
+    + CLOSE_ALL
+)
 
 
 @pytest.mark.parametrize("fault", ["gap", "cut"])
