@@ -170,7 +170,7 @@ class Lease:
         heads = {own.ek.encode(): own.head.encode() for _, own in owns}
         deleted: set[bytes] = set()
         for _, f in records:
-            for _, g in expand_record(0, f):
+            for g in _single_records(f):
                 ek = g.get(b"k", b"")
                 head = heads.get(ek)
                 if head is None:
@@ -488,3 +488,15 @@ class _Schedule:
 
     next_beat: float
     retry_at: float = 0.0
+
+
+def _single_records(fields: dict[bytes, bytes]) -> list[dict[bytes, bytes]]:
+    """The single records of one change record; none for a record nobody can read
+    (no ``op``, a malformed bulk record: written by something else), which says
+    nothing about our registrations (the tail logs it when it meets it)."""
+    if fields.get(b"op") not in (b"r", b"d", b"u", b"R"):
+        return []
+    try:
+        return [g for _, g in expand_record(0, fields)]
+    except (KeyError, ValueError):
+        return []

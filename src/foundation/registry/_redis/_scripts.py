@@ -353,7 +353,7 @@ local function deleted_since(ek, node, head, since)
     last = r[1]
     local f, t = r[2], {}
     for i = 1, #f, 2 do t[f[i]] = f[i + 1] end
-    if t.op == 'd' and t.n == node and t.w ~= node and t.dr ~= 'lease_expired' then
+    if t.op == 'd' and t.k and t.h and t.n == node and t.w ~= node and t.dr ~= 'lease_expired' then
       redis.call('HSET', k, t.k .. '\n' .. t.h, '1')
     end
   end
