@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import signal
 import subprocess
 import threading
@@ -35,12 +36,20 @@ class _LoopThread:
         self._thread.start()
 
     def spawn_waiting_task(self) -> asyncio.Task[Any]:
-        async def create() -> asyncio.Task[Any]:
-            task = asyncio.get_running_loop().create_task(asyncio.Event().wait())
-            self._tasks.add(task)  # in the loop's thread, as close()'s reads of it
-            return task
+        # Race: a Ctrl-C can land anywhere in this thread. A coroutine object
+        # made here and interrupted before the loop took it would be collected
+        # unawaited ("coroutine ... was never awaited" on stderr), so every
+        # coroutine is made in the loop's thread; a task made there after an
+        # interrupt is in _tasks and close() cancels it.
+        made: concurrent.futures.Future[asyncio.Task[Any]] = concurrent.futures.Future()
 
-        return asyncio.run_coroutine_threadsafe(create(), self.loop).result(5)
+        def create() -> None:
+            task = self.loop.create_task(asyncio.Event().wait())
+            self._tasks.add(task)  # in the loop's thread, as close()'s reads of it
+            made.set_result(task)
+
+        self.loop.call_soon_threadsafe(create)
+        return made.result(5)
 
     def cancel(self, task: asyncio.Task[Any]) -> None:
         self.loop.call_soon_threadsafe(task.cancel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ from foundation.supervision._spec import ChildCounts, ChildInfo, ChildSpec
 if TYPE_CHECKING:
     # Imported in the methods that use them (`import foundation` stays cheap).
     import asyncio
+    import concurrent.futures
 
     from foundation.supervision._supervisor import Supervisor
 
@@ -36,7 +38,8 @@ class SupervisorThread:
     Made by :meth:`Supervisor.run_in_thread`: the supervisor runs on a new event
     loop in a daemon thread named ``name`` (default ``"supervisor:<name>"``),
     started by the time the constructor returns. Every method is thread-safe
-    (``asyncio.run_coroutine_threadsafe``) and blocks until done. Leaving the
+    (its work runs on the loop) and blocks until done; a Ctrl-C landing in a
+    call leaves no coroutine unawaited. Leaving the
     ``with`` block calls :meth:`stop`, which stops the children and the loop.
 
     The handle is closeable: after :meth:`stop` (or :meth:`close`, the same)
@@ -78,7 +81,7 @@ class SupervisorThread:
             self._loop.close()  # its fds: nothing is left half-started
             raise StartError(supervisor.name, f"cannot start its thread: {exc}") from exc
         try:
-            self._call(supervisor.start())
+            self._call(supervisor.start)
         except BaseException:
             self._close_loop()
             raise
@@ -148,28 +151,52 @@ class SupervisorThread:
             "start a new one with Supervisor.run_in_thread()"
         )
 
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    def _call(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float | None = None) -> T:
+        """Run ``make()`` on the loop as a task; block for its result (as
+        ``asyncio.run_coroutine_threadsafe``, which takes a coroutine)."""
         import asyncio
         import concurrent.futures
 
         if self._closed:
-            coro.close()
             raise self._closed_error()
         if threading.current_thread() is self._thread:
-            coro.close()
             raise self._own_loop_error()
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+        started: list[asyncio.Task[T]] = []
+
+        def start() -> None:  # in the loop's thread
+            # Race: the coroutine is made here, not in the caller's thread. A
+            # Ctrl-C landing there between making it and handing it over (the
+            # KeyboardInterrupt goes to the main thread) would leave it
+            # unawaited: "coroutine ... was never awaited" on stderr.
+            if outcome.cancelled():  # timed out before the loop got here
+                return
+            try:
+                task = asyncio.ensure_future(make())
+            except Exception as exc:  # make() itself failed (a bad argument)
+                outcome.set_exception(exc)
+                return
+            started.append(task)
+            task.add_done_callback(lambda done: _settle(outcome, done))
+
         try:
-            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            self._loop.call_soon_threadsafe(start)
         except RuntimeError:
             # Race: stop() in another thread closed the loop after the check above.
-            coro.close()
             if self._closed:
                 raise self._closed_error() from None
             raise
         try:
-            return fut.result(timeout)
+            return outcome.result(timeout)
         except concurrent.futures.TimeoutError:
-            fut.cancel()
+            outcome.cancel()  # start() not run yet: it returns at once
+
+            def cancel_started() -> None:
+                for task in started:
+                    task.cancel()
+
+            with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+                self._loop.call_soon_threadsafe(cancel_started)
             raise
 
     def _own_loop_error(self) -> SupervisorError:
@@ -188,7 +215,7 @@ class SupervisorThread:
         async def call() -> T:
             return fn()
 
-        return self._call(call())
+        return self._call(call)
 
     def _close_loop(self) -> None:
         with self._lock:
@@ -222,7 +249,7 @@ class SupervisorThread:
             self._stop_in_background()
             return
         try:
-            self._call(self.supervisor.stop())
+            self._call(self.supervisor.stop)
         finally:
             self._close_loop()
 
@@ -275,7 +302,7 @@ class SupervisorThread:
                 raise failure
             return
         try:
-            self._call(self.supervisor.wait(), timeout)
+            self._call(self.supervisor.wait, timeout)
         except TimeoutError as exc:
             if str(exc):
                 raise
@@ -301,19 +328,19 @@ class SupervisorThread:
 
     def start_child(self, *args: Any, **kwargs: Any) -> ChildInfo:
         """See :meth:`Supervisor.start_child` and :meth:`DynamicSupervisor.start_child`."""
-        return self._call(self.supervisor.start_child(*args, **kwargs))
+        return self._call(lambda: self.supervisor.start_child(*args, **kwargs))
 
     def terminate_child(self, id: str) -> None:
         """See :meth:`Supervisor.terminate_child`."""
-        self._call(self.supervisor.terminate_child(id))
+        self._call(lambda: self.supervisor.terminate_child(id))
 
     def restart_child(self, id: str) -> ChildInfo:
         """See :meth:`Supervisor.restart_child`."""
-        return self._call(self.supervisor.restart_child(id))
+        return self._call(lambda: self.supervisor.restart_child(id))
 
     def delete_child(self, id: str) -> None:
         """See :meth:`Supervisor.delete_child`."""
-        self._call(self.supervisor.delete_child(id))
+        self._call(lambda: self.supervisor.delete_child(id))
 
     def __enter__(self) -> Self:
         return self
@@ -329,3 +356,20 @@ class SupervisorThread:
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.supervisor.state
         return f"<SupervisorThread {self.supervisor.name!r} {state}>"
+
+
+def _settle(outcome: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    """Copy a finished task's result, error or cancellation to the caller's future."""
+    import concurrent.futures
+
+    # Race: the caller cancels ``outcome`` on its timeout, from its own thread,
+    # possibly between this check and the copy: the copy then has nobody to tell.
+    if outcome.cancelled():
+        return
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if task.cancelled():
+            outcome.cancel()
+        elif (error := task.exception()) is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(task.result())
