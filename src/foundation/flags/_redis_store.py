@@ -1149,7 +1149,7 @@ class RedisFlagStore(FlagStore):
         """True if Redis (``raw_version`` from meta, None: no meta) is older than the copy."""
         if raw_version is None:
             return self._cache.version > 0 or bool(self._cache.states())
-        return int(raw_version) < self._cache.version
+        return _check_version(raw_version, self._k_meta) < self._cache.version
 
     # ------------------------------------------------------- the node copy
 
@@ -1244,7 +1244,11 @@ class RedisFlagStore(FlagStore):
             pipe.exists(self._k_migrations)
             (raw_version, epoch), states, stages, history, migrations = pipe.execute()
         version, copy_epoch = cache.version, cache.epoch
-        if raw_version is None or int(raw_version) != version or epoch != copy_epoch:
+        if (
+            raw_version is None
+            or _check_version(raw_version, self._k_meta) != version
+            or epoch != copy_epoch
+        ):
             return raw_version, []
         # Race (the resync check holds no _copy_lock): this node's commit confirmed
         # into the copy between these reads, so the copy's states are of a later
@@ -1956,6 +1960,7 @@ class RedisFlagStore(FlagStore):
             ("EXISTS", self._k_migrations),
         )
         raw_version, epoch, trimmed, mtrimmed = meta
+        _check_version(raw_version, self._k_meta)
         held = self._cache.holdings()  # one local read: (version, epoch, counts...)
         if raw_version is None:
             if held[0] > 0 or held[2] > 0:
@@ -2963,6 +2968,17 @@ def _watch_pipeline(redis: Any, client: Any) -> Any:
     # constructor's arguments (the subclass has no state of its own).
     pipe.__class__ = cls
     return pipe
+
+
+def _check_version(raw: str | None, key: str) -> int:
+    """Meta's ``version`` as read (None: no meta) as a number; ``FlagError`` when
+    something else wrote it there: ``int()`` raised ``ValueError`` out of every
+    public read and write (a public call raises only Foundation errors)."""
+    if raw is None:
+        return 0
+    if not (raw.isascii() and raw.isdigit()):
+        raise FlagError(f"corrupt version in {key}: {raw!r:.100}")
+    return int(raw)
 
 
 def _read_watched(pipe: Any, redis: Any, *commands: tuple[Any, ...]) -> list[Any]:

@@ -46,7 +46,12 @@ from foundation.registry._redis._codec import RemoteAgent, decode_key
 from foundation.registry._redis._mirror import Mirror, same_registration
 from foundation.registry._redis._readscript import ReadScript
 from foundation.registry._redis._scripts import SNAPSHOT, SnapshotArgs
-from foundation.registry._redis._shared import _down_from, expand_record, record_span
+from foundation.registry._redis._shared import (
+    UNREADABLE,
+    _down_from,
+    expand_record,
+    record_span,
+)
 from foundation.registry._types import Criterion, Entry, RegistryEvent, UnregisterReason, new_entry
 from foundation.registry._validation import metadata_from_json, validate_key
 
@@ -427,9 +432,23 @@ class RedisObserver:
         ver, sid, heads, metas = int(reply[0]), reply[1], reply[2], reply[3]
         meta_by = dict(zip(metas[::2], metas[1::2], strict=True))
         fresh: dict[Hashable, Entry] = {}
+        unreadable = 0
         for ekb, head in zip(heads[::2], heads[1::2], strict=True):
-            key = decode_key(ekb)
-            fresh[key] = _entry(key, head, meta_by.get(ekb, b"{}"))
+            try:
+                key = decode_key(ekb)
+                fresh[key] = _entry(key, head, meta_by.get(ekb, b"{}"))
+            except UNREADABLE:
+                # An entry nobody can read (written by something else): left out,
+                # as the registry's nodes do. Raised, it failed every snapshot:
+                # the observer (``foundation agents``, the admin page) never connected.
+                unreadable += 1
+        if unreadable:
+            log.warning(
+                "observer of %r: %d entr(ies) in Redis could not be read (not written "
+                "by this library?): left out",
+                self.namespace,
+                unreadable,
+            )
         events: list[RegistryEvent] = []
         with self._lock:
             m = self._mirror

@@ -706,9 +706,14 @@ class RedisRegistry(Registry):
         )
         ek, head = own.ek.encode(), own.head.encode()
         # A head of "" (Redis had lost it) names whatever the node in "n" held.
+        # Race: another node's heartbeat reaped our expired lease (we were frozen)
+        # and our tail has not applied it yet: that delete (``lease_expired``) is
+        # no unregister; our live agent's registration is re-asserted, as the
+        # recovery does (``Lease._drop_deleted_unseen``), not NotRegistered.
         return any(
             f.get(b"op") == b"d"
             and f.get(b"k") == ek
+            and f.get(b"dr") != b"lease_expired"
             and (f.get(b"h") == head or (f.get(b"h") == b"" and f.get(b"n") == sh.node_b))
             for _, f in records
         )
@@ -756,7 +761,12 @@ class RedisRegistry(Registry):
         # its head (None): then its owner writes it back, and the tail brings it.
         if len(reply) < 4 or reply[3] is None:
             return None
-        return sh.entry_from_head(key, ek, s(reply[3]), meta, [])
+        try:
+            return sh.entry_from_head(key, ek, s(reply[3]), meta, [])
+        except (AttributeError, KeyError, TypeError, ValueError, RecursionError):
+            # A head nobody can read (written by something else): no entry to show
+            # (the update itself was made); raised, it leaked out of update_metadata.
+            return None
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
         """Entries matching every criterion, from the local mirror (index-backed for

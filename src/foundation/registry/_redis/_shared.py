@@ -38,6 +38,7 @@ from foundation.registry._validation import metadata_from_json
 
 __all__ = [
     "TAIL_BLOCK_MS",
+    "UNREADABLE",
     "Doing",
     "Job",
     "Own",
@@ -124,6 +125,18 @@ def _down_from(dr: str, dc: str, ds: str) -> Down:
         exit_code=int(dc) if dc else None,
         signal=int(ds) if ds else None,
     )
+
+
+UNREADABLE: Final = (
+    AttributeError,
+    KeyError,
+    TypeError,
+    ValueError,
+    RecursionError,
+    FoundationError,
+)
+"""What parsing an entry of a snapshot (head, metadata, encoded key) raises when
+something other than this library wrote it."""
 
 
 def record_span(fields: Mapping[bytes, bytes]) -> int:

@@ -24,6 +24,7 @@ from foundation.registry._redis._mirror import same_registration
 from foundation.registry._redis._scripts import SnapshotArgs
 from foundation.registry._redis._shared import (
     TAIL_BLOCK_MS,
+    UNREADABLE,
     Own,
     Shared,
     expand_record,
@@ -350,23 +351,39 @@ class Tail:
         node's registrations take Redis's copy of their metadata."""
         sh = self._sh
         fresh: dict[Hashable, Entry] = {}
+        unreadable = 0
         for ekb, head_b in zip(heads[::2], heads[1::2], strict=True):
-            ek = ekb.decode()
-            key = decode_key(ek)
-            meta = meta_by.get(ekb)
-            # Redis lost this entry's metadata (the meta hash evicted or deleted):
-            # never take "{}" for the truth. Ours: left out, so the recovery
-            # writes it back whole; another node's: the mirror's copy (its owner
-            # writes its own back).
-            own = sh.own.get(key)
-            if meta is None and own is not None and own.head == head_b.decode():
+            try:
+                ek, head = ekb.decode(), head_b.decode()
+                key = decode_key(ek)
+                meta = meta_by.get(ekb)
+                # Redis lost this entry's metadata (the meta hash evicted or deleted):
+                # never take "{}" for the truth. Ours: left out, so the recovery
+                # writes it back whole; another node's: the mirror's copy (its owner
+                # writes its own back).
+                own = sh.own.get(key)
+                if meta is None and own is not None and own.head == head:
+                    continue
+                entry = self._snapshot_entry(key, ek, head, meta, orphans)
+            except UNREADABLE:
+                # An entry nobody can read (its key, head or metadata written by
+                # something else): left out, as the tail leaves out a stream record
+                # it cannot read. Raised, it failed every snapshot: a node that
+                # needed a resync never connected again, a new one never started.
+                unreadable += 1
                 continue
-            entry = self._snapshot_entry(key, ek, head_b.decode(), meta, orphans)
             if entry is not None:
                 fresh[key] = entry
                 if own is not None and entry.node == sh.node and meta and own.meta != meta:
                     # Redis's copy is the truth (an update whose reply was lost landed).
                     own.meta, own.ix = meta, sh.ix_for(entry.metadata)
+        if unreadable:
+            log.warning(
+                "node %s: %d entr(ies) in Redis could not be read (not written by this "
+                "library?): left out of the mirror",
+                sh.node,
+                unreadable,
+            )
         return fresh
 
     def _snapshot_entry(
