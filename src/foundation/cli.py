@@ -126,7 +126,10 @@ def main(argv: list[str] | None = None, *, mask_to_restore: Iterable[int] | None
             # Race: a signal that landed while we were imported is pending; it is
             # delivered here, inside this try, so it is told as any other.
             signal.pthread_sigmask(signal.SIG_SETMASK, mask_to_restore)
-        return _main(args_list, words)
+        code = _main(args_list, words)
+        if mask_to_restore is not None:  # the console script: the process ends next
+            _ignore_signals_from_now_on()
+        return code
     except KeyboardInterrupt:  # Ctrl-C: every command stopped what it started
         return _signalled(words, args_list, "interrupted", EXIT_INTERRUPTED)
     except Terminated as exc:  # SIGTERM: 143, or 0 from a command that runs until stopped
@@ -137,6 +140,19 @@ def main(argv: list[str] | None = None, *, mask_to_restore: Iterable[int] | None
         # default on entry and the handler is still ours, not on a returned value.
         if sigterm_was is signal.SIG_DFL:
             restore_sigterm()
+
+
+def _ignore_signals_from_now_on() -> None:
+    """The command has ended, its output written and its code chosen: a SIGINT or
+    SIGTERM from now on changes neither.
+
+    Race: the interpreter's exit takes a while (0.1 to 0.7 s after the demo's
+    last line, its objects freed), and Python puts the default handlers back as
+    it starts: a Ctrl-C then killed the process silently (-2: 130 without the
+    line; SIGTERM -15). Ignored handlers are left in place. One that lands
+    before this call is told as any other (one line, 130 or 143)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _signalled(words: list[str], args_list: list[str], what: str, code: int) -> int:

@@ -30,8 +30,12 @@ def _blocked() -> Iterator[None]:
     if mask is None:
         yield
         return
-    previous = mask(signal.SIG_BLOCK, _BOTH)
+    # Race: a signal that arrived just before the block runs its raising handler
+    # as the call returns, before its result is stored: the mask to put back is
+    # read first, and the block made inside the try, so it is always undone.
+    previous = mask(signal.SIG_BLOCK, ())
     try:
+        mask(signal.SIG_BLOCK, _BOTH)
         yield
     finally:
         mask(signal.SIG_SETMASK, previous)

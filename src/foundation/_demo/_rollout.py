@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,32 +64,46 @@ def _rollout_in(
     console: Console, score: Scoreboard, tmp: Path, *, seconds: float, workers: int
 ) -> None:
     """The rollout on a flag store in ``tmp``, then the store reopened (a restart)."""
-    store = SQLiteFlagStore(tmp / "flags.sqlite3")
-    flags = FeatureFlags(_declared(), store=store)
-    registry = MigratingRegistry(ThreadLocalRegistry(), MemoryRegistry(), flags, flag=FLAG)
-    migration = Migration(flags, MigrationPlan.default(), readiness=[registry.readiness])
+    closes: list[Callable[[], None]] = []
     try:
+        flags = _open_flags(tmp, closes)
+        with ctrl_c_deferred():
+            registry = MigratingRegistry(ThreadLocalRegistry(), MemoryRegistry(), flags, flag=FLAG)
+            closes.append(registry.close)
+        migration = Migration(flags, MigrationPlan.default(), readiness=[registry.readiness])
         _drive(console, score, flags, registry, migration, seconds=seconds, workers=workers)
     finally:
-        with finishing():  # also when a signal lands during the closes
-            registry.close()
-            flags.close()
-            store.close()
+        _close_all(closes)
 
     # Persistence: a restarted flag service sees the rollout exactly as it was left.
-    store = SQLiteFlagStore(tmp / "flags.sqlite3")
+    closes = []
     try:
-        flags = FeatureFlags(_declared(), store=store)
-        try:
-            restored = Migration(flags, MigrationPlan.default()).status().stage
-            score.check("migration stage survives a restart", restored == 1, f"stage {restored}")
-            score.check("flag survives a restart", flags.enabled(FLAG), "")
-        finally:
-            with finishing():
-                flags.close()
+        flags = _open_flags(tmp, closes)
+        restored = Migration(flags, MigrationPlan.default()).status().stage
+        score.check("migration stage survives a restart", restored == 1, f"stage {restored}")
+        score.check("flag survives a restart", flags.enabled(FLAG), "")
     finally:
-        with finishing():
-            store.close()
+        _close_all(closes)
+
+
+def _open_flags(tmp: Path, closes: list[Callable[[], None]]) -> FeatureFlags:
+    """The flag service on ``tmp``'s store, each close listed in ``closes`` as it opens."""
+    # Race: a signal between opening the store and the caller's try left the
+    # store's thread running and, once tmp was removed, "Exception ignored in:
+    # SQLiteFlagStore(...)" on stderr: a signal meanwhile is raised once listed.
+    with ctrl_c_deferred():
+        store = SQLiteFlagStore(tmp / "flags.sqlite3")
+        closes.append(store.close)
+        flags = FeatureFlags(_declared(), store=store)
+        closes.append(flags.close)
+    return flags
+
+
+def _close_all(closes: list[Callable[[], None]]) -> None:
+    """Close what was opened, last opened first: to the end, whatever signal lands."""
+    with finishing():
+        for close in reversed(closes):
+            close()
 
 
 def _drive(

@@ -42,11 +42,7 @@ def run_supervision(console: Console, score: Scoreboard) -> None:
     # Config-as-code turns the shared table on: supervised workers are registered
     # from the supervisor's thread, which the per-thread legacy store would hide.
     config = AppConfig(indexed=("role",), flags={"use_ets_agent_registry": True})
-    # Ctrl-C waits for the tree to finish starting (and, in _stopped_whole, stopping):
-    # cut in half, its loop thread would be left with tasks pending.
-    with ctrl_c_deferred():
-        app = Application.start(config, workers=workers)
-    with _stopped_whole(app):
+    with _started_whole(lambda: Application.start(config, workers=workers)) as app:
         boot_ms = (time.perf_counter() - started) * 1000
         registry = app.registry
         assert registry is not None
@@ -92,13 +88,21 @@ def run_supervision(console: Console, score: Scoreboard) -> None:
 
 
 @contextlib.contextmanager
-def _stopped_whole(app: Application) -> Iterator[Application]:
-    """Like ``with app``, but a signal during the stop waits for the stop's end."""
+def _started_whole(start: Callable[[], Application]) -> Iterator[Application]:
+    """Like ``with start():``, but a signal during the start or the stop waits for
+    its end (cut in half, the tree's loop thread would be left with tasks pending)."""
+    app: Application | None = None
     try:
+        # Race: a signal held during the start is raised as it ends; raised
+        # outside this try, it left the tree running (its sidecar process outlived
+        # the demo): the start is inside, so the stop below runs for it too.
+        with ctrl_c_deferred():
+            app = start()
         yield app
     finally:
         with finishing():
-            app.stop()
+            if app is not None:
+                app.stop()
 
 
 def _renewed(registry: Any, key: str, old: Any) -> Callable[[], bool]:
