@@ -10,14 +10,20 @@ from pathlib import Path
 from typing import Any
 
 SETTINGS_ENV = ("FOUNDATION_STORE", "FOUNDATION_REDIS", "FOUNDATION_NAMESPACE")
+_CRASH_SITE = Path(__file__).resolve().parent / "_crash_site"
 
 
 def cli_env(**extra: str) -> dict[str, str]:
     """This environment without CLI settings (a test passes its own), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS_ENV}
     # A crash of the interpreter itself (one CLI child once died of SIGSEGV, with
-    # nothing on stderr) prints every thread's stack: evidence for the next look.
+    # nothing on stderr) prints the crashing thread's stack: evidence for the next
+    # look. Every thread's stack stopped after 100 threads, before the crashing
+    # one (demo part 4 runs a hundred): _crash_site's sitecustomize prints it alone.
     env["PYTHONFAULTHANDLER"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_CRASH_SITE), env.get("PYTHONPATH", "")) if p
+    )
     env.update(extra)
     return env
 

@@ -260,7 +260,13 @@ def test_a_signal_during_part_4s_cleanup_waits_for_its_end(
     with _foundation(*args, cwd=tmp_path, stdout=stdout, env=env) as process:
         stdout.read_until(b"== 4. Two nodes on Redis ==", process)
         stdout.fill()  # its next print blocks: the table at the part's end
-        _poll(process, "100 agents", lambda: _threads(process.pid) >= 100)
+        # Both: the thread count alone (the nodes' threads count too) reached 100
+        # with agents still to register, and the signal then landed there.
+        _poll(
+            process,
+            "100 agents, the table held",
+            lambda: _threads(process.pid) >= 100 and _writing_stdout(process.pid),
+        )
         process.send_signal(first)
         _poll(process, "agents released", lambda: _threads(process.pid) < 50)
         process.send_signal(second)

@@ -13,10 +13,11 @@ from typing import Any
 
 from foundation._demo._console import Console
 from foundation._demo._interrupts import ctrl_c_deferred, finishing
+from foundation._demo._released import release_and_join
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import percentile, wait_until
 from foundation.liveness import spawn_thread
-from foundation.registry import MemoryRegistry, RegistryEvent
+from foundation.registry import MemoryRegistry, MemoryRegistryStats, RegistryEvent
 
 __all__ = ["run_core"]
 
@@ -74,6 +75,7 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
     console.heading("1. A registry of live agents that cleans itself up")
     loops: list[_LoopThread] = []
     releases: list[threading.Event] = []
+    threads: list[threading.Thread] = []
     processes: list[subprocess.Popen[bytes]] = []
     killed_at: dict[object, float] = {}
     removed: dict[object, threading.Event] = {}
@@ -99,7 +101,7 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
             agents: dict[str, list[tuple[str, Any]]] = {"task": [], "thread": [], "process": []}
             makers: dict[str, Callable[[], Any]] = {
                 "task": loop.spawn_waiting_task,
-                "thread": lambda: _waiting_thread(releases),
+                "thread": lambda: _waiting_thread(releases, threads),
                 "process": lambda: _sleeping_process(processes),
             }
             register_seconds = _register_agents(console, registry, makers, agents, per_kind)
@@ -137,11 +139,7 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
                 f"{stats.monitors} monitors / {stats.entries} entries",
             )
 
-            # Unregister everything left: monitors must return to zero.
-            for pairs in agents.values():
-                for key, _agent in pairs:
-                    registry.unregister(key)
-            stats = registry.stats()
+            stats = _unregister_all(registry, agents)
             score.check(
                 "unregister releases every monitor", stats.monitors == 0, f"{stats.monitors}"
             )
@@ -150,7 +148,7 @@ def run_core(console: Console, score: Scoreboard, *, per_kind: int) -> None:
 
     finally:
         # Also on Ctrl-C or an error: no thread, task or process of this part outlives it.
-        _stop_agents(releases, processes, loops)
+        _stop_agents(releases, threads, processes, loops)
 
 
 def _start_loop(loops: list[_LoopThread]) -> _LoopThread:
@@ -162,6 +160,16 @@ def _start_loop(loops: list[_LoopThread]) -> _LoopThread:
     with ctrl_c_deferred():
         loops.append(_LoopThread())
     return loops[-1]
+
+
+def _unregister_all(
+    registry: MemoryRegistry, agents: dict[str, list[tuple[str, Any]]]
+) -> MemoryRegistryStats:
+    """Unregister every agent left; the registry's stats then (monitors must be zero)."""
+    for pairs in agents.values():
+        for key, _agent in pairs:
+            registry.unregister(key)
+    return registry.stats()
 
 
 def _register_agents(
@@ -236,14 +244,14 @@ def _cleanup_table(
 
 def _stop_agents(
     releases: list[threading.Event],
+    threads: list[threading.Thread],
     processes: list[subprocess.Popen[bytes]],
     loops: list[_LoopThread],
 ) -> None:
     """Release the waiting threads, reap the processes and stop the loop: to the
     end, whatever signal lands meanwhile (each step is bounded), then the signal."""
     with finishing():
-        for event in releases:
-            event.set()
+        release_and_join(releases, threads)  # (why: _released)
         for process in processes:
             if process.poll() is None:
                 process.kill()
@@ -252,10 +260,13 @@ def _stop_agents(
             loop.close()
 
 
-def _waiting_thread(releases: list[threading.Event]) -> threading.Thread:
+def _waiting_thread(
+    releases: list[threading.Event], threads: list[threading.Thread]
+) -> threading.Thread:
     release = threading.Event()
     releases.append(release)
-    return spawn_thread(release.wait, name=f"demo-agent-{len(releases)}")
+    threads.append(spawn_thread(release.wait, name=f"demo-agent-{len(releases)}"))
+    return threads[-1]
 
 
 def _sleeping_process(processes: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from foundation import _redis_conn
 from foundation._demo._console import Console
 from foundation._demo._interrupts import finishing
+from foundation._demo._released import release_and_join
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import percentile, wait_until
 from foundation.errors import AlreadyRegistered, BackendUnavailable
@@ -28,11 +29,12 @@ def run_redis(
     """Node A registers agents; node B sees them, is refused duplicates, sees deaths."""
     console.heading("4. Two nodes on Redis")
     releases: list[threading.Event] = []
+    threads: list[threading.Thread] = []
     nodes: list[RedisRegistry] = []
     try:
         for name in ("node-a", "node-b"):
             nodes.append(RedisRegistry(url, namespace=namespace, indexed=("role",), node=name))
-        _two_nodes(console, score, nodes, releases, agents)
+        _two_nodes(console, score, nodes, releases, threads=threads, agents=agents)
     finally:
         # Also on a signal, and whatever signal lands during it (SIGTERM after a
         # Ctrl-C, or at the part's end): the cleanup runs to its end, bounded by
@@ -41,8 +43,11 @@ def run_redis(
             try:
                 for node in reversed(nodes):
                     node.close()
-                for release in releases:  # the agents' threads end
-                    release.set()
+                # The agents' threads end, and are waited for: a second Ctrl-C
+                # then exits at once, and a hundred threads still waking while
+                # the interpreter finalises may crash it (SIGSEGV: _released).
+                # Cut short in the closes, they stay parked on their events.
+                release_and_join(releases, threads)
                 _drop_namespace(console, url, namespace)
             except KeyboardInterrupt:
                 console.say(f"  (the demo's keys {_pattern(namespace)} stay in Redis: interrupted)")
@@ -54,9 +59,12 @@ def _two_nodes(
     score: Scoreboard,
     nodes: list[RedisRegistry],
     releases: list[threading.Event],
+    *,
+    threads: list[threading.Thread],
     agents: int,
 ) -> None:
-    """The part's checks: node A's agents seen, refused and dead on node B."""
+    """The part's checks: node A's agents seen, refused and dead on node B
+    (each agent's thread listed in ``threads``, its event in ``releases``)."""
     node_a, node_b = nodes
     visible_ms: list[float] = []
     for i in range(agents):
@@ -64,14 +72,16 @@ def _two_nodes(
         releases.append(release)
         key = f"agent-{i}"
         started = time.perf_counter()
-        node_a.register(key, spawn_thread(release.wait), {"role": "crawler" if i % 2 else "parser"})
+        threads.append(spawn_thread(release.wait))
+        node_a.register(key, threads[-1], {"role": "crawler" if i % 2 else "parser"})
         if wait_until(_visible(node_b, key), timeout=5, interval=0.0002):
             visible_ms.append((time.perf_counter() - started) * 1000)
     score.check("every write on node A is visible on node B", len(visible_ms) == agents, "")
     crawlers = len(node_b.find_by_attribute("role", "crawler"))
     score.check("node B answers index queries", crawlers == agents // 2, f"{crawlers}")
     try:
-        node_b.register("agent-0", spawn_thread(releases[0].wait))
+        threads.append(spawn_thread(releases[0].wait))
+        node_b.register("agent-0", threads[-1])
         refused = False
     except AlreadyRegistered:
         refused = True

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from foundation._demo._console import Console
 from foundation._demo._interrupts import ctrl_c_deferred, finishing
+from foundation._demo._released import release_and_join
 from foundation._demo._scoreboard import Scoreboard
 from foundation._demo._timing import wait_until
 from foundation.flags import FeatureFlags, Flag, Migration, MigrationPlan, SQLiteFlagStore
@@ -147,6 +148,8 @@ def _drive(
             for thread in threads:
                 if thread.is_alive():
                     thread.join(10)
+            # Each traffic thread released its agents as it ended (why: _released).
+            release_and_join([], [t for w in crew for t in w.agents.values()])
     console.table("Rollout phases under traffic", ["phase", FLAG, "live registrations"], timeline)
     _score_traffic(console, score, registry, crew, seconds)
     _show_flag_history(console, flags)

@@ -1,0 +1,50 @@
+"""The end of the demo's waiting threads: released, then waited for."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from foundation._cli._signals import Terminated
+
+__all__ = ["release_and_join"]
+
+
+def release_and_join(
+    releases: Sequence[threading.Event],
+    threads: Sequence[threading.Thread],
+    *,
+    timeout: float = 5.0,
+) -> None:
+    """Set every event of ``releases``, then wait (``timeout`` in all) for ``threads``
+    to end: no thread of a part is left waking up once the part is over.
+
+    Why: the command may exit right after a part (a Ctrl-C), and a daemon thread
+    that wakes while the interpreter finalises may crash the process: CPython 3.11
+    frees the thread states of the threads still running, and one going for the
+    GIL then reads freed memory (SIGSEGV: CPython gh-110052, gh-124878). A thread
+    still parked on its event never wakes, so it is harmless.
+
+    Each thread only waits for its event: the wait lasts milliseconds, so a
+    signal landing meanwhile (a second Ctrl-C that cuts a cleanup short) is
+    raised once every thread has ended, not in the middle.
+    """
+    deadline = time.monotonic() + timeout
+    signalled: BaseException | None = None
+    pending = list(releases)
+    while pending:
+        try:
+            while pending:
+                pending[-1].set()
+                pending.pop()
+        except (KeyboardInterrupt, Terminated) as exc:
+            signalled = signalled or exc
+    for thread in threads:
+        while thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+            try:
+                thread.join(left)
+            except (KeyboardInterrupt, Terminated) as exc:
+                signalled = signalled or exc
+    if signalled is not None:
+        raise signalled
