@@ -411,9 +411,10 @@ def _check_tls_query(
 
 
 _NO_NAMESPACE: Final = (
-    "unknown query parameter 'namespace': a Redis connection has no namespace "
-    "(only a flag store URL takes ?namespace=); give the registry's namespace "
-    "on its own (namespace=NS; on the command line --namespace NS)"
+    "unknown query parameter 'namespace': a Redis connection has no namespace; "
+    "give it on its own: namespace=NS to RedisRegistry or RedisFlagStore, "
+    "--namespace NS on the command line (only a store URL for open_store() or "
+    "--store takes ?namespace=NS)"
 )
 
 

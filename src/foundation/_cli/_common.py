@@ -261,7 +261,8 @@ class Output:
 
     def line(self, text: str = "") -> None:
         try:
-            print(text, file=self.stream, flush=True)
+            # JSON escapes control characters itself (and is several lines when indented).
+            print(text if self.json else visible(text), file=self.stream, flush=True)
         except BrokenPipeError as exc:
             raise StdoutGone from exc
 
@@ -276,12 +277,15 @@ class Output:
         """Print the table with rich (the cli extra, on a terminal)."""
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, header_style="bold")
         for i, header in enumerate(headers):
             table.add_column(header, no_wrap=i == 0)  # names stay whole
         for row in rows:
-            table.add_row(*row)
+            # Text, not str: rich would read a cell as markup, and a reason such as
+            # "see [/]" failed the whole command with rich's MarkupError.
+            table.add_row(*(Text(cell) for cell in row))
         try:
             Console(file=self.stream).print(table)
         except BrokenPipeError as exc:
@@ -299,7 +303,29 @@ class Output:
             self.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def visible(text: str) -> str:
+    """``text`` with its control characters written as escapes (``\\n``, ``\\x1b``).
+
+    Reasons, actors, names and descriptions come from whoever wrote them: a
+    newline would forge a line of ``flags history``, an escape sequence would
+    drive the operator's terminal. JSON output escapes them already.
+    """
+    if text.isprintable():
+        return text  # the common case: one C-level scan
+    return "".join(repr(ch)[1:-1] if _is_control(ch) else ch for ch in text)
+
+
+def _is_control(ch: str) -> bool:
+    """A C0 or C1 control character, or DEL."""
+    code = ord(ch)
+    return code < 0x20 or 0x7F <= code <= 0x9F
+
+
 def _cell(value: Any) -> str:
+    return visible(_cell_text(value))
+
+
+def _cell_text(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):

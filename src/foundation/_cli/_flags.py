@@ -168,6 +168,15 @@ def open_flags(settings: Settings, *, hold_kill_switches: bool = True) -> Iterat
         store.close()
 
 
+def over_redis(flags: Any) -> bool:
+    """Whether ``flags`` is over a ``RedisFlagStore``: only there can a running
+    node keep a kill switch through an outage (a SQLite store's lock has no
+    outage to wait out, so the advice to use the admin page would be wrong)."""
+    from foundation.flags import RedisFlagStore
+
+    return isinstance(flags.store, RedisFlagStore)
+
+
 def _warn_if_stale(store: Any) -> None:
     """One stderr line when ``store`` is stale: it answers from its node copy
     (Redis unreachable at start), or from what it read before it lost Redis
@@ -467,8 +476,8 @@ def _write(flags: Any, args: argparse.Namespace, out: Output) -> int:
         # undeclared variant, a percentage out of range): the input is wrong.
         raise UsageError(str(exc), label="InvalidFlagValue") from exc
     except BackendUnavailable as exc:
-        if args.action != "disable":
-            raise
+        if args.action != "disable" or not over_redis(flags):
+            raise  # a SQLite store locked out: nothing to keep, run it again later
         raise BackendUnavailable(
             f"{str(exc).rstrip('.')}. The command line cannot keep a kill switch until "
             f"Redis returns: use the admin page of a running node (POST "

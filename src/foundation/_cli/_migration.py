@@ -7,7 +7,7 @@ import datetime
 from typing import Any
 
 from foundation._cli._common import Output, Settings, UsageError, default_by, operator_name
-from foundation._cli._flags import open_flags
+from foundation._cli._flags import open_flags, over_redis
 
 __all__ = ["add_parser", "migration_from_store", "status_data"]
 
@@ -118,6 +118,8 @@ def _emergency(migration: Any, reason: str, by: str) -> None:
     try:
         migration.emergency_rollback(reason, by=by)
     except BackendUnavailable as exc:
+        if not over_redis(migration.flags):
+            raise  # a SQLite store locked out: nothing to keep, run it again later
         raise BackendUnavailable(
             f"{str(exc).rstrip('.')}. The command line cannot keep an emergency rollback "
             "until Redis returns: use the admin page of a running node (POST "

@@ -663,6 +663,8 @@ class AutoRollback:
     """
 
     def __init__(self, migration: Migration, *, interval: float) -> None:
+        if not isinstance(migration, Migration):  # else an AttributeError on .health
+            raise MigrationError(f"AutoRollback needs a Migration, not {bounded_repr(migration)}")
         if migration.health is None:
             raise MigrationError("AutoRollback needs Migration(..., health=, thresholds=)")
         if (

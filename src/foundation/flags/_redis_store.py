@@ -2341,6 +2341,14 @@ class RedisFlagStore(FlagStore):
         """
         self._check_open()
         read_copy, _ = self._copy_of(key)
+        if not self._synced.is_set():
+            # Stale (Redis was out of reach at start, or is now): the copy answers
+            # when it kept the hash, as _read does, with no call to Redis. On a
+            # frozen Redis each call would wait a whole timeout in connect(): a
+            # command reading the catalogue and the plans waited several in a row.
+            kept = read_copy()
+            if kept:
+                return kept
         try:
             raw = self._read_hash(key, doing)
         except BackendUnavailable:
