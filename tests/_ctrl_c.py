@@ -1,6 +1,13 @@
 """A Ctrl-C at every point of a call: ``KeyboardInterrupt`` raised by a trace
 function at the n-th call or line event of the watched code, for n = 1, 2, ...
-until the call completes. Deterministic, where a real SIGINT hits one point."""
+until the call completes. Deterministic, where a real SIGINT hits one point.
+
+The points are a superset of where a real signal can land: a line event
+comes before a ``try:`` line or the end of a ``with`` block too, where CPython
+never runs a signal handler. So it proves code safe, but a failure it finds
+inside ``with lock:`` code may be one no signal can cause (for that, see
+tests/redis/test_register_interrupts.py, which raises at the interpreter's
+real check points: calls and returns from C)."""
 
 from __future__ import annotations
 

@@ -188,10 +188,23 @@ class _Writing:
             sh.fail_fast()  # Redis just timed out: no wait for the lock, nor for Redis
         # Bounded: a writer stuck on an unresponsive Redis holds the lock for at
         # most a few op_timeout; waiting longer than that is an outage.
-        if not sh.wlock.acquire(timeout=sh.op_timeout * 4):
-            raise BackendUnavailable(f"Redis at {sh.url} is not answering (writes are queued)")
-        if self.public:
-            try:
+        wlock = sh.wlock
+        # Race: a Ctrl-C is raised at the first check after acquire() returned
+        # (the call's own end), before any statement of ours: the lock is held
+        # then, and with no __exit__ to come (__enter__ raised) it stayed held
+        # for ever: the lease thread's jobs waited for it (a dead agent's entry
+        # stayed in Redis, no recovery ran) and close() waited out its join.
+        # So the acquire is inside the try, and whatever raises releases the
+        # level taken here (the count says whether it was taken; an interpreter
+        # whose RLock has no count falls back on the result, as before).
+        levels = getattr(wlock, "_recursion_count", None)
+        before = levels() if levels is not None else 0
+        taken = False
+        try:
+            taken = wlock.acquire(timeout=sh.op_timeout * 4)
+            if not taken:
+                raise BackendUnavailable(f"Redis at {sh.url} is not answering (writes are queued)")
+            if self.public:
                 if sh.closed:
                     # Race: close() held the lock while this writer waited; going on
                     # would re-create the closed node's lease (a NOLEASE reply starts
@@ -202,12 +215,26 @@ class _Writing:
                 # did rather than wait a timeout of our own, so N queued writers
                 # cost one timeout, not N (the lock is released, nothing was sent).
                 sh.fail_fast()
-            except BaseException:
-                sh.wlock.release()
-                raise
+        except BaseException:
+            if (levels() > before) if levels is not None else taken:
+                wlock.release()
+            raise
 
     def __exit__(self, *exc: object) -> None:
+        # Replaced by ``wlock.__exit__`` in each node's subclass (see Shared.__init__).
         self.sh.wlock.release()
+
+
+def _writing_class(wlock: Any) -> type[_Writing]:
+    """The ``_Writing`` of one node, whose ``__exit__`` is ``wlock``'s own.
+
+    Race: a Ctrl-C is raised at the first instruction of a Python function too:
+    a Python ``__exit__`` could be interrupted before it released ``wlock``, and
+    the with statement does not call it again: the lock stayed held for ever.
+    The lock's own ``__exit__`` is C: nothing runs before the release."""
+    return type(
+        "_Writing", (_Writing,), {"__slots__": (), "__exit__": staticmethod(wlock.__exit__)}
+    )
 
 
 class Shared:
@@ -288,8 +315,8 @@ class Shared:
         self._poll: Any = select.poll() if _HAS_POLL else None  # _ready's, under wlock
         self.tail_client: Any = None
         self.scripts: dict[str, Any] = {}
-        self._public_writing = _Writing(self, True)
-        self._private_writing = _Writing(self, False)
+        writing = _writing_class(self.wlock)
+        self._public_writing, self._private_writing = writing(self, True), writing(self, False)
 
     # ------------------------------------------------------------------ Redis calls
 
