@@ -75,13 +75,25 @@ def _new_threads(before: set[threading.Thread]) -> list[str]:
     return [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
 
 
-def _settled(before: set[threading.Thread]) -> tuple[list[str], list[str]]:
-    """The threads and child processes still there once what ends on its own
-    has ended (a thread told to stop may take a moment): polled with a deadline."""
+def _settled(before: tuple[set[threading.Thread], set[str]]) -> tuple[list[str], list[str]]:
+    """The threads and child processes started since ``before`` (``_before()``)
+    still there once what ends on its own has ended (a thread told to stop may
+    take a moment): polled with a deadline. Children of this process from before
+    (another test's redis-server) do not count."""
+    threads_before, children_before = before
+
+    def new_children() -> list[str]:
+        return [c for c in _children() if c not in children_before]
+
     deadline = time.monotonic() + 10
-    while (_new_threads(before) or _children()) and time.monotonic() < deadline:
+    while (_new_threads(threads_before) or new_children()) and time.monotonic() < deadline:
         time.sleep(0.02)  # sleep-ok: the poll interval of a loop with a deadline
-    return _new_threads(before), _children()
+    return _new_threads(threads_before), new_children()
+
+
+def _before() -> tuple[set[threading.Thread], set[str]]:
+    """This process's threads and child processes now (for ``_settled``)."""
+    return set(threading.enumerate()), set(_children())
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signals")
@@ -89,7 +101,7 @@ def test_ctrl_c_while_the_application_tree_starts_stops_it() -> None:
     from foundation._demo._supervision import run_supervision
     from foundation.application import Application
 
-    before = set(threading.enumerate())
+    before = _before()
     try:
         # Held during Application.start, the signal was raised as the start
         # ended, before the part's stop guard: the tree ran on, and its
@@ -114,7 +126,7 @@ def test_ctrl_c_while_part_one_makes_its_loop_leaves_no_half_made_loop(
     monkeypatch.setattr(
         sys, "unraisablehook", lambda u: unraisable.append(f"{u.exc_type.__name__}: {u.exc_value}")
     )
-    before = set(threading.enumerate())
+    before = _before()
     # Inside BaseEventLoop.__init__, the signal left a half-made loop whose
     # __del__ printed "Exception ignored ... no attribute '_signal_handlers'".
     _interrupted(lambda: run_core(Console(plain=True), Scoreboard(), per_kind=1), "base_events.py")
@@ -138,7 +150,7 @@ def test_ctrl_c_while_the_rollout_opens_its_flag_store_closes_it(
     monkeypatch.setattr(
         threading, "excepthook", lambda a: unraisable.append(f"{a.thread}: {a.exc_value!r}")
     )
-    before = set(threading.enumerate())
+    before = _before()
     # Between the flag service's opening and the part's try, the signal left
     # its store's thread running, which failed on the removed directory (a
     # thread traceback), and "Exception ignored in: SQLiteFlagStore(...)".

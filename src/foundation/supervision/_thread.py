@@ -71,6 +71,7 @@ class SupervisorThread:
             raise StartError(supervisor.name, f"cannot create an event loop: {exc}") from exc
         self._closed = False
         self._lock = threading.Lock()
+        self._calls: set[Any] = set()  # the futures of calls not answered yet
         self._stopper: threading.Thread | None = None  # stop() asked by a thread child
         self._thread = threading.Thread(
             target=self._serve, name=name or f"supervisor:{supervisor.name}", daemon=True
@@ -144,6 +145,19 @@ class SupervisorThread:
             finally:
                 asyncio.set_event_loop(None)
                 loop.close()
+                self._fail_unanswered_calls()
+
+    def _fail_unanswered_calls(self) -> None:
+        """After the loop closed: ``Closed`` for every call it will never run.
+
+        Race: a call that passed its closed check while stop() ran queued its
+        start on the loop, which then stopped before running it: without this,
+        its caller (no timeout) waited for ever."""
+        import concurrent.futures
+
+        for outcome in list(self._calls):  # (one C-level copy: callers add meanwhile)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                outcome.set_exception(self._closed_error())
 
     def _closed_error(self) -> Closed:
         return Closed(
@@ -157,11 +171,15 @@ class SupervisorThread:
         import asyncio
         import concurrent.futures
 
-        if self._closed:
-            raise self._closed_error()
-        if threading.current_thread() is self._thread:
-            raise self._own_loop_error()
         outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+        # Race: stop() may be closing the loop. Listed first, then checked: either
+        # the close's sweep (_fail_unanswered_calls) finds it, or _closed, set
+        # before that sweep, is seen here.
+        self._calls.add(outcome)
+        if self._closed or threading.current_thread() is self._thread:
+            self._calls.discard(outcome)
+            raise self._closed_error() if self._closed else self._own_loop_error()
+        outcome.add_done_callback(self._calls.discard)
         started: list[asyncio.Task[T]] = []
 
         def start() -> None:  # in the loop's thread
@@ -169,7 +187,11 @@ class SupervisorThread:
             # Ctrl-C landing there between making it and handing it over (the
             # KeyboardInterrupt goes to the main thread) would leave it
             # unawaited: "coroutine ... was never awaited" on stderr.
-            if outcome.cancelled():  # timed out before the loop got here
+            if outcome.done():  # timed out, or failed by the close, before the loop got here
+                return
+            if self._closed:  # the loop is closing: no new work (its task would be left pending)
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    outcome.set_exception(self._closed_error())
                 return
             try:
                 task = asyncio.ensure_future(make())
