@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from foundation import MemoryRegistry, Migration, MigrationPlan, Registry
-from foundation.errors import AlreadyRegistered, MigrationError, NotRegistered
+from foundation import MemoryRegistry, Migration, MigrationPlan, Registry, liveness, spawn_thread
+from foundation.errors import AlreadyRegistered, MigrationError, NotAlive, NotRegistered
 from foundation.liveness import is_alive
-from tests.migrating.support import FLAG, Agents, legacy_backend, make
+from tests.migrating.support import FLAG, Agents, legacy_backend, make, wait_until
 
 WORKERS = 4
 KEYS_PER_WORKER = 6
@@ -59,12 +59,35 @@ class Run:
         return agent
 
 
-def check_lookup(run: Run, model: Model, key: str, final: bool = False) -> None:
+def lingering(agent: Any) -> bool:
+    """``agent`` is dead but may not be known dead by every backend yet.
+
+    A ``spawn_thread`` agent counts as dead (``is_alive``) the instant its
+    target returns, and only then fires its monitors, on its own thread,
+    before that thread ends (docs/contract.md, Liveness): until they have
+    run, the target (``MemoryRegistry``) still holds its entry — "not yet
+    *known* dead", so ``lookup`` may return it, ``update_metadata`` update it
+    and ``unregister`` remove it (True) — while the unmonitored legacy store
+    already treats it as gone (``NotRegistered``, ``False``). With the flag
+    flipped in between, the facade gives both answers. Once the agent's
+    thread has ended (``Thread.is_alive()`` False: every kill here joins it)
+    its monitors have run and no backend holds it: nothing is allowed then.
+    """
+    return not is_alive(agent) and threading.Thread.is_alive(agent)
+
+
+def check_lookup(
+    run: Run, model: Model, key: str, final: bool = False, ghosts: dict[str, Any] | None = None
+) -> None:
     expected = model.get(key)
+    ghost = None if ghosts is None else ghosts.get(key)
     dead_before = expected is not None and not is_alive(expected[0])
+    # Evaluated before the call: a dead agent whose monitors have not all run yet.
+    candidates = [ghost, None if expected is None else expected[0]]
+    may_linger = [a for a in candidates if a is not None and lingering(a)]
     entry = run.reg.lookup(key)
     if expected is None:
-        if entry is not None:
+        if entry is not None and not any(entry.agent is a for a in may_linger):
             run.fail(f"{key}: unexpected {entry} (flag {run.reg.flag_on}, final check {final})")
         return
     agent, meta = expected
@@ -72,7 +95,7 @@ def check_lookup(run: Run, model: Model, key: str, final: bool = False) -> None:
         if is_alive(agent):
             run.fail(f"{key}: lost a live registration (flag {run.reg.flag_on})")
         return
-    if dead_before:
+    if dead_before and not any(agent is a for a in may_linger):
         run.fail(f"{key}: returned an agent already known dead")
     elif entry.agent is not agent or dict(entry.metadata) != meta:
         run.fail(f"{key}: {entry} instead of {expected}")
@@ -82,6 +105,9 @@ def worker(run: Run, index: int) -> None:
     rng = random.Random(index)
     keys = [f"w{index}-k{j}" for j in range(KEYS_PER_WORKER)]
     model: Model = {}
+    # Keys the model dropped on NotRegistered for a dead agent, with that agent:
+    # the target may still hold it while it is lingering() (see there).
+    ghosts: dict[str, Any] = {}
     run.models[threading.get_ident()] = model
     deadline = time.monotonic() + DURATION
     try:
@@ -90,6 +116,8 @@ def worker(run: Run, index: int) -> None:
             op = rng.random()
             run.ops += 1
             current = model.get(key)
+            ghost = ghosts.get(key)
+            ghost_lingers = ghost is not None and lingering(ghost)  # before the call
             if op < 0.35:
                 agent, meta, replace = run.new_agent(), {"v": rng.randrange(4)}, rng.random() < 0.3
                 try:
@@ -97,34 +125,47 @@ def worker(run: Run, index: int) -> None:
                     if current is not None and not replace and is_alive(current[0]):
                         run.fail(f"{key}: register over a live entry succeeded")
                     model[key] = (agent, meta)
+                    ghosts.pop(key, None)  # a dead holder not yet cleaned up is simply taken
                 except AlreadyRegistered as exc:
                     if current is None or exc.entry.agent is not current[0]:
                         run.fail(f"{key}: AlreadyRegistered by {exc.entry}, model {current}")
+                except NotAlive:
+                    # The killer may end a new agent before it is registered:
+                    # refused, nothing stored (the model is unchanged).
+                    if is_alive(agent):
+                        run.fail(f"{key}: NotAlive for a live agent")
             elif op < 0.55:
                 alive_before = current is not None and is_alive(current[0])
                 removed = run.reg.unregister(key)
-                if current is None and removed:
+                if current is None and removed and not ghost_lingers:
                     run.fail(f"{key}: unregistered a key the model does not hold")
                 if alive_before and current is not None and is_alive(current[0]) and not removed:
                     run.fail(f"{key}: unregister of a live entry returned False")
+                if removed:
+                    ghosts.pop(key, None)  # whatever the key held is gone
+                elif current is not None and not is_alive(current[0]):
+                    ghosts[key] = current[0]  # False for a dead agent: as NotRegistered below
                 model.pop(key, None)
             elif op < 0.7:
                 meta = {"v": rng.randrange(4)}
                 try:
                     run.reg.update_metadata(key, meta)
                     if current is None:
-                        run.fail(f"{key}: updated a key the model does not hold")
+                        if not ghost_lingers:
+                            run.fail(f"{key}: updated a key the model does not hold")
                     else:
                         model[key] = (current[0], meta)
                 except NotRegistered:
                     if current is not None and is_alive(current[0]):
                         run.fail(f"{key}: NotRegistered for a live entry")
+                    if current is not None:
+                        ghosts[key] = current[0]  # dead: maybe not yet known dead by the target
                     model.pop(key, None)
             elif op < 0.75 and current is not None:
                 run.agents.kill(current[0])  # this worker's own agent dies
                 model.pop(key)
             else:
-                check_lookup(run, model, key)
+                check_lookup(run, model, key, ghosts=ghosts)
     except Exception as exc:
         run.fail(f"worker {index}: {exc!r}")
     # Final checks, in this thread (its legacy store is private to it).
@@ -227,3 +268,46 @@ def test_concurrent_writes_deaths_and_flips_lose_nothing(legacy: Callable[[], Re
             run.reg.close()
             run.flags.close()
             run.agents.close()
+
+
+def test_a_death_the_target_has_not_been_told_yet_is_answered_by_each_side(
+    agents: Agents,
+) -> None:
+    """The window ``lingering()`` allows, held open: the agent is dead
+    (``is_alive`` False) but its monitors have not all run, so the legacy side
+    says ``NotRegistered`` while the target still holds the entry and
+    ``unregister`` removes it (True). Once its thread has ended the target
+    holds nothing: that is where the stress model stops allowing it."""
+    target = MemoryRegistry()
+    reg, flags = make(False, target=target)
+    end, release = threading.Event(), threading.Event()
+    agent = spawn_thread(end.wait, name="migrating-test-agent")
+    # Monitors run in the order taken: this one, taken before the target's, holds it back.
+    liveness.monitor(agent, lambda _down: release.wait(30))
+    try:
+        reg.register("k", agent, {"v": 1})
+        end.set()  # the agent ends; its thread then blocks in our monitor
+        assert wait_until(lambda: not is_alive(agent))
+        assert lingering(agent)
+        with pytest.raises(NotRegistered):
+            reg.update_metadata("k", {"v": 2})  # flag off: the legacy store knows
+        flags.set(FLAG, True)
+        assert reg.lookup("k") is not None  # the target: not yet *known* dead
+        assert reg.unregister("k") is True
+        reg.register("k", agent2 := agents.new(), {"v": 3})
+        release.set()
+        agent.join(10)
+        assert not lingering(agent)
+        agents.kill(agent2)  # joined: its monitors have run, the target holds nothing
+        assert reg.lookup("k") is None
+        assert reg.unregister("k") is False
+        flags.set(FLAG, False)
+        assert reg.lookup("k") is None
+        assert reg.unregister("k") is False
+        assert reg.divergences() == []
+    finally:
+        end.set()
+        release.set()
+        agent.join(10)
+        reg.close()
+        flags.close()

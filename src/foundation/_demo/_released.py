@@ -20,10 +20,9 @@ def release_and_join(
     """Set every event of ``releases``, then wait (``timeout`` in all) for ``threads``
     to end: no thread of a part is left waking up once the part is over.
 
-    Why: the command may exit right after a part (a Ctrl-C), and a daemon thread
-    that wakes while the interpreter finalises may crash the process: CPython 3.11
-    frees the thread states of the threads still running, and one going for the
-    GIL then reads freed memory (SIGSEGV: CPython gh-110052, gh-124878). A thread
+    Why: the command may exit right after a part (a Ctrl-C), and daemon threads
+    waking while the interpreter finalises are a known way to crash CPython 3.11
+    (a thread going for the GIL after its state was freed: SIGSEGV). A thread
     still parked on its event never wakes, so it is harmless.
 
     Each thread only waits for its event: the wait lasts milliseconds, so a
