@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,10 @@ def wait_connected(run: Running, port: int, timeout: float = 60) -> None:
         assert run.process.poll() is None, (run.stdout, run.stderr)
         assert time.monotonic() < deadline, f"never connected to port {port}"
         time.sleep(0.005)  # sleep-ok: the poll interval of a loop with a deadline
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a CLI child that must get Ctrl-C as a user's terminal
+    sends it: a background job of a non-interactive shell starts with SIGINT
+    ignored, and Python keeps it so."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

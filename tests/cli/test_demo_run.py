@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests._processes import kill_session
-from tests.cli._support import cli_env
+from tests.cli._support import cli_env, default_sigint
 from tests.redis_support import running_redis
 
 
@@ -31,12 +31,6 @@ def foundation_command() -> list[str]:
     """The installed ``foundation`` console script (else ``python -m foundation.cli``)."""
     script = shutil.which("foundation", path=str(Path(sys.executable).parent))
     return [script] if script else [sys.executable, "-m", "foundation.cli"]
-
-
-def _default_sigint() -> None:
-    # A background job of a non-interactive shell starts with SIGINT ignored, and
-    # Python keeps it so: the demo must get Ctrl-C as a user's terminal sends it.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @dataclass
@@ -61,7 +55,7 @@ class DemoRun:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
-            preexec_fn=_default_sigint,  # noqa: PLW1509  (the test process has no other threads yet)
+            preexec_fn=default_sigint,  # noqa: PLW1509  (the test process has no other threads yet)
         )
         run = cls(process, wanted=wanted)
         run.readers = [

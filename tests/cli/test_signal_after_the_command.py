@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.cli._support import cli_env
+from tests.cli._support import cli_env, default_sigint
 
 # The console script's entry, then a signal as the interpreter goes on to exit
 # (its handlers then are the ones the command left).
@@ -24,12 +24,6 @@ sys.exit(code)
 """
 
 
-def _default_sigint() -> None:
-    # A background job of a non-interactive shell starts with SIGINT ignored:
-    # the child gets it as a user's terminal sends it.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signals")
 @pytest.mark.parametrize("name", ["INT", "TERM"])
 def test_a_signal_once_the_command_ended_leaves_its_exit_code(name: str) -> None:
@@ -40,7 +34,7 @@ def test_a_signal_once_the_command_ended_leaves_its_exit_code(name: str) -> None
         text=True,
         timeout=60,
         check=False,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
     assert (result.returncode, result.stderr) == (0, ""), result.stderr[-2000:]
     assert result.stdout.strip()  # the version

@@ -28,7 +28,7 @@ import pytest
 
 from foundation.cli import _command_words, _parser
 from tests._processes import kill_session
-from tests.cli._support import cli_env
+from tests.cli._support import cli_env, default_sigint
 from tests.cli.test_demo_run import session_processes
 from tests.redis_support import RedisServer
 
@@ -92,10 +92,6 @@ class HeldStdout:
             os.close(self.read_end)
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a terminal's Ctrl-C finds it
-
-
 @contextlib.contextmanager
 def _foundation(
     *args: str, cwd: Path, stdout: HeldStdout, env: dict[str, str] | None = None
@@ -109,7 +105,7 @@ def _foundation(
         stderr=subprocess.PIPE,
         env=cli_env(PYTHONUNBUFFERED="1") if env is None else env,
         start_new_session=True,
-        preexec_fn=_default_sigint,  # noqa: PLW1509
+        preexec_fn=default_sigint,  # noqa: PLW1509
     )
     try:
         yield process
@@ -338,7 +334,7 @@ def _script(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
         check=False,
     )
     assert (result.returncode, result.stderr) == (0, ""), result
