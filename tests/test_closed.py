@@ -36,6 +36,7 @@ from foundation.errors import Closed, FoundationError
 from foundation.flags import FlagChange, FlagStore, MemoryFlagStore
 from foundation.liveness import MonitorManager, OSProcess
 from foundation.supervision import ChildSpec, Supervisor
+from tests.contract.backends import BackendSpec, backend_params
 from tests.redis_support import RedisServer
 
 FLAG = "use_ets_agent_registry"
@@ -348,3 +349,68 @@ def test_closed_keeps_existing_except_runtime_error_code_working() -> None:
     with pytest.raises(RuntimeError) as info:  # what callers wrote before Closed existed
         flags.enabled("beta")
     assert type(info.value) is Closed
+
+
+# ---------------------------------------------------------------------------- `with` after close
+#
+# Entering a closed object is a call like any other: ``Closed`` at once, as httpx
+# refuses a closed client ("Cannot reopen a client instance, once it has been
+# closed"). Before, ``with registry:`` on a closed registry returned it, and the
+# block failed later, at its first call, or not at all (a block that only closed).
+
+
+def _entered(closeable: Any) -> None:
+    with closeable:
+        pytest.fail(f"{closeable!r}: the with block ran on a closed object")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_entering_a_closed_registry_raises_closed(
+    backend: BackendSpec, request: pytest.FixtureRequest
+) -> None:
+    with backend.make(request, ()) as registry:
+        with registry as entered:  # open: the block runs, on the registry itself
+            assert entered is registry
+        assert_closed(lambda: _entered(registry))  # the first block's exit closed it
+        assert_closed(lambda: _entered(registry))
+
+
+@pytest.mark.parametrize("kind", list(STORES))
+def test_entering_a_closed_store_raises_closed(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store = STORES[kind](tmp_path, request)
+    with store as entered:
+        assert entered is store
+    assert_closed(lambda: _entered(store))
+
+
+def test_entering_closed_feature_flags_raises_closed() -> None:
+    flags = FeatureFlags(DECLARED)
+    with flags as entered:
+        assert entered is flags
+    assert_closed(lambda: _entered(flags))
+
+
+def test_entering_a_stopped_supervisor_handle_raises_closed() -> None:
+    with Supervisor([ChildSpec("w", _worker)], name="enter-test").run_in_thread() as handle:
+        assert handle.count_children().active == 1
+    assert_closed(lambda: _entered(handle))
+    assert not handle.thread.is_alive()
+
+
+def test_entering_a_closed_monitor_manager_raises_closed() -> None:
+    manager = MonitorManager(name="enter-test")
+    with manager as entered:
+        assert entered is manager
+    assert_closed(lambda: _entered(manager))
+
+
+def test_entering_a_closed_admin_server_raises_closed() -> None:
+    pytest.importorskip("uvicorn")
+    from foundation.admin import AdminServer
+
+    server = AdminServer(bind="127.0.0.1:0")
+    with server:
+        assert server.url
+    assert_closed(lambda: _entered(server))

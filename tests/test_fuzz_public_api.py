@@ -10,7 +10,9 @@ redis-server) and against ``FeatureFlags`` on the memory and SQLite stores.
 After each call the test checks exactly the contract (docs/contract.md "Failure
 behaviour", docs/keys-and-metadata.md):
 
-- any exception is a ``FoundationError`` whose message is short;
+- any exception is a ``FoundationError`` whose message is short, except the
+  ``TypeError`` of a yes/no option given a non-bool (``replace=1``), which must
+  come, and first;
 - a failed call changed nothing: the observable state afterwards equals the
   state before.
 
@@ -180,6 +182,24 @@ def _check_call(call: Callable[[], object], state: Callable[[], object]) -> None
         assert state() == before, f"a failed call ({type(error).__name__}) changed state"
 
 
+class _RefusedOption(FoundationError):
+    """Stands in for the ``TypeError`` of a yes/no option given a non-bool, so that
+    ``_check_call`` checks that call as any failed call (bounded, nothing changed)."""
+
+
+def _bool_option(flag: object, call: Callable[[], object]) -> Callable[[], object]:
+    """``call``; if ``flag`` is no bool, it must raise ``TypeError``, before anything else."""
+    if flag is True or flag is False:
+        return call
+
+    def refused() -> None:
+        with pytest.raises(TypeError, match="must be True or False") as info:
+            call()
+        raise _RefusedOption(str(info.value))
+
+    return refused
+
+
 @pytest.fixture(params=backend_params())
 def fuzzed(request: pytest.FixtureRequest) -> Iterator[tuple[Registry, list[Any]]]:
     spec: BackendSpec = request.param
@@ -206,7 +226,7 @@ def test_every_registry_call_succeeds_or_raises_a_library_error_and_changes_noth
             keys,
             st.sampled_from(range(len(agents))),
             metadata,
-            st.booleans(),
+            st.one_of(st.booleans(), anything),  # replace: a non-bool is TypeError
         ),
         st.tuples(st.just("update_metadata"), keys, metadata),
         st.tuples(st.just("unregister"), keys),
@@ -215,17 +235,23 @@ def test_every_registry_call_succeeds_or_raises_a_library_error_and_changes_noth
         st.tuples(st.just("query"), criteria),
         st.tuples(st.just("find_by_attribute"), anything, anything),
         st.tuples(st.just("count")),
-        st.tuples(st.just("register_many"), st.lists(st.tuples(keys, st.just(0), metadata))),
+        st.tuples(
+            st.just("register_many"),
+            st.lists(st.tuples(keys, st.just(0), metadata)),
+            st.one_of(st.booleans(), anything),
+        ),
     )
 
     def call(op: tuple[Any, ...]) -> Callable[[], object]:
         name, *args = op
         if name == "register":
             key, agent, md, replace = args
-            return lambda: registry.register(key, agents[agent], md, replace=replace)
+            return _bool_option(
+                replace, lambda: registry.register(key, agents[agent], md, replace=replace)
+            )
         if name == "register_many":
             items = [(k, agents[a], md) for k, a, md in args[0]]
-            return lambda: registry.register_many(items)
+            return _bool_option(args[1], lambda: registry.register_many(items, replace=args[1]))
         if name == "contains":
             return lambda: args[0] in registry
         if name == "count":

@@ -624,7 +624,7 @@ def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationEr
             f"sentinel_password): {detail}"
         )
     elif kind == "auth":
-        why = f"the server refused the credentials (check the URL's user and password): {detail}"
+        why = _auth_why(url, detail)
     elif (tls := _tls_why(exc, url, doing)) is not None:
         why = f"{tls}: {detail}"
     elif kind == "timeout":
@@ -789,6 +789,25 @@ def _handshake_failed(exc: Any) -> str:
             "ssl_keyfile and ssl_password"
         )
     return f"TLS handshake failed ({reason})"
+
+
+def _auth_why(url: str, detail: str) -> str:
+    """What a refused login means. ``url`` is redacted: a password shows as ``***``.
+
+    A URL without a password on a server that now requires one (``requirepass``
+    or an ACL set while the clients ran) said "refused the credentials (check
+    the URL's user and password)", of credentials the URL never gave.
+
+    >>> _auth_why("redis://h:1/0", "Authentication required.")
+    ... # doctest: +ELLIPSIS
+    'the server requires a password and the URL gives none (...): Authentication required.'
+    """
+    if any(mark in url for mark in (":***@", "?password=***", "&password=***")):
+        return f"the server refused the credentials (check the URL's user and password): {detail}"
+    return (
+        "the server requires a password and the URL gives none (requirepass or an ACL "
+        f"set on the server? give it as redis://[user]:password@host): {detail}"
+    )
 
 
 def _plain_to_tls(url: str, detail: str) -> bool:

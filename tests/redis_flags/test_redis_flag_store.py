@@ -388,7 +388,7 @@ def test_a_wrong_password_is_a_clear_error_that_hides_the_password(
             open_store(wrong)
         assert "guessed-pass" not in str(caught.value)
         missing = server.url.replace(":s3cret-pass@", "")
-        with pytest.raises(errors.BackendUnavailable, match="credentials"):
+        with pytest.raises(errors.BackendUnavailable, match="requires a password and the URL"):
             open_store(missing)
         # The right one works, through AUTH in the URL.
         store = open_store(server.url)

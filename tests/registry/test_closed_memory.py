@@ -74,8 +74,9 @@ def test_close_is_idempotent_and_repr_still_works(stop: threading.Event) -> None
     registry.close()
     registry.close()
     assert "closed" in repr(registry)
-    with registry:  # __exit__ closes again: still quiet
-        pass
+    with pytest.raises(Closed), registry:  # entering a closed registry is a call: Closed
+        pytest.fail("the with block ran on a closed registry")
+    registry.__exit__(None, None, None)  # an exit closes again: still quiet
 
 
 def test_close_releases_every_monitor_of_a_shared_manager(stop: threading.Event) -> None:

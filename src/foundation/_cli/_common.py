@@ -16,6 +16,7 @@ import getpass
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -304,21 +305,43 @@ class Output:
 
 
 def visible(text: str) -> str:
-    """``text`` with its control characters written as escapes (``\\n``, ``\\x1b``).
+    """``text`` with its control and invisible characters written as escapes.
 
-    Reasons, actors, names and descriptions come from whoever wrote them: a
-    newline would forge a line of ``flags history``, an escape sequence would
-    drive the operator's terminal. JSON output escapes them already.
+    Reasons, actors, names, descriptions and keys come from whoever wrote
+    them: a newline would forge a line of ``flags history``, an escape sequence
+    would drive the operator's terminal, and an invisible character would
+    mislead the operator reading it (U+202E shows ``ana\\u202egnp.exe`` as
+    ``anaexe.png``; a zero-width space makes two actors look the same). Escaped
+    as Python writes them (``\\n``, ``\\x1b``, ``\\u202e``): every control, format
+    (bidi overrides and isolates, zero-width characters, tags), surrogate,
+    private-use or unassigned code point, the line and paragraph separators,
+    and the Hangul fillers that show as blanks. JSON output escapes control
+    characters already and keeps the rest as written.
     """
-    if text.isprintable():
-        return text  # the common case: one C-level scan
-    return "".join(repr(ch)[1:-1] if _is_control(ch) else ch for ch in text)
+    if text.isascii() and text.isprintable():
+        return text  # the common case: two C-level scans
+    return "".join(_escape(ch) if _is_hidden(ch) else ch for ch in text)
 
 
-def _is_control(ch: str) -> bool:
-    """A C0 or C1 control character, or DEL."""
-    code = ord(ch)
-    return code < 0x20 or 0x7F <= code <= 0x9F
+# Letters (category Lo) with no glyph: a name made of them looks blank.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def _is_hidden(ch: str) -> bool:
+    """A character an operator cannot see as itself: categories C* (controls,
+    format characters such as U+202E, surrogates, private use, unassigned),
+    Zl and Zp (which break the line), and the blank letters above."""
+    category = unicodedata.category(ch)
+    return category[0] == "C" or category in ("Zl", "Zp") or ch in _BLANK_LETTERS
+
+
+def _escape(ch: str) -> str:
+    """``ch`` as an escape: Python's (``\\n``, ``\\x1b``), else ``\\uXXXX``/``\\UXXXXXXXX``."""
+    escaped = repr(ch)[1:-1]
+    if escaped != ch:
+        return escaped
+    code = ord(ch)  # a character repr keeps as it is (a blank letter)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _cell(value: Any) -> str:

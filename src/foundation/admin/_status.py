@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from foundation._flap import cause_of
 from foundation._redis_conn import tls_failure
 from foundation.errors import Closed, FoundationError
 from foundation.metrics import connection_state
@@ -110,9 +111,7 @@ def error_cause(error: object) -> str | None:
     """
     if not isinstance(error, str):
         return None
-    _, sep, rest = error.partition(" failed while ")
-    detail = rest.partition(": ")[2] if sep else error
-    return detail.partition(": ")[0][:ERROR_LIMIT]
+    return cause_of(error)[:ERROR_LIMIT]  # the one reading of a cause (flap damping's too)
 
 
 # ------------------------------------------------------------------ components

@@ -13,10 +13,16 @@ Concurrency contract of ``FeatureFlags``:
   needs it to apply another process's change (a kill switch).
   A write reads the flag's current state inside the store transaction, so two
   writers never lose each other's update.
-- Listeners run synchronously in the writing thread (or the store's
-  notification thread for changes made elsewhere), in commit order, with the
-  write lock held: a listener may read flags, but must not wait for another
-  thread that writes flags.
+- Listeners never run under the lock, nor on the store's thread. A change is
+  queued under the lock (so in commit order) and delivered once it is released
+  (``foundation._listeners.DeliveryQueue``): by the writing thread before its
+  write returns, unless another thread is delivering at that moment, which then
+  delivers it too; a change made elsewhere (the store's notification thread)
+  is applied under the lock and delivered by a short-lived courier thread
+  (``foundation-flags-events``). One thread delivers at a time, one change
+  after another, so a slow listener delays only the listeners of later
+  changes: never a write, nor the reload of another process' change (a kill
+  switch). A listener may read and write flags, and wait for other threads.
 - After ``close()`` every public call (reads included) raises
   ``errors.Closed``. Readers need no check for it: ``close()`` swaps the
   answer tables for ones that raise ``Closed`` on any lookup, so the hot path
@@ -28,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
@@ -36,7 +43,7 @@ from dataclasses import replace as _replace
 from typing import Any, Final, NoReturn, TypeVar
 
 from foundation import telemetry
-from foundation._listeners import Listeners
+from foundation._listeners import DeliveryQueue, Listeners
 from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidFlagValue, UnknownFlag
 from foundation.flags._config import (
     Source,
@@ -536,6 +543,7 @@ class FeatureFlags:
         "_config",
         "_declared",
         "_defaults",
+        "_delivery",
         "_effective",
         "_evals",
         "_hash_cache",
@@ -565,6 +573,14 @@ class FeatureFlags:
         self._store: FlagStore = MemoryFlagStore() if store is None else store
         self._lock = FairRLock()
         self._listeners: Listeners[FlagChange] = Listeners("flag change listener", area="flags")
+        # Changes queued under the lock, delivered after it (see the module docs).
+        self._delivery: DeliveryQueue[FlagChange] = DeliveryQueue(
+            self,
+            "_delivered_to",
+            "flag change listener",
+            area="flags",
+            courier_name="foundation-flags-events",
+        )
         self._closed = False
         self._config: dict[str, FlagState] = {}
         self._runtime: dict[str, FlagState] = {}
@@ -959,16 +975,25 @@ class FeatureFlags:
                         name, before[name], self._effective[name], "config", label, time.time()
                     )
                     self._notify(change)
+        self._deliver()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(change)`` after every change; returns an unsubscribe callable.
 
         Listeners hear changes made here, changes committed by other processes
         sharing the store (when the store reports them), and effective changes
-        caused by a config load (``by="config"``, not in ``history()``). A
-        listener that raises is ignored: logged under ``foundation.flags`` and
-        passed to ``sys.unraisablehook`` if one is installed. The unsubscribe
-        callable is idempotent and removes this one subscription.
+        caused by a config load (``by="config"``, not in ``history()``), one
+        change at a time, in commit order. They run once the change is applied
+        and no lock is held: in the writing thread before its write returns
+        (unless another thread is delivering then: it delivers this change
+        too), and for another process' change in a short-lived courier thread
+        (``foundation-flags-events``), never on the store's thread. So a slow
+        listener delays only the listeners of later changes, never a write nor
+        applying a remote change (``enabled()`` answers the new state at once).
+        A listener that raises is ignored: logged under ``foundation.flags``
+        and passed to ``sys.unraisablehook`` if one is installed. The
+        unsubscribe callable is idempotent and removes this one subscription;
+        after ``close()`` no listener is called.
 
         Raises:
             TypeError: ``listener`` is not callable.
@@ -998,6 +1023,8 @@ class FeatureFlags:
             self._store.close()
 
     def __enter__(self) -> FeatureFlags:
+        """``self``; ``Closed`` if closed (a closed service is not reused)."""
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1042,7 +1069,8 @@ class FeatureFlags:
                 for _, change in writes.values():
                     _log_change(change)
                     self._notify(change)
-            return result
+        self._deliver()  # after the lock: a listener never stalls another writer
+        return result
 
     def _committed_writes(
         self, attempts: list[dict[str, tuple[FlagState | None, FlagChange]]]
@@ -1148,11 +1176,38 @@ class FeatureFlags:
             for change in changes:
                 if change.flag in self._declared:
                     self._notify(change)
+        if self._delivery.pending:
+            # Never here: the store's thread applies the next remote change
+            # (a kill switch) and replays pending kill switches; a listener
+            # run on it, slow or waiting for a writer, would hold all of that.
+            self._delivery.hand_off()
 
     def _notify(self, change: FlagChange) -> None:
-        self._listeners.dispatch(change)  # a broken listener is reported, never raised
+        """Queue ``change`` for the listeners and ``flag.changed`` (lock held:
+        commit order); ``_deliver`` or ``hand_off`` delivers it once released.
+
+        Race: a listener subscribed between this and the delivery may miss
+        ``change`` (it reads the state anyway); one unsubscribed meanwhile
+        does not get it (the listeners are read at delivery).
+        """
+        if self._listeners.current or telemetry.has_listeners("flag.changed"):
+            self._delivery.pending.append((change, None))
+
+    def _deliver(self) -> None:
+        """Deliver the queued changes in this thread, unless it still holds the
+        lock (a write nested in one of this thread: the outer one delivers once
+        it releases it) or another thread is delivering (it delivers them)."""
+        if self._delivery.pending and self._lock._owner != threading.get_ident():
+            self._delivery.deliver()
+
+    @property
+    def _delivered_to(self) -> tuple[Callable[[FlagChange], object], ...]:
+        """Who hears a change, in this order (read for each change delivered):
+        the subscribed listeners, then telemetry's ``flag.changed``."""
+        listeners = self._listeners.current
         if telemetry.has_listeners("flag.changed"):
-            telemetry.emit("flag.changed", {"flag": change.flag, "change": change})
+            return (*listeners, _emit_changed)
+        return listeners
 
     def _typed_flag(self, name: str, what: str, instead: str) -> Flag:
         name = self._check_name(name)
@@ -1222,6 +1277,12 @@ def _record_catalogue(store: FlagStore, declared: Iterable[Flag]) -> None:
         _log.warning("flag catalogue not recorded in %r: %s", store, exc)
     except BackendUnavailable as exc:
         _log.warning("flag catalogue not recorded in %r: %s", store, exc)
+
+
+def _emit_changed(change: FlagChange) -> None:
+    """Telemetry's ``flag.changed`` for ``change``, delivered as a listener
+    (same thread and order; ``telemetry.emit`` reports its own errors)."""
+    telemetry.emit("flag.changed", {"flag": change.flag, "change": change})
 
 
 def _log_change(change: FlagChange) -> None:

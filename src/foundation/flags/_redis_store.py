@@ -196,7 +196,7 @@ from dataclasses import dataclass
 from dataclasses import replace as _replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from foundation import telemetry
+from foundation import _flap, telemetry
 from foundation._listeners import check_listener
 from foundation._redis_conn import (
     NoAnswerWindow,
@@ -914,6 +914,10 @@ class RedisFlagStore(FlagStore):
         # per transition, whichever step of a resync failed (not _synced, which a
         # resync clears before it catches up).
         self._stale_since: float | None = None
+        # The same fault right after each resync (CLIENT KILL in a loop, client
+        # eviction): one WARNING, then its stale / in-sync lines at DEBUG. Called
+        # under _lock only: up is in sync, down is stale (see _flap).
+        self._damper = _flap.FlapDamper()
         self._read_only = False  # Redis is a read-only replica (see _note_read_only)
         # When writes fail at once: a write timed out moments ago (see _fail_fast).
         self._no_answer = NoAnswerWindow()
@@ -2571,6 +2575,7 @@ class RedisFlagStore(FlagStore):
                     # a write timed out counts (a reply read just before Redis
                     # froze again only lets one more write wait its own timeout).
                     self._redis_answered()
+                    self._flap_over()
                 except Exception as exc:  # the listener survives anything; see _fault
                     if self._stop.is_set():
                         break
@@ -2672,11 +2677,63 @@ class RedisFlagStore(FlagStore):
             self._report_stale(exc, what)
 
     def _report_stale(self, exc: Exception, what: str) -> None:
-        log.warning(
+        """The stale transition: a WARNING (DEBUG within a flap) and an event.
+
+        Race: a resync may complete between ``_mark_stale`` and the drop below
+        (a writer's refused kill switch): the damper then sees the drop after
+        that return, and up again at the resync the writer asked for.
+        """
+        with self._lock:
+            flap = self._damper.drop(str(exc))
+        if flap == "first":
+            log.warning(
+                "flag store %r: Redis at %s failed again, with the same error, right after "
+                "the store came back in sync (%s): a fault that cuts some of its connections "
+                "only (CLIENT KILL, client eviction: maxmemory-clients); the store goes on "
+                "resyncing by itself; its stale and in-sync lines are logged at DEBUG until "
+                "it stays in sync %.0f s",
+                self.namespace, self._url, exc, _flap.FLAP_WINDOW,
+            )  # fmt: skip
+        log.log(
+            logging.WARNING if flap == "usual" else logging.DEBUG,
             "flag store %r %s Redis at %s (%s); serving the node copy (stale)",
             self.namespace, what, self._url, exc,
         )  # fmt: skip
         self._event("stale", error=str(exc))
+
+    def _flap_again(self, exc: Exception, what: str) -> None:
+        """A listener fault while stale in a flap: another cause ends the flap and is
+        said as a new outage (the flap's drop was at DEBUG); the same one, once the
+        flap window has passed with no return to sync, ends it at WARNING."""
+        with self._lock:
+            same = self._damper.again(str(exc))
+            lingers = self._damper.lingers() if same else None
+        if not same:
+            log.warning(
+                "flag store %r %s Redis at %s (%s); serving the node copy (stale)",
+                self.namespace, what, self._url, exc,
+            )  # fmt: skip
+        elif lingers is not None:
+            log.warning(
+                "flag store %r: still not in sync with Redis at %s %.0f s after the last of "
+                "%d repeated failure(s) (%s); serving the node copy (stale); retrying with "
+                "backoff",
+                self.namespace, self._url, lingers.seconds, lingers.drops, exc,
+            )  # fmt: skip
+
+    def _flap_over(self) -> None:
+        """Say that a flap ended (in sync ``FLAP_WINDOW`` s): its resyncs were logged
+        at DEBUG, so without this line the log would end at the flap's WARNING."""
+        if not self._damper.flapping or not self._synced.is_set():
+            return  # (the listener's hot path: cheap checks without the lock)
+        with self._lock:
+            over = self._damper.over()
+        if over is not None:
+            log.info(
+                "flag store %r: in sync with Redis at %s for %.0f s since the last of %d "
+                "repeated failure(s) (%s): the flap is over",
+                self.namespace, self._url, over.seconds, over.drops, over.cause,
+            )  # fmt: skip
 
     def _fault(self, exc: Exception) -> None:
         """Log a listener fault, mark the store stale (one event per transition)."""
@@ -2695,11 +2752,13 @@ class RedisFlagStore(FlagStore):
             listener_log.error(
                 "flag listener %r failed; retrying with backoff", self.namespace, exc_info=exc
             )
+        # An outage, or anything else that stops the listener (corrupt data,
+        # a bug): either way answers come from the copy, but say which.
+        lost = "lost" if isinstance(exc, BackendUnavailable) else "cannot follow"
         if first:
-            # An outage, or anything else that stops the listener (corrupt data,
-            # a bug): either way answers come from the copy, but say which.
-            lost = "lost" if isinstance(exc, BackendUnavailable) else "cannot follow"
             self._report_stale(exc, lost)
+        elif self._damper.flapping:
+            self._flap_again(exc, lost)
         # Drop sockets that may be dead: the next attempt starts on fresh ones.
         # Race: a writer may be mid-call on a socket of _client's pool (e.g. in
         # its own timeout against a frozen Redis): closing it under the writer
@@ -2798,7 +2857,9 @@ class RedisFlagStore(FlagStore):
             # after, stale; never stale with no stale_since or the reverse.
             self._stale_since = None
             self._synced.set()
-        log.info(
+            flapping = self._damper.up()
+        log.log(
+            logging.DEBUG if flapping else logging.INFO,
             "flag store %r in sync with Redis at %s (version %d%s)",
             self.namespace, self._url, self._cache.version,
             "; a read-only replica: writes fail" if self._read_only else "",

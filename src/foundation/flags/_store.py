@@ -715,6 +715,9 @@ class FlagStore(ABC):
         return {}
 
     def __enter__(self) -> FlagStore:
+        """``self``; ``Closed`` if closed (a closed store is not reused)."""
+        if getattr(self, "_closed", False):  # each store's flag, set by its close()
+            raise Closed(f"this {type(self).__name__} is closed")
         return self
 
     def __exit__(self, *exc: object) -> None:

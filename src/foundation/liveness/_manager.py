@@ -723,7 +723,9 @@ class MonitorManager:
         ``foundation.liveness`` and every other step still runs, so whatever
         can be released is. Closing the epoll drops its registrations at
         once: no pidfd is unregistered one by one (an ``epoll_ctl`` that could
-        fail with ENOMEM or EBADF).
+        fail with ENOMEM or EBADF). A signal's exception (``KeyboardInterrupt``)
+        raised while it waits for its threads stops the wait: it is raised
+        once everything is released.
         """
         with self._lock:
             if self._closed:
@@ -740,6 +742,16 @@ class MonitorManager:
             self._step(self._procs_cond.notify_all, "waking its process poller")
         self._step(self._drop_monitors, "releasing its monitors")
         woken = wake_w < 0 or self._step(os.write, "waking its pidfd selector", wake_w, _WAKE)
+        interrupted = self._join_watchers(threads, woken=woken)
+        self._release_resources()
+        if interrupted is not None:
+            raise interrupted
+
+    def _join_watchers(
+        self, threads: list[threading.Thread], *, woken: bool
+    ) -> BaseException | None:
+        """close(): wait for the watcher threads (told to stop) to end; the
+        exception that cut the wait short (a Ctrl-C), to raise once released."""
         current = threading.current_thread()
         for t in threads:
             if t is current:  # close() from an on_down on a watcher thread
@@ -748,8 +760,19 @@ class MonitorManager:
                 # It cannot be woken: it ends at its next event (it sees _closed
                 # first, or its epoll closed below), a daemon meanwhile.
                 continue
-            t.join()
-        self._release_resources()
+            try:
+                t.join()
+            except BaseException as exc:  # a signal's: KeyboardInterrupt, SIGTERM's
+                # Race: a Ctrl-C landing in this join (a second one, as a `with`
+                # block's exit unwinds the first) escaped close() before the
+                # release: _closed was set, so no later close() released the
+                # epoll, the pidfds and the excepthook, for good. The wait stops
+                # there (the operator asked to stop); what the threads still do
+                # finds _closed and the tables cleared, as for a selector that
+                # could not be woken. (CPython 3.11's join, interrupted, may mark
+                # a thread still running as stopped: is_alive() is not relied on.)
+                return exc
+        return None
 
     def _step(self, action: Callable[..., object], what: str, *args: Any) -> bool:
         """Run ``action(*args)``, one step of ``close()``; False (logged as a
@@ -825,6 +848,9 @@ class MonitorManager:
         return self._closed
 
     def __enter__(self) -> MonitorManager:
+        """The manager itself; ``Closed`` once closed (a block never runs on it)."""
+        if self._closed:
+            raise self._closed_error()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

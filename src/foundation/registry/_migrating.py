@@ -264,7 +264,12 @@ from foundation.registry._types import (
     MetadataFilter,
     Registry,
 )
-from foundation.registry._validation import freeze_metadata, short_repr, validate_key
+from foundation.registry._validation import (
+    check_bool,
+    freeze_metadata,
+    short_repr,
+    validate_key,
+)
 
 if TYPE_CHECKING:
     from foundation.flags import FeatureFlags, FlagChange
@@ -474,8 +479,10 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         """Register on the authoritative backend, then mirror (see the module docs).
 
         Raises what the authoritative backend raises; nothing is stored then.
+        ``TypeError`` if ``replace`` is not ``True`` or ``False``.
         """
         self._check_open()  # first, as every call: Closed, whatever the arguments
+        check_bool(replace, "replace")  # both sides would refuse it: refused once, here
         key = validate_key(key)  # the one key rule (InvalidKey): both sides see one key
         metadata = freeze_metadata(metadata)  # and one frozen copy (InvalidMetadata)
         with _Call(self):  # events are delivered at exit, after the lock is released
@@ -963,18 +970,38 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
 
         Every later call raises ``errors.Closed`` (reads included).
         """
+        # Race: a Ctrl-C is raised at any call in here (an unsubscribe, the
+        # lock's exit, the backends' close()). Once _closed was set, a later
+        # close() returned at once: both backends (a RedisRegistry's lease
+        # thread and connections, a MemoryRegistry's monitors) and the
+        # subscriptions stayed open for good. So the backends are closed in
+        # `finally:` blocks, and every close() does what is left (each step is
+        # idempotent).
+        try:
+            self._close_facade()
+        finally:
+            try:
+                try:
+                    self._close_async()
+                finally:
+                    if not self._finished:
+                        self._legacy.close()
+            finally:
+                self._target.close()
+
+    def _close_facade(self) -> None:
+        """close(): mark it closed, drop subscriptions and state (idempotent)."""
         with self._lock:
-            if self._closed:
-                return
-            # Race: a flag listener may be refreshing the cached reader right
-            # now; under the flag lock, _closed and the closed reader are set
-            # together and _refresh_flag re-checks _closed, so it cannot put a
-            # live reader back.
-            with self._flag_lock:
-                self._closed = True
-                self._reader = _CLOSED_READER
+            if not self._closed:
+                # Race: a flag listener may be refreshing the cached reader right
+                # now; under the flag lock, _closed and the closed reader are set
+                # together and _refresh_flag re-checks _closed, so it cannot put
+                # a live reader back.
+                with self._flag_lock:
+                    self._closed = True
+                    self._reader = _CLOSED_READER
             for unsub in self._unsubscribers:
-                unsub()
+                unsub()  # (idempotent: a cut loop is run again whole)
             self._unsubscribers.clear()
             if self._legacy_unsubscribe is not None:
                 self._legacy_unsubscribe()
@@ -986,10 +1013,6 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             # Queued mirrors are dropped: both sides close now. A mirror in
             # flight books nothing once it sees _closed (_apply_next).
             self._pending.clear()
-        self._close_async()
-        if not self._finished:
-            self._legacy.close()
-        self._target.close()
 
     def __repr__(self) -> str:
         mode = "finished" if self._finished else ("target" if self._on else "legacy")

@@ -54,6 +54,7 @@ from foundation.registry._types import (
 )
 from foundation.registry._validation import (
     EMPTY_METADATA,
+    check_bool,
     freeze_metadata,
     indexed_names,
     validate_key,
@@ -290,8 +291,10 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         Raises:
             InvalidKey, InvalidMetadata, UnsupportedAgent, NotAlive,
             AlreadyRegistered: as every backend; nothing is stored on error.
+            TypeError: ``replace`` is not ``True`` or ``False``.
         """
         self._check_open()
+        check_bool(replace, "replace")
         key = validate_key(key)  # the one key rule (InvalidKey), normal form
         frozen = EMPTY_METADATA if metadata is None else freeze_metadata(metadata)
         if not is_alive(agent):  # raises UnsupportedAgent for unknown kinds
@@ -385,8 +388,12 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
 
         Dead, lingering entries are left out unless ``include_dead``. A
         snapshot: each thread keeps writing its own store meanwhile.
+
+        Raises:
+            TypeError: ``include_dead`` is not ``True`` or ``False``.
         """
         self._check_open()
+        check_bool(include_dead, "include_dead")
         out: dict[int, list[Entry]] = {}
         for store in self._live_stores():
             entries = list(store.entries.values())  # one-call snapshot of another thread's dict

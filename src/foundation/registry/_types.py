@@ -18,6 +18,7 @@ from foundation.errors import (
     UnsupportedAgent,
 )
 from foundation.registry._async import AsyncWrites
+from foundation.registry._validation import check_bool
 
 if TYPE_CHECKING:
     from foundation.liveness import Down
@@ -261,8 +262,8 @@ class Registry(AsyncWrites, abc.ABC):
         would). Backends that talk to a server send the batch in one round trip.
 
         Raises:
-            TypeError: an item is not a 2- or 3-tuple (checked before anything
-                is registered).
+            TypeError: an item is not a 2- or 3-tuple, or ``replace`` is not
+                ``True`` or ``False`` (checked before anything is registered).
             BackendUnavailable, Closed: for the whole call; items whose
                 registration the backend did not confirm are not registered
                 here (those it confirmed stay: ``lookup`` tells).
@@ -282,6 +283,7 @@ class Registry(AsyncWrites, abc.ABC):
         """
         if getattr(self, "_closed", False):  # first: even an empty or invalid batch is refused
             raise Closed(f"this {type(self).__name__} is closed")
+        check_bool(replace, "replace")  # even for an empty batch
         batch = batch_items(items)
         outcomes: list[RegistryError | None] = []
         for key, agent, metadata in batch:
@@ -319,6 +321,9 @@ class Registry(AsyncWrites, abc.ABC):
         return self.count()
 
     def __enter__(self) -> Self:
+        """``self``; ``Closed`` if closed: a closed registry is not reused (as httpx's
+        closed client), and ``with`` says so at once rather than at the first call."""
+        self.protocol_version()  # every backend's refuses after close(), before any work
         return self
 
     def __exit__(

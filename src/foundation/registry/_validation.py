@@ -41,7 +41,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, NoReturn
 
 from foundation._read_only import ReadOnlyDict
-from foundation.errors import InvalidKey, InvalidMetadata, bounded_repr
+from foundation.errors import InvalidConfig, InvalidKey, InvalidMetadata, bounded_repr
 from foundation.registry._plain import cached_converter, plain_converter
 
 __all__ = [
@@ -52,10 +52,13 @@ __all__ = [
     "MAX_KEY_DEPTH",
     "MAX_METADATA_BYTES",
     "FrozenMetadata",
+    "check_bool",
     "check_metadata_size",
+    "check_unicode",
     "freeze_metadata",
     "metadata_from_json",
     "metadata_to_json",
+    "not_a_bool",
     "short_repr",
     "validate_key",
 ]
@@ -253,6 +256,42 @@ def _plain_base(value: object) -> object:
     return None if to_plain is None else to_plain(value)
 
 
+def check_unicode(name: str, text: str) -> None:
+    """``InvalidConfig`` if ``text`` is not valid Unicode (a lone surrogate, which
+    neither UTF-8 nor JSON can carry): one rule for every backend's names.
+
+    >>> check_unicode("node", "\\ud800")
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidConfig: node must be valid Unicode (no lone surrogates), got '\\ud800'
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidConfig(
+            f"{name} must be valid Unicode (no lone surrogates), got {short_repr(text)}"
+        ) from None
+
+
+def not_a_bool(value: object, name: str) -> TypeError:
+    """The error of a yes/no option given anything but ``True`` or ``False``.
+
+    ``replace=1`` or ``replace="no"`` is refused, not read by its truth: a
+    registry never guesses what a non-bool flag meant. Callers test
+    ``value is not False and value is not True`` first (free on the hot path).
+
+    >>> not_a_bool(1, "replace")
+    TypeError('replace must be True or False, not 1')
+    """
+    return TypeError(f"{name} must be True or False, not {short_repr(value)}")
+
+
+def check_bool(value: object, name: str) -> None:
+    """``TypeError`` (``not_a_bool``) unless ``value`` is ``True`` or ``False``."""
+    if value is not False and value is not True:
+        raise not_a_bool(value, name)
+
+
 def indexed_names(indexed: object) -> tuple[str, ...]:
     """``indexed=`` of every registry as a tuple of attribute names, or ``TypeError``.
 
@@ -277,6 +316,7 @@ def indexed_names(indexed: object) -> tuple[str, ...]:
             raise TypeError(
                 f"indexed attribute names must be non-empty str, got {short_repr(attr)}"
             )
+        check_unicode("an indexed attribute name", attr)  # no metadata key could match it
         checked.append(attr)
     return tuple(checked)
 

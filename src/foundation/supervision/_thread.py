@@ -365,6 +365,9 @@ class SupervisorThread:
         self._call(lambda: self.supervisor.delete_child(id))
 
     def __enter__(self) -> Self:
+        """``self``; ``Closed`` once stopped (a stopped handle is not reused)."""
+        if self._closed:
+            raise self._closed_error()
         return self
 
     def __exit__(

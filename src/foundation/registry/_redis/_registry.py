@@ -79,6 +79,7 @@ from foundation.registry._types import (
 )
 from foundation.registry._validation import (
     MAX_METADATA_BYTES,
+    check_bool,
     check_metadata_size,
     freeze_metadata,
     indexed_names,
@@ -483,10 +484,12 @@ class RedisRegistry(Registry):
             BackendUnavailable: Redis unreachable or unhealthy (the outcome is
                 unknown; a write that did land is cleaned up at the next resync).
             Closed: the registry was closed.
+            TypeError: ``replace`` is not ``True`` or ``False``.
         """
         sh = self._sh
         if sh.closed:
             raise Closed("this RedisRegistry is closed")
+        check_bool(replace, "replace")
         p = self._prepare(key, agent, metadata)
         events: list[RegistryEvent] = []
         with sh.writing():
@@ -539,7 +542,8 @@ class RedisRegistry(Registry):
         ``register`` calls would).
 
         Raises:
-            TypeError: a malformed item (before anything is registered).
+            TypeError: a malformed item, or ``replace`` not ``True`` or ``False``
+                (before anything is registered).
             BackendUnavailable: Redis unreachable or unhealthy: items Redis did
                 not confirm are not in the mirror and their monitors are
                 released (confirmed ones stay; a write that landed unconfirmed
@@ -551,6 +555,7 @@ class RedisRegistry(Registry):
         sh = self._sh
         if sh.closed:
             raise Closed("this RedisRegistry is closed")
+        check_bool(replace, "replace")
         batch = batch_items(items)
         outcomes: list[RegistryError | None] = [None] * len(batch)
         for items_ in self._prepare_batch(batch, outcomes):

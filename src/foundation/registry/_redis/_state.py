@@ -4,8 +4,9 @@ Every thread (API callers, the lease thread, the tail thread) reports what it
 saw to :class:`Link`; only :meth:`Link._to` changes the state, under one lock,
 and every change is logged under ``foundation.registry.redis`` (a flap, the
 same failure right after each recovery, is said once at WARNING, its repeats
-at DEBUG, its end at INFO once the node stays connected; a failure with another
-cause is never damped).
+at DEBUG, its end at INFO once the node stays connected, or at WARNING if it
+ends in an outage; a failure with another cause is never damped:
+``foundation._flap``).
 
 ==============  ==============================================================
 state           meaning (and who leaves it)
@@ -37,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from foundation import _redis_conn
+from foundation import _flap, _redis_conn
 
 __all__ = ["Link", "LinkState", "log"]
 
@@ -60,9 +61,6 @@ _NEEDS_RECOVERY = frozenset(
 )
 _UNREACHABLE_KINDS = frozenset({"connection", "timeout", "protocol", "other"})
 _DROPS = frozenset({LinkState.DEGRADED, LinkState.DISCONNECTED})
-_FLAP_WINDOW = 10.0
-"""Seconds: a drop from CONNECTED this soon after the recovery that followed the last
-one, with the same cause, is a flap (see ``Link._flap``)."""
 
 
 class Link:
@@ -87,11 +85,14 @@ class Link:
         # Flaps: a fault that hits some of the node's connections only (maxclients
         # reached, client eviction) fails its tail again right after each recovery
         # the lease thread makes on its own connection. One WARNING says so; the
-        # changes of state that repeat it are logged at DEBUG (see _flap).
-        self._connected_at = 0.0  # monotonic: the last change to CONNECTED
-        self._drop_cause: str | None = None  # the cause of the last drop from CONNECTED
+        # changes of state that repeat it are logged at DEBUG (see _flap). The
+        # damper is called under _cond only: up is CONNECTED, down all else.
+        self._damper = _flap.FlapDamper()
+        # A copy of _damper.flapping for ok()'s hot path (one attribute load), set
+        # under _cond after each call that may change it. Race: ok() reading it as
+        # it changes at worst takes the lock for nothing, or sees the end of the
+        # flap at its next call (a heartbeat later).
         self._flapping = False
-        self._flaps = 0  # drops damped since the flap began (said when it ends)
 
     @property
     def state(self) -> LinkState:
@@ -119,29 +120,24 @@ class Link:
             self._flap_over()
 
     def _flap_over(self) -> None:
-        """End a flap once the node has stayed CONNECTED ``_FLAP_WINDOW`` s, with an
+        """End a flap once the node has stayed CONNECTED ``FLAP_WINDOW`` s, with an
         INFO line: its recoveries were logged at DEBUG, so without this line the
         operator's log would end at the flap's WARNING. Called by ``ok()``: the
         lease thread's heartbeats make one within a heartbeat of the window."""
         with self._cond:
-            if (
-                not self._flapping
-                or self._state is not LinkState.CONNECTED
-                or time.monotonic() - self._connected_at < _FLAP_WINDOW
-            ):
-                return
-            self._flapping = False
-            flaps, cause = self._flaps, self._drop_cause
-            since = time.monotonic() - self._connected_at
+            over = self._damper.over()
+            self._flapping = self._damper.flapping
+        if over is None:
+            return
         log.info(
             "node %s (namespace %r): connected for %.0f s since the last of %d repeated "
             "failure(s) (%s): the flap is over; the mirror is current; reads and writes "
             "are normal",
             self._node,
             self._namespace,
-            since,
-            flaps,
-            cause,
+            over.seconds,
+            over.drops,
+            over.cause,
             extra={"node": self._node, "namespace": self._namespace, "state": "connected"},
         )
 
@@ -244,13 +240,15 @@ class Link:
             self._cond.notify_all()
         if flap == "first":
             self._log_flap(new, why)
-        self._log_change(old, new, why, outage, quiet=flap is not None)
+        self._log_change(old, new, why, outage, quiet=flap != "usual")
         if new in _NEEDS_RECOVERY and self._wake is not None:
             self._wake()
         return True
 
     def _stay(self, old: LinkState, why: str, tls: str | None) -> None:
         """Log a report that changes nothing (lock held)."""
+        if self._flapping:
+            self._flap_lingers(old, why)
         if tls is not None and tls != self._tls_warned:
             # An outage that turns into a TLS failure (a certificate the
             # clients do not trust) needs an operator: once at WARNING.
@@ -270,43 +268,53 @@ class Link:
             self._node,
             self._namespace,
             why,
-            _FLAP_WINDOW,
+            _flap.FLAP_WINDOW,
             extra={"node": self._node, "namespace": self._namespace, "state": new.value},
         )
 
-    def _flap(self, old: LinkState, new: LinkState, why: str) -> str | None:
-        """``"first"`` for a drop from CONNECTED (to DEGRADED or DISCONNECTED) with the
-        cause of the drop before it, less than ``_FLAP_WINDOW`` s after the recovery in
-        between; ``"quiet"`` for such a drop while already flapping, and for every
-        change but CLOSED that follows one; None otherwise (lock held).
+    def _flap_lingers(self, state: LinkState, why: str) -> None:
+        """Say at WARNING that a flap ended in an outage (lock held): its last drop
+        was logged at DEBUG ``FLAP_WINDOW`` s ago and the node never recovered since
+        (the server went away meanwhile, say). Called at each report while down:
+        each failed retry of the lease thread makes one."""
+        gone = self._damper.lingers()
+        self._flapping = self._damper.flapping
+        if gone is None:
+            return
+        log.warning(
+            "node %s (namespace %r): still %s %.0f s after the last of %d repeated "
+            "failure(s) (%s): %s; %s",
+            self._node,
+            self._namespace,
+            state.value,
+            gone.seconds,
+            gone.drops,
+            gone.cause,
+            why,
+            _DOING[state],
+            extra={"node": self._node, "namespace": self._namespace, "state": state.value},
+        )
+
+    def _flap(self, old: LinkState, new: LinkState, why: str) -> _flap.Verdict:
+        """How to log the change ``old -> new`` (lock held): ``_flap.FlapDamper``
+        decides, CONNECTED being up. A drop from CONNECTED (to DEGRADED or
+        DISCONNECTED) with the last drop's cause, right after the recovery in
+        between, is a flap: ``"first"`` (one WARNING), then ``"quiet"`` for its
+        drops and every change but CLOSED that follows them.
 
         A drop with another cause ends the flap wherever it starts from (a
         recovery of the flap failing on a server that has now gone, say): a
         different outage is logged as any other, never at DEBUG."""
-        cause = _cause(why) if new in _DROPS else None
+        error = why if new in _DROPS else None
         if old is LinkState.CONNECTED:
-            return self._flap_on_leaving_connected(cause)
-        if self._flapping and cause is not None and cause != self._drop_cause:
-            self._flapping = False
-            self._drop_cause = cause
-            return None
-        if new is LinkState.CONNECTED:
-            self._connected_at = time.monotonic()
-        return "quiet" if self._flapping and new is not LinkState.CLOSED else None
-
-    def _flap_on_leaving_connected(self, cause: str | None) -> str | None:
-        """``_flap`` for a change from CONNECTED (``cause``: the drop's, None when it
-        is no drop) (lock held)."""
-        repeat = (
-            cause is not None
-            and cause == self._drop_cause
-            and time.monotonic() - self._connected_at < _FLAP_WINDOW
-        )
-        self._drop_cause = cause
-        first, self._flapping = repeat and not self._flapping, repeat
-        if repeat:
-            self._flaps = 1 if first else self._flaps + 1
-        return "first" if first else ("quiet" if repeat else None)
+            verdict = self._damper.drop(error)
+        elif new is LinkState.CONNECTED:
+            verdict = "quiet" if self._damper.up() else "usual"
+        else:
+            quiet = self._damper.again(error) and new is not LinkState.CLOSED
+            verdict = "quiet" if quiet else "usual"
+        self._flapping = self._damper.flapping
+        return verdict
 
     def _outage(self, old: LinkState, new: LinkState) -> float | None:
         """Seconds since CONNECTED was left, when ``new`` ends that (lock held)."""
@@ -363,17 +371,6 @@ _DOING = {
     LinkState.LEASE_LOST: "writing this node's registrations back",
     LinkState.CLOSED: "no more calls",
 }
-
-
-def _cause(why: str) -> str:
-    """The cause in a failure message (what follows ``failed while <doing>: ``), so
-    that two calls failing alike compare equal.
-
-    >>> _cause("Redis at redis://h:1/0 failed while renewing the lease: unreachable: x")
-    'unreachable: x'
-    """
-    _head, sep, rest = why.partition(" failed while ")
-    return rest.partition(": ")[2] if sep else why
 
 
 def _kept_recovery(old: LinkState, new: LinkState) -> LinkState:
