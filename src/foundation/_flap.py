@@ -112,18 +112,17 @@ class FlapDamper:
         repeats, ``"usual"`` otherwise."""
         now = self._clock()
         cause = None if error is None else cause_of(error)
-        repeat = (
-            cause is not None
-            and cause == self._cause
-            and self._up_at is not None
-            and now - self._up_at < FLAP_WINDOW
-        )
+        repeat = cause is not None and cause == self._cause and self._soon_after_up(now)
         self._cause, self._up, self._down_at = cause, False, now
         first = repeat and not self.flapping
         self.flapping = repeat
         if repeat:
             self._drops = 1 if first else self._drops + 1
         return "first" if first else ("quiet" if repeat else "usual")
+
+    def _soon_after_up(self, now: float) -> bool:
+        """Less than ``FLAP_WINDOW`` s since the last return (``up``)."""
+        return self._up_at is not None and now - self._up_at < FLAP_WINDOW
 
     def again(self, error: str | None) -> bool:
         """A report while down (a failure with ``error``, None for a change with no

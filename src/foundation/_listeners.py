@@ -205,8 +205,8 @@ class DeliveryQueue(Generic[E]):
     between events); a listener reads it in the delivering thread.
     """
 
-    __slots__ = ("_area", "_courier_name", "_listeners_of", "_lock", "_source", "_where",
-                 "delivering", "pending")  # fmt: skip
+    __slots__ = ("_area", "_courier_name", "_listeners_of", "_lock", "_owned", "_source",
+                 "_where", "busy", "delivering", "pending")  # fmt: skip
 
     def __init__(
         self,
@@ -220,14 +220,20 @@ class DeliveryQueue(Generic[E]):
         #: (event, its writer's tag), in write order, not yet delivered.
         self.pending: deque[tuple[E, object]] = deque()
         self.delivering: object = None
+        #: True while a thread delivers (between its taking and releasing the
+        #: lock): ``hand_off`` then starts no courier. Read without the lock.
+        self.busy = False
         self._source = source
         self._listeners_of: Callable[[object], tuple[Callable[[E], object], ...]] = attrgetter(attr)
         self._where = where
         self._area = area
         self._courier_name = courier_name
-        # Held by the one thread delivering. Not re-entrant: a listener that
-        # writes, in that thread, finds it taken as any other writer does.
-        self._lock = threading.Lock()
+        # Held by the one thread delivering. Never re-entered: a listener that
+        # writes, in that thread, finds it held (``_is_owned``) and returns, as
+        # any other writer finding it taken does. An RLock for that owner
+        # check, which also tells an interrupted acquire whether it took it.
+        self._lock = threading.RLock()
+        self._owned: Callable[[], bool] = self._lock._is_owned  # type: ignore[attr-defined]
 
     def deliver(self) -> None:
         """Deliver the queued events in this thread, which holds no lock of the
@@ -244,11 +250,7 @@ class DeliveryQueue(Generic[E]):
         pending = self.pending
         lock = self._lock
         while pending:
-            if not lock.acquire(blocking=False):
-                # Another thread delivers: it looks again after releasing. Or
-                # this one, re-entered: a listener wrote (its events are queued
-                # behind the one it is handling), and the loop below, further
-                # up this stack, delivers them once that listener returns.
+            if not self._take_turn():
                 return
             tags = _write_tags
             tag = tags.tag
@@ -269,9 +271,33 @@ class DeliveryQueue(Generic[E]):
                 # (A BaseException from a listener, KeyboardInterrupt say, leaves
                 # the rest queued: the next deliver() delivers them.)
                 self.delivering = None
+                self.busy = False
                 if tag is not None:
                     tags.tag = tag
                 lock.release()
+
+    def _take_turn(self) -> bool:
+        """Take the delivery lock; False when another thread delivers (it looks
+        at the queue again after releasing) or this one does, re-entered: a
+        listener wrote (its events are queued behind the one it is handling),
+        and the loop further up this stack delivers them once it returns."""
+        if self._owned():
+            return False
+        lock = self._lock
+        try:
+            if not lock.acquire(blocking=False):
+                return False
+            self.busy = True
+        except BaseException:
+            # Race: a Ctrl-C is raised at the first check after acquire()
+            # returned, its own end: the lock was taken, and no finally in
+            # deliver() would release it (every later deliver() would return
+            # at once: no listener would hear anything again). (No check point
+            # between this return and deliver()'s try: a Python return.)
+            if self._owned():
+                lock.release()
+            raise
+        return True
 
     def hand_off(self) -> None:
         """Deliver the queued events from a short-lived courier thread (a new
@@ -280,7 +306,7 @@ class DeliveryQueue(Generic[E]):
         the backend that a writer waits for, or has more work to do: a
         listener waiting for that writer would deadlock, a slow one would
         stall every writer, or the backend's thread itself)."""
-        if self._lock.locked():
+        if self.busy:  # (a shortcut: a courier finding the lock taken returns at once)
             # Race: another thread delivers; it looks at the queue again after
             # releasing its lock, later than this event was queued (deliver).
             # Or this one: the event was queued under a listener it runs (a

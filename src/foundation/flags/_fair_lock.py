@@ -5,8 +5,16 @@ once (a writer in a loop) usually wins against a thread that has been waiting,
 because the waiter must first be woken and scheduled. ``FeatureFlags`` holds its
 lock around each store transaction, so a busy writer thread starved the store's
 notification thread, and a kill switch from another process waited seconds to
-be applied. This lock queues waiters and, on release, passes ownership to the
-longest waiting one: a waiter waits for at most the holders ahead of it.
+be applied. This lock queues waiters: only the longest waiting one may take the
+lock, and a thread that finds others queued queues behind them, so a waiter
+waits for at most the holders ahead of it.
+
+The lock held is a ``threading.RLock``; the queue only decides who may wait
+for it. Release is that RLock's own (C) ``release``/``__exit__``: a Ctrl-C is
+raised at the first instruction of a Python function, so a Python release
+(``__exit__``) could be cut before it released anything, and the lock stayed
+held for ever (every ``FeatureFlags`` write, and ``close()``, then waited for
+it). Acquire is Python: whatever raises in it gives back what it took.
 
 Example:
     >>> lock = FairRLock()
@@ -18,69 +26,98 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Any
+
+from foundation._rlock import held_levels
 
 __all__ = ["FairRLock"]
 
-_HANDED_OVER = -1  # owner id while ownership travels to the woken waiter
-
 
 class FairRLock:
-    """A FIFO-fair reentrant lock (``with`` only); see the module docs."""
+    """A FIFO-fair reentrant lock (``with``, ``acquire()``/``release()``); see the module docs."""
 
-    __slots__ = ("_count", "_mutex", "_owner", "_waiters")
+    __slots__ = ("_count", "_held", "_is_owned", "_mutex", "_waiters")
+    _held: threading.RLock
+
+    def __new__(cls) -> FairRLock:
+        # Race (see the module docs): ``with`` looks ``__exit__`` up on the type,
+        # so each lock gets a subclass whose ``__exit__`` and ``release`` are
+        # its RLock's own C methods; nothing of ours runs before the release.
+        held = threading.RLock()
+        mine = type(
+            cls.__name__,
+            (cls,),
+            {"__slots__": (), "__exit__": held.__exit__, "release": held.release},
+        )
+        self: FairRLock = object.__new__(mine)
+        self._held = held
+        return self
 
     def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._owner: int | None = None
-        self._count = 0
+        self._mutex = threading.Lock()  # guards _waiters
+        # Gates of the queued threads; the first one (the head) waits for _held.
         self._waiters: deque[threading.Lock] = deque()
+        self._is_owned: Any = self._held._is_owned  # type: ignore[attr-defined]
+        self._count = held_levels(self._held)  # (older 3.11: owned or not; see _rlock)
+
+    @property
+    def _owner(self) -> int | None:
+        """The owning thread's ident if it is this one, else None (a hint)."""
+        return threading.get_ident() if self._is_owned() else None
 
     def acquire(self) -> None:
-        me = threading.get_ident()
-        with self._mutex:
-            if self._owner == me:
-                self._count += 1
-                return
-            if self._owner is None:  # free, so nobody is queued either
-                self._owner, self._count = me, 1
-                return
-            gate = threading.Lock()
-            gate.acquire()
-            self._waiters.append(gate)
+        """Take the lock (reentrant), after the threads queued before this one."""
+        held = self._held
+        before = self._count()  # this thread's levels (no check point until the try)
+        gate: threading.Lock | None = None
         try:
-            gate.acquire()  # released by the holder that hands us the lock
-        except BaseException:
-            with self._mutex:
-                if gate in self._waiters:  # interrupted before our turn: leave the queue
-                    self._waiters.remove(gate)
-                    raise
-            # Race: our turn came as we were interrupted; take it, then pass it on.
-            self._take(me)
-            self.release()
-            raise
-        self._take(me)
-
-    def _take(self, me: int) -> None:
-        with self._mutex:
-            self._owner, self._count = me, 1
-
-    def release(self) -> None:
-        with self._mutex:
-            if self._owner != threading.get_ident():
-                raise RuntimeError("cannot release un-acquired lock")
-            self._count -= 1
-            if self._count:
+            if before:  # reentered: ours already
+                held.acquire()
                 return
-            if self._waiters:
-                # Hand over: nobody else can take the lock until the waiter runs.
-                self._owner = _HANDED_OVER
-                self._waiters.popleft().release()
-            else:
-                self._owner = None
+            with self._mutex:
+                if not self._waiters and held.acquire(blocking=False):
+                    return  # free, and nobody queued
+                gate = threading.Lock()
+                if self._waiters:
+                    gate.acquire()  # released when we reach the head of the queue
+                self._waiters.append(gate)
+            gate.acquire()  # we are the head: only we wait for _held now
+            held.acquire()  # a thread arriving meanwhile queues behind us: no barging
+            self._leave(gate)
+        except BaseException:
+            # Race: a Ctrl-C is raised at any check point in here: as a C call
+            # (an acquire) returns, at a `with` exit, at a Python call. Queued,
+            # we leave the queue (a head hands its place on); a level of the
+            # lock taken by this call is given back. Else the lock (or the head
+            # of the queue) stayed ours for ever.
+            if gate is not None:
+                self._leave(gate)
+            if self._count() > before:
+                held.release()
+            raise
+
+    def _leave(self, gate: threading.Lock) -> None:
+        """Leave the queue (if ``gate`` is still in it); a head lets the next one on."""
+        with self._mutex:
+            waiters = self._waiters
+            if waiters and waiters[0] is gate:
+                # Race: no check point from the del to the release (a subscript,
+                # a length: no call), so a Ctrl-C cannot strand the next waiter
+                # (it was, when raised as remove() returned: the retry found
+                # the gate gone and released nothing).
+                del waiters[0]
+                if waiters:
+                    waiters[0].release()  # the next waiter is the head now
+            elif gate in waiters:
+                waiters.remove(gate)
+
+    def release(self) -> None:  # replaced by the RLock's own in each lock's subclass
+        """Release one level; ``RuntimeError`` if this thread does not hold it."""
+        self._held.release()
 
     def __enter__(self) -> FairRLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, *exc: object) -> None:  # replaced as release is
+        self._held.release()

@@ -712,8 +712,14 @@ def _transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]
     """``body(db)`` in one ``BEGIN IMMEDIATE`` transaction: all of it or (rolled back) none."""
     import sqlite3
 
-    db.execute("BEGIN IMMEDIATE")
     try:
+        # Race: a Ctrl-C is raised at the first check after BEGIN's execute()
+        # returned (its own end). With the BEGIN before the try, nothing rolled
+        # back: the copy stayed in that transaction, every later BEGIN failed
+        # "within a transaction", and the store's listener, finding its copy
+        # "unusable", stopped following Redis (another node's kill switch was
+        # never applied). Inside the try, the ROLLBACK below ends it.
+        db.execute("BEGIN IMMEDIATE")
         result = body(db)
         db.execute("COMMIT")  # may fail too (disk full): rolled back below
     except BaseException:
@@ -728,8 +734,8 @@ def _read_transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection
     """``body(db)`` in one read transaction: one snapshot of the file."""
     import sqlite3
 
-    db.execute("BEGIN")
     try:
+        db.execute("BEGIN")  # inside the try: see _transaction's race
         return body(db)
     finally:
         with contextlib.suppress(sqlite3.Error):  # a read transaction: nothing to keep
@@ -892,8 +898,8 @@ def _copy_tables(
     """Replace every table of ``target`` with ``source``'s rows (one read of ``source``)."""
     import sqlite3
 
-    source.execute("BEGIN")  # one snapshot of the source
     try:
+        source.execute("BEGIN")  # one snapshot of the source (in the try: _transaction's race)
         rows_of = {t: source.execute(f"SELECT * FROM {t}").fetchall() for t in tables}
     finally:
         with contextlib.suppress(sqlite3.Error):  # a read transaction: nothing to keep

@@ -372,8 +372,8 @@ class SQLiteFlagStore(FlagStore):
             self._conn.execute("PRAGMA synchronous=FULL")
             if mode == "wal" and self._has_schema():
                 return  # nothing to write: no wait for a write lock another process holds
-            self._begin()
             try:
+                self._begin()  # inside the try: see transaction()'s race
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self._conn.execute(statement)
                 row = self._conn.execute(
@@ -566,8 +566,16 @@ class SQLiteFlagStore(FlagStore):
                 self._reopen_if_read_only()
                 # IMMEDIATE takes the write lock now, so reads inside fn cannot go
                 # stale before COMMIT: other processes' writers wait for us.
-                self._begin()
                 try:
+                    # Race: a Ctrl-C is raised at the first check after BEGIN's
+                    # execute() returned (its own end). With the BEGIN before the
+                    # try, nothing rolled back: the writer stayed in that
+                    # transaction, holding SQLite's write lock (other processes'
+                    # writes waited out busy_timeout), and every later BEGIN
+                    # failed "within a transaction": the store took no write
+                    # again, the kill switch included. _rollback() ends it (and
+                    # does nothing if the BEGIN did not run).
+                    self._begin()
                     txn = _Txn(self._conn, self._origin)
                     result = fn(txn)
                     due = (txn.wrote and self._trim_due()) or (
@@ -606,8 +614,8 @@ class SQLiteFlagStore(FlagStore):
         import sqlite3
 
         try:
-            self._begin()
             try:
+                self._begin()  # inside the try: see transaction()'s race
                 self._trim()
                 self._trim_migrations()
                 self._conn.execute("COMMIT")
@@ -779,8 +787,8 @@ class SQLiteFlagStore(FlagStore):
             self._check_open()
             self._check_file()
             self._reopen_if_read_only()
-            self._begin()
             try:
+                self._begin()  # inside the try: see transaction()'s race
                 self._conn.executemany(
                     f"INSERT OR REPLACE INTO {table} (name, {column}) VALUES (?, ?)",
                     list(entries.items()),
@@ -980,8 +988,12 @@ def _snapshot(conn: sqlite3.Connection) -> tuple[int, dict[str, FlagState]]:
     a WAL snapshot, never half a write, and no wait for a writer."""
     import sqlite3
 
-    conn.execute("BEGIN")
     try:
+        # Inside the try (see transaction()'s race): else a Ctrl-C as BEGIN
+        # returned left the reader in a read transaction for good (each later
+        # BEGIN failed, and its snapshot held the WAL back). ROLLBACK with no
+        # transaction is an sqlite3.Error: suppressed.
+        conn.execute("BEGIN")
         rows = conn.execute("SELECT name, state FROM flag_state").fetchall()
         top = conn.execute("SELECT max(id) FROM flag_history").fetchone()[0]
     finally:

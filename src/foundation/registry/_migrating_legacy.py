@@ -57,6 +57,23 @@ class _LegacyPlan(NamedTuple):
     gen: int  # the record's generation when planned (a later update changes it)
 
 
+def _take(lock: threading.RLock, blocking: bool) -> bool:
+    """``lock.acquire(blocking)`` for a lock this thread does not hold yet,
+    given back if that raises.
+
+    Race: a Ctrl-C is raised at the first check after acquire() returned (its
+    own end): the lock is taken then, yet the caller's ``try:`` that releases
+    it is not entered: it stayed held for ever. The RLock's owner check tells
+    whether it was taken. (No check point between our return and the caller's
+    next instruction.)"""
+    try:
+        return lock.acquire(blocking)
+    except BaseException:
+        if lock._is_owned():  # type: ignore[attr-defined]
+            lock.release()
+        raise
+
+
 class _CatchUp(NamedTuple):
     """One catch-up step of the shared view (rule 4), planned under the facade lock."""
 
@@ -82,7 +99,7 @@ class _LegacyRetries(_DivergenceBook):
         # _legacy_retry_lock, then the facade lock; nobody waits for the pass
         # lock while holding the facade lock (writers only try it, and only
         # after releasing the facade lock).
-        self._legacy_retry_lock = threading.Lock()
+        self._legacy_retry_lock = threading.RLock()  # never re-entered: for _take's owner check
         self._legacy_retry_owner: int | None = None  # thread ident running a pass
         # A pass is asked for: the next _settle_legacy (after a write, before a
         # legacy read or a flag-off write) runs it once status() says the
@@ -168,7 +185,7 @@ class _LegacyRetries(_DivergenceBook):
         lock = self._legacy_retry_lock
         try:
             while True:
-                if not lock.acquire(blocking=block):
+                if not _take(lock, block):  # (see _take's race)
                     return
                 # Race: the owner is set before the request is dropped (in the
                 # pass), so a reader that finds neither set comes after the pass.

@@ -21,10 +21,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from foundation import telemetry
+from foundation._rlock import held_levels
 from foundation.errors import AlreadyRegistered, BackendUnavailable, NotAlive, NotRegistered
 from foundation.liveness import is_alive
 from foundation.registry._migrating_events import _TARGET, _Call
-from foundation.registry._migrating_legacy import _LegacyRetries
+from foundation.registry._migrating_legacy import _LegacyRetries, _take
 from foundation.registry._migrating_views import _Record, _View, reported_state
 from foundation.registry._types import Registry
 from foundation.registry._validation import short_repr
@@ -63,7 +64,20 @@ class _Writing:
         return self._owner._acquire_for_write(self._settled)
 
     def __exit__(self, *exc: object) -> None:
+        # Replaced by the facade lock's own __exit__ in each facade's subclass
+        # (see _writing_class).
         self._owner._lock.release()
+
+
+def _writing_class(lock: threading.RLock) -> type[_Writing]:
+    """The ``_Writing`` of one facade, whose ``__exit__`` is ``lock``'s own.
+
+    Race: a Ctrl-C is raised at the first instruction of a Python function: a
+    Python ``__exit__`` could be cut before it released the facade lock, and
+    the with statement does not call it again: the lock stayed held for ever
+    (the unwinding thread's close(), every other writer, waited for it). The
+    lock's own ``__exit__`` is C: nothing runs before the release."""
+    return type("_Writing", (_Writing,), {"__slots__": (), "__exit__": staticmethod(lock.__exit__)})
 
 
 _LAG_WARNING: Final = 64  # queued mirrors behind a busy pump that earn a WARNING
@@ -139,7 +153,8 @@ class _TargetMirrors(_LegacyRetries):
         # holding _lock (the facade writes only try it).
         self._pending: deque[_Op] = deque()
         self._inflight: _Op | None = None  # popped, target call made, not yet booked
-        self._pump_lock = threading.Lock()
+        self._pump_lock = threading.RLock()  # never re-entered: an RLock for _take's owner check
+        self._writing_type = _writing_class(self._lock)
         self._pump_owner: int | None = None  # thread ident holding _pump_lock
         self._target_status: Callable[[], Any] | None = getattr(target, "status", None)
         self._op_seq = 0
@@ -168,7 +183,7 @@ class _TargetMirrors(_LegacyRetries):
     def _writing(self, *, settled: bool = False) -> _Writing:
         """``with self._writing() as on:`` hold the facade lock for one write;
         ``on`` is the flag value the call uses (see ``_acquire_for_write``)."""
-        return _Writing(self, settled)
+        return self._writing_type(self, settled)
 
     def _acquire_for_write(self, settled: bool) -> bool:
         """Take the facade lock for one write; return the flag value the call uses.
@@ -180,6 +195,23 @@ class _TargetMirrors(_LegacyRetries):
         first lets the legacy retries asked for, or in flight, finish (rule 7).
         """
         lock = self._lock
+        # Race: a Ctrl-C is raised at any check point in here (as acquire()
+        # returns, at a call) and __enter__ raising means no __exit__: the level
+        # this call took is given back, else the lock stayed held for ever (the
+        # unwinding thread's close(), and every other write, waited for it).
+        # The RLock's count says whether it was taken (it may be held already:
+        # a write re-entered from a listener).
+        levels = held_levels(lock)  # (older 3.11: owned or not; see foundation._rlock)
+        before = levels()
+        try:
+            return self._acquire_for_write_loop(lock, settled)
+        except BaseException:
+            if levels() > before:
+                lock.release()
+            raise
+
+    def _acquire_for_write_loop(self, lock: threading.RLock, settled: bool) -> bool:
+        """``_acquire_for_write``'s loop: returns holding one more level of ``lock``."""
         legacy_settled = False
         while True:
             lock.acquire()
@@ -382,9 +414,9 @@ class _TargetMirrors(_LegacyRetries):
             # mirror): the lock is not reentrant, and the outer pump continues.
             return False
         while True:
-            if not self._pump_lock.acquire(blocking=block):
+            if not _take(self._pump_lock, block):  # (see _take's race)
                 return False
-            self._pump_owner = me
+            self._pump_owner = me  # no check point from _take's return to the try
             try:
                 while self._pending and self._apply_next():
                     pass

@@ -302,9 +302,11 @@ class Link:
         between, is a flap: ``"first"`` (one WARNING), then ``"quiet"`` for its
         drops and every change but CLOSED that follows them.
 
-        A drop with another cause ends the flap wherever it starts from (a
-        recovery of the flap failing on a server that has now gone, say): a
-        different outage is logged as any other, never at DEBUG."""
+        A drop of another kind ends the flap wherever it starts from (a
+        recovery of the flap refused by a server that now wants a password,
+        say): a different outage is logged as any other, never at DEBUG. (A
+        server gone is ``unreachable`` as the cuts were: the damper says it
+        at WARNING once the window has passed, ``lingers``.)"""
         error = why if new in _DROPS else None
         if old is LinkState.CONNECTED:
             verdict = self._damper.drop(error)

@@ -13,7 +13,6 @@ unexpected one is logged with its traceback and the loop carries on.
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Hashable
 from typing import Any
 
@@ -65,8 +64,6 @@ class Tail:
 
     def __init__(self, shared: Shared) -> None:
         self._sh = shared
-        # Events of a resync, for the tail thread to deliver (see _emit_later).
-        self._later: deque[RegistryEvent] = deque()
         self.thread = threading.Thread(
             target=self._loop, name=f"foundation-redis-tail[{shared.node}]", daemon=True
         )
@@ -92,12 +89,8 @@ class Tail:
         """One pass of the loop: wait for CONNECTED, read the stream, apply what
         it holds; True when the tail must stop."""
         sh = self._sh
-        # A resync's events first (queued by the lease thread: see _emit_later),
-        # whatever the link's state: they are older than anything read below.
-        self._emit_queued()
         if not sh.link.wait_connected(timeout=0.5):
             return False  # the lease thread is recovering (or we are closing)
-        self._emit_queued()  # those of the recovery that just ended
         with sh.mlock:
             gen, sid, wid = sh.gen, sh.sid, sh.wake_id
         try:
@@ -134,7 +127,6 @@ class Tail:
             sh.link.resync_needed("a version gap on the change stream")
         for mon in released:
             mon.demonitor()
-        self._emit_queued()  # a resync's events (see _emit_later) precede these
         sh.emit(events)
         for orphan in orphans:
             sh.jobs.put(("orphan", orphan))
@@ -345,34 +337,9 @@ class Tail:
             sh.applied.notify_all()
         if missing_own:
             sh.link.lease_lost("Redis lacks live registrations of ours")
-        self._emit_later(events)
+        sh.emit(events)
         for orphan in orphans:
             sh.jobs.put(("orphan", orphan))
-
-    def _emit_later(self, events: list[RegistryEvent]) -> None:
-        """Queue a resync's ``events`` for the tail thread, which delivers them
-        (``_emit_queued``) before any later change it reads.
-
-        A resync is part of a recovery: it runs on the lease thread (or a
-        writer's) holding ``wlock``. A listener run there (a slow one, one
-        waiting for a write of this node) stopped the heartbeats, so other nodes
-        reaped this node's live registrations once its lease ran out, and held
-        ``wlock``, so every write of the node waited ``4 * op_timeout`` and
-        failed with "not answering". The recovery wakes the tail when it is done
-        (``poke_tail``); the tail empties the queue at each pass, connected or not.
-        """
-        if events and self._sh.listeners:  # (none: nothing to deliver, nothing kept)
-            self._later.extend(events)
-
-    def _emit_queued(self) -> None:
-        """Deliver the events ``_emit_later`` queued, in order (the tail thread).
-
-        Race: a resync queuing more meanwhile: this loop or the next pass
-        delivers them; only this thread pops, so none is delivered twice.
-        """
-        later, emit = self._later, self._sh.emit
-        while later:
-            emit([later.popleft()])
 
     def _snapshot_entries(
         self,
