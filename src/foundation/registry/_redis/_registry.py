@@ -81,6 +81,7 @@ from foundation.registry._validation import (
     MAX_METADATA_BYTES,
     check_bool,
     check_metadata_size,
+    check_unicode,
     freeze_metadata,
     indexed_names,
     metadata_from_json,
@@ -174,17 +175,7 @@ def _check_namespace(namespace: object) -> None:
         raise InvalidConfig(
             f"namespace must be a non-empty str without braces, got {short_repr(namespace)}"
         )
-    _check_unicode("namespace", namespace)
-
-
-def _check_unicode(name: str, text: str) -> None:
-    """``InvalidConfig`` if ``text`` cannot be sent to Redis (a lone surrogate)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidConfig(
-            f"{name} must be valid Unicode (no lone surrogates), got {short_repr(text)}"
-        ) from None
+    check_unicode("namespace", namespace)
 
 
 def _check_stream_node_manager(stream_maxlen: object, node: object, manager: object) -> None:
@@ -196,7 +187,7 @@ def _check_stream_node_manager(stream_maxlen: object, node: object, manager: obj
     if node is not None and not isinstance(node, str):
         raise TypeError(f"node must be a str, got {type(node).__name__}")
     if node is not None:
-        _check_unicode("node", node)
+        check_unicode("node", node)
     if manager is not None and not isinstance(manager, MonitorManager):
         raise TypeError(f"manager must be a MonitorManager, got {type(manager).__name__}")
 
