@@ -226,8 +226,11 @@ def test_memory_flag_store_options(history_limit: Any) -> None:
 
 
 @pytest.fixture
-def sqlite_dir(tmp_path: Path) -> Path:
+def sqlite_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "a-dir").mkdir()
+    # A hostile path such as "x" is a relative file name: made here, not in
+    # the directory the tests were started from.
+    monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
