@@ -17,29 +17,48 @@ from __future__ import annotations
 from tests.faults._redis_scenarios import RECORDS
 from tests.faults._subprocess import run_scenario
 
-_FLAP = (
-    RECORDS
-    + """
+
+def _scenario_start(window: float, *, with_telemetry: bool) -> str:
+    """A scenario's start: the records, a redis-server of its own, a client to
+    it (``admin``), INFO records kept (``said``), the flap window set to
+    ``window`` seconds (read at each call, so a scenario need not wait ten)."""
+    telemetry = ", telemetry" if with_telemetry else ""
+    return (
+        RECORDS
+        + f"""
 import os, tempfile
 import redis
-from foundation import FeatureFlags, Flag, RedisFlagStore, telemetry
+from foundation import FeatureFlags, Flag, RedisFlagStore{telemetry}
 from foundation import _flap
 from tests.redis_support import RedisServer
 
-_flap.FLAP_WINDOW = 3.0  # the scenario waits for the flap's end: seconds, not ten
+_flap.FLAP_WINDOW = {window!r}
 server = RedisServer()
 server.start()
 admin = redis.Redis.from_url(server.url, decode_responses=True)
 said = Records(logging.INFO)
 logging.getLogger("foundation").addHandler(said)
-events = []
-detach = [telemetry.attach(f"foundation.flags.{what}", lambda name, data: events.append(name))
-          for what in ("stale", "in_sync")]
+"""
+    )
+
+
+_OPEN_STORE = """
 store = RedisFlagStore(
     server.url, namespace="f", timeout=1.0,
     cache_path=os.path.join(tempfile.mkdtemp(), "copy.db"),
 )
 flags = FeatureFlags([Flag("beta")], store=store)
+"""
+
+_FLAP = (
+    _scenario_start(3.0, with_telemetry=True)
+    + """
+events = []
+detach = [telemetry.attach(f"foundation.flags.{what}", lambda name, data: events.append(name))
+          for what in ("stale", "in_sync")]
+"""
+    + _OPEN_STORE
+    + """
 try:
     flags.enable("beta", by="ops")
     threads = library_threads()
@@ -83,25 +102,9 @@ finally:
 # at DEBUG (the same error as the cuts), so once the flap window passes without
 # a return to sync, a WARNING says the store is still stale; the return is INFO.
 _FLAP_THEN_GONE = (
-    RECORDS
+    _scenario_start(2.0, with_telemetry=False)
+    + _OPEN_STORE
     + """
-import os, tempfile
-import redis
-from foundation import FeatureFlags, Flag, RedisFlagStore
-from foundation import _flap
-from tests.redis_support import RedisServer
-
-_flap.FLAP_WINDOW = 2.0
-server = RedisServer()
-server.start()
-admin = redis.Redis.from_url(server.url, decode_responses=True)
-said = Records(logging.INFO)
-logging.getLogger("foundation").addHandler(said)
-store = RedisFlagStore(
-    server.url, namespace="f", timeout=1.0,
-    cache_path=os.path.join(tempfile.mkdtemp(), "copy.db"),
-)
-flags = FeatureFlags([Flag("beta")], store=store)
 try:
     flags.enable("beta", by="ops")
     threads = library_threads()
@@ -164,25 +167,9 @@ def test_a_listener_cut_over_and_over_is_one_warning_not_a_line_pair_per_cut() -
 # that began it was logged at DEBUG (the flap's cause): the new failure is said
 # at WARNING at once, not left at DEBUG until the flap window (an hour here).
 _FLAP_THEN_OTHER = (
-    RECORDS
+    _scenario_start(3600.0, with_telemetry=False)
+    + _OPEN_STORE
     + """
-import os, tempfile
-import redis
-from foundation import FeatureFlags, Flag, RedisFlagStore
-from foundation import _flap
-from tests.redis_support import RedisServer
-
-_flap.FLAP_WINDOW = 3600.0
-server = RedisServer()
-server.start()
-admin = redis.Redis.from_url(server.url, decode_responses=True)
-said = Records(logging.INFO)
-logging.getLogger("foundation").addHandler(said)
-store = RedisFlagStore(
-    server.url, namespace="f", timeout=1.0,
-    cache_path=os.path.join(tempfile.mkdtemp(), "copy.db"),
-)
-flags = FeatureFlags([Flag("beta")], store=store)
 
 def cut():
     for c in admin.client_list():
