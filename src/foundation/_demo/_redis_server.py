@@ -220,8 +220,12 @@ class RedisServerProcess:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, *, timeout: float = 10.0) -> None:
-        """Start the server and wait until it answers ``PING``."""
+    def start(self, *, timeout: float = 30.0) -> None:
+        """Start the server and wait until it answers ``PING``.
+
+        On a loaded machine a fresh server may take seconds to answer: each try
+        waits twice as long as the last (0.2 s up to 2 s), within ``timeout``.
+        """
         args = [
             redis_server_binary(),
             "--port", str(self.port),
@@ -239,16 +243,29 @@ class RedisServerProcess:
         self._frozen = False
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        wait = 0.2
+        while (left := deadline - time.monotonic()) > 0:
             if self.process.poll() is not None:
                 raise RedisServerError(f"redis-server exited early with {self.process.returncode}")
-            with contextlib.suppress(OSError), self._open(timeout=0.2) as conn:
+            with contextlib.suppress(OSError), self._open(timeout=min(wait, left)) as conn:
                 conn.sendall(b"PING\r\n")
                 reply = conn.recv(64)
                 if reply.startswith((b"+PONG", b"-NOAUTH")):
                     return
+            wait = min(wait * 2, 2.0)
             time.sleep(0.01)  # sleep-ok: polling a server's port with a deadline
-        raise RedisServerError(f"redis-server did not answer on port {self.port} in {timeout}s")
+        raise RedisServerError(
+            f"redis-server did not answer PING on port {self.port} within {timeout:g} s"
+            f"{self._last_log_line()}"
+        )
+
+    def _last_log_line(self) -> str:
+        """'; its log ends: <line>', or '' (the directory goes with stop())."""
+        try:
+            lines = (self._dir / "redis.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return f"; its log ends: {lines[-1].strip()}" if lines else ""
 
     def kill(self) -> None:
         """SIGKILL the server (an abrupt outage); data is lost (no persistence)."""
