@@ -261,9 +261,17 @@ class LinkReporter:
     The CLI logs the library's WARNING and INFO lines nowhere (errors only), so
     ``watch`` says itself when it loses Redis, when Redis answers with errors
     and when it is connected again (and for how long it was not).
+
+    A flap (the same failure right after each return: ``CLIENT KILL`` in a
+    loop, a flapping proxy) is said once, as the library's own logs say it
+    (``foundation._flap``): the first cut as any outage, the first repeat as
+    one "flapping" line, the next repeats counted silently, and one "steady
+    again" line once connected ``FLAP_WINDOW`` s (or "still disconnected" once
+    down that long since the last cut). Another failure is never folded.
     """
 
     def __init__(self, registry: Any, name: str) -> None:
+        from foundation._flap import FlapDamper
         from foundation.metrics import connection_state
 
         self._read = functools.partial(connection_state, registry)
@@ -273,6 +281,13 @@ class LinkReporter:
         self._state = None if first is None else first.state
         self._since = self._state_since()
         self._left_connected = time.monotonic()  # when the state last left "connected"
+        # Called from check() only (the watch loop's one thread): no lock.
+        self._damper = FlapDamper()
+        if self._state == "connected":
+            self._damper.up()
+        self._error: str | None = None if first is None else first.last_error
+        self._last_drop = 0.0  # monotonic: the last cut seen
+        self._flap_began = 0.0  # monotonic: the cut a flap repeats (its first)
 
     def _state_since(self) -> float | None:
         """When the registry entered its state (``status().state_since``), if it says."""
@@ -283,7 +298,7 @@ class LinkReporter:
         return since if isinstance(since, float) else None
 
     def check(self) -> None:
-        """Print a line if the state changed since the last check."""
+        """Print a line if the state changed since the last check (or a flap began or ended)."""
         now = self._read()
         if now is None:
             return
@@ -291,18 +306,103 @@ class LinkReporter:
         # than that (down and back between two looks) leaves the same state,
         # but the state was entered again since: state_since moved. Read after
         # the state, so a change between the two reads shows on the next check.
+        # Several cuts between two looks show as one (a flap's count is a floor).
         since = self._state_since()
         moved = since is not None and self._since is not None and since != self._since
         self._since = since
         if now.state == self._state:
-            if moved and now.state == "connected":
-                print(self._blip_line(now.last_error), file=sys.stderr, flush=True)
+            if now.state != "connected":
+                self._still_down(now.state, now.last_error)
+            elif moved:
+                self._blip(now.last_error)
+            else:
+                self._steady()
             return
-        if self._state == "connected":
+        old, self._state = self._state, now.state
+        if old == "connected":
             self._left_connected = time.monotonic()
-        self._state = now.state
-        elapsed = time.monotonic() - self._left_connected
-        print(self._line(now.state, now.last_error, elapsed), file=sys.stderr, flush=True)
+        self._changed(old, now.state, now.last_error)
+
+    def _say(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def _drop(self, error: str | None) -> str:
+        """Feed a cut (connected -> down) to the damper; its verdict."""
+        at = time.monotonic()
+        verdict = self._damper.drop(error)
+        if verdict == "first":
+            self._flap_began = self._last_drop
+        self._last_drop = at
+        return verdict
+
+    def _changed(self, old: str | None, state: str, error: str | None) -> None:
+        """The state went from ``old`` to ``state``: a line, unless part of a flap."""
+        self._error = error
+        if old == "connected":
+            verdict = self._drop(error if state in ("disconnected", "degraded") else None)
+            if verdict == "first":
+                self._say(self._flapping_line(error))
+                return
+            quiet = verdict == "quiet"
+        elif state == "connected":
+            quiet = self._damper.up()
+        else:
+            quiet = self._damper.again(error) and state != "closed"
+        if not quiet:
+            elapsed = time.monotonic() - self._left_connected
+            self._say(self._line(state, error, elapsed))
+
+    def _blip(self, error: str | None) -> None:
+        """Down and back between two looks: a cut, then a return."""
+        verdict = self._drop(error)
+        self._damper.up()
+        if verdict == "usual":
+            self._say(self._blip_line(error))
+        elif verdict == "first":
+            self._say(self._flapping_line(error))
+
+    def _steady(self) -> None:
+        """Connected since the last look: a flap that ended says so, once."""
+        over = self._damper.over()
+        if over is None:
+            return
+        back = time.monotonic() - over.seconds  # the flap's last return
+        self._say(
+            f"registry {self._name!r} steady again: connected {over.seconds:.1f}s since "
+            f"the last cut; it flapped for {max(0.0, back - self._flap_began):.1f}s, "
+            f"{over.drops + 1} cuts ({over.cause}), {over.drops - 1} of them not printed; "
+            "changes made meanwhile printed as events"
+        )
+
+    def _still_down(self, state: str, error: str | None) -> None:
+        """Down since the last look: within a flap, another failure is a new
+        outage (its line now), and a flap that ended down says so, once."""
+        if not self._damper.flapping:
+            return
+        if error != self._error:
+            self._error = error
+            if not self._damper.again(error):
+                self._say(self._line(state, error, time.monotonic() - self._left_connected))
+                return
+        gone = self._damper.lingers()
+        if gone is not None:
+            why = f" ({plain_error(error)})" if error else ""
+            self._say(
+                f"registry {self._name!r} still {state} {gone.seconds:.1f}s after the last "
+                f"of {gone.drops + 1} cuts ({gone.cause}){why}; showing the last state seen "
+                "until Redis is back"
+            )
+
+    def _flapping_line(self, error: str | None) -> str:
+        from foundation._flap import FLAP_WINDOW
+
+        why = f" ({plain_error(error)})" if error else ""
+        return (
+            f"registry {self._name!r} is flapping: Redis cut it again right after it "
+            f"reconnected{why}; further cuts with the same cause are counted, not printed, "
+            f"until it stays connected {FLAP_WINDOW:.0f}s; changes made meanwhile print "
+            "as events"
+        )
 
     def _blip_line(self, error: str | None) -> str:
         why = f" (last error: {plain_error(error)})" if error else ""

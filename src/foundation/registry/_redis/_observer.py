@@ -37,7 +37,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from foundation import _redis_conn
+from foundation import _flap, _redis_conn
 from foundation._listeners import Listeners
 from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidConfig
@@ -144,6 +144,12 @@ class RedisObserver:
         self._closed = False
         self._last_error: str | None = None
         self._state_since = time.time()
+        # Flaps: the tail cut over and over while Redis answers (CLIENT KILL in a
+        # loop, client eviction, a flapping proxy) is lost and back within
+        # milliseconds each time. One WARNING says so, the repeats are logged at
+        # DEBUG (``_flap``, as a registry node's ``Link``). Only the observer's
+        # thread calls it (``_lost``, ``_set_connected``, ``_flap_over``): no lock.
+        self._damper = _flap.FlapDamper()
         self._client = _redis_conn.connect(
             url, op_timeout=timeout, name=f"foundation-observer[{namespace}]"
         )
@@ -314,6 +320,8 @@ class RedisObserver:
                     return
                 resync = self._after_read(resp)
                 backoff.reset()
+                if self._damper.flapping:
+                    self._flap_over()
             except FoundationError as exc:
                 if self._stop.is_set():
                     return
@@ -329,16 +337,75 @@ class RedisObserver:
     def _set_connected(self) -> None:
         """Redis answers again (after a snapshot): connected."""
         if not self._connected.is_set():
+            self._damper.up()
             self._state_since = time.time()
             self._connected.set()
 
     def _lost(self, exc: FoundationError) -> None:
-        """Redis failed the loop with ``exc``: disconnected, and it is the last error."""
+        """Redis failed the loop with ``exc``: disconnected, and it is the last error.
+        A WARNING when it was connected, but one per flap (``_flap``): the same
+        failure right after each return is logged at DEBUG."""
         self._last_error = _bounded(str(exc))
-        if self._connected.is_set():
+        if not self._connected.is_set():
+            self._lost_again(exc)
+            return
+        verdict = self._damper.drop(str(exc))
+        if verdict == "first":
+            log.warning(
+                "observer of %r: Redis failed again, with the same error, right after the "
+                "observer reconnected (%s): a fault that cuts some of its connections only "
+                "(CLIENT KILL, client eviction: maxmemory-clients, a proxy); it goes on "
+                "reconnecting by itself; its losses are logged at DEBUG until it stays "
+                "connected %.0f s",
+                self.namespace,
+                exc,
+                _flap.FLAP_WINDOW,
+            )
+        log.log(
+            logging.WARNING if verdict == "usual" else logging.DEBUG,
+            "observer of %r lost Redis (%s); retrying",
+            self.namespace,
+            exc,
+        )
+        self._state_since = time.time()
+        self._connected.clear()
+
+    def _lost_again(self, exc: FoundationError) -> None:
+        """A failed retry while disconnected in a flap: another cause ends the flap
+        (a new outage, at WARNING); the same one, ``FLAP_WINDOW`` s after the
+        flap's last loss (at DEBUG) with no return, is said at WARNING once."""
+        if not self._damper.flapping:
+            return
+        if not self._damper.again(str(exc)):
             log.warning("observer of %r lost Redis (%s); retrying", self.namespace, exc)
-            self._state_since = time.time()
-            self._connected.clear()
+            return
+        gone = self._damper.lingers()
+        if gone is not None:
+            log.warning(
+                "observer of %r: still disconnected %.0f s after the last of %d repeated "
+                "failure(s) (%s): %s; retrying",
+                self.namespace,
+                gone.seconds,
+                gone.drops,
+                gone.cause,
+                exc,
+            )
+
+    def _flap_over(self) -> None:
+        """Say that a flap ended (connected ``FLAP_WINDOW`` s since its last
+        return): its losses were logged at DEBUG, so without this line the log
+        would end at the flap's WARNING. Called after each read that succeeded
+        (at least every ``BLOCK_MS``)."""
+        over = self._damper.over()
+        if over is not None:
+            log.info(
+                "observer of %r: connected for %.0f s since the last of %d repeated "
+                "failure(s) (%s): the flap is over",
+                self.namespace,
+                over.seconds,
+                over.drops,
+                over.cause,
+            )
 
     def _after_read(self, resp: list[Any]) -> bool:
         """Apply one XREAD reply or, after an idle read, check the change counter;
