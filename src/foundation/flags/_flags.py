@@ -552,6 +552,7 @@ class FeatureFlags:
         "_names",
         "_owns_store",
         "_plain",
+        "_released",
         "_rules",
         "_runtime",
         "_split_cache",
@@ -582,6 +583,7 @@ class FeatureFlags:
             courier_name="foundation-flags-events",
         )
         self._closed = False
+        self._released = False  # close() ran to its end: unsubscribed, own store closed
         self._config: dict[str, FlagState] = {}
         self._runtime: dict[str, FlagState] = {}
         # Answer tables, replaced wholesale on every write (never mutated in place).
@@ -1006,8 +1008,14 @@ class FeatureFlags:
 
         Every later call raises ``errors.Closed``.
         """
+        # Race: a Ctrl-C lands at any call in here. Once _closed was set, the
+        # next close() returned at once: a close cut before the unsubscribe or
+        # its own store's close left the store subscribed (a SQLite store's
+        # watcher thread calling us back) or open for good. So only a close()
+        # run to its end (_released) makes the next one return; the others do
+        # every step again (each is idempotent).
         with self._lock:
-            if self._closed:
+            if self._released:
                 return
             self._closed = True
             # Readers take no lock: the closed tables make their next lookup
@@ -1021,6 +1029,7 @@ class FeatureFlags:
         self._unsubscribe()
         if self._owns_store:
             self._store.close()
+        self._released = True
 
     def __enter__(self) -> FeatureFlags:
         """``self``; ``Closed`` if closed (a closed service is not reused)."""

@@ -521,6 +521,7 @@ class MonitorManager:
         self._threads_cond = threading.Condition(self._lock)
         self._procs_cond = threading.Condition(self._lock)
         self._closed = False
+        self._released = False  # close() ran to its end: everything released
         self._stopping = threading.Event()  # set by close(): ends a defect backoff early
         # Every live monitor of this manager (for active_count and close).
         self._monitors: dict[Monitor, None] = {}
@@ -727,8 +728,14 @@ class MonitorManager:
         raised while it waits for its threads stops the wait: it is raised
         once everything is released.
         """
+        # Race: a Ctrl-C lands at any call in here. Once _closed was set, the
+        # next close() returned at once: a close cut before its release left
+        # the watcher threads running and the epoll, the pidfds, the wake-up
+        # pipe and the excepthook held for good. So only a close() that ran to
+        # its end (_released) makes the next one return; every other runs the
+        # steps again (each is idempotent), whatever the cut one did.
         with self._lock:
-            if self._closed:
+            if self._released:
                 return
             self._closed = True
             threads = [
@@ -744,6 +751,7 @@ class MonitorManager:
         woken = wake_w < 0 or self._step(os.write, "waking its pidfd selector", wake_w, _WAKE)
         interrupted = self._join_watchers(threads, woken=woken)
         self._release_resources()
+        self._released = True
         if interrupted is not None:
             raise interrupted
 
@@ -780,13 +788,17 @@ class MonitorManager:
         try:
             action(*args)
         except Exception as exc:  # close() must finish and never raise: log, carry on
-            with contextlib.suppress(Exception):  # logging needs memory too
-                _log.warning(
-                    "MonitorManager %r close(): %s failed (%s: %s); carrying on",
-                    self._name, what, type(exc).__name__, exc, exc_info=exc,
-                )  # fmt: skip
+            self._step_failed(what, exc)
             return False
         return True
+
+    def _step_failed(self, what: str, exc: Exception) -> None:
+        """Log a failed step of ``close()`` (never raises)."""
+        with contextlib.suppress(Exception):  # logging needs memory too
+            _log.warning(
+                "MonitorManager %r close(): %s failed (%s: %s); carrying on",
+                self._name, what, type(exc).__name__, exc, exc_info=exc,
+            )  # fmt: skip
 
     def _drop_monitors(self) -> None:
         """close(): release every monitor without calling it."""
@@ -803,21 +815,41 @@ class MonitorManager:
 
     def _release_resources(self) -> None:
         """close(), once the watcher threads stopped: detach watches, close fds,
-        drop the hook. Each step is a ``_step``: one failing skips no other."""
+        drop the hook. One step failing skips no other.
+
+        Race: a Ctrl-C lands at any call in here, and the next ``close()`` runs
+        it again. Before, each resource was taken out of its attribute and
+        released by a later call: a cut in between lost it (the epoll, the
+        pidfds, the wake-up fds stayed open for good). Now what can be released
+        twice harmlessly (the epoll object, the asyncio callbacks) is forgotten
+        once released; an fd number (never closed twice: it may be reused by
+        then) is forgotten right before its ``os.close``, with no call, so no
+        check point, in between.
+        """
         with self._lock:
             self._step(self._forget_watches_locked, "forgetting its watches")
             self._step(self._detach_asyncio_locked, "removing its asyncio done-callbacks")
-            self._step(self._close_pidfds_locked, "closing its pidfds")
-            epoll, self._epoll = self._epoll, None
+            self._close_pidfds_locked()
+            if self._epoll is not None:
+                self._step(self._epoll.close, "closing its epoll")  # idempotent
+                self._epoll = None
             wake_r, wake_w = self._wake_r, self._wake_w
-            self._wake_r = self._wake_w = -1
-            if epoll is not None:
-                self._step(epoll.close, "closing its epoll")
-            if wake_r >= 0:
-                self._step(os.close, "closing its wake-up fd", wake_r)
             if wake_w >= 0 and wake_w != wake_r:
-                self._step(os.close, "closing its wake-up fd", wake_w)
+                self._wake_w = -1  # (no call before the close: see above)
+                try:
+                    os.close(wake_w)
+                except OSError as exc:
+                    self._step_failed("closing its wake-up fd", exc)
+            if wake_r >= 0:
+                self._wake_r = self._wake_w = -1  # (no call before the close: see above)
+                try:
+                    os.close(wake_r)
+                except OSError as exc:
+                    self._step_failed("closing its wake-up fd", exc)
             if self._hook_held:
+                # Dropped before the release, a reference count: a cut in
+                # between keeps our hook installed (it hands every report on to
+                # the previous one), never drops another user's reference.
                 self._hook_held = False
                 self._step(release_hook, "restoring threading.excepthook")
 
@@ -831,16 +863,19 @@ class MonitorManager:
         self._polled_procs.clear()
 
     def _detach_asyncio_locked(self) -> None:
-        watches = list(self._aio.values())
-        self._aio.clear()
-        for aio in watches:
-            self._step(aio.detach_soon, "removing an asyncio done-callback")
+        aio = self._aio
+        for key in list(aio):
+            self._step(aio[key].detach_soon, "removing an asyncio done-callback")
+            del aio[key]  # once detached (a cut before: detached again, harmlessly)
 
     def _close_pidfds_locked(self) -> None:
-        fds = list(self._by_fd)  # every pidfd of every process watch
-        self._by_fd.clear()
-        for fd in fds:
-            self._step(os.close, "closing a pidfd", fd)
+        by_fd = self._by_fd  # every pidfd of every process watch
+        for fd in list(by_fd):
+            del by_fd[fd]  # (no call before the close: see _release_resources)
+            try:
+                os.close(fd)
+            except OSError as exc:
+                self._step_failed("closing a pidfd", exc)
 
     @property
     def closed(self) -> bool:

@@ -302,6 +302,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         self._delivery = DeliveryQueue(self, "_listeners", "MemoryRegistry listener")
         self._pending = self._delivery.pending
         self._closed = False
+        self._released = False  # close() ran to its end: every monitor released
 
     def _closed_first(self) -> None:
         """Raise ``Closed`` if closed: called where a call is refused for its
@@ -709,21 +710,33 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         Afterwards every public call raises ``errors.Closed`` (``close`` itself
         excepted).
         """
+        # Race: a Ctrl-C lands at any call in here. Once _closed was set, the
+        # next close() returned at once: a close cut before it released the
+        # monitors (and closed its own manager, with its watcher threads and
+        # fds) left them for good. So only a close() run to its end
+        # (_released) makes the next one return, and each step leaves what it
+        # has not done yet where the next close() finds it: the entries stay
+        # in _live until their monitors are released (release is idempotent).
         with self._lock:
-            if self._closed:
+            if self._released:
                 return
             self._closed = True
             # Readers now hit _CLOSED_TABLE: one attribute store, so a lock-free
             # reader sees either the open table or the closed one, never a mix.
             self._table = _CLOSED_TABLE
-            registrations = [_detach(e) for e in self._live.values()]
+            registrations = [e._registration for e in self._live.values()]
+        for reg in registrations:
+            if reg is not None:  # (None: detached by a cut close, released before)
+                reg.release()
+        with self._lock:
+            for entry in self._live.values():
+                _detach(entry)
             self._live.clear()
             if self._index is not None:
                 self._index.clear()
-        for reg in registrations:
-            reg.release()
         if self._owns_manager:
-            self._manager.close()
+            self._manager.close()  # (finishes a cut close of its own too)
+        self._released = True
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"entries={len(self._live)}"

@@ -935,23 +935,13 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             self._retry_legacy_now()
         with _Call(self), self._writing(settled=True):  # queued mirrors are applied first
             self._check_open()
-            if self._finished:
-                return
-            problems = self._problems()
-            with self._flag_lock:
-                if not self._flags.enabled(self._flag):
-                    raise MigrationError(
-                        f"cannot finish the migration: flag {self._flag!r} is off, so the "
-                        "legacy registry is still authoritative; turn it on first"
-                    )
-                if problems:
-                    raise MigrationError(
-                        "cannot finish the migration while divergences remain: "
-                        + bounded_list(problems)
-                    )
-                self._finished = True
-                self._on = True
-                self._reader = self._target
+            if not self._finished:
+                self._mark_finished()
+            # Race: a Ctrl-C lands at any call in here. Once _finished was set,
+            # the next finish() returned at once (and close() left the legacy
+            # side alone): a finish() cut after it left the legacy backend
+            # subscribed and open for good. So every finish() does what is left
+            # of the retirement (each step is idempotent).
             if self._legacy_unsubscribe is not None:
                 self._legacy_unsubscribe()
                 self._legacy_unsubscribe = None
@@ -964,6 +954,28 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         # needs it any more. Race: a legacy pass in flight may still be calling
         # it; its calls fail with Closed, and it books nothing once _finished.
         self._legacy.close()
+
+    def _mark_finished(self) -> None:
+        """finish(), under the facade lock: the target alone answers from now on.
+
+        Raises:
+            MigrationError: the flag is off, or divergences remain (listed).
+        """
+        problems = self._problems()
+        with self._flag_lock:
+            if not self._flags.enabled(self._flag):
+                raise MigrationError(
+                    f"cannot finish the migration: flag {self._flag!r} is off, so the "
+                    "legacy registry is still authoritative; turn it on first"
+                )
+            if problems:
+                raise MigrationError(
+                    "cannot finish the migration while divergences remain: "
+                    + bounded_list(problems)
+                )
+            self._finished = True
+            self._on = True
+            self._reader = self._target
 
     def close(self) -> None:
         """Stop listening to the flag and close both backends. Idempotent.
@@ -984,8 +996,9 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
                 try:
                     self._close_async()
                 finally:
-                    if not self._finished:
-                        self._legacy.close()
+                    # Also once finished: a finish() cut before its end left the
+                    # legacy side open (closing it again is a no-op).
+                    self._legacy.close()
             finally:
                 self._target.close()
 
