@@ -201,7 +201,7 @@ def test_info_memory_timing_out_in_a_resync_fails_that_resync() -> None:
 _FROZEN_AT_THE_READ = (
     """
 from foundation.errors import BackendUnavailable
-import foundation.flags._redis_store as redis_store
+import foundation.flags._redis_store._commit as redis_store
 
 """
     + FROZEN_PROBES

@@ -1,0 +1,395 @@
+"""The node copy: refreshed from Redis, Redis restored from it, consistent reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from foundation.errors import BackendUnavailable, FlagError
+from foundation.flags._node_cache import Snapshot, stream_key
+from foundation.flags._redis_store._health import _Health
+from foundation.flags._redis_store._shared import _MAX_ATTEMPTS, _META, _check_version, log
+from foundation.flags._store import FlagState
+
+_DIVERGED = Snapshot(0, None, {}, {}, [], [], full=True)
+"""``_read_snapshot``'s answer when Redis no longer holds the copy's last entries."""
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for key, value in fields.items():
+        out += [key, value]
+    return out
+
+
+def _tail_id(reply: Any) -> str | None:
+    """The id of an ``XREVRANGE ... COUNT 1`` reply's entry (None: an empty stream)."""
+    return str(reply[0][0]) if reply else None
+
+
+def _starts_at(entries: list[tuple[str, dict[str, str]]], last: str | None) -> bool:
+    """Whether ``entries`` (read from ``last`` inclusive) begin with the copy's ``last``."""
+    return last is None or (bool(entries) and entries[0][0] == last)
+
+
+def _stream_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
+    """An XRANGE reply as (entry id, fields) pairs, as a ``Snapshot`` keeps them."""
+    return [(str(i), dict(f)) for i, f in raw]
+
+
+class _NodeCopy(_Health):
+    """Keeps this node's copy in step with Redis, and Redis restored from it."""
+
+    def _restore_if_behind(self) -> bool:
+        """Restore Redis from this node's copy if Redis holds an older version, or
+        lost keys of the copy's own version (evicted: see ``_lost_keys``). Atomic."""
+        import uuid
+
+        client = self._ensure_clients()
+        with self._copy_lock, self._translated("restoring flags from the node copy"):
+            raw_version, lost = self._lost_keys(client)
+            if not lost and not self._copy_behind_check(raw_version):
+                return False
+            cache = self._cache
+            version = cache.version
+            base, trimmed, history = cache.history_with_base()
+            # Race: another process sharing the file mirroring a later cut between
+            # the two reads: its `last` records are the same or later ones, each of a
+            # change or event the stream held before, so a check reads no less.
+            hlast, mlast = cache.lasts()
+            payload = {
+                "version": str(version),
+                "epoch": cache.epoch or uuid.uuid4().hex,
+                "restored": uuid.uuid4().hex,  # a new meta, even at the same version
+                "states": cache.states(),
+                "stages": {p: str(s) for p, s in cache.stages().items()},
+                "history": [[i, _flat(f)] for i, f in history],
+                "migrations": [[i, _flat(f)] for i, f in cache.migrations()],
+                "base": base,
+                "hlast": hlast,
+                "mlast": mlast,
+                "trimmed": trimmed or "",
+                "mtrimmed": cache.mtrimmed or "",
+            }
+            # The script re-checks the version itself: of nodes restoring at
+            # once, only the first (or the one with the newest copy) writes.
+            done = int(
+                self._restore_script(
+                    keys=self._keys(), args=[json.dumps(payload), "lost" if lost else ""]
+                )
+            )
+        if done and lost:
+            self._restores += 1
+            log.warning(
+                "flag store %r: Redis at %s lost keys of version %s (%s: evicted? its "
+                "maxmemory-policy must be noeviction); restored %d flag states and %d "
+                "history entries from this node's copy",
+                self.namespace, self._url, raw_version, ", ".join(lost),
+                len(payload["states"]), len(payload["history"]),
+            )  # fmt: skip
+            self._event(
+                "restored",
+                version=version,
+                previous=int(raw_version or 0),
+                flags=sorted(payload["states"]),
+                changes=len(payload["history"]),
+            )
+        elif done:
+            self._restores += 1
+            log.warning(
+                "flag store %r: Redis at %s held an older version (%s) than this node's "
+                "copy (%d); restored %d flag states and %d history entries from it",
+                self.namespace, self._url, raw_version or "none", version,
+                len(payload["states"]), len(payload["history"]),
+            )  # fmt: skip
+            self._event(
+                "restored",
+                version=version,
+                previous=None if raw_version is None else int(raw_version),
+                flags=sorted(payload["states"]),
+                changes=len(payload["history"]),
+            )
+        return bool(done)
+
+    def _lost_keys(self, client: Any) -> tuple[str | None, list[str]]:
+        """(Redis' version, the keys Redis lost of the copy's version: evicted).
+
+        At the copy's own version and epoch, Redis holds what the copy holds:
+        only a commit changes the flag states and stages, and every commit moves
+        the version; a trim shortens a stream, never empties it. So fewer states
+        or stages than the copy, or a stream gone that the copy has entries of,
+        means Redis deleted keys (eviction under an ``allkeys-*`` policy, a manual
+        ``DEL``). One round trip, read in the restore's place (``_RESTORE``
+        checks again, atomically, before it writes).
+        """
+        cache = self._cache
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._k_meta, "version", "epoch")
+            pipe.hlen(self._k_state)
+            pipe.hlen(self._k_stages)
+            pipe.exists(self._k_history)
+            pipe.exists(self._k_migrations)
+            (raw_version, epoch), states, stages, history, migrations = pipe.execute()
+        version, copy_epoch = cache.version, cache.epoch
+        if (
+            raw_version is None
+            or _check_version(raw_version, self._k_meta) != version
+            or epoch != copy_epoch
+        ):
+            return raw_version, []
+        # Race (the resync check holds no _copy_lock): this node's commit confirmed
+        # into the copy between these reads, so the copy's states are of a later
+        # version than Redis was read at. Read its version again: moved, no verdict
+        # (the next check compares again).
+        ids = cache.last_ids()
+        held = (len(cache.states()), len(cache.stages()))
+        if cache.version != version or cache.epoch != copy_epoch:
+            return raw_version, []
+        lost = [
+            key
+            for key, gone in (
+                (self._k_state, states < held[0]),
+                (self._k_stages, stages < held[1]),
+                (self._k_history, not history and ids[0] is not None),
+                (self._k_migrations, not migrations and ids[1] is not None),
+            )
+            if gone
+        ]
+        return raw_version, lost
+
+    def _pull(self) -> bool:
+        """Refresh the copy from one consistent read of Redis; False if Redis is older
+        (or lost a stream of the copy's version: a resync is asked for, it restores).
+
+        No MULTI: Redis 7 refuses commands queued in MULTI while it is out of
+        memory (``maxmemory``, ``noeviction``) although it still serves plain
+        reads. Race: a commit landing amid the reads. Every commit (EXEC, or the
+        restore script) changes ``meta`` atomically with its data, so the
+        reads sit between two reads of ``meta`` in one pipeline: equal ``meta``
+        means no commit landed in between; otherwise read again.
+
+        The copy's history stays a run of Redis' (each entry is a delta of
+        the one before, see ``_history``), from the same cut with the same base
+        once Redis trimmed it (the base and ``trimmed`` are read with the rest,
+        see ``NodeCache.apply``): a refresh appends only what follows
+        the copy's last entries, and only while Redis still holds those (read
+        inclusively). Redis back from an older snapshot (same epoch) with other
+        commits past the copy's version does not: the refresh then takes all
+        of Redis' history instead of chaining it onto entries Redis lost.
+        """
+        client = self._ensure_clients()
+        with self._copy_lock, self._translated("refreshing the node copy"):
+            whole = False  # the copy's tails are not in Redis: read everything
+            for _ in range(_MAX_ATTEMPTS):
+                meta, tails = self._copy_meta(client)
+                if self._copy_behind_check(meta[0]):
+                    return False  # the caller restores (or the listener will)
+                since = None if whole else self._copy_since(meta, tails)
+                if (
+                    since is not None
+                    and ((since[0] and not tails[0]) or (since[1] and not tails[1]))
+                    and self._lost_keys(client)[1]  # (a round trip only then)
+                ):
+                    # Race: Redis lost (evicted) a stream the copy holds entries
+                    # of, at the copy's own version and epoch, and this refresh
+                    # (the listener's after a reply it read before the loss, a
+                    # write's, a read's) comes before any check. Taken whole, as
+                    # a divergence, it would empty the copy's history too: then
+                    # nothing could restore it. It is a loss (see _lost_keys):
+                    # the resync restores it from the copy.
+                    self._resync_wanted.set()
+                    return False
+                if (
+                    since == tails
+                    and self._cache.version == int(meta[0] or 0)
+                    and self._cache.trimmed == meta[3]
+                    and self._cache.mtrimmed == meta[4]
+                ):
+                    return True  # nothing new (the copy's tails and trims included)
+                snap = self._read_snapshot(client, meta, since)
+                if snap is None:
+                    continue  # a commit landed meanwhile: read again
+                if snap is _DIVERGED:
+                    whole = True
+                    continue
+                self._cache.apply(snap)
+                return True
+        return True  # pragma: no cover - a thousand commits in a row
+
+    def _copy_meta(self, client: Any) -> tuple[list[Any], tuple[str | None, str | None]]:
+        """(Redis' meta, the ids of its two streams' last entries: None when empty)."""
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._k_meta, *_META)
+            pipe.xrevrange(self._k_history, count=1)
+            pipe.xrevrange(self._k_migrations, count=1)
+            meta, history, migrations = pipe.execute()
+        return list(meta), (_tail_id(history), _tail_id(migrations))
+
+    def _copy_since(
+        self, meta: list[Any], tails: tuple[str | None, str | None]
+    ) -> tuple[str | None, str | None] | None:
+        """The copy's last stream ids if the copy is of this deployment (None: read all)."""
+        cache = self._cache
+        if meta[0] is None or cache.epoch != meta[1] or not cache.has_data():
+            return None
+        kept = cache.trimmed
+        if kept is not None and (meta[3] is None or stream_key(meta[3]) < stream_key(kept)):
+            # Redis' stream goes back further than the copy's (restored from an
+            # untrimmed copy): the copy's base is not the base of Redis' entries.
+            return None
+        cut = cache.mtrimmed
+        if cut is not None and (meta[4] is None or stream_key(meta[4]) < stream_key(cut)):
+            return None  # likewise Redis' migrations stream: take it whole
+        return cache.last_ids()
+
+    def _read_snapshot(
+        self, client: Any, meta: list[Any], since: tuple[str | None, str | None] | None
+    ) -> Snapshot | None:
+        """Redis at ``meta`` (None: it moved), entries after ``since`` (None: all);
+        ``_DIVERGED`` when Redis no longer holds the copy's last entries.
+
+        The base (a state per flag ever trimmed) and the ``last`` hashes are read
+        only when the copy needs them: a whole read, or a cut (of that stream) the
+        copy does not hold yet. At the copy's cut
+        it is the copy's base already (a base is what the entries before the cut
+        left), so a refresh after each commit costs O(its change), not O(flags).
+        """
+        new_cut = since is None or self._cache.trimmed != meta[3]
+        new_mcut = since is None or self._cache.mtrimmed != meta[4]
+        with client.pipeline(transaction=False) as pipe:
+            self._queue_copy_reads(pipe, since)
+            if new_cut:
+                pipe.hgetall(self._k_base)
+                pipe.hgetall(self._k_hlast)  # moves with the base (see _trim)
+            if new_mcut:
+                pipe.hgetall(self._k_mlast)  # moves with `mtrimmed` (see _TRIM_EVENTS)
+            pipe.hmget(self._k_meta, *_META)
+            replies = pipe.execute()
+        states, stages, history, migrations = replies[:4]
+        rest = iter(replies[4:])
+        base, hlast = (next(rest), next(rest)) if new_cut else (None, None)
+        mlast = next(rest) if new_mcut else None
+        after = next(rest)
+        if list(after) != meta:
+            return None
+        history, migrations = _stream_entries(history), _stream_entries(migrations)
+        if since is not None:
+            if not (_starts_at(history, since[0]) and _starts_at(migrations, since[1])):
+                return _DIVERGED
+            history, migrations = history[bool(since[0]) :], migrations[bool(since[1]) :]
+        stage_map = self._decode_stages(stages)
+        version = int(meta[0] or 0)
+        return Snapshot(
+            version,
+            meta[1],
+            dict(states),
+            stage_map,
+            history,
+            migrations,
+            full=since is None,
+            base=None if base is None else dict(base),
+            trimmed=meta[3],
+            mtrimmed=meta[4],
+            hlast=None if hlast is None else dict(hlast),
+            mlast=None if mlast is None else dict(mlast),
+        )
+
+    def _queue_copy_reads(self, pipe: Any, since: tuple[str | None, str | None] | None) -> None:
+        """The reads of a refresh: streams FROM the copy's last ids (inclusive) if ``since``."""
+        last_h, last_m = since or (None, None)
+        pipe.hgetall(self._k_state)
+        pipe.hgetall(self._k_stages)
+        pipe.xrange(self._k_history, last_h or "-", "+")
+        pipe.xrange(self._k_migrations, last_m or "-", "+")
+
+    def _local_states(self) -> dict[str, FlagState]:
+        """The copy's states with pending kill switches applied."""
+        pending = self._cache.pending()
+        states = {n: self._decode_state(s) for n, s in self._cache.states().items()}
+        for op in pending:
+            op.overlay(states)
+        return states
+
+    def _local_stage(self, plan: str) -> int:
+        if any(plan in op.plans for op in self._cache.pending()):
+            return 0
+        return self._cache.stages().get(plan, 0)
+
+    def _read(self, doing: str, queue: Callable[[Any], None]) -> Any:
+        """One Redis read (consistent with meta, see ``_consistent_read``), or None:
+        answer from the copy.
+
+        None when the listener is not following Redis (stale), when Redis is
+        unreachable, or when Redis holds an older version than the copy (it
+        restarted empty: the listener is poked to restore it).
+        """
+        if not self._synced.is_set():
+            return None
+        try:
+            raw_version, epoch, result = self._consistent_read(doing, queue)
+        except BackendUnavailable as exc:
+            log.debug("flag store %r: %s; answering from the node copy", self.namespace, exc)
+            return None
+        self._redis_answered()
+        if self._copy_behind_check(raw_version):
+            self._resync_wanted.set()
+            self._wake_listener()
+            return None
+        # Race: Redis restarting empty while this node's copy lags what it has
+        # served. The listener delivers a change (subscribers reload: this read)
+        # BEFORE it refreshes the copy, and any other node's commit may land
+        # between a refresh and a read. Were this answer, newer than the copy,
+        # returned and Redis then killed, this node would restore Redis from its
+        # OLDER copy (first come, first restored) and reload from it: flags the
+        # callers already saw changed would revert until a node with a newer copy
+        # restored over it (seen in bench_chaos' flags row). So the copy catches
+        # up (same version and epoch, or newer) before a newer answer leaves: a
+        # node never serves what its copy does not hold, whichever node restores.
+        cache = self._cache
+        if raw_version is not None and (int(raw_version) > cache.version or epoch != cache.epoch):
+            return self._once_copied(result)
+        return result
+
+    def _consistent_read(
+        self, doing: str, queue: Callable[[Any], None]
+    ) -> tuple[str | None, str | None, Any]:
+        """(version, epoch, the read ``queue`` queues) at one version, without MULTI.
+
+        Race: a commit between the reads; see ``_pull`` (meta read before and
+        after in one pipeline, read again if it moved). Every commit bumps
+        ``version`` and every restore sets a new ``restored`` token, so a
+        FLUSHALL then a restore back to the same version and epoch in between
+        also reads again. No MULTI: an out-of-memory Redis 7 refuses queued
+        commands but serves plain reads. ``queue`` may queue several reads
+        (their replies as a list).
+        """
+        client = self._ensure_clients()
+        with self._translated(doing):
+            for _ in range(_MAX_ATTEMPTS):
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.hmget(self._k_meta, *_META)
+                    queue(pipe)
+                    pipe.hmget(self._k_meta, *_META)
+                    before, *result, after = pipe.execute()
+                if list(before) == list(after):
+                    return before[0], before[1], result[0] if len(result) == 1 else result
+        raise FlagError(  # pragma: no cover - a thousand commits in a row
+            f"{doing}: gave up after {_MAX_ATTEMPTS} concurrent commits"
+        )
+
+    def _once_copied(self, result: Any) -> Any:
+        """``result`` (newer than the copy) once the copy caught up, or None (see ``_read``)."""
+        try:
+            current = self._pull()
+        except BackendUnavailable as exc:  # Redis went away meanwhile
+            log.debug("flag store %r: %s; answering from the node copy", self.namespace, exc)
+            return None
+        except FlagError as exc:  # corrupt data in Redis: not a reason to fail the read
+            log.warning("flag store %r: node copy not refreshed: %s", self.namespace, exc)
+            return result
+        if not current:  # Redis went back meanwhile: restore it first
+            self._resync_wanted.set()
+            self._wake_listener()
+            return None
+        return result

@@ -1,0 +1,59 @@
+"""The internal outcomes of one flag commit attempt (retry, behind, reply lost...)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from foundation.errors import BackendUnavailable
+from foundation.flags._store import FlagChange, MigrationEvent
+
+if TYPE_CHECKING:
+    from foundation.flags._redis_store._txn import _Commit
+
+
+class _Retry(Exception):
+    """One attempt of ``RedisFlagStore.transaction`` is over: try again."""
+
+
+class _FailedFast(BackendUnavailable):
+    """A write refused at once: one timed out moments ago (``_fail_fast``)."""
+
+
+class _Behind(Exception):
+    """Redis holds an older version than this node's copy, or lost keys of the copy's
+    own version (evicted): restore before writing."""
+
+
+class _LandedLate(Exception):
+    """An earlier attempt's commit, read back as not there, landed since: it is the
+    transaction's commit (``commit``, made by the run that returned ``result``)."""
+
+    def __init__(self, commit: _Commit, result: Any) -> None:
+        super().__init__(commit.version)
+        self.commit, self.result = commit, result
+
+
+class _ReplyLost(Exception):
+    """EXEC was (maybe) sent and no reply came (``cause``): its outcome is unknown."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Unconfirmed(BackendUnavailable):
+    """A commit sent to Redis that this node cannot confirm: it may or may not have
+    landed (or Redis may have lost it since). ``changes`` and ``events`` are what it
+    wrote: a kill switch kept for later takes their times (``_sent_times``), so its
+    replay finds them in the history if they landed and writes nothing twice."""
+
+    def __init__(
+        self,
+        message: str,
+        changes: Iterable[FlagChange] = (),
+        events: Iterable[MigrationEvent] = (),
+    ) -> None:
+        super().__init__(message)
+        self.changes = tuple(changes)
+        self.events = tuple(events)

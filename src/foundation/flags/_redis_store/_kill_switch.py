@@ -1,0 +1,189 @@
+"""Kill switches held in the node copy while Redis is away, and their replay."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import replace as _replace
+from typing import Any
+
+from foundation.errors import BackendUnavailable, FlagError
+from foundation.flags._node_cache import PendingKillSwitch
+from foundation.flags._redis_store._commit import _Commits
+from foundation.flags._redis_store._errors import _FailedFast, _Unconfirmed
+from foundation.flags._redis_store._shared import T, log
+from foundation.flags._redis_store._txn import _LocalTransaction, _RedisTransaction
+from foundation.flags._store import FlagChange, FlagState, MigrationEvent, StoreTransaction
+
+
+def _off(state: FlagState) -> FlagState:
+    return _replace(state, switch=False)
+
+
+def _kill_switch_states(txn: _LocalTransaction, cause: BackendUnavailable) -> dict[str, FlagState]:
+    """The states ``txn`` puts; raise ``cause`` unless it only switches off / rolls back."""
+    stored: dict[str, FlagState] = {}
+    for name, state in txn.puts.items():
+        if state is None or state.switch:
+            raise cause  # not a kill switch: it must reach Redis or fail
+        stored[name] = state
+    if any(s != 0 for s in txn.stage_puts.values()) or any(
+        e.action != "emergency_rollback" for e in txn.events
+    ):
+        raise cause
+    return stored
+
+
+def _pending_op(txn: _LocalTransaction, stored: dict[str, FlagState]) -> PendingKillSwitch:
+    """The pending kill switch recording ``txn`` (not yet numbered: id 0)."""
+    first: FlagChange | MigrationEvent = (txn.changes or txn.events)[0]
+    at = min([c.at for c in txn.changes] + [e.at for e in txn.events])
+    return PendingKillSwitch(
+        0, tuple(txn.changes), stored, tuple(txn.events), at, first.by, first.reason
+    )
+
+
+def _sent_times(op: PendingKillSwitch, sent: _Unconfirmed) -> PendingKillSwitch:
+    """``op`` with the times of ``sent``, the unconfirmed commit of the same call.
+
+    Race: a kill switch whose commit landed but could not be confirmed (its
+    EXEC's reply lost, Redis gone before the read-back) is kept and replayed.
+    Its body ran again on the copy and took new times; ``committed_since`` knows
+    a kill switch by its records' times, so with those it would not find the
+    landed commit and would write it again (an emergency rollback recorded
+    twice, the second "from stage 0"). A record of the same flag (plan and
+    action), ``by`` and ``reason`` takes the time ``sent`` carried.
+    """
+    flag_at = {(c.flag, c.by, c.reason): c.at for c in sent.changes}
+    plan_at = {(e.plan, e.action, e.by, e.reason): e.at for e in sent.events}
+    changes = tuple(_replace(c, at=flag_at.get((c.flag, c.by, c.reason), c.at)) for c in op.changes)
+    events = tuple(
+        _replace(e, at=plan_at.get((e.plan, e.action, e.by, e.reason), e.at)) for e in op.events
+    )
+    at = min([c.at for c in changes] + [e.at for e in events])
+    return _replace(op, changes=changes, events=events, at=at)
+
+
+def _replay_switch_off(
+    txn: StoreTransaction, op: PendingKillSwitch, name: str, stored: FlagState
+) -> None:
+    """Put ``name`` of a pending kill switch: off from its current state (no-op if it is)."""
+    current = txn.get(name)
+    new = stored if current is None else _off(current)
+    if new == current:
+        return
+    change = next(c for c in op.changes if c.flag == name)
+    old = change.old if current is None else current
+    txn.put(name, new, _replace(change, old=old, new=new))
+
+
+class _KillSwitches(_Commits):
+    """Kill switches applied locally while Redis is away, committed when it returns."""
+
+    def _defer(
+        self, fn: Callable[[StoreTransaction], T], cause: BackendUnavailable, refused: bool = False
+    ) -> T:
+        """Apply ``fn`` to this node's view and keep it pending (see ``kill_switch``);
+        ``refused``: its commit just failed (``cause``), the store still in sync."""
+        with self._txn_lock:
+            self._check_open()
+            txn = _LocalTransaction(self)
+            result = fn(txn)
+            if not txn.changes and not txn.events:
+                return result
+            stored = _kill_switch_states(txn, cause)
+            if not self._cache.has_data():
+                raise cause  # no copy of the deployment to apply it to
+            op = _pending_op(txn, stored)
+            if isinstance(cause, _Unconfirmed):
+                op = _sent_times(op, cause)
+            try:
+                op_id = self._cache.add_pending(op)
+            except FlagError as exc:  # the copy is unusable: nowhere to keep it
+                raise cause from exc
+        log.warning(
+            "flag store %r: Redis unavailable (%s); kill switch by %s (%s) applied locally "
+            "to %s and recorded; it will be committed when Redis returns",
+            self.namespace, cause, op.by, op.reason, ", ".join(op.flags + op.plans),
+        )  # fmt: skip
+        self._event("pending_recorded", **self._op_data(_replace(op, id=op_id)))
+        if refused and not self._read_only:
+            # This node now serves what Redis lacks: stale at once, as the listener
+            # would say only once its next turn's replay fails (up to its XREAD
+            # block later). Its resync commits the switch and brings it in sync.
+            # (A read-only replica stays in sync: the switch waits for writable.)
+            # (Failed fast: the timeout behind it is the error, as the listener's.)
+            timed_out = BackendUnavailable(self._no_answer.error)
+            error = timed_out if isinstance(cause, _FailedFast) else cause
+            self._went_stale(error, "cannot commit a kill switch to")
+            self._resync_wanted.set()
+        # The listener commits it at its next turn (within its XREAD block time
+        # if connected). No CLIENT UNBLOCK here: on a frozen Redis that call would
+        # itself wait for the timeout, and the kill switch must return at once.
+        self._replay_wanted.set()
+        return result
+
+    def _op_data(self, op: PendingKillSwitch) -> dict[str, Any]:
+        return {
+            "id": op.id,
+            "flags": list(op.flags),
+            "plans": list(op.plans),
+            "by": op.by,
+            "reason": op.reason,
+            "at": op.at,
+        }
+
+    def _replay_pending(self) -> None:
+        """Commit (or drop as superseded) every pending kill switch, oldest first."""
+        self._replay_wanted.clear()
+        superseded = False
+        for op in self._cache.pending():
+            newer, already = self.transaction(functools.partial(self._replay_one, op=op))
+            # Committed (or superseded) first, dropped second: a crash in between
+            # replays it, and committed_since() then sees it is already there.
+            # Race: Redis may go away again right after the commit. The pending
+            # record goes only once the node copy holds the commit (a failed
+            # refresh raises and leaves it pending; the next replay finds it
+            # "already" committed): otherwise a read served from the copy would
+            # show the killed flag on again.
+            if not self._pull():
+                self._replay_wanted.set()  # Redis is behind the copy: restore, then replay
+                return
+            # By id and content: a write-back during this replay may have renumbered
+            # op (its id clashed with another process's kill switch); see NodeCache.
+            self._cache.remove_pending(op)
+            if newer:
+                superseded = True
+                log.warning(
+                    "flag store %r: the kill switch by %s (%s) on %s, recorded during the "
+                    "outage at %s, was SUPERSEDED by newer committed changes and not applied: %s",
+                    self.namespace, op.by, op.reason, ", ".join(op.flags + op.plans),
+                    time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(op.at)), newer,
+                )  # fmt: skip
+                self._event("pending_superseded", **self._op_data(op), superseded_by=newer)
+            else:
+                log.info(
+                    "flag store %r: kill switch by %s (%s) on %s committed%s",
+                    self.namespace, op.by, op.reason, ", ".join(op.flags + op.plans),
+                    " (it already was)" if already else "",
+                )  # fmt: skip
+                self._event("pending_committed", **self._op_data(op), already=already)
+        if superseded:
+            self._deliver([])  # the local switch-off is lifted: subscribers reload
+
+    def _replay_one(
+        self, txn: StoreTransaction, op: PendingKillSwitch
+    ) -> tuple[list[FlagChange | MigrationEvent], bool]:
+        """The body of a pending kill switch's commit: (newer changes, already committed)."""
+        if not isinstance(txn, _RedisTransaction):  # pragma: no cover
+            raise TypeError("a pending kill switch replays on Redis only")
+        newer, already = txn.committed_since(op)
+        if newer or already:
+            return newer, already  # write nothing
+        for name, stored in op.stored.items():
+            _replay_switch_off(txn, op, name, stored)
+        for event in op.events:
+            stage = txn.migration_stage(event.plan)
+            txn.put_migration(event.plan, 0, _replace(event, from_stage=stage))
+        return newer, already

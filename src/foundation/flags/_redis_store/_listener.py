@@ -1,0 +1,352 @@
+"""The listener thread of the Redis flag store: first sync, following the streams, resyncs."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import threading
+import time
+from typing import Any
+
+from foundation._retry import RetryBackoff
+from foundation.errors import BackendUnavailable, FlagError
+from foundation.flags._history import Replay
+from foundation.flags._node_cache import stream_key
+from foundation.flags._redis_store._records import _Records
+from foundation.flags._redis_store._shared import _read_only_error, log
+from foundation.flags._store import FlagChange
+
+
+def _position(fields: dict[str, str]) -> tuple[int, str, int, int] | None:
+    """(version, txn, i, n) of a history entry (None: an entry without them)."""
+    try:
+        return int(fields["v"]), fields["txn"], int(fields["i"]), int(fields["n"])
+    except (KeyError, ValueError):
+        return None
+
+
+class _Listener(_Records):
+    """Starts in sync (or from the copy) and follows the change stream on its thread."""
+
+    def _first_sync(self) -> None:
+        """Connect and catch up, or start stale from the node copy if Redis is down."""
+        created = self.cache_path is not None and not self._cache.has_data()
+        self._created_copy = created  # a start that fails later removes it too
+        has_copy = not created and self._cache.has_data()
+        try:
+            client = self._ensure_clients()
+            self._catch_up()
+            self._check_memory_policy(client)
+            if not self._check_role():  # a read-only replica: they wait (see _resync)
+                self._replay_pending()
+        except BackendUnavailable as exc:
+            if not has_copy:
+                self._close_clients()
+                self._cache.close()
+                if created:
+                    self._remove_cache_files()
+                raise
+            self._start_from_copy(exc)
+        except BaseException:
+            self._close_clients()
+            self._cache.close()
+            raise
+        else:
+            self._synced.set()
+
+    def _start_from_copy(self, exc: BackendUnavailable) -> None:
+        """Start stale from the node copy: Redis was unreachable at start (``exc``)."""
+        # Start from the node copy (stale); the listener catches up later.
+        self._last_error = str(exc)
+        self._stale_since = time.time()
+        if _read_only_error(exc):
+            self._note_read_only(True, str(exc))
+        log.warning(
+            "flag store %r: Redis at %s unavailable at start (%s); "
+            "starting from the node copy at version %d (stale)",
+            self.namespace, self._url, exc, self._cache.version,
+        )  # fmt: skip
+        self._event(
+            "started_from_cache",
+            version=0 if self._closed else self._cache.version,
+            cache_path=str(self.cache_path) if self.cache_path else None,
+            error=str(exc),
+        )
+        self._event("stale", error=str(exc))
+
+    def _start_listener(self) -> None:
+        """Start the listener thread. Without a thread (the process's thread limit)
+        close the connections and the node copy ``_first_sync`` opened, then raise
+        ``BackendUnavailable``: nothing of this store is left open."""
+        self._thread = threading.Thread(
+            target=self._listen, name=f"foundation-flags-redis[{self.namespace}]", daemon=True
+        )
+        try:
+            self._thread.start()
+        except RuntimeError as exc:  # "can't start new thread" (EAGAIN: thread limit)
+            # No thread ran and nobody holds this store yet: nothing can race.
+            self._closed = True
+            self._close_clients()
+            self._cache.close()
+            if self._created_copy:  # the node copy this start created: no file left
+                self._remove_cache_files()
+            raise BackendUnavailable(
+                errno.EAGAIN,
+                f"flag store {self.namespace!r} cannot start its listener thread: {exc}",
+            ) from exc
+
+    def _listen(self) -> None:
+        backoff = RetryBackoff(base=0.05, cap=1.0)
+        pending: dict[str, list[tuple[str, FlagChange]]] = {}
+        need_resync = not self._synced.is_set()
+        next_check = time.monotonic() + self._resync_interval
+        try:
+            while not self._stop.is_set():
+                try:
+                    if need_resync or self._resync_wanted.is_set():
+                        self._resync()
+                        pending.clear()
+                        need_resync = False
+                        backoff.reset()
+                    else:
+                        self._replay_if_wanted()
+                    self._send_welcomes()
+                    reply = self._read_streams()
+                    if self._stop.is_set():
+                        break
+                    if reply:
+                        self._take_reply(reply, pending)
+                    if time.monotonic() >= next_check:
+                        next_check = time.monotonic() + self._resync_interval
+                        need_resync = self._redis_went_back()
+                    # Redis answered this turn's every call: writes, and the next
+                    # turn's replay of kill switches, stop failing fast (see
+                    # _fail_fast). Here, after the last call: one answered after
+                    # a write timed out counts (a reply read just before Redis
+                    # froze again only lets one more write wait its own timeout).
+                    self._redis_answered()
+                    self._flap_over()
+                except Exception as exc:  # the listener survives anything; see _fault
+                    if self._stop.is_set():
+                        break
+                    self._fault(exc)
+                    need_resync = True
+                    self._stop.wait(backoff.next())
+        finally:
+            self._listener_stopped()
+
+    def _replay_if_wanted(self) -> None:
+        """Commit the pending kill switches if a replay was asked for (``_replay_wanted``).
+
+        Not on a read-only replica: the commit would fail (and the listener go
+        stale for it); the resync after it accepts writes again replays them."""
+        if self._replay_wanted.is_set() and not self._read_only:
+            with self._translated("committing pending kill switches"):
+                self._replay_pending()
+
+    def _listener_stopped(self) -> None:
+        """The listener's last step: not synced, its socket closed (the copy too once closed)."""
+        self._synced.clear()
+        with contextlib.suppress(Exception):
+            if self._listen_client is not None:
+                self._listen_client.close()
+        if self._closed:
+            self._cache.close()
+
+    def _read_streams(self) -> Any:
+        """One blocking XREAD of the history and migration streams."""
+        with self._translated("following the change stream"):
+            client = self._ensure_listen_client()
+            return client.xread(
+                {self._k_history: self._last_id, self._k_migrations: self._last_mig_id},
+                count=256,
+                block=self._block_ms,
+            )
+
+    def _take_reply(self, reply: Any, pending: dict[str, list[tuple[str, FlagChange]]]) -> None:
+        """Deliver the history entries of an XREAD reply, then refresh the copy."""
+        for stream, entries in reply:
+            if stream == self._k_history and entries and self._may_have_skipped(entries[0][1]):
+                # Race: a trim dropped entries this listener had not read (it lags
+                # more than history_limit entries): its replayed states miss them.
+                # Resynchronise; subscribers reload.
+                self._resync_wanted.set()
+                self._deliver([])
+                return
+            if stream == self._k_history:
+                self._consume(entries, pending)
+            elif entries:
+                self._last_mig_id = str(entries[-1][0])
+        # Deliver first (propagation latency), copy second: the
+        # writer refreshed its own copy right after its commit, so a
+        # crash of Redis in between loses the change from no copy. A
+        # subscriber's reload (load_states) refreshes this copy itself
+        # before it answers with anything newer (see _read).
+        self._pull()
+
+    def _may_have_skipped(self, first: dict[str, str]) -> bool:
+        """Whether entries between the last one read and ``first`` (the next XREAD
+        reply's) may have been trimmed unread.
+
+        Not when ``first`` is the entry right after the last one read (same
+        transaction, next index; or index 0 of the next version): the common case
+        costs no round trip. Otherwise (after a catch-up, a migration-only commit,
+        a lag) one HGET of meta's ``trimmed``, read after the XREAD reply, so a
+        trim that landed before it is seen (a later one at worst resyncs for
+        nothing): trimmed past the last entry read means entries may be lost.
+        """
+        last, pos = self._last_pos, _position(first)
+        if last is not None and pos is not None:
+            version, txn, i, n = last
+            if i + 1 < n and pos[:3] == (version, txn, i + 1):
+                return False
+            if i + 1 >= n and pos[0] == version + 1 and pos[2] == 0:
+                return False
+        with self._translated("reading the history's trim"):
+            cut = self._ensure_listen_client().hget(self._k_meta, "trimmed")
+        return cut is not None and stream_key(str(cut)) > stream_key(self._last_id)
+
+    def _tails(self) -> tuple[str, str]:
+        client = self._ensure_listen_client()
+        with self._translated("reading the change stream's tail"):
+            self._listener_client_id = int(client.client_id())
+            out = []
+            for key in (self._k_history, self._k_migrations):
+                tail = client.xrevrange(key, count=1)
+                out.append(str(tail[0][0]) if tail else "0-0")
+        return out[0], out[1]
+
+    def _resync(self) -> None:
+        """Reconnect; restore Redis or refresh the copy; commit pending kill switches."""
+        self._resync_wanted.clear()
+        self._synced.clear()
+        client = self._ensure_clients()
+        self._catch_up()
+        self._check_memory_policy(client)
+        read_only = self._check_role()
+        # Redis answered: the replay below must not fail fast for a write that
+        # timed out before it came back (the resync would fail, stale, for up to
+        # a timeout: see _fail_fast).
+        self._redis_answered()
+        if not read_only:
+            # A read-only replica: reads follow it, writes would fail. The kill
+            # switches stay pending until it accepts writes (_redis_went_back).
+            with self._translated("committing pending kill switches"):
+                self._replay_pending()
+            self._record_again()
+        self._resyncs += 1
+        self._tls_warned = None
+        with self._lock:
+            # Race: a writer's refused kill switch marking it stale (_mark_stale)
+            # meanwhile: before, in sync here and its resync (wanted) runs next;
+            # after, stale; never stale with no stale_since or the reverse.
+            self._stale_since = None
+            self._synced.set()
+            flapping = self._damper.up()
+        log.log(
+            logging.DEBUG if flapping else logging.INFO,
+            "flag store %r in sync with Redis at %s (version %d%s)",
+            self.namespace, self._url, self._cache.version,
+            "; a read-only replica: writes fail" if self._read_only else "",
+        )  # fmt: skip
+        self._event("in_sync", version=self._cache.version, read_only=self._read_only)
+        # Whatever happened while we were away is unknown: "reload".
+        self._deliver([])
+
+    def _catch_up(self) -> None:
+        """Restore Redis if it is older than the copy, then follow it from here on.
+
+        Race: a commit landing between reading the stream's tails and the copy's
+        refresh. Tails first: such a commit is then in both the refresh and the
+        next XREAD (whose refresh is a no-op, and which the version floor keeps
+        from being delivered twice); the other order would miss it in both.
+        """
+        with self._copy_lock:
+            self._restore_if_behind()
+            self._last_id, self._last_mig_id = self._tails()
+            self._pull()
+            # Entries up to this version are in the state subscribers (re)load,
+            # and in the copy's states, from which later entries' deltas replay
+            # (read under _copy_lock: the copy's version and states agree).
+            self._floor = self._cache.version
+            self._feed = Replay(self._feed_states(self._cache.states()))
+            self._feed_at = (self._floor, "")
+            self._last_pos = None
+
+    def _redis_went_back(self) -> bool:
+        """True if Redis is older than the copy, the stream's tail is behind what we
+        read, or Redis accepts writes again after being a read-only replica."""
+        was_read_only = self._read_only
+        if not self._check_role() and was_read_only:
+            return True  # writable again: resync (commits the pending kill switches)
+        client = self._ensure_listen_client()
+        with self._translated("checking the change stream"):
+            raw_version, trimmed, mtrimmed = client.hmget(
+                self._k_meta, "version", "trimmed", "mtrimmed"
+            )
+            if self._copy_behind_check(raw_version):
+                return True
+            if self._lost_keys(client)[1]:
+                return True  # keys evicted: the resync restores them from the copy
+            tail = client.xrevrange(self._k_history, count=1)
+        if self._last_id != "0-0" and (
+            not tail or stream_key(str(tail[0][0])) < stream_key(self._last_id)
+        ):
+            return True
+        if trimmed != self._cache.trimmed or mtrimmed != self._cache.mtrimmed:
+            # Race: another node's trim landed after the commit this copy last
+            # mirrored. A trim changes no version and adds no entry, so nothing
+            # wakes the listener for it: mirror it here, within resync_interval,
+            # so the copy holds Redis' cut and base (what a restore puts back).
+            self._pull()
+        return False
+
+    def _consume(
+        self, entries: list[tuple[str, dict[str, str]]], pending: dict[str, list[Any]]
+    ) -> None:
+        for entry_id, fields in entries:
+            self._last_id = str(entry_id)
+            self._last_pos = _position(fields)
+            version = fields.get("v", "")
+            if version.isdigit() and 0 < int(version) <= self._floor:
+                continue  # already in the state loaded at the last catch-up
+            txn = fields.get("txn", entry_id)
+            try:
+                self._check_order(version, txn)
+                # Every entry is replayed, ours included: it is the base of the next delta.
+                change = self._decode_change(fields, self._feed)
+                n = int(fields.get("n", "1"))
+            except (FlagError, ValueError):
+                # A malformed entry written by someone else, or a stream that went
+                # back: reload instead of guessing, and resynchronise (the
+                # replayed states no longer match the stream).
+                self._resync_wanted.set()
+                self._deliver([])
+                return
+            if change is None or fields.get("origin") == self._origin:
+                continue  # our own commit: the writer already knows it
+            group = pending.setdefault(txn, [])
+            group.append((entry_id, change))
+            # One transaction's entries are contiguous (EXEC is atomic) but one
+            # XREAD batch may end mid-transaction: deliver only complete ones.
+            if len(group) >= n:
+                del pending[txn]
+                self._deliver([c for _, c in group])
+
+    def _check_order(self, version: str, txn: str) -> None:
+        """FlagError if an entry's version is older than the last replayed one's.
+
+        Race: Redis restarted and was restored from a copy that missed the last
+        commits this listener replayed, and new commits landed before the
+        periodic check noticed (``_redis_went_back``). Their deltas are based
+        on states this listener's replay no longer matches: caught here at the
+        first such entry (same version, another transaction included).
+        """
+        if not version.isdigit():
+            return  # an entry without a version: nothing to compare
+        at = (int(version), txn)
+        last_version, last_txn = self._feed_at
+        if at[0] < last_version or (at[0] == last_version and txn != last_txn):
+            raise FlagError(f"the change stream went back to version {version}")
+        self._feed_at = at

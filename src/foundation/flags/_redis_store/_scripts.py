@@ -1,0 +1,120 @@
+"""The Lua scripts of the Redis flag store: restore from a node copy, trim the streams."""
+
+from __future__ import annotations
+
+# Restore the deployment from a node copy, only if Redis is still older than it.
+# KEYS: meta, state, stages, history, migrations, history base, the latest trimmed
+# change per flag, the latest trimmed event per plan. ARGV[1]: the copy as JSON (its
+# base and ``trimmed`` too: its history replays from that base). ARGV[2] 'lost':
+# also restore at the copy's own version and epoch if Redis lost keys of it (evicted
+# under an allkeys-* maxmemory-policy): fewer flag states or stages than the copy
+# holds at that version (only a commit changes them, and every commit moves the
+# version), or a history or migrations stream gone while the copy holds entries.
+_RESTORE = """
+local data = cjson.decode(ARGV[1])
+local function count(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+local function lost()
+  local m = redis.call('HMGET', KEYS[1], 'version', 'epoch')
+  if m[1] ~= data.version or m[2] ~= data.epoch then return false end
+  return redis.call('HLEN', KEYS[2]) < count(data.states)
+      or redis.call('HLEN', KEYS[3]) < count(data.stages)
+      or (#data.history > 0 and redis.call('EXISTS', KEYS[4]) == 0)
+      or (#data.migrations > 0 and redis.call('EXISTS', KEYS[5]) == 0)
+end
+local current = redis.call('HGET', KEYS[1], 'version')
+if current and tonumber(current) >= tonumber(data.version)
+    and not (ARGV[2] == 'lost' and lost()) then
+  return 0
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+for name, state in pairs(data.states) do redis.call('HSET', KEYS[2], name, state) end
+for plan, stage in pairs(data.stages) do redis.call('HSET', KEYS[3], plan, stage) end
+for _, e in ipairs(data.history) do redis.call('XADD', KEYS[4], e[1], unpack(e[2])) end
+for _, e in ipairs(data.migrations) do redis.call('XADD', KEYS[5], e[1], unpack(e[2])) end
+for name, state in pairs(data.base) do redis.call('HSET', KEYS[6], name, state) end
+for name, record in pairs(data.hlast) do redis.call('HSET', KEYS[7], name, record) end
+for plan, event in pairs(data.mlast) do redis.call('HSET', KEYS[8], plan, event) end
+redis.call('HSET', KEYS[1], 'version', data.version, 'epoch', data.epoch,
+           'restored', data.restored)
+if data.trimmed ~= '' then
+  redis.call('HSET', KEYS[1], 'trimmed', data.trimmed)
+else
+  redis.call('HDEL', KEYS[1], 'trimmed')
+end
+if data.mtrimmed ~= '' then
+  redis.call('HSET', KEYS[1], 'mtrimmed', data.mtrimmed)
+else
+  redis.call('HDEL', KEYS[1], 'mtrimmed')
+end
+return 1
+"""
+
+
+# Trim the history to the entries from ARGV[4] on, with ARGV[5] (JSON: flag ->
+# state) as the new base and ARGV[6] (JSON: flag -> record) as the flags' latest
+# trimmed changes that moved, only if nobody trimmed or restored since the trimmer
+# read the entries it replayed (ARGV[1..3]: the epoch, restored and trimmed it
+# read; '' for none). Commits only append after the cut: they need no check.
+# KEYS: meta, history, history base, latest trimmed change per flag. Returns the
+# entries trimmed, -1 if it moved.
+_TRIM = """
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'restored', 'trimmed')
+if (m[1] or '') ~= ARGV[1] or (m[2] or '') ~= ARGV[2] or (m[3] or '') ~= ARGV[3] then
+  return -1
+end
+local n = redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
+redis.call('DEL', KEYS[3])
+for name, state in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[3], name, state) end
+for name, record in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[4], name, record) end
+redis.call('HSET', KEYS[1], 'trimmed', ARGV[4])
+return n
+"""
+
+
+# Trim the migrations stream to its last ARGV[1] events (exactly) and record the
+# first kept id in meta's `mtrimmed` (what node copies mirror). Events are whole
+# records: no base, no check; commits only append. Before the cut, each plan's
+# latest event among those dropped (greatest `at`; the later entry on a tie) goes
+# to KEYS[3] unless it holds a later one: a pending emergency rollback is checked
+# against it (see committed_since). An event that does not decode is dropped
+# unrecorded (readers of the stream refuse it anyway). KEYS: meta, migrations,
+# latest trimmed event per plan. Returns the events trimmed.
+_TRIM_EVENTS = """
+local drop = redis.call('XLEN', KEYS[2]) - tonumber(ARGV[1])
+if drop <= 0 then
+  return 0
+end
+local latest = {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', drop)) do
+  local f = e[2]
+  for i = 1, #f - 1, 2 do
+    if f[i] == 'event' then
+      local ok, ev = pcall(cjson.decode, f[i + 1])
+      if ok and type(ev) == 'table' and type(ev.plan) == 'string'
+          and type(ev.at) == 'number' then
+        local seen = latest[ev.plan]
+        if seen == nil or ev.at >= seen[1] then latest[ev.plan] = {ev.at, f[i + 1]} end
+      end
+    end
+  end
+end
+for plan, e in pairs(latest) do
+  local kept = redis.call('HGET', KEYS[3], plan)
+  local later = false
+  if kept then
+    local ok, k = pcall(cjson.decode, kept)
+    later = ok and type(k) == 'table' and type(k.at) == 'number' and k.at > e[1]
+  end
+  if not later then redis.call('HSET', KEYS[3], plan, e[2]) end
+end
+local n = redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])
+if n > 0 then
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  redis.call('HSET', KEYS[1], 'mtrimmed', first[1][1])
+end
+return n
+"""

@@ -1,0 +1,388 @@
+"""``RedisFlagStore``: the public class, its constructor and the ``FlagStore`` calls."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from foundation._listeners import check_listener
+from foundation._redis_conn import check_url, error_kind, import_redis, redact_url
+from foundation._redis_memory_policy import EvictionCheck
+from foundation.errors import BackendUnavailable, FlagError, InvalidConfig, bounded_repr
+from foundation.flags._history import Replay
+from foundation.flags._node_cache import PendingKillSwitch
+from foundation.flags._redis_store._commit import _TxnRun
+from foundation.flags._redis_store._errors import _Retry
+from foundation.flags._redis_store._listener import _Listener
+from foundation.flags._redis_store._shared import _MAX_ATTEMPTS, T, _check_name, log
+from foundation.flags._redis_store._status import RedisFlagStoreStatus, _live, _live_lock
+from foundation.flags._store import (
+    DEFAULT_HISTORY_LIMIT,
+    FlagChange,
+    FlagInfo,
+    FlagState,
+    MigrationEvent,
+    StoreTransaction,
+    catalogue_entries,
+    check_history_limit,
+    plan_from_json,
+    plan_to_json,
+)
+
+if TYPE_CHECKING:
+    # sqlite3, uuid and pathlib are imported where used (`import foundation` stays cheap).
+    from foundation.flags._migration import MigrationPlan
+
+
+class RedisFlagStore(_Listener):
+    """A ``FlagStore`` in Redis, shared by every node, that rides out Redis outages.
+
+    ``url`` is a redis-py URL (``redis://``, ``rediss://`` for TLS,
+    ``redis://user:password@host:port/db`` for AUTH and ACL users). The
+    ``namespace`` isolates deployments sharing one Redis. Every Redis call is
+    bounded by ``timeout`` seconds; ``resync_interval`` is how often the
+    listener double-checks that Redis did not go back (restarted or flushed
+    without the listener noticing). ``cache_path`` is this node's copy (see the
+    module docs): ``True`` (default) for ``$FOUNDATION_CACHE_DIR`` or the XDG
+    cache directory, a path, or ``None``/``False`` for a copy in memory only.
+    ``history_limit``: the history stream keeps the last that many entries of all
+    flags together (at most 10 % more between trims; None: all; see "Retention"
+    in the module docs); each store trims with its own, so the smallest one in
+    use wins. ``hold_kill_switches`` (default True): a kill switch (``disable``, an
+    emergency rollback) made while Redis is unreachable is applied here at once
+    and kept in the copy until this store commits it; ``False`` refuses it with
+    ``BackendUnavailable`` instead -- for a short-lived process (a command, a
+    cron job), which would be gone before Redis returns.
+
+    The constructor connects at once, so a wrong host, port or password fails
+    here -- unless this node has a copy of the deployment, in which case it
+    starts from it, ``stale``, and catches up when Redis answers.
+
+    Raises:
+        ImportError: the ``redis`` extra is not installed (``foundation[redis]``).
+        errors.InvalidConfig: a malformed URL or a database index the server lacks.
+        errors.BackendUnavailable: Redis cannot be reached (or refuses the
+            credentials) and this node has no copy to start from; or (``errno``
+            EAGAIN) the process cannot start the listener thread: nothing is left open.
+        errors.InvalidFlagValue: an empty namespace.
+        errors.InvalidConfig: a timeout or resync interval that is not a positive
+            number of seconds up to ``threading.TIMEOUT_MAX``, a ``cache_path`` that
+            is not a path (or True, False, None), or a ``hold_kill_switches`` that
+            is not a bool.
+
+    Usage, with a redis-server running::
+
+        store = RedisFlagStore("redis://127.0.0.1:6379/0", namespace="shop")
+        flags = FeatureFlags([Flag("beta")], store=store)  # every node does the same
+        flags.enable("beta", by="ops")  # now enabled on every node, within milliseconds
+        store.close()
+
+    Example:
+        >>> from foundation import RedisFlagStore, errors
+        >>> try:
+        ...     RedisFlagStore("redis://127.0.0.1:1/0", timeout=0.5, cache_path=None)
+        ... except errors.BackendUnavailable as exc:
+        ...     print("unreachable:", "127.0.0.1:1" in str(exc))
+        unreachable: True
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "foundation",
+        timeout: float = 2.0,
+        resync_interval: float = 5.0,
+        cache_path: str | os.PathLike[str] | bool | None = True,
+        hold_kill_switches: bool = True,
+        history_limit: int | None = DEFAULT_HISTORY_LIMIT,
+    ) -> None:
+        import uuid
+
+        self.history_limit = check_history_limit(history_limit)
+        self._redis = import_redis()
+        if not isinstance(hold_kill_switches, bool):  # as every flag store option: InvalidConfig
+            raise InvalidConfig(
+                f"hold_kill_switches must be a bool, not {bounded_repr(hold_kill_switches)}"
+            )
+        if not isinstance(url, str) or not url:
+            raise InvalidConfig(f"url must be a non-empty redis:// URL, not {bounded_repr(url)}")
+        _check_name(namespace, "namespace")
+        for what, value in (("timeout", timeout), ("resync_interval", resync_interval)):
+            # NaN, inf or an int beyond floats would fail later, as a misleading error.
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value <= threading.TIMEOUT_MAX
+            ):
+                raise InvalidConfig(
+                    f"{what} must be a positive number of seconds up to "
+                    f"{threading.TIMEOUT_MAX:g}, not {bounded_repr(value)}"
+                )
+        check_url(url)  # InvalidConfig for a malformed URL
+        self._raw_url = url
+        self._url = redact_url(url)
+        self.namespace = namespace
+        self._init_keys(namespace)
+        self._recorded: dict[str, dict[str, str]] = {}  # catalogue/plans recorded here
+        self._origin = uuid.uuid4().hex  # tells this store object's own commits apart
+        self._timeout = float(timeout)
+        self._resync_interval = float(resync_interval)
+        # The listener blocks at most this long per XREAD, then checks the stream.
+        self._block_ms = int(min(self._resync_interval, 2.0) * 1000)
+
+        self._init_state()
+        # Warns once if the server may evict our keys (checked at each (re)sync).
+        self._memory_policy = EvictionCheck(log, f"flag store {namespace!r}", self._url)
+        # False for short-lived processes (the CLI): a kill switch they cannot commit
+        # raises instead of waiting in the copy, since they would not commit it.
+        self._defer_kill_switches = hold_kill_switches
+
+        self._cache = self._open_cache(cache_path)
+        self.cache_path = self._cache.path
+        # A copy written back from memory may hold pending kill switches again
+        # (NodeCache._write_back): the listener commits or drops them at its next turn.
+        self._cache.on_write_back = self._replay_wanted.set
+        self._first_sync()
+        self._start_listener()
+        with _live_lock:  # only once started: a store that failed to start is not live
+            _live.add(self)
+
+    def load_states(self) -> dict[str, FlagState]:
+        """Every runtime state (Redis, else the node copy), pending kill switches applied."""
+        self._check_open()
+        with self._lock:
+            self._load_marks.deliveries = self._deliveries
+        # Race: a pending kill switch being committed. Read the pending list
+        # FIRST: the replay commits to Redis and only then drops the pending
+        # record, so we see it pending, or committed, never neither.
+        pending = self._cache.pending()
+        raw = self._read("loading flag states", lambda p: p.hgetall(self._k_state))
+        if raw is None:
+            raw = self._cache.states()
+        states = {name: self._decode_state(text) for name, text in raw.items()}
+        for op in pending:
+            op.overlay(states)
+        return states
+
+    def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
+        """Run ``fn(txn)`` and commit its writes atomically (WATCH/MULTI/EXEC, retried)."""
+        self._check_open()
+        self._fail_fast()  # Redis just timed out: no wait for the lock, nor for Redis
+        with self._txn_lock:
+            # Race: close() while this one waited for the lock: Closed first.
+            self._check_open()
+            # Race: the transaction that held the lock while this one waited (the
+            # caller's FeatureFlags lock too) may have just timed out on a frozen
+            # Redis: fail as it did rather than wait a timeout of our own, so N
+            # queued writers cost one timeout, not N (nothing was sent).
+            self._fail_fast()
+            run = _TxnRun()
+            for _ in range(_MAX_ATTEMPTS):
+                self._check_open()
+                try:
+                    result = self._attempt(fn, run)
+                except _Retry:
+                    continue
+                except BackendUnavailable as exc:
+                    self._last_error = str(exc)  # status() says it at once
+                    if (
+                        isinstance(exc.__cause__, Exception)
+                        and error_kind(exc.__cause__) == "timeout"
+                    ):
+                        self._no_answer.timed_out(str(exc))
+                    raise
+                self._redis_answered()
+                return result
+        raise FlagError(
+            f"flag transaction gave up after {_MAX_ATTEMPTS} conflicting concurrent commits"
+        )
+
+    def kill_switch(self, fn: Callable[[StoreTransaction], T]) -> T:
+        """Commit a switch-off write; during an outage, apply and record it locally.
+
+        See the module docs ("The kill switch"). Raises what ``transaction``
+        raises, except ``BackendUnavailable`` for a write that only turns
+        switches off (and moves plans to stage 0 by ``emergency_rollback``).
+        """
+        self._check_open()
+        if self._synced.is_set():
+            try:
+                return self.transaction(fn)
+            except BackendUnavailable as exc:
+                if not self._defer_kill_switches:
+                    raise
+                return self._defer(fn, exc, refused=True)
+        elif not self._defer_kill_switches:
+            return self.transaction(fn)  # BackendUnavailable unless Redis is back
+        else:
+            # Known outage: do not wait for a timeout, the kill switch is urgent.
+            cause = BackendUnavailable(
+                f"Redis at {self._url} is unavailable (this node is stale: {self._last_error})"
+            )
+        return self._defer(fn, cause)
+
+    def pending(self) -> list[PendingKillSwitch]:
+        """Kill switches recorded during an outage and not yet committed, oldest first."""
+        self._check_open()
+        return self._cache.pending()
+
+    def history(self, flag: str | None = None) -> list[FlagChange]:
+        """Committed changes, oldest first (of ``flag`` or of every flag)."""
+        self._check_open()
+        if flag is not None:
+            _check_name(flag, "flag name")
+
+        # The base and the entries of one cut: _read brackets them with meta reads,
+        # and a trim moves meta's `trimmed`.
+        def queue(pipe: Any) -> None:
+            pipe.hgetall(self._k_base)
+            pipe.xrange(self._k_history)
+
+        read = self._read("reading history", queue)
+        if read is None:
+            base, _trimmed, entries = self._cache.history_with_base()
+        else:
+            base, entries = read
+        replay = Replay(self._feed_states(base), flags=None if flag is None else frozenset({flag}))
+        out: list[FlagChange] = []
+        for _id, fields in entries:
+            change = self._decode_change(fields, replay)
+            if change is not None:
+                out.append(change)
+        return out
+
+    def migration_stage(self, plan: str) -> int:
+        """The committed stage of ``plan`` (0 while a pending emergency rollback waits)."""
+        self._check_open()
+        _check_name(plan, "plan name")
+        if any(plan in op.plans for op in self._cache.pending()):
+            return 0
+        raw = self._read("reading a stage", lambda p: p.hget(self._k_stages, plan))
+        if raw is None:
+            return self._cache.stages().get(plan, 0)
+        return self._decode_stage(raw)
+
+    def migration_history(self, plan: str) -> list[MigrationEvent]:
+        self._check_open()
+        _check_name(plan, "plan name")
+        entries = self._read("reading migration history", lambda p: p.xrange(self._k_migrations))
+        if entries is None:
+            entries = self._cache.migrations()
+        events = [self._decode_event(fields) for _id, fields in entries]
+        return [e for e in events if e.plan == plan]
+
+    def record_catalogue(self, flags: Iterable[FlagInfo]) -> None:
+        """Add or replace catalogue entries in Redis (no write when all are there already)."""
+        self._check_open()
+        entries = {n: i.to_json() for n, i in catalogue_entries(flags).items()}
+        self._record(self._k_catalogue, entries, "recording the flag catalogue")
+
+    def catalogue(self) -> dict[str, FlagInfo]:
+        """The declared flags (Redis; during an outage the copy's, if it kept one)."""
+        raw = self._hash_or_copy(self._k_catalogue, "reading the flag catalogue")
+        return {name: FlagInfo.from_json(text) for name, text in raw.items()}
+
+    def record_plan(self, name: str, plan: MigrationPlan) -> None:
+        self._check_open()
+        _check_name(name, "plan name")
+        self._record(self._k_plans, {name: plan_to_json(plan)}, "recording a migration plan")
+
+    def plans(self) -> dict[str, MigrationPlan]:
+        """The recorded plans (Redis; during an outage the copy's, if it kept them)."""
+        raw = self._hash_or_copy(self._k_plans, "reading migration plans")
+        return {name: plan_from_json(text) for name, text in raw.items()}
+
+    def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]:
+        """Call ``callback(changes)`` on the listener thread after another store's commit."""
+        check_listener(callback)
+        with self._lock:
+            self._check_open()
+            self._callbacks.append(callback)
+            # Race: a caller loads, then subscribes (as FeatureFlags does). A commit
+            # from elsewhere that landed after the load began may have been
+            # delivered, to nobody, before this subscription. If any delivery
+            # happened since this thread's last load_states() began, send this
+            # callback one "reload" ([]) from the listener thread.
+            mark = getattr(self._load_marks, "deliveries", None)
+            # (A subscriber that never loaded has no state to refresh.)
+            welcome = mark is not None and mark != self._deliveries
+            if welcome:
+                self._welcome.append(callback)
+        if welcome:
+            self._wake_listener()
+
+        def unsubscribe() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)  # one subscription, as everywhere
+
+        return unsubscribe
+
+    @property
+    def synced(self) -> bool:
+        """True while the listener is connected and following the change stream."""
+        return self._synced.is_set() and not self._closed
+
+    @property
+    def stale(self) -> bool:
+        """True while answers come from the node copy (Redis unreachable or not yet caught up)."""
+        return not self.synced
+
+    def status(self) -> RedisFlagStoreStatus:
+        """Connection, staleness, the copy's version, pending kill switches, last error.
+
+        Raises:
+            Closed: the store is closed (as every call: ``RedisRegistry.status()`` too).
+        """
+        self._check_open()
+        try:
+            version, ops = self._cache.version, self._cache.pending()
+        except FlagError:
+            # Race: close() ran meanwhile and closed the copy under us: Closed, as a
+            # call just after close() would say (else the copy really is unusable).
+            self._check_open()
+            raise
+        synced = self.synced  # read once: connected, stale and stale_since agree
+        return RedisFlagStoreStatus(
+            connected=synced,
+            stale=not synced,
+            version=version,
+            pending=len(ops),
+            cache_path=self.cache_path,
+            last_error=self._last_error,
+            restores=self._restores,
+            resyncs=self._resyncs,
+            stale_since=None if synced else self._stale_since,
+            pending_flags=tuple(sorted({name for op in ops for name in op.flags})),
+            read_only=self._read_only,
+            copy_in_memory=self._cache.in_memory,
+            eviction_policy=self._memory_policy.policy,
+        )
+
+    def close(self) -> None:
+        """Stop the listener thread, close both connections and the copy; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._callbacks.clear()
+        with _live_lock:
+            _live.discard(self)
+        self._stop.set()
+        # The listener may sit in XREAD BLOCK: wake it with CLIENT UNBLOCK from the
+        # other connection. It may not have entered XREAD yet (race), so repeat
+        # until it has exited; the block timeout bounds the wait regardless.
+        deadline = time.monotonic() + self._timeout + self._block_ms / 1000 + 1.0
+        # close() from a subscriber runs on the listener thread: it cannot join itself,
+        # and the loop exits on its own once the callback returns (stop is set).
+        own_thread = threading.current_thread() is self._thread
+        while not own_thread and self._thread.is_alive() and time.monotonic() < deadline:
+            self._wake_listener()
+            self._thread.join(timeout=0.05)
+        self._close_clients()
+        if not self._thread.is_alive():
+            self._cache.close()  # else the listener closes it on its way out
