@@ -57,10 +57,15 @@ def setup_logging() -> None:
 
 
 def library_threads() -> list[str]:
+    """The long-lived library threads: event couriers ("foundation-*events")
+    come and go by design, one per batch of events handed off (one that died
+    of an exception is seen in stderr as "Exception in thread")."""
     return sorted(
         t.name
         for t in threading.enumerate()
-        if t.is_alive() and t.name.startswith(LIBRARY_THREAD_PREFIXES)
+        if t.is_alive()
+        and t.name.startswith(LIBRARY_THREAD_PREFIXES)
+        and not t.name.endswith("events")
     )
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
-from foundation import MemoryRegistry, RedisRegistry
+from foundation import MemoryRegistry, RedisRegistry, RegistryEvent
 from foundation.errors import InvalidKey
 from tests.migrating.support import FLAG, Agents, Worker, make, wait_until
 from tests.redis_support import RedisServer
+
+WAIT = 10.0
 
 
 @pytest.fixture
@@ -66,5 +71,45 @@ def test_a_key_redis_cannot_store_is_refused_by_both_sides_before_any_write(
         assert reg.list_all() == []
         assert redis_target.list_all() == []
     finally:
+        reg.close()
+        flags.close()
+
+
+def test_a_mirror_event_a_redis_side_delivers_late_is_dropped_after_a_flip(
+    redis_target: RedisRegistry,
+) -> None:
+    # A RedisRegistry delivers through a queue: a writer finding another thread
+    # delivering leaves its events to it. Was: the facade took the Redis side
+    # for one delivering each call's events in the calling thread, so its
+    # mirror call's event, delivered late by that other thread after a flip,
+    # was forwarded as the now authoritative side's own.
+    legacy = redis_target
+    reg, flags = make(True, legacy=legacy, target=MemoryRegistry())  # target answers
+    holding, release = threading.Event(), threading.Event()
+
+    def blocker(event: RegistryEvent) -> None:
+        if event.entry.key == "hold":  # the delivery of "hold" holds on
+            holding.set()
+            release.wait(WAIT)
+
+    undo = legacy.subscribe(blocker)
+    agents = [Future[None]() for _ in range(3)]
+    holder = threading.Thread(target=lambda: legacy.register("hold", agents[0]))
+    seen: list[tuple[str, Any]] = []
+    try:
+        holder.start()
+        assert holding.wait(WAIT)
+        reg.register("k", agents[1])  # mirrored to the Redis side: its event waits
+        reg.subscribe(lambda e: seen.append((e.kind, e.entry.key)))
+        flags.set(FLAG, False)  # the Redis side answers from now on
+        release.set()
+        holder.join(WAIT)
+        assert not holder.is_alive()
+        reg.register("sentinel", agents[2])  # a kept event, queued after "k"'s
+        assert wait_until(lambda: ("registered", "sentinel") in seen, WAIT)
+        assert ("registered", "k") not in seen, seen
+    finally:
+        release.set()
+        undo()
         reg.close()
         flags.close()

@@ -34,12 +34,9 @@ try:
     a.register("k", spawn_thread(stop.wait))
     assert b.wait_for_version(a.status().written)
 
-    stalled, release = threading.Event(), threading.Event()
-    def listener(event):
-        if event.kind == "registered" and event.entry.key == "stall":
-            stalled.set()
-            release.wait(30)
-    a.subscribe(listener)
+    from tests.redis.tail_hold import TailHold
+    hold = TailHold(a, "stall")  # a's tail stays behind from "stall" on
+    stalled, release = hold.stalled, hold.release
     b.register("stall", spawn_thread(stop.wait))
     assert stalled.wait(10), "a's tail never delivered 'stall'"
 

@@ -6,8 +6,8 @@ snapshot. Node b may meanwhile have unregistered (``unregister(key)`` works on
 any node's key) or replaced one of node a's keys, with a's tail not yet past
 that delete record. Re-asserting it then wrote the key back (the unregister
 undone: a resurrection, seen by every node) or reported a conflict for a key
-b had taken on purpose. Here a's tail is held in a listener (a real,
-public way to stall it) while b unregisters, replaces, and registers; then
+b had taken on purpose. Here a's tail thread is held (``TailHold``) while
+b unregisters, replaces, and registers; then
 either a stream record before b's deletes is removed (XDEL: a's tail meets a
 version gap) or a's connections are cut (a recovery without a gap).
 
@@ -40,15 +40,14 @@ try:
         a.register(key, spawn_thread(stop.wait), {{"by": "a"}})
     assert b.wait_for_version(a.status().written)
 
-    # a's tail delivers b's registration of "stall" to this listener, which holds
-    # it (and so a's tail) until released: a's tail stays behind what follows.
-    stalled, release = threading.Event(), threading.Event()
+    # a's tail, once it applied b's registration of "stall", waits until
+    # released: a's tail stays behind what follows.
+    from tests.redis.tail_hold import TailHold
+    hold = TailHold(a, "stall")
+    stalled, release = hold.stalled, hold.release
     seen = []
     def listener(event):
         seen.append((event.kind, event.reason, event.entry.key, event.entry.node))
-        if event.kind == "registered" and event.entry.key == "stall":
-            stalled.set()
-            release.wait(30)
     a.subscribe(listener)
     b.register("stall", spawn_thread(stop.wait))
     assert stalled.wait(10), "a's tail never delivered 'stall'"
@@ -91,10 +90,11 @@ try:
     assert owners == {{'"kept"': "a", '"retaken"': "b", '"stall"': "b", '"filler"': "b"}}, owners
     assert view(a) == view(b) == want
     assert a.conflicts() == []
-    # a's listener heard each of its keys go, once.
+    # a's listener heard each of its keys go, once (a courier delivers them).
+    wait_for(lambda: not a._delivery.pending and not a._delivery.busy, "a's events delivered")
     gone = [(r, k) for kind, r, k, n in seen if kind == "unregistered" and n == "a"]
     assert sorted(k for _, k in gone) == ["gone", "retaken", "swapped"], seen
-    assert library_threads() == threads, (library_threads(), threads)
+    wait_for(lambda: library_threads() == threads, "a's couriers to end")
     print("OK")
 """
     + CLOSE_ALL

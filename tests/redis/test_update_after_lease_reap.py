@@ -14,14 +14,13 @@ here by a listener, a public way to stall it).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from foundation.registry import RegistryEvent
 from tests.redis.conftest import MakeRegistry
+from tests.redis.tail_hold import TailHold
 from tests.redis_support import RedisServer
 
 
@@ -34,14 +33,8 @@ def test_update_of_a_reaped_live_key_reasserts_it_then_updates(
     a.register("k", agents(), {"v": 1})
     assert b.wait_for_version(a.status().written)
 
-    stalled, release = threading.Event(), threading.Event()
-
-    def listener(event: RegistryEvent) -> None:
-        if event.kind == "registered" and event.entry.key == "stall":
-            stalled.set()
-            release.wait(30)
-
-    a.subscribe(listener)
+    hold = TailHold(a, "stall")  # a's tail stays behind from "stall" on
+    stalled, release = hold.stalled, hold.release
     try:
         b.register("stall", agents())
         assert stalled.wait(10), "a's tail never delivered 'stall'"

@@ -25,6 +25,7 @@ from foundation.registry._redis import RedisRegistry
 from tests.faults._subprocess import run_scenario
 from tests.redis.conftest import MakeRegistry
 from tests.redis.support import wait_until
+from tests.redis.tail_hold import TailHold
 from tests.redis_support import RedisServer
 
 _COMMON = """
@@ -183,19 +184,13 @@ def test_an_update_of_an_entry_the_mirror_has_not_seen_is_a_registration_to_list
     make_registry: MakeRegistry, agents: Callable[[], Any]
 ) -> None:
     """B updates A's new key before B's tail has read its registration (the tail
-    is held in a listener): B's listeners see it registered (with the new
-    metadata), then nothing more for it; never an update of a key they never saw."""
+    is held): B's listeners see it registered (with the new metadata), then
+    nothing more for it; never an update of a key they never saw."""
     a, b = make_registry(), make_registry()
-    held, release = threading.Event(), threading.Event()
+    hold = TailHold(b, "gate")  # B's tail thread waits once it applied "gate"
+    held, release = hold.stalled, hold.release
     events: list[RegistryEvent] = []
-
-    def listener(event: RegistryEvent) -> None:
-        events.append(event)
-        if event.entry.key == "gate":
-            held.set()
-            release.wait(10)  # holds B's tail thread (a remote event)
-
-    b.subscribe(listener)
+    b.subscribe(events.append)
     a.register("gate", agents())
     assert held.wait(10)
     a.register("k", agents(), {"n": 1})
@@ -203,6 +198,7 @@ def test_an_update_of_an_entry_the_mirror_has_not_seen_is_a_registration_to_list
     release.set()
     assert b.wait_for_version(a.status().written)
     assert b.wait_for_version(b.status().written)
+    assert wait_until(lambda: not b._delivery.pending and not b._delivery.busy)
     seen, wrong = _replay(events)
     assert wrong == []
     assert seen == {"gate": {}, "k": {"n": 2}}
@@ -309,19 +305,13 @@ def test_an_update_racing_another_nodes_unregister_never_brings_the_key_back(
     make_registry: MakeRegistry, agents: Callable[[], Any], redis_server: RedisServer, ns: str
 ) -> None:
     """B unregisters A's key; A updates it before A's tail has applied that delete
-    (the tail is held in a listener). Redis did not lose it, so A must not
-    re-assert it (undoing B's unregister): NotRegistered, and the key stays gone."""
+    (the tail is held). Redis did not lose it, so A must not re-assert it
+    (undoing B's unregister): NotRegistered, and the key stays gone."""
     a, b = make_registry(), make_registry()
-    held, release = threading.Event(), threading.Event()
-
-    def listener(event: RegistryEvent) -> None:
-        if event.entry.key == "gate":
-            held.set()
-            release.wait(10)  # holds A's tail thread (a remote event)
-
     a.register("k", agents(), {"n": 1})
     assert b.wait_for_version(a.status().written)
-    a.subscribe(listener)
+    hold = TailHold(a, "gate")  # A's tail thread waits once it applied "gate"
+    held, release = hold.stalled, hold.release
     try:
         b.register("gate", agents())
         assert held.wait(10)

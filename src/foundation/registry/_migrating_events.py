@@ -9,8 +9,9 @@ time. See the "Events" item of "Why this is correct under concurrent flips"
 in ``foundation.registry._migrating``.
 
 A backend that delivers one thread's events in another, possibly after the
-call that made them returned (``MemoryRegistry``: a writer that finds another
-thread delivering leaves its events to it and does not wait), lets a writer
+call that made them returned (``MemoryRegistry``, ``RedisRegistry``: a writer
+that finds another thread delivering leaves its events to it and does not
+wait), lets a writer
 tag its writes (``_write_tags``): each event carries the tag of the thread's
 backend call that queued it (not those of writes by listeners run
 meanwhile). On such a side each backend call of a facade call is made under
@@ -46,8 +47,8 @@ from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from foundation._listeners import DeliveryQueue as _DeliveryQueue
 from foundation.registry._listeners import DeliveryQueue, _write_tags
-from foundation.registry._memory import MemoryRegistry
 from foundation.registry._types import Registry, RegistryEvent
 
 if TYPE_CHECKING:
@@ -73,14 +74,15 @@ class _Tag:
 
 
 class _Tags:
-    """A ``MemoryRegistry`` side of a facade: the backend's delivery queue and
-    the facade's two tags for its calls there (unique to this facade: another
-    facade's, or none, is an asynchronous event here)."""
+    """A side of a facade that tags its events (``MemoryRegistry``,
+    ``RedisRegistry``): the backend's delivery queue and the facade's two tags
+    for its calls there (unique to this facade: another facade's, or none, is
+    an asynchronous event here)."""
 
     __slots__ = ("delivery", "drop", "keep")
 
-    def __init__(self, backend: MemoryRegistry) -> None:
-        self.delivery = backend._delivery  # .delivering: the tag of the event it delivers
+    def __init__(self, delivery: _DeliveryQueue[RegistryEvent]) -> None:
+        self.delivery = delivery  # .delivering: the tag of the event it delivers
         self.keep = _Tag(True)
         self.drop = _Tag(False)
 
@@ -245,8 +247,13 @@ class _EventRouting:
     def _tag_events_of(self, side: Side, backend: Registry) -> None:
         """Tag the calls on side ``backend`` if it tags its events (called once
         per side, by ``MigratingRegistry.__init__``)."""
-        if isinstance(backend, MemoryRegistry):
-            self._tags[side] = _Tags(backend)
+        # Race: such a backend may deliver a call's events in another thread
+        # (one already delivering), after the call returned: only the tag
+        # travelling with each event says which facade call made it. A side
+        # without one delivers each call's events in the calling thread.
+        delivery = getattr(backend, "_delivery", None)
+        if isinstance(delivery, _DeliveryQueue):
+            self._tags[side] = _Tags(delivery)
 
     def _ctx(self) -> _Ctx | None:
         ctx: _Ctx | None = getattr(self._tls, "ctx", None)

@@ -390,6 +390,10 @@ class Lease:
         except FoundationError:
             plan.retry_at = time.monotonic() + backoff.next()
             return
+        finally:
+            # The resync's events, once wlock is released, by a courier: a slow
+            # listener must not delay this thread's heartbeats (the lease).
+            sh.hand_off()
         plan.next_beat = time.monotonic() + sh.beat
         if sh.link.needs_recovery():
             # A new fault was reported during the recovery: again, soon.

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from foundation import _redis_conn
-from foundation._listeners import subscribe_to
+from foundation._listeners import _write_tags, subscribe_to
 from foundation.errors import (
     AlreadyRegistered,
     BackendUnavailable,
@@ -383,6 +383,9 @@ class RedisRegistry(Registry):
             manager=manager if manager is not None else MonitorManager(name="redis-registry"),
         )
         self._sh = sh
+        # The listeners' events (``_delivery.delivering``: the writer's tag of the
+        # event being delivered, as on ``MemoryRegistry``).
+        self._delivery = sh.delivery
         self._owns_manager = owns_manager
         self._entries = sh.entries  # the hot read path
         try:
@@ -482,7 +485,17 @@ class RedisRegistry(Registry):
             raise Closed("this RedisRegistry is closed")
         check_bool(replace, "replace")
         p = self._prepare(key, agent, metadata)
-        events: list[RegistryEvent] = []
+        try:
+            self._register_locked(p, replace)
+        finally:
+            # Once every lock is released: this call's events (queued under mlock
+            # as the mirror applied them), and any queued before them, in order.
+            sh.deliver()
+
+    def _register_locked(self, p: _Prepared, replace: bool) -> None:
+        """``register`` of the prepared ``p``, holding wlock."""
+        sh = self._sh
+        key, agent = p.key, p.agent
         with sh.writing():
             self._begin(p, replace)
 
@@ -502,17 +515,15 @@ class RedisRegistry(Registry):
                 # A write that timed out may have landed: resync (its orphan goes).
                 sh.link.resync_needed(f"the outcome of registering {key!r:.200} is unknown")
                 raise
-            error = self._finish(p, reply, events)
+            error = self._finish(p, reply)
             if error is not None and not p.died:
                 raise error
             if p.died:
                 # Race: the agent died while the script ran (its on_down already
                 # queued the delete). Delete it now and report it as not alive;
                 # other nodes may have seen it registered for an instant.
-                sh.emit(events)
                 self._lease.flush_pending_down(key)
                 raise NotAlive(key, agent)
-        sh.emit(events)
 
     def register_many(
         self,
@@ -590,7 +601,14 @@ class RedisRegistry(Registry):
         if sh.closed:
             raise Closed("this RedisRegistry is closed")
         key, ek = normal_key(key)  # the one key rule (InvalidKey)
-        events: list[RegistryEvent] = []
+        try:
+            return self._unregister_locked(key, ek)
+        finally:
+            sh.deliver()  # once every lock is released, in mirror order
+
+    def _unregister_locked(self, key: Hashable, ek: str) -> bool:
+        """``unregister`` of the normal ``key`` (encoded ``ek``), holding wlock."""
+        sh = self._sh
         with sh.writing():
             self._lease.flush_pending_down(key)
             args = _scripts.UnregisterArgs(sh.maxlen, ek, "unregistered", "", "", "", "", sh.node)
@@ -606,11 +624,11 @@ class RedisRegistry(Registry):
             with sh.mlock:
                 own = sh.own.pop(key, None)
                 old = self._remove_unregistered(key, v, own)
-                if old is not None:
-                    events.append(RegistryEvent("unregistered", old, reason="unregistered"))
+                if old is not None and sh.listeners:
+                    event = RegistryEvent("unregistered", old, reason="unregistered")
+                    sh.queue([event], _write_tags.tag)
             if own is not None and own.monitor is not None:
                 own.monitor.demonitor()
-        sh.emit(events)
         return bool(v) or own is not None
 
     def _remove_unregistered(self, key: Hashable, v: int, own: _shared.Own | None) -> Entry | None:
@@ -650,13 +668,15 @@ class RedisRegistry(Registry):
             check_metadata_size(meta.decode(), MAX_METADATA_BYTES)  # raises InvalidMetadata
         ix = sh.ix_for(frozen)
         args = _scripts.UpdateArgs(sh.maxlen, ek, meta, ix, sh.node)
-        with sh.writing():
-            self._lease.flush_pending_down(key)
-            reply = self._send_update(key, args.argv())
-            if reply[0] == b"NOTREG":
-                raise NotRegistered(key)
-            events = self._apply_update(key, ek, reply, frozen=frozen, meta=meta, ix=ix)
-        sh.emit(events)
+        try:
+            with sh.writing():
+                self._lease.flush_pending_down(key)
+                reply = self._send_update(key, args.argv())
+                if reply[0] == b"NOTREG":
+                    raise NotRegistered(key)
+                self._apply_update(key, ek, reply, frozen=frozen, meta=meta, ix=ix)
+        finally:
+            sh.deliver()  # once every lock is released, in mirror order
 
     def _send_update(self, key: Hashable, argv: list[Any]) -> Any:
         """Run UPDATE for ``key`` (holding wlock); a live registration of this node
@@ -723,8 +743,9 @@ class RedisRegistry(Registry):
         frozen: Mapping[str, Any],
         meta: bytes,
         ix: str,
-    ) -> list[RegistryEvent]:
-        """Apply UPDATE's OK ``reply`` to the mirror (holding wlock); its events."""
+    ) -> None:
+        """Apply UPDATE's OK ``reply`` to the mirror (holding wlock); its event
+        is queued under the same mlock."""
         sh = self._sh
         v = int(reply[1])
         sh.written = v
@@ -734,15 +755,18 @@ class RedisRegistry(Registry):
                 own.meta, own.ix = meta, ix
             m = sh.mirror
             if not m.is_newer(key, v):
-                return []
+                return
             known = key in sh.entries
             new = self._updated_entry(key, ek, frozen, meta, reply)
             if new is None:
-                return []
+                return
             m.put(new, v)
-        # An entry this mirror had not seen yet (its registration record, older,
-        # will be skipped) appears here: for local listeners it is registered.
-        return [RegistryEvent("updated" if known else "registered", new)]
+            # An entry this mirror had not seen yet (its registration record,
+            # older, will be skipped) appears here: for local listeners it is
+            # registered.
+            if sh.listeners:
+                kind: Literal["updated", "registered"] = "updated" if known else "registered"
+                sh.queue([RegistryEvent(kind, new)], _write_tags.tag)
 
     def _updated_entry(
         self, key: Hashable, ek: str, frozen: Mapping[str, Any], meta: bytes, reply: Any
@@ -810,10 +834,21 @@ class RedisRegistry(Registry):
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(event)`` for every change the mirror applies, local or remote.
 
-        Events of this node's own writes are delivered in the writing thread;
-        remote ones in the tail thread. A listener that raises is logged under
-        ``foundation.registry.redis`` (with its traceback) and never breaks a
-        write or a thread. ``Closed`` after ``close()``.
+        Events are delivered one at a time, in the order the mirror applied
+        their changes (this node's writes and remote ones interleaved), by one
+        thread at a time that holds no lock of the registry: the writing thread
+        delivers its call's events before the call returns, unless another
+        thread is delivering (that one delivers them too, and the writer does
+        not wait); events of remote changes, of a recovery's resync and of
+        local agents' deaths go to a courier thread
+        (``foundation-redis-events``). So a slow listener delays later events,
+        never the mirror, the heartbeats or another thread's write. A listener
+        that raises is logged under ``foundation.registry.redis`` (with its
+        traceback) and breaks nothing; an unsubscribed one gets no later event.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+            Closed: the registry is closed.
         """
         self._check_open()
         return subscribe_to(self._sh, "listeners", self._sh.mlock, listener)
@@ -1052,9 +1087,7 @@ class RedisRegistry(Registry):
             grace_ms=sh.grace_ms,
         )
 
-    def _finish(
-        self, p: _Prepared, reply: Any, events: list[RegistryEvent]
-    ) -> RegistryError | None:
+    def _finish(self, p: _Prepared, reply: Any) -> RegistryError | None:
         """Apply the script's ``reply`` for ``p`` to the mirror (holding wlock);
         the error of a refused registration (its local state undone), else None.
         ``p.died``: the agent died while the script ran (the caller deletes it)."""
@@ -1069,6 +1102,7 @@ class RedisRegistry(Registry):
         # Race: a listener subscribed while this call runs may miss its events (as
         # on every backend); with no listener, no event objects are built at all.
         listening = bool(sh.listeners)
+        events: list[RegistryEvent] = []
         with sh.mlock:
             held = sh.own.get(key) is own
             p.died = not held and self._died_meanwhile(p)
@@ -1080,6 +1114,8 @@ class RedisRegistry(Registry):
                 if listening:
                     _note_registered(old, entry, events)
             sh.own_records_applied(first or v, v, reply[5])  # the drop record is v - 1
+            if events:  # in mirror order: queued under the same mlock
+                sh.queue(events, _write_tags.tag)
         _demonitor_replaced(p.prev)
         return None
 
@@ -1128,13 +1164,26 @@ class RedisRegistry(Registry):
     ) -> None:
         """Register ``items`` (distinct keys) in one pipelined round trip."""
         sh = self._sh
-        events: list[RegistryEvent] = []
         died: list[_Prepared] = []
+        try:
+            failure = self._register_round_locked(items, replace, outcomes, died)
+        finally:
+            sh.deliver()  # once every lock is released, in mirror order
+        if failure is not None:
+            raise failure
+
+    def _register_round_locked(
+        self,
+        items: list[tuple[int, _Prepared]],
+        replace: bool,
+        outcomes: list[RegistryError | None],
+        died: list[_Prepared],
+    ) -> BaseException | None:
+        """``_register_round`` holding wlock; returns the failure to raise."""
+        sh = self._sh
         with sh.writing():
             sent = self._begin_all(items, replace, outcomes)
-            failure, todo = self._send_round(
-                sent, replace, events=events, outcomes=outcomes, died=died
-            )
+            failure, todo = self._send_round(sent, replace, outcomes=outcomes, died=died)
             if failure is not None:
                 # Nothing unconfirmed stays here: undo every item without an outcome.
                 for _, p in todo:
@@ -1145,16 +1194,13 @@ class RedisRegistry(Registry):
                     # Race: the agent died while the script ran: delete it now.
                     with contextlib.suppress(FoundationError):
                         self._lease.flush_pending_down(p.key)
-        sh.emit(events)
-        if failure is not None:
-            raise failure
+        return failure
 
     def _send_round(
         self,
         sent: list[tuple[int, _Prepared]],
         replace: bool,
         *,
-        events: list[RegistryEvent],
         outcomes: list[RegistryError | None],
         died: list[_Prepared],
     ) -> tuple[BaseException | None, list[tuple[int, _Prepared]]]:
@@ -1171,12 +1217,7 @@ class RedisRegistry(Registry):
                 failure = exc
                 break
             failure, again = self._settle(
-                todo,
-                replies,
-                lease_retried=lease_retried,
-                events=events,
-                outcomes=outcomes,
-                died=died,
+                todo, replies, lease_retried=lease_retried, outcomes=outcomes, died=died
             )
             with sh.mlock:  # their entries are in the mirror now (_settle)
                 for first, last, sid in bulk_records:
@@ -1263,7 +1304,6 @@ class RedisRegistry(Registry):
         replies: list[Any],
         *,
         lease_retried: bool,
-        events: list[RegistryEvent],
         outcomes: list[RegistryError | None],
         died: list[_Prepared],
     ) -> tuple[BaseException | None, list[tuple[int, _Prepared]]]:
@@ -1282,10 +1322,10 @@ class RedisRegistry(Registry):
             elif reply[0] == b"NOLEASE" and not lease_retried:
                 again.append((i, p))
             else:
-                error = self._settle_one(i, p, reply, events=events, outcomes=outcomes, died=died)
+                error = self._settle_one(i, p, reply, outcomes=outcomes, died=died)
                 failure = failure or error
         if bulk:
-            self._settle_bulk(bulk, events, outcomes, died)
+            self._settle_bulk(bulk, outcomes, died)
         return failure, again
 
     def _settle_one(
@@ -1294,13 +1334,12 @@ class RedisRegistry(Registry):
         p: _Prepared,
         reply: Any,
         *,
-        events: list[RegistryEvent],
         outcomes: list[RegistryError | None],
         died: list[_Prepared],
     ) -> BackendUnavailable | None:
         """Apply item ``i``'s own reply (not a bulk one); its outcome goes to
         ``outcomes[i]`` unless Redis failed it (that failure is returned)."""
-        error = self._finish(p, reply, events)
+        error = self._finish(p, reply)
         if isinstance(error, BackendUnavailable):
             return error
         if p.died:
@@ -1313,20 +1352,17 @@ class RedisRegistry(Registry):
     def _settle_bulk(
         self,
         bulk: list[tuple[int, _Prepared, int]],
-        events: list[RegistryEvent],
         outcomes: list[RegistryError | None],
         died: list[_Prepared],
     ) -> None:
         """Apply the bulk replies of one round; an agent that died meanwhile is NotAlive."""
-        self._finish_bulk(bulk, events)
+        self._finish_bulk(bulk)
         for i, p, _ in bulk:
             if p.died:
                 outcomes[i] = NotAlive(p.key, p.agent)
                 died.append(p)
 
-    def _finish_bulk(
-        self, done: list[tuple[int, _Prepared, int]], events: list[RegistryEvent]
-    ) -> None:
+    def _finish_bulk(self, done: list[tuple[int, _Prepared, int]]) -> None:
         """Apply REGISTER_MANY's bulk replies (each item registered at its version,
         nothing displaced) to the mirror under one ``mlock`` (holding wlock); as
         ``_finish`` does for one reply. ``p.died`` as there."""
@@ -1335,6 +1371,7 @@ class RedisRegistry(Registry):
         sh.written = max(sh.written, done[-1][2])  # versions ascend in batch order
         # Race: as in _finish, a listener subscribed meanwhile may miss these events.
         listening = bool(sh.listeners)
+        events: list[RegistryEvent] = []
         with sh.mlock:
             m = sh.mirror
             own = sh.own
@@ -1350,6 +1387,8 @@ class RedisRegistry(Registry):
                     old = put(entry, v)
                     if listening:
                         _note_registered(old, entry, events)
+            if events:  # in mirror order: queued under the same mlock
+                sh.queue(events, _write_tags.tag)
         for _, p, _ in done:
             if p.prev is not None:
                 _demonitor_replaced(p.prev)
@@ -1455,7 +1494,6 @@ class RedisRegistry(Registry):
     def _on_down(self, key: Hashable, own: _shared.Own, down: Down) -> None:
         """A local agent died: drop it from the mirror NOW, delete it in Redis soon."""
         sh = self._sh
-        event = None
         with sh.mlock:
             if sh.own.get(key) is not own:
                 return  # unregistered or replaced meanwhile
@@ -1465,11 +1503,14 @@ class RedisRegistry(Registry):
                 m = sh.mirror
                 # Keep its version: any later record for the key still applies.
                 m.remove(key, m.versions.get(key, m.floor))
-                event = RegistryEvent("unregistered", entry, reason="down", down=down)
+                if sh.listeners:
+                    sh.queue([RegistryEvent("unregistered", entry, reason="down", down=down)])
             sh.pending_downs[key] = (own.ek, own.head, down)
-        if event is not None:
-            sh.emit([event])
         sh.jobs.put(("down", key))
+        # A courier runs the listeners: this may be a monitor thread (a slow
+        # listener would delay every death it watches) or a writer holding wlock
+        # (an agent found dead as its monitor started).
+        sh.hand_off()
 
 
 def _now() -> tuple[float, str]:

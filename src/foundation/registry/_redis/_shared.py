@@ -9,8 +9,20 @@ Locks (always taken in this order, never the other way round):
   write that finds a call timed out moments ago, none succeeded since, fails
   at once (``fail_fast``), so N writers queued on a frozen Redis cost one
   timeout, not N.
-- ``mlock`` guards the mirror, ``own``, ``pending_downs``, the tail position
-  and the listener tuple. Never held across a Redis call or a listener.
+- ``mlock`` guards the mirror, ``own``, ``pending_downs``, the tail position,
+  the listener tuple and the order of the event queue. Never held across a
+  Redis call or a listener.
+
+Events: whoever applies a change to the mirror queues its events
+(:meth:`Shared.queue`) under the same ``mlock``, so the queue order is the
+mirror order, whichever thread made the change (a writer, the tail, a
+recovery, a monitor). Listeners run once every lock is released: an API
+writer delivers (:meth:`Shared.deliver`; if another thread is delivering, that
+one delivers its events too and the writer returns at once); the tail, the
+lease thread and a monitor's death callback hand them to a courier thread
+(:meth:`Shared.hand_off`), never running a listener themselves: a slow
+listener delays later events, never the mirror, a heartbeat or another
+thread's write.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final
 
 from foundation import _redis_conn, telemetry
-from foundation._listeners import call_each
+from foundation._listeners import DeliveryQueue
 from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidMetadata
 from foundation.liveness import Down, Monitor, MonitorManager
 from foundation.registry._redis._codec import RemoteAgent, index_names, s
@@ -237,6 +249,12 @@ def _writing_class(wlock: Any) -> type[_Writing]:
     )
 
 
+def _writings(sh: Shared) -> tuple[_Writing, _Writing]:
+    """The public and the private ``_Writing`` of the node ``sh``."""
+    writing = _writing_class(sh.wlock)
+    return writing(sh, True), writing(sh, False)
+
+
 class Shared:
     """Everything the facade, the lease and the tail of one node share."""
 
@@ -280,6 +298,14 @@ class Shared:
         self.own: dict[Hashable, Own] = {}
         self.pending_downs: dict[Hashable, tuple[str, str, Down]] = {}
         self.listeners: tuple[Listener, ...] = ()
+        # The listeners' events, appended under mlock (queue order: mirror order).
+        self.delivery: DeliveryQueue[RegistryEvent] = DeliveryQueue(
+            self,
+            "listeners",
+            "RedisRegistry listener",
+            area="registry.redis",
+            courier_name="foundation-redis-events",
+        )
         self.conflicts: list[Any] = []
         self.closed = False
         self.stop = threading.Event()
@@ -315,8 +341,7 @@ class Shared:
         self._poll: Any = select.poll() if _HAS_POLL else None  # _ready's, under wlock
         self.tail_client: Any = None
         self.scripts: dict[str, Any] = {}
-        writing = _writing_class(self.wlock)
-        self._public_writing, self._private_writing = writing(self, True), writing(self, False)
+        self._public_writing, self._private_writing = _writings(self)
 
     # ------------------------------------------------------------------ Redis calls
 
@@ -488,14 +513,32 @@ class Shared:
 
     # ------------------------------------------------------------------ events
 
-    def emit(self, events: list[RegistryEvent]) -> None:
-        """Deliver ``events`` to every listener; a raising listener is logged."""
-        if not events:
-            return
-        # Event by event, every listener of the tuple read for that event (as
-        # every backend): one unsubscribed by a listener gets no later event.
-        for event in events:
-            call_each(self.listeners, event, "RedisRegistry listener", "registry.redis")
+    def queue(self, events: list[RegistryEvent], tag: object = None) -> None:
+        """Queue ``events`` for the listeners (holding mlock, in the block that
+        applied their change to the mirror: the queue order is the mirror
+        order). ``tag``: the writer's ``_write_tags.tag`` (None: not an API
+        write's). Nothing is queued while nobody listens.
+
+        Race: a writer and the tail (or a recovery) change one key in turn;
+        events handed over after mlock was released could cross (a node's
+        register heard after the unregister that followed it)."""
+        if events and self.listeners:
+            pending = self.delivery.pending
+            for event in events:
+                pending.append((event, tag))
+
+    def deliver(self) -> None:
+        """Deliver the queued events in this thread, an API writer holding no
+        lock of the node (unless another thread delivers: it delivers them)."""
+        if self.delivery.pending:
+            self.delivery.deliver()
+
+    def hand_off(self) -> None:
+        """Deliver the queued events from a courier thread (called by the tail,
+        the lease thread and monitor callbacks, which never run a listener: a
+        slow one would stop the mirror, the heartbeats or death detection)."""
+        if self.delivery.pending:
+            self.delivery.hand_off()
 
     def removed_event(self, old: Entry, why: str, dr: str, dc: str, ds: str) -> RegistryEvent:
         reason: UnregisterReason = why if why in ("replaced", "down") else "unregistered"  # type: ignore[assignment]

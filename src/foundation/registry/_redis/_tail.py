@@ -120,6 +120,9 @@ class Tail:
                 return False  # a resync happened meanwhile; re-read from its position
             gap, only_own = self._apply_streams(resp, events, orphans, released)
             sh.mirror.prune(sh.tail_v)
+            # Queued under the lock that applied them: a writer's events (also
+            # queued under mlock) come before or after, as in the mirror.
+            sh.queue(events)
             sh.applied.notify_all()
         if gap:
             # A gap (the stream was trimmed past us) or a reset (Redis restarted
@@ -127,7 +130,7 @@ class Tail:
             sh.link.resync_needed("a version gap on the change stream")
         for mon in released:
             mon.demonitor()
-        sh.emit(events)
+        sh.hand_off()  # a courier runs the listeners: a slow one never stops the tail
         for orphan in orphans:
             sh.jobs.put(("orphan", orphan))
         return only_own and not gap
@@ -196,8 +199,8 @@ class Tail:
         """Apply one change record (holding mlock)."""
         sh = self._sh
         # Records written by an API call of this node never get here (the caller
-        # skips them): that call applies its own result (and emits its events, in
-        # order, in the calling thread). If it could not (Redis failed after the
+        # skips them): that call applies its own result (and queues its events,
+        # under mlock: in mirror order). If it could not (Redis failed after the
         # write), it asked for a resync.
         m = sh.mirror
         op = f[b"op"]
@@ -310,8 +313,11 @@ class Tail:
     # ------------------------------------------------------------------ resync
 
     def resync(self) -> None:
-        """Replace the mirror by a fresh snapshot, emitting the differences
-        (holding wlock; part of the recovery)."""
+        """Replace the mirror by a fresh snapshot, queueing the differences as
+        events (holding wlock; part of the recovery). The thread recovering
+        delivers them once it released wlock (a writer) or hands them off (the
+        lease thread): never under wlock, where a slow listener would stop the
+        heartbeats and every write."""
         sh = self._sh
         reply = sh.call(
             "taking a snapshot",
@@ -334,10 +340,10 @@ class Tail:
             sh.tail_v = ver
             sh.sid = sid
             sh.gen += 1
+            sh.queue(events)  # in mirror order (under mlock), delivered by the caller
             sh.applied.notify_all()
         if missing_own:
             sh.link.lease_lost("Redis lacks live registrations of ours")
-        sh.emit(events)
         for orphan in orphans:
             sh.jobs.put(("orphan", orphan))
 
