@@ -117,8 +117,15 @@ def unsubscriber(
         with lock:
             if done:
                 return
+            remaining = without(getattr(owner, attr), listener)
+            # Race (Ctrl-C, raised at a call's start or a C call's return):
+            # with `done` set before the calls above, a cut in them left the
+            # listener subscribed and every later call did nothing. Now a cut
+            # there changes nothing (the next call does it all), and no check
+            # point sits between marking done and the one store: setattr is
+            # the last call (a plain attribute: no Python code runs in it).
             done = True
-            setattr(owner, attr, without(getattr(owner, attr), listener))
+            setattr(owner, attr, remaining)
 
     return unsubscribe
 

@@ -15,15 +15,18 @@ the watcher threads, the epoll, the pidfds and the excepthook (the registry's
 monitors and its own manager) stayed for good. ``FeatureFlags.close()`` the
 same for its store subscription and its own store. ``MigratingRegistry.finish()``
 cut after it marked itself finished left the legacy backend open (neither a
-second ``finish()`` nor ``close()`` closed it) and subscribed.
+second ``finish()`` nor ``close()`` closed it) and subscribed. Below them:
+``Monitor.demonitor()`` (and its copy inlined in ``MemoryRegistry.unregister``)
+cut between its two removals left the monitor counted for good (and, the
+last of a process, its pidfd open); ``SQLiteFlagStore.close()`` cut before
+its end left its connections open; an unsubscribe cut before its store left
+the listener subscribed, each time with the next call doing nothing.
 
 Each scenario runs in a subprocess with the interpreter's default hooks
 (``tests/faults/_subprocess.py``).
 """
 
 from __future__ import annotations
-
-import pytest
 
 from tests.faults._subprocess import run_scenario
 
@@ -337,9 +340,10 @@ print("OK")
 """
 
 
-# Holes outside this area, found by the sweeps above (xfail until fixed there):
+# Holes the sweeps above found in what close() calls:
 
 _DEMONITOR = """
+from foundation import MemoryRegistry
 from foundation.liveness import MonitorManager
 
 m = MonitorManager(name="demonitor")
@@ -350,8 +354,49 @@ def fresh():
 def check(n):
     made["mon"].demonitor()  # again
     assert m.active_count() == 1, f"demonitor() cut at point {n}: {m.active_count()} counted"
-interrupt_at_check_points(lambda n: made["mon"].demonitor(), ["foundation/liveness/"],
-                          after_each=check, before_each=fresh)
+swept = interrupt_at_check_points(lambda n: made["mon"].demonitor(), ["foundation/liveness/"],
+                                  after_each=check, before_each=fresh)
+print("SWEPT demonitor", swept > 0, flush=True)
+
+# The process's last monitor: the next demonitor() also closes its pidfd.
+# (Cut at _core.py's points: Monitor.demonitor's own steps.)
+last = MonitorManager(name="demonitor-last")
+last.monitor(process, lambda down: None).demonitor()  # its epoll, kept: not counted
+def fresh_last():
+    made["fds"] = fds()
+    made["mon"] = last.monitor(process, lambda down: None)  # a pidfd
+def check_last(n):
+    made["mon"].demonitor()  # again
+    assert last.active_count() == 0, f"demonitor() cut at point {n}: still counted"
+    assert last.stats().watched_agents == 0, f"demonitor() cut at point {n}: still watched"
+    assert fds() == made["fds"], f"a demonitor() cut at point {n} left its pidfd: {fds()}"
+swept = interrupt_at_check_points(lambda n: made["mon"].demonitor(),
+                                  ["foundation/liveness/_core.py"],
+                                  after_each=check_last, before_each=fresh_last)
+print("SWEPT last demonitor", swept > 0, flush=True)
+last.close()
+
+# MemoryRegistry.unregister inlines demonitor(): a cut anywhere in it never
+# leaves a monitor taken from its watch yet counted (no later call reaches it:
+# the entry is gone). A cut before that release leaves the monitor live until
+# its agent dies (unregister's own steps, not demonitor's): released here.
+reg = MemoryRegistry(manager=m)
+kept = list(m._monitors)
+def fresh_entry():
+    reg.register("p", process)
+def check_entry(n):
+    reg.unregister("p")  # again, if the cut one had not unpublished it
+    taken = [mon for mon in m._monitors if mon not in mon._watch.monitors]
+    assert not taken, f"unregister() cut at point {n}: a released monitor still counted"
+    for mon in list(m._monitors):
+        if mon not in kept:
+            mon.demonitor()
+    assert m.active_count() == 1, f"unregister() cut at point {n}: {m.active_count()} counted"
+swept = interrupt_at_check_points(lambda n: reg.unregister("p"),
+                                  ["foundation/registry/_memory.py", "foundation/liveness/"],
+                                  after_each=check_entry, before_each=fresh_entry)
+print("SWEPT unregister", swept > 0, flush=True)
+reg.close()
 m.close()
 end()
 print("OK")
@@ -398,29 +443,19 @@ print("OK")
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="liveness/_core.py Monitor.demonitor: a cut after its first pop leaves the "
-    "monitor counted in the manager (and a process watch's pidfd open) for good",
-)
 def test_a_cut_demonitor_is_finished_by_the_next() -> None:
-    run_scenario(_COMMON + _DEMONITOR)
+    result = run_scenario(_COMMON + _DEMONITOR)
+    assert result.lines("SWEPT") == [
+        "SWEPT demonitor True",
+        "SWEPT last demonitor True",
+        "SWEPT unregister True",
+    ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flags/_sqlite_store.py close(): _closed is set first, so a close cut "
-    "before the connections are closed leaves them open for good",
-)
 def test_a_cut_sqlite_store_close_is_finished_by_the_next() -> None:
     run_scenario(_COMMON + _SQLITE_STORE_CLOSE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_listeners.py unsubscriber(): `done` is set before the listener is "
-    "removed, so a cut unsubscribe leaves it subscribed and the next does nothing",
-)
 def test_a_cut_unsubscribe_is_finished_by_the_next() -> None:
     run_scenario(_COMMON + _UNSUBSCRIBE)
 

@@ -31,7 +31,7 @@ else writes runtime state: ``clear``/``reset_all`` put ``None`` with a record,
 config loads never write the store, migrations and kill-switch replays go
 through ``txn.put``, and a Redis restore puts back the states together with
 the history they came from (a node copy's history is kept an exact run of
-the stream with the stream's base, never spliced, see ``_redis_store._pull``).
+the stream with the stream's base, never spliced, see ``_redis_store._copy._pull``).
 Not covered: a runtime state written behind the stores' back (the sqlite3
 shell, redis-cli): the next delta of that flag is then based on a state no
 record holds, so its ``old`` is rebuilt from the previous record (or, with no

@@ -308,6 +308,7 @@ class SQLiteFlagStore(FlagStore):
         # waiting for SQLite's write lock, so the watcher may take it.
         self._read_lock = threading.Lock()
         self._closed = False
+        self._released = False  # close() ran to its end: watcher joined, connections closed
         self._callbacks: tuple[Callable[[list[FlagChange]], None], ...] = ()
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -838,8 +839,14 @@ class SQLiteFlagStore(FlagStore):
         return unsubscriber(self, "_callbacks", self._lock, callback)
 
     def close(self) -> None:
+        # Race: a Ctrl-C lands at any call in here. Once _closed was set, the
+        # next close() returned at once: a close cut before the end left the
+        # watcher running or the connections (the file's fds) open for good.
+        # So only a close() run to its end (_released) makes the next one
+        # return; the others do every step again (each is idempotent: setting
+        # the event, joining an ended thread, closing a closed connection).
         with self._lock:
-            if self._closed:
+            if self._released:
                 return
             self._closed = True
             self._stop.set()
@@ -849,6 +856,7 @@ class SQLiteFlagStore(FlagStore):
         with self._lock, self._read_lock:
             self._conn.close()
             self._reader.close()
+        self._released = True
 
     def __repr__(self) -> str:
         return f"SQLiteFlagStore({self._shown})"

@@ -3,10 +3,11 @@
 A *watch* is one record per watched agent. It holds a small dict of the
 monitors on that agent (``Monitor -> on_down``) and, once the agent has died,
 the recorded :class:`Down`. Every hand-over of a monitor is a single atomic
-``dict.pop``/``dict.popitem`` on that dict, so whoever pops a monitor owns its
-one and only ``on_down`` call; nobody else can call it. That is how "at most
-once" holds without a lock on the hot path, and why ``demonitor()`` returning
-True guarantees that ``on_down`` will never be called.
+removal (``del``, ``dict.pop``/``dict.popitem``) from that dict, so whoever
+removes a monitor owns its one and only ``on_down`` call; nobody else can call
+it. That is how "at most once" holds without a lock on the hot path, and why
+``demonitor()`` returning True guarantees that ``on_down`` will never be
+called.
 """
 
 from __future__ import annotations
@@ -390,7 +391,8 @@ class Monitor:
     manager closed. ``demonitor()`` is idempotent and returns True only for
     the call that released it; after a True return ``on_down`` is never
     called. (A False return means it already fired, is firing right now on
-    another thread, or was released before.)
+    another thread, or was released before: by a call cut short by a Ctrl-C,
+    too, whose bookkeeping this one finishes.)
 
     Example:
         >>> import threading
@@ -422,15 +424,47 @@ class Monitor:
     def demonitor(self) -> bool:
         """Release this monitor; True if this call released it."""
         # Inlined in MemoryRegistry.unregister (its hot path): keep both in step.
+        # Race (Ctrl-C): a signal's exception is raised at a check point: a
+        # function's start, or right after a C call returns. With two pop()
+        # calls, one cut after the watch's pop left the monitor counted in
+        # _monitors (and a last one's pidfd open) for good: the next
+        # demonitor() found it gone from its watch and did nothing. `del` is
+        # no call, so nothing can cut between the two removals; the steps
+        # after (dropping a managed watch) are finished by the next call.
+        # Race (a death on another thread): whoever removes self from its
+        # watch owns it (fire calls it; this call drops it): the atomic `del`
+        # decides, as the pop did.
         watch = self._watch
-        if watch.monitors.pop(self, None) is None:
-            return False
+        try:
+            del watch.monitors[self]
+        except KeyError:
+            return self._settle_released(watch)
         self._manager._monitors.pop(self, None)
         if watch.detachable and not watch.monitors:
             # Last monitor of a managed watch: drop its callback / pidfd. The
             # manager re-checks emptiness under its lock (a monitor() may race).
             self._manager._release_watch(watch)
         return True
+
+    def _settle_released(self, watch: Watch) -> bool:
+        """``demonitor()`` found ``self`` already out of its watch: finish the
+        bookkeeping whoever took it may have left (False: not released here).
+
+        Race: a call cut short (Ctrl-C) after taking ``self`` from its watch
+        left it counted in ``_monitors``, or its emptied managed watch
+        attached (a pidfd open): each step is idempotent, so whoever finds it
+        left does it. A ``fire``/``claim`` on another thread that took it does
+        the same pop next (a pop with a default: the second is a no-op); a
+        managed watch is released only once empty and still the manager's,
+        re-checked under its lock (a racing ``monitor()`` or death's detach
+        wins or finds it gone)."""
+        manager = self._manager
+        manager._monitors.pop(self, None)
+        if watch.detachable and not watch.monitors:
+            key = watch.key  # type: ignore[attr-defined]  # a _ManagedWatch's
+            if manager._watches.get(key) is watch:
+                manager._release_watch(watch)
+        return False
 
     def __repr__(self) -> str:
         state = "active" if self.active else "inactive"

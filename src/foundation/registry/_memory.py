@@ -556,7 +556,7 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             self._pending.append((RegistryEvent("registered", entry), _write_tags.tag))
         return None, _detach(old)
 
-    def unregister(self, key: Hashable) -> bool:
+    def unregister(self, key: Hashable) -> bool:  # noqa: PLR0912 - hot path inline
         """Remove ``key``; True if it was there. Its monitor is released.
 
         Raises:
@@ -598,10 +598,21 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         if mon is None:
             mon = reg
         # mon.demonitor() (reg.release()), inlined: Monitor.demonitor's steps (a
-        # call frame less). Race: whoever pops mon from its watch owns it (a
-        # death firing on another thread, or this call); the pop decides.
+        # call frame less). Race: whoever removes mon from its watch owns it (a
+        # death firing on another thread, or this call); the atomic `del`
+        # decides (KeyError: taken, so what demonitor() then does, as rare).
+        # Race (Ctrl-C, raised only at a call's start or a C call's return):
+        # `del` is no call, so no cut lands between the two removals. (With
+        # two pops, a cut after the first left mon counted in the manager for
+        # good: the entry is gone, so no later unregister reaches it.) A cut
+        # after both leaves at most an emptied managed watch attached, until
+        # its agent dies, a next monitor of it is released, or close().
         watch = mon._watch
-        if watch.monitors.pop(mon, None) is not None:
+        try:
+            del watch.monitors[mon]
+        except KeyError:
+            mon._settle_released(watch)
+        else:
             mon._manager._monitors.pop(mon, None)
             if watch.detachable and not watch.monitors:
                 mon._manager._release_watch(watch)
