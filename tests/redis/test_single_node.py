@@ -146,6 +146,8 @@ def test_a_local_agent_that_dies_is_unregistered_on_every_node(
     worker.join()
     assert wait_until(lambda: a.lookup("w") is None)
     assert wait_until(lambda: b.lookup("w") is None)
+    # b's listeners hear it from a courier thread, once its mirror applied it.
+    assert wait_until(lambda: any(e.kind == "unregistered" for e in seen))
     downs = [e for e in seen if e.kind == "unregistered"]
     assert [(e.reason, e.down) for e in downs] == [("down", Down("normal"))]
     assert a.unregister("w") is False

@@ -96,6 +96,7 @@ from foundation.supervision._context import (
     ProcessContext,
     notify_ready,
 )
+from foundation.supervision._dynamic import DynamicSupervisor
 from foundation.supervision._runner import run
 from foundation.supervision._spec import (
     AutoShutdown,
@@ -112,12 +113,7 @@ from foundation.supervision._spec import (
     Strategy,
     check_childspecs,
 )
-from foundation.supervision._supervisor import (
-    ChildErrorReason,
-    DynamicSupervisor,
-    Supervisor,
-    SupervisorState,
-)
+from foundation.supervision._supervisor import ChildErrorReason, Supervisor, SupervisorState
 from foundation.supervision._thread import SupervisorThread
 
 __all__ = [

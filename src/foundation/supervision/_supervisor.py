@@ -1,4 +1,5 @@
-"""Supervisor and DynamicSupervisor: OTP supervision on an asyncio event loop.
+"""Supervisor: OTP supervision on an asyncio event loop (``DynamicSupervisor``,
+its variant whose children are added at run time, is in ``_dynamic``).
 
 Concurrency model: every state change happens on the supervisor's event loop.
 Child exits arrive as events on a queue consumed by one task (``_run``); that
@@ -10,43 +11,41 @@ not become ready. From other threads, use :meth:`Supervisor.run_in_thread`.
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import logging
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
-from foundation import telemetry
-from foundation._retry import RetryBackoff
-from foundation.errors import (
-    AlreadyRegistered,
-    BackendUnavailable,
-    NotAlive,
-    RestartIntensityExceeded,
-    ShutdownError,
-    StartError,
-    SupervisorError,
-)
+from foundation.errors import ShutdownError, SupervisorError
 from foundation.supervision import _reports as reports
+from foundation.supervision._arguments import (
+    _check_backoff_and_registry,
+    _check_restart_policy,
+    _checked_children,
+)
+from foundation.supervision._child import _Child, _ignored, await_ready, child_info, drop_run
+from foundation.supervision._child_errors import ChildErrorReason
+
+# Re-exported: foundation.application imports it from here.
+from foundation.supervision._child_errors import _error as _error  # noqa: PLC0414
+from foundation.supervision._events import _STOP, _Round
+from foundation.supervision._notices import announce_started, emit_exit, start_failure
+from foundation.supervision._registration import _Registrations, stop_registrar
 from foundation.supervision._runs import Run, make_run
+from foundation.supervision._shutdown import _why_abandoned, stop_in_reverse
 from foundation.supervision._spec import (
-    _AUTO_SHUTDOWN,
-    _STRATEGIES,
     AutoShutdown,
     Backoff,
     ChildCounts,
     ChildExit,
     ChildInfo,
     ChildSpec,
-    ChildStatus,
     Strategy,
-    _check_number,
     _check_specs,
     check_childspecs,
 )
+from foundation.supervision._supervising import _Supervising
 
 if TYPE_CHECKING:
     # asyncio is imported in the methods that use it: importing it costs more than
@@ -56,201 +55,12 @@ if TYPE_CHECKING:
     from foundation.registry import Registry
     from foundation.supervision._thread import SupervisorThread
 
-__all__ = ["ChildErrorReason", "DynamicSupervisor", "Supervisor", "SupervisorState"]
-
-_log = logging.getLogger("foundation.supervision")
-
-#: Telemetry events of degraded mode (see ``Supervisor``, "Registry outages").
-REGISTRATION_DEGRADED = "foundation.supervision.registration_degraded"
-REGISTRATION_RESTORED = "foundation.supervision.registration_restored"
-REGISTRATION_ABANDONED = "foundation.supervision.registration_abandoned"
+__all__ = ["ChildErrorReason", "Supervisor", "SupervisorState"]
 
 SupervisorState = Literal["new", "starting", "running", "stopping", "stopped", "failed"]
-_RunStatus = Literal["running", "restarting", "stopped"]
-"""A child's own status; ``which_children`` shows a stopped one "abandoned" while
-its abandoned thread (or task) runs (``ChildStatus``)."""
-ChildErrorReason = Literal[
-    "not_found",
-    "running",
-    "restarting",
-    "already_started",
-    "already_present",
-    "max_children",
-    "supervisor_running",
-    "supervisor_not_running",
-    "simple_one_for_one",
-    "killed",
-]
 
 
-def _error(
-    reason: ChildErrorReason, child: str | None, message: str, handle: Any = None
-) -> SupervisorError:
-    """A ``SupervisorError`` carrying OTP's reason (``.reason``), the child id
-    and, for ``"already_started"``, the running handle (``.handle``)."""
-    err = SupervisorError(message)
-    err.reason = reason
-    err.child = child
-    err.handle = handle
-    return err
-
-
-def _not_dynamic(call: str, child: str, why: str) -> SupervisorError:
-    """OTP's ``{error, simple_one_for_one}``: ``call`` does not apply to a
-    DynamicSupervisor's ``child``, because ``why``."""
-    return _error(
-        "simple_one_for_one",
-        child,
-        f"a DynamicSupervisor does not support {call} (child {child!r}): {why}",
-    )
-
-
-def _describe(exit: ChildExit) -> str:
-    if exit.exception is not None:
-        return f"{exit.reason}: {exit.exception!r}"
-    if exit.exit_code is not None and exit.reason == "exit":
-        return f"exit code {exit.exit_code}"
-    if exit.signal is not None:
-        return f"killed by signal {exit.signal}"
-    return exit.reason
-
-
-def _still_running(handle: Any) -> bool:
-    """Whether an abandoned run's handle (a thread, or a task) still runs."""
-    done = getattr(handle, "done", None)
-    if callable(done):  # an asyncio.Task
-        return not done()
-    alive = getattr(handle, "is_alive", None)
-    return bool(alive()) if callable(alive) else False
-
-
-class _Child:
-    __slots__ = (
-        "abandoned",
-        "consecutive",
-        "owned",
-        "pending",
-        "registered",
-        "registrar",
-        "restarts",
-        "run",
-        "spec",
-        "status",
-        "write",
-    )
-
-    def __init__(self, spec: ChildSpec) -> None:
-        self.spec = spec
-        self.run: Run | None = None
-        self.status: _RunStatus = "stopped"
-        self.restarts = 0  # restarts since the supervisor started
-        self.consecutive = 0  # restarts since it last ran for min_uptime (backoff exponent)
-        self.pending: object | None = None  # token of a delayed (backoff) restart
-        self.registered = False  # the current run's handle is in the registry
-        self.registrar: asyncio.Task[None] | None = None  # degraded mode: retries registering
-        self.write: asyncio.Task[None] | None = None  # this child's last registry write
-        self.owned: tuple[Any, ...] = ()  # agents of its latest registration attempts (<= 3)
-        self.abandoned: Any = None  # the handle of its last run, abandoned (until it starts)
-
-
-# The events of the supervisor's queue are plain classes, not dataclasses:
-# nothing compares, copies or prints them, and `import foundation` would pay
-# about a millisecond per dataclass built (tests/test_import_cost.py).
-
-
-class _Exited:
-    """A child's run ended with ``exit``."""
-
-    __slots__ = ("exit", "id", "run")
-
-    def __init__(self, id: str, run: Run, exit: ChildExit) -> None:
-        self.id = id
-        self.run = run
-        self.exit = exit
-
-
-class _StartFailed:
-    """A child could not be restarted: ``exit`` says why."""
-
-    __slots__ = ("exit", "id")
-
-    def __init__(self, id: str, exit: ChildExit) -> None:
-        self.id = id
-        self.exit = exit
-
-
-class _Round:
-    """The token of one delayed restart round; ``owner`` is the child whose exit began it."""
-
-    __slots__ = ("owner",)
-
-    def __init__(self, owner: str) -> None:
-        self.owner = owner
-
-
-class _RestartDue:
-    """The delayed restart round ``token`` is due for the children ``ids``."""
-
-    __slots__ = ("ids", "token")
-
-    def __init__(self, token: object, ids: tuple[str, ...]) -> None:
-        self.token = token
-        self.ids = ids
-
-
-_STOP = object()
-
-
-def _checked_children(
-    children: Iterable[ChildSpec], auto_shutdown: AutoShutdown
-) -> tuple[ChildSpec, ...]:
-    """Supervisor(): the children as a tuple; raise unless they fit ``auto_shutdown``."""
-    specs = tuple(children)
-    for spec in specs:
-        if not isinstance(spec, ChildSpec):
-            raise TypeError(f"children must be ChildSpec instances, not {spec!r}")
-    if auto_shutdown not in _AUTO_SHUTDOWN:
-        raise ValueError(f"auto_shutdown must be one of {_AUTO_SHUTDOWN}, not {auto_shutdown!r}")
-    problem = _check_specs(specs, auto_shutdown)
-    if problem is not None:
-        raise ValueError(problem)
-    return specs
-
-
-def _check_restart_policy(
-    strategy: Strategy, max_restarts: int, max_seconds: float, min_uptime: float | None
-) -> None:
-    """Supervisor(): raise unless the strategy and restart intensity arguments are valid."""
-    if strategy not in _STRATEGIES:
-        raise ValueError(f"strategy must be one of {_STRATEGIES}, not {strategy!r}")
-    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-        raise ValueError(f"max_restarts must be an int >= 0, not {max_restarts!r}")
-    _check_number("max_seconds", max_seconds)
-    if not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive, not {max_seconds!r}")
-    if min_uptime is not None:
-        _check_number("min_uptime", min_uptime)
-        if not min_uptime >= 0:
-            raise ValueError(f"min_uptime must be >= 0 or None, not {min_uptime!r}")
-
-
-def _check_backoff_and_registry(backoff: Backoff | None, registry: Registry | None) -> None:
-    """Supervisor(): raise unless ``backoff`` and ``registry`` are of their types (or None)."""
-    if backoff is not None and not isinstance(backoff, Backoff):
-        raise TypeError(f"backoff must be a Backoff, not {backoff!r}")
-    if registry is not None:
-        from foundation.registry._types import Registry as _Registry
-
-        if not isinstance(registry, _Registry):
-            raise TypeError(f"registry must be a Registry or None, not {type(registry).__name__}")
-
-
-def _restarts_after(spec: ChildSpec, exit: ChildExit) -> bool:
-    """True if ``spec``'s restart type restarts its child after ``exit``."""
-    return spec.restart == "permanent" or (spec.restart == "transient" and exit.abnormal)
-
-
-class Supervisor:
+class Supervisor(_Supervising):
     """Starts children in order, restarts them by strategy, stops them in reverse.
 
     Strategies: ``"one_for_one"`` restarts only the child that ended;
@@ -496,6 +306,7 @@ class Supervisor:
         self._done = loop.create_future()
         self._failure = None
         self._restart_times: deque[tuple[float, str]] = deque()
+        self._registrations = _Registrations(self, self._registry, loop, self._stop_requested)
         self._main = None
         self._stop_task = None
         self._stopping = False
@@ -601,36 +412,6 @@ class Supervisor:
 
         return SupervisorThread(self, name=name)
 
-    def _main_ended(self, task: asyncio.Task[None]) -> None:
-        """The supervising task ended: fine when we stopped it, else it was killed."""
-        if self._stopping:
-            return
-        # Killed from outside (its task cancelled, as a parent or a user may do
-        # with the handle a registry holds): nothing supervises the children
-        # any more, so stop them and end failed; a parent then sees this
-        # supervisor crash (its SupervisorRun watches the done future).
-        why = "its task was cancelled" if task.cancelled() else f"{task.exception()!r}"
-        err = _error("killed", None, f"supervisor {self._name!r} was killed: {why}")
-        if not task.cancelled():
-            err.__cause__ = task.exception()
-        self._failure = err
-        self._stopping = True
-        self._state = "stopping"
-        self._request_stop()
-        self._stop_task = self._loop.create_task(
-            self._killed_sequence(), name=f"stop killed supervisor {self._name}"
-        )
-        self._stop_task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _killed_sequence(self) -> None:
-        # Race: the task may have been cancelled while it held the lock (in the
-        # middle of a restart); the lock is released by then (async with), and a
-        # management call in flight finishes first.
-        async with self._lock:
-            await self._shutdown_children()
-            self._finish()
-        reports.supervisor_stopped(self._name, reason="killed")
-
     def _request_stop(self) -> None:
         if not self._stop_requested.done():
             self._stop_requested.set_result(None)
@@ -643,7 +424,7 @@ class Supervisor:
             timer.cancel()
         self._timers.clear()
         for child in self._children.values():
-            self._stop_registrar(child)
+            stop_registrar(child)
             # Stopped: no write needs ordering any more. Its thread finishes on
             # its own (a late write of a stopped run meets a dead agent: NotAlive).
             write, child.write = child.write, None
@@ -659,7 +440,7 @@ class Supervisor:
     # ------------------------------------------------------------------ introspection
     def which_children(self) -> list[ChildInfo]:
         """Every child, in start order (call on the supervisor's event loop)."""
-        return [self._info(child) for child in self._children.values()]
+        return [child_info(child) for child in self._children.values()]
 
     def count_children(self) -> ChildCounts:
         """How many specs, running children, supervisors and workers."""
@@ -670,24 +451,6 @@ class Supervisor:
             active=sum(1 for c in children if c.status == "running"),
             supervisors=sups,
             workers=len(self._children) - sups,
-        )
-
-    def _info(self, child: _Child) -> ChildInfo:
-        run = child.run
-        handle = run.handle if run is not None and child.status == "running" else None
-        status: ChildStatus = child.status
-        if status == "stopped" and child.abandoned is not None:
-            # Shown "abandoned" while the abandoned thread (or task) still runs; the
-            # child is stopped for every other purpose (restart_child, delete_child).
-            if _still_running(child.abandoned):
-                status, handle = "abandoned", child.abandoned
-            else:
-                child.abandoned = None
-        spec = child.spec
-        assert spec.kind is not None
-        registered = child.registered and child.status == "running"
-        return ChildInfo(
-            spec.id, spec.kind, spec.restart, status, handle, child.restarts, registered
         )
 
     # ------------------------------------------------------------------ management
@@ -736,7 +499,7 @@ class Supervisor:
             except BaseException:
                 self._children.pop(spec.id, None)
                 raise
-            info = self._info(child)
+            info = child_info(child)
             if not started and not self._keep_ignored(spec):
                 self._children.pop(spec.id, None)
             return info
@@ -823,7 +586,7 @@ class Supervisor:
             child = self._get(id)
             self._require_stopped(child, "restart")
             started = await self._start_run(child)
-            info = self._info(child)
+            info = child_info(child)
             if not started and child.spec.restart == "temporary":
                 self._children.pop(id, None)
             return info
@@ -847,7 +610,7 @@ class Supervisor:
         Raises:
             SupervisorError: ``.reason == "not_found"``.
         """
-        return self._info(self._get(id))
+        return child_info(self._get(id))
 
     def get_childspec(self, id: str) -> ChildSpec:
         """The spec child ``id`` runs from (OTP's ``get_childspec``).
@@ -889,344 +652,29 @@ class Supervisor:
         try:
             await run.launch()
             launched = True
-            await self._await_ready(run)
+            await await_ready(run, self._stop_requested, self._name)
             if _ignored(run):
-                self._drop_run(child, run)
+                drop_run(child, run)
                 # It should be returning by now; one that goes on is stopped as usual.
                 await asyncio.shield(self._shutdown_run(run))
                 reports.child_ignored(self._name, spec.id, str(spec.kind))
                 return False
-            await self._register(child, run)
+            await self._registrations.register(child, run)
         except BaseException as exc:
-            self._drop_run(child, run)
+            drop_run(child, run)
             if launched:
                 await asyncio.shield(self._shutdown_run(run))
             if not isinstance(exc, Exception):
                 raise
-            raise self._start_failure(spec, exc) from exc
+            raise start_failure(self._name, spec, exc) from exc
         child.status = "running"
         child.abandoned = None
         run.started_at = self._loop.time()
         # Added after readiness: an exit before ready is a failed start, not a crash.
         # A run already ended by now still gets its event (callback on a done future).
         run.exited.add_done_callback(partial(self._on_exit, spec.id, run))
-        self._announce_started(child, run, restarted)
+        announce_started(self._name, child, run, restarted)
         return True
-
-    def _drop_run(self, child: _Child, run: Run) -> None:
-        """Discard ``run`` (an ignored or failed start) and mark ``child`` stopped."""
-        run.discarded = True
-        if child.run is run:
-            child.run = None
-        child.status = "stopped"
-
-    def _start_failure(self, spec: ChildSpec, exc: Exception) -> StartError:
-        """Report the failed start of ``spec``; the StartError to raise for it."""
-        reports.start_failed(self._name, spec.id, str(spec.kind), error=exc)
-        err = StartError(
-            spec.id, f"child {spec.id!r} of supervisor {self._name!r} failed to start: {exc}"
-        )
-        if isinstance(exc, AlreadyRegistered):
-            # As {:via, Registry, name}: {error, {already_started, Holder}}.
-            err.reason = "already_started"
-            err.handle = exc.entry.agent if exc.entry is not None else None
-        return err
-
-    def _announce_started(self, child: _Child, run: Run, restarted: bool) -> None:
-        """Emit the started (and restarted) telemetry events and progress report of a run."""
-        spec = child.spec
-        if telemetry.has_listeners("supervisor.child_started"):
-            telemetry.emit(
-                "supervisor.child_started",
-                {
-                    "supervisor": self._name,
-                    "child": spec.id,
-                    "kind": spec.kind,
-                    "handle": run.handle,
-                    "attempt": run.attempt,
-                },
-            )
-        reports.child_started(
-            self._name, spec.id, str(spec.kind), restarted=restarted, attempt=run.attempt
-        )
-        if restarted and telemetry.has_listeners("supervisor.child_restarted"):
-            telemetry.emit(
-                "supervisor.child_restarted",
-                {
-                    "supervisor": self._name,
-                    "child": spec.id,
-                    "handle": run.handle,
-                    "restarts": child.restarts,
-                },
-            )
-
-    async def _await_ready(self, run: Run) -> None:
-        import asyncio
-
-        if run.ready.done():
-            return
-        waiters: set[asyncio.Future[Any]] = {run.ready, run.exited, self._stop_requested}
-        await asyncio.wait(
-            waiters,
-            timeout=run.spec.ready_timeout,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        # Ready wins a tie: a child that signalled and then ended did start.
-        if run.ready.done():
-            return
-        if run.exited.done():
-            exit = run.exited.result()
-            if isinstance(exit.exception, Exception):
-                raise exit.exception
-            # Chained: the crash report then shows the child's own traceback.
-            raise RuntimeError(
-                f"it ended before it was ready ({_describe(exit)})"
-            ) from exit.exception
-        if self._stop_requested.done():
-            raise RuntimeError(f"supervisor {self._name!r} is stopping")
-        raise TimeoutError(f"it was not ready within {run.spec.ready_timeout} s")
-
-    # ------------------------------------------------------------------ registration
-    def _write(self, child: _Child, run: Run) -> asyncio.Task[None]:
-        """Start registering ``run``'s handle, after this child's earlier writes.
-
-        Race: a write for an earlier run may still be in flight in the
-        registry's executor (its awaiter was cancelled, the thread was not).
-        Chaining the writes of one child keeps them in order, so a late write
-        of a dead run can never replace the registration of the live one.
-        """
-        registry = self._registry
-        assert registry is not None
-        spec = run.spec
-        previous = child.write
-        key, agent, metadata = spec.key, run.agent, spec.metadata
-        # Ours to replace: this child's previous runs (a restart) and this very
-        # run (a retry whose earlier attempt landed after all). Anything else
-        # holding the key is someone else's live agent: refused, as :via does.
-        if not any(mine is agent for mine in child.owned):
-            child.owned = (*child.owned[-2:], agent)
-        own = child.owned
-
-        def register() -> None:
-            try:
-                registry.register(key, agent, metadata)
-            except AlreadyRegistered as exc:
-                holder = exc.entry.agent if exc.entry is not None else None
-                if holder is agent:
-                    return  # a retry: this very run's earlier attempt landed after all
-                if holder is None or not any(holder is mine for mine in own):
-                    raise
-                # An earlier run of this child still holds the key while alive
-                # (a thread that ignored its stop, say; a dead one is replaced
-                # by the plain register above). Race: the holder may change
-                # between these two calls; the window is one registry call, and
-                # a newcomer then loses its key to the supervised child.
-                registry.register(key, agent, metadata, replace=True)
-
-        async def write() -> None:
-            import asyncio
-
-            if previous is not None and not previous.done():
-                await asyncio.wait({previous})
-            await registry._async_call(register)
-
-        task = self._loop.create_task(write(), name=f"register {run.name}")
-        # Its outcome is read by whoever still waits for it; if nobody does
-        # (the run ended), it is retrieved here so that it is not logged.
-        task.add_done_callback(_retrieve)
-        child.write = task
-        return task
-
-    async def _register(self, child: _Child, run: Run) -> None:
-        """Register a run that just became ready (see "Registry outages").
-
-        Raises the registry's error, except ``NotAlive`` (the run died just
-        after signalling ready; its exit event is on its way) and
-        ``BackendUnavailable`` or a write still pending after
-        ``registration_wait``: then the child runs and a registrar retries.
-        """
-        import asyncio
-
-        child.registered = False
-        self._stop_registrar(child)
-        if self._registry is None:
-            return
-        attempt = self._write(child, run)
-        # asyncio.wait never cancels what it waits for: if this start is
-        # cancelled, the write finishes in the background (it is retrieved).
-        await asyncio.wait(
-            {attempt, self._stop_requested},
-            timeout=self.registration_wait,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if not attempt.done():
-            if self._stop_requested.done():
-                return  # stopping: nobody needs the registration any more
-            self._degrade(child, run, pending=attempt, error=None)
-            return
-        error = attempt.exception()
-        if error is None:
-            child.registered = True
-        elif isinstance(error, BackendUnavailable):
-            self._degrade(child, run, pending=None, error=error)
-        elif not isinstance(error, NotAlive):
-            raise error
-
-    def _degrade(
-        self,
-        child: _Child,
-        run: Run,
-        *,
-        pending: asyncio.Task[None] | None,
-        error: BaseException | None,
-    ) -> None:
-        """Let ``run`` go on unregistered; a registrar task keeps trying."""
-        spec = run.spec
-        why = (
-            f"failed ({error!r})"
-            if error is not None
-            else (f"is still pending after {self.registration_wait:g} s")
-        )
-        _log.warning(
-            "supervisor %r: child %r runs unregistered: registering it as %r %s; "
-            "retrying in the background",
-            self._name,
-            spec.id,
-            spec.key,
-            why,
-        )
-        if telemetry.has_listeners(REGISTRATION_DEGRADED):
-            telemetry.emit(
-                REGISTRATION_DEGRADED,
-                {"supervisor": self._name, "child": spec.id, "key": spec.key, "error": error},
-            )
-        registrar = self._loop.create_task(
-            self._keep_registering(child, run, pending), name=f"registrar {run.name}"
-        )
-        child.registrar = registrar
-        # A run that ends needs no registration: its retries stop with it.
-        run.exited.add_done_callback(lambda _exit: registrar.cancel())
-
-    async def _keep_registering(
-        self, child: _Child, run: Run, pending: asyncio.Task[None] | None
-    ) -> None:
-        """Retry registering ``run`` with full-jitter exponential backoff until it sticks."""
-        import asyncio
-
-        spec = run.spec
-        began = self._loop.time()
-        failures = 0 if pending is not None else 1
-        backoff = RetryBackoff(self.registration_retry_base, self.registration_retry_cap)
-        while True:
-            try:
-                if pending is None:
-                    await asyncio.sleep(backoff.next())
-                    pending = self._write(child, run)
-                # Shielded: cancelling the registrar (the run ended) leaves the
-                # write to finish in order; the next write of this child waits for it.
-                await asyncio.shield(pending)
-            except asyncio.CancelledError:
-                self._registration_abandoned(spec, "the run ended")
-                raise
-            except NotAlive:
-                # It died: its exit event follows, a restart registers anew.
-                self._registration_abandoned(spec, "the agent died")
-                return
-            except BackendUnavailable:
-                failures += 1
-                pending = None
-                continue
-            except Exception as exc:  # not an outage: report it and stop retrying
-                _log.error(
-                    "supervisor %r: child %r could not be registered as %r; giving up "
-                    "(the child keeps running unregistered)",
-                    self._name,
-                    spec.id,
-                    spec.key,
-                    exc_info=exc,
-                )
-                self._registration_abandoned(spec, f"{type(exc).__name__}: {exc}")
-                return
-            break
-        self._registration_restored(child, run, failures + 1, began)
-
-    def _registration_restored(self, child: _Child, run: Run, attempts: int, began: float) -> None:
-        """The registrar's write of ``run`` stuck at last: record, log and emit it."""
-        import asyncio
-
-        spec = run.spec
-        if child.run is run:
-            child.registered = True
-        if child.registrar is asyncio.current_task():
-            child.registrar = None
-        seconds = self._loop.time() - began
-        _log.info(
-            "supervisor %r: child %r registered as %r again after %d attempt(s), %.3f s",
-            self._name,
-            spec.id,
-            spec.key,
-            attempts,
-            seconds,
-        )
-        if telemetry.has_listeners(REGISTRATION_RESTORED):
-            telemetry.emit(
-                REGISTRATION_RESTORED,
-                {
-                    "supervisor": self._name,
-                    "child": spec.id,
-                    "key": spec.key,
-                    "error": None,
-                    "attempts": attempts,
-                    "seconds": seconds,
-                },
-            )
-
-    def _registration_abandoned(self, spec: ChildSpec, why: str) -> None:
-        """A degraded registration ends without being restored (the run ended, or
-        a non-outage error): say so, so gauges of degraded children come down."""
-        if telemetry.has_listeners(REGISTRATION_ABANDONED):
-            telemetry.emit(
-                REGISTRATION_ABANDONED,
-                {"supervisor": self._name, "child": spec.id, "key": spec.key, "error": why},
-            )
-
-    def _stop_registrar(self, child: _Child) -> None:
-        registrar, child.registrar = child.registrar, None
-        if registrar is not None:
-            registrar.cancel()
-
-    async def _unregister_if_current(self, child: _Child, run: Run) -> None:
-        """Drop the registration of an abandoned run (still alive, no longer supervised)."""
-        import asyncio
-
-        registry = self._registry
-        if registry is None:
-            return
-        self._stop_registrar(child)
-        child.registered = False
-        # Race: a registration of this run may still be in flight; it must land
-        # first, or it would register the abandoned run after we looked.
-        if child.write is not None and not child.write.done():
-            await asyncio.wait({child.write})
-        key, agent = run.spec.key, run.agent
-
-        def unregister_if_current() -> bool:
-            # Lookup and unregister in one call on the registry's write path,
-            # so both see the same (possibly per-thread) store.
-            entry = registry.lookup(key)
-            return entry is not None and entry.agent is agent and registry.unregister(key)
-
-        try:
-            await registry._async_call(unregister_if_current)
-        except BackendUnavailable as exc:
-            # The agent is not ours any more; the backend's lease or the next
-            # registration of this key takes it over.
-            _log.warning(
-                "supervisor %r: could not unregister abandoned child %r (%r)",
-                self._name,
-                run.spec.id,
-                exc,
-            )
 
     # ------------------------------------------------------------------ stopping runs
     async def _terminate(self, child: _Child, *, restart: bool = False) -> ChildExit:
@@ -1241,8 +689,8 @@ class Supervisor:
         child.status = "stopped"
         if exit.reason == "abandoned":
             child.abandoned = run.handle
-            await self._unregister_if_current(child, run)
-        self._emit_exit(child, exit, restart=restart)
+            await self._registrations.unregister_if_current(child, run)
+        emit_exit(self._name, child, exit, restart=restart)
         return exit
 
     def _shutdown_run(self, run: Run) -> asyncio.Task[ChildExit]:
@@ -1256,466 +704,7 @@ class Supervisor:
         A ``DynamicSupervisor`` stops them concurrently instead (OTP's
         ``terminate_dynamic_children``).
         """
-        abandoned = []
-        for child in reversed(list(self._children.values())):
-            child.pending = None
-            if child.run is not None:
-                exit = await self._terminate(child)
-                if exit.reason == "abandoned":
-                    abandoned.append(child.spec.id)
-            child.status = "stopped"
-        return abandoned
-
-    # ------------------------------------------------------------------ supervising
-    def _on_exit(self, id: str, run: Run, fut: asyncio.Future[ChildExit]) -> None:
-        if not self._stopping and not run.stopping:
-            self._events.put_nowait(_Exited(id, run, fut.result()))
-
-    async def _run(self) -> None:
-        """The supervising task: handle exits and due restarts, one at a time."""
-        while True:
-            event = await self._events.get()
-            if event is _STOP or self._stopping:
-                return
-            async with self._lock:
-                if self._has_ended():  # a stop began while we waited for the lock
-                    return
-                try:
-                    await self._handle(event)
-                except Exception as exc:  # a defect: fail loudly rather than stop supervising
-                    await self._give_up_on_defect(exc)
-                    return
-                if self._has_ended():  # gave up while handling it
-                    return
-            # Not kept while waiting for the next one: an exit event holds the
-            # ended run, so its spec's start arguments and its exception.
-            del event
-
-    async def _handle(self, event: object) -> None:
-        if isinstance(event, _Exited):
-            await self._on_exited(event)
-        elif isinstance(event, _StartFailed):
-            await self._on_start_failed(event)
-        elif isinstance(event, _RestartDue):
-            await self._on_restart_due(event)
-
-    async def _on_exited(self, event: _Exited) -> None:
-        """A run ended: apply the child's restart policy, unless the event is stale."""
-        child = self._children.get(event.id)
-        # Stale events are dropped: the run was replaced, or stopped on purpose
-        # (a strategy may stop a sibling whose own exit is already queued).
-        if child is None or child.run is not event.run or event.run.stopping:
-            return
-        child.run = None
-        uptime = self._loop.time() - event.run.started_at
-        await self._child_down(child, event.exit, uptime)
-
-    async def _on_start_failed(self, event: _StartFailed) -> None:
-        """A restart failed: count it as the child going down again (already reported)."""
-        child = self._children.get(event.id)
-        if child is None or child.status != "restarting" or child.run is not None:
-            return
-        await self._child_down(child, event.exit, 0.0, reported=True)
-
-    async def _on_restart_due(self, event: _RestartDue) -> None:
-        """A delayed restart round is due: restart its children still waiting for it."""
-        due = []
-        for id in event.ids:
-            child = self._children.get(id)
-            if child is not None and child.pending is event.token:
-                child.pending = None
-                due.append(id)
-        await self._restart(due)
-
-    async def _child_down(
-        self, child: _Child, exit: ChildExit, uptime: float, *, reported: bool = False
-    ) -> None:
-        """Apply the restart type, intensity and strategy to a child's own exit.
-
-        ``reported``: a failed restart, already logged by ``start_failed``.
-        """
-        spec = child.spec
-        if not _restarts_after(spec, exit):
-            await self._ended_for_good(child, exit)
-            return
-        if self._intensity_exceeded(spec.id):
-            self._emit_exit(child, exit, restart=False)
-            if not reported:
-                self._report_exit(child, exit, "shutdown (restart intensity exceeded)")
-            await self._give_up(child, exit)
-            return
-        self._emit_exit(child, exit, restart=True)
-        delay = self._next_restart_delay(child, uptime)
-        if not reported:
-            self._report_exit(child, exit, self._restart_action(delay))
-        child.status = "restarting"
-        scope = self._scope(child)
-        await self._stop_scope(child, scope)
-        await self._restart_round(spec, scope, delay)
-
-    def _next_restart_delay(self, child: _Child, uptime: float) -> float:
-        """Count one more consecutive restart of ``child`` (reset if it ran healthy); its delay."""
-        if uptime >= self._healthy_after:
-            child.consecutive = 0
-        child.consecutive += 1
-        return self._backoff.delay(child.consecutive) if self._backoff is not None else 0.0
-
-    async def _restart_round(self, spec: ChildSpec, scope: list[_Child], delay: float) -> None:
-        """Restart the stopped children of ``scope`` (``spec``'s round) now or after ``delay``."""
-        ids = tuple(
-            c.spec.id for c in scope if c.spec.id in self._children and c.status == "restarting"
-        )
-        # This round takes over any delayed restart still pending in its scope,
-        # so the whole scope restarts together, in start order.
-        token = _Round(spec.id) if delay > 0 else None
-        for id in ids:
-            self._children[id].pending = token
-        if delay > 0:
-            self._timers = [t for t in self._timers if not t.cancelled()]
-            self._timers.append(
-                self._loop.call_later(delay, self._events.put_nowait, _RestartDue(token, ids))
-            )
-            return
-        await self._restart(ids)
-
-    async def _ended_for_good(self, child: _Child, exit: ChildExit) -> None:
-        """A child that is not restarted: stop it, report, maybe shut down (auto_shutdown)."""
-        spec = child.spec
-        self._emit_exit(child, exit, restart=False)
-        child.status = "stopped"
-        if spec.restart == "temporary":
-            del self._children[spec.id]
-        rule = self._auto_shutdown_rule(child)
-        if rule is not None:
-            action = "shutdown (significant)"
-        elif spec.restart == "temporary":
-            action = "no_restart (temporary)"
-        else:
-            action = "no_restart (transient, normal exit)"
-        self._report_exit(child, exit, action)
-        if rule is not None:
-            reports.auto_shutdown(self._name, spec.id, rule=rule)
-            await self._shut_down_automatically()
-
-    def _intensity_exceeded(self, id: str) -> bool:
-        """Count a restart of child ``id`` in the window; True past the limit."""
-        now = self._loop.time()
-        window = self._restart_times
-        window.append((now, id))
-        while window and window[0][0] <= now - self._max_seconds:
-            window.popleft()
-        return len(window) > self._max_restarts
-
-    def _restart_action(self, delay: float) -> str:
-        """The action reported for a restart under this strategy."""
-        action = {
-            "one_for_one": "restart",
-            "one_for_all": "restart_all",
-            "rest_for_one": "restart_rest",
-        }[self._strategy]
-        if delay > 0:
-            action += f" (after {delay:g}s backoff)"
-        return action
-
-    def _report_exit(self, child: _Child, exit: ChildExit, action: str) -> None:
-        """Report a child's exit: a crash if abnormal, else a plain exit."""
-        spec = child.spec
-        kind = str(spec.kind)
-        if exit.abnormal:
-            reports.child_crashed(self._name, spec.id, kind, exit, action=action)
-        else:
-            reports.child_exited(self._name, spec.id, kind, exit, action=action)
-
-    async def _stop_scope(self, child: _Child, scope: list[_Child]) -> None:
-        """Stop the other running children of ``child``'s scope, in reverse start order."""
-        for other in reversed(scope):
-            if other is child or other.spec.id not in self._children:
-                continue
-            if other.run is not None:
-                await self._terminate(other, restart=other.spec.restart != "temporary")
-                if other.spec.restart == "temporary":
-                    del self._children[other.spec.id]  # OTP: never restarted, spec dropped
-                    continue
-            # OTP (restart_multiple_children): every child of the scope that has
-            # a spec is started again, also one stopped by terminate_child, a
-            # transient one that ended normally, or one that returned ignore.
-            other.status = "restarting"
-
-    def _auto_shutdown_rule(self, child: _Child) -> str | None:
-        """The rule that stops this supervisor now that ``child`` ended for good, if any."""
-        if not child.spec.significant or self._auto_shutdown == "never":
-            return None
-        if self._auto_shutdown == "any_significant":
-            return "any_significant"
-        # all_significant: the last significant child still running (or about to
-        # be restarted) has just ended.
-        return None if self._other_significant_active(child) else "all_significant"
-
-    def _other_significant_active(self, child: _Child) -> bool:
-        """True if a significant child other than ``child`` runs or is about to restart."""
-        return any(
-            c is not child and c.spec.significant and c.status != "stopped"
-            for c in self._children.values()
-        )
-
-    async def _shut_down_automatically(self) -> None:
-        """auto_shutdown: stop every child and end normally (no failure)."""
-        self._stopping = True
-        self._state = "stopping"
-        self._request_stop()
-        await self._shutdown_children()
-        self._finish()
-        reports.supervisor_stopped(self._name, reason="shutdown")
-
-    def _scope(self, child: _Child) -> list[_Child]:
-        if self._strategy == "one_for_one":
-            return [child]
-        children = list(self._children.values())
-        if self._strategy == "one_for_all":
-            return children
-        return children[children.index(child) :]
-
-    async def _restart(self, ids: Iterable[str]) -> None:
-        ids = list(ids)
-        for n, id in enumerate(ids):
-            if self._stopping:
-                return
-            child = self._children.get(id)
-            if child is None or child.status != "restarting" or child.pending is not None:
-                continue
-            child.restarts += 1
-            try:
-                started = await self._start_run(child, restarted=True)
-            except StartError as err:
-                self._restart_failed(id, child, ids[n + 1 :], err)
-                return
-            if not started and not self._keep_ignored(child.spec):
-                # OTP: a restart returning ignore leaves a static child's spec
-                # (pid undefined) but removes a temporary or dynamic child.
-                self._children.pop(id, None)
-
-    def _restart_failed(self, id: str, child: _Child, later: list[str], err: StartError) -> None:
-        """Child ``id`` failed to restart: queue it as a crash; ``later`` ones wait stopped."""
-        # A failed restart is one more crash: the strategy runs again for it
-        # (and counts it). As OTP's restart_multiple_children, the failed
-        # child is "restarting" and the ones after it that could not start
-        # yet are "stopped" (pid undefined): the retry's scope includes
-        # them, and if the failing child is terminated meanwhile they are
-        # left stopped, restartable, never stuck.
-        child.status = "restarting"
-        for later_id in later:
-            other = self._children.get(later_id)
-            if other is not None and other.status == "restarting" and other.pending is None:
-                other.status = "stopped"
-        cause = err.__cause__ if err.__cause__ is not None else err
-        self._events.put_nowait(_StartFailed(id, ChildExit("exception", exception=cause)))
-
-    async def _give_up(self, child: _Child, exit: ChildExit) -> None:
-        err = RestartIntensityExceeded(
-            f"supervisor {self._name!r} gave up: more than {self._max_restarts} restarts "
-            f"within {self._max_seconds:g} s; last, child {child.spec.id!r} ended "
-            f"({_describe(exit)})"
-        )
-        err.__cause__ = exit.exception
-        self._failure = err
-        reports.intensity_exceeded(
-            self._name,
-            child.spec.id,
-            max_restarts=self._max_restarts,
-            max_seconds=self._max_seconds,
-            history=list(self._restart_times),
-        )
-        if telemetry.has_listeners("supervisor.intensity_exceeded"):
-            telemetry.emit(
-                "supervisor.intensity_exceeded",
-                {
-                    "supervisor": self._name,
-                    "child": child.spec.id,
-                    "max_restarts": self._max_restarts,
-                    "max_seconds": self._max_seconds,
-                    "error": err,
-                },
-            )
-        self._stopping = True
-        self._state = "stopping"
-        self._request_stop()
-        child.status = "stopped"
-        await self._shutdown_children()
-        self._finish()
-        reports.supervisor_stopped(self._name, reason="reached_max_restart_intensity")
-
-    async def _give_up_on_defect(self, exc: Exception) -> None:
-        err = SupervisorError(f"supervisor {self._name!r} failed: {exc!r}")
-        err.__cause__ = exc
-        self._failure = err
-        self._stopping = True
-        self._state = "stopping"
-        self._request_stop()
-        await self._shutdown_children()
-        self._finish()
-
-    def _emit_exit(self, child: _Child, exit: ChildExit, *, restart: bool) -> None:
-        if telemetry.has_listeners("supervisor.child_exited"):
-            telemetry.emit(
-                "supervisor.child_exited",
-                {
-                    "supervisor": self._name,
-                    "child": child.spec.id,
-                    "reason": exit.reason,
-                    "exception": exit.exception,
-                    "exit_code": exit.exit_code,
-                    "signal": exit.signal,
-                    "restart": restart,
-                },
-            )
-
-
-class DynamicSupervisor(Supervisor):
-    """A one_for_one supervisor whose children are added at run time.
-
-    With a ``template`` spec, ``start_child(*extra_args)`` starts a child from
-    it with ``extra_args`` appended to its ``args``, an id ``"<template id>-<n>"``
-    (or ``id=``), and registers it under ``register_as=`` or its own id (the
-    template's ``register_as`` is not used: children would share one key).
-    Without one, ``start_child(spec)`` takes a full :class:`ChildSpec`. As in
-    Elixir's DynamicSupervisor, ``terminate_child`` also deletes the child.
-
-    Raises (``start_child``): ``SupervisorError`` with ``.reason ==
-    "max_children"`` past ``max_children``, and what ``Supervisor.start_child``
-    raises.
-
-    Example:
-        >>> import asyncio
-        >>> from foundation.supervision import ChildSpec, DynamicSupervisor
-        >>> async def agent(ctx, zone):
-        ...     ctx.ready()
-        ...     await asyncio.Event().wait()
-        >>> async def main():
-        ...     async with DynamicSupervisor(ChildSpec("agent", agent)) as sup:
-        ...         first = await sup.start_child("eu")
-        ...         await sup.start_child("us", id="agent-us")
-        ...         return first.id, sup.count_children().active
-        >>> asyncio.run(main())
-        ('agent-1', 2)
-    """
-
-    def __init__(
-        self,
-        template: ChildSpec | None = None,
-        *,
-        max_children: int | None = None,
-        max_restarts: int = 3,
-        max_seconds: float = 5.0,
-        name: str | None = None,
-        registry: Registry | None = None,
-        backoff: Backoff | None = None,
-        min_uptime: float | None = None,
-    ) -> None:
-        if template is not None and not isinstance(template, ChildSpec):
-            raise TypeError(f"template must be a ChildSpec, not {template!r}")
-        if max_children is not None and (
-            isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0
-        ):
-            raise ValueError(f"max_children must be an int >= 0 or None, not {max_children!r}")
-        super().__init__(
-            (),
-            strategy="one_for_one",
-            max_restarts=max_restarts,
-            max_seconds=max_seconds,
-            name=name,
-            registry=registry,
-            backoff=backoff,
-            min_uptime=min_uptime,
-        )
-        self.template = template
-        self._max_children = max_children
-        self._serial = itertools.count(1)
-
-    async def start_child(
-        self,
-        *args: Any,
-        id: str | None = None,
-        register_as: Hashable | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> ChildInfo:
-        """Start a child from the template with ``args`` appended (or from the
-        one ``ChildSpec`` given when there is no template)."""
-        if self.template is None:
-            spec = _given_spec(args, id, register_as, metadata)
-        else:
-            spec = self._spec_from_template(self.template, args, id, register_as, metadata)
-        return await super().start_child(spec)
-
-    def _spec_from_template(
-        self,
-        template: ChildSpec,
-        args: tuple[Any, ...],
-        id: str | None,
-        register_as: Hashable | None,
-        metadata: Mapping[str, Any] | None,
-    ) -> ChildSpec:
-        """start_child: the template with ``args`` appended and the given overrides."""
-        return dataclasses.replace(
-            template,
-            id=f"{template.id}-{next(self._serial)}" if id is None else id,
-            args=(*template.args, *args),
-            register_as=register_as,
-            metadata=template.metadata if metadata is None else metadata,
-        )
-
-    def _admit(self, spec: ChildSpec) -> None:
-        if self._max_children is not None and len(self._children) >= self._max_children:
-            raise _error(
-                "max_children",
-                spec.id,
-                f"supervisor {self._name!r} already has max_children={self._max_children}",
-            )
-
-    async def _terminate_child(self, child: _Child) -> ChildExit | None:
-        exit = await super()._terminate_child(child)
-        self._children.pop(child.spec.id, None)
-        return exit
-
-    def _keep_ignored(self, spec: ChildSpec) -> bool:
-        return False  # OTP: a dynamic child that returns ignore is not added
-
-    async def restart_child(self, id: str) -> ChildInfo:
-        """Not supported: a dynamic child is deleted when terminated.
-
-        Raises:
-            SupervisorError: always, ``.reason == "simple_one_for_one"`` (OTP's
-                ``{error, simple_one_for_one}``).
-        """
-        raise _not_dynamic(
-            "restart_child",
-            id,
-            "terminate_child deletes a dynamic child; start a new one with start_child",
-        )
-
-    async def delete_child(self, id: str) -> None:
-        """Not supported: ``terminate_child`` already deletes a dynamic child.
-
-        Raises:
-            SupervisorError: always, ``.reason == "simple_one_for_one"`` (OTP's
-                ``{error, simple_one_for_one}``).
-        """
-        raise _not_dynamic("delete_child", id, "terminate_child already deletes a dynamic child")
-
-    async def _shutdown_children(self) -> list[str]:
-        """Stop every running child at once (OTP's ``terminate_dynamic_children``):
-        the stop takes about the longest shutdown timeout, not their sum."""
-        import asyncio
-
-        children = list(self._children.values())
-        for child in children:
-            child.pending = None
-        running = [c for c in reversed(children) if c.run is not None]
-        exits = await asyncio.gather(*(self._terminate(c) for c in running))
-        for child in children:
-            child.status = "stopped"
-        return [
-            c.spec.id for c, exit in zip(running, exits, strict=True) if exit.reason == "abandoned"
-        ]
+        return await stop_in_reverse(self._children, self._terminate)
 
 
 def runs_in_tree(root: Supervisor, handle: object) -> bool:
@@ -1749,48 +738,3 @@ def runs_in_tree(root: Supervisor, handle: object) -> bool:
             if isinstance(run.handle, Supervisor):
                 pending.append(run.handle)
     return False
-
-
-def _given_spec(
-    args: tuple[Any, ...],
-    id: str | None,
-    register_as: Hashable | None,
-    metadata: Mapping[str, Any] | None,
-) -> ChildSpec:
-    """DynamicSupervisor.start_child without a template: the one ChildSpec, overridden."""
-    if len(args) != 1 or not isinstance(args[0], ChildSpec):
-        raise TypeError("without a template, start_child takes exactly one ChildSpec")
-    spec: ChildSpec = args[0]
-    if id is not None or register_as is not None or metadata is not None:
-        spec = dataclasses.replace(
-            spec,
-            id=spec.id if id is None else id,
-            register_as=spec.register_as if register_as is None else register_as,
-            metadata=spec.metadata if metadata is None else metadata,
-        )
-    return spec
-
-
-def _why_abandoned(children: Mapping[str, _Child], ids: list[str]) -> str:
-    """Why the children ``ids`` run on, by kind (the ShutdownError's explanation)."""
-    kinds = {children[id].spec.kind for id in ids if id in children}
-    why = []
-    if "thread" in kinds:
-        why.append("a thread cannot be killed: it runs on as a daemon thread")
-    if "task" in kinds:
-        why.append("a task that swallows its cancellation runs on, unsupervised")
-    if "supervisor" in kinds:
-        why.append("a nested supervisor could not stop a child of its own")
-    return "; ".join(why) or "it did not stop in time"
-
-
-def _ignored(run: Run) -> bool:
-    """True when the run's child called ``ctx.ignore()`` (task and thread kinds)."""
-    ctx = getattr(run, "ctx", None)
-    return ctx is not None and getattr(ctx, "ignored", False) is True
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark a registry write's outcome as retrieved (its waiter, if any, reads it)."""
-    if not task.cancelled():
-        task.exception()

@@ -1,0 +1,131 @@
+"""What a supervisor tells the world about its children: telemetry events and
+the reports of ``_reports`` (started, exited or crashed, failed starts, giving up)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from foundation import telemetry
+from foundation.errors import AlreadyRegistered, RestartIntensityExceeded, StartError
+from foundation.supervision import _reports as reports
+from foundation.supervision._child import _describe
+
+if TYPE_CHECKING:
+    from foundation.supervision._child import _Child
+    from foundation.supervision._runs import Run
+    from foundation.supervision._spec import ChildExit, ChildSpec
+
+__all__: list[str] = []
+
+
+def start_failure(supervisor: str, spec: ChildSpec, exc: Exception) -> StartError:
+    """Report the failed start of ``spec``; the StartError to raise for it."""
+    reports.start_failed(supervisor, spec.id, str(spec.kind), error=exc)
+    err = StartError(
+        spec.id, f"child {spec.id!r} of supervisor {supervisor!r} failed to start: {exc}"
+    )
+    if isinstance(exc, AlreadyRegistered):
+        # As {:via, Registry, name}: {error, {already_started, Holder}}.
+        err.reason = "already_started"
+        err.handle = exc.entry.agent if exc.entry is not None else None
+    return err
+
+
+def announce_started(supervisor: str, child: _Child, run: Run, restarted: bool) -> None:
+    """Emit the started (and restarted) telemetry events and progress report of a run."""
+    spec = child.spec
+    if telemetry.has_listeners("supervisor.child_started"):
+        telemetry.emit(
+            "supervisor.child_started",
+            {
+                "supervisor": supervisor,
+                "child": spec.id,
+                "kind": spec.kind,
+                "handle": run.handle,
+                "attempt": run.attempt,
+            },
+        )
+    reports.child_started(
+        supervisor, spec.id, str(spec.kind), restarted=restarted, attempt=run.attempt
+    )
+    if restarted and telemetry.has_listeners("supervisor.child_restarted"):
+        telemetry.emit(
+            "supervisor.child_restarted",
+            {
+                "supervisor": supervisor,
+                "child": spec.id,
+                "handle": run.handle,
+                "restarts": child.restarts,
+            },
+        )
+
+
+def report_exit(supervisor: str, child: _Child, exit: ChildExit, action: str) -> None:
+    """Report a child's exit: a crash if abnormal, else a plain exit."""
+    spec = child.spec
+    kind = str(spec.kind)
+    if exit.abnormal:
+        reports.child_crashed(supervisor, spec.id, kind, exit, action=action)
+    else:
+        reports.child_exited(supervisor, spec.id, kind, exit, action=action)
+
+
+def emit_exit(supervisor: str, child: _Child, exit: ChildExit, *, restart: bool) -> None:
+    """Emit ``supervisor.child_exited`` for ``child``'s ``exit``."""
+    if telemetry.has_listeners("supervisor.child_exited"):
+        telemetry.emit(
+            "supervisor.child_exited",
+            {
+                "supervisor": supervisor,
+                "child": child.spec.id,
+                "reason": exit.reason,
+                "exception": exit.exception,
+                "exit_code": exit.exit_code,
+                "signal": exit.signal,
+                "restart": restart,
+            },
+        )
+
+
+def intensity_error(
+    supervisor: str, child: _Child, exit: ChildExit, max_restarts: int, max_seconds: float
+) -> RestartIntensityExceeded:
+    """The error of a supervisor that gives up after ``child``'s ``exit``."""
+    err = RestartIntensityExceeded(
+        f"supervisor {supervisor!r} gave up: more than {max_restarts} restarts "
+        f"within {max_seconds:g} s; last, child {child.spec.id!r} ended "
+        f"({_describe(exit)})"
+    )
+    err.__cause__ = exit.exception
+    return err
+
+
+def announce_intensity_exceeded(
+    supervisor: str,
+    child: _Child,
+    err: RestartIntensityExceeded,
+    *,
+    max_restarts: int,
+    max_seconds: float,
+    history: Iterable[tuple[float, str]],
+) -> None:
+    """Report and emit that the supervisor gives up (``err``), with its restart ``history``."""
+    reports.intensity_exceeded(
+        supervisor,
+        child.spec.id,
+        max_restarts=max_restarts,
+        max_seconds=max_seconds,
+        history=list(history),
+    )
+    if telemetry.has_listeners("supervisor.intensity_exceeded"):
+        telemetry.emit(
+            "supervisor.intensity_exceeded",
+            {
+                "supervisor": supervisor,
+                "child": child.spec.id,
+                "max_restarts": max_restarts,
+                "max_seconds": max_seconds,
+                "error": err,
+            },
+        )

@@ -1,0 +1,82 @@
+"""The order in which a supervisor stops its children: in reverse start order
+(a ``Supervisor``), all at once (a ``DynamicSupervisor``), or a strategy's
+scope before a restart; and why the ones that would not stop run on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+    from typing import Protocol
+
+    from foundation.supervision._child import _Child
+    from foundation.supervision._spec import ChildExit
+
+    class _Terminate(Protocol):
+        """A supervisor's ``_terminate``: stop one child's run, its exit."""
+
+        def __call__(self, child: _Child, *, restart: bool = ...) -> Awaitable[ChildExit]: ...
+
+
+__all__: list[str] = []
+
+
+async def stop_in_reverse(children: Mapping[str, _Child], terminate: _Terminate) -> list[str]:
+    """Stop every running child in reverse start order; returns the abandoned."""
+    abandoned = []
+    for child in reversed(list(children.values())):
+        child.pending = None
+        if child.run is not None:
+            exit = await terminate(child)
+            if exit.reason == "abandoned":
+                abandoned.append(child.spec.id)
+        child.status = "stopped"
+    return abandoned
+
+
+async def stop_all_at_once(children: Mapping[str, _Child], terminate: _Terminate) -> list[str]:
+    """Stop every running child at once (OTP's ``terminate_dynamic_children``):
+    the stop takes about the longest shutdown timeout, not their sum."""
+    import asyncio
+
+    every = list(children.values())
+    for child in every:
+        child.pending = None
+    running = [c for c in reversed(every) if c.run is not None]
+    exits = await asyncio.gather(*(terminate(c) for c in running))
+    for child in every:
+        child.status = "stopped"
+    return [c.spec.id for c, exit in zip(running, exits, strict=True) if exit.reason == "abandoned"]
+
+
+async def stop_scope(
+    children: dict[str, _Child], child: _Child, scope: list[_Child], terminate: _Terminate
+) -> None:
+    """Stop the other running children of ``child``'s scope, in reverse start order."""
+    for other in reversed(scope):
+        if other is child or other.spec.id not in children:
+            continue
+        if other.run is not None:
+            await terminate(other, restart=other.spec.restart != "temporary")
+            if other.spec.restart == "temporary":
+                del children[other.spec.id]  # OTP: never restarted, spec dropped
+                continue
+        # OTP (restart_multiple_children): every child of the scope that has
+        # a spec is started again, also one stopped by terminate_child, a
+        # transient one that ended normally, or one that returned ignore.
+        other.status = "restarting"
+
+
+def _why_abandoned(children: Mapping[str, _Child], ids: list[str]) -> str:
+    """Why the children ``ids`` run on, by kind (the ShutdownError's explanation)."""
+    kinds = {children[id].spec.kind for id in ids if id in children}
+    why = []
+    if "thread" in kinds:
+        why.append("a thread cannot be killed: it runs on as a daemon thread")
+    if "task" in kinds:
+        why.append("a task that swallows its cancellation runs on, unsupervised")
+    if "supervisor" in kinds:
+        why.append("a nested supervisor could not stop a child of its own")
+    return "; ".join(why) or "it did not stop in time"
