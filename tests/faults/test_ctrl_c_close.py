@@ -358,8 +358,8 @@ swept = interrupt_at_check_points(lambda n: made["mon"].demonitor(), ["foundatio
                                   after_each=check, before_each=fresh)
 print("SWEPT demonitor", swept > 0, flush=True)
 
-# The process's last monitor: the next demonitor() also closes its pidfd.
-# (Cut at _core.py's points: Monitor.demonitor's own steps.)
+# The process's last monitor: the next demonitor() also closes its pidfd
+# (cut in the manager's release too: see tests/faults/test_ctrl_c_monitor.py).
 last = MonitorManager(name="demonitor-last")
 last.monitor(process, lambda down: None).demonitor()  # its epoll, kept: not counted
 def fresh_last():
@@ -370,8 +370,7 @@ def check_last(n):
     assert last.active_count() == 0, f"demonitor() cut at point {n}: still counted"
     assert last.stats().watched_agents == 0, f"demonitor() cut at point {n}: still watched"
     assert fds() == made["fds"], f"a demonitor() cut at point {n} left its pidfd: {fds()}"
-swept = interrupt_at_check_points(lambda n: made["mon"].demonitor(),
-                                  ["foundation/liveness/_core.py"],
+swept = interrupt_at_check_points(lambda n: made["mon"].demonitor(), ["foundation/liveness/"],
                                   after_each=check_last, before_each=fresh_last)
 print("SWEPT last demonitor", swept > 0, flush=True)
 last.close()

@@ -489,7 +489,10 @@ def claim(mon: Monitor, watch: Watch, down: Down) -> None:
     else:
         try:
             mon._manager._monitors.pop(mon, None)
-        except BaseException as exc:
+        except MemoryError as exc:
+            # Race (Ctrl-C): not BaseException, which took a KeyboardInterrupt
+            # raised right after the pop for a bookkeeping failure: reported,
+            # then swallowed (monitor() returned as if never cut).
             report(exc, "liveness bookkeeping (retried once the monitor ran)", watch)
             invoke(on_down, down)
             _forget_stale(mon)

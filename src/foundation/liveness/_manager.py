@@ -161,7 +161,8 @@ def _release_unfired(monitors: dict[Monitor, OnDown]) -> None:
 
 
 class _FutureWatch(Watch):
-    """Shared watch of a concurrent.futures.Future: one done-callback, ever.
+    """Shared watch of a concurrent.futures.Future: one done-callback, ever
+    (and one more per first monitor that lost a race to store its watch).
 
     It holds the future strongly, as managed watches hold threads and
     processes: a monitor of a pending future that nothing else references
@@ -438,7 +439,10 @@ class _ProcessWatch(_ManagedWatch):
         # Unregistered first: if that fails (ENOMEM), nothing changed and the
         # watch is still found by its fd (the selector retries it).
         if manager._epoll is not None:
-            manager._epoll.unregister(fd)
+            # Race (Ctrl-C): a release cut right after its unregister left the
+            # fd open and in _by_fd; this repeat (ENOENT) finishes it.
+            with contextlib.suppress(FileNotFoundError):
+                manager._epoll.unregister(fd)
         self.fd = -1
         del manager._by_fd[fd]
         # Closing while the selector may hold this fd number in a batch of
@@ -559,6 +563,9 @@ class MonitorManager:
     def monitor(self, agent: object, on_down: OnDown) -> Monitor:  # noqa: PLR0912 - hot path inline
         """Call ``on_down(Down)`` once when ``agent`` dies; see :func:`foundation.liveness.monitor`.
 
+        A call cut short (a Ctrl-C) leaves no monitor behind: none counted,
+        none to be called.
+
         Raises:
             UnsupportedAgent: ``agent`` is not a supported kind.
             TypeError: ``on_down`` is not callable.
@@ -591,7 +598,11 @@ class MonitorManager:
                 return self._take_back(mon, watch, exc)
             if watch.down is None and not self._closed:
                 return mon
-            return self._settle(mon, watch)
+            try:
+                return self._settle(mon, watch)
+            except BaseException:  # a Ctrl-C in _settle or claim: see _take_back_cut
+                self._take_back_cut(mon, watch)
+                raise
         if not callable(on_down):
             raise TypeError("on_down must be callable")
         types = AGENT_TYPES
@@ -650,7 +661,11 @@ class MonitorManager:
             return self._take_back(mon, watch, exc)
         if watch.down is None and not self._closed:
             return mon
-        return self._settle(mon, watch)
+        try:
+            return self._settle(mon, watch)
+        except BaseException:  # a Ctrl-C in _settle or claim: see _take_back_cut
+            self._take_back_cut(mon, watch)
+            raise
 
     def active_count(self) -> int:
         """Number of monitors currently held (fired and released ones excluded).
@@ -919,9 +934,13 @@ class MonitorManager:
             self._monitors[mon] = None
         except BaseException as exc:  # out of memory: the call stores nothing
             return self._take_back(mon, watch, exc)
-        if watch.down is None and not self._is_closed():
-            return mon
-        return self._settle(mon, watch)
+        try:
+            if watch.down is None and not self._is_closed():
+                return mon
+            return self._settle(mon, watch)
+        except BaseException:  # a Ctrl-C at _is_closed, in _settle or claim
+            self._take_back_cut(mon, watch)
+            raise
 
     def _take_back(self, mon: Monitor, watch: Watch, exc: BaseException) -> Monitor:
         """The second insert of ``mon`` (into ``_monitors``) failed with ``exc``
@@ -937,6 +956,29 @@ class MonitorManager:
         if watch.monitors.pop(mon, None) is None:
             return mon
         raise exc
+
+    def _take_back_cut(self, mon: Monitor, watch: Watch) -> None:
+        """A ``monitor()`` raising once ``mon`` was inserted (a Ctrl-C; or
+        ``Closed``, an ``on_down``'s ``SystemExit``, after ``mon`` was taken):
+        take ``mon`` back, so the failed call stored nothing.
+
+        Race (Ctrl-C): a cut after the inserts (in ``_settle``, at the start
+        of ``claim``, at ``_is_closed``, as the lock is released) left ``mon``
+        in its watch and counted, and the caller never got it to release it:
+        counted for good if the agent was dead already (its watch never fires
+        again), else live until it dies. The ``del`` decides against a death
+        on another thread (whoever removes ``mon`` from the watch owns it); it
+        is no call, so nothing cuts between it and the count's removal. A
+        managed watch it leaves empty is released.
+        """
+        try:
+            del watch.monitors[mon]
+        except KeyError:  # taken already (claim, a fire): its count may be left
+            self._monitors.pop(mon, None)
+            return
+        self._monitors.pop(mon, None)
+        if watch.detachable and not watch.monitors:
+            self._release_watch(watch)
 
     def _settle(self, mon: Monitor, watch: Watch) -> Monitor:
         """After inserting ``mon``: the watch had fired, or the manager closed.
@@ -962,16 +1004,6 @@ class MonitorManager:
         invoke(on_down, NOPROC)
         return mon
 
-    def _add_managed(self, watch: _ManagedWatch, on_down: OnDown) -> Monitor:
-        """Insert a monitor into a managed watch; called with the lock held."""
-        mon = Monitor(self, watch)
-        watch.monitors[mon] = on_down
-        try:
-            self._monitors[mon] = None
-        except BaseException as exc:  # out of memory: the caller drops the watch if unused
-            return self._take_back(mon, watch, exc)
-        return mon
-
     def _monitor_cf(
         self, fut: concurrent.futures.Future[Any], on_down: OnDown, mon: Monitor | None = None
     ) -> Monitor:
@@ -983,11 +1015,14 @@ class MonitorManager:
             if fut.done():
                 return self._dead(fut, on_down)
             new = _FutureWatch(fut)
-            # setdefault is atomic: of racing first monitors, one watch wins
-            # and only its creator adds the (single, permanent) done-callback.
+            # Race (Ctrl-C): the done-callback goes on before the watch is
+            # stored. Stored first, a cut before the add left a watch that
+            # never fires: every later monitor of the future joined it, never
+            # told and counted for good. Racing first monitors each add their
+            # own; setdefault (atomic) stores one, and a loser's fires with no
+            # monitor. It may fire right here if done (then stored fired).
+            fut.add_done_callback(new)
             watch = attrs.setdefault(_CF_ATTR, new)
-            if watch is new:
-                fut.add_done_callback(new)  # may fire right here if done
         return self._add_shared(watch, on_down, mon)
 
     def _monitor_asyncio(
@@ -1059,30 +1094,57 @@ class MonitorManager:
     def _monitor_managed(
         self, agent: object, on_down: OnDown, factory: Callable[[MonitorManager, object], _W]
     ) -> Monitor:
+        mon: Monitor | None = None
+        try:
+            with self._lock:
+                watch = self._watch_locked(agent, factory)
+                try:
+                    mon = self._add_managed(watch, on_down)
+                except BaseException:  # out of memory: store nothing, keep no unused watch
+                    if not watch.monitors and self._watches.get(watch.key) is watch:
+                        self._release_locked(watch)
+                    raise
+            if watch.down is not None:
+                claim(mon, watch, watch.down)
+        except BaseException:
+            # Race (Ctrl-C): a cut as the lock is released or in claim() left
+            # mon in its watch (live, or dead for good) and counted, with no
+            # handle to release it: take it back (mon set: inserted).
+            if mon is not None:
+                self._take_back_cut(mon, watch)
+            raise
+        return mon
+
+    def _watch_locked(
+        self, agent: object, factory: Callable[[MonitorManager, object], _W]
+    ) -> _ManagedWatch:
+        """``agent``'s managed watch, made (and attached) if it has none. Lock held."""
+        if self._closed:
+            raise self._closed_error()
         key = id(agent)
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            watch = self._watches.get(key)
-            if watch is None:
-                new = factory(self, agent)
-                watch = new
-                if self._attach_locked(new):
-                    self._watches[key] = new
-                else:  # gone between the liveness check and the attach
-                    new.down = NOPROC
-            try:
-                mon = self._add_managed(watch, on_down)
-            except BaseException:  # out of memory: store nothing, keep no unused watch
-                if not watch.monitors and self._watches.get(key) is watch:
-                    del self._watches[key]
-                    try:
-                        watch.detach_locked()
-                    except OSError as exc:  # epoll_ctl: the selector retries it
-                        report(exc, "liveness: detaching an unused process watch", self)
-                raise
-        if watch.down is not None:
-            claim(mon, watch, watch.down)
+        watch = self._watches.get(key)
+        if watch is not None and not watch.monitors and watch.down is None:
+            # Race (Ctrl-C): an empty, unfired watch still here is one being
+            # released; a release cut part-way may have detached it already
+            # (reused, it would never fire): finish that, watch anew.
+            self._release_locked(watch)
+            watch = None
+        if watch is None:
+            watch = factory(self, agent)
+            if self._attach_locked(watch):
+                self._watches[key] = watch
+            else:  # gone between the liveness check and the attach
+                watch.down = NOPROC
+        return watch
+
+    def _add_managed(self, watch: _ManagedWatch, on_down: OnDown) -> Monitor:
+        """Insert a monitor into a managed watch; called with the lock held."""
+        mon = Monitor(self, watch)
+        watch.monitors[mon] = on_down
+        try:
+            self._monitors[mon] = None
+        except BaseException as exc:  # out of memory: the caller drops the watch if unused
+            return self._take_back(mon, watch, exc)
         return mon
 
     def _attach_locked(self, watch: _ManagedWatch) -> bool:
@@ -1160,14 +1222,28 @@ class MonitorManager:
             # saw it empty; it did so under this lock, so this check is exact.
             if watch.monitors or self._watches.get(watch.key) is not watch:
                 return
-            del self._watches[watch.key]
-            try:
-                watch.detach_locked()
-            except OSError as exc:  # epoll_ctl out of memory: the selector retries
-                # The pidfd stays registered in _by_fd: when its process exits
-                # the selector fires it (no monitor left) and detaches it; close()
-                # closes it otherwise. demonitor() itself raises nothing.
-                report(exc, "liveness: detaching a released process watch", self)
+            self._release_locked(watch)
+
+    def _release_locked(self, watch: _ManagedWatch) -> None:
+        """Detach ``watch`` (no monitor left), then drop it from ``_watches``. Lock held.
+
+        Race (Ctrl-C): it is forgotten last. Before, it left ``_watches``
+        first: a cut at the detach left its pidfd open and registered (or the
+        thread polled) until the agent died or the manager closed, since the
+        next ``demonitor()`` no longer found it. Now a cut leaves it in
+        ``_watches``, empty and unfired, maybe half detached: the next
+        ``demonitor()`` of its monitor (``_settle_released``) or ``monitor()``
+        of its agent (``_watch_locked``) runs this again (``detach_locked`` is
+        idempotent).
+        """
+        try:
+            watch.detach_locked()
+        except OSError as exc:  # epoll_ctl out of memory: the selector retries
+            # The pidfd stays registered in _by_fd: when its process exits
+            # the selector fires it (no monitor left) and detaches it; close()
+            # closes it otherwise. demonitor() itself raises nothing.
+            report(exc, "liveness: detaching a released process watch", self)
+        del self._watches[watch.key]
 
     # ------------------------------------------------------------------ threads
 
