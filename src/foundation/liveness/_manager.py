@@ -410,12 +410,17 @@ class MonitorManager(_Closing):
                 for t in (self._pidfd_thread, self._thread_poller, self._proc_poller)
                 if t is not None
             ]
-            wake_w = self._wake_w
             self._step(self._stopping.set, "ending a watcher's pause")
             self._step(self._threads_cond.notify_all, "waking its thread poller")
             self._step(self._procs_cond.notify_all, "waking its process poller")
         self._step(self._drop_monitors, "releasing its monitors")
-        woken = wake_w < 0 or self._step(os.write, "waking its pidfd selector", wake_w, _WAKE)
+        # Race: two close() calls at once (the second no longer returns early,
+        # see above): the other may have closed the wake-up fd meanwhile, and
+        # an unrelated open() been given its number. Read and written under the
+        # lock _release_resources closes it under: never a stale fd number.
+        with self._lock:
+            wake_w = self._wake_w
+            woken = wake_w < 0 or self._step(os.write, "waking its pidfd selector", wake_w, _WAKE)
         interrupted = self._join_watchers(threads, woken=woken)
         self._release_resources()
         self._released = True
