@@ -185,12 +185,19 @@ def test_agents_of_modules_imported_after_foundation_are_recognised(
 # one module-level `_load_implementation()` (the one way, foundation._public).
 DEFERRED = {
     "foundation.registry.RedisRegistry": (
+        "foundation.registry._redis._arguments",
+        "foundation.registry._redis._batch",
+        "foundation.registry._redis._claims",
         "foundation.registry._redis._lease",
+        "foundation.registry._redis._lifecycle",
         "foundation.registry._redis._mirror",
+        "foundation.registry._redis._prepare",
+        "foundation.registry._redis._replies",
         "foundation.registry._redis._scripts",
         "foundation.registry._redis._shared",
         "foundation.registry._redis._state",
         "foundation.registry._redis._tail",
+        "foundation.registry._redis._update",
     ),
 }
 

@@ -244,6 +244,10 @@ def test_many_writers_on_two_nodes_leave_events_mirrors_and_redis_agreeing(
     written = max(a.status().written, b.status().written)
     assert a.wait_for_version(written)
     assert b.wait_for_version(written)
+    # The mirrors are current; their listeners may still be hearing the last
+    # events (a writer leaves its events to a courier already delivering).
+    for reg in (a, b):
+        assert wait_until(lambda r=reg: not r._delivery.pending and not r._delivery.busy)
     client = redis.Redis.from_url(redis_server.url)
     try:
         heads = client.hgetall(f"{{{ns}}}:head")

@@ -258,6 +258,10 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         >>> stop.set()
     """
 
+    #: Each event carries its writer's ``_write_tags.tag`` (``_delivery``): a
+    #: ``MigratingRegistry`` recognises its own calls' events by it.
+    _events_carry_write_tags = True
+
     def __init__(
         self,
         indexed: Iterable[str] = (),

@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from foundation._listeners import DeliveryQueue as _DeliveryQueue
+from foundation._listeners import DeliveryQueue as _DeliveryQueue  # (typing)
 from foundation.registry._listeners import DeliveryQueue, _write_tags
 from foundation.registry._types import Registry, RegistryEvent
 
@@ -251,9 +251,11 @@ class _EventRouting:
         # (one already delivering), after the call returned: only the tag
         # travelling with each event says which facade call made it. A side
         # without one delivers each call's events in the calling thread.
-        delivery = getattr(backend, "_delivery", None)
-        if isinstance(delivery, _DeliveryQueue):
-            self._tags[side] = _Tags(delivery)
+        # Opted in by the class (``_events_carry_write_tags``): a backend
+        # with a delivery queue whose events carry no writer's tag (a
+        # MigratingRegistry as a side) is recognised by side and thread.
+        if getattr(type(backend), "_events_carry_write_tags", False):
+            self._tags[side] = _Tags(backend._delivery)  # type: ignore[attr-defined]
 
     def _ctx(self) -> _Ctx | None:
         ctx: _Ctx | None = getattr(self._tls, "ctx", None)

@@ -12,11 +12,19 @@ How it works (details in ``docs/redis.md``); one module per job:
   re-assert, background deletes) and the recovery procedure.
 - ``_tail``: the tail thread (``XREAD BLOCK``) applying change records to the
   local mirror, and the resync from a snapshot.
-- this module: the facade. Reads are answered by the mirror; a node applies
-  the result of its own writes at once (read-your-writes), per-key versions
-  make the later stream copy a no-op, and when its records are the next ones
-  on the stream the writer moves its tail past them (they are never read back).
-  API writes go out on the node's write connection (``Shared.write_script``).
+- this module: the facade (the public methods, construction, ``close``).
+  Reads are answered by the mirror; a node applies the result of its own
+  writes at once (read-your-writes), per-key versions make the later stream
+  copy a no-op, and when its records are the next ones on the stream the
+  writer moves its tail past them (they are never read back). API writes go
+  out on the node's write connection (``Shared.write_script``). Its parts:
+  ``_arguments`` (the constructor's checks), ``_prepare`` (a registration
+  checked and encoded), ``_claims`` (a key claimed locally, its agent
+  monitored; a local death), ``_replies`` (a write's reply applied to the
+  mirror), ``_batch`` (``register_many``'s round trips), ``_update``
+  (``update_metadata``'s write path), ``_records`` (``Conflict``,
+  ``RedisStatus``), ``_lifecycle`` (connections and scripts opened, a node
+  shut down).
 
 Local agents are monitored by this node's MonitorManager and removed from the
 mirror the instant they die; the server-side delete follows from the lease
@@ -27,44 +35,28 @@ exception: every failure is ``BackendUnavailable`` or ``InvalidConfig``
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import itertools
-import json
-import json.encoder
 import os
-import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 from foundation import _redis_conn
 from foundation._listeners import _write_tags, subscribe_to
 from foundation.errors import (
-    AlreadyRegistered,
     BackendUnavailable,
     Closed,
     FoundationError,
-    InvalidConfig,
     InvalidKey,
-    InvalidMetadata,
     NotAlive,
     NotRegistered,
     RegistryError,
-    UnsupportedAgent,
 )
-from foundation.liveness import (
-    Down,
-    Monitor,
-    MonitorManager,
-    describe_agent,
-    is_alive,
-)
-from foundation.liveness._types import AGENT_TYPES
+from foundation.liveness import MonitorManager
 from foundation.registry._plain import PLAIN_SUBCLASSES
 from foundation.registry._query import IndexPlan, compile_criteria, index_plan, matches
-from foundation.registry._redis._codec import RemoteAgent, metadata_json, normal_key, s
+from foundation.registry._redis._codec import metadata_json, normal_key
+from foundation.registry._redis._records import Conflict, RedisStatus, status_of
 from foundation.registry._types import (
     BatchItem,
     Criterion,
@@ -75,150 +67,61 @@ from foundation.registry._types import (
     RegistryEvent,
     batch_items,
     filtered,
-    new_entry,
 )
 from foundation.registry._validation import (
     MAX_METADATA_BYTES,
     check_bool,
     check_metadata_size,
-    check_unicode,
     freeze_metadata,
-    indexed_names,
-    metadata_from_json,
-    short_repr,
     validate_key,
 )
 
 if TYPE_CHECKING:
     # Implementation modules: imported by the first RedisRegistry(), not by
     # `import foundation` (see _load_implementation).
-    from foundation.registry._redis import _lease, _readscript, _scripts, _shared, _state, _tail
+    from foundation.registry._redis import (
+        _arguments,
+        _batch,
+        _claims,
+        _lease,
+        _lifecycle,
+        _prepare,
+        _replies,
+        _scripts,
+        _shared,
+        _state,
+        _tail,
+        _update,
+    )
 
 __all__ = ["MAX_METADATA_BYTES", "Conflict", "RedisRegistry", "RedisStatus"]
 
 
-_seq = itertools.count(1)
-_CHUNK: Final = 500  # items per REGISTER_MANY script call (see _pipelined)
-_dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
-_str_json: Callable[[str], str] = json.encoder.encode_basestring_ascii
-
-
 def _load_implementation() -> None:
-    """Import the modules a ``RedisRegistry`` runs on (Lua scripts, lease, tail).
+    """Import the modules a ``RedisRegistry`` runs on (Lua scripts, lease, tail,
+    its write paths).
 
     Called first by the constructor, so ``import foundation`` never pays for
     them (the one way to defer an implementation module: ``foundation._public``).
     Two constructors racing both import; the import lock makes the second a
     dictionary lookup, and both bind the same module objects.
     """
-    global _lease, _readscript, _scripts, _shared, _state, _tail
-    from foundation.registry._redis import _lease, _readscript, _scripts, _shared, _state, _tail
-
-
-def _agent_json(agent: Any) -> str:
-    """``{"kind", "pid", "name"}`` of ``describe_agent`` as JSON, without its costly
-    parts (host name, process start time) for the in-process kinds."""
-    if isinstance(agent, threading.Thread):
-        return f'{{"kind":"thread","pid":{os.getpid()},"name":{_str_json(agent.name)}}}'
-    if isinstance(agent, AGENT_TYPES.aio_task):
-        return f'{{"kind":"task","pid":{os.getpid()},"name":{_str_json(agent.get_name())}}}'
-    if isinstance(agent, (AGENT_TYPES.aio_future, AGENT_TYPES.cf_future)):
-        return f'{{"kind":"future","pid":{os.getpid()},"name":null}}'
-    d = describe_agent(agent)
-    return _dumps({"kind": d["kind"], "pid": d["pid"], "name": d["name"]})
-
-
-_MAX_SECONDS: Final = threading.TIMEOUT_MAX / 8
-"""The longest lease, heartbeat or op_timeout: every wait on them stays a valid timeout."""
-
-
-def _seconds(name: str, value: object) -> float:
-    """``value`` as a number of seconds in ``(0, _MAX_SECONDS]``; ``TypeError`` or
-    ``InvalidConfig`` (NaN and infinities included) at the constructor, not later."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if not 0 < value <= _MAX_SECONDS:
-        raise InvalidConfig(
-            f"{name} must be a positive number of seconds (at most {_MAX_SECONDS:.0f}), "
-            f"got {short_repr(value)}"
-        )
-    return float(value)
-
-
-def _checked_arguments(
-    *,
-    namespace: object,
-    indexed: Iterable[str],
-    lease_ttl: object,
-    heartbeat: object,
-    op_timeout: object,
-    stream_maxlen: object,
-    node: object,
-    manager: object,
-) -> tuple[frozenset[str], float, float, float]:
-    """``RedisRegistry``'s arguments checked at the call (``TypeError``/``InvalidConfig``,
-    never later): its indexed attributes, lease TTL, heartbeat and op timeout."""
-    _check_namespace(namespace)
-    attrs = frozenset(indexed_names(indexed))
-    ttl = _seconds("lease_ttl", lease_ttl)
-    beat = ttl / 3 if heartbeat is None else _seconds("heartbeat", heartbeat)
-    if not 0 < beat < ttl:
-        raise InvalidConfig("heartbeat must be positive and shorter than lease_ttl")
-    timeout = _seconds("op_timeout", op_timeout)
-    _check_stream_node_manager(stream_maxlen, node, manager)
-    return attrs, ttl, beat, timeout
-
-
-def _check_namespace(namespace: object) -> None:
-    """``InvalidConfig`` unless ``namespace`` is a non-empty str without braces."""
-    if not isinstance(namespace, str) or not namespace or "{" in namespace or "}" in namespace:
-        raise InvalidConfig(
-            f"namespace must be a non-empty str without braces, got {short_repr(namespace)}"
-        )
-    check_unicode("namespace", namespace)
-
-
-def _check_stream_node_manager(stream_maxlen: object, node: object, manager: object) -> None:
-    """Check ``stream_maxlen`` (an int >= 1), ``node`` and ``manager`` (None or their type)."""
-    if isinstance(stream_maxlen, bool) or not isinstance(stream_maxlen, int):
-        raise TypeError(f"stream_maxlen must be an int, got {type(stream_maxlen).__name__}")
-    if stream_maxlen < 1:
-        raise InvalidConfig(f"stream_maxlen must be at least 1, got {stream_maxlen}")
-    if node is not None and not isinstance(node, str):
-        raise TypeError(f"node must be a str, got {type(node).__name__}")
-    if node is not None:
-        check_unicode("node", node)
-    if manager is not None and not isinstance(manager, MonitorManager):
-        raise TypeError(f"manager must be a MonitorManager, got {type(manager).__name__}")
-
-
-class _Prepared:
-    """One registration on its way (checked, encoded, not yet sent)."""
-
-    __slots__ = (
-        "agent",
-        "argv",
-        "died",
-        "frozen",
-        "key",
-        "own",
-        "own_dead",
-        "prev",
-        "registered_at",
+    global _arguments, _batch, _claims, _lease, _lifecycle, _prepare, _replies
+    global _scripts, _shared, _state, _tail, _update
+    from foundation.registry._redis import (
+        _arguments,
+        _batch,
+        _claims,
+        _lease,
+        _lifecycle,
+        _prepare,
+        _replies,
+        _scripts,
+        _shared,
+        _state,
+        _tail,
+        _update,
     )
-
-    def __init__(
-        self, key: Hashable, agent: Any, frozen: Mapping[str, Any], at: float, own: _shared.Own
-    ) -> None:
-        self.key = key
-        self.agent = agent
-        self.frozen = frozen
-        self.registered_at = at
-        self.own = own
-        self.prev: _shared.Own | None = None  # this node's registration it replaces
-        self.argv: list[Any] = []  # REGISTER's ARGV (single register only)
-        self.own_dead = False  # this node's previous agent under the key is dead
-        self.died = False  # the agent died while its script ran
 
 
 class _ClosedEntries(dict[Hashable, Entry]):
@@ -232,65 +135,6 @@ class _ClosedEntries(dict[Hashable, Entry]):
 
 
 _CLOSED_ENTRIES: Final = _ClosedEntries()
-
-
-@dataclass(frozen=True, slots=True)
-class Conflict:
-    """A registration this node could not re-assert after losing its lease.
-
-    While this node was cut off (frozen, partitioned, or Redis restarted), its
-    lease expired and ``holder`` registered ``key``. The holder keeps it; this
-    node's ``agent`` stays alive but is no longer registered (local listeners
-    got an ``unregistered`` event with reason ``"replaced"``).
-    """
-
-    key: Hashable
-    agent: Any
-    holder: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class RedisStatus:
-    """What ``RedisRegistry.status()`` reports.
-
-    ``connected``: Redis answers normally (no error replies, reachable);
-    ``stale``: the mirror may be behind Redis (not CONNECTED, or no heartbeat
-    for a TTL); ``version``: the last change version applied by the tail;
-    ``written``: the version of this node's last write (see
-    ``wait_for_version``); ``entries``: in the mirror; ``local_entries``:
-    registered by this node; ``conflicts``: see ``conflicts()``; ``resyncs``:
-    snapshots loaded after the first one (after a gap, a trimmed stream, a
-    restart or an outage); ``last_error``: the last Redis failure, if any;
-    ``state``: the link state (``"connected"``, ``"degraded"``,
-    ``"disconnected"``, ``"recovering"``, ``"lease_lost"``, ``"closed"``);
-    ``recoveries``: recoveries completed after the first; ``reasserts``:
-    recoveries that wrote registrations back; ``reasserted``: registrations
-    written back by them; ``lease_extensions``: global outages this node's
-    heartbeat healed (see docs/redis.md, "Leases"); ``state_since``: when
-    ``state`` was entered (``time.time()``); ``eviction_policy``: the server's
-    ``maxmemory-policy`` when it may evict this library's keys (``maxmemory``
-    set, an ``allkeys-*`` policy; logged once at WARNING), else None (also when
-    ``INFO`` is refused): see docs/redis.md, the failure table.
-    """
-
-    node: str
-    connected: bool
-    stale: bool
-    version: int
-    written: int
-    entries: int
-    local_entries: int
-    conflicts: int
-    resyncs: int
-    last_error: str | None
-    state: str = "connected"
-    recoveries: int = 0
-    reasserts: int = 0
-    reasserted: int = 0
-    lease_extensions: int = 0
-    state_since: float = 0.0
-    eviction_policy: str | None = None
 
 
 class RedisRegistry(Registry):
@@ -340,6 +184,10 @@ class RedisRegistry(Registry):
         >>> stop.set()
     """
 
+    #: Each event carries its writer's ``_write_tags.tag`` (``_delivery``): a
+    #: ``MigratingRegistry`` recognises its own calls' events by it.
+    _events_carry_write_tags = True
+
     def __init__(
         self,
         url: str,
@@ -359,7 +207,7 @@ class RedisRegistry(Registry):
         _load_implementation()
         _redis_conn.import_redis()  # the extra is optional: ImportError naming it
         _redis_conn.check_url(url)
-        attrs, lease_ttl, beat, op_timeout = _checked_arguments(
+        attrs, lease_ttl, beat, op_timeout = _arguments.checked_arguments(
             namespace=namespace,
             indexed=indexed,
             lease_ttl=lease_ttl,
@@ -389,37 +237,13 @@ class RedisRegistry(Registry):
         self._owns_manager = owns_manager
         self._entries = sh.entries  # the hot read path
         try:
-            sh.client = _redis_conn.connect(url, op_timeout=op_timeout, name=f"foundation:{name}")
-            tail = _redis_conn.connect(
-                url,
-                op_timeout=op_timeout + _shared.TAIL_BLOCK_MS / 1000,
-                connect_timeout=op_timeout,
-                name=f"foundation-tail:{name}",
-            )
-            # The tail holds ONE connection: one the server cut while the tail was
-            # not reading (it pauses after its own writes, see _tail.OWN_QUIET_S)
-            # then fails the next read, and the link recovers; a pooled client
-            # would replace it silently.
-            sh.tail_client = _redis_conn.import_redis().Redis(
-                connection_pool=tail.connection_pool, single_connection_client=True
-            )
+            tail = _lifecycle.connect(sh, url, name, op_timeout)
             # Keep its owner: collecting it would disconnect the pool under the tail.
             self._tail_owner = tail
-            c = sh.client
-            sh.scripts = {
-                "register": c.register_script(_scripts.REGISTER),
-                "register_many": c.register_script(_scripts.REGISTER_MANY),
-                "update": c.register_script(_scripts.UPDATE),
-                "unregister": c.register_script(_scripts.UNREGISTER),
-                "heartbeat": c.register_script(_scripts.HEARTBEAT),
-                "release": c.register_script(_scripts.RELEASE),
-                # A pure read: run so that Redis >= 7 serves it while writes
-                # are paused (see _readscript).
-                "snapshot": _readscript.ReadScript(_scripts.SNAPSHOT),
-            }
+            _lifecycle.load_scripts(sh)
             self._tail = _tail.Tail(sh)
             self._lease = _lease.Lease(sh, self._tail)
-            sh.call("clearing our wake stream", c.delete, sh.k_wake)
+            sh.call("clearing our wake stream", sh.client.delete, sh.k_wake)
             with sh.writing(public=False):
                 self._lease.recover_locked()
         except BaseException:
@@ -484,7 +308,7 @@ class RedisRegistry(Registry):
         if sh.closed:
             raise Closed("this RedisRegistry is closed")
         check_bool(replace, "replace")
-        p = self._prepare(key, agent, metadata)
+        p = _prepare.prepare(sh, key, agent, metadata)
         try:
             self._register_locked(p, replace)
         finally:
@@ -492,12 +316,12 @@ class RedisRegistry(Registry):
             # as the mirror applied them), and any queued before them, in order.
             sh.deliver()
 
-    def _register_locked(self, p: _Prepared, replace: bool) -> None:
+    def _register_locked(self, p: _prepare.Prepared, replace: bool) -> None:
         """``register`` of the prepared ``p``, holding wlock."""
         sh = self._sh
         key, agent = p.key, p.agent
         with sh.writing():
-            self._begin(p, replace)
+            _claims.begin(sh, self._lease, p, replace)
 
             def doing() -> str:
                 return f"registering {key!r:.200}"
@@ -515,7 +339,7 @@ class RedisRegistry(Registry):
                 # A write that timed out may have landed: resync (its orphan goes).
                 sh.link.resync_needed(f"the outcome of registering {key!r:.200} is unknown")
                 raise
-            error = self._finish(p, reply)
+            error = _replies.finish(sh, p, reply)
             if error is not None and not p.died:
                 raise error
             if p.died:
@@ -560,9 +384,9 @@ class RedisRegistry(Registry):
         check_bool(replace, "replace")
         batch = batch_items(items)
         outcomes: list[RegistryError | None] = [None] * len(batch)
-        for items_ in self._prepare_batch(batch, outcomes):
+        for items_ in _prepare.prepare_batch(sh, batch, outcomes):
             if items_:
-                self._register_round(items_, replace, outcomes)
+                _batch.register_round(sh, self._lease, items_, replace, outcomes)
         return outcomes
 
     def lookup(self, key: Hashable) -> Entry | None:
@@ -623,26 +447,13 @@ class RedisRegistry(Registry):
                 raise
             with sh.mlock:
                 own = sh.own.pop(key, None)
-                old = self._remove_unregistered(key, v, own)
+                old = _replies.remove_unregistered(sh, key, v, own)
                 if old is not None and sh.listeners:
                     event = RegistryEvent("unregistered", old, reason="unregistered")
                     sh.queue([event], _write_tags.tag)
             if own is not None and own.monitor is not None:
                 own.monitor.demonitor()
         return bool(v) or own is not None
-
-    def _remove_unregistered(self, key: Hashable, v: int, own: _shared.Own | None) -> Entry | None:
-        """Drop ``key`` from the mirror after UNREGISTER answered ``v`` (holding
-        mlock); the entry removed, if any."""
-        sh = self._sh
-        m = sh.mirror
-        if v and m.is_newer(key, v):
-            sh.written = v
-            return m.remove(key, v)
-        if not v and own is not None:
-            # Redis lost it (restarted, not yet re-asserted): still ours.
-            return m.remove(key, m.versions.get(key, m.floor))
-        return None
 
     def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
         """Replace the metadata of ``key`` (on any node); indexes follow.
@@ -671,122 +482,12 @@ class RedisRegistry(Registry):
         try:
             with sh.writing():
                 self._lease.flush_pending_down(key)
-                reply = self._send_update(key, args.argv())
+                reply = _update.send_update(sh, self._lease, key, args.argv())
                 if reply[0] == b"NOTREG":
                     raise NotRegistered(key)
-                self._apply_update(key, ek, reply, frozen=frozen, meta=meta, ix=ix)
+                _update.apply_update(sh, key, ek, reply, frozen=frozen, meta=meta, ix=ix)
         finally:
             sh.deliver()  # once every lock is released, in mirror order
-
-    def _send_update(self, key: Hashable, argv: list[Any]) -> Any:
-        """Run UPDATE for ``key`` (holding wlock); a live registration of this node
-        that Redis lost is re-asserted first. A failure asks for a resync."""
-        sh = self._sh
-        doing = f"updating {key!r:.200}"
-        try:
-            reply = sh.write_script("update", argv, doing)
-            if reply[0] == b"NOTREG" and self._held_here(key) and not self._deleted_unseen(key):
-                # Redis lost our live registration (it restarted empty, or our
-                # lease was reaped) although lookup returns it: recover (which
-                # re-asserts it with its current metadata), then update.
-                sh.link.lease_lost(f"Redis lacks our live registration {key!r:.200}")
-                self._lease.recover_locked()
-                reply = sh.write_script("update", argv, doing)
-        except FoundationError:
-            sh.link.resync_needed(f"the outcome of updating {key!r:.200} is unknown")
-            raise
-        return reply
-
-    def _deleted_unseen(self, key: Hashable) -> bool:
-        """A delete of this node's registration of ``key`` is on the stream past our
-        tail's position (holding wlock): another node unregistered it and our tail
-        has not applied that yet. Then Redis did not lose it: re-asserting it would
-        undo that unregister.
-
-        Race: the tail may apply the record meanwhile (the answer stays right).
-        A stream trimmed past our position finds nothing: as before, recover.
-        """
-        sh = self._sh
-        own = sh.own.get(key)
-        if own is None:
-            return False
-        with sh.mlock:
-            start = sh.sid
-        records = sh.call(
-            f"looking for a delete of {key!r:.200} on the change stream",
-            sh.client.xrange,
-            sh.k_log,
-            min="(" + s(start),
-            max="+",
-            count=int(sh.maxlen),
-        )
-        ek, head = own.ek.encode(), own.head.encode()
-        # A head of "" (Redis had lost it) names whatever the node in "n" held.
-        # Race: another node's heartbeat reaped our expired lease (we were frozen)
-        # and our tail has not applied it yet: that delete (``lease_expired``) is
-        # no unregister; our live agent's registration is re-asserted, as the
-        # recovery does (``Lease._drop_deleted_unseen``), not NotRegistered.
-        return any(
-            f.get(b"op") == b"d"
-            and f.get(b"k") == ek
-            and f.get(b"dr") != b"lease_expired"
-            and (f.get(b"h") == head or (f.get(b"h") == b"" and f.get(b"n") == sh.node_b))
-            for _, f in records
-        )
-
-    def _apply_update(
-        self,
-        key: Hashable,
-        ek: str,
-        reply: Any,
-        *,
-        frozen: Mapping[str, Any],
-        meta: bytes,
-        ix: str,
-    ) -> None:
-        """Apply UPDATE's OK ``reply`` to the mirror (holding wlock); its event
-        is queued under the same mlock."""
-        sh = self._sh
-        v = int(reply[1])
-        sh.written = v
-        with sh.mlock:
-            own = sh.own.get(key)
-            if own is not None:
-                own.meta, own.ix = meta, ix
-            m = sh.mirror
-            if not m.is_newer(key, v):
-                return
-            known = key in sh.entries
-            new = self._updated_entry(key, ek, frozen, meta, reply)
-            if new is None:
-                return
-            m.put(new, v)
-            # An entry this mirror had not seen yet (its registration record,
-            # older, will be skipped) appears here: for local listeners it is
-            # registered.
-            if sh.listeners:
-                kind: Literal["updated", "registered"] = "updated" if known else "registered"
-                sh.queue([RegistryEvent(kind, new)], _write_tags.tag)
-
-    def _updated_entry(
-        self, key: Hashable, ek: str, frozen: Mapping[str, Any], meta: bytes, reply: Any
-    ) -> Entry | None:
-        """The entry of ``key`` with its new metadata after UPDATE (holding mlock)."""
-        sh = self._sh
-        old = sh.entries.get(key)
-        if old is not None:
-            return new_entry(key, old.agent, frozen, old.registered_at, old.node)
-        # Our mirror has not seen this (remote) entry yet: build it
-        # from the reply; the older record will be skipped. Redis may have lost
-        # its head (None): then its owner writes it back, and the tail brings it.
-        if len(reply) < 4 or reply[3] is None:
-            return None
-        try:
-            return sh.entry_from_head(key, ek, s(reply[3]), meta, [])
-        except (AttributeError, KeyError, TypeError, ValueError, RecursionError):
-            # A head nobody can read (written by something else): no entry to show
-            # (the update itself was made); raised, it leaked out of update_metadata.
-            return None
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
         """Entries matching every criterion, from the local mirror (index-backed for
@@ -863,26 +564,11 @@ class RedisRegistry(Registry):
 
     def status(self) -> RedisStatus:
         """Connection, staleness and size figures of this node; ``Closed`` after ``close()``."""
-        sh = self._sh
         self._check_open()
-        link = sh.link
-        return RedisStatus(
-            node=sh.node,
-            connected=link.reachable,
+        return status_of(
+            self._sh,
             stale=self.is_stale(),
-            version=sh.tail_v,
-            written=sh.written,
             entries=len(self._entries),
-            local_entries=len(sh.own),
-            conflicts=len(sh.conflicts),
-            resyncs=max(0, sh.gen - 1),
-            last_error=link.last_error,
-            state=link.state.value,
-            state_since=link.state_since,
-            recoveries=max(0, link.recoveries - 1),
-            reasserts=sh.reasserts,
-            reasserted=sh.reasserted,
-            lease_extensions=sh.lease_extensions,
             eviction_policy=self._lease.memory_policy.policy,
         )
 
@@ -928,605 +614,15 @@ class RedisRegistry(Registry):
             self._entries = _CLOSED_ENTRIES
             sh.applied.notify_all()  # a wait_for_version in progress raises Closed
         self._close_async()  # later async writes meet the closed registry directly
-        sh.stop.set()
-        sh.link.close()
-        sh.jobs.put(None)
-        sh.poke_tail()
-        if self._lease.thread.ident is not None:  # else a construction that could not start it
-            self._lease.thread.join(timeout=sh.op_timeout * 3 + 1)
-        try:
-            with sh.writing(public=False):
-                release = _scripts.ReleaseArgs(sh.maxlen, sh.node)
-                sh.script("release", release, "releasing our lease")
-        except FoundationError:
-            pass  # Redis is down: the lease will expire and others reap our entries
-        with sh.mlock:
-            owns = list(sh.own.values())
-            sh.own.clear()
-            # Nothing stays behind: the mirror is emptied (reads raise Closed anyway).
-            for key in list(sh.entries):
-                sh.mirror.remove(key, sh.tail_v)
-            sh.applied.notify_all()
-        for own in owns:
-            if own.monitor is not None:
-                own.monitor.demonitor()
-        if self._owns_manager:
-            sh.manager.close()
-        if self._tail.thread.ident is not None:  # as the lease thread above
-            self._tail.thread.join(timeout=0.5)
-        if self._tail.thread.is_alive():
-            # Blocked in XREAD on a server that does not answer: cut the socket.
-            sh.tail_client.connection_pool.disconnect()
-            self._tail.thread.join(timeout=sh.op_timeout + _shared.TAIL_BLOCK_MS / 1000 + 1)
-        with contextlib.suppress(FoundationError):
-            sh.call("deleting our wake stream", sh.client.delete, sh.k_wake)
-        sh.client.close()
-        sh.tail_client.close()
-        self._tail_owner.close()  # and its pool
+        _lifecycle.shut_down(sh, self._lease, self._tail, self._tail_owner, self._owns_manager)
 
     def __repr__(self) -> str:
         sh = self._sh
         size = "closed" if sh.closed else f"entries={len(sh.entries)}"
         return f"<RedisRegistry node={sh.node!r} url={sh.url!r} {size}>"
 
-    # ------------------------------------------------------------------ registering
-
-    def _prepare(self, key: Hashable, agent: Any, metadata: Mapping[str, Any] | None) -> _Prepared:
-        """Check and encode one registration (no lock, no Redis); raises what
-        ``register`` raises for bad input."""
-        sh = self._sh
-        key, ek, frozen, meta, prefix = self._encoded(key, agent, metadata, None)
-        registered_at = time.time()
-        head = f'{prefix}{registered_at!r},"s":{next(_seq)}}}'
-        own = _shared.Own(agent, ek, head, meta, sh.ix_for(frozen) if sh.indexed else "")
-        return _Prepared(key, agent, frozen, registered_at, own)
-
-    def _prepare_batch(
-        self,
-        batch: list[tuple[Hashable, Any, Mapping[str, Any] | None]],
-        outcomes: list[RegistryError | None],
-    ) -> list[list[tuple[int, _Prepared]]]:
-        """``_prepare`` of every item of a ``register_many`` call (no lock, no
-        Redis): an invalid item gets its outcome now; the valid ones are split
-        into rounds of distinct keys (a key's second item waits for its first).
-
-        The items of round 0 share one ``registered_at`` (one call registers
-        them); an item of a later round takes its own time, as a second
-        ``register`` of the key would.
-        """
-        sh = self._sh
-        ix_for = sh.ix_for if sh.indexed else None
-        encoded = self._encoded
-        new_own, new_prepared, seq = _shared.Own, _Prepared, _seq
-        prefixes: dict[int, str] = {}
-        rounds: list[list[tuple[int, _Prepared]]] = [[]]
-        seen: dict[Hashable, int] = {}
-        now = time.time()
-        now_text = f'{now!r},"s":'
-        for i, (given, agent, metadata) in enumerate(batch):
-            try:
-                key, ek, frozen, meta, prefix = encoded(given, agent, metadata, prefixes)
-            except (InvalidKey, InvalidMetadata, UnsupportedAgent, NotAlive) as exc:
-                outcomes[i] = exc
-                continue
-            n = seen.get(key, -1) + 1  # key: normalised (equal keys, one slot)
-            seen[key] = n
-            at, at_text = (now, now_text) if n == 0 else _now()
-            # "s" makes every registration's head unique (the compare-and-delete token).
-            head = f"{prefix}{at_text}{next(seq)}}}"
-            own = new_own(agent, ek, head, meta, "" if ix_for is None else ix_for(frozen))
-            if n == len(rounds):
-                rounds.append([])
-            rounds[n].append((i, new_prepared(key, agent, frozen, at, own)))
-        return rounds
-
-    def _encoded(
-        self,
-        key: Hashable,
-        agent: Any,
-        metadata: Mapping[str, Any] | None,
-        prefixes: dict[int, str] | None,
-    ) -> tuple[Hashable, str, Mapping[str, Any], bytes, str]:
-        """``(key, its JSON, frozen metadata, its JSON bytes, the head's prefix)``
-        of one registration; raises what ``register`` raises for bad input.
-
-        The head: who owns it, a description of the agent, when (the caller
-        appends the time and a sequence number). ``prefixes``: the head prefixes
-        of one ``register_many`` call by ``id(agent)`` (the batch holds every
-        agent alive for the call, so an id names one agent).
-        """
-        sh = self._sh
-        key, ek = normal_key(key)  # the one key rule (InvalidKey)
-        frozen = freeze_metadata(metadata)
-        meta = sh.utf8(metadata_json(frozen))
-        if len(meta) > MAX_METADATA_BYTES:
-            check_metadata_size(meta.decode(), MAX_METADATA_BYTES)  # raises InvalidMetadata
-        prefix = None if prefixes is None else prefixes.get(id(agent))
-        if prefix is None:
-            if not is_alive(agent):  # UnsupportedAgent for a kind that cannot be monitored
-                raise NotAlive(key, agent)
-            prefix = f'{{"n":{sh.node_json},"a":{_agent_json(agent)},"t":'
-            if prefixes is not None:
-                prefixes[id(agent)] = prefix
-        # else: found alive for an earlier item of this batch. Race: if it died
-        # since, its monitor fires at once (_begin_all) and the item is NotAlive.
-        return key, ek, frozen, meta, prefix
-
-    def _begin(self, p: _Prepared, replace: bool) -> None:
-        """Make ``p`` known locally (pending) and monitor it (holding wlock), and
-        build REGISTER's ``p.argv``; raises ``AlreadyRegistered`` if this node
-        holds the key and not ``replace``. (``_begin_all`` does this for a batch.)"""
-        sh = self._sh
-        key, own = p.key, p.own
-        self._lease.flush_pending_down(key)
-        prev = sh.own.get(key)
-        prev_alive = prev is not None and is_alive(prev.agent)
-        if prev_alive and not replace:
-            raise AlreadyRegistered(key, sh.entries.get(key))
-        p.prev = prev
-        # Race: the registration is known locally (pending) BEFORE Redis has
-        # it, so the tail, seeing our own record first, finds the live agent.
-        with sh.mlock:
-            sh.own[key] = own
-        try:
-            own.monitor = self._monitor_own(key, p.agent, own)
-        except BaseException:
-            sh.forget_own(key, own, prev)  # nothing of a failed register may stay
-            raise
-        p.own_dead = not prev_alive
-        p.argv = _scripts.register_argv(
-            maxlen=sh.maxlen,
-            node=sh.node,
-            ek=own.ek,
-            head=own.head,
-            meta=own.meta,
-            ix=own.ix,
-            mode="r" if replace else "n",
-            own_dead=not prev_alive,
-            writer=sh.node,
-            grace_ms=sh.grace_ms,
-        )
-
-    def _finish(self, p: _Prepared, reply: Any) -> RegistryError | None:
-        """Apply the script's ``reply`` for ``p`` to the mirror (holding wlock);
-        the error of a refused registration (its local state undone), else None.
-        ``p.died``: the agent died while the script ran (the caller deletes it)."""
-        sh = self._sh
-        key, own = p.key, p.own
-        if reply[0] != b"OK":
-            return self._refused(p, reply)
-        v, first = int(reply[1]), int(reply[2])
-        own.pending = False
-        sh.written = max(sh.written, v)
-        entry = new_entry(key, p.agent, p.frozen, p.registered_at, sh.node)
-        # Race: a listener subscribed while this call runs may miss its events (as
-        # on every backend); with no listener, no event objects are built at all.
-        listening = bool(sh.listeners)
-        events: list[RegistryEvent] = []
-        with sh.mlock:
-            held = sh.own.get(key) is own
-            p.died = not held and self._died_meanwhile(p)
-            if first:
-                self._apply_dropped(key, first, reply, events if listening else None)
-            m = sh.mirror
-            if held and m.is_newer(key, v):
-                old = m.put(entry, v)
-                if listening:
-                    _note_registered(old, entry, events)
-            sh.own_records_applied(first or v, v, reply[5])  # the drop record is v - 1
-            if events:  # in mirror order: queued under the same mlock
-                sh.queue(events, _write_tags.tag)
-        _demonitor_replaced(p.prev)
-        return None
-
-    def _died_meanwhile(self, p: _Prepared) -> bool:
-        """``p``, no longer this node's registration of its key, went because its
-        agent died while its script ran (its monitor fired: ``_on_down`` queued
-        its delete, which only a writer flushes, and we hold wlock), not because
-        another node's delete of it reached the tail first (holding mlock).
-
-        Race: in that second case the registration was made, then removed by
-        another node (the tail applied that newer record, with its event):
-        the call succeeded; its agent is alive and no ``NotAlive`` is due.
-        """
-        pending = self._sh.pending_downs.get(p.key)
-        return pending is not None and pending[1] == p.own.head
-
-    def _apply_dropped(
-        self, key: Hashable, first: int, reply: Any, events: list[RegistryEvent] | None
-    ) -> None:
-        """Remove the previous holder of ``key`` that REGISTER's ``reply`` dropped at
-        version ``first`` (holding mlock); its event goes to ``events`` (None: no
-        listener)."""
-        sh = self._sh
-        m = sh.mirror
-        if m.is_newer(key, first):
-            old = m.remove(key, first)
-            if old is not None and events is not None:
-                events.append(sh.removed_event(old, s(reply[3]), s(reply[4]), "", ""))
-
-    def _refused(self, p: _Prepared, reply: Any) -> RegistryError:
-        """The error of a registration the script refused (``reply`` not OK), its
-        local state undone (holding wlock)."""
-        sh = self._sh
-        key, own = p.key, p.own
-        if reply[0] == b"EXISTS":
-            sh.forget_own(key, own, p.prev)
-            return AlreadyRegistered(key, self._entry_from_reply(key, reply))
-        sh.forget_own(key, own, p.prev)
-        return BackendUnavailable(f"unexpected reply from Redis at {sh.url}: {reply!r:.200}")
-
-    def _register_round(
-        self,
-        items: list[tuple[int, _Prepared]],
-        replace: bool,
-        outcomes: list[RegistryError | None],
-    ) -> None:
-        """Register ``items`` (distinct keys) in one pipelined round trip."""
-        sh = self._sh
-        died: list[_Prepared] = []
-        try:
-            failure = self._register_round_locked(items, replace, outcomes, died)
-        finally:
-            sh.deliver()  # once every lock is released, in mirror order
-        if failure is not None:
-            raise failure
-
-    def _register_round_locked(
-        self,
-        items: list[tuple[int, _Prepared]],
-        replace: bool,
-        outcomes: list[RegistryError | None],
-        died: list[_Prepared],
-    ) -> BaseException | None:
-        """``_register_round`` holding wlock; returns the failure to raise."""
-        sh = self._sh
-        with sh.writing():
-            sent = self._begin_all(items, replace, outcomes)
-            failure, todo = self._send_round(sent, replace, outcomes=outcomes, died=died)
-            if failure is not None:
-                # Nothing unconfirmed stays here: undo every item without an outcome.
-                for _, p in todo:
-                    sh.forget_own(p.key, p.own, p.prev)
-                sh.link.resync_needed("the outcome of a register_many is unknown")
-            else:
-                for p in died:
-                    # Race: the agent died while the script ran: delete it now.
-                    with contextlib.suppress(FoundationError):
-                        self._lease.flush_pending_down(p.key)
-        return failure
-
-    def _send_round(
-        self,
-        sent: list[tuple[int, _Prepared]],
-        replace: bool,
-        *,
-        outcomes: list[RegistryError | None],
-        died: list[_Prepared],
-    ) -> tuple[BaseException | None, list[tuple[int, _Prepared]]]:
-        """Send ``sent`` and apply the replies (holding wlock), once more after a
-        lost lease; returns the first failure and the items left without an outcome."""
-        sh = self._sh
-        failure: BaseException | None = None
-        todo = sent
-        lease_retried = False
-        while todo and failure is None:
-            try:
-                replies, bulk_records = self._pipelined(todo, replace)
-            except BaseException as exc:
-                failure = exc
-                break
-            failure, again = self._settle(
-                todo, replies, lease_retried=lease_retried, outcomes=outcomes, died=died
-            )
-            with sh.mlock:  # their entries are in the mirror now (_settle)
-                for first, last, sid in bulk_records:
-                    sh.own_records_applied(first, last, sid)
-            if again and failure is None:
-                # Our lease was lost (we were frozen or cut off): recover (which
-                # re-asserts everything else we hold), then send those once more.
-                lease_retried = True
-                sh.link.lease_lost("a write found our lease gone")
-                try:
-                    self._lease.recover_locked()
-                except BaseException as exc:
-                    failure = exc
-            todo = again
-        return failure, todo
-
-    def _begin_all(
-        self,
-        items: list[tuple[int, _Prepared]],
-        replace: bool,
-        outcomes: list[RegistryError | None],
-    ) -> list[tuple[int, _Prepared]]:
-        """Claim every key of ``items`` locally (holding wlock); returns those to send.
-
-        ``_begin`` for a batch of distinct keys, in three passes: the checks (a
-        key this node holds alive gets its ``AlreadyRegistered`` outcome now),
-        every claim under ONE ``mlock``, then the monitors (outside ``mlock``:
-        a monitor of an agent already dead reports at once, and its ``_on_down``
-        takes ``mlock``). On any other error every claim is undone and the error
-        propagates.
-        """
-        sh = self._sh
-        mine = sh.own
-        claimed = self._claimable(items, replace, outcomes)
-        # Race: as in _begin, every key is known locally (pending) BEFORE Redis
-        # has it, so the tail or a resync seeing our records finds the live agents.
-        with sh.mlock:
-            for _, p in claimed:
-                mine[p.key] = p.own
-        try:
-            for _, p in claimed:
-                p.own.monitor = self._monitor_own(p.key, p.agent, p.own)
-        except BaseException:
-            for _, p in claimed:
-                sh.forget_own(p.key, p.own, p.prev)  # nothing of a failed batch stays
-            raise
-        return claimed
-
-    def _claimable(
-        self,
-        items: list[tuple[int, _Prepared]],
-        replace: bool,
-        outcomes: list[RegistryError | None],
-    ) -> list[tuple[int, _Prepared]]:
-        """The items of ``_begin_all`` this node may claim (their ``prev`` and
-        ``own_dead`` set); a key it holds alive gets ``AlreadyRegistered`` unless
-        ``replace``. A pending delete of a key is flushed first (if that fails,
-        nothing is claimed yet)."""
-        sh = self._sh
-        mine = sh.own
-        pending = sh.pending_downs
-        claimable: list[tuple[int, _Prepared]] = []
-        for i, p in items:
-            key = p.key
-            if key in pending:
-                self._lease.flush_pending_down(key)
-            prev = mine.get(key)
-            prev_alive = prev is not None and is_alive(prev.agent)
-            if prev_alive and not replace:
-                outcomes[i] = AlreadyRegistered(key, sh.entries.get(key))
-                continue
-            p.prev = prev
-            p.own_dead = not prev_alive
-            claimable.append((i, p))
-        return claimable
-
-    def _monitor_own(self, key: Hashable, agent: Any, own: _shared.Own) -> Monitor:
-        """Watch ``agent``, registered as ``own`` under ``key``: its death goes to ``_on_down``."""
-        return self._sh.manager.monitor(agent, lambda down: self._on_down(key, own, down))
-
-    def _settle(
-        self,
-        todo: list[tuple[int, _Prepared]],
-        replies: list[Any],
-        *,
-        lease_retried: bool,
-        outcomes: list[RegistryError | None],
-        died: list[_Prepared],
-    ) -> tuple[BaseException | None, list[tuple[int, _Prepared]]]:
-        """Apply one round's replies; returns the first failure and the items to
-        send again after a lost lease (none once ``lease_retried``)."""
-        sh = self._sh
-        failure: BaseException | None = None
-        again: list[tuple[int, _Prepared]] = []
-        bulk: list[tuple[int, _Prepared, int]] = []
-        for (i, p), reply in zip(todo, replies, strict=True):
-            if type(reply) is int:
-                bulk.append((i, p, reply))  # the common case, applied below at once
-            elif isinstance(reply, BaseException):
-                failure = failure or sh.reply_error(reply, f"registering {p.key!r:.200}")
-                sh.forget_own(p.key, p.own, p.prev)
-            elif reply[0] == b"NOLEASE" and not lease_retried:
-                again.append((i, p))
-            else:
-                error = self._settle_one(i, p, reply, outcomes=outcomes, died=died)
-                failure = failure or error
-        if bulk:
-            self._settle_bulk(bulk, outcomes, died)
-        return failure, again
-
-    def _settle_one(
-        self,
-        i: int,
-        p: _Prepared,
-        reply: Any,
-        *,
-        outcomes: list[RegistryError | None],
-        died: list[_Prepared],
-    ) -> BackendUnavailable | None:
-        """Apply item ``i``'s own reply (not a bulk one); its outcome goes to
-        ``outcomes[i]`` unless Redis failed it (that failure is returned)."""
-        error = self._finish(p, reply)
-        if isinstance(error, BackendUnavailable):
-            return error
-        if p.died:
-            outcomes[i] = NotAlive(p.key, p.agent)
-            died.append(p)
-        else:
-            outcomes[i] = error
-        return None
-
-    def _settle_bulk(
-        self,
-        bulk: list[tuple[int, _Prepared, int]],
-        outcomes: list[RegistryError | None],
-        died: list[_Prepared],
-    ) -> None:
-        """Apply the bulk replies of one round; an agent that died meanwhile is NotAlive."""
-        self._finish_bulk(bulk)
-        for i, p, _ in bulk:
-            if p.died:
-                outcomes[i] = NotAlive(p.key, p.agent)
-                died.append(p)
-
-    def _finish_bulk(self, done: list[tuple[int, _Prepared, int]]) -> None:
-        """Apply REGISTER_MANY's bulk replies (each item registered at its version,
-        nothing displaced) to the mirror under one ``mlock`` (holding wlock); as
-        ``_finish`` does for one reply. ``p.died`` as there."""
-        sh = self._sh
-        node = sh.node
-        sh.written = max(sh.written, done[-1][2])  # versions ascend in batch order
-        # Race: as in _finish, a listener subscribed meanwhile may miss these events.
-        listening = bool(sh.listeners)
-        events: list[RegistryEvent] = []
-        with sh.mlock:
-            m = sh.mirror
-            own = sh.own
-            versions, floor, put = m.versions, m.floor, m.put
-            for _, p, v in done:
-                p.own.pending = False  # (read only by writers, and we hold wlock)
-                key = p.key
-                if own.get(key) is not p.own:
-                    p.died = self._died_meanwhile(p)
-                    continue
-                if v > versions.get(key, floor):  # m.is_newer(key, v)
-                    entry = new_entry(key, p.agent, p.frozen, p.registered_at, node)
-                    old = put(entry, v)
-                    if listening:
-                        _note_registered(old, entry, events)
-            if events:  # in mirror order: queued under the same mlock
-                sh.queue(events, _write_tags.tag)
-        for _, p, _ in done:
-            if p.prev is not None:
-                _demonitor_replaced(p.prev)
-
-    def _pipelined(
-        self, items: list[tuple[int, _Prepared]], replace: bool
-    ) -> tuple[list[Any], list[tuple[int, int, Any]]]:
-        """One round trip: ``REGISTER_MANY`` over every item (chunks of
-        ``_CHUNK`` items, pipelined, so no one script blocks Redis for long);
-        a reply per item, an exception for the items of a failed chunk; and
-        ``(first, last, stream id)`` of each bulk record written, in chunk order."""
-        sh = self._sh
-        script = sh.scripts["register_many"]
-        chunks = self._chunks(items, replace)
-        replies = self._send(chunks, script.sha)
-        missing = [j for j, r in enumerate(replies) if isinstance(r, sh.noscript)]
-        if missing:
-            # Redis restarted or flushed its scripts: those chunks did not run.
-            # Load the script and send them again (only them: the others ran).
-            script.sha = sh.call("loading a script", sh.client.script_load, script.script)
-            again = self._send([chunks[j] for j in missing], script.sha)
-            for j, reply in zip(missing, again, strict=True):
-                replies[j] = reply
-        out: list[Any] = []
-        bulk_records: list[tuple[int, int, Any]] = []
-        for chunk, reply in zip(chunks, replies, strict=True):
-            if isinstance(reply, BaseException):
-                out += [reply] * len(chunk.items)
-                continue
-            *per_item, (first, last, sid) = reply  # REGISTER_MANY's last element
-            out += per_item
-            if first:
-                bulk_records.append((int(first), int(last), sid))
-        return out, bulk_records
-
-    def _chunks(
-        self, items: list[tuple[int, _Prepared]], replace: bool
-    ) -> list[_scripts.RegisterManyArgs]:
-        """The ``REGISTER_MANY`` arguments for ``items``, ``_CHUNK`` items per script."""
-        sh = self._sh
-        mode: Literal["n", "r"] = "r" if replace else "n"
-        chunks = []
-        for i in range(0, len(items), _CHUNK):
-            owns = [p.own for _, p in items[i : i + _CHUNK]]
-            chunks.append(
-                _scripts.RegisterManyArgs(
-                    sh.maxlen,
-                    sh.node,
-                    sh.node,
-                    sh.grace_ms,
-                    mode,
-                    "".join(["1" if p.own_dead else "0" for _, p in items[i : i + _CHUNK]]),
-                    [(o.ek, o.head, o.meta, o.ix) for o in owns],
-                )
-            )
-        return chunks
-
-    def _send(self, chunks: list[_scripts.RegisterManyArgs], sha: str) -> list[Any]:
-        sh = self._sh
-        # EVALSHA by hand: redis-py's pipelined Script asks SCRIPT EXISTS first,
-        # a second round trip.
-        pipe = sh.client.pipeline(transaction=False)
-        for chunk in chunks:
-            pipe.evalsha(sha, 1, *sh.keys, *chunk.argv())
-        replies: list[Any] = sh.call("registering a batch", pipe.execute, raise_on_error=False)
-        return replies
-
     # ------------------------------------------------------------------ helpers
 
     def _check_open(self) -> None:
         if self._sh.closed:
             raise Closed("this RedisRegistry is closed")
-
-    def _held_here(self, key: Hashable) -> bool:
-        """``key`` is a live registration of this node that the mirror shows."""
-        sh = self._sh
-        own = sh.own.get(key)
-        held = sh.entries.get(key)
-        return (
-            own is not None
-            and not own.pending
-            and held is not None
-            and held.node == sh.node
-            and is_alive(own.agent)
-        )
-
-    def _entry_from_reply(self, key: Hashable, reply: list[Any]) -> Entry | None:
-        """The live entry named in an EXISTS reply (ours from the mirror, else remote)."""
-        local = self._sh.entries.get(key)
-        owner = s(reply[1])
-        if local is not None and local.node == owner:
-            return local
-        try:
-            head = json.loads(reply[2])
-            a = head.get("a") or {}
-            agent = RemoteAgent(owner, a.get("kind", "?"), a.get("pid"), a.get("name"))
-            return new_entry(key, agent, metadata_from_json(reply[3]), head.get("t", 0.0), owner)
-        except (TypeError, ValueError):
-            return None
-
-    # ------------------------------------------------------------------ local deaths
-
-    def _on_down(self, key: Hashable, own: _shared.Own, down: Down) -> None:
-        """A local agent died: drop it from the mirror NOW, delete it in Redis soon."""
-        sh = self._sh
-        with sh.mlock:
-            if sh.own.get(key) is not own:
-                return  # unregistered or replaced meanwhile
-            del sh.own[key]
-            entry = sh.entries.get(key)
-            if entry is not None and entry.agent is own.agent and entry.node == sh.node:
-                m = sh.mirror
-                # Keep its version: any later record for the key still applies.
-                m.remove(key, m.versions.get(key, m.floor))
-                if sh.listeners:
-                    sh.queue([RegistryEvent("unregistered", entry, reason="down", down=down)])
-            sh.pending_downs[key] = (own.ek, own.head, down)
-        sh.jobs.put(("down", key))
-        # A courier runs the listeners: this may be a monitor thread (a slow
-        # listener would delay every death it watches) or a writer holding wlock
-        # (an agent found dead as its monitor started).
-        sh.hand_off()
-
-
-def _now() -> tuple[float, str]:
-    """The time now, and its text in a head followed by the ``"s"`` field's name."""
-    at = time.time()
-    return at, f'{at!r},"s":'
-
-
-def _note_registered(old: Entry | None, entry: Entry, events: list[RegistryEvent]) -> None:
-    """Append the events of ``entry`` put in the mirror over ``old`` (None if none)."""
-    if old is not None:
-        events.append(RegistryEvent("unregistered", old, reason="replaced"))
-    events.append(RegistryEvent("registered", entry))
-
-
-def _demonitor_replaced(prev: _shared.Own | None) -> None:
-    """Stop watching ``prev``, a registration this node held that Redis just replaced."""
-    if prev is not None and prev.monitor is not None:
-        prev.monitor.demonitor()  # its registration was just replaced in Redis

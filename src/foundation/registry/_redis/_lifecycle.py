@@ -1,0 +1,109 @@
+"""Opening a ``RedisRegistry`` node's connections and scripts, and shutting it down.
+
+``connect`` and ``load_scripts`` run in the constructor (which undoes them on
+failure); ``shut_down`` is ``close()`` after it marked the node closed: it
+stops the threads, releases the lease and closes the connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from foundation import _redis_conn
+from foundation.errors import FoundationError
+from foundation.registry._redis._readscript import ReadScript
+from foundation.registry._redis._scripts import (
+    HEARTBEAT,
+    REGISTER,
+    REGISTER_MANY,
+    RELEASE,
+    SNAPSHOT,
+    UNREGISTER,
+    UPDATE,
+    ReleaseArgs,
+)
+from foundation.registry._redis._shared import TAIL_BLOCK_MS, Shared
+
+if TYPE_CHECKING:
+    from foundation.registry._redis._lease import Lease
+    from foundation.registry._redis._tail import Tail
+
+__all__ = ["connect", "load_scripts", "shut_down"]
+
+
+def connect(sh: Shared, url: str, name: str, op_timeout: float) -> Any:
+    """Open the node's write client (``sh.client``) and its tail's single
+    connection (``sh.tail_client``); returns the tail's pool owner (keep it)."""
+    sh.client = _redis_conn.connect(url, op_timeout=op_timeout, name=f"foundation:{name}")
+    tail = _redis_conn.connect(
+        url,
+        op_timeout=op_timeout + TAIL_BLOCK_MS / 1000,
+        connect_timeout=op_timeout,
+        name=f"foundation-tail:{name}",
+    )
+    # The tail holds ONE connection: one the server cut while the tail was
+    # not reading (it pauses after its own writes, see _tail.OWN_QUIET_S)
+    # then fails the next read, and the link recovers; a pooled client
+    # would replace it silently.
+    sh.tail_client = _redis_conn.import_redis().Redis(
+        connection_pool=tail.connection_pool, single_connection_client=True
+    )
+    return tail
+
+
+def load_scripts(sh: Shared) -> None:
+    """Register the node's scripts on its write client (``sh.scripts``)."""
+    c = sh.client
+    sh.scripts = {
+        "register": c.register_script(REGISTER),
+        "register_many": c.register_script(REGISTER_MANY),
+        "update": c.register_script(UPDATE),
+        "unregister": c.register_script(UNREGISTER),
+        "heartbeat": c.register_script(HEARTBEAT),
+        "release": c.register_script(RELEASE),
+        # A pure read: run so that Redis >= 7 serves it while writes
+        # are paused (see _readscript).
+        "snapshot": ReadScript(SNAPSHOT),
+    }
+
+
+def shut_down(sh: Shared, lease: Lease, tail: Tail, tail_owner: Any, owns_manager: bool) -> None:
+    """The rest of ``close()`` once the node is marked closed: stop the threads,
+    release the lease, drop the node's registrations and monitors, close the
+    connections (and the manager it owns)."""
+    sh.stop.set()
+    sh.link.close()
+    sh.jobs.put(None)
+    sh.poke_tail()
+    if lease.thread.ident is not None:  # else a construction that could not start it
+        lease.thread.join(timeout=sh.op_timeout * 3 + 1)
+    try:
+        with sh.writing(public=False):
+            release = ReleaseArgs(sh.maxlen, sh.node)
+            sh.script("release", release, "releasing our lease")
+    except FoundationError:
+        pass  # Redis is down: the lease will expire and others reap our entries
+    with sh.mlock:
+        owns = list(sh.own.values())
+        sh.own.clear()
+        # Nothing stays behind: the mirror is emptied (reads raise Closed anyway).
+        for key in list(sh.entries):
+            sh.mirror.remove(key, sh.tail_v)
+        sh.applied.notify_all()
+    for own in owns:
+        if own.monitor is not None:
+            own.monitor.demonitor()
+    if owns_manager:
+        sh.manager.close()
+    if tail.thread.ident is not None:  # as the lease thread above
+        tail.thread.join(timeout=0.5)
+    if tail.thread.is_alive():
+        # Blocked in XREAD on a server that does not answer: cut the socket.
+        sh.tail_client.connection_pool.disconnect()
+        tail.thread.join(timeout=sh.op_timeout + TAIL_BLOCK_MS / 1000 + 1)
+    with contextlib.suppress(FoundationError):
+        sh.call("deleting our wake stream", sh.client.delete, sh.k_wake)
+    sh.client.close()
+    sh.tail_client.close()
+    tail_owner.close()  # and its pool

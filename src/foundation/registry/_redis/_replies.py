@@ -1,0 +1,140 @@
+"""Applying a write script's reply to the mirror (functions on ``Shared``).
+
+The writer applies the result of its own write at once (read-your-writes):
+``finish`` a REGISTER (or one REGISTER_MANY item's own) reply,
+``remove_unregistered`` an UNREGISTER reply; the events they make are queued
+under the same ``mlock`` as the change (in mirror order).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from typing import Any
+
+from foundation._listeners import _write_tags
+from foundation.errors import AlreadyRegistered, BackendUnavailable, RegistryError
+from foundation.registry._redis._codec import RemoteAgent, s
+from foundation.registry._redis._prepare import Prepared
+from foundation.registry._redis._shared import Own, Shared
+from foundation.registry._types import Entry, RegistryEvent, new_entry
+from foundation.registry._validation import metadata_from_json
+
+__all__ = [
+    "demonitor_replaced",
+    "died_meanwhile",
+    "finish",
+    "note_registered",
+    "remove_unregistered",
+]
+
+
+def finish(sh: Shared, p: Prepared, reply: Any) -> RegistryError | None:
+    """Apply the script's ``reply`` for ``p`` to the mirror (holding wlock);
+    the error of a refused registration (its local state undone), else None.
+    ``p.died``: the agent died while the script ran (the caller deletes it)."""
+    key, own = p.key, p.own
+    if reply[0] != b"OK":
+        return _refused(sh, p, reply)
+    v, first = int(reply[1]), int(reply[2])
+    own.pending = False
+    sh.written = max(sh.written, v)
+    entry = new_entry(key, p.agent, p.frozen, p.registered_at, sh.node)
+    # Race: a listener subscribed while this call runs may miss its events (as
+    # on every backend); with no listener, no event objects are built at all.
+    listening = bool(sh.listeners)
+    events: list[RegistryEvent] = []
+    with sh.mlock:
+        held = sh.own.get(key) is own
+        p.died = not held and died_meanwhile(sh, p)
+        if first:
+            _apply_dropped(sh, key, first, reply, events if listening else None)
+        m = sh.mirror
+        if held and m.is_newer(key, v):
+            old = m.put(entry, v)
+            if listening:
+                note_registered(old, entry, events)
+        sh.own_records_applied(first or v, v, reply[5])  # the drop record is v - 1
+        if events:  # in mirror order: queued under the same mlock
+            sh.queue(events, _write_tags.tag)
+    demonitor_replaced(p.prev)
+    return None
+
+
+def died_meanwhile(sh: Shared, p: Prepared) -> bool:
+    """``p``, no longer this node's registration of its key, went because its
+    agent died while its script ran (its monitor fired: ``on_down`` queued
+    its delete, which only a writer flushes, and we hold wlock), not because
+    another node's delete of it reached the tail first (holding mlock).
+
+    Race: in that second case the registration was made, then removed by
+    another node (the tail applied that newer record, with its event):
+    the call succeeded; its agent is alive and no ``NotAlive`` is due.
+    """
+    pending = sh.pending_downs.get(p.key)
+    return pending is not None and pending[1] == p.own.head
+
+
+def _apply_dropped(
+    sh: Shared, key: Hashable, first: int, reply: Any, events: list[RegistryEvent] | None
+) -> None:
+    """Remove the previous holder of ``key`` that REGISTER's ``reply`` dropped at
+    version ``first`` (holding mlock); its event goes to ``events`` (None: no
+    listener)."""
+    m = sh.mirror
+    if m.is_newer(key, first):
+        old = m.remove(key, first)
+        if old is not None and events is not None:
+            events.append(sh.removed_event(old, s(reply[3]), s(reply[4]), "", ""))
+
+
+def _refused(sh: Shared, p: Prepared, reply: Any) -> RegistryError:
+    """The error of a registration the script refused (``reply`` not OK), its
+    local state undone (holding wlock)."""
+    key, own = p.key, p.own
+    if reply[0] == b"EXISTS":
+        sh.forget_own(key, own, p.prev)
+        return AlreadyRegistered(key, _entry_from_reply(sh, key, reply))
+    sh.forget_own(key, own, p.prev)
+    return BackendUnavailable(f"unexpected reply from Redis at {sh.url}: {reply!r:.200}")
+
+
+def _entry_from_reply(sh: Shared, key: Hashable, reply: list[Any]) -> Entry | None:
+    """The live entry named in an EXISTS reply (ours from the mirror, else remote)."""
+    local = sh.entries.get(key)
+    owner = s(reply[1])
+    if local is not None and local.node == owner:
+        return local
+    try:
+        head = json.loads(reply[2])
+        a = head.get("a") or {}
+        agent = RemoteAgent(owner, a.get("kind", "?"), a.get("pid"), a.get("name"))
+        return new_entry(key, agent, metadata_from_json(reply[3]), head.get("t", 0.0), owner)
+    except (TypeError, ValueError):
+        return None
+
+
+def remove_unregistered(sh: Shared, key: Hashable, v: int, own: Own | None) -> Entry | None:
+    """Drop ``key`` from the mirror after UNREGISTER answered ``v`` (holding
+    mlock); the entry removed, if any."""
+    m = sh.mirror
+    if v and m.is_newer(key, v):
+        sh.written = v
+        return m.remove(key, v)
+    if not v and own is not None:
+        # Redis lost it (restarted, not yet re-asserted): still ours.
+        return m.remove(key, m.versions.get(key, m.floor))
+    return None
+
+
+def note_registered(old: Entry | None, entry: Entry, events: list[RegistryEvent]) -> None:
+    """Append the events of ``entry`` put in the mirror over ``old`` (None if none)."""
+    if old is not None:
+        events.append(RegistryEvent("unregistered", old, reason="replaced"))
+    events.append(RegistryEvent("registered", entry))
+
+
+def demonitor_replaced(prev: Own | None) -> None:
+    """Stop watching ``prev``, a registration this node held that Redis just replaced."""
+    if prev is not None and prev.monitor is not None:
+        prev.monitor.demonitor()  # its registration was just replaced in Redis
