@@ -75,6 +75,34 @@ def interrupt_everywhere(call: Callable[[], T], watched: Iterable[str]) -> tuple
 
 # ----------------------------------------------------------------- real check points
 
+#: The start of a scenario script (``tests/faults/_subprocess.py run_scenario``)
+#: that cuts calls of objects watching real agents: ``fds()``, and the agents
+#: (a foreign thread, the manager's thread poller; an OS process, its pidfd
+#: selector: an epoll, a wake-up fd, a pidfd), alive until ``end()``.
+SCENARIO_AGENTS = """
+import faulthandler, os, subprocess
+from tests._ctrl_c import interrupt_at_check_points, lock_free
+
+faulthandler.dump_traceback_later(100, exit=True)  # a hang fails with its stacks
+
+def fds():
+    return sorted(os.listdir("/proc/self/fd"))
+
+stop = threading.Event()
+foreign = threading.Thread(target=stop.wait, name="foreign-agent", daemon=True)
+foreign.start()
+process = subprocess.Popen(
+    [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+)
+
+def end():
+    stop.set()
+    process.stdin.close()
+    process.wait()
+    foreign.join()
+"""
+
+
 _CHECK_POINTS = ("call", "c_return")
 
 

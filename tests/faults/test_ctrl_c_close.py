@@ -28,27 +28,13 @@ Each scenario runs in a subprocess with the interpreter's default hooks
 
 from __future__ import annotations
 
+from tests._ctrl_c import SCENARIO_AGENTS
 from tests.faults._subprocess import run_scenario
 
-_COMMON = """
-import faulthandler, os, subprocess
+_COMMON = (
+    SCENARIO_AGENTS
+    + """
 from foundation.errors import Closed
-from tests._ctrl_c import interrupt_at_check_points, lock_free
-
-faulthandler.dump_traceback_later(100, exit=True)  # a hang fails with its stacks
-
-def fds():
-    return sorted(os.listdir("/proc/self/fd"))
-
-# What the watched objects monitor: a foreign thread (the manager's thread
-# poller) and an OS process (its pidfd selector: an epoll, a wake-up pipe, a
-# pidfd). Both live for the whole scenario.
-stop = threading.Event()
-foreign = threading.Thread(target=stop.wait, name="foreign-agent", daemon=True)
-foreign.start()
-process = subprocess.Popen(
-    [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
-)
 
 def sweep_release(what, make, watched):
     # close() cut at each point of a new object from make() -> (close, check,
@@ -102,12 +88,8 @@ def refused(write, what):
         return
     raise AssertionError(f"{what}: a write after close() was taken")
 
-def end():
-    stop.set()
-    process.stdin.close()
-    process.wait()
-    foreign.join()
 """
+)
 
 _MONITORS = """
 from foundation.liveness import MonitorManager

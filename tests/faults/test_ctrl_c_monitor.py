@@ -26,25 +26,16 @@ Each scenario runs in a subprocess with the interpreter's default hooks
 
 from __future__ import annotations
 
+from tests._ctrl_c import SCENARIO_AGENTS
 from tests.faults._subprocess import run_scenario
 
-_COMMON = """
-import concurrent.futures, faulthandler, os, select, subprocess
+_COMMON = (
+    SCENARIO_AGENTS
+    + """
+import concurrent.futures, select
 from foundation.liveness import MonitorManager, spawn_thread
-from tests._ctrl_c import interrupt_at_check_points, lock_free
 
-faulthandler.dump_traceback_later(100, exit=True)  # a hang fails with its stacks
 WATCHED = ["foundation/liveness/"]
-
-def fds():
-    return sorted(os.listdir("/proc/self/fd"))
-
-stop = threading.Event()
-foreign = threading.Thread(target=stop.wait, name="foreign-agent", daemon=True)
-foreign.start()
-process = subprocess.Popen(
-    [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
-)
 
 def attached(manager, mon):
     # The watch of mon is watched: polled (a thread) or its pidfd registered.
@@ -61,12 +52,8 @@ def attached(manager, mon):
         return False
     return True
 
-def end():
-    stop.set()
-    process.stdin.close()
-    process.wait()
-    foreign.join()
 """
+)
 
 _LAST_DEMONITOR = """
 made = {}
