@@ -604,8 +604,14 @@ class RedisRegistry(Registry):
         goes away takes its agents' registrations with it), release monitors and
         connections. Idempotent; bounded by a few ``op_timeout`` even if Redis is down."""
         sh = self._sh
+        # Race: a Ctrl-C lands at any call in here. Once sh.closed was set, the
+        # next close() returned at once: a close cut before its end left the
+        # lease and tail threads running, the node's registrations in Redis,
+        # its monitors and connections for good. So only a close() that ran to
+        # its end (sh.released) makes the next one return; every other runs
+        # the steps again (each is idempotent), as MonitorManager.close() does.
         with sh.mlock:
-            if sh.closed:
+            if sh.released:
                 return
             sh.closed = True
             sh.listeners = ()
@@ -615,6 +621,7 @@ class RedisRegistry(Registry):
             sh.applied.notify_all()  # a wait_for_version in progress raises Closed
         self._close_async()  # later async writes meet the closed registry directly
         _lifecycle.shut_down(sh, self._lease, self._tail, self._tail_owner, self._owns_manager)
+        sh.released = True
 
     def __repr__(self) -> str:
         sh = self._sh

@@ -258,6 +258,9 @@ def _writings(sh: Shared) -> tuple[_Writing, _Writing]:
 class Shared:
     """Everything the facade, the lease and the tail of one node share."""
 
+    #: ``close()`` ran to its end (``RedisRegistry.close``: a cut one did not).
+    released = False
+
     def __init__(
         self,
         *,
