@@ -90,6 +90,9 @@ class RedisFlagStore(_Listener):
         unreachable: True
     """
 
+    #: ``close()`` ran to its end (a Ctrl-C may cut one: the next finishes it).
+    _released = False
+
     def __init__(
         self,
         url: str,
@@ -365,8 +368,13 @@ class RedisFlagStore(_Listener):
 
     def close(self) -> None:
         """Stop the listener thread, close both connections and the copy; idempotent."""
+        # Race: a Ctrl-C lands at any call in here. Once _closed was set, the
+        # next close() returned at once: a close cut before its end left the
+        # listener thread running and the connections and the copy open for
+        # good. Only a close that ran to its end (_released) makes the next
+        # one return; the steps are idempotent.
         with self._lock:
-            if self._closed:
+            if self._released:
                 return
             self._closed = True
             self._callbacks.clear()
@@ -386,3 +394,4 @@ class RedisFlagStore(_Listener):
         self._close_clients()
         if not self._thread.is_alive():
             self._cache.close()  # else the listener closes it on its way out
+        self._released = True

@@ -114,6 +114,9 @@ class RedisObserver:
     or (``errno`` EAGAIN) its thread cannot start; nothing is left open then.
     """
 
+    #: ``close()`` ran to its end (a Ctrl-C may cut one: the next finishes it).
+    _released = False
+
     def __init__(
         self,
         url: str,
@@ -252,8 +255,13 @@ class RedisObserver:
 
     def close(self) -> None:
         """Stop the thread and close the connections; idempotent."""
+        # Race: a Ctrl-C lands at any call in here. Once _closed was set, the
+        # next close() returned at once: a close cut before its end left the
+        # thread running and the connections open for good. Only a close that
+        # ran to its end (_released) makes the next one return; the steps are
+        # idempotent.
         with self._lock:
-            if self._closed:
+            if self._released:
                 return
             self._closed = True
             self._stop.set()
@@ -264,6 +272,7 @@ class RedisObserver:
         if threading.current_thread() is not self._thread:
             self._thread.join()
         self._close_clients()
+        self._released = True
 
     def __enter__(self) -> RedisObserver:
         return self
