@@ -28,7 +28,9 @@ class DynamicSupervisor(Supervisor):
     (or ``id=``), and registers it under ``register_as=`` or its own id (the
     template's ``register_as`` is not used: children would share one key).
     Without one, ``start_child(spec)`` takes a full :class:`ChildSpec`. As in
-    Elixir's DynamicSupervisor, ``terminate_child`` also deletes the child.
+    Elixir's DynamicSupervisor, ``terminate_child`` also deletes the child,
+    and so does an exit that is not restarted (a transient child's normal
+    exit, any exit of a temporary one): no stopped row is kept.
 
     Raises (``start_child``): ``SupervisorError`` with ``.reason ==
     "max_children"`` past ``max_children``, and what ``Supervisor.start_child``
@@ -127,7 +129,9 @@ class DynamicSupervisor(Supervisor):
         return exit
 
     def _keep_ignored(self, spec: ChildSpec) -> bool:
-        return False  # OTP: a dynamic child that returns ignore is not added
+        # OTP: a dynamic child that returns ignore is not added, and one that
+        # ends for good (a transient one's normal exit) is deleted.
+        return False
 
     async def restart_child(self, id: str) -> ChildInfo:
         """Not supported: a dynamic child is deleted when terminated.

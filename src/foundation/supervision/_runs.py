@@ -722,9 +722,11 @@ class SupervisorRun(Run):
             await asyncio.wait({self._starting})
         try:
             await self.handle.stop()
-        except ShutdownError:
+        except ShutdownError as exc:
             await self._wait_exit(None)
-            return ChildExit("abandoned")
+            # It did stop; a child of its own runs on. Kept as the exit's
+            # exception: it names that grandchild (terminate_child chains it).
+            return ChildExit("abandoned", exception=exc)
         await self._wait_exit(None)
         return ChildExit("shutdown")
 

@@ -222,7 +222,12 @@ class _Supervising:
         spec = child.spec
         emit_exit(self._name, child, exit, restart=False)
         child.status = "stopped"
-        if spec.restart == "temporary":
+        if spec.restart == "temporary" or not self._keep_ignored(spec):
+            # OTP: a temporary child's spec is dropped, and so is a dynamic
+            # child's (a DynamicSupervisor, simple_one_for_one's do_restart:
+            # state_del_child for a transient child's normal exit); a dynamic
+            # row cannot be restarted nor deleted, so a kept one would hold a
+            # max_children slot for good.
             del self._children[spec.id]
         rule = auto_shutdown_rule(self._auto_shutdown, self._children, child)
         if rule is not None:

@@ -535,7 +535,10 @@ class Supervisor(_Supervising):
         return holder
 
     def _keep_ignored(self, spec: ChildSpec) -> bool:
-        """Whether an ignored child's spec is kept (OTP: not a temporary one)."""
+        """Whether an ignored child's spec is kept (OTP: not a temporary one).
+
+        ``False`` also drops a child that ended for good (``DynamicSupervisor``:
+        a dynamic child is not kept stopped)."""
         return spec.restart != "temporary"
 
     def _admit(self, spec: ChildSpec) -> None:
@@ -544,17 +547,49 @@ class Supervisor(_Supervising):
     async def terminate_child(self, id: str) -> None:
         """Stop child ``id`` (no restart); its spec stays, except a temporary child's.
 
+        Cancelling the caller (a timeout, or the child terminating itself)
+        stops only the waiting: the terminate completes, and the child ends
+        ``"stopped"`` (a dynamic child removed) as if the caller had waited.
+
         Raises:
             SupervisorError: ``.reason == "not_found"``.
-            ShutdownError: it had to be abandoned (a thread that did not stop).
+            ShutdownError: it had to be abandoned (a thread that did not stop);
+                for a nested supervisor that stopped but abandoned a child of
+                its own, the message names it and ``__cause__`` is its error.
         """
+        import asyncio
+
         self._require_running()
+        # Race: the caller may be cancelled while the child stops (an
+        # asyncio.wait_for timeout, a run_in_thread call timing out, or a task
+        # child terminating itself, which that very stop cancels). Were the
+        # terminate run in the caller, its bookkeeping after the stop (the row
+        # "stopped", the exit reported, a dynamic child removed) would be
+        # skipped, and nothing else would do it: the run's own exit event is
+        # dropped because the run is stopping. So the whole terminate, lock
+        # and bookkeeping included, runs in a task of its own, as OTP's
+        # supervisor completes a call whose caller went away; cancelling the
+        # caller only stops its waiting. Lock order is unchanged (the task
+        # takes the lock as the caller did), and a stop() waits for the lock,
+        # so it never overtakes a terminate in flight.
+        task = self._loop.create_task(
+            self._terminate_child_locked(id), name=f"terminate {id} of supervisor {self._name}"
+        )
+        # Retrieved here so that an outcome whose caller went away is not logged.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        exit = await asyncio.shield(task)
+        if exit is not None and exit.reason == "abandoned":
+            if isinstance(exit.exception, ShutdownError):  # a nested supervisor's
+                raise ShutdownError(
+                    f"child {id!r} (a supervisor) stopped, but could not stop a child "
+                    f"of its own: {exit.exception}"
+                ) from exit.exception
+            raise ShutdownError(f"child {id!r} did not stop in time and was abandoned")
+
+    async def _terminate_child_locked(self, id: str) -> ChildExit | None:
         async with self._lock:
             self._require_running()  # it may have stopped or given up meanwhile
-            child = self._get(id)
-            exit = await self._terminate_child(child)
-        if exit is not None and exit.reason == "abandoned":
-            raise ShutdownError(f"child {id!r} did not stop in time and was abandoned")
+            return await self._terminate_child(self._get(id))
 
     async def _terminate_child(self, child: _Child) -> ChildExit | None:
         round, child.pending = child.pending, None  # cancels a delayed restart

@@ -7,11 +7,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from foundation._unraisable import report_unraisable
-from foundation.errors import Closed, ShutdownError, StartError, SupervisorError
+from foundation.errors import (
+    Closed,
+    FoundationError,
+    ShutdownError,
+    StartError,
+    SupervisorError,
+)
 from foundation.supervision._runs import abandon_tasks, in_thread_child_of
 from foundation.supervision._spec import ChildCounts, ChildInfo, ChildSpec
 
@@ -353,8 +360,49 @@ class SupervisorThread:
         return self._call(lambda: self.supervisor.start_child(*args, **kwargs))
 
     def terminate_child(self, id: str) -> None:
-        """See :meth:`Supervisor.terminate_child`."""
+        """See :meth:`Supervisor.terminate_child`.
+
+        Called from a thread child on itself (or on a nested supervisor it
+        runs under), it starts the terminate and returns at once, as
+        :meth:`stop` does: the terminate waits for this thread to return, so
+        waiting here would wait for itself until the child's
+        ``shutdown_timeout`` and then report it abandoned. Its
+        ``ShutdownError``, if any, is then logged (``foundation.supervision``,
+        WARNING).
+        """
+        if in_thread_child_of(self._loop):
+            me = threading.current_thread()
+            if self._call_soon(lambda: self._terminate_in_background(id, me)):
+                return
         self._call(lambda: self.supervisor.terminate_child(id))
+
+    def _terminate_in_background(self, id: str, me: threading.Thread) -> bool:
+        """On the loop: when child ``id``'s run is thread ``me`` or a supervisor
+        tree holding it, start its terminate in a task and return True."""
+        # Race: the check and the task's creation run in one loop callback, so
+        # no restart or terminate of ``id`` comes in between; the task then
+        # takes the lock as any terminate_child does (one already in flight
+        # finishes first, and this one stops whatever runs then, or finds the
+        # child stopped).
+        child = self.supervisor._children.get(id)
+        run = child.run if child is not None else None
+        if run is None or not _holds_thread(run.handle, me):
+            return False
+        task = self._loop.create_task(
+            self.supervisor.terminate_child(id), name=f"{self._thread.name}:terminate {id}"
+        )
+        task.add_done_callback(partial(self._report_terminate, id))
+        return True
+
+    def _report_terminate(self, id: str, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, FoundationError):  # ShutdownError; or the supervisor stopped meanwhile
+            _log.warning("%s (terminate_child of %r requested by the child itself)", exc, id)
+        elif exc is not None:
+            where = f"terminate_child of {id!r} requested by the child itself"
+            report_unraisable(exc, where, self.supervisor, area="supervision")
 
     def restart_child(self, id: str) -> ChildInfo:
         """See :meth:`Supervisor.restart_child`."""
@@ -381,6 +429,21 @@ class SupervisorThread:
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.supervisor.state
         return f"<SupervisorThread {self.supervisor.name!r} {state}>"
+
+
+def _holds_thread(handle: object, thread: threading.Thread) -> bool:
+    """Whether a run's ``handle`` is ``thread`` or a supervisor whose tree runs it
+    (call on the tree's loop)."""
+    from foundation.supervision._supervisor import Supervisor
+
+    if handle is thread:
+        return True
+    if isinstance(handle, Supervisor):
+        return any(
+            c.run is not None and _holds_thread(c.run.handle, thread)
+            for c in handle._children.values()
+        )
+    return False
 
 
 def _settle(outcome: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
