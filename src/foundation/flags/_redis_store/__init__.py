@@ -136,8 +136,10 @@ a node without a copy that writes to an empty Redis before any node restored
 writes version 1, which a restore then replaces.
 
 *The kill switch.* ``FeatureFlags.disable`` and ``Migration.emergency_rollback``
-go through ``kill_switch``: if Redis cannot be reached (the store is stale, or
-the commit fails with ``BackendUnavailable``), the switch-off is applied to this
+go through ``kill_switch``: if Redis cannot take it (the commit fails with
+``BackendUnavailable``; or the store is stale and Redis let its last call time
+out with no answer since, so no commit is tried; or earlier kill switches of
+this node are still pending: it goes after them), the switch-off is applied to this
 node's view at once (reads see it), recorded in the copy with its ``by``,
 ``reason`` and time (``pending()``), and committed when Redis returns (before
 the store says it is in sync). Rule: it is committed -- switching the flags off

@@ -79,6 +79,10 @@ class _StoreCore(FlagStore):
         self._replay_wanted = threading.Event()  # a kill switch was recorded locally
         self._listener_client_id: int | None = None
         self._last_error: str | None = None
+        # The last failure that made (or kept) the store stale: when (monotonic) and
+        # whether it was a timeout (a frozen or black-holed Redis: see kill_switch).
+        self._failed_at = 0.0
+        self._failed_timed_out = False
         self._tls_warned: str | None = None  # the TLS failure _fault logged at WARNING
         # Stale reported (log line + event) since the last "in sync": one report
         # per transition, whichever step of a resync failed (not _synced, which a

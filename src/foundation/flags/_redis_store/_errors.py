@@ -20,6 +20,20 @@ class _FailedFast(BackendUnavailable):
     """A write refused at once: one timed out moments ago (``_fail_fast``)."""
 
 
+class _PendingFirst(Exception):
+    """A kill switch that would commit ahead of ``count`` kill switches of this node
+    still pending: it is kept behind them instead (see ``RedisFlagStore.kill_switch``)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.count = count
+
+
+class _KeptInOrder(BackendUnavailable):
+    """Why a kill switch is kept pending while Redis may answer: earlier kill
+    switches of this node wait for the listener's resync, and it goes after them."""
+
+
 class _Behind(Exception):
     """Redis holds an older version than this node's copy, or lost keys of the copy's
     own version (evicted): restore before writing."""

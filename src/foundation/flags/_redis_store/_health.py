@@ -29,8 +29,19 @@ class _Health(_StoreCore):
             if first:
                 self._stale_since = time.time()
             self._last_error = str(exc)
+            self._note_failure(exc)
             self._synced.clear()
         return first
+
+    def _note_failure(self, exc: Exception, *, timed_out: bool | None = None) -> None:
+        """Remember when Redis last failed the store and whether by a timeout
+        (``timed_out``, else told from ``exc``'s cause): ``kill_switch`` commits a
+        kill switch while stale unless Redis timed out and answered nothing since."""
+        if timed_out is None:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            timed_out = error_kind(cause) == "timeout"
+        self._failed_timed_out = timed_out
+        self._failed_at = time.monotonic()
 
     def _went_stale(self, exc: Exception, what: str) -> None:
         """``_mark_stale``, reported (a log line and an event) on the transition."""

@@ -11,7 +11,7 @@ from typing import Any
 from foundation.errors import BackendUnavailable, FlagError
 from foundation.flags._node_cache import PendingKillSwitch
 from foundation.flags._redis_store._commit import _Commits
-from foundation.flags._redis_store._errors import _FailedFast, _Unconfirmed
+from foundation.flags._redis_store._errors import _FailedFast, _KeptInOrder, _Unconfirmed
 from foundation.flags._redis_store._shared import T, log
 from foundation.flags._redis_store._txn import _LocalTransaction, _RedisTransaction
 from foundation.flags._store import FlagChange, FlagState, MigrationEvent, StoreTransaction
@@ -102,10 +102,14 @@ class _KillSwitches(_Commits):
                 op_id = self._cache.add_pending(op)
             except FlagError as exc:  # the copy is unusable: nowhere to keep it
                 raise cause from exc
+        if isinstance(cause, _KeptInOrder):  # Redis may answer: not "unavailable"
+            why, when = str(cause), "after them"
+        else:
+            why, when = f"Redis unavailable ({cause})", "when Redis returns"
         log.warning(
-            "flag store %r: Redis unavailable (%s); kill switch by %s (%s) applied locally "
-            "to %s and recorded; it will be committed when Redis returns",
-            self.namespace, cause, op.by, op.reason, ", ".join(op.flags + op.plans),
+            "flag store %r: %s; kill switch by %s (%s) applied locally "
+            "to %s and recorded; it will be committed %s",
+            self.namespace, why, op.by, op.reason, ", ".join(op.flags + op.plans), when,
         )  # fmt: skip
         self._event("pending_recorded", **self._op_data(_replace(op, id=op_id)))
         if refused and not self._read_only:
@@ -117,6 +121,8 @@ class _KillSwitches(_Commits):
             timed_out = BackendUnavailable(self._no_answer.error)
             error = timed_out if isinstance(cause, _FailedFast) else cause
             self._went_stale(error, "cannot commit a kill switch to")
+            if isinstance(cause, _FailedFast):  # (its text is the timeout's: say so)
+                self._note_failure(error, timed_out=True)
             self._resync_wanted.set()
         # The listener commits it at its next turn (within its XREAD block time
         # if connected). No CLIENT UNBLOCK here: on a frozen Redis that call would

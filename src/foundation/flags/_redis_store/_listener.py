@@ -59,6 +59,7 @@ class _Listener(_Records):
         """Start stale from the node copy: Redis was unreachable at start (``exc``)."""
         # Start from the node copy (stale); the listener catches up later.
         self._last_error = str(exc)
+        self._note_failure(exc)
         self._stale_since = time.time()
         if _read_only_error(exc):
             self._note_read_only(True, str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -16,7 +17,7 @@ from foundation.errors import BackendUnavailable, FlagError, InvalidConfig, boun
 from foundation.flags._history import Replay
 from foundation.flags._node_cache import PendingKillSwitch
 from foundation.flags._redis_store._commit import _TxnRun
-from foundation.flags._redis_store._errors import _Retry
+from foundation.flags._redis_store._errors import _KeptInOrder, _PendingFirst, _Retry
 from foundation.flags._redis_store._listener import _Listener
 from foundation.flags._redis_store._shared import _MAX_ATTEMPTS, T, _check_name, log
 from foundation.flags._redis_store._status import RedisFlagStoreStatus, _live, _live_lock
@@ -220,14 +221,60 @@ class RedisFlagStore(_Listener):
                 if not self._defer_kill_switches:
                     raise
                 return self._defer(fn, exc, refused=True)
-        elif not self._defer_kill_switches:
+        if not self._defer_kill_switches:
             return self.transaction(fn)  # BackendUnavailable unless Redis is back
-        else:
-            # Known outage: do not wait for a timeout, the kill switch is urgent.
-            cause = BackendUnavailable(
-                f"Redis at {self._url} is unavailable (this node is stale: {self._last_error})"
+        # Stale: the listener is not (yet) in sync. Redis may answer all the same:
+        # it has just come back and the listener waits out its backoff, or only the
+        # listener's connection was cut (CLIENT KILL). So commit, as any write
+        # would (a write finding Redis older than the copy restores it first), and
+        # keep the switch only if the commit fails, with that failure as the cause.
+        # Not tried: Redis let the last call time out and answered nothing since (a
+        # frozen server: trying would wait a timeout, and the switch is urgent), or
+        # kill switches of this node are still pending (this one goes after them,
+        # in order, when the listener's resync commits them: committed ahead, it
+        # would supersede an earlier one of the same flag, dropped with a WARNING).
+        held = self._held_back()
+        if held is not None:
+            return self._defer(fn, held)
+        try:
+            return self.transaction(functools.partial(self._after_pending, fn))
+        except _PendingFirst as first:
+            return self._defer(fn, self._kept_in_order(first.count))
+        except BackendUnavailable as exc:
+            return self._defer(fn, exc, refused=True)
+
+    def _held_back(self) -> BackendUnavailable | None:
+        """Why a kill switch on a stale store is kept without trying Redis, or None."""
+        pending = len(self._cache.pending())
+        if pending:
+            return self._kept_in_order(pending)
+        # Race: the times are plain float stores (see NoAnswerWindow): an answer noted
+        # just after this look keeps one kill switch pending (committed by the
+        # listener's resync); a timeout noted just after it lets one wait its timeout.
+        if self._failed_timed_out and self._no_answer.last_ok <= self._failed_at:
+            return BackendUnavailable(
+                f"Redis at {self._url} is not answering (this node is stale: {self._last_error})"
             )
-        return self._defer(fn, cause)
+        return None
+
+    def _kept_in_order(self, count: int) -> _KeptInOrder:
+        return _KeptInOrder(
+            f"{count} earlier kill switch(es) of this node are not committed yet "
+            f"(this node is stale: {self._last_error})"
+        )
+
+    def _after_pending(self, fn: Callable[[StoreTransaction], T], txn: StoreTransaction) -> T:
+        """``fn(txn)``, unless kill switches became pending (``_PendingFirst``).
+
+        Race: another thread's kill switch kept (its commit failed) between
+        ``_held_back`` and this commit. Looked at again here, under the
+        transaction lock that ``_defer`` takes to record it: one recorded before
+        is seen, one recorded after is later than this commit.
+        """
+        pending = len(self._cache.pending())
+        if pending:
+            raise _PendingFirst(pending)
+        return fn(txn)
 
     def pending(self) -> list[PendingKillSwitch]:
         """Kill switches recorded during an outage and not yet committed, oldest first."""

@@ -147,6 +147,7 @@ class RedisObserver:
         self._closed = False
         self._last_error: str | None = None
         self._state_since = time.time()
+        self._lost_at = time.monotonic()  # when connected was last left (the outage's start)
         # Flaps: the tail cut over and over while Redis answers (CLIENT KILL in a
         # loop, client eviction, a flapping proxy) is lost and back within
         # milliseconds each time. One WARNING says so, the repeats are logged at
@@ -344,11 +345,24 @@ class RedisObserver:
                 self._stop.wait(backoff.next())
 
     def _set_connected(self) -> None:
-        """Redis answers again (after a snapshot): connected."""
-        if not self._connected.is_set():
-            self._damper.up()
-            self._state_since = time.time()
-            self._connected.set()
+        """Redis answers again (after a snapshot): connected, with one INFO line, as a
+        registry node says its ``disconnected -> connected`` (DEBUG within a flap,
+        whose losses are at DEBUG too). ``last_error`` keeps the failure: it is the
+        last one met, not the current one (``state`` says that)."""
+        if self._connected.is_set():
+            return
+        flapping = self._damper.up()
+        outage = time.monotonic() - self._lost_at
+        self._state_since = time.time()
+        self._connected.set()
+        log.log(
+            logging.DEBUG if flapping else logging.INFO,
+            "observer of %r: disconnected -> connected: Redis answers again; the mirror "
+            "is current (resynchronised from a snapshot) (after %.1f s)",
+            self.namespace,
+            outage,
+            extra={"namespace": self.namespace, "state": "connected", "outage_seconds": outage},
+        )
 
     def _lost(self, exc: FoundationError) -> None:
         """Redis failed the loop with ``exc``: disconnected, and it is the last error.
@@ -377,6 +391,7 @@ class RedisObserver:
             exc,
         )
         self._state_since = time.time()
+        self._lost_at = time.monotonic()
         self._connected.clear()
 
     def _lost_again(self, exc: FoundationError) -> None:
