@@ -38,7 +38,7 @@ try:
     for r in said:
         print("SAID", r.levelname, r.getMessage())
     print("BACK", back.state, back.state_since > lost.state_since)
-    print("ERROR", back.last_error == lost.last_error)
+    print("ERROR", back.last_error is not None)  # the last failure met (retries may change it)
     assert library_threads() == threads, (threads, library_threads())
     observer.close()
     print("OK")

@@ -61,6 +61,14 @@ class Lease:
         self.memory_policy = EvictionCheck(
             log, f"node {shared.node} (namespace {shared.prefix[1:-1]!r})", shared.url
         )
+        # Our lease was found gone (a heartbeat's ``had`` was 0, ours holding
+        # registrations) and no re-assert pass has completed since: the conflicts
+        # that pass finds were taken while the lease was lost (the warning says
+        # so). Kept across failed recoveries: the heartbeat of a retry finds the
+        # lease the failed one renewed. Race: the lease thread's own heartbeat sets
+        # it without wlock while a writer's recovery reads it; a plain bool, and the
+        # worst a stale read does is pick the other wording of that warning.
+        self._lease_gone = False
         self.thread = threading.Thread(
             target=self._loop, name=f"foundation-redis-lease[{shared.node}]", daemon=True
         )
@@ -82,7 +90,10 @@ class Lease:
                 sh.node,
                 gap,
             )
-        return bool(int(reply[0]))
+        had = bool(int(reply[0]))
+        if not had and sh.own:
+            self._lease_gone = True
+        return had
 
     # ------------------------------------------------------------------ recovery
 
@@ -97,6 +108,7 @@ class Lease:
             sh.link.lease_lost("the heartbeat found our lease gone")
             epoch = sh.link.epoch  # this recovery handles it
         lost = self._reassert()
+        self._lease_gone = False
         self._tail.resync()
         if lost:
             # Reported only now that the mirror shows who holds those keys.
@@ -282,12 +294,31 @@ class Lease:
             sh.reasserts += 1
             sh.reasserted += written
             log.info("node %s re-asserted %d registration(s)", sh.node, written)
-        if conflicts:
+        if not conflicts:
+            return
+        keys = ", ".join(repr(c.key) for c in conflicts[:10])
+        if self._lease_gone:
             log.warning(
-                "node %s lost %d key(s) to other nodes while its lease was lost: %s",
+                "node %s gave up %d key(s): other nodes registered them while this "
+                "node's lease was lost (reaped, or lost by Redis); its agents live on, "
+                "unregistered (see conflicts()): %s",
                 sh.node,
                 len(conflicts),
-                ", ".join(repr(c.key) for c in conflicts[:10]),
+                keys,
+            )
+        else:
+            # No lease was lost: Redis no longer held these registrations of ours
+            # (it lost data: a restart, a failover, an eviction; or a write of ours
+            # whose reply was lost, an unregister or a replace, had landed) and
+            # another node registered the keys after that.
+            log.warning(
+                "node %s gave up %d key(s): Redis no longer held this node's "
+                "registration of them (lost by Redis, or removed by a write of this "
+                "node whose reply was lost) and other nodes hold them now; its agents "
+                "live on, unregistered (see conflicts()): %s",
+                sh.node,
+                len(conflicts),
+                keys,
             )
 
     # ------------------------------------------------------------------ deletes

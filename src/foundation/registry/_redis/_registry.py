@@ -573,8 +573,10 @@ class RedisRegistry(Registry):
         )
 
     def conflicts(self) -> list[Conflict]:
-        """Registrations lost to another node while this node's lease was lost.
-        ``Closed`` after ``close()``."""
+        """Registrations given up to another node by a re-assert: the other node
+        registered the key while this node's lease was lost, or after Redis lost
+        (or a write of this node whose reply was lost removed) this node's
+        registration. ``Closed`` after ``close()``."""
         self._check_open()
         with self._sh.mlock:
             return list(self._sh.conflicts)

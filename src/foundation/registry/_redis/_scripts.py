@@ -14,6 +14,7 @@ key patterns such as ``~{ns}:*`` apply):
 ``P:owned:<node>`` set      encoded keys owned by a node (what its lease covers)
 ``P:leases`` sorted set     node -> lease deadline (ms, Redis server clock)
 ``P:lastbeat`` string       server time (ms) of the last successful heartbeat of any node
+``P:due``    sorted set     node -> its last heartbeat plus its own grace (ms): when it is overdue
 ``P:nodes``  hash           node -> JSON description (host, pid, started)
 ``P:ver``    string         change counter: every change record's version
 ``P:log``    stream         change records ``v, op, k, ...`` (about MAXLEN versions)
@@ -38,6 +39,14 @@ lease deadline is pushed back by that gap (time during which nobody *could*
 heartbeat does not count against anybody). A node that is really dead is
 still reaped, ``gap`` later; a dead node while others heartbeat (no global
 gap) is reaped within ``lease_ttl`` plus one heartbeat, as before.
+
+Nodes may run with different ``lease_ttl`` (so different heartbeats and
+graces): a silence shorter than the grace of the node judging it may still be
+longer than another node's. So each heartbeat also records when that node is
+overdue (``P:due``: its beat plus its own grace), and a silence in which some
+node fell overdue is an outage too, whoever judges it. A node that died falls
+overdue once: the heal that follows moves ``P:lastbeat`` past that moment, so it
+is not healed again and is reaped one gap later.
 
 **Failing cleanly.** A write rejected by an unhealthy server (``READONLY``,
 ``OOM``) fails at the script's first write, before anything changed: the
@@ -79,7 +88,9 @@ class RegisterArgs:
 
     ``mode``: ``"n"`` new (``AlreadyRegistered`` if a live agent holds the key),
     ``"r"`` replace, ``"a"`` re-assert (this node's own registration, after its
-    lease was lost or Redis restarted). ``own_dead``: this node's previous agent
+    lease was lost or Redis restarted; it replaces another node's live
+    registration only if that one was registered before it: see
+    ``registered_before``). ``own_dead``: this node's previous agent
     under the key is dead (so replacing it is a ``down``, not a ``replaced``).
     ``writer``: the node whose API call this is (its tail skips the record), or
     ``""`` (re-asserts: every mirror applies them). ``grace_ms``: see ``heal``.
@@ -411,7 +422,16 @@ end
 -- anyone reaps. Returns the gap applied (0: none).
 local function heal(now, grace)
   local last = tonumber(redis.call('GET', P .. ':lastbeat') or '')
-  if not last or now - last <= grace then return 0 end
+  if not last then return 0 end
+  if now - last <= grace then
+    -- Silent for less than OUR grace, but nodes may have another lease_ttl: a
+    -- node whose next heartbeat was due inside the silence (P:due: its last beat
+    -- plus its own grace) could not renew either. Race-free: read and judged in
+    -- this script. A dead node is due once: after this heal P:lastbeat is past its
+    -- due time, so it heals nothing more and is reaped (one gap later).
+    local due = redis.call('ZRANGEBYSCORE', P .. ':due', '(' .. last, '(' .. now, 'LIMIT', 0, 1)
+    if #due == 0 then return 0 end
+  end
   local gap = now - last
   local all = redis.call('ZRANGE', P .. ':leases', 0, -1, 'WITHSCORES')
   -- First write of the script: on an unhealthy server it fails here, cleanly.
@@ -429,6 +449,17 @@ end
 
 # One registration (the body of REGISTER and of every item of REGISTER_MANY).
 _REGISTER_ONE = r"""
+-- The claim on `ek` in Redis was registered strictly before the registration
+-- `head` (the heads' registration times 't'); false when either cannot be read.
+local function registered_before(ek, head)
+  local theirs = redis.call('HGET', P .. ':head', ek)
+  if not theirs then return false end
+  local ok1, a = pcall(cjson.decode, theirs)
+  local ok2, b = pcall(cjson.decode, head)
+  if not (ok1 and ok2 and type(a) == 'table' and type(b) == 'table') then return false end
+  return type(a.t) == 'number' and type(b.t) == 'number' and a.t < b.t
+end
+
 local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace, since)
   -- Our lease must exist (an expired one not yet reaped still counts: the next
   -- heartbeat finds it gone and re-asserts). TIME is read only on a conflict.
@@ -470,6 +501,17 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
       if own_dead then
         why = 'down'
       elseif mode == 'r' or (mode == 'a' and owner == node) then
+        why = 'replaced'
+      elseif mode == 'a' and registered_before(ek, head) then
+        -- Race: Redis came back older (a snapshot, a failover to a replica that
+        -- missed writes) with a claim of `owner` that was deleted before our
+        -- registration was made; our registration was lost. Whether `owner`
+        -- still backs it is known only to `owner` (its resync deletes it), and
+        -- yielding to it lost our live key for good. A claim registered before
+        -- ours cannot be the one that keeps the key (the key was free when ours
+        -- was registered), so ours replaces it; one script decides, so only one
+        -- of the two holds the key, and `owner` learns it from this delete record
+        -- (its tail, or its own re-assert, which then gets EXISTS).
         why = 'replaced'
       else
         return {'EXISTS', owner, redis.call('HGET', P .. ':head', ek),
@@ -666,6 +708,7 @@ local function forget_node(node, why, down_reason)
   end
   redis.call('DEL', owned)
   redis.call('ZREM', P .. ':leases', node)
+  redis.call('ZREM', P .. ':due', node)
   redis.call('HDEL', P .. ':nodes', node)
   return n
 end
@@ -704,6 +747,8 @@ local gap = heal(now, grace)
 -- The first write (denyoom): READONLY or OOM fail the script here, before any
 -- reap. Only a successful heartbeat moves P:lastbeat.
 redis.call('SET', P .. ':lastbeat', now)
+-- When our next heartbeat is due at the latest (heal: nodes of other lease_ttl).
+redis.call('ZADD', P .. ':due', now + grace, node)
 local reaped = reap(now)
 local had = redis.call('ZSCORE', P .. ':leases', node)
 redis.call('ZADD', P .. ':leases', now + ttl, node)
