@@ -18,7 +18,10 @@ Every command takes ``--store URL`` (``sqlite:///path`` or
 ``redis://host:port/db?namespace=NS``), ``--redis URL``, ``--namespace NS``
 (else ``FOUNDATION_STORE``, ``FOUNDATION_REDIS``, ``FOUNDATION_NAMESPACE``,
 else ``[cli]`` in ``./foundation.toml``), ``--json`` (the default when stdout
-is not a terminal; ``--text`` forces text) and ``--debug``.
+is not a terminal; ``--text`` forces text), ``--debug`` and ``--log-level
+LEVEL``. Log lines go to stderr: ``admin`` logs Foundation's from INFO (flag
+changes, emergency rollbacks, Redis outages), the other commands only errors,
+unless ``--log-level`` says otherwise (docs/cli.md, "Log lines").
 
 ``agents watch`` prints one stderr line per change of its connection to
 Redis (disconnected, degraded, connected again), since the command logs only
@@ -41,7 +44,8 @@ serving) run until stopped: SIGTERM is their normal end, exit 0 (the demo's
 own code). Either signal stops what the command started first, then one line
 ``foundation COMMAND: interrupted`` (or ``terminated``) goes to stderr; a
 second Ctrl-C cuts the shutdown short. No command ever creates a flag store:
-a missing SQLite file or an empty Redis namespace is an error.
+a missing SQLite file or an empty Redis namespace is an error, and so is an
+existing file that is not a flag store (``FlagError``; nothing written to it).
 """
 
 from __future__ import annotations
@@ -168,7 +172,7 @@ def _signalled(words: list[str], args_list: list[str], what: str, code: int) -> 
 
 _COMMANDS = ("flags", "migration", "agents", "admin", "demo", "version")
 _GROUPS = ("flags", "migration", "agents")  # the commands that take an ACTION
-_VALUED = ("--store", "--redis", "--namespace", "--plan")  # options that take a value
+_VALUED = ("--store", "--redis", "--namespace", "--log-level", "--plan")  # options with a value
 
 
 def _command_words(args_list: list[str]) -> list[str]:
@@ -245,7 +249,7 @@ def _main(args_list: list[str], words: list[str]) -> int:
         return _stdout_gone()
     words.extend(w for w in (args.command, getattr(args, "action", None)) if w)
     debug = bool(getattr(args, "debug", False))
-    _configure_logging(debug)
+    _configure_logging(debug, getattr(args, "log_level", None), args.command)
     from foundation._cli._common import StdoutGone, UsageError
 
     try:
@@ -293,15 +297,39 @@ def _run_demo(argv: list[str]) -> int:
         return _failure_code(exc)
 
 
-def _configure_logging(debug: bool) -> None:
-    """Send the library's log lines to stderr."""
-    # The library's log lines: every one with --debug, else errors only (the
-    # command's own one-line error says what failed).
+_LOGGING_SERVICES = ("admin",)
+"""The commands that run as a service, logging at INFO by default (README's "Logs
+and metrics": flag changes, emergency rollbacks, Redis outages). ``agents watch``
+is not one: it prints its own connection lines (docs/cli.md)."""
+
+
+def _configure_logging(debug: bool, level: str | None, command: str) -> None:
+    """Send the log lines to stderr: Foundation's (``foundation.*``) from ``level``
+    (``--log-level``), else DEBUG with ``--debug``, else INFO for a service
+    (``admin``) and ERROR for a one-shot command (its one-line error says what
+    failed); other libraries' (uvicorn's) from WARNING for a service, ERROR
+    otherwise, every one with ``--debug``.
+
+    A process whose logging is already configured (a program calling ``main``
+    with its own handlers) is left as it is, as ``logging.basicConfig`` does.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    service = command in _LOGGING_SERVICES
+    others = logging.DEBUG if debug else logging.WARNING if service else logging.ERROR
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.ERROR,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=others, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if level is not None:
+        ours = logging.getLevelName(level)
+    elif debug:
+        ours = logging.DEBUG
+    else:
+        ours = logging.INFO if service else logging.ERROR
+    # Set on "foundation" itself: its records reach the root's handler whatever the
+    # root's level (propagation checks handlers' levels only).
+    logging.getLogger("foundation").setLevel(ours)
 
 
 def _print_error(label: str, exc: BaseException, debug: bool) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "key_from_text",
     "key_to_json",
     "load_settings",
+    "log_level",
     "operator_name",
     "positive_int",
     "value_from_text",
@@ -54,7 +55,17 @@ def common_options() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", default=s, help="JSON output")
     out.add_argument("--text", action="store_true", default=s, help="text even when piped")
-    out.add_argument("--debug", action="store_true", default=s, help="tracebacks on errors")
+    out.add_argument(
+        "--debug", action="store_true", default=s, help="tracebacks on errors; every log line"
+    )
+    out.add_argument(
+        "--log-level",
+        type=log_level,
+        default=s,
+        metavar="LEVEL",
+        help="Foundation's log lines on stderr from LEVEL up (DEBUG, INFO, WARNING, ERROR, "
+        "CRITICAL; default: INFO for admin, ERROR for the other commands)",
+    )
     where = p.add_argument_group("where")
     where.add_argument(
         "--store",
@@ -65,6 +76,19 @@ def common_options() -> argparse.ArgumentParser:
     where.add_argument("--redis", metavar="URL", default=s, help="registry Redis URL")
     where.add_argument("--namespace", metavar="NS", default=s, help="registry namespace")
     return p
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(text: str) -> str:
+    """``--log-level``: a level name, in any case."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"not a log level: {text!r} (one of {', '.join(LOG_LEVELS)})"
+        )
+    return level
 
 
 class UsageError(Exception):

@@ -59,12 +59,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     hist.add_argument("--limit", type=_positive_int, default=None, help="the last N changes")
     ev = sub.add_parser("eval", help="on or off for an actor? (boolean flags)", parents=[common])
     ev.add_argument("name")
-    ev.add_argument("--actor", default=None)
+    ev.add_argument("--actor", default=None, type=_read_actor)
     val = sub.add_parser(
         "value", help="what does an actor get: value, variant, reason", parents=[common]
     )
     val.add_argument("name")
-    val.add_argument("--actor", default=None)
+    val.add_argument("--actor", default=None, type=_read_actor)
 
     writes = argparse.ArgumentParser(add_help=False)
     writes.add_argument("--by", default=None, type=operator_name, help="who (default: the OS user)")
@@ -114,6 +114,12 @@ def _actor(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("an actor is a non-empty string")
     return text
+
+
+def _read_actor(text: str) -> str | None:
+    # --actor "" is "no actor", as the admin API's ?actor= and OFREP's empty
+    # targetingKey: an empty actor is "no actor" to every read (see _actor).
+    return text or None
 
 
 def _positive_int(text: str) -> int:

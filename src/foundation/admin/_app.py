@@ -601,7 +601,8 @@ def _text(body: Mapping[str, Any], field: str, *, required: bool = False) -> str
         if required:
             raise ApiError(422, "InvalidBody", f"the body needs {field!r}")
         return None
-    if not isinstance(value, str) or (required and not value):
+    # A required text that is blank ("   ", "\n") says nothing: refused as "" is.
+    if not isinstance(value, str) or (required and not value.strip()):
         raise ApiError(422, "InvalidBody", f"{field!r} is a non-empty string")
     return value
 
@@ -962,7 +963,7 @@ def _migration_write(action: str) -> Callable[..., Awaitable[Any]]:
             await run_in_threadpool(lambda: migration.advance(by=operator, reason=reason))
         elif action == "rollback":
             stage = body.get("stage")
-            if isinstance(stage, bool) or not isinstance(stage, int):
+            if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
                 raise ApiError(422, "InvalidBody", f"'stage' is an integer >= 0, not {stage!r}")
             await run_in_threadpool(
                 lambda: migration.rollback_to(stage, by=operator, reason=reason)

@@ -840,7 +840,7 @@ class FeatureFlags:
     ) -> None:
         """Roll out to ``percentage`` (0..100, fractions allowed) of actors; switch on."""
         self._boolean_only(name, "set_percentage", "set_split")
-        p = check_percentage(percentage)
+        p = check_percentage(percentage) + 0.0  # -0.0 + 0.0 is 0.0: no "-0%" stored
         self._update(name, lambda s: _replace(s, switch=True, percentage=p), by, reason)
 
     def allow(

@@ -527,8 +527,12 @@ class Migration:
 
         Works during a backend outage on a store that keeps kill switches
         (``RedisFlagStore``): applied locally at once, committed on its return.
+
+        Raises:
+            MigrationError: ``reason`` is not a string, or is blank ("", "   ").
         """
-        if not isinstance(reason, str) or not reason:
+        # Blank ("   ", "\n") is no reason: the history would record nothing.
+        if not isinstance(reason, str) or not reason.strip():
             raise MigrationError("an emergency rollback needs a reason")
 
         def body(w: _Writer) -> MigrationEvent:

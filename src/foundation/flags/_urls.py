@@ -3,7 +3,10 @@
 ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (the SQLAlchemy
 convention: the path is what follows ``sqlite:///``) or a bare file path
     a ``SQLiteFlagStore``. A file that does not exist is ``InvalidConfig``
-    unless ``create=True``: a typo must not create an empty store.
+    unless ``create=True``: a typo must not create an empty store. Without
+    ``create``, an existing file that is not a flag store (another
+    application's database, an empty file) is ``FlagError``, found by reading
+    it only: nothing is written to it.
 ``redis://host:port/db?namespace=NS`` (also ``rediss://``, ``unix://``, ``redis+sentinel://``)
     a ``RedisFlagStore`` of namespace ``NS`` (default ``foundation``). It uses
     this machine's default node copy of that deployment when one exists (a
@@ -93,7 +96,75 @@ def _open_sqlite(path: str, *, create: bool) -> FlagStore:
             f"no flag store at {path!r} (the file does not exist; "
             "an application creates it by constructing FeatureFlags on it)"
         )
+    if not create:
+        _check_is_flag_store(path)
     return SQLiteFlagStore(path)
+
+
+_SQLITE_HEADER = b"SQLite format 3\0"
+
+
+def _check_is_flag_store(path: str) -> None:
+    """FlagError unless the file at ``path`` is a Foundation flag store, found by
+    reading it only: ``SQLiteFlagStore`` creates its tables in any SQLite file
+    (IF NOT EXISTS), so another application's database, or an empty file, would
+    otherwise get Foundation's schema written into it.
+
+    Race: the file may be replaced between this check and the store's open; the
+    check only keeps a wrong path from being written to, as the existence check
+    above keeps a typo from creating a store.
+    """
+    import sqlite3
+    from pathlib import Path
+
+    from foundation.errors import FlagError, bounded_repr
+    from foundation.flags._sqlite_store import SCHEMA_VERSION
+
+    shown = bounded_repr(path)  # messages stay short, whatever the path
+
+    def not_a_store(why: object) -> FlagError:
+        return FlagError(
+            f"{shown} is not a usable flag store: not a Foundation flag store ({why}); "
+            "no command creates or converts one: an application creates it by "
+            "constructing FeatureFlags on it"
+        )
+
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise FlagError(f"cannot open flag store {shown}: {exc}") from exc
+    if header != _SQLITE_HEADER:
+        raise not_a_store("an empty file" if not header else "not a SQLite file")
+    # Read-only: nothing is written to the file, whatever it holds. (A database in
+    # WAL mode gets its -wal and -shm files, as from any reader.)
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise FlagError(f"cannot open flag store {shown}: {exc}") from exc
+    try:
+        has_meta = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'foundation_meta'"
+        ).fetchone()
+        row = (
+            conn.execute("SELECT value FROM foundation_meta WHERE key = 'schema'").fetchone()
+            if has_meta
+            else None
+        )
+    except sqlite3.OperationalError as exc:  # locked, busy, unreadable: not a verdict
+        raise FlagError(f"cannot read flag store {shown}: {exc}") from exc
+    except sqlite3.Error as exc:  # "file is not a database", corrupt: not a store
+        raise not_a_store(exc) from exc
+    finally:
+        conn.close()
+    if row is None:
+        raise not_a_store("a SQLite database without Foundation's tables")
+    if row[0] != SCHEMA_VERSION:
+        raise FlagError(
+            f"{shown} uses flag store schema {row[0]!r}; "
+            f"this version of Foundation reads schema {SCHEMA_VERSION!r}"
+        )
 
 
 def _split_namespace(url: str) -> tuple[str, str]:
