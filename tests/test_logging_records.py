@@ -63,6 +63,19 @@ def test_a_flag_change_is_one_info_record_with_flag_old_new_by_reason(
     json.dumps({k: getattr(record, k) for k in ("flag", "old", "new", "by", "reason")})
 
 
+def test_a_change_without_by_or_reason_says_neither(records: Records, store_path: Path) -> None:
+    # Once "flag 'beta' changed by None (None): ...", which reads as a user named None.
+    with SQLiteFlagStore(store_path) as store, FeatureFlags(FLAGS, store=store) as flags:
+        records.clear()
+        flags.enable("beta")
+        flags.set_percentage("beta", 25, by="ana")
+        plain, by_only = records.named("foundation.flags")
+    assert plain.getMessage().startswith("flag 'beta' changed: "), plain.getMessage()
+    assert "by None" not in plain.getMessage()
+    assert "(None)" not in plain.getMessage()
+    assert by_only.getMessage().startswith("flag 'beta' changed by ana: "), by_only.getMessage()
+
+
 def test_reads_log_nothing_and_a_failed_write_logs_no_change(
     records: Records, store_path: Path
 ) -> None:

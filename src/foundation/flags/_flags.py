@@ -1297,11 +1297,14 @@ def _emit_changed(change: FlagChange) -> None:
 def _log_change(change: FlagChange) -> None:
     """One INFO record per flag change written by this process (not on the read path)."""
     if _log.isEnabledFor(logging.INFO):
+        # "by ana (canary)"; no "by None (None)" for a change made without them.
+        who = f" by {change.by}" if change.by is not None else ""
+        why = f" ({change.reason})" if change.reason else ""
         _log.info(
-            "flag %r changed by %s (%s): %s -> %s",
+            "flag %r changed%s%s: %s -> %s",
             change.flag,
-            change.by,
-            change.reason,
+            who,
+            why,
             change.old.to_dict(),
             change.new.to_dict(),
             extra={
