@@ -41,8 +41,10 @@ logger, one record per event, with ``extra=`` fields ``event``,
 when it starts (``app_starting``, then ``service_started`` for each service in
 order, then ``app_started``) and stops (``app_stopping``, ``service_stopped``
 in reverse order, ``app_stopped``); ERROR, with the traceback, when it fails
-to start (``app_start_failed``), fails to stop (``app_stop_failed``) or gives
-up (``app_failed``: restart intensity exceeded). Crashes and restarts of its
+to start (``app_start_failed``; one line pointing to the crash report above
+when a service or worker failed to start: that report has the traceback),
+fails to stop (``app_stop_failed``) or gives up (``app_failed``: restart
+intensity exceeded). Crashes and restarts of its
 services are the supervisor's crash and progress reports (loggers under
 ``foundation.supervision``, supervisor named after the application).
 
@@ -80,6 +82,7 @@ from foundation.flags._migration import (
 from foundation.liveness import MonitorManager
 from foundation.registry import Registry
 from foundation.supervision import ChildContext, ChildSpec, Supervisor, SupervisorThread
+from foundation.supervision._notices import traceback_logged
 from foundation.supervision._runner import SignalHandlers
 from foundation.supervision._runs import in_thread_child_of
 from foundation.supervision._spec import _check_specs
@@ -604,16 +607,21 @@ class Application:
 
     def _report_start_failed(self, exc: BaseException) -> None:
         child = getattr(exc, "child", None)
+        # A child's failed start has its crash report, with the traceback, on
+        # foundation.supervision.crash just before: this one line says so
+        # rather than log the same traceback again.
+        logged = traceback_logged(exc)
         _report(
             logging.ERROR,
             "app_start_failed",
-            "Application %s failed to start: %r",
+            "Application %s failed to start: %r"
+            + (" (traceback in the crash report above)" if logged else ""),
             self.name,
             exc,
             application=self.name,
             service=child if isinstance(child, str) else None,
             reason="start_error",
-            exc=exc,
+            exc=None if logged else exc,
         )
 
     def _report_stopping(self) -> None:

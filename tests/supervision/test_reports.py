@@ -458,7 +458,13 @@ def test_application_start_failure_is_an_error_with_the_traceback(app_reports: R
     assert failed.name == "foundation.application"
     assert failed.levelno == logging.ERROR
     assert failed.reason == "start_error"  # type: ignore[attr-defined]
-    assert "ValueError: no database" in traceback_of(failed)
+    # One failed start, one traceback: the crash report of "db" has it, and
+    # the application's line points there.
+    assert failed.exc_info is None
+    assert failed.getMessage().endswith("(traceback in the crash report above)")
+    [crash] = app_reports.of("start_failed", "db")
+    assert crash.levelno == logging.ERROR
+    assert "ValueError: no database" in traceback_of(crash)
 
 
 def test_application_giving_up_is_an_error_record(app_reports: Records) -> None:

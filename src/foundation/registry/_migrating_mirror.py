@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
@@ -80,7 +81,13 @@ def _writing_class(lock: threading.RLock) -> type[_Writing]:
     return type("_Writing", (_Writing,), {"__slots__": (), "__exit__": staticmethod(lock.__exit__)})
 
 
-_LAG_WARNING: Final = 64  # queued mirrors behind a busy pump that earn a WARNING
+# Queued mirrors behind a busy pump earn one WARNING per backlog (until the
+# queue is empty again), saying which of two things is true:
+_LAG_WARNING: Final = 64  # this many queued behind a call in flight for _SLOW_CALL s
+_SLOW_CALL: Final = 1.0  # seconds: a target call in flight this long is slow
+_BACKLOG_WARNING: Final = 1024  # this many queued while every call is quick: the
+# writes simply come faster than one thread mirrors them (8 threads writing to an
+# in-memory target do); it drains once they slow down
 
 
 def _bind_register(target: Registry, op: _Op, mine: bool) -> Callable[[], Any]:
@@ -153,12 +160,16 @@ class _TargetMirrors(_LegacyRetries):
         # holding _lock (the facade writes only try it).
         self._pending: deque[_Op] = deque()
         self._inflight: _Op | None = None  # popped, target call made, not yet booked
+        # time.monotonic() when the target call in flight began; None between calls
+        self._call_since: float | None = None
         self._pump_lock = threading.RLock()  # never re-entered: an RLock for _take's owner check
         self._writing_type = _writing_class(self._lock)
         self._pump_owner: int | None = None  # thread ident holding _pump_lock
         self._target_status: Callable[[], Any] | None = getattr(target, "status", None)
         self._op_seq = 0
-        self._lag_warned = False  # a "mirrors queued behind a slow target" warning is out
+        # The lag WARNING out for this backlog: "slow" (behind a slow target call),
+        # "backlog" (behind the write rate), or None; reset once the queue is empty.
+        self._lag_warned: Literal["slow", "backlog"] | None = None
         self._skip_warned = False  # a "target unavailable, mirrors skipped" warning is out
         self._skipped = 0
         # Some view.retry holds a mirror the unavailable target refused (set under
@@ -393,17 +404,50 @@ class _TargetMirrors(_LegacyRetries):
             return
         # Another thread is pumping (maybe waiting on a slow or frozen target):
         # it applies our mirror after its own; this call returns now.
-        if not self._lag_warned and len(self._pending) >= _LAG_WARNING:
-            self._lag_warned = True
-            n = len(self._pending)
+        if self._lag_warned != "slow" and len(self._pending) >= _LAG_WARNING:
+            self._warn_lag()
+
+    def _warn_lag(self) -> None:
+        """Tell the operator, once per backlog, that mirrors wait behind a busy
+        pump, and why: a target call in flight for long, or only the write rate
+        (every call quick). A backlog first put down to the write rate is
+        reported again if a call then turns slow (a target freezing under load)."""
+        n = len(self._pending)
+        # Race: read once, with no lock. The pump sets it before a call and
+        # clears it after, so a value read was the start of a call in flight at
+        # the time of the read (or of a later call, which only understates it):
+        # a call is never called slow for longer than it was in flight.
+        since = self._call_since
+        running = 0.0 if since is None else time.monotonic() - since
+        if running >= _SLOW_CALL:
+            self._lag_warned = "slow"
             _log.warning(
-                "MigratingRegistry: %d mirrors to the target are queued behind a slow "
-                "target call; the legacy side answers meanwhile",
+                "MigratingRegistry: %d mirrors to the target are queued behind a target "
+                "call in flight for %.1f s; the legacy side answers meanwhile",
+                n,
+                running,
+            )
+        elif self._lag_warned is None and n >= _BACKLOG_WARNING:
+            self._lag_warned = "backlog"
+            _log.warning(
+                "MigratingRegistry: mirroring to the target is behind by %d writes "
+                "(they come faster than one thread mirrors them; no target call is "
+                "slow); the legacy side answers meanwhile; after a flip, reads and "
+                "writes wait for them",
                 n,
             )
-            telemetry.emit(
-                "registry.mirror_deferred", {"registry": self, "pending": n, "level": "warning"}
-            )
+        else:
+            return
+        telemetry.emit(
+            "registry.mirror_deferred",
+            {
+                "registry": self,
+                "pending": n,
+                "reason": self._lag_warned,
+                "call_seconds": running,
+                "level": "warning",
+            },
+        )
 
     def _pump(self, *, block: bool) -> bool:
         """Apply queued mirrors in order until none is left; False if another thread
@@ -428,8 +472,8 @@ class _TargetMirrors(_LegacyRetries):
             # because we still held the pump, would be stranded: look again.
             if not self._pending:
                 break
-        if self._lag_warned and not self._pending:
-            self._lag_warned = False
+        if self._lag_warned is not None and not self._pending:
+            self._lag_warned = None
             _log.info("MigratingRegistry: queued mirrors to the target are applied")
         self._repick_reader_if_on()
         return True
@@ -498,6 +542,7 @@ class _TargetMirrors(_LegacyRetries):
             # concurrent "anything queued or in flight?" check never sees neither.
             self._inflight = op
             self._pending.popleft()
+            self._call_since = time.monotonic()  # (see _warn_lag's race)
         outcome: BaseException | None = None
         try:
             with _Call(self) as ctx, self._events_muted(ctx, op.key, _TARGET):
@@ -505,9 +550,11 @@ class _TargetMirrors(_LegacyRetries):
         except Exception as exc:  # best effort: booked as a divergence below
             outcome = exc
         except BaseException:  # KeyboardInterrupt and the like: never leave it in flight
+            self._call_since = None
             with self._lock:
                 self._inflight = None
             raise
+        self._call_since = None
         with self._lock:
             try:
                 if not self._closed:

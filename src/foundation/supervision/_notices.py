@@ -3,6 +3,7 @@ the reports of ``_reports`` (started, exited or crashed, failed starts, giving u
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -19,12 +20,28 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 
+_TRACEBACK_LOGGED = "_foundation_traceback_logged"
+
+
+def traceback_logged(exc: BaseException) -> bool:
+    """Whether ``exc`` is the StartError of a failed start whose crash report
+    (with the traceback) is logged already: the layers above it (a parent
+    supervisor, the ``Application``) then say so briefly, not with the same
+    traceback again (one failed start, one traceback in the log)."""
+    return getattr(exc, _TRACEBACK_LOGGED, False) is True
+
+
 def start_failure(supervisor: str, spec: ChildSpec, exc: Exception) -> StartError:
     """Report the failed start of ``spec``; the StartError to raise for it."""
-    reports.start_failed(supervisor, spec.id, str(spec.kind), error=exc)
+    # A nested supervisor's failed start: its failing child's report above
+    # carries the traceback; this one restates it at DEBUG.
+    nested = traceback_logged(exc)
+    reports.start_failed(supervisor, spec.id, str(spec.kind), error=exc, reported=nested)
     err = StartError(
         spec.id, f"child {spec.id!r} of supervisor {supervisor!r} failed to start: {exc}"
     )
+    if nested or reports.crash_log.isEnabledFor(logging.ERROR):
+        setattr(err, _TRACEBACK_LOGGED, True)
     if isinstance(exc, AlreadyRegistered):
         # As {:via, Registry, name}: {error, {already_started, Holder}}.
         err.reason = "already_started"

@@ -12,6 +12,8 @@ logging is configured to show them.
 logger                                    level    events
 ========================================  =======  ==========================================
 ``foundation.supervision.crash``          ERROR    a child crashed; a child failed to start
+                                          DEBUG    a nested supervisor failed to start (its
+                                                   child's ERROR report has the traceback)
 ``foundation.supervision.progress``       INFO     a child started or restarted, exited
                                                    normally or was shut down, was ignored;
                                                    a supervisor started
@@ -670,10 +672,16 @@ def auto_shutdown(supervisor: str, child: str, *, rule: str) -> None:
     )
 
 
-def start_failed(supervisor: str, child: str, kind: str, *, error: BaseException) -> None:
+def start_failed(
+    supervisor: str, child: str, kind: str, *, error: BaseException, reported: bool = False
+) -> None:
     """Crash report (ERROR): ``child`` failed to start (raised, ended or timed
     out before it was ready), with ``error``'s traceback. Extra field:
     ``error`` (its repr); ``reason`` is ``"start_error"``.
+
+    ``reported``: ``child`` is a nested supervisor whose own failing child's
+    crash report, logged just before, carries the traceback; this one is then
+    a DEBUG record without it (one failed start, one ERROR traceback).
 
     Example:
         >>> import logging
@@ -689,7 +697,8 @@ def start_failed(supervisor: str, child: str, kind: str, *, error: BaseException
         >>> records[0].getMessage()
         "Child w of supervisor app (task) failed to start: TimeoutError('not ready within 5s')"
     """
-    if not crash_log.isEnabledFor(logging.ERROR):
+    level = logging.DEBUG if reported else logging.ERROR
+    if not crash_log.isEnabledFor(level):
         return
     text = _safe_repr(error)
     fields = {
@@ -701,10 +710,11 @@ def start_failed(supervisor: str, child: str, kind: str, *, error: BaseException
     }
     _emit(
         crash_log,
-        logging.ERROR,
+        level,
         "start_failed",
-        "Child %s of supervisor %s (%s) failed to start: %s",
+        "Child %s of supervisor %s (%s) failed to start: %s"
+        + (" (its child's crash report above has the traceback)" if reported else ""),
         (child, supervisor, kind, text),
         fields=fields,
-        exc=error,
+        exc=None if reported else error,
     )

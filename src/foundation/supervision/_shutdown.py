@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from foundation.supervision._child import _Child, _still_running
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable
     from typing import Protocol
 
-    from foundation.supervision._child import _Child
     from foundation.supervision._spec import ChildExit
 
     class _Terminate(Protocol):
@@ -69,9 +70,38 @@ async def stop_scope(
         other.status = "restarting"
 
 
-def _why_abandoned(children: Mapping[str, _Child], ids: list[str]) -> str:
-    """Why the children ``ids`` run on, by kind (the ShutdownError's explanation)."""
-    kinds = {children[id].spec.kind for id in ids if id in children}
+def _left_running(
+    children: Mapping[str, _Child], ids: list[str], prefix: str = ""
+) -> list[tuple[str, str | None]]:
+    """The runs left running when the children ``ids`` were abandoned, as
+    (path, kind): a thread or task child is itself; a nested supervisor that
+    stopped but could not stop a child of its own is that child, by its path
+    (``"workers/stuck"``), found in the nested supervisor's own rows.
+
+    Race: none. Every supervisor of a tree runs on the root's loop, and this
+    runs on it (in the stop sequence), so no nested child list changes while
+    it is read."""
+    left: list[tuple[str, str | None]] = []
+    for id in ids:
+        child = children.get(id)
+        kind = None if child is None else child.spec.kind
+        inner: list[tuple[str, str | None]] = []
+        if child is not None and kind == "supervisor":
+            nested = getattr(child.abandoned, "_children", None)  # the nested Supervisor's rows
+            if isinstance(nested, Mapping):
+                stuck = [
+                    c.spec.id
+                    for c in nested.values()
+                    if c.abandoned is not None
+                    and (c.spec.kind == "supervisor" or _still_running(c.abandoned))
+                ]
+                inner = _left_running(nested, stuck, f"{prefix}{id}/")
+        left.extend(inner or [(f"{prefix}{id}", kind)])
+    return left
+
+
+def _why_abandoned(kinds: set[str | None]) -> str:
+    """Why runs of these kinds run on (the ShutdownError's explanation)."""
     why = []
     if "thread" in kinds:
         why.append("a thread cannot be killed: it runs on as a daemon thread")

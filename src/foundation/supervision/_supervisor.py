@@ -33,7 +33,7 @@ from foundation.supervision._events import _STOP, _Round
 from foundation.supervision._notices import announce_started, emit_exit, start_failure
 from foundation.supervision._registration import _Registrations, stop_registrar
 from foundation.supervision._runs import Run, make_run
-from foundation.supervision._shutdown import _why_abandoned, stop_in_reverse
+from foundation.supervision._shutdown import _left_running, _why_abandoned, stop_in_reverse
 from foundation.supervision._spec import (
     AutoShutdown,
     Backoff,
@@ -368,9 +368,13 @@ class Supervisor(_Supervising):
             self._finish()
         reports.supervisor_stopped(self._name, reason="shutdown")
         if abandoned:
+            # Named by what runs on (a nested supervisor's stuck child by its
+            # path, "workers/stuck"), not by the supervisor that contains it.
+            left = _left_running(self._children, abandoned)
             raise ShutdownError(
-                f"supervisor {self._name!r} stopped, but could not stop {abandoned}: "
-                f"abandoned ({_why_abandoned(self._children, abandoned)})"
+                f"supervisor {self._name!r} stopped, but could not stop "
+                f"{[path for path, _ in left]}: "
+                f"abandoned ({_why_abandoned({kind for _, kind in left})})"
             )
 
     async def wait(self) -> None:
