@@ -8,7 +8,7 @@ import sys
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from foundation.liveness._core import Down, Watch, redeliver_later, report
+from foundation.liveness._core import CANCELLED, Down, Watch, fire_retrying, redeliver_later, report
 from foundation.liveness._watches import _future_down, _release_unfired
 
 if TYPE_CHECKING:
@@ -177,6 +177,31 @@ class _AsyncioWatch(Watch):
             return
         self.state = _DETACHED
         self.fire_on_loop(_future_down(fut))
+
+    def fire_loop_closed(self) -> None:
+        """Its loop is closed (seen by the manager's poller): fire now, on the
+        poller's thread, as no callback of that loop ever runs again.
+
+        A future still pending can never complete: ``Down("cancelled")`` (it
+        was abandoned, as asyncio's own ``run()`` cancels what is left; before,
+        it stayed watched, and a registry kept its entry, for ever).
+
+        Races: a closed loop runs nothing and cannot be running (``close()``
+        refuses a running loop), so no done-callback of ours runs during or
+        after this, and ``state`` is ours to write. A future completed just
+        before the close had its done-callbacks queued, then dropped unrun
+        by the close: it is done, so its own Down (normal, exception,
+        cancelled) is told here. One whose callback did run has fired
+        (``down`` set): left alone (monitors it could not take are the
+        redeliverer's). An attach queued by a ``monitor()`` from another
+        thread and dropped by the close is the same as a pending future.
+        """
+        fut = self.ref()
+        if fut is None or self.down is not None:  # collected (entry dropped), or fired
+            return
+        self.state = _DETACHED
+        down = _future_down(fut) if fut.done() else CANCELLED
+        fire_retrying(self, down, "asyncio watch of a closed loop (the monitors left are retried)")
 
     def fire_on_loop(self, down: Down) -> None:
         """``fire``, on the loop's thread; monitors it could not take (out of

@@ -129,7 +129,14 @@ class _Closing(_ManagedWatches):
         self._polled_procs.clear()
 
     def _detach_asyncio_locked(self) -> None:
+        self._aio_loops.clear()
         aio = self._aio
+        if self._forked:
+            # In a forked child the loops are the parent's copies: queueing a
+            # removal (call_soon_threadsafe) writes to a self-pipe the parent's
+            # loop shares. Nothing of them runs here: just forget the watches.
+            aio.clear()
+            return
         for key in list(aio):
             self._step(aio[key].detach_soon, "removing an asyncio done-callback")
             del aio[key]  # once detached (a cut before: detached again, harmlessly)

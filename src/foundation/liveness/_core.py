@@ -42,7 +42,8 @@ class Down:
     ``reason`` is one of ``"normal"`` (returned; OS process exit code 0),
     ``"exception"`` (``exception`` holds it; None only if the process was out
     of memory to build this record: the death is told without it),
-    ``"cancelled"``, ``"exit"`` (OS process with a non-zero ``exit_code``, or
+    ``"cancelled"`` (also an asyncio future left pending when its event
+    loop was closed), ``"exit"`` (OS process with a non-zero ``exit_code``, or
     ``exit_code=None`` when the status of a foreign process cannot be read),
     ``"killed"`` (OS process ended by ``signal``), ``"noproc"`` (already dead
     when monitored) or ``"lease_expired"`` (remote agents).

@@ -8,7 +8,8 @@ Where each ``on_down`` runs (it is never called with a manager lock held):
 * on the ``spawn_thread`` thread itself, as its target returns or raises;
 * on the thread that completes a ``concurrent.futures.Future``;
 * on the event loop's thread for asyncio tasks and futures;
-* on ``foundation-<name>-threads`` for foreign threads (polled);
+* on ``foundation-<name>-threads`` for foreign threads (polled), and for
+  asyncio futures still pending when their loop is closed;
 * on ``foundation-<name>-pidfd`` for OS processes (or
   ``foundation-<name>-procpoll`` with the polling fallback);
 * on ``foundation-liveness-redeliver`` for the monitors of a ``spawn_thread``
@@ -27,6 +28,7 @@ import os
 import select
 import sys
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from foundation.errors import InvalidConfig, bounded_repr
@@ -101,6 +103,38 @@ def _bind_agent_types() -> None:
 _EXIT = Down("exit")  # a process whose exit status cannot be read
 _WAKE = (1).to_bytes(8, "little")  # what close() writes to the selector's eventfd
 
+# Every manager not yet collected, for the fork hook below (added once per
+# manager, in __init__: off every monitor/demonitor path).
+_MANAGERS: weakref.WeakSet[MonitorManager] = weakref.WeakSet()
+
+
+def _inherited_after_fork() -> None:
+    """``os.register_at_fork(after_in_child=...)``: every manager of the parent
+    is inherited by a forked child, sharing the parent's epoll instance, wake-up
+    eventfd and pidfds (the same open files, not copies). Used from the child,
+    they broke the PARENT: a ``close()`` woke (stopped) the parent's selector
+    for good, a ``demonitor()`` unregistered the parent's pidfd, a pidfd the
+    child registered spun the parent's selector. So each is marked here, in
+    the child, as inherited: closed (every ``monitor()`` raises ``Closed``,
+    saying so, with no check added to the hot path), and its ``close()`` /
+    ``demonitor()`` only close the child's own fd copies, never an
+    ``epoll_ctl`` nor a write to the wake-up fd. Its locks are new: a lock a
+    parent thread held at the fork stays held for ever in the child.
+
+    Race: none in the child (only the forking thread exists there); the
+    WeakSet is copied first, as a collection may drop entries meanwhile."""
+    for manager in list(_MANAGERS):
+        manager._forked = True
+        manager._closed = True
+        lock = manager._lock = threading.Lock()
+        manager._threads_cond = threading.Condition(lock)
+        manager._procs_cond = threading.Condition(lock)
+        manager._stopping = threading.Event()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_inherited_after_fork)
+
 
 class MonitorManager(_Closing):
     """Owns monitors and the threads and file descriptors that watch agents.
@@ -117,12 +151,20 @@ class MonitorManager(_Closing):
     its first monitor, kept while the future lives (monitors come and go
     without touching the loop) and removed by ``close()``; the future is held
     weakly, and one collected while still pending (it can never complete) has
-    its monitors released without being called. ``close()``
+    its monitors released without being called. One still pending when its
+    loop is closed is told ``Down("cancelled")`` on the threads poller (which
+    then also checks, every ``thread_poll_interval``, each distinct loop of
+    this manager's asyncio futures for ``is_closed()``). ``close()``
     releases every monitor without calling it, stops and joins the threads
     and closes every fd; every public call then raises ``errors.Closed``
     (``monitor()``, ``active_count()``, ``stats()``), except ``closed``,
     ``close()`` itself (idempotent) and ``repr()``.
-    A manager is not usable in a child after ``fork()``.
+    A manager is not usable in a child after ``fork()``: there it is closed
+    (``monitor()`` raises ``Closed``, saying it was inherited; ``closed`` is
+    True) and nothing the child does with it (``demonitor()``, ``close()``,
+    a registry's ``unregister()``/``close()``) reaches the parent's watcher
+    threads or their epoll: the child's ``close()`` only closes its own copies
+    of the fds. Create a new manager (or registry) in the child.
     A watcher thread outlives anything an ``on_down`` raises (``SystemExit``
     included) and its own defects: each is logged under
     ``foundation.liveness`` and the thread carries on. A death reaches every
@@ -185,6 +227,9 @@ class MonitorManager(_Closing):
         self._watches: dict[int, _ManagedWatch] = {}
         # This manager's asyncio watches by id(future), futures held weakly.
         self._aio: dict[int, _AsyncioWatch] = {}
+        # The distinct event loops of those watches, by id (held, so the id is
+        # theirs), checked for is_closed() by the threads poller; guarded by _lock.
+        self._aio_loops: dict[int, Any] = {}
         # Set (never allocating) when dropping entries of _monitors ran out of
         # memory (a fired monitor, a collected future's): see _sweep.
         self._sweep_needed = False
@@ -199,6 +244,10 @@ class MonitorManager(_Closing):
         self._thread_poller: threading.Thread | None = None
         self._proc_poller: threading.Thread | None = None
         self._hook_held = False
+        self._forked = False  # set in a forked child (_inherited_after_fork)
+        self._strays: set[int] = set()  # fds the epoll reported with no watch (once)
+        self._pid = os.getpid()  # the creating process (for Closed's message)
+        _MANAGERS.add(self)
 
     # ------------------------------------------------------------------ public
 
@@ -405,10 +454,13 @@ class MonitorManager(_Closing):
             if self._released:
                 return
             self._closed = True
+            forked = self._forked
+            # A forked child has none of the watcher threads (they are the
+            # parent's): nothing to wake or join.
             threads = [
                 t
                 for t in (self._pidfd_thread, self._thread_poller, self._proc_poller)
-                if t is not None
+                if t is not None and not forked
             ]
             self._step(self._stopping.set, "ending a watcher's pause")
             self._step(self._threads_cond.notify_all, "waking its thread poller")
@@ -418,8 +470,10 @@ class MonitorManager(_Closing):
         # see above): the other may have closed the wake-up fd meanwhile, and
         # an unrelated open() been given its number. Read and written under the
         # lock _release_resources closes it under: never a stale fd number.
+        # In a forked child the wake-up fd is the PARENT's eventfd (the same
+        # open file): a write there stopped the parent's selector for good.
         with self._lock:
-            wake_w = self._wake_w
+            wake_w = -1 if forked else self._wake_w
             woken = wake_w < 0 or self._step(os.write, "waking its pidfd selector", wake_w, _WAKE)
         interrupted = self._join_watchers(threads, woken=woken)
         self._release_resources()
@@ -577,6 +631,11 @@ class MonitorManager(_Closing):
                 raise self._closed_error()
             watch = self._aio.get(id(fut))
             if watch is None:
+                new_loop = id(loop) not in self._aio_loops
+                if new_loop:
+                    # The poller that sees the loop close; started first (it may
+                    # raise BackendUnavailable), so a failure stores nothing.
+                    self._thread_poller = self._ensure_poller_locked()
                 watch = _AsyncioWatch(self, fut, loop)
                 try:
                     if _get_running_loop() is loop:
@@ -586,6 +645,13 @@ class MonitorManager(_Closing):
                 except RuntimeError:  # the loop closed since the check above
                     return None
                 self._aio[watch.ref.key] = watch  # the same int object: 32 B less
+                # Race: the loop may close from here on (even before a queued
+                # attach ran): it is tracked under the same lock as the watch
+                # is stored, and the poller scans both under it, so the next
+                # round fires this watch (_poll_loops). Closed before the
+                # attach above, call_soon_threadsafe raised: noproc instead.
+                if new_loop:
+                    self._aio_loops[id(loop)] = loop
         return watch
 
     # ------------------------------------------------------------------ selector
@@ -603,10 +669,16 @@ class MonitorManager(_Closing):
         """
         with self._lock:
             watch = self._by_fd.get(fd)
+            if watch is None:
+                # No watch has it: a stale event (released since), or a
+                # registration that is not ours, reported again and again
+                # (level-triggered): drop it, or this thread spins.
+                self._drop_stray_locked(fd)
+                return
             # Race: the fd may have been released (and closed) after epoll
             # reported it, and its number reused by another process's pidfd:
             # confirm this fd really is ready before believing the event.
-            if watch is None or not pidfd_readable(fd):
+            if not pidfd_readable(fd):
                 return
             # Race: a last demonitor() may detach the watch (and close fd) as
             # soon as the lock is released: read the status (a non-blocking

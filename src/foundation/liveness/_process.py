@@ -61,12 +61,16 @@ _PROC_OK = os.path.isdir("/proc/self") and _read_stat(os.getpid()) is not None
 
 
 class OSProcess:
-    """Any OS process, by pid; safe against pid reuse.
+    """Any OS process, by pid; pid reuse is detected to within one clock tick.
 
     The constructor records the process's identity (its start time, from
-    ``/proc/<pid>/stat``), so a process that died and whose pid was reused by
-    another one is seen as dead. Where ``/proc`` is missing (non-Linux), only
-    ``kill(pid, 0)`` is available and pid reuse cannot be detected.
+    ``/proc/<pid>/stat``, in clock ticks: 10 ms at the usual 100 Hz), so a
+    process that died and whose pid was reused by another one is seen as
+    dead, unless the new process started within the same tick (then the two
+    cannot be told apart and the new one passes for the old). A monitor is
+    exact once its pidfd is open (it pins the process; the identity is
+    checked right after opening it). Where ``/proc`` is missing (non-Linux),
+    only ``kill(pid, 0)`` is available and pid reuse cannot be detected.
 
     A pid with no process behind it is accepted and gives a dead handle
     (``is_alive()`` is False, monitoring it reports ``"noproc"``): a process may

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import select
 import threading
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["_DEFECT_BACKOFF", "_HAS_EVENTFD", "_WatcherThreads"]
 
 _HAS_EVENTFD = hasattr(os, "eventfd")
+_log = logging.getLogger("foundation.liveness")
 # After a defect of a watcher loop itself (not a callback's error): pause this
 # long before the next iteration, so that a repeating defect cannot spin hot.
 _DEFECT_BACKOFF = 0.1
@@ -55,6 +57,7 @@ class _WatcherThreads:
         _monitors: dict[Monitor, None]
         _watches: dict[int, _ManagedWatch]
         _aio: dict[int, _AsyncioWatch]
+        _aio_loops: dict[int, Any]
         _sweep_needed: bool
         _polled_threads: dict[int, _ThreadWatch]
         _polled_procs: dict[int, _ProcessWatch]
@@ -67,6 +70,9 @@ class _WatcherThreads:
         _thread_poller: threading.Thread | None
         _proc_poller: threading.Thread | None
         _hook_held: bool
+        _forked: bool
+        _pid: int
+        _strays: set[int]
 
         def _pidfd_ready(self, fd: int) -> None: ...  # MonitorManager's
 
@@ -75,6 +81,12 @@ class _WatcherThreads:
         return self._closed
 
     def _closed_error(self) -> Closed:
+        if self._forked:
+            return Closed(
+                f"MonitorManager {self._name!r} was inherited across fork() (created in "
+                f"process {self._pid}, this is {os.getpid()}): it watches nothing in this "
+                "child; create a new MonitorManager (or registry) in the child"
+            )
         return Closed(f"MonitorManager {self._name!r} is closed")
 
     def _exhausted(self, exc: BaseException, what: str) -> BackendUnavailable:
@@ -88,11 +100,8 @@ class _WatcherThreads:
     def _attach_locked(self, watch: _ManagedWatch) -> bool:
         """Start watching; False if the agent is already gone. Lock held."""
         if isinstance(watch, _ThreadWatch):
-            self._thread_poller = self._poll_locked(
-                watch, self._thread_poller, "threads",
-                table=self._polled_threads, cond=self._threads_cond,
-                interval=self._thread_interval, check=_thread_down,
-            )  # fmt: skip
+            self._thread_poller = self._ensure_poller_locked()
+            self._polled_threads[watch.key] = watch
             return True
         assert isinstance(watch, _ProcessWatch)
         if self._use_pidfd:
@@ -105,6 +114,64 @@ class _WatcherThreads:
             interval=self._process_interval, check=exit_down,
         )  # fmt: skip
         return True
+
+    def _ensure_poller_locked(self) -> threading.Thread:
+        """The threads poller (``foundation-<name>-threads``), started if need
+        be: it polls foreign threads and checks the asyncio watches' loops for
+        ``is_closed()``. Lock held; ``BackendUnavailable`` if no thread starts.
+
+        Race: it idles while it has nothing to check; the caller adds to
+        ``_polled_threads`` or ``_aio_loops`` and notifies, under this lock,
+        so the poller's idle check (also under it) cannot miss the addition."""
+        poller = self._thread_poller
+        if poller is None:
+            poller = self._start(
+                "threads", self._poll_loop, self._polled_threads, self._threads_cond,
+                self._thread_interval, _thread_down, True,
+            )  # fmt: skip
+        elif not self._polled_threads and not self._aio_loops:
+            self._threads_cond.notify_all()  # wakes it from its idle wait
+        return poller
+
+    def _poll_loops(self) -> None:
+        """One round's check of the asyncio watches' loops: fire every watch of
+        a loop that is closed (``_AsyncioWatch.fire_loop_closed``), once per
+        distinct loop (cheap: a loop, not each future, is checked).
+
+        Races: ``is_closed()`` is read without the lock (a loop method); a loop
+        found closed is taken out of ``_aio_loops`` and its watches listed under
+        the lock, as ``_asyncio_watch`` stores a watch and its loop under it:
+        no watch of it can be added after (its loop closed: the attach raises,
+        it is noproc). A watch collected meanwhile fires nothing (its future is
+        gone). Once no asyncio watch is left, the loops still open are dropped
+        too (not held for ever): the next watch of one adds it again."""
+        with self._lock:
+            if not self._aio:
+                self._aio_loops.clear()
+                return
+            loops = list(self._aio_loops.values())
+        for loop in loops:
+            try:
+                if not loop.is_closed():
+                    continue
+            except Exception as exc:  # an odd loop type must not stop the poller
+                report(exc, f"liveness: is_closed() of {loop!r}")
+                continue
+            with self._lock:
+                if self._aio_loops.pop(id(loop), None) is not loop:
+                    continue
+                # A copy first (one C call, no allocation per item): a collected
+                # future's weakref callback pops _aio without this lock, on any
+                # thread (this one too, at a collection inside the comprehension).
+                watches = [w for w in list(self._aio.values()) if w.loop is loop]
+            escaped: BaseException | None = None
+            for watch in watches:
+                try:
+                    watch.fire_loop_closed()
+                except BaseException as exc:  # an on_down's SystemExit: the others still
+                    escaped = escaped or exc
+            if escaped is not None:
+                raise escaped
 
     def _poll_locked(
         self,
@@ -169,8 +236,11 @@ class _WatcherThreads:
         cond: threading.Condition,
         interval: float,
         check: Callable[[Any], Down | None],
+        loops: bool = False,
     ) -> None:
         """Every ``interval`` s, check each watched agent; fire the dead ones.
+        With ``loops`` (the threads poller), also the asyncio watches' loops
+        (:meth:`_poll_loops`).
 
         Nothing escapes an iteration: see :meth:`_survive`. A ``MemoryError``
         anywhere in a round (the snapshot copy, a check, the wait itself) is
@@ -182,13 +252,15 @@ class _WatcherThreads:
         while True:
             try:
                 with self._lock:
-                    while not self._closed and not table:
+                    while not self._closed and not table and not (loops and self._aio_loops):
                         cond.wait()
                     if self._closed:
                         return
                     # A copy of every watch: MemoryError here too (inside the try).
                     snapshot: list[_ManagedWatch] = list(table.values())
                 self._poll_once(table, snapshot, check)
+                if loops:
+                    self._poll_loops()
                 out_of_memory = False
             except MemoryError as exc:
                 if not out_of_memory:
@@ -307,6 +379,63 @@ class _WatcherThreads:
         self._wake_r, self._wake_w = wake_r, wake_w
         self._pidfd_thread = thread
 
+    def _drop_stray_locked(self, fd: int) -> None:
+        """The epoll reported ``fd``, which no watch has; lock held.
+
+        Either a stale event (its watch was released, its fd closed, after
+        the epoll reported it: the registration went with the close) or a
+        registration this manager cannot name: one added to its epoll by
+        other code (before the fork fix, a forked child registering its own
+        pidfd in the shared epoll), or a pidfd of ours closed behind our back
+        while a copy keeps its open file (and so its registration) alive. The
+        epoll is level-triggered: such an fd is reported on every poll, and the
+        selector spun at 100% CPU. Unregistered if this process can name it;
+        else (EBADF, ENOENT: the number names no file, or another one) the
+        epoll is rebuilt with exactly this manager's registrations once the fd
+        is reported a second time (a stale event is reported once: no rebuild,
+        no WARNING for it).
+
+        Race: ``monitor()`` registers under this lock, so the new epoll misses
+        no pidfd; the selector (this thread) polls the new one from its next
+        poll (see ``_pidfd_loop``); ``close()`` closes whichever is current.
+        A failure (out of fds or memory) is raised to the selector, which
+        pauses (``_survive``) and meets the fd again: slow, never hot.
+        """
+        epoll = self._epoll
+        if epoll is None:
+            return
+        try:
+            epoll.unregister(fd)
+        except OSError:
+            pass
+        else:
+            return
+        # Race: a stale event (a release racing a death) names an fd whose
+        # registration went with its close: it is never reported again. A
+        # registration the epoll keeps is (level-triggered): rebuild, and say
+        # so, only for an fd reported a second time, never for a stale event.
+        strays = self._strays
+        if fd not in strays:
+            if len(strays) >= 1024:  # numbers of stale events: bounded
+                strays.clear()
+            strays.add(fd)
+            return
+        strays.clear()
+        fresh = select.epoll()
+        try:
+            fresh.register(self._wake_r, select.EPOLLIN)
+            for pidfd in self._by_fd:
+                fresh.register(pidfd, select.EPOLLIN)
+        except BaseException:
+            fresh.close()
+            raise
+        self._epoll = fresh
+        epoll.close()
+        _log.warning(
+            "MonitorManager %r: fd %d in its epoll has no watch (a registration "
+            "that is not its own); epoll rebuilt", self._name, fd,
+        )  # fmt: skip
+
     def _pidfd_loop(self, epoll: select.epoll, wake_r: int) -> None:
         """Wait on every pidfd at once; the wake-up fd only ever means "stop".
 
@@ -329,3 +458,6 @@ class _WatcherThreads:
                     self._pidfd_ready(fd)
                 except BaseException as exc:
                     self._survive(exc, "pidfd selector")
+            # _drop_stray_locked (run above, on this thread) may have replaced
+            # the epoll; None only once closed (seen at the loop's test).
+            epoll = self._epoll or epoll

@@ -150,8 +150,13 @@ class _ProcessWatch(_ManagedWatch):
             manager._polled_procs.pop(self.key, None)
             return
         # Unregistered first: if that fails (ENOMEM), nothing changed and the
-        # watch is still found by its fd (the selector retries it).
-        if manager._epoll is not None:
+        # watch is still found by its fd (the selector retries it). Not in a
+        # forked child: its epoll is the parent's (the same instance), and
+        # the registration the parent's: unregistering it there hid that
+        # process's death from the parent. Closing the child's copy of the fd
+        # below does not remove it (epoll drops a registration only once
+        # every fd of that open file is closed, and the parent keeps its own).
+        if manager._epoll is not None and not manager._forked:
             # Race (Ctrl-C): a release cut right after its unregister left the
             # fd open and in _by_fd; this repeat (ENOENT) finishes it.
             with contextlib.suppress(FileNotFoundError):
