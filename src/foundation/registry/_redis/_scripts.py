@@ -14,7 +14,6 @@ key patterns such as ``~{ns}:*`` apply):
 ``P:owned:<node>`` set      encoded keys owned by a node (what its lease covers)
 ``P:leases`` sorted set     node -> lease deadline (ms, Redis server clock)
 ``P:lastbeat`` string       server time (ms) of the last successful heartbeat of any node
-``P:due``    sorted set     node -> its last heartbeat plus its own grace (ms): when it is overdue
 ``P:nodes``  hash           node -> JSON description (host, pid, started)
 ``P:ver``    string         change counter: every change record's version
 ``P:log``    stream         change records ``v, op, k, ...`` (about MAXLEN versions)
@@ -40,13 +39,11 @@ heartbeat does not count against anybody). A node that is really dead is
 still reaped, ``gap`` later; a dead node while others heartbeat (no global
 gap) is reaped within ``lease_ttl`` plus one heartbeat, as before.
 
-Nodes may run with different ``lease_ttl`` (so different heartbeats and
-graces): a silence shorter than the grace of the node judging it may still be
-longer than another node's. So each heartbeat also records when that node is
-overdue (``P:due``: its beat plus its own grace), and a silence in which some
-node fell overdue is an outage too, whoever judges it. A node that died falls
-overdue once: the heal that follows moves ``P:lastbeat`` past that moment, so it
-is not healed again and is reaped one gap later.
+The grace is that of the node running the script: with different
+``lease_ttl`` on different nodes, a silence shorter than the judging node's
+grace but longer than another node's lease is not taken for an outage, and the
+other node's live agents are reaped (docs/redis.md, "Leases": give every node
+of a namespace the same ``lease_ttl``).
 
 **Failing cleanly.** A write rejected by an unhealthy server (``READONLY``,
 ``OOM``) fails at the script's first write, before anything changed: the
@@ -422,16 +419,7 @@ end
 -- anyone reaps. Returns the gap applied (0: none).
 local function heal(now, grace)
   local last = tonumber(redis.call('GET', P .. ':lastbeat') or '')
-  if not last then return 0 end
-  if now - last <= grace then
-    -- Silent for less than OUR grace, but nodes may have another lease_ttl: a
-    -- node whose next heartbeat was due inside the silence (P:due: its last beat
-    -- plus its own grace) could not renew either. Race-free: read and judged in
-    -- this script. A dead node is due once: after this heal P:lastbeat is past its
-    -- due time, so it heals nothing more and is reaped (one gap later).
-    local due = redis.call('ZRANGEBYSCORE', P .. ':due', '(' .. last, '(' .. now, 'LIMIT', 0, 1)
-    if #due == 0 then return 0 end
-  end
+  if not last or now - last <= grace then return 0 end
   local gap = now - last
   local all = redis.call('ZRANGE', P .. ':leases', 0, -1, 'WITHSCORES')
   -- First write of the script: on an unhealthy server it fails here, cleanly.
@@ -511,7 +499,13 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
         -- ours cannot be the one that keeps the key (the key was free when ours
         -- was registered), so ours replaces it; one script decides, so only one
         -- of the two holds the key, and `owner` learns it from this delete record
-        -- (its tail, or its own re-assert, which then gets EXISTS).
+        -- (its tail, or its own re-assert, which then gets EXISTS). Limits: when
+        -- both nodes lost their leases in turn (ours reaped, `owner` registered,
+        -- `owner` reaped, ours re-asserted), `owner`'s re-assert takes the key
+        -- from ours the same way (still one holder; our live agent is told
+        -- "replaced"). And 't' is each node's clock: a skew larger than the time
+        -- between two registrations of the key (a lease_ttl at least, when a reap
+        -- came between them) can order them wrongly, with the same outcome.
         why = 'replaced'
       else
         return {'EXISTS', owner, redis.call('HGET', P .. ':head', ek),
@@ -708,7 +702,6 @@ local function forget_node(node, why, down_reason)
   end
   redis.call('DEL', owned)
   redis.call('ZREM', P .. ':leases', node)
-  redis.call('ZREM', P .. ':due', node)
   redis.call('HDEL', P .. ':nodes', node)
   return n
 end
@@ -747,8 +740,6 @@ local gap = heal(now, grace)
 -- The first write (denyoom): READONLY or OOM fail the script here, before any
 -- reap. Only a successful heartbeat moves P:lastbeat.
 redis.call('SET', P .. ':lastbeat', now)
--- When our next heartbeat is due at the latest (heal: nodes of other lease_ttl).
-redis.call('ZADD', P .. ':due', now + grace, node)
 local reaped = reap(now)
 local had = redis.call('ZSCORE', P .. ':leases', node)
 redis.call('ZADD', P .. ':leases', now + ttl, node)
