@@ -153,8 +153,10 @@ class MonitorManager(_Closing):
     weakly, and one collected while still pending (it can never complete) has
     its monitors released without being called. One still pending when its
     loop is closed is told ``Down("cancelled")`` on the threads poller (which
-    then also checks, every ``thread_poll_interval``, each distinct loop of
-    this manager's asyncio futures for ``is_closed()``). ``close()``
+    then also checks each distinct loop of this manager's asyncio futures for
+    ``is_closed()``: every ``thread_poll_interval`` while it polls foreign
+    threads, else every ``LOOP_CHECK_INTERVAL``, one second: no wake-up 20
+    times a second for a program that only monitors tasks). ``close()``
     releases every monitor without calling it, stops and joins the threads
     and closes every fd; every public call then raises ``errors.Closed``
     (``monitor()``, ``active_count()``, ``stats()``), except ``closed``,
@@ -245,7 +247,10 @@ class MonitorManager(_Closing):
         self._proc_poller: threading.Thread | None = None
         self._hook_held = False
         self._forked = False  # set in a forked child (_inherited_after_fork)
-        self._strays: set[int] = set()  # fds the epoll reported with no watch (once)
+        # fds the epoll reported with no watch, in the selector's previous and
+        # current round (_drop_stray_locked; the selector thread's only)
+        self._strays: set[int] = set()
+        self._strays_now: set[int] = set()
         self._pid = os.getpid()  # the creating process (for Closed's message)
         _MANAGERS.add(self)
 

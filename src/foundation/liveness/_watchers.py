@@ -38,6 +38,9 @@ _log = logging.getLogger("foundation.liveness")
 # After a defect of a watcher loop itself (not a callback's error): pause this
 # long before the next iteration, so that a repeating defect cannot spin hot.
 _DEFECT_BACKOFF = 0.1
+# Seconds between two checks of the asyncio watches' loops (is_closed()) while
+# the threads poller has no foreign thread to poll.
+LOOP_CHECK_INTERVAL = 1.0
 
 
 class _WatcherThreads:
@@ -73,6 +76,7 @@ class _WatcherThreads:
         _forked: bool
         _pid: int
         _strays: set[int]
+        _strays_now: set[int]
 
         def _pidfd_ready(self, fd: int) -> None: ...  # MonitorManager's
 
@@ -129,8 +133,11 @@ class _WatcherThreads:
                 "threads", self._poll_loop, self._polled_threads, self._threads_cond,
                 self._thread_interval, _thread_down, True,
             )  # fmt: skip
-        elif not self._polled_threads and not self._aio_loops:
-            self._threads_cond.notify_all()  # wakes it from its idle wait
+        elif not self._polled_threads:
+            # Wakes it from its idle wait, or from the slower pause it takes
+            # while it only checks loops (a first foreign thread is polled at
+            # once, every interval from then on).
+            self._threads_cond.notify_all()
         return poller
 
     def _poll_loops(self) -> None:
@@ -269,7 +276,13 @@ class _WatcherThreads:
                         report(exc, "liveness poller (out of memory; retrying each interval)", self)
             except BaseException as exc:  # this thread outlives anything: report, carry on
                 self._survive(exc, "liveness poller")
-            if self._pause(cond, interval):
+            # With no foreign thread to poll, only loops to check: a slower
+            # pace (a program monitoring only tasks is woken once a second, not
+            # every interval). Race: table is read without the lock; a thread
+            # watch added meanwhile notifies cond (_ensure_poller_locked), which
+            # ends this pause early.
+            pause = interval if table or not loops else max(interval, LOOP_CHECK_INTERVAL)
+            if self._pause(cond, pause):
                 return
 
     def _pause(self, cond: threading.Condition, interval: float) -> bool:
@@ -412,15 +425,14 @@ class _WatcherThreads:
             return
         # Race: a stale event (a release racing a death) names an fd whose
         # registration went with its close: it is never reported again. A
-        # registration the epoll keeps is (level-triggered): rebuild, and say
-        # so, only for an fd reported a second time, never for a stale event.
-        strays = self._strays
-        if fd not in strays:
-            if len(strays) >= 1024:  # numbers of stale events: bounded
-                strays.clear()
-            strays.add(fd)
+        # registration the epoll keeps is (level-triggered), at the very next
+        # poll: rebuild, and say so, only for an fd met in two rounds in a row
+        # (_pidfd_loop keeps the previous round's), never for a stale event,
+        # even one whose number a later stale event reuses.
+        if fd not in self._strays:
+            self._strays_now.add(fd)
             return
-        strays.clear()
+        self._strays.clear()
         fresh = select.epoll()
         try:
             fresh.register(self._wake_r, select.EPOLLIN)
@@ -461,3 +473,7 @@ class _WatcherThreads:
             # _drop_stray_locked (run above, on this thread) may have replaced
             # the epoll; None only once closed (seen at the loop's test).
             epoll = self._epoll or epoll
+            # The fds met with no watch in this round are those to rebuild for
+            # if the next round meets them again (only this thread uses them).
+            if self._strays or self._strays_now:
+                self._strays, self._strays_now = self._strays_now, set()
