@@ -128,7 +128,7 @@ def test_a_change_on_one_store_reaches_another_store_in_the_same_process(
     assert b.enabled("beta", actor="alice") is True
 
 
-def test_a_store_does_not_report_its_own_commits_to_its_subscribers(
+def test_a_store_reports_its_own_commits_to_its_other_subscribers_only(
     redis_server: RedisServer, open_store: StoreFactory, open_flags: OpenFlags
 ) -> None:
     mine = open_store(redis_server.url)
@@ -137,6 +137,8 @@ def test_a_store_does_not_report_its_own_commits_to_its_subscribers(
     mine.subscribe(mine_heard)
     other.subscribe(other_heard)
     flags = open_flags(mine)
+    flags_heard: list[FlagChange] = []
+    flags.subscribe(flags_heard.append)
 
     flags.enable("beta")
     flags.reset_all(by="ops")  # one transaction, several changes
@@ -144,8 +146,14 @@ def test_a_store_does_not_report_its_own_commits_to_its_subscribers(
     assert wait_until(lambda: other_heard.count() == 2)
     assert other_heard.deliveries[0][0].flag == "beta"
     assert [c.flag for c in other_heard.deliveries[1]] == ["beta"]
-    # The same stream carried both to `mine`, which skipped them as its own.
-    assert mine_heard.count() == 0
+    # The same stream carried both to `mine`: told to its other subscriber (a
+    # FeatureFlags sharing the store object would be one), not back to `flags`,
+    # which wrote them and heard them at the write.
+    assert wait_until(lambda: mine_heard.count() == 2)
+    assert mine_heard.flags() == ["beta", "beta"]
+    open_flags(other).enable("gamma")  # a fence: delivered after any second copy
+    assert wait_until(lambda: any(c.flag == "gamma" for c in flags_heard))
+    assert [c.flag for c in flags_heard] == ["beta", "beta", "gamma"]
 
 
 def test_a_commit_between_load_and_subscribe_makes_the_store_send_a_reload(

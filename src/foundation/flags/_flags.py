@@ -63,6 +63,7 @@ from foundation.flags._store import (
     MemoryFlagStore,
     StoreTransaction,
     check_percentage,
+    writing_as,
 )
 from foundation.flags._typed import (
     Evaluation,
@@ -553,6 +554,7 @@ class FeatureFlags:
         "_owns_store",
         "_plain",
         "_released",
+        "_remote",
         "_rules",
         "_runtime",
         "_split_cache",
@@ -603,7 +605,10 @@ class FeatureFlags:
             self._reload()
             # Subscribe after the first load: a remote change that lands in
             # between is seen by that load or reported by the store later.
-            self._unsubscribe = self._store.subscribe(self._on_remote)
+            # One bound method, kept: the store knows this subscriber by identity,
+            # so that it does not report our own writes back (``writing_as``).
+            self._remote = self._on_remote
+            self._unsubscribe = self._store.subscribe(self._remote)
 
     @classmethod
     def from_store(cls, store: FlagStore) -> FeatureFlags:
@@ -1064,7 +1069,11 @@ class FeatureFlags:
                 return result
 
             commit = self._store.kill_switch if kill_switch else self._store.transaction
-            result = commit(run)
+            # Other subscribers of the store (FeatureFlags sharing it) hear this
+            # commit from the store; this object applies it below, so the store
+            # skips it here (else our listeners heard it twice).
+            with writing_as(self._remote):
+                result = commit(run)
             writes = self._committed_writes(attempts)
             if writes:
                 runtime = dict(self._runtime)
@@ -1163,7 +1172,7 @@ class FeatureFlags:
         self._plain = plain
 
     def _on_remote(self, changes: list[FlagChange]) -> None:
-        """Store callback: another process committed; reload, then tell our listeners.
+        """Store callback: another process or subscriber committed; reload, then tell our listeners.
 
         ``[]`` ("reload": after an outage, a resync, a superseded kill switch)
         carries no records, so listeners hear each effective change the reload

@@ -81,12 +81,14 @@ from foundation.flags._store import (
     FlagStore,
     MigrationEvent,
     StoreTransaction,
+    SubscriberMarks,
     _loads,
     catalogue_entries,
     check_history_limit,
     check_key,
     check_put,
     check_put_migration,
+    current_writer,
     events_to_keep,
     log_trim,
     plan_from_json,
@@ -310,6 +312,7 @@ class SQLiteFlagStore(FlagStore):
         self._closed = False
         self._released = False  # close() ran to its end: watcher joined, connections closed
         self._callbacks: tuple[Callable[[list[FlagChange]], None], ...] = ()
+        self._marks = SubscriberMarks()  # names a row's writing subscriber (_row_origin)
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         self._loaded_upto: int | None = None  # history id of the last load_states() snapshot
@@ -577,7 +580,7 @@ class SQLiteFlagStore(FlagStore):
                     # again, the kill switch included. _rollback() ends it (and
                     # does nothing if the BEGIN did not run).
                     self._begin()
-                    txn = _Txn(self._conn, self._origin)
+                    txn = _Txn(self._conn, self._row_origin())
                     result = fn(txn)
                     due = (txn.wrote and self._trim_due()) or (
                         txn.wrote_events and self._events_trim_due()
@@ -592,6 +595,17 @@ class SQLiteFlagStore(FlagStore):
                 # file size limit); it must never fail or undo the commit.
                 self._trim_after_commit()
             return result
+
+    def _row_origin(self) -> str:
+        """The ``origin`` of the history rows this transaction writes (caller holds
+        ``_lock``): the store's, and the subscriber writing (``writing_as``), if any,
+        which the watcher then does not tell (see ``_deliver_remote``).
+
+        Other processes compare the whole text with their own origin: to them it
+        is another store's row, whichever suffix it carries.
+        """
+        mark = self._marks.of(current_writer(self._callbacks))
+        return f"{self._origin}.{mark}" if mark else self._origin
 
     def _trim_due(self) -> bool:
         """Whether the history is over ``history_limit + trim_slack`` (in the write
@@ -818,6 +832,7 @@ class SQLiteFlagStore(FlagStore):
                 self._last_id, self._feed = top, Replay(states)
             # Registered before the watcher can deliver anything meant for it.
             self._callbacks = (*self._callbacks, callback)
+            self._marks.add(callback)
             if first:
                 watcher = threading.Thread(
                     target=self._watch, name=f"foundation-sqlite-flags:{self.path}", daemon=True
@@ -836,7 +851,14 @@ class SQLiteFlagStore(FlagStore):
                 with self._read_lock:
                     self._catch_up = (*self._catch_up, callback)
 
-        return unsubscriber(self, "_callbacks", self._lock, callback)
+        remove = unsubscriber(self, "_callbacks", self._lock, callback)
+
+        def unsubscribe() -> None:
+            remove()
+            with self._lock:  # after: a mark goes with the callback's last subscription
+                self._marks.remove(callback, self._callbacks)
+
+        return unsubscribe
 
     def close(self) -> None:
         # Race: a Ctrl-C lands at any call in here. Once _closed was set, the
@@ -851,7 +873,12 @@ class SQLiteFlagStore(FlagStore):
             self._closed = True
             self._stop.set()
             watcher = self._watcher
-        if watcher is not None:
+        # close() from a subscriber's callback runs on the watcher: it cannot
+        # join itself (RuntimeError, and the store was left half-closed). It
+        # releases the connections here all the same: the watcher uses only its
+        # own (closed by _watch on its way out), and it exits once the callback
+        # returns (_stop is set; _deliver_remote calls no other subscriber).
+        if watcher is not None and watcher is not threading.current_thread():
             watcher.join()
         with self._lock, self._read_lock:
             self._conn.close()
@@ -948,27 +975,44 @@ class SQLiteFlagStore(FlagStore):
                 self._call(callback, [])
 
     def _deliver_remote(self, rows: list[tuple[int, str, str]], conn: sqlite3.Connection) -> None:
-        """Deliver the changes of ``rows`` (id, origin, record) other stores committed.
+        """Deliver the changes of ``rows`` (id, origin, record) to the subscribers:
+        every change to every subscriber but the one that wrote it (``_row_origin``).
 
-        Every row, ours included, is replayed: each is the base of the next delta.
+        Several FeatureFlags may share this store object: each must hear the
+        others' writes (a kill switch among them), and only the writer knows its
+        own already. Every row is replayed: each is the base of the next delta.
         """
-        changes: list[FlagChange] = []
-        remote = False
+        own = self._origin + "."
+        batch: list[tuple[str, FlagChange]] = []  # (writing subscriber or "", change)
         try:
             for _id, origin, text in rows:
                 change = self._feed.feed_json(text)
-                if origin != self._origin and change is not None:
-                    remote = True
-                    changes.append(change)
+                if change is not None:
+                    writer = origin[len(own) :] if origin.startswith(own) else ""
+                    batch.append((writer, change))
         except FlagError:
             # Unreadable records: the replayed states are no longer known. Start
             # again from a snapshot, and tell subscribers to reload (which covers
             # every row up to that snapshot, so none is skipped unreported).
             self._reset_feed(conn)
-            remote, changes = True, []
-        if remote:
             self._hot_until = time.monotonic() + HOT_FOR
-            self._deliver(changes)
+            self._deliver([])
+            return
+        if not batch:
+            return
+        self._hot_until = time.monotonic() + HOT_FOR
+        # Races: the watcher is the one thread delivering, rows in id (= commit)
+        # order, so each subscriber hears commits in commit order. The subscribers
+        # are read now: one that subscribed after a commit hears it too (it was
+        # told to reload anyway); one unsubscribed is not called. A writer is
+        # named by its mark, never reused (``SubscriberMarks``): only it is skipped.
+        for callback in self._callbacks:
+            if self._closed:  # close() from a callback: the others are not called
+                return
+            me = self._marks.of(callback)
+            changes = [change for writer, change in batch if not writer or writer != me]
+            if changes:  # never [] here: that means "reload"
+                self._call(callback, changes)
 
     def _reset_feed(self, conn: sqlite3.Connection) -> None:
         import sqlite3
@@ -981,6 +1025,8 @@ class SQLiteFlagStore(FlagStore):
 
     def _deliver(self, changes: list[FlagChange]) -> None:
         for callback in self._callbacks:
+            if self._closed:  # close() from a callback: the others are not called
+                return
             self._call(callback, changes)
 
     @staticmethod

@@ -91,12 +91,17 @@ Store contract (``FlagStore``):
     with ``load_states()``. ``changes`` are that transaction's history records
     when the store knows them; an empty list means "something changed, reload"
     (for example after a lost notification). Changes made through this store
-    object are never reported: the writer already knows them. Callbacks run on
+    object are reported too, to every subscriber but the one that wrote them:
+    several ``FeatureFlags`` (an application's and an admin tool's
+    ``from_store``) may share one store object, and each must see the others'
+    writes. The writer names itself with ``writing_as(callback)`` around
+    ``transaction``/``kill_switch`` (``FeatureFlags`` does): that subscription
+    is skipped, since the writer already knows its change. Callbacks run on
     a store-owned thread, must be quick, and must not raise (an exception is
     logged under ``foundation.flags`` and passed to ``sys.unraisablehook`` if
-    one is installed; the thread carries on). A store without remote writers
-    (memory) never calls it. Delivery is at least once and in commit order per
-    store.
+    one is installed; the thread carries on). Delivery is at least once and in
+    commit order per subscriber. A store that ignores ``writing_as`` (a
+    third-party one written before it) reports only other objects' changes.
 
 ``record_catalogue(flags)`` / ``catalogue() -> dict[str, FlagInfo]``
     The flag catalogue: every flag some application declared on this store
@@ -136,7 +141,10 @@ import logging
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -750,6 +758,59 @@ def events_to_keep(count: int, limit: int | None) -> int | None:
     return limit
 
 
+_WRITER: ContextVar[object] = ContextVar("foundation_flags_writer", default=None)
+
+
+@contextmanager
+def writing_as(callback: object) -> Iterator[None]:
+    """The transactions run in this block are written by the subscriber ``callback``
+    (the very object passed to ``subscribe``): the store does not tell it about them
+    (see ``subscribe`` in the module docs)."""
+    token = _WRITER.set(callback)
+    try:
+        yield
+    finally:
+        _WRITER.reset(token)
+
+
+def current_writer(callbacks: Iterable[object]) -> object:
+    """The subscriber among ``callbacks`` writing in this context (``writing_as``), or None."""
+    writer = _WRITER.get()
+    if writer is None:
+        return None
+    return writer if any(c is writer for c in callbacks) else None
+
+
+class SubscriberMarks:
+    """A store's mark of each live subscription: text never reused, so a record of
+    a change can name its writer (``writing_as``) and the store skip only that one.
+
+    Not ``id()`` alone: a subscriber freed before its change was delivered could
+    share it with a newer one, which would then miss the change. The caller
+    holds the store's lock for ``add``/``remove``; ``of`` is one dict lookup.
+    """
+
+    __slots__ = ("_next", "_of")
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._of: dict[int, str] = {}  # id(callback) -> mark; the store holds the callback
+
+    def add(self, callback: object) -> None:
+        if id(callback) not in self._of:  # subscribed twice: one mark
+            self._next += 1
+            self._of[id(callback)] = str(self._next)
+
+    def remove(self, callback: object, remaining: Iterable[object]) -> None:
+        """Forget ``callback``'s mark unless it is still subscribed (``remaining``)."""
+        if not any(c is callback for c in remaining):
+            self._of.pop(id(callback), None)
+
+    def of(self, callback: object) -> str:
+        """``callback``'s mark; "" for None or a callback not subscribed."""
+        return "" if callback is None else self._of.get(id(callback), "")
+
+
 def report_callback_error(
     exc: BaseException, callback: object, what: str = "flag store subscriber"
 ) -> None:
@@ -764,6 +825,7 @@ class _MemoryTransaction(StoreTransaction):
         self._store = store
         self.states: dict[str, FlagState | None] = {}
         self.changes: list[dict[str, Any]] = []  # records as _history.encode makes them
+        self.originals: list[FlagChange] = []  # ... and as put: what subscribers are told
         self.stages: dict[str, int] = {}
         self.events: list[MigrationEvent] = []
 
@@ -782,6 +844,7 @@ class _MemoryTransaction(StoreTransaction):
         # base would be in no record.
         before = self.get(name) if self._has_records(name) else None
         self.changes.append(encode(change, before, state))
+        self.originals.append(change)
         self.states[name] = state
 
     def _has_records(self, name: str) -> bool:
@@ -833,6 +896,15 @@ class MemoryFlagStore(FlagStore):
         self._catalogue: dict[str, FlagInfo] = {}
         self._plans: dict[str, str] = {}  # name -> plan JSON (a snapshot, never the object)
         self._closed = False
+        # Subscribers (several FeatureFlags may share this store) and what they are
+        # owed: (callbacks, changes) in commit order, delivered by a courier thread
+        # that runs only while there is something to deliver (see _fan_out).
+        self._callbacks: tuple[Callable[[list[FlagChange]], None], ...] = ()
+        self._outbox: deque[tuple[tuple[Callable[[list[FlagChange]], None], ...], list[FlagChange]]]
+        self._outbox = deque()
+        self._courier: threading.Thread | None = None
+        self._commits = 0  # transactions that changed flag state (see subscribe)
+        self._load_marks = threading.local()  # per thread: _commits at its last load_states
 
     def _check(self) -> None:
         if self._closed:
@@ -841,6 +913,7 @@ class MemoryFlagStore(FlagStore):
     def load_states(self) -> dict[str, FlagState]:
         with self._lock:
             self._check()
+            self._load_marks.commits = self._commits
             return dict(self._states)
 
     def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
@@ -860,9 +933,70 @@ class MemoryFlagStore(FlagStore):
             self._events.extend(txn.events)
             if txn.changes:
                 self._trim_history()
+                self._commits += 1
+                self._fan_out(txn.originals)
             if txn.events:
                 self._trim_events()
             return result
+
+    def _fan_out(self, changes: list[FlagChange]) -> None:
+        """Queue a committed transaction's ``changes`` for every subscriber but its
+        writer (``writing_as``); the caller holds the lock.
+
+        Never called back in the writer's thread: the writer (``FeatureFlags``)
+        holds its own lock around the commit, and a subscriber's callback takes
+        its own: two of them writing at once would each wait for the other.
+        Races: queued under the store lock, so the queue order is the commit
+        order, and a courier delivers one item at a time, so every subscriber
+        hears commits in commit order. The subscribers are those at commit: one
+        subscribing later is owed a reload instead (``subscribe``); one that
+        unsubscribed before the delivery is skipped then.
+        """
+        writer = current_writer(self._callbacks)
+        targets = tuple(c for c in self._callbacks if c is not writer)
+        if targets:
+            self._post(targets, list(changes))
+
+    def _post(
+        self, targets: tuple[Callable[[list[FlagChange]], None], ...], changes: list[FlagChange]
+    ) -> None:
+        """Queue one delivery; start the courier if none runs (caller holds the lock)."""
+        self._outbox.append((targets, changes))
+        if self._courier is None:
+            courier = threading.Thread(
+                target=self._run_courier, name="foundation-memory-flags", daemon=True
+            )
+            try:
+                courier.start()
+            except RuntimeError as exc:
+                # The thread limit. The commit stands (nothing half-changed): the
+                # item stays queued and the next commit or subscribe tries again.
+                report_callback_error(exc, self, "memory flag store courier")
+                return
+            self._courier = courier
+
+    def _run_courier(self) -> None:
+        """Deliver the outbox, then exit (a memory store holds no idle thread).
+
+        Race: a commit queueing while this thread decides to exit. Both happen
+        under the lock: the commit either sees ``_courier`` still set (this
+        thread then finds its item) or None (it starts a new courier).
+        """
+        while True:
+            with self._lock:
+                if not self._outbox or self._closed:
+                    self._outbox.clear()
+                    if self._courier is threading.current_thread():
+                        self._courier = None
+                    return
+                targets, changes = self._outbox.popleft()
+                live = self._callbacks
+            for callback in targets:
+                if any(c is callback for c in live):  # not unsubscribed meanwhile
+                    try:
+                        callback(list(changes))
+                    except BaseException as exc:  # SystemExit too: it would end the courier
+                        report_callback_error(exc, callback)
 
     def _trim_events(self) -> None:
         """Keep the last ``history_limit`` migration events once over it by
@@ -961,10 +1095,35 @@ class MemoryFlagStore(FlagStore):
         return {name: plan_from_json(text) for name, text in texts.items()}
 
     def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]:
-        # Nobody else writes to a memory store, so there is never anything to report.
+        """``callback(changes)`` after each commit made through this store by anyone
+        but ``callback`` itself (see ``writing_as``), on a courier thread."""
         check_listener(callback)
-        self._check()
-        return lambda: None
+        with self._lock:
+            self._check()
+            self._callbacks = (*self._callbacks, callback)
+            # Race: a caller loads, then subscribes (as FeatureFlags does); a commit
+            # in between was fanned out before this subscription. If one happened
+            # since this thread's last load_states(), the newcomer is told to reload.
+            mark = getattr(self._load_marks, "commits", None)
+            if mark is not None and mark != self._commits:
+                self._post((callback,), [])
+
+        def unsubscribe() -> None:
+            with self._lock:
+                for i, c in enumerate(self._callbacks):
+                    if c is callback:  # one subscription, as everywhere
+                        self._callbacks = self._callbacks[:i] + self._callbacks[i + 1 :]
+                        break
+
+        return unsubscribe
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            self._callbacks = ()
+            self._outbox.clear()
+            courier = self._courier
+        # Called from a subscriber, this runs on the courier: it cannot join
+        # itself, and it exits once the callback returns (_closed is set).
+        if courier is not None and courier is not threading.current_thread():
+            courier.join()

@@ -7,7 +7,9 @@ every key of one deployment lives in one slot and a transaction may touch them a
 ``{ns}:flags:history``     stream one entry per ``FlagChange``: ``change`` (JSON: the
                                   change as a delta, see ``_history``; older entries
                                   hold the whole record), ``origin`` (writing store),
-                                  ``txn``, ``i``, ``n``, ``v``
+                                  ``txn``, ``i``, ``n``, ``v``, and ``sub`` (the writing
+                                  subscriber of that store, meaningful to it only; absent
+                                  when none: not told back to it)
 ``{ns}:flags:stages``      hash   plan -> committed migration stage
 ``{ns}:flags:migrations``  stream one entry per ``MigrationEvent``: ``event`` (JSON), ``v``,
                                   ``txn`` (older entries lack it)

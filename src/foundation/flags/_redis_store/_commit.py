@@ -496,6 +496,7 @@ class _Commits(_Trims):
                 "change": encode_json(change, before, stored),
                 "origin": self._origin,
                 "txn": txn_id,
+                **({"sub": self._writing_as} if self._writing_as else {}),
                 "i": str(i),
                 "n": str(n),
                 "v": v,

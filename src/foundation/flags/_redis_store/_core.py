@@ -22,6 +22,7 @@ from foundation.flags._store import (
     FlagState,
     FlagStore,
     MigrationEvent,
+    SubscriberMarks,
     report_callback_error,
 )
 
@@ -72,6 +73,14 @@ class _StoreCore(FlagStore):
         self._conn_lock = threading.Lock()  # creating the write client
         self._copy_lock = threading.RLock()  # one refresh/restore of the node copy at a time
         self._callbacks: list[Callable[[list[FlagChange]], None]] = []
+        # The subscriber writing the transaction in progress (``writing_as``), as
+        # the "sub" field of its stream entries: "" for none. Set under _txn_lock.
+        self._writing_as = ""
+        self._marks = SubscriberMarks()  # each subscription's mark (guarded by _lock)
+        # Pending kill switch id -> the subscriber that wrote it (``_defer``), so its
+        # commit at replay is not told back to it. In memory: after a restart
+        # another process replays it, and every subscriber is another's.
+        self._op_writers: dict[int, object] = {}
         self._closed = False
         self._stop = threading.Event()
         self._synced = threading.Event()  # set while the listener is connected and caught up
@@ -319,10 +328,12 @@ class _StoreCore(FlagStore):
             welcome = [c for c in welcome if c in self._callbacks]
         self._call_each(welcome, [])
 
-    def _deliver(self, changes: list[FlagChange]) -> None:
+    def _deliver(self, changes: list[FlagChange], skip: str = "") -> None:
+        """Call every subscriber with ``changes``, but the one that wrote them
+        (``skip``: its ``writing_as`` mark, see ``transaction``)."""
         with self._lock:
             self._deliveries += 1
-            callbacks = list(self._callbacks)
+            callbacks = [c for c in self._callbacks if not skip or self._marks.of(c) != skip]
         self._call_each(callbacks, changes)
 
     def _call_each(

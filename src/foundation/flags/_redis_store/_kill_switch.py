@@ -14,7 +14,14 @@ from foundation.flags._redis_store._commit import _Commits
 from foundation.flags._redis_store._errors import _FailedFast, _KeptInOrder, _Unconfirmed
 from foundation.flags._redis_store._shared import T, log
 from foundation.flags._redis_store._txn import _LocalTransaction, _RedisTransaction
-from foundation.flags._store import FlagChange, FlagState, MigrationEvent, StoreTransaction
+from foundation.flags._store import (
+    FlagChange,
+    FlagState,
+    MigrationEvent,
+    StoreTransaction,
+    current_writer,
+    writing_as,
+)
 
 
 def _off(state: FlagState) -> FlagState:
@@ -102,6 +109,10 @@ class _KillSwitches(_Commits):
                 op_id = self._cache.add_pending(op)
             except FlagError as exc:  # the copy is unusable: nowhere to keep it
                 raise cause from exc
+            with self._lock:
+                writer = current_writer(self._callbacks)
+                if writer is not None:
+                    self._op_writers[op_id] = writer
         if isinstance(cause, _KeptInOrder):  # Redis may answer: not "unavailable"
             why, when = str(cause), "after them"
         else:
@@ -145,7 +156,12 @@ class _KillSwitches(_Commits):
         self._replay_wanted.clear()
         superseded = False
         for op in self._cache.pending():
-            newer, already = self.transaction(functools.partial(self._replay_one, op=op))
+            # Committed for the subscriber that deferred it (it applied it then):
+            # the others hear it now. (An op renumbered by a write-back is not
+            # found: its writer hears it again, at least once as ever.)
+            with writing_as(self._op_writers.get(op.id)):
+                newer, already = self.transaction(functools.partial(self._replay_one, op=op))
+            self._op_writers.pop(op.id, None)
             # Committed (or superseded) first, dropped second: a crash in between
             # replays it, and committed_since() then sees it is already there.
             # Race: Redis may go away again right after the commit. The pending

@@ -325,15 +325,21 @@ class _Listener(_Records):
                 self._resync_wanted.set()
                 self._deliver([])
                 return
-            if change is None or fields.get("origin") == self._origin:
-                continue  # our own commit: the writer already knows it
+            if change is None:
+                continue
+            # This store object's own commit is told to its other subscribers
+            # (several FeatureFlags may share it), not to the one that wrote it
+            # ("sub", see transaction): that one already knows it.
+            writer = fields.get("sub", "") if fields.get("origin") == self._origin else ""
             group = pending.setdefault(txn, [])
             group.append((entry_id, change))
             # One transaction's entries are contiguous (EXEC is atomic) but one
             # XREAD batch may end mid-transaction: deliver only complete ones.
+            # Race: this thread is the one delivering, in stream (= commit) order,
+            # so each subscriber hears commits in commit order.
             if len(group) >= n:
                 del pending[txn]
-                self._deliver([c for _, c in group])
+                self._deliver([c for _, c in group], skip=writer)
 
     def _check_order(self, version: str, txn: str) -> None:
         """FlagError if an entry's version is older than the last replayed one's.

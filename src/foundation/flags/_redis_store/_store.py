@@ -30,6 +30,7 @@ from foundation.flags._store import (
     StoreTransaction,
     catalogue_entries,
     check_history_limit,
+    current_writer,
     plan_from_json,
     plan_to_json,
 )
@@ -185,23 +186,34 @@ class RedisFlagStore(_Listener):
             # Redis: fail as it did rather than wait a timeout of our own, so N
             # queued writers cost one timeout, not N (nothing was sent).
             self._fail_fast()
-            run = _TxnRun()
-            for _ in range(_MAX_ATTEMPTS):
-                self._check_open()
-                try:
-                    result = self._attempt(fn, run)
-                except _Retry:
-                    continue
-                except BackendUnavailable as exc:
-                    self._last_error = str(exc)  # status() says it at once
-                    if (
-                        isinstance(exc.__cause__, Exception)
-                        and error_kind(exc.__cause__) == "timeout"
-                    ):
-                        self._no_answer.timed_out(str(exc))
-                    raise
-                self._redis_answered()
-                return result
+            # The subscriber writing (FeatureFlags), marked on the stream entries so
+            # the listener tells every other subscriber of this store object but
+            # not that one. Race: read under _lock (subscribe/unsubscribe change
+            # _callbacks under it); one unsubscribing meanwhile is not called anyway.
+            # A mark is never reused (SubscriberMarks), so only the writer is skipped.
+            with self._lock:
+                self._writing_as = self._marks.of(current_writer(self._callbacks))
+            try:
+                return self._transact(fn)
+            finally:
+                self._writing_as = ""
+
+    def _transact(self, fn: Callable[[StoreTransaction], T]) -> T:
+        """``transaction``'s attempts (caller holds ``_txn_lock``)."""
+        run = _TxnRun()
+        for _ in range(_MAX_ATTEMPTS):
+            self._check_open()
+            try:
+                result = self._attempt(fn, run)
+            except _Retry:
+                continue
+            except BackendUnavailable as exc:
+                self._last_error = str(exc)  # status() says it at once
+                if isinstance(exc.__cause__, Exception) and error_kind(exc.__cause__) == "timeout":
+                    self._no_answer.timed_out(str(exc))
+                raise
+            self._redis_answered()
+            return result
         raise FlagError(
             f"flag transaction gave up after {_MAX_ATTEMPTS} conflicting concurrent commits"
         )
@@ -353,6 +365,7 @@ class RedisFlagStore(_Listener):
         with self._lock:
             self._check_open()
             self._callbacks.append(callback)
+            self._marks.add(callback)
             # Race: a caller loads, then subscribes (as FeatureFlags does). A commit
             # from elsewhere that landed after the load began may have been
             # delivered, to nobody, before this subscription. If any delivery
@@ -369,6 +382,7 @@ class RedisFlagStore(_Listener):
         def unsubscribe() -> None:
             with self._lock, contextlib.suppress(ValueError):
                 self._callbacks.remove(callback)  # one subscription, as everywhere
+                self._marks.remove(callback, self._callbacks)
 
         return unsubscribe
 
