@@ -278,16 +278,26 @@ class _WatcherThreads:
                 self._survive(exc, "liveness poller")
             # With no foreign thread to poll, only loops to check: a slower
             # pace (a program monitoring only tasks is woken once a second, not
-            # every interval). Race: table is read without the lock; a thread
-            # watch added meanwhile notifies cond (_ensure_poller_locked), which
-            # ends this pause early.
-            pause = interval if table or not loops else max(interval, LOOP_CHECK_INTERVAL)
-            if self._pause(cond, pause):
+            # every interval). See _pause for the race with a first thread watch.
+            slow = max(interval, LOOP_CHECK_INTERVAL) if loops else interval
+            if self._pause(cond, interval, table, slow):
                 return
 
-    def _pause(self, cond: threading.Condition, interval: float) -> bool:
-        """Wait ``interval`` s between two poll rounds (cut short by ``close()``);
-        True once the manager is closed.
+    def _pause(
+        self,
+        cond: threading.Condition,
+        interval: float,
+        table: dict[int, Any] | None = None,
+        idle_interval: float | None = None,
+    ) -> bool:
+        """Wait ``interval`` s between two poll rounds (cut short by ``close()``),
+        or ``idle_interval`` s while ``table`` is empty; True once the manager is
+        closed.
+
+        Race: ``table`` is read under the lock, right before the wait, as a
+        first thread watch is added (``_ensure_poller_locked`` notifies ``cond``
+        under it): either it is seen here (the short pause), or its notify
+        comes once this thread waits, and ends the long pause at once.
 
         ``Condition.wait`` allocates a lock: out of memory it raises before
         waiting, so the pause is then a plain sleep (``close()`` is seen at the
@@ -296,6 +306,8 @@ class _WatcherThreads:
             with self._lock:
                 if self._is_closed():
                     return True
+                if idle_interval is not None and not table:
+                    interval = idle_interval
                 cond.wait(interval)
         except MemoryError:
             time.sleep(interval)
