@@ -14,7 +14,14 @@ import threading
 import pytest
 
 from foundation import errors
-from foundation.flags import FeatureFlags, FlagChange, FlagStore, Migration, MigrationPlan, Stage
+from foundation.flags import (
+    FeatureFlags,
+    FlagChange,
+    FlagStore,
+    Migration,
+    MigrationPlan,
+    Stage,
+)
 from tests.flags._support import FLAGS, wait_until
 
 
@@ -30,7 +37,8 @@ def test_flags_sharing_a_store_object_see_each_others_writes_once(store: FlagSto
     tool = FeatureFlags(FLAGS, store=store)  # writes the last change only (a fence)
     try:
         app_heard, admin_heard = _heard(app), _heard(admin)
-        # Each write waits for the other object to converge, so both hear one order.
+        # Each write waits for the other object to converge, so both hear one order
+        # (across writers, listeners are ordered only by such waits: see subscribe).
         admin.disable("dark_mode", by="oncall", reason="incident")  # the kill switch
         wait_until(lambda: not app.enabled("dark_mode"))
         wait_until(lambda: ("dark_mode", "oncall") in app_heard)
@@ -39,8 +47,9 @@ def test_flags_sharing_a_store_object_see_each_others_writes_once(store: FlagSto
         wait_until(lambda: ("beta", "app") in admin_heard)
         admin.set_percentage("new_checkout", 100, by="ops")
         wait_until(lambda: app.enabled("new_checkout"))
-        # Delivery is in commit order per subscriber: once both heard the fence,
-        # a second copy of any earlier change would have come before it.
+        # The store hands each subscriber the commits it did not write in commit
+        # order: once both heard the fence (a third writer's), a second copy of
+        # any earlier change would have come before it.
         tool.enable("dark_mode", by="fence")
         wait_until(lambda: ("dark_mode", "fence") in app_heard)
         wait_until(lambda: ("dark_mode", "fence") in admin_heard)

@@ -90,9 +90,15 @@ _LISTENER_CUT = (
 try:
     flags.enable("c")
     with store._copy_lock:  # the listener cannot resync: stale while Redis answers
-        for c in admin.client_list():
-            if c["name"] == "foundation-flags-listener[f]":
-                admin.client_kill_filter(_id=c["id"])
+        def kill_listener():
+            # (Polled: under load the listener may be between connections.)
+            for c in admin.client_list():
+                if c["name"] == "foundation-flags-listener[f]":
+                    admin.client_kill_filter(_id=c["id"])
+                    return True
+            return False
+
+        wait_for(kill_listener, "the listener's connection, to kill it")
         wait_for(lambda: store.stale, "the store stale")
         flags.disable("a", by="oncall", reason="incident")
         print("STALE", store.stale)

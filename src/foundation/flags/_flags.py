@@ -990,10 +990,18 @@ class FeatureFlags:
         Listeners hear changes made here, changes committed by other processes
         sharing the store (when the store reports them), and effective changes
         caused by a config load (``by="config"``, not in ``history()``), one
-        change at a time, in commit order. They run once the change is applied
-        and no lock is held: in the writing thread before its write returns
-        (unless another thread is delivering then: it delivers this change
-        too), and for another process' change in a short-lived courier thread
+        change at a time. Order: the changes of one writer (this object, or
+        one other ``FeatureFlags`` or process) are heard in their commit
+        order; a change made through another ``FeatureFlags`` (even on the
+        same store object) or another process may be heard after a later
+        change made here, since this object tells its own at once and the
+        other's arrives from the store's thread. There is no global commit
+        order across writers: each change's ``old``/``new`` tell what it did,
+        and ``enabled()`` always answers the latest state. Listeners run once
+        the change is applied and no lock is held: in the writing thread
+        before its write returns (unless another thread is delivering then: it
+        delivers this change too), and for another writer's change in a
+        short-lived courier thread
         (``foundation-flags-events``), never on the store's thread. So a slow
         listener delays only the listeners of later changes, never a write nor
         applying a remote change (``enabled()`` answers the new state at once).

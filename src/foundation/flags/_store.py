@@ -811,6 +811,93 @@ class SubscriberMarks:
         return "" if callback is None else self._of.get(id(callback), "")
 
 
+_Subscriber = Callable[[list[FlagChange]], None]
+
+
+class Courier:
+    """A store's outbox of deliveries to its subscribers, and the thread that
+    delivers them: it runs only while there is something to deliver.
+
+    Used where a commit made through one subscriber must reach the others
+    (several ``FeatureFlags`` sharing one store object) and the committing
+    thread must not call them: the writer (``FeatureFlags``) holds its own lock
+    around the commit, and a subscriber's callback takes its own, so two of
+    them writing at once would each wait for the other.
+
+    ``live()`` (called on the courier thread, never under the courier's lock:
+    the owner may hold its own lock around ``post``) gives the current
+    subscribers; one unsubscribed since ``post`` is skipped. Races: items are
+    delivered one at a time in ``post`` order, so a caller that posts under its
+    own lock in commit order has every subscriber hear those commits in order.
+    """
+
+    __slots__ = ("_closed", "_live", "_lock", "_name", "_outbox", "_owner", "_thread")
+
+    def __init__(self, name: str, owner: object, live: Callable[[], Iterable[_Subscriber]]) -> None:
+        self._name = name
+        self._owner = owner  # named in a report of a failure to start the thread
+        self._live = live
+        self._lock = threading.Lock()
+        self._outbox: deque[tuple[tuple[_Subscriber, ...], list[FlagChange]]] = deque()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def post(self, targets: tuple[_Subscriber, ...], changes: list[FlagChange]) -> None:
+        """Queue ``changes`` for ``targets``; start the thread if none runs."""
+        with self._lock:
+            if self._closed or not targets:
+                return
+            self._outbox.append((targets, list(changes)))
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:
+                # The thread limit. The commit stands (nothing half-changed): the
+                # item stays queued and the next post tries again.
+                report_callback_error(exc, self._owner, f"{self._name} courier")
+                return
+            self._thread = thread
+
+    def _run(self) -> None:
+        """Deliver the outbox, then exit.
+
+        Race: a ``post`` while this thread decides to exit. Both happen under
+        ``_lock``: the post either sees ``_thread`` still set (this thread then
+        finds its item) or None (it starts a new thread).
+        """
+        # Python >= 3.14 (thread_inherit_context): a thread started inside a
+        # writer's ``writing_as`` block inherits it. No commit made from a
+        # callback here is that writer's: its own subscription would skip it.
+        _WRITER.set(None)
+        while True:
+            with self._lock:
+                if not self._outbox or self._closed:
+                    self._outbox.clear()
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return
+                targets, changes = self._outbox.popleft()
+            live = tuple(self._live())
+            for callback in targets:
+                if any(c is callback for c in live):  # not unsubscribed meanwhile
+                    try:
+                        callback(list(changes))
+                    except BaseException as exc:  # SystemExit too: it would end the courier
+                        report_callback_error(exc, callback)
+
+    def close(self) -> None:
+        """Drop what is queued and wait for the thread (not from a callback: that
+        one exits once the callback returns)."""
+        with self._lock:
+            self._closed = True
+            self._outbox.clear()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+
 def report_callback_error(
     exc: BaseException, callback: object, what: str = "flag store subscriber"
 ) -> None:
@@ -896,13 +983,10 @@ class MemoryFlagStore(FlagStore):
         self._catalogue: dict[str, FlagInfo] = {}
         self._plans: dict[str, str] = {}  # name -> plan JSON (a snapshot, never the object)
         self._closed = False
-        # Subscribers (several FeatureFlags may share this store) and what they are
-        # owed: (callbacks, changes) in commit order, delivered by a courier thread
-        # that runs only while there is something to deliver (see _fan_out).
+        # Subscribers (several FeatureFlags may share this store), and what they are
+        # owed, delivered in commit order by a courier thread (see _fan_out).
         self._callbacks: tuple[Callable[[list[FlagChange]], None], ...] = ()
-        self._outbox: deque[tuple[tuple[Callable[[list[FlagChange]], None], ...], list[FlagChange]]]
-        self._outbox = deque()
-        self._courier: threading.Thread | None = None
+        self._courier = Courier("foundation-memory-flags", self, lambda: self._callbacks)
         self._commits = 0  # transactions that changed flag state (see subscribe)
         self._load_marks = threading.local()  # per thread: _commits at its last load_states
 
@@ -955,48 +1039,7 @@ class MemoryFlagStore(FlagStore):
         writer = current_writer(self._callbacks)
         targets = tuple(c for c in self._callbacks if c is not writer)
         if targets:
-            self._post(targets, list(changes))
-
-    def _post(
-        self, targets: tuple[Callable[[list[FlagChange]], None], ...], changes: list[FlagChange]
-    ) -> None:
-        """Queue one delivery; start the courier if none runs (caller holds the lock)."""
-        self._outbox.append((targets, changes))
-        if self._courier is None:
-            courier = threading.Thread(
-                target=self._run_courier, name="foundation-memory-flags", daemon=True
-            )
-            try:
-                courier.start()
-            except RuntimeError as exc:
-                # The thread limit. The commit stands (nothing half-changed): the
-                # item stays queued and the next commit or subscribe tries again.
-                report_callback_error(exc, self, "memory flag store courier")
-                return
-            self._courier = courier
-
-    def _run_courier(self) -> None:
-        """Deliver the outbox, then exit (a memory store holds no idle thread).
-
-        Race: a commit queueing while this thread decides to exit. Both happen
-        under the lock: the commit either sees ``_courier`` still set (this
-        thread then finds its item) or None (it starts a new courier).
-        """
-        while True:
-            with self._lock:
-                if not self._outbox or self._closed:
-                    self._outbox.clear()
-                    if self._courier is threading.current_thread():
-                        self._courier = None
-                    return
-                targets, changes = self._outbox.popleft()
-                live = self._callbacks
-            for callback in targets:
-                if any(c is callback for c in live):  # not unsubscribed meanwhile
-                    try:
-                        callback(list(changes))
-                    except BaseException as exc:  # SystemExit too: it would end the courier
-                        report_callback_error(exc, callback)
+            self._courier.post(targets, list(changes))
 
     def _trim_events(self) -> None:
         """Keep the last ``history_limit`` migration events once over it by
@@ -1106,7 +1149,7 @@ class MemoryFlagStore(FlagStore):
             # since this thread's last load_states(), the newcomer is told to reload.
             mark = getattr(self._load_marks, "commits", None)
             if mark is not None and mark != self._commits:
-                self._post((callback,), [])
+                self._courier.post((callback,), [])
 
         def unsubscribe() -> None:
             with self._lock:
@@ -1121,9 +1164,6 @@ class MemoryFlagStore(FlagStore):
         with self._lock:
             self._closed = True
             self._callbacks = ()
-            self._outbox.clear()
-            courier = self._courier
         # Called from a subscriber, this runs on the courier: it cannot join
-        # itself, and it exits once the callback returns (_closed is set).
-        if courier is not None and courier is not threading.current_thread():
-            courier.join()
+        # itself, and it exits once the callback returns (closed).
+        self._courier.close()
