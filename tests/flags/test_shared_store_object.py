@@ -124,3 +124,39 @@ def test_close_from_the_stores_own_callback_closes_it(store: FlagStore) -> None:
         store.close()  # idempotent
     finally:
         flags.close()
+
+
+def test_a_memory_store_closes_while_a_subscriber_is_stuck(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The memory store's courier runs the other subscribers' callbacks: one stuck
+    there must not hold ``close()`` for ever (it waits ``Courier.CLOSE_WAIT``)."""
+    from foundation.flags import MemoryFlagStore
+    from foundation.flags._store import Courier
+    from tests._logs import captured
+
+    monkeypatch.setattr(Courier, "CLOSE_WAIT", 0.2)
+    store = MemoryFlagStore()
+    app = FeatureFlags(FLAGS, store=store)
+    admin = FeatureFlags.from_store(store)
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(changes: list[FlagChange]) -> None:  # a raw store subscriber
+        entered.set()
+        release.wait()
+
+    unsubscribe = store.subscribe(stuck)
+    closed = threading.Event()
+    try:
+        admin.enable("beta", by="admin")  # told to `stuck` on the courier, which sticks
+        assert entered.wait(10)
+        with captured("foundation.flags") as said:
+            closer = threading.Thread(target=lambda: (store.close(), closed.set()))
+            closer.start()
+            assert closed.wait(10), "close() waited for the stuck subscriber"
+        assert any("still runs" in m for m in said.messages()), said.messages()
+    finally:
+        release.set()
+        unsubscribe()
+        app.close()
+        admin.close()

@@ -692,12 +692,6 @@ class NodeCache:
 
         return self._write(body)
 
-    def current_id(self, op_id: int) -> int:
-        """The id of the pending op ``add_pending`` numbered ``op_id``, after the
-        write-backs that renumbered it since (``op_id`` if none did)."""
-        with self._lock:
-            return self._ids_of(op_id)[-1]
-
     def _ids_of(self, op_id: int) -> list[int]:
         """``op_id`` and the ids write-backs renumbered it to since (under _lock)."""
         ids = [op_id]

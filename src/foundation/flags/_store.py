@@ -146,7 +146,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from foundation._listeners import check_listener
 from foundation._unraisable import report_unraisable
@@ -833,6 +833,8 @@ class Courier:
 
     __slots__ = ("_closed", "_live", "_lock", "_name", "_outbox", "_owner", "_thread")
 
+    CLOSE_WAIT: ClassVar[float] = 5.0  # seconds close() waits for a running callback
+
     def __init__(self, name: str, owner: object, live: Callable[[], Iterable[_Subscriber]]) -> None:
         self._name = name
         self._owner = owner  # named in a report of a failure to start the thread
@@ -889,13 +891,20 @@ class Courier:
 
     def close(self) -> None:
         """Drop what is queued and wait for the thread (not from a callback: that
-        one exits once the callback returns)."""
+        one exits once the callback returns), at most ``CLOSE_WAIT`` s: a
+        subscriber stuck in its callback must not hold ``close()`` for ever (the
+        daemon thread then ends when that callback returns; a WARNING says so)."""
         with self._lock:
             self._closed = True
             self._outbox.clear()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(self.CLOSE_WAIT)
+            if thread.is_alive():
+                log.warning(
+                    "%s: a subscriber's callback still runs %.0f s after close(); "
+                    "left to end on its daemon thread", self._name, self.CLOSE_WAIT,
+                )  # fmt: skip
 
 
 def report_callback_error(

@@ -9,8 +9,7 @@ every key of one deployment lives in one slot and a transaction may touch them a
                                   hold the whole record), ``origin`` (writing store),
                                   ``txn``, ``i``, ``n``, ``v``, and ``sub`` (the writing
                                   subscriber of that store, meaningful to it only; absent
-                                  when none: not told back to it; ``*``: told to none
-                                  of its subscribers, see ``_defer``)
+                                  when none: not told back to it)
 ``{ns}:flags:stages``      hash   plan -> committed migration stage
 ``{ns}:flags:migrations``  stream one entry per ``MigrationEvent``: ``event`` (JSON), ``v``,
                                   ``txn`` (older entries lack it)

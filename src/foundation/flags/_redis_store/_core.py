@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from foundation import _flap, telemetry
@@ -19,7 +18,6 @@ from foundation.flags._node_cache import NodeCache, default_cache_path
 from foundation.flags._redis_store._scripts import _RESTORE, _TRIM, _TRIM_EVENTS
 from foundation.flags._redis_store._shared import _check_version, log
 from foundation.flags._store import (
-    Courier,
     FlagChange,
     FlagState,
     FlagStore,
@@ -31,16 +29,6 @@ from foundation.flags._store import (
 if TYPE_CHECKING:
     # sqlite3, uuid and pathlib are imported where used (`import foundation` stays cheap).
     from pathlib import Path
-
-
-# The "sub" of a stream entry every subscriber of the writing store object was
-# told already (a deferred kill switch's replay): its listener tells none of them.
-# Marks are digits (SubscriberMarks): never this.
-EVERY_SUBSCRIBER = "*"
-# Set while the listener replays kill switches this store object deferred.
-_FOR_EVERY_SUBSCRIBER: ContextVar[bool] = ContextVar(
-    "foundation_flags_redis_for_every_subscriber", default=False
-)
 
 
 class _StoreCore(FlagStore):
@@ -89,14 +77,10 @@ class _StoreCore(FlagStore):
         # the "sub" field of its stream entries: "" for none. Set under _txn_lock.
         self._writing_as = ""
         self._marks = SubscriberMarks()  # each subscription's mark (guarded by _lock)
-        # Pending kill switches this store object deferred (``_defer``), by the id
-        # add_pending gave (a write-back may renumber it since: NodeCache.current_id).
-        # Every subscriber here was told at once (the writer applied it, the
-        # others through _courier), so their replay is told to none of them
-        # (``EVERY_SUBSCRIBER``). Ids, never subscribers: nothing kept alive.
-        # In memory: after a restart another process replays it, heard as any.
-        self._told_here: set[int] = set()
-        self._courier = Courier("foundation-redis-flags-courier", self, self._live_callbacks)
+        # Pending kill switch id -> the subscriber that wrote it (``_defer``), so its
+        # commit at replay is not told back to it. In memory: after a restart
+        # another process replays it, and every subscriber is another's.
+        self._op_writers: dict[int, object] = {}
         self._closed = False
         self._stop = threading.Event()
         self._synced = threading.Event()  # set while the listener is connected and caught up
@@ -344,18 +328,11 @@ class _StoreCore(FlagStore):
             welcome = [c for c in welcome if c in self._callbacks]
         self._call_each(welcome, [])
 
-    def _live_callbacks(self) -> list[Callable[[list[FlagChange]], None]]:
-        with self._lock:
-            return list(self._callbacks)
-
     def _deliver(self, changes: list[FlagChange], skip: str = "") -> None:
         """Call every subscriber with ``changes``, but the one that wrote them
-        (``skip``: its ``writing_as`` mark, see ``transaction``; none of them for
-        ``EVERY_SUBSCRIBER``: a kill switch they were all told when deferred)."""
+        (``skip``: its ``writing_as`` mark, see ``transaction``)."""
         with self._lock:
             self._deliveries += 1
-            if skip == EVERY_SUBSCRIBER:
-                return
             callbacks = [c for c in self._callbacks if not skip or self._marks.of(c) != skip]
         self._call_each(callbacks, changes)
 

@@ -11,7 +11,6 @@ from typing import Any
 from foundation.errors import BackendUnavailable, FlagError
 from foundation.flags._node_cache import PendingKillSwitch
 from foundation.flags._redis_store._commit import _Commits
-from foundation.flags._redis_store._core import _FOR_EVERY_SUBSCRIBER
 from foundation.flags._redis_store._errors import _FailedFast, _KeptInOrder, _Unconfirmed
 from foundation.flags._redis_store._shared import T, log
 from foundation.flags._redis_store._txn import _LocalTransaction, _RedisTransaction
@@ -21,6 +20,7 @@ from foundation.flags._store import (
     MigrationEvent,
     StoreTransaction,
     current_writer,
+    writing_as,
 )
 
 
@@ -109,24 +109,10 @@ class _KillSwitches(_Commits):
                 op_id = self._cache.add_pending(op)
             except FlagError as exc:  # the copy is unusable: nowhere to keep it
                 raise cause from exc
-            # Every other subscriber of this store object (FeatureFlags sharing it)
-            # hears it now, not once Redis returns: a kill switch is for outages.
-            # The writer applied it itself. Never called on this thread: the
-            # writer holds its FeatureFlags lock, and a subscriber's callback
-            # takes its own (two writing at once: deadlock); the courier does it.
-            # Race: recorded under _txn_lock, which the replay's commit takes, so
-            # no replay of this op runs before _told_here says it was told here.
-            # Race: posted under _lock, as subscribe/unsubscribe change the list;
-            # a subscriber coming later loads the copy, which shows the op.
-            # (An _Unconfirmed commit that did land is told by the listener too:
-            # at least once, as ever.)
-            self._told_here.add(op_id)
             with self._lock:
                 writer = current_writer(self._callbacks)
-                others = tuple(c for c in self._callbacks if c is not writer)
-                # Records (by, reason) for listeners; [] (reload) for an
-                # emergency rollback alone, which changes no flag record.
-                self._courier.post(others, list(op.changes))
+                if writer is not None:
+                    self._op_writers[op_id] = writer
         if isinstance(cause, _KeptInOrder):  # Redis may answer: not "unavailable"
             why, when = str(cause), "after them"
         else:
@@ -170,16 +156,12 @@ class _KillSwitches(_Commits):
         self._replay_wanted.clear()
         superseded = False
         for op in self._cache.pending():
-            # Deferred by this store object: every subscriber here was told then
-            # (_defer), so the replay's stream entries are told to none of them
-            # ("sub" EVERY_SUBSCRIBER); other processes hear it as any commit.
-            # Another process's pending op (a shared copy file) is told to all.
-            told = self._told_key(op.id)
-            token = _FOR_EVERY_SUBSCRIBER.set(told is not None)
-            try:
+            # Committed for the subscriber that deferred it (it applied it then):
+            # the others hear it now. (An op renumbered by a write-back is not
+            # found: its writer hears it again, at least once as ever.)
+            with writing_as(self._op_writers.get(op.id)):
                 newer, already = self.transaction(functools.partial(self._replay_one, op=op))
-            finally:
-                _FOR_EVERY_SUBSCRIBER.reset(token)
+            self._op_writers.pop(op.id, None)
             # Committed (or superseded) first, dropped second: a crash in between
             # replays it, and committed_since() then sees it is already there.
             # Race: Redis may go away again right after the commit. The pending
@@ -193,9 +175,6 @@ class _KillSwitches(_Commits):
             # By id and content: a write-back during this replay may have renumbered
             # op (its id clashed with another process's kill switch); see NodeCache.
             self._cache.remove_pending(op)
-            if told is not None:
-                with self._txn_lock:
-                    self._told_here.discard(told)
             if newer:
                 superseded = True
                 log.warning(
@@ -212,32 +191,8 @@ class _KillSwitches(_Commits):
                     " (it already was)" if already else "",
                 )  # fmt: skip
                 self._event("pending_committed", **self._op_data(op), already=already)
-        self._forget_told()
         if superseded:
             self._deliver([])  # the local switch-off is lifted: subscribers reload
-
-    def _told_key(self, op_id: int) -> int | None:
-        """The ``_told_here`` entry naming pending op ``op_id``, or None.
-
-        Race: a write-back may have renumbered our op since ``_defer`` (its id
-        clashed with another process's op, which now holds the old id). Each
-        entry is followed through the renumbering to our op's current id, so
-        the other process's op under the old id is not taken for ours (its
-        replay is then told to every subscriber here, as it must be).
-        """
-        with self._txn_lock:
-            told = list(self._told_here)
-        return next((k for k in told if self._cache.current_id(k) == op_id), None)
-
-    def _forget_told(self) -> None:
-        """Drop ``_told_here`` entries of ops no longer pending (dropped by another
-        process sharing the copy): ids only, but none kept for good. Under
-        _txn_lock: a ``_defer`` adding one meanwhile has its op in the file."""
-        with self._txn_lock:
-            if not self._told_here:
-                return
-            live = {op.id for op in self._cache.pending()}
-            self._told_here = {k for k in self._told_here if self._cache.current_id(k) in live}
 
     def _replay_one(
         self, txn: StoreTransaction, op: PendingKillSwitch

@@ -329,9 +329,7 @@ class _Listener(_Records):
                 continue
             # This store object's own commit is told to its other subscribers
             # (several FeatureFlags may share it), not to the one that wrote it
-            # ("sub", see transaction): that one already knows it. "sub" is
-            # EVERY_SUBSCRIBER for a deferred kill switch's replay: all of them
-            # were told when it was deferred (_defer), so none is told again.
+            # ("sub", see transaction): that one already knows it.
             writer = fields.get("sub", "") if fields.get("origin") == self._origin else ""
             group = pending.setdefault(txn, [])
             group.append((entry_id, change))

@@ -17,7 +17,6 @@ from foundation.errors import BackendUnavailable, FlagError, InvalidConfig, boun
 from foundation.flags._history import Replay
 from foundation.flags._node_cache import PendingKillSwitch
 from foundation.flags._redis_store._commit import _TxnRun
-from foundation.flags._redis_store._core import _FOR_EVERY_SUBSCRIBER, EVERY_SUBSCRIBER
 from foundation.flags._redis_store._errors import _KeptInOrder, _PendingFirst, _Retry
 from foundation.flags._redis_store._listener import _Listener
 from foundation.flags._redis_store._shared import _MAX_ATTEMPTS, T, _check_name, log
@@ -193,10 +192,7 @@ class RedisFlagStore(_Listener):
             # _callbacks under it); one unsubscribing meanwhile is not called anyway.
             # A mark is never reused (SubscriberMarks), so only the writer is skipped.
             with self._lock:
-                if _FOR_EVERY_SUBSCRIBER.get():
-                    self._writing_as = EVERY_SUBSCRIBER
-                else:
-                    self._writing_as = self._marks.of(current_writer(self._callbacks))
+                self._writing_as = self._marks.of(current_writer(self._callbacks))
             try:
                 return self._transact(fn)
             finally:
@@ -445,8 +441,6 @@ class RedisFlagStore(_Listener):
             self._callbacks.clear()
         with _live_lock:
             _live.discard(self)
-        # Deliveries of deferred kill switches: dropped (nobody is subscribed now).
-        self._courier.close()
         self._stop.set()
         # The listener may sit in XREAD BLOCK: wake it with CLIENT UNBLOCK from the
         # other connection. It may not have entered XREAD yet (race), so repeat
