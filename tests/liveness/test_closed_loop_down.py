@@ -52,7 +52,7 @@ def test_pending_task_on_a_loop_thread_monitored_from_another_thread(
     runner.start()
 
     async def make() -> asyncio.Task[None]:
-        return asyncio.ensure_future(asyncio.sleep(100))
+        return asyncio.ensure_future(asyncio.sleep(100))  # sleep-ok: a future that stays pending
 
     try:
         task = asyncio.run_coroutine_threadsafe(make(), loop).result()

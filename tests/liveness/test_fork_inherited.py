@@ -26,9 +26,12 @@ from tests.liveness._support import Recorder, wait_until
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
 
+_SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]  # sleep-ok: an agent to watch
+
+
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = subprocess.Popen(_SLEEPER)
     try:
         yield proc
     finally:
@@ -70,7 +73,7 @@ def test_child_close_does_not_stop_the_parents_selector(
     assert not manager.closed
     sleeper.kill()
     assert first.wait().reason == "killed"
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = subprocess.Popen(_SLEEPER)
     try:
         _parent_still_sees(manager, other)
     finally:

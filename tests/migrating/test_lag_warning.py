@@ -65,9 +65,9 @@ def test_mirrors_behind_a_slow_call_name_how_long_it_runs(agents: Agents) -> Non
             agent = agents.new()
             for i in range(mirror._LAG_WARNING):
                 reg.register(("k", i), agent)
-            # sleep-ok: the call in flight must have run for _SLOW_CALL seconds
-            # to be slow; nothing to wait on but the clock.
-            time.sleep(mirror._SLOW_CALL + 0.1)
+            # The call in flight must have run for _SLOW_CALL seconds to be
+            # slow; nothing to wait on but the clock.
+            time.sleep(mirror._SLOW_CALL + 0.1)  # sleep-ok: a call slow by the clock
             reg.register("one-more", agent)
             target.gate.set()
             holder.join(10)
