@@ -115,7 +115,6 @@ def _check_is_flag_store(path: str) -> None:
     above keeps a typo from creating a store.
     """
     import sqlite3
-    from pathlib import Path
 
     from foundation.errors import FlagError, bounded_repr
     from foundation.flags._sqlite_store import SCHEMA_VERSION
@@ -136,28 +135,12 @@ def _check_is_flag_store(path: str) -> None:
         raise FlagError(f"cannot open flag store {shown}: {exc}") from exc
     if header != _SQLITE_HEADER:
         raise not_a_store("an empty file" if not header else "not a SQLite file")
-    # Read-only: nothing is written to the file, whatever it holds. (A database in
-    # WAL mode gets its -wal and -shm files, as from any reader.)
-    uri = Path(path).absolute().as_uri() + "?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
-    except sqlite3.Error as exc:
-        raise FlagError(f"cannot open flag store {shown}: {exc}") from exc
-    try:
-        has_meta = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'foundation_meta'"
-        ).fetchone()
-        row = (
-            conn.execute("SELECT value FROM foundation_meta WHERE key = 'schema'").fetchone()
-            if has_meta
-            else None
-        )
+        row = _read_schema(path)
     except sqlite3.OperationalError as exc:  # locked, busy, unreadable: not a verdict
         raise FlagError(f"cannot read flag store {shown}: {exc}") from exc
     except sqlite3.Error as exc:  # "file is not a database", corrupt: not a store
         raise not_a_store(exc) from exc
-    finally:
-        conn.close()
     if row is None:
         raise not_a_store("a SQLite database without Foundation's tables")
     if row[0] != SCHEMA_VERSION:
@@ -165,6 +148,30 @@ def _check_is_flag_store(path: str) -> None:
             f"{shown} uses flag store schema {row[0]!r}; "
             f"this version of Foundation reads schema {SCHEMA_VERSION!r}"
         )
+
+
+def _read_schema(path: str) -> tuple[object, ...] | None:
+    """The flag store schema row of the SQLite file at ``path`` (None: no
+    Foundation tables), read only: nothing is written to the file, whatever it
+    holds (a database in WAL mode gets its -wal and -shm files, as from any
+    reader). Raises ``sqlite3.Error``."""
+    import sqlite3
+    from pathlib import Path
+
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    try:
+        has_meta = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'foundation_meta'"
+        ).fetchone()
+        if not has_meta:
+            return None
+        row: tuple[object, ...] | None = conn.execute(
+            "SELECT value FROM foundation_meta WHERE key = 'schema'"
+        ).fetchone()
+        return row
+    finally:
+        conn.close()
 
 
 def _split_namespace(url: str) -> tuple[str, str]:

@@ -158,19 +158,7 @@ class _WatcherThreads:
                 return
             loops = list(self._aio_loops.values())
         for loop in loops:
-            try:
-                if not loop.is_closed():
-                    continue
-            except Exception as exc:  # an odd loop type must not stop the poller
-                report(exc, f"liveness: is_closed() of {loop!r}")
-                continue
-            with self._lock:
-                if self._aio_loops.pop(id(loop), None) is not loop:
-                    continue
-                # A copy first (one C call, no allocation per item): a collected
-                # future's weakref callback pops _aio without this lock, on any
-                # thread (this one too, at a collection inside the comprehension).
-                watches = [w for w in list(self._aio.values()) if w.loop is loop]
+            watches = self._watches_of_closed(loop)
             escaped: BaseException | None = None
             for watch in watches:
                 try:
@@ -179,6 +167,23 @@ class _WatcherThreads:
                     escaped = escaped or exc
             if escaped is not None:
                 raise escaped
+
+    def _watches_of_closed(self, loop: Any) -> list[_AsyncioWatch]:
+        """The asyncio watches of ``loop`` if it is closed, taken out of
+        ``_aio_loops`` (once: another round finds it gone); else []."""
+        try:
+            if not loop.is_closed():
+                return []
+        except Exception as exc:  # an odd loop type must not stop the poller
+            report(exc, f"liveness: is_closed() of {loop!r}")
+            return []
+        with self._lock:
+            if self._aio_loops.pop(id(loop), None) is not loop:
+                return []
+            # A copy first (one C call, no allocation per item): a collected
+            # future's weakref callback pops _aio without this lock, on any
+            # thread (this one too, at a collection inside the comprehension).
+            return [w for w in list(self._aio.values()) if w.loop is loop]
 
     def _poll_locked(
         self,
@@ -482,10 +487,14 @@ class _WatcherThreads:
                     self._pidfd_ready(fd)
                 except BaseException as exc:
                     self._survive(exc, "pidfd selector")
-            # _drop_stray_locked (run above, on this thread) may have replaced
-            # the epoll; None only once closed (seen at the loop's test).
-            epoll = self._epoll or epoll
-            # The fds met with no watch in this round are those to rebuild for
-            # if the next round meets them again (only this thread uses them).
-            if self._strays or self._strays_now:
-                self._strays, self._strays_now = self._strays_now, set()
+            epoll = self._round_done(epoll)
+
+    def _round_done(self, epoll: select.epoll) -> select.epoll:
+        """After a round of the selector: the epoll to poll next, which
+        ``_drop_stray_locked`` (run in the round, on this thread) may have
+        replaced (None only once closed: seen at the loop's test). The fds met
+        with no watch in this round are those to rebuild for if the next round
+        meets them again (only this thread uses them)."""
+        if self._strays or self._strays_now:
+            self._strays, self._strays_now = self._strays_now, set()
+        return self._epoll or epoll

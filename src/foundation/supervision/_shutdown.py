@@ -85,19 +85,22 @@ def _left_running(
     for id in ids:
         child = children.get(id)
         kind = None if child is None else child.spec.kind
-        inner: list[tuple[str, str | None]] = []
-        if child is not None and kind == "supervisor":
-            nested = getattr(child.abandoned, "_children", None)  # the nested Supervisor's rows
-            if isinstance(nested, Mapping):
-                stuck = [
-                    c.spec.id
-                    for c in nested.values()
-                    if c.abandoned is not None
-                    and (c.spec.kind == "supervisor" or _still_running(c.abandoned))
-                ]
-                inner = _left_running(nested, stuck, f"{prefix}{id}/")
+        inner = _left_inside(child, f"{prefix}{id}/") if kind == "supervisor" else []
         left.extend(inner or [(f"{prefix}{id}", kind)])
     return left
+
+
+def _left_inside(child: _Child | None, prefix: str) -> list[tuple[str, str | None]]:
+    """``_left_running`` within a nested supervisor child: its own abandoned rows."""
+    nested = getattr(child and child.abandoned, "_children", None)  # the nested rows
+    if not isinstance(nested, Mapping):
+        return []
+    stuck = [
+        c.spec.id
+        for c in nested.values()
+        if c.abandoned is not None and (c.spec.kind == "supervisor" or _still_running(c.abandoned))
+    ]
+    return _left_running(nested, stuck, prefix)
 
 
 def _why_abandoned(kinds: set[str | None]) -> str:
