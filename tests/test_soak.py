@@ -43,7 +43,7 @@ from foundation import (
     ThreadLocalRegistry,
     spawn_thread,
 )
-from foundation.flags._flags import HASH_CACHE_SIZE
+from foundation.flags._rules import HASH_CACHE_SIZE
 from foundation.liveness import MonitorManager
 from foundation.registry import _plain
 from foundation.registry._redis._observer import RedisObserver

@@ -9,7 +9,8 @@ without it raises ``ImportError`` naming ``foundation[redis]``.
 from __future__ import annotations
 
 from foundation._public import fixup_module_paths
-from foundation.flags._flags import FeatureFlags, Flag
+from foundation.flags._declared import Flag
+from foundation.flags._flags import FeatureFlags
 from foundation.flags._hashing import bucket
 from foundation.flags._migration import (
     DEFAULT_FLAGS,

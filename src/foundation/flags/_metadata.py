@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from foundation.flags._flags import Flag
+    from foundation.flags._declared import Flag
     from foundation.flags._migration import MigrationPlan
 
 __all__ = ["MetadataValue", "flag_metadata", "stages_by_flag"]

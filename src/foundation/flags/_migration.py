@@ -30,7 +30,8 @@ from foundation.errors import (
     bounded_repr,
 )
 from foundation.flags._config import nearest
-from foundation.flags._flags import FeatureFlags, Flag, _Writer
+from foundation.flags._declared import Flag
+from foundation.flags._flags import FeatureFlags, _Writer
 from foundation.flags._store import MAX_STAGE, MigrationEvent, report_callback_error
 from foundation.flags._typed import is_valid_unicode
 
