@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from foundation.admin import AdminServer
-from foundation.admin._app import history_retention
+from foundation.admin._routes_flags import history_retention
 from foundation.flags import (
     FeatureFlags,
     Flag,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from foundation.admin import AdminServer
-from foundation.admin._app import render_json
+from foundation.admin._json import render_json
 from foundation.flags import FeatureFlags, Flag, FlagChange, FlagState, MemoryFlagStore
 from tests.admin.test_api import event_stream, next_event
 

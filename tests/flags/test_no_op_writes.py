@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from foundation._cli._flags import change_dict
-from foundation.admin._app import _change_dict
+from foundation.admin._json import _change_dict
 from foundation.flags import (
     FeatureFlags,
     Flag,

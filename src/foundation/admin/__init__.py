@@ -46,8 +46,10 @@ Example:
 from __future__ import annotations
 
 from foundation._public import fixup_module_paths
-from foundation.admin._app import AdminState, create_app, parse_tokens
+from foundation.admin._app import create_app
+from foundation.admin._auth import parse_tokens
 from foundation.admin._server import AdminServer, serve
+from foundation.admin._state import AdminState
 
 __all__ = ["AdminServer", "AdminState", "create_app", "parse_tokens", "serve"]
 

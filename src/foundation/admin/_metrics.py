@@ -17,7 +17,7 @@ from foundation.errors import FoundationError
 from foundation.metrics import REGISTRY_STATES
 
 if TYPE_CHECKING:
-    from foundation.admin._app import AdminState, RegistryLike
+    from foundation.admin._state import AdminState, RegistryLike
     from foundation.flags import FeatureFlags, Migration
 
 __all__ = ["exposition"]
@@ -97,7 +97,7 @@ def _registry_families(registry: RegistryLike) -> Iterator[GaugeMetricFamily]:
     except FoundationError:
         log.warning("admin: registry unavailable for /metrics", exc_info=True)
     else:
-        from foundation.admin._app import _kind
+        from foundation.admin._json import _kind
 
         counts = collections.Counter((e.node, _kind(e.agent)) for e in entries)
         g = GaugeMetricFamily(

@@ -50,7 +50,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from foundation.admin._app import AdminState, ApiError, JSONAnswer, _authorise, render_json
+from foundation.admin._auth import _authorise
+from foundation.admin._errors import ApiError
+from foundation.admin._http import JSONAnswer
+from foundation.admin._json import render_json
+from foundation.admin._state import AdminState
 from foundation.errors import FoundationError, InvalidFlagValue, UnknownFlag
 from foundation.flags import FeatureFlags
 from foundation.flags._metadata import flag_metadata, stages_by_flag

@@ -17,7 +17,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from foundation._cli._signals import raising_handler
-from foundation.admin._app import AdminState, RegistryLike, create_app
+from foundation.admin._app import create_app
+from foundation.admin._state import AdminState, RegistryLike
 from foundation.errors import Closed, InvalidConfig
 from foundation.flags import FeatureFlags, Migration
 

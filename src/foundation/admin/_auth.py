@@ -1,0 +1,130 @@
+"""Who may do what: operator tokens (``parse_tokens``) and each request's authorisation."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from foundation.admin._errors import ApiError
+from foundation.errors import InvalidConfig, bounded_repr
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from foundation.admin._state import AdminState
+
+__all__ = ["Operators", "parse_tokens"]
+
+_JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Operators:
+    """Bearer secrets and the operator each one names (``by`` of its writes)."""
+
+    secrets: tuple[tuple[bytes, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        raise TypeError("use Operators.configured, not truthiness")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.secrets)
+
+    def operator(self, secret: str) -> str | None:
+        """The operator whose secret this is, else None (constant time per secret)."""
+        given = secret.encode()
+        found = None
+        for known, name in self.secrets:  # no early exit: every secret is compared
+            if hmac.compare_digest(known, given):
+                found = name
+        return found
+
+
+def parse_tokens(token: str | Iterable[str] | Mapping[str, str] | None) -> Operators:
+    """Operators from ``"secret"`` (named admin), ``"name:secret"``, a list, or ``{name: secret}``.
+
+    Example:
+        >>> ops = parse_tokens(["ana:s3cret-a", "bo:s3cret-b"])
+        >>> ops.operator("s3cret-b"), ops.operator("nope")
+        ('bo', None)
+        >>> parse_tokens("just-a-secret").operator("just-a-secret")
+        'admin'
+
+    Raises:
+        InvalidConfig: an empty secret or operator name, or a secret given twice.
+    """
+    if token is None:
+        return Operators()
+    seen: set[str] = set()
+    out: list[tuple[bytes, str]] = []
+    for name, secret in _token_pairs(token):
+        if not name or not secret:
+            raise InvalidConfig("a token needs a non-empty operator name and secret")
+        if secret in seen:
+            raise InvalidConfig(f"the secret of operator {name!r} is given twice")
+        seen.add(secret)
+        out.append((secret.encode(), name))
+    return Operators(tuple(out))
+
+
+def _token_pairs(token: str | Iterable[str] | Mapping[str, str]) -> list[tuple[str, str]]:
+    """The (operator name, secret) pairs of a token, unchecked for emptiness or repeats."""
+    if isinstance(token, Mapping):
+        return _mapping_pairs(token)
+    if not isinstance(token, str | Iterable):
+        raise InvalidConfig(f"a token is a string, not {bounded_repr(token)}")
+    pairs: list[tuple[str, str]] = []
+    for item in [token] if isinstance(token, str) else list(token):
+        if not isinstance(item, str):
+            raise InvalidConfig(f"a token is a string, not {bounded_repr(item)}")
+        name, sep, secret = item.partition(":")
+        pairs.append((name, secret) if sep else ("admin", item))
+    return pairs
+
+
+def _mapping_pairs(token: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The (operator name, secret) pairs of a ``{name: secret}`` token, type-checked."""
+    pairs: list[tuple[str, str]] = []
+    for n, s in token.items():
+        if not isinstance(n, str) or not isinstance(s, str):
+            raise InvalidConfig(
+                f"token maps operator names to secrets (strings), not {bounded_repr(n)} "
+                f"to a {type(s).__name__}"
+            )
+        pairs.append((n, s))
+    return pairs
+
+
+def _authorise(request: Request, state: AdminState, *, write: bool) -> str | None:
+    """The operator of this request (None: an anonymous read); ApiError if refused."""
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    operator = None
+    if header:
+        if scheme.lower() != "bearer" or not state.operators.configured:
+            raise ApiError(401, "Unauthorized", "send Authorization: Bearer <token>")
+        operator = state.operators.operator(secret.strip())
+        if operator is None:
+            raise ApiError(401, "Unauthorized", "unknown token")
+    if write:
+        _authorise_write(request, state, operator)
+    elif operator is None and state.operators.configured and not state.public_reads:
+        raise ApiError(401, "Unauthorized", "reads need Authorization: Bearer <token>")
+    return operator
+
+
+def _authorise_write(request: Request, state: AdminState, operator: str | None) -> None:
+    """ApiError unless this server takes writes and this request may make one."""
+    if state.read_only:
+        raise ApiError(403, "ReadOnly", "the admin server runs in read-only mode")
+    if not state.operators.configured:
+        raise ApiError(403, "ReadOnly", "no operator token is configured: writes are off")
+    if operator is None:
+        raise ApiError(401, "Unauthorized", "a write needs Authorization: Bearer <token>")
+    # CSRF: a browser never sends an Authorization header cross-site on its own,
+    # and a JSON content type cannot be sent cross-site without a CORS preflight.
+    if request.headers.get("content-type", "").split(";")[0].strip() != _JSON:
+        raise ApiError(415, "UnsupportedMediaType", "writes take Content-Type: application/json")

@@ -1,0 +1,192 @@
+"""Request plumbing: the endpoint wrapper (authorise, parse, answer), the
+request's body and query helpers, and every failure as a JSON answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from foundation.admin._auth import _authorise
+from foundation.admin._errors import ApiError
+from foundation.admin._json import _lone_surrogate, render_json
+from foundation.admin._state import AdminState, RegistryLike
+from foundation.errors import (
+    BackendUnavailable,
+    Closed,
+    MigrationError,
+    NotRegistered,
+    UnknownFlag,
+    bounded_repr,
+)
+from foundation.flags import FeatureFlags, Migration
+
+__all__ = ["JSONAnswer"]
+
+log = logging.getLogger("foundation.admin")
+
+_TOO_DEEP = "the body is nested too deeply"
+
+
+class JSONAnswer(JSONResponse):
+    """A ``JSONResponse`` rendered by ``render_json`` (any string renders).
+
+    Example:
+        >>> JSONAnswer({"a": "\\udc80"}, status_code=422).body
+        b'{"a":"\\\\udc80"}'
+    """
+
+    def render(self, content: Any) -> bytes:
+        return render_json(content)
+
+
+Handler = Callable[[Request, AdminState], Awaitable[Response]]
+
+
+def _error(exc: BaseException) -> JSONAnswer:
+    if isinstance(exc, ApiError):
+        status, name, message = exc.status, exc.name, exc.message
+    else:
+        name, message = type(exc).__name__, str(exc)
+        if isinstance(exc, UnknownFlag | NotRegistered):
+            status = 404
+        elif isinstance(exc, MigrationError):
+            status = 409
+        elif isinstance(exc, BackendUnavailable | Closed):
+            status = 503
+        elif isinstance(exc, ValueError | TypeError):  # Invalid* are ValueError/TypeError
+            status = 422
+        else:
+            status = 500
+    return JSONAnswer({"error": name, "message": message}, status_code=status)
+
+
+_JSON_PREFIXES = ("/api/", "/ofrep/")
+_HTTP_ERRORS = {404: "NotFound", 405: "MethodNotAllowed"}
+
+
+def _route_path(request: Request) -> str:
+    """The path within this app (without the prefix it is mounted under)."""
+    path: str = request.scope.get("path", "")
+    root: str = request.scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (no such route, a method the route does not take)
+    under ``/api/`` and ``/ofrep/`` in the API's error shape; plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    path = _route_path(request)
+    headers = dict(exc.headers or {})  # Allow: on a 405
+    if not (path + "/").startswith(_JSON_PREFIXES):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=headers)
+    name = _HTTP_ERRORS.get(exc.status_code, f"HTTP{exc.status_code}")
+    if exc.status_code == 404:
+        message = f"no such API route: {request.method} {bounded_repr(path)}"
+    elif exc.status_code == 405:
+        allowed = headers.get("allow") or headers.get("Allow") or "another method"
+        message = f"{request.method} is not allowed on {bounded_repr(path)} (use {allowed})"
+    else:
+        message = str(exc.detail)
+    body: dict[str, Any] = {"error": name, "message": message}
+    if path.startswith("/ofrep/"):
+        body["errorDetails"] = message  # OFREP clients read errorDetails
+    return JSONAnswer(body, status_code=exc.status_code, headers=headers)
+
+
+def _endpoint(
+    fn: Callable[..., Awaitable[Any]], *, write: bool = False
+) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        state: AdminState = request.app.state.admin
+        try:
+            operator = _authorise(request, state, write=write)
+            if write:
+                body = await _body(request)
+                result = await fn(request, state, operator, body)
+            else:
+                result = await fn(request, state)
+            # Rendered inside the try: a value JSON cannot hold is a JSON 500, not a bare one.
+            return result if isinstance(result, Response) else JSONAnswer(result)
+        except Exception as exc:
+            response = _error(exc)
+            if response.status_code == 500:
+                log.exception("admin: %s %s failed", request.method, request.url.path)
+            return response
+
+    return handle
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(422, "InvalidBody", "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(422, "InvalidBody", _TOO_DEEP) from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "InvalidBody", "the body is a JSON object")
+    if "by" in body:
+        raise ApiError(422, "InvalidBody", "`by` is the authenticated operator; do not send it")
+    # Refused before anything is written: a lone surrogate (valid JSON, "\\ud800") cannot
+    # be encoded as UTF-8, so stored it would poison every later read of it elsewhere.
+    try:
+        where = _lone_surrogate(body)
+    except RecursionError:
+        raise ApiError(422, "InvalidBody", _TOO_DEEP) from None
+    if where is not None:
+        raise ApiError(
+            422, "InvalidBody", f"{where} in the body holds a lone surrogate (not valid Unicode)"
+        )
+    return body
+
+
+def _text(body: Mapping[str, Any], field: str, *, required: bool = False) -> str | None:
+    value = body.get(field)
+    if value is None:
+        if required:
+            raise ApiError(422, "InvalidBody", f"the body needs {field!r}")
+        return None
+    # A required text that is blank ("   ", "\n") says nothing: refused as "" is.
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise ApiError(422, "InvalidBody", f"{field!r} is a non-empty string")
+    return value
+
+
+def _need_flags(state: AdminState) -> FeatureFlags:
+    if state.flags is None:
+        raise ApiError(404, "NotConfigured", "this admin server has no flags")
+    return state.flags
+
+
+def _need_migration(state: AdminState) -> Migration:
+    if state.migration is None:
+        raise ApiError(404, "NotConfigured", "this admin server has no migration plan")
+    return state.migration
+
+
+def _need_registry(state: AdminState) -> RegistryLike:
+    if state.registry is None:
+        raise ApiError(404, "NotConfigured", "this admin server has no registry")
+    return state.registry
+
+
+def _limit(request: Request, default: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None or raw == "":
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:  # also past int()'s 4300 digits
+        limit = 0
+    if limit < 1:
+        raise ApiError(422, "InvalidLimit", f"limit is an integer >= 1, not {bounded_repr(raw)}")
+    return limit

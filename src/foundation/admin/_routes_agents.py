@@ -1,0 +1,181 @@
+"""The registry and supervision routes: live agents, one agent, the recently
+dead, and the supervision trees."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from foundation.admin._errors import ApiError
+from foundation.admin._http import _limit, _need_registry
+from foundation.admin._json import _kind, entry_dict
+from foundation.admin._state import DEAD_RING, AdminState
+from foundation.errors import Closed, NotRegistered, bounded_repr
+from foundation.registry import Entry
+
+__all__ = ["dead_agents", "list_agents", "show_agent", "supervision"]
+
+
+def _parse_where(raw: str) -> tuple[str, str, Any]:
+    path, sep1, rest = raw.partition(":")
+    op, sep2, text = rest.partition(":")
+    if not (sep1 and sep2 and path and op):
+        raise ApiError(422, "InvalidCriteria", f"where is PATH:OP:VALUE, not {raw!r}")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text  # a bare word is a string
+    except RecursionError:
+        raise ApiError(
+            422, "InvalidCriteria", f"the value of where {bounded_repr(raw)} is nested too deeply"
+        ) from None
+    if isinstance(value, list):
+        value = tuple(value)
+    return path, op, value
+
+
+def _row_matches(row: dict[str, Any], search: str) -> bool:
+    """Whether lower-case ``search`` occurs in an agent row's key, metadata or node."""
+    return (
+        search in str(row["key_text"]).lower()
+        or search in json.dumps(row["metadata"]).lower()
+        or search in str(row["node"]).lower()
+    )
+
+
+def _agents(request: Request, state: AdminState) -> dict[str, Any]:
+    registry = _need_registry(state)
+    criteria = [_parse_where(w) for w in request.query_params.getlist("where")]
+    search = (request.query_params.get("q") or "").lower()
+    limit = _limit(request, 500)
+    everyone = registry.list_all()
+    chosen = registry.query(criteria) if criteria else everyone
+    rows = [entry_dict(e) for e in chosen]
+    if search:
+        rows = [r for r in rows if _row_matches(r, search)]
+    rows.sort(key=lambda r: str(r["key_text"]))
+    by_kind: collections.Counter[str] = collections.Counter()
+    by_node: collections.Counter[str] = collections.Counter()
+    for e in everyone:
+        by_kind[_kind(e.agent)] += 1
+        by_node[e.node] += 1
+    return {
+        "agents": rows[:limit],
+        "matched": len(rows),
+        "total": len(everyone),
+        "by_kind": dict(by_kind),
+        "by_node": dict(by_node),
+    }
+
+
+async def list_agents(request: Request, state: AdminState) -> Any:
+    return await run_in_threadpool(_agents, request, state)
+
+
+async def show_agent(request: Request, state: AdminState) -> Any:
+    registry = _need_registry(state)
+    text = request.path_params["key"]
+
+    def find() -> Entry | None:
+        entry = registry.lookup(text)
+        if entry is None:
+            try:
+                parsed = json.loads(text)
+            except (ValueError, RecursionError):  # not JSON, or nested too deeply: no such key
+                return None
+            if isinstance(parsed, list):
+                parsed = tuple(parsed)
+            if parsed != text and isinstance(parsed, Hashable):  # '"dead"' names key "dead"
+                entry = registry.lookup(parsed)
+        return entry
+
+    entry = await run_in_threadpool(find)
+    if entry is None:
+        raise NotRegistered(text)
+    return entry_dict(entry)
+
+
+async def dead_agents(request: Request, state: AdminState) -> Any:
+    _need_registry(state)
+    limit = _limit(request, DEAD_RING)
+    return {"dead": list(reversed(state.hub.dead))[:limit]}
+
+
+# ------------------------------------------------------------------- supervision
+
+
+def _children_elsewhere(sup: Any) -> list[Any]:
+    """``which_children()`` of a SupervisorThread, or of a Supervisor on another loop."""
+    if hasattr(sup, "thread"):  # SupervisorThread: thread-safe already
+        try:
+            return list(sup.which_children())
+        except Closed:  # a stopped handle: its loop is gone, the supervisor shows how it ended
+            return list(sup.supervisor.which_children())
+    task = sup.task
+    if task is None:
+        return []
+
+    async def ask() -> list[Any]:
+        return list(sup.which_children())
+
+    coro = ask()
+    try:
+        fut = asyncio.run_coroutine_threadsafe(coro, task.get_loop())
+    except RuntimeError:  # its loop is closed: the run has ended and nothing changes it now
+        coro.close()
+        return list(sup.which_children())
+    try:
+        return fut.result(5.0)
+    except TimeoutError:
+        fut.cancel()
+        raise ApiError(
+            503,
+            "Unavailable",
+            f"supervisor {bounded_repr(sup.name)}: its event loop did not answer",
+        ) from None
+
+
+def _children_here(sup: Any) -> list[Any]:
+    return list(sup.which_children())
+
+
+def _tree(sup: Any, children: Callable[[Any], list[Any]]) -> dict[str, Any]:
+    inner = getattr(sup, "supervisor", sup)
+    node: dict[str, Any] = {
+        "name": inner.name,
+        "state": inner.state,
+        "strategy": inner.strategy,
+        "children": [],
+    }
+    for child in children(sup):
+        row: dict[str, Any] = {
+            "id": child.id,
+            "kind": child.kind,
+            "restart": child.restart,
+            "status": child.status,
+            "restarts": child.restarts,
+            "registered": child.registered,
+        }
+        if child.kind == "supervisor" and child.handle is not None:
+            row["supervisor"] = _tree(child.handle, children)
+        node["children"].append(row)
+    return node
+
+
+async def supervision(request: Request, state: AdminState) -> Any:
+    loop = asyncio.get_running_loop()
+    out = []
+    for sup in state.supervisors:
+        task = getattr(sup, "task", None)
+        if task is not None and task.get_loop() is loop:
+            # Mounted in the supervisor's own loop: ask directly (blocking on it would deadlock).
+            out.append(_tree(sup, _children_here))
+        else:
+            out.append(await run_in_threadpool(_tree, sup, _children_elsewhere))
+    return {"supervisors": out}
