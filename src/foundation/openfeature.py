@@ -15,8 +15,11 @@ Mapping (see ``docs/openfeature.md`` for the full list of spec decisions):
 - errors (value: the caller's default, reason ``ERROR``, never an exception):
   ``FLAG_NOT_FOUND`` for an undeclared flag; ``TYPE_MISMATCH`` when the flag's
   kind is not the one asked for; ``INVALID_CONTEXT`` for a targeting key that
-  is not a str or a 64-bit int; ``PROVIDER_FATAL`` once ``flags`` is closed;
-  ``GENERAL`` for anything else.
+  is not a str or a 64-bit int; ``PROVIDER_FATAL`` once ``flags`` is closed
+  (whatever the key); ``GENERAL`` for anything else.
+- the targeting key is an actor by ``FeatureFlags``' own rule (``evaluate``
+  normalises and checks it): a str subclass (a ``StrEnum`` member) is the plain
+  string it equals, an int ``str(n)``, and ``""`` no actor.
 - numbers: an integer flag read as a float is converted when exact
   (|value| <= 2**53); a float flag read as an integer answers when the value is
   integral (``10.0`` -> ``10``), else ``TYPE_MISMATCH``. Booleans are never
@@ -37,7 +40,8 @@ events). Memory and SQLite stores never go stale. ``PROVIDER_ERROR`` with
 error code ``PROVIDER_FATAL``, once, when a resolution first finds ``flags``
 closed (the SDK's status becomes ``FATAL``); ``initialize`` over closed flags
 raises ``errors.Closed`` that is also the SDK's ``ProviderFatalError``, with
-the same outcome.
+the same outcome. ``FATAL`` is final: from then on the provider emits no
+``PROVIDER_STALE`` / ``PROVIDER_READY`` (it stops listening to store health).
 
 ``import foundation`` never imports this module; importing it without the SDK
 raises ``ImportError`` naming ``foundation[openfeature]``.
@@ -176,6 +180,7 @@ class FoundationProvider(AbstractProvider):
         self._provider_metadata = Metadata(name=PROVIDER_NAME)
         self._lock = threading.Lock()  # guards the subscription state and _stale
         self._unsubscribe: list[Callable[[], None]] = []
+        self._detach_health: list[Callable[[], None]] = []  # also in _unsubscribe
         self._stale = False
         self._fatal = False  # PROVIDER_ERROR (PROVIDER_FATAL) emitted: flags found closed
 
@@ -214,13 +219,14 @@ class FoundationProvider(AbstractProvider):
             store = self._flags.store
             if isinstance(store, RedisFlagStore):
                 self._stale = store.stale
-                unsubscribe += [telemetry.attach(e, self._on_health) for e in _HEALTH_EVENTS]
-            self._unsubscribe = unsubscribe
+                self._detach_health = [telemetry.attach(e, self._on_health) for e in _HEALTH_EVENTS]
+            self._unsubscribe = unsubscribe + self._detach_health
 
     def shutdown(self) -> None:
         """Stop listening to ``flags`` and its store; ``flags`` stays open. Idempotent."""
         with self._lock:
             unsubscribe, self._unsubscribe = self._unsubscribe, []
+            self._detach_health = []
             self._stale = self._fatal = False
         for undo in unsubscribe:
             undo()
@@ -260,8 +266,10 @@ class FoundationProvider(AbstractProvider):
         # synced, from its listener thread, so the state read here is the one
         # the event announces.
         with self._lock:
-            if not self._unsubscribe:
-                return  # shut down meanwhile
+            # FATAL is final: a STALE or READY after it would make the SDK report a
+            # provider that can never answer again as stale, then healthy.
+            if not self._unsubscribe or self._fatal:
+                return  # shut down, or gone fatal, meanwhile (see _report_fatal)
             stale = store.stale
             if stale == self._stale:
                 return
@@ -338,6 +346,9 @@ class FoundationProvider(AbstractProvider):
             except Exception:  # an unhashable key, or one whose __hash__/__eq__ raises
                 kind = None
             if kind is None:
+                # Closed first, as for a declared key: `names` raises Closed (-> below)
+                # once flags is closed, so an unknown key is PROVIDER_FATAL then too.
+                _ = self._flags.names
                 # bounded_repr: a huge key, or one whose __repr__ raises, gives a short message.
                 return _error(
                     default, ErrorCode.FLAG_NOT_FOUND, f"unknown flag {bounded_repr(key)}"
@@ -348,19 +359,12 @@ class FoundationProvider(AbstractProvider):
                     ErrorCode.TYPE_MISMATCH,
                     f"{bounded_repr(key)} is {a_kind(kind)} flag, read as {want}",
                 )
+            # The targeting key is the actor by FeatureFlags' own rule, one rule for
+            # every bridge: evaluate() normalises it (a str subclass as the plain
+            # string, an int as str(n), "" as no actor, as the SDK's context merge
+            # treats it) and refuses any other key, whatever the flag's state, with
+            # InvalidFlagValue (-> INVALID_CONTEXT in _failure).
             actor = None if context is None else context.targeting_key
-            if _invalid_actor(actor):
-                # Checked here, not left to evaluate(): it may answer a flag the actor
-                # cannot change without looking at the actor, and a bad key is an
-                # error whatever the flag's state.
-                return _error(
-                    default,
-                    ErrorCode.INVALID_CONTEXT,
-                    "the targeting key must be a str (or a 64-bit int), "
-                    f"not {type(actor).__name__}",
-                )
-            if actor == "":
-                actor = None  # the SDK treats an empty targeting key as unset (merge)
             evaluation = self._evaluate(key, actor)  # raises: see the except below
             return self._details(key, default, kind, want, evaluation)
         except Exception as exc:  # never raise out of a resolution
@@ -381,6 +385,15 @@ class FoundationProvider(AbstractProvider):
             if self._fatal or not self._unsubscribe:
                 return  # reported already, or not initialized (no SDK to tell)
             self._fatal = True
+            detach, self._detach_health = self._detach_health, []
+        # Store health no longer matters: FATAL is final. Race: a health callback
+        # already in flight (telemetry read its listeners before this detach)
+        # takes the lock and finds _fatal set, so it emits nothing; one that took
+        # the lock before us emitted its STALE/READY before the error below, which
+        # the SDK therefore records last. Detaching is idempotent (shutdown()
+        # detaches again).
+        for undo in detach:
+            undo()
         # Emitted outside the lock: the SDK only updates its status and queues
         # the handlers on its own pool. Race: a shutdown() landing between the
         # check and the emit is harmless: the SDK detaches a provider after
@@ -488,15 +501,6 @@ def _describe(exc: BaseException) -> str:
     except Exception:
         text = f"{type(exc).__name__} (unprintable)"
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
-
-
-def _invalid_actor(actor: object) -> bool:
-    """Whether a targeting key is neither None, a str nor a 64-bit int."""
-    return actor.__class__ is not str and actor is not None and not _int_actor(actor)
-
-
-def _int_actor(actor: object) -> bool:
-    return isinstance(actor, int) and not isinstance(actor, bool) and -(2**63) <= actor < 2**63
 
 
 def _error(default: V, code: ErrorCode, message: str) -> FlagResolutionDetails[V]:

@@ -109,7 +109,7 @@ def of(state: FlagState) -> M:
 def model_enabled(flag: str, s: M, actor: str | int | None) -> bool:
     if not s.switch:
         return False
-    if actor is None:
+    if actor is None or actor == "":  # "" is no actor
         return s.p is None or s.p == 100
     a = str(actor)
     if a in s.deny:

@@ -56,6 +56,7 @@ from foundation.flags._hashing import HASH_SPACE
 from foundation.flags._hashing import sha256 as _sha256
 from foundation.flags._rules import (
     HASH_CACHE_SIZE,
+    MAX_CACHED_ACTOR,
     _compile,
     _compile_boolean,
     _compile_typed,
@@ -132,13 +133,15 @@ def _actor(actor: object) -> str:
 
 
 def _stored_actor(actor: object) -> str:
-    """An actor a write persists (allow, deny, assign): also valid Unicode.
+    """An actor a write persists (allow, deny, assign): not empty, valid Unicode.
 
     Reads hash any str (lone surrogates passed, see ``_hashing``), but a stored
     actor is served as JSON (admin API, CLI, history), which cannot carry a lone
     surrogate: refused before anything is written.
     """
     a = _actor(actor)
+    if not a:  # reads take "" for no actor: an entry for it could never match
+        raise InvalidFlagValue('an actor written to the store must not be empty ("" is no actor)')
     if not is_valid_unicode(a):
         raise InvalidFlagValue(
             f"an actor written to the store must be valid Unicode (no lone surrogates), "
@@ -191,9 +194,13 @@ class FeatureFlags:
     with an actor, its rollout bucket < p (see ``bucket``), without one only
     p == 100; otherwise True. The effective state of a flag is its runtime
     state (persisted in the store), else the config layer, else the declared
-    default. Actors are strings (an int is normalised with ``str()``).
+    default. Actors are strings (an int is normalised with ``str()``, a ``str``
+    subclass such as a ``StrEnum`` member with ``str.__str__``); the empty string
+    is no actor, as over OpenFeature and OFREP: ``enabled(name, "")`` answers as
+    ``enabled(name)`` (so do ``value``, ``variant`` and ``evaluate``).
     Rollout hashes are remembered per flag in a bounded cache
-    (``HASH_CACHE_SIZE`` actors; emptied when full), since a hash never changes.
+    (``HASH_CACHE_SIZE`` actors; emptied when full), since a hash never changes;
+    an actor longer than ``MAX_CACHED_ACTOR`` (256) characters is hashed each time.
 
     Typed flags (declared with ``variants``) are read with ``value``,
     ``variant`` and ``evaluate`` (which also says why: see there) and changed
@@ -357,7 +364,9 @@ class FeatureFlags:
         if actor.__class__ is not str:
             actor = _actor(actor)  # checked whatever the rule: a bad actor is always refused
         if rule is False or rule is True:
-            return rule
+            return rule  # also the answer without an actor (see _compile)
+        if not actor:
+            return self._plain[name]  # "" is no actor: the answer without one
         deny, allow, limit, prefix, cache = rule
         if actor in deny:
             return False
@@ -372,9 +381,10 @@ class FeatureFlags:
             h = int.from_bytes(
                 _sha256((prefix + actor).encode("utf-8", "surrogatepass")).digest()[:8], "big"
             )
-            if len(cache) >= HASH_CACHE_SIZE:
-                cache.clear()  # racing readers at worst recompute a hash: never wrong
-            cache[actor] = h
+            if len(actor) <= MAX_CACHED_ACTOR:  # a long actor is hashed each time, never kept
+                if len(cache) >= HASH_CACHE_SIZE:
+                    cache.clear()  # racing readers at worst recompute a hash: never wrong
+                cache[actor] = h
         return h < limit
 
     def value(self, name: str, actor: Actor | None = None) -> Any:
@@ -401,7 +411,9 @@ class FeatureFlags:
             actor = _actor(actor)  # checked even when the actor cannot matter
         fixed = compiled.fixed
         if fixed is not None:
-            return fixed.value
+            return fixed.value  # the value without an actor too (only reasons differ)
+        if not actor:
+            return compiled.bare.value  # "" is no actor
         return compiled.evaluate(actor).value
 
     def variant(self, name: str, actor: Actor | None = None) -> str:
@@ -450,6 +462,10 @@ class FeatureFlags:
             return compiled.bare
         if actor.__class__ is not str:
             actor = _actor(actor)  # checked even when the actor cannot matter
+        if not actor:
+            # "" is no actor. Before `fixed`: without an actor the reason may differ
+            # (a 0% rollout answers everyone SPLIT, no actor DEFAULT).
+            return compiled.bare
         fixed = compiled.fixed
         if fixed is not None:
             return fixed

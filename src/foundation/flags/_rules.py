@@ -17,13 +17,20 @@ from foundation.flags._hashing import sha256 as _sha256
 from foundation.flags._store import FlagState
 from foundation.flags._typed import Evaluation
 
-__all__ = ["HASH_CACHE_SIZE"]
+__all__ = ["HASH_CACHE_SIZE", "MAX_CACHED_ACTOR"]
 
 HASH_CACHE_SIZE = 16_384
 """Rollout hashes remembered per flag (actor -> h), and split hashes per typed flag
 and variant (actor -> -ln(u)). A hash never changes, so a cache is never stale;
 when one is full it is emptied and refills (at most about 1.5 MB per flag with a
 percentage, or per variant with a share). A hit saves the SHA-256 (~1 us -> ~0.1 us)."""
+
+MAX_CACHED_ACTOR = 256
+"""Longest actor (in characters) whose hash the caches above keep. A longer one is
+hashed on every read instead: each cache entry keeps its actor string alive, so
+caching actors of any length (an OFREP ``targetingKey`` of 200 kB) would let
+``HASH_CACHE_SIZE`` distinct ones hold gigabytes per flag. Only the miss path
+tests the length: a cached actor is found before it."""
 
 # A rule for evaluating with an actor: a constant answer when the actor cannot
 # matter, else (deny, allow, hash limit, hash prefix "flag\0", the flag's hash cache).
@@ -113,9 +120,7 @@ class _Compiled:
                 e = exponents.get(actor)
                 if e is None:
                     e = split_exponent(self.name, evaluation.variant, actor)
-                    if len(exponents) >= HASH_CACHE_SIZE:
-                        exponents.clear()  # racing readers at worst recompute: never wrong
-                    exponents[actor] = e
+                    _remember(exponents, actor, e)
                 score = e / share
                 if score < best_score:
                     best, best_score = evaluation, score
@@ -130,10 +135,18 @@ class _Compiled:
                 _sha256(f"{self.name}\0{actor}".encode("utf-8", "surrogatepass")).digest()[:8],
                 "big",
             )
-            if len(cache) >= HASH_CACHE_SIZE:
-                cache.clear()
-            cache[actor] = h
+            _remember(cache, actor, h)
         return self.on_split if h < limit else self.off_split
+
+
+def _remember(cache: dict[str, Any], actor: str, h: float) -> None:
+    """Keep ``actor``'s hash ``h`` in ``cache`` (emptied when full), unless the actor
+    is longer than ``MAX_CACHED_ACTOR``. Called on a miss only: a hit never pays
+    for the length test."""
+    if len(actor) <= MAX_CACHED_ACTOR:
+        if len(cache) >= HASH_CACHE_SIZE:
+            cache.clear()  # racing readers at worst recompute: never wrong
+        cache[actor] = h
 
 
 def _compile_boolean(name: str, state: FlagState, cache: dict[str, int]) -> _Compiled:

@@ -1169,6 +1169,9 @@ class MemoryFlagStore(FlagStore):
 
         return unsubscribe
 
+    def __repr__(self) -> str:
+        return f"MemoryFlagStore(history_limit={self.history_limit!r})"
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
