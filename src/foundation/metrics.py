@@ -51,9 +51,12 @@ backends; an in-process registry has no connection and no sample.
 
 ``foundation_flag_store_copy_in_memory`` is 1 while a ``RedisFlagStore``'s
 node copy lives in memory because its file failed (not durable: a restart
-loses it, pending kill switches included), 0 once it is written back. It is
-read at each collection from every open ``RedisFlagStore`` of the process (1 if
-any of a namespace's is in memory; what ``status().copy_in_memory`` says, without I/O).
+loses it, pending kill switches included), 0 once it is written back.
+``foundation_flag_store_stale`` and ``foundation_flag_store_read_only`` are
+``status().stale`` and ``status().read_only``. All three are read at each
+collection from every open ``RedisFlagStore`` of the process (1 if any of a
+namespace's says so; no I/O), never kept from events: a ``Metrics`` installed
+during an outage shows it, and a closed store's namespace has no sample.
 
 Example:
     >>> from foundation.flags import FeatureFlags, Flag
@@ -447,7 +450,9 @@ class Metrics:
         values["foundation_registry_entries"] = _registry_sizes(registries)
         # Read here, at collection, outside our lock: never from an event emitted
         # under a store's lock (status() takes the node copy's lock: a deadlock).
-        values["foundation_flag_store_copy_in_memory"] = _copies_in_memory()
+        # From the stores, not their events: a Metrics installed after a store went
+        # stale shows it, and a store closed while stale leaves no sample behind.
+        values.update(_store_gauges())
         connected, states = _registry_states(registries)
         values["foundation_registry_connected"] = connected
         values["foundation_registry_state"] = states
@@ -543,18 +548,9 @@ class Metrics:
 
     def _on_store_event(self, name: str, data: Mapping[str, Any]) -> None:
         what = name.removeprefix("foundation.flags.")
-        namespace = str(data.get("namespace"))
         with self._lock:
             events = self._values["foundation_flag_store_events_total"]
             events[(what,)] = events.get((what,), 0.0) + 1.0
-            stale = self._values["foundation_flag_store_stale"]
-            if what in ("stale", "started_from_cache"):
-                stale[(namespace,)] = 1.0
-            elif what in ("in_sync", "restored"):
-                stale[(namespace,)] = 0.0
-            if what in ("read_only", "writable"):
-                read_only = self._values["foundation_flag_store_read_only"]
-                read_only[(namespace,)] = 1.0 if what == "read_only" else 0.0
 
     def _on_round_trip(self, _name: str, data: Mapping[str, Any]) -> None:
         outcome = "ok" if data.get("ok", True) else "error"
@@ -592,14 +588,25 @@ def _registry_sizes(
     return entries
 
 
-def _copies_in_memory() -> dict[tuple[str, ...], float]:
-    """``foundation_flag_store_copy_in_memory``: per namespace, 1 if an open
-    ``RedisFlagStore`` keeps its node copy in memory, else 0."""
-    if "foundation.flags._redis_store" not in sys.modules:
-        return {}  # no RedisFlagStore in this process (and none imported for this)
-    from foundation.flags._redis_store import copies_in_memory
+_STORE_GAUGES: Final = (
+    "foundation_flag_store_stale",
+    "foundation_flag_store_read_only",
+    "foundation_flag_store_copy_in_memory",
+)
 
-    return {(ns,): 1.0 if in_memory else 0.0 for ns, in_memory in copies_in_memory().items()}
+
+def _store_gauges() -> dict[str, dict[tuple[str, ...], float]]:
+    """The flag store gauges (:data:`_STORE_GAUGES`): per namespace, 1 if an open
+    ``RedisFlagStore`` is stale / on a read-only Redis / keeps its copy in memory, else 0."""
+    gauges: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in _STORE_GAUGES}
+    if "foundation.flags._redis_store" not in sys.modules:
+        return gauges  # no RedisFlagStore in this process (and none imported for this)
+    from foundation.flags._redis_store import store_gauges
+
+    for namespace, flags in store_gauges().items():
+        for name, flag in zip(_STORE_GAUGES, flags, strict=True):
+            gauges[name][(namespace,)] = 1.0 if flag else 0.0
+    return gauges
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,9 @@ name                                      instrument          unit              
 
 Registries are objects, not events: pass each one to
 ``bridge.watch_registry(registry, name=...)``. Flag stores need nothing:
-``foundation.flag.store.copy_in_memory`` is read at each collection from every
-open ``RedisFlagStore`` of the process (see :mod:`foundation.metrics`).
+``foundation.flag.store.stale``, ``.read_only`` and ``.copy_in_memory`` are
+read at each collection from every open ``RedisFlagStore`` of the process (a
+closed one has no sample; see :mod:`foundation.metrics`).
 
 Example:
     >>> from opentelemetry.metrics import NoOpMeterProvider

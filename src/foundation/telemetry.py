@@ -25,7 +25,8 @@ Event names used by Foundation:
 flag store's outage events ``foundation.flags.stale``,
 ``foundation.flags.started_from_cache``, ``foundation.flags.restored``,
 ``foundation.flags.pending_recorded``, ``foundation.flags.pending_committed``,
-``foundation.flags.pending_superseded``, ``foundation.flags.in_sync``, and
+``foundation.flags.pending_superseded``, ``foundation.flags.in_sync``,
+``foundation.flags.read_only``, ``foundation.flags.writable``, and
 ``foundation.redis.round_trip`` (a timed Redis call, only while someone
 listens; ``foundation.metrics`` and ``foundation.otel`` feed on these).
 

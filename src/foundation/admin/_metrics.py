@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -13,7 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from foundation.admin._status import LOCAL
-from foundation.errors import FoundationError
+from foundation.errors import Closed, FoundationError
 from foundation.metrics import REGISTRY_STATES
 
 if TYPE_CHECKING:
@@ -32,13 +32,15 @@ class _AdminCollector(Collector):
         self._state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        # Each part read apart: one closed or unreachable leaves the others' gauges.
         state = self._state
-        if state.flags is not None:
-            yield from _flag_families(state.flags)
-        if state.migration is not None:
-            yield from _migration_families(state.migration)
-        if state.registry is not None:
-            yield from _registry_families(state.registry)
+        flags, migration, registry = state.flags, state.migration, state.registry
+        if flags is not None:
+            yield from _guarded("flags", lambda: _flag_families(flags))
+        if migration is not None:
+            yield from _guarded("migration stage", lambda: _migration_families(migration))
+        if registry is not None:
+            yield from _guarded("registry", lambda: _registry_families(registry))
         yield from _status_families(state.status.report())
         g = GaugeMetricFamily(
             "foundation_admin_dead_agents", "agents in the recently-dead ring", labels=[]
@@ -47,7 +49,24 @@ class _AdminCollector(Collector):
         yield g
 
 
-def _flag_families(flags: FeatureFlags) -> Iterator[GaugeMetricFamily]:
+def _guarded(what: str, read: Callable[[], list[GaugeMetricFamily]]) -> list[GaugeMetricFamily]:
+    """``read()``'s families; none if that part cannot be read.
+
+    Closed (the application shut it down, the admin server still up): no
+    samples and one DEBUG line, no traceback -- nothing is wrong and every
+    scrape would say it again. Unreachable (any other ``FoundationError``):
+    a WARNING with the traceback, as it is news.
+    """
+    try:
+        return read()
+    except Closed:
+        log.debug("admin: the served %s is closed: /metrics leaves out its gauges", what)
+    except FoundationError:
+        log.warning("admin: %s unavailable for /metrics", what, exc_info=True)
+    return []
+
+
+def _flag_families(flags: FeatureFlags) -> list[GaugeMetricFamily]:
     """The switch, percentage and split gauges of every flag."""
     switch = GaugeMetricFamily(
         "foundation_admin_flag_enabled",
@@ -71,43 +90,31 @@ def _flag_families(flags: FeatureFlags) -> Iterator[GaugeMetricFamily]:
             percentage.add_metric([name], s.percentage)
         for variant, share in (s.split or {}).items():
             split.add_metric([name, variant], share)
-    yield switch
-    yield percentage
-    yield split
+    return [switch, percentage, split]
 
 
-def _migration_families(migration: Migration) -> Iterator[GaugeMetricFamily]:
-    """The committed stage gauge (none, with a warning, if the stage cannot be read)."""
-    try:
-        stage = migration.status().stage
-    except FoundationError:
-        log.warning("admin: migration stage unavailable for /metrics", exc_info=True)
-    else:
-        g = GaugeMetricFamily(
-            "foundation_admin_migration_stage", "committed stage", labels=["plan"]
-        )
-        g.add_metric([migration.plan.name], float(stage))
-        yield g
+def _migration_families(migration: Migration) -> list[GaugeMetricFamily]:
+    """The committed stage gauge."""
+    stage = migration.status().stage
+    g = GaugeMetricFamily("foundation_admin_migration_stage", "committed stage", labels=["plan"])
+    g.add_metric([migration.plan.name], float(stage))
+    return [g]
 
 
-def _registry_families(registry: RegistryLike) -> Iterator[GaugeMetricFamily]:
-    """Live entries by node and kind (none, with a warning, if the registry cannot be read)."""
-    try:
-        entries = registry.list_all()
-    except FoundationError:
-        log.warning("admin: registry unavailable for /metrics", exc_info=True)
-    else:
-        from foundation.admin._json import _kind
+def _registry_families(registry: RegistryLike) -> list[GaugeMetricFamily]:
+    """Live entries by node and kind."""
+    entries = registry.list_all()
+    from foundation.admin._json import _kind
 
-        counts = collections.Counter((e.node, _kind(e.agent)) for e in entries)
-        g = GaugeMetricFamily(
-            "foundation_admin_registry_entries",
-            "live registry entries seen by the admin server",
-            labels=["node", "kind"],
-        )
-        for (node, kind), n in sorted(counts.items()):
-            g.add_metric([node, kind], float(n))
-        yield g
+    counts = collections.Counter((e.node, _kind(e.agent)) for e in entries)
+    g = GaugeMetricFamily(
+        "foundation_admin_registry_entries",
+        "live registry entries seen by the admin server",
+        labels=["node", "kind"],
+    )
+    for (node, kind), n in sorted(counts.items()):
+        g.add_metric([node, kind], float(n))
+    return [g]
 
 
 def _status_families(report: Mapping[str, Any]) -> Iterator[GaugeMetricFamily]:

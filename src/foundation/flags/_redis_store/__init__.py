@@ -194,6 +194,7 @@ reads), ``_trim`` (retention), ``_commit`` (the attempts of a transaction),
 
 from foundation.flags._redis_store._status import RedisFlagStoreStatus
 from foundation.flags._redis_store._status import copies_in_memory as copies_in_memory
+from foundation.flags._redis_store._status import store_gauges as store_gauges
 from foundation.flags._redis_store._store import RedisFlagStore
 
 __all__ = ["RedisFlagStore", "RedisFlagStoreStatus"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+import functools
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from foundation.errors import BackendUnavailable
 from foundation.flags._store import FlagChange, MigrationEvent
@@ -71,3 +73,42 @@ class _Unconfirmed(BackendUnavailable):
         super().__init__(message)
         self.changes = tuple(changes)
         self.events = tuple(events)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Per thread: the stores whose public call is running (see public_errors).
+_calls = threading.local()
+
+
+def public_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """``method`` (of a store), raising ``BackendUnavailable`` itself where one of the
+    private subclasses above (``_FailedFast``, ``_KeptInOrder``, ``_Unconfirmed``)
+    would reach the caller: the same message, chained to the same cause (Redis'
+    error, else the private one). Callers match on the public type and error
+    trackers group by it: the same fault must not split by how it was noticed.
+
+    Only the outermost call of a store on a thread translates: ``kill_switch``
+    calling ``transaction`` still sees which failure it was (it keeps a switch
+    by it). Another store's call inside (a subscriber's write) translates its own.
+    """
+
+    @functools.wraps(method)
+    def public(*args: P.args, **kwargs: P.kwargs) -> R:
+        inside: set[int] = _calls.__dict__.setdefault("stores", set())
+        store = id(args[0])
+        if store in inside:
+            return method(*args, **kwargs)  # the outer call translates
+        inside.add(store)
+        try:
+            return method(*args, **kwargs)
+        except BackendUnavailable as exc:
+            if type(exc) is BackendUnavailable:
+                raise
+            public = BackendUnavailable(str(exc)).with_traceback(exc.__traceback__)
+            raise public from exc.__cause__ or exc
+        finally:
+            inside.discard(store)
+
+    return public

@@ -35,6 +35,25 @@ def copies_in_memory() -> dict[str, bool]:
     return found
 
 
+def store_gauges() -> dict[str, tuple[bool, bool, bool]]:
+    """Per namespace: whether an open ``RedisFlagStore`` of this process is stale,
+    on a read-only Redis, or keeps its node copy in memory (each: any of that
+    namespace's stores). Read at collection by ``foundation.metrics``, as
+    ``copies_in_memory``: no I/O, no store lock, a closed store absent."""
+    with _live_lock:
+        stores = list(_live)
+    found: dict[str, tuple[bool, bool, bool]] = {}
+    for store in stores:
+        # Race: a store closing meanwhile reports its last values once more.
+        stale, read_only, in_memory = found.get(store.namespace, (False, False, False))
+        found[store.namespace] = (
+            stale or store.stale,
+            read_only or store._read_only,
+            in_memory or store._cache.in_memory,
+        )
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class RedisFlagStoreStatus:
     """What a ``RedisFlagStore`` knows about itself (``status()``).

@@ -17,7 +17,12 @@ from foundation.errors import BackendUnavailable, FlagError, InvalidConfig, boun
 from foundation.flags._history import Replay
 from foundation.flags._node_cache import PendingKillSwitch
 from foundation.flags._redis_store._commit import _TxnRun
-from foundation.flags._redis_store._errors import _KeptInOrder, _PendingFirst, _Retry
+from foundation.flags._redis_store._errors import (
+    _KeptInOrder,
+    _PendingFirst,
+    _Retry,
+    public_errors,
+)
 from foundation.flags._redis_store._listener import _Listener
 from foundation.flags._redis_store._shared import _MAX_ATTEMPTS, T, _check_name, log
 from foundation.flags._redis_store._status import RedisFlagStoreStatus, _live, _live_lock
@@ -174,6 +179,7 @@ class RedisFlagStore(_Listener):
             op.overlay(states)
         return states
 
+    @public_errors
     def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
         """Run ``fn(txn)`` and commit its writes atomically (WATCH/MULTI/EXEC, retried)."""
         self._check_open()
@@ -218,6 +224,7 @@ class RedisFlagStore(_Listener):
             f"flag transaction gave up after {_MAX_ATTEMPTS} conflicting concurrent commits"
         )
 
+    @public_errors
     def kill_switch(self, fn: Callable[[StoreTransaction], T]) -> T:
         """Commit a switch-off write; during an outage, apply and record it locally.
 
@@ -226,15 +233,8 @@ class RedisFlagStore(_Listener):
         switches off (and moves plans to stage 0 by ``emergency_rollback``).
         """
         self._check_open()
-        if self._synced.is_set():
-            try:
-                return self.transaction(fn)
-            except BackendUnavailable as exc:
-                if not self._defer_kill_switches:
-                    raise
-                return self._defer(fn, exc, refused=True)
         if not self._defer_kill_switches:
-            return self.transaction(fn)  # BackendUnavailable unless Redis is back
+            return self.transaction(fn)  # BackendUnavailable unless Redis answers
         # Stale: the listener is not (yet) in sync. Redis may answer all the same:
         # it has just come back and the listener waits out its backoff, or only the
         # listener's connection was cut (CLIENT KILL). So commit, as any write
@@ -245,9 +245,20 @@ class RedisFlagStore(_Listener):
         # kill switches of this node are still pending (this one goes after them,
         # in order, when the listener's resync commits them: committed ahead, it
         # would supersede an earlier one of the same flag, dropped with a WARNING).
-        held = self._held_back()
-        if held is not None:
-            return self._defer(fn, held)
+        if not self._synced.is_set():
+            held = self._held_back()
+            if held is not None:
+                return self._defer(fn, held)
+        # In sync, kill switches of this node may be pending too: Redis is a
+        # read-only replica (they wait for it to accept writes), or the listener
+        # has not committed them yet. This one goes after them as well
+        # (_after_pending). Race: run on Redis's state instead, a repeat of a
+        # pending kill switch on a read-only replica found its flag still on
+        # there and computed a change; its commit was refused (READONLY), its
+        # rerun on this node's view wrote nothing (off already), and the caller
+        # (FeatureFlags, whose safeguard reads this view back) took the refused
+        # run as committed: a change logged and told at every repeat, where
+        # during an outage a repeat is a no-op.
         try:
             return self.transaction(functools.partial(self._after_pending, fn))
         except _PendingFirst as first:
@@ -270,16 +281,22 @@ class RedisFlagStore(_Listener):
         return None
 
     def _kept_in_order(self, count: int) -> _KeptInOrder:
+        if self._read_only:
+            why = f"Redis at {self._url} is a read-only replica"
+        elif self._synced.is_set():
+            why = "the listener commits them at its next turn"
+        else:
+            why = f"this node is stale: {self._last_error}"
         return _KeptInOrder(
-            f"{count} earlier kill switch(es) of this node are not committed yet "
-            f"(this node is stale: {self._last_error})"
+            f"{count} earlier kill switch(es) of this node are not committed yet ({why})"
         )
 
     def _after_pending(self, fn: Callable[[StoreTransaction], T], txn: StoreTransaction) -> T:
         """``fn(txn)``, unless kill switches became pending (``_PendingFirst``).
 
-        Race: another thread's kill switch kept (its commit failed) between
-        ``_held_back`` and this commit. Looked at again here, under the
+        In sync, the only look (see ``kill_switch``). Race: stale, another
+        thread's kill switch kept (its commit failed) between ``_held_back``
+        and this commit. Looked at again here, under the
         transaction lock that ``_defer`` takes to record it: one recorded before
         is seen, one recorded after is later than this commit.
         """
@@ -426,6 +443,12 @@ class RedisFlagStore(_Listener):
             copy_in_memory=self._cache.in_memory,
             eviction_policy=self._memory_policy.policy,
         )
+
+    def __repr__(self) -> str:
+        # The URL as every message shows it: passwords replaced by *** (redact_url).
+        url = getattr(self, "_url", "?")  # "?" in a traceback of a failed __init__
+        namespace = getattr(self, "namespace", "?")
+        return f"RedisFlagStore({bounded_repr(url)}, namespace={bounded_repr(namespace)})"
 
     def close(self) -> None:
         """Stop the listener thread, close both connections and the copy; idempotent."""
