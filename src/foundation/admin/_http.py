@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from foundation.admin._auth import _authorise
@@ -26,11 +26,20 @@ from foundation.errors import (
 )
 from foundation.flags import FeatureFlags, Migration
 
-__all__ = ["JSONAnswer"]
+__all__ = ["MAX_BODY_BYTES", "JSONAnswer", "read_body"]
 
 log = logging.getLogger("foundation.admin")
 
 _TOO_DEEP = "the body is nested too deeply"
+
+MAX_BODY_BYTES: Final = 1024 * 1024
+"""The largest request body the admin API and OFREP read: 1 MiB.
+
+The largest legitimate body is a flag write (an actor, a reason, a split) or an
+OFREP evaluation context: a few kB. 1 MiB leaves room for a context carrying
+many attributes, while one request can no longer make the server buffer (and
+parse) any amount of memory it is sent.
+"""
 
 
 class JSONAnswer(JSONResponse):
@@ -122,8 +131,58 @@ def _endpoint(
     return handle
 
 
+def _declared_length(request: Request) -> int:
+    """The body's ``Content-Length`` (0 when absent: a chunked body is counted as read)."""
+    try:
+        return int(request.headers.get("content-length") or 0)
+    except ValueError:  # the HTTP parser refuses it first; the count while reading still holds
+        return 0
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        413,
+        "BodyTooLarge",
+        f"the request body is larger than {MAX_BODY_BYTES} bytes (1 MiB), the server's limit",
+    )
+
+
+async def read_body(request: Request) -> bytes:
+    """The request's body, refused past ``MAX_BODY_BYTES`` without reading it all.
+
+    The one body reader of the admin API and OFREP. A ``Content-Length`` above
+    the limit is refused before a byte is read; a chunked body as soon as it
+    passes the limit (the server discards the rest of it).
+
+    Raises:
+        ApiError: 413 ``BodyTooLarge``; 400 ``ClientDisconnect`` when the client
+            left before its body ended (logged at DEBUG only: a client-side event,
+            and no one reads that answer).
+    """
+    if _declared_length(request) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:
+        log.debug(
+            "admin: the client of %s %s disconnected before the end of its body",
+            request.method,
+            bounded_repr(request.url.path),
+        )
+        raise ApiError(
+            400, "ClientDisconnect", "the client disconnected before the end of its body"
+        ) from None
+    return b"".join(chunks)
+
+
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await read_body(request)
     if not raw:
         return {}
     try:

@@ -25,7 +25,9 @@ Mapping (decided from the OFREP OpenAPI document, ``codeDefaultFlag``):
 Errors: 404 ``FLAG_NOT_FOUND`` (every key, on a server without flags, whose
 bulk answer is then ``{"flags": []}``); 400 ``PARSE_ERROR`` (the body is not a JSON
 object) or ``INVALID_CONTEXT`` (``context`` not an object, ``targetingKey``
-neither a string nor a 64-bit integer, an actor the flags refuse); 401 with
+neither a string nor a 64-bit integer, an actor the flags refuse); 413
+``GENERAL`` in the 400 shape (a body over ``MAX_BODY_BYTES``, 1 MiB, refused
+before it is read: the admin API's one body reader, ``read_body``); 401 with
 ``{"errorDetails"}`` for a missing or unknown token where one is needed (the
 admin API's read rule); 500 ``{"errorDetails"}`` when the flags are closed
 or failed (any unexpected error included). Every answer is ASCII JSON
@@ -52,7 +54,7 @@ from starlette.routing import Route
 
 from foundation.admin._auth import _authorise
 from foundation.admin._errors import ApiError
-from foundation.admin._http import JSONAnswer
+from foundation.admin._http import JSONAnswer, read_body
 from foundation.admin._json import render_json
 from foundation.admin._state import AdminState
 from foundation.errors import FoundationError, InvalidFlagValue, UnknownFlag
@@ -111,12 +113,18 @@ async def _actor(request: Request, key: str | None) -> str | None:
     64-bit int is the actor ``str(int)``, anything else is ``INVALID_CONTEXT``.
     """
 
-    def bad(code: str, details: str) -> _Failure:
+    def bad(code: str, details: str, status: int = 400) -> _Failure:
         if key is None:  # bulk: a failure of the whole request
-            return _Failure(400, {"errorCode": code, "errorDetails": details})
-        return _flag_failure(key, code, details, 400)
+            return _Failure(status, {"errorCode": code, "errorDetails": details})
+        return _flag_failure(key, code, details, status)
 
-    raw = await request.body()
+    try:
+        raw = await read_body(request)
+    except ApiError as exc:  # 413 BodyTooLarge; 400 ClientDisconnect (no one reads it)
+        # GENERAL: the body was not parsed, so it is no PARSE_ERROR (the one
+        # other code the protocol's evaluationFailure allows that is not about
+        # the context); OFREP's document has no 413, its 400 shape is kept.
+        raise bad("GENERAL", exc.message, exc.status) from None
     if not raw.strip():
         return None  # no body: an empty context
     try:
