@@ -62,10 +62,11 @@ def test_an_empty_str_subclass_key_is_no_actor(
     class Blank(enum.StrEnum):
         NONE = ""
 
-    flags.set_percentage("beta", 100)
-    flags.deny("beta", "")
-    r = provider.resolve_boolean_details("beta", False, EvaluationContext(Blank.NONE))
-    assert (r.value, r.reason) == (True, Reason.SPLIT), r  # the deny entry "" is not an actor
+    flags.set_percentage("beta", 0)
+    r = provider.resolve_boolean_details("beta", True, EvaluationContext(Blank.NONE))
+    # No actor: the untargeted answer (an actor at 0% would be SPLIT off).
+    assert r == provider.resolve_boolean_details("beta", True, EvaluationContext()), r
+    assert (r.value, r.reason) == (False, Reason.DEFAULT), r
 
 
 @pytest.mark.parametrize("bad", [1.5, True, 2**64, [1], object()])
