@@ -359,9 +359,21 @@ class Lease:
         sh.script("unregister", args, f"deleting an orphan entry {key!r:.200}")
 
     def _run_job(self, job: Job) -> None:
+        """Run a delete job; a failed one is retried after the next heartbeat or
+        recovery that succeeds (``_run_retries``).
+
+        Race: agents dying on a frozen Redis queue one job each; every job
+        sent after the first timeout waited a timeout of its own holding
+        wlock, and public writers queued behind them (up to ``4 * op_timeout``,
+        where the documented bound is about one). So a job fails fast too
+        (``fast=True``): while a call timed out moments ago, none succeeded
+        since, it sends nothing and goes back to ``_retry`` with its pending
+        delete kept (``flush_pending_down`` pops it only once the lock is held):
+        nothing is lost, the entry is deleted once Redis answers again.
+        """
         kind, arg = job
         try:
-            with self._sh.writing(public=False):
+            with self._sh.writing(public=False, fast=True):
                 if kind == "down":
                     self.flush_pending_down(arg)
                 elif kind == "orphan":

@@ -8,7 +8,9 @@ Locks (always taken in this order, never the other way round):
   ``op_timeout`` for it, then reports ``BackendUnavailable``; and a public
   write that finds a call timed out moments ago, none succeeded since, fails
   at once (``fail_fast``), so N writers queued on a frozen Redis cost one
-  timeout, not N.
+  timeout, not N; a writer waiting for the lock looks again while it waits,
+  and the lease thread's deletes of dead agents fail fast too (retried once
+  Redis answers).
 - ``mlock`` guards the mirror, ``own``, ``pending_downs``, the tail position,
   the listener tuple and the order of the event queue. Never held across a
   Redis call or a listener.
@@ -186,17 +188,18 @@ def expand_record(v: int, fields: dict[bytes, bytes]) -> list[tuple[int, dict[by
 class _Writing:
     """The context of ``Shared.writing``."""
 
-    __slots__ = ("public", "sh")
+    __slots__ = ("fast", "public", "sh")
 
-    def __init__(self, sh: Shared, public: bool) -> None:
+    def __init__(self, sh: Shared, public: bool, fast: bool) -> None:
         self.sh = sh
         self.public = public
+        self.fast = fast  # fails at once while Redis is known not to answer
 
     def __enter__(self) -> None:
         sh = self.sh
-        if self.public:
-            if sh.closed:
-                raise Closed("this RedisRegistry is closed")
+        if self.public and sh.closed:
+            raise Closed("this RedisRegistry is closed")
+        if self.fast:
             sh.fail_fast()  # Redis just timed out: no wait for the lock, nor for Redis
         # Bounded: a writer stuck on an unresponsive Redis holds the lock for at
         # most a few op_timeout; waiting longer than that is an outage.
@@ -213,15 +216,15 @@ class _Writing:
         before = levels() if levels is not None else 0
         taken = False
         try:
-            taken = wlock.acquire(timeout=sh.op_timeout * 4)
+            taken = self._take(wlock)
             if not taken:
                 raise BackendUnavailable(f"Redis at {sh.url} is not answering (writes are queued)")
-            if self.public:
-                if sh.closed:
-                    # Race: close() held the lock while this writer waited; going on
-                    # would re-create the closed node's lease (a NOLEASE reply starts
-                    # a recovery).
-                    raise Closed("this RedisRegistry is closed")
+            if self.public and sh.closed:
+                # Race: close() held the lock while this writer waited; going on
+                # would re-create the closed node's lease (a NOLEASE reply starts
+                # a recovery).
+                raise Closed("this RedisRegistry is closed")
+            if self.fast:
                 # Race: the writer (or lease thread) that held the lock while this
                 # one waited may have just timed out on a frozen Redis: fail as it
                 # did rather than wait a timeout of our own, so N queued writers
@@ -231,6 +234,39 @@ class _Writing:
             if (levels() > before) if levels is not None else taken:
                 wlock.release()
             raise
+
+    def _take(self, wlock: Any) -> bool:
+        """Acquire ``wlock`` within ``4 * op_timeout`` (False if not).
+
+        A fast writer waits in slices of ``op_timeout / 4`` and looks at
+        ``fail_fast`` between them. Race: the holder (a writer, or the lease
+        thread deleting a dead agent's entry) may time out on a frozen Redis
+        while we wait, and the lease thread may take the lock again at once
+        (an RLock is not fair: a recovery's heartbeat, the next dead agent's
+        delete), each holding it a timeout more; a writer that only looked
+        once it had the lock waited behind all of them (up to 4 timeouts).
+        So it fails at the first look after the holder's timeout (within
+        about ``op_timeout`` in all, as documented), nothing sent.
+        """
+        sh = self.sh
+        wait = sh.op_timeout * 4
+        if not self.fast:
+            return bool(wlock.acquire(timeout=wait))
+        step = sh.op_timeout / 4
+        if wlock.acquire(timeout=step):  # the common case: no monotonic() call
+            return True
+        deadline = time.monotonic() + wait - step
+        while True:
+            if self.public and sh.closed:
+                # Race: close() holds the lock (its release timing out on a frozen
+                # Redis): the node is closed, as a writer that got the lock says.
+                raise Closed("this RedisRegistry is closed")
+            sh.fail_fast()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if wlock.acquire(timeout=min(step, left)):
+                return True
 
     def __exit__(self, *exc: object) -> None:
         # Replaced by ``wlock.__exit__`` in each node's subclass (see Shared.__init__).
@@ -249,10 +285,10 @@ def _writing_class(wlock: Any) -> type[_Writing]:
     )
 
 
-def _writings(sh: Shared) -> tuple[_Writing, _Writing]:
-    """The public and the private ``_Writing`` of the node ``sh``."""
+def _writings(sh: Shared) -> tuple[_Writing, _Writing, _Writing]:
+    """The public, the private and the private fast ``_Writing`` of the node ``sh``."""
     writing = _writing_class(sh.wlock)
-    return writing(sh, True), writing(sh, False)
+    return writing(sh, True, True), writing(sh, False, False), writing(sh, False, True)
 
 
 class Shared:
@@ -344,7 +380,7 @@ class Shared:
         self._poll: Any = select.poll() if _HAS_POLL else None  # _ready's, under wlock
         self.tail_client: Any = None
         self.scripts: dict[str, Any] = {}
-        self._public_writing, self._private_writing = _writings(self)
+        self._public_writing, self._private_writing, self._job_writing = _writings(self)
 
     # ------------------------------------------------------------------ Redis calls
 
@@ -482,11 +518,15 @@ class Shared:
                 f"none succeeded since; not retried for up to op_timeout): {why}"
             )
 
-    def writing(self, *, public: bool = True) -> _Writing:
+    def writing(self, *, public: bool = True, fast: bool = False) -> _Writing:
         """``with sh.writing():`` holds ``wlock`` (bounded wait); a public write on a
-        closed node fails. (A class, not a generator: every write enters it; one
+        closed node fails. Public writes, and private ones asked ``fast`` (the
+        lease thread's deletes), fail at once while Redis is known not to answer
+        (``fail_fast``). (A class, not a generator: every write enters it; one
         object per kind, shared: it holds no state of its own.)"""
-        return self._public_writing if public else self._private_writing
+        if public:
+            return self._public_writing
+        return self._job_writing if fast else self._private_writing
 
     def wake_lease(self) -> None:
         """Wake the lease thread (a recovery is needed)."""
