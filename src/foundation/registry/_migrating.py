@@ -97,8 +97,12 @@ Rules
    under the facade lock and applied by the pump outside it; with the flag
    on, reads settle them first. While ``status()`` says the target is down
    nothing is tried (a flip, or a write whose ``status()`` flapped to down,
-   leaves the request for the next read or write). Its success resolves the
-   divergence; so does a later mirror of the same copy that succeeds.
+   leaves the request for the next read or write). A flag-on
+   ``update_metadata`` queues and applies the retries asked for first, as a
+   read does, so it changes the registration a lookup shows (a flag-on
+   register or unregister of the key supersedes its retry). Its success
+   resolves the divergence; so does a later mirror of the same copy that
+   succeeds.
 7. *Deferred legacy mirrors* (flag on). A shared legacy backend may be
    remote too (a ``RedisRegistry`` legacy), so a flag-on write never calls it
    under the facade lock (a private legacy view is a local store, mirrored
@@ -137,10 +141,15 @@ Rules
    back loses nothing and resurrects nothing. In a
    shared view, a flag-on register or unregister also replaces or removes
    the facade's own divergent copy (a write the target never took): else it
-   would come back, unlisted, at the next flip. Symmetrically, a target
-   entry whose shared legacy mirror is still to be retried is the shared
-   view's own: a flag-off register of its key replaces it in the target
-   (rule 2).
+   would come back, unlisted, at the next flip; so does a flag-on register
+   over the facade's own copy written with the flag off whose target mirror
+   was skipped and not retried yet (the record still names the older
+   mirror the target kept). Symmetrically, a target entry whose shared
+   legacy mirror was not taken (still to be retried, or refused for good:
+   a foreign copy there) is the shared view's own: a flag-off register of
+   its key replaces it in the target, a flag-off unregister removes it
+   (rule 2; once its mirror was refused for good, only while the target
+   still holds that agent).
 
 Why this is correct under concurrent flips
 ------------------------------------------
@@ -251,9 +260,10 @@ from foundation.errors import (
     NotRegistered,
     bounded_list,
 )
+from foundation.liveness import is_alive
 from foundation.registry._async import MigratingAsyncWrites
 from foundation.registry._migrating_events import _LEGACY, _TARGET, _Call
-from foundation.registry._migrating_mirror import _TargetMirrors
+from foundation.registry._migrating_mirror import REMOVED, _TargetMirrors, _unmirrored_own
 from foundation.registry._migrating_readers import _CLOSED_READER, _LegacyReader, _SettlingReader
 from foundation.registry._migrating_views import _Record, _View
 from foundation.registry._types import (
@@ -282,6 +292,35 @@ _log = logging.getLogger("foundation.registry")
 def _per_thread(registry: object) -> bool:
     """``registry`` shows each thread only its own entries (a ``ThreadLocalRegistry``)."""
     return bool(getattr(registry, "per_thread", False)) or hasattr(registry, "snapshot_all_threads")
+
+
+def _mirrored_copy(view: _View, key: Hashable, old: _Record) -> Any:
+    """``_replaceable_copy`` when the record ``old`` names ``view``: the agent of
+    the copy there. Race: a flag-off write replaced the mirror of ``old`` while
+    the target was unavailable; its mirror was skipped (a listed divergence,
+    still to be retried) and the record still names ``old``, which the target
+    kept. The copy there is that write's: naming ``old`` made the pass find
+    "another registration" (a false divergence, dropped by the next unregister
+    of the key) and left the stale copy, unlisted, to come back at the next flip."""
+    held = view.divergent.get(key)
+    if key not in view.mirrors and held is not None:
+        return held.agent
+    return old.agent
+
+
+def _skipped_retry(view: _View, key: Hashable) -> tuple[Any, Mapping[str, Any] | None] | None:
+    """The retry of ``view``'s current copy of ``key`` whose target mirror was
+    skipped (agent, metadata or ``REMOVED``), if it is still the listed one."""
+    retry = view.retry.get(key)
+    held = view.divergent.get(key)
+    if retry is None or held is None or held.agent is not retry[0]:
+        return None
+    return retry
+
+
+def _ours(view: _View, rec: _Record | None) -> bool:
+    """The target entry of ``rec`` is ``view``'s own to replace (rule 2)."""
+    return rec is not None and (rec.view is view or _unmirrored_own(view, rec))
 
 
 class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
@@ -567,23 +606,28 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         decided here too: the mirror of the entry just replaced, our own copy a
         register still to apply would have replaced, or the facade's own copy
         the target never took (a listed divergence)."""
-        pending = view.legacy_retry.get(key)
-        if old is not None and old.view is view:
-            mine = old.agent
-        elif old is not None and old.view is None and pending is not None:
-            # Race: that register may be in flight now; if it lands, its booking
-            # has the copy removed before this one is applied (the pass books
-            # and plans in order), else our older copy is still there.
-            mine = pending[1] if pending[0] is old.agent else None
-        else:
-            held = view.divergent.get(key)  # _own_divergent: a local lookup, no I/O
-            mine = held.agent if held is not None and self._own_divergent(view, key) else None
+        mine = self._replaceable_copy(view, key, old)
         view.divergent.pop(key, None)  # superseded: booked again if the legacy side refuses
         view.retry.pop(key, None)  # the target took this write: its skipped mirror is obsolete
-        view.legacy_retry[key] = (agent, mine)
+        view.legacy_retry[key] = (agent, mine, threading.get_ident())
         self._records[key] = _Record(None, self._next_gen(), agent)
         self._legacy_undecided.add(key)
         self._legacy_retry_requested = True  # applied by _after_write, outside the lock
+
+    def _replaceable_copy(self, view: _View, key: Hashable, old: _Record | None) -> Any:
+        """The agent of the facade's own legacy copy of ``key`` in the shared view
+        that a flag-on register of ``key`` may replace (rule 2), or None (under
+        the facade lock; no I/O). The pass replaces only a copy of this agent."""
+        if old is not None and old.view is view:
+            return _mirrored_copy(view, key, old)
+        pending = view.legacy_retry.get(key)
+        if old is not None and old.view is None and pending is not None:
+            # Race: that register may be in flight now; if it lands, its booking
+            # has the copy removed before this one is applied (the pass books
+            # and plans in order), else our older copy is still there.
+            return pending[1] if pending[0] is old.agent else None
+        held = view.divergent.get(key)  # _own_divergent: a local lookup, no I/O
+        return held.agent if held is not None and self._own_divergent(view, key) else None
 
     def _legacy_register_refused(
         self, view: _View, key: Hashable, agent: Any, exc: Exception
@@ -710,7 +754,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         metadata = freeze_metadata(metadata)  # one frozen copy for both sides
         with _Call(self):  # events are delivered at exit, after the lock is released
             try:
-                with self._writing() as on:
+                with self._writing(retried=True) as on:  # the skipped mirrors first
                     self._update_metadata(key, metadata, on)
             finally:
                 self._after_write()  # the target mirror, outside the facade lock (rule 6)
@@ -725,6 +769,9 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         view = self._view()
         self._catch_up(view)
         rec = self._records.get(key)
+        if on and self._update_skipped_copy(view, key, metadata, rec):
+            self._retry_after_target_write()  # the target took a write: it is back
+            return
         if on:
             with self._events_of(_TARGET):
                 self._target.update_metadata(key, metadata)
@@ -743,6 +790,54 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._request_legacy_retry()  # rule 7: it is back (applied by _after_write)
         if self._may_hold(view, key) or key in view.retry:
             self._enqueue("update", view, key, None, metadata)
+
+    def _update_skipped_copy(
+        self, view: _View, key: Hashable, metadata: Mapping[str, Any], rec: _Record | None
+    ) -> bool:
+        """A flag-on update (under the facade lock) of a key whose current legacy
+        copy in the caller's view is a flag-off write whose target mirror was
+        skipped and is still to be retried, the target keeping our older entry
+        (``rec``): the authoritative call registers that copy over it with the
+        new metadata (the retry, done now). False if that is not the case.
+        ``NotRegistered`` if the caller unregistered it and the target kept it.
+
+        Race: ``status()`` may still say down while the target takes writes (a
+        Redis node recovering), so the retry has not run (nothing is tried
+        while it says so): the update changed the older entry, and the retry
+        then put back the copy's old metadata, an acknowledged update lost.
+        """
+        retry = _skipped_retry(view, key)
+        if retry is None:
+            return False
+        agent, copy_metadata = retry
+        if copy_metadata is REMOVED:
+            if rec is not None and rec.agent is agent:
+                # Likewise, the target keeps the entry the caller unregistered
+                # (its removal still to be retried): not registered, as a
+                # lookup after the retry says (updated, it was removed anyway).
+                raise NotRegistered(key)
+            return False
+        if not _ours(view, rec) or not is_alive(agent):
+            return False  # not ours to replace (rule 2), or the copy is gone
+        self._register_skipped_copy(view, key, agent, metadata)
+        return True
+
+    def _register_skipped_copy(
+        self, view: _View, key: Hashable, agent: Any, metadata: Mapping[str, Any]
+    ) -> None:
+        """``_update_skipped_copy``'s authoritative call and its booking."""
+        try:
+            with self._events_of(_TARGET):
+                self._target.register(key, agent, metadata, replace=True)
+        except NotAlive:  # died meanwhile: its copy is gone, as the plain update says
+            raise NotRegistered(key) from None
+        del view.retry[key]
+        del view.divergent[key]  # resolved: the target holds the copy
+        gen = self._next_gen()
+        self._records[key] = _Record(view, gen, agent)
+        if not view.private:
+            view.mirrors[key] = 0  # behind: the pass's catch-up copies the metadata
+        self._mirror_update_legacy(view, key, metadata, gen)
 
     def _mirror_update_legacy(
         self, view: _View, key: Hashable, metadata: Mapping[str, Any], gen: int

@@ -36,10 +36,14 @@ class _DivergenceBook(_LegacyViews):
 
         def _emit_later(self, name: str, data: Mapping[str, Any]) -> None: ...
 
-    def _diverge(self, view: _View, key: Hashable, agent: Any, reason: str) -> None:
+    def _diverge(
+        self, view: _View, key: Hashable, agent: Any, reason: str, writer: int | None = None
+    ) -> None:
+        """List ``agent``'s copy of ``key`` in ``view`` as divergent. ``writer``:
+        the thread whose write it was, when booked by another (a pump, a pass)."""
         if len(reason) > MAX_REASON:  # bounded, whatever the key, entry or error it names
             reason = reason[: MAX_REASON - 3] + "..."
-        div = Divergence(key, view.ident(), reason)
+        div = Divergence(key, view.ident(writer), reason)
         view.divergent[key] = _Divergent(agent, div)
         self._detected += 1
         if telemetry.has_listeners("registry.divergence"):

@@ -45,6 +45,7 @@ _GONE: Final = "gone"  # the target no longer holds the entry: nothing to retry
 _FOREIGN: Final = "foreign"  # the legacy side holds the key for someone else (rule 2)
 _DONE: Final = "done"  # the legacy side took the copy (or the metadata)
 _DROPPED: Final = "dropped"  # the legacy copy is gone (removed, or its agent died)
+_NOT_TRIED: Final[Any] = object()  # no register of the pass failed (a key may be None)
 
 
 class _LegacyPlan(NamedTuple):
@@ -55,6 +56,7 @@ class _LegacyPlan(NamedTuple):
     agent: Any
     mine: Any  # the agent of our older legacy copy, replaceable (rule 2), or None
     gen: int  # the record's generation when planned (a later update changes it)
+    writer: int  # the ident of the thread whose flag-on write it mirrors
 
 
 def _take(lock: threading.RLock, blocking: bool) -> bool:
@@ -72,6 +74,14 @@ def _take(lock: threading.RLock, blocking: bool) -> bool:
         if lock._is_owned():  # type: ignore[attr-defined]
             lock.release()
         raise
+
+
+def _deferred_reason(why: str, key: Hashable, failed: Hashable) -> str:
+    """A deferred register's divergence: ``why`` is ``failed``'s own error (or,
+    with no ``failed``, every key's: the legacy side says it is down)."""
+    if failed is _NOT_TRIED or key == failed:
+        return f"the legacy backend refused the mirror: {why}"
+    return f"the legacy backend refused the mirror: not tried, a mirror before it failed: {why}"
 
 
 class _CatchUp(NamedTuple):
@@ -273,7 +283,7 @@ class _LegacyRetries(_DivergenceBook):
             if isinstance(outcome, BackendUnavailable):
                 with self._lock:
                     self._legacy_failed("register", plan.key, outcome)
-                    self._stop_pass([], plans[i:], outcome)
+                    self._stop_pass([], plans[i:], outcome, failed=plan.key)
                 return False
             with self._lock:
                 self._book_legacy_retry(plan, outcome)
@@ -287,25 +297,31 @@ class _LegacyRetries(_DivergenceBook):
         return True
 
     def _stop_pass(
-        self, left: list[_CatchUp], plans: list[_LegacyPlan], exc: BackendUnavailable
+        self,
+        left: list[_CatchUp],
+        plans: list[_LegacyPlan],
+        exc: BackendUnavailable,
+        failed: Hashable = _NOT_TRIED,
     ) -> None:
         """A pass met ``BackendUnavailable`` (under the facade lock): the steps
         left stay queued, the registers not applied become listed divergences,
         kept for retry. Asked for again only if status() now says down (so
         nothing is tried until it is back); a backend that fails while saying
-        connected (read-only) is retried at the next write or read that asks."""
+        connected (read-only) is retried at the next write or read that asks.
+        ``failed``: the key of the register that met it (the others were not tried)."""
         view = self._shared_view
         if view is not None:
             view.inbox.extend(step.key for step in left)
         self._legacy_undecided.update(plan.key for plan in plans)
-        self._legacy_retry_deferred(repr(exc))
+        self._legacy_retry_deferred(repr(exc), failed)
         if self._legacy_down() is not None:
             self._legacy_retry_all = True
             self._legacy_retry_requested = True
 
-    def _legacy_retry_deferred(self, why: str) -> None:
+    def _legacy_retry_deferred(self, why: str, failed: Hashable = _NOT_TRIED) -> None:
         """The registers asked for but not applied (the legacy side is down):
-        listed divergences from now on, kept for retry (under the facade lock)."""
+        listed divergences from now on, kept for retry (under the facade lock).
+        ``why`` is the error of ``failed``'s register; the others were not tried."""
         keys, self._legacy_undecided = self._legacy_undecided, set()
         view = self._shared_view
         if view is None or self._finished or self._closed:
@@ -316,8 +332,8 @@ class _LegacyRetries(_DivergenceBook):
                 continue  # applied, or dropped meanwhile
             held = view.divergent.get(key)
             if held is None or held.agent is not pending[0]:
-                reason = f"the legacy backend refused the mirror: {why}"
-                self._diverge(view, key, pending[0], reason)
+                reason = _deferred_reason(why, key, failed)
+                self._diverge(view, key, pending[0], reason, pending[2])
 
     def _plan_legacy_retries(self, keys: set[Hashable] | None) -> list[_LegacyPlan]:
         """The registers of ``keys`` (None: every one kept) still current (under
@@ -329,7 +345,7 @@ class _LegacyRetries(_DivergenceBook):
         plans = []
         due = view.legacy_retry
         items = list(due.items()) if keys is None else [(k, due[k]) for k in keys if k in due]
-        for key, (agent, mine) in items:
+        for key, (agent, mine, writer) in items:
             rec = self._records.get(key)
             if not self._retry_current(view, key, agent, rec) or not is_alive(agent):
                 # Replaced, unregistered or dead meanwhile: and our older copy,
@@ -337,7 +353,7 @@ class _LegacyRetries(_DivergenceBook):
                 self._forget_legacy_register(view, key)
                 continue
             assert rec is not None
-            plans.append(_LegacyPlan(key, agent, mine, rec.gen))
+            plans.append(_LegacyPlan(key, agent, mine, rec.gen, writer))
         return plans
 
     def _forget_legacy_register(self, view: _View, key: Hashable) -> None:
@@ -427,10 +443,11 @@ class _LegacyRetries(_DivergenceBook):
         if outcome == _FOREIGN:
             view.mirrors.pop(key, None)  # no copy of ours is there any more
             reason = f"the legacy backend holds {short_repr(key)} for another registration"
-            self._diverge(view, key, agent, reason)
+            self._diverge(view, key, agent, reason, plan.writer)
         elif isinstance(outcome, Exception):  # refused for good: it stays a listed divergence
             self._legacy_failed("register", key, outcome)
-            self._diverge(view, key, agent, f"the legacy backend refused the mirror: {outcome}")
+            why = f"the legacy backend refused the mirror: {outcome}"
+            self._diverge(view, key, agent, why, plan.writer)
         # _GONE: the target entry was replaced, unregistered or died meanwhile.
 
     # ------------------------------------------------------------------ catch-up

@@ -50,19 +50,21 @@ class _Op(NamedTuple):
     agent: Any
     metadata: Mapping[str, Any] | None
     seq: int
+    writer: int  # the ident of the thread whose write it mirrors (a divergence names it)
 
 
 class _Writing:
-    """``with _Writing(owner, settled) as on:`` the facade lock for one write."""
+    """``with _Writing(owner, settled, retried) as on:`` the facade lock for one write."""
 
-    __slots__ = ("_owner", "_settled")
+    __slots__ = ("_owner", "_retried", "_settled")
 
-    def __init__(self, owner: _TargetMirrors, settled: bool) -> None:
+    def __init__(self, owner: _TargetMirrors, settled: bool, retried: bool) -> None:
         self._owner = owner
         self._settled = settled
+        self._retried = retried
 
     def __enter__(self) -> bool:
-        return self._owner._acquire_for_write(self._settled)
+        return self._owner._acquire_for_write(self._settled, self._retried)
 
     def __exit__(self, *exc: object) -> None:
         # Replaced by the facade lock's own __exit__ in each facade's subclass
@@ -90,10 +92,20 @@ _BACKLOG_WARNING: Final = 1024  # this many queued while every call is quick: th
 # in-memory target do); it drains once they slow down
 
 
-def _bind_register(target: Registry, op: _Op, mine: bool) -> Callable[[], Any]:
+def _bind_register(target: Registry, op: _Op, mine: bool, own: Any = None) -> Callable[[], Any]:
     # Rule 2: replace only the target entry that mirrors our own copy;
     # otherwise a live entry refuses (a dead one is simply replaced).
-    return lambda: target.register(op.key, op.agent, op.metadata, replace=mine)
+    if own is None:
+        return lambda: target.register(op.key, op.agent, op.metadata, replace=mine)
+
+    def call() -> None:
+        # ``own``: the facade's own unmirrored entry (``_unmirrored_own``),
+        # replaced only while the target still holds that agent (a token).
+        entry = target.lookup(op.key)
+        replace = entry is not None and entry.agent is own
+        target.register(op.key, op.agent, op.metadata, replace=replace)
+
+    return call
 
 
 def _bind_unregister(target: Registry, key: Hashable, agent: Any) -> Callable[[], Any]:
@@ -120,12 +132,19 @@ def _retryable(exc: BaseException | None, skipped: str | None) -> bool:
     return skipped is not None or isinstance(exc, BackendUnavailable)
 
 
-def _unmirrored_own(op: _Op, rec: _Record) -> bool:
+def _unmirrored_own(view: _View, rec: _Record | None) -> bool:
     """The target entry of ``rec`` is one the facade wrote with the flag on whose
-    mirror the shared legacy view of ``op`` refused while unavailable (rule 7):
-    that view's own, so a later legacy write of the key replaces it (rule 2)."""
-    if op.view.private or rec.view is not None:
-        return False
+    mirror the shared legacy ``view`` has not taken (still to apply, refused
+    while unavailable, or refused for good: a foreign copy there, listed):
+    that view's own, so a later legacy write of the key replaces or removes
+    it (rule 2). In a shared legacy every record naming no view is such an
+    entry (a private view's refused mirror is another thread's entry)."""
+    return rec is not None and rec.view is None and not view.private
+
+
+def _mirror_pending(op: _Op, rec: _Record) -> bool:
+    """``_unmirrored_own``, and the shared view's register of its mirror is
+    still to apply (``legacy_retry``): replaced without a look (rule 7)."""
     retry = op.view.legacy_retry.get(op.key)
     return retry is not None and retry[0] is rec.agent
 
@@ -191,12 +210,12 @@ class _TargetMirrors(_LegacyRetries):
             return self._settling_reader
         return self._target
 
-    def _writing(self, *, settled: bool = False) -> _Writing:
+    def _writing(self, *, settled: bool = False, retried: bool = False) -> _Writing:
         """``with self._writing() as on:`` hold the facade lock for one write;
         ``on`` is the flag value the call uses (see ``_acquire_for_write``)."""
-        return self._writing_type(self, settled)
+        return self._writing_type(self, settled, retried)
 
-    def _acquire_for_write(self, settled: bool) -> bool:
+    def _acquire_for_write(self, settled: bool, retried: bool = False) -> bool:
         """Take the facade lock for one write; return the flag value the call uses.
 
         A write that will touch the target as authoritative (flag on, or
@@ -215,14 +234,15 @@ class _TargetMirrors(_LegacyRetries):
         levels = held_levels(lock)  # (older 3.11: owned or not; see foundation._rlock)
         before = levels()
         try:
-            return self._acquire_for_write_loop(lock, settled)
+            return self._acquire_for_write_loop(lock, settled, retried)
         except BaseException:
             if levels() > before:
                 lock.release()
             raise
 
-    def _acquire_for_write_loop(self, lock: threading.RLock, settled: bool) -> bool:
-        """``_acquire_for_write``'s loop: returns holding one more level of ``lock``."""
+    def _acquire_for_write_loop(self, lock: threading.RLock, settled: bool, retried: bool) -> bool:
+        """``_acquire_for_write``'s loop: returns holding one more level of ``lock``.
+        ``retried``: a flag-on write first queues the retries a flip asked for."""
         legacy_settled = False
         while True:
             lock.acquire()
@@ -244,6 +264,18 @@ class _TargetMirrors(_LegacyRetries):
                 continue
             if not (on or settled) or self._finished:
                 break
+            if self._retry_before_write(retried):
+                # Race: a flip asked for the mirrors skipped while the target was
+                # down; a flag-on update that went first met the target without
+                # them: it changed the older entry the target kept, and the retry
+                # then put back the skipped copy's old metadata (an acknowledged
+                # update lost). Queued first, as a read does, and applied below
+                # (lock released: _take_retry_request takes it), so the update
+                # changes the registration a lookup shows. (A register or an
+                # unregister supersedes the skipped copy: the retry is dropped.)
+                lock.release()
+                self._take_retry_request()
+                continue
             if not self._pending and self._inflight is None:
                 break
             if self._pump_owner == threading.get_ident():
@@ -256,6 +288,18 @@ class _TargetMirrors(_LegacyRetries):
             self._pump(block=True)
         return on
 
+    def _retry_before_write(self, retried: bool) -> bool:
+        """A flag-on write (``retried``: an update) must first queue the retries
+        a flip asked for: asked, not re-entered from our own pump, and the
+        target says it is available (else nothing is tried: no I/O, the
+        request is kept)."""
+        return (
+            retried
+            and self._retry_requested
+            and self._pump_owner != threading.get_ident()
+            and self._target_unavailable() is None
+        )
+
     def _enqueue(
         self,
         kind: Literal["register", "unregister", "update"],
@@ -263,8 +307,11 @@ class _TargetMirrors(_LegacyRetries):
         key: Hashable,
         agent: Any,
         metadata: Mapping[str, Any] | None,
+        *,
+        writer: int | None = None,
     ) -> None:
-        """Queue a flag-off write's target mirror (under the facade lock: in write order)."""
+        """Queue a flag-off write's target mirror (under the facade lock: in write
+        order). ``writer``: the thread whose write it is (default: the caller)."""
         self._op_seq += 1
         seq = self._op_seq
         if kind == "register":
@@ -275,7 +322,9 @@ class _TargetMirrors(_LegacyRetries):
             view.retry.pop(key, None)
         elif key in view.retry:  # the retry must carry the copy's current metadata
             view.retry[key] = (view.retry[key][0], metadata)
-        self._pending.append(_Op(kind, view, key, agent, metadata, seq))
+        if writer is None:
+            writer = threading.get_ident()
+        self._pending.append(_Op(kind, view, key, agent, metadata, seq, writer))
         if self._on:
             # Race: the flag was turned on after this call read it. A reader
             # picked after the append sees it queued (_pick_reader); one picked
@@ -326,10 +375,11 @@ class _TargetMirrors(_LegacyRetries):
             held = view.divergent.get(key)
             if held is None or held.agent is not agent or not is_alive(agent):
                 continue  # resolved meanwhile (unregistered, replaced or dead)
+            writer = held.divergence.thread  # the original write's thread
             if metadata is REMOVED:
-                self._enqueue("unregister", view, key, None, None)
+                self._enqueue("unregister", view, key, None, None, writer=writer)
             else:
-                self._enqueue("register", view, key, agent, metadata)
+                self._enqueue("register", view, key, agent, metadata, writer=writer)
             queued = True
         return queued
 
@@ -340,7 +390,7 @@ class _TargetMirrors(_LegacyRetries):
         if self._pending or self._inflight is not None:
             return True
         rec = self._records.get(key)
-        return rec is not None and rec.view is view
+        return rec is not None and (rec.view is view or _unmirrored_own(view, rec))
 
     def _retry_after_target_write(self) -> None:
         """A flag-on write the target just took (under the facade lock): it is
@@ -507,15 +557,30 @@ class _TargetMirrors(_LegacyRetries):
     def _plan(self, op: _Op, rec: _Record | None) -> Callable[[], Any] | None:
         """The target call that mirrors ``op`` now (under the facade lock), or None."""
         if op.kind == "register":
-            mine = rec is not None and (rec.view is op.view or _unmirrored_own(op, rec))
-            return _bind_register(self._target, op, mine)
-        if rec is None or rec.view is not op.view:
+            return self._plan_register(op, rec)
+        if rec is None:
             return None  # the target holds no mirror of this view's copy
         if op.kind == "unregister":
-            return _bind_unregister(self._target, op.key, rec.agent)
-        if op.key in op.view.mirrors:
+            if rec.view is op.view or _unmirrored_own(op.view, rec):  # ours (a token check)
+                return _bind_unregister(self._target, op.key, rec.agent)
+            return None
+        if rec.view is op.view and op.key in op.view.mirrors:
             return _bind_update(self._target, op)
         return None
+
+    def _plan_register(self, op: _Op, rec: _Record | None) -> Callable[[], Any]:
+        """``_plan`` of a register: it replaces only the caller's own entry (rule 2)."""
+        if rec is None or not (rec.view is op.view or _unmirrored_own(op.view, rec)):
+            return _bind_register(self._target, op, False)
+        if rec.view is None and not _mirror_pending(op, rec):
+            # Race: its legacy mirror was refused for good (a foreign copy there,
+            # which this flag-off write has just replaced), so the target entry
+            # is the facade's own, not "another registration": refused, it
+            # stayed, and an unregister of the key left it there, unlisted, to
+            # come back at the next flip. Replaced only while the target still
+            # holds it (a token check).
+            return _bind_register(self._target, op, False, rec.agent)
+        return _bind_register(self._target, op, True)
 
     def _apply_next(self) -> bool:
         """Apply the oldest queued mirror (rule 6): plan under the facade lock,
@@ -650,7 +715,7 @@ class _TargetMirrors(_LegacyRetries):
             why = f"the target refused the mirror: {skipped or repr(exc)}"
             if _retryable(exc, skipped):
                 self._keep_for_retry(view, key, op.agent, op.metadata)  # retried when back
-        self._diverge(view, key, op.agent, why)
+        self._diverge(view, key, op.agent, why, op.writer)
 
     def _book_unregister(
         self, op: _Op, rec: _Record, exc: BaseException | None, skipped: str | None
@@ -662,7 +727,7 @@ class _TargetMirrors(_LegacyRetries):
             # of the key retries the removal; so does the target's return
             # (retried as this unregister), else a flip would bring it back.
             why = f"the target kept {short_repr(key)}: {skipped or repr(exc)}"
-            self._diverge(view, key, rec.agent, why)
+            self._diverge(view, key, rec.agent, why, op.writer)
             if _retryable(exc, skipped):
                 self._keep_for_retry(view, key, rec.agent, REMOVED)
             return
@@ -677,9 +742,8 @@ class _TargetMirrors(_LegacyRetries):
         if isinstance(exc, NotRegistered):
             return  # died in the target; the queued down event drops the record
         if skipped is not None or exc is not None:
-            self._diverge(
-                view, key, rec.agent, f"the target refused an update: {skipped or repr(exc)}"
-            )
+            why = f"the target refused an update: {skipped or repr(exc)}"
+            self._diverge(view, key, rec.agent, why, op.writer)
             if _retryable(exc, skipped):
                 # Retried once the target is back, as a register (replace) of
                 # the copy with this metadata: else the target keeps the old.

@@ -64,18 +64,22 @@ class _View:
         # update, or REMOVED: unregister) the target could not take because it
         # was unavailable; retried when it is back (rule 6).
         self.retry: dict[Hashable, tuple[Any, Mapping[str, Any] | None]] = {}
-        # key -> (agent, replaceable) of a target entry (flag on) whose mirror
-        # this shared view's unavailable legacy backend refused; retried when
-        # it is back. ``replaceable``: the agent of our older copy there, if any.
-        self.legacy_retry: dict[Hashable, tuple[Any, Any]] = {}
+        # key -> (agent, replaceable, writer) of a target entry (flag on) whose
+        # mirror this shared view's unavailable legacy backend refused; retried
+        # when it is back. ``replaceable``: the agent of our older copy there, if
+        # any; ``writer``: the ident of the thread whose write it mirrors.
+        self.legacy_retry: dict[Hashable, tuple[Any, Any, int]] = {}
 
     def ended(self) -> bool:
         return self.thread is not None and not self.thread.is_alive()
 
-    def ident(self) -> int:
+    def ident(self, writer: int | None = None) -> int:
+        """The thread a divergence of this view names: a private view's own;
+        in the shared view, ``writer`` (the thread whose write it mirrors) if
+        known, else the calling thread."""
         if self.thread is not None and self.thread.ident is not None:
             return self.thread.ident
-        return threading.get_ident()
+        return threading.get_ident() if writer is None else writer
 
 
 class _Divergent(NamedTuple):
