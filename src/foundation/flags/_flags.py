@@ -257,6 +257,7 @@ class FeatureFlags:
         "_runtime",
         "_split_cache",
         "_store",
+        "_told",
         "_unsubscribe",
     )
 
@@ -291,6 +292,9 @@ class FeatureFlags:
         self._rules: dict[str, _Rule] = {}
         self._effective: dict[str, FlagState] = {}
         self._evals: dict[str, _Compiled] = {}  # every flag, both kinds
+        # Flags whose last news to listeners (a remote record's ``new``) is not
+        # what the table serves: flag -> that news (see ``_on_remote``).
+        self._told: dict[str, FlagState] = {}
         # name -> (state, its compiled evaluation, plain, rule): reused while a state is equal.
         self._compiled: dict[str, tuple[FlagState, _Compiled, bool, _Rule]] = {}
         # Per flag, kept across writes: a hash depends only on (flag, actor).
@@ -891,7 +895,8 @@ class FeatureFlags:
 
         ``[]`` ("reload": after an outage, a resync, a superseded kill switch)
         carries no records, so listeners hear each effective change the reload
-        made, as a ``FlagChange`` with ``by=None`` and reason ``"reload"``.
+        made, as a ``FlagChange`` with ``by=None`` and reason ``"reload"``,
+        from what they were last told (see ``_reload_news``).
         """
         with self._lock:
             if self._closed:
@@ -899,21 +904,42 @@ class FeatureFlags:
             before = self._effective
             self._reload()
             if not changes:
-                now = time.time()
-                after = self._effective
-                for name in self._names:
-                    if before[name] != after[name]:
-                        self._notify(
-                            FlagChange(name, before[name], after[name], None, "reload", now)
-                        )
+                self._reload_news(before)
+            told: dict[str, FlagState] = {}
             for change in changes:
                 if change.flag in self._declared:
                     self._notify(change)
+                    told[change.flag] = change.new
+            # Race: Redis lost between the store's read of these records and
+            # this reload (which then answered its node copy, older than them:
+            # the store refreshes the copy after delivering), or a later commit
+            # already in the reload (or a clear, whose ``new`` is the writer's
+            # config, not ours). The table is not what the records said:
+            # remember their news, so the next "reload" tells only what differs.
+            for name, news in told.items():
+                if news != self._effective[name]:
+                    self._told[name] = news
         if self._delivery.pending:
             # Never here: the store's thread applies the next remote change
             # (a kill switch) and replays pending kill switches; a listener
             # run on it, slow or waiting for a writer, would hold all of that.
             self._delivery.hand_off()
+
+    def _reload_news(self, before: dict[str, FlagState]) -> None:
+        """Tell each flag whose reloaded state is not what its listeners last heard.
+
+        That is the table's state before the reload, unless a record told since
+        is not what the table served (``_told``; see ``_on_remote``): a record
+        whose reload answered the node copy (Redis lost meanwhile) is not told
+        again when a reload catches up to it, and is told taken back (``old``
+        the record's ``new``) when the reload shows it lost.
+        """
+        now = time.time()
+        after = self._effective
+        for name in self._names:
+            heard = self._told.pop(name, before[name])
+            if heard != after[name]:
+                self._notify(FlagChange(name, heard, after[name], None, "reload", now))
 
     def _notify(self, change: FlagChange) -> None:
         """Queue ``change`` for the listeners and ``flag.changed`` (lock held:
@@ -923,6 +949,7 @@ class FeatureFlags:
         ``change`` (it reads the state anyway); one unsubscribed meanwhile
         does not get it (the listeners are read at delivery).
         """
+        self._told.pop(change.flag, None)  # later news (``_on_remote`` may keep it)
         if self._listeners.current or telemetry.has_listeners("flag.changed"):
             self._delivery.pending.append((change, None))
 

@@ -183,7 +183,10 @@ class _Listener(_Records):
         # writer refreshed its own copy right after its commit, so a
         # crash of Redis in between loses the change from no copy. A
         # subscriber's reload (load_states) refreshes this copy itself
-        # before it answers with anything newer (see _read).
+        # before it answers with anything newer (see _read). Race: Redis lost
+        # before that reload: it answers the copy, older than what was just
+        # delivered; FeatureFlags keeps that news so its next reload does not
+        # tell it again (FeatureFlags._on_remote).
         self._pull()
 
     def _may_have_skipped(self, first: dict[str, str]) -> bool:
