@@ -6,12 +6,14 @@
 service. Its connections re-discover the master whenever they reconnect, and
 one thread per process (``foundation-redis-sentinel``) watches the Sentinels so
 that connections left on a former master fail their next call instead of
-writing where nobody will read (see ``_sentinel_connection_class``). The
+writing where nobody will read (see ``_sentinel_connection_class``), and
+calls blocked on one fail at once (``_cut_moved``). The
 failover itself is described in docs/redis.md, "Failover with Sentinel".
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -365,7 +367,9 @@ def _sentinel_pool_class() -> type[Any]:
     """redis-py's ``SentinelConnectionPool`` whose full ``disconnect()`` (what a
     close does) also closes its Sentinel connections: a caller may wrap the pool
     in a client of its own (the flag store's pinned listener), whose close()
-    never reaches the Sentinel manager, left with open sockets until collected."""
+    never reaches the Sentinel manager, left with open sockets until collected.
+    Its idle-only ``disconnect(inuse_connections=False)`` (what a recorded change
+    of master calls) also cuts the connections in use elsewhere (``_cut_moved``)."""
     from redis.sentinel import SentinelConnectionPool
 
     class SentinelPool(SentinelConnectionPool):
@@ -375,8 +379,56 @@ def _sentinel_pool_class() -> type[Any]:
             finally:
                 if inuse_connections:  # not redis-py's own idle-only drop on a switch
                     self.sentinel_manager.close()
+                else:
+                    # What every recorded change of master calls (redis-py's
+                    # discovery, the watch's _record): cut those in use too.
+                    _cut_moved(self)
 
     return SentinelPool
+
+
+def _cut_moved(pool: Any) -> None:
+    """Cut the connections of ``pool`` in use on another address than its master's
+    (a former master's): ``socket.shutdown``, so a call blocked on one (a tail's
+    or listener's ``XREAD BLOCK``, a write awaiting its reply) fails at once
+    with ``MASTER_MOVED`` (see ``SentinelConnection.read_response``) rather than
+    when its block or timeout ends; the owner then reconnects to the new master
+    by its usual recovery, as after a server that closed the connection.
+
+    ``shutdown`` (unlike ``close``) leaves the file descriptor to its owner, who
+    closes it (``disconnect``) when it sees the failure, so no other socket can
+    take its number meanwhile.
+
+    Races: a connection being returned at this moment: ``release`` keeps it
+    only at the master's address (``owns_connection``; the new address is
+    recorded before this cut), so it is dropped either way. One being dropped
+    and reconnected by its owner: the socket is read before the address, and
+    ``connect_to`` sets the new address before it opens the new socket, so a
+    socket read here belongs to an address read after it, or is one already
+    closed (``shutdown`` then fails on it, ignored; only the few instructions
+    of CPython's ``shutdown`` between reading the descriptor number and the
+    system call could meet a number closed and reused in between). One
+    connecting to the old address just now (it discovered before the change):
+    not cut, its next call fails (the ``send_packed_command`` check)."""
+    import socket
+
+    master = pool.master_address
+    try:
+        with pool._lock:
+            in_use = list(pool._in_use_connections)
+    except AttributeError:  # another redis-py: the next call's check catches it
+        return
+    for conn in in_use:
+        sock = getattr(conn, "_sock", None)  # first the socket, then its address
+        if sock is None or master is None or (conn.host, conn.port) == tuple(master):
+            continue
+        if getattr(conn, "pid", None) != os.getpid():
+            continue  # the parent's, inherited through fork: not ours to cut
+        # The base class's shutdown: an SSL socket's own also drops its TLS
+        # state, which the owner's thread may be reading through. An error:
+        # already closed by its owner.
+        with contextlib.suppress(OSError, TypeError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 @functools.cache
@@ -397,6 +449,9 @@ def _sentinel_connection_class() -> type[Any]:
       the call (rather than moving silently) makes the caller handle the switch
       as the connection cut it is: the registry re-asserts and resynchronises,
       the flag store compares versions and restores what the new master lacks.
+    - A call on such a connection cut under it (``_cut_moved``: a blocking read,
+      a reply awaited) fails the same way, with ``MASTER_MOVED``, not as a
+      connection the server closed.
     """
     from redis.exceptions import ConnectionError
     from redis.sentinel import SentinelManagedConnection
@@ -414,17 +469,43 @@ def _sentinel_connection_class() -> type[Any]:
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             connected: Any = self._sock
             if connected is not None:
-                known = self.connection_pool.master_address
-                if known is not None and (self.host, self.port) != tuple(known):
-                    was = f"{self.host}:{self.port}"
+                moved = self._moved()
+                if moved is not None:
                     self.disconnect()  # type: ignore[no-untyped-call]
-                    raise ConnectionError(
-                        f"{MASTER_MOVED}: the Sentinels name {known[0]}:{known[1]}, "
-                        f"not {was}; the next call connects to it"
-                    )
+                    raise ConnectionError(moved)
             if connected is None:
                 self.connect()  # asks the Sentinels for the master's address
-            super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+            try:
+                super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+            except ConnectionError as exc:
+                self._raise_if_moved(exc)  # Race: cut (_cut_moved) while sending
+                raise
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().read_response(*args, **kwargs)
+            except ConnectionError as exc:
+                self._raise_if_moved(exc)  # cut by _cut_moved: say why
+                raise
+
+        def _raise_if_moved(self, exc: BaseException) -> None:
+            """Raise ``MASTER_MOVED`` (dropping the connection) for ``exc``, a failure
+            on a connection whose address is no longer the master's."""
+            moved = self._moved()
+            if moved is not None:
+                self.disconnect()  # type: ignore[no-untyped-call]
+                raise ConnectionError(moved) from exc
+
+        def _moved(self) -> str | None:
+            """Why this connection may not be used: its address is not the master's
+            as last discovered; None if it is (or none is known yet)."""
+            known = self.connection_pool.master_address
+            if known is None or (self.host, self.port) == tuple(known):
+                return None
+            return (
+                f"{MASTER_MOVED}: the Sentinels name {known[0]}:{known[1]}, "
+                f"not {self.host}:{self.port}; the next call connects to it"
+            )
 
     return SentinelConnection
 
@@ -433,7 +514,8 @@ class _MasterWatch:
     """One daemon thread (``foundation-redis-sentinel``) that asks the Sentinels
     every ``WATCH_INTERVAL`` for the master of the Sentinel pools that have a
     connected connection, and records it in each pool (which drops its idle
-    connections to a former master). It ends when no pool has a connection
+    connections to a former master and cuts those in use: ``_record``). It
+    ends when no pool has a connection
     (closed clients), and starts again with the next connection made.
 
     The pools are grouped by what a discovery depends on (the Sentinels, the
@@ -538,12 +620,14 @@ def _groups(pools: list[Any]) -> list[list[Any]]:
 def _record(pool: Any, address: tuple[str, int]) -> None:
     """Record ``address`` as ``pool``'s master, as redis-py's own discovery does
     (``SentinelConnectionPoolProxy.get_master_address``): a change drops the
-    pool's idle connections; the ones in use fail their next call.
+    pool's idle connections and cuts the ones in use on another address
+    (``SentinelPool.disconnect``, ``_cut_moved``): their current or next call
+    fails with ``MASTER_MOVED``.
 
     Race: a connection of the pool may have discovered a newer address since
     this round's discovery; it is then overwritten for one round at most: its
-    connections fail one call (``MASTER_MOVED``), rediscover, and the next
-    round records the newer address again."""
+    connections are cut or fail one call (``MASTER_MOVED``), rediscover, and
+    the next round records the newer address again."""
     proxy = getattr(pool, "proxy", None)
     if proxy is None or not hasattr(proxy, "master_address"):  # another redis-py
         pool.get_master_address()
