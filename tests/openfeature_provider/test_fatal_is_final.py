@@ -31,48 +31,51 @@ from tests.redis_support import RedisServer
 
 server = RedisServer()
 server.start()
-store = RedisFlagStore(server.url, namespace="of", timeout=0.5, resync_interval=0.2,
-                       cache_path=os.path.join(tempfile.mkdtemp(), "copy.sqlite3"))
-flags = FeatureFlags([Flag("beta")], store=store)
-flags.enable("beta")
-provider = FoundationProvider(flags)
-api.set_provider_and_wait(provider)
-client = api.get_client()
-assert client.get_provider_status() == ProviderStatus.READY
+try:  # no redis-server left behind by a failed run
+    store = RedisFlagStore(server.url, namespace="of", timeout=0.5, resync_interval=0.2,
+                           cache_path=os.path.join(tempfile.mkdtemp(), "copy.sqlite3"))
+    flags = FeatureFlags([Flag("beta")], store=store)
+    flags.enable("beta")
+    provider = FoundationProvider(flags)
+    api.set_provider_and_wait(provider)
+    client = api.get_client()
+    assert client.get_provider_status() == ProviderStatus.READY
 
-flags.close()
-d = client.get_boolean_details("beta", False)
-assert (d.reason, d.error_code) == ("ERROR", "PROVIDER_FATAL"), d
-assert client.get_provider_status() == ProviderStatus.FATAL
-for name in ("foundation.flags.stale", "foundation.flags.in_sync"):
-    assert provider._on_health not in telemetry.listeners(name), name  # detached
+    flags.close()
+    d = client.get_boolean_details("beta", False)
+    assert (d.reason, d.error_code) == ("ERROR", "PROVIDER_FATAL"), d
+    assert client.get_provider_status() == ProviderStatus.FATAL
+    for name in ("foundation.flags.stale", "foundation.flags.in_sync"):
+        assert provider._on_health not in telemetry.listeners(name), name  # detached
 
-# Our own listeners, attached last, run after any the provider still had.
-heard = {"foundation.flags.stale": threading.Event(), "foundation.flags.in_sync": threading.Event()}
-def on_health(name, data):
-    if data.get("namespace") == "of":
-        heard[name].set()
-for name in heard:
-    telemetry.attach(name, on_health)
+    # Our own listeners, attached last, run after any the provider still had.
+    heard = {name: threading.Event()
+             for name in ("foundation.flags.stale", "foundation.flags.in_sync")}
+    def on_health(name, data):
+        if data.get("namespace") == "of":
+            heard[name].set()
+    for name in heard:
+        telemetry.attach(name, on_health)
 
-server.kill()
-assert heard["foundation.flags.stale"].wait(20), "the store never went stale"
-assert store.stale
-assert client.get_provider_status() == ProviderStatus.FATAL, client.get_provider_status()
-# A health callback in flight is ignored too (the SDK's status is unchanged):
-provider._on_health("foundation.flags.stale", {"namespace": "of", "error": "x"})
-assert client.get_provider_status() == ProviderStatus.FATAL
+    server.kill()
+    assert heard["foundation.flags.stale"].wait(20), "the store never went stale"
+    assert store.stale
+    assert client.get_provider_status() == ProviderStatus.FATAL, client.get_provider_status()
+    # A health callback in flight is ignored too (the SDK's status is unchanged):
+    provider._on_health("foundation.flags.stale", {"namespace": "of", "error": "x"})
+    assert client.get_provider_status() == ProviderStatus.FATAL
 
-server.start()  # same port, empty: the store restores it from its copy
-assert heard["foundation.flags.in_sync"].wait(20), "the store never came back"
-assert not store.stale
-assert client.get_provider_status() == ProviderStatus.FATAL, client.get_provider_status()
-d = client.get_boolean_details("beta", False)
-assert (d.reason, d.error_code) == ("ERROR", "PROVIDER_FATAL"), d
+    server.start()  # same port, empty: the store restores it from its copy
+    assert heard["foundation.flags.in_sync"].wait(20), "the store never came back"
+    assert not store.stale
+    assert client.get_provider_status() == ProviderStatus.FATAL, client.get_provider_status()
+    d = client.get_boolean_details("beta", False)
+    assert (d.reason, d.error_code) == ("ERROR", "PROVIDER_FATAL"), d
 
-api.shutdown()
-store.close()
-server.stop()
+    api.shutdown()
+    store.close()
+finally:
+    server.stop()
 print("OK")
 """
 

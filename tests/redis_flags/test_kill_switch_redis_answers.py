@@ -89,6 +89,11 @@ _LISTENER_CUT = (
     + """
 try:
     flags.enable("c")
+    # The listener back in its blocking read (flag "b"), so past its refresh of
+    # the copy after "c": held by us meanwhile, the copy lock stopped it there,
+    # and it never read again to notice the cut (under load, ~2 runs in 5).
+    wait_for(lambda: any(c["name"] == "foundation-flags-listener[f]" and "b" in c["flags"]
+                         for c in admin.client_list()), "the listener blocked in its read")
     with store._copy_lock:  # the listener cannot resync: stale while Redis answers
         def kill_listener():
             # (Polled: under load the listener may be between connections.)

@@ -16,12 +16,13 @@ from foundation.errors import Closed, FlagError, InvalidConfig, InvalidFlagValue
 from foundation.flags._history import Replay
 from foundation.flags._node_cache import NodeCache, default_cache_path
 from foundation.flags._redis_store._scripts import _RESTORE, _TRIM, _TRIM_EVENTS
-from foundation.flags._redis_store._shared import _check_version, log
+from foundation.flags._redis_store._shared import T, _check_version, log
 from foundation.flags._store import (
     FlagChange,
     FlagState,
     FlagStore,
     MigrationEvent,
+    StoreTransaction,
     SubscriberMarks,
     report_callback_error,
 )
@@ -179,6 +180,11 @@ class _StoreCore(FlagStore):
         telemetry.emit(
             f"foundation.flags.{what}", {"namespace": self.namespace, "url": self._url, **data}
         )
+
+    if TYPE_CHECKING:
+
+        def _transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
+            """``transaction`` with the private errors (RedisFlagStore's)."""
 
     def _check_open(self) -> None:
         if self._closed:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import threading
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from foundation.errors import BackendUnavailable
 from foundation.flags._store import FlagChange, MigrationEvent
@@ -75,40 +74,20 @@ class _Unconfirmed(BackendUnavailable):
         self.events = tuple(events)
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-# Per thread: the stores whose public call is running (see public_errors).
-_calls = threading.local()
-
-
-def public_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """``method`` (of a store), raising ``BackendUnavailable`` itself where one of the
+@contextlib.contextmanager
+def public_errors() -> Iterator[None]:
+    """Around a store's public call: ``BackendUnavailable`` itself where one of the
     private subclasses above (``_FailedFast``, ``_KeptInOrder``, ``_Unconfirmed``)
-    would reach the caller: the same message, chained to the same cause (Redis'
-    error, else the private one). Callers match on the public type and error
-    trackers group by it: the same fault must not split by how it was noticed.
-
-    Only the outermost call of a store on a thread translates: ``kill_switch``
-    calling ``transaction`` still sees which failure it was (it keeps a switch
-    by it). Another store's call inside (a subscriber's write) translates its own.
+    would reach the caller, with the same message, chained to the same cause
+    (Redis' error, else the private one). Callers match on the public type and
+    error trackers group by it: the same fault must not split by how it was
+    noticed. The store's own callers (``kill_switch``, the replay) call the
+    undecorated ``_transaction`` and still see which failure it was.
     """
-
-    @functools.wraps(method)
-    def public(*args: P.args, **kwargs: P.kwargs) -> R:
-        inside: set[int] = _calls.__dict__.setdefault("stores", set())
-        store = id(args[0])
-        if store in inside:
-            return method(*args, **kwargs)  # the outer call translates
-        inside.add(store)
-        try:
-            return method(*args, **kwargs)
-        except BackendUnavailable as exc:
-            if type(exc) is BackendUnavailable:
-                raise
-            public = BackendUnavailable(str(exc)).with_traceback(exc.__traceback__)
-            raise public from exc.__cause__ or exc
-        finally:
-            inside.discard(store)
-
-    return public
+    try:
+        yield
+    except BackendUnavailable as exc:
+        if type(exc) is BackendUnavailable:
+            raise
+        public = BackendUnavailable(str(exc)).with_traceback(exc.__traceback__)
+        raise public from exc.__cause__ or exc

@@ -160,7 +160,7 @@ class _KillSwitches(_Commits):
             # the others hear it now. (An op renumbered by a write-back is not
             # found: its writer hears it again, at least once as ever.)
             with writing_as(self._op_writers.get(op.id)):
-                newer, already = self.transaction(functools.partial(self._replay_one, op=op))
+                newer, already = self._transaction(functools.partial(self._replay_one, op=op))
             self._op_writers.pop(op.id, None)
             # Committed (or superseded) first, dropped second: a crash in between
             # replays it, and committed_since() then sees it is already there.

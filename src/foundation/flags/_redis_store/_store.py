@@ -179,9 +179,14 @@ class RedisFlagStore(_Listener):
             op.overlay(states)
         return states
 
-    @public_errors
     def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
         """Run ``fn(txn)`` and commit its writes atomically (WATCH/MULTI/EXEC, retried)."""
+        with public_errors():
+            return self._transaction(fn)
+
+    def _transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
+        """``transaction``, raising the private ``BackendUnavailable`` subclasses that
+        ``kill_switch`` and the replay tell apart (callers inside the store)."""
         self._check_open()
         self._fail_fast()  # Redis just timed out: no wait for the lock, nor for Redis
         with self._txn_lock:
@@ -224,7 +229,6 @@ class RedisFlagStore(_Listener):
             f"flag transaction gave up after {_MAX_ATTEMPTS} conflicting concurrent commits"
         )
 
-    @public_errors
     def kill_switch(self, fn: Callable[[StoreTransaction], T]) -> T:
         """Commit a switch-off write; during an outage, apply and record it locally.
 
@@ -232,9 +236,20 @@ class RedisFlagStore(_Listener):
         raises, except ``BackendUnavailable`` for a write that only turns
         switches off (and moves plans to stage 0 by ``emergency_rollback``).
         """
+        with public_errors():
+            return self._kill_switch(fn)
+
+    def _kill_switch(self, fn: Callable[[StoreTransaction], T]) -> T:
         self._check_open()
         if not self._defer_kill_switches:
-            return self.transaction(fn)  # BackendUnavailable unless Redis answers
+            return self._transaction(fn)  # BackendUnavailable unless Redis answers
+        if self._synced.is_set() and not self._read_only:
+            # In sync with a writable Redis: committed at once (this node's pending
+            # kill switches, if any, are the listener's to commit at its next turn).
+            try:
+                return self._transaction(fn)
+            except BackendUnavailable as exc:
+                return self._defer(fn, exc, refused=True)
         # Stale: the listener is not (yet) in sync. Redis may answer all the same:
         # it has just come back and the listener waits out its backoff, or only the
         # listener's connection was cut (CLIENT KILL). So commit, as any write
@@ -249,18 +264,17 @@ class RedisFlagStore(_Listener):
             held = self._held_back()
             if held is not None:
                 return self._defer(fn, held)
-        # In sync, kill switches of this node may be pending too: Redis is a
-        # read-only replica (they wait for it to accept writes), or the listener
-        # has not committed them yet. This one goes after them as well
+        # On a read-only replica (in sync: it serves reads), kill switches of this
+        # node wait for it to accept writes: this one goes after them as well
         # (_after_pending). Race: run on Redis's state instead, a repeat of a
-        # pending kill switch on a read-only replica found its flag still on
-        # there and computed a change; its commit was refused (READONLY), its
-        # rerun on this node's view wrote nothing (off already), and the caller
-        # (FeatureFlags, whose safeguard reads this view back) took the refused
-        # run as committed: a change logged and told at every repeat, where
-        # during an outage a repeat is a no-op.
+        # pending kill switch found its flag still on there and computed a
+        # change; its commit was refused (READONLY), its rerun on this node's
+        # view wrote nothing (off already), and the caller (FeatureFlags, whose
+        # safeguard reads this view back) took the refused run as committed: a
+        # change logged and told at every repeat, where during an outage a
+        # repeat is a no-op.
         try:
-            return self.transaction(functools.partial(self._after_pending, fn))
+            return self._transaction(functools.partial(self._after_pending, fn))
         except _PendingFirst as first:
             return self._defer(fn, self._kept_in_order(first.count))
         except BackendUnavailable as exc:
@@ -283,8 +297,6 @@ class RedisFlagStore(_Listener):
     def _kept_in_order(self, count: int) -> _KeptInOrder:
         if self._read_only:
             why = f"Redis at {self._url} is a read-only replica"
-        elif self._synced.is_set():
-            why = "the listener commits them at its next turn"
         else:
             why = f"this node is stale: {self._last_error}"
         return _KeptInOrder(
