@@ -149,7 +149,15 @@ Rules
    a foreign copy there) is the shared view's own: a flag-off register of
    its key replaces it in the target, a flag-off unregister removes it
    (rule 2; once its mirror was refused for good, only while the target
-   still holds that agent).
+   still holds that agent). A flag-off write of the key made before its
+   pass (``status()`` still saying down while the legacy side takes
+   writes: a Redis node recovering) supersedes what the pass would apply:
+   a register or unregister drops the deferred register; an update of a
+   key whose legacy side holds our older copy writes that register itself,
+   with the new metadata, and books it; an update of a copy whose
+   catch-up is due marks it current (its target mirror is queued), or is
+   ``NotRegistered`` if that catch-up removes the copy. Else the pass put
+   the target's older metadata back, or the unregistered key.
 
 Why this is correct under concurrent flips
 ------------------------------------------
@@ -562,6 +570,10 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             # The private copy it replaced is gone: resolved, no longer a mirror.
             view.divergent.pop(key, None)
             view.mirrors.pop(key, None)
+            # Race: a flag-on register's deferred legacy mirror is superseded by
+            # this write (the legacy side said it was down, so the pass has not
+            # run): applied later, it met this copy as "another registration".
+            view.legacy_retry.pop(key, None)
             self._enqueue("register", view, key, agent, metadata)
 
     def _mirror_register_legacy(
@@ -672,6 +684,12 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._request_legacy_retry()  # rule 7: it is back (applied by _after_write)
         view.divergent.pop(key, None)
         view.mirrors.pop(key, None)
+        # Race: a flag-on register of the key whose legacy mirror is still to
+        # apply (the legacy side's status() said down, a Redis node recovering,
+        # so the pass has not run) is unregistered too: the pass found the
+        # target entry still there (its removal queued after the pass, or
+        # refused while the target was down) and registered it back, unlisted.
+        view.legacy_retry.pop(key, None)
         if self._may_hold(view, key):
             self._enqueue("unregister", view, key, None, None)
         else:
@@ -785,11 +803,83 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             else:
                 self._tell(rec.view, key, view)
             return
-        with self._events_of(_LEGACY):
-            self._legacy.update_metadata(key, metadata)
+        self._update_metadata_off(view, key, metadata, rec)
+
+    def _update_metadata_off(
+        self, view: _View, key: Hashable, metadata: Mapping[str, Any], rec: _Record | None
+    ) -> None:
+        """``_update_metadata`` with the flag off (under the facade lock)."""
+        if not self._update_deferred_copy(view, key, metadata, rec):
+            self._update_legacy_copy(view, key, metadata, rec)
         self._request_legacy_retry()  # rule 7: it is back (applied by _after_write)
         if self._may_hold(view, key) or key in view.retry:
             self._enqueue("update", view, key, None, metadata)
+
+    def _update_legacy_copy(
+        self, view: _View, key: Hashable, metadata: Mapping[str, Any], rec: _Record | None
+    ) -> None:
+        """The legacy side's update of a flag-off ``update_metadata`` (under the
+        facade lock). In the shared view, a copy of ours whose catch-up a pass
+        still has to apply (rule 7: the legacy side said it was down) is
+        settled here, as the pass would find it.
+
+        Race: ``status()`` may still say down while the legacy side takes
+        writes (a Redis node recovering), so the pass has not run. A copy whose
+        target entry is gone (unregistered with the flag on, or dead) is stale:
+        ``NotRegistered``, as a lookup says once the pass removed it (updated,
+        the update was acknowledged and then dropped with the copy). A copy
+        behind a flag-on update is made current by this one (its target
+        mirror is queued next): left due, the pass copied the target's older
+        metadata over it (before that mirror was applied, or while the target
+        refused it), an acknowledged update lost.
+        """
+        due = not view.private and key in view.mirrors
+        if due and (rec is None or rec.view is not view):
+            raise NotRegistered(key)
+        with self._events_of(_LEGACY):
+            self._legacy.update_metadata(key, metadata)
+        if due and rec is not None:
+            view.mirrors[key] = rec.gen
+
+    def _update_deferred_copy(
+        self, view: _View, key: Hashable, metadata: Mapping[str, Any], rec: _Record | None
+    ) -> bool:
+        """A flag-off update (under the facade lock) of a key whose flag-on register
+        has its legacy mirror still to apply (``legacy_retry``, rule 7), the legacy
+        side holding our older copy (the one that register may replace, or that
+        agent's): the authoritative call writes that mirror now, with the new
+        metadata (the retry, done now), and books it. False if that is not the
+        case (no copy of ours: the legacy side answers, and the pass books it).
+
+        Race: ``status()`` may still say down while the legacy side takes writes
+        (a Redis node recovering), so the pass has not run (nothing is tried
+        while it says so): the update changed the older copy, and the pass then
+        registered the target's older metadata over it, an acknowledged update
+        lost and listed nowhere (the mirror of ``_update_skipped_copy``).
+        """
+        pending = view.legacy_retry.get(key)
+        if pending is None:
+            return False
+        agent, mine = pending[0], pending[1]
+        if not self._retry_current(view, key, agent, rec) or not is_alive(agent):
+            return False  # superseded or dead: the pass drops it
+        copy = self._legacy.lookup(key)  # a local lookup (see _own_divergent)
+        if copy is None or (copy.agent is not agent and copy.agent is not mine):
+            return False
+        try:
+            with self._events_of(_LEGACY):
+                if copy.agent is agent:
+                    self._legacy.update_metadata(key, metadata)
+                else:
+                    self._legacy.register(key, agent, metadata, replace=True)
+        except NotAlive:  # died meanwhile: the register is void, as the pass finds
+            raise NotRegistered(key) from None
+        del view.legacy_retry[key]
+        view.divergent.pop(key, None)  # that agent's (_retry_current): resolved
+        gen = self._next_gen()
+        self._records[key] = _Record(view, gen, agent)
+        view.mirrors[key] = gen  # the target's mirror of this update is queued next
+        return True
 
     def _update_skipped_copy(
         self, view: _View, key: Hashable, metadata: Mapping[str, Any], rec: _Record | None
