@@ -46,17 +46,13 @@ from foundation.registry._redis._codec import RemoteAgent, decode_key
 from foundation.registry._redis._mirror import Mirror, same_registration
 from foundation.registry._redis._readscript import ReadScript
 from foundation.registry._redis._scripts import SNAPSHOT, SnapshotArgs
-from foundation.registry._redis._shared import UNREADABLE, expand_record, record_span
-from foundation.registry._redis._vanished import (
-    DEFAULT_ROUND_S,
-    Vanished,
-    deleted,
-    lease_holders,
-    lost,
-    missing,
-    removed_event,
+from foundation.registry._redis._shared import (
+    UNREADABLE,
+    _down_from,
+    expand_record,
+    record_span,
 )
-from foundation.registry._types import Criterion, Entry, RegistryEvent, new_entry
+from foundation.registry._types import Criterion, Entry, RegistryEvent, UnregisterReason, new_entry
 from foundation.registry._validation import metadata_from_json, validate_key
 
 __all__ = ["Death", "ObserverStatus", "RedisObserver"]
@@ -137,13 +133,9 @@ class RedisObserver:
         self._k_log = self._prefix + ":log"
         self._k_ver = self._prefix + ":ver"
         self._k_nodes = self._prefix + ":nodes"
-        self._k_leases = self._prefix + ":leases"
         self._errors = _redis_conn.redis_errors()
         self._lock = threading.Lock()  # the mirror, the stream position, the listeners
         self._mirror = Mirror(())
-        # Entries a resync's snapshot lacked, kept one lease round (see _vanished):
-        # guarded by _lock. An observer knows no lease_ttl: the default's round.
-        self._vanished = Vanished(DEFAULT_ROUND_S)
         self._tail_v = 0
         self._sid = "0-0"
         self._listeners: Listeners[RegistryEvent] = Listeners(
@@ -325,7 +317,6 @@ class RedisObserver:
                     resync = False
                     self._set_connected()
                     backoff.reset()
-                block = self._expire_vanished()
                 with self._lock:
                     sid = self._sid
                 resp = self._call(
@@ -333,7 +324,7 @@ class RedisObserver:
                     self._tail_client.xread,
                     {self._k_log: sid},
                     count=1000,
-                    block=block,
+                    block=BLOCK_MS,
                 )
                 if self._stop.is_set():
                     return
@@ -352,32 +343,6 @@ class RedisObserver:
                 self._last_error = _bounded(f"{type(exc).__name__}: {exc}")
                 resync = True
                 self._stop.wait(backoff.next())
-
-    def _expire_vanished(self) -> int:
-        """Drop the kept vanished entries whose round is over (see ``_vanished``);
-        returns how long the next read may block (ms): until the next one is due."""
-        vanished = self._vanished
-        left = vanished.due_in()  # a plain read: None in the common case
-        if left is not None and left <= 0:
-            with self._lock:
-                due = vanished.due(self._mirror)
-            if due:
-                # Read outside the lock (reads never wait on Redis); drop() checks again.
-                alive = lease_holders(self._call, self._client, self._k_leases, due)
-                events: list[RegistryEvent] = []
-                with self._lock:
-                    vanished.drop(self._mirror, due, alive, events)
-                    self._note_deaths(events)
-                self._emit(events)
-            left = vanished.due_in()
-        return BLOCK_MS if left is None else min(BLOCK_MS, int(left * 1000) + 1)
-
-    def _note_deaths(self, events: list[RegistryEvent]) -> None:
-        """Remember the deaths among ``events`` (holding the lock)."""
-        now = time.time()
-        for event in events:
-            if event.reason == "down":
-                self._deaths.append(Death(now, event))
 
     def _set_connected(self) -> None:
         """Redis answers again (after a snapshot): connected, with one INFO line, as a
@@ -532,8 +497,18 @@ class RedisObserver:
         gone = m.remove(key, v)
         if gone is None:
             return
-        event = removed_event(gone, f)
-        self._note_deaths([event])
+        why, dr = f.get(b"why", b"").decode(), f.get(b"dr", b"").decode()
+        reason: UnregisterReason = "unregistered"
+        if why == "replaced":
+            reason = "replaced"
+        elif why == "down":
+            reason = "down"
+        down = None
+        if reason == "down" and dr:
+            down = _down_from(dr, f.get(b"dc", b"").decode(), f.get(b"ds", b"").decode())
+        event = RegistryEvent("unregistered", gone, reason=reason, down=down)
+        if reason == "down":
+            self._deaths.append(Death(time.time(), event))
         events.append(event)
 
     def _resync(self, *, emit: bool) -> None:
@@ -565,18 +540,9 @@ class RedisObserver:
                 self.namespace,
                 unreadable,
             )
-        with self._lock:
-            gone = missing(self._mirror, fresh, _no_local)
-            start, tail_v = self._sid, self._tail_v
-        # Entries the snapshot lacks: deleted on the stream past our position (we
-        # were behind), or lost by Redis (see _vanished). Read outside the lock.
-        records = self._records_between(start, sid) if gone else []
         events: list[RegistryEvent] = []
         with self._lock:
             m = self._mirror
-            loss = lost(records, tail_v, ver)
-            self._vanished.resync(m, gone, deleted(gone, records), ver, events, loss=loss)
-            self._note_deaths(events)
             _apply_snapshot(m, fresh, ver, events)
             m.versions.clear()
             m.floor = ver
@@ -584,20 +550,6 @@ class RedisObserver:
             self._sid = sid.decode() if isinstance(sid, bytes) else str(sid)
         if emit:
             self._emit(events)
-
-    def _records_between(self, start: str, end: bytes | str) -> list[Any]:
-        """The change records past the stream position ``start`` up to ``end``."""
-        end_s = end.decode() if isinstance(end, bytes) else str(end)
-        if _stream_id(end_s) <= _stream_id(start):
-            return []
-        records: list[Any] = self._call(
-            "reading the change stream past the mirror",
-            self._client.xrange,
-            self._k_log,
-            min="(" + start,
-            max=end_s,
-        )
-        return records
 
     def _emit(self, events: list[RegistryEvent]) -> None:
         if not events:
@@ -617,9 +569,12 @@ def _check_arguments(namespace: object, timeout: object) -> None:
 def _apply_snapshot(
     m: Mirror, fresh: dict[Hashable, Entry], ver: int, events: list[RegistryEvent]
 ) -> None:
-    """Put the entries ``fresh`` of a snapshot at ``ver`` into ``m``, appending the
-    differences to ``events`` (holding the observer's lock); those it lacks are
-    ``Vanished.resync``'s."""
+    """Make ``m`` hold the entries ``fresh`` of a snapshot at ``ver``, appending the
+    differences to ``events`` (holding the observer's lock)."""
+    for key, held in list(m.entries.items()):
+        if key not in fresh:
+            m.remove(key, ver)
+            events.append(RegistryEvent("unregistered", held, reason="unregistered"))
     for key, new in fresh.items():
         old = m.entries.get(key)
         if old is None or not same_registration(old, new):
@@ -630,17 +585,6 @@ def _apply_snapshot(
         elif old.metadata != new.metadata:
             m.put(new, ver)
             events.append(RegistryEvent("updated", new))
-
-
-def _no_local(_entry: Entry) -> bool:
-    """An observer has no entries of its own."""
-    return False
-
-
-def _stream_id(rid: str) -> tuple[int, int]:
-    """A stream id ``"<ms>-<seq>"`` as a pair that orders as Redis orders ids."""
-    ms, _, seq = rid.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _entry(key: Hashable, head_raw: bytes, meta: bytes) -> Entry:

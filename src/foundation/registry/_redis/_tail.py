@@ -31,13 +31,6 @@ from foundation.registry._redis._shared import (
     record_span,
 )
 from foundation.registry._redis._state import log
-from foundation.registry._redis._vanished import (
-    Vanished,
-    deleted,
-    lease_holders,
-    lost,
-    missing,
-)
 from foundation.registry._types import Entry, RegistryEvent, new_entry
 from foundation.registry._validation import metadata_from_json
 
@@ -71,9 +64,6 @@ class Tail:
 
     def __init__(self, shared: Shared) -> None:
         self._sh = shared
-        # Other nodes' entries a resync's snapshot lacked, kept one lease round
-        # (see _vanished): guarded by mlock.
-        self._vanished = Vanished(shared.ttl + shared.beat)
         self.thread = threading.Thread(
             target=self._loop, name=f"foundation-redis-tail[{shared.node}]", daemon=True
         )
@@ -104,42 +94,18 @@ class Tail:
         with sh.mlock:
             gen, sid, wid = sh.gen, sh.sid, sh.wake_id
         try:
-            block = self._expire_vanished()
             resp: Any = sh.call(
                 "reading the change stream",
                 sh.tail_client.xread,
                 {sh.k_log: sid, sh.k_wake: wid},
                 count=1000,
-                block=block,
+                block=TAIL_BLOCK_MS,
             )
         except FoundationError:
             # Reported to the link by call(): the lease thread recovers.
             return sh.stop.wait(backoff.next())
         backoff.reset()
         return bool(resp and self._apply_batch(gen, resp) and sh.stop.wait(OWN_QUIET_S))
-
-    def _expire_vanished(self) -> int:
-        """Drop the kept vanished entries whose round is over (see ``_vanished``);
-        returns how long the next read may block (ms): until the next one is due."""
-        sh = self._sh
-        vanished = self._vanished
-        left = vanished.due_in()  # a plain read: None in the common case
-        if left is None:
-            return TAIL_BLOCK_MS
-        if left > 0:
-            return min(TAIL_BLOCK_MS, max(1, int(left * 1000) + 1))
-        with sh.mlock:
-            due = vanished.due(sh.mirror)
-        if due:
-            # Read outside mlock (no Redis call under it); drop() checks again.
-            alive = lease_holders(sh.call, sh.client, sh.prefix + ":leases", due)
-            events: list[RegistryEvent] = []
-            with sh.mlock:
-                vanished.drop(sh.mirror, due, alive, events)
-                sh.queue(events)  # in mirror order, under the lock that applied them
-            sh.hand_off()
-        left = vanished.due_in()
-        return TAIL_BLOCK_MS if left is None else min(TAIL_BLOCK_MS, int(left * 1000) + 1)
 
     # ------------------------------------------------------------------ applying records
 
@@ -366,17 +332,8 @@ class Tail:
         events: list[RegistryEvent] = []
         with sh.mlock:
             fresh = self._snapshot_entries(heads, meta_by, orphans)
-            gone = missing(sh.mirror, fresh, self._local)
-            start, tail_v = sh.sid, sh.tail_v
-        # Other nodes' entries the snapshot lacks: deleted on the stream past our
-        # position (we were behind), or lost by Redis (see _vanished). Read outside
-        # mlock; the tail may apply records meanwhile, so resync() checks each again.
-        records = self._records_between(start, sid) if gone else []
-        with sh.mlock:
             m = sh.mirror
             missing_own = self._drop_missing(fresh, ver, events)
-            loss = lost(records, tail_v, ver)
-            self._vanished.resync(m, gone, deleted(gone, records), ver, events, loss=loss)
             self._put_fresh(fresh, ver, events)
             m.versions.clear()
             m.floor = ver
@@ -453,39 +410,19 @@ class Tail:
                 return held
         return entry
 
-    def _local(self, held: Entry) -> bool:
-        """``held`` is an entry of this node (holding mlock): never a vanished one
-        (this node writes its live ones back; see ``_drop_missing``)."""
-        return held.node == self._sh.node
-
-    def _records_between(self, start: bytes | str, end: bytes | str) -> list[Any]:
-        """The change records past the stream position ``start`` up to ``end`` (the
-        snapshot's): at most what the stream holds (trimmed to about ``maxlen``)."""
-        sh = self._sh
-        if not _after(end, start):
-            return []
-        records: list[Any] = sh.call(
-            "reading the change stream past the mirror",
-            sh.client.xrange,
-            sh.k_log,
-            min="(" + (start.decode() if isinstance(start, bytes) else start),
-            max=end,
-        )
-        return records
-
     def _drop_missing(
         self, fresh: dict[Hashable, Entry], ver: int, events: list[RegistryEvent]
     ) -> bool:
-        """Handle this node's entries the snapshot ``fresh`` lacks (holding mlock):
-        the live ones are kept (and re-asserted), the others removed; True if it
-        lacks a live one. Other nodes' are ``_vanished``'s."""
+        """Remove from the mirror the entries the snapshot ``fresh`` lacks (holding
+        mlock), except this node's live ones; True if it lacks one of those."""
         sh = self._sh
         m = sh.mirror
         missing_own = False
         for key, held in list(sh.entries.items()):
-            if key in fresh or not self._local(held):
+            if key in fresh:
                 continue
-            if sh.own.get(key) is not None:
+            own = sh.own.get(key)
+            if own is not None and held.node == sh.node:
                 # Ours and alive, but Redis does not have it: keep it, re-assert.
                 missing_own = True
                 continue
