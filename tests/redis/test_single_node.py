@@ -207,6 +207,8 @@ def test_clean_close_takes_the_nodes_registrations_with_it(
     assert b.wait_for_version(a.status().written)
     a.close()
     assert wait_until(lambda: b.count() == 0)
+    # The events are delivered after the mirror changed (another thread): wait.
+    assert wait_until(lambda: len([e for e in seen if e.kind == "unregistered"]) >= 2)
     assert sorted((e.kind, e.reason, e.entry.key) for e in seen if e.kind == "unregistered") == [
         ("unregistered", "unregistered", "x"),
         ("unregistered", "unregistered", "y"),

@@ -26,6 +26,7 @@ from tests.redis_flags._proxy import CutProxy
 from tests.redis_support import RedisServer
 
 srv = RedisServer(); srv.start()
+import atexit; atexit.register(srv.stop)  # no redis-server left by a failed run
 proxy = CutProxy(srv.port)
 S1 = RedisFlagStore(srv.url, namespace="rl", timeout=0.5, cache_path=None)
 S2 = RedisFlagStore(proxy.url, namespace="rl", timeout=0.5, cache_path=None,
