@@ -102,7 +102,13 @@ Rules
    read does, so it changes the registration a lookup shows (a flag-on
    register or unregister of the key supersedes its retry). Its success
    resolves the divergence; so does a later mirror of the same copy that
-   succeeds.
+   succeeds. A register whose agent dies before its mirror lands (skipped
+   and kept for retry, or in flight: ``NotAlive``) has nothing left to
+   register, but the target still holds the entry it replaced on the legacy
+   side: its retry becomes the unregister of that entry (in the mirror's
+   place in the queue when in flight; else listed as a divergence until it
+   lands), removed only if the target's own view (its ``lookup()``, best
+   effort) still shows that agent (rule 2).
 7. *Deferred legacy mirrors* (flag on). A shared legacy backend may be
    remote too (a ``RedisRegistry`` legacy), so a flag-on write never calls it
    under the facade lock (a private legacy view is a local store, mirrored
@@ -863,7 +869,12 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         agent, mine = pending[0], pending[1]
         if not self._retry_current(view, key, agent, rec) or not is_alive(agent):
             return False  # superseded or dead: the pass drops it
-        copy = self._legacy.lookup(key)  # a local lookup (see _own_divergent)
+        # Checked against the legacy backend's own view (a local lookup, see
+        # _own_divergent: a RedisRegistry's local mirror, maybe stale after an
+        # outage), then register(replace=True): best effort, not an atomic
+        # compare-and-set. A key two processes race for on a shared backend
+        # is the backend's business, as for any write (_call_legacy_retry).
+        copy = self._legacy.lookup(key)
         if copy is None or (copy.agent is not agent and copy.agent is not mine):
             return False
         try:
@@ -896,6 +907,10 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         while it says so): the update changed the older entry, and the retry
         then put back the copy's old metadata, an acknowledged update lost.
         """
+        if key in view.retry:
+            # Race: the skipped copy's agent died before its retry: the removal
+            # of the target entry it replaced is the retry now (_dead_copy).
+            self._purge()
         retry = _skipped_retry(view, key)
         if retry is None:
             return False

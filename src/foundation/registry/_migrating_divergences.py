@@ -36,6 +36,8 @@ class _DivergenceBook(_LegacyViews):
 
         def _emit_later(self, name: str, data: Mapping[str, Any]) -> None: ...
 
+        def _dead_copy(self, view: _View, key: Hashable, held: _Divergent) -> None: ...
+
     def _diverge(
         self, view: _View, key: Hashable, agent: Any, reason: str, writer: int | None = None
     ) -> None:
@@ -54,7 +56,8 @@ class _DivergenceBook(_LegacyViews):
             )
 
     def _purge(self) -> None:
-        """Resolve divergences whose copy died or whose thread ended; forget ended views."""
+        """Resolve divergences whose copy died or whose thread ended; forget ended
+        views. A dead copy's kept retry is settled by ``_dead_copy`` (rule 6)."""
         views = list(self._views.items())
         for ident, view in views:
             if view.ended():
@@ -65,6 +68,7 @@ class _DivergenceBook(_LegacyViews):
             for key, d in list(view.divergent.items()):
                 if not is_alive(d.agent):
                     del view.divergent[key]
+                    self._dead_copy(view, key, d)
 
     def _all_views(self) -> list[_View]:
         views = list(self._views.values())

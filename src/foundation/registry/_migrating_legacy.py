@@ -387,10 +387,11 @@ class _LegacyRetries(_DivergenceBook):
         runs (flag-on writes only ask for it, flag-off writes wait for it), so
         the copy looked up here is still there when the register runs, unless
         its agent died meanwhile (then the slot is free, and ``replace`` is
-        harmless). The check is a token check: only our own older copy
-        (``plan.mine``) or our own agent is replaced, never another one. (Other
-        processes sharing a Redis legacy namespace write their own keys; a key
-        two nodes race for is the backend's business, as for any write.)
+        harmless). The check is the backends' own view (their ``lookup()``),
+        then the register: only our own older copy (``plan.mine``) or our own
+        agent is replaced, never another one. (Other processes sharing a Redis
+        legacy namespace write their own keys; a key two nodes race for is the
+        backend's business, as for any write.)
         """
         try:
             entry = self._target.lookup(plan.key)

@@ -27,7 +27,7 @@ from foundation.errors import AlreadyRegistered, BackendUnavailable, NotAlive, N
 from foundation.liveness import is_alive
 from foundation.registry._migrating_events import _TARGET, _Call
 from foundation.registry._migrating_legacy import _LegacyRetries, _take
-from foundation.registry._migrating_views import _Record, _View, reported_state
+from foundation.registry._migrating_views import _Divergent, _Record, _View, reported_state
 from foundation.registry._types import Registry
 from foundation.registry._validation import short_repr
 
@@ -100,7 +100,12 @@ def _bind_register(target: Registry, op: _Op, mine: bool, own: Any = None) -> Ca
 
     def call() -> None:
         # ``own``: the facade's own unmirrored entry (``_unmirrored_own``),
-        # replaced only while the target still holds that agent (a token).
+        # replaced only if the target still shows that agent. Best effort, not
+        # an atomic compare-and-set: ``lookup()`` is the backend's own view (a
+        # RedisRegistry answers from its local mirror, which may be stale
+        # after an outage), then ``register(replace=...)``. A key two
+        # processes race for on a shared backend is the backend's business,
+        # as for any write (see ``_call_legacy_retry``).
         entry = target.lookup(op.key)
         replace = entry is not None and entry.agent is own
         target.register(op.key, op.agent, op.metadata, replace=replace)
@@ -309,9 +314,11 @@ class _TargetMirrors(_LegacyRetries):
         metadata: Mapping[str, Any] | None,
         *,
         writer: int | None = None,
+        first: bool = False,
     ) -> None:
         """Queue a flag-off write's target mirror (under the facade lock: in write
-        order). ``writer``: the thread whose write it is (default: the caller)."""
+        order). ``writer``: the thread whose write it is (default: the caller).
+        ``first``: in place of the mirror just applied (booked by the pump)."""
         self._op_seq += 1
         seq = self._op_seq
         if kind == "register":
@@ -324,7 +331,11 @@ class _TargetMirrors(_LegacyRetries):
             view.retry[key] = (view.retry[key][0], metadata)
         if writer is None:
             writer = threading.get_ident()
-        self._pending.append(_Op(kind, view, key, agent, metadata, seq, writer))
+        op = _Op(kind, view, key, agent, metadata, seq, writer)
+        if first:
+            self._pending.appendleft(op)
+        else:
+            self._pending.append(op)
         if self._on:
             # Race: the flag was turned on after this call read it. A reader
             # picked after the append sees it queued (_pick_reader); one picked
@@ -342,6 +353,45 @@ class _TargetMirrors(_LegacyRetries):
         view.retry[key] = (agent, metadata)
         self._retry_due = True
 
+    def _superseded(self, view: _View, key: Hashable, agent: Any) -> _Record | None:
+        """The record of the target entry that ``agent``'s flag-off copy of ``key``
+        replaced on ``view``'s legacy side, the target not having taken that
+        replace (its mirror skipped, refused or in flight): ours (rule 2), not
+        ``agent``'s. None if there is none (under the facade lock)."""
+        rec = self._records.get(key)
+        if rec is None or rec.agent is agent:
+            return None
+        return rec if rec.view is view or _unmirrored_own(view, rec) else None
+
+    def _dead_copy(self, view: _View, key: Hashable, held: _Divergent) -> None:
+        """``held``, a divergent copy in ``view``, died (``_purge``, under the
+        facade lock): its kept retry is obsolete. If it was a register (a
+        flag-off replace whose target mirror was skipped), the retry becomes
+        the removal of the target entry it replaced, listed until then.
+
+        Race: the replacing agent died before the target was back. There is
+        nothing to register any more, but the target still holds the entry
+        the replace superseded, which the legacy side no longer has: dropped,
+        the retry left it there, unlisted, for the next flip to bring back (a
+        replaced registration returned by ``lookup()``). Kept as the retry of
+        an unregister (``REMOVED``), removed only if the target's own view
+        still shows that agent (``_bind_unregister``: its ``lookup()``, best
+        effort), never another registration.
+        """
+        retry = view.retry.get(key)
+        if retry is None or retry[0] is not held.agent:
+            return
+        del view.retry[key]
+        rec = None if retry[1] is REMOVED else self._superseded(view, key, held.agent)
+        if rec is None:
+            return
+        why = (
+            f"the target kept {short_repr(key)}, replaced on the legacy side by an agent "
+            "that died before its mirror was retried"
+        )
+        self._diverge(view, key, rec.agent, why, held.divergence.thread)
+        self._keep_for_retry(view, key, rec.agent, REMOVED)
+
     def _retry_skipped(self) -> bool:
         """Queue again the mirrors the target could not take while it was
         unavailable (target available; under the facade lock). True if any was
@@ -350,6 +400,7 @@ class _TargetMirrors(_LegacyRetries):
         answers then, and a live legacy copy it lacks would be lost to it."""
         if self._closed or self._finished or self._target_unavailable() is not None:
             return False
+        self._purge()  # a dead copy's retry becomes the removal of what it replaced
         # Every view.retry is emptied below (queued or dropped as resolved); a
         # queued retry the target refuses again is kept again, and sets it again.
         self._retry_due = False
@@ -561,7 +612,9 @@ class _TargetMirrors(_LegacyRetries):
         if rec is None:
             return None  # the target holds no mirror of this view's copy
         if op.kind == "unregister":
-            if rec.view is op.view or _unmirrored_own(op.view, rec):  # ours (a token check)
+            if rec.view is op.view or _unmirrored_own(op.view, rec):  # ours (rule 2)
+                # Removed only if the target's lookup() still shows that agent
+                # (best effort, as in _bind_register).
                 return _bind_unregister(self._target, op.key, rec.agent)
             return None
         if rec.view is op.view and op.key in op.view.mirrors:
@@ -577,8 +630,8 @@ class _TargetMirrors(_LegacyRetries):
             # which this flag-off write has just replaced), so the target entry
             # is the facade's own, not "another registration": refused, it
             # stayed, and an unregister of the key left it there, unlisted, to
-            # come back at the next flip. Replaced only while the target still
-            # holds it (a token check).
+            # come back at the next flip. Replaced only if the target's own
+            # view (its lookup(), best effort: see _bind_register) still shows it.
             return _bind_register(self._target, op, False, rec.agent)
         return _bind_register(self._target, op, True)
 
@@ -632,9 +685,11 @@ class _TargetMirrors(_LegacyRetries):
         """Pop ``op``, the oldest queued mirror, which has nothing to mirror (under the lock)."""
         self._pending.popleft()
         retry = op.view.retry.get(op.key)
-        if op.kind == "update" and retry is not None:
+        if op.kind == "update" and retry is not None and retry[1] is not REMOVED:
             # Race: the register of this copy was skipped and booked for a
             # retry after this update was written; the retry must carry it.
+            # (Not a removal: the copy's agent died since, and the retry is
+            # now the unregister of the entry it replaced, _dead_copy.)
             op.view.retry[op.key] = (retry[0], op.metadata)
 
     def _book(
@@ -706,9 +761,18 @@ class _TargetMirrors(_LegacyRetries):
         current: bool,
     ) -> None:
         """``_book_register`` for a mirror the target refused or that was skipped."""
-        if not current or isinstance(exc, NotAlive):
-            return  # died between the two writes: nothing to mirror
+        if not current:
+            return  # a later write of this view's copy books it
         view, key = op.view, op.key
+        if isinstance(exc, NotAlive):
+            # Race: the agent died between the two writes (or before its
+            # retry landed): nothing to register, but the target entry this
+            # write replaced on the legacy side is stale; left, a flip brought
+            # it back. Its removal takes this mirror's place in the queue
+            # (write order), only if the target still shows that agent.
+            if self._superseded(view, key, op.agent) is not None:
+                self._enqueue("unregister", view, key, None, None, writer=op.writer, first=True)
+            return
         if isinstance(exc, AlreadyRegistered):
             why = _held_elsewhere(key, rec, exc)
         else:
