@@ -44,7 +44,11 @@ in reverse order, ``app_stopped``); ERROR, with the traceback, when it fails
 to start (``app_start_failed``; one line pointing to the crash report above
 when a service or worker failed to start: that report has the traceback),
 fails to stop (``app_stop_failed``) or gives up (``app_failed``: restart
-intensity exceeded). Crashes and restarts of its
+intensity exceeded; its services are stopped by then, so the order is
+``service_stopped`` in reverse, ``app_failed``, then ``app_stopped`` without an
+``app_stopping``). The signal :meth:`Application.wait_for_signal` received,
+and a forced stop, are reported as :func:`foundation.supervision.run` reports
+them (``foundation.supervision.runner``). Crashes and restarts of its
 services are the supervisor's crash and progress reports (loggers under
 ``foundation.supervision``, supervisor named after the application).
 
@@ -60,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -70,7 +75,13 @@ from typing import TYPE_CHECKING, Any, Self
 from foundation import telemetry
 from foundation._appconfig import AppConfig
 from foundation._public import fixup_module_paths
-from foundation.errors import InvalidConfig, InvalidFlagValue, SupervisorError, bounded_repr
+from foundation.errors import (
+    InvalidConfig,
+    InvalidFlagValue,
+    ShutdownError,
+    SupervisorError,
+    bounded_repr,
+)
 from foundation.flags import DEFAULT_FLAGS, FeatureFlags, Flag, FlagStore, MemoryFlagStore
 from foundation.flags._migration import (
     AutoRollback,
@@ -83,14 +94,21 @@ from foundation.liveness import MonitorManager
 from foundation.registry import Registry
 from foundation.supervision import ChildContext, ChildSpec, Supervisor, SupervisorThread
 from foundation.supervision._notices import traceback_logged
-from foundation.supervision._runner import SignalHandlers
-from foundation.supervision._runs import in_thread_child_of
+from foundation.supervision._runner import (
+    FORCE_GRACE,
+    SignalHandlers,
+    report_forced,
+    report_left_running,
+    report_signal,
+)
+from foundation.supervision._runs import force_tree, in_thread_child_of
 from foundation.supervision._spec import _check_specs
 from foundation.supervision._supervisor import _error as _supervisor_error
 from foundation.supervision._supervisor import runs_in_tree
 
 if TYPE_CHECKING:
     import asyncio
+    import concurrent.futures
     from types import TracebackType
 
 __all__ = ["ALL_SERVICES", "AppConfig", "AppHealth", "Application"]
@@ -524,7 +542,10 @@ class Application:
     ) -> None:
         """Stop ``thread``'s tree and report it; ``ended`` is that run's end, taken
         with the thread (a start made once the tree is stopped has its own)."""
-        self._report_stopping()
+        if ended is None or not ended.is_set():
+            # A tree that gave up has stopped its services already (reported,
+            # then app_failed): no "stopping" after them.
+            self._report_stopping()
         try:
             try:
                 thread.stop()
@@ -749,11 +770,22 @@ class Application:
     ) -> int:
         """Block until one of ``signals`` arrives (main thread only), then stop in order.
 
+        The signals are handled as :func:`foundation.supervision.run` handles
+        them, with its reports (``foundation.supervision.runner``): the first
+        stops the tree in order; a second one during that stop forces it
+        (process children SIGKILLed, tasks cancelled, threads asked to stop
+        and left running) and puts the previous handlers back, so a third
+        one meets them (by default: SIGTERM kills the process, SIGINT raises
+        ``KeyboardInterrupt``). A thread that outlives its ``shutdown_timeout``
+        is reported (WARNING) and left running; the stop still completed.
+
         ``on_installed`` runs once the handlers are in place: announce readiness
         there, so a signal sent on that announcement cannot arrive before the
         handler (it would kill the process with the default action).
-        Returns the signal number received, or 0 when the tree ended without
-        one (a worker or another thread called :meth:`stop`).
+        Returns the signal number received after an orderly stop, ``128 +
+        signo`` (run()'s exit status) after a stop forced by a second signal
+        ``signo``, or 0 when the tree ended without one (a worker or another
+        thread called :meth:`stop`).
 
         Raises:
             RestartIntensityExceeded: the tree gave up (OTP: a permanent
@@ -769,28 +801,89 @@ class Application:
                 f"Application {self.name!r}: wait_for_signal() installs signal handlers: "
                 "call it from the main thread (elsewhere, use wait())"
             )
-        received: list[int] = []
-        arrived = threading.Event()
-        ended = self._ended  # None: never started, so only a signal ends the wait
-
-        def on_signal(signum: int) -> None:
-            received.append(signum)
-            arrived.set()
-
-        # The runner's helper (foundation.supervision.run): previous handlers restored after.
-        with SignalHandlers(signals, on_signal):
+        # Signals, then 0 once a stop ends. SimpleQueue.put is safe in a signal
+        # handler (which interrupts the main thread anywhere, even in get()).
+        arrivals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # The runner's handlers (foundation.supervision.run): restore_after=2,
+        # so the second signal puts the previous ones back at once and a third
+        # meets them; the rest are restored when the stop is over.
+        status = 0
+        with SignalHandlers(signals, arrivals.put, restore_after=2):
             if on_installed is not None:
                 on_installed()
-            # Short waits keep the main thread responsive; between them, a tree
-            # that ended without a signal (gave up, or stopped) ends the wait.
-            while not arrived.wait(0.2):
-                if ended is not None and ended.is_set():
-                    break
-        self.stop()
+            signo = self._first_signal(arrivals)
+            if signo:
+                status = self._stop_on_signal(signo, arrivals)
+        if not signo:
+            self.stop()  # ended without a signal: gave up, or stopped elsewhere
         failure = self._supervisor.failure
         if failure is not None:  # race: gave up as the signal came; the failure says more
             raise failure
-        return received[0] if received else 0
+        return status
+
+    def _first_signal(self, arrivals: queue.SimpleQueue[int]) -> int:
+        """wait_for_signal(): the first signal, or 0 once the tree ended without one."""
+        ended = self._ended  # None: never started, so only a signal ends the wait
+        # Short waits: between them, a tree that ended without a signal (gave
+        # up, or stopped) ends the wait.
+        while True:
+            with contextlib.suppress(queue.Empty):
+                return arrivals.get(timeout=0.2)
+            if ended is not None and ended.is_set():
+                return 0
+
+    def _stop_on_signal(self, signo: int, arrivals: queue.SimpleQueue[int]) -> int:
+        """wait_for_signal(): stop in order after ``signo``, in a helper thread,
+        while the main thread (which receives the signals) waits for the stop's
+        end or a second signal, as run() does; the status (see wait_for_signal)."""
+        report_signal(self.name, signo)
+        errors: list[BaseException] = []
+
+        def stop() -> None:
+            try:
+                self.stop()
+            except BaseException as exc:  # handed to the main thread
+                errors.append(exc)
+            finally:
+                arrivals.put(0)
+
+        stopper = threading.Thread(target=stop, name=f"{self.name}-app:signal-stop", daemon=True)
+        stopper.start()
+        # Race: the stop's end and a second signal may both be queued: the
+        # first one queued decides, as run()'s wait on both.
+        second = arrivals.get()
+        if not second:
+            error = errors[0] if errors else None
+            if isinstance(error, ShutdownError):
+                report_left_running(self.name, error)
+            elif error is not None:
+                raise error
+            return signo
+        status = report_forced(self.name, second, self._force())
+        stopper.join(FORCE_GRACE)  # the forced children's exits seen, the services closed
+        return status
+
+    def _force(self) -> list[str]:
+        """Force the tree on its loop (see supervision.run); what was killed."""
+        import concurrent.futures
+
+        loop: asyncio.AbstractEventLoop | None = getattr(self._supervisor, "_loop", None)
+        forced: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+
+        def force() -> None:  # on the tree's loop, where its runs live
+            try:
+                forced.set_result(force_tree(self._supervisor))
+            except BaseException as exc:
+                forced.set_exception(exc)
+
+        try:
+            if loop is None:
+                return []
+            loop.call_soon_threadsafe(force)
+            return forced.result(FORCE_GRACE)
+        # Race: the stop ended and closed the loop first: nothing is left to force.
+        except (RuntimeError, concurrent.futures.TimeoutError):
+            return []
 
     def __enter__(self) -> Self:
         """Start the tree unless it runs, and count this entry (see :class:`Application`).

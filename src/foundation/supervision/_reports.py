@@ -518,11 +518,16 @@ def child_killed(supervisor: str, child: str, kind: str, *, brutal: bool) -> Non
     )
 
 
-def thread_abandoned(supervisor: str, child: str, *, thread_name: str) -> None:
+def thread_abandoned(
+    supervisor: str, child: str, *, thread_name: str, still_running: int = 1
+) -> None:
     """Supervisor report (WARNING): thread child ``child`` (thread
     ``thread_name``) is still running after its shutdown timeout; a thread
     cannot be killed, so it is left running (a daemon thread) and forgotten.
-    Extra field: ``thread_name``; ``kind`` is ``"thread"``, ``reason``
+    ``still_running``: that child's abandoned runs (of supervisors of this
+    name, this one included) still running; from 2 the message says so (a
+    restart loop leaking one thread per restart). Extra fields:
+    ``thread_name``, ``still_running``; ``kind`` is ``"thread"``, ``reason``
     ``"abandoned"``.
 
     Example:
@@ -548,14 +553,18 @@ def thread_abandoned(supervisor: str, child: str, *, thread_name: str) -> None:
         "kind": "thread",
         "reason": "abandoned",
         "thread_name": thread_name,
+        "still_running": still_running,
     }
+    leak = ""
+    if still_running > 1:
+        leak = f"; {still_running} abandoned runs of child {child} are still running"
     _emit(
         supervisor_log,
         logging.WARNING,
         "thread_abandoned",
         "Child %s of supervisor %s (thread) abandoned: thread %s "
-        "still running after its shutdown timeout",
-        (child, supervisor, thread_name),
+        "still running after its shutdown timeout%s",
+        (child, supervisor, thread_name, leak),
         fields=fields,
     )
 

@@ -2,9 +2,11 @@
 
 :func:`run` starts the tree on a new event loop, stops it in order on the
 first SIGTERM or SIGINT, forces it on a second one, and returns an exit
-status for ``raise SystemExit(...)``. :class:`SignalHandlers` is the piece it
-shares with :meth:`foundation.Application.wait_for_signal`: handlers installed
-for a while, the previous ones restored after.
+status for ``raise SystemExit(...)``. It shares with
+:meth:`foundation.Application.wait_for_signal` :class:`SignalHandlers`
+(handlers installed for a while, the previous ones restored after, or at the
+second signal) and its reports (``report_signal``, ``report_left_running``,
+``report_forced``): one wording and one status for each outcome.
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ class SignalHandlers:
 
     ``callback(signum)`` runs on ``loop`` (through ``loop.add_signal_handler``)
     when one is given, else in the main thread between bytecodes (through
-    ``signal.signal``). Either way the main thread must create it. ``close()``
-    (or leaving the ``with`` block) puts back exactly the handlers that were
-    there before (``SIG_DFL`` for one not installed from Python). With a loop
-    and ``restore_after=n``, the n-th arrival puts the previous handlers back
-    at once, in the signal handler itself (the main thread), so the next one
-    meets them even while the loop is blocked; ``callback`` still gets every
-    arrival the loop saw, whenever it runs again.
+    ``signal.signal``; it must then be safe there, as ``SimpleQueue.put``).
+    Either way the main thread must create it. ``close()`` (or leaving the
+    ``with`` block) puts back exactly the handlers that were there before
+    (``SIG_DFL`` for one not installed from Python). With ``restore_after=n``,
+    the n-th arrival puts the previous handlers back at once, in the signal
+    handler itself (the main thread), so the next one meets them even while
+    the loop is blocked; ``callback`` still gets every arrival seen (with a
+    loop: whenever the loop runs again).
 
     Example:
         >>> import os, signal
@@ -75,7 +78,8 @@ class SignalHandlers:
         self._previous: dict[int, Any] = {}
         self._arrivals = 0
 
-        def handler(signum: int, _frame: FrameType | None) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            counter(signum, frame)
             callback(signum)
 
         def counter(_signum: int, _frame: FrameType | None) -> None:
@@ -365,12 +369,7 @@ async def _shutdown(
     import asyncio
 
     loop = asyncio.get_running_loop()
-    logger.info(
-        "received %s: stopping supervisor %s in order (send it again to force)",
-        _name(signo),
-        sup.name,
-        extra={"supervisor": sup.name, "reason": "signal", "signal": signo},
-    )
+    report_signal(sup.name, signo)
     stopping = loop.create_task(_stop(sup, starting), name=f"run: stop {sup.name}")
     second = loop.create_task(arrivals.get())
     pending += [stopping, second]
@@ -382,7 +381,7 @@ async def _shutdown(
         if isinstance(error, ShutdownError):
             # A thread outlived its timeout: reported, left as a daemon thread;
             # the shutdown itself completed.
-            logger.warning("%s; exit status 0", error, extra={"supervisor": sup.name})
+            report_left_running(sup.name, error)
         elif error is not None:
             logger.error(
                 "supervisor %s failed to stop; exit status 1",
@@ -404,19 +403,45 @@ async def _shutdown(
     restore()  # a third signal meets the previous handlers (default: death)
     # Starting: its cancellation is under way and rolls back (in `stopping`);
     # what it had started is forced below as well.
-    killed = force_tree(sup)
-    status = 128 + forced_by
-    logger.warning(
-        "%s: forcing the stop of supervisor %s: killed %s; threads left running; exit status %d",
-        f"received {_name(forced_by)} again" if second.done() else f"stop_timeout {stop_timeout}s",
-        sup.name,
-        ", ".join(killed) or "nothing",
-        status,
-        extra={"supervisor": sup.name, "reason": "forced", "signal": forced_by},
-    )
+    why = None if second.done() else f"stop_timeout {stop_timeout}s"
+    status = report_forced(sup.name, forced_by, force_tree(sup), why)
     await asyncio.wait({stopping}, timeout=FORCE_GRACE)
     if stopping.done():
         stopping.exception()  # retrieved: its outcome is the forced status
+    return status
+
+
+# The runner's reports, shared with Application.wait_for_signal (one wording,
+# one logger, one exit status for each).
+
+
+def report_signal(name: str, signo: int) -> None:
+    """The first signal: the orderly stop of supervisor ``name`` begins."""
+    logger.info(
+        "received %s: stopping supervisor %s in order (send it again to force)",
+        _name(signo),
+        name,
+        extra={"supervisor": name, "reason": "signal", "signal": signo},
+    )
+
+
+def report_left_running(name: str, error: ShutdownError) -> None:
+    """An orderly stop that left a thread running (reported, left as a daemon
+    thread): the shutdown itself completed."""
+    logger.warning("%s; exit status 0", error, extra={"supervisor": name})
+
+
+def report_forced(name: str, forced_by: int, killed: list[str], why: str | None = None) -> int:
+    """Report a forced stop (by a second ``forced_by``, or ``why``); its status."""
+    status = 128 + forced_by
+    logger.warning(
+        "%s: forcing the stop of supervisor %s: killed %s; threads left running; exit status %d",
+        why or f"received {_name(forced_by)} again",
+        name,
+        ", ".join(killed) or "nothing",
+        status,
+        extra={"supervisor": name, "reason": "forced", "signal": forced_by},
+    )
     return status
 
 

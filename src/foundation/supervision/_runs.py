@@ -44,6 +44,7 @@ import os
 import signal as signal_module
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -379,12 +380,38 @@ class ThreadRun(Run):
         self.ctx.stopping.set()
         if await self._wait_exit(timeout):
             return ChildExit("shutdown")
-        reports.thread_abandoned(self.supervisor, self.spec.id, thread_name=self.handle.name)
+        reports.thread_abandoned(
+            self.supervisor,
+            self.spec.id,
+            thread_name=self.handle.name,
+            still_running=_count_abandoned(self.supervisor, self.spec.id, self.handle),
+        )
         return ChildExit("abandoned")
 
     def _force(self) -> list[str]:
         self.ctx.stopping.set()  # all one can do to a thread: ask
         return []
+
+
+# The abandoned threads of each (supervisor name, child id), by name: a
+# supervisor restarted by its parent is a new one with the same name, and a
+# crash loop beside a child that ignores ctx.stopping abandons one more
+# thread per restart. Weak: a finished thread drops out. Loop threads of
+# several trees abandon at once: under the lock.
+_abandoned: dict[tuple[str, str], weakref.WeakSet[threading.Thread]] = {}
+_abandoned_lock = threading.Lock()
+
+
+def _count_abandoned(supervisor: str, child: str, thread: threading.Thread) -> int:
+    """Record ``thread`` as abandoned; how many abandoned runs of that child
+    (this one included) are still running."""
+    key = (supervisor, child)
+    with _abandoned_lock:
+        threads = _abandoned.setdefault(key, weakref.WeakSet())
+        threads.add(thread)
+        for done in [t for t in threads if not t.is_alive()]:
+            threads.discard(done)
+        return len(threads)
 
 
 class _ProcessRun(Run):
