@@ -70,6 +70,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Self
 
 from foundation import telemetry
@@ -116,6 +117,10 @@ __all__ = ["ALL_SERVICES", "AppConfig", "AppHealth", "Application"]
 ALL_SERVICES = ("flags", "monitors", "registry", "migration_monitor")
 
 _log = logging.getLogger("foundation.application")
+
+# True in wait_for_signal()'s stopping thread: a ShutdownError of that stop (a
+# thread left running) is reported once, by the runner's WARNING, as run() does.
+_SIGNAL_STOP: ContextVar[bool] = ContextVar("foundation_signal_stop", default=False)
 
 
 def _report(
@@ -543,8 +548,9 @@ class Application:
         """Stop ``thread``'s tree and report it; ``ended`` is that run's end, taken
         with the thread (a start made once the tree is stopped has its own)."""
         if ended is None or not ended.is_set():
-            # A tree that gave up has stopped its services already (reported,
-            # then app_failed): no "stopping" after them.
+            # A tree that ended already (it gave up: its services stopped and
+            # reported, then app_failed; or its root supervisor ended on its
+            # own) is past stopping: no "stopping" line after its end.
             self._report_stopping()
         try:
             try:
@@ -669,6 +675,8 @@ class Application:
         )
 
     def _report_stop_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, ShutdownError) and _SIGNAL_STOP.get():
+            return  # wait_for_signal() reports it (a WARNING, as run() does)
         _report(
             logging.ERROR,
             "app_stop_failed",
@@ -840,6 +848,7 @@ class Application:
         errors: list[BaseException] = []
 
         def stop() -> None:
+            _SIGNAL_STOP.set(True)  # (this thread's own context)
             try:
                 self.stop()
             except BaseException as exc:  # handed to the main thread
