@@ -128,7 +128,14 @@ Rules
    the copy it looked up: our own older copy or none, never another
    registration, even if that copy's agent died meanwhile and a newer
    flag-on write of the key is waiting (its own step comes later, after
-   catch-up removed what the in-flight step wrote). While the legacy side
+   catch-up removed what the in-flight step wrote). A register whose agent
+   dies (or whose target entry goes) before its mirror lands (deferred, or
+   in flight: ``NotAlive``) has nothing left to register, but the legacy
+   side still holds the facade's own copy it was to replace: that copy is
+   listed as a divergence and removed by catch-up, only if the legacy
+   backend's own view (its ``lookup()``, best effort) still shows that
+   agent (rule 2); a later flag-on register of the key replaces it as its
+   own (so it is no "other registration"). While the legacy side
    reports itself unavailable without I/O (``status()``, as in rule 6),
    nothing is tried: the registers asked for become divergences (still kept
    in ``view.legacy_retry``), the inbox stays (stale copies, listed by

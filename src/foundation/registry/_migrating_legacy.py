@@ -34,7 +34,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, NamedTuple
 
 from foundation import telemetry
-from foundation.errors import BackendUnavailable, NotRegistered
+from foundation.errors import BackendUnavailable, NotAlive, NotRegistered
 from foundation.liveness import is_alive
 from foundation.registry._migrating_divergences import _DivergenceBook
 from foundation.registry._migrating_events import _LEGACY, _Call
@@ -358,11 +358,45 @@ class _LegacyRetries(_DivergenceBook):
 
     def _forget_legacy_register(self, view: _View, key: Hashable) -> None:
         """Drop ``key``'s legacy register (under the facade lock); an older copy
-        of ours still there and no longer the record's is removed by catch-up."""
-        view.legacy_retry.pop(key, None)
+        of ours still there and no longer the record's is removed by catch-up.
+
+        Race: the register's agent died (or its target entry was replaced or
+        unregistered) before its mirror was applied (the legacy side was
+        down, or it was in flight). There is nothing left to register, but
+        the legacy side still holds the copy that register was to replace
+        (``mine``: the facade's own superseded copy, maybe one the target
+        never took, so not in ``view.mirrors``). Left, it came back at the
+        next flip, and a later flag-on register of the key met it as
+        "another registration". So it is listed as a divergence and removed
+        by catch-up, only if the legacy backend's own view (its ``lookup()``,
+        local, best effort) still shows that agent: never another one.
+        """
+        pending = view.legacy_retry.pop(key, None)
         rec = self._records.get(key)
-        if key in view.mirrors and (rec is None or rec.view is not view):
+        if rec is not None and rec.view is view:
+            return  # the key's copy is ours and current: nothing is stale
+        if pending is not None and pending[1] is not None:
+            self._superseded_copy(view, key, pending[1], pending[2], rec)
+        if key in view.mirrors:
             view.inbox.append(key)
+            self._legacy_retry_requested = True
+
+    def _superseded_copy(
+        self, view: _View, key: Hashable, mine: Any, writer: int, rec: _Record | None
+    ) -> None:
+        """``_forget_legacy_register``: list ``mine``'s copy of ``key`` and mark it
+        for removal by catch-up, if the legacy side still shows it (under the lock)."""
+        if rec is not None and rec.agent is mine:
+            return  # the record's own agent again: not superseded
+        copy = self._legacy.lookup(key)  # a local lookup (see _own_divergent)
+        if copy is None or copy.agent is not mine:
+            return  # gone (its agent died), or not ours: never removed
+        why = (
+            f"the legacy backend kept {short_repr(key)}, replaced in the target by "
+            "an agent that died or left before its mirror was applied"
+        )
+        self._diverge(view, key, mine, why, writer)
+        view.mirrors.setdefault(key, 0)  # a copy to drop: catch-up drops it
 
     @staticmethod
     def _retry_current(view: _View, key: Hashable, agent: Any, rec: _Record | None) -> bool:
@@ -445,13 +479,23 @@ class _LegacyRetries(_DivergenceBook):
             view.mirrors.pop(key, None)  # no copy of ours is there any more
             reason = f"the legacy backend holds {short_repr(key)} for another registration"
             self._diverge(view, key, agent, reason, plan.writer)
-        elif isinstance(outcome, Exception):  # refused for good: it stays a listed divergence
+        elif isinstance(outcome, Exception) and not isinstance(outcome, NotAlive):
+            # Refused for good: it stays a listed divergence. (NotAlive: the
+            # agent died, nothing to list; the copy it was to replace is.)
             self._legacy_failed("register", key, outcome)
             why = f"the legacy backend refused the mirror: {outcome}"
             self._diverge(view, key, agent, why, plan.writer)
         # _GONE: the target entry was replaced, unregistered or died meanwhile.
 
     # ------------------------------------------------------------------ catch-up
+
+    def _resolve_removed(self, view: _View, key: Hashable) -> None:
+        """Catch-up removed ``view``'s copy of ``key`` (under the lock): a listed
+        copy other than the record's was that one (``_superseded_copy``)."""
+        held = view.divergent.get(key)
+        rec = self._records.get(key)
+        if held is not None and (rec is None or held.agent is not rec.agent):
+            del view.divergent[key]
 
     def _plan_catch_up(self) -> list[_CatchUp]:
         """The shared view's catch-up steps (rule 4; under the facade lock):
@@ -514,5 +558,6 @@ class _LegacyRetries(_DivergenceBook):
             return  # changed meanwhile: its own write or booking queued what it needs
         if result == _DROPPED:
             del view.mirrors[key]
+            self._resolve_removed(view, key)
         else:
             view.mirrors[key] = step.new_gen

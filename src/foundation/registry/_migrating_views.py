@@ -15,7 +15,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from foundation.errors import BackendUnavailable, NotRegistered
 from foundation.registry._migrating_events import _LEGACY, _EventRouting
@@ -110,6 +110,10 @@ class _LegacyViews(_EventRouting):
     _legacy_warned: bool  # a "legacy mirror failed" WARNING is out (until a success)
     _legacy_retry_requested: bool  # legacy retries are asked for (rule 7, _migrating_legacy)
     _legacy_retry_all: bool  # and every kept one is due, not only the new ones
+
+    if TYPE_CHECKING:  # as _LegacyRetries defines it
+
+        def _forget_legacy_register(self, view: _View, key: Hashable) -> None: ...
 
     def _view(self) -> _View:
         """The caller's legacy view, created if needed. Called under the lock only."""
@@ -257,10 +261,21 @@ class _LegacyViews(_EventRouting):
             rec = self._records.get(key)
             if rec is not None and rec.agent is agent:
                 del self._records[key]
-                view = rec.view
-                if view is not None:
-                    if view.private:
-                        if not view.ended():
-                            view.inbox.append(key)
-                    else:
-                        view.mirrors.pop(key, None)
+                self._dead_record(rec.view, key, agent)
+
+    def _dead_record(self, view: _View | None, key: Hashable, agent: Any) -> None:
+        """The record of ``key`` (mirrored in ``view``) was dropped: ``agent`` died."""
+        if view is not None:
+            if view.private:
+                if not view.ended():
+                    view.inbox.append(key)
+            else:
+                view.mirrors.pop(key, None)
+            return
+        shared = self._shared_view
+        pending = None if shared is None else shared.legacy_retry.get(key)
+        if shared is not None and pending is not None and pending[0] is agent:
+            # Race: its deferred legacy mirror (rule 7) was never applied (the
+            # legacy side was down): the copy it was to replace is stale, and
+            # is listed and removed (_forget_legacy_register).
+            self._forget_legacy_register(shared, key)
