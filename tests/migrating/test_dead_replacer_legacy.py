@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from foundation import FeatureFlags, MigratingRegistry
+from foundation.errors import BackendUnavailable
 from tests.migrating.support import FLAG, FLAGS, Agents, wait_until
 from tests.migrating.test_skipped_copy_flip import Switched
 
@@ -139,4 +140,42 @@ def test_replaced_unmirrored_copy_is_removed_when_the_replacer_dies() -> None:
             assert reg.lookup("k") is None  # x, replaced, does not come back
     finally:
         reg.close()
+        agents.close()
+
+
+class _LookupFails(Switched):
+    """A legacy backend whose lookup() fails on demand (a custom one doing I/O)."""
+
+    failing = False
+
+    def lookup(self, key: Any) -> Any:
+        if self.failing:
+            raise BackendUnavailable("this backend's lookup does I/O, and it failed")
+        return super().lookup(key)
+
+
+def test_a_failing_legacy_lookup_does_not_fail_an_unrelated_write() -> None:
+    # Was: the check of the replaced copy (under the facade lock) let the legacy
+    # lookup's error out of an unrelated flag-on register, whose target was fine.
+    agents = Agents()
+    flags = FeatureFlags(FLAGS)
+    flags.enable(FLAG)
+    legacy, target = _LookupFails(), Switched()
+    reg = MigratingRegistry(legacy, target, flags)
+    try:
+        a, b = agents.new(), agents.new()
+        reg.register("k", a, {"v": 0})
+        legacy.state = "disconnected"
+        reg.register("k", b, {"v": 1}, replace=True)  # its legacy mirror deferred
+        _end(agents, b, legacy, target)
+        legacy.failing = True
+        reg.register("other", agents.new(), {"v": 1})  # drains b's death
+        legacy.failing = False
+        entry = reg.lookup("other")
+        assert entry is not None
+        assert entry.metadata == {"v": 1}
+    finally:
+        legacy.failing = False
+        reg.close()
+        flags.close()
         agents.close()

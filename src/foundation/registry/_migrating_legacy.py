@@ -388,7 +388,10 @@ class _LegacyRetries(_DivergenceBook):
         for removal by catch-up, if the legacy side still shows it (under the lock)."""
         if rec is not None and rec.agent is mine:
             return  # the record's own agent again: not superseded
-        copy = self._legacy.lookup(key)  # a local lookup (see _own_divergent)
+        try:
+            copy = self._legacy.lookup(key)  # a local lookup (see _own_divergent)
+        except Exception:  # (closed, a custom backend's failure): best effort,
+            return  # not provably ours, left alone (as _own_divergent)
         if copy is None or copy.agent is not mine:
             return  # gone (its agent died), or not ours: never removed
         why = (
@@ -530,10 +533,13 @@ class _LegacyRetries(_DivergenceBook):
                     with self._events_dropped(_LEGACY):
                         self._legacy.update_metadata(step.key, entry.metadata)
                     return _DONE
-            # Race: as for a register (_call_legacy_retry), nothing else writes
-            # the shared legacy side while the pass runs, so the copy removed
-            # here is the stale one of ours the plan saw (or its slot, emptied
-            # by its agent's death).
+            # Race: as for a register (_call_legacy_retry), nothing else in this
+            # process writes the shared legacy side while the pass runs, so the
+            # copy removed here is the stale one of ours the plan saw (or its
+            # slot, emptied by its agent's death). Another process writing the
+            # same key on a shared backend meanwhile is not seen: the check was
+            # made when the removal was decided (best effort across processes;
+            # a key two processes race for is the backend's business).
             with self._events_dropped(_LEGACY):
                 self._legacy.unregister(step.key)
         except NotRegistered:  # the copy's agent died: it is gone
