@@ -78,19 +78,9 @@ def migration_from_store(flags: Any, plan: str | None) -> Any:
 
 
 def status_data(migration: Any) -> dict[str, Any]:
-    status = migration.status()
-    return {
-        "plan": status.plan,
-        "stage": status.stage,
-        "stage_name": status.stage_name,
-        "total": status.total,
-        "flags": dict(status.flags),
-        "stages": [
-            {"number": s.number, "name": s.name, "flags": list(s.flags), "risk": s.risk}
-            for s in migration.plan.stages
-        ],
-        "history": [e.to_dict() for e in migration.history()[-10:]],
-    }
+    from foundation.flags._migration_json import migration_json
+
+    return migration_json(migration, history=10, newest_first=False, problems=False)
 
 
 def _when(at: float) -> str:

@@ -13,25 +13,13 @@ from foundation.admin._http import _need_migration, _text
 from foundation.admin._state import AdminState
 from foundation.admin._status import store_status
 from foundation.flags import Migration
+from foundation.flags._migration_json import migration_json
 
 __all__ = ["show_migration"]
 
 
 def _migration_dict(migration: Migration) -> dict[str, Any]:
-    status = migration.status()
-    return {
-        "plan": status.plan,
-        "stage": status.stage,
-        "stage_name": status.stage_name,
-        "total": status.total,
-        "stages": [
-            {"number": s.number, "name": s.name, "flags": list(s.flags), "risk": s.risk}
-            for s in migration.plan.stages
-        ],
-        "flags": dict(status.flags),
-        "problems": migration.problems(),
-        "history": [e.to_dict() for e in reversed(migration.history()[-50:])],
-    }
+    return migration_json(migration, history=50, newest_first=True, problems=True)
 
 
 async def show_migration(request: Request, state: AdminState) -> Any:
