@@ -133,7 +133,11 @@ first re-checks the version: the copy replaces Redis only if Redis is still
 older. So when several nodes restore at once, the first one writes, the others
 find an equal or newer version and do nothing (history is never duplicated),
 and a node with an older copy never overwrites a newer one. A node whose copy
-is older than Redis (or of another epoch) refreshes its copy from Redis. Caveat:
+is older than Redis (or of another epoch) refreshes its copy from Redis; one
+whose last commits Redis lacks at the same epoch (an older snapshot, then a
+write by a process without the newer copy: a fork) takes Redis' state, but keeps
+its lost kill switches and emergency rollbacks pending with their original
+times, committed again under the rule below, with a WARNING (``_lost_commits``). Caveat:
 a node without a copy that writes to an empty Redis before any node restored
 writes version 1, which a restore then replaces.
 
@@ -159,7 +163,7 @@ Events (``foundation.telemetry``; each also a log line under ``foundation.flags`
 ``foundation.flags.stale``               lost Redis (or started without it); serving the copy
 ``foundation.flags.started_from_cache``  constructed during an outage, from the copy
 ``foundation.flags.restored``            this node restored Redis from its copy
-``foundation.flags.pending_recorded``    a kill switch was recorded during an outage
+``foundation.flags.pending_recorded``    a kill switch recorded in an outage (or kept after a fork)
 ``foundation.flags.pending_committed``   a pending kill switch was committed
 ``foundation.flags.pending_superseded``  a pending kill switch lost to a newer change
 ``foundation.flags.in_sync``             back in sync with Redis
@@ -188,7 +192,8 @@ flaps, faults, read-only), ``_copy`` (the node copy, restores, consistent
 reads), ``_trim`` (retention), ``_commit`` (the attempts of a transaction),
 ``_kill_switch`` (held kill switches), ``_records`` (catalogue, plans) and
 ``_listener`` (the listener thread). Beside them: ``_scripts`` (Lua),
-``_pipeline`` (the WATCHing pipeline), ``_txn`` (the transactions handed to
+``_pipeline`` (the WATCHing pipeline), ``_lost_commits`` (what a copy lost to a fork),
+``_txn`` (the transactions handed to
 ``fn``), ``_errors`` (a commit attempt's outcomes), ``_status`` and ``_shared``.
 """
 

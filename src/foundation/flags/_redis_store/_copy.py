@@ -9,8 +9,9 @@ from typing import Any
 from foundation.errors import BackendUnavailable, FlagError
 from foundation.flags._node_cache import Snapshot, stream_key
 from foundation.flags._redis_store._health import _Health
+from foundation.flags._redis_store._lost_commits import lost_commits
 from foundation.flags._redis_store._shared import _MAX_ATTEMPTS, _META, _check_version, log
-from foundation.flags._store import FlagState
+from foundation.flags._store import FlagChange, FlagState, MigrationEvent
 
 _DIVERGED = Snapshot(0, None, {}, {}, [], [], full=True)
 """``_read_snapshot``'s answer when Redis no longer holds the copy's last entries."""
@@ -36,6 +37,21 @@ def _starts_at(entries: list[tuple[str, dict[str, str]]], last: str | None) -> b
 def _stream_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
     """An XRANGE reply as (entry id, fields) pairs, as a ``Snapshot`` keeps them."""
     return [(str(i), dict(f)) for i, f in raw]
+
+
+def _named(record: FlagChange | MigrationEvent) -> str:
+    """A lost change or event as the fork's WARNING names it."""
+    if isinstance(record, FlagChange):
+        return f"{record.flag} by {record.by} ({record.reason})"
+    return f"migration {record.plan} {record.action} by {record.by} ({record.reason})"
+
+
+def _listed(names: list[str], most: int = 20) -> str:
+    """``names`` joined, the first ``most`` of them (a long lost history: one line)."""
+    if not names:
+        return "none"
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 class _NodeCopy(_Health):
@@ -213,9 +229,87 @@ class _NodeCopy(_Health):
                 if snap is _DIVERGED:
                     whole = True
                     continue
+                if whole and snap.epoch == self._cache.epoch:
+                    self._keep_lost_kill_switches(snap)  # (before the copy lets go of them)
                 self._cache.apply(snap)
                 return True
         return True  # pragma: no cover - a thousand commits in a row
+
+    def _keep_lost_kill_switches(self, snap: Snapshot) -> None:
+        """Keep the copy's kill switches that Redis lost (``snap``: a whole read of it
+        at the copy's epoch, not holding the copy's last entries) as pending ones.
+
+        A fork: Redis came back from an older snapshot and, before any node
+        restored it, a process without a copy of this version (the CLI on another
+        machine, a new node) committed on top, up to this copy's version or past
+        it. Redis is then not older than the copy: no restore, and the refresh
+        takes Redis' state whole. A kill switch or emergency rollback among the
+        lost commits would be undone on every node without a word; so each is
+        recorded pending with its original ``at``, ``by`` and ``reason`` (applied
+        here at once), and committed by the replay under the superseding rule (a
+        later change of its flag or plan in Redis wins). Every node holding it
+        does the same; the first commits it, the others find it committed
+        ("already"). Other lost commits are named in the WARNING: Redis' newer
+        history wins over them, as documented. Caller holds ``_copy_lock``.
+        """
+        cache = self._cache
+        try:
+            base, _trimmed, history = cache.history_with_base()
+            ops, others = lost_commits(
+                self._feed_states(base),
+                history,
+                cache.migrations(),
+                snap,
+                decode_change=self._decode_change,
+                decode_event=self._decode_event,
+            )
+        except FlagError as exc:  # a corrupt entry in the copy: cannot tell what was lost
+            log.warning(
+                "flag store %r: Redis at %s no longer holds this node's last commits "
+                "(restarted from an older snapshot?) and they cannot be read (%s); "
+                "taking Redis' state",
+                self.namespace, self._url, exc,
+            )  # fmt: skip
+            return
+        if not ops and not others:
+            return  # (trimmed away, not lost)
+        # Race: a read between this and the copy's refresh (the caller's apply)
+        # reads the pending list first, so it sees the kill switch pending or, after
+        # the replay, committed: never neither. Another process sharing the file
+        # may keep the same kill switch at once: each replay finds it "already"
+        # committed after the first; one that refreshed the file first leaves this
+        # process nothing lost to find (it keeps them itself).
+        recorded = []
+        for op in ops:
+            try:
+                op_id = cache.add_pending(op)
+            except FlagError as exc:  # the copy is unusable: say so, nowhere to keep it
+                log.warning(
+                    "flag store %r: cannot keep a lost kill switch: %s", self.namespace, exc
+                )
+                continue
+            recorded.append(op)
+            self._event(
+                "pending_recorded",
+                id=op_id, flags=list(op.flags), plans=list(op.plans),
+                by=op.by, reason=op.reason, at=op.at,
+            )  # fmt: skip
+        if recorded:
+            self._restores += 1
+            self._replay_wanted.set()  # the listener commits them at its next turn
+            self._wake_listener()
+        log.warning(
+            "flag store %r: Redis at %s (version %d) no longer holds this node's last "
+            "commits (copy at version %d): it came back from an older snapshot and "
+            "others wrote past it; taking Redis' state, with %d kill switch(es) of this "
+            "copy kept pending and committed again unless a newer change supersedes "
+            "them%s; other changes lost: %s",
+            self.namespace, self._url, snap.version, cache.version, len(recorded),
+            "".join(
+                f"; {op.by} ({op.reason}) on {', '.join(op.flags + op.plans)}" for op in recorded
+            ),
+            _listed([_named(c) for c in others]),
+        )  # fmt: skip
 
     def _copy_meta(self, client: Any) -> tuple[list[Any], tuple[str | None, str | None]]:
         """(Redis' meta, the ids of its two streams' last entries: None when empty)."""

@@ -61,7 +61,8 @@ class RedisFlagStoreStatus:
     ``connected``: the listener follows Redis. ``stale``: answers come from the
     node copy. ``version``: the copy's version. ``pending``: kill switches not
     yet committed (``pending_flags``: the flags they switch off).
-    ``restores``: times this store restored Redis from its copy.
+    ``restores``: times this store restored Redis from its copy (or kept, as
+    pending, kill switches of its copy that Redis lost to a fork).
     ``stale_since``: wall-clock time (``time.time()``) of the last transition
     into stale, None while not stale. ``read_only``: Redis is a read-only
     replica (``ROLE``, or a ``READONLY`` reply): reads work, writes other than

@@ -1,0 +1,184 @@
+"""A kill switch is not undone by Redis coming back from an older snapshot with a
+write in between (a fork at the copy's version).
+
+Snapshot at version 1; ``disable("checkout")`` makes version 2 on node A (node B
+hears it); Redis is killed and started again from the version-1 ``dump.rdb``;
+before the nodes reach it again (cut off behind a proxy), a process without a
+node copy (the CLI on another machine) writes one change: Redis holds ANOTHER
+version 2, same epoch. The nodes found the same version, took Redis' state whole,
+and checkout was on again everywhere: no WARNING, no event, history without the
+kill switch. Now each node keeps its copy's lost kill switch pending and commits
+it again under the superseding rule (a later change of its flag wins), with a
+WARNING. The migration variant (an emergency rollback) goes through a node
+restarted after the fork. Real redis-server, plain interpreter (``run_scenario``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults._subprocess import run_scenario
+
+_SETUP = """
+import tempfile
+from foundation import telemetry
+from foundation.flags import FeatureFlags, Flag, RedisFlagStore
+from tests.redis_flags._proxy import CutProxy
+from tests.redis_support import RedisServer
+
+srv = RedisServer(); srv.start()
+import atexit; atexit.register(srv.stop)  # no redis-server left by a failed run
+proxy = CutProxy(srv.port)  # nodes A and B reach Redis through it
+tmp = tempfile.mkdtemp(prefix="fork-")
+seen = []
+for name in ("pending_recorded", "pending_committed", "pending_superseded"):
+    telemetry.attach(f"foundation.flags.{name}",
+                     lambda n, data, name=name: seen.append((name, dict(data))))
+
+def raw(*args):
+    return srv.command(*args)
+
+def node(name, url=None, **kw):
+    return RedisFlagStore(url or proxy.url, namespace="shop", timeout=0.5,
+                          resync_interval=0.2, cache_path=f"{tmp}/{name}.sqlite3", **kw)
+
+def named(what):
+    return [d for n, d in seen if n == what]
+"""
+
+
+_FLAGS = (
+    _SETUP
+    + """
+FL = [Flag("checkout", default=True), Flag("beta"), Flag("promo")]
+sa, sb = node("a"), node("b")
+fa, fb = FeatureFlags(FL, store=sa), FeatureFlags(FL, store=sb)
+fa.enable("beta", by="op")
+raw("SAVE")  # the snapshot: version 1
+fa.disable("checkout", by="oncall", reason="incident")
+wait_for(lambda: not fb.enabled("checkout"), "B hears the kill switch")
+(kill,) = [c for c in fa.history("checkout") if c.by == "oncall"]
+proxy.cut()
+wait_for(lambda: sa.stale and sb.stale, "A and B cut off")
+srv.kill(); srv.start()  # from the version-1 dump.rdb
+assert raw("HGET", "{shop}:flags:meta", "version") == b"1"
+# A process without a node copy writes before the nodes are back: another version 2.
+sc = RedisFlagStore(srv.url, namespace="shop", timeout=0.5, cache_path=None,
+                    hold_kill_switches=False)
+fc = FeatureFlags(FL, store=sc)
+threads = library_threads()  # A's, B's and C's listeners
+WRITE
+assert raw("HGET", "{shop}:flags:meta", "version") == b"2"
+assert not fa.enabled("checkout") and not fb.enabled("checkout")
+proxy.restore()
+wait_for(lambda: not sa.stale and not sb.stale, "A and B back in sync")
+wait_for(lambda: sa.status().pending == 0 and sb.status().pending == 0,
+         "the kept kill switches committed or dropped")
+CHECK
+assert all(d["flags"] == ["checkout"] and d["at"] == kill.at and d["by"] == "oncall"
+           for d in named("pending_recorded")), seen
+assert len(named("pending_recorded")) == 2, seen  # one per node holding it
+assert sa.status().restores == 1 and sb.status().restores == 1, (sa.status(), sb.status())
+assert library_threads() == threads, (threads, library_threads())
+for s in (fa, fb, fc):
+    s.close()
+for s in (sa, sb, sc):
+    s.close()
+proxy.close(); srv.kill()
+print("OK", flush=True)
+"""
+)
+
+_KEPT = (
+    'fc.enable("promo", by="laptop")',
+    """
+fresh = FeatureFlags(FL, store=RedisFlagStore(srv.url, namespace="shop", cache_path=None))
+wait_for(lambda: not fc.enabled("checkout"), "C hears the kill switch again")
+for f in (fa, fb, fresh):
+    assert not f.enabled("checkout"), "the kill switch was undone"
+    assert f.enabled("promo") and f.enabled("beta")  # C's write is kept
+assert [(c.by, c.reason, c.at) for c in fresh.history("checkout")] == [
+    ("oncall", "incident", kill.at)], fresh.history("checkout")
+done = named("pending_committed")
+assert sorted(d["already"] for d in done) == [False, True], seen  # committed once
+assert not named("pending_superseded"), seen
+fresh.close(); fresh.store.close()
+""",
+)
+
+_SUPERSEDED = (
+    'fc.enable("checkout", by="laptop", reason="fixed")  # later than the kill switch',
+    """
+for f in (fa, fb, fc):
+    assert f.enabled("checkout"), "the later decision was overridden"
+assert len(named("pending_superseded")) == 2 and not named("pending_committed"), seen
+""",
+)
+
+
+@pytest.mark.parametrize("case", [_KEPT, _SUPERSEDED], ids=["unrelated-write", "later-enable"])
+def test_a_kill_switch_survives_an_old_snapshot_with_a_write_in_between(
+    case: tuple[str, str],
+) -> None:
+    write, check = case
+    result = run_scenario(_FLAGS.replace("WRITE", write).replace("CHECK", check), timeout=120)
+    warned = [
+        line
+        for line in result.stderr.splitlines()
+        if "WARNING" in line and "no longer holds this node's last commits" in line
+    ]
+    assert warned, result.stderr
+    assert all("oncall (incident) on checkout" in line for line in warned), result.stderr
+    if case is _SUPERSEDED:
+        assert "SUPERSEDED" in result.stderr, result.stderr
+
+
+_MIGRATION = (
+    _SETUP
+    + """
+from foundation.flags import DEFAULT_FLAGS, Migration, MigrationPlan
+FL = list(DEFAULT_FLAGS) + [Flag("promo")]
+plan = MigrationPlan.default()
+sa = node("a")
+fa = FeatureFlags(FL, store=sa); ma = Migration(fa, plan)
+ma.advance(by="ana")
+raw("SAVE")  # the snapshot: stage 1
+ma.emergency_rollback("error spike", by="oncall")
+assert ma.status().stage == 0
+fa.close(); sa.close()  # node A is down across the restart
+srv.kill(); srv.start()  # from the stage-1 dump.rdb
+sc = RedisFlagStore(srv.url, namespace="shop", timeout=0.5, cache_path=None,
+                    hold_kill_switches=False)
+fc = FeatureFlags(FL, store=sc)
+fc.enable("promo", by="laptop")  # another version 2, at stage 1
+assert raw("HGET", "{shop}:flags:stages", plan.name) == b"1"
+sa = node("a")  # restarted from its copy, after the fork
+fa = FeatureFlags(FL, store=sa); ma = Migration(fa, plan)
+threads = library_threads()  # A's and C's listeners
+assert sa.status().pending == 0  # committed by its first sync
+assert raw("HGET", "{shop}:flags:stages", plan.name) == b"0"
+for f in (fa, fc):
+    wait_for(lambda f=f: Migration(f, plan).status().stage == 0, "stage 0 everywhere")
+    assert not any(f.enabled(x.name) for x in DEFAULT_FLAGS), "plan flags on again"
+    assert f.enabled("promo")
+assert [e.action for e in ma.history()][-1] == "emergency_rollback", ma.history()
+assert [d["plans"] for d in named("pending_recorded")] == [[plan.name]], seen
+assert [d["already"] for d in named("pending_committed")] == [False], seen
+assert library_threads() == threads, (threads, library_threads())
+for s in (fa, fc):
+    s.close()
+for s in (sa, sc):
+    s.close()
+proxy.close(); srv.kill()
+print("OK", flush=True)
+"""
+)
+
+
+def test_an_emergency_rollback_survives_an_old_snapshot_with_a_write_in_between() -> None:
+    result = run_scenario(_MIGRATION, timeout=120)
+    assert any(
+        "no longer holds this node's last commits" in line and "oncall (error spike)" in line
+        for line in result.stderr.splitlines()
+        if "WARNING" in line
+    ), result.stderr
