@@ -40,7 +40,8 @@ from contextvars import ContextVar
 from dataclasses import replace as _replace
 from typing import Any, Final, NoReturn, TypeVar
 
-from foundation import telemetry
+from foundation import _fork, telemetry
+from foundation._fork import forked_closed
 from foundation._listeners import DeliveryQueue, Listeners
 from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidFlagValue, UnknownFlag
 from foundation.flags._config import (
@@ -116,6 +117,23 @@ class _ClosedTable(dict[str, Any]):
 
 
 _CLOSED_TABLE: Final = _ClosedTable()
+
+
+class _ForkedTable(dict[str, Any]):
+    """The answer table of a FeatureFlags inherited across ``fork()`` (see
+    ``_inherited_by_fork``): every lookup raises ``Closed`` naming the fork."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> NoReturn:
+        raise _forked_closed()
+
+
+_FORKED_TABLE: Final = _ForkedTable()
+
+
+def _forked_closed() -> Closed:
+    return forked_closed("FeatureFlags", create="a new FeatureFlags (and its store)")
 
 
 def _actor(actor: object) -> str:
@@ -245,6 +263,7 @@ class FeatureFlags:
         "_delivery",
         "_effective",
         "_evals",
+        "_forked",
         "_hash_cache",
         "_listeners",
         "_lock",
@@ -284,6 +303,7 @@ class FeatureFlags:
             courier_name="foundation-flags-events",
         )
         self._closed = False
+        self._forked = False  # inherited across fork(): closed in the child
         self._released = False  # close() ran to its end: unsubscribed, own store closed
         self._config: dict[str, FlagState] = {}
         self._runtime: dict[str, FlagState] = {}
@@ -311,6 +331,7 @@ class FeatureFlags:
             # so that it does not report our own writes back (``writing_as``).
             self._remote = self._on_remote
             self._unsubscribe = self._store.subscribe(self._remote)
+        _fork.track(self)  # closed in a forked child (see _inherited_by_fork)
 
     @classmethod
     def from_store(cls, store: FlagStore) -> FeatureFlags:
@@ -755,6 +776,22 @@ class FeatureFlags:
             self._store.close()
         self._released = True
 
+    def _inherited_by_fork(self) -> None:
+        """In a forked child (``foundation._fork``): closed, with no I/O.
+
+        The child has no store thread (a Redis or SQLite store served the
+        fork-time state for ever) and may find the lock held for ever by a
+        parent thread (its first write hung). So every call raises ``Closed``
+        naming fork(), and ``close()`` does nothing (``_released``): the store,
+        closed in the child too or private to it, is neither unsubscribed nor
+        closed. The tables are swapped as ``close()`` does (nothing added to the
+        hot path); the lock and the listeners are new.
+        """
+        self._lock = FairRLock()
+        self._listeners = Listeners("flag change listener", area="flags")
+        self._closed = self._forked = self._released = True
+        self._plain = self._rules = self._effective = self._evals = _FORKED_TABLE
+
     def __enter__(self) -> FeatureFlags:
         """``self``; ``Closed`` if closed (a closed service is not reused)."""
         self._check_open()
@@ -1009,11 +1046,11 @@ class FeatureFlags:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise Closed("this FeatureFlags is closed")
+            raise _forked_closed() if self._forked else Closed("this FeatureFlags is closed")
 
     def _unknown(self, name: object) -> UnknownFlag | Closed:
         if self._closed:  # an unhashable name misses even the closed tables: still Closed
-            return Closed("this FeatureFlags is closed")
+            return _forked_closed() if self._forked else Closed("this FeatureFlags is closed")
         # Bounded: a huge or deeply nested name gives a short message, no suggestion.
         text = name if type(name) is str and len(name) <= 200 else short_repr(name)
         return UnknownFlag(text, suggestion=nearest(text, self._names) if text is name else None)

@@ -45,11 +45,16 @@ time bound). Either way nothing was written, and a failed write is logged
 Opening a file that already holds the schema writes nothing, so a store opens
 (and reads) while another process holds the write lock.
 
-The file deleted or replaced (renamed over) while in use: this store's
-connections still hold the old file, which no other process sees any more. A
-write then raises ``errors.FlagError`` instead of landing there, and the watcher
-logs an ERROR once; reads keep answering from the old file. Reopen the store
-(restart the process) to use the new one.
+The file deleted or replaced (renamed over) while in use, or its -wal or -shm
+file deleted (a cleanup, a tmp reaper): this store's connections still hold
+the old file, which no other process sees any more. A write then raises
+``errors.FlagError`` instead of landing there, and the watcher logs an ERROR
+once; reads keep answering from the old file. Reopen the store (restart the
+process) to use the new one. (The commits of a deleted -wal not yet copied
+into the file are lost: SQLite keeps them nowhere else.)
+
+A process opening the store on a full disk fails (``FlagError``, "is the disk
+full?"), even to read: WAL mode must grow the -shm file first.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from foundation import _fork
 from foundation._listeners import check_listener, unsubscriber
 from foundation.errors import (
     BackendUnavailable,
@@ -139,6 +145,10 @@ _LOCK_RETRY_SLOW = (0.0005, 0.002)
 _LOCK_PATIENCE = 0.02
 
 
+def _is_read_only(exc: sqlite3.Error) -> bool:
+    return str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_READONLY")
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
@@ -150,11 +160,25 @@ _EVENTS_HEAD_AND_TAIL = (
 )
 
 
+_SIDE_FILES = ("", "-wal", "-shm")
+"""Suffixes of the files a store in WAL mode holds: the database, its -wal and -shm."""
+
+
+def _what_moved(suffix: str) -> str:
+    """How a log line or error names the file of ``_SIDE_FILES`` that moved."""
+    return f" (its {suffix} file, which SQLite keeps next to it)" if suffix else ""
+
+
 def _explain(exc: sqlite3.Error) -> str:
     """SQLite's message, its error code and what it likely means for an operator."""
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     if name.startswith("SQLITE_FULL") or name == "SQLITE_IOERR_WRITE":
         hint = "; is the disk full or the file size limit reached?"
+    elif name == "SQLITE_IOERR_SHMSIZE":  # growing the -shm file: even a read needs it
+        hint = (
+            "; is the disk full? (WAL mode needs room for the -shm file next to it, even "
+            "to read: a process cannot open the store on a full disk)"
+        )
     elif name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
         hint = (
             "; can this process write the file and its directory? (WAL mode keeps "
@@ -241,7 +265,7 @@ class SQLiteFlagStore(FlagStore):
     Thread-safe; ``close()`` stops the watcher thread. ``busy_timeout`` (seconds, at
     least 0) and ``poll_interval`` (seconds, above 0) are finite numbers up to
     ``threading.TIMEOUT_MAX``; a bad one, or a path that is not a ``str``/``PathLike``
-    (or holds a NUL), is ``errors.InvalidFlagValue``.
+    (or holds a NUL), is ``errors.InvalidConfig``.
 
     Example:
         >>> import tempfile, os
@@ -253,6 +277,11 @@ class SQLiteFlagStore(FlagStore):
         ...     f.enabled("beta"), f.history()[0].by
         (True, 'ana')
     """
+
+    #: ``close()`` ran to its end: watcher joined, connections closed.
+    _released = False
+    #: Inherited across fork(): closed in the child (see ``_inherited_by_fork``).
+    _forked = False
 
     def __init__(
         self,
@@ -310,7 +339,6 @@ class SQLiteFlagStore(FlagStore):
         # waiting for SQLite's write lock, so the watcher may take it.
         self._read_lock = threading.Lock()
         self._closed = False
-        self._released = False  # close() ran to its end: watcher joined, connections closed
         self._callbacks: tuple[Callable[[list[FlagChange]], None], ...] = ()
         self._marks = SubscriberMarks()  # names a row's writing subscriber (_row_origin)
         self._watcher: threading.Thread | None = None
@@ -331,12 +359,13 @@ class SQLiteFlagStore(FlagStore):
         self._conn = self._connect(timeout=0.0)
         try:
             self._create()
-            # The file our connections hold, to notice it deleted or replaced.
-            # Race: a rename over the path during this open. Taken once the writer
-            # has written or read the file, and compared once the reader is open:
-            # a change in between is refused. (One before the writer's own open
-            # is not seen: Python's sqlite3 does not expose the file it holds.)
-            # None: no file at the path (yet), nothing to check.
+            # The files our connections hold (the database, its -wal and -shm), to
+            # notice one deleted or replaced. Race: a rename over the path during
+            # this open. Taken once the writer has written or read the file (in WAL
+            # mode it then holds the -wal and -shm too), and compared once the
+            # reader is open: a change in between is refused. (One before the
+            # writer's own open is not seen: Python's sqlite3 does not expose the
+            # file it holds.) None for a file not there (yet): not checked.
             self._identity = self._file_identity()
             self._reader = self._connect(timeout=busy_timeout)
             if self._identity != self._file_identity():
@@ -345,6 +374,24 @@ class SQLiteFlagStore(FlagStore):
         except BaseException:
             self._conn.close()
             raise
+        _fork.track(self)  # closed in a forked child (see _inherited_by_fork)
+
+    def _inherited_by_fork(self) -> None:
+        """In a forked child (``foundation._fork``): closed, with no I/O.
+
+        The child has no watcher thread (it served the fork-time state for
+        ever), its rows carried this store's origin (the parent's watcher
+        dropped them as its own), and SQLite forbids a connection opened
+        before fork(). Every call raises ``Closed`` naming fork(); ``close()``
+        does nothing (``_released``) and the connections are never closed
+        here (``keep``: a close may checkpoint the parent's WAL). New locks:
+        a parent thread may have held one at the fork.
+        """
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._callbacks = self._catch_up = ()
+        self._closed = self._forked = self._released = True
+        _fork.keep(self._conn, self._reader)
 
     def _connect(self, *, timeout: float, existing: bool = False) -> sqlite3.Connection:
         """A connection to the file; ``existing``: never create it (``mode=rw``)."""
@@ -414,36 +461,68 @@ class SQLiteFlagStore(FlagStore):
         ).fetchone()
         return row is not None and row[0] == SCHEMA_VERSION
 
-    def _file_identity(self) -> tuple[int, int] | None:
-        """(device, inode) of the file at ``path`` now; None if there is none."""
-        try:
-            st = os.stat(self._abs_path)
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
+    def _file_identity(self) -> tuple[tuple[int, int] | None, ...]:
+        """(device, inode) of the file at ``path`` now, then of its -wal and -shm
+        files (``_SIDE_FILES``); None for one that is not there."""
+        found: list[tuple[int, int] | None] = []
+        for suffix in _SIDE_FILES:
+            try:
+                st = os.stat(self._abs_path + suffix)
+            except OSError:
+                found.append(None)
+            else:
+                found.append((st.st_dev, st.st_ino))
+        return tuple(found)
+
+    def _moved(self) -> str | None:
+        """Which file our connections hold was deleted or replaced since the store
+        opened ("" for the database itself, else "-wal" or "-shm"); None: none.
+
+        The -wal and -shm files matter as much as the database: once deleted (an
+        operator's cleanup, a tmp reaper), this process's commits go to a -wal no
+        new connection opens, and are lost when it exits, while another process
+        makes new ones. SQLite itself removes them only when the last connection
+        to the database closes (checkpoint, then unlink under an exclusive lock,
+        which our open connections' shared lock denies to any other process), and
+        reuses the same files otherwise (a checkpoint truncates or rewinds the
+        -wal in place): so while this store is open, a change is never SQLite's.
+        A file absent at open (not WAL mode, say) is not checked.
+        """
+        for suffix, was, now in zip(
+            _SIDE_FILES, self._identity, self._file_identity(), strict=True
+        ):
+            if was is not None and was != now:
+                return suffix
+        return None
 
     def _check_file(self) -> None:
         """Refuse to write into a file that was deleted or replaced under us (no other
-        process would ever see the write): FlagError, nothing written."""
-        if self._identity is not None and self._file_identity() != self._identity:
-            self._log_moved()
+        process would ever see the write): FlagError, nothing written.
+
+        Race: a file deleted between this check and the commit still takes that
+        one write (SQLite offers no way to tell); the next write (or the watcher)
+        notices it, logs the ERROR and refuses."""
+        moved = self._moved()
+        if moved is not None:
+            self._log_moved(moved)
             raise FlagError(
-                f"flag store {self._shown} was deleted or replaced while in use; nothing "
-                "was written (reopen the store, for example restart the process)"
+                f"flag store {self._shown}{_what_moved(moved)} was deleted or replaced while "
+                "in use; nothing was written (reopen the store, for example restart the "
+                "process)"
             )
 
-    def _log_moved(self) -> None:
+    def _log_moved(self, moved: str) -> None:
         # Race: a writer and the watcher noticing at once; the read lock makes the
         # check-and-set one step, so the ERROR is logged once.
         with self._read_lock:
             first, self._moved_logged = not self._moved_logged, True
         if first:
             log.error(
-                "flag store %s was deleted or replaced while in use: this process holds the "
+                "flag store %s%s was deleted or replaced while in use: this process holds the "
                 "old file, which no other process sees; writes are refused and reads are "
                 "stale until the store is reopened (restart the process)",
-                self._shown,
-            )
+                self._shown, _what_moved(moved),
+            )  # fmt: skip
 
     def _switch_to_wal(self) -> str:
         """The journal mode after asking for WAL (retried while busy, until ``busy_timeout``)."""
@@ -513,13 +592,51 @@ class SQLiteFlagStore(FlagStore):
                     f"while {doing}: {_explain(exc)}"
                 )
             if write:  # the caller gets the error; the operator a line in the log
-                read_only = str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_READONLY")
+                read_only = _is_read_only(exc)
                 self._writer_read_only = self._writer_read_only or read_only
-                log.warning("%s; nothing was written", error)
+                # A read-only -wal or -shm stays so after the file's own mode is fixed:
+                # the operator needs to see all three.
+                modes = f" (file modes: {self._file_modes()})" if read_only else ""
+                log.warning("%s; nothing was written%s", error, modes)
             raise error from exc
 
-    def _reopen_if_read_only(self) -> None:
-        """Open the writer again if a write found it read-only (the caller holds ``_lock``).
+    def _file_modes(self) -> str:
+        """Permission bits and owner of the file and its -wal and -shm, for a log line."""
+        found = []
+        for suffix in _SIDE_FILES:
+            try:
+                st = os.stat(self._abs_path + suffix)
+            except OSError:
+                continue
+            found.append(f"{suffix or 'file'} {st.st_mode & 0o7777:04o} uid {st.st_uid}")
+        return ", ".join(found) or "none found"
+
+    def _begin_writing(self) -> None:
+        """``_begin``, on a writer opened again first if a write found it read-only
+        (the caller holds ``_lock``).
+
+        Once reopened, the writer may find the -wal file still read-only: SQLite
+        gave the -wal and -shm the database's mode when it created them, and the
+        operator made only the database writable again. SQLite then opens the
+        -wal read-only, and gives it the database's mode as it does (when this
+        process owns it): one more reopen, in this same call, writes. Without it
+        the first write after the repair, an emergency rollback say, failed.
+        """
+        import sqlite3
+
+        reopened = self._reopen_if_read_only()
+        try:
+            self._begin()
+        except sqlite3.OperationalError as exc:
+            if not (reopened and _is_read_only(exc)):
+                raise
+            self._writer_read_only = True
+            self._reopen_if_read_only()
+            self._begin()  # read-only again: the caller's _errors() says so, with the modes
+
+    def _reopen_if_read_only(self) -> bool:
+        """Open the writer again if a write found it read-only (the caller holds ``_lock``);
+        True if it did.
 
         SQLite opens a file this process may not write read-only, and that
         connection refuses every write for good: without a new one, the store
@@ -529,7 +646,7 @@ class SQLiteFlagStore(FlagStore):
         process's connections, so the reader and watcher keep it read-only.)
         """
         if not self._writer_read_only:
-            return
+            return False
         # Race: the file deleted or replaced since the caller's _check_file: mode=rw
         # never creates one at the path, and the check below refuses a replacement.
         old, self._conn = self._conn, self._connect(timeout=0.0, existing=True)
@@ -537,6 +654,7 @@ class SQLiteFlagStore(FlagStore):
         self._writer_read_only = False  # a write that fails again sets it again
         self._check_file()
         self._create()  # the writer's pragmas; the schema is there: nothing is written
+        return True
 
     def _rollback(self) -> None:
         import sqlite3
@@ -547,6 +665,8 @@ class SQLiteFlagStore(FlagStore):
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._forked:
+                raise _fork.forked_closed("SQLiteFlagStore")
             raise Closed(f"flag store {self._shown} is closed")
 
     # --------------------------------------------------------------- contract
@@ -567,7 +687,6 @@ class SQLiteFlagStore(FlagStore):
             with self._errors("writing", write=True):
                 self._check_open()
                 self._check_file()
-                self._reopen_if_read_only()
                 # IMMEDIATE takes the write lock now, so reads inside fn cannot go
                 # stale before COMMIT: other processes' writers wait for us.
                 try:
@@ -579,7 +698,7 @@ class SQLiteFlagStore(FlagStore):
                     # failed "within a transaction": the store took no write
                     # again, the kill switch included. _rollback() ends it (and
                     # does nothing if the BEGIN did not run).
-                    self._begin()
+                    self._begin_writing()
                     txn = _Txn(self._conn, self._row_origin())
                     result = fn(txn)
                     due = (txn.wrote and self._trim_due()) or (
@@ -801,9 +920,8 @@ class SQLiteFlagStore(FlagStore):
         with self._lock, self._errors(doing, write=True):
             self._check_open()
             self._check_file()
-            self._reopen_if_read_only()
             try:
-                self._begin()  # inside the try: see transaction()'s race
+                self._begin_writing()  # inside the try: see transaction()'s race
                 self._conn.executemany(
                     f"INSERT OR REPLACE INTO {table} (name, {column}) VALUES (?, ?)",
                     list(entries.items()),
@@ -923,8 +1041,9 @@ class SQLiteFlagStore(FlagStore):
 
         if self._catch_up:
             self._deliver_catch_up()
-        if self._identity is not None and self._file_identity() != self._identity:
-            self._log_moved()  # once; the old file is still followed (this process' writes)
+        moved = self._moved()
+        if moved is not None:
+            self._log_moved(moved)  # once; the old file is still followed (this process' writes)
         try:
             current = conn.execute("PRAGMA data_version").fetchone()[0]
             if current == self._version:

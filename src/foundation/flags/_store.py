@@ -148,6 +148,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from foundation import _fork
 from foundation._listeners import check_listener
 from foundation._unraisable import report_unraisable
 from foundation.errors import Closed, InvalidConfig, InvalidFlagValue, bounded_repr
@@ -998,6 +999,20 @@ class MemoryFlagStore(FlagStore):
         self._courier = Courier("foundation-memory-flags", self, lambda: self._callbacks)
         self._commits = 0  # transactions that changed flag state (see subscribe)
         self._load_marks = threading.local()  # per thread: _commits at its last load_states
+        _fork.track(self)  # new locks in a forked child (see _inherited_by_fork)
+
+    def _inherited_by_fork(self) -> None:
+        """In a forked child (``foundation._fork``): the child's private copy, still usable.
+
+        Its lock and courier are new: a parent thread may have held the lock at
+        the fork, and the courier's thread is the parent's (one "running" there
+        left every later hand-over undelivered). The parent's subscribers (its
+        ``FeatureFlags``, closed in the child) are dropped.
+        """
+        self._lock = threading.RLock()
+        self._callbacks = ()
+        self._courier = Courier("foundation-memory-flags", self, lambda: self._callbacks)
+        self._load_marks = threading.local()
 
     def _check(self) -> None:
         if self._closed:

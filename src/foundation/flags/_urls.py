@@ -5,8 +5,8 @@ convention: the path is what follows ``sqlite:///``) or a bare file path
     a ``SQLiteFlagStore``. A file that does not exist is ``InvalidConfig``
     unless ``create=True``: a typo must not create an empty store. Without
     ``create``, an existing file that is not a flag store (another
-    application's database, an empty file) is ``FlagError``, found by reading
-    it only: nothing is written to it.
+    application's database, an empty file) or a corrupt one is ``FlagError``,
+    found by reading it only: nothing is written to it.
 ``redis://host:port/db?namespace=NS`` (also ``rediss://``, ``unix://``, ``redis+sentinel://``)
     a ``RedisFlagStore`` of namespace ``NS`` (default ``foundation``). It uses
     this machine's default node copy of that deployment when one exists (a
@@ -139,8 +139,15 @@ def _check_is_flag_store(path: str) -> None:
         row = _read_schema(path)
     except sqlite3.OperationalError as exc:  # locked, busy, unreadable: not a verdict
         raise FlagError(f"cannot read flag store {shown}: {exc}") from exc
-    except sqlite3.Error as exc:  # "file is not a database", corrupt: not a store
-        raise not_a_store(exc) from exc
+    except sqlite3.Error as exc:
+        # SQLite's header, then pages SQLite cannot read ("database disk image is
+        # malformed", "file is not a database"): a damaged file, maybe a flag store
+        # with its flags and history. Never suggest an application create one there.
+        raise FlagError(
+            f"{shown} is not a usable flag store: a SQLite file that is corrupt or not "
+            f"readable as SQLite ({exc}); it was left as it is: restore it from a backup, "
+            "or salvage its rows with the sqlite3 shell's .recover"
+        ) from exc
     if row is None:
         raise not_a_store("a SQLite database without Foundation's tables")
     if row[0] != SCHEMA_VERSION:

@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from foundation import _fork
 from foundation._listeners import check_listener
 from foundation._redis_conn import check_url, error_kind, import_redis, redact_url
 from foundation._redis_memory_policy import EvictionCheck
-from foundation.errors import BackendUnavailable, FlagError, InvalidConfig, bounded_repr
+from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidConfig, bounded_repr
 from foundation.flags._history import Replay
 from foundation.flags._node_cache import PendingKillSwitch
 from foundation.flags._redis_store._commit import _TxnRun
@@ -99,6 +100,8 @@ class RedisFlagStore(_Listener):
 
     #: ``close()`` ran to its end (a Ctrl-C may cut one: the next finishes it).
     _released = False
+    #: Inherited across fork(): closed in the child (see ``_inherited_by_fork``).
+    _forked = False
 
     def __init__(
         self,
@@ -161,6 +164,7 @@ class RedisFlagStore(_Listener):
         self._start_listener()
         with _live_lock:  # only once started: a store that failed to start is not live
             _live.add(self)
+        _fork.track(self)  # closed in a forked child (see _inherited_by_fork)
 
     def load_states(self) -> dict[str, FlagState]:
         """Every runtime state (Redis, else the node copy), pending kill switches applied."""
@@ -455,6 +459,32 @@ class RedisFlagStore(_Listener):
             copy_in_memory=self._cache.in_memory,
             eviction_policy=self._memory_policy.policy,
         )
+
+    def _check_open(self) -> None:  # as _StoreCore's, naming fork() in a forked child
+        if self._closed:
+            if self._forked:
+                raise _fork.forked_closed("RedisFlagStore")
+            raise Closed("this RedisFlagStore is closed")
+
+    def _inherited_by_fork(self) -> None:
+        """In a forked child (``foundation._fork``): closed, with no I/O.
+
+        The child has no listener thread: it served the fork-time state for
+        ever, and its commits carried this store's origin, so the parent's
+        listener dropped them as its own. Every call raises ``Closed`` naming
+        fork(); ``close()`` does nothing (``_released``): the connections are
+        the parent's (redis-py never shuts down another process's socket) and
+        the node copy's SQLite connection is never closed here (``keep``).
+        The locks are new (a parent thread may have held one at the fork).
+        """
+        self._lock = threading.Lock()
+        self._txn_lock = threading.Lock()
+        self._conn_lock = threading.Lock()
+        self._copy_lock = threading.RLock()
+        self._callbacks = []
+        self._closed = self._forked = self._released = True
+        _live.discard(self)  # no _live_lock: one thread in the child (it may be held)
+        _fork.keep(self._cache)
 
     def __repr__(self) -> str:
         # The URL as every message shows it: passwords replaced by *** (redact_url).

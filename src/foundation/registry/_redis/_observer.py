@@ -37,7 +37,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from foundation import _flap, _redis_conn
+from foundation import _flap, _fork, _redis_conn
 from foundation._listeners import Listeners
 from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidConfig
@@ -116,6 +116,8 @@ class RedisObserver:
 
     #: ``close()`` ran to its end (a Ctrl-C may cut one: the next finishes it).
     _released = False
+    #: Inherited across fork(): closed in the child (see ``_inherited_by_fork``).
+    _forked = False
 
     def __init__(
         self,
@@ -189,6 +191,18 @@ class RedisObserver:
             raise BackendUnavailable(
                 errno.EAGAIN, f"observer of {namespace!r} cannot start its thread: {exc}"
             ) from exc
+        _fork.track(self)  # closed in a forked child (see _inherited_by_fork)
+
+    def _inherited_by_fork(self) -> None:
+        """In a forked child (``foundation._fork``): closed, with no I/O.
+
+        The child has no thread: reads served a frozen mirror, and ``close()``
+        sent ``CLIENT UNBLOCK`` for the parent's tail connection. Every call
+        raises ``Closed`` naming fork(); ``close()`` does nothing
+        (``_released``); the lock is new (a parent thread may have held it).
+        """
+        self._lock = threading.Lock()
+        self._closed = self._forked = self._released = True
 
     # ------------------------------------------------------------------ reads
 
@@ -288,6 +302,8 @@ class RedisObserver:
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._forked:
+                raise _fork.forked_closed("RedisObserver")
             raise Closed("this RedisObserver is closed")
 
     def _close_clients(self) -> None:

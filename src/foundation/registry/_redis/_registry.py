@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from foundation import _redis_conn
+from foundation import _fork, _redis_conn
 from foundation._listeners import _write_tags, subscribe_to
 from foundation.errors import (
     BackendUnavailable,
@@ -137,6 +138,18 @@ class _ClosedEntries(dict[Hashable, Entry]):
 _CLOSED_ENTRIES: Final = _ClosedEntries()
 
 
+class _ForkedEntries(_ClosedEntries):
+    """The mirror's dict of a registry inherited across fork(): ``Closed`` naming it."""
+
+    def _closed(self, *_: object) -> Any:
+        raise _fork.forked_closed("RedisRegistry")
+
+    get = __getitem__ = __contains__ = __iter__ = __len__ = values = items = keys = _closed
+
+
+_FORKED_ENTRIES: Final = _ForkedEntries()
+
+
 class RedisRegistry(Registry):
     """The registry contract over Redis, for agents spread over several machines.
 
@@ -187,6 +200,8 @@ class RedisRegistry(Registry):
     #: Each event carries its writer's ``_write_tags.tag`` (``_delivery``): a
     #: ``MigratingRegistry`` recognises its own calls' events by it.
     _events_carry_write_tags = True
+    #: Inherited across fork(): closed in the child (see ``_inherited_by_fork``).
+    _forked = False
 
     def __init__(
         self,
@@ -254,6 +269,7 @@ class RedisRegistry(Registry):
                 sh.manager.close()
             raise
         self._start_threads()
+        _fork.track(self)  # closed in a forked child (see _inherited_by_fork)
 
     def _start_threads(self) -> None:
         """Start the tail and lease threads. Without a thread (the process's thread
@@ -306,7 +322,7 @@ class RedisRegistry(Registry):
         """
         sh = self._sh
         if sh.closed:
-            raise Closed("this RedisRegistry is closed")
+            raise self._closed_error()
         check_bool(replace, "replace")
         p = _prepare.prepare(sh, key, agent, metadata)
         try:
@@ -380,7 +396,7 @@ class RedisRegistry(Registry):
         """
         sh = self._sh
         if sh.closed:
-            raise Closed("this RedisRegistry is closed")
+            raise self._closed_error()
         check_bool(replace, "replace")
         batch = batch_items(items)
         outcomes: list[RegistryError | None] = [None] * len(batch)
@@ -423,7 +439,7 @@ class RedisRegistry(Registry):
         """
         sh = self._sh
         if sh.closed:
-            raise Closed("this RedisRegistry is closed")
+            raise self._closed_error()
         key, ek = normal_key(key)  # the one key rule (InvalidKey)
         try:
             return self._unregister_locked(key, ek)
@@ -471,7 +487,7 @@ class RedisRegistry(Registry):
         """
         sh = self._sh
         if sh.closed:
-            raise Closed("this RedisRegistry is closed")
+            raise self._closed_error()
         key, ek = normal_key(key)  # the one key rule (InvalidKey)
         frozen = freeze_metadata(metadata)
         meta = sh.utf8(metadata_json(frozen))  # keys in the caller's order
@@ -634,4 +650,29 @@ class RedisRegistry(Registry):
 
     def _check_open(self) -> None:
         if self._sh.closed:
-            raise Closed("this RedisRegistry is closed")
+            raise self._closed_error()
+
+    def _closed_error(self) -> Closed:
+        if self._forked:
+            return _fork.forked_closed("RedisRegistry")
+        return Closed("this RedisRegistry is closed")
+
+    def _inherited_by_fork(self) -> None:
+        """In a forked child (``foundation._fork``): closed, with no I/O.
+
+        The child has no lease nor tail thread, and shares the parent's node
+        name and lease: its ``unregister()`` or ``close()`` deleted the
+        parent's registrations in Redis, cluster-wide. Every call raises
+        ``Closed`` naming fork() (reads too: the mirror is frozen), and
+        ``close()`` does nothing (``released``): no release, no delete, no
+        socket shut down (redis-py never shuts down another process's). The
+        mirror lock is new (a parent thread may have held it at the fork);
+        the manager is closed by its own fork hook (``liveness._manager``).
+        """
+        sh = self._sh
+        sh.mlock = threading.Lock()
+        sh.applied = threading.Condition(sh.mlock)
+        sh.listeners = ()
+        self._forked = sh.closed = sh.released = True
+        self._entries = _FORKED_ENTRIES
+        self._async_closed, self._async_executor = True, None  # its threads are the parent's

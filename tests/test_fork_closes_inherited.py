@@ -1,0 +1,361 @@
+"""Flag services, flag stores and Redis registries inherited across fork() are
+closed in the child, and nothing the child does with them reaches the parent.
+
+Before, a preloaded app's worker (gunicorn, celery, ``multiprocessing`` with
+``fork``) served the fork-time flags for ever (the store's thread does not
+exist in a child), its writes carried the parent store's origin (the parent's
+watcher dropped them as its own), its ``close()`` or ``unregister()`` on an
+inherited ``RedisRegistry`` deleted the parent's lease and registrations in
+Redis cluster-wide, and its first flag write hung for ever when a parent
+thread held (or waited for) the ``FeatureFlags`` lock at the fork. Now every
+call in the child raises ``errors.Closed`` naming fork(), ``close()`` there
+does nothing on the shared backend, and objects created in the child work.
+Real ``os.fork()``, real redis-server and SQLite files; a child that does not
+answer within its deadline is killed and fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from foundation import (
+    FeatureFlags,
+    Flag,
+    RedisFlagStore,
+    RedisRegistry,
+    SQLiteFlagStore,
+    errors,
+    spawn_thread,
+)
+from foundation.flags import FlagStore, MemoryFlagStore
+from foundation.registry import RegistryEvent
+from foundation.registry._redis._observer import RedisObserver
+from tests.redis_support import RedisServer
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()"),
+    # Python >= 3.12 warns on fork() in a threaded process: forking one is the point.
+    pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning"),
+]
+
+FLAGS = [Flag("a", default=True), Flag("b", default=True)]
+DEADLINE = 30.0  # seconds a child may take before it counts as hung
+
+
+def in_child(action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``action`` in a forked child; its result (JSON) comes back on a pipe.
+
+    The child never returns into pytest. One that sends nothing within
+    ``DEADLINE`` (hung) is killed and fails the test.
+    """
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(rd)
+        code = 1
+        try:
+            try:
+                out = action()
+            except BaseException as exc:  # reported to the parent, which fails the test
+                out = {"child raised": f"{type(exc).__name__}: {exc}"}
+            os.write(wr, json.dumps(out).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wr)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + DEADLINE
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([rd], [], [], max(left, 0))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail(f"the forked child hung for {DEADLINE:g} s (killed)")
+            chunk = os.read(rd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(rd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    result: dict[str, Any] = json.loads(b"".join(chunks) or b"{}")
+    assert "child raised" not in result, result
+    return result
+
+
+def outcome(call: Callable[[], object]) -> str:
+    """What ``call`` did, as text: ``Closed: <message>``, or what it returned/raised."""
+    try:
+        return f"returned {call()!r}"
+    except errors.Closed as exc:
+        return f"Closed: {exc}"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def assert_closed_by_fork(outcomes: dict[str, str]) -> None:
+    for call, text in outcomes.items():
+        assert text.startswith("Closed: "), (call, text)
+        assert "inherited across fork()" in text, (call, text)
+        assert "in the child" in text, (call, text)
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)  # sleep-ok: polling with a deadline
+
+
+# ----------------------------------------------------------------------- flags
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def new_store(
+    request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[Callable[[], FlagStore]]:
+    """A maker of stores on one shared backend (a Redis namespace, an SQLite file)."""
+    made: list[FlagStore] = []
+    namespace = f"fork-{uuid.uuid4().hex[:8]}"
+
+    def make() -> FlagStore:
+        store: FlagStore
+        if request.param == "redis":
+            store = RedisFlagStore(redis_server.url, namespace=namespace, cache_path=None)
+        else:
+            store = SQLiteFlagStore(tmp_path / "flags.db")
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def test_a_forked_childs_flags_and_store_are_closed_and_the_parent_keeps_working(
+    new_store: Callable[[], FlagStore],
+) -> None:
+    store = new_store()
+    flags = FeatureFlags(FLAGS, store=store)
+    assert flags.enabled("a")
+    other = FeatureFlags(FLAGS, store=new_store())  # another process's stand-in
+
+    def child() -> dict[str, Any]:
+        calls: dict[str, Callable[[], object]] = {
+            "flags.enabled": lambda: flags.enabled("a"),
+            "flags.enabled(actor)": lambda: flags.enabled("a", "u1"),
+            "flags.state": lambda: flags.state("a"),
+            "flags.names": lambda: flags.names,
+            "flags.disable": lambda: flags.disable("a", by="child"),
+            "flags.history": flags.history,
+            "store.load_states": store.load_states,
+            "store.history": store.history,
+            "store.subscribe": lambda: store.subscribe(lambda changes: None),
+        }
+        closed = {name: outcome(call) for name, call in calls.items()}
+        # close() in the child: no error, nothing written to the shared backend.
+        closes = {"flags.close": outcome(flags.close), "store.close": outcome(store.close)}
+        # What the message says to do works: a store and flags created in the child.
+        with new_store() as mine, FeatureFlags(FLAGS, store=mine) as fresh:
+            fresh.disable("b", by="child", reason="written by a store made in the child")
+            seen = fresh.enabled("b")
+        return {"closed": closed, "closes": closes, "fresh sees b": seen}
+
+    result = in_child(child)
+    assert_closed_by_fork(result["closed"])
+    assert result["closes"] == {"flags.close": "returned None", "store.close": "returned None"}
+    assert result["fresh sees b"] is False
+    # The child's own store wrote under an origin of its own: the parent hears it.
+    wait_for(lambda: not flags.enabled("b"), "the parent to see the child's own store's write")
+    wait_for(lambda: not other.enabled("b"), "another store to see it")
+    # Nothing of the inherited copy's attempted write landed; the parent still
+    # writes, reads its own writes and hears other writers.
+    assert flags.enabled("a")
+    flags.enable("b", by="parent")
+    assert flags.enabled("b")
+    other.disable("a", by="ops", reason="kill switch")
+    wait_for(lambda: not flags.enabled("a"), "the parent to hear another writer")
+    flags.close()
+    other.close()
+
+
+def test_a_forked_child_never_hangs_on_a_flag_lock_a_parent_thread_held(
+    new_store: Callable[[], FlagStore],
+) -> None:
+    """A parent thread holds the FeatureFlags lock at the fork (inside a write)
+    and another waits for it: the child's calls return at once (Closed)."""
+    flags = FeatureFlags(FLAGS, store=new_store())
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with flags._lock:  # the lock each write holds around its store transaction
+            holding.set()
+            release.wait()
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    assert holding.wait(10)
+    queued = threading.Thread(target=lambda: flags.disable("b", by="queued"))
+    threads.append(queued)
+    queued.start()
+    wait_for(lambda: len(flags._lock._waiters) == 1, "a writer queued behind the holder")
+    try:
+
+        def child() -> dict[str, Any]:
+            closed = {
+                "flags.disable": outcome(lambda: flags.disable("a", by="child")),
+                "flags.enable": outcome(lambda: flags.enable("a", by="child")),
+            }
+            return {"closed": closed, "close": outcome(flags.close)}
+
+        result = in_child(child)
+        assert_closed_by_fork(result["closed"])
+        assert result["close"] == "returned None"
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(10)
+    assert not flags.enabled("b")  # the parent's queued write went through
+    flags.disable("a", by="parent")
+    assert not flags.enabled("a")
+    flags.close()
+
+
+def test_a_forked_child_of_an_owned_memory_store_flags_is_closed_without_a_hang() -> None:
+    flags = FeatureFlags(FLAGS)  # its own MemoryFlagStore
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with flags._lock:
+            holding.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert holding.wait(10)
+    try:
+        result = in_child(
+            lambda: {
+                "closed": {"flags.disable": outcome(lambda: flags.disable("a"))},
+                "close": outcome(flags.close),
+            }
+        )
+    finally:
+        release.set()
+        thread.join(10)
+    assert_closed_by_fork(result["closed"])
+    assert result["close"] == "returned None"
+    flags.disable("a")
+    assert not flags.enabled("a")
+    flags.close()
+
+
+# -------------------------------------------------------------------- registry
+
+
+def test_a_forked_childs_close_and_unregister_leave_the_parents_registrations(
+    redis_server: RedisServer, stop: threading.Event
+) -> None:
+    namespace = f"fork-{uuid.uuid4().hex[:8]}"
+    # A long lease: nothing expires by itself during the test.
+    parent = RedisRegistry(redis_server.url, namespace=namespace, lease_ttl=30.0)
+    for i in range(3):
+        parent.register(("job", i), spawn_thread(stop.wait))
+    watcher = RedisRegistry(redis_server.url, namespace=namespace)
+    observer = RedisObserver(redis_server.url, namespace=namespace)
+    events: list[RegistryEvent] = []
+    watcher.subscribe(events.append)
+    assert watcher.wait_for_version(parent.status().written)
+    assert watcher.count() == 3
+
+    def child() -> dict[str, Any]:
+        calls: dict[str, Callable[[], object]] = {
+            "unregister": lambda: parent.unregister(("job", 0)),
+            "update_metadata": lambda: parent.update_metadata(("job", 1), {"by": "child"}),
+            "register": lambda: parent.register("child", spawn_thread(stop.wait)),
+            "register_many": lambda: parent.register_many([("c", spawn_thread(stop.wait))]),
+            "lookup": lambda: parent.lookup(("job", 0)),
+            "count": parent.count,
+            "list_all": parent.list_all,
+            "status": parent.status,
+            "subscribe": lambda: parent.subscribe(lambda event: None),
+            "observer.count": observer.count,
+            "observer.list_all": observer.list_all,
+        }
+        closed = {name: outcome(call) for name, call in calls.items()}
+        closes = {
+            "close": outcome(parent.close),
+            "watcher.close": outcome(watcher.close),
+            "observer.close": outcome(observer.close),
+        }
+        return {"closed": closed, "closes": closes}
+
+    result = in_child(child)
+    # The parent's next write lands after anything the child could have sent:
+    # once the watcher has applied it, it has seen every change of the child.
+    parent.register("after", spawn_thread(stop.wait))
+    assert watcher.wait_for_version(parent.status().written)
+    assert [e for e in events if e.kind != "registered"] == []
+    assert watcher.count() == 4
+    assert watcher.lookup(("job", 0)) is not None
+    wait_for(lambda: observer.count() == 4, "the observer to see the parent's 4 entries")
+    # The parent's lease was never released by the child: its write needed no
+    # recovery, and it still says connected with every entry.
+    status = parent.status()
+    assert status.connected
+    assert status.recoveries == 0
+    assert status.entries == 4
+    assert parent.lookup(("job", 0)) is not None
+    # Checked last: without the fix, the parent's checks above fail first.
+    assert_closed_by_fork(result["closed"])
+    assert set(result["closes"].values()) == {"returned None"}
+    observer.close()
+    watcher.close()
+    parent.close()
+
+
+def test_an_inherited_memory_store_is_the_childs_own_copy_even_if_its_lock_was_held() -> None:
+    """A parent thread holds the MemoryFlagStore's lock at the fork: the child
+    builds flags over its copy of the store and writes, without hanging."""
+    store = MemoryFlagStore()
+    FeatureFlags(FLAGS, store=store).disable("a", by="parent")
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with store._lock:
+            holding.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert holding.wait(10)
+
+    def child() -> dict[str, Any]:
+        with FeatureFlags(FLAGS, store=store) as flags:
+            before = flags.enabled("a")  # the parent's state at the fork
+            flags.disable("b", by="child")
+            return {"a": before, "b": flags.enabled("b")}
+
+    try:
+        result = in_child(child)
+    finally:
+        release.set()
+        thread.join(10)
+    assert result == {"a": False, "b": False}
+    assert FeatureFlags(FLAGS, store=store).enabled("b")  # the child's write stayed there
+    store.close()
