@@ -74,13 +74,14 @@ def test_a_register_of_a_free_key_is_one_script_with_a_fixed_set_of_calls(
         quiet_node.register(("k", 1), w, {"b": 1, "a": 2})
         calls = _script_calls(raw)
     # The lease check, the owner probe (the owner hash, then the head: Redis may
-    # have lost the owner hash alone), three hash fields, the owned set, the
+    # have lost the owner hash alone), four hash fields (head, meta, owner, and
+    # at: the registration's place in the server's order), the owned set, the
     # version counter and the change record: nothing else (no TIME, no trim).
     assert calls == {
         "evalsha": 1,
         "zscore": 1,
         "hget": 2,
-        "hset": 3,
+        "hset": 4,
         "sadd": 1,
         "incr": 1,
         "xadd": 1,
@@ -221,13 +222,14 @@ def test_a_register_many_of_free_keys_is_one_script_with_a_fixed_set_of_calls(
     assert outcomes == [None] * 50
     # However many keys: the lease check, the owner probe (the owner hash, then
     # the heads of the keys it lacks: Redis may have lost an owner field alone,
-    # and a key with a head is held), one HSET per hash, the owned set, the
-    # version counter, ONE change record and its trim point: no per-key call.
+    # and a key with a head is held), one HSET per hash (head, meta, owner, at),
+    # the owned set, the version counter, ONE change record and its trim point:
+    # no per-key call.
     assert calls == {
         "evalsha": 1,
         "zscore": 1,
         "hmget": 2,
-        "hset": 3,
+        "hset": 4,
         "sadd": 1,
         "incrby": 1,
         "xadd": 1,

@@ -15,6 +15,7 @@ from foundation._listeners import _write_tags
 from foundation.errors import BackendUnavailable, FoundationError, NotAlive, RegistryError
 from foundation.registry._redis import _scripts
 from foundation.registry._redis._claims import begin_all
+from foundation.registry._redis._codec import s
 from foundation.registry._redis._prepare import Prepared
 from foundation.registry._redis._replies import (
     demonitor_replaced,
@@ -237,9 +238,15 @@ def _pipelined(
             out += [reply] * len(chunk.items)
             continue
         *per_item, (first, last, sid) = reply  # REGISTER_MANY's last element
-        out += per_item
         if first:
             bulk_records.append((int(first), int(last), sid))
+            # The bulk record registered every item answered by a version.
+            at = s(sid)
+            mine = items[len(out) : len(out) + len(per_item)]  # this chunk's items
+            for (_, p), r in zip(mine, per_item, strict=True):
+                if type(r) is int:
+                    p.own.at = at
+        out += per_item
     return out, bulk_records
 
 

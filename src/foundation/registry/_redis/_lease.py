@@ -69,6 +69,13 @@ class Lease:
         # it without wlock while a writer's recovery reads it; a plain bool, and the
         # worst a stale read does is pick the other wording of that warning.
         self._lease_gone = False
+        # Set by each heartbeat: why Redis's data went back (its change counter is
+        # below a version this node's mirror reached), or "" when it did not.
+        self.went_back = ""
+        # time.monotonic() of this node's last successful heartbeat (None: none
+        # yet): a global-outage gap longer than the time since then cannot be
+        # one (this node renewed its lease meanwhile): see _log_gap.
+        self._beat_ok_at: float | None = None
         self.thread = threading.Thread(
             target=self._loop, name=f"foundation-redis-lease[{shared.node}]", daemon=True
         )
@@ -79,21 +86,70 @@ class Lease:
         """Renew our lease (reaping expired ones); False if our lease had been lost."""
         sh = self._sh
         args = HeartbeatArgs(sh.maxlen, sh.node, int(sh.ttl * 1000), self._info, sh.grace_ms)
+        # Race: the tail or a resync moves tail_v while the script runs; every
+        # value it takes is a version Redis had reached (read from Redis), and
+        # Redis's counter only grows in one history: so a counter below it is
+        # older data, never a race.
+        seen = sh.tail_v
         reply = sh.script("heartbeat", args, "renewing the lease")
-        sh.last_beat_ok = time.monotonic()
-        gap = int(reply[3]) if len(reply) > 3 else 0
-        if gap:
-            sh.lease_extensions += 1
-            log.warning(
-                "node %s: no node renewed its lease for %d ms (a global outage, not "
-                "dead nodes): every lease deadline was extended by that gap before reaping",
-                sh.node,
-                gap,
-            )
+        sh.last_beat_ok = mono = time.monotonic()
+        # Race: a writer's recovery (under wlock) and the lease thread's own
+        # heartbeat (without it) may both be here: the worst a lost update does
+        # is pick the other wording of the gap's warning.
+        prev, self._beat_ok_at = self._beat_ok_at, mono
+        since_ours = None if prev is None else mono - prev
+        self._log_gap(int(reply[3]) if len(reply) > 3 else 0, since_ours)
+        ver = int(reply[4]) if len(reply) > 4 else seen
+        self.went_back = (
+            f"Redis went back to older data in place (its change counter is at {ver}, "
+            f"this node had seen {seen}: DEBUG RELOAD of an old dump, SWAPDB, or the "
+            "counter itself lost)"
+            if ver < seen
+            else ""
+        )
         had = bool(int(reply[0]))
         if not had and sh.own:
             self._lease_gone = True
         return had
+
+    def _log_gap(self, gap: int, since_ours: float | None) -> None:
+        """Say what the heartbeat's ``heal`` did: ``gap`` ms (> 0: every deadline
+        extended, < 0: moved back; 0: nothing). ``since_ours``: seconds since this
+        node's previous successful heartbeat (None: this is its first)."""
+        sh = self._sh
+        if gap < 0:
+            log.warning(
+                "node %s: Redis's clock went back %d ms (its last heartbeat is dated "
+                "after its time now: restarted on a host whose clock is behind, or its "
+                "clock was stepped back): every lease deadline was moved back as much, "
+                "so a dead node's entries are not kept that much longer",
+                sh.node,
+                -gap,
+            )
+            return
+        if not gap:
+            return
+        sh.lease_extensions += 1
+        if since_ours is not None and gap > since_ours * 1000 + max(1000, sh.grace_ms):
+            # This node renewed its lease since_ours s ago, so no outage lasted
+            # `gap`: the server's clock jumped ahead, or Redis went back to older
+            # data (an old snapshot, whose last heartbeat is old).
+            log.warning(
+                "node %s: Redis says no node renewed its lease for %d ms, but this node "
+                "did %.1f s ago: the server's clock jumped ahead or Redis went back to "
+                "older data (an old snapshot); every lease deadline was extended by that "
+                "gap before reaping, so no live node is reaped for it",
+                sh.node,
+                gap,
+                since_ours,
+            )
+            return
+        log.warning(
+            "node %s: no node renewed its lease for %d ms (a global outage, not "
+            "dead nodes): every lease deadline was extended by that gap before reaping",
+            sh.node,
+            gap,
+        )
 
     # ------------------------------------------------------------------ recovery
 
@@ -227,6 +283,7 @@ class Lease:
                 "",
                 sh.grace_ms,
                 since,
+                own.at,
             )
             sh.script("register", args, "re-asserting", client=pipe)
         results: list[Any] = sh.call(
@@ -253,6 +310,8 @@ class Lease:
             status = reply[0]
             if status in (b"OK", b"UPDATED"):
                 written += 1  # written back, or its metadata brought up to date
+                if status == b"OK" and not own.at:
+                    own.at = s(reply[5])  # the script ordered it by this record
             elif status == b"EXISTS":
                 # Another node took the key while our lease was lost: it keeps it.
                 self._yield_key(key, own, reply, conflicts, released)
@@ -509,6 +568,14 @@ class Lease:
                 # Our lease was gone: reaped while we were frozen or cut
                 # off, or Redis restarted empty. Recover at once.
                 sh.link.lease_lost("the heartbeat found our lease gone")
+                plan.retry_at = 0.0
+                return
+            if self.went_back:
+                # No connection was cut, so nothing else notices before the next
+                # write: Redis serves registrations that were deleted since, and
+                # lacks newer ones. Recover as after a restart (re-assert what it
+                # lacks, delete our own it holds without a live agent, resync).
+                sh.link.resync_needed(self.went_back)
                 plan.retry_at = 0.0
                 return
             lost = self._evicted()

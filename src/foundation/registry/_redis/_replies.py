@@ -38,6 +38,7 @@ def finish(sh: Shared, p: Prepared, reply: Any) -> RegistryError | None:
         return _refused(sh, p, reply)
     v, first = int(reply[1]), int(reply[2])
     own.pending = False
+    own.at = s(reply[5])
     sh.written = max(sh.written, v)
     entry = new_entry(key, p.agent, p.frozen, p.registered_at, sh.node)
     # Race: a listener subscribed while this call runs may miss its events (as

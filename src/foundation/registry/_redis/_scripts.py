@@ -9,6 +9,7 @@ key patterns such as ``~{ns}:*`` apply):
 ``P:head``   hash           encoded key -> JSON ``{"n": node, "a": agent, "t": time}``
 ``P:meta``   hash           encoded key -> metadata JSON, keys in the caller's order (opaque to Lua)
 ``P:owner``  hash           encoded key -> owning node
+``P:at``     hash           encoded key -> stream id of its registration's record (its order)
 ``P:ix``     hash           encoded key -> JSON list of its index set names
 ``P:ix:<attr>:<json>`` set  encoded keys whose ``attr`` is (or contains) the value
 ``P:owned:<node>`` set      encoded keys owned by a node (what its lease covers)
@@ -21,7 +22,8 @@ key patterns such as ``~{ns}:*`` apply):
 ``P:wake:<node>`` stream    wakes that node's tail reader (close, resync)
 ==========================  ====================================================
 
-Times come from the Redis server (``TIME``), so node clocks never matter.
+Times come from the Redis server (``TIME``, and stream ids, which follow it),
+so node clocks never matter.
 Metadata JSON is never decoded by Lua (its numbers are not Lua-safe).
 
 Each script's ARGV is built by one frozen dataclass below (``RegisterArgs``,
@@ -38,6 +40,9 @@ lease deadline is pushed back by that gap (time during which nobody *could*
 heartbeat does not count against anybody). A node that is really dead is
 still reaped, ``gap`` later; a dead node while others heartbeat (no global
 gap) is reaped within ``lease_ttl`` plus one heartbeat, as before.
+A ``P:lastbeat`` more than ``grace_ms`` *ahead* of the server's time means its
+clock went back: the same shift, negative, puts every deadline back on the
+clock of now (``heal`` returns it, < 0).
 
 The grace is that of the node running the script: with different
 ``lease_ttl`` on different nodes, a silence shorter than the judging node's
@@ -91,11 +96,14 @@ class RegisterArgs:
     under the key is dead (so replacing it is a ``down``, not a ``replaced``).
     ``writer``: the node whose API call this is (its tail skips the record), or
     ``""`` (re-asserts: every mirror applies them). ``grace_ms``: see ``heal``.
-    ``since`` (re-asserts only; ``""``: none, and not sent): a stream id up to
+    ``since`` (re-asserts only; ``""``: none): a stream id up to
     which the re-asserting node has read the stream for deletes of its
     registrations; a key Redis lacks is written back only if no other node's
     delete of this registration (a reap of an expired lease aside) lies past it
-    (reply ``{'GONE'}``): see ``Lease._reassert``.
+    (reply ``{'GONE'}``): see ``Lease._reassert``. ``at`` (re-asserts only;
+    ``""``: unknown): the stream id of the record that first registered this
+    registration (``P:at``), which orders it against another node's claim.
+    Neither is sent when both are ``""``.
     """
 
     maxlen: str
@@ -109,6 +117,7 @@ class RegisterArgs:
     writer: str
     grace_ms: int
     since: str = ""
+    at: str = ""
 
     def argv(self) -> list[Arg]:
         out: list[Arg] = [
@@ -123,8 +132,8 @@ class RegisterArgs:
             self.writer,
             self.grace_ms,
         ]
-        if self.since:
-            out.append(self.since)
+        if self.since or self.at:
+            out += (self.since, self.at)
         return out
 
 
@@ -383,11 +392,15 @@ local function drop(ek, owner, why, dr, dc, ds)
   redis.call('HDEL', P .. ':head', ek)
   redis.call('HDEL', P .. ':meta', ek)
   redis.call('HDEL', P .. ':owner', ek)
+  redis.call('HDEL', P .. ':at', ek)
   redis.call('SREM', P .. ':owned:' .. owner, ek)
   return log('op', 'd', 'k', ek, 'n', owner, 'h', head, 'why', why, 'dr', dr, 'dc', dc, 'ds', ds)
 end
 
-local function put(ek, node, head, meta, ix)
+-- `at`: the stream id of the record that first registered this registration
+-- (a re-assert writing it back keeps its place in the order: P:at), or
+-- nil/'' for a new one (this record's id).
+local function put(ek, node, head, meta, ix, at)
   redis.call('HSET', P .. ':head', ek, head)
   redis.call('HSET', P .. ':meta', ek, meta)
   redis.call('HSET', P .. ':owner', ek, node)
@@ -396,7 +409,10 @@ local function put(ek, node, head, meta, ix)
     for _, name in ipairs(cjson.decode(ix)) do redis.call('SADD', name, ek) end
   end
   redis.call('SADD', P .. ':owned:' .. node, ek)
-  return log('op', 'r', 'k', ek, 'h', head, 'm', meta)
+  local v, id = log('op', 'r', 'k', ek, 'h', head, 'm', meta)
+  if not at or at == '' then at = id end
+  redis.call('HSET', P .. ':at', ek, at)
+  return v, id
 end
 
 -- Replace the metadata (and index sets) of an existing entry; logs a 'u' record.
@@ -417,9 +433,15 @@ end
 -- The global-outage rule (see the module docstring): if no node renewed its
 -- lease for more than grace ms, push every deadline back by that gap before
 -- anyone reaps. Returns the gap applied (0: none).
+-- A P:lastbeat more than grace ms AHEAD of now means the server's clock went
+-- back (Redis restarted on a host whose clock is behind, a clock stepped
+-- back): every deadline was set by the clock that ran ahead, so a dead node's
+-- lease would outlive it by that much. The same shift, negative, puts every
+-- deadline back on the clock of now (a live node keeps the time it had left).
+-- Returns that shift too (< 0).
 local function heal(now, grace)
   local last = tonumber(redis.call('GET', P .. ':lastbeat') or '')
-  if not last or now - last <= grace then return 0 end
+  if not last or math.abs(now - last) <= grace then return 0 end
   local gap = now - last
   local all = redis.call('ZRANGE', P .. ':leases', 0, -1, 'WITHSCORES')
   -- First write of the script: on an unhealthy server it fails here, cleanly.
@@ -437,9 +459,27 @@ end
 
 # One registration (the body of REGISTER and of every item of REGISTER_MANY).
 _REGISTER_ONE = r"""
+-- Stream id `a` comes strictly before `b` (nil: either is not an id).
+local function id_before(a, b)
+  local am, as = string.match(a, '^(%d+)%-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
+  if not (am and bm) then return nil end
+  am, bm = tonumber(am), tonumber(bm)
+  if am ~= bm then return am < bm end
+  return tonumber(as) < tonumber(bs)
+end
+
 -- The claim on `ek` in Redis was registered strictly before the registration
--- `head` (the heads' registration times 't'); false when either cannot be read.
-local function registered_before(ek, head)
+-- `head`, first registered by the record `at`: by the stream ids of the two
+-- registration records (P:at), an order the Redis server made. Only when one
+-- is unknown (P:at lost, or written by an older version) by the heads'
+-- registration times 't' (node clocks); false when neither can be read.
+local function registered_before(ek, head, at)
+  local theirs_at = redis.call('HGET', P .. ':at', ek)
+  if theirs_at and at and at ~= '' then
+    local before = id_before(theirs_at, at)
+    if before ~= nil then return before end
+  end
   local theirs = redis.call('HGET', P .. ':head', ek)
   if not theirs then return false end
   local ok1, a = pcall(cjson.decode, theirs)
@@ -448,7 +488,7 @@ local function registered_before(ek, head)
   return type(a.t) == 'number' and type(b.t) == 'number' and a.t < b.t
 end
 
-local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace, since)
+local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace, since, at)
   -- Our lease must exist (an expired one not yet reaped still counts: the next
   -- heartbeat finds it gone and re-asserts). TIME is read only on a conflict.
   if not redis.call('ZSCORE', P .. ':leases', node) then return {'NOLEASE'} end
@@ -467,6 +507,9 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
       if redis.call('HEXISTS', P .. ':owner', ek) == 0 then
         redis.call('HSET', P .. ':owner', ek, node)
       end
+      if at and at ~= '' and redis.call('HEXISTS', P .. ':at', ek) == 0 then
+        redis.call('HSET', P .. ':at', ek, at)
+      end
       if redis.call('HGET', P .. ':meta', ek) == meta then return {'SAME'} end
       return {'UPDATED', set_meta(ek, meta, ix)}
     end
@@ -478,7 +521,7 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
         for _, name in ipairs(cjson.decode(old)) do redis.call('SREM', name, ek) end
         redis.call('HDEL', P .. ':ix', ek)
       end
-      local v, id = put(ek, node, head, meta, ix)
+      local v, id = put(ek, node, head, meta, ix, at)
       return {'OK', v, 0, '', '', id}
     end
     -- Never take a key from a node that only looks dead because nobody could
@@ -490,7 +533,7 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
         why = 'down'
       elseif mode == 'r' or (mode == 'a' and owner == node) then
         why = 'replaced'
-      elseif mode == 'a' and registered_before(ek, head) then
+      elseif mode == 'a' and registered_before(ek, head, at) then
         -- Race: Redis came back older (a snapshot, a failover to a replica that
         -- missed writes) with a claim of `owner` that was deleted before our
         -- registration was made; our registration was lost. Whether `owner`
@@ -503,9 +546,10 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
         -- both nodes lost their leases in turn (ours reaped, `owner` registered,
         -- `owner` reaped, ours re-asserted), `owner`'s re-assert takes the key
         -- from ours the same way (still one holder; our live agent is told
-        -- "replaced"). And 't' is each node's clock: a skew larger than the time
-        -- between two registrations of the key (a lease_ttl at least, when a reap
-        -- came between them) can order them wrongly, with the same outcome.
+        -- "replaced"). The order is the server's (stream ids: P:at), never the
+        -- nodes' clocks: with 't' (node wall clocks), a node whose clock was a
+        -- few seconds ahead, frozen past its lease and reaped, took back on
+        -- thawing a key another node had registered meanwhile (a live agent's).
         why = 'replaced'
       else
         return {'EXISTS', owner, redis.call('HGET', P .. ':head', ek),
@@ -516,12 +560,12 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
       why, dr = 'down', 'lease_expired'
     end
     first = drop(ek, owner, why, dr, '', '')
-  elseif mode == 'a' and since and deleted_since(ek, node, head, since) then
+  elseif mode == 'a' and since and since ~= '' and deleted_since(ek, node, head, since) then
     -- Free because another node unregistered it after the re-asserting node's
     -- last look at the stream (Lease._reassert): writing it back would undo that.
     return {'GONE'}
   end
-  local v, id = put(ek, node, head, meta, ix)
+  local v, id = put(ek, node, head, meta, ix, at)
   return {'OK', v, first, why, dr, id}
 end
 """
@@ -531,15 +575,15 @@ REGISTER = (
     + _REGISTER_ONE
     + r"""
 -- ARGV (RegisterArgs): maxlen, node, ek, head, meta, ix, mode ('n' new,
---   'r' replace, 'a' reassert), own_dead, writer, grace_ms, since (re-asserts
---   only; not sent otherwise).  Replies {'OK',
+--   'r' replace, 'a' reassert), own_dead, writer, grace_ms, since, at
+--   (these two: re-asserts only, '' when unknown; not sent otherwise).  Replies {'OK',
 --   version, version of the record that dropped a previous holder (0: none),
 --   why, down reason, stream id of the registration record}, or {'EXISTS',
 --   owner, head, meta}, {'NOLEASE'}, {'SAME'}, {'UPDATED', version, id}, or
 --   {'GONE'} (a re-assert, with since, of a key another node deleted past it).
 W = ARGV[9]
 return register_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
-                    tonumber(ARGV[10]), ARGV[11])
+                    tonumber(ARGV[10]), ARGV[11], ARGV[12])
 """
 )
 
@@ -636,6 +680,10 @@ local v = redis.call('INCRBY', P .. ':ver', m) - m
 -- One record for the m free keys: versions v+1 .. v+m, in payload order.
 local id = redis.call('XADD', P .. ':log', '*', 'v', v + 1, 'w', W, 'op', 'R', 'c', m,
                       'p', table.concat(parts, '\n'))
+-- Each free key's place in the order (see put): this record.
+local ats = {}
+for j = 1, m do ats[2 * j - 1], ats[2 * j] = owned[j], id end
+redis.call('HSET', P .. ':at', unpack(ats))
 mark(v + 1, id, v + m)
 local first = v + 1
 for i = 1, n do
@@ -734,7 +782,11 @@ HEARTBEAT = (
 -- ARGV (HeartbeatArgs): maxlen, node, ttl_ms, info, grace_ms.  Heals (the
 -- global-outage rule), then reaps: a lease that expired (the node was frozen or
 -- cut off while others heartbeated) is gone, and the caller learns it from `had`.
+-- Replies {had, reaped, now, gap, the change counter (P:ver) before any reap}:
+-- a counter below a version the caller has seen means Redis went back to older
+-- data in place (DEBUG RELOAD, SWAPDB), which cuts no connection.
 local node, ttl, info, grace = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local ver = tonumber(redis.call('GET', P .. ':ver') or '0') or 0
 local now = now_ms()
 local gap = heal(now, grace)
 -- The first write (denyoom): READONLY or OOM fail the script here, before any
@@ -745,7 +797,7 @@ local had = redis.call('ZSCORE', P .. ':leases', node)
 redis.call('ZADD', P .. ':leases', now + ttl, node)
 redis.call('HSET', P .. ':nodes', node, info)
 if had then had = 1 else had = 0 end
-return {had, reaped, now, gap}
+return {had, reaped, now, gap, ver}
 """
 )
 

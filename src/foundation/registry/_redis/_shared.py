@@ -104,9 +104,11 @@ class Own:
 
     ``pending`` while its ``register`` call has not finished: a recovery run
     inline by that call must not re-assert it (the call writes it itself).
+    ``at``: the stream id of the record that registered it (``""`` until
+    known), its place in the server's order (a re-assert sends it).
     """
 
-    __slots__ = ("agent", "ek", "head", "ix", "meta", "monitor", "pending")
+    __slots__ = ("agent", "at", "ek", "head", "ix", "meta", "monitor", "pending")
 
     def __init__(self, agent: Any, ek: str, head: str, meta: bytes, ix: str) -> None:
         self.agent = agent
@@ -116,6 +118,7 @@ class Own:
         self.ix = ix
         self.monitor: Monitor | None = None
         self.pending = True
+        self.at = ""
 
 
 def _doing_text(doing: Doing) -> str:
