@@ -42,7 +42,9 @@ when it starts (``app_starting``, then ``service_started`` for each service in
 order, then ``app_started``) and stops (``app_stopping``, ``service_stopped``
 in reverse order, ``app_stopped``); ERROR, with the traceback, when it fails
 to start (``app_start_failed``; one line pointing to the crash report above
-when a service or worker failed to start: that report has the traceback),
+when a service or worker failed to start: that report has the traceback;
+a Ctrl-C during the start is no failure: INFO ``app_start_interrupted``, no
+traceback, and the ``KeyboardInterrupt`` goes on once the start is rolled back),
 fails to stop (``app_stop_failed``) or gives up (``app_failed``: restart
 intensity exceeded; its services are stopped by then, so the order is
 ``service_stopped`` in reverse, ``app_failed``, then ``app_stopped`` without an
@@ -633,6 +635,18 @@ class Application:
         )
 
     def _report_start_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            # The operator's Ctrl-C, not a failure: one line, no traceback (the
+            # start is rolled back and the KeyboardInterrupt re-raised).
+            _report(
+                logging.INFO,
+                "app_start_interrupted",
+                "Application %s interrupted during start",
+                self.name,
+                application=self.name,
+                reason="interrupted",
+            )
+            return
         child = getattr(exc, "child", None)
         # A child's failed start has its crash report, with the traceback, on
         # foundation.supervision.crash just before: this one line says so
@@ -864,7 +878,10 @@ class Application:
         if not second:
             error = errors[0] if errors else None
             if isinstance(error, ShutdownError):
-                report_left_running(self.name, error)
+                # With the status returned (none if the tree gave up meanwhile:
+                # wait_for_signal() raises its failure instead).
+                gave_up = self._supervisor.failure is not None
+                report_left_running(self.name, error, None if gave_up else signo)
             elif error is not None:
                 raise error
             return signo

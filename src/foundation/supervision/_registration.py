@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from foundation import telemetry
 from foundation._retry import RetryBackoff
-from foundation.errors import AlreadyRegistered, BackendUnavailable, NotAlive
+from foundation.errors import AlreadyRegistered, BackendUnavailable, Closed, NotAlive
 
 if TYPE_CHECKING:
     import asyncio
@@ -257,27 +257,12 @@ class _Registrations:
 
     async def unregister_if_current(self, child: _Child, run: Run) -> None:
         """Drop the registration of an abandoned run (still alive, no longer supervised)."""
-        import asyncio
-
-        registry = self._registry
-        if registry is None:
+        if self._registry is None:
             return
-        stop_registrar(child)
-        child.registered = False
-        # Race: a registration of this run may still be in flight; it must land
-        # first, or it would register the abandoned run after we looked.
-        if child.write is not None and not child.write.done():
-            await asyncio.wait({child.write})
-        key, agent = run.spec.key, run.agent
-
-        def unregister_if_current() -> bool:
-            # Lookup and unregister in one call on the registry's write path,
-            # so both see the same (possibly per-thread) store.
-            entry = registry.lookup(key)
-            return entry is not None and entry.agent is agent and registry.unregister(key)
-
         try:
-            await registry._async_call(unregister_if_current)
+            await self._unregister(child, run)
+        except Closed:
+            return  # the registry was closed before the tree: nothing is registered
         except BackendUnavailable as exc:
             # The agent is not ours any more; the backend's lease or the next
             # registration of this key takes it over.
@@ -287,6 +272,86 @@ class _Registrations:
                 run.spec.id,
                 exc,
             )
+
+    async def unregister_ended(self, child: _Child, run: Run) -> None:
+        """Drop the registration of a run that ended (stopped by us), so that no
+        lookup answers it once its stop has returned.
+
+        The registry's monitor drops a dead agent too, but on its own thread
+        and later (a process's death is seen on the pidfd thread): without
+        this, ``stop()`` could return with the stopped child still registered.
+        Best effort, bounded by ``registration_wait``: a registry that is out
+        or slow does not hold a stop up (the write goes on in the background,
+        and the monitor, or the backend's lease, drops the entry anyway).
+        """
+        import asyncio
+
+        if self._registry is None:
+            return
+        last = child.write
+        if last is None or (
+            not child.registered and last.done() and (last.cancelled() or last.exception())
+        ):
+            # Its last write failed (degraded mode, the registry out): nothing
+            # of it is registered, and no wait for an outage. A write still in
+            # flight, or one that landed just before its registrar saw it, is
+            # unregistered below.
+            stop_registrar(child)
+            child.registered = False
+            return
+        task = self._unregister(child, run)
+        # asyncio.wait never cancels what it waits for: on timeout the
+        # unregister finishes in the background, in order (it is child.write).
+        await asyncio.wait({task}, timeout=self._owner.registration_wait)
+        if not task.done() or task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and not isinstance(error, (BackendUnavailable, Closed)):
+            # Not an outage, nor a registry closed before the tree: a defect
+            # to report; the stop itself carries on.
+            _log.warning(
+                "supervisor %r: could not unregister stopped child %r (%r)",
+                self._owner.name,
+                run.spec.id,
+                error,
+            )
+
+    def _unregister(self, child: _Child, run: Run) -> asyncio.Task[None]:
+        """Start unregistering ``run``'s handle if it still holds its key, after
+        this child's earlier writes (chained as :meth:`write` chains them)."""
+        registry = self._registry
+        assert registry is not None
+        stop_registrar(child)
+        child.registered = False
+        previous = child.write
+        key, agent = run.spec.key, run.agent
+
+        def unregister_if_current() -> bool:
+            # Lookup and unregister in one call on the registry's write path,
+            # so both see the same (possibly per-thread) store.
+            entry = registry.lookup(key)
+            return entry is not None and entry.agent is agent and registry.unregister(key)
+
+        async def unregister() -> None:
+            import asyncio
+
+            # Race: a registration of this run may still be in flight; it must
+            # land first, or it would register the run after we looked.
+            if previous is not None and not previous.done():
+                await asyncio.wait({previous})
+            await registry._async_call(unregister_if_current)
+
+        # Race: a newer run of this child never loses its registration here.
+        # Its write is chained after this task (it is child.write now), so it
+        # cannot land between our lookup and our unregister; and once it has
+        # landed the lookup sees its agent, not ours, and leaves it. What
+        # remains is a newcomer outside the supervisor taking the key between
+        # the two calls (after the registry's monitor dropped our dead agent,
+        # or with replace=True): the window is one registry call, as in write().
+        task = self._loop.create_task(unregister(), name=f"unregister {run.name}")
+        task.add_done_callback(_retrieve)  # read by its awaiter, if any is left
+        child.write = task
+        return task
 
 
 def stop_registrar(child: _Child) -> None:

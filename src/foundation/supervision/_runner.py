@@ -380,8 +380,8 @@ async def _shutdown(
         error = stopping.exception()
         if isinstance(error, ShutdownError):
             # A thread outlived its timeout: reported, left as a daemon thread;
-            # the shutdown itself completed.
-            report_left_running(sup.name, error)
+            # the shutdown itself completed. With the status returned below.
+            report_left_running(sup.name, error, 0 if sup.failure is None else 1)
         elif error is not None:
             logger.error(
                 "supervisor %s failed to stop; exit status 1",
@@ -425,20 +425,28 @@ def report_signal(name: str, signo: int) -> None:
     )
 
 
-def report_left_running(name: str, error: ShutdownError) -> None:
+def report_left_running(name: str, error: ShutdownError, status: int | None) -> None:
     """An orderly stop that left a thread running (reported, left as a daemon
-    thread): the shutdown itself completed."""
-    logger.warning("%s; exit status 0", error, extra={"supervisor": name})
+    thread): the shutdown itself completed. ``status``: the exit status the
+    caller returns (``None``: it raises instead)."""
+    if status is None:
+        logger.warning("%s", error, extra={"supervisor": name})
+    else:
+        logger.warning("%s; exit status %d", error, status, extra={"supervisor": name})
 
 
-def report_forced(name: str, forced_by: int, killed: list[str], why: str | None = None) -> int:
-    """Report a forced stop (by a second ``forced_by``, or ``why``); its status."""
+def report_forced(name: str, forced_by: int, forced: list[str], why: str | None = None) -> int:
+    """Report a forced stop (by a second ``forced_by``, or ``why``); its status.
+
+    ``forced``: what :func:`force_tree` did, each with its verb ("killed
+    process ...", "cancelled task ...", "asked thread ... to stop").
+    """
     status = 128 + forced_by
     logger.warning(
-        "%s: forcing the stop of supervisor %s: killed %s; threads left running; exit status %d",
+        "%s: forcing the stop of supervisor %s: %s; exit status %d",
         why or f"received {_name(forced_by)} again",
         name,
-        ", ".join(killed) or "nothing",
+        ", ".join(forced) or "nothing left to force",
         status,
         extra={"supervisor": name, "reason": "forced", "signal": forced_by},
     )

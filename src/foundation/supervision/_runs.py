@@ -233,7 +233,9 @@ class Run:
     def force(self) -> list[str]:
         """Kill now, without waiting, whatever of this run can be killed (the
         runner's forced stop); its exit is no longer acted on (no restart).
-        Returns the names of what was killed or cancelled."""
+        Returns what was done, each with its verb: ``"killed process app/p
+        (pid 7)"``, ``"cancelled task app/t"`` (it may ignore it and run on),
+        ``"asked thread app/th to stop"`` (it cannot be killed)."""
         self.stopping = True
         if self.exited.done():
             return []
@@ -341,7 +343,8 @@ class TaskRun(Run):
     def _force(self) -> list[str]:
         self.ctx.stopping.set()
         self.handle.cancel()
-        return [f"task {self.name}"]
+        # Only cancelled: a task that swallows its cancellation runs on.
+        return [f"cancelled task {self.name}"]
 
 
 class ThreadRun(Run):
@@ -390,7 +393,9 @@ class ThreadRun(Run):
 
     def _force(self) -> list[str]:
         self.ctx.stopping.set()  # all one can do to a thread: ask
-        return []
+        # Not "left running": a thread that looks at ctx.stopping (a service's)
+        # ends now; one that does not runs on as a daemon thread.
+        return [f"asked thread {self.name} to stop"]
 
 
 # The abandoned threads of each (supervisor name, child id), by name: a
@@ -472,7 +477,7 @@ class _ProcessRun(Run):
     def _force(self) -> list[str]:
         with contextlib.suppress(ProcessLookupError):
             self._kill()
-        return [f"process {self.name} (pid {self.handle.pid})"]
+        return [f"killed process {self.name} (pid {self.handle.pid})"]
 
     @staticmethod
     def _exit_of(code: int | None) -> ChildExit:
@@ -764,13 +769,14 @@ class SupervisorRun(Run):
 
 
 def force_tree(sup: Supervisor) -> list[str]:
-    """Force every run of ``sup``'s tree, youngest first (see :meth:`Run.force`)."""
-    killed: list[str] = []
+    """Force every run of ``sup``'s tree, youngest first; what was done to
+    each (see :meth:`Run.force`)."""
+    forced: list[str] = []
     for child in reversed(list(sup._children.values())):
         run = child.run
         if run is not None:
-            killed.extend(run.force())
-    return killed
+            forced.extend(run.force())
+    return forced
 
 
 def abandon_tasks(tasks: Iterable[asyncio.Task[Any]], log: logging.Logger) -> list[str]:

@@ -729,6 +729,12 @@ class Supervisor(_Supervising):
         if exit.reason == "abandoned":
             child.abandoned = run.handle
             await self._registrations.unregister_if_current(child, run)
+        else:
+            # Ended: the registry's monitor drops it too, but on its own
+            # thread, later (a process's pidfd thread): unregistered here, the
+            # stop returns with no lookup answering the stopped run. Race-safe
+            # against the next run's registration (see _unregister).
+            await self._registrations.unregister_ended(child, run)
         emit_exit(self._name, child, exit, restart=restart)
         return exit
 
