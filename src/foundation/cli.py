@@ -39,10 +39,13 @@ timeout, read-only or out of memory; retrying later may work); 130
 interrupted (SIGINT, Ctrl-C); 141 (128 + SIGPIPE) when the reader of stdout
 went away (``foundation agents watch | head -1``): the command stops quietly,
 as a tool killed by SIGPIPE would; 143 terminated (SIGTERM) before the
-command finished. ``admin``, ``agents watch`` and ``demo --admin`` (once
-serving) run until stopped: SIGTERM is their normal end, exit 0 (the demo's
-own code). Either signal stops what the command started first, then one line
-``foundation COMMAND: interrupted`` (or ``terminated``) goes to stderr; a
+command finished. A writing command holds both signals once its write began,
+until its end (its own exit code, then one line saying the signal was held):
+from it, 130 and 143 mean nothing was written. ``admin``, ``agents watch``
+and ``demo --admin`` (once serving) run until stopped: SIGTERM is their
+normal end, exit 0 (the demo's own code). Either signal stops what the
+command started first, then one line ``foundation COMMAND: interrupted`` (or
+``terminated``) goes to stderr; a
 second Ctrl-C cuts the shutdown short. No command ever creates a flag store:
 a missing SQLite file or an empty Redis namespace is an error, and so is an
 existing file that is not a flag store (``FlagError``; nothing written to it).
@@ -94,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         "FOUNDATION_NAMESPACE, else [cli] in ./foundation.toml. "
         "Exit codes: 0 ok; 1 failed; 2 usage error; 69 backend unavailable (Redis "
         "unreachable, frozen past the op timeout, read-only); 130 interrupted (SIGINT, "
-        "Ctrl-C); 141 stdout closed (SIGPIPE); 143 terminated (SIGTERM) before done. "
+        "Ctrl-C); 141 stdout closed (SIGPIPE); 143 terminated (SIGTERM) before done "
+        "(a write, once begun, runs to the command's end: 130 and 143 mean nothing written). "
         "admin, agents watch and demo --admin run until stopped: SIGTERM ends them "
         "with 0. See docs/cli.md.",
     )
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None, *, mask_to_restore: Iterable[int] | None
     place (the console script holds both signals while it imports us: see
     ``_foundation_cli``); a signal held meanwhile is delivered then.
     """
-    from foundation._cli._signals import Terminated, install_sigterm, restore_sigterm
+    from foundation._cli._signals import Terminated, held_signals, install_sigterm, release_held
 
     args_list = list(sys.argv[1:] if argv is None else argv)
     words: list[str] = []  # the command's words once parsed, for the signal line
@@ -131,8 +135,14 @@ def main(argv: list[str] | None = None, *, mask_to_restore: Iterable[int] | None
             # delivered here, inside this try, so it is told as any other.
             signal.pthread_sigmask(signal.SIG_SETMASK, mask_to_restore)
         code = _main(args_list, words)
+        # A signal held since a write began (_signals.hold_for_the_write): the
+        # command ran to its end, and its code stands. Race: one landing between
+        # this look and the next line is held too, and only not told.
+        late = held_signals()
         if mask_to_restore is not None:  # the console script: the process ends next
             _ignore_signals_from_now_on()
+        if late:
+            _told_late(words, args_list, late[0], code)
         return code
     except KeyboardInterrupt:  # Ctrl-C: every command stopped what it started
         return _signalled(words, args_list, "interrupted", EXIT_INTERRUPTED)
@@ -142,8 +152,8 @@ def main(argv: list[str] | None = None, *, mask_to_restore: Iterable[int] | None
         # Race: a SIGTERM landing inside install_sigterm, once its handler is set,
         # raises before it returns: so the default is put back whenever it was the
         # default on entry and the handler is still ours, not on a returned value.
-        if sigterm_was is signal.SIG_DFL:
-            restore_sigterm()
+        # A write's hold ends here too (both in one step: see release_held).
+        release_held(restore_sigterm_default=sigterm_was is signal.SIG_DFL)
 
 
 def _ignore_signals_from_now_on() -> None:
@@ -157,6 +167,14 @@ def _ignore_signals_from_now_on() -> None:
     before this call is told as any other (one line, 130 or 143)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _told_late(words: list[str], args_list: list[str], signum: int, code: int) -> None:
+    """The one line of a signal held during a write: the command finished, with ``code``."""
+    name = " ".join(["foundation", *(words or _command_words(args_list))])
+    what = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+    message = f"{name}: {what} during its write, held: the command ran to its end (exit {code})"
+    print(message, file=sys.stderr, flush=True)
 
 
 def _signalled(words: list[str], args_list: list[str], what: str, code: int) -> int:

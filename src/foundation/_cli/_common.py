@@ -255,6 +255,39 @@ def key_to_json(key: Hashable) -> Any:
     return json.loads(encode_key(key))
 
 
+def _write_whole(stream: TextIO, text: str) -> None:
+    """Write ``text`` to ``stream``, all of it, and flush.
+
+    Race: unbuffered (``PYTHONUNBUFFERED``, ``-u``: common under a service
+    manager), a text stream writes straight to the file descriptor, and a
+    signal whose handler returns (a writing command holds SIGINT and SIGTERM
+    until its end: ``_signals.hold_for_the_write``) cuts a write into a full
+    pipe short: write(2) returns the bytes it wrote and the text layer drops
+    the rest (65,536 bytes of a longer JSON result, then exit 0). So the bytes
+    go to the binary layer here, again until every one is written.
+    """
+    binary = getattr(stream, "buffer", None)
+    if binary is None:  # no file underneath (a StringIO)
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()  # what the text layer still holds goes first
+    if os.linesep != "\n":  # as the text layer translates it (Windows)
+        text = text.replace("\n", os.linesep)
+    data = memoryview(
+        text.encode(
+            getattr(stream, "encoding", None) or "utf-8",
+            getattr(stream, "errors", None) or "strict",
+        )
+    )
+    while data:
+        written = binary.write(data)
+        if written is None:  # a non-blocking stream that would block: as print() raises
+            raise BlockingIOError("stdout would block")
+        data = data[written:]
+    binary.flush()
+
+
 class Output:
     """JSON or text, chosen once per run."""
 
@@ -287,7 +320,7 @@ class Output:
     def line(self, text: str = "") -> None:
         try:
             # JSON escapes control characters itself (and is several lines when indented).
-            print(text if self.json else visible(text), file=self.stream, flush=True)
+            _write_whole(self.stream, (text if self.json else visible(text)) + "\n")
         except BrokenPipeError as exc:
             raise StdoutGone from exc
 

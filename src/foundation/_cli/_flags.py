@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from foundation._cli._common import Output, Settings, UsageError, default_by, operator_name
+from foundation._cli._signals import hold_for_the_write
 from foundation.errors import BackendUnavailable, InvalidFlagValue
 
 __all__ = [
@@ -475,6 +476,10 @@ def _write(flags: Any, args: argparse.Namespace, out: Output) -> int:
     changes: list[Any] = []
     # Listeners hear the changes made through this FeatureFlags, in the writing thread.
     unsubscribe = flags.subscribe(lambda c: changes.append(c) if c.flag == name else None)
+    # From here on a SIGINT or SIGTERM waits for the command's end: the write may
+    # commit at any point of the call (before it, a signal ends the command, 130
+    # or 143, with nothing written; after it, 130/143 would say the same, wrongly).
+    hold_for_the_write()
     try:
         ops[args.action]()
     except InvalidFlagValue as exc:

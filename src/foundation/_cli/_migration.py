@@ -8,6 +8,7 @@ from typing import Any
 
 from foundation._cli._common import Output, Settings, UsageError, default_by, operator_name
 from foundation._cli._flags import open_flags, over_redis
+from foundation._cli._signals import hold_for_the_write
 
 __all__ = ["add_parser", "migration_from_store", "status_data"]
 
@@ -101,12 +102,12 @@ def _stage_rows(st: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
-def _emergency(migration: Any, reason: str, by: str) -> None:
-    """``emergency_rollback``; during an outage, say where a rollback can be kept."""
+def _emergency(migration: Any, reason: str, by: str) -> Any:
+    """``emergency_rollback`` (its event); during an outage, say where a rollback can be kept."""
     from foundation.errors import BackendUnavailable
 
     try:
-        migration.emergency_rollback(reason, by=by)
+        return migration.emergency_rollback(reason, by=by)
     except BackendUnavailable as exc:
         if not over_redis(migration.flags):
             raise  # a SQLite store locked out: nothing to keep, run it again later
@@ -125,17 +126,23 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         migration = migration_from_store(flags, getattr(args, "plan", None))
         action = args.action
         by = getattr(args, "by", None) or default_by()
-        if action == "advance":
-            migration.advance(by=by, reason=args.reason)
-        elif action == "rollback":
-            migration.rollback_to(args.stage, by=by, reason=args.reason)
-        elif action == "emergency":
-            _emergency(migration, args.reason, by)
-        data = status_data(migration)
+        event = None
         if action != "status":
-            # For display only: the step just committed is the plan's last event
-            # unless another writer stepped in the few microseconds since.
-            data = {"action": action, "event": data["history"][-1], "status": data}
+            # From here on a SIGINT or SIGTERM waits for the command's end: the
+            # step may commit at any point of the call (see hold_for_the_write).
+            hold_for_the_write()
+        if action == "advance":
+            event = migration.advance(by=by, reason=args.reason)
+        elif action == "rollback":
+            event = migration.rollback_to(args.stage, by=by, reason=args.reason)
+        elif action == "emergency":
+            event = _emergency(migration, args.reason, by)
+        data = status_data(migration)
+        if event is not None:
+            # The step this command recorded, as the call returned it: the plan's
+            # last event may already be another writer's (the status read after
+            # it shows the stage as it is now, that writer's step included).
+            data = {"action": action, "event": event.to_dict(), "status": data}
 
         def text() -> None:
             st = data if action == "status" else data["status"]

@@ -345,12 +345,31 @@ def _check_plan_flags(flags: FeatureFlags, plan: MigrationPlan) -> None:
         )
 
 
+def _record_plan(flags: FeatureFlags, plan: MigrationPlan) -> None:
+    """Record ``plan`` so tools can drive it from the store alone. A backend that
+    cannot take the write (unreachable, or a file on a full disk or read-only)
+    only logs a WARNING, as ``FeatureFlags`` does for its catalogue: an
+    application must start meanwhile, and it records the plan at its next start."""
+    try:
+        flags.store.record_plan(plan.name, plan)
+    except FlagError as exc:
+        if type(exc) is not FlagError:  # MigrationError, say: the caller's to fix
+            raise
+        _log.warning("migration plan %r not recorded in %r: %s", plan.name, flags.store, exc)
+    except BackendUnavailable as exc:
+        _log.warning("migration plan %r not recorded in %r: %s", plan.name, flags.store, exc)
+
+
 class Migration:
     """Drive a ``MigrationPlan`` over ``flags``, persisting stage and history in its store.
 
     ``readiness``: checks run before each ``advance``; each returns a list of
     problems (empty when ready). ``health`` and ``thresholds`` (both or neither)
     enable ``check_health`` and ``AutoRollback``.
+
+    The constructor records ``plan`` in the store (for tools); a store that
+    cannot take that write (Redis unreachable, a file on a full disk or
+    read-only) logs a WARNING and the ``Migration`` starts all the same.
 
     A ``Migration`` holds nothing to close: it acts through ``flags``, so once
     that ``FeatureFlags`` is closed every call that reads or writes the flags
@@ -361,10 +380,12 @@ class Migration:
         >>> from foundation.flags import FeatureFlags
         >>> flags = FeatureFlags(DEFAULT_FLAGS)
         >>> migration = Migration(flags, MigrationPlan.default())
-        >>> migration.advance(by="ops", reason="canary is green")
+        >>> migration.advance(by="ops", reason="canary is green").to_stage
+        1
         >>> migration.status().stage, flags.enabled("use_ets_agent_registry")
         (1, True)
-        >>> migration.emergency_rollback("error spike")
+        >>> migration.emergency_rollback("error spike").from_stage
+        1
         >>> migration.status().stage, flags.enabled("use_ets_agent_registry")
         (0, False)
         >>> [e.action for e in migration.history()]
@@ -397,12 +418,7 @@ class Migration:
         self.health = health
         self.thresholds = thresholds
         if not _FROM_STORE.get():
-            # Recorded so tools can drive the plan from the store alone; an
-            # unreachable backend only logs (an application must start in an outage).
-            try:
-                flags.store.record_plan(plan.name, plan)
-            except BackendUnavailable as exc:
-                _log.warning("migration plan %r not recorded: %s", plan.name, exc)
+            _record_plan(flags, plan)
 
     @classmethod
     def from_store(cls, flags: FeatureFlags, plan: str | None = None) -> Migration:
@@ -477,8 +493,11 @@ class Migration:
 
     # ---------------------------------------------------------------- changes
 
-    def advance(self, *, by: str | None = None, reason: str | None = None) -> None:
+    def advance(self, *, by: str | None = None, reason: str | None = None) -> MigrationEvent:
         """Move to the next stage, turning its flags (and earlier stages') on.
+
+        Returns the ``MigrationEvent`` this call recorded (the plan's last
+        ``history()`` entry may already be another writer's).
 
         Raises:
             MigrationError: already at the last stage, or a readiness check reports problems.
@@ -498,10 +517,16 @@ class Migration:
                 )
             return self._move(w, "advance", current, current + 1, by=by, reason=reason)
 
-        self._emit("migration.advanced", self.flags._transact(body))
+        event = self.flags._transact(body)
+        self._emit("migration.advanced", event)
+        return event
 
-    def rollback_to(self, stage: int, *, by: str | None = None, reason: str | None = None) -> None:
+    def rollback_to(
+        self, stage: int, *, by: str | None = None, reason: str | None = None
+    ) -> MigrationEvent:
         """Go back to ``stage`` (any 0 <= stage < current): later stages' flags off.
+
+        Returns the ``MigrationEvent`` this call recorded.
 
         Raises:
             MigrationError: ``stage`` is not below the current stage, or not an int >= 0.
@@ -521,13 +546,20 @@ class Migration:
                 )
             return self._move(w, "rollback", current, stage, by=by, reason=reason)
 
-        self._emit("migration.rolled_back", self.flags._transact(body))
+        event = self.flags._transact(body)
+        self._emit("migration.rolled_back", event)
+        return event
 
-    def emergency_rollback(self, reason: str, *, by: str | None = None) -> None:
+    def emergency_rollback(self, reason: str, *, by: str | None = None) -> MigrationEvent:
         """Turn every plan flag off and return to stage 0, from any stage, now.
 
         Works during a backend outage on a store that keeps kill switches
         (``RedisFlagStore``): applied locally at once, committed on its return.
+
+        Returns the ``MigrationEvent`` this call recorded. When the store kept
+        it through an outage, that is the event as kept: not committed yet
+        (``store.pending()`` lists it; its commit, or its supersession by a newer
+        committed change, is logged when the backend returns).
 
         Raises:
             MigrationError: ``reason`` is not a string, or is blank ("", "   ").
@@ -542,7 +574,9 @@ class Migration:
 
         # A kill switch: on a store that keeps it through an outage it applies here
         # at once and is committed when the backend returns (FlagStore.kill_switch).
-        self._emit("migration.emergency_rollback", self.flags._transact(body, kill_switch=True))
+        event = self.flags._transact(body, kill_switch=True)
+        self._emit("migration.emergency_rollback", event)
+        return event
 
     def check_health(self) -> HealthReport:
         """Sample the health source; if any threshold is crossed, roll back ONE stage.
