@@ -16,10 +16,12 @@ answer within its deadline is killed and fails the test.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -35,12 +37,20 @@ from foundation import (
     RedisFlagStore,
     RedisRegistry,
     SQLiteFlagStore,
+    _fork,
+    _unraisable,
     errors,
+    liveness,
     spawn_thread,
+    telemetry,
 )
-from foundation.flags import FlagStore, MemoryFlagStore
-from foundation.registry import RegistryEvent
+from foundation.flags import FlagStore, MemoryFlagStore, MigrationEvent
+from foundation.flags._redis_store import _status
+from foundation.flags._redis_store._status import store_gauges
+from foundation.liveness import _threads, monitor
+from foundation.registry import RegistryEvent, _async
 from foundation.registry._redis._observer import RedisObserver
+from foundation.supervision import _runs
 from tests.redis_support import RedisServer
 
 pytestmark = [
@@ -329,21 +339,14 @@ def test_a_forked_childs_close_and_unregister_leave_the_parents_registrations(
     parent.close()
 
 
-def test_an_inherited_memory_store_is_the_childs_own_copy_even_if_its_lock_was_held() -> None:
-    """A parent thread holds the MemoryFlagStore's lock at the fork: the child
-    builds flags over its copy of the store and writes, without hanging."""
+@pytest.mark.parametrize("held_by", ["nobody", "the forking thread"])
+def test_an_inherited_memory_store_is_the_childs_own_copy_when_no_parent_thread_held_it(
+    held_by: str,
+) -> None:
+    """The child builds flags over its copy of the store and writes; a lock the
+    forking thread itself held (reentrant) does not close it."""
     store = MemoryFlagStore()
     FeatureFlags(FLAGS, store=store).disable("a", by="parent")
-    holding, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with store._lock:
-            holding.set()
-            release.wait()
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    assert holding.wait(10)
 
     def child() -> dict[str, Any]:
         with FeatureFlags(FLAGS, store=store) as flags:
@@ -351,11 +354,220 @@ def test_an_inherited_memory_store_is_the_childs_own_copy_even_if_its_lock_was_h
             flags.disable("b", by="child")
             return {"a": before, "b": flags.enabled("b")}
 
+    if held_by == "nobody":
+        result = in_child(child)
+    else:
+        with store._lock:
+            result = in_child(child)
+    assert result == {"a": False, "b": False}
+    assert FeatureFlags(FLAGS, store=store).enabled("b")  # the child's write stayed there
+    store.close()
+
+
+def test_an_inherited_memory_store_is_closed_in_the_child_if_a_parent_thread_was_in_a_commit() -> (
+    None
+):
+    """A parent thread is inside a transaction at the fork (it holds the store's
+    lock): the child's copy may hold that commit half-applied (states without
+    the migration stage), so the child's store is closed, naming fork(), and
+    nothing hangs; a store made in the child works, and the parent's commit lands."""
+    store = MemoryFlagStore()
+    flags = FeatureFlags(FLAGS, store=store)
+    holding, release = threading.Event(), threading.Event()
+
+    def commit(txn: Any) -> None:
+        txn.put_migration("plan", 1, MigrationEvent("plan", "advance", 0, 1))
+        holding.set()
+        release.wait()
+
+    thread = threading.Thread(target=lambda: store.transaction(commit))
+    thread.start()
+    assert holding.wait(10)
+
+    def child() -> dict[str, Any]:
+        calls: dict[str, Callable[[], object]] = {
+            "load_states": store.load_states,
+            "transaction": lambda: store.transaction(lambda txn: None),
+            "history": store.history,
+            "migration_stage": lambda: store.migration_stage("plan"),
+            "migration_history": lambda: store.migration_history("plan"),
+            "catalogue": store.catalogue,
+            "plans": store.plans,
+            "subscribe": lambda: store.subscribe(lambda changes: None),
+            "FeatureFlags(store=)": lambda: FeatureFlags(FLAGS, store=store),
+        }
+        closed = {name: outcome(call) for name, call in calls.items()}
+        with FeatureFlags(FLAGS) as fresh:  # what the message says to do
+            fresh.disable("b", by="child")
+            seen = fresh.enabled("b")
+        return {"closed": closed, "close": outcome(store.close), "fresh b": seen}
+
     try:
         result = in_child(child)
     finally:
         release.set()
         thread.join(10)
-    assert result == {"a": False, "b": False}
-    assert FeatureFlags(FLAGS, store=store).enabled("b")  # the child's write stayed there
+    assert_closed_by_fork(result["closed"])
+    assert "was using it at the fork" in result["closed"]["load_states"]
+    assert result["close"] == "returned None"
+    assert result["fresh b"] is False
+    assert store.migration_stage("plan") == 1  # the parent's commit landed
+    flags.disable("a", by="parent")
+    assert not flags.enabled("a")
+    flags.close()
     store.close()
+
+
+# ---------------------------------------------------------------- module locks
+
+
+def _new_redis_flag_store(redis: RedisServer) -> dict[str, Any]:
+    # What the Closed message advises; its constructor adds it to the live
+    # stores under _status._live_lock, which a metrics scrape also takes.
+    namespace = f"fork-{uuid.uuid4().hex[:8]}"
+    with RedisFlagStore(redis.url, namespace=namespace, cache_path=None):
+        return {"gauged": namespace in store_gauges()}
+
+
+def _async_register(redis: RedisServer) -> dict[str, Any]:
+    async def main() -> int:
+        namespace = f"fork-{uuid.uuid4().hex[:8]}"
+        # Its writes block: the first async one makes its executor under _executor_lock.
+        with RedisRegistry(redis.url, namespace=namespace) as registry:
+            await registry.register_async("me", asyncio.current_task())
+            return registry.count()
+
+    return {"count": asyncio.run(main())}
+
+
+def _attach_telemetry(redis: RedisServer) -> dict[str, Any]:
+    heard: list[str] = []
+    detach = telemetry.attach("test.fork", lambda name, data: heard.append(name))
+    telemetry.emit("test.fork", {})
+    detach()
+    return {"heard": heard}
+
+
+def _abandon_a_thread(redis: RedisServer) -> dict[str, Any]:
+    # What a supervisor in a process child does with a thread child that ignores stopping.
+    return {"abandoned": _runs._count_abandoned("tree", "child", threading.current_thread())}
+
+
+def _monitor_a_thread(redis: RedisServer) -> dict[str, Any]:
+    # The default manager is made under liveness._default_lock; watching a plain
+    # thread installs the excepthook under _threads._hook_lock.
+    done = threading.Event()
+    downs: list[str] = []
+    thread = threading.Thread(target=done.wait)
+    thread.start()
+    monitor(thread, lambda down: downs.append(down.reason))
+    done.set()
+    thread.join()
+    wait_for(lambda: bool(downs), "the child's thread to be seen down")
+    return {"downs": downs}
+
+
+@pytest.mark.parametrize(
+    ("lock", "action", "expected"),
+    [
+        pytest.param(
+            lambda: _status._live_lock, _new_redis_flag_store, {"gauged": True}, id="flag-stores"
+        ),
+        pytest.param(lambda: _async._executor_lock, _async_register, {"count": 1}, id="executor"),
+        pytest.param(
+            lambda: telemetry._lock, _attach_telemetry, {"heard": ["test.fork"]}, id="telemetry"
+        ),
+        pytest.param(
+            lambda: _runs._abandoned_lock, _abandon_a_thread, {"abandoned": 1}, id="abandoned"
+        ),
+        pytest.param(
+            lambda: liveness._default_lock,
+            _monitor_a_thread,
+            {"downs": ["normal"]},
+            id="default-manager",
+        ),
+        pytest.param(
+            lambda: _threads._hook_lock, _monitor_a_thread, {"downs": ["normal"]}, id="excepthook"
+        ),
+    ],
+)
+def test_a_module_lock_a_parent_thread_held_at_the_fork_is_free_in_the_child(
+    lock: Callable[[], Any],
+    action: Callable[[RedisServer], dict[str, Any]],
+    expected: dict[str, Any],
+    redis_server: RedisServer,
+) -> None:
+    """A parent thread holds a module-level lock at the fork (a metrics scrape
+    holds the flag stores' lock, a registry makes its executor...): the child's
+    own use of it (a new store, as the Closed message advises) does not hang."""
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock():
+            holding.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert holding.wait(10)
+    try:
+        result = in_child(lambda: action(redis_server))
+    finally:
+        release.set()
+        thread.join(10)
+    assert result == expected
+    with lock():  # the parent's lock works as before
+        pass
+
+
+class _BrokenOnFork:
+    """A tracked object whose fork hook fails: ``_fork`` reports it in the child."""
+
+    def _inherited_by_fork(self) -> None:
+        raise RuntimeError("broken on purpose")
+
+
+def test_a_failing_fork_hook_is_reported_in_the_child_though_a_parent_thread_held_the_report_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """_fork's own error path forwards the report to an installed unraisablehook,
+    capturing its argument type under _unraisable's lock the first time: a
+    parent thread held that lock at the fork, and the child hung inside fork()."""
+    reports: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: reports.append(str(args.exc_value)))
+    # Not captured yet in this process (a box, refilled on the next report).
+    monkeypatch.setattr(_unraisable, "_args_type", [])
+    broken = _BrokenOnFork()
+    _fork.track(broken)
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with _unraisable._type_lock:
+            holding.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert holding.wait(10)
+    try:
+        result = in_child(lambda: {"reports": reports})
+    finally:
+        release.set()
+        thread.join(10)
+        _fork._LIVE.discard(broken)
+    assert result == {"reports": ["broken on purpose"]}
+    assert reports == []  # the parent's object was never touched
+
+
+def test_a_module_rlock_the_forking_thread_held_stays_its_own_in_the_child() -> None:
+    """The forking thread goes on in the child: the RLock it held at the fork is
+    still its own there, so its ``with`` block releases it as in the parent."""
+
+    def child() -> dict[str, Any]:
+        _unraisable._type_lock.release()  # what the forking thread's `with` does next
+        with _unraisable._type_lock:
+            return {"released and taken again": True}
+
+    with _unraisable._type_lock:
+        result = in_child(child)
+    assert result == {"released and taken again": True}

@@ -48,6 +48,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from foundation import _fork
 from foundation._unraisable import report_unraisable
 
 __all__ = ["Listener", "attach", "emit", "has_listeners", "listeners"]
@@ -56,8 +57,11 @@ Listener = Callable[[str, Mapping[str, Any]], None]
 
 # Copy-on-write: readers see an immutable tuple per name, writers swap it
 # under a lock, so ``emit`` never locks and never sees a half-built list.
+# Unlocked in a forked child (held by a parent thread at the fork, it hung the
+# child's first attach or detach); the tuples are whole either way.
 _listeners: dict[str, tuple[Listener, ...]] = {}
 _lock = threading.Lock()
+_fork.unlock_after_fork(_lock)
 
 
 def attach(name: str, listener: Listener) -> Callable[[], None]:

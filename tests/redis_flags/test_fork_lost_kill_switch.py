@@ -82,3 +82,38 @@ def test_a_copy_keeps_its_lost_kill_switch_past_a_longer_fork(
         assert "1 kill switch(es)" in warned[0], warned
         assert "oncall (incident) on checkout" in warned[0], warned
         assert a.status().restores == 1
+
+
+def test_a_copy_trimmed_past_without_a_fork_keeps_nothing(
+    redis_server: RedisServer,
+    open_store: StoreFactory,
+    namespace: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No fork: the node was away while others re-enabled its flag and made more
+    commits than ``history_limit`` (Redis trimmed past the copy's tail). Its kill
+    switch, before Redis' cut, is told from a fork's by Redis' last word per flag:
+    a later change there, with no change of the copy found lost, keeps nothing."""
+    copy = tmp_path / "a.sqlite3"
+    a = open_store(redis_server.url, cache_path=copy, history_limit=5)
+    with FeatureFlags(FLAGS, store=a) as flags:
+        flags.enable("beta", by="op")
+        flags.disable("checkout", by="oncall", reason="incident")
+    a.close()
+    c = open_store(redis_server.url, cache_path=None, history_limit=5)
+    with FeatureFlags(FLAGS, store=c) as other:
+        other.enable("checkout", by="oncall", reason="fixed")
+        for p in range(12):
+            other.set_percentage("promo", float(p + 1), by="laptop")
+    assert raw_client(redis_server.url).hget(f"{{{namespace}}}:flags:meta", "trimmed")
+    with caplog.at_level(logging.INFO, logger="foundation.flags"):
+        a = open_store(redis_server.url, cache_path=copy, history_limit=5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "last commits" in m], messages
+    assert [m for m in messages if "no change of this copy found lost" in m], messages
+    with FeatureFlags(FLAGS, store=a) as flags:
+        assert a.pending() == []
+        assert a.status().restores == 0
+        assert flags.enabled("checkout")
+        assert flags.enabled("beta")

@@ -87,13 +87,18 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def key_text(entry: Entry) -> str:
+    """The key as the page shows and sorts it: a ``str`` as it is, else its JSON."""
+    return entry.key if isinstance(entry.key, str) else json.dumps(_plain_key(entry.key))
+
+
 def entry_dict(entry: Entry) -> dict[str, Any]:
     agent = entry.agent
     pid = getattr(agent, "pid", None)
     name = getattr(agent, "name", None)
     return {
         "key": _plain_key(entry.key),
-        "key_text": entry.key if isinstance(entry.key, str) else json.dumps(_plain_key(entry.key)),
+        "key_text": key_text(entry),
         "node": entry.node,
         "kind": _kind(agent),
         "pid": pid if isinstance(pid, int) else None,

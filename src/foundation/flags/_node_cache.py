@@ -672,6 +672,23 @@ class NodeCache:
 
         return self._write(body)
 
+    def keep_pending(self, op: PendingKillSwitch) -> int:
+        """``add_pending``, unless a pending row already records ``op`` (its id aside):
+        then that row's id. Checked and written in one transaction (race: another
+        process sharing the file keeping the same kill switch at once)."""
+        text = op.to_json()
+
+        def body(db: sqlite3.Connection) -> int:
+            for op_id, row in db.execute("SELECT id, op FROM pending ORDER BY id"):
+                if _records(str(row), replace(op, id=int(op_id))):
+                    return int(op_id)
+            (top,) = db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()
+            op_id = _pending_id(int(top))
+            db.execute("INSERT INTO pending (id, op) VALUES (?, ?)", (op_id, text))
+            return op_id
+
+        return self._write(body)
+
     def remove_pending(self, op: PendingKillSwitch) -> bool:
         """Remove ``op`` (as read by ``pending()``); False if it is not there any more.
 

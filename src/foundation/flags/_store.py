@@ -993,6 +993,7 @@ class MemoryFlagStore(FlagStore):
         self._catalogue: dict[str, FlagInfo] = {}
         self._plans: dict[str, str] = {}  # name -> plan JSON (a snapshot, never the object)
         self._closed = False
+        self._forked = False  # closed in a forked child: a parent thread held the lock
         # Subscribers (several FeatureFlags may share this store), and what they are
         # owed, delivered in commit order by a courier thread (see _fan_out).
         self._callbacks: tuple[Callable[[list[FlagChange]], None], ...] = ()
@@ -1002,13 +1003,25 @@ class MemoryFlagStore(FlagStore):
         _fork.track(self)  # new locks in a forked child (see _inherited_by_fork)
 
     def _inherited_by_fork(self) -> None:
-        """In a forked child (``foundation._fork``): the child's private copy, still usable.
+        """In a forked child (``foundation._fork``): the child's private copy, still
+        usable, unless a parent thread held its lock at the fork.
 
-        Its lock and courier are new: a parent thread may have held the lock at
-        the fork, and the courier's thread is the parent's (one "running" there
-        left every later hand-over undelivered). The parent's subscribers (its
-        ``FeatureFlags``, closed in the child) are dropped.
+        That thread may have been inside a commit (states applied, stages not
+        yet: a migration's flags off at its new stage), which the child would
+        keep half-applied for ever: the store is then closed in the child
+        (every call raises ``Closed`` naming fork(); ``close()`` works). Race:
+        none; the old lock is only tried (the child has one thread, and the
+        forking thread, if it held it, is the one that goes on here). Either
+        way the lock and courier are new (the courier's thread is the parent's:
+        one "running" there left every later hand-over undelivered), and the
+        parent's subscribers (its ``FeatureFlags``, closed in the child) are
+        dropped.
         """
+        old = self._lock
+        if old.acquire(blocking=False):
+            old.release()
+        else:
+            self._closed = self._forked = True
         self._lock = threading.RLock()
         self._callbacks = ()
         self._courier = Courier("foundation-memory-flags", self, lambda: self._callbacks)
@@ -1016,6 +1029,12 @@ class MemoryFlagStore(FlagStore):
 
     def _check(self) -> None:
         if self._closed:
+            if self._forked:
+                raise _fork.forked_closed(
+                    "MemoryFlagStore",
+                    why="a thread of the parent was using it at the fork: a commit may be "
+                    "half-applied in this copy",
+                )
             raise Closed("this MemoryFlagStore is closed")
 
     def load_states(self) -> dict[str, FlagState]:

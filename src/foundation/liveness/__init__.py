@@ -50,6 +50,7 @@ from __future__ import annotations
 import os
 import threading
 
+from foundation import _fork
 from foundation._public import fixup_module_paths
 from foundation.liveness._agents import check_supported, describe_agent, is_alive
 from foundation.liveness._core import Down, DownReason, ManagerStats, Monitor, OnDown
@@ -75,17 +76,18 @@ __all__ = [
 
 
 # The documented process-wide default manager (created lazily, replaced if
-# someone closed it).
+# someone closed it). The lock is unlocked in a forked child (a parent thread
+# may have held it at the fork).
 _default: MonitorManager | None = None
 _default_lock = threading.Lock()
+_fork.unlock_after_fork(_default_lock)
 
 
 def _forget_default_after_fork() -> None:
     # A forked child has none of the parent's watcher threads: it must not
-    # reuse the parent's default manager (or a lock held at fork time).
-    global _default, _default_lock
+    # reuse the parent's default manager.
+    global _default
     _default = None
-    _default_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

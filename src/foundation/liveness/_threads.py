@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from foundation import _fork
 from foundation.errors import StartError
 from foundation.liveness._core import NORMAL, Watch, exception_down, fire_retrying
 
@@ -109,8 +110,11 @@ class _ExceptHook:
 
 
 # The one piece of process-global state besides the default manager: the hook
-# is installed while at least one manager watches a foreign thread.
+# is installed while at least one manager watches a foreign thread. The lock is
+# unlocked in a forked child (held by a parent thread at the fork, it hung the
+# child's first watch of a foreign thread).
 _hook_lock = threading.Lock()
+_fork.unlock_after_fork(_hook_lock)
 _hook_users = 0
 
 

@@ -45,6 +45,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from foundation import _fork
+
 if TYPE_CHECKING:
     # asyncio and the executor are imported where used: `import foundation` stays cheap.
     from concurrent.futures import ThreadPoolExecutor
@@ -59,8 +61,11 @@ ASYNC_THREAD_PREFIX = "foundation-registry-async"
 _T = TypeVar("_T")
 
 # Guards the lazy creation and the shutdown of every registry's executor. Held
-# for a few attribute operations only, never while a write runs.
+# for a few attribute operations only, never while a write runs. Unlocked in a
+# forked child (held by a parent thread at the fork, it hung the child's first
+# async write of a registry made there).
 _executor_lock = threading.Lock()
+_fork.unlock_after_fork(_executor_lock)
 
 
 class AsyncWrites:

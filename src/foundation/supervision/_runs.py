@@ -19,7 +19,12 @@ in its entry point. Caveats:
 - ``preexec_fn`` runs in the forked child of a threaded parent: it only calls
   ``prctl``, ``getppid`` and ``kill`` (no import, no lock, no logging), and
   glibc's fork handlers reset malloc's locks, so it cannot deadlock on a lock
-  another thread held at fork time. It does rule out the ``vfork`` fast path.
+  another thread held at fork time. Before it, Python runs every
+  ``os.register_at_fork(after_in_child=...)`` hook in the child: the standard
+  library's and this package's (``foundation._fork``: module locks reset,
+  inherited flag stores and registries marked closed; liveness, Redis
+  Sentinel), which take no lock, do no I/O and log nothing (unless one
+  fails). It does rule out the ``vfork`` fast path.
 - Grandchildren (a shell's children) are not covered by the parent-death
   signal: only the direct child. An argv child leading its own process group
   (the default, below), and every multiprocessing child (it makes its group
@@ -48,6 +53,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from foundation import _fork
 from foundation.errors import ShutdownError
 from foundation.liveness import spawn_thread
 from foundation.supervision import _reports as reports
@@ -402,9 +408,11 @@ class ThreadRun(Run):
 # supervisor restarted by its parent is a new one with the same name, and a
 # crash loop beside a child that ignores ctx.stopping abandons one more
 # thread per restart. Weak: a finished thread drops out. Loop threads of
-# several trees abandon at once: under the lock.
+# several trees abandon at once: under the lock, unlocked in a forked child (a
+# process child running a tree of its own would hang on one held at the fork).
 _abandoned: dict[tuple[str, str], weakref.WeakSet[threading.Thread]] = {}
 _abandoned_lock = threading.Lock()
+_fork.unlock_after_fork(_abandoned_lock)
 
 
 def _count_abandoned(supervisor: str, child: str, thread: threading.Thread) -> int:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from foundation.errors import BackendUnavailable, FlagError
-from foundation.flags._node_cache import Snapshot, stream_key
+from foundation.flags._history import Replay
+from foundation.flags._node_cache import PendingKillSwitch, Snapshot, stream_key
 from foundation.flags._redis_store._health import _Health
-from foundation.flags._redis_store._lost_commits import lost_commits
+from foundation.flags._redis_store._lost_commits import RedisLast, lost_commits
 from foundation.flags._redis_store._shared import _MAX_ATTEMPTS, _META, _check_version, log
 from foundation.flags._store import FlagChange, FlagState, MigrationEvent
+
+T = TypeVar("T")
 
 _DIVERGED = Snapshot(0, None, {}, {}, [], [], full=True)
 """``_read_snapshot``'s answer when Redis no longer holds the copy's last entries."""
@@ -194,6 +200,35 @@ class _NodeCopy(_Health):
         commits past the copy's version does not: the refresh then takes all
         of Redis' history instead of chaining it onto entries Redis lost.
         """
+        reports: list[Callable[[], None]] = []
+        current = self._pull_locked(reports)
+        # What a fork kept is reported once _copy_lock is released: a telemetry
+        # listener waiting on a thread that needs the lock (a write mirroring its
+        # commit, a refresh) would otherwise wait for ever. Race: this refresh nested
+        # in a holder of the lock (the listener's catch-up, a commit's mirror): the
+        # report waits for the next refresh that is not, such as the replay's of
+        # the kept kill switch (before its "committed" event: the order holds).
+        queue = self._kept_reports()
+        queue.extend(reports)
+        if not self._copy_lock._is_owned():  # type: ignore[attr-defined]  # (RLock's own)
+            while True:
+                try:
+                    report = queue.popleft()  # (atomic: another thread may flush too)
+                except IndexError:
+                    break
+                report()
+        return current
+
+    def _kept_reports(self) -> deque[Callable[[], None]]:
+        """Reports of what forks kept, waiting for ``_copy_lock`` (made on first use)."""
+        queue: deque[Callable[[], None]] | None = self.__dict__.get("_fork_reports")
+        if queue is None:  # (setdefault: one queue if two threads get here at once)
+            queue = self.__dict__.setdefault("_fork_reports", deque())
+        return queue
+
+    def _pull_locked(self, reports: list[Callable[[], None]]) -> bool:
+        """``_pull``'s work under ``_copy_lock``; what a fork kept is reported (appended
+        to ``reports``) only once the copy's refresh succeeded."""
         client = self._ensure_clients()
         with self._copy_lock, self._translated("refreshing the node copy"):
             whole = False  # the copy's tails are not in Redis: read everything
@@ -229,15 +264,24 @@ class _NodeCopy(_Health):
                 if snap is _DIVERGED:
                     whole = True
                     continue
+                report, kept = None, False
                 if whole and snap.epoch == self._cache.epoch:
-                    self._keep_lost_kill_switches(snap)  # (before the copy lets go of them)
-                self._cache.apply(snap)
+                    # (before the copy lets go of them; reported once it did)
+                    report, kept = self._keep_lost_kill_switches(snap)
+                self._cache.apply(snap)  # (a failure raises: nothing reported)
+                if report is not None and kept:
+                    reports.append(report)  # events, a wake: after the lock
+                elif report is not None:
+                    report()  # a log line only: at once
                 return True
         return True  # pragma: no cover - a thousand commits in a row
 
-    def _keep_lost_kill_switches(self, snap: Snapshot) -> None:
+    def _keep_lost_kill_switches(self, snap: Snapshot) -> tuple[Callable[[], None], bool]:
         """Keep the copy's kill switches that Redis lost (``snap``: a whole read of it
-        at the copy's epoch, not holding the copy's last entries) as pending ones.
+        at the copy's epoch, not holding the copy's last entries) as pending ones;
+        returns (what reports it, whether any was kept): the report (events,
+        WARNING, listener woken) is for once the copy took ``snap`` and, if any
+        was kept, ``_copy_lock`` is released (else it only logs).
 
         A fork: Redis came back from an older snapshot and, before any node
         restored it, a process without a copy of this version (the CLI on another
@@ -250,9 +294,12 @@ class _NodeCopy(_Health):
         later change of its flag or plan in Redis wins). Every node holding it
         does the same; the first commits it, the others find it committed
         ("already"). Other lost commits are named in the WARNING: Redis' newer
-        history wins over them, as documented. Caller holds ``_copy_lock``.
+        history wins over them, as documented. What was lost is told even when
+        Redis trimmed past the fork (see ``lost_commits``). Caller holds
+        ``_copy_lock``.
         """
         cache = self._cache
+        version = cache.version
         try:
             base, _trimmed, history = cache.history_with_base()
             ops, others = lost_commits(
@@ -260,56 +307,101 @@ class _NodeCopy(_Health):
                 history,
                 cache.migrations(),
                 snap,
+                self._redis_last(snap),
                 decode_change=self._decode_change,
                 decode_event=self._decode_event,
             )
         except FlagError as exc:  # a corrupt entry in the copy: cannot tell what was lost
-            log.warning(
+            error = exc
+            return lambda: log.warning(
                 "flag store %r: Redis at %s no longer holds this node's last commits "
                 "(restarted from an older snapshot?) and they cannot be read (%s); "
                 "taking Redis' state",
-                self.namespace, self._url, exc,
-            )  # fmt: skip
-            return
+                self.namespace, self._url, error,
+            ), False  # fmt: skip
         if not ops and not others:
-            return  # (trimmed away, not lost)
+            # Trimmed past the copy's tail while this node was away (or a fork that
+            # lost nothing Redis does not hold): said, never silent.
+            return lambda: log.info(
+                "flag store %r: Redis at %s (version %d) no longer holds this node's last "
+                "history entries (copy at version %d): trimmed past them, or back from an "
+                "older snapshot; taking Redis' state (no change of this copy found lost)",
+                self.namespace, self._url, snap.version, version,
+            ), False  # fmt: skip
         # Race: a read between this and the copy's refresh (the caller's apply)
         # reads the pending list first, so it sees the kill switch pending or, after
         # the replay, committed: never neither. Another process sharing the file
-        # may keep the same kill switch at once: each replay finds it "already"
-        # committed after the first; one that refreshed the file first leaves this
-        # process nothing lost to find (it keeps them itself).
-        recorded = []
+        # may keep the same kill switch at once: one row (``keep_pending``: checked
+        # in the write's transaction); each replay finds it "already" committed
+        # after the first. A refresh that failed after keeping it (its apply) finds
+        # it pending again next time: kept once, reported once the refresh succeeds.
+        kept: list[PendingKillSwitch] = []
         for op in ops:
             try:
-                op_id = cache.add_pending(op)
+                op_id = cache.keep_pending(op)
             except FlagError as exc:  # the copy is unusable: say so, nowhere to keep it
                 log.warning(
                     "flag store %r: cannot keep a lost kill switch: %s", self.namespace, exc
                 )
                 continue
-            recorded.append(op)
-            self._event(
-                "pending_recorded",
-                id=op_id, flags=list(op.flags), plans=list(op.plans),
-                by=op.by, reason=op.reason, at=op.at,
-            )  # fmt: skip
-        if recorded:
-            self._restores += 1
+            kept.append(replace(op, id=op_id))
+        if kept:
             self._replay_wanted.set()  # the listener commits them at its next turn
-            self._wake_listener()
-        log.warning(
-            "flag store %r: Redis at %s (version %d) no longer holds this node's last "
-            "commits (copy at version %d): it came back from an older snapshot and "
-            "others wrote past it; taking Redis' state, with %d kill switch(es) of this "
-            "copy kept pending and committed again unless a newer change supersedes "
-            "them%s; other changes lost: %s",
-            self.namespace, self._url, snap.version, cache.version, len(recorded),
-            "".join(
-                f"; {op.by} ({op.reason}) on {', '.join(op.flags + op.plans)}" for op in recorded
-            ),
-            _listed([_named(c) for c in others]),
-        )  # fmt: skip
+
+        def report() -> None:
+            for op in kept:
+                self._event(
+                    "pending_recorded",
+                    id=op.id, flags=list(op.flags), plans=list(op.plans),
+                    by=op.by, reason=op.reason, at=op.at,
+                )  # fmt: skip
+            if kept:
+                self._restores += 1
+                self._wake_listener()
+            log.warning(
+                "flag store %r: Redis at %s (version %d) no longer holds this node's last "
+                "commits (copy at version %d): it came back from an older snapshot and "
+                "others wrote past it; taking Redis' state, with %d kill switch(es) of "
+                "this copy kept pending and committed again unless a newer change "
+                "supersedes them%s; other changes lost: %s",
+                self.namespace, self._url, snap.version, version, len(kept),
+                "".join(
+                    f"; {op.by} ({op.reason}) on {', '.join(op.flags + op.plans)}" for op in kept
+                ),
+                _listed([_named(c) for c in others]),
+            )  # fmt: skip
+
+        return report, bool(kept)
+
+    def _redis_last(self, snap: Snapshot) -> RedisLast:
+        """Redis' last word per flag and plan in ``snap`` (a whole read: its base and
+        ``last`` hashes read with it), with its states and stages. A record of Redis
+        that does not decode is left out (its flag then looks unchanged in Redis:
+        a kill switch of it is rather kept, and the replay decides)."""
+
+        def decoded(decode: Callable[[], T]) -> T | None:
+            try:
+                return decode()
+            except FlagError:
+                return None
+
+        replay = Replay(self._feed_states(snap.base or {}))
+        changes: dict[str, FlagChange] = {}
+        for text in (snap.hlast or {}).values():
+            last = decoded(functools.partial(self._decode_last, text))
+            if last is not None:
+                changes[last.flag] = last
+        for _id, fields in snap.history:  # kept entries: later than every trimmed one
+            change = decoded(functools.partial(self._decode_change, fields, replay))
+            if change is not None:
+                changes[change.flag] = change
+        events: dict[str, MigrationEvent] = {}
+        raw = [{"event": t} for t in (snap.mlast or {}).values()] + [f for _, f in snap.migrations]
+        for fields in raw:
+            event = decoded(functools.partial(self._decode_event, fields))
+            if event is not None:
+                events[event.plan] = event
+        return RedisLast(changes, events, self._feed_states(snap.states), snap.stages)
 
     def _copy_meta(self, client: Any) -> tuple[list[Any], tuple[str | None, str | None]]:
         """(Redis' meta, the ids of its two streams' last entries: None when empty)."""

@@ -7,6 +7,8 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from foundation import _fork
+
 if TYPE_CHECKING:
     # sqlite3, uuid and pathlib are imported where used (`import foundation` stays cheap).
     from pathlib import Path
@@ -16,7 +18,10 @@ if TYPE_CHECKING:
 
 # The stores of this process not yet closed, for gauges read at collection time
 # (foundation.metrics reads their node copy's state: never from under one of their locks).
+# Unlocked in a forked child: a scrape in a parent thread at the fork hung the
+# child's first new store for ever (its constructor adds it under this lock).
 _live_lock = threading.Lock()
+_fork.unlock_after_fork(_live_lock)
 
 
 _live: weakref.WeakSet[RedisFlagStore] = weakref.WeakSet()

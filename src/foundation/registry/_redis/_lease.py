@@ -310,8 +310,11 @@ class Lease:
             status = reply[0]
             if status in (b"OK", b"UPDATED"):
                 written += 1  # written back, or its metadata brought up to date
-                if status == b"OK" and not own.at:
-                    own.at = s(reply[5])  # the script ordered it by this record
+            if not own.at:
+                # Its place in the server's order, if we did not know it (the
+                # reply of the register that made it was lost): OK's record, or
+                # the one SAME and UPDATED name from P:at ("" if unknown).
+                own.at = _at_of(status, reply)
             elif status == b"EXISTS":
                 # Another node took the key while our lease was lost: it keeps it.
                 self._yield_key(key, own, reply, conflicts, released)
@@ -602,6 +605,15 @@ class _Schedule:
 
     next_beat: float
     retry_at: float = 0.0
+
+
+def _at_of(status: bytes, reply: list[Any]) -> str:
+    """The stream id ordering a registration, from a re-assert's ``reply``
+    (``""``: none, or not known)."""
+    index = {b"OK": 5, b"SAME": 1, b"UPDATED": 3}.get(status)
+    if index is None or len(reply) <= index:
+        return ""
+    return s(reply[index])
 
 
 def _single_records(fields: dict[bytes, bytes]) -> list[dict[bytes, bytes]]:

@@ -9,12 +9,13 @@ key patterns such as ``~{ns}:*`` apply):
 ``P:head``   hash           encoded key -> JSON ``{"n": node, "a": agent, "t": time}``
 ``P:meta``   hash           encoded key -> metadata JSON, keys in the caller's order (opaque to Lua)
 ``P:owner``  hash           encoded key -> owning node
-``P:at``     hash           encoded key -> stream id of its registration's record (its order)
+``P:at``     hash           encoded key -> ``"<stream id> <at_fp(head)>"``: its order
 ``P:ix``     hash           encoded key -> JSON list of its index set names
 ``P:ix:<attr>:<json>`` set  encoded keys whose ``attr`` is (or contains) the value
 ``P:owned:<node>`` set      encoded keys owned by a node (what its lease covers)
 ``P:leases`` sorted set     node -> lease deadline (ms, Redis server clock)
 ``P:lastbeat`` string       server time (ms) of the last successful heartbeat of any node
+``P:healed`` string         a shift ``heal`` made in a ``REGISTER`` (ms), for a heartbeat to log
 ``P:nodes``  hash           node -> JSON description (host, pid, started)
 ``P:ver``    string         change counter: every change record's version
 ``P:log``    stream         change records ``v, op, k, ...`` (about MAXLEN versions)
@@ -397,6 +398,26 @@ local function drop(ek, owner, why, dr, dc, ds)
   return log('op', 'd', 'k', ek, 'n', owner, 'h', head, 'why', why, 'dr', dr, 'dc', dc, 'ds', ds)
 end
 
+-- Which registration a P:at value belongs to: the first 8 hex digits of the
+-- SHA-1 of its head. Race: a node of an older version (a rolling upgrade)
+-- neither deletes P:at when it drops a registration nor writes it when it
+-- registers, so P:at may be another registration's (an earlier one's, whose
+-- place in the order is earlier): a value whose fingerprint is not the current
+-- head's is ignored (at_of).
+local function at_fp(head)
+  return string.sub(redis.sha1hex(head), 1, 8)
+end
+
+-- The stream id in P:at of the registration `head` of `ek` (nil: unknown,
+-- lost, written for another registration, or by an older version).
+local function at_of(ek, head)
+  local v = redis.call('HGET', P .. ':at', ek)
+  if not v or not head then return nil end
+  local id, fp = string.match(v, '^(%d+%-%d+) (%x+)$')
+  if id and fp == at_fp(head) then return id end
+  return nil
+end
+
 -- `at`: the stream id of the record that first registered this registration
 -- (a re-assert writing it back keeps its place in the order: P:at), or
 -- nil/'' for a new one (this record's id).
@@ -411,7 +432,7 @@ local function put(ek, node, head, meta, ix, at)
   redis.call('SADD', P .. ':owned:' .. node, ek)
   local v, id = log('op', 'r', 'k', ek, 'h', head, 'm', meta)
   if not at or at == '' then at = id end
-  redis.call('HSET', P .. ':at', ek, at)
+  redis.call('HSET', P .. ':at', ek, at .. ' ' .. at_fp(head))
   return v, id
 end
 
@@ -472,15 +493,25 @@ end
 -- The claim on `ek` in Redis was registered strictly before the registration
 -- `head`, first registered by the record `at`: by the stream ids of the two
 -- registration records (P:at), an order the Redis server made. Only when one
--- is unknown (P:at lost, or written by an older version) by the heads'
+-- is unknown (P:at lost, written for another registration or by an older
+-- version: at_of; or of another history of the stream, below) by the heads'
 -- registration times 't' (node clocks); false when neither can be read.
 local function registered_before(ek, head, at)
-  local theirs_at = redis.call('HGET', P .. ':at', ek)
-  if theirs_at and at and at ~= '' then
-    local before = id_before(theirs_at, at)
-    if before ~= nil then return before end
-  end
   local theirs = redis.call('HGET', P .. ':head', ek)
+  local theirs_at = at_of(ek, theirs)
+  if theirs_at and at and at ~= '' then
+    -- Stream ids are ordered within one history of the stream only: Redis
+    -- restarted empty (or lost P:log) on a host whose clock is behind starts
+    -- a new history whose ids are below the old one's, so a registration made
+    -- after ours can get the smaller id. An id past the stream's last record
+    -- is of another history (ours, remembered from before; theirs, P:log lost
+    -- since): not comparable. One call, on a conflict only.
+    local last = redis.call('XREVRANGE', P .. ':log', '+', '-', 'COUNT', 1)[1]
+    if last and not id_before(last[1], at) and not id_before(last[1], theirs_at) then
+      local before = id_before(theirs_at, at)
+      if before ~= nil then return before end
+    end
+  end
   if not theirs then return false end
   local ok1, a = pcall(cjson.decode, theirs)
   local ok2, b = pcall(cjson.decode, head)
@@ -507,11 +538,17 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
       if redis.call('HEXISTS', P .. ':owner', ek) == 0 then
         redis.call('HSET', P .. ':owner', ek, node)
       end
-      if at and at ~= '' and redis.call('HEXISTS', P .. ':at', ek) == 0 then
-        redis.call('HSET', P .. ':at', ek, at)
+      -- Its place in the order: P:at's, or (lost, or another registration's)
+      -- ours written back; returned so that a node whose register reply was
+      -- lost learns it (Lease._reassert_replies).
+      local id = at_of(ek, head)
+      if not id and at and at ~= '' then
+        redis.call('HSET', P .. ':at', ek, at .. ' ' .. at_fp(head))
+        id = at
       end
-      if redis.call('HGET', P .. ':meta', ek) == meta then return {'SAME'} end
-      return {'UPDATED', set_meta(ek, meta, ix)}
+      if redis.call('HGET', P .. ':meta', ek) == meta then return {'SAME', id or ''} end
+      local v, rid = set_meta(ek, meta, ix)
+      return {'UPDATED', v, rid, id or ''}
     end
     if mode == 'a' and owner == node and not held then
       -- Ours (the owner hash says so), but Redis lost its head: write the whole
@@ -526,7 +563,13 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
     end
     -- Never take a key from a node that only looks dead because nobody could
     -- renew a lease (a global outage): heal before judging its lease.
-    if owner ~= node then heal(now, grace) end
+    if owner ~= node then
+      -- Race: the first script after the server's clock moved may be this one:
+      -- the shift is applied here and the next heartbeat finds no gap, so it is
+      -- left in P:healed for that heartbeat to report (its WARNING).
+      local gap = heal(now, grace)
+      if gap ~= 0 then redis.call('SET', P .. ':healed', gap) end
+    end
     if lease_ok(owner, now) then
       local own_dead = owner == node and own_dead_arg == '1'
       if own_dead then
@@ -579,7 +622,8 @@ REGISTER = (
 --   (these two: re-asserts only, '' when unknown; not sent otherwise).  Replies {'OK',
 --   version, version of the record that dropped a previous holder (0: none),
 --   why, down reason, stream id of the registration record}, or {'EXISTS',
---   owner, head, meta}, {'NOLEASE'}, {'SAME'}, {'UPDATED', version, id}, or
+--   owner, head, meta}, {'NOLEASE'}, {'SAME', at}, {'UPDATED', version, id, at}
+--   (at: the stream id that orders the registration, '' if unknown), or
 --   {'GONE'} (a re-assert, with since, of a key another node deleted past it).
 W = ARGV[9]
 return register_one(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
@@ -682,7 +726,7 @@ local id = redis.call('XADD', P .. ':log', '*', 'v', v + 1, 'w', W, 'op', 'R', '
                       'p', table.concat(parts, '\n'))
 -- Each free key's place in the order (see put): this record.
 local ats = {}
-for j = 1, m do ats[2 * j - 1], ats[2 * j] = owned[j], id end
+for j = 1, m do ats[2 * j - 1], ats[2 * j] = owned[j], id .. ' ' .. at_fp(heads[2 * j]) end
 redis.call('HSET', P .. ':at', unpack(ats))
 mark(v + 1, id, v + m)
 local first = v + 1
@@ -782,7 +826,8 @@ HEARTBEAT = (
 -- ARGV (HeartbeatArgs): maxlen, node, ttl_ms, info, grace_ms.  Heals (the
 -- global-outage rule), then reaps: a lease that expired (the node was frozen or
 -- cut off while others heartbeated) is gone, and the caller learns it from `had`.
--- Replies {had, reaped, now, gap, the change counter (P:ver) before any reap}:
+-- Replies {had, reaped, now, gap (this heal's, else one a REGISTER applied
+-- since the last heartbeat: P:healed), the change counter (P:ver) before any reap}:
 -- a counter below a version the caller has seen means Redis went back to older
 -- data in place (DEBUG RELOAD, SWAPDB), which cuts no connection.
 local node, ttl, info, grace = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
@@ -792,6 +837,11 @@ local gap = heal(now, grace)
 -- The first write (denyoom): READONLY or OOM fail the script here, before any
 -- reap. Only a successful heartbeat moves P:lastbeat.
 redis.call('SET', P .. ':lastbeat', now)
+local healed = redis.call('GET', P .. ':healed')
+if healed then
+  redis.call('DEL', P .. ':healed')
+  if gap == 0 then gap = tonumber(healed) or 0 end
+end
 local reaped = reap(now)
 local had = redis.call('ZSCORE', P .. ':leases', node)
 redis.call('ZADD', P .. ':leases', now + ttl, node)

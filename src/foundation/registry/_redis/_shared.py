@@ -105,7 +105,9 @@ class Own:
     ``pending`` while its ``register`` call has not finished: a recovery run
     inline by that call must not re-assert it (the call writes it itself).
     ``at``: the stream id of the record that registered it (``""`` until
-    known), its place in the server's order (a re-assert sends it).
+    known; a re-assert that finds it in Redis fills it in when the reply of
+    its register was lost), its place in the server's order (a re-assert
+    sends it).
     """
 
     __slots__ = ("agent", "at", "ek", "head", "ix", "meta", "monitor", "pending")
