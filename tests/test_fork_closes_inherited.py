@@ -41,6 +41,7 @@ from foundation import (
     _unraisable,
     errors,
     liveness,
+    metrics,
     spawn_thread,
     telemetry,
 )
@@ -176,6 +177,7 @@ def test_a_forked_childs_flags_and_store_are_closed_and_the_parent_keeps_working
             "store.load_states": store.load_states,
             "store.history": store.history,
             "store.subscribe": lambda: store.subscribe(lambda changes: None),
+            "with store": store.__enter__,
         }
         closed = {name: outcome(call) for name, call in calls.items()}
         # close() in the child: no error, nothing written to the shared backend.
@@ -241,6 +243,42 @@ def test_a_forked_child_never_hangs_on_a_flag_lock_a_parent_thread_held(
         for thread in threads:
             thread.join(10)
     assert not flags.enabled("b")  # the parent's queued write went through
+    flags.disable("a", by="parent")
+    assert not flags.enabled("a")
+    flags.close()
+
+
+def test_a_flag_lock_the_forking_thread_held_stays_its_own_in_the_child() -> None:
+    """The forking thread itself holds the FeatureFlags lock (a fork inside a
+    write): in the child its calls raise Closed, its release works (its ``with``
+    block ends normally), and the lock is free for the child's threads after.
+    The lock is the same object, reset in place (a new one cost tens of
+    microseconds per object in every ``preexec_fn`` child)."""
+    flags = FeatureFlags(FLAGS)
+    lock = flags._lock
+    leave = lock.__exit__  # what the `with` below calls as it ends (bound now)
+
+    def child() -> dict[str, Any]:
+        closed = {"flags.disable": outcome(lambda: flags.disable("a", by="child"))}
+        released = outcome(lambda: leave(None, None, None))  # the `with` block ending
+        taken = threading.Event()
+
+        def take() -> None:
+            with flags._lock:
+                taken.set()
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join(DEADLINE)
+        same = flags._lock is lock
+        return {"closed": closed, "released": released, "taken": taken.is_set(), "same": same}
+
+    with lock:
+        result = in_child(child)
+    assert_closed_by_fork(result["closed"])
+    assert result["released"] == "returned None"
+    assert result["taken"] is True
+    assert result["same"] is True
     flags.disable("a", by="parent")
     assert not flags.enabled("a")
     flags.close()
@@ -467,9 +505,26 @@ def _monitor_a_thread(redis: RedisServer) -> dict[str, Any]:
     return {"downs": downs}
 
 
+def _count_evaluations(redis: RedisServer) -> dict[str, Any]:
+    # What a metrics reader's first collect does: start counting (under the lock).
+    metrics._evaluations.start()
+    try:
+        with FeatureFlags(FLAGS) as flags:
+            flags.enabled("a")
+        return {"counted": metrics.evaluation_counts().get("a", 0) > 0}
+    finally:
+        metrics._evaluations.stop()
+
+
 @pytest.mark.parametrize(
     ("lock", "action", "expected"),
     [
+        pytest.param(
+            lambda: metrics._evaluations._lock,
+            _count_evaluations,
+            {"counted": True},
+            id="evaluations",
+        ),
         pytest.param(
             lambda: _status._live_lock, _new_redis_flag_store, {"gauged": True}, id="flag-stores"
         ),

@@ -87,7 +87,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from foundation import telemetry
+from foundation import _fork, telemetry
 from foundation._redis_conn import ROUND_TRIP_EVENT as REDIS_ROUND_TRIP_EVENT
 from foundation.errors import Closed, FoundationError
 
@@ -260,6 +260,7 @@ class _EvaluationCounter:
 
 
 _evaluations = _EvaluationCounter()
+_fork.unlock_after_fork(_evaluations._lock)  # (a reader starting to count may hold it at a fork)
 
 
 def evaluation_counts() -> dict[str, int]:

@@ -133,6 +133,41 @@ def test_a_kill_switch_survives_an_old_snapshot_with_a_write_in_between(
         assert "SUPERSEDED" in result.stderr, result.stderr
 
 
+_INTERLEAVED = """fc.enable("promo", by="laptop")
+# Node A reads the history (no kill switch there), then node B commits the kill
+# switch, then A reads the flag state: real listener threads, ordered by events.
+a_read, b_done, found = threading.Event(), threading.Event(), []
+real_a, real_b = sa._replay_one, sb._replay_one
+def a_replay(txn, op):
+    if not found:  # A's first replay: pause it between its two reads
+        real_since = txn.committed_since
+        def since(op):
+            found.append(real_since(op))
+            a_read.set()
+            b_done.wait(10.0)  # a deadline, not a timing: B commits while A waits
+            return found[0]
+        txn.committed_since = since
+    return real_a(txn, op=op)
+def b_replay(txn, op):
+    a_read.wait(10.0)  # a deadline, not a timing: A reads the history first
+    return real_b(txn, op=op)
+sa._replay_one, sb._replay_one = a_replay, b_replay
+telemetry.attach("foundation.flags.pending_committed", lambda n, data: b_done.set())
+"""
+
+
+def test_two_nodes_replaying_one_kill_switch_at_once_report_it_committed_once() -> None:
+    """Node A's replay reads Redis' history before node B's commit of the same
+    kill switch lands, and the flag state after it (off already): A wrote
+    nothing, sent no EXEC, so its WATCH never saw B's commit, and both nodes
+    reported ``already=False``. (Injected order: the replay bodies wait on events.)"""
+    check = _KEPT[1] + "assert found == [([], False)], found  # A read before B committed\n"
+    result = run_scenario(
+        _FLAGS.replace("WRITE", _INTERLEAVED).replace("CHECK", check), timeout=120
+    )
+    assert _fork_warnings(result.stderr), result.stderr
+
+
 _MIGRATION = (
     _SETUP
     + """

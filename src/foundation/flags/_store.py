@@ -726,6 +726,10 @@ class FlagStore(ABC):
     def __enter__(self) -> FlagStore:
         """``self``; ``Closed`` if closed (a closed store is not reused)."""
         if getattr(self, "_closed", False):  # each store's flag, set by its close()
+            # The Closed its other calls raise (naming fork() for a store it closed).
+            check = getattr(self, "_check_open", None) or getattr(self, "_check", None)
+            if callable(check):
+                check()
             raise Closed(f"this {type(self).__name__} is closed")
         return self
 

@@ -308,6 +308,31 @@ class _Commits(_Trims):
         except lost_kinds as exc:  # (not raised while WATCHing: kept for safety)
             raise _ReplyLost(exc) from exc
 
+    def _check_watch(self, pipe: Any) -> None:
+        """An empty MULTI/EXEC: ``_Retry`` if a watched key changed since WATCH.
+
+        Race: a transaction that writes nothing sends no EXEC, so its WATCH never
+        checked its reads, each a view of its own moment. Two nodes replaying the
+        same pending kill switch: A's ``committed_since`` read the history just
+        before B's commit of it landed, A's ``get`` the state after (off already):
+        A wrote nothing and reported the switch committed by itself, as B did
+        (two ``already=False``). So a body that read Redis more than once and
+        wrote nothing has its WATCH checked (one round trip): a commit in
+        between runs it again, on one view. A single read is one view: a no-op
+        write costs what it did.
+
+        A read failing here leaves as any read's failure (``_watch_pipeline``).
+        """
+        redis = self._redis
+        lost_kinds = (redis.ConnectionError, redis.TimeoutError)
+        pipe.multi()
+        try:
+            pipe.execute()
+        except redis.WatchError as exc:
+            if isinstance(exc.__cause__ or exc.__context__, lost_kinds):
+                raise  # the connection failed: nothing was written either way
+            raise _Retry from None  # a commit landed between the reads
+
     def _commit_failed(
         self, exc: BackendUnavailable, client: Any, executing: bool, run: _TxnRun
     ) -> None:
@@ -330,7 +355,8 @@ class _Commits(_Trims):
         """WATCH, run ``fn`` on a ``_RedisTransaction``, queue its writes after MULTI.
 
         (``fn``'s result, what EXEC will commit), or (result, None) when ``fn``
-        wrote nothing. ``_Behind`` when Redis is older than the copy (or lost
+        wrote nothing (its WATCH checked if it read more than once: see
+        ``_check_watch``). ``_Behind`` when Redis is older than the copy (or lost
         keys of its version),
         ``_LandedLate`` when an earlier attempt's lost commit landed after all.
         """
@@ -382,6 +408,8 @@ class _Commits(_Trims):
         # `with` (in transaction()) resets the pipe (UNWATCH) and nothing was queued.
         result = fn(txn)
         if not txn.changes and not txn.events:
+            if txn.reads > 1:
+                self._check_watch(pipe)
             return result, None
         pipe.multi()
         return result, self._queue_writes(pipe, txn, int(raw_version or 0) + 1, epoch)

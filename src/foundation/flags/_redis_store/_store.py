@@ -483,7 +483,7 @@ class RedisFlagStore(_Listener):
         self._copy_lock = threading.RLock()
         self._callbacks = []
         self._closed = self._forked = self._released = True
-        _live.discard(self)  # no _live_lock: one thread in the child (it may be held)
+        _live.discard(self)  # no _live_lock needed: one thread in the child (_fork reset it)
         _fork.keep(self._cache)
 
     def __repr__(self) -> str:

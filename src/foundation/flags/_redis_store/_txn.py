@@ -62,6 +62,10 @@ class _RedisTransaction(_Staged):
         self._stages: dict[str, str] | None = None
         self.trimmed: str | None = None  # meta's `trimmed` read under WATCH
         self.mtrimmed: str | None = None  # ... and `mtrimmed`
+        # Reads of Redis made by ``fn`` (each one a consistent view): more than one
+        # and nothing written, the commit checks its WATCH all the same (see
+        # ``_run_and_queue``).
+        self.reads = 0
 
     def get(self, name: str) -> FlagState | None:
         _check_name(name, "flag name")
@@ -72,6 +76,7 @@ class _RedisTransaction(_Staged):
         if self._states is None:
             # One HGETALL under WATCH: later commits anywhere abort our EXEC.
             self._states = self._pipe.hgetall(self._store._k_state)
+            self.reads += 1
         raw = self._states.get(name)
         state = None if raw is None else self._store._decode_state(raw)
         self._decoded[name] = state  # put() reads it again: the base of its record
@@ -83,6 +88,7 @@ class _RedisTransaction(_Staged):
             return self.stage_puts[plan]
         if self._stages is None:
             self._stages = self._pipe.hgetall(self._store._k_stages)
+            self.reads += 1
         return self._store._decode_stage(self._stages.get(plan))
 
     def committed_since(
@@ -102,6 +108,9 @@ class _RedisTransaction(_Staged):
         the latest of the trimmed ones only.)
         """
         store, pipe = self._store, self._pipe
+        # One view: the streams only grow between trims (checked below), and its
+        # answer ("newer", "already") stays true once true.
+        self.reads += 1
         flags, plans = list(op.stored), list(op.plans)
         # Deltas: replayed from the base of the last trim (see _trim).
         base = pipe.hgetall(store._k_base)
