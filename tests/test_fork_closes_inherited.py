@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -45,7 +45,7 @@ from foundation import (
     spawn_thread,
     telemetry,
 )
-from foundation.flags import FlagStore, MemoryFlagStore, MigrationEvent
+from foundation.flags import FlagStore, MemoryFlagStore, MigrationEvent, StoreTransaction
 from foundation.flags._redis_store import _status
 from foundation.flags._redis_store._status import store_gauges
 from foundation.liveness import _threads, monitor
@@ -74,17 +74,27 @@ def in_child(action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     pid = os.fork()
     if pid == 0:  # the child
         os.close(rd)
-        code = 1
-        try:
-            try:
-                out = action()
-            except BaseException as exc:  # reported to the parent, which fails the test
-                out = {"child raised": f"{type(exc).__name__}: {exc}"}
-            os.write(wr, json.dumps(out).encode())
-            code = 0
-        finally:
-            os._exit(code)
+        child_reports(wr, action)
     os.close(wr)
+    return child_result(pid, rd)
+
+
+def child_reports(wr: int, action: Callable[[], dict[str, Any]]) -> NoReturn:
+    """In a forked child: run ``action``, send its result (JSON) on ``wr``, exit."""
+    code = 1
+    try:
+        try:
+            out = action()
+        except BaseException as exc:  # reported to the parent, which fails the test
+            out = {"child raised": f"{type(exc).__name__}: {exc}"}
+        os.write(wr, json.dumps(out).encode())
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def child_result(pid: int, rd: int) -> dict[str, Any]:
+    """The result the forked child ``pid`` sends on ``rd`` (see ``in_child``)."""
     chunks: list[bytes] = []
     deadline = time.monotonic() + DEADLINE
     try:
@@ -282,6 +292,54 @@ def test_a_flag_lock_the_forking_thread_held_stays_its_own_in_the_child() -> Non
     flags.disable("a", by="parent")
     assert not flags.enabled("a")
     flags.close()
+
+
+T = TypeVar("T")
+
+
+class _ForkInWriteStore(MemoryFlagStore):
+    """A store whose transaction forks first, once armed: a fork inside a
+    ``FeatureFlags`` write (its thread holds the flags' lock through the fork)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.child_wr: int | None = None  # set in the child only
+        self.parent_end: tuple[int, int] | None = None  # (pid, read end), in the parent
+
+    def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
+        if self.armed:
+            self.armed = False
+            rd, wr = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(rd)
+                self.child_wr = wr
+            else:
+                os.close(wr)
+                self.parent_end = (pid, rd)
+        return super().transaction(fn)
+
+
+def test_a_write_the_forking_thread_finishes_in_the_child_leaves_the_flags_closed() -> None:
+    """The write goes on in the child after the fork and rebuilds the tables:
+    before, that put live tables back in place of the fork's closed ones, so
+    the child's ``enabled()`` answered from a copy nothing updates."""
+    store = _ForkInWriteStore()
+    flags = FeatureFlags(FLAGS, store=store)
+    store.armed = True
+    try:
+        wrote = outcome(lambda: flags.disable("a", by="writer"))  # forks inside
+    finally:
+        if store.child_wr is not None:  # the child, back from the write: never returns
+            child_reports(store.child_wr, lambda: {"enabled": outcome(lambda: flags.enabled("a"))})
+    assert store.parent_end is not None
+    result = child_result(*store.parent_end)
+    assert_closed_by_fork(result)
+    assert wrote == "returned None"
+    assert not flags.enabled("a")  # the parent's write
+    flags.close()
+    store.close()
 
 
 def test_a_forked_child_of_an_owned_memory_store_flags_is_closed_without_a_hang() -> None:

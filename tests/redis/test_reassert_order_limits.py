@@ -9,7 +9,9 @@
   empty on a host whose clock is behind gives a later registration a smaller id.
 - A ``heal`` run by a register (the first script after the server's clock
   moved) is logged by the next heartbeat.
-- A re-assert answered SAME tells the node the order its lost reply did not.
+- A re-assert answered SAME tells the node the order its lost reply did not;
+  one answered EXISTS gives the key up even when that order is not known.
+- That logged shift expires if no node heartbeats (all closed).
 """
 
 from __future__ import annotations
@@ -181,3 +183,49 @@ def test_a_reassert_answered_same_gives_the_order(
     a._sh.link.resync_needed("test: a reply was lost")
     assert wait_until(lambda: a.status().recoveries > before, timeout=20)
     assert own.at == want
+
+
+def test_a_reassert_not_knowing_the_order_still_yields_a_key_another_node_took(
+    redis_server: RedisServer, make_registry: MakeRegistry, ns: str, agents: Any
+) -> None:
+    """A node that does not know its registration's order (``Own.at`` empty: a
+    lost register reply) loses its lease; another node takes the key; the
+    re-assert answered EXISTS must give it up (a conflict). Before, the branch
+    learning the order was in front of the EXISTS/GONE/NOLEASE chain: the node
+    kept the key another node holds, with no conflict."""
+    # Long heartbeats: a's own lease thread stays out of the window below.
+    a = make_registry(node="a", lease_ttl=60.0, heartbeat=20.0)
+    b = make_registry(node="b", lease_ttl=60.0, heartbeat=20.0)
+    a.register("k", agents())
+    a._sh.own["k"].at = ""  # what a lost register reply leaves (the node's own state)
+    redis_server.command("ZADD", f"{{{ns}}}:leases", "1", a.node)  # a's lease ran out (frozen)
+    b.register("k", agents())  # the free key: b takes it
+    before = a.status().recoveries
+    a._sh.link.resync_needed("test: a thawed")  # its recovery finds the lease gone
+    assert wait_until(lambda: a.status().recoveries > before, timeout=20)
+    assert [c.key for c in a.conflicts()] == ["k"]
+    assert "k" not in a._sh.own
+    assert _owner(redis_server, ns, "k") == b.node
+    e = a.lookup("k")
+    assert e is not None
+    assert e.node == b.node
+
+
+def test_a_shift_healed_by_a_register_is_kept_for_a_bounded_time(
+    redis_server: RedisServer, make_registry: MakeRegistry, ns: str, agents: Any
+) -> None:
+    """The shift a register heals waits in ``{ns}:healed`` for the next
+    heartbeat to log it; if every node closes first, it must not wait for ever
+    (before, a node started days later reported that old shift). Its life is
+    bounded (an expiry), not waited out here."""
+    # Long heartbeats: no heartbeat runs between the register and the closes.
+    a = make_registry(lease_ttl=60.0, heartbeat=20.0)
+    b = make_registry(lease_ttl=60.0, heartbeat=20.0)
+    a.register("k", agents())
+    _shift(redis_server, ns, 300_000)
+    with pytest.raises(AlreadyRegistered):
+        b.register("k", agents())  # the first script after the shift: heals it
+    a.close()
+    b.close()
+    assert redis_server.command("GET", f"{{{ns}}}:healed") is not None
+    assert int(redis_server.command("PTTL", f"{{{ns}}}:healed")) > 0

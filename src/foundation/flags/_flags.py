@@ -894,6 +894,13 @@ class FeatureFlags:
         self._rebuild()
 
     def _rebuild(self) -> None:
+        if self._closed:
+            # Race: a write of the thread that forked, finishing in the child
+            # (it held the lock through the fork: _inherited_by_fork), would
+            # put live tables back in place of the fork's, and reads answered
+            # again from a copy nothing updates. (A close() takes the lock, so
+            # it never races a write in this process.)
+            return
         effective: dict[str, FlagState] = {}
         plain: dict[str, bool] = {}
         rules: dict[str, _Rule] = {}

@@ -310,12 +310,12 @@ class Lease:
             status = reply[0]
             if status in (b"OK", b"UPDATED"):
                 written += 1  # written back, or its metadata brought up to date
-            if not own.at:
+            if not own.at and status in (b"OK", b"SAME", b"UPDATED"):
                 # Its place in the server's order, if we did not know it (the
                 # reply of the register that made it was lost): OK's record, or
                 # the one SAME and UPDATED name from P:at ("" if unknown).
                 own.at = _at_of(status, reply)
-            elif status == b"EXISTS":
+            if status == b"EXISTS":
                 # Another node took the key while our lease was lost: it keeps it.
                 self._yield_key(key, own, reply, conflicts, released)
             elif status == b"GONE":

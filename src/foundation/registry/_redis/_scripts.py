@@ -15,7 +15,7 @@ key patterns such as ``~{ns}:*`` apply):
 ``P:owned:<node>`` set      encoded keys owned by a node (what its lease covers)
 ``P:leases`` sorted set     node -> lease deadline (ms, Redis server clock)
 ``P:lastbeat`` string       server time (ms) of the last successful heartbeat of any node
-``P:healed`` string         a shift ``heal`` made in a ``REGISTER`` (ms), for a heartbeat to log
+``P:healed`` string         a shift ``heal`` made in a ``REGISTER`` (ms), for a heartbeat (expires)
 ``P:nodes``  hash           node -> JSON description (host, pid, started)
 ``P:ver``    string         change counter: every change record's version
 ``P:log``    stream         change records ``v, op, k, ...`` (about MAXLEN versions)
@@ -566,9 +566,13 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
     if owner ~= node then
       -- Race: the first script after the server's clock moved may be this one:
       -- the shift is applied here and the next heartbeat finds no gap, so it is
-      -- left in P:healed for that heartbeat to report (its WARNING).
+      -- left in P:healed for that heartbeat to report (its WARNING). It
+      -- expires (ten graces, a minute at least): if no node heartbeats by then
+      -- (all closed), a node started later must not report an old shift.
       local gap = heal(now, grace)
-      if gap ~= 0 then redis.call('SET', P .. ':healed', gap) end
+      if gap ~= 0 then
+        redis.call('SET', P .. ':healed', gap, 'PX', math.max(60000, 10 * grace))
+      end
     end
     if lease_ok(owner, now) then
       local own_dead = owner == node and own_dead_arg == '1'
