@@ -54,6 +54,7 @@ existing file that is not a flag store (``FlagError``; nothing written to it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -273,6 +274,19 @@ def _main(args_list: list[str], words: list[str]) -> int:
     try:
         return _run(args)
     except StdoutGone:  # the reader of stdout went away (| head -1): quietly
+        from foundation._cli._signals import write_began
+
+        if write_began():
+            # Not quietly after a write: 141 alone reads as "failed", and a
+            # wrapper running the command again would apply it twice (a
+            # migration one stage too far).
+            name = " ".join(["foundation", *words])
+            with contextlib.suppress(OSError, ValueError):
+                print(
+                    f"{name}: the reader of stdout went away after the write, which was done",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return _stdout_gone()
     except UsageError as exc:  # the command does not apply (e.g. the wrong kind of flag)
         _print_error(exc.label, exc, debug)

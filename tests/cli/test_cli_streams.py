@@ -85,6 +85,41 @@ def test_history_into_a_reader_that_left_ends_quietly(tmp_path: Path) -> None:
     assert proc.returncode == BROKEN_PIPE_EXIT
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("flags", "enable", "beta"), ("migration", "advance")],
+    ids=["flags-enable", "migration-advance"],
+)
+def test_a_write_into_a_reader_that_left_says_the_write_was_done(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    # 141 alone reads as a failure: a wrapper running the command again would
+    # apply it twice (a migration one stage too far). One line says it was done.
+    from foundation import Migration, MigrationPlan
+
+    path = tmp_path / "flags.db"
+    with SQLiteFlagStore(path) as store:
+        plan = MigrationPlan.default()
+        flags = FeatureFlags([Flag("beta"), *(Flag(n) for n in plan.flags)], store=store)
+        Migration(flags, plan)
+        flags.close()
+    proc = _start(
+        "--json", *command, "--store", f"sqlite:///{path}", cwd=tmp_path, stdout=_closed_pipe()
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == BROKEN_PIPE_EXIT, err
+    assert "the reader of stdout went away after the write, which was done" in err, err
+    with SQLiteFlagStore(path) as store:
+        flags = FeatureFlags(
+            [Flag("beta"), *(Flag(n) for n in MigrationPlan.default().flags)], store=store
+        )
+        if command[0] == "flags":
+            assert flags.enabled("beta")
+        else:
+            assert Migration.from_store(flags).status().stage == 1
+        flags.close()
+
+
 def test_watch_into_a_reader_that_left_ends_quietly(
     redis_server: RedisServer, namespace: str, node: Node, tmp_path: Path
 ) -> None:

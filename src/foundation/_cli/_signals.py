@@ -41,6 +41,7 @@ __all__ = [
     "raising_handler",
     "release_held",
     "restore_sigterm",
+    "write_began",
 ]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -157,6 +158,13 @@ def hold_for_the_write() -> None:
             if handler is raising_handler(signum):
                 hold.previous[signum] = handler
                 signal.signal(signum, hold.note)
+
+
+def write_began() -> bool:
+    """Whether a write's hold is in place: the command's write began (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    return _the_hold() is not None
 
 
 def held_signals() -> list[int]:
