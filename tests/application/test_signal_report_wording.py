@@ -49,7 +49,7 @@ async def never_ready(ctx):
     print("worker starting", flush=True)
     await asyncio.Event().wait()
 
-SLEEPER = [sys.executable, "-c", "import time; time.sleep(3600)"]
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(3600)"]  # sleep-ok: the child's work
 # Stopped in reverse: t first, which swallows its cancellation for its long
 # timeout; the test forces the stop meanwhile, with th and p still running.
 STUBBORN = [ChildSpec("p", SLEEPER, shutdown_timeout=120),

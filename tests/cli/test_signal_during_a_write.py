@@ -194,8 +194,7 @@ def test_a_signal_at_any_point_exits_143_with_nothing_written_or_0_with_the_writ
             holder.execute("BEGIN IMMEDIATE")
         proc = _start([*args, *store, "--reason", f"run {i}"])
         try:
-            # sleep-ok: picks the point the signal lands at (not a synchronisation)
-            time.sleep(chance.uniform(0.0, 0.8))
+            time.sleep(chance.uniform(0.0, 0.8))  # sleep-ok: picks where the signal lands
             proc.send_signal(chance.choice([signal.SIGTERM, signal.SIGINT]))
             if holder is not None:
                 holder.execute("ROLLBACK")
