@@ -14,31 +14,9 @@ from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
-from foundation._cli._signals import Terminated, raising_handler
+from foundation._cli._signals import _BOTH, Terminated, _blocked, raising_handler
 
 __all__ = ["ctrl_c_deferred", "finishing"]
-
-
-_BOTH = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def _blocked() -> Iterator[None]:
-    """SIGINT and SIGTERM kept pending by the kernel for a few calls (where the
-    platform can), so none lands between two handler swaps that go together."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None:
-        yield
-        return
-    # Race: a signal that arrived just before the block runs its raising handler
-    # as the call returns, before its result is stored: the mask to put back is
-    # read first, and the block made inside the try, so it is always undone.
-    previous = mask(signal.SIG_BLOCK, ())
-    try:
-        mask(signal.SIG_BLOCK, _BOTH)
-        yield
-    finally:
-        mask(signal.SIG_SETMASK, previous)
 
 
 class _Held:
