@@ -288,10 +288,7 @@ class _Registrations:
 
         if self._registry is None:
             return
-        last = child.write
-        if last is None or (
-            not child.registered and last.done() and (last.cancelled() or last.exception())
-        ):
+        if _nothing_registered(child):
             # Its last write failed (degraded mode, the registry out): nothing
             # of it is registered, and no wait for an outage. A write still in
             # flight, or one that landed just before its registrar saw it, is
@@ -352,6 +349,15 @@ class _Registrations:
         task.add_done_callback(_retrieve)  # read by its awaiter, if any is left
         child.write = task
         return task
+
+
+def _nothing_registered(child: _Child) -> bool:
+    """Whether no write of ``child`` can have registered it: none was made, or its
+    last one failed while it was not registered (degraded mode, the registry out)."""
+    last = child.write
+    return last is None or (
+        not child.registered and last.done() and bool(last.cancelled() or last.exception())
+    )
 
 
 def stop_registrar(child: _Child) -> None:

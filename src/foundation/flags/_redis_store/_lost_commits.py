@@ -25,12 +25,16 @@ class _Lost:
     def at(self) -> float:
         return min([c.at for c, _ in self.changes] + [e.at for e in self.events])
 
+    def _only_switches_off(self) -> bool:
+        """Whether it only switched flags off and rolled plans back in an emergency."""
+        return not any(s is None or s.switch for _, s in self.changes) and all(
+            e.action == "emergency_rollback" and e.to_stage == 0 for e in self.events
+        )
+
     def kill_switch(self) -> PendingKillSwitch | None:
         """This commit as a pending kill switch if it only switched flags off and
         rolled plans back in an emergency (the rule of ``_kill_switch_states``)."""
-        if any(s is None or s.switch for _, s in self.changes) or any(
-            e.action != "emergency_rollback" or e.to_stage != 0 for e in self.events
-        ):
+        if not self._only_switches_off():
             return None
         stored = {c.flag: s for c, s in self.changes if s is not None}
         first: FlagChange | MigrationEvent = self.changes[0][0] if self.changes else self.events[0]
