@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,27 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 class NodeProcess:
-    """A RedisRegistry node running ``tests.redis.node_main`` in a child process."""
+    """A RedisRegistry node running ``tests.redis.node_main`` in a child process.
 
-    def __init__(self, url: str, namespace: str, *, ttl: float = 5.0, maxlen: int = 10_000):
+    ``argv``: the interpreter's arguments instead (a node script of a test's own,
+    e.g. ``["-c", SCRIPT, ...]``), speaking the same protocol: a first JSON line
+    with ``ready`` (kept whole in ``.ready``), then one JSON line per request line
+    ``{"op": ...}``; ``{"op": "exit"}`` ends it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        *,
+        ttl: float = 5.0,
+        maxlen: int = 10_000,
+        argv: Sequence[str] | None = None,
+    ):
+        if argv is None:
+            argv = ["-m", "tests.redis.node_main", url, namespace, str(ttl), str(maxlen)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.redis.node_main", url, namespace, str(ttl), str(maxlen)],
+            [sys.executable, *argv],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -50,8 +66,8 @@ class NodeProcess:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True, name="node-reader")
         self._reader.start()
-        ready = self._next(30.0)
-        self.node: str = ready["ready"]
+        self.ready = self._next(30.0)
+        self.node: str = self.ready["ready"]
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
