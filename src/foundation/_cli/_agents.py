@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
 import functools
 import json
@@ -11,7 +10,7 @@ import queue
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -81,14 +80,14 @@ def open_observer(settings: Settings) -> Iterator[Any]:
         observer.close()
 
 
-def warn_if_unused(observer: Any, settings: Settings) -> None:
+def warn_if_unused(count: int, settings: Settings) -> None:
     """One stderr line when no registry ever used ``settings.namespace`` on this
     Redis (a ``--namespace`` typo), naming the namespaces that are in use.
 
-    Only when the observer sees no agent; an empty namespace some registry used
-    (its keys are there) says nothing: it is just empty.
+    Only when the namespace holds no agent (``count``); an empty namespace some
+    registry used (its keys are there) says nothing: it is just empty.
     """
-    if observer.count() != 0:
+    if count != 0:
         return
     from foundation import _redis_conn
     from foundation.errors import FoundationError
@@ -164,10 +163,11 @@ def _age(at: float, now: float) -> str:
     return f"{max(0.0, now - at):.0f}s"
 
 
-def _rows(entries: list[Any]) -> list[list[Any]]:
+def _rows(entries: Iterable[Any]) -> Iterator[list[Any]]:
+    """A table row per entry, as the entries come (ages as of the first one)."""
     now = time.time()
-    return [
-        [
+    for e in entries:
+        yield [
             e.key if isinstance(e.key, str) else json.dumps(key_to_json(e.key)),
             getattr(e.agent, "kind", "?"),
             e.node,
@@ -175,8 +175,6 @@ def _rows(entries: list[Any]) -> list[list[Any]]:
             _age(e.registered_at, now),
             dict(e.metadata),
         ]
-        for e in entries
-    ]
 
 
 def _show_text(data: dict[str, Any], out: Output) -> None:
@@ -194,39 +192,55 @@ def _show_text(data: dict[str, Any], out: Output) -> None:
         out.line(f"{name}: {shown}")
 
 
-def _list_agents(observer: Any, args: argparse.Namespace, out: Output) -> None:
-    """Print the live agents matching ``--where`` (all if none), oldest first, up to --limit."""
+def _matching(reader: Any, compiled: Sequence[Any], limit: int | None) -> Iterator[Any]:
+    """The entries matching ``compiled`` (all if empty), oldest first, up to ``limit``,
+    read a chunk at a time."""
+    from foundation.registry._query import matches
+
+    keys = reader.oldest_first()
+    if not compiled and limit is not None:
+        keys = keys[:limit]  # no filter: only these are read
+    shown = 0
+    for entry in reader.entries(keys):
+        if limit is not None and shown >= limit:
+            return
+        if compiled and not matches(entry.metadata, compiled):
+            continue
+        shown += 1
+        yield entry
+
+
+def _list_agents(reader: Any, args: argparse.Namespace, out: Output) -> None:
+    """Print the live agents matching ``--where`` (all if none), oldest first, up
+    to --limit: each row as it is read (JSON), or the table once every row's
+    text is in (its column widths need them all)."""
     headers = ["key", "kind", "node", "pid", "age", "metadata"]
     from foundation.errors import InvalidCriteria
+    from foundation.registry._query import compile_criteria
 
     criteria = [(path, op, value_from_text(v)) for path, op, v in args.where]
     try:
-        # query() checks every criterion before evaluating any: nothing is read yet.
-        entries = observer.query(criteria) if criteria else observer.list_all()
+        compiled = compile_criteria(criteria)  # every criterion checked: nothing read yet
     except InvalidCriteria as exc:  # bad --where: a usage error
         raise UsageError(str(exc), label="InvalidCriteria") from exc
-    entries.sort(key=lambda e: e.registered_at)
-    if args.limit is not None:
-        entries = entries[: max(0, args.limit)]
-    out.emit(
-        [entry_data(e) for e in entries],
-        lambda: (
-            out.table(headers, _rows(entries))
-            if entries
-            else out.line("no agents" + (" match" if criteria else ""))
-        ),
-    )
+    entries = _matching(reader, compiled, args.limit)
+    if out.json:
+        out.json_array(entry_data(e) for e in entries)
+    else:
+        empty = "no agents" + (" match" if criteria else "")
+        out.table(headers, _rows(entries), empty=empty)
 
 
-def _count_agents(observer: Any, settings: Settings, out: Output) -> None:
-    """Print how many agents are live, by kind and by node."""
-    entries = observer.list_all()
-    kinds = collections.Counter(getattr(e.agent, "kind", "?") for e in entries)
-    nodes = collections.Counter(e.node for e in entries)
-    data = {"count": len(entries), "by_kind": dict(kinds), "by_node": dict(nodes)}
+def _count_agents(reader: Any, count: int, settings: Settings, out: Output) -> None:
+    """Print how many agents are live (Redis's number), by kind and by node (the
+    heads alone: no metadata read)."""
+    # Race: the number is Redis's at one instant, the breakdown a scan after it;
+    # with agents coming and going meanwhile, their sums may differ from it.
+    kinds, nodes = reader.breakdown()
+    data = {"count": count, "by_kind": dict(kinds), "by_node": dict(nodes)}
 
     def text() -> None:
-        out.line(f"{len(entries)} agents in namespace {settings.namespace!r}")
+        out.line(f"{count} agents in namespace {settings.namespace!r}")
         for what, counter in (("kind", kinds), ("node", nodes)):
             for name, n in counter.most_common():
                 out.line(f"  {what} {name}: {n}")
@@ -234,13 +248,31 @@ def _count_agents(observer: Any, settings: Settings, out: Output) -> None:
     out.emit(data, text)
 
 
+def _read(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    """``list`` and ``count``: straight from Redis, a chunk at a time (no observer:
+    its start decodes every entry whole; see ``registry._redis._chunked_reads``)."""
+    from foundation.registry._redis._chunked_reads import NamespaceReader
+
+    reader = NamespaceReader(settings.need_redis(), settings.namespace)
+    try:
+        count = reader.count()
+        warn_if_unused(count, settings)
+        if args.action == "list":
+            _list_agents(reader, args, out)
+        else:
+            _count_agents(reader, count, settings, out)
+    finally:
+        reader.close()
+    return 0
+
+
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    if args.action in ("list", "count"):
+        return _read(args, settings, out)
     with open_observer(settings) as observer:
-        warn_if_unused(observer, settings)
+        warn_if_unused(observer.count(), settings)
         action = args.action
-        if action == "list":
-            _list_agents(observer, args, out)
-        elif action == "show":
+        if action == "show":
             from foundation.errors import NotRegistered
 
             entry = observer.lookup(key_from_text(args.key))
@@ -248,8 +280,6 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
                 raise NotRegistered(key_from_text(args.key))
             data = entry_data(entry)
             out.emit(data, lambda: _show_text(data, out))
-        elif action == "count":
-            _count_agents(observer, settings, out)
         elif action == "watch":
             return _watch(observer, args.count, out)
         return 0

@@ -12,6 +12,8 @@ forces text); text otherwise (tables through ``rich`` when it is installed).
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import getpass
 import json
 import os
@@ -255,8 +257,32 @@ def key_to_json(key: Hashable) -> Any:
     return json.loads(encode_key(key))
 
 
-def _write_whole(stream: TextIO, text: str) -> None:
-    """Write ``text`` to ``stream``, all of it, and flush.
+def encoder_for(stream: TextIO) -> Callable[[str], bytes] | None:
+    """The encoder of ``stream``'s bytes for :func:`_write_whole`: one for the
+    whole run (None for a stream with no file underneath, such as a StringIO).
+
+    Incremental, as the text layer's own: an encoding with a byte order mark
+    (``PYTHONIOENCODING=utf-16``) writes it once, before the first text, not
+    before every line; none at all when the file already holds bytes (appended
+    to), as the text layer does.
+    """
+    binary = getattr(stream, "buffer", None)
+    if binary is None:
+        return None
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    errors = getattr(stream, "errors", None) or "strict"
+    encoder = codecs.getincrementalencoder(encoding)(errors)
+    try:
+        if binary.seekable() and binary.tell() != 0:
+            encoder.setstate(0)  # past the start: no mark
+    except (OSError, ValueError):  # not seekable after all, or closed: as a pipe
+        pass
+    return encoder.encode
+
+
+def _write_whole(stream: TextIO, text: str, encode: Callable[[str], bytes] | None = None) -> None:
+    """Write ``text`` to ``stream``, all of it, and flush (``encode``: the run's
+    :func:`encoder_for` ``stream``; without it, a new one: a mark each time).
 
     Race: unbuffered (``PYTHONUNBUFFERED``, ``-u``: common under a service
     manager), a text stream writes straight to the file descriptor, and a
@@ -267,19 +293,15 @@ def _write_whole(stream: TextIO, text: str) -> None:
     go to the binary layer here, again until every one is written.
     """
     binary = getattr(stream, "buffer", None)
-    if binary is None:  # no file underneath (a StringIO)
+    encode = encode or encoder_for(stream)
+    if binary is None or encode is None:  # no file underneath (a StringIO)
         stream.write(text)
         stream.flush()
         return
-    stream.flush()  # what the text layer still holds goes first
     if os.linesep != "\n":  # as the text layer translates it (Windows)
         text = text.replace("\n", os.linesep)
-    data = memoryview(
-        text.encode(
-            getattr(stream, "encoding", None) or "utf-8",
-            getattr(stream, "errors", None) or "strict",
-        )
-    )
+    data = memoryview(encode(text))  # before any byte goes: unencodable, nothing written
+    stream.flush()  # what the text layer still holds goes first
     while data:
         written = binary.write(data)
         if written is None:  # a non-blocking stream that would block: as print() raises
@@ -288,11 +310,34 @@ def _write_whole(stream: TextIO, text: str) -> None:
     binary.flush()
 
 
+def _unprintable_after_the_write(command: str, exc: UnicodeEncodeError) -> bool:
+    """After a committed write, a result stdout's encoding cannot hold
+    (``PYTHONIOENCODING=ascii`` and a reason in another script): True once one
+    stderr line said so (the write was done: the command still ends with 0);
+    False before any write (the error stands: exit 1, nothing was written)."""
+    from foundation._cli._signals import write_began
+
+    if not write_began():
+        return False
+    with contextlib.suppress(OSError, ValueError):
+        print(
+            f"{command}: the result could not be printed in stdout's encoding "
+            f"({exc.encoding}) after the write, which was done",
+            file=sys.stderr,
+            flush=True,
+        )
+    return True
+
+
 class Output:
     """JSON or text, chosen once per run."""
 
     def __init__(self, args: argparse.Namespace, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdout
+        self._encode = encoder_for(self.stream)
+        words = (getattr(args, "command", None), getattr(args, "action", None))
+        self._command = " ".join(["foundation", *(w for w in words if isinstance(w, str))])
+        self._unprintable = False  # a line after a write could not be encoded: the rest dropped
         forced_text = getattr(args, "text", False)
         self.json = bool(getattr(args, "json", False)) or (
             not forced_text and not self.stream.isatty()
@@ -313,19 +358,49 @@ class Output:
         else:
             text()
 
+    def json_array(self, items: Iterable[Any]) -> None:
+        """Print ``items`` as :meth:`emit` prints a list of them (the same bytes),
+        each as it comes: only one item is held at a time."""
+        held: str | None = None  # the item before: its comma waits for the next one
+        for item in items:
+            text = json.dumps(item, indent=2, default=_json_default)
+            # Every newline of indented JSON is between tokens (strings escape theirs).
+            self.line("[" if held is None else held + ",")
+            held = "  " + text.replace("\n", "\n  ")
+        if held is None:
+            self.line("[]")
+        else:
+            self.line(held)
+            self.line("]")
+
     def json_line(self, data: Any) -> None:
         """One compact JSON document on one line (JSON Lines, for streams)."""
         self.line(json.dumps(data, separators=(",", ":"), default=_json_default))
 
     def line(self, text: str = "") -> None:
+        if self._unprintable:  # said once on stderr: the rest of the result is dropped
+            return
         try:
             # JSON escapes control characters itself (and is several lines when indented).
-            _write_whole(self.stream, (text if self.json else visible(text)) + "\n")
+            _write_whole(self.stream, (text if self.json else visible(text)) + "\n", self._encode)
         except BrokenPipeError as exc:
             raise StdoutGone from exc
+        except UnicodeEncodeError as exc:
+            # As 141 after a write (foundation.cli): exit 1 would say "failed" to a
+            # wrapper, which would apply the write twice by running it again.
+            if not _unprintable_after_the_write(self._command, exc):
+                raise
+            self._unprintable = True
 
-    def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    def table(
+        self, headers: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str | None = None
+    ) -> None:
+        """Print ``rows`` under ``headers`` (only their text is held while the rows
+        come: widths need every row); ``empty``: the line instead when there is none."""
         cells = [[_cell(c) for c in row] for row in rows]
+        if not cells and empty is not None:
+            self.line(empty)
+            return
         if self.rich:
             self._rich_table(headers, cells)
         else:

@@ -238,7 +238,9 @@ def _need_registry(state: AdminState) -> RegistryLike:
     return state.registry
 
 
-def _limit(request: Request, default: int) -> int:
+def _limit(request: Request, default: int, maximum: int | None = None) -> int:
+    """``?limit=N``: ``default`` when absent; 422 ``InvalidLimit`` unless a whole
+    number from 1 (to ``maximum``, when given)."""
     raw = request.query_params.get("limit")
     if raw is None or raw == "":
         return default
@@ -246,6 +248,9 @@ def _limit(request: Request, default: int) -> int:
         limit = int(raw)
     except ValueError:  # also past int()'s 4300 digits
         limit = 0
-    if limit < 1:
-        raise ApiError(422, "InvalidLimit", f"limit is an integer >= 1, not {bounded_repr(raw)}")
+    if limit < 1 or (maximum is not None and limit > maximum):
+        upto = "" if maximum is None else f" and <= {maximum}"
+        raise ApiError(
+            422, "InvalidLimit", f"limit is an integer >= 1{upto}, not {bounded_repr(raw)}"
+        )
     return limit

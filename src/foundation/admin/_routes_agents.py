@@ -20,7 +20,14 @@ from foundation.admin._state import DEAD_RING, AdminState
 from foundation.errors import Closed, NotRegistered, bounded_repr
 from foundation.registry import Entry
 
-__all__ = ["dead_agents", "list_agents", "show_agent", "supervision"]
+__all__ = [
+    "AGENTS_PAGE",
+    "MAX_AGENTS_PAGE",
+    "dead_agents",
+    "list_agents",
+    "show_agent",
+    "supervision",
+]
 
 
 def _parse_where(raw: str) -> tuple[str, str, Any]:
@@ -50,22 +57,74 @@ def _row_matches(row: dict[str, Any], search: str) -> bool:
     )
 
 
+AGENTS_PAGE = 500
+"""Rows of ``/api/agents`` without ``?limit=``."""
+MAX_AGENTS_PAGE = 5000
+"""The largest ``?limit=`` of ``/api/agents`` (a larger one is a 422 ``InvalidLimit``):
+a page is built, rendered and sent whole; ``?after=`` reads the rest."""
+
+_Order = tuple[str, str]
+
+
+def _order(entry: Entry) -> _Order:
+    """Where an entry sorts in ``/api/agents``: its key as shown, then the key's
+    ``repr`` (the string ``"7"`` and the number ``7`` both show as ``7``)."""
+    return key_text(entry), repr(entry.key)
+
+
+def _cursor_text(order: _Order) -> str:
+    """The ``next`` of a page: the last row's place, for ``?after=``."""
+    return json.dumps(list(order), separators=(",", ":"))  # ASCII: safe in any URL
+
+
+def _after(request: Request) -> _Order | None:
+    """``?after=``: the ``next`` of the previous page (422 ``InvalidCursor`` otherwise)."""
+    raw = request.query_params.get("after")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        value = None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise ApiError(
+            422, "InvalidCursor", f"after is the next of a previous page, not {bounded_repr(raw)}"
+        )
+    return value[0], value[1]
+
+
+def _page(
+    chosen: list[Entry], search: str, after: _Order | None, limit: int
+) -> tuple[list[dict[str, Any]], int, str | None]:
+    """The rows of one page, how many entries match in all, and the next page's cursor.
+
+    Race: entries come and go between two pages. The cursor is a place in the
+    order, not a position: an entry there on both reads is listed once, never
+    skipped; one that came or went meanwhile shows or not by where it sorts.
+    """
+    if search:  # the row is what a search looks in: built for every candidate
+        matching = [(_order(e), e) for e in chosen if _row_matches(entry_dict(e), search)]
+    else:
+        # Rows only for the page: with 200k entries, building and sorting a row
+        # per entry took seconds per request (the metadata's JSON of each).
+        matching = [(_order(e), e) for e in chosen]
+    later = (pair for pair in matching if after is None or pair[0] > after)
+    top = heapq.nsmallest(limit + 1, later, key=lambda pair: pair[0])
+    more = len(top) > limit
+    top = top[:limit]
+    cursor = _cursor_text(top[-1][0]) if more else None
+    return [entry_dict(e) for _, e in top], len(matching), cursor
+
+
 def _agents(request: Request, state: AdminState) -> dict[str, Any]:
     registry = _need_registry(state)
     criteria = [_parse_where(w) for w in request.query_params.getlist("where")]
     search = (request.query_params.get("q") or "").lower()
-    limit = _limit(request, 500)
+    limit = _limit(request, AGENTS_PAGE, MAX_AGENTS_PAGE)
+    after = _after(request)
     everyone = registry.list_all()
     chosen = registry.query(criteria) if criteria else everyone
-    if search:  # the row is what a search looks in: built for every candidate
-        rows = [r for r in map(entry_dict, chosen) if _row_matches(r, search)]
-        matched = len(rows)
-        page = heapq.nsmallest(limit, rows, key=lambda r: str(r["key_text"]))
-    else:
-        # Rows only for the page: with 200k entries, building and sorting a row
-        # per entry took seconds per request (the metadata's JSON of each).
-        matched = len(chosen)
-        page = [entry_dict(e) for e in heapq.nsmallest(limit, chosen, key=key_text)]
+    page, matched, cursor = _page(chosen, search, after, limit)
     by_kind: collections.Counter[str] = collections.Counter()
     by_node: collections.Counter[str] = collections.Counter()
     for e in everyone:
@@ -74,6 +133,7 @@ def _agents(request: Request, state: AdminState) -> dict[str, Any]:
     return {
         "agents": page,
         "matched": matched,
+        "next": cursor,
         "total": len(everyone),
         "by_kind": dict(by_kind),
         "by_node": dict(by_node),
