@@ -2,8 +2,9 @@
 
 One thread renews this node's lease every ``heartbeat`` seconds (the script
 also reaps expired leases, after applying the global-outage rule of
-``_scripts``), deletes in Redis the entries of local agents that died, and
-runs the recovery whenever the link needs one:
+``_scripts``: at most ``REAP_CHUNK`` entries, the rest by ``REAP`` scripts
+between heartbeats, a chunk each), deletes in Redis the entries of local agents
+that died, and runs the recovery whenever the link needs one:
 
 1. heartbeat (learns whether our lease survived; renews it);
 2. re-assert every live local registration with its *current* metadata, in
@@ -32,9 +33,11 @@ from foundation._redis_memory_policy import EvictionCheck
 from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, FoundationError
 from foundation.liveness import Monitor, is_alive
+from foundation.registry._redis import _scripts
 from foundation.registry._redis._registry import Conflict
 from foundation.registry._redis._scripts import (
     HeartbeatArgs,
+    ReapArgs,
     RegisterArgs,
     UnregisterArgs,
 )
@@ -76,6 +79,12 @@ class Lease:
         # yet): a global-outage gap longer than the time since then cannot be
         # one (this node renewed its lease meanwhile): see _log_gap.
         self._beat_ok_at: float | None = None
+        # The last heartbeat (or REAP chunk) left expired leases unreaped: the
+        # loop runs REAP chunks between its other work until one says none is
+        # left (or fails: the next heartbeat says again). Race: a writer's
+        # recovery sets it while the lease thread reads it; a plain bool, and a
+        # stale read only delays the next chunk until the next heartbeat.
+        self._reap_more = False
         self.thread = threading.Thread(
             target=self._loop, name=f"foundation-redis-lease[{shared.node}]", daemon=True
         )
@@ -83,9 +92,12 @@ class Lease:
     # ------------------------------------------------------------------ heartbeat
 
     def heartbeat(self) -> bool:
-        """Renew our lease (reaping expired ones); False if our lease had been lost."""
+        """Renew our lease (reaping a chunk of expired ones: ``_reap_more`` says
+        whether the loop has more to reap); False if our lease had been lost."""
         sh = self._sh
-        args = HeartbeatArgs(sh.maxlen, sh.node, int(sh.ttl * 1000), self._info, sh.grace_ms)
+        args = HeartbeatArgs(
+            sh.maxlen, sh.node, int(sh.ttl * 1000), self._info, sh.grace_ms, _scripts.REAP_CHUNK
+        )
         # Race: the tail or a resync moves tail_v while the script runs; every
         # value it takes is a version Redis had reached (read from Redis), and
         # Redis's counter only grows in one history: so a counter below it is
@@ -107,10 +119,34 @@ class Lease:
             if ver < seen
             else ""
         )
+        self._reap_more = len(reply) > 5 and bool(int(reply[5]))
         had = bool(int(reply[0]))
         if not had and sh.own:
             self._lease_gone = True
         return had
+
+    def _reaping(self) -> bool:
+        """A reap is unfinished and may go on now (not while the link recovers:
+        the recovery's heartbeat says again whether one is left)."""
+        return self._reap_more and not self._sh.link.needs_recovery()
+
+    def _reap_chunk(self) -> None:
+        """Run the next chunk of an unfinished reap (``REAP``): a script of its own,
+        so Redis serves other clients between chunks, and the lease thread's
+        heartbeat (its renewal) never waits behind more than one chunk.
+
+        Race: other nodes reap the same expired leases at the same time, and a
+        node being reaped may come back and renew its lease between two chunks:
+        each chunk re-reads, at its own time, which leases expired and who owns
+        each entry (see ``_scripts``, ``forget_node``)."""
+        sh = self._sh
+        args = ReapArgs(sh.maxlen, sh.grace_ms, _scripts.REAP_CHUNK)
+        try:
+            reply = sh.script("reap", args, "reaping expired leases")
+        except FoundationError:
+            self._reap_more = False  # the next heartbeat says whether any is left
+            return
+        self._reap_more = bool(int(reply[1]))
 
     def _log_gap(self, gap: int, since_ours: float | None) -> None:
         """Say what the heartbeat's ``heal`` did: ``gap`` ms (> 0: every deadline
@@ -458,12 +494,19 @@ class Lease:
         plan = _Schedule(next_beat=time.monotonic() + sh.beat)
         while not sh.stop.is_set():
             try:
-                job = self._next_job(self._due(plan))
+                reaping = self._reaping()
+                # While reaping, a queued job is taken without waiting.
+                job = self._next_job(time.monotonic() if reaping else self._due(plan))
                 if sh.stop.is_set():
                     return
                 if job is not None and job[0] != "wake":
                     self._run_job(job)
                 if time.monotonic() < self._due(plan):
+                    # Race: the renewal comes first: a chunk runs only while no
+                    # heartbeat is due, so a long reap delays the lease by one
+                    # chunk at most (and the heartbeat reaps one itself).
+                    if reaping and job is None:
+                        self._reap_chunk()
                     continue
                 if sh.link.needs_recovery():
                     self._scheduled_recovery(plan, backoff)

@@ -8,13 +8,16 @@ stops the threads, releases the lease and closes the connections.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 from foundation import _redis_conn
 from foundation.errors import FoundationError
+from foundation.registry._redis import _scripts
 from foundation.registry._redis._readscript import ReadScript
 from foundation.registry._redis._scripts import (
     HEARTBEAT,
+    REAP,
     REGISTER,
     REGISTER_MANY,
     RELEASE,
@@ -61,11 +64,31 @@ def load_scripts(sh: Shared) -> None:
         "update": c.register_script(UPDATE),
         "unregister": c.register_script(UNREGISTER),
         "heartbeat": c.register_script(HEARTBEAT),
+        "reap": c.register_script(REAP),
         "release": c.register_script(RELEASE),
         # A pure read: run so that Redis >= 7 serves it while writes
         # are paused (see _readscript).
         "snapshot": ReadScript(SNAPSHOT),
     }
+
+
+def _release(sh: Shared) -> None:
+    """Drop this node's registrations and forget its lease (``RELEASE``), at most
+    ``REAP_CHUNK`` per script (Redis serves other clients between them), until
+    none is left, or until its lease would have run out anyway: past that the
+    other nodes' heartbeats reap the rest (as ``lease_expired``), as after a
+    failure here. Each call is bounded by ``op_timeout``, so ``close()`` is by
+    about ``lease_ttl`` (``op_timeout`` if longer) plus one call.
+
+    Race: another node may be reaping our entries meanwhile (our lease expired
+    while the lease thread was stopping): both scripts re-check every entry's
+    owner, so each entry is dropped once."""
+    deadline = max(time.monotonic() + sh.op_timeout, sh.last_beat_ok + sh.ttl)
+    while True:
+        args = ReleaseArgs(sh.maxlen, sh.node, _scripts.REAP_CHUNK)
+        reply = sh.script("release", args, "releasing our lease")
+        if int(reply[1]) or time.monotonic() >= deadline:
+            return
 
 
 def shut_down(sh: Shared, lease: Lease, tail: Tail, tail_owner: Any, owns_manager: bool) -> None:
@@ -80,8 +103,7 @@ def shut_down(sh: Shared, lease: Lease, tail: Tail, tail_owner: Any, owns_manage
         lease.thread.join(timeout=sh.op_timeout * 3 + 1)
     try:
         with sh.writing(public=False):
-            release = ReleaseArgs(sh.maxlen, sh.node)
-            sh.script("release", release, "releasing our lease")
+            _release(sh)
     except FoundationError:
         pass  # Redis is down: the lease will expire and others reap our entries
     with sh.mlock:

@@ -31,8 +31,8 @@ Each script's ARGV is built by one frozen dataclass below (``RegisterArgs``,
 ...), whose fields are the ARGV entries in order; the Lua side names them in
 the same order at its top. ``KEYS`` is always ``[P:log]``.
 
-**The global-outage lease rule** (``heal``, run by ``HEARTBEAT`` and by a
-``REGISTER`` that meets another node's lease). ``P:lastbeat`` is the server
+**The global-outage lease rule** (``heal``, run by ``HEARTBEAT``, ``REAP`` and
+by a ``REGISTER`` that meets another node's lease). ``P:lastbeat`` is the server
 time of the last successful heartbeat of *any* node. If more than
 ``grace_ms`` passed since then, no node could renew its lease: Redis was
 read-only, frozen, out of memory, paused or unreachable for everyone, which
@@ -56,6 +56,13 @@ of a namespace the same ``lease_ttl``).
 heartbeat's first write is ``SET P:lastbeat`` (a ``denyoom`` write), so a
 server out of memory can never let a heartbeat reap (deletes are allowed
 under OOM) without renewing anything.
+
+**Reaps and releases in chunks.** A reap of expired leases and a closing
+node's release drop at most ``REAP_CHUNK`` entries per script: ``HEARTBEAT``
+reaps one chunk before it renews and says whether expired leases remain
+(``more``); the node then runs ``REAP``, a chunk per script, until none does
+(``Lease``), and ``close()`` runs ``RELEASE`` until its node owns nothing. A
+lease (and the node's info) is forgotten with its last entry only.
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ from typing import Literal
 
 __all__ = [
     "HEARTBEAT",
+    "REAP",
+    "REAP_CHUNK",
     "REGISTER",
     "REGISTER_MANY",
     "RELEASE",
@@ -73,6 +82,7 @@ __all__ = [
     "UNREGISTER",
     "UPDATE",
     "HeartbeatArgs",
+    "ReapArgs",
     "RegisterArgs",
     "RegisterManyArgs",
     "ReleaseArgs",
@@ -83,6 +93,16 @@ __all__ = [
 ]
 
 Arg = str | bytes | int
+
+REAP_CHUNK = 1000
+"""The most entries one script drops when it reaps an expired lease (``HEARTBEAT``,
+``REAP``) or releases a closing node's (``RELEASE``). Redis serves no other client
+while a script runs, and dropping an entry costs about 15-40 us of it (its hash
+fields, index sets and ``'d'`` record; Redis 7.0.15 on a 2-core VM: the longest
+chunk of a 100k or 200k reap or release took 17-39 ms; up to 75 us per entry on
+a loaded VM), so a chunk holds Redis for tens of ms; the node runs chunk after
+chunk, each a script of its own, until nothing is left (docs/redis.md, "Limits
+at scale"). Read at each call (a test may lower it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,16 +260,30 @@ class UnregisterArgs:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatArgs:
-    """ARGV of ``HEARTBEAT``, in field order (``info``: JSON describing the node)."""
+    """ARGV of ``HEARTBEAT``, in field order (``info``: JSON describing the node;
+    ``chunk``: at most this many entries reaped, see ``REAP_CHUNK``)."""
 
     maxlen: str
     node: str
     ttl_ms: int
     info: str
     grace_ms: int
+    chunk: int
 
     def argv(self) -> list[Arg]:
-        return [self.maxlen, self.node, self.ttl_ms, self.info, self.grace_ms]
+        return [self.maxlen, self.node, self.ttl_ms, self.info, self.grace_ms, self.chunk]
+
+
+@dataclass(frozen=True, slots=True)
+class ReapArgs:
+    """ARGV of ``REAP``, in field order."""
+
+    maxlen: str
+    grace_ms: int
+    chunk: int
+
+    def argv(self) -> list[Arg]:
+        return [self.maxlen, self.grace_ms, self.chunk]
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +292,10 @@ class ReleaseArgs:
 
     maxlen: str
     node: str
+    chunk: int
 
     def argv(self) -> list[Arg]:
-        return [self.maxlen, self.node]
+        return [self.maxlen, self.node, self.chunk]
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +511,19 @@ local function heal(now, grace)
   end
   return gap
 end
+
+-- heal, run by a script other than a heartbeat (a REGISTER meeting another
+-- node's lease, a REAP). Race: the first script after the server's clock moved
+-- may be this one: the shift is applied here and the next heartbeat finds no
+-- gap, so it is left in P:healed for that heartbeat to report (its WARNING). It
+-- expires (ten graces, a minute at least): if no node heartbeats by then (all
+-- closed), a node started later must not report an old shift.
+local function heal_noted(now, grace)
+  local gap = heal(now, grace)
+  if gap ~= 0 then
+    redis.call('SET', P .. ':healed', gap, 'PX', math.max(60000, 10 * grace))
+  end
+end
 """
 
 # One registration (the body of REGISTER and of every item of REGISTER_MANY).
@@ -520,8 +568,8 @@ local function registered_before(ek, head, at)
 end
 
 local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace, since, at)
-  -- Our lease must exist (an expired one not yet reaped still counts: the next
-  -- heartbeat finds it gone and re-asserts). TIME is read only on a conflict.
+  -- Our lease must exist (an expired one not yet reaped, or half reaped, still
+  -- counts: the next heartbeat finds it expired and re-asserts). TIME is read only on a conflict.
   if not redis.call('ZSCORE', P .. ':leases', node) then return {'NOLEASE'} end
   local first, why, dr = 0, '', ''
   local owner = owner_of(ek)
@@ -563,17 +611,7 @@ local function register_one(node, ek, head, meta, ix, mode, own_dead_arg, grace,
     end
     -- Never take a key from a node that only looks dead because nobody could
     -- renew a lease (a global outage): heal before judging its lease.
-    if owner ~= node then
-      -- Race: the first script after the server's clock moved may be this one:
-      -- the shift is applied here and the next heartbeat finds no gap, so it is
-      -- left in P:healed for that heartbeat to report (its WARNING). It
-      -- expires (ten graces, a minute at least): if no node heartbeats by then
-      -- (all closed), a node started later must not report an old shift.
-      local gap = heal(now, grace)
-      if gap ~= 0 then
-        redis.call('SET', P .. ':healed', gap, 'PX', math.max(60000, 10 * grace))
-      end
-    end
+    if owner ~= node then heal_noted(now, grace) end
     if lease_ok(owner, now) then
       local own_dead = owner == node and own_dead_arg == '1'
       if own_dead then
@@ -785,56 +823,89 @@ return drop(ek, owner, why, dr, dc, ds)
 )
 
 _FORGET_NODE = r"""
--- Drop every entry `node` still owns (as `why`, with `down_reason`) and forget
--- the node: its owned set, lease and info. Returns how many entries went.
-local function forget_node(node, why, down_reason)
+-- Drop up to `budget` (>= 1) of the entries `node` still owns (as `why`, with
+-- `down_reason`); once it owns none, forget the node too: its lease and info
+-- (its owned set went with its last member). Returns how many entries went, how
+-- many members were looked at (the budget spent), and whether the node is
+-- forgotten (false: entries remain, for the next chunk).
+-- Chunks (REAP_CHUNK): Redis serves nobody while a script runs, and one script
+-- over 100k entries held it for seconds. SRANDMEMBER picks the chunk (O(budget),
+-- not a walk of the set); a member is removed from the set whatever happens to
+-- it, so every chunk makes progress. The lease is forgotten only with the last
+-- entry: a node half reaped stays expired in P:leases, so whichever node reaps
+-- next finishes it.
+-- Race: two nodes may reap the same node at once (or it releases while being
+-- reaped). Scripts run one at a time and each re-checks owner_of as of now: a
+-- key another chunk already dropped, or another node took since, is only
+-- removed from the set.
+local function forget_node(node, why, down_reason, budget)
   local owned = P .. ':owned:' .. node
   local n = 0
-  for _, ek in ipairs(redis.call('SMEMBERS', owned)) do
+  local eks = redis.call('SRANDMEMBER', owned, budget)
+  for _, ek in ipairs(eks) do
     if owner_of(ek) == node then
       drop(ek, node, why, down_reason, '', '')
       n = n + 1
+    else
+      redis.call('SREM', owned, ek)
     end
   end
-  redis.call('DEL', owned)
+  if redis.call('EXISTS', owned) == 1 then return n, #eks, false end
   redis.call('ZREM', P .. ':leases', node)
   redis.call('HDEL', P .. ':nodes', node)
-  return n
+  return n, #eks, true
 end
 
 """
-"""``forget_node``: shipped only with the two scripts that use it (every script
-runs its whole text)."""
+"""``forget_node``: shipped only with the scripts that use it (every script runs
+its whole text)."""
 
 _REAP = (
     _FORGET_NODE
     + r"""
--- Remove every entry of every node whose lease deadline has passed.
-local function reap(now)
+-- Remove at most `budget` entries of the nodes whose lease deadline passed
+-- before `now`, the longest expired first (a node with nothing left costs one).
+-- Returns how many entries went.
+local function reap(now, budget)
   local n = 0
-  for _, node in ipairs(redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', '(' .. now)) do
-    n = n + forget_node(node, 'down', 'lease_expired')
+  local dead = redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', '(' .. now,
+                          'LIMIT', 0, budget)
+  for _, node in ipairs(dead) do
+    if budget <= 0 then break end
+    local dropped, used = forget_node(node, 'down', 'lease_expired', budget)
+    n = n + dropped
+    budget = budget - math.max(used, 1)
   end
   return n
 end
 
+-- 1 if a lease that expired before `now` is still there (reaping left to do).
+local function expired_left(now)
+  local d = redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', '(' .. now, 'LIMIT', 0, 1)
+  if #d > 0 then return 1 end
+  return 0
+end
+
 """
 )
-"""``reap``: only the heartbeat reaps (every script runs its whole text, so the
-others leave it out)."""
+"""``reap``: only ``HEARTBEAT`` and ``REAP`` reap (every script runs its whole
+text, so the others leave it out)."""
 
 HEARTBEAT = (
     _PRELUDE
     + _REAP
     + r"""
--- ARGV (HeartbeatArgs): maxlen, node, ttl_ms, info, grace_ms.  Heals (the
--- global-outage rule), then reaps: a lease that expired (the node was frozen or
--- cut off while others heartbeated) is gone, and the caller learns it from `had`.
--- Replies {had, reaped, now, gap (this heal's, else one a REGISTER applied
--- since the last heartbeat: P:healed), the change counter (P:ver) before any reap}:
--- a counter below a version the caller has seen means Redis went back to older
--- data in place (DEBUG RELOAD, SWAPDB), which cuts no connection.
+-- ARGV (HeartbeatArgs): maxlen, node, ttl_ms, info, grace_ms, chunk.  Heals (the
+-- global-outage rule), then reaps at most `chunk` entries of expired leases (the
+-- node was frozen or cut off while others heartbeated), then renews our lease.
+-- Replies {had, reaped, now, gap (this heal's, else one a REGISTER or a REAP
+-- applied since the last heartbeat: P:healed), the change counter (P:ver) before
+-- any reap, more}: a counter below a version the caller has seen means Redis
+-- went back to older data in place (DEBUG RELOAD, SWAPDB), which cuts no
+-- connection; `more` 1: expired leases remain, and the caller goes on with REAP,
+-- a chunk per script, so the renewal here never waits behind a long reap.
 local node, ttl, info, grace = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local chunk = tonumber(ARGV[6])
 local ver = tonumber(redis.call('GET', P .. ':ver') or '0') or 0
 local now = now_ms()
 local gap = heal(now, grace)
@@ -846,12 +917,42 @@ if healed then
   redis.call('DEL', P .. ':healed')
   if gap == 0 then gap = tonumber(healed) or 0 end
 end
-local reaped = reap(now)
-local had = redis.call('ZSCORE', P .. ':leases', node)
+-- `had`: our lease held at `now` (after the heal), read BEFORE the reap. An
+-- expired lease of ours is reaped like any other, before the renewal below (as
+-- when a reap was one script): its entries go and `had` 0 makes the node
+-- re-assert them. Race: with more than `chunk` of them (or another node's reap
+-- of us half done), only part go before the renewal makes the lease live again,
+-- so no chunk after touches the rest (each re-reads the deadlines); read after
+-- the reap, `had` would see the lease the partial reap keeps and say 1, and the
+-- dropped entries would stay lost until the tail's own reading of their records.
+local had = lease_ok(node, now) and 1 or 0
+local reaped = reap(now, chunk)
 redis.call('ZADD', P .. ':leases', now + ttl, node)
 redis.call('HSET', P .. ':nodes', node, info)
-if had then had = 1 else had = 0 end
-return {had, reaped, now, gap, ver}
+return {had, reaped, now, gap, ver, expired_left(now)}
+"""
+)
+
+REAP = (
+    _PRELUDE
+    + _REAP
+    + r"""
+-- ARGV (ReapArgs): maxlen, grace_ms, chunk.  The next chunk of a reap a
+-- HEARTBEAT (or the previous REAP) left unfinished: at most `chunk` entries.
+-- Replies {reaped, more} (as HEARTBEAT's).
+-- Heals first, as REGISTER does: the node runs chunk after chunk, and Redis may
+-- have been unreachable for everyone between two of them (a global outage):
+-- leases nobody could renew are not reaped for it. No P:lastbeat is moved
+-- otherwise (that is a heartbeat's), so the first write is a drop's (a delete,
+-- which an OOM server lets through): only a node whose heartbeat just succeeded
+-- runs REAP, and a silence longer than the grace is healed first (its SET,
+-- denyoom, then fails cleanly), so the leases it reaps expired while
+-- heartbeats succeeded.
+local grace, chunk = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+heal_noted(now, grace)
+local reaped = reap(now, chunk)
+return {reaped, expired_left(now)}
 """
 )
 
@@ -859,8 +960,13 @@ RELEASE = (
     _PRELUDE
     + _FORGET_NODE
     + r"""
--- ARGV (ReleaseArgs): maxlen, node.  A node leaving takes its registrations with it.
-return forget_node(ARGV[2], 'unregistered', '')
+-- ARGV (ReleaseArgs): maxlen, node, chunk.  A node leaving takes its
+-- registrations with it, at most `chunk` per script (close() calls it until
+-- done): replies {how many went, 1 once none is left and the lease and info
+-- are gone too (else 0)}.
+local n, _, done = forget_node(ARGV[2], 'unregistered', '', tonumber(ARGV[3]))
+if done then return {n, 1} end
+return {n, 0}
 """
 )
 
