@@ -21,6 +21,7 @@ and the loop carries on.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
@@ -79,6 +80,10 @@ class Lease:
         # yet): a global-outage gap longer than the time since then cannot be
         # one (this node renewed its lease meanwhile): see _log_gap.
         self._beat_ok_at: float | None = None
+        # time.monotonic() when the lease thread last finished a job or a reap
+        # chunk: time spent in their Redis calls past a heartbeat's due time is
+        # not this process's stall (see _loop, _log_gap).
+        self._busy_until = 0.0
         # The last heartbeat (or REAP chunk) left expired leases unreaped: the
         # loop runs REAP chunks between its other work until one says none is
         # left (or fails: the next heartbeat says again). Race: a writer's
@@ -91,9 +96,11 @@ class Lease:
 
     # ------------------------------------------------------------------ heartbeat
 
-    def heartbeat(self) -> bool:
+    def heartbeat(self, late: float = 0.0) -> bool:
         """Renew our lease (reaping a chunk of expired ones: ``_reap_more`` says
-        whether the loop has more to reap); False if our lease had been lost."""
+        whether the loop has more to reap); False if our lease had been lost.
+        ``late``: seconds this process did not run the lease thread past the
+        heartbeat's due time (see ``_log_gap``)."""
         sh = self._sh
         args = HeartbeatArgs(
             sh.maxlen, sh.node, int(sh.ttl * 1000), self._info, sh.grace_ms, _scripts.REAP_CHUNK
@@ -110,7 +117,7 @@ class Lease:
         # is pick the other wording of the gap's warning.
         prev, self._beat_ok_at = self._beat_ok_at, mono
         since_ours = None if prev is None else mono - prev
-        self._log_gap(int(reply[3]) if len(reply) > 3 else 0, since_ours)
+        self._log_gap(int(reply[3]) if len(reply) > 3 else 0, since_ours, late)
         ver = int(reply[4]) if len(reply) > 4 else seen
         self.went_back = (
             f"Redis went back to older data in place (its change counter is at {ver}, "
@@ -146,12 +153,15 @@ class Lease:
         except FoundationError:
             self._reap_more = False  # the next heartbeat says whether any is left
             return
+        finally:
+            self._busy_until = time.monotonic()
         self._reap_more = bool(int(reply[1]))
 
-    def _log_gap(self, gap: int, since_ours: float | None) -> None:
+    def _log_gap(self, gap: int, since_ours: float | None, late: float = 0.0) -> None:
         """Say what the heartbeat's ``heal`` did: ``gap`` ms (> 0: every deadline
         extended, < 0: moved back; 0: nothing). ``since_ours``: seconds since this
-        node's previous successful heartbeat (None: this is its first)."""
+        node's previous successful heartbeat (None: this is its first); ``late``:
+        seconds this process did not run the lease thread past the beat's due time."""
         sh = self._sh
         if gap < 0:
             log.warning(
@@ -180,10 +190,36 @@ class Lease:
                 since_ours,
             )
             return
+        if gap <= sh.grace_ms + late * 1000:
+            self._log_stall(gap, since_ours, late)
+            return
         log.warning(
             "node %s: no node renewed its lease for %d ms (a global outage, not "
             "dead nodes): every lease deadline was extended by that gap before reaping",
             sh.node,
+            gap,
+        )
+
+    def _log_stall(self, gap: int, since_ours: float | None, late: float) -> None:
+        """Say that the ``gap`` ms silence was this process's own: its lease thread
+        could not run for ``late`` s past the heartbeat's due time (a long
+        garbage-collector pause, which stops every thread: a big ``register_many``
+        makes several; CPU starvation; the process stopped), and no other node
+        renewed meanwhile (none runs, or all run in this process). Not an outage:
+        on time, the gap would have been within the grace. WARNING only when our
+        lease ran out during it (kept by the gap: another node's heartbeat would
+        have reaped it)."""
+        sh = self._sh
+        ran_out = since_ours is not None and since_ours > sh.ttl
+        log.log(
+            logging.WARNING if ran_out else logging.INFO,
+            "node %s: this process did not run its heartbeat for %d ms past its due "
+            "time (a long garbage-collector pause, CPU starvation, or the process was "
+            "stopped) and no other node renewed its lease meanwhile: every lease "
+            "deadline was extended by the %d ms gap before reaping (the silence was this "
+            "process's, not an outage)",
+            sh.node,
+            late * 1000,
             gap,
         )
 
@@ -478,6 +514,8 @@ class Lease:
                     self._delete_orphan(*arg)
         except FoundationError:
             self._retry.append(job)
+        finally:
+            self._busy_until = time.monotonic()  # its Redis time is no stall (_loop)
 
     def _run_retries(self) -> None:
         retry, self._retry = self._retry, []
@@ -511,8 +549,11 @@ class Lease:
                 if sh.link.needs_recovery():
                     self._scheduled_recovery(plan, backoff)
                     continue
+                # How long this process did not run us past the beat's due time
+                # (its Redis calls, a job's or a reap chunk's, are not counted).
+                late = time.monotonic() - max(plan.next_beat, self._busy_until)
                 plan.next_beat = time.monotonic() + sh.beat
-                self._scheduled_heartbeat(plan, backoff)
+                self._scheduled_heartbeat(plan, backoff, late)
             except Exception:
                 log.exception("lease thread of node %s: unexpected error (carrying on)", sh.node)
                 if sh.stop.wait(backoff.next()):
@@ -606,11 +647,12 @@ class Lease:
             return []  # unregistered meanwhile, not evicted
         return lost
 
-    def _scheduled_heartbeat(self, plan: _Schedule, backoff: RetryBackoff) -> None:
-        """Renew the lease from the loop; a lost lease or a failure schedules a recovery."""
+    def _scheduled_heartbeat(self, plan: _Schedule, backoff: RetryBackoff, late: float) -> None:
+        """Renew the lease from the loop (``late``: see ``heartbeat``); a lost lease
+        or a failure schedules a recovery."""
         sh = self._sh
         try:
-            if not self.heartbeat() and sh.own:
+            if not self.heartbeat(late) and sh.own:
                 # Our lease was gone: reaped while we were frozen or cut
                 # off, or Redis restarted empty. Recover at once.
                 sh.link.lease_lost("the heartbeat found our lease gone")
