@@ -172,6 +172,8 @@ try:
     wait_for(lambda: heads() == everything, "Redis to hold exactly the live keys")
     wait_for(lambda: sorted(e.key for e in a.list_all()) == everything, "A's mirror too")
     assert b.call("wait_keys", keys=everything)["ok"]
+    # A's listeners hear a change after its mirror applied it (a courier thread).
+    wait_for(lambda: ("unregistered", "down", "c1") in seen, "A's listeners to hear c1 go")
     c1_gone = [e[:2] for e in seen if e[2] == "c1" and e[0] == "unregistered"]
     assert c1_gone == [("unregistered", "down")], c1_gone
     # (A write that timed out may have landed when a frozen server resumed: that

@@ -31,6 +31,9 @@ def test_a_dead_node_with_a_short_lease_is_reaped_by_a_node_with_a_long_one(
     with captured("foundation.registry.redis") as said:
         b.kill()
         assert wait_until(lambda: len(a) == 0, timeout=30.0), a.list_all()
-    assert not [m for m in said.messages() if "outage" in m], said.messages()
+    # (A stall of this process under load is logged as its own, not as an outage.)
+    assert not [m for m in said.messages() if "a global outage" in m], said.messages()
+    # Listeners hear a change after the mirror applied it (a courier thread).
+    assert wait_until(lambda: len(events) >= len(keys)), events
     downs = {(e.entry.key, e.down.reason if e.down else None) for e in events}
     assert downs == {(tuple(k), "lease_expired") for k in keys}, downs
