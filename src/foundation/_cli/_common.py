@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from foundation import _json_input as json_input
 from foundation._toml_files import read_toml
 from foundation.errors import InvalidConfig
 
@@ -229,8 +230,8 @@ def positive_int(text: str) -> int:
 def value_from_text(text: str) -> Any:
     """A ``--where`` value: JSON when it parses (``2``, ``true``, ``["a","b"]``), else the text."""
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, or nested too deeply for the decoder
+        return json_input.loads(text)
+    except ValueError:  # not JSON, or nested too deeply (TooDeep)
         return text
 
 

@@ -3,7 +3,6 @@ request's body and query helpers, and every failure as a JSON answer."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -12,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from foundation import _json_input as json_input
 from foundation.admin._auth import _authorise
 from foundation.admin._errors import ApiError
 from foundation.admin._json import _lone_surrogate, render_json
@@ -186,21 +186,18 @@ async def _body(request: Request) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
+        body = json_input.loads(raw)
+    except json_input.TooDeep:
+        raise ApiError(422, "InvalidBody", _TOO_DEEP) from None
     except ValueError:
         raise ApiError(422, "InvalidBody", "the body is not valid JSON") from None
-    except RecursionError:
-        raise ApiError(422, "InvalidBody", _TOO_DEEP) from None
     if not isinstance(body, dict):
         raise ApiError(422, "InvalidBody", "the body is a JSON object")
     if "by" in body:
         raise ApiError(422, "InvalidBody", "`by` is the authenticated operator; do not send it")
     # Refused before anything is written: a lone surrogate (valid JSON, "\\ud800") cannot
     # be encoded as UTF-8, so stored it would poison every later read of it elsewhere.
-    try:
-        where = _lone_surrogate(body)
-    except RecursionError:
-        raise ApiError(422, "InvalidBody", _TOO_DEEP) from None
+    where = _lone_surrogate(body)  # (no deeper than json_input.MAX_DEPTH: no RecursionError)
     if where is not None:
         raise ApiError(
             422, "InvalidBody", f"{where} in the body holds a lone surrogate (not valid Unicode)"

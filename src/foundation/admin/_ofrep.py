@@ -43,7 +43,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -52,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from foundation import _json_input as json_input
 from foundation.admin._auth import _authorise
 from foundation.admin._errors import ApiError
 from foundation.admin._http import JSONAnswer, read_body
@@ -128,11 +128,11 @@ async def _actor(request: Request, key: str | None) -> str | None:
     if not raw.strip():
         return None  # no body: an empty context
     try:
-        body = json.loads(raw)
+        body = json_input.loads(raw)
+    except json_input.TooDeep:
+        raise bad("PARSE_ERROR", "the body is nested too deeply") from None
     except ValueError:
         raise bad("PARSE_ERROR", "the body is not valid JSON") from None
-    except RecursionError:
-        raise bad("PARSE_ERROR", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise bad("PARSE_ERROR", 'the body is a JSON object: {"context": {...}}')
     context = body.get("context", {})

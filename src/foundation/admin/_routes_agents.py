@@ -13,6 +13,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from foundation import _json_input as json_input
 from foundation.admin._errors import ApiError
 from foundation.admin._http import _limit, _need_registry
 from foundation.admin._json import _kind, entry_dict, key_text
@@ -36,13 +37,13 @@ def _parse_where(raw: str) -> tuple[str, str, Any]:
     if not (sep1 and sep2 and path and op):
         raise ApiError(422, "InvalidCriteria", f"where is PATH:OP:VALUE, not {raw!r}")
     try:
-        value = json.loads(text)
-    except ValueError:
-        value = text  # a bare word is a string
-    except RecursionError:
+        value = json_input.loads(text)
+    except json_input.TooDeep:
         raise ApiError(
             422, "InvalidCriteria", f"the value of where {bounded_repr(raw)} is nested too deeply"
         ) from None
+    except ValueError:
+        value = text  # a bare word is a string
     if isinstance(value, list):
         value = tuple(value)
     return path, op, value
@@ -152,8 +153,8 @@ async def show_agent(request: Request, state: AdminState) -> Any:
         entry = registry.lookup(text)
         if entry is None:
             try:
-                parsed = json.loads(text)
-            except (ValueError, RecursionError):  # not JSON, or nested too deeply: no such key
+                parsed = json_input.loads(text)
+            except ValueError:  # not JSON, or nested too deeply (TooDeep): no such key
                 return None
             if isinstance(parsed, list):
                 parsed = tuple(parsed)
