@@ -6,10 +6,20 @@ nobody observes pays one dictionary lookup at most::
     if telemetry.has_listeners("flag.changed"):
         telemetry.emit("flag.changed", {...})
 
-Listeners are called synchronously in the emitting thread, in attach order.
-A listener that raises never breaks the producer: the error is logged under
+Listeners are called synchronously in the emitting thread, in attach order
+(never queued, unlike ``subscribe`` listeners), so a listener must be quick
+and must not block: the thread that emits waits for it. A listener that
+raises never breaks the producer: the error is logged under
 ``foundation.telemetry`` (with its traceback) and passed to
 ``sys.unraisablehook`` if one is installed.
+
+``foundation.redis.round_trip`` is emitted by every thread that calls Redis,
+a ``RedisRegistry`` node's lease thread included. A listener that blocks there
+(a metrics shipper whose socket hangs) stops the node's heartbeat: once it
+has blocked for ``lease_ttl`` (5 s by default), the other nodes take the node
+for dead and reap every agent it registered, live ones included, cluster-wide
+(the node re-asserts them when its heartbeat runs again). Hand slow work,
+such as a network send, to a bounded queue and a thread of your own.
 
 Event names used by Foundation:
 

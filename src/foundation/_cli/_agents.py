@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
-import queue
 import re
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from foundation._cli._common import (
@@ -27,6 +30,7 @@ from foundation._cli._common import (
 
 __all__ = [
     "LINK_POLL",
+    "WATCH_BACKLOG",
     "LinkReporter",
     "add_parser",
     "entry_data",
@@ -39,6 +43,10 @@ __all__ = [
 LINK_POLL = 0.25
 """Seconds between two looks at the registry's connection state during ``watch``
 (an outage shorter than that still prints one line: see ``LinkReporter.check``)."""
+
+WATCH_BACKLOG = 10_000
+"""Events ``watch`` holds while its stdout's reader is behind; later ones are
+dropped and counted (a ``dropped`` line says how many once it catches up)."""
 
 _REGISTRY_KEYS = ("lastbeat", "nodes", "leases", "ver", "log", "head", "meta", "owner")
 """Keys (under ``{namespace}:``) a ``RedisRegistry`` leaves in Redis once it ran
@@ -476,15 +484,110 @@ def plain_error(error: str, width: int = 300) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """``count`` events ``watch`` dropped, seen from ``first_at`` to ``last_at`` (Unix times)."""
+
+    count: int
+    first_at: float
+    last_at: float
+
+
+class Backlog:
+    """The events ``watch`` has yet to print: at most ``limit``; past it, events
+    are dropped and counted, and a :class:`Dropped` takes their place in the
+    order (before the next event kept, or once the backlog is empty).
+
+    ``put`` is the observer's listener (on its courier thread: it never
+    blocks); ``get`` is the printing loop's, which a stdout nobody reads
+    blocks. One stderr line says when dropping starts (the loop cannot say
+    it: it is the one blocked).
+    """
+
+    def __init__(self, limit: int = WATCH_BACKLOG) -> None:
+        self._items: deque[Any] = deque()
+        self._limit = limit
+        self._ready = threading.Condition()
+        self._dropped: Dropped | None = None  # dropped since the last Dropped handed out
+
+    def put(self, event: Any) -> None:
+        """Keep ``event``, or drop it (the backlog is full)."""
+        now = time.time()
+        with self._ready:
+            if len(self._items) >= self._limit:
+                first = self._dropped is None
+                self._dropped = _one_more(self._dropped, now)
+            else:
+                first = False
+                if self._dropped is not None:  # in order: the gap, then this event
+                    self._items.append(self._dropped)
+                    self._dropped = None
+                self._items.append(event)
+                self._ready.notify()
+        if first:  # outside the lock: a blocked stderr never holds up get()
+            _say_dropping(self._limit)
+
+    def get(self, timeout: float) -> Any:
+        """The next event or :class:`Dropped`, waiting up to ``timeout`` s; None if none."""
+        with self._ready:
+            if not self._items and self._dropped is None:
+                self._ready.wait(timeout)
+            if self._items:
+                return self._items.popleft()
+            # Caught up (empty): the drops since, if any, are said now.
+            dropped, self._dropped = self._dropped, None
+            return dropped
+
+
+def _one_more(dropped: Dropped | None, now: float) -> Dropped:
+    if dropped is None:
+        return Dropped(1, now, now)
+    return Dropped(dropped.count + 1, dropped.first_at, now)
+
+
+def _say_dropping(limit: int) -> None:
+    with contextlib.suppress(OSError, ValueError):  # stderr gone: the dropped line still counts
+        print(
+            f"warning: stdout's reader is not keeping up: {limit} events wait to be "
+            "printed; later events are dropped and counted (a 'dropped' line says how "
+            "many once it reads again)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _print_event(item: Any, out: Output) -> None:
+    """One event (or the count of those dropped) on stdout."""
+    if isinstance(item, Dropped):
+        if out.json:
+            data = {"event": "dropped", "dropped": item.count, "first_at": item.first_at,
+                    "last_at": item.last_at, "at": time.time()}  # fmt: skip
+            out.json_line(data)
+        else:
+            out.line(
+                f"dropped: {item.count} events (stdout's reader was behind; "
+                "'foundation agents list' shows the current state)"
+            )
+        return
+    data = event_data(item)
+    if out.json:
+        out.json_line(data)
+    else:
+        why = f" ({item.reason})" if item.kind == "unregistered" else ""
+        down = f" {item.down.reason}" if item.down is not None else ""
+        out.line(f"{item.kind}{why}{down}: {data['key']} on {data['node']}")
+
+
 def _watch(observer: Any, count: int | None, out: Output) -> int:
     """Print each event until ``count`` events, Ctrl-C or SIGTERM; connection
     state changes go to stderr. SIGTERM is the orderly stop (exit 0); Ctrl-C
-    exits 130 (``foundation._cli._signals``)."""
+    exits 130 (``foundation._cli._signals``). At most ``WATCH_BACKLOG`` events
+    wait for a slow stdout (``Backlog``)."""
     from foundation._cli._signals import Terminated
 
     link = LinkReporter(observer, observer.namespace)
-    events: queue.Queue[Any] = queue.Queue()
-    unsubscribe = observer.subscribe(events.put)  # called on the observer's thread
+    events = Backlog()
+    unsubscribe = observer.subscribe(events.put)  # called on the observer's courier thread
     seen = 0
     try:
         # On stderr, so stdout stays pure JSON Lines; once printed, every later
@@ -496,18 +599,12 @@ def _watch(observer: Any, count: int | None, out: Output) -> int:
         )
         while count is None or seen < count:
             link.check()
-            try:
-                event = events.get(timeout=LINK_POLL)
-            except queue.Empty:
+            item = events.get(timeout=LINK_POLL)
+            if item is None:
                 continue
-            seen += 1
-            data = event_data(event)
-            if out.json:
-                out.json_line(data)
-            else:
-                why = f" ({event.reason})" if event.kind == "unregistered" else ""
-                down = f" {event.down.reason}" if event.down is not None else ""
-                out.line(f"{event.kind}{why}{down}: {data['key']} on {data['node']}")
+            if not isinstance(item, Dropped):  # --count N counts events printed
+                seen += 1
+            _print_event(item, out)
     except Terminated as exc:  # SIGTERM: watching until stopped, this is its end
         exc.exit_code = 0
         raise

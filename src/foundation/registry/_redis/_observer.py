@@ -19,9 +19,14 @@ stream ``P:log`` (the records every node's tail applies), in version order:
 Reads (``list_all``, ``lookup``, ``query``, ``count``) answer from the mirror,
 which is as fresh as the stream (milliseconds behind the writers); while
 Redis cannot be reached they answer the last state seen and ``connected`` is
-False. Listeners run on the observer's thread, must be quick, and must not
-raise (an exception is logged under ``foundation.registry.redis`` and passed
-to ``sys.unraisablehook`` if one is installed; the thread carries on).
+False. Listeners never run on the observer's thread: it applies a change to
+the mirror and queues its events (``DeliveryQueue``, in the order of the
+changes), and a short-lived courier thread (``foundation-observer-events``)
+calls the listeners, one event at a time, as a ``RedisRegistry``'s tail
+does. So a slow or stuck listener delays the listeners of later changes,
+never the mirror (reads keep up) nor ``close()``. A listener must not raise
+(an exception is logged under ``foundation.registry.redis`` and passed to
+``sys.unraisablehook`` if one is installed; the next listener runs).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from foundation import _flap, _fork, _redis_conn
-from foundation._listeners import Listeners
+from foundation._listeners import DeliveryQueue, Listeners
 from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidConfig
 from foundation.registry._query import compile_criteria, matches
@@ -136,12 +141,21 @@ class RedisObserver:
         self._k_ver = self._prefix + ":ver"
         self._k_nodes = self._prefix + ":nodes"
         self._errors = _redis_conn.redis_errors()
-        self._lock = threading.Lock()  # the mirror, the stream position, the listeners
+        self._lock = threading.Lock()  # the mirror, the stream position, the event queue's order
         self._mirror = Mirror(())
         self._tail_v = 0
         self._sid = "0-0"
         self._listeners: Listeners[RegistryEvent] = Listeners(
             "RedisObserver listener", area="registry.redis"
+        )
+        # The listeners' events, queued under _lock by the thread that applied
+        # their change (queue order: mirror order), delivered by a courier.
+        self._delivery: DeliveryQueue[RegistryEvent] = DeliveryQueue(
+            self._listeners,
+            "current",
+            "RedisObserver listener",
+            area="registry.redis",
+            courier_name="foundation-observer-events",
         )
         self._deaths: collections.deque[Death] = collections.deque(maxlen=max(1, recent))
         self._stop = threading.Event()
@@ -263,13 +277,17 @@ class RedisObserver:
         )
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(event)`` for every change seen; returns an unsubscribe callable."""
+        """Call ``listener(event)`` for every change seen, in the order seen, on a
+        courier thread (never the observer's: see the module docs); returns an
+        unsubscribe callable."""
         with self._lock:
             self._check_open()
         return self._listeners.subscribe(listener)
 
     def close(self) -> None:
-        """Stop the thread and close the connections; idempotent."""
+        """Stop the thread and close the connections; idempotent. Never waits for
+        a listener (events not yet delivered are dropped: a listener running
+        now finishes on its courier); bounded by the Redis calls' timeouts."""
         # Race: a Ctrl-C lands at any call in here. Once _closed was set, the
         # next close() returned at once: a close cut before its end left the
         # thread running and the connections open for good. Only a close that
@@ -280,6 +298,9 @@ class RedisObserver:
                 return
             self._closed = True
             self._stop.set()
+            # The courier reads the listeners before each event: it delivers
+            # what is still queued to nobody (only it pops the queue).
+            self._listeners.clear()
         if self._tail_id is not None:
             # Best effort: end the tail's blocking XREAD now rather than in BLOCK_MS.
             with contextlib.suppress(*self._errors):
@@ -472,7 +493,8 @@ class RedisObserver:
                     self._sid = rid.decode() if isinstance(rid, bytes) else str(rid)
                     for iv, f in expand_record(v, fields):
                         self._apply_record(m, iv, f, events)
-        self._emit(events)
+            self._queue(events)
+        self._hand_off()
         return gap
 
     def _apply_record(
@@ -564,14 +586,28 @@ class RedisObserver:
             m.floor = ver
             self._tail_v = ver
             self._sid = sid.decode() if isinstance(sid, bytes) else str(sid)
-        if emit:
-            self._emit(events)
+            if emit:
+                self._queue(events)
+        self._hand_off()
 
-    def _emit(self, events: list[RegistryEvent]) -> None:
-        if not events:
-            return
-        for event in events:
-            self._listeners.dispatch(event)
+    def _queue(self, events: list[RegistryEvent]) -> None:
+        """Queue ``events`` for the listeners (holding ``_lock``, in the block that
+        applied their change: the queue order is the mirror order). Nothing is
+        queued while nobody listens.
+
+        Race: a subscribe racing with this either gets these events or not
+        (as with any observer list); one racing with an earlier queued event's
+        delivery may hear it (the courier reads the listeners per event)."""
+        if events and self._listeners.current:
+            pending = self._delivery.pending
+            for event in events:
+                pending.append((event, None))
+
+    def _hand_off(self) -> None:
+        """Deliver the queued events from a courier thread: the observer's thread
+        never runs a listener (a stuck one would freeze the mirror and ``close()``)."""
+        if self._delivery.pending:
+            self._delivery.hand_off()
 
 
 def _check_arguments(namespace: object, timeout: object) -> None:
