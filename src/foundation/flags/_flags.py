@@ -23,6 +23,12 @@ Concurrency contract of ``FeatureFlags``:
   after another, so a slow listener delays only the listeners of later
   changes: never a write, nor the reload of another process' change (a kill
   switch). A listener may read and write flags, and wait for other threads.
+- Swap hooks (internal, ``_watch_tables``) are for what must not wait for
+  the listeners: each is called (with this object) after the answer tables
+  were swapped, in the thread that swapped them (the writer's, or the
+  store's for another process's change), once the lock is released and
+  before any listener runs. ``MigratingRegistry`` follows its flag with one,
+  so a stuck listener cannot keep it on the old side.
 - After ``close()`` every public call (reads included) raises
   ``errors.Closed``. Readers need no check for it: ``close()`` swaps the
   answer tables for ones that raise ``Closed`` on any lookup, so the hot path
@@ -276,6 +282,7 @@ class FeatureFlags:
         "_runtime",
         "_split_cache",
         "_store",
+        "_swap_hooks",
         "_told",
         "_unsubscribe",
     )
@@ -302,6 +309,8 @@ class FeatureFlags:
             area="flags",
             courier_name="foundation-flags-events",
         )
+        # Internal hooks called after each swap of the answer tables (``_watch_tables``).
+        self._swap_hooks: Listeners[FeatureFlags] = Listeners("flag table swap hook", area="flags")
         self._closed = False
         self._forked = False  # inherited across fork(): closed in the child
         self._released = False  # close() ran to its end: unsubscribed, own store closed
@@ -714,6 +723,7 @@ class FeatureFlags:
                         name, before[name], self._effective[name], "config", label, time.time()
                     )
                     self._notify(change)
+        self._swapped()
         self._deliver()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -767,6 +777,7 @@ class FeatureFlags:
             # raise Closed (one racing with this swap answers from the old table).
             self._plain = self._rules = self._effective = self._evals = _CLOSED_TABLE
             self._listeners.clear()
+            self._swap_hooks.clear()
         # Race: the store's notification thread may be waiting for self._lock
         # to apply a remote change; closing the store (which joins that thread)
         # while holding the lock would stall until the join gives up. The
@@ -790,6 +801,7 @@ class FeatureFlags:
         """
         self._lock._after_fork_in_child()
         self._listeners = Listeners("flag change listener", area="flags")
+        self._swap_hooks = Listeners("flag table swap hook", area="flags")
         self._closed = self._forked = self._released = True
         self._plain = self._rules = self._effective = self._evals = _FORKED_TABLE
 
@@ -814,6 +826,22 @@ class FeatureFlags:
         ``kill_switch``: ``body`` only turns switches off, so the store may keep
         it through an outage (``FlagStore.kill_switch``).
         """
+        tables = self._plain
+        try:
+            result = self._commit(body, kill_switch)
+        finally:
+            # Before the listeners (a stuck one must not hold the swap hooks).
+            # Race: a Ctrl-C landing between the swap and the hooks left them
+            # following the old table until the next write: a finally, and the
+            # table's identity rather than "this call wrote" (another writer's
+            # swap meanwhile calls them once more: they re-read, harmless).
+            if self._plain is not tables:
+                self._swapped()
+        self._deliver()  # after the lock: a listener never stalls another writer
+        return result
+
+    def _commit(self, body: Callable[[_Writer], T], kill_switch: bool) -> T:
+        """``_transact``'s commit under the lock: run ``body``, apply and queue its changes."""
         with self._lock:
             self._check_open()
             config = self._config
@@ -844,7 +872,6 @@ class FeatureFlags:
                 for _, change in writes.values():
                     _log_change(change)
                     self._notify(change)
-        self._deliver()  # after the lock: a listener never stalls another writer
         return result
 
     def _committed_writes(
@@ -964,6 +991,7 @@ class FeatureFlags:
             for name, news in told.items():
                 if news != self._effective[name]:
                     self._told[name] = news
+        self._swapped()  # here, on the store's thread: hooks never wait (see there)
         if self._delivery.pending:
             # Never here: the store's thread applies the next remote change
             # (a kill switch) and replays pending kill switches; a listener
@@ -997,6 +1025,40 @@ class FeatureFlags:
         self._told.pop(change.flag, None)  # later news (``_on_remote`` may keep it)
         if self._listeners.current or telemetry.has_listeners("flag.changed"):
             self._delivery.pending.append((change, None))
+
+    def _watch_tables(self, hook: Callable[[FeatureFlags], object]) -> Callable[[], None]:
+        """Call ``hook(self)`` after every swap of the answer tables (internal).
+
+        For what must follow the flags whatever the listeners do (a stuck one
+        holds every later delivery): ``MigratingRegistry``'s cached flag. The
+        hook runs in the thread that swapped (the writer, before its write
+        returns and before any listener; the store's thread for another
+        process's change), outside the lock (see ``_swapped``). It must be
+        quick, do no I/O, write no flag and tolerate ``Closed``; one that
+        raises is reported as a listener is. Returns an idempotent remove.
+        ``close()`` (and a fork: ``_inherited_by_fork``) drops every hook.
+
+        Raises:
+            Closed: this object is closed.
+            TypeError: ``hook`` is not callable.
+        """
+        self._check_open()
+        return self._swap_hooks.subscribe(hook)
+
+    def _swapped(self) -> None:
+        """Call the swap hooks (``_watch_tables``) in this thread, after the lock.
+
+        Outside the lock, so a hook taking its owner's lock never holds a
+        writer, nor the store thread applying a kill switch. Races: a hook may
+        run after a later swap than its own (it reads the tables when it runs:
+        the newest), and hooks of two swaps run in either order; the last
+        swap's hooks run after it, so a hook that re-reads under its own lock
+        ends on the newest state. A ``close()`` racing this (which drops the
+        hooks) may leave one call made to a tuple read before it: the hook
+        then meets ``Closed``. (Under the lock only in a write nested in one
+        of this thread's: its outer write calls them again.)
+        """
+        self._swap_hooks.dispatch(self)
 
     def _deliver(self) -> None:
         """Deliver the queued changes in this thread, unless it still holds the

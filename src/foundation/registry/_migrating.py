@@ -229,17 +229,23 @@ The flag
 --------
 
 Reading ``FeatureFlags.enabled`` on every call would cost about as much as
-the lookup, so the facade caches it, refreshed by a ``FeatureFlags.subscribe``
-listener on every change of the flag: the boolean (for writes) and the
+the lookup, so the facade caches it: the boolean (for writes) and the
 authoritative reader (the target itself, or a reader of the legacy side), so
-a read costs one attribute load more than calling the backend directly. The listener
-*re-reads* ``enabled(flag)`` under a small lock instead of trusting the
-change it is given: whichever listener call runs last reads the newest
-committed state, so the cache converges to the flag even when two writers'
-notifications arrive out of order. ``FeatureFlags`` notifies after a write
-commits and before the writing call returns, so a flip made through
-``Migration.advance()``, ``rollback_to()`` or ``emergency_rollback()`` takes
-effect on the next call.
+a read costs one attribute load more than calling the backend directly. The
+cache is refreshed by a hook ``FeatureFlags`` calls each time it swaps its
+answer tables (``_watch_tables``), in the thread that swapped them: the
+writer's, before its write returns and before any ``subscribe()`` listener
+runs, or the flag store's thread for another process's change. So a flip
+made through ``Migration.advance()``, ``rollback_to()`` or
+``emergency_rollback()`` takes effect on the next call, and so does one
+made by another process as soon as this process applies it, even while a
+``FeatureFlags.subscribe`` listener is stuck (listeners are delivered one
+at a time, so a stuck one holds all later deliveries). The hook *re-reads*
+``enabled(flag)`` under a small lock: whichever call runs last reads the
+newest committed state, so the cache converges to the flag even when two
+writers' hooks run out of order. A ``subscribe`` listener refreshes it too
+(for a stand-in ``flags`` without the hook, it is the only refresh), and
+warns of a change after ``finish()``.
 
 ``finish()`` retires the legacy side: it is refused (``MigrationError``)
 while the flag is off or divergences remain; afterwards the facade writes
@@ -437,31 +443,66 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._unsubscribers: list[Callable[[], None]] = []
         self._legacy_unsubscribe: Callable[[], None] | None = None
         self._unsubscribers.append(target.subscribe(self._on_target_event))
+        self._unwatch_flag = self._watch_flag(flags)
         self._unsubscribers.append(flags.subscribe(self._on_flag_change))
-        self._refresh_flag()  # a change between the first read and subscribe is not missed
+        self._refresh_flag(retry=False)  # a change between the first read and the hook
         self._backfill()
 
     # ------------------------------------------------------------------ flag
 
-    def _refresh_flag(self) -> None:
-        # Re-read under a lock: the last listener call to run reads the newest
-        # committed state, so out-of-order notifications cannot leave a stale cache.
+    def _watch_flag(self, flags: FeatureFlags) -> Callable[[], None]:
+        """Follow the flag at each swap of ``flags``' tables (see "The flag");
+        returns the idempotent remove. A stand-in without the hook is followed
+        by the listener alone (``_on_flag_change``)."""
+        watch = getattr(flags, "_watch_tables", None)
+        if not callable(watch):
+            return lambda: None
+        unwatch: Callable[[], None] = watch(self._on_flags_swapped)
+        self._unsubscribers.append(unwatch)  # close() drops it; finish() too
+        return unwatch
+
+    def _on_flags_swapped(self, flags: object) -> None:
+        """``FeatureFlags`` swapped its tables (any flag), in the swapping thread:
+        follow the flag now, whatever its listeners are doing."""
+        self._refresh_flag(retry=False)
+
+    def _refresh_flag(self, *, retry: bool = True) -> None:
+        """Re-read the flag into the cache (boolean and reader), asking first
+        for the retries a flip asks for (always if ``retry``).
+
+        Re-read under a lock: the last call to run reads the newest committed
+        state, so out-of-order swap hooks or notifications cannot leave a
+        stale cache. No I/O and no facade lock here: the swap hook runs in a
+        flag writer's thread (or the flag store's), and a writer holding the
+        facade lock may be waiting on the network.
+        """
         with self._flag_lock:
-            if not self._finished and not self._closed:
+            if self._finished or self._closed:
+                return
+            try:
                 on = bool(self._flags.enabled(self._flag))
-                self._on = on
-                self._reader = self._pick_reader(on)
+            except Closed:
+                # Race: the FeatureFlags closed after its swap, before its hook
+                # ran (hooks run after its lock): the cache keeps its last value,
+                # as it does once the flags are closed.
+                return
+            if retry or on != self._on:
+                # Before the reader is picked again: a flip asks for the mirrors
+                # the target refused while down to be retried, and those the
+                # legacy side refused (rule 7: the first legacy read or write
+                # after a flip back applies them, before it answers).
+                self._request_retry()
+                self._request_legacy_retry()
+            self._on = on
+            self._reader = self._pick_reader(on)
 
     def _on_flag_change(self, change: FlagChange) -> None:
+        """The flag's listener: the flag's swap hook already followed the flip
+        (a stand-in ``flags`` has none: this does); also asks for the retries
+        on a change that is no flip, and warns of a change after ``finish()``."""
         if change.flag != self._flag:
             return
         if not self._finished:
-            # Before the reader is picked again: a flip asks for the mirrors the
-            # target refused while down to be retried (no I/O, no facade lock);
-            # and those the legacy side refused (rule 7: the first legacy read
-            # or write after a flip back applies them, before it answers).
-            self._request_retry()
-            self._request_legacy_retry()
             self._refresh_flag()
             return
         new = change.new
@@ -1152,6 +1193,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             if self._legacy_unsubscribe is not None:
                 self._legacy_unsubscribe()
                 self._legacy_unsubscribe = None
+            # The flag is never read again; its listener stays (to warn of a change).
+            self._unwatch_flag()
             self._records.clear()
             self._views.clear()
             self._shared_view = None

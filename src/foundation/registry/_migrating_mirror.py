@@ -461,13 +461,13 @@ class _TargetMirrors(_LegacyRetries):
         self._retry_skipped()
 
     def _request_retry(self) -> None:
-        """The flag changed (the flag listener, before it picks the reader
-        again): ask for the refused mirrors to be retried, whichever way it
-        points. No I/O and no facade lock here: the listener runs under the
-        flags' own lock, and a writer holding ours may be waiting on the
-        network. With the flag on, ``_pick_reader`` keeps the settling reader
-        while this is asked, so the first read after the flip (or once the
-        target is back) runs it (``_take_retry_request``)."""
+        """The flag changed (``_refresh_flag``, under the flag lock, before it
+        picks the reader again): ask for the refused mirrors to be retried,
+        whichever way it points. No I/O and no facade lock here: it runs in a
+        flag writer's thread or the flag store's, and a writer holding ours
+        may be waiting on the network. With the flag on, ``_pick_reader``
+        keeps the settling reader while this is asked, so the first read after
+        the flip (or once the target is back) runs it (``_take_retry_request``)."""
         # Race: a mirror kept for retry just after this read (by a pump in
         # another thread) is not asked for here; its target is taking writes,
         # so the next one that succeeds retries it (_note_skip).
