@@ -24,7 +24,10 @@ event.
 ``DeliveryQueue`` is how an owner with a lock calls them (registries, feature
 flags): events queued under the owner's lock, in write order, and delivered
 once every lock is released, by one thread at a time that never waits for
-another (``hand_off`` for events queued on a backend's own thread).
+another (``hand_off`` for events queued on a backend's own thread). A writer
+delivers the events queued before its turn (its own) and leaves later ones
+to a courier thread; nothing is dropped, and a growing backlog (a stuck
+listener) is logged (``BACKLOG_WARNING``).
 
 Example:
     >>> seen = []
@@ -43,15 +46,21 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any, Generic, TypeVar
+from types import FrameType
+from typing import Any, Final, Generic, TypeVar
 
+from foundation import telemetry
 from foundation._unraisable import report_unraisable
 
 __all__ = [
+    "BACKLOG_WARNING",
     "DeliveryQueue",
     "Listeners",
     "call_each",
@@ -192,28 +201,53 @@ class _WriteTags(threading.local):
 _write_tags = _WriteTags()
 
 
+#: The backlog (events queued) at which a WARNING names the listener holding
+#: up a ``DeliveryQueue``; then at 10x, 100x, ... of it, once each, and again
+#: after the backlog fell below a tenth of it (a module constant: tests lower it).
+BACKLOG_WARNING = 10_000
+
+_NO_TURN: Final = object()  # (_take_turn: the turn is taken)
+
+#: The telemetry event of such a WARNING, ``foundation.<area>.listener_backlog``.
+BACKLOG_EVENT = "listener_backlog"
+
+_MAX_REPR = 200  # (as report_unraisable bounds a listener's repr)
+
+
 class DeliveryQueue(Generic[E]):
     """Events for ``subscribe()`` listeners, delivered in queue order, one at a
     time, by one thread at a time, which never waits for another.
 
     A writer appends ``(event, tag)`` to ``pending`` (under its own lock, so
     the queue order is the write order; ``tag``: its ``_write_tags.tag``, or
-    None), releases every lock it holds, then calls :meth:`deliver`. If
-    another thread is delivering at that moment, that thread delivers these
-    events too, once the listener it is running returns, and the writer
-    returns at once: a slow listener delays the listeners of later events,
-    never a writer. The listeners are the tuple ``source.<attr>``, read again
-    for each event (copy-on-write: a subscribe racing with a delivery never
-    changes the tuple being iterated). A listener that raises ``Exception`` is
-    reported (:func:`foundation._unraisable.report_unraisable`: logger
+    None), releases every lock it holds, then calls :meth:`deliver`: it
+    delivers the events queued when it took its turn (its own among them, and
+    those its listeners' writes queue meanwhile) and hands any later ones to a
+    courier thread (:meth:`hand_off`), so a busy second writer never keeps it
+    delivering. If another thread is delivering at that moment, that thread
+    (or its courier) delivers these events too, once the listener it is
+    running returns, and the writer returns at once: a slow listener delays
+    the listeners of later events, never a writer. The listeners are the
+    tuple ``source.<attr>``, read again for each event (copy-on-write: a
+    subscribe racing with a delivery never changes the tuple being
+    iterated). A listener that raises ``Exception`` is reported
+    (:func:`foundation._unraisable.report_unraisable`: logger
     ``foundation.<area>``, ``where`` naming it) and the next one runs.
+
+    Nothing is dropped: a listener that never returns holds every later event.
+    A thread that finds another delivering checks the backlog (nothing on the
+    uncontended path): past :data:`BACKLOG_WARNING` events, then each 10x more,
+    one WARNING under ``foundation.<area>`` names the running listener, how long
+    its event's listeners have run (at least) and the backlog (and the
+    telemetry event ``foundation.<area>.listener_backlog``, if someone listens).
 
     ``delivering`` is the tag of the event whose listeners are running (None
     between events); a listener reads it in the delivering thread.
     """
 
-    __slots__ = ("_area", "_courier_name", "_listeners_of", "_lock", "_owned", "_source",
-                 "_where", "busy", "delivering", "pending")  # fmt: skip
+    __slots__ = ("_area", "_courier_name", "_head", "_listeners_of", "_lock", "_more", "_owned",
+                 "_source", "_warned", "_where", "busy", "delivering",
+                 "pending")  # fmt: skip
 
     def __init__(
         self,
@@ -228,7 +262,9 @@ class DeliveryQueue(Generic[E]):
         self.pending: deque[tuple[E, object]] = deque()
         self.delivering: object = None
         #: True while a thread delivers (between its taking and releasing the
-        #: lock): ``hand_off`` then starts no courier. Read without the lock.
+        #: lock) or a courier waits for the turn a writer relayed to it: a
+        #: writer then leaves its events, ``hand_off`` starts no courier.
+        #: Read without the lock.
         self.busy = False
         self._source = source
         self._listeners_of: Callable[[object], tuple[Callable[[E], object], ...]] = attrgetter(attr)
@@ -241,11 +277,22 @@ class DeliveryQueue(Generic[E]):
         # check, which also tells an interrupted acquire whether it took it.
         self._lock = threading.RLock()
         self._owned: Callable[[], bool] = self._lock._is_owned  # type: ignore[attr-defined]
+        # Set when a listener run by the deliverer queued events (it wrote):
+        # the deliverer's turn then covers them too.
+        self._more = False
+        # The backlog WARNING last given (0: none since the backlog was small),
+        # and (the queue's head, when first seen there) for "no event delivered
+        # for": both touched only by threads that find another delivering.
+        self._warned = 0
+        self._head: tuple[object, float] = (None, 0.0)
 
-    def deliver(self) -> None:
-        """Deliver the queued events in this thread, which holds no lock of the
-        owner; unless another thread is delivering: it delivers them, and this
-        one returns at once.
+    def deliver(self, *, drain: bool = False, wait: bool = False) -> None:
+        """Deliver the events queued when this thread took its turn (it holds
+        no lock of the owner), and those its listeners queue meanwhile; hand
+        any later ones to a courier. Unless another thread is delivering (or a
+        courier is on its way): it delivers them, and this one returns at once.
+        ``drain``: deliver until the queue is empty (a courier); ``wait``: wait
+        for the turn (a courier that the writer holding it started: ``_relay``).
 
         Race: a thread whose try fails leaves its events to the deliverer,
         which looks at the queue again after releasing its lock; an event
@@ -254,77 +301,235 @@ class DeliveryQueue(Generic[E]):
         a listener running in another thread: that listener may be waiting for
         it (a deadlock), or be slow (every writer stalled).
         """
-        pending = self.pending
-        lock = self._lock
-        while pending:
-            if not self._take_turn():
-                return
-            tags = _write_tags
-            tag = tags.tag
-            if tag is not None:
-                # The writes listeners make are not those of the write this
-                # thread may be making (whose events it is delivering).
-                tags.tag = None
-            try:
-                source, listeners_of = self._source, self._listeners_of
-                while pending:  # only the lock's holder pops: not empty here, not empty below
+        pending = self.pending  # (callers look first: deliver() with none is a turn for nothing)
+        tag = self._take_turn(drain, wait)
+        if tag is _NO_TURN:
+            return
+        n = 0  # (no call before the try: a Ctrl-C at its return left the lock held)
+        try:
+            source, listeners_of = self._source, self._listeners_of
+            n = len(pending)  # a writer's turn: the events queued so far
+            while n > 0:
+                for _ in range(n):  # only the lock's holder pops: n are there
                     event, self.delivering = pending.popleft()
                     for listener in listeners_of(source):
                         try:
                             listener(event)
                         except Exception as exc:  # a broken listener must not break a writer
                             report_unraisable(exc, self._where, listener, area=self._area)
-            finally:
-                # (A BaseException from a listener, KeyboardInterrupt say, leaves
-                # the rest queued: the next deliver() delivers them.)
-                self.delivering = None
-                self.busy = False
-                if tag is not None:
-                    tags.tag = tag
-                lock.release()
+                n = len(pending)
+                if n:
+                    n = self._next_batch(n, drain)
+        finally:
+            # (A BaseException from a listener, KeyboardInterrupt say, leaves
+            # the rest queued: the next deliver() delivers them.)
+            self.delivering = None
+            self.busy = n < 0  # (relayed: set until the courier has the turn)
+            if tag is not None:
+                _write_tags.tag = tag
+            self._lock.release()
+        if pending:
+            # Race: events queued by other writers after the last look above,
+            # looked at after the release as above. The courier relayed to
+            # delivers them; else a new one (hand_off starts none if another
+            # thread took the turn meanwhile, or a courier waits for it: they
+            # look again in turn). Never this writer: its own are delivered.
+            self.hand_off()
 
-    def _take_turn(self) -> bool:
-        """Take the delivery lock; False when another thread delivers (it looks
-        at the queue again after releasing) or this one does, re-entered: a
-        listener wrote (its events are queued behind the one it is handling),
-        and the loop further up this stack delivers them once it returns."""
-        if self._owned():
+    def _next_batch(self, n: int, drain: bool) -> int:
+        """How many of the ``n`` events queued after those this turn counted it
+        delivers too: all for a courier, or when a listener here wrote
+        (``_more``: its events are part of the turn); else none: -1 once
+        relayed to a courier (``_relay``), or all when none can start."""
+        if drain or self._more:
+            self._more = False
+            return n
+        return -1 if self._relay() else n
+
+    def _relay(self) -> bool:
+        """Start a courier that takes the turn after this writer (which holds
+        it) to deliver the events other writers queued during its turn; False
+        if none can start.
+
+        Race (the livelock this prevents): a writer kept delivering while a
+        second writer kept writing; its own write never returned. And with a
+        courier started only after the release, the second writer took the
+        turn meanwhile, with every event queued so far as its own turn (and
+        the first one the next turn, and so on). So the courier is started
+        holding the turn, and waits for it; until it has it, ``busy`` stays
+        set (``deliver``), and a writer leaves its events to it.
+        """
+        courier = threading.Thread(
+            target=self.deliver,
+            kwargs={"drain": True, "wait": True},
+            name=self._courier_name,
+            daemon=True,
+        )
+        try:
+            courier.start()
+        except RuntimeError:  # no thread can start (interpreter shutdown, thread limit)
             return False
+        # (A Ctrl-C cutting the start returns nothing: not relayed, the events
+        # stay queued, as after a Ctrl-C in a listener: the next deliver()
+        # delivers them; or the courier, if it started, does.)
+        return True
+
+    def _take_turn(self, drain: bool, wait: bool) -> object:
+        """Take the delivery lock and clear this thread's write tag for the
+        listeners; returns the tag to restore. ``_NO_TURN`` when another thread
+        delivers (it looks at the queue again after releasing), a courier is
+        on its way (``_relay``; for a writer: a courier takes the turn) or this
+        thread delivers, re-entered (``_turn_taken``).
+
+        ``busy`` is set from taking the lock to releasing it, and from a
+        relay to the courier taking it: a writer finding it set returns
+        before trying the lock (cheaper than the owner check a courier makes).
+        """
+        if self._owned() if drain else self.busy:
+            self._turn_taken()
+            return _NO_TURN
         lock = self._lock
         try:
-            if not lock.acquire(blocking=False):
-                return False
+            if not lock.acquire(wait):
+                self._check_backlog()  # (the backlog grows while another delivers)
+                return _NO_TURN
+            if self.busy and not drain:
+                # Race: it read ``busy`` unset before a writer took the turn and
+                # relayed it: the courier waits for this lock and delivers
+                # these events (``busy`` set until it has it).
+                lock.release()
+                self._check_backlog()
+                return _NO_TURN
             self.busy = True
+            self._more = False
         except BaseException:
             # Race: a Ctrl-C is raised at the first check after acquire()
             # returned, its own end: the lock was taken, and no finally in
             # deliver() would release it (every later deliver() would return
             # at once: no listener would hear anything again). (No check point
-            # between this return and deliver()'s try: a Python return.)
+            # from here to deliver()'s try: no call, no backward jump.)
             if self._owned():
                 lock.release()
             raise
-        return True
+        # The writes listeners make are not those of the write this thread may
+        # be making (whose events it is delivering); deliver() restores it.
+        tag = _write_tags.tag
+        if tag is not None:
+            _write_tags.tag = None
+        return tag
+
+    def _turn_taken(self) -> None:
+        """The turn is taken: by this thread, re-entered (a listener wrote: its
+        events are queued behind the one it is handling, and the loop further
+        up this stack delivers them once it returns, ``_more``: part of its
+        turn), else by another thread (check the backlog)."""
+        if self._owned():
+            self._more = True
+        else:
+            self._check_backlog()
 
     def hand_off(self) -> None:
         """Deliver the queued events from a short-lived courier thread (a new
-        thread: it holds no lock), for an event queued in a thread that must
-        not run listeners (a backend's own thread, which may hold a lock of
-        the backend that a writer waits for, or has more work to do: a
-        listener waiting for that writer would deadlock, a slow one would
-        stall every writer, or the backend's thread itself)."""
+        thread: it holds no lock, and delivers until the queue is empty), for
+        an event queued in a thread that must not run listeners (a backend's
+        own thread, which may hold a lock of the backend that a writer waits
+        for, or has more work to do: a listener waiting for that writer would
+        deadlock, a slow one would stall every writer, or the backend's thread
+        itself), or left after a writer's turn."""
         if self.busy:  # (a shortcut: a courier finding the lock taken returns at once)
             # Race: another thread delivers; it looks at the queue again after
             # releasing its lock, later than this event was queued (deliver).
+            # Or a courier waits for the turn (_relay), and delivers it.
             # Or this one: the event was queued under a listener it runs (a
             # listener wrote to a backend directly), and the loop up this
-            # stack delivers it once that listener returns.
+            # stack delivers it once that listener returns (``_more``).
+            self._turn_taken()
             return
-        courier = threading.Thread(target=self.deliver, name=self._courier_name, daemon=True)
+        courier = threading.Thread(
+            target=self.deliver, kwargs={"drain": True}, name=self._courier_name, daemon=True
+        )
         try:
             courier.start()
         except RuntimeError:  # no thread can start (interpreter shutdown, thread limit)
-            self.deliver()  # here, rather than never
+            self.deliver(drain=True)  # here, rather than never
+
+    def _check_backlog(self) -> None:
+        """Warn when the backlog crosses :data:`BACKLOG_WARNING` or 10x, 100x, ...
+        of it, once each (again once it fell below a tenth of it). Called by a
+        thread that found another delivering: never on the uncontended path."""
+        pending = self.pending
+        try:
+            head = pending[0]
+        except IndexError:  # (the deliverer took the last one meanwhile)
+            return
+        if head is not self._head[0]:
+            # The deliverer moved on since the last look: time it from here.
+            self._head = (head, time.monotonic())
+        queued, level = len(pending), BACKLOG_WARNING
+        if queued < level:
+            if queued < level // 10:
+                self._warned = 0
+            return
+        while queued >= level * 10:
+            level *= 10
+        if level <= self._warned:
+            return
+        # Race: two threads may both get here for one level (a second WARNING,
+        # never none); marked first, so a failing log call is not retried.
+        self._warned = level
+        self._warn_backlog(queued, time.monotonic() - self._head[1])
+
+    def _warn_backlog(self, queued: int, stalled: float) -> None:
+        """The backlog WARNING and telemetry event (never raises)."""
+        try:
+            listener, thread = _running_listener(self)
+            text = _short_repr(listener)
+            logging.getLogger(f"foundation.{self._area}").warning(
+                "%s backlog: %d events queued; the delivering thread %r has been in"
+                " one event's listeners for at least %.1f s, now in %s. None is"
+                " dropped: a listener that never returns holds them all",
+                self._where, queued, thread, stalled, text,
+            )  # fmt: skip
+        except Exception as exc:  # a broken handler: never the writer's problem
+            report_unraisable(exc, f"the backlog warning of {self._where}", area=self._area)
+            return
+        name = f"foundation.{self._area}.{BACKLOG_EVENT}"
+        if telemetry.has_listeners(name):
+            telemetry.emit(
+                name,
+                {"where": self._where, "queued": queued, "listener": text,
+                 "thread": thread, "stalled_s": stalled},
+            )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"<DeliveryQueue {self._where!r}: {len(self.pending)} queued>"
+
+
+def _running_listener(queue: DeliveryQueue[Any]) -> tuple[object, str | None]:
+    """The listener ``queue``'s deliverer runs now (or ran last: a local of its
+    ``deliver`` frame) and that thread's name; (None, None) if none is found.
+    Read from the threads' frames only when warning: nothing is recorded on
+    the delivery path (a ``deliver`` frame that found the turn taken has no
+    ``listener``)."""
+    code = DeliveryQueue.deliver.__code__
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        at: FrameType | None = frame
+        while at is not None:
+            if at.f_code is code:
+                found = at.f_locals
+                if found.get("self") is queue and "listener" in found:
+                    return found["listener"], names.get(ident)
+            at = at.f_back
+    return None, None
+
+
+def _short_repr(obj: object) -> str:
+    """``obj``'s qualified name (a function, a bound method), else its repr, bounded."""
+    try:
+        name, module = getattr(obj, "__qualname__", None), getattr(obj, "__module__", None)
+        named = isinstance(name, str) and isinstance(module, str)
+        text = f"{module}.{name}" if named else repr(obj)
+    except Exception:  # a broken __repr__ or __getattr__ must not hide the warning
+        text = f"<{type(obj).__name__} object>"
+    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."

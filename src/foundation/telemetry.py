@@ -38,7 +38,12 @@ flag store's outage events ``foundation.flags.stale``,
 ``foundation.flags.pending_superseded``, ``foundation.flags.in_sync``,
 ``foundation.flags.read_only``, ``foundation.flags.writable``, and
 ``foundation.redis.round_trip`` (a timed Redis call, only while someone
-listens; ``foundation.metrics`` and ``foundation.otel`` feed on these).
+listens; ``foundation.metrics`` and ``foundation.otel`` feed on these), and
+``foundation.registry.listener_backlog``,
+``foundation.registry.redis.listener_backlog``,
+``foundation.flags.listener_backlog`` (a ``subscribe()`` listener holds up a
+backlog of events: ``where``, ``queued``, ``listener``, ``thread``,
+``stalled_s``; with a WARNING on the same logger name).
 
 Example:
     >>> from foundation import telemetry

@@ -4,8 +4,9 @@ Before, every write called the listeners holding the FeatureFlags lock: a
 listener blocked in one thread's write made every other thread's write (and
 ``load_from_config``) wait for it. Now a change is queued under the lock and
 delivered after it, by one thread at a time: the other writers return at once
-and the delivering thread hands their changes to the listener, in order, once
-it returns.
+and their changes reach the listener, in order, once it returns (from a
+courier thread: the delivering writer delivers only the changes queued before
+its turn).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 from foundation import FeatureFlags, Flag
 from foundation.flags import FlagChange
+from tests.contract.agents import wait_until
 
 
 def _in_thread(call: Callable[[], object]) -> tuple[threading.Thread, threading.Event]:
@@ -56,11 +58,14 @@ def test_a_blocked_listener_stalls_no_other_writer() -> None:
         release.set()
     assert first_done.wait(10)
     first.join(10)
-    # The thread that was delivering delivered the later changes, in order.
+    # The first writer delivered its own change only; a courier delivers the
+    # later ones, in order (the writer's call returned: it never delivers
+    # other writers' changes queued during its turn, which could go on for ever).
+    assert wait_until(lambda: len(heard) == 3, 10), heard
     assert heard == [
         ("x", "first", first.name),
-        ("y", "second", first.name),
-        ("z", "config", first.name),
+        ("y", "second", "foundation-flags-events"),
+        ("z", "config", "foundation-flags-events"),
     ]
     flags.close()
 

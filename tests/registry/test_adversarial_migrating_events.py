@@ -93,7 +93,8 @@ def test_a_target_death_delivered_by_a_mirroring_thread_reaches_the_listeners(
     dying.join(WAIT)
     assert written.wait(WAIT)
     writer.join(WAIT)
-    assert ("unregistered", "down", "d") in _seen(events)
+    # (Delivered by a courier: the mirroring thread's turn ended with its own.)
+    assert wait_until(lambda: ("unregistered", "down", "d") in _seen(events), WAIT)
     assert _seen(events).count(("registered", None, "m")) == 1
 
 

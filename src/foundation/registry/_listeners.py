@@ -10,8 +10,9 @@
   one piece of code that calls listeners, for ``MemoryRegistry``,
   ``MigratingRegistry`` and ``FeatureFlags`` alike: queued events, in order,
   one at a time, by one thread at a time that holds no lock of the owner,
-  and no thread ever waits for another thread's delivery), reporting under
-  ``foundation.registry``.
+  and no thread ever waits for another thread's delivery; a writer delivers
+  the events of its turn, a courier thread the later ones), reporting (a
+  listener's error, a backlog WARNING) under ``foundation.registry``.
 - ``_write_tags`` (from :mod:`foundation._listeners`): the per-thread tag a
   writer (``MigratingRegistry``) puts on the events of the writes it makes;
   delivery clears it around the listeners and publishes the tag of the event
@@ -62,7 +63,8 @@ class CopyOnWriteListeners:
 
 class DeliveryQueue(_DeliveryQueue[RegistryEvent]):
     """:class:`foundation._listeners.DeliveryQueue` of registry events: a
-    listener's error is reported under ``foundation.registry``."""
+    listener's error and a backlog WARNING are reported under
+    ``foundation.registry`` (telemetry: ``foundation.registry.listener_backlog``)."""
 
     __slots__ = ()
 
