@@ -126,3 +126,45 @@ def test_a_stopped_process_says_the_silence_was_its_own(fresh_redis: RedisServer
     assert "this process did not run its heartbeat" in result.stderr, result.stderr
     assert "a global outage" not in result.stderr, result.stderr
     assert result.lines("STATUS") == ["STATUS connected 0 0"], result.stdout
+
+
+# Redis frozen for everyone (SIGSTOP) 2 s, past the grace and within op_timeout,
+# while the lease thread waits in the heartbeat's eviction check (a second call,
+# made under an allkeys-* policy): the lease thread was held by Redis, not by
+# this process, and the silence is an outage like any other.
+_FROZEN_IN_A_CALL = """
+import redis
+from foundation.liveness import spawn_thread
+from foundation.registry._redis import RedisRegistry, _lease
+from tests.redis_support import RedisServer
+server = RedisServer()
+server.start()
+admin = redis.Redis.from_url(server.url)
+admin.config_set("maxmemory", "500mb")
+admin.config_set("maxmemory-policy", "allkeys-lru")
+admin.close()
+calls = []
+check = _lease.Lease._evicted
+def evicted(self):
+    if threading.current_thread().name.startswith("foundation-redis-lease"):
+        calls.append(1)  # the loop's heartbeats (the start's run in the caller's thread)
+        if len(calls) == 2:
+            server.freeze()
+            threading.Timer(2.0, server.thaw).start()
+    return check(self)
+_lease.Lease._evicted = evicted
+reg = RedisRegistry(server.url, namespace="n", lease_ttl=1.5, op_timeout=4.0)  # grace 0.75 s
+stop = threading.Event()
+reg.register("k", spawn_thread(stop.wait))  # (with none, the check asks Redis nothing)
+wait_for(lambda: reg.status().lease_extensions >= 1, "the heal after the freeze")
+reg.close()
+stop.set()
+server.stop()
+print("OK")
+"""
+
+
+def test_redis_frozen_during_a_heartbeat_call_is_an_outage_not_a_stall() -> None:
+    result = run_scenario(_FROZEN_IN_A_CALL)
+    assert "a global outage" in result.stderr, result.stderr
+    assert "this process did not run its heartbeat" not in result.stderr, result.stderr

@@ -547,13 +547,21 @@ class Lease:
                         self._reap_chunk()
                     continue
                 if sh.link.needs_recovery():
-                    self._scheduled_recovery(plan, backoff)
+                    try:
+                        self._scheduled_recovery(plan, backoff)
+                    finally:
+                        self._busy_until = time.monotonic()  # (see below)
                     continue
                 # How long this process did not run us past the beat's due time
-                # (its Redis calls, a job's or a reap chunk's, are not counted).
+                # (its Redis calls are not counted: a job's, a reap chunk's, a
+                # heartbeat's or a recovery's, which a frozen Redis holds up to
+                # op_timeout: that silence is Redis', an outage, not a stall).
                 late = time.monotonic() - max(plan.next_beat, self._busy_until)
                 plan.next_beat = time.monotonic() + sh.beat
-                self._scheduled_heartbeat(plan, backoff, late)
+                try:
+                    self._scheduled_heartbeat(plan, backoff, late)
+                finally:
+                    self._busy_until = time.monotonic()
             except Exception:
                 log.exception("lease thread of node %s: unexpected error (carrying on)", sh.node)
                 if sh.stop.wait(backoff.next()):
@@ -583,7 +591,11 @@ class Lease:
             # The resync's events, once wlock is released, by a courier: a slow
             # listener must not delay this thread's heartbeats (the lease).
             sh.hand_off()
-        plan.next_beat = time.monotonic() + sh.beat
+        # From the recovery's own heartbeat, not its end: a recovery longer than
+        # the grace minus a beat (re-asserting many keys) otherwise left the next
+        # heartbeat a silence past the grace, a false global outage (every lease
+        # extended, a dead node's too). Past already: the loop beats at once.
+        plan.next_beat = min(time.monotonic(), sh.last_beat_ok) + sh.beat
         if sh.link.needs_recovery():
             # A new fault was reported during the recovery: again, soon.
             plan.retry_at = time.monotonic() + backoff.next()
