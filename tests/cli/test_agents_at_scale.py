@@ -72,6 +72,20 @@ def test_count_asks_redis_for_the_number_and_reads_no_metadata(
     assert not calls & {"eval", "evalsha", "hgetall", "hmget", "hget"}, calls
 
 
+def test_count_and_list_agree_on_entries_written_by_something_else(
+    fresh_redis: RedisServer, registry: RedisRegistry, stop: threading.Event, tmp_path: Path
+) -> None:
+    _register(registry, stop, 3)
+    with redis_py.Redis.from_url(fresh_redis.url) as raw:  # not this library's: unreadable
+        raw.hset(f"{{{NS}}}:head", mapping={'"junk"': b"not json", '"odd"': b"[1]"})
+    counted = ok_json(run_cli("agents", "count", *_where(fresh_redis), cwd=tmp_path))
+    listed = ok_json(run_cli("agents", "list", *_where(fresh_redis), cwd=tmp_path))
+    assert counted["count"] == sum(counted["by_kind"].values()) == len(listed) == 3, (
+        counted,
+        listed,
+    )
+
+
 def _wchan(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/wchan").read_text()

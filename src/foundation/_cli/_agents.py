@@ -239,12 +239,13 @@ def _list_agents(reader: Any, args: argparse.Namespace, out: Output) -> None:
         out.table(headers, _rows(entries), empty=empty)
 
 
-def _count_agents(reader: Any, count: int, settings: Settings, out: Output) -> None:
-    """Print how many agents are live (Redis's number), by kind and by node (the
-    heads alone: no metadata read)."""
-    # Race: the number is Redis's at one instant, the breakdown a scan after it;
-    # with agents coming and going meanwhile, their sums may differ from it.
+def _count_agents(reader: Any, settings: Settings, out: Output) -> None:
+    """Print how many agents are live, by kind and by node (the heads alone: no
+    metadata read)."""
     kinds, nodes = reader.breakdown()
+    # The entries this library can read, as `list` shows them (Redis's own number,
+    # HLEN, counts an entry written by something else too).
+    count = sum(kinds.values())
     data = {"count": count, "by_kind": dict(kinds), "by_node": dict(nodes)}
 
     def text() -> None:
@@ -268,7 +269,7 @@ def _read(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         if args.action == "list":
             _list_agents(reader, args, out)
         else:
-            _count_agents(reader, count, settings, out)
+            _count_agents(reader, settings, out)
     finally:
         reader.close()
     return 0
