@@ -224,7 +224,8 @@ class DeliveryQueue(Generic[E]):
     delivers the events queued when it took its turn (its own among them, and
     those its listeners' writes queue meanwhile) and hands any later ones to a
     courier thread (:meth:`hand_off`), so a busy second writer never keeps it
-    delivering. If another thread is delivering at that moment, that thread
+    delivering (unless its listeners write on the other writer's events too:
+    what precedes their writes is part of the turn). If another thread is delivering at that moment, that thread
     (or its courier) delivers these events too, once the listener it is
     running returns, and the writer returns at once: a slow listener delays
     the listeners of later events, never a writer. The listeners are the
