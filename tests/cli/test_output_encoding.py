@@ -4,6 +4,7 @@ a committed write still says "done"."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def _run(args: list[str], encoding: str, cwd: Path) -> subprocess.CompletedProce
 
 
 def _history(path: Path) -> int:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         return int(db.execute("SELECT count(*) FROM flag_history").fetchone()[0])
 
 

@@ -3,6 +3,7 @@ the outage scenarios are in test_outages.py, in subprocesses)."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_an_unreadable_copy_is_moved_aside_and_replaced(
     store = open_store(redis_server.url, cache_path=path)
     assert store.cache_path == path
     assert list(tmp_path.glob("broken.sqlite3.corrupt-*"))
-    with sqlite3.connect(path) as db:  # a real database again
+    with contextlib.closing(sqlite3.connect(path)) as db:  # a real database again
         assert db.execute("SELECT count(*) FROM meta").fetchone()[0] >= 1
     assert store.load_states() == {}
 
