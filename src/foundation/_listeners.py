@@ -225,8 +225,9 @@ class DeliveryQueue(Generic[E]):
     those its listeners' writes queue meanwhile) and hands any later ones to a
     courier thread (:meth:`hand_off`), so a busy second writer never keeps it
     delivering (unless its listeners write on the other writer's events too:
-    what precedes their writes is part of the turn). If another thread is delivering at that moment, that thread
-    (or its courier) delivers these events too, once the listener it is
+    what precedes their writes is part of the turn). If another thread is
+    delivering at that moment, that thread (or its courier) delivers these
+    events too, once the listener it is
     running returns, and the writer returns at once: a slow listener delays
     the listeners of later events, never a writer. The listeners are the
     tuple ``source.<attr>``, read again for each event (copy-on-write: a
