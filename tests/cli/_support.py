@@ -44,6 +44,19 @@ def run_cli(
     )
 
 
+def start_cli(*args: str, cwd: Path, stdout: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    """Start ``foundation ARGS`` in ``cwd``: stdout a pipe unless given (JSON then
+    by default), stderr a pipe; the caller ends and reaps it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "foundation.cli", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
     """The JSON a successful run printed (asserting exit 0 and a clean stderr)."""
     assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)

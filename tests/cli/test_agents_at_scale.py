@@ -22,7 +22,7 @@ from foundation import spawn_thread
 from foundation._cli._common import Output
 from foundation.registry import RedisRegistry
 from foundation.registry._redis._chunked_reads import CHUNK
-from tests.cli._support import cli_env, ok_json, run_cli
+from tests.cli._support import cli_env, ok_json, run_cli, start_cli
 from tests.redis_support import RedisServer
 
 NS = "scale"
@@ -196,14 +196,7 @@ def test_redis_lost_midway_ends_the_list_with_69(fresh_redis: RedisServer, tmp_p
         check=False,
     )
     assert made.stdout == "registered\n", made.stderr
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foundation.cli", "agents", "list", *_where(fresh_redis)],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("agents", "list", *_where(fresh_redis), cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
         while not _wchan(proc.pid).endswith("pipe_write"):  # its first rows fill the pipe

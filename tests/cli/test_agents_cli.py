@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli._support import cli_env, ok_json, one_line_error, run_cli
+from tests.cli._support import cli_env, ok_json, one_line_error, run_cli, start_cli
 from tests.redis_support import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,14 +149,7 @@ def test_settings_and_errors(redis_server: RedisServer, namespace: str, tmp_path
 
 
 def _start_watch(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foundation.cli", "agents", "watch", *args],
-        cwd=cwd,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("agents", "watch", *args, cwd=cwd)
     assert proc.stderr is not None
     ready = proc.stderr.readline()  # printed once it is subscribed: later changes are seen
     assert ready.startswith("watching "), ready

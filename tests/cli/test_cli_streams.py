@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from foundation.flags import FeatureFlags, Flag, SQLiteFlagStore
-from tests.cli._support import cli_env, ok_json, run_cli
+from tests.cli._support import ok_json, run_cli, start_cli
 from tests.cli.test_agents_cli import Node
 from tests.cli.test_watch_outage import Lines
 from tests.redis_support import RedisServer
@@ -49,14 +48,7 @@ def _closed_pipe() -> int:
 
 
 def _start(*args: str, cwd: Path, stdout: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foundation.cli", *args],
-        cwd=cwd,
-        env=cli_env(),
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(*args, cwd=cwd, stdout=stdout)
     if stdout >= 0:
         os.close(stdout)  # the child holds its own copy
     return proc

@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 from foundation import cli
 from foundation.flags import FeatureFlags, Flag, SQLiteFlagStore, open_store
 from foundation.registry import RedisRegistry
-from tests.cli._support import Running, cli_env, one_line_error, run_cli, wait_connected
+from tests.cli._support import Running, cli_env, one_line_error, run_cli, start_cli, wait_connected
 from tests.redis_support import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,14 +94,7 @@ def _signalled(frozen: RedisServer, signum: int, tmp_path: Path) -> int | None:
 def _closed_pipe_code(sqlite_url: str, tmp_path: Path) -> int:
     read, write = os.pipe()
     os.close(read)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foundation.cli", "flags", "history", "--store", sqlite_url],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=write,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("flags", "history", "--store", sqlite_url, cwd=tmp_path, stdout=write)
     os.close(write)
     _, err = proc.communicate(timeout=60)
     assert err == "", err

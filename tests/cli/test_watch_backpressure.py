@@ -15,15 +15,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from foundation._cli._agents import WATCH_BACKLOG
 from foundation.registry._redis import RedisRegistry
-from tests.cli._support import cli_env
+from tests.cli._support import start_cli
 from tests.cli.test_watch_outage import Lines
 from tests.redis_support import RedisServer
 
@@ -80,14 +78,7 @@ def test_a_stopped_reader_gets_a_dropped_line_and_a_bounded_backlog(
 ) -> None:
     namespace = f"cli-backpressure-{uuid.uuid4().hex[:8]}"
     where = ["--redis", redis_server.url, "--namespace", namespace]
-    watch = subprocess.Popen(
-        [sys.executable, "-m", "foundation.cli", "--json", "agents", "watch", *where],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watch = start_cli("--json", "agents", "watch", *where, cwd=tmp_path)
     assert watch.stdout is not None
     assert watch.stderr is not None
     err = out = None

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,7 +20,7 @@ from typing import IO
 
 import pytest
 
-from tests.cli._support import cli_env
+from tests.cli._support import start_cli
 from tests.cli.test_agents_cli import Node
 from tests.faults._subprocess import run_scenario
 from tests.redis_support import RedisServer
@@ -92,14 +90,7 @@ def test_watch_reports_the_outage_and_the_return_on_stderr(
 ) -> None:
     where = ["--redis", fresh_redis.url, "--namespace", namespace]
     node.do(op="register", key="before", meta={})
-    watch = subprocess.Popen(
-        [sys.executable, "-m", "foundation.cli", "--json", "agents", "watch", *where],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watch = start_cli("--json", "agents", "watch", *where, cwd=tmp_path)
     try:
         assert watch.stdout is not None
         assert watch.stderr is not None
