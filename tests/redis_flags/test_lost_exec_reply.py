@@ -286,7 +286,9 @@ try:
     assert error is not None, "no answer for a write nobody can confirm"
     proxy.heal()
     wait_for(lambda: store.synced, "in sync")
-    assert store.load_states()["beta"].percentage == 30.0  # it had landed
+    # It had landed. (Read from Redis once the store's own connection is back:
+    # until then load_states answers from the node copy, which may lag.)
+    wait_for(lambda: store.load_states()["beta"].percentage == 30.0, "Redis to hold it")
     wait_for(lambda: flags.state("beta").percentage == 30.0, "served here")
     flags.close(); store.close()
 finally:
