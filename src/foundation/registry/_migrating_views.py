@@ -15,7 +15,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from foundation.errors import BackendUnavailable, NotRegistered
 from foundation.registry._migrating_events import _LEGACY, _EventRouting
@@ -23,6 +23,10 @@ from foundation.registry._types import Divergence, Registry
 from foundation.registry._validation import short_repr
 
 _log = logging.getLogger("foundation.registry")
+
+PURGE_AT_LEAST: Final = 1024
+"""A view's divergent copies are purged of dead ones (without a ``divergences()``
+call) once they reach twice the number left by the last purge, or this many."""
 
 
 def reported_state(status: Callable[[], Any] | None) -> str | None:
@@ -47,6 +51,7 @@ class _View:
         "legacy_retry",
         "mirrors",
         "private",
+        "purge_at",
         "retry",
         "thread",
     )
@@ -56,6 +61,8 @@ class _View:
         self.private = thread is not None
         self.mirrors: dict[Hashable, int] = {}
         self.divergent: dict[Hashable, _Divergent] = {}
+        # len(divergent) at which _diverge purges its dead copies (_DivergenceBook)
+        self.purge_at = PURGE_AT_LEAST
         self.inbox: deque[Hashable] = deque()
         # key -> seq of the queued register op that wrote this view's current
         # copy (rule 6); present only while that op is queued.
