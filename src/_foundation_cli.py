@@ -16,7 +16,9 @@ import signal
 
 __all__ = ["main"]
 
-_HELD = frozenset({signal.SIGINT, signal.SIGTERM})
+_HELD = frozenset(
+    {signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])}
+)
 
 
 def main() -> int:

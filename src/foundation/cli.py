@@ -36,19 +36,22 @@ such as shares not summing to 100, a bad ``--where``, a missing ``--plan``,
 ``--bind`` off loopback without ``--token``); 69 backend unavailable
 (``BackendUnavailable``: Redis unreachable, not answering within the op
 timeout, read-only or out of memory; retrying later may work); 130
-interrupted (SIGINT, Ctrl-C); 141 (128 + SIGPIPE) when the reader of stdout
-went away (``foundation agents watch | head -1``): the command stops quietly,
-as a tool killed by SIGPIPE would; 143 terminated (SIGTERM) before the
-command finished. A writing command holds both signals once its write began,
-until its end (its own exit code, then one line saying the signal was held):
-from it, 130 and 143 mean nothing was written. ``admin``, ``agents watch``
-and ``demo --admin`` (once serving) run until stopped: SIGTERM is their
-normal end, exit 0 (the demo's own code). Either signal stops what the
+interrupted (SIGINT, Ctrl-C); 129 hung up (SIGHUP: the terminal closed, the
+ssh session dropped) before the command finished; 141 (128 + SIGPIPE) when
+the reader of stdout went away (``foundation agents watch | head -1``): the
+command stops quietly, as a tool killed by SIGPIPE would; 143 terminated
+(SIGTERM) before the command finished. A writing command holds the three
+signals once its write began, until its end (its own exit code, then one line
+saying the signal was held): from it, 129, 130 and 143 mean nothing was
+written. ``admin``, ``agents watch`` and ``demo --admin`` (once serving) run
+until stopped: SIGTERM is their normal end, exit 0 (the demo's own code);
+SIGHUP is not (nobody asked them to stop): 129. Each signal stops what the
 command started first, then one line ``foundation COMMAND: interrupted`` (or
-``terminated``) goes to stderr; a
-second Ctrl-C cuts the shutdown short. No command ever creates a flag store:
-a missing SQLite file or an empty Redis namespace is an error, and so is an
-existing file that is not a flag store (``FlagError``; nothing written to it).
+``hung up``, ``terminated``) goes to stderr; a second Ctrl-C cuts the
+shutdown short. A signal ignored when the command starts (``nohup``) stays
+so. No command ever creates a flag store: a missing SQLite file or an empty
+Redis namespace is an error, and so is an existing file that is not a flag
+store (``FlagError``; nothing written to it).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ import sys
 import traceback
 from collections.abc import Iterable
 
-from foundation._cli._signals import EXIT_INTERRUPTED, EXIT_TERMINATED
+from foundation._cli._signals import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
 
 __all__ = ["main"]
 
@@ -71,12 +74,14 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # sysexits' EX_UNAVAILABLE: the backend cannot be used now
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool SIGPIPE ended
-# EXIT_INTERRUPTED (130, 128 + SIGINT) and EXIT_TERMINATED (143, 128 + SIGTERM): _signals.
+# EXIT_HANGUP (129, 128 + SIGHUP), EXIT_INTERRUPTED (130, 128 + SIGINT) and
+# EXIT_TERMINATED (143, 128 + SIGTERM): _signals.
 EXIT_CODES = (
     EXIT_OK,
     EXIT_FAILED,
     EXIT_USAGE,
     EXIT_UNAVAILABLE,
+    EXIT_HANGUP,
     EXIT_INTERRUPTED,
     EXIT_BROKEN_PIPE,
     EXIT_TERMINATED,
@@ -97,11 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Settings: --store/--redis/--namespace, else FOUNDATION_STORE/FOUNDATION_REDIS/"
         "FOUNDATION_NAMESPACE, else [cli] in ./foundation.toml. "
         "Exit codes: 0 ok; 1 failed; 2 usage error; 69 backend unavailable (Redis "
-        "unreachable, frozen past the op timeout, read-only); 130 interrupted (SIGINT, "
-        "Ctrl-C); 141 stdout closed (SIGPIPE); 143 terminated (SIGTERM) before done "
-        "(a write, once begun, runs to the command's end: 130 and 143 mean nothing written). "
-        "admin, agents watch and demo --admin run until stopped: SIGTERM ends them "
-        "with 0. See docs/cli.md.",
+        "unreachable, frozen past the op timeout, read-only); 129 hung up (SIGHUP); 130 "
+        "interrupted (SIGINT, Ctrl-C); 141 stdout closed (SIGPIPE); 143 terminated (SIGTERM) "
+        "before done (a write, once begun, runs to the command's end: 129, 130 and 143 mean "
+        "nothing written). admin, agents watch and demo --admin run until stopped: SIGTERM "
+        "ends them with 0 (SIGHUP: 129). See docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -118,19 +123,25 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, *, mask_to_restore: Iterable[int] | None = None) -> int:
     """Entry point of the ``foundation`` console script; returns the exit code.
 
-    SIGINT and SIGTERM unwind the command (see ``foundation._cli._signals``),
-    then one line ``foundation COMMAND: interrupted|terminated`` goes to stderr.
-    ``mask_to_restore``: the signal mask to put back once the handlers are in
-    place (the console script holds both signals while it imports us: see
-    ``_foundation_cli``); a signal held meanwhile is delivered then.
+    SIGINT, SIGTERM and SIGHUP unwind the command (see ``foundation._cli._signals``),
+    then one line ``foundation COMMAND: interrupted|terminated|hung up`` goes to
+    stderr. ``mask_to_restore``: the signal mask to put back once the handlers
+    are in place (the console script holds these signals while it imports
+    us: see ``_foundation_cli``); a signal held meanwhile is delivered then.
     """
-    from foundation._cli._signals import Terminated, held_signals, install_sigterm, release_held
+    from foundation._cli._signals import (
+        TERMINATING,
+        Terminated,
+        held_signals,
+        install_terminating,
+        release_held,
+    )
 
     args_list = list(sys.argv[1:] if argv is None else argv)
     words: list[str] = []  # the command's words once parsed, for the signal line
-    sigterm_was = signal.getsignal(signal.SIGTERM)
+    at_default = tuple(s for s in TERMINATING if signal.getsignal(s) is signal.SIG_DFL)
     try:
-        install_sigterm()
+        install_terminating()
         if mask_to_restore is not None:
             # Race: a signal that landed while we were imported is pending; it is
             # delivered here, inside this try, so it is told as any other.
@@ -147,35 +158,37 @@ def main(argv: list[str] | None = None, *, mask_to_restore: Iterable[int] | None
         return code
     except KeyboardInterrupt:  # Ctrl-C: every command stopped what it started
         return _signalled(words, args_list, "interrupted", EXIT_INTERRUPTED)
-    except Terminated as exc:  # SIGTERM: 143, or 0 from a command that runs until stopped
-        return _signalled(words, args_list, "terminated", exc.exit_code)
+    except Terminated as exc:  # SIGHUP 129; SIGTERM 143, or 0 from what runs until stopped
+        return _signalled(words, args_list, exc.word, exc.exit_code)
     finally:
-        # Race: a SIGTERM landing inside install_sigterm, once its handler is set,
-        # raises before it returns: so the default is put back whenever it was the
-        # default on entry and the handler is still ours, not on a returned value.
-        # A write's hold ends here too (both in one step: see release_held).
-        release_held(restore_sigterm_default=sigterm_was is signal.SIG_DFL)
+        # Race: a SIGTERM (SIGHUP) landing inside install_terminating, once its
+        # handler is set, raises before it returns: so the default is put back
+        # whenever it was the default on entry and the handler is still ours, not
+        # on a returned value. A write's hold ends here too (one step: release_held).
+        release_held(restore_defaults_of=at_default)
 
 
 def _ignore_signals_from_now_on() -> None:
-    """The command has ended, its output written and its code chosen: a SIGINT or
-    SIGTERM from now on changes neither.
+    """The command has ended, its output written and its code chosen: a SIGINT,
+    SIGTERM or SIGHUP from now on changes neither.
 
     Race: the interpreter's exit takes a while (0.1 to 0.7 s after the demo's
     last line, its objects freed), and Python puts the default handlers back as
     it starts: a Ctrl-C then killed the process silently (-2: 130 without the
     line; SIGTERM -15). Ignored handlers are left in place. One that lands
-    before this call is told as any other (one line, 130 or 143)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    before this call is told as any other (one line, 129, 130 or 143)."""
+    from foundation._cli._signals import STOP_SIGNALS
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _told_late(words: list[str], args_list: list[str], signum: int, code: int) -> None:
     """The one line of a signal held during a write: the command finished, with ``code``."""
     name = " ".join(["foundation", *(words or _command_words(args_list))])
-    what = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+    what = signal.Signals(signum).name
     message = f"{name}: {what} during its write, held: the command ran to its end (exit {code})"
-    print(message, file=sys.stderr, flush=True)
+    _say_last(message)
 
 
 def _signalled(words: list[str], args_list: list[str], what: str, code: int) -> int:
@@ -185,8 +198,26 @@ def _signalled(words: list[str], args_list: list[str], what: str, code: int) -> 
     or while ``--help`` writes to a full pipe), its words are read from the
     arguments as typed (``_command_words``)."""
     name = " ".join(["foundation", *(words or _command_words(args_list))])
-    print(f"{name}: {what}", file=sys.stderr, flush=True)
+    _say_last(f"{name}: {what}")
     return code
+
+
+def _say_last(line: str) -> None:
+    """Print the command's last line on stderr, unless stderr is gone.
+
+    After SIGHUP from a closed terminal, writing to it fails (EIO): the line
+    is lost, not the exit code; stdout and stderr then point at /dev/null, so
+    the interpreter's final flush has nowhere to fail (it would exit 120)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # (ValueError: stderr closed in-process)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(devnull, stream.fileno())
+                finally:
+                    os.close(devnull)
 
 
 _COMMANDS = ("flags", "migration", "agents", "admin", "demo", "version")

@@ -86,7 +86,7 @@ def _signalled(frozen: RedisServer, signum: int, tmp_path: Path) -> int | None:
         code = run.finish()
     finally:
         run.close()
-    word = "interrupted" if signum == signal.SIGINT else "terminated"
+    word = {signal.SIGINT: "interrupted", signal.SIGHUP: "hung up"}.get(signum, "terminated")
     assert run.stderr == [f"foundation flags list: {word}"], run.stderr
     return code
 
@@ -108,6 +108,7 @@ SCENARIOS: dict[int, Callable[[str, RedisServer, Path], int | None]] = {
     69: lambda _u, _f, tmp: _one_line(
         run_cli("flags", "list", "--store", f"redis://127.0.0.1:{free_port()}/0", cwd=tmp)
     ),
+    129: lambda _u, frozen, tmp: _signalled(frozen, signal.SIGHUP, tmp),
     130: lambda _u, frozen, tmp: _signalled(frozen, signal.SIGINT, tmp),
     141: lambda url, _f, tmp: _closed_pipe_code(url, tmp),
     143: lambda _u, frozen, tmp: _signalled(frozen, signal.SIGTERM, tmp),

@@ -33,6 +33,21 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None, help=f"the operator token (default: ${TOKEN_ENV})")
     p.add_argument("--read-only", action="store_true", help="refuse every write")
     p.add_argument("--plan", default=None, metavar="NAME", help="the migration plan (when several)")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close a connection that has not sent a complete request head by then (default: 10)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="close new connections at once beyond N open ones "
+        "(default: 1000, or half the open-file limit if lower)",
+    )
 
 
 def _load_serve() -> Any:
@@ -64,8 +79,29 @@ def _check_bind(bind: str, token: str | None) -> None:
         )
 
 
+def _slow_client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--header-timeout`` and ``--max-connections`` as ``serve`` options (those
+    given); UsageError for a bad one, before any store is opened."""
+    from foundation.admin._slow_clients import check_header_timeout, check_max_connections
+
+    options: dict[str, Any] = {}
+    for flag, name, check in (
+        ("--header-timeout", "header_timeout", check_header_timeout),
+        ("--max-connections", "max_connections", check_max_connections),
+    ):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        try:
+            options[name] = check(value)
+        except InvalidConfig as exc:
+            raise UsageError(f"{flag}: {exc}", label="InvalidConfig") from exc
+    return options
+
+
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    """Serve until SIGINT (then ``KeyboardInterrupt``: exit 130) or SIGTERM (exit 0)."""
+    """Serve until SIGINT (then ``KeyboardInterrupt``: exit 130), SIGTERM (exit 0) or
+    SIGHUP (exit 129)."""
     serve = _load_serve()
     if not settings.store and not settings.redis:
         raise InvalidConfig(
@@ -73,6 +109,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         )
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     _check_bind(args.bind, token)
+    options = _slow_client_options(args)
     with ExitStack() as stack:
         flags = migration = registry = None
         if settings.store:
@@ -94,6 +131,7 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             token=token,
             read_only=args.read_only,
             on_ready=lambda url: print(f"admin page: {url}", file=sys.stderr, flush=True),
+            **options,
         )
     # Raised once the server and the store/registry above are closed: the
     # command then exits as any command a signal stopped.
@@ -101,4 +139,6 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         raise KeyboardInterrupt
     if stopped_by == signal.SIGTERM:
         raise Terminated(exit_code=0)  # serving until stopped: SIGTERM is its end
+    if stopped_by is not None:  # SIGHUP: not an end asked for, 129 (_signals)
+        raise Terminated(signum=stopped_by)
     return 0

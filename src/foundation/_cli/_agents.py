@@ -580,9 +580,9 @@ def _print_event(item: Any, out: Output) -> None:
 
 
 def _watch(observer: Any, count: int | None, out: Output) -> int:
-    """Print each event until ``count`` events, Ctrl-C or SIGTERM; connection
+    """Print each event until ``count`` events, Ctrl-C, SIGTERM or SIGHUP; connection
     state changes go to stderr. SIGTERM is the orderly stop (exit 0); Ctrl-C
-    exits 130 (``foundation._cli._signals``). At most ``WATCH_BACKLOG`` events
+    exits 130, SIGHUP 129 (``foundation._cli._signals``). At most ``WATCH_BACKLOG`` events
     wait for a slow stdout (``Backlog``)."""
     from foundation._cli._signals import Terminated
 
@@ -607,7 +607,7 @@ def _watch(observer: Any, count: int | None, out: Output) -> int:
                 seen += 1
             _print_event(item, out)
     except Terminated as exc:  # SIGTERM: watching until stopped, this is its end
-        exc.exit_code = 0
+        exc.exit_code = 0  # (SIGHUP keeps its 129: see Terminated)
         raise
     finally:
         unsubscribe()

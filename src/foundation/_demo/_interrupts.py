@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
-from foundation._cli._signals import _BOTH, Terminated, _blocked, raising_handler
+from foundation._cli._signals import STOP_SIGNALS, Terminated, _blocked, raising_handler
 
 __all__ = ["ctrl_c_deferred", "finishing"]
 
@@ -37,7 +37,7 @@ class _Held:
         # one that arrived just before runs its raising handler here: undone.
         with _blocked():
             try:
-                for signum in _BOTH:
+                for signum in STOP_SIGNALS:
                     handler = signal.getsignal(signum)
                     if handler is raising_handler(signum):
                         self._previous[signum] = handler
@@ -69,7 +69,9 @@ class _Held:
     def raise_caught(self) -> None:
         """Act on the first signal held, as its handler would have."""
         if self.caught:
-            raise KeyboardInterrupt if self.caught[0] == signal.SIGINT else Terminated
+            if self.caught[0] == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise Terminated(signum=self.caught[0])  # SIGTERM 143, SIGHUP 129
 
 
 @contextlib.contextmanager

@@ -16,8 +16,14 @@ from typing import Any, Self
 import uvicorn
 from starlette.applications import Starlette
 
-from foundation._cli._signals import raising_handler
+from foundation._cli._signals import STOP_SIGNALS, raising_handler
 from foundation.admin._app import create_app
+from foundation.admin._slow_clients import (
+    DEFAULT_HEADER_TIMEOUT,
+    check_header_timeout,
+    check_max_connections,
+    protocol_class,
+)
 from foundation.admin._state import AdminState, RegistryLike
 from foundation.errors import Closed, InvalidConfig
 from foundation.flags import FeatureFlags, Migration
@@ -102,18 +108,22 @@ class _Server(uvicorn.Server):
 
 
 def _signals_to_take() -> tuple[int, ...]:
-    """SIGINT and SIGTERM, those still at their default: ``SIG_DFL`` or the handler
-    that raises (Python's ``KeyboardInterrupt`` for SIGINT, the ``foundation``
-    command's for SIGTERM). One the program ignores (``nohup``, a background
-    job's SIGINT) or handles itself is left to it. Read before ``asyncio.run``,
-    which puts a SIGINT handler of its own in place. None off the main thread."""
+    """SIGINT, SIGTERM and SIGHUP, those still at their default: ``SIG_DFL`` or the
+    handler that raises (Python's ``KeyboardInterrupt`` for SIGINT, the
+    ``foundation`` command's for SIGTERM and SIGHUP). One the program ignores
+    (``nohup``, a background job's SIGINT) or handles itself is left to it. Read
+    before ``asyncio.run``, which puts a SIGINT handler of its own in place. None
+    off the main thread."""
     if threading.current_thread() is not threading.main_thread():
         return ()
     return tuple(
         sig
-        for sig in (signal.SIGINT, signal.SIGTERM)
+        for sig in STOP_SIGNALS  # SIGINT, SIGTERM, SIGHUP (where the platform has it)
         if signal.getsignal(sig) is signal.SIG_DFL or signal.getsignal(sig) is raising_handler(sig)
     )
+
+
+_BACKLOG = 128
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -128,7 +138,7 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(_BACKLOG)
     except OSError as exc:
         sock.close()
         raise InvalidConfig(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
@@ -144,8 +154,14 @@ class AdminServer:
     event stream, stops the server and joins its thread. The live objects stay
     the caller's to close.
 
+    ``header_timeout`` (seconds, default 10) closes a connection that has not
+    sent a complete request head that long after it opened; ``max_connections``
+    (default 1,000, or half ``ulimit -n`` if lower) closes new connections at
+    once beyond that many (see :mod:`foundation.admin._slow_clients`).
+
     Raises (from the constructor):
-        InvalidConfig: a bad ``bind``, or a non-loopback ``bind`` without a token.
+        InvalidConfig: a bad ``bind``, ``header_timeout`` or ``max_connections``,
+            or a non-loopback ``bind`` without a token.
     """
 
     def __init__(
@@ -159,8 +175,12 @@ class AdminServer:
         read_only: bool = False,
         bind: str = "127.0.0.1:8800",
         metrics: Any = None,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        max_connections: int | None = None,
     ) -> None:
         host, port = parse_bind(bind)
+        self._header_timeout = check_header_timeout(header_timeout)
+        self._max_connections = check_max_connections(max_connections)
         loopback = is_loopback(host)
         if not loopback and token is None:
             raise InvalidConfig(
@@ -198,6 +218,13 @@ class AdminServer:
             access_log=False,
             log_config=None,  # a library never reconfigures the process's logging
             timeout_graceful_shutdown=2,
+            # h11 with a request-head deadline and a connection cap (slow clients).
+            http=protocol_class(
+                header_timeout=self._header_timeout, max_connections=self._max_connections
+            ),
+            # The listen backlog _bind gives: uvicorn's 2048 would also let asyncio
+            # accept up to 2048 sockets at once before the cap can close any.
+            backlog=_BACKLOG,
         )
 
     def start(self, timeout: float = 30.0) -> Self:
@@ -274,20 +301,24 @@ def serve(
     bind: str = "127.0.0.1:8800",
     metrics: Any = None,
     on_ready: Any = None,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    max_connections: int | None = None,
 ) -> int | None:
     """Serve the admin page in the foreground until SIGINT (Ctrl-C) or SIGTERM.
 
     Returns the number of the signal that stopped it (None: stopped
     otherwise), after a graceful shutdown (open event streams are cut after
     2 s): the ``foundation admin`` command exits as any command that signal
-    stopped. ``on_ready(url)`` is called once the socket accepts connections.
+    stopped. ``on_ready(url)`` is called once the socket accepts connections;
+    ``header_timeout`` and ``max_connections`` are :class:`AdminServer`'s.
     Only a signal at its default action (or at Python's ``KeyboardInterrupt``
     handler) is taken over while serving: one the program ignores or handles
     itself is left to it (``serve`` then runs until the other one).
 
     Raises:
-        InvalidConfig: a bad ``bind``, a non-loopback ``bind`` without a token,
-            or the address cannot be listened on.
+        InvalidConfig: a bad ``bind``, ``header_timeout`` or ``max_connections``,
+            a non-loopback ``bind`` without a token, or the address cannot be
+            listened on.
     """
     server = AdminServer(
         flags=flags,
@@ -298,6 +329,8 @@ def serve(
         read_only=read_only,
         bind=bind,
         metrics=metrics,
+        header_timeout=header_timeout,
+        max_connections=max_connections,
     )
     sock = _bind(server._host, server._port)
     port = sock.getsockname()[1]
