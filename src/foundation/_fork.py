@@ -13,7 +13,11 @@ nothing on the shared backend. The hooks do no I/O and take no lock a dead
 parent thread may hold: each object gets fresh locks.
 
 A tracked class defines ``_inherited_by_fork(self) -> None`` (run in the child,
-which has one thread) and calls ``track(self)`` once constructed.
+which has one thread) and calls ``track(self)`` once constructed. An object
+that stays usable in the child (a ``MemoryRegistry``: the child's private
+copy) resets its own locks there with ``reset_locks``, in place: a closure
+that captured a lock (an unsubscribe) sees the reset too, and nothing is
+added to the hot path.
 
 A module-level lock is registered with ``unlock_after_fork(lock)``: a parent
 thread holding it at the fork holds it for ever in the child (that thread does
@@ -40,7 +44,7 @@ from foundation import _unraisable
 from foundation._unraisable import report_unraisable
 from foundation.errors import Closed
 
-__all__ = ["forked_closed", "keep", "track", "unlock_after_fork"]
+__all__ = ["forked_closed", "keep", "reset_locks", "track", "unlock_after_fork"]
 
 _LIVE: Final[weakref.WeakSet[Any]] = weakref.WeakSet()
 """Every tracked object not yet collected (added once, by its constructor)."""
@@ -68,6 +72,28 @@ def unlock_after_fork(*locks: object) -> None:
         if not callable(getattr(lock, "_at_fork_reinit", None)):
             raise TypeError(f"cannot reset {lock!r} after fork(): no _at_fork_reinit")
     _LOCKS.extend(locks)
+
+
+def reset_locks(*locks: Any) -> None:
+    """In a forked child (from an ``_inherited_by_fork`` hook): reset ``locks``
+    (``Lock`` or ``RLock``) to unlocked, in place.
+
+    A parent thread holding one at the fork held it for ever in the child (that
+    thread does not exist there): the child's next write hung. An ``RLock`` the
+    forking thread holds is left as it is (that thread goes on in the child and
+    releases it); a ``Lock`` must be one no caller's code runs under (the
+    forking thread cannot hold it). Never waits.
+
+    >>> import threading
+    >>> lock = threading.Lock(); lock.acquire()
+    True
+    >>> reset_locks(lock); lock.locked()
+    False
+    """
+    for lock in locks:
+        owned = getattr(lock, "_is_owned", None)  # an RLock's (a Lock has no owner)
+        if owned is None or not owned():
+            lock._at_fork_reinit()
 
 
 def track(obj: Any) -> None:
@@ -108,10 +134,7 @@ def _inherited_after_fork() -> None:
     locks come first: an object's hook, or the report of its failure
     (``_unraisable``'s lock), may take one.
     """
-    for lock in _LOCKS:
-        owned = getattr(lock, "_is_owned", None)  # an RLock's (a Lock has no owner)
-        if owned is None or not owned():
-            lock._at_fork_reinit()
+    reset_locks(*_LOCKS)
     for obj in list(_LIVE):
         try:
             obj._inherited_by_fork()

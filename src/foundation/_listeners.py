@@ -503,6 +503,26 @@ class DeliveryQueue(Generic[E]):
                  "thread": thread, "stalled_s": stalled},
             )  # fmt: skip
 
+    def inherited_by_fork(self) -> None:
+        """In a forked child (the owner's ``_inherited_by_fork``, ``foundation._fork``):
+        deliver the child's events in the child.
+
+        A parent thread delivering at the fork (or a courier it relayed the turn
+        to, ``busy``) does not exist in the child: every event the child queued
+        waited for it for ever (no listener heard the child's writes), and a
+        courier's owner check found the lock held. So the lock is reset in
+        place, the turn freed, and the events queued before the fork dropped:
+        they are the parent's, which delivers them. Unless the forking thread
+        itself is delivering (a listener forked): it goes on in the child and
+        its turn ends as in the parent. Race: none (one thread in the child).
+        """
+        if self._owned():
+            return
+        self._lock._at_fork_reinit()  # type: ignore[attr-defined]
+        self.pending.clear()
+        self.busy = self._more = False
+        self.delivering = None
+
     def __repr__(self) -> str:
         return f"<DeliveryQueue {self._where!r}: {len(self.pending)} queued>"
 

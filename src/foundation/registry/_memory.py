@@ -64,6 +64,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from foundation import _fork
 from foundation.errors import (
     AlreadyRegistered,
     Closed,
@@ -307,6 +308,25 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         self._pending = self._delivery.pending
         self._closed = False
         self._released = False  # close() ran to its end: every monitor released
+        _fork.track(self)  # the child's own locks after a fork (see _inherited_by_fork)
+
+    def _inherited_by_fork(self) -> None:
+        """In a forked child (``foundation._fork``): the child's private copy,
+        usable there as the contract says (``register()`` raises ``Closed``: the
+        manager is closed in the child; ``unregister()``, ``update_metadata()``,
+        ``subscribe()``, reads and ``close()`` act on the copy).
+
+        Race: a parent thread writing at the fork held the write lock for ever
+        in the child, whose next write (or ``close()``) hung; and one
+        delivering events held the delivery turn, so no listener heard the
+        child's writes. Both are reset in place (an unsubscribe captured the
+        lock), no lock is waited for. A write cut by the fork is in the copy as
+        a lock-free reader would have seen it then (each step keeps the
+        indexes a superset of the table): a key indexed but not published, or
+        unpublished but still indexed, which queries re-check.
+        """
+        _fork.reset_locks(self._lock)
+        self._delivery.inherited_by_fork()
 
     def _closed_first(self) -> None:
         """Raise ``Closed`` if closed: called where a call is refused for its

@@ -276,7 +276,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from foundation import telemetry
+from foundation import _fork, telemetry
 from foundation._listeners import Listeners
 from foundation.errors import (
     AlreadyRegistered,
@@ -291,7 +291,12 @@ from foundation.liveness import is_alive
 from foundation.registry._async import MigratingAsyncWrites
 from foundation.registry._migrating_events import _LEGACY, _TARGET, _Call
 from foundation.registry._migrating_mirror import REMOVED, _TargetMirrors, _unmirrored_own
-from foundation.registry._migrating_readers import _CLOSED_READER, _LegacyReader, _SettlingReader
+from foundation.registry._migrating_readers import (
+    _CLOSED_READER,
+    _FORKED_READER,
+    _LegacyReader,
+    _SettlingReader,
+)
 from foundation.registry._migrating_views import _Record, _View
 from foundation.registry._types import (
     Criterion,
@@ -374,6 +379,9 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         >>> reg.close(); stop.set()
     """
 
+    #: Inherited across fork(): closed in the child (see ``_inherited_by_fork``).
+    _forked = False
+
     def __init__(
         self,
         legacy: Registry,
@@ -447,6 +455,42 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         self._unsubscribers.append(flags.subscribe(self._on_flag_change))
         self._refresh_flag(retry=False)  # a change between the first read and the hook
         self._backfill()
+        _fork.track(self)  # closed in a forked child (see _inherited_by_fork)
+
+    def _inherited_by_fork(self) -> None:
+        """In a forked child (``foundation._fork``): closed, with no I/O and no wait.
+
+        The child has none of the facade's threads: a parent thread writing at
+        the fork held the facade lock (or the pump's, the pass's) for ever in
+        the child, whose next write or ``close()`` hung, and a mirror it had in
+        flight (queued, booked half) would never land; its ``FeatureFlags`` is
+        closed there too, so the flag could not be followed. So every call
+        raises ``Closed`` naming fork(), reads included; the locks are reset in
+        place and the delivery turn freed. ``close()`` then closes the child's
+        copies of both backends (each fork-safe: an inherited ``RedisRegistry``
+        does nothing) and touches neither the flags nor the parent's executor
+        (kept, never shut down: its queue's lock may be held); the facade's
+        subscriptions go with the child's copies of what it subscribed to.
+        """
+        _fork.reset_locks(
+            self._lock,
+            self._flag_lock,
+            self._muted_lock,
+            self._pump_lock,
+            self._legacy_retry_lock,
+            self._listeners._lock,
+        )
+        self._delivery.inherited_by_fork()
+        if self._pump_owner != threading.get_ident():
+            self._pump_owner = None
+        executor = getattr(self, "_async_executor", None)
+        if executor is not None:
+            _fork.keep(executor)
+            self._async_executor = None
+        self._unsubscribers.clear()
+        self._legacy_unsubscribe = None
+        self._closed = self._forked = True
+        self._reader = _FORKED_READER
 
     # ------------------------------------------------------------------ flag
 
@@ -1082,6 +1126,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._forked:
+                raise _fork.forked_closed("MigratingRegistry")
             raise Closed("this MigratingRegistry is closed")
 
     def _backfill(self) -> None:

@@ -5,7 +5,8 @@ The reader is the target itself (flag on, nothing queued), or one of these:
 ``_LegacyReader`` (flag off: apply the legacy retries asked for, rule 7, and
 catch the caller's legacy view up first, rule 4),
 ``_SettlingReader`` (flag on while flag-off mirrors are still queued: apply
-them first, rule 6) or ``_CLOSED_READER`` (after ``close()``). See the module
+them first, rule 6), ``_CLOSED_READER`` (after ``close()``) or
+``_FORKED_READER`` (inherited across fork()). See the module
 documentation of ``foundation.registry._migrating``.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from foundation._fork import forked_closed
 from foundation.errors import Closed
 from foundation.registry._types import Criterion, Entry, MetadataFilter
 
@@ -109,3 +111,16 @@ class _ClosedReader:
 
 
 _CLOSED_READER: Final = _ClosedReader()
+
+
+class _ForkedReader(_ClosedReader):
+    """The reader of a facade inherited across fork(): every read raises
+    ``Closed`` naming fork() (``MigratingRegistry._inherited_by_fork``)."""
+
+    __slots__ = ()
+
+    def _closed(self) -> Closed:
+        return forked_closed("MigratingRegistry")
+
+
+_FORKED_READER: Final = _ForkedReader()

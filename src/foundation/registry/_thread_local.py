@@ -29,6 +29,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from foundation import _fork
 from foundation._listeners import Listeners
 from foundation.errors import AlreadyRegistered, Closed, NotAlive, NotRegistered
 from foundation.liveness import is_alive
@@ -175,6 +176,15 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         self._closed = False
         self._indexed_queries = 0
         self._scans = 0
+        _fork.track(self)  # the child's own lock after a fork (see _inherited_by_fork)
+
+    def _inherited_by_fork(self) -> None:
+        """In a forked child (``foundation._fork``): the child's private copy (its
+        forking thread's entries), usable there. Race: a parent thread
+        subscribing or unsubscribing at the fork held the listeners' lock for
+        ever in the child, whose next ``subscribe()``, unsubscribe or
+        ``close()`` hung: reset in place (an unsubscribe captured it)."""
+        _fork.reset_locks(self._listeners._lock)
 
     def _check_open(self) -> None:
         if self._closed:
