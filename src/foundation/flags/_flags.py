@@ -182,12 +182,25 @@ class _Writer:
         self.txn = txn
         self.config = config
         self.writes: dict[str, tuple[FlagState | None, FlagChange]] = {}
+        self._pending: dict[str, FlagState] | None = None  # see ``served``
 
     def base(self, name: str) -> FlagState:
         return _first(self.config.get(name), self.flags._defaults[name])
 
     def current(self, name: str) -> FlagState:
         return _first(self.txn.get(name), self.base(name))
+
+    def served(self, name: str, stored: FlagState | None) -> FlagState | None:
+        """The runtime state this node serves for ``name``: ``stored`` (the committed
+        one, ``txn.get``) with the node's pending kill switches on it applied
+        (``RedisFlagStore`` keeps a kill switch made during an outage pending,
+        served at once, committed when Redis takes writes again)."""
+        if self._pending is None:  # one read per transaction run, inside it
+            self._pending = _pending_kill_switches(self.flags._store)
+        off = self._pending.get(name)
+        if off is None:
+            return stored  # the common case: no kill switch pending on this flag
+        return off if stored is None else _replace(stored, switch=False)
 
     def update(
         self,
@@ -196,14 +209,32 @@ class _Writer:
         by: str | None,
         reason: str | None,
     ) -> FlagChange | None:
-        """Store ``mutate(effective state)`` (None: clear); a no-op write records nothing."""
+        """Store ``mutate(effective state)`` (None: clear); a no-op write records nothing.
+
+        A no-op leaves both the committed state and the one this node serves
+        (``served``) as they are; ``old`` is the state this node served.
+        """
         check_audit_text(by, "by")  # every write passes here: one rule on every store
         check_audit_text(reason, "reason")
         stored = self.txn.get(name)
-        old = _first(stored, self.base(name))
-        new_stored = mutate(old)
-        if new_stored == stored:
+        new_stored = mutate(_first(stored, self.base(name)))
+        served = self.served(name, stored)
+        # Race (a write over a pending kill switch): on a read-only or out-of-memory
+        # Redis, disable("f") is kept pending (f served off here, on in Redis).
+        # enable("f") compared its result with Redis' state only, found it equal
+        # ("on") and wrote nothing, without an error: acknowledged, f stayed off,
+        # and the kill switch was committed once Redis took writes again. It is a
+        # change for this node (off -> on), so it is written: refused while Redis
+        # refuses writes (BackendUnavailable, nothing changed), and once committed
+        # it is later than the kill switch, which it supersedes (docs/flags-outages.md).
+        # Computed on the committed state, as every write (a kill switch pending
+        # here may be stale: committed and superseded elsewhere, see NodeCache's
+        # write-back). The pending list is read inside the store's transaction:
+        # its lock keeps new kill switches out; one committed meanwhile is in
+        # Redis' state too, and the overlay is idempotent.
+        if new_stored == stored and new_stored == served:
             return None
+        old = _first(served, self.base(name))
         change = FlagChange(name, old, _first(new_stored, self.base(name)), by, reason, time.time())
         self.txn.put(name, new_stored, change)
         self.writes[name] = (new_stored, change)
@@ -800,6 +831,10 @@ class FeatureFlags:
         ``preexec_fn`` child) and the listeners are new.
         """
         self._lock._after_fork_in_child()
+        # An unsubscribe handed out before the fork captured the old listeners'
+        # locks (a parent thread in subscribe/unsubscribe at the fork held one):
+        # reset in place, so calling it in the child never hangs.
+        _fork.reset_locks(self._listeners._lock, self._swap_hooks._lock)
         self._listeners = Listeners("flag change listener", area="flags")
         self._swap_hooks = Listeners("flag table swap hook", area="flags")
         self._closed = self._forked = self._released = True
@@ -1173,6 +1208,20 @@ def _log_change(change: FlagChange) -> None:
                 "reason": change.reason,
             },
         )
+
+
+def _pending_kill_switches(store: FlagStore) -> dict[str, FlagState]:
+    """Flag -> the state its pending kill switch stores if the flag has no runtime
+    state (else it is switched off), for this node's kill switches kept through an
+    outage (``RedisFlagStore.pending()``; other stores commit every write)."""
+    pending = getattr(store, "pending", None)
+    if not callable(pending):
+        return {}
+    flags: dict[str, FlagState] = {}
+    for op in pending():
+        for name, state in getattr(op, "stored", {}).items():
+            flags.setdefault(name, state)  # the oldest: what the overlay applies first
+    return flags
 
 
 def _first(*states: FlagState | None) -> FlagState:
