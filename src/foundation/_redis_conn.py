@@ -541,9 +541,81 @@ def _reply_code_kind(exc: BaseException, ex: Any, text: str) -> str | None:
     code = text.split(" ", 1)[0] if text else ""
     if isinstance(exc, ex.ResponseError | ex.BusyLoadingError) and code in REDIS_ERROR_KINDS:
         return code
+    if isinstance(exc, ex.ResponseError) and _in_script_acl(text):
+        return "NOPERM"  # a command inside a script refused by the ACL: "ERR ...", no code
     if isinstance(exc, ex.ResponseError):
         return _wrapped_reply_code(text)
     return None
+
+
+_SCRIPT_ACL: Final = (
+    "The user executing the script ",  # 7.0: "... can't run this command or subcommand"
+    "ACL failure in script: ",  # >= 7.2: "... User u has no permissions to run the 'xadd' command"
+)
+"""How an ACL refusal inside a Lua script starts (an ``ERR`` reply: redis-py drops the
+``ERR``; in a pipeline, after ``Command # 1 (EVALSHA ...) of pipeline caused error: ``),
+ending ``script: <sha>, on @user_script:<line>.``"""
+_SCRIPT_MODULES: Final = (
+    "foundation.registry._redis._scripts",
+    "foundation.flags._redis_store._scripts",
+)
+"""The modules whose ``str`` constants are the library's Lua scripts (see :func:`_acl_refused`)."""
+
+
+def _in_script_acl(text: str) -> bool:
+    return any(start in text for start in _SCRIPT_ACL)
+
+
+def _acl_refused(detail: str) -> str:
+    """What an ACL refusal ``detail`` (a ``NOPERM`` reply, or a script's) refused:
+    ``" (the command XADD, inside a Lua script)"``, or ``""`` if it does not say.
+
+    Redis 7.0 names no command for a refusal inside a script, only the script's
+    SHA1 and line: the command is read from that line of the library's script.
+
+    >>> _acl_refused("this user has no permissions to run the 'watch' command")
+    ' (the command WATCH)'
+    >>> _acl_refused("this user has no permissions to access one of the keys used as arguments")
+    ' (a key outside its key patterns)'
+    """
+    import re
+
+    in_script = _in_script_acl(detail)
+    where = ", inside a Lua script" if in_script else ""
+    if "access" in detail and ("key" in detail or "channel" in detail):
+        what = "channel" if "channel" in detail else "key"
+        return f" (a {what} outside its {what} patterns{where})"
+    named = re.search(r"permissions to run the '([^']+)' command", detail)
+    if named:
+        return f" (the command {named[1].upper()}{where})"
+    at = re.search(r"script: ([0-9a-f]{40}), on @user_script:(\d+)", detail)
+    if not in_script or at is None:
+        return ""
+    lines = _script_sources().get(at[1], "").splitlines()
+    line = int(at[2])
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    called = re.findall(r"redis\.p?call\(\s*'([A-Za-z]+)'", text)
+    if not called:
+        return f" (a command at line {line} of a Lua script)"
+    names = " or ".join(dict.fromkeys(name.upper() for name in called))
+    return f" (the command {names}, inside a Lua script)"
+
+
+@functools.cache
+def _script_sources() -> dict[str, str]:
+    """The library's Lua scripts by SHA1 (each also in its ``no-writes`` form)."""
+    import hashlib
+    import importlib
+
+    from foundation.registry._redis._readscript import NO_WRITES
+
+    found: dict[str, str] = {}
+    for name in _SCRIPT_MODULES:
+        for value in vars(importlib.import_module(name)).values():
+            if isinstance(value, str) and "redis.call(" in value:
+                for text in (value, NO_WRITES + value, NO_WRITES + value.lstrip("\n")):
+                    found[hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()] = text
+    return found
 
 
 def _wrapped_reply_code(text: str) -> str | None:
@@ -617,7 +689,8 @@ def translate_error(exc: BaseException, *, url: str, doing: str) -> FoundationEr
         )
     detail = str(exc) or type(exc).__name__
     if kind in REDIS_ERROR_KINDS:
-        why = f"{kind}, {REDIS_ERROR_KINDS[kind]}: {detail}"
+        refused = _acl_refused(detail) if kind == "NOPERM" else ""
+        why = f"{kind}, {REDIS_ERROR_KINDS[kind]}{refused}: {detail}"
     elif kind == "auth" and type(exc).__name__ == "SentinelLoginRefused":
         why = (
             "the Sentinels refused the login (check the URL's sentinel_username and "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from tests.faults._redis_scenarios import CLOSE_ALL, RECORDS
 from tests.faults._subprocess import run_scenario
+from tests.redis.test_acl_permissions import DOCUMENTED_ACL, NAMESPACE, PASSWORD, USER
 
 _SETUP = (
     RECORDS
@@ -154,28 +155,31 @@ def test_an_evicting_policy_is_warned_once_per_client_and_shown_in_status() -> N
 
 
 _AT_START_AND_ACL = (
-    """
+    f"""
+DOCUMENTED_ACL = {DOCUMENTED_ACL!r}
+USER, PASSWORD, NAMESPACE = {USER!r}, {PASSWORD!r}, {NAMESPACE!r}
+"""
+    + """
 try:
     a, b, store = open_with_policy("allkeys-random")
     assert [a.status().eviction_policy, b.status().eviction_policy,
             store.status().eviction_policy] == ["allkeys-random"] * 3
     assert len(records.about_eviction(logging.WARNING)) == 3
 
-    # An ACL user without +info (the documented minimal ACL): nothing fails,
+    # The ACL user of docs/redis.md, word for word (no +info): nothing fails,
     # the policy is unknown (None), said once per client at INFO level.
-    server.command("ACL", "SETUSER", "app", "on", ">pw", "~*", "+@read", "+@write",
-                   "+@scripting", "+@connection", "+@transaction", "+time")
-    acl = f"redis://app:pw@127.0.0.1:{server.port}/0"
+    server.command("ACL", *DOCUMENTED_ACL)
+    acl = f"redis://{USER}:{PASSWORD}@127.0.0.1:{server.port}/0"
     before = len(records.records)
-    c = RedisRegistry(acl, namespace="ev2", lease_ttl=3.0, op_timeout=1.0)
+    c = RedisRegistry(acl, namespace=NAMESPACE, lease_ttl=3.0, op_timeout=1.0)
     opened.append(c)
-    store2 = RedisFlagStore(acl, namespace="ev2", timeout=1.0, cache_path=None)
+    store2 = RedisFlagStore(acl, namespace=NAMESPACE, timeout=1.0, cache_path=None)
     opened.append(store2)
     assert c.status().eviction_policy is None and store2.status().eviction_policy is None
     new = records.records[before:]
     refused = [r for r in new if "cannot read INFO memory" in r.getMessage()]
     assert len(refused) == 2 and all(r.levelno == logging.INFO for r in refused), refused
-    assert all("app:***@" in r.getMessage() and ":pw@" not in r.getMessage()
+    assert all(f"{USER}:***@" in r.getMessage() and f":{PASSWORD}@" not in r.getMessage()
                for r in refused)
     assert [r for r in new if r.levelno >= logging.WARNING
             and "maxmemory-policy" in r.getMessage()] == []

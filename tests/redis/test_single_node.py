@@ -244,7 +244,8 @@ def test_an_acl_user_works_through_the_url_and_one_without_rights_is_unavailable
 ) -> None:
     user, denied = f"app-{ns}", f"denied-{ns}"
     with _raw(redis_server) as raw:
-        # The permissions docs/redis.md documents: the namespace's keys only.
+        # The registry's part of what docs/redis.md documents (the flag store and
+        # the CLI also need +@transaction: test_acl_permissions), namespace keys only.
         raw.acl_setuser(
             user,
             enabled=True,
