@@ -11,7 +11,10 @@ Where each ``on_down`` runs (it is never called with a manager lock held):
 * on ``foundation-<name>-threads`` for foreign threads (polled), and for
   asyncio futures still pending when their loop is closed;
 * on ``foundation-<name>-pidfd`` for OS processes (or
-  ``foundation-<name>-procpoll`` with the polling fallback);
+  ``foundation-<name>-procpoll`` with the polling fallback, and for a
+  process whose exit status only its owner can read: a forkserver
+  ``multiprocessing.Process``, a child reaped by other code; it waits there,
+  briefly, for the owner to store the code);
 * on ``foundation-liveness-redeliver`` for the monitors of a ``spawn_thread``
   thread or a ``concurrent.futures.Future`` that its own thread could not
   tell (out of memory), and of an asyncio future whose loop is closed by then.
@@ -31,7 +34,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from foundation.errors import InvalidConfig, bounded_repr
+from foundation.errors import BackendUnavailable, InvalidConfig, bounded_repr
 from foundation.liveness import _aio_watch
 from foundation.liveness._agents import unsupported
 from foundation.liveness._aio_watch import _AsyncioWatch
@@ -47,7 +50,13 @@ from foundation.liveness._core import (
     invoke,
     report,
 )
-from foundation.liveness._process import OSProcess, down_from_status, pidfd_readable, waitid_pidfd
+from foundation.liveness._process import (
+    OSProcess,
+    down_from_status,
+    owner_down,
+    pidfd_readable,
+    waitid_pidfd,
+)
 from foundation.liveness._threads import SpawnedThread
 from foundation.liveness._types import AGENT_TYPES, NotLoaded, refresh_agent_types
 from foundation.liveness._watches import (
@@ -661,6 +670,44 @@ class MonitorManager(_Closing):
 
     # ------------------------------------------------------------------ selector
 
+    def _hand_to_owner_wait(self, watch: _ProcessWatch, fd: int) -> bool:
+        """The process behind ``fd`` died and only its owner can read its
+        status (``down_from_status`` answered None: a forkserver child, a
+        child reaped by other code, a Popen whose own ``wait()`` is storing
+        its code). Never wait for the owner here: this thread serves every
+        process (before, it slept up to 0.5 s per such death, and told the
+        others that late). The watch moves to the process poller
+        (``foundation-<name>-procpoll``, checking ``owner_down`` every
+        ``process_poll_interval``), which fires it once the owner stored the
+        code, or with ``Down("exit")`` past the owner's deadline; its pidfd is
+        closed. False (fire now, code unknown) if no poller thread can start.
+
+        Races: a last ``demonitor()`` may have released the watch since the
+        status was read (its fd closed, maybe reused): then nothing is moved
+        (True: nothing left to tell). Both steps are under the lock that
+        ``demonitor()`` releases under; the process poller is only ever started
+        here while pidfds work (``_attach_locked`` starts it, with
+        ``exit_down``, only once pidfd_open failed with ENOSYS, and then no
+        pidfd is watched), so its check is ``owner_down``.
+        """
+        with self._lock:
+            if self._by_fd.get(fd) is not watch:
+                return True
+            try:
+                self._proc_poller = self._poll_locked(
+                    watch, self._proc_poller, "procpoll",
+                    table=self._polled_procs, cond=self._procs_cond,
+                    interval=self._process_interval, check=owner_down,
+                )  # fmt: skip
+            except BackendUnavailable:
+                return False
+            # Unregistered and closed (fd -1): from now on the watch is a polled
+            # one, released by demonitor() from _polled_procs. If this raises
+            # (ENOMEM), the fd stays registered and the selector meets it again:
+            # the poller may fire it first, then the selector fires nothing new.
+            watch.detach_locked()
+        return True
+
     def _pidfd_ready(self, fd: int) -> None:
         """Fire the watch whose pidfd is ready, then forget it.
 
@@ -704,7 +751,9 @@ class MonitorManager(_Closing):
             except Exception as exc:  # the status is unreadable, but the process is gone
                 report(exc, f"reading the exit status of {watch.agent!r}", self)
                 down = _EXIT
-        watch.fire(down)
+            if down is None and self._hand_to_owner_wait(watch, fd):
+                return
+        watch.fire(down or _EXIT)
         if watch.monitors:  # raced by a monitor() that takes itself, or else a
             return  # late fire: the fd is still registered, so this runs again
         with self._lock:

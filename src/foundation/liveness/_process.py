@@ -3,6 +3,18 @@
 Everything here is non-blocking and never reaps a child: exit status is read
 with ``waitid(..., WEXITED | WNOHANG | WNOWAIT)``, so ``Popen.wait()`` and
 ``Process.join()`` keep working for their owners. Zombies count as dead.
+
+Nothing here ever calls a ``Popen``'s ``poll()``/``wait()`` or a
+``multiprocessing.Process``'s ``exitcode``/``is_alive()``: those reap, or
+(forkserver) read the status from the sentinel pipe, which only one reader
+may do (two readers race: the loser gets EOF and multiprocessing stores 255
+as the OWNER's ``exitcode``). When the status cannot be read here (a
+forkserver child is not our child; a child reaped by other code: a SIGCHLD
+handler, ``waitpid(-1)``, SIGCHLD ignored), only what the owner's object
+stored (``returncode``) is used, and the death is told as ``Down("exit")``
+with ``exit_code=None`` if the owner stores nothing in time; a forkserver
+child's status the owner left unread that long is read here then, once (see
+``owner_down``).
 """
 
 from __future__ import annotations
@@ -10,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import time
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from foundation.errors import BackendUnavailable
 from foundation.liveness._core import NOPROC, NORMAL, Down
@@ -30,6 +43,7 @@ __all__ = [
     "down_from_status",
     "exit_down",
     "open_pidfd",
+    "owner_down",
     "waitid_pidfd",
 ]
 
@@ -40,6 +54,15 @@ _WAIT_FLAGS = (os.WEXITED | os.WNOHANG | os.WNOWAIT) if _HAS_WAITID else 0
 
 def _read_stat(pid: int) -> tuple[str, int] | None:
     """(state, start time in clock ticks) from /proc/<pid>/stat, None if gone.
+
+    Raises as ``_read_stat3``.
+    """
+    stat = _read_stat3(pid)
+    return None if stat is None else (stat[0], stat[2])
+
+
+def _read_stat3(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time in clock ticks) from /proc/<pid>/stat, None if gone.
 
     Raises ``BackendUnavailable`` (keeping the errno) when /proc cannot be read
     for another reason: no fd left (EMFILE, ENFILE), no memory.
@@ -52,9 +75,9 @@ def _read_stat(pid: int) -> tuple[str, int] | None:
     except OSError as exc:  # not an answer about the process: never "dead"
         raise BackendUnavailable(exc.errno, f"cannot read /proc/{pid}/stat: {exc}") from exc
     # The command name (field 2) may contain spaces and parentheses: split
-    # after the LAST ')'. Then field 3 is the state, field 22 the start time.
+    # after the LAST ')'. Then field 3 is the state, 4 the parent, 22 the start time.
     fields = data[data.rindex(b")") + 2 :].split()
-    return fields[0].decode("ascii"), int(fields[19])
+    return fields[0].decode("ascii"), int(fields[1]), int(fields[19])
 
 
 _PROC_OK = os.path.isdir("/proc/self") and _read_stat(os.getpid()) is not None
@@ -158,6 +181,87 @@ def _kill0(pid: int) -> bool:
 
 # --------------------------------------------------------------------------- status
 
+# How long the owner of a process whose status only it can read is given to
+# store its exit code, from the death (see owner_down). A fork/spawn child's
+# owner stores the code right after it reaps (the same thread, microseconds;
+# longer only if the reaping thread loses the CPU or the GIL); a forkserver
+# child's only once the owner calls join()/is_alive()/exitcode (or
+# multiprocessing's own cleanup at the next start()/active_children()).
+_REAP_STORE_WAIT = 0.1
+_OWNER_WAIT = 0.5
+
+# The library's record of a Popen or multiprocessing.Process, kept on it.
+_RECORD = "_foundation_process"
+
+
+class _Owned:
+    """What the library keeps of a ``Popen`` or ``multiprocessing.Process``.
+
+    ``popen``: the object whose ``returncode`` the owner stores (the Popen
+    itself; a Process's inner ``_popen``, held so its code is still read
+    after the owner's ``close()``, which drops ``Process._popen``).
+    ``start``: the process's identity (start time in clock ticks) at first
+    sight, -1 if it was not (or no longer) ours then, None without /proc.
+    ``deadline``: once a death was seen whose status only the owner can
+    read, the monotonic time until which it may still store it.
+    """
+
+    __slots__ = ("deadline", "forkserver", "is_popen", "pid", "popen", "start")
+
+    def __init__(self, popen: Any, *, is_popen: bool, forkserver: bool) -> None:
+        self.popen = popen
+        self.pid: int = popen.pid
+        self.is_popen = is_popen  # a subprocess.Popen (else a Process's inner popen)
+        self.forkserver = forkserver
+        self.deadline: float | None = None
+        self.start: int | None = None
+        if not _PROC_OK:
+            return
+        if popen.returncode is not None:
+            self.start = -1  # reaped by its owner already
+            return
+        stat = _read_stat3(self.pid)
+        # A Popen's or a fork/spawn Process's process is our child (its
+        # parent is this process) until reaped: a process at that pid with
+        # another parent took the pid over after the owner's child was reaped
+        # behind its back. A forkserver child's parent is the forkserver.
+        # Reuse by ANOTHER child of ours before this first sight cannot be
+        # told (nothing records when the Popen started): it passes.
+        if stat is None or stat[0] == "X" or (not forkserver and stat[1] != os.getpid()):
+            self.start = -1
+        else:
+            self.start = stat[2]
+
+    def same(self, *, zombie: bool) -> bool:
+        """True if the pid still names the process seen at first sight
+        (a zombie counts only if ``zombie``)."""
+        start = self.start
+        if start is None:
+            return _kill0(self.pid)
+        if start == -1:
+            return False
+        stat = _read_stat(self.pid)
+        return stat is not None and stat[1] == start and (zombie or stat[0] not in "ZX")
+
+
+def _owned(agent: Any) -> _Owned | None:
+    """The record of a Popen or a started multiprocessing.Process (made at
+    first sight); None for a Process never started (or closed before)."""
+    record: _Owned | None = agent.__dict__.get(_RECORD)
+    if record is not None:
+        return record
+    if isinstance(agent, agent_types().popen):
+        record = _Owned(agent, is_popen=True, forkserver=False)
+    else:
+        popen = getattr(agent, "_popen", None)
+        if popen is None:
+            return None
+        fs = type(popen).__module__ == "multiprocessing.popen_forkserver"
+        record = _Owned(popen, is_popen=False, forkserver=fs)
+    # Race: two threads may look first at once; setdefault keeps one record.
+    stored: _Owned = agent.__dict__.setdefault(_RECORD, record)
+    return stored
+
 
 def _down_from_siginfo(result: Any) -> Down:
     code = result.si_code
@@ -178,6 +282,23 @@ def _down_from_returncode(rc: int) -> Down:
     return Down("exit", exit_code=rc)
 
 
+def _popen_down(rc: int) -> Down:
+    """The Down of a Popen whose ``returncode`` is ``rc``.
+
+    A Popen whose child was reaped by someone else stores 0 when its own
+    ``waitpid`` fails with ECHILD (``subprocess``'s ``_try_wait`` and
+    ``_internal_poll``), whatever the child's real status was. With SIGCHLD
+    ignored every child is reaped by the kernel, so a 0 can only be that
+    guess: ``Down("exit")``, code unknown. Otherwise (a SIGCHLD handler or a
+    thread calling ``waitpid(-1)``) a 0 stored by the owner's ``wait()`` after
+    the child was reaped elsewhere cannot be told from a real exit 0:
+    ``"normal"``. A non-zero code is always real.
+    """
+    if rc == 0 and signal.getsignal(signal.SIGCHLD) is signal.SIG_IGN:
+        return Down("exit")
+    return _down_from_returncode(rc)
+
+
 def _waitid_pid(pid: int) -> Any:
     """Non-reaping status of child ``pid``: None while running.
 
@@ -188,21 +309,19 @@ def _waitid_pid(pid: int) -> Any:
     return os.waitid(os.P_PID, pid, _WAIT_FLAGS)
 
 
-def _popen_of(proc: multiprocessing.process.BaseProcess) -> Any:
-    return getattr(proc, "_popen", None)
-
-
 def exit_down(agent: ProcessAgent) -> Down | None:
     """The agent's Down if it has exited (zombie included), None while it runs.
 
-    Non-blocking and non-reaping where the platform allows it.
+    Non-blocking and non-reaping where the platform allows it; it never
+    waits for the owner to store an exit code (a death whose code is not
+    known yet is ``Down("exit")``; see ``owner_down`` for the wait).
     """
     if isinstance(agent, OSProcess):
         return _os_process_exit_down(agent)
-    if isinstance(agent, agent_types().popen):
-        return _popen_exit_down(agent)
-    # multiprocessing.Process (any start method), the only kind left
-    return _mp_process_exit_down(cast("multiprocessing.process.BaseProcess", agent))
+    record = _owned(agent)
+    if record is None:
+        return NOPROC  # a Process never started: it cannot die later
+    return _owned_exit_down(record)
 
 
 def _os_process_exit_down(agent: OSProcess) -> Down | None:
@@ -218,33 +337,62 @@ def _os_process_exit_down(agent: OSProcess) -> Down | None:
     return Down("exit") if agent._start != -1 else NOPROC
 
 
-def _popen_exit_down(agent: subprocess.Popen[Any]) -> Down | None:
-    """``exit_down`` for a subprocess.Popen."""
-    if agent.returncode is not None:
-        return _down_from_returncode(agent.returncode)
+def _owned_exit_down(record: _Owned) -> Down | None:
+    """``exit_down`` for a Popen or a started multiprocessing.Process."""
+    code = _stored_code(record)
+    if code is not None:
+        return code
     try:
-        result = _waitid_pid(agent.pid)
+        result = None if record.forkserver else _waitid_pid(record.pid)
     except ChildProcessError:
-        # Reaped behind Popen's back, or SIGCHLD ignored: ask Popen itself.
-        rc = agent.poll()
-        return None if rc is None else _down_from_returncode(rc)
+        # Reaped, and not (yet) stored by the owner: by other code, or by the
+        # owner's own wait on another thread about to store it.
+        return _unread_down(record)
+    if result is None and not record.forkserver:
+        # A running child of ours at that pid. Not checked against the
+        # identity (a /proc read: 10x the cost of is_alive() on this hot
+        # path): a child reaped behind the owner's back whose pid another
+        # child of ours took over passes for it (polling fallback; a pidfd,
+        # once open, refers to one process).
+        return None
+    if not record.same(zombie=result is not None):
+        # A forkserver child that is gone or a zombie (not ours: its status
+        # is the forkserver's to read), or a pid another process took over.
+        return _unread_down(record)
     return None if result is None else _down_from_siginfo(result)
 
 
-def _mp_process_exit_down(agent: multiprocessing.process.BaseProcess) -> Down | None:
-    """``exit_down`` for a multiprocessing.Process (any start method)."""
-    popen = _popen_of(agent)
-    if popen is None:
-        return NOPROC  # never started: it cannot die later
-    if popen.returncode is not None:
-        return _down_from_returncode(popen.returncode)
-    try:
-        result = _waitid_pid(popen.pid)
-    except ChildProcessError:
-        # forkserver children are not ours: multiprocessing reads the status.
-        rc = agent.exitcode
-        return None if rc is None else _down_from_returncode(rc)
-    return None if result is None else _down_from_siginfo(result)
+def _stored_code(record: _Owned) -> Down | None:
+    """The Down from the code the owner's object stored, None if none yet."""
+    rc = record.popen.returncode
+    if rc is None:
+        return None
+    return _popen_down(rc) if record.is_popen else _down_from_returncode(rc)
+
+
+def _unread_down(record: _Owned) -> Down | None:
+    """The Down of a process known dead whose status this library cannot
+    read: the owner's stored code, else ``Down("exit")``; None (look again)
+    while a Popen's own ``wait()`` holds its lock, storing the code."""
+    code = _stored_code(record)
+    if code is not None:
+        return code
+    if _popen_reaping(record):
+        return None
+    # Race: read last, the owner may have stored the code meanwhile.
+    return _stored_code(record) or Down("exit")
+
+
+def _popen_reaping(record: _Owned) -> bool:
+    """True while a Popen's ``wait()``/``poll()`` holds its ``_waitpid_lock``.
+
+    Popen reaps only under that lock and stores ``returncode`` before
+    releasing it: after a ``waitid`` of ours failed with ECHILD, a free lock
+    read BEFORE a ``returncode`` of None proves this Popen did not reap the
+    child (someone else did; its status is lost).
+    """
+    lock = getattr(record.popen, "_waitpid_lock", None)
+    return lock is not None and lock.locked()
 
 
 def open_pidfd(agent: ProcessAgent) -> int | None:
@@ -261,7 +409,8 @@ def open_pidfd(agent: ProcessAgent) -> int | None:
     except ProcessLookupError:
         return None
     # Race: the process may have been reaped and its pid reused between the
-    # check above and pidfd_open. Re-check identity now that the fd pins it.
+    # check above and pidfd_open. Re-check identity (the start time recorded
+    # at first sight, for every kind) now that the fd refers to one process.
     try:
         ours = _pid_still_ours(agent)
     except BaseException:  # /proc unreadable now (the pidfd took the last fd): no leak
@@ -277,10 +426,8 @@ def _pid_still_ours(agent: ProcessAgent) -> bool:
     """True while ``agent.pid`` names the agent's process (running or zombie)."""
     if isinstance(agent, OSProcess):
         return agent.same_identity()
-    if isinstance(agent, agent_types().popen):
-        return agent.returncode is None
-    popen = _popen_of(cast("multiprocessing.process.BaseProcess", agent))  # the kind left
-    return popen is not None and popen.returncode is None
+    record = _owned(agent)
+    return record is not None and record.popen.returncode is None and record.same(zombie=True)
 
 
 def pidfd_readable(fd: int) -> bool:
@@ -290,24 +437,92 @@ def pidfd_readable(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
-def down_from_pidfd(agent: ProcessAgent, fd: int) -> Down:
+def down_from_pidfd(agent: ProcessAgent, fd: int) -> Down | None:
     """Exit status of the (exited) process behind ``fd``, without reaping it.
 
     For a process that is not our child the status cannot be read: the result
-    is ``Down("exit", exit_code=None)`` unless the owning object knows it.
+    is ``Down("exit", exit_code=None)`` unless the owning object stored it,
+    or None while the owner may still store it (see ``down_from_status``).
     """
     return down_from_status(agent, waitid_pidfd(fd))
 
 
-def down_from_status(agent: ProcessAgent, result: Any) -> Down:
+def down_from_status(agent: ProcessAgent, result: Any) -> Down | None:
     """``down_from_pidfd`` once ``waitid_pidfd`` answered ``result`` (no fd needed:
-    the manager reads the status under its lock, then waits for the owner outside)."""
+    the manager reads the status under its lock). Never waits.
+
+    None: the status is not readable here and the owner may still store it
+    (a multiprocessing.Process: a forkserver child, or one reaped by other
+    code; a Popen whose own ``wait()`` is reaping it right now). The caller
+    must not wait for it on the selector thread: it hands the watch to a
+    poller whose check is ``owner_down``, which sets the deadline.
+    """
     if result is not None:
         return _down_from_siginfo(result)
-    code = _owner_exit_code(agent)
-    if code is not None:
-        return _down_from_returncode(code)
-    return Down("exit")
+    if isinstance(agent, OSProcess):
+        return Down("exit")  # not our child: only its parent can read the status
+    record = _owned(agent)
+    if record is None:
+        return Down("exit")  # closed before we first saw it; cannot happen once watched
+    down = _stored_code(record)
+    if down is not None:
+        return down
+    if record.is_popen and not _popen_reaping(record):
+        # Race: our read failed (ECHILD) BEFORE this lock check, and the lock
+        # was free, so this Popen had not reaped the child (see
+        # _popen_reaping): someone else did. Its status is lost; Popen will
+        # store a guessed 0 when asked. Read the code last in case it came.
+        return _stored_code(record) or Down("exit")
+    return None
+
+
+def owner_down(agent: ProcessAgent) -> Down | None:
+    """The Down of a process whose death was seen but whose status only its
+    owner can read (``down_from_status`` answered None); None while the
+    owner may still store it.
+
+    The owner's code is read from ``returncode`` only (never ``poll()``, which
+    for a forkserver child consumes the status from the sentinel pipe: see
+    the module docstring). Given ``_OWNER_WAIT`` s (a forkserver child) or
+    ``_REAP_STORE_WAIT`` s (others) from the first call, then
+    ``Down("exit")`` with ``exit_code=None`` (a forkserver child's status
+    still unread by its owner is read then, from the pipe: the real code). A
+    process not handed over that way (no death seen yet) is checked as
+    ``exit_down`` does.
+
+    Example:
+        >>> import subprocess
+        >>> p = subprocess.Popen(["true"]); _ = p.wait()
+        >>> owner_down(p).reason
+        'normal'
+    """
+    if isinstance(agent, OSProcess):
+        return exit_down(agent)
+    record = _owned(agent)
+    if record is None:
+        return NOPROC
+    down = _stored_code(record)
+    if down is not None:
+        return down
+    now = time.monotonic()
+    if record.deadline is None:
+        # Race: managers may hand the same process over at once: the first
+        # deadline set wins, close enough (they are set microseconds apart).
+        record.deadline = now + (_OWNER_WAIT if record.forkserver else _REAP_STORE_WAIT)
+    if now < record.deadline:
+        return None
+    down = _stored_code(record)
+    if down is None and record.forkserver:
+        # The owner has not read the status in _OWNER_WAIT s since the death (an
+        # owner blocked in join() reads it at once): read it here, once, so the
+        # Down has the real code. Race: an owner whose poll() starts at this
+        # very moment could still lose the read (its exitcode 255), a window of
+        # microseconds instead of every join() racing the death; whoever reads
+        # it stores it, and every later poll() of the owner answers from it.
+        with contextlib.suppress(Exception):  # closed sentinel, odd popen: no code
+            record.popen.poll()
+        down = _stored_code(record)
+    return down or Down("exit")
 
 
 def waitid_pidfd(fd: int) -> Any:
@@ -318,25 +533,3 @@ def waitid_pidfd(fd: int) -> Any:
         return os.waitid(os.P_PIDFD, fd, _WAIT_FLAGS)
     except OSError:  # ECHILD: not our child (or reaped); EINVAL: old kernel
         return None
-
-
-def _owner_exit_code(agent: ProcessAgent) -> int | None:
-    """The exit code the agent's owning object stored, waiting briefly for it; None if none."""
-    types = agent_types()
-    if isinstance(agent, types.popen):
-        import subprocess  # imported already: agent is a Popen
-
-        # Reaped by Popen.wait() in another thread: it stores the code right
-        # after reaping, so wait briefly for it (bounded; rare).
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            agent.wait(timeout=0.05)
-        return agent.returncode
-    if isinstance(agent, types.mp_process):
-        # Race: another thread (a join(), is_alive()) reaped it and is about to
-        # store the code; our own poll then gets ECHILD and answers None at once,
-        # so join() cannot wait for it. Poll the stored code briefly (bounded).
-        deadline = time.monotonic() + 0.5
-        while (code := agent.exitcode) is None and time.monotonic() < deadline:
-            time.sleep(0.001)  # sleep-ok: waiting, bounded, for another thread's store
-        return code
-    return None
