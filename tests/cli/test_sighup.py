@@ -287,3 +287,32 @@ def test_agents_watch_started_under_nohup_keeps_watching_after_sighup(
         run.close()
         raise
     _ended(run, 0, "agents watch", "terminated", before=1)
+
+
+def test_a_write_whose_terminal_is_gone_exits_141_not_failed(sqlite_store: Path) -> None:
+    """The terminal closed (a dropped ssh session) before the write's result is
+    printed: the write is done, so the command must not exit 1 ("failed", and
+    a wrapper runs it again): it ends as when stdout's reader went away, 141.
+    Was: printing failed with EIO and the command exited 1. (The terminal is
+    closed before the command starts, and is not its controlling terminal: no
+    SIGHUP, only the failed write, deterministically.)"""
+    master, slave = os.openpty()
+    os.close(master)  # writes to the slave now fail with EIO
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "foundation.cli", "flags", "enable", "beta", "--text",
+             "--store", f"sqlite:///{sqlite_store}"],
+            stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE,
+            env=cli_env(), timeout=120, start_new_session=True, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(slave)
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 141, stderr
+    assert "the reader of stdout went away after the write, which was done" in stderr, stderr
+    with SQLiteFlagStore(sqlite_store) as store:
+        flags = FeatureFlags([Flag("beta")], store=store)
+        try:
+            assert flags.enabled("beta")
+        finally:
+            flags.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import errno
 import getpass
 import json
 import os
@@ -107,8 +108,25 @@ class UsageError(Exception):
 
 
 class StdoutGone(Exception):
-    """The reader of stdout went away (``foundation ... | head -1``): the command
-    stops quietly (``main`` exits 141, as a tool SIGPIPE ended)."""
+    """The reader of stdout went away (``foundation ... | head -1``, or the
+    terminal closed: a dropped ssh session): the command stops quietly
+    (``main`` exits 141, as a tool SIGPIPE ended)."""
+
+
+def _reader_gone(exc: OSError) -> bool:
+    """Whether writing stdout failed because its reader went away: a closed pipe
+    (EPIPE), or a terminal hung up (EIO). Not a full disk or the like, which
+    stays an error (exit 1).
+
+    Race: after SIGHUP from a closed terminal (held during a write), printing
+    the write's result failed with EIO and the command exited 1, which says
+    "failed" of a write that was done: a wrapper would run it again.
+
+    >>> import errno
+    >>> [_reader_gone(OSError(e, "")) for e in (errno.EIO, errno.EPIPE, errno.ENOSPC)]
+    [True, True, False]
+    """
+    return isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,8 +402,10 @@ class Output:
         try:
             # JSON escapes control characters itself (and is several lines when indented).
             _write_whole(self.stream, (text if self.json else visible(text)) + "\n", self._encode)
-        except BrokenPipeError as exc:
-            raise StdoutGone from exc
+        except OSError as exc:
+            if _reader_gone(exc):
+                raise StdoutGone from exc
+            raise
         except UnicodeEncodeError as exc:
             # As 141 after a write (foundation.cli): exit 1 would say "failed" to a
             # wrapper, which would apply the write twice by running it again.
@@ -422,8 +442,10 @@ class Output:
             table.add_row(*(Text(cell) for cell in row))
         try:
             Console(file=self.stream).print(table)
-        except BrokenPipeError as exc:
-            raise StdoutGone from exc
+        except OSError as exc:
+            if _reader_gone(exc):
+                raise StdoutGone from exc
+            raise
 
     def _plain_table(self, headers: Sequence[str], rows: list[list[str]]) -> None:
         """Print the table as space-aligned columns under upper-case headers."""

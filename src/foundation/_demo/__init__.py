@@ -14,7 +14,8 @@ table of measured figures and exits non-zero if any invariant failed.
 (SIGINT) stops every part cleanly (its threads, tasks, processes, redis-server
 and temporary files) and exits 130 with one line on stderr; SIGTERM does the
 same and exits 143, or, once ``--admin`` serves, the demo's own code (0 when
-every invariant held). Any other error reaches the ``foundation`` command's
+every invariant held); SIGHUP (the terminal closed) does the same and exits
+129, serving or not. Any other error reaches the ``foundation`` command's
 one-line error report (exit 1, or 69 for ``BackendUnavailable``).
 """
 
@@ -42,7 +43,7 @@ DESCRIPTION = (
     "figures and invariants. Exit codes: 0 every invariant held, 1 one failed or an error "
     "(one line on stderr), 2 usage, 69 Redis unavailable, 130 interrupted (Ctrl-C stops "
     "every part cleanly), 143 terminated (SIGTERM; with --admin, once serving, SIGTERM "
-    "is its end: the code above)."
+    "is its end: the code above), 129 hung up (SIGHUP: stopped the same way)."
 )
 
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     Raises ``KeyboardInterrupt`` on Ctrl-C (``Terminated`` on SIGTERM) once
     every part has stopped what it started (the ``foundation`` command then
     prints one line and exits 130, or 143; SIGTERM while ``--admin`` serves:
-    the demo's code).
+    the demo's code; SIGHUP: 129).
     """
     parser = _parser()
     args = parser.parse_args(argv)

@@ -70,7 +70,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._started_event = started
         self._state = state
-        self.stop_signal: int | None = None  # the first SIGINT/SIGTERM that stopped it
+        self.stop_signal: int | None = None  # the first SIGINT/SIGTERM/SIGHUP that stopped it
         self.signals: tuple[int, ...] = ()  # the signals that stop it (_signals_to_take)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -304,7 +304,7 @@ def serve(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_connections: int | None = None,
 ) -> int | None:
-    """Serve the admin page in the foreground until SIGINT (Ctrl-C) or SIGTERM.
+    """Serve the admin page in the foreground until SIGINT (Ctrl-C), SIGTERM or SIGHUP.
 
     Returns the number of the signal that stopped it (None: stopped
     otherwise), after a graceful shutdown (open event streams are cut after
@@ -313,7 +313,7 @@ def serve(
     ``header_timeout`` and ``max_connections`` are :class:`AdminServer`'s.
     Only a signal at its default action (or at Python's ``KeyboardInterrupt``
     handler) is taken over while serving: one the program ignores or handles
-    itself is left to it (``serve`` then runs until the other one).
+    itself is left to it (``serve`` then runs until one of the others).
 
     Raises:
         InvalidConfig: a bad ``bind``, ``header_timeout`` or ``max_connections``,
