@@ -1,8 +1,10 @@
 """Slow and idle clients against a real admin server on a free loopback port.
 
 A client that connects and sends nothing, or half a request head, or its head a
-byte at a time, is closed after ``header_timeout`` (uvicorn alone held it
-forever: its keep-alive timeout starts after a first response). Beyond
+byte at a time, or a complete head then its body a byte at a time (answered
+early or not), is closed after ``header_timeout`` (uvicorn alone held it
+forever: its keep-alive timeout starts after a first response, and every byte
+stops it). A complete request is never cut, however long its answer lasts. Beyond
 ``max_connections`` a new connection is closed at once, and one WARNING says
 so. The pause between two requests of a keep-alive connection stays uvicorn's.
 
@@ -20,22 +22,33 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from foundation import spawn_thread
 from foundation.admin import AdminServer, _slow_clients, serve
 from foundation.errors import InvalidConfig
 from tests._logs import captured
-from tests.admin._world import open_world
+from tests.admin._world import ANA, open_world
 from tests.admin.conftest import World, close_world, make_world
+from tests.admin.test_api import event_stream, next_event
 from tests.cli._support import Running, one_line_error, run_cli
 
 WAIT = 20.0  # seconds a test waits for the server before failing
 SHORT = 1.0  # the header_timeout of the tests that wait for it
 GET = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+def _post_head(path: str, length: int) -> bytes:
+    """The head of a POST (with ana's token) announcing a ``length``-byte body."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: {ANA['Authorization']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 @pytest.fixture
@@ -79,6 +92,39 @@ def _status(sock: socket.socket) -> int:
     return response.status
 
 
+def _answer(sock: socket.socket) -> int:
+    """The status of the next answer on ``sock`` (its body read)."""
+    sock.settimeout(WAIT)
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.read()
+    return response.status
+
+
+@contextmanager
+def _trickling(sock: socket.socket, data: bytes) -> Iterator[None]:
+    """Send ``data`` on ``sock`` a byte at a time, on a thread, until the
+    server closes it or the block ends."""
+    done = threading.Event()
+
+    def trickle() -> None:
+        for byte in data:
+            if done.wait(SHORT / 5):  # sleep-ok: a slow client's pace, well under SHORT
+                return
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                return  # closed by the server
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        done.set()
+        sender.join(WAIT)
+
+
 def _get(url: str, path: str = "/healthz") -> int:
     """A real request on a new connection: its status."""
     host, port = _address(url)
@@ -120,25 +166,63 @@ def test_a_partial_request_head_is_closed_after_header_timeout(
 
 def test_a_head_sent_a_byte_at_a_time_is_closed_at_its_deadline(short: World) -> None:
     # Each byte does not extend the deadline: it counts from the connection.
-    done = threading.Event()
+    with (
+        _connect(short.url) as sock,
+        _trickling(sock, b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 10_000),
+    ):
+        assert _closed_by_server(sock)
+
+
+def test_a_body_sent_a_byte_at_a_time_is_closed_at_the_requests_deadline(
+    short: World,
+) -> None:
+    # Was: held forever. The deadline ended with the head, and each body byte
+    # stopped uvicorn's keep-alive timer; 1,000 such clients held every place
+    # under max_connections, so every real client was refused.
     with _connect(short.url) as sock:
+        sock.sendall(_post_head("/api/flags/new_checkout/enable", 100_000))
+        with _trickling(sock, b" " * 10_000):
+            assert _closed_by_server(sock)  # and unanswered: the write never ran
+    assert _get(short.url) == 200
 
-        def trickle() -> None:
-            for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 10_000:
-                if done.wait(SHORT / 5):  # sleep-ok: a slow client's pace, well under SHORT
-                    return
-                try:
-                    sock.send(bytes([byte]))
-                except OSError:
-                    return  # closed by the server
 
-        sender = threading.Thread(target=trickle, daemon=True)
-        sender.start()
-        try:
+def test_a_body_still_sent_after_an_early_answer_is_closed_at_the_deadline(
+    short: World,
+) -> None:
+    # Unauthenticated: POST /healthz is answered 405 before its body is read,
+    # and the connection stayed open as long as body bytes kept arriving.
+    with _connect(short.url) as sock:
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n")
+        assert _answer(sock) == 405
+        with _trickling(sock, b"a" * 10_000):
             assert _closed_by_server(sock)
-        finally:
-            done.set()
-            sender.join(WAIT)
+
+
+def test_a_post_with_its_body_is_served_and_kept_alive_past_the_deadline(
+    short: World,
+) -> None:
+    body = b"{}"
+    with _connect(short.url) as kept:
+        kept.sendall(_post_head("/api/flags/search_v2/enable", len(body)))
+        kept.sendall(body)  # head and body apart: the request completes on its body
+        assert _answer(kept) == 200
+        # An idle connection opened after that answer is closed after
+        # header_timeout: once it is, that much has passed for the kept one too,
+        # whose deadline ended with its complete request.
+        with _connect(short.url) as idle:
+            assert _closed_by_server(idle)
+        assert _status(kept) == 200
+    assert short.flags.enabled("search_v2")
+
+
+def test_an_event_stream_outlives_the_deadline(short: World) -> None:
+    # GET /api/events is complete with its head: its answer, the page's event
+    # stream, lasts as long as the page, never cut by header_timeout.
+    with event_stream(short.url, {}) as events:
+        with _connect(short.url) as idle:  # header_timeout passes for the stream too
+            assert _closed_by_server(idle)
+        short.registry.register("late", spawn_thread(short.stop.wait, name="late"))
+        assert next_event(events, "agent", lambda d: d["entry"]["key"] == "late")
 
 
 def test_a_partial_head_after_a_keep_alive_pause_is_closed(short: World) -> None:

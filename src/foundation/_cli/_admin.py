@@ -38,7 +38,10 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="close a connection that has not sent a complete request head by then (default: 10)",
+        help=(
+            "close a connection that has not sent a complete request, head and body, "
+            "by then (default: 10)"
+        ),
     )
     p.add_argument(
         "--max-connections",

@@ -155,7 +155,8 @@ class AdminServer:
     the caller's to close.
 
     ``header_timeout`` (seconds, default 10) closes a connection that has not
-    sent a complete request head that long after it opened; ``max_connections``
+    sent a complete request (head and body) that long after it opened, or
+    after the first byte of a later one; ``max_connections``
     (default 1,000, or half ``ulimit -n`` if lower) closes new connections at
     once beyond that many (see :mod:`foundation.admin._slow_clients`).
 

@@ -1,14 +1,19 @@
-"""Slow and idle clients: a deadline for the request head, a cap on connections.
+"""Slow and idle clients: a deadline for the whole request, a cap on connections.
 
-uvicorn's keep-alive timeout starts only after a first response, so a client
-that connects and sends nothing (or half a request head) is held forever, and
-enough of them ("slowloris") exhaust the process's file descriptors.
-:func:`protocol_class` returns uvicorn's h11 protocol with two additions:
+uvicorn's keep-alive timeout starts only after a first response, and every
+byte received stops it, so a client that connects and sends nothing, half a
+request head, or a complete head then its body a byte at a time, is held
+forever; enough of them ("slowloris") exhaust the process's file descriptors
+or, with the cap below, lock every other client out. :func:`protocol_class`
+returns uvicorn's h11 protocol with two additions:
 
-- a connection whose request head is not complete ``header_timeout`` seconds
-  after it opened (or after the first byte of a later request, once a
-  keep-alive pause ended) is closed, without an answer. The pause between two
-  requests stays uvicorn's keep-alive timeout;
+- a connection whose request (head and body) is not complete
+  ``header_timeout`` seconds after it opened (or after the first byte of a
+  later request, once a keep-alive pause ended) is closed. Its answer may have
+  been sent already (an early error, e.g. 405, to a POST whose body still
+  trickles): the body is bounded anyway. A complete request is never cut,
+  however long its answer takes (the page's event stream). The pause between
+  two requests stays uvicorn's keep-alive timeout;
 - beyond ``max_connections`` open connections, a new one is closed at once,
   before a byte of it is read, so its descriptor is released right away. A
   WARNING on ``foundation.admin`` says so when the cap is first hit, then at
@@ -109,8 +114,8 @@ class _Refusals:
         if self.warned_at is None:
             log.warning(
                 "the admin server has %d connections open (max_connections): new ones "
-                "are closed at once until some end (idle or slow clients are closed "
-                "after header_timeout)",
+                "are closed at once until some end (a client whose request, head and "
+                "body, is not complete after header_timeout is closed)",
                 self.cap,
             )
         else:
@@ -127,7 +132,7 @@ class _GuardedH11Protocol(H11Protocol):
     header_timeout: ClassVar[float]
     max_connections: ClassVar[int]
     refusals: ClassVar[_Refusals]
-    _head_timer: asyncio.TimerHandle | None = None  # armed while a head is awaited
+    _head_timer: asyncio.TimerHandle | None = None  # armed while a request is incomplete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # adds self to self.connections
@@ -142,16 +147,41 @@ class _GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)  # also stops uvicorn's keep-alive timer
-        if self.conn.their_state is not h11.IDLE:  # a head is complete (or the request failed)
+        if self.transport.is_closing():
             self._disarm()
-        elif self._head_timer is None and not self.transport.is_closing():
-            # The first bytes of a later request, after a keep-alive pause:
-            # uvicorn stopped its keep-alive timer on them, this deadline takes over.
+        elif self._incomplete():
+            # Part of a request: the deadline armed at the connection or at the
+            # request's first byte runs on; these bytes do not extend it. The
+            # first bytes after a keep-alive pause (uvicorn stopped its timer
+            # on them) arm it.
+            if self._head_timer is None:
+                self._arm()
+        elif self.conn.their_state is h11.IDLE:
+            # These bytes ended a body after its answer was sent (an early
+            # error): h11 started the next cycle and uvicorn armed no timer (it
+            # stopped its keep-alive timer on them). The idle connection gets a
+            # fresh deadline, as a new one does.
+            self._disarm()
+            self._arm()
+        else:  # DONE (its answer may take long: never cut), MUST_CLOSE, CLOSED, ERROR
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may parse pipelined requests buffered meanwhile
+        # A pipelined request left incomplete in the buffer (its head done, its
+        # body not) stopped uvicorn's keep-alive timer: its deadline starts now.
+        if self._head_timer is None and not self.transport.is_closing() and self._incomplete():
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def _incomplete(self) -> bool:
+        """Whether a request is under way and not all received: bytes of its
+        head, or its head and not all its body (``SEND_BODY``)."""
+        state = self.conn.their_state
+        return state is h11.SEND_BODY or (state is h11.IDLE and bool(self.conn.trailing_data[0]))
 
     def _arm(self) -> None:
         self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
@@ -163,18 +193,20 @@ class _GuardedH11Protocol(H11Protocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        # Race: the deadline and the last bytes of the head can be due in the
-        # same loop iteration. asyncio runs the read first, and data_received
-        # cancels this handle, which then never runs; another loop may order
-        # them otherwise, so the state is checked again here: a head parsed
-        # meanwhile keeps its connection. Bytes still in the kernel at this
-        # point are lost with the connection, as for any client at a deadline
-        # (the client sees a close before any answer, which HTTP clients retry
-        # for idempotent requests).
-        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+        # Race: the deadline and the last bytes of the request can be due in
+        # the same loop iteration. asyncio runs the read first, and
+        # data_received cancels this handle, which then never runs; another
+        # loop may order them otherwise, so the state is checked again here: a
+        # request completed meanwhile keeps its connection (IDLE here is a
+        # connection with no request yet, or a partial head). Bytes still in
+        # the kernel at this point are lost with the connection, as for any
+        # client at a deadline (the client sees a close, before any answer
+        # unless an early one, which HTTP clients retry for idempotent requests).
+        state = self.conn.their_state
+        if state not in (h11.IDLE, h11.SEND_BODY) or self.transport.is_closing():
             return
         log.debug(
-            "closed a connection from %s: no complete request head after %g s",
+            "closed a connection from %s: no complete request (head and body) after %g s",
             self.client,
             self.header_timeout,
         )
@@ -182,7 +214,7 @@ class _GuardedH11Protocol(H11Protocol):
 
 
 def protocol_class(*, header_timeout: float, max_connections: int) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a request-head deadline and a connection cap,
+    """uvicorn's h11 protocol with a request deadline (head and body) and a connection cap,
     for ``uvicorn.Config(http=...)``: one class per server (it holds the
     server's count of refusals). h11 whatever ``http="auto"`` would pick
     (httptools when installed): the hooks used here are h11's."""
