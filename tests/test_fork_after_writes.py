@@ -109,6 +109,27 @@ def new_memory_registry() -> tuple[MemoryRegistry, list[RegistryEvent]]:
     return reg, heard
 
 
+@contextmanager
+def held_by_a_parent_thread(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread of this process (as a writer holds it)
+    for the duration of the block: a fork inside it happens with it held."""
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock:
+            holding.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        yield
+    finally:
+        release.set()
+        thread.join(10)
+
+
 def test_a_memory_registry_a_parent_thread_writes_to_works_in_every_forked_child() -> None:
     reg, _ = new_memory_registry()
 
@@ -130,21 +151,8 @@ def test_a_memory_registry_a_parent_thread_writes_to_works_in_every_forked_child
 def test_a_write_lock_a_parent_thread_held_at_the_fork_is_free_in_the_child() -> None:
     """Deterministic: a parent thread holds the write lock (as a writer does) at the fork."""
     reg, _ = new_memory_registry()
-    holding, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with reg._lock:
-            holding.set()
-            release.wait()
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    try:
-        assert holding.wait(10)
+    with held_by_a_parent_thread(reg._lock):
         assert_memory_child(in_child(lambda: memory_child(reg)))
-    finally:
-        release.set()
-        thread.join(10)
     reg.unregister("f-0")  # the parent's lock works on
     assert reg.count() == 4
     reg.close()
@@ -267,19 +275,6 @@ def test_a_facade_lock_a_parent_thread_held_at_the_fork_is_free_in_the_child(
 ) -> None:
     """Deterministic: a parent thread holds the facade lock (as a writer does) at the fork."""
     reg, target, _ = migrating
-    holding, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with reg._lock:
-            holding.set()
-            release.wait()
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    try:
-        assert holding.wait(10)
+    with held_by_a_parent_thread(reg._lock):
         assert_migrating_child(in_child(lambda: migrating_child(reg, target)))
-    finally:
-        release.set()
-        thread.join(10)
     assert reg.unregister("f-2")  # the parent's lock works on

@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from foundation import (
@@ -19,6 +20,19 @@ from foundation import (
 from foundation.registry import Registry
 
 T = TypeVar("T")
+
+
+class Switched(MemoryRegistry):
+    """A real ``MemoryRegistry`` whose ``status()`` says ``state`` (a test sets it:
+    "disconnected" makes a ``MigratingRegistry`` skip its mirrors, as for Redis)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = "connected"
+
+    def status(self) -> SimpleNamespace:
+        return SimpleNamespace(state=self.state)
+
 
 FLAG = "use_ets_agent_registry"
 FLAGS = (Flag(FLAG), Flag("enable_migration_monitoring"))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable, Mapping
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -34,18 +33,7 @@ from foundation import (
 )
 from foundation.errors import NotRegistered
 from foundation.registry import Registry
-from tests.migrating.support import FLAG, FLAGS, Agents, wait_until
-
-
-class Switched(MemoryRegistry):
-    """A real ``MemoryRegistry`` whose ``status()`` says ``state``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.state = "connected"
-
-    def status(self) -> SimpleNamespace:
-        return SimpleNamespace(state=self.state)
+from tests.migrating.support import FLAG, FLAGS, Agents, Switched, wait_until
 
 
 class Gated(Switched):

@@ -21,7 +21,6 @@ default hooks.
 from __future__ import annotations
 
 import concurrent.futures as cf
-from types import SimpleNamespace
 
 import pytest
 
@@ -29,21 +28,10 @@ from foundation import FeatureFlags, MemoryRegistry, MigratingRegistry, ThreadLo
 from foundation.registry import Registry
 from foundation.registry._migrating_views import PURGE_AT_LEAST
 from tests.faults._subprocess import run_scenario
-from tests.migrating.support import FLAG, FLAGS
+from tests.migrating.support import FLAG, FLAGS, Switched
 
 CHURN = 6 * PURGE_AT_LEAST  # dead agents: several purge rounds
 KEEP_EVERY = 16  # every 16th agent stays alive: live divergences among the dead ones
-
-
-class Switched(MemoryRegistry):
-    """A real ``MemoryRegistry`` whose ``status()`` says ``state``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.state = "connected"
-
-    def status(self) -> SimpleNamespace:
-        return SimpleNamespace(state=self.state)
 
 
 @pytest.fixture(params=["shared", "per-thread"])

@@ -27,26 +27,13 @@ read-only, in a subprocess with default hooks.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from foundation import FeatureFlags, MemoryRegistry, MigratingRegistry
 from foundation.errors import NotRegistered
 from tests.faults._subprocess import run_scenario
-from tests.migrating.support import FLAG, FLAGS, Agents
+from tests.migrating.support import FLAG, FLAGS, Agents, Switched
 from tests.migrating.test_redis_faults import _script
-
-
-class Switched(MemoryRegistry):
-    """A real ``MemoryRegistry`` whose ``status()`` says ``state``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.state = "connected"
-
-    def status(self) -> SimpleNamespace:
-        return SimpleNamespace(state=self.state)
 
 
 def _skipped_replace_then_flag_on_register(
