@@ -557,6 +557,7 @@ _SCRIPT_ACL: Final = (
 ending ``script: <sha>, on @user_script:<line>.``"""
 _SCRIPT_MODULES: Final = (
     "foundation.registry._redis._scripts",
+    "foundation.registry._redis._chunked_reads",
     "foundation.flags._redis_store._scripts",
 )
 """The modules whose ``str`` constants are the library's Lua scripts (see :func:`_acl_refused`)."""

@@ -12,6 +12,14 @@ order and hands each on as it comes.
 Unlike the observer's snapshot (one script), these reads are not one atomic
 view: an entry registered, replaced or removed meanwhile shows or not by when
 it was read, as it would in a list taken a moment earlier or later.
+
+Each chunk's heads and metadata are read together atomically (``MULTI``), so
+an entry's head and metadata belong to one registration. Redis out of memory
+(``maxmemory`` reached under ``noeviction``) refuses every command queued in a
+``MULTI``, reads too, so there a chunk is read by a pure-read script instead
+(``CHUNK_SCRIPT``: atomic as well, and served under ``OOM``, see
+``_readscript``), and so is every later chunk of that reader: ``agents list``
+answers while writes fail.
 """
 
 from __future__ import annotations
@@ -25,15 +33,23 @@ from typing import Any, Final
 from foundation import _redis_conn
 from foundation.registry._redis._codec import decode_key
 from foundation.registry._redis._observer import _check_arguments, _entry
+from foundation.registry._redis._readscript import ReadScript
 from foundation.registry._redis._shared import UNREADABLE
 
-__all__ = ["CHUNK", "NamespaceReader"]
+__all__ = ["CHUNK", "CHUNK_SCRIPT", "NamespaceReader"]
 
 CHUNK: Final = 500
 """Entries per round trip (``HSCAN`` ``COUNT`` and ``HMGET``): Redis never serves
 one reader for long, and the command holds one chunk of entries at a time."""
 OP_TIMEOUT: Final = 2.0
 """Seconds each call may take (the observer's default)."""
+CHUNK_SCRIPT: Final = """
+return {redis.call('HMGET', KEYS[1], unpack(ARGV)), redis.call('HMGET', KEYS[2], unpack(ARGV))}
+"""
+"""One chunk's heads (``KEYS[1]``) and metadata (``KEYS[2]``) of the entries
+``ARGV``, as the ``MULTI`` reads them; a pure read (``_readscript``), so Redis
+runs it out of memory. A missing field is ``false`` in Lua, a nil reply here.
+(``unpack`` takes up to 7,999 values; ``CHUNK`` is far below.)"""
 
 
 class NamespaceReader:
@@ -54,6 +70,9 @@ class NamespaceReader:
         self._client = _redis_conn.connect(
             url, op_timeout=OP_TIMEOUT, name=f"foundation-cli[{namespace}]"
         )
+        # None while chunks are read by MULTI; the script once Redis refused one
+        # out of memory (see _chunk).
+        self._script: ReadScript | None = None
 
     def close(self) -> None:
         with contextlib.suppress(*_redis_conn.redis_errors()):
@@ -131,10 +150,33 @@ class NamespaceReader:
                 yield entry
 
     def _chunk(self, chunk: list[bytes]) -> tuple[list[Any], list[Any]]:
-        pipe = self._client.pipeline(transaction=True)
-        pipe.hmget(self._k_head, chunk)
-        pipe.hmget(self._k_meta, chunk)
-        heads, metas = pipe.execute()
+        """The heads and metadata of ``chunk`` (None where missing), read atomically.
+
+        ``MULTI`` first: on Redis 6.2 a write pause (``CLIENT PAUSE WRITE``)
+        holds every script back but lets a ``MULTI`` of reads through. Out of
+        memory, Redis refuses each command queued in a ``MULTI`` (and aborts its
+        ``EXEC``); the chunk is then read by ``CHUNK_SCRIPT``, and so is every
+        later chunk (one round trip each, not a refused one first), memory
+        freed meanwhile or not.
+
+        Race: the refused ``MULTI`` read nothing (Redis queued no command), so
+        nothing of it is used; the script reads the chunk afresh, an entry
+        changed in between shows as the script finds it (as any entry read a
+        moment later, see the module docstring). Head and metadata still come
+        from one atomic read: a script runs whole, with no other command between
+        its two ``HMGET``s, as the ``MULTI``'s ``EXEC`` does.
+        """
+        if self._script is None:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hmget(self._k_head, chunk)
+            pipe.hmget(self._k_meta, chunk)
+            try:
+                heads, metas = pipe.execute()
+            except _redis_conn.import_redis().exceptions.OutOfMemoryError:
+                self._script = ReadScript(CHUNK_SCRIPT)
+            else:
+                return heads, metas
+        heads, metas = self._script.run(self._client, [self._k_head, self._k_meta], chunk)
         return heads, metas
 
 
