@@ -8,8 +8,9 @@ API answered 200 ``{"enabled": false, "sync": "pending"}``, and the kill switch
 was committed when Redis returned. A write reads and changes the state this
 node serves, so it must raise ``BackendUnavailable`` (admin: 503) and change
 nothing; after recovery every flag is in the state of its last acknowledged
-write. Once Redis takes writes again, the same ``enable`` is committed and
-supersedes the kill switch (docs/flags-outages.md, "Superseding rule").
+write. Once Redis takes writes again, the same ``enable`` commits the node's
+pending kill switch first, then itself: f on, both in the history
+(docs/flags-outages.md, "this node's kill switches land before its own writes").
 Each scenario runs in a plain interpreter (``run_scenario``) with a real
 redis-server.
 """
@@ -163,18 +164,16 @@ try:
     srv.make_writable()
     heard = []
     flags.subscribe(lambda c: heard.append((c.by, c.old.switch, c.new.switch)))
-    flags.enable("f", by="oncall2", reason="fixed")  # later than the kill switch: it wins
-    assert flags.enabled("f")
-    # The replay drops the kill switch (event), then subscribers reload. (Until it
-    # does, a reload of this node may still show the switch-off: "heard" says so.)
-    wait_for(lambda: of("pending_superseded") and not store.status().pending,
-             "the kill switch superseded")
-    wait_for(lambda: flags.enabled("f") and heard[-1][2], "f on after the replay")
-    assert of("pending_superseded") == [("f",)] and not of("pending_committed"), store_events
+    # The kill switch is committed first, then the enable: later, so f is on.
+    flags.enable("f", by="oncall2", reason="fixed")
+    assert flags.enabled("f") and not store.status().pending, store.status()
+    wait_for(lambda: heard and heard[-1][2], "f on")
+    assert of("pending_committed") == [("f",)] and not of("pending_superseded"), store_events
     assert switches(store) == {"f": True}
     print("heard", heard, flush=True)
     assert [(c.by, c.old.switch, c.new.switch) for c in flags.history("f")] == [
-        ("setup", False, True), ("oncall2", False, True)], flags.history("f")
+        ("setup", False, True), ("oncall", True, False), ("oncall2", False, True)
+    ], flags.history("f")
     assert store._thread.is_alive(), "the listener thread died"
     print("threads", library_threads(), flush=True)
     flags.close(); store.close()
@@ -193,7 +192,7 @@ def test_a_write_over_a_pending_kill_switch_fails_while_redis_refuses_writes(fau
     assert result.lines("threads"), result.stdout
 
 
-def test_an_enable_committed_once_redis_takes_writes_supersedes_the_kill_switch() -> None:
-    """The enable lands before the replay: the kill switch is superseded, f stays on."""
+def test_an_enable_once_redis_takes_writes_lands_after_the_kill_switch() -> None:
+    """The enable comes before the replay: it commits the kill switch first, f ends on."""
     result = run_scenario(_SUPERSEDES)
     assert result.lines("threads"), result.stdout

@@ -225,8 +225,11 @@ class _Writer:
         # ("on") and wrote nothing, without an error: acknowledged, f stayed off,
         # and the kill switch was committed once Redis took writes again. It is a
         # change for this node (off -> on), so it is written: refused while Redis
-        # refuses writes (BackendUnavailable, nothing changed), and once committed
-        # it is later than the kill switch, which it supersedes (docs/flags-outages.md).
+        # refuses writes (BackendUnavailable, nothing changed). Once Redis takes
+        # writes, the store commits this node's pending kill switches before any
+        # write (RedisFlagStore.transaction) and runs this again on the state they
+        # left: the write is then later than the kill switch, never superseding
+        # it (an allow("f", ...) turned a killed f back on; docs/flags-outages.md).
         # Computed on the committed state, as every write (a kill switch pending
         # here may be stale: committed and superseded elsewhere, see NodeCache's
         # write-back). The pending list is read inside the store's transaction:

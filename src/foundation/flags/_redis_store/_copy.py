@@ -208,16 +208,22 @@ class _NodeCopy(_Health):
         # in a holder of the lock (the listener's catch-up, a commit's mirror): the
         # report waits for the next refresh that is not, such as the replay's of
         # the kept kill switch (before its "committed" event: the order holds).
-        queue = self._kept_reports()
-        queue.extend(reports)
-        if not self._copy_lock._is_owned():  # type: ignore[attr-defined]  # (RLock's own)
-            while True:
-                try:
-                    report = queue.popleft()  # (atomic: another thread may flush too)
-                except IndexError:
-                    break
-                report()
+        # (Nor under _replay_lock: a write waiting for it would wait for ever too;
+        # the replay flushes them once it released it, before its op's event.)
+        self._kept_reports().extend(reports)
+        if not self._copy_lock._is_owned() and not self._replay_lock._is_owned():  # type: ignore[attr-defined]  # (RLock's own)
+            self._flush_reports()
         return current
+
+    def _flush_reports(self) -> None:
+        """Report what forks kept (see ``_pull``); no store lock held."""
+        queue = self._kept_reports()
+        while True:
+            try:
+                report = queue.popleft()  # (atomic: another thread may flush too)
+            except IndexError:
+                break
+            report()
 
     def _kept_reports(self) -> deque[Callable[[], None]]:
         """Reports of what forks kept, waiting for ``_copy_lock`` (made on first use)."""

@@ -73,6 +73,11 @@ class _StoreCore(FlagStore):
         self._txn_lock = threading.Lock()  # one local transaction at a time: fewer WATCH retries
         self._conn_lock = threading.Lock()  # creating the write client
         self._copy_lock = threading.RLock()  # one refresh/restore of the node copy at a time
+        # One replay of pending kill switches at a time (the listener's, or a
+        # write's: see RedisFlagStore.transaction). Lock order: a FeatureFlags
+        # lock, then _replay_lock, then _txn_lock, then _copy_lock. An RLock only
+        # for _is_owned (_pull reports what forks kept once it is released).
+        self._replay_lock = threading.RLock()
         self._callbacks: list[Callable[[list[FlagChange]], None]] = []
         # The subscriber writing the transaction in progress (``writing_as``), as
         # the "sub" field of its stream entries: "" for none. Set under _txn_lock.

@@ -151,30 +151,48 @@ class _KillSwitches(_Commits):
             "at": op.at,
         }
 
-    def _replay_pending(self) -> None:
-        """Commit (or drop as superseded) every pending kill switch, oldest first."""
+    def _replay_pending(self, on_listener: bool = True) -> None:
+        """Commit (or drop as superseded) every pending kill switch, oldest first.
+
+        Run by the listener (its resync, or its turn after a kill switch was
+        kept) and by a write of this node before its own commit (``transaction``,
+        ``on_listener`` False). Race: both at once. Each kill switch is committed,
+        mirrored into the copy and dropped under ``_replay_lock``, and only if it
+        is still pending then: committed once, by one of them, in order (one
+        read pending before the other dropped it was otherwise committed twice,
+        the second "already", with a second event). Its log line and event come
+        after the lock (a telemetry listener waiting on a write to this store
+        would wait for ever), and so do subscribers' reloads: on the listener
+        thread always, as a write's thread holds its FeatureFlags' lock (another
+        FeatureFlags sharing this store, its lock held by a writer waiting for
+        _replay_lock, would deadlock with it).
+        """
         self._replay_wanted.clear()
         superseded = False
         for op in self._cache.pending():
-            # Committed for the subscriber that deferred it (it applied it then):
-            # the others hear it now. (An op renumbered by a write-back is not
-            # found: its writer hears it again, at least once as ever.)
-            with writing_as(self._op_writers.get(op.id)):
-                newer, already = self._transaction(functools.partial(self._replay_one, op=op))
-            self._op_writers.pop(op.id, None)
-            # Committed (or superseded) first, dropped second: a crash in between
-            # replays it, and committed_since() then sees it is already there.
-            # Race: Redis may go away again right after the commit. The pending
-            # record goes only once the node copy holds the commit (a failed
-            # refresh raises and leaves it pending; the next replay finds it
-            # "already" committed): otherwise a read served from the copy would
-            # show the killed flag on again.
-            if not self._pull():
-                self._replay_wanted.set()  # Redis is behind the copy: restore, then replay
-                return
-            # By id and content: a write-back during this replay may have renumbered
-            # op (its id clashed with another process's kill switch); see NodeCache.
-            self._cache.remove_pending(op)
+            with self._replay_lock:
+                if op not in self._cache.pending():
+                    continue  # committed (or dropped) meanwhile by the other replayer
+                # Committed for the subscriber that deferred it (it applied it then):
+                # the others hear it now. (An op renumbered by a write-back is not
+                # found: its writer hears it again, at least once as ever.)
+                with writing_as(self._op_writers.get(op.id)):
+                    newer, already = self._transaction(functools.partial(self._replay_one, op=op))
+                self._op_writers.pop(op.id, None)
+                # Committed (or superseded) first, dropped second: a crash in between
+                # replays it, and committed_since() then sees it is already there.
+                # Race: Redis may go away again right after the commit. The pending
+                # record goes only once the node copy holds the commit (a failed
+                # refresh raises and leaves it pending; the next replay finds it
+                # "already" committed): otherwise a read served from the copy would
+                # show the killed flag on again.
+                if not self._pull():
+                    self._replay_wanted.set()  # Redis is behind the copy: restore, then replay
+                    return
+                # By id and content: a write-back during this replay may have renumbered
+                # op (its id clashed with another process's kill switch); see NodeCache.
+                self._cache.remove_pending(op)
+            self._flush_reports()  # what a fork kept: before its "committed" event
             if newer:
                 superseded = True
                 log.warning(
@@ -191,8 +209,16 @@ class _KillSwitches(_Commits):
                     " (it already was)" if already else "",
                 )  # fmt: skip
                 self._event("pending_committed", **self._op_data(op), already=already)
-        if superseded:
+        if not superseded:
+            return
+        if on_listener:
             self._deliver([])  # the local switch-off is lifted: subscribers reload
+            return
+        # A write's replay: the listener tells subscribers to reload at its next turn.
+        with self._lock:
+            self._deliveries += 1  # (a delivery: see subscribe's welcome)
+            self._welcome.extend(c for c in self._callbacks if c not in self._welcome)
+        self._wake_listener()
 
     def _replay_one(
         self, txn: StoreTransaction, op: PendingKillSwitch

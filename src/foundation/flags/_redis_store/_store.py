@@ -27,6 +27,7 @@ from foundation.flags._redis_store._errors import (
 from foundation.flags._redis_store._listener import _Listener
 from foundation.flags._redis_store._shared import _MAX_ATTEMPTS, T, _check_name, log
 from foundation.flags._redis_store._status import RedisFlagStoreStatus, _live, _live_lock
+from foundation.flags._redis_store._txn import _RedisTransaction
 from foundation.flags._store import (
     DEFAULT_HISTORY_LIMIT,
     FlagChange,
@@ -44,6 +45,11 @@ from foundation.flags._store import (
 if TYPE_CHECKING:
     # sqlite3, uuid and pathlib are imported where used (`import foundation` stays cheap).
     from foundation.flags._migration import MigrationPlan
+
+
+_PENDING_ROUNDS = 3
+"""Times a write commits this node's pending kill switches before its own commit
+(a second round only if Redis went back meanwhile, or kill switches were kept again)."""
 
 
 class RedisFlagStore(_Listener):
@@ -184,9 +190,57 @@ class RedisFlagStore(_Listener):
         return states
 
     def transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
-        """Run ``fn(txn)`` and commit its writes atomically (WATCH/MULTI/EXEC, retried)."""
+        """Run ``fn(txn)`` and commit its writes atomically (WATCH/MULTI/EXEC, retried).
+
+        A write (``fn`` writes something) first commits this node's pending kill
+        switches, in order, then runs ``fn`` again on the state they left; while
+        Redis refuses them it raises their ``BackendUnavailable`` (nothing of
+        ``fn`` written). A no-op never touches them.
+        """
         with public_errors():
-            return self._transaction(fn)
+            for _ in range(_PENDING_ROUNDS):
+                try:
+                    return self._transaction(functools.partial(self._after_own_kill_switches, fn))
+                except _PendingFirst:
+                    pass
+                # Race (a write before the replay): Redis takes writes again and
+                # this node's kill switch of f is still pending (the listener
+                # learns it only at its next resync: up to resync_interval, or
+                # after this very commit). allow("f", "ana") ran on Redis' state
+                # (f on) and committed "on + ana": later than the kill switch, so
+                # the replay dropped it as SUPERSEDED and every node served f on,
+                # the operator's kill switch lost to an unrelated write. So they
+                # land first, here, outside _txn_lock (the replay takes it per
+                # kill switch). Lock order (no cycle): the caller's FeatureFlags
+                # lock, _replay_lock, _txn_lock, _copy_lock; the listener replays
+                # holding none of the first, and this thread's replay hands
+                # subscribers' reloads to the listener (see _replay_pending).
+                try:
+                    with self._translated("committing pending kill switches"):
+                        self._replay_pending(on_listener=False)
+                except BackendUnavailable:
+                    self._replay_wanted.set()  # (still pending: the listener's next turn)
+                    raise
+            raise BackendUnavailable(
+                f"flag store {self.namespace!r}: kill switches of this node kept being "
+                f"recorded while this write committed the earlier ones; nothing was written"
+            )
+
+    def _after_own_kill_switches(
+        self, fn: Callable[[StoreTransaction], T], txn: StoreTransaction
+    ) -> T:
+        """``fn(txn)``, unless it writes while kill switches of this node are pending
+        (``_PendingFirst``: ``transaction`` commits them, then runs it again).
+
+        Read under ``_txn_lock``, which ``_defer`` takes to record one: one recorded
+        before is seen, one recorded after is later than this write.
+        """
+        result = fn(txn)
+        if isinstance(txn, _RedisTransaction) and (txn.changes or txn.events):
+            pending = len(self._cache.pending())
+            if pending:
+                raise _PendingFirst(pending)
+        return result
 
     def _transaction(self, fn: Callable[[StoreTransaction], T]) -> T:
         """``transaction``, raising the private ``BackendUnavailable`` subclasses that
@@ -481,6 +535,7 @@ class RedisFlagStore(_Listener):
         self._txn_lock = threading.Lock()
         self._conn_lock = threading.Lock()
         self._copy_lock = threading.RLock()
+        self._replay_lock = threading.RLock()
         self._callbacks = []
         self._closed = self._forked = self._released = True
         _live.discard(self)  # no _live_lock needed: one thread in the child (_fork reset it)
