@@ -53,7 +53,9 @@ try:
                for c in a.history("f")]
     assert history == [("setup", False, True, ()), ("oncall", True, False, ()),
                        ("dev", False, False, ("ana",))], history
-    assert of("pending_committed") == [("f",)] and not of("pending_superseded"), store_events
+    # Announced by A's listener thread (a write's replay hands it over: see below).
+    wait_for(lambda: of("pending_committed") == [("f",)], "the kill switch's event")
+    assert not of("pending_superseded"), store_events
     print("heard_b", heard_b, flush=True)
     # B hears the records, or one "reload" if its listener resynced meanwhile (the
     # role change cut its read): f never comes back on there.
@@ -78,4 +80,52 @@ def test_a_write_commits_this_nodes_pending_kill_switch_first() -> None:
     """allow() after Redis takes writes, before the replay: f stays off on both nodes."""
     result = run_scenario(_SCENARIO)
     assert result.lines("heard_b"), result.stdout
+    assert result.lines("threads"), result.stdout
+
+
+_HANDLER_WRITES = (
+    _COMMON
+    + """
+try:
+    store = RedisFlagStore(srv.url, namespace="pkh", timeout=1.0, resync_interval=60.0,
+                           cache_path=None)
+    flags = FeatureFlags([Flag("f"), Flag("g"), Flag("x")], store=store)
+    flags.enable("f", by="setup")
+    srv.make_read_only()
+    flags.disable("f", by="oncall", reason="incident")  # kept pending
+    wait_for(lambda: store.status().read_only and store.status().connected, "in sync")
+    srv.make_writable()
+    handled = []
+
+    def handler(name, data):
+        # Waits for another thread's write to the same FeatureFlags: on the writing
+        # thread (which holds its FeatureFlags' lock) it waited for ever.
+        writer = threading.Thread(target=lambda: flags.enable("x", by="handler"))
+        writer.start()
+        writer.join(30)
+        handled.append((threading.current_thread().name, writer.is_alive()))
+
+    telemetry.attach("foundation.flags.pending_committed", handler)
+    done = threading.Event()
+    caller = threading.Thread(target=lambda: (flags.allow("f", "ana", by="dev"), done.set()))
+    caller.start()
+    assert done.wait(30), "the write never returned (its replay's event ran under its lock)"
+    wait_for(lambda: handled, "the handler")
+    assert handled[0][1] is False, handled  # the handler's own write returned too
+    assert handled[0][0].startswith("foundation-flags-redis"), handled  # the listener thread
+    assert not flags.enabled("f") and flags.enabled("x"), flags.state("f")
+    assert store._thread.is_alive(), "the listener thread died"
+    print("threads", library_threads(), flush=True)
+    flags.close(); store.close()
+finally:
+    srv.stop()
+print("OK")
+"""
+)
+
+
+def test_a_telemetry_handler_of_the_replay_may_wait_for_a_write_of_the_same_flags() -> None:
+    """The events of a write's replay are emitted by the listener thread, not under the
+    writer's FeatureFlags lock: a handler that waits for another write returns."""
+    result = run_scenario(_HANDLER_WRITES)
     assert result.lines("threads"), result.stdout

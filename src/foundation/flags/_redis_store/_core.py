@@ -127,6 +127,9 @@ class _StoreCore(FlagStore):
         self._deliveries = 0
         self._load_marks = threading.local()
         self._welcome: list[Callable[[list[FlagChange]], None]] = []
+        # Log lines and events of kill switches a write's thread replayed, for the
+        # listener to emit at its next turn (see _replay_pending), before welcomes.
+        self._announce_later: list[Callable[[], None]] = []
         self._client: Any = None
         self._listen_client: Any = None
         self._restore_script: Any = None
@@ -334,9 +337,13 @@ class _StoreCore(FlagStore):
         ]
 
     def _send_welcomes(self) -> None:
+        """The listener's turn: announcements of a write's replay, then welcomes."""
         with self._lock:
+            announce, self._announce_later = self._announce_later, []
             welcome, self._welcome = self._welcome, []
             welcome = [c for c in welcome if c in self._callbacks]
+        for announcement in announce:
+            announcement()
         self._call_each(welcome, [])
 
     def _deliver(self, changes: list[FlagChange], skip: str = "") -> None:

@@ -162,13 +162,17 @@ class _KillSwitches(_Commits):
         read pending before the other dropped it was otherwise committed twice,
         the second "already", with a second event). Its log line and event come
         after the lock (a telemetry listener waiting on a write to this store
-        would wait for ever), and so do subscribers' reloads: on the listener
-        thread always, as a write's thread holds its FeatureFlags' lock (another
-        FeatureFlags sharing this store, its lock held by a writer waiting for
-        _replay_lock, would deadlock with it).
+        would wait for ever), and so do subscribers' reloads. A write's replay
+        hands both to the listener thread (``_announce_later``): the write's
+        thread holds its FeatureFlags' lock, so a telemetry handler waiting for
+        another thread's write to that FeatureFlags (or for a lock such a
+        writer holds) waited for ever, and another FeatureFlags sharing this
+        store, its lock held by a writer waiting for _replay_lock, would
+        deadlock with it. (So such events may come after the write's own.)
         """
         self._replay_wanted.clear()
         superseded = False
+        later: list[Callable[[], None]] = []  # a write's replay: its announcements
         for op in self._cache.pending():
             with self._replay_lock:
                 if op not in self._cache.pending():
@@ -192,33 +196,47 @@ class _KillSwitches(_Commits):
                 # By id and content: a write-back during this replay may have renumbered
                 # op (its id clashed with another process's kill switch); see NodeCache.
                 self._cache.remove_pending(op)
-            self._flush_reports()  # what a fork kept: before its "committed" event
-            if newer:
-                superseded = True
-                log.warning(
-                    "flag store %r: the kill switch by %s (%s) on %s, recorded during the "
-                    "outage at %s, was SUPERSEDED by newer committed changes and not applied: %s",
-                    self.namespace, op.by, op.reason, ", ".join(op.flags + op.plans),
-                    time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(op.at)), newer,
-                )  # fmt: skip
-                self._event("pending_superseded", **self._op_data(op), superseded_by=newer)
+            superseded = superseded or bool(newer)
+            announce = functools.partial(self._announce_replayed, op, newer, already)
+            if on_listener:
+                announce()
             else:
-                log.info(
-                    "flag store %r: kill switch by %s (%s) on %s committed%s",
-                    self.namespace, op.by, op.reason, ", ".join(op.flags + op.plans),
-                    " (it already was)" if already else "",
-                )  # fmt: skip
-                self._event("pending_committed", **self._op_data(op), already=already)
-        if not superseded:
-            return
+                later.append(announce)
         if on_listener:
-            self._deliver([])  # the local switch-off is lifted: subscribers reload
+            if superseded:
+                self._deliver([])  # the local switch-off is lifted: subscribers reload
             return
-        # A write's replay: the listener tells subscribers to reload at its next turn.
+        if not (later or superseded):
+            return
+        # A write's replay: the listener announces it and tells subscribers to
+        # reload at its next turn (_send_welcomes), in that order.
         with self._lock:
-            self._deliveries += 1  # (a delivery: see subscribe's welcome)
-            self._welcome.extend(c for c in self._callbacks if c not in self._welcome)
+            self._announce_later.extend(later)
+            if superseded:
+                self._deliveries += 1  # (a delivery: see subscribe's welcome)
+                self._welcome.extend(c for c in self._callbacks if c not in self._welcome)
         self._wake_listener()
+
+    def _announce_replayed(
+        self, op: PendingKillSwitch, newer: list[FlagChange | MigrationEvent], already: bool
+    ) -> None:
+        """The log line and event of one replayed kill switch (no store lock held)."""
+        self._flush_reports()  # what a fork kept: before its "committed" event
+        if newer:
+            log.warning(
+                "flag store %r: the kill switch by %s (%s) on %s, recorded during the "
+                "outage at %s, was SUPERSEDED by newer committed changes and not applied: %s",
+                self.namespace, op.by, op.reason, ", ".join(op.flags + op.plans),
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(op.at)), newer,
+            )  # fmt: skip
+            self._event("pending_superseded", **self._op_data(op), superseded_by=newer)
+        else:
+            log.info(
+                "flag store %r: kill switch by %s (%s) on %s committed%s",
+                self.namespace, op.by, op.reason, ", ".join(op.flags + op.plans),
+                " (it already was)" if already else "",
+            )  # fmt: skip
+            self._event("pending_committed", **self._op_data(op), already=already)
 
     def _replay_one(
         self, txn: StoreTransaction, op: PendingKillSwitch
