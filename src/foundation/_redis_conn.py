@@ -592,8 +592,15 @@ def _acl_refused(detail: str) -> str:
     at = re.search(r"script: ([0-9a-f]{40}), on @user_script:(\d+)", detail)
     if not in_script or at is None:
         return ""
-    lines = _script_sources().get(at[1], "").splitlines()
-    line = int(at[2])
+    return _script_line_refused(at[1], int(at[2]))
+
+
+def _script_line_refused(sha: str, line: int) -> str:
+    """What line ``line`` of the library's script ``sha`` calls, as
+    :func:`_acl_refused` says it (Redis 7.0 names only the script and line)."""
+    import re
+
+    lines = _script_sources().get(sha, "").splitlines()
     text = lines[line - 1] if 0 < line <= len(lines) else ""
     called = re.findall(r"redis\.p?call\(\s*'([A-Za-z]+)'", text)
     if not called:

@@ -85,6 +85,11 @@ def _replay_switch_off(
     txn.put(name, new, _replace(change, old=old, new=new))
 
 
+class _RedisBehind(Exception):
+    """``_commit_pending``: committed, but the node copy could not take it (Redis
+    is behind the copy: restore, then replay)."""
+
+
 class _KillSwitches(_Commits):
     """Kill switches applied locally while Redis is away, committed when it returns."""
 
@@ -172,44 +177,69 @@ class _KillSwitches(_Commits):
         """
         self._replay_wanted.clear()
         superseded = False
-        later: list[Callable[[], None]] = []  # a write's replay: its announcements
+        done: list[Callable[[], None]] = []  # their announcements, in order
         for op in self._cache.pending():
-            with self._replay_lock:
-                if op not in self._cache.pending():
-                    continue  # committed (or dropped) meanwhile by the other replayer
-                # Committed for the subscriber that deferred it (it applied it then):
-                # the others hear it now. (An op renumbered by a write-back is not
-                # found: its writer hears it again, at least once as ever.)
-                with writing_as(self._op_writers.get(op.id)):
-                    newer, already = self._transaction(functools.partial(self._replay_one, op=op))
-                self._op_writers.pop(op.id, None)
-                # Committed (or superseded) first, dropped second: a crash in between
-                # replays it, and committed_since() then sees it is already there.
-                # Race: Redis may go away again right after the commit. The pending
-                # record goes only once the node copy holds the commit (a failed
-                # refresh raises and leaves it pending; the next replay finds it
-                # "already" committed): otherwise a read served from the copy would
-                # show the killed flag on again.
-                if not self._pull():
-                    self._replay_wanted.set()  # Redis is behind the copy: restore, then replay
-                    return
-                # By id and content: a write-back during this replay may have renumbered
-                # op (its id clashed with another process's kill switch); see NodeCache.
-                self._cache.remove_pending(op)
-            superseded = superseded or bool(newer)
-            announce = functools.partial(self._announce_replayed, op, newer, already)
-            if on_listener:
-                announce()
-            else:
-                later.append(announce)
-        if on_listener:
-            if superseded:
-                self._deliver([])  # the local switch-off is lifted: subscribers reload
+            try:
+                committed = self._commit_pending(op)
+            except _RedisBehind:
+                self._replay_wanted.set()  # Redis is behind the copy: restore, then replay
+                break  # (what was committed so far is still announced)
+            if committed is not None:  # (None: committed or dropped by the other replayer)
+                newer, already = committed
+                superseded = superseded or bool(newer)
+                done.append(functools.partial(self._announce_replayed, op, newer, already))
+        self._announce(done, superseded=superseded, on_listener=on_listener)
+
+    def _announce(
+        self, done: list[Callable[[], None]], *, superseded: bool, on_listener: bool
+    ) -> None:
+        """The replay's announcements, then subscribers' reload if a kill switch was
+        superseded (the local switch-off is lifted): now on the listener thread, else
+        handed to it (``_announce_on_listener``)."""
+        if not on_listener:
+            if done or superseded:
+                self._announce_on_listener(done, superseded=superseded)
             return
-        if not (later or superseded):
-            return
-        # A write's replay: the listener announces it and tells subscribers to
-        # reload at its next turn (_send_welcomes), in that order.
+        for announce in done:
+            announce()
+        if superseded:
+            self._deliver([])
+
+    def _commit_pending(
+        self, op: PendingKillSwitch
+    ) -> tuple[list[FlagChange | MigrationEvent], bool] | None:
+        """Commit ``op`` (or find it superseded) and drop it, under ``_replay_lock``:
+        (newer changes, already committed); None if no longer pending.
+
+        Raises:
+            _RedisBehind: the node copy could not take the commit (Redis behind it).
+        """
+        with self._replay_lock:
+            if op not in self._cache.pending():
+                return None
+            # Committed for the subscriber that deferred it (it applied it then):
+            # the others hear it now. (An op renumbered by a write-back is not
+            # found: its writer hears it again, at least once as ever.)
+            with writing_as(self._op_writers.get(op.id)):
+                newer, already = self._transaction(functools.partial(self._replay_one, op=op))
+            self._op_writers.pop(op.id, None)
+            # Committed (or superseded) first, dropped second: a crash in between
+            # replays it, and committed_since() then sees it is already there.
+            # Race: Redis may go away again right after the commit. The pending
+            # record goes only once the node copy holds the commit (a failed
+            # refresh raises and leaves it pending; the next replay finds it
+            # "already" committed): otherwise a read served from the copy would
+            # show the killed flag on again.
+            if not self._pull():
+                raise _RedisBehind
+            # By id and content: a write-back during this replay may have renumbered
+            # op (its id clashed with another process's kill switch); see NodeCache.
+            self._cache.remove_pending(op)
+            return newer, already
+
+    def _announce_on_listener(self, later: list[Callable[[], None]], *, superseded: bool) -> None:
+        """A write's replay: the listener announces it and tells subscribers to
+        reload at its next turn (``_send_welcomes``), in that order."""
         with self._lock:
             self._announce_later.extend(later)
             if superseded:
