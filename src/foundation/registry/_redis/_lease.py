@@ -30,6 +30,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from foundation._pause_clock import PAUSES
 from foundation._redis_memory_policy import EvictionCheck
 from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, FoundationError
@@ -76,14 +77,12 @@ class Lease:
         # Set by each heartbeat: why Redis's data went back (its change counter is
         # below a version this node's mirror reached), or "" when it did not.
         self.went_back = ""
-        # time.monotonic() of this node's last successful heartbeat (None: none
-        # yet): a global-outage gap longer than the time since then cannot be
-        # one (this node renewed its lease meanwhile): see _log_gap.
-        self._beat_ok_at: float | None = None
-        # time.monotonic() when the lease thread last finished a job or a reap
-        # chunk: time spent in their Redis calls past a heartbeat's due time is
-        # not this process's stall (see _loop, _log_gap).
-        self._busy_until = 0.0
+        # (time.monotonic(), PAUSES.paused()) as this node's last successful
+        # heartbeat was sent (None: none yet). Its renewal came after: a gap the
+        # next heartbeat finds longer than the time since cannot be an outage;
+        # how long this process did not run since is the part of a gap that was
+        # this process's silence (_log_gap).
+        self._last_beat_sent: tuple[float, float] | None = None
         # The last heartbeat (or REAP chunk) left expired leases unreaped: the
         # loop runs REAP chunks between its other work until one says none is
         # left (or fails: the next heartbeat says again). Race: a writer's
@@ -96,11 +95,9 @@ class Lease:
 
     # ------------------------------------------------------------------ heartbeat
 
-    def heartbeat(self, late: float = 0.0) -> bool:
+    def heartbeat(self) -> bool:
         """Renew our lease (reaping a chunk of expired ones: ``_reap_more`` says
-        whether the loop has more to reap); False if our lease had been lost.
-        ``late``: seconds this process did not run the lease thread past the
-        heartbeat's due time (see ``_log_gap``)."""
+        whether the loop has more to reap); False if our lease had been lost."""
         sh = self._sh
         args = HeartbeatArgs(
             sh.maxlen, sh.node, int(sh.ttl * 1000), self._info, sh.grace_ms, _scripts.REAP_CHUNK
@@ -110,14 +107,22 @@ class Lease:
         # Redis's counter only grows in one history: so a counter below it is
         # older data, never a race.
         seen = sh.tail_v
+        # Race: this process may stop running anywhere in the call, before the
+        # request is sent (the GIL lost in the pool's socket check to a thread
+        # that starts a full collection) or after Redis answered (the reply
+        # unread): Redis saw a silence that was ours. So the pauses are read
+        # around the whole call, from one heartbeat's send to the next's reply.
+        sent = (time.monotonic(), PAUSES.paused())
         reply = sh.script("heartbeat", args, "renewing the lease")
         sh.last_beat_ok = mono = time.monotonic()
         # Race: a writer's recovery (under wlock) and the lease thread's own
         # heartbeat (without it) may both be here: the worst a lost update does
         # is pick the other wording of the gap's warning.
-        prev, self._beat_ok_at = self._beat_ok_at, mono
-        since_ours = None if prev is None else mono - prev
-        self._log_gap(int(reply[3]) if len(reply) > 3 else 0, since_ours, late)
+        prev, self._last_beat_sent = self._last_beat_sent, sent
+        since_ours, paused = (
+            (None, 0.0) if prev is None else (mono - prev[0], PAUSES.paused() - prev[1])
+        )
+        self._log_gap(int(reply[3]) if len(reply) > 3 else 0, since_ours, paused)
         ver = int(reply[4]) if len(reply) > 4 else seen
         self.went_back = (
             f"Redis went back to older data in place (its change counter is at {ver}, "
@@ -153,15 +158,13 @@ class Lease:
         except FoundationError:
             self._reap_more = False  # the next heartbeat says whether any is left
             return
-        finally:
-            self._busy_until = time.monotonic()
         self._reap_more = bool(int(reply[1]))
 
-    def _log_gap(self, gap: int, since_ours: float | None, late: float = 0.0) -> None:
+    def _log_gap(self, gap: int, since_ours: float | None, paused: float) -> None:
         """Say what the heartbeat's ``heal`` did: ``gap`` ms (> 0: every deadline
         extended, < 0: moved back; 0: nothing). ``since_ours``: seconds since this
-        node's previous successful heartbeat (None: this is its first); ``late``:
-        seconds this process did not run the lease thread past the beat's due time."""
+        node's previous successful heartbeat was sent (None: this is its first);
+        ``paused``: seconds this process did not run since then."""
         sh = self._sh
         if gap < 0:
             log.warning(
@@ -190,8 +193,8 @@ class Lease:
                 since_ours,
             )
             return
-        if gap <= sh.grace_ms + late * 1000:
-            self._log_stall(gap, since_ours, late)
+        if gap <= sh.grace_ms + paused * 1000:
+            self._log_stall(gap, since_ours, paused)
             return
         log.warning(
             "node %s: no node renewed its lease for %d ms (a global outage, not "
@@ -200,26 +203,26 @@ class Lease:
             gap,
         )
 
-    def _log_stall(self, gap: int, since_ours: float | None, late: float) -> None:
-        """Say that the ``gap`` ms silence was this process's own: its lease thread
-        could not run for ``late`` s past the heartbeat's due time (a long
+    def _log_stall(self, gap: int, since_ours: float | None, paused: float) -> None:
+        """Say that the ``gap`` ms silence was this process's own: it did not run
+        for ``paused`` s since its previous heartbeat was sent (a long
         garbage-collector pause, which stops every thread: a big ``register_many``
-        makes several; CPU starvation; the process stopped), and no other node
-        renewed meanwhile (none runs, or all run in this process). Not an outage:
-        on time, the gap would have been within the grace. WARNING only when our
-        lease ran out during it (kept by the gap: another node's heartbeat would
-        have reaped it)."""
+        makes several; a long C call holding the GIL; CPU starvation; the process
+        stopped), and no other node renewed meanwhile (none runs, or all run in
+        this process). Not an outage: had it run, the gap would have been within
+        the grace. WARNING only when our lease ran out during it (kept by the gap:
+        another node's heartbeat would have reaped it)."""
         sh = self._sh
         ran_out = since_ours is not None and since_ours > sh.ttl
         log.log(
             logging.WARNING if ran_out else logging.INFO,
-            "node %s: this process did not run its heartbeat for %d ms past its due "
-            "time (a long garbage-collector pause, CPU starvation, or the process was "
-            "stopped) and no other node renewed its lease meanwhile: every lease "
-            "deadline was extended by the %d ms gap before reaping (the silence was this "
-            "process's, not an outage)",
+            "node %s: this process did not run for %d ms since its last heartbeat (a "
+            "long garbage-collector pause or C call holding the GIL, CPU starvation, or "
+            "the process was stopped) and no other node renewed its lease meanwhile: "
+            "every lease deadline was extended by the %d ms gap before reaping (the "
+            "silence was this process's, not an outage)",
             sh.node,
-            late * 1000,
+            paused * 1000,
             gap,
         )
 
@@ -514,8 +517,6 @@ class Lease:
                     self._delete_orphan(*arg)
         except FoundationError:
             self._retry.append(job)
-        finally:
-            self._busy_until = time.monotonic()  # its Redis time is no stall (_loop)
 
     def _run_retries(self) -> None:
         retry, self._retry = self._retry, []
@@ -525,6 +526,11 @@ class Lease:
     # ------------------------------------------------------------------ the thread
 
     def _loop(self) -> None:
+        # The pause clock runs while a lease thread does: heartbeat() reads it.
+        with PAUSES.running():
+            self._beat_until_stopped()
+
+    def _beat_until_stopped(self) -> None:
         sh = self._sh
         # Capped below the heartbeat interval: after a global outage every node
         # must renew its (extended) lease well before it runs out.
@@ -547,21 +553,10 @@ class Lease:
                         self._reap_chunk()
                     continue
                 if sh.link.needs_recovery():
-                    try:
-                        self._scheduled_recovery(plan, backoff)
-                    finally:
-                        self._busy_until = time.monotonic()  # (see below)
+                    self._scheduled_recovery(plan, backoff)
                     continue
-                # How long this process did not run us past the beat's due time
-                # (its Redis calls are not counted: a job's, a reap chunk's, a
-                # heartbeat's or a recovery's, which a frozen Redis holds up to
-                # op_timeout: that silence is Redis', an outage, not a stall).
-                late = time.monotonic() - max(plan.next_beat, self._busy_until)
                 plan.next_beat = time.monotonic() + sh.beat
-                try:
-                    self._scheduled_heartbeat(plan, backoff, late)
-                finally:
-                    self._busy_until = time.monotonic()
+                self._scheduled_heartbeat(plan, backoff)
             except Exception:
                 log.exception("lease thread of node %s: unexpected error (carrying on)", sh.node)
                 if sh.stop.wait(backoff.next()):
@@ -659,12 +654,12 @@ class Lease:
             return []  # unregistered meanwhile, not evicted
         return lost
 
-    def _scheduled_heartbeat(self, plan: _Schedule, backoff: RetryBackoff, late: float) -> None:
-        """Renew the lease from the loop (``late``: see ``heartbeat``); a lost lease
-        or a failure schedules a recovery."""
+    def _scheduled_heartbeat(self, plan: _Schedule, backoff: RetryBackoff) -> None:
+        """Renew the lease from the loop; a lost lease or a failure schedules a
+        recovery."""
         sh = self._sh
         try:
-            if not self.heartbeat(late) and sh.own:
+            if not self.heartbeat() and sh.own:
                 # Our lease was gone: reaped while we were frozen or cut
                 # off, or Redis restarted empty. Recover at once.
                 sh.link.lease_lost("the heartbeat found our lease gone")
