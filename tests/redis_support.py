@@ -33,6 +33,7 @@ __all__ = [
     "RedisServer",
     "SentinelProcess",
     "SentinelSet",
+    "VersionlessRedisServer",
     "free_port",
     "redis_server_binary",
     "running_redis",
@@ -159,6 +160,19 @@ class RedisServer(RedisServerProcess):
                 state += " (killed by the test)" if self.killed_by_test else ""
         pid = process.pid if process is not None else "-"
         return f"{role} on port {self.port} (pid {pid}): {state}\n{_tail(self.log_path, lines)}"
+
+
+class VersionlessRedisServer(RedisServer):
+    """A :class:`RedisServer` that does not tell its version (``HELLO`` renamed
+    away), as if it were older than Redis 7: the library then runs the plain
+    form of its read scripts, what Redis 6.2 gets. ``url`` asks for RESP2
+    (redis-py's RESP3 handshake is itself a ``HELLO``)."""
+
+    extra_args = ("--rename-command", "HELLO", "")
+
+    @property
+    def url(self) -> str:
+        return super().url + "?protocol=2"
 
 
 def _port_taken(log: Path) -> bool:

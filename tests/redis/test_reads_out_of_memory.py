@@ -108,34 +108,20 @@ def test_agents_list_and_count_answer_out_of_memory_while_writes_fail() -> None:
 
 
 _PLAIN = """
-import subprocess
 import redis
 from foundation import spawn_thread
 from foundation.registry._redis import RedisRegistry, _chunked_reads
 from foundation.registry._redis._chunked_reads import NamespaceReader
-from foundation._demo._redis_server import free_port, redis_server_binary
+from tests.redis_support import VersionlessRedisServer
 
-# A server that does not tell its version (HELLO renamed away), as if it were
-# Redis 6.2: the script is run in its plain form (no shebang line). RESP2:
-# redis-py's RESP3 handshake is itself a HELLO.
-port = free_port()
-server = subprocess.Popen(
-    [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-     "--appendonly", "no", "--rename-command", "HELLO", ""],
-    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-)
-url = f"redis://127.0.0.1:{port}/0?protocol=2"
-admin = redis.Redis(port=port, protocol=2)
+# Redis 6.2's case: the script is run in its plain form (no shebang line).
+server = VersionlessRedisServer()
+server.start()
+url = server.url
+admin = redis.Redis.from_url(url)
 stop = threading.Event()
 
-def answers():
-    try:
-        return admin.ping()
-    except redis.ConnectionError:
-        return False
-
 try:
-    wait_for(answers, "the server to answer")
     reg = RedisRegistry(url, namespace="q", lease_ttl=60.0, op_timeout=0.5)
     for i in range(3):
         reg.register(f"k{i}", spawn_thread(stop.wait), {"i": i})
@@ -151,8 +137,7 @@ try:
     print("OK")
 finally:
     stop.set()
-    server.terminate()
-    server.wait(timeout=30)
+    server.stop()
 """
 
 

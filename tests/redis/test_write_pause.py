@@ -96,33 +96,18 @@ def test_reads_and_snapshots_answer_while_writes_are_paused_and_writes_fail() ->
 
 
 _PLAIN = """
-import subprocess
 import redis
 from foundation import errors
 from foundation.registry._redis import RedisRegistry
 from foundation.registry._redis._observer import RedisObserver
-from foundation._demo._redis_server import free_port, redis_server_binary
+from tests.redis_support import VersionlessRedisServer
 
-# A server that does not tell its version (HELLO renamed away), as if it were
-# older: the plain script is run, what Redis 6.2 gets. RESP2: redis-py's RESP3
-# handshake is itself a HELLO.
-port = free_port()
-server = subprocess.Popen(
-    [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-     "--appendonly", "no", "--rename-command", "HELLO", ""],
-    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-)
-url = f"redis://127.0.0.1:{port}/0?protocol=2"
-admin = redis.Redis(port=port, protocol=2)
-
-def answers():
-    try:
-        return admin.ping()
-    except redis.ConnectionError:
-        return False
+server = VersionlessRedisServer()  # the plain script is run, what Redis 6.2 gets
+server.start()
+url = server.url
+admin = redis.Redis.from_url(url)
 
 try:
-    wait_for(answers, "the server to answer")
     RedisRegistry(url, namespace="q").close()
     obs = RedisObserver(url, namespace="q", timeout=0.5)
     assert obs._snapshot_script.flagged is False
@@ -138,8 +123,7 @@ try:
     admin.execute_command("CLIENT", "UNPAUSE")
     print("OK")
 finally:
-    server.kill()
-    server.wait()
+    server.stop()
 """
 
 

@@ -192,6 +192,9 @@ class RedisServerProcess:
     command on a thread of its own).
     """
 
+    extra_args: tuple[str, ...] = ()
+    """More ``redis-server`` options, after the defaults (a variant's, in a subclass)."""
+
     def __init__(
         self, *, password: str | None = None, port: int | None = None, tls: ServerTls | None = None
     ) -> None:
@@ -236,6 +239,7 @@ class RedisServerProcess:
             "--dir", str(self._dir),
             "--logfile", str(self._dir / "redis.log"),
         ]  # fmt: skip
+        args += self.extra_args
         if self.password:
             args += ["--requirepass", self.password]
         if self.tls is not None:
