@@ -213,6 +213,30 @@ def test_younger_siblings_of_a_terminated_failing_child_are_stopped_not_stuck(
     scenario()
 
 
+@run
+async def test_terminating_a_child_waiting_for_its_backoff_restarts_its_elder_siblings() -> None:
+    # one_for_all with backoff: b crashed, a and c were stopped for its delayed
+    # restart. terminate_child(b) meanwhile: in OTP a would be running again
+    # already (restart_multiple_children), c undefined. a is restarted at once,
+    # c left stopped and restartable, b stopped.
+    crew = Crew()
+    specs = [crew.spec("a"), crew.spec("b"), crew.spec("c")]
+    sup = Supervisor(specs, strategy="one_for_all", backoff=Backoff(initial=30.0))
+    async with sup:
+        crew.crash("b")
+        await until(lambda: [c.status for c in sup.which_children()] == ["restarting"] * 3)
+        await sup.terminate_child("b")
+        assert [(c.id, c.status) for c in sup.which_children()] == [
+            ("a", "running"),
+            ("b", "stopped"),
+            ("c", "stopped"),
+        ]
+        assert crew.starts() == ["a", "b", "c", "a"]
+        assert sup.which_child("a").restarts == 1
+        info = await sup.restart_child("c")
+        assert info.status == "running"
+
+
 # ---------------------------------------------------------------------------- 6
 @run
 async def test_register_as_refuses_a_name_held_by_a_live_outside_agent() -> None:

@@ -41,6 +41,7 @@ from foundation.supervision import (
     Supervisor,
     check_childspecs,
 )
+from tests._logs import captured
 from tests.supervision._support import Boom, Crew, captured_events, run, until
 
 
@@ -1637,3 +1638,66 @@ async def test_significant_escalation() -> None:
             await until(lambda: outer.which_child("sup1").status == "stopped")  # noqa: B023
             assert outer.state == "running"
             await outer.stop()
+
+
+@run
+async def test_significant_escalation_of_a_supervisor_that_gives_up() -> None:
+    # OTP: a supervisor reaching its restart intensity exits with reason
+    # shutdown, so its parent applies auto_shutdown to a significant one (and
+    # does not count it as a restart): the parent ends normally.
+    crew = Crew()
+    inner = Supervisor([crew.spec("child1")], max_restarts=0, name="inner")
+    spec = ChildSpec("sup1", inner, restart="transient", significant=True)
+    outer = Supervisor(
+        [crew.spec("bystander"), spec], auto_shutdown="any_significant", max_restarts=0
+    )
+    await outer.start()
+    crew.crash("child1")
+    await outer.wait()  # no RestartIntensityExceeded: a normal end
+    assert (outer.state, outer.failure) == ("stopped", None)
+    assert inner.state == "failed"
+    assert crew.starts() == ["bystander", "child1"]
+    assert crew.stops() == ["child1", "bystander"]
+
+
+@pytest.mark.parametrize("restart", ["permanent", "transient", "temporary"])
+@run
+async def test_nested_supervisor_that_gives_up_exits_shutdown(restart: RestartType) -> None:
+    # OTP: do_restart(shutdown, ...): a permanent supervisor child is restarted
+    # (and counts against the parent's intensity), a transient or temporary
+    # one is not. The parent still reports why the subtree gave up (ERROR).
+    crew = Crew()
+    made: list[Supervisor] = []
+
+    def make() -> Supervisor:
+        made.append(Supervisor([crew.spec("leaf")], max_restarts=0, name=f"leaf{len(made)}"))
+        return made[-1]
+
+    nested = ChildSpec("leaf-sup", make, kind="supervisor", restart=restart)
+    outer = Supervisor([crew.spec("bystander"), nested], max_restarts=1, max_seconds=3600)
+    with captured("foundation.supervision") as records, captured_events() as events:
+        await outer.start()
+        bystander = handle_of(outer, "bystander")
+        crew.crash("leaf")
+        await until(lambda: made[0].state == "failed")
+        if restart == "permanent":
+            await until(lambda: handle_of(outer, "leaf-sup") is made[-1] and len(made) == 2)
+            crew.crash("leaf")  # the 2nd restart within the window: the parent gives up
+            with pytest.raises(RestartIntensityExceeded) as info:
+                await outer.wait()
+            assert info.value.__cause__ is made[1].failure
+        else:
+            await until(lambda: [c.status for c in outer.which_children()][1:] in ([], ["stopped"]))
+            assert (outer.state, len(made), crew.starts("leaf")) == ("running", 1, ["leaf"])
+            assert handle_of(outer, "bystander") is bystander
+            await outer.stop()
+    exits = [d for n, d in events if n == "supervisor.child_exited" and d["child"] == "leaf-sup"]
+    assert (exits[0]["reason"], exits[0]["exception"]) == ("shutdown", made[0].failure)
+    assert exits[0]["restart"] is (restart == "permanent")
+    report = records.of("child_crashed", "leaf-sup")[0]
+    assert report.levelname == "ERROR"
+    assert report.exc_info is not None
+    assert report.exc_info[1] is made[0].failure
+    assert "shut down: RestartIntensityExceeded" in report.getMessage()
+    action = {"permanent": "restart", "transient": "no_restart (transient, shutdown)"}
+    assert report.action == action.get(restart, "no_restart (temporary)")

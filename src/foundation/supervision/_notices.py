@@ -79,10 +79,15 @@ def announce_started(supervisor: str, child: _Child, run: Run, restarted: bool) 
 
 
 def report_exit(supervisor: str, child: _Child, exit: ChildExit, action: str) -> None:
-    """Report a child's exit: a crash if abnormal, else a plain exit."""
+    """Report a child's exit: a crash if abnormal, else a plain exit.
+
+    A nested supervisor that gave up (a ``"shutdown"`` exit carrying its
+    ``RestartIntensityExceeded``) is reported as a crash as well: not restarted
+    (transient) or ending its parent normally (significant), its subtree's
+    failure must still reach the operator's log."""
     spec = child.spec
     kind = str(spec.kind)
-    if exit.abnormal:
+    if exit.abnormal or exit.exception is not None:
         reports.child_crashed(supervisor, spec.id, kind, exit, action=action)
     else:
         reports.child_exited(supervisor, spec.id, kind, exit, action=action)

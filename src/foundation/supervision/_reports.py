@@ -11,7 +11,8 @@ logging is configured to show them.
 ========================================  =======  ==========================================
 logger                                    level    events
 ========================================  =======  ==========================================
-``foundation.supervision.crash``          ERROR    a child crashed; a child failed to start
+``foundation.supervision.crash``          ERROR    a child crashed; a child failed to start;
+                                                   a nested supervisor gave up
                                           DEBUG    a nested supervisor failed to start (its
                                                    child's ERROR report has the traceback)
 ``foundation.supervision.progress``       INFO     a child started or restarted, exited
@@ -144,6 +145,8 @@ def _exit_text(exit: ChildExit) -> str:
     if reason == "killed":
         signum = _exit_signal(exit)
         return f"was killed by {_signal_name(signum)}" if signum is not None else "was killed"
+    if reason == "shutdown" and exit.exception is not None:  # a nested supervisor gave up
+        return f"shut down: {_safe_repr(exit.exception)}"
     return _PLAIN_EXIT_TEXTS.get(reason, f"exited: {reason}")  # the last: a reason added later
 
 
@@ -226,9 +229,10 @@ def child_started(supervisor: str, child: str, kind: str, *, restarted: bool, at
 
 
 def child_crashed(supervisor: str, child: str, kind: str, exit: ChildExit, *, action: str) -> None:
-    """Crash report (ERROR): ``child`` ended abnormally; ``action`` is what the
-    supervisor does about it (``"restart"``, ``"restart_all"``,
-    ``"no_restart (temporary)"``, ...).
+    """Crash report (ERROR): ``child`` ended abnormally, or is a nested
+    supervisor that gave up (its ``"shutdown"`` exit carries the
+    ``RestartIntensityExceeded``); ``action`` is what the supervisor does
+    about it (``"restart"``, ``"restart_all"``, ``"no_restart (temporary)"``, ...).
 
     The record carries the traceback of ``exit.exception`` (``exc_info``) when
     there is one; a process child's exit code or signal is in the header.

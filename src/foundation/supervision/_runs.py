@@ -54,7 +54,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from foundation import _fork
-from foundation.errors import ShutdownError
+from foundation.errors import RestartIntensityExceeded, ShutdownError
 from foundation.liveness import spawn_thread
 from foundation.supervision import _reports as reports
 from foundation.supervision._context import (
@@ -717,7 +717,9 @@ class MultiprocessingRun(_ProcessRun):
 
 class SupervisorRun(Run):
     """A nested supervisor: ready when its children are, ended when it stops or
-    gives up (``RestartIntensityExceeded`` is then its exit exception)."""
+    gives up (a ``"shutdown"`` exit whose exception is its
+    ``RestartIntensityExceeded``, as OTP's ``shutdown``); killed or failed on a
+    defect, its exit is an ``"exception"``."""
 
     handle: Supervisor
 
@@ -747,7 +749,13 @@ class SupervisorRun(Run):
 
     def _ended(self, fut: asyncio.Future[None]) -> None:
         failure = self.handle.failure
-        if failure is not None:
+        if isinstance(failure, RestartIntensityExceeded):
+            # OTP: a supervisor that reaches its restart intensity exits with
+            # reason shutdown (supervisor.erl restart/2): its parent restarts
+            # it only if permanent, and a significant one may auto_shutdown.
+            # The error is kept: the parent reports why the subtree gave up.
+            self._exit(ChildExit("shutdown", exception=failure))
+        elif failure is not None:  # killed, or a defect: a crash
             self._exit(ChildExit("exception", exception=failure))
         else:
             self._exit(ChildExit("normal"))

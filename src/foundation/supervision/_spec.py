@@ -402,8 +402,10 @@ class ChildExit:
     cancelled by someone else), ``"exit"`` (a process with a non-zero
     ``exit_code``), ``"killed"`` (a process ended by ``signal``, or killed by
     the supervisor after its shutdown timeout), ``"shutdown"`` (stopped by its
-    supervisor in time) or ``"abandoned"`` (a thread, or a task ignoring
-    cancellation, still running after its shutdown timeout).
+    supervisor in time; also a nested supervisor that gave up, as OTP's
+    ``shutdown``, its ``RestartIntensityExceeded`` as ``exception``) or
+    ``"abandoned"`` (a thread, or a task ignoring cancellation, still
+    running after its shutdown timeout).
 
     Example:
         >>> from foundation.supervision import ChildExit

@@ -234,8 +234,10 @@ class _Supervising:
             action = "shutdown (significant)"
         elif spec.restart == "temporary":
             action = "no_restart (temporary)"
-        else:
+        elif exit.reason == "normal":
             action = "no_restart (transient, normal exit)"
+        else:  # shutdown: a nested supervisor that gave up, say
+            action = "no_restart (transient, shutdown)"
         report_exit(self._name, child, exit, action)
         if rule is not None:
             reports.auto_shutdown(self._name, spec.id, rule=rule)

@@ -71,8 +71,12 @@ class Supervisor(_Supervising):
     ``max_seconds``, counted across all children, and the supervisor gives up:
     it stops every child in reverse order, ``wait()`` raises
     :class:`~foundation.errors.RestartIntensityExceeded` (whose ``__cause__`` is
-    the last child's exception), and a parent supervisor sees this one as a
-    crashed child. A failed restart counts as one more crash.
+    the last child's exception), and a parent supervisor sees this one end
+    with reason ``"shutdown"`` (OTP's ``shutdown``; the ``ChildExit`` carries
+    the error, and the parent logs it as a crash report): a permanent child is
+    restarted (counting against the parent's intensity), a transient one is
+    not, and a significant one triggers ``auto_shutdown``. A failed restart
+    counts as one more crash.
 
     Start: children start one at a time, each ready (see :class:`ChildSpec`)
     before the next. If one fails, those already started are stopped in reverse
@@ -92,7 +96,10 @@ class Supervisor(_Supervising):
     that failed is ``"restarting"`` (it is retried, each retry one more crash)
     and the siblings after it that could not start yet are ``"stopped"``
     (OTP's pid ``undefined``): a ``terminate_child`` of the failing child
-    leaves them restartable with ``restart_child`` and deletable.
+    leaves them restartable with ``restart_child`` and deletable. So does a
+    ``terminate_child`` of a child whose restart waits for its ``backoff``
+    delay, and the siblings of its round started before it are restarted at
+    once (in OTP they would be running again already).
 
     Brutal kill: a child with ``shutdown_timeout=0`` is killed without an
     orderly stop: a process gets SIGKILL at once (and is waited for, as OTP
@@ -114,10 +121,11 @@ class Supervisor(_Supervising):
     ``auto_shutdown="any_significant"`` the supervisor stops itself (normally,
     no failure) when a ``significant`` child ends on its own and is not
     restarted (a temporary one after any exit, a transient one after a normal
-    exit); with ``"all_significant"`` when the last running significant child
-    does. Exits the supervisor causes (``terminate_child``, a strategy's
-    restart, its own stop) never trigger it. ``"never"`` (the default)
-    refuses significant children.
+    or ``"shutdown"`` exit, such as a nested supervisor giving up); with
+    ``"all_significant"`` when the last running significant child does.
+    Exits the supervisor causes (``terminate_child``, a strategy's restart,
+    its own stop) never trigger it. ``"never"`` (the default) refuses
+    significant children.
 
     Ignore: a child calling ``ctx.ignore()`` instead of ``ctx.ready()`` is
     not running but its spec is kept, ``"stopped"`` (a temporary child's spec
@@ -597,18 +605,34 @@ class Supervisor(_Supervising):
 
     async def _terminate_child(self, child: _Child) -> ChildExit | None:
         round, child.pending = child.pending, None  # cancels a delayed restart
+        earlier: list[str] = []
         if isinstance(round, _Round) and round.owner == child.spec.id:
-            # The siblings stopped for this child's restart are left stopped (OTP:
-            # pid undefined, restartable), not restarted without it nor stuck.
-            for other in self._children.values():
-                if other.pending is round:
-                    other.pending = None
-                    other.status = "stopped"
+            earlier = self._leave_round(child, round)
         exit = await self._terminate(child) if child.run is not None else None
         child.status = "stopped"
         if child.spec.restart == "temporary":
             self._children.pop(child.spec.id, None)
+        await self._restart(earlier)
         return exit
+
+    def _leave_round(self, child: _Child, round: _Round) -> list[str]:
+        """``child``, whose delayed restart ``round`` is, is terminated: its
+        siblings waiting in the round are taken out of it. Those started before
+        it are returned, to be restarted now (OTP's ``restart_multiple_children``
+        has them running again already); those after it are left stopped (OTP:
+        pid undefined, restartable), not restarted without it nor stuck."""
+        earlier: list[str] = []
+        before = True
+        for other in self._children.values():
+            before = before and other is not child
+            if other.pending is not round:
+                continue
+            other.pending = None
+            if before:
+                earlier.append(other.spec.id)  # still "restarting"
+            else:
+                other.status = "stopped"
+        return earlier
 
     async def restart_child(self, id: str) -> ChildInfo:
         """Start again a child that is stopped (terminated, or ended and not restarted).
