@@ -57,9 +57,11 @@ class _AioRef(weakref.ref):  # type: ignore[type-arg]
 # the copy of the caller's context add_done_callback would make per future (64 B
 # each). Safe to share: a loop runs one callback at a time on one thread, and
 # ours never runs another callback synchronously, so a context is never entered
-# twice at once. Race: two threads may create a loop's context at once; the
-# loser's is simply used for that one callback (each is only entered on the
-# loop's thread).
+# twice at once. It stays empty: every on_down runs in a fresh context of its
+# own (``fire`` -> ``invoke_fresh``, per death, not per watched future), so
+# nothing one listener sets is seen by another's. Race: two threads may create a
+# loop's context at once; the loser's is simply used for that one callback
+# (each is only entered on the loop's thread).
 _LOOP_CONTEXTS: weakref.WeakKeyDictionary[Any, contextvars.Context] = weakref.WeakKeyDictionary()
 
 

@@ -13,6 +13,7 @@ called.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import threading
 import time
@@ -177,10 +178,12 @@ class Watch:
             except BaseException:
                 escaped = _call_popping(taken, down, escaped)
             else:
+                ctx = None  # an empty context left by the last call: reused
                 for on_down in backwards:
                     try:
-                        invoke(on_down, down)
+                        ctx = invoke_fresh(on_down, down, ctx)
                     except BaseException as exc:  # SystemExit & co: the others still run
+                        ctx = None  # maybe written to: not reused
                         escaped = escaped or exc
             _forget_stale(stale)  # None: nothing failed
         if escaped is not None:
@@ -209,7 +212,7 @@ def _call_now(
     Returns the first exception that escaped an ``on_down`` so far."""
     report(exc, "liveness: queueing a monitor (called out of order)", watch)
     try:
-        invoke(on_down, down)
+        invoke_fresh(on_down, down)
     except BaseException as raised:  # SystemExit & co: every taken monitor still runs
         return escaped or raised
     return escaped
@@ -223,7 +226,7 @@ def _call_popping(
     while taken:
         on_down = taken.pop()
         try:
-            invoke(on_down, down)
+            invoke_fresh(on_down, down)
         except BaseException as exc:
             escaped = escaped or exc
     return escaped
@@ -512,6 +515,37 @@ def invoke(on_down: OnDown, down: Down) -> None:
         on_down(down)
     except Exception as exc:  # a broken subscriber must never break a watcher
         report(exc, "on_down callback", on_down)
+
+
+def invoke_fresh(
+    on_down: OnDown, down: Down, ctx: contextvars.Context | None = None
+) -> contextvars.Context | None:
+    """``invoke``, in a fresh empty ``contextvars.Context``: how ``fire`` tells
+    a death, whichever thread it runs on.
+
+    As asyncio runs each callback in its own context, nothing an ``on_down``
+    (a registry's listener) sets in a ContextVar is seen by any other
+    ``on_down``, of this death or a later one, nor left on the thread that
+    fires (before, every death on a loop ran in one shared context, its
+    values piling up for the loop's lifetime). Paid per death, not on
+    ``monitor()``. Out of memory, it is called in the current context rather
+    than not at all.
+
+    ``ctx``: the one the previous call returned, if any. Returns ``ctx`` if
+    it is still empty (nothing was set: as good as a fresh one), for the next
+    monitor of the same ``fire`` (one allocation per monitor saved); else
+    None. Never reused across ``fire`` calls: a nested ``fire`` (an
+    ``on_down`` completing another agent) must not enter a context already
+    entered.
+    """
+    if ctx is None:
+        try:
+            ctx = contextvars.Context()
+        except MemoryError:  # a death is never lost for want of its context
+            invoke(on_down, down)
+            return None
+    ctx.run(invoke, on_down, down)
+    return None if len(ctx) else ctx
 
 
 def report(exc: BaseException, where: str, obj: object = None) -> None:

@@ -45,11 +45,27 @@ __all__ = [
 _CF_ATTR = "_foundation_watch"  # the shared watch, stored on the future itself
 
 
+_NO_ATTR = object()  # a future-like object without ``_exception``
+
+
 def _future_down(fut: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> Down:
-    """A done future's Down; never raises for want of memory (see ``exception_down``)."""
+    """A done future's Down; never raises for want of memory (see ``exception_down``).
+
+    The exception is peeked at (``_exception``), never retrieved: asyncio's
+    ``exception()`` marks it retrieved, which silenced asyncio's own "Task
+    exception was never retrieved" log for a crashed fire-and-forget task
+    that was merely watched (registered, monitored). Watching must not change
+    the agent, and the flag cannot be set back (C futures refuse ``True``).
+    ``_exception`` holds it on asyncio's C and pure-Python futures (3.11+)
+    and on ``concurrent.futures.Future`` (whose ``exception()`` marks
+    nothing). A future-like object without it falls back to ``exception()``
+    (its Down first: it then counts as retrieved, as before).
+    """
     if fut.cancelled():
         return CANCELLED
-    exc = fut.exception()
+    exc: Any = getattr(fut, "_exception", _NO_ATTR)
+    if exc is _NO_ATTR:
+        exc = fut.exception()
     return NORMAL if exc is None else exception_down(exc)
 
 
