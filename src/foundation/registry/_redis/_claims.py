@@ -21,7 +21,7 @@ from foundation.registry._types import RegistryEvent
 if TYPE_CHECKING:
     from foundation.registry._redis._lease import Lease
 
-__all__ = ["begin", "begin_all", "monitor_own", "on_down"]
+__all__ = ["begin", "begin_all", "end_unregistering", "monitor_own", "on_down", "unregistering"]
 
 
 def begin(sh: Shared, lease: Lease, p: Prepared, replace: bool) -> None:
@@ -131,6 +131,15 @@ def on_down(sh: Shared, key: Hashable, own: Own, down: Down) -> None:
     with sh.mlock:
         if sh.own.get(key) is not own:
             return  # unregistered or replaced meanwhile
+        if own.unregistering:
+            # Race: an unregister() of the key has its script on its way to
+            # Redis (it holds wlock). That script decides how the registration
+            # ended: "unregistered" if it removed it (the record every other
+            # node reads), else the death. So leave all to that call (the
+            # mirror entry, its one event, the delete): it reads ``died``
+            # after the reply (or, if the script failed, runs this again).
+            own.died = down
+            return
         del sh.own[key]
         entry = sh.entries.get(key)
         if entry is not None and entry.agent is own.agent and entry.node == sh.node:
@@ -145,3 +154,31 @@ def on_down(sh: Shared, key: Hashable, own: Own, down: Down) -> None:
     # listener would delay every death it watches) or a writer holding wlock
     # (an agent found dead as its monitor started).
     sh.hand_off()
+
+
+def unregistering(sh: Shared, key: Hashable) -> Own | None:
+    """Mark this node's registration of ``key`` (if any) as being unregistered by
+    the caller (holding wlock), before its script is sent; returns it.
+
+    Race: from here on a death of its agent (``on_down``) leaves the outcome
+    to the caller, so the reason its node reports is the one Redis recorded.
+    A death reported before this is handled as usual (its delete is pending:
+    the caller flushes it first, and Redis records "down").
+    """
+    with sh.mlock:
+        own = sh.own.get(key)
+        if own is not None:
+            own.unregistering = True
+        return own
+
+
+def end_unregistering(sh: Shared, key: Hashable, own: Own | None) -> None:
+    """Undo ``unregistering`` after the script failed (the outcome is unknown):
+    a death reported meanwhile is handled now as ``on_down`` would have."""
+    if own is None:
+        return
+    with sh.mlock:
+        own.unregistering = False
+        down, own.died = own.died, None
+    if down is not None:
+        on_down(sh, key, own, down)

@@ -43,7 +43,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from foundation import _fork, _redis_conn
-from foundation._listeners import _write_tags, subscribe_to
+from foundation._listeners import subscribe_to
 from foundation.errors import (
     BackendUnavailable,
     Closed,
@@ -65,7 +65,6 @@ from foundation.registry._types import (
     Listener,
     MetadataFilter,
     Registry,
-    RegistryEvent,
     batch_items,
     filtered,
 )
@@ -447,29 +446,46 @@ class RedisRegistry(Registry):
             sh.deliver()  # once every lock is released, in mirror order
 
     def _unregister_locked(self, key: Hashable, ek: str) -> bool:
-        """``unregister`` of the normal ``key`` (encoded ``ek``), holding wlock."""
+        """``unregister`` of the normal ``key`` (encoded ``ek``), holding wlock.
+
+        One outcome, decided by Redis, for the return value, this node's one
+        event and every other node's (the script's change record). Races with
+        the death of our agent of the key (comments at each step)."""
         sh = self._sh
         with sh.writing():
-            self._lease.flush_pending_down(key)
-            args = _scripts.UnregisterArgs(sh.maxlen, ek, "unregistered", "", "", "", "", sh.node)
+            # Race: a death reported from here on (on_down, a monitor thread) is
+            # left to this call: no "down" event nor delete of its own.
+            own = _claims.unregistering(sh, key)
             try:
-                v = int(
-                    sh.write_script(
-                        "unregister", args.argv(), lambda: f"unregistering {key!r:.200}"
-                    )
-                )
-            except FoundationError:
-                sh.link.resync_needed(f"the outcome of unregistering {key!r:.200} is unknown")
+                # Race: a death reported before that has its delete pending (not
+                # yet run by the lease thread, which needs the wlock we hold):
+                # flushed first, Redis records "down" (as its event here said),
+                # and the script below finds nothing to remove: False.
+                self._lease.flush_pending_down(key)
+                v = self._unregister_script(key, ek)
+            except BaseException:
+                # Outcome unknown (resync asked for): a death reported meanwhile
+                # is handled now, as if no unregister had been attempted.
+                _claims.end_unregistering(sh, key, own)
                 raise
             with sh.mlock:
-                own = sh.own.pop(key, None)
-                old = _replies.remove_unregistered(sh, key, v, own)
-                if old is not None and sh.listeners:
-                    event = RegistryEvent("unregistered", old, reason="unregistered")
-                    sh.queue([event], _write_tags.tag)
-            if own is not None and own.monitor is not None:
-                own.monitor.demonitor()
-        return bool(v) or own is not None
+                mine = _replies.apply_unregister(sh, key, v, own)
+            if mine is not None and mine.monitor is not None:
+                mine.monitor.demonitor()
+        return bool(v) or mine is not None
+
+    def _unregister_script(self, key: Hashable, ek: str) -> int:
+        """Run UNREGISTER for ``key`` (holding wlock): the version of its change
+        record (the key was removed: "unregistered"), or 0 (Redis had no entry)."""
+        sh = self._sh
+        args = _scripts.UnregisterArgs(sh.maxlen, ek, "unregistered", "", "", "", "", sh.node)
+        try:
+            return int(
+                sh.write_script("unregister", args.argv(), lambda: f"unregistering {key!r:.200}")
+            )
+        except FoundationError:
+            sh.link.resync_needed(f"the outcome of unregistering {key!r:.200} is unknown")
+            raise
 
     def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
         """Replace the metadata of ``key`` (on any node); indexes follow.

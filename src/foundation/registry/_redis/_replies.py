@@ -2,7 +2,7 @@
 
 The writer applies the result of its own write at once (read-your-writes):
 ``finish`` a REGISTER (or one REGISTER_MANY item's own) reply,
-``remove_unregistered`` an UNREGISTER reply; the events they make are queued
+``apply_unregister`` an UNREGISTER reply; the events they make are queued
 under the same ``mlock`` as the change (in mirror order).
 """
 
@@ -21,11 +21,11 @@ from foundation.registry._types import Entry, RegistryEvent, new_entry
 from foundation.registry._validation import metadata_from_json
 
 __all__ = [
+    "apply_unregister",
     "demonitor_replaced",
     "died_meanwhile",
     "finish",
     "note_registered",
-    "remove_unregistered",
 ]
 
 
@@ -115,17 +115,40 @@ def _entry_from_reply(sh: Shared, key: Hashable, reply: list[Any]) -> Entry | No
         return None
 
 
-def remove_unregistered(sh: Shared, key: Hashable, v: int, own: Own | None) -> Entry | None:
-    """Drop ``key`` from the mirror after UNREGISTER answered ``v`` (holding
-    mlock); the entry removed, if any."""
+def apply_unregister(sh: Shared, key: Hashable, v: int, own: Own | None) -> Own | None:
+    """Apply UNREGISTER's reply ``v`` for ``key`` to the mirror and queue its one
+    event (holding mlock); ``own``: our registration of the key the caller
+    marked ``unregistering`` (None if none). Returns ``own`` if this call
+    removed it (its monitor is the caller's to release), else None.
+
+    Races, each settled here so that the return value, this node's event and
+    the other nodes' (the script's record) agree:
+
+    - our agent died while the script ran (``own.died``): ``on_down`` left it
+      to us. Redis removed the key as "unregistered" (``v``): that is the
+      reason everywhere; nothing is left to delete (no delete job was queued).
+    - the tail applied another node's delete of our registration while the
+      script ran (it forgot ``own`` and queued that removal's event): our
+      script found nothing (0), no event here, False.
+    - the lease thread's delete of a dead agent cannot run meanwhile (it
+      needs the wlock the caller holds), and its record, like ours, is
+      skipped by our tail (this node wrote it): the mirror changes only here.
+    """
+    mine = own if own is not None and sh.own.get(key) is own else None
+    if mine is not None:
+        del sh.own[key]
+        mine.died = None  # (see above: Redis said "unregistered", or had nothing)
     m = sh.mirror
+    old: Entry | None = None
     if v and m.is_newer(key, v):
         sh.written = v
-        return m.remove(key, v)
-    if not v and own is not None:
+        old = m.remove(key, v)
+    elif not v and mine is not None:
         # Redis lost it (restarted, not yet re-asserted): still ours.
-        return m.remove(key, m.versions.get(key, m.floor))
-    return None
+        old = m.remove(key, m.versions.get(key, m.floor))
+    if old is not None and sh.listeners:
+        sh.queue([RegistryEvent("unregistered", old, reason="unregistered")], _write_tags.tag)
+    return mine
 
 
 def note_registered(old: Entry | None, entry: Entry, events: list[RegistryEvent]) -> None:

@@ -107,10 +107,23 @@ class Own:
     ``at``: the stream id of the record that registered it (``""`` until
     known; a re-assert that finds it in Redis fills it in when the reply of
     its register was lost), its place in the server's order (a re-assert
-    sends it).
+    sends it). ``unregistering`` while an ``unregister`` call's script for it
+    is on its way (that call decides how it went); ``died``: the ``Down`` its
+    monitor reported meanwhile (``_claims.on_down``), None if none.
     """
 
-    __slots__ = ("agent", "at", "ek", "head", "ix", "meta", "monitor", "pending")
+    __slots__ = (
+        "agent",
+        "at",
+        "died",
+        "ek",
+        "head",
+        "ix",
+        "meta",
+        "monitor",
+        "pending",
+        "unregistering",
+    )
 
     def __init__(self, agent: Any, ek: str, head: str, meta: bytes, ix: str) -> None:
         self.agent = agent
@@ -121,6 +134,8 @@ class Own:
         self.monitor: Monitor | None = None
         self.pending = True
         self.at = ""
+        self.unregistering = False
+        self.died: Down | None = None
 
 
 def _doing_text(doing: Doing) -> str:
