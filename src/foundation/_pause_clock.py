@@ -9,6 +9,16 @@ its own measure of lateness, taken only where it waits for a heartbeat's due
 time, missed a pause that fell inside a Redis call (the reply sat unread, or
 the request waited to be sent), and called that silence a global outage.
 
+Threads that keep the GIL busy delay its wakeups too (each waits its turn,
+up to hundreds of milliseconds with a dozen busy threads), as they delay the
+lease thread: that counts as a pause. So in such a process a Redis freeze
+within a few graces may be taken for this process's silence (logged at INFO,
+not as an outage). Subtracting the process's CPU time from the lateness
+removed that, but then a long C call holding the GIL (a big batch's, which
+starves the lease thread just as surely) went unseen: 4 of 10 big
+``register_many`` runs logged false outages again; the lease thread's own
+lateness is what matters, and this is its closest measure.
+
 The clock runs while at least one user holds it (``running()``): 20 wakeups a
 second, each a few microseconds.
 

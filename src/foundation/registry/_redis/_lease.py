@@ -120,7 +120,7 @@ class Lease:
         # is pick the other wording of the gap's warning.
         prev, self._last_beat_sent = self._last_beat_sent, sent
         since_ours, paused = (
-            (None, 0.0) if prev is None else (mono - prev[0], PAUSES.paused() - prev[1])
+            (None, 0.0) if prev is None else (mono - prev[0], max(0.0, PAUSES.paused() - prev[1]))
         )
         self._log_gap(int(reply[3]) if len(reply) > 3 else 0, since_ours, paused)
         ver = int(reply[4]) if len(reply) > 4 else seen
