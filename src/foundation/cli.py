@@ -27,13 +27,16 @@ unless ``--log-level`` says otherwise (docs/cli.md, "Log lines").
 Redis (disconnected, degraded, connected again), since the command logs only
 errors.
 
-Exit codes (docs/cli.md has the table): 0 done; 1 failed (one line
+Exit codes (docs/cli.md has the table): 0 done (also a write whose result
+could not be printed, stdout full or closed: one stderr line says the write
+was done); 1 failed (one line
 ``ErrorClass: message`` on stderr, the traceback only with ``--debug``); 2
 usage error: argparse's usage, or one line such as ``InvalidFlagValue:
 'color' is a string flag ...`` for input the command judges wrong before
 acting (a command for the other kind of flag, a value the library refuses
 such as shares not summing to 100, a bad ``--where``, a missing ``--plan``,
-``--bind`` off loopback without ``--token``); 69 backend unavailable
+``--bind`` off loopback without ``--token``, an empty ``--store``,
+``--redis``, ``--namespace`` or ``FOUNDATION_*`` variable); 69 backend unavailable
 (``BackendUnavailable``: Redis unreachable, not answering within the op
 timeout, read-only or out of memory; retrying later may work); 130
 interrupted (SIGINT, Ctrl-C); 129 hung up (SIGHUP: the terminal closed, the
@@ -336,16 +339,11 @@ def _failure_code(exc: Exception) -> int:
 
 
 def _stdout_gone() -> int:
-    """After stdout's reader left (``| head -1``): point stdout at /dev/null, so
-    the interpreter's final flush has nowhere to fail; the exit code 141."""
-    # The usual idiom (Python's signal docs): the unwritten bytes go to /dev/null.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout replaced in-process (no file descriptor)
-        pass
-    finally:
-        os.close(devnull)
+    """After stdout's reader left (``| head -1``): stdout pointed at /dev/null
+    (the interpreter's final flush has nowhere to fail); the exit code 141."""
+    from foundation._cli._common import silence_stdout
+
+    silence_stdout()
     return EXIT_BROKEN_PIPE
 
 

@@ -3,7 +3,8 @@
 Settings come from, first found wins: the command line (``--store``,
 ``--redis``, ``--namespace``), the environment (``FOUNDATION_STORE``,
 ``FOUNDATION_REDIS``, ``FOUNDATION_NAMESPACE``), then the ``[cli]`` table of
-``foundation.toml`` in the current directory.
+``foundation.toml`` in the current directory. An empty value is an error, never
+a value left out (``load_settings``).
 
 Output is JSON when ``--json`` is given or stdout is not a terminal (``--text``
 forces text); text otherwise (tables through ``rich`` when it is installed).
@@ -32,6 +33,7 @@ __all__ = [
     "CONFIG_FILE",
     "Output",
     "Settings",
+    "StdoutError",
     "StdoutGone",
     "UsageError",
     "common_options",
@@ -43,6 +45,7 @@ __all__ = [
     "log_level",
     "operator_name",
     "positive_int",
+    "silence_stdout",
     "value_from_text",
 ]
 
@@ -113,10 +116,16 @@ class StdoutGone(Exception):
     (``main`` exits 141, as a tool SIGPIPE ended)."""
 
 
+class StdoutError(Exception):
+    """stdout could not take a result before any write began (a full disk, an
+    I/O error, no stdout at all: file descriptor 1 closed): exit 1, one line
+    ``StdoutError: ...`` (``Output.line``; after a write, see there)."""
+
+
 def _reader_gone(exc: OSError) -> bool:
     """Whether writing stdout failed because its reader went away: a closed pipe
-    (EPIPE), or a terminal hung up (EIO). Not a full disk or the like, which
-    stays an error (exit 1).
+    (EPIPE), or a terminal hung up (EIO). Not a full disk, a closed file
+    descriptor or the like: stdout failed (``Output._not_printed``).
 
     Race: after SIGHUP from a closed terminal (held during a write), printing
     the write's result failed with EIO and the command exited 1, which says
@@ -127,6 +136,21 @@ def _reader_gone(exc: OSError) -> bool:
     [True, True, False]
     """
     return isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO
+
+
+def silence_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null (Python's signal docs' idiom):
+    what it still holds goes nowhere, so the interpreter's final flush has
+    nowhere to fail (it would print "Exception ignored" and exit 120). Nothing
+    to do without a stdout (fd 1 closed: ``sys.stdout`` is None) or without a
+    file descriptor (replaced in-process)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # (AttributeError: no stdout, None)
+        pass
+    finally:
+        os.close(devnull)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,25 +219,43 @@ def _check_wire_text(key: str, value: str | None, origin: dict[str, str]) -> Non
 
 
 def load_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> Settings:
+    """The settings of this run, each from the first source that has it.
+
+    An empty value given on the command line or in the environment
+    (``--namespace "$NS"`` with NS unset) is a UsageError (exit 2) naming it,
+    not a value left out: falling back to the next source would act on
+    another namespace or store and exit 0 (as an empty ``[cli]`` value or
+    ``?namespace=`` in a store URL is an error)."""
     environ = os.environ if env is None else env
     config = read_config(os.path.join(os.getcwd(), CONFIG_FILE))
     values: dict[str, str | None] = {}
     origin: dict[str, str] = {}
     for key in _CONFIG_KEYS:
-        flag = getattr(args, key, None)
-        env_value = environ.get(f"FOUNDATION_{key.upper()}")
-        if flag:
-            values[key], origin[key] = flag, f"--{key}"
-        elif env_value:
-            values[key], origin[key] = env_value, f"FOUNDATION_{key.upper()}"
-        elif key in config:
-            values[key], origin[key] = config[key], CONFIG_FILE
-        else:
-            values[key] = None
+        env_name = f"FOUNDATION_{key.upper()}"
+        sources = (
+            (getattr(args, key, None), f"--{key}"),
+            (environ.get(env_name), env_name),
+            (config.get(key), CONFIG_FILE),
+        )
+        values[key] = None
+        for value, where in sources:
+            if value is not None:
+                _check_not_empty(value, where)
+                values[key], origin[key] = value, where
+                break
         _check_wire_text(key, values[key], origin)
     return Settings(
         values["store"], values["redis"], values["namespace"] or DEFAULT_NAMESPACE, origin
     )
+
+
+def _check_not_empty(value: str, where: str) -> None:
+    """UsageError if ``value``, from ``where`` (an option or a variable), is empty."""
+    if value:
+        return
+    if where.startswith("--"):
+        raise UsageError(f"{where} is empty: give it a value, or leave the option out")
+    raise UsageError(f"{where} is set but empty: give it a value, or unset it")
 
 
 def default_by() -> str:
@@ -276,7 +318,7 @@ def key_to_json(key: Hashable) -> Any:
     return json.loads(encode_key(key))
 
 
-def encoder_for(stream: TextIO) -> Callable[[str], bytes] | None:
+def encoder_for(stream: TextIO | None) -> Callable[[str], bytes] | None:
     """The encoder of ``stream``'s bytes for :func:`_write_whole`: one for the
     whole run (None for a stream with no file underneath, such as a StringIO).
 
@@ -299,7 +341,9 @@ def encoder_for(stream: TextIO) -> Callable[[str], bytes] | None:
     return encoder.encode
 
 
-def _write_whole(stream: TextIO, text: str, encode: Callable[[str], bytes] | None = None) -> None:
+def _write_whole(
+    stream: TextIO | None, text: str, encode: Callable[[str], bytes] | None = None
+) -> None:
     """Write ``text`` to ``stream``, all of it, and flush (``encode``: the run's
     :func:`encoder_for` ``stream``; without it, a new one: a mark each time).
 
@@ -310,7 +354,12 @@ def _write_whole(stream: TextIO, text: str, encode: Callable[[str], bytes] | Non
     pipe short: write(2) returns the bytes it wrote and the text layer drops
     the rest (65,536 bytes of a longer JSON result, then exit 0). So the bytes
     go to the binary layer here, again until every one is written.
+
+    No stream (``sys.stdout`` is None: the command started with file
+    descriptor 1 closed, ``>&-``) is an OSError as the closed descriptor's.
     """
+    if stream is None:
+        raise OSError(errno.EBADF, "stdout is closed")
     binary = getattr(stream, "buffer", None)
     encode = encode or encoder_for(stream)
     if binary is None or encode is None:  # no file underneath (a StringIO)
@@ -329,19 +378,31 @@ def _write_whole(stream: TextIO, text: str, encode: Callable[[str], bytes] | Non
     binary.flush()
 
 
-def _unprintable_after_the_write(command: str, exc: UnicodeEncodeError) -> bool:
-    """After a committed write, a result stdout's encoding cannot hold
-    (``PYTHONIOENCODING=ascii`` and a reason in another script): True once one
-    stderr line said so (the write was done: the command still ends with 0);
-    False before any write (the error stands: exit 1, nothing was written)."""
+def _not_printed_reason(exc: OSError | UnicodeEncodeError) -> str:
+    """Why a result did not reach stdout, for its one line.
+
+    >>> import errno
+    >>> _not_printed_reason(OSError(errno.ENOSPC, "No space left on device"))
+    'to stdout ([Errno 28] No space left on device)'
+    """
+    if isinstance(exc, UnicodeEncodeError):
+        return f"in stdout's encoding ({exc.encoding})"
+    return f"to stdout ({exc})"
+
+
+def _unprintable_after_the_write(command: str, reason: str) -> bool:
+    """After a committed write, a result stdout cannot take (its encoding
+    cannot hold it, ``PYTHONIOENCODING=ascii`` and a reason in another script;
+    a full disk; an I/O error; no stdout at all): True once one stderr line
+    said so (the write was done: the command still ends with 0); False before
+    any write (the error stands: exit 1, nothing was written)."""
     from foundation._cli._signals import write_began
 
     if not write_began():
         return False
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # (no stderr: None)
         print(
-            f"{command}: the result could not be printed in stdout's encoding "
-            f"({exc.encoding}) after the write, which was done",
+            f"{command}: the result could not be printed {reason} after the write, which was done",
             file=sys.stderr,
             flush=True,
         )
@@ -352,17 +413,18 @@ class Output:
     """JSON or text, chosen once per run."""
 
     def __init__(self, args: argparse.Namespace, stream: TextIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout
+        # sys.stdout is None when the command started with file descriptor 1
+        # closed (">&-"): JSON then, and each line fails as a closed stdout.
+        self.stream: TextIO | None = stream if stream is not None else sys.stdout
         self._encode = encoder_for(self.stream)
         words = (getattr(args, "command", None), getattr(args, "action", None))
         self._command = " ".join(["foundation", *(w for w in words if isinstance(w, str))])
         self._unprintable = False  # a line after a write could not be encoded: the rest dropped
         forced_text = getattr(args, "text", False)
-        self.json = bool(getattr(args, "json", False)) or (
-            not forced_text and not self.stream.isatty()
-        )
+        terminal = self.stream is not None and self.stream.isatty()
+        self.json = bool(getattr(args, "json", False)) or (not forced_text and not terminal)
         self.rich = False
-        if not self.json and self.stream.isatty():
+        if not self.json and terminal:
             try:
                 import rich  # noqa: F401  (the cli extra)
 
@@ -402,16 +464,32 @@ class Output:
         try:
             # JSON escapes control characters itself (and is several lines when indented).
             _write_whole(self.stream, (text if self.json else visible(text)) + "\n", self._encode)
-        except OSError as exc:
+        except (OSError, UnicodeEncodeError) as exc:
+            self._not_printed(exc)
+
+    def _not_printed(self, exc: OSError | UnicodeEncodeError) -> None:
+        """The one way a result that did not reach stdout ends the command.
+
+        Its reader went away (``| head -1``, a closed terminal): StdoutGone,
+        141. Otherwise (its encoding, a full disk, an I/O error, no stdout at
+        all), after a write: one stderr line says the write was done, the rest
+        of the result is dropped and the command ends with its own code (0):
+        exit 1 would say "failed" to a wrapper, which would apply the write
+        twice by running it again (``migration advance`` one stage too far).
+        Before any write: exit 1 with one line (``StdoutError``; an encoding
+        error as it is). A stdout that failed is pointed at /dev/null.
+        """
+        if isinstance(exc, OSError):
             if _reader_gone(exc):
                 raise StdoutGone from exc
-            raise
-        except UnicodeEncodeError as exc:
-            # As 141 after a write (foundation.cli): exit 1 would say "failed" to a
-            # wrapper, which would apply the write twice by running it again.
-            if not _unprintable_after_the_write(self._command, exc):
-                raise
+            if self.stream is sys.stdout:
+                silence_stdout()
+        if _unprintable_after_the_write(self._command, _not_printed_reason(exc)):
             self._unprintable = True
+            return
+        if isinstance(exc, UnicodeEncodeError):
+            raise exc
+        raise StdoutError(f"the result could not be printed {_not_printed_reason(exc)}") from exc
 
     def table(
         self, headers: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str | None = None
@@ -419,6 +497,8 @@ class Output:
         """Print ``rows`` under ``headers`` (only their text is held while the rows
         come: widths need every row); ``empty``: the line instead when there is none."""
         cells = [[_cell(c) for c in row] for row in rows]
+        if self._unprintable:  # as line(): said once on stderr, the rest dropped
+            return
         if not cells and empty is not None:
             self.line(empty)
             return
@@ -443,9 +523,7 @@ class Output:
         try:
             Console(file=self.stream).print(table)
         except OSError as exc:
-            if _reader_gone(exc):
-                raise StdoutGone from exc
-            raise
+            self._not_printed(exc)
 
     def _plain_table(self, headers: Sequence[str], rows: list[list[str]]) -> None:
         """Print the table as space-aligned columns under upper-case headers."""
