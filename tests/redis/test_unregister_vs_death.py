@@ -78,6 +78,18 @@ def _threads() -> list[tuple[Any, Callable[[], None]]]:
     return made
 
 
+def _wait_until_every_removal_is_heard(a: Any, here: Heard, there: Heard) -> None:
+    """Register and unregister a marker on ``a``: every event of the removals
+    before it precedes the marker's on both nodes (each node delivers in its
+    mirror order, the other applies ``a``'s records in stream order)."""
+    marker_stop = threading.Event()
+    a.register(MARKER, spawn_thread(marker_stop.wait))
+    assert a.unregister(MARKER)
+    marker_stop.set()
+    assert here.marker.wait(30)
+    assert there.marker.wait(30)
+
+
 @pytest.mark.parametrize("kind", ["asyncio-future", "thread"])
 def test_unregister_racing_the_agents_death_is_one_removal_with_one_reason_everywhere(
     make_registry: MakeRegistry, loop: asyncio.AbstractEventLoop, kind: str
@@ -94,14 +106,7 @@ def test_unregister_racing_the_agents_death_is_one_removal_with_one_reason_every
     for i, (_, end) in enumerate(agents):
         end()  # the agent ends on its own thread ...
         returned[i] = a.unregister(i)  # ... while this one unregisters it
-    # Every event of those removals precedes the marker's on both nodes (each
-    # node delivers in its mirror order, B applies A's records in stream order).
-    marker_stop = threading.Event()
-    a.register(MARKER, spawn_thread(marker_stop.wait))
-    assert a.unregister(MARKER)
-    marker_stop.set()
-    assert here.marker.wait(30)
-    assert there.marker.wait(30)
+    _wait_until_every_removal_is_heard(a, here, there)
     assert wait_until(lambda: a.count() == 0 and b.count() == 0, timeout=30)
 
     wrong_here = [i for i in range(N) if len(here.reasons[i]) != 1]
@@ -142,12 +147,7 @@ def test_a_key_registered_again_right_after_the_race_keeps_its_new_registration(
         returned[i] = a.unregister(i)
         a.register(i, new[i])
     assert b.wait_for_version(a.status().written, timeout=30)
-    marker_stop = threading.Event()
-    a.register(MARKER, spawn_thread(marker_stop.wait))
-    assert a.unregister(MARKER)
-    marker_stop.set()
-    assert here.marker.wait(30)
-    assert there.marker.wait(30)
+    _wait_until_every_removal_is_heard(a, here, there)
 
     lost_here = [i for i in range(N) if (e := a.lookup(i)) is None or e.agent is not new[i]]
     lost_there = [i for i in range(N) if (e := b.lookup(i)) is None or e.node != a.node]
