@@ -269,7 +269,9 @@ def restart_empty_trimmed(work: Path, seen: Seen) -> None:
         assert 6 <= len(after) <= 7
         assert after == fb.history()
         _chain(after)
-        assert after[-1].new == fa.state("beta")
+        # Race: a's store reached b's version before a's FeatureFlags applied the
+        # last change (its listener delivers it): what a serves follows (1 CI run).
+        must(lambda: fa.state("beta") == after[-1].new, "a serves the last change")
         # A kill switch held through a second outage is committed on the trimmed
         # stream: its check of newer changes replays the kept entries from the base.
         fb.enable("beta", by="ops")
