@@ -41,6 +41,18 @@ def wait_for(predicate, what, timeout=20.0):
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)  # sleep-ok: polling with a deadline
 
+def typed(fn):
+    # "ok", or the library error fn() raised as "ErrorClass: message".
+    from foundation import errors
+    try:
+        fn()
+    except errors.FoundationError as exc:
+        return type(exc).__name__ + ": " + str(exc)
+    return "ok"
+
+def keys(view):
+    return sorted(e.key for e in view.list_all())
+
 def library_threads():
     # The long-lived library threads. Event couriers ("foundation-*events")
     # come and go by design, one per batch of events handed off; one that died

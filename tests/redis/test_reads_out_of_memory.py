@@ -25,16 +25,6 @@ from foundation.registry._redis._observer import RedisObserver
 from tests.cli._support import ok_json, run_cli
 from tests.redis_support import RedisServer
 
-def typed(fn):
-    try:
-        fn()
-    except errors.FoundationError as exc:
-        return type(exc).__name__ + ": " + str(exc)
-    return "ok"
-
-def keys(view):
-    return sorted(e.key for e in view.list_all())
-
 META = {k: {"n": i, "role": "io" if i % 2 else "cpu"} for i, k in enumerate("abcde")}
 server = RedisServer()
 server.start()

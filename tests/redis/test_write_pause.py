@@ -27,16 +27,6 @@ from foundation.registry._redis import RedisRegistry
 from foundation.registry._redis._observer import RedisObserver
 from foundation._demo._redis_server import RedisServerProcess
 
-def typed(fn):
-    try:
-        fn()
-    except errors.FoundationError as exc:
-        return type(exc).__name__ + ": " + str(exc)
-    return "ok"
-
-def keys(view):
-    return sorted(e.key for e in view.list_all())
-
 server = RedisServerProcess()
 server.start()
 stop = threading.Event()
