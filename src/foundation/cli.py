@@ -67,6 +67,10 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 from foundation._cli._signals import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
 
@@ -92,13 +96,32 @@ EXIT_CODES = (
 """Every exit code a command returns (the documented table lists exactly these)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but ``--help`` and ``--version`` fail loudly when stdout
+    cannot take them: argparse drops an ``OSError`` of that write, so a full disk
+    exited 0 with nothing printed. Its usage errors on stderr stay as they are."""
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if file is None or file is not sys.stdout:
+            super()._print_message(message, file)
+            return
+        if message:
+            file.write(message)
+            _flush_stdout()  # here, where main() sees its error (_help_not_printed)
+
+
+def _flush_stdout() -> None:
+    sys.stdout.flush()
+
+
 def _parser() -> argparse.ArgumentParser:
     from foundation import __version__
     from foundation._cli import _admin, _agents, _flags, _migration
     from foundation._cli._common import common_options
 
     common = common_options()
-    parser = argparse.ArgumentParser(
+    # (typed as argparse's: its subcommands' parsers are _Parsers all the same)
+    parser: argparse.ArgumentParser = _Parser(
         prog="foundation",
         description="Operate Foundation: feature flags, migrations, registry agents.",
         parents=[common],
@@ -298,8 +321,8 @@ def _main(args_list: list[str], words: list[str]) -> int:
         args = parser.parse_args(args_list)
     except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
-    except BrokenPipeError:  # --help or --version printed into a closed pipe
-        return _stdout_gone()
+    except OSError as exc:  # --help or --version printed into a closed pipe, a full disk
+        return _help_not_printed(exc)
     words.extend(w for w in (args.command, getattr(args, "action", None)) if w)
     debug = bool(getattr(args, "debug", False))
     _configure_logging(debug, getattr(args, "log_level", None), args.command)
@@ -328,6 +351,21 @@ def _main(args_list: list[str], words: list[str]) -> int:
     except Exception as exc:
         _print_error(type(exc).__name__, exc, debug)
         return _failure_code(exc)
+
+
+def _help_not_printed(exc: OSError) -> int:
+    """``--help`` or ``--version`` could not reach stdout: 141 quietly when its
+    reader went away (``| head -1``); else exit 1 with one line, as a read's
+    ``StdoutError`` (a full disk, an I/O error)."""
+    from foundation._cli._common import _not_printed_reason, _reader_gone, silence_stdout
+
+    if _reader_gone(exc):
+        return _stdout_gone()
+    silence_stdout()
+    message = f"StdoutError: the help could not be printed {_not_printed_reason(exc)}"
+    with contextlib.suppress(OSError, ValueError):
+        print(message, file=sys.stderr, flush=True)
+    return EXIT_FAILED
 
 
 def _failure_code(exc: Exception) -> int:

@@ -164,3 +164,15 @@ def test_an_empty_variable_is_a_usage_error(
     assert result.stderr.strip().splitlines() == [
         f"UsageError: {variable} is set but empty: give it a value, or unset it"
     ]
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["flags", "--help"], ["agents", "watch", "--help"]]
+)
+def test_help_that_cannot_be_printed_fails_with_one_line(tmp_path: Path, args: list[str]) -> None:
+    # argparse drops the OSError of its own write: this exited 0, nothing printed.
+    done = _run(args, tmp_path, "full")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        "StdoutError: the help could not be printed to stdout ([Errno 28] No space left on device)"
+    ]
