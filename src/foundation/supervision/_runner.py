@@ -159,7 +159,9 @@ def run(
 
     At the end, tasks still on the loop (a task child that swallowed its
     cancellation and was abandoned) are cancelled again and given
-    ``LOOP_CLOSE_GRACE`` seconds; then the loop is closed without them.
+    ``LOOP_CLOSE_GRACE`` seconds; then the loop is closed without them. One
+    that raised meanwhile is reported to the loop's exception handler (logged
+    by ``asyncio``), as ``asyncio.run`` does.
 
     The previous handlers are restored before it returns. ``on_started(sup)``
     runs once the tree is up (announce readiness there). Log records go to
@@ -255,8 +257,18 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_until_complete(asyncio.wait(leftover, timeout=LOOP_CLOSE_GRACE))
     abandon_tasks(leftover, logger)
     for task in leftover:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: their outcome was reported by the tree
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            # Told as asyncio.run() tells it: a task that raised while cancelled
+            # here (a task of the program's own, outside the tree, or the cleanup
+            # of a child the tree abandoned) is news the tree never reported.
+            # Retrieved and unreported, it vanished with the loop.
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception during foundation's run() shutdown",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
 
 
 async def _main(
