@@ -137,9 +137,16 @@ class _Closing(_ManagedWatches):
             # loop shares. Nothing of them runs here: just forget the watches.
             aio.clear()
             return
+        # Race: a collected future's weakref callback pops its watch from _aio
+        # without our lock, on any thread (this one too: a collection inside
+        # detach_soon's allocations): a key listed here may be gone when it
+        # is reached, or right after its detach.
         for key in list(aio):
-            self._step(aio[key].detach_soon, "removing an asyncio done-callback")
-            del aio[key]  # once detached (a cut before: detached again, harmlessly)
+            watch = aio.get(key)
+            if watch is None:
+                continue  # its future was collected: nothing left to detach
+            self._step(watch.detach_soon, "removing an asyncio done-callback")
+            aio.pop(key, None)  # once detached (a cut before: detached again, harmlessly)
 
     def _close_pidfds_locked(self) -> None:
         by_fd = self._by_fd  # every pidfd of every process watch
