@@ -31,7 +31,7 @@ from foundation import (
     ThreadLocalRegistry,
     spawn_thread,
 )
-from foundation.errors import NotRegistered
+from foundation.errors import BackendUnavailable, NotRegistered
 from foundation.registry import Registry
 from tests.migrating.support import FLAG, FLAGS, Agents, Switched, wait_until
 
@@ -193,14 +193,18 @@ def test_a_flag_on_update_before_the_retry_is_not_registered(
         _kill(agents, legacy, new)
         flags.enable(FLAG)
         # status() still says down while the target takes writes (a Redis node
-        # recovering): the update must not change the replaced registration.
-        with pytest.raises(NotRegistered):
+        # recovering): the update must not change the replaced registration;
+        # nothing definitive until the target says it is back (a lookup still
+        # answers the entry meanwhile).
+        with pytest.raises(BackendUnavailable):
             reg.update_metadata("k", {"v": 3})
         entry = target.lookup("k")
         assert entry is not None
         assert entry.metadata == {"v": 1}
         target.state = "connected"
         assert reg.lookup("k") is None
+        with pytest.raises(NotRegistered):
+            reg.update_metadata("k", {"v": 3})
         assert reg.divergences() == []
     finally:
         reg.close()

@@ -925,7 +925,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         writes (a Redis node recovering), so the pass has not run. A copy whose
         target entry is gone (unregistered with the flag on, or dead) is stale:
         ``NotRegistered``, as a lookup says once the pass removed it (updated,
-        the update was acknowledged and then dropped with the copy). A copy
+        the update was acknowledged and then dropped with the copy); while
+        the legacy side still says it is down, ``BackendUnavailable``. A copy
         behind a flag-on update is made current by this one (its target
         mirror is queued next): left due, the pass copied the target's older
         metadata over it (before that mirror was applied, or while the target
@@ -933,6 +934,14 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         """
         due = not view.private and key in view.mirrors
         if due and (rec is None or rec.view is not view):
+            # Race: while the legacy side says it is down the pass that removes
+            # this stale copy cannot run, and lookup() still answers it (the
+            # legacy side's local copy): NotRegistered then contradicted it.
+            # Nothing definitive can be said until it is back: BackendUnavailable,
+            # as any flag-off write meanwhile; NotRegistered once the pass can run.
+            down = self._legacy_down()
+            if down is not None:
+                raise BackendUnavailable(down)
             raise NotRegistered(key)
         with self._events_of(_LEGACY):
             self._legacy.update_metadata(key, metadata)
@@ -992,7 +1001,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         skipped and is still to be retried, the target keeping our older entry
         (``rec``): the authoritative call registers that copy over it with the
         new metadata (the retry, done now). False if that is not the case.
-        ``NotRegistered`` if the caller unregistered it and the target kept it.
+        ``NotRegistered`` if the caller unregistered it and the target kept it
+        (``BackendUnavailable`` while the target says it is down).
 
         Race: ``status()`` may still say down while the target takes writes (a
         Redis node recovering), so the retry has not run (nothing is tried
@@ -1011,7 +1021,12 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             if rec is not None and rec.agent is agent:
                 # Likewise, the target keeps the entry the caller unregistered
                 # (its removal still to be retried): not registered, as a
-                # lookup after the retry says (updated, it was removed anyway).
+                # lookup after the retry says (updated, it was removed anyway);
+                # while the target still says it is down (a lookup answers the
+                # entry meanwhile), BackendUnavailable, as _update_legacy_copy.
+                down = self._target_unavailable()
+                if down is not None:
+                    raise BackendUnavailable(down)
                 raise NotRegistered(key)
             return False
         if not _ours(view, rec) or not is_alive(agent):
