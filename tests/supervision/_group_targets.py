@@ -55,3 +55,22 @@ def parent_that_forks(ctx: Any, pidfile: str) -> None:
     tmp.rename(pidfile)
     ctx.ready()
     threading.Event().wait()
+
+
+def parent_that_forks_and_exits(ctx: Any, pidfile: str) -> None:
+    """Fork a grandchild that ignores SIGTERM (it inherits the end of the pipe
+    multiprocessing watches for this child's exit), become ready, exit 2."""
+    import os
+    import signal
+    import time
+
+    pid = os.fork()
+    if pid == 0:  # the grandchild
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(1)  # sleep-ok: a process that runs until killed
+    tmp = Path(pidfile + ".tmp")
+    tmp.write_text(str(pid))
+    tmp.rename(pidfile)
+    ctx.ready()
+    raise SystemExit(2)

@@ -117,3 +117,25 @@ def test_a_forked_grandchild_holding_the_exit_pipe_does_not_hang_the_stop(
         """,
         pidfile,
     )
+
+
+def test_a_multiprocessing_child_that_forks_then_dies_is_seen_dead(tmp_path: Path) -> None:
+    # Its forked grandchild holds the pipe multiprocessing watches (the
+    # sentinel) open: the child's death was not seen (no crash report, no
+    # restart, which_children() said running) until the grandchild ended.
+    pidfile = tmp_path / "grandchild.pid"
+    _run(
+        f"""
+        pidfile = Path({str(pidfile)!r})
+        spec = ChildSpec("mp", _group_targets.parent_that_forks_and_exits,
+                         args=(str(pidfile),), kind="process", restart="temporary")
+        handle = Supervisor([spec], name="app").run_in_thread()
+        grandchild = read_pid(pidfile)
+        # (a temporary child that ended is deleted, as in OTP)
+        wait_for(lambda: handle.which_children() == [], "the child's exit seen")
+        wait_for(lambda: not alive(grandchild), "its grandchild to be swept")
+        handle.stop()
+        print("OK")
+        """,
+        pidfile,
+    )

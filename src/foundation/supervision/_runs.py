@@ -634,7 +634,10 @@ class MultiprocessingRun(_ProcessRun):
 
     "spawn" rather than "fork": the supervisor's process has threads (its
     event loop may run in one), and forking a threaded process can deadlock.
-    Exit is seen through the process sentinel on the event loop.
+    Exit is seen on the event loop through a pidfd where Linux provides it,
+    else through the process sentinel (a pipe the child's own forks inherit:
+    there, a child that forked a helper is seen ended only once the helper
+    is gone too).
 
     The child makes a process group of its own first thing
     (``_process_group_entry``), so it is stopped and swept as a group, as an
@@ -673,8 +676,26 @@ class MultiprocessingRun(_ProcessRun):
         else:
             self.ready.set_result(None)
         self._group = self.handle.pid  # the group it makes (see _signal_group until then)
-        self._sentinel: int | None = self.handle.sentinel
-        self.loop.add_reader(self._sentinel, self._reap)
+        self._exit_fd: int | None
+        self._exit_fd, self._own_exit_fd = self._exit_watch()
+        self.loop.add_reader(self._exit_fd, self._reap)
+
+    def _exit_watch(self) -> tuple[int, bool]:
+        """The fd readable once the child has ended, and whether it is ours to close.
+
+        A pidfd where there is one. Not the sentinel, where that can be helped:
+        it is a pipe whose write end every fork of the child inherits, so a
+        child that forked a helper and died was seen running, neither
+        reported nor restarted, until the helper ended (for ever, for a
+        daemon-style helper). A pidfd says the child itself ended.
+        """
+        pid = self.handle.pid  # (started: never None here)
+        if _HAVE_PIDFD and pid is not None:
+            # The child is not reaped until join(): even one that has already
+            # exited has a pid (a zombie) to open here.
+            with contextlib.suppress(OSError):  # no fd left (EMFILE): the sentinel then
+                return os.pidfd_open(pid), True
+        return self.handle.sentinel, False
 
     def _on_ready(self) -> None:
         recv, self._recv = self._recv, None
@@ -691,10 +712,12 @@ class MultiprocessingRun(_ProcessRun):
             recv.close()
 
     def _reap(self) -> None:
-        fd, self._sentinel = self._sentinel, None
+        fd, self._exit_fd = self._exit_fd, None
         if fd is None:
             return
         self.loop.remove_reader(fd)
+        if self._own_exit_fd:
+            os.close(fd)
         if self._recv is not None:
             # A ready() sent just before exiting is still in the pipe: read it first.
             if self._recv.poll():
@@ -707,7 +730,7 @@ class MultiprocessingRun(_ProcessRun):
         # child, so its id cannot have been reused (someone else reaping it first,
         # multiprocessing.active_children() say, is seen by _unreaped: no sweep).
         self._signal_group(signal_module.SIGKILL)
-        self.handle.join()  # the sentinel is readable: the process has ended
+        self.handle.join()  # the exit fd is readable: the process has ended
         self._exit(self._exit_of(self.handle.exitcode))
 
     def _unreaped(self) -> bool:
