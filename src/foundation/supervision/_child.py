@@ -38,6 +38,12 @@ def _still_running(handle: Any) -> bool:
     return bool(alive()) if callable(alive) else False
 
 
+class StopRequested(RuntimeError):
+    """A start cut short because its supervisor is stopping (a stop landed while
+    the child started: a restart during a deploy, say): not a failed start,
+    so no crash report; its run is stopped with the others."""
+
+
 class _Child:
     __slots__ = (
         "abandoned",
@@ -122,5 +128,5 @@ async def await_ready(run: Run, stop_requested: asyncio.Future[None], supervisor
         # Chained: the crash report then shows the child's own traceback.
         raise RuntimeError(f"it ended before it was ready ({_describe(exit)})") from exit.exception
     if stop_requested.done():
-        raise RuntimeError(f"supervisor {supervisor!r} is stopping")
+        raise StopRequested(f"supervisor {supervisor!r} is stopping")
     raise TimeoutError(f"it was not ready within {run.spec.ready_timeout} s")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from foundation.errors import StartError, SupervisorError
 from foundation.supervision import _reports as reports
+from foundation.supervision._child import StopRequested
 from foundation.supervision._child_errors import _error
 from foundation.supervision._events import _STOP, _Exited, _RestartDue, _Round, _StartFailed
 from foundation.supervision._notices import (
@@ -272,7 +273,11 @@ class _Supervising:
                 self._children.pop(id, None)
 
     def _restart_failed(self, id: str, child: _Child, later: list[str], err: StartError) -> None:
-        """Child ``id`` failed to restart: queue it as a crash; ``later`` ones wait stopped."""
+        """Child ``id`` failed to restart: queue it as a crash; ``later`` ones wait stopped.
+
+        Not a start the supervisor's stop cut short: no crash, the stop goes on."""
+        if isinstance(err.__cause__, StopRequested):
+            return
         # A failed restart is one more crash: the strategy runs again for it
         # (and counts it). As OTP's restart_multiple_children, the failed
         # child is "restarting" and the ones after it that could not start

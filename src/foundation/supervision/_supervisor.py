@@ -17,14 +17,21 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
 
-from foundation.errors import ShutdownError, SupervisorError
+from foundation.errors import ShutdownError, StartError, SupervisorError
 from foundation.supervision import _reports as reports
 from foundation.supervision._arguments import (
     _check_backoff_and_registry,
     _check_restart_policy,
     _checked_children,
 )
-from foundation.supervision._child import _Child, _ignored, await_ready, child_info, drop_run
+from foundation.supervision._child import (
+    StopRequested,
+    _Child,
+    _ignored,
+    await_ready,
+    child_info,
+    drop_run,
+)
 from foundation.supervision._child_errors import ChildErrorReason
 
 # Re-exported: foundation.application imports it from here.
@@ -729,6 +736,10 @@ class Supervisor(_Supervising):
                 await asyncio.shield(self._shutdown_run(run))
             if not isinstance(exc, Exception):
                 raise
+            if isinstance(exc, StopRequested):  # not a failure: no crash report
+                raise StartError(
+                    spec.id, f"child {spec.id!r} of supervisor {self._name!r} not started: {exc}"
+                ) from exc
             raise start_failure(self._name, spec, exc) from exc
         child.status = "running"
         child.abandoned = None
