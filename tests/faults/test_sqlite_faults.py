@@ -157,7 +157,13 @@ print("OK")
 
 def test_a_long_write_lock_bounds_writes_and_leaves_opening_and_reads_working() -> None:
     result = run_scenario(_HELPERS + _SQLITE_SETUP + _LOCKED)
-    assert "stayed locked by another connection" in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    locked = [line for line in lines if "stayed locked by another connection" in line]
+    # One WARNING for the lock, its repeat (the advance's) at DEBUG: a caller
+    # retrying (AutoRollback at every interval) logged one WARNING per try.
+    store_log = [line.split(" [")[0] for line in locked if " foundation.flags [" in line]
+    assert store_log == ["LOG WARNING foundation.flags", "LOG DEBUG foundation.flags"], locked
+    assert sum("takes writes again" in line for line in lines) == 1, result.stderr
 
 
 _MOVED = """

@@ -7,8 +7,9 @@ scenario (disk full, the write lock held by another process, a file this
 process may not write) runs in a plain interpreter with the default hooks and
 another process reading the same file, and checks what an operator needs:
 
-- a ``foundation.errors`` type, and one WARNING line per refused call saying
-  that nothing was written;
+- a ``foundation.errors`` type for each refused call, and one WARNING line
+  saying that nothing was written (its repeats at DEBUG until a write
+  succeeds: a caller retrying must not flood the log);
 - nothing half-changed: the plan's stage, its flags, the flag history and the
   migration history as before, here (memory and file) and in the other process;
 - once the fault is repaired, the same store (no restart) takes the rollback,
@@ -112,7 +113,10 @@ def check(error, store, flags, migration, other):
     refused(lambda: flags.disable("gamma", by="oncall"), error)
     refused(lambda: flags.set("beta", False, by="oncall"), error)
     said = [w for w in warned.messages()[seen:] if "nothing was written" in w]
-    assert len(said) == 3 and len(warned) == seen + 3, warned.messages()[seen:]
+    # One WARNING for the failure until a write succeeds (the disk-full set-up's
+    # refused write said it already): the three refusals add at most one.
+    assert len(said) <= 1 and len(warned) == seen + len(said), warned.messages()[seen:]
+    assert [w for w in warned.messages() if "nothing was written" in w], warned.messages()
     assert snapshot(store, flags, migration) == before  # nothing half-changed
     assert other.ask() == ["True", "True", "True", "2"]
 

@@ -282,6 +282,9 @@ class SQLiteFlagStore(FlagStore):
     _released = False
     #: Inherited across fork(): closed in the child (see ``_inherited_by_fork``).
     _forked = False
+    # The kind of the last write failure logged, until a write succeeds (per store:
+    # set on the instance by _log_write_failure).
+    _failing_writes: tuple[type[FoundationError], bool] | None = None
 
     def __init__(
         self,
@@ -578,27 +581,47 @@ class SQLiteFlagStore(FlagStore):
         try:
             yield
         except sqlite3.Error as exc:
-            error: FoundationError
-            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
-                error = BackendUnavailable(
-                    f"flag store {self._shown} stayed locked by another connection for "
-                    f"more than busy_timeout={self.busy_timeout}s while {doing}"
-                )
-            elif isinstance(exc, sqlite3.OperationalError):
-                error = FlagError(f"flag store {self._shown} failed while {doing}: {_explain(exc)}")
-            else:
-                error = FlagError(
-                    f"{self._shown} is not a usable flag store (corrupt or not SQLite?) "
-                    f"while {doing}: {_explain(exc)}"
-                )
+            error = self._store_error(exc, doing)
             if write:  # the caller gets the error; the operator a line in the log
-                read_only = _is_read_only(exc)
-                self._writer_read_only = self._writer_read_only or read_only
-                # A read-only -wal or -shm stays so after the file's own mode is fixed:
-                # the operator needs to see all three.
-                modes = f" (file modes: {self._file_modes()})" if read_only else ""
-                log.warning("%s; nothing was written%s", error, modes)
+                self._write_refused(exc, error)
             raise error from exc
+        else:
+            if write and self._failing_writes is not None:
+                self._failing_writes = None
+                log.info("flag store %s takes writes again", self._shown)
+
+    def _store_error(self, exc: sqlite3.Error, doing: str) -> FoundationError:
+        """The library error for SQLite's ``exc`` while ``doing``."""
+        import sqlite3
+
+        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+            return BackendUnavailable(
+                f"flag store {self._shown} stayed locked by another connection for "
+                f"more than busy_timeout={self.busy_timeout}s while {doing}"
+            )
+        if isinstance(exc, sqlite3.OperationalError):
+            return FlagError(f"flag store {self._shown} failed while {doing}: {_explain(exc)}")
+        return FlagError(
+            f"{self._shown} is not a usable flag store (corrupt or not SQLite?) "
+            f"while {doing}: {_explain(exc)}"
+        )
+
+    def _write_refused(self, exc: sqlite3.Error, error: FoundationError) -> None:
+        """Log a refused write: one WARNING per kind of failure until a write
+        succeeds (then one INFO line), the repeats at DEBUG: a caller retrying
+        (AutoRollback at every interval while another process holds the lock)
+        must not flood the log. (Unlocked: two threads failing at once may both
+        log a WARNING; it is a log line.)"""
+        read_only = _is_read_only(exc)
+        self._writer_read_only = self._writer_read_only or read_only
+        # A read-only -wal or -shm stays so after the file's own mode is fixed:
+        # the operator needs to see all three.
+        modes = f" (file modes: {self._file_modes()})" if read_only else ""
+        kind = (type(error), read_only)
+        repeat = kind == self._failing_writes
+        self._failing_writes = kind
+        level = logging.DEBUG if repeat else logging.WARNING
+        log.log(level, "%s; nothing was written%s", error, modes)
 
     def _file_modes(self) -> str:
         """Permission bits and owner of the file and its -wal and -shm, for a log line."""
