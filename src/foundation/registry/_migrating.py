@@ -210,10 +210,12 @@ Why this is correct under concurrent flips
   for the call's duration; the writes of listeners it runs meanwhile are
   untagged): kept or dropped as decided for the call, by whichever thread
   and whenever they are delivered. Other events delivered by another
-  thread (deaths seen by a backend's monitors, remote changes, direct
-  writes to a backend, another facade's calls) are forwarded when their
-  side is authoritative at delivery time — so only an event that races a
-  flip can go to the side that just stopped answering. After ``finish()``
+  thread (remote changes, direct writes to a backend, another facade's
+  calls) are forwarded when their side is authoritative at delivery time
+  — so only an event that races a flip can go to the side that just
+  stopped answering. A death, which both sides report, is told once, by
+  the first report of a registration the listeners were told of, whatever
+  the flag (``_EventRouting._death_told``). After ``finish()``
   only the target's events exist. Kept and forwarded events join one
   queue, in the order the backends delivered them, and
   listeners are called from it one event at a time,

@@ -21,6 +21,14 @@ whenever: kept, dropped or muted as decided when the call was made, never by
 the flag or the call in progress at delivery time. Nothing is booked per
 call: a tag is two thread-local stores, and the tag travels with the event.
 
+A death (``unregistered``/``down``) is reported by both backends, each
+monitoring the agent, in their own threads and times: it is told once, by
+the first report of a registration the listeners were told of (or made
+before they subscribed), whatever the flag, and the other report is dropped
+(``_death_told``; a per-thread legacy side monitors nothing: see
+``_reports``). So the facade notes what its listeners were told, per
+registration, while it has any.
+
 Every forwarded event goes to one queue, in the order the backends delivered
 them, and the facade's listeners are called from it, one event at a time, by
 one thread at a time that holds no lock of the facade (nor, for events a
@@ -43,13 +51,14 @@ a ``registry._listeners.DeliveryQueue``, the helper that delivers
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from foundation._listeners import DeliveryQueue as _DeliveryQueue  # (typing)
 from foundation.registry._listeners import DeliveryQueue, _write_tags
-from foundation.registry._types import Registry, RegistryEvent
+from foundation.registry._types import Entry, Registry, RegistryEvent
 
 if TYPE_CHECKING:
     from foundation._listeners import Listeners
@@ -219,6 +228,19 @@ class _EventRouting:
 
     _delivery: DeliveryQueue  # the forwarded events and the one delivering them
     _out: deque[tuple[RegistryEvent, object]]  # its queue: (event, None), in delivery order
+    _shared_view: object  # None: a per-thread legacy, which monitors nothing
+
+    # What the listeners were told (``_queue_told``, ``_forward_death``), in queue
+    # order, all under ``_told_lock``: by (key, id(agent)), each registration
+    # they were told of and not told the end of (its agent, the side whose
+    # event told it); the ends told of registrations made before
+    # ``_told_since`` (the first event with a listener; 0.0: none yet), which
+    # no registered event told.
+    _told: dict[tuple[Hashable, int], tuple[Any, Side, float]]  # (+ its registered_at)
+    _told_gone: dict[tuple[Hashable, int], Any]
+    _unheard: dict[Hashable, tuple[Any, Side, float]]  # (``_death_told``)
+    _told_since: float
+    _told_lock: threading.Lock
 
     if TYPE_CHECKING:  # as _LegacyRetries defines them
 
@@ -243,6 +265,11 @@ class _EventRouting:
         )
         self._out = self._delivery.pending  # (bound here: an attribute load less)
         self._tags = {}
+        self._told = {}
+        self._told_gone = {}
+        self._unheard = {}
+        self._told_since = 0.0
+        self._told_lock = threading.Lock()
 
     def _tag_events_of(self, side: Side, backend: Registry) -> None:
         """Tag the calls on side ``backend`` if it tags its events (called once
@@ -281,36 +308,47 @@ class _EventRouting:
 
     def _forward(self, side: Side, event: RegistryEvent) -> None:
         if not self._listeners.current:
+            if self._told_since:
+                self._forget_told()  # no listener: what they were told is moot
+            return
+        if not self._told_since:
+            self._start_told()
+        if event.reason == "down":  # a death: by what the listeners were told, not the flag
+            self._forward_death(side, event)
             return
         tags = self._tags.get(side)
-        if tags is not None:
-            # The tag of the backend call that queued this event (read in the
-            # thread delivering it, while it does: this event's).
-            tag = tags.delivery.delivering
-            if tag is tags.drop:
-                return  # a dropped or muted call's own event, delivered by whichever thread
-            # A kept call's own event; or asynchronous (a death, another
-            # writer's change, another facade's call): forwarded when this
-            # side is authoritative at delivery time. Delivered after the
-            # facade call this thread is in, if any; else by a courier
-            # thread (_delivery.hand_off).
-            if tag is tags.keep or (side == _TARGET) == self._on:
-                self._out.append((event, None))
-                if self._ctx() is None:
-                    self._delivery.hand_off()
+        if tags is None:
+            self._forward_untagged(side, event)
             return
+        # The tag of the backend call that queued this event (read in the
+        # thread delivering it, while it does: this event's).
+        tag = tags.delivery.delivering
+        if tag is tags.drop:
+            return  # a dropped or muted call's own event, delivered by whichever thread
+        # A kept call's own event; or asynchronous (another writer's
+        # change, another facade's call): forwarded when this
+        # side is authoritative at delivery time. Delivered after the
+        # facade call this thread is in, if any; else by a courier
+        # thread (_delivery.hand_off).
+        if tag is tags.keep or (side == _TARGET) == self._on:
+            self._queue_told(side, event)
+            if self._ctx() is None:
+                self._delivery.hand_off()
+
+    def _forward_untagged(self, side: Side, event: RegistryEvent) -> None:
+        """``_forward`` from a side whose events carry no tag (not a death)."""
         ctx = self._ctx()
         if ctx is not None:
             # An event of a call this facade is making in this thread: queued,
             # delivered when the call exits (after the lock is released).
             if ctx.keep == side:
-                self._out.append((event, None))
+                self._queue_told(side, event)
                 return
             if ctx.muted is _UNMUTED:
                 return  # a dropped (mirror or catch-up) call's own event
         if self._muted and event.entry.key in self._muted:
             return  # a muted mirror call's own event, delivered by whichever thread
-        # Asynchronous (a death seen by a monitor, a remote change), or delivered
+        # Asynchronous (a remote change, a direct write), or delivered
         # here by a backend whose dispatching thread delivers other threads'
         # events too: forward when this side is authoritative at delivery time.
         # Inside a facade call (maybe a pump's or a pass's, holding its lock),
@@ -318,9 +356,113 @@ class _EventRouting:
         # listener's error is reported by the delivery queue, never raised into
         # a backend.
         if (side == _TARGET) == self._on:
-            self._out.append((event, None))
+            self._queue_told(side, event)
             if ctx is None:
                 self._delivery.hand_off()
+
+    def _queue_told(self, side: Side, event: RegistryEvent) -> None:
+        """Queue ``event`` (not a death) for the listeners, noting what it tells them."""
+        # Race: the two backends deliver in their own threads at once; noting
+        # and queuing under one lock keeps ``_told`` in the queue's order.
+        entry = event.entry
+        agent = entry.agent
+        told = (entry.key, id(agent))  # (id: unique while the agent is held here)
+        with self._told_lock:
+            if event.kind == "registered":
+                self._told[told] = (agent, side, entry.registered_at)
+            elif event.kind == "unregistered":
+                self._note_end(told, agent, self._told.pop(told, None), entry)
+            self._out.append((event, None))
+
+    def _forward_death(self, side: Side, event: RegistryEvent) -> None:
+        """A backend's report of a death: queued if ``_death_told`` says it is news."""
+        with self._told_lock:
+            if not self._death_told(side, event):
+                return
+            self._out.append((event, None))
+        if self._ctx() is None:
+            self._delivery.hand_off()
+
+    def _death_told(self, side: Side, event: RegistryEvent) -> bool:
+        """Whether to tell this death (``_told_lock`` held): once per registration.
+
+        Race (a flip between the two sides' reports): both backends monitor
+        the agent and report its death, each in its own thread and time. Told
+        by the flag at delivery time, a flip between the two reports told it
+        twice or never. Now the flag plays no part (but for a per-thread
+        legacy, ``_reports``): the first report of a registration the
+        listeners hold (``_told``) is told, and its end noted, so the other
+        side's report, however late, finds nothing (or a newer registration)
+        and is dropped. A death of a registration they were never told of
+        (a dropped event's, or one whose end they were told) is not told.
+        """
+        entry = event.entry
+        agent = entry.agent
+        told = (entry.key, id(agent))
+        held = self._told.pop(told, None)
+        if held is None:
+            held = self._unheard.pop(entry.key, None)
+            if held is not None and held[0] is not agent:
+                self._unheard[entry.key], held = held, None
+        if held is not None:
+            if not self._reports(side, held[1]):
+                # Told by a per-thread legacy side, which answers: not told,
+                # as that store tells none; kept (the newest per key, so
+                # the copies of ended threads cost one slot per key) for
+                # that store's own report, if its dead copy is replaced.
+                self._unheard[entry.key] = held
+                return False
+            self._note_end(told, agent, held, entry)
+            return True
+        if entry.registered_at >= self._told_since:
+            return False
+        # A registration made before any listener: told once, by its first
+        # eligible report; the other side's report is dropped.
+        if self._told_gone.pop(told, None) is not None or not self._reports(side, None):
+            return False
+        self._told_gone[told] = agent
+        return True
+
+    def _note_end(
+        self,
+        told: tuple[Hashable, int],
+        agent: Any,
+        held: tuple[Any, Side, float] | None,
+        entry: Entry,
+    ) -> None:
+        """The end of a registration (``held``: as told, if it was) is told: a
+        report of its death still to come would pass for one of a registration
+        made before any listener (``_death_told``) if either side's copy is
+        that old: it is noted in ``_told_gone``, and dropped."""
+        # Race: a registration made just before the first listener (or the
+        # first event) may have its registered event told, or not; its two
+        # sides' copies are stamped apart. Noted whenever either may be older.
+        since = self._told_since
+        if entry.registered_at < since or (held is not None and held[2] < since):
+            self._told_gone[told] = agent
+
+    def _reports(self, side: Side, teller: Side | None) -> bool:
+        """Whether ``side``'s report of a death tells it (``teller``: the side
+        whose event told the registration, if known)."""
+        # A per-thread legacy (ThreadLocalRegistry) monitors nothing: while it
+        # answers (flag off) a death is not told, as that store tells none;
+        # the target's report tells it when the target answers, or told the
+        # registration. With a shared legacy both sides report: the first tells.
+        return side == teller or self._shared_view is not None or (side == _TARGET and self._on)
+
+    def _start_told(self) -> None:
+        """Start noting what the listeners are told (the first event with a listener)."""
+        with self._told_lock:
+            if not self._told_since:
+                self._told_since = time.time()  # (as Entry.registered_at)
+
+    def _forget_told(self) -> None:
+        """No listener left: forget what they were told (the next ones start afresh)."""
+        with self._told_lock:
+            self._told.clear()
+            self._told_gone.clear()
+            self._unheard.clear()
+            self._told_since = 0.0
 
     def _on_target_event(self, event: RegistryEvent) -> None:
         # Deaths are applied to the records at the next write (rule 5); a
