@@ -19,7 +19,13 @@ from foundation.flags._redis_store._errors import (
     _Unconfirmed,
 )
 from foundation.flags._redis_store._pipeline import _give_back, _read_watched, _watch_pipeline
-from foundation.flags._redis_store._shared import T, _check_version, _read_only_error, log
+from foundation.flags._redis_store._shared import (
+    T,
+    _check_version,
+    _other_history,
+    _read_only_error,
+    log,
+)
 from foundation.flags._redis_store._trim import _Trims
 from foundation.flags._redis_store._txn import _Commit, _RedisTransaction
 from foundation.flags._store import StoreTransaction
@@ -383,9 +389,13 @@ class _Commits(_Trims):
                 raise _Behind  # (as _copy_behind_check)
         elif int(raw_version) < held[0]:
             raise _Behind
-        elif (int(raw_version), epoch) == held[:2] and (
-            states < held[2] or stages < held[3] or (held[4] and not history)
-            or (held[5] and not migrations)
+        elif (
+            (int(raw_version), epoch) == held[:2]
+            and (
+                states < held[2] or stages < held[3] or (held[4] and not history)
+                or (held[5] and not migrations)
+            )
+            and not self._forked_at_copy_version(pipe)
         ):  # fmt: skip
             # Race: Redis evicted (allkeys-* policy) or lost keys of the copy's own
             # version -- the state hash, stages, a stream -- after the last resync
@@ -413,6 +423,24 @@ class _Commits(_Trims):
             return result, None
         pipe.multi()
         return result, self._queue_writes(pipe, txn, int(raw_version or 0) + 1, epoch)
+
+    def _forked_at_copy_version(self, pipe: Any) -> bool:
+        """Whether Redis, at the copy's version and epoch with fewer keys than the copy,
+        holds another history (see ``_other_history``): a fork, not an eviction; the
+        write commits on Redis' state, and its refresh tells the fork. One more
+        round trip, only when keys look lost.
+
+        Race: the copy moved (the listener's refresh) since ``holdings``: only to
+        what Redis holds, so to a version Redis reached after our WATCH: the EXEC
+        fails, and the next attempt compares again.
+        """
+        tails = _read_watched(
+            pipe,
+            self._redis,
+            ("XREVRANGE", self._k_history, "+", "-", "COUNT", "1"),
+            ("XREVRANGE", self._k_migrations, "+", "-", "COUNT", "1"),
+        )
+        return _other_history((tails[0], tails[1]), self._cache.last_ids())
 
     def _confirm_in_copy(self, commit: _Commit, replies: list[Any] | None) -> None:
         """After a commit: the copy holds it before the write returns (else BackendUnavailable).

@@ -14,7 +14,13 @@ from foundation.flags._history import Replay
 from foundation.flags._node_cache import PendingKillSwitch, Snapshot, stream_key
 from foundation.flags._redis_store._health import _Health
 from foundation.flags._redis_store._lost_commits import RedisLast, lost_commits
-from foundation.flags._redis_store._shared import _MAX_ATTEMPTS, _META, _check_version, log
+from foundation.flags._redis_store._shared import (
+    _MAX_ATTEMPTS,
+    _META,
+    _check_version,
+    _other_history,
+    log,
+)
 from foundation.flags._store import FlagChange, FlagState, MigrationEvent
 
 T = TypeVar("T")
@@ -50,6 +56,25 @@ def _named(record: FlagChange | MigrationEvent) -> str:
     if isinstance(record, FlagChange):
         return f"{record.flag} by {record.by} ({record.reason})"
     return f"migration {record.plan} {record.action} by {record.by} ({record.reason})"
+
+
+_OLDER_SNAPSHOT = (
+    "it came back from an older snapshot (or a node restored an older copy into it) "
+    "and others wrote past it"
+)
+_OTHER_EPOCH = (
+    "it lost them (restarted empty, flushed) and, before this node restored it, a node "
+    "without this copy's history wrote another one (a new epoch) up to this version or past it"
+)
+
+
+def _uncut(snap: Snapshot) -> Snapshot:
+    """``snap`` without its trim points: Redis' cut of another epoch's history tells
+    nothing of the copy's entries before it (none of them is Redis' to trim)."""
+    return Snapshot(
+        snap.version, snap.epoch, snap.states, snap.stages, snap.history, snap.migrations,
+        snap.full, base=snap.base, trimmed=None, mtrimmed=None, hlast=snap.hlast, mlast=snap.mlast,
+    )  # fmt: skip
 
 
 def _listed(names: list[str], most: int = 20) -> str:
@@ -152,7 +177,9 @@ class _NodeCopy(_Health):
             pipe.hlen(self._k_stages)
             pipe.exists(self._k_history)
             pipe.exists(self._k_migrations)
-            (raw_version, epoch), states, stages, history, migrations = pipe.execute()
+            pipe.xrevrange(self._k_history, count=1)
+            pipe.xrevrange(self._k_migrations, count=1)
+            (raw_version, epoch), states, stages, history, migrations, *tails = pipe.execute()
         version, copy_epoch = cache.version, cache.epoch
         if (
             raw_version is None
@@ -168,7 +195,27 @@ class _NodeCopy(_Health):
         held = (len(cache.states()), len(cache.stages()))
         if cache.version != version or cache.epoch != copy_epoch:
             return raw_version, []
-        lost = [
+        if _other_history((tails[0], tails[1]), ids):
+            # Race: Redis lost everything, a node with an older copy restored it
+            # first and wrote up to this copy's version: fewer states or stages,
+            # but not an eviction. Restored over, that node's acknowledged write
+            # would be lost instead, by another rule than a fork's; the refresh
+            # tells the fork (Redis' state wins, the copy's kill switches kept,
+            # its other lost changes named in the WARNING).
+            return raw_version, []
+        lost = self._gone_keys((states, stages, history, migrations), held, ids)
+        return raw_version, lost
+
+    def _gone_keys(
+        self,
+        redis: tuple[int, int, int, int],
+        held: tuple[int, int],
+        ids: tuple[str | None, str | None],
+    ) -> list[str]:
+        """The keys Redis lost (see ``_lost_keys``): ``redis``, its counts of states
+        and stages and whether each stream exists; ``held``, ``ids``: the copy's."""
+        states, stages, history, migrations = redis
+        return [
             key
             for key, gone in (
                 (self._k_state, states < held[0]),
@@ -178,7 +225,6 @@ class _NodeCopy(_Health):
             )
             if gone
         ]
-        return raw_version, lost
 
     def _pull(self) -> bool:
         """Refresh the copy from one consistent read of Redis; False if Redis is older
@@ -271,7 +317,7 @@ class _NodeCopy(_Health):
                     whole = True
                     continue
                 report, kept = None, False
-                if whole and snap.epoch == self._cache.epoch:
+                if self._lets_go_of_commits(snap, whole):
                     # (before the copy lets go of them; reported once it did)
                     report, kept = self._keep_lost_kill_switches(snap)
                 self._cache.apply(snap)  # (a failure raises: nothing reported)
@@ -281,6 +327,25 @@ class _NodeCopy(_Health):
                     report()  # a log line only: at once
                 return True
         return True  # pragma: no cover - a thousand commits in a row
+
+    def _lets_go_of_commits(self, snap: Snapshot, whole: bool) -> bool:
+        """Whether taking ``snap`` (Redis not older than the copy) lets go of commits
+        of the copy that Redis does not hold: a fork, told as one (see
+        ``_keep_lost_kill_switches``).
+
+        ``whole``: Redis, at the copy's epoch, no longer holds the copy's last
+        entries. Another epoch, read whole, over a copy that mirrored one: Redis
+        lost everything (restarted empty, flushed) and, before a node with this
+        copy restored it, a node with an older copy (or none: a new epoch)
+        restored it and committed, up to this copy's version or past it. Race:
+        at an equal version the version alone looked in sync, and the copy took
+        Redis' state without a word (an acknowledged ``advance()`` lost
+        silently); the epoch tells the two histories apart.
+        """
+        epoch = self._cache.epoch
+        if whole:
+            return snap.epoch == epoch
+        return snap.full and epoch is not None and snap.epoch != epoch
 
     def _keep_lost_kill_switches(self, snap: Snapshot) -> tuple[Callable[[], None], bool]:
         """Keep the copy's kill switches that Redis lost (``snap``: a whole read of it
@@ -306,13 +371,14 @@ class _NodeCopy(_Health):
         """
         cache = self._cache
         version = cache.version
+        other_epoch = snap.epoch != cache.epoch
         try:
             base, _trimmed, history = cache.history_with_base()
             ops, others = lost_commits(
                 self._feed_states(base),
                 history,
                 cache.migrations(),
-                snap,
+                _uncut(snap) if other_epoch else snap,
                 self._redis_last(snap),
                 decode_change=self._decode_change,
                 decode_event=self._decode_event,
@@ -366,11 +432,11 @@ class _NodeCopy(_Health):
                 self._wake_listener()
             log.warning(
                 "flag store %r: Redis at %s (version %d) no longer holds this node's last "
-                "commits (copy at version %d): it came back from an older snapshot and "
-                "others wrote past it; taking Redis' state, with %d kill switch(es) of "
-                "this copy kept pending and committed again unless a newer change "
-                "supersedes them%s; other changes lost: %s",
-                self.namespace, self._url, snap.version, version, len(kept),
+                "commits (copy at version %d): %s; taking Redis' state, with %d kill "
+                "switch(es) of this copy kept pending and committed again unless a newer "
+                "change supersedes them%s; other changes lost: %s",
+                self.namespace, self._url, snap.version, version,
+                _OTHER_EPOCH if other_epoch else _OLDER_SNAPSHOT, len(kept),
                 "".join(
                     f"; {op.by} ({op.reason}) on {', '.join(op.flags + op.plans)}" for op in kept
                 ),

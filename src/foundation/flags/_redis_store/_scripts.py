@@ -9,7 +9,9 @@ from __future__ import annotations
 # also restore at the copy's own version and epoch if Redis lost keys of it (evicted
 # under an allkeys-* maxmemory-policy): fewer flag states or stages than the copy
 # holds at that version (only a commit changes them, and every commit moves the
-# version), or a history or migrations stream gone while the copy holds entries.
+# version), or a history or migrations stream gone while the copy holds entries;
+# not when a stream ends in an entry other than the copy's last (another history
+# up to this version, a fork: an eviction only removes keys; the refresh tells it).
 _RESTORE = """
 local data = cjson.decode(ARGV[1])
 local function count(t)
@@ -17,9 +19,16 @@ local function count(t)
   for _ in pairs(t) do n = n + 1 end
   return n
 end
+local function other(key, entries)
+  local tail = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  return #tail > 0 and (#entries == 0 or tail[1][1] ~= entries[#entries][1])
+end
 local function lost()
   local m = redis.call('HMGET', KEYS[1], 'version', 'epoch')
   if m[1] ~= data.version or m[2] ~= data.epoch then return false end
+  if other(KEYS[4], data.history) or other(KEYS[5], data.migrations) then
+    return false
+  end
   return redis.call('HLEN', KEYS[2]) < count(data.states)
       or redis.call('HLEN', KEYS[3]) < count(data.stages)
       or (#data.history > 0 and redis.call('EXISTS', KEYS[4]) == 0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from foundation._redis_conn import error_kind
 from foundation.errors import FlagError
@@ -41,6 +41,18 @@ def _check_version(raw: str | None, key: str) -> int:
     if not (raw.isascii() and raw.isdigit()):
         raise FlagError(f"corrupt version in {key}: {raw!r:.100}")
     return int(raw)
+
+
+def _other_history(redis_tails: tuple[Any, Any], copy_tails: tuple[str | None, str | None]) -> bool:
+    """Whether Redis' history or migrations stream ends in an entry (``XREVRANGE ...
+    COUNT 1`` replies) other than the copy's last one, at the copy's version and
+    epoch: not keys lost (an eviction only removes keys, and a trim keeps the last
+    entry) but a fork, another history up to that version (a node that restored
+    an older copy and wrote on it). The refresh tells it (see ``_pull``)."""
+    return any(
+        reply and str(reply[0][0]) != copy
+        for reply, copy in zip(redis_tails, copy_tails, strict=True)
+    )
 
 
 def _read_only_error(exc: BaseException) -> bool:
