@@ -38,6 +38,13 @@ in its entry point. Caveats:
   which then stops the children in order. An argv child that must read the
   terminal can stay in the terminal's group with ``kwargs={"process_group":
   None}`` (a background group reading the terminal is stopped by SIGTTIN).
+  A multiprocessing child makes its group only after its bootstrap; it is
+  spawned with SIGINT blocked until then (``_hold_sigint``).
+- Interpreter exit with a tree running (the main thread returned):
+  ``multiprocessing``'s exit handler SIGTERMs the multiprocessing children.
+  That death is no crash (the run counts as stopped: no report, no
+  restart), and no multiprocessing child is spawned once the exit has begun
+  (``interpreter_exiting``): it would die mid-bootstrap with a raw traceback.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from foundation import _fork
 from foundation.errors import RestartIntensityExceeded, ShutdownError
 from foundation.liveness import spawn_thread
 from foundation.supervision import _reports as reports
+from foundation.supervision._child import StopRequested
 from foundation.supervision._context import (
     READY_FD_ENV,
     ChildContext,
@@ -131,6 +139,14 @@ def die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal_module.SIGKILL)
 
 
+def interpreter_exiting() -> bool:
+    """Whether this interpreter's exit has begun: ``multiprocessing``'s exit
+    handler (which SIGTERMs every daemonic child, ours too) has started, or
+    the interpreter is finalizing."""
+    util = sys.modules.get("multiprocessing.util")
+    return sys.is_finalizing() or bool(getattr(util, "_exiting", False))
+
+
 def _preexec(parent: int, then: Callable[[], Any] | None) -> None:
     """An argv child's ``preexec_fn``: arm the parent-death signal, then the caller's."""
     die_with_parent(parent)
@@ -138,13 +154,62 @@ def _preexec(parent: int, then: Callable[[], Any] | None) -> None:
         then()
 
 
-def _process_group_entry(parent: int, entry: tuple[Any, ...]) -> None:
+def _process_group_entry(parent: int, entry: tuple[Any, ...], sigint_held: bool = False) -> None:
     """Body of a multiprocessing child: die with the parent, leave the terminal's
-    process group, then run ``_process_entry(*entry)`` (picklable: module level)."""
+    process group, then run ``_process_entry(*entry)`` (picklable: module level).
+
+    ``sigint_held``: the parent spawned it with SIGINT blocked (see
+    :func:`_hold_sigint`); released once the child has its own group.
+    """
     die_with_parent(parent)
     with contextlib.suppress(OSError):  # already a group leader: nothing to leave
         os.setpgid(0, 0)
+    if sigint_held:
+        _release_sigint()
     _process_entry(*entry)
+
+
+_CAN_HOLD_SIGINT = hasattr(signal_module, "pthread_sigmask") and hasattr(
+    signal_module, "sigtimedwait"
+)
+
+
+def _hold_sigint() -> bool:
+    """Block SIGINT in this thread while it spawns a multiprocessing child;
+    whether it was not blocked already (then :func:`_unhold_sigint` undoes it).
+
+    The child inherits the mask (fork, then exec): a terminal's Ctrl-C that
+    reaches it while it bootstraps (~0.5 s, re-importing ``__main__``) in the
+    terminal's process group stays pending, and is discarded once it has left
+    that group, instead of raising ``KeyboardInterrupt`` there. Only this
+    thread's mask changes: meanwhile the process gets its SIGINT in another
+    thread, or once this one unblocks it.
+    """
+    if not _CAN_HOLD_SIGINT:
+        return False
+    from multiprocessing import resource_tracker
+
+    # Started first (spawn needs it): starting it unblocks SIGINT in this
+    # thread afterwards, which would undo the block below.
+    resource_tracker.ensure_running()
+    sigint = signal_module.SIGINT
+    return sigint not in signal_module.pthread_sigmask(signal_module.SIG_BLOCK, {sigint})
+
+
+def _unhold_sigint(held: bool) -> None:
+    if held:
+        signal_module.pthread_sigmask(signal_module.SIG_UNBLOCK, {signal_module.SIGINT})
+
+
+def _release_sigint() -> None:
+    """In a child spawned with SIGINT held, now in a group of its own: discard
+    the SIGINT pending from the terminal's group (the supervisor got that
+    Ctrl-C too, and stops the tree), then unblock it.
+
+    Race: a SIGINT sent to this pid alone before this point is discarded too.
+    """
+    signal_module.sigtimedwait({signal_module.SIGINT}, 0)
+    _unhold_sigint(True)
 
 
 # Which supervision loop the current thread is a thread child of (set in the
@@ -652,23 +717,29 @@ class MultiprocessingRun(_ProcessRun):
     async def launch(self) -> None:
         import multiprocessing
 
+        if interpreter_exiting():
+            # A process spawned now would lose its parent mid-bootstrap (a raw
+            # EOFError traceback): none is started; not a failed start either.
+            raise StopRequested("the interpreter is exiting")
         spec = self.spec
         mp = multiprocessing.get_context("spawn")
         recv, send = mp.Pipe(duplex=False) if spec.explicit_ready else (None, None)
         self._recv = recv
-        self.handle = mp.Process(
-            target=_process_group_entry,
-            args=(os.getpid(), (spec.start, spec.id, send, spec.args, dict(spec.kwargs))),
-            name=self.name,
-            daemon=True,
-        )
+        held = _hold_sigint()
         try:
+            self.handle = mp.Process(
+                target=_process_group_entry,
+                args=(os.getpid(), (spec.start, spec.id, send, spec.args, dict(spec.kwargs)), held),
+                name=self.name,
+                daemon=True,
+            )
             self.handle.start()
         except BaseException:
             if recv is not None:
                 recv.close()
             raise
         finally:
+            _unhold_sigint(held)
             if send is not None:
                 send.close()  # only the child holds it now: EOF once it exits
         if recv is not None:
@@ -731,6 +802,11 @@ class MultiprocessingRun(_ProcessRun):
         # multiprocessing.active_children() say, is seen by _unreaped: no sweep).
         self._signal_group(signal_module.SIGKILL)
         self.handle.join()  # the exit fd is readable: the process has ended
+        if interpreter_exiting():
+            # multiprocessing's exit handler terminated it (the program's main
+            # thread returned with the tree running): no crash, no restart.
+            # Race: it sets its flag before terminating, so this sees it.
+            self.stopping = True
         self._exit(self._exit_of(self.handle.exitcode))
 
     def _unreaped(self) -> bool:
