@@ -142,3 +142,83 @@ def test_thread_local_legacy_tells_deaths_at_most_once(mode: str) -> None:
         assert told[key] == untold, key
         if mode == "on":
             assert told[key] == events, key
+
+
+# ---------------------------------------------------------------- what is kept
+
+_UNIQUE_KEYS = """
+import foundation.registry._migrating_events as events
+from foundation import FeatureFlags, Flag, MemoryRegistry, MigratingRegistry, ThreadLocalRegistry
+from foundation import spawn_thread
+
+events._MAX_KEPT = 20  # (10_000 in production: the bound, not its size, is tested)
+flags = FeatureFlags([Flag("use_ets_agent_registry")])  # off: the per-thread store answers
+reg = MigratingRegistry(ThreadLocalRegistry(), MemoryRegistry(), flags)
+heard = []
+reg.subscribe(heard.append)
+
+def job(key, ready, end):  # each job registers under a key of its own, then ends
+    reg.register(key, threading.current_thread())
+    ready.set()
+    end.wait()
+
+for i in range(60):
+    ready, end = threading.Event(), threading.Event()
+    thread = spawn_thread(job, f"job-{i}", ready, end)
+    ready.wait()
+    end.set()
+    thread.join()
+wait_for(lambda: reg.count() == 0 or len(reg._unheard) >= 20, "the deaths reported")
+print("kept", len(reg._unheard) <= 20)
+print("downs", sum(e.reason == "down" for e in heard))  # flag off: the per-thread store's rule
+reg.close()
+flags.close()
+print("OK")
+"""
+
+
+def test_deaths_kept_for_a_later_report_are_bounded() -> None:
+    # Kept per key for the per-thread store's own later report: keys used once
+    # (job-<id>) each kept a dead agent for good.
+    result = run_scenario(_UNIQUE_KEYS)
+    assert result.lines("kept") == ["kept True"]
+    assert result.lines("downs") == ["downs 0"]
+
+
+def test_a_remote_agent_decoded_anew_at_a_resync_is_the_same_registration() -> None:
+    # A RedisRegistry target's resync replaces an entry whose update it missed
+    # with one decoded anew: its RemoteAgent is equal, another object. Keyed by
+    # id(agent), its later death was never told and its registration kept.
+    import time
+
+    from foundation import FeatureFlags, Flag, MemoryRegistry, MigratingRegistry
+    from foundation.registry._redis import RemoteAgent
+    from foundation.registry._types import RegistryEvent, new_entry
+
+    flags = FeatureFlags([Flag("use_ets_agent_registry")])
+    flags.enable("use_ets_agent_registry")
+    reg = MigratingRegistry(MemoryRegistry(), MemoryRegistry(), flags)
+    heard: list[RegistryEvent] = []
+    reg.subscribe(heard.append)
+    try:
+        at = time.time() + 1  # after the first listener's event
+        for i in range(20):
+            key = f"r{i}"
+            first = new_entry(key, RemoteAgent("node-b", "thread", 42, key), {"v": 1}, at, "b")
+            reg._forward("target", RegistryEvent("registered", first))
+            again = new_entry(key, RemoteAgent("node-b", "thread", 42, key), {"v": 2}, at, "b")
+            reg._forward("target", RegistryEvent("updated", again))  # the resync's
+            reason = "down" if i % 2 else "unregistered"
+            reg._forward("target", RegistryEvent("unregistered", again, reason))
+
+        def told() -> int:
+            return sum(e.reason == "down" for e in heard)
+
+        deadline = time.monotonic() + 20
+        while told() < 10 and time.monotonic() < deadline:
+            time.sleep(0.005)  # sleep-ok: polling the courier's delivery with a deadline
+        assert told() == 10
+        assert reg._told == {}
+    finally:
+        reg.close()
+        flags.close()

@@ -478,6 +478,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             self._lock,
             self._flag_lock,
             self._muted_lock,
+            self._told_lock,
             self._pump_lock,
             self._legacy_retry_lock,
             self._listeners._lock,

@@ -212,6 +212,35 @@ class _Mute:
                 del owner._muted[key]
 
 
+_MAX_KEPT: Final = 1_000
+"""The most deaths kept for a later report (``_unheard``) and ends noted
+(``_told_gone``): past it the oldest is dropped, so keys used once cannot keep
+dead agents without bound (a death dropped so may then be told twice, or
+not at all, as without this bookkeeping)."""
+
+
+def _identity(agent: Any) -> Any:
+    """What tells registrations' agents apart: the agent itself where hashable (a
+    ``RemoteAgent`` is decoded anew at a resync: equal, another object), else its id."""
+    try:
+        hash(agent)
+    except TypeError:
+        return id(agent)
+    return agent
+
+
+def _registration(entry: Entry) -> tuple[Hashable, Any]:
+    """The key of ``entry``'s registration in what the listeners were told."""
+    return entry.key, _identity(entry.agent)
+
+
+def _keep_bounded(table: dict[Any, Any], key: Any, value: Any) -> None:
+    """``table[key] = value``, the oldest entry dropped past ``_MAX_KEPT``."""
+    if key not in table and len(table) >= _MAX_KEPT:
+        del table[next(iter(table))]
+    table[key] = value
+
+
 class _EventRouting:
     """The event layer of ``MigratingRegistry`` (its lowest base class).
 
@@ -231,14 +260,14 @@ class _EventRouting:
     _shared_view: object  # None: a per-thread legacy, which monitors nothing
 
     # What the listeners were told (``_queue_told``, ``_forward_death``), in queue
-    # order, all under ``_told_lock``: by (key, id(agent)), each registration
+    # order, all under ``_told_lock``: by ``_registration`` (key, agent), each registration
     # they were told of and not told the end of (its agent, the side whose
     # event told it); the ends told of registrations made before
     # ``_told_since`` (the first event with a listener; 0.0: none yet), which
     # no registered event told.
-    _told: dict[tuple[Hashable, int], tuple[Any, Side, float]]  # (+ its registered_at)
-    _told_gone: dict[tuple[Hashable, int], Any]
-    _unheard: dict[Hashable, tuple[Any, Side, float]]  # (``_death_told``)
+    _told: dict[tuple[Hashable, Any], tuple[Any, Side, float]]  # (+ its registered_at)
+    _told_gone: dict[tuple[Hashable, Any], Any]  # (at most _MAX_KEPT: _keep_bounded)
+    _unheard: dict[Hashable, tuple[Any, Side, float]]  # (``_death_told``; at most _MAX_KEPT)
     _told_since: float
     _told_lock: threading.Lock
 
@@ -366,10 +395,11 @@ class _EventRouting:
         # and queuing under one lock keeps ``_told`` in the queue's order.
         entry = event.entry
         agent = entry.agent
-        told = (entry.key, id(agent))  # (id: unique while the agent is held here)
+        told = _registration(entry)
         with self._told_lock:
             if event.kind == "registered":
                 self._told[told] = (agent, side, entry.registered_at)
+                self._unheard.pop(entry.key, None)  # a dead copy there was replaced
             elif event.kind == "unregistered":
                 self._note_end(told, agent, self._told.pop(told, None), entry)
             self._out.append((event, None))
@@ -398,19 +428,20 @@ class _EventRouting:
         """
         entry = event.entry
         agent = entry.agent
-        told = (entry.key, id(agent))
+        told = _registration(entry)
         held = self._told.pop(told, None)
         if held is None:
             held = self._unheard.pop(entry.key, None)
-            if held is not None and held[0] is not agent:
+            if held is not None and _identity(held[0]) != _identity(agent):
                 self._unheard[entry.key], held = held, None
         if held is not None:
             if not self._reports(side, held[1]):
                 # Told by a per-thread legacy side, which answers: not told,
                 # as that store tells none; kept (the newest per key, so
                 # the copies of ended threads cost one slot per key) for
-                # that store's own report, if its dead copy is replaced.
-                self._unheard[entry.key] = held
+                # that store's own report, if its dead copy is replaced
+                # (bounded: keys used once would each keep a dead agent).
+                _keep_bounded(self._unheard, entry.key, held)
                 return False
             self._note_end(told, agent, held, entry)
             return True
@@ -420,12 +451,12 @@ class _EventRouting:
         # eligible report; the other side's report is dropped.
         if self._told_gone.pop(told, None) is not None or not self._reports(side, None):
             return False
-        self._told_gone[told] = agent
+        _keep_bounded(self._told_gone, told, agent)
         return True
 
     def _note_end(
         self,
-        told: tuple[Hashable, int],
+        told: tuple[Hashable, Any],
         agent: Any,
         held: tuple[Any, Side, float] | None,
         entry: Entry,
@@ -439,7 +470,7 @@ class _EventRouting:
         # sides' copies are stamped apart. Noted whenever either may be older.
         since = self._told_since
         if entry.registered_at < since or (held is not None and held[2] < since):
-            self._told_gone[told] = agent
+            _keep_bounded(self._told_gone, told, agent)
 
     def _reports(self, side: Side, teller: Side | None) -> bool:
         """Whether ``side``'s report of a death tells it (``teller``: the side
@@ -454,7 +485,13 @@ class _EventRouting:
         """Start noting what the listeners are told (the first event with a listener)."""
         with self._told_lock:
             if not self._told_since:
-                self._told_since = time.time()  # (as Entry.registered_at)
+                # (as Entry.registered_at) Known limit: registered_at is the
+                # wall clock of the backend that stamped it (a remote node's for
+                # a RemoteAgent): a clock step, or a remote clock behind, can
+                # misjudge a registration made around this moment (its death
+                # told though its registration was not; an end noted in
+                # _told_gone, bounded).
+                self._told_since = time.time()
 
     def _forget_told(self) -> None:
         """No listener left: forget what they were told (the next ones start afresh)."""
