@@ -14,7 +14,14 @@ from foundation import _fork
 from foundation._listeners import check_listener
 from foundation._redis_conn import check_url, error_kind, import_redis, redact_url
 from foundation._redis_memory_policy import EvictionCheck
-from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidConfig, bounded_repr
+from foundation.errors import (
+    BackendUnavailable,
+    Closed,
+    FlagError,
+    InvalidConfig,
+    MigrationError,
+    bounded_repr,
+)
 from foundation.flags._history import Replay
 from foundation.flags._node_cache import PendingKillSwitch
 from foundation.flags._redis_store._commit import _TxnRun
@@ -234,8 +241,20 @@ class RedisFlagStore(_Listener):
 
         Read under ``_txn_lock``, which ``_defer`` takes to record one: one recorded
         before is seen, one recorded after is later than this write.
+
+        Likewise when ``fn`` refuses (a ``MigrationError``, say) on Redis' state,
+        which this node's pending kill switches have not reached: ``advance()``
+        on a read-only replica said "at its last stage" of the stage the pending
+        emergency rollback had left, while ``status()`` said 0. They land
+        first (or their ``BackendUnavailable`` is raised), then ``fn`` judges
+        the state they leave.
         """
-        result = fn(txn)
+        try:
+            result = fn(txn)
+        except MigrationError:
+            if isinstance(txn, _RedisTransaction) and self._cache.pending():
+                raise _PendingFirst(len(self._cache.pending())) from None
+            raise
         if isinstance(txn, _RedisTransaction) and (txn.changes or txn.events):
             pending = len(self._cache.pending())
             if pending:
