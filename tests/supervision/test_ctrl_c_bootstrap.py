@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests._processes import kill_session
-from tests.faults._subprocess import PRELUDE
+from tests.faults._subprocess import PRELUDE, run_scenario
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups, signal masks")
 
@@ -77,3 +77,60 @@ def test_ctrl_c_during_bootstrap_reaches_only_the_supervisor(tmp_path: Path) -> 
     assert proc.returncode == 0, report
     assert "child running" in out, report
     assert "OK" in out.splitlines(), report
+
+
+_CTRL_C_DURING_THE_SPAWN = """
+import asyncio, os, signal
+import multiprocessing.process as mp_process
+from pathlib import Path
+from foundation.supervision import ChildSpec, Supervisor
+from tests.supervision import _bootstrap_targets as targets
+
+spawned = []
+start = mp_process.BaseProcess.start
+
+def start_after_a_ctrl_c(self):
+    os.kill(os.getpid(), signal.SIGINT)  # the operator's Ctrl-C, as the spawn begins
+    start(self)
+    spawned.append(self.pid)
+
+mp_process.BaseProcess.start = start_after_a_ctrl_c
+
+async def main():
+    sup = Supervisor([ChildSpec("mp", targets.serve, kind="process")], name="app")
+    try:
+        await sup.start()
+    finally:
+        await sup.stop()
+
+def running(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+loop = asyncio.new_event_loop()  # the loop in the main thread, Python's SIGINT handler
+try:
+    loop.run_until_complete(main())
+    print("interrupted no")
+except KeyboardInterrupt:
+    print("interrupted yes")
+finally:
+    loop.close()
+print("spawned", len(spawned))
+print("running", [pid for pid in spawned if running(pid)])
+for pid in spawned:  # (an orphan must not outlive a failed run of this test)
+    if running(pid):
+        os.kill(pid, signal.SIGKILL)
+print("OK")
+"""
+
+
+def test_a_ctrl_c_during_the_spawn_leaves_no_child_running() -> None:
+    # SIGINT is held while the child is spawned; unblocking it raised the
+    # KeyboardInterrupt after the child had started: its start failed, nothing
+    # stopped it, and out of the terminal's group no Ctrl-C reached it.
+    result = run_scenario(_CTRL_C_DURING_THE_SPAWN)
+    assert result.lines("interrupted") == ["interrupted yes"]
+    assert result.lines("running") == ["running []"], result.stdout

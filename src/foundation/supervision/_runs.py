@@ -725,21 +725,14 @@ class MultiprocessingRun(_ProcessRun):
         mp = multiprocessing.get_context("spawn")
         recv, send = mp.Pipe(duplex=False) if spec.explicit_ready else (None, None)
         self._recv = recv
-        held = _hold_sigint()
         try:
-            self.handle = mp.Process(
-                target=_process_group_entry,
-                args=(os.getpid(), (spec.start, spec.id, send, spec.args, dict(spec.kwargs)), held),
-                name=self.name,
-                daemon=True,
-            )
-            self.handle.start()
+            self._spawn(mp, send)
         except BaseException:
             if recv is not None:
                 recv.close()
+                self._recv = None
             raise
         finally:
-            _unhold_sigint(held)
             if send is not None:
                 send.close()  # only the child holds it now: EOF once it exits
         if recv is not None:
@@ -750,6 +743,38 @@ class MultiprocessingRun(_ProcessRun):
         self._exit_fd: int | None
         self._exit_fd, self._own_exit_fd = self._exit_watch()
         self.loop.add_reader(self._exit_fd, self._reap)
+
+    def _spawn(self, mp: Any, send: Any) -> None:
+        """Start the child process with SIGINT held in this thread (``_hold_sigint``).
+
+        Race: unblocking SIGINT runs a Ctrl-C that arrived meanwhile (Python's
+        default handler, the loop in the main thread): its KeyboardInterrupt
+        is raised there, the child started. Its start has failed, so nothing
+        would stop it, and it is out of the terminal's group, its own pending
+        Ctrl-C discarded: it is killed and reaped before the interrupt goes on.
+        """
+        spec = self.spec
+        held = False
+        started = None
+        try:
+            held = _hold_sigint()
+            process = mp.Process(
+                target=_process_group_entry,
+                args=(os.getpid(), (spec.start, spec.id, send, spec.args, dict(spec.kwargs)), held),
+                name=self.name,
+                daemon=True,
+            )
+            self.handle = process
+            process.start()
+            started = process
+        finally:
+            try:
+                _unhold_sigint(held)
+            except BaseException:
+                if started is not None:
+                    started.kill()
+                    started.join()
+                raise
 
     def _exit_watch(self) -> tuple[int, bool]:
         """The fd readable once the child has ended, and whether it is ours to close.
