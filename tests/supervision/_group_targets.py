@@ -37,10 +37,10 @@ def parent_that_exits(ctx: Any, pidfile: str) -> None:
     ctx.ready()
 
 
-def parent_that_forks(ctx: Any, pidfile: str) -> None:
+def _fork_grandchild(pidfile: str) -> None:
     """Fork a grandchild that ignores SIGTERM (it inherits every fd, the end of
-    the pipe multiprocessing watches for this child's exit included), become
-    ready, run until stopped."""
+    the pipe multiprocessing watches for this child's exit included); its pid
+    goes to ``pidfile``."""
     import os
     import signal
     import time
@@ -53,24 +53,17 @@ def parent_that_forks(ctx: Any, pidfile: str) -> None:
     tmp = Path(pidfile + ".tmp")
     tmp.write_text(str(pid))
     tmp.rename(pidfile)
+
+
+def parent_that_forks(ctx: Any, pidfile: str) -> None:
+    """Fork a grandchild (``_fork_grandchild``), become ready, run until stopped."""
+    _fork_grandchild(pidfile)
     ctx.ready()
     threading.Event().wait()
 
 
 def parent_that_forks_and_exits(ctx: Any, pidfile: str) -> None:
-    """Fork a grandchild that ignores SIGTERM (it inherits the end of the pipe
-    multiprocessing watches for this child's exit), become ready, exit 2."""
-    import os
-    import signal
-    import time
-
-    pid = os.fork()
-    if pid == 0:  # the grandchild
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        while True:
-            time.sleep(1)  # sleep-ok: a process that runs until killed
-    tmp = Path(pidfile + ".tmp")
-    tmp.write_text(str(pid))
-    tmp.rename(pidfile)
+    """Fork a grandchild (``_fork_grandchild``), become ready, exit 2."""
+    _fork_grandchild(pidfile)
     ctx.ready()
     raise SystemExit(2)
