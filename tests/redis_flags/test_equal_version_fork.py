@@ -84,14 +84,19 @@ print("OK", flush=True)
 """
 
 
+def _fork_warnings(stderr: str) -> list[str]:
+    """The fork's WARNING lines (the lost commits named)."""
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.startswith("LOG WARNING") and "no longer holds this node's last commits" in line
+    ]
+
+
 @pytest.mark.parametrize("warm", [False, True], ids=["new-epoch", "same-epoch"])
 def test_a_fork_at_the_copys_version_is_told_and_redis_wins(warm: bool) -> None:
     result = run_scenario(_SCENARIO.format(warm=warm, kill=False))
-    forks = [
-        line
-        for line in result.stderr.splitlines()
-        if line.startswith("LOG WARNING") and "no longer holds this node's last commits" in line
-    ]
+    forks = _fork_warnings(result.stderr)
     # The fork's rule: Redis' state (B's acknowledged write) wins on both nodes...
     assert result.lines("STAGE") == ["STAGE 0 0"], result.stdout
     assert result.lines("F") == ["F 42.0 42.0"], result.stdout
@@ -111,11 +116,7 @@ def test_a_kill_switch_lost_to_a_fork_at_the_copys_version_is_committed_again(
     """The same fork, A's lost commit a kill switch: kept pending from the copy and
     committed on top of Redis' state (B's write kept), on both nodes."""
     result = run_scenario(_SCENARIO.format(warm=warm, kill=True))
-    forks = [
-        line
-        for line in result.stderr.splitlines()
-        if line.startswith("LOG WARNING") and "no longer holds this node's last commits" in line
-    ]
+    forks = _fork_warnings(result.stderr)
     assert result.lines("K") == ["K False False 1"], result.stdout
     assert result.lines("F") == ["F 42.0 42.0"], result.stdout
     assert len(forks) == 1, forks
