@@ -37,8 +37,7 @@ def serve(ctx: Any) -> None:
 
 
 def _die_late(signum: int, frame: Any) -> None:
-    # sleep-ok: holds multiprocessing's exit handler in join() meanwhile.
-    time.sleep(1)
+    time.sleep(1)  # sleep-ok: holds multiprocessing's exit handler in join() meanwhile
     os._exit(0)
 
 
