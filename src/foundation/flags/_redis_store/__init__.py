@@ -166,7 +166,7 @@ Events (``foundation.telemetry``; each also a log line under ``foundation.flags`
 ``foundation.flags.pending_recorded``    a kill switch recorded in an outage (or kept after a fork)
 ``foundation.flags.pending_committed``   a pending kill switch was committed
 ``foundation.flags.pending_superseded``  a pending kill switch lost to a newer change
-``foundation.flags.in_sync``             back in sync with Redis
+``foundation.flags.in_sync``             back in sync with Redis (after subscribers reloaded)
 ``foundation.flags.read_only``           Redis is a read-only replica (ROLE, or a READONLY reply)
 ``foundation.flags.writable``            it accepts writes again
 

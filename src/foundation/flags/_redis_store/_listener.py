@@ -254,9 +254,18 @@ class _Listener(_Records):
             self.namespace, self._url, self._cache.version,
             "; a read-only replica: writes fail" if self._read_only else "",
         )  # fmt: skip
-        self._event("in_sync", version=self._cache.version, read_only=self._read_only)
-        # Whatever happened while we were away is unknown: "reload".
+        # Whatever happened while we were away is unknown: "reload". Delivered
+        # BEFORE "in_sync" is told: a subscriber of that event (the OpenFeature
+        # provider's PROVIDER_READY) reads flags that are back in sync, not the
+        # values of before the outage (the FeatureFlags reload is this delivery).
         self._deliver([])
+        # Race: Redis lost again during that delivery (a writer's refused kill
+        # switch, say) has told "stale" already; "in_sync" after it would end the
+        # events on the wrong state. Skipped then: the next resync tells it. (A
+        # loss between this check and the event is still told in that order:
+        # the provider reads the store's state, not the event's name.)
+        if self._synced.is_set():
+            self._event("in_sync", version=self._cache.version, read_only=self._read_only)
 
     def _catch_up(self) -> None:
         """Restore Redis if it is older than the copy, then follow it from here on.
