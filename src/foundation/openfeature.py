@@ -21,9 +21,9 @@ Mapping (see ``docs/openfeature.md`` for the full list of spec decisions):
   normalises and checks it): a str subclass (a ``StrEnum`` member) is the plain
   string it equals, an int ``str(n)``, and ``""`` no actor.
 - numbers: an integer flag read as a float is converted when exact
-  (|value| <= 2**53); a float flag read as an integer answers when the value is
-  integral (``10.0`` -> ``10``), else ``TYPE_MISMATCH``. Booleans are never
-  numbers.
+  (``2**62`` is, ``2**53 + 1`` is not); a float flag read as an integer answers
+  when the value is integral and a signed 64-bit integer (``10.0`` -> ``10``;
+  not ``1e300``), else ``TYPE_MISMATCH``. Booleans are never numbers.
 - ``flag_metadata``: ``description`` (absent when empty: an undescribed flag
   has an empty mapping) and, for a flag of a migration plan recorded in the
   store when the provider was initialized, ``migration_plan``,
@@ -105,7 +105,8 @@ V = TypeVar("V")
 _ObjectValue = Sequence[FlagValueType] | Mapping[str, FlagValueType]
 
 _EMPTY: Final[Mapping[str, bool | int | float | str]] = MappingProxyType({})
-_EXACT_FLOAT: Final = 2**53  # integers up to this magnitude are exact as floats
+_INT_MIN: Final = -(2**63)  # a float flag read as an integer: a signed 64-bit one
+_INT_LIMIT: Final = 2**63
 _HEALTH_EVENTS: Final = ("foundation.flags.stale", "foundation.flags.in_sync")
 
 
@@ -471,9 +472,15 @@ _MISMATCH: Final = object()
 def _convert(value: Any, want: str) -> Any:
     """The number as the requested kind, or ``_MISMATCH`` when that would lose information."""
     if want == "float":  # an integer flag
-        return float(value) if abs(value) <= _EXACT_FLOAT else _MISMATCH
-    # want == "integer", a float flag
-    if math.isfinite(value) and float(value).is_integer():
+        try:
+            as_float = float(value)
+        except OverflowError:  # beyond any float
+            return _MISMATCH
+        # int == float compares exactly in Python: 2**62 is exact, 2**53 + 1 is not.
+        return as_float if as_float == value else _MISMATCH
+    # want == "integer", a float flag: integral and a signed 64-bit integer (what
+    # OFREP clients and other SDKs hold), so 1e300 is no 301-digit answer.
+    if math.isfinite(value) and float(value).is_integer() and _INT_MIN <= value < _INT_LIMIT:
         return int(value)
     return _MISMATCH
 

@@ -241,6 +241,34 @@ def test_a_huge_integer_is_not_converted_to_an_inexact_float(flags: FeatureFlags
         big.close()
 
 
+def test_numbers_convert_when_exact_and_within_64_bits() -> None:
+    # Was: an exact 2**62 refused as a float (a magnitude bound, 2**53, not
+    # exactness) while a float 1e300 answered as a 301-digit integer.
+    from foundation.flags import Flag
+
+    huge = FeatureFlags([
+        Flag("i", variants={"exact": 2**62, "top": 2**63 - 1}, default="exact"),
+        Flag("f", variants={"big": 1e300, "edge": -(2.0**63), "over": 2.0**63}, default="big"),
+    ])  # fmt: skip
+    try:
+        for name in ("i", "f"):
+            huge.enable(name)
+        huge.assign("i", "ana", "top")
+        huge.assign("f", "ana", "edge")
+        huge.assign("f", "bob", "over")
+        api.set_provider_and_wait(FoundationProvider(huge))
+        client = api.get_client()
+        assert_ok(details(client, "float", "i", 0.0), float(2**62), "exact", "DEFAULT")
+        # 2**63 - 1 rounds to 2.0**63 as a float: not exact.
+        assert_error(details(client, "float", "i", 0.0, ctx("ana")), 0.0, ErrorCode.TYPE_MISMATCH)
+        assert_error(details(client, "integer", "f", 7), 7, ErrorCode.TYPE_MISMATCH)
+        assert_ok(details(client, "integer", "f", 7, ctx("ana")), -(2**63), "edge",
+                  "TARGETING_MATCH")  # fmt: skip
+        assert_error(details(client, "integer", "f", 7, ctx("bob")), 7, ErrorCode.TYPE_MISMATCH)
+    finally:
+        huge.close()
+
+
 # --------------------------------------------------------------- mismatches
 
 
