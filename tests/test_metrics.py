@@ -145,6 +145,26 @@ def test_flag_changes_and_migration_steps_and_stage(
     assert metrics.value("foundation_flag_changes_total", flag="use_ets_agent_registry") >= 2.0
 
 
+def test_the_stage_gauge_follows_a_step_another_process_commits(
+    metrics: Metrics, sqlite_flags: FeatureFlags, tmp_path: Path
+) -> None:
+    # Was: set once by watch_migration, then only by this process's own events:
+    # after `foundation migration advance` elsewhere, status() said 1, the gauge 0.
+    from tests.cli._support import run_cli
+
+    plan = MigrationPlan([Stage(1, "registry", ("use_ets_agent_registry",))])
+    migration = Migration(sqlite_flags, plan)
+    metrics.watch_migration(migration)
+    assert metrics.value("foundation_migration_stage", plan="default") == 0.0
+    store = f"sqlite:///{tmp_path / 'flags.sqlite3'}"
+    done = run_cli("migration", "advance", "--store", store, "--by", "ops", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert migration.status().stage == 1
+    assert metrics.value("foundation_migration_stage", plan="default") == 1.0
+    sqlite_flags.close()  # a closed store: the watch ends, the last value stays
+    assert metrics.value("foundation_migration_stage", plan="default") == 1.0
+
+
 def test_registry_operations_deaths_by_reason_and_entries(metrics: Metrics) -> None:
     stop_a, stop_b = threading.Event(), threading.Event()
     with MemoryRegistry() as reg:

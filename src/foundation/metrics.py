@@ -327,6 +327,7 @@ class Metrics:
         self._degraded: dict[str, set[Hashable]] = {}
         self._detach: list[Callable[[], None]] = []
         self._registries: dict[str, tuple[Registry, Callable[[], None]]] = {}
+        self._migrations: dict[str, Any] = {}  # plan name -> Migration, read at collection
         self._installed = False
         self._counting = False
 
@@ -371,6 +372,7 @@ class Metrics:
         with self._lock:
             detach, self._detach = self._detach, []
             watched, self._registries = list(self._registries.values()), {}
+            self._migrations = {}
             counting, self._counting = self._counting, False
             self._installed = False
             if counting:
@@ -426,19 +428,43 @@ class Metrics:
         return unwatch
 
     def watch_migration(self, migration: Any) -> None:
-        """Set ``foundation_migration_stage`` from ``migration.status()`` now (events keep it).
+        """Set ``foundation_migration_stage`` from ``migration.status()`` now, and again
+        at each collection: a stage another process committed shows at the next
+        scrape (this process's own steps show at once, from their events).
 
         Raises:
             BackendUnavailable: the store cannot be read.
         """
         status = migration.status()
+        with self._lock:
+            self._migrations[status.plan] = migration
         self._set("foundation_migration_stage", (status.plan,), float(status.stage))
+
+    def _read_stages(self) -> None:
+        """``foundation_migration_stage`` of every watched migration, read from its
+        store now. A store that cannot answer (an outage) leaves the last value; a
+        closed one ends the watch (its last value stays)."""
+        with self._lock:
+            watched = list(self._migrations.items())
+        for plan, migration in watched:
+            try:
+                stage = migration.status().stage
+            except Closed:
+                with self._lock:
+                    if self._migrations.get(plan) is migration:
+                        del self._migrations[plan]
+                continue
+            except FoundationError:
+                continue
+            self._set("foundation_migration_stage", (plan,), float(stage))
 
     # ------------------------------------------------------------ reads
 
     def samples(self) -> dict[str, list[Sample]]:
         """Every family's current samples (starts evaluation counting on first call)."""
         self.count_evaluations()
+        # Outside our lock: status() reads the store (see _store_gauges below).
+        self._read_stages()
         with self._lock:
             values = {n: dict(v) for n, v in self._values.items()}
             histograms = {k: h.sample({"outcome": k}) for k, h in self._round_trips.items()}
