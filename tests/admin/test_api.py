@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
+import os
 import queue
 import signal
 import threading
@@ -556,6 +559,23 @@ def test_agents_list_filters_counts_and_lookup(world: World) -> None:
         one = c.get("api/agents/worker-1").json()
         assert one["metadata"] == {"role": "io", "limits": {"cpu": 2}}
         assert one["kind"] == "thread"
+        # This process's own agents show the pid they live in, as another node's do
+        # (was null for a local thread, task or future) and a task its name.
+        assert (one["pid"], one["name"]) == (os.getpid(), "worker-1")
+        world.registry.register("fut", concurrent.futures.Future())
+        assert c.get("api/agents/fut").json()["pid"] == os.getpid()
+
+        async def a_task_agent() -> dict[str, Any]:
+            task = asyncio.create_task(asyncio.Event().wait(), name="crawler")
+            world.registry.register("task", task)
+            try:
+                return dict(c.get("api/agents/task").json())  # the server has its own thread
+            finally:
+                world.registry.unregister("task")  # not among the recently dead below
+                task.cancel()
+
+        shown = asyncio.run(a_task_agent())
+        assert (shown["kind"], shown["pid"], shown["name"]) == ("task", os.getpid(), "crawler")
         world.registry.register(("job", 7), spawn_thread(world.stop.wait))
         assert c.get("api/agents/" + '["job",7]').json()["key"] == ["job", 7]
         world.registry.register("dead", spawn_thread(world.stop.wait))  # shadowed by /dead

@@ -4,6 +4,7 @@ bodies, and the JSON shapes of registry entries, deaths and flag changes."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -92,17 +93,33 @@ def key_text(entry: Entry) -> str:
     return entry.key if isinstance(entry.key, str) else json.dumps(_plain_key(entry.key))
 
 
-def entry_dict(entry: Entry) -> dict[str, Any]:
-    agent = entry.agent
+_IN_PROCESS_KINDS = frozenset(("thread", "task", "future"))
+
+
+def _pid_and_name(agent: Any, kind: str) -> tuple[int | None, str | None]:
+    """The process an agent is or lives in, and its name, as every listing shows
+    them (``foundation agents list``, another node's entries): a local thread,
+    task or future lives in this process, a task is named by ``get_name()``."""
     pid = getattr(agent, "pid", None)
     name = getattr(agent, "name", None)
+    if kind in _IN_PROCESS_KINDS and not isinstance(pid, int):
+        pid = os.getpid()  # a local agent (a RemoteAgent carries its node's pid)
+        if kind == "task" and name is None:
+            name = agent.get_name()
+    return (pid if isinstance(pid, int) else None, name if isinstance(name, str) else None)
+
+
+def entry_dict(entry: Entry) -> dict[str, Any]:
+    agent = entry.agent
+    kind = _kind(agent)
+    pid, name = _pid_and_name(agent, kind)
     return {
         "key": _plain_key(entry.key),
         "key_text": key_text(entry),
         "node": entry.node,
-        "kind": _kind(agent),
-        "pid": pid if isinstance(pid, int) else None,
-        "name": name if isinstance(name, str) else None,
+        "kind": kind,
+        "pid": pid,
+        "name": name,
         "metadata": _jsonable(dict(entry.metadata)),
         "registered_at": entry.registered_at,
     }
