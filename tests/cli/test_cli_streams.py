@@ -196,6 +196,32 @@ def test_a_namespace_no_registry_used_is_a_warning(
     assert empty.stderr == ""
 
 
+def test_an_empty_namespace_on_a_replica_says_replica_not_typo(tmp_path: Path) -> None:
+    # Was: a master demoted to a replica of an empty server (REPLICAOF) showed 0
+    # agents with "no registry has used namespace ... (--namespace NS names
+    # another)", sending the operator after a typo while nodes held live agents.
+    import redis
+
+    master, replica = RedisServer(), RedisServer()
+    master.start()
+    replica.start()
+    client = redis.Redis(port=replica.port)
+    try:
+        client.replicaof("127.0.0.1", master.port)
+        counted = run_cli(
+            "agents", "count", "--redis", replica.url, "--namespace", "ns", cwd=tmp_path
+        )
+        assert counted.returncode == 0, counted.stderr
+        assert json.loads(counted.stdout)["count"] == 0
+        (line,) = counted.stderr.strip().splitlines()
+        assert f"is a read-only replica of 127.0.0.1:{master.port}" in line, line
+        assert "no registry has used" not in line, line
+    finally:
+        client.close()
+        replica.stop()
+        master.stop()
+
+
 def test_the_watch_outage_line_is_one_clean_sentence(
     fresh_redis: RedisServer, namespace: str, tmp_path: Path
 ) -> None:

@@ -108,6 +108,10 @@ def warn_if_unused(count: int, settings: Settings) -> None:
         return
     try:
         with _redis_conn.translated(_redis_conn.redact_url(url), "looking for namespaces"):
+            master = _master_of(client)
+            if master is not None:  # not a typo: a replica holds only its master's keys
+                _warn_replica(url, master)
+                return
             if client.exists(*(prefix + k for k in _REGISTRY_KEYS)):
                 return
             seen = _namespaces_in_use(client)
@@ -121,6 +125,34 @@ def warn_if_unused(count: int, settings: Settings) -> None:
         f"{_redis_conn.redact_url(url)} ("
         + (f"namespaces in use: {others}; " if seen else "")
         + "--namespace NS names another)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _master_of(client: Any) -> str | None:
+    """``host:port`` of the master when the server is a read-only replica (``ROLE``),
+    else None (a server that refuses ``ROLE``, an ACL say, counts as no replica)."""
+    import redis
+
+    try:
+        role = [r.decode("utf-8", "replace") if isinstance(r, bytes) else r for r in client.role()]
+    except redis.ResponseError:  # NOPERM, a proxy without ROLE: the typo hint stands
+        return None
+    if not role or role[0] not in ("slave", "replica"):
+        return None
+    return f"{role[1]}:{role[2]}"
+
+
+def _warn_replica(url: str, master: str) -> None:
+    """The stderr line of an empty namespace on a replica: registries cannot write
+    there, so its agents may live on nodes that cannot re-assert them."""
+    from foundation import _redis_conn
+
+    print(
+        f"warning: {_redis_conn.redact_url(url)} is a read-only replica of {master}: "
+        "it shows only what its master holds, and registries using it cannot "
+        "write (point --redis at the master)",
         file=sys.stderr,
         flush=True,
     )
