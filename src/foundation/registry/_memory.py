@@ -740,7 +740,9 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             )
 
     def close(self) -> None:
-        """Release every monitor (and the manager, if owned). Idempotent; emits no events.
+        """Release every monitor (and the manager, if owned); unsubscribe every
+        listener first (events still queued are not delivered). Idempotent;
+        emits no events.
 
         Afterwards every public call raises ``errors.Closed`` (``close`` itself
         excepted).
@@ -756,6 +758,12 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if self._released:
                 return
             self._closed = True
+            # Every listener unsubscribed first, as RedisRegistry does: events
+            # still queued (behind a slow listener) reach no one, while an event
+            # being delivered right now still reaches the rest of the listeners
+            # it was given to (DeliveryQueue reads the listeners per event). Was:
+            # a courier went on calling listeners for seconds after close().
+            self._listeners = ()
             # Readers now hit _CLOSED_TABLE: one attribute store, so a lock-free
             # reader sees either the open table or the closed one, never a mix.
             self._table = _CLOSED_TABLE
