@@ -83,41 +83,91 @@ class _Supervising:
         async def _terminate(self, child: _Child, *, restart: bool = False) -> ChildExit: ...
 
     def _main_ended(self, task: asyncio.Task[None]) -> None:
-        """The supervising task ended: fine when we stopped it, else it was killed."""
+        """The supervising task ended: fine when we stopped it, else it was killed.
+
+        A cancellation while it runs is handled in ``_run`` itself; what is left
+        here is a task cancelled before its first step, or a defect escaping it.
+        """
         if self._stopping:
             return
         # Killed from outside (its task cancelled, as a parent or a user may do
         # with the handle a registry holds): nothing supervises the children
         # any more, so stop them and end failed; a parent then sees this
         # supervisor crash (its SupervisorRun watches the done future).
-        why = "its task was cancelled" if task.cancelled() else f"{task.exception()!r}"
+        if task.cancelled():
+            self._killed("its task was cancelled", None)
+        else:
+            exc = task.exception()
+            self._killed(f"{exc!r}", exc)
+
+    def _killed(self, why: str, cause: BaseException | None) -> asyncio.Task[None]:
+        """Killed from outside: stop the children in a task of its own, end failed."""
         err = _error("killed", None, f"supervisor {self._name!r} was killed: {why}")
-        if not task.cancelled():
-            err.__cause__ = task.exception()
+        if cause is not None:
+            err.__cause__ = cause
         self._failure = err
+        return self._end_on_its_own("killed", f"stop killed supervisor {self._name}")
+
+    def _end_on_its_own(self, reason: str, name: str) -> asyncio.Task[None]:
+        """Stop every child and end, reported with ``reason``, in ``_stop_task``
+        (a ``stop()`` meanwhile shares it)."""
         self._stopping = True
         self._state = "stopping"
         self._request_stop()
-        self._stop_task = self._loop.create_task(
-            self._killed_sequence(), name=f"stop killed supervisor {self._name}"
-        )
+        self._stop_task = self._loop.create_task(self._ending_sequence(reason), name=name)
         self._stop_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return self._stop_task
 
-    async def _killed_sequence(self) -> None:
+    async def _ending_sequence(self, reason: str) -> None:
         # Race: the task may have been cancelled while it held the lock (in the
         # middle of a restart); the lock is released by then (async with), and a
         # management call in flight finishes first.
         async with self._lock:
             await self._shutdown_children()
             self._finish()
-        reports.supervisor_stopped(self._name, reason="killed")
+        reports.supervisor_stopped(self._name, reason=reason)
+
+    async def _cancelled(self, probe: asyncio.Task[None]) -> None:
+        """The running supervising task was cancelled: end, and return once ended.
+
+        Awaited by that task itself, so whoever waits for it (``asyncio.run``
+        cancelling every task at its end, a closing ``run_in_thread`` loop)
+        waits for the children's stop too: nothing is left pending on a
+        closed loop. A cancellation that reached ``probe`` too (a task only
+        this supervisor knows) cancelled every task of the loop: the loop is
+        closing (``asyncio.run`` ending, a ``run_in_thread`` start rolled back
+        by Ctrl-C) and the tree stops with it, a shutdown as the parent's
+        own would order, not a kill. One that reached this task alone is a
+        kill from outside.
+        """
+        import asyncio
+
+        if probe.cancelled() or probe.cancelling():
+            ending = self._end_on_its_own("shutdown", f"stop supervisor {self._name}")
+        else:
+            ending = self._killed("its task was cancelled", None)
+        await asyncio.shield(ending)
 
     def _on_exit(self, id: str, run: Run, fut: asyncio.Future[ChildExit]) -> None:
         if not self._stopping and not run.stopping:
             self._events.put_nowait(_Exited(id, run, fut.result()))
 
     async def _run(self) -> None:
-        """The supervising task: handle exits and due restarts, one at a time."""
+        """The supervising task (see ``_cancelled`` for its cancellation)."""
+        import asyncio
+
+        probe = self._loop.create_task(_until_cancelled(), name=f"probe of supervisor {self._name}")
+        try:
+            await self._supervise()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                await self._cancelled(probe)
+            raise
+        finally:
+            probe.cancel()
+
+    async def _supervise(self) -> None:
+        """Handle exits and due restarts, one at a time, until stopped."""
         while True:
             event = await self._events.get()
             if event is _STOP or self._stopping:
@@ -320,3 +370,10 @@ class _Supervising:
         self._request_stop()
         await self._shutdown_children()
         self._finish()
+
+
+async def _until_cancelled() -> None:
+    """A supervisor's probe: waits until cancelled (see ``_Supervising._cancelled``)."""
+    import asyncio
+
+    await asyncio.get_running_loop().create_future()
