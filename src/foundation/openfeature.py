@@ -32,13 +32,15 @@ Mapping (see ``docs/openfeature.md`` for the full list of spec decisions):
 
 Events, once initialized: ``PROVIDER_CONFIGURATION_CHANGED`` with
 ``flags_changed=[name]`` after every change ``flags.subscribe`` reports (local
-writes, other processes' writes, config loads, reloads); and, over a
+writes, other processes' writes, config loads, reloads); over a
 ``RedisFlagStore``, ``PROVIDER_STALE`` when the store loses Redis (it then
-serves its node copy) and ``PROVIDER_READY`` when it is back in sync (from the
-store's ``foundation.flags.stale`` and ``foundation.flags.in_sync`` telemetry
-events). Memory and SQLite stores never go stale. ``PROVIDER_ERROR`` with
-error code ``PROVIDER_FATAL``, once, when a resolution first finds ``flags``
-closed (the SDK's status becomes ``FATAL``); ``initialize`` over closed flags
+serves its node copy) and ``PROVIDER_READY`` when it is back in sync; over a
+``SQLiteFlagStore``, ``PROVIDER_STALE`` when its file was deleted or replaced
+while in use (it then answers from the old file, for good: reopen the store);
+both from the store's ``foundation.flags.stale`` and ``foundation.flags.in_sync``
+telemetry events and its ``stale`` property. A memory store never goes stale.
+``PROVIDER_ERROR`` with error code ``PROVIDER_FATAL``, once, when a resolution
+first finds ``flags`` closed (the SDK's status becomes ``FATAL``); ``initialize`` over closed flags
 raises ``errors.Closed`` that is also the SDK's ``ProviderFatalError``, with
 the same outcome. ``FATAL`` is final: from then on the provider emits no
 ``PROVIDER_STALE`` / ``PROVIDER_READY`` (it stops listening to store health).
@@ -91,7 +93,14 @@ from foundation.errors import (
     UnknownFlag,
     bounded_repr,
 )
-from foundation.flags import Evaluation, FeatureFlags, Flag, FlagChange, RedisFlagStore
+from foundation.flags import (
+    Evaluation,
+    FeatureFlags,
+    Flag,
+    FlagChange,
+    RedisFlagStore,
+    SQLiteFlagStore,
+)
 from foundation.flags._metadata import flag_metadata, stages_by_flag
 from foundation.flags._typed import a_kind
 
@@ -108,6 +117,16 @@ _EMPTY: Final[Mapping[str, bool | int | float | str]] = MappingProxyType({})
 _INT_MIN: Final = -(2**63)  # a float flag read as an integer: a signed 64-bit one
 _INT_LIMIT: Final = 2**63
 _HEALTH_EVENTS: Final = ("foundation.flags.stale", "foundation.flags.in_sync")
+_HEALTH_STORES: Final = (RedisFlagStore, SQLiteFlagStore)
+"""The stores that emit ``_HEALTH_EVENTS`` (a memory store never goes stale)."""
+
+
+def _is_about(store: RedisFlagStore | SQLiteFlagStore, data: Mapping[str, Any]) -> bool:
+    """Whether a health event's ``data`` names ``store``'s backend: a ``RedisFlagStore``'s
+    namespace, a ``SQLiteFlagStore``'s path."""
+    if isinstance(store, RedisFlagStore):
+        return bool(data.get("namespace") == store.namespace)
+    return bool(data.get("path") == store.path)
 
 
 class _ClosedFatal(Closed, ProviderFatalError):
@@ -218,7 +237,7 @@ class FoundationProvider(AbstractProvider):
             self._build_metadata(plans)
             unsubscribe = [self._flags.subscribe(self._on_change)]
             store = self._flags.store
-            if isinstance(store, RedisFlagStore):
+            if isinstance(store, _HEALTH_STORES):
                 self._stale = store.stale
                 self._detach_health = [telemetry.attach(e, self._on_health) for e in _HEALTH_EVENTS]
             self._unsubscribe = unsubscribe + self._detach_health
@@ -258,9 +277,9 @@ class FoundationProvider(AbstractProvider):
 
     def _on_health(self, name: str, data: Mapping[str, Any]) -> None:
         store = self._flags.store
-        if not isinstance(store, RedisFlagStore) or data.get("namespace") != store.namespace:
+        if not isinstance(store, _HEALTH_STORES) or not _is_about(store, data):
             return
-        # Race: another store object on the same namespace and URL (another
+        # Race: another store object on the same namespace and URL, or path (another
         # FeatureFlags in this process) emits the same events, so the event is
         # only a trigger; our own store's state decides. The store emits
         # "stale" after marking itself stale and "in_sync" after marking itself

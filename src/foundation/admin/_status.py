@@ -8,7 +8,8 @@ service without stopping it (reads come from the mirror and the node copy),
 so ``/healthz`` stays a liveness probe and this is the report.
 
 While a component can lose its backend (a ``RedisRegistry``, a
-``RedisObserver``, a store with ``status()``), a ``foundation-admin-status``
+``RedisObserver``, a store with ``status()`` or ``stale``: a ``SQLiteFlagStore``
+whose file was deleted or replaced while in use), a ``foundation-admin-status``
 thread reads it every ``POLL`` seconds, remembers when its state changed
 (``since``) and publishes a ``status`` event to the page on every change (of
 state, pending kill switches, read-only, or the cause of the last error).
@@ -146,7 +147,10 @@ def store_status(store: object) -> dict[str, Any]:
     (connected, kill switches not yet committed), ``"connected"``, ``"closed"``,
     ``"error"`` (``status()`` failed: its node copy cannot be read), or
     ``"local"`` for a store without ``status()`` (memory, SQLite: every write
-    that returned is committed). Also ``stale_since`` (wall-clock time the store
+    that returned is committed), unless it says it is ``stale`` (a SQLite store
+    whose file was deleted or replaced while in use answers from the old file
+    for good: ``"stale"``, degraded, with its ``stale_since`` and, as
+    ``last_error``, its ``stale_reason``). Also ``stale_since`` (wall-clock time the store
     went stale, else None), ``read_only`` (Redis is a read-only replica:
     flag writes fail; degraded) and ``copy_in_memory`` (the node copy's file
     failed: the copy is not durable; degraded), when the store reports them.
@@ -154,7 +158,7 @@ def store_status(store: object) -> dict[str, Any]:
     status = getattr(store, "status", None)
     out: dict[str, Any] = {"kind": type(store).__name__}
     if not callable(status):
-        return _no_report(out, LOCAL, degraded=False)
+        return _unreported(out, store)
     try:
         report = status()
     except Closed:
@@ -162,6 +166,15 @@ def store_status(store: object) -> dict[str, Any]:
     except FoundationError as exc:  # its node copy cannot be read: say so, not a 500
         return _no_report(out, "error", last_error=_bounded(str(exc)))
     return _reported(out, store, report)
+
+
+def _unreported(out: dict[str, Any], store: object) -> dict[str, Any]:
+    """The block of a store without ``status()``: local, or stale if it says so."""
+    if getattr(store, "stale", False) is not True:
+        return _no_report(out, LOCAL, degraded=False)
+    reason = getattr(store, "stale_reason", None)
+    since = getattr(store, "stale_since", None)
+    return _no_report(out, "stale", stale=True, stale_since=since, last_error=_bounded(reason))
 
 
 def _no_report(
@@ -228,7 +241,7 @@ def flag_sync(store: object) -> FlagSync:
     """
     status, pending = getattr(store, "status", None), getattr(store, "pending", None)
     if not callable(status):
-        return FlagSync(False, frozenset())
+        return FlagSync(getattr(store, "stale", False) is True, frozenset())
     try:
         report = status()
         names = getattr(report, "pending_flags", None)  # one read of the copy: consistent
@@ -243,7 +256,7 @@ def flag_sync(store: object) -> FlagSync:
 def _watchable(registry: object, store: object) -> bool:
     """Whether a component can lose its backend (then the status thread runs)."""
     has_state = registry is not None and connection_state(registry) is not None
-    return has_state or callable(getattr(store, "status", None))
+    return has_state or callable(getattr(store, "status", None)) or hasattr(store, "stale")
 
 
 # ------------------------------------------------------------------ the board

@@ -47,11 +47,18 @@ Opening a file that already holds the schema writes nothing, so a store opens
 
 The file deleted or replaced (renamed over) while in use, or its -wal or -shm
 file deleted (a cleanup, a tmp reaper): this store's connections still hold
-the old file, which no other process sees any more. A write then raises
-``errors.FlagError`` instead of landing there, and the watcher logs an ERROR
-once; reads keep answering from the old file. Reopen the store (restart the
-process) to use the new one. (The commits of a deleted -wal not yet copied
-into the file are lost: SQLite keeps them nowhere else.)
+the old file, which no other process sees any more. The store is then *stale*
+for good (``stale``, ``stale_since``, ``stale_reason``), as noticed by the
+watcher (within ``poll_interval``) or by a write: it logs one ERROR, the
+watcher emits the ``foundation.flags.stale`` telemetry event (data: ``path``,
+``error``; an OpenFeature provider then emits ``PROVIDER_STALE``, and the admin
+status says the store is degraded) and stops following the file: subscribers
+are called no more (nothing is logged per change made elsewhere). A write
+raises ``errors.FlagError`` instead of landing there; reads answer from the
+old file (in a process that also opened the new one they may fail with
+``FlagError``; ``FeatureFlags`` serves what it last read). Reopen the store
+(restart the process) to use the new one. (The commits of a deleted -wal not
+yet copied into the file are lost: SQLite keeps them nowhere else.)
 
 A process opening the store on a full disk fails (``FlagError``, "is the disk
 full?"), even to read: WAL mode must grow the -shm file first.
@@ -68,7 +75,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from foundation import _fork
+from foundation import _fork, telemetry
 from foundation._listeners import check_listener, unsubscriber
 from foundation.errors import (
     BackendUnavailable,
@@ -285,6 +292,12 @@ class SQLiteFlagStore(FlagStore):
     # The kind of the last write failure logged, until a write succeeds (per store:
     # set on the instance by _log_write_failure).
     _failing_writes: tuple[type[FoundationError], bool] | None = None
+    # The file found deleted or replaced ("" or its "-wal" or "-shm", see _moved) and
+    # when: set on the instance once, under _read_lock, by the watcher or a write
+    # (the store is stale for good, see _mark_stale).
+    _moved_what: str | None = None
+    _stale_since: float | None = None
+    _stale_reported = False  # the watcher emitted foundation.flags.stale (its own flag)
 
     def __init__(
         self,
@@ -355,7 +368,6 @@ class SQLiteFlagStore(FlagStore):
         self._version: int | None = None
         self._hot_until = 0.0
         self._watch_failing = False  # the watcher has logged that it cannot read the file
-        self._moved_logged = False  # ... or that the file was deleted or replaced
         # A write found the writer read-only: open it again first (see _reopen_if_read_only).
         self._writer_read_only = False
         # No busy handler on the writer: _begin() retries the write lock itself.
@@ -505,27 +517,59 @@ class SQLiteFlagStore(FlagStore):
         Race: a file deleted between this check and the commit still takes that
         one write (SQLite offers no way to tell); the next write (or the watcher)
         notices it, logs the ERROR and refuses."""
-        moved = self._moved()
+        moved = self._moved_for_good()
         if moved is not None:
-            self._log_moved(moved)
             raise FlagError(
                 f"flag store {self._shown}{_what_moved(moved)} was deleted or replaced while "
                 "in use; nothing was written (reopen the store, for example restart the "
                 "process)"
             )
 
-    def _log_moved(self, moved: str) -> None:
+    def _moved_for_good(self) -> str | None:
+        """``_moved``, sticky: once a file was found moved, the store is stale for good
+        (marked and logged by ``_mark_stale``; no more stat calls), even if it is put back."""
+        if self._moved_what is not None:
+            return self._moved_what
+        moved = self._moved()
+        if moved is not None:
+            self._mark_stale(moved)
+        return moved
+
+    def _mark_stale(self, moved: str) -> None:
         # Race: a writer and the watcher noticing at once; the read lock makes the
         # check-and-set one step, so the ERROR is logged once.
         with self._read_lock:
-            first, self._moved_logged = not self._moved_logged, True
+            first = self._moved_what is None
+            if first:  # _moved_what first: a `stale` store always has its reason
+                self._moved_what, self._stale_since = moved, time.time()
         if first:
-            log.error(
-                "flag store %s%s was deleted or replaced while in use: this process holds the "
-                "old file, which no other process sees; writes are refused and reads are "
-                "stale until the store is reopened (restart the process)",
-                self._shown, _what_moved(moved),
-            )  # fmt: skip
+            log.error("%s", self.stale_reason)
+
+    @property
+    def stale(self) -> bool:
+        """True once this store found its file (or the file's -wal or -shm) deleted or
+        replaced while in use: it holds the old file, which no other process sees;
+        other processes' changes are not seen and writes are refused, until the store
+        is reopened (see the module's doc). Noticed by the watcher (within
+        ``poll_interval``) or a write; reading it does no I/O."""
+        return self._stale_since is not None
+
+    @property
+    def stale_since(self) -> float | None:
+        """Wall-clock time (``time.time()``) the store went ``stale``, else None."""
+        return self._stale_since
+
+    @property
+    def stale_reason(self) -> str | None:
+        """Why the store is ``stale`` (its ERROR line), else None."""
+        moved = self._moved_what
+        if moved is None:
+            return None
+        return (
+            f"flag store {self._shown}{_what_moved(moved)} was deleted or replaced while in "
+            "use: this process holds the old file, which no other process sees; writes are "
+            "refused and reads are stale until the store is reopened (restart the process)"
+        )
 
     def _switch_to_wal(self) -> str:
         """The journal mode after asking for WAL (retried while busy, until ``busy_timeout``)."""
@@ -1062,11 +1106,13 @@ class SQLiteFlagStore(FlagStore):
         """One step of the watcher: read rows committed since the last step, deliver others'."""
         import sqlite3
 
+        if self._moved_for_good() is not None:
+            # The old file has nothing more to tell, and the one at the path is not
+            # this store's: follow neither (a reload would fail or read the old file).
+            self._report_stale()
+            return
         if self._catch_up:
             self._deliver_catch_up()
-        moved = self._moved()
-        if moved is not None:
-            self._log_moved(moved)  # once; the old file is still followed (this process' writes)
         try:
             current = conn.execute("PRAGMA data_version").fetchone()[0]
             if current == self._version:
@@ -1107,6 +1153,15 @@ class SQLiteFlagStore(FlagStore):
             return
         self._last_id = rows[-1][0]
         self._deliver_remote(rows, conn)
+
+    def _report_stale(self) -> None:
+        """Emit ``foundation.flags.stale`` once (the watcher's: no lock held, as listeners
+        may call the store)."""
+        if not self._stale_reported:
+            self._stale_reported = True
+            telemetry.emit(
+                "foundation.flags.stale", {"path": self.path, "error": self.stale_reason}
+            )
 
     def _deliver_catch_up(self) -> None:
         """Call each subscriber waiting for its first step (``_catch_up``) with no changes."""
