@@ -45,13 +45,15 @@ to start (``app_start_failed``; one line pointing to the crash report above
 when a service or worker failed to start: that report has the traceback;
 a Ctrl-C during the start is no failure: INFO ``app_start_interrupted``, no
 traceback, and the ``KeyboardInterrupt`` goes on once the start is rolled back),
-fails to stop (``app_stop_failed``) or gives up (``app_failed``: restart
-intensity exceeded; its services are stopped by then, so the order is
-``service_stopped`` in reverse, ``app_failed``, then ``app_stopped`` without an
-``app_stopping``). The signal :meth:`Application.wait_for_signal` received,
-and a forced stop, are reported as :func:`foundation.supervision.run` reports
-them (``foundation.supervision.runner``). Crashes and restarts of its
-services are the supervisor's crash and progress reports (loggers under
+fails to stop (``app_stop_failed``; a Ctrl-C during the stop is INFO
+``app_stop_interrupted``, no traceback, and the ``KeyboardInterrupt`` goes on)
+or gives up (``app_failed``: restart intensity exceeded; its services are
+stopped by then, so the order is ``service_stopped`` in reverse,
+``app_failed``, then ``app_stopped`` without an ``app_stopping``). The
+signal :meth:`Application.wait_for_signal` received, and a forced stop, are
+reported as :func:`foundation.supervision.run` reports them
+(``foundation.supervision.runner``). Crashes and restarts of its services
+are the supervisor's crash and progress reports (loggers under
 ``foundation.supervision``, supervisor named after the application).
 
 Example:
@@ -154,6 +156,10 @@ def _report(
 # How often a stop() or a with-block exit from outside the tree, waiting for
 # the start lock, looks whether another thread's stop is under way (seconds).
 _LOCK_POLL = 0.05
+
+# How often a forced stop, waiting for the tree's loop to run the force, looks
+# whether the orderly stop ended meanwhile (seconds).
+_FORCE_POLL = 0.1
 
 
 class AppHealth:
@@ -350,6 +356,9 @@ class Application:
         self._starting = False
         self._stop_asked = False
         self._async_starting = False
+        # Under _stop_lock: the ``async with`` run, from its start until its
+        # block is left (a stop() may stop it before: see _AsyncRun).
+        self._async_run: _AsyncRun | None = None
         # Under _stop_lock: the current run's number, and the ``with app:``
         # blocks still inside it; each thread's stack of the runs it entered.
         self._run = 0
@@ -427,7 +436,11 @@ class Application:
     def _async_run_locked(self) -> bool:
         """Whether ``async with`` (or a stop not yet ended) holds the supervisor
         (``_stop_lock`` held)."""
-        return self._async_starting or self._supervisor.state in ("starting", "running", "stopping")
+        return (
+            self._async_starting
+            or self._async_run is not None
+            or self._supervisor.state in ("starting", "running", "stopping")
+        )
 
     def _already_running(self, by_async_with: bool) -> SupervisorError:
         """The SupervisorError of a start refused (reason ``"supervisor_running"``)."""
@@ -467,7 +480,15 @@ class Application:
         raised. Called while the tree starts, from the tree, it returns at
         once and the tree is stopped, in the background, as soon as its start
         returns; from anywhere else, it waits for the start, then stops.
+
+        The same holds for a tree run by ``async with``: from its loop (or
+        its tree) the stop runs in a task of that loop, and stop() returns
+        at once; from another thread, stop() waits for the stop's end and
+        raises what it raised. Leaving the block then only waits for that
+        stop (it raises nothing of it: it was reported).
         """
+        if self._stop_async_run():
+            return
         if self._in_own_tree():
             with self._stop_lock:
                 self._stop_from_own_tree_locked()
@@ -484,6 +505,51 @@ class Application:
             self._finish_stop(thread)
         finally:
             self._start_lock.release()
+
+    def _stop_async_run(self) -> bool:
+        """stop() of the ``async with`` run, if one runs (False: none does)."""
+        with self._stop_lock:
+            run = self._async_run
+            if run is None:
+                return False
+            self._ask_async_stop_locked(run)
+        if not _on_loop(run.loop):
+            # Not the loop (nor a child of the tree on it) the stop runs on:
+            # it can wait for it.
+            run.stopped.result()
+        return True
+
+    def _ask_async_stop_locked(self, run: _AsyncRun) -> None:
+        """Begin ``run``'s stop on its loop unless asked already (``_stop_lock``
+        held); while it starts, __aenter__ begins it once the start returns."""
+        if run.asked:
+            return
+        run.asked = True
+        if self._async_starting:
+            return
+        try:
+            run.loop.call_soon_threadsafe(self._begin_async_stop, run)
+        except RuntimeError:  # race: its loop closed (its block never left): nothing runs
+            run.stopped.set_result(None)
+
+    def _begin_async_stop(self, run: _AsyncRun) -> None:
+        """On ``run``'s loop: its stop, in a task of its own (see stop())."""
+        run.task = run.loop.create_task(self._stop_async(run), name=f"{self.name}-app:stop")
+
+    async def _stop_async(self, run: _AsyncRun) -> None:
+        """Stop the ``async with`` tree and report it; the outcome in ``run.stopped``."""
+        self._report_stopping()
+        try:
+            try:
+                await self._supervisor.stop()
+            finally:
+                _mark(run.ended)
+        except BaseException as err:  # for whoever waits for this stop
+            self._report_stop_failed(err)
+            run.stopped.set_exception(err)
+            return
+        self._report_stopped()
+        run.stopped.set_result(None)
 
     def _lock_unless_stopping(self) -> bool:
         """Take ``_start_lock`` (from outside the tree); False, not taken, once no
@@ -691,6 +757,18 @@ class Application:
     def _report_stop_failed(self, exc: BaseException) -> None:
         if isinstance(exc, ShutdownError) and _SIGNAL_STOP.get():
             return  # wait_for_signal() reports it (a WARNING, as run() does)
+        if isinstance(exc, KeyboardInterrupt):
+            # The operator's Ctrl-C, not a failure (as during the start): one
+            # line, no traceback; the KeyboardInterrupt goes on.
+            _report(
+                logging.INFO,
+                "app_stop_interrupted",
+                "Application %s interrupted during stop",
+                self.name,
+                application=self.name,
+                reason="interrupted",
+            )
+            return
         _report(
             logging.ERROR,
             "app_stop_failed",
@@ -885,12 +963,13 @@ class Application:
             elif error is not None:
                 raise error
             return signo
-        status = report_forced(self.name, second, self._force())
+        status = report_forced(self.name, second, self._force(stopper))
         stopper.join(FORCE_GRACE)  # the forced children's exits seen, the services closed
         return status
 
-    def _force(self) -> list[str]:
-        """Force the tree on its loop (see supervision.run); what was killed."""
+    def _force(self, stopper: threading.Thread) -> list[str]:
+        """Force the tree on its loop (see supervision.run); what was killed.
+        ``stopper``: the thread of the orderly stop, which ends with the tree."""
         import concurrent.futures
 
         loop: asyncio.AbstractEventLoop | None = getattr(self._supervisor, "_loop", None)
@@ -902,14 +981,13 @@ class Application:
             except BaseException as exc:
                 forced.set_exception(exc)
 
-        try:
-            if loop is None:
-                return []
-            loop.call_soon_threadsafe(force)
-            return forced.result(FORCE_GRACE)
-        # Race: the stop ended and closed the loop first: nothing is left to force.
-        except (RuntimeError, concurrent.futures.TimeoutError):
+        if loop is None:
             return []
+        try:
+            loop.call_soon_threadsafe(force)
+        except RuntimeError:  # race: the stop ended and closed the loop: nothing is left
+            return []
+        return _forced_once_run(forced, stopper)
 
     def __enter__(self) -> Self:
         """Start the tree unless it runs, and count this entry (see :class:`Application`).
@@ -1024,8 +1102,12 @@ class Application:
                 or self._async_run_locked()
             ):
                 raise self._already_running(by_async_with=True)
+            import asyncio
+
             self._async_starting = True
             ended = self._ended = threading.Event()  # this run's, before it starts (wait())
+            run = self._async_run = _AsyncRun(asyncio.get_running_loop(), ended)
+        started = False
         try:
             self._report_starting()
             try:
@@ -1035,23 +1117,40 @@ class Application:
                 _mark(ended)
                 raise
             self._report_started()
+            started = True
         finally:
-            with self._stop_lock:
-                self._async_starting = False
+            self._async_start_ended(run, started)
         return self
 
+    def _async_start_ended(self, run: _AsyncRun, started: bool) -> None:
+        """__aenter__'s end: a failed start leaves no run; a stop() asked while
+        it started begins now (as a worker's: in the background)."""
+        with self._stop_lock:
+            self._async_starting = False
+            if not started:
+                self._async_run = None
+                if not run.stopped.done():  # a stop() waiting for it: nothing runs
+                    run.stopped.set_result(None)
+            elif run.asked:
+                self._begin_async_stop(run)
+
     async def __aexit__(self, *exc: object) -> None:
-        ended = self._ended  # this run's, whatever starts once it is stopped
-        self._report_stopping()
+        with self._stop_lock:
+            run = self._async_run
+            if run is None:  # (entered elsewhere: nothing of this block runs)
+                return
+            begun, run.asked = run.asked, True
         try:
-            try:
-                await self._supervisor.stop()
-            finally:
-                _mark(ended)
-        except BaseException as err:
-            self._report_stop_failed(err)
-            raise
-        self._report_stopped()
+            if not begun:
+                await self._stop_async(run)
+                error = run.stopped.exception()
+                if error is not None:
+                    raise error
+            else:
+                await _stopped_by_stop(run)
+        finally:
+            with self._stop_lock:
+                self._async_run = None
 
     # ------------------------------------------------------------------ the tree
 
@@ -1197,6 +1296,64 @@ class Application:
             return target
         legacy = ThreadLocalRegistry(indexed=indexed)
         return MigratingRegistry(legacy, target, self.flags)
+
+
+class _AsyncRun:
+    """An ``async with`` run: its loop, its end, and its stop once asked
+    (by stop() or by leaving the block; ``stopped`` holds the outcome)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ended: threading.Event) -> None:
+        import concurrent.futures
+
+        self.loop = loop
+        self.ended = ended
+        self.asked = False
+        self.stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.task: asyncio.Task[None] | None = None  # a stop() begun in the background
+
+
+async def _stopped_by_stop(run: _AsyncRun) -> None:
+    """Leaving the ``async with`` block after a stop(): wait for that stop's end;
+    its failure, reported already (and raised to a stop() that waited), is not raised."""
+    import asyncio
+
+    waiter = asyncio.wrap_future(run.stopped)
+    await asyncio.wait({waiter})
+    if not waiter.cancelled():
+        waiter.exception()  # retrieved: it was reported
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the calling thread runs ``loop``, or is a thread child supervised on it."""
+    import asyncio
+
+    if in_thread_child_of(loop):
+        return True
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop runs in this thread
+        return False
+
+
+def _forced_once_run(
+    forced: concurrent.futures.Future[list[str]], stopper: threading.Thread
+) -> list[str]:
+    """What the force did, once it has run on the tree's loop.
+
+    A child may block that loop (a task's cleanup that does not return to
+    it): the force runs when the loop is free again, as run()'s does, and
+    what it killed is then reported. Waits in short steps, so a third signal
+    (the previous handlers: KeyboardInterrupt) ends the wait at once. Empty
+    only when the stop ended (its loop closed) before the force could run.
+    """
+    import concurrent.futures
+
+    while True:
+        try:
+            return forced.result(_FORCE_POLL)
+        except concurrent.futures.TimeoutError:
+            if not stopper.is_alive() and not forced.done():
+                return []  # the tree ended first: nothing was left to force
 
 
 def _mark(ended: threading.Event | None) -> None:

@@ -1,0 +1,61 @@
+"""An operator's Ctrl-C while ``with app:`` stops the tree is no failure, as
+during the start: one INFO line (``app_stop_interrupted``), no traceback, and
+the ``KeyboardInterrupt`` goes on.
+
+Was: ERROR "failed to stop cleanly: KeyboardInterrupt()" with a full traceback.
+"""
+
+from __future__ import annotations
+
+from tests.faults._subprocess import run_scenario
+
+
+def test_ctrl_c_during_the_stop_is_one_info_line_without_a_traceback() -> None:
+    result = run_scenario(
+        """
+        import os, signal, tempfile
+        from foundation import Application, ChildSpec
+
+        DIR = tempfile.mkdtemp()
+        SEEN = os.path.join(DIR, "term.seen")
+        # Ignores SIGTERM (records it), so the stop waits for its shutdown_timeout.
+        STUBBORN = '''
+        import signal, sys
+        def seen(*_):
+            open(sys.argv[1], "a").close()
+        signal.signal(signal.SIGTERM, seen)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        from foundation.supervision import notify_ready
+        notify_ready()   # its handler is in place: the stop may come
+        while True:
+            signal.pause()
+        '''.replace("\\n        ", "\\n")
+
+        class Events(logging.Handler):
+            def emit(self, record):
+                print("EVENT", record.event, record.levelname, flush=True)
+
+        logging.getLogger("foundation.application").addHandler(Events())
+
+        def interrupt():
+            wait_for(lambda: os.path.exists(SEEN), "the stop reaching the stubborn child")
+            os.kill(os.getpid(), signal.SIGINT)
+
+        stubborn = ChildSpec("stubborn", [sys.executable, "-c", STUBBORN, SEEN],
+                             shutdown_timeout=5, readiness="explicit", ready_timeout=60)
+        app = Application(services=("flags", "monitors", "registry"), workers=[stubborn])
+        try:
+            with app:
+                threading.Thread(target=interrupt, daemon=True).start()
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+        print("OK")
+        """,
+        timeout=90.0,
+    )
+    assert result.lines("INTERRUPTED") == ["INTERRUPTED"], result.stdout + result.stderr
+    events = result.lines("EVENT")
+    assert "EVENT app_stop_interrupted INFO" in events, events
+    assert "EVENT app_stop_failed ERROR" not in events, events
+    assert "failed to stop cleanly" not in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
