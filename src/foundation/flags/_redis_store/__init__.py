@@ -29,9 +29,10 @@ every key of one deployment lives in one slot and a transaction may touch them a
 The catalogue and plans are written directly (HSET, outside the versioned
 transactions) and are not restored from the node copy: after Redis restarts
 empty they come back when the applications construct their ``FeatureFlags`` and
-``Migration`` again. The copy keeps the catalogue as last read or recorded
-(``catalogue()`` answers from it during an outage, so a tool can list flags);
-reading plans needs Redis (``BackendUnavailable`` otherwise).
+``Migration`` again. The copy keeps both, fetched at each sync (the plans
+also after migration events) and as last read or recorded (``_keep_records``):
+``catalogue()`` and ``plans()`` answer from it during an outage, so a tool can
+list flags and show a migration (``BackendUnavailable`` without a copy).
 
 Writes are optimistic transactions: ``WATCH`` the state, stage and meta hashes
 (and the two streams: see ``_run_and_queue``),

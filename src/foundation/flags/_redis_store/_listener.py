@@ -166,7 +166,9 @@ class _Listener(_Records):
             )
 
     def _take_reply(self, reply: Any, pending: dict[str, list[tuple[str, FlagChange]]]) -> None:
-        """Deliver the history entries of an XREAD reply, then refresh the copy."""
+        """Deliver the history entries of an XREAD reply, then refresh the copy
+        (the plans too after migration events: see ``_keep_records``)."""
+        events = False
         for stream, entries in reply:
             if stream == self._k_history and entries and self._may_have_skipped(entries[0][1]):
                 # Race: a trim dropped entries this listener had not read (it lags
@@ -179,6 +181,7 @@ class _Listener(_Records):
                 self._consume(entries, pending)
             elif entries:
                 self._last_mig_id = str(entries[-1][0])
+                events = True
         # Deliver first (propagation latency), copy second: the
         # writer refreshed its own copy right after its commit, so a
         # crash of Redis in between loses the change from no copy. A
@@ -188,6 +191,8 @@ class _Listener(_Records):
         # delivered; FeatureFlags keeps that news so its next reload does not
         # tell it again (FeatureFlags._on_remote).
         self._pull()
+        if events:
+            self._keep_records((self._k_plans,), "reading the migration plans")
 
     def _may_have_skipped(self, first: dict[str, str]) -> bool:
         """Whether entries between the last one read and ``first`` (the next XREAD
@@ -286,6 +291,9 @@ class _Listener(_Records):
             self._feed = Replay(self._feed_states(self._cache.states()))
             self._feed_at = (self._floor, "")
             self._last_pos = None
+        # The catalogue and the plans, as the copy keeps the flag states: a
+        # process started here during an outage answers them from it.
+        self._keep_records((self._k_catalogue, self._k_plans), "reading the catalogue and plans")
 
     def _redis_went_back(self) -> bool:
         """True if Redis is older than the copy, the stream's tail is behind what we

@@ -60,6 +60,55 @@ class _Records(_KillSwitches):
         except FlagError as exc:  # an unusable copy: the read itself succeeded
             log.debug("flag store %r: %s not kept in the copy: %s", self.namespace, key, exc)
 
+    def _keep_records(self, keys: tuple[str, ...], doing: str) -> None:
+        """Keep the hashes ``keys`` (catalogue, plans) as Redis holds them in the copy.
+
+        Both at the first sync and at every resync; the plans also when the
+        migrations stream brings events (a plan is recorded before its first
+        event). Without it the copy kept a hash only when a process here
+        happened to read or record it while in sync: on a machine whose service
+        runs ``FeatureFlags`` only, the plan recorded and advanced from another
+        machine, ``foundation migration status`` and ``foundation admin``
+        started during an outage found no plans in the copy and failed.
+
+        A copy that holds every entry read already is left as it is; so is one
+        when Redis' hash is empty: no answer (Redis restarted empty, and the
+        applications have not recorded it again yet). Race: another process
+        sharing the file kept a later read meanwhile. The hashes only grow
+        (nothing deletes an entry), so an older read is a subset of it and is
+        not written over it; only a keep landing between this look and the
+        write is set back, until the next keep (that process's next read,
+        record, sync or event).
+        ``BackendUnavailable`` when Redis does not answer (the sync fails and is
+        retried); a key that is no hash only logs (``catalogue()`` and
+        ``plans()`` report it to their callers), as does an unusable copy.
+        """
+        client = self._ensure_clients()
+        with self._translated(doing), client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            # A command's error reply (WRONGTYPE) comes back as its reply: the
+            # other hash is kept all the same, and the sync goes on.
+            replies = pipe.execute(raise_on_error=False)
+        for key, reply in zip(keys, replies, strict=True):
+            if isinstance(reply, Exception):
+                log.warning(
+                    "flag store %r: %s not kept in the copy: %s", self.namespace, key, reply
+                )
+                continue
+            raw = {str(k): str(v) for k, v in reply.items()}
+            if not self._holds(key, raw):  # (an empty hash too: see above)
+                self._keep(key, raw)
+
+    def _holds(self, key: str, raw: dict[str, str]) -> bool:
+        """Whether the copy holds every entry of ``raw`` (the hash ``key``); False if
+        the copy cannot be read (``_keep`` then says why)."""
+        read_copy, _ = self._copy_of(key)
+        try:
+            return read_copy().items() >= raw.items()
+        except FlagError:
+            return False
+
     def _has_data(self) -> bool:
         """Whether the namespace holds any flag data (``open_store`` creates nothing)."""
         self._check_open()
