@@ -22,9 +22,10 @@ convention: the path is what follows ``sqlite:///``) or a bare file path
 from __future__ import annotations
 
 import os
+from typing import Any, NoReturn
 
 from foundation._redis_conn import check_url, redact_url
-from foundation.errors import InvalidConfig
+from foundation.errors import BackendUnavailable, InvalidConfig
 from foundation.flags._store import FlagStore
 
 __all__ = ["open_store"]
@@ -195,6 +196,21 @@ def _split_namespace(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), namespace
 
 
+def _no_flag_store(store: Any, namespace: str, shown: str) -> NoReturn:
+    """The error of a namespace with no flag data: a typo (``InvalidConfig``), or
+    ``BackendUnavailable`` on a read-only replica, which holds only its master's
+    keys (a demoted master: the nodes cannot write their flags there again)."""
+    if store.status().read_only:
+        raise BackendUnavailable(
+            f"no flag store in namespace {namespace!r} at {shown}, a read-only replica: "
+            "it holds only what its master holds (point the URL at the master)"
+        )
+    raise InvalidConfig(
+        f"no flag store in namespace {namespace!r} at {shown} "
+        "(no flag data; add ?namespace=NS to the URL to name another)"
+    )
+
+
 def _open_redis(url: str, *, create: bool, timeout: float, hold_kill_switches: bool) -> FlagStore:
     from foundation.flags._node_cache import default_cache_path
     from foundation.flags._redis_store import RedisFlagStore
@@ -215,10 +231,7 @@ def _open_redis(url: str, *, create: bool, timeout: float, hold_kill_switches: b
     try:
         # Started from the copy (Redis unreachable): the copy proves the store exists.
         if not create and not store.stale and not store._has_data():
-            raise InvalidConfig(
-                f"no flag store in namespace {namespace!r} at {redact_url(plain)} "
-                "(no flag data; add ?namespace=NS to the URL to name another)"
-            )
+            _no_flag_store(store, namespace, redact_url(plain))
     except BaseException:
         store.close()
         raise
