@@ -232,9 +232,9 @@ class FoundationProvider(AbstractProvider):
         # meanwhile to report its health.
         plans = self._read_plans()
         with self._lock:
+            self._build_metadata(plans)  # again when initialized already: a plan recorded since
             if self._unsubscribe:
-                return
-            self._build_metadata(plans)
+                return  # subscribed already (idempotent)
             unsubscribe = [self._flags.subscribe(self._on_change)]
             store = self._flags.store
             if isinstance(store, _HEALTH_STORES):

@@ -409,6 +409,24 @@ def test_metadata_read_at_initialize_replaces_earlier_resolutions() -> None:
         flags.close()
 
 
+def test_a_plan_recorded_later_appears_after_the_next_initialize() -> None:
+    # Was: a second initialize() without shutdown() read the plans, then threw
+    # them away (already initialized): only shutdown() + initialize() showed them.
+    from foundation.flags import Flag, Migration, MigrationPlan, Stage
+
+    flags = FeatureFlags([Flag("a", default=True)])
+    try:
+        provider = FoundationProvider(flags)
+        provider.initialize(EvaluationContext())
+        assert dict(provider.resolve_boolean_details("a", False).flag_metadata) == {}
+        Migration(flags, MigrationPlan([Stage(1, "only", ["a"])], name="p"))
+        provider.initialize(EvaluationContext())
+        assert provider.resolve_boolean_details("a", False).flag_metadata["migration_plan"] == "p"
+        provider.shutdown()
+    finally:
+        flags.close()
+
+
 # ------------------------------------------------------------------ async
 
 
