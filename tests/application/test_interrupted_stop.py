@@ -16,6 +16,9 @@ def test_ctrl_c_during_the_stop_is_one_info_line_without_a_traceback() -> None:
         import os, signal, tempfile
         from foundation import Application, ChildSpec
 
+        # Ctrl-C raises KeyboardInterrupt, as in a program started from a terminal
+        # (a test run started as a background job inherits SIGINT ignored).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         DIR = tempfile.mkdtemp()
         SEEN = os.path.join(DIR, "term.seen")
         # Ignores SIGTERM (records it), so the stop waits for its shutdown_timeout.

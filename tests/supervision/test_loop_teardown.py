@@ -31,6 +31,9 @@ _TEARDOWN_SIGNS = ("Task was destroyed", "Exception ignored", "was never awaited
 
 _COMMON = """
 import asyncio, gc, os, signal
+# Ctrl-C raises KeyboardInterrupt, as in a program started from a terminal (a
+# test run started as a background job inherits SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from foundation.supervision import ChildSpec, DynamicSupervisor, Supervisor
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(3600)"]
@@ -269,3 +272,39 @@ async def test_a_kill_from_outside_is_still_reported_as_a_kill_while_siblings_ru
         ("ERROR", "Supervisor victim stopped: killed"),
         ("INFO", "Supervisor bystander stopped: shutdown"),
     ]
+
+
+_SECOND_CANCEL = """
+import asyncio
+from foundation.supervision import ChildSpec, Supervisor
+events = []
+
+async def worker(ctx):
+    ctx.ready()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        events.append("cancelled")
+        try:
+            await asyncio.sleep(0.2)  # its cleanup: a flush after its cancellation
+            events.append("cleanup done")
+        except asyncio.CancelledError:
+            events.append("cleanup cut by a second cancel")
+        raise
+
+sup = Supervisor([ChildSpec("w", worker, readiness="explicit", shutdown_timeout=30)], name="sup")
+
+async def main():
+    await sup.start()  # then asyncio.run ends with the tree running
+
+asyncio.run(main())
+assert events == ["cancelled", "cleanup done"], events
+assert sup.state == "stopped", sup.state
+print("OK", flush=True)
+"""
+
+
+def test_a_task_child_cancelled_by_the_loop_end_is_not_cancelled_again() -> None:
+    # Was (review): the loop's sweep cancelled the child, then the supervisor's
+    # shutdown cancelled it a second time, cutting its cleanup short.
+    run_scenario(_SECOND_CANCEL)

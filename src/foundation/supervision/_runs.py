@@ -388,7 +388,11 @@ class TaskRun(Run):
 
         self.ctx.stopping.set()
         began = self.loop.time()
-        self.handle.cancel()
+        # Race: a loop cancelling every task (asyncio.run ending) cancelled this
+        # one already: a second cancel would cut its cleanup (a flush after its
+        # CancelledError) short. It has its cancellation; wait for it as for ours.
+        if not self.handle.cancelling():
+            self.handle.cancel()
         if timeout == 0:  # brutal_kill: the cancellation, delivered, is all it gets
             for _ in range(3):  # the task's step, its done callback, _done's result
                 await asyncio.sleep(0)
