@@ -10,6 +10,7 @@ from foundation._listeners import _write_tags
 from foundation.errors import FoundationError
 from foundation.liveness import is_alive
 from foundation.registry._redis._codec import s
+from foundation.registry._redis._mirror import same_registration
 from foundation.registry._redis._shared import Shared
 from foundation.registry._types import Entry, RegistryEvent, new_entry
 
@@ -102,24 +103,81 @@ def apply_update(
     is queued under the same mlock."""
     v = int(reply[1])
     sh.written = v
-    with sh.mlock:
+    with sh.applied:  # holds mlock
         own = sh.own.get(key)
         if own is not None:
             own.meta, own.ix = meta, ix
-        m = sh.mirror
-        if not m.is_newer(key, v):
-            return
-        known = key in sh.entries
-        new = _updated_entry(sh, key, ek, reply, frozen=frozen, meta=meta)
-        if new is None:
-            return
-        m.put(new, v)
-        # An entry this mirror had not seen yet (its registration record,
-        # older, will be skipped) appears here: for local listeners it is
-        # registered.
-        if sh.listeners:
-            kind: Literal["updated", "registered"] = "updated" if known else "registered"
-            sh.queue([RegistryEvent(kind, new)], _write_tags.tag)
+        caught_up = _caught_up(sh, key, ek, reply, v)
+        if caught_up:
+            _put_updated(sh, key, ek, reply, frozen=frozen, meta=meta)
+    if not caught_up:
+        # The tail stalled (Redis failing): a snapshot brings the mirror up
+        # to Redis, this update included.
+        sh.link.resync_needed(f"the mirror lags behind the update of {key!r:.200}")
+
+
+def _caught_up(sh: Shared, key: Hashable, ek: str, reply: Any, v: int) -> bool:
+    """The mirror may take UPDATE's ``reply`` (version ``v``) for ``key`` now
+    (holding mlock, through ``sh.applied``): it applied every record before
+    ``v``, or it shows no entry of ``key`` or the very registration Redis
+    updated. Else this waits (up to ``op_timeout``) for the tail to apply them.
+
+    Race (a node kept a registration Redis had replaced or deleted, for
+    ever): our mirror still showed this node's registration A of ``key``
+    while another node had replaced it by B (its delete of A and its
+    registration of B on the stream, not yet applied by our tail). UPDATE
+    changed B's metadata; the mirror put A with it at version ``v``, and the
+    tail then skipped the older delete and registration as already applied:
+    A stayed (no "unregistered" event, its monitor kept), a later delete of B
+    was taken for "another registration than our live one" and kept it too,
+    and the next UPDATE found NOTREG and re-asserted (a false lease_lost).
+    The same held a remote entry the mirror had not seen replaced. So the
+    update waits for the tail to apply them first (with their events, in
+    Redis's order); the common case (the same registration) waits for
+    nothing: whatever our tail has not applied yet for it, this update
+    supersedes (metadata is replaced whole). Nor does an entry the mirror
+    has not seen yet (built from the reply: nothing shown here is kept).
+    """
+    if sh.tail_v >= v - 1 or not _shows_another(sh, key, ek, reply):
+        return True
+    return sh.applied.wait_for(lambda: sh.tail_v >= v - 1, timeout=sh.op_timeout)
+
+
+def _shows_another(sh: Shared, key: Hashable, ek: str, reply: Any) -> bool:
+    """The mirror shows an entry of ``key`` that is not (or not surely) the
+    registration whose head UPDATE's ``reply`` names (holding mlock)."""
+    held = sh.entries.get(key)
+    if held is None:
+        return False
+    if len(reply) < 4 or reply[3] is None:
+        return True  # Redis lost the head: no telling
+    try:
+        named = sh.entry_from_head(key, ek, s(reply[3]), b"{}", [])
+    except (AttributeError, KeyError, TypeError, ValueError, RecursionError):
+        return True
+    return named is None or not same_registration(held, named)
+
+
+def _put_updated(
+    sh: Shared, key: Hashable, ek: str, reply: Any, *, frozen: Mapping[str, Any], meta: bytes
+) -> None:
+    """Put the entry of ``key`` with UPDATE's metadata into the mirror and queue
+    its event (holding mlock), unless a newer record was applied already."""
+    v = int(reply[1])
+    m = sh.mirror
+    if not m.is_newer(key, v):
+        return
+    known = key in sh.entries
+    new = _updated_entry(sh, key, ek, reply, frozen=frozen, meta=meta)
+    if new is None:
+        return
+    m.put(new, v)
+    # An entry this mirror had not seen yet (its registration record,
+    # older, will be skipped) appears here: for local listeners it is
+    # registered.
+    if sh.listeners:
+        kind: Literal["updated", "registered"] = "updated" if known else "registered"
+        sh.queue([RegistryEvent(kind, new)], _write_tags.tag)
 
 
 def _updated_entry(
