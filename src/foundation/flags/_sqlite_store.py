@@ -58,7 +58,11 @@ raises ``errors.FlagError`` instead of landing there; reads answer from the
 old file (in a process that also opened the new one they may fail with
 ``FlagError``; ``FeatureFlags`` serves what it last read). Reopen the store
 (restart the process) to use the new one. (The commits of a deleted -wal not
-yet copied into the file are lost: SQLite keeps them nowhere else.)
+yet copied into the file are lost: SQLite keeps them nowhere else.) The path
+is resolved once, at construction: every connection, the watcher's included,
+opens that file whatever ``os.chdir()`` comes later, and through a symlink the
+-wal and -shm checked are those beside the file it points to (where SQLite
+keeps them); the link pointed elsewhere replaces the file.
 
 A process opening the store on a full disk fails (``FlagError``, "is the disk
 full?"), even to read: WAL mode must grow the -shm file first.
@@ -331,8 +335,13 @@ class SQLiteFlagStore(FlagStore):
                 "connections would not share an in-memory database): use MemoryFlagStore"
             )
         self._shown = bounded_repr(self.path)  # messages stay short, whatever the path
-        # As SQLite resolves it at open: a later os.chdir() moves no file.
+        # Fixed at construction, so a later os.chdir() moves no file: every
+        # connection opens _real_path (the file SQLite resolves, symlinks
+        # followed, with its -wal and -shm beside it), and the stale check stats
+        # _abs_path (a symlink pointed elsewhere replaces the file) and the side
+        # files beside _real_path.
         self._abs_path = os.path.abspath(self.path)
+        self._real_path = os.path.realpath(self.path)
         for what, value, least in (
             ("busy_timeout", busy_timeout, 0.0),
             ("poll_interval", poll_interval, 1e-6),
@@ -412,9 +421,9 @@ class SQLiteFlagStore(FlagStore):
         """A connection to the file; ``existing``: never create it (``mode=rw``)."""
         import sqlite3
 
-        target = self.path
+        target = self._real_path
         if existing:  # SQLite's URI: "%", "?" and "#" escaped (no import: see the OOM tests)
-            escaped = os.path.abspath(self.path).replace("%", "%25")
+            escaped = self._real_path.replace("%", "%25")
             target = "file:" + escaped.replace("?", "%3f").replace("#", "%23") + "?mode=rw"
         try:
             return sqlite3.connect(
@@ -477,12 +486,14 @@ class SQLiteFlagStore(FlagStore):
         return row is not None and row[0] == SCHEMA_VERSION
 
     def _file_identity(self) -> tuple[tuple[int, int] | None, ...]:
-        """(device, inode) of the file at ``path`` now, then of its -wal and -shm
-        files (``_SIDE_FILES``); None for one that is not there."""
+        """(device, inode) of the file at ``path`` now (a symlink followed as it
+        points now), then of the -wal and -shm files (``_SIDE_FILES``) beside the
+        file it resolved to at construction, where SQLite keeps them; None for
+        one that is not there."""
         found: list[tuple[int, int] | None] = []
         for suffix in _SIDE_FILES:
             try:
-                st = os.stat(self._abs_path + suffix)
+                st = os.stat(self._real_path + suffix if suffix else self._abs_path)
             except OSError:
                 found.append(None)
             else:
@@ -672,7 +683,7 @@ class SQLiteFlagStore(FlagStore):
         found = []
         for suffix in _SIDE_FILES:
             try:
-                st = os.stat(self._abs_path + suffix)
+                st = os.stat(self._real_path + suffix)
             except OSError:
                 continue
             found.append(f"{suffix or 'file'} {st.st_mode & 0o7777:04o} uid {st.st_uid}")
@@ -1085,7 +1096,7 @@ class SQLiteFlagStore(FlagStore):
                 try:
                     if conn is None:  # opened in the loop: a failure to open is retried too
                         conn = sqlite3.connect(
-                            self.path, timeout=self.busy_timeout, isolation_level=None
+                            self._real_path, timeout=self.busy_timeout, isolation_level=None
                         )
                     self._poll(conn)
                 except BaseException as exc:  # the watcher outlives anything: report, go on

@@ -30,7 +30,7 @@ The catalogue and plans are written directly (HSET, outside the versioned
 transactions) and are not restored from the node copy: after Redis restarts
 empty they come back when the applications construct their ``FeatureFlags`` and
 ``Migration`` again. The copy keeps both, fetched at each sync (the plans
-also after migration events) and as last read or recorded (``_keep_records``):
+also after migration events) and merged with each read or record (``_keep``):
 ``catalogue()`` and ``plans()`` answer from it during an outage, so a tool can
 list flags and show a migration (``BackendUnavailable`` without a copy).
 

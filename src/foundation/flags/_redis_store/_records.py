@@ -12,6 +12,10 @@ from foundation.flags._redis_store._shared import log
 class _Records(_KillSwitches):
     """Records hashes (catalogue, plans) in Redis, again at each resync."""
 
+    # The hashes whose last read by _keep_records got an error reply (WARNING
+    # logged once); replaced, never changed in place (set by the listener thread).
+    _unread: frozenset[str] = frozenset()
+
     def _copy_of(
         self, key: str
     ) -> tuple[Callable[[], dict[str, str]], Callable[[dict[str, str]], None]]:
@@ -52,11 +56,19 @@ class _Records(_KillSwitches):
         return raw or read_copy()
 
     def _keep(self, key: str, raw: dict[str, str]) -> None:
-        """Keep ``raw`` (the hash ``key`` read from Redis) in the copy; best effort."""
+        """Keep ``raw`` (the hash ``key`` read from Redis) in the copy; best effort.
+
+        Merged: the copy's other entries stay, Redis' values win (written only
+        when that changes the copy). Nothing deletes an entry, and Redis may
+        hold part of the hash only (restarted empty, one plan recorded again):
+        replacing the copy with it lost the others for the next outage.
+        """
         read_copy, keep = self._copy_of(key)
         try:
-            if read_copy() != raw:
-                keep(raw)
+            kept = read_copy()
+            merged = {**kept, **raw}
+            if merged != kept:
+                keep(merged)
         except FlagError as exc:  # an unusable copy: the read itself succeeded
             log.debug("flag store %r: %s not kept in the copy: %s", self.namespace, key, exc)
 
@@ -71,17 +83,19 @@ class _Records(_KillSwitches):
         machine, ``foundation migration status`` and ``foundation admin``
         started during an outage found no plans in the copy and failed.
 
-        A copy that holds every entry read already is left as it is; so is one
-        when Redis' hash is empty: no answer (Redis restarted empty, and the
-        applications have not recorded it again yet). Race: another process
-        sharing the file kept a later read meanwhile. The hashes only grow
-        (nothing deletes an entry), so an older read is a subset of it and is
-        not written over it; only a keep landing between this look and the
-        write is set back, until the next keep (that process's next read,
+        Merged into the copy (``_keep``): an empty hash in Redis (restarted
+        empty, the applications have not recorded it again yet) leaves the
+        copy's, a partial one (one plan recorded again) adds or replaces only
+        its own entries. The kept hashes grow; an entry recorded again with
+        another value replaces the kept one. Race: another process sharing the
+        file keeps a later read between this look and the write: its new
+        values are set back until the next keep (that process's next read,
         record, sync or event).
         ``BackendUnavailable`` when Redis does not answer (the sync fails and is
-        retried); a key that is no hash only logs (``catalogue()`` and
-        ``plans()`` report it to their callers), as does an unusable copy.
+        retried); a key that is no hash, or one an ACL denies, only logs
+        (``catalogue()`` and ``plans()`` report it to their callers): one
+        WARNING per key until it is read again, the repeats (every resync and
+        migration event) at DEBUG; an unusable copy logs at DEBUG.
         """
         client = self._ensure_clients()
         with self._translated(doing), client.pipeline(transaction=False) as pipe:
@@ -92,22 +106,24 @@ class _Records(_KillSwitches):
             replies = pipe.execute(raise_on_error=False)
         for key, reply in zip(keys, replies, strict=True):
             if isinstance(reply, Exception):
-                log.warning(
-                    "flag store %r: %s not kept in the copy: %s", self.namespace, key, reply
-                )
+                self._not_kept(key, reply)
                 continue
-            raw = {str(k): str(v) for k, v in reply.items()}
-            if not self._holds(key, raw):  # (an empty hash too: see above)
-                self._keep(key, raw)
+            self._unread = self._unread - {key}
+            self._keep(key, {str(k): str(v) for k, v in reply.items()})
 
-    def _holds(self, key: str, raw: dict[str, str]) -> bool:
-        """Whether the copy holds every entry of ``raw`` (the hash ``key``); False if
-        the copy cannot be read (``_keep`` then says why)."""
-        read_copy, _ = self._copy_of(key)
-        try:
-            return read_copy().items() >= raw.items()
-        except FlagError:
-            return False
+    def _not_kept(self, key: str, reply: Exception) -> None:
+        """Log Redis' error reply to HGETALL ``key``: WARNING the first time, then DEBUG
+        until the key is read again (``_unread``)."""
+        if key in self._unread:
+            log.debug("flag store %r: %s not kept in the copy: %s", self.namespace, key, reply)
+            return
+        self._unread = self._unread | {key}
+        log.warning(
+            "flag store %r: %s not kept in the copy: %s (logged again at DEBUG until it is read)",
+            self.namespace,
+            key,
+            reply,
+        )
 
     def _has_data(self) -> bool:
         """Whether the namespace holds any flag data (``open_store`` creates nothing)."""
