@@ -573,14 +573,7 @@ class Application:
         loop: asyncio.AbstractEventLoop | None = getattr(self._supervisor, "_loop", None)
         if loop is None:  # never started
             return False
-        if in_thread_child_of(loop):
-            return True
-        import asyncio  # loaded already: the tree has run
-
-        try:
-            return asyncio.get_running_loop() is loop
-        except RuntimeError:  # no loop runs in this thread
-            return False
+        return _on_loop(loop)
 
     def _stop_from_own_tree_locked(self) -> None:
         """stop() from the tree itself (``_stop_lock`` held): never waits."""

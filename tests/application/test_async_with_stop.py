@@ -169,7 +169,7 @@ def test_a_sigterm_handler_calling_stop_ends_the_program() -> None:
         import asyncio, os, signal, sys
         from foundation import Application, ChildSpec
 
-        SLEEP = [sys.executable, "-c", "import time; time.sleep(3600)"]
+        SLEEP = [sys.executable, "-c", "import time; time.sleep(3600)"]  # sleep-ok: child
 
         async def main():
             app = Application(services=("flags", "monitors", "registry"),

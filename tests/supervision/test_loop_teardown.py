@@ -36,7 +36,7 @@ import asyncio, gc, os, signal
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from foundation.supervision import ChildSpec, DynamicSupervisor, Supervisor
 
-SLEEP = [sys.executable, "-c", "import time; time.sleep(3600)"]
+SLEEP = [sys.executable, "-c", "import time; time.sleep(3600)"]  # sleep-ok: a child
 records = []
 
 class Keep(logging.Handler):
@@ -286,7 +286,7 @@ async def worker(ctx):
     except asyncio.CancelledError:
         events.append("cancelled")
         try:
-            await asyncio.sleep(0.2)  # its cleanup: a flush after its cancellation
+            await asyncio.sleep(0.2)  # sleep-ok: its cleanup, a flush after its cancellation
             events.append("cleanup done")
         except asyncio.CancelledError:
             events.append("cleanup cut by a second cancel")
