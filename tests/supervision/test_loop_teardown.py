@@ -308,3 +308,60 @@ def test_a_task_child_cancelled_by_the_loop_end_is_not_cancelled_again() -> None
     # Was (review): the loop's sweep cancelled the child, then the supervisor's
     # shutdown cancelled it a second time, cutting its cleanup short.
     run_scenario(_SECOND_CANCEL)
+
+
+_STOP_UNDER_WAY = (
+    _COMMON
+    + """
+import threading, time
+reached = threading.Event()
+order, cleaned = [], []
+
+def slow(ctx):
+    ctx.ready()
+    ctx.stopping.wait()
+    order.append(ctx.id)
+    reached.set()
+    time.sleep(0.5)  # sleep-ok: a cleanup that takes a while, met by the loop's end
+    cleaned.append(ctx.id)
+
+tree = {}
+
+async def main():
+    sup = Supervisor([ChildSpec("p", SLEEP), ChildSpec("a", slow, kind="thread"),
+                      ChildSpec("b", slow, kind="thread")], name="sup")
+    await sup.start()
+    tree["sup"] = sup
+    tree["pids"] = [c.handle.pid for c in sup.which_children() if c.id == "p"]
+    stopping = asyncio.get_running_loop().create_task(sup.stop())
+    await asyncio.to_thread(reached.wait, 20)  # the stop is under way: main returns
+    tree["stopping"] = stopping
+
+asyncio.run(main())
+sup = tree.pop("sup")
+print("state", sup.state, sup.failure)
+print("children", sorted({c.status for c in sup.which_children()}))
+print("order", order)
+print("cleaned", cleaned)  # each one's cleanup ran to its end
+del sup
+gc.collect()
+wait_for(lambda: all(gone(pid) for pid in tree["pids"]), "the process child to end")
+print("reports", stopped_reports())
+print("OK")
+"""
+)
+
+
+def test_asyncio_run_ending_while_a_supervisor_stops_lets_the_stop_finish() -> None:
+    # Was: the loop's end cancelled the stop under way: the supervisor left
+    # "stopping", children a and p running, and not a line logged.
+    result = run_scenario(_STOP_UNDER_WAY)
+    for sign in _TEARDOWN_SIGNS:
+        assert sign not in result.stderr, result.stderr
+    assert "state stopped None" in result.stdout.splitlines(), result.stdout
+    assert result.lines("children") == ["children ['stopped']"], result.stdout
+    assert result.lines("order") == ["order ['b', 'a']"], result.stdout
+    assert result.lines("cleaned") == ["cleaned ['b', 'a']"], result.stdout
+    assert result.lines("reports") == ["reports [('INFO', 'Supervisor sup stopped: shutdown')]"], (
+        result.stdout
+    )

@@ -283,7 +283,9 @@ class Run:
     def shutdown(self, timeout: float | None) -> asyncio.Task[ChildExit]:
         """Stop this run (once); the task's result is how it ended."""
         self.stopping = True
-        if self._shutdown is None:
+        # Race: a loop cancelling every task (asyncio.run ending) may cancel a
+        # shutdown under way: the supervisor's stop, going on, begins it anew.
+        if self._shutdown is None or self._shutdown.cancelled():
             self._shutdown = self.loop.create_task(
                 self._stop_once(timeout), name=f"shutdown {self.name}"
             )
