@@ -113,3 +113,64 @@ def test_read_only_store_shows_to_late_readers_and_a_closed_one_drops_its_sample
     assert out["LATE_OTEL"] == "[1.0]"
     assert out["CLOSED_RO"] == "[]"
     assert out["CLOSED_OTEL"] == "[]"
+
+
+SQLITE_STALE = (
+    _COMMON
+    + """
+import os
+from foundation.flags import SQLiteFlagStore
+
+def by_path(metrics, name, path):
+    return [s.value for s in metrics.samples()[name] if s.labels == {"namespace": path}]
+
+def otel_path(reader, name, path):
+    found = []
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data is not None else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    found += [p.value for p in metric.data.data_points
+                              if dict(p.attributes) == {"namespace": path}]
+    return found
+
+with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(os.path.realpath(tmp), "flags.db")
+    store = SQLiteFlagStore(path)
+    flags = FeatureFlags([Flag("beta")], store=store)
+    early = Metrics()
+    early.install()
+    print("FRESH", by_path(early, "foundation_flag_store_stale", path))
+    for name in os.listdir(tmp):  # a tmp reaper: the file, its -wal and -shm
+        os.remove(os.path.join(tmp, name))
+    wait_for(lambda: store.stale, "the store stale")
+    print("EARLY_STALE", by_path(early, "foundation_flag_store_stale", path))
+    metrics, reader, bridge = late_readers()
+    print("LATE_STALE", by_path(metrics, "foundation_flag_store_stale", path))
+    print("LATE_OTEL", otel_path(reader, "foundation.flag.store.stale", path))
+    print("NO_RO", by_path(metrics, "foundation_flag_store_read_only", path))
+    print("NO_MEM", by_path(metrics, "foundation_flag_store_copy_in_memory", path))
+    flags.close()
+    store.close()
+    print("CLOSED_STALE", by_path(metrics, "foundation_flag_store_stale", path))
+    print("CLOSED_OTEL", otel_path(reader, "foundation.flag.store.stale", path))
+    bridge.uninstall()
+    metrics.uninstall()
+    early.uninstall()
+print("OK")
+"""
+)
+
+
+def test_a_stale_sqlite_store_shows_in_the_stale_gauge_under_its_path() -> None:
+    # The gauge read RedisFlagStores only: a SQLite store whose file was deleted
+    # while in use (every write refused) showed nothing.
+    out = _out(run_scenario(SQLITE_STALE).stdout)
+    assert out["FRESH"] == "[0.0]"
+    assert out["EARLY_STALE"] == "[1.0]"
+    assert out["LATE_STALE"] == "[1.0]"
+    assert out["LATE_OTEL"] == "[1.0]"
+    assert out["NO_RO"] == out["NO_MEM"] == "[]"
+    assert out["CLOSED_STALE"] == "[]"
+    assert out["CLOSED_OTEL"] == "[]"

@@ -386,11 +386,16 @@ def _stdout_gone() -> int:
 
 
 def _run_demo(argv: list[str]) -> int:
-    """``foundation demo``: its errors reported as any command's (one line, exit 1 or 69)."""
+    """``foundation demo``: its errors reported as any command's (one line, exit 1 or 69;
+    its output's reader gone: 141, quietly)."""
+    from foundation._cli._common import StdoutGone
+
     try:
         from foundation._demo import main as demo_main
 
         return demo_main(argv)
+    except StdoutGone:  # `foundation demo | head -1`: as any command's
+        return _stdout_gone()
     except Exception as exc:
         _print_error(type(exc).__name__, exc, False)
         return _failure_code(exc)

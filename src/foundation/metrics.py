@@ -22,7 +22,7 @@ OpenTelemetry names):
 ===============================================  =========  =====================
 ``foundation_flag_evaluations_total``            counter    flag
 ``foundation_flag_changes_total``                counter    flag
-``foundation_flag_store_stale``                  gauge      namespace (1 = stale)
+``foundation_flag_store_stale``                  gauge      namespace or file (1 = stale)
 ``foundation_flag_store_read_only``              gauge      namespace (1 = read-only)
 ``foundation_flag_store_copy_in_memory``         gauge      namespace (1 = in memory)
 ``foundation_flag_store_events_total``           counter    event
@@ -57,6 +57,10 @@ loses it, pending kill switches included), 0 once it is written back.
 collection from every open ``RedisFlagStore`` of the process (1 if any of a
 namespace's says so; no I/O), never kept from events: a ``Metrics`` installed
 during an outage shows it, and a closed store's namespace has no sample.
+``foundation_flag_store_stale`` also has a sample per open ``SQLiteFlagStore``,
+its ``namespace`` label the file's absolute path: 1 once the file was deleted
+or replaced while in use (``stale``: every write refused until the store is
+reopened), else 0; the other two have none for it.
 
 Example:
     >>> from foundation.flags import FeatureFlags, Flag
@@ -136,7 +140,8 @@ _FAMILIES: Final = {
                 "Flag changes applied (local writes and changes from other processes)",
                 ("flag",)),
         _Family("foundation_flag_store_stale", "gauge",
-                "1 while a flag store serves its node copy because its backend is unreachable",
+                "1 while a flag store is stale: a RedisFlagStore serving its node copy "
+                "(Redis unreachable), a SQLiteFlagStore whose file was deleted or replaced",
                 ("namespace",)),
         _Family("foundation_flag_store_read_only", "gauge",
                 "1 while a flag store's Redis is a read-only replica (flag writes fail)",
@@ -624,16 +629,29 @@ _STORE_GAUGES: Final = (
 
 def _store_gauges() -> dict[str, dict[tuple[str, ...], float]]:
     """The flag store gauges (:data:`_STORE_GAUGES`): per namespace, 1 if an open
-    ``RedisFlagStore`` is stale / on a read-only Redis / keeps its copy in memory, else 0."""
+    ``RedisFlagStore`` is stale / on a read-only Redis / keeps its copy in memory, else 0;
+    and ``foundation_flag_store_stale`` per open ``SQLiteFlagStore``, labelled with its
+    file's absolute path (1 once its file was deleted or replaced while in use)."""
     gauges: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in _STORE_GAUGES}
-    if "foundation.flags._redis_store" not in sys.modules:
-        return gauges  # no RedisFlagStore in this process (and none imported for this)
-    from foundation.flags._redis_store import store_gauges
+    if "foundation.flags._redis_store" in sys.modules:  # else no RedisFlagStore here
+        from foundation.flags._redis_store import store_gauges
 
-    for namespace, flags in store_gauges().items():
-        for name, flag in zip(_STORE_GAUGES, flags, strict=True):
-            gauges[name][(namespace,)] = 1.0 if flag else 0.0
+        for namespace, flags in store_gauges().items():
+            for name, flag in zip(_STORE_GAUGES, flags, strict=True):
+                gauges[name][(namespace,)] = 1.0 if flag else 0.0
+    stale = gauges["foundation_flag_store_stale"]
+    for path, flag in _sqlite_stale().items():
+        stale[(path,)] = max(stale.get((path,), 0.0), 1.0 if flag else 0.0)
     return gauges
+
+
+def _sqlite_stale() -> dict[str, bool]:
+    """Per file, whether an open ``SQLiteFlagStore`` on it is stale (none imported for this)."""
+    if "foundation.flags._sqlite_store" not in sys.modules:
+        return {}
+    from foundation.flags._sqlite_store import stale_files
+
+    return stale_files()
 
 
 @dataclass(frozen=True, slots=True)

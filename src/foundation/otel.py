@@ -33,7 +33,8 @@ Registries are objects, not events: pass each one to
 ``bridge.watch_registry(registry, name=...)``. Flag stores need nothing:
 ``foundation.flag.store.stale``, ``.read_only`` and ``.copy_in_memory`` are
 read at each collection from every open ``RedisFlagStore`` of the process (a
-closed one has no sample; see :mod:`foundation.metrics`).
+closed one has no sample; see :mod:`foundation.metrics`); ``.stale`` also from
+every open ``SQLiteFlagStore``, its ``namespace`` the file's absolute path.
 
 Example:
     >>> from opentelemetry.metrics import NoOpMeterProvider
@@ -70,7 +71,8 @@ _OBSERVED: Final = (
     ("foundation.flag.changes", "counter", "{change}",
      "Flag changes applied", "foundation_flag_changes_total"),
     ("foundation.flag.store.stale", "gauge", "1",
-     "1 while a flag store serves its node copy", "foundation_flag_store_stale"),
+     "1 while a flag store is stale (serving its node copy, or its file replaced)",
+     "foundation_flag_store_stale"),
     ("foundation.flag.store.read_only", "gauge", "1",
      "1 while a flag store's Redis is a read-only replica", "foundation_flag_store_read_only"),
     ("foundation.flag.store.copy_in_memory", "gauge", "1",

@@ -167,7 +167,8 @@ def test_an_empty_variable_is_a_usage_error(
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["--version"], ["flags", "--help"], ["agents", "watch", "--help"]]
+    "args",
+    [["--help"], ["--version"], ["flags", "--help"], ["agents", "watch", "--help"], ["demo", "-h"]],
 )
 def test_help_that_cannot_be_printed_fails_with_one_line(tmp_path: Path, args: list[str]) -> None:
     # argparse drops the OSError of its own write: this exited 0, nothing printed.
@@ -176,3 +177,63 @@ def test_help_that_cannot_be_printed_fails_with_one_line(tmp_path: Path, args: l
     assert done.stderr.splitlines() == [
         "StdoutError: the help could not be printed to stdout ([Errno 28] No space left on device)"
     ]
+
+
+# ---------------------------------------------------------------- the demo
+
+
+@pytest.mark.parametrize("console", ["--plain", "--rich"])
+def test_the_demo_whose_output_cannot_be_printed_fails_with_one_line(
+    tmp_path: Path, console: str
+) -> None:
+    # It printed `OSError: [Errno 28] No space left on device`, not the line any
+    # other command prints for a full stdout.
+    shown = ["--plain"] if console == "--plain" else []  # rich's console without it
+    done = _run(["demo", *shown, "--agents", "2", "--seconds", "0.1"], tmp_path, "full")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        "StdoutError: the demo's output could not be printed to stdout "
+        "([Errno 28] No space left on device)"
+    ]
+
+
+@pytest.mark.parametrize("console", ["--plain", "--rich"])
+def test_the_demo_whose_reader_goes_away_stops_quietly_with_141(
+    tmp_path: Path, console: str
+) -> None:
+    # `foundation demo | head -N`: rich's console exited 1 with nothing said (its
+    # SystemExit on a closed pipe), where any other command exits 141.
+    from tests._processes import kill_session
+    from tests.cli.test_demo_run import session_processes
+
+    shown = ["--plain"] if console == "--plain" else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "foundation.cli", "demo", *shown, "--agents", "5"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # what it starts stays in its session: listed below
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        first = proc.stdout.readline()
+        while first == "\n":  # the plain heading's blank line
+            first = proc.stdout.readline()
+        assert "1. A registry of live agents" in first, (first, proc.stderr.read())
+        proc.stdout.close()  # the reader goes away mid-part
+        err = proc.stderr.read()
+        code = proc.wait(120)
+        assert (code, err) == (141, ""), (code, err)
+        # The part stopped what it had started (its `sleep` processes among them).
+        assert session_processes(proc.pid) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        kill_session(proc.pid)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -23,7 +23,7 @@ import sys
 import unicodedata
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from foundation import _json_input as json_input
 from foundation._toml_files import read_toml
@@ -46,6 +46,7 @@ __all__ = [
     "operator_name",
     "positive_int",
     "silence_stdout",
+    "stdout_failed",
     "value_from_text",
 ]
 
@@ -151,6 +152,18 @@ def silence_stdout() -> None:
         pass
     finally:
         os.close(devnull)
+
+
+def stdout_failed(exc: OSError, what: str = "the result") -> NoReturn:
+    """End a command whose output did not reach stdout, outside :class:`Output`
+    (the demo's console and its ``--help``), as ``Output._not_printed`` does
+    before any write: ``StdoutGone`` (141, quietly) when its reader went away;
+    else stdout pointed at /dev/null and ``StdoutError`` (exit 1, one line
+    ``StdoutError: WHAT could not be printed to stdout (...)``)."""
+    if _reader_gone(exc):
+        raise StdoutGone from exc
+    silence_stdout()
+    raise StdoutError(f"{what} could not be printed {_not_printed_reason(exc)}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,9 @@ def _number(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="foundation demo", description=DESCRIPTION)
+    from foundation.cli import _Parser  # --help that stdout cannot take fails loudly
+
+    parser = _Parser(prog="foundation demo", description=DESCRIPTION)
     parser.add_argument(
         "--agents",
         type=_number(int, 1, 2000),
@@ -176,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     the demo's code; SIGHUP: 129).
     """
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except OSError as exc:  # --help into a full disk, or a closed pipe
+        from foundation._cli._common import stdout_failed
+
+        stdout_failed(exc, "the help")
     if args.chaos and args.redis:
         parser.error("--chaos starts its own redis-server (it kills it); drop --redis")
     # Part 4's namespace, isolated from other users of that Redis.

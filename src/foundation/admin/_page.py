@@ -276,11 +276,20 @@ const SYNC_NOTE = {
   pending: 'applied on this node only, not yet committed to the store: other nodes still serve the old state until it is',
   stale: 'the store is unreachable: this node serves its copy, which may miss changes made elsewhere',
 };
+// A SQLite store whose file was deleted or replaced while in use (reopen_needed):
+// no node copy and no kill switch kept; every write fails until it is reopened.
+const STALE_FILE = 'the store\'s file was deleted or replaced while in use: this process reads ' +
+  'the old file, which other processes no longer see; every write fails, kill switches ' +
+  'included, until the store is reopened (restart the process)';
+
+function syncNote(sync, store) {
+  return sync === 'stale' && store && store.reopen_needed ? STALE_FILE : SYNC_NOTE[sync] || '';
+}
 
 async function write(path, body, done) {
   try {
     const f = await api('POST', path, body);
-    const note = f && SYNC_NOTE[f.sync];
+    const note = f && syncNote(f.sync, f.store);
     say('done: ' + path.replace('api/', '') + (note ? ' — ' + f.sync + ': ' + note : ''),
       note ? 'warn' : true);
     if (done) done();
@@ -298,7 +307,7 @@ function flagSync(store, name) {
 
 function syncBadge(f) {
   if (!f.sync || f.sync === 'committed') return null;
-  return h('span', { class: 'badge sync ' + f.sync, title: SYNC_NOTE[f.sync] || '', text: f.sync });
+  return h('span', { class: 'badge sync ' + f.sync, title: f.syncNote || SYNC_NOTE[f.sync] || '', text: f.sync });
 }
 
 // --------------------------------------------------------- degraded banner
@@ -319,7 +328,9 @@ function showStatus(s) {
   if (f && f.degraded) {
     const pending = f.pending ? '; ' + f.pending + ' kill switch' + (f.pending > 1 ? 'es' : '') +
       ' pending (' + f.pending_flags.join(', ') + '): off on this node, not yet committed' : '';
-    lines.push(componentLine('flag store', f, (f.state === 'stale'
+    lines.push(componentLine('flag store', f, (f.state === 'stale' && f.reopen_needed
+      ? STALE_FILE
+      : f.state === 'stale'
       ? 'flags are served from this node\'s copy; writes other than kill switches fail'
       : f.read_only ? 'Redis is a read-only replica; writes other than kill switches fail'
       : f.state === 'pending' ? 'committing'
@@ -464,7 +475,10 @@ async function refreshFlags() {
     const active = document.activeElement;
     const focusRow = active && active.closest ? active.closest('tr[data-flag]') : null;
     const focus = focusRow ? [focusRow.dataset.flag, slot(active)] : null;
-    for (const f of data.flags) f.sync = flagSync(data.store, f.name);
+    for (const f of data.flags) {
+      f.sync = flagSync(data.store, f.name);
+      f.syncNote = syncNote(f.sync, data.store);
+    }
     body.replaceChildren(...data.flags.map(flagRow));
     for (const tr of body.querySelectorAll('tr[data-flag]')) {
       const k = kept[tr.dataset.flag];

@@ -149,11 +149,13 @@ def store_status(store: object) -> dict[str, Any]:
     ``"local"`` for a store without ``status()`` (memory, SQLite: every write
     that returned is committed), unless it says it is ``stale`` (a SQLite store
     whose file was deleted or replaced while in use answers from the old file
-    for good: ``"stale"``, degraded, with its ``stale_since`` and, as
-    ``last_error``, its ``stale_reason``). Also ``stale_since`` (wall-clock time the store
-    went stale, else None), ``read_only`` (Redis is a read-only replica:
-    flag writes fail; degraded) and ``copy_in_memory`` (the node copy's file
-    failed: the copy is not durable; degraded), when the store reports them.
+    for good: ``"stale"``, degraded, with its ``stale_since``, as
+    ``last_error`` its ``stale_reason``, and ``reopen_needed`` True: every
+    write fails, kill switches included, until it is reopened). Also
+    ``stale_since`` (wall-clock time the store went stale, else None),
+    ``read_only`` (Redis is a read-only replica: flag writes fail; degraded)
+    and ``copy_in_memory`` (the node copy's file failed: the copy is not
+    durable; degraded), when the store reports them.
     """
     status = getattr(store, "status", None)
     out: dict[str, Any] = {"kind": type(store).__name__}
@@ -174,7 +176,16 @@ def _unreported(out: dict[str, Any], store: object) -> dict[str, Any]:
         return _no_report(out, LOCAL, degraded=False)
     reason = getattr(store, "stale_reason", None)
     since = getattr(store, "stale_since", None)
-    return _no_report(out, "stale", stale=True, stale_since=since, last_error=_bounded(reason))
+    # Stale for good: every write refused (FlagError), kill switches included, until
+    # the store is reopened; the page words it so (not as a Redis store's outage).
+    return _no_report(
+        out,
+        "stale",
+        stale=True,
+        stale_since=since,
+        last_error=_bounded(reason),
+        reopen_needed=True,
+    )
 
 
 def _no_report(

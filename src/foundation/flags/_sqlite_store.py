@@ -75,6 +75,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -121,7 +122,7 @@ if TYPE_CHECKING:
 
     from foundation.flags._migration import MigrationPlan
 
-__all__ = ["SQLiteFlagStore"]
+__all__ = ["SQLiteFlagStore", "stale_files"]
 
 log = logging.getLogger("foundation.flags")
 
@@ -398,7 +399,7 @@ class SQLiteFlagStore(FlagStore):
         except BaseException:
             self._conn.close()
             raise
-        _fork.track(self)  # closed in a forked child (see _inherited_by_fork)
+        _opened(self)
 
     def _inherited_by_fork(self) -> None:
         """In a forked child (``foundation._fork``): closed, with no I/O.
@@ -1243,6 +1244,35 @@ class SQLiteFlagStore(FlagStore):
             callback(changes)
         except BaseException as exc:  # SystemExit too: it would end the watcher thread
             report_callback_error(exc, callback)
+
+
+# The stores of this process, for the gauge foundation_flag_store_stale read at
+# collection (foundation.metrics): no I/O, no store lock. Unlocked in a forked
+# child, as RedisFlagStore's (a scrape in a parent thread at the fork).
+_live_lock = threading.Lock()
+_fork.unlock_after_fork(_live_lock)
+_live: weakref.WeakSet[SQLiteFlagStore] = weakref.WeakSet()
+
+
+def _opened(store: SQLiteFlagStore) -> None:
+    """A store just opened: closed in a forked child (``_inherited_by_fork``), and
+    listed for the stale gauge (``stale_files``; only once opened)."""
+    _fork.track(store)
+    with _live_lock:
+        _live.add(store)
+
+
+def stale_files() -> dict[str, bool]:
+    """Per file (its absolute path), whether an open ``SQLiteFlagStore`` of this
+    process on it is ``stale`` (its file deleted or replaced while in use: writes
+    refused until reopened). A closed store (a forked child's too) is absent."""
+    with _live_lock:  # a store added meanwhile must not break the iteration
+        stores = list(_live)
+    found: dict[str, bool] = {}
+    for store in stores:
+        if not store._closed:  # Race: one closing meanwhile reports its last value once more
+            found[store._abs_path] = found.get(store._abs_path, False) or store.stale
+    return found
 
 
 def _snapshot(conn: sqlite3.Connection) -> tuple[int, dict[str, FlagState]]:
