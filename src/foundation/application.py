@@ -46,10 +46,7 @@ when a service or worker failed to start: that report has the traceback;
 a Ctrl-C during the start is no failure: INFO ``app_start_interrupted``, no
 traceback, and the ``KeyboardInterrupt`` goes on once the start is rolled back),
 fails to stop (``app_stop_failed``; a Ctrl-C during the stop is INFO
-``app_stop_interrupted``, no traceback, and the ``KeyboardInterrupt`` goes on;
-a cancellation while ``async with`` stops the tree, a Ctrl-C under
-``asyncio.run`` or a timeout, is INFO ``app_stop_cancelled``: the stop
-completes, then the cancellation goes on)
+``app_stop_interrupted``, no traceback, and the ``KeyboardInterrupt`` goes on)
 or gives up (``app_failed``: restart intensity exceeded; its services are
 stopped by then, so the order is ``service_stopped`` in reverse,
 ``app_failed``, then ``app_stopped`` without an ``app_stopping``). The
@@ -543,17 +540,16 @@ class Application:
         """Stop the ``async with`` tree and report it; the outcome in ``run.stopped``."""
         self._report_stopping()
         try:
-            cancelled, error = await _stopped_whole(self._supervisor, self._report_stop_cancelled)
-        finally:
-            _mark(run.ended)
-        if error is not None:  # for whoever waits for this stop
-            self._report_stop_failed(error)
-            run.stopped.set_exception(error)
-        else:
-            self._report_stopped()
-            run.stopped.set_result(None)
-        if cancelled is not None:  # the stop is over: the cancellation goes on
-            raise cancelled
+            try:
+                await self._supervisor.stop()
+            finally:
+                _mark(run.ended)
+        except BaseException as err:  # for whoever waits for this stop
+            self._report_stop_failed(err)
+            run.stopped.set_exception(err)
+            return
+        self._report_stopped()
+        run.stopped.set_result(None)
 
     def _lock_unless_stopping(self) -> bool:
         """Take ``_start_lock`` (from outside the tree); False, not taken, once no
@@ -653,15 +649,14 @@ class Application:
                 stopping (a worker, or a task child on its loop): the tree's end
                 waits for that child, so it would wait for itself.
         """
-        ended = self._ended
         # Its own tree, starting or stopping too (the tree then is no longer,
         # or not yet, ``_thread``): the end it would wait for waits for it.
-        # Once ended (an ``async with`` block left, on its loop), it returns.
-        if self._in_own_tree() and not (ended is not None and ended.is_set()):
+        if self._in_own_tree():
             raise SupervisorError(
                 f"Application {self.name!r}: wait() called from a child of its own tree, "
                 "whose end waits for that child"
             )
+        ended = self._ended
         if ended is not None and not ended.wait(timeout):
             raise TimeoutError(f"application {self.name!r} still running after {timeout} s")
         failure = self._supervisor.failure
@@ -750,18 +745,6 @@ class Application:
             application=self.name,
             reason="failed" if failed else "shutdown",
             stopped_order=list(self.stopped_order),
-        )
-
-    def _report_stop_cancelled(self) -> None:
-        # A Ctrl-C under asyncio.run, or a timeout, while async with stops the
-        # tree: no failure; the stop goes on, then the cancellation.
-        _report(
-            logging.INFO,
-            "app_stop_cancelled",
-            "Application %s: stop cancelled; it completes first, then the cancellation goes on",
-            self.name,
-            application=self.name,
-            reason="cancelled",
         )
 
     def _report_stop_failed(self, exc: BaseException) -> None:
@@ -1324,63 +1307,13 @@ class _AsyncRun:
 
 async def _stopped_by_stop(run: _AsyncRun) -> None:
     """Leaving the ``async with`` block after a stop(): wait for that stop's end;
-    its failure, reported already (and raised to a stop() that waited), is not raised.
-    A cancellation meanwhile is raised once the stop is over (see _stopped_whole)."""
+    its failure, reported already (and raised to a stop() that waited), is not raised."""
     import asyncio
 
     waiter = asyncio.wrap_future(run.stopped)
-    cancelled = await _awaited_through_cancel(waiter)
+    await asyncio.wait({waiter})
     if not waiter.cancelled():
         waiter.exception()  # retrieved: it was reported
-    if cancelled is not None:
-        raise cancelled
-
-
-async def _stopped_whole(
-    supervisor: Supervisor, on_cancel: Callable[[], None]
-) -> tuple[asyncio.CancelledError | None, BaseException | None]:
-    """Stop ``supervisor`` to the end, though the calling task be cancelled
-    meanwhile; the cancellation (to raise once the stop is reported) and the
-    stop's error.
-
-    A Ctrl-C under ``asyncio.run`` (which cancels the main task), or an
-    ``asyncio.timeout()`` expiring while ``async with app:`` is left, cut the
-    stop in half: children left running, the tree "stopping", ``wait()``
-    returned. The stop runs in a task of its own (``Supervisor.stop``): the
-    caller waits for it to its end, ``on_cancel`` reporting the cancellation.
-    """
-    import asyncio
-
-    try:
-        await supervisor.stop()
-    except asyncio.CancelledError as exc:
-        cancelled = exc
-    except BaseException as exc:  # ShutdownError: stopped, a child left running
-        return None, exc
-    else:
-        return None, None
-    on_cancel()
-    stopping = supervisor._stop_task
-    if stopping is None:  # (never began: nothing was running)
-        return cancelled, None
-    await _awaited_through_cancel(stopping)
-    # Cancelled: the loop's end cancelled it too, and it stopped the tree first.
-    error = None if stopping.cancelled() else stopping.exception()
-    return cancelled, error
-
-
-async def _awaited_through_cancel(fut: asyncio.Future[Any]) -> asyncio.CancelledError | None:
-    """Wait until ``fut`` is done, though the calling task be cancelled; the
-    first cancellation met (``None``: none)."""
-    import asyncio
-
-    cancelled: asyncio.CancelledError | None = None
-    while not fut.done():
-        try:
-            await asyncio.wait({fut})
-        except asyncio.CancelledError as exc:
-            cancelled = cancelled or exc
-    return cancelled
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

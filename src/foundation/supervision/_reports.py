@@ -20,8 +20,7 @@ logger                                    level    events
                                                    a supervisor started
 ``foundation.supervision.supervisor``     WARNING  shutdown timeouts, late stops (a
                                                    blocked loop), kills, abandoned
-                                                   threads, automatic shutdown, a
-                                                   stop cancelled and cut short;
+                                                   threads, automatic shutdown;
                                           ERROR    restart intensity exceeded, a supervisor
                                                    stopped abnormally (INFO when normal)
 ========================================  =======  ==========================================
@@ -643,20 +642,6 @@ def supervisor_stopped(supervisor: str, *, reason: str) -> None:
         "Supervisor %s stopped: %s",
         (supervisor, reason),
         fields=fields,
-    )
-
-
-def stop_cut_short(supervisor: str, children: list[str]) -> None:
-    """Supervisor report (WARNING): ``supervisor``'s stop was cancelled and
-    could not go on; ``children`` are left running."""
-    fields = {"supervisor": supervisor, "child": None, "kind": None, "reason": "cancelled"}
-    _emit(
-        supervisor_log,
-        logging.WARNING,
-        "stop_cut_short",
-        "Supervisor %s: stop cancelled and cut short; left running: %s",
-        (supervisor, ", ".join(children) or "none"),
-        fields={**fields, "children": list(children)},
     )
 
 

@@ -283,9 +283,7 @@ class Run:
     def shutdown(self, timeout: float | None) -> asyncio.Task[ChildExit]:
         """Stop this run (once); the task's result is how it ended."""
         self.stopping = True
-        # Race: a loop cancelling every task (asyncio.run ending) may cancel a
-        # shutdown under way: the supervisor's stop, going on, begins it anew.
-        if self._shutdown is None or self._shutdown.cancelled():
+        if self._shutdown is None:
             self._shutdown = self.loop.create_task(
                 self._stop_once(timeout), name=f"shutdown {self.name}"
             )

@@ -6,7 +6,7 @@ when it gives up, shuts down automatically (``auto_shutdown``) or is killed
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from foundation.errors import StartError, SupervisorError
@@ -119,48 +119,13 @@ class _Supervising:
         return self._stop_task
 
     async def _ending_sequence(self, reason: str) -> None:
-        await self._to_the_end(self._ending_steps)  # (a cancellation: see _stop_sequence)
-        reports.supervisor_stopped(self._name, reason=reason)
-
-    async def _ending_steps(self) -> list[str]:
         # Race: the task may have been cancelled while it held the lock (in the
         # middle of a restart); the lock is released by then (async with), and a
         # management call in flight finishes first.
         async with self._lock:
-            abandoned = await self._shutdown_children()
+            await self._shutdown_children()
             self._finish()
-        return abandoned
-
-    async def _to_the_end(
-        self, steps: Callable[[], Awaitable[list[str]]]
-    ) -> tuple[list[str], asyncio.CancelledError | None]:
-        """Run a stop's ``steps`` to their end though this task be cancelled; what
-        they returned, and the cancellation met (the stop's outcome then is its end).
-
-        Race: a loop cancelling every task (``asyncio.run`` ending) cancels the
-        task stopping the tree, and the shutdowns it awaits: cut there, the
-        stop left children running and the supervisor "stopping", unreported.
-        So each cancellation of this task runs the steps again, in this task,
-        which the loop's end waits for (children stopped already are skipped,
-        a cancelled shutdown begins anew, within its child's grace). One that
-        is not this task's own (nothing more to get past) ends the stop there,
-        with a WARNING naming the children left running.
-        """
-        import asyncio
-
-        task = asyncio.current_task()
-        assert task is not None
-        cancelled: asyncio.CancelledError | None = None
-        while True:
-            asked = task.cancelling()
-            try:
-                return await steps(), cancelled
-            except asyncio.CancelledError as exc:
-                if task.cancelling() == asked:
-                    left = [id for id, c in self._children.items() if c.run is not None]
-                    reports.stop_cut_short(self._name, left)
-                    raise
-                cancelled = exc
+        reports.supervisor_stopped(self._name, reason=reason)
 
     async def _cancelled(self, probe: asyncio.Task[None]) -> None:
         """The running supervising task was cancelled: end, and return once ended.

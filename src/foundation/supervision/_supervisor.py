@@ -377,14 +377,11 @@ class Supervisor(_Supervising):
         self._request_stop()
         if self._main is not None:
             self._events.put_nowait(_STOP)
-        abandoned, cancelled = await self._to_the_end(self._stop_steps)
+            await asyncio.wait({self._main})
+        async with self._lock:  # management calls in flight finish (or fail) first
+            abandoned = await self._shutdown_children()
+            self._finish()
         reports.supervisor_stopped(self._name, reason="shutdown")
-        if cancelled is not None:
-            # The loop's end (asyncio.run) cancelled this task, and the stop went
-            # on to its end: that is its outcome, shared by every stop() (a
-            # parent's stopping this nested one). No ShutdownError, which asyncio
-            # would log as unhandled at its end: an abandoned child had its WARNING.
-            return
         if abandoned:
             # Named by what runs on (a nested supervisor's stuck child by its
             # path, "workers/stuck"), not by the supervisor that contains it.
@@ -394,17 +391,6 @@ class Supervisor(_Supervising):
                 f"{[path for path, _ in left]}: "
                 f"abandoned ({_why_abandoned({kind for _, kind in left})})"
             )
-
-    async def _stop_steps(self) -> list[str]:
-        """The stop sequence's steps once stopping (see ``_to_the_end``); the abandoned."""
-        import asyncio
-
-        if self._main is not None:
-            await asyncio.wait({self._main})
-        async with self._lock:  # management calls in flight finish (or fail) first
-            abandoned = await self._shutdown_children()
-            self._finish()
-        return abandoned
 
     async def wait(self) -> None:
         """Wait until this supervisor ends.
