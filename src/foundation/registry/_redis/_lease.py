@@ -105,8 +105,11 @@ class Lease:
         # Race: the tail or a resync moves tail_v while the script runs; every
         # value it takes is a version Redis had reached (read from Redis), and
         # Redis's counter only grows in one history: so a counter below it is
-        # older data, never a race.
-        seen = sh.tail_v
+        # older data, never a race. The mirror's own writes count too: they can
+        # be past the tail (it has not read back another node's record before
+        # them), and older data whose counter is at the tail's version would
+        # pass unnoticed (Redis lacked them for good).
+        seen = max(sh.tail_v, sh.mirror.reached)
         # Race: this process may stop running anywhere in the call, before the
         # request is sent (the GIL lost in the pool's socket check to a thread
         # that starts a full collection) or after Redis answered (the reply

@@ -10,6 +10,12 @@ is applied only if its version is newer than the last one applied to that key
 (or, for keys not in ``versions``, newer than ``floor``, the version of the
 last snapshot). So a node can apply its own write at once and later skip the
 same record when the stream tail delivers it.
+
+``reached`` is the highest version the mirror took (a snapshot's, a record's,
+a node's own write's): Redis's change counter was there, in the history the
+mirror follows, so a counter found below it means Redis went back to older
+data. A node's own writes can take it past the tail's position (the tail has
+not read back another node's record before them yet).
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ class Mirror:
     answer an indexed query alike (enum members looked up as their plain value).
     """
 
-    __slots__ = ("entries", "floor", "index", "indexing", "versions")
+    __slots__ = ("entries", "floor", "index", "indexing", "reached", "versions")
 
     def __init__(self, indexed: Iterable[str]) -> None:
         self.entries: dict[Hashable, Entry] = {}
         self.versions: dict[Hashable, int] = {}
         self.floor = 0
+        self.reached = 0
         self.index = AttributeIndex(indexed)
         self.indexing = bool(self.index.attrs)  # False: put/remove skip the index
 
@@ -42,11 +49,19 @@ class Mirror:
         """True when a record of ``version`` for ``key`` has not been applied yet."""
         return version > self.versions.get(key, self.floor)
 
+    def rebase(self, version: int) -> None:
+        """The mirror now shows a snapshot of ``version`` (its entries put): forget
+        every per-key version and what a history before it reached."""
+        self.versions.clear()
+        self.floor = self.reached = version
+
     def put(self, entry: Entry, version: int) -> Entry | None:
         """Insert or replace ``entry``; returns the entry it replaced."""
         key = entry.key
         entries = self.entries
         old = entries.get(key)
+        if version > self.reached:  # noqa: PLR1730 - an if: max() costs 4x here (hot path)
+            self.reached = version
         if not self.indexing:
             entries[key] = entry
             self.versions[key] = version
@@ -78,6 +93,8 @@ class Mirror:
     def remove(self, key: Hashable, version: int) -> Entry | None:
         """Remove ``key`` (remembering ``version`` as its tombstone); returns the old entry."""
         self.versions[key] = version
+        if version > self.reached:  # noqa: PLR1730 - an if: max() costs 4x here (hot path)
+            self.reached = version
         old = self.entries.pop(key, None)
         if old is not None and self.indexing:
             self.index.remove(key, old.metadata)

@@ -582,8 +582,7 @@ class RedisObserver:
         with self._lock:
             m = self._mirror
             _apply_snapshot(m, fresh, ver, events)
-            m.versions.clear()
-            m.floor = ver
+            m.rebase(ver)
             self._tail_v = ver
             self._sid = sid.decode() if isinstance(sid, bytes) else str(sid)
             if emit:

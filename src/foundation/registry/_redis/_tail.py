@@ -335,8 +335,7 @@ class Tail:
             m = sh.mirror
             missing_own = self._drop_missing(fresh, ver, events)
             self._put_fresh(fresh, ver, events)
-            m.versions.clear()
-            m.floor = ver
+            m.rebase(ver)
             sh.tail_v = ver
             sh.sid = sid
             sh.gen += 1
