@@ -23,13 +23,19 @@ redis-server:
 
 # Debian's chromium drives the admin page's browser tests (Playwright with
 # executable_path; never a browser download). If it cannot be installed, those
-# tests skip and say why.
+# tests skip and say why; in CI (CI=true) this target fails instead, as the
+# tests would (tests/_ci.py).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "chromium missing: installing with apt-get"; \
 	  (apt-get update -qq && apt-get install -y -qq chromium) || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium) || \
-	  echo "chromium could not be installed: the browser tests will skip"; }
+	  if [ "$$CI" = true ]; then \
+	    echo "chromium could not be installed; CI=true: the browser tests must run" >&2; \
+	    exit 1; \
+	  else \
+	    echo "chromium could not be installed: the browser tests will skip"; \
+	  fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -61,7 +61,7 @@ def _settle(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None
                 break
             if b"(sleep) S" in stat:
                 break
-            time.sleep(0.001)
+            time.sleep(0.001)  # sleep-ok: polling /proc/<pid>/stat with a deadline
 
 
 def _percentile(values: list[float], q: float) -> float:

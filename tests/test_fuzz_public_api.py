@@ -391,6 +391,7 @@ def test_known_flag_offenders_raise_library_errors(flags: FeatureFlags) -> None:
 def test_flag_config_files_that_are_not_utf8_too_deep_or_endless_are_invalid(
     flags: FeatureFlags, tmp_path: Path
 ) -> None:
+    before = {n: flags.state(n) for n in flags.names}
     bad = tmp_path / "latin1.toml"
     bad.write_bytes(b"[flags]\nalpha = '\xe9'\n")
     with pytest.raises(InvalidFlagValue, match="not UTF-8"):
@@ -412,7 +413,8 @@ def test_flag_config_files_that_are_not_utf8_too_deep_or_endless_are_invalid(
         finally:
             tracemalloc.stop()
         assert peak < 8 * MAX_CONFIG_BYTES  # read up to the cap, never the endless rest
-    assert all(flags.state(n) == flags.state(n) for n in flags.names)
+    assert {n: flags.state(n) for n in flags.names} == before  # refused: nothing changed
+    assert flags.history() == []
 
 
 def test_a_flag_config_file_just_under_the_cap_still_loads(

@@ -1,9 +1,9 @@
 """The admin page in headless Chromium (Debian's ``chromium``, driven by Playwright).
 
 Skipped, with the reason shown, only when the browser is not installed
-(``make test`` installs it with apt-get). Screenshots are saved as artifacts
-in ``$FOUNDATION_ADMIN_ARTIFACTS`` (default: the test's temporary directory)
-and their paths printed.
+(``make test`` installs it with apt-get), and never in CI (``CI=true``: it
+fails). Screenshots are saved as artifacts in ``$FOUNDATION_ADMIN_ARTIFACTS``
+(default: the test's temporary directory) and their paths printed.
 """
 
 from __future__ import annotations

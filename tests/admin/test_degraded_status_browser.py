@@ -1,7 +1,7 @@
 """The admin page shows a Redis outage: a banner, and a kill switch marked pending.
 
 Headless Debian ``chromium`` driven by Playwright (skipped, saying why, only when
-the browser is not installed), over the service of ``test_degraded_status``
+the browser is not installed, outside CI), over the service of ``test_degraded_status``
 (its own interpreter) and a real redis-server the test kills and restarts.
 """
 

@@ -1,7 +1,7 @@
 """The admin page shows a TLS failure of Redis as text, and says the history is bounded.
 
 Headless Debian ``chromium`` driven by Playwright (skipped, saying why, only when
-the browser is not installed), over the service of ``test_degraded_status``
+the browser is not installed, outside CI), over the service of ``test_degraded_status``
 (its own interpreter, a ``RedisFlagStore`` with the default ``history_limit``)
 and a real TLS redis-server whose certificate the test lets expire and renews.
 The clients' CA file sits in a directory named ``<b>injected...``: the error

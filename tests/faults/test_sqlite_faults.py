@@ -15,6 +15,7 @@ import os
 
 import pytest
 
+from tests._ci import needs_root
 from tests.faults._subprocess import run_scenario
 from tests.redis_support import RedisServer
 
@@ -269,8 +270,8 @@ print("OK")
 """
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
 def test_a_read_only_file_refuses_writes_with_a_hint_and_keeps_reading() -> None:
+    needs_root("to make a file this process may not write, as uid nobody")
     result = run_scenario(_HELPERS + _READ_ONLY)
     assert "can this process write the file and its directory?" in result.stderr
     assert "LOG WARNING foundation.flags" in result.stderr, result.stderr

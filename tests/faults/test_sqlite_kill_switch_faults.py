@@ -18,10 +18,9 @@ another process reading the same file, and checks what an operator needs:
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from tests._ci import needs_root
 from tests.faults._subprocess import run_scenario
 
 _SETUP = """
@@ -213,8 +212,8 @@ print("OK")
 def test_a_kill_switch_on_a_failing_sqlite_store_is_refused_whole_and_works_once_repaired(
     fault: str,
 ) -> None:
-    if fault == "read_only" and (not hasattr(os, "geteuid") or os.geteuid() != 0):
-        pytest.skip("needs root (to make a file this process may not write, then repair it)")
+    if fault == "read_only":
+        needs_root("to make a file this process may not write, then repair it")
     inject, error, repair = _SCENARIOS[fault]
     result = run_scenario(_SETUP + inject + _RUN.format(error=error, repair=repair))
     assert "LOG WARNING foundation.flags [MainThread] flag store" in result.stderr, result.stderr

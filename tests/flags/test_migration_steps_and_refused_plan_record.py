@@ -18,6 +18,7 @@ from foundation.flags import (
     SQLiteFlagStore,
     Stage,
 )
+from tests._ci import needs_root
 from tests.faults._subprocess import run_scenario
 
 PLAN = MigrationPlan([Stage(1, "one", ["a"]), Stage(2, "two", ["b"])], name="plan")
@@ -133,8 +134,8 @@ print("OK")
 
 @pytest.mark.parametrize("fault", sorted(_REFUSING))
 def test_migration_starts_with_a_warning_on_a_store_that_refuses_writes(fault: str) -> None:
-    if fault == "read_only" and (not hasattr(os, "geteuid") or os.geteuid() != 0):
-        pytest.skip("needs root (to drop to uid nobody)")
+    if fault == "read_only":
+        needs_root("to drop to uid nobody")
     result = run_scenario(_SCENARIO.format(refuse=_REFUSING[fault]))
     assert "LOG WARNING foundation.flags [MainThread] migration plan 'second' not recorded" in (
         result.stderr

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from foundation.flags import FeatureFlags, Flag, FlagState, RedisFlagStore
-from foundation.flags._node_cache import NodeCache, PendingKillSwitch, Snapshot
+from foundation.flags._node_cache import NodeCache, PendingKillSwitch, Snapshot, _transaction
+from tests._frames import thread_frame
 from tests.flags._node_copy import pending_op, to_memory, write_back_now
 from tests.redis_support import RedisServer
 
@@ -143,7 +144,17 @@ def test_the_copy_back_in_its_file_waits_for_another_processes_lock(
         target=lambda: (a.add_pending(pending_op("while locked")), done.set()), daemon=True
     )
     writer.start()
-    done.wait(1.0)  # a bound, not a timing: a waiting writer is still waiting here
+
+    def waiting_for_the_lock() -> bool:
+        # Its innermost Python frame is _transaction: in BEGIN IMMEDIATE (SQLite's
+        # busy wait), the only one of its calls the holder can keep waiting.
+        frame = thread_frame(writer.ident)
+        return frame is not None and frame.f_code is _transaction.__code__
+
+    # Within the 5 s busy timeout, so the wait itself is what is seen.
+    _wait_for(waiting_for_the_lock, "the write to wait for the other process's lock", 4.0)
+    assert not done.is_set()
+    assert not a.in_memory
     holder.execute("COMMIT")
     holder.close()
     writer.join(10.0)

@@ -15,22 +15,23 @@ import pytest
 
 from foundation.errors import FlagError
 from foundation.flags import FeatureFlags, Flag, SQLiteFlagStore
+from tests._ci import cannot_run, needs_root
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MB tmpfs (needs root, as CI runs; else the test is skipped, saying why)."""
+    """A 1 MB tmpfs (needs root, as CI runs; else the test is skipped, saying why,
+    or in CI fails: tests/_ci.py)."""
     where = tmp_path / "disk"
     where.mkdir()
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a 1 MB tmpfs (a disk to fill) needs root")
+    needs_root("to mount a 1 MB tmpfs, a disk to fill")
     mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)]
     try:
         done = subprocess.run(mount, capture_output=True, text=True, timeout=60, check=False)
     except OSError as exc:
-        pytest.skip(f"cannot run mount(8) to make a 1 MB tmpfs: {exc}")
+        cannot_run(f"cannot run mount(8) to make a 1 MB tmpfs: {exc}")
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a 1 MB tmpfs here: {done.stderr.strip()}")
+        cannot_run(f"cannot mount a 1 MB tmpfs here: {done.stderr.strip()}")
     try:
         yield where
     finally:

@@ -15,7 +15,6 @@ import logging
 import multiprocessing
 import os
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -25,11 +24,6 @@ from tests.faults._subprocess import run_scenario
 from tests.liveness._support import Recorder
 
 TIMEOUT = 30.0
-
-
-def _exit_soon(code: int) -> None:
-    time.sleep(0.05)  # sleep-ok: the child outlives its parent's monitor() call
-    os._exit(code)
 
 
 def _exit_on_event(event: Any, code: int) -> None:
@@ -162,22 +156,29 @@ def test_sigign_reasons_are_unknown_not_guessed() -> None:
         """
         import multiprocessing, signal, subprocess
         from foundation.liveness import Down, MonitorManager
-        from tests.liveness.test_process_status_races import _exit_soon
+        from tests.liveness.test_process_status_races import _exit_on_event
 
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         ctx = multiprocessing.get_context("fork")
+        go = ctx.Event()
         with MonitorManager(name="s") as mgr:
-            downs = []
+            downs, popens = [], []
             for i in range(10):
-                p = subprocess.Popen(["sh", "-c", "sleep 0.05; kill -9 $$"])
-                q = subprocess.Popen(["sh", "-c", "sleep 0.05; exit 3"])
-                m = ctx.Process(target=_exit_soon, args=(3,))
+                # Each child ends once told, after its monitor() call (sh: at EOF).
+                p = subprocess.Popen(["sh", "-c", "read _; kill -9 $$"], stdin=subprocess.PIPE)
+                q = subprocess.Popen(["sh", "-c", "read _; exit 3"], stdin=subprocess.PIPE)
+                m = ctx.Process(target=_exit_on_event, args=(go, 3))
                 m.start()
                 for agent in (p, q, m):
                     mgr.monitor(agent, downs.append)
+                popens += [p, q]
+            assert downs == [], downs
+            go.set()
+            for p in popens:
+                p.stdin.close()
             wait_for(lambda: len(downs) == 30, "every death")
             print("DOWNS", sorted({(d.reason, d.exit_code, d.signal) for d in downs}, key=str))
-            assert all(d in (Down("exit"), Down("noproc")) for d in downs), downs
+            assert downs == [Down("exit")] * 30, downs
         print("OK")
         """
     )

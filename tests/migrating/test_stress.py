@@ -27,7 +27,12 @@ from tests.migrating.support import FLAG, Agents, legacy_backend, make, wait_unt
 
 WORKERS = 4
 KEYS_PER_WORKER = 6
-DURATION = 2.0  # seconds of concurrent traffic
+# The traffic lasts until each worker made MIN_OPS calls while the flag moved
+# MIN_FLIPS times and MIN_KILLS agents were killed: as much on any machine.
+MIN_OPS = 2000
+MIN_FLIPS = 200
+MIN_KILLS = 100
+DEADLINE = 60.0  # seconds: no such progress by then is a failure
 Model = dict[str, tuple[Any, dict[str, int]]]
 
 
@@ -48,6 +53,19 @@ class Run:
         self.flips = 0
         self.kills = 0
         self.ops = 0
+        self.deadline = time.monotonic() + DEADLINE
+
+    def traffic_done(self, ops: int) -> bool:
+        """A worker that made ``ops`` calls is done (see MIN_OPS); past the
+        deadline, a failure."""
+        if ops >= MIN_OPS and self.flips >= MIN_FLIPS and self.kills >= MIN_KILLS:
+            return True
+        if time.monotonic() > self.deadline:
+            self.fail(
+                f"no progress in {DEADLINE} s: {ops} calls, {self.flips} flips, {self.kills} kills"
+            )
+            return True
+        return False
 
     def fail(self, message: str) -> None:
         self.failures.append(message)
@@ -109,12 +127,13 @@ def worker(run: Run, index: int) -> None:
     # the target may still hold it while it is lingering() (see there).
     ghosts: dict[str, Any] = {}
     run.models[threading.get_ident()] = model
-    deadline = time.monotonic() + DURATION
+    ops = 0
     try:
-        while time.monotonic() < deadline and not run.failures:
+        while not run.traffic_done(ops) and not run.failures:
             key = rng.choice(keys)
             op = rng.random()
             run.ops += 1
+            ops += 1
             current = model.get(key)
             ghost = ghosts.get(key)
             ghost_lingers = ghost is not None and lingering(ghost)  # before the call
@@ -246,8 +265,9 @@ def test_concurrent_writes_deaths_and_flips_lose_nothing(legacy: Callable[[], Re
         for t in threads:
             t.join(10)
         assert run.failures == []
-        assert run.flips > 50, run.flips  # the flag really moved under the traffic
-        assert run.kills > 10, run.kills
+        # The flag really moved under the traffic, and agents died during it.
+        assert run.flips >= MIN_FLIPS, run.flips
+        assert run.kills >= MIN_KILLS, run.kills
         # Globally, with the flag on: no duplicates, no dead agents, one monitor per entry.
         entries = run.reg.list_all()
         keys = [e.key for e in entries]

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from foundation.errors import AlreadyRegistered, InvalidKey
+from foundation.errors import AlreadyRegistered, InvalidKey, InvalidMetadata
 from foundation.registry import RegistryEvent
 from foundation.registry._redis._codec import _dumps, _plain, metadata_json, normal_key
 from foundation.registry._redis._observer import RedisObserver
@@ -131,19 +131,41 @@ def test_the_fast_key_encoding_is_the_general_one(key: Any) -> None:
     assert normal_key(key) == (normal, _dumps(_plain(normal)))
 
 
+# Text with a lone surrogate (Hypothesis' text() never makes one): the only input
+# of the metadata strategy below that freeze_metadata refuses (1 text in 20).
+_lone = st.builds(
+    "{}{}{}".format, st.text(max_size=2), st.characters(categories=["Cs"]), st.text(max_size=2)
+)
+_text = st.integers(0, 19).flatmap(lambda i: _lone if i == 0 else st.text(max_size=6))
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    return isinstance(value, list) and any(map(_has_lone_surrogate, value))
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     metadata=st.dictionaries(
-        st.text(max_size=6),
-        _scalar | st.lists(_scalar, max_size=3) | st.dictionaries(st.text(max_size=3), _scalar),
+        _text,
+        _scalar
+        | _text
+        | st.lists(_scalar | _text, max_size=3)
+        | st.dictionaries(_text, _scalar | _text),
         max_size=5,
     )
 )
 def test_the_fast_metadata_encoding_is_the_general_one(metadata: dict[str, Any]) -> None:
-    try:
-        frozen = freeze_metadata(metadata)
-    except Exception:
-        return  # refused before any encoding (lone surrogates): not this test's concern
+    if _has_lone_surrogate(metadata):
+        with pytest.raises(InvalidMetadata, match="lone surrogate"):
+            freeze_metadata(metadata)
+    # Refused before any encoding: not this test's concern (and if the strategy
+    # made nothing else, Hypothesis' health check says so).
+    assume(not _has_lone_surrogate(metadata))
+    frozen = freeze_metadata(metadata)
     stored = metadata_json(frozen)
     # The stored format: compact JSON in the caller's key order (nested too), the
     # same bytes as the sorted encoding but for key order (one size limit).

@@ -176,8 +176,17 @@ def test_pending_kill_switches_replay_into_one_chain_after_an_outage(
     chain, read alike on both nodes and through the other node's listener."""
     writer = open_store(fresh_redis.url, resync_interval=0.2)
     other = open_store(fresh_redis.url, resync_interval=0.2)
-    heard: list[FlagChange] = []
-    other.subscribe(heard.extend)
+    calls: list[list[FlagChange]] = []  # one per callback; [] tells it to reload
+    view: dict[str, FlagState] = {}  # what a subscriber of `other` serves
+
+    def listen(changes: list[FlagChange]) -> None:
+        calls.append(list(changes))
+        if not changes:
+            view.clear()
+            view.update(other.load_states())
+        view.update((c.flag, c.new) for c in changes)
+
+    other.subscribe(listen)
     with FeatureFlags(FLAGS, store=writer) as flags:
         flags.assign("color", "u1", "blue")
         flags.set_split("color", {"red": 40, "blue": 60})
@@ -185,6 +194,7 @@ def test_pending_kill_switches_replay_into_one_chain_after_an_outage(
         flags.enable("beta")
         assert wait_until(lambda: other.status().version == writer.status().version == 4)
         before = writer.load_states()
+        assert wait_until(lambda: view == before), (view, before)
         fresh_redis.kill()
         assert wait_until(lambda: writer.status().stale)
         flags.disable("color", by="ops", reason="outage")
@@ -202,6 +212,12 @@ def test_pending_kill_switches_replay_into_one_chain_after_an_outage(
         _chain_holds(chain)
         assert chain[-1].reason == "outage"
         assert chain[-1].new == local[name] == writer.load_states()[name]
+    # The other node's listener hears the changes before the outage, then the
+    # outage commits, or a reload ([]: it lost Redis) and those after it: a
+    # subscriber following it serves the writer's states.
+    assert wait_until(lambda: view == local), (view, local, calls)
+    heard = [c for call in calls for c in call]
+    assert heard[:4] == history[:4]
     assert all(c in history for c in heard)  # whole, never a half-rebuilt state
 
 

@@ -231,14 +231,16 @@ def test_a_third_signal_ends_the_runner_while_a_child_blocks_the_event_loop(
         )
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
+    stderr_path = tmp_path / "stderr"
+    with open(stderr_path, "w") as stderr:  # a file: never a full pipe that blocks it
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "up"
@@ -256,6 +258,14 @@ def test_a_third_signal_ends_the_runner_while_a_child_blocks_the_event_loop(
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+    # The runner said it acts on the first SIGTERM; stderr holds log records only
+    # (a traceback or a thread's death under the repeated signals would be raw
+    # lines), none of them an error.
+    err = stderr_path.read_text()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "received SIGTERM: stopping supervisor app in order" in err, err
+    assert all(line.startswith("LOG") for line in lines), err
+    assert not [line for line in lines if line.startswith(("LOG ERROR", "LOG CRITICAL"))], err
 
 
 # --------------------------------------------------------------------- thread children
