@@ -46,7 +46,11 @@ when a service or worker failed to start: that report has the traceback;
 a Ctrl-C during the start is no failure: INFO ``app_start_interrupted``, no
 traceback, and the ``KeyboardInterrupt`` goes on once the start is rolled back),
 fails to stop (``app_stop_failed``; a Ctrl-C during the stop is INFO
-``app_stop_interrupted``, no traceback, and the ``KeyboardInterrupt`` goes on)
+``app_stop_interrupted``, no traceback, and the ``KeyboardInterrupt`` goes on;
+a cancellation while ``async with`` stops the tree, a Ctrl-C under
+``asyncio.run`` or a timeout, is INFO ``app_stop_cancelled``: the stop under way
+goes on to its end, then the cancellation; a second one cuts that wait short,
+WARNING ``app_stop_cut_short`` naming the children still running)
 or gives up (``app_failed``: restart intensity exceeded; its services are
 stopped by then, so the order is ``service_stopped`` in reverse,
 ``app_failed``, then ``app_stopped`` without an ``app_stopping``). The
@@ -538,18 +542,60 @@ class Application:
 
     async def _stop_async(self, run: _AsyncRun) -> None:
         """Stop the ``async with`` tree and report it; the outcome in ``run.stopped``."""
+        import asyncio
+
         self._report_stopping()
         try:
             try:
-                await self._supervisor.stop()
+                await self._stop_tree(run)
             finally:
                 _mark(run.ended)
         except BaseException as err:  # for whoever waits for this stop
-            self._report_stop_failed(err)
+            cut = isinstance(err, asyncio.CancelledError | KeyboardInterrupt)
+            if run.cancelled is None or not cut:  # (cut short: reported by _stop_tree)
+                self._report_stop_failed(err)
             run.stopped.set_exception(err)
             return
         self._report_stopped()
         run.stopped.set_result(None)
+
+    async def _stop_tree(self, run: _AsyncRun) -> None:
+        """Stop the tree; the first cancellation of the caller meanwhile (a
+        Ctrl-C under ``asyncio.run``, an ``asyncio.timeout()``) lets the stop
+        under way go on to its end (kept in ``run.cancelled``, raised after)."""
+        import asyncio
+
+        asked = _cancelling()
+        try:
+            await self._supervisor.stop()
+            return
+        except asyncio.CancelledError as exc:
+            run.cancelled = exc
+        stopping = self._supervisor._stop_task
+        if stopping is None:  # (nothing ran)
+            raise run.cancelled
+        await self._waited_past_cancel(stopping, asked)
+        stopping.result()  # its outcome: ShutdownError, or the loop's end cut it
+
+    async def _waited_past_cancel(self, stopping: asyncio.Task[None], asked: int) -> None:
+        """After the caller's first cancellation: wait for ``stopping`` (the stop
+        under way, not begun again) to its end. A further cancellation (one met
+        already too) ends the wait; as the loop's end cutting ``stopping``:
+        WARNING, the children still running named, the cancellation raised."""
+        import asyncio
+
+        if _cancelling() > asked + 1:  # cancelled twice already
+            self._report_stop_cut_short()
+            raise asyncio.CancelledError
+        try:
+            if not (stopping.done() or stopping.cancelling()):  # (else the loop's end cuts it)
+                self._report_stop_cancelled()
+            await asyncio.wait({stopping})
+        except (asyncio.CancelledError, KeyboardInterrupt):  # (a 2nd Ctrl-C may raise here)
+            self._report_stop_cut_short()
+            raise
+        if stopping.cancelled():  # the loop's end (asyncio.run) cancelled it too
+            self._report_stop_cut_short()
 
     def _lock_unless_stopping(self) -> bool:
         """Take ``_start_lock`` (from outside the tree); False, not taken, once no
@@ -649,14 +695,15 @@ class Application:
                 stopping (a worker, or a task child on its loop): the tree's end
                 waits for that child, so it would wait for itself.
         """
+        ended = self._ended
         # Its own tree, starting or stopping too (the tree then is no longer,
         # or not yet, ``_thread``): the end it would wait for waits for it.
-        if self._in_own_tree():
+        # Once ended (an ``async with`` block left, on its loop), it returns.
+        if self._in_own_tree() and not (ended is not None and ended.is_set()):
             raise SupervisorError(
                 f"Application {self.name!r}: wait() called from a child of its own tree, "
                 "whose end waits for that child"
             )
-        ended = self._ended
         if ended is not None and not ended.wait(timeout):
             raise TimeoutError(f"application {self.name!r} still running after {timeout} s")
         failure = self._supervisor.failure
@@ -745,6 +792,33 @@ class Application:
             application=self.name,
             reason="failed" if failed else "shutdown",
             stopped_order=list(self.stopped_order),
+        )
+
+    def _report_stop_cancelled(self) -> None:
+        # A Ctrl-C under asyncio.run, or a timeout, while async with stops the
+        # tree: no failure; the stop goes on to its end, then the cancellation.
+        _report(
+            logging.INFO,
+            "app_stop_cancelled",
+            "Application %s: stop cancelled; it completes first, then the cancellation goes on",
+            self.name,
+            application=self.name,
+            reason="cancelled",
+        )
+
+    def _report_stop_cut_short(self) -> None:
+        # A second cancellation while waiting for that stop, or the loop's end
+        # cancelling the stop itself: the children still running, named.
+        left = _running_paths(self._supervisor)
+        _report(
+            logging.WARNING,
+            "app_stop_cut_short",
+            "Application %s: stop cancelled before its end; still running: %s",
+            self.name,
+            ", ".join(left) or "none",
+            application=self.name,
+            reason="cancelled",
+            children=left,
         )
 
     def _report_stop_failed(self, exc: BaseException) -> None:
@@ -1136,7 +1210,7 @@ class Application:
         try:
             if not begun:
                 await self._stop_async(run)
-                error = run.stopped.exception()
+                error = _raised_on_exit(run)
                 if error is not None:
                     raise error
             else:
@@ -1303,6 +1377,9 @@ class _AsyncRun:
         self.asked = False
         self.stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.task: asyncio.Task[None] | None = None  # a stop() begun in the background
+        # The caller's cancellation met while its block's exit stopped the tree
+        # (raised once the stop is over, or cut short).
+        self.cancelled: asyncio.CancelledError | None = None
 
 
 async def _stopped_by_stop(run: _AsyncRun) -> None:
@@ -1314,6 +1391,38 @@ async def _stopped_by_stop(run: _AsyncRun) -> None:
     await asyncio.wait({waiter})
     if not waiter.cancelled():
         waiter.exception()  # retrieved: it was reported
+
+
+def _raised_on_exit(run: _AsyncRun) -> BaseException | None:
+    """What leaving the block raises once its stop is over (or cut short): a
+    KeyboardInterrupt met meanwhile, else the caller's cancellation, else the
+    stop's error."""
+    error = run.stopped.exception()
+    if run.cancelled is None or isinstance(error, KeyboardInterrupt):
+        return error
+    return run.cancelled
+
+
+def _cancelling() -> int:
+    """The calling task's pending cancellation requests (``Task.cancelling()``)."""
+    import asyncio
+
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
+
+
+def _running_paths(sup: Supervisor, prefix: str = "") -> list[str]:
+    """The children of ``sup``'s tree whose run has not ended, by path
+    (``"workers/stuck"``: inside a nested supervisor, its own children)."""
+    paths: list[str] = []
+    for id, child in sup._children.items():
+        run = child.run
+        if run is None:
+            continue
+        nested = run.handle
+        inner = _running_paths(nested, f"{prefix}{id}/") if isinstance(nested, Supervisor) else []
+        paths.extend(inner or [f"{prefix}{id}"])
+    return paths
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

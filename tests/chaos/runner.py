@@ -23,22 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from tests._stderr import Expected
+from tests._stderr import stray_errors as _stray_errors
 from tests.chaos._harness import LOG_PREFIX, RESULT_PREFIX
 
 REPO: Final = Path(__file__).resolve().parents[2]
 SCENARIO_TIMEOUT: Final = 100.0
 WORKERS: Final = 4
 
-# What a dead thread, a raw error or a broken report leaves on stderr.
-_DEATH_SIGNS: Final = (
-    "Traceback (most recent call last)",
-    "Exception in thread",
-    "Exception ignored",
-    "--- Logging error ---",
-    "Fatal Python error",
-)
 # The one exception a documented ``sys.unraisablehook`` report may carry.
-_OUR_LISTENER_ERROR: Final = "ChaosListenerError"
+_OUR_LISTENER_ERROR: Final = Expected("Exception ignored", "ChaosListenerError")
 
 Job = tuple[str, str]
 
@@ -102,8 +96,19 @@ class ScenarioPool:
 # --------------------------------------------------------------------------- judging
 
 
-def _is_foundation_record(line: str) -> bool:
-    return line.startswith((f"{LOG_PREFIX}foundation.", f"{LOG_PREFIX}foundation]"))
+_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_line(line: str) -> tuple[str, str] | None:
+    """(logger, level; "" past the first line) for a line of a log record, else None.
+
+    Every line of a record carries the logger's prefix (``_harness._PrefixFormatter``).
+    """
+    if not line.startswith(LOG_PREFIX):
+        return None
+    name, _, text = line[len(LOG_PREFIX) :].partition("]")
+    word = text.lstrip().split(" ", 1)[0]
+    return name, word if word in _LEVELS else ""
 
 
 def stray_errors(stderr: str) -> list[str]:
@@ -114,53 +119,9 @@ def stray_errors(stderr: str) -> list[str]:
     A ``sys.unraisablehook`` report in the default hook's format ("Exception
     ignored in ...") is allowed only when it carries the scenario's own
     ``ChaosListenerError`` (a documented report of a listener's error).
+    The check is ``tests._stderr.stray_errors``, shared with ``run_scenario``.
     """
-    raw = [line for line in stderr.splitlines() if not _is_foundation_record(line)]
-    found: list[str] = []
-    i = 0
-    while i < len(raw):
-        if raw[i].startswith(LOG_PREFIX):
-            # Records of another logger (asyncio's "Exception in callback", say):
-            # one finding per run of its lines, if they report an error.
-            prefix = raw[i].split("]", 1)[0] + "]"
-            end = i
-            while end < len(raw) and raw[end].startswith(prefix):
-                end += 1
-            block = raw[i:end]
-            levels = (line[len(prefix) :].lstrip() for line in block)
-            if any(sign in line for line in block for sign in _DEATH_SIGNS) or any(
-                text.startswith(("ERROR", "CRITICAL")) for text in levels
-            ):
-                found.append("\n".join(block[:40]))
-            i = end
-            continue
-        if not any(sign in raw[i] for sign in _DEATH_SIGNS):
-            i += 1
-            continue
-        block, i = _traceback_block(raw, i)
-        ours = block[0].startswith("Exception ignored") and block[-1].split(":", 1)[0].endswith(
-            _OUR_LISTENER_ERROR
-        )
-        if not ours:
-            found.append("\n".join(block))
-    return found
-
-
-def _traceback_block(lines: list[str], start: int) -> tuple[list[str], int]:
-    """The report starting at ``lines[start]``, up to its exception line; and the next index."""
-    block = [lines[start]]
-    i = start + 1
-    while i < len(lines) and len(block) < 60:
-        text = lines[i]
-        block.append(text)
-        i += 1
-        # The exception line: the first unindented line that is not a traceback
-        # header or a chained-exception separator.
-        if text and not text.startswith(
-            (" ", "Traceback", "During handling", "The above", "Exception in thread")
-        ):
-            break
-    return block, i
+    return _stray_errors(stderr, _log_line, (_OUR_LISTENER_ERROR,))
 
 
 def died_threads(baseline: list[str], final: list[str]) -> list[str]:

@@ -5,7 +5,8 @@ a scenario that only passes there proves nothing about ``python -m app``. So
 each scenario is a script run with ``sys.executable`` (no pytest, nothing
 installed on top of the interpreter's defaults unless the script does it),
 and the test asserts on what a user would see: the exit code, the scenario's
-own ``OK`` marker, the log lines, and no thread death in stderr.
+own ``OK`` marker, the log lines, and no stray error in stderr (a dead thread,
+a raw traceback, an unraisable report, a lost asyncio error).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PRELUDE", "Result", "run_scenario"]
+from tests._stderr import Expected, stray_errors
+
+__all__ = ["PRELUDE", "Expected", "Result", "run_scenario"]
 
 _ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 90.0
@@ -26,10 +29,17 @@ TIMEOUT = 90.0
 # `wait_for` polls with a deadline (never a bare sleep as synchronisation).
 PRELUDE = """
 import logging, sys, threading, time
-logging.basicConfig(
-    level=logging.DEBUG, stream=sys.stderr,
-    format="LOG %(levelname)s %(name)s [%(threadName)s] %(message)s",
-)
+
+class _MarkedLines(logging.Formatter):
+    # Every line of a record is marked ("LOG| " after the first), so that a
+    # traceback a record carries is told apart from one printed raw.
+    def format(self, record):
+        first, *rest = super().format(record).split("\\n")
+        return "\\n".join([first, *(f"LOG| {line}" for line in rest)])
+
+_log_handler = logging.StreamHandler(sys.stderr)
+_log_handler.setFormatter(_MarkedLines("LOG %(levelname)s %(name)s [%(threadName)s] %(message)s"))
+logging.basicConfig(level=logging.DEBUG, handlers=[_log_handler])
 
 class ListenerBug(Exception):
     pass
@@ -63,13 +73,16 @@ def library_threads():
     )
 """
 
-# What a dead library thread, or the broken reporting shim, leaves in stderr.
-_DEATH_SIGNS = (
-    "Exception in thread",
-    "TypeError: sys.unraisablehook",
-    "Exception ignored in sys.unraisablehook",
-    "--- Logging error ---",
-)
+
+def _log_line(line: str) -> tuple[str, str] | None:
+    """(logger, level) for the first line of a PRELUDE log record, ("", "") for
+    the lines after it, None for a line that is no part of a record."""
+    if line.startswith("LOG| "):
+        return "", ""
+    if line.startswith("LOG "):
+        fields = line.split(" ", 3)
+        return (fields[2] if len(fields) > 2 else ""), fields[1]
+    return None
 
 
 @dataclass(frozen=True)
@@ -86,13 +99,15 @@ class Result:
 
 
 def run_scenario(
-    script: str, *, ok: str = "OK", timeout: float = TIMEOUT, allow: tuple[str, ...] = ()
+    script: str, *, ok: str = "OK", timeout: float = TIMEOUT, expect: tuple[Expected, ...] = ()
 ) -> Result:
     """Run ``PRELUDE + script`` in a fresh interpreter and check it survived.
 
-    Asserts: exit code 0, ``ok`` printed on a line of its own, and no sign of
-    a dead thread or of a hook rejecting its argument in stderr (``allow``
-    names signs the scenario provokes on purpose). Returns the result.
+    Asserts: exit code 0, ``ok`` printed on a line of its own, and no stray
+    error in stderr outside the library's log records (``tests._stderr``): no
+    dead thread, raw traceback, unraisable report, lost asyncio error, or hook
+    or handler rejecting its argument. ``expect`` names the reports the
+    scenario provokes on purpose. Returns the result.
     """
     code = PRELUDE + textwrap.dedent(script)
     env = dict(os.environ)
@@ -111,10 +126,8 @@ def run_scenario(
     )
     result = Result(proc.returncode, proc.stdout, proc.stderr)
     report = f"\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
-    for sign in _DEATH_SIGNS:
-        if sign in allow:
-            continue
-        assert sign not in proc.stderr, f"{sign!r} in the scenario's stderr{report}"
+    stray = stray_errors(proc.stderr, _log_line, expect)
+    assert not stray, f"stray errors in the scenario's stderr: {stray}{report}"
     assert proc.returncode == 0, f"scenario exited with {proc.returncode}{report}"
     assert ok in proc.stdout.splitlines(), f"scenario did not print {ok!r}{report}"
     return result

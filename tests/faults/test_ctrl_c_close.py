@@ -28,7 +28,7 @@ Each scenario runs in a subprocess with the interpreter's default hooks
 
 from __future__ import annotations
 
-from tests._ctrl_c import SCENARIO_AGENTS
+from tests._ctrl_c import CUT_GENERATOR_CLOSE, SCENARIO_AGENTS
 from tests.faults._subprocess import run_scenario
 
 _COMMON = (
@@ -463,6 +463,6 @@ def test_a_cut_feature_flags_close_is_finished_by_the_next_close() -> None:
 
 
 def test_a_cut_finish_flip_or_close_leaves_a_migrating_registry_whole() -> None:
-    result = run_scenario(_COMMON + _MIGRATING)
+    result = run_scenario(_COMMON + _MIGRATING, expect=(CUT_GENERATOR_CLOSE,))
     assert len(result.lines("SWEPT")) == 10
     assert _not_swept(result.lines("SWEPT")) == []

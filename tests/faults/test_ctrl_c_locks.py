@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests._ctrl_c import CUT_GENERATOR_CLOSE
 from tests.faults._subprocess import run_scenario
 
 _COMMON = """
@@ -416,7 +417,7 @@ def test_thread_local_registry_writes_survive_a_ctrl_c() -> None:
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
 def test_flag_writes_leave_no_lock_held(kind: str) -> None:
-    result = run_scenario(_COMMON + _FLAGS.format(kind=kind))
+    result = run_scenario(_COMMON + _FLAGS.format(kind=kind), expect=(CUT_GENERATOR_CLOSE,))
     assert len(result.lines("SWEPT")) == 6
     assert _swept(result.lines("SWEPT")) == []
     assert result.lines("CLOSED") == ["CLOSED"]

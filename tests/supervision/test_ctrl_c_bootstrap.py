@@ -86,6 +86,9 @@ from pathlib import Path
 from foundation.supervision import ChildSpec, Supervisor
 from tests.supervision import _bootstrap_targets as targets
 
+# Python's own SIGINT handler, as a program started from a terminal has (a run
+# started in the background inherits SIGINT ignored, and Python keeps that).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 spawned = []
 start = mp_process.BaseProcess.start
 
