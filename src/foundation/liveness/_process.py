@@ -14,7 +14,10 @@ handler, ``waitpid(-1)``, SIGCHLD ignored), only what the owner's object
 stored (``returncode``) is used, and the death is told as ``Down("exit")``
 with ``exit_code=None`` if the owner stores nothing in time; a forkserver
 child's status the owner left unread that long is read here then, once (see
-``owner_down``).
+``owner_down``): one library thread at a time, so the managers watching the
+same process (a registry's and the user's own ``monitor()``, both sides of a
+``MigratingRegistry``) never race each other for the pipe (before, one of
+them could get EOF: 255 in its ``Down`` and in the owner's ``exitcode``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import contextlib
 import os
 import select
 import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -192,6 +196,26 @@ _OWNER_WAIT = 0.5
 
 # The library's record of a Popen or multiprocessing.Process, kept on it.
 _RECORD = "_foundation_process"
+
+# Held while the library reads a forkserver child's status pipe (owner_down,
+# past the owner's deadline). Every manager watching the process reaches that
+# deadline on its own poller thread, and multiprocessing's forkserver
+# Popen.poll() is not thread-safe: two threads calling it at once both see the
+# pipe readable, one reads the code and the other gets EOF and stores 255 (in
+# the Down it answers and as the owner's exitcode; the last store wins). One
+# lock for all processes: taken only then, for a read that never blocks.
+_FORKSERVER_READ = threading.Lock()
+
+
+def _new_read_lock_after_fork() -> None:
+    """``os.register_at_fork(after_in_child=...)``: a lock a parent thread held
+    at the fork stays held for ever in the child; the child gets a new one."""
+    global _FORKSERVER_READ
+    _FORKSERVER_READ = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_read_lock_after_fork)
 
 
 class _Owned:
@@ -486,7 +510,9 @@ def owner_down(agent: ProcessAgent) -> Down | None:
     the module docstring). Given ``_OWNER_WAIT`` s (a forkserver child) or
     ``_REAP_STORE_WAIT`` s (others) from the first call, then
     ``Down("exit")`` with ``exit_code=None`` (a forkserver child's status
-    still unread by its owner is read then, from the pipe: the real code). A
+    still unread by its owner is read then, from the pipe, by one manager:
+    the real code, for every manager and the owner; see
+    ``_read_forkserver_status``). A
     process not handed over that way (no death seen yet) is checked as
     ``exit_down`` does.
 
@@ -513,16 +539,37 @@ def owner_down(agent: ProcessAgent) -> Down | None:
         return None
     down = _stored_code(record)
     if down is None and record.forkserver:
-        # The owner has not read the status in _OWNER_WAIT s since the death (an
-        # owner blocked in join() reads it at once): read it here, once, so the
-        # Down has the real code. Race: an owner whose poll() starts at this
-        # very moment could still lose the read (its exitcode 255), a window of
-        # microseconds instead of every join() racing the death; whoever reads
-        # it stores it, and every later poll() of the owner answers from it.
-        with contextlib.suppress(Exception):  # closed sentinel, odd popen: no code
-            record.popen.poll()
-        down = _stored_code(record)
+        down = _read_forkserver_status(record)
     return down or Down("exit")
+
+
+def _read_forkserver_status(record: _Owned) -> Down | None:
+    """The Down from a forkserver child's status, read from its pipe if no
+    one stored it yet; None if it cannot be read (closed sentinel, odd popen).
+
+    The owner has not read the status in ``_OWNER_WAIT`` s since the death (an
+    owner blocked in join() reads it at once): it is read here, once, so the
+    Down has the real code; whoever reads it stores it, and every later
+    ``poll()`` of the owner answers from it.
+
+    Races: every manager watching the process calls this from its own poller
+    thread, at about the same moment (the deadline is shared): the
+    check-then-read runs under ``_FORKSERVER_READ``, so a second manager finds
+    the code the first stored instead of reading the pipe again (EOF: 255).
+    The owner's own ``poll()`` (``exitcode``, ``is_alive()``, ``join()``) does
+    not take that lock: an owner whose poll() starts at this very moment could
+    still lose the read (its exitcode 255), a window of microseconds once the
+    owner left the status unread for ``_OWNER_WAIT`` s, instead of every
+    join() racing the death.
+    """
+    with _FORKSERVER_READ:
+        # Read again under the lock: another manager may have stored it meanwhile.
+        down = _stored_code(record)
+        if down is None:
+            with contextlib.suppress(Exception):  # closed sentinel, odd popen: no code
+                record.popen.poll()
+            down = _stored_code(record)
+    return down
 
 
 def waitid_pidfd(fd: int) -> Any:
