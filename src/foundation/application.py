@@ -101,7 +101,7 @@ from foundation.flags._migration import (
 )
 from foundation.liveness import MonitorManager
 from foundation.registry import Registry
-from foundation.supervision import ChildContext, ChildSpec, Supervisor, SupervisorThread
+from foundation.supervision import ChildContext, ChildSpec, Supervisor, SupervisorThread, _wakeup
 from foundation.supervision._notices import traceback_logged
 from foundation.supervision._runner import (
     FORCE_GRACE,
@@ -1175,6 +1175,8 @@ class Application:
             ended = self._ended = threading.Event()  # this run's, before it starts (wait())
             run = self._async_run = _AsyncRun(asyncio.get_running_loop(), ended)
         started = False
+        # A Ctrl-C under asyncio.run wakes the loop at once (supervision/_wakeup.py).
+        run.wakeup = _wakeup.install(run.loop)
         try:
             self._report_starting()
             try:
@@ -1186,6 +1188,8 @@ class Application:
             self._report_started()
             started = True
         finally:
+            if not started:
+                _wakeup.uninstall(run.loop, run.wakeup)
             self._async_start_ended(run, started)
         return self
 
@@ -1216,6 +1220,7 @@ class Application:
             else:
                 await _stopped_by_stop(run)
         finally:
+            _wakeup.uninstall(run.loop, run.wakeup)
             with self._stop_lock:
                 self._async_run = None
 
@@ -1380,6 +1385,7 @@ class _AsyncRun:
         # The caller's cancellation met while its block's exit stopped the tree
         # (raised once the stop is over, or cut short).
         self.cancelled: asyncio.CancelledError | None = None
+        self.wakeup = False  # whether its block set up the signal wakeup fd
 
 
 async def _stopped_by_stop(run: _AsyncRun) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal, Self
 
 from foundation.errors import ShutdownError, StartError, SupervisorError
 from foundation.supervision import _reports as reports
+from foundation.supervision import _wakeup
 from foundation.supervision._arguments import (
     _check_backoff_and_registry,
     _check_restart_policy,
@@ -252,6 +253,7 @@ class Supervisor(_Supervising):
         self._failure: SupervisorError | None = None
         self._main: asyncio.Task[None] | None = None
         self._done: asyncio.Future[None] | None = None
+        self._wakeup = False  # whether async with set up the signal wakeup fd (_wakeup.py)
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
@@ -408,7 +410,16 @@ class Supervisor(_Supervising):
             raise self._failure
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        import asyncio
+
+        # A Ctrl-C under asyncio.run wakes the loop at once (_wakeup.py).
+        loop = asyncio.get_running_loop()
+        self._wakeup = _wakeup.install(loop)
+        try:
+            await self.start()
+        except BaseException:
+            _wakeup.uninstall(loop, self._wakeup)
+            raise
         return self
 
     async def __aexit__(
@@ -417,7 +428,12 @@ class Supervisor(_Supervising):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.stop()
+        import asyncio
+
+        try:
+            await self.stop()
+        finally:
+            _wakeup.uninstall(asyncio.get_running_loop(), self._wakeup)
 
     def run_in_thread(self, *, name: str | None = None) -> SupervisorThread:
         """Start this supervisor on an event loop of its own, in a named thread.
