@@ -216,6 +216,15 @@ def running_redis(password: str | None = None) -> Iterator[RedisServer]:
         yield server
 
 
+@contextlib.contextmanager
+def replica_of_an_empty_master() -> Iterator[tuple[RedisServer, RedisServer]]:
+    """(master, replica): two fresh servers, the second a read-only replica
+    (``REPLICAOF``) of the first, which holds nothing; both stopped after."""
+    with RedisServer() as master, RedisServer() as replica:
+        replica.command("REPLICAOF", "127.0.0.1", master.port)
+        yield master, replica
+
+
 # --------------------------------------------------------------------------- Sentinel
 
 

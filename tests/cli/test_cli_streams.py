@@ -23,7 +23,7 @@ from foundation.flags import FeatureFlags, Flag, SQLiteFlagStore
 from tests.cli._support import ok_json, run_cli, start_cli
 from tests.cli.test_agents_cli import Node
 from tests.cli.test_watch_outage import Lines
-from tests.redis_support import RedisServer
+from tests.redis_support import RedisServer, replica_of_an_empty_master
 
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE (README, exit codes)
 
@@ -200,14 +200,7 @@ def test_an_empty_namespace_on_a_replica_says_replica_not_typo(tmp_path: Path) -
     # Was: a master demoted to a replica of an empty server (REPLICAOF) showed 0
     # agents with "no registry has used namespace ... (--namespace NS names
     # another)", sending the operator after a typo while nodes held live agents.
-    import redis
-
-    master, replica = RedisServer(), RedisServer()
-    master.start()
-    replica.start()
-    client = redis.Redis(port=replica.port)
-    try:
-        client.replicaof("127.0.0.1", master.port)
+    with replica_of_an_empty_master() as (master, replica):
         counted = run_cli(
             "agents", "count", "--redis", replica.url, "--namespace", "ns", cwd=tmp_path
         )
@@ -216,10 +209,6 @@ def test_an_empty_namespace_on_a_replica_says_replica_not_typo(tmp_path: Path) -
         (line,) = counted.stderr.strip().splitlines()
         assert f"is a read-only replica of 127.0.0.1:{master.port}" in line, line
         assert "no registry has used" not in line, line
-    finally:
-        client.close()
-        replica.stop()
-        master.stop()
 
 
 def test_the_watch_outage_line_is_one_clean_sentence(

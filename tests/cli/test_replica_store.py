@@ -11,19 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import redis
-
 from tests.cli._support import one_line_error, run_cli
-from tests.redis_support import RedisServer
+from tests.redis_support import replica_of_an_empty_master
 
 
 def test_no_flag_store_on_a_replica_is_backend_unavailable(tmp_path: Path) -> None:
-    master, replica = RedisServer(), RedisServer()
-    master.start()
-    replica.start()
-    client = redis.Redis(port=replica.port)
-    try:
-        client.replicaof("127.0.0.1", master.port)
+    with replica_of_an_empty_master() as (master, replica):
         store = f"{replica.url}?namespace=f"
         for command in (("flags", "list"), ("migration", "status")):
             done = run_cli(*command, "--store", store, cwd=tmp_path)
@@ -33,7 +26,3 @@ def test_no_flag_store_on_a_replica_is_backend_unavailable(tmp_path: Path) -> No
         # A typo on a master is still a typo.
         typo = run_cli("flags", "list", "--store", f"{master.url}?namespace=f", cwd=tmp_path)
         assert one_line_error(typo).startswith("InvalidConfig: no flag store"), typo.stderr
-    finally:
-        client.close()
-        replica.stop()
-        master.stop()
