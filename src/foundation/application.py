@@ -102,6 +102,7 @@ from foundation.flags._migration import (
 from foundation.liveness import MonitorManager
 from foundation.registry import Registry
 from foundation.supervision import ChildContext, ChildSpec, Supervisor, SupervisorThread, _wakeup
+from foundation.supervision._cancelled_stop import raised_on_exit, stop_past_cancel
 from foundation.supervision._notices import traceback_logged
 from foundation.supervision._runner import (
     FORCE_GRACE,
@@ -113,7 +114,7 @@ from foundation.supervision._runner import (
 from foundation.supervision._runs import force_tree, in_thread_child_of
 from foundation.supervision._spec import _check_specs
 from foundation.supervision._supervisor import _error as _supervisor_error
-from foundation.supervision._supervisor import runs_in_tree
+from foundation.supervision._supervisor import running_paths, runs_in_tree
 
 if TYPE_CHECKING:
     import asyncio
@@ -563,39 +564,13 @@ class Application:
         """Stop the tree; the first cancellation of the caller meanwhile (a
         Ctrl-C under ``asyncio.run``, an ``asyncio.timeout()``) lets the stop
         under way go on to its end (kept in ``run.cancelled``, raised after)."""
-        import asyncio
 
-        asked = _cancelling()
-        try:
-            await self._supervisor.stop()
-            return
-        except asyncio.CancelledError as exc:
+        def met(exc: asyncio.CancelledError) -> None:
             run.cancelled = exc
-        stopping = self._supervisor._stop_task
-        if stopping is None:  # (nothing ran)
-            raise run.cancelled
-        await self._waited_past_cancel(stopping, asked)
-        stopping.result()  # its outcome: ShutdownError, or the loop's end cut it
 
-    async def _waited_past_cancel(self, stopping: asyncio.Task[None], asked: int) -> None:
-        """After the caller's first cancellation: wait for ``stopping`` (the stop
-        under way, not begun again) to its end. A further cancellation (one met
-        already too) ends the wait; as the loop's end cutting ``stopping``:
-        WARNING, the children still running named, the cancellation raised."""
-        import asyncio
-
-        if _cancelling() > asked + 1:  # cancelled twice already
-            self._report_stop_cut_short()
-            raise asyncio.CancelledError
-        try:
-            if not (stopping.done() or stopping.cancelling()):  # (else the loop's end cuts it)
-                self._report_stop_cancelled()
-            await asyncio.wait({stopping})
-        except (asyncio.CancelledError, KeyboardInterrupt):  # (a 2nd Ctrl-C may raise here)
-            self._report_stop_cut_short()
-            raise
-        if stopping.cancelled():  # the loop's end (asyncio.run) cancelled it too
-            self._report_stop_cut_short()
+        await stop_past_cancel(
+            self._supervisor, met, self._report_stop_cancelled, self._report_stop_cut_short
+        )
 
     def _lock_unless_stopping(self) -> bool:
         """Take ``_start_lock`` (from outside the tree); False, not taken, once no
@@ -809,7 +784,7 @@ class Application:
     def _report_stop_cut_short(self) -> None:
         # A second cancellation while waiting for that stop, or the loop's end
         # cancelling the stop itself: the children still running, named.
-        left = _running_paths(self._supervisor)
+        left = running_paths(self._supervisor)
         _report(
             logging.WARNING,
             "app_stop_cut_short",
@@ -1214,7 +1189,7 @@ class Application:
         try:
             if not begun:
                 await self._stop_async(run)
-                error = _raised_on_exit(run)
+                error = raised_on_exit(run.stopped.exception(), run.cancelled)
                 if error is not None:
                     raise error
             else:
@@ -1397,38 +1372,6 @@ async def _stopped_by_stop(run: _AsyncRun) -> None:
     await asyncio.wait({waiter})
     if not waiter.cancelled():
         waiter.exception()  # retrieved: it was reported
-
-
-def _raised_on_exit(run: _AsyncRun) -> BaseException | None:
-    """What leaving the block raises once its stop is over (or cut short): a
-    KeyboardInterrupt met meanwhile, else the caller's cancellation, else the
-    stop's error."""
-    error = run.stopped.exception()
-    if run.cancelled is None or isinstance(error, KeyboardInterrupt):
-        return error
-    return run.cancelled
-
-
-def _cancelling() -> int:
-    """The calling task's pending cancellation requests (``Task.cancelling()``)."""
-    import asyncio
-
-    task = asyncio.current_task()
-    return 0 if task is None else task.cancelling()
-
-
-def _running_paths(sup: Supervisor, prefix: str = "") -> list[str]:
-    """The children of ``sup``'s tree whose run has not ended, by path
-    (``"workers/stuck"``: inside a nested supervisor, its own children)."""
-    paths: list[str] = []
-    for id, child in sup._children.items():
-        run = child.run
-        if run is None:
-            continue
-        nested = run.handle
-        inner = _running_paths(nested, f"{prefix}{id}/") if isinstance(nested, Supervisor) else []
-        paths.extend(inner or [f"{prefix}{id}"])
-    return paths
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

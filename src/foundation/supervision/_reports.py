@@ -20,9 +20,13 @@ logger                                    level    events
                                                    a supervisor started
 ``foundation.supervision.supervisor``     WARNING  shutdown timeouts, late stops (a
                                                    blocked loop), kills, abandoned
-                                                   threads, automatic shutdown;
+                                                   threads, automatic shutdown; an
+                                                   ``async with`` exit's stop cut short
+                                                   by a second cancellation;
                                           ERROR    restart intensity exceeded, a supervisor
-                                                   stopped abnormally (INFO when normal)
+                                                   stopped abnormally (INFO when normal);
+                                          INFO     a cancellation met while an ``async
+                                                   with`` exit stops (the stop goes on)
 ========================================  =======  ==========================================
 
 Every record carries these ``extra=`` fields: ``event`` (the function name,
@@ -84,6 +88,8 @@ __all__ = [
     "shutdown_timeout",
     "start_failed",
     "supervisor_started",
+    "supervisor_stop_cancelled",
+    "supervisor_stop_cut_short",
     "supervisor_stopped",
     "thread_abandoned",
 ]
@@ -641,6 +647,85 @@ def supervisor_stopped(supervisor: str, *, reason: str) -> None:
         "supervisor_stopped",
         "Supervisor %s stopped: %s",
         (supervisor, reason),
+        fields=fields,
+    )
+
+
+def supervisor_stop_cancelled(supervisor: str) -> None:
+    """Supervisor report (INFO): a cancellation (a Ctrl-C under ``asyncio.run``,
+    an ``asyncio.timeout()``) met ``async with supervisor``'s exit while it
+    stopped the children: the stop under way goes on to its end, then the
+    cancellation. ``child`` and ``kind`` are ``None``, ``reason`` is
+    ``"cancelled"``.
+
+    Example:
+        >>> import logging
+        >>> log = logging.getLogger("foundation.supervision.supervisor")
+        >>> records = []
+        >>> class Keep(logging.Handler):
+        ...     def emit(self, record):
+        ...         records.append(record)
+        >>> keep, level = Keep(), log.level
+        >>> log.addHandler(keep); log.setLevel(logging.INFO)
+        >>> supervisor_stop_cancelled("app")
+        >>> log.removeHandler(keep); log.setLevel(level)
+        >>> records[0].levelname, records[0].getMessage()  # doctest: +NORMALIZE_WHITESPACE
+        ('INFO', 'Supervisor app: stop cancelled; it completes first,
+          then the cancellation goes on')
+    """
+    if not supervisor_log.isEnabledFor(logging.INFO):
+        return
+    fields = {"supervisor": supervisor, "child": None, "kind": None, "reason": "cancelled"}
+    _emit(
+        supervisor_log,
+        logging.INFO,
+        "supervisor_stop_cancelled",
+        "Supervisor %s: stop cancelled; it completes first, then the cancellation goes on",
+        (supervisor,),
+        fields=fields,
+    )
+
+
+def supervisor_stop_cut_short(supervisor: str, *, children: Sequence[str]) -> None:
+    """Supervisor report (WARNING): a second cancellation ended the wait of
+    ``async with supervisor``'s exit for its stop (or the loop's end cancelled
+    the stop itself); ``children`` (paths: ``"workers/stuck"`` inside a nested
+    supervisor) are still running. Extra field: ``children`` (a list);
+    ``child`` and ``kind`` are ``None``, ``reason`` is ``"cancelled"``.
+
+    Example:
+        >>> import logging
+        >>> log = logging.getLogger("foundation.supervision.supervisor")
+        >>> records = []
+        >>> class Keep(logging.Handler):
+        ...     def emit(self, record):
+        ...         records.append(record)
+        >>> keep = Keep()
+        >>> log.addHandler(keep)
+        >>> supervisor_stop_cut_short("app", children=["db", "workers/stuck"])
+        >>> log.removeHandler(keep)
+        >>> records[0].levelname, records[0].getMessage()  # doctest: +NORMALIZE_WHITESPACE
+        ('WARNING', 'Supervisor app: stop cancelled before its end;
+          still running: db, workers/stuck')
+        >>> records[0].children
+        ['db', 'workers/stuck']
+    """
+    if not supervisor_log.isEnabledFor(logging.WARNING):
+        return
+    left = [str(path) for path in children]
+    fields = {
+        "supervisor": supervisor,
+        "child": None,
+        "kind": None,
+        "reason": "cancelled",
+        "children": left,
+    }
+    _emit(
+        supervisor_log,
+        logging.WARNING,
+        "supervisor_stop_cut_short",
+        "Supervisor %s: stop cancelled before its end; still running: %s",
+        (supervisor, ", ".join(left) or "none"),
         fields=fields,
     )
 

@@ -25,6 +25,7 @@ from foundation.supervision._arguments import (
     _check_restart_policy,
     _checked_children,
 )
+from foundation.supervision._cancelled_stop import raised_on_exit, stop_past_cancel
 from foundation.supervision._child import (
     StopRequested,
     _Child,
@@ -428,12 +429,32 @@ class Supervisor(_Supervising):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Stop every child (see :meth:`stop`). A cancellation meanwhile (a
+        Ctrl-C under ``asyncio.run``, an ``asyncio.timeout()``) lets the stop
+        under way go on to its end, INFO ``supervisor_stop_cancelled``, then goes
+        on; a second one cuts that wait short, WARNING
+        ``supervisor_stop_cut_short`` naming the children still running."""
         import asyncio
 
+        met: list[asyncio.CancelledError] = []
+        error: BaseException | None = None
         try:
-            await self.stop()
+            await stop_past_cancel(
+                self, met.append, self._report_stop_cancelled, self._report_stop_cut_short
+            )
+        except BaseException as err:  # raised below, unless the cancellation goes first
+            error = err
         finally:
             _wakeup.uninstall(asyncio.get_running_loop(), self._wakeup)
+        raised = raised_on_exit(error, met[0] if met else None)
+        if raised is not None:
+            raise raised
+
+    def _report_stop_cancelled(self) -> None:
+        reports.supervisor_stop_cancelled(self._name)
+
+    def _report_stop_cut_short(self) -> None:
+        reports.supervisor_stop_cut_short(self._name, children=running_paths(self))
 
     def run_in_thread(self, *, name: str | None = None) -> SupervisorThread:
         """Start this supervisor on an event loop of its own, in a named thread.
@@ -834,3 +855,17 @@ def runs_in_tree(root: Supervisor, handle: object) -> bool:
             if isinstance(run.handle, Supervisor):
                 pending.append(run.handle)
     return False
+
+
+def running_paths(sup: Supervisor, prefix: str = "") -> list[str]:
+    """The children of ``sup``'s tree whose run has not ended, by path
+    (``"workers/stuck"``: inside a nested supervisor, its own children)."""
+    paths: list[str] = []
+    for id, child in sup._children.items():
+        run = child.run
+        if run is None:
+            continue
+        nested = run.handle
+        inner = running_paths(nested, f"{prefix}{id}/") if isinstance(nested, Supervisor) else []
+        paths.extend(inner or [f"{prefix}{id}"])
+    return paths

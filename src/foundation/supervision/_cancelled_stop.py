@@ -1,0 +1,97 @@
+"""A cancellation while an ``async with`` block's exit stops a supervisor's tree.
+
+A Ctrl-C under ``asyncio.run`` (which cancels the main task) or an
+``asyncio.timeout()`` expiring during the exit does not cut the stop in half:
+the stop already under way (the supervisor's ``_stop_task``, not begun again:
+no second SIGTERM, no new grace) goes on to its end, then the cancellation
+goes on. A second cancellation while it waits ends the wait at once (so the
+caller can always bound the exit), and so does the loop's end cancelling the
+stop itself; both are reported with the children still running.
+
+Shared by ``async with Supervisor(...)`` and ``async with Application(...)``,
+each reporting in its own words (the ``on_cancelled`` and ``on_cut_short``
+callbacks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from foundation.supervision._supervisor import Supervisor
+
+__all__: list[str] = []
+
+
+async def stop_past_cancel(
+    sup: Supervisor,
+    met: Callable[[asyncio.CancelledError], object],
+    on_cancelled: Callable[[], object],
+    on_cut_short: Callable[[], object],
+) -> None:
+    """Stop ``sup``; the first cancellation of the caller meanwhile (a Ctrl-C
+    under ``asyncio.run``, an ``asyncio.timeout()``) lets the stop under way go
+    on to its end (given to ``met``, for the caller to raise after)."""
+    import asyncio
+
+    asked = cancelling()
+    try:
+        await sup.stop()
+        return
+    except asyncio.CancelledError as exc:
+        met(exc)
+        cancelled = exc
+    stopping = sup._stop_task
+    if stopping is None:  # (nothing ran)
+        raise cancelled
+    await _waited_past_cancel(stopping, asked, on_cancelled, on_cut_short)
+    stopping.result()  # its outcome: ShutdownError, or the loop's end cut it
+
+
+async def _waited_past_cancel(
+    stopping: asyncio.Task[None],
+    asked: int,
+    on_cancelled: Callable[[], object],
+    on_cut_short: Callable[[], object],
+) -> None:
+    """After the caller's first cancellation: wait for ``stopping`` (the stop
+    under way, not begun again) to its end. A further cancellation (one met
+    already too) ends the wait, as the loop's end cutting ``stopping`` does:
+    ``on_cut_short()`` (it names the children still running), the
+    cancellation raised."""
+    import asyncio
+
+    if cancelling() > asked + 1:  # cancelled twice already
+        on_cut_short()
+        raise asyncio.CancelledError
+    try:
+        if not (stopping.done() or stopping.cancelling()):  # (else the loop's end cuts it)
+            on_cancelled()
+        await asyncio.wait({stopping})
+    except (asyncio.CancelledError, KeyboardInterrupt):  # (a 2nd Ctrl-C may raise here)
+        on_cut_short()
+        raise
+    if stopping.cancelled():  # the loop's end (asyncio.run) cancelled it too
+        on_cut_short()
+
+
+def raised_on_exit(
+    error: BaseException | None, cancelled: asyncio.CancelledError | None
+) -> BaseException | None:
+    """What leaving the block raises once its stop is over (or cut short): a
+    KeyboardInterrupt met meanwhile, else the caller's cancellation, else the
+    stop's ``error``."""
+    if cancelled is None or isinstance(error, KeyboardInterrupt):
+        return error
+    return cancelled
+
+
+def cancelling() -> int:
+    """The calling task's pending cancellation requests (``Task.cancelling()``)."""
+    import asyncio
+
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()

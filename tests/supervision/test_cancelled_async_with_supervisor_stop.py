@@ -1,0 +1,254 @@
+"""A cancellation while ``async with Supervisor(...)`` stops its children: a
+Ctrl-C under ``asyncio.run`` (which cancels the main task), or an
+``asyncio.timeout()`` expiring during the block's exit. The first one lets
+the stop already under way go on to its end (not begun again: a process
+child gets one SIGTERM), then goes on; it is one INFO line
+(``supervisor_stop_cancelled``), no WARNING or ERROR. A second one cuts the
+wait short at once: one WARNING (``supervisor_stop_cut_short``) names the
+children still running.
+
+Was: the exit raised at once, and the loop's end cancelled the stop: the
+supervisor left "stopping", its children running, their cleanups never run,
+nothing logged (3/3 runs, each kind of child).
+
+Each scenario runs in a plain interpreter (``run_scenario``). The children
+are a thread, an asyncio task and a multiprocessing process (stopped first:
+the last one started), whose stops last until the cancellation was met.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from tests.faults._subprocess import Result, run_scenario
+
+DEADLINE = 20.0  # seconds: a stop not reached by then was not reached at all
+
+# The process child (``_cancel_targets.count_terms``) writes each SIGTERM to
+# ``folder/terms`` and ends once ``folder/release`` exists: the Events handler
+# creates it when the first cancellation is met, as it lets the thread and
+# task children's cleanups end. SIGINT goes to the main thread
+# (pthread_kill): the loop's wakeup fd wakes it to run the handler.
+_CHILDREN = """
+import asyncio, os, signal
+from pathlib import Path
+from foundation.supervision import ChildSpec, Supervisor
+from tests.supervision import _cancel_targets as targets
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (inherited ignored)
+folder = Path(FOLDER)
+reached = threading.Event()
+cancelled = threading.Event()
+cleaned = []
+
+def thread_child(ctx):
+    ctx.ready()
+    ctx.stopping.wait()
+    cancelled.wait(20)  # a cleanup that lasts until the cancellation is met
+    cleaned.append(ctx.id)
+
+async def task_child(ctx):
+    ctx.ready()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        await asyncio.to_thread(cancelled.wait, 20)  # the same, for a task
+        cleaned.append(ctx.id)
+        raise
+
+def stuck(ctx):
+    ctx.ready()
+    ctx.stopping.wait()
+    reached.set()
+    threading.Event().wait()  # never returns: the stop cannot end
+
+THREE = [
+    ChildSpec("t", thread_child, kind="thread", shutdown_timeout=20),
+    ChildSpec("a", task_child, kind="task", shutdown_timeout=20),
+    ChildSpec("p", targets.count_terms, args=(str(folder),), kind="process",
+              shutdown_timeout=20),
+]
+
+class Events(logging.Handler):
+    def emit(self, record):
+        print("EVENT", record.event, record.levelname, getattr(record, "children", ""),
+              flush=True)
+        if record.event == "supervisor_stop_cancelled":
+            (folder / "release").touch()
+            cancelled.set()
+
+logging.getLogger("foundation.supervision.supervisor").addHandler(Events())
+
+def terms():
+    path = folder / "terms"
+    return path.read_text().count("TERM") if path.exists() else 0
+
+def process_stopped():
+    # The process child got its SIGTERM: the stop is under way.
+    return terms() > 0
+
+def ctrl_c():
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+def ctrl_c_met(under_way):
+    # Once the stop is under way. A SIGINT is now and then acted on late:
+    # sent again until met (two pending coalesce).
+    wait_for(under_way, "the stop under way")
+    for _ in range(10):
+        ctrl_c()
+        if cancelled.wait(2):
+            return
+
+async def expire_when(under_way, timeout):
+    while not under_way():
+        await asyncio.sleep(0.005)  # sleep-ok: polling (the deadline: the scenario's)
+    timeout.reschedule(asyncio.get_running_loop().time())  # expires now
+
+def report(sup, process):
+    print("STATE", sup.state, "CLEANED", sorted(cleaned), flush=True)
+    print("CHILDREN", [(c.id, c.status) for c in sup.which_children()], flush=True)
+    print("PROCESS", process.exitcode, "TERMS", terms(), flush=True)
+"""
+
+
+def _run(tmp_path: Path, script: str) -> tuple[Result, str]:
+    result = run_scenario(
+        _CHILDREN.replace("FOLDER", repr(str(tmp_path))) + textwrap.dedent(script),
+        timeout=DEADLINE * 3,
+    )
+    return result, result.stdout + result.stderr
+
+
+def _assert_stopped_after_one_cancellation(result: Result, out: str) -> None:
+    assert result.lines("STATE") == ["STATE stopped CLEANED ['a', 't']"], out
+    assert result.lines("CHILDREN") == [
+        "CHILDREN [('t', 'stopped'), ('a', 'stopped'), ('p', 'stopped')]"
+    ], out
+    # Ended by its one SIGTERM (exit code 0): not sent again, not killed.
+    assert result.lines("PROCESS") == ["PROCESS 0 TERMS 1"], out
+    events = result.lines("EVENT")
+    assert events.count("EVENT supervisor_stop_cancelled INFO ") == 1, out
+    assert events[-1] == "EVENT supervisor_stopped INFO ", out
+    assert not [e for e in events if "ERROR" in e or "WARNING" in e], out
+    assert "Traceback" not in result.stderr, out
+
+
+def test_one_ctrl_c_under_asyncio_run_while_async_with_stops_lets_the_stop_finish(
+    tmp_path: Path,
+) -> None:
+    result, out = _run(
+        tmp_path,
+        """
+        sup = Supervisor(THREE, name="sup")
+        process = []
+
+        async def main():
+            async with sup:
+                process.append(sup.which_children()[2].handle)
+                threading.Thread(target=ctrl_c_met, args=(process_stopped,), daemon=True).start()
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+        report(sup, process[0])
+        print("OK")
+        """,
+    )
+    assert result.lines("INTERRUPTED") == ["INTERRUPTED"], out
+    _assert_stopped_after_one_cancellation(result, out)
+
+
+def test_a_timeout_expiring_while_async_with_stops_lets_the_stop_finish(tmp_path: Path) -> None:
+    result, out = _run(
+        tmp_path,
+        """
+        sup = Supervisor(THREE, name="sup")
+        process = []
+        expiring = []
+
+        async def main():
+            try:
+                async with asyncio.timeout(None) as timeout, sup:
+                    process.append(sup.which_children()[2].handle)
+                    loop = asyncio.get_running_loop()
+                    expiring.append(loop.create_task(expire_when(process_stopped, timeout)))
+            except TimeoutError:
+                print("TIMED OUT", sup.state, asyncio.current_task().cancelling(), flush=True)
+
+        asyncio.run(main())
+        report(sup, process[0])
+        print("OK")
+        """,
+    )
+    # Raised once the stop ended; the task's cancellation is over.
+    assert result.lines("TIMED OUT") == ["TIMED OUT stopped 0"], out
+    _assert_stopped_after_one_cancellation(result, out)
+
+
+def test_a_second_ctrl_c_while_the_stop_completes_ends_the_program(tmp_path: Path) -> None:
+    # A child that never stops, with no shutdown timeout: only a second
+    # Ctrl-C ends the wait (it must: the caller can always bound a stop).
+    result, out = _run(
+        tmp_path,
+        """
+        sup = Supervisor([ChildSpec("t", thread_child, kind="thread", shutdown_timeout=20),
+                          ChildSpec("a", task_child, kind="task", shutdown_timeout=20),
+                          ChildSpec("stuck", stuck, kind="thread", shutdown_timeout=None)],
+                         name="sup")
+
+        def press_twice():
+            ctrl_c_met(reached.is_set)  # the stop goes on
+            ctrl_c()
+
+        async def main():
+            async with sup:
+                threading.Thread(target=press_twice, daemon=True).start()
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+        print("STATE", sup.state, flush=True)
+        print("OK")
+        """,
+    )
+    assert result.lines("INTERRUPTED") == ["INTERRUPTED"], out
+    assert result.lines("STATE") == ["STATE stopping"], out  # (the stop was cut short)
+    events = result.lines("EVENT")
+    assert "EVENT supervisor_stop_cancelled INFO " in events, out
+    assert [e for e in events if "WARNING" in e or "ERROR" in e] == [
+        "EVENT supervisor_stop_cut_short WARNING ['t', 'a', 'stuck']"
+    ], out
+
+
+def test_a_second_timeout_cuts_the_wait_for_a_stop_that_cannot_end(tmp_path: Path) -> None:
+    result, out = _run(
+        tmp_path,
+        """
+        sup = Supervisor([ChildSpec("a", task_child, kind="task", shutdown_timeout=20),
+                          ChildSpec("stuck", stuck, kind="thread", shutdown_timeout=None)],
+                         name="sup")
+        expiring = []
+
+        async def main():
+            try:
+                async with asyncio.timeout(None) as outer:
+                    async with asyncio.timeout(None) as inner, sup:
+                        loop = asyncio.get_running_loop()
+                        expiring.append(loop.create_task(expire_when(reached.is_set, inner)))
+                        expiring.append(loop.create_task(expire_when(cancelled.is_set, outer)))
+            except TimeoutError:
+                print("TIMED OUT", sup.state, flush=True)
+
+        asyncio.run(main())
+        print("OK")
+        """,
+    )
+    assert result.lines("TIMED OUT") == ["TIMED OUT stopping"], out
+    events = result.lines("EVENT")
+    assert "EVENT supervisor_stop_cancelled INFO " in events, out
+    assert [e for e in events if "WARNING" in e or "ERROR" in e] == [
+        "EVENT supervisor_stop_cut_short WARNING ['a', 'stuck']"
+    ], out
