@@ -1180,7 +1180,14 @@ class Application:
             elif run.asked:
                 self._begin_async_stop(run)
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the tree (unless a ``stop()`` did); a cancellation met in the
+        block or meanwhile goes on after it (see ``raised_on_exit``)."""
         with self._stop_lock:
             run = self._async_run
             if run is None:  # (entered elsewhere: nothing of this block runs)
@@ -1189,7 +1196,7 @@ class Application:
         try:
             if not begun:
                 await self._stop_async(run)
-                error = raised_on_exit(run.stopped.exception(), run.cancelled)
+                error = raised_on_exit(run.stopped.exception(), run.cancelled, exc)
                 if error is not None:
                     raise error
             else:

@@ -277,3 +277,130 @@ def test_wait_on_the_loop_after_the_async_with_block_returns_at_once() -> None:
 
     asyncio.run(main())
     assert outcome == ["stopped"]
+
+
+# A cancellation met in the block itself (not in its exit), then the exit's
+# stop abandons a worker (a thread that ignores its stop past its
+# shutdown_timeout): the cancellation goes on, not the ShutdownError (its
+# context; the worker's WARNING, and app_stop_failed as without the
+# cancellation), as when the cancellation is met during the exit. Was:
+# ShutdownError, the timeout never fired, a Ctrl-C ended in ShutdownError, a
+# cancelled task ended with it (3/3).
+_ABANDONING = """
+def ignores_its_stop(ctx):
+    ctx.ready()
+    ctx.stopping.wait()
+    threading.Event().wait()  # never returns: abandoned after its shutdown_timeout
+
+app = Application(services=("flags",),
+                  workers=[ChildSpec("w", ignores_its_stop, kind="thread", shutdown_timeout=0.3)])
+logging.getLogger("foundation.supervision.supervisor").addHandler(Events())
+met = threading.Event()  # the block met its cancellation
+
+async def block():
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        met.set()
+        raise
+
+def chain(exc):
+    names = []
+    while exc is not None and len(names) < 10:  # (a cycle shows as 10 names)
+        names.append(type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__
+    return names
+"""
+
+
+def _run_abandoning(script: str) -> tuple[list[str], str, list[str]]:
+    """Run ``script`` after ``_WORKERS`` and ``_ABANDONING``: (its stdout lines,
+    all its output, the WARNING and ERROR events)."""
+    result = run_scenario(_WORKERS + _ABANDONING + textwrap.dedent(script), timeout=DEADLINE * 3)
+    out = result.stdout + result.stderr
+    assert "STATE stopped" in result.lines("STATE"), out
+    events = result.lines("EVENT")
+    return result.stdout.splitlines(), out, [e for e in events if "WARNING" in e or "ERROR" in e]
+
+
+_ABANDONED = ["EVENT thread_abandoned WARNING ", "EVENT app_stop_failed ERROR "]
+
+
+def test_a_timeout_in_the_block_goes_on_when_the_exit_abandons_a_worker() -> None:
+    lines, out, events = _run_abandoning(
+        """
+        async def main():
+            try:
+                async with asyncio.timeout(None) as timeout, app:
+                    timeout.reschedule(asyncio.get_running_loop().time())  # expires now
+                    await block()
+            except BaseException as exc:
+                print("CAUGHT", chain(exc), asyncio.current_task().cancelling(), flush=True)
+
+        asyncio.run(main())
+        report(app)
+        print("OK")
+        """
+    )
+    assert "CAUGHT ['TimeoutError', 'CancelledError', 'ShutdownError'] 0" in lines, out
+    assert events == _ABANDONED, out
+
+
+def test_a_ctrl_c_in_the_block_goes_on_when_the_exit_abandons_a_worker() -> None:
+    lines, out, events = _run_abandoning(
+        """
+        def press_until_met():
+            for _ in range(10):  # a SIGINT is now and then acted on late: sent again
+                ctrl_c()
+                if met.wait(2):
+                    return
+
+        async def main():
+            async with app:
+                threading.Thread(target=press_until_met, daemon=True).start()
+                await block()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            print("RAISED", chain(exc), flush=True)
+        report(app)
+        print("OK")
+        """
+    )
+    assert "RAISED ['KeyboardInterrupt', 'CancelledError', 'ShutdownError']" in lines, out
+    assert events == _ABANDONED, out
+
+
+def test_a_task_cancelled_in_the_block_ends_cancelled_when_the_exit_abandons_a_worker() -> None:
+    lines, out, events = _run_abandoning(
+        """
+        entered = asyncio.Event()
+
+        async def inner():
+            async with app:
+                entered.set()
+                await block()
+
+        async def main():
+            task = asyncio.get_running_loop().create_task(inner())
+            await entered.wait()
+            task.cancel()
+            await asyncio.wait({task})
+            print("TASK", task.cancelled(), task.cancelling(), flush=True)
+            try:
+                task.result()
+            except asyncio.CancelledError as exc:
+                print("CONTEXT", chain(exc)[0], chain(exc)[-1], flush=True)
+            print("MAIN", asyncio.current_task().cancelling(), flush=True)
+
+        asyncio.run(main())
+        report(app)
+        print("OK")
+        """
+    )
+    # Cancelled (its one cancel() request still counted, as any cancelled task's).
+    assert "TASK True 1" in lines, out
+    assert "CONTEXT CancelledError ShutdownError" in lines, out
+    assert "MAIN 0" in lines, out
+    assert events == _ABANDONED, out

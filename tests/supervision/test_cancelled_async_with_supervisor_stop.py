@@ -252,3 +252,142 @@ def test_a_second_timeout_cuts_the_wait_for_a_stop_that_cannot_end(tmp_path: Pat
     assert [e for e in events if "WARNING" in e or "ERROR" in e] == [
         "EVENT supervisor_stop_cut_short WARNING ['a', 'stuck']"
     ], out
+
+
+# A cancellation met in the block itself (not in its exit), then the exit's
+# stop abandons a child (a thread that ignores its stop past its
+# shutdown_timeout): the cancellation goes on, not the ShutdownError (its
+# context; the child has its own WARNING), as when the cancellation is met
+# during the exit. Was: ShutdownError, the timeout never fired, a Ctrl-C ended
+# in ShutdownError, a cancelled task ended with it (3/3).
+_ABANDONING = """
+def ignores_its_stop(ctx):
+    ctx.ready()
+    ctx.stopping.wait()
+    threading.Event().wait()  # never returns: abandoned after its shutdown_timeout
+
+sup = Supervisor([ChildSpec("w", ignores_its_stop, kind="thread", shutdown_timeout=0.3)],
+                 name="sup")
+met = threading.Event()  # the block met its cancellation
+
+async def block():
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        met.set()
+        raise
+
+def chain(exc):
+    names = []
+    while exc is not None and len(names) < 10:  # (a cycle shows as 10 names)
+        names.append(type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__
+    return names
+"""
+
+
+def _assert_abandoned_once(result: Result, out: str) -> None:
+    assert result.lines("STATE") == ["STATE stopped"], out
+    events = result.lines("EVENT")
+    assert [e for e in events if "WARNING" in e or "ERROR" in e] == [
+        "EVENT thread_abandoned WARNING "
+    ], out
+    assert events[-1] == "EVENT supervisor_stopped INFO ", out
+
+
+def test_a_timeout_in_the_block_goes_on_when_the_exit_abandons_a_child(tmp_path: Path) -> None:
+    result, out = _run(
+        tmp_path,
+        _ABANDONING
+        + textwrap.dedent(
+            """
+        async def main():
+            try:
+                async with asyncio.timeout(None) as timeout, sup:
+                    timeout.reschedule(asyncio.get_running_loop().time())  # expires now
+                    await block()
+            except BaseException as exc:
+                print("CAUGHT", chain(exc), asyncio.current_task().cancelling(), flush=True)
+
+        asyncio.run(main())
+        print("STATE", sup.state, flush=True)
+        print("OK")
+        """
+        ),
+    )
+    assert result.lines("CAUGHT") == [
+        "CAUGHT ['TimeoutError', 'CancelledError', 'ShutdownError'] 0"
+    ], out
+    _assert_abandoned_once(result, out)
+
+
+def test_a_ctrl_c_in_the_block_goes_on_when_the_exit_abandons_a_child(tmp_path: Path) -> None:
+    result, out = _run(
+        tmp_path,
+        _ABANDONING
+        + textwrap.dedent(
+            """
+        def press_until_met():
+            for _ in range(10):  # a SIGINT is now and then acted on late: sent again
+                ctrl_c()
+                if met.wait(2):
+                    return
+
+        async def main():
+            async with sup:
+                threading.Thread(target=press_until_met, daemon=True).start()
+                await block()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            print("RAISED", chain(exc), flush=True)
+        print("STATE", sup.state, flush=True)
+        print("OK")
+        """
+        ),
+    )
+    assert result.lines("RAISED") == [
+        "RAISED ['KeyboardInterrupt', 'CancelledError', 'ShutdownError']"
+    ], out
+    _assert_abandoned_once(result, out)
+
+
+def test_a_task_cancelled_in_the_block_ends_cancelled_when_the_exit_abandons_a_child(
+    tmp_path: Path,
+) -> None:
+    result, out = _run(
+        tmp_path,
+        _ABANDONING
+        + textwrap.dedent(
+            """
+        entered = asyncio.Event()
+
+        async def inner():
+            async with sup:
+                entered.set()
+                await block()
+
+        async def main():
+            task = asyncio.get_running_loop().create_task(inner())
+            await entered.wait()
+            task.cancel()
+            await asyncio.wait({task})
+            print("TASK", task.cancelled(), task.cancelling(), flush=True)
+            try:
+                task.result()
+            except asyncio.CancelledError as exc:
+                print("CONTEXT", chain(exc)[0], chain(exc)[-1], flush=True)
+            print("MAIN", asyncio.current_task().cancelling(), flush=True)
+
+        asyncio.run(main())
+        print("STATE", sup.state, flush=True)
+        print("OK")
+        """
+        ),
+    )
+    # Cancelled (its one cancel() request still counted, as any cancelled task's).
+    assert result.lines("TASK") == ["TASK True 1"], out
+    assert result.lines("CONTEXT") == ["CONTEXT CancelledError ShutdownError"], out
+    assert result.lines("MAIN") == ["MAIN 0"], out
+    _assert_abandoned_once(result, out)

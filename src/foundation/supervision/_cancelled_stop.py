@@ -79,14 +79,45 @@ async def _waited_past_cancel(
 
 
 def raised_on_exit(
-    error: BaseException | None, cancelled: asyncio.CancelledError | None
+    error: BaseException | None,
+    cancelled: asyncio.CancelledError | None,
+    body: BaseException | None = None,
 ) -> BaseException | None:
     """What leaving the block raises once its stop is over (or cut short): a
-    KeyboardInterrupt met meanwhile, else the caller's cancellation, else the
-    stop's ``error``."""
-    if cancelled is None or isinstance(error, KeyboardInterrupt):
+    KeyboardInterrupt met meanwhile, else the caller's cancellation met
+    meanwhile, else the stop's ``error`` (None: the block's own exception,
+    ``body``, if any, goes on).
+
+    The block's own cancellation (``body``: a Ctrl-C under ``asyncio.run``, an
+    ``asyncio.timeout()``, a ``task.cancel()`` met in the block) goes on too,
+    not the stop's ``error`` (a ``ShutdownError``: its abandoned child has its
+    own WARNING), which becomes its ``__context__``: ``asyncio.run`` and
+    ``asyncio.timeout()`` see their cancellation. Another exception of the
+    block's is the ``error``'s context, as Python chains it."""
+    import asyncio
+
+    if isinstance(error, KeyboardInterrupt):
         return error
-    return cancelled
+    if cancelled is not None:
+        return cancelled
+    if error is not None and isinstance(body, asyncio.CancelledError):
+        return _chained(body, error)
+    return error
+
+
+def _chained(exc: BaseException, context: BaseException) -> BaseException:
+    """``exc``, ``context`` its ``__context__``, as raising it while handling
+    ``context`` does: a link from ``context``'s chain back to ``exc`` is cut
+    (no cycle)."""
+    seen: set[int] = set()
+    link: BaseException | None = context
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if link.__context__ is exc:
+            link.__context__ = None
+        link = link.__context__
+    exc.__context__ = context
+    return exc
 
 
 def cancelling() -> int:

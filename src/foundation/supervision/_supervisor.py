@@ -433,7 +433,9 @@ class Supervisor(_Supervising):
         Ctrl-C under ``asyncio.run``, an ``asyncio.timeout()``) lets the stop
         under way go on to its end, INFO ``supervisor_stop_cancelled``, then goes
         on; a second one cuts that wait short, WARNING
-        ``supervisor_stop_cut_short`` naming the children still running."""
+        ``supervisor_stop_cut_short`` naming the children still running. A
+        cancellation met in the block goes on too, not the ``ShutdownError``
+        of a child abandoned meanwhile (its context; the child's WARNING)."""
         import asyncio
 
         met: list[asyncio.CancelledError] = []
@@ -446,7 +448,7 @@ class Supervisor(_Supervising):
             error = err
         finally:
             _wakeup.uninstall(asyncio.get_running_loop(), self._wakeup)
-        raised = raised_on_exit(error, met[0] if met else None)
+        raised = raised_on_exit(error, met[0] if met else None, exc)
         if raised is not None:
             raise raised
 
