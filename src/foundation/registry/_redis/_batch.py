@@ -103,6 +103,7 @@ def _send_round(
         with sh.mlock:  # their entries are in the mirror now (_settle)
             for first, last, sid in bulk_records:
                 sh.own_records_applied(first, last, sid)
+                sh.note_own_write(first)
         if again and failure is None:
             # Our lease was lost (we were frozen or cut off): recover (which
             # re-asserts everything else we hold), then send those once more.

@@ -241,6 +241,16 @@ class Lease:
         if not had and sh.own:
             sh.link.lease_lost("the heartbeat found our lease gone")
             epoch = sh.link.epoch  # this recovery handles it
+        # Race: our versions still queued for the tail (own_ahead) belong to the
+        # history being recovered from. After an in-place switch that kept the
+        # connections (SWAPDB), the re-assert below may be given one of those
+        # versions again, and a tail already blocked in XREAD would read it and
+        # take this recovery's own record for proof of another time travel: a
+        # second, needless recovery (14/20 runs). The resync below rebuilds the
+        # mirror (emptying the queue anyway); no write of ours runs meanwhile
+        # (we hold wlock), so forgetting them now loses nothing.
+        with sh.mlock:
+            sh.mirror.own_ahead.clear()
         lost = self._reassert()
         self._lease_gone = False
         self._tail.resync()

@@ -16,10 +16,16 @@ a node's own write's): Redis's change counter was there, in the history the
 mirror follows, so a counter found below it means Redis went back to older
 data. A node's own writes can take it past the tail's position (the tail has
 not read back another node's record before them yet).
+
+``own_ahead`` (a node's mirror only) holds the versions of that node's own
+change records (each record's first version) its writers applied past the tail
+position, ascending: in one history the tail meets a record of that node
+starting at each (``Shared.note_own_write``). A snapshot forgets them.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable, Iterable, Sequence
 
 from foundation.registry._query import AttributeIndex
@@ -35,13 +41,14 @@ class Mirror:
     answer an indexed query alike (enum members looked up as their plain value).
     """
 
-    __slots__ = ("entries", "floor", "index", "indexing", "reached", "versions")
+    __slots__ = ("entries", "floor", "index", "indexing", "own_ahead", "reached", "versions")
 
     def __init__(self, indexed: Iterable[str]) -> None:
         self.entries: dict[Hashable, Entry] = {}
         self.versions: dict[Hashable, int] = {}
         self.floor = 0
         self.reached = 0
+        self.own_ahead: deque[int] = deque()  # the tail takes them from the front
         self.index = AttributeIndex(indexed)
         self.indexing = bool(self.index.attrs)  # False: put/remove skip the index
 
@@ -53,6 +60,7 @@ class Mirror:
         """The mirror now shows a snapshot of ``version`` (its entries put): forget
         every per-key version and what a history before it reached."""
         self.versions.clear()
+        self.own_ahead.clear()
         self.floor = self.reached = version
 
     def put(self, entry: Entry, version: int) -> Entry | None:

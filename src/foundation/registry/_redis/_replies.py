@@ -56,6 +56,7 @@ def finish(sh: Shared, p: Prepared, reply: Any) -> RegistryError | None:
             if listening:
                 note_registered(old, entry, events)
         sh.own_records_applied(first or v, v, reply[5])  # the drop record is v - 1
+        sh.note_own_write(v)
         if events:  # in mirror order: queued under the same mlock
             sh.queue(events, _write_tags.tag)
     demonitor_replaced(p.prev)
@@ -140,6 +141,7 @@ def apply_unregister(sh: Shared, key: Hashable, v: int, own: Own | None) -> Own 
         mine.died = None  # (see above: Redis said "unregistered", or had nothing)
     m = sh.mirror
     old: Entry | None = None
+    sh.note_own_write(v)  # (0, no record: nothing)
     if v and m.is_newer(key, v):
         sh.written = v
         old = m.remove(key, v)

@@ -29,6 +29,7 @@ thread's write.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -59,6 +60,7 @@ __all__ = [
     "Shared",
     "down_fields",
     "expand_record",
+    "own_version_reused_why",
     "record_span",
     "s",
 ]
@@ -309,6 +311,16 @@ def _writings(sh: Shared) -> tuple[_Writing, _Writing, _Writing]:
     """The public, the private and the private fast ``_Writing`` of the node ``sh``."""
     writing = _writing_class(sh.wlock)
     return writing(sh, True, True), writing(sh, False, False), writing(sh, False, True)
+
+
+def own_version_reused_why(v: int) -> str:
+    """Why a node recovers when version ``v`` of its own change record was given
+    to another record (``Shared.note_own_write``)."""
+    return (
+        f"Redis went back to older data in place (version {v} of a change record "
+        "this node wrote was given to another record: DEBUG RELOAD of an old dump, "
+        "SWAPDB, or the counter itself lost)"
+    )
 
 
 class Shared:
@@ -570,9 +582,59 @@ class Shared:
         old position): it skips every record at or below ``tail_v``.
         """
         if self.tail_v == first - 1:
+            ahead = self.mirror.own_ahead
+            if ahead and ahead[0] <= last:
+                # Another write of ours noted a version this one was just given
+                # (noted writes are always past the tail): Redis went back.
+                self.own_version_reused(ahead[0])
             self.tail_v = last
             self.sid = sid
             self.applied.notify_all()
+
+    def note_own_write(self, first: int) -> None:
+        """This node's API write made a change record starting at version ``first``
+        (``w`` naming this node) and applied it to the mirror (holding mlock).
+
+        Redis may go back to older data in place (``SWAPDB``, ``DEBUG RELOAD``)
+        while this node's tail is behind its own writes, and other nodes may
+        write as many records after it before our heartbeat: its change counter
+        is then back at or past every version we saw, and the heartbeat sees
+        nothing. In one history a version is given once, so the tail checks
+        that the records it reads at the versions noted here are ours, starting
+        there (``Tail._own_write_gone``); a version given to a second write of
+        ours is the same sign. Only API writes are noted (the lease thread's
+        deletes are not: the tail checks nothing at their versions).
+
+        Races: the tail's ``XREAD`` may hold this record, answered before this
+        write took mlock: if the tail has not applied that batch yet, the note
+        comes first and the batch meets it; if it has, ``first`` is at or below
+        the tail and nothing is noted (in one history that record was ours,
+        which the tail skipped). Not handled: Redis going back and other nodes
+        writing past ``first`` within that moment (the tail then applied
+        another node's record of that version as the next one). A
+        ``register_many`` settles its single items before its bulk records:
+        noted out of version order. A resync empties ``own_ahead`` (``Mirror.rebase``)
+        holding wlock, as every writer does: no write is between its snapshot
+        and that.
+        """
+        if first <= self.tail_v:
+            return  # (and 0: the write made no record)
+        ahead = self.mirror.own_ahead
+        if not ahead or ahead[-1] < first:
+            ahead.append(first)  # the usual case: writes are noted in version order
+            return
+        i = bisect.bisect_left(ahead, first)
+        if ahead[i] == first:
+            self.own_version_reused(first)
+            return
+        ahead.insert(i, first)  # a register_many's bulk record (see above)
+
+    def own_version_reused(self, v: int) -> None:
+        """Version ``v``, of a change record this node wrote, belongs to another
+        record: Redis went back to older data in place (holding mlock). What the
+        heartbeat does when Redis's change counter is found below it: recover
+        (re-assert, resync)."""
+        self.link.resync_needed(own_version_reused_why(v))
 
     # ------------------------------------------------------------------ events
 

@@ -2,8 +2,10 @@
 
 One thread blocks in ``XREAD`` on ``P:log`` (and on this node's wake stream)
 while the link is CONNECTED, and applies every change record in version
-order. A version gap (the stream was trimmed past us) or a reset (Redis
-restarted empty) asks the link for a resync; a failed read reports the fault.
+order. A version gap (the stream was trimmed past us), a reset (Redis
+restarted empty) or another node's record at a version this node's own write
+had (Redis went back to older data in place: ``Shared.note_own_write``) asks
+the link for a resync; a failed read reports the fault.
 Either way the lease thread runs the recovery (which calls :meth:`Tail.resync`)
 and the tail waits until the link is CONNECTED again, then reads on from the
 snapshot's stream position. The loop body never lets an exception out: an
@@ -28,6 +30,7 @@ from foundation.registry._redis._shared import (
     Own,
     Shared,
     expand_record,
+    own_version_reused_why,
     record_span,
 )
 from foundation.registry._redis._state import log
@@ -64,6 +67,9 @@ class Tail:
 
     def __init__(self, shared: Shared) -> None:
         self._sh = shared
+        # Why the last batch stopped at a record, when not a version gap (the tail
+        # thread's own).
+        self._gap_why = ""
         self.thread = threading.Thread(
             target=self._loop, name=f"foundation-redis-tail[{shared.node}]", daemon=True
         )
@@ -125,9 +131,11 @@ class Tail:
             sh.queue(events)
             sh.applied.notify_all()
         if gap:
-            # A gap (the stream was trimmed past us) or a reset (Redis restarted
-            # empty): resynchronise from a snapshot.
-            sh.link.resync_needed("a version gap on the change stream")
+            # A gap (the stream was trimmed past us), a reset (Redis restarted
+            # empty) or a version of our own write given to another record:
+            # resynchronise from a snapshot.
+            why, self._gap_why = self._gap_why, ""
+            sh.link.resync_needed(why or "a version gap on the change stream")
         for mon in released:
             mon.demonitor()
         sh.hand_off()  # a courier runs the listeners: a slow one never stops the tail
@@ -169,6 +177,7 @@ class Tail:
         sh = self._sh
         only_own = True
         node_b = sh.node_b
+        ahead = sh.mirror.own_ahead
         for rid, fields in records:
             v = int(fields[b"v"])
             if v <= sh.tail_v and not _after(rid, sh.sid):
@@ -180,13 +189,41 @@ class Tail:
                 continue
             if v != sh.tail_v + 1:
                 return True, only_own
-            sh.tail_v = v + record_span(fields) - 1
+            last = v + record_span(fields) - 1
+            if ahead and self._own_write_gone(v, last, fields):
+                return True, only_own
+            sh.tail_v = last
             sh.sid = rid
             if fields[b"w"] != node_b:
                 only_own = False
                 for iv, f in expand_record(v, fields):
                     self._apply_record(iv, f, events, orphans, released)
         return False, only_own
+
+    def _own_write_gone(self, v: int, last: int, fields: dict[bytes, bytes]) -> bool:
+        """The record of versions ``v`` .. ``last`` (the next one, ``fields``) covers
+        a version this node's own write was given (``Shared.note_own_write``) and
+        is not that record: True (holding mlock); the batch then stops there and
+        asks for a resync, as at a version gap.
+
+        In one history the record at such a version is ours and starts there (a
+        noted version is past the tail, and the tail reads every record in
+        order: a gap resyncs). Another node's record there, or one that spans
+        it, means Redis went back to older data in place and other nodes wrote
+        as many records since (its change counter is past every version this
+        node saw: the heartbeat cannot tell): this node's writes since the
+        older copy are lost, and taking the records as the next ones left them
+        lost for good. Recover as when the heartbeat tells."""
+        sh = self._sh
+        ahead = sh.mirror.own_ahead
+        gone = 0
+        while ahead and ahead[0] <= last:
+            first = ahead.popleft()
+            if first != v or fields[b"w"] != sh.node_b:
+                gone = first
+        if gone:
+            self._gap_why = own_version_reused_why(gone)
+        return bool(gone)
 
     def _apply_record(
         self,

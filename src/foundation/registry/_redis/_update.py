@@ -108,6 +108,7 @@ def apply_update(
         if own is not None:
             own.meta, own.ix = meta, ix
         caught_up = _caught_up(sh, key, ek, reply, v)
+        sh.note_own_write(v)
         if caught_up:
             _put_updated(sh, key, ek, reply, frozen=frozen, meta=meta)
     if not caught_up:
