@@ -391,3 +391,248 @@ def test_a_task_cancelled_in_the_block_ends_cancelled_when_the_exit_abandons_a_c
     assert result.lines("CONTEXT") == ["CONTEXT CancelledError ShutdownError"], out
     assert result.lines("MAIN") == ["MAIN 0"], out
     _assert_abandoned_once(result, out)
+
+
+# The loop's end (asyncio.run ending: a Ctrl-C, or main returning) cancels the
+# stop task of a supervisor stopped by a direct ``await sup.stop()``: its
+# caller's cancellation returned at once, so nothing waits for the stop to
+# report its cut. The task reports it itself: one WARNING
+# (``supervisor_stop_cut_short``) naming the children still running. Was:
+# nothing logged, the children left running (3/3). Where a report exists
+# already (an ``async with`` exit's, an Application's, the parent's for a
+# nested supervisor it stops), still that one record alone.
+_LEFT_RUNNING = """
+def quick(ctx):
+    ctx.ready()
+    ctx.stopping.wait()
+
+met = threading.Event()  # the direct stop's caller met its cancellation
+
+def press_until_met():
+    wait_for(reached.is_set, "the stop under way")
+    for _ in range(10):  # a SIGINT is now and then acted on late: sent again
+        ctrl_c()
+        if met.wait(2):
+            return
+
+async def direct_stop(sup):
+    try:
+        await sup.stop()
+    except asyncio.CancelledError:
+        met.set()
+        raise
+
+async def until_reached():
+    while not reached.is_set():
+        await asyncio.sleep(0.005)  # sleep-ok: polling (the deadline: the scenario's)
+
+def pair():
+    return [ChildSpec("quick", quick, kind="thread", shutdown_timeout=20),
+            ChildSpec("stuck", stuck, kind="thread", shutdown_timeout=None)]
+"""
+
+
+def _run_left_running(tmp_path: Path, script: str) -> tuple[Result, str]:
+    return _run(tmp_path, _LEFT_RUNNING + textwrap.dedent(script))
+
+
+def _warnings(result: Result) -> list[str]:
+    """Every WARNING or worse logged, by any logger (PRELUDE's stderr lines)."""
+    return [
+        line.split(" [", 1)[0]
+        for line in result.stderr.splitlines()
+        if line.startswith(("LOG WARNING", "LOG ERROR", "LOG CRITICAL"))
+    ]
+
+
+_CUT = "EVENT supervisor_stop_cut_short WARNING"
+_ONE_CUT = ["LOG WARNING foundation.supervision.supervisor"]
+
+
+def test_a_ctrl_c_during_a_direct_stop_reports_the_children_left_running(tmp_path: Path) -> None:
+    result, out = _run_left_running(
+        tmp_path,
+        """
+        sup = Supervisor(pair(), name="sup")
+
+        async def main():
+            await sup.start()
+            threading.Thread(target=press_until_met, daemon=True).start()
+            await direct_stop(sup)
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+        print("STATE", sup.state, flush=True)
+        print("OK")
+        """,
+    )
+    assert result.lines("INTERRUPTED") == ["INTERRUPTED"], out
+    assert result.lines("STATE") == ["STATE stopping"], out  # (the stop was cut short)
+    events = result.lines("EVENT")
+    assert [e for e in events if "WARNING" in e or "ERROR" in e] == [
+        f"{_CUT} ['quick', 'stuck']"
+    ], out
+    assert _warnings(result) == _ONE_CUT, out
+
+
+def test_asyncio_run_ending_during_a_direct_stop_reports_the_children_left_running(
+    tmp_path: Path,
+) -> None:
+    result, out = _run_left_running(
+        tmp_path,
+        """
+        sup = Supervisor(pair(), name="sup")
+
+        async def main():
+            await sup.start()
+            asyncio.get_running_loop().create_task(direct_stop(sup))
+            await until_reached()  # then main returns: asyncio.run cancels the rest
+
+        asyncio.run(main())
+        print("OK")
+        """,
+    )
+    events = result.lines("EVENT")
+    assert [e for e in events if "WARNING" in e or "ERROR" in e] == [
+        f"{_CUT} ['quick', 'stuck']"
+    ], out
+    assert _warnings(result) == _ONE_CUT, out
+
+
+def test_a_direct_stop_of_nested_supervisors_cut_short_is_reported_once_by_the_top(
+    tmp_path: Path,
+) -> None:
+    result, out = _run_left_running(
+        tmp_path,
+        """
+        inner = Supervisor([ChildSpec("stuck", stuck, kind="thread", shutdown_timeout=None)],
+                           name="inner")
+        sup = Supervisor([ChildSpec("quick", quick, kind="thread", shutdown_timeout=20),
+                          ChildSpec("inner", inner, kind="supervisor")], name="outer")
+
+        async def main():
+            await sup.start()
+            threading.Thread(target=press_until_met, daemon=True).start()
+            await direct_stop(sup)
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+        print("OK")
+        """,
+    )
+    assert result.lines("INTERRUPTED") == ["INTERRUPTED"], out
+    events = result.lines("EVENT")
+    # The outer supervisor's (the inner one's would name "stuck" alone).
+    assert [e for e in events if "WARNING" in e or "ERROR" in e] == [
+        f"{_CUT} ['quick', 'inner/stuck']"
+    ], out
+    assert _warnings(result) == _ONE_CUT, out
+
+
+def test_asyncio_run_ending_during_an_async_with_exit_is_reported_once(tmp_path: Path) -> None:
+    # The exit reports it (it waits for the stop): the stop's task does not too.
+    result, out = _run_left_running(
+        tmp_path,
+        """
+        sup = Supervisor(pair(), name="sup")
+
+        async def block():
+            async with sup:
+                pass
+
+        async def main():
+            asyncio.get_running_loop().create_task(block())
+            await until_reached()
+
+        asyncio.run(main())
+        print("OK")
+        """,
+    )
+    events = result.lines("EVENT")
+    assert [e for e in events if "WARNING" in e or "ERROR" in e] == [
+        f"{_CUT} ['quick', 'stuck']"
+    ], out
+    assert _warnings(result) == _ONE_CUT, out
+
+
+def test_asyncio_run_ending_during_an_application_exit_is_reported_once(tmp_path: Path) -> None:
+    # The application reports it (app_stop_cut_short), not its supervisors.
+    result, out = _run_left_running(
+        tmp_path,
+        """
+        from foundation import Application
+
+        logging.getLogger("foundation.application").addHandler(Events())
+        app = Application(services=("flags",),
+                          workers=[ChildSpec("stuck", stuck, kind="thread",
+                                             shutdown_timeout=None)])
+
+        async def block():
+            async with app:
+                pass
+
+        async def main():
+            asyncio.get_running_loop().create_task(block())
+            await until_reached()
+
+        asyncio.run(main())
+        print("OK")
+        """,
+    )
+    events = result.lines("EVENT")
+    assert [e for e in events if "WARNING" in e or "ERROR" in e] == [
+        "EVENT app_stop_cut_short WARNING ['flags', 'workers/stuck']"
+    ], out
+    assert _warnings(result) == ["LOG WARNING foundation.application"], out
+
+
+def test_a_second_ctrl_c_during_an_application_exit_is_reported_once(tmp_path: Path) -> None:
+    # The wait cut short by the second Ctrl-C, then the loop's end cancelling
+    # the stop itself: one record, the application's.
+    result, out = _run_left_running(
+        tmp_path,
+        """
+        from foundation import Application
+
+        logging.getLogger("foundation.application").addHandler(Events())
+        app = Application(services=("flags",),
+                          workers=[ChildSpec("stuck", stuck, kind="thread",
+                                             shutdown_timeout=None)])
+        seen = threading.Event()
+
+        class Cancelled(logging.Handler):
+            def emit(self, record):
+                if record.event == "app_stop_cancelled":
+                    seen.set()
+
+        logging.getLogger("foundation.application").addHandler(Cancelled())
+
+        def press_twice():
+            wait_for(reached.is_set, "the stop under way")
+            for _ in range(10):  # until met (see ctrl_c_met)
+                ctrl_c()
+                if seen.wait(2):
+                    break
+            ctrl_c()
+
+        async def main():
+            async with app:
+                threading.Thread(target=press_twice, daemon=True).start()
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+        print("OK")
+        """,
+    )
+    assert result.lines("INTERRUPTED") == ["INTERRUPTED"], out
+    events = result.lines("EVENT")
+    assert [e for e in events if "WARNING" in e or "ERROR" in e] == [
+        "EVENT app_stop_cut_short WARNING ['flags', 'workers/stuck']"
+    ], out
+    assert _warnings(result) == ["LOG WARNING foundation.application"], out

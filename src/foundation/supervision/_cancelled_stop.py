@@ -8,6 +8,10 @@ goes on. A second cancellation while it waits ends the wait at once (so the
 caller can always bound the exit), and so does the loop's end cancelling the
 stop itself; both are reported with the children still running.
 
+A stop nobody waits for that way (a direct ``await sup.stop()``, whose caller's
+cancellation returns at once) is cut short by the loop's end cancelling its
+task: the task reports that itself (``cut_short_unless_watched``), once.
+
 Shared by ``async with Supervisor(...)`` and ``async with Application(...)``,
 each reporting in its own words (the ``on_cancelled`` and ``on_cut_short``
 callbacks).
@@ -16,6 +20,7 @@ callbacks).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,7 +44,7 @@ async def stop_past_cancel(
 
     asked = cancelling()
     try:
-        await sup.stop()
+        await watched_stop(sup)
         return
     except asyncio.CancelledError as exc:
         met(exc)
@@ -47,8 +52,42 @@ async def stop_past_cancel(
     stopping = sup._stop_task
     if stopping is None:  # (nothing ran)
         raise cancelled
-    await _waited_past_cancel(stopping, asked, on_cancelled, on_cut_short)
+    await _waited_past_cancel(stopping, asked, on_cancelled, partial(_cut_once, sup, on_cut_short))
     stopping.result()  # its outcome: ShutdownError, or the loop's end cut it
+
+
+async def watched_stop(sup: Supervisor) -> None:
+    """``sup.stop()``, its caller reporting a cut of it itself (its task then
+    does not: see ``cut_short_unless_watched``). Until ``sup`` starts again."""
+    sup._stop_watched = True  # before the stop's task exists, or while it runs
+    await sup.stop()
+
+
+def cut_short_unless_watched(sup: Supervisor) -> None:
+    """``sup``'s own stop task was cancelled before its end (the loop's end:
+    ``asyncio.run`` cancels every task left): WARNING
+    ``supervisor_stop_cut_short`` naming the children still running, unless a
+    caller reports it (``watched_stop``: an ``async with`` exit, an
+    Application, a parent supervisor stopping it as part of its own stop) or
+    it was reported already."""
+    # Race: the waiter's report and the task's own. Both run on the loop's
+    # thread, so neither interleaves with the other; the order is what
+    # decides. A waiter marks the stop watched before its first await (before
+    # the task can be cancelled, when it begins the stop), so the task, whose
+    # done callback (its first: see Supervisor.stop) runs before any waiter
+    # wakes for its end, leaves the report to the waiter, whose words it is
+    # (app_stop_cut_short for an Application). A waiter arriving once the task has ended cut and
+    # reported finds the report made (_cut_once): one record either way.
+    if not sup._stop_watched:
+        _cut_once(sup, sup._report_stop_cut_short)
+
+
+def _cut_once(sup: Supervisor, on_cut_short: Callable[[], object]) -> None:
+    """``on_cut_short()``, unless this stop's cut was reported already."""
+    if sup._stop_cut_reported:
+        return
+    sup._stop_cut_reported = True
+    on_cut_short()
 
 
 async def _waited_past_cancel(

@@ -22,7 +22,8 @@ logger                                    level    events
                                                    blocked loop), kills, abandoned
                                                    threads, automatic shutdown; an
                                                    ``async with`` exit's stop cut short
-                                                   by a second cancellation;
+                                                   by a second cancellation, a stop cut
+                                                   short by the loop's end;
                                           ERROR    restart intensity exceeded, a supervisor
                                                    stopped abnormally (INFO when normal);
                                           INFO     a cancellation met while an ``async
@@ -689,7 +690,8 @@ def supervisor_stop_cancelled(supervisor: str) -> None:
 def supervisor_stop_cut_short(supervisor: str, *, children: Sequence[str]) -> None:
     """Supervisor report (WARNING): a second cancellation ended the wait of
     ``async with supervisor``'s exit for its stop (or the loop's end cancelled
-    the stop itself); ``children`` (paths: ``"workers/stuck"`` inside a nested
+    the stop itself, that of a direct ``await supervisor.stop()`` too, whose
+    task reports it); ``children`` (paths: ``"workers/stuck"`` inside a nested
     supervisor) are still running. Extra field: ``children`` (a list);
     ``child`` and ``kind`` are ``None``, ``reason`` is ``"cancelled"``.
 

@@ -20,6 +20,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from foundation.errors import ShutdownError, SupervisorError
+from foundation.supervision._cancelled_stop import watched_stop
 from foundation.supervision._runs import abandon_tasks, force_tree
 from foundation.supervision._spec import _check_number
 from foundation.supervision._supervisor import Supervisor
@@ -471,7 +472,8 @@ async def _stop(sup: Supervisor, starting: asyncio.Task[None]) -> None:
     if not starting.done():
         starting.cancel()  # start() rolls back what it started, then re-raises
         await asyncio.wait({starting})
-    await sup.stop()
+    # Its cut (forced, then the loop's end) is this runner's to report: forced.
+    await watched_stop(sup)
 
 
 def _name(signo: int) -> str:

@@ -25,7 +25,11 @@ from foundation.supervision._arguments import (
     _check_restart_policy,
     _checked_children,
 )
-from foundation.supervision._cancelled_stop import raised_on_exit, stop_past_cancel
+from foundation.supervision._cancelled_stop import (
+    cut_short_unless_watched,
+    raised_on_exit,
+    stop_past_cancel,
+)
 from foundation.supervision._child import (
     StopRequested,
     _Child,
@@ -257,6 +261,10 @@ class Supervisor(_Supervising):
         self._wakeup = False  # whether async with set up the signal wakeup fd (_wakeup.py)
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
+        # This run's stop: whether a caller reports its cut (watched_stop), and
+        # whether that cut was reported (_cancelled_stop.py).
+        self._stop_watched = False
+        self._stop_cut_reported = False
         self._timers: list[asyncio.TimerHandle] = []
 
     # ------------------------------------------------------------------ properties
@@ -327,6 +335,7 @@ class Supervisor(_Supervising):
         self._registrations = _Registrations(self, self._registry, loop, self._stop_requested)
         self._main = None
         self._stop_task = None
+        self._stop_watched = self._stop_cut_reported = False
         self._stopping = False
         self._state = "starting"
         async with self._lock:
@@ -351,7 +360,9 @@ class Supervisor(_Supervising):
 
         The stop runs in a task of its own: a caller that is itself a child of
         this supervisor (and so gets cancelled by it) does not cut it short.
-        Concurrent callers share it and its outcome.
+        Concurrent callers share it and its outcome. The loop's end cancelling
+        it (``asyncio.run`` ending meanwhile) is one WARNING
+        ``supervisor_stop_cut_short`` naming the children still running.
 
         Raises:
             ShutdownError: a child could not be stopped (an abandoned thread or
@@ -365,9 +376,21 @@ class Supervisor(_Supervising):
             self._stop_task = self._loop.create_task(
                 self._stop_sequence(), name=f"stop supervisor {self._name}"
             )
-            # Retrieved here so that an outcome nobody awaits is not logged.
-            self._stop_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            # First of its callbacks: it runs before any waiter wakes.
+            self._stop_task.add_done_callback(self._stop_ended)
         await asyncio.shield(self._stop_task)
+
+    def _stop_ended(self, task: asyncio.Task[None]) -> None:
+        """The stop's task ended. Cancelled before its end (``asyncio.run``
+        ending while a direct ``await sup.stop()`` runs; before its first step
+        too), WARNING ``supervisor_stop_cut_short`` naming the children still
+        running, unless a caller of the stop reports it (see
+        ``cut_short_unless_watched``). Its outcome is retrieved here, so that
+        one nobody awaits is not logged."""
+        if task.cancelled():
+            cut_short_unless_watched(self)
+        else:
+            task.exception()
 
     async def _stop_sequence(self) -> None:
         import asyncio
@@ -377,6 +400,8 @@ class Supervisor(_Supervising):
             return
         self._stopping = True
         self._state = "stopping"
+        for child in self._children.values():
+            _watch_nested(child.run)  # (one stopped by a terminate_child under way too)
         self._request_stop()
         if self._main is not None:
             self._events.put_nowait(_STOP)
@@ -815,6 +840,8 @@ class Supervisor(_Supervising):
     def _shutdown_run(self, run: Run) -> asyncio.Task[ChildExit]:
         """Stop ``run`` (once; concurrent callers share it). The run kinds report
         shutdown timeouts, kills (``brutal_kill`` included) and abandoned threads."""
+        if self._stopping:
+            _watch_nested(run)
         return run.shutdown(run.spec.shutdown_timeout)
 
     async def _shutdown_children(self) -> list[str]:
@@ -857,6 +884,14 @@ def runs_in_tree(root: Supervisor, handle: object) -> bool:
             if isinstance(run.handle, Supervisor):
                 pending.append(run.handle)
     return False
+
+
+def _watch_nested(run: Run | None) -> None:
+    """A nested supervisor stopped as part of its parent's stop: a cut of it
+    is the parent's (its report names the nested children by path), not its own."""
+    nested = getattr(run, "handle", None)  # (none yet: its factory is still called)
+    if isinstance(nested, Supervisor):
+        nested._stop_watched = True
 
 
 def running_paths(sup: Supervisor, prefix: str = "") -> list[str]:
