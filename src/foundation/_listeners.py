@@ -27,7 +27,11 @@ once every lock is released, by one thread at a time that never waits for
 another (``hand_off`` for events queued on a backend's own thread). A writer
 delivers the events queued before its turn (its own) and leaves later ones
 to a courier thread; nothing is dropped, and a growing backlog (a stuck
-listener) is logged (``BACKLOG_WARNING``).
+listener) is logged (``BACKLOG_WARNING``). A listener's ``BaseException``
+(``KeyboardInterrupt``, ``SystemExit``) robs no other listener: a courier
+reports it and goes on; a writer's own thread re-raises it (a Ctrl-C reaches
+its user) once a courier has what is left, that event's later listeners
+first, then the events behind it (in order, none twice).
 
 Example:
     >>> seen = []
@@ -51,7 +55,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import attrgetter
 from types import FrameType
 from typing import Any, Final, Generic, TypeVar
@@ -234,7 +238,13 @@ class DeliveryQueue(Generic[E]):
     subscribe racing with a delivery never changes the tuple being
     iterated). A listener that raises ``Exception`` is reported
     (:func:`foundation._unraisable.report_unraisable`: logger
-    ``foundation.<area>``, ``where`` naming it) and the next one runs.
+    ``foundation.<area>``, ``where`` naming it) and the next one runs; so
+    does any ``BaseException`` on a courier thread (a library thread must not
+    die of a listener). In any other thread (a writer's) a ``BaseException``
+    (a Ctrl-C must reach the user; a ``sys.exit()``) propagates once the
+    event is left, with the listeners not yet called, for a courier started
+    at once (``_call``, ``_after_cut``): the write is published already, and
+    no listener misses the event or gets it twice.
 
     Nothing is dropped: a listener that never returns holds every later event.
     A thread that finds another delivering checks the backlog (nothing on the
@@ -248,7 +258,7 @@ class DeliveryQueue(Generic[E]):
     """
 
     __slots__ = ("_area", "_courier_name", "_head", "_listeners_of", "_lock", "_more", "_owned",
-                 "_source", "_warned", "_where", "busy", "delivering",
+                 "_rest", "_source", "_warned", "_where", "busy", "delivering",
                  "pending")  # fmt: skip
 
     def __init__(
@@ -282,19 +292,29 @@ class DeliveryQueue(Generic[E]):
         # Set when a listener run by the deliverer queued events (it wrote):
         # the deliverer's turn then covers them too.
         self._more = False
+        # The event whose listeners are running, off the queue: (it, an
+        # iterator over its listeners not yet called); None between events.
+        # Left set by a turn a BaseException cut (a listener's, a Ctrl-C in a
+        # writer's thread): the next turn finishes it first. Touched only by
+        # the lock's holder.
+        self._rest: tuple[tuple[E, object], Iterator[Callable[[E], object]]] | None = None
         # The backlog WARNING last given (0: none since the backlog was small),
         # and (the queue's head, when first seen there) for "no event delivered
         # for": both touched only by threads that find another delivering.
         self._warned = 0
         self._head: tuple[object, float] = (None, 0.0)
 
-    def deliver(self, *, drain: bool = False, wait: bool = False) -> None:
+    def deliver(self, *, drain: bool = False, wait: bool = False, courier: bool = False) -> None:
         """Deliver the events queued when this thread took its turn (it holds
         no lock of the owner), and those its listeners queue meanwhile; hand
         any later ones to a courier. Unless another thread is delivering (or a
         courier is on its way): it delivers them, and this one returns at once.
         ``drain``: deliver until the queue is empty (a courier); ``wait``: wait
-        for the turn (a courier that the writer holding it started: ``_relay``).
+        for the turn (a courier that the writer holding it started: ``_relay``);
+        ``courier``: this thread is the library's own (a courier, or one that
+        must not run listeners but has to: ``hand_off`` when no thread can
+        start), so a listener's ``BaseException`` is reported, never raised
+        (``_call``).
 
         Race: a thread whose try fails leaves its events to the deliverer,
         which looks at the queue again after releasing its lock; an event
@@ -308,35 +328,112 @@ class DeliveryQueue(Generic[E]):
         if tag is _NO_TURN:
             return
         n = 0  # (no call before the try: a Ctrl-C at its return left the lock held)
+        done = False
         try:
-            source, listeners_of = self._source, self._listeners_of
-            n = len(pending)  # a writer's turn: the events queued so far
-            while n > 0:
-                for _ in range(n):  # only the lock's holder pops: n are there
-                    event, self.delivering = pending.popleft()
-                    for listener in listeners_of(source):
-                        try:
-                            listener(event)
-                        except Exception as exc:  # a broken listener must not break a writer
-                            report_unraisable(exc, self._where, listener, area=self._area)
-                n = len(pending)
-                if n:
-                    n = self._next_batch(n, drain)
+            n = self._turn(drain, courier)  # 0, or -1: relayed to a courier
+            done = True
         finally:
-            # (A BaseException from a listener, KeyboardInterrupt say, leaves
-            # the rest queued: the next deliver() delivers them.)
             self.delivering = None
             self.busy = n < 0  # (relayed: set until the courier has the turn)
             if tag is not None:
                 _write_tags.tag = tag
             self._lock.release()
+            if not done:
+                self._after_cut()
         if pending:
             # Race: events queued by other writers after the last look above,
             # looked at after the release as above. The courier relayed to
             # delivers them; else a new one (hand_off starts none if another
             # thread took the turn meanwhile, or a courier waits for it: they
             # look again in turn). Never this writer: its own are delivered.
-            self.hand_off()
+            self._hand_off(courier)
+
+    def _turn(self, drain: bool, courier: bool) -> int:
+        """``deliver``'s turn (the lock held): the event a cut turn left first,
+        then the events queued when it began, and more (``_next_batch``).
+        Returns 0, or -1 once the rest is relayed to a courier (``_relay``)."""
+        pending = self.pending
+        if self._rest is not None:  # an event a cut turn left half delivered: first
+            self._resume(courier)
+        source, listeners_of = self._source, self._listeners_of
+        n = len(pending)  # a writer's turn: the events queued so far
+        while n > 0:
+            for _ in range(n):  # only the lock's holder pops: n are there
+                # Race (a Ctrl-C, or a listener's BaseException, cutting the
+                # turn): the event is recorded with an iterator over its
+                # listeners (``_rest``) before it leaves the queue, so no check
+                # point (a C call's return) sits where it is in neither: a cut
+                # leaves it with exactly the listeners not yet called (none
+                # before ``_call`` ran one) for the next turn. Never lost, no
+                # listener called twice.
+                item = pending[0]
+                listeners = iter(listeners_of(source))
+                self._rest = (item, listeners)
+                pending.popleft()
+                self._call(item, listeners, courier)
+                self._rest = None  # (no check point since _call returned)
+            n = len(pending)
+            if n:
+                n = self._next_batch(n, drain)
+        return n
+
+    def _call(
+        self, item: tuple[E, object], listeners: Iterator[Callable[[E], object]], courier: bool
+    ) -> None:
+        """Call ``listeners`` (the lock held) with the event of ``item`` (its
+        tag published as ``delivering``). A listener's ``Exception`` is
+        reported and the next one runs; so is any ``BaseException`` on a
+        courier (a library thread: it must not die of a listener). Elsewhere
+        (a writer's own thread) a ``BaseException`` (``KeyboardInterrupt``: a
+        Ctrl-C must reach its user; ``SystemExit``) propagates, and the
+        caller leaves the event with the listeners not yet called (``_rest``)
+        for a courier (``_after_cut``).
+
+        Race (a Ctrl-C between listeners): the iterator advances before each
+        call, so a cut anywhere (in a listener, in the report of its error, at
+        the loop's backward jump) leaves exactly the listeners not yet called:
+        none is called twice, none skipped. (A Ctrl-C at a listener's first
+        instruction counts as in it: its own check point.)
+        """
+        event, self.delivering = item
+        for listener in listeners:
+            try:
+                listener(event)
+            except BaseException as exc:  # a broken listener must not break a writer
+                if not (courier or isinstance(exc, Exception)):
+                    raise
+                report_unraisable(exc, self._where, listener, area=self._area)
+
+    def _resume(self, courier: bool) -> None:
+        """Finish the event a cut turn left (``_rest``; the lock held) before
+        any event behind it: the order is kept. Cut again, it stays there, its
+        iterator further on.
+
+        Race (a cut between recording it and popping it, if a Python version
+        checks there): then it is still the queue's head (the same tuple, by
+        identity: each queued one is new), popped here, not told again."""
+        item, listeners = self._rest  # type: ignore[misc]  # (checked by the caller)
+        pending = self.pending
+        if pending and pending[0] is item:
+            pending.popleft()
+        self._call(item, listeners, courier)
+        self._rest = None
+
+    def _after_cut(self) -> None:
+        """A turn cut by a ``BaseException`` (a listener's, or a Ctrl-C in this
+        writer's thread) that propagates: the write is published and its event
+        queued or half delivered (``_rest``); a courier delivers what is left
+        at once, in order, so the other listeners are not robbed of it and the
+        exception reaches the caller without waiting for them.
+
+        Race: read after the release: another thread may have taken the turn
+        (``busy``: it delivers them, ``_rest`` first) or delivered them all
+        already (nothing to do). A courier finding nothing ends at once. A
+        courier that cannot start (or a second Ctrl-C cutting its start)
+        leaves them queued: the next ``deliver()`` delivers them.
+        """
+        if (self.pending or self._rest is not None) and not self.busy:
+            self._start_courier(wait=False)
 
     def _next_batch(self, n: int, drain: bool) -> int:
         """How many of the ``n`` events queued after those this turn counted it
@@ -361,9 +458,18 @@ class DeliveryQueue(Generic[E]):
         holding the turn, and waits for it; until it has it, ``busy`` stays
         set (``deliver``), and a writer leaves its events to it.
         """
+        # (A Ctrl-C cutting the start returns nothing: not relayed, the events
+        # stay queued: the next deliver() delivers them (this one's cut turn
+        # starts a courier for them: _after_cut); or the courier, if it
+        # started, does.)
+        return self._start_courier(wait=True)
+
+    def _start_courier(self, *, wait: bool) -> bool:
+        """Start a courier thread delivering until the queue is empty (``wait``:
+        for the turn a writer holding it relays to it); False if none can start."""
         courier = threading.Thread(
             target=self.deliver,
-            kwargs={"drain": True, "wait": True},
+            kwargs={"drain": True, "wait": wait, "courier": True},
             name=self._courier_name,
             daemon=True,
         )
@@ -371,9 +477,6 @@ class DeliveryQueue(Generic[E]):
             courier.start()
         except RuntimeError:  # no thread can start (interpreter shutdown, thread limit)
             return False
-        # (A Ctrl-C cutting the start returns nothing: not relayed, the events
-        # stay queued, as after a Ctrl-C in a listener: the next deliver()
-        # delivers them; or the courier, if it started, does.)
         return True
 
     def _take_turn(self, drain: bool, wait: bool) -> object:
@@ -437,7 +540,14 @@ class DeliveryQueue(Generic[E]):
         own thread, which may hold a lock of the backend that a writer waits
         for, or has more work to do: a listener waiting for that writer would
         deadlock, a slow one would stall every writer, or the backend's thread
-        itself), or left after a writer's turn."""
+        itself), or left after a writer's turn. If no thread can start, they
+        are delivered here, as a courier would (this thread, the backend's,
+        must not die of a listener: its ``BaseException`` is reported)."""
+        self._hand_off(True)
+
+    def _hand_off(self, courier: bool) -> None:
+        """``hand_off``; ``courier``: how this thread delivers them if no thread
+        can start (a writer's thread: a listener's ``BaseException`` raised)."""
         if self.busy:  # (a shortcut: a courier finding the lock taken returns at once)
             # Race: another thread delivers; it looks at the queue again after
             # releasing its lock, later than this event was queued (deliver).
@@ -447,13 +557,8 @@ class DeliveryQueue(Generic[E]):
             # stack delivers it once that listener returns (``_more``).
             self._turn_taken()
             return
-        courier = threading.Thread(
-            target=self.deliver, kwargs={"drain": True}, name=self._courier_name, daemon=True
-        )
-        try:
-            courier.start()
-        except RuntimeError:  # no thread can start (interpreter shutdown, thread limit)
-            self.deliver(drain=True)  # here, rather than never
+        if not self._start_courier(wait=False):
+            self.deliver(drain=True, courier=courier)  # here, rather than never
 
     def _check_backlog(self) -> None:
         """Warn when the backlog crosses :data:`BACKLOG_WARNING` or 10x, 100x, ...
@@ -520,6 +625,7 @@ class DeliveryQueue(Generic[E]):
             return
         self._lock._at_fork_reinit()  # type: ignore[attr-defined]
         self.pending.clear()
+        self._rest = None
         self.busy = self._more = False
         self.delivering = None
 
@@ -528,12 +634,12 @@ class DeliveryQueue(Generic[E]):
 
 
 def _running_listener(queue: DeliveryQueue[Any]) -> tuple[object, str | None]:
-    """The listener ``queue``'s deliverer runs now (or ran last: a local of its
-    ``deliver`` frame) and that thread's name; (None, None) if none is found.
+    """The listener ``queue``'s deliverer runs now (a local of its ``_call``
+    frame) and that thread's name; (None, None) if none is found.
     Read from the threads' frames only when warning: nothing is recorded on
-    the delivery path (a ``deliver`` frame that found the turn taken has no
+    the delivery path (a ``_call`` frame before its first call has no
     ``listener``)."""
-    code = DeliveryQueue.deliver.__code__
+    code = DeliveryQueue._call.__code__
     names = {t.ident: t.name for t in threading.enumerate()}
     for ident, frame in sys._current_frames().items():
         at: FrameType | None = frame

@@ -107,7 +107,8 @@ def test_a_bad_limit_is_422_with_a_bounded_message(site: Site, raw: str) -> None
         _error(site.client.get(path, params={"limit": raw}), 422, "InvalidLimit")
 
 
-@pytest.mark.parametrize("confirm", [[0], {"stage": 0}, 0, None])
+# (0, the current stage as a JSON integer, now confirms: a boolean or float does not.)
+@pytest.mark.parametrize("confirm", [[0], {"stage": 0}, False, 0.0, None])
 def test_an_emergency_confirmation_of_the_wrong_type_is_refused_plainly(
     site: Site, confirm: object
 ) -> None:

@@ -29,8 +29,8 @@ Security model:
   itself, and writes must be ``Content-Type: application/json`` (a cross-site
   form cannot send that without a CORS preflight, which is never granted).
 - Disabling a flag needs ``"confirm": <flag name>``; an emergency rollback
-  ``"confirm": <current stage number or name>`` (the page makes the operator
-  type it).
+  ``"confirm": <current stage number or name>`` (the number as a JSON integer
+  or a string, never a boolean or ``1.0``; the page makes the operator type it).
 - The page runs under a strict Content-Security-Policy, refuses framing and
   builds every element with ``textContent``.
 

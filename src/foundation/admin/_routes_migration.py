@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,9 @@ from foundation.flags._migration_json import migration_json
 
 __all__ = ["show_migration"]
 
+_MISSING: Any = object()  # (no "confirm" in the body)
+_MAX_SHOWN = 80  # characters of a refused "confirm" shown in the 422 message
+
 
 def _migration_dict(migration: Migration) -> dict[str, Any]:
     return migration_json(migration, history=50, newest_first=True, problems=True)
@@ -24,6 +28,43 @@ def _migration_dict(migration: Migration) -> dict[str, Any]:
 
 async def show_migration(request: Request, state: AdminState) -> Any:
     return await run_in_threadpool(_migration_dict, _need_migration(state))
+
+
+def _check_confirm(confirm: object, stage: int, name: str | None) -> None:
+    """422 ``ConfirmationRequired`` unless ``confirm`` names the current stage:
+    its number as a JSON integer (``1``) or a string (``"1"``), or its name.
+
+    A boolean is refused (``true`` is no stage number, though Python's ``bool``
+    is an ``int``), and so is a number with a fraction part or an exponent
+    (``1.0``, ``1e0``: JSON tells them apart from ``1``, as ``"stage"`` of
+    ``/api/migration/rollback`` does). The message says what was expected and
+    what was received (its JSON type, and its value, bounded)."""
+    accepted: set[object] = {str(stage)} | ({name} if name else set())
+    if isinstance(confirm, int) and not isinstance(confirm, bool):
+        if confirm == stage:
+            return
+    elif isinstance(confirm, str) and confirm in accepted:  # (a list is unhashable: str first)
+        return
+    names = " or ".join(json.dumps(n) for n in sorted(map(str, accepted)))
+    raise ApiError(
+        422,
+        "ConfirmationRequired",
+        f'an emergency rollback needs "confirm": the current stage, {stage} (a JSON integer)'
+        f" or {names} (a string); got {_received(confirm)}",
+    )
+
+
+def _received(value: object) -> str:
+    """``value`` as its JSON text (bounded) and JSON type, for an error message."""
+    if value is _MISSING:
+        return 'nothing (no "confirm")'
+    kinds = ((bool, "a boolean"), (int, "an integer"), (str, "a string"), (list, "an array"),
+             (float, "a number with a fraction or an exponent"), (dict, "an object"))  # fmt: skip
+    kind = next((k for t, k in kinds if isinstance(value, t)), "null")
+    text = json.dumps(value, ensure_ascii=True)
+    if len(text) > _MAX_SHOWN:
+        text = text[: _MAX_SHOWN - 3] + "..."
+    return f"{text} ({kind})"
 
 
 def _migration_write(action: str) -> Callable[..., Awaitable[Any]]:
@@ -48,17 +89,7 @@ def _migration_write(action: str) -> Callable[..., Awaitable[Any]]:
                 # the operator looked needs a fresh confirmation. (The rollback itself
                 # works from any stage, so a move between this check and it is harmless.)
                 status = migration.status()
-                accepted = {str(status.stage)} | (
-                    {status.stage_name} if status.stage_name else set()
-                )
-                confirm = body.get("confirm")
-                if not isinstance(confirm, str) or confirm not in accepted:
-                    raise ApiError(
-                        422,
-                        "ConfirmationRequired",
-                        'an emergency rollback needs "confirm": the current stage '
-                        f"({' or '.join(sorted(accepted))})",
-                    )
+                _check_confirm(body.get("confirm", _MISSING), status.stage, status.stage_name)
                 assert reason is not None
                 migration.emergency_rollback(reason, by=operator)
 
