@@ -199,6 +199,35 @@ def test_a_dead_but_not_yet_cleaned_key_is_simply_replaced(
     assert entry.agent is new
 
 
+@KINDS
+def test_a_retaken_dead_key_tells_the_death_once_before_the_new_registration(
+    registry: Registry, agents: Agents, kind: str
+) -> None:
+    # A monitoring store tells the death when the agent dies; the legacy store
+    # when its dead copy is taken (a MigratingRegistry with the flag off: the
+    # legacy store's events, though its shared side saw the death first).
+    events: list[RegistryEvent] = []
+    registry.subscribe(events.append)
+    old = agents.new(kind)
+    registry.register("k", old)
+    agents.kill(old)
+    shared = getattr(registry, "target", None)  # a MigratingRegistry's monitoring side
+    assert wait_until(
+        lambda: registry.lookup("k") is None and (shared is None or shared.lookup("k") is None)
+    )
+    new = agents.new("thread")
+    registry.register("k", new)
+    registry.unregister("k")  # the last event: the others come before it
+    assert wait_until(lambda: len(events) >= 4)
+    names = {id(old): "old", id(new): "new"}
+    assert [(e.kind, e.reason, names[id(e.entry.agent)]) for e in events] == [
+        ("registered", None, "old"),
+        ("unregistered", "down", "old"),
+        ("registered", None, "new"),
+        ("unregistered", "unregistered", "new"),
+    ]
+
+
 # ---------------------------------------------------------------------------- death
 
 
@@ -481,6 +510,38 @@ def test_error_types_are_also_builtin_errors(registry: Registry, agents: Agents)
         registry.register("x", "not an agent")
     with pytest.raises(ValueError):
         registry.register("x", agents.new("future"), {"bad": object()})
+
+
+class RaisingProbe(str):
+    """A query value whose comparisons raise (not ``TypeError``): the caller's bug."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("probe comparison")
+
+    __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __eq__  # type: ignore[assignment]
+    __hash__ = str.__hash__
+
+
+def test_a_probe_whose_comparison_raises_is_invalid_criteria(
+    registry: Registry, agents: Agents
+) -> None:
+    registry.register("k", agents.new("future"), {"role": "io", "x": "io", "tags": ["io"]})
+    before = snapshot(registry)
+    probe = RaisingProbe("io")
+    cases: list[tuple[str, Callable[[], object]]] = [
+        ("role", lambda: registry.find_by_attribute("role", probe)),  # an indexed attribute
+        ("x", lambda: registry.find_by_attribute("x", probe)),  # a scanned one
+        ("x", lambda: registry.query([("x", "gt", probe)])),
+        ("role", lambda: registry.query([("role", "in", [probe])])),
+        ("tags", lambda: registry.query([("x", "eq", "io"), ("tags", "neq", probe)])),
+    ]
+    for attr, call in cases:
+        with pytest.raises(InvalidCriteria, match=f"'{attr}'") as caught:
+            call()  # never the caller's RuntimeError: every public call raises errors types
+        assert isinstance(caught.value, ValueError)
+        assert len(str(caught.value)) < 200
+    assert snapshot(registry) == before
+    assert keys(registry.find_by_attribute("role", "io")) == {"k"}
 
 
 # ---------------------------------------------------------------------------- query

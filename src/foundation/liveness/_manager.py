@@ -318,6 +318,8 @@ class MonitorManager(_Closing):
             except BaseException:  # a Ctrl-C in _settle or claim: see _take_back_cut
                 self._take_back_cut(mon, watch)
                 raise
+        if self._is_closed():  # Closed before any argument is judged
+            raise self._closed_error()
         if not callable(on_down):
             raise TypeError("on_down must be callable")
         types = AGENT_TYPES

@@ -77,7 +77,14 @@ from foundation.liveness import Down, Monitor, MonitorManager, is_alive
 from foundation.registry._async import DirectAsyncWrites
 from foundation.registry._listeners import CopyOnWriteListeners, DeliveryQueue, _write_tags
 from foundation.registry._plain import PLAIN_SUBCLASSES
-from foundation.registry._query import AttributeIndex, compile_criteria, index_plan, matches
+from foundation.registry._query import (
+    AttributeIndex,
+    compile_criteria,
+    index_plan,
+    matches,
+    matching,
+    probe_failure,
+)
 from foundation.registry._types import (
     Criterion,
     Entry,
@@ -400,20 +407,35 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             raise Closed("this MemoryRegistry is closed")
         compiled = compile_criteria(criteria)
         if self._index is not None:
-            keys = self._index_candidates(self._index, compiled)
-            if keys is not None:
-                self._indexed_queries += 1  # race: a lost count at worst (diagnostics)
-                table = self._live
-                out: list[Entry] = []
-                for key in keys:
-                    # Re-check: the entry may have changed since the index was read.
-                    entry = table.get(key)
-                    if entry is not None and matches(entry.metadata, compiled):
-                        out.append(entry)
+            out = self._query_indexed(self._index, compiled)
+            if out is not None:
                 return out
-        self._scans += 1  # race: as above
+        self._scans += 1  # race: a lost count at worst (diagnostics)
         entries = list(self._live.values())  # one-call snapshot, as in list_all
-        return [e for e in entries if matches(e.metadata, compiled)]
+        return matching(entries, compiled)
+
+    def _query_indexed(
+        self, index: AttributeIndex, compiled: Sequence[Compiled]
+    ) -> list[Entry] | None:
+        """``query`` answered from the index, or None when no criterion can be."""
+        keys = self._index_candidates(index, compiled)
+        if keys is None:
+            return None
+        self._indexed_queries += 1  # race: a lost count at worst (diagnostics)
+        table = self._live
+        out: list[Entry] = []
+        try:  # around the loop, never in it (matching's rule, one list less)
+            for key in keys:
+                # Re-check: the entry may have changed since the index was read.
+                entry = table.get(key)
+                if entry is not None and matches(entry.metadata, compiled):
+                    out.append(entry)
+        except Exception as exc:
+            failed = probe_failure(compiled, exc)
+            if failed is None:
+                raise
+            raise failed from exc
+        return out
 
     def _index_candidates(
         self, index: AttributeIndex, compiled: Sequence[Compiled]

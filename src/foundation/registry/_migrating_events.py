@@ -399,7 +399,10 @@ class _EventRouting:
         with self._told_lock:
             if event.kind == "registered":
                 self._told[told] = (agent, side, entry.registered_at)
-                self._unheard.pop(entry.key, None)  # a dead copy there was replaced
+                if side == _TARGET:  # a dead copy there was replaced
+                    # (A per-thread legacy's registration may be another thread's
+                    # copy: the dead one stays for its own store's report.)
+                    self._unheard.pop(entry.key, None)
             elif event.kind == "unregistered":
                 self._note_end(told, agent, self._told.pop(told, None), entry)
             self._out.append((event, None))
@@ -453,6 +456,12 @@ class _EventRouting:
             return False
         _keep_bounded(self._told_gone, told, agent)
         return True
+
+    def _death_withheld(self, key: Hashable) -> bool:
+        """Whether a death of a registration of ``key`` is withheld for the
+        per-thread legacy store's own report (``_death_told``), the store
+        answering when its dead copy is taken."""
+        return key in self._unheard  # (one dict lookup: no lock needed)
 
     def _note_end(
         self,

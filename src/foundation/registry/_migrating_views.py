@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from foundation.errors import BackendUnavailable, NotRegistered
-from foundation.registry._migrating_events import _LEGACY, _EventRouting
+from foundation.registry._migrating_events import _LEGACY, _MAX_KEPT, _EventRouting
 from foundation.registry._types import Divergence, Registry
 from foundation.registry._validation import short_repr
 
@@ -48,6 +48,7 @@ class _View:
         "copy_op",
         "divergent",
         "inbox",
+        "kept_dead",
         "legacy_retry",
         "mirrors",
         "private",
@@ -64,6 +65,10 @@ class _View:
         # len(divergent) at which _diverge purges its dead copies (_DivergenceBook)
         self.purge_at = PURGE_AT_LEAST
         self.inbox: deque[Hashable] = deque()
+        # Keys (oldest first) whose dead copy a catch-up left in this private
+        # store for its withheld death (_catch_up_key); dropped by a later
+        # catch-up once the death is no longer withheld (_drop_kept_dead).
+        self.kept_dead: dict[Hashable, None] = {}
         # key -> seq of the queued register op that wrote this view's current
         # copy (rule 6); present only while that op is queued.
         self.copy_op: dict[Hashable, int] = {}
@@ -183,6 +188,7 @@ class _LegacyViews(_EventRouting):
                         return  # one wait per pass at most: the rest stays queued
         finally:
             inbox.extend(retry)
+        self._drop_kept_dead(view)
         if not retry:
             self._legacy_ok()
 
@@ -231,9 +237,18 @@ class _LegacyViews(_EventRouting):
         # The mirror is forgotten only once its legacy copy is gone, so that a
         # refused unregister is retried rather than leaving an untracked copy.
         if rec is None or rec.view is not view:
-            # Unregistered, replaced by another thread, or dead: drop the stale copy.
-            with self._events_dropped(_LEGACY):
-                legacy.unregister(key)
+            # Unregistered, replaced by another thread, or dead: drop the stale
+            # copy. But a dead one whose death the listeners were not told
+            # (withheld: the store answering tells it) is left as the bare store
+            # leaves it (it reads as absent): taken again, the store tells the
+            # death itself, before the new "registered" (a silent drop lost it).
+            # Kept only while that death is withheld (_drop_kept_dead): bounded.
+            if self._death_withheld(key) and legacy.lookup(key) is None:
+                view.kept_dead.pop(key, None)
+                view.kept_dead[key] = None  # (the newest last)
+            else:
+                with self._events_dropped(_LEGACY):
+                    legacy.unregister(key)
             view.mirrors.pop(key, None)
         elif rec.gen != gen:
             entry = self._target.lookup(key)
@@ -248,6 +263,39 @@ class _LegacyViews(_EventRouting):
                     view.mirrors[key] = rec.gen
                 except NotRegistered:  # the private copy's agent died
                     view.mirrors.pop(key, None)
+
+    def _drop_kept_dead(self, view: _View) -> None:
+        """Drop the dead copies of ``view`` (a private one, in its own thread)
+        left for a death no longer withheld (told, or dropped from the bounded
+        ``_unheard``): as a catch-up drops any other, oldest first. The rest
+        are few: all of them (not only the oldest) are looked at once they
+        pass ``_MAX_KEPT`` by a tenth, so ``kept_dead`` stays below that."""
+        kept = view.kept_dead
+        if not kept:
+            return
+        legacy = self._legacy
+        for key in self._no_longer_withheld(kept):
+            try:
+                # Not if the key was taken again since (a mirror, or a live copy).
+                if key not in view.mirrors and legacy.lookup(key) is None:
+                    with self._events_dropped(_LEGACY):
+                        legacy.unregister(key)
+            except Exception as exc:  # retried by a later pass, as a catch-up's
+                self._legacy_failed("catch-up", key, exc)
+                return
+            del kept[key]
+
+    def _no_longer_withheld(self, kept: dict[Hashable, None]) -> list[Hashable]:
+        """The keys of ``kept`` whose death is no longer withheld: the oldest,
+        up to the first still withheld; all of them past the bound."""
+        if len(kept) > _MAX_KEPT + _MAX_KEPT // 10:
+            return [k for k in kept if not self._death_withheld(k)]  # (whole: rare)
+        gone = []
+        for key in kept:
+            if self._death_withheld(key):
+                break
+            gone.append(key)
+        return gone
 
     def _tell(self, view: _View | None, key: Hashable, caller: _View) -> None:
         """Tell ``view`` that the record of ``key`` changed (rule 3)."""

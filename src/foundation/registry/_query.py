@@ -27,14 +27,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
-from foundation.errors import InvalidCriteria
+from foundation.errors import FoundationError, InvalidCriteria
 from foundation.registry._plain import plain_converter
 from foundation.registry._validation import short_repr  # bounded messages
 
 __all__ = [
     "OPS",
+    "PASSED_ON",
     "UNSAFE",
     "AttributeIndex",
     "Compiled",
@@ -44,7 +45,19 @@ __all__ = [
     "index_term",
     "is_index_safe",
     "matches",
+    "matching",
+    "probe_failed",
+    "probe_failure",
+    "suspect",
 ]
+
+
+class _HasMetadata(Protocol):
+    @property
+    def metadata(self) -> Mapping[str, Any]: ...
+
+
+_E = TypeVar("_E", bound=_HasMetadata)  # an Entry (``matching``)
 
 OPS: Final = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "in", "not_in"})
 _COLLECTIONS: Final = (list, tuple, set, frozenset)
@@ -239,6 +252,90 @@ def matches(metadata: Mapping[str, Any], compiled: Sequence[Compiled]) -> bool:
         if not ok:
             return False
     return True
+
+
+PASSED_ON: Final = (MemoryError, FoundationError)
+"""What an evaluation raises as it is; ``probe_failed`` wraps anything else."""
+
+
+def matching(entries: Sequence[_E], compiled: Sequence[Compiled]) -> list[_E]:
+    """The ``entries`` (already read: nothing else runs here) whose metadata
+    ``matches``. When some criterion's value is not a plain one (``suspect``),
+    an error of its comparison (not ``TypeError``) is ``probe_failed``'s
+    ``InvalidCriteria``; with plain values only, nothing is caught (an error
+    then is no fault of the criteria, and raises as it is).
+
+    >>> class Tag(str):
+    ...     def __eq__(self, other): raise RuntimeError("no")
+    ...     __hash__ = str.__hash__
+    >>> class E:
+    ...     metadata = {"role": "io"}
+    >>> len(matching([E()], compile_criteria([("role", "eq", "io")])))
+    1
+    >>> matching([E()], compile_criteria([("role", "eq", Tag("io"))]))
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidCriteria: criterion on 'role': its value raised RuntimeError when compared with a stored value
+    """  # noqa: E501
+    try:  # around the loop, never in it: the normal path costs nothing
+        return [e for e in entries if matches(e.metadata, compiled)]
+    except Exception as exc:
+        # Judged only now, on the error path (a query pays nothing for it).
+        failed = probe_failure(compiled, exc)
+        if failed is None:
+            raise
+        raise failed from exc
+
+
+def probe_failure(compiled: Sequence[Compiled], exc: Exception) -> InvalidCriteria | None:
+    """For an evaluation loop's own ``try`` (as ``matching``'s): the
+    ``InvalidCriteria`` to raise for ``exc``, or None to let ``exc`` go on as
+    it is (``PASSED_ON``, or no criterion's value is suspect)."""
+    if isinstance(exc, PASSED_ON) or not any(suspect(c) for c in compiled):
+        return None
+    return probe_failed(compiled, exc)
+
+
+def suspect(c: Compiled) -> bool:
+    """Whether the value of ``c`` is not a plain one (its comparisons may raise):
+    an ``in``/``not_in`` set's elements are judged one by one."""
+    value = c.value
+    if isinstance(value, set | frozenset):
+        return any(index_term(x) is UNSAFE for x in value)
+    return index_term(value) is UNSAFE
+
+
+def probe_failed(compiled: Sequence[Compiled], exc: Exception) -> InvalidCriteria:
+    """The error of a query whose value raised when compared (not ``TypeError``:
+    a probe whose own ``__eq__``, ``__lt__`` or ``__hash__`` raises something
+    else): ``InvalidCriteria`` naming the attribute, never the caller's error.
+
+    Raised by ``matching`` (the backends' evaluation loop), which lets
+    ``PASSED_ON`` through.
+
+    >>> class Tag(str):
+    ...     def __eq__(self, other): raise RuntimeError("no")
+    ...     __hash__ = str.__hash__
+    >>> crit = compile_criteria([("role", "eq", Tag("io"))])
+    >>> try:
+    ...     matches({"role": "io"}, crit)
+    ... except RuntimeError as exc:
+    ...     print(probe_failed(crit, exc))
+    criterion on 'role': its value raised RuntimeError when compared with a stored value
+    """
+    # The criteria whose value is not a plain one (an index term) are the suspects.
+    suspects = [c for c in compiled if suspect(c)] or list(compiled)
+    names = ", ".join(short_repr(_shown_path(c.path)) for c in suspects[:3])
+    more = ", ..." if len(suspects) > 3 else ""
+    return InvalidCriteria(
+        f"criterion on {names}{more}: its value raised {type(exc).__name__} "
+        "when compared with a stored value"
+    )
+
+
+def _shown_path(path: tuple[Hashable, ...]) -> object:
+    """A criterion's path as written (``"a.b"``), or the tuple when a part is no str."""
+    return ".".join(path) if all(type(p) is str for p in path) else path  # type: ignore[arg-type]
 
 
 _SAFE_SCALARS: Final = (str, int, float, bool, type(None))

@@ -40,7 +40,7 @@ from foundation.registry._query import (
     IndexPlan,
     compile_criteria,
     index_plan,
-    matches,
+    matching,
 )
 from foundation.registry._types import (
     Criterion,
@@ -267,7 +267,9 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
             self._indexed_queries += 1  # race: a lost count at worst (diagnostics)
             return self._query_indexed(compiled, plans)
         self._scans += 1  # race: as above
-        return [e for e in self._live() if matches(e.metadata, compiled)]
+        # (The liveness checks first, outside ``matching``: an agent's error is
+        # its own, never the criteria's.)
+        return matching(self._live(), compiled)
 
     def _query_indexed(self, compiled: Sequence[Compiled], plans: list[IndexPlan]) -> list[Entry]:
         """``query`` answered from the calling thread's index (the plan with fewest keys)."""
@@ -277,14 +279,10 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         index = store.index
         keys = min((index.keys(p.attr, p.values) for p in plans), key=len)
         entries = store.entries
-        out = []
-        for key in keys:
-            # Re-check every candidate: the index is a superset, and dead
-            # agents linger (filtered, as every read does).
-            entry = entries.get(key)
-            if entry is not None and matches(entry.metadata, compiled) and is_alive(entry.agent):
-                out.append(entry)
-        return out
+        # Re-check every candidate: the index is a superset, and dead agents
+        # linger (filtered, as every read does: outside ``matching``).
+        candidates = [e for e in (entries.get(k) for k in keys) if e is not None]
+        return [e for e in matching(candidates, compiled) if is_alive(e.agent)]
 
     # ------------------------------------------------------------------ writes
 

@@ -46,7 +46,7 @@ from foundation import _flap, _fork, _redis_conn
 from foundation._listeners import DeliveryQueue, Listeners
 from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidConfig
-from foundation.registry._query import compile_criteria, matches
+from foundation.registry._query import compile_criteria, matching
 from foundation.registry._redis._codec import RemoteAgent, decode_key
 from foundation.registry._redis._mirror import Mirror, same_registration
 from foundation.registry._redis._readscript import ReadScript
@@ -232,8 +232,9 @@ class RedisObserver:
 
     def query(self, criteria: Sequence[Criterion]) -> list[Entry]:
         """Entries whose metadata matches every criterion (the registries' one query rule)."""
+        self._check_open()  # first: Closed before the criteria are judged
         compiled = compile_criteria(criteria)
-        return [e for e in self.list_all() if matches(e.metadata, compiled)]
+        return matching(self.list_all(), compiled)
 
     def count(self) -> int:
         self._check_open()
@@ -241,6 +242,7 @@ class RedisObserver:
 
     def recently_dead(self) -> list[Death]:
         """The last deaths seen (reason ``"down"``, with their ``Down``), oldest first."""
+        self._check_open()
         with self._lock:
             return list(self._deaths)
 
@@ -311,6 +313,7 @@ class RedisObserver:
         self._released = True
 
     def __enter__(self) -> RedisObserver:
+        self._check_open()  # entering a closed observer is Closed, as every closeable
         return self
 
     def __exit__(self, *exc: object) -> None:

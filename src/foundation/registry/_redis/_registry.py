@@ -55,7 +55,7 @@ from foundation.errors import (
 )
 from foundation.liveness import MonitorManager
 from foundation.registry._plain import PLAIN_SUBCLASSES
-from foundation.registry._query import IndexPlan, compile_criteria, index_plan, matches
+from foundation.registry._query import IndexPlan, compile_criteria, index_plan, matching
 from foundation.registry._redis._codec import metadata_json, normal_key
 from foundation.registry._redis._records import Conflict, RedisStatus, status_of
 from foundation.registry._types import (
@@ -530,7 +530,7 @@ class RedisRegistry(Registry):
         plans = index_plan(compiled, sh.indexed)
         with sh.mlock:
             candidates = self._indexed_candidates(plans) if plans else list(self._entries.values())
-        return [e for e in candidates if matches(e.metadata, compiled)]
+        return matching(candidates, compiled)
 
     def _indexed_candidates(self, plans: Sequence[IndexPlan]) -> list[Entry]:
         """The entries of the smallest index bucket set the ``plans`` name (holding mlock)."""
