@@ -73,6 +73,8 @@ FLAGS_CALLS: dict[str, Callable[[FeatureFlags], object]] = {
     "set_percentage": lambda f: f.set_percentage("beta", 10),
     "allow": lambda f: f.allow("beta", "ana"),
     "deny": lambda f: f.deny("beta", "bob"),
+    "deny(bad actor)": lambda f: f.deny("beta", [1]),  # type: ignore[arg-type]
+    "allow(bad actor)": lambda f: f.allow("beta", [1]),  # type: ignore[arg-type]
     "clear": lambda f: f.clear("beta"),
     "reset_all": lambda f: f.reset_all(),
     "load_from_config": lambda f: f.load_from_config({"beta": True}, env=None),
@@ -160,10 +162,12 @@ STORE_CALLS: dict[str, Callable[[FlagStore], object]] = {
     "migration_stage": lambda s: s.migration_stage("default"),
     "migration_history": lambda s: s.migration_history("default"),
     "subscribe": lambda s: s.subscribe(lambda changes: None),
+    "subscribe(None)": lambda s: s.subscribe(None),  # type: ignore[arg-type]
     "catalogue": lambda s: s.catalogue(),
     "record_catalogue": lambda s: s.record_catalogue([Flag("beta")]),
     "plans": lambda s: s.plans(),
     "record_plan": lambda s: s.record_plan("default", MigrationPlan.default()),
+    "plan_flags": lambda s: s.plan_flags("default"),
 }
 
 
@@ -250,6 +254,10 @@ def test_a_closed_monitor_manager_refuses_every_call_reads_included(
         OSProcess(os.getpid()),
     ):
         assert_closed(lambda agent=agent: manager.monitor(agent, lambda down: None))
+        assert_closed(lambda agent=agent: manager.monitor(agent, None))  # type: ignore[arg-type]
+    # Before any argument is judged: an unsupported agent, a callback that is none.
+    assert_closed(lambda: manager.monitor(object(), lambda down: None))
+    assert_closed(lambda: manager.monitor(object(), None))  # type: ignore[arg-type]
     # Reads too: the figures were the manager's, and it is gone.
     assert_closed(manager.active_count)
     assert_closed(manager.stats)
@@ -414,3 +422,41 @@ def test_entering_a_closed_admin_server_raises_closed() -> None:
     with server:
         assert server.url
     assert_closed(lambda: _entered(server))
+
+
+# ---------------------------------------------------------------------------- RedisObserver
+
+OBSERVER_CALLS: dict[str, Callable[[Any], object]] = {
+    "list_all": lambda o: o.list_all(),
+    "lookup": lambda o: o.lookup("k"),
+    "query": lambda o: o.query([]),
+    "query(bad criteria)": lambda o: o.query("bad"),  # Closed before the criteria are judged
+    "count": lambda o: o.count(),
+    "recently_dead": lambda o: o.recently_dead(),
+    "nodes": lambda o: o.nodes(),
+    "status": lambda o: o.status(),
+    "subscribe": lambda o: o.subscribe(lambda event: None),
+    "with": _entered,
+}
+
+
+def test_every_public_call_of_the_redis_observer_is_checked() -> None:
+    from foundation.registry._redis._observer import RedisObserver
+
+    public = {n for n in dir(RedisObserver) if not n.startswith("_")}
+    checked = {n.split("(")[0] for n in OBSERVER_CALLS} | {"close", "connected"}
+    assert public <= checked, f"add to OBSERVER_CALLS: {public - checked}"
+
+
+@pytest.mark.parametrize("call", list(OBSERVER_CALLS))
+def test_a_closed_redis_observer_refuses_every_call(
+    call: str, request: pytest.FixtureRequest
+) -> None:
+    from foundation.registry._redis._observer import RedisObserver
+
+    server: RedisServer = request.getfixturevalue("redis_server")
+    observer = RedisObserver(server.url, namespace=f"closed-obs-{os.getpid()}", timeout=1.0)
+    observer.close()
+    assert_closed(lambda: OBSERVER_CALLS[call](observer))
+    assert observer.connected is False
+    observer.close()  # idempotent

@@ -156,6 +156,8 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             if st["stage_name"]:
                 where += f" ({st['stage_name']})"
             out.line(f"migration {st['plan']!r}: {where}")
+            if st["skew"]:  # another version of the plan in play (a rolling deploy)
+                out.line(f"WARNING: {st['skew']}")
             out.table(["stage", "name", "risk", "flags", "reached"], _stage_rows(st))
             if action == "status" and st["history"]:
                 out.line("recent steps:")

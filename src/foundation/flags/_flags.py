@@ -641,6 +641,7 @@ class FeatureFlags:
     ) -> None:
         """Add ``actor`` to the deny set (off, or a typed flag's default variant, for it,
         whatever else holds)."""
+        name = self._check_name(name)  # first, as allow(): Closed before the actor is judged
         a = _stored_actor(actor)
         self._update(name, lambda s: _replace(s, deny=s.deny | {a}), by, reason)
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from foundation import telemetry
 from foundation.errors import (
     BackendUnavailable,
+    Closed,
     FlagError,
     InvalidFlagValue,
     MigrationError,
@@ -55,8 +56,9 @@ _step_log = logging.getLogger("foundation.flags.migration")
 _FROM_STORE: ContextVar[bool] = ContextVar("foundation_migration_from_store", default=False)
 """Set while ``Migration.from_store`` constructs: a tool does not record the plan again."""
 
-ReadinessCheck = Callable[[], Iterable[str]]
-"""A readiness check returns its problems; an empty result means ready."""
+ReadinessCheck = Callable[[], Iterable[str] | str]
+"""A readiness check returns its problems; an empty result means ready (a
+non-empty ``str`` is one problem)."""
 
 DEFAULT_FLAGS = (
     Flag(
@@ -219,6 +221,9 @@ class MigrationStatus:
     stage_name: str | None
     total: int
     flags: Mapping[str, bool] = field(default_factory=dict)
+    skew: str | None = None
+    """Set when another version of the plan (a rolling deploy) is in play: the stage
+    is beyond this plan's stages, or the store records another version of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +365,11 @@ def _record_plan(flags: FeatureFlags, plan: MigrationPlan) -> None:
         _log.warning("migration plan %r not recorded in %r: %s", plan.name, flags.store, exc)
 
 
+def _entries_of(plan: MigrationPlan | None) -> list[tuple[str, int]]:
+    """(flag, stage) of every flag ``plan`` names (none for no plan)."""
+    return [] if plan is None else [(f, st.number) for st in plan.stages for f in st.flags]
+
+
 class Migration:
     """Drive a ``MigrationPlan`` over ``flags``, persisting stage and history in its store.
 
@@ -417,6 +427,9 @@ class Migration:
         self.readiness = checks
         self.health = health
         self.thresholds = thresholds
+        # WARNINGs logged once (status().skew; the automatic rollback's notes on
+        # other versions' flags: a breach is checked every interval).
+        self._logged: set[str] = set()
         if not _FROM_STORE.get():
             _record_plan(flags, plan)
 
@@ -468,12 +481,51 @@ class Migration:
     # ------------------------------------------------------------------ reads
 
     def status(self) -> MigrationStatus:
-        """The committed stage (read from the store) and the plan flags' current answers."""
+        """The committed stage (read from the store) and the plan flags' current answers.
+
+        ``skew`` is set (and logged once at WARNING) when another version of the
+        plan is in play: the stage is beyond this plan's stages, or the store
+        records another version of it (a rolling deploy)."""
         self.flags._check_open()  # a store you passed outlives the flags: Closed all the same
         stage = self.flags.store.migration_stage(self.plan.name)
-        name = self.plan.stages[stage - 1].name if 0 < stage <= len(self.plan.stages) else None
+        total = len(self.plan.stages)
+        name = self.plan.stages[stage - 1].name if 0 < stage <= total else None
         answers = {f: self.flags.enabled(f) for f in self.plan.flags}
-        return MigrationStatus(self.plan.name, stage, name, len(self.plan.stages), answers)
+        skew = self._skew(stage)
+        return MigrationStatus(self.plan.name, stage, name, total, answers, skew)
+
+    def _skew(self, stage: int) -> str | None:
+        """What ``status().skew`` says (logged once at WARNING), or None."""
+        total = len(self.plan.stages)
+        try:  # the store's record now (one read); else as the store knows it locally
+            recorded = self.flags.store.plans().get(self.plan.name)
+            known = True
+        except Exception:
+            recorded, known = None, False
+        others = self._other_flags(0, warn=False, recorded=(lambda: recorded) if known else None)
+        if stage > total:
+            skew = f"stage {stage} is beyond this plan's {total} (another version advanced it)"
+        elif recorded is not None and recorded.to_dict() != self.plan.to_dict():
+            skew = f"the store records another version of it ({len(recorded.stages)} stages)"
+        else:
+            return None
+        on = [f for f in others if self.flags.enabled(f)]
+        skew = (
+            f"migration {self.plan.name!r} ({total} stages here): {skew}; flags only other "
+            f"versions name, on now: {bounded_list(on) if on else 'none'}; a rollback "
+            "turns those off too"
+        )
+        self._warn(skew, once=True)
+        return skew
+
+    def _warn(self, message: str, *, once: bool) -> None:
+        """A WARNING under ``foundation.flags``; with ``once``, only the first time
+        this ``Migration`` has ``message`` to say."""
+        if once:
+            if message in self._logged:
+                return
+            self._logged.add(message)
+        _log.warning("%s", message, extra={"plan": self.plan.name})
 
     def history(self) -> list[MigrationEvent]:
         """Every advance and rollback of this plan, oldest first, with who, when and why."""
@@ -485,7 +537,11 @@ class Migration:
         found: list[str] = []
         for check in self.readiness:
             try:
-                found.extend(str(p) for p in check())
+                result = check()
+                if isinstance(result, str):  # one problem, not one per character
+                    found.extend([result] if result else [])
+                else:
+                    found.extend(str(p) for p in result)
             except Exception as exc:
                 name = bounded_repr(getattr(check, "__name__", check))
                 found.append(f"readiness check {name} failed: {bounded_repr(exc)}")
@@ -524,7 +580,8 @@ class Migration:
     def rollback_to(
         self, stage: int, *, by: str | None = None, reason: str | None = None
     ) -> MigrationEvent:
-        """Go back to ``stage`` (any 0 <= stage < current): later stages' flags off.
+        """Go back to ``stage`` (any 0 <= stage < current): later stages' flags off,
+        and the flags only other recorded versions of the plan put above ``stage``.
 
         Returns the ``MigrationEvent`` this call recorded.
 
@@ -533,6 +590,7 @@ class Migration:
         """
         if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
             raise MigrationError(f"rollback target must be an int >= 0, not {bounded_repr(stage)}")
+        others = self._other_flags(stage)
 
         def body(w: _Writer) -> MigrationEvent:
             current = w.txn.migration_stage(self.plan.name)
@@ -544,7 +602,7 @@ class Migration:
                     if current
                     else f"migration {self.plan.name!r} is at stage 0; nothing to roll back"
                 )
-            return self._move(w, "rollback", current, stage, by=by, reason=reason)
+            return self._move(w, "rollback", current, stage, by=by, reason=reason, off=others)
 
         event = self.flags._transact(body)
         self._emit("migration.rolled_back", event)
@@ -552,6 +610,10 @@ class Migration:
 
     def emergency_rollback(self, reason: str, *, by: str | None = None) -> MigrationEvent:
         """Turn every plan flag off and return to stage 0, from any stage, now.
+
+        Every flag any recorded version of this plan named
+        (``store.plan_flags``: during a rolling deploy another version may have
+        turned on a stage this one does not have), whichever deploy calls it.
 
         Works during a backend outage on a store that keeps kill switches
         (``RedisFlagStore``): applied locally at once, committed on its return.
@@ -567,10 +629,11 @@ class Migration:
         # Blank ("   ", "\n") is no reason: the history would record nothing.
         if not isinstance(reason, str) or not reason.strip():
             raise MigrationError("an emergency rollback needs a reason")
+        others = self._other_flags(0)
 
         def body(w: _Writer) -> MigrationEvent:
             current = w.txn.migration_stage(self.plan.name)
-            return self._move(w, "emergency_rollback", current, 0, by=by, reason=reason)
+            return self._move(w, "emergency_rollback", current, 0, by=by, reason=reason, off=others)
 
         # A kill switch: on a store that keeps it through an outage it applies here
         # at once and is committed when the backend returns (FlagStore.kill_switch).
@@ -609,6 +672,7 @@ class Migration:
         if not breaches:
             return HealthReport(sample, breaches)
         why = "; ".join(breaches)
+        others = self._other_flags(0, once=True)
 
         def body(w: _Writer) -> MigrationEvent | None:
             # The stage is read inside the transaction: if someone else rolled
@@ -616,8 +680,15 @@ class Migration:
             current = w.txn.migration_stage(self.plan.name)
             if current == 0:
                 return None
+            target = current - 1
             return self._move(
-                w, "auto_rollback", current, current - 1, by="auto-rollback", reason=why
+                w,
+                "auto_rollback",
+                current,
+                target,
+                by="auto-rollback",
+                reason=why,
+                off=tuple(f for f in others if others[f] > target),
             )
 
         event = self.flags._transact(body)
@@ -628,6 +699,71 @@ class Migration:
 
     # --------------------------------------------------------------- internals
 
+    def _other_flags(
+        self,
+        beyond: int,
+        *,
+        warn: bool = True,
+        once: bool = False,
+        recorded: Callable[[], MigrationPlan | None] | None = None,
+    ) -> dict[str, int]:
+        """The flags other recorded versions of this plan put in a stage above ``beyond``
+        (and this plan names nowhere) -> the highest such stage: a rollback to
+        ``beyond`` turns them off too, whichever deploy's plan it runs. A flag not
+        declared here cannot be written here: logged at WARNING (a ``FeatureFlags``
+        of the catalogue, as the CLI's, declares every flag recorded)."""
+        ever = self._version_flags(recorded)
+        mine = set(self.plan.flags)
+        found = {f: n for f, n in ever.items() if n > beyond and f not in mine}
+        usable = self._switchable(found)
+        unknown = [f for f in found if f not in usable]
+        if unknown and warn:
+            self._warn(
+                f"migration {self.plan.name!r}: flags {bounded_list(unknown)} of another "
+                "version of the plan are not declared here (as boolean flags) and stay as "
+                "they are; roll back from a deploy that declares them, or with the CLI",
+                once=once,
+            )
+        return usable
+
+    def _switchable(self, found: dict[str, int]) -> dict[str, int]:
+        """The entries of ``found`` whose flag ``self.flags`` declares, as a boolean flag."""
+        declared = set(self.flags.names)
+        return {
+            f: n for f, n in found.items() if f in declared and self.flags.flag(f).kind == "boolean"
+        }
+
+    def _version_flags(
+        self, recorded: Callable[[], MigrationPlan | None] | None = None
+    ) -> dict[str, int]:
+        """``store.plan_flags`` and the flags of the plan recorded now (an older library
+        records plans without adding to ``plan_flags``), as the store knows them
+        without waiting (its copy, if it keeps one; ``recorded``: how to read the
+        recorded plan instead). What cannot be read (the backend, a corrupt entry:
+        any error) is logged at WARNING, once per message, and left out: a rollback
+        goes on with this plan's flags, as a kill switch must."""
+        store, name = self.flags.store, self.plan.name
+        found: dict[str, int] = {}
+        plan = recorded or (lambda: store._known_plan(name))
+        reads: tuple[tuple[str, Callable[[], Iterable[tuple[str, int]]]], ...] = (
+            ("plan flags", lambda: store._known_plan_flags(name).items()),
+            ("recorded plan", lambda: _entries_of(plan())),
+        )
+        for what, read in reads:
+            try:
+                entries = list(read())
+            except Exception as exc:  # anything: the kill switch must not depend on it
+                self._warn(
+                    f"migration {name!r}: the {what} of other versions of the plan are "
+                    f"unknown ({type(exc).__name__}: {bounded_repr(str(exc))}); rolling "
+                    "back without them",
+                    once=True,
+                )
+                continue
+            for flag, stage in entries:
+                found[flag] = max(stage, found.get(flag, 0))
+        return found
+
     def _move(
         self,
         w: _Writer,
@@ -637,12 +773,15 @@ class Migration:
         *,
         by: str | None,
         reason: str | None,
+        off: Iterable[str] = (),
     ) -> MigrationEvent:
+        """Record the step to ``target``: the flags of stages 1..target on, the later
+        ones off, and ``off`` (flags only other versions of the plan name) off too."""
         total = len(self.plan.stages)
         why = reason or f"migration {self.plan.name!r} {action} {current} -> {target}"
         for name in self.plan.flags_of(1, target):  # cumulative: stages 1..target on
             w.update(name, lambda s: replace(s, switch=True), by, why)
-        for name in self.plan.flags_of(target + 1, total):  # everything later off
+        for name in (*self.plan.flags_of(target + 1, total), *off):  # everything later off
             w.update(name, lambda s: replace(s, switch=False), by, why)
         event = MigrationEvent(self.plan.name, action, current, target, by, reason, time.time())
         w.txn.put_migration(self.plan.name, target, event)
@@ -682,9 +821,11 @@ class AutoRollback:
 
     Each check that crosses a threshold rolls back one stage, so a system that
     stays unhealthy steps back one stage per interval until stage 0. A health
-    source that raises is logged under ``foundation.flags`` and passed to
-    ``sys.unraisablehook`` if one is installed (and kept in
-    ``last_error``); the watcher keeps going. ``stop()`` (or leaving the
+    source that raises (any exception, ``SystemExit`` too) is logged under
+    ``foundation.flags`` and passed to ``sys.unraisablehook`` if one is
+    installed (and kept in ``last_error``); the watcher keeps going. Once the
+    migration's ``FeatureFlags`` is closed no rollback can be written: the
+    watcher ends with one WARNING (``running`` turns False). ``stop()`` (or leaving the
     ``with`` block) ends the thread and waits for it. Without a thread to start
     (the process's thread limit) the constructor raises ``StartError``, as
     ``spawn_thread`` does; nothing was started.
@@ -737,27 +878,46 @@ class AutoRollback:
         return self._thread.is_alive() and not self._stop.is_set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                sample = self.migration._sample()
-            except Exception as exc:  # keep watching; the failure is reported
-                self.last_error = exc
-                report_callback_error(exc, self.migration.health, "auto-rollback health source")
-                continue
-            try:
-                report = self.migration._respond(sample)
-            except (BackendUnavailable, FlagError) as exc:  # the store: not the health source
-                self.last_error = exc
-                self._not_written(sample, exc)
-                continue
-            except Exception as exc:
-                self.last_error = exc
-                report_callback_error(exc, self.migration, "auto-rollback")
-                continue
-            self._unwritten = False
-            self.last_report = report
-            if report.rolled_back_to is not None:
-                self.rollbacks.append(report)
+        while not self._stop.wait(self.interval) and self._check_once():
+            pass
+
+    def _check_once(self) -> bool:
+        """One health check (and rollback); False when the watcher must end: its
+        ``FeatureFlags`` is closed, so no rollback can ever be written again."""
+        if self.migration.flags._closed:
+            return self._flags_closed()
+        try:
+            sample = self.migration._sample()
+        except BaseException as exc:  # SystemExit too: it would end the watcher thread
+            self.last_error = exc
+            report_callback_error(exc, self.migration.health, "auto-rollback health source")
+            return True
+        try:
+            report = self.migration._respond(sample)
+        except Closed as exc:  # its flags were closed during this check
+            self.last_error = exc
+            return self._flags_closed()
+        except (BackendUnavailable, FlagError) as exc:  # the store: not the health source
+            self.last_error = exc
+            self._not_written(sample, exc)
+            return True
+        except BaseException as exc:  # SystemExit too: it would end the watcher thread
+            self.last_error = exc
+            report_callback_error(exc, self.migration, "auto-rollback")
+            return True
+        self._unwritten = False
+        self.last_report = report
+        if report.rolled_back_to is not None:
+            self.rollbacks.append(report)
+        return True
+
+    def _flags_closed(self) -> bool:
+        """One WARNING: the watcher ends (``running`` turns False), it cannot act any more."""
+        _log.warning(
+            "migration %r: automatic rollback stopped: its FeatureFlags is closed",
+            self.migration.plan.name,
+        )
+        return False
 
     def _not_written(self, sample: HealthSample, exc: BaseException) -> None:
         """One WARNING per episode: a breach seen, its rollback refused by the store

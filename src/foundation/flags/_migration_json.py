@@ -12,7 +12,8 @@ __all__ = ["migration_json"]
 def migration_json(
     migration: Migration, *, history: int, newest_first: bool, problems: bool
 ) -> dict[str, Any]:
-    """The plan, its stage, every stage's flags, and the last ``history`` steps.
+    """The plan, its stage, every stage's flags, any skew (``MigrationStatus.skew``:
+    another version of the plan in play, else None), and the last ``history`` steps.
 
     ``newest_first`` orders the steps for a page (the admin API); a terminal
     reads them oldest first (the CLI). ``problems`` adds
@@ -32,6 +33,7 @@ def migration_json(
             for s in migration.plan.stages
         ],
         "flags": dict(status.flags),
+        "skew": status.skew,
     }
     if problems:
         data["problems"] = migration.problems()

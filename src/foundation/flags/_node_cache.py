@@ -71,9 +71,10 @@ RETRY_FILE_AFTER = 30.0
 _BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock on the file
 _TABLES = (
     "meta", "states", "stages", "history", "migrations", "pending", "catalogue", "plans", "base",
-    "history_last", "migrations_last",
+    "history_last", "migrations_last", "plan_flags",
 )  # fmt: skip
-_KEPT = {"catalogue": "info", "plans": "plan"}  # read caches of Redis hashes: their value column
+# Read caches of Redis hashes: their value column.
+_KEPT = {"catalogue": "info", "plans": "plan", "plan_flags": "seen"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -89,8 +90,9 @@ CREATE TABLE IF NOT EXISTS plans (name TEXT PRIMARY KEY, plan TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS base (name TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS history_last (name TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS migrations_last (plan TEXT PRIMARY KEY, event TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS plan_flags (name TEXT PRIMARY KEY, seen TEXT NOT NULL);
 """
-# base, history_last and migrations_last were added without a schema change: older
+# base, history_last, migrations_last and plan_flags were added without a schema change: older
 # versions ignore them, and opening an older file creates them empty (IF NOT EXISTS).
 
 Entry = tuple[str, dict[str, str]]
@@ -556,6 +558,10 @@ class NodeCache:
         """The migration plans as last kept (``set_plans``): name -> plan JSON."""
         return self._kept("plans")
 
+    def plan_flags(self) -> dict[str, str]:
+        """The migration plan flags as last kept (``set_plan_flags``): Redis' hash."""
+        return self._kept("plan_flags")
+
     def _kept(self, table: str) -> dict[str, str]:
         rows = self._read(f"SELECT name, {_KEPT[table]} FROM {table}")
         return {str(name): str(value) for name, value in rows}
@@ -642,6 +648,10 @@ class NodeCache:
     def set_plans(self, entries: dict[str, str]) -> None:
         """Replace the kept migration plans with ``entries`` (name -> plan JSON)."""
         self._keep("plans", entries)
+
+    def set_plan_flags(self, entries: dict[str, str]) -> None:
+        """Replace the kept migration plan flags with ``entries`` (Redis' hash)."""
+        self._keep("plan_flags", entries)
 
     def _keep(self, table: str, entries: dict[str, str]) -> None:
         def body(db: sqlite3.Connection) -> None:

@@ -109,6 +109,7 @@ from foundation.flags._store import (
     current_writer,
     events_to_keep,
     log_trim,
+    plan_flag_entries,
     plan_from_json,
     plan_to_json,
     report_callback_error,
@@ -142,8 +143,15 @@ CREATE TABLE IF NOT EXISTS migration_history (
 CREATE TABLE IF NOT EXISTS flag_catalogue (name TEXT PRIMARY KEY, info TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS migration_plan (name TEXT PRIMARY KEY, plan TEXT NOT NULL);
 """
+_CREATE_PLAN_FLAG = """CREATE TABLE IF NOT EXISTS migration_plan_flag (
+    plan TEXT NOT NULL, flag TEXT NOT NULL, stage INTEGER NOT NULL,
+    PRIMARY KEY (plan, flag, stage))"""
 # flag_catalogue and migration_plan were added without a schema change: older
 # versions ignore them, and opening an older file creates them (IF NOT EXISTS).
+# migration_plan_flag (_CREATE_PLAN_FLAG) too, but it is created by the first
+# record_plan, not at opening: a file from before it opens read-only all the same
+# (read as empty).
+_ADD_PLAN_FLAG = "INSERT OR IGNORE INTO migration_plan_flag (plan, flag, stage) VALUES (?, ?, ?)"
 
 FAST_POLL = 0.002
 """Seconds between ``data_version`` polls while changes are flowing."""
@@ -979,11 +987,69 @@ class SQLiteFlagStore(FlagStore):
     def record_plan(self, name: str, plan: MigrationPlan) -> None:
         self._check_open()
         check_key(name, "plan name")
-        self._record("migration_plan", "plan", {name: plan_to_json(plan)}, "recording a plan")
+        text = plan_to_json(plan)  # refuses what is not a plan
+        wanted = set(plan_flag_entries(name, plan))
+
+        def add_flags(conn: sqlite3.Connection) -> None:
+            # In the write transaction, before the plan record is replaced: this plan's
+            # flags and those of the plan recorded now (an older library's record adds
+            # none), add-only. The table is created here on a file from before it.
+            conn.execute(_CREATE_PLAN_FLAG)
+            rows = set(wanted)
+            row = conn.execute("SELECT plan FROM migration_plan WHERE name = ?", (name,)).fetchone()
+            try:
+                rows.update(plan_flag_entries(name, plan_from_json(row[0])) if row else ())
+            except Exception as exc:  # a corrupt record: this plan's flags all the same
+                log.warning("migration plan %r: recorded plan unreadable: %s", name, exc)
+            conn.executemany(_ADD_PLAN_FLAG, [(name, f, n) for f, n in sorted(rows)])
+
+        try:
+            known = {(f, n) for f, n in self._plan_flag_rows(name)}
+        except FlagError:  # unreadable: write them (add-only) all the same
+            known = set()
+        self._record(
+            "migration_plan",
+            "plan",
+            {name: text},
+            "recording a plan",
+            also=add_flags,
+            force=not wanted <= known,
+        )
 
     def plans(self) -> dict[str, MigrationPlan]:
         rows = self._read_table("migration_plan", "plan", "reading migration plans")
         return {name: plan_from_json(text) for name, text in rows.items()}
+
+    def plan_flags(self, name: str) -> dict[str, int]:
+        check_key(name, "plan name")
+        found: dict[str, int] = {}
+        for flag, stage in self._plan_flag_rows(name):
+            found[flag] = max(stage, found.get(flag, 0))
+        return found
+
+    def _plan_flag_rows(self, name: str) -> list[tuple[str, int]]:
+        """(flag, stage) rows of plan ``name``; none on a file from before the table
+        (opened read-only, it is never created); a malformed row is skipped (WARNING)."""
+        import sqlite3
+
+        with self._read_lock, self._errors("reading migration plan flags"):
+            self._check_open()
+            try:
+                rows = self._reader.execute(
+                    "SELECT flag, stage FROM migration_plan_flag WHERE plan = ?", (name,)
+                ).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                rows = []
+        good = [(f, n) for f, n in rows if isinstance(f, str) and type(n) is int]
+        if len(good) < len(rows):
+            log.warning(
+                "migration plan %r: %d malformed plan flag rows skipped",
+                name,
+                len(rows) - len(good),
+            )
+        return good
 
     def _read_table(self, table: str, column: str, doing: str) -> dict[str, str]:
         with self._read_lock, self._errors(doing):
@@ -991,16 +1057,31 @@ class SQLiteFlagStore(FlagStore):
             rows = self._reader.execute(f"SELECT name, {column} FROM {table}").fetchall()
         return dict(rows)
 
-    def _record(self, table: str, column: str, entries: dict[str, str], doing: str) -> None:
-        """Upsert ``entries`` into ``table``; no write at all when every one is there already
-        (every process that starts records its declarations: most find them recorded)."""
-        if not entries or self._read_table(table, column, doing).items() >= entries.items():
+    def _record(
+        self,
+        table: str,
+        column: str,
+        entries: dict[str, str],
+        doing: str,
+        *,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+        force: bool = False,
+    ) -> None:
+        """Upsert ``entries`` into ``table``, after ``also(connection)`` in the same
+        transaction; no write at all, unless ``force``, when every entry is there
+        already (every process that starts records its declarations: most find them
+        recorded)."""
+        if not force and (
+            not entries or self._read_table(table, column, doing).items() >= entries.items()
+        ):
             return
         with self._lock, self._errors(doing, write=True):
             self._check_open()
             self._check_file()
             try:
                 self._begin_writing()  # inside the try: see transaction()'s race
+                if also is not None:
+                    also(self._conn)
                 self._conn.executemany(
                     f"INSERT OR REPLACE INTO {table} (name, {column}) VALUES (?, ?)",
                     list(entries.items()),
@@ -1011,7 +1092,11 @@ class SQLiteFlagStore(FlagStore):
                 raise
 
     def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]:
-        check_listener(callback)
+        try:
+            check_listener(callback)
+        except TypeError:  # Closed first, before the argument is judged
+            self._check_open()
+            raise
         with self._lock:
             self._check_open()
             first = self._watcher is None

@@ -115,8 +115,23 @@ Store contract (``FlagStore``):
     The migration plans recorded by ``Migration`` (by plan name; the last
     record of a name wins), so tools can drive a migration from the store alone.
 
-    These four are not abstract: a store that does not implement them keeps
-    nothing (``catalogue()`` and ``plans()`` answer empty).
+``plan_flags(name) -> dict[str, int]``
+    Every flag any recorded version of plan ``name`` named, with the highest
+    stage a version put it in: the union over every ``record_plan`` of that
+    name, which never shrinks (a rolling deploy's older node records its
+    shorter plan again; the flags a newer version's later stage turned on are
+    still listed, so an emergency rollback from any deploy turns them off).
+    ``record_plan`` adds to it, besides the plan's flags, those of the plan
+    recorded under that name until then (an older library's record adds
+    none), in the same write as the plan record (a store that cannot do both
+    atomically adds to it first). A rollback also turns off the flags of the
+    plan recorded now (an older node may record after this one). Stored apart from the
+    plan records, add-only, so a version that knows nothing of it (an older
+    library overwriting the plan record) does not shrink it.
+
+    These five are not abstract: a store that does not implement them keeps
+    nothing (``catalogue()`` and ``plans()`` answer empty, ``plan_flags`` the
+    flags of the recorded plan).
 
 ``kill_switch(fn) -> T``
     Like ``transaction(fn)``, for a write that only turns switches off
@@ -651,6 +666,38 @@ def plan_from_json(text: str | bytes) -> MigrationPlan:
     return MigrationPlan.from_dict(_loads(text))
 
 
+def plan_flag_entries(name: str, plan: MigrationPlan) -> list[tuple[str, int]]:
+    """The (flag, stage) pairs ``record_plan(name, plan)`` adds to ``plan_flags(name)``."""
+    return [(flag, stage.number) for stage in plan.stages for flag in stage.flags]
+
+
+def plan_flag_field(name: str, flag: str, stage: int) -> str:
+    """One (plan, flag, stage) entry of the plan flags as a key (Redis' hash field)."""
+    return json.dumps([name, flag, stage])
+
+
+def plan_flags_of(name: str, fields: Iterable[str]) -> dict[str, int]:
+    """``plan_flags(name)`` from ``plan_flag_field`` keys (other plans' are skipped;
+    a malformed one too, with a WARNING: the others still count)."""
+    found: dict[str, int] = {}
+    for entry in fields:
+        try:
+            plan, flag, stage = json.loads(entry)
+            if plan != name:
+                continue
+            if not isinstance(flag, str) or isinstance(stage, bool) or not isinstance(stage, int):
+                raise TypeError("not [plan, flag, stage]")
+        except Exception as exc:  # also a record of the wrong length, or nested too deep
+            log.warning(
+                "malformed migration plan flag record %s: %s",
+                bounded_repr(entry),
+                bounded_repr(exc),
+            )
+            continue
+        found[flag] = max(stage, found.get(flag, 0))
+    return found
+
+
 def _loads(text: str | bytes) -> Any:
     """Decode one stored record; corrupt data is InvalidFlagValue (a FlagError), whatever
     the failure: bad JSON, bad UTF-8, or nesting too deep for the decoder (RecursionError)."""
@@ -722,6 +769,22 @@ class FlagStore(ABC):
     def plans(self) -> dict[str, MigrationPlan]:
         """Every recorded migration plan by name; by default none."""
         return {}
+
+    def plan_flags(self, name: str) -> dict[str, int]:
+        """Every flag any recorded version of plan ``name`` named -> the highest stage one
+        put it in (see the module docs); by default the recorded plan's flags."""
+        check_key(name, "plan name")
+        plan = self.plans().get(name)
+        return {} if plan is None else dict(plan_flag_entries(name, plan))
+
+    def _known_plan_flags(self, name: str) -> dict[str, int]:
+        """``plan_flags(name)`` for a rollback: a store with a local copy answers from it
+        when it holds them (no wait on a backend that does not answer)."""
+        return self.plan_flags(name)
+
+    def _known_plan(self, name: str) -> MigrationPlan | None:
+        """The plan recorded as ``name`` (or None), as ``_known_plan_flags`` answers."""
+        return self.plans().get(name)
 
     def __enter__(self) -> FlagStore:
         """``self``; ``Closed`` if closed (a closed store is not reused)."""
@@ -996,6 +1059,7 @@ class MemoryFlagStore(FlagStore):
         self._events: list[MigrationEvent] = []
         self._catalogue: dict[str, FlagInfo] = {}
         self._plans: dict[str, str] = {}  # name -> plan JSON (a snapshot, never the object)
+        self._plan_flags: dict[str, dict[str, int]] = {}  # see plan_flags: only grows
         self._closed = False
         self._forked = False  # closed in a forked child: a parent thread held the lock
         # Subscribers (several FeatureFlags may share this store), and what they are
@@ -1176,6 +1240,9 @@ class MemoryFlagStore(FlagStore):
         text = plan_to_json(plan)
         with self._lock:
             self._check()
+            ever = self._plan_flags.setdefault(name, {})
+            for flag, stage in plan_flag_entries(name, plan):
+                ever[flag] = max(stage, ever.get(flag, 0))
             self._plans[name] = text
 
     def plans(self) -> dict[str, MigrationPlan]:
@@ -1184,10 +1251,20 @@ class MemoryFlagStore(FlagStore):
             texts = dict(self._plans)
         return {name: plan_from_json(text) for name, text in texts.items()}
 
+    def plan_flags(self, name: str) -> dict[str, int]:
+        check_key(name, "plan name")
+        with self._lock:
+            self._check()
+            return dict(self._plan_flags.get(name, {}))
+
     def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]:
         """``callback(changes)`` after each commit made through this store by anyone
         but ``callback`` itself (see ``writing_as``), on a courier thread."""
-        check_listener(callback)
+        try:
+            check_listener(callback)
+        except TypeError:  # Closed first, before the argument is judged
+            self._check()
+            raise
         with self._lock:
             self._check()
             self._callbacks = (*self._callbacks, callback)

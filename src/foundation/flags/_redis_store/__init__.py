@@ -25,14 +25,19 @@ every key of one deployment lives in one slot and a transaction may touch them a
                                   ``mtrimmed`` (the same, of the migrations stream)
 ``{ns}:flags:catalogue``   hash   flag name -> ``FlagInfo`` JSON (declared flags)
 ``{ns}:flags:plans``       hash   plan name -> ``MigrationPlan`` JSON
+``{ns}:flags:plan_flags``  hash   ``[plan, flag, stage]`` (JSON) -> ``"1"``: every flag any
+                                  recorded version of a plan named (``plan_flags``;
+                                  add-only, HSET before the plan's record)
 
-The catalogue and plans are written directly (HSET, outside the versioned
-transactions) and are not restored from the node copy: after Redis restarts
-empty they come back when the applications construct their ``FeatureFlags`` and
-``Migration`` again. The copy keeps both, fetched at each sync (the plans
-also after migration events) and merged with each read or record (``_keep``):
-``catalogue()`` and ``plans()`` answer from it during an outage, so a tool can
-list flags and show a migration (``BackendUnavailable`` without a copy).
+The catalogue, plans and plan flags are written directly (HSET, outside the
+versioned transactions) and are not restored from the node copy: after Redis
+restarts empty they come back when the applications construct their
+``FeatureFlags`` and ``Migration`` again. The copy keeps them, fetched at each
+sync (the plans and plan flags also after migration events) and merged with
+each read or record (``_keep``): ``catalogue()``, ``plans()`` and
+``plan_flags()`` answer from it during an outage, so a tool can list flags and
+show a migration, and an emergency rollback turns off every version's flags
+(``BackendUnavailable`` without a copy).
 
 Writes are optimistic transactions: ``WATCH`` the state, stage and meta hashes
 (and the two streams: see ``_run_and_queue``),

@@ -66,6 +66,7 @@ class _StoreCore(FlagStore):
         self._k_meta = f"{tag}:flags:meta"
         self._k_catalogue = f"{tag}:flags:catalogue"
         self._k_plans = f"{tag}:flags:plans"
+        self._k_plan_flags = f"{tag}:flags:plan_flags"  # see FlagStore.plan_flags
 
     def _init_state(self) -> None:
         """Locks, events and the listener's bookkeeping, before any connection."""

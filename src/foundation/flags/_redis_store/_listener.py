@@ -192,7 +192,7 @@ class _Listener(_Records):
         # tell it again (FeatureFlags._on_remote).
         self._pull()
         if events:
-            self._keep_records((self._k_plans,), "reading the migration plans")
+            self._keep_records((self._k_plan_flags, self._k_plans), "reading the migration plans")
 
     def _may_have_skipped(self, first: dict[str, str]) -> bool:
         """Whether entries between the last one read and ``first`` (the next XREAD
@@ -293,7 +293,8 @@ class _Listener(_Records):
             self._last_pos = None
         # The catalogue and the plans, as the copy keeps the flag states: a
         # process started here during an outage answers them from it.
-        self._keep_records((self._k_catalogue, self._k_plans), "reading the catalogue and plans")
+        keys = (self._k_catalogue, self._k_plan_flags, self._k_plans)
+        self._keep_records(keys, "reading the catalogue and plans")
 
     def _redis_went_back(self) -> bool:
         """True if Redis is older than the copy, the stream's tail is behind what we

@@ -19,10 +19,13 @@ class _Records(_KillSwitches):
     def _copy_of(
         self, key: str
     ) -> tuple[Callable[[], dict[str, str]], Callable[[dict[str, str]], None]]:
-        """How the copy reads and keeps the Redis hash ``key`` (catalogue or plans)."""
+        """How the copy reads and keeps the Redis hash ``key`` (catalogue, plans or plan
+        flags)."""
         cache = self._cache
         if key == self._k_catalogue:
             return cache.catalogue, cache.set_catalogue
+        if key == self._k_plan_flags:
+            return cache.plan_flags, cache.set_plan_flags
         return cache.plans, cache.set_plans
 
     def _hash_or_copy(self, key: str, doing: str) -> dict[str, str]:
@@ -128,7 +131,7 @@ class _Records(_KillSwitches):
     def _has_data(self) -> bool:
         """Whether the namespace holds any flag data (``open_store`` creates nothing)."""
         self._check_open()
-        keys = [*self._keys(), self._k_catalogue, self._k_plans]
+        keys = [*self._keys(), self._k_catalogue, self._k_plans, self._k_plan_flags]
         with self._translated("looking for the flag store"):
             return bool(self._ensure_clients().exists(*keys))
 
@@ -142,9 +145,15 @@ class _Records(_KillSwitches):
         """HSET ``entries`` unless all are there. Kept in memory too: each resync
         records them again (Redis may have restarted empty, or been unreachable:
         then this raises BackendUnavailable at once, and the resync records them)."""
+        self._record_all(((key, entries),), doing)
+
+    def _record_all(self, records: tuple[tuple[str, dict[str, str]], ...], doing: str) -> None:
+        """``_record`` of each (key, entries) in order: every one is kept for the resync
+        (which records them again in the order first recorded) before any is written."""
         with self._lock:
             self._check_open()
-            self._recorded.setdefault(key, {}).update(entries)
+            for key, entries in records:
+                self._recorded.setdefault(key, {}).update(entries)
         if not self._synced.is_set():
             raise BackendUnavailable(
                 f"Redis at {self._url} is not reachable now; {doing} when it returns"
@@ -153,7 +162,14 @@ class _Records(_KillSwitches):
             raise BackendUnavailable(
                 f"Redis at {self._url} is a read-only replica now; {doing} when it accepts writes"
             )
-        self._record_now(key, entries, doing)
+        failed: FlagError | BackendUnavailable | None = None
+        for key, entries in records:  # one refused (WRONGTYPE) does not stop the others
+            try:
+                self._record_now(key, entries, doing)
+            except (FlagError, BackendUnavailable) as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def _record_now(self, key: str, entries: dict[str, str], doing: str) -> None:
         # Compare first: every process that starts records its declarations, and
@@ -163,7 +179,7 @@ class _Records(_KillSwitches):
             with self._translated(doing):
                 self._ensure_clients().hset(key, mapping=entries)
             current.update(entries)
-        if key in (self._k_catalogue, self._k_plans):
+        if key in (self._k_catalogue, self._k_plans, self._k_plan_flags):
             self._keep(key, current)
 
     def _record_again(self) -> None:

@@ -45,6 +45,9 @@ from foundation.flags._store import (
     catalogue_entries,
     check_history_limit,
     current_writer,
+    plan_flag_entries,
+    plan_flag_field,
+    plan_flags_of,
     plan_from_json,
     plan_to_json,
 )
@@ -458,16 +461,73 @@ class RedisFlagStore(_Listener):
     def record_plan(self, name: str, plan: MigrationPlan) -> None:
         self._check_open()
         _check_name(name, "plan name")
-        self._record(self._k_plans, {name: plan_to_json(plan)}, "recording a migration plan")
+        text = plan_to_json(plan)
+        # The plan flags first (add-only: an HSET of new fields): at every moment
+        # they cover every plan recorded (also again at each resync, in this order),
+        # the one recorded now too (an older library's record adds none).
+        entries = set(plan_flag_entries(name, plan)) | self._recorded_plan_entries(name)
+        ever = {plan_flag_field(name, f, n): "1" for f, n in sorted(entries)}
+        records = ((self._k_plan_flags, ever), (self._k_plans, {name: text}))
+        self._record_all(records, "recording a migration plan")
 
     def plans(self) -> dict[str, MigrationPlan]:
         """The recorded plans (Redis; during an outage the copy's, if it kept them)."""
         raw = self._hash_or_copy(self._k_plans, "reading migration plans")
         return {name: plan_from_json(text) for name, text in raw.items()}
 
+    def plan_flags(self, name: str) -> dict[str, int]:
+        """See ``FlagStore.plan_flags`` (Redis; during an outage the copy's, if it kept
+        them)."""
+        _check_name(name, "plan name")
+        raw = self._hash_or_copy(self._k_plan_flags, "reading migration plan flags")
+        # With the copy's: Redis may have restarted empty (the hash only grows).
+        return plan_flags_of(name, {**self._kept_hash(self._k_plan_flags), **raw})
+
+    def _known_plan_flags(self, name: str) -> dict[str, int]:
+        """The copy's plan flags (and this process's records) when it holds some: the
+        kill switch does not wait on Redis for them; else ``plan_flags``."""
+        kept = self._kept_hash(self._k_plan_flags)
+        if not kept:
+            return self.plan_flags(name)
+        with self._lock:
+            mine = dict(self._recorded.get(self._k_plan_flags, {}))
+        return plan_flags_of(name, {**kept, **mine})
+
+    def _known_plan(self, name: str) -> MigrationPlan | None:
+        """The copy's record of plan ``name`` when it holds one, else ``plans()``'s."""
+        text = self._kept_hash(self._k_plans).get(name)
+        return self.plans().get(name) if text is None else plan_from_json(text)
+
+    def _recorded_plan_entries(self, name: str) -> set[tuple[str, int]]:
+        """(flag, stage) of the plan recorded as ``name`` now: Redis' record while in
+        sync, else the copy's; none when neither can say (WARNING)."""
+        try:
+            text: str | bytes | None = None
+            if self._synced.is_set():
+                with self._translated("reading the recorded migration plan"):
+                    text = self._ensure_clients().hget(self._k_plans, name)
+            if text is None:
+                text = self._kept_hash(self._k_plans).get(name)
+            return set() if text is None else set(plan_flag_entries(name, plan_from_json(text)))
+        except Exception as exc:  # the plan's own flags are recorded all the same
+            log.warning("migration plan %r: recorded plan unreadable: %s", name, exc)
+            return set()
+
+    def _kept_hash(self, key: str) -> dict[str, str]:
+        """The copy's hash ``key``; empty when the copy is unusable."""
+        read_copy, _ = self._copy_of(key)
+        try:
+            return read_copy()
+        except FlagError:
+            return {}
+
     def subscribe(self, callback: Callable[[list[FlagChange]], None]) -> Callable[[], None]:
         """Call ``callback(changes)`` on the listener thread after another store's commit."""
-        check_listener(callback)
+        try:
+            check_listener(callback)
+        except TypeError:  # Closed first, before the argument is judged
+            self._check_open()
+            raise
         with self._lock:
             self._check_open()
             self._callbacks.append(callback)
