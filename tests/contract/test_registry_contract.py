@@ -784,6 +784,152 @@ def test_a_listener_may_call_the_registry(registry: Registry, agents: Agents) ->
     assert seen == [("registered", "leader"), ("registered", "follower")]
 
 
+# Batches of register_many and the events a subscriber hears: those of one
+# register call per item, in input order, on every backend. A batch is (keys
+# registered first, the batch, replace, its outcomes, its events); agents are
+# named by letters, an event is (kind, reason, key, agent's name).
+Batch = tuple[list[tuple[str, str]], list[tuple[str, str]], bool, list[str], list[Any]]
+
+BATCHES: dict[str, Batch] = {
+    "fresh_keys": (
+        [],
+        [("a", "A"), ("b", "B")],
+        False,
+        ["ok", "ok"],
+        [("registered", None, "a", "A"), ("registered", None, "b", "B")],
+    ),
+    "a_key_twice": (
+        [],
+        [("d", "D1"), ("e", "E"), ("d", "D2"), ("f", "F")],
+        False,
+        ["ok", "ok", "AlreadyRegistered", "ok"],
+        [
+            ("registered", None, "d", "D1"),
+            ("registered", None, "e", "E"),
+            ("registered", None, "f", "F"),
+        ],
+    ),
+    "a_key_twice_replaced": (
+        [],
+        [("g", "G1"), ("h", "H"), ("g", "G2"), ("i", "I")],
+        True,
+        ["ok", "ok", "ok", "ok"],
+        [
+            ("registered", None, "g", "G1"),
+            ("registered", None, "h", "H"),
+            ("unregistered", "replaced", "g", "G1"),
+            ("registered", None, "g", "G2"),
+            ("registered", None, "i", "I"),
+        ],
+    ),
+    "replace_a_live_key": (
+        [("r", "R0")],
+        [("x", "X"), ("r", "R1"), ("y", "Y")],
+        True,
+        ["ok", "ok", "ok"],
+        [
+            ("registered", None, "x", "X"),
+            ("unregistered", "replaced", "r", "R0"),
+            ("registered", None, "r", "R1"),
+            ("registered", None, "y", "Y"),
+        ],
+    ),
+    "already_registered_in_the_middle": (
+        [("k", "K0")],
+        [("m1", "M1"), ("k", "K1"), ("m2", "M2")],
+        False,
+        ["ok", "AlreadyRegistered", "ok"],
+        [("registered", None, "m1", "M1"), ("registered", None, "m2", "M2")],
+    ),
+    "replaced_and_repeated_keys_mixed": (
+        [("s", "S0"), ("t", "T0")],
+        [("n1", "N1"), ("s", "S1"), ("t", "T1"), ("n1", "N2"), ("n2", "N3"), ("s", "S2")],
+        True,
+        ["ok"] * 6,
+        [
+            ("registered", None, "n1", "N1"),
+            ("unregistered", "replaced", "s", "S0"),
+            ("registered", None, "s", "S1"),
+            ("unregistered", "replaced", "t", "T0"),
+            ("registered", None, "t", "T1"),
+            ("unregistered", "replaced", "n1", "N1"),
+            ("registered", None, "n1", "N2"),
+            ("registered", None, "n2", "N3"),
+            ("unregistered", "replaced", "s", "S1"),
+            ("registered", None, "s", "S2"),
+        ],
+    ),
+}
+
+DEAD_AGENTS_KEY: Batch = (
+    [("z", "Z0")],  # Z0 dies before the batch
+    [("p", "P"), ("z", "Z1"), ("q", "Q")],
+    True,
+    ["ok"] * 3,
+    [
+        ("registered", None, "p", "P"),
+        ("registered", None, "z", "Z1"),
+        ("registered", None, "q", "Q"),
+    ],
+)
+
+
+def run_batch(
+    registry: Registry,
+    agents: Agents,
+    batch: Batch,
+    before: Callable[[dict[str, Any], list[RegistryEvent]], None] | None = None,
+) -> tuple[list[str], list[Any]]:
+    """Run ``batch`` (``before(agents by name, events)`` once its first keys are
+    registered and heard); returns its outcomes' names and the events heard."""
+    first, items, replace, _, expected = batch
+    named: dict[str, Any] = {}
+    for key, name in first:
+        named[name] = agents.new("thread")
+        registry.register(key, named[name])
+    events: list[RegistryEvent] = []
+    registry.subscribe(events.append)
+    if before is not None:
+        before(named, events)
+    events.clear()
+    given = []
+    for key, name in items:
+        named[name] = agents.new("thread")
+        given.append((key, named[name]))
+    outcomes = registry.register_many(given, replace=replace)
+    names = {id(agent): name for name, agent in named.items()}
+    # A writer whose events another thread (a courier) is delivering may return first.
+    wait_until(lambda: len(events) >= len(expected))
+    heard = [(e.kind, e.reason, e.entry.key, names.get(id(e.entry.agent))) for e in events]
+    return ["ok" if o is None else type(o).__name__ for o in outcomes], heard
+
+
+@pytest.mark.parametrize("batch", list(BATCHES))
+def test_register_many_events_are_those_of_register_calls_in_input_order(
+    registry: Registry, agents: Agents, batch: str
+) -> None:
+    outcomes, heard = run_batch(registry, agents, BATCHES[batch])
+    assert outcomes == BATCHES[batch][3]
+    assert heard == BATCHES[batch][4]
+
+
+@pytest.mark.parametrize("backend", backend_params(lambda s: s.monitors_agents), indirect=True)
+def test_register_many_over_a_dead_agents_key_follows_its_down_event(
+    registry: Registry, agents: Agents
+) -> None:
+    # Monitoring backends: the death is heard (and the key freed) before the
+    # batch. A legacy store keeps the dead entry (monitors_agents=False: see
+    # test_legacy_store_filters_dead_agents_at_read_time_and_keeps_them_in_memory).
+    def kill(named: dict[str, Any], events: list[RegistryEvent]) -> None:
+        agents.kill(named["Z0"])
+        assert wait_until(lambda: any(e.reason == "down" for e in events))
+        assert registry.lookup("z") is None
+
+    outcomes, heard = run_batch(registry, agents, DEAD_AGENTS_KEY, kill)
+    assert outcomes == DEAD_AGENTS_KEY[3]
+    assert heard == DEAD_AGENTS_KEY[4]
+
+
 # ---------------------------------------------------------------------------- threads
 
 

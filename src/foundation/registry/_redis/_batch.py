@@ -18,10 +18,12 @@ from foundation.registry._redis._claims import begin_all
 from foundation.registry._redis._codec import s
 from foundation.registry._redis._prepare import Prepared
 from foundation.registry._redis._replies import (
+    apply_ok,
     demonitor_replaced,
     died_meanwhile,
     finish,
     note_registered,
+    ok_entry,
 )
 from foundation.registry._redis._shared import Shared
 from foundation.registry._types import RegistryEvent, new_entry
@@ -131,6 +133,7 @@ def _settle(
     failure: BaseException | None = None
     again: list[tuple[int, Prepared]] = []
     bulk: list[tuple[int, Prepared, int]] = []
+    held: list[tuple[int, Prepared, Any]] = []  # a held key's OK reply
     for (i, p), reply in zip(todo, replies, strict=True):
         if type(reply) is int:
             bulk.append((i, p, reply))  # the common case, applied below at once
@@ -139,10 +142,14 @@ def _settle(
             sh.forget_own(p.key, p.own, p.prev)
         elif reply[0] == b"NOLEASE" and not lease_retried:
             again.append((i, p))
-        else:
+        elif reply[0] == b"OK":
+            held.append((i, p, reply))  # applied below, in input order with the bulk
+        else:  # refused (nothing changed: no event)
             error = _settle_one(sh, i, p, reply, outcomes=outcomes, died=died)
             failure = failure or error
-    if bulk:
+    if held:
+        _settle_in_order(sh, held, bulk, outcomes, died)
+    elif bulk:
         _settle_bulk(sh, bulk, outcomes, died)
     return failure, again
 
@@ -181,6 +188,59 @@ def _settle_bulk(
         if p.died:
             outcomes[i] = NotAlive(p.key, p.agent)
             died.append(p)
+
+
+def _settle_in_order(
+    sh: Shared,
+    held: list[tuple[int, Prepared, Any]],
+    bulk: list[tuple[int, Prepared, int]],
+    outcomes: list[RegistryError | None],
+    died: list[Prepared],
+) -> None:
+    """Apply the OK replies of a round's held keys (``held``) and its bulk
+    replies (holding wlock) in input order, under one ``mlock``.
+
+    Redis wrote a chunk's held keys first (one by one), then its free keys
+    (one bulk record): applied in that order, a replacement was heard before
+    the registrations of free keys given before it. In input order the
+    events are those of ``register`` calls, as ``MemoryRegistry`` queues
+    them. Race: one ``mlock`` for the whole round, so a change the tail
+    applies (another node's, to one of these keys) is queued before or after
+    all of them, never between a key's change and its event."""
+    entries = {i: ok_entry(sh, p, reply) for i, p, reply in held}
+    if bulk:
+        sh.written = max(sh.written, bulk[-1][2])  # versions ascend in batch order
+    # Race: as in finish, a listener subscribed meanwhile may miss these events.
+    events: list[RegistryEvent] | None = [] if sh.listeners else None
+    items = sorted([*held, *bulk], key=lambda item: item[0])  # (each list is in input order)
+    with sh.mlock:
+        for i, p, reply in items:
+            if type(reply) is int:
+                _apply_bulk_one(sh, p, reply, events)
+            else:
+                apply_ok(sh, p, reply, entries[i], events)
+        if events:  # in mirror order: queued under the same mlock
+            sh.queue(events, _write_tags.tag)
+    for i, p, _ in items:
+        demonitor_replaced(p.prev)
+        if p.died:
+            outcomes[i] = NotAlive(p.key, p.agent)
+            died.append(p)
+
+
+def _apply_bulk_one(sh: Shared, p: Prepared, v: int, events: list[RegistryEvent] | None) -> None:
+    """``_finish_bulk`` for one item, registered at version ``v`` (holding mlock)."""
+    p.own.pending = False  # (read only by writers, and we hold wlock)
+    key = p.key
+    if sh.own.get(key) is not p.own:
+        p.died = died_meanwhile(sh, p)
+        return
+    m = sh.mirror
+    if m.is_newer(key, v):
+        entry = new_entry(key, p.agent, p.frozen, p.registered_at, sh.node)
+        old = m.put(entry, v)
+        if events is not None:
+            note_registered(old, entry, events)
 
 
 def _finish_bulk(sh: Shared, done: list[tuple[int, Prepared, int]]) -> None:

@@ -38,13 +38,15 @@ def begin(sh: Shared, lease: Lease, p: Prepared, replace: bool) -> None:
     # Race: the registration is known locally (pending) BEFORE Redis has
     # it, so the tail, seeing our own record first, finds the live agent.
     with sh.mlock:
+        # Race: prev's death reported since the check (on_down took it, told "down").
+        gone = prev is not None and sh.own.get(key) is not prev
         sh.own[key] = own
     try:
         own.monitor = monitor_own(sh, key, p.agent, own)
     except BaseException:
         sh.forget_own(key, own, prev)  # nothing of a failed register may stay
         raise
-    p.own_dead = not prev_alive
+    p.own_dead = own_dead = gone or _own_dead(prev, prev_alive, replace)
     p.argv = _scripts.register_argv(
         maxlen=sh.maxlen,
         node=sh.node,
@@ -53,7 +55,7 @@ def begin(sh: Shared, lease: Lease, p: Prepared, replace: bool) -> None:
         meta=own.meta,
         ix=own.ix,
         mode="r" if replace else "n",
-        own_dead=not prev_alive,
+        own_dead=own_dead,
         writer=sh.node,
         grace_ms=sh.grace_ms,
     )
@@ -81,6 +83,8 @@ def begin_all(
     # has it, so the tail or a resync seeing our records finds the live agents.
     with sh.mlock:
         for _, p in claimed:
+            if p.prev is not None and mine.get(p.key) is not p.prev:
+                p.own_dead = True  # Race: as in begin
             mine[p.key] = p.own
     try:
         for _, p in claimed:
@@ -116,9 +120,18 @@ def _claimable(
             outcomes[i] = AlreadyRegistered(key, sh.entries.get(key))
             continue
         p.prev = prev
-        p.own_dead = not prev_alive
+        p.own_dead = _own_dead(prev, prev_alive, replace)
         claimable.append((i, p))
     return claimable
+
+
+def _own_dead(prev: Own | None, prev_alive: bool, replace: bool) -> bool:
+    """REGISTER's ``own_dead``: the script drops a registration of this node
+    under the key as ``"down"`` (else ``"replaced"``). A dead agent of ours
+    that ``replace=True`` takes over is ``"replaced"``, as ``MemoryRegistry``
+    says (it does not ask whether the agent lives); without ``replace`` it is
+    ``"down"``. None of ours here (Redis holds one no local agent backs): ``"down"``."""
+    return prev is None or not (prev_alive or replace)
 
 
 def monitor_own(sh: Shared, key: Hashable, agent: Any, own: Own) -> Monitor:

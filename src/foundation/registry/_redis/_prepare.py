@@ -93,35 +93,39 @@ def prepare_batch(
 ) -> list[list[tuple[int, Prepared]]]:
     """``_prepare`` of every item of a ``register_many`` call (no lock, no
     Redis): an invalid item gets its outcome now; the valid ones are split
-    into rounds of distinct keys (a key's second item waits for its first).
+    into rounds of distinct keys, in input order: a key met again starts the
+    next round (its second item waits for its first, and no later item is
+    written before it, so the writes and their events follow the input
+    order, as ``register`` calls would).
 
-    The items of round 0 share one ``registered_at`` (one call registers
-    them); an item of a later round takes its own time, as a second
-    ``register`` of the key would.
+    The items of one round share one ``registered_at`` (one call registers
+    them); a later round takes a time of its own, as a second ``register``
+    of the key would.
     """
     ix_for = sh.ix_for if sh.indexed else None
     encoded = _encoded
     new_own, new_prepared, seq = Own, Prepared, _seq
     prefixes: dict[int, str] = {}
-    rounds: list[list[tuple[int, Prepared]]] = [[]]
-    seen: dict[Hashable, int] = {}
-    now = time.time()
-    now_text = f'{now!r},"s":'
+    current: list[tuple[int, Prepared]] = []
+    rounds = [current]
+    seen: set[Hashable] = set()
+    at, at_text = _now()
     for i, (given, agent, metadata) in enumerate(batch):
         try:
             key, ek, frozen, meta, prefix = encoded(sh, given, agent, metadata, prefixes)
         except (InvalidKey, InvalidMetadata, UnsupportedAgent, NotAlive) as exc:
             outcomes[i] = exc
             continue
-        n = seen.get(key, -1) + 1  # key: normalised (equal keys, one slot)
-        seen[key] = n
-        at, at_text = (now, now_text) if n == 0 else _now()
+        if key in seen:  # key: normalised (equal keys, one slot)
+            current = []
+            rounds.append(current)
+            seen = set()
+            at, at_text = _now()
+        seen.add(key)
         # "s" makes every registration's head unique (the compare-and-delete token).
         head = f"{prefix}{at_text}{next(seq)}}}"
         own = new_own(agent, ek, head, meta, "" if ix_for is None else ix_for(frozen))
-        if n == len(rounds):
-            rounds.append([])
-        rounds[n].append((i, new_prepared(key, agent, frozen, at, own)))
+        current.append((i, new_prepared(key, agent, frozen, at, own)))
     return rounds
 
 

@@ -378,9 +378,10 @@ class RedisRegistry(Registry):
         Atomic per key, not per batch: one ``REGISTER_MANY`` script per chunk
         of up to 500 items (pipelined); a held key goes through the same checks
         as ``register``, the free keys of a chunk are written in bulk, with one
-        change record for all of them. A key repeated in the batch is sent in a
-        second round trip after the first (so it meets the first as two
-        ``register`` calls would).
+        change record for all of them. A key met again in the batch starts
+        another round trip after the first (so it meets the first as two
+        ``register`` calls would). Listeners hear the events of one
+        ``register`` call per item, in input order, as on ``MemoryRegistry``.
 
         Raises:
             TypeError: a malformed item, or ``replace`` not ``True`` or ``False``

@@ -21,11 +21,13 @@ from foundation.registry._types import Entry, RegistryEvent, new_entry
 from foundation.registry._validation import metadata_from_json
 
 __all__ = [
+    "apply_ok",
     "apply_unregister",
     "demonitor_replaced",
     "died_meanwhile",
     "finish",
     "note_registered",
+    "ok_entry",
 ]
 
 
@@ -33,34 +35,49 @@ def finish(sh: Shared, p: Prepared, reply: Any) -> RegistryError | None:
     """Apply the script's ``reply`` for ``p`` to the mirror (holding wlock);
     the error of a refused registration (its local state undone), else None.
     ``p.died``: the agent died while the script ran (the caller deletes it)."""
-    key, own = p.key, p.own
     if reply[0] != b"OK":
         return _refused(sh, p, reply)
-    v, first = int(reply[1]), int(reply[2])
-    own.pending = False
-    own.at = s(reply[5])
-    sh.written = max(sh.written, v)
-    entry = new_entry(key, p.agent, p.frozen, p.registered_at, sh.node)
+    entry = ok_entry(sh, p, reply)
     # Race: a listener subscribed while this call runs may miss its events (as
     # on every backend); with no listener, no event objects are built at all.
-    listening = bool(sh.listeners)
-    events: list[RegistryEvent] = []
+    events: list[RegistryEvent] | None = [] if sh.listeners else None
     with sh.mlock:
-        held = sh.own.get(key) is own
-        p.died = not held and died_meanwhile(sh, p)
-        if first:
-            _apply_dropped(sh, key, first, reply, events if listening else None)
-        m = sh.mirror
-        if held and m.is_newer(key, v):
-            old = m.put(entry, v)
-            if listening:
-                note_registered(old, entry, events)
-        sh.own_records_applied(first or v, v, reply[5])  # the drop record is v - 1
-        sh.note_own_write(v)
+        apply_ok(sh, p, reply, entry, events)
         if events:  # in mirror order: queued under the same mlock
             sh.queue(events, _write_tags.tag)
     demonitor_replaced(p.prev)
     return None
+
+
+def ok_entry(sh: Shared, p: Prepared, reply: Any) -> Entry:
+    """The entry of ``p``, registered by the OK ``reply`` (holding wlock, not
+    mlock): ``p``'s local state notes the reply."""
+    own = p.own
+    own.pending = False
+    own.at = s(reply[5])
+    sh.written = max(sh.written, int(reply[1]))
+    return new_entry(p.key, p.agent, p.frozen, p.registered_at, sh.node)
+
+
+def apply_ok(
+    sh: Shared, p: Prepared, reply: Any, entry: Entry, events: list[RegistryEvent] | None
+) -> None:
+    """Apply ``finish``'s OK ``reply`` for ``p`` (``entry``: ``ok_entry``) to the
+    mirror (holding wlock and mlock); its events go to ``events`` (None: no
+    listener). ``p.died`` as in ``finish``."""
+    key = p.key
+    v, first = int(reply[1]), int(reply[2])
+    held = sh.own.get(key) is p.own
+    p.died = not held and died_meanwhile(sh, p)
+    if first:
+        _apply_dropped(sh, key, first, reply, events)
+    m = sh.mirror
+    if held and m.is_newer(key, v):
+        old = m.put(entry, v)
+        if events is not None:
+            note_registered(old, entry, events)
+    sh.own_records_applied(first or v, v, reply[5])  # the drop record is v - 1
+    sh.note_own_write(v)
 
 
 def died_meanwhile(sh: Shared, p: Prepared) -> bool:
