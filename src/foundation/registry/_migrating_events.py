@@ -409,14 +409,20 @@ class _EventRouting:
 
     def _forward_death(self, side: Side, event: RegistryEvent) -> None:
         """A backend's report of a death: queued if ``_death_told`` says it is news."""
+        ctx = self._ctx()
+        # The answering legacy call's own report: a per-thread legacy store
+        # tells a death only so (its register over the dead copy), in the
+        # writing thread, so ``ctx`` is that call's (a shared legacy's and the
+        # target's reports tell it anyway: ``_reports``).
+        answering = side == _LEGACY and ctx is not None and ctx.keep == _LEGACY
         with self._told_lock:
-            if not self._death_told(side, event):
+            if not self._death_told(side, event, answering):
                 return
             self._out.append((event, None))
-        if self._ctx() is None:
+        if ctx is None:
             self._delivery.hand_off()
 
-    def _death_told(self, side: Side, event: RegistryEvent) -> bool:
+    def _death_told(self, side: Side, event: RegistryEvent, answering: bool = False) -> bool:
         """Whether to tell this death (``_told_lock`` held): once per registration.
 
         Race (a flip between the two sides' reports): both backends monitor
@@ -428,6 +434,12 @@ class _EventRouting:
         side's report, however late, finds nothing (or a newer registration)
         and is dropped. A death of a registration they were never told of
         (a dropped event's, or one whose end they were told) is not told.
+        ``answering``: the report of the answering backend call (its kept
+        events), made as that backend alone would make it: a per-thread
+        legacy's register over a dead copy, flag off, tells it whoever told
+        the registration (the target, before a flip) or none (made before
+        any listener): it is that store's own report (was dropped: only
+        "registered" was told, where the bare store tells the death first).
         """
         entry = event.entry
         agent = entry.agent
@@ -438,7 +450,7 @@ class _EventRouting:
             if held is not None and _identity(held[0]) != _identity(agent):
                 self._unheard[entry.key], held = held, None
         if held is not None:
-            if not self._reports(side, held[1]):
+            if not (answering or self._reports(side, held[1])):
                 # Told by a per-thread legacy side, which answers: not told,
                 # as that store tells none; kept (the newest per key, so
                 # the copies of ended threads cost one slot per key) for
@@ -452,7 +464,9 @@ class _EventRouting:
             return False
         # A registration made before any listener: told once, by its first
         # eligible report; the other side's report is dropped.
-        if self._told_gone.pop(told, None) is not None or not self._reports(side, None):
+        if self._told_gone.pop(told, None) is not None:
+            return False
+        if not (answering or self._reports(side, None)):
             return False
         _keep_bounded(self._told_gone, told, agent)
         return True
@@ -485,9 +499,11 @@ class _EventRouting:
         """Whether ``side``'s report of a death tells it (``teller``: the side
         whose event told the registration, if known)."""
         # A per-thread legacy (ThreadLocalRegistry) monitors nothing: while it
-        # answers (flag off) a death is not told, as that store tells none;
-        # the target's report tells it when the target answers, or told the
-        # registration. With a shared legacy both sides report: the first tells.
+        # answers (flag off) a death is not told, as that store tells none,
+        # until its register over the dead copy reports it (``answering``, in
+        # ``_death_told``); the target's report tells it when the target
+        # answers, or told the registration. With a shared legacy both sides
+        # report: the first tells.
         return side == teller or self._shared_view is not None or (side == _TARGET and self._on)
 
     def _start_told(self) -> None:
