@@ -36,7 +36,9 @@ try:
     reg.register("b", spawn_thread(stop.wait), {"n": 2})
     # The scripts must be loaded during the pause too (as after a failover).
     server.command("SCRIPT", "FLUSH")
-    server.command("CLIENT", "PAUSE", "30000", "WRITE")
+    # An hour (UNPAUSE ends it): the writes below must meet the pause however
+    # slow the machine (30 s once, a bound a loaded machine could pass).
+    server.command("CLIENT", "PAUSE", "3600000", "WRITE")
 
     # A new observer's first snapshot answers (the CLI's `agents` commands).
     obs = RedisObserver(server.url, namespace="p", timeout=0.5)
@@ -104,7 +106,7 @@ try:
     assert obs.count() == 0
     obs.close()
 
-    admin.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+    admin.execute_command("CLIENT", "PAUSE", "3600000", "WRITE")  # an hour: UNPAUSE ends it
     try:
         RedisObserver(url, namespace="q", timeout=0.5).close()
         raise AssertionError("the plain script answered during a write pause")
