@@ -9,7 +9,10 @@ finds it dead only when the key is taken again (``register`` or
 ``MigratingRegistry(ThreadLocalRegistry(), MemoryRegistry())`` with the flag
 off told only ``registered`` when its listener came after the dead
 registration, or when that registration was made with the flag on (20/20):
-the legacy store's own report was taken for one it never makes.
+the legacy store's own report was taken for one it never makes. With a real
+``spawn_thread`` agent whose death the target's monitor reports first, the
+listener after the registration, the facade (flag off at the retake) told only
+``registered`` too (4/4): the target's report was dropped, not withheld.
 
 Real stores, real agents, no sleep: a last registration marks the end of the
 events, which are delivered in order.
@@ -138,3 +141,67 @@ def test_dead_key_retaken_in_another_thread_is_its_own(
     finally:
         reg.close()
         flags.close()
+
+
+def _noticed_scenario(
+    reg: Registry,
+    agents: Agents,
+    replace: bool,
+    flip: Callable[[], None] = lambda: None,
+    target: MemoryRegistry | None = None,
+) -> Seen:
+    """Register ``z`` to a ``spawn_thread`` agent, then listen; the agent ends and
+    (``target``: the facade's target) the target's monitor reports it first;
+    the thread takes ``z`` again: the events."""
+    events: list[RegistryEvent] = []
+    reported = threading.Event()  # the target's report has reached the facade
+
+    def on_target(event: RegistryEvent) -> None:
+        # Subscribed after the facade: called once the facade's listener returned.
+        if event.entry.key == "z" and event.reason == "down":
+            reported.set()
+
+    if target is not None:
+        target.subscribe(on_target)
+    old = agents.new()
+    reg.register("z", old)
+    flip()
+    reg.subscribe(events.append)
+    agents.kill(old)
+    if target is not None:
+        assert reported.wait(10)  # noticed (and reported) before the retake
+    reg.register("z", agents.new(), replace=replace)
+    reg.register("end", agents.new())  # the last event: all before it are delivered
+    assert wait_until(lambda: any(e.entry.key == "end" for e in events))
+    return [(e.kind, e.entry.key, e.reason) for e in events]
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["plain", "replace"])
+@pytest.mark.parametrize("at_register", [False, True], ids=["off", "on-off"])
+def test_dead_key_retaken_after_the_target_noticed_the_death(
+    at_register: bool, replace: bool, agents: Agents
+) -> None:
+    """Flag off at the retake, per-thread legacy, listener after the registration:
+    the target's monitor reports the death first; the legacy store's own report
+    at the retake tells it, as the bare store does (was dropped: only
+    ``registered`` was told)."""
+    alone = ThreadLocalRegistry()
+    try:
+        want = _noticed_scenario(alone, agents, replace)
+    finally:
+        alone.close()
+    flags = FeatureFlags(FLAGS)
+    flags.set(FLAG, at_register)
+    target = MemoryRegistry()
+    reg = MigratingRegistry(ThreadLocalRegistry(), target, flags)
+
+    def flip() -> None:
+        flags.set(FLAG, False)
+
+    try:
+        got = _noticed_scenario(reg, agents, replace, flip, target)
+    finally:
+        reg.close()
+        flags.close()
+    assert got == want
+    assert got.count(("unregistered", "z", "replaced" if replace else "down")) == 1

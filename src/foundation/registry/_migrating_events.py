@@ -462,11 +462,22 @@ class _EventRouting:
             return True
         if entry.registered_at >= self._told_since:
             return False
-        # A registration made before any listener: told once, by its first
-        # eligible report; the other side's report is dropped.
+        return self._death_before_listeners(side, entry, answering)
+
+    def _death_before_listeners(self, side: Side, entry: Entry, answering: bool) -> bool:
+        """``_death_told`` for a registration made before any listener: told
+        once, by its first eligible report; the other side's report is dropped."""
+        agent = entry.agent
+        told = _registration(entry)
         if self._told_gone.pop(told, None) is not None:
             return False
         if not (answering or self._reports(side, None)):
+            if side == _TARGET:
+                # The target's monitor saw it first, a per-thread legacy
+                # answering: withheld, as a told registration's (``_death_told``), for
+                # that store's own report when the thread retakes the key
+                # (was dropped: the catch-up then deleted the dead copy).
+                _keep_bounded(self._unheard, entry.key, (agent, _LEGACY, entry.registered_at))
             return False
         _keep_bounded(self._told_gone, told, agent)
         return True
