@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from foundation import errors
 from foundation.flags import FeatureFlags, Flag, Migration, MigrationPlan, RedisFlagStore, Stage
+from foundation.flags._store import plan_flag_field, plan_to_json
 from tests.faults._subprocess import run_scenario
 from tests.redis_support import RedisServer
 
@@ -149,16 +151,179 @@ def test_the_kill_switch_and_status_read_the_plan_flags_from_the_copy(
     assert reads == [f"HGETALL {{{namespace}}}:flags:plans"], seen
 
 
-def test_a_wrongtype_plan_flags_key_does_not_stop_the_plan_record(
+def test_a_wrongtype_key_records_nothing_and_says_so(
     redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A plan is recorded only with its flags kept: a plan flags (or plans) key that is
+    no hash records neither, and the WARNING says so (before: the plan recorded, its
+    older version's flags lost, under a "not recorded" WARNING)."""
     namespace = f"wrongtype-{id(tmp_path)}"
-    redis_server.command("SET", "{" + namespace + "}:flags:plan_flags", "junk")
+    key = "{" + namespace + "}:flags:"
+    redis_server.command("SET", key + "plan_flags", "junk")
     store = RedisFlagStore(redis_server.url, namespace=namespace, cache_path=None)
     flags = FeatureFlags(DECLARED, store=store)
     with caplog.at_level(logging.WARNING, logger="foundation.flags"):
-        Migration(flags, NEW)  # the plan flags refused: a WARNING
-    assert any("not recorded" in r.getMessage() for r in caplog.records)
-    assert redis_server.command("HGET", "{" + namespace + "}:flags:plans", "p")  # before: None
+        Migration(flags, NEW)
+    warned = [r.getMessage() for r in caplog.records if "not recorded" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert f"Redis key {key}plan_flags holds a string, not a hash" in warned[0], warned
+    assert "migration plan 'p' not recorded, nor its flags" in warned[0], warned
+    assert redis_server.command("HGET", key + "plans", "p") is None  # before: recorded
+    with pytest.raises(errors.FlagError, match="not recorded"):
+        store.record_plan("p", NEW)  # typed, from foundation.errors
+    assert redis_server.command("GET", key + "plan_flags") == b"junk"
+    # The key removed, the plan is recorded with its flags.
+    redis_server.command("DEL", key + "plan_flags")
+    store.record_plan("p", NEW)
+    assert store.plan_flags("p") == {"a": 1, "b": 2}
     flags.close()
     store.close()
+
+
+# The plan not recorded (a plan flags key that is no hash) is recorded again at each
+# resync: a WARNING, and the resync goes on (before: BackendUnavailable from the
+# resync's record, which failed again and again, the store stale for good).
+_WRONGTYPE_RESYNC = """
+from foundation.flags import (
+    FeatureFlags, Flag, Migration, MigrationPlan, RedisFlagStore, Stage,
+)
+from tests.redis_support import RedisServer
+
+srv = RedisServer(); srv.start()
+srv.command("SET", "{ops}:flags:plan_flags", "junk")
+store = RedisFlagStore(srv.url, namespace="ops", cache_path=None, timeout=0.5)
+flags = FeatureFlags([Flag("a")], store=store)
+Migration(flags, MigrationPlan([Stage(1, "one", ("a",))], name="p"))
+before = store.status().resyncs
+srv.command("CLIENT", "KILL", "TYPE", "normal")  # the store's connections: a resync
+wait_for(lambda: store.status().resyncs > before and store.synced, "in sync again")
+print("plans", srv.command("HKEYS", "{ops}:flags:plans"))
+flags.close(); store.close(); srv.stop()
+print("OK")
+"""
+
+
+def test_a_wrongtype_plan_flags_key_does_not_stop_the_resync() -> None:
+    result = run_scenario(_WRONGTYPE_RESYNC)
+    assert "plans []" in result.stdout, result.stdout
+    warned = [line for line in result.stderr.splitlines() if "holds a string" in line]
+    assert warned, result.stderr
+    assert all("WARNING" in line for line in warned), warned
+
+
+def test_a_wrongtype_plans_key_adds_no_plan_flags(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    namespace = f"wrongtype-plans-{id(tmp_path)}"
+    key = "{" + namespace + "}:flags:"
+    redis_server.command("SET", key + "plans", "junk")
+    with (
+        RedisFlagStore(redis_server.url, namespace=namespace, cache_path=None) as store,
+        pytest.raises(errors.FlagError, match=r"plans holds a string, not a hash"),
+    ):
+        store.record_plan("p", NEW)
+    assert redis_server.command("EXISTS", key + "plan_flags") == 0
+
+
+# A node records its plan while Redis is frozen: it cannot read the plan recorded
+# now, which an older library (no plan flags) recorded after this node's sync, so its
+# copy has none either. Its record, written when Redis returns, keeps that older
+# plan's flags all the same: the union is taken by Redis at write time.
+_FROZEN_AT_RECORD = """
+import os, tempfile
+from foundation.flags import (
+    FeatureFlags, Flag, Migration, MigrationPlan, RedisFlagStore, Stage,
+)
+from foundation.flags._store import plan_to_json
+from tests.redis_support import RedisServer
+
+srv = RedisServer(); srv.start()
+DECLARED = (Flag("a"), Flag("b"))
+WIDE = MigrationPlan([Stage(1, "one", ("a",)), Stage(2, "two", ("b",), "high")], name="p")
+NARROW = MigrationPlan([Stage(1, "one", ("a",))], name="p")
+here = os.path.join(tempfile.mkdtemp(), "copy.sqlite3")
+store = RedisFlagStore(srv.url, namespace="ops", cache_path=here, timeout=0.5, resync_interval=0.2)
+flags = FeatureFlags(DECLARED, store=store)
+# An older library's node records its 2-stage plan (the record only) and is at stage 2.
+srv.command("HSET", "{ops}:flags:plans", "p", plan_to_json(WIDE))
+flags.enable("a", by="old node"); flags.enable("b", by="old node")
+
+srv.freeze()
+migration = Migration(flags, NARROW)  # the plan recorded now cannot be read
+wait_for(lambda: store.stale, "the node sees the outage")
+srv.thaw()
+narrow = plan_to_json(NARROW).encode()
+wait_for(lambda: srv.command("HGET", "{ops}:flags:plans", "p") == narrow, "written back")
+wait_for(lambda: not store.stale, "in sync again")
+print("redis hash", sorted(f.decode() for f in srv.command("HKEYS", "{ops}:flags:plan_flags")))
+print("plan flags", sorted(store.plan_flags("p").items()))
+with RedisFlagStore(srv.url, namespace="ops", cache_path=None) as other:
+    print("another node", sorted(other.plan_flags("p").items()))
+migration.emergency_rollback("error spike", by="oncall")
+print("served", flags.enabled("a"), flags.enabled("b"))
+flags.close(); store.close(); srv.stop()
+print("OK")
+"""
+
+
+def test_a_plan_recorded_while_redis_is_frozen_keeps_the_older_record_s_flags() -> None:
+    result = run_scenario(_FROZEN_AT_RECORD)
+    # Before the fix: ['["p", "a", 1]'], plan flags [('a', 1)], b left on.
+    assert 'redis hash [\'["p", "a", 1]\', \'["p", "b", 2]\']' in result.stdout, result.stdout
+    assert "plan flags [('a', 1), ('b', 2)]" in result.stdout, result.stdout
+    assert "another node [('a', 1), ('b', 2)]" in result.stdout, result.stdout
+    assert "served False False" in result.stdout, result.stdout
+
+
+# Flag and plan names the script quotes as Python's json.dumps does (plan_flag_field).
+ODD = ("plain", 'quo"te', "back\\slash/slash", "tab\tnl\n\x01\x7f", "caf\u00e9", "\U0001f680 x")
+
+
+def test_the_older_record_s_flags_are_added_as_plan_flag_field_writes_them(
+    redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fields equal to those Python writes (an older library reads them, and no field
+    is written twice in two spellings), whatever the names."""
+    namespace = f"quoting-{id(tmp_path)}"
+    name = 'plän/"x"'
+    older = MigrationPlan([Stage(1, "one", ODD[:3]), Stage(2, "two", ODD[3:], "high")], name=name)
+    redis_server.command("HSET", "{" + namespace + "}:flags:plans", name, plan_to_json(older))
+    mine = MigrationPlan([Stage(1, "one", ("a",))], name=name)
+    with (
+        caplog.at_level(logging.WARNING, logger="foundation.flags"),
+        RedisFlagStore(redis_server.url, namespace=namespace, cache_path=None) as store,
+    ):
+        store.record_plan(name, mine)
+        expected = [(f, s.number) for s in older.stages for f in s.flags] + [("a", 1)]
+        assert store.plan_flags(name) == dict(expected)
+    fields = redis_server.command("HKEYS", "{" + namespace + "}:flags:plan_flags")
+    assert sorted(f.decode() for f in fields) == sorted(
+        plan_flag_field(name, f, n) for f, n in expected
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "not json",
+        '{"name": "p", "stages": {"1": {"number": 1, "flags": ["b"]}}}',
+        '{"name": "p", "stages": [{"number": "x", "name": "one", "flags": ["b"]}]}',
+        '{"name": "p", "stages": [{"number": 1, "name": "one", "flags": [3]}]}',
+        '{"name": "p", "stages": [{"number": 1, "name": "one", "flags": ["\\udc00"]}]}',
+    ],
+)
+def test_an_unreadable_older_record_is_a_warning_and_the_plan_is_recorded(
+    redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, record: str
+) -> None:
+    namespace = f"unreadable-{id(tmp_path)}"
+    redis_server.command("HSET", "{" + namespace + "}:flags:plans", "p", record)
+    with (
+        caplog.at_level(logging.WARNING, logger="foundation.flags"),
+        RedisFlagStore(redis_server.url, namespace=namespace, cache_path=None) as store,
+    ):
+        store.record_plan("p", NEW)
+        assert store.plan_flags("p") == {"a": 1, "b": 2}
+        assert store.plans()["p"].to_dict() == NEW.to_dict()
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("recorded plan unreadable" in w for w in warned), warned

@@ -27,12 +27,14 @@ every key of one deployment lives in one slot and a transaction may touch them a
 ``{ns}:flags:plans``       hash   plan name -> ``MigrationPlan`` JSON
 ``{ns}:flags:plan_flags``  hash   ``[plan, flag, stage]`` (JSON) -> ``"1"``: every flag any
                                   recorded version of a plan named (``plan_flags``;
-                                  add-only, HSET before the plan's record)
+                                  add-only; with the plan's record and the flags
+                                  of the record it replaces, in one script)
 
-The catalogue, plans and plan flags are written directly (HSET, outside the
-versioned transactions) and are not restored from the node copy: after Redis
-restarts empty they come back when the applications construct their
-``FeatureFlags`` and ``Migration`` again. The copy keeps them, fetched at each
+The catalogue, plans and plan flags are written directly (HSET, a plan with its
+flags by one script; outside the versioned transactions) and are not restored
+from the node copy: after Redis restarts empty they come back when the
+applications construct their ``FeatureFlags`` and ``Migration`` again. The copy
+keeps them, fetched at each
 sync (the plans and plan flags also after migration events) and merged with
 each read or record (``_keep``): ``catalogue()``, ``plans()`` and
 ``plan_flags()`` answer from it during an outage, so a tool can list flags and

@@ -15,7 +15,7 @@ from foundation._redis_memory_policy import EvictionCheck
 from foundation.errors import Closed, FlagError, InvalidConfig, InvalidFlagValue, bounded_repr
 from foundation.flags._history import Replay
 from foundation.flags._node_cache import NodeCache, default_cache_path
-from foundation.flags._redis_store._scripts import _RESTORE, _TRIM, _TRIM_EVENTS
+from foundation.flags._redis_store._scripts import _RECORD_PLAN, _RESTORE, _TRIM, _TRIM_EVENTS
 from foundation.flags._redis_store._shared import T, _check_version, log
 from foundation.flags._store import (
     FlagChange,
@@ -136,6 +136,7 @@ class _StoreCore(FlagStore):
         self._restore_script: Any = None
         self._trim_script: Any = None
         self._trim_events_script: Any = None
+        self._record_plan_script: Any = None
         self._trims = 0  # trims this store made (the first is logged at INFO)
         self._next_trim_at = 0  # after a failed trim: the stream length to try again at
         self._event_trims = 0  # ... the same, of the migrations stream
@@ -215,6 +216,7 @@ class _StoreCore(FlagStore):
                 self._restore_script = self._client.register_script(_RESTORE)
                 self._trim_script = self._client.register_script(_TRIM)
                 self._trim_events_script = self._client.register_script(_TRIM_EVENTS)
+                self._record_plan_script = self._client.register_script(_RECORD_PLAN)
             return self._client
 
     def _ensure_listen_client(self) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import json
+from collections.abc import Callable, Iterable
 
 from foundation.errors import BackendUnavailable, FlagError
 from foundation.flags._redis_store._kill_switch import _KillSwitches
@@ -162,11 +164,28 @@ class _Records(_KillSwitches):
             raise BackendUnavailable(
                 f"Redis at {self._url} is a read-only replica now; {doing} when it accepts writes"
             )
-        failed: FlagError | BackendUnavailable | None = None
-        for key, entries in records:  # one refused (WRONGTYPE) does not stop the others
+        self._write_records(records, doing)
+
+    def _write_records(self, records: Iterable[tuple[str, dict[str, str]]], doing: str) -> None:
+        """Write ``records``: the catalogue by ``_record_now``, each plan with the plan
+        flags by ``_record_plan_now``. One refused (``FlagError``: not a hash) does not
+        stop the others, and is raised after them; ``BackendUnavailable`` at once (the
+        resync records them all again)."""
+        todo = dict(records)
+        fields = todo.pop(self._k_plan_flags, {})
+        plans = todo.pop(self._k_plans, {})
+        writes = [functools.partial(self._record_now, key, e, doing) for key, e in todo.items()]
+        writes += [
+            functools.partial(self._record_plan_now, name, text, fields, doing)
+            for name, text in plans.items()
+        ]
+        if fields and not plans:  # (recorded together: not expected)
+            writes.append(functools.partial(self._record_now, self._k_plan_flags, fields, doing))
+        failed: FlagError | None = None
+        for write in writes:
             try:
-                self._record_now(key, entries, doing)
-            except (FlagError, BackendUnavailable) as exc:
+                write()
+            except FlagError as exc:
                 failed = failed or exc
         if failed is not None:
             raise failed
@@ -182,14 +201,62 @@ class _Records(_KillSwitches):
         if key in (self._k_catalogue, self._k_plans, self._k_plan_flags):
             self._keep(key, current)
 
+    def _record_plan_now(self, name: str, text: str, fields: dict[str, str], doing: str) -> None:
+        """Record plan ``name`` (JSON ``text``) with the plan flags ``fields`` and the
+        flags of the record it replaces, in one script (``_RECORD_PLAN``): the union is
+        taken in Redis at write time, so this node needs no read of the older record
+        (Redis frozen, no copy yet) and one written meanwhile counts too. Nothing is
+        written when a key is no hash: ``FlagError``, the plan not recorded."""
+        if self._plan_recorded(name, text, fields, doing):
+            return
+        prefix = json.dumps([name])[:-1] + ", "  # of every field of this plan (plan_flag_field)
+        with self._translated(doing):
+            self._ensure_clients()
+            reply = self._record_plan_script(
+                keys=[self._k_plan_flags, self._k_plans], args=[name, text, prefix, *sorted(fields)]
+            )
+        status, *rest = (str(part) for part in reply)
+        if status == "wrongtype":
+            key, kind = rest
+            raise FlagError(
+                f"Redis key {key} holds a {kind}, not a hash: migration plan {name!r} not "
+                "recorded, nor its flags (a plan is recorded only with every flag any "
+                "recorded version of it named); remove or rename that key"
+            )
+        unreadable, *older = rest
+        if unreadable == "1":
+            log.warning(
+                "migration plan %r: recorded plan unreadable in %s: its flags not kept in %s",
+                name, self._k_plans, self._k_plan_flags,
+            )  # fmt: skip
+        added = dict.fromkeys(older, "1")
+        with self._lock:  # recorded again at each resync, with ours
+            self._recorded.setdefault(self._k_plan_flags, {}).update(added)
+        self._keep(self._k_plan_flags, {**fields, **added})
+        self._keep(self._k_plans, {name: text})
+
+    def _plan_recorded(self, name: str, text: str, fields: dict[str, str], doing: str) -> bool:
+        """Whether Redis records plan ``name`` as ``text`` with every one of ``fields``
+        already (kept in the copy then): most processes that start find it so. Race:
+        a record written after this read is another writer's script, which keeps ours."""
+        client = self._ensure_clients()
+        with self._translated(doing), client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._k_plan_flags)
+            pipe.hgetall(self._k_plans)
+            ever, plans = pipe.execute(raise_on_error=False)  # WRONGTYPE: the script says
+        if isinstance(ever, Exception) or isinstance(plans, Exception):
+            return False
+        if plans.get(name) != text or not ever.keys() >= fields.keys():
+            return False
+        self._keep(self._k_plan_flags, {str(k): str(v) for k, v in ever.items()})
+        self._keep(self._k_plans, {str(k): str(v) for k, v in plans.items()})
+        return True
+
     def _record_again(self) -> None:
         """Record what this store recorded before (part of a resync); a failure only logs."""
         with self._lock:
             recorded = {key: dict(entries) for key, entries in self._recorded.items()}
-        for key, entries in recorded.items():
-            try:
-                self._record_now(key, entries, "recording the catalogue again")
-            except FlagError as exc:
-                log.warning("flag store %r: %s", self.namespace, exc)
-            except BackendUnavailable:
-                raise  # the resync fails and is retried
+        try:
+            self._write_records(recorded.items(), "recording the catalogue and plans again")
+        except FlagError as exc:
+            log.warning("flag store %r: %s", self.namespace, exc)

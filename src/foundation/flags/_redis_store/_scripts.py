@@ -127,3 +127,85 @@ if n > 0 then
 end
 return n
 """
+
+
+# Record the migration plan ARGV[1] (JSON ARGV[2]) with its plan flags (ARGV[4..]:
+# ``plan_flag_field`` keys) and the flags of the record it replaces, in one step:
+# a node never needs to have read the older record (an older library's record
+# adds none to the plan flags hash) to keep its flags, and the union is taken at
+# write time, after any record written meanwhile. The older record's (flag,
+# stage) become fields as ``plan_flag_field`` writes them (ARGV[3]: its prefix,
+# ``["<plan>", ``; the flag as Python's ``json.dumps`` quotes it, ASCII only).
+# KEYS: plan flags, plans. Nothing is written unless both are hashes (or absent):
+# returns {'wrongtype', key, type}; else {'ok', 1 if the older record could not be
+# read (its flags not kept) else 0, the fields it added...}.
+_RECORD_PLAN = """
+local ESC = {[34] = '\\\\"', [92] = '\\\\\\\\', [8] = '\\\\b', [12] = '\\\\f',
+             [10] = '\\\\n', [13] = '\\\\r', [9] = '\\\\t'}
+local function escaped(cp)
+  if ESC[cp] then return ESC[cp] end
+  if cp >= 32 and cp < 127 then return string.char(cp) end
+  if cp < 65536 then return string.format('\\\\u%04x', cp) end
+  cp = cp - 65536
+  return string.format('\\\\u%04x\\\\u%04x', 55296 + math.floor(cp / 1024), 56320 + cp % 1024)
+end
+local function quoted(s)
+  local out, i = {'"'}, 1
+  while i <= #s do
+    local c, len, cp = s:byte(i), 0, 0
+    if c < 128 then len, cp = 1, c
+    elseif c >= 194 and c < 224 then len, cp = 2, c - 192
+    elseif c >= 224 and c < 240 then len, cp = 3, c - 224
+    elseif c >= 240 and c < 245 then len, cp = 4, c - 240
+    else return nil end
+    for j = i + 1, i + len - 1 do
+      local b = s:byte(j)
+      if b == nil or b < 128 or b > 191 then return nil end
+      cp = cp * 64 + b - 128
+    end
+    if (len == 3 and (cp < 2048 or (cp >= 55296 and cp < 57344)))
+        or (len == 4 and (cp < 65536 or cp > 1114111)) then
+      return nil
+    end
+    out[#out + 1] = escaped(cp)
+    i = i + len
+  end
+  out[#out + 1] = '"'
+  return table.concat(out)
+end
+local function fields_of(text)
+  local ok, plan = pcall(cjson.decode, text)
+  if not ok or type(plan) ~= 'table' or type(plan.stages) ~= 'table' or #plan.stages == 0 then
+    return nil
+  end
+  local out = {}
+  for _, s in ipairs(plan.stages) do
+    if type(s) ~= 'table' or type(s.flags) ~= 'table' or #s.flags == 0 then return nil end
+    local n = tonumber(s.number)
+    if n == nil or n < 1 or n > 9007199254740992 or n ~= math.floor(n) then return nil end
+    for _, flag in ipairs(s.flags) do
+      local q = type(flag) == 'string' and quoted(flag)
+      if not q then return nil end
+      out[#out + 1] = ARGV[3] .. q .. ', ' .. string.format('%d', n) .. ']'
+    end
+  end
+  return out
+end
+for _, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'hash' and kind ~= 'none' then return {'wrongtype', key, kind} end
+end
+local reply, older = {'ok', 0}, {}
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old and old ~= ARGV[2] then
+  older = fields_of(old)
+  if older == nil then reply[2], older = 1, {} end
+end
+for _, field in ipairs(older) do
+  redis.call('HSET', KEYS[1], field, '1')
+  reply[#reply + 1] = field
+end
+for i = 4, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], '1') end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return reply
+"""

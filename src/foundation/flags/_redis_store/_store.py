@@ -462,10 +462,12 @@ class RedisFlagStore(_Listener):
         self._check_open()
         _check_name(name, "plan name")
         text = plan_to_json(plan)
-        # The plan flags first (add-only: an HSET of new fields): at every moment
-        # they cover every plan recorded (also again at each resync, in this order),
-        # the one recorded now too (an older library's record adds none).
-        entries = set(plan_flag_entries(name, plan)) | self._recorded_plan_entries(name)
+        # The plan flags go with the plan's record, in one script that also adds the
+        # flags of the record it replaces (an older library's record adds none): at
+        # every moment they cover every plan recorded, whatever this node could read
+        # (also again at each resync). The copy's record adds its flags too: Redis
+        # may have restarted empty, its older record lost.
+        entries = set(plan_flag_entries(name, plan)) | self._kept_plan_entries(name)
         ever = {plan_flag_field(name, f, n): "1" for f, n in sorted(entries)}
         records = ((self._k_plan_flags, ever), (self._k_plans, {name: text}))
         self._record_all(records, "recording a migration plan")
@@ -498,16 +500,12 @@ class RedisFlagStore(_Listener):
         text = self._kept_hash(self._k_plans).get(name)
         return self.plans().get(name) if text is None else plan_from_json(text)
 
-    def _recorded_plan_entries(self, name: str) -> set[tuple[str, int]]:
-        """(flag, stage) of the plan recorded as ``name`` now: Redis' record while in
-        sync, else the copy's; none when neither can say (WARNING)."""
+    def _kept_plan_entries(self, name: str) -> set[tuple[str, int]]:
+        """(flag, stage) of the copy's record of plan ``name``; none when it has none
+        or cannot say (WARNING). Redis' own record is merged by the script that
+        records the plan (``_record_plan_now``): nothing is read from Redis here."""
         try:
-            text: str | bytes | None = None
-            if self._synced.is_set():
-                with self._translated("reading the recorded migration plan"):
-                    text = self._ensure_clients().hget(self._k_plans, name)
-            if text is None:
-                text = self._kept_hash(self._k_plans).get(name)
+            text = self._kept_hash(self._k_plans).get(name)
             return set() if text is None else set(plan_flag_entries(name, plan_from_json(text)))
         except Exception as exc:  # the plan's own flags are recorded all the same
             log.warning("migration plan %r: recorded plan unreadable: %s", name, exc)
