@@ -86,6 +86,9 @@ try:
     a.register("a1", spawn_thread(stop.wait), {})
     b.register("b1", spawn_thread(stop.wait), {})
     flags.enable("beta", by="ops")
+    # Node a's tail applies b1 in its own time (late on a loaded machine): wait for it
+    # before the fault, so that "node a's mirror still answers" below checks the fault.
+    wait_for(lambda: a.lookup("b1") is not None, "node a to see b1")
     threads = library_threads()
     admin.config_set("maxclients", 1)  # every connection open stays; no new one
     # Cut node b's and the flag store's connections: each must connect anew.

@@ -168,6 +168,10 @@ try:
     flags.enable("f", by="oncall2", reason="fixed")
     assert flags.enabled("f") and not store.status().pending, store.status()
     wait_for(lambda: heard and heard[-1][2], "f on")
+    # The kill switch's "committed" event is announced by the listener at its next
+    # turn (after the enable returned; later still if the role change cut its XREAD
+    # and it is reconnecting): wait for it, then check it came once, not superseded.
+    wait_for(lambda: of("pending_committed"), "the kill switch's committed event")
     assert of("pending_committed") == [("f",)] and not of("pending_superseded"), store_events
     assert switches(store) == {"f": True}
     print("heard", heard, flush=True)
