@@ -574,13 +574,20 @@ class _NodeCopy(_Health):
             return 0
         return self._cache.stages().get(plan, 0)
 
-    def _read(self, doing: str, queue: Callable[[Any], None]) -> Any:
+    def _read(
+        self,
+        doing: str,
+        queue: Callable[[Any], None],
+        lost: Callable[[Any], bool] | None = None,
+    ) -> Any:
         """One Redis read (consistent with meta, see ``_consistent_read``), or None:
         answer from the copy.
 
         None when the listener is not following Redis (stale), when Redis is
-        unreachable, or when Redis holds an older version than the copy (it
-        restarted empty: the listener is poked to restore it).
+        unreachable, when Redis holds an older version than the copy (it
+        restarted empty: the listener is poked to restore it), or when ``lost``
+        (given the result) says it misses what the copy holds at the copy's own
+        version and epoch (evicted keys, see ``_lost_read``).
         """
         if not self._synced.is_set():
             return None
@@ -590,7 +597,9 @@ class _NodeCopy(_Health):
             log.debug("flag store %r: %s; answering from the node copy", self.namespace, exc)
             return None
         self._redis_answered()
-        if self._copy_behind_check(raw_version):
+        if self._copy_behind_check(raw_version) or (
+            lost is not None and self._lost_read(raw_version, epoch, result, lost)
+        ):
             self._resync_wanted.set()
             self._wake_listener()
             return None
@@ -608,6 +617,30 @@ class _NodeCopy(_Health):
         if raw_version is not None and (int(raw_version) > cache.version or epoch != cache.epoch):
             return self._once_copied(result)
         return result
+
+    def _lost_read(
+        self, raw_version: str | None, epoch: str | None, result: Any, lost: Callable[[Any], bool]
+    ) -> bool:
+        """True if ``result``, read at the copy's own version and epoch, misses what
+        the copy holds (``lost``): Redis lost keys (evicted: see ``_lost_keys``).
+
+        An empty HGETALL of an evicted state hash is no answer: served, a kill
+        switch would read its default until the next resync. Local (the copy's
+        counts), no round trip. Race: this node's commit confirmed into the copy
+        between the read and the count: its version is read again, moved, no
+        verdict (the answer stands, as without the check). Race: Redis lost
+        everything and a node with an older copy restored it up to this version
+        (see ``_lost_keys``): the copy answers until the resync's refresh takes
+        Redis' state (a divergence), then counts agree.
+        """
+        cache = self._cache
+        version, copy_epoch = cache.version, cache.epoch
+        if raw_version is None or epoch != copy_epoch:
+            return False
+        if _check_version(raw_version, self._k_meta) != version:
+            return False
+        gone = lost(result)
+        return gone and cache.version == version and cache.epoch == copy_epoch
 
     def _consistent_read(
         self, doing: str, queue: Callable[[Any], None]

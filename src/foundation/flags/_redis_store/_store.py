@@ -191,7 +191,13 @@ class RedisFlagStore(_Listener):
         # FIRST: the replay commits to Redis and only then drops the pending
         # record, so we see it pending, or committed, never neither.
         pending = self._cache.pending()
-        raw = self._read("loading flag states", lambda p: p.hgetall(self._k_state))
+        # Fewer states than the copy at its own version and epoch: evicted, not an
+        # answer (an empty hash would serve every kill switch its default).
+        raw = self._read(
+            "loading flag states",
+            lambda p: p.hgetall(self._k_state),
+            lambda read: len(read) < len(self._cache.states()),
+        )
         if raw is None:
             raw = self._cache.states()
         states = {name: self._decode_state(text) for name, text in raw.items()}
@@ -414,7 +420,10 @@ class RedisFlagStore(_Listener):
             pipe.hgetall(self._k_base)
             pipe.xrange(self._k_history)
 
-        read = self._read("reading history", queue)
+        # (No entries while the copy has some, at its version: evicted, see load_states.)
+        read = self._read(
+            "reading history", queue, lambda r: not r[1] and self._cache.last_ids()[0] is not None
+        )
         if read is None:
             base, _trimmed, entries = self._cache.history_with_base()
         else:
@@ -441,7 +450,13 @@ class RedisFlagStore(_Listener):
     def migration_history(self, plan: str) -> list[MigrationEvent]:
         self._check_open()
         _check_name(plan, "plan name")
-        entries = self._read("reading migration history", lambda p: p.xrange(self._k_migrations))
+        # An empty stream the copy has entries of, at its version: evicted (a trim
+        # never empties it).
+        entries = self._read(
+            "reading migration history",
+            lambda p: p.xrange(self._k_migrations),
+            lambda read: not read and self._cache.last_ids()[1] is not None,
+        )
         if entries is None:
             entries = self._cache.migrations()
         events = [self._decode_event(fields) for _id, fields in entries]
