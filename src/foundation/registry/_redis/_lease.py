@@ -46,6 +46,7 @@ from foundation.registry._redis._scripts import (
 from foundation.registry._redis._shared import Job, Own, Shared, down_fields, expand_record, s
 from foundation.registry._redis._state import log
 from foundation.registry._redis._tail import Tail
+from foundation.registry._types import RegistryEvent
 
 __all__ = ["Lease"]
 
@@ -59,6 +60,9 @@ class Lease:
         self._sh = shared
         self._tail = tail
         self._retry: list[Job] = []
+        # Keys whose stale-entry check waits for the tail: version of our delete
+        # (guarded by mlock; see _after_down_deleted).
+        self._stale: dict[Hashable, int] = {}
         self._info = json.dumps(
             {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
         )
@@ -494,10 +498,76 @@ class Lease:
                 sh.pending_downs.setdefault(key, pending)
             raise
         if v:
-            with sh.mlock:
-                m = sh.mirror
-                if m.is_newer(key, v) and key not in sh.own:
-                    m.remove(key, v)
+            self._after_down_deleted(key, v)
+
+    def _after_down_deleted(self, key: Hashable, v: int) -> None:
+        """Bring the mirror to Redis's delete (version ``v``) of this node's dead
+        agent's registration of ``key`` (holding wlock).
+
+        Race (a lost "unregistered" event): the mirror never shows the
+        registration just deleted (on_down removed it, telling "down"; a writer
+        whose agent died mid-script never puts it). An entry it shows is an
+        older one Redis removed before: by another node's record the tail has
+        not applied yet, or by data Redis lost with no record. Removed here at
+        ``v`` straight away, its end was never told and the tail then skipped
+        that older record (version passed). So it is removed only once the
+        tail applied every record before ``v``, with their events: an entry
+        still shown then is truly stale (no record will remove it, it would
+        stay for good) and is dropped as a resync drops it (``_drop_stale``).
+        Our own record ``v`` only counts as reached (the tail skips it).
+
+        Never waits for the tail here (review: this runs holding wlock, and a
+        tail parked until a recovery, which needs wlock, made every such write
+        wait a whole ``op_timeout``, once per key of a batch, past a short
+        lease): a tail still behind leaves the look to the lease thread, after
+        each heartbeat or recovery that succeeded (``_check_stale``).
+        """
+        sh = self._sh
+        with sh.mlock:
+            if sh.tail_v >= v - 1:
+                self._drop_stale(key, v)
+            elif self._shows_stale(key, v):
+                # Race: the tail's older records may still come; removing the
+                # entry now would skip them (their events lost).
+                self._stale[key] = max(v, self._stale.get(key, 0))
+            sh.mirror.reached = max(sh.mirror.reached, v)
+        sh.hand_off()
+
+    def _check_stale(self) -> None:
+        """Drop the stale entries whose check ``_after_down_deleted`` left to
+        the lease thread, once the tail applied every record before theirs
+        (without waiting: run after each heartbeat or recovery that succeeded)."""
+        sh = self._sh
+        with sh.mlock:
+            for key, v in list(self._stale.items()):
+                if not self._shows_stale(key, v):
+                    del self._stale[key]  # a record (or a resync) settled it
+                elif sh.tail_v >= v - 1:
+                    del self._stale[key]
+                    self._drop_stale(key, v)
+        sh.hand_off()
+
+    def _shows_stale(self, key: Hashable, v: int) -> bool:
+        """The mirror shows an entry of ``key`` older than ``v`` that is not a
+        live local registration (holding mlock)."""
+        sh = self._sh
+        return key in sh.entries and key not in sh.own and sh.mirror.is_newer(key, v)
+
+    def _drop_stale(self, key: Hashable, v: int) -> None:
+        """Remove the stale entry of ``key`` still shown once the tail applied
+        every record before ``v`` (holding mlock), told as a resync tells an
+        entry Redis lost: ``unregistered`` with reason ``"unregistered"``.
+
+        Race: Redis lost the data without a record (the entry's fields removed,
+        the lease kept), so no record of the tail will ever remove it; left,
+        it would stay for good, unwatched. Removed at ``v``: any later record
+        of ``key`` still applies."""
+        sh = self._sh
+        if not self._shows_stale(key, v):
+            return
+        old = sh.mirror.remove(key, v)
+        if old is not None:
+            sh.queue([RegistryEvent("unregistered", old, reason="unregistered")])
 
     def _delete_orphan(self, key: Hashable, ek: str, head: str) -> None:
         """Delete an entry of this node that no live local registration backs."""
@@ -532,6 +602,7 @@ class Lease:
             self._retry.append(job)
 
     def _run_retries(self) -> None:
+        self._check_stale()
         retry, self._retry = self._retry, []
         for job in retry:
             self._run_job(job)
