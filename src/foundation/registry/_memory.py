@@ -540,6 +540,17 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 lock.release()
             raise
         try:
+            # Race (a Ctrl-C, raised at a call's start or a C call's return):
+            # the event is built before the store (RegistryEvent's __init__ is
+            # Python: a check point) and queued by the first call after it, so
+            # a cut leaves the entry stored and told, or neither. (Built after
+            # the store, a cut there stored it untold.) Built before the read,
+            # too: a signal handler or finalizer this thread runs at that check
+            # point, writing this key (the RLock lets it in), is then seen by
+            # the read, not overwritten by the store.
+            item = None
+            if self._listeners:
+                item = (RegistryEvent("registered", entry), _write_tags.tag)
             table = self._live
             old = table.get(key)
             if old is None and not reg.died and not self._closed:
@@ -547,11 +558,11 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 if self._index is not None and frozen:  # empty metadata: nothing to index
                     self._index.add(key, frozen)
                 table[key] = entry
-                if not self._listeners:
+                if item is None:
                     # Done (the finally releases the lock). Events queued by other
                     # writers are theirs to deliver: each writer delivers its own.
                     return
-                self._pending.append((RegistryEvent("registered", entry), _write_tags.tag))
+                self._pending.append(item)
                 error = replaced = None
             else:
                 error, replaced = self._register_conflict(entry, old, replace)
@@ -587,27 +598,36 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if is_alive(old.agent):
                 return AlreadyRegistered(key, old), None
             reason = "down"
+        # Race (a Ctrl-C): both events are built first and queued by the one
+        # call right after the store (see register's common case): a cut
+        # leaves the replacement stored and told, or neither.
+        events: tuple[tuple[RegistryEvent, object], ...] = ()
+        if self._listeners:
+            # down=None for reason "down": the death was noticed here, before
+            # its monitor reported it, so its details are unknown.
+            tag = _write_tags.tag
+            events = (
+                (RegistryEvent("unregistered", old, reason), tag),
+                (RegistryEvent("registered", entry), tag),
+            )
         # Index the new entry, publish it (one store), then unindex the old one:
         # the index stays a superset of what lock-free readers can see.
         index = self._index
         if index is not None:
             index.add(key, entry.metadata)
         self._live[key] = entry
+        self._pending.extend(events)
+        replaced = _detach(old)
         if index is not None:
             index.remove(key, old.metadata, entry.metadata)
-        if self._listeners:
-            # down=None for reason "down": the death was noticed here, before
-            # its monitor reported it, so its details are unknown.
-            self._pending.append((RegistryEvent("unregistered", old, reason), _write_tags.tag))
-            self._pending.append((RegistryEvent("registered", entry), _write_tags.tag))
-        return None, _detach(old)
+        return None, replaced
 
-    def unregister(self, key: Hashable) -> bool:  # noqa: PLR0912 - hot path inline
+    def unregister(self, key: Hashable) -> bool:  # (hot path inline)
         """Remove ``key``; True if it was there. Its monitor is released.
 
         Raises:
             InvalidKey: ``key`` breaks the key rule (docs/keys-and-metadata.md).
-            Closed: the registry is closed (the closed table's ``pop`` raises).
+            Closed: the registry is closed (the closed table's ``pop``/``get`` raises).
         """
         if type(key) is not str:  # a str is a key in normal form as it is
             try:
@@ -623,18 +643,16 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 lock.release()
             raise
         try:
-            # Read under the lock: close() swaps _table under it too.
-            entry = self._table.pop(key, None)  # unpublish first, then unindex
+            # Read under the lock: close() swaps _table under it too. With no
+            # listener, one atomic pop (nothing to tell: the hot path as it was);
+            # else _unpublish_told. Unpublish first, then unindex.
+            entry = self._unpublish_told(key) if self._listeners else self._table.pop(key, None)
             if entry is None:
                 return False  # (the finally releases the lock)
-            if self._index is not None and entry.metadata:
-                self._index.remove(key, entry.metadata)
-            if self._listeners:
-                self._pending.append(
-                    (RegistryEvent("unregistered", entry, "unregistered"), _write_tags.tag)
-                )
             reg = entry._registration  # _detach(entry), inlined (hot path)
             _set_registration(entry, None)
+            if self._index is not None and entry.metadata:
+                self._index.remove(key, entry.metadata)
         finally:
             lock.release()
         # Released outside the lock. Race: if the agent died meanwhile, its
@@ -666,6 +684,31 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             self._delivery.deliver()
         return True
 
+    def _unpublish_told(self, key: Hashable) -> Entry | None:
+        """unregister()'s removal of ``key`` with listeners (write lock held):
+        its entry, its event queued; None if absent.
+
+        Race (a Ctrl-C): the event is built while the entry is still in the
+        table, and queued by the first call after the `del` (no call, so no
+        check point): a cut leaves the entry removed and told, or neither.
+        (With a pop, a cut at its return removed it untold.)
+        Race (re-entrance): at those check points (the get's return, the
+        event's __init__) this thread may run a signal handler or a finalizer
+        that writes this key (the RLock lets it in): the entry is looked at
+        again with no call until the `del` (else a KeyError, or a new entry
+        deleted untold). Changed meanwhile: None, nothing removed (that write stands).
+        """
+        entry = self._table.get(key)  # Closed once closed
+        if entry is None:
+            return None
+        item = (RegistryEvent("unregistered", entry, "unregistered"), _write_tags.tag)
+        live = self._live
+        if key not in live or live[key] is not entry:  # (no call: no check point)
+            return None
+        del live[key]
+        self._pending.append(item)
+        return entry
+
     def update_metadata(self, key: Hashable, metadata: Mapping[str, Any]) -> None:
         """Replace the metadata of ``key``; indexes follow.
 
@@ -692,15 +735,22 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
                 self._node,
                 registration=cur._registration,
             )
+            # Race (a Ctrl-C, raised at a call's start or a C call's return):
+            # the event is built before the store and queued by the first call
+            # after it, so a cut leaves the new metadata stored and told, or
+            # neither. (Queued last, a cut in _detach, index.remove or the
+            # event's __init__ left it stored, never told.) A cut after it
+            # leaves at most the old terms indexed: a superset, re-checked.
+            item = (RegistryEvent("updated", new), _write_tags.tag) if self._listeners else None
             index = self._index
             if index is not None:
                 index.add(key, frozen)
             self._live[key] = new  # one store: readers see the old or the new entry
+            if item is not None:
+                self._pending.append(item)
             _detach(cur)  # (its registration is new's now)
             if index is not None:
                 index.remove(key, cur.metadata, frozen)
-            if self._listeners:
-                self._pending.append((RegistryEvent("updated", new), _write_tags.tag))
         if self._pending:
             self._delivery.deliver()
 
@@ -715,16 +765,35 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
             if cur is None or cur._registration is not reg:
                 reg.died = True
                 return
+            # Race (a Ctrl-C, when the death is seen by the main thread: an
+            # asyncio agent's): built first, queued right after the `del`
+            # (see _unpublish_told): removed and told, or neither.
+            item = None
+            if self._listeners:
+                item = (RegistryEvent("unregistered", cur, "down", down), _write_tags.tag)
+                # Race (re-entrance, as in _unpublish_told): a signal handler or
+                # finalizer run at the event's __init__ may have written the
+                # key: looked at again with no call until the `del`.
+                live = self._live
+                if reg.key not in live or live[reg.key] is not cur:  # (no call)
+                    return
             del self._live[reg.key]  # unpublish first, then unindex
+            if item is not None:
+                self._pending.append(item)
             _detach(cur)
             if self._index is not None:
                 self._index.remove(reg.key, cur.metadata)
-            if self._listeners:
-                self._pending.append(
-                    (RegistryEvent("unregistered", cur, "down", down), _write_tags.tag)
-                )
         if self._pending:
-            self._delivery.deliver()
+            # No call of the user's waits here: the thread that saw the death (a
+            # watcher, the end of a spawn_thread thread, a future's callback)
+            # reports a listener's KeyboardInterrupt or SystemExit as a courier
+            # does, and goes on. (Was: on a spawn_thread thread it reached
+            # threading.excepthook, a traceback on stderr.) Except in the main
+            # thread (an asyncio agent's death, seen by its loop), where a
+            # Ctrl-C lands: raised there, never swallowed.
+            self._delivery.deliver(
+                courier=threading.current_thread() is not threading.main_thread()
+            )
 
     # ------------------------------------------------------------------ admin
 

@@ -279,13 +279,30 @@ class SupervisorThread:
             self._stop_in_background()
             return
         try:
-            # Cut short (a Ctrl-C meanwhile: the loop closes, cancelling it),
-            # the caller gets the KeyboardInterrupt (a synchronous Application
-            # logs INFO app_stop_interrupted); the stop's task does not report
-            # it. A known gap: nothing names the children left running then.
             self._call(lambda: watched_stop(self.supervisor))
-        finally:
+        except BaseException:
             self._close_loop()
+            self._report_cut_short()
+            raise
+        self._close_loop()
+
+    def _report_cut_short(self) -> None:
+        """After a stop() that raised, its loop closed: WARNING
+        ``supervisor_stop_cut_short`` naming the children still running,
+        unless the stop reached its end (a ``ShutdownError``).
+
+        Race (a Ctrl-C cutting the wait for the stop): the caller gets the
+        ``KeyboardInterrupt`` (a synchronous Application logs INFO
+        app_stop_interrupted), the loop's end cancels the stop, and its task
+        leaves the report to its waiter (``watched_stop``): this call. Was:
+        nothing said the stop had not finished, nor named the children left
+        running. Read once the loop's thread has ended: the tree no longer
+        changes. (A Ctrl-C landing as the stop ended finds it ended: no report.)
+        """
+        sup = self.supervisor
+        if sup.state not in ("stopped", "failed") and not sup._stop_cut_reported:
+            sup._stop_cut_reported = True  # one record per stop (as _cancelled_stop's)
+            sup._report_stop_cut_short()
 
     def _stop_in_background(self) -> None:
         """stop() from a thread child: run it in a new thread; return now."""
