@@ -1,5 +1,8 @@
 """JSON from outside the process (a request body, a command-line value), refused
-past ``MAX_DEPTH`` levels of nesting the same way on every Python version.
+past ``MAX_DEPTH`` levels of nesting the same way on every Python version, and
+only JSON: ``NaN``, ``Infinity`` and ``-Infinity``, which ``json.loads`` takes
+by default, are no JSON (RFC 8259) and raise ``ValueError`` like any other
+text that is not JSON.
 
 The decoder's own limit is the interpreter's: Python 3.11 raises
 ``RecursionError`` about 1,000 levels down, while 3.13 parses 3,000 levels and
@@ -13,6 +16,10 @@ cases with :class:`TooDeep`.
 Traceback (most recent call last):
 ...
 foundation._json_input.TooDeep: nested more than 100 deep
+>>> loads('{"x": NaN}')
+Traceback (most recent call last):
+...
+ValueError: NaN is not JSON
 """
 
 from __future__ import annotations
@@ -32,11 +39,15 @@ class TooDeep(ValueError):
     take any invalid JSON as plain text do so for this too)."""
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def loads(text: str | bytes) -> Any:
     """``json.loads(text)``, or ``TooDeep`` past ``MAX_DEPTH`` (``ValueError``
-    for text that is not JSON)."""
+    for text that is not JSON, ``NaN`` and ``Infinity`` included)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise TooDeep(f"nested more than {MAX_DEPTH} deep") from None
     if _deeper_than(value, MAX_DEPTH):

@@ -16,7 +16,7 @@ Mapping (see ``docs/openfeature.md`` for the full list of spec decisions):
   ``FLAG_NOT_FOUND`` for an undeclared flag; ``TYPE_MISMATCH`` when the flag's
   kind is not the one asked for; ``INVALID_CONTEXT`` for a targeting key that
   is not a str or a 64-bit int; ``PROVIDER_FATAL`` once ``flags`` is closed
-  (whatever the key); ``GENERAL`` for anything else.
+  (whatever the key and the type asked); ``GENERAL`` for anything else.
 - the targeting key is an actor by ``FeatureFlags``' own rule (``evaluate``
   normalises and checks it): a str subclass (a ``StrEnum`` member) is the plain
   string it equals, an int ``str(n)``, and ``""`` no actor.
@@ -39,6 +39,11 @@ serves its node copy) and ``PROVIDER_READY`` when it is back in sync; over a
 while in use (it then answers from the old file, for good: reopen the store);
 both from the store's ``foundation.flags.stale`` and ``foundation.flags.in_sync``
 telemetry events and its ``stale`` property. A memory store never goes stale.
+The two streams are not ordered against each other: a reload's
+``PROVIDER_CONFIGURATION_CHANGED`` events come through ``flags.subscribe``'s
+delivery, which a slow listener of ``flags`` holds, and may follow its
+``PROVIDER_READY`` (emitted once the flags answer the reloaded values; see
+``docs/openfeature.md``, "Event order").
 ``PROVIDER_ERROR`` with error code ``PROVIDER_FATAL``, once, when a resolution
 first finds ``flags`` closed (the SDK's status becomes ``FATAL``); ``initialize`` over closed flags
 raises ``errors.Closed`` that is also the SDK's ``ProviderFatalError``, with
@@ -238,8 +243,16 @@ class FoundationProvider(AbstractProvider):
             unsubscribe = [self._flags.subscribe(self._on_change)]
             store = self._flags.store
             if isinstance(store, _HEALTH_STORES):
-                self._stale = store.stale
+                # Race: attach first, then read the state. Read first, an outage
+                # landing between the read and the attach told its "stale" to no
+                # listener of ours: in sync recorded, the store stale, no
+                # transition ever reported (a SQLite store: READY for good). An
+                # event from the attach on runs _on_health, which waits for this
+                # lock and then compares the store's state with the one recorded
+                # here: an outage before the read is recorded (never emitted
+                # twice), one after it is emitted, after this state.
                 self._detach_health = [telemetry.attach(e, self._on_health) for e in _HEALTH_EVENTS]
+                self._stale = store.stale
             self._unsubscribe = unsubscribe + self._detach_health
 
     def shutdown(self) -> None:
@@ -268,9 +281,17 @@ class FoundationProvider(AbstractProvider):
     # ---------------------------------------------------------------- events
 
     def _on_change(self, change: FlagChange) -> None:
-        # Runs in the writing thread (or the store's listener thread) with the
-        # flags' write lock held: emitting only hands the event to the SDK,
-        # whose handlers run on its own executor, so nothing here can block.
+        # Runs as a flags.subscribe listener: in the writing thread (or the one
+        # delivering then), or the flags' courier for another writer's change
+        # or a reload (never the store's thread, never under the flags' lock),
+        # behind the listeners subscribed before us. Emitting only hands the
+        # event to the SDK, whose handlers run on its own executor, so nothing
+        # here can block.
+        # Race: not ordered against _on_health: after an outage the store tells
+        # "in_sync" (our PROVIDER_READY) once the flags reloaded, while the
+        # reload's changes may still wait here behind a slow listener. Holding
+        # READY for them would make our status hostage to every other listener
+        # (STALE for good behind one that never returns): see docs, "Event order".
         self.emit_provider_configuration_changed(
             ProviderEventDetails(flags_changed=[change.flag], message=change.reason)
         )
@@ -374,6 +395,8 @@ class FoundationProvider(AbstractProvider):
                     default, ErrorCode.FLAG_NOT_FOUND, f"unknown flag {bounded_repr(key)}"
                 )
             if kind != want and not _NUMERIC.get((kind, want), False):
+                # Closed first here too: PROVIDER_FATAL whatever the key and kind.
+                _ = self._flags.names
                 return _error(
                     default,
                     ErrorCode.TYPE_MISMATCH,

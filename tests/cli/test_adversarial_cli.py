@@ -138,3 +138,11 @@ def test_deeply_nested_where_values_and_keys_are_plain_text() -> None:
     assert key_from_text(DEEP) == DEEP
     assert value_from_text("[1, 2]") == [1, 2]
     assert key_from_text('["job", 7]') == ("job", 7)
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", '["job", NaN]'])
+def test_non_json_constants_are_plain_text_keys_as_in_the_admin_api(text: str) -> None:
+    # Python's json reads them as floats (a NaN key: InvalidKey on exit 1), JSON
+    # has no such values; GET /api/agents/NaN looks up the string "NaN" too.
+    assert key_from_text(text) == text
+    assert value_from_text(text) == text

@@ -310,10 +310,13 @@ def value_from_text(text: str) -> Any:
 
 def key_from_text(text: str) -> Hashable:
     """A registry key from the command line: its JSON form (``7``, ``'["job",7]'``,
-    ``'"7"'`` for the string), else the text itself."""
+    ``'"7"'`` for the string), else the text itself (``NaN`` and ``Infinity``,
+    which are no JSON, included: the admin API reads them the same way)."""
+    from foundation import _json_input
     from foundation.registry._redis._codec import decode_key
 
     try:
+        _json_input.loads(text)  # ValueError for text that is no JSON, NaN included
         return decode_key(text)
     except (ValueError, TypeError, KeyError, RecursionError):
         return text

@@ -6,7 +6,10 @@ app)``); ``serve(..., bind="127.0.0.1:8800")`` runs it under uvicorn in the
 foreground and ``AdminServer(...)`` on a background thread. The app also
 serves OFREP (``POST /ofrep/v1/evaluate/flags[/{key}]``, see
 ``foundation.admin._ofrep``) and shows and changes typed flags (``assign``,
-``split``).
+``split``). ``create_app`` reads the migration plans recorded in the flags'
+store once, for OFREP's metadata: on a Redis that does not answer that waits
+up to the store's ``timeout``, and a store it cannot read logs a WARNING (the
+app starts all the same; a plan recorded later shows after a restart).
 
 During a backend outage the service degrades without stopping, and the app
 says so: ``GET /api/status`` (per component its state, since when, the last

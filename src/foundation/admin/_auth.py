@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from foundation.admin._errors import ApiError
 from foundation.errors import InvalidConfig, bounded_repr
@@ -18,6 +18,16 @@ if TYPE_CHECKING:
 __all__ = ["Operators", "parse_tokens"]
 
 _JSON = "application/json"
+
+CHALLENGE: Final = 'Bearer realm="foundation"'
+"""The ``WWW-Authenticate`` of every 401 (RFC 9110 11.6.1: a 401 MUST carry one):
+the one scheme the admin API and OFREP take (RFC 6750)."""
+
+
+def _unauthorized(message: str, *, invalid_token: bool = False) -> ApiError:
+    """A 401 with its challenge; an unknown token adds RFC 6750's ``invalid_token``."""
+    challenge = CHALLENGE + (', error="invalid_token"' if invalid_token else "")
+    return ApiError(401, "Unauthorized", message, headers={"WWW-Authenticate": challenge})
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +115,14 @@ def _authorise(request: Request, state: AdminState, *, write: bool) -> str | Non
     operator = None
     if header:
         if scheme.lower() != "bearer" or not state.operators.configured:
-            raise ApiError(401, "Unauthorized", "send Authorization: Bearer <token>")
+            raise _unauthorized("send Authorization: Bearer <token>")
         operator = state.operators.operator(secret.strip())
         if operator is None:
-            raise ApiError(401, "Unauthorized", "unknown token")
+            raise _unauthorized("unknown token", invalid_token=True)
     if write:
         _authorise_write(request, state, operator)
     elif operator is None and state.operators.configured and not state.public_reads:
-        raise ApiError(401, "Unauthorized", "reads need Authorization: Bearer <token>")
+        raise _unauthorized("reads need Authorization: Bearer <token>")
     return operator
 
 
@@ -123,7 +133,7 @@ def _authorise_write(request: Request, state: AdminState, operator: str | None) 
     if not state.operators.configured:
         raise ApiError(403, "ReadOnly", "no operator token is configured: writes are off")
     if operator is None:
-        raise ApiError(401, "Unauthorized", "a write needs Authorization: Bearer <token>")
+        raise _unauthorized("a write needs Authorization: Bearer <token>")
     # CSRF: a browser never sends an Authorization header cross-site on its own,
     # and a JSON content type cannot be sent cross-site without a CORS preflight.
     if request.headers.get("content-type", "").split(";")[0].strip() != _JSON:

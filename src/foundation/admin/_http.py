@@ -58,8 +58,9 @@ Handler = Callable[[Request, AdminState], Awaitable[Response]]
 
 
 def _error(exc: BaseException) -> JSONAnswer:
+    headers: Mapping[str, str] = {}
     if isinstance(exc, ApiError):
-        status, name, message = exc.status, exc.name, exc.message
+        status, name, message, headers = exc.status, exc.name, exc.message, exc.headers
     else:
         name, message = type(exc).__name__, str(exc)
         if isinstance(exc, UnknownFlag | NotRegistered):
@@ -72,7 +73,7 @@ def _error(exc: BaseException) -> JSONAnswer:
             status = 422
         else:
             status = 500
-    return JSONAnswer({"error": name, "message": message}, status_code=status)
+    return JSONAnswer({"error": name, "message": message}, status_code=status, headers=headers)
 
 
 _JSON_PREFIXES = ("/api/", "/ofrep/")

@@ -18,22 +18,25 @@ Mapping (decided from the OFREP OpenAPI document, ``codeDefaultFlag``):
 - every other answer carries ``value``, ``variant`` and the reason
   ``STATIC``, ``TARGETING_MATCH``, ``SPLIT`` or ``DEFAULT`` of the evaluation;
 - ``metadata`` is ``FoundationProvider``'s ``flag_metadata``: ``description``
-  (when the flag has one) and, for a flag a stage of the served migration
-  switches on, ``migration_plan``, ``migration_stage`` and
-  ``migration_stage_name``.
+  (when the flag has one) and, for a flag of a migration plan recorded in the
+  store (every plan, not only a served migration's; read once, when the app
+  is created, as the provider reads them when initialized; the served
+  migration's plan even when the store could not record or return it),
+  ``migration_plan``, ``migration_stage`` and ``migration_stage_name``.
 
 Errors: 404 ``FLAG_NOT_FOUND`` (every key, on a server without flags, whose
-bulk answer is then ``{"flags": []}``); 400 ``PARSE_ERROR`` (the body is not a JSON
-object) or ``INVALID_CONTEXT`` (``context`` not an object, ``targetingKey``
-neither a string nor a 64-bit integer, an actor the flags refuse); 413
-``GENERAL`` in the 400 shape (a body over ``MAX_BODY_BYTES``, 1 MiB, refused
-before it is read: the admin API's one body reader, ``read_body``); 401 with
-``{"errorDetails"}`` for a missing or unknown token where one is needed (the
-admin API's read rule); 500 ``{"errorDetails"}`` when the flags are closed
-or failed (any unexpected error included). Every answer is ASCII JSON
-(``render_json``), so any stored string renders. The bulk answer carries a
-strong ``ETag`` (a digest of the body, so it changes exactly when this
-context's answer does) and ``If-None-Match`` answers 304.
+bulk answer is then ``{"flags": []}``); 400 ``PARSE_ERROR`` (the body is not
+a JSON object; ``NaN`` and ``Infinity`` are no JSON) or ``INVALID_CONTEXT``
+(``context`` not an object, ``targetingKey`` neither a string nor a 64-bit
+integer, an actor the flags refuse); 413 ``GENERAL`` in the 400 shape (a body
+over ``MAX_BODY_BYTES``, 1 MiB, refused before it is read: the admin API's
+one body reader, ``read_body``); 401 with ``{"errorDetails"}`` and
+``WWW-Authenticate: Bearer realm="foundation"`` for a missing or unknown token
+where one is needed (the admin API's read rule); 500 ``{"errorDetails"}``
+when the flags are closed or failed (any unexpected error included). Every
+answer is ASCII JSON (``render_json``), so any stored string renders. The
+bulk answer carries a strong ``ETag`` (a digest of the body, so it changes
+exactly when this context's answer does) and ``If-None-Match`` answers 304.
 
 Example:
     >>> [route.path for route in ofrep_routes()]
@@ -59,7 +62,7 @@ from foundation.admin._json import render_json
 from foundation.admin._state import AdminState
 from foundation.errors import FoundationError, InvalidFlagValue, UnknownFlag
 from foundation.flags import FeatureFlags
-from foundation.flags._metadata import flag_metadata, stages_by_flag
+from foundation.flags._metadata import flag_metadata
 
 __all__ = ["ofrep_routes"]
 
@@ -69,15 +72,18 @@ PREFIX = "/ofrep/v1/evaluate/flags"
 
 
 class _Failure(Exception):
-    """An OFREP error answer: ``status`` and the JSON body."""
+    """An OFREP error answer: ``status``, the JSON body and any headers (a 401's)."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(
+        self, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(body.get("errorDetails", ""))
         self.status = status
         self.body = body
+        self.headers = headers
 
     def response(self) -> JSONAnswer:
-        return JSONAnswer(self.body, status_code=self.status)
+        return JSONAnswer(self.body, status_code=self.status, headers=self.headers)
 
 
 def _flag_failure(key: str, code: str, details: str, status: int) -> _Failure:
@@ -102,7 +108,8 @@ def _flags_of(request: Request) -> tuple[FeatureFlags | None, AdminState]:
     try:
         _authorise(request, state, write=False)
     except ApiError as exc:  # 401 (no/unknown token); reads are never 403
-        raise _general(exc.status, exc.message) from None
+        # Its WWW-Authenticate challenge goes with it (RFC 9110: every 401 has one).
+        raise _Failure(exc.status, {"errorDetails": exc.message}, exc.headers) from None
     return state.flags, state
 
 
@@ -162,11 +169,10 @@ def _targeting_key(context: dict[str, Any], bad: Callable[[str, str], _Failure])
 
 
 def _metadata(flags: FeatureFlags, state: AdminState, name: str) -> Mapping[str, Any]:
-    # One rule with FoundationProvider (foundation.flags._metadata); the plan
-    # known here is the served migration's.
-    migration = state.migration
-    plans = {} if migration is None else {migration.plan.name: migration.plan}
-    return flag_metadata(flags.flag(name), stages_by_flag(plans))
+    # One rule and one source with FoundationProvider (foundation.flags._metadata):
+    # the plans recorded in the store, read once when the app was created (and
+    # the served migration's plan: AdminState.plan_stages).
+    return flag_metadata(flags.flag(name), state.plan_stages)
 
 
 def _evaluate(

@@ -16,8 +16,9 @@ from foundation.admin._auth import Operators
 from foundation.admin._errors import ApiError
 from foundation.admin._json import _change_dict, _dead_dict, _down_dict, entry_dict, render_json
 from foundation.admin._status import StatusBoard
-from foundation.errors import FoundationError
-from foundation.flags import FeatureFlags, FlagChange, Migration
+from foundation.errors import Closed, FoundationError
+from foundation.flags import FeatureFlags, FlagChange, Migration, MigrationPlan
+from foundation.flags._metadata import MetadataValue, stages_by_flag
 from foundation.registry import Entry, RegistryEvent
 
 __all__ = ["AdminState", "RegistryLike"]
@@ -119,9 +120,37 @@ def _check_served(flags: object, migration: object, registry: object, supervisor
         )
 
 
+def _plan_stages(
+    flags: FeatureFlags | None, migration: Migration | None
+) -> dict[str, dict[str, MetadataValue]]:
+    """``stages_by_flag`` of every plan recorded in the flags' store: OFREP's
+    migration metadata, from the source ``FoundationProvider`` reads at
+    ``initialize`` (``store.plans()``), read once here so that no evaluation
+    waits on the store (a frozen Redis holds this up to the store's timeout).
+    An unreadable store logs a WARNING and gives none, as the provider does;
+    the served migration's plan counts all the same (its own, under its name:
+    the plan this server switches), so a store that could neither record it
+    nor answer (Redis down at start) does not lose its metadata."""
+    if flags is None:
+        return {}
+    plans: dict[str, MigrationPlan] = {}
+    try:
+        plans.update(flags.store.plans())
+    except Closed:  # refused by AdminState right after (subscribe)
+        return {}
+    except FoundationError as exc:  # BackendUnavailable: keep to descriptions
+        log.warning("admin: migration plans not read from %r: %s", flags.store, exc)
+    if migration is not None:
+        plans[migration.plan.name] = migration.plan
+    return stages_by_flag(plans)
+
+
 class AdminState:
     """What the app serves: the live objects, the operators, the event hub and
     the status board (``GET /api/status``, see ``foundation.admin._status``).
+    ``plan_stages`` is ``stages_by_flag`` of the plans recorded in the flags'
+    store when the state was built, and of the served migration's plan (OFREP's
+    metadata, as ``FoundationProvider``'s).
 
     ``close()`` stops the status thread, unsubscribes from the flags and the
     registry and ends every event stream; the objects themselves stay the
@@ -147,6 +176,8 @@ class AdminState:
             flags = migration.flags
         self.flags = flags
         self.migration = migration
+        # Read before subscribing below: nothing is left to undo if it raises.
+        self.plan_stages = _plan_stages(flags, migration)
         self.registry = registry
         self.supervisors = tuple(supervisors)
         self.operators = operators
