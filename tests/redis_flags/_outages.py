@@ -186,7 +186,7 @@ def restart_empty(work: Path, seen: Seen) -> None:
         assert len(restored) == 1, restored
         assert restored[0]["version"] == 3
         assert len(seen.named("stale")) >= 2
-        assert len(seen.named("in_sync")) >= 2
+        must(lambda: len(seen.named("in_sync")) >= 2, "in_sync told")  # (after `synced`)
         assert seen.logged(logging.WARNING, "restored"), "a WARNING says Redis was restored"
         # And life goes on from the restored version.
         a.allow("gamma", "zed", by="after", reason="restart")
@@ -483,7 +483,9 @@ def restart_during_outage(work: Path, seen: Seen) -> None:
         must(lambda: sa2.synced, "in sync")
         must(lambda: redis_has(srv.url, "gamma"), "restored")
         assert seen.named("restored")
-        assert seen.named("in_sync")
+        # "in_sync" is told after the reload that follows `synced` (a load flake:
+        # 1/4 runs under load read it in between): waited for, not assumed.
+        must(lambda: bool(seen.named("in_sync")), "in_sync told")
         assert redis_history(srv.url) == 2
         assert a2.enabled("beta") is True
         alive(sa2)

@@ -100,6 +100,7 @@ print("redis hash", srv.command("HGETALL", "{ops}:flags:plan_flags"))
 print("plan flags", sorted(store.plan_flags("p").items()))  # before the fix: []
 for closing in (flags, store):
     closing.close()
+srv.stop()  # (a scenario's server outlives it otherwise: nothing else stops it)
 print("OK")
 """
 

@@ -22,7 +22,13 @@ every key of one deployment lives in one slot and a transaction may touch them a
 ``{ns}:flags:meta``        hash   ``version`` (committed transactions), ``epoch``,
                                   ``restored`` (a random id per restore from a copy),
                                   ``trimmed`` (id of the first entry kept by the last trim),
-                                  ``mtrimmed`` (the same, of the migrations stream)
+                                  ``mtrimmed`` (the same, of the migrations stream),
+                                  ``nstates`` (``<version>:<count>``: the flag states
+                                  that version's commit or restore left; a write
+                                  finding fewer is refused, see ``_check_states_kept``),
+                                  ``unbased`` (JSON list: flags whose history base was
+                                  lost with entries kept; their next commit writes a
+                                  whole record, see ``_Trims._rebased``)
 ``{ns}:flags:catalogue``   hash   flag name -> ``FlagInfo`` JSON (declared flags)
 ``{ns}:flags:plans``       hash   plan name -> ``MigrationPlan`` JSON
 ``{ns}:flags:plan_flags``  hash   ``[plan, flag, stage]`` (JSON) -> ``"1"``: every flag any

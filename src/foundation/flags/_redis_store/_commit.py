@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from foundation.flags._redis_store._errors import (
     _LandedLate,
     _ReplyLost,
     _Retry,
+    _StatesLost,
     _Unconfirmed,
 )
 from foundation.flags._redis_store._pipeline import _give_back, _read_watched, _watch_pipeline
@@ -72,6 +74,41 @@ def _with_puts(states: dict[str, str], puts: dict[str, str | None]) -> dict[str,
         else:
             states[name] = state
     return states
+
+
+_WRITE_META = ("version", "epoch", "trimmed", "mtrimmed", "nstates", "unbased")
+"""The fields of meta a write reads (see ``_check_states_kept``, ``_Trims._rebased``)."""
+
+
+def _flags_of(raw: str | None) -> frozenset[str]:
+    """The flags of meta's ``unbased`` (a JSON list; empty if absent or unreadable)."""
+    if raw is None:
+        return frozenset()
+    try:
+        flags = json.loads(raw)
+    except (ValueError, RecursionError):
+        return frozenset()
+    if not isinstance(flags, list):
+        return frozenset()
+    return frozenset(f for f in flags if isinstance(f, str))
+
+
+def _count_after(read: dict[str, str] | None, puts: dict[str, Any], held: int) -> int | None:
+    """How many flag states the state hash holds after a commit of ``puts`` (None
+    deletes one) on ``read`` (its HGETALL under WATCH; ``held``: its HLEN, read
+    in the same WATCH). None: unknown (puts without the hash read: not expected,
+    every ``put`` reads its flag first)."""
+    if not puts:
+        return held
+    if read is None:
+        return None
+    count = len(read)
+    for name, state in puts.items():
+        if state is None:
+            count -= name in read
+        else:
+            count += name not in read
+    return count
 
 
 class _Commits(_Trims):
@@ -375,13 +412,13 @@ class _Commits(_Trims):
         meta, states, stages, history, migrations = _read_watched(
             pipe,
             self._redis,
-            ("HMGET", self._k_meta, "version", "epoch", "trimmed", "mtrimmed"),
+            ("HMGET", self._k_meta, *_WRITE_META),
             ("HLEN", self._k_state),
             ("HLEN", self._k_stages),
             ("EXISTS", self._k_history),
             ("EXISTS", self._k_migrations),
         )
-        raw_version, epoch, trimmed, mtrimmed = meta
+        raw_version, epoch, trimmed, mtrimmed, counted, unbased = meta
         _check_version(raw_version, self._k_meta)
         held = self._cache.holdings()  # one local read: (version, epoch, counts...)
         if raw_version is None:
@@ -408,6 +445,7 @@ class _Commits(_Trims):
             # then run the write on what it restored. An eviction after this read
             # touches a watched key: EXEC fails, the next attempt reads it here.
             raise _Behind
+        self._check_states_kept(raw_version, counted, states)
         if run.unlanded:
             late = self._landed_late(run, int(raw_version or 0), epoch)
             if late is not None:
@@ -422,7 +460,39 @@ class _Commits(_Trims):
                 self._check_watch(pipe)
             return result, None
         pipe.multi()
-        return result, self._queue_writes(pipe, txn, int(raw_version or 0) + 1, epoch)
+        count = _count_after(txn.read_states, txn.puts, states)
+        version = int(raw_version or 0) + 1
+        return result, self._queue_writes(
+            pipe, txn, version, epoch, count=count, unbased=_flags_of(unbased)
+        )
+
+    def _check_states_kept(self, raw_version: str | None, counted: str | None, held: int) -> None:
+        """``_StatesLost`` if the state hash holds fewer flag states (``held``) than the
+        commit of this version left (meta's ``nstates``: ``"<version>:<count>"``).
+
+        Race: Redis evicted (allkeys-* policy) or lost the state hash, meta kept,
+        and this store has no copy of that version to compare with (a new
+        process, ``cache_path=None``, a copy behind): committed on top, the write
+        would move the version past the loss and the lost flags (a kill switch)
+        would read their defaults for good. Refused instead: a node with a copy
+        of this version restores it at its next check. A count of another
+        version (an older library's commit, which leaves it as it was) or none
+        (written before this check existed) is unknown: no check. Read in the
+        write's WATCHed round trip: an eviction after it fails the EXEC.
+        """
+        if counted is None or raw_version is None:
+            return
+        tagged, _, count = counted.partition(":")
+        if tagged != raw_version or not count.isdigit() or held >= int(count):
+            return
+        raise _StatesLost(
+            f"Redis at {self._url} lost flag states of version {raw_version} "
+            f"({self._k_state} holds {held} of the {count} its last commit left: evicted? "
+            f"set maxmemory-policy noeviction); nothing was written: a node with a copy of "
+            f"this version restores them at its next check (resync_interval). With no such "
+            f"copy left, `HDEL {self._k_meta} nstates` accepts the loss (the lost flags then "
+            f"read their defaults)"
+        )
 
     def _forked_at_copy_version(self, pipe: Any) -> bool:
         """Whether Redis, at the copy's version and epoch with fewer keys than the copy,
@@ -523,20 +593,37 @@ class _Commits(_Trims):
         return True
 
     def _queue_writes(
-        self, pipe: Any, txn: _RedisTransaction, version: int, epoch: str | None
+        self,
+        pipe: Any,
+        txn: _RedisTransaction,
+        version: int,
+        epoch: str | None,
+        *,
+        count: int | None = None,
+        unbased: frozenset[str] = frozenset(),
     ) -> _Commit:
-        """Queue the transaction's writes (after MULTI); return what EXEC will commit."""
+        """Queue the transaction's writes (after MULTI); return what EXEC will commit.
+        ``count``: the flag states the state hash holds after it (None: unknown);
+        ``unbased``: meta's flags whose history base was lost (see ``_Trims._rebased``)."""
         import uuid
 
         txn_id = uuid.uuid4().hex
         v = str(version)
         meta: dict[str, str] = {"version": v}
+        if count is not None:
+            meta["nstates"] = f"{v}:{count}"  # see _check_states_kept
         if epoch is None:
             meta["epoch"] = uuid.uuid4().hex
         commit = _Commit(version, meta.get("epoch", epoch), epoch, txn_id)
         commit.changes, commit.events = txn.changes, txn.events
+        rebased = unbased & txn.puts.keys()
+        if rebased and unbased - rebased:
+            meta["unbased"] = json.dumps(sorted(unbased - rebased))
         pipe.hset(self._k_meta, mapping=meta)
         replies = 1
+        if rebased and not unbased - rebased:
+            pipe.hdel(self._k_meta, "unbased")
+            replies += 1
         for name, state in txn.puts.items():
             if state is None:
                 pipe.hdel(self._k_state, name)
@@ -548,8 +635,11 @@ class _Commits(_Trims):
         n = len(txn.changes)
         commit.history_at = replies
         for i, (change, (before, stored)) in enumerate(zip(txn.changes, txn.bases, strict=True)):
+            # A flag whose history base was lost: its record whole (``old`` in full),
+            # so it and its later records replay without that base.
+            whole = change.flag in rebased
             fields = {
-                "change": encode_json(change, before, stored),
+                "change": encode_json(change, None if whole else before, stored),
                 "origin": self._origin,
                 "txn": txn_id,
                 **({"sub": self._writing_as} if self._writing_as else {}),

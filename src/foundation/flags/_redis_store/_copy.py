@@ -522,14 +522,14 @@ class _NodeCopy(_Health):
                 pipe.hgetall(self._k_hlast)  # moves with the base (see _trim)
             if new_mcut:
                 pipe.hgetall(self._k_mlast)  # moves with `mtrimmed` (see _TRIM_EVENTS)
-            pipe.hmget(self._k_meta, *_META)
+            pipe.hmget(self._k_meta, *_META, "nstates")  # (nstates: see _states_rebuilt)
             replies = pipe.execute()
         states, stages, history, migrations = replies[:4]
         rest = iter(replies[4:])
         base, hlast = (next(rest), next(rest)) if new_cut else (None, None)
         mlast = next(rest) if new_mcut else None
-        after = next(rest)
-        if list(after) != meta:
+        *after, counted = next(rest)
+        if after != meta:
             return None
         history, migrations = _stream_entries(history), _stream_entries(migrations)
         if since is not None:
@@ -538,6 +538,8 @@ class _NodeCopy(_Health):
             history, migrations = history[bool(since[0]) :], migrations[bool(since[1]) :]
         stage_map = self._decode_stages(stages)
         version = int(meta[0] or 0)
+        if since is not None:
+            states = self._states_rebuilt(dict(states), counted, meta, history)
         return Snapshot(
             version,
             meta[1],
@@ -552,6 +554,51 @@ class _NodeCopy(_Health):
             hlast=None if hlast is None else dict(hlast),
             mlast=None if mlast is None else dict(mlast),
         )
+
+    def _states_rebuilt(
+        self,
+        states: dict[str, str],
+        counted: str | None,
+        meta: list[Any],
+        history: list[tuple[str, dict[str, str]]],
+    ) -> dict[str, str]:
+        """``states`` (Redis' state hash, read for a refresh that follows the copy's
+        entries with ``history``), or the states the copy's own plus ``history``
+        replay to if Redis holds fewer than meta's ``nstates`` says its version left.
+
+        Race: Redis evicted the state hash (allkeys-* policy) between a commit
+        and this refresh (the writer's own, or any node's listener catching up
+        from an older version). Taken as read, every copy would hold the loss
+        at Redis' version: none could restore it, and every write would be
+        refused for good (``_check_states_kept``). The entries since the copy's
+        version record each change's runtime state: replayed onto the copy's
+        states (its version, same epoch), they give exactly what that commit
+        left; the resync check then finds Redis short of the copy and restores
+        it. Kept as read if the replay does not give that count (or fails).
+        """
+        cache = self._cache
+        if counted is None or meta[1] != cache.epoch:
+            return states
+        tagged, _, count = str(counted).partition(":")
+        if tagged != str(meta[0]) or not count.isdigit() or len(states) >= int(count):
+            return states
+        try:
+            replay = Replay({n: self._decode_state(s) for n, s in cache.states().items()})
+            for _id, fields in history:
+                replay.feed_json(fields["change"])
+        except (FlagError, ValueError, KeyError) as exc:  # (InvalidFlagValue: a ValueError)
+            log.debug("flag store %r: lost states not rebuilt: %s", self.namespace, exc)
+            return states
+        if len(replay.states) != int(count):
+            return states
+        log.warning(
+            "flag store %r: Redis at %s holds %d of the %s flag states of version %s "
+            "(%s evicted? set maxmemory-policy noeviction): the node copy keeps them, "
+            "replayed from its version %d, to restore them",
+            self.namespace, self._url, len(states), count, meta[0], self._k_state, cache.version,
+        )  # fmt: skip
+        self._resync_wanted.set()
+        return {n: state.to_json() for n, state in replay.states.items()}
 
     def _queue_copy_reads(self, pipe: Any, since: tuple[str | None, str | None] | None) -> None:
         """The reads of a refresh: streams FROM the copy's last ids (inclusive) if ``since``."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import threading
 import time
@@ -32,8 +34,28 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+def _unbased_delta(text: str | None, replay: Replay) -> bool:
+    """Whether history record ``text`` is a delta of a flag ``replay`` holds no state of
+    (its base is missing), not a record that does not read."""
+    try:
+        data = json.loads(text or "")
+    except (ValueError, RecursionError):
+        return False
+    return (
+        isinstance(data, dict)
+        and data.get("fmt") is not None
+        and "old" not in data
+        and isinstance(data.get("flag"), str)
+        and data["flag"] not in replay.states
+    )
+
+
 class _StoreCore(FlagStore):
     """The keys, locks, connections and decoders every part of ``RedisFlagStore`` uses."""
+
+    # The cut (meta's ``trimmed``) whose lost history base was last reported at
+    # WARNING (see ``_warn_base_lost``); replaced, never changed in place.
+    _base_lost_cut: str | None = None
 
     # Set by the constructor (``RedisFlagStore.__init__``) and the first start.
     history_limit: int | None
@@ -299,6 +321,41 @@ class _StoreCore(FlagStore):
             return replay.feed_json(raw)
         except InvalidFlagValue as exc:
             raise FlagError(f"corrupt history entry in {self._k_history}: {raw!r}") from exc
+
+    def _decode_kept(
+        self, fields: dict[str, str], replay: Replay, cut: str | None, lost: set[str]
+    ) -> FlagChange | None:
+        """``_decode_change`` of an entry of a history cut at ``cut`` (meta's ``trimmed``;
+        None: never trimmed), where the base may have been lost: a delta entry of a
+        flag the base (and the entries before it) gave no state is left out, as if
+        trimmed, and its flag added to ``lost``. Lost how: Redis evicted
+        ``{ns}:flags:history:base`` (allkeys-* policy) or it was deleted; its entries
+        cannot be rebuilt, and raising would fail every read of the history for
+        good. An untrimmed history has no base: such an entry is corrupt (FlagError).
+        """
+        try:
+            return self._decode_change(fields, replay)
+        except FlagError:
+            if cut is None or not _unbased_delta(fields.get("change"), replay):
+                raise
+        lost.add(str(json.loads(fields["change"])["flag"]))
+        return None
+
+    def _warn_base_lost(self, cut: str | None, lost: set[str]) -> None:
+        """One WARNING per cut that the history base lacks the flags ``lost`` (see
+        ``_decode_kept``); the repeats (every read of the history) at DEBUG."""
+        if not lost:
+            return
+        # Race: two readers at once may both log it at WARNING (no lock: benign).
+        level = logging.DEBUG if self._base_lost_cut == cut else logging.WARNING
+        self._base_lost_cut = cut
+        log.log(
+            level,
+            "flag store %r: the history base %s lacks %s (evicted? set maxmemory-policy "
+            "noeviction): their history entries kept in Redis cannot be read and are left "
+            "out, as if trimmed; a later trim rebuilds their base",
+            self.namespace, self._k_base, ", ".join(sorted(lost)),
+        )  # fmt: skip
 
     def _decode_last(self, text: str) -> FlagChange:
         """A flag's latest trimmed change (``{ns}:flags:history:last``: a self-contained

@@ -35,6 +35,12 @@ class _KeptInOrder(BackendUnavailable):
     switches of this node wait for the listener's resync, and it goes after them."""
 
 
+class _StatesLost(BackendUnavailable):
+    """A write refused: Redis holds fewer flag states than the commit of its version
+    left (evicted), and this store has no copy of that version to restore them
+    from (see ``_check_states_kept``). Nothing was written."""
+
+
 class _Behind(Exception):
     """Redis holds an older version than this node's copy, or lost keys of the copy's
     own version (evicted): restore before writing."""
@@ -77,9 +83,9 @@ class _Unconfirmed(BackendUnavailable):
 @contextlib.contextmanager
 def public_errors() -> Iterator[None]:
     """Around a store's public call: ``BackendUnavailable`` itself where one of the
-    private subclasses above (``_FailedFast``, ``_KeptInOrder``, ``_Unconfirmed``)
-    would reach the caller, with the same message, chained to the same cause
-    (Redis' error, else the private one). Callers match on the public type and
+    private subclasses above (``_FailedFast``, ``_KeptInOrder``, ``_StatesLost``,
+    ``_Unconfirmed``) would reach the caller, with the same message, chained to
+    the same cause (Redis' error, else the private one). Callers match on the public type and
     error trackers group by it: the same fault must not split by how it was
     noticed. The store's own callers (``kill_switch``, the replay) call the
     undecorated ``_transaction`` and still see which failure it was.

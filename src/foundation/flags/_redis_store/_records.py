@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Callable, Iterable
@@ -191,15 +192,41 @@ class _Records(_KillSwitches):
             raise failed
 
     def _record_now(self, key: str, entries: dict[str, str], doing: str) -> None:
+        """HSET ``entries`` into ``key`` unless all are there; a key that is no hash
+        records nothing and says so (``FlagError``): Redis answers, so the resync
+        that records it again goes on (``_record_again`` logs it)."""
         # Compare first: every process that starts records its declarations, and
         # most find them recorded. Two writers of one name: the last HSET wins.
-        current = self._read_hash(key, doing)
-        if entries and not current.items() >= entries.items():
-            with self._translated(doing):
-                self._ensure_clients().hset(key, mapping=entries)
-            current.update(entries)
+        try:
+            current = self._read_hash(key, doing)
+            if entries and not current.items() >= entries.items():
+                with self._translated(doing):
+                    self._ensure_clients().hset(key, mapping=entries)
+                current.update(entries)
+        except BackendUnavailable as exc:
+            refused = self._not_a_hash(key, exc, doing)
+            if refused is None:
+                raise
+            raise refused from exc
         if key in (self._k_catalogue, self._k_plans, self._k_plan_flags):
             self._keep(key, current)
+
+    def _not_a_hash(self, key: str, exc: BackendUnavailable, doing: str) -> FlagError | None:
+        """The ``FlagError`` to raise for ``exc`` if it is Redis' WRONGTYPE reply to a
+        command on ``key`` (None: another failure). Its type is asked for the message
+        (best effort: one round trip, on this rare path only)."""
+        cause = exc.__cause__
+        if not isinstance(cause, self._redis.ResponseError) or not str(cause).startswith(
+            "WRONGTYPE"
+        ):
+            return None
+        kind = "value of another type"
+        with contextlib.suppress(Exception):
+            kind = str(self._ensure_clients().type(key))
+        return FlagError(
+            f"Redis key {key} holds a {kind}, not a hash: {doing} wrote nothing; "
+            "remove or rename that key"
+        )
 
     def _record_plan_now(self, name: str, text: str, fields: dict[str, str], doing: str) -> None:
         """Record plan ``name`` (JSON ``text``) with the plan flags ``fields`` and the

@@ -12,6 +12,7 @@ from __future__ import annotations
 # version), or a history or migrations stream gone while the copy holds entries;
 # not when a stream ends in an entry other than the copy's last (another history
 # up to this version, a fork: an eviction only removes keys; the refresh tells it).
+# Sets meta's ``nstates`` to the states it writes (see ``_check_states_kept``).
 _RESTORE = """
 local data = cjson.decode(ARGV[1])
 local function count(t)
@@ -48,7 +49,7 @@ for name, state in pairs(data.base) do redis.call('HSET', KEYS[6], name, state) 
 for name, record in pairs(data.hlast) do redis.call('HSET', KEYS[7], name, record) end
 for plan, event in pairs(data.mlast) do redis.call('HSET', KEYS[8], plan, event) end
 redis.call('HSET', KEYS[1], 'version', data.version, 'epoch', data.epoch,
-           'restored', data.restored)
+           'restored', data.restored, 'nstates', data.version .. ':' .. count(data.states))
 if data.trimmed ~= '' then
   redis.call('HSET', KEYS[1], 'trimmed', data.trimmed)
 else
@@ -68,8 +69,10 @@ return 1
 # trimmed changes that moved, only if nobody trimmed or restored since the trimmer
 # read the entries it replayed (ARGV[1..3]: the epoch, restored and trimmed it
 # read; '' for none). Commits only append after the cut: they need no check.
-# KEYS: meta, history, history base, latest trimmed change per flag. Returns the
-# entries trimmed, -1 if it moved.
+# ARGV[7] (JSON list): flags whose base was lost with entries kept, added to meta's
+# ``unbased`` (their next commit writes a whole record: see _Trims._rebased and
+# _Commits._queue_writes). KEYS: meta, history, history base, latest trimmed change
+# per flag. Returns the entries trimmed, -1 if it moved.
 _TRIM = """
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'restored', 'trimmed')
 if (m[1] or '') ~= ARGV[1] or (m[2] or '') ~= ARGV[2] or (m[3] or '') ~= ARGV[3] then
@@ -80,6 +83,21 @@ redis.call('DEL', KEYS[3])
 for name, state in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[3], name, state) end
 for name, record in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[4], name, record) end
 redis.call('HSET', KEYS[1], 'trimmed', ARGV[4])
+local unbased = cjson.decode(ARGV[7] or '[]')
+if #unbased > 0 then
+  local seen, out = {}, {}
+  local ok, had = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'unbased') or '[]')
+  if not ok or type(had) ~= 'table' then had = {} end
+  for _, list in ipairs({had, unbased}) do
+    for _, flag in ipairs(list) do
+      if type(flag) == 'string' and not seen[flag] then
+        seen[flag] = true
+        out[#out + 1] = flag
+      end
+    end
+  end
+  redis.call('HSET', KEYS[1], 'unbased', cjson.encode(out))
+end
 return n
 """
 

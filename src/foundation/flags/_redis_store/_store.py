@@ -419,21 +419,24 @@ class RedisFlagStore(_Listener):
         def queue(pipe: Any) -> None:
             pipe.hgetall(self._k_base)
             pipe.xrange(self._k_history)
+            pipe.hget(self._k_meta, "trimmed")
 
         # (No entries while the copy has some, at its version: evicted, see load_states.)
         read = self._read(
             "reading history", queue, lambda r: not r[1] and self._cache.last_ids()[0] is not None
         )
         if read is None:
-            base, _trimmed, entries = self._cache.history_with_base()
+            base, cut, entries = self._cache.history_with_base()
         else:
-            base, entries = read
+            base, entries, cut = read
         replay = Replay(self._feed_states(base), flags=None if flag is None else frozenset({flag}))
         out: list[FlagChange] = []
+        lost: set[str] = set()  # flags whose base was lost (evicted): see _decode_kept
         for _id, fields in entries:
-            change = self._decode_change(fields, replay)
+            change = self._decode_kept(fields, replay, cut, lost)
             if change is not None:
                 out.append(change)
+        self._warn_base_lost(cut, lost)
         return out
 
     def migration_stage(self, plan: str) -> int:

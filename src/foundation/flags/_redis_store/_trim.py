@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from typing import Any
 
 from foundation.errors import BackendUnavailable, FlagError
@@ -23,6 +24,16 @@ def _last_at(text: str | None) -> float:
         return float(at) if isinstance(at, int | float) else -math.inf
     except (ValueError, TypeError, KeyError, RecursionError):
         return -math.inf
+
+
+def _flag_of(text: str | None) -> str | None:
+    """The flag of history record ``text`` (None if it does not read)."""
+    try:
+        data = json.loads(text or "")
+    except (ValueError, RecursionError):
+        return None
+    flag = data.get("flag") if isinstance(data, dict) else None
+    return flag if isinstance(flag, str) else None
 
 
 class _Trims(_NodeCopy):
@@ -112,19 +123,29 @@ class _Trims(_NodeCopy):
                 return 0
             replay = Replay(self._feed_states(base))
             latest: dict[str, FlagChange] = {}  # per flag, its latest change dropped
+            lost: set[str] = set()  # flags whose base was lost (evicted): see _decode_kept
             for _id, fields in entries[:count]:
-                change = self._decode_change(fields, replay)
+                change = self._decode_kept(fields, replay, before[3], lost)
                 if change is not None and (
                     change.flag not in latest or change.at >= latest[change.flag].at
                 ):
                     latest[change.flag] = change
             new_base = {name: state.to_json() for name, state in replay.states.items()}
+            if lost:
+                seeded, unbased = self._rebased(
+                    client, lost, new_base.keys(), list(before), str(entries[count][0])
+                )
+                new_base.update(seeded)
+            else:
+                unbased = set()
             moved = {
                 flag: encode_json(change, None, change.new)  # self-contained: old in full
                 for flag, change in latest.items()
                 if change.at >= _last_at(lasts.get(flag))
             }
             epoch, restored, trimmed = (x or "" for x in list(before)[1:4])
+            # (A flag whose base was lost keeps its older `last` record: its dropped
+            # changes cannot be read.)
             done = self._trim_script(
                 keys=[self._k_meta, self._k_history, self._k_base, self._k_hlast],
                 args=[
@@ -134,6 +155,42 @@ class _Trims(_NodeCopy):
                     str(entries[count][0]),
                     json.dumps(new_base),
                     json.dumps(moved),
+                    json.dumps(sorted(unbased)),
                 ],
             )
         return int(done)
+
+    def _rebased(
+        self,
+        client: Any,
+        lost: set[str],
+        based: Collection[str],
+        before: list[Any],
+        first_kept: str,
+    ) -> tuple[dict[str, str], set[str]]:
+        """(base to add, flags to mark ``unbased``) after a loss of the base: ``lost``,
+        the flags whose dropped entries could not be read (see ``_decode_kept``);
+        ``based``, those the new base holds. A flag of ``{ns}:flags:state`` with no
+        entry from ``first_kept`` on, not in ``based`` (its base lost with the rest,
+        whatever this trim dropped), gets its state there: its state at the cut
+        (its last change is cut). One with kept entries (they may not read) is
+        marked in meta's ``unbased``: its next commit writes its record whole
+        (``old`` in full, see ``_queue_writes``), from which its later entries
+        replay again. Rare: only after such a loss (it reads the rest of the stream).
+
+        Race: a commit between these reads and ``before``'s: meta (its version
+        too) is read around them and must be ``before``; else every one is
+        marked (a whole record is never wrong). A commit after them appends
+        after the entries read: its delta replays from the state read here.
+        """
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._k_meta, *_META)
+            pipe.hgetall(self._k_state)
+            pipe.xrange(self._k_history, min=first_kept)
+            pipe.hmget(self._k_meta, *_META)
+            first, states, kept, after = pipe.execute()
+        if list(first) != before or list(after) != before:
+            return {}, lost
+        still = {_flag_of(fields.get("change")) for _id, fields in kept}
+        unbased = (lost | states.keys()) - set(based)
+        return {f: states[f] for f in unbased - still if f in states}, unbased & still

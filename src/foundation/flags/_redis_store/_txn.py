@@ -67,6 +67,11 @@ class _RedisTransaction(_Staged):
         # ``_run_and_queue``).
         self.reads = 0
 
+    @property
+    def read_states(self) -> dict[str, str] | None:
+        """The state hash as read under WATCH (None: not read)."""
+        return self._states
+
     def get(self, name: str) -> FlagState | None:
         _check_name(name, "flag name")
         if name in self.puts:
@@ -149,7 +154,9 @@ class _RedisTransaction(_Staged):
         # The latest trimmed change of each flag first: it precedes every kept entry.
         trimmed = [store._decode_last(text) for text in lasts.values() if text is not None]
         replay = Replay(store._feed_states(base), flags=frozenset(op.stored))
-        kept = (store._decode_change(fields, replay) for _id, fields in entries)
+        # A kept entry whose base was lost (evicted) is left out, as a trimmed one.
+        lost: set[str] = set()
+        kept = (store._decode_kept(fields, replay, self.trimmed, lost) for _id, fields in entries)
         for change in itertools.chain(trimmed, kept):
             if change is None:
                 continue
