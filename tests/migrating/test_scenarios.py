@@ -337,22 +337,28 @@ def test_events_come_from_the_authoritative_side_only(
     assert [(e.kind, e.entry.key) for e in events] == [("registered", "a")]
     assert events[0].entry == off.legacy.lookup("a")
     agents.kill(a)  # the legacy store is not monitored: no event with the flag off
+    assert len(events) == 1
+    # The target answers from the flip on: it tells a's death then (withheld
+    # while the legacy store answered), as a bare MemoryRegistry tells it.
     off.flip(True)
+    assert wait_until(lambda: len(events) == 2)  # (by a courier thread)
     b = agents.new()
     worker.run(lambda: off.reg.register("b", b))
+    assert wait_until(lambda: len(events) == 3)
     assert events[-1].entry == off.target.lookup("b")
     agents.kill(b)
     assert wait_until(lambda: events[-1].reason == "down")
     kinds = [(e.kind, e.entry.key, e.reason) for e in events]
     assert kinds == [
         ("registered", "a", None),
+        ("unregistered", "a", "down"),
         ("registered", "b", None),
         ("unregistered", "b", "down"),
     ]
     unsubscribe()
     unsubscribe()  # idempotent
     off.reg.register("c", agents.new())
-    assert len(events) == 3
+    assert len(events) == 4
 
 
 # ------------------------------------------------------------------ finish()

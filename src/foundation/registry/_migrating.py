@@ -542,6 +542,12 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
                 self._request_legacy_retry()
             self._on = on
             self._reader = self._pick_reader(on)
+        if on:
+            # Race: a death withheld while the flag was off (per-thread legacy)
+            # is told now that the target answers; after ``_on`` is set, so a
+            # report racing the flip is withheld before this runs, or told.
+            # Outside the flag lock: it may deliver here (no courier thread).
+            self._tell_withheld()
 
     def _on_flag_change(self, change: FlagChange) -> None:
         """The flag's listener: the flag's swap hook already followed the flip
@@ -1249,6 +1255,11 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             self._check_open()
             if not self._finished:
                 self._mark_finished()
+                # Race: the flip on that finish() found may not be followed yet
+                # (its swap hook still to run): once _finished, _refresh_flag
+                # returns at once, so the deaths withheld while the flag was
+                # off are told here (was: never), delivered at this call's exit.
+                self._tell_withheld()
             # Race: a Ctrl-C lands at any call in here. Once _finished was set,
             # the next finish() returned at once (and close() left the legacy
             # side alone): a finish() cut after it left the legacy backend

@@ -219,6 +219,11 @@ dead agents without bound (a death dropped so may then be told twice, or
 not at all, as without this bookkeeping)."""
 
 
+_Held = tuple[Any, Side, float]
+"""What the listeners were told of a registration: its agent, the side whose
+event told it, its ``registered_at``."""
+
+
 def _identity(agent: Any) -> Any:
     """What tells registrations' agents apart: the agent itself where hashable (a
     ``RemoteAgent`` is decoded anew at a resync: equal, another object), else its id."""
@@ -265,9 +270,10 @@ class _EventRouting:
     # event told it); the ends told of registrations made before
     # ``_told_since`` (the first event with a listener; 0.0: none yet), which
     # no registered event told.
-    _told: dict[tuple[Hashable, Any], tuple[Any, Side, float]]  # (+ its registered_at)
+    _told: dict[tuple[Hashable, Any], _Held]  # (agent, side, its registered_at)
     _told_gone: dict[tuple[Hashable, Any], Any]  # (at most _MAX_KEPT: _keep_bounded)
-    _unheard: dict[Hashable, tuple[Any, Side, float]]  # (``_death_told``; at most _MAX_KEPT)
+    # (``_death_told``; at most _MAX_KEPT) per key: a withheld death, and its report
+    _unheard: dict[Hashable, tuple[_Held, RegistryEvent]]
     _told_since: float
     _told_lock: threading.Lock
 
@@ -399,13 +405,35 @@ class _EventRouting:
         with self._told_lock:
             if event.kind == "registered":
                 self._told[told] = (agent, side, entry.registered_at)
-                if side == _TARGET:  # a dead copy there was replaced
+                if side == _TARGET and entry.key in self._unheard:
+                    # The target answered the retake of a key whose death is
+                    # withheld: told now, before its new registration, as the
+                    # target's own report was (the flag on again since the
+                    # death: it was dropped, never told). Race: a retake
+                    # racing a flip on, before ``_tell_withheld`` ran.
                     # (A per-thread legacy's registration may be another thread's
                     # copy: the dead one stays for its own store's report.)
-                    self._unheard.pop(entry.key, None)
-            elif event.kind == "unregistered":
-                self._note_end(told, agent, self._told.pop(told, None), entry)
+                    self._tell_unheard(self._unheard.pop(entry.key)[1])
+            elif event.kind == "unregistered" and not self._end_told(told, agent, entry):
+                return
             self._out.append((event, None))
+
+    def _end_told(self, told: tuple[Hashable, Any], agent: Any, entry: Entry) -> bool:
+        """Note the end an ``unregistered`` event (not a death) tells
+        (``_told_lock`` held); False: that end was told already, not told again."""
+        held = self._told.pop(told, None)
+        if held is None:
+            # A per-thread legacy's register (replace=True) over a dead copy
+            # whose death is withheld tells its end ("replaced"): no longer
+            # withheld (was kept: the flag on again later told it twice).
+            held = self._unheard_of(entry.key, agent)
+        if held is None and self._told_gone.pop(told, None) is not None:
+            # Race: its death was told at a flip on (``_tell_withheld``) while
+            # its dead copy was kept, or being retaken with the flag off, in
+            # the thread's legacy store: that store's "replaced" is its end again.
+            return False
+        self._note_end(told, agent, held, entry)
+        return True
 
     def _forward_death(self, side: Side, event: RegistryEvent) -> None:
         """A backend's report of a death: queued if ``_death_told`` says it is news."""
@@ -446,27 +474,37 @@ class _EventRouting:
         told = _registration(entry)
         held = self._told.pop(told, None)
         if held is None:
-            held = self._unheard.pop(entry.key, None)
-            if held is not None and _identity(held[0]) != _identity(agent):
-                self._unheard[entry.key], held = held, None
+            held = self._unheard_of(entry.key, agent)
         if held is not None:
             if not (answering or self._reports(side, held[1])):
                 # Told by a per-thread legacy side, which answers: not told,
                 # as that store tells none; kept (the newest per key, so
                 # the copies of ended threads cost one slot per key) for
-                # that store's own report, if its dead copy is replaced
+                # that store's own report, if its dead copy is replaced, or
+                # until the target answers (``_tell_withheld``)
                 # (bounded: keys used once would each keep a dead agent).
-                _keep_bounded(self._unheard, entry.key, held)
+                _keep_bounded(self._unheard, entry.key, (held, event))
                 return False
             self._note_end(told, agent, held, entry)
             return True
         if entry.registered_at >= self._told_since:
             return False
-        return self._death_before_listeners(side, entry, answering)
+        return self._death_before_listeners(side, event, answering)
 
-    def _death_before_listeners(self, side: Side, entry: Entry, answering: bool) -> bool:
+    def _unheard_of(self, key: Hashable, agent: Any) -> _Held | None:
+        """The withheld death of ``key``, taken if it is ``agent``'s (``_told_lock`` held)."""
+        unheard = self._unheard.pop(key, None)
+        if unheard is None:
+            return None
+        if _identity(unheard[0][0]) != _identity(agent):
+            self._unheard[key] = unheard  # another registration's: left
+            return None
+        return unheard[0]
+
+    def _death_before_listeners(self, side: Side, event: RegistryEvent, answering: bool) -> bool:
         """``_death_told`` for a registration made before any listener: told
         once, by its first eligible report; the other side's report is dropped."""
+        entry = event.entry
         agent = entry.agent
         told = _registration(entry)
         if self._told_gone.pop(told, None) is not None:
@@ -477,10 +515,50 @@ class _EventRouting:
                 # answering: withheld, as a told registration's (``_death_told``), for
                 # that store's own report when the thread retakes the key
                 # (was dropped: the catch-up then deleted the dead copy).
-                _keep_bounded(self._unheard, entry.key, (agent, _LEGACY, entry.registered_at))
+                held = (agent, _LEGACY, entry.registered_at)
+                _keep_bounded(self._unheard, entry.key, (held, event))
             return False
         _keep_bounded(self._told_gone, told, agent)
         return True
+
+    def _tell_withheld(self) -> None:
+        """The flag is on (called after each refresh of it, and by ``finish()``):
+        tell the deaths withheld for a per-thread legacy store's report
+        (``_death_told``).
+
+        The target answers now, and would have told each of them when the
+        agent died: a withheld death whose key the thread had not taken again
+        before the flag came back on was never told (its retake, by the
+        target, dropped it; not taken again, it was kept until evicted).
+        Told once: the legacy store's report at a later retake (the flag off
+        again) and the target's still to come (``_death_told``) find it told.
+        """
+        with self._told_lock:
+            # Race: a flip back off since this flip's refresh: the legacy store
+            # answers again, and they stay withheld for its reports. Reports
+            # read the flag under this lock too (``_reports``): one made before
+            # the flip was withheld before this runs; one made after is told.
+            # Race: so ``_unheard`` is read under it too (was an unlocked look
+            # first: a report that read the flag off just before the flip, and
+            # kept its death just after that look, was never told).
+            if not self._on or not self._unheard:
+                return
+            unheard = list(self._unheard.values())
+            self._unheard.clear()
+            for _, event in unheard:
+                self._tell_unheard(event)
+        if self._ctx() is None:
+            self._delivery.hand_off()
+
+    def _tell_unheard(self, event: RegistryEvent) -> None:
+        """Queue a withheld death (``_told_lock`` held), taken from ``_unheard``."""
+        entry = event.entry
+        # Noted whatever its age (not as ``_note_end``): the per-thread legacy
+        # store may still hold the dead copy, and its report at a retake (the
+        # flag off again), "down" or "replaced", must find this end told. The
+        # agent is dead: no registration of it can come again to be told.
+        _keep_bounded(self._told_gone, _registration(entry), entry.agent)
+        self._out.append((event, None))
 
     def _death_withheld(self, key: Hashable) -> bool:
         """Whether a death of a registration of ``key`` is withheld for the
@@ -492,7 +570,7 @@ class _EventRouting:
         self,
         told: tuple[Hashable, Any],
         agent: Any,
-        held: tuple[Any, Side, float] | None,
+        held: _Held | None,
         entry: Entry,
     ) -> None:
         """The end of a registration (``held``: as told, if it was) is told: a
@@ -512,9 +590,9 @@ class _EventRouting:
         # A per-thread legacy (ThreadLocalRegistry) monitors nothing: while it
         # answers (flag off) a death is not told, as that store tells none,
         # until its register over the dead copy reports it (``answering``, in
-        # ``_death_told``); the target's report tells it when the target
-        # answers, or told the registration. With a shared legacy both sides
-        # report: the first tells.
+        # ``_death_told``) or the flag is on again (``_tell_withheld``); the
+        # target's report tells it when the target answers, or told the
+        # registration. With a shared legacy both sides report: the first tells.
         return side == teller or self._shared_view is not None or (side == _TARGET and self._on)
 
     def _start_told(self) -> None:
