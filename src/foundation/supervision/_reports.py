@@ -12,7 +12,9 @@ logging is configured to show them.
 logger                                    level    events
 ========================================  =======  ==========================================
 ``foundation.supervision.crash``          ERROR    a child crashed; a child failed to start;
-                                                   a nested supervisor gave up
+                                                   a nested supervisor gave up; a child
+                                                   ended otherwise than cleanly when
+                                                   stopped (``shutdown_error``)
                                           DEBUG    a nested supervisor failed to start (its
                                                    child's ERROR report has the traceback)
 ``foundation.supervision.progress``       INFO     a child started or restarted, exited
@@ -85,6 +87,7 @@ __all__ = [
     "child_killed",
     "child_started",
     "intensity_exceeded",
+    "shutdown_error",
     "shutdown_late",
     "shutdown_timeout",
     "start_failed",
@@ -303,6 +306,51 @@ def child_exited(supervisor: str, child: str, kind: str, exit: ChildExit, *, act
     _emit(progress_log, logging.INFO, "child_exited", _EXIT_MSG, args, fields=fields)
 
 
+def shutdown_error(supervisor: str, child: str, kind: str, exit: ChildExit, *, action: str) -> None:
+    """Crash report (ERROR), OTP's ``shutdown_error``: ``child``, being stopped
+    by its supervisor (its stop, ``terminate_child``, a strategy's restart, a
+    failed start's rollback), did not end cleanly: its cleanup raised, a
+    process exited with a non-zero code instead of its SIGTERM, or it had
+    crashed already, just before the stop reached it. The stop goes on as a
+    stop; ``action`` says what follows (``"shutdown"``, or ``"restart"`` for
+    a strategy's restart scope).
+
+    The record carries the traceback of ``exit.exception`` (``exc_info``) when
+    there is one. Extra fields as :func:`child_crashed`: ``reason``
+    (``exit.reason``), ``action``, ``exit_code``, ``signal``.
+
+    Example:
+        >>> import logging
+        >>> from foundation.supervision import ChildExit
+        >>> log = logging.getLogger("foundation.supervision.crash")
+        >>> records = []
+        >>> class Keep(logging.Handler):
+        ...     def emit(self, record):
+        ...         records.append(record)
+        >>> keep = Keep()
+        >>> log.addHandler(keep)
+        >>> shutdown_error("app", "p", "process", ChildExit("exit", exit_code=3), action="shutdown")
+        >>> log.removeHandler(keep)
+        >>> records[0].levelname, records[0].event, records[0].exit_code
+        ('ERROR', 'shutdown_error', 3)
+        >>> records[0].getMessage()  # doctest: +NORMALIZE_WHITESPACE
+        'Child p of supervisor app (process) crashed: exit code 3 while being shut down
+         (shutdown_error); action: shutdown'
+    """
+    if not crash_log.isEnabledFor(logging.ERROR):
+        return
+    args, fields = _exit_report(supervisor, child, kind, exit, action)
+    _emit(
+        crash_log,
+        logging.ERROR,
+        "shutdown_error",
+        "Child %s of supervisor %s (%s) %s while being shut down (shutdown_error); action: %s",
+        args,
+        fields=fields,
+        exc=exit.exception,
+    )
+
+
 def child_ignored(supervisor: str, child: str, kind: str) -> None:
     """Progress report (INFO): ``child``'s start returned *ignore*; its spec is
     kept but nothing runs. ``reason`` is ``"ignore"``.
@@ -406,8 +454,9 @@ def shutdown_timeout(
     supervisor: str, child: str, kind: str, *, timeout: float, action: str
 ) -> None:
     """Supervisor report (WARNING): ``child`` did not stop within its shutdown
-    ``timeout``; ``action`` says what followed (``"killed"``,
-    ``"abandoned thread"``, ``"cancelled task"``). Extra fields: ``timeout``,
+    ``timeout``; ``action`` says what followed (``"killed"``: a process;
+    ``"cancelled again"``: a task, which then ended; ``"abandoned task"``: a
+    task that swallows its cancellations). Extra fields: ``timeout``,
     ``action``; ``reason`` is ``"shutdown_timeout"``.
 
     Example:

@@ -83,6 +83,7 @@ if TYPE_CHECKING:
 
 _HAVE_PIDFD = sys.platform == "linux" and hasattr(os, "pidfd_open")
 _POLL_INTERVAL = 0.02  # process exit polling where pidfd is unavailable
+_KILL_GRACE = 0.1  # s a task cancelled again after its shutdown timeout gets to end
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -242,6 +243,30 @@ def _is_ctrl_c(exc: KeyboardInterrupt) -> bool:
     return code is not None and code.co_name == "_on_sigint" and "asyncio" in code.co_filename
 
 
+_SIGTERM = int(signal_module.SIGTERM)
+
+
+def _clean_stop(exit: ChildExit) -> bool:
+    """Whether ``exit`` ends a run cleanly once its stop was asked for.
+
+    Clean: it returned, was cancelled (by the stop, or by a loop cancelling
+    every task as it ends), shut down; a process ended by SIGTERM, the signal
+    the stop sends (also when it came from elsewhere first: a service
+    manager signals every process of the service), or exiting with 128 +
+    SIGTERM (the shells' and the JVM's way to say so); a task or thread
+    ending by ``sys.exit()`` / ``SystemExit(0)`` (as a process exiting 0; a
+    thread's ``SystemExit`` is Python's silent end of it). Anything else (an
+    exception, another exit code or signal) is OTP's ``shutdown_error``.
+    """
+    if exit.reason in ("normal", "shutdown", "cancelled", "abandoned"):
+        return True
+    if isinstance(exit.exception, SystemExit) and exit.exception.code in (None, 0):
+        return True
+    if exit.reason == "killed":
+        return exit.signal == _SIGTERM
+    return exit.reason == "exit" and exit.exit_code == 128 + _SIGTERM
+
+
 class Run:
     """Base class of a child run."""
 
@@ -258,6 +283,10 @@ class Run:
         self.started_at = self.loop.time()
         self.stopping = False  # set when the supervisor itself stops this run
         self.discarded = False  # set when its start failed: its exit means nothing
+        self.forced = False  # set by force(): a kill, already reported, no stop error
+        # How the run ended, when it ended otherwise than cleanly once its stop
+        # was asked for (see _clean_stop): for its supervisor's shutdown_error.
+        self.stop_error: ChildExit | None = None
         self._shutdown: asyncio.Task[ChildExit] | None = None
 
     # ------------------------------------------------------------------ subclass API
@@ -291,8 +320,32 @@ class Run:
 
     async def _stop_once(self, timeout: float | None) -> ChildExit:
         if self.exited.done():  # it ended on its own first: report how
-            return self.exited.result()
+            # Race: a crash just before the stop reached it; its exit event is
+            # dropped (the run is stopping), so this is where it is seen.
+            exit = self.exited.result()
+            self._stopped_cleanly(exit)
+            return exit
         return await self._stop(timeout)
+
+    async def _stopped(self) -> ChildExit:
+        """The exit of a run that ended once asked to stop: ``"shutdown"``, or
+        its own exit when that was not a clean stop (kept as ``stop_error``)."""
+        import asyncio
+
+        if not self.exited.done():
+            # Race: a task is done, its done callback (which resolves exited)
+            # is still scheduled: it runs in the next loop turn.
+            await asyncio.wait({self.exited})
+        exit = self.exited.result()
+        return ChildExit("shutdown") if self._stopped_cleanly(exit) else exit
+
+    def _stopped_cleanly(self, exit: ChildExit) -> bool:
+        """Whether ``exit`` is a clean end of this stopped run; if not, it is
+        kept as ``stop_error`` (a forced run's end is no error: it was killed)."""
+        if self.forced or _clean_stop(exit):
+            return True
+        self.stop_error = exit
+        return False
 
     async def _wait_exit(self, timeout: float | None) -> bool:
         """Wait for the run to end, at most ``timeout`` seconds; True if it did."""
@@ -310,6 +363,7 @@ class Run:
         self.stopping = True
         if self.exited.done():
             return []
+        self.forced = True
         return self._force()
 
     def _force(self) -> list[str]:
@@ -397,21 +451,43 @@ class TaskRun(Run):
             for _ in range(3):  # the task's step, its done callback, _done's result
                 await asyncio.sleep(0)
             if self.exited.done():
-                return ChildExit("shutdown")
+                return await self._stopped()
+            # Not waited for: a cleanup that awaits runs on, abandoned.
+            return self._abandoned(0.0)
         # Race: a child that blocks the loop (time.sleep in its cleanup) past
         # its timeout ends in the loop turn its timer fires in; which of the
         # two asyncio.wait sees first is chance. Its task is done either way:
         # it stopped (late, reported below), it was not abandoned.
-        elif await self._wait_exit(timeout) or self.handle.done():
-            took = self.loop.time() - began
-            if timeout is not None and took > timeout:
-                reports.shutdown_late(
-                    self.supervisor, self.spec.id, "task", timeout=timeout, took=took
-                )
-            return ChildExit("shutdown")
+        if await self._wait_exit(timeout) or self.handle.done():
+            self._report_late(timeout, began)
+            return await self._stopped()
+        assert timeout is not None  # (None: waited until it ended)
+        return await self._cancel_again(timeout)
+
+    def _report_late(self, timeout: float | None, began: float) -> None:
+        """A stop that ended past its ``timeout`` (it blocked the loop): say so."""
+        took = self.loop.time() - began
+        if timeout is not None and took > timeout:
+            reports.shutdown_late(self.supervisor, self.spec.id, "task", timeout=timeout, took=took)
+
+    async def _cancel_again(self, timeout: float) -> ChildExit:
+        """Past its shutdown ``timeout``: cancel it again, OTP's kill (a second
+        cancellation interrupts a cleanup that awaits, so that its restart does
+        not run beside it), and wait at most ``_KILL_GRACE`` more seconds for
+        it to end; one still running then swallows its cancellations."""
+        self.handle.cancel()
+        # Race: as in _stop, a task done in the turn the grace ends is not abandoned.
+        if await self._wait_exit(_KILL_GRACE) or self.handle.done():
+            reports.shutdown_timeout(
+                self.supervisor, self.spec.id, "task", timeout=timeout, action="cancelled again"
+            )
+            return ChildExit("killed")
+        return self._abandoned(timeout)
+
+    def _abandoned(self, timeout: float) -> ChildExit:
         # A task that swallows its cancellation cannot be stopped by force.
         reports.shutdown_timeout(
-            self.supervisor, self.spec.id, "task", timeout=timeout or 0.0, action="abandoned task"
+            self.supervisor, self.spec.id, "task", timeout=timeout, action="abandoned task"
         )
         return ChildExit("abandoned")
 
@@ -457,7 +533,7 @@ class ThreadRun(Run):
     async def _stop(self, timeout: float | None) -> ChildExit:
         self.ctx.stopping.set()
         if await self._wait_exit(timeout):
-            return ChildExit("shutdown")
+            return await self._stopped()
         reports.thread_abandoned(
             self.supervisor,
             self.spec.id,
@@ -541,7 +617,7 @@ class _ProcessRun(Run):
             with contextlib.suppress(ProcessLookupError):
                 self._terminate()
             if await self._wait_exit(timeout):
-                return ChildExit("shutdown")
+                return await self._stopped()
             assert timeout is not None
             reports.shutdown_timeout(
                 self.supervisor, self.spec.id, "process", timeout=timeout, action="killed"

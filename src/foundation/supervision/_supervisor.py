@@ -834,6 +834,15 @@ class Supervisor(_Supervising):
             # stop returns with no lookup answering the stopped run. Race-safe
             # against the next run's registration (see _unregister).
             await self._registrations.unregister_ended(child, run)
+        # OTP's shutdown_error: it ended otherwise than cleanly once stopped (its
+        # cleanup raised, a bad exit code), or crashed just before the stop reached
+        # it (its own exit event is dropped). Taken once: concurrent stops share it.
+        failure, run.stop_error = run.stop_error, None
+        if failure is not None:
+            action = "restart" if restart else "shutdown"
+            reports.shutdown_error(
+                self._name, child.spec.id, str(child.spec.kind), failure, action=action
+            )
         emit_exit(self._name, child, exit, restart=restart)
         return exit
 
