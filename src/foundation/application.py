@@ -45,8 +45,10 @@ to start (``app_start_failed``; one line pointing to the crash report above
 when a service or worker failed to start: that report has the traceback;
 a Ctrl-C during the start is no failure: INFO ``app_start_interrupted``, no
 traceback, and the ``KeyboardInterrupt`` goes on once the start is rolled back),
-fails to stop (``app_stop_failed``; a Ctrl-C during the stop is INFO
-``app_stop_interrupted``, no traceback, and the ``KeyboardInterrupt`` goes on;
+fails to stop (``app_stop_failed``; a Ctrl-C while ``with app:`` stops the tree
+cuts that stop short: WARNING ``app_stop_cut_short`` naming the children still
+running, no traceback, and the ``KeyboardInterrupt`` goes on; INFO
+``app_stop_interrupted`` instead when the stop had ended as it landed;
 a cancellation while ``async with`` stops the tree, a Ctrl-C under
 ``asyncio.run`` or a timeout, is INFO ``app_stop_cancelled``: the stop under way
 goes on to its end, then the cancellation; a second one cuts that wait short,
@@ -634,9 +636,15 @@ class Application:
             # reported, then app_failed; or its root supervisor ended on its
             # own) is past stopping: no "stopping" line after its end.
             self._report_stopping()
+        cut: list[bool] = []
+
+        def cut_short() -> None:  # a Ctrl-C cut the stop: the handle asks us to say so
+            cut.append(True)
+            self._report_stop_cut_short()
+
         try:
             try:
-                thread.stop()
+                thread._stop(cut_short)
             finally:
                 # Its loop is closed: the tree has ended, whatever stop() raised.
                 # Race: an ``async with app:`` (on another loop) may start a new
@@ -644,7 +652,8 @@ class Application:
                 # not the newest one's.
                 _mark(ended)
         except BaseException as exc:
-            self._report_stop_failed(exc)
+            if not cut:  # (cut short: one record, app_stop_cut_short, as async with's)
+                self._report_stop_failed(exc)
             if reraise:
                 raise
             with self._stop_lock:
@@ -782,8 +791,9 @@ class Application:
         )
 
     def _report_stop_cut_short(self) -> None:
-        # A second cancellation while waiting for that stop, or the loop's end
-        # cancelling the stop itself: the children still running, named.
+        # A second cancellation while waiting for that stop, the loop's end
+        # cancelling the stop itself, or a Ctrl-C cutting with app:'s stop (its
+        # handle's loop closed): the children still running, named.
         left = running_paths(self._supervisor)
         _report(
             logging.WARNING,
@@ -801,7 +811,8 @@ class Application:
             return  # wait_for_signal() reports it (a WARNING, as run() does)
         if isinstance(exc, KeyboardInterrupt):
             # The operator's Ctrl-C, not a failure (as during the start): one
-            # line, no traceback; the KeyboardInterrupt goes on.
+            # line, no traceback; the KeyboardInterrupt goes on. (One that cut
+            # the stop short is app_stop_cut_short instead: see _stop_reported.)
             _report(
                 logging.INFO,
                 "app_stop_interrupted",

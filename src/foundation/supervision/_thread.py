@@ -264,13 +264,22 @@ class SupervisorThread:
         the stop waits for that child to return, so waiting here would wait
         for itself until the child's ``shutdown_timeout`` (for ever with
         ``None``) and then report it abandoned. Its ``ShutdownError``, if any,
-        is then logged (``foundation.supervision``, WARNING).
+        is then logged (``foundation.supervision``, WARNING). A Ctrl-C cutting
+        the stop short (the ``KeyboardInterrupt`` goes on, the loop closes) is
+        logged as WARNING ``supervisor_stop_cut_short``, naming the children
+        still running.
 
         Raises:
             ShutdownError: as :meth:`Supervisor.stop` (the loop is closed anyway);
                 from a thread child, when no stopper thread can be started (the
                 thread limit; a later call tries again).
         """
+        self._stop(self.supervisor._report_stop_cut_short)
+
+    def _stop(self, on_cut_short: Callable[[], object]) -> None:
+        """:meth:`stop`, a cut of it reported by ``on_cut_short()`` (an
+        Application, which owns this handle, reports it in its own words:
+        WARNING ``app_stop_cut_short``, the one record of that Ctrl-C)."""
         if self._closed:
             return
         if threading.current_thread() is self._thread:
@@ -282,18 +291,18 @@ class SupervisorThread:
             self._call(lambda: watched_stop(self.supervisor))
         except BaseException:
             self._close_loop()
-            self._report_cut_short()
+            self._report_cut_short(on_cut_short)
             raise
         self._close_loop()
 
-    def _report_cut_short(self) -> None:
-        """After a stop() that raised, its loop closed: WARNING
-        ``supervisor_stop_cut_short`` naming the children still running,
-        unless the stop reached its end (a ``ShutdownError``).
+    def _report_cut_short(self, on_cut_short: Callable[[], object]) -> None:
+        """After a stop() that raised, its loop closed: ``on_cut_short()``
+        (WARNING ``supervisor_stop_cut_short`` naming the children still
+        running, or the owner's words), unless the stop reached its end (a
+        ``ShutdownError``).
 
         Race (a Ctrl-C cutting the wait for the stop): the caller gets the
-        ``KeyboardInterrupt`` (a synchronous Application logs INFO
-        app_stop_interrupted), the loop's end cancels the stop, and its task
+        ``KeyboardInterrupt``, the loop's end cancels the stop, and its task
         leaves the report to its waiter (``watched_stop``): this call. Was:
         nothing said the stop had not finished, nor named the children left
         running. Read once the loop's thread has ended: the tree no longer
@@ -302,7 +311,7 @@ class SupervisorThread:
         sup = self.supervisor
         if sup.state not in ("stopped", "failed") and not sup._stop_cut_reported:
             sup._stop_cut_reported = True  # one record per stop (as _cancelled_stop's)
-            sup._report_stop_cut_short()
+            on_cut_short()
 
     def _stop_in_background(self) -> None:
         """stop() from a thread child: run it in a new thread; return now."""
