@@ -25,7 +25,8 @@ logger                                    level    events
                                                    threads, automatic shutdown; an
                                                    ``async with`` exit's stop cut short
                                                    by a second cancellation, a stop cut
-                                                   short by the loop's end;
+                                                   short by the loop's end or, in a
+                                                   ``run_in_thread()`` handle, a Ctrl-C;
                                           ERROR    restart intensity exceeded, a supervisor
                                                    stopped abnormally (INFO when normal);
                                           INFO     a cancellation met while an ``async
