@@ -70,6 +70,12 @@ wait_for(lambda: SA.synced and not SA.stale and SA.status().version >= SB.status
          "A back in sync")
 wait_for(lambda: not SA.pending() and MA.status().stage == MB.status().stage
          and FA.store.load_states() == FB.store.load_states(), "A and B agree")
+# Each node's flags apply what its store holds by a delivery (the stream, or the
+# reload that follows `synced`): waited for, not assumed (a load flake: "K False True").
+def applied(flags):
+    states = flags.store.load_states()
+    return all(flags.state(name) == states[name] for name in ("f", "k") if name in states)
+wait_for(lambda: applied(FA) and applied(FB), "each node's flags apply its store's states")
 print("K", FA.enabled("k"), FB.enabled("k"), SA.status().restores, flush=True)
 print("STAGE", MA.status().stage, MB.status().stage, flush=True)
 print("F", FA.store.load_states()["f"].percentage, FB.store.load_states()["f"].percentage,

@@ -14,7 +14,9 @@ import json
 import sqlite3
 import uuid
 from pathlib import Path
+from threading import current_thread
 
+from foundation import telemetry
 from foundation.flags import FeatureFlags, Flag, FlagChange, FlagState, RedisFlagStore
 from tests.flags._support import check_concurrent_pins_chain
 from tests.redis_flags._support import raw_client, wait_until
@@ -153,9 +155,22 @@ def test_history_survives_a_restore_from_the_node_copy_and_the_chain_goes_on(
         _pin(a, 20)
         before = a.history()
         assert wait_until(lambda: b.history() == before)
-        raw_client(fresh_redis.url).flushall()  # Redis lost everything
-        assert wait_until(lambda: store_a.status().restores + store_b.status().restores == 1)
-        assert wait_until(lambda: store_a.synced and store_b.synced)
+        # B's "in_sync" (told on its listener thread after its resync's reload): a
+        # resync sets `synced` before that reload, which could then tell the change
+        # below as a "reload" (a load flake): each of B's resyncs waited for whole.
+        told_b: list[int] = []
+        detach = telemetry.attach(
+            "foundation.flags.in_sync",
+            lambda name, data: told_b.append(1) if current_thread() is store_b._thread else None,
+        )
+        try:
+            resyncs_b = store_b.status().resyncs
+            raw_client(fresh_redis.url).flushall()  # Redis lost everything
+            assert wait_until(lambda: store_a.status().restores + store_b.status().restores == 1)
+            assert wait_until(lambda: store_a.synced and store_b.synced)
+            assert wait_until(lambda: len(told_b) == store_b.status().resyncs - resyncs_b)
+        finally:
+            detach()
         assert a.history() == before
         heard: list[FlagChange] = []
         b.subscribe(heard.append)

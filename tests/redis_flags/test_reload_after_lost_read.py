@@ -21,6 +21,7 @@ from __future__ import annotations
 from tests.faults._subprocess import run_scenario
 
 _SETUP = """
+from foundation import telemetry
 from foundation.flags import FeatureFlags, Flag, RedisFlagStore
 from tests.redis_flags._proxy import CutProxy
 from tests.redis_support import RedisServer
@@ -40,6 +41,12 @@ def cut_off_as_delivered(changes):
         cut.set()
 
 S2.subscribe(cut_off_as_delivered)
+# Node 2's "in_sync", told after its resync's reload: `synced` is set before that
+# reload, so a commit made right after `synced` could be heard as part of it (a
+# load flake: "kill_me ... reload" heard instead of the change by ops).
+s2_in_sync = threading.Event()
+telemetry.attach("foundation.flags.in_sync", lambda name, data: s2_in_sync.set()
+                 if data["url"].endswith(f":{proxy.port}/0") else None)
 declared = [Flag("kill_me", default=True), Flag("other"), Flag("later")]
 F1 = FeatureFlags(declared, store=S1)
 F2 = FeatureFlags(declared, store=S2)
@@ -69,6 +76,7 @@ def test_a_change_is_not_heard_again_after_a_cut_during_its_delivery() -> None:
 proxy.restore()
 wait_for(lambda: S2.synced and not S2.stale and S2.status().resyncs >= 1,
          "node 2 back in sync")
+wait_for(s2_in_sync.is_set, "node 2's in_sync (after its reload)")
 F1.disable("kill_me", by="ops", reason="after")  # a later change: everything before is told
 # Heard after everything the resync's reload told (one thread, in order).
 wait_for(lambda: heard[-1][0] == "kill_me", "node 2 hears the kill switch")
@@ -118,6 +126,7 @@ srv.kill()
 srv.start()  # empty: no persistence
 proxy.restore()
 wait_for(lambda: S2.synced and not S2.stale and S2.status().resyncs >= 1, "node 2 back in sync")
+wait_for(s2_in_sync.is_set, "node 2's in_sync (after its reload)")
 S3 = RedisFlagStore(srv.url, namespace="rl", timeout=0.5, cache_path=None)
 F3 = FeatureFlags(declared, store=S3)
 # A later commit: node 2 hears it after everything its resync's reload told.
