@@ -90,13 +90,21 @@ def prepare_batch(
     sh: Shared,
     batch: list[tuple[Hashable, Any, Mapping[str, Any] | None]],
     outcomes: list[RegistryError | None],
+    replace: bool,
 ) -> list[list[tuple[int, Prepared]]]:
     """``_prepare`` of every item of a ``register_many`` call (no lock, no
     Redis): an invalid item gets its outcome now; the valid ones are split
-    into rounds of distinct keys, in input order: a key met again starts the
-    next round (its second item waits for its first, and no later item is
-    written before it, so the writes and their events follow the input
-    order, as ``register`` calls would).
+    into rounds of distinct keys, each in input order. A key met again goes
+    to a round after the one of its previous item (it meets it as a second
+    ``register`` call would). With ``replace``, that item is also heard
+    (``replaced``, ``registered``), so no later item goes to an earlier round
+    than it: a round's events are heard once its round trip is back, so the
+    events follow the input order. Without ``replace``, such an item is
+    refused by its key's earlier item (no event), so the other items stay
+    in their rounds: the n-th item of a key goes to round n-1, and a round
+    whose every key this node holds alive is refused locally
+    (``_claims.begin_all``), without a round trip. An item refused here
+    (``NotAlive`` included) takes no round: its key's next item takes its place.
 
     The items of one round share one ``registered_at`` (one call registers
     them); a later round takes a time of its own, as a second ``register``
@@ -106,26 +114,36 @@ def prepare_batch(
     encoded = _encoded
     new_own, new_prepared, seq = Own, Prepared, _seq
     prefixes: dict[int, str] = {}
-    current: list[tuple[int, Prepared]] = []
-    rounds = [current]
-    seen: set[Hashable] = set()
-    at, at_text = _now()
+    rounds: list[list[tuple[int, Prepared]]] = [[]]
+    times = [_now()]
+    last: dict[Hashable, int] = {}  # key: the round of its latest item
+    floor = 0  # with replace: the round of the latest item
     for i, (given, agent, metadata) in enumerate(batch):
         try:
             key, ek, frozen, meta, prefix = encoded(sh, given, agent, metadata, prefixes)
         except (InvalidKey, InvalidMetadata, UnsupportedAgent, NotAlive) as exc:
             outcomes[i] = exc
             continue
-        if key in seen:  # key: normalised (equal keys, one slot)
-            current = []
-            rounds.append(current)
-            seen = set()
-            at, at_text = _now()
-        seen.add(key)
+        r = last.get(key, -1) + 1  # key: normalised (equal keys, one slot)
+        if r < floor:
+            r = floor
+        elif r == len(rounds):
+            rounds.append([])
+            times.append(_now())
+        if replace:
+            floor = r
+        # Race: without replace, a repeat whose earlier item did not end
+        # registered although the checks above passed (its agent died as the
+        # script ran, or the key's holder, on any node, was freed between the
+        # rounds) registers in its later round: heard after the items of the
+        # earlier rounds given after it, not in input order (docs/redis.md).
+        # An agent dead before the call is NotAlive above: no round, no race.
+        last[key] = r
+        at, at_text = times[r]
         # "s" makes every registration's head unique (the compare-and-delete token).
         head = f"{prefix}{at_text}{next(seq)}}}"
         own = new_own(agent, ek, head, meta, "" if ix_for is None else ix_for(frozen))
-        current.append((i, new_prepared(key, agent, frozen, at, own)))
+        rounds[r].append((i, new_prepared(key, agent, frozen, at, own)))
     return rounds
 
 

@@ -378,9 +378,10 @@ class RedisRegistry(Registry):
         Atomic per key, not per batch: one ``REGISTER_MANY`` script per chunk
         of up to 500 items (pipelined); a held key goes through the same checks
         as ``register``, the free keys of a chunk are written in bulk, with one
-        change record for all of them. A key met again in the batch starts
-        another round trip after the first (so it meets the first as two
-        ``register`` calls would). Listeners hear the events of one
+        change record for all of them. A key met again in the batch goes in a
+        later round trip than its previous item (so it meets it as two
+        ``register`` calls would); with ``replace=True`` the items after it
+        go there too (see ``prepare_batch``). Listeners hear the events of one
         ``register`` call per item, in input order, as on ``MemoryRegistry``.
 
         Raises:
@@ -400,7 +401,7 @@ class RedisRegistry(Registry):
         check_bool(replace, "replace")
         batch = batch_items(items)
         outcomes: list[RegistryError | None] = [None] * len(batch)
-        for items_ in _prepare.prepare_batch(sh, batch, outcomes):
+        for items_ in _prepare.prepare_batch(sh, batch, outcomes, replace):
             if items_:
                 _batch.register_round(sh, self._lease, items_, replace, outcomes)
         return outcomes
