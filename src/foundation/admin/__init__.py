@@ -7,9 +7,11 @@ foreground and ``AdminServer(...)`` on a background thread. The app also
 serves OFREP (``POST /ofrep/v1/evaluate/flags[/{key}]``, see
 ``foundation.admin._ofrep``) and shows and changes typed flags (``assign``,
 ``split``). ``create_app`` reads the migration plans recorded in the flags'
-store once, for OFREP's metadata: on a Redis that does not answer that waits
+store for OFREP's metadata: on a Redis that does not answer that waits
 up to the store's ``timeout``, and a store it cannot read logs a WARNING (the
-app starts all the same; a plan recorded later shows after a restart).
+app starts all the same). A Redis store's plans are read again, off the
+request path, each time it is back in sync after an outage: a plan recorded
+later (or unread at start) shows then, without a restart.
 
 During a backend outage the service degrades without stopping, and the app
 says so: ``GET /api/status`` (per component its state, since when, the last
