@@ -8,14 +8,12 @@ not use) is exercised with plain HTTP: ETag and ``If-None-Match``.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from openfeature import api
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
@@ -23,9 +21,9 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
 
 from foundation.admin import AdminServer, create_app
-from foundation.admin._server import _bind
 from foundation.flags import FeatureFlags, Flag, Migration, MigrationPlan, Stage
 from foundation.openfeature import FoundationProvider
+from tests.admin._uvicorn import serving
 
 DECLARED = [
     Flag("new_checkout", description="the 2026 checkout"),
@@ -91,27 +89,10 @@ def served() -> Iterator[Served]:
     flags = FeatureFlags(DECLARED)
     migration = Migration(flags, PLAN)
     app = create_app(flags=flags, migration=migration, token=TOKEN)
-    sock = _bind("127.0.0.1", 0)
-    started = threading.Event()
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            started.set()
-
-    server = Server(
-        uvicorn.Config(app, lifespan="off", ws="none", log_config=None, access_log=False)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        assert started.wait(30), "uvicorn did not start"
-        yield Served(flags, f"http://127.0.0.1:{sock.getsockname()[1]}/")
+        with serving(app) as url:
+            yield Served(flags, url)
     finally:
-        app.state.admin.close()
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
         flags.close()
 
 

@@ -6,7 +6,6 @@ when the token sent is unknown. Real HTTP against a real ``AdminServer``.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from foundation import MemoryRegistry
 from foundation.admin import create_app
-from foundation.admin._server import _bind
 from foundation.flags import FeatureFlags, Migration
+from tests.admin._uvicorn import serving
 from tests.admin._world import ANA, DECLARED, PLAN, TOKENS
 from tests.admin.conftest import close_world, make_world
 
@@ -53,27 +51,10 @@ def guarded() -> Iterator[Guarded]:
     migration = Migration(flags, PLAN)
     registry = MemoryRegistry()
     app = create_app(flags=flags, migration=migration, registry=registry, token=TOKENS)
-    sock = _bind("127.0.0.1", 0)
-    started = threading.Event()
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            started.set()
-
-    server = Server(
-        uvicorn.Config(app, lifespan="off", ws="none", log_config=None, access_log=False)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        assert started.wait(30), "uvicorn did not start"
-        yield Guarded(f"http://127.0.0.1:{sock.getsockname()[1]}/")
+        with serving(app) as url:
+            yield Guarded(url)
     finally:
-        app.state.admin.close()
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
         registry.close()
         flags.close()
 
