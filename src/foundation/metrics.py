@@ -16,8 +16,8 @@ SDK reading ``foundation.otel``'s instruments) until the last reader is gone:
 an application that installs metrics but never reads them pays nothing on
 ``enabled()``. Counts never include actors.
 
-Names (Prometheus form; ``foundation.otel`` exports the same numbers under
-OpenTelemetry names):
+Names (Prometheus form; ``foundation.otel`` exports every family, same
+numbers, under OpenTelemetry names):
 
 ===============================================  =========  =====================
 ``foundation_flag_evaluations_total``            counter    flag
