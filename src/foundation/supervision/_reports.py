@@ -310,11 +310,14 @@ def child_exited(supervisor: str, child: str, kind: str, exit: ChildExit, *, act
 def shutdown_error(supervisor: str, child: str, kind: str, exit: ChildExit, *, action: str) -> None:
     """Crash report (ERROR), OTP's ``shutdown_error``: ``child``, being stopped
     by its supervisor (its stop, ``terminate_child``, a strategy's restart, a
-    failed start's rollback), did not end cleanly: its cleanup raised, a
-    process exited with a non-zero code instead of its SIGTERM, or it had
-    crashed already, just before the stop reached it. The stop goes on as a
-    stop; ``action`` says what follows (``"shutdown"``, or ``"restart"`` for
-    a strategy's restart scope).
+    failed start's rollback, a start cut short by the supervisor's stop or by
+    ``start()`` cancelled, a child going on after ``ctx.ignore()``), did not
+    end cleanly: its cleanup raised, a process exited with a non-zero code
+    instead of its SIGTERM, or it had crashed already, just before the stop
+    reached it. The stop goes on as a stop; ``action`` says what follows
+    (``"shutdown"``, ``"restart"`` for a strategy's restart scope,
+    ``"ignore"`` for a child that ignored its start). A child whose own start
+    failed is no ``shutdown_error``: see :func:`start_failed`.
 
     The record carries the traceback of ``exit.exception`` (``exc_info``) when
     there is one. Extra fields as :func:`child_crashed`: ``reason``
@@ -827,7 +830,11 @@ def start_failed(
 ) -> None:
     """Crash report (ERROR): ``child`` failed to start (raised, ended or timed
     out before it was ready), with ``error``'s traceback. Extra field:
-    ``error`` (its repr); ``reason`` is ``"start_error"``.
+    ``error`` (its repr); ``reason`` is ``"start_error"``. It is the one
+    report of a failed start (OTP's ``start_error``, never a
+    ``shutdown_error`` as well): when its run, then stopped, did not end
+    cleanly either (a cleanup raising after a ready timeout), a note on
+    ``error`` says so, with that traceback, at the end of the record's.
 
     ``reported``: ``child`` is a nested supervisor whose own failing child's
     crash report, logged just before, carries the traceback; this one is then

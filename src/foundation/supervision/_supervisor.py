@@ -33,6 +33,7 @@ from foundation.supervision._cancelled_stop import (
 from foundation.supervision._child import (
     StopRequested,
     _Child,
+    _describe,
     _ignored,
     await_ready,
     child_info,
@@ -791,20 +792,20 @@ class Supervisor(_Supervising):
                 drop_run(child, run)
                 # It should be returning by now; one that goes on is stopped as usual.
                 await asyncio.shield(self._shutdown_run(run))
+                self._report_stop_error(child, run, action="ignore")
                 reports.child_ignored(self._name, spec.id, str(spec.kind))
                 return False
             await self._registrations.register(child, run)
         except BaseException as exc:
+            # Its own end before it was ready is the failure (the start report's).
+            ended = run.exited.done() and not run.ready.done()
             drop_run(child, run)
             if launched:
                 await asyncio.shield(self._shutdown_run(run))
-            if not isinstance(exc, Exception):
+            error = self._start_error(child, run, exc, ended=ended)
+            if error is None:
                 raise
-            if isinstance(exc, StopRequested):  # not a failure: no crash report
-                raise StartError(
-                    spec.id, f"child {spec.id!r} of supervisor {self._name!r} not started: {exc}"
-                ) from exc
-            raise start_failure(self._name, spec, exc) from exc
+            raise error from exc
         child.status = "running"
         child.abandoned = None
         run.started_at = self._loop.time()
@@ -834,17 +835,46 @@ class Supervisor(_Supervising):
             # stop returns with no lookup answering the stopped run. Race-safe
             # against the next run's registration (see _unregister).
             await self._registrations.unregister_ended(child, run)
-        # OTP's shutdown_error: it ended otherwise than cleanly once stopped (its
-        # cleanup raised, a bad exit code), or crashed just before the stop reached
-        # it (its own exit event is dropped). Taken once: concurrent stops share it.
+        self._report_stop_error(child, run, action="restart" if restart else "shutdown")
+        emit_exit(self._name, child, exit, restart=restart)
+        return exit
+
+    def _report_stop_error(self, child: _Child, run: Run, *, action: str) -> None:
+        """OTP's ``shutdown_error``: ``run``, stopped by this supervisor, ended
+        otherwise than cleanly (its cleanup raised, a bad exit code), or crashed
+        just before the stop reached it (its own exit event is dropped). Taken
+        once: concurrent stops share it."""
         failure, run.stop_error = run.stop_error, None
         if failure is not None:
-            action = "restart" if restart else "shutdown"
             reports.shutdown_error(
                 self._name, child.spec.id, str(child.spec.kind), failure, action=action
             )
-        emit_exit(self._name, child, exit, restart=restart)
-        return exit
+
+    def _start_error(
+        self, child: _Child, run: Run, exc: BaseException, *, ended: bool
+    ) -> StartError | None:
+        """Report a start that did not complete (``exc``), its run stopped; the
+        StartError to raise, ``None`` to re-raise ``exc`` (not an ``Exception``).
+
+        A start cut short by this supervisor's stop (or ``start()`` cancelled)
+        is no failed start: a run that did not end cleanly once stopped is a
+        ``shutdown_error``, as any. A failed start is its one ``start_failed``
+        report, never a ``shutdown_error`` as well (OTP's ``start_error``): when
+        its stop failed too (a ready timeout, a refused registration, then a
+        cleanup raising), the start error carries that in a note, in the
+        report's traceback; a run whose own end failed the start has said so."""
+        spec = child.spec
+        if not isinstance(exc, Exception) or isinstance(exc, StopRequested):
+            self._report_stop_error(child, run, action="shutdown")
+            if not isinstance(exc, Exception):
+                return None
+            return StartError(  # not a failure: no crash report
+                spec.id, f"child {spec.id!r} of supervisor {self._name!r} not started: {exc}"
+            )
+        stop_error, run.stop_error = run.stop_error, None
+        if stop_error is not None and not ended:
+            _note_stop_error(exc, spec.id, stop_error)
+        return start_failure(self._name, spec, exc)
 
     def _shutdown_run(self, run: Run) -> asyncio.Task[ChildExit]:
         """Stop ``run`` (once; concurrent callers share it). The run kinds report
@@ -893,6 +923,23 @@ def runs_in_tree(root: Supervisor, handle: object) -> bool:
             if isinstance(run.handle, Supervisor):
                 pending.append(run.handle)
     return False
+
+
+def _note_stop_error(exc: Exception, child: str, stop_error: ChildExit) -> None:
+    """Add to a failed start's error that its run, then stopped, did not end
+    cleanly (``stop_error``, with its traceback): its one report says it all."""
+    import traceback
+
+    said = f"Then, being stopped, child {child!r} did not end cleanly: "
+    # The same error object raised again by a later start (a registry's kept
+    # error): add_note accumulates; only this stop's note is kept.
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        notes[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(said))]
+    note = said + _describe(stop_error)
+    if stop_error.exception is not None:
+        note += "\n" + "".join(traceback.format_exception(stop_error.exception)).rstrip()
+    exc.add_note(note)
 
 
 def _watch_nested(run: Run | None) -> None:
