@@ -26,9 +26,12 @@ Mapping (see ``docs/openfeature.md`` for the full list of spec decisions):
   not ``1e300``), else ``TYPE_MISMATCH``. Booleans are never numbers.
 - ``flag_metadata``: ``description`` (absent when empty: an undescribed flag
   has an empty mapping) and, for a flag of a migration plan recorded in the
-  store when the provider was initialized, ``migration_plan``,
-  ``migration_stage`` (the stage the flag belongs to) and
-  ``migration_stage_name``.
+  store, ``migration_plan``, ``migration_stage`` (the stage the flag belongs
+  to) and ``migration_stage_name``. The plans are read at ``initialize`` and
+  again, on a worker thread (never in a resolution), after the flags change
+  and when a ``RedisFlagStore`` is back in sync, at most once a second
+  (``foundation.flags._plans``, the admin server's OFREP reader too): a plan
+  recorded later shows once its migration steps.
 
 Events, once initialized: ``PROVIDER_CONFIGURATION_CHANGED`` with
 ``flags_changed=[name]`` after every change ``flags.subscribe`` reports (local
@@ -93,7 +96,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from foundation import telemetry
 from foundation.errors import (
     Closed,
-    FoundationError,
     InvalidFlagValue,
     UnknownFlag,
     bounded_repr,
@@ -107,6 +109,7 @@ from foundation.flags import (
     SQLiteFlagStore,
 )
 from foundation.flags._metadata import flag_metadata, stages_by_flag
+from foundation.flags._plans import PlanRefresher, is_about, read_plans
 from foundation.flags._typed import a_kind
 
 __all__ = ["PROVIDER_NAME", "FoundationProvider"]
@@ -124,14 +127,6 @@ _INT_LIMIT: Final = 2**63
 _HEALTH_EVENTS: Final = ("foundation.flags.stale", "foundation.flags.in_sync")
 _HEALTH_STORES: Final = (RedisFlagStore, SQLiteFlagStore)
 """The stores that emit ``_HEALTH_EVENTS`` (a memory store never goes stale)."""
-
-
-def _is_about(store: RedisFlagStore | SQLiteFlagStore, data: Mapping[str, Any]) -> bool:
-    """Whether a health event's ``data`` names ``store``'s backend: a ``RedisFlagStore``'s
-    namespace, a ``SQLiteFlagStore``'s path."""
-    if isinstance(store, RedisFlagStore):
-        return bool(data.get("namespace") == store.namespace)
-    return bool(data.get("path") == store.path)
 
 
 class _ClosedFatal(Closed, ProviderFatalError):
@@ -208,6 +203,7 @@ class FoundationProvider(AbstractProvider):
         self._detach_health: list[Callable[[], None]] = []  # also in _unsubscribe
         self._stale = False
         self._fatal = False  # PROVIDER_ERROR (PROVIDER_FATAL) emitted: flags found closed
+        self._refresher: PlanRefresher | None = None  # set while initialized
 
     # ------------------------------------------------------------- lifecycle
 
@@ -216,7 +212,8 @@ class FoundationProvider(AbstractProvider):
         return self._provider_metadata
 
     def initialize(self, evaluation_context: EvaluationContext) -> None:
-        """Listen to flag changes (and store health); read the recorded migration plans.
+        """Listen to flag changes (and store health); read the recorded migration plans
+        (and again, off the resolution path, after each change: see the module docs).
 
         Idempotent: a second call while initialized changes nothing. The
         evaluation context is not used (the actor comes with each resolution).
@@ -232,17 +229,10 @@ class FoundationProvider(AbstractProvider):
             raise _ClosedFatal(str(exc)) from exc
 
     def _start(self) -> None:
-        # Read before taking the lock: over Redis this is I/O (bounded by the
-        # store's timeout), and the store's listener thread may need the lock
-        # meanwhile to report its health.
-        plans = self._read_plans()
         with self._lock:
-            self._build_metadata(plans)  # again when initialized already: a plan recorded since
-            if self._unsubscribe:
-                return  # subscribed already (idempotent)
-            unsubscribe = [self._flags.subscribe(self._on_change)]
+            refresher = None if self._unsubscribe else self._subscribe()
             store = self._flags.store
-            if isinstance(store, _HEALTH_STORES):
+            if refresher is not None and isinstance(store, _HEALTH_STORES):
                 # Race: attach first, then read the state. Read first, an outage
                 # landing between the read and the attach told its "stale" to no
                 # listener of ours: in sync recorded, the store stale, no
@@ -252,28 +242,55 @@ class FoundationProvider(AbstractProvider):
                 # here: an outage before the read is recorded (never emitted
                 # twice), one after it is emitted, after this state.
                 self._detach_health = [telemetry.attach(e, self._on_health) for e in _HEALTH_EVENTS]
+                self._unsubscribe += self._detach_health
                 self._stale = store.stale
-            self._unsubscribe = unsubscribe + self._detach_health
+        # Read outside the lock, after subscribing: over Redis this is I/O (bounded
+        # by the store's timeout), the store's listener thread may need the lock
+        # meanwhile to report its health, and a plan recorded and stepped between
+        # the subscription and this read is read again (the refresher, once ready).
+        try:
+            plans = read_plans(self._flags.store, _log)
+        except Closed:
+            if refresher is not None:  # subscribed by this call: undone
+                self.shutdown()
+            raise
+        self._build_metadata(plans or {})  # again when initialized already: a plan since
+        if refresher is not None:
+            refresher.ready(failed=plans is None)
+
+    def _subscribe(self) -> PlanRefresher:
+        """Listen to flag changes and (the refresher it returns) re-read the plans
+        after them; under ``_lock``, not initialized."""
+        # The refresher first: _on_change tells it of every change from the
+        # subscription on (it reads only after ready()).
+        refresher = PlanRefresher(
+            self._flags.store,
+            self._build_metadata,
+            logger=_log,
+            name="foundation-openfeature-plans",
+        )
+        refresher.attach()
+        self._refresher = refresher
+        try:
+            self._unsubscribe = [self._flags.subscribe(self._on_change), refresher.close]
+        except BaseException:
+            self._refresher = None
+            refresher.close()
+            raise
+        return refresher
 
     def shutdown(self) -> None:
         """Stop listening to ``flags`` and its store; ``flags`` stays open. Idempotent."""
         with self._lock:
             unsubscribe, self._unsubscribe = self._unsubscribe, []
             self._detach_health = []
+            self._refresher = None
             self._stale = self._fatal = False
         for undo in unsubscribe:
             undo()
 
-    def _read_plans(self) -> dict[str, Any]:
-        try:
-            return dict(self._flags.store.plans())
-        except Closed:
-            raise
-        except FoundationError as exc:  # BackendUnavailable: keep to descriptions
-            _log.warning("migration plans not read from %r: %s", self._flags.store, exc)
-            return {}
-
     def _build_metadata(self, plans: Mapping[str, Any]) -> None:
+        """Swap in the metadata of every declared flag, given the recorded ``plans``."""
         stages = stages_by_flag(plans)
         metadata = {name: flag_metadata(flag, stages) for name, flag in self._declared.items()}
         self._metadata = metadata  # swapped whole: readers see old or new
@@ -292,13 +309,16 @@ class FoundationProvider(AbstractProvider):
         # reload's changes may still wait here behind a slow listener. Holding
         # READY for them would make our status hostage to every other listener
         # (STALE for good behind one that never returns): see docs, "Event order".
+        refresher = self._refresher
+        if refresher is not None:
+            refresher.changed()  # a plan may come with it: re-read on its worker
         self.emit_provider_configuration_changed(
             ProviderEventDetails(flags_changed=[change.flag], message=change.reason)
         )
 
     def _on_health(self, name: str, data: Mapping[str, Any]) -> None:
         store = self._flags.store
-        if not isinstance(store, _HEALTH_STORES) or not _is_about(store, data):
+        if not isinstance(store, _HEALTH_STORES) or not is_about(store, data):
             return
         # Race: another store object on the same namespace and URL, or path (another
         # FeatureFlags in this process) emits the same events, so the event is
@@ -459,8 +479,9 @@ class FoundationProvider(AbstractProvider):
         metadata = self._metadata[key]
         if want == kind:
             cached = self._resolved.get(key)
-            # Race: initialize() may swap the metadata while a resolution built
-            # with the old one is stored; comparing it too keeps that one out.
+            # Race: initialize() or the plan refresher's worker may swap the
+            # metadata while a resolution built with the old one is stored;
+            # comparing it too keeps that one out.
             if (
                 cached is not None
                 and cached[0] is evaluation

@@ -9,9 +9,11 @@ serves OFREP (``POST /ofrep/v1/evaluate/flags[/{key}]``, see
 ``split``). ``create_app`` reads the migration plans recorded in the flags'
 store for OFREP's metadata: on a Redis that does not answer that waits
 up to the store's ``timeout``, and a store it cannot read logs a WARNING (the
-app starts all the same). A Redis store's plans are read again, off the
-request path, each time it is back in sync after an outage: a plan recorded
-later (or unread at start) shows then, without a restart.
+app starts all the same). The plans are read again, off the request path
+(at most once a second), after the flags change and each time a Redis store
+is back in sync after an outage: a plan recorded later (by any process on the
+store, with any store) shows once its migration steps, a plan unread at
+start once Redis is back, without a restart.
 
 During a backend outage the service degrades without stopping, and the app
 says so: ``GET /api/status`` (per component its state, since when, the last

@@ -20,8 +20,9 @@ Mapping (decided from the OFREP OpenAPI document, ``codeDefaultFlag``):
 - ``metadata`` is ``FoundationProvider``'s ``flag_metadata``: ``description``
   (when the flag has one) and, for a flag of a migration plan recorded in the
   store (every plan, not only a served migration's; read when the app is
-  created, as the provider reads them when initialized, and again when a
-  Redis store is back in sync after an outage; the served
+  created, as the provider reads them when initialized, and again off the
+  request path after the flags change and when a Redis store is back in sync,
+  by the provider's helper, ``foundation.flags._plans``; the served
   migration's plan even when the store could not record or return it),
   ``migration_plan``, ``migration_stage`` and ``migration_stage_name``.
 
@@ -170,10 +171,11 @@ def _targeting_key(context: dict[str, Any], bad: Callable[[str, str], _Failure])
 
 
 def _metadata(flags: FeatureFlags, state: AdminState, name: str) -> Mapping[str, Any]:
-    # One rule and one source with FoundationProvider (foundation.flags._metadata):
-    # the plans recorded in the store, read when the app was created and again
-    # when a Redis store is back in sync (and the served migration's plan:
-    # AdminState.plan_stages, read once here: swapped whole, never changed).
+    # One rule and one source with FoundationProvider (foundation.flags._metadata,
+    # foundation.flags._plans): the plans recorded in the store, read when the app
+    # was created and again after the flags change or a Redis store is back in
+    # sync (and the served migration's plan: AdminState.plan_stages, read once
+    # here: swapped whole, never changed).
     return flag_metadata(flags.flag(name), state.plan_stages)
 
 

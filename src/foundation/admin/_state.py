@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Protocol
 
-from foundation import telemetry
 from foundation.admin._auth import Operators
 from foundation.admin._errors import ApiError
 from foundation.admin._json import _change_dict, _dead_dict, _down_dict, entry_dict, render_json
 from foundation.admin._status import StatusBoard
-from foundation.errors import Closed, FoundationError
-from foundation.flags import FeatureFlags, FlagChange, Migration, MigrationPlan, RedisFlagStore
+from foundation.errors import FoundationError
+from foundation.flags import FeatureFlags, FlagChange, Migration, MigrationPlan
 from foundation.flags._metadata import MetadataValue, stages_by_flag
+from foundation.flags._plans import PlanRefresher, read_plans
 from foundation.registry import Entry, RegistryEvent
 
 __all__ = ["AdminState", "RegistryLike"]
@@ -30,8 +30,6 @@ DEAD_RING = 200
 """How many recently dead agents ``GET /api/agents/dead`` remembers."""
 QUEUE_SIZE = 1000
 """Events buffered per SSE client; a client that falls further behind gets ``resync``."""
-CLOSE_WAIT = 1.0
-"""Seconds ``AdminState.close()`` waits for a migration plan re-read under way."""
 
 
 class RegistryLike(Protocol):
@@ -124,153 +122,18 @@ def _check_served(flags: object, migration: object, registry: object, supervisor
 
 
 def _plan_stages(
-    flags: FeatureFlags | None, migration: Migration | None
-) -> tuple[dict[str, dict[str, MetadataValue]], bool]:
-    """``stages_by_flag`` of every plan recorded in the flags' store: OFREP's
-    migration metadata, from the source ``FoundationProvider`` reads at
-    ``initialize`` (``store.plans()``), read when the app is created (and again
-    by ``_PlanRefresher`` after an outage), never in a request, so that no
-    evaluation waits on the store (a frozen Redis holds this up to the store's
-    timeout). An unreadable store logs a WARNING and gives none, as the
-    provider does (the second item: True); the served migration's plan counts
-    all the same (its own, under its name: the plan this server switches), so
-    a store that could neither record it nor answer (Redis down at start) does
-    not lose its metadata."""
-    if flags is None:
-        return {}, False
-    plans: dict[str, MigrationPlan] = {}
-    failed = False
-    try:
-        plans.update(flags.store.plans())
-    except Closed:  # refused by AdminState right after (subscribe)
-        return {}, False
-    except FoundationError as exc:  # BackendUnavailable: keep to descriptions
-        log.warning("admin: migration plans not read from %r: %s", flags.store, exc)
-        failed = True
+    plans: Mapping[str, MigrationPlan] | None, migration: Migration | None
+) -> dict[str, dict[str, MetadataValue]]:
+    """``stages_by_flag`` of the plans recorded in the flags' store (None: unread)
+    and of the served migration's plan: OFREP's migration metadata, from the
+    source ``FoundationProvider`` reads (``foundation.flags._plans``). The served
+    migration's plan counts all the same (its own, under its name: the plan this
+    server switches), so a store that could neither record it nor answer (Redis
+    down at start) does not lose its metadata."""
+    found: dict[str, MigrationPlan] = dict(plans or {})
     if migration is not None:
-        plans[migration.plan.name] = migration.plan
-    return stages_by_flag(plans), failed
-
-
-class _PlanRefresher:
-    """Re-reads the plans (as ``_plan_stages``) after the flags' Redis store is back
-    in sync (telemetry ``foundation.flags.in_sync``), on a worker thread of its
-    own: never the store's listener thread (the event only wakes the worker),
-    never a request. Events arriving during a read coalesce into one more read.
-    A read that fails keeps the metadata there is and logs one WARNING per
-    outage (the first failed read; a read that succeeds re-arms it). Only a
-    ``RedisFlagStore`` emits ``in_sync``: a ``SQLiteFlagStore`` (stale for good
-    once it is, never back in sync) or a memory store attach nothing here.
-    """
-
-    def __init__(
-        self,
-        flags: FeatureFlags,
-        migration: Migration | None,
-        swap: Callable[[dict[str, dict[str, MetadataValue]]], None],
-    ) -> None:
-        self._flags = flags
-        self._migration = migration
-        self._swap = swap
-        self._lock = threading.Lock()
-        self._ready = False  # the first read is done: the worker may swap after it
-        self._dirty = False  # an event came since the worker's last read began
-        self._closed = False
-        self._warned = False  # a WARNING was logged for the current outage
-        self._thread: threading.Thread | None = None
-        self._detach: Callable[[], None] | None = None
-
-    def attach(self) -> None:
-        """Listen to ``in_sync`` of the flags' store (before the first read: a sync
-        landing between that read and this attach would otherwise go unheard)."""
-        if isinstance(self._flags.store, RedisFlagStore):
-            self._detach = telemetry.attach("foundation.flags.in_sync", self._on_in_sync)
-
-    def ready(self, *, failed: bool) -> None:
-        """The first read is done (``failed``: it logged its WARNING); a sync told
-        meanwhile is read now."""
-        with self._lock:
-            self._ready = True
-            self._warned = failed
-            self._start_if_due()
-
-    def _on_in_sync(self, name: str, data: Mapping[str, Any]) -> None:
-        # On the store's listener thread: only flag the work and wake the worker.
-        # Race: another store object on the same namespace emits the same event:
-        # one read more, harmless.
-        store = self._flags.store
-        if not isinstance(store, RedisFlagStore) or data.get("namespace") != store.namespace:
-            return
-        with self._lock:
-            self._dirty = True
-            self._start_if_due()
-
-    def _start_if_due(self) -> None:
-        """Start the worker (under ``_lock``) unless it runs already: the running
-        one reads again for the events flagged meanwhile (coalesced)."""
-        if self._ready and self._dirty and not self._closed and self._thread is None:
-            thread = threading.Thread(target=self._run, name="foundation-admin-plans", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError as exc:
-                # The thread limit: on the store's listener thread this must not
-                # raise, nor leave an unstarted thread behind (it would block every
-                # later start and make close() join one never started). _dirty
-                # stays set: the next in_sync tries again.
-                log.warning("admin: migration plans not re-read (no worker thread): %s", exc)
-                return
-            self._thread = thread
-
-    def _run(self) -> None:
-        # Race: an event landing during a read sets _dirty again: this loop reads
-        # once more (never a second worker); one landing after the check below
-        # finds _thread cleared under the same lock and starts a new worker.
-        while True:
-            with self._lock:
-                if self._closed or not self._dirty:
-                    self._thread = None
-                    return
-                self._dirty = False
-            self._read_once()
-
-    def _read_once(self) -> None:
-        store = self._flags.store
-        try:
-            plans = dict(store.plans())
-        except Closed:  # the flags closed before the admin: nothing to read any more
-            return
-        except FoundationError as exc:  # BackendUnavailable: keep the metadata there is
-            with self._lock:
-                warn, self._warned = not self._warned, True
-            if warn:
-                log.warning("admin: migration plans not re-read from %r: %s", store, exc)
-            return
-        except Exception:  # never let the worker die on a bug
-            log.exception("admin: migration plans not re-read from %r", store)
-            return
-        if self._migration is not None:
-            plans[self._migration.plan.name] = self._migration.plan
-        stages = stages_by_flag(plans)
-        with self._lock:
-            self._warned = False
-            # Race: close() meanwhile: the closed app's metadata is left alone.
-            if not self._closed:
-                self._swap(stages)
-
-    def close(self) -> None:
-        """Detach and wait for a read under way, at most ``CLOSE_WAIT``. Idempotent."""
-        with self._lock:
-            self._closed = True
-            detach, self._detach = self._detach, None
-            thread = self._thread
-        if detach is not None:
-            detach()  # an event in flight past this sees _closed and starts nothing
-        if thread is not None and thread is not threading.current_thread():
-            # Bounded: a read on a frozen Redis may take more than one store
-            # timeout (a reconnection first; serve() closes on its event loop).
-            # A worker left running is a daemon that swaps nothing after close
-            # (see _read_once) and ends with the read.
-            thread.join(CLOSE_WAIT)
+        found[migration.plan.name] = migration.plan
+    return stages_by_flag(found)
 
 
 class AdminState:
@@ -279,7 +142,8 @@ class AdminState:
     ``plan_stages`` is ``stages_by_flag`` of the plans recorded in the flags'
     store when the state was built, and of the served migration's plan (OFREP's
     metadata, as ``FoundationProvider``'s), read again off the request path
-    each time a Redis store is back in sync (``_PlanRefresher``).
+    (``foundation.flags._plans.PlanRefresher``) after the flags change (at most
+    once per ``INTERVAL``) and each time a Redis store is back in sync.
 
     ``close()`` stops the status thread and the plan refresher, unsubscribes
     from the flags and the registry and ends every event stream; the objects themselves stay the
@@ -313,10 +177,16 @@ class AdminState:
         self.metrics = metrics
         self.hub = _Hub(dead_size)
         self._unsubscribe: list[Callable[[], None]] = []
-        self._refresher: _PlanRefresher | None = None
+        self._refresher: PlanRefresher | None = None
         if flags is not None:
-            self._refresher = _PlanRefresher(flags, migration, self._swap_plan_stages)
-            self._refresher.attach()  # before the read (see attach)
+            self._refresher = PlanRefresher(
+                flags.store,
+                functools.partial(self._plans_read, migration),
+                logger=log,
+                name="foundation-admin-plans",
+                prefix="admin: ",
+            )
+            self._refresher.attach()  # before the read: an in_sync meanwhile is heard
         try:
             self._read_and_subscribe(flags, migration, registry)
         except BaseException:  # closed flags, say: nothing left attached
@@ -336,15 +206,25 @@ class AdminState:
         migration: Migration | None,
         registry: RegistryLike | None,
     ) -> None:
-        self.plan_stages, failed = _plan_stages(flags, migration)
+        self.plan_stages: dict[str, dict[str, MetadataValue]] = {}
+        plans: dict[str, MigrationPlan] | None = {}
         if flags is not None:
+            # Subscribed before the read (never in a request: a frozen Redis holds
+            # it up to the store's timeout): a plan recorded and stepped between
+            # the two is read again once the refresher is ready.
             self._unsubscribe.append(flags.subscribe(self._on_flag))
+            plans = read_plans(flags.store, log, "admin: ")
+            self.plan_stages = _plan_stages(plans, migration)
         if registry is not None:
             since = time.time()
             self._unsubscribe.append(registry.subscribe(self._on_registry))
             self._take_recent_deaths(registry, since)
         if self._refresher is not None:
-            self._refresher.ready(failed=failed)
+            self._refresher.ready(failed=plans is None)
+
+    def _plans_read(self, migration: Migration | None, plans: dict[str, MigrationPlan]) -> None:
+        """A re-read's plans (``PlanRefresher``'s worker): swapped in whole."""
+        self._swap_plan_stages(_plan_stages(plans, migration))
 
     def _swap_plan_stages(self, stages: dict[str, dict[str, MetadataValue]]) -> None:
         # Race: a request reading plan_stages meanwhile (an event-loop thread)
@@ -368,6 +248,8 @@ class AdminState:
     def _on_flag(self, change: FlagChange) -> None:
         # A listener must not raise: it runs on the writer's or the store watcher's thread.
         try:
+            if self._refresher is not None:
+                self._refresher.changed()  # a plan may come with it: re-read, off this thread
             self.hub.publish("flag", _change_dict(change))
             if self.migration is not None and change.flag in self.migration.plan.flags:
                 # The stage is written in the same store transaction as these flags.
