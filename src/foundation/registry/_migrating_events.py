@@ -213,10 +213,10 @@ class _Mute:
 
 
 _MAX_KEPT: Final = 1_000
-"""The most deaths kept for a later report (``_unheard``) and ends noted
-(``_told_gone``): past it the oldest is dropped, so keys used once cannot keep
-dead agents without bound (a death dropped so may then be told twice, or
-not at all, as without this bookkeeping)."""
+"""The most deaths kept for a later report (``_withheld``, all keys together)
+and ends noted (``_told_gone``): past it the oldest is dropped, so keys used
+once cannot keep dead agents without bound (a death dropped so may then be
+told twice, or not at all, as without this bookkeeping)."""
 
 
 _Held = tuple[Any, Side, float]
@@ -272,8 +272,10 @@ class _EventRouting:
     # no registered event told.
     _told: dict[tuple[Hashable, Any], _Held]  # (agent, side, its registered_at)
     _told_gone: dict[tuple[Hashable, Any], Any]  # (at most _MAX_KEPT: _keep_bounded)
-    # (``_death_told``; at most _MAX_KEPT) per key: a withheld death, and its report
-    _unheard: dict[Hashable, tuple[_Held, RegistryEvent]]
+    # (``_death_told``; at most _MAX_KEPT) per registration: a withheld death,
+    # and its report; and per key, how many of them it has (``_death_withheld``)
+    _withheld: dict[tuple[Hashable, Any], tuple[_Held, RegistryEvent]]
+    _unheard: dict[Hashable, int]
     _told_since: float
     _told_lock: threading.Lock
 
@@ -302,6 +304,7 @@ class _EventRouting:
         self._tags = {}
         self._told = {}
         self._told_gone = {}
+        self._withheld = {}
         self._unheard = {}
         self._told_since = 0.0
         self._told_lock = threading.Lock()
@@ -406,14 +409,15 @@ class _EventRouting:
             if event.kind == "registered":
                 self._told[told] = (agent, side, entry.registered_at)
                 if side == _TARGET and entry.key in self._unheard:
-                    # The target answered the retake of a key whose death is
+                    # The target answered the retake of a key whose deaths are
                     # withheld: told now, before its new registration, as the
                     # target's own report was (the flag on again since the
                     # death: it was dropped, never told). Race: a retake
-                    # racing a flip on, before ``_tell_withheld`` ran.
+                    # racing a flip on, before ``_tell_withheld`` ran. Each of
+                    # them: several threads' copies of the key may be dead.
                     # (A per-thread legacy's registration may be another thread's
                     # copy: the dead one stays for its own store's report.)
-                    self._tell_unheard(self._unheard.pop(entry.key)[1])
+                    self._tell_unheard_of(entry.key)
             elif event.kind == "unregistered" and not self._end_told(told, agent, entry):
                 return
             self._out.append((event, None))
@@ -426,7 +430,7 @@ class _EventRouting:
             # A per-thread legacy's register (replace=True) over a dead copy
             # whose death is withheld tells its end ("replaced"): no longer
             # withheld (was kept: the flag on again later told it twice).
-            held = self._unheard_of(entry.key, agent)
+            held = self._unheard_of(told)
         if held is None and self._told_gone.pop(told, None) is not None:
             # Race: its death was told at a flip on (``_tell_withheld``) while
             # its dead copy was kept, or being retaken with the flag off, in
@@ -474,16 +478,15 @@ class _EventRouting:
         told = _registration(entry)
         held = self._told.pop(told, None)
         if held is None:
-            held = self._unheard_of(entry.key, agent)
+            held = self._unheard_of(told)
         if held is not None:
             if not (answering or self._reports(side, held[1])):
                 # Told by a per-thread legacy side, which answers: not told,
-                # as that store tells none; kept (the newest per key, so
-                # the copies of ended threads cost one slot per key) for
-                # that store's own report, if its dead copy is replaced, or
-                # until the target answers (``_tell_withheld``)
-                # (bounded: keys used once would each keep a dead agent).
-                _keep_bounded(self._unheard, entry.key, (held, event))
+                # as that store tells none; kept for that store's own
+                # report, if its dead copy is replaced, or until the target
+                # answers (``_tell_withheld``) (bounded: keys used once
+                # would each keep a dead agent).
+                self._withhold(told, held, event)
                 return False
             self._note_end(told, agent, held, entry)
             return True
@@ -491,15 +494,50 @@ class _EventRouting:
             return False
         return self._death_before_listeners(side, event, answering)
 
-    def _unheard_of(self, key: Hashable, agent: Any) -> _Held | None:
-        """The withheld death of ``key``, taken if it is ``agent``'s (``_told_lock`` held)."""
-        unheard = self._unheard.pop(key, None)
-        if unheard is None:
-            return None
-        if _identity(unheard[0][0]) != _identity(agent):
-            self._unheard[key] = unheard  # another registration's: left
-            return None
-        return unheard[0]
+    def _withhold(self, told: tuple[Hashable, Any], held: _Held, event: RegistryEvent) -> None:
+        """Keep the death of registration ``told`` (``event``: its report) for a
+        later report or the flag on (``_told_lock`` held); the oldest withheld
+        death dropped past ``_MAX_KEPT`` (then never told: a known limit)."""
+        # Race: kept per registration, not per key (was: the newest per key).
+        # Several threads each hold their own legacy copy of a key, and the
+        # shared target holds one at a time: one copy's death withheld, the
+        # key free in the target, another thread's copy taken there and
+        # dead too replaced the first death here, which was then never told
+        # (not at the flip on, not at its thread's retake of the key).
+        unheard = self._withheld
+        if told not in unheard:
+            if len(unheard) >= _MAX_KEPT:
+                self._unheard_of(next(iter(unheard)))
+            keys = self._unheard
+            keys[told[0]] = keys.get(told[0], 0) + 1
+        unheard[told] = (held, event)
+
+    def _take_unheard(self, told: tuple[Hashable, Any]) -> tuple[_Held, RegistryEvent] | None:
+        """Take the withheld death of registration ``told``, if any (``_told_lock`` held)."""
+        unheard = self._withheld.pop(told, None)
+        if unheard is not None:
+            keys = self._unheard
+            key = told[0]
+            left = keys[key] - 1
+            if left:
+                keys[key] = left
+            else:
+                del keys[key]
+        return unheard
+
+    def _unheard_of(self, told: tuple[Hashable, Any]) -> _Held | None:
+        """What the listeners were told of registration ``told``, whose death
+        was withheld: taken (``_told_lock`` held); None if none is."""
+        unheard = self._take_unheard(told)
+        return None if unheard is None else unheard[0]
+
+    def _tell_unheard_of(self, key: Hashable) -> None:
+        """Tell every withheld death of ``key`` (``_told_lock`` held)."""
+        # A scan of at most _MAX_KEPT, only while a death of ``key`` is withheld.
+        for told in [t for t in self._withheld if t[0] == key]:
+            unheard = self._take_unheard(told)
+            if unheard is not None:
+                self._tell_unheard(unheard[1])
 
     def _death_before_listeners(self, side: Side, event: RegistryEvent, answering: bool) -> bool:
         """``_death_told`` for a registration made before any listener: told
@@ -515,8 +553,7 @@ class _EventRouting:
                 # answering: withheld, as a told registration's (``_death_told``), for
                 # that store's own report when the thread retakes the key
                 # (was dropped: the catch-up then deleted the dead copy).
-                held = (agent, _LEGACY, entry.registered_at)
-                _keep_bounded(self._unheard, entry.key, (held, event))
+                self._withhold(told, (agent, _LEGACY, entry.registered_at), event)
             return False
         _keep_bounded(self._told_gone, told, agent)
         return True
@@ -538,12 +575,13 @@ class _EventRouting:
             # answers again, and they stay withheld for its reports. Reports
             # read the flag under this lock too (``_reports``): one made before
             # the flip was withheld before this runs; one made after is told.
-            # Race: so ``_unheard`` is read under it too (was an unlocked look
+            # Race: so ``_withheld`` is read under it too (was an unlocked look
             # first: a report that read the flag off just before the flip, and
             # kept its death just after that look, was never told).
-            if not self._on or not self._unheard:
+            if not self._on or not self._withheld:
                 return
-            unheard = list(self._unheard.values())
+            unheard = list(self._withheld.values())
+            self._withheld.clear()
             self._unheard.clear()
             for _, event in unheard:
                 self._tell_unheard(event)
@@ -551,7 +589,7 @@ class _EventRouting:
             self._delivery.hand_off()
 
     def _tell_unheard(self, event: RegistryEvent) -> None:
-        """Queue a withheld death (``_told_lock`` held), taken from ``_unheard``."""
+        """Queue a withheld death (``_told_lock`` held), taken from ``_withheld``."""
         entry = event.entry
         # Noted whatever its age (not as ``_note_end``): the per-thread legacy
         # store may still hold the dead copy, and its report at a retake (the
@@ -563,7 +601,12 @@ class _EventRouting:
     def _death_withheld(self, key: Hashable) -> bool:
         """Whether a death of a registration of ``key`` is withheld for the
         per-thread legacy store's own report (``_death_told``), the store
-        answering when its dead copy is taken."""
+        answering when its dead copy is taken.
+
+        Per key, not per registration: the catch-up that asks does not know
+        its dead copy's agent. So a thread's dead copy may be kept while
+        another thread's death of the key is withheld; its retake then tells
+        its own death only if it was not told yet (``_death_told``)."""
         return key in self._unheard  # (one dict lookup: no lock needed)
 
     def _note_end(
@@ -612,6 +655,7 @@ class _EventRouting:
         with self._told_lock:
             self._told.clear()
             self._told_gone.clear()
+            self._withheld.clear()
             self._unheard.clear()
             self._told_since = 0.0
 
@@ -619,9 +663,16 @@ class _EventRouting:
         # Deaths are applied to the records at the next write (rule 5); a
         # deque append is safe from any thread and takes no facade lock, so a
         # backend calling listeners under its own lock cannot deadlock with us.
-        if event.kind == "unregistered" and event.reason == "down":
-            self._dead.append((event.entry.key, event.entry.agent))
-        self._forward(_TARGET, event)
+        # Race: appended only once the death is forwarded (withheld, if so:
+        # ``_death_told``). Appended first, a write could drop its record, and
+        # the owning thread's catch-up its dead copy (silently: the death not
+        # yet withheld), before the withhold: its thread's retake of the key
+        # then told nothing (told only at the next flip on).
+        try:
+            self._forward(_TARGET, event)
+        finally:
+            if event.kind == "unregistered" and event.reason == "down":
+                self._dead.append((event.entry.key, event.entry.agent))
 
     def _on_legacy_event(self, event: RegistryEvent) -> None:
         self._forward(_LEGACY, event)

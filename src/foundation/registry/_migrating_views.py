@@ -267,7 +267,7 @@ class _LegacyViews(_EventRouting):
     def _drop_kept_dead(self, view: _View) -> None:
         """Drop the dead copies of ``view`` (a private one, in its own thread)
         left for a death no longer withheld (told, or dropped from the bounded
-        ``_unheard``): as a catch-up drops any other, oldest first. The rest
+        ``_withheld``): as a catch-up drops any other, oldest first. The rest
         are few: all of them (not only the oldest) are looked at once they
         pass ``_MAX_KEPT`` by a tenth, so ``kept_dead`` stays below that."""
         kept = view.kept_dead
