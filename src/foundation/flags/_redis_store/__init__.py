@@ -26,6 +26,7 @@ every key of one deployment lives in one slot and a transaction may touch them a
                                   ``nstates`` (``<version>:<count>``: the flag states
                                   that version's commit or restore left; a write
                                   finding fewer is refused, see ``_check_states_kept``),
+                                  ``nstages`` (the same, of the plans in the stages hash),
                                   ``unbased`` (JSON list: flags whose history base was
                                   lost with entries kept; their next commit writes a
                                   whole record, see ``_Trims._rebased``)

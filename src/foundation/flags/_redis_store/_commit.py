@@ -26,6 +26,7 @@ from foundation.flags._redis_store._shared import (
     _check_version,
     _other_history,
     _read_only_error,
+    _short_of,
     log,
 )
 from foundation.flags._redis_store._trim import _Trims
@@ -76,7 +77,7 @@ def _with_puts(states: dict[str, str], puts: dict[str, str | None]) -> dict[str,
     return states
 
 
-_WRITE_META = ("version", "epoch", "trimmed", "mtrimmed", "nstates", "unbased")
+_WRITE_META = ("version", "epoch", "trimmed", "mtrimmed", "nstates", "nstages", "unbased")
 """The fields of meta a write reads (see ``_check_states_kept``, ``_Trims._rebased``)."""
 
 
@@ -109,6 +110,25 @@ def _count_after(read: dict[str, str] | None, puts: dict[str, Any], held: int) -
         else:
             count += name not in read
     return count
+
+
+def _stages_after(read: dict[str, str] | None, puts: dict[str, int], held: int) -> int | None:
+    """How many plans the stages hash holds after a commit of stage ``puts`` on
+    ``read`` (its HGETALL under WATCH; ``held``: its HLEN, read in the same WATCH).
+    None: unknown (stages put without the hash read: ``migration_stage`` not asked
+    first; meta's ``nstages`` is then left as it was, of an older version: no check)."""
+    if not puts:
+        return held
+    if read is None:
+        return None
+    return len(read.keys() | puts.keys())
+
+
+def _counted(v: str, counts: tuple[int | None, int | None]) -> dict[str, str]:
+    """Meta's ``nstates`` and ``nstages`` of version ``v`` (see ``_check_states_kept``);
+    an unknown count (None) is not written: the field keeps an older version's tag."""
+    fields = zip(("nstates", "nstages"), counts, strict=True)
+    return {field: f"{v}:{count}" for field, count in fields if count is not None}
 
 
 class _Commits(_Trims):
@@ -418,7 +438,7 @@ class _Commits(_Trims):
             ("EXISTS", self._k_history),
             ("EXISTS", self._k_migrations),
         )
-        raw_version, epoch, trimmed, mtrimmed, counted, unbased = meta
+        raw_version, epoch, trimmed, mtrimmed, counted, staged, unbased = meta
         _check_version(raw_version, self._k_meta)
         held = self._cache.holdings()  # one local read: (version, epoch, counts...)
         if raw_version is None:
@@ -445,7 +465,7 @@ class _Commits(_Trims):
             # then run the write on what it restored. An eviction after this read
             # touches a watched key: EXEC fails, the next attempt reads it here.
             raise _Behind
-        self._check_states_kept(raw_version, counted, states)
+        self._check_states_kept(raw_version, (counted, states), (staged, stages))
         if run.unlanded:
             late = self._landed_late(run, int(raw_version or 0), epoch)
             if late is not None:
@@ -460,39 +480,52 @@ class _Commits(_Trims):
                 self._check_watch(pipe)
             return result, None
         pipe.multi()
-        count = _count_after(txn.read_states, txn.puts, states)
+        counts = (
+            _count_after(txn.read_states, txn.puts, states),
+            _stages_after(txn.read_stages, txn.stage_puts, stages),
+        )
         version = int(raw_version or 0) + 1
         return result, self._queue_writes(
-            pipe, txn, version, epoch, count=count, unbased=_flags_of(unbased)
+            pipe, txn, version, epoch, counts=counts, unbased=_flags_of(unbased)
         )
 
-    def _check_states_kept(self, raw_version: str | None, counted: str | None, held: int) -> None:
-        """``_StatesLost`` if the state hash holds fewer flag states (``held``) than the
-        commit of this version left (meta's ``nstates``: ``"<version>:<count>"``).
+    def _check_states_kept(
+        self,
+        raw_version: str | None,
+        states: tuple[str | None, int],
+        stages: tuple[str | None, int],
+    ) -> None:
+        """``_StatesLost`` if the state hash holds fewer flag states than the commit of
+        this version left, or the stages hash fewer plans: ``states`` and ``stages``
+        are (meta's ``nstates`` / ``nstages``: ``"<version>:<count>"``, the HLEN read).
 
         Race: Redis evicted (allkeys-* policy) or lost the state hash, meta kept,
         and this store has no copy of that version to compare with (a new
         process, ``cache_path=None``, a copy behind): committed on top, the write
         would move the version past the loss and the lost flags (a kill switch)
-        would read their defaults for good. Refused instead: a node with a copy
-        of this version restores it at its next check. A count of another
+        would read their defaults for good. Likewise the stages hash: a plan's
+        stage read 0 for good (its flags still on). Refused instead: a node with
+        a copy of this version restores it at its next check. A count of another
         version (an older library's commit, which leaves it as it was) or none
         (written before this check existed) is unknown: no check. Read in the
         write's WATCHed round trip: an eviction after it fails the EXEC.
         """
-        if counted is None or raw_version is None:
-            return
-        tagged, _, count = counted.partition(":")
-        if tagged != raw_version or not count.isdigit() or held >= int(count):
-            return
-        raise _StatesLost(
-            f"Redis at {self._url} lost flag states of version {raw_version} "
-            f"({self._k_state} holds {held} of the {count} its last commit left: evicted? "
-            f"set maxmemory-policy noeviction); nothing was written: a node with a copy of "
-            f"this version restores them at its next check (resync_interval). With no such "
-            f"copy left, `HDEL {self._k_meta} nstates` accepts the loss (the lost flags then "
-            f"read their defaults)"
-        )
+        for (counted, held), key, what, field, then in (
+            (states, self._k_state, "flag states", "nstates", "the lost flags then read "
+             "their defaults"),
+            (stages, self._k_stages, "migration stages", "nstages", "the plans lost then "
+             "read stage 0"),
+        ):  # fmt: skip
+            count = _short_of(counted, raw_version, held)
+            if count is None:
+                continue
+            raise _StatesLost(
+                f"Redis at {self._url} lost {what} of version {raw_version} "
+                f"({key} holds {held} of the {count} its last commit left: evicted? "
+                f"set maxmemory-policy noeviction); nothing was written: a node with a copy "
+                f"of this version restores them at its next check (resync_interval). With no "
+                f"such copy left, `HDEL {self._k_meta} {field}` accepts the loss ({then})"
+            )
 
     def _forked_at_copy_version(self, pipe: Any) -> bool:
         """Whether Redis, at the copy's version and epoch with fewer keys than the copy,
@@ -599,19 +632,18 @@ class _Commits(_Trims):
         version: int,
         epoch: str | None,
         *,
-        count: int | None = None,
+        counts: tuple[int | None, int | None] = (None, None),
         unbased: frozenset[str] = frozenset(),
     ) -> _Commit:
         """Queue the transaction's writes (after MULTI); return what EXEC will commit.
-        ``count``: the flag states the state hash holds after it (None: unknown);
+        ``counts``: the flag states and the plans the state and stages hashes hold
+        after it (None: unknown);
         ``unbased``: meta's flags whose history base was lost (see ``_Trims._rebased``)."""
         import uuid
 
         txn_id = uuid.uuid4().hex
         v = str(version)
-        meta: dict[str, str] = {"version": v}
-        if count is not None:
-            meta["nstates"] = f"{v}:{count}"  # see _check_states_kept
+        meta: dict[str, str] = {"version": v, **_counted(v, counts)}
         if epoch is None:
             meta["epoch"] = uuid.uuid4().hex
         commit = _Commit(version, meta.get("epoch", epoch), epoch, txn_id)

@@ -19,6 +19,7 @@ from foundation.flags._redis_store._shared import (
     _META,
     _check_version,
     _other_history,
+    _short_of,
     log,
 )
 from foundation.flags._store import FlagChange, FlagState, MigrationEvent
@@ -522,13 +523,14 @@ class _NodeCopy(_Health):
                 pipe.hgetall(self._k_hlast)  # moves with the base (see _trim)
             if new_mcut:
                 pipe.hgetall(self._k_mlast)  # moves with `mtrimmed` (see _TRIM_EVENTS)
-            pipe.hmget(self._k_meta, *_META, "nstates")  # (nstates: see _states_rebuilt)
+            # (nstates, nstages: see _states_rebuilt, _stages_rebuilt)
+            pipe.hmget(self._k_meta, *_META, "nstates", "nstages")
             replies = pipe.execute()
         states, stages, history, migrations = replies[:4]
         rest = iter(replies[4:])
         base, hlast = (next(rest), next(rest)) if new_cut else (None, None)
         mlast = next(rest) if new_mcut else None
-        *after, counted = next(rest)
+        *after, counted, staged = next(rest)
         if after != meta:
             return None
         history, migrations = _stream_entries(history), _stream_entries(migrations)
@@ -540,6 +542,7 @@ class _NodeCopy(_Health):
         version = int(meta[0] or 0)
         if since is not None:
             states = self._states_rebuilt(dict(states), counted, meta, history)
+            stage_map = self._stages_rebuilt(stage_map, staged, meta, migrations)
         return Snapshot(
             version,
             meta[1],
@@ -577,10 +580,8 @@ class _NodeCopy(_Health):
         it. Kept as read if the replay does not give that count (or fails).
         """
         cache = self._cache
-        if counted is None or meta[1] != cache.epoch:
-            return states
-        tagged, _, count = str(counted).partition(":")
-        if tagged != str(meta[0]) or not count.isdigit() or len(states) >= int(count):
+        count = _short_of(counted, meta[0], len(states))
+        if count is None or meta[1] != cache.epoch:
             return states
         try:
             replay = Replay({n: self._decode_state(s) for n, s in cache.states().items()})
@@ -589,7 +590,7 @@ class _NodeCopy(_Health):
         except (FlagError, ValueError, KeyError) as exc:  # (InvalidFlagValue: a ValueError)
             log.debug("flag store %r: lost states not rebuilt: %s", self.namespace, exc)
             return states
-        if len(replay.states) != int(count):
+        if len(replay.states) != count:
             return states
         log.warning(
             "flag store %r: Redis at %s holds %d of the %s flag states of version %s "
@@ -599,6 +600,43 @@ class _NodeCopy(_Health):
         )  # fmt: skip
         self._resync_wanted.set()
         return {n: state.to_json() for n, state in replay.states.items()}
+
+    def _stages_rebuilt(
+        self,
+        stages: dict[str, int],
+        counted: str | None,
+        meta: list[Any],
+        migrations: list[tuple[str, dict[str, str]]],
+    ) -> dict[str, int]:
+        """``stages`` (Redis' stages hash), or the copy's own stages with the steps of
+        ``migrations`` (the entries since the copy's) applied if Redis holds fewer
+        plans than meta's ``nstages`` says its version left: as ``_states_rebuilt``,
+        for the stages hash evicted between a commit and this refresh. Each event
+        records its step's target stage (``to_stage``, what ``put_migration`` set).
+        Kept as read if that does not give the count (or an event does not read).
+        """
+        cache = self._cache
+        count = _short_of(counted, meta[0], len(stages))
+        if count is None or meta[1] != cache.epoch:
+            return stages
+        rebuilt = cache.stages()
+        try:
+            for _id, fields in migrations:
+                event = MigrationEvent.from_json(fields["event"])
+                rebuilt[event.plan] = event.to_stage
+        except (FlagError, ValueError, KeyError) as exc:  # (InvalidFlagValue: a ValueError)
+            log.debug("flag store %r: lost stages not rebuilt: %s", self.namespace, exc)
+            return stages
+        if len(rebuilt) != count:
+            return stages
+        log.warning(
+            "flag store %r: Redis at %s holds %d of the %s migration stages of version %s "
+            "(%s evicted? set maxmemory-policy noeviction): the node copy keeps them, "
+            "rebuilt from its version %d, to restore them",
+            self.namespace, self._url, len(stages), count, meta[0], self._k_stages, cache.version,
+        )  # fmt: skip
+        self._resync_wanted.set()
+        return rebuilt
 
     def _queue_copy_reads(self, pipe: Any, since: tuple[str | None, str | None] | None) -> None:
         """The reads of a refresh: streams FROM the copy's last ids (inclusive) if ``since``."""

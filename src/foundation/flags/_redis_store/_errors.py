@@ -36,9 +36,9 @@ class _KeptInOrder(BackendUnavailable):
 
 
 class _StatesLost(BackendUnavailable):
-    """A write refused: Redis holds fewer flag states than the commit of its version
-    left (evicted), and this store has no copy of that version to restore them
-    from (see ``_check_states_kept``). Nothing was written."""
+    """A write refused: Redis holds fewer flag states (or migration stages) than the
+    commit of its version left (evicted), and this store has no copy of that
+    version to restore them from (see ``_check_states_kept``). Nothing was written."""
 
 
 class _Behind(Exception):

@@ -12,7 +12,8 @@ from __future__ import annotations
 # version), or a history or migrations stream gone while the copy holds entries;
 # not when a stream ends in an entry other than the copy's last (another history
 # up to this version, a fork: an eviction only removes keys; the refresh tells it).
-# Sets meta's ``nstates`` to the states it writes (see ``_check_states_kept``).
+# Sets meta's ``nstates`` / ``nstages`` to the states / stages it writes (see
+# ``_check_states_kept``).
 _RESTORE = """
 local data = cjson.decode(ARGV[1])
 local function count(t)
@@ -49,7 +50,8 @@ for name, state in pairs(data.base) do redis.call('HSET', KEYS[6], name, state) 
 for name, record in pairs(data.hlast) do redis.call('HSET', KEYS[7], name, record) end
 for plan, event in pairs(data.mlast) do redis.call('HSET', KEYS[8], plan, event) end
 redis.call('HSET', KEYS[1], 'version', data.version, 'epoch', data.epoch,
-           'restored', data.restored, 'nstates', data.version .. ':' .. count(data.states))
+           'restored', data.restored, 'nstates', data.version .. ':' .. count(data.states),
+           'nstages', data.version .. ':' .. count(data.stages))
 if data.trimmed ~= '' then
   redis.call('HSET', KEYS[1], 'trimmed', data.trimmed)
 else

@@ -43,6 +43,19 @@ def _check_version(raw: str | None, key: str) -> int:
     return int(raw)
 
 
+def _short_of(counted: object, version: object, held: int) -> int | None:
+    """The count of meta's ``nstates`` / ``nstages`` (``counted``: ``"<version>:<count>"``)
+    if it is tagged with ``version`` and exceeds ``held`` (what Redis holds): a loss.
+    None otherwise, and for a count of another version (an older library's commit,
+    which leaves it as it was) or none (written before it existed): unknown."""
+    if counted is None or version is None:
+        return None
+    tagged, _, count = str(counted).partition(":")
+    if tagged != str(version) or not (count.isascii() and count.isdigit()):
+        return None
+    return int(count) if held < int(count) else None
+
+
 def _other_history(redis_tails: tuple[Any, Any], copy_tails: tuple[str | None, str | None]) -> bool:
     """Whether Redis' history or migrations stream ends in an entry (``XREVRANGE ...
     COUNT 1`` replies) other than the copy's last one, at the copy's version and

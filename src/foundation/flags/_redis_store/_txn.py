@@ -72,6 +72,11 @@ class _RedisTransaction(_Staged):
         """The state hash as read under WATCH (None: not read)."""
         return self._states
 
+    @property
+    def read_stages(self) -> dict[str, str] | None:
+        """The stages hash as read under WATCH (None: not read)."""
+        return self._stages
+
     def get(self, name: str) -> FlagState | None:
         _check_name(name, "flag name")
         if name in self.puts:
