@@ -66,6 +66,9 @@ behaviour | what we do | difference ("=": none).
 - a supervisor killed (``exit(Sup, kill)``) | its task cancelled: it stops its
   children and ends failed; a parent restarts it by policy | the reason is a
   ``SupervisorError`` with ``reason == "killed"``
+- an unnamed supervisor (known by its pid, a new one per restart) | named
+  ``"supervisor-<id>"``; as a child, by its place: ``"<parent>/<child id>"`` |
+  stable over restarts (one set of log names and metric series)
 - crash, progress and supervisor reports | stdlib ``logging`` under
   ``foundation.supervision`` | =
 - (not in OTP) restart ``backoff=``, readiness handshake, threads and OS

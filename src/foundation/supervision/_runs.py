@@ -938,6 +938,11 @@ class SupervisorRun(Run):
         sup = start if isinstance(start, Supervisor) else start()  # type: ignore[operator]
         if not isinstance(sup, Supervisor):
             raise TypeError(f"child {self.spec.id!r}: factory returned {sup!r}, not a Supervisor")
+        if not sup._named and sup.state not in ("starting", "running", "stopping"):
+            # Its place in the tree, "<parent>/<child id>": a factory's fresh
+            # tree keeps one name over restarts (a unique default each time made
+            # new log names and metric series per restart, without end).
+            sup._name = self.name
         self.handle = sup
         self._starting = self.loop.create_task(sup.start(), name=f"start {self.name}")
         self._starting.add_done_callback(self._started)

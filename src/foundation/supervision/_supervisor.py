@@ -192,6 +192,16 @@ class Supervisor(_Supervising):
     ``ChildErrorReason``) and ``.child`` the id. ``which_child``,
     ``get_childspec`` and ``check_childspecs`` answer without changing anything.
 
+    Name: ``name=`` names it in logs, telemetry, metric labels, task and
+    thread names (never in a registry: ``register_as`` is the child's key).
+    Unnamed, it is ``"supervisor-<hex id>"`` (unique among live ones) on its
+    own, and when a parent starts it as a child (a ``kind="supervisor"`` spec,
+    an instance or a factory), its place in the tree ``"<parent name>/<child
+    id>"`` (``"app/workers/pool"``): the same for every restart, even of a
+    factory's fresh tree, so a crash loop keeps one set of metric series, and
+    distinct under two differently named parents. A given ``name`` is kept; an
+    instance keeps the path it last took (renamed when started under another).
+
     Reports: every event it handles is logged through ``logging`` (crash,
     progress and supervisor reports; see ``foundation.supervision._reports``).
 
@@ -244,6 +254,10 @@ class Supervisor(_Supervising):
         self._strategy: Strategy = strategy
         self._max_restarts = max_restarts
         self._max_seconds = float(max_seconds)
+        # Unnamed: unique while it runs on its own; run as a child, it takes its
+        # place in the tree as its name (SupervisorRun.launch), the same on every
+        # restart, so its logs, telemetry and metric labels stay one series.
+        self._named = name is not None
         self._name = name if name is not None else f"supervisor-{id(self):x}"
         self._registry = registry
         self._backoff = backoff
@@ -271,7 +285,8 @@ class Supervisor(_Supervising):
     # ------------------------------------------------------------------ properties
     @property
     def name(self) -> str:
-        """This supervisor's name (used in thread, task and event names)."""
+        """This supervisor's name (in logs, telemetry, metric labels, thread and
+        task names); unnamed and run as a child, ``"<parent name>/<child id>"``."""
         return self._name
 
     @property
