@@ -18,7 +18,23 @@ stdlib's (``concurrent.futures`` logs a failing done-callback and carries on):
    ``"Exception ignored in <where>"`` and ``object`` ``obj``. The default hook
    is not called: it would print the same traceback a second time, after the
    log record.
-3. **Never raise.** A failing logger (a raising filter) or hook is caught;
+3. **Repeats are counted, not logged again**: the first
+   :data:`REPEAT_BURST` (10) failures of a given ``(logger, where, obj,
+   exception type)`` within :data:`REPEAT_WINDOW` (60) seconds are logged in
+   full (the 10th says so); the repeats after them are counted, and the first
+   failure after the window logs one ERROR line (no traceback) with the count
+   and the latest error, then a new window (of counted repeats only) starts.
+   A count nothing follows is never logged: the 10 tracebacks said it all but
+   how often. ``obj`` is told by its code when it is a function or a bound
+   method, so a lambda made anew for each call is one culprit; else by its
+   ``repr``. At most 1,024 are tracked (the least recently windowed are
+   forgotten first); the lock is only taken on a failure. A listener
+   raising on every Redis round trip (hundreds a second) logs 10 tracebacks
+   and then one line per window, not one traceback per call. A failure after
+   a quiet window is news again: logged in full. An installed hook (rule 2)
+   still gets every failure, and a ``KeyboardInterrupt`` or ``SystemExit`` is
+   always logged in full.
+4. **Never raise.** A failing logger (a raising filter) or hook is caught;
    whatever could not be reported through them goes to the interpreter's
    default hook, which writes to stderr (CPython does the same when a hook
    fails), and nothing reaches the producer.
@@ -33,12 +49,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
+import time
+import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["report_unraisable"]
+__all__ = ["REPEAT_BURST", "REPEAT_WINDOW", "report_unraisable"]
 
 _Hook = Callable[[Any], object]
 _MAX_REPR = 200
@@ -191,6 +210,120 @@ def _report_broken_hook(name: str, hook: _Hook, where: str, hook_exc: BaseExcept
         _last_resort(hook_exc, "sys.unraisablehook", hook)
 
 
+REPEAT_WINDOW = 60.0
+"""Seconds during which repeats of a logged failure are only counted (rule 3)."""
+
+REPEAT_BURST = 10
+"""Failures of one culprit (and exception type) logged in full before repeats are counted."""
+
+_MAX_REPEAT_KEYS = 1024  # failures tracked at once; the oldest are forgotten past it
+# Re-entrant, as _type_lock: a collection run by an allocation below may finalize an
+# object whose finalizer reports through us on this thread.
+_repeats_lock = threading.RLock()
+_Key = tuple[str, str, str, type[BaseException]]  # (logger, where, culprit, exception type)
+# key -> [window start, full reports left in the window, repeats counted in it]
+_repeats: dict[_Key, list[float]] = {}
+
+
+def _reset_repeats() -> None:
+    """In a forked child: a fresh lock (the parent's may have been held) and no counts."""
+    global _repeats_lock
+    _repeats_lock = threading.RLock()
+    _repeats.clear()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_reset_repeats)
+
+
+def _culprit_key(obj: object, culprit: str) -> str:
+    """What names a culprit across calls: a function's code, so that a lambda or a
+    bound method made anew for each call (an ``on_down`` per monitor) is one
+    culprit, not one key per call; else its ``repr``."""
+    try:
+        code = getattr(getattr(obj, "__func__", obj), "__code__", None)
+    except Exception:  # a proxy whose referent is gone, a raising __getattr__
+        return culprit
+    if isinstance(code, types.CodeType):
+        return f"{code.co_filename}:{code.co_firstlineno}:{code.co_qualname}"
+    return culprit
+
+
+def _repeats_to_report(key: _Key) -> tuple[str, int]:
+    """How to log this failure: ``("full", 0)``, in full; ``("last", 0)``, in full, the
+    last before repeats are counted; ``("counted", 0)``, not at all; ``("summary", n)``:
+    the window is over, one line for the ``n`` failures since (this one included)."""
+    now = time.monotonic()
+    with _repeats_lock:
+        entry = _repeats.get(key)
+        if entry is not None and now - entry[0] < REPEAT_WINDOW:
+            if entry[1] > 0:
+                entry[1] -= 1
+                return ("full", 0) if entry[1] else ("last", 0)
+            entry[2] += 1
+            return "counted", 0
+        counted = 0 if entry is None else int(entry[2])
+        # Moved to the end (evicted last: the oldest go first), or a new key.
+        _repeats.pop(key, None)
+        if len(_repeats) >= _MAX_REPEAT_KEYS:
+            del _repeats[next(iter(_repeats))]  # bounded memory
+        # After a window with repeats: summaries only. After a quiet one: news again.
+        _repeats[key] = [now, 0, 0] if counted else [now, REPEAT_BURST - 1, 0]
+        return ("summary", counted + 1) if counted else ("full", 0)
+
+
+def _how_to_log(
+    name: str, exc: BaseException, where: str, obj: object, culprit: str
+) -> tuple[str, int]:
+    """Rule 3 for this failure (see :func:`_repeats_to_report`); in full when it
+    cannot tell (out of memory: never a reason to raise or to lose the report)."""
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: news each time
+        return "full", 0
+    try:
+        return _repeats_to_report((name, where, _culprit_key(obj, culprit), type(exc)))
+    except Exception:  # (a Ctrl-C landing here is the caller's: printed as a failed log)
+        return "full", 0
+
+
+def _burst_over() -> str:
+    """The note on the last traceback of a burst: the silence after it is counted."""
+    return (
+        f" (failure {REPEAT_BURST} within {REPEAT_WINDOW:g} s: repeats are counted, not"
+        f" logged, and their count is logged at the first failure after the {REPEAT_WINDOW:g} s)"
+    )
+
+
+def _log_report(name: str, exc: BaseException, where: str, obj: object) -> bool:
+    """Log ``exc`` per rule 3 (in full, counted, or summarised); False if logging raised."""
+    try:
+        culprit = _safe_repr(obj)
+        how, repeats = _how_to_log(name, exc, where, obj, culprit)
+        if how == "summary":
+            logging.getLogger(name).error(
+                "exception ignored in %s: %s: %d more time(s) since the last report, "
+                "latest %s (repeats are counted, not logged, for %g s)",
+                where,
+                culprit,
+                repeats,
+                _safe_repr(exc),
+                REPEAT_WINDOW,
+                stacklevel=3,
+            )
+        elif how != "counted":
+            logging.getLogger(name).error(
+                "exception ignored in %s: %s%s",
+                where,
+                culprit,
+                _burst_over() if how == "last" else "",
+                exc_info=exc,
+                stacklevel=3,
+            )
+    except BaseException as log_exc:  # a broken handler or filter: never the producer's problem
+        _last_resort(log_exc, f"logging an error of {where}", None)
+        return False
+    return True
+
+
 def report_unraisable(
     exc: BaseException, where: str, obj: object = None, *, area: str | None = None
 ) -> None:
@@ -220,14 +353,7 @@ def report_unraisable(
         ('UnraisableHookArgs', 'Exception ignored in an example listener', ValueError('boom'))
     """
     name = _logger_name(area)
-    try:
-        logging.getLogger(name).error(
-            "exception ignored in %s: %s", where, _safe_repr(obj), exc_info=exc, stacklevel=2
-        )
-        logged = True
-    except BaseException as log_exc:  # a broken handler or filter: never the producer's problem
-        logged = False
-        _last_resort(log_exc, f"logging an error of {where}", None)
+    logged = _log_report(name, exc, where, obj)
     hook = _installed_hook()
     if hook is None or hook is sys.__unraisablehook__:
         if not logged:

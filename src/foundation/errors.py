@@ -79,6 +79,21 @@ def bounded_repr(value: object) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def escape_controls(text: object) -> str:
+    """``str(text)`` with each unprintable character (newline, tab, other control and
+    format characters, a lone surrogate) escaped as ``repr`` writes it: for user
+    text (a reason, an actor) in a log message, which then stays one line and
+    cannot forge another. Printable text is returned unchanged.
+
+    >>> escape_controls("rollout"), escape_controls("a\\nERROR forged\\udcff")
+    ('rollout', 'a\\\\nERROR forged\\\\udcff')
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def bounded_list(problems: list[str]) -> str:
     """``problems`` joined by ``"; "`` in at most about 1,300 characters, however many
     there are: each is cut to 300 characters, and those past 1,000 are counted.

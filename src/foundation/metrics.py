@@ -62,6 +62,11 @@ its ``namespace`` label the file's absolute path: 1 once the file was deleted
 or replaced while in use (``stale``: every write refused until the store is
 reopened), else 0; the other two have none for it.
 
+A label value that is not valid Unicode (a lone surrogate: a file name that is
+not UTF-8, as ``os.fsdecode`` decodes it; a supervisor or child id) is written
+with ``\\udcff`` escapes in its place, in every read (``samples()``,
+``snapshot()``, ``value()``, the collector): one series never fails a scrape.
+
 Example:
     >>> from foundation.flags import FeatureFlags, Flag
     >>> metrics = Metrics()
@@ -494,7 +499,7 @@ class Metrics:
                 out[name] = [histograms[k] for k in sorted(histograms)]
             else:
                 out[name] = [
-                    Sample(dict(zip(family.labels, key, strict=True)), v)
+                    Sample(dict(zip(family.labels, map(_label_value, key), strict=True)), v)
                     for key, v in sorted(values[name].items())
                 ]
         return out
@@ -526,8 +531,9 @@ class Metrics:
         """
         if name not in _FAMILIES:
             raise KeyError(name)
+        wanted = {k: _label_value(v) for k, v in labels.items()}  # as samples() writes them
         for s in self.samples()[name]:
-            if dict(s.labels) == labels:
+            if dict(s.labels) == wanted:
                 return s.value
         return 0.0
 
@@ -800,6 +806,23 @@ def prometheus_collector(metrics: Metrics) -> Any:
                     yield h
 
     return FoundationCollector()
+
+
+def _label_value(value: object) -> str:
+    """``value`` as a label value that any exporter can encode: a string that is not
+    valid Unicode (a lone surrogate, as ``os.fsdecode`` makes of a non-UTF-8 file
+    name) gets ``\\udcff`` escapes in their place. Without this, one such value made
+    the whole Prometheus text exposition raise ``UnicodeEncodeError``.
+
+    >>> _label_value("flags.db"), _label_value("caf\\udce9.db")
+    ('flags.db', 'caf\\\\udce9.db')
+    """
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _le(bound: float) -> str:

@@ -19,6 +19,7 @@ from foundation.admin._state import AdminState, RegistryLike
 from foundation.errors import (
     BackendUnavailable,
     Closed,
+    FoundationError,
     MigrationError,
     NotRegistered,
     UnknownFlag,
@@ -69,7 +70,9 @@ def _error(exc: BaseException) -> JSONAnswer:
             status = 409
         elif isinstance(exc, BackendUnavailable | Closed):
             status = 503
-        elif isinstance(exc, ValueError | TypeError):  # Invalid* are ValueError/TypeError
+        elif isinstance(exc, FoundationError) and isinstance(exc, ValueError | TypeError):
+            # Invalid*: the request's fault. A bare ValueError (a UnicodeEncodeError while
+            # rendering, say) is the server's own: a logged 500, never a silent 422.
             status = 422
         else:
             status = 500

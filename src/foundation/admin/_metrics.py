@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from foundation.admin._status import LOCAL
 from foundation.errors import Closed, FoundationError
-from foundation.metrics import REGISTRY_STATES
+from foundation.metrics import REGISTRY_STATES, _label_value
 
 if TYPE_CHECKING:
     from foundation.admin._state import AdminState, RegistryLike
@@ -107,12 +107,17 @@ def _registry_families(registry: RegistryLike) -> list[GaugeMetricFamily]:
     from foundation.admin._json import _kind
 
     counts = collections.Counter((e.node, _kind(e.agent)) for e in entries)
+    # A node name that is not valid Unicode (a custom registry's) is escaped as
+    # foundation.metrics writes it: one such name must not fail the whole scrape.
+    labelled: collections.Counter[tuple[str, str]] = collections.Counter()
+    for (node, kind), n in counts.items():
+        labelled[_label_value(node), kind] += n
     g = GaugeMetricFamily(
         "foundation_admin_registry_entries",
         "live registry entries seen by the admin server",
         labels=["node", "kind"],
     )
-    for (node, kind), n in sorted(counts.items()):
+    for (node, kind), n in sorted(labelled.items()):
         g.add_metric([node, kind], float(n))
     return [g]
 

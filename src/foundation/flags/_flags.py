@@ -49,7 +49,14 @@ from typing import Any, Final, NoReturn, TypeVar
 from foundation import _fork, telemetry
 from foundation._fork import forked_closed
 from foundation._listeners import DeliveryQueue, Listeners
-from foundation.errors import BackendUnavailable, Closed, FlagError, InvalidFlagValue, UnknownFlag
+from foundation.errors import (
+    BackendUnavailable,
+    Closed,
+    FlagError,
+    InvalidFlagValue,
+    UnknownFlag,
+    escape_controls,
+)
 from foundation.flags._config import (
     Source,
     check_audit_text,
@@ -1195,8 +1202,9 @@ def _log_change(change: FlagChange) -> None:
     """One INFO record per flag change written by this process (not on the read path)."""
     if _log.isEnabledFor(logging.INFO):
         # "by ana (canary)"; no "by None (None)" for a change made without them.
-        who = f" by {change.by}" if change.by is not None else ""
-        why = f" ({change.reason})" if change.reason else ""
+        # Escaped: a newline in a reason (an admin body, --reason) must not forge a line.
+        who = f" by {escape_controls(change.by)}" if change.by is not None else ""
+        why = f" ({escape_controls(change.reason)})" if change.reason else ""
         _log.info(
             "flag %r changed%s%s: %s -> %s",
             change.flag,

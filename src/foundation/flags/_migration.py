@@ -29,6 +29,7 @@ from foundation.errors import (
     UnknownFlag,
     bounded_list,
     bounded_repr,
+    escape_controls,
 )
 from foundation.flags._config import nearest
 from foundation.flags._declared import Flag
@@ -798,8 +799,8 @@ class Migration:
                 event.action,
                 event.from_stage,
                 event.to_stage,
-                event.by,
-                event.reason,
+                escape_controls(event.by),  # user text: a newline must not forge a line
+                escape_controls(event.reason),
                 extra={
                     "plan": event.plan,
                     "action": event.action,

@@ -1,0 +1,188 @@
+"""One label value that is not valid Unicode never fails a whole scrape.
+
+A ``SQLiteFlagStore`` on a file whose name is not UTF-8 (``os.fsdecode`` turns
+the byte into a lone surrogate) is the ``namespace`` label of
+``foundation_flag_store_stale``; a supervisor or child id can hold one too.
+Such a value once made ``generate_latest()`` raise ``UnicodeEncodeError``: the
+app's own metrics in the same registry were lost, and the admin server answered
+``/metrics`` with a silent 422. It is now written with ``\\udcff`` escapes; a
+scrape that fails for a reason of our own is a logged 500, not the client's fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from foundation import (
+    ChildSpec,
+    Entry,
+    FeatureFlags,
+    Flag,
+    MemoryRegistry,
+    SQLiteFlagStore,
+    Supervisor,
+    spawn_thread,
+)
+from foundation.admin import AdminServer
+from foundation.metrics import Metrics, Sample, prometheus_collector
+
+
+@pytest.fixture
+def metrics() -> Iterator[Metrics]:
+    m = Metrics()
+    m.install()
+    yield m
+    m.uninstall()
+
+
+@pytest.fixture
+def latin1_store(tmp_path: Path) -> Iterator[SQLiteFlagStore]:
+    """A store on ``café.db`` written in Latin-1 (a byte that is not UTF-8)."""
+    path = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.db"))
+    assert "\udce9" in path
+    store = SQLiteFlagStore(path)
+    yield store
+    store.close()
+
+
+def test_an_app_registry_keeps_its_own_metrics_and_ours(
+    metrics: Metrics, latin1_store: SQLiteFlagStore
+) -> None:
+    registry = CollectorRegistry()
+    app_requests = Counter("app_requests", "the app's own counter", registry=registry)
+    app_requests.inc()
+    registry.register(prometheus_collector(metrics))
+    flags = FeatureFlags([Flag("f")], store=latin1_store)
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        flags.close()
+    assert "app_requests_total 1.0" in text
+    assert "caf\\\\udce9.db" in text  # the escape, itself escaped by the exposition format
+    stale = [line for line in text.splitlines() if line.startswith("foundation_flag_store_stale{")]
+    assert len(stale) == 1, stale
+    assert stale[0].endswith(" 0.0"), stale
+
+
+def test_snapshot_and_value_name_the_escaped_label(
+    metrics: Metrics, latin1_store: SQLiteFlagStore
+) -> None:
+    flags = FeatureFlags([Flag("f")], store=latin1_store)
+    try:
+        samples = metrics.samples()["foundation_flag_store_stale"]
+        namespaces = [s.labels["namespace"] for s in samples]
+        assert [n for n in namespaces if n.endswith("caf\\udce9.db")], namespaces
+        for n in namespaces:
+            n.encode("utf-8")  # every label value encodes
+    finally:
+        flags.close()
+
+
+@pytest.mark.parametrize(("name", "child_id"), [("s\udcff", "c"), ("s", "c\udcff")])
+def test_a_supervisor_or_child_name_with_a_lone_surrogate(
+    metrics: Metrics, name: str, child_id: str
+) -> None:
+    registry = CollectorRegistry()
+    registry.register(prometheus_collector(metrics))
+    crashed, stop = threading.Event(), threading.Event()
+
+    def child(ctx: Any) -> None:
+        ctx.ready()
+        if not crashed.is_set():
+            crashed.set()
+            raise RuntimeError("crash once")
+        stop.wait()
+
+    sup = Supervisor([ChildSpec(child_id, child, shutdown_timeout=30)], name=name)
+    with sup.run_in_thread():
+        try:
+            deadline = time.monotonic() + 30
+            while (
+                metrics.value(
+                    "foundation_supervisor_restarts_total", supervisor=name, child=child_id
+                )
+                < 1
+            ):
+                assert time.monotonic() < deadline, "no restart counted"
+                time.sleep(0.01)  # sleep-ok: polling with a deadline
+            text = generate_latest(registry).decode()
+        finally:
+            stop.set()
+    row = [r for r in text.splitlines() if r.startswith("foundation_supervisor_restarts_total{")]
+    assert len(row) == 1, row
+    assert "\\\\udcff" in row[0], row
+
+
+def _scrape(server: AdminServer) -> httpx.Response:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        return c.get("metrics")
+
+
+def test_the_admin_scrape_survives_a_non_utf8_file_name(
+    metrics: Metrics, latin1_store: SQLiteFlagStore
+) -> None:
+    flags = FeatureFlags([Flag("f")], store=latin1_store)
+    try:
+        with AdminServer(flags=flags, metrics=metrics, bind="127.0.0.1:0") as server:
+            r = _scrape(server)
+    finally:
+        flags.close()
+    assert r.status_code == 200, r.text
+    assert 'foundation_admin_flag_enabled{flag="f"}' in r.text
+    assert "caf\\\\udce9.db" in r.text
+
+
+class _BrokenMetrics(Metrics):
+    """A collection that fails for a reason of the server's own (not the request's)."""
+
+    def samples(self) -> dict[str, list[Sample]]:
+        raise ValueError("a defect while collecting")
+
+
+def test_a_scrape_failing_on_our_side_is_a_logged_500(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="foundation.admin")
+    flags = FeatureFlags([Flag("f")])
+    try:
+        with AdminServer(flags=flags, metrics=_BrokenMetrics(), bind="127.0.0.1:0") as server:
+            r = _scrape(server)
+    finally:
+        flags.close()
+    assert r.status_code == 500, (r.status_code, r.text)
+    logged = [rec for rec in caplog.records if rec.name == "foundation.admin"]
+    assert len(logged) == 1, [rec.getMessage() for rec in logged]
+    assert logged[0].exc_info
+    assert "/metrics" in logged[0].getMessage()
+
+
+class _OddNodes(MemoryRegistry):
+    """A registry whose entries name a node that is not valid Unicode (a custom one)."""
+
+    def list_all(self) -> list[Entry]:
+        return [dataclasses.replace(e, node="n\udcff") for e in super().list_all()]
+
+
+def test_an_admin_node_label_with_a_lone_surrogate() -> None:
+    registry, stop = _OddNodes(), threading.Event()
+    registry.register("worker", spawn_thread(stop.wait))
+    try:
+        with AdminServer(registry=registry, bind="127.0.0.1:0") as server:
+            r = _scrape(server)
+    finally:
+        stop.set()
+        registry.close()
+    assert r.status_code == 200, r.text
+    rows = [
+        row for row in r.text.splitlines() if row.startswith("foundation_admin_registry_entries")
+    ]
+    assert rows == ['foundation_admin_registry_entries{kind="thread",node="n\\\\udcff"} 1.0'], rows
