@@ -7,15 +7,61 @@ import errno
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, FlagError
 from foundation.flags._history import Replay
-from foundation.flags._node_cache import stream_key
+from foundation.flags._node_cache import Snapshot, stream_key
 from foundation.flags._redis_store._records import _Records
 from foundation.flags._redis_store._shared import _read_only_error, log
-from foundation.flags._store import FlagChange
+from foundation.flags._store import FlagChange, MigrationEvent
+
+_Entries = list[tuple[str, dict[str, str]]]
+_XREAD_COUNT = 256  # entries per stream in one XREAD reply (see _read_streams)
+
+
+class _Told(NamedTuple):
+    """An XREAD reply's entries (ids and fields as read) and the ids the listener
+    read them after: what ``_keep_told`` puts into the node copy."""
+
+    history_from: str
+    migrations_from: str
+    history: _Entries
+    migrations: _Entries
+
+
+def _entries(raw: Any) -> _Entries:
+    return [(str(i), dict(f)) for i, f in raw or []]
+
+
+def _v(fields: dict[str, str]) -> int:
+    """An entry's version (-1: none, not a number)."""
+    raw = fields.get("v", "")
+    return int(raw) if raw.isdigit() else -1
+
+
+def _after(entries: _Entries, start: str, last: str | None) -> _Entries | None:
+    """The entries after the copy's ``last`` one (None: the stream's start); None if
+    ``entries`` (read after ``start``) do not follow on from it."""
+    last = last or "0-0"
+    if last == start:
+        return entries
+    for n, (entry_id, _fields) in enumerate(entries):
+        if entry_id == last:
+            return entries[n + 1 :]
+    return None
+
+
+def _told_top(history: _Entries) -> int:
+    """The version of the last commit whose history entries ``history`` (one XREAD
+    reply's) hold in full: the reply may end mid-transaction (-1: none known)."""
+    if not history:
+        return -1
+    pos = _position(history[-1][1])
+    if pos is None:
+        return -1
+    return pos[0] if pos[2] + 1 >= pos[3] else pos[0] - 1
 
 
 def _position(fields: dict[str, str]) -> tuple[int, str, int, int] | None:
@@ -28,6 +74,10 @@ def _position(fields: dict[str, str]) -> tuple[int, str, int, int] | None:
 
 class _Listener(_Records):
     """Starts in sync (or from the copy) and follows the change stream on its thread."""
+
+    #: The version of the last commit an XREAD reply delivered since the last
+    #: resync (0: none): see ``_warn_if_told_back``.
+    _told_at = 0
 
     def _first_sync(self) -> None:
         """Connect and catch up, or start stale from the node copy if Redis is down."""
@@ -161,13 +211,20 @@ class _Listener(_Records):
             client = self._ensure_listen_client()
             return client.xread(
                 {self._k_history: self._last_id, self._k_migrations: self._last_mig_id},
-                count=256,
+                count=_XREAD_COUNT,
                 block=self._block_ms,
             )
 
     def _take_reply(self, reply: Any, pending: dict[str, list[tuple[str, FlagChange]]]) -> None:
         """Deliver the history entries of an XREAD reply, then refresh the copy
         (the plans too after migration events: see ``_keep_records``)."""
+        parts = {str(stream): entries for stream, entries in reply}
+        told = _Told(
+            self._last_id,
+            self._last_mig_id,
+            _entries(parts.get(self._k_history)),
+            _entries(parts.get(self._k_migrations)),
+        )
         events = False
         for stream, entries in reply:
             if stream == self._k_history and entries and self._may_have_skipped(entries[0][1]):
@@ -182,17 +239,93 @@ class _Listener(_Records):
             elif entries:
                 self._last_mig_id = str(entries[-1][0])
                 events = True
-        # Deliver first (propagation latency), copy second: the
-        # writer refreshed its own copy right after its commit, so a
-        # crash of Redis in between loses the change from no copy. A
-        # subscriber's reload (load_states) refreshes this copy itself
-        # before it answers with anything newer (see _read). Race: Redis lost
-        # before that reload: it answers the copy, older than what was just
-        # delivered; FeatureFlags keeps that news so its next reload does not
-        # tell it again (FeatureFlags._on_remote).
-        self._pull()
+        # Deliver first (propagation latency), copy second. A subscriber's
+        # reload (load_states) refreshes this copy itself before it answers
+        # with anything newer (see _read). Race: Redis lost before that reload:
+        # it answers the copy, older than what was just delivered; FeatureFlags
+        # keeps that news so its next reload does not tell it again
+        # (FeatureFlags._on_remote). Race: the master lost for good right after
+        # this reply (a failover whose old master never replicated the commit,
+        # Redis back from an older snapshot) with the writer gone too: no copy
+        # but this one may hold what its listeners were just told. So when this
+        # refresh fails, or finds Redis not past the reply, the copy keeps the
+        # reply's commits (_keep_told): the resync restores them from it
+        # (WARNING), where it found Redis "in sync" at the copy's older version
+        # and told the change taken back by nobody: a kill switch heard pulled,
+        # silently un-pulled (found in a Sentinel failover).
+        self._told_at = max(self._told_at, _told_top(told.history))
+        try:
+            self._pull()
+        except BackendUnavailable:
+            self._keep_told(told)
+            raise
+        self._keep_told(told)  # (a no-op when the copy caught up: the usual case)
         if events:
             self._keep_records((self._k_plan_flags, self._k_plans), "reading the migration plans")
+
+    def _keep_told(self, told: _Told) -> None:
+        """Put the commits of ``told`` (an XREAD reply, delivered) into the node copy
+        if it does not hold them: it keeps what this node's listeners heard.
+
+        From the reply alone, no round trip (Redis may be gone already): the
+        copy's states with the entries' changes replayed (each records its
+        runtime state, see ``_states_rebuilt``) and stages with each event's
+        ``to_stage``, as a commit's own mirror does (``_mirror_commit``). Only
+        when exact: the copy's last entries are where this reply follows on,
+        and the entries after them are whole commits, one per version from the
+        copy's on. Else (the copy is ahead: its writer's own refresh; a reply
+        ending mid-commit; an unreadable entry; the deployment's first commit,
+        whose epoch no entry carries) nothing is kept.
+        """
+        top = _told_top(told.history)
+        if top <= 0:
+            return
+        # An unusable copy (FlagError) raises nothing here: after a failed refresh
+        # its BackendUnavailable must reach the listener loop, not this error.
+        with self._copy_lock:
+            cache = self._cache
+            try:
+                held = cache.version
+                if held >= top:
+                    return  # the copy holds these commits (or later ones)
+                epoch, ids = cache.epoch, cache.last_ids()
+                if epoch is None:
+                    return
+                snap = self._told_snapshot(told, (held, epoch, ids), top)
+                # Race: another process sharing the copy's file refreshed it while
+                # this was read: not kept (its refresh is at least as new).
+                if snap is None or (cache.version, cache.last_ids()) != (held, ids):
+                    return
+                cache.apply(snap)  # (compare-and-set: never below a later version, same epoch)
+            except (FlagError, ValueError, KeyError) as exc:
+                log.debug("flag store %r: told commits not kept ahead: %s", self.namespace, exc)
+
+    def _told_snapshot(
+        self, told: _Told, copy: tuple[int, str, tuple[str | None, str | None]], top: int
+    ) -> Snapshot | None:
+        """The copy (its version, epoch and last entry ids) with the commits of
+        ``told`` up to version ``top`` applied, or None if that is not exact."""
+        held, epoch, ids = copy
+        history = _after(told.history, told.history_from, ids[0])
+        migrations = _after(told.migrations, told.migrations_from, ids[1])
+        if history is None or migrations is None:
+            return None
+        if len(told.migrations) >= _XREAD_COUNT and _v(told.migrations[-1][1]) <= top:
+            return None  # the reply may hold only part of the events up to `top`
+        history = [e for e in history if _v(e[1]) <= top]
+        migrations = [e for e in migrations if _v(e[1]) <= top]
+        versions = {_v(f) for _, f in history + migrations}
+        if versions != set(range(held + 1, top + 1)):
+            return None  # not whole commits following the copy's version
+        replay = Replay({n: self._decode_state(s) for n, s in self._cache.states().items()})
+        for _id, fields in history:
+            replay.feed_json(fields["change"])
+        stages = self._cache.stages()
+        for _id, fields in migrations:
+            event = MigrationEvent.from_json(fields["event"])
+            stages[event.plan] = event.to_stage
+        states = {n: state.to_json() for n, state in replay.states.items()}
+        return Snapshot(top, epoch, states, stages, history, migrations, full=False)
 
     def _may_have_skipped(self, first: dict[str, str]) -> bool:
         """Whether entries between the last one read and ``first`` (the next XREAD
@@ -232,6 +365,7 @@ class _Listener(_Records):
         self._synced.clear()
         client = self._ensure_clients()
         self._catch_up()
+        self._warn_if_told_back()
         self._check_memory_policy(client)
         read_only = self._check_role()
         # Redis answered: the replay below must not fail fast for a write that
@@ -271,6 +405,24 @@ class _Listener(_Records):
         # the provider reads the store's state, not the event's name.)
         if self._synced.is_set():
             self._event("in_sync", version=self._cache.version, read_only=self._read_only)
+
+    def _warn_if_told_back(self) -> None:
+        """WARNING if the resync's catch-up took a version older than listeners were
+        told: the commits after it are told taken back (the reload), and no copy
+        held them to restore (``_keep_told`` could not keep them: the deployment's
+        first commit, a reply not following on from the copy, a fork at an older
+        version). Not for a fork at the told version or past it (the version alone
+        cannot tell it)."""
+        told, self._told_at = self._told_at, 0
+        version = self._cache.version
+        if told > version:
+            log.warning(
+                "flag store %r: Redis at %s is at version %d, older than version %d this "
+                "node's listeners were told, and no node copy held the commits after it "
+                "(lost with a master, or Redis back from an older snapshot); their "
+                "changes are told taken back",
+                self.namespace, self._url, version, told,
+            )  # fmt: skip
 
     def _catch_up(self) -> None:
         """Restore Redis if it is older than the copy, then follow it from here on.
