@@ -64,8 +64,9 @@ reopened), else 0; the other two have none for it.
 
 A label value that is not valid Unicode (a lone surrogate: a file name that is
 not UTF-8, as ``os.fsdecode`` decodes it; a supervisor or child id) is written
-with ``\\udcff`` escapes in its place, in every read (``samples()``,
-``snapshot()``, ``value()``, the collector): one series never fails a scrape.
+with each lone surrogate as its backslash escape (``\\udcff`` for the byte
+0xff), in every read (``samples()``, ``snapshot()``, ``value()``, the
+collector): one series never fails a scrape.
 
 Example:
     >>> from foundation.flags import FeatureFlags, Flag
