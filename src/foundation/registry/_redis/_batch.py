@@ -232,6 +232,8 @@ def _apply_bulk_one(sh: Shared, p: Prepared, v: int, events: list[RegistryEvent]
     """``_finish_bulk`` for one item, registered at version ``v`` (holding mlock)."""
     p.own.pending = False  # (read only by writers, and we hold wlock)
     key = p.key
+    if sh.holds.held:
+        sh.holds.take(key)  # a held entry of a key Redis had free: see apply_ok
     if sh.own.get(key) is not p.own:
         p.died = died_meanwhile(sh, p)
         return
@@ -256,9 +258,13 @@ def _finish_bulk(sh: Shared, done: list[tuple[int, Prepared, int]]) -> None:
         m = sh.mirror
         own = sh.own
         versions, floor, put = m.versions, m.floor, m.put
+        # A held entry of a key Redis had free (see apply_ok): the write ends it.
+        holds = sh.holds if sh.holds.held else None
         for _, p, v in done:
             p.own.pending = False  # (read only by writers, and we hold wlock)
             key = p.key
+            if holds is not None:
+                holds.take(key)
             if own.get(key) is not p.own:
                 p.died = died_meanwhile(sh, p)
                 continue

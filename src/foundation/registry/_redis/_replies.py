@@ -69,6 +69,12 @@ def apply_ok(
     v, first = int(reply[1]), int(reply[2])
     held = sh.own.get(key) is p.own
     p.died = not held and died_meanwhile(sh, p)
+    if sh.holds.held:
+        # A held entry (see _holds: never shown, never told): Redis holds this
+        # write now, not it, whether the script dropped it (``first``) or found
+        # the key free (its delete on the stream, which the tail then skips as
+        # older than this write): its time being up must not show it.
+        sh.holds.take(key)
     if first:
         _apply_dropped(sh, key, first, reply, events)
     m = sh.mirror
@@ -159,6 +165,10 @@ def apply_unregister(sh: Shared, key: Hashable, v: int, own: Own | None) -> Own 
     m = sh.mirror
     old: Entry | None = None
     sh.note_own_write(v)  # (0, no record: nothing)
+    if v and sh.holds.held:
+        # A held entry (see _holds: never shown, never told) that this node
+        # deleted: Redis no longer has it, so its time being up must not show it.
+        sh.holds.take(key)
     if v and m.is_newer(key, v):
         sh.written = v
         old = m.remove(key, v)

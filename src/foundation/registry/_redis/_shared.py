@@ -39,7 +39,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from foundation import _redis_conn, telemetry
 from foundation._listeners import DeliveryQueue
@@ -50,6 +50,9 @@ from foundation.registry._redis._mirror import Mirror
 from foundation.registry._redis._state import Link
 from foundation.registry._types import Entry, Listener, RegistryEvent, UnregisterReason, new_entry
 from foundation.registry._validation import metadata_from_json
+
+if TYPE_CHECKING:  # _holds imports this module
+    from foundation.registry._redis._holds import Holds
 
 __all__ = [
     "TAIL_BLOCK_MS",
@@ -328,6 +331,10 @@ class Shared:
 
     #: ``close()`` ran to its end (``RedisRegistry.close``: a cut one did not).
     released = False
+
+    #: The tail's removed registrations and held entries (set by the tail; see
+    #: ``_holds``): this node's own unregister or replace of a held key drops it.
+    holds: Holds
 
     def __init__(
         self,

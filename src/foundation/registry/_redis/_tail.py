@@ -22,6 +22,7 @@ from foundation._retry import RetryBackoff
 from foundation.errors import FoundationError
 from foundation.liveness import Monitor
 from foundation.registry._redis._codec import decode_key
+from foundation.registry._redis._holds import Holds, deletes_kept
 from foundation.registry._redis._mirror import same_registration
 from foundation.registry._redis._scripts import SnapshotArgs
 from foundation.registry._redis._shared import (
@@ -70,6 +71,15 @@ class Tail:
         # Why the last batch stopped at a record, when not a version gap (the tail
         # thread's own).
         self._gap_why = ""
+        # The change record being applied: stream id, ``v`` field, writer (the
+        # tail thread's own, for Holds.note_delete).
+        self._rec: tuple[bytes, bytes, bytes] = (b"0-0", b"0", b"")
+        # Registrations of other nodes this node saw deleted, and the entries a
+        # resync holds back because the history of its snapshot lost their
+        # delete (guarded by mlock; see _holds). Two leases (of the tail reading:
+        # an outage does not count, see Holds.doubtful): a dead owner's entry is
+        # reaped within about a lease after the owner's last heartbeat.
+        self.holds = shared.holds = Holds(2 * shared.ttl)
         self.thread = threading.Thread(
             target=self._loop, name=f"foundation-redis-tail[{shared.node}]", daemon=True
         )
@@ -99,19 +109,51 @@ class Tail:
             return False  # the lease thread is recovering (or we are closing)
         with sh.mlock:
             gen, sid, wid = sh.gen, sh.sid, sh.wake_id
+            # Wake up for the next held entry that falls due (at least 1 ms:
+            # BLOCK 0 waits for ever).
+            block = max(1, int(self.holds.wait(TAIL_BLOCK_MS / 1000) * 1000))
         try:
             resp: Any = sh.call(
                 "reading the change stream",
                 sh.tail_client.xread,
                 {sh.k_log: sid, sh.k_wake: wid},
                 count=1000,
-                block=TAIL_BLOCK_MS,
+                block=block,
             )
         except FoundationError:
             # Reported to the link by call(): the lease thread recovers.
             return sh.stop.wait(backoff.next())
         backoff.reset()
-        return bool(resp and self._apply_batch(gen, resp) and sh.stop.wait(OWN_QUIET_S))
+        only_own = bool(resp and self._apply_batch(gen, resp))
+        # Race: read without mlock (a resync may set it meanwhile): one missed is
+        # seen after the next read, which blocks at most TAIL_BLOCK_MS.
+        if self.holds.held:
+            self._release_due(gen)
+        return only_own and sh.stop.wait(OWN_QUIET_S)
+
+    def _release_due(self, gen: int) -> None:
+        """Put the held entries whose time is up into the mirror, told
+        ``registered``: no record of their key came while they were held, so
+        Redis holds them and nobody removed them (see _holds)."""
+        sh = self._sh
+        events: list[RegistryEvent] = []
+        with sh.mlock:
+            if gen != sh.gen:
+                return  # a resync happened meanwhile: it decided what it holds
+            m = sh.mirror
+            for entry in self.holds.due():
+                if entry.key not in sh.entries:
+                    m.put(entry, m.versions.get(entry.key, m.floor))
+                    events.append(RegistryEvent("registered", entry))
+            sh.queue(events)
+        if events:
+            log.info(
+                "node %s: %d entr(ies) whose delete this node had heard and Redis lost "
+                "were neither deleted nor written again by their owners: shown again",
+                sh.node,
+                len(events),
+            )
+            sh.hand_off()
 
     # ------------------------------------------------------------------ applying records
 
@@ -196,6 +238,7 @@ class Tail:
             sh.sid = rid
             if fields[b"w"] != node_b:
                 only_own = False
+                self._rec = (rid, fields[b"v"], fields[b"w"])
                 for iv, f in expand_record(v, fields):
                     self._apply_record(iv, f, events, orphans, released)
         return False, only_own
@@ -245,6 +288,13 @@ class Tail:
         key = decode_key(ek)
         if not m.is_newer(key, v):
             return  # already applied (our own write, or covered by a snapshot)
+        held = self.holds.take(key) if self.holds.held else None
+        if held is not None and op == b"u":
+            # A held entry (see _holds) its owner updates: alive, so shown and
+            # told again; the update follows. (A registration record tells it
+            # itself; a delete, the owner's or a reap's, drops it silently.)
+            m.put(held, v)
+            events.append(RegistryEvent("registered", held))
         if op == b"r":
             self._apply_register(key, ek, v, f, events, orphans=orphans)
         elif op == b"u":
@@ -325,6 +375,9 @@ class Tail:
             # Unregistered or replaced by someone else: stop watching it.
             self._stop_watching(key, own, released)
         if old is not None:
+            if old.node != sh.node:
+                # A failover can lose this delete after we heard it: remember it.
+                self.holds.note_delete(old, f[b"k"], *self._rec)
             events.append(sh.removed_event(old, why, dr, f[b"dc"].decode(), f[b"ds"].decode()))
 
     def _deletes_other_than(self, own: Own, owner: str, f: dict[bytes, bytes]) -> bool:
@@ -368,8 +421,33 @@ class Tail:
         orphans: list[tuple[Hashable, str, str]] = []
         events: list[RegistryEvent] = []
         with sh.mlock:
+            doubtful = self.holds.doubtful(heads, sh.entries, self._read_head)
+        # Does the snapshot's history hold the deletes of the registrations it
+        # brings back? (A round trip only then, so outside mlock: the tail and
+        # the monitors go on; the rest is decided on the mirror as it is below.)
+        # Race: a tail batch read before the fault may still be applied between
+        # the two locked parts (the generation moves only below); a delete it
+        # brings was not checked, so its registration is told as before, never
+        # held unchecked. A record trimmed (below the stream's first one) counts
+        # as kept: told at once, never hidden by ordinary trimming; one trimmed
+        # between the pipeline's reads (not atomic) reads as lost: held, at most
+        # two leases.
+        kept = (
+            sh.call(
+                "checking the change stream",
+                deletes_kept,
+                sh.client.pipeline(transaction=False),
+                sh.k_log,
+                doubtful,
+            )
+            if doubtful
+            else set()
+        )
+        with sh.mlock:
             fresh = self._snapshot_entries(heads, meta_by, orphans)
             m = sh.mirror
+            if doubtful or self.holds.held:
+                self.holds.hold(fresh, sh.entries, doubtful, kept)
             missing_own = self._drop_missing(fresh, ver, events)
             self._put_fresh(fresh, ver, events)
             m.rebase(ver)
@@ -382,6 +460,10 @@ class Tail:
             sh.link.lease_lost("Redis lacks live registrations of ours")
         for orphan in orphans:
             sh.jobs.put(("orphan", orphan))
+
+    def _read_head(self, key: Hashable, ek: str, head: str) -> Entry | None:
+        """The entry of a snapshot's head (holding mlock), metadata aside."""
+        return self._sh.entry_from_head(key, ek, head, b"{}", [])
 
     def _snapshot_entries(
         self,

@@ -168,6 +168,11 @@ def _put_updated(
     m = sh.mirror
     if not m.is_newer(key, v):
         return
+    if sh.holds.held:
+        # A held entry (see _holds) this node updated: Redis has it, shown now
+        # (told ``registered``); its hold ends here, or the tail, on a later
+        # update record of the key, told it ``registered`` a second time.
+        sh.holds.take(key)
     known = key in sh.entries
     new = _updated_entry(sh, key, ek, reply, frozen=frozen, meta=meta)
     if new is None:
