@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,60 +22,17 @@ import pytest
 from foundation.admin import AdminServer
 from foundation.flags import (
     FeatureFlags,
-    Flag,
-    FlagStore,
     MemoryFlagStore,
     Migration,
     MigrationPlan,
     RedisFlagStore,
-    SQLiteFlagStore,
-    Stage,
 )
+from tests import _plans_follow
+from tests._plans_follow import DECLARED, PLAN, WANT, StoreMaker
+from tests._plans_follow import wait_for as _wait_for
 from tests.redis_support import RedisServer
 
-DECLARED = [Flag("f_a", description="in plan a"), Flag("plain")]
-PLAN = MigrationPlan([Stage(1, "sa", ["f_a"])], name="a")
-WANT = {
-    "description": "in plan a",
-    "migration_plan": "a",
-    "migration_stage": 1,
-    "migration_stage_name": "sa",
-}
-WAIT = 30.0
-
-StoreMaker = Callable[[], FlagStore]
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def make_store(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
-) -> Iterator[StoreMaker]:
-    """Opens store objects on one backend (the memory store: one object, shared)."""
-    made: list[FlagStore] = []
-    memory = MemoryFlagStore()
-    namespace = f"follows-{uuid.uuid4().hex[:8]}"
-
-    def make() -> FlagStore:
-        if request.param == "memory":
-            return memory
-        if request.param == "sqlite":
-            store: FlagStore = SQLiteFlagStore(tmp_path / "flags.db")
-        else:
-            store = RedisFlagStore(redis_server.url, namespace=namespace)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-    memory.close()
-
-
-def _wait_for(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)  # sleep-ok: polling an HTTP answer with a deadline
+make_store = _plans_follow.make_store  # the fixture: store objects on each backend
 
 
 @contextmanager

@@ -98,6 +98,20 @@ def _kill_tail_connection(server: RedisServer, node: str) -> None:
             server.command("CLIENT", "KILL", "ID", fields["id"])
 
 
+def _wait_resync(b: Any, resyncs: int) -> None:
+    """Wait until ``b`` resynchronised (more than ``resyncs``) and is connected."""
+    assert wait_until(
+        lambda: b.status().resyncs > resyncs and b.status().state == "connected", timeout=15
+    ), b.status()
+
+
+def _flush(b: Any, heard: _Heard, agents: Any) -> None:
+    """Register a marker on ``b`` and wait until its listeners heard it: every
+    event before it was told."""
+    b.register("marker", agents())
+    assert heard.marked.wait(10)
+
+
 def test_a_registration_written_back_in_the_same_history_is_told_at_once(
     fresh_redis: RedisServer, make_registry: MakeRegistry, agents: Any
 ) -> None:
@@ -125,13 +139,9 @@ def test_a_registration_written_back_in_the_same_history_is_told_at_once(
         _kill_tail_connection(fresh_redis, b.node)
         resyncs = b.status().resyncs
         hold.release.set()
-        assert wait_until(
-            lambda: b.status().resyncs > resyncs and b.status().state == "connected",
-            timeout=15,
-        ), b.status()
+        _wait_resync(b, resyncs)
         assert b.lookup("a0") is not None
-        b.register("marker", agents())
-        assert heard.marked.wait(10)
+        _flush(b, heard, agents)
         assert heard.of("a0") == [
             ("registered", None),
             ("unregistered", "down"),
@@ -171,13 +181,9 @@ def test_a_written_back_registration_whose_delete_was_trimmed_is_told_at_once(
             c.register(("x", i), agents())
         resyncs = b.status().resyncs
         hold.release.set()  # B meets the gap and resynchronises
-        assert wait_until(
-            lambda: b.status().resyncs > resyncs and b.status().state == "connected",
-            timeout=15,
-        ), b.status()
+        _wait_resync(b, resyncs)
         assert b.lookup("a0") is not None
-        b.register("marker", agents())
-        assert heard.marked.wait(10)
+        _flush(b, heard, agents)
         assert heard.of("a0") == [
             ("registered", None),
             ("unregistered", "down"),
@@ -202,29 +208,11 @@ def test_a_held_entry_is_shown_once_its_owner_updates_it_or_its_time_is_up(
     b = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.5)
     heard = _Heard()
     b.subscribe(heard)
-    a.register("a0", agents(), {"x": 1})
-    assert b.wait_for_version(a.status().written)
-    head = fresh_redis.command("HGET", f"{{{ns}}}:head", '"a0"')
-    v = fresh_redis.command("INCR", f"{{{ns}}}:ver")
-    rid = fresh_redis.command(
-        *("XADD", f"{{{ns}}}:log", "*", "v", v, "w", a.node, "op", "d", "k", '"a0"'),
-        *("n", a.node, "why", "unregistered", "dr", "", "dc", "", "ds", "", "h", head),
-    )
-    assert b.wait_for_version(v)
-    assert a.wait_for_version(v)  # read by A too: no version gap for A to recover from
-    assert b.lookup("a0") is None  # B heard it unregistered
-    fresh_redis.command("XDEL", f"{{{ns}}}:log", rid)  # a history without that delete
-    resyncs = b.status().resyncs
-    _kill_tail_connection(fresh_redis, b.node)
-    assert wait_until(
-        lambda: b.status().resyncs > resyncs and b.status().state == "connected", timeout=15
-    ), b.status()
-    assert b.lookup("a0") is None  # held: Redis has it, its delete is unknown here
+    _hold_a0(fresh_redis, ns, a, b, agents, keep=None)  # due after two leases
     if then == "update":
         a.update_metadata("a0", {"x": 2})
     assert wait_until(lambda: b.lookup("a0") is not None, timeout=15)
-    b.register("marker", agents())
-    assert heard.marked.wait(10)
+    _flush(b, heard, agents)
     told = [("registered", None), ("unregistered", "unregistered"), ("registered", None)]
     if then == "update":
         told.append(("updated", None))
@@ -247,24 +235,7 @@ def test_a_held_entry_this_node_removes_is_never_shown(
     b = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.0)
     heard = _Heard()
     b.subscribe(heard)
-    a.register("a0", agents(), {"x": 1})
-    assert b.wait_for_version(a.status().written)
-    head = fresh_redis.command("HGET", f"{{{ns}}}:head", '"a0"')
-    v = fresh_redis.command("INCR", f"{{{ns}}}:ver")
-    rid = fresh_redis.command(
-        *("XADD", f"{{{ns}}}:log", "*", "v", v, "w", a.node, "op", "d", "k", '"a0"'),
-        *("n", a.node, "why", "unregistered", "dr", "", "dc", "", "ds", "", "h", head),
-    )
-    assert b.wait_for_version(v)
-    assert a.wait_for_version(v)  # read by A too: no version gap for A to recover from
-    fresh_redis.command("XDEL", f"{{{ns}}}:log", rid)  # a history without that delete
-    resyncs = b.status().resyncs
-    _kill_tail_connection(fresh_redis, b.node)
-    assert wait_until(
-        lambda: b.status().resyncs > resyncs and b.status().state == "connected", timeout=15
-    ), b.status()
-    assert b.lookup("a0") is None  # held
-    assert "a0" in b._tail.holds.held
+    _hold_a0(fresh_redis, ns, a, b, agents, keep=None)  # due after two leases
     mine = agents()
     if write == "unregister":
         assert b.unregister("a0") is True  # Redis had it
@@ -274,17 +245,20 @@ def test_a_held_entry_this_node_removes_is_never_shown(
     # Past the hold's two leases (2 s) and more: the entry never comes back.
     shown = wait_until(lambda: (e := b.lookup("a0")) is not None and e.agent is not mine, timeout=5)
     assert not shown, b.lookup("a0")
-    b.register("marker", agents())
-    assert heard.marked.wait(10)
+    _flush(b, heard, agents)
     told = [("registered", None), ("unregistered", "unregistered")]
     if write == "replace":
         told.append(("registered", None))
     assert heard.of("a0") == told
 
 
-def _hold_a0(server: RedisServer, ns: str, a: Any, b: Any, agents: Any) -> None:
-    """Make ``b`` hold ``a``'s entry ``a0`` (its delete heard, then lost from the
-    stream), as above, until the test makes its time up."""
+def _hold_a0(
+    server: RedisServer, ns: str, a: Any, b: Any, agents: Any, *, keep: float | None = 120.0
+) -> None:
+    """Make ``b`` hold ``a``'s entry ``a0``: a delete record written by hand, heard
+    (B: unregistered), then deleted from the stream, so B's next snapshot's history
+    lacks it. ``keep``: the hold's seconds (120: never due by itself while the test
+    runs, until the test makes its time up; None: the registry's two leases)."""
     a.register("a0", agents(), {"x": 1})
     assert b.wait_for_version(a.status().written)
     head = server.command("HGET", f"{{{ns}}}:head", '"a0"')
@@ -296,13 +270,13 @@ def _hold_a0(server: RedisServer, ns: str, a: Any, b: Any, agents: Any) -> None:
     # Both read it first (A's tail, missing it, met a version gap and recovered).
     assert b.wait_for_version(v)
     assert a.wait_for_version(v)
+    assert b.lookup("a0") is None  # B heard it unregistered
     server.command("XDEL", f"{{{ns}}}:log", rid)  # a history without that delete
-    b._tail.holds.keep = 120.0  # never due by itself while the test runs
+    if keep is not None:
+        b._tail.holds.keep = keep
     resyncs = b.status().resyncs
     _kill_tail_connection(server, b.node)
-    assert wait_until(
-        lambda: b.status().resyncs > resyncs and b.status().state == "connected", timeout=15
-    ), b.status()
+    _wait_resync(b, resyncs)
     assert b.lookup("a0") is None  # held
     assert "a0" in b._tail.holds.held
 
@@ -346,8 +320,7 @@ def test_a_held_entry_whose_key_this_node_registers_anew_is_never_shown(
     a.register("poke2", agents())  # read after that release
     assert wait_until(lambda: b.lookup("poke2") is not None)
     assert b.lookup("a0") is None
-    b.register("marker", agents())
-    assert heard.marked.wait(10)
+    _flush(b, heard, agents)
     assert heard.of("a0") == [
         ("registered", None),
         ("unregistered", "unregistered"),
@@ -374,8 +347,7 @@ def test_a_held_entry_this_node_updates_is_told_registered_once(
     assert dict(shown.metadata) == {"x": 2}
     a.update_metadata("a0", {"x": 3})
     assert b.wait_for_version(a.status().written)
-    b.register("marker", agents())
-    assert heard.marked.wait(10)
+    _flush(b, heard, agents)
     assert heard.of("a0") == [
         ("registered", None),
         ("unregistered", "unregistered"),
