@@ -62,6 +62,18 @@ its ``namespace`` label the file's absolute path: 1 once the file was deleted
 or replaced while in use (``stale``: every write refused until the store is
 reopened), else 0; the other two have none for it.
 
+The supervisor families are labelled by a place in the supervision tree, not
+by a child instance, so their series are bounded by the tree's shape however
+many children a service starts: a child a ``DynamicSupervisor`` made from its
+template (``"conn-17"``, with or without ``id=``) counts under the template's id
+(``child="conn"``), and a supervisor nested under such a child under its path
+with that id (``supervisor="app/pool/conn"``, while its name, in logs and
+events, is ``"app/pool/conn-17"``). A child given as a whole ``ChildSpec`` (a
+static one, ``start_child(spec)``, a ``DynamicSupervisor`` without template)
+counts under its own id: keep such ids to a fixed set. The supervisor events
+carry both (``child`` and ``supervisor`` the names; ``template`` and
+``supervisor_label`` the labels, see ``foundation.telemetry``).
+
 A label value that is not valid Unicode (a lone surrogate: a file name that is
 not UTF-8, as ``os.fsdecode`` decodes it; a supervisor or child id) is written
 with each lone surrogate as its backslash escape (``\\udcff`` for the byte
@@ -566,16 +578,17 @@ class Metrics:
         self._add("foundation_registry_divergences_total", ())
 
     def _on_restart(self, _name: str, data: Mapping[str, Any]) -> None:
-        key = (str(data.get("supervisor")), str(data.get("child")))
+        key = (_supervisor_label(data), _child_label(data))
         self._add("foundation_supervisor_restarts_total", key)
 
     def _on_exit(self, _name: str, data: Mapping[str, Any]) -> None:
-        key = (str(data.get("supervisor")), str(data.get("reason")))
+        key = (_supervisor_label(data), str(data.get("reason")))
         self._add("foundation_supervisor_child_exits_total", key)
 
     def _on_degraded(self, name: str, data: Mapping[str, Any]) -> None:
-        supervisor = str(data.get("supervisor"))
-        child = data.get("child")
+        supervisor = _supervisor_label(data)
+        # Counted by name: two nested supervisors made from one template share a label.
+        child = (data.get("supervisor"), data.get("child"))
         with self._lock:
             children = self._degraded.setdefault(supervisor, set())
             if name.endswith("degraded"):
@@ -609,6 +622,20 @@ class Metrics:
     def __repr__(self) -> str:
         state = "installed" if self._installed else "not installed"
         return f"<Metrics {state}, {len(self._registries)} registries watched>"
+
+
+def _supervisor_label(data: Mapping[str, Any]) -> str:
+    """A supervisor event's ``supervisor`` label: its ``supervisor_label`` (the name,
+    with a dynamic child's template id in place of its instance id), else its name."""
+    label = data.get("supervisor_label")
+    return str(data.get("supervisor") if label is None else label)
+
+
+def _child_label(data: Mapping[str, Any]) -> str:
+    """A supervisor event's ``child`` label: its ``template`` (the id of the
+    DynamicSupervisor template it was made from), else its ``child`` id."""
+    template = data.get("template")
+    return str(data.get("child") if template is None else template)
 
 
 # ---------------------------------------------------------------- Prometheus

@@ -35,8 +35,9 @@ name                                             kind       unit              at
 ===============================================  =========  ================  ===================
 
 These are the families of :mod:`foundation.metrics` under OpenTelemetry
-names, with the same numbers. ``foundation.redis.round_trip`` advises the
-buckets of ``foundation_redis_round_trip_seconds``
+names, with the same numbers and attributes (a ``DynamicSupervisor``'s
+template children count under the template's id: see there).
+``foundation.redis.round_trip`` advises the buckets of ``foundation_redis_round_trip_seconds``
 (:data:`~foundation.metrics.REDIS_ROUND_TRIP_BUCKETS`, 0.5 ms to 5 s; an
 advisory of ``opentelemetry-api`` 1.30+, which a View overrides). One collection reads the
 :class:`~foundation.metrics.Metrics` once: every instrument of an export

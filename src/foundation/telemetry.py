@@ -31,7 +31,12 @@ Event names used by Foundation:
 ``supervisor.child_restarted``, ``supervisor.intensity_exceeded``,
 ``foundation.supervision.registration_degraded``,
 ``foundation.supervision.registration_restored``,
-``foundation.supervision.registration_abandoned`` (degraded mode), and the
+``foundation.supervision.registration_abandoned`` (degraded mode; each
+supervisor event carries ``supervisor`` and ``child``, the names as in logs,
+and ``template`` and ``supervisor_label``, what ``foundation.metrics`` labels
+by: the id of the ``DynamicSupervisor`` template the child was made from, else
+None, and the supervisor's name with such a child's id in its path replaced by
+the template's), and the
 flag store's outage events ``foundation.flags.stale``,
 ``foundation.flags.started_from_cache``, ``foundation.flags.restored``,
 ``foundation.flags.pending_recorded``, ``foundation.flags.pending_committed``,

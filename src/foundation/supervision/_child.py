@@ -56,11 +56,15 @@ class _Child:
         "run",
         "spec",
         "status",
+        "template",
         "write",
     )
 
-    def __init__(self, spec: ChildSpec) -> None:
+    def __init__(self, spec: ChildSpec, template: str | None = None) -> None:
         self.spec = spec
+        # The id of the DynamicSupervisor template it was made from (None: not
+        # from one): its metric label, bounded where instance ids are not.
+        self.template = template
         self.run: Run | None = None
         self.status: _RunStatus = "stopped"
         self.restarts = 0  # restarts since the supervisor started
@@ -71,6 +75,11 @@ class _Child:
         self.write: asyncio.Task[None] | None = None  # this child's last registry write
         self.owned: tuple[Any, ...] = ()  # agents of its latest registration attempts (<= 3)
         self.abandoned: Any = None  # the handle of its last run, abandoned (until it starts)
+
+
+def child_label(child: _Child) -> str:
+    """``child``'s metric label: its template's id if it was made from one, else its id."""
+    return child.template if child.template is not None else child.spec.id
 
 
 def child_info(child: _Child) -> ChildInfo:

@@ -32,6 +32,11 @@ class DynamicSupervisor(Supervisor):
     and so does an exit that is not restarted (a transient child's normal
     exit, any exit of a temporary one): no stopped row is kept.
 
+    Metrics: a template child (``id=`` or not) counts under the template's id
+    (``child="agent"``, one series however many are started; its events carry
+    it as ``template``), a supervisor nested under one under the template's
+    path; a child started from a full ``ChildSpec`` counts under its own id.
+
     Raises (``start_child``): ``SupervisorError`` with ``.reason ==
     "max_children"`` past ``max_children``, and what ``Supervisor.start_child``
     raises.
@@ -94,9 +99,10 @@ class DynamicSupervisor(Supervisor):
         one ``ChildSpec`` given when there is no template)."""
         if self.template is None:
             spec = _given_spec(args, id, register_as, metadata)
-        else:
-            spec = self._spec_from_template(self.template, args, id, register_as, metadata)
-        return await super().start_child(spec)
+            return await super().start_child(spec)
+        spec = self._spec_from_template(self.template, args, id, register_as, metadata)
+        # Labelled by the template's id in metrics (id= or not): one series per template.
+        return await self._add_child(spec, self.template.id)
 
     def _spec_from_template(
         self,

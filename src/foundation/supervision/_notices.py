@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from foundation import telemetry
 from foundation.errors import AlreadyRegistered, RestartIntensityExceeded, StartError
@@ -49,15 +49,31 @@ def start_failure(supervisor: str, spec: ChildSpec, exc: Exception) -> StartErro
     return err
 
 
-def announce_started(supervisor: str, child: _Child, run: Run, restarted: bool) -> None:
+def naming(supervisor: str, label: str, child: _Child) -> dict[str, Any]:
+    """The fields naming ``child`` in every event about it: ``supervisor`` and
+    ``child`` (names, as in logs), ``supervisor_label`` (the supervisor's
+    ``_label``) and ``template`` (the id of the DynamicSupervisor template the
+    child was made from, else None). The last two are what metrics label by:
+    they stay the same for every instance of a template, so a service that
+    starts children without end keeps a bounded set of series."""
+    return {
+        "supervisor": supervisor,
+        "supervisor_label": label,
+        "child": child.spec.id,
+        "template": child.template,
+    }
+
+
+def announce_started(
+    supervisor: str, child: _Child, run: Run, restarted: bool, *, label: str
+) -> None:
     """Emit the started (and restarted) telemetry events and progress report of a run."""
     spec = child.spec
     if telemetry.has_listeners("supervisor.child_started"):
         telemetry.emit(
             "supervisor.child_started",
             {
-                "supervisor": supervisor,
-                "child": spec.id,
+                **naming(supervisor, label, child),
                 "kind": spec.kind,
                 "handle": run.handle,
                 "attempt": run.attempt,
@@ -70,8 +86,7 @@ def announce_started(supervisor: str, child: _Child, run: Run, restarted: bool) 
         telemetry.emit(
             "supervisor.child_restarted",
             {
-                "supervisor": supervisor,
-                "child": spec.id,
+                **naming(supervisor, label, child),
                 "handle": run.handle,
                 "restarts": child.restarts,
             },
@@ -93,14 +108,15 @@ def report_exit(supervisor: str, child: _Child, exit: ChildExit, action: str) ->
         reports.child_exited(supervisor, spec.id, kind, exit, action=action)
 
 
-def emit_exit(supervisor: str, child: _Child, exit: ChildExit, *, restart: bool) -> None:
+def emit_exit(
+    supervisor: str, child: _Child, exit: ChildExit, *, restart: bool, label: str
+) -> None:
     """Emit ``supervisor.child_exited`` for ``child``'s ``exit``."""
     if telemetry.has_listeners("supervisor.child_exited"):
         telemetry.emit(
             "supervisor.child_exited",
             {
-                "supervisor": supervisor,
-                "child": child.spec.id,
+                **naming(supervisor, label, child),
                 "reason": exit.reason,
                 "exception": exit.exception,
                 "exit_code": exit.exit_code,
@@ -131,6 +147,7 @@ def announce_intensity_exceeded(
     max_restarts: int,
     max_seconds: float,
     history: Iterable[tuple[float, str]],
+    label: str,
 ) -> None:
     """Report and emit that the supervisor gives up (``err``), with its restart ``history``."""
     reports.intensity_exceeded(
@@ -144,8 +161,7 @@ def announce_intensity_exceeded(
         telemetry.emit(
             "supervisor.intensity_exceeded",
             {
-                "supervisor": supervisor,
-                "child": child.spec.id,
+                **naming(supervisor, label, child),
                 "max_restarts": max_restarts,
                 "max_seconds": max_seconds,
                 "error": err,

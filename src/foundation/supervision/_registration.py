@@ -5,11 +5,12 @@ registered in order, and degraded mode when the registry is out (see
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from foundation import telemetry
 from foundation._retry import RetryBackoff
 from foundation.errors import AlreadyRegistered, BackendUnavailable, Closed, NotAlive
+from foundation.supervision._notices import naming
 
 if TYPE_CHECKING:
     import asyncio
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from foundation.registry import Registry
     from foundation.supervision._child import _Child
     from foundation.supervision._runs import Run
-    from foundation.supervision._spec import ChildSpec
     from foundation.supervision._supervisor import Supervisor
 
 __all__: list[str] = []
@@ -162,7 +162,7 @@ class _Registrations:
         if telemetry.has_listeners(REGISTRATION_DEGRADED):
             telemetry.emit(
                 REGISTRATION_DEGRADED,
-                {"supervisor": self._owner.name, "child": spec.id, "key": spec.key, "error": error},
+                {**self._naming(child), "key": spec.key, "error": error},
             )
         registrar = self._loop.create_task(
             self._keep_registering(child, run, pending), name=f"registrar {run.name}"
@@ -191,11 +191,11 @@ class _Registrations:
                 # write to finish in order; the next write of this child waits for it.
                 await asyncio.shield(pending)
             except asyncio.CancelledError:
-                self._registration_abandoned(spec, "the run ended")
+                self._registration_abandoned(child, "the run ended")
                 raise
             except NotAlive:
                 # It died: its exit event follows, a restart registers anew.
-                self._registration_abandoned(spec, "the agent died")
+                self._registration_abandoned(child, "the agent died")
                 return
             except BackendUnavailable:
                 failures += 1
@@ -210,7 +210,7 @@ class _Registrations:
                     spec.key,
                     exc_info=exc,
                 )
-                self._registration_abandoned(spec, f"{type(exc).__name__}: {exc}")
+                self._registration_abandoned(child, f"{type(exc).__name__}: {exc}")
                 return
             break
         self._registration_restored(child, run, failures + 1, began)
@@ -237,8 +237,7 @@ class _Registrations:
             telemetry.emit(
                 REGISTRATION_RESTORED,
                 {
-                    "supervisor": self._owner.name,
-                    "child": spec.id,
+                    **self._naming(child),
                     "key": spec.key,
                     "error": None,
                     "attempts": attempts,
@@ -246,14 +245,18 @@ class _Registrations:
                 },
             )
 
-    def _registration_abandoned(self, spec: ChildSpec, why: str) -> None:
+    def _registration_abandoned(self, child: _Child, why: str) -> None:
         """A degraded registration ends without being restored (the run ended, or
         a non-outage error): say so, so gauges of degraded children come down."""
         if telemetry.has_listeners(REGISTRATION_ABANDONED):
             telemetry.emit(
                 REGISTRATION_ABANDONED,
-                {"supervisor": self._owner.name, "child": spec.id, "key": spec.key, "error": why},
+                {**self._naming(child), "key": child.spec.key, "error": why},
             )
+
+    def _naming(self, child: _Child) -> dict[str, Any]:
+        """The fields naming ``child`` in an event (see ``_notices.naming``)."""
+        return naming(self._owner.name, self._owner._label, child)
 
     async def unregister_if_current(self, child: _Child, run: Run) -> None:
         """Drop the registration of an abandoned run (still alive, no longer supervised)."""

@@ -275,6 +275,7 @@ class Run:
 
         self.spec = spec
         self.name = f"{supervisor}/{spec.id}"
+        self.label = self.name  # its supervisor sets the metric label (Supervisor._label)
         self.supervisor = supervisor
         self.attempt = attempt
         self.loop = asyncio.get_running_loop()
@@ -943,6 +944,7 @@ class SupervisorRun(Run):
             # tree keeps one name over restarts (a unique default each time made
             # new log names and metric series per restart, without end).
             sup._name = self.name
+            sup._label = self.label
         self.handle = sup
         self._starting = self.loop.create_task(sup.start(), name=f"start {self.name}")
         self._starting.add_done_callback(self._started)

@@ -56,6 +56,7 @@ class _Supervising:
         # declared for the type checker only: at run time, get_type_hints() of
         # Supervisor stays what it was.
         _name: str
+        _label: str
         _strategy: Strategy
         _auto_shutdown: AutoShutdown
         _max_restarts: int
@@ -236,12 +237,12 @@ class _Supervising:
         window = self._restart_times
         now = self._loop.time()
         if intensity_exceeded(window, now, spec.id, self._max_restarts, self._max_seconds):
-            emit_exit(self._name, child, exit, restart=False)
+            emit_exit(self._name, child, exit, restart=False, label=self._label)
             if not reported:
                 report_exit(self._name, child, exit, "shutdown (restart intensity exceeded)")
             await self._give_up(child, exit)
             return
-        emit_exit(self._name, child, exit, restart=True)
+        emit_exit(self._name, child, exit, restart=True, label=self._label)
         delay = next_restart_delay(child, uptime, self._healthy_after, self._backoff)
         if not reported:
             report_exit(self._name, child, exit, restart_action(self._strategy, delay))
@@ -271,7 +272,7 @@ class _Supervising:
     async def _ended_for_good(self, child: _Child, exit: ChildExit) -> None:
         """A child that is not restarted: stop it, report, maybe shut down (auto_shutdown)."""
         spec = child.spec
-        emit_exit(self._name, child, exit, restart=False)
+        emit_exit(self._name, child, exit, restart=False, label=self._label)
         child.status = "stopped"
         if spec.restart == "temporary" or not self._keep_ignored(spec):
             # OTP: a temporary child's spec is dropped, and so is a dynamic
@@ -352,6 +353,7 @@ class _Supervising:
             max_restarts=self._max_restarts,
             max_seconds=self._max_seconds,
             history=self._restart_times,
+            label=self._label,
         )
         self._stopping = True
         self._state = "stopping"

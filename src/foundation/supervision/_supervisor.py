@@ -37,6 +37,7 @@ from foundation.supervision._child import (
     _ignored,
     await_ready,
     child_info,
+    child_label,
     drop_run,
 )
 from foundation.supervision._child_errors import ChildErrorReason
@@ -208,8 +209,13 @@ class Supervisor(_Supervising):
     Telemetry (``foundation.telemetry``): ``supervisor.child_started``,
     ``supervisor.child_exited`` (``reason``, ``exception``, ``exit_code``,
     ``signal``, ``restart``), ``supervisor.child_restarted``,
-    ``supervisor.intensity_exceeded`` and the two degraded-mode events above;
-    each carries ``supervisor`` and ``child``.
+    ``supervisor.intensity_exceeded`` and the degraded-mode events (above, and
+    ``foundation.supervision.registration_abandoned``); each carries
+    ``supervisor`` and ``child`` (names), ``template`` (the id of the
+    ``DynamicSupervisor`` template the child was made from, else None) and
+    ``supervisor_label`` (the name with such a child's id in its path replaced
+    by its template's): metric labels use the last two, bounded by the tree's
+    shape however many dynamic children were started.
 
     Example:
         >>> import asyncio
@@ -259,6 +265,11 @@ class Supervisor(_Supervising):
         # restart, so its logs, telemetry and metric labels stay one series.
         self._named = name is not None
         self._name = name if name is not None else f"supervisor-{id(self):x}"
+        # Its metric label: its name, but nested under a DynamicSupervisor's
+        # template child, the path with the template's id in place of the
+        # instance's ("app/pool/conn", not "app/pool/conn-17"): one series per
+        # place in the tree however many instances were started.
+        self._label = self._name
         self._registry = registry
         self._backoff = backoff
         self._healthy_after = float(max_seconds if min_uptime is None else min_uptime)
@@ -285,8 +296,10 @@ class Supervisor(_Supervising):
     # ------------------------------------------------------------------ properties
     @property
     def name(self) -> str:
-        """This supervisor's name (in logs, telemetry, metric labels, thread and
-        task names); unnamed and run as a child, ``"<parent name>/<child id>"``."""
+        """This supervisor's name (in logs, telemetry, thread and task names);
+        unnamed and run as a child, ``"<parent name>/<child id>"``. Its metric
+        label is the same, but for a ``DynamicSupervisor`` template child's id
+        in that path, replaced by the template's (the events' ``supervisor_label``)."""
         return self._name
 
     @property
@@ -585,12 +598,16 @@ class Supervisor(_Supervising):
         """
         if not isinstance(spec, ChildSpec):
             raise TypeError(f"start_child takes a ChildSpec, not {spec!r}")
+        return await self._add_child(spec, None)
+
+    async def _add_child(self, spec: ChildSpec, template: str | None) -> ChildInfo:
+        """start_child: add ``spec`` (made from the template ``template``, if not None)."""
         self._require_running()
         async with self._lock:
             self._require_running()
             self._check_new_child(spec)
             self._admit(spec)
-            child = _Child(spec)
+            child = _Child(spec, template)
             self._children[spec.id] = child
             self._keys[spec.key] = spec.id
             try:
@@ -797,6 +814,8 @@ class Supervisor(_Supervising):
 
         spec = child.spec
         run = make_run(spec, self._name, child.restarts)
+        # A nested supervisor takes this as its label (see SupervisorRun.launch).
+        run.label = f"{self._label}/{child_label(child)}"
         child.run = run  # recorded before any await: a stop in between sees and stops it
         launched = False
         try:
@@ -827,7 +846,7 @@ class Supervisor(_Supervising):
         # Added after readiness: an exit before ready is a failed start, not a crash.
         # A run already ended by now still gets its event (callback on a done future).
         run.exited.add_done_callback(partial(self._on_exit, spec.id, run))
-        announce_started(self._name, child, run, restarted)
+        announce_started(self._name, child, run, restarted, label=self._label)
         return True
 
     # ------------------------------------------------------------------ stopping runs
@@ -851,7 +870,7 @@ class Supervisor(_Supervising):
             # against the next run's registration (see _unregister).
             await self._registrations.unregister_ended(child, run)
         self._report_stop_error(child, run, action="restart" if restart else "shutdown")
-        emit_exit(self._name, child, exit, restart=restart)
+        emit_exit(self._name, child, exit, restart=restart, label=self._label)
         return exit
 
     def _report_stop_error(self, child: _Child, run: Run, *, action: str) -> None:
