@@ -58,7 +58,10 @@ try:
     assert not of("pending_superseded"), store_events
     print("heard_b", heard_b, flush=True)
     # B hears the records, or one "reload" if its listener resynced meanwhile (the
-    # role change cut its read): f never comes back on there.
+    # role change cut its read): f never comes back on there. Race: B's state
+    # shows the allow before its subscriber is called (FeatureFlags delivers after
+    # its lock): waited for, not read at once.
+    wait_for(lambda: heard_b and heard_b[-1][2:] == (False, ("ana",)), "B to hear the allow")
     assert heard_b and all(not on for _, _, on, _ in heard_b), heard_b
     assert heard_b[-1][2:] == (False, ("ana",)), heard_b
     # An explicit enable afterwards turns f on everywhere, as any later write.

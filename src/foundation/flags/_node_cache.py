@@ -568,11 +568,7 @@ class NodeCache:
 
     def last_ids(self) -> tuple[str | None, str | None]:
         """The ids of the last cached history and migration entries (None: none)."""
-        out: list[str | None] = []
-        for table in ("history", "migrations"):
-            rows = self._read(f"SELECT ms, seq FROM {table} ORDER BY ms DESC, seq DESC LIMIT 1")
-            out.append(f"{rows[0][0]}-{rows[0][1]}" if rows else None)
-        return out[0], out[1]
+        return self._read_in_one(_last_ids)
 
     def holdings(self) -> tuple[int, str | None, int, int, bool, bool]:
         """(version, epoch, flag states, stages, any history entry, any migration
@@ -604,9 +600,13 @@ class NodeCache:
 
     # ---------------------------------------------------------------- writes
 
-    def apply(self, snap: Snapshot) -> bool:
+    def apply(
+        self, snap: Snapshot, *, only_from: tuple[int, tuple[str | None, str | None]] | None = None
+    ) -> bool:
         """Mirror ``snap`` (one SQLite transaction: never half of it); False if the copy
-        already mirrors a later version of the same deployment (left as it is)."""
+        already mirrors a later version of the same deployment (left as it is), or,
+        with ``only_from`` (a version and the last entry ids, see ``last_ids``), if
+        the copy is not at exactly that version, ids and ``snap``'s epoch."""
 
         def body(db: sqlite3.Connection) -> bool:
             # Race: another process sharing the file read Redis after us and wrote
@@ -614,9 +614,15 @@ class NodeCache:
             # ours would set the copy's version back (until the next refresh), and
             # a restore from it would take Redis back. Compare-and-set: the check
             # runs in this BEGIN IMMEDIATE transaction, which holds the file's write
-            # lock, so no write of another process lands between check and write.
+            # lock, so no write of another process lands between check and write
+            # (``only_from``'s check too: see RedisFlagStore._keep_told).
             epoch, version = _mirror_version(db)
             if epoch == snap.epoch and version > snap.version:
+                return False
+            if only_from is not None and (epoch, version, _last_ids(db)) != (
+                snap.epoch,
+                *only_from,
+            ):
                 return False
             db.execute("DELETE FROM states")
             db.executemany("INSERT INTO states VALUES (?, ?)", snap.states.items())
@@ -851,6 +857,17 @@ def _pending_id(top: int) -> int:
     random low bits (below 2**63 until the year 2255)."""
     random_bits = int.from_bytes(os.urandom(2), "big") & 0x3FF  # (no `secrets`: import cost)
     return max((time.time_ns() // 1000) << 10 | random_bits, top + 1)
+
+
+def _last_ids(db: sqlite3.Connection) -> tuple[str | None, str | None]:
+    """The ids of the copy's last history and migration entries (None: none)."""
+    out: list[str | None] = []
+    for table in ("history", "migrations"):
+        row = db.execute(
+            f"SELECT ms, seq FROM {table} ORDER BY ms DESC, seq DESC LIMIT 1"
+        ).fetchone()
+        out.append(None if row is None else f"{row[0]}-{row[1]}")
+    return out[0], out[1]
 
 
 def _mirror_version(db: sqlite3.Connection) -> tuple[str | None, int]:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from foundation.errors import BackendUnavailable, FlagError
+from foundation.errors import BackendUnavailable, FlagError, escape_controls
 from foundation.flags._history import Replay
 from foundation.flags._node_cache import PendingKillSwitch, Snapshot, stream_key
 from foundation.flags._redis_store._health import _Health
@@ -53,10 +53,18 @@ def _stream_entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
 
 
 def _named(record: FlagChange | MigrationEvent) -> str:
-    """A lost change or event as the fork's WARNING names it."""
+    """A lost change or event as the fork's WARNING names it (user text escaped:
+    a newline in a reason cannot forge another log line)."""
+    who = f"by {escape_controls(record.by)} ({escape_controls(record.reason)})"
     if isinstance(record, FlagChange):
-        return f"{record.flag} by {record.by} ({record.reason})"
-    return f"migration {record.plan} {record.action} by {record.by} ({record.reason})"
+        return f"{escape_controls(record.flag)} {who}"
+    return f"migration {escape_controls(record.plan)} {escape_controls(record.action)} {who}"
+
+
+def _kept_named(op: PendingKillSwitch) -> str:
+    """A kill switch kept pending as the fork's WARNING names it (user text escaped)."""
+    where = ", ".join(escape_controls(name) for name in op.flags + op.plans)
+    return f"; {escape_controls(op.by)} ({escape_controls(op.reason)}) on {where}"
 
 
 _OLDER_SNAPSHOT = (
@@ -438,9 +446,7 @@ class _NodeCopy(_Health):
                 "change supersedes them%s; other changes lost: %s",
                 self.namespace, self._url, snap.version, version,
                 _OTHER_EPOCH if other_epoch else _OLDER_SNAPSHOT, len(kept),
-                "".join(
-                    f"; {op.by} ({op.reason}) on {', '.join(op.flags + op.plans)}" for op in kept
-                ),
+                "".join(_kept_named(op) for op in kept),
                 _listed([_named(c) for c in others]),
             )  # fmt: skip
 

@@ -10,7 +10,7 @@ import time
 from typing import Any, NamedTuple
 
 from foundation._retry import RetryBackoff
-from foundation.errors import BackendUnavailable, FlagError
+from foundation.errors import BackendUnavailable, FlagError, bounded_list, escape_controls
 from foundation.flags._history import Replay
 from foundation.flags._node_cache import Snapshot, stream_key
 from foundation.flags._redis_store._records import _Records
@@ -19,6 +19,8 @@ from foundation.flags._store import FlagChange, MigrationEvent
 
 _Entries = list[tuple[str, dict[str, str]]]
 _XREAD_COUNT = 256  # entries per stream in one XREAD reply (see _read_streams)
+_TOLD_KEPT = 64  # told commits compared at a resync (see _Listener._told_unheld)
+_TOLD_NAMED = 5  # changes of a told commit kept to name in the WARNING (the rest counted)
 
 
 class _Told(NamedTuple):
@@ -29,6 +31,31 @@ class _Told(NamedTuple):
     migrations_from: str
     history: _Entries
     migrations: _Entries
+
+
+class _ToldCommit(NamedTuple):
+    """A commit this node's listeners were told: its transaction, its first
+    ``_TOLD_NAMED`` changes named (flag, by, reason; not their states: bounded
+    memory) and how many it holds."""
+
+    txn: str
+    named: tuple[tuple[str, str | None, str | None], ...]
+    changes: int
+
+
+def _told_commit(txn: str, changes: list[FlagChange]) -> _ToldCommit:
+    named = tuple((c.flag, c.by, c.reason) for c in changes[:_TOLD_NAMED])
+    return _ToldCommit(txn, named, len(changes))
+
+
+def _told_named(version: int, commit: _ToldCommit) -> str:
+    """A told commit as the WARNING names it (user text escaped: one log line)."""
+    names = [
+        f"{escape_controls(flag)} by {escape_controls(by)} ({escape_controls(reason)})"
+        for flag, by, reason in commit.named
+    ]
+    more = commit.changes - len(names)
+    return f"version {version}: " + ", ".join(names) + (f" and {more} more" if more > 0 else "")
 
 
 def _entries(raw: Any) -> _Entries:
@@ -78,6 +105,15 @@ class _Listener(_Records):
     #: The version of the last commit an XREAD reply delivered since the last
     #: resync (0: none): see ``_warn_if_told_back``.
     _told_at = 0
+
+    #: The commits this node's listeners were told since the last resync, by
+    #: version (the last ``_TOLD_KEPT``; None: none): see ``_told_unheld``.
+    #: The listener thread's alone.
+    _told: dict[int, _ToldCommit] | None = None
+
+    #: Of those, the ones the copy did not hold when a resync began, kept until
+    #: one gets to ``_warn_if_told_back`` (None: none): see ``_told_unheld``.
+    _unheld: dict[int, _ToldCommit] | None = None
 
     def _first_sync(self) -> None:
         """Connect and catch up, or start stale from the node copy if Redis is down."""
@@ -260,6 +296,7 @@ class _Listener(_Records):
             self._keep_told(told)
             raise
         self._keep_told(told)  # (a no-op when the copy caught up: the usual case)
+        self._forget_told_held()
         if events:
             self._keep_records((self._k_plan_flags, self._k_plans), "reading the migration plans")
 
@@ -292,11 +329,15 @@ class _Listener(_Records):
                 if epoch is None:
                     return
                 snap = self._told_snapshot(told, (held, epoch, ids), top)
-                # Race: another process sharing the copy's file refreshed it while
-                # this was read: not kept (its refresh is at least as new).
-                if snap is None or (cache.version, cache.last_ids()) != (held, ids):
+                if snap is None:
                     return
-                cache.apply(snap)  # (compare-and-set: never below a later version, same epoch)
+                # Race: another process sharing the copy's file refreshed it after
+                # the reads above (to a later version, or to a fork's version
+                # `top`: the new master's): not kept, its refresh is at least as
+                # new, and the reply's entries chained onto another master's would
+                # mix two histories. Checked in apply's own transaction (it holds
+                # the file's write lock), so nothing lands between check and write.
+                cache.apply(snap, only_from=(held, ids))
             except (FlagError, ValueError, KeyError) as exc:
                 log.debug("flag store %r: told commits not kept ahead: %s", self.namespace, exc)
 
@@ -364,6 +405,7 @@ class _Listener(_Records):
         self._resync_wanted.clear()
         self._synced.clear()
         client = self._ensure_clients()
+        self._told_unheld()
         self._catch_up()
         self._warn_if_told_back()
         self._check_memory_policy(client)
@@ -411,9 +453,11 @@ class _Listener(_Records):
         told: the commits after it are told taken back (the reload), and no copy
         held them to restore (``_keep_told`` could not keep them: the deployment's
         first commit, a reply not following on from the copy, a fork at an older
-        version). Not for a fork at the told version or past it (the version alone
-        cannot tell it)."""
+        version). Else WARNING if it took another commit at a version listeners
+        were told (of ``_unheld``: the told commits the copy did not hold before
+        the catch-up; see ``_told_replaced``). One per resync, none when neither."""
         told, self._told_at = self._told_at, 0
+        unheld, self._unheld = self._unheld or {}, None
         version = self._cache.version
         if told > version:
             log.warning(
@@ -423,6 +467,85 @@ class _Listener(_Records):
                 "changes are told taken back",
                 self.namespace, self._url, version, told,
             )  # fmt: skip
+            return
+        replaced = self._told_replaced(unheld)
+        if replaced:
+            log.warning(
+                "flag store %r: a change this node's listeners were told was replaced by a "
+                "different commit on the new master: Redis at %s (version %d) holds another "
+                "commit at %s (the told one was lost with the old master, or Redis came back "
+                "from an older snapshot, and another node committed that version); Redis' "
+                "state wins and the change is told taken back: %s",
+                self.namespace, self._url, version,
+                "version " + ", ".join(str(v) for v in replaced),
+                bounded_list([_told_named(v, unheld[v]) for v in replaced]),
+            )  # fmt: skip
+
+    def _told_unheld(self) -> None:
+        """Move the commits listeners were told since the last resync (the last
+        ``_TOLD_KEPT``) that the copy does not hold (another transaction, or none,
+        at their version) to ``_unheld``, the others forgotten. Read before the
+        resync's catch-up: a told commit the copy held is the copy's own to
+        restore, or to name in the fork's WARNING (``_keep_lost_kill_switches``),
+        never named twice. Race: a resync failing after its catch-up took the
+        fork (Redis lost again before ``_warn_if_told_back``): the next one finds
+        the copy at the fork; it keeps this one's ``_unheld``, not read again."""
+        told, self._told = self._told, None
+        if not told:
+            return
+        held = self._copy_txns(set(told))
+        unheld = {v: commit for v, commit in told.items() if held.get(v) != commit.txn}
+        self._unheld = {**(self._unheld or {}), **unheld}
+
+    def _told_replaced(self, unheld: dict[int, _ToldCommit]) -> list[int]:
+        """The versions of ``unheld`` at which the copy, caught up, holds another
+        transaction than the one listeners were told: a fork at the told version
+        (or before a later one). The version alone cannot tell it (the copy and
+        Redis agree on it: "in sync"); the transaction ids do."""
+        if not unheld:
+            return []
+        held = self._copy_txns(set(unheld))
+        return sorted(v for v, commit in unheld.items() if held.get(v, commit.txn) != commit.txn)
+
+    def _copy_txns(self, versions: set[int]) -> dict[int, str]:
+        """The transaction id of each of ``versions`` in the copy's history (a
+        version it holds no entry of, trimmed or not reached, is left out; an
+        unusable copy holds none)."""
+        try:
+            history = self._cache.history()
+        except FlagError as exc:
+            log.debug("flag store %r: told commits not compared: %s", self.namespace, exc)
+            return {}
+        out: dict[int, str] = {}
+        for _id, fields in history:
+            version = _v(fields)
+            if version in versions:
+                out[version] = fields.get("txn", "")
+        return out
+
+    def _forget_told_held(self) -> None:
+        """Forget the told commits once the copy's last history entry is the last one
+        this listener read (the usual case after a reply): the copy holds them all,
+        they need no comparing at the next resync (two indexed reads of the copy)."""
+        if not self._told:
+            return
+        try:
+            if self._cache.last_ids()[0] == self._last_id:
+                self._told = None
+        except FlagError as exc:  # an unusable copy: they are compared at the resync
+            log.debug("flag store %r: told commits kept to compare: %s", self.namespace, exc)
+
+    def _note_told(self, version: str, txn: str, changes: list[FlagChange]) -> None:
+        """Remember a commit this node's listeners were just told (see ``_told_unheld``)."""
+        if not version.isdigit():
+            return
+        told = self._told
+        if told is None:
+            told = self._told = {}
+        told.pop(int(version), None)  # (told again: moved last, the first stays the oldest)
+        told[int(version)] = _told_commit(txn, changes)
+        if len(told) > _TOLD_KEPT:
+            del told[next(iter(told))]
 
     def _catch_up(self) -> None:
         """Restore Redis if it is older than the copy, then follow it from here on.
@@ -513,6 +636,7 @@ class _Listener(_Records):
             if len(group) >= n:
                 del pending[txn]
                 self._deliver([c for _, c in group], skip=writer)
+                self._note_told(version, txn, [c for _, c in group])
 
     def _check_order(self, version: str, txn: str) -> None:
         """FlagError if an entry's version is older than the last replayed one's.
@@ -521,7 +645,9 @@ class _Listener(_Records):
         commits this listener replayed, and new commits landed before the
         periodic check noticed (``_redis_went_back``). Their deltas are based
         on states this listener's replay no longer matches: caught here at the
-        first such entry (same version, another transaction included).
+        first such entry (same version, another transaction included). A fork at
+        a version this node's listeners were told is named at the resync this
+        asks for (one WARNING: ``_warn_if_told_back``).
         """
         if not version.isdigit():
             return  # an entry without a version: nothing to compare
