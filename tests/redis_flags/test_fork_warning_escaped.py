@@ -37,3 +37,7 @@ def test_the_forks_warning_escapes_by_and_reason(kill: bool) -> None:
     lines = result.stderr.splitlines()
     after = lines[lines.index(forks[0]) + 1 :]
     assert not after or not after[0].startswith("LOG| "), after[:2]
+    # No other line of the run (the kill switch's own "recorded" and "committed"
+    # lines included) was forged by the reason's newline.
+    forged = [line for line in lines if line.startswith(("LOG| ERROR forged", "ERROR forged"))]
+    assert not forged, forged

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace as _replace
 from typing import Any
 
-from foundation.errors import BackendUnavailable, FlagError
+from foundation.errors import BackendUnavailable, FlagError, escape_controls
 from foundation.flags._node_cache import PendingKillSwitch
 from foundation.flags._redis_store._commit import _Commits
 from foundation.flags._redis_store._errors import _FailedFast, _KeptInOrder, _Unconfirmed
@@ -22,6 +22,17 @@ from foundation.flags._store import (
     current_writer,
     writing_as,
 )
+
+
+def _who(op: PendingKillSwitch) -> str:
+    """``by <by> (<reason>)`` of a kill switch's log lines, user text escaped: a
+    newline in a reason cannot forge another log line."""
+    return f"by {escape_controls(op.by)} ({escape_controls(op.reason)})"
+
+
+def _where(op: PendingKillSwitch) -> str:
+    """The flags and plans a kill switch's log lines name, escaped as ``_who``."""
+    return ", ".join(escape_controls(name) for name in op.flags + op.plans)
 
 
 def _off(state: FlagState) -> FlagState:
@@ -123,9 +134,9 @@ class _KillSwitches(_Commits):
         else:
             why, when = f"Redis unavailable ({cause})", "when Redis returns"
         log.warning(
-            "flag store %r: %s; kill switch by %s (%s) applied locally "
+            "flag store %r: %s; kill switch %s applied locally "
             "to %s and recorded; it will be committed %s",
-            self.namespace, why, op.by, op.reason, ", ".join(op.flags + op.plans), when,
+            self.namespace, why, _who(op), _where(op), when,
         )  # fmt: skip
         self._event("pending_recorded", **self._op_data(_replace(op, id=op_id)))
         if refused and not self._read_only:
@@ -254,16 +265,16 @@ class _KillSwitches(_Commits):
         self._flush_reports()  # what a fork kept: before its "committed" event
         if newer:
             log.warning(
-                "flag store %r: the kill switch by %s (%s) on %s, recorded during the "
+                "flag store %r: the kill switch %s on %s, recorded during the "
                 "outage at %s, was SUPERSEDED by newer committed changes and not applied: %s",
-                self.namespace, op.by, op.reason, ", ".join(op.flags + op.plans),
+                self.namespace, _who(op), _where(op),
                 time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(op.at)), newer,
             )  # fmt: skip
             self._event("pending_superseded", **self._op_data(op), superseded_by=newer)
         else:
             log.info(
-                "flag store %r: kill switch by %s (%s) on %s committed%s",
-                self.namespace, op.by, op.reason, ", ".join(op.flags + op.plans),
+                "flag store %r: kill switch %s on %s committed%s",
+                self.namespace, _who(op), _where(op),
                 " (it already was)" if already else "",
             )  # fmt: skip
             self._event("pending_committed", **self._op_data(op), already=already)
