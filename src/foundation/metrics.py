@@ -451,17 +451,19 @@ class Metrics:
         return unwatch
 
     def watch_migration(self, migration: Any) -> None:
-        """Set ``foundation_migration_stage`` from ``migration.status()`` now, and again
-        at each collection: a stage another process committed shows at the next
-        scrape (this process's own steps show at once, from their events).
+        """Set ``foundation_migration_stage`` from the stage committed in the
+        migration's store now, and again at each collection: a stage another
+        process committed shows at the next scrape (this process's own steps
+        show at once, from their events). Only the stage is read: no flag is
+        evaluated, so a scrape never counts in ``foundation_flag_evaluations_total``.
 
         Raises:
             BackendUnavailable: the store cannot be read.
         """
-        status = migration.status()
+        plan, stage = migration.plan.name, _committed_stage(migration)
         with self._lock:
-            self._migrations[status.plan] = migration
-        self._set("foundation_migration_stage", (status.plan,), float(status.stage))
+            self._migrations[plan] = migration
+        self._set("foundation_migration_stage", (plan,), float(stage))
 
     def _read_stages(self) -> None:
         """``foundation_migration_stage`` of every watched migration, read from its
@@ -471,7 +473,7 @@ class Metrics:
             watched = list(self._migrations.items())
         for plan, migration in watched:
             try:
-                stage = migration.status().stage
+                stage = _committed_stage(migration)
             except Closed:
                 with self._lock:
                     if self._migrations.get(plan) is migration:
@@ -622,6 +624,16 @@ class Metrics:
     def __repr__(self) -> str:
         state = "installed" if self._installed else "not installed"
         return f"<Metrics {state}, {len(self._registries)} registries watched>"
+
+
+def _committed_stage(migration: Any) -> int:
+    """The stage committed in ``migration``'s store, as ``status().stage`` reads it,
+    without ``status()``'s answers of the plan flags: those are ``enabled()``
+    calls, which count as evaluations while a reader collects (each scrape added
+    one per plan flag). ``Closed`` once its flags are closed, as ``status()``."""
+    migration.flags._check_open()  # a store you passed outlives the flags
+    stage: int = migration.flags.store.migration_stage(migration.plan.name)
+    return stage
 
 
 def _supervisor_label(data: Mapping[str, Any]) -> str:

@@ -109,22 +109,24 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(url: str, path: str)
     _check_413(path, status, body)
 
 
-def _padded(prefix: bytes, suffix: bytes, size: int) -> bytes:
-    """A JSON body of exactly ``size`` bytes: ``prefix``, ``x`` padding, ``suffix``."""
-    body = prefix + b"x" * (size - len(prefix) - len(suffix)) + suffix
+def _padded(prefix: bytes, suffix: bytes, size: int, fill: bytes = b"x") -> bytes:
+    """A JSON body of exactly ``size`` bytes: ``prefix``, ``fill`` padding, ``suffix``."""
+    body = prefix + fill * (size - len(prefix) - len(suffix)) + suffix
     assert len(body) == size
     return body
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_the_limit_is_exactly_max_body_bytes(url: str, path: str) -> None:
-    prefix = b'{"reason": "r", "pad": "' if path == WRITE else b'{"context": {"pad": "'
-    suffix = b'"}' if path == WRITE else b'"}}'
+    # A write takes no field but its own: padded with JSON whitespace, not a "pad" field.
+    prefix = b'{"reason": "r"' if path == WRITE else b'{"context": {"pad": "'
+    suffix = b"}" if path == WRITE else b'"}}'
+    fill = b" " if path == WRITE else b"x"
     headers = {**ANA, "Content-Type": "application/json"}
     with httpx.Client(base_url=url, headers=headers, timeout=WAIT) as client:
-        at_limit = client.post(path, content=_padded(prefix, suffix, MAX_BODY_BYTES))
+        at_limit = client.post(path, content=_padded(prefix, suffix, MAX_BODY_BYTES, fill))
         assert at_limit.status_code == 200, at_limit.text
-        over = client.post(path, content=_padded(prefix, suffix, MAX_BODY_BYTES + 1))
+        over = client.post(path, content=_padded(prefix, suffix, MAX_BODY_BYTES + 1, fill))
         _check_413(path, over.status_code, over.json())
         # The connection is still usable after a refusal (the rest was discarded).
         again = client.post(path, content=b"{}")

@@ -240,8 +240,13 @@ def test_malformed_requests_are_parse_error_or_invalid_context(served: Served) -
         for bad in (True, 1.5, 2**63, ["u"], {"id": "u"}):
             r = c.post(url, json={"context": {"targetingKey": bad}}, headers=ANA)
             assert (r.status_code, r.json()["errorCode"]) == (400, "INVALID_CONTEXT"), bad
-        # An empty body is an empty context; other attributes are accepted and ignored.
-        assert c.post(url, headers=ANA).json()["value"] is True
+        # The body is required (as the OFREP document has it); {} is an empty context;
+        # a context present is an object. Other attributes are accepted and ignored.
+        r = c.post(url, headers=ANA)
+        assert (r.status_code, r.json()["errorCode"]) == (400, "PARSE_ERROR")
+        r = c.post(url, json={"context": None}, headers=ANA)
+        assert (r.status_code, r.json()["errorCode"]) == (400, "INVALID_CONTEXT")
+        assert c.post(url, json={}, headers=ANA).json()["value"] is True
         r = c.post(url, json={"context": {"targetingKey": "u", "plan": {"tier": 2}}}, headers=ANA)
         assert r.json()["value"] is True
         assert c.get(url, headers=ANA).status_code == 405

@@ -59,6 +59,8 @@ def _load_serve() -> Any:
     try:
         from foundation.admin import _server
     except ImportError as exc:
+        if "foundation[admin]" in str(exc):  # foundation.admin's own message: the hint once
+            raise ImportError(str(exc)) from None
         raise ImportError(
             f"the admin server is not available ({exc}); install foundation[admin]"
         ) from None

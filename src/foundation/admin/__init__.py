@@ -1,5 +1,8 @@
 """The admin web page and its JSON API (extra ``admin``: Starlette, uvicorn, prometheus-client).
 
+Without any of the three, importing this package raises ``ImportError`` naming
+``foundation[admin]``.
+
 ``create_app(flags=, migration=, registry=, supervisors=, token=, read_only=)``
 returns an ASGI app over live objects, to mount in an application (``Mount("/admin",
 app)``); ``serve(..., bind="127.0.0.1:8800")`` runs it under uvicorn in the
@@ -31,7 +34,11 @@ Security model:
 - Every write needs a token; without any configured the server is read-only.
   ``read_only=True`` refuses every write (403). Reads are open only when
   ``public_reads`` (``serve`` sets it on a loopback bind); off loopback
-  ``serve`` refuses to start without a token.
+  ``serve`` refuses to start without a token. Without a token configured, an
+  ``Authorization`` header is ignored (nothing to check it against): the
+  answer is the one without it, and ``whoami`` says ``token_configured: false``.
+- Write bodies: a field the route does not take is a 422 ``InvalidBody``
+  naming it; an empty body is ``{}``.
 - CSRF: no cookies. A browser never attaches an ``Authorization`` header by
   itself, and writes must be ``Content-Type: application/json`` (a cross-site
   form cannot send that without a CORS preflight, which is never granted).
@@ -51,6 +58,16 @@ Example:
 """
 
 from __future__ import annotations
+
+try:  # the admin extra, checked whole here: not at the first request (/metrics a 500)
+    import prometheus_client  # noqa: F401
+    import starlette  # noqa: F401
+    import uvicorn  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        f"foundation.admin needs the admin extra (Starlette, uvicorn, prometheus-client; "
+        f"{exc.name or exc} is missing): pip install 'foundation[admin]'"
+    ) from exc
 
 from foundation._public import fixup_module_paths
 from foundation.admin._app import create_app

@@ -26,6 +26,7 @@ from foundation.errors import (
     bounded_repr,
 )
 from foundation.flags import FeatureFlags, Migration
+from foundation.flags._config import nearest
 
 __all__ = ["MAX_BODY_BYTES", "JSONAnswer", "read_body"]
 
@@ -207,6 +208,22 @@ async def _body(request: Request) -> dict[str, Any]:
             422, "InvalidBody", f"{where} in the body holds a lone surrogate (not valid Unicode)"
         )
     return body
+
+
+def _only(body: Mapping[str, Any], fields: frozenset[str]) -> None:
+    """422 ``InvalidBody`` naming the first field of ``body`` not in ``fields``: a typo
+    (``"reasn"``) would else be dropped in silence, the write made without it."""
+    unknown = next((k for k in body if k not in fields), None)
+    if unknown is None:
+        return
+    near = nearest(unknown, sorted(fields)) if len(unknown) <= 200 else None
+    hint = f" (did you mean {near!r}?)" if near else ""
+    takes = ", ".join(repr(f) for f in sorted(fields)) or "no field"
+    raise ApiError(
+        422,
+        "InvalidBody",
+        f"unknown field {bounded_repr(unknown)} in the body{hint}; this write takes {takes}",
+    )
 
 
 def _text(body: Mapping[str, Any], field: str, *, required: bool = False) -> str | None:

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from foundation.admin._status import LOCAL
 from foundation.errors import Closed, FoundationError
-from foundation.metrics import REGISTRY_STATES, _label_value
+from foundation.metrics import REGISTRY_STATES, _committed_stage, _label_value
 
 if TYPE_CHECKING:
     from foundation.admin._state import AdminState, RegistryLike
@@ -94,8 +94,9 @@ def _flag_families(flags: FeatureFlags) -> list[GaugeMetricFamily]:
 
 
 def _migration_families(migration: Migration) -> list[GaugeMetricFamily]:
-    """The committed stage gauge."""
-    stage = migration.status().stage
+    """The committed stage gauge (read without evaluating the plan flags: a scrape
+    is not counted in ``foundation_flag_evaluations_total``)."""
+    stage = _committed_stage(migration)
     g = GaugeMetricFamily("foundation_admin_migration_stage", "committed stage", labels=["plan"])
     g.add_metric([migration.plan.name], float(stage))
     return [g]

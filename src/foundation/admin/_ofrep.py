@@ -27,10 +27,11 @@ Mapping (decided from the OFREP OpenAPI document, ``codeDefaultFlag``):
   ``migration_plan``, ``migration_stage`` and ``migration_stage_name``.
 
 Errors: 404 ``FLAG_NOT_FOUND`` (every key, on a server without flags, whose
-bulk answer is then ``{"flags": []}``); 400 ``PARSE_ERROR`` (the body is not
-a JSON object; ``NaN`` and ``Infinity`` are no JSON) or ``INVALID_CONTEXT``
-(``context`` not an object, ``targetingKey`` neither a string nor a 64-bit
-integer, an actor the flags refuse); 413 ``GENERAL`` in the 400 shape (a body
+bulk answer is then ``{"flags": []}``); 400 ``PARSE_ERROR`` (no body, or one
+that is not a JSON object; ``NaN`` and ``Infinity`` are no JSON) or
+``INVALID_CONTEXT`` (``context`` present but not an object, ``null``
+included; ``targetingKey`` neither a string nor a 64-bit integer, an actor
+the flags refuse); ``{}`` is an empty context; 413 ``GENERAL`` in the 400 shape (a body
 over ``MAX_BODY_BYTES``, 1 MiB, refused before it is read: the admin API's
 one body reader, ``read_body``); 401 with ``{"errorDetails"}`` and
 ``WWW-Authenticate: Bearer realm="foundation"`` for a missing or unknown token
@@ -134,8 +135,8 @@ async def _actor(request: Request, key: str | None) -> str | None:
         # other code the protocol's evaluationFailure allows that is not about
         # the context); OFREP's document has no 413, its 400 shape is kept.
         raise bad("GENERAL", exc.message, exc.status) from None
-    if not raw.strip():
-        return None  # no body: an empty context
+    if not raw.strip():  # the document requires the body (evaluationRequest)
+        raise bad("PARSE_ERROR", 'the body is required: a JSON object {"context": {...}}')
     try:
         body = json_input.loads(raw)
     except json_input.TooDeep:
@@ -144,12 +145,18 @@ async def _actor(request: Request, key: str | None) -> str | None:
         raise bad("PARSE_ERROR", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise bad("PARSE_ERROR", 'the body is a JSON object: {"context": {...}}')
+    # A missing "context" is an empty one (the Python OFREP client sends {} for no
+    # evaluation context); one present is an object: null is INVALID_CONTEXT.
     context = body.get("context", {})
-    if context is None:
-        return None
     if not isinstance(context, dict):
-        raise bad("INVALID_CONTEXT", "'context' is a JSON object")
+        raise bad("INVALID_CONTEXT", f"'context' is a JSON object, not {_json_type(context)}")
     return _targeting_key(context, bad)
+
+
+def _json_type(value: object) -> str:
+    """The JSON type of a decoded value, for a message (``null``, ``a string``...)."""
+    kinds = ((bool, "a boolean"), (str, "a string"), (int | float, "a number"), (list, "an array"))
+    return next((k for t, k in kinds if isinstance(value, t)), "null")
 
 
 def _targeting_key(context: dict[str, Any], bad: Callable[[str, str], _Failure]) -> str | None:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from foundation.admin._errors import ApiError
-from foundation.admin._http import _limit, _need_flags, _text
+from foundation.admin._http import _limit, _need_flags, _only, _text
 from foundation.admin._json import _change_dict, _jsonable
 from foundation.admin._state import AdminState
 from foundation.admin._status import FlagSync, flag_sync, store_status
@@ -278,6 +278,21 @@ def _deny_call(
     return functools.partial(flags.deny, name, actor, by=by, reason=reason)
 
 
+_FLAG_FIELDS: Final = {
+    action: frozenset(("reason", *extra))
+    for action, extra in (
+        ("enable", ()),
+        ("disable", ("confirm",)),
+        ("clear", ()),
+        ("percentage", ("percentage",)),
+        ("assign", ("actor", "variant")),
+        ("split", ("split",)),
+        ("allow", ("actor",)),
+        ("deny", ("actor",)),
+    )
+}
+"""The body fields each flag write takes (any other: 422 ``InvalidBody``)."""
+
 _FLAG_CALLS: dict[str, _FlagCall] = {
     "enable": _enable_call,
     "disable": _disable_call,
@@ -297,6 +312,7 @@ def _flag_write(action: str) -> Callable[..., Awaitable[Any]]:
         flags = _need_flags(state)
         name = request.path_params["name"]
         flags.flag(name)  # UnknownFlag before anything else
+        _only(body, _FLAG_FIELDS[action])
         reason = _text(body, "reason")
         call = _FLAG_CALLS[action](flags, name, body, operator, reason)
         await run_in_threadpool(call)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from foundation.admin._errors import ApiError
-from foundation.admin._http import _need_migration, _text
+from foundation.admin._http import _need_migration, _only, _text
 from foundation.admin._state import AdminState
 from foundation.admin._status import store_status
 from foundation.flags import Migration
@@ -67,11 +67,20 @@ def _received(value: object) -> str:
     return f"{text} ({kind})"
 
 
+_MIGRATION_FIELDS: Final = {
+    "advance": frozenset(("reason",)),
+    "rollback": frozenset(("stage", "reason")),
+    "emergency": frozenset(("reason", "confirm")),
+}
+"""The body fields each migration write takes (any other: 422 ``InvalidBody``)."""
+
+
 def _migration_write(action: str) -> Callable[..., Awaitable[Any]]:
     async def write(
         request: Request, state: AdminState, operator: str, body: dict[str, Any]
     ) -> Any:
         migration = _need_migration(state)
+        _only(body, _MIGRATION_FIELDS[action])
         reason = _text(body, "reason", required=action == "emergency")
         if action == "advance":
             await run_in_threadpool(lambda: migration.advance(by=operator, reason=reason))

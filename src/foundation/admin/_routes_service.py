@@ -28,6 +28,8 @@ async def whoami(request: Request, state: AdminState) -> Any:
         operator = _authorise(request, state, write=False)
     return {
         "operator": operator,
+        # False: this server has no token to check (one sent is ignored), writes are off.
+        "token_configured": state.operators.configured,
         "read_only": state.read_only,
         "writes": state.operators.configured and not state.read_only,
         "flags": state.flags is not None,
