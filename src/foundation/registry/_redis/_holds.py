@@ -1,4 +1,7 @@
-"""Deaths a node heard whose deletes Redis then lost: not told as registered again.
+"""Deaths a reader heard whose deletes Redis then lost: not told as registered again.
+
+The one implementation for both readers of the change stream: a node's tail
+(``_tail``) and a ``RedisObserver`` (``_observer``, ``foundation agents watch``).
 
 A failover can lose writes a node already heard: during a Sentinel failover
 the old master stays writable for about a second after the promotion, so an
@@ -29,6 +32,13 @@ Only a snapshot's entries the mirror lacks are held, so a resync never hides
 an entry the mirror shows; the next resync recomputes the held entries from
 its own snapshot (one it lacks is forgotten, silently: it was never told).
 All of it runs under the mirror lock, but :func:`deletes_kept`, the round trip.
+
+A node remembers the removals of other nodes' registrations only, and its own
+writes of a held key end the hold too (``_replies``, ``_batch``, ``_update``).
+An observer owns nothing and writes nothing (it never deletes nor writes back
+what it holds): it remembers every removal, and only a record of the key or
+the time ends a hold (two of the namespace's leases, which it reads from Redis:
+``RedisObserver._lease_s``).
 """
 
 from __future__ import annotations
@@ -38,11 +48,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, NamedTuple
 
-from foundation.registry._redis._mirror import same_registration
+from foundation.registry._redis._mirror import Mirror, same_registration
 from foundation.registry._redis._shared import UNREADABLE
-from foundation.registry._types import Entry
+from foundation.registry._redis._state import log
+from foundation.registry._types import Entry, RegistryEvent
 
-__all__ = ["Gone", "Holds", "deletes_kept"]
+__all__ = ["Gone", "Holds", "deletes_kept", "say_shown"]
 
 
 class Gone(NamedTuple):
@@ -156,6 +167,32 @@ class Holds:
         held = self.held.pop(key, None)
         return None if held is None else held[0]
 
+    def decide(
+        self, m: Mirror, key: Hashable, op: bytes, v: int, events: list[RegistryEvent]
+    ) -> None:
+        """A change record (``op``, version ``v``) of ``key`` is about to be
+        applied to ``m`` (holding mlock): it ends the hold. An update (its owner
+        says it lives) shows the held entry, told ``registered``; the update
+        follows. A registration record tells its entry itself; a delete (the
+        owner's recovery, or a reap) drops it silently."""
+        held = self.take(key)
+        if held is not None and op == b"u":
+            m.put(held, v)
+            events.append(RegistryEvent("registered", held))
+
+    def release_due(self, m: Mirror, events: list[RegistryEvent]) -> int:
+        """Put the held entries whose time is up into ``m``, told ``registered``
+        (holding mlock): no record of their key came while they were held, so
+        Redis holds them and nobody removed them. How many (for
+        :func:`say_shown`, outside the lock)."""
+        shown = 0
+        for entry in self.due():
+            if entry.key not in m.entries:
+                m.put(entry, m.versions.get(entry.key, m.floor))
+                events.append(RegistryEvent("registered", entry))
+                shown += 1
+        return shown
+
     def due(self) -> Iterator[Entry]:
         """Take the held entries whose time is up (holding mlock)."""
         now = time.monotonic()
@@ -170,6 +207,18 @@ class Holds:
             return longest
         soonest = min(until for _, until in self.held.values())
         return max(0.001, min(longest, soonest - time.monotonic()))
+
+
+def say_shown(who: str, shown: int) -> None:
+    """The one INFO line of :meth:`Holds.release_due` (``who``: ``node X``,
+    ``observer of 'ns'``)."""
+    if shown:
+        log.info(
+            "%s: %d entr(ies) whose delete it had heard and Redis lost were neither "
+            "deleted nor written again by their owners: shown again",
+            who,
+            shown,
+        )
 
 
 def deletes_kept(pipe: Any, k_log: str, doubtful: dict[Hashable, Gone]) -> set[Hashable]:

@@ -14,7 +14,12 @@ stream ``P:log`` (the records every node's tail applies), in version order:
 - every agent belongs to another process, so every entry's ``agent`` is a
   ``RemoteAgent`` description;
 - the last ``recent`` deaths (``unregistered`` events with reason ``"down"``)
-  are remembered with the time they were seen (``recently_dead()``).
+  are remembered with the time they were seen (``recently_dead()``);
+- a death whose delete a failover then lost (the old master kept it, the
+  promoted one did not) is not shown registered again by the resync: the
+  registration is held, as a node's tail holds it (``_holds``, the one
+  implementation), until a record of its key decides or two of the
+  namespace's leases pass (read from Redis: ``_lease_s``).
 
 Reads (``list_all``, ``lookup``, ``query``, ``count``) answer from the mirror,
 which is as fresh as the stream (milliseconds behind the writers); while
@@ -48,6 +53,7 @@ from foundation._retry import RetryBackoff
 from foundation.errors import BackendUnavailable, Closed, FoundationError, InvalidConfig
 from foundation.registry._query import compile_criteria, matching
 from foundation.registry._redis._codec import RemoteAgent, decode_key
+from foundation.registry._redis._holds import Gone, Holds, deletes_kept, say_shown
 from foundation.registry._redis._mirror import Mirror, same_registration
 from foundation.registry._redis._readscript import ReadScript
 from foundation.registry._redis._scripts import SNAPSHOT, SnapshotArgs
@@ -68,6 +74,12 @@ BLOCK_MS: Final = 2000
 """Longest XREAD block; after an idle one the observer checks the change counter."""
 
 Listener = Callable[[RegistryEvent], None]
+
+HOLD_S: Final = 10.0
+"""Seconds a registration is held whose delete this observer heard and a resync's
+snapshot lost (see ``_holds``), and a delete is remembered for that (counted
+while the stream is read), when the namespace's lease is unknown (no node has a
+lease: see ``_lease_s``): two default leases (5 s). A node holds two of its own."""
 
 MAX_ERROR_CHARS: Final = 500
 """``ObserverStatus.last_error`` is cut to this many characters."""
@@ -140,11 +152,20 @@ class RedisObserver:
         self._k_log = self._prefix + ":log"
         self._k_ver = self._prefix + ":ver"
         self._k_nodes = self._prefix + ":nodes"
+        self._k_leases = self._prefix + ":leases"
+        self._k_lastbeat = self._prefix + ":lastbeat"
         self._errors = _redis_conn.redis_errors()
         self._lock = threading.Lock()  # the mirror, the stream position, the event queue's order
         self._mirror = Mirror(())
         self._tail_v = 0
         self._sid = "0-0"
+        # Deletes heard that a failover may lose, and the entries a resync holds
+        # because its snapshot's history lost them (the observer's thread's own;
+        # the mirror changes under _lock as always; see _holds).
+        self._holds = Holds(HOLD_S)
+        # The change record being applied: stream id, ``v`` field, writer (the
+        # observer's thread's own, for Holds.note_delete).
+        self._rec: tuple[bytes, bytes, bytes] = (b"0-0", b"0", b"")
         self._listeners: Listeners[RegistryEvent] = Listeners(
             "RedisObserver listener", area="registry.redis"
         )
@@ -364,7 +385,9 @@ class RedisObserver:
                     self._tail_client.xread,
                     {self._k_log: sid},
                     count=1000,
-                    block=BLOCK_MS,
+                    # Wake up for the next held entry that falls due (at least
+                    # 1 ms: BLOCK 0 waits for ever).
+                    block=max(1, int(self._holds.wait(BLOCK_MS / 1000) * 1000)),
                 )
                 if self._stop.is_set():
                     return
@@ -473,12 +496,17 @@ class RedisObserver:
 
     def _after_read(self, resp: list[Any]) -> bool:
         """Apply one XREAD reply or, after an idle read, check the change counter;
-        True if a snapshot is needed."""
+        True if a snapshot is needed. Then shows the held entries that fell due
+        (after the records, which decide first; not before a resync, which does)."""
         if resp:
-            return self._apply(resp)
-        # Idle: a counter below ours means Redis restarted (emptied).
-        raw = self._call("reading the change counter", self._client.get, self._k_ver)
-        return int(raw or 0) < self._tail_v
+            resync = self._apply(resp)
+        else:
+            # Idle: a counter below ours means Redis restarted (emptied).
+            raw = self._call("reading the change counter", self._client.get, self._k_ver)
+            resync = int(raw or 0) < self._tail_v
+        if self._holds.held and not resync:
+            self._release_due()
+        return resync
 
     def _apply(self, resp: list[Any]) -> bool:
         """Apply one XREAD reply in version order; True if a snapshot is needed (a gap)."""
@@ -494,11 +522,23 @@ class RedisObserver:
                         break
                     self._tail_v = v + record_span(fields) - 1
                     self._sid = rid.decode() if isinstance(rid, bytes) else str(rid)
+                    self._rec = (rid, fields[b"v"], fields.get(b"w", b""))
                     for iv, f in expand_record(v, fields):
                         self._apply_record(m, iv, f, events)
             self._queue(events)
         self._hand_off()
         return gap
+
+    def _release_due(self) -> None:
+        """Show the held entries whose time is up, told ``registered`` (see
+        ``Holds.release_due``): only a record or the time ends a hold here, the
+        observer deletes nothing (the owner's recovery or a reap does)."""
+        events: list[RegistryEvent] = []
+        with self._lock:
+            shown = self._holds.release_due(self._mirror, events)
+            self._queue(events)
+        say_shown(f"observer of {self.namespace!r}", shown)
+        self._hand_off()
 
     def _apply_record(
         self, m: Mirror, v: int, f: dict[bytes, bytes], events: list[RegistryEvent]
@@ -507,6 +547,10 @@ class RedisObserver:
         key = decode_key(f[b"k"])
         if not m.is_newer(key, v):
             return
+        if self._holds.held:
+            # A record of a held entry's key decides it (see Holds.decide): an
+            # update shows it, told ``registered``, before the update.
+            self._holds.decide(m, key, op, v, events)
         if op == b"r":
             self._apply_register(m, v, key, f, events)
         elif op == b"u":
@@ -538,6 +582,9 @@ class RedisObserver:
         gone = m.remove(key, v)
         if gone is None:
             return
+        # A failover can lose this delete after we heard it: remember it (every
+        # entry is another process's: the observer owns none).
+        self._holds.note_delete(gone, f[b"k"], *self._rec)
         why, dr = f.get(b"why", b"").decode(), f.get(b"dr", b"").decode()
         reason: UnregisterReason = "unregistered"
         if why == "replaced":
@@ -563,6 +610,66 @@ class RedisObserver:
         )
         ver, sid, heads, metas = int(reply[0]), reply[1], reply[2], reply[3]
         meta_by = dict(zip(metas[::2], metas[1::2], strict=True))
+        fresh = self._snapshot_entries(heads, meta_by)
+        doubtful, kept = self._deletes_kept(heads)
+        events: list[RegistryEvent] = []
+        with self._lock:
+            m = self._mirror
+            if doubtful or self._holds.held:
+                self._holds.hold(fresh, m.entries, doubtful, kept)
+            _apply_snapshot(m, fresh, ver, events)
+            m.rebase(ver)
+            self._tail_v = ver
+            self._sid = sid.decode() if isinstance(sid, bytes) else str(sid)
+            if emit:
+                self._queue(events)
+        self._hand_off()
+
+    def _deletes_kept(self, heads: list[bytes]) -> tuple[dict[Hashable, Gone], set[Hashable]]:
+        """The registrations this observer heard deleted that the snapshot
+        ``heads`` holds again, and those whose delete its history holds (one
+        pipelined round trip, only when there are any: see ``_holds``). Only the
+        observer's thread changes the mirror and the holds: nothing moves
+        between this and the snapshot's application."""
+        with self._lock:
+            doubtful = self._holds.doubtful(heads, self._mirror.entries, _head_entry)
+        if not doubtful:
+            return doubtful, set()
+        # Held as long as a node holds them: two of the namespace's leases.
+        self._holds.keep = 2 * self._lease_s()
+        kept: set[Hashable] = self._call(
+            "checking the change stream",
+            deletes_kept,
+            self._client.pipeline(transaction=False),
+            self._k_log,
+            doubtful,
+        )
+        return doubtful, kept
+
+    def _lease_s(self) -> float:
+        """The namespace's ``lease_ttl`` (seconds), ``HOLD_S / 2`` when unknown.
+
+        An observer is given none, but Redis tells it: a heartbeat sets
+        ``P:lastbeat`` to its time and its node's deadline in ``P:leases`` to that
+        time plus the node's ``lease_ttl`` (a heal shifts both alike), so the
+        latest deadline less ``P:lastbeat`` is the ``lease_ttl`` of the node that
+        renewed last (every node of a namespace has the same one, docs/redis.md;
+        that node gone since: another's, up to one heartbeat less). One round
+        trip, made only by a resync that has entries to hold or tell."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(self._k_lastbeat)
+        pipe.zrange(self._k_leases, -1, -1, withscores=True)
+        last, latest = self._call("reading the namespace's lease", pipe.execute)
+        try:
+            lease_ms = float(latest[0][1]) - float(last)
+        except (IndexError, TypeError, ValueError):
+            return HOLD_S / 2  # no node has a lease (or junk): the default lease
+        return lease_ms / 1000 if lease_ms > 0 else HOLD_S / 2
+
+    def _snapshot_entries(
+        self, heads: list[bytes], meta_by: dict[bytes, bytes]
+    ) -> dict[Hashable, Entry]:
+        """The entries of a snapshot's heads and metadata (the unreadable left out)."""
         fresh: dict[Hashable, Entry] = {}
         unreadable = 0
         for ekb, head in zip(heads[::2], heads[1::2], strict=True):
@@ -581,16 +688,7 @@ class RedisObserver:
                 self.namespace,
                 unreadable,
             )
-        events: list[RegistryEvent] = []
-        with self._lock:
-            m = self._mirror
-            _apply_snapshot(m, fresh, ver, events)
-            m.rebase(ver)
-            self._tail_v = ver
-            self._sid = sid.decode() if isinstance(sid, bytes) else str(sid)
-            if emit:
-                self._queue(events)
-        self._hand_off()
+        return fresh
 
     def _queue(self, events: list[RegistryEvent]) -> None:
         """Queue ``events`` for the listeners (holding ``_lock``, in the block that
@@ -641,7 +739,12 @@ def _apply_snapshot(
             events.append(RegistryEvent("updated", new))
 
 
-def _entry(key: Hashable, head_raw: bytes, meta: bytes) -> Entry:
+def _head_entry(key: Hashable, ek: str, head: str) -> Entry:
+    """The entry of a snapshot's head, metadata aside (for ``Holds.doubtful``)."""
+    return _entry(key, head, b"{}")
+
+
+def _entry(key: Hashable, head_raw: bytes | str, meta: bytes) -> Entry:
     head = json.loads(head_raw)
     a = head.get("a") or {}
     node = head["n"]

@@ -22,7 +22,7 @@ from foundation._retry import RetryBackoff
 from foundation.errors import FoundationError
 from foundation.liveness import Monitor
 from foundation.registry._redis._codec import decode_key
-from foundation.registry._redis._holds import Holds, deletes_kept
+from foundation.registry._redis._holds import Holds, deletes_kept, say_shown
 from foundation.registry._redis._mirror import same_registration
 from foundation.registry._redis._scripts import SnapshotArgs
 from foundation.registry._redis._shared import (
@@ -133,26 +133,16 @@ class Tail:
 
     def _release_due(self, gen: int) -> None:
         """Put the held entries whose time is up into the mirror, told
-        ``registered``: no record of their key came while they were held, so
-        Redis holds them and nobody removed them (see _holds)."""
+        ``registered`` (see Holds.release_due)."""
         sh = self._sh
         events: list[RegistryEvent] = []
         with sh.mlock:
             if gen != sh.gen:
                 return  # a resync happened meanwhile: it decided what it holds
-            m = sh.mirror
-            for entry in self.holds.due():
-                if entry.key not in sh.entries:
-                    m.put(entry, m.versions.get(entry.key, m.floor))
-                    events.append(RegistryEvent("registered", entry))
+            shown = self.holds.release_due(sh.mirror, events)
             sh.queue(events)
-        if events:
-            log.info(
-                "node %s: %d entr(ies) whose delete this node had heard and Redis lost "
-                "were neither deleted nor written again by their owners: shown again",
-                sh.node,
-                len(events),
-            )
+        if shown:
+            say_shown(f"node {sh.node}", shown)
             sh.hand_off()
 
     # ------------------------------------------------------------------ applying records
@@ -288,13 +278,10 @@ class Tail:
         key = decode_key(ek)
         if not m.is_newer(key, v):
             return  # already applied (our own write, or covered by a snapshot)
-        held = self.holds.take(key) if self.holds.held else None
-        if held is not None and op == b"u":
-            # A held entry (see _holds) its owner updates: alive, so shown and
-            # told again; the update follows. (A registration record tells it
-            # itself; a delete, the owner's or a reap's, drops it silently.)
-            m.put(held, v)
-            events.append(RegistryEvent("registered", held))
+        if self.holds.held:
+            # A record of a held entry's key decides it (see Holds.decide): an
+            # update shows it, told ``registered``, before the update.
+            self.holds.decide(m, key, op, v, events)
         if op == b"r":
             self._apply_register(key, ek, v, f, events, orphans=orphans)
         elif op == b"u":
