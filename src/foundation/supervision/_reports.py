@@ -152,13 +152,22 @@ def _exit_text(exit: ChildExit) -> str:
     if reason == "exception":
         return f"crashed: {_safe_repr(exit.exception)}" if exit.exception is not None else "crashed"
     if reason == "exit":
-        return f"crashed: exit code {exit.exit_code}"
+        return _exit_code_text(exit.exit_code)
     if reason == "killed":
         signum = _exit_signal(exit)
         return f"was killed by {_signal_name(signum)}" if signum is not None else "was killed"
     if reason == "shutdown" and exit.exception is not None:  # a nested supervisor gave up
         return f"shut down: {_safe_repr(exit.exception)}"
     return _PLAIN_EXIT_TEXTS.get(reason, f"exited: {reason}")  # the last: a reason added later
+
+
+def _exit_code_text(code: int | None) -> str:
+    """A process's ``"exit"``: its code, or (None) that its status is lost."""
+    if code is None:
+        # Its status could not be read: the child was reaped by other code
+        # (SIGCHLD ignored, a waitpid(-1) elsewhere). Abnormal: see _ProcessRun._exit_of.
+        return "ended, exit status unknown: reaped by another waiter"
+    return f"crashed: exit code {code}"
 
 
 #: _exit_text for the reasons that carry no detail.

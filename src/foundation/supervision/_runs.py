@@ -30,9 +30,14 @@ in its entry point. Caveats:
   (the default, below), and every multiprocessing child (it makes its group
   first thing), is stopped as a group instead: SIGTERM and SIGKILL go
   to the whole group, and whatever is left in it when the child ends is
-  SIGKILLed (where pidfd is available: before the child is reaped, so the
-  group id cannot have been reused). A grandchild that left the group
-  (``setsid``, a daemon's double fork) is not followed.
+  SIGKILLed (before the child is reaped, so the group id cannot have been
+  reused; not for an argv child watched by polling, without pidfd: the poll
+  reaps it). A grandchild that left the group (``setsid``, a daemon's double
+  fork) is not followed.
+- A child reaped by other code (SIGCHLD ignored, a ``waitpid(-1)``
+  elsewhere) frees its pid at once: signals go through the child's pidfd
+  (never to a process that took the pid since), and its lost status is
+  ``"exit"`` with no code (see ``_ProcessRun._exit_of``).
 - Each OS-process child is put in a process group of its own, so a terminal's
   Ctrl-C (sent to the whole foreground group) reaches the supervisor alone,
   which then stops the children in order. An argv child that must read the
@@ -50,6 +55,7 @@ in its entry point. Caveats:
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -62,7 +68,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from foundation import _fork
 from foundation.errors import RestartIntensityExceeded, ShutdownError
-from foundation.liveness import spawn_thread
+from foundation.liveness import Down, spawn_thread
+from foundation.liveness._process import down_from_status, owner_down, waitid_pidfd
 from foundation.supervision import _reports as reports
 from foundation.supervision._child import StopRequested
 from foundation.supervision._context import (
@@ -85,6 +92,8 @@ _HAVE_PIDFD = sys.platform == "linux" and hasattr(os, "pidfd_open")
 _POLL_INTERVAL = 0.02  # process exit polling where pidfd is unavailable
 _KILL_GRACE = 0.1  # s a task cancelled again after its shutdown timeout gets to end
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PIDFD_SIGNAL_PROCESS_GROUP = 4  # <linux/pidfd.h>, Linux 6.9+
+_NO_WAIT_STATUS = (os.WEXITED | os.WNOHANG | os.WNOWAIT) if hasattr(os, "waitid") else 0
 
 
 def _load_prctl() -> Callable[..., int] | None:
@@ -256,7 +265,10 @@ def _clean_stop(exit: ChildExit) -> bool:
     SIGTERM (the shells' and the JVM's way to say so); a task or thread
     ending by ``sys.exit()`` / ``SystemExit(0)`` (as a process exiting 0; a
     thread's ``SystemExit`` is Python's silent end of it). Anything else (an
-    exception, another exit code or signal) is OTP's ``shutdown_error``.
+    exception, another exit code or signal) is OTP's ``shutdown_error``. A
+    process whose exit status is unknown (``"exit"`` without a code: reaped by
+    another waiter, see :meth:`_ProcessRun._exit_of`) ended after its stop was
+    asked for, and nothing shows it failed: no ``shutdown_error`` either.
     """
     if exit.reason in ("normal", "shutdown", "cancelled", "abandoned"):
         return True
@@ -264,7 +276,7 @@ def _clean_stop(exit: ChildExit) -> bool:
         return True
     if exit.reason == "killed":
         return exit.signal == _SIGTERM
-    return exit.reason == "exit" and exit.exit_code == 128 + _SIGTERM
+    return exit.reason == "exit" and exit.exit_code in (None, 128 + _SIGTERM)
 
 
 class Run:
@@ -575,23 +587,87 @@ def _count_abandoned(supervisor: str, child: str, thread: threading.Thread) -> i
 
 class _ProcessRun(Run):
     """Shared by both process flavours: SIGTERM, then SIGKILL after the timeout,
-    to the child's own process group (``_group``, its pid) when it leads one."""
+    to the child's own process group (``_group``, its pid) when it leads one.
+
+    A signal goes only where the child provably still is. Other code may reap
+    the child behind the supervisor's back (SIGCHLD ignored, also when
+    inherited across exec; a thread calling ``waitpid(-1)``); its pid, so its
+    group id, may then name an unrelated process. Where the child is watched
+    through a pidfd, signals go through it (it names the child, never a later
+    process with the same pid); else only while a non-reaping ``waitid``
+    finds the child unreaped (see :meth:`_unreaped`).
+    """
 
     _group: int | None = None
 
-    def _unreaped(self) -> bool:
-        """True until the child's exit status was collected (its pid, and so its
-        group id, cannot be reused before)."""
+    def _child_pidfd(self) -> int | None:
+        """The open pidfd on the child; None without one (polling, sentinel)."""
         raise NotImplementedError
 
+    def _stored_code(self) -> int | None:
+        """The exit code the process object stored (its wait reaped the child)."""
+        raise NotImplementedError
+
+    def _unreaped(self) -> bool:
+        """Without a pidfd: True while the child is provably unreaped (its pid,
+        and the group id it leads, cannot name another process).
+
+        Race: the non-reaping ``waitid`` finds the pid a child of ours; one
+        reaped elsewhere whose pid another child of ours took over passes
+        (the pid space must wrap between that reap and this call), as does a
+        reap between this check and the signal. A pidfd has no such window.
+        """
+        pid = self.handle.pid
+        if pid is None or self._stored_code() is not None:
+            return False
+        if not _NO_WAIT_STATUS:
+            return True  # no waitid here: the stored code is all there is to go by
+        try:
+            os.waitid(os.P_PID, pid, _NO_WAIT_STATUS)
+        except ChildProcessError:  # reaped by someone else
+            return False
+        return True
+
+    def _signal(self, signum: int) -> None:
+        """``signum`` to the child's own group, else to the child alone; to
+        nothing once the child was reaped by someone else (its pid is free)."""
+        fd = self._child_pidfd()
+        if fd is not None:
+            self._signal_by_pidfd(fd, signum)
+        elif self._unreaped() and not self._signal_group(signum):
+            if signum == signal_module.SIGKILL:
+                self.handle.kill()
+            else:
+                self.handle.terminate()
+
+    def _signal_by_pidfd(self, fd: int, signum: int) -> None:
+        """``signum`` through the child's pidfd: to the group it leads while it
+        is in it, else (no such group, or it left it) to the child alone."""
+        group = self._group
+        if group is not None and _pidfd_signal_group(fd, group, signum) and self._in_group(fd):
+            return
+        with contextlib.suppress(ProcessLookupError):  # reaped (by anyone): nothing to reach
+            signal_module.pidfd_send_signal(fd, signum)
+
+    def _in_group(self, fd: int) -> bool:
+        """Whether the child is in its own group still (a zombie answers too);
+        True once it was reaped: there is nothing more to reach."""
+        try:
+            pgid = os.getpgid(self.handle.pid)
+            # Race: the pid may name another process by now. Asked after, the
+            # pidfd tells whether that answer was the child's (a reap is final).
+            signal_module.pidfd_send_signal(fd, 0)
+        except OSError:
+            return True
+        return pgid == self._group
+
     def _signal_group(self, signum: int) -> bool:
-        """Send ``signum`` to the child's own process group while the child is
-        unreaped (its pid cannot be reused yet); True when that reached the
-        child. False when there is no such group, or the child left it (it
-        moved to another group: a shell with job control; or a multiprocessing
-        child that has not made its group yet): the caller then signals the
-        child itself, once."""
-        if self._group is None or not self._unreaped():
+        """Without a pidfd, once :meth:`_unreaped` said yes: ``signum`` to the
+        child's own group; True when that reached the child. False when there
+        is no such group, or the child left it (it moved to another group: a
+        shell with job control; or a multiprocessing child that has not made
+        its group yet): the caller then signals the child itself, once."""
+        if self._group is None:
             return False
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._group, signum)
@@ -600,16 +676,27 @@ class _ProcessRun(Run):
         except OSError:  # reaped meanwhile by someone else: nothing more to reach
             return True
 
+    def _sweep_group(self, pidfd: int | None) -> None:
+        """The child has ended, not yet reaped by us: SIGKILL what is left in
+        its own group (its grandchildren). Through its pidfd where there is one
+        (on Linux 6.9+ also once another waiter reaped it: the group of the
+        child's own pid, never one a later process with that pid leads)."""
+        if self._group is None:
+            return
+        if pidfd is not None:
+            _pidfd_signal_group(pidfd, self._group, signal_module.SIGKILL)
+        elif self._unreaped():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._group, signal_module.SIGKILL)
+
     def _terminate(self) -> None:
         """SIGTERM to the group, else to the child alone (``Popen`` and
         ``multiprocessing`` processes both have ``terminate``/``kill``)."""
-        if not self._signal_group(signal_module.SIGTERM):
-            self.handle.terminate()
+        self._signal(signal_module.SIGTERM)
 
     def _kill(self) -> None:
         """SIGKILL to the group, else to the child alone."""
-        if not self._signal_group(signal_module.SIGKILL):
-            self.handle.kill()
+        self._signal(signal_module.SIGKILL)
 
     async def _stop(self, timeout: float | None) -> ChildExit:
         if timeout == 0:  # brutal_kill
@@ -633,13 +720,104 @@ class _ProcessRun(Run):
             self._kill()
         return [f"killed process {self.name} (pid {self.handle.pid})"]
 
+    def _read_exit(self, status: Any) -> Down | None:
+        """The ended child's exit from its ``_ended_status``, read before our
+        own wait reaps it; None: read the code that wait stores
+        (``_stored_down``)."""
+        # A status None (reaped) is read before our wait: a code still unstored
+        # then, our read having failed, means someone else reaped the child
+        # (down_from_status: no code; a Popen's wait() would store a made-up 0).
+        return None if status is _UNREAD else down_from_status(self.handle, status)
+
+    def _stored_down(self) -> Down:
+        """After our own wait: the Down from the code the process object
+        stored (a ``Popen``'s 0 under SIGCHLD ignored is the guess it makes:
+        no code, see liveness), ``Down("exit")`` without a code if none."""
+        if self._stored_code() is None:
+            return Down("exit")
+        return owner_down(self.handle) or Down("exit")
+
     @staticmethod
-    def _exit_of(code: int | None) -> ChildExit:
-        if code == 0:
+    def _exit_of(down: Down) -> ChildExit:
+        """The run's exit, from the liveness layer's reading of its status.
+
+        ``Down("exit")`` without a code: the status could not be read, the
+        child was reaped by another waiter (SIGCHLD ignored, a
+        ``waitpid(-1)`` elsewhere) and the kernel kept none. It stays
+        ``ChildExit("exit", exit_code=None)``: abnormal for the restart
+        policy (OTP restarts a transient child on any reason but normal and
+        shutdown; a crash is never taken for a clean end), reported as "exit
+        status unknown", and no ``shutdown_error`` after a stop asked for
+        (:func:`_clean_stop`).
+        """
+        if down.reason == "normal":
             return ChildExit("normal", exit_code=0)
-        if code is not None and code < 0:
-            return ChildExit("killed", signal=-code)
-        return ChildExit("exit", exit_code=code)
+        if down.reason == "killed":
+            return ChildExit("killed", signal=down.signal)
+        return ChildExit("exit", exit_code=down.exit_code)
+
+
+#: _ended_status: no status read, the child unreaped: its owner's wait reads it.
+_UNREAD = object()
+
+
+def _ended_status(pidfd: int, pid: int | None) -> Any:
+    """Non-reaping status of the ended child behind ``pidfd`` (its pid
+    ``pid``); None once another waiter reaped it (the status is lost).
+
+    ``waitid(P_PIDFD)``; where that cannot be used (Linux before 5.4, a
+    Python built without ``os.P_PIDFD``), ``waitid(P_PID)``, kept only if the
+    pidfd shows the child unreaped after it; ``_UNREAD`` if still none.
+    """
+    status = waitid_pidfd(pidfd)
+    if status is not None:
+        return status
+    if _NO_WAIT_STATUS and pid is not None:
+        with contextlib.suppress(ChildProcessError):  # reaped: checked below
+            status = os.waitid(os.P_PID, pid, _NO_WAIT_STATUS)
+    try:
+        # Race: the pid may name another child of ours by now. Asked after,
+        # the pidfd tells whether that answer was the child's (a reap is final).
+        signal_module.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return None
+    return _UNREAD if status is None else status
+
+
+def _pidfd_signal_group(pidfd: int, group: int, signum: int) -> bool:
+    """``signum`` to the process group led by the pidfd's process (``group``,
+    its pid); False when there is no such group (left, not made yet, empty).
+
+    Linux 6.9+ signals it through the pidfd: the group of the child's own pid,
+    never a group a later process with the same pid number leads. Before,
+    ``killpg``, only while the pidfd shows the child unreaped (its pid held,
+    the group id cannot be reused). Race: reaped by another waiter and the
+    pid reused between that check and ``killpg`` (the pid space must wrap
+    meanwhile): closed on 6.9+ only.
+    """
+    try:
+        signal_module.pidfd_send_signal(pidfd, signum, None, _PIDFD_SIGNAL_PROCESS_GROUP)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # sent to the members it may signal, as killpg
+        return True
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: no group flag before Linux 6.9
+            raise
+        return _killpg_while_unreaped(pidfd, group, signum)
+    return True
+
+
+def _killpg_while_unreaped(pidfd: int, group: int, signum: int) -> bool:
+    """``killpg(group)`` while the pidfd shows its leader unreaped; whether sent."""
+    try:
+        signal_module.pidfd_send_signal(pidfd, 0)
+        os.killpg(group, signum)
+    except ProcessLookupError:  # reaped (its group id may be another's), or no group
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 class PopenRun(_ProcessRun):
@@ -756,23 +934,44 @@ class PopenRun(_ProcessRun):
         if fd is None:
             return
         self.loop.remove_reader(fd)
-        os.close(fd)
-        # Race: the pid (and so the group id) is reused only once the child is
-        # reaped and its group is empty; swept here, before the wait reaps it,
-        # the group is still the child's own, whoever else is left in it.
-        self._signal_group(signal_module.SIGKILL)
-        self.handle.wait()  # readable pidfd: the process has ended, this does not block
-        self._finish()
+        try:
+            # The status, read without reaping before our wait() reaps: exact
+            # while the child is a zombie of ours; None once another waiter
+            # reaped it (Popen's wait() would then store a made-up 0).
+            status = _ended_status(fd, self.handle.pid)
+            down = self._read_exit(status)
+            # Race: swept through the pidfd, before our wait() reaps the
+            # child: the group of the child's own pid, whoever else is in it,
+            # never a group a later process with a reused pid leads.
+            self._sweep_group(fd)
+        finally:
+            os.close(fd)
+        if status is None and down is not None and self.handle.returncode is None:
+            # Reaped by another waiter, its status lost (down_from_status saw
+            # no wait() of the Popen's own under way). wait() would waitpid()
+            # a pid free since, maybe another child of ours by now: the loop
+            # blocked until that one ends, its status stolen. Stored instead
+            # as wait() stores a status it cannot get (ECHILD): 0. Race: a
+            # user's wait()/poll() on another thread meanwhile stores the same.
+            self.handle.returncode = 0
+        else:
+            self.handle.wait()  # readable pidfd: the process has ended, this does not block
+        self._finish(down)
 
-    def _finish(self) -> None:
+    def _finish(self, down: Down | None = None) -> None:
+        """The run's exit: ``down``, else (polling; a reap the user's own
+        ``wait()`` was storing) the code Popen stored."""
         self._close_ready_fd()
         for stream in (self.handle.stdin, self.handle.stdout, self.handle.stderr):
             if stream is not None:
                 stream.close()
-        self._exit(self._exit_of(self.handle.returncode))
+        self._exit(self._exit_of(down or self._stored_down()))
 
-    def _unreaped(self) -> bool:
-        return self.handle.returncode is None
+    def _child_pidfd(self) -> int | None:
+        return getattr(self, "_pidfd", None)
+
+    def _stored_code(self) -> int | None:
+        return self.handle.returncode
 
 
 class MultiprocessingRun(_ProcessRun):
@@ -893,31 +1092,72 @@ class MultiprocessingRun(_ProcessRun):
         if fd is None:
             return
         self.loop.remove_reader(fd)
-        if self._own_exit_fd:
-            os.close(fd)
+        pidfd = fd if self._own_exit_fd else None
+        status: Any = _UNREAD
+        try:
+            # As for an argv child (PopenRun._reap): the status read without
+            # reaping, the group swept through the pidfd, both before join()
+            # reaps the child. Without a pidfd (the sentinel): swept only while
+            # _unreaped() finds it ours, the status is what join() stores.
+            if pidfd is not None:
+                status = _ended_status(pidfd, self.handle.pid)
+            down = self._read_exit(status)
+            self._drain_ready()
+            self._sweep_group(pidfd)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        self._join(reaped=status is None)
+        if interpreter_exiting():
+            # multiprocessing's exit handler terminated it (the program's main
+            # thread returned with the tree running): no crash, no restart.
+            # Race: it sets its flag before terminating, so this sees it.
+            self.stopping = True
+        # No status and none stored (reaped by another waiter: join() finds
+        # nothing to reap, exitcode stays None): Down("exit"), no code.
+        self._exit(self._exit_of(down or self._stored_down()))
+
+    def _join(self, *, reaped: bool) -> None:
+        """join() the ended child, which reaps it; not once ``reaped`` by
+        another waiter with no code stored: join() would waitpid() a pid free
+        since, maybe another child of ours by now (the loop blocked until that
+        one ends, its status stolen)."""
+        if not (reaped and self._stored_code() is None):
+            self.handle.join()  # the exit fd is readable: the process has ended
+        if self._stored_code() is None:  # reaped elsewhere: join() found nothing
+            self._forget_reaped()
+
+    def _forget_reaped(self) -> None:
+        """join() found nothing to reap: another waiter reaped the child, and
+        multiprocessing, whose code for it stays None, would keep it among its
+        children for ever (listed by ``active_children()``, its pid polled
+        at each ``start()`` though another process may hold it by now, its
+        pipes open). Dropped from them: the pipes close with the object."""
+        import multiprocessing.process
+
+        # Race: other threads may read or change the set meanwhile (join(),
+        # active_children()); each access is one atomic operation on it.
+        children = getattr(multiprocessing.process, "_children", None)
+        if isinstance(children, set):
+            children.discard(self.handle)
+
+    def _drain_ready(self) -> None:
+        """At the child's end: a ready() sent just before exiting is still in
+        the pipe: read it first; else close the pipe."""
         if self._recv is not None:
-            # A ready() sent just before exiting is still in the pipe: read it first.
             if self._recv.poll():
                 self._on_ready()
             else:
                 self.loop.remove_reader(self._recv.fileno())
                 self._recv.close()
                 self._recv = None
-        # Race: as for an argv child, the group is swept before join() reaps the
-        # child, so its id cannot have been reused (someone else reaping it first,
-        # multiprocessing.active_children() say, is seen by _unreaped: no sweep).
-        self._signal_group(signal_module.SIGKILL)
-        self.handle.join()  # the exit fd is readable: the process has ended
-        if interpreter_exiting():
-            # multiprocessing's exit handler terminated it (the program's main
-            # thread returned with the tree running): no crash, no restart.
-            # Race: it sets its flag before terminating, so this sees it.
-            self.stopping = True
-        self._exit(self._exit_of(self.handle.exitcode))
 
-    def _unreaped(self) -> bool:
+    def _child_pidfd(self) -> int | None:
+        return self._exit_fd if getattr(self, "_own_exit_fd", False) else None
+
+    def _stored_code(self) -> int | None:
         popen = getattr(self.handle, "_popen", None)  # multiprocessing's own, since 3.4
-        return popen is not None and popen.returncode is None
+        return None if popen is None else cast("int | None", popen.returncode)
 
 
 class SupervisorRun(Run):
