@@ -63,21 +63,56 @@ def parse_tokens(token: str | Iterable[str] | Mapping[str, str] | None) -> Opera
         >>> parse_tokens("just-a-secret").operator("just-a-secret")
         'admin'
 
+    An empty list or mapping configures no operator, as ``None`` does
+    (``configured`` is False).
+
     Raises:
-        InvalidConfig: an empty secret or operator name, or a secret given twice.
+        InvalidConfig: a blank operator name (it is the ``by`` of the operator's
+            writes), a blank secret or one with whitespace at either end (a
+            bearer header's is trimmed: no request could send it), a secret
+            that is not printable ASCII, an operator name that is not valid
+            Unicode, or a secret given twice. The message names the operator (or the token's
+            position), never the secret.
     """
     if token is None:
         return Operators()
     seen: set[str] = set()
     out: list[tuple[bytes, str]] = []
-    for name, secret in _token_pairs(token):
-        if not name or not secret:
-            raise InvalidConfig("a token needs a non-empty operator name and secret")
+    for position, (name, secret) in enumerate(_token_pairs(token), start=1):
+        _check_pair(position, name, secret)
         if secret in seen:
             raise InvalidConfig(f"the secret of operator {name!r} is given twice")
         seen.add(secret)
         out.append((secret.encode(), name))
     return Operators(tuple(out))
+
+
+def _check_pair(position: int, name: str, secret: str) -> None:
+    """InvalidConfig naming what is wrong with the ``position``-th token, if anything."""
+    if not name.strip():
+        raise InvalidConfig(f"token #{position}: the operator name is blank")
+    if not secret.strip():
+        raise InvalidConfig(
+            f"token #{position}: the secret of operator {bounded_repr(name)} is blank"
+        )
+    if secret != secret.strip():
+        raise InvalidConfig(
+            f"token #{position}: the secret of operator {bounded_repr(name)} starts or ends with "
+            "whitespace (a bearer token is trimmed: no request could send it)"
+        )
+    if not (secret.isascii() and secret.isprintable()):
+        # An HTTP header carries ASCII: a non-ASCII secret (a lone surrogate was a
+        # UnicodeEncodeError here) or a control character could never be matched.
+        raise InvalidConfig(
+            f"token #{position}: the secret of operator {bounded_repr(name)} must be "
+            "printable ASCII (an Authorization header carries no other)"
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidConfig(
+            f"token #{position}: the operator name {bounded_repr(name)} is not valid Unicode"
+        ) from None
 
 
 def _token_pairs(token: str | Iterable[str] | Mapping[str, str]) -> list[tuple[str, str]]:
@@ -123,8 +158,14 @@ def _authorise(request: Request, state: AdminState, *, write: bool) -> str | Non
             raise _unauthorized("unknown token", invalid_token=True)
     if write:
         _authorise_write(request, state, operator)
-    elif operator is None and state.operators.configured and not state.public_reads:
-        raise _unauthorized("reads need Authorization: Bearer <token>")
+    elif operator is None and not state.public_reads:
+        # Fail closed: an app without public_reads and without a token (create_app's
+        # defaults, token=[] included) answered every read to anyone.
+        raise _unauthorized(
+            "reads need Authorization: Bearer <token>"
+            if state.operators.configured
+            else "reads need a token and none is configured (token=..., or public_reads=True)"
+        )
     return operator
 
 

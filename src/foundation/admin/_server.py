@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 
 from foundation._cli._signals import STOP_SIGNALS, raising_handler
 from foundation.admin._app import create_app
+from foundation.admin._auth import parse_tokens
 from foundation.admin._slow_clients import (
     DEFAULT_HEADER_TIMEOUT,
     check_header_timeout,
@@ -161,8 +162,9 @@ class AdminServer:
     once beyond that many (see :mod:`foundation.admin._slow_clients`).
 
     Raises (from the constructor):
-        InvalidConfig: a bad ``bind``, ``header_timeout`` or ``max_connections``,
-            or a non-loopback ``bind`` without a token.
+        InvalidConfig: a bad ``bind``, ``header_timeout``, ``max_connections``
+            or ``token`` (see :func:`parse_tokens`), or a non-loopback ``bind``
+            without a token (``None``, or an empty list or mapping).
     """
 
     def __init__(
@@ -183,7 +185,11 @@ class AdminServer:
         self._header_timeout = check_header_timeout(header_timeout)
         self._max_connections = check_max_connections(max_connections)
         loopback = is_loopback(host)
-        if not loopback and token is None:
+        if isinstance(token, Iterable) and not isinstance(token, str | Mapping):
+            token = list(token)  # parsed here and again by create_app: an iterator only once
+        # Not `token is None`: [], {} or () configure no token either, and off loopback
+        # would serve every read to anyone (with writes off).
+        if not loopback and not parse_tokens(token).configured:
             raise InvalidConfig(
                 f"refusing to serve the admin page on non-loopback {host!r} without a token "
                 "(give token=..., or bind 127.0.0.1)"
