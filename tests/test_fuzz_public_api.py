@@ -382,6 +382,11 @@ def test_known_flag_offenders_raise_library_errors(flags: FeatureFlags) -> None:
         flags.enable("alpha", by=42)  # type: ignore[arg-type]
     with pytest.raises(InvalidFlagValue):
         flags.enable("alpha", by="\ud800")
+    for blank in ("", "   ", "\n"):  # by= names someone; a stored actor too
+        with pytest.raises(InvalidFlagValue):
+            flags.enable("alpha", by=blank)
+        with pytest.raises(InvalidFlagValue):
+            flags.allow("alpha", blank or " ", by="ops")
     assert flags.history() == []
     flags.set_percentage("rollout", 50.0)
     answer = flags.enabled("rollout", actor="\ud800")  # hashed with surrogates passed

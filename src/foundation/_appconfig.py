@@ -39,7 +39,7 @@ from foundation.errors import InvalidConfig, bounded_repr
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["AppConfig"]
+__all__ = ["AppConfig", "unknown_sections"]
 
 FlagStoreKind = Literal["memory", "sqlite", "redis"]
 RegistryBackend = Literal["memory", "redis"]
@@ -58,9 +58,24 @@ _KNOWN = {
 }
 
 
+def unknown_sections(data: Mapping[str, Any]) -> list[str]:
+    """A problem per top-level table of ``data`` no part of Foundation reads
+    (``unknown section [clii] (did you mean [cli]?)``): the one check of the
+    shared file, here and in the ``foundation`` command."""
+    import difflib
+
+    problems = []
+    for section in data:
+        if section not in _SECTIONS:
+            close = difflib.get_close_matches(str(section), sorted(_SECTIONS), n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else ""
+            problems.append(f"unknown section [{bounded_repr(section)[1:-1]}]{hint}")
+    return problems
+
+
 def _section_tables(data: Mapping[str, Any], problems: list[str]) -> dict[str, Mapping[str, Any]]:
     """The known sections of ``data``; unknown sections and keys go to ``problems``."""
-    problems += [f"unknown section [{s}]" for s in data if s not in _SECTIONS]
+    problems += unknown_sections(data)
     tables: dict[str, Mapping[str, Any]] = {}
     for section in _SECTIONS:
         table = data.get(section, {})

@@ -2,7 +2,7 @@
 
 ::
 
-    foundation flags list | show NAME | history [NAME] [--limit N] | eval NAME [--actor A]
+    foundation flags list | show NAME | history [NAME] [--limit N (100)] | eval NAME [--actor A]
                      | value NAME [--actor A]
     foundation flags enable|disable|clear NAME | percentage NAME P | allow|deny NAME ACTOR
                      | split NAME VARIANT=SHARE... | assign NAME ACTOR VARIANT
@@ -35,8 +35,10 @@ usage error: argparse's usage, or one line such as ``InvalidFlagValue:
 'color' is a string flag ...`` for input the command judges wrong before
 acting (a command for the other kind of flag, a value the library refuses
 such as shares not summing to 100, a bad ``--where``, a missing ``--plan``,
-``--bind`` off loopback without ``--token``, an empty ``--store``,
-``--redis``, ``--namespace`` or ``FOUNDATION_*`` variable); 69 backend unavailable
+``--bind`` off loopback without ``--token``, ``--json`` with ``--text``, a
+blank ``--by``, an empty ``--store``, ``--redis``, ``--namespace``, ``--token``
+or ``--plan``, or an empty ``FOUNDATION_*`` variable the command reads:
+``check_command_line``, ``option_or_env``); 69 backend unavailable
 (``BackendUnavailable``: Redis unreachable, not answering within the op
 timeout, read-only or out of memory; retrying later may work); 130
 interrupted (SIGINT, Ctrl-C); 129 hung up (SIGHUP: the terminal closed, the
@@ -445,8 +447,9 @@ def _print_error(label: str, exc: BaseException, debug: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from foundation._cli._common import Output, load_settings
+    from foundation._cli._common import Output, check_command_line, load_settings
 
+    check_command_line(args)  # --json with --text, an empty option, a blank --by: exit 2
     out = Output(args)
     if args.command == "version":
         from foundation import __version__

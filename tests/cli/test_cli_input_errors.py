@@ -112,7 +112,7 @@ def test_a_blank_by_is_a_usage_error_and_writes_nothing(tmp_path: Path, by: str)
     result = run_cli("flags", "enable", "beta", "--by", by, "--store", url, cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "--by" in result.stderr
-    assert ok_json(run_cli("flags", "history", "--store", url, cwd=tmp_path)) == []
+    assert ok_json(run_cli("flags", "history", "--store", url, cwd=tmp_path))["changes"] == []
     step = run_cli("migration", "advance", "--by", by, "--store", url, cwd=tmp_path)
     assert step.returncode == 2, (step.stdout, step.stderr)
 
@@ -132,7 +132,7 @@ def test_a_value_the_flags_refuse_exits_2_and_writes_nothing(
     url = _sqlite_app(tmp_path / "flags.db")
     line = one_line_error(run_cli("flags", *args, "--store", url, cwd=tmp_path), exit_code=2)
     assert line.startswith(f"{label}: "), line
-    assert ok_json(run_cli("flags", "history", "--store", url, cwd=tmp_path)) == []
+    assert ok_json(run_cli("flags", "history", "--store", url, cwd=tmp_path))["changes"] == []
 
 
 def test_a_bad_where_operator_exits_2_like_a_malformed_where(

@@ -111,7 +111,7 @@ def test_writes_are_audited_with_by_and_reason(
     assert again["change"] is None
     ok_json(run_cli("flags", "clear", "dark_mode", "--store", url, cwd=tmp_path))
 
-    history = ok_json(run_cli("flags", "history", "beta", "--store", url, cwd=tmp_path))
+    history = ok_json(run_cli("flags", "history", "beta", "--store", url, cwd=tmp_path))["changes"]
     assert [(h["by"], h["reason"]) for h in history] == [
         (getpass.getuser(), "launch"),
         ("ana", None),
@@ -121,7 +121,8 @@ def test_writes_are_audited_with_by_and_reason(
     assert history[1]["new"]["allow"] == ["qa-1"]
     assert history[2]["new"]["deny"] == ["bot-9"]
     last = ok_json(run_cli("flags", "history", "--limit", "1", "--store", url, cwd=tmp_path))
-    assert [(h["flag"], h["by"]) for h in last] == [("beta", "ops")]
+    assert [(h["flag"], h["by"]) for h in last["changes"]] == [("beta", "ops")]
+    assert last["more"] == 3  # the earlier records (beta's), said
 
     text = run_cli("flags", "history", "beta", "--text", "--store", url, cwd=tmp_path)
     assert text.returncode == 0

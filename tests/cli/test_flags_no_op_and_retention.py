@@ -32,7 +32,7 @@ def test_a_tool_s_no_op_kill_switch_says_so(tmp_path: Path) -> None:
     )
     assert text.returncode == 0, text.stderr
     assert "no-op here: only the runtime state was set" in text.stdout
-    rows = ok_json(run_cli("flags", "history", "--store", url, cwd=tmp_path))
+    rows = ok_json(run_cli("flags", "history", "--store", url, cwd=tmp_path))["changes"]
     assert [(r["flag"], r["no_op"]) for r in rows] == [("beta", True), ("gamma", True)]
     table = run_cli("flags", "history", "--text", "--store", url, cwd=tmp_path)
     assert table.stdout.count("(no-op)") == 2, table.stdout

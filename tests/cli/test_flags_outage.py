@@ -62,7 +62,7 @@ assert rows["beta"]["enabled"] is True and rows["beta"]["description"] == "new",
 assert "Redis unreachable" in listed.stderr and "node copy" in listed.stderr, listed.stderr
 history = cli(srv.url, "flags", "history")
 assert history.returncode == 0, history.stderr
-assert [c["by"] for c in json.loads(history.stdout)] == ["ana"], history.stdout
+assert [c["by"] for c in json.loads(history.stdout)["changes"]] == ["ana"], history.stdout
 shown = cli(srv.url, "flags", "show", "beta")
 assert shown.returncode == 0 and json.loads(shown.stdout)["enabled"] is True, shown
 

@@ -151,9 +151,11 @@ def _check(argv: list[str], code: int, out: str, err: str) -> None:
         lines = err.strip().splitlines()
         assert len(lines) == 1, where
         label = lines[0].split(":", 1)[0]
-        # A usage line names the command ("foundation flags split: ..."); a failure
+        # A usage line names the command ("foundation flags split: ...") or is the
+        # command's own UsageError (an empty option, --json with --text); a failure
         # names a library error, never a Python builtin (AttributeError, ...).
-        assert label in LIBRARY_ERRORS or label.startswith("foundation"), where
+        usage = label.startswith("foundation") or (code == 2 and label == "UsageError")
+        assert label in LIBRARY_ERRORS or usage, where
     if "--text" in argv and "--json" not in argv:  # text (a pipe is JSON unless --text)
         assert not any(ch in out for ch in HIDDEN), where
 

@@ -111,5 +111,5 @@ def test_json_keeps_the_text_as_written(store: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     import json
 
-    reasons = [record["reason"] for record in json.loads(result.stdout)]
+    reasons = [record["reason"] for record in json.loads(result.stdout)["changes"]]
     assert reasons == [MARKUP, FORGED], reasons

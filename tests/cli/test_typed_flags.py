@@ -166,7 +166,7 @@ def test_split_assign_unassign_are_audited_and_heard_by_the_application(
     ]
     assert flags.evaluate("color", "qa-1").variant == "green"
 
-    history = cli(url, tmp_path, "history", "color")
+    history = cli(url, tmp_path, "history", "color")["changes"]
     assert [h["new"]["assign"] for h in history] == [
         {},
         {"qa-1": "green"},
@@ -175,7 +175,7 @@ def test_split_assign_unassign_are_audited_and_heard_by_the_application(
     ]
     # Every record has every key, a boolean flag's too (the store's form leaves them out).
     cli(url, tmp_path, "enable", "beta")
-    assert cli(url, tmp_path, "history", "beta")[0]["new"] == {
+    assert cli(url, tmp_path, "history", "beta")["changes"][0]["new"] == {
         "switch": True,
         "percentage": None,
         "allow": [],
@@ -277,7 +277,7 @@ def test_a_command_for_the_other_kind_exits_2_in_one_line(
     url, _ = app
     line = one_line_error(run_cli("flags", *args, "--store", url, cwd=tmp_path), exit_code=2)
     assert line.startswith(f"InvalidFlagValue: {says}"), line
-    assert cli(url, tmp_path, "history") == []  # nothing written
+    assert cli(url, tmp_path, "history")["changes"] == []  # nothing written
 
 
 def test_bad_values_are_typed_one_line_errors(
@@ -312,7 +312,7 @@ def test_bad_values_are_typed_one_line_errors(
     debug = run_cli("flags", "allow", "color", "x", "--debug", "--store", url, cwd=tmp_path)
     assert debug.returncode == 2
     assert "Traceback" in debug.stderr  # --debug shows where, for this error too
-    assert cli(url, tmp_path, "history") == []  # all or nothing: no half-written split
+    assert cli(url, tmp_path, "history")["changes"] == []  # all or nothing: no half-written split
 
 
 def test_malformed_arguments_are_usage_errors(

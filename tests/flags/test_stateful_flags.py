@@ -378,14 +378,22 @@ class FlagMachine(RuleBasedStateMachine):
             bad = data.draw(st.sampled_from([1, 0, "on", None, "true"]))
             op = lambda: f.set(name, bad)  # noqa: E731
         elif case == "actor":
-            bad = data.draw(st.sampled_from([None, 1.5, True, 2**64, b"ana", "\ud800"]))
+            bad = data.draw(
+                st.sampled_from([None, 1.5, True, 2**64, b"ana", "\ud800", "", "   ", "\n"])
+            )
             write = data.draw(st.sampled_from(["allow", "deny"]))
             op = lambda: getattr(f, write)(name, bad)  # noqa: E731
         else:
-            bad = data.draw(st.sampled_from([42, b"ops", "\ud800", "x" * 100_000]))
-            write = data.draw(st.sampled_from(["enable", "disable", "clear", "reset_all"]))
             audit = data.draw(st.sampled_from(["by", "reason"]))
-            if write == "reset_all":
+            # A blank by names nobody (refused on every write and step); a blank
+            # reason is no reason, stored as given.
+            blank = ["", "   ", "\n"] if audit == "by" else []
+            bad = data.draw(st.sampled_from([42, b"ops", "\ud800", "x" * 100_000, *blank]))
+            steps = ["emergency_rollback"] if audit == "by" else []
+            write = data.draw(st.sampled_from(["enable", "disable", "clear", "reset_all", *steps]))
+            if write == "emergency_rollback":  # from any stage: the step's own by check
+                op = lambda: self.migration.emergency_rollback("fire", by=bad)  # noqa: E731
+            elif write == "reset_all":
                 op = lambda: f.reset_all(**{audit: bad})  # noqa: E731
             else:
                 op = lambda: getattr(f, write)(name, **{audit: bad})  # noqa: E731

@@ -7,13 +7,12 @@ command runs.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from contextlib import ExitStack
 from typing import Any
 
-from foundation._cli._common import Output, Settings, UsageError
+from foundation._cli._common import Output, Settings, UsageError, option_or_env
 from foundation._cli._signals import Terminated
 from foundation.errors import InvalidConfig
 
@@ -107,12 +106,14 @@ def _slow_client_options(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     """Serve until SIGINT (then ``KeyboardInterrupt``: exit 130), SIGTERM (exit 0) or
     SIGHUP (exit 129)."""
+    # An empty --token or FOUNDATION_ADMIN_TOKEN is a usage error naming it (exit 2),
+    # as an empty --store or FOUNDATION_STORE: the one rule of option_or_env.
+    token, _where = option_or_env(args.token, "--token", TOKEN_ENV)
     serve = _load_serve()
     if not settings.store and not settings.redis:
         raise InvalidConfig(
             "foundation admin needs a flag store (--store) and/or a registry (--redis)"
         )
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     _check_bind(args.bind, token)
     options = _slow_client_options(args)
     with ExitStack() as stack:

@@ -25,6 +25,7 @@ from foundation._cli._common import (
     key_from_text,
     key_to_json,
     positive_int,
+    shortened,
     value_from_text,
 )
 
@@ -213,7 +214,7 @@ def _rows(entries: Iterable[Any]) -> Iterator[list[Any]]:
             e.node,
             getattr(e.agent, "pid", None),
             _age(e.registered_at, now),
-            dict(e.metadata),
+            shortened(dict(e.metadata)),  # cut in the table; --json keeps it whole
         ]
 
 
@@ -316,14 +317,32 @@ def run(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         if action == "show":
             from foundation.errors import NotRegistered
 
-            entry = observer.lookup(key_from_text(args.key))
+            key = key_from_text(args.key)
+            entry = _lookup(observer, args.key, key)
             if entry is None:
-                raise NotRegistered(key_from_text(args.key))
+                raise NotRegistered(key)
             data = entry_data(entry)
             out.emit(data, lambda: _show_text(data, out))
         elif action == "watch":
             return _watch(observer, args.count, out)
         return 0
+
+
+def _lookup(observer: Any, text: str, key: Any) -> Any:
+    """``observer.lookup(key)``, ``key`` read from ``text`` as JSON: a refused key
+    (``true`` is the bool True) says how to look up the string instead."""
+    from foundation.errors import InvalidKey
+
+    try:
+        return observer.lookup(key)
+    except InvalidKey as exc:
+        if isinstance(key, str):
+            raise
+        quoted = json.dumps(text, ensure_ascii=False)
+        raise InvalidKey(
+            f"{exc}; {text[:100]!r} was read as JSON: for the string key, quote it "
+            f"(foundation agents show '{quoted[:100]}')"
+        ) from exc
 
 
 class LinkReporter:

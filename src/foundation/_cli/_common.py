@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import unicodedata
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
 
@@ -36,6 +36,8 @@ __all__ = [
     "StdoutError",
     "StdoutGone",
     "UsageError",
+    "check_command_line",
+    "check_not_empty",
     "common_options",
     "default_by",
     "json_text",
@@ -43,8 +45,9 @@ __all__ = [
     "key_to_json",
     "load_settings",
     "log_level",
-    "operator_name",
+    "option_or_env",
     "positive_int",
+    "shortened",
     "silence_stdout",
     "stdout_failed",
     "value_from_text",
@@ -193,11 +196,20 @@ class Settings:
 
 
 def read_config(path: str) -> dict[str, str]:
-    """The ``[cli]`` table of a ``foundation.toml`` (InvalidConfig if it is not usable)."""
+    """The ``[cli]`` table of a ``foundation.toml`` (InvalidConfig if it is not usable).
+
+    The file is shared: its other tables are ``AppConfig``'s (``Application``),
+    which checks them; a table neither knows (``[clii]``, a typo) is refused
+    here as there, in the same words (``_appconfig.unknown_sections``)."""
+    from foundation._appconfig import unknown_sections
+
     try:
         document = read_toml(path, "config")
     except FileNotFoundError:
         return {}
+    unknown = unknown_sections(document)
+    if unknown:
+        raise InvalidConfig(f"invalid config in {path}: " + "; ".join(unknown))
     table = document.get("cli", {})
     _check_cli_table(path, table)
     return dict(table)
@@ -245,30 +257,71 @@ def load_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -
     origin: dict[str, str] = {}
     for key in _CONFIG_KEYS:
         env_name = f"FOUNDATION_{key.upper()}"
-        sources = (
-            (getattr(args, key, None), f"--{key}"),
-            (environ.get(env_name), env_name),
-            (config.get(key), CONFIG_FILE),
-        )
-        values[key] = None
-        for value, where in sources:
-            if value is not None:
-                _check_not_empty(value, where)
-                values[key], origin[key] = value, where
-                break
+        value, where = option_or_env(getattr(args, key, None), f"--{key}", env_name, environ)
+        if value is None:
+            value, where = config.get(key), CONFIG_FILE  # (checked: read_config)
+        values[key] = value
+        if value is not None:
+            origin[key] = where
         _check_wire_text(key, values[key], origin)
     return Settings(
         values["store"], values["redis"], values["namespace"] or DEFAULT_NAMESPACE, origin
     )
 
 
-def _check_not_empty(value: str, where: str) -> None:
-    """UsageError if ``value``, from ``where`` (an option or a variable), is empty."""
+def option_or_env(
+    value: str | None, option: str, env_name: str, env: Mapping[str, str] | None = None
+) -> tuple[str | None, str]:
+    """The value of ``option`` as given, else of the variable ``env_name`` (in ``env``,
+    else the process environment), with where it came from; ``(None, env_name)``
+    when neither is given. An empty one is a UsageError naming it
+    (``check_not_empty``): the one rule of every setting (``load_settings``, the
+    admin token)."""
+    if value is not None:
+        check_not_empty(value, option)
+        return value, option
+    found = (os.environ if env is None else env).get(env_name)
+    if found is not None:
+        check_not_empty(found, env_name)
+    return found, env_name
+
+
+def check_not_empty(value: str, where: str) -> None:
+    """UsageError (exit 2) if ``value``, from ``where`` (an option or a variable), is
+    empty: the one rule for empty values (``check_command_line``, ``option_or_env``)."""
     if value:
         return
     if where.startswith("--"):
         raise UsageError(f"{where} is empty: give it a value, or leave the option out")
     raise UsageError(f"{where} is set but empty: give it a value, or unset it")
+
+
+_NAMING_OPTIONS = ("store", "redis", "namespace", "token", "plan")
+"""The options (their ``dest``) whose value names something: empty is a usage error."""
+
+
+def check_command_line(args: argparse.Namespace) -> None:
+    """UsageError (exit 2) for what the command line gives wrong whatever the
+    command, before anything is read or opened: ``--json`` with ``--text``, an
+    empty option of ``_NAMING_OPTIONS``, a blank ``--by`` (the flags' own rule,
+    ``check_audit_text``, labelled as the library's error)."""
+    if getattr(args, "json", False) and getattr(args, "text", False):
+        raise UsageError("--json and --text exclude each other: give one")
+    for dest in _NAMING_OPTIONS:
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            check_not_empty(value, f"--{dest}")
+    by = getattr(args, "by", None)
+    if by is not None:
+        from foundation.errors import InvalidFlagValue
+        from foundation.flags._config import check_audit_text
+
+        try:
+            check_audit_text(by, "by")
+        except InvalidFlagValue as exc:  # "by= ...": said of the option
+            hint = "; leave it out for the OS user" if not by.strip() else ""
+            message = "--by" + str(exc).removeprefix("by=") + hint
+            raise UsageError(message, label="InvalidFlagValue") from exc
 
 
 def default_by() -> str:
@@ -277,16 +330,6 @@ def default_by() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a bare container)
         return f"uid:{os.getuid()}"
-
-
-def operator_name(text: str) -> str:
-    """An argparse type for ``--by``: who makes a change, never empty or blank
-    (the history would record nobody)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(
-            "--by names who makes the change; leave it out for the OS user"
-        )
-    return text
 
 
 def positive_int(text: str) -> int:
@@ -595,6 +638,22 @@ def _escape(ch: str) -> str:
 
 def _cell(value: Any) -> str:
     return visible(_cell_text(value))
+
+
+TEXT_CELL_CHARS = 200
+"""The longest value ``shortened`` leaves whole (a text table's cell)."""
+
+
+def shortened(value: Any, limit: int = TEXT_CELL_CHARS) -> str:
+    """``value``'s table cell text cut to ``limit`` characters, the last three ``...``,
+    when longer: for a text table (``agents list``'s metadata, a 60 KB value
+    filled a screen per row); JSON keeps every value whole.
+
+    >>> shortened({"a": "x" * 10}, 12)
+    '{"a": "xx...'
+    """
+    text = _cell_text(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cell_text(value: Any) -> str:

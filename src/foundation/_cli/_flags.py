@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from foundation._cli._common import Output, Settings, UsageError, default_by, operator_name
+from foundation._cli._common import Output, Settings, UsageError, default_by
 from foundation._cli._signals import hold_for_the_write
 from foundation.errors import BackendUnavailable, InvalidFlagValue
 
@@ -43,6 +43,8 @@ WRITES = (
     "assign",
     "unassign",
 )
+HISTORY_DEFAULT_LIMIT = 100
+"""``flags history`` without ``--limit``: the last 100 records, as ``GET /api/history``."""
 BOOLEAN_ONLY = ("percentage", "allow", "eval")
 TYPED_ONLY = ("split", "assign", "unassign")
 
@@ -57,7 +59,14 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("name")
     hist = sub.add_parser("history", help="audited changes, oldest first", parents=[common])
     hist.add_argument("name", nargs="?")
-    hist.add_argument("--limit", type=_positive_int, default=None, help="the last N changes")
+    hist.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=HISTORY_DEFAULT_LIMIT,
+        metavar="N",
+        help=f"the last N changes (default {HISTORY_DEFAULT_LIMIT}, as the admin API's; "
+        "the output says how many more are recorded)",
+    )
     ev = sub.add_parser("eval", help="on or off for an actor? (boolean flags)", parents=[common])
     ev.add_argument("name")
     ev.add_argument("--actor", default=None, type=_read_actor)
@@ -68,7 +77,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     val.add_argument("--actor", default=None, type=_read_actor)
 
     writes = argparse.ArgumentParser(add_help=False)
-    writes.add_argument("--by", default=None, type=operator_name, help="who (default: the OS user)")
+    writes.add_argument("--by", default=None, help="who (default: the OS user; never blank)")
     writes.add_argument("--reason", default=None, help="why (kept in the history)")
     for action, text in (
         ("enable", "switch on (rollout and actor sets are kept)"),
@@ -370,11 +379,17 @@ def _show_flag(flags: Any, args: argparse.Namespace, out: Output) -> None:
 
 
 def _flag_history(flags: Any, args: argparse.Namespace, out: Output) -> None:
-    """Print a flag's recorded changes (the last --limit)."""
-    changes = flags.history(args.name)
-    if args.limit is not None:
-        changes = changes[-args.limit :]
+    """Print the last ``--limit`` (default 100) recorded changes, oldest first, and
+    how many earlier ones the store holds (``more``: text on stderr, a JSON field)."""
+    recorded = flags.history(args.name)
+    changes = recorded[-args.limit :]
+    more = len(recorded) - len(changes)
     kept = getattr(flags.store, "history_limit", None)
+    data = {
+        "changes": [change_dict(c) for c in changes],
+        "more": more,
+        "history_limit": kept if isinstance(kept, int) else None,
+    }
 
     def text() -> None:
         if changes:
@@ -386,8 +401,15 @@ def _flag_history(flags: Any, args: argparse.Namespace, out: Output) -> None:
                 f"(the store keeps the last {kept:,} records of all flags, history_limit: "
                 "older ones are trimmed)"
             )
+        if more:  # on stderr: stdout stays the table
+            print(
+                f"... {more:,} earlier change{'s' if more != 1 else ''} not shown: "
+                f"--limit {len(recorded)} to see {'them' if more != 1 else 'it'}",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    out.emit([change_dict(c) for c in changes], text)
+    out.emit(data, text)
 
 
 def _eval_flag(flags: Any, args: argparse.Namespace, out: Output) -> None:

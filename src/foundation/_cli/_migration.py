@@ -6,7 +6,7 @@ import argparse
 import datetime
 from typing import Any
 
-from foundation._cli._common import Output, Settings, UsageError, default_by, operator_name
+from foundation._cli._common import Output, Settings, UsageError, default_by
 from foundation._cli._flags import open_flags, over_redis
 from foundation._cli._signals import hold_for_the_write
 
@@ -35,7 +35,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         help="the plan (needed when several are recorded)",
     )
     writes = argparse.ArgumentParser(add_help=False)
-    writes.add_argument("--by", default=None, type=operator_name, help="who (default: the OS user)")
+    writes.add_argument("--by", default=None, help="who (default: the OS user; never blank)")
     p = commands.add_parser("migration", help="the staged migration", parents=[common, plan])
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("status", help="stage, stages, flags and recent steps", parents=[common, plan])

@@ -73,14 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--agents",
         type=_number(int, 1, 2000),
-        default=300,
-        help="agents of each kind, 1-2000 (default 300)",
+        default=None,  # given with --chaos: a usage error (_MODE_OPTIONS)
+        help="agents of each kind, 1-2000 (default 300; not with --chaos)",
     )
     parser.add_argument(
         "--seconds",
         type=_number(float, 0, 3600, above=True),
-        default=30.0,
-        help="traffic time of the rollout, over 0 and at most 3600 (default 30)",
+        default=None,  # given with --chaos: a usage error (_MODE_OPTIONS)
+        help="traffic time of the rollout, over 0 and at most 3600 (default 30; not with --chaos)",
     )
     parser.add_argument(
         "--workers", type=_number(int, 1, 64), default=4, help="traffic threads, 1-64 (default 4)"
@@ -97,8 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fault-seconds",
         type=_number(float, 0, 600, above=True),
-        default=3.0,
-        help="--chaos: length of each fault, over 0 and at most 600 (default 3)",
+        default=None,  # given without --chaos: a usage error (_MODE_OPTIONS)
+        help="with --chaos only: length of each fault, over 0 and at most 600 (default 3)",
     )
     parser.add_argument(
         "--admin",
@@ -109,6 +109,37 @@ def _parser() -> argparse.ArgumentParser:
         "(default bind 127.0.0.1:8800; checked first)",
     )
     return parser
+
+
+_MODE_OPTIONS = (
+    # (dest, default, with --chaos?, the usage error when given in the other mode)
+    ("agents", 300, False, "--agents sizes parts 1-3, which --chaos does not run: drop one"),
+    ("seconds", 30.0, False, "--seconds times part 2, which --chaos does not run: drop one"),
+    (
+        "fault_seconds",
+        3.0,
+        True,
+        "--fault-seconds is the length of --chaos's faults: add --chaos, or drop it",
+    ),
+)
+"""The options of one mode only: given in the other, they would be ignored."""
+
+
+def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) for options that would be ignored: ``--redis``,
+    ``--agents`` or ``--seconds`` with ``--chaos``, ``--fault-seconds`` without
+    it, an empty ``--redis`` or ``--admin`` (as the command's other options: an
+    empty value is never a value left out); then the defaults of those left out."""
+    for option, value in (("--redis", args.redis), ("--admin", args.admin)):
+        if value == "":
+            parser.error(f"argument {option}: empty: give it a value, or leave the option out")
+    if args.chaos and args.redis:
+        parser.error("--chaos starts its own redis-server (it kills it); drop --redis")
+    for dest, default, chaos_only, wrong in _MODE_OPTIONS:
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+        elif chaos_only != args.chaos:
+            parser.error(wrong)
 
 
 def _check_redis(parser: argparse.ArgumentParser, url: str, namespace: str) -> None:
@@ -184,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         from foundation._cli._common import stdout_failed
 
         stdout_failed(exc, "the help")
-    if args.chaos and args.redis:
-        parser.error("--chaos starts its own redis-server (it kills it); drop --redis")
+    _check_options(parser, args)
     # Part 4's namespace, isolated from other users of that Redis.
     args.namespace = f"foundation-demo-{uuid.uuid4().hex[:8]}"
     if args.redis:

@@ -36,6 +36,8 @@ __all__ = [
     "ENV_PREFIX",
     "MAX_CONFIG_BYTES",
     "check_audit_text",
+    "env_key",
+    "env_variable",
     "nearest",
     "parse_config",
     "parse_value",
@@ -54,18 +56,30 @@ def check_audit_text(value: object, what: str) -> None:
 
     One rule on every store (the memory store would keep anything, SQLite and
     Redis would fail later): ``str`` of at most ``MAX_AUDIT_CHARS`` characters,
-    valid Unicode (no lone surrogates).
+    valid Unicode (no lone surrogates). A ``by`` names someone: not empty or
+    blank (``""``, ``"   "``, ``"\\n"``: the history would record nobody; ``None``
+    leaves the write unnamed). The one rule of the ``foundation`` command's
+    ``--by`` too.
 
     >>> check_audit_text(42, "by")
     Traceback (most recent call last):
     ...
     foundation.errors.InvalidFlagValue: by= must be a str or None, not int: 42
-    """
+    >>> check_audit_text("  ", "by")
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidFlagValue: by= names who makes the change: not empty or blank, not '  ' (the history would record nobody)
+    """  # noqa: E501
     if value is None:
         return
     if not isinstance(value, str):
         raise InvalidFlagValue(
             f"{what}= must be a str or None, not {type(value).__name__}: {short_repr(value)}"
+        )
+    if what == "by" and not value.strip():
+        raise InvalidFlagValue(
+            f"by= names who makes the change: not empty or blank, not {short_repr(value)} "
+            "(the history would record nobody)"
         )
     if len(value) > MAX_AUDIT_CHARS:
         raise InvalidFlagValue(f"{what}= is longer than {MAX_AUDIT_CHARS} characters")
@@ -204,18 +218,54 @@ def _flags_table(document: dict[str, Any], shown: str) -> Mapping[str, Any]:
     return table
 
 
+def env_key(name: str) -> str:
+    """The part of a flag's variable after ``FOUNDATION_FLAG_``: ``name`` upper-cased,
+    each character other than ``A-Z``, ``0-9`` and ``_`` written ``_``, so that a
+    shell can set it (``export`` takes nothing else). Every declarable name has
+    one; two flags with the same one are refused at declaration (``_by_name``).
+    A variable's own suffix is read the same way (``FOUNDATION_FLAG_new-parser``,
+    set with ``env``, names the same flag).
+
+    >>> [env_key(n) for n in ("beta", "new-parser", "new.parser", "café au lait")]
+    ['BETA', 'NEW_PARSER', 'NEW_PARSER', 'CAF__AU_LAIT']
+    """
+    return "".join(c if c in _ENV_CHARS else "_" for c in name.upper())
+
+
+_ENV_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def env_variable(name: str) -> str:
+    """The variable that sets flag ``name``: ``FOUNDATION_FLAG_`` + ``env_key(name)``."""
+    return ENV_PREFIX + env_key(name)
+
+
 def _env_entries(env: object, declared: Collection[str]) -> list[tuple[str, str, object]]:
-    """(flag name, variable, value) of each ``FOUNDATION_FLAG_*`` variable in ``env``."""
+    """(flag name, variable, value) of each ``FOUNDATION_FLAG_*`` variable in ``env``.
+
+    A variable names the declared flag whose ``env_key`` its suffix has; one
+    naming none gives its suffix lower-cased (``UnknownFlag`` names the
+    variable). Two variables naming one declared flag (``FOUNDATION_FLAG_BETA`` and
+    ``FOUNDATION_FLAG_beta``) are ``InvalidFlagValue``: which one wins would
+    depend on the environment's order."""
     if not isinstance(env, Mapping):
         raise InvalidFlagValue(
             f"env must be a mapping of environment variables or None, not {short_repr(env)}"
         )
-    by_upper = {d.upper(): d for d in declared}
+    by_key = {env_key(d): d for d in declared}
     entries: list[tuple[str, str, object]] = []
+    seen: dict[str, str] = {}
     for key, value in env.items():
         if isinstance(key, str) and key.startswith(ENV_PREFIX):
             suffix = key[len(ENV_PREFIX) :]
-            entries.append((by_upper.get(suffix.upper(), suffix.lower()), key, value))
+            name = by_key.get(env_key(suffix), suffix.lower())
+            if name in seen and name in declared:  # an undeclared one: UnknownFlag names both
+                raise InvalidFlagValue(
+                    f"{short_repr(seen[name])[1:-1]} and {short_repr(key)[1:-1]} both set "
+                    f"flag {short_repr(name)}: keep one"
+                )
+            seen[name] = key
+            entries.append((name, key, value))
     return entries
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foundation.errors import InvalidFlagValue
-from foundation.flags._config import short_repr
+from foundation.flags._config import env_key, env_variable, short_repr
 from foundation.flags._store import FlagState
 from foundation.flags._typed import Kind, check_flag, declaration_repr, kind_of
 
@@ -76,26 +76,31 @@ class Flag:
 
 
 def _by_name(declared: Iterable[object], *, tool: bool = False) -> dict[str, Flag]:
-    """The declared flags by name; InvalidFlagValue for a non-Flag, a twice or case clash.
+    """The declared flags by name; InvalidFlagValue for a non-Flag, a name declared
+    twice, or two names one environment variable would set (``env_variable``:
+    ``Beta`` and ``beta``, ``new-parser`` and ``new.parser``).
 
-    ``tool`` (``FeatureFlags.from_store``): a case clash is allowed. A store's catalogue
+    ``tool`` (``FeatureFlags.from_store``): such a clash is allowed. A store's catalogue
     is the union of every version's declarations, so a flag renamed by case is there
     twice, and a tool must still open the store."""
     flags: dict[str, Flag] = {}
-    upper: dict[str, str] = {}
+    keys: dict[str, str] = {}
     for flag in declared:
         if not isinstance(flag, Flag):
             raise InvalidFlagValue(f"declare flags with Flag(...), not {short_repr(flag)}")
         if flag.name in flags:
             raise InvalidFlagValue(f"flag {flag.name!r} is declared twice")
-        clash = upper.get(flag.name.upper())
+        key = env_key(flag.name)
+        clash = keys.get(key)
         if clash is not None and not tool:
+            how = "differ only by case, so" if clash.upper() == flag.name.upper() else "clash:"
             raise InvalidFlagValue(
-                f"flags {clash!r} and {flag.name!r} differ only by case, "
-                "so one environment variable would name both"
+                f"flags {short_repr(clash)} and {short_repr(flag.name)} {how} one environment "
+                f"variable would set both ({short_repr(env_variable(flag.name))[1:-1]}): "
+                "rename one"
             )
         flags[flag.name] = flag
-        upper[flag.name.upper()] = flag.name
+        keys[key] = flag.name
     return flags
 
 

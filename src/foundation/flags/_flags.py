@@ -164,15 +164,20 @@ def _actor(actor: object) -> str:
 
 
 def _stored_actor(actor: object) -> str:
-    """An actor a write persists (allow, deny, assign): not empty, valid Unicode.
+    """An actor a write persists (allow, deny, assign): not empty or blank, valid Unicode.
 
     Reads hash any str (lone surrogates passed, see ``_hashing``), but a stored
     actor is served as JSON (admin API, CLI, history), which cannot carry a lone
-    surrogate: refused before anything is written.
+    surrogate: refused before anything is written. A blank one (``"   "``, an
+    unset shell variable quoted) names nobody and shows as nothing in a table.
     """
     a = _actor(actor)
     if not a:  # reads take "" for no actor: an entry for it could never match
         raise InvalidFlagValue('an actor written to the store must not be empty ("" is no actor)')
+    if not a.strip():
+        raise InvalidFlagValue(
+            f"an actor written to the store must not be blank, not {short_repr(a)}"
+        )
     if not is_valid_unicode(a):
         raise InvalidFlagValue(
             f"an actor written to the store must be valid Unicode (no lone surrogates), "
@@ -635,9 +640,10 @@ class FeatureFlags:
     ) -> None:
         """Add ``actor`` to the allow set (on for it unless denied or switched off).
 
-        A stored actor must be valid Unicode: one with a lone surrogate (which
-        reads still hash) is ``InvalidFlagValue`` here, and nothing is written;
-        so are ``deny`` and ``assign``.
+        A stored actor must be valid Unicode, neither empty nor blank: one with
+        a lone surrogate (which reads still hash) or ``"   "`` is
+        ``InvalidFlagValue`` here, and nothing is written; so are ``deny`` and
+        ``assign``.
         """
         self._boolean_only(name, "allow", "assign")
         a = _stored_actor(actor)
@@ -669,8 +675,8 @@ class FeatureFlags:
             UnknownFlag: ``name`` was never declared.
             InvalidFlagValue: ``name`` is a boolean flag (use ``allow``/``deny``),
                 ``variant`` is not one of its variants (the nearest is named),
-                ``actor`` is neither a str nor an int, or (pinning) holds a lone
-                surrogate.
+                ``actor`` is neither a str nor an int, or (pinning) is empty,
+                blank or holds a lone surrogate; ``by`` is empty or blank.
         """
         flag = self._typed_flag(name, "assign", "allow() or deny()")
         # Removing a pin stores no actor: any str is accepted, so a bad one

@@ -31,7 +31,7 @@ from foundation.errors import (
     bounded_repr,
     escape_controls,
 )
-from foundation.flags._config import nearest
+from foundation.flags._config import check_audit_text, nearest
 from foundation.flags._declared import Flag
 from foundation.flags._flags import FeatureFlags, _Writer
 from foundation.flags._store import MAX_STAGE, MigrationEvent, report_callback_error
@@ -558,6 +558,8 @@ class Migration:
 
         Raises:
             MigrationError: already at the last stage, or a readiness check reports problems.
+            InvalidFlagValue: ``by`` empty or blank, or ``by``/``reason`` not storable
+                (``check_audit_text``); so for every step.
         """
         # Readiness runs outside the store transaction (checks may be slow and
         # a transaction body may be retried); the stage itself is read inside.
@@ -588,6 +590,7 @@ class Migration:
 
         Raises:
             MigrationError: ``stage`` is not below the current stage, or not an int >= 0.
+            InvalidFlagValue: ``by`` empty or blank (see ``advance``).
         """
         if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
             raise MigrationError(f"rollback target must be an int >= 0, not {bounded_repr(stage)}")
@@ -626,6 +629,7 @@ class Migration:
 
         Raises:
             MigrationError: ``reason`` is not a string, or is blank ("", "   ").
+            InvalidFlagValue: ``by`` empty or blank (see ``advance``).
         """
         # Blank ("   ", "\n") is no reason: the history would record nothing.
         if not isinstance(reason, str) or not reason.strip():
@@ -778,6 +782,7 @@ class Migration:
     ) -> MigrationEvent:
         """Record the step to ``target``: the flags of stages 1..target on, the later
         ones off, and ``off`` (flags only other versions of the plan name) off too."""
+        check_audit_text(by, "by")  # as every flag write (a step could change no flag)
         total = len(self.plan.stages)
         why = reason or f"migration {self.plan.name!r} {action} {current} -> {target}"
         for name in self.plan.flags_of(1, target):  # cumulative: stages 1..target on
@@ -792,15 +797,18 @@ class Migration:
         # Emergency and automatic rollbacks are incidents: WARNING; planned steps: INFO.
         level = logging.INFO if event.action in ("advance", "rollback") else logging.WARNING
         if _step_log.isEnabledFor(level):
+            # "by WHO" and "(WHY)" only when given: never "by None" or "(None)".
+            who = f" by {escape_controls(event.by)}" if event.by else ""
+            why = f" ({escape_controls(event.reason)})" if event.reason else ""
             _step_log.log(
                 level,
-                "migration %r: %s from stage %d to %d by %s (%s)",
+                "migration %r: %s from stage %d to %d%s%s",
                 event.plan,
                 event.action,
                 event.from_stage,
                 event.to_stage,
-                escape_controls(event.by),  # user text: a newline must not forge a line
-                escape_controls(event.reason),
+                who,  # user text, escaped: a newline must not forge a line
+                why,
                 extra={
                     "plan": event.plan,
                     "action": event.action,
