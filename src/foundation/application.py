@@ -114,7 +114,7 @@ from foundation.supervision._runner import (
     report_signal,
 )
 from foundation.supervision._runs import force_tree, in_thread_child_of
-from foundation.supervision._spec import _check_specs
+from foundation.supervision._spec import MAX_NAME_CHARS, _check_specs, check_name
 from foundation.supervision._supervisor import _error as _supervisor_error
 from foundation.supervision._supervisor import running_paths, runs_in_tree
 
@@ -313,6 +313,9 @@ class Application:
     the entry its own thread made last; a tree's own worker may enter too,
     while the tree runs or starts. :meth:`start` is not an entry.
 
+    ``name`` names the tree (its supervisor, threads and logs): a supervisor
+    name's rule, with 8 characters fewer (``InvalidConfig`` otherwise).
+
     Example:
         >>> from foundation import Application
         >>> with Application.start(services=("flags",)) as app:
@@ -330,6 +333,8 @@ class Application:
         flag_store: FlagStore | None = None,
         name: str = "foundation",
     ) -> None:
+        # A supervisor name's rule, with room for the "-workers" of the workers' tree.
+        check_name("an application name", name, limit=MAX_NAME_CHARS - len("-workers"))
         chosen = _chosen_services(services)
         workers = _checked_workers(workers)
         declared = _checked_flag_args(declared, flag_store)

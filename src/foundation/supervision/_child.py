@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from foundation.supervision._reports import _safe_repr
 from foundation.supervision._spec import ChildExit, ChildInfo, ChildSpec, ChildStatus
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ its abandoned thread (or task) runs (``ChildStatus``)."""
 
 def _describe(exit: ChildExit) -> str:
     if exit.exception is not None:
-        return f"{exit.reason}: {exit.exception!r}"
+        return f"{exit.reason}: {_safe_repr(exit.exception)}"  # a user's __repr__: bounded
     if exit.exit_code is not None and exit.reason == "exit":
         return f"exit code {exit.exit_code}"
     if exit.signal is not None:

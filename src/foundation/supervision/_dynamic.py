@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 from foundation.supervision._arguments import _given_spec
 from foundation.supervision._child_errors import _error, _not_dynamic
 from foundation.supervision._shutdown import stop_all_at_once
-from foundation.supervision._spec import Backoff, ChildExit, ChildInfo, ChildSpec
+from foundation.supervision._spec import (
+    MAX_NAME_CHARS,
+    Backoff,
+    ChildExit,
+    ChildInfo,
+    ChildSpec,
+    check_name,
+)
 from foundation.supervision._supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -70,6 +77,8 @@ class DynamicSupervisor(Supervisor):
     ) -> None:
         if template is not None and not isinstance(template, ChildSpec):
             raise TypeError(f"template must be a ChildSpec, not {template!r}")
+        if template is not None:  # room for the "-<serial>" of the ids made from it
+            check_name("a template's id", template.id, limit=MAX_NAME_CHARS - 20)
         if max_children is not None and (
             isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0
         ):

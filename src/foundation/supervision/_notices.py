@@ -38,7 +38,8 @@ def start_failure(supervisor: str, spec: ChildSpec, exc: Exception) -> StartErro
     nested = traceback_logged(exc)
     reports.start_failed(supervisor, spec.id, str(spec.kind), error=exc, reported=nested)
     err = StartError(
-        spec.id, f"child {spec.id!r} of supervisor {supervisor!r} failed to start: {exc}"
+        spec.id,
+        f"child {spec.id!r} of supervisor {supervisor!r} failed to start: {reports._safe_str(exc)}",
     )
     if nested or reports.crash_log.isEnabledFor(logging.ERROR):
         setattr(err, _TRACEBACK_LOGGED, True)

@@ -77,6 +77,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from foundation.errors import escape_controls
+
 if TYPE_CHECKING:
     from foundation.supervision._spec import ChildExit
 
@@ -108,10 +110,25 @@ _MAX_HISTORY = 20  # restarts listed in an intensity report's message (all are i
 
 
 def _safe_repr(obj: object) -> str:
+    """``repr(obj)`` on one line of at most ``_MAX_REPR`` characters, never raising:
+    a user's ``__repr__`` may raise, return a non-str, or return a newline or
+    escape sequence that would forge a log line or drive a terminal."""
     try:
-        text = repr(obj)
+        text = escape_controls(repr(obj))
     except Exception:  # a broken __repr__ must not lose the report
         text = f"<{type(obj).__name__} object (repr failed)>"
+    if len(text) > _MAX_REPR:
+        text = text[: _MAX_REPR - 3] + "..."
+    return text
+
+
+def _safe_str(obj: object) -> str:
+    """``str(obj)`` as ``_safe_repr`` bounds and escapes ``repr``: for an
+    exception's text in a message (a ``StartError``'s)."""
+    try:
+        text = escape_controls(str(obj))
+    except Exception:  # a broken __str__ must not break the start's error
+        text = f"<{type(obj).__name__} object (str failed)>"
     if len(text) > _MAX_REPR:
         text = text[: _MAX_REPR - 3] + "..."
     return text

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import functools
 import inspect
+import unicodedata
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from foundation.errors import bounded_repr
+from foundation.errors import InvalidConfig, bounded_repr
 from foundation.registry._validation import freeze_metadata
 
 if TYPE_CHECKING:
     from foundation.supervision._supervisor import Supervisor
 
 __all__ = [
+    "MAX_NAME_CHARS",
     "AutoShutdown",
     "Backoff",
     "ChildCounts",
@@ -29,6 +31,7 @@ __all__ = [
     "RestartType",
     "Strategy",
     "check_childspecs",
+    "check_name",
 ]
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
@@ -44,6 +47,41 @@ _RESTARTS = ("permanent", "transient", "temporary")
 _KINDS = ("task", "thread", "process", "supervisor")
 _READINESS = ("explicit", "spawned")
 _AUTO_SHUTDOWN = ("never", "any_significant", "all_significant")
+
+MAX_NAME_CHARS = 200
+"""Longest child id or supervisor name accepted (a template's id: 20 fewer)."""
+
+# Bidirectional embeddings, overrides, isolates and marks: they reorder what a
+# terminal shows (U+202E makes "exe.txt" read "txt.exe").
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_REFUSED_CATEGORIES = frozenset(("Cc", "Cs", "Zl", "Zp"))
+
+
+def check_name(what: str, text: object, *, limit: int = MAX_NAME_CHARS) -> None:
+    """``InvalidConfig`` unless ``text`` is a non-empty str of at most ``limit``
+    characters with no control character (C0, C1), line or paragraph separator,
+    bidirectional control or lone surrogate: a child id or supervisor name goes
+    as it is into log lines, metric labels, JSON and terminals.
+
+    >>> check_name("child id", "worker-1 (ünïcode ✓)")
+    >>> check_name("child id", "a\\nERROR forged")
+    Traceback (most recent call last):
+    ...
+    foundation.errors.InvalidConfig: child id must have no control character, line \
+separator, bidirectional control or lone surrogate, got '\\n' in 'a\\nERROR forged'
+    """
+    if not isinstance(text, str) or not text:
+        raise InvalidConfig(f"{what} must be a non-empty str, not {bounded_repr(text)}")
+    if len(text) > limit:
+        raise InvalidConfig(f"{what} must be at most {limit} characters, not {len(text)}")
+    if text.isprintable():  # the common case: nothing below can be in it
+        return
+    for char in text:
+        if char in _BIDI or unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise InvalidConfig(
+                f"{what} must have no control character, line separator, bidirectional "
+                f"control or lone surrogate, got {char!r} in {bounded_repr(text)}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +138,10 @@ class ChildSpec:
     registry's rule), checked here rather than at the first start.
 
     Raises:
-        ValueError: an empty id, an unknown restart, kind or readiness, a
+        InvalidConfig: an id that is not a non-empty str of at most 200
+            characters free of control characters (C0, C1), line separators,
+            bidirectional controls and lone surrogates (a ``ValueError``).
+        ValueError: an unknown restart, kind or readiness, a
             negative timeout (or a ``ready_timeout`` of 0, or one past the
             float range), or ``significant`` on a permanent child.
         TypeError: a ``start`` that does not fit its kind (a plain ``def``
@@ -150,9 +191,8 @@ class ChildSpec:
             object.__setattr__(self, "metadata", freeze_metadata(self.metadata))
 
     def _check_choices(self) -> None:
-        """Raise unless the id is a non-empty str and restart, readiness are known values."""
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"a child id must be a non-empty str, not {self.id!r}")
+        """Raise unless the id is a fitting name and restart, readiness are known values."""
+        check_name("a child id", self.id)
         if self.restart not in _RESTARTS:
             raise ValueError(f"restart must be one of {_RESTARTS}, not {self.restart!r}")
         if self.readiness is not None and self.readiness not in _READINESS:
@@ -173,10 +213,10 @@ class ChildSpec:
         """Raise unless args is a tuple or list and kwargs a mapping."""
         args: object = self.args  # typed as a tuple; checked as whatever was passed
         if isinstance(args, (str, bytes)):
+            shown = bounded_repr(args)  # the caller's text: bounded
             raise TypeError(
                 f"child {self.id!r}: args must be a tuple or list, not a "
-                f"{type(args).__name__} ({args!r}); a missing comma? "
-                f"write args=({args!r},)"
+                f"{type(args).__name__} ({shown}); a missing comma? write args=({shown},)"
             )
         if not isinstance(args, (tuple, list)):
             raise TypeError(

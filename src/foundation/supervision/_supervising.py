@@ -99,7 +99,7 @@ class _Supervising:
             self._killed("its task was cancelled", None)
         else:
             exc = task.exception()
-            self._killed(f"{exc!r}", exc)
+            self._killed(reports._safe_repr(exc), exc)
 
     def _killed(self, why: str, cause: BaseException | None) -> asyncio.Task[None]:
         """Killed from outside: stop the children in a task of its own, end failed."""
@@ -364,7 +364,7 @@ class _Supervising:
         reports.supervisor_stopped(self._name, reason="reached_max_restart_intensity")
 
     async def _give_up_on_defect(self, exc: Exception) -> None:
-        err = SupervisorError(f"supervisor {self._name!r} failed: {exc!r}")
+        err = SupervisorError(f"supervisor {self._name!r} failed: {reports._safe_repr(exc)}")
         err.__cause__ = exc
         self._failure = err
         self._stopping = True

@@ -59,6 +59,7 @@ from foundation.supervision._spec import (
     Strategy,
     _check_specs,
     check_childspecs,
+    check_name,
 )
 from foundation.supervision._supervising import _Supervising
 
@@ -195,6 +196,9 @@ class Supervisor(_Supervising):
 
     Name: ``name=`` names it in logs, telemetry, metric labels, task and
     thread names (never in a registry: ``register_as`` is the child's key).
+    A given name follows child ids' rule (``InvalidConfig``, a ``ValueError``,
+    otherwise): a non-empty str of at most 200 characters with no control
+    character, line separator, bidirectional control or lone surrogate.
     Unnamed, it is ``"supervisor-<hex id>"`` (unique among live ones) on its
     own, and when a parent starts it as a child (a ``kind="supervisor"`` spec,
     an instance or a factory), its place in the tree ``"<parent name>/<child
@@ -252,6 +256,8 @@ class Supervisor(_Supervising):
         min_uptime: float | None = None,
         auto_shutdown: AutoShutdown = "never",
     ) -> None:
+        if name is not None:
+            check_name("a supervisor name", name)
         specs = _checked_children(children, auto_shutdown)
         _check_restart_policy(strategy, max_restarts, max_seconds, min_uptime)
         _check_backoff_and_registry(backoff, registry)
@@ -902,8 +908,9 @@ class Supervisor(_Supervising):
             self._report_stop_error(child, run, action="shutdown")
             if not isinstance(exc, Exception):
                 return None
+            said = reports._safe_str(exc)
             return StartError(  # not a failure: no crash report
-                spec.id, f"child {spec.id!r} of supervisor {self._name!r} not started: {exc}"
+                spec.id, f"child {spec.id!r} of supervisor {self._name!r} not started: {said}"
             )
         stop_error, run.stop_error = run.stop_error, None
         if stop_error is not None and not ended:
