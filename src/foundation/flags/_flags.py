@@ -55,8 +55,8 @@ from foundation.errors import (
     FlagError,
     InvalidFlagValue,
     UnknownFlag,
-    escape_controls,
 )
+from foundation.flags._change_log import log_change
 from foundation.flags._config import (
     Source,
     check_audit_text,
@@ -922,7 +922,7 @@ class FeatureFlags:
                 self._runtime = runtime
                 self._rebuild()
                 for _, change in writes.values():
-                    _log_change(change)
+                    log_change(change)
                     self._notify(change)
         return result
 
@@ -1202,30 +1202,6 @@ def _emit_changed(change: FlagChange) -> None:
     """Telemetry's ``flag.changed`` for ``change``, delivered as a listener
     (same thread and order; ``telemetry.emit`` reports its own errors)."""
     telemetry.emit("flag.changed", {"flag": change.flag, "change": change})
-
-
-def _log_change(change: FlagChange) -> None:
-    """One INFO record per flag change written by this process (not on the read path)."""
-    if _log.isEnabledFor(logging.INFO):
-        # "by ana (canary)"; no "by None (None)" for a change made without them.
-        # Escaped: a newline in a reason (an admin body, --reason) must not forge a line.
-        who = f" by {escape_controls(change.by)}" if change.by is not None else ""
-        why = f" ({escape_controls(change.reason)})" if change.reason else ""
-        _log.info(
-            "flag %r changed%s%s: %s -> %s",
-            change.flag,
-            who,
-            why,
-            change.old.to_dict(),
-            change.new.to_dict(),
-            extra={
-                "flag": change.flag,
-                "old": change.old.to_dict(),
-                "new": change.new.to_dict(),
-                "by": change.by,
-                "reason": change.reason,
-            },
-        )
 
 
 def _pending_kill_switches(store: FlagStore) -> dict[str, FlagState]:
