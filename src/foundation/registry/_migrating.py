@@ -291,7 +291,7 @@ from foundation.errors import (
 )
 from foundation.liveness import is_alive
 from foundation.registry._async import MigratingAsyncWrites
-from foundation.registry._migrating_events import _LEGACY, _TARGET, _Call
+from foundation.registry._migrating_events import _LEGACY, _TARGET, _Call, _identity
 from foundation.registry._migrating_mirror import REMOVED, _TargetMirrors, _unmirrored_own
 from foundation.registry._migrating_readers import (
     _CLOSED_READER,
@@ -660,6 +660,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             with self._events_of(_TARGET):
                 self._target.register(key, agent, metadata, replace=replace)
             return
+        if len(self._told_in) >= self._sweep_at:  # (a per-thread legacy's, only)
+            self._sweep_told()
         view = self._view()
         self._catch_up(view)
         if on:
@@ -682,6 +684,31 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             # run): applied later, it met this copy as "another registration".
             view.legacy_retry.pop(key, None)
             self._enqueue("register", view, key, agent, metadata)
+
+    def _sweep_told(self) -> None:
+        """``_drop_ended_told`` (under the facade lock): the target may hold a
+        registration its record names (a death not applied yet included), or
+        one of a key whose mirror is queued or in flight (rule 6); none while
+        the target has reports not yet delivered."""
+        # Race: a report of the target still queued (or being delivered) may
+        # be the death of a copy it held whose record a flag-on write dropped
+        # since (it took the key): swept first, that death was never told. So
+        # nothing is swept until every report queued so far was delivered;
+        # any later one is of a copy the target holds now: its record names it
+        # (the facade lock, held, keeps the records as read here).
+        delivery = self._tags[_TARGET].delivery  # (noted only for such a target)
+        if delivery.pending or delivery.busy or delivery._rest is not None:
+            return  # (the next write looks again)
+        busy = {op.key for op in self._pending}
+        if self._inflight is not None:
+            busy.add(self._inflight.key)
+        records = self._records
+
+        def may_hold(key: Hashable, agent: Any) -> bool:
+            rec = records.get(key)
+            return key in busy or (rec is not None and _identity(rec.agent) == _identity(agent))
+
+        self._drop_ended_told(may_hold)
 
     def _mirror_register_legacy(
         self,

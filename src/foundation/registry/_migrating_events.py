@@ -27,7 +27,9 @@ the first report of a registration the listeners were told of (or made
 before they subscribed), whatever the flag, and the other report is dropped
 (``_death_told``; a per-thread legacy side monitors nothing: see
 ``_reports``). So the facade notes what its listeners were told, per
-registration, while it has any.
+registration, while it has any, and forgets a per-thread legacy copy's once
+its thread ended and the target cannot hold it: no one can tell its end
+(``_drop_ended_told``).
 
 Every forwarded event goes to one queue, in the order the backends delivered
 them, and the facade's listeners are called from it, one event at a time, by
@@ -53,7 +55,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from foundation._listeners import DeliveryQueue as _DeliveryQueue  # (typing)
@@ -219,9 +221,36 @@ once cannot keep dead agents without bound (a death dropped so may then be
 told twice, or not at all, as without this bookkeeping)."""
 
 
+_SWEEP_AT_LEAST: Final = 256
+"""The fewest registrations told by a per-thread legacy store (``_told_in``)
+at which a write sweeps those whose thread ended (``_drop_ended_told``);
+then at twice what the last sweep left."""
+
+
 _Held = tuple[Any, Side, float]
 """What the listeners were told of a registration: its agent, the side whose
 event told it, its ``registered_at``."""
+
+
+_Holders = threading.Thread | tuple[threading.Thread, ...]
+"""The threads whose per-thread legacy stores hold a registration (``_told_in``):
+one, or several (each registered the same agent under the same key)."""
+
+
+def _also_in(held_in: _Holders, thread: threading.Thread) -> _Holders:
+    """``held_in`` and ``thread``."""
+    threads = held_in if isinstance(held_in, tuple) else (held_in,)
+    return threads if thread in threads else (*threads, thread)
+
+
+def _alive_of(held_in: _Holders) -> _Holders | None:
+    """The threads of ``held_in`` still alive (``held_in`` itself if all are), or None."""
+    if not isinstance(held_in, tuple):
+        return held_in if held_in.is_alive() else None
+    alive = tuple(t for t in held_in if t.is_alive())
+    if len(alive) == len(held_in):
+        return held_in
+    return (alive[0] if len(alive) == 1 else alive) if alive else None
 
 
 def _identity(agent: Any) -> Any:
@@ -272,6 +301,12 @@ class _EventRouting:
     # no registered event told.
     _told: dict[tuple[Hashable, Any], _Held]  # (agent, side, its registered_at)
     _told_gone: dict[tuple[Hashable, Any], Any]  # (at most _MAX_KEPT: _keep_bounded)
+    # Those of ``_told`` told by a per-thread legacy store: the thread holding
+    # the copy (whose end only that thread's writes can tell; swept once it
+    # ended: ``_drop_ended_told``), and the size at which a write sweeps them.
+    _told_in: dict[tuple[Hashable, Any], _Holders]
+    _sweep_at: int
+    _track_told_in: bool  # a per-thread legacy, a target that tags its events
     # (``_death_told``; at most _MAX_KEPT) per registration: a withheld death,
     # and its report; and per key, how many of them it has (``_death_withheld``)
     _withheld: dict[tuple[Hashable, Any], tuple[_Held, RegistryEvent]]
@@ -304,6 +339,9 @@ class _EventRouting:
         self._tags = {}
         self._told = {}
         self._told_gone = {}
+        self._told_in = {}
+        self._sweep_at = _SWEEP_AT_LEAST
+        self._track_told_in = False  # (set by _tag_events_of)
         self._withheld = {}
         self._unheard = {}
         self._told_since = 0.0
@@ -321,6 +359,10 @@ class _EventRouting:
         # MigratingRegistry as a side) is recognised by side and thread.
         if getattr(type(backend), "_events_carry_write_tags", False):
             self._tags[side] = _Tags(backend._delivery)  # type: ignore[attr-defined]
+        if side == _TARGET:
+            # ``_drop_ended_told`` needs to see the target's reports delivered
+            # (its delivery queue idle): else nothing is noted, nor forgotten.
+            self._track_told_in = self._shared_view is None and side in self._tags
 
     def _ctx(self) -> _Ctx | None:
         ctx: _Ctx | None = getattr(self._tls, "ctx", None)
@@ -408,6 +450,15 @@ class _EventRouting:
         with self._told_lock:
             if event.kind == "registered":
                 self._told[told] = (agent, side, entry.registered_at)
+                if side == _LEGACY and self._track_told_in:
+                    # (delivered in the writing thread: the store's own)
+                    held_in, thread = self._told_in.get(told), threading.current_thread()
+                    if held_in is None or held_in is thread:
+                        self._told_in[told] = thread
+                    else:  # Race: several threads' stores hold it (one registration)
+                        self._told_in[told] = _also_in(held_in, thread)
+                else:
+                    self._told_in.pop(told, None)
                 if side == _TARGET and entry.key in self._unheard:
                     # The target answered the retake of a key whose deaths are
                     # withheld: told now, before its new registration, as the
@@ -627,6 +678,51 @@ class _EventRouting:
         if entry.registered_at < since or (held is not None and held[2] < since):
             _keep_bounded(self._told_gone, told, agent)
 
+    def _drop_ended_told(self, target_may_hold: Callable[[Hashable, Any], bool]) -> None:
+        """Forget the registrations told by a per-thread legacy store whose
+        thread ended and which the target may not hold (``target_may_hold(key,
+        agent)``, asked under the facade lock, which the caller holds).
+
+        Their end can be told by no one, ever: a ``threading.local`` copy dies
+        with its thread, silently (only that thread's writes report it), and
+        the target, which never took it, has nothing to report. Kept, each
+        held its agent (dead, often: a Task, a Future) for ever: a service
+        whose threads register a key once and end leaked one per thread (a
+        divergent copy, the target holding another thread's). Live agents
+        too: no backend holds their registration any more (a later one of the
+        same key and agent is noted anew).
+        """
+        # Race: a target death report may pop an entry between the two
+        # looks (it is then not dropped again: ``is held``). The target holds
+        # none of the dropped: the facade lock, held, keeps the records and the
+        # queued mirrors as read (a target entry whose death was reported
+        # before its record was dropped: reported, popped already).
+        # Race: another thread's store may hold the same registration (one
+        # agent, one key, several threads): forgotten only once all ended (was:
+        # the last writer's thread alone; its end, then, swept, the death the
+        # live thread's retake reported was never told).
+        with self._told_lock:
+            told, told_in = self._told, self._told_in
+            ended = []
+            for reg, thread in list(told_in.items()):
+                held = told.get(reg)
+                if held is None:
+                    del told_in[reg]  # its end was told
+                    continue
+                alive = _alive_of(thread)
+                if alive is None:
+                    ended.append((reg, held, thread))
+                elif alive is not thread:
+                    told_in[reg] = alive
+        gone = [e for e in ended if not target_may_hold(e[0][0], e[1][0])]
+        with self._told_lock:
+            for reg, held, thread in gone:
+                if told.get(reg) is held:  # (else told anew, or its end told)
+                    del told[reg]
+                if told_in.get(reg) is thread:
+                    del told_in[reg]
+            self._sweep_at = max(_SWEEP_AT_LEAST, 2 * len(told_in))
+
     def _reports(self, side: Side, teller: Side | None) -> bool:
         """Whether ``side``'s report of a death tells it (``teller``: the side
         whose event told the registration, if known)."""
@@ -655,6 +751,8 @@ class _EventRouting:
         with self._told_lock:
             self._told.clear()
             self._told_gone.clear()
+            self._told_in.clear()
+            self._sweep_at = _SWEEP_AT_LEAST
             self._withheld.clear()
             self._unheard.clear()
             self._told_since = 0.0
