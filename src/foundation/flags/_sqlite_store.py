@@ -50,9 +50,10 @@ file deleted (a cleanup, a tmp reaper): this store's connections still hold
 the old file, which no other process sees any more. The store is then *stale*
 for good (``stale``, ``stale_since``, ``stale_reason``), as noticed by the
 watcher (within ``poll_interval``) or by a write: it logs one ERROR, the
-watcher emits the ``foundation.flags.stale`` telemetry event (data: ``path``,
-``error``; an OpenFeature provider then emits ``PROVIDER_STALE``, and the admin
-status says the store is degraded) and stops following the file: subscribers
+watcher delivers the commits of the old file it had not read yet (see
+``_drain_old_file``), emits the ``foundation.flags.stale`` telemetry event (data:
+``path``, ``error``; an OpenFeature provider then emits ``PROVIDER_STALE``, and the
+admin status says the store is degraded) and stops following the file: subscribers
 are called no more (nothing is logged per change made elsewhere). A write
 raises ``errors.FlagError`` instead of landing there; reads answer from the
 old file (in a process that also opened the new one they may fail with
@@ -63,6 +64,10 @@ is resolved once, at construction: every connection, the watcher's included,
 opens that file whatever ``os.chdir()`` comes later, and through a symlink the
 -wal and -shm checked are those beside the file it points to (where SQLite
 keeps them); the link pointed elsewhere replaces the file.
+
+A store creating its file (missing or empty) removes the -wal and -shm a deleted
+one left at the path, under an ``flock`` on ``<file>.lock``, there meanwhile
+(see ``_creating``).
 
 A process opening the store on a full disk fails (``FlagError``, "is the disk
 full?"), even to read: WAL mode must grow the -shm file first.
@@ -189,6 +194,14 @@ def _what_moved(suffix: str) -> str:
     return f" (its {suffix} file, which SQLite keeps next to it)" if suffix else ""
 
 
+def _has_content(path: str) -> bool:
+    """Whether ``path`` is there with at least one byte (a database, not one being made)."""
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
+
+
 def _explain(exc: sqlite3.Error) -> str:
     """SQLite's message, its error code and what it likely means for an operator."""
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
@@ -203,6 +216,12 @@ def _explain(exc: sqlite3.Error) -> str:
         hint = (
             "; can this process write the file and its directory? (WAL mode keeps "
             "-wal and -shm files next to it)"
+        )
+    elif name == "SQLITE_IOERR_SHORT_READ":
+        hint = (
+            "; is its -shm file left over from a deleted database that other processes "
+            "still hold? (stop them; or, if no process uses this file, delete its -wal "
+            "and -shm)"
         )
     else:
         hint = ""
@@ -389,9 +408,8 @@ class SQLiteFlagStore(FlagStore):
         # A write found the writer read-only: open it again first (see _reopen_if_read_only).
         self._writer_read_only = False
         # No busy handler on the writer: _begin() retries the write lock itself.
-        self._conn = self._connect(timeout=0.0)
+        self._conn = self._open_writer()
         try:
-            self._create()
             # The files our connections hold (the database, its -wal and -shm), to
             # notice one deleted or replaced. Race: a rename over the path during
             # this open. Taken once the writer has written or read the file (in WAL
@@ -400,7 +418,8 @@ class SQLiteFlagStore(FlagStore):
             # writer's own open is not seen: Python's sqlite3 does not expose the
             # file it holds.) None for a file not there (yet): not checked.
             self._identity = self._file_identity()
-            self._reader = self._connect(timeout=busy_timeout)
+            # Never creating the file: one deleted since is refused, not made anew.
+            self._reader = self._connect(timeout=busy_timeout, existing=True)
             if self._identity != self._file_identity():
                 self._reader.close()
                 raise FlagError(f"flag store {self._shown} was replaced while opening")
@@ -425,6 +444,155 @@ class SQLiteFlagStore(FlagStore):
         self._callbacks = self._catch_up = ()
         self._closed = self._forked = self._released = True
         _fork.keep(self._conn, self._reader)
+
+    def _open_writer(self) -> sqlite3.Connection:
+        """The writer, connected and set up (``_create``). A file with content is
+        opened as it is (never created: ``existing``); one not there or empty is
+        created under the creation lock, leftovers removed first (``_creating``)."""
+        if _has_content(self._real_path):
+            try:
+                return self._set_up(self._connect(timeout=0.0, existing=True))
+            except FlagError:
+                if _has_content(self._real_path):
+                    raise
+                # Race: deleted since it was looked at: created like a new one.
+        with self._creating():
+            return self._set_up(self._connect(timeout=0.0))
+
+    def _set_up(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """``conn`` as the writer, after ``_create``; closed if that fails."""
+        self._conn = conn
+        try:
+            self._create()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def _creating(self) -> Iterator[None]:
+        """Held while this store creates its file (missing or empty): the creation
+        lock, and the -wal and -shm of a deleted database removed first.
+
+        An operator's ``rm flags.db`` while processes hold it leaves its -wal and
+        -shm at the path (SQLite removes them only when its last connection
+        closes, and not at all for a deleted file). A new store then made its new
+        file share that -shm with the old processes: SQLite trusted the old
+        wal-index and failed (SQLITE_IOERR_SHORT_READ), leaving a 4096-byte file,
+        in every new process until the last old one exited. SQLite never uses a
+        -wal or -shm without its database file (it deletes a -wal beside an empty
+        one itself), so they are removed here; the old processes keep theirs
+        (open files) and are stale (``_moved``).
+
+        Race: two processes creating the file at once: the second must not remove
+        the first one's fresh -wal and -shm (its commits). Every creator holds an
+        exclusive ``flock`` on ``<file>.lock`` (see ``_creation_lock``; removed
+        after) from the check to the end of ``_create``, when the file has
+        content (WAL mode writes page 1 before it makes the -wal): under the lock a
+        missing or empty file is one nobody is creating. A store opening a file
+        with content never creates one (``mode=rw``), so no file appears unlocked.
+        (Versions before this lock, and other programs, create without it.)
+        Without a lock to be had (no ``flock``, a lock file that cannot be
+        made), leftovers are not removed: ``FlagError`` names them, nothing made.
+        """
+        fd = self._creation_lock()
+        if fd is None:
+            leftovers = self._leftovers()
+            if leftovers:
+                raise FlagError(
+                    f"{self._leftover_text(leftovers)}; they cannot be removed safely "
+                    f"here (no lock on {self._real_path}.lock): stop the processes "
+                    "that still hold the deleted file, or delete them, then open it again"
+                )
+            yield
+            return
+        try:
+            self._remove_leftovers()
+            yield
+        finally:
+            # Removed while held, then released: a waiter on it re-checks the path
+            # (_creation_lock), so no lock file is left beside the database.
+            with suppress(OSError):
+                os.unlink(self._real_path + ".lock")
+            os.close(fd)  # releases the flock
+
+    def _creation_lock(self) -> int | None:
+        """An fd holding the exclusive flock on ``<file>.lock`` (waited for up to
+        ``busy_timeout``), or None if no lock can be had here.
+
+        Race: the holder removes the lock file before it releases it (``_creating``),
+        so a waiter may get the lock of a file no longer at the path while a newcomer
+        locks a new one: the lock counts only if the path still names the file
+        locked, else it is tried again."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            fd = self._try_creation_lock()
+            if fd is None or fd >= 0:
+                return fd
+            if time.monotonic() >= deadline:
+                raise BackendUnavailable(
+                    f"flag store {self._shown}: another process held {self._real_path}"
+                    f".lock (creating the file) for more than busy_timeout={self.busy_timeout}s"
+                )
+            self._pause(deadline, patient=True)
+
+    def _try_creation_lock(self) -> int | None:
+        """One attempt of ``_creation_lock``: the fd, -1 (held elsewhere, or a lock
+        file removed meanwhile: try again), or None (no lock to be had here)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return None
+        lock_path = self._real_path + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held, there = os.fstat(fd), os.stat(lock_path)
+        except BlockingIOError:
+            os.close(fd)
+            return -1
+        except FileNotFoundError:  # removed by the holder we waited for
+            os.close(fd)
+            return -1
+        except OSError:  # flock not supported here (some network filesystems)
+            os.close(fd)
+            return None
+        if (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino):
+            os.close(fd)
+            return -1
+        return fd
+
+    def _leftovers(self) -> list[str]:
+        """The -wal and -shm at the path, if the file is missing or empty (else none)."""
+        if _has_content(self._real_path):
+            return []
+        return [s for s in ("-wal", "-shm") if os.path.lexists(self._real_path + s)]
+
+    def _leftover_text(self, leftovers: list[str]) -> str:
+        names = " and ".join(self._real_path + s for s in leftovers)
+        return (
+            f"flag store {self._shown}: {names} left over from a deleted database (still "
+            "held open by stores, in other processes say, which are stale; SQLite never "
+            "uses them without their database file)"
+        )
+
+    def _remove_leftovers(self) -> None:
+        """Remove ``_leftovers`` (under the creation lock); one WARNING if any."""
+        leftovers = self._leftovers()
+        try:
+            for suffix in leftovers:
+                with suppress(FileNotFoundError):
+                    os.unlink(self._real_path + suffix)
+        except OSError as exc:
+            raise FlagError(
+                f"{self._leftover_text(leftovers)}; they cannot be removed ({exc}): delete "
+                "them, or stop the processes that still hold the deleted file"
+            ) from None
+        if leftovers:
+            log.warning("%s: removed them to create the file anew", self._leftover_text(leftovers))
 
     def _connect(self, *, timeout: float, existing: bool = False) -> sqlite3.Connection:
         """A connection to the file; ``existing``: never create it (``mode=rw``)."""
@@ -1174,16 +1342,15 @@ class SQLiteFlagStore(FlagStore):
 
     def _watch(self) -> None:
         """Poll ``data_version``; hand other connections' new history rows to callbacks."""
-        import sqlite3
-
         conn: sqlite3.Connection | None = None
         try:
             while not self._stop.wait(self._interval()):
                 try:
-                    if conn is None:  # opened in the loop: a failure to open is retried too
-                        conn = sqlite3.connect(
-                            self._real_path, timeout=self.busy_timeout, isolation_level=None
-                        )
+                    # Opened in the loop: a failure to open is retried too. Never creating
+                    # the file (mode=rw): a file deleted before this first open was made
+                    # anew empty here, without the creation lock (see _creating).
+                    if conn is None and self._moved_for_good() is None:
+                        conn = self._connect(timeout=self.busy_timeout, existing=True)
                     self._poll(conn)
                 except BaseException as exc:  # the watcher outlives anything: report, go on
                     report_callback_error(exc, self, "SQLite flag store watcher")
@@ -1199,13 +1366,16 @@ class SQLiteFlagStore(FlagStore):
             return min(FAST_POLL, self.poll_interval)
         return self.poll_interval
 
-    def _poll(self, conn: sqlite3.Connection) -> None:
-        """One step of the watcher: read rows committed since the last step, deliver others'."""
+    def _poll(self, conn: sqlite3.Connection | None) -> None:
+        """One step of the watcher: read rows committed since the last step, deliver others'
+        (``conn`` None: the file moved before the watcher opened it)."""
         import sqlite3
 
-        if self._moved_for_good() is not None:
-            # The old file has nothing more to tell, and the one at the path is not
-            # this store's: follow neither (a reload would fail or read the old file).
+        if self._moved_for_good() is not None or conn is None:
+            # The one at the path is not this store's, and the old file is drained
+            # once: follow neither after (a reload would fail or read the old file).
+            if not self._stale_reported:
+                self._drain_old_file()
             self._report_stale()
             return
         if self._catch_up:
@@ -1251,6 +1421,35 @@ class SQLiteFlagStore(FlagStore):
         self._last_id = rows[-1][0]
         self._deliver_remote(rows, conn)
 
+    def _drain_old_file(self) -> None:
+        """Deliver the old file's commits the watcher has not read yet (once, as the
+        store goes stale), read with the reader: it holds the old file (checked at
+        open), where the watcher's connection may hold the new one.
+
+        Race: another process commits (a kill switch) and the file is deleted or
+        replaced within one poll: the watcher noticed the move before it read that
+        commit, so subscribers never heard it and ``FeatureFlags`` served the state
+        before it for good, though the old file it still reads holds it. A commit
+        to the old file after this drain (a process yet to notice, see
+        ``_check_file``'s race) is not followed."""
+        import sqlite3
+
+        try:
+            with self._read_lock:
+                if self._closed:
+                    return
+                rows = self._reader.execute(
+                    "SELECT id, origin, record FROM flag_history WHERE id > ? ORDER BY id",
+                    (self._last_id,),
+                ).fetchall()
+        except sqlite3.Error:  # the old file unreadable too: nothing more to tell
+            return
+        if rows and rows[0][0] > self._last_id + 1:  # trimmed past (see _poll): reload
+            self._deliver([])
+        elif rows:
+            self._last_id = rows[-1][0]
+            self._deliver_remote(rows, None)
+
     def _report_stale(self) -> None:
         """Emit ``foundation.flags.stale`` once (the watcher's: no lock held, as listeners
         may call the store)."""
@@ -1268,7 +1467,9 @@ class SQLiteFlagStore(FlagStore):
             if callback in self._callbacks:  # not unsubscribed meanwhile
                 self._call(callback, [])
 
-    def _deliver_remote(self, rows: list[tuple[int, str, str]], conn: sqlite3.Connection) -> None:
+    def _deliver_remote(
+        self, rows: list[tuple[int, str, str]], conn: sqlite3.Connection | None
+    ) -> None:
         """Deliver the changes of ``rows`` (id, origin, record) to the subscribers:
         every change to every subscriber but the one that wrote it (``_row_origin``).
 
@@ -1288,7 +1489,9 @@ class SQLiteFlagStore(FlagStore):
             # Unreadable records: the replayed states are no longer known. Start
             # again from a snapshot, and tell subscribers to reload (which covers
             # every row up to that snapshot, so none is skipped unreported).
-            self._reset_feed(conn)
+            # No conn: the last drain of a stale store (the feed is not used again).
+            if conn is not None:
+                self._reset_feed(conn)
             self._hot_until = time.monotonic() + HOT_FOR
             self._deliver([])
             return
