@@ -26,12 +26,12 @@ from foundation.flags import (
 from foundation.flags._flags import FeatureFlags as _FlagsClass
 from foundation.metrics import Metrics, evaluation_counts, prometheus_collector
 from foundation.supervision import Supervisor
+from tests import _metrics_fixture
+from tests._metrics_fixture import ORIGINAL_ENABLED
 from tests.faults._subprocess import run_scenario
 from tests.flags._node_copy import to_memory, write_back_now
 from tests.redis_support import RedisServer
 from tests.supervision._support import Crew, run, until
-
-ORIGINAL_ENABLED = _FlagsClass.__dict__["enabled"]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -42,14 +42,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.005)  # sleep-ok: polling a background thread's effect with a deadline
 
 
-@pytest.fixture
-def metrics() -> Iterator[Metrics]:
-    m = Metrics()
-    m.install()
-    yield m
-    m.uninstall()
-    # Every test leaves FeatureFlags.enabled uncounted again.
-    assert _FlagsClass.__dict__["enabled"] is ORIGINAL_ENABLED
+metrics = _metrics_fixture.metrics  # the fixture: installed, checked after
 
 
 @pytest.fixture

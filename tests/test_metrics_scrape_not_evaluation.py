@@ -19,20 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from foundation.admin import AdminServer
 from foundation.flags import FeatureFlags, Flag, Migration, MigrationPlan, Stage
-from foundation.flags._flags import FeatureFlags as _FlagsClass
 from foundation.metrics import Metrics, evaluation_counts, prometheus_collector
+from tests import _metrics_fixture
 
-ORIGINAL_ENABLED = _FlagsClass.__dict__["enabled"]
 PLAN = MigrationPlan([Stage(1, "one", ("scrape_a",)), Stage(2, "two", ("scrape_b",))])
 
 
-@pytest.fixture
-def metrics() -> Iterator[Metrics]:
-    m = Metrics()
-    m.install()
-    yield m
-    m.uninstall()
-    assert _FlagsClass.__dict__["enabled"] is ORIGINAL_ENABLED
+metrics = _metrics_fixture.metrics  # the fixture: installed, checked after
 
 
 @pytest.fixture

@@ -76,6 +76,22 @@ def reap_elsewhere(pid):
 
 def exits(child):
     return [(e["reason"], e["exit_code"], e["signal"]) for e in events if e["child"] == child]
+
+def kill_and_reap_elsewhere(pid, release):
+    # SIGKILL, reaped elsewhere while the loop is held, then the loop released.
+    _kill(pid, signal.SIGKILL)
+    status = reap_elsewhere(pid)
+    assert status is None or os.waitstatus_to_exitcode(status) == -signal.SIGKILL, status
+    reaped_pids.add(pid)
+    release.set()
+
+def told_lost_then_stop(h, child):
+    # Its end told as a lost status, no signal aimed at its pid or group; then stop.
+    print("EXITS", exits(child), "AIMED", aimed)
+    assert exits(child) == [("exit", None, None)], exits(child)
+    assert not aimed, f"signalled a reaped child's pid or group: {aimed}"
+    h.stop()
+    print("OK")
 """
 
 _ARGV = """
@@ -97,13 +113,9 @@ reaped_pids.add(first.pid)
 release.set()
 wait_for(lambda: exits("c"), "the child's exit to be handled")
 wait_for(lambda: h.which_child("c").handle not in (None, first), "the crashed child's restart")
-print("EXITS", exits("c"))
 info = h.which_child("c")
 assert info.status == "running" and info.restarts == 1, info
-assert exits("c") == [("exit", None, None)], exits("c")
-assert not aimed, f"signalled a reaped child's pid or group: {aimed}"
-h.stop()
-print("OK")
+told_lost_then_stop(h, "c")
 """
 
 _CRASHED_UNKNOWN = Expected("exit status unknown: reaped by another waiter; action: restart", None)
@@ -145,17 +157,9 @@ if __name__ == "__main__":
     h = Supervisor([spec]).run_in_thread()
     pid = h.which_child("serve").handle.pid
     release = block_loop(h)
-    _kill(pid, signal.SIGKILL)
-    status = reap_elsewhere(pid)
-    assert status is None or os.waitstatus_to_exitcode(status) == -signal.SIGKILL, status
-    reaped_pids.add(pid)
-    release.set()
+    kill_and_reap_elsewhere(pid, release)
     wait_for(lambda: exits("serve"), "the child's exit to be handled")
-    print("EXITS", exits("serve"))
-    assert exits("serve") == [("exit", None, None)], exits("serve")
-    assert not aimed, f"signalled a reaped child's pid or group: {aimed}"
-    h.stop()
-    print("OK")
+    told_lost_then_stop(h, "serve")
 """
 
 _ENDED_UNKNOWN = Expected("exit status unknown: reaped by another waiter; action: no_restart", None)
@@ -175,17 +179,9 @@ h = Supervisor([spec]).run_in_thread()
 pid = h.which_child("c").handle.pid
 assert os.getpgid(pid) == pid  # it leads its own group: the group sweep is armed
 release = block_loop(h)
-_kill(pid, signal.SIGKILL)
-status = reap_elsewhere(pid)
-assert status is None or os.waitstatus_to_exitcode(status) == -signal.SIGKILL, status
-reaped_pids.add(pid)
-release.set()
+kill_and_reap_elsewhere(pid, release)
 wait_for(lambda: exits("c"), "the child's exit to be handled")
-print("EXITS", exits("c"), "AIMED", aimed)
-assert not aimed, f"signalled a reaped child's pid or group: {aimed}"
-assert exits("c") == [("exit", None, None)], exits("c")
-h.stop()
-print("OK")
+told_lost_then_stop(h, "c")
 """
 
 

@@ -14,39 +14,15 @@ A deletes its dead entry.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
 from typing import Any
 
 import pytest
 
-from foundation.registry import RegistryEvent
+from tests.redis._heard import Heard, owners
 from tests.redis.conftest import MakeRegistry
 from tests.redis.support import NodeProcess, unique_namespace, wait_until
 from tests.redis.tail_hold import TailHold
 from tests.redis_support import RedisServer
-
-
-class _Heard:
-    """Every event of a node's listeners, and a marker key to flush them."""
-
-    def __init__(self) -> None:
-        self.events: list[RegistryEvent] = []
-        self.lock = threading.Lock()
-        self.marked = threading.Event()
-
-    def __call__(self, event: RegistryEvent) -> None:
-        with self.lock:
-            self.events.append(event)
-        if event.entry.key == "marker":
-            self.marked.set()
-
-    def of(self, key: Hashable) -> list[tuple[str, str | None]]:
-        with self.lock:
-            return [(e.kind, e.reason) for e in self.events if e.entry.key == key]
-
-
-def _owners(server: RedisServer, ns: str) -> set[str]:
-    return {k.decode() for k in server.command("HKEYS", f"{{{ns}}}:owner")}
 
 
 def _keep_old_copy(server: RedisServer, ns: str) -> None:
@@ -59,7 +35,7 @@ def test_a_death_redis_lost_is_heard_once(
 ) -> None:
     ns = unique_namespace("fo")
     b = make_registry(fresh_redis.url, namespace=ns, lease_ttl=3.0)
-    heard = _Heard()
+    heard = Heard()
     b.subscribe(heard)
     a = NodeProcess(fresh_redis.url, ns, ttl=3.0)
     try:
@@ -81,7 +57,7 @@ def test_a_death_redis_lost_is_heard_once(
         assert b.lookup("a1") is not None
         a.thaw()
         # A notices Redis went back, deletes its dead a0 (re-asserts a1).
-        assert wait_until(lambda: _owners(fresh_redis, ns) == {'"a1"'}, timeout=15)
+        assert wait_until(lambda: owners(fresh_redis, ns) == {'"a1"'}, timeout=15)
         b.register("marker", agents())  # events are delivered in order: all before it
         assert heard.marked.wait(10)
         assert b.lookup("a0") is None
@@ -105,7 +81,7 @@ def _wait_resync(b: Any, resyncs: int) -> None:
     ), b.status()
 
 
-def _flush(b: Any, heard: _Heard, agents: Any) -> None:
+def _flush(b: Any, heard: Heard, agents: Any) -> None:
     """Register a marker on ``b`` and wait until its listeners heard it: every
     event before it was told."""
     b.register("marker", agents())
@@ -122,7 +98,7 @@ def test_a_registration_written_back_in_the_same_history_is_told_at_once(
     ns = unique_namespace("fo")
     b = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.5)
     c = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.5)
-    heard = _Heard()
+    heard = Heard()
     b.subscribe(heard)
     a = NodeProcess(fresh_redis.url, ns, ttl=1.5)
     try:
@@ -135,7 +111,7 @@ def test_a_registration_written_back_in_the_same_history_is_told_at_once(
         assert hold.stalled.wait(10)
         a.thaw()
         # A finds its lease lost and writes a0 back (B's tail does not read it).
-        assert wait_until(lambda: _owners(fresh_redis, ns) == {'"a0"', '"stall"'}, timeout=15)
+        assert wait_until(lambda: owners(fresh_redis, ns) == {'"a0"', '"stall"'}, timeout=15)
         _kill_tail_connection(fresh_redis, b.node)
         resyncs = b.status().resyncs
         hold.release.set()
@@ -164,7 +140,7 @@ def test_a_written_back_registration_whose_delete_was_trimmed_is_told_at_once(
     ns = unique_namespace("fo")
     b = make_registry(fresh_redis.url, namespace=ns, lease_ttl=3.0)
     c = make_registry(fresh_redis.url, namespace=ns, lease_ttl=3.0, stream_maxlen=64)
-    heard = _Heard()
+    heard = Heard()
     b.subscribe(heard)
     a = NodeProcess(fresh_redis.url, ns, ttl=3.0)
     hold = TailHold(b, "stall")
@@ -176,7 +152,7 @@ def test_a_written_back_registration_whose_delete_was_trimmed_is_told_at_once(
         c.register("stall", agents())
         assert hold.stalled.wait(10)
         a.thaw()
-        assert wait_until(lambda: '"a0"' in _owners(fresh_redis, ns), timeout=15)  # written back
+        assert wait_until(lambda: '"a0"' in owners(fresh_redis, ns), timeout=15)  # written back
         for i in range(400):  # the stream is trimmed past B's position and the delete
             c.register(("x", i), agents())
         resyncs = b.status().resyncs
@@ -206,7 +182,7 @@ def test_a_held_entry_is_shown_once_its_owner_updates_it_or_its_time_is_up(
     ns = unique_namespace("fo")
     a = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.5)
     b = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.5)
-    heard = _Heard()
+    heard = Heard()
     b.subscribe(heard)
     _hold_a0(fresh_redis, ns, a, b, agents, keep=None)  # due after two leases
     if then == "update":
@@ -233,7 +209,7 @@ def test_a_held_entry_this_node_removes_is_never_shown(
     ns = unique_namespace("fo")
     a = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.0)
     b = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.0)
-    heard = _Heard()
+    heard = Heard()
     b.subscribe(heard)
     _hold_a0(fresh_redis, ns, a, b, agents, keep=None)  # due after two leases
     mine = agents()
@@ -294,7 +270,7 @@ def test_a_held_entry_whose_key_this_node_registers_anew_is_never_shown(
     ns = unique_namespace("fo")
     a = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.0)
     b = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.0)
-    heard = _Heard()
+    heard = Heard()
     b.subscribe(heard)
     _hold_a0(fresh_redis, ns, a, b, agents)
     hold = TailHold(b, "stall")  # B's tail stays behind from "stall" on
@@ -338,7 +314,7 @@ def test_a_held_entry_this_node_updates_is_told_registered_once(
     ns = unique_namespace("fo")
     a = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.0)
     b = make_registry(fresh_redis.url, namespace=ns, lease_ttl=1.0)
-    heard = _Heard()
+    heard = Heard()
     b.subscribe(heard)
     _hold_a0(fresh_redis, ns, a, b, agents)
     b.update_metadata("a0", {"x": 2})

@@ -18,38 +18,18 @@ node deletes its dead entry there.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from foundation.registry import RegistryEvent
 from foundation.registry._redis._observer import HOLD_S, RedisObserver
+from tests.redis._heard import Heard, owners
 from tests.redis.conftest import MakeRegistry
 from tests.redis.support import NodeProcess, unique_namespace, wait_until
 from tests.redis_flags._proxy import CutProxy
 from tests.redis_support import RedisServer
-
-
-class _Heard:
-    """Every event of the observer's listeners, and a marker key to flush them."""
-
-    def __init__(self) -> None:
-        self.events: list[RegistryEvent] = []
-        self.lock = threading.Lock()
-        self.marked = threading.Event()
-
-    def __call__(self, event: RegistryEvent) -> None:
-        with self.lock:
-            self.events.append(event)
-        if event.entry.key == "marker":
-            self.marked.set()
-
-    def of(self, key: Hashable) -> list[tuple[str, str | None]]:
-        with self.lock:
-            return [(e.kind, e.reason) for e in self.events if e.entry.key == key]
 
 
 @dataclass
@@ -60,15 +40,11 @@ class _Failover:
     ns: str
     node: NodeProcess
     observer: RedisObserver
-    heard: _Heard
+    heard: Heard
 
 
 def _ver(server: RedisServer, ns: str) -> int:
     return int(server.command("GET", f"{{{ns}}}:ver") or 0)
-
-
-def _owners(server: RedisServer, ns: str) -> set[str]:
-    return {k.decode() for k in server.command("HKEYS", f"{{{ns}}}:owner")}
 
 
 @pytest.fixture
@@ -84,13 +60,13 @@ def failover(request: pytest.FixtureRequest) -> Iterator[_Failover]:
         observer: RedisObserver | None = None
         try:
             observer = RedisObserver(proxy.url, namespace=ns)
-            heard = _Heard()
+            heard = Heard()
             observer.subscribe(heard)
             node.call("register", key="a0")
             node.call("register", key="a1")
             new.command("REPLICAOF", "127.0.0.1", old.port)
             assert wait_until(
-                lambda: _ver(new, ns) == _ver(old, ns) == 2 and _owners(new, ns) == _owners(old, ns)
+                lambda: _ver(new, ns) == _ver(old, ns) == 2 and owners(new, ns) == owners(old, ns)
             )
             new.command("REPLICAOF", "NO", "ONE")
             yield _Failover(old, new, proxy, ns, node, observer, heard)
@@ -109,7 +85,7 @@ def _lose_a0s_death(fo: _Failover) -> None:
     assert wait_until(lambda: obs.lookup("a0") is not None and obs.lookup("a1") is not None)
     fo.node.call("kill_agent", key="a0")
     assert wait_until(lambda: obs.lookup("a0") is None)  # the observer heard the death
-    assert _owners(fo.new, fo.ns) == {'"a0"', '"a1"'}  # the promoted master lacks it
+    assert owners(fo.new, fo.ns) == {'"a0"', '"a1"'}  # the promoted master lacks it
     fo.node.freeze()  # it cannot delete a0 on B before the observer resynchronises
     fo.proxy.cut()
     fo.proxy._target = ("127.0.0.1", fo.new.port)  # the promoted master takes A's place
@@ -126,17 +102,21 @@ def _flush(fo: _Failover) -> None:
     assert fo.heard.marked.wait(10)
 
 
+def _recover_on_b(fo: _Failover) -> None:
+    """The node thaws and recovers on B: deletes its dead a0, keeps a1; then
+    ``_flush``."""
+    fo.node.thaw()
+    assert wait_until(lambda: owners(fo.new, fo.ns) == {'"a1"'}, timeout=15)
+    _flush(fo)
+
+
 def test_a_death_a_failover_lost_is_heard_once_by_the_observer(failover: _Failover) -> None:
     fo, obs = failover, failover.observer
     _lose_a0s_death(fo)
     # The snapshot holds a0, the history of B lacks its delete: held, not shown.
     assert obs.lookup("a0") is None
     assert obs.lookup("a1") is not None
-    fo.node.thaw()
-    # The node recovers on B: deletes its dead a0 (a record that ends the hold,
-    # told nothing), keeps a1.
-    assert wait_until(lambda: _owners(fo.new, fo.ns) == {'"a1"'}, timeout=15)
-    _flush(fo)
+    _recover_on_b(fo)  # deletes its dead a0 (a record that ends the hold, told nothing)
     assert obs.lookup("a0") is None
     assert fo.heard.of("a0") == [("registered", None), ("unregistered", "down")]
     assert fo.heard.of("a1") == [("registered", None)]
@@ -160,9 +140,7 @@ def test_a_held_entry_nobody_removes_is_shown_when_its_time_is_up(
     assert "a0" in obs._holds.held
     assert obs._holds.keep == 2 * 3.0  # (HOLD_S, 10 s, when no node has a lease)
     assert wait_until(lambda: obs.lookup("a0") is not None, timeout=15)
-    fo.node.thaw()  # its recovery deletes the dead a0 on B: heard as a second death
-    assert wait_until(lambda: _owners(fo.new, fo.ns) == {'"a1"'}, timeout=15)
-    _flush(fo)
+    _recover_on_b(fo)  # the dead a0 deleted on B: heard as a second death
     assert fo.heard.of("a0") == [
         ("registered", None),
         ("unregistered", "down"),
@@ -197,7 +175,7 @@ def test_a_registration_whose_delete_the_stream_holds_is_shown_at_once(
     ns = unique_namespace("ofo")
     a = make_registry(fresh_redis.url, namespace=ns, lease_ttl=3.0)
     with RedisObserver(fresh_redis.url, namespace=ns) as obs:
-        heard = _Heard()
+        heard = Heard()
         obs.subscribe(heard)
         a.register("a0", agents(), {"x": 1})
         assert wait_until(lambda: obs.lookup("a0") is not None)
@@ -251,9 +229,7 @@ def test_an_update_of_a_held_entry_shows_it_with_the_new_metadata(failover: _Fai
     )
     assert wait_until(lambda: (e := obs.lookup("a0")) is not None and e.metadata == {"x": 2})
     assert not obs._holds.held
-    fo.node.thaw()
-    assert wait_until(lambda: _owners(fo.new, fo.ns) == {'"a1"'}, timeout=15)
-    _flush(fo)
+    _recover_on_b(fo)
     assert fo.heard.of("a0") == [
         ("registered", None),
         ("unregistered", "down"),

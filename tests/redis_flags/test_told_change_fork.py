@@ -21,21 +21,18 @@ Runs in a plain interpreter (``run_scenario``) with real redis-servers.
 from __future__ import annotations
 
 from tests.faults._subprocess import run_scenario
-from tests.redis_flags.test_told_change_lost_with_master import _NODES
+from tests.redis_flags.test_told_change_lost_with_master import _B_PROMOTED, _END, _NODES
 
 # B promoted with version 1, then the fork: another commit at version 2 on B
 # (node 3); then node 1 pulls the kill switch on A (version 2 there too).
-_FORK = """
-F1.enable("other", by="ana", reason="launch")  # version 1: replicated to B
-b = raw_client(srv_b.url)
-b.execute_command("REPLICAOF", "127.0.0.1", str(srv_a.port))
-wait_for(lambda: b.hget("{tl}:flags:meta", "version") == b"1", "B replicates version 1")
-wait_for(lambda: S2.status().version == 1 and heard, "node 2 at version 1")
-b.execute_command("REPLICAOF", "NO", "ONE")  # promoted: it stays at version 1
+_FORK = (
+    _B_PROMOTED
+    + """\
 S3 = RedisFlagStore(srv_b.url, namespace="tl", timeout=0.5, cache_path=None)
 F3 = FeatureFlags(declared, store=S3)
 F3.enable("later", by="bob", reason="on B")  # version 2 on B: the fork
 """
+)
 
 # Node 2's clients move to B as its listeners are told the kill switch (after
 # the cut of _NODES' subscriber): its refresh after the reply reads B.
@@ -70,10 +67,8 @@ assert heard[:2] == [("other", True, "ana", "launch"),
 assert [h for h in heard if h[0] == "kill_me"][1:] == [("kill_me", True, None, "reload")], heard
 assert F2.enabled("kill_me") and F3.enabled("kill_me"), "B's state wins (the fork's rule)"
 assert S2.status().version == 3 and S2.status().restores == 0, S2.status()
-assert S2._thread.is_alive() and S3._thread.is_alive(), "a listener thread died"
-F3.close(); S3.close(); F2.close(); S2.close(); proxy.close(); srv_b.kill()
-print("OK", flush=True)
 """
+    + _END
 )
 
 
@@ -152,34 +147,51 @@ def test_a_told_commit_is_not_written_over_a_refresh_of_a_process_sharing_the_co
     assert len(_replaced_warnings(result.stderr)) == 1, result.stderr
 
 
+# Node 2 cut off as it is told the kill switch (version 2, on A only) and heard
+# it; then node 1 and A die.
+_TOLD_THEN_A_DIES = """
+F1.disable("kill_me", by="ops", reason="incident")  # version 2, on A only
+wait_for(cut.is_set, "node 2 cut off as it delivers the kill switch")
+wait_for(lambda: len(heard) == 2, "node 2's listeners hear the kill switch")
+F1.close(); S1.close(); srv_a.kill()
+"""
+
+# Node 2 back in sync with the kill switch kept pulled (the fork's WARNING).
+_KEPT_END = (
+    """\
+wait_for(lambda: S2.synced and not S2.stale and S2.status().resyncs >= 1, "node 2 in sync")
+wait_for(lambda: not S2.pending() and not F3.enabled("kill_me"), "the kill switch kept")
+"""
+    + _END
+)
+
+
+def _assert_fork_named_once(stderr: str) -> None:
+    """One fork WARNING names the kill switch; no 'replaced' WARNING names it again."""
+    forks = [line for line in stderr.splitlines() if "no longer holds this node's" in line]
+    assert len(forks) == 1, stderr
+    assert "1 kill switch(es)" in forks[0], forks
+    assert not _replaced_warnings(stderr), stderr
+
+
 # The same fork, node 2 cut as it delivers (_NODES): its copy kept the told
 # commit, so the refresh against B tells the fork as one (its WARNING, the kill
 # switch kept pending and committed again): named there, not a second time.
 _KEPT_SCENARIO = (
     _NODES
     + _FORK
-    + """
-F1.disable("kill_me", by="ops", reason="incident")  # version 2, on A only
-wait_for(cut.is_set, "node 2 cut off as it delivers the kill switch")
-wait_for(lambda: len(heard) == 2, "node 2's listeners hear the kill switch")
-F1.close(); S1.close(); srv_a.kill()
+    + _TOLD_THEN_A_DIES
+    + """\
 proxy._target = ("127.0.0.1", srv_b.port)
 proxy.restore()
-wait_for(lambda: S2.synced and not S2.stale and S2.status().resyncs >= 1, "node 2 in sync")
-wait_for(lambda: not S2.pending() and not F3.enabled("kill_me"), "the kill switch kept")
-assert S2._thread.is_alive() and S3._thread.is_alive(), "a listener thread died"
-F3.close(); S3.close(); F2.close(); S2.close(); proxy.close(); srv_b.kill()
-print("OK", flush=True)
 """
+    + _KEPT_END
 )
 
 
 def test_a_told_commit_the_copy_kept_is_named_once_by_the_forks_warning() -> None:
     result = run_scenario(_KEPT_SCENARIO)
-    forks = [line for line in result.stderr.splitlines() if "no longer holds this node's" in line]
-    assert len(forks) == 1, result.stderr
-    assert "1 kill switch(es)" in forks[0], forks
-    assert not _replaced_warnings(result.stderr), result.stderr
+    _assert_fork_named_once(result.stderr)
 
 
 # The kept commit's fork again, node 2's first resync against B lost amid it: its
@@ -190,11 +202,8 @@ def test_a_told_commit_the_copy_kept_is_named_once_by_the_forks_warning() -> Non
 _RETRIED_SCENARIO = (
     _NODES
     + _FORK
-    + """
-F1.disable("kill_me", by="ops", reason="incident")  # version 2, on A only
-wait_for(cut.is_set, "node 2 cut off as it delivers the kill switch")
-wait_for(lambda: len(heard) == 2, "node 2's listeners hear the kill switch")
-F1.close(); S1.close(); srv_a.kill()
+    + _TOLD_THEN_A_DIES
+    + """\
 lost_again = threading.Event()
 real_keep_records = S2._keep_records
 
@@ -210,18 +219,11 @@ proxy._target = ("127.0.0.1", srv_b.port)
 proxy.restore()
 wait_for(lost_again.is_set, "node 2's first resync takes the fork, then loses Redis")
 proxy.restore()
-wait_for(lambda: S2.synced and not S2.stale and S2.status().resyncs >= 1, "node 2 in sync")
-wait_for(lambda: not S2.pending() and not F3.enabled("kill_me"), "the kill switch kept")
-assert S2._thread.is_alive() and S3._thread.is_alive(), "a listener thread died"
-F3.close(); S3.close(); F2.close(); S2.close(); proxy.close(); srv_b.kill()
-print("OK", flush=True)
 """
+    + _KEPT_END
 )
 
 
 def test_a_told_commit_is_named_once_when_the_resync_that_took_the_fork_failed() -> None:
     result = run_scenario(_RETRIED_SCENARIO)
-    forks = [line for line in result.stderr.splitlines() if "no longer holds this node's" in line]
-    assert len(forks) == 1, result.stderr
-    assert "1 kill switch(es)" in forks[0], forks
-    assert not _replaced_warnings(result.stderr), result.stderr
+    _assert_fork_named_once(result.stderr)

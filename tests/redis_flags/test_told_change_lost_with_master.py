@@ -70,16 +70,29 @@ wait_for(lambda: heard[-1][0] == "later", "node 2 hears the later change")
 print("HEARD", heard, flush=True)
 """
 
-_SCENARIO = (
-    _NODES
-    + """
-threads = library_threads()
+# Every scenario's end: the listener threads alive, everything closed, "OK".
+_END = """\
+assert S2._thread.is_alive() and S3._thread.is_alive(), "a listener thread died"
+F3.close(); S3.close(); F2.close(); S2.close(); proxy.close(); srv_b.kill()
+print("OK", flush=True)
+"""
+
+# Version 1 replicated to B, then B promoted: it never gets A's next commits.
+_B_PROMOTED = """
 F1.enable("other", by="ana", reason="launch")  # version 1: replicated to B
 b = raw_client(srv_b.url)
 b.execute_command("REPLICAOF", "127.0.0.1", str(srv_a.port))
 wait_for(lambda: b.hget("{tl}:flags:meta", "version") == b"1", "B replicates version 1")
 wait_for(lambda: S2.status().version == 1 and heard, "node 2 at version 1")
 b.execute_command("REPLICAOF", "NO", "ONE")  # promoted: it stays at version 1
+"""
+
+_SCENARIO = (
+    _NODES
+    + """
+threads = library_threads()"""
+    + _B_PROMOTED
+    + """\
 F1.disable("kill_me", by="ops", reason="incident")  # version 2, on A only
 wait_for(cut.is_set, "node 2 cut off as it delivers the kill switch")
 wait_for(lambda: len(heard) == 2, "node 2's listeners hear the kill switch")
@@ -97,10 +110,8 @@ assert not F2.enabled("kill_me"), "node 2 un-pulled the kill switch"
 assert not F3.enabled("kill_me"), "the promoted master lacks the kill switch"
 assert S2.status().restores == 1, S2.status()
 assert [c.by for c in F3.history("kill_me")] == ["ops"], F3.history("kill_me")
-assert S2._thread.is_alive() and S3._thread.is_alive(), "a listener thread died"
-F3.close(); S3.close(); F2.close(); S2.close(); proxy.close(); srv_b.kill()
-print("OK", flush=True)
 """
+    + _END
 )
 
 
@@ -125,10 +136,8 @@ F1.close(); S1.close(); srv_a.kill()
 assert heard == [("kill_me", False, "ops", "incident"), ("kill_me", True, None, "reload"),
                  ("later", True, "ana", "marker")], heard
 assert S2.status().restores == 0, S2.status()
-assert S2._thread.is_alive() and S3._thread.is_alive(), "a listener thread died"
-F3.close(); S3.close(); F2.close(); S2.close(); proxy.close(); srv_b.kill()
-print("OK", flush=True)
 """
+    + _END
 )
 
 
