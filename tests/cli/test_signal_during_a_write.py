@@ -41,8 +41,8 @@ DECLARED = (
     Flag("checkout_v2"),
 )
 # Longer than a pipe holds (64 KiB on Linux): an actor in every flag's state and
-# a stage's name, so the command's JSON output (or its INFO log line of a flag
-# change) carries it and the command blocks writing it until the test reads.
+# a stage's name, so the command's JSON output carries it and the command
+# blocks writing it until the test reads.
 BIG = "x" * 70_000
 PLAN = MigrationPlan(
     [Stage(1, BIG, ["search_v2"]), Stage(2, "checkout", ["checkout_v2"])], name="rollout"
@@ -220,15 +220,26 @@ def test_a_signal_at_any_point_exits_143_with_nothing_written_or_0_with_the_writ
             assert out == "", (i, out[-500:])
 
 
+# A first stage of many flags: the command's INFO lines of their changes (one
+# each, bounded, about 100 bytes) hold more than a pipe (64 KiB on Linux).
+WIDE = [f"wide_{n:04}" for n in range(1_500)]
+WIDE_PLAN = MigrationPlan(
+    [Stage(1, "wide", WIDE), Stage(2, "checkout", ["checkout_v2"])], name="rollout"
+)
+
+
 def test_the_json_event_is_the_command_s_own_step_while_another_writer_steps_in(
     tmp_path: Path,
 ) -> None:
     """Another writer's step committed between the command's commit and its output:
     the command still prints its own step (it read the plan's last one)."""
-    path = _store(tmp_path, lambda f, m: None)
+    path = tmp_path / "flags.db"
+    declared = [Flag("checkout_v2"), *(Flag(name) for name in WIDE)]
+    with SQLiteFlagStore(path) as store, FeatureFlags(declared, store=store) as flags:
+        Migration(flags, WIDE_PLAN)
     before = _records(path)
-    # --log-level info: its flag-change line, after the commit, carries the state
-    # (BIG) and blocks the command on stderr until the test reads it.
+    # --log-level info: its flag-change lines, after the commit, block the command
+    # on stderr (WIDE) until the test reads them.
     where = ["--store", f"sqlite:///{path}"]
     proc = _start(
         ["migration", "advance", "--by", "ops", "--reason", REASON, "--log-level", "info", *where]
