@@ -36,14 +36,9 @@ from foundation import (
 from foundation.admin import AdminServer
 from foundation.errors import InvalidConfig
 from foundation.metrics import Metrics, Sample, prometheus_collector
+from tests import _metrics_fixture
 
-
-@pytest.fixture
-def metrics() -> Iterator[Metrics]:
-    m = Metrics()
-    m.install()
-    yield m
-    m.uninstall()
+metrics = _metrics_fixture.metrics  # the fixture: installed, checked after
 
 
 @pytest.fixture
