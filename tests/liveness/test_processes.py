@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from foundation.liveness import Down, MonitorManager, OSProcess, is_alive
+from foundation.liveness import Down, MonitorManager, OSProcess, _process, is_alive
 from tests._processes import kill_if_same
 from tests.liveness._support import Recorder, fd_count, manager_threads, wait_until
 
@@ -99,19 +99,54 @@ def test_multiprocessing_process_exit_codes_and_kill(any_manager: MonitorManager
     assert (normal.exitcode, failing.exitcode, killed.exitcode) == (0, 5, -9)
 
 
-def test_multiprocessing_process_not_ours_to_wait_uses_its_exitcode(
-    manager: MonitorManager,
+def test_a_process_child_reaped_before_its_owner_stores_the_code_waits_for_it(
+    any_manager: MonitorManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """forkserver children are the server's: the status comes from multiprocessing."""
+    """multiprocessing reaps a fork child in ``Popen.poll()`` (its cleanup at the
+    next ``start()``, ``is_alive()``, ``join()``) and stores the code a few
+    bytecodes later: a look in between meets ECHILD and no code, and must give
+    the owner its time (it told a clean exit as ``Down("exit")``, code unknown,
+    on the polling fallback: CI, once). Here the kernel reaps the child (SIGCHLD
+    ignored) and the code is stored once the manager was seen waiting for it."""
+    monkeypatch.setattr(_process, "_REAP_STORE_WAIT", 60.0)  # the owner is this test: no hurry
+    proc = multiprocessing.get_context("fork").Process(target=_sleep_forever)
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        proc.start()
+        assert proc.pid is not None
+        rec = Recorder()
+        any_manager.monitor(proc, rec)
+        os.kill(proc.pid, signal.SIGKILL)
+        record = proc.__dict__[_process._RECORD]
+        assert wait_until(lambda: record.deadline is not None or rec.count > 0)
+        assert rec.downs == []  # seen dead, code unread: not told yet
+        proc._popen.returncode = -signal.SIGKILL  # what Popen.poll() stores
+        assert rec.wait() == Down("killed", signal=9)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+        if proc._popen is not None and proc._popen.returncode is None:
+            # Reaped by the kernel: keep multiprocessing's cleanup at the next
+            # start() off this pid (another test's child may take it).
+            proc._popen.returncode = -signal.SIGKILL
+
+
+def test_multiprocessing_process_not_ours_to_wait_uses_its_exitcode(
+    any_manager: MonitorManager,
+) -> None:
+    """forkserver children are the server's: the status comes from multiprocessing,
+    read once from its pipe when the owner leaves it unread (on the polling
+    fallback too: it told ``Down("exit")``, code unknown, at once)."""
     ctx = multiprocessing.get_context("forkserver")
     proc = ctx.Process(target=_sleep_forever)
     proc.start()
     try:
         rec = Recorder()
-        manager.monitor(proc, rec)
+        any_manager.monitor(proc, rec)
         assert proc.pid is not None
         os.kill(proc.pid, signal.SIGKILL)
-        assert rec.wait() in (Down("killed", signal=9), Down("exit"))
+        assert rec.wait() == Down("killed", signal=9)
+        proc.join(10)
+        assert proc.exitcode == -9  # the owner reads the same code (not 255: EOF)
     finally:
         proc.kill()
         proc.join(10)

@@ -53,8 +53,8 @@ from foundation.liveness._core import (
 from foundation.liveness._process import (
     OSProcess,
     down_from_status,
-    owner_down,
     pidfd_readable,
+    polled_down,
     waitid_pidfd,
 )
 from foundation.liveness._threads import SpawnedThread
@@ -679,18 +679,16 @@ class MonitorManager(_Closing):
         its code). Never wait for the owner here: this thread serves every
         process (before, it slept up to 0.5 s per such death, and told the
         others that late). The watch moves to the process poller
-        (``foundation-<name>-procpoll``, checking ``owner_down`` every
-        ``process_poll_interval``), which fires it once the owner stored the
-        code, or with ``Down("exit")`` past the owner's deadline; its pidfd is
-        closed. False (fire now, code unknown) if no poller thread can start.
+        (``foundation-<name>-procpoll``, checking ``polled_down`` every
+        ``process_poll_interval``, as on the polling fallback), which fires it
+        once the owner stored the code, or with ``Down("exit")`` past the
+        owner's deadline; its pidfd is closed. False (fire now, code unknown)
+        if no poller thread can start.
 
         Races: a last ``demonitor()`` may have released the watch since the
         status was read (its fd closed, maybe reused): then nothing is moved
         (True: nothing left to tell). Both steps are under the lock that
-        ``demonitor()`` releases under; the process poller is only ever started
-        here while pidfds work (``_attach_locked`` starts it, with
-        ``exit_down``, only once pidfd_open failed with ENOSYS, and then no
-        pidfd is watched), so its check is ``owner_down``.
+        ``demonitor()`` releases under.
         """
         with self._lock:
             if self._by_fd.get(fd) is not watch:
@@ -699,7 +697,7 @@ class MonitorManager(_Closing):
                 self._proc_poller = self._poll_locked(
                     watch, self._proc_poller, "procpoll",
                     table=self._polled_procs, cond=self._procs_cond,
-                    interval=self._process_interval, check=owner_down,
+                    interval=self._process_interval, check=polled_down,
                 )  # fmt: skip
             except BackendUnavailable:
                 return False

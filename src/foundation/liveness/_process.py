@@ -48,6 +48,7 @@ __all__ = [
     "exit_down",
     "open_pidfd",
     "owner_down",
+    "polled_down",
     "waitid_pidfd",
 ]
 
@@ -194,6 +195,10 @@ def _kill0(pid: int) -> bool:
 _REAP_STORE_WAIT = 0.1
 _OWNER_WAIT = 0.5
 
+# exit_down's answer for a multiprocessing.Process seen dead whose status
+# neither this library nor (yet) its owner read; compared by identity.
+_UNREAD_EXIT = Down("exit")
+
 # The library's record of a Popen or multiprocessing.Process, kept on it.
 _RECORD = "_foundation_process"
 
@@ -338,7 +343,8 @@ def exit_down(agent: ProcessAgent) -> Down | None:
 
     Non-blocking and non-reaping where the platform allows it; it never
     waits for the owner to store an exit code (a death whose code is not
-    known yet is ``Down("exit")``; see ``owner_down`` for the wait).
+    known yet is ``Down("exit")``; for a multiprocessing.Process that is the
+    constant ``_UNREAD_EXIT``, which ``polled_down`` turns into the wait).
     """
     if isinstance(agent, OSProcess):
         return _os_process_exit_down(agent)
@@ -396,15 +402,18 @@ def _stored_code(record: _Owned) -> Down | None:
 
 def _unread_down(record: _Owned) -> Down | None:
     """The Down of a process known dead whose status this library cannot
-    read: the owner's stored code, else ``Down("exit")``; None (look again)
-    while a Popen's own ``wait()`` holds its lock, storing the code."""
+    read: the owner's stored code, else ``Down("exit")`` (``_UNREAD_EXIT``
+    for a multiprocessing.Process); None (look again) while a Popen's own
+    ``wait()`` holds its lock, storing the code."""
     code = _stored_code(record)
     if code is not None:
         return code
     if _popen_reaping(record):
         return None
-    # Race: read last, the owner may have stored the code meanwhile.
-    return _stored_code(record) or Down("exit")
+    # Race: read last, the owner may have stored the code meanwhile. A Popen
+    # whose lock was free did not reap the child: its status is lost. A
+    # Process's owner may be about to store it (see polled_down): _UNREAD_EXIT.
+    return _stored_code(record) or (Down("exit") if record.is_popen else _UNREAD_EXIT)
 
 
 def _popen_reaping(record: _Owned) -> bool:
@@ -512,9 +521,9 @@ def owner_down(agent: ProcessAgent) -> Down | None:
     ``Down("exit")`` with ``exit_code=None`` (a forkserver child's status
     still unread by its owner is read then, from the pipe, by one manager:
     the real code, for every manager and the owner; see
-    ``_read_forkserver_status``). A
-    process not handed over that way (no death seen yet) is checked as
-    ``exit_down`` does.
+    ``_read_forkserver_status``). Call it only once the death was seen: on
+    a live Popen or Process it would still answer ``Down("exit")`` past the
+    deadline (an OSProcess is checked as ``exit_down`` does).
 
     Example:
         >>> import subprocess
@@ -541,6 +550,32 @@ def owner_down(agent: ProcessAgent) -> Down | None:
     if down is None and record.forkserver:
         down = _read_forkserver_status(record)
     return down or Down("exit")
+
+
+def polled_down(agent: ProcessAgent) -> Down | None:
+    """The process poller's check (the polling fallback, and deaths the pidfd
+    path could not read): ``exit_down``, except that a multiprocessing.Process
+    known gone (``_UNREAD_EXIT`` is answered for no other) whose
+    status only its owner can read is given the owner's time
+    (``owner_down``: the stored code, a forkserver child's status read once,
+    else ``Down("exit")`` past the deadline).
+
+    Race: multiprocessing reaps a fork child in ``Popen.poll()`` (its own
+    cleanup at the next ``start()``, or ``is_alive()``, ``join()``) and stores
+    the code a few bytecodes later; a look in between meets ECHILD and no code
+    (before, a clean exit 0 was told as ``Down("exit")``, code unknown: CI,
+    once in ~6,000 tests).
+
+    Example:
+        >>> import subprocess
+        >>> p = subprocess.Popen(["false"]); _ = p.wait()
+        >>> polled_down(p).exit_code
+        1
+    """
+    down = exit_down(agent)
+    if down is _UNREAD_EXIT:
+        return owner_down(agent)
+    return down
 
 
 def _read_forkserver_status(record: _Owned) -> Down | None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from foundation.errors import BackendUnavailable, Closed
 from foundation.liveness._core import Down, Monitor, report
-from foundation.liveness._process import exit_down, open_pidfd
+from foundation.liveness._process import open_pidfd, polled_down
 from foundation.liveness._watches import (
     _ManagedWatch,
     _ProcessWatch,
@@ -115,7 +115,7 @@ class _WatcherThreads:
         self._proc_poller = self._poll_locked(
             watch, self._proc_poller, "procpoll",
             table=self._polled_procs, cond=self._procs_cond,
-            interval=self._process_interval, check=exit_down,
+            interval=self._process_interval, check=polled_down,
         )  # fmt: skip
         return True
 
