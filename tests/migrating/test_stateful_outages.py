@@ -207,6 +207,34 @@ class OutageMachine(RuleBasedStateMachine):
             assert got.get(key) in self.history[key], (key, got.get(key), self.history[key])
 
 
+def test_an_update_of_a_key_registered_again_during_a_legacy_outage() -> None:
+    """The machine's shrunk failure (found by longer runs: 100 steps), replayed.
+
+    The legacy side says down throughout (it still takes writes, a Redis node
+    recovering). ``a`` registered with the flag off, unregistered with the flag
+    on (the legacy copy stays, its removal due), registered again with the flag
+    on for another agent (its legacy mirror deferred). A flag-off update then
+    raised ``BackendUnavailable`` as if ``a`` were unregistered: it must write
+    the deferred registration itself, with the new metadata (README, legacy
+    outage row: "an update writes the retried registration itself").
+    """
+    machine = OutageMachine()
+    machine.start(flag_on=False)
+    try:
+        machine.legacy_outage_starts_or_ends()
+        # pick=1 and pick=0 below are two different live agents (live[1], live[0]).
+        machine.register(key="a", meta={"v": 0}, replace=False, pick=1)
+        machine.flip()
+        machine.unregister(key="a")
+        machine.register(key="a", meta={"v": 0}, replace=False, pick=0)
+        machine.flip()
+        machine.update(key="a", meta={"v": 1})
+        machine.read_all()  # the legacy side, still saying down, shows the update
+        assert machine.model["a"] == (machine.live[0], {"v": 1})
+    finally:
+        machine.teardown()  # both sides back: flag on and off show the model
+
+
 OutageMachine.TestCase.settings = settings(
     max_examples=200,
     stateful_step_count=40,

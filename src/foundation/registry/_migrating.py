@@ -110,35 +110,36 @@ Rules
    lands), removed only if the target's own view (its ``lookup()``, best
    effort) still shows that agent (rule 2).
 7. *Deferred legacy mirrors* (flag on). A shared legacy backend may be
-   remote too (a ``RedisRegistry`` legacy), so a flag-on write never calls it
-   under the facade lock (a private legacy view is a local store, mirrored
-   under the lock as in rule 1). It decides: a register mirror is kept in
-   ``view.legacy_retry`` (with the agent of our own older copy it may
-   replace, rule 2) and the record names no view yet; an unregister or
+   remote too (a ``RedisRegistry`` legacy), so a flag-on write never calls
+   it under the facade lock (a private legacy view is a local store,
+   mirrored under the lock as in rule 1). It decides: a register mirror is
+   kept in ``view.legacy_retry`` (with the agent of our own older copy it
+   may replace, rule 2) and the record names no view yet; an unregister or
    update mirror goes to the view's inbox (catch-up removes the stale copy
-   or copies the target's metadata). A *pass* applies them outside the lock,
-   one thread at a time (whoever holds the pass lock: normally the writer,
-   right after releasing the facade lock; a writer that finds another pass
-   running leaves it its request, and that pass looks again before it
-   stops, so no writer waits behind another's network call): each step
-   planned and booked under the lock, re-checked against the record, the
-   backends called outside it; catch-up steps before registers. While the
-   pass runs it is the only writer of the shared legacy side (flag-on writes
-   only ask for it; flag-off writes wait for it), so a register replaces only
-   the copy it looked up: our own older copy or none, never another
-   registration, even if that copy's agent died meanwhile and a newer
-   flag-on write of the key is waiting (its own step comes later, after
-   catch-up removed what the in-flight step wrote). A register whose agent
-   dies (or whose target entry goes) before its mirror lands (deferred, or
-   in flight: ``NotAlive``) has nothing left to register, but the legacy
-   side still holds the facade's own copy it was to replace: that copy is
-   listed as a divergence and removed by catch-up, only if the legacy
-   backend's own view (its ``lookup()``, best effort) still shows that
-   agent (rule 2); a later flag-on register of the key replaces it as its
-   own (so it is no "other registration"). While the legacy side
-   reports itself unavailable without I/O (``status()``, as in rule 6),
-   nothing is tried: the registers asked for become divergences (still kept
-   in ``view.legacy_retry``), the inbox stays (stale copies, listed by
+   (unless the legacy side's lookup shows another agent than the one marked
+   there, rule 2) or copies the target's metadata). A *pass* applies them
+   outside the lock, one thread at a time (whoever holds the pass lock:
+   normally the writer, right after releasing the facade lock; a writer that
+   finds another pass running leaves it its request, and that pass looks
+   again before it stops, so no writer waits behind another's network call):
+   each step planned and booked under the lock, re-checked against the
+   record, the backends called outside it; catch-up steps before registers.
+   While the pass runs it is the only writer of the shared legacy side
+   (flag-on writes only ask for it; flag-off writes wait for it), so a
+   register replaces only the copy it looked up: our own older copy or none,
+   never another registration, even if that copy's agent died meanwhile and
+   a newer flag-on write of the key is waiting (its own step comes later,
+   after catch-up removed what the in-flight step wrote). A register whose
+   agent dies (or whose target entry goes) before its mirror lands
+   (deferred, or in flight: ``NotAlive``) has nothing left to register, but
+   the legacy side still holds the facade's own copy it was to replace: that
+   copy is listed as a divergence and removed by catch-up, only if the
+   legacy backend's own view (its ``lookup()``, best effort) still shows
+   that agent (rule 2); a later flag-on register of the key replaces it as
+   its own (so it is no "other registration"). While the legacy side reports
+   itself unavailable without I/O (``status()``, as in rule 6), nothing is
+   tried: the registers asked for become divergences (still kept in
+   ``view.legacy_retry``), the inbox stays (stale copies, listed by
    ``divergences()``); a pass stops at its first ``BackendUnavailable``. So
    writes cost at most one wait per outage, in one thread, and the operator
    gets one WARNING (until a legacy mirror succeeds, then one INFO). Once it
@@ -148,29 +149,30 @@ Rules
    after it, once ``status()`` says the legacy backend is available), and by
    ``divergences()``/``readiness()``/``finish()``. A flag-off write and a
    legacy read first apply the passes asked for, or wait for the one in
-   flight (with the facade lock released). While ``status()`` says the legacy
-   backend is down nothing is tried and the request is kept. A legacy read
-   also catches the shared view up first (its inbox, in a pass), so a flip
-   back loses nothing and resurrects nothing. In a
-   shared view, a flag-on register or unregister also replaces or removes
-   the facade's own divergent copy (a write the target never took): else it
-   would come back, unlisted, at the next flip; so does a flag-on register
-   over the facade's own copy written with the flag off whose target mirror
-   was skipped and not retried yet (the record still names the older
-   mirror the target kept). Symmetrically, a target entry whose shared
-   legacy mirror was not taken (still to be retried, or refused for good:
-   a foreign copy there) is the shared view's own: a flag-off register of
-   its key replaces it in the target, a flag-off unregister removes it
-   (rule 2; once its mirror was refused for good, only while the target
-   still holds that agent). A flag-off write of the key made before its
-   pass (``status()`` still saying down while the legacy side takes
-   writes: a Redis node recovering) supersedes what the pass would apply:
-   a register or unregister drops the deferred register; an update of a
-   key whose legacy side holds our older copy writes that register itself,
-   with the new metadata, and books it; an update of a copy whose
-   catch-up is due marks it current (its target mirror is queued), or is
-   ``NotRegistered`` if that catch-up removes the copy. Else the pass put
-   the target's older metadata back, or the unregistered key.
+   flight (with the facade lock released). While ``status()`` says the
+   legacy backend is down nothing is tried and the request is kept. A legacy
+   read also catches the shared view up first (its inbox, in a pass), so a
+   flip back loses nothing and resurrects nothing. In a shared view, a
+   flag-on register or unregister also replaces or removes the facade's own
+   divergent copy (a write the target never took): else it would come back,
+   unlisted, at the next flip; so does a flag-on register over the facade's
+   own copy written with the flag off whose target mirror was skipped and
+   not retried yet (the record still names the older mirror the target
+   kept). Symmetrically, a target entry whose shared legacy mirror was not
+   taken (still to be retried, or refused for good: a foreign copy there) is
+   the shared view's own: a flag-off register of its key replaces it in the
+   target, a flag-off unregister removes it (rule 2; once its mirror was
+   refused for good, only while the target still holds that agent). A
+   flag-off write of the key made before its pass (``status()`` still saying
+   down while the legacy side takes writes: a Redis node recovering)
+   supersedes what the pass would apply: a register or unregister drops the
+   deferred register; an update of a key whose legacy side holds our older
+   copy (or a stale copy of ours whose removal is due: the key was
+   unregistered before that register) writes that register itself, with the
+   new metadata, and books it; an update of a copy whose catch-up is due
+   marks it current (its target mirror is queued), or is ``NotRegistered``
+   if that catch-up removes the copy. Else the pass put the target's older
+   metadata back, or the unregistered key.
 
 Why this is correct under concurrent flips
 ------------------------------------------
@@ -350,6 +352,35 @@ def _skipped_retry(view: _View, key: Hashable) -> tuple[Any, Mapping[str, Any] |
     if retry is None or held is None or held.agent is not retry[0]:
         return None
     return retry
+
+
+def _deferred_over(view: _View, key: Hashable, copy: Entry, agent: Any, mine: Any) -> bool:
+    """``_update_deferred_copy``: the legacy ``copy`` of ``key`` is ours to write
+    ``agent``'s deferred register over: that agent's, our older copy ``mine``,
+    or a stale copy of ours whose removal is due (``view.stale_copy``: that
+    agent's, marked for the pass's catch-up, which removes it before the register).
+
+    Race: ``key`` was unregistered with the flag on while the legacy side said
+    down (its copy stayed, removal due), then registered again for another
+    agent (mirror deferred). A flag-off update before the pass (the node takes
+    writes while ``status()`` still says down) found that stale copy and
+    answered as for an unregistered key (``BackendUnavailable``) although the
+    key is registered; the pass would remove the copy and register ``agent``.
+    Only a copy of the agent marked stale: one written meanwhile by another
+    writer (the stale agent died and the key was taken, or it was replaced)
+    is not ours (rule 2), and the update answers as before. Between this
+    check and the register, a write of the key that bypasses the facade
+    (another thread writing the legacy store directly, or another process on
+    a shared backend) is not seen: best effort, the backend's business."""
+    return copy.agent is agent or copy.agent is mine or view.stale_copy(key, copy.agent)
+
+
+def _stale_agent(view: _View, key: Hashable, rec: _Record | None) -> Any:
+    """``_defer_legacy_unregister``: the agent of our copy of ``key`` to remove:
+    the mirror of ``rec`` (``_mirrored_copy``) or our listed divergent copy."""
+    if rec is not None and rec.view is view:
+        return _mirrored_copy(view, key, rec)
+    return view.divergent[key].agent
 
 
 def _ours(view: _View, rec: _Record | None) -> bool:
@@ -678,7 +709,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             self._request_legacy_retry()  # rule 7: it is back (applied by _after_write)
             # The private copy it replaced is gone: resolved, no longer a mirror.
             view.divergent.pop(key, None)
-            view.mirrors.pop(key, None)
+            view.forget(key)
             # Race: a flag-on register's deferred legacy mirror is superseded by
             # this write (the legacy side said it was down, so the pass has not
             # run): applied later, it met this copy as "another registration".
@@ -753,6 +784,12 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         register still to apply would have replaced, or the facade's own copy
         the target never took (a listed divergence)."""
         mine = self._replaceable_copy(view, key, old)
+        if old is not None and old.view is view and mine is not None:
+            # Race: the replaced entry's mirror stays in view.mirrors until the
+            # pass; if its agent dies and another writer takes the key in the
+            # legacy store, then this register is dropped (unregister, death),
+            # catch-up removes that copy: marked, it checks the agent first (rule 2).
+            view.mark_stale(key, mine)
         view.divergent.pop(key, None)  # superseded: booked again if the legacy side refuses
         view.retry.pop(key, None)  # the target took this write: its skipped mirror is obsolete
         view.legacy_retry[key] = (agent, mine, threading.get_ident())
@@ -817,7 +854,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             removed = self._legacy.unregister(key)
         self._request_legacy_retry()  # rule 7: it is back (applied by _after_write)
         view.divergent.pop(key, None)
-        view.mirrors.pop(key, None)
+        view.forget(key)
         # Race: a flag-on register of the key whose legacy mirror is still to
         # apply (the legacy side's status() said down, a Redis node recovering,
         # so the pass has not run) is unregistered too: the pass found the
@@ -865,7 +902,8 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         # _own_divergent reads the legacy side: RedisRegistry and MemoryRegistry
         # answer lookups locally (no I/O under the lock).
         if mirrored or self._own_divergent(view, key):
-            view.mirrors.setdefault(key, 0)  # a copy to drop: catch-up drops it
+            # The copy's agent is kept: only that copy is ours to remove (rule 2).
+            view.mark_stale(key, _stale_agent(view, key, rec))  # catch-up drops it
             view.inbox.append(key)  # the record is gone: catch-up drops the copy
             view.divergent.pop(key, None)
             view.retry.pop(key, None)
@@ -982,15 +1020,16 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         with self._events_of(_LEGACY):
             self._legacy.update_metadata(key, metadata)
         if due and rec is not None:
-            view.mirrors[key] = rec.gen
+            view.mirror(key, rec.gen)
 
     def _update_deferred_copy(
         self, view: _View, key: Hashable, metadata: Mapping[str, Any], rec: _Record | None
     ) -> bool:
         """A flag-off update (under the facade lock) of a key whose flag-on register
         has its legacy mirror still to apply (``legacy_retry``, rule 7), the legacy
-        side holding our older copy (the one that register may replace, or that
-        agent's): the authoritative call writes that mirror now, with the new
+        side holding our older copy (the one that register may replace, that
+        agent's, or a stale copy of ours whose removal is due: ``_deferred_over``): the
+        authoritative call writes that mirror now, with the new
         metadata (the retry, done now), and books it. False if that is not the
         case (no copy of ours: the legacy side answers, and the pass books it).
 
@@ -1012,7 +1051,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         # compare-and-set. A key two processes race for on a shared backend
         # is the backend's business, as for any write (_call_legacy_retry).
         copy = self._legacy.lookup(key)
-        if copy is None or (copy.agent is not agent and copy.agent is not mine):
+        if copy is None or not _deferred_over(view, key, copy, agent, mine):
             return False
         try:
             with self._events_of(_LEGACY):
@@ -1021,13 +1060,22 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
                 else:
                     self._legacy.register(key, agent, metadata, replace=True)
         except NotAlive:  # died meanwhile: the register is void, as the pass finds
-            raise NotRegistered(key) from None
+            raise self._deferred_void(key) from None
         del view.legacy_retry[key]
         view.divergent.pop(key, None)  # that agent's (_retry_current): resolved
         gen = self._next_gen()
         self._records[key] = _Record(view, gen, agent)
-        view.mirrors[key] = gen  # the target's mirror of this update is queued next
+        view.mirror(key, gen)  # the target's mirror of this update is queued next
         return True
+
+    def _deferred_void(self, key: Hashable) -> Exception:
+        """``_update_deferred_copy``'s answer when its agent died before the
+        register: ``NotRegistered``, as the pass finds. Race: while the legacy
+        side still says down, the stale copy there stays until the pass can
+        run (a lookup still answers it): ``BackendUnavailable``, as
+        ``_update_legacy_copy`` answers in that state."""
+        down = self._legacy_down()
+        return NotRegistered(key) if down is None else BackendUnavailable(down)
 
     def _update_skipped_copy(
         self, view: _View, key: Hashable, metadata: Mapping[str, Any], rec: _Record | None
@@ -1084,7 +1132,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
         gen = self._next_gen()
         self._records[key] = _Record(view, gen, agent)
         if not view.private:
-            view.mirrors[key] = 0  # behind: the pass's catch-up copies the metadata
+            view.mirror(key, 0)  # behind: the pass's catch-up copies the metadata
         self._mirror_update_legacy(view, key, metadata, gen)
 
     def _mirror_update_legacy(
@@ -1256,7 +1304,7 @@ class MigratingRegistry(_TargetMirrors, MigratingAsyncWrites, Registry):
             return
         gen = self._next_gen()
         self._records[key] = _Record(view, gen, agent)
-        view.mirrors[key] = gen
+        view.mirror(key, gen)
 
     def _backfill_failed(self, view: _View, entry: Entry, why: str) -> None:
         """A backfill copy the unavailable target could not take: a divergence, kept

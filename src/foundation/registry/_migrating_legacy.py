@@ -46,6 +46,7 @@ _FOREIGN: Final = "foreign"  # the legacy side holds the key for someone else (r
 _DONE: Final = "done"  # the legacy side took the copy (or the metadata)
 _DROPPED: Final = "dropped"  # the legacy copy is gone (removed, or its agent died)
 _NOT_TRIED: Final[Any] = object()  # no register of the pass failed (a key may be None)
+_UNMARKED: Final[Any] = object()  # a drop whose copy's agent is not known (no ``view.stale``)
 
 
 class _LegacyPlan(NamedTuple):
@@ -91,6 +92,7 @@ class _CatchUp(NamedTuple):
     gen: int  # the view's mirror generation when planned
     new_gen: int  # the record's generation to copy (update); 0 for a drop
     agent: Any  # the record's agent (update), or None: drop the stale copy
+    stale: Any = _UNMARKED  # a drop's: the agent of our copy (``view.stale``), if known
 
 
 class _LegacyRetries(_DivergenceBook):
@@ -399,7 +401,7 @@ class _LegacyRetries(_DivergenceBook):
             "an agent that died or left before its mirror was applied"
         )
         self._diverge(view, key, mine, why, writer)
-        view.mirrors.setdefault(key, 0)  # a copy to drop: catch-up drops it
+        view.mark_stale(key, mine)  # a copy to drop: catch-up drops it (if still mine's)
 
     @staticmethod
     def _retry_current(view: _View, key: Hashable, agent: Any, rec: _Record | None) -> bool:
@@ -458,7 +460,7 @@ class _LegacyRetries(_DivergenceBook):
             # the record's: catch-up removes it (the next round of this pass,
             # before any later register of the key), so it cannot come back.
             if outcome == _DONE and not (rec is not None and rec.view is view):
-                view.mirrors.setdefault(key, 0)
+                view.mark_stale(key, agent)
                 view.inbox.append(key)
                 self._legacy_retry_requested = True
             return
@@ -472,14 +474,14 @@ class _LegacyRetries(_DivergenceBook):
             # Race: an update made while the register was in flight may have
             # reached the target after the register read its metadata; then
             # the copy is marked one generation behind, and catch-up copies it.
-            view.mirrors[key] = gen if rec.gen == plan.gen else plan.gen
+            view.mirror(key, gen if rec.gen == plan.gen else plan.gen)
             if rec.gen != plan.gen:
                 view.inbox.append(key)
                 self._legacy_retry_requested = True
             return
         self._forget_legacy_register(view, key)
         if outcome == _FOREIGN:
-            view.mirrors.pop(key, None)  # no copy of ours is there any more
+            view.forget(key)  # no copy of ours is there any more
             reason = f"the legacy backend holds {short_repr(key)} for another registration"
             self._diverge(view, key, agent, reason, plan.writer)
         elif isinstance(outcome, Exception) and not isinstance(outcome, NotAlive):
@@ -519,7 +521,8 @@ class _LegacyRetries(_DivergenceBook):
                 continue  # not (or no longer) a copy of ours: nothing to catch up
             rec = self._records.get(key)
             if rec is None or rec.view is not view:
-                steps.append(_CatchUp(key, gen, 0, None))  # unregistered, replaced or dead
+                stale = view.stale.get(key, _UNMARKED)  # unregistered, replaced or dead:
+                steps.append(_CatchUp(key, gen, 0, None, stale))  # drop our copy
             elif rec.gen != gen:
                 steps.append(_CatchUp(key, gen, rec.gen, rec.agent))  # new metadata
         return steps
@@ -536,10 +539,15 @@ class _LegacyRetries(_DivergenceBook):
             # Race: as for a register (_call_legacy_retry), nothing else in this
             # process writes the shared legacy side while the pass runs, so the
             # copy removed here is the stale one of ours the plan saw (or its
-            # slot, emptied by its agent's death). Another process writing the
-            # same key on a shared backend meanwhile is not seen: the check was
-            # made when the removal was decided (best effort across processes;
-            # a key two processes race for is the backend's business).
+            # slot, emptied by its agent's death). The copy's agent is checked
+            # when the removal is decided and again just before it, here
+            # (_not_ours_now). Between this check and the unregister, a write
+            # of the key that bypasses the facade (another thread writing the
+            # legacy store directly, or another process on a shared backend)
+            # is not seen: best effort; a key raced for that way is the
+            # backend's business.
+            if self._not_ours_now(step):
+                return _DROPPED  # no copy of ours is there any more: booked as removed
             with self._events_dropped(_LEGACY):
                 self._legacy.unregister(step.key)
         except NotRegistered:  # the copy's agent died: it is gone
@@ -547,6 +555,19 @@ class _LegacyRetries(_DivergenceBook):
         except Exception as exc:  # booked below (kept and retried)
             return exc
         return _DROPPED
+
+    def _not_ours_now(self, step: _CatchUp) -> bool:
+        """A drop's slot holds another agent than our stale copy's (outside the lock).
+
+        Race: our copy was marked for removal while the legacy side said down;
+        meanwhile its agent died and another writer took the key there, or
+        replaced it (a direct write to the legacy store, another process):
+        removed blindly, that registration was lost (rule 2). Not removed; a
+        register of the key still to apply then finds it foreign (listed)."""
+        if step.agent is not None or step.stale is _UNMARKED:
+            return False  # an update's fallback, or a drop with no agent marked
+        copy = self._legacy.lookup(step.key)  # (local, see _own_divergent)
+        return copy is not None and copy.agent is not step.stale
 
     def _book_catch_up(self, step: _CatchUp, result: str | Exception) -> None:
         """Record the outcome of one catch-up step (under the facade lock)."""
@@ -563,7 +584,9 @@ class _LegacyRetries(_DivergenceBook):
         if view.mirrors.get(key) != step.gen:
             return  # changed meanwhile: its own write or booking queued what it needs
         if result == _DROPPED:
-            del view.mirrors[key]
+            if view.stale.get(key, _UNMARKED) is not step.stale:
+                return  # marked for another agent meanwhile: that copy is still to drop
+            view.forget(key)
             self._resolve_removed(view, key)
         else:
-            view.mirrors[key] = step.new_gen
+            view.mirror(key, step.new_gen)

@@ -749,7 +749,7 @@ class _TargetMirrors(_LegacyRetries):
         gen = self._next_gen()
         self._records[key] = _Record(view, gen, op.agent)
         if current:
-            view.mirrors[key] = gen
+            view.mirror(key, gen)
             view.divergent.pop(key, None)  # a retried copy is resolved
 
     def _book_register_refused(
@@ -817,7 +817,7 @@ class _TargetMirrors(_LegacyRetries):
         if now is not None and now.view is view and key in view.mirrors:
             gen = self._next_gen()
             self._records[key] = now._replace(gen=gen)
-            view.mirrors[key] = gen
+            view.mirror(key, gen)
             self._resolved(view, key, rec.agent)  # a later update supersedes a refused one
 
     def _resolved(self, view: _View, key: Hashable, agent: Any) -> None:

@@ -54,6 +54,7 @@ class _View:
         "private",
         "purge_at",
         "retry",
+        "stale",
         "thread",
     )
 
@@ -61,6 +62,10 @@ class _View:
         self.thread = thread
         self.private = thread is not None
         self.mirrors: dict[Hashable, int] = {}
+        # key -> the agent of a copy of ours in ``mirrors`` that catch-up is to
+        # remove (the shared view only: never set in a private view; set by
+        # ``mark_stale``, dropped with the mirror).
+        self.stale: dict[Hashable, Any] = {}
         self.divergent: dict[Hashable, _Divergent] = {}
         # len(divergent) at which _diverge purges its dead copies (_DivergenceBook)
         self.purge_at = PURGE_AT_LEAST
@@ -81,6 +86,25 @@ class _View:
         # when it is back. ``replaceable``: the agent of our older copy there, if
         # any; ``writer``: the ident of the thread whose write it mirrors.
         self.legacy_retry: dict[Hashable, tuple[Any, Any, int]] = {}
+
+    def mark_stale(self, key: Hashable, agent: Any) -> None:
+        """Our copy of ``key``, ``agent``'s, is due for removal by catch-up."""
+        self.mirrors.setdefault(key, 0)
+        self.stale[key] = agent
+
+    def mirror(self, key: Hashable, gen: int) -> None:
+        """Our copy of ``key`` mirrors the record at ``gen`` (no longer stale)."""
+        self.mirrors[key] = gen
+        self.stale.pop(key, None)
+
+    def forget(self, key: Hashable) -> None:
+        """No copy of ours of ``key`` is here any more (nor one to remove)."""
+        self.mirrors.pop(key, None)
+        self.stale.pop(key, None)
+
+    def stale_copy(self, key: Hashable, agent: Any) -> bool:
+        """``agent``'s copy of ``key`` is the stale one of ours due for removal."""
+        return key in self.mirrors and key in self.stale and self.stale[key] is agent
 
     def ended(self) -> bool:
         return self.thread is not None and not self.thread.is_alive()
@@ -325,7 +349,7 @@ class _LegacyViews(_EventRouting):
                 if not view.ended():
                     view.inbox.append(key)
             else:
-                view.mirrors.pop(key, None)
+                view.forget(key)
             return
         shared = self._shared_view
         pending = None if shared is None else shared.legacy_retry.get(key)
