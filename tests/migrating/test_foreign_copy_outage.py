@@ -13,6 +13,7 @@ nor the pass's catch-up (which removes the stale copy) may replace or remove it.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -23,12 +24,31 @@ from foundation.registry import Entry
 from tests.migrating.support import FLAG, FLAGS, Agents, Switched, wait_until
 
 
+@contextmanager
+def _outage_registry(
+    legacy: Switched | None = None,
+) -> Iterator[tuple[FeatureFlags, Switched, Switched, MigratingRegistry]]:
+    """The flag off, a legacy side (a ``Switched`` unless given), a target and
+    the registry over them; closed afterwards."""
+    flags = FeatureFlags(FLAGS)
+    flags.disable(FLAG)
+    legacy = Switched() if legacy is None else legacy
+    target = Switched()
+    reg = MigratingRegistry(legacy, target, flags)
+    try:
+        yield flags, legacy, target, reg
+    finally:
+        reg.close()
+        flags.close()
+
+
 class Setup:
-    def __init__(self, agents: Agents) -> None:
-        self.flags = FeatureFlags(FLAGS)
-        self.flags.disable(FLAG)
-        self.legacy, self.target = Switched(), Switched()
-        self.reg = MigratingRegistry(self.legacy, self.target, self.flags)
+    def __init__(
+        self,
+        agents: Agents,
+        parts: tuple[FeatureFlags, Switched, Switched, MigratingRegistry],
+    ) -> None:
+        self.flags, self.legacy, self.target, self.reg = parts
         self.old, self.new, self.foreign = agents.new(), agents.new(), agents.new()
         self.legacy.state = "disconnected"
         self.reg.register("a", self.old, {"v": 0})
@@ -46,16 +66,11 @@ class Setup:
         assert entry is not None
         return entry.agent, dict(entry.metadata)
 
-    def close(self) -> None:
-        self.reg.close()
-        self.flags.close()
-
 
 @pytest.fixture
 def setup(agents: Agents) -> Iterator[Setup]:
-    s = Setup(agents)
-    yield s
-    s.close()
+    with _outage_registry() as parts:
+        yield Setup(agents, parts)
 
 
 def test_a_flag_off_update_does_not_overwrite_a_foreign_copy(setup: Setup, agents: Agents) -> None:
@@ -99,11 +114,8 @@ def test_an_update_whose_deferred_agent_dies_meanwhile(agents: Agents) -> None:
     """The legacy side still says down: the stale copy stays until the pass can
     run, so the update answers ``BackendUnavailable`` (README), not ``NotRegistered``.
     Guards the stale-copy branch; passes at HEAD by design."""
-    flags = FeatureFlags(FLAGS)
-    flags.disable(FLAG)
-    legacy, target = _DiesAtLookup(), Switched()
-    reg = MigratingRegistry(legacy, target, flags)
-    try:
+    legacy = _DiesAtLookup()
+    with _outage_registry(legacy) as (flags, _, _, reg):
         old, new = agents.new(), agents.new()
         legacy.state = "disconnected"
         reg.register("a", old, {"v": 0})
@@ -115,9 +127,6 @@ def test_an_update_whose_deferred_agent_dies_meanwhile(agents: Agents) -> None:
         with pytest.raises(BackendUnavailable):
             reg.update_metadata("a", {"v": 1})
         assert legacy.agents is None  # the lookup between the check and the register ran
-    finally:
-        reg.close()
-        flags.close()
 
 
 @pytest.mark.parametrize("end", ["agent_dies", "unregister"])
@@ -127,11 +136,7 @@ def test_an_unmarked_drop_does_not_remove_a_foreign_copy(agents: Agents, end: st
     copy the one it may replace). ``old`` dies and another writer registers "a"
     directly in the legacy store; then ``new`` dies or "a" is unregistered. That
     copy is not ours (rule 2): the pass's catch-up must not remove it."""
-    flags = FeatureFlags(FLAGS)
-    flags.disable(FLAG)
-    legacy, target = Switched(), Switched()
-    reg = MigratingRegistry(legacy, target, flags)
-    try:
+    with _outage_registry() as (flags, legacy, target, reg):
         old, new, foreign = agents.new(), agents.new(), agents.new()
         reg.register("a", old, {"v": 0})
         assert wait_until(lambda: target.lookup("a") is not None)
@@ -152,6 +157,3 @@ def test_an_unmarked_drop_does_not_remove_a_foreign_copy(agents: Agents, end: st
         assert entry is not None
         assert entry.agent is foreign
         assert dict(entry.metadata) == {"v": 9}
-    finally:
-        reg.close()
-        flags.close()
