@@ -4,7 +4,8 @@
 Was: with ``Metrics.watch_migration``, each collection read ``migration.status()``,
 whose plan-flag answers are ``enabled()`` calls: 4 scrapes and no evaluation by
 the application counted 1, 2, 3, 4 for every plan flag (the admin server's own
-stage gauge did the same on its ``/metrics``). Real Prometheus collection, a
+stage gauge did the same on its ``/metrics``, and its page's polls of
+``GET /api/migration``, which reads ``migration.status()``). Real Prometheus collection, a
 real ``AdminServer``.
 """
 
@@ -82,3 +83,23 @@ def test_admin_metrics_scrapes_count_no_evaluation(metrics: Metrics, migration: 
         assert "foundation_admin_migration_stage" in r.text
         migration.flags.enabled("scrape_b")
         assert _evaluations(c.get("metrics").text).get("scrape_b", 0) == base.get("scrape_b", 0) + 1
+
+
+def test_migration_status_reads_count_no_evaluation(metrics: Metrics, migration: Migration) -> None:
+    # The admin page polls GET /api/migration (Migration.status(): the plan
+    # flags' answers); before, each poll counted one evaluation per plan flag.
+    with (
+        AdminServer(
+            flags=migration.flags, migration=migration, metrics=metrics, bind="127.0.0.1:0"
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=30) as c,
+    ):
+        base = _evaluations(c.get("metrics").text)
+        for _ in range(4):
+            r = c.get("api/migration")
+            assert r.status_code == 200, r.text
+            assert r.json()["flags"] == {"scrape_a": False, "scrape_b": False}
+            assert migration.status().flags == {"scrape_a": False, "scrape_b": False}
+        assert _evaluations(c.get("metrics").text) == base
+        migration.flags.enabled("scrape_a")  # the application's evaluation: counted
+        assert _evaluations(c.get("metrics").text).get("scrape_a", 0) == base.get("scrape_a", 0) + 1

@@ -435,6 +435,18 @@ class FeatureFlags:
                 raise self._miss(name) from None  # typed flags are absent from the table
         return self._for_actor(name, actor)
 
+    def _uncounted(self, name: str) -> bool:
+        """``enabled(name)``, never counted in ``foundation_flag_evaluations_total``.
+
+        For the library's own reads of a flag's state (``Migration.status()``, which
+        the admin page polls): metrics counts the application's evaluations only
+        (``foundation.metrics`` counts by wrapping ``enabled``, not this method).
+        """
+        try:
+            return self._plain[name]
+        except (KeyError, TypeError):
+            raise self._miss(name) from None
+
     def _for_actor(self, name: str, actor: Actor) -> bool:
         # Kept out of enabled(): fewer locals make the actor-less call's frame cheaper.
         try:

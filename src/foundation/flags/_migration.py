@@ -484,6 +484,8 @@ class Migration:
     def status(self) -> MigrationStatus:
         """The committed stage (read from the store) and the plan flags' current answers.
 
+        Those answers are not counted as evaluations (``foundation.metrics``).
+
         ``skew`` is set (and logged once at WARNING) when another version of the
         plan is in play: the stage is beyond this plan's stages, or the store
         records another version of it (a rolling deploy)."""
@@ -491,7 +493,8 @@ class Migration:
         stage = self.flags.store.migration_stage(self.plan.name)
         total = len(self.plan.stages)
         name = self.plan.stages[stage - 1].name if 0 < stage <= total else None
-        answers = {f: self.flags.enabled(f) for f in self.plan.flags}
+        # Not evaluations: a status read (the admin page polls it) counts none.
+        answers = {f: self.flags._uncounted(f) for f in self.plan.flags}
         skew = self._skew(stage)
         return MigrationStatus(self.plan.name, stage, name, total, answers, skew)
 
@@ -510,7 +513,7 @@ class Migration:
             skew = f"the store records another version of it ({len(recorded.stages)} stages)"
         else:
             return None
-        on = [f for f in others if self.flags.enabled(f)]
+        on = [f for f in others if self.flags._uncounted(f)]
         skew = (
             f"migration {self.plan.name!r} ({total} stages here): {skew}; flags only other "
             f"versions name, on now: {bounded_list(on) if on else 'none'}; a rollback "
