@@ -296,3 +296,55 @@ finally:
 print("OK")
 """
     )
+
+
+def test_a_landed_kill_switch_followed_by_another_nodes_write_is_told_committed() -> None:
+    """The emergency rollback lands, its reply is lost and Redis goes out of reach:
+    kept pending. Another node (reaching Redis) then advances the plan again. The
+    replay finds the rollback in Redis' history, with that advance after it: it was
+    told "SUPERSEDED ... and not applied" (a WARNING, ``pending_superseded``) while
+    the history shows it applied (an operator might pull it again, undoing the
+    re-advance). It is committed ("it already was"), the later change named."""
+    run_scenario(
+        _COMMON
+        + """
+from foundation import telemetry
+told = []
+for kind in ("pending_committed", "pending_superseded"):
+    telemetry.attach(f"foundation.flags.{kind}",
+                     lambda name, data: told.append((name.rsplit(".", 1)[1], data)))
+infos = keep_records("foundation.flags", level=logging.INFO)
+other_store = RedisFlagStore(f"redis://127.0.0.1:{srv.port}/0", namespace="lost",
+                             cache_path=None, timeout=2.0)
+other_flags = FeatureFlags([Flag("beta"), Flag("gamma")], store=other_store)
+other = Migration(other_flags, PLAN)
+try:
+    migration.advance(by="ana"); migration.advance(by="ana")
+    assert proxy.lose_next_reply(
+        lambda: migration.emergency_rollback("error spike", by="oncall"), cut=True
+    ) is None, "a kill switch is kept, not refused"
+    assert len(store.pending()) == 1, store.pending()
+    wait_for(lambda: other.status().stage == 0, "the other node to see the rollback")
+    other.advance(by="lead", reason="fixed: forward again")  # after the rollback
+    proxy.heal()
+    wait_for(lambda: store.synced and not store.pending() and told, "in sync, replayed")
+    assert actions()[2:] == [("emergency_rollback", 2, 0), ("advance", 0, 1)], actions()
+    assert migration.status().stage == 1, migration.status()  # the re-advance stands
+    assert [kind for kind, _ in told] == ["pending_committed"], told
+    data = told[0][1]
+    assert data["already"] is True, data
+    later = data["followed_by"]  # the advance: its event and beta's change
+    assert sorted((type(e).__name__, e.by) for e in later) == [
+        ("FlagChange", "lead"), ("MigrationEvent", "lead")], data
+    assert not [w for w in warned.messages() if "SUPERSEDED" in w], warned.messages()
+    said = [r.getMessage() for r in list(infos)
+            if r.levelno == logging.INFO and "kill switch by oncall" in r.getMessage()]
+    assert len(said) == 1 and "(it already was; newer committed changes followed it: " in said[0]
+    assert "by='lead'" in said[0], said
+    other_flags.close(); other_store.close()
+    flags.close(); store.close()
+finally:
+    srv.stop()
+print("OK")
+"""
+    )

@@ -168,7 +168,10 @@ again on top of whatever state is committed then, and moving the plan to stage
 0 -- unless a change to one of its flags (or an event of its plan) committed by
 anyone carries a LATER time (``at``) than the kill switch: that newer decision
 wins, the pending kill switch is dropped with a WARNING log and a
-``foundation.flags.pending_superseded`` event. It is never dropped silently. The
+``foundation.flags.pending_superseded`` event. It is never dropped silently. One
+found already committed (a lost reply, a crash before its record was dropped) was
+applied, whatever came after it: ``pending_committed`` with ``already=True`` and
+the later changes in ``followed_by``, never "superseded". The
 rule holds on a trimmed history too (the ``last`` hashes above). Any
 other write during an outage raises ``BackendUnavailable`` within about
 ``timeout`` and changes nothing.

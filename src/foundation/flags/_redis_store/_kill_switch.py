@@ -197,6 +197,9 @@ class _KillSwitches(_Commits):
                 break  # (what was committed so far is still announced)
             if committed is not None:  # (None: committed or dropped by the other replayer)
                 newer, already = committed
+                # Newer changes of its flags or plans: the copy served its
+                # switch-off, Redis has moved past it (superseded, or committed
+                # and followed by them): subscribers reload, as ever.
                 superseded = superseded or bool(newer)
                 done.append(functools.partial(self._announce_replayed, op, newer, already))
         self._announce(done, superseded=superseded, on_listener=on_listener)
@@ -261,9 +264,22 @@ class _KillSwitches(_Commits):
     def _announce_replayed(
         self, op: PendingKillSwitch, newer: list[FlagChange | MigrationEvent], already: bool
     ) -> None:
-        """The log line and event of one replayed kill switch (no store lock held)."""
+        """The log line and event of one replayed kill switch (no store lock held):
+        committed if ``already`` (whatever ``newer`` changes followed it), else
+        superseded if ``newer`` changes exist, else committed by this replay."""
         self._flush_reports()  # what a fork kept: before its "committed" event
-        if newer:
+        if already:
+            # Committed before (its reply lost, or a crash before its record was
+            # dropped, or another node holding it was first): it landed, whatever
+            # was committed after it. Those later changes are no supersession of
+            # it: they are named (``followed_by``), not a "not applied" WARNING.
+            log.info(
+                "flag store %r: kill switch %s on %s committed (it already was%s)",
+                self.namespace, _who(op), _where(op),
+                f"; newer committed changes followed it: {newer}" if newer else "",
+            )  # fmt: skip
+            self._event("pending_committed", **self._op_data(op), already=True, followed_by=newer)
+        elif newer:
             log.warning(
                 "flag store %r: the kill switch %s on %s, recorded during the "
                 "outage at %s, was SUPERSEDED by newer committed changes and not applied: %s",
@@ -273,11 +289,10 @@ class _KillSwitches(_Commits):
             self._event("pending_superseded", **self._op_data(op), superseded_by=newer)
         else:
             log.info(
-                "flag store %r: kill switch %s on %s committed%s",
+                "flag store %r: kill switch %s on %s committed",
                 self.namespace, _who(op), _where(op),
-                " (it already was)" if already else "",
             )  # fmt: skip
-            self._event("pending_committed", **self._op_data(op), already=already)
+            self._event("pending_committed", **self._op_data(op), already=False, followed_by=[])
 
     def _replay_one(
         self, txn: StoreTransaction, op: PendingKillSwitch
