@@ -40,7 +40,10 @@ every key of one deployment lives in one slot and a transaction may touch them a
 The catalogue, plans and plan flags are written directly (HSET, a plan with its
 flags by one script; outside the versioned transactions) and are not restored
 from the node copy: after Redis restarts empty they come back when the
-applications construct their ``FeatureFlags`` and ``Migration`` again. The copy
+applications record them again (each store at each resync, before committing its
+pending kill switches; a store restoring Redis writes what its application
+recorded in the restore's own script, where Redis lacks it, so no reader finds
+restored flag data without its catalogue). The copy
 keeps them, fetched at each
 sync (the plans and plan flags also after migration events) and merged with
 each read or record (``_keep``): ``catalogue()``, ``plans()`` and

@@ -114,6 +114,13 @@ class _NodeCopy(_Health):
             # the two reads: its `last` records are the same or later ones, each of a
             # change or event the stream held before, so a check reads no less.
             hlast, mlast = cache.lasts()
+            # What this node's application recorded (catalogue, plans), written with
+            # the restore: a reader (the `foundation` command's FeatureFlags.from_store)
+            # finding the restored flags finds their catalogue; the copy's kept hashes
+            # are never restored (another version's entries may be in them).
+            records = (self._k_catalogue, self._k_plans, self._k_plan_flags)
+            with self._lock:
+                recorded = {key: dict(self._recorded.get(key, {})) for key in records}
             payload = {
                 "version": str(version),
                 "epoch": cache.epoch or uuid.uuid4().hex,
@@ -127,12 +134,14 @@ class _NodeCopy(_Health):
                 "mlast": mlast,
                 "trimmed": trimmed or "",
                 "mtrimmed": cache.mtrimmed or "",
+                "records": [recorded.get(key, {}) for key in records],
             }
             # The script re-checks the version itself: of nodes restoring at
             # once, only the first (or the one with the newest copy) writes.
             done = int(
                 self._restore_script(
-                    keys=self._keys(), args=[json.dumps(payload), "lost" if lost else ""]
+                    keys=[*self._keys(), *records],
+                    args=[json.dumps(payload), "lost" if lost else ""],
                 )
             )
         if done and lost:

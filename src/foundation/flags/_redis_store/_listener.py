@@ -417,9 +417,7 @@ class _Listener(_Records):
         if not read_only:
             # A read-only replica: reads follow it, writes would fail. The kill
             # switches stay pending until it accepts writes (_redis_went_back).
-            with self._translated("committing pending kill switches"):
-                self._replay_pending()
-            self._record_again()
+            self._record_then_replay()
         self._resyncs += 1
         self._tls_warned = None
         with self._lock:
@@ -447,6 +445,28 @@ class _Listener(_Records):
         # the provider reads the store's state, not the event's name.)
         if self._synced.is_set():
             self._event("in_sync", version=self._cache.version, read_only=self._read_only)
+
+    def _record_then_replay(self) -> None:
+        """Record the catalogue and plans again, then commit the pending kill switches.
+
+        Recorded first: a reader of Redis (``foundation flags``, by
+        ``FeatureFlags.from_store``) finding flag data finds its catalogue, also
+        while a long replay commits kill switches one transaction at a time
+        (after a restore, the restore's script wrote what this node recorded).
+        A record Redis refuses (``BackendUnavailable``: an ACL, out of memory)
+        never holds a kill switch back: the replay runs all the same, and the
+        record is made again after it, its failure failing the resync as ever.
+        """
+        try:
+            self._record_again()
+        except BackendUnavailable:
+            refused = True
+        else:
+            refused = False
+        with self._translated("committing pending kill switches"):
+            self._replay_pending()
+        if refused:
+            self._record_again()
 
     def _warn_if_told_back(self) -> None:
         """WARNING if the resync's catch-up took a version older than listeners were

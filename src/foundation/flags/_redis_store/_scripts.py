@@ -13,7 +13,12 @@ from __future__ import annotations
 # not when a stream ends in an entry other than the copy's last (another history
 # up to this version, a fork: an eviction only removes keys; the refresh tells it).
 # Sets meta's ``nstates`` / ``nstages`` to the states / stages it writes (see
-# ``_check_states_kept``).
+# ``_check_states_kept``). KEYS[9..11]: the catalogue, plans and plan flags; ARGV[1]'s
+# ``records``, the entries of each this node's application recorded, are
+# written where Redis lacks them (HSETNX: none replaced, the resync's record then
+# applies its own rules), in this script: no reader finds restored flag data
+# without its catalogue. A key that is no hash is left to that record (pcall),
+# which says so; the restore goes on.
 _RESTORE = """
 local data = cjson.decode(ARGV[1])
 local function count(t)
@@ -61,6 +66,9 @@ if data.mtrimmed ~= '' then
   redis.call('HSET', KEYS[1], 'mtrimmed', data.mtrimmed)
 else
   redis.call('HDEL', KEYS[1], 'mtrimmed')
+end
+for i, entries in ipairs(data.records) do
+  for field, value in pairs(entries) do redis.pcall('HSETNX', KEYS[8 + i], field, value) end
 end
 return 1
 """
