@@ -9,9 +9,16 @@ from typing import Any
 
 from foundation import _fork
 from foundation.errors import StartError
-from foundation.liveness._core import NORMAL, Watch, exception_down, fire_retrying
+from foundation.liveness._core import NORMAL, Down, Watch, exception_down, fire_retrying
 
-__all__ = ["EXC_ATTR", "SpawnedThread", "acquire_hook", "release_hook", "spawn_thread"]
+__all__ = [
+    "EXC_ATTR",
+    "SpawnedThread",
+    "acquire_hook",
+    "record_own_end",
+    "release_hook",
+    "spawn_thread",
+]
 
 # Attribute set on a foreign thread by the excepthook chain when it raised.
 EXC_ATTR = "_foundation_exception"
@@ -46,6 +53,31 @@ class SpawnedThread(threading.Thread):
                 down,
                 "the end of a spawn_thread thread (the monitors left are retried)",
             )
+
+
+def record_own_end(down: Down = NORMAL) -> None:
+    """Called by the target of a ``spawn_thread`` thread that is about to return:
+    record its end (``down``) now, before ``run`` does once it has returned (a
+    no-op in any other thread, or when recorded already).
+
+    From here the thread is dead for ``is_alive()`` and every registry's
+    liveness check (a key it holds can be taken, reason ``"down"``); its
+    monitors are still told from ``run``'s finally, as always, with the
+    ``Down`` recorded here (a target that caught its own exception, as a
+    supervisor's thread child does, passes ``exception_down(exc)``, so its
+    monitors hear the crash, as for a target that raised): one added meanwhile is told at once
+    by ``monitor()`` (it finds the end recorded). For whoever must learn of
+    the end from the target itself (the supervisor of a thread child) without
+    waiting for those monitors, which may wait for it in turn.
+
+    One attribute store: nothing can cut it half done (a Ctrl-C is never
+    raised in a thread that is not the main one, and this one is not).
+    """
+    thread = threading.current_thread()
+    if isinstance(thread, SpawnedThread):
+        watch = thread._foundation_watch
+        if watch.down is None:
+            watch.down = down
 
 
 def spawn_thread(

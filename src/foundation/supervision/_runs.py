@@ -69,7 +69,9 @@ from typing import TYPE_CHECKING, Any, cast
 from foundation import _fork
 from foundation.errors import RestartIntensityExceeded, ShutdownError
 from foundation.liveness import Down, spawn_thread
+from foundation.liveness._core import NORMAL, exception_down
 from foundation.liveness._process import down_from_status, owner_down, waitid_pidfd
+from foundation.liveness._threads import record_own_end
 from foundation.supervision import _reports as reports
 from foundation.supervision._child import StopRequested
 from foundation.supervision._context import (
@@ -539,6 +541,24 @@ class ThreadRun(Run):
             exit = ChildExit("normal")
         except BaseException as exc:  # every way out of a child is reported, none escapes
             exit = ChildExit("exception", exception=exc)
+        # Race: once told of this exit, the supervisor may restart the child
+        # (or finish its stop) at once, while this thread still unwinds:
+        # spawn_thread records the thread's end only after this function has
+        # returned. The thread counted as alive meanwhile, so the next run's
+        # register(key, current_thread()) of a key this run held was refused
+        # (AlreadyRegistered: 3 restarts in 200).
+        # Its end is recorded first (OTP: the process is dead before its
+        # supervisor gets the EXIT): dead for is_alive() and every registry's
+        # conflict check from here. Its death listeners (monitors: a registry
+        # dropping its keys) are told after, as this function returns: the
+        # supervisor does not wait for them, as they may wait for it (a
+        # listener restarting this child); a registry whose listener has not
+        # run yet finds the key's holder dead, and the next run takes it
+        # (reason "down"; with replace=True a registry does not look, so it
+        # may say "replaced" then, as for any dead holder not yet swept).
+        # A crash is told as one (Down "exception", with the exception), as for
+        # any spawn_thread target that raised; it used to be "normal" (caught here).
+        record_own_end(NORMAL if exit.exception is None else exception_down(exit.exception))
         # RuntimeError: the loop is closed (an abandoned thread that ended late).
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self._exit, exit)

@@ -125,8 +125,15 @@ class ChildSpec:
     returned, and its thread ends right after, once the death listeners that
     run on it (``spawn_thread`` tells monitors from the dying thread) and its
     thread-locals' destructors are done: a stop does not wait for those, as
-    they may wait for the supervisor. With a registry, the child's live
-    handle is registered under
+    they may wait for the supervisor. Its end is recorded before its
+    supervisor learns of the exit, though: once a thread child has crashed,
+    returned or stopped, its thread is dead for ``liveness.is_alive()`` and
+    for every registry (``Thread.is_alive()`` itself turns False as the thread
+    ends), so a restarted run registering itself under the key the last one
+    held takes it (reason ``"down"``), never ``AlreadyRegistered``; a registry
+    whose death listener has not run yet finds the holder dead. A crashed
+    thread child's monitors hear ``Down("exception")`` with its exception.
+    With a registry, the child's live handle is registered under
     ``register_as`` (default: ``id``) with ``metadata`` on every (re)start; a
     name held by a live agent outside the supervisor is refused.
 
