@@ -398,13 +398,22 @@ class _StoreCore(FlagStore):
 
     def _send_welcomes(self) -> None:
         """The listener's turn: announcements of a write's replay, then welcomes."""
+        self._send_announcements()
         with self._lock:
-            announce, self._announce_later = self._announce_later, []
             welcome, self._welcome = self._welcome, []
             welcome = [c for c in welcome if c in self._callbacks]
+        self._call_each(welcome, [])
+
+    def _send_announcements(self) -> None:
+        """The log lines and events of kill switches a write's replay committed (or
+        found superseded), on the listener thread: at its turn, and also after a
+        turn that failed and as it stops. Race: they waited for a turn whose resync
+        succeeded, and a store closed while Redis was still away (or a listener
+        failing turn after turn until the end) never told them."""
+        with self._lock:
+            announce, self._announce_later = self._announce_later, []
         for announcement in announce:
             announcement()
-        self._call_each(welcome, [])
 
     def _deliver(self, changes: list[FlagChange], skip: str = "") -> None:
         """Call every subscriber with ``changes``, but the one that wrote them

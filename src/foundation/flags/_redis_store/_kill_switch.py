@@ -185,10 +185,30 @@ class _KillSwitches(_Commits):
         writer holds) waited for ever, and another FeatureFlags sharing this
         store, its lock held by a writer waiting for _replay_lock, would
         deadlock with it. (So such events may come after the write's own.)
+
+        Race: Redis lost again mid-replay (a later kill switch's commit raises
+        ``BackendUnavailable``). The ones committed before it were dropped from
+        the copy's pending list, and their announcements went with the error:
+        committed, or superseded, and never told (found with Redis restarted
+        empty three times under several nodes: dozens per run). They are
+        announced all the same, then the error goes on; a write's are handed
+        to the listener without waking it (Redis just failed: a CLIENT UNBLOCK
+        could wait for a timeout of its own).
         """
         self._replay_wanted.clear()
-        superseded = False
         done: list[Callable[[], None]] = []  # their announcements, in order
+        superseded = [False]
+        try:
+            self._replay_each(done, superseded)
+        except BaseException:
+            self._announce(done, superseded=superseded[0], on_listener=on_listener, wake=False)
+            raise
+        self._announce(done, superseded=superseded[0], on_listener=on_listener)
+
+    def _replay_each(self, done: list[Callable[[], None]], superseded: list[bool]) -> None:
+        """``_replay_pending``'s loop: each kill switch committed (or dropped), its
+        announcement appended to ``done`` at once; ``superseded[0]`` set if one
+        was followed by newer changes (subscribers reload)."""
         for op in self._cache.pending():
             try:
                 committed = self._commit_pending(op)
@@ -200,19 +220,23 @@ class _KillSwitches(_Commits):
                 # Newer changes of its flags or plans: the copy served its
                 # switch-off, Redis has moved past it (superseded, or committed
                 # and followed by them): subscribers reload, as ever.
-                superseded = superseded or bool(newer)
+                superseded[0] = superseded[0] or bool(newer)
                 done.append(functools.partial(self._announce_replayed, op, newer, already))
-        self._announce(done, superseded=superseded, on_listener=on_listener)
 
     def _announce(
-        self, done: list[Callable[[], None]], *, superseded: bool, on_listener: bool
+        self,
+        done: list[Callable[[], None]],
+        *,
+        superseded: bool,
+        on_listener: bool,
+        wake: bool = True,
     ) -> None:
         """The replay's announcements, then subscribers' reload if a kill switch was
         superseded (the local switch-off is lifted): now on the listener thread, else
-        handed to it (``_announce_on_listener``)."""
+        handed to it (``_announce_on_listener``; ``wake``: end its XREAD now)."""
         if not on_listener:
             if done or superseded:
-                self._announce_on_listener(done, superseded=superseded)
+                self._announce_on_listener(done, superseded=superseded, wake=wake)
             return
         for announce in done:
             announce()
@@ -251,15 +275,19 @@ class _KillSwitches(_Commits):
             self._cache.remove_pending(op)
             return newer, already
 
-    def _announce_on_listener(self, later: list[Callable[[], None]], *, superseded: bool) -> None:
+    def _announce_on_listener(
+        self, later: list[Callable[[], None]], *, superseded: bool, wake: bool = True
+    ) -> None:
         """A write's replay: the listener announces it and tells subscribers to
-        reload at its next turn (``_send_welcomes``), in that order."""
+        reload at its next turn (``_send_welcomes``; the announcements also after
+        a turn that failed, and as it stops: ``_send_announcements``), in that order."""
         with self._lock:
             self._announce_later.extend(later)
             if superseded:
                 self._deliveries += 1  # (a delivery: see subscribe's welcome)
                 self._welcome.extend(c for c in self._callbacks if c not in self._welcome)
-        self._wake_listener()
+        if wake:
+            self._wake_listener()
 
     def _announce_replayed(
         self, op: PendingKillSwitch, newer: list[FlagChange | MigrationEvent], already: bool

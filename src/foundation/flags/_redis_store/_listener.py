@@ -219,6 +219,7 @@ class _Listener(_Records):
                         break
                     self._fault(exc)
                     need_resync = True
+                    self._send_announcements()  # (committed: told, Redis away or not)
                     self._stop.wait(backoff.next())
         finally:
             self._listener_stopped()
@@ -233,8 +234,11 @@ class _Listener(_Records):
                 self._replay_pending()
 
     def _listener_stopped(self) -> None:
-        """The listener's last step: not synced, its socket closed (the copy too once closed)."""
+        """The listener's last step: not synced, what a write's replay left to announce
+        told, its socket closed (the copy too once closed)."""
         self._synced.clear()
+        with contextlib.suppress(Exception):  # (log lines and events: never raise)
+            self._send_announcements()
         with contextlib.suppress(Exception):
             if self._listen_client is not None:
                 self._listen_client.close()
