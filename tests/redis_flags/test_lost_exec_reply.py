@@ -320,6 +320,9 @@ other_flags = FeatureFlags([Flag("beta"), Flag("gamma")], store=other_store)
 other = Migration(other_flags, PLAN)
 try:
     migration.advance(by="ana"); migration.advance(by="ana")
+    # (this node answers from its copy: wait until it took both advances, so the
+    # kill switch names beta and gamma, whose later changes then follow it)
+    wait_for(lambda: flags.enabled("beta") and flags.enabled("gamma"), "both stages here")
     assert proxy.lose_next_reply(
         lambda: migration.emergency_rollback("error spike", by="oncall"), cut=True
     ) is None, "a kill switch is kept, not refused"
@@ -341,6 +344,52 @@ try:
             if r.levelno == logging.INFO and "kill switch by oncall" in r.getMessage()]
     assert len(said) == 1 and "(it already was; newer committed changes followed it: " in said[0]
     assert "by='lead'" in said[0], said
+    other_flags.close(); other_store.close()
+    flags.close(); store.close()
+finally:
+    srv.stop()
+print("OK")
+"""
+    )
+
+
+def test_the_changes_named_after_a_landed_kill_switch_are_bounded_in_its_log_line() -> None:
+    """Hundreds of changes by another node after the lost-reply rollback: the event
+    names them all, its INFO line the first ones and how many more (it was one line of
+    ~100,000 characters: every change's repr), with no newline from a reason."""
+    run_scenario(
+        _COMMON
+        + """
+from foundation import telemetry
+told = []
+telemetry.attach("foundation.flags.pending_committed", lambda n, d: told.append(d))
+infos = keep_records("foundation.flags", level=logging.INFO)
+other_store = RedisFlagStore(f"redis://127.0.0.1:{srv.port}/0", namespace="lost",
+                             cache_path=None, timeout=2.0)
+other_flags = FeatureFlags([Flag("beta"), Flag("gamma")], store=other_store)
+other = Migration(other_flags, PLAN)
+try:
+    migration.advance(by="ana"); migration.advance(by="ana")
+    # (this node answers from its copy: wait until it took both advances, so the
+    # kill switch names beta and gamma, whose later changes then follow it)
+    wait_for(lambda: flags.enabled("beta") and flags.enabled("gamma"), "both stages here")
+    assert proxy.lose_next_reply(
+        lambda: migration.emergency_rollback("spike", by="oncall"), cut=True
+    ) is None
+    wait_for(lambda: other.status().stage == 0, "the other node to see the rollback")
+    for _ in range(100):  # 400 changes of its plan (and plan flags) after it
+        other.advance(by="bot", reason="ramp\\nFORGED")
+        other.rollback_to(0, by="bot", reason="ramp\\nFORGED")
+    proxy.heal()
+    wait_for(lambda: store.synced and not store.pending() and told, "in sync, replayed")
+    assert told[0]["already"] is True, told
+    assert len(told[0]["followed_by"]) >= 200, len(told[0]["followed_by"])
+    said = [r.getMessage() for r in list(infos)
+            if r.levelno == logging.INFO and "kill switch by oncall" in r.getMessage()]
+    assert len(said) == 1, said
+    assert len(said[0]) < 2000, len(said[0])
+    assert said[0].endswith(" more)"), said[0][-200:]
+    assert "\\n" not in said[0]
     other_flags.close(); other_store.close()
     flags.close(); store.close()
 finally:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace as _replace
 from typing import Any
 
-from foundation.errors import BackendUnavailable, FlagError, escape_controls
+from foundation.errors import BackendUnavailable, FlagError, bounded_list, escape_controls
 from foundation.flags._node_cache import PendingKillSwitch
 from foundation.flags._redis_store._commit import _Commits
 from foundation.flags._redis_store._errors import _FailedFast, _KeptInOrder, _Unconfirmed
@@ -304,7 +304,7 @@ class _KillSwitches(_Commits):
             log.info(
                 "flag store %r: kill switch %s on %s committed (it already was%s)",
                 self.namespace, _who(op), _where(op),
-                f"; newer committed changes followed it: {newer}" if newer else "",
+                f"; newer committed changes followed it: {_changes(newer)}" if newer else "",
             )  # fmt: skip
             self._event("pending_committed", **self._op_data(op), already=True, followed_by=newer)
         elif newer:
@@ -312,7 +312,7 @@ class _KillSwitches(_Commits):
                 "flag store %r: the kill switch %s on %s, recorded during the "
                 "outage at %s, was SUPERSEDED by newer committed changes and not applied: %s",
                 self.namespace, _who(op), _where(op),
-                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(op.at)), newer,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(op.at)), _changes(newer),
             )  # fmt: skip
             self._event("pending_superseded", **self._op_data(op), superseded_by=newer)
         else:
@@ -337,3 +337,10 @@ class _KillSwitches(_Commits):
             stage = txn.migration_stage(event.plan)
             txn.put_migration(event.plan, 0, _replace(event, from_stage=stage))
         return newer, already
+
+
+def _changes(newer: list[FlagChange | MigrationEvent]) -> str:
+    """The later changes a kill switch's log line names, bounded (``bounded_list``:
+    a busy flag may have thousands; the event carries them all), each its repr
+    (its text escaped: a newline in a reason cannot forge a log line)."""
+    return bounded_list([repr(change) for change in newer])

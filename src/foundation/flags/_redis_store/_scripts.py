@@ -67,7 +67,8 @@ if data.mtrimmed ~= '' then
 else
   redis.call('HDEL', KEYS[1], 'mtrimmed')
 end
-for i, entries in ipairs(data.records) do
+-- KEYS[9..11] (_restore_if_behind passes them after the 8 of _keys()).
+for i, entries in ipairs(data.records or {}) do
   for field, value in pairs(entries) do redis.pcall('HSETNX', KEYS[8 + i], field, value) end
 end
 return 1
