@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from foundation import _redis_conn
 from foundation.errors import FoundationError
@@ -35,11 +35,16 @@ if TYPE_CHECKING:
 __all__ = ["connect", "load_scripts", "shut_down"]
 
 
-def connect(sh: Shared, url: str, name: str, op_timeout: float) -> Any:
+def connect(sh: Shared, url: str, name: str, op_timeout: float) -> None:
     """Open the node's write client (``sh.client``) and its tail's single
-    connection (``sh.tail_client``); returns the tail's pool owner (keep it)."""
+    connection (``sh.tail_client``, its pool's owner ``sh.tail_owner``).
+
+    The owner lives on the node, which the lease and tail threads hold: not on
+    the ``RedisRegistry``, which its user may drop without ``close()`` (a
+    function's local); collecting the owner closes the pool, cutting the
+    tail's read (a false outage, logged at WARNING)."""
     sh.client = _redis_conn.connect(url, op_timeout=op_timeout, name=f"foundation:{name}")
-    tail = _redis_conn.connect(
+    tail = sh.tail_owner = _redis_conn.connect(
         url,
         op_timeout=op_timeout + TAIL_BLOCK_MS / 1000,
         connect_timeout=op_timeout,
@@ -52,7 +57,6 @@ def connect(sh: Shared, url: str, name: str, op_timeout: float) -> Any:
     sh.tail_client = _redis_conn.import_redis().Redis(
         connection_pool=tail.connection_pool, single_connection_client=True
     )
-    return tail
 
 
 def load_scripts(sh: Shared) -> None:
@@ -91,7 +95,7 @@ def _release(sh: Shared) -> None:
             return
 
 
-def shut_down(sh: Shared, lease: Lease, tail: Tail, tail_owner: Any, owns_manager: bool) -> None:
+def shut_down(sh: Shared, lease: Lease, tail: Tail, owns_manager: bool) -> None:
     """The rest of ``close()`` once the node is marked closed: stop the threads,
     release the lease, drop the node's registrations and monitors, close the
     connections (and the manager it owns)."""
@@ -128,4 +132,4 @@ def shut_down(sh: Shared, lease: Lease, tail: Tail, tail_owner: Any, owns_manage
         sh.call("deleting our wake stream", sh.client.delete, sh.k_wake)
     sh.client.close()
     sh.tail_client.close()
-    tail_owner.close()  # and its pool
+    sh.tail_owner.close()  # and its pool

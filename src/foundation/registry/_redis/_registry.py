@@ -251,9 +251,7 @@ class RedisRegistry(Registry):
         self._owns_manager = owns_manager
         self._entries = sh.entries  # the hot read path
         try:
-            tail = _lifecycle.connect(sh, url, name, op_timeout)
-            # Keep its owner: collecting it would disconnect the pool under the tail.
-            self._tail_owner = tail
+            _lifecycle.connect(sh, url, name, op_timeout)
             _lifecycle.load_scripts(sh)
             self._tail = _tail.Tail(sh)
             self._lease = _lease.Lease(sh, self._tail)
@@ -261,7 +259,7 @@ class RedisRegistry(Registry):
             with sh.writing(public=False):
                 self._lease.recover_locked()
         except BaseException:
-            for client in (sh.client, sh.tail_client, getattr(self, "_tail_owner", None)):
+            for client in (sh.client, sh.tail_client, sh.tail_owner):
                 if client is not None:
                     client.close()
             if owns_manager:
@@ -656,7 +654,7 @@ class RedisRegistry(Registry):
             self._entries = _CLOSED_ENTRIES
             sh.applied.notify_all()  # a wait_for_version in progress raises Closed
         self._close_async()  # later async writes meet the closed registry directly
-        _lifecycle.shut_down(sh, self._lease, self._tail, self._tail_owner, self._owns_manager)
+        _lifecycle.shut_down(sh, self._lease, self._tail, self._owns_manager)
         sh.released = True
 
     def __repr__(self) -> str:

@@ -336,6 +336,12 @@ class Shared:
     #: ``_holds``): this node's own unregister or replace of a held key drops it.
     holds: Holds
 
+    #: The client owning the tail's pool (``_lifecycle.connect``): kept here, as
+    #: long as the threads that hold this node. Collecting it closes the pool
+    #: (redis-py), cutting the tail's read: a registry dropped without close()
+    #: (a returned function's local) logged a false outage.
+    tail_owner: Any = None
+
     def __init__(
         self,
         *,
