@@ -26,13 +26,17 @@ import sys
 from pathlib import Path
 
 from tests._stderr import stray_errors
+from tests.faults._subprocess import PRELUDE, _log_line
 from tests.redis.support import unique_namespace
 from tests.redis_support import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 3
 
-_SCENARIO = r'''
+# The scenario: PRELUDE (log records marked on stderr, wait_for), then its own.
+_SCENARIO = (
+    PRELUDE
+    + r'''
 import gc, logging, multiprocessing, os, signal, subprocess, sys, time, weakref
 
 import redis
@@ -40,23 +44,6 @@ import redis
 from foundation import OSProcess, RedisRegistry
 
 
-class _Marked(logging.Formatter):
-    def format(self, record):
-        first, *rest = super().format(record).split("\n")
-        return "\n".join([first, *(f"LOG| {line}" for line in rest)])
-
-
-_handler = logging.StreamHandler(sys.stderr)
-_handler.setFormatter(_Marked("LOG %(levelname)s %(name)s [%(threadName)s] %(message)s"))
-logging.basicConfig(level=logging.INFO, handlers=[_handler])
-
-
-def wait_for(predicate, what, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)  # sleep-ok: polling with a deadline
 
 
 def tail_blocked(url, node):
@@ -144,17 +131,7 @@ if __name__ == "__main__":
     else:
         main(url, mode, ns, rounds)
 '''
-
-
-def _log_line(line: str) -> tuple[str, str] | None:
-    """(logger, level) of a marked log record's first line, ("", "") for its
-    other lines, None for a line that is no part of a record."""
-    if line.startswith("LOG| "):
-        return "", ""
-    if line.startswith("LOG "):
-        fields = line.split(" ", 3)
-        return (fields[2] if len(fields) > 2 else ""), fields[1]
-    return None
+)
 
 
 def _run(tmp_path: Path, url: str, mode: str) -> str:
