@@ -397,3 +397,45 @@ finally:
 print("OK")
 """
     )
+
+
+def test_a_kept_emergency_rollback_switches_off_the_plan_flags_redis_holds_on() -> None:
+    """This node's copy lags behind Redis: it is cut off (its flags stored off by an
+    earlier rollback) while another node advances the plan twice, then its emergency
+    rollback is kept. The kept kill switch named only the plan (each flag was
+    already off in the copy: no change there); replayed, it moved Redis to stage 0
+    and left beta and gamma on, served on here too once in sync. The replay switches
+    off every flag of the plan that Redis holds on."""
+    run_scenario(
+        _COMMON
+        + """
+other_store = RedisFlagStore(f"redis://127.0.0.1:{srv.port}/0", namespace="lost",
+                             cache_path=None, timeout=2.0)
+other_flags = FeatureFlags([Flag("beta"), Flag("gamma")], store=other_store)
+other = Migration(other_flags, PLAN)
+infos = keep_records("foundation.flags", level=logging.INFO)
+try:
+    migration.advance(by="ana"); migration.advance(by="ana"); migration.rollback_to(0, by="ana")
+    wait_for(lambda: store.synced and flags.state("gamma").switch is False, "the rollback here")
+    proxy._go_dark()  # (no EXEC: this node is cut off, its copy stays as it is)
+    wait_for(lambda: not store.synced, "this node cut off")
+    other.advance(by="lead"); other.advance(by="lead")
+    migration.emergency_rollback("spike", by="oncall")
+    assert [p.plans for p in store.pending()] == [("plan",)], store.pending()
+    proxy.heal()
+    wait_for(lambda: store.synced and not store.pending(), "in sync, replayed")
+    states = other_store.load_states()
+    assert other.status().stage == 0, other.status()
+    assert not states["beta"].switch and not states["gamma"].switch, states
+    wait_for(lambda: not flags.enabled("beta") and not flags.enabled("gamma"), "off here")
+    history = [(c.flag, c.by, c.new.switch) for c in other_flags.history()]
+    assert history[-2:] == [("beta", "oncall", False), ("gamma", "oncall", False)], history
+    said = [r.getMessage() for r in list(infos) if "kill switch by oncall" in r.getMessage()]
+    assert said and said[-1].endswith("on beta, gamma, plan committed"), said
+    other_flags.close(); other_store.close()
+    flags.close(); store.close()
+finally:
+    srv.stop()
+print("OK")
+"""
+    )

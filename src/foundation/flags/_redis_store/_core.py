@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from foundation import _flap, telemetry
 from foundation._redis_conn import NoAnswerWindow, connect, translated
 from foundation._redis_memory_policy import EvictionCheck
+from foundation._unraisable import report_unraisable
 from foundation.errors import Closed, FlagError, InvalidConfig, InvalidFlagValue, bounded_repr
 from foundation.flags._history import Replay
 from foundation.flags._node_cache import NodeCache, default_cache_path
@@ -153,6 +154,9 @@ class _StoreCore(FlagStore):
         # Log lines and events of kill switches a write's thread replayed, for the
         # listener to emit at its next turn (see _replay_pending), before welcomes.
         self._announce_later: list[Callable[[], None]] = []
+        # Set (under _lock) by the listener's last step: a write's replay that
+        # ends later tells its announcements itself (_announce_on_listener).
+        self._listener_gone = False
         self._client: Any = None
         self._listen_client: Any = None
         self._restore_script: Any = None
@@ -413,7 +417,10 @@ class _StoreCore(FlagStore):
         with self._lock:
             announce, self._announce_later = self._announce_later, []
         for announcement in announce:
-            announcement()
+            try:  # one failing never loses the others, nor the listener thread
+                announcement()
+            except Exception as exc:
+                report_unraisable(exc, "announcing a replayed kill switch", self, area="flags")
 
     def _deliver(self, changes: list[FlagChange], skip: str = "") -> None:
         """Call every subscriber with ``changes``, but the one that wrote them

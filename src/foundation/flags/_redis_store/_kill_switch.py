@@ -96,6 +96,33 @@ def _replay_switch_off(
     txn.put(name, new, _replace(change, old=old, new=new))
 
 
+def _with_plan_flags(txn: _RedisTransaction, op: PendingKillSwitch) -> PendingKillSwitch:
+    """``op`` with, for each of its emergency rollbacks, every flag Redis records for
+    that plan in a later stage and holds on now (its own flags aside): to switch off.
+
+    Race: the node copy may lag behind Redis (cut off while another node advanced
+    the plan, or its listener not yet past this node's own advance). A kill
+    switch made then names only the flags the copy showed on: one whose copy
+    state was already off is no change there. Replayed, it moved the plan to
+    stage 0 and left those flags on in Redis (and on this node once it took
+    Redis' state): an emergency rollback that did not turn its flags off. Such a
+    flag is now switched off as the rollback's (its ``by``, ``reason`` and time);
+    a change of it after the kill switch supersedes the kill switch, as any.
+    """
+    stored, changes = dict(op.stored), list(op.changes)
+    for event in op.events:
+        for name, stage in txn.plan_flags(event.plan).items():
+            state = None if name in stored or stage <= event.to_stage else txn.get(name)
+            if state is not None and state.switch:
+                stored[name] = _off(state)
+                changes.append(
+                    FlagChange(name, state, _off(state), event.by, event.reason, event.at)
+                )
+    if len(stored) == len(op.stored):
+        return op
+    return _replace(op, changes=tuple(changes), stored=stored)
+
+
 class _RedisBehind(Exception):
     """``_commit_pending``: committed, but the node copy could not take it (Redis
     is behind the copy: restore, then replay)."""
@@ -216,12 +243,12 @@ class _KillSwitches(_Commits):
                 self._replay_wanted.set()  # Redis is behind the copy: restore, then replay
                 break  # (what was committed so far is still announced)
             if committed is not None:  # (None: committed or dropped by the other replayer)
-                newer, already = committed
+                newer, already, replayed = committed
                 # Newer changes of its flags or plans: the copy served its
                 # switch-off, Redis has moved past it (superseded, or committed
                 # and followed by them): subscribers reload, as ever.
                 superseded[0] = superseded[0] or bool(newer)
-                done.append(functools.partial(self._announce_replayed, op, newer, already))
+                done.append(functools.partial(self._announce_replayed, replayed, newer, already))
 
     def _announce(
         self,
@@ -245,9 +272,10 @@ class _KillSwitches(_Commits):
 
     def _commit_pending(
         self, op: PendingKillSwitch
-    ) -> tuple[list[FlagChange | MigrationEvent], bool] | None:
+    ) -> tuple[list[FlagChange | MigrationEvent], bool, PendingKillSwitch] | None:
         """Commit ``op`` (or find it superseded) and drop it, under ``_replay_lock``:
-        (newer changes, already committed); None if no longer pending.
+        (newer changes, already committed, ``op`` as replayed: ``_with_plan_flags``);
+        None if no longer pending.
 
         Raises:
             _RedisBehind: the node copy could not take the commit (Redis behind it).
@@ -259,7 +287,9 @@ class _KillSwitches(_Commits):
             # the others hear it now. (An op renumbered by a write-back is not
             # found: its writer hears it again, at least once as ever.)
             with writing_as(self._op_writers.get(op.id)):
-                newer, already = self._transaction(functools.partial(self._replay_one, op=op))
+                newer, already, replayed = self._transaction(
+                    functools.partial(self._replay_one, op=op)
+                )
             self._op_writers.pop(op.id, None)
             # Committed (or superseded) first, dropped second: a crash in between
             # replays it, and committed_since() then sees it is already there.
@@ -273,7 +303,7 @@ class _KillSwitches(_Commits):
             # By id and content: a write-back during this replay may have renumbered
             # op (its id clashed with another process's kill switch); see NodeCache.
             self._cache.remove_pending(op)
-            return newer, already
+            return newer, already, replayed
 
     def _announce_on_listener(
         self, later: list[Callable[[], None]], *, superseded: bool, wake: bool = True
@@ -286,7 +316,12 @@ class _KillSwitches(_Commits):
             if superseded:
                 self._deliveries += 1  # (a delivery: see subscribe's welcome)
                 self._welcome.extend(c for c in self._callbacks if c not in self._welcome)
-        if wake:
+            gone = self._listener_gone
+        if gone:
+            # Race: the store closed while this write replayed; the listener's
+            # last step has run (it told what was handed over before): told here.
+            self._send_announcements()
+        elif wake:
             self._wake_listener()
 
     def _announce_replayed(
@@ -324,19 +359,21 @@ class _KillSwitches(_Commits):
 
     def _replay_one(
         self, txn: StoreTransaction, op: PendingKillSwitch
-    ) -> tuple[list[FlagChange | MigrationEvent], bool]:
-        """The body of a pending kill switch's commit: (newer changes, already committed)."""
+    ) -> tuple[list[FlagChange | MigrationEvent], bool, PendingKillSwitch]:
+        """The body of a pending kill switch's commit: (newer changes, already
+        committed, ``op`` with the plan flags Redis holds on: ``_with_plan_flags``)."""
         if not isinstance(txn, _RedisTransaction):  # pragma: no cover
             raise TypeError("a pending kill switch replays on Redis only")
+        op = _with_plan_flags(txn, op)
         newer, already = txn.committed_since(op)
         if newer or already:
-            return newer, already  # write nothing
+            return newer, already, op  # write nothing
         for name, stored in op.stored.items():
             _replay_switch_off(txn, op, name, stored)
         for event in op.events:
             stage = txn.migration_stage(event.plan)
             txn.put_migration(event.plan, 0, _replace(event, from_stage=stage))
-        return newer, already
+        return newer, already, op
 
 
 def _changes(newer: list[FlagChange | MigrationEvent]) -> str:

@@ -237,8 +237,9 @@ class _Listener(_Records):
         """The listener's last step: not synced, what a write's replay left to announce
         told, its socket closed (the copy too once closed)."""
         self._synced.clear()
-        with contextlib.suppress(Exception):  # (log lines and events: never raise)
-            self._send_announcements()
+        with self._lock:  # (a write's replay handing some over from now tells them)
+            self._listener_gone = True
+        self._send_announcements()
         with contextlib.suppress(Exception):
             if self._listen_client is not None:
                 self._listen_client.close()

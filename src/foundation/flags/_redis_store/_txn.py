@@ -16,6 +16,7 @@ from foundation.flags._store import (
     StoreTransaction,
     check_put,
     check_put_migration,
+    plan_flags_of,
 )
 
 if TYPE_CHECKING:
@@ -100,6 +101,11 @@ class _RedisTransaction(_Staged):
             self._stages = self._pipe.hgetall(self._store._k_stages)
             self.reads += 1
         return self._store._decode_stage(self._stages.get(plan))
+
+    def plan_flags(self, plan: str) -> dict[str, int]:
+        """``plan_flags(plan)`` as Redis records it (every version's flags), read now."""
+        self.reads += 1
+        return plan_flags_of(plan, (str(k) for k in self._pipe.hgetall(self._store._k_plan_flags)))
 
     def committed_since(
         self, op: PendingKillSwitch
