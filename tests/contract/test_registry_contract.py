@@ -228,6 +228,48 @@ def test_a_retaken_dead_key_tells_the_death_once_before_the_new_registration(
     ]
 
 
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_dead_holder_taken_over_before_its_monitor_told_is_down(
+    registry: Registry, agents: Agents, replace: bool
+) -> None:
+    # The old agent is dead (a future, done) but the registry's monitor has not
+    # told it yet: an earlier monitor of the same agent holds the death back
+    # until the key was taken. Taken over, with or without replace=True, it is
+    # "down" on every backend (it was "replaced" with replace=True), told once.
+    from foundation.liveness import monitor
+
+    events: list[RegistryEvent] = []
+    old = agents.new("future")
+    taken, held = threading.Event(), threading.Event()
+
+    def hold(_down: object) -> None:  # runs first: monitors are told in order
+        held.set()
+        taken.wait(10)
+
+    first = monitor(old, hold)
+    registry.register("k", old)
+    registry.subscribe(events.append)
+    dying = threading.Thread(target=old.set_result, args=(None,))
+    dying.start()
+    try:
+        assert held.wait(10)
+        assert not is_alive(old)
+        new = agents.new("thread")
+        registry.register("k", new, replace=replace)
+    finally:
+        taken.set()
+        dying.join(10)
+        first.demonitor()
+    registry.unregister("k")  # the last event: the others come before it
+    assert wait_until(lambda: len(events) >= 3)
+    names = {id(old): "old", id(new): "new"}
+    assert [(e.kind, e.reason, names[id(e.entry.agent)]) for e in events] == [
+        ("unregistered", "down", "old"),
+        ("registered", None, "new"),
+        ("unregistered", "unregistered", "new"),
+    ]
+
+
 # ---------------------------------------------------------------------------- death
 
 

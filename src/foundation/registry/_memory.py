@@ -591,13 +591,14 @@ class MemoryRegistry(DirectAsyncWrites, CopyOnWriteListeners, Registry):
         if entry._registration.died:
             return NotAlive(key, entry.agent), None  # died before publication: nothing stored
         assert old is not None
+        # Conflict path only: a liveness check, in case the old agent died but
+        # its monitor has not reported it yet (a thread child's crashed run, say):
+        # taken over as "down", with or without replace (one answer: docs/contract.md).
         reason: UnregisterReason = "replaced"
-        if not replace:
-            # Conflict path only: a liveness check, in case the old agent died
-            # but its monitor has not reported it yet.
-            if is_alive(old.agent):
-                return AlreadyRegistered(key, old), None
+        if not is_alive(old.agent):
             reason = "down"
+        elif not replace:
+            return AlreadyRegistered(key, old), None
         # Race (a Ctrl-C): both events are built first and queued by the one
         # call right after the store (see register's common case): a cut
         # leaves the replacement stored and told, or neither.

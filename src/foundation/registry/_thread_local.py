@@ -310,10 +310,11 @@ class ThreadLocalRegistry(DirectAsyncWrites, Registry):
         store = self._own_or_new()
         old = store.entries.get(key)
         reason: UnregisterReason = "replaced"
-        if old is not None and not replace:
-            if is_alive(old.agent):
+        if old is not None:
+            if not is_alive(old.agent):
+                reason = "down"  # a dead, lingering entry is simply taken (replace or not)
+            elif not replace:
                 raise AlreadyRegistered(key, old)
-            reason = "down"  # a dead, lingering entry is simply replaced
         entry = new_entry(key, agent, frozen, time.time(), "local")
         # Race with close() in another thread: an entry stored just after close()
         # cleared the stores lingers in this thread's store, unreadable (every

@@ -149,7 +149,9 @@ class RegistryEvent:
     """A change in a registry, delivered to ``subscribe`` listeners.
 
     ``reason`` is set only for ``"unregistered"``: ``"unregistered"`` (explicit),
-    ``"replaced"`` (``replace=True``) or ``"down"`` (the agent died; ``down`` says how).
+    ``"replaced"`` (``replace=True`` took it over from a live agent) or ``"down"``
+    (the agent died; ``down`` says how, or is None when a ``register`` found it
+    dead before its monitor told).
 
     Example:
         >>> import threading

@@ -554,8 +554,7 @@ class ThreadRun(Run):
         # supervisor does not wait for them, as they may wait for it (a
         # listener restarting this child); a registry whose listener has not
         # run yet finds the key's holder dead, and the next run takes it
-        # (reason "down"; with replace=True a registry does not look, so it
-        # may say "replaced" then, as for any dead holder not yet swept).
+        # (reason "down", with or without replace=True).
         # A crash is told as one (Down "exception", with the exception), as for
         # any spawn_thread target that raised; it used to be "normal" (caught here).
         record_own_end(NORMAL if exit.exception is None else exception_down(exit.exception))

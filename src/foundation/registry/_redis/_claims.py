@@ -46,7 +46,7 @@ def begin(sh: Shared, lease: Lease, p: Prepared, replace: bool) -> None:
     except BaseException:
         sh.forget_own(key, own, prev)  # nothing of a failed register may stay
         raise
-    p.own_dead = own_dead = gone or _own_dead(prev, prev_alive, replace)
+    p.own_dead = own_dead = gone or _own_dead(prev, prev_alive)
     p.argv = _scripts.register_argv(
         maxlen=sh.maxlen,
         node=sh.node,
@@ -120,18 +120,17 @@ def _claimable(
             outcomes[i] = AlreadyRegistered(key, sh.entries.get(key))
             continue
         p.prev = prev
-        p.own_dead = _own_dead(prev, prev_alive, replace)
+        p.own_dead = _own_dead(prev, prev_alive)
         claimable.append((i, p))
     return claimable
 
 
-def _own_dead(prev: Own | None, prev_alive: bool, replace: bool) -> bool:
+def _own_dead(prev: Own | None, prev_alive: bool) -> bool:
     """REGISTER's ``own_dead``: the script drops a registration of this node
-    under the key as ``"down"`` (else ``"replaced"``). A dead agent of ours
-    that ``replace=True`` takes over is ``"replaced"``, as ``MemoryRegistry``
-    says (it does not ask whether the agent lives); without ``replace`` it is
-    ``"down"``. None of ours here (Redis holds one no local agent backs): ``"down"``."""
-    return prev is None or not (prev_alive or replace)
+    under the key as ``"down"`` (else ``"replaced"``). A dead agent of ours is
+    ``"down"``, with or without ``replace`` (as every backend: docs/contract.md);
+    None of ours here (Redis holds one no local agent backs): ``"down"``."""
+    return prev is None or not prev_alive
 
 
 def monitor_own(sh: Shared, key: Hashable, agent: Any, own: Own) -> Monitor:
