@@ -231,12 +231,18 @@ def change_dict(change: Any) -> dict[str, Any]:
     return data
 
 
-def flag_row(flags: Any, name: str, runtime: dict[str, Any]) -> dict[str, Any]:
+def flag_row(
+    flags: Any, name: str, runtime: dict[str, Any], snapshot: Any = None
+) -> dict[str, Any]:
     """One flag as JSON: declaration, effective state, where the state comes from,
-    and what it evaluates to without an actor (``enabled`` is None for typed flags)."""
+    and what it evaluates to without an actor (``enabled`` is None for typed flags).
+    State and answer come from ``snapshot`` (``flags._snapshot()``), else a new one."""
     decl = flags.flag(name)
     typed = decl.kind != "boolean"
-    answer = flags.evaluate(name)
+    # Race: another process's write reloads the flags meanwhile; read apart, state and
+    # answer (and a list's flags) could come from two states: one snapshot for all.
+    snapshot = flags._snapshot() if snapshot is None else snapshot
+    answer = snapshot.evaluate(name)
     return {
         "name": name,
         "kind": decl.kind,
@@ -244,11 +250,11 @@ def flag_row(flags: Any, name: str, runtime: dict[str, Any]) -> dict[str, Any]:
         "variants": dict(decl.variants) if typed else None,
         "description": decl.description,
         "source": "runtime" if name in runtime else "default",
-        "enabled": None if typed else flags.enabled(name),
+        "enabled": None if typed else answer.value,  # a boolean's value is enabled()
         "value": answer.value,
         "variant": answer.variant,
         "reason": answer.reason,
-        **state_dict(flags.state(name)),
+        **state_dict(snapshot.state(name)),
     }
 
 
@@ -322,8 +328,9 @@ def _change_rows(changes: list[Any]) -> list[list[Any]]:
 
 def _list_flags(flags: Any, args: argparse.Namespace, out: Output) -> None:
     """Print every declared flag with its state and value."""
-    runtime = flags.store.load_states()
-    rows = [flag_row(flags, n, runtime) for n in flags.names]
+    runtime = flags.store.load_states()  # for "source" only: a read of its own
+    snapshot = flags._snapshot()
+    rows = [flag_row(flags, n, runtime, snapshot) for n in flags.names]
 
     def text() -> None:
         if not rows:

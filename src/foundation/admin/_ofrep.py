@@ -40,6 +40,10 @@ when the flags are closed or failed (any unexpected error included). Every
 answer is ASCII JSON (``render_json``), so any stored string renders. The
 bulk answer carries a strong ``ETag`` (a digest of the body, so it changes
 exactly when this context's answer does) and ``If-None-Match`` answers 304.
+Every flag of a bulk answer is evaluated from one committed state of the flags
+(``FeatureFlags._snapshot``): a reload mid-answer never shows half of a change
+made in one transaction (a migration step), so the body, and its ETag, name a
+state the store held.
 
 Example:
     >>> [route.path for route in ofrep_routes()]
@@ -51,7 +55,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -64,8 +68,8 @@ from foundation.admin._http import JSONAnswer, read_body
 from foundation.admin._json import render_json
 from foundation.admin._state import AdminState
 from foundation.errors import FoundationError, InvalidFlagValue, UnknownFlag
-from foundation.flags import FeatureFlags
-from foundation.flags._metadata import flag_metadata
+from foundation.flags import Evaluation, FeatureFlags
+from foundation.flags._metadata import MetadataValue, flag_metadata
 
 __all__ = ["ofrep_routes"]
 
@@ -177,25 +181,38 @@ def _targeting_key(context: dict[str, Any], bad: Callable[[str, str], _Failure])
 # ------------------------------------------------------------------- evaluation
 
 
-def _metadata(flags: FeatureFlags, state: AdminState, name: str) -> Mapping[str, Any]:
+def _metadata(
+    flags: FeatureFlags, stages: Mapping[str, Mapping[str, MetadataValue]], name: str
+) -> Mapping[str, Any]:
     # One rule and one source with FoundationProvider (foundation.flags._metadata,
     # foundation.flags._plans): the plans recorded in the store, read when the app
     # was created and again after the flags change or a Redis store is back in
-    # sync (and the served migration's plan: AdminState.plan_stages, read once
-    # here: swapped whole, never changed).
-    return flag_metadata(flags.flag(name), state.plan_stages)
+    # sync, and the served migration's plan. ``stages``: AdminState.plan_stages,
+    # read once by the caller (swapped whole, never changed).
+    return flag_metadata(flags.flag(name), stages)
+
+
+class _Evaluates(Protocol):
+    """What answers a flag: ``FeatureFlags``, or one snapshot of it (bulk)."""
+
+    def evaluate(self, name: str, actor: str | None = None) -> Evaluation: ...
 
 
 def _evaluate(
-    flags: FeatureFlags, state: AdminState, name: str, actor: str | None
+    flags: FeatureFlags,
+    reader: _Evaluates,
+    stages: Mapping[str, Mapping[str, MetadataValue]],
+    name: str,
+    actor: str | None,
 ) -> dict[str, Any]:
-    """One flag's OFREP success body; UnknownFlag / InvalidFlagValue / FoundationError pass."""
-    evaluation = flags.evaluate(name, actor)
+    """One flag's OFREP success body, answered by ``reader`` (``flags``, or one
+    snapshot of it); UnknownFlag / InvalidFlagValue / FoundationError pass."""
+    evaluation = reader.evaluate(name, actor)
     out: dict[str, Any] = {
         "key": name,
         "reason": evaluation.reason,
         "variant": evaluation.variant,
-        "metadata": dict(_metadata(flags, state, name)),
+        "metadata": dict(_metadata(flags, stages, name)),
     }
     if evaluation.reason != "DISABLED":
         # DISABLED omits the value (OFREP's codeDefaultFlag): the caller's default
@@ -220,7 +237,7 @@ async def evaluate_flag(request: Request) -> Response:
         if flags is None:
             raise _flag_failure(key, "FLAG_NOT_FOUND", "this server has no flags", 404)
         try:
-            body = _evaluate(flags, state, key, actor)
+            body = _evaluate(flags, flags, state.plan_stages, key, actor)
         except UnknownFlag as exc:
             raise _flag_failure(key, "FLAG_NOT_FOUND", str(exc), 404) from None
         except InvalidFlagValue as exc:
@@ -253,14 +270,21 @@ def _matches(header: str, etag: str) -> bool:
 def _evaluate_every(
     flags: FeatureFlags, state: AdminState, actor: str | None
 ) -> list[dict[str, Any]]:
-    """The bulk answer's ``flags``: every declared flag for ``actor``."""
+    """The bulk answer's ``flags``: every declared flag for ``actor``, all from one
+    committed state of the flags."""
     results: list[dict[str, Any]] = []
-    # Race: a write landing mid-loop may show some flags before it and some after
-    # (each answer is still a real state of its flag). The ETag is a digest of exactly
-    # this body, so a later If-None-Match gets 304 only while the answer is identical.
+    # Race: a reload (another process's migration step, a write of another request)
+    # may swap the flags' tables mid-loop. Evaluated one by one, the answer could
+    # show some flags before it and some after: half a step that switched several
+    # flags in one transaction, a state never committed, which a polling client
+    # keeps (its ETag valid) until its next poll. So every flag is answered from
+    # one snapshot of the tables (read once, here), and the plans' metadata from one
+    # read. The ETag is a digest of exactly this body, so it names this one state.
+    snapshot = flags._snapshot()
+    stages = state.plan_stages
     for name in flags.names:
         try:
-            results.append(_evaluate(flags, state, name, actor))
+            results.append(_evaluate(flags, snapshot, stages, name, actor))
         except InvalidFlagValue as exc:  # the actor: every flag would refuse it
             raise _Failure(
                 400, {"errorCode": "INVALID_CONTEXT", "errorDetails": str(exc)}

@@ -15,23 +15,26 @@ from foundation.admin._json import _change_dict, _jsonable
 from foundation.admin._state import AdminState
 from foundation.admin._status import FlagSync, flag_sync, store_status
 from foundation.flags import FeatureFlags, FlagState
+from foundation.flags._flags import _Snapshot
 from foundation.flags._hashing import bucket
 
 __all__ = ["evaluate_flag", "history", "history_retention", "list_flags", "show_flag"]
 
 
-def _flag_dict(flags: FeatureFlags, name: str) -> dict[str, Any]:
+def _flag_dict(flags: FeatureFlags, name: str, snapshot: _Snapshot | None = None) -> dict[str, Any]:
     """A flag for the API: declaration, state and its answer without an actor.
 
     Both kinds carry ``kind``, ``variants`` and ``default_variant`` (None for a
     boolean flag), ``value`` and ``variant``; a boolean flag also ``enabled``, a
     typed one ``assign`` (actor -> variant) and ``split`` (variant -> percent, or None).
+    State and answer come from ``snapshot`` (the list's one), else from a new one.
     """
     declared = flags.flag(name)
-    # Race: state and answer are two lock-free reads; a write between them shows in
-    # this one response only, and its change event makes the page read both again.
-    state = flags.state(name)
-    evaluation = flags.evaluate(name)
+    # Race: state and answer were two lock-free reads, and a write between them
+    # showed a state with another state's answer: both come from one snapshot.
+    snapshot = flags._snapshot() if snapshot is None else snapshot
+    state = snapshot.state(name)
+    evaluation = snapshot.evaluate(name)
     typed = declared.kind != "boolean"
     variants = declared.variants
     out: dict[str, Any] = {
@@ -58,7 +61,10 @@ def _flags_answer(flags: FeatureFlags) -> dict[str, Any]:
     # Race: the store is read first; a kill switch committed between that read and
     # the flags' shows as pending in this one answer (the next read says otherwise).
     store = store_status(flags.store)
-    return {"flags": [_flag_dict(flags, n) for n in flags.names], "store": store}
+    # Race: flag by flag, a reload mid-list (another process's migration step)
+    # could show half of a change made in one transaction: one snapshot for all.
+    snapshot = flags._snapshot()
+    return {"flags": [_flag_dict(flags, n, snapshot) for n in flags.names], "store": store}
 
 
 def _written_flag(flags: FeatureFlags, name: str) -> dict[str, Any]:

@@ -5,7 +5,10 @@ Concurrency contract of ``FeatureFlags``:
 - Reads (``enabled``, ``value``, ``variant``, ``evaluate``, ``state``) take
   no lock. They look a name up in answer tables that writers never mutate: a
   writer builds new tables and swaps the attribute (one atomic store), so a
-  reader sees the state before or after a write, never half of one.
+  reader sees the state before or after a write, never half of one. A read
+  of many flags (internal, ``_snapshot``: OFREP's bulk answer, the flag
+  lists) reads them all from one swap, so it never shows half of a write
+  that changed several (a migration step) either.
 - Writes are serialised by one lock per instance and by the store's own
   transaction (which also serialises writers in other processes sharing it).
   The lock is a ``FairRLock`` (waiters get it in arrival order): a thread
@@ -370,7 +373,9 @@ class FeatureFlags:
         # Flags whose last news to listeners (a remote record's ``new``) is not
         # what the table serves: flag -> that news (see ``_on_remote``).
         self._told: dict[str, FlagState] = {}
-        # name -> (state, its compiled evaluation, plain, rule): reused while a state is equal.
+        # name -> (state, its compiled evaluation, plain, rule): reused while a state is
+        # equal. Replaced whole by each rebuild, never mutated: one read of it is every
+        # flag as one swap left it (``_snapshot``).
         self._compiled: dict[str, tuple[FlagState, _Compiled, bool, _Rule]] = {}
         # Per flag, kept across writes: a hash depends only on (flag, actor).
         self._hash_cache: dict[str, dict[str, int]] = {n: {} for n in self._names}
@@ -588,6 +593,25 @@ class FeatureFlags:
             return self._declared[name]
         except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
             raise self._unknown(name) from None
+
+    def _snapshot(self) -> _Snapshot:
+        """Every flag as one swap of the answer tables left it, for reading many (internal).
+
+        Race: ``evaluate`` and ``state`` each read the newest tables, so a loop
+        over the flags could straddle a reload that changed several at once (a
+        migration step: one store transaction, published as whole tables) and
+        show a state no transaction committed, half the step on. The snapshot
+        reads the rebuild's memo (``_compiled``: every flag's state and compiled
+        evaluation, replaced whole) once, and answers every read from it. For
+        bulk reads (OFREP's bulk evaluation, the admin's and the CLI's flag
+        lists); the single reads stay as they are (no extra cost on them).
+
+        Raises:
+            Closed: this object is closed (a snapshot taken before ``close()``
+                still answers, as a read racing ``close()`` may).
+        """
+        self._check_open()
+        return _Snapshot(self, self._compiled)
 
     def history(self, name: str | None = None) -> list[FlagChange]:
         """Every recorded runtime change (of ``name``, or of all flags), oldest first."""
@@ -1188,6 +1212,43 @@ class FeatureFlags:
         # Bounded: a huge or deeply nested name gives a short message, no suggestion.
         text = name if type(name) is str and len(name) <= 200 else short_repr(name)
         return UnknownFlag(text, suggestion=nearest(text, self._names) if text is name else None)
+
+
+class _Snapshot:
+    """One committed state of every flag (``FeatureFlags._snapshot``).
+
+    ``evaluate`` and ``state`` answer, and fail, as ``FeatureFlags``' do, all
+    from the tables of one rebuild. Use it at once: it never follows later writes.
+    """
+
+    __slots__ = ("_entries", "_flags")
+
+    def __init__(
+        self, flags: FeatureFlags, entries: Mapping[str, tuple[FlagState, _Compiled, bool, _Rule]]
+    ) -> None:
+        self._flags = flags
+        self._entries = entries
+
+    def evaluate(self, name: str, actor: Actor | None = None) -> Evaluation:
+        """``FeatureFlags.evaluate(name, actor)`` in this snapshot."""
+        try:
+            compiled = self._entries[name][1]
+        except (KeyError, TypeError):  # TypeError: an unhashable name, not a flag
+            raise self._flags._unknown(name) from None
+        if actor is None:
+            return compiled.bare
+        if actor.__class__ is not str:
+            actor = _actor(actor)  # checked even when the actor cannot matter
+        if not actor:
+            return compiled.bare  # "" is no actor (see FeatureFlags.evaluate)
+        return compiled.evaluate(actor)  # `fixed` first, as FeatureFlags.evaluate
+
+    def state(self, name: str) -> FlagState:
+        """``FeatureFlags.state(name)`` in this snapshot."""
+        try:
+            return self._entries[name][0]
+        except (KeyError, TypeError):
+            raise self._flags._unknown(name) from None
 
 
 _FROM_STORE: ContextVar[bool] = ContextVar("foundation_flags_from_store", default=False)
