@@ -5,7 +5,7 @@ The dead agent is an asyncio ``Future`` completed on a loop that never runs:
 its done callbacks never run, so no monitor notices the death, and the store
 finds it dead only when the key is taken again (``register`` or
 ``register_many``): a bare store tells ``unregistered("down")`` then
-``registered`` (``replace=True``: ``unregistered("replaced")``). A
+``registered`` (with ``replace=True`` too: the holder is dead). A
 ``MigratingRegistry(ThreadLocalRegistry(), MemoryRegistry())`` with the flag
 off told only ``registered`` when its listener came after the dead
 registration, or when that registration was made with the flag on (20/20):
@@ -114,7 +114,7 @@ def test_dead_key_retaken_tells_what_the_answering_store_alone_tells(
         reg.close()
         flags.close()
     assert got == want
-    old_end = ("unregistered", "z", "replaced" if replace else "down")
+    old_end = ("unregistered", "z", "down")  # dead: "down", replace or not (docs/contract.md)
     assert got.count(old_end) == 1  # the bare stores agree: told once
 
 
@@ -204,4 +204,4 @@ def test_dead_key_retaken_after_the_target_noticed_the_death(
         reg.close()
         flags.close()
     assert got == want
-    assert got.count(("unregistered", "z", "replaced" if replace else "down")) == 1
+    assert got.count(("unregistered", "z", "down")) == 1  # dead: "down", replace or not

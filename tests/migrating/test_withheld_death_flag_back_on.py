@@ -199,8 +199,8 @@ def test_death_ended_by_the_legacy_retake_is_not_told_at_a_later_flip(
     agents: Agents,
 ) -> None:
     """Flag off: the legacy store's retake with ``replace=True`` tells the end of
-    the dead copy ("replaced"), whose death was withheld: a later flip on tells
-    no death of it."""
+    the dead copy ("down": its agent is dead, replace or not), whose death was
+    withheld: a later flip on tells no death of it."""
     flags = FeatureFlags(FLAGS)
     target = MemoryRegistry()
     reg = MigratingRegistry(ThreadLocalRegistry(), target, flags)
@@ -222,7 +222,7 @@ def test_death_ended_by_the_legacy_retake_is_not_told_at_a_later_flip(
         flags.close()
     seen = [(e.kind, e.entry.key, e.reason) for e in events]
     assert seen == [
-        ("unregistered", "z", "replaced"),
+        ("unregistered", "z", "down"),
         ("registered", "z", None),
         ("registered", "end", None),
     ]

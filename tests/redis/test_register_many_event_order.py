@@ -63,7 +63,7 @@ def test_a_dead_agents_key_in_a_batch_is_told_at_its_place_as_memory_tells_it(
     heard = _batch_events(make_registry(), agents, idle_loop, replace)
     expected = [
         ("registered", None, "p", "P", None),
-        ("unregistered", "replaced" if replace else "down", "z", "Z0", None),
+        ("unregistered", "down", "z", "Z0", None),  # dead: "down", replace or not
         ("registered", None, "z", "Z", None),
         ("registered", None, "q", "Q", None),
     ]
