@@ -260,6 +260,10 @@ class MonitorManager(_Closing):
         # current round (_drop_stray_locked; the selector thread's only)
         self._strays: set[int] = set()
         self._strays_now: set[int] = set()
+        # pidfd numbers released (detach_locked) since the selector's last
+        # round ended: a number reported with no watch is then a stale event,
+        # never a stray (see _drop_stray_locked); bounded by the fd limit
+        self._fds_released: set[int] = set()
         self._pid = os.getpid()  # the creating process (for Closed's message)
         _MANAGERS.add(self)
 

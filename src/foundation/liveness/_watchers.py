@@ -77,6 +77,7 @@ class _WatcherThreads:
         _pid: int
         _strays: set[int]
         _strays_now: set[int]
+        _fds_released: set[int]
 
         def _pidfd_ready(self, fd: int) -> None: ...  # MonitorManager's
 
@@ -423,7 +424,9 @@ class _WatcherThreads:
         else (EBADF, ENOENT: the number names no file, or another one) the
         epoll is rebuilt with exactly this manager's registrations once the fd
         is reported a second time (a stale event is reported once: no rebuild,
-        no WARNING for it).
+        no WARNING for it), and never when this manager released a pidfd of
+        that number since its previous round ended (a stale event too: see
+        below).
 
         Race: ``monitor()`` registers under this lock, so the new epoll misses
         no pidfd; the selector (this thread) polls the new one from its next
@@ -446,6 +449,20 @@ class _WatcherThreads:
         # poll: rebuild, and say so, only for an fd met in two rounds in a row
         # (_pidfd_loop keeps the previous round's), never for a stale event,
         # even one whose number a later stale event reuses.
+        # Race (number reuse): the poll reports pidfd N (process A died); before
+        # this thread takes the lock, a release (kill, then unregister at once)
+        # unregisters and closes N; the next watch's pidfd gets N (the lowest
+        # free number), its process dies and is released the same way before
+        # the next round is handled: two stale events on N in two rounds in a
+        # row, no registration foreign (before, a false WARNING and a rebuild).
+        # Every release of a pidfd records its number (detach_locked, under
+        # this lock) until the selector's round in progress ends (_round_done):
+        # an fd released since the last round ended (so before or after this
+        # round's poll reported it) is such a stale event, never a stray.
+        # A foreign registration of a number we keep releasing is still met in
+        # a round with no release of it, then in the next: rebuilt then.
+        if fd in self._fds_released:
+            return
         if fd not in self._strays:
             self._strays_now.add(fd)
             return
@@ -494,7 +511,15 @@ class _WatcherThreads:
         ``_drop_stray_locked`` (run in the round, on this thread) may have
         replaced (None only once closed: seen at the loop's test). The fds met
         with no watch in this round are those to rebuild for if the next round
-        meets them again (only this thread uses them)."""
+        meets them again (only this thread uses them). The pidfd numbers
+        released so far are forgotten: the next poll cannot report the
+        registrations they had (unregistered), and a release from here on
+        (before the poll, or after it reports a number) is recorded anew.
+        Race: releases add under the lock, this clears without it (one atomic
+        call): a number added just before the clear is forgotten (its
+        registration is gone before the next poll), one added after it is kept."""
         if self._strays or self._strays_now:
             self._strays, self._strays_now = self._strays_now, set()
+        if self._fds_released:
+            self._fds_released.clear()
         return self._epoll or epoll

@@ -173,6 +173,10 @@ class _ProcessWatch(_ManagedWatch):
         # below does not remove it (epoll drops a registration only once
         # every fd of that open file is closed, and the parent keeps its own).
         if manager._epoll is not None and not manager._forked:
+            # Recorded first (out of memory: nothing changed): the selector may
+            # meet this number in an event reported before this release, maybe
+            # once the number names the next pidfd (see _drop_stray_locked).
+            manager._fds_released.add(fd)
             # Race (Ctrl-C): a release cut right after its unregister left the
             # fd open and in _by_fd; this repeat (ENOENT) finishes it.
             with contextlib.suppress(FileNotFoundError):
