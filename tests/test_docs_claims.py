@@ -481,6 +481,8 @@ def test_child_spec_names_a_missing_comma() -> None:
         ("UnknownFlag", "FlagError", KeyError),
         ("InvalidFlagValue", "FlagError", ValueError),
         ("MigrationError", "FlagError", RuntimeError),
+        ("FlagStoreUnavailable", "FlagError", ConnectionError),
+        ("FlagStoreUnavailable", "BackendUnavailable", ConnectionError),
         ("StartError", "SupervisorError", RuntimeError),
         ("ShutdownError", "SupervisorError", RuntimeError),
         ("RestartIntensityExceeded", "SupervisorError", RuntimeError),

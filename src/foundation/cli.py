@@ -40,7 +40,8 @@ blank ``--by``, an empty ``--store``, ``--redis``, ``--namespace``, ``--token``
 or ``--plan``, or an empty ``FOUNDATION_*`` variable the command reads:
 ``check_command_line``, ``option_or_env``); 69 backend unavailable
 (``BackendUnavailable``: Redis unreachable, not answering within the op
-timeout, read-only or out of memory; retrying later may work); 130
+timeout, read-only or out of memory; ``FlagStoreUnavailable``: a SQLite store
+file on a full disk, read-only, failing or corrupt; retrying later may work); 130
 interrupted (SIGINT, Ctrl-C); 129 hung up (SIGHUP: the terminal closed, the
 ssh session dropped) before the command finished; 141 (128 + SIGPIPE) when
 the reader of stdout went away (``foundation agents watch | head -1``): the
@@ -372,7 +373,8 @@ def _help_not_printed(exc: OSError) -> int:
 
 def _failure_code(exc: Exception) -> int:
     """69 when a backend could not be used (unreachable, frozen past the op timeout,
-    read-only, out of memory): worth retrying later; 1 for any other failure."""
+    read-only, out of memory; a SQLite store file that cannot take the write,
+    ``FlagStoreUnavailable``): worth retrying later; 1 for any other failure."""
     from foundation.errors import BackendUnavailable
 
     return EXIT_UNAVAILABLE if isinstance(exc, BackendUnavailable) else EXIT_FAILED

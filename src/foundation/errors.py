@@ -17,7 +17,8 @@ Every error also subclasses the builtin a Python user would catch, so
     ├── FlagError
     │   ├── UnknownFlag              (KeyError)     undeclared flag name
     │   ├── InvalidFlagValue         (ValueError)   bad value or percentage
-    │   └── MigrationError           (RuntimeError) refused stage transition
+    │   ├── MigrationError           (RuntimeError) refused stage transition
+    │   └── FlagStoreUnavailable     (BackendUnavailable) the store's file cannot be used
     ├── SupervisorError
     │   ├── StartError               (RuntimeError) a child failed to start; ``.child``
     │   ├── ShutdownError            (RuntimeError) a child failed to stop
@@ -43,6 +44,7 @@ __all__ = [
     "BackendUnavailable",
     "Closed",
     "FlagError",
+    "FlagStoreUnavailable",
     "FoundationError",
     "InvalidConfig",
     "InvalidCriteria",
@@ -195,6 +197,21 @@ class BackendUnavailable(RegistryError, ConnectionError):
 
 class FlagError(FoundationError):
     """Base class of feature-flag and migration errors."""
+
+
+class FlagStoreUnavailable(FlagError, BackendUnavailable):
+    """A flag store whose file cannot be used now, through no fault of the call: a
+    ``SQLiteFlagStore`` file on a full disk, read-only, failing I/O or corrupt, or
+    deleted or replaced while in use (stale: reopen the store). Nothing was written.
+
+    Both a ``FlagError`` (what these failures raised before) and a
+    ``BackendUnavailable`` (the store's backend cannot serve the call), so every
+    layer treats it as an unavailable backend: the admin API answers 503, the
+    ``foundation`` command exits 69.
+
+    >>> [issubclass(FlagStoreUnavailable, t) for t in (FlagError, BackendUnavailable)]
+    [True, True]
+    """
 
 
 class UnknownFlag(FlagError, KeyError):

@@ -1263,11 +1263,11 @@ def _record_catalogue(store: FlagStore, declared: Iterable[Flag]) -> None:
         store.record_catalogue(
             [FlagInfo(f.name, f.default, f.description, f.variants) for f in declared]
         )
+    except BackendUnavailable as exc:  # FlagStoreUnavailable included: first
+        _log.warning("flag catalogue not recorded in %r: %s", store, exc)
     except FlagError as exc:
         if type(exc) is not FlagError:  # InvalidFlagValue, say: the caller's to fix
             raise
-        _log.warning("flag catalogue not recorded in %r: %s", store, exc)
-    except BackendUnavailable as exc:
         _log.warning("flag catalogue not recorded in %r: %s", store, exc)
 
 

@@ -358,11 +358,11 @@ def _record_plan(flags: FeatureFlags, plan: MigrationPlan) -> None:
     application must start meanwhile, and it records the plan at its next start."""
     try:
         flags.store.record_plan(plan.name, plan)
+    except BackendUnavailable as exc:  # FlagStoreUnavailable included: first
+        _log.warning("migration plan %r not recorded in %r: %s", plan.name, flags.store, exc)
     except FlagError as exc:
         if type(exc) is not FlagError:  # MigrationError, say: the caller's to fix
             raise
-        _log.warning("migration plan %r not recorded in %r: %s", plan.name, flags.store, exc)
-    except BackendUnavailable as exc:
         _log.warning("migration plan %r not recorded in %r: %s", plan.name, flags.store, exc)
 
 

@@ -36,9 +36,13 @@ reported every row after the last ``load_states()`` snapshot (a commit between
 its load and its subscribe is not skipped); a later one is first told to
 reload (an empty batch), since the watcher may already be past its load.
 
-Errors: a file that is not a flag store (corrupt, not SQLite, unreadable,
-newer schema) raises ``errors.FlagError``; a write lock held by other
-connections for longer than ``busy_timeout`` raises
+Errors: a file SQLite cannot use as it is (a full disk, read-only, an I/O
+error, corrupt: ``_FILE_TROUBLE``), or one deleted or replaced while in use,
+raises ``errors.FlagStoreUnavailable`` (a ``FlagError`` and a
+``BackendUnavailable``: the admin API answers 503, the command line exits 69);
+a file that is not SQLite, a newer schema, or another SQLite error (an SQL
+error: maybe a defect of ours) raises ``errors.FlagError``; a write lock held
+by other connections for longer than ``busy_timeout`` raises
 ``errors.BackendUnavailable`` (the backend could not be reached within its
 time bound). Either way nothing was written, and a failed write is logged
 (WARNING, ``foundation.flags``) with what SQLite said (disk full, read-only...).
@@ -55,7 +59,7 @@ watcher delivers the commits of the old file it had not read yet (see
 ``path``, ``error``; an OpenFeature provider then emits ``PROVIDER_STALE``, and the
 admin status says the store is degraded) and stops following the file: subscribers
 are called no more (nothing is logged per change made elsewhere). A write
-raises ``errors.FlagError`` instead of landing there; reads answer from the
+raises ``errors.FlagStoreUnavailable`` instead of landing there; reads answer from the
 old file (in a process that also opened the new one they may fail with
 ``FlagError``; ``FeatureFlags`` serves what it last read). Reopen the store
 (restart the process) to use the new one. (The commits of a deleted -wal not
@@ -91,6 +95,7 @@ from foundation.errors import (
     BackendUnavailable,
     Closed,
     FlagError,
+    FlagStoreUnavailable,
     FoundationError,
     InvalidConfig,
     bounded_repr,
@@ -172,6 +177,29 @@ _LOCK_PATIENCE = 0.02
 
 def _is_read_only(exc: sqlite3.Error) -> bool:
     return str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_READONLY")
+
+
+_FILE_TROUBLE = (
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_READONLY",
+    "SQLITE_CANTOPEN",
+    "SQLITE_PERM",
+    "SQLITE_NOLFS",
+    "SQLITE_PROTOCOL",
+    "SQLITE_CORRUPT",
+)
+"""SQLite's error codes (and extended codes: prefixes) for a file that cannot be used
+as it is (disk, permissions, I/O, damage): ``FlagStoreUnavailable``. Any other error
+stays ``FlagError``: a file that is not SQLite at all (``SQLITE_NOTADB``: the wrong
+file, a setting to fix), an SQL error or a constraint (maybe a defect of our own)."""
+
+
+def _error_type(exc: sqlite3.Error) -> type[FlagError]:
+    """``FlagStoreUnavailable`` for SQLite's ``exc`` on a file it cannot use
+    (``_FILE_TROUBLE``), else ``FlagError``."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    return FlagStoreUnavailable if name.startswith(_FILE_TROUBLE) else FlagError
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -611,7 +639,8 @@ class SQLiteFlagStore(FlagStore):
                 uri=existing,
             )
         except sqlite3.Error as exc:
-            raise FlagError(f"cannot open flag store {self._shown}: {exc}") from exc
+            error = _error_type(exc)
+            raise error(f"cannot open flag store {self._shown}: {exc}") from exc
 
     def _create(self) -> None:
         """WAL mode and the schema, in one write transaction (retried while busy)."""
@@ -700,14 +729,14 @@ class SQLiteFlagStore(FlagStore):
 
     def _check_file(self) -> None:
         """Refuse to write into a file that was deleted or replaced under us (no other
-        process would ever see the write): FlagError, nothing written.
+        process would ever see the write): FlagStoreUnavailable, nothing written.
 
         Race: a file deleted between this check and the commit still takes that
         one write (SQLite offers no way to tell); the next write (or the watcher)
         notices it, logs the ERROR and refuses."""
         moved = self._moved_for_good()
         if moved is not None:
-            raise FlagError(
+            raise FlagStoreUnavailable(
                 f"flag store {self._shown}{_what_moved(moved)} was deleted or replaced while "
                 "in use; nothing was written (reopen the store, for example restart the "
                 "process)"
@@ -831,9 +860,10 @@ class SQLiteFlagStore(FlagStore):
                 f"flag store {self._shown} stayed locked by another connection for "
                 f"more than busy_timeout={self.busy_timeout}s while {doing}"
             )
+        error = _error_type(exc)
         if isinstance(exc, sqlite3.OperationalError):
-            return FlagError(f"flag store {self._shown} failed while {doing}: {_explain(exc)}")
-        return FlagError(
+            return error(f"flag store {self._shown} failed while {doing}: {_explain(exc)}")
+        return error(
             f"{self._shown} is not a usable flag store (corrupt or not SQLite?) "
             f"while {doing}: {_explain(exc)}"
         )
