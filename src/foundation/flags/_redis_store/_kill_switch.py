@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable
 from dataclasses import replace as _replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from foundation.errors import BackendUnavailable, FlagError, bounded_list, escape_controls
 from foundation.flags._node_cache import PendingKillSwitch
 from foundation.flags._redis_store._commit import _Commits
 from foundation.flags._redis_store._errors import _FailedFast, _KeptInOrder, _Unconfirmed
 from foundation.flags._redis_store._shared import T, log
-from foundation.flags._redis_store._txn import _LocalTransaction, _RedisTransaction
+from foundation.flags._redis_store._txn import _LocalTransaction, _RedisTransaction, _Unreadable
 from foundation.flags._store import (
     FlagChange,
+    FlagInfo,
     FlagState,
     MigrationEvent,
     StoreTransaction,
     current_writer,
+    plan_flag_entries,
+    plan_from_json,
     writing_as,
 )
 
@@ -96,31 +100,67 @@ def _replay_switch_off(
     txn.put(name, new, _replace(change, old=old, new=new))
 
 
-def _with_plan_flags(txn: _RedisTransaction, op: PendingKillSwitch) -> PendingKillSwitch:
-    """``op`` with, for each of its emergency rollbacks, every flag Redis records for
-    that plan in a later stage and holds on now (its own flags aside): to switch off.
+class _Replayed(NamedTuple):
+    """One pending kill switch's replay (``_replay_one``): the newer changes of its
+    flags and plans, whether it was committed already, ``op`` as committed (with
+    the plan flags ``_with_plan_flags`` added), the flags it left on (changed
+    after it) and why other versions' plan flags were not read (None: read)."""
+
+    newer: list[FlagChange | MigrationEvent]
+    already: bool
+    op: PendingKillSwitch
+    left: tuple[str, ...] = ()
+    unread: str | None = None
+
+
+def _with_plan_flags(
+    txn: _RedisTransaction,
+    op: PendingKillSwitch,
+    own: dict[str, dict[str, int]],
+    booleans: frozenset[str],
+) -> _Replayed:
+    """``op`` with, for each of its emergency rollbacks, the flags the online rollback
+    switches off that Redis holds on now (its own flags aside), to switch off: the
+    plan's flags as this process recorded the plan (``own``: plan -> flag ->
+    stage) and the flags Redis records for other versions of it (``plan_flags``)
+    that this process declared as boolean flags (``booleans``); the others stay,
+    as the online rollback's WARNING says. An added flag changed after ``op``
+    (its ``at``) is left as it is (``left``): a newer decision, as the
+    superseding rule's, for that flag only (``op`` is judged on its own flags).
 
     Race: the node copy may lag behind Redis (cut off while another node advanced
     the plan, or its listener not yet past this node's own advance). A kill
     switch made then names only the flags the copy showed on: one whose copy
     state was already off is no change there. Replayed, it moved the plan to
     stage 0 and left those flags on in Redis (and on this node once it took
-    Redis' state): an emergency rollback that did not turn its flags off. Such a
-    flag is now switched off as the rollback's (its ``by``, ``reason`` and time);
-    a change of it after the kill switch supersedes the kill switch, as any.
+    Redis' state). Such a flag is now switched off as the rollback's (its
+    ``by``, ``reason`` and time). Redis' error reply to the plan flags read
+    (the key no hash, an ACL) adds this plan's flags only (``unread``: logged).
     """
     stored, changes = dict(op.stored), list(op.changes)
+    unread: str | None = None
     for event in op.events:
-        for name, stage in txn.plan_flags(event.plan).items():
+        flags = dict(own.get(event.plan, {}))
+        try:
+            recorded = txn.plan_flags(event.plan)
+        except _Unreadable as exc:
+            unread, recorded = str(exc), {}
+        flags.update((f, n) for f, n in recorded.items() if f in booleans and f not in flags)
+        for name, stage in flags.items():
             state = None if name in stored or stage <= event.to_stage else txn.get(name)
             if state is not None and state.switch:
                 stored[name] = _off(state)
                 changes.append(
                     FlagChange(name, state, _off(state), event.by, event.reason, event.at)
                 )
-    if len(stored) == len(op.stored):
-        return op
-    return _replace(op, changes=tuple(changes), stored=stored)
+    added = {name: state for name, state in stored.items() if name not in op.stored}
+    changed = txn.changed_since(added, op.at) if added else set()
+    left = tuple(name for name in added if name in changed)
+    if len(left) == len(added):
+        return _Replayed([], False, op, left, unread)
+    kept = {name: state for name, state in stored.items() if name not in changed}
+    changes = [c for c in changes if c.flag not in changed]
+    return _Replayed([], False, _replace(op, changes=tuple(changes), stored=kept), left, unread)
 
 
 class _RedisBehind(Exception):
@@ -243,12 +283,11 @@ class _KillSwitches(_Commits):
                 self._replay_wanted.set()  # Redis is behind the copy: restore, then replay
                 break  # (what was committed so far is still announced)
             if committed is not None:  # (None: committed or dropped by the other replayer)
-                newer, already, replayed = committed
                 # Newer changes of its flags or plans: the copy served its
                 # switch-off, Redis has moved past it (superseded, or committed
                 # and followed by them): subscribers reload, as ever.
-                superseded[0] = superseded[0] or bool(newer)
-                done.append(functools.partial(self._announce_replayed, replayed, newer, already))
+                superseded[0] = superseded[0] or bool(committed.newer)
+                done.append(functools.partial(self._announce_replayed, committed))
 
     def _announce(
         self,
@@ -270,12 +309,9 @@ class _KillSwitches(_Commits):
         if superseded:
             self._deliver([])
 
-    def _commit_pending(
-        self, op: PendingKillSwitch
-    ) -> tuple[list[FlagChange | MigrationEvent], bool, PendingKillSwitch] | None:
+    def _commit_pending(self, op: PendingKillSwitch) -> _Replayed | None:
         """Commit ``op`` (or find it superseded) and drop it, under ``_replay_lock``:
-        (newer changes, already committed, ``op`` as replayed: ``_with_plan_flags``);
-        None if no longer pending.
+        how (``_Replayed``); None if no longer pending.
 
         Raises:
             _RedisBehind: the node copy could not take the commit (Redis behind it).
@@ -287,9 +323,7 @@ class _KillSwitches(_Commits):
             # the others hear it now. (An op renumbered by a write-back is not
             # found: its writer hears it again, at least once as ever.)
             with writing_as(self._op_writers.get(op.id)):
-                newer, already, replayed = self._transaction(
-                    functools.partial(self._replay_one, op=op)
-                )
+                replayed = self._transaction(functools.partial(self._replay_one, op=op))
             self._op_writers.pop(op.id, None)
             # Committed (or superseded) first, dropped second: a crash in between
             # replays it, and committed_since() then sees it is already there.
@@ -303,7 +337,7 @@ class _KillSwitches(_Commits):
             # By id and content: a write-back during this replay may have renumbered
             # op (its id clashed with another process's kill switch); see NodeCache.
             self._cache.remove_pending(op)
-            return newer, already, replayed
+            return replayed
 
     def _announce_on_listener(
         self, later: list[Callable[[], None]], *, superseded: bool, wake: bool = True
@@ -324,13 +358,20 @@ class _KillSwitches(_Commits):
         elif wake:
             self._wake_listener()
 
-    def _announce_replayed(
-        self, op: PendingKillSwitch, newer: list[FlagChange | MigrationEvent], already: bool
-    ) -> None:
+    def _announce_replayed(self, replayed: _Replayed) -> None:
         """The log line and event of one replayed kill switch (no store lock held):
         committed if ``already`` (whatever ``newer`` changes followed it), else
-        superseded if ``newer`` changes exist, else committed by this replay."""
+        superseded if ``newer`` changes exist, else committed by this replay (the
+        plan flags it left on named; an unread plan flags hash first a WARNING)."""
+        op, newer, already = replayed.op, replayed.newer, replayed.already
         self._flush_reports()  # what a fork kept: before its "committed" event
+        if replayed.unread is not None:
+            log.warning(
+                "flag store %r: the kill switch %s on %s switches off the flags of its "
+                "plan as recorded here only: Redis' record of other versions' flags "
+                "is unreadable (%s); those stay as they are",
+                self.namespace, _who(op), _where(op), escape_controls(replayed.unread),
+            )  # fmt: skip
         if already:
             # Committed before (its reply lost, or a crash before its record was
             # dropped, or another node holding it was first): it landed, whatever
@@ -351,29 +392,54 @@ class _KillSwitches(_Commits):
             )  # fmt: skip
             self._event("pending_superseded", **self._op_data(op), superseded_by=newer)
         else:
+            left = ", ".join(escape_controls(name) for name in replayed.left)
             log.info(
-                "flag store %r: kill switch %s on %s committed",
+                "flag store %r: kill switch %s on %s committed%s",
                 self.namespace, _who(op), _where(op),
+                f"; left on: {left} (changed after it)" if left else "",
             )  # fmt: skip
             self._event("pending_committed", **self._op_data(op), already=False, followed_by=[])
 
-    def _replay_one(
-        self, txn: StoreTransaction, op: PendingKillSwitch
-    ) -> tuple[list[FlagChange | MigrationEvent], bool, PendingKillSwitch]:
-        """The body of a pending kill switch's commit: (newer changes, already
-        committed, ``op`` with the plan flags Redis holds on: ``_with_plan_flags``)."""
+    def _replay_one(self, txn: StoreTransaction, op: PendingKillSwitch) -> _Replayed:
+        """The body of a pending kill switch's commit. Superseded or already committed
+        is judged on ``op`` as kept; committed, it also switches off the plan flags
+        ``_with_plan_flags`` adds."""
         if not isinstance(txn, _RedisTransaction):  # pragma: no cover
             raise TypeError("a pending kill switch replays on Redis only")
-        op = _with_plan_flags(txn, op)
         newer, already = txn.committed_since(op)
         if newer or already:
-            return newer, already, op  # write nothing
+            return _Replayed(newer, already, op)  # write nothing
+        if op.events:
+            replayed = _with_plan_flags(txn, op, *self._declared_here())
+            op = replayed.op
+        else:
+            replayed = _Replayed(newer, already, op)
         for name, stored in op.stored.items():
             _replay_switch_off(txn, op, name, stored)
         for event in op.events:
             stage = txn.migration_stage(event.plan)
             txn.put_migration(event.plan, 0, _replace(event, from_stage=stage))
-        return newer, already, op
+        return replayed
+
+    def _declared_here(self) -> tuple[dict[str, dict[str, int]], frozenset[str]]:
+        """(plan -> flag -> stage of each plan this process recorded, the flags it
+        recorded in the catalogue as boolean flags): what the replay of an emergency
+        rollback knows of this node's declarations, with no read of Redis (an entry
+        that does not decode is left out)."""
+        with self._lock:
+            plans = dict(self._recorded.get(self._k_plans, {}))
+            catalogue = dict(self._recorded.get(self._k_catalogue, {}))
+        own: dict[str, dict[str, int]] = {}
+        for name, text in plans.items():
+            with contextlib.suppress(Exception):  # (this process's own record)
+                entries = plan_flag_entries(name, plan_from_json(text))
+                own[name] = dict(entries)
+        booleans: set[str] = set()
+        for name, text in catalogue.items():
+            with contextlib.suppress(Exception):
+                if FlagInfo.from_json(text).kind == "boolean":
+                    booleans.add(name)
+        return own, frozenset(booleans)
 
 
 def _changes(newer: list[FlagChange | MigrationEvent]) -> str:

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from foundation.flags._redis_store._core import _StoreCore
 
 
+class _Unreadable(Exception):
+    """``_RedisTransaction.plan_flags``: Redis' error reply to the read (its text)."""
+
+
 class _Staged(StoreTransaction):
     """Validation and staging shared by the Redis and the local transaction."""
 
@@ -61,6 +65,7 @@ class _RedisTransaction(_Staged):
         self._states: dict[str, str] | None = None
         self._decoded: dict[str, FlagState | None] = {}
         self._stages: dict[str, str] | None = None
+        self._plan_fields: list[str] | None = None  # the plan flags hash's fields, read
         self.trimmed: str | None = None  # meta's `trimmed` read under WATCH
         self.mtrimmed: str | None = None  # ... and `mtrimmed`
         # Reads of Redis made by ``fn`` (each one a consistent view): more than one
@@ -103,9 +108,27 @@ class _RedisTransaction(_Staged):
         return self._store._decode_stage(self._stages.get(plan))
 
     def plan_flags(self, plan: str) -> dict[str, int]:
-        """``plan_flags(plan)`` as Redis records it (every version's flags), read now."""
-        self.reads += 1
-        return plan_flags_of(plan, (str(k) for k in self._pipe.hgetall(self._store._k_plan_flags)))
+        """``plan_flags(plan)`` as Redis records it (every version's flags), read now
+        (the hash once per transaction).
+
+        Raises:
+            _Unreadable: Redis answered with an error (the key is no hash:
+                WRONGTYPE; an ACL denies it). Redis out of reach raises as any read.
+        """
+        if self._plan_fields is None:
+            try:
+                fields = self._pipe.hgetall(self._store._k_plan_flags)
+            except self._store._redis.ResponseError as exc:
+                raise _Unreadable(f"{self._store._k_plan_flags}: {exc}") from exc
+            self._plan_fields = [str(k) for k in fields]
+            self.reads += 1
+        return plan_flags_of(plan, self._plan_fields)
+
+    def changed_since(self, states: dict[str, FlagState], at: float) -> set[str]:
+        """Those of the flags ``states`` names with a change committed later than ``at``
+        (read as ``committed_since`` reads a kill switch's flags)."""
+        newer, _ = self.committed_since(PendingKillSwitch(0, (), states, (), at, None, None))
+        return {change.flag for change in newer if isinstance(change, FlagChange)}
 
     def committed_since(
         self, op: PendingKillSwitch
