@@ -67,39 +67,43 @@ def test_scrapes_of_a_watched_migration_count_no_evaluation(
     assert metrics.value("foundation_migration_stage", plan="default") == 1.0
 
 
-def test_admin_metrics_scrapes_count_no_evaluation(metrics: Metrics, migration: Migration) -> None:
-    # Not watched here: the admin server's own stage gauge reads the migration.
+@pytest.fixture
+def admin(metrics: Metrics, migration: Migration) -> Iterator[httpx.Client]:
+    """A client of a real AdminServer over ``migration`` (not watched: the admin
+    server's own stage gauge reads the migration)."""
     with (
         AdminServer(
             flags=migration.flags, migration=migration, metrics=metrics, bind="127.0.0.1:0"
         ) as server,
         httpx.Client(base_url=server.url, timeout=30) as c,
     ):
-        base = _evaluations(c.get("metrics").text)
-        for _ in range(4):
-            r = c.get("metrics")
-            assert r.status_code == 200
-            assert _evaluations(r.text) == base
-        assert "foundation_admin_migration_stage" in r.text
-        migration.flags.enabled("scrape_b")
-        assert _evaluations(c.get("metrics").text).get("scrape_b", 0) == base.get("scrape_b", 0) + 1
+        yield c
 
 
-def test_migration_status_reads_count_no_evaluation(metrics: Metrics, migration: Migration) -> None:
+def test_admin_metrics_scrapes_count_no_evaluation(
+    admin: httpx.Client, migration: Migration
+) -> None:
+    base = _evaluations(admin.get("metrics").text)
+    for _ in range(4):
+        r = admin.get("metrics")
+        assert r.status_code == 200
+        assert _evaluations(r.text) == base
+    assert "foundation_admin_migration_stage" in r.text
+    migration.flags.enabled("scrape_b")
+    assert _evaluations(admin.get("metrics").text).get("scrape_b", 0) == base.get("scrape_b", 0) + 1
+
+
+def test_migration_status_reads_count_no_evaluation(
+    admin: httpx.Client, migration: Migration
+) -> None:
     # The admin page polls GET /api/migration (Migration.status(): the plan
     # flags' answers); before, each poll counted one evaluation per plan flag.
-    with (
-        AdminServer(
-            flags=migration.flags, migration=migration, metrics=metrics, bind="127.0.0.1:0"
-        ) as server,
-        httpx.Client(base_url=server.url, timeout=30) as c,
-    ):
-        base = _evaluations(c.get("metrics").text)
-        for _ in range(4):
-            r = c.get("api/migration")
-            assert r.status_code == 200, r.text
-            assert r.json()["flags"] == {"scrape_a": False, "scrape_b": False}
-            assert migration.status().flags == {"scrape_a": False, "scrape_b": False}
-        assert _evaluations(c.get("metrics").text) == base
-        migration.flags.enabled("scrape_a")  # the application's evaluation: counted
-        assert _evaluations(c.get("metrics").text).get("scrape_a", 0) == base.get("scrape_a", 0) + 1
+    base = _evaluations(admin.get("metrics").text)
+    for _ in range(4):
+        r = admin.get("api/migration")
+        assert r.status_code == 200, r.text
+        assert r.json()["flags"] == {"scrape_a": False, "scrape_b": False}
+        assert migration.status().flags == {"scrape_a": False, "scrape_b": False}
+    assert _evaluations(admin.get("metrics").text) == base
+    migration.flags.enabled("scrape_a")  # the application's evaluation: counted
+    assert _evaluations(admin.get("metrics").text).get("scrape_a", 0) == base.get("scrape_a", 0) + 1
