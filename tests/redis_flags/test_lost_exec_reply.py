@@ -548,3 +548,36 @@ finally:
 print("OK")
 """
     )
+
+
+def test_a_kept_emergency_rollback_replayed_by_a_process_that_recorded_no_plan() -> None:
+    """The lagging node's kept rollback (plan only) is replayed by a store that
+    recorded no plan (the process restarted: its store replays at once, before its
+    Migration records anything; or the `foundation` command on that node): it added
+    no flag and left the plan's flags on at stage 0. It takes the plan as Redis'
+    plans hash records it."""
+    run_scenario(
+        _COMMON
+        + """
+OTHER_FLAGS, OTHER_PLAN = [Flag("beta"), Flag("gamma")], PLAN
+"""
+        + _LAGGING
+        + """
+try:
+    lag_and_roll_back()
+    copy_file = store.cache_path
+    flags.close(); store.close()  # the process ends with its rollback kept
+    proxy.heal()
+    fresh = RedisFlagStore(proxy.url, namespace="lost", cache_path=copy_file, timeout=0.5,
+                           resync_interval=0.3)
+    wait_for(lambda: fresh.synced and not fresh.pending() and told, "replayed by the new store")
+    assert [kind for kind, _ in told] == ["pending_committed"], told
+    assert other.status().stage == 0, other.status()
+    states = other_store.load_states()
+    assert not states["beta"].switch and not states["gamma"].switch, states
+    fresh.close(); other_flags.close(); other_store.close()
+finally:
+    srv.stop()
+print("OK")
+"""
+    )

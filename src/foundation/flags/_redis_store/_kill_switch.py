@@ -122,8 +122,9 @@ def _with_plan_flags(
     """``op`` with, for each of its emergency rollbacks, the flags the online rollback
     switches off that Redis holds on now (its own flags aside), to switch off: the
     plan's flags as this process recorded the plan (``own``: plan -> flag ->
-    stage) and the flags Redis records for other versions of it (``plan_flags``)
-    that this process declared as boolean flags (``booleans``); the others stay,
+    stage; as Redis' plans hash records it if this process recorded none) and the
+    flags Redis records for other versions of it (``plan_flags``) that this
+    process declared as boolean flags (``booleans``); the others stay,
     as the online rollback's WARNING says. An added flag changed after ``op``
     (its ``at``) is left as it is (``left``): a newer decision, as the
     superseding rule's, for that flag only (``op`` is judged on its own flags).
@@ -140,7 +141,15 @@ def _with_plan_flags(
     stored, changes = dict(op.stored), list(op.changes)
     unread: str | None = None
     for event in op.events:
-        flags = dict(own.get(event.plan, {}))
+        # A process that did not record the plan (restarted, its Migration not
+        # made yet; the `foundation` command; another process of the node sharing
+        # the copy file) takes the plan as Redis records it.
+        flags = dict(own[event.plan]) if event.plan in own else None
+        try:
+            if flags is None:
+                flags = txn.recorded_plan(event.plan)
+        except _Unreadable as exc:
+            unread, flags = str(exc), {}
         try:
             recorded = txn.plan_flags(event.plan)
         except _Unreadable as exc:

@@ -16,7 +16,9 @@ from foundation.flags._store import (
     StoreTransaction,
     check_put,
     check_put_migration,
+    plan_flag_entries,
     plan_flags_of,
+    plan_from_json,
 )
 
 if TYPE_CHECKING:
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 
 
 class _Unreadable(Exception):
-    """``_RedisTransaction.plan_flags``: Redis' error reply to the read (its text)."""
+    """``_RedisTransaction.plan_flags`` / ``recorded_plan``: Redis' error reply to the
+    read, or a plan record that does not decode (its text)."""
 
 
 class _Staged(StoreTransaction):
@@ -123,6 +126,26 @@ class _RedisTransaction(_Staged):
             self._plan_fields = [str(k) for k in fields]
             self.reads += 1
         return plan_flags_of(plan, self._plan_fields)
+
+    def recorded_plan(self, plan: str) -> dict[str, int]:
+        """The flags (flag -> stage) of ``plan`` as Redis' plans hash records it (the
+        version recorded last), read now; ``{}`` if it records none.
+
+        Raises:
+            _Unreadable: an error reply (WRONGTYPE, an ACL) or a record that does
+                not decode. Redis out of reach raises as any read.
+        """
+        try:
+            text = self._pipe.hget(self._store._k_plans, plan)
+        except self._store._redis.ResponseError as exc:
+            raise _Unreadable(f"{self._store._k_plans}: {exc}") from exc
+        self.reads += 1
+        if text is None:
+            return {}
+        try:
+            return dict(plan_flag_entries(plan, plan_from_json(text)))
+        except Exception as exc:  # another program's record, say
+            raise _Unreadable(f"{self._store._k_plans} {plan!r}: {exc}") from exc
 
     def changed_since(self, states: dict[str, FlagState], at: float) -> set[str]:
         """Those of the flags ``states`` names with a change committed later than ``at``
