@@ -61,7 +61,7 @@ ERROR_BASES = {
     "UnsupportedAgent": TypeError, "InvalidKey": TypeError,
     "AlreadyRegistered": ValueError, "NotAlive": ValueError, "InvalidMetadata": ValueError,
     "InvalidCriteria": ValueError, "InvalidFlagValue": ValueError, "InvalidConfig": ValueError,
-    "BackendUnavailable": ConnectionError,
+    "BackendUnavailable": ConnectionError, "FlagStoreUnavailable": ConnectionError,
     "MigrationError": RuntimeError, "StartError": RuntimeError, "Closed": RuntimeError,
     "ShutdownError": RuntimeError, "RestartIntensityExceeded": RuntimeError,
 }  # fmt: skip

@@ -208,3 +208,18 @@ def test_which_sqlite_errors_mean_the_file_cannot_be_used(tmp_path: Path) -> Non
     assert _error_type(refused.value) is FlagStoreUnavailable
     assert _error_type(typo.value) is FlagError
     assert _error_type(not_sqlite.value) is FlagError
+
+
+@pytest.mark.parametrize("where", ["missing directory", "a directory"])
+def test_a_path_sqlite_cannot_open_is_a_setting_to_fix_not_unavailable(
+    tmp_path: Path, where: str
+) -> None:
+    # SQLITE_CANTOPEN at open: no retry can help (the review: it was
+    # FlagStoreUnavailable, 503 / exit 69, "retry later").
+    from foundation import errors
+    from foundation.flags import SQLiteFlagStore
+
+    path = tmp_path / "no-such-dir" / "flags.db" if where == "missing directory" else tmp_path
+    with pytest.raises(errors.FlagError, match="cannot open flag store") as caught:
+        SQLiteFlagStore(path)
+    assert not isinstance(caught.value, errors.BackendUnavailable)

@@ -73,7 +73,7 @@ A store creating its file (missing or empty) removes the -wal and -shm a deleted
 one left at the path, under an ``flock`` on ``<file>.lock``, there meanwhile
 (see ``_creating``).
 
-A process opening the store on a full disk fails (``FlagError``, "is the disk
+A process opening the store on a full disk fails (``FlagStoreUnavailable``, "is the disk
 full?"), even to read: WAL mode must grow the -shm file first.
 """
 
@@ -639,7 +639,10 @@ class SQLiteFlagStore(FlagStore):
                 uri=existing,
             )
         except sqlite3.Error as exc:
-            error = _error_type(exc)
+            # A path SQLite cannot open at all (no such directory, a directory):
+            # a setting to fix, not trouble to wait out: FlagError, as before.
+            cantopen = str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_CANTOPEN")
+            error = FlagError if cantopen else _error_type(exc)
             raise error(f"cannot open flag store {self._shown}: {exc}") from exc
 
     def _create(self) -> None:
