@@ -298,6 +298,26 @@ print("OK")
     )
 
 
+# Another node, reaching Redis directly (OTHER_FLAGS, OTHER_PLAN: its declarations;
+# _SAME_FLAGS: the same as this node's), the kill switch events heard (kind, data) and the
+# INFO records of foundation.flags.
+_SAME_FLAGS = """
+OTHER_FLAGS, OTHER_PLAN = [Flag("beta"), Flag("gamma")], PLAN
+"""
+_OTHER_NODE = """
+from foundation import telemetry
+told = []
+for kind in ("pending_committed", "pending_superseded"):
+    telemetry.attach(f"foundation.flags.{kind}",
+                     lambda name, data: told.append((name.rsplit(".", 1)[1], data)))
+infos = keep_records("foundation.flags", level=logging.INFO)
+other_store = RedisFlagStore(f"redis://127.0.0.1:{srv.port}/0", namespace="lost",
+                             cache_path=None, timeout=2.0)
+other_flags = FeatureFlags(OTHER_FLAGS, store=other_store)
+other = Migration(other_flags, OTHER_PLAN)
+"""
+
+
 def test_a_landed_kill_switch_followed_by_another_nodes_write_is_told_committed() -> None:
     """The emergency rollback lands, its reply is lost and Redis goes out of reach:
     kept pending. Another node (reaching Redis) then advances the plan again. The
@@ -307,17 +327,9 @@ def test_a_landed_kill_switch_followed_by_another_nodes_write_is_told_committed(
     re-advance). It is committed ("it already was"), the later change named."""
     run_scenario(
         _COMMON
+        + _SAME_FLAGS
+        + _OTHER_NODE
         + """
-from foundation import telemetry
-told = []
-for kind in ("pending_committed", "pending_superseded"):
-    telemetry.attach(f"foundation.flags.{kind}",
-                     lambda name, data: told.append((name.rsplit(".", 1)[1], data)))
-infos = keep_records("foundation.flags", level=logging.INFO)
-other_store = RedisFlagStore(f"redis://127.0.0.1:{srv.port}/0", namespace="lost",
-                             cache_path=None, timeout=2.0)
-other_flags = FeatureFlags([Flag("beta"), Flag("gamma")], store=other_store)
-other = Migration(other_flags, PLAN)
 try:
     migration.advance(by="ana"); migration.advance(by="ana")
     # (this node answers from its copy: wait until it took both advances, so the
@@ -363,15 +375,9 @@ def test_the_changes_named_after_a_landed_kill_switch_are_bounded_in_its_log_lin
     ~100,000 characters: every change's repr), with no newline from a reason."""
     run_scenario(
         _COMMON
+        + _SAME_FLAGS
+        + _OTHER_NODE
         + """
-from foundation import telemetry
-told = []
-telemetry.attach("foundation.flags.pending_committed", lambda n, d: told.append(d))
-infos = keep_records("foundation.flags", level=logging.INFO)
-other_store = RedisFlagStore(f"redis://127.0.0.1:{srv.port}/0", namespace="lost",
-                             cache_path=None, timeout=2.0)
-other_flags = FeatureFlags([Flag("beta"), Flag("gamma")], store=other_store)
-other = Migration(other_flags, PLAN)
 try:
     migration.advance(by="ana"); migration.advance(by="ana")
     # (this node answers from its copy: wait until it took both advances, so the
@@ -386,8 +392,10 @@ try:
         other.rollback_to(0, by="bot", reason="ramp\\nFORGED")
     proxy.heal()
     wait_for(lambda: store.synced and not store.pending() and told, "in sync, replayed")
-    assert told[0]["already"] is True, told
-    assert len(told[0]["followed_by"]) >= 200, len(told[0]["followed_by"])
+    assert [kind for kind, _ in told] == ["pending_committed"], told
+    data = told[0][1]
+    assert data["already"] is True, data
+    assert len(data["followed_by"]) >= 200, len(data["followed_by"])
     said = [r.getMessage() for r in list(infos)
             if r.levelno == logging.INFO and "kill switch by oncall" in r.getMessage()]
     assert len(said) == 1, said
@@ -412,20 +420,11 @@ def test_a_kept_emergency_rollback_switches_off_the_plan_flags_redis_holds_on() 
     off the flags of the plan (as this process recorded it) that Redis holds on."""
     run_scenario(
         _COMMON
+        + _SAME_FLAGS
+        + _LAGGING
         + """
-other_store = RedisFlagStore(f"redis://127.0.0.1:{srv.port}/0", namespace="lost",
-                             cache_path=None, timeout=2.0)
-other_flags = FeatureFlags([Flag("beta"), Flag("gamma")], store=other_store)
-other = Migration(other_flags, PLAN)
-infos = keep_records("foundation.flags", level=logging.INFO)
 try:
-    migration.advance(by="ana"); migration.advance(by="ana"); migration.rollback_to(0, by="ana")
-    wait_for(lambda: store.synced and flags.state("gamma").switch is False, "the rollback here")
-    proxy._go_dark()  # (no EXEC: this node is cut off, its copy stays as it is)
-    wait_for(lambda: not store.synced, "this node cut off")
-    other.advance(by="lead"); other.advance(by="lead")
-    migration.emergency_rollback("spike", by="oncall")
-    assert [p.plans for p in store.pending()] == [("plan",)], store.pending()
+    lag_and_roll_back()
     proxy.heal()
     wait_for(lambda: store.synced and not store.pending(), "in sync, replayed")
     states = other_store.load_states()
@@ -434,8 +433,7 @@ try:
     wait_for(lambda: not flags.enabled("beta") and not flags.enabled("gamma"), "off here")
     history = [(c.flag, c.by, c.new.switch) for c in other_flags.history()]
     assert history[-2:] == [("beta", "oncall", False), ("gamma", "oncall", False)], history
-    said = [r.getMessage() for r in list(infos) if "kill switch by oncall" in r.getMessage()]
-    assert said and said[-1].endswith("on beta, gamma, plan committed"), said
+    assert said() and said()[-1].endswith("on beta, gamma, plan committed"), said()
     other_flags.close(); other_store.close()
     flags.close(); store.close()
 finally:
@@ -445,18 +443,9 @@ print("OK")
     )
 
 
-_LAGGING = """
-from foundation import telemetry
-told = []
-for kind in ("pending_committed", "pending_superseded"):
-    telemetry.attach(f"foundation.flags.{kind}",
-                     lambda name, data: told.append((name.rsplit(".", 1)[1], data)))
-other_store = RedisFlagStore(f"redis://127.0.0.1:{srv.port}/0", namespace="lost",
-                             cache_path=None, timeout=2.0)
-other_flags = FeatureFlags(OTHER_FLAGS, store=other_store)
-other = Migration(other_flags, OTHER_PLAN)
-infos = keep_records("foundation.flags", level=logging.INFO)
-
+_LAGGING = (
+    _OTHER_NODE
+    + """
 def lag_and_roll_back():
     # This node's copy lags (its flags off) while the other node advances twice;
     # its emergency rollback, kept, names the plan only.
@@ -471,6 +460,7 @@ def lag_and_roll_back():
 def said():
     return [r.getMessage() for r in list(infos) if "kill switch by oncall" in r.getMessage()]
 """
+)
 
 
 def test_a_kept_emergency_rollback_whose_plan_flags_are_unreadable_still_commits() -> None:
@@ -481,8 +471,8 @@ def test_a_kept_emergency_rollback_whose_plan_flags_are_unreadable_still_commits
     run_scenario(
         _COMMON
         + """
-OTHER_FLAGS, OTHER_PLAN = [Flag("beta"), Flag("gamma")], PLAN
 """
+        + _SAME_FLAGS
         + _LAGGING
         + """
 import redis
@@ -559,8 +549,8 @@ def test_a_kept_emergency_rollback_replayed_by_a_process_that_recorded_no_plan()
     run_scenario(
         _COMMON
         + """
-OTHER_FLAGS, OTHER_PLAN = [Flag("beta"), Flag("gamma")], PLAN
 """
+        + _SAME_FLAGS
         + _LAGGING
         + """
 try:
